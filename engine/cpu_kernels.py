@@ -1,0 +1,122 @@
+"""numba kernels for the CPU backend: the primitives where a compiled loop beats the NumPy
+formulation several times over (BRIEF section 5: merge set-difference 4x faster than
+searchsorted). Each has an ``xp`` twin in ``sets.py``/``hashtable.py`` that CuPy runs and the
+property tests compare against. Rows are C-contiguous (n, w) uint64 arrays compared
+lexicographically; w is 1 for arity <= 2."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_JIT = dict(nogil=True, cache=True)
+HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+@numba.njit(**_JIT)
+def _less(a: np.ndarray, i: int, b: np.ndarray, j: int) -> bool:
+    for k in range(a.shape[1]):
+        if a[i, k] != b[j, k]:
+            return a[i, k] < b[j, k]
+    return False
+
+
+@numba.njit(**_JIT)
+def _equal(a: np.ndarray, i: int, b: np.ndarray, j: int) -> bool:
+    for k in range(a.shape[1]):
+        if a[i, k] != b[j, k]:
+            return False
+    return True
+
+
+@numba.njit(**_JIT)
+def not_in_sorted(new: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """mask[i] = new[i] is not a row of full; both sorted. Galloping search from the last
+    position, so a small delta against a large full costs O(n log(m/n)), not O(m)."""
+    n, m = new.shape[0], full.shape[0]
+    mask = np.ones(n, dtype=np.bool_)
+    j = 0
+    for i in range(n):
+        # gallop: find the first j with full[j] >= new[i]
+        step = 1
+        hi = j
+        while hi < m and _less(full, hi, new, i):
+            j = hi + 1
+            hi = j + step
+            step *= 2
+        if hi > m:
+            hi = m
+        lo = j
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _less(full, mid, new, i):
+                lo = mid + 1
+            else:
+                hi = mid
+        j = lo
+        if j < m and _equal(full, j, new, i):
+            mask[i] = False
+    return mask
+
+
+@numba.njit(**_JIT)
+def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Union of two sorted, disjoint row sets in one linear pass (no re-sort of full)."""
+    n, m = full.shape[0], new.shape[0]
+    out = np.empty((n + m, full.shape[1]), dtype=full.dtype)
+    i = j = k = 0
+    while i < n and j < m:
+        if _less(new, j, full, i):
+            out[k] = new[j]
+            j += 1
+        else:
+            out[k] = full[i]
+            i += 1
+        k += 1
+    while i < n:
+        out[k] = full[i]
+        i += 1
+        k += 1
+    while j < m:
+        out[k] = new[j]
+        j += 1
+        k += 1
+    return out
+
+
+@numba.njit(**_JIT)
+def hash_slot(key: np.uint64, mask: np.uint64) -> np.int64:
+    return np.int64(((key * HASH_MULT) >> np.uint64(17)) & mask)
+
+
+@numba.njit(**_JIT)
+def hash_build(keys: np.ndarray, capacity: int) -> np.ndarray:
+    """Open addressing, linear probing: slots[s] = index into the distinct ``keys`` or -1."""
+    slots = np.full(capacity, -1, dtype=np.int64)
+    mask = np.uint64(capacity - 1)
+    for i in range(keys.shape[0]):
+        s = hash_slot(keys[i], mask)
+        while slots[s] != -1:
+            s = (s + 1) & (capacity - 1)
+        slots[s] = i
+    return slots
+
+
+@numba.njit(**_JIT)
+def hash_probe(slots: np.ndarray, keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """For each query, the index of the equal key or -1."""
+    capacity = slots.shape[0]
+    mask = np.uint64(capacity - 1)
+    out = np.full(queries.shape[0], -1, dtype=np.int64)
+    for i in range(queries.shape[0]):
+        q = queries[i]
+        s = hash_slot(q, mask)
+        while True:
+            k = slots[s]
+            if k == -1:
+                break
+            if keys[k] == q:
+                out[i] = k
+                break
+            s = (s + 1) & (capacity - 1)
+    return out

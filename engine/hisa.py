@@ -1,0 +1,224 @@
+"""Hash-indexed sorted arrays (HISA, GPULog ASPLOS'25), one per (relation, column order).
+
+- Data: tuples packed two uint32 attributes per uint64 word, as an (n, w) array sorted
+  lexicographically in the index's column order (key columns first). Arity <= 2 is one word,
+  so sort, unique, searchsorted and merge run on plain uint64. Unlike GPULog we store each
+  index as its own permuted copy of the tuples rather than row ids into one data array: the
+  join then reads the matching run contiguously, and the CPU has no gather per probe.
+- Hash table: open addressing from the hash of a key prefix (the first one or two columns,
+  one uint64) to that key's first row and run length in the sorted array. A join probes it
+  once per outer tuple, in two passes (count, exclusive scan, materialise) so the output is
+  allocated once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import cpu_kernels, sets
+
+HASH_MULT = 0x9E3779B97F4A7C15
+
+
+def words_for(arity: int) -> int:
+    return max(1, (arity + 1) // 2)
+
+
+def pack(columns: list[Any], n: int, xp: Any) -> Any:
+    """uint32 columns -> (n, w) uint64 rows; column j sits in word j // 2, high half if j even."""
+    rows = xp.zeros((n, words_for(len(columns))), dtype=xp.uint64)
+    for j, col in enumerate(columns):
+        word = col.astype(xp.uint64)
+        if j % 2 == 0:
+            word <<= xp.uint64(32)
+        rows[:, j // 2] |= word
+    return rows
+
+
+def unpack(rows: Any, j: int, xp: Any) -> Any:
+    """Column j of packed rows as uint32."""
+    word = rows[:, j // 2]
+    if j % 2 == 0:
+        return (word >> xp.uint64(32)).astype(xp.uint32)
+    return (word & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
+
+
+def key_prefix(rows: Any, key_len: int, xp: Any) -> Any:
+    """The uint64 the hash table is keyed on: the first one or two columns."""
+    if key_len == 1:
+        return rows[:, 0] >> xp.uint64(32)
+    return rows[:, 0]
+
+
+def permute(rows: Any, arity: int, order: tuple[int, ...], xp: Any) -> Any:
+    """Re-pack canonical rows in another column order (not sorted)."""
+    if order == tuple(range(arity)):
+        return rows
+    return pack([unpack(rows, j, xp) for j in order], rows.shape[0], xp)
+
+
+@dataclass
+class HashTable:
+    """Distinct key prefixes of a sorted array with their first row and run length."""
+
+    keys: Any
+    starts: Any
+    counts: Any
+    slots: Any
+
+    @classmethod
+    def build(cls, prefix: Any, xp: Any) -> HashTable:
+        n = prefix.shape[0]
+        first = xp.ones(n, dtype=bool)
+        if n > 1:
+            xp.not_equal(prefix[1:], prefix[:-1], out=first[1:])
+        starts = xp.nonzero(first)[0]
+        keys = prefix[starts]
+        counts = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)]))
+        capacity = 1 << max(4, int(2 * max(1, keys.shape[0]) - 1).bit_length())
+        if xp is np:
+            slots = cpu_kernels.hash_build(keys, capacity)
+        else:
+            slots = _hash_build_xp(keys, capacity, xp)
+        return cls(keys, starts, counts, slots)
+
+    def lookup(self, queries: Any, xp: Any) -> tuple[Any, Any]:
+        """(first row, run length) per query; run length 0 where the key is absent."""
+        if self.keys.shape[0] == 0:
+            zeros = xp.zeros(queries.shape[0], dtype=xp.int64)
+            return zeros, zeros
+        if xp is np:
+            idx = cpu_kernels.hash_probe(self.slots, self.keys, queries)
+        else:
+            idx = _hash_probe_xp(self.slots, self.keys, queries, xp)
+        found = idx >= 0
+        safe = xp.where(found, idx, 0)
+        starts = xp.where(found, self.starts[safe], 0)
+        counts = xp.where(found, self.counts[safe], 0)
+        return starts, counts
+
+
+def hash_slots(keys: Any, mask: int, xp: Any) -> Any:
+    """Same slot function as the numba kernel, so both backends build the same table."""
+    h = keys * xp.uint64(HASH_MULT)
+    return ((h >> xp.uint64(17)) & xp.uint64(mask)).astype(xp.int64)
+
+
+def _hash_build_xp(keys: Any, capacity: int, xp: Any) -> Any:
+    """Vectorised linear probing: each round, pending keys try their current slot; one winner
+    per free slot, the rest move one slot on. Rounds, not tuples, are the Python loop."""
+    slots = xp.full(capacity, -1, dtype=xp.int64)
+    pending = xp.arange(keys.shape[0], dtype=xp.int64)
+    pos = hash_slots(keys, capacity - 1, xp)
+    while pending.shape[0]:
+        free = slots[pos] == -1
+        slots[pos[free]] = pending[free]
+        placed = xp.zeros(pending.shape[0], dtype=bool)
+        placed[free] = slots[pos[free]] == pending[free]
+        pending, pos = pending[~placed], (pos[~placed] + 1) & (capacity - 1)
+    return slots
+
+
+def _hash_probe_xp(slots: Any, keys: Any, queries: Any, xp: Any) -> Any:
+    capacity = slots.shape[0]
+    out = xp.full(queries.shape[0], -1, dtype=xp.int64)
+    if keys.shape[0] == 0:
+        return out
+    active = xp.arange(queries.shape[0], dtype=xp.int64)
+    pos = hash_slots(queries, capacity - 1, xp)
+    while active.shape[0]:
+        k = slots[pos]
+        empty = k == -1
+        hit = ~empty & (keys[xp.where(empty, 0, k)] == queries[active])
+        out[active[hit]] = k[hit]
+        go_on = ~empty & ~hit
+        active, pos = active[go_on], (pos[go_on] + 1) & (capacity - 1)
+    return out
+
+
+@dataclass
+class SortedIndex:
+    """One HISA: tuples sorted in ``order`` plus hash tables on its 1- and 2-column prefixes."""
+
+    order: tuple[int, ...]
+    rows: Any
+    _tables: dict[int, HashTable] = field(default_factory=dict)
+
+    def table(self, key_len: int, xp: Any) -> HashTable:
+        if key_len not in self._tables:
+            self._tables[key_len] = HashTable.build(key_prefix(self.rows, key_len, xp), xp)
+        return self._tables[key_len]
+
+    def replace_rows(self, rows: Any) -> None:
+        self.rows = rows
+        self._tables.clear()
+
+    def ranges(self, key_columns: list[Any], n: int, xp: Any) -> tuple[Any, Any]:
+        """Count pass of the join: for ``n`` outer keys (uint32 columns in index order, at most
+        two; longer keys are finished by the caller's filter), the first matching row and the
+        run length. An empty key matches every row."""
+        if not key_columns:
+            return xp.zeros(n, dtype=xp.int64), xp.full(n, self.rows.shape[0], dtype=xp.int64)
+        query = pack(key_columns, n, xp)[:, 0]
+        if len(key_columns) == 1:
+            query >>= xp.uint64(32)
+        return self.table(len(key_columns), xp).lookup(query, xp)
+
+
+def expand_runs(starts: Any, counts: Any, xp: Any) -> tuple[Any, Any]:
+    """Two-pass join materialisation: counts -> exclusive scan -> (outer, inner) pairs."""
+    total = int(counts.sum()) if counts.shape[0] else 0
+    if total == 0:
+        empty = xp.zeros(0, dtype=xp.int64)
+        return empty, empty
+    offsets = xp.cumsum(counts) - counts
+    outer = xp.repeat(xp.arange(counts.shape[0], dtype=xp.int64), counts)
+    inner = xp.arange(total, dtype=xp.int64) - (offsets - starts)[outer]
+    return outer, inner
+
+
+class RelationStore:
+    """The full version of one relation (canonical index plus secondary indexes, all kept up
+    to date by merging each delta in) and the current iteration's delta."""
+
+    def __init__(self, arity: int, xp: Any):
+        self.arity = arity
+        self.xp = xp
+        self.canonical = tuple(range(arity))
+        self.indexes: dict[tuple[int, ...], SortedIndex] = {
+            self.canonical: SortedIndex(self.canonical, xp.zeros((0, words_for(arity)), xp.uint64))
+        }
+        self.delta = self.indexes[self.canonical].rows
+        self._delta_indexes: dict[tuple[int, ...], SortedIndex] = {}
+
+    @property
+    def full(self) -> Any:
+        return self.indexes[self.canonical].rows
+
+    def __len__(self) -> int:
+        return int(self.full.shape[0])
+
+    def index(self, order: tuple[int, ...], version: str = "full") -> SortedIndex:
+        if version == "delta":
+            if order not in self._delta_indexes:
+                self._delta_indexes[order] = SortedIndex(order, self._sorted_in(self.delta, order))
+            return self._delta_indexes[order]
+        if order not in self.indexes:
+            self.indexes[order] = SortedIndex(order, self._sorted_in(self.full, order))
+        return self.indexes[order]
+
+    def _sorted_in(self, canonical_rows: Any, order: tuple[int, ...]) -> Any:
+        if order == self.canonical:
+            return canonical_rows
+        return sets.sort_unique(permute(canonical_rows, self.arity, order, self.xp), self.xp)
+
+    def add(self, delta: Any) -> None:
+        """Sorted canonical rows, none of them in full yet, become the delta and are merged into
+        every index of full."""
+        for order, idx in self.indexes.items():
+            idx.replace_rows(sets.merge(idx.rows, self._sorted_in(delta, order), self.xp))
+        self.delta = delta
+        self._delta_indexes = {}
