@@ -1,0 +1,500 @@
+"""An independent, deliberately naive evaluator of the checked IR: the oracle for the tests.
+
+It shares nothing with the engine but the IR dataclasses (and DatalogError, so division by
+zero is reported the way the contract says). Relations are Python sets of decoded tuples
+(int for number/unsigned, str for symbol); every stratum is re-evaluated naively (not
+semi-naively) until nothing changes; a rule body is solved by nested loops, literal by
+literal, deferring a literal until the variables it needs are bound. It is meant to be
+obviously correct on a few hundred tuples, not fast.
+
+Semantics (docs/contracts.md): number = int32 and unsigned = uint32 with wrap-around,
+C division/modulo (truncate toward zero, remainder takes the dividend's sign), division by
+zero raises, ``v = expr`` binds an unbound variable, negation of lower strata, and
+aggregates: count/sum over the distinct bindings of the aggregate body per group (0 for an
+empty group), min/max of the target (no result for an empty group); grouping variables are
+the aggregate's variables that also occur in the rule outside the aggregate.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.errors import DatalogError
+
+Value = int | str
+Tuple = tuple[Value, ...]
+Binding = dict[str, Value]
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+UINT32_MAX = 2**32 - 1
+
+
+class BudgetExceeded(Exception):
+    """Raised when an evaluation explores more bindings or derives more tuples than allowed
+    (the program generator uses it to throw away programs too big for a quick test)."""
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def wrap(value: int, type: ir.BaseType) -> int:
+    """Reduce an integer to the 32-bit range of ``type`` (two's complement for number)."""
+    if type == "unsigned":
+        return value & UINT32_MAX
+    if type == "number":
+        return ((value + 2**31) & UINT32_MAX) - 2**31
+    raise TypeError(f"arithmetic on {type}")
+
+
+def c_div(a: int, b: int) -> int:
+    """C division: the quotient truncated toward zero."""
+    q = abs(a) // abs(b)
+    return q if (a < 0) == (b < 0) else -q
+
+
+def c_mod(a: int, b: int) -> int:
+    """C remainder: a - b * trunc(a / b), so it has the dividend's sign."""
+    return a - b * c_div(a, b)
+
+
+def arith(op: str, a: Value, b: Value, type: ir.BaseType, pos: ir.Pos) -> int:
+    """One arithmetic operation in ``type``: operands and result wrapped to 32 bits."""
+    if not isinstance(a, int) or not isinstance(b, int):
+        raise TypeError(f"arithmetic on non-integers {a!r} {op} {b!r}")
+    a, b = wrap(a, type), wrap(b, type)
+    if op == "+":
+        r = a + b
+    elif op == "-":
+        r = a - b
+    elif op == "*":
+        r = a * b
+    elif op in ("/", "%"):
+        if b == 0:
+            raise DatalogError(pos, "division by zero" if op == "/" else "modulo by zero")
+        r = c_div(a, b) if op == "/" else c_mod(a, b)
+    else:
+        raise ValueError(f"unknown arithmetic operator {op!r}")
+    return wrap(r, type)
+
+
+def compare(op: str, a: Value, b: Value) -> bool:
+    if op == "=":
+        return a == b
+    if op == "!=":
+        return a != b
+    if isinstance(a, str) or isinstance(b, str):
+        raise TypeError(f"ordered comparison {op!r} on symbols")
+    if op == "<":
+        return a < b
+    if op == "<=":
+        return a <= b
+    if op == ">":
+        return a > b
+    if op == ">=":
+        return a >= b
+    raise ValueError(f"unknown comparison operator {op!r}")
+
+
+# --------------------------------------------------------------------------- variables
+
+
+def term_vars(term: ir.Term | None) -> set[str]:
+    if isinstance(term, ir.Var):
+        return {term.name}
+    if isinstance(term, ir.BinOp):
+        return term_vars(term.left) | term_vars(term.right)
+    return set()
+
+
+def literal_vars(lit: ir.BodyLiteral) -> set[str]:
+    """Every variable written in the literal, inside nested aggregates too."""
+    if isinstance(lit, ir.Atom):
+        return set().union(*(term_vars(a) for a in lit.args))
+    if isinstance(lit, ir.Negation):
+        return literal_vars(lit.atom)
+    if isinstance(lit, ir.Comparison):
+        return term_vars(lit.left) | term_vars(lit.right)
+    if isinstance(lit, ir.Aggregation):
+        inner = set().union(*(literal_vars(b) for b in lit.body)) | term_vars(lit.target)
+        return inner | {lit.result.name}
+    raise TypeError(f"not a body literal: {lit!r}")
+
+
+def scope_vars(lit: ir.BodyLiteral) -> set[str]:
+    """The variables a literal contributes to its own scope: an aggregate only its result
+    (its body variables are its own, unless they also occur outside it)."""
+    if isinstance(lit, ir.Aggregation):
+        return {lit.result.name}
+    return literal_vars(lit)
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+@dataclass(frozen=True)
+class PreparedAgg:
+    """An aggregation with its grouping variables worked out once, from its scope."""
+
+    agg: ir.Aggregation
+    grouping: frozenset[str]
+    body: tuple[PreparedLiteral, ...]
+
+
+PreparedLiteral = ir.Atom | ir.Negation | ir.Comparison | PreparedAgg
+
+
+@dataclass(frozen=True)
+class PreparedRule:
+    rule: ir.Rule
+    body: tuple[PreparedLiteral, ...]
+
+
+def _rename_wildcards(lit: ir.BodyLiteral, counter: Iterator[int]) -> ir.BodyLiteral:
+    """Inside an aggregate ``_`` is a distinct fresh variable (count counts matching tuples);
+    the front end already does this, doing it again here is harmless."""
+
+    def term(t: ir.Term) -> ir.Term:
+        if isinstance(t, ir.Wildcard):
+            return ir.Var(f"$ref_w{next(counter)}")
+        return t
+
+    if isinstance(lit, ir.Atom):
+        return ir.Atom(lit.relation, tuple(term(a) for a in lit.args), lit.pos)
+    if isinstance(lit, ir.Negation):
+        # A wildcard under a negation stays a wildcard ("no tuple with any value here").
+        return lit
+    if isinstance(lit, ir.Aggregation):
+        body = tuple(_rename_wildcards(b, counter) for b in lit.body)
+        return ir.Aggregation(lit.result, lit.func, lit.target, body, lit.type, lit.pos)
+    return lit
+
+
+def _prepare_body(
+    body: tuple[ir.BodyLiteral, ...], outside: frozenset[str]
+) -> tuple[PreparedLiteral, ...]:
+    """``outside`` = variables of the enclosing scopes (the head, for a rule body)."""
+    out: list[PreparedLiteral] = []
+    for i, lit in enumerate(body):
+        if not isinstance(lit, ir.Aggregation):
+            out.append(lit)
+            continue
+        others = set().union(*(scope_vars(b) for j, b in enumerate(body) if j != i))
+        around = outside | others
+        inner = literal_vars(lit) - {lit.result.name}
+        grouping = frozenset(inner & around)
+        # For an aggregate nested in this one, everything around this one and the target
+        # are outside (its siblings inside this body are added by the recursive call).
+        inner_outside = frozenset(around | term_vars(lit.target))
+        out.append(PreparedAgg(lit, grouping, _prepare_body(lit.body, inner_outside)))
+    return tuple(out)
+
+
+def prepare_rule(rule: ir.Rule) -> PreparedRule:
+    counter = itertools.count()
+    body = tuple(_rename_wildcards(lit, counter) for lit in rule.body)
+    return PreparedRule(rule, _prepare_body(body, frozenset(term_vars_all(rule.head.args))))
+
+
+def term_vars_all(terms: Iterable[ir.Term]) -> set[str]:
+    return set().union(*(term_vars(t) for t in terms))
+
+
+# --------------------------------------------------------------------------- strata
+
+
+def relations_read(lit: ir.BodyLiteral) -> Iterator[tuple[str, bool]]:
+    """(relation, through negation or aggregation) for every relation a literal reads."""
+    if isinstance(lit, ir.Atom):
+        yield lit.relation, False
+    elif isinstance(lit, ir.Negation):
+        yield lit.atom.relation, True
+    elif isinstance(lit, ir.Aggregation):
+        for b in lit.body:
+            for rel, _ in relations_read(b):
+                yield rel, True
+
+
+def strata(program: ir.Program) -> list[list[ir.Rule]]:
+    """Rules grouped by the stratum of their head, lowest first. The stratum of a relation
+    is the longest path to it counting only negated/aggregated edges, so everything a rule
+    negates or aggregates is complete before the rule runs."""
+    level = {name: 0 for name in program.relations}
+    limit = len(level) + 1
+    changed = True
+    while changed:
+        changed = False
+        for rule in program.rules:
+            head = rule.head.relation
+            for lit in rule.body:
+                for rel, strict in relations_read(lit):
+                    need = level[rel] + (1 if strict else 0)
+                    if need > level[head]:
+                        if need > limit:
+                            raise ValueError(f"not stratifiable: {head} through {rel}")
+                        level[head] = need
+                        changed = True
+    by_level: dict[int, list[ir.Rule]] = {}
+    for rule in program.rules:
+        by_level.setdefault(level[rule.head.relation], []).append(rule)
+    return [by_level[k] for k in sorted(by_level)]
+
+
+# --------------------------------------------------------------------------- solving
+
+
+class Snapshot:
+    """The database as it stood at the start of a naive round, with lazily built hash
+    indexes: (relation, bound column positions) -> {key values: [tuples]}."""
+
+    def __init__(self, db: Mapping[str, set[Tuple]], budget: _Budget):
+        self.db = db
+        self.budget = budget
+        self._indexes: dict[tuple[str, tuple[int, ...]], dict[Tuple, list[Tuple]]] = {}
+
+    def lookup(self, relation: str, positions: tuple[int, ...], key: Tuple) -> list[Tuple]:
+        index = self._indexes.get((relation, positions))
+        if index is None:
+            index = {}
+            for t in self.db[relation]:
+                index.setdefault(tuple(t[p] for p in positions), []).append(t)
+            self._indexes[(relation, positions)] = index
+        return index.get(key, [])
+
+
+class _Budget:
+    def __init__(self, max_steps: int | None):
+        self.max_steps = max_steps
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.max_steps is not None and self.steps > self.max_steps:
+            raise BudgetExceeded(f"more than {self.max_steps} bindings explored")
+
+
+def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
+    if isinstance(term, ir.Const):
+        return term.value
+    if isinstance(term, ir.Var):
+        return binding[term.name]
+    if isinstance(term, ir.BinOp):
+        left = eval_term(term.left, binding, pos)
+        right = eval_term(term.right, binding, pos)
+        return arith(term.op, left, right, term.type, pos)
+    raise TypeError(f"cannot evaluate {term!r}")
+
+
+def _ready(lit: PreparedLiteral, bound: set[str]) -> bool:
+    """Whether the literal can be evaluated now, given the bound variables."""
+    if isinstance(lit, ir.Atom):
+        plain = {a.name for a in lit.args if isinstance(a, ir.Var)}
+        needed = term_vars_all(a for a in lit.args if isinstance(a, ir.BinOp))
+        return needed <= bound | plain
+    if isinstance(lit, ir.Negation):
+        return literal_vars(lit) <= bound
+    if isinstance(lit, ir.Comparison):
+        if (term_vars(lit.left) | term_vars(lit.right)) <= bound:
+            return True
+        if lit.op != "=":
+            return False
+        for var, other in ((lit.left, lit.right), (lit.right, lit.left)):
+            if isinstance(var, ir.Var) and var.name not in bound:
+                if term_vars(other) <= bound:
+                    return True
+        return False
+    return lit.grouping <= bound
+
+
+def _pick(literals: tuple[PreparedLiteral, ...], bound: set[str]) -> int:
+    """The next literal: the first ready filter/binding/negation/aggregate (cheap, prunes
+    early), otherwise the first ready atom. Any order gives the same answer."""
+    first_atom = None
+    for i, lit in enumerate(literals):
+        if _ready(lit, bound):
+            if not isinstance(lit, ir.Atom):
+                return i
+            if first_atom is None:
+                first_atom = i
+    if first_atom is None:
+        raise ValueError(f"unsafe body: nothing can be evaluated with {sorted(bound)} bound")
+    return first_atom
+
+
+def solve(
+    literals: tuple[PreparedLiteral, ...], binding: Binding, snap: Snapshot, pos: ir.Pos
+) -> Iterator[Binding]:
+    """Every binding that satisfies all the literals, extending ``binding``."""
+    if not literals:
+        yield binding
+        return
+    i = _pick(literals, set(binding))
+    rest = literals[:i] + literals[i + 1 :]
+    for extended in _eval_literal(literals[i], binding, snap, pos):
+        snap.budget.step()
+        yield from solve(rest, extended, snap, pos)
+
+
+def _match_atom(
+    atom: ir.Atom, binding: Binding, snap: Snapshot, pos: ir.Pos
+) -> Iterator[Binding]:
+    """Bindings for the atom's unbound variables from the tuples of its relation."""
+    positions: list[int] = []
+    key: list[Value] = []
+    for i, arg in enumerate(atom.args):
+        if isinstance(arg, ir.Const):
+            positions.append(i)
+            key.append(arg.value)
+        elif isinstance(arg, ir.Var) and arg.name in binding:
+            positions.append(i)
+            key.append(binding[arg.name])
+        elif isinstance(arg, ir.BinOp) and term_vars(arg) <= set(binding):
+            positions.append(i)
+            key.append(eval_term(arg, binding, pos))
+    keyed = set(positions)
+    for t in snap.lookup(atom.relation, tuple(positions), tuple(key)):
+        b = dict(binding)
+        ok = True
+        for i, arg in enumerate(atom.args):
+            if i in keyed or not isinstance(arg, ir.Var):
+                continue
+            if arg.name in b:  # repeated variable within the atom
+                if b[arg.name] != t[i]:
+                    ok = False
+                    break
+            else:
+                b[arg.name] = t[i]
+        if not ok:
+            continue
+        for i, arg in enumerate(atom.args):  # expressions over variables bound just now
+            if i not in keyed and isinstance(arg, ir.BinOp):
+                if eval_term(arg, b, pos) != t[i]:
+                    ok = False
+                    break
+        if ok:
+            yield b
+
+
+def _eval_literal(
+    lit: PreparedLiteral, binding: Binding, snap: Snapshot, pos: ir.Pos
+) -> Iterator[Binding]:
+    if isinstance(lit, ir.Atom):
+        yield from _match_atom(lit, binding, snap, pos)
+    elif isinstance(lit, ir.Negation):
+        if next(_match_atom(lit.atom, binding, snap, pos), None) is None:
+            yield binding
+    elif isinstance(lit, ir.Comparison):
+        yield from _eval_comparison(lit, binding, pos)
+    else:
+        yield from _eval_aggregate(lit, binding, snap, pos)
+
+
+def _eval_comparison(lit: ir.Comparison, binding: Binding, pos: ir.Pos) -> Iterator[Binding]:
+    bound = set(binding)
+    if lit.op == "=":
+        for var, other in ((lit.left, lit.right), (lit.right, lit.left)):
+            if isinstance(var, ir.Var) and var.name not in bound:
+                yield {**binding, var.name: eval_term(other, binding, pos)}
+                return
+    if compare(lit.op, eval_term(lit.left, binding, pos), eval_term(lit.right, binding, pos)):
+        yield binding
+
+
+def _eval_aggregate(
+    lit: PreparedAgg, binding: Binding, snap: Snapshot, pos: ir.Pos
+) -> Iterator[Binding]:
+    agg = lit.agg
+    group = {v: binding[v] for v in lit.grouping}
+    distinct = {tuple(sorted(b.items())): b for b in solve(lit.body, group, snap, pos)}
+    matches = list(distinct.values())
+    value: Value
+    if agg.func == "count":
+        value = wrap(len(matches), agg.type)
+    elif agg.func == "sum":
+        assert agg.target is not None
+        total = 0
+        for b in matches:
+            v = eval_term(agg.target, b, pos)
+            assert isinstance(v, int)
+            total += v
+        value = wrap(total, agg.type)
+    elif agg.func in ("min", "max"):
+        if not matches:
+            return
+        assert agg.target is not None
+        values = [eval_term(agg.target, b, pos) for b in matches]
+        value = min(values) if agg.func == "min" else max(values)  # type: ignore[type-var]
+    else:
+        raise ValueError(f"unknown aggregate {agg.func!r}")
+    name = agg.result.name
+    if name in binding:
+        if binding[name] == value:
+            yield binding
+    else:
+        yield {**binding, name: value}
+
+
+def _fire(rule: PreparedRule, snap: Snapshot) -> Iterator[Tuple]:
+    pos = rule.rule.pos
+    for b in solve(rule.body, {}, snap, pos):
+        yield tuple(eval_term(a, b, pos) for a in rule.rule.head.args)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _check_tuple(relation: ir.Relation, t: Tuple) -> None:
+    if len(t) != relation.arity:
+        raise ValueError(f"{relation.name}: {t!r} has arity {len(t)}, not {relation.arity}")
+    for v, type in zip(t, relation.types):
+        if type == "symbol":
+            ok = isinstance(v, str)
+        elif type == "number":
+            ok = isinstance(v, int) and INT32_MIN <= v <= INT32_MAX
+        else:
+            ok = isinstance(v, int) and 0 <= v <= UINT32_MAX
+        if not ok or isinstance(v, bool):
+            raise ValueError(f"{relation.name}: {v!r} in {t!r} is not a {type}")
+
+
+def evaluate(
+    program: ir.Program,
+    facts: Mapping[str, Iterable[Tuple]],
+    *,
+    max_steps: int | None = None,
+    max_tuples: int | None = None,
+) -> dict[str, set[Tuple]]:
+    """The model of ``program`` over the given input ``facts``: every relation's tuples.
+
+    ``max_steps`` / ``max_tuples`` bound the work and the output size (BudgetExceeded);
+    the default is unbounded.
+    """
+    db: dict[str, set[Tuple]] = {name: set() for name in program.relations}
+    for name, tuples in facts.items():
+        if name not in program.relations:
+            raise ValueError(f"facts for undeclared relation {name!r}")
+        for t in tuples:
+            t = tuple(t)
+            _check_tuple(program.relations[name], t)
+            db[name].add(t)
+    budget = _Budget(max_steps)
+    for stratum in strata(program):
+        prepared = [prepare_rule(r) for r in stratum]
+        while True:  # naive: every rule over everything, until nothing new
+            snap = Snapshot(db, budget)
+            derived: dict[str, set[Tuple]] = {}
+            for rule in prepared:
+                head = rule.rule.head.relation
+                derived.setdefault(head, set()).update(_fire(rule, snap))
+            new = {h: ts - db[h] for h, ts in derived.items()}
+            if not any(new.values()):
+                break
+            for h, ts in new.items():
+                for t in ts:
+                    _check_tuple(program.relations[h], t)
+                db[h] |= ts
+            if max_tuples is not None and sum(len(ts) for ts in db.values()) > max_tuples:
+                raise BudgetExceeded(f"more than {max_tuples} tuples")
+    return db
