@@ -85,6 +85,94 @@ def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(**_JIT)
+def not_in_sorted_1(new: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """``not_in_sorted`` for one-word rows as 1-D uint64 arrays (the common case)."""
+    n, m = new.shape[0], full.shape[0]
+    mask = np.ones(n, dtype=np.bool_)
+    j = 0
+    for i in range(n):
+        x = new[i]
+        step = 1
+        hi = j
+        while hi < m and full[hi] < x:
+            j = hi + 1
+            hi = j + step
+            step *= 2
+        if hi > m:
+            hi = m
+        lo = j
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if full[mid] < x:
+                lo = mid + 1
+            else:
+                hi = mid
+        j = lo
+        if j < m and full[j] == x:
+            mask[i] = False
+    return mask
+
+
+@numba.njit(**_JIT)
+def merge_sorted_1(full: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``merge_sorted`` for one-word rows as 1-D uint64 arrays."""
+    n, m = full.shape[0], new.shape[0]
+    out = np.empty(n + m, dtype=full.dtype)
+    i = j = k = 0
+    while i < n and j < m:
+        if new[j] < full[i]:
+            out[k] = new[j]
+            j += 1
+        else:
+            out[k] = full[i]
+            i += 1
+        k += 1
+    out[k : k + n - i] = full[i:]
+    k += n - i
+    out[k : k + m - j] = new[j:]
+    return out
+
+
+@numba.njit(**_JIT)
+def expand_runs(starts: np.ndarray, counts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Materialise a join in one pass: outer row i paired with rows starts[i] .. + counts[i]."""
+    outer = np.empty(total, dtype=np.int64)
+    inner = np.empty(total, dtype=np.int64)
+    k = 0
+    for i in range(starts.shape[0]):
+        s = starts[i]
+        for c in range(counts[i]):
+            outer[k] = i
+            inner[k] = s + c
+            k += 1
+    return outer, inner
+
+
+@numba.njit(**_JIT)
+def gather_join(
+    outer: np.ndarray, starts: np.ndarray, counts: np.ndarray, halves: np.ndarray, spec: np.ndarray, total: int
+) -> np.ndarray:
+    """Fused join materialisation: for outer row i and each matching inner row, one output row
+    whose column c is outer[i, spec[c,1]] (spec[c,0] == 0), halves[r, spec[c,1]] (== 1) or 0."""
+    width = spec.shape[0]
+    out = np.empty((total, width), dtype=np.uint32)
+    k = 0
+    for i in range(starts.shape[0]):
+        s = starts[i]
+        for r in range(s, s + counts[i]):
+            for c in range(width):
+                side = spec[c, 0]
+                if side == 0:
+                    out[k, c] = outer[i, spec[c, 1]]
+                elif side == 1:
+                    out[k, c] = halves[r, spec[c, 1]]
+                else:
+                    out[k, c] = 0
+            k += 1
+    return out
+
+
+@numba.njit(**_JIT)
 def hash_slot(key: np.uint64, mask: np.uint64) -> np.int64:
     return np.int64(((key * HASH_MULT) >> np.uint64(17)) & mask)
 

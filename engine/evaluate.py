@@ -20,7 +20,7 @@ import numpy as np
 from . import sets
 from .backend import Backend
 from .errors import DatalogError
-from .hisa import RelationStore, expand_runs, pack, unpack, words_for
+from .hisa import RelationStore, expand_runs, gather_join, gather_pairs, half_of, pack, packed_layout, unpack, words_for
 from .ir import Atom, BinOp, Comparison, Const, Term, Var
 from .plan import (
     AggregateStep,
@@ -40,12 +40,23 @@ PHASES = ("join", "dedup", "difference", "merge")
 
 @dataclass
 class Bindings:
-    n: int
-    cols: dict[str, Any]
+    """The binding table: an (n, k) uint32 array, one column per bound variable."""
 
-    def take(self, rows: Any, keep: frozenset[str] | None) -> Bindings:
-        names = self.cols if keep is None else [v for v in self.cols if v in keep]
-        return Bindings(int(rows.shape[0]), {v: self.cols[v][rows] for v in names})
+    table: Any
+    names: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        return int(self.table.shape[0])
+
+    def col(self, name: str) -> Any:
+        return self.table[:, self.names.index(name)]
+
+    def take(self, rows: Any) -> Bindings:
+        return Bindings(self.table[rows], self.names)
+
+    def with_column(self, name: str, values: Any, xp: Any) -> Bindings:
+        return Bindings(xp.concatenate([self.table, values[:, None]], axis=1), self.names + (name,))
 
 
 @dataclass
@@ -54,15 +65,23 @@ class PhaseClock:
 
     backend: Backend
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    _inner: list[float] = field(default_factory=list)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Exclusive time: a phase nested in another (dedup inside the join pipeline) is
+        charged to itself only."""
         t0 = time.perf_counter()
+        self._inner.append(0.0)
         try:
             yield
         finally:
             self.backend.synchronize()
-            self.totals[name] += time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            nested = self._inner.pop()
+            self.totals[name] += elapsed - nested
+            if self._inner:
+                self._inner[-1] += elapsed
 
     def take(self) -> dict[str, float]:
         out, self.totals = self.totals, dict.fromkeys(PHASES, 0.0)
@@ -152,14 +171,17 @@ class Evaluator:
         store = self.stores[head.relation]
         out: list[Any] = []
         pending: list[Any] = []
+        layout = packed_layout(head)
 
         def sink(b: Bindings) -> None:
-            cols = [self._term(a, b) for a in head.args]
-            rows = pack(cols, b.n, self.xp)
+            if layout is not None and b.names == layout:
+                rows = b.table.view(self.xp.uint64)  # the join wrote the packed head rows
+            else:
+                rows = pack([self._term(a, b) for a in head.args], b.n, self.xp)
             with self.clock.phase("dedup"):
                 rows = sets.sort_unique(rows, self.xp)
             with self.clock.phase("difference"):
-                rows = sets.difference(rows, store.full, self.xp)
+                rows = store.subtract(rows)
             if rows.shape[0]:
                 pending.append(rows)
             if sum(p.shape[0] for p in pending) > self.chunk_rows:
@@ -168,27 +190,38 @@ class Evaluator:
                 pending.clear()
 
         with self.clock.phase("join"):
-            self._steps(Bindings(1, {}), rp.steps, sink)
+            unit = Bindings(self.xp.zeros((1, 0), dtype=self.xp.uint32), ())
+            self._steps(unit, rp.steps, sink, layout)
         if pending or len(out) > 1:
             with self.clock.phase("dedup"):
                 blocks = out + pending
                 out = [blocks[0] if len(blocks) == 1 else sets.sort_unique(self.xp.concatenate(blocks), self.xp)]
         return out
 
-    def _steps(self, b: Bindings, steps: tuple[Step, ...], sink: Callable[[Bindings], None]) -> None:
+    def _steps(
+        self,
+        b: Bindings,
+        steps: tuple[Step, ...],
+        sink: Callable[[Bindings], None],
+        layout: tuple[str | None, ...] | None = None,
+    ) -> None:
+        """Run ``steps`` over ``b``; ``layout`` is the column order the sink can take as packed
+        rows without a copy, asked of the last join."""
+        xp = self.xp
         for i, step in enumerate(steps):
             if b.n == 0:
                 return
             if isinstance(step, JoinStep):
-                for part in self._join(b, step):
-                    self._steps(part, steps[i + 1 :], sink)
+                last = i == len(steps) - 1
+                for part in self._join(b, step, layout if last else None):
+                    self._steps(part, steps[i + 1 :], sink, layout)
                 return
             if isinstance(step, FilterStep):
-                b = b.take(self.xp.nonzero(self._compare(step.comparison, b))[0], None)
+                b = b.take(xp.nonzero(self._compare(step.comparison, b))[0])
             elif isinstance(step, AssignStep):
-                b.cols[step.var] = self._term(step.expr, b)
+                b = b.with_column(step.var, self._term(step.expr, b), xp)
             elif isinstance(step, NegationStep):
-                b = b.take(self.xp.nonzero(~self._exists(b, step))[0], None)
+                b = b.take(xp.nonzero(~self._exists(b, step))[0])
             else:
                 b = self._aggregate(b, step)
         if b.n:
@@ -197,20 +230,46 @@ class Evaluator:
     def _key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
         return [self._term(atom.args[j], b) for j in positions]
 
-    def _join(self, b: Bindings, step: JoinStep) -> Iterator[Bindings]:
-        """Probe the index once for all outer rows, then materialise chunk by chunk."""
+    def _join(self, b: Bindings, step: JoinStep, layout: tuple[str | None, ...] | None) -> Iterator[Bindings]:
+        """Probe the index once for all outer rows (count pass), then materialise the output
+        table chunk by chunk in one gather (outer columns and inner columns side by side)."""
+        xp = self.xp
         atom = step.atom
         index = self.stores[atom.relation].index(step.order, step.version)
         keys = self._key_columns(atom, step.order[: step.key_len], b)
-        starts, counts = index.ranges(keys[:2], b.n, self.xp)
+        starts, counts = index.ranges(keys[:2], b.n, xp)
+        # Index columns the probe could not check: key columns past the two hashed ones, and
+        # repeats of a free variable within the atom.
+        free: dict[str, int] = {}
+        checks: list[tuple[int, int | None]] = [(k, None) for k in range(2, step.key_len)]
+        for k in range(step.key_len, len(step.order)):
+            arg = atom.args[step.order[k]]
+            if isinstance(arg, Var):
+                if arg.name in free:
+                    checks.append((k, free[arg.name]))
+                else:
+                    free[arg.name] = k
+        available = list(b.names) + list(free)
+        if layout is not None and {v for v in layout if v is not None} <= set(available):
+            names: tuple[str | None, ...] = layout
+        else:
+            names = tuple(v for v in available if step.keep is None or v in step.keep)
+        source = [
+            (2, 0) if v is None else (0, b.names.index(v)) if v in b.names else (1, half_of(free[v]))
+            for v in names
+        ]
         for lo, hi in self._chunks(counts):
-            outer, inner = expand_runs(starts[lo:hi], counts[lo:hi], self.xp)
+            if not checks:
+                yield Bindings(gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], index.rows, source, xp), names)
+                continue
+            outer, inner = expand_runs(starts[lo:hi], counts[lo:hi], xp)
             outer += lo
             rows = index.rows[inner]
-            for k in range(2, step.key_len):
-                match = unpack(rows, k, self.xp) == keys[k][outer]
-                outer, rows = outer[match], rows[match]
-            yield self._bind(b, outer, rows, step)
+            keep = xp.ones(outer.shape[0], dtype=bool)
+            for k, other in checks:
+                keep &= unpack(rows, k, xp) == (keys[k][outer] if other is None else unpack(rows, other, xp))
+            outer, inner = outer[keep], inner[keep]
+            yield Bindings(gather_pairs(b.table, outer, index.rows, inner, source, xp), names)
 
     def _chunks(self, counts: Any) -> Iterator[tuple[int, int]]:
         """Outer row ranges whose join output stays within ``chunk_rows`` (one row at least)."""
@@ -227,29 +286,6 @@ class Evaluator:
             hi = max(hi, lo + 1)
             yield lo, hi
             lo = hi
-
-    def _bind(self, b: Bindings, outer: Any, rows: Any, step: JoinStep) -> Bindings:
-        """New binding table from matched pairs: old columns gathered, free positions of the
-        atom unpacked (repeated free variables become equality filters)."""
-        cols = {v: c[outer] for v, c in b.cols.items()}
-        keep = self.xp.ones(outer.shape[0], dtype=bool)
-        filtered = False
-        for k in range(step.key_len, len(step.order)):
-            arg = step.atom.args[step.order[k]]
-            if not isinstance(arg, Var):
-                continue
-            col = unpack(rows, k, self.xp)
-            if arg.name in cols:
-                keep &= cols[arg.name] == col
-                filtered = True
-            else:
-                cols[arg.name] = col
-        if step.keep is not None:
-            cols = {v: c for v, c in cols.items() if v in step.keep}
-        out = Bindings(int(outer.shape[0]), cols)
-        if filtered:
-            out = out.take(self.xp.nonzero(keep)[0], None)
-        return out
 
     def _exists(self, b: Bindings, step: NegationStep) -> Any:
         index = self.stores[step.atom.relation].index(step.order, "full")
@@ -271,14 +307,14 @@ class Evaluator:
         distinct group, reduce per group, and hand each outer row its group's value."""
         xp = self.xp
         agg = step.aggregation
-        gid, group_cols, n_groups = self._group(b, step.grouping)
-        start = Bindings(n_groups, {**group_cols, "$gid": xp.arange(n_groups, dtype=xp.uint32)})
+        gid, groups, n_groups = self._group(b, step.grouping)
+        start = groups.with_column("$gid", xp.arange(n_groups, dtype=xp.uint32), xp)
         gids: list[Any] = []
         values: list[Any] = []
 
         def collect(inner: Bindings) -> None:
-            gids.append(inner.cols["$gid"])
-            values.append(self._term(agg.target, inner) if agg.target is not None else inner.cols["$gid"])
+            gids.append(inner.col("$gid"))
+            values.append(self._term(agg.target, inner) if agg.target is not None else inner.col("$gid"))
 
         self._steps(start, step.steps, collect)
         g = xp.concatenate(gids) if gids else xp.zeros(0, dtype=xp.uint32)
@@ -306,28 +342,25 @@ class Evaluator:
             result = xp.zeros(n_groups, dtype=xp.uint32)
             if packed.shape[0]:
                 result = (packed[pick] & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
-        out = Bindings(b.n, {**b.cols, agg.result.name: result[gid]})
+        out = b.with_column(agg.result.name, result[gid], xp)
         if agg.func in ("min", "max"):
-            out = out.take(xp.nonzero(present[gid])[0], None)
+            out = out.take(xp.nonzero(present[gid])[0])
         return out
 
-    def _group(self, b: Bindings, grouping: tuple[str, ...]) -> tuple[Any, dict[str, Any], int]:
-        """(group id per outer row, grouping columns per group, number of groups)."""
+    def _group(self, b: Bindings, grouping: tuple[str, ...]) -> tuple[Any, Bindings, int]:
+        """(group id per outer row, one row of grouping columns per group, number of groups)."""
         xp = self.xp
         if not grouping:
-            return xp.zeros(b.n, dtype=xp.int64), {}, 1
-        cols = [b.cols[v] for v in grouping]
-        order = xp.lexsort(xp.stack(cols[::-1]))
-        sorted_cols = [c[order] for c in cols]
-        first = xp.zeros(b.n, dtype=bool)
-        first[0] = True
-        for c in sorted_cols:
-            first[1:] |= c[1:] != c[:-1]
-        gid_sorted = xp.cumsum(first) - 1
+            return xp.zeros(b.n, dtype=xp.int64), Bindings(xp.zeros((1, 0), xp.uint32), ()), 1
+        table = xp.stack([b.col(v) for v in grouping], axis=1)
+        order = xp.lexsort(table.T[::-1])
+        table = table[order]
+        first = xp.ones(b.n, dtype=bool)
+        first[1:] = xp.any(table[1:] != table[:-1], axis=1)
         gid = xp.empty(b.n, dtype=xp.int64)
-        gid[order] = gid_sorted
+        gid[order] = xp.cumsum(first) - 1
         starts = xp.nonzero(first)[0]
-        return gid, {v: c[starts] for v, c in zip(grouping, sorted_cols)}, int(starts.shape[0])
+        return gid, Bindings(table[starts], grouping), int(starts.shape[0])
 
     # -- terms -----------------------------------------------------------------------------
 
@@ -335,7 +368,7 @@ class Evaluator:
         """Encoded uint32 column of a term over the binding table."""
         xp = self.xp
         if isinstance(t, Var):
-            return b.cols[t.name]
+            return b.col(t.name)
         if isinstance(t, Const):
             value = self.symbols.intern(t.value) if t.type == "symbol" else t.value
             return xp.full(b.n, encode_scalar(int(value), t.type), dtype=xp.uint32)

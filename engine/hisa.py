@@ -27,23 +27,69 @@ def words_for(arity: int) -> int:
     return max(1, (arity + 1) // 2)
 
 
+def _halves(rows: Any, xp: Any) -> Any:
+    """(n, 2w) uint32 view of packed rows: on little-endian machines word k's high half
+    (even column) is view column 2k + 1 and its low half (odd column) is 2k."""
+    return rows.view(xp.uint32).reshape(rows.shape[0], 2 * rows.shape[1])
+
+
+def half_of(j: int) -> int:
+    return 2 * (j // 2) + (1 if j % 2 == 0 else 0)
+
+
 def pack(columns: list[Any], n: int, xp: Any) -> Any:
-    """uint32 columns -> (n, w) uint64 rows; column j sits in word j // 2, high half if j even."""
-    rows = xp.zeros((n, words_for(len(columns))), dtype=xp.uint64)
+    """uint32 columns -> (n, w) uint64 rows; column j sits in word j // 2, high half if j even.
+    Written through a uint32 view: no widening temporaries."""
+    rows = xp.empty((n, words_for(len(columns))), dtype=xp.uint64)
+    halves = _halves(rows, xp)
+    if len(columns) % 2:
+        halves[:, half_of(len(columns))] = 0
+    if not columns:
+        halves[:] = 0
     for j, col in enumerate(columns):
-        word = col.astype(xp.uint64)
-        if j % 2 == 0:
-            word <<= xp.uint64(32)
-        rows[:, j // 2] |= word
+        halves[:, half_of(j)] = col
     return rows
 
 
 def unpack(rows: Any, j: int, xp: Any) -> Any:
-    """Column j of packed rows as uint32."""
-    word = rows[:, j // 2]
-    if j % 2 == 0:
-        return (word >> xp.uint64(32)).astype(xp.uint32)
-    return (word & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
+    """Column j of packed rows as a uint32 (strided) view."""
+    return _halves(rows, xp)[:, half_of(j)]
+
+
+def packed_layout(head: Any) -> tuple[str | None, ...] | None:
+    """When every head argument is a variable, the binding-table column order whose uint32
+    rows, viewed as uint64, are the packed head tuples (None marks a zero pad half)."""
+    if not all(hasattr(a, "name") and not hasattr(a, "op") for a in head.args) or not head.args:
+        return None
+    names: list[str | None] = [None] * (2 * words_for(len(head.args)))
+    for j, a in enumerate(head.args):
+        names[half_of(j)] = a.name
+    return tuple(names)
+
+
+def gather_join(outer: Any, starts: Any, counts: Any, inner_rows: Any, source: list[tuple[int, int]], xp: Any) -> Any:
+    """Materialise a join chunk as one (total, len(source)) uint32 table: output column c is
+    outer column i (source (0, i)), inner half h (source (1, h)) or zero (source (2, 0))."""
+    if xp is np:
+        spec = np.array(source, dtype=np.int64).reshape(-1, 2)
+        total = int(counts.sum())
+        return cpu_kernels.gather_join(outer, starts, counts, _halves(inner_rows, xp), spec, total)
+    outer_idx, inner_idx = expand_runs(starts, counts, xp)
+    return gather_pairs(outer, outer_idx, inner_rows, inner_idx, source, xp)
+
+
+def gather_pairs(outer: Any, outer_idx: Any, inner_rows: Any, inner_idx: Any, source: list[tuple[int, int]], xp: Any) -> Any:
+    """``gather_join`` from explicit (outer row, inner row) pairs."""
+    table = xp.empty((outer_idx.shape[0], len(source)), dtype=xp.uint32)
+    halves = _halves(inner_rows, xp)
+    for c, (side, i) in enumerate(source):
+        if side == 0:
+            table[:, c] = outer[outer_idx, i]
+        elif side == 1:
+            table[:, c] = halves[inner_idx, i]
+        else:
+            table[:, c] = 0
+    return table
 
 
 def key_prefix(rows: Any, key_len: int, xp: Any) -> Any:
@@ -174,6 +220,8 @@ def expand_runs(starts: Any, counts: Any, xp: Any) -> tuple[Any, Any]:
     if total == 0:
         empty = xp.zeros(0, dtype=xp.int64)
         return empty, empty
+    if xp is np:
+        return cpu_kernels.expand_runs(starts, counts, total)
     offsets = xp.cumsum(counts) - counts
     outer = xp.repeat(xp.arange(counts.shape[0], dtype=xp.int64), counts)
     inner = xp.arange(total, dtype=xp.int64) - (offsets - starts)[outer]
@@ -181,25 +229,45 @@ def expand_runs(starts: Any, counts: Any, xp: Any) -> tuple[Any, Any]:
 
 
 class RelationStore:
-    """The full version of one relation (canonical index plus secondary indexes, all kept up
-    to date by merging each delta in) and the current iteration's delta."""
+    """The full version of one relation and the current iteration's delta.
+
+    Full is kept in the canonical order as a short list of sorted runs of geometrically
+    decreasing size (a log-structured merge): adding a delta appends a run and merges only
+    runs of similar size, so an iteration no longer copies all of full (GPULog's merge cost on
+    long, thin fixpoints such as road networks: 400-600 iterations). Deduplication probes each
+    run. Indexes that joins probe (secondary column orders, or the canonical one) are single
+    sorted arrays with their hash tables; the canonical runs are compacted when a join asks.
+    """
+
+    MERGE_RATIO = 4  # merge the two newest runs while the newer is over a quarter the older
 
     def __init__(self, arity: int, xp: Any):
         self.arity = arity
         self.xp = xp
         self.canonical = tuple(range(arity))
-        self.indexes: dict[tuple[int, ...], SortedIndex] = {
-            self.canonical: SortedIndex(self.canonical, xp.zeros((0, words_for(arity)), xp.uint64))
-        }
-        self.delta = self.indexes[self.canonical].rows
+        self.runs: list[Any] = []
+        self.indexes: dict[tuple[int, ...], SortedIndex] = {}
+        self.delta = xp.zeros((0, words_for(arity)), xp.uint64)
         self._delta_indexes: dict[tuple[int, ...], SortedIndex] = {}
 
     @property
     def full(self) -> Any:
-        return self.indexes[self.canonical].rows
+        """All of full as one sorted array (compacts the runs)."""
+        if len(self.runs) > 1:
+            merged = self.runs[0]
+            for run in self.runs[1:]:
+                merged = sets.merge(merged, run, self.xp)
+            self.runs = [merged]
+        return self.runs[0] if self.runs else self.delta[:0]
 
     def __len__(self) -> int:
-        return int(self.full.shape[0])
+        return sum(int(r.shape[0]) for r in self.runs)
+
+    def subtract(self, rows: Any) -> Any:
+        """Sorted unique rows that are not in full."""
+        for run in self.runs:
+            rows = sets.difference(rows, run, self.xp)
+        return rows
 
     def index(self, order: tuple[int, ...], version: str = "full") -> SortedIndex:
         if version == "delta":
@@ -208,6 +276,8 @@ class RelationStore:
             return self._delta_indexes[order]
         if order not in self.indexes:
             self.indexes[order] = SortedIndex(order, self._sorted_in(self.full, order))
+        elif order == self.canonical and self.indexes[order].rows is not self.full:
+            self.indexes[order].replace_rows(self.full)
         return self.indexes[order]
 
     def _sorted_in(self, canonical_rows: Any, order: tuple[int, ...]) -> Any:
@@ -216,9 +286,14 @@ class RelationStore:
         return sets.sort_unique(permute(canonical_rows, self.arity, order, self.xp), self.xp)
 
     def add(self, delta: Any) -> None:
-        """Sorted canonical rows, none of them in full yet, become the delta and are merged into
-        every index of full."""
-        for order, idx in self.indexes.items():
-            idx.replace_rows(sets.merge(idx.rows, self._sorted_in(delta, order), self.xp))
+        """Sorted canonical rows, none of them in full yet, become the delta and join full."""
+        if delta.shape[0]:
+            self.runs.append(delta)
+            while len(self.runs) > 1 and self.runs[-1].shape[0] * self.MERGE_RATIO > self.runs[-2].shape[0]:
+                newer = self.runs.pop()
+                self.runs[-1] = sets.merge(self.runs[-1], newer, self.xp)
+            for order, idx in self.indexes.items():
+                if order != self.canonical:
+                    idx.replace_rows(sets.merge(idx.rows, self._sorted_in(delta, order), self.xp))
         self.delta = delta
         self._delta_indexes = {}

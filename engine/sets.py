@@ -43,6 +43,8 @@ def difference(new: Any, full: Any, xp: Any) -> Any:
     if new.shape[0] == 0 or full.shape[0] == 0:
         return new
     if _on_cpu(xp):
+        if new.shape[1] == 1:
+            return new[cpu_kernels.not_in_sorted_1(new[:, 0], full[:, 0])]
         return new[cpu_kernels.not_in_sorted(new, full)]
     return difference_xp(new, full, xp)
 
@@ -73,6 +75,8 @@ def merge(full: Any, new: Any, xp: Any) -> Any:
     if full.shape[0] == 0:
         return new
     if _on_cpu(xp):
+        if full.shape[1] == 1:
+            return cpu_kernels.merge_sorted_1(full[:, 0], new[:, 0]).reshape(-1, 1)
         return cpu_kernels.merge_sorted(full, new)
     return merge_xp(full, new, xp)
 

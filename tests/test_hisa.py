@@ -132,11 +132,13 @@ def test_relation_store_keeps_every_index_equal_to_the_set(data):
         store.index(order)
     seen: set[tuple[int, ...]] = set()
     for batch in data.draw(st.lists(rows_strategy(arity, 15), max_size=4)):
-        new = sets.difference(sets.sort_unique(to_rows(batch, arity), xp), store.full, xp)
+        new = store.subtract(sets.sort_unique(to_rows(batch, arity), xp))
         store.add(new)
         assert set(to_tuples(store.delta, arity)) == set(batch) - seen
         seen |= set(batch)
-        for order, idx in store.indexes.items():
+        assert to_tuples(store.full, arity) == sorted(seen)
+        for order in orders:
+            idx = store.index(order)
             expected = sorted(tuple(t[c] for c in order) for t in seen)
             assert to_tuples(idx.rows, arity) == expected
             delta_idx = store.index(order, "delta")
