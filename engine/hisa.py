@@ -222,9 +222,16 @@ def expand_runs(starts: Any, counts: Any, xp: Any) -> tuple[Any, Any]:
         return empty, empty
     if xp is np:
         return cpu_kernels.expand_runs(starts, counts, total)
-    offsets = xp.cumsum(counts) - counts
-    outer = xp.repeat(xp.arange(counts.shape[0], dtype=xp.int64), counts)
-    inner = xp.arange(total, dtype=xp.int64) - (offsets - starts)[outer]
+    return expand_runs_xp(starts, counts, total, xp)
+
+
+def expand_runs_xp(starts: Any, counts: Any, total: int, xp: Any) -> tuple[Any, Any]:
+    # Output row t belongs to the outer row whose run covers it (no repeat with array counts
+    # on CuPy; a searchsorted over the inclusive scan is the same thing).
+    ends = xp.cumsum(counts)
+    t = xp.arange(total, dtype=xp.int64)
+    outer = xp.searchsorted(ends, t, side="right")
+    inner = t - (ends - counts - starts)[outer]
     return outer, inner
 
 

@@ -13,6 +13,7 @@ from dask_datalog.engine.hisa import (
     RelationStore,
     SortedIndex,
     expand_runs,
+    expand_runs_xp,
     pack,
     permute,
     unpack,
@@ -109,6 +110,10 @@ def test_index_join_matches_nested_loop(data):
     key_cols = [np.array([k[j] for k in outer_keys], dtype=np.uint32) for j in range(key_len)]
     starts, counts = index.ranges(key_cols[:2], len(outer_keys), xp)
     outer, pos = expand_runs(starts, counts, xp)
+    total = int(counts.sum())
+    if total:
+        twin = expand_runs_xp(starts, counts, total, xp)
+        assert twin[0].tolist() == outer.tolist() and twin[1].tolist() == pos.tolist()
     rows = index.rows[pos]
     keep = np.ones(outer.shape[0], dtype=bool)
     for k in range(2, key_len):
