@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import random
-import tempfile
 from collections.abc import Set
 from typing import Any
 
@@ -96,13 +95,12 @@ def check_engine(case: GeneratedCase) -> None:
     """Program(text).run(facts=..., backend="numpy") gives the expected tuples and sizes,
     as plain Python values."""
     assert Program is not None
-    with tempfile.TemporaryDirectory() as out:
-        try:
-            result = Program(case.text, filename=f"<{case.label}>").run(
-                facts=case.api_facts(), backend="numpy", output_dir=out
-            )
-        except Exception as exc:
-            pytest.fail(f"engine raised {exc!r}\n{case.describe()}")
+    try:
+        result = Program(case.text, filename=f"<{case.label}>").run(
+            facts=case.api_facts(), backend="numpy"
+        )
+    except Exception as exc:
+        pytest.fail(f"engine raised {exc!r}\n{case.describe()}")
     for name, want in case.expected.items():
         got = result.tuples(name)
         assert got == want, diff_message("engine", name, got, want, case)
