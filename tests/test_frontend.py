@@ -1,0 +1,390 @@
+"""Front end on valid programs: the IR it builds (positions, normalisation, types) and the
+strata it finds."""
+
+from __future__ import annotations
+
+import pytest
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend import load_program, load_program_file
+from dask_datalog.engine.strata import Stratum, stratify
+
+REACH = """
+.decl edge(x: number, y: number)
+.input edge
+.decl path(x: number, y: number)
+.output path
+path(x, y) :- edge(x, y).
+path(x, z) :- path(x, y), edge(y, z).
+"""
+
+SG = """
+.decl edge(x: number, y: number)
+.input edge
+.decl sg(x: number, y: number)
+.output sg
+sg(x, y) :- edge(p, x), edge(p, y), x != y.
+sg(x, y) :- edge(a, x), sg(a, b), edge(b, y).
+"""
+
+CSPA = """
+.decl assign(x: number, y: number)
+.decl dereference(x: number, y: number)
+.input assign
+.input dereference
+.decl ValueFlow(x: number, y: number)
+.decl MemoryAlias(x: number, y: number)
+.decl ValueAlias(x: number, y: number)
+.output ValueFlow
+.output MemoryAlias
+.output ValueAlias
+ValueFlow(y, x)   :- assign(y, x).
+ValueFlow(x, y)   :- assign(x, z), MemoryAlias(z, y).
+ValueFlow(x, y)   :- ValueFlow(x, z), ValueFlow(z, y).
+MemoryAlias(x, w) :- dereference(y, x), ValueAlias(y, z), dereference(z, w).
+ValueAlias(x, y)  :- ValueFlow(z, x), ValueFlow(z, y).
+ValueAlias(x, y)  :- ValueFlow(z, x), MemoryAlias(z, w), ValueFlow(w, y).
+ValueFlow(x, x)   :- assign(x, _).      ValueFlow(x, x)   :- assign(_, x).
+MemoryAlias(x, x) :- assign(_, x).      MemoryAlias(x, x) :- assign(x, _).
+"""
+
+ANDERSEN = """
+.decl AddressOf(y: number, x: number)
+.decl Assign(y: number, x: number)
+.decl Load(y: number, x: number)
+.decl Store(y: number, x: number)
+.input AddressOf
+.input Assign
+.input Load
+.input Store
+.decl PointsTo(y: number, x: number)
+.output PointsTo
+PointsTo(y, x) :- AddressOf(y, x).
+PointsTo(y, x) :- PointsTo(z, x), Assign(y, z).
+PointsTo(y, w) :- PointsTo(x, z), Load(y, x), PointsTo(z, w).
+PointsTo(z, w) :- PointsTo(y, z), Store(y, x), PointsTo(x, w).
+"""
+
+
+def V(name: str) -> ir.Var:
+    return ir.Var(name)
+
+
+def C(value: int | str, type: ir.BaseType = "number") -> ir.Const:
+    return ir.Const(value, type)
+
+
+def rules_of(text: str) -> tuple[ir.Rule, ...]:
+    return load_program(text).rules
+
+
+# ---- the benchmark programs ----------------------------------------------------------------
+
+
+def test_reach() -> None:
+    p = load_program(REACH, "reach.dl")
+    assert list(p.relations) == ["edge", "path"]
+    assert p.relations["path"].types == ("number", "number")
+    assert p.inputs == (ir.InputSpec("edge"),) and p.outputs == (ir.OutputSpec("path"),)
+    assert p.source == "reach.dl"
+    assert p.rules[1] == ir.Rule(
+        ir.Atom("path", (V("x"), V("z"))),
+        (ir.Atom("path", (V("x"), V("y"))), ir.Atom("edge", (V("y"), V("z")))),
+    )
+    (stratum,) = stratify(p)
+    assert stratum == Stratum(frozenset({"path"}), p.rules, True)
+
+
+def test_sg() -> None:
+    p = load_program(SG)
+    assert p.rules[0].body[2] == ir.Comparison("!=", V("x"), V("y"))
+    assert [(s.relations, s.recursive) for s in stratify(p)] == [(frozenset({"sg"}), True)]
+
+
+def test_cspa_is_one_mutually_recursive_stratum() -> None:
+    p = load_program(CSPA)
+    (stratum,) = stratify(p)
+    assert stratum.relations == {"ValueFlow", "MemoryAlias", "ValueAlias"}
+    assert stratum.recursive and len(stratum.rules) == 10
+    assert p.rules[6].body == (ir.Atom("assign", (V("x"), ir.Wildcard())),)
+
+
+def test_andersen() -> None:
+    p = load_program(ANDERSEN)
+    assert len(p.inputs) == 4
+    assert [(s.relations, s.recursive, len(s.rules)) for s in stratify(p)] == [
+        (frozenset({"PointsTo"}), True, 4)
+    ]
+
+
+# ---- positions ---------------------------------------------------------------------------
+
+
+def test_positions_on_every_node() -> None:
+    text = ".decl e(x: number, y: number)\n.decl r(x: number)\nr(x) :- e(x, y), y > 1 + x.\n"
+    p = load_program(text, "p.dl")
+    assert p.relations["e"].pos == ir.Pos("p.dl", 1, 7)
+    rule = p.rules[0]
+    assert rule.pos == ir.Pos("p.dl", 3, 1)
+    assert rule.head.pos == ir.Pos("p.dl", 3, 1)
+    assert rule.head.args[0].pos == ir.Pos("p.dl", 3, 3)
+    atom, cmp = rule.body
+    assert atom.pos == ir.Pos("p.dl", 3, 9)
+    assert cmp.pos == ir.Pos("p.dl", 3, 20)  # the operator
+    assert isinstance(cmp, ir.Comparison) and isinstance(cmp.right, ir.BinOp)
+    assert cmp.right.pos == ir.Pos("p.dl", 3, 24)
+    assert cmp.right.left.pos == ir.Pos("p.dl", 3, 22)
+
+
+def test_positions_do_not_affect_equality() -> None:
+    assert load_program(REACH, "a.dl").rules == load_program("\n\n" + REACH, "b.dl").rules
+
+
+def test_directive_positions_and_params() -> None:
+    text = (
+        '.decl a(x: symbol)\n.decl b(x: symbol)\n'
+        '.input a(IO=file, filename="in/a.tsv", delimiter=",")\n'
+        '.output a, b(filename="o.csv", delimiter="\\t")\n.printsize b\n.printsize b\n'
+    )
+    p = load_program(text, "p.dl")
+    assert p.inputs == (ir.InputSpec("a", "in/a.tsv", ","),)
+    assert p.inputs[0].pos == ir.Pos("p.dl", 3, 8)
+    assert p.outputs == (ir.OutputSpec("a", "o.csv", "\t"), ir.OutputSpec("b", "o.csv", "\t"))
+    assert p.outputs[1].pos == ir.Pos("p.dl", 4, 12)
+    assert p.printsizes == ("b",)
+
+
+# ---- types ---------------------------------------------------------------------------------
+
+
+def test_type_aliases_resolve_to_base_types() -> None:
+    p = load_program(
+        ".type Id <: unsigned\n.type Node = Id\n.type Name <: symbol\n"
+        ".decl r(n: Node, s: Name, k: number)\n"
+    )
+    assert p.relations["r"].attributes == (
+        ir.Attribute("n", "unsigned", "Node"),
+        ir.Attribute("s", "symbol", "Name"),
+        ir.Attribute("k", "number", "number"),
+    )
+
+
+def test_constants_take_the_type_of_their_column() -> None:
+    (fact, rule) = rules_of(
+        '.decl u(x: unsigned, s: symbol)\n.decl n(x: number)\n'
+        'u(4294967295, "a\\"b\\\\c\\td").\n'
+        'n(x) :- u(y, "z"), y < 3, x = -2147483648.\n'
+    )
+    assert fact == ir.Rule(ir.Atom("u", (C(4294967295, "unsigned"), C('a"b\\c\td', "symbol"))), ())
+    assert fact.head.args[0].type == "unsigned"
+    _, less, eq = rule.body
+    assert less == ir.Comparison("<", V("y"), C(3, "unsigned"))
+    assert eq == ir.Comparison("=", V("x"), C(-2147483648))
+
+
+def test_arithmetic_types_are_resolved() -> None:
+    (rule,) = rules_of(
+        ".decl u(x: unsigned)\n.decl v(x: unsigned, y: number)\n"
+        "v(x * 2, y) :- u(x), y = -(1 + 2) % 3.\n"
+    )
+    head = rule.head.args[0]
+    assert head == ir.BinOp("*", V("x"), C(2, "unsigned"), "unsigned")
+    eq = rule.body[1]
+    assert isinstance(eq, ir.Comparison)
+    assert eq.right == ir.BinOp(
+        "%", ir.BinOp("-", C(0), ir.BinOp("+", C(1), C(2))), C(3), "number"
+    )
+
+
+def test_literal_only_variables_default_to_number() -> None:
+    (rule,) = rules_of(".decl r(x: number)\n.decl e(x: number)\nr(x) :- e(x), y = 5, y < x.\n")
+    assert rule.body[1] == ir.Comparison("=", V("y"), C(5))
+
+
+def test_number_literal_forms() -> None:
+    (fact,) = rules_of(".decl r(a: number, b: number, c: number)\nr(0x1F, 0b101, - 7).\n")
+    assert fact.head.args == (C(31), C(5), C(-7))
+
+
+# ---- normalisation ---------------------------------------------------------------------------
+
+
+def test_facts_are_rules_with_an_empty_body_and_folded_arithmetic() -> None:
+    rules = rules_of(
+        ".decl r(x: number, y: number)\n.decl u(x: unsigned)\n"
+        "r(1, 2). r(7 / -2, -7 % 3). r(2147483647 + 1, 3 * (2 + 1)).\nu(0 - 1).\n"
+    )
+    assert [r.body for r in rules] == [(), (), (), ()]
+    assert [r.head.args for r in rules] == [
+        (C(1), C(2)), (C(-3), C(-1)), (C(-2147483648), C(9)), (C(4294967295, "unsigned"),)
+    ]
+
+
+def test_aggregate_in_comparison_becomes_aggregation_literal() -> None:
+    (rule,) = rules_of(
+        ".decl e(x: number, y: number)\n.decl c(x: number, n: number)\n"
+        "c(x, n) :- e(x, _), n = count : { e(x, _) }.\n"
+    )
+    atom, agg, eq = rule.body
+    assert atom == ir.Atom("e", (V("x"), ir.Wildcard()))  # `_` outside aggregates stays
+    assert agg == ir.Aggregation(
+        V("$a0"), "count", None, (ir.Atom("e", (V("x"), V("$w0"))),), "number"
+    )
+    assert eq == ir.Comparison("=", V("n"), V("$a0"))
+    assert isinstance(agg, ir.Aggregation) and agg.pos == ir.Pos("<string>", 3, 25)
+
+
+def test_aggregates_in_head_and_inline_comparison() -> None:
+    (rule,) = rules_of(
+        ".decl e(x: unsigned, y: unsigned)\n.decl node(x: unsigned)\n"
+        ".decl s(x: unsigned, n: unsigned)\n"
+        "s(x, sum y : { e(x, y) }) :- node(x), count : e(x, _) > 1.\n"
+    )
+    assert rule.head == ir.Atom("s", (V("x"), V("$a0")))
+    node, count, bigger, total = rule.body
+    assert node == ir.Atom("node", (V("x"),))
+    assert count == ir.Aggregation(V("$a1"), "count", None,
+                                   (ir.Atom("e", (V("x"), V("$w0"))),), "number")
+    assert bigger == ir.Comparison(">", V("$a1"), C(1))
+    assert total == ir.Aggregation(V("$a0"), "sum", V("y"),
+                                   (ir.Atom("e", (V("x"), V("y"))),), "unsigned")
+
+
+def test_min_max_target_expression_and_filters() -> None:
+    (rule,) = rules_of(
+        ".decl e(x: number, y: number)\n.decl m(x: number, n: number)\n"
+        "m(x, n) :- e(x, _), n = max y * 2 : { e(x, y), y != 3, !e(y, _) }.\n"
+    )
+    agg = rule.body[1]
+    assert isinstance(agg, ir.Aggregation)
+    assert agg.target == ir.BinOp("*", V("y"), C(2))
+    # a `_` under negation keeps meaning "any value", it is not a counted position
+    assert agg.body == (
+        ir.Atom("e", (V("x"), V("y"))),
+        ir.Comparison("!=", V("y"), C(3)),
+        ir.Negation(ir.Atom("e", (V("y"), ir.Wildcard()))),
+    )
+
+
+def test_aggregate_local_variables_do_not_leak_between_aggregates() -> None:
+    (rule,) = rules_of(
+        ".decl node(x: number)\n.decl e(x: number, y: number)\n.decl s(a: number, b: number)\n"
+        "s(a, b) :- a = count : { node(x) }, b = count : { e(x, _) }.\n"
+    )
+    first, second = rule.body[0], rule.body[2]
+    assert isinstance(first, ir.Aggregation) and isinstance(second, ir.Aggregation)
+    assert first.body == (ir.Atom("node", (V("x"),)),)
+    assert second.body == (ir.Atom("e", (V("$x_0"), V("$w0"))),)
+
+
+def test_bound_by_equality_chain() -> None:
+    (rule,) = rules_of(
+        ".decl e(x: number)\n.decl r(x: number, y: number, z: number)\n"
+        "r(x, y, z) :- e(x), z = y + 1, y = x * 2, !e(z).\n"
+    )
+    assert len(rule.body) == 4
+
+
+def test_disjunction_expands_into_rules() -> None:
+    rules = rules_of(
+        ".decl a(x: number)\n.decl b(x: number)\n.decl c(x: number)\n.decl r(x: number)\n"
+        "r(x) :- a(x), (b(x) ; c(x)), x > 0 ; c(x).\n"
+    )
+    bodies = [[lit.relation if isinstance(lit, ir.Atom) else "cmp" for lit in r.body]
+              for r in rules]
+    assert bodies == [["a", "b", "cmp"], ["a", "c", "cmp"], ["c"]]
+
+
+def test_several_heads_share_one_body() -> None:
+    rules = rules_of(".decl a(x: number)\n.decl b(x: number)\n.decl c(x: number)\n"
+                     "a(x), b(x) :- c(x).\n")
+    assert [r.head.relation for r in rules] == ["a", "b"]
+    assert rules[0].body == rules[1].body
+
+
+def test_comments_and_declaration_order_do_not_matter() -> None:
+    p = load_program(
+        "// line comment\nr(x) :- e(x). /* block\n comment */ .decl r(x: n)\n"
+        ".type n <: number\n.decl e(x: number) // trailing\n.input e\n"
+    )
+    assert list(p.relations) == ["r", "e"] and len(p.rules) == 1
+
+
+def test_nullary_relations() -> None:
+    rules = rules_of(".decl flag()\n.decl e(x: number)\nflag().\nflag() :- e(_).\n")
+    assert rules[0] == ir.Rule(ir.Atom("flag", ()), ())
+
+
+def test_ir_is_hashable_and_picklable() -> None:
+    import pickle
+
+    p = load_program(CSPA)
+    assert pickle.loads(pickle.dumps(p)) == p
+    assert hash(p) == hash(load_program(CSPA))
+
+
+# ---- stratification --------------------------------------------------------------------------
+
+
+def test_strata_order_and_flags() -> None:
+    p = load_program(
+        ".decl e(x: number)\n.decl a(x: number)\n.decl b(x: number)\n.decl c(x: number)\n"
+        ".decl d(x: number, n: number)\n.decl f(x: number)\n"
+        "c(x) :- e(x), !b(x).\n"
+        "b(x) :- a(x), b(x).\nb(x) :- e(x).\n"
+        "a(x) :- e(x).\n"
+        "d(x, n) :- e(x), n = count : { c(x) }.\n"
+        "f(1).\n"
+    )
+    assert [(sorted(s.relations), s.recursive, len(s.rules)) for s in stratify(p)] == [
+        (["a"], False, 1), (["b"], True, 2), (["c"], False, 1), (["d"], False, 1),
+        (["f"], False, 1),
+    ]
+
+
+def test_independent_strata_come_in_declaration_order() -> None:
+    p = load_program(".decl z(x: number)\n.decl y(x: number)\n.decl x(x: number)\n"
+                     "x(1).\ny(1).\nz(1).\n")
+    assert [set(s.relations) for s in stratify(p)] == [{"z"}, {"y"}, {"x"}]
+
+
+def test_negation_and_aggregation_of_lower_strata_are_fine() -> None:
+    p = load_program(
+        ".decl e(x: number, y: number)\n.decl p(x: number, y: number)\n"
+        ".decl q(x: number, y: number)\n.decl n(x: number, c: number)\n"
+        "p(x, y) :- e(x, y).\np(x, z) :- p(x, y), e(y, z).\n"
+        "q(x, y) :- e(x, y), !p(y, x).\n"
+        "n(x, c) :- e(x, _), c = count : { p(x, _) }.\n"
+    )
+    assert [sorted(s.relations) for s in stratify(p)] == [["p"], ["q"], ["n"]]
+
+
+def _chain_program(n: int, cycle: bool) -> ir.Program:
+    """r0 <- r1 <- ... <- r{n-1} (and r0 <- r{n-1} when ``cycle``), built directly."""
+    rel = {f"r{i}": ir.Relation(f"r{i}", (ir.Attribute("x", "number", "number"),))
+           for i in range(n)}
+    x = (V("x"),)
+    rules = [ir.Rule(ir.Atom(f"r{i}", x), (ir.Atom(f"r{i + 1}", x),)) for i in range(n - 1)]
+    rules.append(ir.Rule(ir.Atom(f"r{n - 1}", x), (ir.Atom("r0", x),) if cycle else ()))
+    return ir.Program(rel, tuple(rules))
+
+
+def test_thousands_of_relations_do_not_recurse_deeply() -> None:
+    strata = stratify(_chain_program(3000, cycle=False))
+    assert [next(iter(s.relations)) for s in strata[:3]] == ["r2999", "r2998", "r2997"]
+    assert len(strata) == 3000 and not any(s.recursive for s in strata)
+    (big,) = stratify(_chain_program(3000, cycle=True))
+    assert len(big.relations) == 3000 and big.recursive
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+
+def test_load_program_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "reach.dl"
+    path.write_text(REACH)
+    p = load_program_file(path)
+    assert p.source == str(path) and p.rules[0].pos.file == str(path)
+    with pytest.raises(DatalogError, match="cannot read program"):
+        load_program_file(tmp_path / "missing.dl")

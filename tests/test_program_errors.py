@@ -1,0 +1,171 @@
+"""Bad programs: each must fail with a DatalogError printed ``prog.dl:line:col: error: ...``
+at the right place, with a message a user understands.
+
+Declarations are global, so most cases write the faulty line first and append the shared
+declarations after it: the position of the fault is then on line 1.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend import load_program
+
+DECLS = """
+.decl e(x: number, y: number)
+.decl s(x: symbol)
+.decl u(x: unsigned)
+.decl r(x: number)
+"""
+
+CASES: list[tuple[str, str, str, str]] = [
+    # (id, program, "line:col", message substring)
+    # ---- syntax
+    ("missing-dot", "r(x) :- e(x, _)\nr(1).", "2:1", "unexpected name r; expected ',', '.' or ';'"),
+    ("decl-in-body", "r(x) :- ", "3:1", "unexpected '.decl'; expected a name, a number"),
+    ("unclosed-decl", ".decl a(x: number", "3:1", "expected ')' or ','"),
+    ("bad-char", "r(1) @", "1:6", "unexpected character '@'"),
+    ("unterminated-string", 's("abc).', "1:3", "unterminated string"),
+    ("unterminated-comment", "r(1). /* never closed", "1:7", "unterminated /* comment"),
+    ("bad-escape", 's("a\\qb").', "1:5", "unknown escape sequence \\q"),
+    ("empty-comparison", "r(x) :- e(x, _), x < .", "1:22", "unexpected '.'"),
+    # ---- declarations and names
+    ("undeclared-body", "r(x) :- e(x, y), z(y).", "1:18", "undeclared relation z"),
+    ("undeclared-head", "q(x) :- e(x, _).", "1:1", "undeclared relation q"),
+    ("undeclared-fact", "ee(1, 2).", "1:1", "undeclared relation ee (did you mean e?)"),
+    ("undeclared-directive", ".output path", "1:9", "undeclared relation path in .output"),
+    ("duplicate-decl", ".decl a(x: number)\n.decl a(y: number)", "2:7",
+     "duplicate declaration of relation a (first declared at 1:7)"),
+    ("duplicate-attribute", ".decl a(x: number, x: symbol)", "1:20",
+     "duplicate attribute name x"),
+    ("unknown-type", ".decl a(x: node)", "1:12", "unknown type node"),
+    ("unknown-alias-base", ".type T <: nubmer", "1:12",
+     "unknown type nubmer (did you mean number?)"),
+    ("cyclic-types", ".type A <: B\n.type B <: A", "1:7", "cyclic type definition: A -> B -> A"),
+    ("duplicate-type", ".type T <: number\n.type T <: symbol", "2:7", "duplicate type T"),
+    ("redefine-base-type", ".type number <: symbol", "1:7", "cannot redefine the built-in type"),
+    # ---- arity and types
+    ("arity-too-few", "r(x) :- e(x).", "1:9",
+     "arity mismatch: e is declared with 2 attributes but used with 1 argument"),
+    ("arity-head", "r(x, y) :- e(x, y).", "1:1", "r is declared with 1 attribute but used with 2"),
+    ("number-in-symbol", "s(1).", "1:3",
+     "type mismatch: 1 is a number, but argument 1 of s is a symbol"),
+    ("string-in-number", 'r("a").', "1:3", 'type mismatch: "a" is a symbol, but argument 1 of r'),
+    ("var-symbol-number", "r(x) :- s(x).", "1:11",
+     "x is a number (argument 1 of r, at 1:3) but argument 1 of s is a symbol"),
+    ("var-number-unsigned", "r(x) :- e(x, _), u(x).", "1:20", "argument 1 of u is an unsigned"),
+    ("compare-symbol-number", "r(x) :- e(x, _), s(y), x = y.", "1:26",
+     "cannot compare a number with a symbol"),
+    ("less-on-symbols", 'r(1) :- s(y), y < "b".', "1:17", "< is not defined on symbols"),
+    ("arithmetic-on-symbols", "s(y) :- s(x), y = x + x.", "1:21", "arithmetic (+) on symbols"),
+    ("string-in-arithmetic", 'r(x) :- e(x, _), y = 1, x < y + "s".', "1:33",
+     '"s" is a symbol, but + is computed on a number here'),
+    ("sum-over-symbols", "r(n) :- n = sum x : { s(x) }.", "1:13",
+     "sum over symbols is not supported"),
+    ("count-into-unsigned", "u(n) :- n = count : { s(_) }.", "1:11",
+     "cannot compare an unsigned with a number"),
+    ("number-too-big", "r(2147483648).", "1:3", "2147483648 does not fit in 32 bits as a number"),
+    ("number-too-small", "r(x) :- e(x, _), x > -2147483649.", "1:22", "does not fit in 32 bits"),
+    ("unsigned-negative", "u(-1).", "1:3", "-1 does not fit in 32 bits as an unsigned"),
+    ("unsigned-too-big", "u(x) :- u(x), x < 4294967296.", "1:19", "(0..4294967295)"),
+    # ---- safety
+    ("unsafe-head", "r(x) :- e(_, _).", "1:3", "variable x in the head is not bound"),
+    ("unsafe-negation", "r(x) :- e(x, _), !e(x, y).", "1:24",
+     "variable y in the negation of e is not bound by any positive body atom"),
+    ("unsafe-comparison", "r(x) :- e(x, _), x < z.", "1:22", "variable z in this comparison"),
+    ("unsafe-equality-cycle", "r(x) :- e(x, _), y = z, z = y.", "1:18", "variable y"),
+    ("unsafe-grouping", "r(c) :- c = count : { e(x, _) }, x > 1.", "1:25",
+     "variable x is used inside and outside the aggregate but not bound"),
+    ("unsafe-aggregate-target", "r(c) :- e(x, _), c = sum y : { e(x, _) }.", "1:26",
+     "variable y in the aggregate target is not bound by any positive atom of the aggregate"),
+    ("unsafe-in-aggregate", "r(c) :- e(x, _), c = count : { e(x, y), y < w }.", "1:45",
+     "variable w in this comparison"),
+    ("wildcard-in-head", "r(_) :- e(_, _).", "1:3", "_ cannot appear in the head of a rule"),
+    ("wildcard-in-comparison", "r(x) :- e(x, _), x != _.", "1:23", "_ can only be an argument"),
+    ("fact-with-variable", "e(1, y).", "1:6", "a fact must be ground, but y is a variable"),
+    ("fact-with-wildcard", "r(_).", "1:3", "a fact must be ground"),
+    ("division-by-zero-fact", "r(1 / 0).", "1:5", "division by zero"),
+    # ---- aggregates
+    ("nested-aggregate", "r(n) :- n = count : { e(x, _), x = sum y : { e(y, _) } }.", "1:36",
+     "unsupported: nested aggregates"),
+    ("count-with-target", "r(n) :- n = count x : { e(x, _) }.", "1:13", "count takes no target"),
+    ("sum-without-target", "r(n) :- n = sum : { e(_, _) }.", "1:13", "sum needs a target"),
+    ("mean-aggregate", "r(n) :- n = mean x : { e(x, _) }.", "1:13", "unsupported: mean aggregate"),
+    ("disjunction-in-aggregate", "r(n) :- n = count : { e(_, _) ; r(_) }.", "1:13",
+     "unsupported: disjunction (;) inside an aggregate body"),
+    # ---- stratification
+    ("negation-self", "r(x) :- e(x, _), !r(x).", "1:18",
+     "negation of r in a rule for r itself"),
+    ("negation-cycle", ".decl p(x: number)\n.decl q(x: number)\n"
+     "q(x) :- r(x), !p(x).\np(x) :- q(x).", "3:15",
+     "negation of p in a rule for q, but p depends on q through p -> q"),
+    ("aggregation-cycle", ".decl p(x: number)\n.decl q(x: number)\n"
+     "p(n) :- r(x), n = count : { q(x) }.\nq(x) :- s2(x), p(x).\n.decl s2(x: number)", "3:19",
+     "aggregation over q in a rule for p, but q depends on p through q -> p"),
+    # ---- directives
+    ("io-stdout", ".output r(IO=stdout)", "1:11", "unsupported: IO=stdout (only IO=file"),
+    ("io-unknown-param", ".output r(headers=true)", "1:11",
+     "unknown parameter 'headers' for .output"),
+    ("io-filename-not-string", ".input e(filename=x)", "1:10", "filename must be a string"),
+    ("io-empty-delimiter", '.input e(delimiter="")', "1:10", "delimiter must not be empty"),
+    ("printsize-param", ".printsize r(x=1)", "1:14", "unknown parameter 'x' for .printsize"),
+    # ---- outside the supported subset
+    ("comp", ".comp Graph<T> {\n .decl edge(x: T)\n}", "1:1", "unsupported: .comp components"),
+    ("init", ".init g = Graph<number>", "1:1", "unsupported: .init"),
+    ("functor-decl", ".functor f(x: number): number", "1:1", "unsupported: .functor"),
+    ("pragma", '.pragma "legacy"', "1:1", "unsupported: .pragma"),
+    ("plan", "r(x) :- e(x, y), r(y).\n.plan 0:(2,1)", "2:1", "unsupported: .plan"),
+    ("preprocessor", '#include "other.dl"', "1:1", "unsupported: C preprocessor"),
+    ("float-type", ".decl f(x: float)", "1:12", "unsupported type float"),
+    ("float-alias", ".type F <: float", "1:12", "unsupported type float"),
+    ("float-constant", "r(x) :- e(x, _), x = 1.5.", "1:22", "unsupported: float constant 1.5"),
+    ("eqrel", ".decl eq(x: number, y: number) eqrel", "1:32",
+     "unsupported: .decl qualifier 'eqrel'"),
+    ("brie", ".decl b(x: number) brie", "1:20", "qualifier 'brie'"),
+    ("old-input-qualifier", ".decl b(x: number) input", "1:20", "write a separate .input"),
+    ("choice-domain", ".decl c(x: number, y: number) choice-domain x", "1:31",
+     "qualifier 'choice-domain'"),
+    ("union-type", ".type T = A | B", "1:1", "unsupported: union types"),
+    ("record-type", ".type P = [x: number, y: number]", "1:1", "unsupported: record types"),
+    ("adt-type", ".type E = Num {n: number} | Add {}", "1:1", "unsupported: algebraic data types"),
+    ("record-term", "r(x) :- e(x, _), x = [1, 2].", "1:22", "unsupported: records"),
+    ("adt-term", "r(x) :- e(x, _), x = $Num(1).", "1:22", "algebraic data type constructor $Num"),
+    ("counter", "r($) :- e(_, _).", "1:3", "unsupported: $ counters"),
+    ("string-functor", 's(cat("a", "b")).', "1:3", "unsupported: string functor cat(...)"),
+    ("match-constraint", 's(x) :- s(x), match("a.*", x).', "1:15", "string functor match"),
+    ("user-functor", "r(@f(1)).", "1:3", "unsupported: user-defined functor @f"),
+    ("bitwise", "r(x) :- e(x, y), x = y band 1.", "1:22", "bitwise/logical operator band"),
+    ("logical-not", "r(x) :- e(x, y), x = lnot y.", "1:22", "bitwise/logical operator lnot"),
+    ("power", "r(2 ** 3).", "1:3", "unsupported: exponentiation (**)"),
+    ("subsumption", "r(x) <= r(y) :- e(x, y), x < y.", "1:1", "unsupported: subsumptive rules"),
+    ("limitsize", ".limitsize r(n=10)", "1:1", "unsupported: .limitsize"),
+]
+
+
+@pytest.mark.parametrize(("text", "where", "message"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_program(text: str, where: str, message: str) -> None:
+    with pytest.raises(DatalogError) as info:
+        load_program(text + "\n" + DECLS, "prog.dl")
+    err = str(info.value)
+    assert err.startswith(f"prog.dl:{where}: error: "), err
+    assert message in err, err
+
+
+def test_error_carries_its_position() -> None:
+    with pytest.raises(DatalogError) as info:
+        load_program("r(x) :- q(x).\n" + DECLS, "prog.dl")
+    assert (info.value.pos.file, info.value.pos.line, info.value.pos.col) == ("prog.dl", 1, 9)
+    assert info.value.message == "undeclared relation q"
+
+
+@pytest.mark.parametrize(("text", "where", "message"), [
+    ("r(x) :- ", "1:9", "unexpected end of input; expected a name, a number"),
+    (".decl a(x: number", "1:18", "unexpected end of input; expected ')' or ','"),
+    ("r(1)\n", "2:1", "unexpected end of input; expected ',', '.' or ':-'"),
+])
+def test_unexpected_end_of_input(text: str, where: str, message: str) -> None:
+    with pytest.raises(DatalogError) as info:
+        load_program(text, "prog.dl")
+    assert str(info.value).startswith(f"prog.dl:{where}: error: syntax error: {message}")
