@@ -14,6 +14,8 @@ x full is never recomputed). Each version's join order starts from its delta ato
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -163,20 +165,19 @@ def _aggregation_free_vars(agg: Aggregation) -> set[str]:
     return inner
 
 
-def _lift_atom_expressions(rule: Rule) -> Rule:
-    """``r(x + 1, y)`` in a body becomes ``r($a0, y), $a0 = x + 1`` so joins only see variables
-    and constants; the assignment or filter is placed by the ordinary planning."""
-    counter = 0
+def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> Rule:
+    """``r(x + 1, y)`` in a body becomes ``r($lift0, y), $lift0 = x + 1`` so joins only see
+    variables and constants; the assignment or filter is placed by the ordinary planning.
+    One counter per rule, aggregate bodies included, keeps the fresh names distinct."""
+    counter = counter if counter is not None else itertools.count()
     body: list[BodyLiteral] = []
     extra: list[BodyLiteral] = []
 
     def lift(atom: Atom) -> Atom:
-        nonlocal counter
         args: list[Term] = []
         for a in atom.args:
             if isinstance(a, BinOp):
-                v = Var(f"$a{counter}", a.pos)
-                counter += 1
+                v = Var(f"$lift{next(counter)}", a.pos)
                 extra.append(Comparison("=", v, a, a.pos))
                 args.append(v)
             else:
@@ -189,7 +190,7 @@ def _lift_atom_expressions(rule: Rule) -> Rule:
         elif isinstance(lit, Negation):
             body.append(replace(lit, atom=lift(lit.atom)))
         elif isinstance(lit, Aggregation):
-            inner = _lift_atom_expressions(Rule(rule.head, lit.body, lit.pos))
+            inner = _lift_atom_expressions(Rule(rule.head, lit.body, lit.pos), counter)
             body.append(replace(lit, body=inner.body))
         else:
             body.append(lit)
