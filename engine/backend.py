@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-BackendName = Literal["auto", "numpy", "cupy"]
+BackendName = Literal["auto", "numpy", "cupy", "numpy-xp"]
 
 
 @dataclass(frozen=True)
@@ -21,30 +21,46 @@ class Backend:
     xp: ModuleType
 
     def asnumpy(self, a: Any) -> np.ndarray:
-        return a if self.xp is np else self.xp.asnumpy(a)
+        return self.xp.asnumpy(a) if self.name == "cupy" else np.asarray(a)
 
     def asarray(self, a: Any) -> Any:
         return self.xp.asarray(a)
 
     def synchronize(self) -> None:
         """Wait for queued device work, so phase timings are honest on the GPU."""
-        if self.xp is not np:
+        if self.name == "cupy":
             self.xp.cuda.get_current_stream().synchronize()
 
 
+class _ArrayApiNumpy(ModuleType):
+    """NumPy under another name: the kernels dispatch on ``xp is numpy``, so through this the
+    CPU runs exactly the array-API code path that CuPy runs. The test suite uses it to cover
+    the GPU's code on machines without a GPU."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+ARRAY_API_NUMPY = Backend("numpy-xp", _ArrayApiNumpy("numpy_xp"))
+
+
 def cupy_usable() -> bool:
-    """True when CuPy is installed and sees at least one GPU (never raises)."""
+    """True when CuPy is installed and sees at least one GPU."""
     if importlib.util.find_spec("cupy") is None:
         return False
-    try:
-        import cupy
+    import cupy
 
+    try:
         return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no driver, no device: the CPU backend is the answer, not an error
+    except cupy.cuda.runtime.CUDARuntimeError:  # no driver or no device: use the CPU
         return False
 
 
-def get_backend(name: BackendName = "auto") -> Backend:
+def get_backend(name: BackendName | Backend = "auto") -> Backend:
+    if isinstance(name, Backend):
+        return name
+    if name == "numpy-xp":
+        return ARRAY_API_NUMPY
     if name == "numpy" or (name == "auto" and not cupy_usable()):
         return Backend("numpy", np)
     if name in ("cupy", "auto"):

@@ -1,0 +1,21 @@
+"""``--backend`` chooses the array backend every engine test runs on: ``numpy`` (numba
+kernels, the default), ``numpy-xp`` (NumPy through the array-API path CuPy takes) or
+``cupy`` (on a GPU machine)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        default="numpy",
+        choices=("numpy", "numpy-xp", "cupy"),
+        help="array backend for engine tests (default: numpy)",
+    )
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.config.getoption("--backend")
