@@ -19,7 +19,7 @@ from .ir import BaseType, Pos
 from .values import INT32_MAX, INT32_MIN, UINT32_MAX
 
 _RANGES = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
-_IO_PARAMS = {"input": ("IO", "filename", "delimiter"), "output": ("IO", "filename", "delimiter")}
+_IO_PARAMS = ("IO", "filename", "delimiter")
 
 
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
@@ -37,8 +37,8 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
             _relation(relations, s.relation, s.pos, f"in .{s.kind}")
             if s.kind == "printsize":
                 if s.params:
-                    key = s.params[0].key
-                    raise DatalogError(s.params[0].pos, f"unknown parameter '{key}' for .printsize")
+                    p = s.params[0]
+                    raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .printsize")
                 if s.relation not in printsizes:
                     printsizes.append(s.relation)
             elif s.kind == "input":
@@ -87,7 +87,7 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
                 raise DatalogError(a.pos, f"cyclic type definition: {cycle}")
             chain.append(current.base)
             current = defined[current.base]
-        table[a.name] = current.base  # type: ignore[assignment]
+        table[a.name] = current.base
     return table
 
 
@@ -110,7 +110,7 @@ def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType]) -> dict[str
 
 def _base_type(attr: st.Attr, types: dict[str, BaseType]) -> BaseType:
     if attr.type_name in ir.BASE_TYPES:
-        return attr.type_name  # type: ignore[return-value]
+        return attr.type_name
     if attr.type_name in types:
         return types[attr.type_name]
     if attr.type_name == "float":
@@ -129,12 +129,11 @@ def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str
 
 def _io_params(d: st.Directive) -> tuple[str | None, str]:
     """(filename, delimiter) of an .input/.output directive."""
-    allowed = _IO_PARAMS[d.kind]
     seen: dict[str, st.Param] = {}
     for p in d.params:
-        if p.key not in allowed:
+        if p.key not in _IO_PARAMS:
             raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} "
-                                      f"(supported: {', '.join(allowed)})")
+                                      f"(supported: {', '.join(_IO_PARAMS)})")
         if p.key in seen:
             raise DatalogError(p.pos, f"parameter '{p.key}' given twice")
         seen[p.key] = p
@@ -199,6 +198,15 @@ def _literal_vars(lit: ir.BodyLiteral) -> Iterator[ir.Var]:
         yield from _vars((lit.target,))
 
 
+def _outer_vars(head: ir.Atom, lits: Sequence[ir.BodyLiteral]) -> set[str]:
+    """Variables of the rule outside its aggregates: an aggregate groups by those it uses."""
+    outer = {v.name for v in _vars(head.args)}
+    for lit in lits:
+        if not isinstance(lit, ir.Aggregation):
+            outer.update(v.name for v in _literal_vars(lit))
+    return outer
+
+
 def _rename(t: ir.Term, names: dict[str, str]) -> ir.Term:
     if isinstance(t, ir.Var) and t.name in names:
         return ir.Var(names[t.name], t.pos)
@@ -207,11 +215,15 @@ def _rename(t: ir.Term, names: dict[str, str]) -> ir.Term:
     return t
 
 
+def _rename_atom(a: ir.Atom, names: dict[str, str]) -> ir.Atom:
+    return replace(a, args=tuple(_rename(t, names) for t in a.args))
+
+
 def _rename_literal(lit: ir.BodyLiteral, names: dict[str, str]) -> ir.BodyLiteral:
     if isinstance(lit, ir.Atom):
-        return replace(lit, args=tuple(_rename(a, names) for a in lit.args))
+        return _rename_atom(lit, names)
     if isinstance(lit, ir.Negation):
-        return replace(lit, atom=_rename_literal(lit.atom, names))
+        return replace(lit, atom=_rename_atom(lit.atom, names))
     if isinstance(lit, ir.Comparison):
         return replace(lit, left=_rename(lit.left, names), right=_rename(lit.right, names))
     target = None if lit.target is None else _rename(lit.target, names)
@@ -311,10 +323,7 @@ class _RuleChecker:
                                   ) -> list[ir.BodyLiteral]:
         """Give a variable local to one aggregate its own name when another aggregate uses the
         same name, so that a variable shared between literals always means grouping."""
-        outer = {v.name for v in _vars(head.args)}
-        for lit in lits:
-            if not isinstance(lit, ir.Aggregation):
-                outer.update(v.name for v in _literal_vars(lit))
+        outer = _outer_vars(head, lits)
         seen: set[str] = set()
         out: list[ir.BodyLiteral] = []
         for lit in lits:
@@ -470,11 +479,7 @@ class _Safety:
     def __init__(self, head: ir.Atom, lits: list[ir.BodyLiteral]):
         self.head = head
         self.lits = lits
-        outer = {v.name for v in _vars(head.args)}
-        for lit in lits:
-            if not isinstance(lit, ir.Aggregation):
-                outer.update(v.name for v in _literal_vars(lit))
-        self.outer = outer
+        self.outer = _outer_vars(head, lits)
 
     def grouping(self, agg: ir.Aggregation) -> set[str]:
         return {v.name for v in _literal_vars(agg)} & self.outer

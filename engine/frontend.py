@@ -23,7 +23,7 @@ def load_program_file(path: str | os.PathLike[str]) -> ir.Program:
     """``load_program`` on a file; positions name the file as given."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except OSError as e:
         raise DatalogError(None, f"cannot read program {p}: {e.strerror}") from None
     except UnicodeDecodeError as e:

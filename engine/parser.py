@@ -11,6 +11,7 @@ import functools
 import itertools
 import re
 from dataclasses import dataclass
+from typing import Any
 from importlib import resources
 
 from lark import Lark, Token, Tree
@@ -245,6 +246,7 @@ _FUNCTOR_NAMES = {
 _ESCAPES = {'"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 
 Body = tuple[tuple[Literal, ...], ...]
+LarkTree = Tree[Any]  # children: Token or Tree, told apart by the grammar
 
 
 class _Builder:
@@ -253,24 +255,24 @@ class _Builder:
     def __init__(self, filename: str):
         self.filename = filename
 
-    def pos(self, node: Tree | Token) -> Pos:
+    def pos(self, node: LarkTree | Token) -> Pos:
         if isinstance(node, Token):
             return Pos(self.filename, node.line or 0, node.column or 0)
         return Pos(self.filename, node.meta.line, node.meta.column)
 
-    def fail(self, node: Tree | Token, message: str) -> DatalogError:
+    def fail(self, node: LarkTree | Token, message: str) -> DatalogError:
         return DatalogError(self.pos(node), message)
 
     # statements
 
-    def statements(self, tree: Tree) -> tuple[Statement, ...]:
+    def statements(self, tree: LarkTree) -> tuple[Statement, ...]:
         out: list[Statement] = []
         for node in tree.children:
             assert isinstance(node, Tree)
             out.extend(self.statement(node))
         return tuple(out)
 
-    def statement(self, node: Tree) -> list[Statement]:
+    def statement(self, node: LarkTree) -> list[Statement]:
         kind = node.data
         if kind in _UNSUPPORTED_STATEMENTS:
             raise self.fail(node, _UNSUPPORTED_STATEMENTS[kind])
@@ -286,7 +288,7 @@ class _Builder:
         assert kind == "clause", kind
         return [self.clause(node)]
 
-    def decl(self, node: Tree) -> Decl:
+    def decl(self, node: LarkTree) -> Decl:
         name = node.children[0]
         attrs = []
         for child in node.children[1:]:
@@ -301,13 +303,13 @@ class _Builder:
                                   self.pos(attr_name)))
         return Decl(str(name), tuple(attrs), self.pos(name))
 
-    def type_alias(self, node: Tree) -> TypeAlias:
+    def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
         if len(bases) > 1:
             raise self.fail(node, "unsupported: union types (.type T = A | B)")
         return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]))
 
-    def directives(self, node: Tree) -> list[Statement]:
+    def directives(self, node: LarkTree) -> list[Statement]:
         kind_tree, *rest = node.children
         kind = str(kind_tree.children[0])[1:]
         if kind == "limitsize":
@@ -316,13 +318,14 @@ class _Builder:
         params = tuple(self.param(c) for c in rest if isinstance(c, Tree))
         return [Directive(kind, str(n), params, self.pos(n)) for n in names]
 
-    def param(self, node: Tree) -> Param:
+    def param(self, node: LarkTree) -> Param:
         key, value = node.children
+        assert isinstance(value, Token)
         quoted = value.type == "STRING"
         text = self.unquote(value) if quoted else str(value)
         return Param(str(key), text, quoted, self.pos(key))
 
-    def clause(self, node: Tree) -> Clause:
+    def clause(self, node: LarkTree) -> Clause:
         heads_tree, body = node.children
         heads = tuple(self.atom(a) for a in heads_tree.children)
         bodies = None if body is None else self.body(body)
@@ -330,7 +333,7 @@ class _Builder:
 
     # bodies and literals
 
-    def body(self, node: Tree) -> Body:
+    def body(self, node: LarkTree) -> Body:
         """A body as its disjunctive normal form: one tuple of literals per alternative."""
         alternatives: list[tuple[Literal, ...]] = []
         for conjunction in node.children:
@@ -339,7 +342,7 @@ class _Builder:
                 alternatives.append(tuple(itertools.chain.from_iterable(combo)))
         return tuple(alternatives)
 
-    def literal(self, node: Tree) -> Body:
+    def literal(self, node: LarkTree) -> Body:
         kind = node.data
         if kind == "body":
             return self.body(node)
@@ -355,15 +358,14 @@ class _Builder:
         name = str(node.children[0].children[0])
         raise self.fail(node, f"unsupported: string functor {name}(...)")
 
-    def atom(self, node: Tree) -> Atom:
+    def atom(self, node: LarkTree) -> Atom:
         name, *args = node.children
         exprs = tuple(self.expr(a) for a in args if a is not None)
         return Atom(str(name), exprs, self.pos(name))
 
     # expressions
 
-    def expr(self, node: Tree | Token) -> Expr:
-        assert isinstance(node, Tree)
+    def expr(self, node: LarkTree) -> Expr:
         kind = node.data
         method = getattr(self, f"expr_{kind}", None)
         if method is None:
@@ -371,7 +373,7 @@ class _Builder:
         result: Expr = method(node)
         return result
 
-    def unsupported_expr(self, node: Tree) -> str:
+    def unsupported_expr(self, node: LarkTree) -> str:
         kind = node.data
         if kind == "bitwise":
             return f"unsupported: bitwise/logical operator {node.children[1].children[0]}"
@@ -394,30 +396,32 @@ class _Builder:
             "adt": f"unsupported: algebraic data type constructor {word}",
         }[kind]
 
-    def expr_var(self, node: Tree) -> Expr:
+    def expr_var(self, node: LarkTree) -> Expr:
         tok = node.children[0]
         return Wild(self.pos(tok)) if tok == "_" else Var(str(tok), self.pos(tok))
 
-    def expr_number(self, node: Tree) -> Expr:
+    def expr_number(self, node: LarkTree) -> Expr:
         text = str(node.children[0])
         base = {"0x": 16, "0b": 2}.get(text[:2], 10)
         return Num(int(text[2:] if base != 10 else text, base), self.pos(node))
 
-    def expr_string(self, node: Tree) -> Expr:
-        return Str(self.unquote(node.children[0]), self.pos(node))
+    def expr_string(self, node: LarkTree) -> Expr:
+        tok = node.children[0]
+        assert isinstance(tok, Token)
+        return Str(self.unquote(tok), self.pos(node))
 
-    def expr_neg(self, node: Tree) -> Expr:
+    def expr_neg(self, node: LarkTree) -> Expr:
         operand = self.expr(node.children[0])
         pos = self.pos(node)
         if isinstance(operand, Num):
             return Num(-operand.value, pos)
         return Binary("-", Num(0, pos), operand, pos)
 
-    def expr_binary(self, node: Tree) -> Expr:
+    def expr_binary(self, node: LarkTree) -> Expr:
         left, op, right = node.children
         return Binary(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
 
-    def expr_aggregate(self, node: Tree) -> Expr:
+    def expr_aggregate(self, node: LarkTree) -> Expr:
         func_tree, target, body = node.children
         func = str(func_tree.children[0])
         if func == "mean":
