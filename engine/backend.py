@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .errors import DatalogError
+
 BackendName = Literal["auto", "numpy", "cupy", "numpy-xp"]
 
 
@@ -64,6 +66,8 @@ def get_backend(name: BackendName | Backend = "auto") -> Backend:
     if name == "numpy" or (name == "auto" and not cupy_usable()):
         return Backend("numpy", np)
     if name in ("cupy", "auto"):
+        if not cupy_usable():
+            raise DatalogError(None, "backend cupy needs CuPy and a visible GPU (pip install 'dask-datalog[gpu]')")
         import cupy
 
         return Backend("cupy", cupy)

@@ -99,7 +99,10 @@ def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any) ->
         relation = run.program.relations[spec.relation]
         rows = run.relations[spec.relation]
         if output_dir is None or str(output_dir) == "-":
+            # Soufflé's framing for -D -, so several relations stay readable.
+            stdout.write(f"---------------\n{spec.relation}\n===============\n")
             factio.write_relation(stdout, rows, relation, run.symbols, spec.delimiter)
+            stdout.write("===============\n")
         else:
             directory = Path(output_dir)
             directory.mkdir(parents=True, exist_ok=True)
