@@ -1,0 +1,381 @@
+"""Shared helpers for the benchmarks in bench/.
+
+- ground truth (TC / SG sizes and iteration counts from shared/data/SOURCES.md) and the
+  published Soufflé anchors of BRIEF section 5;
+- locating a graph's edge file inside the data directory;
+- running one measurement in its own subprocess with a timeout and its peak RSS;
+- describing the machine, and printing plain-text or Markdown tables.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Sequence
+
+REPO_ROOT: Path = Path(__file__).resolve().parents[1]
+DEFAULT_DATA: Path = REPO_ROOT.parent / "shared" / "data"
+
+# --------------------------------------------------------------------------------------------
+# Ground truth
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Known result size and recursive-iteration count (None where unknown)."""
+
+    size: int | None
+    iterations: int | None
+
+
+# (TC, SG) per graph, from data/SOURCES.md. TC iterations = max shortest-path distance;
+# SG iterations = recursive iterations (base rule not counted). SG is the form without
+# `x != y` in the recursive rule.
+GROUND_TRUTH: dict[str, dict[str, Truth]] = {
+    "OL.cedge": {"reach": Truth(146_120, 64), "sg": Truth(285_431, 56)},
+    "cal.cedge": {"reach": Truth(501_755, 195), "sg": Truth(23_519, 58)},
+    "TG.cedge": {"reach": Truth(481_121, 58), "sg": Truth(608_090, 54)},
+    "p2p-Gnutella09": {"reach": Truth(21_402_960, 20), "sg": Truth(62_056_583, 14)},
+    "p2p-Gnutella04": {"reach": Truth(47_059_527, 26), "sg": Truth(116_931_333, 18)},
+    "cti": {"reach": Truth(6_859_653, 53), "sg": Truth(14_503_742, 44)},
+    "fe_sphere": {"reach": Truth(78_557_912, 188), "sg": Truth(205_814_096, 127)},
+    "CA-HepTh": {"reach": Truth(74_619_885, 18), "sg": Truth(74_618_689, 9)},
+    "p2p-Gnutella25": {"reach": Truth(118_094_553, 22), "sg": Truth(None, None)},
+    "ego-Facebook": {"reach": Truth(2_508_102, 17), "sg": Truth(15_018_986, 13)},
+    "p2p-Gnutella30": {"reach": Truth(311_129_068, 24), "sg": Truth(None, None)},
+    "wiki-Vote": {"reach": Truth(11_947_132, 10), "sg": Truth(5_376_338, 4)},
+    "luxembourg_osm": {"reach": Truth(5_022_084, 426), "sg": Truth(245_221, 326)},
+    "wing": {"reach": Truth(329_438, 11), "sg": Truth(647_999, 8)},
+    "p2p-Gnutella31": {"reach": Truth(884_179_859, 31), "sg": Truth(3_700_737_910, 20)},
+    "fe_body": {"reach": Truth(156_120_489, 188), "sg": Truth(408_443_204, 40)},
+    "usroads": {"reach": Truth(871_365_688, 606), "sg": Truth(3_137_407_481, 588)},
+    "delaunay_n16": {"reach": Truth(6_137_959, 101), "sg": Truth(25_994_011, 85)},
+    "loc-Brightkite": {"reach": Truth(138_269_412, 24), "sg": Truth(92_398_050, None)},
+    "SF.cedge": {"reach": Truth(80_498_014, 287), "sg": Truth(382_418_182, 269)},
+    "fe_ocean": {"reach": Truth(1_669_750_513, 247), "sg": Truth(65_941_441, 77)},
+    # not in data/ (files too large), published figures only
+    "vsp_finan": {"reach": Truth(910_070_918, 520), "sg": Truth(864_761_518, 513)},
+    "com-dblp": {"reach": Truth(1_911_754_892, 31), "sg": Truth(None, None)},
+    # data/tiny/
+    "tiny/data_5": {"reach": Truth(9, 3), "sg": Truth(4, 3)},
+    "tiny/data_10": {"reach": Truth(18, 3), "sg": Truth(11, 2)},
+    "tiny/dummy": {"reach": Truth(13, None), "sg": Truth(None, None)},
+    "tiny/data_22": {"reach": Truth(253, 22), "sg": Truth(None, None)},
+}
+
+# Soufflé 2.x compiled, -j2, on the 2-core development machine, wall time with loading and
+# output (BRIEF section 5).
+SOUFFLE_2CORE: dict[tuple[str, str], float] = {
+    ("reach", "luxembourg_osm"): 9.2,
+    ("reach", "ego-Facebook"): 6.4,
+    ("reach", "cti"): 6.0,
+    ("reach", "wiki-Vote"): 34.0,
+    ("reach", "delaunay_n16"): 5.2,
+    ("reach", "fe_sphere"): 121.0,
+    ("sg", "luxembourg_osm"): 2.0,
+    ("sg", "wing"): 1.1,
+    ("sg", "cti"): 29.6,
+    ("sg", "delaunay_n16"): 32.9,
+    ("sg", "p2p-Gnutella09"): 184.0,
+}
+
+
+def truth(graph: str, program: str) -> Truth:
+    """Ground truth for (graph, program), or an all-unknown Truth."""
+    return GROUND_TRUTH.get(graph, {}).get(program, Truth(None, None))
+
+
+def graph_file(data_dir: Path, graph: str) -> Path | None:
+    """The text edge file of `graph` in `data_dir` (None if absent).
+
+    A dataset directory's `edge.facts` wins (fe_ocean: text beside the .bin); otherwise its
+    single `data_*.txt` that is not a weighted `_original` file. `tiny/<stem>` names a file
+    of data/tiny/.
+    """
+    if graph.startswith("tiny/"):
+        for ext in (".txt", ".facts"):
+            p = data_dir / (graph + ext)
+            if p.is_file():
+                return p
+        return None
+    d = data_dir / graph
+    if not d.is_dir():
+        return None
+    if (d / "edge.facts").is_file():
+        return d / "edge.facts"
+    txt = sorted(p for p in d.glob("data_*.txt") if not p.stem.endswith("_original"))
+    return txt[0] if txt else None
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring a subprocess
+
+RESULT_MARKER = "@@RESULT "
+
+
+@dataclass
+class Measurement:
+    """Outcome of one measured subprocess."""
+
+    returncode: int | None  # None on timeout
+    timed_out: bool
+    wall_s: float  # of the whole subprocess, interpreter start included
+    peak_rss: int  # bytes; max of the child's ru_maxrss and the polled RSS of its tree
+    result: dict | None  # the JSON the child printed after RESULT_MARKER
+    stderr_tail: str
+
+
+def _tree_rss(pid: int) -> int:
+    """Current RSS (bytes) of a process and all its descendants; 0 if gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02,
+            env: dict[str, str] | None = None) -> Measurement:
+    """Run `cmd` in a fresh process (own session), return its result JSON and peak RSS.
+
+    Peak RSS is the larger of the child's own `ru_maxrss` (from `os.wait4` on that very
+    child, so it is this run's alone) and the largest summed RSS of its process tree seen by
+    polling (covers helper processes that it does not reap). On timeout the child's whole
+    process group is killed.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, start_new_session=True,
+                                env=env)
+        polled = 0
+        timed_out = False
+        status: int | None = None
+        maxrss_kib = 0
+        while True:
+            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                status, maxrss_kib = st, ru.ru_maxrss
+                break
+            polled = max(polled, _tree_rss(proc.pid))
+            if time.perf_counter() - t0 > timeout_s:
+                timed_out = True
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _, st, ru = os.wait4(proc.pid, 0)
+                status, maxrss_kib = st, ru.ru_maxrss
+                break
+            time.sleep(poll_s)
+        wall = time.perf_counter() - t0
+        rc = os.waitstatus_to_exitcode(status) if status is not None else None
+        proc.returncode = rc  # reaped by wait4 already; keep Popen from waiting again
+        if timed_out:
+            try:  # helpers that escaped into their own group are not ours to chase
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    result = None
+    for line in stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            result = json.loads(line[len(RESULT_MARKER):])
+    return Measurement(returncode=None if timed_out else rc, timed_out=timed_out, wall_s=wall,
+                       peak_rss=max(maxrss_kib * 1024, polled), result=result,
+                       stderr_tail=stderr[-3000:])
+
+
+def emit_result(obj: dict) -> None:
+    """Print a worker's result where `measure` finds it."""
+    print(RESULT_MARKER + json.dumps(obj), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Machine description
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (platform.processor() as a fallback)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ram_bytes() -> int:
+    """Total RAM in bytes (0 if unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def gpu_name(timeout_s: float = 60.0) -> str | None:
+    """Name of CUDA device 0 via CuPy, asked in a subprocess (None if there is none)."""
+    code = ("import cupy; n = cupy.cuda.runtime.getDeviceProperties(0)['name'];"
+            "print(n.decode() if isinstance(n, bytes) else n)")
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout.strip() or None if p.returncode == 0 else None
+
+
+def pkg_version(name: str) -> str:
+    """Installed version of a distribution, or 'absent'."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def git_revision() -> str:
+    """Short commit of the repository, with '+dirty' when the tree has changes."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
+
+
+def machine_lines(gpu: str | None = None) -> list[str]:
+    """'key: value' lines describing this machine and the software versions."""
+    physical = None
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        pass
+    cores = f"{os.cpu_count()} logical" + (f", {physical} physical" if physical else "")
+    lines = [
+        f"date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"machine: {cpu_model()}, {cores} cores, {ram_bytes() / 2**30:.1f} GiB RAM, "
+        f"{platform.system()} {platform.release()}",
+    ]
+    if gpu is not None:
+        lines.append(f"gpu: {gpu}")
+    lines.append(
+        f"versions: python {platform.python_version()}, numpy {pkg_version('numpy')}, "
+        f"duckdb {pkg_version('duckdb')}, dask-datalog {pkg_version('dask-datalog')} "
+        f"(git {git_revision()})")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt_bytes(n: int | None) -> str:
+    """Human-readable size in MiB/GiB ('-' for None)."""
+    if n is None:
+        return "-"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.0f} MiB"
+
+
+def fmt_seconds(s: float | None) -> str:
+    """Seconds with 3 significant-ish digits ('-' for None)."""
+    if s is None:
+        return "-"
+    if s >= 100:
+        return f"{s:.0f}"
+    if s >= 10:
+        return f"{s:.1f}"
+    if s >= 0.1:
+        return f"{s:.2f}"
+    return f"{s:.3f}"
+
+
+def fmt_ratio(r: float | None) -> str:
+    """A ratio as '12.3x' ('-' for None)."""
+    if r is None:
+        return "-"
+    if r < 0.1:
+        return f"{r:.3f}x"
+    return f"{r:.2f}x" if r < 10 else f"{r:.1f}x"
+
+
+def geomean(values: Iterable[float]) -> float | None:
+    """Geometric mean of the positive values (None if there are none)."""
+    logs = [math.log(v) for v in values if v is not None and v > 0]
+    return math.exp(sum(logs) / len(logs)) if logs else None
+
+
+def _is_numeric(cell: str) -> bool:
+    """Whether a cell starts with a number ('1,234 !!', '(58)', '2.5x', '75 MiB')."""
+    head = cell.split()[0] if cell.split() else ""
+    head = head.strip("()").replace(",", "").rstrip("x")
+    try:
+        float(head)
+        return True
+    except ValueError:
+        return False
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
+                 markdown: bool = False, align: str | None = None) -> str:
+    """Plain-text (aligned) or GitHub Markdown table.
+
+    `align` gives one 'l' or 'r' per column; without it, columns whose cells mostly start
+    with a number are right-aligned.
+    """
+    ncol = len(headers)
+    right: list[bool] = []
+    for i in range(ncol):
+        if align is not None:
+            right.append(align[i] == "r")
+            continue
+        cells = [r[i] for r in rows if i < len(r) and r[i] not in ("-", "", "?")]
+        num = sum(_is_numeric(c) for c in cells)
+        right.append(num > 0 and 2 * num >= len(cells))
+    if markdown:
+        esc = [[c.replace("|", "\\|") for c in r] for r in rows]
+        out = ["| " + " | ".join(headers) + " |",
+               "|" + "|".join("---:" if right[i] else "---" for i in range(ncol)) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in esc]
+        return "\n".join(out)
+    widths = [max([len(headers[i])] + [len(r[i]) for r in rows if i < len(r)])
+              for i in range(ncol)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(widths[i]) if right[i] else c.ljust(widths[i])
+                         for i, c in enumerate(cells)).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
