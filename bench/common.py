@@ -137,8 +137,11 @@ class Measurement:
 
 
 def _tree_rss(pid: int) -> int:
-    """Current RSS (bytes) of a process and all its descendants; 0 if gone."""
-    import psutil
+    """Current RSS (bytes) of a process and all its descendants; 0 if gone or no psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return 0
 
     try:
         root = psutil.Process(pid)

@@ -204,12 +204,12 @@ def indent(text: str) -> str:
     return "\n".join("    " + ln for ln in text.splitlines())
 
 
-def engine_importable() -> tuple[bool, str]:
-    """Whether `dask_datalog.cluster.Program` imports (checked in a subprocess)."""
+def importable(statement: str) -> tuple[bool, str]:
+    """Whether an import statement works (checked in a subprocess); the error if not."""
     import subprocess
 
-    p = subprocess.run([sys.executable, "-c", "from dask_datalog.cluster import Program"],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True,
+                       timeout=300)
     return p.returncode == 0, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
 
 
@@ -291,12 +291,17 @@ def main(argv: list[str]) -> int:
 
     run_ours = not args.no_engine
     if run_ours:
-        ok, why = engine_importable()
+        ok, why = importable("from dask_datalog.cluster import Program")
         if not ok:
             log(f"warning: dask_datalog.cluster.Program does not import ({why}); "
                 "running DuckDB only")
             run_ours = False
     run_duck = not args.no_duckdb
+    if run_duck:
+        ok, why = importable("import duckdb")
+        if not ok:
+            log(f"warning: duckdb does not import ({why}); running without DuckDB")
+            run_duck = False
     duck_timeout = args.duckdb_timeout if args.duckdb_timeout is not None else args.timeout
     warmup = common.graph_file(data, "tiny/data_10") if args.warmup else None
 
@@ -325,6 +330,7 @@ def main(argv: list[str]) -> int:
     duck_ratios: list[float] = []
     souffle_ratios: list[float] = []
     duck_threads: set[int] = set()
+    backends_used: set[str] = set()
     for program, graph in pairs:
         where = f"{program} {graph}"
         expected = common.truth(graph, program)
@@ -340,6 +346,8 @@ def main(argv: list[str]) -> int:
             spec = {"engine": "ours", "program": program, "facts": str(facts),
                     "backend": args.backend, "warmup": str(warmup) if warmup else None}
             ours = run_engine(spec, args.repeat, args.timeout, "ours")
+            if ours.extra.get("backend"):
+                backends_used.add(str(ours.extra["backend"]))
         duck = EngineOutcome()
         if run_duck:
             if (not args.duckdb_all and expected.size is not None
@@ -368,6 +376,8 @@ def main(argv: list[str]) -> int:
     rows.append(["geomean", "", "", "", "", "",
                  fmt_ratio(gm_d) + (f" (n={len(duck_ratios)})" if gm_d else ""), "", "", "",
                  fmt_ratio(gm_s) + (f" (n={len(souffle_ratios)})" if gm_s else "")])
+    if backends_used:
+        header.append("backend used by ours: " + ",".join(sorted(backends_used)))
     if duck_threads:
         header.append("DuckDB threads: " + ",".join(map(str, sorted(duck_threads))))
 
