@@ -153,22 +153,30 @@ def gather_join(
     outer: np.ndarray, starts: np.ndarray, counts: np.ndarray, halves: np.ndarray, spec: np.ndarray, total: int
 ) -> np.ndarray:
     """Fused join materialisation: for outer row i and each matching inner row, one output row
-    whose column c is outer[i, spec[c,1]] (spec[c,0] == 0), halves[r, spec[c,1]] (== 1) or 0."""
+    whose column c is outer[i, spec[c,1]] (spec[c,0] == 0), halves[r, spec[c,1]] (== 1) or 0.
+    Column by column per outer row: the outer value is a fill, the inner run a strided copy."""
     width = spec.shape[0]
     out = np.empty((total, width), dtype=np.uint32)
     k = 0
     for i in range(starts.shape[0]):
         s = starts[i]
-        for r in range(s, s + counts[i]):
-            for c in range(width):
-                side = spec[c, 0]
-                if side == 0:
-                    out[k, c] = outer[i, spec[c, 1]]
-                elif side == 1:
-                    out[k, c] = halves[r, spec[c, 1]]
-                else:
-                    out[k, c] = 0
-            k += 1
+        c = counts[i]
+        if c == 0:
+            continue
+        for col in range(width):
+            side = spec[col, 0]
+            src = spec[col, 1]
+            if side == 0:
+                v = outer[i, src]
+                for t in range(c):
+                    out[k + t, col] = v
+            elif side == 1:
+                for t in range(c):
+                    out[k + t, col] = halves[s + t, src]
+            else:
+                for t in range(c):
+                    out[k + t, col] = 0
+        k += c
     return out
 
 

@@ -179,9 +179,7 @@ class Evaluator:
             else:
                 rows = pack([self._term(a, b) for a in head.args], b.n, self.xp)
             with self.clock.phase("dedup"):
-                rows = sets.sort_unique(rows, self.xp)
-            with self.clock.phase("difference"):
-                rows = store.subtract(rows)
+                rows = store.novel(rows)
             if rows.shape[0]:
                 pending.append(rows)
             if sum(p.shape[0] for p in pending) > self.chunk_rows:

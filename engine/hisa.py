@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import cpu_kernels, sets
+from .dense import DEFAULT_MAX_BITS, DenseSet
 
 HASH_MULT = 0x9E3779B97F4A7C15
 
@@ -248,9 +249,13 @@ class RelationStore:
 
     MERGE_RATIO = 4  # merge the two newest runs while the newer is over a quarter the older
 
-    def __init__(self, arity: int, xp: Any):
+    def __init__(self, arity: int, xp: Any, max_dense_bits: int = DEFAULT_MAX_BITS):
         self.arity = arity
         self.xp = xp
+        # The bitmap mirror of full (dense.py) is decided on the first ``novel`` call: CPU,
+        # arity <= 2 and a small enough box. None until then or when it does not apply.
+        self.max_dense_bits = max_dense_bits if xp is np and arity <= 2 else 0
+        self.dense: DenseSet | None = None
         self.canonical = tuple(range(arity))
         self.runs: list[Any] = []
         self.indexes: dict[tuple[int, ...], SortedIndex] = {}
@@ -276,6 +281,18 @@ class RelationStore:
             rows = sets.difference(rows, run, self.xp)
         return rows
 
+    def novel(self, rows: Any) -> Any:
+        """Produced rows (any order, duplicates) -> sorted unique rows not in full. Rows it
+        returns are taken as seen: the caller adds them to full at the end of the iteration."""
+        if self.max_dense_bits and self.dense is None:
+            self.dense = DenseSet.for_rows(self.xp.concatenate([self.full[:, 0], rows[:, 0]]), self.arity, self.max_dense_bits)
+            self.max_dense_bits = 0  # decided once
+            if self.dense is not None:
+                self.dense.mark(self.full)
+        if self.dense is not None:
+            return self.dense.novel(rows, self.subtract)
+        return self.subtract(sets.sort_unique(rows, self.xp))
+
     def index(self, order: tuple[int, ...], version: str = "full") -> SortedIndex:
         if version == "delta":
             if order not in self._delta_indexes:
@@ -295,6 +312,8 @@ class RelationStore:
     def add(self, delta: Any) -> None:
         """Sorted canonical rows, none of them in full yet, become the delta and join full."""
         if delta.shape[0]:
+            if self.dense is not None:
+                self.dense.mark(delta)
             self.runs.append(delta)
             while len(self.runs) > 1 and self.runs[-1].shape[0] * self.MERGE_RATIO > self.runs[-2].shape[0]:
                 newer = self.runs.pop()

@@ -150,3 +150,21 @@ def test_relation_store_keeps_every_index_equal_to_the_set(data):
             assert to_tuples(delta_idx.rows, arity) == sorted(
                 tuple(t[c] for c in order) for t in to_tuples(store.delta, arity)
             )
+
+
+@given(st.data())
+def test_novel_with_and_without_the_bitmap_equals_set_difference(data):
+    """RelationStore.novel: produced rows (unsorted, duplicated, partly outside the bitmap's
+    box) -> exactly the sorted rows not yet in full, iteration after iteration."""
+    arity = data.draw(st.integers(1, 2))
+    max_bits = data.draw(st.sampled_from([0, 64, 1 << 20]))
+    small = st.tuples(*[st.integers(0, 9)] * arity)
+    wide = st.tuples(*[VALUES] * arity)
+    store = RelationStore(arity, xp, max_dense_bits=max_bits)
+    seen: set[tuple[int, ...]] = set()
+    for batch in data.draw(st.lists(st.lists(st.one_of(small, small, wide), max_size=30), max_size=5)):
+        got = store.novel(to_rows(batch, arity))
+        assert to_tuples(got, arity) == sorted(set(batch) - seen)
+        store.add(got)
+        seen |= set(batch)
+    assert to_tuples(store.full, arity) == sorted(seen)
