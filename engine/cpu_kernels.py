@@ -199,11 +199,14 @@ def hash_build(keys: np.ndarray, capacity: int) -> np.ndarray:
 
 
 @numba.njit(**_JIT)
-def hash_probe(slots: np.ndarray, keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """For each query, the index of the equal key or -1."""
+def hash_ranges(
+    slots: np.ndarray, keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, queries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The join's count pass in one loop: (first row, run length) per query, 0 if absent."""
     capacity = slots.shape[0]
     mask = np.uint64(capacity - 1)
-    out = np.full(queries.shape[0], -1, dtype=np.int64)
+    out_start = np.zeros(queries.shape[0], dtype=np.int64)
+    out_count = np.zeros(queries.shape[0], dtype=np.int64)
     for i in range(queries.shape[0]):
         q = queries[i]
         s = hash_slot(q, mask)
@@ -212,7 +215,8 @@ def hash_probe(slots: np.ndarray, keys: np.ndarray, queries: np.ndarray) -> np.n
             if k == -1:
                 break
             if keys[k] == q:
-                out[i] = k
+                out_start[i] = starts[k]
+                out_count[i] = counts[k]
                 break
             s = (s + 1) & (capacity - 1)
-    return out
+    return out_start, out_count

@@ -138,14 +138,11 @@ class HashTable:
             zeros = xp.zeros(queries.shape[0], dtype=xp.int64)
             return zeros, zeros
         if xp is np:
-            idx = cpu_kernels.hash_probe(self.slots, self.keys, queries)
-        else:
-            idx = _hash_probe_xp(self.slots, self.keys, queries, xp)
+            return cpu_kernels.hash_ranges(self.slots, self.keys, self.starts, self.counts, queries)
+        idx = _hash_probe_xp(self.slots, self.keys, queries, xp)
         found = idx >= 0
         safe = xp.where(found, idx, 0)
-        starts = xp.where(found, self.starts[safe], 0)
-        counts = xp.where(found, self.counts[safe], 0)
-        return starts, counts
+        return xp.where(found, self.starts[safe], 0), xp.where(found, self.counts[safe], 0)
 
 
 def hash_slots(keys: Any, mask: int, xp: Any) -> Any:
@@ -209,9 +206,10 @@ class SortedIndex:
         run length. An empty key matches every row."""
         if not key_columns:
             return xp.zeros(n, dtype=xp.int64), xp.full(n, self.rows.shape[0], dtype=xp.int64)
-        query = pack(key_columns, n, xp)[:, 0]
         if len(key_columns) == 1:
-            query >>= xp.uint64(32)
+            query = key_columns[0].astype(xp.uint64)
+        else:
+            query = pack(key_columns, n, xp)[:, 0]
         return self.table(len(key_columns), xp).lookup(query, xp)
 
 
