@@ -1,0 +1,380 @@
+"""Fact files in, relations out: the only place that turns text into encoded uint32 columns and back.
+
+Input format (Soufflé's): one tuple per line, fields split by the delimiter, no header, no
+quoting, ``\\r\\n`` (or a lone ``\\r``) ends a line as well as ``\\n``, a leading UTF-8 BOM is
+ignored, empty lines are skipped. A number field is ``-?[0-9]+`` (no spaces, no ``+``, no hex)
+and must fit its type: int32 for number, 0..2^32-1 for unsigned. A symbol field is the raw text,
+the empty string included. A nullary relation holds iff its file has a non-empty line; every such
+line must be ``()`` (what Soufflé writes for a nullary fact, and what ``write_relation`` writes).
+
+The fast path is pyarrow's multithreaded CSV reader. ``_read_slow`` is the specification: on any
+failure of the fast path it rescans the text line by line, so the error names the first bad line,
+and it is also the reader for what pyarrow cannot take (multi-byte delimiters, empty files).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from . import ir
+from .errors import DatalogError
+from .values import INT32_MAX, INT32_MIN, UINT32_MAX, SymbolTable, decode, encode
+
+_INTEGER = re.compile(r"-?[0-9]+")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_DELIMITER_NAMES = {"\t": "tab", ",": "comma", " ": "space", ";": "semicolon", "|": "bar"}
+_NUMERIC_BYTES = b"0123456789-\r\n"
+_ANY_CONTENT = re.compile(rb"[^\r\n]")
+_BOUNDS = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
+
+
+def signature(relation: ir.Relation) -> str:
+    """``edge(a:number, b:number)``, as error messages show a relation."""
+    attrs = ", ".join(f"{a.name}:{a.type_name}" for a in relation.attributes)
+    return f"{relation.name}({attrs})"
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_facts(
+    path: Path | str,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    delimiter: str = "\t",
+    pos: ir.Pos | None = None,
+) -> np.ndarray:
+    """Read a fact file into an (n, arity) C-contiguous uint32 array of encoded values.
+
+    Duplicate lines are kept (the engine deduplicates). ``pos`` is the ``.input`` directive,
+    where a missing or unreadable file is reported.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DatalogError(pos, f"fact file {path} for {signature(relation)} does not exist") from None
+    except OSError as e:
+        raise DatalogError(pos, f"cannot read fact file {path} for {signature(relation)}: {e.strerror}") from None
+    if relation.arity > 0 and len(delimiter.encode()) == 1 and _ANY_CONTENT.search(data):
+        rows = _read_fast(data, relation, symbols, delimiter)
+        if rows is not None:
+            return rows
+    return _read_slow(data, str(path), relation, symbols, delimiter)
+
+
+def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimiter: str) -> np.ndarray | None:
+    """pyarrow parse + vectorised checks; None when anything is off (the slow path explains).
+
+    pyarrow's int32/uint32 conversion does the range checks. Its integer parser also takes
+    spaces and hex, so the strict grammar is enforced separately: with numbers only, by a byte
+    scan (~1 GB/s); beside symbols, number columns are read as text, matched, then cast.
+    """
+    names = [f"c{j}" for j in range(relation.arity)]
+    numeric_only = "symbol" not in relation.types
+    if numeric_only and data.translate(None, _NUMERIC_BYTES + delimiter.encode()):
+        return None
+    arrow_types = {"number": pa.int32(), "unsigned": pa.uint32(), "symbol": pa.string()}
+    column_types = {
+        n: arrow_types[t] if numeric_only or t == "symbol" else pa.string() for n, t in zip(names, relation.types)
+    }
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 22),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, quote_char=False, escape_char=False, ignore_empty_lines=True
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=column_types,
+                null_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        if not numeric_only:
+            for name, t in zip(names, relation.types):
+                if t != "symbol":
+                    column = table[name]
+                    if not pc.all(pc.match_substring_regex(column, r"^-?[0-9]+$")).as_py():
+                        return None
+                    table = table.set_column(names.index(name), name, pc.cast(column, arrow_types[t]))
+    except pa.ArrowException:
+        return None
+    rows = np.empty((table.num_rows, relation.arity), dtype=np.uint32)
+    for j, (name, t) in enumerate(zip(names, relation.types)):
+        if t != "symbol":
+            rows[:, j] = encode(table[name].to_numpy(), t)
+    # Symbols are interned only once everything parsed: a bad file leaves the table untouched.
+    for j, (name, t) in enumerate(zip(names, relation.types)):
+        if t == "symbol":
+            encoded = pc.dictionary_encode(table[name].combine_chunks())
+            ids = np.fromiter(
+                (symbols.intern(s) for s in encoded.dictionary.to_pylist()),
+                dtype=np.uint32,
+                count=len(encoded.dictionary),
+            )
+            rows[:, j] = ids[encoded.indices.to_numpy()]
+    return rows
+
+
+def _read_slow(data: bytes, file: str, relation: ir.Relation, symbols: SymbolTable, delimiter: str) -> np.ndarray:
+    """Line-by-line reader: the reference for the format, and the source of precise errors."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = max(data.rfind(b"\n", 0, e.start), data.rfind(b"\r", 0, e.start)) + 1
+        line = len(_LINE_BREAK.findall(data[: e.start].decode("utf-8"))) + 1
+        col = len(data[line_start : e.start].decode("utf-8")) + 1
+        raise DatalogError(ir.Pos(file, line, col), f"invalid UTF-8 byte 0x{data[e.start]:02x}") from None
+    text = text.removeprefix("\ufeff")
+    arity = relation.arity
+    columns: list[list[Any]] = [[] for _ in range(arity)]
+    column_bounds = [_BOUNDS.get(t) for t in relation.types]
+    match = _INTEGER.fullmatch
+    nullary_holds = False
+    for lineno, line in enumerate(_LINE_BREAK.split(text), start=1):
+        if not line:
+            continue
+        if arity == 0:
+            if line != "()":
+                raise DatalogError(
+                    ir.Pos(file, lineno, 1), f"expected '()' for the nullary relation {signature(relation)}, found {line!r}"
+                )
+            nullary_holds = True
+            continue
+        fields = line.split(delimiter)
+        if len(fields) != arity:
+            col = len(delimiter.join(fields[:arity])) + 1 + (len(delimiter) if len(fields) > arity else 0)
+            raise DatalogError(
+                ir.Pos(file, lineno, col),
+                f"expected {arity} {_delimiter_name(delimiter)}-separated field{'s' * (arity != 1)} "
+                f"for {signature(relation)}, found {len(fields)}",
+            )
+        for j, field in enumerate(fields):
+            bounds = column_bounds[j]
+            if bounds is None:
+                columns[j].append(field)
+                continue
+            if match(field) and bounds[0] <= (value := int(field)) <= bounds[1]:
+                columns[j].append(value)
+                continue
+            col = len(delimiter.join(fields[:j])) + (len(delimiter) if j else 0) + 1
+            raise _integer_error(field, relation.attributes[j], ir.Pos(file, lineno, col))
+    if arity == 0:
+        return np.empty((int(nullary_holds), 0), dtype=np.uint32)
+    rows = np.empty((len(columns[0]), arity), dtype=np.uint32)
+    for j, attr in enumerate(relation.attributes):
+        if attr.type == "symbol":
+            rows[:, j] = symbols.intern_many(np.array(columns[j], dtype=object)) if columns[j] else []
+        else:
+            rows[:, j] = encode(np.array(columns[j], dtype=np.int64), attr.type)
+    return rows
+
+
+def _parse_integer(field: str, attr: ir.Attribute, pos: ir.Pos) -> int:
+    if not _INTEGER.fullmatch(field):
+        raise _integer_error(field, attr, pos)
+    value = int(field)
+    _check_range(value, attr, pos)
+    return value
+
+
+def _integer_error(field: str, attr: ir.Attribute, pos: ir.Pos) -> DatalogError:
+    """The error for a field already known not to be a valid integer of the column's type."""
+    if not _INTEGER.fullmatch(field):
+        found = "an empty field" if field == "" else repr(field)
+        return DatalogError(pos, f"expected an integer for column {attr.name} ({attr.type_name}), found {found}")
+    return _range_error(int(field), attr, pos)
+
+
+def _check_range(value: int, attr: ir.Attribute, pos: ir.Pos) -> None:
+    lo, hi = _BOUNDS[attr.type]
+    if not lo <= value <= hi:
+        raise _range_error(value, attr, pos)
+
+
+def _range_error(value: int, attr: ir.Attribute, pos: ir.Pos) -> DatalogError:
+    if attr.type == "unsigned" and value < 0:
+        return DatalogError(pos, f"{value} is negative, but column {attr.name} is unsigned")
+    lo, hi = _BOUNDS[attr.type]
+    return DatalogError(pos, f"{value} does not fit in a 32-bit {attr.type} ({lo}..{hi}) for column {attr.name}")
+
+
+def _delimiter_name(delimiter: str) -> str:
+    return _DELIMITER_NAMES.get(delimiter, repr(delimiter))
+
+
+# ----------------------------------------------------------------------------- encoding Python data
+
+
+def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: str) -> np.ndarray:
+    """Facts given in Python (rows of values, an (n, arity) array, a DataFrame) -> encoded rows.
+
+    Integer arrays are range-checked without a Python loop; object and string data are checked
+    value by value. Errors point at ``origin:row:column``, both 1-based.
+    """
+    arity = relation.arity
+    if isinstance(data, pd.DataFrame):
+        if data.shape[1] != arity:
+            raise DatalogError(
+                ir.Pos(origin, 1, 1), f"expected {arity} columns for {signature(relation)}, found {data.shape[1]}"
+            )
+        columns = [data.iloc[:, j].to_numpy() for j in range(arity)]
+    elif isinstance(data, np.ndarray) and data.ndim == 2 and data.shape[1] == arity:
+        columns = [data[:, j] for j in range(arity)]
+    elif isinstance(data, np.ndarray) and data.ndim == 1 and arity == 1:
+        columns = [data]
+    else:
+        rows = [tuple(r) for r in data]
+        for i, r in enumerate(rows):
+            if len(r) != arity:
+                raise DatalogError(
+                    ir.Pos(origin, i + 1, 1), f"expected {arity} values for {signature(relation)}, found {len(r)}"
+                )
+        if arity == 0:
+            return np.empty((int(bool(rows)), 0), dtype=np.uint32)
+        columns = [np.array([r[j] for r in rows], dtype=object) for j in range(arity)]
+    n = len(columns[0]) if columns else 0
+    out = np.empty((n, arity), dtype=np.uint32)
+    encoded_symbols: list[tuple[int, np.ndarray]] = []
+    for j, (column, attr) in enumerate(zip(columns, relation.attributes)):
+        if attr.type == "symbol":
+            for i, v in enumerate(column):
+                if not isinstance(v, str):
+                    raise DatalogError(
+                        ir.Pos(origin, i + 1, j + 1),
+                        f"expected a string for column {attr.name} ({attr.type_name}), found {_show(v)}",
+                    )
+            encoded_symbols.append((j, column.astype(object)))  # np.str_ -> str
+        else:
+            out[:, j] = encode(_integer_column(column, attr, origin, j), attr.type)
+    for j, column in encoded_symbols:  # interned last: a rejected input leaves no symbols behind
+        out[:, j] = symbols.intern_many(column) if len(column) else []
+    return out
+
+
+def _integer_column(column: np.ndarray, attr: ir.Attribute, origin: str, j: int) -> np.ndarray:
+    """A column of ints (or of decimal strings, as ``np.array`` makes of mixed rows) -> int64."""
+    if column.dtype.kind in "iu":
+        lo, hi = _BOUNDS[attr.type]
+        bad = (column < lo) | (column > hi)  # numpy 2 compares with out-of-range ints exactly
+        if bad.any():
+            i = int(np.argmax(bad))
+            _check_range(int(column[i]), attr, ir.Pos(origin, i + 1, j + 1))
+        return column.astype(np.int64)
+    parsed = np.empty(len(column), dtype=np.int64)
+    for i, v in enumerate(column):
+        pos = ir.Pos(origin, i + 1, j + 1)
+        if isinstance(v, str):
+            parsed[i] = _parse_integer(v, attr, pos)
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            _check_range(int(v), attr, pos)
+            parsed[i] = int(v)
+        else:
+            raise DatalogError(pos, f"expected an integer for column {attr.name} ({attr.type_name}), found {_show(v)}")
+    return parsed
+
+
+def _show(value: Any) -> str:
+    """repr of a user's value, numpy scalars shown as the Python value they hold."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def sort_rows(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
+    """Rows in output order: lexicographic over columns, numbers numerically, symbols by text.
+
+    The encoding already orders numbers; symbol ids are replaced by their text rank for the sort.
+    """
+    if len(rows) < 2 or relation.arity == 0:
+        return np.ascontiguousarray(rows)
+    has_symbols = "symbol" in relation.types
+    rank = symbols.text_rank() if has_symbols else None
+    keys = [rank[rows[:, j]] if t == "symbol" else rows[:, j] for j, t in enumerate(relation.types)]
+    if relation.arity == 2:
+        packed = (keys[0].astype(np.uint64) << np.uint64(32)) | keys[1]
+        if not has_symbols:  # keys are the values: sort and unpack, no gather
+            packed.sort()
+            return np.stack([(packed >> np.uint64(32)).astype(np.uint32), packed.astype(np.uint32)], axis=1)
+        order = np.argsort(packed)
+    else:
+        order = np.lexsort(keys[::-1])
+    return np.ascontiguousarray(rows[order])
+
+
+def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
+    """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), object str (symbol)."""
+    return [
+        symbols.lookup(rows[:, j]) if t == "symbol" else decode(np.ascontiguousarray(rows[:, j]), t)
+        for j, t in enumerate(relation.types)
+    ]
+
+
+def write_relation(
+    out: str | Path | IO[str],
+    rows: np.ndarray,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    delimiter: str = "\t",
+) -> None:
+    """Write distinct encoded rows, sorted and decoded, to a path or a text stream (e.g. stdout).
+
+    pyarrow writes unquoted CSV fast; symbols holding the delimiter, a quote or a line break
+    (pyarrow refuses those unquoted) and multi-byte delimiters go through a plain Python writer.
+    """
+    rows = sort_rows(rows, relation, symbols)
+    if relation.arity == 0:
+        _emit(out, b"()\n" if len(rows) else b"")
+        return
+    columns = decode_columns(rows, relation, symbols)
+    texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
+    exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))
+    if exotic or len(delimiter.encode()) != 1:
+        lines = "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns))
+        _emit(out, lines.encode())
+        return
+    table = pa.table({f"c{j}": col for j, col in enumerate(columns)})
+    options = pacsv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none")
+    if isinstance(out, (str, Path)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        pacsv.write_csv(table, str(out), options)
+    else:
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(table, sink, options)
+        _emit(out, sink.getvalue().to_pybytes())
+
+
+def _emit(out: str | Path | IO[str], data: bytes) -> None:
+    if isinstance(out, (str, Path)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(data)
+    else:
+        out.write(data.decode("utf-8"))
+
+
+def to_numpy(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
+    """Sorted decoded (n, arity) array: int64 when every column is numeric, else object."""
+    columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
+    dtype = object if "symbol" in relation.types else np.int64
+    result = np.empty((len(rows), relation.arity), dtype=dtype)
+    for j, col in enumerate(columns):
+        result[:, j] = col.astype(dtype)
+    return result
+
+
+def to_pandas(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> pd.DataFrame:
+    """Sorted DataFrame, columns named by attribute: int32 / uint32 / object (str)."""
+    columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
+    return pd.DataFrame({a.name: pd.Series(col, dtype=col.dtype) for a, col in zip(relation.attributes, columns)})

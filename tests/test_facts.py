@@ -1,0 +1,380 @@
+"""Fact-file reading, output writing and Python-fact encoding (engine/facts.py)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.facts import (
+    _read_fast,
+    _read_slow,
+    encode_rows,
+    read_facts,
+    sort_rows,
+    to_numpy,
+    to_pandas,
+    write_relation,
+)
+from dask_datalog.engine.values import UINT32_MAX, SymbolTable, decode
+
+DATA = Path(__file__).parent / "data"
+TINY = DATA / "tiny"
+
+
+def rel(name: str, *types: str, type_names: tuple[str, ...] | None = None) -> ir.Relation:
+    names = type_names or types
+    return ir.Relation(name, tuple(ir.Attribute(chr(ord("a") + i), t, n) for i, (t, n) in enumerate(zip(types, names))))
+
+
+EDGE = rel("edge", "number", "number")
+
+
+def write_file(tmp_path: Path, content: str | bytes, name: str = "r.facts") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def expected_text(path: Path) -> str:
+    """Distinct edges of a graph file, sorted numerically, as write_relation must print them."""
+    pairs = {tuple(map(int, line.split("\t"))) for line in path.read_text().splitlines() if line}
+    return "".join(f"{a}\t{b}\n" for a, b in sorted(pairs))
+
+
+def roundtrip(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t") -> str:
+    out = io.StringIO()
+    write_relation(out, rows, relation, symbols, delimiter)
+    return out.getvalue()
+
+
+# ----------------------------------------------------------------------------- reading good files
+
+
+@pytest.mark.parametrize("name", ["data_5.txt", "data_10.txt", "dummy.facts", "data_22.txt", "tc_paper.txt", "paper.txt"])
+def test_tiny_graphs_round_trip(name: str) -> None:
+    symbols = SymbolTable()
+    rows = read_facts(TINY / name, EDGE, symbols)
+    assert rows.dtype == np.uint32 and rows.flags.c_contiguous and rows.shape[1] == 2
+    unique = np.unique(rows, axis=0)
+    assert roundtrip(unique, EDGE, symbols) == expected_text(TINY / name)
+
+
+def test_trailing_blank_line_is_skipped() -> None:
+    assert (TINY / "paper.txt").read_bytes().endswith(b"\n\n")
+    assert len(read_facts(TINY / "paper.txt", EDGE, SymbolTable())) == 8
+
+
+@pytest.mark.parametrize(
+    "path, lines, distinct",
+    [
+        ("OL.cedge/data_7035.txt", 7035, 7029),
+        ("cal.cedge/data_21693.txt", 21693, 21693),
+        ("TG.cedge/data_23874.txt", 23874, 23797),
+        ("p2p-Gnutella09/data_26013.txt", 26013, 26013),  # CRLF
+    ],
+)
+def test_real_graphs_match_pandas(path: str, lines: int, distinct: int) -> None:
+    assert _read_fast((DATA / path).read_bytes(), EDGE, SymbolTable(), "\t") is not None  # no silent slow path
+    rows = read_facts(DATA / path, EDGE, SymbolTable())
+    assert rows.shape == (lines, 2)
+    assert len(np.unique(rows, axis=0)) == distinct
+    frame = pd.read_csv(DATA / path, sep="\t", header=None).to_numpy()
+    np.testing.assert_array_equal(decode(rows, "number"), frame)
+
+
+def test_crlf_output_is_lf_and_sorted() -> None:
+    path = DATA / "p2p-Gnutella09/data_26013.txt"
+    assert b"\r\n" in path.read_bytes()
+    symbols = SymbolTable()
+    text = roundtrip(read_facts(path, EDGE, symbols), EDGE, symbols)
+    assert "\r" not in text
+    assert text == expected_text(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "1\t2\r\n3\t4\r\n\r\n",
+        "1\t2\n\n\n3\t4",
+        "\n\n1\t2\n3\t4\n\n",
+        "\ufeff1\t2\n3\t4\n",  # UTF-8 BOM
+        "1\t2\r3\t4\r",  # old Mac line ends
+    ],
+)
+def test_line_end_variants(tmp_path: Path, content: str) -> None:
+    rows = read_facts(write_file(tmp_path, content), EDGE, SymbolTable())
+    np.testing.assert_array_equal(decode(rows, "number"), [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize("content", ["", "\n", "\r\n\r\n"])
+def test_empty_files_have_no_facts(tmp_path: Path, content: str) -> None:
+    assert read_facts(write_file(tmp_path, content), EDGE, SymbolTable()).shape == (0, 2)
+
+
+def test_negative_numbers_sort_numerically(tmp_path: Path) -> None:
+    symbols = SymbolTable()
+    path = write_file(tmp_path, "3\t0\n-10\t5\n-2\t-7\n1\t1\n-2\t-8\n2147483647\t0\n-2147483648\t0\n")
+    rows = read_facts(path, EDGE, symbols)
+    assert roundtrip(rows, EDGE, symbols) == (
+        "-2147483648\t0\n-10\t5\n-2\t-8\n-2\t-7\n1\t1\n3\t0\n2147483647\t0\n"
+    )
+
+
+def test_unsigned_extremes_round_trip(tmp_path: Path) -> None:
+    relation = rel("u", "unsigned", "number")
+    symbols = SymbolTable()
+    rows = read_facts(write_file(tmp_path, "4294967295\t-1\n0\t0\n2147483648\t1\n"), relation, symbols)
+    assert rows[:, 0].tolist() == [UINT32_MAX, 0, 2**31]
+    assert roundtrip(rows, relation, symbols) == "0\t0\n2147483648\t1\n4294967295\t-1\n"
+
+
+def test_symbols_keep_spaces_quotes_and_sort_by_text(tmp_path: Path) -> None:
+    relation = rel("s", "symbol", "number", "symbol")
+    symbols = SymbolTable()
+    symbols.intern("zzz")  # ids must not decide the order
+    content = 'hello world\t1\tx\n"quoted"\t2\t\nhello world\t-1\ty\n Lead\t3\tz\n'
+    rows = read_facts(write_file(tmp_path, content), relation, symbols)
+    assert rows.shape == (4, 3)
+    assert roundtrip(rows, relation, symbols) == (
+        ' Lead\t3\tz\n"quoted"\t2\t\nhello world\t-1\ty\nhello world\t1\tx\n'
+    )
+
+
+def test_symbols_with_the_delimiter_are_written_unquoted(tmp_path: Path) -> None:
+    relation = rel("s", "symbol", "symbol")
+    symbols = SymbolTable()
+    rows = read_facts(write_file(tmp_path, "a\tb\tc,d\n"), rel("t", "symbol", "symbol", "symbol"), symbols)
+    rows = rows[:, 1:]
+    assert roundtrip(rows, relation, symbols, delimiter=",") == "b,c,d\n"
+    assert roundtrip(rows, relation, symbols) == "b\tc,d\n"
+
+
+def test_multi_character_delimiter(tmp_path: Path) -> None:
+    relation = rel("s", "symbol", "number")
+    symbols = SymbolTable()
+    rows = read_facts(write_file(tmp_path, "b::2\na::1\n"), relation, symbols, delimiter="::")
+    assert roundtrip(rows, relation, symbols, delimiter="::") == "a::1\nb::2\n"
+
+
+def test_comma_delimiter_fast_path(tmp_path: Path) -> None:
+    rows = read_facts(write_file(tmp_path, "5,6\n1,2\n"), EDGE, SymbolTable(), delimiter=",")
+    assert decode(rows, "number").tolist() == [[5, 6], [1, 2]]
+
+
+def test_symbol_ids_are_shared_across_columns_and_files(tmp_path: Path) -> None:
+    relation = rel("s", "symbol", "symbol")
+    symbols = SymbolTable()
+    first = read_facts(write_file(tmp_path, "a\tb\n", "1.facts"), relation, symbols)
+    second = read_facts(write_file(tmp_path, "b\ta\n", "2.facts"), relation, symbols)
+    assert first[0].tolist() == second[0][::-1].tolist()
+    assert sorted(symbols.strings) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "content, types",
+    [
+        ("1\t2\n-3\t4\n\n2147483647\t-2147483648\r\n", ("number", "number")),
+        ("x y\t1\t4294967295\nz\t-5\t0\n", ("symbol", "number", "unsigned")),
+        ("a\n\nb\n a\n", ("symbol",)),
+        ("1\t\t2\n", ("unsigned", "symbol", "number")),
+    ],
+)
+def test_fast_and_slow_paths_agree(content: str, types: tuple[str, ...]) -> None:
+    relation = rel("r", *types)
+    fast_symbols, slow_symbols = SymbolTable(), SymbolTable()
+    fast = _read_fast(content.encode(), relation, fast_symbols, "\t")
+    slow = _read_slow(content.encode(), "f", relation, slow_symbols, "\t")
+    assert fast is not None
+    decoded_fast = [fast_symbols.lookup(fast[:, j]) if t == "symbol" else fast[:, j] for j, t in enumerate(types)]
+    decoded_slow = [slow_symbols.lookup(slow[:, j]) if t == "symbol" else slow[:, j] for j, t in enumerate(types)]
+    for f, s in zip(decoded_fast, decoded_slow):
+        assert f.tolist() == s.tolist()
+
+
+# ----------------------------------------------------------------------------- nullary relations
+
+
+@pytest.mark.parametrize("content, holds", [("()\n", True), ("\n()\r\n()\n", True), ("", False), ("\n\n", False)])
+def test_nullary_relation(tmp_path: Path, content: str, holds: bool) -> None:
+    relation = rel("flag")
+    symbols = SymbolTable()
+    rows = read_facts(write_file(tmp_path, content), relation, symbols)
+    assert rows.shape == (int(holds), 0)
+    assert roundtrip(rows, relation, symbols) == ("()\n" if holds else "")
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+BAD_FILES = [
+    # (content, types, line, col, message substring)
+    ("1\t2\n3\n", ("number", "number"), 2, 2, "expected 2 tab-separated fields for edge(a:number, b:number), found 1"),
+    ("1\t2\t3\n", ("number", "number"), 1, 5, "expected 2 tab-separated fields for edge(a:number, b:number), found 3"),
+    ("1\t2\t\n", ("number", "number"), 1, 5, "found 3"),
+    ("1\tx1\n", ("number", "number"), 1, 3, "expected an integer for column b (number), found 'x1'"),
+    ("1\t\n", ("number", "number"), 1, 3, "expected an integer for column b (number), found an empty field"),
+    ("12345678901\t1\n", ("number", "number"), 1, 1, "12345678901 does not fit in a 32-bit number"),
+    ("2147483648\t0\n", ("number", "number"), 1, 1, "2147483648 does not fit in a 32-bit number"),
+    ("0\t-2147483649\n", ("number", "number"), 1, 3, "-2147483649 does not fit in a 32-bit number"),
+    ("99999999999999999999999\t0\n", ("number", "number"), 1, 1, "does not fit in a 32-bit number"),
+    ("5\n-1\n", ("unsigned",), 2, 1, "-1 is negative, but column a is unsigned"),
+    ("4294967296\n", ("unsigned",), 1, 1, "4294967296 does not fit in a 32-bit unsigned"),
+    (" 1\t2\n", ("number", "number"), 1, 1, "found ' 1'"),
+    ("0x10\t1\n", ("number", "number"), 1, 1, "found '0x10'"),
+    ("+1\t2\n", ("number", "number"), 1, 1, "found '+1'"),
+    ("1.5\t2\n", ("number", "number"), 1, 1, "found '1.5'"),
+    ("1\t2\r\n3\t4\r\n5\tq\r\n", ("number", "number"), 3, 3, "found 'q'"),
+    ("1\t2\n\n\nx\t1\n", ("number", "number"), 4, 1, "found 'x'"),
+    ("a b\tc\n", ("symbol", "number"), 1, 5, "expected an integer for column b (number), found 'c'"),
+    ("a\n", ("symbol", "symbol"), 1, 2, "expected 2 tab-separated fields"),
+    ("a\tb\n", ("symbol",), 1, 3, "expected 1 tab-separated field for edge(a:symbol), found 2"),
+    ("ok\t1\n\xff\t2\n".encode("latin-1"), ("symbol", "number"), 2, 1, "invalid UTF-8 byte 0xff"),
+    ("x\n", (), 1, 1, "expected '()' for the nullary relation edge(), found 'x'"),
+]
+
+
+@pytest.mark.parametrize("content, types, line, col, message", BAD_FILES)
+def test_bad_fact_file(tmp_path: Path, content: str | bytes, types: tuple[str, ...], line: int, col: int, message: str) -> None:
+    path = write_file(tmp_path, content)
+    symbols = SymbolTable()
+    with pytest.raises(DatalogError) as info:
+        read_facts(path, rel("edge", *types), symbols)
+    assert str(info.value).startswith(f"{path}:{line}:{col}: error: ")
+    assert message in info.value.message
+    assert info.value.pos == ir.Pos(str(path), line, col)
+    assert len(symbols) == 0  # nothing interned from a rejected file
+
+
+def test_error_names_the_type_alias(tmp_path: Path) -> None:
+    relation = rel("edge", "number", "number", type_names=("Node", "Node"))
+    with pytest.raises(DatalogError, match=r"column b \(Node\), found 'y'"):
+        read_facts(write_file(tmp_path, "1\ty\n"), relation, SymbolTable())
+
+
+def test_first_bad_line_of_a_large_file(tmp_path: Path) -> None:
+    good = "".join(f"{i}\t{i + 1}\n" for i in range(100_000))
+    path = write_file(tmp_path, good + "7\t2147483648\n" + good)
+    with pytest.raises(DatalogError) as info:
+        read_facts(path, EDGE, SymbolTable())
+    assert str(info.value).startswith(f"{path}:100001:3: error: 2147483648 does not fit")
+
+
+def test_missing_file_is_reported_at_the_input_directive(tmp_path: Path) -> None:
+    where = ir.Pos("prog.dl", 3, 1)
+    with pytest.raises(DatalogError) as info:
+        read_facts(tmp_path / "edge.facts", EDGE, SymbolTable(), pos=where)
+    assert str(info.value).startswith("prog.dl:3:1: error: ")
+    assert f"fact file {tmp_path / 'edge.facts'} for edge(a:number, b:number) does not exist" in str(info.value)
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(DatalogError, match="cannot read fact file"):
+        read_facts(tmp_path, EDGE, SymbolTable(), pos=ir.Pos("prog.dl", 2, 1))
+
+
+# ----------------------------------------------------------------------------- writing and decoding
+
+
+def test_write_to_path_creates_directories(tmp_path: Path) -> None:
+    symbols = SymbolTable()
+    rows = read_facts(TINY / "data_5.txt", EDGE, symbols)
+    target = tmp_path / "out" / "sub" / "path.csv"
+    write_relation(target, rows, EDGE, symbols)
+    assert target.read_text() == expected_text(TINY / "data_5.txt")
+
+
+def test_write_empty_relation(tmp_path: Path) -> None:
+    target = tmp_path / "empty.csv"
+    write_relation(target, np.empty((0, 2), dtype=np.uint32), EDGE, SymbolTable())
+    assert target.read_bytes() == b""
+
+
+def test_sort_rows_three_columns_with_symbols() -> None:
+    relation = rel("r", "symbol", "number", "unsigned")
+    symbols = SymbolTable()
+    rows = encode_rows([("b", 1, 2), ("a", 5, 0), ("b", -1, 9), ("a", 5, 1)], relation, symbols, "<test>")
+    assert to_numpy(rows, relation, symbols).tolist() == [["a", 5, 0], ["a", 5, 1], ["b", -1, 9], ["b", 1, 2]]
+    assert sort_rows(rows, relation, symbols).flags.c_contiguous
+
+
+def test_to_numpy_numeric_is_int64_and_sorted() -> None:
+    relation = rel("r", "number", "unsigned")
+    symbols = SymbolTable()
+    rows = encode_rows(np.array([[3, 4294967295], [-3, 1]], dtype=np.int64), relation, symbols, "<test>")
+    result = to_numpy(rows, relation, symbols)
+    assert result.dtype == np.int64
+    assert result.tolist() == [[-3, 1], [3, 4294967295]]
+
+
+def test_to_pandas_columns_and_dtypes() -> None:
+    relation = rel("r", "symbol", "number", "unsigned")
+    symbols = SymbolTable()
+    rows = encode_rows([("y", -1, 7), ("x", 2, 8)], relation, symbols, "<test>")
+    frame = to_pandas(rows, relation, symbols)
+    assert list(frame.columns) == ["a", "b", "c"]
+    assert [str(t) for t in frame.dtypes] == ["object", "int32", "uint32"]
+    assert frame.values.tolist() == [["x", 2, 8], ["y", -1, 7]]
+
+
+def test_large_relation_write_is_sorted(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    values = np.unique(rng.integers(-(2**31), 2**31, size=(200_000, 2)), axis=0)
+    symbols = SymbolTable()
+    rows = encode_rows(values[rng.permutation(len(values))], EDGE, symbols, "<test>")
+    target = tmp_path / "big.csv"
+    write_relation(target, rows, EDGE, symbols)
+    back = pd.read_csv(target, sep="\t", header=None).to_numpy()
+    np.testing.assert_array_equal(back, values)  # np.unique sorted them lexicographically
+
+
+# ----------------------------------------------------------------------------- Python facts
+
+
+def test_encode_rows_accepts_frames_arrays_and_tuples() -> None:
+    relation = rel("r", "symbol", "number")
+    symbols = SymbolTable()
+    frame = pd.DataFrame({"s": ["a", "b"], "n": [1, -2]})
+    from_frame = encode_rows(frame, relation, symbols, "<test>")
+    from_tuples = encode_rows([("a", 1), ("b", -2)], relation, symbols, "<test>")
+    from_strings = encode_rows(np.array([("a", 1), ("b", -2)]), relation, symbols, "<test>")  # dtype <U
+    np.testing.assert_array_equal(from_frame, from_tuples)
+    np.testing.assert_array_equal(from_frame, from_strings)
+    assert all(type(s) is str for s in symbols.strings)
+
+
+def test_encode_rows_one_column_and_nullary() -> None:
+    symbols = SymbolTable()
+    assert decode(encode_rows(np.array([5, -5]), rel("r", "number"), symbols, "<t>"), "number").tolist() == [[5], [-5]]
+    assert encode_rows([()], rel("flag"), symbols, "<t>").shape == (1, 0)
+    assert encode_rows([], rel("flag"), symbols, "<t>").shape == (0, 0)
+    assert encode_rows([], EDGE, symbols, "<t>").shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    "data, types, where, message",
+    [
+        (np.array([[1, 2], [3, 2**31]]), ("number", "number"), "<facts>:2:2", "2147483648 does not fit in a 32-bit number"),
+        (np.array([[1], [-1]]), ("unsigned",), "<facts>:2:1", "-1 is negative"),
+        (np.array([[2**32]], dtype=np.uint64), ("unsigned",), "<facts>:1:1", "does not fit in a 32-bit unsigned"),
+        ([(1, 2), (1, 2, 3)], ("number", "number"), "<facts>:2:1", "expected 2 values for edge(a:number, b:number), found 3"),
+        ([("a", 1.5)], ("symbol", "number"), "<facts>:1:2", "expected an integer for column b (number), found 1.5"),
+        ([(True,)], ("number",), "<facts>:1:1", "found True"),
+        ([(1, "x")], ("number", "number"), "<facts>:1:2", "found 'x'"),
+        ([(1,)], ("symbol",), "<facts>:1:1", "expected a string for column a (symbol), found 1"),
+        (pd.DataFrame({"a": [1]}), ("number", "number"), "<facts>:1:1", "expected 2 columns"),
+        (np.array([[1.0, 2.0]]), ("number", "number"), "<facts>:1:1", "found 1.0"),
+    ],
+)
+def test_encode_rows_errors(data: object, types: tuple[str, ...], where: str, message: str) -> None:
+    symbols = SymbolTable()
+    with pytest.raises(DatalogError) as info:
+        encode_rows(data, rel("edge", *types), symbols, "<facts>")
+    assert str(info.value).startswith(f"{where}: error: ")
+    assert message in info.value.message
+    assert len(symbols) == 0
