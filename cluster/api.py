@@ -77,7 +77,9 @@ class Program:
         facts: Mapping[str, FactSource] | None = None,
         backend: BackendName = "auto",
         on_iteration: Callable[[int, int, dict[str, int]], None] | None = None,
+        chunk_rows: int | None = None,
     ) -> Result:
         """Evaluate in this process. ``facts`` maps relation names to fact-file paths or to
-        (n, arity) array-likes / DataFrames and overrides ``.input`` files."""
-        return Result(run_program(self.ir, get_backend(backend), fact_dir, facts, on_iteration))
+        (n, arity) array-likes / DataFrames and overrides ``.input`` files. ``chunk_rows``
+        caps the join output materialised at once (memory); the default suits the backend."""
+        return Result(run_program(self.ir, get_backend(backend), fact_dir, facts, on_iteration, chunk_rows))

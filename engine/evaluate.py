@@ -97,13 +97,15 @@ class Evaluator:
         backend: Backend,
         symbols: SymbolTable,
         inputs: dict[str, np.ndarray],
-        chunk_rows: int = 1 << 24,
+        chunk_rows: int | None = None,
     ):
         self.plan = plan
         self.backend = backend
         self.xp = backend.xp
         self.symbols = symbols
-        self.chunk_rows = chunk_rows
+        # Rows of join output materialised at once: 16 M (a few hundred MB of binding table)
+        # on the CPU, 128 M on a GPU, where fewer, larger sorts keep the device busy.
+        self.chunk_rows = chunk_rows or (1 << 27 if backend.name == "cupy" else 1 << 24)
         self.clock = PhaseClock(backend)
         relations = plan.program.relations
         self.stores = {name: RelationStore(rel.arity, self.xp) for name, rel in relations.items()}

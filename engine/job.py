@@ -78,8 +78,7 @@ def run_program(
     plan = plan_program(program)
     inputs = load_inputs(program, symbols, fact_dir, facts)
     t_load = time.perf_counter() - t0
-    options = {} if chunk_rows is None else {"chunk_rows": chunk_rows}
-    evaluator = Evaluator(plan, backend, symbols, inputs, **options)
+    evaluator = Evaluator(plan, backend, symbols, inputs, chunk_rows)
     stats = evaluator.run(on_iteration)
     relations = {}
     for name, store in evaluator.stores.items():
