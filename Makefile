@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ../shared/data
-GRAPH  ?= examples/data/cal.cedge
+GRAPH  ?= tests/data/cal.cedge
 
 .PHONY: run test bench venv clean
 

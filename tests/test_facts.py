@@ -74,7 +74,7 @@ def test_trailing_blank_line_is_skipped() -> None:
     "path, lines, distinct",
     [
         ("OL.cedge/data_7035.txt", 7035, 7029),
-        ("cal.cedge/data_21693.txt", 21693, 21693),
+        ("cal.cedge/edge.facts", 21693, 21693),
         ("TG.cedge/data_23874.txt", 23874, 23797),
         ("p2p-Gnutella09/data_26013.txt", 26013, 26013),  # CRLF
     ],
