@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (no network there): install the carried wheels,
-# run the test suite on the CuPy backend, then the single-shard REACH/SG benchmark on
-# CuPy. Carry .whl (bash ../shared/device/fetch-wheels.sh, plus this project's wheel:
+# run the test suite on the CuPy backend, a phase profile, then the single-shard benchmark
+# on CuPy. Carry .whl (bash ../shared/device/fetch-wheels.sh, plus this project's wheel:
 # python -m build --wheel -o .whl) and .data (graphs copied from ../shared/data).
 # Logs go to $OUT (or ./device-out when run by hand).
 set -uo pipefail
@@ -10,7 +10,8 @@ mkdir -p "$OUT"
 GRAPHS=${GRAPHS:-fe_body,SF.cedge,usroads,fe_ocean}
 PROGRAMS=${PROGRAMS:-reach}
 TEST_TIMEOUT=${TEST_TIMEOUT:-240}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-200}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
+PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-90}
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
@@ -24,7 +25,12 @@ timeout "$TEST_TIMEOUT" python3 -m pytest -q -x -p no:cacheprovider --backend cu
   --deselect tests/test_packaging.py > "$OUT/pytest_cupy.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_cupy.log"
 
-timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb \
+# Where the time goes on the card (phases, per-iteration overhead, key-lookup variants).
+timeout "$PROFILE_TIMEOUT" python3 bench/phase_profile.py --backend cupy --program reach \
+  --graph .data/fe_body/data_163734.txt --probe-check > "$OUT/profile_cupy.txt" 2>&1
+echo "profile rc=$?" >> "$OUT/profile_cupy.txt"
+
+timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb --warmup \
   --graphs "$GRAPHS" --programs "$PROGRAMS" --timeout 150 --markdown > "$OUT/bench_cupy.md" 2>&1
 echo "bench rc=$?" >> "$OUT/bench_cupy.md"
-tail -5 "$OUT/pytest_cupy.log"; cat "$OUT/bench_cupy.md"
+tail -5 "$OUT/pytest_cupy.log"; cat "$OUT/profile_cupy.txt" "$OUT/bench_cupy.md"
