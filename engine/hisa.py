@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import cpu_kernels, sets
-from .dense import DEFAULT_MAX_BITS, DenseSet
+from .dense import DEFAULT_MAX_BITS, PAYBACK, Box, DenseSet, bits_of, box_of, union
 
 HASH_MULT = 0x9E3779B97F4A7C15
 
@@ -250,10 +250,12 @@ class RelationStore:
     def __init__(self, arity: int, xp: Any, max_dense_bits: int = DEFAULT_MAX_BITS):
         self.arity = arity
         self.xp = xp
-        # The bitmap mirror of full (dense.py) is decided on the first ``novel`` call: CPU,
-        # arity <= 2 and a small enough box. None until then or when it does not apply.
-        self.max_dense_bits = max_dense_bits if xp is np and arity <= 2 else 0
+        # The bitmap mirror of full (dense.py): CPU, arity 1 or 2, a box of at most
+        # max_dense_bits, built once enough tuples went through dedup to pay for it.
+        self.max_dense_bits = max_dense_bits if xp is np and 1 <= arity <= 2 else 0
         self.dense: DenseSet | None = None
+        self._box: Box | None = None
+        self._deduplicated = 0
         self.canonical = tuple(range(arity))
         self.runs: list[Any] = []
         self.indexes: dict[tuple[int, ...], SortedIndex] = {}
@@ -283,13 +285,24 @@ class RelationStore:
         """Produced rows (any order, duplicates) -> sorted unique rows not in full. Rows it
         returns are taken as seen: the caller adds them to full at the end of the iteration."""
         if self.max_dense_bits and self.dense is None:
-            self.dense = DenseSet.for_rows(self.xp.concatenate([self.full[:, 0], rows[:, 0]]), self.arity, self.max_dense_bits)
-            self.max_dense_bits = 0  # decided once
-            if self.dense is not None:
-                self.dense.mark(self.full)
+            self._consider_dense(rows)
         if self.dense is not None:
             return self.dense.novel(rows, self.subtract)
         return self.subtract(sets.sort_unique(rows, self.xp))
+
+    def _consider_dense(self, rows: Any) -> None:
+        if self._box is None:
+            self._box = box_of(self.full[:, 0], self.arity)
+        self._box = union(self._box, box_of(rows[:, 0], self.arity))
+        self._deduplicated += int(rows.shape[0])
+        if self._box is None:
+            return
+        bits = bits_of(self._box)
+        if bits > self.max_dense_bits:
+            self.max_dense_bits = 0  # values only spread further: never dense
+        elif self._deduplicated * PAYBACK >= bits:
+            self.dense = DenseSet.over(self._box)
+            self.dense.mark(self.full)
 
     def index(self, order: tuple[int, ...], version: str = "full") -> SortedIndex:
         if version == "delta":
