@@ -29,16 +29,16 @@ class Result:
 
     @property
     def sizes(self) -> dict[str, int]:
-        return {name: int(rows.shape[0]) for name, rows in self._run.relations.items()}
+        return {name: self._run.size(name) for name in self._run.packed}
 
     @property
     def stats(self) -> dict[str, Any]:
         return self._run.stats
 
     def _relation(self, name: str) -> tuple[np.ndarray, Any]:
-        if name not in self._run.relations:
+        if name not in self._run.packed:
             raise KeyError(f"no relation '{name}' in this program")
-        return self._run.relations[name], self._run.program.relations[name]
+        return self._run.rows(name), self._run.program.relations[name]
 
     def numpy(self, name: str) -> np.ndarray:
         """(n, arity) rows in output order: int64, or object when a column is a symbol."""

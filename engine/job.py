@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,27 @@ FactSource = str | Path | Any  # a path, or array-like rows / a DataFrame
 
 @dataclass
 class RunOutput:
+    """A finished run. Relations stay packed where they were computed (on the GPU for CuPy)
+    until someone asks for their rows: moving 1.7 G tuples to the host is not part of
+    reaching the fixpoint, and often (sizes, a few relations) not needed at all."""
+
     program: Program
     symbols: SymbolTable
-    relations: dict[str, np.ndarray]  # name -> (n, arity) encoded uint32, canonical order
+    backend: Backend
+    packed: dict[str, Any]  # name -> (n, w) packed rows, canonical order, on the backend
     stats: dict[str, Any]
+    _rows: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def size(self, name: str) -> int:
+        return int(self.packed[name].shape[0])
+
+    def rows(self, name: str) -> np.ndarray:
+        """(n, arity) encoded uint32 on the host, canonical order (decoded once, cached)."""
+        if name not in self._rows:
+            full, xp = self.packed[name], self.backend.xp
+            cols = [self.backend.asnumpy(unpack(full, j, xp)) for j in range(self.program.relations[name].arity)]
+            self._rows[name] = np.stack(cols, axis=1) if cols else np.zeros((full.shape[0], 0), np.uint32)
+        return self._rows[name]
 
 
 def load_inputs(
@@ -80,15 +97,10 @@ def run_program(
     t_load = time.perf_counter() - t0
     evaluator = Evaluator(plan, backend, symbols, inputs, chunk_rows)
     stats = evaluator.run(on_iteration)
-    relations = {}
-    for name, store in evaluator.stores.items():
-        arity = program.relations[name].arity
-        full = store.full
-        cols = [backend.asnumpy(unpack(full, j, backend.xp)) for j in range(arity)]
-        relations[name] = np.stack(cols, axis=1) if cols else np.zeros((full.shape[0], 0), np.uint32)
+    packed = {name: store.full for name, store in evaluator.stores.items()}
     stats["load_s"] = round(t_load, 6)
-    stats["sizes"] = {name: int(rows.shape[0]) for name, rows in relations.items()}
-    return RunOutput(program, symbols, relations, stats)
+    stats["sizes"] = {name: int(rows.shape[0]) for name, rows in packed.items()}
+    return RunOutput(program, symbols, backend, packed, stats)
 
 
 def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any) -> None:
@@ -96,7 +108,7 @@ def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any) ->
     then ``.printsize`` lines to stdout."""
     for spec in run.program.outputs:
         relation = run.program.relations[spec.relation]
-        rows = run.relations[spec.relation]
+        rows = run.rows(spec.relation)
         if output_dir is None or str(output_dir) == "-":
             # Soufflé's framing for -D -, so several relations stay readable.
             stdout.write(f"---------------\n{spec.relation}\n===============\n")
@@ -108,4 +120,4 @@ def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any) ->
             target = directory / (spec.filename or f"{spec.relation}.csv")
             factio.write_relation(target, rows, relation, run.symbols, spec.delimiter)
     for name in run.program.printsizes:
-        stdout.write(f"{name}\t{run.relations[name].shape[0]}\n")
+        stdout.write(f"{name}\t{run.size(name)}\n")
