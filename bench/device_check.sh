@@ -22,7 +22,7 @@ export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 } > "$OUT/machine.txt" 2>&1
 
 timeout "$TEST_TIMEOUT" python3 -m pytest -q -x -p no:cacheprovider --backend cupy tests \
-  --deselect tests/test_packaging.py > "$OUT/pytest_cupy.log" 2>&1
+  --deselect tests/test_packaging.py ${PYTEST_EXTRA:-} > "$OUT/pytest_cupy.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_cupy.log"
 
 # Where the time goes on the card (phases, per-iteration overhead, key-lookup variants).
@@ -33,4 +33,9 @@ echo "profile rc=$?" >> "$OUT/profile_cupy.txt"
 timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb --warmup \
   --graphs "$GRAPHS" --programs "$PROGRAMS" --timeout 150 --markdown > "$OUT/bench_cupy.md" 2>&1
 echo "bench rc=$?" >> "$OUT/bench_cupy.md"
-tail -5 "$OUT/pytest_cupy.log"; cat "$OUT/profile_cupy.txt" "$OUT/bench_cupy.md"
+if [ -n "${SG_GRAPHS:-}" ]; then
+  timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb --warmup \
+    --graphs "$SG_GRAPHS" --programs sg --timeout "${SG_RUN_TIMEOUT:-60}" --markdown > "$OUT/bench_sg_cupy.md" 2>&1
+  echo "bench rc=$?" >> "$OUT/bench_sg_cupy.md"
+fi
+tail -5 "$OUT/pytest_cupy.log"; cat "$OUT/profile_cupy.txt" "$OUT/bench_cupy.md" "$OUT"/bench_sg_cupy.md 2>/dev/null
