@@ -303,7 +303,8 @@ def main(argv: list[str]) -> int:
             log(f"warning: duckdb does not import ({why}); running without DuckDB")
             run_duck = False
     duck_timeout = args.duckdb_timeout if args.duckdb_timeout is not None else args.timeout
-    warmup = common.graph_file(data, "tiny/data_10") if args.warmup else None
+    # The repo's own copy: the data directory given may hold only the benchmark graphs.
+    warmup = common.REPO_ROOT / "tests" / "data" / "tiny" / "data_10.txt" if args.warmup else None
 
     gpu = common.gpu_name() if run_ours and args.backend in ("cupy", "auto") else None
     header = common.machine_lines(gpu if args.backend != "numpy" else None)

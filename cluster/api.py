@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from ..engine import facts as factio
 from ..engine.backend import BackendName, get_backend
 from ..engine.frontend import load_program
 from ..engine.ir import Program as ProgramIR
 from ..engine.job import FactSource, RunOutput, run_program, write_outputs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Result:

@@ -34,6 +34,31 @@ class Backend:
             self.xp.cuda.get_current_stream().synchronize()
 
 
+# numba costs ~0.7 s per process (import plus JIT runtime start), which a small run never
+# repays. So NumPy runs the array-API formulation until one operation reaches
+# KERNEL_MIN_ROWS rows or the run's operations together reach KERNEL_MIN_WORK; from then on
+# (the cost being paid) every operation uses the kernels. Tests set KERNEL_MIN_ROWS to 0.
+KERNEL_MIN_ROWS = 1 << 22
+KERNEL_MIN_WORK = 1 << 25
+_work = 0
+_kernels: ModuleType | None = None
+
+
+def cpu_kernels(xp: Any, rows: int) -> ModuleType | None:
+    """The numba kernels module when ``xp`` is NumPy and they are (or are now) worth it."""
+    global _work, _kernels
+    if xp is not np:
+        return None
+    if _kernels is None:
+        _work += rows
+        if rows < KERNEL_MIN_ROWS and _work < KERNEL_MIN_WORK:
+            return None
+        from . import cpu_kernels as kernels
+
+        _kernels = kernels
+    return _kernels
+
+
 class _ArrayApiNumpy(ModuleType):
     """NumPy under another name: the kernels dispatch on ``xp is numpy``, so through this the
     CPU runs exactly the array-API code path that CuPy runs. The test suite uses it to cover

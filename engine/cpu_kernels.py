@@ -220,3 +220,41 @@ def hash_ranges(
                 break
             s = (s + 1) & (capacity - 1)
     return out_start, out_count
+
+
+@numba.njit(**_JIT)
+def dense_mark(rows: np.ndarray, bits: np.ndarray, lo0: np.uint64, lo1: np.uint64, r0: np.uint64, r1: np.uint64) -> None:
+    """Set the bitmap bit of every in-box row (dense.py)."""
+    for i in range(rows.shape[0]):
+        a = (rows[i] >> np.uint64(32)) - lo0
+        b = (rows[i] & np.uint64(0xFFFFFFFF)) - lo1
+        if a < r0 and b < r1:
+            k = a * r1 + b
+            bits[k >> np.uint64(3)] |= np.uint8(1) << np.uint8(k & np.uint64(7))
+
+
+@numba.njit(**_JIT)
+def dense_novel(
+    rows: np.ndarray, bits: np.ndarray, lo0: np.uint64, lo1: np.uint64, r0: np.uint64, r1: np.uint64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bitmap dedup (dense.py): (new in-box rows in arrival order, out-of-box rows); marks
+    the new ones as seen."""
+    fresh = np.empty_like(rows)
+    outside = np.empty_like(rows)
+    nf = no = 0
+    for i in range(rows.shape[0]):
+        v = rows[i]
+        a = (v >> np.uint64(32)) - lo0
+        b = (v & np.uint64(0xFFFFFFFF)) - lo1
+        if a < r0 and b < r1:
+            k = a * r1 + b
+            byte = k >> np.uint64(3)
+            mask = np.uint8(1) << np.uint8(k & np.uint64(7))
+            if bits[byte] & mask == 0:
+                bits[byte] |= mask
+                fresh[nf] = v
+                nf += 1
+        else:
+            outside[no] = v
+            no += 1
+    return fresh[:nf], outside[:no]

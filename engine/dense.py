@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from . import sets
@@ -49,42 +48,6 @@ def bits_of(box: Box) -> int:
     return (box[1] - box[0] + 1) * (box[3] - box[2] + 1)
 
 
-@numba.njit(nogil=True, cache=True)
-def _mark(rows: np.ndarray, bits: np.ndarray, lo0: np.uint64, lo1: np.uint64, r0: np.uint64, r1: np.uint64) -> None:
-    for i in range(rows.shape[0]):
-        a = (rows[i] >> np.uint64(32)) - lo0
-        b = (rows[i] & np.uint64(0xFFFFFFFF)) - lo1
-        if a < r0 and b < r1:
-            k = a * r1 + b
-            bits[k >> np.uint64(3)] |= np.uint8(1) << np.uint8(k & np.uint64(7))
-
-
-@numba.njit(nogil=True, cache=True)
-def _novel(
-    rows: np.ndarray, bits: np.ndarray, lo0: np.uint64, lo1: np.uint64, r0: np.uint64, r1: np.uint64
-) -> tuple[np.ndarray, np.ndarray]:
-    """(new in-box rows in arrival order, out-of-box rows); marks the new ones as seen."""
-    fresh = np.empty_like(rows)
-    outside = np.empty_like(rows)
-    nf = no = 0
-    for i in range(rows.shape[0]):
-        v = rows[i]
-        a = (v >> np.uint64(32)) - lo0
-        b = (v & np.uint64(0xFFFFFFFF)) - lo1
-        if a < r0 and b < r1:
-            k = a * r1 + b
-            byte = k >> np.uint64(3)
-            mask = np.uint8(1) << np.uint8(k & np.uint64(7))
-            if bits[byte] & mask == 0:
-                bits[byte] |= mask
-                fresh[nf] = v
-                nf += 1
-        else:
-            outside[no] = v
-            no += 1
-    return fresh[:nf], outside[:no]
-
-
 @dataclass
 class DenseSet:
     """The bitmap over the box; bit (a - lo0) * r1 + (b - lo1) is tuple (a, b) (encoded)."""
@@ -105,14 +68,19 @@ class DenseSet:
         return tuple(np.uint64(v) for v in (self.lo0, self.lo1, self.r0, self.r1))
 
     def mark(self, rows: np.ndarray) -> None:
-        _mark(rows[:, 0], self.bits, *self._args())
+        from . import cpu_kernels  # numba loads lazily; a bitmap only exists on big runs
+
+        cpu_kernels.dense_mark(rows[:, 0], self.bits, *self._args())
 
     def novel(self, rows: np.ndarray, subtract_outside: callable) -> np.ndarray:  # type: ignore[valid-type]
         """Sorted unique rows not seen before; out-of-box rows are deduplicated by sorting and
         ``subtract_outside`` (the sorted-run difference against full)."""
-        fresh, outside = _novel(rows[:, 0], self.bits, *self._args())
+        from . import cpu_kernels
+
+        fresh, outside = cpu_kernels.dense_novel(rows[:, 0], self.bits, *self._args())
         fresh = np.sort(fresh).reshape(-1, 1)
         if outside.shape[0] == 0:
             return fresh
         rest = subtract_outside(sets.sort_unique(outside.reshape(-1, 1), np))
         return sets.merge(fresh, rest, np)
+

@@ -13,11 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import cpu_kernels
-
-
-def _on_cpu(xp: Any) -> bool:
-    return xp is np
+from .backend import cpu_kernels
 
 
 def sort_unique(rows: Any, xp: Any) -> Any:
@@ -42,10 +38,11 @@ def difference(new: Any, full: Any, xp: Any) -> Any:
     """Rows of ``new`` that are not in ``full`` (both sorted and unique)."""
     if new.shape[0] == 0 or full.shape[0] == 0:
         return new
-    if _on_cpu(xp):
+    kernels = cpu_kernels(xp, new.shape[0])  # galloping: the work scales with new, not full
+    if kernels is not None:
         if new.shape[1] == 1:
-            return new[cpu_kernels.not_in_sorted_1(new[:, 0], full[:, 0])]
-        return new[cpu_kernels.not_in_sorted(new, full)]
+            return new[kernels.not_in_sorted_1(new[:, 0], full[:, 0])]
+        return new[kernels.not_in_sorted(new, full)]
     return difference_xp(new, full, xp)
 
 
@@ -74,10 +71,11 @@ def merge(full: Any, new: Any, xp: Any) -> Any:
         return full
     if full.shape[0] == 0:
         return new
-    if _on_cpu(xp):
+    kernels = cpu_kernels(xp, new.shape[0] + full.shape[0])
+    if kernels is not None:
         if full.shape[1] == 1:
-            return cpu_kernels.merge_sorted_1(full[:, 0], new[:, 0]).reshape(-1, 1)
-        return cpu_kernels.merge_sorted(full, new)
+            return kernels.merge_sorted_1(full[:, 0], new[:, 0]).reshape(-1, 1)
+        return kernels.merge_sorted(full, new)
     return merge_xp(full, new, xp)
 
 

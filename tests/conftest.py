@@ -19,3 +19,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def backend(request: pytest.FixtureRequest) -> str:
     return request.config.getoption("--backend")
+
+
+@pytest.fixture
+def kernels_always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drive the numba kernels on tiny inputs too (they normally start at 4 M rows)."""
+    from dask_datalog.engine import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "KERNEL_MIN_ROWS", 0)

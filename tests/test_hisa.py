@@ -4,6 +4,7 @@ agrees with Python sets on random rows (narrow rows: one word; wide rows: severa
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from dask_datalog.engine.hisa import (
 )
 
 xp = np
+pytestmark = pytest.mark.usefixtures("kernels_always")
 settings.register_profile("engine", max_examples=60, deadline=None)
 settings.load_profile("engine")
 
