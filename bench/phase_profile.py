@@ -28,7 +28,7 @@ def probe_check(backend_name: str, n_keys: int = 200_000, n_queries: int = 20_00
     queries = rng.integers(0, 4 * n_keys, n_queries).astype(xp.uint64)
     table = HashTable.build(prefix, xp)
     variants = [("sorted directory", lambda: table.lookup_directory(queries, xp))]
-    if table.slots is not None:
+    if backend.name == "numpy":  # 20 M probes: the kernels serve them, so this is the table
         variants.append(("hash table", lambda: table.lookup(queries, xp)))
     for name, fn in variants:
         fn()

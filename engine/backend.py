@@ -6,6 +6,7 @@ on the CPU, the vectorised ``xp`` formulation elsewhere. Nothing imports CuPy un
 from __future__ import annotations
 
 import importlib.util
+import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -36,22 +37,24 @@ class Backend:
 
 # numba costs ~0.7 s per process (import plus JIT runtime start), which a small run never
 # repays. So NumPy runs the array-API formulation until one operation reaches
-# KERNEL_MIN_ROWS rows or the run's operations together reach KERNEL_MIN_WORK; from then on
-# (the cost being paid) every operation uses the kernels. Tests set KERNEL_MIN_ROWS to 0.
+# KERNEL_MIN_ROWS rows or the process has been computing for KERNEL_AFTER_S seconds (a run
+# that long is worth the start-up); from then on every operation uses the kernels. Both
+# paths give identical results; tests set KERNEL_MIN_ROWS to 0 to drive the kernels.
 KERNEL_MIN_ROWS = 1 << 22
-KERNEL_MIN_WORK = 1 << 25
-_work = 0
+KERNEL_AFTER_S = 0.5
+_first_use: float | None = None
 _kernels: ModuleType | None = None
 
 
 def cpu_kernels(xp: Any, rows: int) -> ModuleType | None:
     """The numba kernels module when ``xp`` is NumPy and they are (or are now) worth it."""
-    global _work, _kernels
+    global _first_use, _kernels
     if xp is not np:
         return None
     if _kernels is None:
-        _work += rows
-        if rows < KERNEL_MIN_ROWS and _work < KERNEL_MIN_WORK:
+        now = time.perf_counter()
+        _first_use = now if _first_use is None else _first_use
+        if rows < KERNEL_MIN_ROWS and now - _first_use < KERNEL_AFTER_S:
             return None
         from . import cpu_kernels as kernels
 

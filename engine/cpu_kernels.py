@@ -258,3 +258,35 @@ def dense_novel(
             outside[no] = v
             no += 1
     return fresh[:nf], outside[:no]
+
+
+@numba.njit(**_JIT)
+def format_rows(columns: np.ndarray, signed: np.ndarray, delimiter: np.uint8) -> np.ndarray:
+    """Integer rows (n, k) as delimited decimal text, one line each: the output writer for
+    numeric relations, several times faster than a general CSV writer."""
+    n, k = columns.shape
+    out = np.empty(n * k * 12, dtype=np.uint8)
+    digits = np.empty(12, dtype=np.uint8)
+    p = 0
+    for i in range(n):
+        for j in range(k):
+            v = np.int64(columns[i, j])
+            if signed[j] and v >= 2**31:
+                v -= 2**32
+            if v < 0:
+                out[p] = 45  # '-'
+                p += 1
+                v = -v
+            d = 0
+            while True:
+                digits[d] = 48 + v % 10
+                d += 1
+                v //= 10
+                if v == 0:
+                    break
+            for t in range(d - 1, -1, -1):
+                out[p] = digits[t]
+                p += 1
+            out[p] = delimiter if j < k - 1 else 10
+            p += 1
+    return out[:p]

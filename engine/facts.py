@@ -25,8 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from . import ir
+from .backend import cpu_kernels
 from .errors import DatalogError
-from .values import INT32_MAX, INT32_MIN, UINT32_MAX, SymbolTable, decode, encode
+from .values import INT32_MAX, INT32_MIN, SIGN, UINT32_MAX, SymbolTable, decode, encode
 
 if TYPE_CHECKING:  # pandas costs 0.4 s to import; only DataFrame users pay it
     import pandas as pd
@@ -351,6 +352,12 @@ def write_relation(
     if relation.arity == 0:
         _emit(out, b"()\n" if len(rows) else b"")
         return
+    kernels = cpu_kernels(np, rows.size)
+    if kernels is not None and "symbol" not in relation.types and len(delimiter.encode()) == 1:
+        signed = np.array([t == "number" for t in relation.types])
+        raw = np.ascontiguousarray(rows, dtype=np.uint32) ^ np.where(signed, SIGN, np.uint32(0)).astype(np.uint32)
+        _emit(out, kernels.format_rows(raw, signed, np.uint8(ord(delimiter))).tobytes())
+        return
     columns = decode_columns(rows, relation, symbols)
     texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
     exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))
@@ -358,7 +365,7 @@ def write_relation(
         lines = "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns))
         _emit(out, lines.encode())
         return
-    table = pa.table({f"c{j}": col for j, col in enumerate(columns)})
+    table = pa.Table.from_arrays([_arrow_column(c) for c in columns], names=[f"c{j}" for j in range(len(columns))])
     options = pacsv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none")
     if isinstance(out, (str, Path)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -367,6 +374,21 @@ def write_relation(
         sink = pa.BufferOutputStream()
         pacsv.write_csv(table, sink, options)
         _emit(out, sink.getvalue().to_pybytes())
+
+
+def _arrow_column(column: np.ndarray) -> pa.Array:
+    """NumPy -> Arrow without pa.array, which imports pandas (0.4 s) on first use. Integer
+    columns wrap their buffer; symbol columns go through a dictionary of their distinct texts."""
+    if column.dtype != object:
+        column = np.ascontiguousarray(column)
+        return pa.Array.from_buffers(pa.from_numpy_dtype(column.dtype), len(column), [None, pa.py_buffer(column)])
+    texts, codes = np.unique(column, return_inverse=True)
+    data = "".join(texts).encode()
+    lengths = np.fromiter((len(t.encode()) for t in texts), dtype=np.int32, count=len(texts))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    dictionary = pa.Array.from_buffers(pa.string(), len(texts), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    indices = _arrow_column(codes.astype(np.int32).reshape(-1))
+    return pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
 
 
 def _emit(out: str | Path | IO[str], data: bytes) -> None:

@@ -133,23 +133,22 @@ class HashTable:
         starts = xp.nonzero(first)[0]
         keys = prefix[starts]
         counts = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)]))
-        slots = None
-        kernels = cpu_kernels(xp, n)
-        if kernels is not None:
-            capacity = 1 << max(4, int(2 * max(1, keys.shape[0]) - 1).bit_length())
-            slots = kernels.hash_build(keys, capacity)
-        return cls(keys, starts, counts, slots)
+        return cls(keys, starts, counts, None)
 
     def lookup(self, queries: Any, xp: Any) -> tuple[Any, Any]:
-        """(first row, run length) per query; run length 0 where the key is absent."""
+        """(first row, run length) per query; run length 0 where the key is absent. The
+        open-addressing table is built on the first probe that the kernels serve (a static
+        relation's table outlives the moment numba became worth loading)."""
         if self.keys.shape[0] == 0:
             zeros = xp.zeros(queries.shape[0], dtype=xp.int64)
             return zeros, zeros
-        if self.slots is not None:
-            from . import cpu_kernels as kernels  # built with them, so already imported
-
-            return kernels.hash_ranges(self.slots, self.keys, self.starts, self.counts, queries)
-        return self.lookup_directory(queries, xp)
+        kernels = cpu_kernels(xp, queries.shape[0] + self.keys.shape[0])
+        if kernels is None:
+            return self.lookup_directory(queries, xp)
+        if self.slots is None:
+            capacity = 1 << max(4, int(2 * self.keys.shape[0] - 1).bit_length())
+            self.slots = kernels.hash_build(self.keys, capacity)
+        return kernels.hash_ranges(self.slots, self.keys, self.starts, self.counts, queries)
 
     def lookup_directory(self, queries: Any, xp: Any) -> tuple[Any, Any]:
         """``lookup`` by binary search over the sorted keys (the array-API path)."""
