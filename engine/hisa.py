@@ -200,6 +200,9 @@ def expand_runs(starts: Any, counts: Any, xp: Any) -> tuple[Any, Any]:
     kernels = cpu_kernels(xp, total)
     if kernels is not None:
         return kernels.expand_runs(starts, counts, total)
+    if xp is np:  # NumPy before numba pays off: repeat is O(total), the search below is not
+        outer = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+        return outer, np.arange(total, dtype=np.int64) - (np.cumsum(counts) - counts - starts)[outer]
     return expand_runs_xp(starts, counts, total, xp)
 
 
