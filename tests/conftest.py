@@ -4,7 +4,10 @@ kernels, the default), ``numpy-xp`` (NumPy through the array-API path CuPy takes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from engine_modes import numba_mode
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -22,8 +25,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def kernels_always(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Drive the numba kernels on tiny inputs too (they normally start at 4 M rows)."""
-    from dask_datalog.engine import backend as backend_module
+def kernels_always() -> Iterator[None]:
+    """Drive the numba kernels on tiny inputs too (they normally wait until a run is big)."""
+    with numba_mode(loaded=True):
+        yield
 
-    monkeypatch.setattr(backend_module, "KERNEL_MIN_ROWS", 0)
+
+@pytest.fixture
+def numpy_before_numba() -> Iterator[None]:
+    """NumPy's own formulation, as a process runs before numba pays off."""
+    with numba_mode(loaded=False):
+        yield

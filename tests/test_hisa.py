@@ -3,12 +3,13 @@ agrees with Python sets on random rows (narrow rows: one word; wide rows: severa
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from engine_modes import numba_mode
 
 from dask_datalog.engine import sets
 from dask_datalog.engine.hisa import (
@@ -47,19 +48,6 @@ def to_tuples(rows: np.ndarray, arity: int) -> list[tuple[int, ...]]:
 
 
 ARITY = st.integers(min_value=1, max_value=5)
-
-
-@contextlib.contextmanager
-def numba_not_yet_loaded():
-    """The state of a process before numba pays off: NumPy's own formulation."""
-    from dask_datalog.engine import backend
-
-    saved = backend._kernels, backend.KERNEL_MIN_ROWS, backend.KERNEL_AFTER_S
-    backend._kernels, backend.KERNEL_MIN_ROWS, backend.KERNEL_AFTER_S = None, 1 << 62, 1e9
-    try:
-        yield
-    finally:
-        backend._kernels, backend.KERNEL_MIN_ROWS, backend.KERNEL_AFTER_S = saved
 
 
 @given(st.data())
@@ -124,7 +112,7 @@ def test_index_join_matches_nested_loop(data):
     if total:
         twin = expand_runs_xp(starts, counts, total, xp)
         assert twin[0].tolist() == outer.tolist() and twin[1].tolist() == pos.tolist()
-        with numba_not_yet_loaded():
+        with numba_mode(loaded=False):
             plain = expand_runs(starts, counts, xp)
         assert plain[0].tolist() == outer.tolist() and plain[1].tolist() == pos.tolist()
     rows = index.rows[pos]
