@@ -8,31 +8,65 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.extending import overload
 
 _JIT = dict(nogil=True, cache=True)
 HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 
 
-@numba.njit(**_JIT)
 def _less(a: np.ndarray, i: int, b: np.ndarray, j: int) -> bool:
-    for k in range(a.shape[1]):
-        if a[i, k] != b[j, k]:
-            return a[i, k] < b[j, k]
-    return False
+    """Row a[i] < row b[j]; rows are uint64 scalars (1-D arrays) or word vectors (2-D)."""
+    raise NotImplementedError("compiled only: see the overload below")
 
 
-@numba.njit(**_JIT)
 def _equal(a: np.ndarray, i: int, b: np.ndarray, j: int) -> bool:
-    for k in range(a.shape[1]):
-        if a[i, k] != b[j, k]:
-            return False
-    return True
+    raise NotImplementedError("compiled only: see the overload below")
+
+
+def _empty_rows(like: np.ndarray, n: int) -> np.ndarray:
+    raise NotImplementedError("compiled only: see the overload below")
+
+
+@overload(_less)
+def _less_impl(a, i, b, j):  # type: ignore[no-untyped-def]
+    if a.ndim == 1:
+        return lambda a, i, b, j: a[i] < b[j]
+
+    def rows_less(a, i, b, j):  # type: ignore[no-untyped-def]
+        for k in range(a.shape[1]):
+            if a[i, k] != b[j, k]:
+                return a[i, k] < b[j, k]
+        return False
+
+    return rows_less
+
+
+@overload(_equal)
+def _equal_impl(a, i, b, j):  # type: ignore[no-untyped-def]
+    if a.ndim == 1:
+        return lambda a, i, b, j: a[i] == b[j]
+
+    def rows_equal(a, i, b, j):  # type: ignore[no-untyped-def]
+        for k in range(a.shape[1]):
+            if a[i, k] != b[j, k]:
+                return False
+        return True
+
+    return rows_equal
+
+
+@overload(_empty_rows)
+def _empty_rows_impl(like, n):  # type: ignore[no-untyped-def]
+    if like.ndim == 1:
+        return lambda like, n: np.empty(n, dtype=like.dtype)
+    return lambda like, n: np.empty((n, like.shape[1]), dtype=like.dtype)
 
 
 @numba.njit(**_JIT)
 def not_in_sorted(new: np.ndarray, full: np.ndarray) -> np.ndarray:
-    """mask[i] = new[i] is not a row of full; both sorted. Galloping search from the last
-    position, so a small delta against a large full costs O(n log(m/n)), not O(m)."""
+    """mask[i] = new[i] is not a row of full; both sorted, rows 1-D (one word) or 2-D.
+    Galloping search from the last position, so a small delta against a large full costs
+    O(n log(m/n)), not O(m)."""
     n, m = new.shape[0], full.shape[0]
     mask = np.ones(n, dtype=np.bool_)
     j = 0
@@ -63,64 +97,10 @@ def not_in_sorted(new: np.ndarray, full: np.ndarray) -> np.ndarray:
 def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
     """Union of two sorted, disjoint row sets in one linear pass (no re-sort of full)."""
     n, m = full.shape[0], new.shape[0]
-    out = np.empty((n + m, full.shape[1]), dtype=full.dtype)
+    out = _empty_rows(full, n + m)
     i = j = k = 0
     while i < n and j < m:
         if _less(new, j, full, i):
-            out[k] = new[j]
-            j += 1
-        else:
-            out[k] = full[i]
-            i += 1
-        k += 1
-    while i < n:
-        out[k] = full[i]
-        i += 1
-        k += 1
-    while j < m:
-        out[k] = new[j]
-        j += 1
-        k += 1
-    return out
-
-
-@numba.njit(**_JIT)
-def not_in_sorted_1(new: np.ndarray, full: np.ndarray) -> np.ndarray:
-    """``not_in_sorted`` for one-word rows as 1-D uint64 arrays (the common case)."""
-    n, m = new.shape[0], full.shape[0]
-    mask = np.ones(n, dtype=np.bool_)
-    j = 0
-    for i in range(n):
-        x = new[i]
-        step = 1
-        hi = j
-        while hi < m and full[hi] < x:
-            j = hi + 1
-            hi = j + step
-            step *= 2
-        if hi > m:
-            hi = m
-        lo = j
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if full[mid] < x:
-                lo = mid + 1
-            else:
-                hi = mid
-        j = lo
-        if j < m and full[j] == x:
-            mask[i] = False
-    return mask
-
-
-@numba.njit(**_JIT)
-def merge_sorted_1(full: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """``merge_sorted`` for one-word rows as 1-D uint64 arrays."""
-    n, m = full.shape[0], new.shape[0]
-    out = np.empty(n + m, dtype=full.dtype)
-    i = j = k = 0
-    while i < n and j < m:
-        if new[j] < full[i]:
             out[k] = new[j]
             j += 1
         else:

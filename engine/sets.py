@@ -40,8 +40,8 @@ def difference(new: Any, full: Any, xp: Any) -> Any:
         return new
     kernels = cpu_kernels(xp, new.shape[0])  # galloping: the work scales with new, not full
     if kernels is not None:
-        if new.shape[1] == 1:
-            return new[kernels.not_in_sorted_1(new[:, 0], full[:, 0])]
+        if new.shape[1] == 1:  # one word: compare plain uint64s
+            return new[kernels.not_in_sorted(new[:, 0], full[:, 0])]
         return new[kernels.not_in_sorted(new, full)]
     return difference_xp(new, full, xp)
 
@@ -74,7 +74,7 @@ def merge(full: Any, new: Any, xp: Any) -> Any:
     kernels = cpu_kernels(xp, new.shape[0] + full.shape[0])
     if kernels is not None:
         if full.shape[1] == 1:
-            return kernels.merge_sorted_1(full[:, 0], new[:, 0]).reshape(-1, 1)
+            return kernels.merge_sorted(full[:, 0], new[:, 0]).reshape(-1, 1)
         return kernels.merge_sorted(full, new)
     return merge_xp(full, new, xp)
 
