@@ -220,6 +220,9 @@ def _order_body(
     pending = list(range(len(body)))
     bound = set(bound)
     raw: list[tuple[int, Step]] = []
+    # An aggregate's result is bound by the aggregate alone: `x = n, n = count : {...}` must
+    # compare x with the count, not assign n from x before the aggregate runs.
+    aggregate_results = {lit.result.name for lit in body if isinstance(lit, Aggregation)}
 
     def take(i: int) -> None:
         pending.remove(i)
@@ -231,7 +234,7 @@ def _order_body(
             order, key_len = _index_for(lit.atom, bound | literal_vars(lit.atom))
             raw.append((i, NegationStep(lit.atom, order, key_len)))
         elif isinstance(lit, Comparison):
-            target = _assignment_target(lit, bound)
+            target = _assignment_target(lit, bound, aggregate_results)
             if target is None:
                 raw.append((i, FilterStep(lit)))
             else:
@@ -252,7 +255,7 @@ def _order_body(
         if isinstance(lit, Negation):
             return literal_vars(lit) <= bound
         if isinstance(lit, Comparison):
-            return literal_vars(lit) <= bound or _assignment_target(lit, bound) is not None
+            return literal_vars(lit) <= bound or _assignment_target(lit, bound, aggregate_results) is not None
         return _grouping_ready(lit, bound, body, i)
 
     if delta_index is not None:
@@ -288,11 +291,11 @@ def _bound_positions(atom: BodyLiteral, bound: set[str]) -> int:
     return sum(isinstance(a, Const) or (isinstance(a, Var) and a.name in bound) for a in atom.args)
 
 
-def _assignment_target(c: Comparison, bound: set[str]) -> tuple[str, Term] | None:
+def _assignment_target(c: Comparison, bound: set[str], not_assignable: set[str]) -> tuple[str, Term] | None:
     if c.op != "=":
         return None
     for var, expr in ((c.left, c.right), (c.right, c.left)):
-        if isinstance(var, Var) and var.name not in bound and term_vars(expr) <= bound:
+        if isinstance(var, Var) and var.name not in bound | not_assignable and term_vars(expr) <= bound:
             return var.name, expr
     return None
 
