@@ -11,6 +11,9 @@ import numpy as np
 from numba.extending import overload
 
 _JIT = dict(nogil=True, cache=True)
+# Kernels whose iterations write disjoint outputs run on every core numba is given
+# (NUMBA_NUM_THREADS; a Dask worker per core sets it to 1).
+_PARALLEL = dict(nogil=True, cache=True, parallel=True)
 HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -113,36 +116,36 @@ def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_PARALLEL)
 def expand_runs(starts: np.ndarray, counts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
     """Materialise a join in one pass: outer row i paired with rows starts[i] .. + counts[i]."""
     outer = np.empty(total, dtype=np.int64)
     inner = np.empty(total, dtype=np.int64)
-    k = 0
-    for i in range(starts.shape[0]):
+    offsets = np.cumsum(counts) - counts
+    for i in numba.prange(starts.shape[0]):
         s = starts[i]
+        k = offsets[i]
         for c in range(counts[i]):
-            outer[k] = i
-            inner[k] = s + c
-            k += 1
+            outer[k + c] = i
+            inner[k + c] = s + c
     return outer, inner
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_PARALLEL)
 def gather_join(
     outer: np.ndarray, starts: np.ndarray, counts: np.ndarray, halves: np.ndarray, spec: np.ndarray, total: int
 ) -> np.ndarray:
     """Fused join materialisation: for outer row i and each matching inner row, one output row
     whose column c is outer[i, spec[c,1]] (spec[c,0] == 0), halves[r, spec[c,1]] (== 1) or 0.
-    Column by column per outer row: the outer value is a fill, the inner run a strided copy."""
+    Column by column per outer row: the outer value is a fill, the inner run a strided copy.
+    Outer rows are spread over the threads; each writes its own block (exclusive scan)."""
     width = spec.shape[0]
     out = np.empty((total, width), dtype=np.uint32)
-    k = 0
-    for i in range(starts.shape[0]):
+    offsets = np.cumsum(counts) - counts
+    for i in numba.prange(starts.shape[0]):
         s = starts[i]
         c = counts[i]
-        if c == 0:
-            continue
+        k = offsets[i]
         for col in range(width):
             side = spec[col, 0]
             src = spec[col, 1]
@@ -156,7 +159,6 @@ def gather_join(
             else:
                 for t in range(c):
                     out[k + t, col] = 0
-        k += c
     return out
 
 
@@ -178,7 +180,7 @@ def hash_build(keys: np.ndarray, capacity: int) -> np.ndarray:
     return slots
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_PARALLEL)
 def hash_ranges(
     slots: np.ndarray, keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, queries: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -187,18 +189,16 @@ def hash_ranges(
     mask = np.uint64(capacity - 1)
     out_start = np.zeros(queries.shape[0], dtype=np.int64)
     out_count = np.zeros(queries.shape[0], dtype=np.int64)
-    for i in range(queries.shape[0]):
+    for i in numba.prange(queries.shape[0]):
         q = queries[i]
         s = hash_slot(q, mask)
-        while True:
-            k = slots[s]
-            if k == -1:
-                break
-            if keys[k] == q:
-                out_start[i] = starts[k]
-                out_count[i] = counts[k]
-                break
+        k = slots[s]
+        while k != -1 and keys[k] != q:  # no break: parallel loops must not branch out
             s = (s + 1) & (capacity - 1)
+            k = slots[s]
+        if k != -1:
+            out_start[i] = starts[k]
+            out_count[i] = counts[k]
     return out_start, out_count
 
 
