@@ -30,11 +30,11 @@ timeout "$PROFILE_TIMEOUT" python3 bench/phase_profile.py --backend cupy --progr
   --graph .data/fe_body/data_163734.txt --probe-check > "$OUT/profile_cupy.txt" 2>&1
 echo "profile rc=$?" >> "$OUT/profile_cupy.txt"
 
-timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb --warmup \
+timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb --no-process --warmup \
   --graphs "$GRAPHS" --programs "$PROGRAMS" --timeout 150 --markdown > "$OUT/bench_cupy.md" 2>&1
 echo "bench rc=$?" >> "$OUT/bench_cupy.md"
 if [ -n "${SG_GRAPHS:-}" ]; then
-  timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb --warmup \
+  timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb --no-process --warmup \
     --graphs "$SG_GRAPHS" --programs sg --timeout "${SG_RUN_TIMEOUT:-60}" --markdown > "$OUT/bench_sg_cupy.md" 2>&1
   echo "bench rc=$?" >> "$OUT/bench_sg_cupy.md"
 fi
