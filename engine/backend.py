@@ -26,9 +26,6 @@ class Backend:
     def asnumpy(self, a: Any) -> np.ndarray:
         return self.xp.asnumpy(a) if self.name == "cupy" else np.asarray(a)
 
-    def asarray(self, a: Any) -> Any:
-        return self.xp.asarray(a)
-
     def synchronize(self) -> None:
         """Wait for queued device work, so phase timings are honest on the GPU."""
         if self.name == "cupy":

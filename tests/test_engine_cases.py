@@ -40,3 +40,18 @@ def test_expressions_in_atoms_beside_an_aggregate(backend):
         facts={"a": [(1,)], "b": [(5, 4), (8, 1)], "c": [(7,), (8,)]}, backend=backend
     )
     assert result.tuples("r") == {(1, 5)}
+
+
+def test_plan_lists_the_indexes_it_reads():
+    """The plan names every (relation, column order) a full relation is read through: REACH
+    scans path and probes edge on its first column (canonical order both); CSPA reads
+    ValueFlow and MemoryAlias both ways round."""
+    from pathlib import Path
+
+    from dask_datalog.engine.frontend import load_program_file
+    from dask_datalog.engine.plan import plan_program
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    assert plan_program(load_program_file(examples / "reach.dl")).indexes() == {("edge", (0, 1)), ("path", (0, 1))}
+    cspa = plan_program(load_program_file(examples / "cspa.dl")).indexes()
+    assert {("ValueFlow", (0, 1)), ("ValueFlow", (1, 0)), ("MemoryAlias", (0, 1)), ("MemoryAlias", (1, 0))} <= cspa
