@@ -180,8 +180,7 @@ class Evaluator:
                 rows = b.table.view(self.xp.uint64)  # the join wrote the packed head rows
             else:
                 rows = pack([self._term(a, b) for a in head.args], b.n, self.xp)
-            with self.clock.phase("dedup"):
-                rows = store.novel(rows)
+            rows = store.novel(rows, self.clock.phase)
             if rows.shape[0]:
                 pending.append(rows)
             if sum(p.shape[0] for p in pending) > self.chunk_rows:

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +218,10 @@ def expand_runs_xp(starts: Any, counts: Any, total: int, xp: Any) -> tuple[Any, 
     return outer, inner
 
 
+def _untimed(name: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
 class RelationStore:
     """The full version of one relation and the current iteration's delta.
 
@@ -263,14 +269,20 @@ class RelationStore:
             rows = sets.difference(rows, run, self.xp)
         return rows
 
-    def novel(self, rows: Any) -> Any:
+    def novel(self, rows: Any, phase: Callable[[str], AbstractContextManager[None]] = _untimed) -> Any:
         """Produced rows (any order, duplicates) -> sorted unique rows not in full. Rows it
-        returns are taken as seen: the caller adds them to full at the end of the iteration."""
+        returns are taken as seen: the caller adds them to full at the end of the iteration.
+        ``phase(name)`` times the dedup and difference stages; with the bitmap one probe does
+        both, and it counts as dedup."""
         if self.max_dense_bits and self.dense is None:
             self._consider_dense(rows)
         if self.dense is not None:
-            return self.dense.novel(rows, self.subtract)
-        return self.subtract(sets.sort_unique(rows, self.xp))
+            with phase("dedup"):
+                return self.dense.novel(rows, self.subtract)
+        with phase("dedup"):
+            rows = sets.sort_unique(rows, self.xp)
+        with phase("difference"):
+            return self.subtract(rows)
 
     def _consider_dense(self, rows: Any) -> None:
         if self._box is None:
