@@ -12,6 +12,7 @@ performance choice, never a correctness one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,7 +73,7 @@ class DenseSet:
 
         cpu_kernels.dense_mark(rows[:, 0], self.bits, *self._args())
 
-    def novel(self, rows: np.ndarray, subtract_outside: callable) -> np.ndarray:  # type: ignore[valid-type]
+    def novel(self, rows: np.ndarray, subtract_outside: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Sorted unique rows not seen before; out-of-box rows are deduplicated by sorting and
         ``subtract_outside`` (the sorted-run difference against full)."""
         from . import cpu_kernels
