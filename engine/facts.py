@@ -10,11 +10,13 @@ line must be ``()`` (what Soufflé writes for a nullary fact, and what ``write_r
 The fast path is pyarrow's multithreaded CSV reader. ``_read_slow`` is the specification: on any
 failure of the fast path it rescans the text line by line, so the error names the first bad line,
 and it is also the reader for what pyarrow cannot take (multi-byte delimiters, empty files).
+``read_facts_range`` reads the lines of one of n byte ranges, for workers sharing one file.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -37,6 +39,8 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _DELIMITER_NAMES = {"\t": "tab", ",": "comma", " ": "space", ";": "semicolon", "|": "bar"}
 _NUMERIC_BYTES = b"0123456789-\r\n"
 _ANY_CONTENT = re.compile(rb"[^\r\n]")
+_BREAK_BYTE = re.compile(rb"[\r\n]")
+_BOM = "\ufeff".encode()
 _BOUNDS = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
 
 
@@ -61,18 +65,72 @@ def read_facts(
     Duplicate lines are kept (the engine deduplicates). ``pos`` is the ``.input`` directive,
     where a missing or unreadable file is reported.
     """
+    return read_facts_range(path, relation, symbols, delimiter, pos)
+
+
+def read_facts_range(
+    path: Path | str,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    delimiter: str = "\t",
+    pos: ir.Pos | None = None,
+    part: int = 0,
+    n_parts: int = 1,
+) -> np.ndarray:
+    """``read_facts`` restricted to the lines that start in byte range ``part`` of ``n_parts``
+    equal ones, so n workers can each read their share of one file in parallel.
+
+    Only that range and the tail of its last line are read. Concatenated in part order, the
+    parts hold exactly the whole file's rows. A nullary relation is one fact about the whole
+    file: part 0 answers it, the other parts are empty. On a bad line the error is the one
+    ``read_facts`` raises for the whole file (found by rescanning it, the rare path), so
+    every failing worker reports the same first bad line with its true line number.
+    """
     path = Path(path)
+    whole = relation.arity == 0
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            if whole and part > 0:
+                return np.empty((0, 0), dtype=np.uint32)
+            size = os.fstat(f.fileno()).st_size
+            lo, hi = (0, size) if whole else (part * size // n_parts, (part + 1) * size // n_parts)
+            start, end = _line_start(f, lo, size), _line_start(f, hi, size)
+            f.seek(start)
+            data = f.read(end - start)
     except FileNotFoundError:
         raise DatalogError(pos, f"fact file {path} for {signature(relation)} does not exist") from None
     except OSError as e:
         raise DatalogError(pos, f"cannot read fact file {path} for {signature(relation)}: {e.strerror}") from None
+    if start > 0 and data.startswith(_BOM):
+        data = b"\n" + data  # only the file's own start may hold a BOM; later it is a line's text
     if relation.arity > 0 and len(delimiter.encode()) == 1 and _ANY_CONTENT.search(data):
         rows = _read_fast(data, relation, symbols, delimiter)
         if rows is not None:
             return rows
-    return _read_slow(data, str(path), relation, symbols, delimiter)
+    try:
+        return _read_slow(data, str(path), relation, symbols, delimiter)
+    except DatalogError:
+        if (start, end) != (0, size):  # line numbers count from the range: rescan for the file's error
+            _read_slow(path.read_bytes(), str(path), relation, SymbolTable(), delimiter)
+        raise
+
+
+def _line_start(f: IO[bytes], offset: int, size: int) -> int:
+    """The first line start at or after ``offset``: just past the first line break that ends
+    there or later (a ``\\r\\n`` split by ``offset`` ends after it), or the end of the file."""
+    if offset in (0, size):
+        return offset
+    at, block_size = offset - 1, 1 << 12
+    f.seek(at)
+    while block := f.read(block_size + 1):  # one byte more: what follows a \r at the block's end
+        found = _BREAK_BYTE.search(block, 0, block_size)
+        if found:
+            i = found.start()
+            return at + i + 1 + (block[i : i + 2] == b"\r\n")
+        at += block_size
+        block_size *= 2
+        f.seek(at)
+    return size
 
 
 def _int_column(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -343,37 +401,34 @@ def write_relation(
     symbols: SymbolTable,
     delimiter: str = "\t",
 ) -> None:
-    """Write distinct encoded rows, sorted and decoded, to a path or a text stream (e.g. stdout).
+    """Write distinct encoded rows, sorted and decoded, to a path or a text stream (e.g. stdout)."""
+    _emit(out, format_relation(rows, relation, symbols, delimiter))
 
-    pyarrow writes unquoted CSV fast; symbols holding the delimiter, a quote or a line break
-    (pyarrow refuses those unquoted) and multi-byte delimiters go through a plain Python writer.
+
+def format_relation(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t") -> bytes:
+    """The bytes ``write_relation`` writes: distinct encoded rows, sorted and decoded, one per line.
+
+    Separate from writing so that a worker can format its share and hand the bytes on. pyarrow
+    writes unquoted CSV fast; symbols holding the delimiter, a quote or a line break (pyarrow
+    refuses those unquoted) and multi-byte delimiters go through a plain Python formatter.
     """
     rows = sort_rows(rows, relation, symbols)
     if relation.arity == 0:
-        _emit(out, b"()\n" if len(rows) else b"")
-        return
+        return b"()\n" if len(rows) else b""
     kernels = cpu_kernels(np, rows.size)
     if kernels is not None and "symbol" not in relation.types and len(delimiter.encode()) == 1:
         signed = np.array([t == "number" for t in relation.types])
         raw = np.ascontiguousarray(rows, dtype=np.uint32) ^ np.where(signed, SIGN, np.uint32(0)).astype(np.uint32)
-        _emit(out, kernels.format_rows(raw, signed, np.uint8(ord(delimiter))).tobytes())
-        return
+        return kernels.format_rows(raw, signed, np.uint8(ord(delimiter))).tobytes()
     columns = decode_columns(rows, relation, symbols)
     texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
     exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))
     if exotic or len(delimiter.encode()) != 1:
-        lines = "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns))
-        _emit(out, lines.encode())
-        return
+        return "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode()
     table = pa.Table.from_arrays([_arrow_column(c) for c in columns], names=[f"c{j}" for j in range(len(columns))])
-    options = pacsv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none")
-    if isinstance(out, (str, Path)):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        pacsv.write_csv(table, str(out), options)
-    else:
-        sink = pa.BufferOutputStream()
-        pacsv.write_csv(table, sink, options)
-        _emit(out, sink.getvalue().to_pybytes())
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none"))
+    return sink.getvalue().to_pybytes()
 
 
 def _arrow_column(column: np.ndarray) -> pa.Array:

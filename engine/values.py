@@ -4,12 +4,15 @@ need no per-type code.
 
 - ``number`` (int32): the bit pattern with the sign bit flipped.
 - ``unsigned`` (uint32): itself.
-- ``symbol``: the id from the run's SymbolTable (ids order by first appearance, not by text;
-  output sorts by text, see ``facts.write_relation``).
+- ``symbol``: the id from the run's SymbolTable. A single process's ids order by first
+  appearance, not by text (output sorts by text, see ``facts.write_relation``). Where several
+  workers must agree on ids, each interns into a local table and all of them re-encode into
+  ``SymbolTable.sorted_union`` of those tables, whose ids are in text order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -43,11 +46,30 @@ def encode_scalar(value: int, type: BaseType) -> int:
 
 
 class SymbolTable:
-    """Interns strings to dense uint32 ids. One table per run; ids are never reused."""
+    """Interns strings to dense uint32 ids. One table per run (or per worker, merged by
+    ``sorted_union``); ids are never reused."""
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
         self._strings: list[str] = []
+
+    @classmethod
+    def sorted_union(cls, collections: Iterable[SymbolTable | Iterable[str]]) -> SymbolTable:
+        """A table of every string in ``collections`` whose ids are the strings' text order
+        (``text_rank``'s order). It depends only on the set of strings, so workers that built
+        local tables agree on it by exchanging their strings, and id order is output order."""
+        lists = [c._strings if isinstance(c, SymbolTable) else c for c in collections]
+        parts = [np.fromiter(map(str, strings), dtype=object) for strings in lists]  # np.str_ -> str
+        strings = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=object)
+        table = cls()
+        table._strings = strings.tolist()
+        table._ids = dict(zip(table._strings, range(len(table._strings))))
+        return table
+
+    def remap_to(self, other: SymbolTable) -> np.ndarray:
+        """m[id here] = ``other``'s id for the same string, so ``m[rows[:, j]]`` re-encodes a symbol
+        column into ``other`` (KeyError for a string ``other`` lacks)."""
+        return np.fromiter(map(other._ids.__getitem__, self._strings), dtype=np.uint32, count=len(self._strings))
 
     def __len__(self) -> int:
         return len(self._strings)

@@ -8,14 +8,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine_modes import numba_mode
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.facts import (
+    _line_start,
     _read_fast,
     _read_slow,
+    decode_columns,
     encode_rows,
+    format_relation,
     read_facts,
+    read_facts_range,
     sort_rows,
     to_numpy,
     to_pandas,
@@ -378,3 +386,222 @@ def test_encode_rows_errors(data: object, types: tuple[str, ...], where: str, me
     assert str(info.value).startswith(f"{where}: error: ")
     assert message in info.value.message
     assert len(symbols) == 0
+
+
+# ----------------------------------------------------------------------------- reading byte ranges
+
+
+def decoded(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[tuple[object, ...]]:
+    return list(zip(*(c.tolist() for c in decode_columns(rows, relation, symbols))))
+
+
+def read_parts(path: Path, relation: ir.Relation, n_parts: int) -> list[tuple[object, ...]]:
+    """Every part read with its own table, decoded and concatenated in part order."""
+    lines: list[tuple[object, ...]] = []
+    for part in range(n_parts):
+        symbols = SymbolTable()
+        rows = read_facts_range(path, relation, symbols, part=part, n_parts=n_parts)
+        assert rows.dtype == np.uint32 and rows.flags.c_contiguous and rows.shape[1] == relation.arity
+        lines += decoded(rows, relation, symbols)
+    return lines
+
+
+FIELD_TEXT = st.text(st.sampled_from("ab é\ufeff\"x,;"), max_size=4)  # a BOM is text past the file's start
+FIELDS = {
+    "number": st.integers(-(2**31), 2**31 - 1).map(str),
+    "unsigned": st.integers(0, 2**32 - 1).map(str),
+    "symbol": FIELD_TEXT,
+}
+
+
+@st.composite
+def fact_files(draw: st.DrawFn) -> tuple[tuple[str, ...], bytes]:
+    """Random types and file content: mixed line ends, empty lines, maybe a BOM, maybe no final break,
+    maybe one bad field (a number column given text)."""
+    types = tuple(draw(st.lists(st.sampled_from(sorted(FIELDS)), min_size=1, max_size=3)))
+    rows = draw(st.lists(st.tuples(*(FIELDS[t] for t in types)), max_size=12))
+    lines = ["\t".join(r) for r in rows]
+    for _ in range(draw(st.integers(0, 3))):
+        lines.insert(draw(st.integers(0, len(lines))), "")
+    if lines and draw(st.booleans()):
+        lines[draw(st.integers(0, len(lines) - 1))] = "\t".join(["x"] * len(types))
+    ends = draw(st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=len(lines), max_size=len(lines)))
+    text = "".join(line + end for line, end in zip(lines, ends))
+    if text and draw(st.booleans()):
+        text = text.removesuffix(ends[-1])
+    return types, ("\ufeff" * draw(st.booleans()) + text).encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=fact_files(), n_parts=st.integers(1, 5))
+def test_parts_together_read_the_whole_file(tmp_path: Path, case: tuple[tuple[str, ...], bytes], n_parts: int) -> None:
+    types, content = case
+    relation = rel("r", *types)
+    path = write_file(tmp_path, content)
+    symbols = SymbolTable()
+    try:
+        whole = decoded(read_facts(path, relation, symbols), relation, symbols)
+    except DatalogError as e:
+        with pytest.raises(DatalogError) as info:
+            read_parts(path, relation, n_parts)
+        assert (str(info.value), info.value.pos) == (str(e), e.pos)
+        return
+    assert read_parts(path, relation, n_parts) == whole
+
+
+@pytest.mark.parametrize("n_parts", range(1, 8))
+@pytest.mark.parametrize(
+    "content",
+    [
+        "1\t2\r\n3\t4\r\n5\t6\r\n",  # every cut point, \r\n pairs split among them
+        "\ufeff1\t2\r3\t4\n\n5\t6",
+        "\r\n\r\n1\t2",
+        "1\t2",
+        "",
+    ],
+)
+def test_ranges_split_line_breaks_cleanly(tmp_path: Path, content: str, n_parts: int) -> None:
+    path = write_file(tmp_path, content)
+    assert read_parts(path, EDGE, n_parts) == decoded(read_facts(path, EDGE, SymbolTable()), EDGE, SymbolTable())
+
+
+@pytest.mark.parametrize(
+    "content, starts",
+    [
+        (b"a\r\nb\rc\n\nd", [0, 3, 3, 3, 5, 5, 7, 7, 8, 9]),  # a cut inside \r\n goes past the pair
+        (b"x" * 4095 + b"\r\nz", {1: 4097, 4095: 4097, 4096: 4097, 4097: 4097}),  # \r\n across a read block
+        (b"x" * 10_000 + b"\ry", {1: 10_001, 10_001: 10_001}),  # a line longer than a block
+        (b"x\r", {1: 2}),
+    ],
+)
+def test_line_start_is_the_first_line_at_or_after_an_offset(
+    tmp_path: Path, content: bytes, starts: list[int] | dict[int, int]
+) -> None:
+    expected = dict(enumerate(starts)) if isinstance(starts, list) else starts
+    with write_file(tmp_path, content).open("rb") as f:
+        assert {k: _line_start(f, k, len(content)) for k in expected} == expected
+
+
+def test_part_reads_its_share_of_a_large_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_file(tmp_path, "".join(f"{i % 10}\t{-i}\r\n" for i in range(300_000)))
+    size = path.stat().st_size
+    whole = read_facts(path, EDGE, SymbolTable())
+    read: list[int] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: object, **kwargs: object) -> object:
+        f = real_open(self, *args, **kwargs)  # type: ignore[call-overload]
+        real_read = f.read
+        f.read = lambda n=-1: read.append(len(data := real_read(n))) or data
+        return f
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    parts = [read_facts_range(path, EDGE, SymbolTable(), part=k, n_parts=7) for k in range(7)]
+    assert size < sum(read) <= size + 7 * 2 * ((1 << 12) + 1)  # the ranges, a block per boundary found
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_error_in_a_later_part_names_the_files_line(tmp_path: Path) -> None:
+    lines = [f"{i:04d}\t{i:010d}\n" for i in range(3000)]  # 16 bytes each: parts of 1000 lines
+    lines[1500] = "0007\t2147483648\n"  # part 1 of 0..2
+    lines[2500] = "0007\t000000000x\n"  # part 2: its error is still the file's first bad line
+    path = write_file(tmp_path, "".join(lines))
+    with pytest.raises(DatalogError) as whole:
+        read_facts(path, EDGE, SymbolTable())
+    assert str(whole.value).startswith(f"{path}:1501:6: error: 2147483648 does not fit")
+    assert len(read_facts_range(path, EDGE, SymbolTable(), part=0, n_parts=3)) == 1000
+    for part in (1, 2):
+        symbols = SymbolTable()
+        with pytest.raises(DatalogError) as info:
+            read_facts_range(path, EDGE, symbols, part=part, n_parts=3)
+        assert (str(info.value), info.value.pos) == (str(whole.value), whole.value.pos)
+        assert len(symbols) == 0
+
+
+def test_error_in_a_symbol_part_is_the_whole_files(tmp_path: Path) -> None:
+    relation = rel("s", "symbol", "number")
+    path = write_file(tmp_path, "a\t1\r\nb\t2\r\n\xff\t3\r\n".encode("latin-1"))
+    with pytest.raises(DatalogError) as whole:
+        read_facts(path, relation, SymbolTable())
+    with pytest.raises(DatalogError) as info:
+        read_facts_range(path, relation, SymbolTable(), part=2, n_parts=3)
+    assert (str(info.value), info.value.pos) == (str(whole.value), whole.value.pos) == (
+        f"{path}:3:1: error: invalid UTF-8 byte 0xff",
+        ir.Pos(str(path), 3, 1),
+    )
+
+
+@pytest.mark.parametrize("content, holds", [("()\n()\n", True), ("\n\n\n", False)])
+def test_nullary_relation_is_answered_by_part_zero(tmp_path: Path, content: str, holds: bool) -> None:
+    path = write_file(tmp_path, content)
+    parts = [read_facts_range(path, rel("flag"), SymbolTable(), part=k, n_parts=3) for k in range(3)]
+    assert [p.shape for p in parts] == [(int(holds), 0), (0, 0), (0, 0)]
+
+
+@pytest.mark.parametrize("part", range(3))
+def test_missing_file_in_every_part(tmp_path: Path, part: int) -> None:
+    where = ir.Pos("prog.dl", 3, 1)
+    with pytest.raises(DatalogError, match="does not exist") as info:
+        read_facts_range(tmp_path / "edge.facts", EDGE, SymbolTable(), pos=where, part=part, n_parts=3)
+    assert info.value.pos == where
+
+
+# ----------------------------------------------------------------------------- one table for all workers
+
+
+def test_sorted_union_ids_are_text_order_and_remap_rows(tmp_path: Path) -> None:
+    relation = rel("s", "symbol", "number", "symbol")
+    path = write_file(tmp_path, "zeta\t1\ta\nb\t2\t\u00e9\n\nB\t3\tzeta\n\t4\tb\n")
+    tables = [SymbolTable() for _ in range(3)]
+    parts = [read_facts_range(path, relation, t, part=k, n_parts=3) for k, t in enumerate(tables)]
+    union = SymbolTable.sorted_union([*tables, ["extra"]])
+    assert union.strings == sorted({"zeta", "a", "b", "\u00e9", "B", "", "extra"})
+    assert union.text_rank().tolist() == list(range(len(union)))
+    merged = []
+    for rows, table in zip(parts, tables):
+        m = table.remap_to(union)
+        assert m.dtype == np.uint32 and union.lookup(m).tolist() == table.strings
+        rows = rows.copy()
+        rows[:, [0, 2]] = m[rows[:, [0, 2]]]
+        merged.append(rows)
+    rows = np.concatenate(merged)
+    symbols = SymbolTable()
+    assert decoded(rows, relation, union) == decoded(read_facts(path, relation, symbols), relation, symbols)
+
+
+def test_sorted_union_of_nothing_and_a_missing_string() -> None:
+    assert len(SymbolTable.sorted_union([])) == 0
+    local = SymbolTable()
+    local.intern("x")
+    with pytest.raises(KeyError):
+        local.remap_to(SymbolTable.sorted_union([["y"]]))
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize(
+    "types, data, delimiter",
+    [
+        (("number", "unsigned"), [(-5, 7), (3, 4294967295), (-5, 0)], "\t"),  # numba kernel when loaded
+        (("symbol", "number"), [("b", 1), ("a", -2)], ","),  # pyarrow
+        (("symbol", "symbol"), [("x,y", "q"), ('"', "\u00e9")], ","),  # symbols pyarrow refuses
+        (("number",), [(1,), (-1,)], "::"),  # multi-byte delimiter
+        ((), [()], "\t"),
+        ((), [], "\t"),
+        (("number", "number"), [], "\t"),
+    ],
+)
+def test_format_relation_is_what_write_relation_writes(
+    tmp_path: Path, types: tuple[str, ...], data: list[tuple[object, ...]], delimiter: str, kernels: bool
+) -> None:
+    relation = rel("r", *types)
+    symbols = SymbolTable()
+    rows = encode_rows(data, relation, symbols, "<test>")
+    target = tmp_path / "out.csv"
+    with numba_mode(loaded=kernels):
+        write_relation(target, rows, relation, symbols, delimiter)
+        formatted = format_relation(rows, relation, symbols, delimiter)
+    assert formatted == target.read_bytes()
+    assert formatted.decode() == roundtrip(rows, relation, symbols, delimiter)
