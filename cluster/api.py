@@ -3,6 +3,10 @@
     from dask_datalog.cluster import Program
     result = Program.from_file("examples/reach.dl").run(facts={"edge": "graph.tsv"})
     result.sizes["path"]; result.pandas("path"); result.numpy("path")
+
+    # on a Dask cluster: one shard per worker, tuples exchanged worker to worker
+    result = Program.from_file("examples/reach.dl").run(fact_dir="facts", client=client)
+    result.dataframe("path")  # a Dask DataFrame, one partition per worker
 """
 
 from __future__ import annotations
@@ -17,16 +21,23 @@ from ..engine import facts as factio
 from ..engine.backend import BackendName, get_backend
 from ..engine.frontend import load_program
 from ..engine.ir import Program as ProgramIR
-from ..engine.job import FactSource, RunOutput, run_program, write_outputs
+from ..engine.job import FactSource, RunOutput, run_program
+from ..partition.placement import REPLICATE_BELOW
+from .runtime import DistributedRun, ProgressHandler, run_job
 
 if TYPE_CHECKING:
+    import dask.dataframe as dd
     import pandas as pd
+    from distributed import Client
 
 
 class Result:
-    """Every relation of a finished run, decoded on demand."""
+    """Every relation of a finished run, decoded on demand. The run is in this process
+    (``RunOutput``) or spread over a Dask cluster's workers (``DistributedRun``): then
+    ``numpy``/``pandas``/``tuples`` gather the asked relation here, ``dataframe`` does not,
+    and ``write`` has the workers write the outputs."""
 
-    def __init__(self, run: RunOutput):
+    def __init__(self, run: RunOutput | DistributedRun):
         self._run = run
 
     @property
@@ -57,9 +68,26 @@ class Result:
         columns = factio.decode_columns(rows, relation, self._run.symbols)
         return set(zip(*(c.tolist() for c in columns))) if columns else ({()} if rows.shape[0] else set())
 
-    def write(self, output_dir: str | Path | None, stdout: Any) -> None:
-        """What the CLI does with ``-D``: ``.output`` files and ``.printsize`` lines."""
-        write_outputs(self._run, output_dir, stdout)
+    def dataframe(self, name: str) -> dd.DataFrame:
+        """A Dask DataFrame of the relation: one partition per worker, built on the workers
+        for a distributed run (nothing passes through this process), one for a local run."""
+        if name not in self._run.packed:
+            raise KeyError(f"no relation '{name}' in this program")
+        if isinstance(self._run, DistributedRun):
+            return self._run.frame(name)
+        import dask.dataframe as dd
+
+        return dd.from_pandas(self.pandas(name), npartitions=1)
+
+    def write(self, output_dir: str | Path | None, stdout: Any, fmt: str = "csv") -> None:
+        """What the CLI does with ``-D``: ``.output`` relations (CSV files, or Parquet
+        datasets with ``fmt="parquet"``) and ``.printsize`` lines."""
+        self._run.write(output_dir, stdout, fmt)
+
+    def close(self) -> None:
+        """Free the relations (on the workers, for a distributed run)."""
+        if isinstance(self._run, DistributedRun):
+            self._run.close()
 
 
 class Program:
@@ -80,8 +108,21 @@ class Program:
         backend: BackendName = "auto",
         on_iteration: Callable[[int, int, dict[str, int]], None] | None = None,
         chunk_rows: int | None = None,
+        client: Client | None = None,
+        progress: ProgressHandler | None = None,
+        replicate_below: int = REPLICATE_BELOW,
     ) -> Result:
-        """Evaluate in this process. ``facts`` maps relation names to fact-file paths or to
+        """Evaluate to the fixpoint. ``facts`` maps relation names to fact-file paths or to
         (n, arity) array-likes / DataFrames and overrides ``.input`` files. ``chunk_rows``
-        caps the join output materialised at once (memory); the default suits the backend."""
+        caps the join output materialised at once (memory); the default suits the backend.
+
+        Without ``client`` the run is in this process (``on_iteration`` sees every
+        iteration). With a ``distributed.Client`` every worker of its cluster holds one shard
+        and reads its part of each fact file (paths must be visible to the workers);
+        ``progress`` receives the workers' progress events, ``replicate_below`` is the size in
+        bytes under which static relations are copied to every worker."""
+        if client is not None:
+            if on_iteration is not None:
+                raise ValueError("on_iteration is for in-process runs; pass progress= with a client")
+            return Result(run_job(client, self.ir, fact_dir, facts, backend, chunk_rows, replicate_below, progress))
         return Result(run_program(self.ir, get_backend(backend), fact_dir, facts, on_iteration, chunk_rows))

@@ -1,24 +1,36 @@
 """``dask-datalog``: the command line. Bad programs and fact files print
-``file:line:col: error: message`` and exit 1; nothing the user wrote ends in a traceback."""
+``file:line:col: error: message`` and exit 1; nothing the user wrote ends in a traceback.
+
+By default a run starts an embedded local Dask cluster (one worker per GPU, else one per core)
+and evaluates one shard per worker; ``--scheduler``/``--scheduler-file`` submit to an existing
+cluster instead, and ``--no-cluster`` evaluates in this process without Dask."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from ..engine.errors import DatalogError
-from .api import Program
+from ..engine.plan import plan_program
+from .api import Program, Result
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dask-datalog",
-        description="Evaluate Soufflé-syntax Datalog on hash-indexed sorted arrays (NumPy or CuPy).",
+        description="Evaluate Soufflé-syntax Datalog on hash-indexed sorted arrays (NumPy or CuPy), on a Dask cluster.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="evaluate a program to its fixpoint and write its outputs")
+    run = sub.add_parser(
+        "run",
+        help="evaluate a program to its fixpoint and write its outputs",
+        description="Evaluate a program to its fixpoint and write its outputs. Without --scheduler or "
+        "--scheduler-file an embedded local Dask cluster is started for the run.",
+    )
     run.add_argument("program", type=Path, help="the Datalog program (.dl)")
     run.add_argument("-F", "--fact-dir", type=Path, default=Path("."), help="directory of .input fact files (default: .)")
     run.add_argument(
@@ -28,30 +40,109 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for .output relations as <name>.csv; '-' prints them to stdout (default: .)",
     )
     run.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        default="csv",
+        help="csv: one <name>.csv per relation; parquet: a dataset <name>/part-NNNNN.parquet (default: csv)",
+    )
+    run.add_argument(
         "--backend",
         choices=("auto", "numpy", "cupy"),
         default="auto",
         help="array backend: cupy when a GPU is visible, else numpy (default: auto)",
     )
-    run.add_argument("--stats", type=Path, help="write per-stratum, per-iteration statistics as JSON to this file")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument("--scheduler-file", type=Path, metavar="FILE", help="scheduler file of a running Dask cluster")
+    where.add_argument("--no-cluster", action="store_true", help="evaluate in this process, without Dask")
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="workers of the embedded cluster (default: one per GPU with cupy, else one per core)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress display (it is off anyway when stderr is not a terminal)")
+    run.add_argument("--stats", type=Path, help="write per-stratum, per-iteration (per-worker) statistics as JSON to this file")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers is not None and (args.scheduler or args.scheduler_file or args.no_cluster):
+        parser.error("--workers sizes the embedded cluster; it cannot go with --scheduler, --scheduler-file or --no-cluster")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.format == "parquet" and args.output_dir == "-":
+        parser.error("--format parquet needs an output directory, not '-'")
     try:
         program = Program.from_file(args.program)
-        result = program.run(fact_dir=args.fact_dir, backend=args.backend)
-        result.write(args.output_dir, sys.stdout)
+        with ExitStack() as stack:
+            result = _run(program, args, stack)
+            result.write(args.output_dir, sys.stdout, args.format)
+            if args.stats:
+                args.stats.write_text(json.dumps(result.stats, indent=1))
     except DatalogError as err:
         print(str(err), file=sys.stderr)
         return 1
     except FileNotFoundError as err:
         print(f"{err.filename}: error: no such file", file=sys.stderr)
         return 1
-    if args.stats:
-        args.stats.write_text(json.dumps(result.stats, indent=1))
+    except (OSError, TimeoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the job was stopped on every worker", file=sys.stderr)
+        return 130
     return 0
+
+
+def _run(program: Program, args: argparse.Namespace, stack: ExitStack) -> Result:
+    if args.no_cluster:
+        return program.run(fact_dir=args.fact_dir, backend=args.backend)
+    client = stack.enter_context(_client(args))
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        from .progress import ProgressDisplay
+
+        strata = len(plan_program(program.ir).strata)
+        display = stack.enter_context(ProgressDisplay(strata, client.dashboard_link))
+        progress = display.handler
+    result = program.run(fact_dir=args.fact_dir, backend=args.backend, client=client, progress=progress)
+    stack.callback(result.close)
+    return result
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A client of the cluster the arguments name, or of a new embedded one (closed on exit)."""
+    from distributed import Client
+
+    if args.scheduler:
+        return Client(args.scheduler, timeout="20s")
+    if args.scheduler_file:
+        if not args.scheduler_file.exists():
+            raise DatalogError(None, f"scheduler file {args.scheduler_file} does not exist")
+        return Client(scheduler_file=str(args.scheduler_file), timeout="20s")
+    from .runtime import start_cluster
+
+    return _OwnedClient(start_cluster(args.workers, args.backend))
+
+
+class _OwnedClient:
+    """A client whose cluster this process started: both close together."""
+
+    def __init__(self, cluster: Any):
+        from distributed import Client
+
+        self.cluster = cluster
+        self.client = Client(cluster)
+
+    def __enter__(self) -> Any:
+        return self.client
+
+    def __exit__(self, *exc: Any) -> None:
+        self.client.close()
+        self.cluster.close()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ class DatalogError(Exception):
         self.pos = pos
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[Pos | None, str]]:
+        """Picklable, so an error raised on a Dask worker reaches the client intact."""
+        return (DatalogError, (self.pos, self.message))
+
     def __str__(self) -> str:
         where = f"{self.pos}: " if self.pos is not None else ""
         return f"{where}error: {self.message}"

@@ -128,7 +128,7 @@ class Evaluator:
         iterations = [self._iterate(stratum.initial, stratum.relations)]
         if on_iteration:
             on_iteration(number, 0, iterations[-1]["delta"])
-        while stratum.recursive and any(iterations[-1]["delta"].values()):
+        while stratum.recursive and self._more(iterations[-1]):
             iterations.append(self._iterate(stratum.deltas, stratum.relations))
             if on_iteration:
                 on_iteration(number, len(iterations) - 1, iterations[-1]["delta"])
@@ -139,6 +139,10 @@ class Evaluator:
             "sizes": {r: len(self.stores[r]) for r in stratum.relations},
             "time_s": round(time.perf_counter() - t0, 6),
         }
+
+    def _more(self, iteration: dict[str, Any]) -> bool:
+        """Whether a recursive stratum goes on after ``iteration`` (its record)."""
+        return any(iteration["delta"].values())
 
     def _iterate(self, rules: tuple[RulePlan, ...], relations: tuple[str, ...]) -> dict[str, Any]:
         """One semi-naive step: every rule version reads the current deltas; then each
@@ -176,11 +180,7 @@ class Evaluator:
         layout = packed_layout(head)
 
         def sink(b: Bindings) -> None:
-            if layout is not None and b.names == layout:
-                rows = b.table.view(self.xp.uint64)  # the join wrote the packed head rows
-            else:
-                rows = pack([self._term(a, b) for a in head.args], b.n, self.xp)
-            rows = store.novel(rows, self.clock.phase)
+            rows = store.novel(self._head_rows(b, head, layout), self.clock.phase)
             if rows.shape[0]:
                 pending.append(rows)
             if sum(p.shape[0] for p in pending) > self.chunk_rows:
@@ -197,6 +197,12 @@ class Evaluator:
                 out = [blocks[0] if len(blocks) == 1 else sets.sort_unique(self.xp.concatenate(blocks), self.xp)]
         return out
 
+    def _head_rows(self, b: Bindings, head: Atom, layout: tuple[str | None, ...] | None) -> Any:
+        """The head tuples of a binding table, packed (``layout``: see ``_steps``)."""
+        if layout is not None and b.names == layout:
+            return b.table.view(self.xp.uint64)  # the join wrote the packed head rows
+        return pack([self._term(a, b) for a in head.args], b.n, self.xp)
+
     def _steps(
         self,
         b: Bindings,
@@ -210,10 +216,11 @@ class Evaluator:
         for i, step in enumerate(steps):
             if b.n == 0:
                 return
+            b = self._enter(step, b)
             if isinstance(step, JoinStep):
                 last = i == len(steps) - 1
                 for part in self._join(b, step, layout if last else None):
-                    self._steps(part, steps[i + 1 :], sink, layout)
+                    self._steps(self._joined(step, part), steps[i + 1 :], sink, layout)
                 return
             if isinstance(step, FilterStep):
                 b = b.take(xp.nonzero(self._compare(step.comparison, b))[0])
@@ -226,6 +233,20 @@ class Evaluator:
         if b.n:
             sink(b)
 
+    # Hooks for a shard of a distributed run (cluster/shard.py); one shard uses them as is.
+
+    def _enter(self, step: Step, b: Bindings) -> Bindings:
+        """The binding table a step runs on."""
+        return b
+
+    def _joined(self, step: JoinStep, part: Bindings) -> Bindings:
+        """One chunk of a join's output, before the rest of the pipeline sees it."""
+        return part
+
+    def _store_for(self, step: JoinStep | NegationStep) -> RelationStore:
+        """The store whose indexes a join or negation probes."""
+        return self.stores[step.atom.relation]
+
     def _key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
         return [self._term(atom.args[j], b) for j in positions]
 
@@ -234,7 +255,7 @@ class Evaluator:
         table chunk by chunk in one gather (outer columns and inner columns side by side)."""
         xp = self.xp
         atom = step.atom
-        index = self.stores[atom.relation].index(step.order, step.version)
+        index = self._store_for(step).index(step.order, step.version)
         keys = self._key_columns(atom, step.order[: step.key_len], b)
         starts, counts = index.ranges(keys[:2], b.n, xp)
         # Index columns the probe could not check: key columns past the two hashed ones, and
@@ -287,7 +308,7 @@ class Evaluator:
             lo = hi
 
     def _exists(self, b: Bindings, step: NegationStep) -> Any:
-        index = self.stores[step.atom.relation].index(step.order, "full")
+        index = self._store_for(step).index(step.order, "full")
         keys = self._key_columns(step.atom, step.order[: step.key_len], b)
         starts, counts = index.ranges(keys[:2], b.n, self.xp)
         if step.key_len <= 2:

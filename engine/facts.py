@@ -294,7 +294,7 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
     value by value. Errors point at ``origin:row:column``, both 1-based.
     """
     arity = relation.arity
-    if _is_dataframe(data):
+    if is_dataframe(data):
         if data.shape[1] != arity:
             raise DatalogError(
                 ir.Pos(origin, 1, 1), f"expected {arity} columns for {signature(relation)}, found {data.shape[1]}"
@@ -454,6 +454,33 @@ def _emit(out: str | Path | IO[str], data: bytes) -> None:
         out.write(data.decode("utf-8"))
 
 
+def parquet_part_name(part: int) -> str:
+    """File name of part ``part`` of a relation's Parquet dataset (one part per worker)."""
+    return f"part-{part:05d}.parquet"
+
+
+def clear_parquet_parts(dataset: Path) -> None:
+    """Make ``dataset`` an empty directory of parts: parts of an earlier run with more workers
+    would otherwise join this run's data."""
+    dataset.mkdir(parents=True, exist_ok=True)
+    for stale in dataset.glob("part-*.parquet"):
+        stale.unlink()
+
+
+def write_parquet_part(path: Path, rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> None:
+    """Sorted, decoded rows as one Parquet file, columns named by attribute. A nullary relation,
+    which has no column to hold its one possible tuple, gets a boolean column ``holds``."""
+    import pyarrow.parquet as pq
+
+    rows = sort_rows(rows, relation, symbols)
+    if relation.arity == 0:
+        table = pa.Table.from_arrays([pa.array(np.ones(len(rows), dtype=bool))], names=["holds"])
+    else:
+        columns = [_arrow_column(c) for c in decode_columns(rows, relation, symbols)]
+        table = pa.Table.from_arrays(columns, names=[a.name for a in relation.attributes])
+    pq.write_table(table, path)
+
+
 def to_numpy(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
     """Sorted decoded (n, arity) array: int64 when every column is numeric, else object."""
     columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
@@ -464,7 +491,7 @@ def to_numpy(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> n
     return result
 
 
-def _is_dataframe(data: Any) -> bool:
+def is_dataframe(data: Any) -> bool:
     """A pandas DataFrame, recognised without importing pandas."""
     return type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas")
 

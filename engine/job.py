@@ -39,6 +39,9 @@ class RunOutput:
     def size(self, name: str) -> int:
         return int(self.packed[name].shape[0])
 
+    def write(self, output_dir: str | Path | None, stdout: Any, fmt: str = "csv") -> None:
+        write_outputs(self, output_dir, stdout, fmt)
+
     def rows(self, name: str) -> np.ndarray:
         """(n, arity) encoded uint32 on the host, canonical order (decoded once, cached)."""
         if name not in self._rows:
@@ -103,17 +106,25 @@ def run_program(
     return RunOutput(program, symbols, backend, packed, stats)
 
 
-def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any) -> None:
-    """``.output`` relations to ``<output_dir>/<name>.csv`` (stdout when output_dir is "-"),
-    then ``.printsize`` lines to stdout."""
+def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any, fmt: str = "csv") -> None:
+    """``.output`` relations to ``<output_dir>/<name>.csv`` (stdout when output_dir is "-"), or
+    with ``fmt="parquet"`` to the dataset ``<output_dir>/<name>/`` (one part here), then
+    ``.printsize`` lines to stdout."""
+    to_stdout = output_dir is None or str(output_dir) == "-"
+    if to_stdout and fmt != "csv":
+        raise ValueError("only CSV output can go to stdout")
     for spec in run.program.outputs:
         relation = run.program.relations[spec.relation]
         rows = run.rows(spec.relation)
-        if output_dir is None or str(output_dir) == "-":
+        if to_stdout:
             # Soufflé's framing for -D -, so several relations stay readable.
             stdout.write(f"---------------\n{spec.relation}\n===============\n")
             factio.write_relation(stdout, rows, relation, run.symbols, spec.delimiter)
             stdout.write("===============\n")
+        elif fmt == "parquet":
+            dataset = Path(output_dir) / spec.relation
+            factio.clear_parquet_parts(dataset)
+            factio.write_parquet_part(dataset / factio.parquet_part_name(0), rows, relation, run.symbols)
         else:
             directory = Path(output_dir)
             directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,70 @@
+"""The live progress line of a distributed run on the terminal (stderr, via rich).
+
+Workers send small events (``tasks._progress``: rank, stratum, iteration, delta size, tuples
+found so far); this folds the latest event of every worker into one line: stratum, iteration,
+the current delta summed over workers, and tuples found per second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+
+@dataclass
+class ProgressState:
+    """The latest event of each worker; ``line`` summarises them."""
+
+    strata: int
+    started: float = field(default_factory=time.monotonic)
+    latest: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def update(self, event: dict[str, Any]) -> None:
+        self.latest[int(event["rank"])] = event
+
+    def line(self) -> str:
+        if not self.latest:
+            return "loading inputs"
+        stratum = max(e["stratum"] for e in self.latest.values())
+        current = [e for e in self.latest.values() if e["stratum"] == stratum]
+        iteration = max(e["iteration"] for e in current)
+        delta = sum(e["delta"] for e in current)
+        found = sum(e["found"] for e in self.latest.values())
+        rate = found / max(time.monotonic() - self.started, 1e-9)
+        return (
+            f"stratum {stratum + 1}/{self.strata}  iteration {iteration}  delta {delta:,}  "
+            f"{found:,} tuples  {rate:,.0f} tuples/s"
+        )
+
+
+class ProgressDisplay:
+    """A context manager; ``handler`` is what ``Program.run(progress=...)`` calls per event."""
+
+    def __init__(self, strata: int, dashboard: str | None = None, console: Console | None = None):
+        self.state = ProgressState(strata)
+        self.dashboard = dashboard
+        self.console = console or Console(stderr=True)
+        self.lock = threading.Lock()
+        self.live = Live(self._render(), console=self.console, transient=True, refresh_per_second=8)
+
+    def handler(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.state.update(event)
+            self.live.update(self._render())
+
+    def _render(self) -> Text:
+        suffix = f"  dashboard {self.dashboard}" if self.dashboard else ""
+        return Text(self.state.line() + suffix)
+
+    def __enter__(self) -> ProgressDisplay:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.__exit__(*exc)

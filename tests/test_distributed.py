@@ -1,0 +1,293 @@
+"""The distributed runtime against the single-shard engine and the reference evaluator.
+
+In-process Dask workers (threads of this process, real TCP-free comms but the same handlers,
+collectives and code paths) for the bulk of the cases; a cluster of worker processes for a
+few, to prove the messages pickle and travel between processes, and for the test that no tuple
+passes through the client.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from dask_datalog.cluster import Program
+from dask_datalog.cluster.exchange import PLUGIN_NAME
+from dask_datalog.engine.errors import DatalogError
+from program_gen import GeneratedCase, generate_case
+from test_differential import diff_message
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.dl"))
+SHARED = ROOT.parent / "shared" / "data"
+WORKER_COUNTS = (1, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def clients() -> dict[int, Client]:
+    """One in-process cluster per worker count, shared by the module's tests."""
+    made: dict[int, tuple[LocalCluster, Client]] = {}
+    for n in WORKER_COUNTS:
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=False, dashboard_address=":0")
+        made[n] = (cluster, Client(cluster, set_as_default=False))
+    yield {n: client for n, (_, client) in made.items()}
+    for cluster, client in made.values():
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def process_client() -> Client:
+    """Two worker processes (the scheduler and this client stay in the test process)."""
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    client = Client(cluster, set_as_default=False)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@functools.lru_cache(maxsize=None)
+def example(name: str) -> Program:
+    return Program.from_file(EXAMPLES / f"{name}.dl")
+
+
+@functools.lru_cache(maxsize=None)
+def single_shard(name: str) -> dict[str, set[tuple]]:
+    result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend="numpy")
+    return {rel: result.tuples(rel) for rel in result.sizes}
+
+
+def _assert_no_job_state(client: Client) -> None:
+    left = client.run(lambda dask_worker: len(dask_worker.plugins[PLUGIN_NAME].mailboxes))
+    assert not any(left.values()), f"mailboxes left on workers: {left}"
+
+
+# ------------------------------------------------------------------------- examples
+
+
+@pytest.mark.parametrize("n", WORKER_COUNTS)
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_examples_match_single_shard(clients: dict[int, Client], name: str, n: int) -> None:
+    result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend="numpy", client=clients[n])
+    try:
+        want = single_shard(name)
+        for rel, tuples in want.items():
+            assert result.sizes[rel] == len(tuples), rel
+            assert result.tuples(rel) == tuples, rel
+    finally:
+        result.close()
+    _assert_no_job_state(clients[n])
+
+
+@pytest.mark.parametrize("n", (1, 3))
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_example_outputs_are_byte_identical(clients: dict[int, Client], name: str, n: int, tmp_path: Path) -> None:
+    """CSV written by the workers, each at its offset of one file, equals the engine's."""
+    facts = EXAMPLES / "facts" / name
+    printed_one, printed_many = io.StringIO(), io.StringIO()
+    example(name).run(fact_dir=facts, backend="numpy").write(tmp_path / "one", printed_one)
+    result = example(name).run(fact_dir=facts, backend="numpy", client=clients[n])
+    result.write(tmp_path / "many", printed_many)
+    result.close()
+    assert printed_many.getvalue() == printed_one.getvalue()
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "many").iterdir())
+    assert files, "every example has an output"
+    for f in files:
+        assert (tmp_path / "many" / f).read_bytes() == (tmp_path / "one" / f).read_bytes(), f
+
+
+def test_parquet_dataset_holds_the_relation(clients: dict[int, Client], tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    result = example("reach").run(fact_dir=EXAMPLES / "facts" / "reach", backend="numpy", client=clients[3])
+    result.write(tmp_path, io.StringIO(), "parquet")
+    result.close()
+    parts = sorted((tmp_path / "path").glob("part-*.parquet"))
+    assert len(parts) == 3
+    table = pq.read_table(tmp_path / "path")
+    got = set(zip(table.column("x").to_pylist(), table.column("y").to_pylist()))
+    assert got == single_shard("reach")["path"]
+    firsts = [pq.read_table(p).column("x").to_pylist() for p in parts]
+    flat = [v for part in firsts for v in part]
+    assert flat == sorted(flat), "parts are ranges of the sorted relation, in part order"
+
+
+def test_dask_dataframe_result(clients: dict[int, Client]) -> None:
+    result = example("sg").run(fact_dir=EXAMPLES / "facts" / "sg", backend="numpy", client=clients[2])
+    frame = result.dataframe("sg")
+    assert frame.npartitions == 2
+    computed = clients[2].compute(frame).result()
+    assert set(map(tuple, computed.itertuples(index=False))) == single_shard("sg")["sg"]
+    result.close()
+
+
+# ------------------------------------------------------------------------- random programs
+
+
+@functools.lru_cache(maxsize=None)
+def case_for(seed: int) -> GeneratedCase:
+    return generate_case(seed)
+
+
+def check_distributed(case: GeneratedCase, client: Client, chunk_rows: int | None = None) -> None:
+    result = Program(case.text, filename=f"<{case.label}>").run(
+        facts=case.api_facts(), backend="numpy", client=client, chunk_rows=chunk_rows, replicate_below=0
+    )
+    try:
+        for name, want in case.expected.items():
+            got = result.tuples(name)
+            assert got == want, diff_message(f"{len(client.scheduler_info()['workers'])} workers", name, got, want, case)
+            assert result.sizes[name] == len(want), name
+    finally:
+        result.close()
+
+
+@pytest.mark.parametrize("n", WORKER_COUNTS)
+@pytest.mark.parametrize("seed", range(0, 150, 3))
+def test_random_programs_match_reference(clients: dict[int, Client], seed: int, n: int) -> None:
+    """Nothing replicated for its size: every relation partitioned, so joins on other keys,
+    negations and aggregates take the exchange and co-partitioning paths."""
+    check_distributed(case_for(seed), clients[n])
+
+
+@pytest.mark.parametrize("seed", range(1, 150, 10))
+def test_random_programs_chunked(clients: dict[int, Client], seed: int) -> None:
+    """Join output a few rows at a time, so own/slice/exchange see many chunks."""
+    check_distributed(case_for(seed), clients[3], chunk_rows=3)
+
+
+@pytest.mark.parametrize("seed", range(2, 150, 25))
+def test_random_programs_on_process_workers(process_client: Client, seed: int) -> None:
+    check_distributed(case_for(seed), process_client)
+
+
+@pytest.mark.parametrize("name", ["reach", "andersen", "aggregate"])
+def test_examples_on_process_workers(process_client: Client, name: str) -> None:
+    result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend="numpy", client=process_client)
+    for rel, tuples in single_shard(name).items():
+        assert result.tuples(rel) == tuples, rel
+    result.close()
+
+
+# ------------------------------------------------------------------------- ground truth
+
+
+GRAPHS = [  # (program, relation, graph, published size)
+    ("reach", "path", "wing/data_121544.txt", 329_438),
+    ("reach", "path", "ego-Facebook/data_88234.txt", 2_508_102),
+    ("reach", "path", "luxembourg_osm/data_119666.txt", 5_022_084),
+    ("reach", "path", "cal.cedge/data_21693.txt", 501_755),
+    ("reach", "path", "TG.cedge/data_23874.txt", 481_121),
+    ("sg", "sg", "wing/data_121544.txt", 647_999),
+    ("sg", "sg", "luxembourg_osm/data_119666.txt", 245_221),
+    ("sg", "sg", "cal.cedge/data_21693.txt", 23_519),
+    ("sg", "sg", "OL.cedge/data_7035.txt", 285_431),
+    ("sg", "sg", "TG.cedge/data_23874.txt", 608_090),
+]
+
+
+@pytest.mark.parametrize("name, relation, graph, size", GRAPHS)
+def test_shared_graphs_with_three_workers(clients: dict[int, Client], name: str, relation: str, graph: str, size: int) -> None:
+    path = SHARED / graph
+    if not path.exists():
+        pytest.skip(f"reference data {path} not present")
+    result = example(name).run(facts={"edge": path}, backend="numpy", client=clients[3])
+    assert result.sizes[relation] == size
+    per_worker = [w["local_sizes"][relation] for w in result.stats["per_worker"]]
+    assert all(0 < s < size for s in per_worker), f"every worker holds a real part: {per_worker}"
+    result.close()
+
+
+# ------------------------------------------------------------------------- the client stays out
+
+
+def test_no_tuple_passes_through_the_client(process_client: Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Count every byte this process (the client and the scheduler) reads from a socket while
+    a job exchanges megabytes between the two worker processes."""
+    from distributed.comm import tcp
+
+    received = [0]
+    original = tcp.TCP.read
+
+    async def counting_read(self, deserializers=None):
+        msg = await original(self, deserializers)
+        received[0] += _size_of(msg)
+        return msg
+
+    monkeypatch.setattr(tcp.TCP, "read", counting_read)
+    rng = np.random.default_rng(7)
+    edges = rng.integers(0, 200_000, size=(400_000, 2))
+    path = tmp_path / "e.facts"
+    np.savetxt(path, edges, fmt="%d", delimiter="\t")
+    program = Program(".decl e(x:number, y:number)\n.decl q(x:number, z:number)\n.output q\n"
+                      ".input e\nq(x, z) :- e(x, y), e(y, z).\n")
+    want = program.run(facts={"e": path}, backend="numpy").sizes["q"]
+    before = received[0]
+    result = program.run(facts={"e": path}, backend="numpy", client=process_client, replicate_below=0)
+    through_client = received[0] - before
+    exchanged = result.stats["bytes_exchanged"]
+    assert result.sizes["q"] == want
+    assert exchanged > 5_000_000, f"the job should move megabytes between workers, moved {exchanged}"
+    assert through_client < 200_000, f"{through_client} bytes reached the client/scheduler while workers exchanged {exchanged}"
+    result.close()
+
+
+def _size_of(msg: object) -> int:
+    if isinstance(msg, (bytes, bytearray, memoryview)):
+        return len(msg)
+    if hasattr(msg, "nbytes"):
+        return int(msg.nbytes)
+    if isinstance(msg, dict):
+        return sum(_size_of(v) for v in msg.values())
+    if isinstance(msg, (list, tuple)):
+        return sum(_size_of(v) for v in msg)
+    return 8
+
+
+# ------------------------------------------------------------------------- isolation and failure
+
+
+def test_bad_fact_file_fails_cleanly_and_the_cluster_stays_usable(clients: dict[int, Client], tmp_path: Path) -> None:
+    """An error in the third worker's byte range: every worker stops, the client gets the same
+    message as a single-shard run, and the next job runs."""
+    lines = [f"{i}\t{i + 1}" for i in range(3000)]
+    lines[2500] = "12\tnot-a-number"
+    path = tmp_path / "edge.facts"
+    path.write_text("\n".join(lines) + "\n")
+    reach = example("reach")
+    with pytest.raises(DatalogError) as single:
+        reach.run(facts={"edge": path}, backend="numpy")
+    with pytest.raises(DatalogError) as distributed:
+        reach.run(facts={"edge": path}, backend="numpy", client=clients[3])
+    assert str(distributed.value) == str(single.value)
+    assert ":2501:" in str(distributed.value)
+    _assert_no_job_state(clients[3])
+    result = reach.run(fact_dir=EXAMPLES / "facts" / "reach", backend="numpy", client=clients[3])
+    assert result.tuples("path") == single_shard("reach")["path"]
+    result.close()
+
+
+def test_concurrent_jobs_do_not_see_each_other(clients: dict[int, Client]) -> None:
+    outcomes: dict[str, object] = {}
+
+    def job(name: str) -> None:
+        result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend="numpy", client=clients[2])
+        outcomes[name] = {rel: result.tuples(rel) for rel in result.sizes}
+        result.close()
+
+    threads = [threading.Thread(target=job, args=(name,)) for name in ("reach", "sg", "cspa", "andersen")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for name in ("reach", "sg", "cspa", "andersen"):
+        assert outcomes.get(name) == single_shard(name), name
+    _assert_no_job_state(clients[2])
