@@ -56,7 +56,10 @@ def start_cluster(workers: int | None, backend: str, processes: bool = True) -> 
 
     n = workers or default_workers()
     threads = str(max(1, default_workers() // n))
-    env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+    # Each worker's numba kernels get its share of the cores, and idle OpenMP threads sleep
+    # rather than spin: spinning threads of one worker starved its peers and made an iteration
+    # of the 3,000-edge chain cost 5 ms instead of 1.7 ms with 2 workers on 2 cores.
+    env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
     extra = {"env": env} if processes else {}
     return LocalCluster(
         n_workers=n, threads_per_worker=1, processes=processes, silence_logs=logging.ERROR, dashboard_address=":0", **extra
@@ -189,7 +192,7 @@ def run_job(
             files[name] = str(Path(source).resolve())
         else:
             for rank, part in enumerate(_split_rows(source, len(peers))):
-                arrays[rank][name] = client.scatter(part, workers=[peers[rank]], direct=True)
+                arrays[rank][name] = client.scatter(part, workers=[peers[rank]], direct=True, hash=False)
     topic = f"{job}-progress" if progress is not None else None
     spec = JobSpec(
         job=job,
