@@ -168,6 +168,7 @@ class Collective:
         self.worker = worker
         self.alive = alive
         self.seq = 0
+        self._checked = time.monotonic()
         self.stats = ExchangeStats()
         self.plugin: DatalogPlugin | None = worker.plugins[PLUGIN_NAME] if worker is not None else None
         self.box = self.plugin.mailbox(job) if self.plugin is not None else None
@@ -180,6 +181,7 @@ class Collective:
             raise ValueError(f"{len(parts)} parts for {self.size} workers")
         self.seq += 1
         self.stats.rounds += 1
+        self._check_alive()
         if self.size == 1:
             return [parts[0]]
         seq = self.seq
@@ -193,6 +195,16 @@ class Collective:
         self.stats.bytes_received += sum(payload_bytes(received[p]) for p in peers)
         received[self.rank] = parts[self.rank]
         return [received[p] for p in range(self.size)]
+
+    def _check_alive(self) -> None:
+        """At most every POLL_S: stop if the client no longer wants this job (released its
+        task: Client.close, cancel, Ctrl-C), even while rounds complete without waiting."""
+        now = time.monotonic()
+        if now - self._checked < POLL_S:
+            return
+        self._checked = now
+        if not self.alive():
+            raise JobAborted(f"job {self.job} stopped: its task was released by the client")
 
     def allgather(self, part: Any) -> list[Any]:
         """Every worker's ``part``, by rank."""

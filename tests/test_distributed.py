@@ -291,3 +291,38 @@ def test_concurrent_jobs_do_not_see_each_other(clients: dict[int, Client]) -> No
     for name in ("reach", "sg", "cspa", "andersen"):
         assert outcomes.get(name) == single_shard(name), name
     _assert_no_job_state(clients[2])
+
+
+def test_closing_the_client_stops_the_job_and_frees_its_state(clients: dict[int, Client]) -> None:
+    """A long fixpoint (a 20,000-edge chain: one iteration per edge) whose client goes away:
+    the workers notice within a poll interval, stop, and drop the job's mailboxes."""
+    import time
+
+    scheduler = clients[2].scheduler.address
+    owner = Client(scheduler, set_as_default=False)
+    chain = np.stack([np.arange(20_000), np.arange(1, 20_001)], axis=1)
+    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            program.run(facts={"e": chain}, backend="numpy", client=owner)
+        except BaseException as error:  # the client closing under it is the point
+            failures.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not any(clients[2].run(lambda dask_worker: len(dask_worker.plugins[PLUGIN_NAME].mailboxes)).values()):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    owner.close()
+    thread.join(timeout=30)
+    assert failures, "the run should not have finished"
+    while any(clients[2].run(lambda dask_worker: len(dask_worker.plugins[PLUGIN_NAME].mailboxes)).values()):
+        assert time.monotonic() < deadline + 10, "the job kept running after its client closed"
+        time.sleep(0.1)
+    check = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    result = check.run(facts={"e": chain[:50]}, backend="numpy", client=clients[2])
+    assert result.sizes["r"] == 51
+    result.close()

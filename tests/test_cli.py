@@ -1,0 +1,109 @@
+"""The command line: where a run happens (embedded cluster, existing cluster, this process),
+what it writes, and how it fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from distributed import Client, LocalCluster
+
+from dask_datalog.cluster.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+REACH = ROOT / "examples" / "reach.dl"
+FACTS = ROOT / "examples" / "facts" / "reach"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    out = tmp_path_factory.mktemp("reference")
+    assert main(["run", str(REACH), "-F", str(FACTS), "-D", str(out), "--no-cluster"]) == 0
+    return (out / "path.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> LocalCluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as c:
+        yield c
+
+
+def test_embedded_cluster_is_the_default(tmp_path: Path, reference: bytes) -> None:
+    stats = tmp_path / "stats.json"
+    code = main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--workers", "2", "--stats", str(stats)])
+    assert code == 0
+    assert (tmp_path / "path.csv").read_bytes() == reference
+    data = json.loads(stats.read_text())
+    assert data["workers"] == 2
+    assert len(data["per_worker"]) == 2
+    iteration = data["per_worker"][0]["strata"][-1]["iterations"][-1]
+    assert {"join", "dedup", "merge", "exchange", "delta"} <= set(iteration)
+    assert {"bytes_sent", "bytes_received", "send_s", "wait_s"} <= set(iteration["exchange"])
+
+
+def test_scheduler_address_and_file(tmp_path: Path, cluster: LocalCluster, reference: bytes) -> None:
+    address = cluster.scheduler_address
+    assert main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path / "a"), "--scheduler", address]) == 0
+    assert (tmp_path / "a" / "path.csv").read_bytes() == reference
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler_file.write_text(json.dumps({"address": address}))
+    assert main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path / "b"), "--scheduler-file", str(scheduler_file)]) == 0
+    assert (tmp_path / "b" / "path.csv").read_bytes() == reference
+    with Client(address, set_as_default=False) as client:  # the job left nothing behind
+        assert not any(client.run(lambda dask_worker: len(dask_worker.plugins["dask-datalog"].mailboxes)).values())
+
+
+def test_parquet_output(tmp_path: Path, cluster: LocalCluster, reference: bytes) -> None:
+    code = main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--format", "parquet", "--scheduler", cluster.scheduler_address])
+    assert code == 0
+    table = pq.read_table(tmp_path / "path")
+    lines = [f"{x}\t{y}\n" for x, y in zip(table.column("x").to_pylist(), table.column("y").to_pylist())]
+    assert "".join(lines).encode() == reference
+    assert len(list((tmp_path / "path").glob("part-*.parquet"))) == 2
+
+
+def test_stdout_output_with_a_cluster(capsys: pytest.CaptureFixture[str], cluster: LocalCluster, reference: bytes) -> None:
+    assert main(["run", str(REACH), "-F", str(FACTS), "-D", "-", "--scheduler", cluster.scheduler_address]) == 0
+    out = capsys.readouterr().out
+    assert out == f"---------------\npath\n===============\n{reference.decode()}===============\npath\t16\n"
+
+
+def test_bad_fact_file_is_one_line_on_a_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str], cluster: LocalCluster) -> None:
+    (tmp_path / "edge.facts").write_text("1\t2\n3\tx\n")
+    assert main(["run", str(REACH), "-F", str(tmp_path), "--no-cluster"]) == 1
+    single = capsys.readouterr().err
+    assert main(["run", str(REACH), "-F", str(tmp_path), "--scheduler", cluster.scheduler_address]) == 1
+    err = capsys.readouterr().err
+    assert err == single
+    assert err.startswith(f"{tmp_path / 'edge.facts'}:2:") and err.count("\n") == 1
+
+
+def test_bad_program_never_starts_a_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    program = tmp_path / "bad.dl"
+    program.write_text(".decl e(x:number)\ne(x) :- f(x).\n")
+    assert main(["run", str(program)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{program}:2:9: error:")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "2", "--no-cluster"], "--workers sizes the embedded cluster"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--format", "parquet", "-D", "-"], "--format parquet needs an output directory"),
+        (["--scheduler", "tcp://x:1", "--no-cluster"], "not allowed with argument"),
+    ],
+)
+def test_argument_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["run", str(REACH), *args])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_scheduler_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(REACH), "-F", str(FACTS), "--scheduler-file", str(tmp_path / "none.json")]) == 1
+    assert "scheduler file" in capsys.readouterr().err
