@@ -202,7 +202,8 @@ def run_engine(spec: dict, repeat: int, timeout_s: float, label: str) -> EngineO
 
 
 def cli_wall(spec: dict, repeat: int, timeout_s: float) -> float | None:
-    """Best wall time of the real command, `dask-datalog run PROG -F DIR -D OUT`, in a fresh
+    """Best wall time of the real command, `dask-datalog run PROG -F DIR -D OUT --no-cluster`
+    (the single-shard engine in this process; bench/distributed.py measures the Dask path), in a fresh
     process: interpreter start, imports, parsing, loading, evaluation and writing the CSV,
     as Soufflé's published wall times count them."""
     text, _, _ = PROGRAMS[spec["program"]]
@@ -213,7 +214,7 @@ def cli_wall(spec: dict, repeat: int, timeout_s: float) -> float | None:
         (facts_dir / "edge.facts").symlink_to(Path(spec["facts"]).resolve())
         prog.write_text(text)
         cmd = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(prog), "-F", str(facts_dir),
-               "-D", str(out_dir), "--backend", spec["backend"]]
+               "-D", str(out_dir), "--backend", spec["backend"], "--no-cluster"]
         for _ in range(repeat):
             m = common.measure(cmd, timeout_s)
             if m.timed_out or m.returncode != 0:
@@ -347,7 +348,7 @@ def main(argv: list[str]) -> int:
                + ("; ours warmed up on tiny/data_10" if warmup else ""),
                "time: wall seconds of loading + evaluation (ours: Program.run(); DuckDB: "
                "read_csv into a table + count(*) of the recursive CTE); ours process: the "
-               "command `dask-datalog run PROG -F DIR -D OUT` as a whole (interpreter start, "
+               "command `dask-datalog run PROG -F DIR -D OUT --no-cluster` as a whole (interpreter start, "
                "imports, parsing, loading, evaluation, writing the CSV), the figure comparable "
                "with Soufflé's; RSS: peak of the run's process tree",
                "iters: rounds of the recursive stratum that derived new tuples (as "

@@ -326,3 +326,33 @@ def test_closing_the_client_stops_the_job_and_frees_its_state(clients: dict[int,
     result = check.run(facts={"e": chain[:50]}, backend="numpy", client=clients[2])
     assert result.sizes["r"] == 51
     result.close()
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_examples_on_the_array_api_path(clients: dict[int, Client], name: str) -> None:
+    """The CuPy code path (array API on NumPy) through the distributed runtime."""
+    result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend="numpy-xp", client=clients[3])
+    for rel, tuples in single_shard(name).items():
+        assert result.tuples(rel) == tuples, rel
+    result.close()
+
+
+def test_progress_events_reach_the_client(clients: dict[int, Client]) -> None:
+    from dask_datalog.cluster.progress import ProgressState
+
+    events: list[dict] = []
+    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    chain = np.stack([np.arange(400), np.arange(1, 401)], axis=1)
+    result = program.run(facts={"e": chain}, backend="numpy", client=clients[2], progress=events.append)
+    result.close()
+    import time
+
+    deadline = time.monotonic() + 5
+    while {e["rank"] for e in events} != {0, 1} and time.monotonic() < deadline:
+        time.sleep(0.05)  # events travel worker -> scheduler -> client asynchronously
+    assert {e["rank"] for e in events} == {0, 1}
+    state = ProgressState(strata=2)
+    for e in events:
+        state.update(e)
+    assert state.line().startswith("stratum ")
+    assert all({"rank", "stratum", "iteration", "delta", "found"} <= set(e) for e in events), events[:3]
