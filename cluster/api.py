@@ -42,14 +42,14 @@ class Result:
 
     @property
     def sizes(self) -> dict[str, int]:
-        return {name: self._run.size(name) for name in self._run.packed}
+        return {name: self._run.size(name) for name in self._run.program.relations}
 
     @property
     def stats(self) -> dict[str, Any]:
         return self._run.stats
 
     def _relation(self, name: str) -> tuple[np.ndarray, Any]:
-        if name not in self._run.packed:
+        if name not in self._run.program.relations:
             raise KeyError(f"no relation '{name}' in this program")
         return self._run.rows(name), self._run.program.relations[name]
 
@@ -71,7 +71,7 @@ class Result:
     def dataframe(self, name: str) -> dd.DataFrame:
         """A Dask DataFrame of the relation: one partition per worker, built on the workers
         for a distributed run (nothing passes through this process), one for a local run."""
-        if name not in self._run.packed:
+        if name not in self._run.program.relations:
             raise KeyError(f"no relation '{name}' in this program")
         if isinstance(self._run, DistributedRun):
             return self._run.frame(name)

@@ -98,10 +98,6 @@ class DistributedRun:
         return self.sizes[name]
 
     @property
-    def packed(self) -> dict[str, int]:
-        return self.sizes
-
-    @property
     def symbols(self) -> SymbolTable:
         """The job's symbol table (the same on every worker), fetched once when decoding."""
         if self._symbols is None:

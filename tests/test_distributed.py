@@ -3,7 +3,8 @@
 In-process Dask workers (threads of this process, real TCP-free comms but the same handlers,
 collectives and code paths) for the bulk of the cases; a cluster of worker processes for a
 few, to prove the messages pickle and travel between processes, and for the test that no tuple
-passes through the client.
+passes through the client. The workers use the suite's ``--backend``: with ``cupy`` they share
+the GPU (``test_distributed_gpu.py`` adds a ``LocalCUDACluster``).
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def _assert_no_job_state(client: Client) -> None:
 
 @pytest.mark.parametrize("n", WORKER_COUNTS)
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
-def test_examples_match_single_shard(clients: dict[int, Client], name: str, n: int) -> None:
-    result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend="numpy", client=clients[n])
+def test_examples_match_single_shard(clients: dict[int, Client], name: str, n: int, backend: str) -> None:
+    result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend=backend, client=clients[n])
     try:
         want = single_shard(name)
         for rel, tuples in want.items():
@@ -88,12 +89,12 @@ def test_examples_match_single_shard(clients: dict[int, Client], name: str, n: i
 
 @pytest.mark.parametrize("n", (1, 3))
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
-def test_example_outputs_are_byte_identical(clients: dict[int, Client], name: str, n: int, tmp_path: Path) -> None:
+def test_example_outputs_are_byte_identical(clients: dict[int, Client], name: str, n: int, tmp_path: Path, backend: str) -> None:
     """CSV written by the workers, each at its offset of one file, equals the engine's."""
     facts = EXAMPLES / "facts" / name
     printed_one, printed_many = io.StringIO(), io.StringIO()
     example(name).run(fact_dir=facts, backend="numpy").write(tmp_path / "one", printed_one)
-    result = example(name).run(fact_dir=facts, backend="numpy", client=clients[n])
+    result = example(name).run(fact_dir=facts, backend=backend, client=clients[n])
     result.write(tmp_path / "many", printed_many)
     result.close()
     assert printed_many.getvalue() == printed_one.getvalue()
@@ -104,10 +105,10 @@ def test_example_outputs_are_byte_identical(clients: dict[int, Client], name: st
         assert (tmp_path / "many" / f).read_bytes() == (tmp_path / "one" / f).read_bytes(), f
 
 
-def test_parquet_dataset_holds_the_relation(clients: dict[int, Client], tmp_path: Path) -> None:
+def test_parquet_dataset_holds_the_relation(clients: dict[int, Client], tmp_path: Path, backend: str) -> None:
     import pyarrow.parquet as pq
 
-    result = example("reach").run(fact_dir=EXAMPLES / "facts" / "reach", backend="numpy", client=clients[3])
+    result = example("reach").run(fact_dir=EXAMPLES / "facts" / "reach", backend=backend, client=clients[3])
     result.write(tmp_path, io.StringIO(), "parquet")
     result.close()
     parts = sorted((tmp_path / "path").glob("part-*.parquet"))
@@ -120,8 +121,8 @@ def test_parquet_dataset_holds_the_relation(clients: dict[int, Client], tmp_path
     assert flat == sorted(flat), "parts are ranges of the sorted relation, in part order"
 
 
-def test_dask_dataframe_result(clients: dict[int, Client]) -> None:
-    result = example("sg").run(fact_dir=EXAMPLES / "facts" / "sg", backend="numpy", client=clients[2])
+def test_dask_dataframe_result(clients: dict[int, Client], backend: str) -> None:
+    result = example("sg").run(fact_dir=EXAMPLES / "facts" / "sg", backend=backend, client=clients[2])
     frame = result.dataframe("sg")
     assert frame.npartitions == 2
     computed = clients[2].compute(frame).result()
@@ -137,9 +138,9 @@ def case_for(seed: int) -> GeneratedCase:
     return generate_case(seed)
 
 
-def check_distributed(case: GeneratedCase, client: Client, chunk_rows: int | None = None) -> None:
+def check_distributed(case: GeneratedCase, client: Client, backend: str, chunk_rows: int | None = None) -> None:
     result = Program(case.text, filename=f"<{case.label}>").run(
-        facts=case.api_facts(), backend="numpy", client=client, chunk_rows=chunk_rows, replicate_below=0
+        facts=case.api_facts(), backend=backend, client=client, chunk_rows=chunk_rows, replicate_below=0
     )
     try:
         for name, want in case.expected.items():
@@ -152,26 +153,26 @@ def check_distributed(case: GeneratedCase, client: Client, chunk_rows: int | Non
 
 @pytest.mark.parametrize("n", WORKER_COUNTS)
 @pytest.mark.parametrize("seed", range(0, 150, 3))
-def test_random_programs_match_reference(clients: dict[int, Client], seed: int, n: int) -> None:
+def test_random_programs_match_reference(clients: dict[int, Client], seed: int, n: int, backend: str) -> None:
     """Nothing replicated for its size: every relation partitioned, so joins on other keys,
     negations and aggregates take the exchange and co-partitioning paths."""
-    check_distributed(case_for(seed), clients[n])
+    check_distributed(case_for(seed), clients[n], backend)
 
 
 @pytest.mark.parametrize("seed", range(1, 150, 10))
-def test_random_programs_chunked(clients: dict[int, Client], seed: int) -> None:
+def test_random_programs_chunked(clients: dict[int, Client], seed: int, backend: str) -> None:
     """Join output a few rows at a time, so own/slice/exchange see many chunks."""
-    check_distributed(case_for(seed), clients[3], chunk_rows=3)
+    check_distributed(case_for(seed), clients[3], backend, chunk_rows=3)
 
 
 @pytest.mark.parametrize("seed", range(2, 150, 25))
-def test_random_programs_on_process_workers(process_client: Client, seed: int) -> None:
-    check_distributed(case_for(seed), process_client)
+def test_random_programs_on_process_workers(process_client: Client, seed: int, backend: str) -> None:
+    check_distributed(case_for(seed), process_client, backend)
 
 
 @pytest.mark.parametrize("name", ["reach", "andersen", "aggregate"])
-def test_examples_on_process_workers(process_client: Client, name: str) -> None:
-    result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend="numpy", client=process_client)
+def test_examples_on_process_workers(process_client: Client, name: str, backend: str) -> None:
+    result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend=backend, client=process_client)
     for rel, tuples in single_shard(name).items():
         assert result.tuples(rel) == tuples, rel
     result.close()
@@ -195,11 +196,11 @@ GRAPHS = [  # (program, relation, graph, published size)
 
 
 @pytest.mark.parametrize("name, relation, graph, size", GRAPHS)
-def test_shared_graphs_with_three_workers(clients: dict[int, Client], name: str, relation: str, graph: str, size: int) -> None:
+def test_shared_graphs_with_three_workers(clients: dict[int, Client], name: str, relation: str, graph: str, size: int, backend: str) -> None:
     path = SHARED / graph
     if not path.exists():
         pytest.skip(f"reference data {path} not present")
-    result = example(name).run(facts={"edge": path}, backend="numpy", client=clients[3])
+    result = example(name).run(facts={"edge": path}, backend=backend, client=clients[3])
     assert result.sizes[relation] == size
     per_worker = [w["local_sizes"][relation] for w in result.stats["per_worker"]]
     assert all(0 < s < size for s in per_worker), f"every worker holds a real part: {per_worker}"
