@@ -1,0 +1,564 @@
+#!/usr/bin/env python3
+"""Distributed benchmark: REACH and SG on 1, 2, 4 Dask workers beside the single-process engine,
+and the fixed cost of one iteration (a 3,000-edge chain).
+
+Part 1 runs `Program.run(facts={"edge": path}, client=client, backend="numpy")` on real graphs
+and reports the client's wall time next to what the workers' statistics say: evaluation and
+load time, the join / dedup+difference / merge phases (summed over iterations, max over
+workers), the collectives' send and wait time (max over workers), bytes exchanged, iterations,
+and the result size checked against shared/data/SOURCES.md. The single-process engine
+(`Program.run(..., backend="numpy")` without a client) runs on the same graphs in the same run
+as the baseline.
+
+Part 2 measures what one iteration costs when there is almost no work: single-source
+reachability along a chain of 3,000 edges (3,000 iterations of one new tuple each), given as a
+NumPy array; evaluation time / iterations, and send / wait per exchange round. Each cluster runs
+it twice and the second (warm) run is reported.
+
+Every cluster does one untimed warm-up run (REACH and SG on tiny/data_10) before anything is
+timed, so worker start-up and numba's JIT compilation are not in the numbers. Process workers
+come from `dask_datalog.cluster.runtime.start_cluster` (single-threaded workers, each with
+NUMBA_NUM_THREADS = cores / workers); `--threads` uses in-process workers instead.
+
+    .venv/bin/python bench/distributed.py                   # default graphs, 1, 2 and 4 workers
+    .venv/bin/python bench/distributed.py --quick           # chain + one small graph (smoke test)
+    .venv/bin/python bench/distributed.py --graphs reach:wing,sg:cti --workers 2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# This file is named distributed.py, and Python puts its folder first on sys.path: left there, it
+# would shadow the `distributed` package (here and in the spawned workers, which inherit
+# sys.path). So the folder goes, and bench/common.py is loaded by its path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+if "common" not in sys.modules:
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("common", _HERE / "common.py")
+    assert _spec is not None and _spec.loader is not None
+    sys.modules["common"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["common"])
+import common
+from common import fmt_ratio, fmt_seconds
+
+PROGRAM_FILES = {"reach": common.REPO_ROOT / "examples" / "reach.dl",
+                 "sg": common.REPO_ROOT / "examples" / "sg.dl"}
+RESULT_RELATION = {"reach": "path", "sg": "sg"}
+
+DEFAULT_PAIRS = [("reach", "luxembourg_osm"), ("reach", "ego-Facebook"),
+                 ("sg", "wing"), ("sg", "luxembourg_osm")]
+QUICK_PAIRS = [("reach", "OL.cedge")]
+
+CHAIN_EDGES = 3_000
+CHAIN_DL = """\
+.decl edge(x:number, y:number)
+.decl reach(x:number)
+.input edge
+.output reach
+reach(0).
+reach(y) :- reach(x), edge(x, y).
+"""
+
+# The repo's own copy: the data directory given may hold only the benchmark graphs.
+WARMUP_FILE = common.REPO_ROOT / "tests" / "data" / "tiny" / "data_10.txt"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the statistics
+
+
+def _strata_with(stats: dict, relation: str) -> list[int]:
+    """Indices of the strata that derive `relation` (all strata if none names it)."""
+    strata = stats.get("strata", [])
+    hit = [i for i, s in enumerate(strata) if relation in (s.get("relations") or ())]
+    return hit or list(range(len(strata)))
+
+
+def productive_iterations(workers: list[dict], relation: str) -> int | None:
+    """Iterations of the stratum deriving `relation` in which some worker derived a new tuple
+    (the closing round that finds nothing is not counted, as SOURCES.md counts). `workers`:
+    one stats dict per worker (a single-process run is one worker)."""
+    idx = _strata_with(workers[0], relation)
+    if not idx:
+        return None
+    i = idx[0]
+    lists = [w["strata"][i]["iterations"] for w in workers]
+    n = max(len(its) for its in lists)
+    return sum(1 for j in range(n)
+               if any(j < len(its) and sum(its[j].get("delta", {}).values()) > 0 for its in lists))
+
+
+def iterations_run(workers: list[dict]) -> int:
+    """Every iteration of every stratum, the closing empty ones included (max over workers)."""
+    return max(sum(len(s["iterations"]) for s in w.get("strata", [])) for w in workers)
+
+
+def phase_sums(w: dict) -> dict[str, float]:
+    """One worker's join, dedup+difference and merge seconds, summed over all iterations, and
+    its per-iteration exchange figures summed the same way."""
+    out = {"join": 0.0, "dedup_diff": 0.0, "merge": 0.0,
+           "it_rounds": 0, "it_send": 0.0, "it_wait": 0.0}
+    for s in w.get("strata", []):
+        for it in s["iterations"]:
+            out["join"] += it.get("join", 0.0)
+            out["dedup_diff"] += it.get("dedup", 0.0) + it.get("difference", 0.0)
+            out["merge"] += it.get("merge", 0.0)
+            ex = it.get("exchange")
+            if ex:
+                out["it_rounds"] += ex["rounds"]
+                out["it_send"] += ex["send_s"]
+                out["it_wait"] += ex["wait_s"]
+    return out
+
+
+@dataclass
+class Measured:
+    """One timed run, single-process or distributed."""
+
+    setting: str  # "single", "2 proc", "4 thr", ...
+    status: str = "ok"  # "ok", "error", "missing"
+    wall_s: float | None = None
+    eval_s: float | None = None
+    load_s: float | None = None
+    join_s: float | None = None
+    dedup_s: float | None = None
+    merge_s: float | None = None
+    send_s: float | None = None
+    wait_s: float | None = None
+    rounds: int | None = None
+    bytes: int | None = None
+    size: int | None = None
+    iterations: int | None = None  # productive ones
+    iterations_run: int | None = None  # all, closing rounds included
+    per_round_send: float | None = None  # evaluation's rounds only
+    per_round_wait: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def measure_run(prog: Any, facts: Any, relation: str, setting: str, client: Any = None) -> Measured:
+    """Time one Program.run and read its statistics."""
+    t0 = time.perf_counter()
+    if client is None:
+        res = prog.run(facts={"edge": facts}, backend="numpy")
+    else:
+        res = prog.run(facts={"edge": facts}, client=client, backend="numpy")
+    wall = time.perf_counter() - t0
+    try:
+        stats = res.stats
+        workers = stats["per_worker"] if client is not None else [stats]
+        phases = [phase_sums(w) for w in workers]
+        m = Measured(setting=setting, wall_s=wall, eval_s=float(stats["total_s"]),
+                     load_s=float(stats["load_s"]),
+                     join_s=max(p["join"] for p in phases),
+                     dedup_s=max(p["dedup_diff"] for p in phases),
+                     merge_s=max(p["merge"] for p in phases),
+                     size=int(res.sizes[relation]),
+                     iterations=productive_iterations(workers, relation),
+                     iterations_run=iterations_run(workers))
+        if client is not None:
+            ex = [w["exchange"] for w in workers]
+            m.send_s = max(e["send_s"] for e in ex)
+            m.wait_s = max(e["wait_s"] for e in ex)
+            m.rounds = max(e["rounds"] for e in ex)
+            m.bytes = int(stats["bytes_exchanged"])
+            m.extra["it_rounds"] = max(p["it_rounds"] for p in phases)
+            rounds_ok = [p for p in phases if p["it_rounds"]]
+            if rounds_ok:
+                m.per_round_send = max(p["it_send"] / p["it_rounds"] for p in rounds_ok)
+                m.per_round_wait = max(p["it_wait"] / p["it_rounds"] for p in rounds_ok)
+        return m
+    finally:
+        res.close()  # free the shards on the workers
+
+
+def chain_edges(n: int = CHAIN_EDGES) -> np.ndarray:
+    i = np.arange(n, dtype=np.int64)
+    return np.stack([i, i + 1], axis=1)
+
+
+def set_kernel_min_rows(rows: int | None) -> tuple[int, bool]:
+    """Set the engine's KERNEL_MIN_ROWS in this process (None: leave it); returns the value it
+    had and whether the numba kernels are loaded. Runs on the workers through client.run.
+
+    The NumPy backend starts numba only once an operation reaches KERNEL_MIN_ROWS rows or the
+    process has computed for KERNEL_AFTER_S seconds, so a warm-up on a tiny graph alone would
+    leave numba's start-up and JIT to the first timed run that lasts long enough. With 0 during
+    the warm-up the kernels load and compile there, and every timed run uses them."""
+    from dask_datalog.engine import backend
+
+    old = backend.KERNEL_MIN_ROWS
+    if rows is not None:
+        backend.KERNEL_MIN_ROWS = rows
+    return old, backend._kernels is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fmt_size(n: int | None) -> str:
+    """Bytes as B / KiB / MiB / GiB with 3 significant-ish digits ('-' for None)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.0f} {unit}" if v >= 100 else f"{v:.1f} {unit}" if v >= 10 else f"{v:.2f} {unit}"
+    return f"{n} B"
+
+
+def fmt_ms(s: float | None) -> str:
+    if s is None:
+        return "-"
+    ms = s * 1e3
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 0.1 else f"{ms:.3f}"
+
+
+def parse_pairs(spec: str | None, programs: list[str], quick: bool) -> list[tuple[str, str]]:
+    """`--graphs`: items `prog:graph` (one pair) or a bare graph (every program of --programs)."""
+    if not spec:
+        base = QUICK_PAIRS if quick else DEFAULT_PAIRS
+        return [(p, g) for p, g in base if p in programs]
+    pairs: list[tuple[str, str]] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if ":" in item:
+            p, g = item.split(":", 1)
+            pairs.append((p.strip().lower(), g.strip()))
+        else:
+            pairs.extend((p, item) for p in programs)
+    return pairs
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA,
+                    help="graph directory (default: ../shared/data beside the repo)")
+    ap.add_argument("--graphs", help="comma-separated: `prog:graph` (e.g. reach:wing) or a "
+                    "graph name (run with every program of --programs); default: "
+                    + ", ".join(f"{p}:{g}" for p, g in DEFAULT_PAIRS))
+    ap.add_argument("--programs", default="reach,sg",
+                    help="programs for bare graph names and the default list (reach,sg)")
+    ap.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    ap.add_argument("--threads", action="store_true",
+                    help="in-process (thread) workers: LocalCluster(processes=False)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke test: the chain and {QUICK_PAIRS[0][0]}:{QUICK_PAIRS[0][1]} only "
+                    "(unless --graphs)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="graph runs: best of N (by wall time) per setting; default 3, 1 with --quick")
+    ap.add_argument("--no-single", action="store_true", help="skip the single-process baseline")
+    ap.add_argument("--no-chain", action="store_true", help="skip the per-iteration chain")
+    return ap.parse_args(argv)
+
+
+def describe_graph(path: Path) -> str:
+    with open(path, "rb") as f:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    return f"{path} ({lines:,} lines, {path.stat().st_size:,} bytes)"
+
+
+def start(n: int, threads: bool) -> tuple[Any, Any]:
+    from dask_datalog.cluster.runtime import start_cluster
+    from distributed import Client
+
+    cluster = start_cluster(n, "numpy", processes=not threads)
+    return cluster, Client(cluster)
+
+
+def stop(cluster: Any, client: Any) -> None:
+    for thing in (client, cluster):
+        if thing is None:
+            continue
+        try:
+            thing.close()
+        except Exception as e:  # noqa: BLE001 -- closing is best effort; the next cluster is new anyway
+            log(f"  (closing: {e!r})")
+
+
+def worker_env(client: Any) -> str:
+    """NUMBA_NUM_THREADS as the workers see it (one value per worker, deduplicated)."""
+    try:
+        seen = client.run(lambda: os.environ.get("NUMBA_NUM_THREADS", "unset"))
+        return ",".join(sorted(set(seen.values())))
+    except Exception:  # noqa: BLE001 -- report it, go on with the rest
+        return "?"
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    data: Path = args.data.resolve()
+    if not data.is_dir():
+        log(f"error: data directory {data} not found. The benchmark graphs are expected in "
+            f"../shared/data relative to the repository root ({common.DEFAULT_DATA}); "
+            "pass --data DIR to point elsewhere.")
+        return 2
+    programs = [p.strip().lower() for p in args.programs.split(",") if p.strip()]
+    pairs = parse_pairs(args.graphs, programs, args.quick)
+    unknown = sorted({p for p, _ in pairs if p not in PROGRAM_FILES} | {p for p in programs if p not in PROGRAM_FILES})
+    if unknown:
+        log(f"error: unknown program(s) {unknown}; choose from {sorted(PROGRAM_FILES)}")
+        return 2
+    try:
+        counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    except ValueError:
+        log(f"error: --workers wants comma-separated integers, got {args.workers!r}")
+        return 2
+    if not counts or min(counts) < 1:
+        log("error: --workers needs at least one count >= 1")
+        return 2
+
+    from dask_datalog.cluster import Program
+
+    progs = {name: Program.from_file(path) for name, path in PROGRAM_FILES.items()}
+    chain_prog = Program(CHAIN_DL, filename="chain.dl")
+    chain = chain_edges()
+    kind = "thr" if args.threads else "proc"
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        log("error: --repeat must be >= 1")
+        return 2
+    load_before = os.getloadavg()
+    machine = common.machine_lines()  # the date is the run's start
+
+    files: dict[str, Path | None] = {}
+    for _, g in pairs:
+        if g not in files:
+            files[g] = common.graph_file(data, g)
+    missing = [g for g, f in files.items() if f is None]
+    for g in missing:
+        log(f"warning: graph {g} not found in {data} (expected {data / g}/data_*.txt or "
+            f"edge.facts); its rows say 'missing'")
+
+    graph_rows: dict[tuple[str, str], list[Measured]] = {pair: [] for pair in pairs}
+    chain_rows: list[Measured] = []
+    cluster_notes: list[str] = []
+
+    def run_pairs(setting: str, client: Any) -> None:
+        for program, graph in pairs:
+            facts = files[graph]
+            if facts is None:
+                graph_rows[(program, graph)].append(Measured(setting, status="missing"))
+                continue
+            best: Measured | None = None
+            try:
+                for k in range(repeat):
+                    m = measure_run(progs[program], str(facts), RESULT_RELATION[program], setting, client)
+                    log(f"  {setting} {program} {graph} run {k + 1}/{repeat}: wall {m.wall_s:.3f} s, "
+                        f"eval {m.eval_s:.3f} s, size {m.size:,}, iters {m.iterations}")
+                    if best is None or m.wall_s < best.wall_s:
+                        best = m
+            except Exception:  # noqa: BLE001 -- report it, go on with the rest
+                log(f"  {setting} {program} {graph}: FAILED\n{traceback.format_exc()}")
+                graph_rows[(program, graph)].append(Measured(setting, status="error"))
+                continue
+            assert best is not None
+            graph_rows[(program, graph)].append(best)
+
+    def run_chain(setting: str, client: Any) -> None:
+        if args.no_chain:
+            return
+        try:
+            first = measure_run(chain_prog, chain, "reach", setting, client)
+            second = measure_run(chain_prog, chain, "reach", setting, client)
+        except Exception:  # noqa: BLE001 -- report it, go on with the rest
+            log(f"  {setting} chain: FAILED\n{traceback.format_exc()}")
+            chain_rows.append(Measured(setting, status="error"))
+            return
+        second.extra["first_eval_s"] = first.eval_s
+        second.extra["first_iters"] = first.iterations_run
+        log(f"  {setting} chain: eval {first.eval_s:.3f} s then {second.eval_s:.3f} s "
+            f"({second.iterations_run} iterations)")
+        chain_rows.append(second)
+
+    def warm_up(client: Any) -> tuple[float, str]:
+        """REACH, SG and a 10-edge chain, untimed, with the numba kernels forced on; returns
+        the seconds it took and whether the kernels are loaded (per worker)."""
+        t0 = time.perf_counter()
+        if client is None:
+            old, _ = set_kernel_min_rows(0)
+        else:
+            old = next(iter(client.run(set_kernel_min_rows, 0).values()))[0]
+        try:
+            jobs = [(progs[name], str(WARMUP_FILE)) for name in ("reach", "sg")]
+            jobs.append((chain_prog, chain_edges(10)))
+            for prog, facts in jobs:
+                if client is None:
+                    res = prog.run(facts={"edge": facts}, backend="numpy")
+                else:
+                    res = prog.run(facts={"edge": facts}, client=client, backend="numpy")
+                res.close()
+        finally:
+            if client is None:
+                loaded = [set_kernel_min_rows(old)[1]]
+            else:
+                loaded = [v[1] for v in client.run(set_kernel_min_rows, old).values()]
+        state = "all" if all(loaded) else f"{sum(loaded)} of {len(loaded)}"
+        return time.perf_counter() - t0, state
+
+    t_start = time.perf_counter()
+    if not args.no_single:
+        log("single process:")
+        w, kernels = warm_up(None)
+        cluster_notes.append(f"single: this process, warm-up {w:.1f} s, numba kernels loaded: {kernels}")
+        run_chain("single", None)
+        run_pairs("single", None)
+
+    for n in counts:
+        setting = f"{n} {kind}"
+        log(f"{setting}:")
+        cluster = client = None
+        try:
+            t0 = time.perf_counter()
+            cluster, client = start(n, args.threads)
+            t_up = time.perf_counter() - t0
+            w, kernels = warm_up(client)
+            env = worker_env(client) if not args.threads else "(shared process)"
+            cluster_notes.append(f"{setting}: started in {t_up:.1f} s, warm-up {w:.1f} s, numba "
+                                 f"kernels loaded on {kernels} workers, NUMBA_NUM_THREADS={env}")
+        except Exception:  # noqa: BLE001 -- report it, go on with the rest
+            log(f"  {setting}: cluster start or warm-up FAILED\n{traceback.format_exc()}")
+            cluster_notes.append(f"{setting}: cluster start or warm-up FAILED")
+            stop(cluster, client)
+            if not args.no_chain:
+                chain_rows.append(Measured(setting, status="error"))
+            for pair in pairs:
+                graph_rows[pair].append(Measured(setting, status="error"))
+            continue
+        try:
+            run_chain(setting, client)
+            run_pairs(setting, client)
+        finally:
+            stop(cluster, client)
+    elapsed = time.perf_counter() - t_start
+
+    # ---------------------------------------------------------------------------------------
+    # Report
+
+    header = machine
+    header.append(f"versions (cluster): dask {common.pkg_version('dask')}, distributed "
+                  f"{common.pkg_version('distributed')}, numba {common.pkg_version('numba')}")
+    header.append(f"data: {data}")
+    for g, f in files.items():
+        header.append(f"  {g}: " + (describe_graph(f) if f else "MISSING"))
+    header += [
+        "clusters: " + ("in-process thread workers, LocalCluster(processes=False)" if args.threads
+                        else "process workers from dask_datalog.cluster.runtime.start_cluster(n, 'numpy')")
+        + ", 1 thread each; workers: " + ",".join(map(str, counts)) + "; backend numpy; "
+        "each closed before the next starts",
+        ("warm-up: every cluster (and this process, for the single-process rows) first ran REACH "
+         "and SG on tiny/data_10 and a 10-edge chain untimed, with the engine's KERNEL_MIN_ROWS set "
+         "to 0 meanwhile so the numba kernels load and compile there: worker start-up and numba "
+         "JIT are not in the numbers (left alone, a fresh process switches to the kernels only "
+         "after 0.5 s of computing, inside a timed run)"),
+        *("  " + n for n in cluster_notes),
+        "single: Program.run(..., backend='numpy') in this process, no client (the baseline)",
+        (f"graph runs: best of {repeat} by wall time, each setting; total time of this run: "
+         f"{elapsed:.0f} s"),
+        "load average (1, 5, 15 min) at start: " + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; at end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        + f" (on {os.cpu_count()} cores; other work on the machine shows here)",
+    ]
+    print("\n".join(header) + "\n")
+
+    mismatches: list[str] = []
+    if pairs:
+        print(f"REACH / SG on graphs (best of {repeat} by wall time)")
+        print("  wall: Program.run() as the client sees it; eval: stats total_s (the fixpoint, "
+              "slowest worker); load: reading the facts (slowest worker);")
+        print("  other: wall - load - eval (scheduling, distributing the facts to their owners, "
+              "gathering statistics); join, dedup+diff, merge: summed over iterations, max over "
+              "workers;")
+        print("  send, wait: the job's collectives (loading's included), max over workers; rounds: "
+              "collectives per worker; exchanged: bytes sent, summed over workers;")
+        print("  iters: iterations that derived new tuples ('(truth n)' where SOURCES.md differs); "
+              "vs single: single-process wall / this wall")
+        headers = ["program", "graph", "run", "wall (s)", "eval (s)", "load (s)", "other (s)",
+                   "join (s)", "dedup+diff (s)", "merge (s)", "send (s)", "wait (s)", "rounds",
+                   "exchanged", "iters", "result size", "check", "vs single"]
+        rows: list[list[str]] = []
+        for (program, graph), ms in graph_rows.items():
+            expected = common.truth(graph, program)
+            single = next((m for m in ms if m.setting == "single" and m.status == "ok"), None)
+            for m in ms:
+                if m.status != "ok":
+                    rows.append([program, graph, m.setting, m.status] + ["-"] * (len(headers) - 4))
+                    continue
+                if expected.size is None:
+                    check = "unknown"
+                elif m.size == expected.size:
+                    check = "OK"
+                else:
+                    check = f"WRONG (truth {expected.size:,})"
+                    mismatches.append(f"{program} {graph} {m.setting}: {m.size:,} != {expected.size:,}")
+                iters = str(m.iterations)
+                if expected.iterations is not None and m.iterations != expected.iterations:
+                    iters += f" (truth {expected.iterations})"
+                other = m.wall_s - m.load_s - m.eval_s
+                ratio = single.wall_s / m.wall_s if single and m is not single and m.wall_s else None
+                rows.append([program, graph, m.setting, fmt_seconds(m.wall_s), fmt_seconds(m.eval_s),
+                             fmt_seconds(m.load_s), fmt_seconds(other), fmt_seconds(m.join_s),
+                             fmt_seconds(m.dedup_s), fmt_seconds(m.merge_s), fmt_seconds(m.send_s),
+                             fmt_seconds(m.wait_s), "-" if m.rounds is None else str(m.rounds),
+                             fmt_size(m.bytes), iters, f"{m.size:,}", check,
+                             "-" if m is single else fmt_ratio(ratio)])
+        print(common.format_table(headers, rows, align="lll" + "r" * 13 + "lr"))
+        print()
+
+    if chain_rows:
+        print(f"Per-iteration fixed cost: reach(0), reach(y) :- reach(x), edge(x, y) on the chain "
+              f"0 -> 1 -> ... -> {CHAIN_EDGES} ({CHAIN_EDGES:,} edges, a NumPy array through facts=)")
+        print("  second (warm) run of two on each cluster; iterations: all of them, the closing "
+              "empty one included; ms/iter: eval / iterations;")
+        print("  rounds, send/round, wait/round: the evaluation's collectives only (loading's "
+              "excluded), max over workers; 1st run ms/iter: the run before, for comparison")
+        headers = ["run", "iterations", "eval (s)", "ms/iter", "join ms/iter", "rounds",
+                   "send ms/round", "wait ms/round", "wall (s)", "1st run ms/iter", "result", "check"]
+        rows = []
+        for m in chain_rows:
+            if m.status != "ok":
+                rows.append([m.setting, m.status] + ["-"] * (len(headers) - 2))
+                continue
+            its = m.iterations_run or 1
+            rounds = m.extra.get("it_rounds")
+            first = m.extra.get("first_eval_s")
+            first_its = m.extra.get("first_iters") or its
+            ok = m.size == CHAIN_EDGES + 1
+            if not ok:
+                mismatches.append(f"chain {m.setting}: {m.size:,} != {CHAIN_EDGES + 1:,}")
+            rows.append([m.setting, f"{its:,}", fmt_seconds(m.eval_s), fmt_ms(m.eval_s / its),
+                         fmt_ms(m.join_s / its), "-" if rounds is None else f"{rounds:,}",
+                         fmt_ms(m.per_round_send), fmt_ms(m.per_round_wait), fmt_seconds(m.wall_s),
+                         fmt_ms(first / first_its) if first is not None else "-",
+                         f"{m.size:,}", "OK" if ok else f"WRONG (truth {CHAIN_EDGES + 1:,})"])
+        print(common.format_table(headers, rows, align="l" + "r" * 10 + "l"))
+        print()
+
+    if mismatches:
+        print("!!! RESULT SIZE MISMATCHES !!!")
+        for line in mismatches:
+            print(f"!!! {line}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
