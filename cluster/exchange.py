@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import WorkerPlugin
+from distributed.comm import get_address_host
 from distributed.protocol import to_serialize
 from distributed.utils import sync
+
+from .mesh import Mesh, PeerLost
 
 PLUGIN_NAME = "dask-datalog"
 POLL_S = 0.5  # how often a waiting worker checks that its job is still alive
@@ -168,6 +171,7 @@ class Collective:
         self.worker = worker
         self.alive = alive
         self.seq = 0
+        self.mesh: Mesh | None = None
         self._checked = time.monotonic()
         self.stats = ExchangeStats()
         self.plugin: DatalogPlugin | None = worker.plugins[PLUGIN_NAME] if worker is not None else None
@@ -188,13 +192,40 @@ class Collective:
         t0 = time.perf_counter()
         peers = [p for p in range(self.size) if p != self.rank]
         sent = sum(payload_bytes(parts[p]) for p in peers)
-        received, sent_at = sync(self.worker.loop, self._round, seq, [(p, parts[p]) for p in peers])
+        if self.mesh is not None:
+            try:
+                received, sent_at = self.mesh.exchange(seq, {p: parts[p] for p in peers}, POLL_S, self._check)
+            except PeerLost as lost:
+                raise JobAborted(f"job {self.job} stopped: {lost}") from lost
+        else:
+            received, sent_at = sync(self.worker.loop, self._round, seq, [(p, parts[p]) for p in peers])
         self.stats.send_s += sent_at - t0
         self.stats.wait_s += time.perf_counter() - sent_at
         self.stats.bytes_sent += sent
         self.stats.bytes_received += sum(payload_bytes(received[p]) for p in peers)
         received[self.rank] = parts[self.rank]
         return [received[p] for p in range(self.size)]
+
+    def open_mesh(self) -> None:
+        """Direct sockets to the peers (``mesh.py``) for the rounds that follow, on ``tcp://``
+        clusters; the listening addresses travel in one RPC round."""
+        if self.size == 1 or not all(p.startswith("tcp://") for p in self.peers):
+            return
+        mesh = Mesh(self.rank, self.size, get_address_host(self.peers[self.rank]))
+        try:
+            mesh.connect([tuple(a) for a in self.allgather(mesh.address)])
+        except OSError as error:  # a peer that failed meanwhile, or a network that refuses
+            mesh.close()
+            raise JobAborted(f"job {self.job} stopped: no direct connection between workers: {error}") from error
+        except BaseException:
+            mesh.close()
+            raise
+        self.mesh = mesh
+
+    def close(self) -> None:
+        if self.mesh is not None:
+            self.mesh.close()
+            self.mesh = None
 
     def _check_alive(self) -> None:
         """At most every POLL_S: stop if the client no longer wants this job (released its
@@ -203,6 +234,12 @@ class Collective:
         if now - self._checked < POLL_S:
             return
         self._checked = now
+        self._check()
+
+    def _check(self) -> None:
+        """Stop if the job was aborted (a peer failed, or the client said so) or released."""
+        if self.box is not None and self.box.aborted is not None:
+            raise JobAborted(f"job {self.job} stopped: {self.box.aborted}")
         if not self.alive():
             raise JobAborted(f"job {self.job} stopped: its task was released by the client")
 

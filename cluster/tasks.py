@@ -95,9 +95,15 @@ class _Phase:
         self.comm = Collective(job, rank, peers, self.worker, alive)
 
     def __enter__(self) -> Collective:
+        try:
+            self.comm.open_mesh()
+        except BaseException as error:
+            self.__exit__(type(error), error, None)
+            raise
         return self.comm
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
+        self.comm.close()  # a peer still waiting on this worker sees its sockets close
         if error is not None:
             self.comm.abort_peers(f"worker {self.comm.rank} failed: {error!r}")
         self.worker.plugins[PLUGIN_NAME].close_job(self.job)

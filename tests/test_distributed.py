@@ -357,3 +357,18 @@ def test_progress_events_reach_the_client(clients: dict[int, Client]) -> None:
         state.update(e)
     assert state.line().startswith("stratum ")
     assert all({"rank", "stratum", "iteration", "delta", "found"} <= set(e) for e in events), events[:3]
+
+
+def test_failure_on_process_workers_stops_the_mesh(process_client: Client, tmp_path: Path) -> None:
+    """Worker 1 fails while reading; worker 0, waiting on its direct sockets, stops too, and
+    the client gets the reading error."""
+    lines = [f"{i}\t{i + 1}" for i in range(4000)]
+    lines[3500] = "7\t-"
+    path = tmp_path / "edge.facts"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatalogError, match=":3501:"):
+        example("reach").run(facts={"edge": path}, backend="numpy", client=process_client)
+    _assert_no_job_state(process_client)
+    result = example("reach").run(fact_dir=EXAMPLES / "facts" / "reach", backend="numpy", client=process_client)
+    assert result.tuples("path") == single_shard("reach")["path"]
+    result.close()
