@@ -38,7 +38,7 @@ from dask_datalog.engine.plan import AggregateStep, JoinStep, NegationStep, Plan
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.buckets import bucket, split
 from dask_datalog.partition.hashing import shard_of, shard_of_rows
-from dask_datalog.partition.placement import Key, Placement, RuleRoute, StepRoute
+from dask_datalog.partition.placement import HeadRoute, Key, Placement, RuleRoute, StepRoute
 
 from .exchange import Collective
 
@@ -213,7 +213,9 @@ class ShardEvaluator(Evaluator):
         head = rp.rule.head
         store = self.stores[head.relation]
         layout = packed_layout(head)
-        head_route = route.head
+        # One worker owns everything: its head tuples are deduplicated where they are made, as
+        # in the single-shard engine, instead of being sorted once more to be "sent" to itself.
+        head_route = route.head if self.comm.size > 1 else HeadRoute("local")
         cuts = [i for i, r in enumerate(route.steps) if r.action == "exchange"]
         bounds = [0, *cuts, len(rp.steps)]
         tables: list[Bindings] = [Bindings(self.xp.zeros((1, 0), dtype=self.xp.uint32), ())]
