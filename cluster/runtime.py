@@ -21,7 +21,7 @@ from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.placement import REPLICATE_BELOW
 
 from .exchange import PLUGIN_NAME, DatalogPlugin, JobAborted
-from .tasks import JobSpec, evaluate_shard, shard_frame, shard_rows, shard_stats, write_shard
+from .tasks import JobSpec, Stopped, evaluate_shard, shard_frame, shard_rows, shard_stats, write_shard
 
 ProgressHandler = Callable[[dict[str, Any]], None]
 
@@ -42,18 +42,20 @@ def gpu_count() -> int:
 
 
 def start_cluster(workers: int | None, backend: str, processes: bool = True) -> Any:
-    """An embedded cluster: ``LocalCUDACluster`` (one worker per GPU) when the backend is CuPy,
-    or auto with a visible GPU; else a ``LocalCluster`` of single-threaded CPU workers, each
-    allowed its share of the cores for numba's parallel kernels."""
+    """An embedded cluster: ``LocalCUDACluster`` (one worker per GPU, or ``workers`` of them)
+    when the backend is CuPy or auto and CuPy sees a GPU; else a ``LocalCluster`` of
+    single-threaded worker processes, each allowed its share of the cores for numba's parallel
+    kernels (with CuPy and more workers than GPUs, these processes share the GPUs)."""
     import logging
 
     import dask
 
-    if backend == "cupy" or (backend == "auto" and gpu_count()):
+    gpus = gpu_count() if backend in ("cupy", "auto") else 0
+    if gpus and (workers is None or workers <= gpus):
         from dask_cuda import LocalCUDACluster
 
         kwargs = {} if workers is None else {"n_workers": workers}
-        return LocalCUDACluster(threads_per_worker=1, silence_logs=logging.ERROR, **kwargs)
+        return LocalCUDACluster(threads_per_worker=1, silence_logs=logging.ERROR, dashboard_address=":0", **kwargs)
     from distributed import LocalCluster
 
     n = workers or default_workers()
@@ -248,17 +250,20 @@ def _split_rows(source: Any, n: int) -> list[Any]:
 
 
 def _run_phase(client: Any, job: str, futures: Sequence[Any], keep: bool = False) -> list[Any]:
-    """Wait for one task per worker; on the first error (or Ctrl-C) stop the job on every
-    worker, release its tasks and raise the error that caused it (not a peer's JobAborted)."""
+    """Wait for one task per worker; on the first failure (an exception, or a ``Stopped``
+    result) or Ctrl-C, stop the job on every worker, release its tasks and raise the error that
+    caused it (not a peer's JobAborted). ``keep``: leave the results on the workers."""
     from distributed import as_completed
 
+    def failed(future: Any) -> bool:
+        return future.status == "error" or future.type is Stopped
+
     try:
-        failed = next((f for f in as_completed(futures, loop=client.loop) if f.status == "error"), None)
-        if failed is not None:
+        if next((f for f in as_completed(futures, loop=client.loop) if failed(f)), None) is not None:
             client.run(_abort, job, "a peer failed")
             for _ in as_completed(futures, loop=client.loop):
                 pass
-            errors = [f.exception() for f in futures if f.status == "error"]
+            errors = [f.exception() if f.status == "error" else f.result().error for f in futures if failed(f)]
             cause = next((e for e in errors if not isinstance(e, JobAborted)), errors[0])
             raise cause
         return [] if keep else client.gather(list(futures))

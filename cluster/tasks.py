@@ -11,9 +11,10 @@ so several jobs on one cluster never wait for each other's slots.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,13 @@ import numpy as np
 from dask_datalog.engine import facts as factio
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import get_backend
+from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.hisa import unpack
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.placement import REPLICATE_BELOW, place
 
-from .exchange import PLUGIN_NAME, Collective
+from .exchange import PLUGIN_NAME, Collective, JobAborted
 from .shard import ShardEvaluator
 
 PROGRESS_EVERY_S = 0.25  # progress events per worker: at most this often, plus each stratum's end
@@ -74,6 +76,26 @@ class Shard:
 # -- the worker side of a phase ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """A phase that ended on an expected error: the user's input or output directory
+    (``DatalogError``, ``OSError``) or a stop (``JobAborted``). Returned rather than raised, so
+    Dask does not log a traceback for it; the client re-raises ``error``."""
+
+    error: BaseException
+
+
+def _stops_on_expected_errors(task: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(task)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except (DatalogError, JobAborted, OSError) as error:
+            return Stopped(error)
+
+    return run
+
+
 class _Phase:
     """The context of one phase on one worker: its collectives and clean-up. The job's mailbox is
     dropped when the phase ends; an error tells the peers, so none of them waits forever."""
@@ -109,7 +131,8 @@ class _Phase:
         self.worker.plugins[PLUGIN_NAME].close_job(self.job)
 
 
-def evaluate_shard(spec: JobSpec, rank: int, arrays: dict[str, Any] | None = None) -> Shard:
+@_stops_on_expected_errors
+def evaluate_shard(spec: JobSpec, rank: int, arrays: dict[str, Any] | None = None) -> Shard | Stopped:
     """Phase 1 of a job on worker ``rank``: load, agree, evaluate. ``arrays``: this worker's
     slice of facts handed over as arrays or DataFrames through the API."""
     t0 = time.perf_counter()
@@ -234,7 +257,8 @@ def shard_rows(shard: Shard, name: str) -> np.ndarray:
     return shard.host_rows(name)
 
 
-def write_shard(shard: Shard, job: str, peers: Sequence[str], output_dir: str, fmt: str) -> dict[str, bytes]:
+@_stops_on_expected_errors
+def write_shard(shard: Shard, job: str, peers: Sequence[str], output_dir: str, fmt: str) -> dict[str, bytes] | Stopped:
     """Phase 2: write every ``.output`` relation from the workers. The rows are range-partitioned
     (splitters from samples every worker sees), so worker k holds the k-th range of the sorted
     relation; CSV parts are written at their offsets into the one file, Parquet parts as the
