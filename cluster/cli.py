@@ -16,6 +16,7 @@ from typing import Any
 
 from ..engine.errors import DatalogError
 from ..engine.plan import plan_program
+from ..partition.placement import REPLICATE_BELOW
 from .api import Program, Result
 
 
@@ -60,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="workers of the embedded cluster (default: one per GPU with cupy, else one per core)",
+    )
+    run.add_argument(
+        "--replicate-below",
+        type=int,
+        metavar="BYTES",
+        default=REPLICATE_BELOW,
+        help="static relations smaller than this are copied to every worker instead of partitioned "
+        f"(default: {REPLICATE_BELOW // 2**20} MiB)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress display (it is off anyway when stderr is not a terminal)")
     run.add_argument("--stats", type=Path, help="write per-stratum, per-iteration (per-worker) statistics as JSON to this file")
@@ -108,7 +117,9 @@ def _run(program: Program, args: argparse.Namespace, stack: ExitStack) -> Result
         strata = len(plan_program(program.ir).strata)
         display = stack.enter_context(ProgressDisplay(strata, client.dashboard_link))
         progress = display.handler
-    result = program.run(fact_dir=args.fact_dir, backend=args.backend, client=client, progress=progress)
+    result = program.run(
+        fact_dir=args.fact_dir, backend=args.backend, client=client, progress=progress, replicate_below=args.replicate_below
+    )
     stack.callback(result.close)
     return result
 

@@ -72,7 +72,9 @@ from dask_datalog.engine.plan import AggregateStep, JoinStep, NegationStep, Plan
 # extra column order it is probed in (2-3 copies: ~200 MiB), about 1% of a 16 GiB CPU worker
 # and far less of an 80 GiB GPU; broadcasting it over 10 GbE takes ~55 ms once per run, the
 # budget of ~25 iterations, while it removes an exchange from every iteration. Every edge list
-# of the published REACH/SG benchmarks (at most 410 k edges: 3.3 MB) falls below it.
+# of the published REACH/SG benchmarks (at most 410 k edges: 3.3 MB) falls below it. Measured
+# with 2 workers (docs/benchmarks.md): replicating the edges instead of partitioning them took
+# REACH ego-Facebook from 1.69 s to 0.51 s and luxembourg_osm from 1.28 s to 1.09 s.
 REPLICATE_BELOW = 64 * 2**20
 
 Key = tuple[int, ...]

@@ -32,7 +32,8 @@ def cluster() -> LocalCluster:
 
 def test_embedded_cluster_is_the_default(tmp_path: Path, reference: bytes) -> None:
     stats = tmp_path / "stats.json"
-    code = main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--workers", "2", "--stats", str(stats)])
+    code = main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--workers", "2", "--stats", str(stats),
+                 "--replicate-below", "0"])
     assert code == 0
     assert (tmp_path / "path.csv").read_bytes() == reference
     data = json.loads(stats.read_text())
@@ -41,6 +42,8 @@ def test_embedded_cluster_is_the_default(tmp_path: Path, reference: bytes) -> No
     iteration = data["per_worker"][0]["strata"][-1]["iterations"][-1]
     assert {"join", "dedup", "merge", "exchange", "delta"} <= set(iteration)
     assert {"bytes_sent", "bytes_received", "send_s", "wait_s"} <= set(iteration["exchange"])
+    assert not data["placement"]["edge"]["replicated"], "--replicate-below 0 partitions even small inputs"
+    assert data["bytes_exchanged"] > 0
 
 
 def test_scheduler_address_and_file(tmp_path: Path, cluster: LocalCluster, reference: bytes) -> None:
