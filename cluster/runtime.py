@@ -65,7 +65,7 @@ def start_cluster(workers: int | None, backend: str, processes: bool = True) -> 
     # instead of 1.7 ms). OMP_WAIT_POLICY=PASSIVE would stop the spinning too, but makes every
     # parallel kernel wake sleeping threads (join 5x slower on the chain with one worker).
     env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
-    extra = {"env": env} if processes else {}
+    extra = {"env": env, "preload": ["dask_datalog.cluster.worker_setup"]} if processes else {}
     # Dask's statistical profiler walks every task thread's stack every 10 ms with the GIL
     # held; sampling every 100 ms took an iteration of the 3,000-edge chain with 2 workers
     # from 1.3-1.8 ms to 0.8-1.1 ms. The dashboard's profile stays, coarser.
