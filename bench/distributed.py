@@ -20,14 +20,23 @@ timed, so worker start-up and numba's JIT compilation are not in the numbers. Pr
 come from `dask_datalog.cluster.runtime.start_cluster` (single-threaded workers, each with
 NUMBA_NUM_THREADS = cores / workers); `--threads` uses in-process workers instead.
 
+`--backend cupy` runs everything (the single-process baseline included) on the GPU. Clusters
+still come from `start_cluster(n, "cupy")`: a dask-cuda `LocalCUDACluster` (one GPU per worker)
+where n <= the GPUs CuPy sees, else n CPU process workers sharing the GPU(s) through CuPy; the
+"run" column says which ("n cuda" / "n proc shared GPU"). The warm-up then creates the CUDA
+context and compiles CuPy's kernels instead of numba's. Without a GPU it stops with a one-line
+message (exit status 2).
+
     .venv/bin/python bench/distributed.py                   # default graphs, 1, 2 and 4 workers
     .venv/bin/python bench/distributed.py --quick           # chain + one small graph (smoke test)
     .venv/bin/python bench/distributed.py --graphs reach:wing,sg:cti --workers 2,4
+    python3 bench/distributed.py --data .data --backend cupy --workers 1,2 --graphs reach:fe_body
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -147,13 +156,14 @@ class Measured:
     extra: dict = field(default_factory=dict)
 
 
-def measure_run(prog: Any, facts: Any, relation: str, setting: str, client: Any = None) -> Measured:
+def measure_run(prog: Any, facts: Any, relation: str, setting: str, client: Any = None,
+                backend: str = "numpy") -> Measured:
     """Time one Program.run and read its statistics."""
     t0 = time.perf_counter()
     if client is None:
-        res = prog.run(facts={"edge": facts}, backend="numpy")
+        res = prog.run(facts={"edge": facts}, backend=backend)
     else:
-        res = prog.run(facts={"edge": facts}, client=client, backend="numpy")
+        res = prog.run(facts={"edge": facts}, client=client, backend=backend)
     wall = time.perf_counter() - t0
     try:
         stats = res.stats
@@ -202,6 +212,66 @@ def set_kernel_min_rows(rows: int | None) -> tuple[int, bool]:
     if rows is not None:
         backend.KERNEL_MIN_ROWS = rows
     return old, backend._kernels is not None
+
+
+def gpu_problem() -> str | None:
+    """Why --backend cupy cannot run here (one line), or None when CuPy sees a GPU."""
+    try:
+        import cupy
+    except Exception as e:  # noqa: BLE001 -- not installed, or its CUDA libraries missing
+        return f"CuPy does not import ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    try:
+        n = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as e:  # noqa: BLE001 -- no driver, no device
+        return f"CuPy sees no GPU ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return None if n > 0 else "CuPy sees no GPU (0 devices)"
+
+
+def gpu_description() -> str:
+    """The GPUs' names, e.g. 'NVIDIA H100 80GB HBM3' or '2 x NVIDIA H100 ...' ('no GPU')."""
+    import subprocess
+
+    names: list[str] = []
+    try:
+        p = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                           check=False, capture_output=True, text=True, timeout=30)
+        if p.returncode == 0:
+            names = [line.strip() for line in p.stdout.splitlines() if line.strip()]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    if not names:
+        # No CuPy, no driver, no device: no GPU.
+        with contextlib.suppress(Exception):
+            import cupy
+
+            for i in range(int(cupy.cuda.runtime.getDeviceCount())):
+                n = cupy.cuda.runtime.getDeviceProperties(i)["name"]
+                names.append(n.decode() if isinstance(n, bytes) else str(n))
+    if not names:
+        return "no GPU"
+    if len(set(names)) == 1:
+        return names[0] if len(names) == 1 else f"{len(names)} x {names[0]}"
+    return ", ".join(names)
+
+
+def cupy_version() -> str:
+    """CuPy's version (its distribution may be cupy-cuda12x etc., so asked of the module)."""
+    try:
+        import cupy
+
+        return str(cupy.__version__)
+    except Exception:  # noqa: BLE001
+        return "absent"
+
+
+def release_gpu_memory() -> None:
+    """Hand CuPy's cached blocks back to the driver (this process's runs are done; the cluster's
+    workers share the card next)."""
+    with contextlib.suppress(Exception):  # best effort
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,6 +328,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--programs", default="reach,sg",
                     help="programs for bare graph names and the default list (reach,sg)")
     ap.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    ap.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
+                    help="array backend of every run, the single-process baseline included "
+                    "(default numpy); cupy needs a GPU")
     ap.add_argument("--threads", action="store_true",
                     help="in-process (thread) workers: LocalCluster(processes=False)")
     ap.add_argument("--quick", action="store_true",
@@ -276,12 +349,24 @@ def describe_graph(path: Path) -> str:
     return f"{path} ({lines:,} lines, {path.stat().st_size:,} bytes)"
 
 
-def start(n: int, threads: bool) -> tuple[Any, Any]:
+def start(n: int, threads: bool, backend: str = "numpy") -> tuple[Any, Any]:
     from dask_datalog.cluster.runtime import start_cluster
     from distributed import Client
 
-    cluster = start_cluster(n, "numpy", processes=not threads)
+    cluster = start_cluster(n, backend, processes=not threads)
     return cluster, Client(cluster)
+
+
+def is_cuda_cluster(cluster: Any) -> bool:
+    return type(cluster).__name__ == "LocalCUDACluster"
+
+
+def setting_label(n: int, kind: str, backend: str, cuda: bool) -> str:
+    """The "run" column: 'n proc' / 'n thr' (numpy); with cupy 'n cuda' for a LocalCUDACluster
+    and 'n proc shared GPU' (or thr) for CPU workers sharing the GPU."""
+    if backend != "cupy":
+        return f"{n} {kind}"
+    return f"{n} cuda" if cuda else f"{n} {kind} shared GPU"
 
 
 def stop(cluster: Any, client: Any) -> None:
@@ -294,10 +379,10 @@ def stop(cluster: Any, client: Any) -> None:
             log(f"  (closing: {e!r})")
 
 
-def worker_env(client: Any) -> str:
-    """NUMBA_NUM_THREADS as the workers see it (one value per worker, deduplicated)."""
+def worker_env(client: Any, var: str = "NUMBA_NUM_THREADS") -> str:
+    """An environment variable as the workers see it (one value per worker, deduplicated)."""
     try:
-        seen = client.run(lambda: os.environ.get("NUMBA_NUM_THREADS", "unset"))
+        seen = client.run(lambda: os.environ.get(var, "unset"))
         return ",".join(sorted(set(seen.values())))
     except Exception:  # noqa: BLE001 -- report it, go on with the rest
         return "?"
@@ -336,8 +421,20 @@ def main(argv: list[str]) -> int:
     if repeat < 1:
         log("error: --repeat must be >= 1")
         return 2
+    on_gpu = args.backend == "cupy"
+    gpu = None
+    gpus = 0
+    if on_gpu:
+        problem = gpu_problem()
+        if problem is not None:
+            log(f"error: --backend cupy needs a GPU: {problem}")
+            return 2
+        from dask_datalog.cluster.runtime import gpu_count
+
+        gpu = gpu_description()
+        gpus = gpu_count()
     load_before = os.getloadavg()
-    machine = common.machine_lines()  # the date is the run's start
+    machine = common.machine_lines(gpu)  # the date is the run's start
 
     files: dict[str, Path | None] = {}
     for _, g in pairs:
@@ -361,7 +458,8 @@ def main(argv: list[str]) -> int:
             best: Measured | None = None
             try:
                 for k in range(repeat):
-                    m = measure_run(progs[program], str(facts), RESULT_RELATION[program], setting, client)
+                    m = measure_run(progs[program], str(facts), RESULT_RELATION[program], setting, client,
+                                    args.backend)
                     log(f"  {setting} {program} {graph} run {k + 1}/{repeat}: wall {m.wall_s:.3f} s, "
                         f"eval {m.eval_s:.3f} s, size {m.size:,}, iters {m.iterations}")
                     if best is None or m.wall_s < best.wall_s:
@@ -377,8 +475,8 @@ def main(argv: list[str]) -> int:
         if args.no_chain:
             return
         try:
-            first = measure_run(chain_prog, chain, "reach", setting, client)
-            second = measure_run(chain_prog, chain, "reach", setting, client)
+            first = measure_run(chain_prog, chain, "reach", setting, client, args.backend)
+            second = measure_run(chain_prog, chain, "reach", setting, client, args.backend)
         except Exception:  # noqa: BLE001 -- report it, go on with the rest
             log(f"  {setting} chain: FAILED\n{traceback.format_exc()}")
             chain_rows.append(Measured(setting, status="error"))
@@ -390,16 +488,25 @@ def main(argv: list[str]) -> int:
         chain_rows.append(second)
 
     def warm_up(client: Any) -> tuple[float, str]:
-        """REACH, SG and a 10-edge chain, untimed, with the numba kernels forced on; returns
-        the seconds it took and whether the kernels are loaded (per worker)."""
+        """REACH, SG and a 10-edge chain, untimed, with the numba kernels forced on (numpy;
+        with cupy the runs create the CUDA context and compile CuPy's kernels); returns the
+        seconds it took and whether the numba kernels are loaded (per worker; 'n/a' for cupy)."""
         t0 = time.perf_counter()
+        jobs = [(progs[name], str(WARMUP_FILE)) for name in ("reach", "sg")]
+        jobs.append((chain_prog, chain_edges(10)))
+        if on_gpu:
+            for prog, facts in jobs:
+                if client is None:
+                    res = prog.run(facts={"edge": facts}, backend="cupy")
+                else:
+                    res = prog.run(facts={"edge": facts}, client=client, backend="cupy")
+                res.close()
+            return time.perf_counter() - t0, "n/a"
         if client is None:
             old, _ = set_kernel_min_rows(0)
         else:
             old = next(iter(client.run(set_kernel_min_rows, 0).values()))[0]
         try:
-            jobs = [(progs[name], str(WARMUP_FILE)) for name in ("reach", "sg")]
-            jobs.append((chain_prog, chain_edges(10)))
             for prog, facts in jobs:
                 if client is None:
                     res = prog.run(facts={"edge": facts}, backend="numpy")
@@ -417,26 +524,48 @@ def main(argv: list[str]) -> int:
     t_start = time.perf_counter()
     if not args.no_single:
         log("single process:")
-        w, kernels = warm_up(None)
-        cluster_notes.append(f"single: this process, warm-up {w:.1f} s, numba kernels loaded: {kernels}")
+        try:
+            w, kernels = warm_up(None)
+            if on_gpu:
+                cluster_notes.append(f"single: this process, warm-up {w:.1f} s (CUDA context, "
+                                     "CuPy kernels)")
+            else:
+                cluster_notes.append(f"single: this process, warm-up {w:.1f} s, numba kernels "
+                                     f"loaded: {kernels}")
+        except Exception:  # noqa: BLE001 -- the timed runs below report their own failures
+            log(f"  single: warm-up FAILED\n{traceback.format_exc()}")
+            cluster_notes.append("single: warm-up FAILED")
         run_chain("single", None)
         run_pairs("single", None)
+        if on_gpu:
+            release_gpu_memory()  # CuPy's pool here would keep the cluster's workers from it
 
     for n in counts:
-        setting = f"{n} {kind}"
+        # What start_cluster will start (the label of failed rows); checked once it runs.
+        setting = setting_label(n, kind, args.backend, on_gpu and 0 < n <= gpus)
         log(f"{setting}:")
         cluster = client = None
         try:
             t0 = time.perf_counter()
-            cluster, client = start(n, args.threads)
+            cluster, client = start(n, args.threads, args.backend)
             t_up = time.perf_counter() - t0
+            setting = setting_label(n, kind, args.backend, is_cuda_cluster(cluster))
             w, kernels = warm_up(client)
-            env = worker_env(client) if not args.threads else "(shared process)"
-            cluster_notes.append(f"{setting}: started in {t_up:.1f} s, warm-up {w:.1f} s, numba "
-                                 f"kernels loaded on {kernels} workers, NUMBA_NUM_THREADS={env}")
-        except Exception:  # noqa: BLE001 -- report it, go on with the rest
+            if on_gpu:
+                cuda = is_cuda_cluster(cluster)
+                what = ("LocalCUDACluster, one GPU per worker" if cuda else
+                        f"{type(cluster).__name__}, {'threads' if args.threads else 'CPU processes'} "
+                        f"sharing {gpus} GPU{'s' if gpus > 1 else ''} through CuPy")
+                cluster_notes.append(f"{setting}: {what}; started in {t_up:.1f} s, warm-up {w:.1f} s, "
+                                     f"CUDA_VISIBLE_DEVICES={worker_env(client, 'CUDA_VISIBLE_DEVICES')}")
+            else:
+                env = worker_env(client) if not args.threads else "(shared process)"
+                cluster_notes.append(f"{setting}: started in {t_up:.1f} s, warm-up {w:.1f} s, numba "
+                                     f"kernels loaded on {kernels} workers, NUMBA_NUM_THREADS={env}")
+        except Exception as e:  # noqa: BLE001 -- report it, go on with the rest
             log(f"  {setting}: cluster start or warm-up FAILED\n{traceback.format_exc()}")
-            cluster_notes.append(f"{setting}: cluster start or warm-up FAILED")
+            why = str(e).splitlines()[0] if str(e) else ""
+            cluster_notes.append(f"{setting}: cluster start or warm-up FAILED ({type(e).__name__}: {why})")
             stop(cluster, client)
             if not args.no_chain:
                 chain_rows.append(Measured(setting, status="error"))
@@ -455,22 +584,43 @@ def main(argv: list[str]) -> int:
 
     header = machine
     header.append(f"versions (cluster): dask {common.pkg_version('dask')}, distributed "
-                  f"{common.pkg_version('distributed')}, numba {common.pkg_version('numba')}")
+                  f"{common.pkg_version('distributed')}, numba {common.pkg_version('numba')}"
+                  + (f", cupy {cupy_version()}"
+                     f", dask-cuda {common.pkg_version('dask-cuda')}" if on_gpu else ""))
     header.append(f"data: {data}")
     for g, f in files.items():
         header.append(f"  {g}: " + (describe_graph(f) if f else "MISSING"))
+    if on_gpu:
+        plural = "s" if gpus > 1 else ""
+        clusters = ("clusters: dask_datalog.cluster.runtime.start_cluster(n, 'cupy'"
+                    + (", processes=False" if args.threads else "") + "): a dask-cuda LocalCUDACluster "
+                    f"(one GPU per worker, 'n cuda') where n <= {gpus} GPU{plural}, else "
+                    + ("in-process thread workers" if args.threads else "CPU process workers")
+                    + f" sharing the GPU{plural} through CuPy ('n {kind} shared GPU'); 1 thread each; "
+                    "workers: " + ",".join(map(str, counts)) + "; backend cupy; each closed before "
+                    "the next starts")
+        warm = ("warm-up: every cluster (and this process, for the single-process rows) first ran "
+                "REACH and SG on tiny/data_10 and a 10-edge chain untimed on the GPU: worker "
+                "start-up, CUDA context creation and CuPy's compilation of the kernels those runs "
+                "use are not in the numbers (a kernel only a larger graph needs still compiles, or "
+                "loads from CuPy's cache, in its first timed run)")
+    else:
+        clusters = ("clusters: " + ("in-process thread workers, LocalCluster(processes=False)" if args.threads
+                    else "process workers from dask_datalog.cluster.runtime.start_cluster(n, 'numpy')")
+                    + ", 1 thread each; workers: " + ",".join(map(str, counts)) + "; backend numpy; "
+                    "each closed before the next starts")
+        warm = ("warm-up: every cluster (and this process, for the single-process rows) first ran REACH "
+                "and SG on tiny/data_10 and a 10-edge chain untimed, with the engine's KERNEL_MIN_ROWS set "
+                "to 0 meanwhile so the numba kernels load and compile there: worker start-up and numba "
+                "JIT are not in the numbers (left alone, a fresh process switches to the kernels only "
+                "after 0.5 s of computing, inside a timed run)")
     header += [
-        "clusters: " + ("in-process thread workers, LocalCluster(processes=False)" if args.threads
-                        else "process workers from dask_datalog.cluster.runtime.start_cluster(n, 'numpy')")
-        + ", 1 thread each; workers: " + ",".join(map(str, counts)) + "; backend numpy; "
-        "each closed before the next starts",
-        ("warm-up: every cluster (and this process, for the single-process rows) first ran REACH "
-         "and SG on tiny/data_10 and a 10-edge chain untimed, with the engine's KERNEL_MIN_ROWS set "
-         "to 0 meanwhile so the numba kernels load and compile there: worker start-up and numba "
-         "JIT are not in the numbers (left alone, a fresh process switches to the kernels only "
-         "after 0.5 s of computing, inside a timed run)"),
+        f"backend: {args.backend}" + (f" on {gpu}" if on_gpu else "")
+        + " (every run, the single-process baseline included)",
+        clusters,
+        warm,
         *("  " + n for n in cluster_notes),
-        "single: Program.run(..., backend='numpy') in this process, no client (the baseline)",
+        f"single: Program.run(..., backend={args.backend!r}) in this process, no client (the baseline)",
         (f"graph runs: best of {repeat} by wall time, each setting; total time of this run: "
          f"{elapsed:.0f} s"),
         "load average (1, 5, 15 min) at start: " + ", ".join(f"{x:.2f}" for x in load_before)
@@ -481,7 +631,13 @@ def main(argv: list[str]) -> int:
 
     mismatches: list[str] = []
     if pairs:
-        print(f"REACH / SG on graphs (best of {repeat} by wall time)")
+        print(f"REACH / SG on graphs (best of {repeat} by wall time)"
+              + (f", backend cupy on {gpu}" if on_gpu else ""))
+        if on_gpu:
+            workers = "in-process thread" if args.threads else "CPU process"
+            print(f"  run: single = this process on the GPU; n cuda = LocalCUDACluster, one GPU per "
+                  f"worker; n {kind} shared GPU = n {workers} workers sharing {gpus} "
+                  f"GPU{'s' if gpus > 1 else ''} through CuPy")
         print("  wall: Program.run() as the client sees it; eval: stats total_s (the fixpoint, "
               "slowest worker); load: reading the facts (slowest worker);")
         print("  other: wall - load - eval (scheduling, distributing the facts to their owners, "
@@ -525,7 +681,8 @@ def main(argv: list[str]) -> int:
 
     if chain_rows:
         print(f"Per-iteration fixed cost: reach(0), reach(y) :- reach(x), edge(x, y) on the chain "
-              f"0 -> 1 -> ... -> {CHAIN_EDGES} ({CHAIN_EDGES:,} edges, a NumPy array through facts=)")
+              f"0 -> 1 -> ... -> {CHAIN_EDGES} ({CHAIN_EDGES:,} edges, a NumPy array through facts=)"
+              + (f", backend cupy on {gpu}" if on_gpu else ""))
         print("  second (warm) run of two on each cluster; iterations: all of them, the closing "
               "empty one included; ms/iter: eval / iterations;")
         print("  rounds, send/round, wait/round: the evaluation's collectives only (loading's "
