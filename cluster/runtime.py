@@ -195,7 +195,7 @@ def run_job(
 ) -> DistributedRun:
     """Evaluate ``program`` on every worker of ``client``'s cluster (one shard per worker)."""
     ensure_plugin(client)
-    peers = tuple(sorted(client.scheduler_info(n_workers=-1)["workers"]))
+    peers = tuple(sorted(client.ncores()))  # asks the scheduler (scheduler_info() may answer from a cache)
     if not peers:
         raise RuntimeError("the Dask cluster has no workers")
     job = f"datalog-{uuid.uuid4().hex[:12]}"
