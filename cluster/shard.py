@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ import numpy as np
 from dask_datalog.engine import sets
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.evaluate import Bindings, Evaluator
-from dask_datalog.engine.hisa import RelationStore, pack, packed_layout, words_for
+from dask_datalog.engine.hisa import RelationStore, pack, packed_layout, untimed, words_for
 from dask_datalog.engine.plan import AggregateStep, JoinStep, NegationStep, Plan, RulePlan, Step
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.buckets import bucket, split
@@ -112,12 +113,10 @@ class ShardEvaluator(Evaluator):
         layout = self.layouts[name]
         return self.stores[name] if key is None or key == layout.canonical else self.copies[(name, key)]
 
-    def _union(self, received: list[dict], target: Any) -> Any:
-        blocks = [part[target] for part in received if target in part and part[target].shape[0]]
-        if not blocks:
-            arity = self.plan.program.relations[target[0]].arity
-            return self.xp.zeros((0, words_for(arity)), self.xp.uint64)
-        return blocks[0] if len(blocks) == 1 else sets.sort_unique(self.xp.concatenate(blocks), self.xp)
+    def _union(self, received: list[dict], target: tuple[str, Key | None]) -> Any:
+        """What every worker sent for one (relation, copy), as one sorted unique block."""
+        arity = self.plan.program.relations[target[0]].arity
+        return sets.union_all([part[target] for part in received if target in part], words_for(arity), self.xp)
 
     # -- strata and iterations -------------------------------------------------------------
 
@@ -159,14 +158,8 @@ class ShardEvaluator(Evaluator):
             arrivals = [part[key] for _, part in received for key in part if key[0] == rel and part[key].shape[0]]
             if arrivals:
                 kept[rel].append(store.novel(self.xp.concatenate(arrivals), self.clock.phase))
-            blocks = [b for b in kept[rel] if b.shape[0]]
             with self.clock.phase("dedup"):
-                if len(blocks) == 1:
-                    delta = blocks[0]
-                elif blocks:
-                    delta = sets.sort_unique(self.xp.concatenate(blocks), self.xp)
-                else:
-                    delta = self.xp.zeros((0, words_for(store.arity)), self.xp.uint64)
+                delta = sets.union_all(kept[rel], words_for(store.arity), self.xp)
             with self.clock.phase("merge"):
                 store.add(delta)
             delta_sizes[rel] = int(delta.shape[0])
@@ -181,27 +174,31 @@ class ShardEvaluator(Evaluator):
         """Send each relation's new delta (deduplicated at the canonical owners) to the owners
         of its other maintained copies: one round, and only for relations that have them."""
         targets = [(rel, key) for rel in relations for key in self.layouts[rel].keys[1:]]
-        if not targets:
-            return
-        parts: list[dict] = [{} for _ in range(self.comm.size)]
-        for rel, key in targets:
-            self._route_rows(parts, rel, self.stores[rel].delta, (key,))
-        received = self.comm.alltoall(parts)
-        with self.clock.phase("merge"):
-            for target in targets:
-                self.copies[target].add(self._union(received, target))
+        self._fill_copies(targets, lambda rel: self.stores[rel].delta, self.clock.phase)
 
     def _build_later_copies(self, relations: tuple[str, ...]) -> None:
         """Copies first read by later strata, built once from the complete relation."""
         targets = [(rel, key) for rel in relations for key in self.layouts[rel].later]
+        self._fill_copies(targets, lambda rel: self.stores[rel].full)
+
+    def _fill_copies(
+        self,
+        targets: list[tuple[str, Key]],
+        rows_of: Callable[[str], Any],
+        phase: Callable[[str], AbstractContextManager[None]] = untimed,
+    ) -> None:
+        """Route ``rows_of(relation)`` to the owners of each (relation, copy) target and add
+        what arrives to the copies here (timed as ``phase("merge")``); no round when there are
+        no targets."""
         if not targets:
             return
         parts: list[dict] = [{} for _ in range(self.comm.size)]
         for rel, key in targets:
-            self._route_rows(parts, rel, self.stores[rel].full, (key,))
+            self._route_rows(parts, rel, rows_of(rel), (key,))
         received = self.comm.alltoall(parts)
-        for target in targets:
-            self.copies[target].add(self._union(received, target))
+        with phase("merge"):
+            for target in targets:
+                self.copies[target].add(self._union(received, target))
 
     # -- one rule version --------------------------------------------------------------------
 

@@ -156,14 +156,8 @@ class Evaluator:
         delta_sizes = {}
         for rel in relations:
             store = self.stores[rel]
-            parts = produced[rel]
             with self.clock.phase("dedup"):
-                if len(parts) == 1:
-                    delta = parts[0]
-                elif parts:
-                    delta = sets.sort_unique(self.xp.concatenate(parts), self.xp)
-                else:
-                    delta = self.xp.zeros((0, words_for(store.arity)), self.xp.uint64)
+                delta = sets.union_all(produced[rel], words_for(store.arity), self.xp)
             with self.clock.phase("merge"):
                 store.add(delta)
             delta_sizes[rel] = int(delta.shape[0])

@@ -33,6 +33,15 @@ def sort_unique(rows: Any, xp: Any) -> Any:
     return rows[keep]
 
 
+def union_all(blocks: list[Any], width: int, xp: Any) -> Any:
+    """The sorted unique union of sorted unique (n, width) blocks, any of them empty: a lone
+    non-empty block is returned as it is, no block gives an empty one."""
+    blocks = [b for b in blocks if b.shape[0]]
+    if not blocks:
+        return xp.zeros((0, width), xp.uint64)
+    return blocks[0] if len(blocks) == 1 else sort_unique(xp.concatenate(blocks), xp)
+
+
 def difference(new: Any, full: Any, xp: Any) -> Any:
     """Rows of ``new`` that are not in ``full`` (both sorted and unique)."""
     if new.shape[0] == 0 or full.shape[0] == 0:
