@@ -17,6 +17,7 @@ import numpy as np
 
 from dask_datalog.engine import facts as factio
 from dask_datalog.engine.ir import Program
+from dask_datalog.engine.job import check_fact_names, print_relation
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.placement import REPLICATE_BELOW
 
@@ -127,12 +128,10 @@ class DistributedRun:
         return self._symbols
 
     def rows(self, name: str) -> np.ndarray:
-        """All rows of one relation gathered here, on request (``Result.numpy`` etc.)."""
+        """All rows of one relation gathered here, on request (``Result.numpy`` etc.), in
+        shard order: ``Result``'s methods put them in output order themselves."""
         if name not in self._rows:
-            parts = self._each(shard_rows, name)
-            arity = self.program.relations[name].arity
-            rows = np.concatenate(parts) if parts else np.zeros((0, arity), np.uint32)
-            self._rows[name] = rows[np.lexsort(rows.T[::-1])] if arity and rows.shape[0] > 1 else rows
+            self._rows[name] = np.concatenate(self._each(shard_rows, name))
         return self._rows[name]
 
     def frame(self, name: str) -> Any:
@@ -163,9 +162,7 @@ class DistributedRun:
             )
             if to_stdout:
                 for spec in self.program.outputs:
-                    stdout.write(f"---------------\n{spec.relation}\n===============\n")
-                    stdout.write(b"".join(p[spec.relation] for p in parts).decode("utf-8"))
-                    stdout.write("===============\n")
+                    print_relation(stdout, spec.relation, b"".join(p[spec.relation] for p in parts))
         for name in self.program.printsizes:
             stdout.write(f"{name}\t{self.size(name)}\n")
 
@@ -201,11 +198,8 @@ def run_job(
     job = f"datalog-{uuid.uuid4().hex[:12]}"
     files: dict[str, str] = {}
     arrays: list[dict[str, Any]] = [{} for _ in peers]
+    check_fact_names(program, facts or {})
     for name, source in (facts or {}).items():
-        if name not in program.relations:
-            from dask_datalog.engine.errors import DatalogError
-
-            raise DatalogError(None, f"facts given for '{name}', which the program does not declare")
         if isinstance(source, (str, Path)):
             files[name] = str(Path(source).resolve())
         else:

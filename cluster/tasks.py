@@ -25,7 +25,7 @@ from dask_datalog.engine import facts as factio
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.hisa import unpack
+from dask_datalog.engine.job import host_rows, load_inputs
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.placement import REPLICATE_BELOW, place
@@ -66,11 +66,7 @@ class Shard:
 
     def host_rows(self, name: str) -> np.ndarray:
         """(n, arity) encoded uint32 rows on the host, sorted."""
-        xp = get_backend(self.backend).xp
-        packed = self.rows[name]
-        arity = self.program.relations[name].arity
-        cols = [get_backend(self.backend).asnumpy(unpack(packed, j, xp)) for j in range(arity)]
-        return np.stack(cols, axis=1) if cols else np.zeros((packed.shape[0], 0), np.uint32)
+        return host_rows(self.rows[name], self.program.relations[name].arity, get_backend(self.backend))
 
 
 # -- the worker side of a phase ---------------------------------------------------------------
@@ -140,10 +136,8 @@ def evaluate_shard(spec: JobSpec, rank: int, arrays: dict[str, Any] | None = Non
         backend = get_backend(spec.backend)
         program = spec.program
         local = SymbolTable()
-        arrays = arrays or {}
-        inputs = _read_slice(spec, local, rank, comm.size, skip=set(arrays))
-        for name, data in arrays.items():
-            inputs[name] = factio.encode_rows(data, program.relations[name], local, origin=f"facts['{name}']")
+        facts = {**spec.fact_files, **(arrays or {})}
+        inputs = load_inputs(program, local, spec.fact_dir, facts, rank, comm.size)
         counts = {name: int(rows.shape[0]) for name, rows in inputs.items()}
         agreed = comm.allgather((local.strings, counts))
         symbols = SymbolTable.sorted_union([sorted(program_symbols(program))] + [strings for strings, _ in agreed])
@@ -167,24 +161,6 @@ def evaluate_shard(spec: JobSpec, rank: int, arrays: dict[str, Any] | None = Non
         stats["local_sizes"] = {name: evaluator.local_size(name) for name in program.relations}
         rows = {name: evaluator.local_rows(name) for name in program.relations}
         return Shard(rank, program, symbols, backend.name, rows, stats)
-
-
-def _read_slice(spec: JobSpec, symbols: SymbolTable, rank: int, n: int, skip: set[str]) -> dict[str, np.ndarray]:
-    """This worker's byte range of every ``.input`` file (and of ``fact_files`` overrides);
-    relations in ``skip`` were given as arrays."""
-    program = spec.program
-    loaded: dict[str, list[np.ndarray]] = {}
-    for s in program.inputs:
-        if s.relation in spec.fact_files or s.relation in skip:
-            continue
-        path = Path(spec.fact_dir or ".") / (s.filename or f"{s.relation}.facts")
-        rows = factio.read_facts_range(path, program.relations[s.relation], symbols, s.delimiter, s.pos, rank, n)
-        loaded.setdefault(s.relation, []).append(rows)
-    for name, path in spec.fact_files.items():
-        delimiter = next((s.delimiter for s in program.inputs if s.relation == name), "\t")
-        rows = factio.read_facts_range(Path(path), program.relations[name], symbols, delimiter, None, rank, n)
-        loaded.setdefault(name, []).append(rows)
-    return {name: np.concatenate(parts) if len(parts) > 1 else parts[0] for name, parts in loaded.items()}
 
 
 def program_symbols(program: ir.Program) -> set[str]:

@@ -45,10 +45,14 @@ class RunOutput:
     def rows(self, name: str) -> np.ndarray:
         """(n, arity) encoded uint32 on the host, canonical order (decoded once, cached)."""
         if name not in self._rows:
-            full, xp = self.packed[name], self.backend.xp
-            cols = [self.backend.asnumpy(unpack(full, j, xp)) for j in range(self.program.relations[name].arity)]
-            self._rows[name] = np.stack(cols, axis=1) if cols else np.zeros((full.shape[0], 0), np.uint32)
+            self._rows[name] = host_rows(self.packed[name], self.program.relations[name].arity, self.backend)
         return self._rows[name]
+
+
+def host_rows(packed: Any, arity: int, backend: Backend) -> np.ndarray:
+    """Packed rows on the backend -> (n, arity) encoded uint32 rows on the host, same order."""
+    cols = [backend.asnumpy(unpack(packed, j, backend.xp)) for j in range(arity)]
+    return np.stack(cols, axis=1) if cols else np.zeros((packed.shape[0], 0), np.uint32)
 
 
 def load_inputs(
@@ -56,29 +60,38 @@ def load_inputs(
     symbols: SymbolTable,
     fact_dir: str | Path | None,
     facts: Mapping[str, FactSource] | None,
+    part: int = 0,
+    n_parts: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Encoded rows per input relation: ``facts`` entries win over ``.input`` files."""
+    """Encoded rows per input relation: ``facts`` entries win over ``.input`` files. With
+    ``n_parts`` > 1 (a worker of a distributed run) every file is read in its byte range
+    ``part``; arrays and DataFrames in ``facts`` are taken whole (the caller split them)."""
     facts = dict(facts or {})
-    for name in facts:
-        if name not in program.relations:
-            raise DatalogError(None, f"facts given for '{name}', which the program does not declare")
+    check_fact_names(program, facts)
     loaded: dict[str, np.ndarray] = {}
     for spec in program.inputs:
         if spec.relation in facts:
             continue
         directory = Path(fact_dir) if fact_dir is not None else Path(".")
         path = directory / (spec.filename or f"{spec.relation}.facts")
-        rows = factio.read_facts(path, program.relations[spec.relation], symbols, spec.delimiter, spec.pos)
+        relation = program.relations[spec.relation]
+        rows = factio.read_facts_range(path, relation, symbols, spec.delimiter, spec.pos, part, n_parts)
         loaded[spec.relation] = _append(loaded.get(spec.relation), rows)
     for name, source in facts.items():
         relation = program.relations[name]
         if isinstance(source, (str, Path)):
             delimiter = next((s.delimiter for s in program.inputs if s.relation == name), "\t")
-            rows = factio.read_facts(Path(source), relation, symbols, delimiter)
+            rows = factio.read_facts_range(Path(source), relation, symbols, delimiter, None, part, n_parts)
         else:
             rows = factio.encode_rows(source, relation, symbols, origin=f"facts['{name}']")
         loaded[name] = rows
     return loaded
+
+
+def check_fact_names(program: Program, facts: Mapping[str, object]) -> None:
+    for name in facts:
+        if name not in program.relations:
+            raise DatalogError(None, f"facts given for '{name}', which the program does not declare")
 
 
 def _append(old: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
@@ -117,10 +130,7 @@ def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any, fm
         relation = run.program.relations[spec.relation]
         rows = run.rows(spec.relation)
         if to_stdout:
-            # Soufflé's framing for -D -, so several relations stay readable.
-            stdout.write(f"---------------\n{spec.relation}\n===============\n")
-            factio.write_relation(stdout, rows, relation, run.symbols, spec.delimiter)
-            stdout.write("===============\n")
+            print_relation(stdout, spec.relation, factio.format_relation(rows, relation, run.symbols, spec.delimiter))
         elif fmt == "parquet":
             dataset = Path(output_dir) / spec.relation
             factio.clear_parquet_parts(dataset)
@@ -132,3 +142,9 @@ def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any, fm
             factio.write_relation(target, rows, relation, run.symbols, spec.delimiter)
     for name in run.program.printsizes:
         stdout.write(f"{name}\t{run.size(name)}\n")
+
+
+def print_relation(stdout: Any, name: str, data: bytes) -> None:
+    """One relation's CSV on stdout in Soufflé's framing for ``-D -``, so several relations
+    stay readable."""
+    stdout.write(f"---------------\n{name}\n===============\n{data.decode('utf-8')}===============\n")
