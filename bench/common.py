@@ -91,6 +91,20 @@ SOUFFLE_2CORE: dict[tuple[str, str], float] = {
 }
 
 
+def log(msg: str) -> None:
+    """Progress and errors go to stderr; the tables are stdout."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def missing_data_message(data_dir: Path) -> str | None:
+    """Why ``data_dir`` cannot serve as the graph directory, or None when it can."""
+    if data_dir.is_dir():
+        return None
+    return (f"error: data directory {data_dir} not found. The benchmark graphs are expected in "
+            f"../shared/data relative to the repository root ({DEFAULT_DATA}); "
+            "pass --data DIR to point elsewhere.")
+
+
 def truth(graph: str, program: str) -> Truth:
     """Ground truth for (graph, program), or an all-unknown Truth."""
     return GROUND_TRUTH.get(graph, {}).get(program, Truth(None, None))

@@ -78,7 +78,7 @@ if step dist; then
   # LocalCUDACluster) and start_cluster(2, 'cupy') (2 CPU process workers sharing the GPU);
   # the per-iteration chain and REACH on the graphs. Progress lines (stderr) land in the same
   # file, so a cut run still shows the runs that finished.
-  timeout -k 20 "$DIST_TIMEOUT" python3 bench/distributed.py --data .data --backend cupy \
+  timeout -k 20 "$DIST_TIMEOUT" python3 bench/multi_worker.py --data .data --backend cupy \
     --workers "$DIST_WORKERS" --graphs "$DIST_GRAPHS" --repeat 1 > "$OUT/bench_dist_cupy.txt" 2>&1
   echo "dist rc=$?" >> "$OUT/bench_dist_cupy.txt"
 fi

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import Truth, fmt_bytes, fmt_ratio, fmt_seconds  # noqa: E402
+from common import Truth, fmt_bytes, fmt_ratio, fmt_seconds, log  # noqa: E402
 
 REACH_DL = """\
 .decl edge(x: number, y: number)
@@ -203,7 +203,7 @@ def run_engine(spec: dict, repeat: int, timeout_s: float, label: str) -> EngineO
 
 def cli_wall(spec: dict, repeat: int, timeout_s: float) -> float | None:
     """Best wall time of the real command, `dask-datalog run PROG -F DIR -D OUT --no-cluster`
-    (the single-shard engine in this process; bench/distributed.py measures the Dask path), in a fresh
+    (the single-shard engine in this process; bench/multi_worker.py measures the Dask path), in a fresh
     process: interpreter start, imports, parsing, loading, evaluation and writing the CSV,
     as Soufflé's published wall times count them."""
     text, _, _ = PROGRAMS[spec["program"]]
@@ -223,10 +223,6 @@ def cli_wall(spec: dict, repeat: int, timeout_s: float) -> float | None:
             best = m.wall_s if best is None else min(best, m.wall_s)
     log(f"  CLI process wall: {best:.3f} s")
     return best
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def indent(text: str) -> str:
@@ -306,10 +302,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     data: Path = args.data.resolve()
-    if not data.is_dir():
-        log(f"error: data directory {data} not found. The benchmark graphs are expected in "
-            f"../shared/data relative to the repository root ({common.DEFAULT_DATA}); "
-            "pass --data DIR to point elsewhere.")
+    missing = common.missing_data_message(data)
+    if missing:
+        log(missing)
         return 2
     programs = [p.strip() for p in args.programs.split(",") if p.strip()]
     unknown = [p for p in programs if p not in PROGRAMS]

@@ -27,10 +27,10 @@ where n <= the GPUs CuPy sees, else n CPU process workers sharing the GPU(s) thr
 context and compiles CuPy's kernels instead of numba's. Without a GPU it stops with a one-line
 message (exit status 2).
 
-    .venv/bin/python bench/distributed.py                   # default graphs, 1, 2 and 4 workers
-    .venv/bin/python bench/distributed.py --quick           # chain + one small graph (smoke test)
-    .venv/bin/python bench/distributed.py --graphs reach:wing,sg:cti --workers 2,4
-    python3 bench/distributed.py --data .data --backend cupy --workers 1,2 --graphs reach:fe_body
+    .venv/bin/python bench/multi_worker.py                   # default graphs, 1, 2 and 4 workers
+    .venv/bin/python bench/multi_worker.py --quick           # chain + one small graph (smoke test)
+    .venv/bin/python bench/multi_worker.py --graphs reach:wing,sg:cti --workers 2,4
+    python3 bench/multi_worker.py --data .data --backend cupy --workers 1,2 --graphs reach:fe_body
 """
 
 from __future__ import annotations
@@ -47,20 +47,8 @@ from typing import Any
 
 import numpy as np
 
-# This file is named distributed.py, and Python puts its folder first on sys.path: left there, it
-# would shadow the `distributed` package (here and in the spawned workers, which inherit
-# sys.path). So the folder goes, and bench/common.py is loaded by its path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-if "common" not in sys.modules:
-    import importlib.util
-
-    _spec = importlib.util.spec_from_file_location("common", _HERE / "common.py")
-    assert _spec is not None and _spec.loader is not None
-    sys.modules["common"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["common"])
-import common
-from common import fmt_ratio, fmt_seconds
+import common  # noqa: E402
+from common import fmt_ratio, fmt_seconds, log  # noqa: E402
 
 PROGRAM_FILES = {"reach": common.REPO_ROOT / "examples" / "reach.dl",
                  "sg": common.REPO_ROOT / "examples" / "sg.dl"}
@@ -160,10 +148,7 @@ def measure_run(prog: Any, facts: Any, relation: str, setting: str, client: Any 
                 backend: str = "numpy") -> Measured:
     """Time one Program.run and read its statistics."""
     t0 = time.perf_counter()
-    if client is None:
-        res = prog.run(facts={"edge": facts}, backend=backend)
-    else:
-        res = prog.run(facts={"edge": facts}, client=client, backend=backend)
+    res = prog.run(facts={"edge": facts}, client=client, backend=backend)  # no client: in process
     wall = time.perf_counter() - t0
     try:
         stats = res.stats
@@ -278,10 +263,6 @@ def release_gpu_memory() -> None:
 # Driver
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def fmt_size(n: int | None) -> str:
     """Bytes as B / KiB / MiB / GiB with 3 significant-ish digits ('-' for None)."""
     if n is None:
@@ -391,10 +372,9 @@ def worker_env(client: Any, var: str = "NUMBA_NUM_THREADS") -> str:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     data: Path = args.data.resolve()
-    if not data.is_dir():
-        log(f"error: data directory {data} not found. The benchmark graphs are expected in "
-            f"../shared/data relative to the repository root ({common.DEFAULT_DATA}); "
-            "pass --data DIR to point elsewhere.")
+    missing = common.missing_data_message(data)
+    if missing:
+        log(missing)
         return 2
     programs = [p.strip().lower() for p in args.programs.split(",") if p.strip()]
     pairs = parse_pairs(args.graphs, programs, args.quick)
@@ -496,11 +476,7 @@ def main(argv: list[str]) -> int:
         jobs.append((chain_prog, chain_edges(10)))
         if on_gpu:
             for prog, facts in jobs:
-                if client is None:
-                    res = prog.run(facts={"edge": facts}, backend="cupy")
-                else:
-                    res = prog.run(facts={"edge": facts}, client=client, backend="cupy")
-                res.close()
+                prog.run(facts={"edge": facts}, client=client, backend="cupy").close()
             return time.perf_counter() - t0, "n/a"
         if client is None:
             old, _ = set_kernel_min_rows(0)
@@ -508,11 +484,7 @@ def main(argv: list[str]) -> int:
             old = next(iter(client.run(set_kernel_min_rows, 0).values()))[0]
         try:
             for prog, facts in jobs:
-                if client is None:
-                    res = prog.run(facts={"edge": facts}, backend="numpy")
-                else:
-                    res = prog.run(facts={"edge": facts}, client=client, backend="numpy")
-                res.close()
+                prog.run(facts={"edge": facts}, client=client, backend="numpy").close()
         finally:
             if client is None:
                 loaded = [set_kernel_min_rows(old)[1]]
