@@ -161,8 +161,8 @@ class Collective:
         job: str,
         rank: int,
         peers: Sequence[str],
-        worker: Any | None = None,
-        alive: Callable[[], bool] = lambda: True,
+        worker: Any,
+        alive: Callable[[], bool],
     ):
         self.job = job
         self.rank = rank
@@ -174,10 +174,9 @@ class Collective:
         self.mesh: Mesh | None = None
         self._checked = time.monotonic()
         self.stats = ExchangeStats()
-        self.plugin: DatalogPlugin | None = worker.plugins[PLUGIN_NAME] if worker is not None else None
-        self.box = self.plugin.mailbox(job) if self.plugin is not None else None
-        if self.size > 1 and self.box is None:
-            raise RuntimeError(f"job {job} has {self.size} workers but no mailbox on this one")
+        self.box = worker.plugins[PLUGIN_NAME].mailbox(job)
+        if self.box is None:
+            raise RuntimeError(f"job {job} already ended on this worker")
 
     def alltoall(self, parts: Sequence[Any]) -> list[Any]:
         """Send ``parts[p]`` to worker p; return what every worker sent to this one, by rank."""
@@ -238,7 +237,7 @@ class Collective:
 
     def _check(self) -> None:
         """Stop if the job was aborted (a peer failed, or the client said so) or released."""
-        if self.box is not None and self.box.aborted is not None:
+        if self.box.aborted is not None:
             raise JobAborted(f"job {self.job} stopped: {self.box.aborted}")
         if not self.alive():
             raise JobAborted(f"job {self.job} stopped: its task was released by the client")
@@ -249,7 +248,7 @@ class Collective:
 
     def abort_peers(self, reason: str) -> None:
         """Best effort: wake every peer of this job with an error (used when this worker fails)."""
-        if self.size == 1 or self.worker is None:
+        if self.size == 1:
             return
 
         async def tell() -> None:
@@ -275,7 +274,6 @@ class Collective:
         )
         sent_at = time.perf_counter()
         box = self.box
-        assert box is not None
         while True:
             if box.aborted is not None:
                 raise JobAborted(f"job {self.job} stopped: {box.aborted}")
