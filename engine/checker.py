@@ -473,8 +473,10 @@ class _RuleChecker:
 
 
 class _Safety:
-    """Every variable must be bound: by a positive atom, by ``x = <expr of bound vars>``
-    (chained), or as an aggregate result once the aggregate's grouping variables are."""
+    """Every variable must be bound (grounded): as a plain argument of a positive atom, by
+    ``x = <expr of bound vars>`` (chained), or as an aggregate result once the aggregate's
+    grouping variables are. A variable inside arithmetic, ``e(n - 1, x)`` included, binds
+    nothing: it must be bound elsewhere, as in Soufflé ("Ungrounded variable n")."""
 
     def __init__(self, head: ir.Atom, lits: list[ir.BodyLiteral]):
         self.head = head
@@ -492,30 +494,22 @@ class _Safety:
             if isinstance(lit, ir.Aggregation):
                 self.check_aggregate(lit, bound)
         for v in _vars(self.head.args):
-            if v.name not in bound and not v.name.startswith("$"):
-                raise DatalogError(v.pos, f"unsafe rule: variable {v.name} in the head is not "
-                                          "bound by any positive body atom")
-        for lit in self.lits:
-            if isinstance(lit, ir.Negation):
-                _require(_vars(lit.atom.args), bound, f"in the negation of {lit.atom.relation}")
-            elif isinstance(lit, ir.Comparison):
-                _require(_vars((lit.left, lit.right)), bound, "in this comparison")
+            if v.name not in bound:
+                raise DatalogError(v.pos, f"unsafe rule: variable {_shown(v)} in the head is not "
+                                          "bound by any positive body atom"
+                                          + _arithmetic_hint(v.name, self.lits))
+        _require_literals(self.lits, bound, in_aggregate=False)
 
     def check_aggregate(self, agg: ir.Aggregation, bound: set[str]) -> None:
         for v in _literal_vars(agg):
             if v.name in self.outer and v.name not in bound:
-                raise DatalogError(v.pos, f"unsafe rule: variable {v.name} is used inside and "
+                raise DatalogError(v.pos, f"unsafe rule: variable {_shown(v)} is used inside and "
                                           "outside the aggregate but not bound by any positive "
-                                          "atom outside it")
+                                          "atom outside it" + _arithmetic_hint(v.name, self.lits))
         inner = _bound(agg.body, self.grouping(agg), self.grouping)
-        for lit in agg.body:
-            if isinstance(lit, ir.Negation):
-                _require(_vars(lit.atom.args), inner, f"in the negation of {lit.atom.relation}",
-                         in_aggregate=True)
-            elif isinstance(lit, ir.Comparison):
-                _require(_vars((lit.left, lit.right)), inner, "in this comparison",
-                         in_aggregate=True)
-        _require(_vars((agg.target,)), inner, "in the aggregate target", in_aggregate=True)
+        _require_literals(agg.body, inner, in_aggregate=True)
+        _require(_vars((agg.target,)), inner, "in the aggregate target", agg.body,
+                 in_aggregate=True)
 
 
 def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str],
@@ -524,8 +518,8 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str],
     aggregate results to a fixpoint. ``grouping(agg)`` gives an aggregate's grouping vars."""
     bound = set(bound)
     for lit in lits:
-        if isinstance(lit, ir.Atom):
-            bound.update(v.name for v in _vars(lit.args))
+        if isinstance(lit, ir.Atom):  # plain arguments only: e(n - 1, x) does not bind n
+            bound.update(a.name for a in lit.args if isinstance(a, ir.Var))
     changed = True
     while changed:
         changed = False
@@ -543,14 +537,54 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str],
     return bound
 
 
-def _require(vs: Iterable[ir.Var], bound: set[str], where: str, in_aggregate: bool = False
-             ) -> None:
+def _require_literals(lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggregate: bool
+                      ) -> None:
+    """Every variable of the non-binding places of ``lits`` (one rule body or one aggregate
+    body), in source order: arithmetic in positive atoms, negations, comparisons."""
+    for lit in lits:
+        if isinstance(lit, ir.Atom):
+            arithmetic = [a for a in lit.args if isinstance(a, ir.BinOp)]
+            _require(_vars(arithmetic), bound, f"in arithmetic in an argument of {lit.relation}",
+                     (), in_aggregate, hint=" (a variable inside arithmetic does not bind it)")
+        elif isinstance(lit, ir.Negation):
+            _require(_vars(lit.atom.args), bound, f"in the negation of {lit.atom.relation}",
+                     lits, in_aggregate)
+        elif isinstance(lit, ir.Comparison):
+            _require(_vars((lit.left, lit.right)), bound, "in this comparison", lits,
+                     in_aggregate)
+
+
+def _require(vs: Iterable[ir.Var], bound: set[str], where: str,
+             lits: Sequence[ir.BodyLiteral], in_aggregate: bool, hint: str = "") -> None:
+    """The first variable of ``vs`` not in ``bound`` is an error; ``lits`` are searched for
+    an occurrence inside arithmetic to explain why it is not bound."""
     for v in vs:
-        if v.name not in bound and not v.name.startswith("$"):
+        if v.name not in bound:
             what = "unsafe aggregate" if in_aggregate else "unsafe rule"
             by = "positive atom of the aggregate body" if in_aggregate else "positive body atom"
-            raise DatalogError(v.pos, f"{what}: variable {v.name} {where} is not bound by any "
-                                      f"{by}")
+            raise DatalogError(v.pos, f"{what}: variable {_shown(v)} {where} is not bound by any "
+                                      f"{by}" + (hint or _arithmetic_hint(v.name, lits)))
+
+
+def _shown(v: ir.Var) -> str:
+    """A variable's name as written: an aggregate-local variable renamed apart by
+    ``separate_aggregate_locals`` (``$x_0``) is reported as ``x``."""
+    if v.name.startswith("$") and "_" in v.name:
+        return v.name[1:v.name.rindex("_")]
+    return v.name
+
+
+def _arithmetic_hint(name: str, lits: Sequence[ir.BodyLiteral]) -> str:
+    """Why a variable written in a positive atom is still unbound: only inside arithmetic."""
+    for lit in lits:
+        if isinstance(lit, ir.Atom):
+            for arg in lit.args:
+                if isinstance(arg, ir.BinOp):
+                    for v in _vars((arg,)):
+                        if v.name == name:
+                            return (f" (at {v.pos.line}:{v.pos.col} it is inside arithmetic in "
+                                    f"{lit.relation}, which does not bind it)")
+    return ""
 
 
 # ---- facts -------------------------------------------------------------------------------

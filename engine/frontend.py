@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
 
@@ -20,12 +21,26 @@ def load_program(text: str, filename: str = "<string>") -> ir.Program:
 
 
 def load_program_file(path: str | os.PathLike[str]) -> ir.Program:
-    """``load_program`` on a file; positions name the file as given."""
+    """``load_program`` on a file; positions name the file as given. A byte-order mark is
+    skipped; bytes that are not UTF-8 are an error at the first of them."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
+        data = p.read_bytes()
     except OSError as e:
         raise DatalogError(None, f"cannot read program {p}: {e.strerror}") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DatalogError(ir.Pos(str(p), 1, 1), f"not UTF-8 text ({e.reason})") from None
+        raise _not_utf8(data, e.start, e.reason, str(p)) from None
     return load_program(text, str(p))
+
+
+def _not_utf8(data: bytes, bad: int, reason: str, filename: str) -> DatalogError:
+    """The error for undecodable program bytes, at the line and column (in characters, as the
+    parser counts them) of the first bad byte, ``data[bad]``."""
+    before = data[:bad].decode("utf-8")  # valid: decoding failed only at ``bad``
+    line_start = before.rfind("\n") + 1
+    pos = ir.Pos(filename, before.count("\n") + 1, len(before) - line_start + 1)
+    return DatalogError(pos, f"not UTF-8 text: byte 0x{data[bad]:02x} ({reason}); save the "
+                             "program as UTF-8")

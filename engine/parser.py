@@ -156,7 +156,9 @@ def _lark() -> Lark:
 
 
 def parse(text: str, filename: str = "<string>") -> tuple[Statement, ...]:
-    """Parse a whole program; raises DatalogError on syntax errors and unsupported constructs."""
+    """Parse a whole program; raises DatalogError on syntax errors and unsupported constructs.
+    A leading byte-order mark (U+FEFF) is not part of the program; columns count after it."""
+    text = text.removeprefix("\ufeff")
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:

@@ -7,10 +7,13 @@ declarations after it: the position of the fault is then on line 1.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.frontend import load_program
+from dask_datalog.engine.frontend import load_program, load_program_file
+from dask_datalog.engine.plan import plan_program
 
 DECLS = """
 .decl e(x: number, y: number)
@@ -81,6 +84,35 @@ CASES: list[tuple[str, str, str, str]] = [
      "variable y in the aggregate target is not bound by any positive atom of the aggregate"),
     ("unsafe-in-aggregate", "r(c) :- e(x, _), c = count : { e(x, y), y < w }.", "1:45",
      "variable w in this comparison"),
+    # a variable inside arithmetic in a body atom is not bound by it (Soufflé: "Ungrounded
+    # variable n"); each of these once passed the checker and crashed the planner
+    ("ungrounded-fib", "Fib(n, x + y) :- Fib(n - 1, x), Fib(n - 2, y), n <= 25.\n"
+     ".decl Fib(n: number, x: number)", "1:5",
+     "variable n in the head is not bound by any positive body atom (at 1:22 it is inside "
+     "arithmetic in Fib, which does not bind it)"),
+    ("ungrounded-only-in-atom-arithmetic", "r(x) :- e(x, y + 1).", "1:14",
+     "variable y in arithmetic in an argument of e is not bound"),
+    ("ungrounded-arithmetic-then-comparison", "r(x) :- e(x, _), e(y * 2, _), y < 3.", "1:20",
+     "variable y in arithmetic in an argument of e"),
+    ("ungrounded-in-negation-arithmetic", "r(x) :- e(x, _), !e(x + y, _).", "1:25",
+     "variable y in the negation of e is not bound"),
+    ("ungrounded-in-aggregate-atom", "r(c) :- c = count : { e(x + 1, _) }.", "1:25",
+     "unsafe aggregate: variable x in arithmetic in an argument of e is not bound by any "
+     "positive atom of the aggregate body"),
+    ("ungrounded-aggregate-target", "r(s) :- s = sum y : { e(y + 1, _) }.", "1:25",
+     "unsafe aggregate: variable y in arithmetic"),
+    ("ungrounded-grouping", "r(c) :- e(x + 1, _), c = count : { e(x, _) }.", "1:38",
+     "variable x is used inside and outside the aggregate but not bound by any positive atom "
+     "outside it (at 1:11 it is inside arithmetic in e"),
+    ("ungrounded-equality-chain", "r(a) :- e(_, _), a = b + 1, b = a - 1.", "1:3",
+     "variable a in the head is not bound"),
+    ("ungrounded-head-arithmetic", "r(x + 1) :- e(y, _).", "1:3", "variable x in the head"),
+    ("ungrounded-renamed-aggregate-local", "q(c, d) :- c = count : { e(x, _) }, "
+     "d = count : { e(y, _), y < x }.\n.decl q(x: number, y: number)", "1:64",
+     "unsafe aggregate: variable x in this comparison is not bound"),
+    ("ungrounded-renamed-aggregate-arithmetic", "q(c, d) :- c = count : { e(x, _) }, "
+     "d = count : { e(x + 1, _) }.\n.decl q(x: number, y: number)", "1:53",
+     "unsafe aggregate: variable x in arithmetic in an argument of e"),
     ("wildcard-in-head", "r(_) :- e(_, _).", "1:3", "_ cannot appear in the head of a rule"),
     ("wildcard-in-comparison", "r(x) :- e(x, _), x != _.", "1:23", "_ can only be an argument"),
     ("fact-with-variable", "e(1, y).", "1:6", "a fact must be ground, but y is a variable"),
@@ -169,3 +201,84 @@ def test_unexpected_end_of_input(text: str, where: str, message: str) -> None:
     with pytest.raises(DatalogError) as info:
         load_program(text, "prog.dl")
     assert str(info.value).startswith(f"prog.dl:{where}: error: syntax error: {message}")
+
+
+# Bodies built from these pieces, one to three at a time, cover every way a variable gets
+# bound or used: plain and arithmetic atom arguments, negations, comparisons and assignment
+# chains in both directions, aggregates with arithmetic, negation and local variables (the
+# last two aggregates share the local w, which the checker renames apart).
+SAFETY_PIECES = [
+    "e(x, y)", "e(y, z)", "e(x + 1, y)", "e(y * 2, z)", "e(x, x + 1)",
+    "!e(x, y)", "!e(x + 1, z)",
+    "x < y", "x = y + 1", "y = x - 1", "z = x + y", "x + 1 = z", "y = y",
+    "z = count : { e(x, _) }", "y = count : { e(x + 1, w) }",
+    "z = min w : { e(w, _), !e(y + 1, w) }", "x = max w : { e(w, w + 1) }",
+    "z = count : { e(w, v), v = w + y }", "y = count : { e(v, _), v < w }",
+]
+
+
+def test_every_checked_rule_can_be_planned() -> None:
+    """The checker's notion of bound must be the planner's: a rule it accepts always has an
+    order in which every literal's variables are bound; one it rejects gets a positioned
+    error. Checked over every body of up to three pieces."""
+    decls = "\n.decl e(x: number, y: number)\n.decl q(x: number, y: number)\n.decl r(x: number)"
+    accepted = 0
+    for n in (1, 2, 3):
+        for body in itertools.combinations(SAFETY_PIECES, n):
+            for head in ("r(x)", "q(x + y, z)"):
+                text = f"{head} :- {', '.join(body)}."
+                try:
+                    program = load_program(text + decls, "prog.dl")
+                except DatalogError as err:
+                    assert err.pos is not None and str(err).startswith(
+                        f"prog.dl:{err.pos.line}:{err.pos.col}: error: "), (text, str(err))
+                    continue
+                accepted += 1
+                try:
+                    plan_program(program)
+                except AssertionError as err:
+                    pytest.fail(f"the checker accepted {text!r}, the planner failed: {err}")
+    assert accepted > 100  # the loop exercises the planner, not only the checker
+
+
+# ---- program text and files: byte-order mark, bytes that are not UTF-8
+
+
+def test_byte_order_mark_is_not_part_of_the_program(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dask_datalog.cluster import Program
+
+    text = ".decl r(x: number)\nr(1).\n.output r\n"
+    plain = load_program(text, "prog.dl")
+    assert load_program("\ufeff" + text, "prog.dl") == plain
+    assert Program("\ufeff" + text, "prog.dl").ir == plain
+    path = tmp_path / "bom.dl"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert Program.from_file(path).ir.rules == plain.rules
+    with pytest.raises(DatalogError) as info:  # columns count from after the mark
+        load_program("\ufeffr(1) @", "prog.dl")
+    assert str(info.value).startswith("prog.dl:1:6: error: syntax error: unexpected character '@'")
+
+
+@pytest.mark.parametrize(("data", "where", "byte"), [
+    (b"\xff.decl r(x: number)", "1:1", "0xff"),
+    (b"\xef\xbb\xbf\xff.decl r(x: number)", "1:1", "0xff"),  # after a byte-order mark
+    (b".decl r(x: number)\n// caf\xe9\nr(1).", "2:7", "0xe9"),  # Latin-1
+    (b".decl r(x: number)\r\nr(1). // \xc3\xa9\xc3\xa9 \x80", "2:13", "0x80"),  # after UTF-8
+    (b".decl r(x: number) // \xe2\x82", "1:23", "0xe2"),  # cut short at the end
+], ids=["first-byte", "after-bom", "latin1", "after-multibyte", "truncated"])
+def test_program_file_not_utf8(tmp_path, data: bytes, where: str, byte: str) -> None:  # type: ignore[no-untyped-def]
+    from dask_datalog.cluster import Program
+
+    path = tmp_path / "prog.dl"
+    path.write_bytes(data)
+    for load in (load_program_file, Program.from_file):
+        with pytest.raises(DatalogError) as info:
+            load(path)
+        assert str(info.value).startswith(f"{path}:{where}: error: not UTF-8 text: byte {byte}")
+
+
+def test_program_file_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dask_datalog.cluster import Program
+
+    with pytest.raises(DatalogError, match="cannot read program .*none.dl"):
+        Program.from_file(tmp_path / "none.dl")
