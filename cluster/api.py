@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -79,10 +79,11 @@ class Result:
 
         return dd.from_pandas(self.pandas(name), npartitions=1)
 
-    def write(self, output_dir: str | Path | None, stdout: Any, fmt: str = "csv") -> None:
-        """What the CLI does with ``-D``: ``.output`` relations (CSV files, or Parquet
-        datasets with ``fmt="parquet"``) and ``.printsize`` lines."""
-        self._run.write(output_dir, stdout, fmt)
+    def write(self, output_dir: str | Path, format: str = "csv", stream: TextIO | None = None) -> None:
+        """What the CLI does with ``-D``: the ``.output`` relations as CSV files (or Parquet
+        datasets with ``format="parquet"``) in ``output_dir``, or printed to ``stream``
+        (default stdout) when it is "-"; ``.printsize`` lines go to ``stream`` if given."""
+        self._run.write(output_dir, format, stream)
 
     def close(self) -> None:
         """Free the relations (on the workers, for a distributed run)."""
@@ -98,8 +99,13 @@ class Program:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Program:
-        path = Path(path)
-        return cls(path.read_text(encoding="utf-8"), str(path))
+        """The program in a file, through the front end's file loader: a byte-order mark is
+        skipped, and an unreadable or non-UTF-8 file is a DatalogError like any other."""
+        from ..engine.frontend import load_program_file
+
+        program = cls.__new__(cls)
+        program.ir = load_program_file(path)
+        return program
 
     def run(
         self,

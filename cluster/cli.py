@@ -84,15 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.format == "parquet" and args.output_dir == "-":
         parser.error("--format parquet needs an output directory, not '-'")
+    program = None
     try:
         program = Program.from_file(args.program)
         with ExitStack() as stack:
             result = _run(program, args, stack)
-            result.write(args.output_dir, sys.stdout, args.format)
+            result.write(args.output_dir, args.format, sys.stdout)
             if args.stats:
                 args.stats.write_text(json.dumps(result.stats, indent=1))
     except DatalogError as err:
-        print(str(err), file=sys.stderr)
+        if program is None and err.pos is None:  # the program file itself: name it first
+            print(f"{args.program}: error: {err.message}", file=sys.stderr)
+        else:
+            print(str(err), file=sys.stderr)
         return 1
     except FileNotFoundError as err:
         print(f"{err.filename}: error: no such file", file=sys.stderr)

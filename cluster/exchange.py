@@ -1,15 +1,14 @@
-"""Worker-to-worker collectives for one job, without the scheduler or the client in the path.
+"""Worker-to-worker collectives for one job on a Dask cluster: the ``partition.exchange.Transport``
+that the shards of a job use there, without the scheduler or the client in the path.
 
 Every worker of a job runs one long-running task (``tasks.py``) that executes the same plan,
 so all of them reach the same collectives in the same order: a collective is named by its
 sequence number, and each worker sends its part to every peer and then waits for the peers'
-parts. Messages travel as direct RPCs between workers (``worker.rpc(peer).datalog_put``),
-handled by ``DatalogPlugin``, which files them in the job's mailbox; NumPy/CuPy payloads go
-through Dask's serialisation as frames (no pickling of array data). A peer may run ahead by
-one collective, so the mailbox buffers by sequence number.
-
-Measured on the 2-core machine (BRIEF section 4, and this layer's chain benchmark): a task
-per iteration costs 10-30 ms through the scheduler; one round of these RPCs costs ~1-3 ms.
+parts. On ``tcp://`` clusters the parts travel over direct sockets (``mesh.py``); elsewhere as
+one-way RPCs between workers, handled by ``DatalogPlugin``, which files them in the job's
+mailbox (a peer may run ahead by one collective, so the mailbox buffers by sequence number).
+A task per iteration through the scheduler would cost 10-30 ms; a round costs about 1 ms
+(docs/benchmarks.md).
 
 A job that fails anywhere must not leave its peers waiting forever: the failing worker's
 exception reaches the client, which aborts the job on every worker (``abort``), and a waiting
@@ -23,21 +22,22 @@ import asyncio
 import pickle
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import WorkerPlugin
-from distributed.comm import get_address_host
-from distributed.protocol import to_serialize
-from distributed.utils import sync
 
+from dask_datalog.partition.exchange import ExchangeStats, payload_bytes
+
+from . import dask_adapter
 from .mesh import Mesh, PeerLost
 
 PLUGIN_NAME = "dask-datalog"
 POLL_S = 0.5  # how often a waiting worker checks that its job is still alive
 INLINE_BELOW = 1 << 20  # parts with less array data than this travel pickled inline
+CLOSED_KEPT = 4096  # ended phases remembered per worker, so their late messages are dropped
 
 
 class JobAborted(RuntimeError):
@@ -47,7 +47,7 @@ class JobAborted(RuntimeError):
 @dataclass
 class Mailbox:
     """Messages of one job on one worker, by collective number and sender. Touched only on the
-    worker's event loop (the handlers and ``Collective``'s rounds run there), so it needs no lock."""
+    worker's event loop (the handlers and ``DaskTransport``'s rounds run there), so it needs no lock."""
 
     messages: dict[int, dict[int, Any]] = field(default_factory=lambda: defaultdict(dict))
     aborted: str | None = None
@@ -74,9 +74,11 @@ class DatalogPlugin(WorkerPlugin):
         self.worker = worker
         self.lock = threading.Lock()  # the mailbox table is also read from task threads
         self.mailboxes: dict[str, Mailbox] = {}
-        self.closed: set[str] = set()  # finished jobs: late messages are dropped, not kept
-        worker.handlers["datalog_put"] = self.put
-        worker.handlers["datalog_abort"] = self.abort
+        # Ended phases, oldest first: a late message for one is dropped, not kept in a new
+        # mailbox. Bounded: a message later than CLOSED_KEPT phases does not happen.
+        self.closed: OrderedDict[str, None] = OrderedDict()
+        dask_adapter.add_handler(worker, "datalog_put", self.put)
+        dask_adapter.add_handler(worker, "datalog_abort", self.abort)
 
     def mailbox(self, job: str) -> Mailbox | None:
         with self.lock:
@@ -104,7 +106,9 @@ class DatalogPlugin(WorkerPlugin):
         """Forget the job's mailbox: its buffered messages are freed with it."""
         with self.lock:
             self.mailboxes.pop(job, None)
-            self.closed.add(job)
+            self.closed[job] = None
+            while len(self.closed) > CLOSED_KEPT:
+                self.closed.popitem(last=False)
 
     def teardown(self, worker: Any) -> None:
         for job in list(self.mailboxes):
@@ -117,44 +121,13 @@ def _encode(part: Any) -> Any:
     is not copied into the message."""
     if payload_bytes(part) < INLINE_BELOW:
         return pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
-    return to_serialize(part)
+    return dask_adapter.serialized(part)
 
 
-def payload_bytes(payload: Any) -> int:
-    """Bytes of array data in a message (arrays, possibly inside dicts, lists and tuples)."""
-    if hasattr(payload, "nbytes"):
-        return int(payload.nbytes)
-    if isinstance(payload, dict):
-        return sum(payload_bytes(v) for v in payload.values())
-    if isinstance(payload, (list, tuple)):
-        return sum(payload_bytes(v) for v in payload)
-    return 0
-
-
-@dataclass
-class ExchangeStats:
-    """What this worker's collectives cost: ``send_s`` sending (serialisation and transfer),
-    ``wait_s`` waiting for the slowest peer (coordination), bytes that left and arrived."""
-
-    rounds: int = 0
-    send_s: float = 0.0
-    wait_s: float = 0.0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-
-    def snapshot(self) -> dict[str, float]:
-        return {
-            "rounds": self.rounds,
-            "send_s": round(self.send_s, 6),
-            "wait_s": round(self.wait_s, 6),
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-        }
-
-
-class Collective:
-    """One worker's end of a job's collectives. ``peers``: every worker's address, in rank
-    order (the same list on all workers); ``rank``: this worker's position in it."""
+class DaskTransport:
+    """One worker's end of a job's collectives (a ``partition.exchange.Transport``). ``peers``:
+    every worker's address, in rank order (the same list on all workers); ``rank``: this
+    worker's position in it; ``alive``: whether the client still wants the job."""
 
     def __init__(
         self,
@@ -197,7 +170,7 @@ class Collective:
             except PeerLost as lost:
                 raise JobAborted(f"job {self.job} stopped: {lost}") from lost
         else:
-            received, sent_at = sync(self.worker.loop, self._round, seq, [(p, parts[p]) for p in peers])
+            received, sent_at = dask_adapter.run_on_loop(self.worker.loop, self._round, seq, [(p, parts[p]) for p in peers])
         self.stats.send_s += sent_at - t0
         self.stats.wait_s += time.perf_counter() - sent_at
         self.stats.bytes_sent += sent
@@ -210,7 +183,7 @@ class Collective:
         clusters; the listening addresses travel in one RPC round."""
         if self.size == 1 or not all(p.startswith("tcp://") for p in self.peers):
             return
-        mesh = Mesh(self.rank, self.size, get_address_host(self.peers[self.rank]))
+        mesh = Mesh(self.rank, self.size, dask_adapter.address_host(self.peers[self.rank]))
         try:
             mesh.connect([tuple(a) for a in self.allgather(mesh.address)])
         except OSError as error:  # a peer that failed meanwhile, or a network that refuses
@@ -253,21 +226,21 @@ class Collective:
 
         async def tell() -> None:
             calls = [
-                self.worker.rpc(self.peers[p]).datalog_abort(job=self.job, reason=reason)
+                dask_adapter.call(self.worker, self.peers[p], "datalog_abort", job=self.job, reason=reason)
                 for p in range(self.size)
                 if p != self.rank
             ]
             await asyncio.gather(*calls, return_exceptions=True)
 
-        sync(self.worker.loop, tell)
+        dask_adapter.run_on_loop(self.worker.loop, tell)
 
     async def _round(self, seq: int, messages: list[tuple[int, Any]]) -> tuple[dict[int, Any], float]:
         """One collective on the event loop: send every part (one-way: no reply to wait for),
         then wait for every peer's part. Returns them and the time the sends were done."""
         await asyncio.gather(
             *(
-                self.worker.rpc(self.peers[p]).datalog_put(
-                    job=self.job, seq=seq, source=self.rank, payload=_encode(part), reply=False
+                dask_adapter.send_one_way(
+                    self.worker, self.peers[p], "datalog_put", job=self.job, seq=seq, source=self.rank, payload=_encode(part)
                 )
                 for p, part in messages
             )

@@ -1,6 +1,6 @@
 """Direct TCP connections between the workers of one job phase, driven from the task thread.
 
-A round through Dask's RPC (``exchange.Collective`` without a mesh) hops from the task thread
+A round through Dask's RPC (``exchange.DaskTransport`` without a mesh) hops from the task thread
 to the worker's event loop and back, and the loop's other duties and the GIL handoffs between
 the two threads cost 1.5-3.5 ms per round on a busy 2-core machine: 426 rounds of REACH on
 luxembourg_osm made 2 workers slower than 1. Here the task thread itself writes to and reads
@@ -16,6 +16,8 @@ round's message, if a peer is ahead, stays in the socket).
 
 The mesh is set up through one Dask RPC round (the listening addresses) and is used only for
 ``tcp://`` clusters; other transports (in-process, TLS, UCX) keep the RPC rounds.
+``Mesh.from_sockets`` takes sockets connected elsewhere: socket pairs make a whole mesh in one
+process, without Dask (``tests/test_mesh.py``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class _Outgoing:
                 sent = sock.send(view[:_CHUNK])
             except BlockingIOError:
                 return False
-            except (BrokenPipeError, ConnectionResetError) as error:
+            except OSError as error:  # EPIPE, ECONNRESET, ETIMEDOUT...: the peer is gone either way
                 raise PeerLost(f"a peer closed its connection: {error}") from error
             if sent < view.nbytes:
                 self.views[0] = view[sent:]
@@ -98,7 +100,7 @@ class _Incoming:
                     n = sock.recv_into(memoryview(self.buffer)[self.filled :])
                 except BlockingIOError:
                     return False
-                except ConnectionResetError as error:
+                except OSError as error:  # ECONNRESET, ETIMEDOUT...: the peer is gone either way
                     raise PeerLost(f"a peer closed its connection: {error}") from error
                 if n == 0:
                     raise PeerLost("a peer closed its connection")
@@ -128,18 +130,39 @@ class _Incoming:
 class Mesh:
     """This worker's sockets to and from every peer of one job phase."""
 
-    def __init__(self, rank: int, size: int, host: str):
+    def __init__(self, rank: int, size: int, host: str | None = None):
+        """``host``: listen there for the peers' connections (``connect``); None: no listener,
+        the sockets come from ``from_sockets``."""
         self.rank = rank
         self.size = size
-        self.listener = socket.create_server((host, 0), backlog=max(16, size))
-        self.address = (host, self.listener.getsockname()[1])
+        self.listener: socket.socket | None = None
+        self.address: tuple[str, int] | None = None
+        if host is not None:
+            self.listener = socket.create_server((host, 0), backlog=max(16, size))
+            self.address = (host, self.listener.getsockname()[1])
         self.send_to: dict[int, socket.socket] = {}
         self.receive_from: dict[int, socket.socket] = {}
         self.selector = selectors.DefaultSelector()
 
+    @classmethod
+    def from_sockets(
+        cls, rank: int, size: int, send_to: dict[int, socket.socket], receive_from: dict[int, socket.socket]
+    ) -> Mesh:
+        """A mesh over sockets connected elsewhere (socket pairs in one process: tests without
+        Dask or a network). The mesh owns them from now on and closes them in ``close``."""
+        peers = set(range(size)) - {rank}
+        if set(send_to) != peers or set(receive_from) != peers:
+            raise ValueError(f"rank {rank} of {size} needs one socket each way to each of {sorted(peers)}")
+        mesh = cls(rank, size)
+        mesh.send_to, mesh.receive_from = dict(send_to), dict(receive_from)
+        mesh._ready()
+        return mesh
+
     def connect(self, addresses: list[tuple[str, int]], timeout: float = 60.0) -> None:
         """Connect to every peer's listener (the backlog holds them until accepted), then
         accept every peer's connection to ours."""
+        if self.listener is None:
+            raise RuntimeError("a mesh made from sockets has no listener to connect through")
         for p, address in enumerate(addresses):
             if p != self.rank:
                 sock = socket.create_connection(address, timeout=timeout)
@@ -151,8 +174,14 @@ class Mesh:
             sock.settimeout(timeout)
             (peer,) = _HELLO.unpack(_read_exactly(sock, _HELLO.size))
             self.receive_from[peer] = sock
+        self._ready()
+
+    def _ready(self) -> None:
+        """Non-blocking from now on (``exchange`` waits in the selector), and no Nagle delay on
+        the small messages of the late rounds (TCP only: socket pairs have no such option)."""
         for sock in (*self.send_to.values(), *self.receive_from.values()):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
 
     def exchange(
@@ -168,11 +197,11 @@ class Mesh:
             if outgoing[p].write(self.send_to[p]):
                 del outgoing[p]
         sent_at = time.perf_counter()
-        for p in outgoing:
-            self.selector.register(self.send_to[p], selectors.EVENT_WRITE, ("out", p))
-        for p in incoming:
-            self.selector.register(self.receive_from[p], selectors.EVENT_READ, ("in", p))
-        try:
+        try:  # registered inside: whatever fails leaves the selector empty for the next round
+            for p in outgoing:
+                self.selector.register(self.send_to[p], selectors.EVENT_WRITE, ("out", p))
+            for p in incoming:
+                self.selector.register(self.receive_from[p], selectors.EVENT_READ, ("in", p))
             while outgoing or len(received) < len(incoming):
                 events = self.selector.select(poll_s)
                 if not events:
@@ -194,7 +223,8 @@ class Mesh:
 
     def close(self) -> None:
         self.selector.close()
-        for sock in (self.listener, *self.send_to.values(), *self.receive_from.values()):
+        listener = [] if self.listener is None else [self.listener]
+        for sock in (*listener, *self.send_to.values(), *self.receive_from.values()):
             sock.close()
 
 

@@ -7,6 +7,7 @@ whatever the caller explicitly asks for; tuples move between workers only.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,12 +18,12 @@ import numpy as np
 
 from dask_datalog.engine import facts as factio
 from dask_datalog.engine.ir import Program
-from dask_datalog.engine.job import check_fact_names, print_relation
+from dask_datalog.engine.job import check_fact_names, check_output_format, print_relation, print_sizes
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.placement import REPLICATE_BELOW
 
 from .exchange import PLUGIN_NAME, DatalogPlugin, JobAborted
-from .tasks import JobSpec, Stopped, evaluate_shard, shard_frame, shard_rows, shard_stats, write_shard
+from .tasks import JobSpec, Stopped, evaluate_task, shard_frame, shard_rows, shard_stats, shard_symbols, write_task
 
 ProgressHandler = Callable[[dict[str, Any]], None]
 
@@ -124,7 +125,7 @@ class DistributedRun:
     def symbols(self) -> SymbolTable:
         """The job's symbol table (the same on every worker), fetched once when decoding."""
         if self._symbols is None:
-            self._symbols = self.client.submit(lambda s: s.symbols, self.shards[0], workers=[self.peers[0]]).result()
+            self._symbols = self.client.submit(shard_symbols, self.shards[0], workers=[self.peers[0]]).result()
         return self._symbols
 
     def rows(self, name: str) -> np.ndarray:
@@ -143,12 +144,13 @@ class DistributedRun:
         meta = factio.to_pandas(np.zeros((0, relation.arity), np.uint32), relation, SymbolTable())
         return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
-    def write(self, output_dir: str | Path | None, stdout: TextIO, fmt: str = "csv") -> None:
-        """The workers write the ``.output`` relations (see ``tasks.write_shard``); printed
-        relations (``-D -``) and ``.printsize`` lines go to ``stdout`` here."""
-        to_stdout = output_dir is None or str(output_dir) == "-"
-        if to_stdout and fmt != "csv":
-            raise ValueError("only CSV output can go to stdout")
+    def write(self, output_dir: str | Path, format: str = "csv", stream: TextIO | None = None) -> None:
+        """The workers write the ``.output`` relations (``output.write_outputs``); with
+        ``output_dir`` "-" they come here and are printed to ``stream`` (default stdout), and
+        ``.printsize`` lines go to ``stream`` when one is given."""
+        fmt = format
+        to_stdout = str(output_dir) == "-"
+        check_output_format(to_stdout, fmt)
         target = "-" if to_stdout else str(Path(output_dir).resolve())
         if self.program.outputs:
             job = f"{uuid.uuid4().hex[:12]}-write"
@@ -156,15 +158,15 @@ class DistributedRun:
                 self.client,
                 job,
                 [
-                    self.client.submit(write_shard, shard, job, self.peers, target, fmt, workers=[peer], pure=False)
+                    self.client.submit(write_task, shard, job, self.peers, target, fmt, workers=[peer], pure=False)
                     for shard, peer in zip(self.shards, self.peers)
                 ],
             )
             if to_stdout:
                 for spec in self.program.outputs:
-                    print_relation(stdout, spec.relation, b"".join(p[spec.relation] for p in parts))
-        for name in self.program.printsizes:
-            stdout.write(f"{name}\t{self.size(name)}\n")
+                    print_relation(stream or sys.stdout, spec.relation, b"".join(p[spec.relation] for p in parts))
+        if stream is not None:
+            print_sizes(stream, self.program, self.size)
 
     def close(self) -> None:
         """Free the shards on the workers."""
@@ -222,7 +224,7 @@ def run_job(
         client.subscribe_topic(topic, lambda event: handler(event[1]))
     try:
         futures = [
-            client.submit(evaluate_shard, spec, rank, arrays[rank], key=f"{job}-shard-{rank}", workers=[peer], pure=False)
+            client.submit(evaluate_task, spec, rank, arrays[rank], key=f"{job}-shard-{rank}", workers=[peer], pure=False)
             for rank, peer in enumerate(peers)
         ]
         _run_phase(client, job, futures, keep=True)
@@ -245,26 +247,31 @@ def _split_rows(source: Any, n: int) -> list[Any]:
 
 def _run_phase(client: Any, job: str, futures: Sequence[Any], keep: bool = False) -> list[Any]:
     """Wait for one task per worker; on the first failure (an exception, or a ``Stopped``
-    result) or Ctrl-C, stop the job on every worker, release its tasks and raise the error that
-    caused it (not a peer's JobAborted). ``keep``: leave the results on the workers."""
+    result) stop the job on every worker, release its tasks and raise the error that caused it
+    (not a peer's JobAborted). Ctrl-C (or any error while waiting) stops the job the same way.
+    ``keep``: leave the results on the workers."""
     from distributed import as_completed
 
     def failed(future: Any) -> bool:
         return future.status == "error" or future.type is Stopped
 
-    try:
-        if next((f for f in as_completed(futures, loop=client.loop) if failed(f)), None) is not None:
-            client.run(_abort, job, "a peer failed")
-            for _ in as_completed(futures, loop=client.loop):
-                pass
-            errors = [f.exception() if f.status == "error" else f.result().error for f in futures if failed(f)]
-            cause = next((e for e in errors if not isinstance(e, JobAborted)), errors[0])
-            raise cause
-        return [] if keep else client.gather(list(futures))
-    except BaseException:
-        client.run(_abort, job, "stopped by the client")
+    def stop(reason: str) -> None:
+        client.run(_abort, job, reason)
         client.cancel(list(futures))
+
+    try:
+        first = next((f for f in as_completed(futures, loop=client.loop) if failed(f)), None)
+        if first is None:
+            return [] if keep else client.gather(list(futures))
+        client.run(_abort, job, "a peer failed")
+        for _ in as_completed(futures, loop=client.loop):
+            pass
+    except BaseException:
+        stop("stopped by the client")
         raise
+    errors = [f.exception() if f.status == "error" else f.result().error for f in futures if failed(f)]
+    client.cancel(list(futures))
+    raise next((e for e in errors if not isinstance(e, JobAborted)), errors[0])
 
 
 def _combine_stats(per_worker: list[dict[str, Any]]) -> dict[str, Any]:

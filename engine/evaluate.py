@@ -20,6 +20,7 @@ import numpy as np
 from . import sets
 from .backend import Backend
 from .errors import DatalogError
+from .exchange import Exchange, LocalExchange, Target
 from .hisa import RelationStore, expand_runs, gather_join, gather_pairs, half_of, pack, packed_layout, unpack, words_for
 from .ir import Atom, BinOp, Comparison, Const, Term, Var
 from .plan import (
@@ -27,6 +28,7 @@ from .plan import (
     AssignStep,
     FilterStep,
     JoinStep,
+    Key,
     NegationStep,
     Plan,
     RulePlan,
@@ -88,8 +90,54 @@ class PhaseClock:
         return {k: round(v, 6) for k, v in out.items()}
 
 
+class HeadRows:
+    """One relation's head tuples within an iteration. Blocks wait uncombined until they pass
+    ``chunk_rows`` rows; then everything held is compacted into one sorted, duplicate-free
+    block. So besides the distinct tuples an iteration holds about ``chunk_rows`` rows, whether
+    this shard owns them (kept: new against full already) or sends them on (raw, from the
+    join). ``peak``: the most raw rows it held at once."""
+
+    def __init__(self, width: int, chunk_rows: int, xp: Any, clock: PhaseClock):
+        self.width, self.chunk_rows, self.xp, self.clock = width, chunk_rows, xp, clock
+        self.compacted: list[Any] = []  # at most one sorted, unique block
+        self.pending: list[tuple[Any, bool]] = []  # (rows, sorted and unique)
+        self.pending_rows = 0
+        self.raw_rows = 0
+        self.peak = 0
+
+    def add(self, rows: Any, unique: bool) -> None:
+        if rows.shape[0] == 0:
+            return
+        self.pending.append((rows, unique))
+        self.pending_rows += int(rows.shape[0])
+        if not unique:
+            self.raw_rows += int(rows.shape[0])
+            self.peak = max(self.peak, self.raw_rows)
+        if self.pending_rows > self.chunk_rows:
+            self.compacted = [self.rows()]
+            self.pending, self.pending_rows, self.raw_rows = [], 0, 0
+
+    def rows(self) -> Any:
+        """Everything held, sorted and unique."""
+        blocks = self.compacted + [rows for rows, _ in self.pending]
+        if not blocks:
+            return self.xp.zeros((0, self.width), self.xp.uint64)
+        if len(blocks) == 1 and (self.compacted or self.pending[0][1]):
+            return blocks[0]
+        with self.clock.phase("dedup"):
+            return sets.sort_unique(self.xp.concatenate(blocks), self.xp)
+
+    def __len__(self) -> int:
+        return sum(int(b.shape[0]) for b in self.compacted) + self.pending_rows
+
+
 class Evaluator:
-    """Owns one shard's relations for a run."""
+    """Owns one shard's relations for a run and drives the only semi-naive loop.
+
+    On one shard (``plan_program``'s plan, ``LocalExchange``) this shard is the whole run. On
+    several, the plan carries routes and layouts (``partition.placement.place``) and
+    ``exchange`` does the communication at the points ``engine/exchange.py`` declares; the
+    loop is the same."""
 
     def __init__(
         self,
@@ -98,21 +146,63 @@ class Evaluator:
         symbols: SymbolTable,
         inputs: dict[str, np.ndarray],
         chunk_rows: int | None = None,
+        exchange: Exchange | None = None,
     ):
         self.plan = plan
         self.backend = backend
         self.xp = backend.xp
         self.symbols = symbols
+        self.exchange: Exchange = exchange if exchange is not None else LocalExchange()
+        if plan.shards != self.exchange.size:
+            raise ValueError(f"plan placed for {plan.shards} shards, the exchange has {self.exchange.size}")
         # Rows of join output materialised at once: 16 M (a few hundred MB of binding table)
         # on the CPU, 128 M on a GPU, where fewer, larger sorts keep the device busy.
         self.chunk_rows = chunk_rows or (1 << 27 if backend.name == "cupy" else 1 << 24)
         self.clock = PhaseClock(backend)
         relations = plan.program.relations
+        # The canonical copy of each relation (all of it on one shard, or a replica), and the
+        # other partitioned copies the layouts ask for.
         self.stores = {name: RelationStore(rel.arity, self.xp) for name, rel in relations.items()}
+        self.copies: dict[Target, RelationStore] = {
+            (name, key): RelationStore(relations[name].arity, self.xp)
+            for name, layout in plan.layouts.items()
+            for key in layout.copies[1:]
+        }
+        self.stats: dict[str, Any] = {"backend": backend.name, "strata": []}
+        self._load(inputs)
+
+    def store(self, name: str, copy: Key | None) -> RelationStore:
+        """The store of relation ``name`` keyed on ``copy`` (None or canonical: the main one)."""
+        layout = self.plan.layout(name)
+        if copy is None or layout is None or copy == layout.canonical:
+            return self.stores[name]
+        return self.copies[(name, copy)]
+
+    def _targets(self, name: str, keys: tuple[Key, ...] | None = None) -> list[Target]:
+        """Where rows of ``name`` go: to its copies keyed on ``keys`` (default: the canonical
+        and the maintained ones; a ``later`` copy is built from the complete relation, inputs
+        included, when its stratum ends), or to the one whole store when it is replicated or
+        the run has one shard."""
+        layout = self.plan.layout(name)
+        if layout is None or layout.replicated:
+            return [(name, None)]
+        return [(name, k) for k in (layout.keys if keys is None else keys)]
+
+    def _load(self, inputs: dict[str, np.ndarray]) -> None:
+        """Encoded input rows (this shard's part, any order, duplicates allowed) to every
+        store that holds them: one route for all relations."""
+        blocks: dict[Target, Any] = {}
         for name, rows in inputs.items():
             packed = pack([self.xp.asarray(rows[:, j]) for j in range(rows.shape[1])], rows.shape[0], self.xp)
-            self.stores[name].add(sets.sort_unique(packed, self.xp))
-        self.stats: dict[str, Any] = {"backend": backend.name, "strata": []}
+            packed = sets.sort_unique(packed, self.xp)
+            for target in self._targets(name):
+                blocks[target] = packed
+        arrived, _ = self.exchange.route(blocks, 0)
+        for target, parts in arrived.items():
+            self.store(*target).add(self._union(target[0], parts))
+
+    def _union(self, name: str, blocks: list[Any]) -> Any:
+        return sets.union_all(blocks, words_for(self.stores[name].arity), self.xp)
 
     # -- driving -------------------------------------------------------------------------
 
@@ -124,72 +214,135 @@ class Evaluator:
         return self.stats
 
     def _run_stratum(self, number: int, stratum: StratumPlan, on_iteration: Callable | None) -> dict[str, Any]:
+        """The initial iteration, then semi-naive iterations until no shard derived anything;
+        then the copies that only later strata read are built from the complete relations."""
         t0 = time.perf_counter()
         iterations = [self._iterate(stratum.initial, stratum.relations)]
         if on_iteration:
             on_iteration(number, 0, iterations[-1]["delta"])
-        while stratum.recursive and self._more(iterations[-1]):
+        while stratum.recursive and iterations[-1]["active"]:
             iterations.append(self._iterate(stratum.deltas, stratum.relations))
             if on_iteration:
                 on_iteration(number, len(iterations) - 1, iterations[-1]["delta"])
+        self._fill_copies(stratum.relations, "later")
         return {
             "relations": list(stratum.relations),
             "recursive": stratum.recursive,
             "iterations": iterations,
-            "sizes": {r: len(self.stores[r]) for r in stratum.relations},
+            "sizes": {r: self.local_size(r) for r in stratum.relations},
             "time_s": round(time.perf_counter() - t0, 6),
         }
 
-    def _more(self, iteration: dict[str, Any]) -> bool:
-        """Whether a recursive stratum goes on after ``iteration`` (its record)."""
-        return any(iteration["delta"].values())
-
     def _iterate(self, rules: tuple[RulePlan, ...], relations: tuple[str, ...]) -> dict[str, Any]:
-        """One semi-naive step: every rule version reads the current deltas; then each
-        relation's new tuples become its next delta and are merged into full."""
+        """One semi-naive step: every rule version reads the current deltas; head tuples this
+        shard owns are deduplicated against full as they are made, the others go to their
+        owners in one route (which also tells every shard whether any shard found or moved
+        anything); what arrives is deduplicated too, becomes the next delta and is merged into
+        full; then the other copies of each relation receive that delta."""
         t0 = time.perf_counter()
-        produced: dict[str, list[Any]] = {r: [] for r in relations}
+        width = {r: words_for(self.stores[r].arity) for r in relations}
+        kept = {r: HeadRows(width[r], self.chunk_rows, self.xp, self.clock) for r in relations}
+        outgoing = {r: HeadRows(width[r], self.chunk_rows, self.xp, self.clock) for r in relations}
         for rp in rules:
-            if rp.delta_relation is not None and self.stores[rp.delta_relation].delta.shape[0] == 0:
+            delta = rp.delta_step
+            # Idle: no delta in the store that version reads (on this shard), and no collective
+            # inside it that the other shards would wait for.
+            if delta is not None and not rp.exchanges and self._store_for(delta).delta.shape[0] == 0:
                 continue
-            produced[rp.rule.head.relation].extend(self._run_rule(rp))
+            self._run_version(rp, kept[rp.rule.head.relation], outgoing[rp.rule.head.relation])
+        blocks: dict[Target, Any] = {}
+        for rel in relations:
+            if len(outgoing[rel]):
+                layout = self.plan.layout(rel)
+                blocks[(rel, layout.canonical if layout is not None else None)] = outgoing[rel].rows()
+        found = sum(len(kept[r]) for r in relations) + sum(int(b.shape[0]) for b in blocks.values())
+        arrived, active = self.exchange.route(blocks, found)
+        for target, parts in arrived.items():
+            kept[target[0]].add(self.stores[target[0]].novel(self.xp.concatenate(parts), self.clock.phase), unique=True)
         delta_sizes = {}
         for rel in relations:
-            store = self.stores[rel]
-            with self.clock.phase("dedup"):
-                delta = sets.union_all(produced[rel], words_for(store.arity), self.xp)
+            delta = kept[rel].rows()
             with self.clock.phase("merge"):
-                store.add(delta)
+                self.stores[rel].add(delta)
             delta_sizes[rel] = int(delta.shape[0])
-        return {"delta": delta_sizes, **self.clock.take(), "time_s": round(time.perf_counter() - t0, 6)}
+        self._fill_copies(relations, "maintained")
+        record: dict[str, Any] = {"delta": delta_sizes, "active": active, **self.clock.take()}
+        record["buffered_rows"] = max((h.peak for h in (*kept.values(), *outgoing.values())), default=0)
+        exchanged = self.exchange.take_stats()
+        if exchanged:
+            record["exchange"] = exchanged
+        record["time_s"] = round(time.perf_counter() - t0, 6)
+        return record
+
+    def _fill_copies(self, relations: tuple[str, ...], which: str) -> None:
+        """Route rows to the other partitioned copies of ``relations``: each iteration's new
+        delta to the ``maintained`` ones, the complete relation to the ``later`` ones when its
+        stratum ends. No round when the layouts name no such copy (the same on every shard)."""
+        targets: list[Target] = []
+        for rel in relations:
+            layout = self.plan.layout(rel)
+            if layout is not None and not layout.replicated:
+                targets += self._targets(rel, layout.keys[1:] if which == "maintained" else layout.later)
+        if not targets:
+            return
+        store_rows = (lambda rel: self.stores[rel].delta) if which == "maintained" else (lambda rel: self.stores[rel].full)
+        arrived, _ = self.exchange.route({t: store_rows(t[0]) for t in targets}, 0)
+        with self.clock.phase("merge"):
+            for target in targets:
+                self.copies[target].add(self._union(target[0], arrived.get(target, [])))
+
+    def local_size(self, name: str) -> int:
+        """Tuples of ``name`` this shard accounts for: its part, or all of a replicated relation
+        on shard 0 only (so sizes add up over shards)."""
+        return int(self.local_rows(name).shape[0])
+
+    def local_rows(self, name: str) -> Any:
+        """Packed rows this shard accounts for (see ``local_size``), sorted."""
+        layout = self.plan.layout(name)
+        full = self.stores[name].full
+        return full[:0] if layout is not None and layout.replicated and self.exchange.rank != 0 else full
 
     # -- one rule version ------------------------------------------------------------------
 
-    def _run_rule(self, rp: RulePlan) -> list[Any]:
-        """New tuples for the head (sorted, unique, not in full), as a list of row blocks."""
+    def _run_version(self, rp: RulePlan, kept: HeadRows, outgoing: HeadRows) -> None:
+        """Run the version's pipeline segment by segment (a segment ends before each step
+        routed ``exchange``, where the binding tables are re-partitioned); the head tuples of
+        the last go to ``kept`` (owned here: only the new ones) or ``outgoing``."""
         head = rp.rule.head
         store = self.stores[head.relation]
-        out: list[Any] = []
-        pending: list[Any] = []
         layout = packed_layout(head)
+        route = rp.head
 
         def sink(b: Bindings) -> None:
-            rows = store.novel(self._head_rows(b, head, layout), self.clock.phase)
-            if rows.shape[0]:
-                pending.append(rows)
-            if sum(p.shape[0] for p in pending) > self.chunk_rows:
-                with self.clock.phase("dedup"):
-                    out[:] = [sets.sort_unique(self.xp.concatenate(out + pending), self.xp)]
-                pending.clear()
+            rows = self._head_rows(b, head, layout)
+            if route.action in ("exchange", "broadcast"):
+                outgoing.add(rows, unique=False)
+                return
+            if route.action == "own":
+                mine = self.exchange.owned([unpack(rows, j, self.xp) for j in route.key])
+                rows = rows if mine is None else rows[mine]
+            kept.add(store.novel(rows, self.clock.phase), unique=True)
 
+        cuts = [i for i, step in enumerate(rp.steps) if step.route.action == "exchange"]
+        bounds = [0, *cuts, len(rp.steps)]
+        tables: list[Bindings] = [Bindings(self.xp.zeros((1, 0), dtype=self.xp.uint32), ())]
         with self.clock.phase("join"):
-            unit = Bindings(self.xp.zeros((1, 0), dtype=self.xp.uint32), ())
-            self._steps(unit, rp.steps, sink, layout)
-        if pending or len(out) > 1:
-            with self.clock.phase("dedup"):
-                blocks = out + pending
-                out = [blocks[0] if len(blocks) == 1 else sets.sort_unique(self.xp.concatenate(blocks), self.xp)]
-        return out
+            for lo, hi in zip(bounds, bounds[1:]):
+                if lo > 0:
+                    tables = self._repartition(tables, rp.steps[lo].route.key)
+                last = hi == len(rp.steps)
+                collected: list[Bindings] = []
+                for b in tables:
+                    self._steps(b, rp.steps[lo:hi], sink if last else collected.append, layout if last else None)
+                tables = collected
+
+    def _repartition(self, tables: list[Bindings], key: tuple[str, ...]) -> list[Bindings]:
+        """The segment's binding tables, re-partitioned by ``key`` (a shard with none still
+        takes part in the round)."""
+        if len(tables) > 1:
+            tables = [Bindings(self.xp.concatenate([b.table for b in tables]), tables[0].names)]
+        moved = self.exchange.repartition(tables[0] if tables else None, key)
+        return [] if moved is None else [moved]
 
     def _head_rows(self, b: Bindings, head: Atom, layout: tuple[str | None, ...] | None) -> Any:
         """The head tuples of a binding table, packed (``layout``: see ``_steps``)."""
@@ -208,13 +361,15 @@ class Evaluator:
         rows without a copy, asked of the last join."""
         xp = self.xp
         for i, step in enumerate(steps):
+            if step.route.action == "own":
+                mine = self.exchange.owned([b.col(v) for v in step.route.key])
+                b = b if mine is None else b.take(xp.nonzero(mine)[0])
             if b.n == 0:
                 return
-            b = self._enter(step, b)
             if isinstance(step, JoinStep):
                 last = i == len(steps) - 1
                 for part in self._join(b, step, layout if last else None):
-                    self._steps(self._joined(step, part), steps[i + 1 :], sink, layout)
+                    self._steps(part, steps[i + 1 :], sink, layout)
                 return
             if isinstance(step, FilterStep):
                 b = b.take(xp.nonzero(self._compare(step.comparison, b))[0])
@@ -227,19 +382,9 @@ class Evaluator:
         if b.n:
             sink(b)
 
-    # Hooks for a shard of a distributed run (cluster/shard.py); one shard uses them as is.
-
-    def _enter(self, step: Step, b: Bindings) -> Bindings:
-        """The binding table a step runs on."""
-        return b
-
-    def _joined(self, step: JoinStep, part: Bindings) -> Bindings:
-        """One chunk of a join's output, before the rest of the pipeline sees it."""
-        return part
-
     def _store_for(self, step: JoinStep | NegationStep) -> RelationStore:
-        """The store whose indexes a join or negation probes."""
-        return self.stores[step.atom.relation]
+        """The store whose indexes a join or negation probes: the copy its route names."""
+        return self.store(step.atom.relation, step.route.copy)
 
     def _key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
         return [self._term(atom.args[j], b) for j in positions]
@@ -252,6 +397,9 @@ class Evaluator:
         index = self._store_for(step).index(step.order, step.version)
         keys = self._key_columns(atom, step.order[: step.key_len], b)
         starts, counts = index.ranges(keys[:2], b.n, xp)
+        if step.route.action == "slice":  # a scan (no key): this shard's block of the rows
+            lo, hi = self.exchange.share(int(index.rows.shape[0]))
+            starts, counts = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64)
         # Index columns the probe could not check: key columns past the two hashed ones, and
         # repeats of a free variable within the atom.
         free: dict[str, int] = {}

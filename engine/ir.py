@@ -7,7 +7,8 @@ only in where they were written are the same rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Literal as TypingLiteral
 
 BaseType = TypingLiteral["number", "unsigned", "symbol"]
@@ -172,3 +173,24 @@ class Program:
 
     def __hash__(self) -> int:  # dict field: hash what identifies the program
         return hash((tuple(self.relations), self.rules))
+
+
+def walk(node: object) -> Iterator[object]:
+    """``node`` and every node under it, depth first: dataclass fields and the tuples, lists,
+    sets and dict values holding them (plan steps are dataclasses too)."""
+    yield node
+    if is_dataclass(node) and not isinstance(node, type):
+        for f in fields(node):
+            yield from walk(getattr(node, f.name))
+    elif isinstance(node, (tuple, list, frozenset, set)):
+        for item in node:
+            yield from walk(item)
+    elif isinstance(node, dict):
+        for item in node.values():
+            yield from walk(item)
+
+
+def symbol_constants(node: object) -> set[str]:
+    """Every symbol constant under ``node``: interned before evaluation on every shard, so the
+    ids constants get are the same everywhere."""
+    return {str(n.value) for n in walk(node) if isinstance(n, Const) and n.type == "symbol"}

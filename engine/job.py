@@ -3,6 +3,7 @@ reuses the pieces; the CLI and the Python API call ``run_program`` for in-proces
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,8 +40,8 @@ class RunOutput:
     def size(self, name: str) -> int:
         return int(self.packed[name].shape[0])
 
-    def write(self, output_dir: str | Path | None, stdout: Any, fmt: str = "csv") -> None:
-        write_outputs(self, output_dir, stdout, fmt)
+    def write(self, output_dir: str | Path, format: str = "csv", stream: Any | None = None) -> None:
+        write_outputs(self, output_dir, format, stream)
 
     def rows(self, name: str) -> np.ndarray:
         """(n, arity) encoded uint32 on the host, canonical order (decoded once, cached)."""
@@ -119,18 +120,18 @@ def run_program(
     return RunOutput(program, symbols, backend, packed, stats)
 
 
-def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any, fmt: str = "csv") -> None:
-    """``.output`` relations to ``<output_dir>/<name>.csv`` (stdout when output_dir is "-"), or
-    with ``fmt="parquet"`` to the dataset ``<output_dir>/<name>/`` (one part here), then
-    ``.printsize`` lines to stdout."""
-    to_stdout = output_dir is None or str(output_dir) == "-"
-    if to_stdout and fmt != "csv":
-        raise ValueError("only CSV output can go to stdout")
+def write_outputs(run: RunOutput, output_dir: str | Path, fmt: str = "csv", stream: Any | None = None) -> None:
+    """``.output`` relations to ``<output_dir>/<name>.csv``, or with ``fmt="parquet"`` to the
+    dataset ``<output_dir>/<name>/`` (one part here); ``output_dir`` "-" prints them to
+    ``stream`` (default stdout). ``.printsize`` lines go to ``stream`` when one is given."""
+    to_stdout = str(output_dir) == "-"
+    check_output_format(to_stdout, fmt)
     for spec in run.program.outputs:
         relation = run.program.relations[spec.relation]
         rows = run.rows(spec.relation)
         if to_stdout:
-            print_relation(stdout, spec.relation, factio.format_relation(rows, relation, run.symbols, spec.delimiter))
+            data = factio.format_relation(rows, relation, run.symbols, spec.delimiter)
+            print_relation(stream or sys.stdout, spec.relation, data)
         elif fmt == "parquet":
             dataset = Path(output_dir) / spec.relation
             factio.clear_parquet_parts(dataset)
@@ -140,8 +141,21 @@ def write_outputs(run: RunOutput, output_dir: str | Path | None, stdout: Any, fm
             directory.mkdir(parents=True, exist_ok=True)
             target = directory / (spec.filename or f"{spec.relation}.csv")
             factio.write_relation(target, rows, relation, run.symbols, spec.delimiter)
-    for name in run.program.printsizes:
-        stdout.write(f"{name}\t{run.size(name)}\n")
+    if stream is not None:
+        print_sizes(stream, run.program, run.size)
+
+
+def check_output_format(to_stdout: bool, fmt: str) -> None:
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"unknown output format {fmt!r}: expected csv or parquet")
+    if to_stdout and fmt != "csv":
+        raise ValueError("only CSV output can go to stdout")
+
+
+def print_sizes(stream: Any, program: Program, size: Callable[[str], int]) -> None:
+    """The ``.printsize`` lines: ``name<TAB>count``."""
+    for name in program.printsizes:
+        stream.write(f"{name}\t{size(name)}\n")
 
 
 def print_relation(stdout: Any, name: str, data: bytes) -> None:

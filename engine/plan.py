@@ -10,13 +10,20 @@ Semi-naive: a recursive rule with k body atoms on relations of its own stratum g
 versions, version i reading the delta of atom i and full for the others (full already holds
 the delta, so some delta x delta combinations are produced twice and removed by dedup; full
 x full is never recomputed). Each version's join order starts from its delta atom.
+
+Routes: every step that reads a relation carries a ``Route`` and every rule version a
+``HeadRoute``: what happens to the binding table before the step, and where the produced tuples
+go. ``plan_program`` makes every route local (one shard holds everything);
+``partition.placement.place`` returns the same plan with the routes and relation layouts of a
+run over several shards. The engine's loop executes either the same way, through its
+``Exchange`` (engine/exchange.py).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .ir import (
@@ -31,10 +38,66 @@ from .ir import (
     Rule,
     Term,
     Var,
+    walk,
 )
 from .strata import stratify
 
 Version = Literal["full", "delta"]
+Key = tuple[int, ...]  # columns of a relation whose hash decides a tuple's shard
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the binding table goes through before a step runs on this shard's data.
+
+    - ``local``: nothing.
+    - ``exchange``: re-partition it among the shards by the hash of the ``key`` variables.
+    - ``own``: it is the same on every shard; each keeps the rows it owns by ``key``.
+    - ``slice``: it is the same on every shard and the step scans a replicated relation;
+      shard k scans block k of the relation's rows, so the work is split, not repeated.
+
+    ``copy``: the key of the partitioned copy of the relation the step reads (None: the
+    relation's only store: one shard, or a replicated relation)."""
+
+    action: Literal["local", "exchange", "own", "slice"] = "local"
+    key: tuple[str, ...] = ()
+    copy: Key | None = None
+
+
+LOCAL = Route()
+
+
+@dataclass(frozen=True)
+class HeadRoute:
+    """Where a version's head tuples go: ``local`` (deduplicated here: this shard owns them),
+    ``own`` (the binding is the same everywhere: keep the ones owned by ``key``),
+    ``exchange`` (to their owners by the head relation's canonical key) or ``broadcast`` (to
+    every shard: a replicated relation)."""
+
+    action: Literal["local", "own", "exchange", "broadcast"] = "local"
+    key: Key = ()
+
+
+@dataclass(frozen=True)
+class RelationLayout:
+    """How a relation is spread over the shards. Replicated: every shard holds all of it.
+    Partitioned: one copy per key in ``keys`` (the canonical copy first: new tuples are
+    deduplicated there, and each later key's copy receives the deduplicated delta every
+    iteration) and in ``later`` (copies first read after the relation's stratum, built once
+    from the complete relation). ``reason`` says why, for the statistics."""
+
+    replicated: bool
+    keys: tuple[Key, ...]
+    later: tuple[Key, ...]
+    reason: str
+
+    @property
+    def canonical(self) -> Key | None:
+        return self.keys[0] if self.keys else None
+
+    @property
+    def copies(self) -> tuple[Key, ...]:
+        return self.keys + self.later
 
 
 @dataclass(frozen=True)
@@ -47,17 +110,20 @@ class JoinStep:
     order: tuple[int, ...]
     key_len: int
     keep: frozenset[str] | None  # variables still needed after it; None keeps every one
+    route: Route = LOCAL
 
 
 @dataclass(frozen=True)
 class FilterStep:
     comparison: Comparison
+    route: Route = LOCAL  # always local: it reads no relation
 
 
 @dataclass(frozen=True)
 class AssignStep:
     var: str
     expr: Term
+    route: Route = LOCAL  # always local: it reads no relation
 
 
 @dataclass(frozen=True)
@@ -65,6 +131,7 @@ class NegationStep:
     atom: Atom
     order: tuple[int, ...]
     key_len: int
+    route: Route = LOCAL
 
 
 @dataclass(frozen=True)
@@ -74,6 +141,7 @@ class AggregateStep:
     aggregation: Aggregation
     grouping: tuple[str, ...]
     steps: tuple[Step, ...]
+    route: Route = LOCAL
 
 
 Step = JoinStep | FilterStep | AssignStep | NegationStep | AggregateStep
@@ -84,6 +152,18 @@ class RulePlan:
     rule: Rule
     steps: tuple[Step, ...]
     delta_relation: str | None  # the relation read as delta, None for an all-full version
+    head: HeadRoute = HeadRoute()
+
+    @property
+    def delta_step(self) -> JoinStep | None:
+        """The join that reads a delta (the version's first step), None for an all-full one."""
+        return next((s for s in self.steps if isinstance(s, JoinStep) and s.version == "delta"), None)
+
+    @property
+    def exchanges(self) -> int:
+        """Binding-table exchanges per run of the version: collectives every shard takes part
+        in, even with nothing to send."""
+        return sum(s.route.action == "exchange" for s in self.steps)
 
 
 @dataclass(frozen=True)
@@ -98,24 +178,25 @@ class StratumPlan:
 class Plan:
     program: Program
     strata: tuple[StratumPlan, ...]
+    shards: int = 1
+    layouts: Mapping[str, RelationLayout] = field(default_factory=dict)  # empty on one shard
+
+    def layout(self, name: str) -> RelationLayout | None:
+        return self.layouts.get(name)
 
     def indexes(self) -> frozenset[tuple[str, tuple[int, ...]]]:
         """Every (relation, column order) a full relation is read through."""
-        found: set[tuple[str, tuple[int, ...]]] = set()
+        return frozenset(
+            (s.atom.relation, s.order)
+            for s in walk(self.strata)
+            if isinstance(s, NegationStep) or (isinstance(s, JoinStep) and s.version == "full")
+        )
 
-        def walk(steps: tuple[Step, ...]) -> None:
-            for s in steps:
-                if isinstance(s, JoinStep) and s.version == "full":
-                    found.add((s.atom.relation, s.order))
-                elif isinstance(s, NegationStep):
-                    found.add((s.atom.relation, s.order))
-                elif isinstance(s, AggregateStep):
-                    walk(s.steps)
-
-        for stratum in self.strata:
+    def versions(self) -> Iterator[tuple[int, RulePlan]]:
+        """(stratum number, rule version) for every version of every stratum."""
+        for i, stratum in enumerate(self.strata):
             for rp in stratum.initial + stratum.deltas:
-                walk(rp.steps)
-        return frozenset(found)
+                yield i, rp
 
 
 def plan_program(program: Program) -> Plan:

@@ -1,6 +1,8 @@
 """Placement: how every relation is laid out over ``n_shards`` shards and how every rule version's
-binding table moves between its steps. Pure functions of the ``Plan`` and the input sizes; the
-result is plain frozen data that the Dask layer executes without re-deriving anything.
+binding table moves between its steps. A pure function of the ``Plan`` and the input sizes; the
+result is the same plan with every step and head carrying its route (``engine.plan.Route``,
+``HeadRoute``) and every relation its ``RelationLayout``, which the engine's one loop executes
+through an ``Exchange`` without re-deriving anything.
 
 Layout of a relation (``RelationLayout``)
 - Partitioned: one copy per distinct partition key, each copy hash-partitioned (``hashing``)
@@ -38,8 +40,8 @@ Layout of a relation (``RelationLayout``)
     runs unchanged on every shard.
   Replication is decided first; every other choice is made given it.
 
-Routing a rule version (``RuleRoute``): the binding table starts as the unit binding,
-identical on every shard ("everywhere"). Each step's ``StepRoute.action`` says what the
+Routing a rule version: the binding table starts as the unit binding, identical on every
+shard ("everywhere"). Each step's ``Route.action`` says what the
 executor does before running the step on local data:
 - ``local``: nothing. Scanning a partitioned copy from everywhere turns the binding into a
   partitioned one (each shard reads its part); steps on replicated relations keep the state.
@@ -61,107 +63,43 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
 
 from dask_datalog.engine.hisa import words_for
-from dask_datalog.engine.ir import Atom, Var
-from dask_datalog.engine.plan import AggregateStep, JoinStep, NegationStep, Plan, RulePlan, Step
+from dask_datalog.engine.ir import Atom, Var, walk
+from dask_datalog.engine.plan import (
+    AggregateStep,
+    HeadRoute,
+    JoinStep,
+    Key,
+    NegationStep,
+    Plan,
+    RelationLayout,
+    Route,
+    RulePlan,
+    Step,
+)
 
-# Per replica, in packed canonical rows. Each shard keeps a replica plus one sorted copy per
-# extra column order it is probed in (2-3 copies: ~200 MiB), about 1% of a 16 GiB CPU worker
-# and far less of an 80 GiB GPU; broadcasting it over 10 GbE takes ~55 ms once per run, the
-# budget of ~25 iterations, while it removes an exchange from every iteration. Every edge list
-# of the published REACH/SG benchmarks (at most 410 k edges: 3.3 MB) falls below it. Measured
-# with 2 workers (docs/benchmarks.md): replicating the edges instead of partitioning them took
-# REACH ego-Facebook from 1.69 s to 0.51 s and luxembourg_osm from 1.28 s to 1.09 s.
+# Per replica, in packed canonical rows: small against a worker's memory, cheap to broadcast
+# once per run, and it removes an exchange from every iteration (docs/benchmarks.md,
+# "Replication", has the measurements behind the figure).
 REPLICATE_BELOW = 64 * 2**20
-
-Key = tuple[int, ...]
-Action = Literal["local", "exchange", "own", "slice"]
-HeadAction = Literal["local", "exchange", "own", "broadcast"]
-
-
-@dataclass(frozen=True)
-class RelationLayout:
-    """Replicated, or partitioned into one copy per key. ``keys``: the canonical copy first,
-    then the copies maintained while the relation grows (each receives the deduplicated delta
-    from the canonical owners). ``later``: copies first read after the relation's stratum is
-    done, built once from the complete relation instead of being maintained every iteration."""
-
-    replicated: bool
-    keys: tuple[Key, ...]
-    later: tuple[Key, ...]
-    reason: str
-
-    @property
-    def canonical(self) -> Key | None:
-        """The key new tuples are routed by and deduplicated under; None when replicated."""
-        return self.keys[0] if self.keys else None
-
-    @property
-    def copies(self) -> tuple[Key, ...]:
-        return self.keys + self.later
-
-
-@dataclass(frozen=True)
-class StepRoute:
-    """What happens before one plan step: ``action`` over the binding table (``key``: the
-    variables hashed for exchange/own), ``copy``: the key of the partitioned copy the step
-    reads (None: a replicated relation, or no relation), ``body``: routes of an aggregate's
-    body steps, all local."""
-
-    action: Action
-    key: tuple[str, ...] = ()
-    copy: Key | None = None
-    body: tuple[StepRoute, ...] = ()
-
-
-@dataclass(frozen=True)
-class HeadRoute:
-    """Where produced head tuples go; ``key``: the head columns hashed (its canonical key)."""
-
-    action: HeadAction
-    key: Key = ()
-
-
-@dataclass(frozen=True)
-class RuleRoute:
-    steps: tuple[StepRoute, ...]  # one per step of the rule version, in order
-    head: HeadRoute
-
-    @property
-    def exchanges(self) -> int:
-        """Binding-table exchanges per run of the version (head routing not counted)."""
-        return sum(s.action == "exchange" for s in self.steps)
-
-
-@dataclass(frozen=True)
-class StratumRoutes:
-    initial: tuple[RuleRoute, ...]  # parallel to StratumPlan.initial
-    deltas: tuple[RuleRoute, ...]  # parallel to StratumPlan.deltas
-
-
-@dataclass(frozen=True)
-class Placement:
-    n_shards: int
-    replicate_below: int
-    relations: dict[str, RelationLayout]
-    strata: tuple[StratumRoutes, ...]  # parallel to Plan.strata
-
 
 def place(
     plan: Plan,
     n_shards: int,
     sizes: Mapping[str, int] | None = None,
     replicate_below: int = REPLICATE_BELOW,
-) -> Placement:
-    """Lay out every relation of ``plan`` over ``n_shards`` and route every rule version.
-    ``sizes``: known tuple counts (inputs; lower-strata results when placing between strata)."""
+) -> Plan:
+    """``plan`` laid out over ``n_shards``: every relation's layout, every step's ``Route`` and
+    every version's ``HeadRoute``. ``sizes``: known tuple counts (inputs; lower-strata results
+    when placing between strata). One shard holds everything: the plan stays all local."""
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if n_shards == 1:
+        return plan
     program = plan.program
-    versions = [(i, rp) for i, s in enumerate(plan.strata) for rp in s.initial + s.deltas]
+    versions = list(plan.versions())
     replicated: dict[str, str] = {}
     static = _static_relations(plan)
     for name, rel in program.relations.items():
@@ -181,13 +119,14 @@ def place(
     stratum_of = {r: i for i, s in enumerate(plan.strata) for r in s.relations}
     layouts = {name: _layout(name, stratum_of.get(name), replicated, survey) for name in sorted(program.relations)}
     strata = tuple(
-        StratumRoutes(
-            tuple(_route(rp, layouts, s.relations) for rp in s.initial),
-            tuple(_route(rp, layouts, s.relations) for rp in s.deltas),
+        replace(
+            s,
+            initial=tuple(_route(rp, layouts, s.relations) for rp in s.initial),
+            deltas=tuple(_route(rp, layouts, s.relations) for rp in s.deltas),
         )
         for s in plan.strata
     )
-    return Placement(n_shards, replicate_below, layouts, strata)
+    return replace(plan, strata=strata, shards=n_shards, layouts=layouts)
 
 
 # -- what each step needs ----------------------------------------------------------------
@@ -234,14 +173,10 @@ def _variable_key_column(atom: Atom, key: Iterable[int]) -> int | None:
     return next((c for c in key if isinstance(atom.args[c], Var)), None)
 
 
-def _atoms_in(steps: tuple[Step, ...]) -> list[Atom]:
-    atoms: list[Atom] = []
-    for s in steps:
-        if isinstance(s, JoinStep | NegationStep):
-            atoms.append(s.atom)
-        elif isinstance(s, AggregateStep):
-            atoms.extend(_atoms_in(s.steps))
-    return atoms
+def _atoms_in(plan_part: object) -> list[Atom]:
+    """The atoms every join and negation under ``plan_part`` (steps, rule versions) reads,
+    aggregate bodies included."""
+    return [s.atom for s in walk(plan_part) if isinstance(s, JoinStep | NegationStep)]
 
 
 def _co_partition_variable(step: AggregateStep, atoms: list[Atom]) -> str | None:
@@ -273,7 +208,7 @@ def _static_relations(plan: Plan) -> set[str]:
     """Relations complete before any stratum reads them: not read by the stratum deriving them."""
     growing: set[str] = set()
     for s in plan.strata:
-        read = {a.relation for rp in s.initial + s.deltas for a in _atoms_in(rp.steps)}
+        read = {a.relation for a in _atoms_in(s.initial + s.deltas)}
         growing |= read & set(s.relations)
     return set(plan.program.relations) - growing
 
@@ -336,31 +271,32 @@ def _layout(name: str, stratum: int | None, replicated: Mapping[str, str], surve
 # -- pass 2: route every rule version -----------------------------------------------------
 
 
-def _route(rp: RulePlan, layouts: Mapping[str, RelationLayout], growing: tuple[str, ...]) -> RuleRoute:
-    """``growing``: the relations of the version's stratum, whose later copies do not exist yet."""
+def _route(rp: RulePlan, layouts: Mapping[str, RelationLayout], growing: tuple[str, ...]) -> RulePlan:
+    """The version with its routes. ``growing``: the relations of its stratum, whose later
+    copies do not exist yet."""
     replicated = {name: l.reason for name, l in layouts.items() if l.replicated}
     head_atom = rp.rule.head
     head = layouts[head_atom.relation]
     head_vars = None if head.replicated else _vars_at(head_atom, head.canonical or ())
     everywhere = True
     dist: tuple[str, ...] | None = None  # the variables the binding is partitioned by, if known
-    routes: list[StepRoute] = []
+    steps: list[Step] = []
     for i, step in enumerate(rp.steps):
         need = _need(step, replicated, head_atom.relation)
         rest = rp.steps[i + 1 :]
         if need.var is not None:
             key = (need.var,)
-            action: Action = "own" if everywhere else "local" if dist == key else "exchange"
-            body = _body_routes(step, replicated, need) if isinstance(step, AggregateStep) else ()
+            action = "own" if everywhere else "local" if dist == key else "exchange"
             copy = need.copies[0][1] if isinstance(step, JoinStep | NegationStep) else None
-            routes.append(StepRoute(action, key if action != "local" else (), copy, body))
+            step = _with_body_routes(step, replicated, need)
+            steps.append(replace(step, route=Route(action, key if action != "local" else (), copy)))
             everywhere, dist = False, key
         elif need.scan:
             assert everywhere and isinstance(step, JoinStep), "the survey replicates scans after the first join"
             layout = layouts[step.atom.relation]
             available = layout.keys if step.atom.relation in growing else layout.copies
             copy = _scan_copy(step.atom, available, _next_need(rest, replicated, head_atom.relation), head_vars)
-            routes.append(StepRoute("local", copy=copy))
+            steps.append(replace(step, route=Route("local", copy=copy)))
             everywhere, dist = False, _vars_at(step.atom, copy)
         elif (
             isinstance(step, JoinStep)
@@ -368,12 +304,11 @@ def _route(rp: RulePlan, layouts: Mapping[str, RelationLayout], growing: tuple[s
             and step.key_len == 0
             and _more_local_work(rest, replicated, head_atom.relation)
         ):
-            routes.append(StepRoute("slice"))
+            steps.append(replace(step, route=Route("slice")))
             everywhere, dist = False, None
         else:
-            body = _body_routes(step, replicated, need) if isinstance(step, AggregateStep) else ()
-            routes.append(StepRoute("local", body=body))
-    return RuleRoute(tuple(routes), _head_route(head, everywhere, dist, head_vars))
+            steps.append(_with_body_routes(step, replicated, need))
+    return replace(rp, steps=tuple(steps), head=_head_route(head, everywhere, dist, head_vars))
 
 
 def _scan_copy(atom: Atom, available: tuple[Key, ...], next_var: str | None, head_vars: tuple[str, ...] | None) -> Key:
@@ -392,24 +327,24 @@ def _more_local_work(steps: tuple[Step, ...], replicated: Mapping[str, str], hea
     return False
 
 
-def _body_routes(step: AggregateStep, replicated: Mapping[str, str], need: _Need) -> tuple[StepRoute, ...]:
-    """Aggregate body steps all run locally: on replicas, or on the copies keyed on the
-    co-partitioning variable."""
-    routes = []
+def _with_body_routes(step: Step, replicated: Mapping[str, str], need: _Need) -> Step:
+    """An aggregate's body steps all run locally: on replicas, or on the copies keyed on the
+    co-partitioning variable (``need.var``)."""
+    if not isinstance(step, AggregateStep):
+        return step
+    body: list[Step] = []
     for s in step.steps:
-        if isinstance(s, AggregateStep):
-            routes.append(StepRoute("local", body=_body_routes(s, replicated, need)))
-        elif isinstance(s, JoinStep | NegationStep) and s.atom.relation not in replicated:
+        if isinstance(s, JoinStep | NegationStep) and s.atom.relation not in replicated:
             assert need.var is not None
-            routes.append(StepRoute("local", copy=(_column_of(s.atom, need.var),)))
-        else:
-            routes.append(StepRoute("local"))
-    return tuple(routes)
+            s = replace(s, route=Route("local", copy=(_column_of(s.atom, need.var),)))
+        body.append(_with_body_routes(s, replicated, need))
+    return replace(step, steps=tuple(body))
 
 
 def _head_route(
     head: RelationLayout, everywhere: bool, dist: tuple[str, ...] | None, head_vars: tuple[str, ...] | None
 ) -> HeadRoute:
+    """Where the version's head tuples go (``HeadRoute``)."""
     if head.replicated:
         return HeadRoute("local" if everywhere else "broadcast")
     key = head.canonical or ()

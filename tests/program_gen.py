@@ -589,8 +589,13 @@ class _Generator:
         for group in groups:
             for head in group:
                 n_rules = rng.randint(1, 3)
+                # Sometimes no base rule: only recursive rules, so the relation stays empty
+                # unless another relation of its group feeds it.
+                no_base = rng.chance(0.1)
+                if no_base:
+                    self.features.add("no_base_rule")
                 for k in range(n_rules):
-                    recursive = k > 0 and rng.chance(0.7)
+                    recursive = no_base or (k > 0 and rng.chance(0.7))
                     rules.append(self.rule(head, group, lower, recursive))
             lower = lower + group
         # In-program facts, for EDB relations (unioned with the input) and sometimes IDB.
@@ -689,6 +694,8 @@ def generate_from_rng(rng: random.Random, label: str, attempts: int = 25) -> Gen
         if attempt < attempts - 10 and not productive(program, model):
             continue
         expected = {name: frozenset(ts) for name, ts in model.items()}
+        if any(not expected[spec.relation] for spec in program.outputs):
+            gen.features.add("empty_output")
         return GeneratedCase(label, text, program, facts, expected, frozenset(gen.features))
     raise RuntimeError(f"{label}: no small enough program in {attempts} attempts ({last})")
 

@@ -4,6 +4,9 @@ what it writes, and how it fails."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -110,3 +113,69 @@ def test_argument_errors(args: list[str], message: str, capsys: pytest.CaptureFi
 def test_missing_scheduler_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(REACH), "-F", str(FACTS), "--scheduler-file", str(tmp_path / "none.json")]) == 1
     assert "scheduler file" in capsys.readouterr().err
+
+
+# ---- every user error, on both paths, as the user sees it: a process's stderr and exit code
+
+FIB = b""".decl Fib(n: number, x: number)
+Fib(0, 0).
+Fib(1, 1).
+Fib(n, x + y) :- Fib(n - 1, x), Fib(n - 2, y), n <= 25.
+.output Fib
+"""
+
+
+def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
+    """(case, arguments of ``run``, expected stderr prefix; None: the run must succeed)."""
+    facts, no_facts, bad_facts = tmp_path / "facts", tmp_path / "no_facts", tmp_path / "bad_facts"
+    for d in (facts, no_facts, bad_facts):
+        d.mkdir()
+    (facts / "edge.facts").write_bytes((FACTS / "edge.facts").read_bytes())
+    (bad_facts / "edge.facts").write_text("1\t2\n3\tx\n")
+    files = {
+        "reach.dl": REACH.read_bytes(),
+        "bom.dl": b"\xef\xbb\xbf" + REACH.read_bytes(),
+        "fib.dl": FIB,
+        "latin1.dl": b".decl e(x: number)\n// caf\xe9\ne(1).\n",
+        "syntax.dl": b".decl e(x: number)\ne(1) :- \n",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    prog = {name: str(tmp_path / name) for name in files}
+    return [
+        ("bom-program", [prog["bom.dl"], "-F", str(facts)], None),
+        ("ungrounded", [prog["fib.dl"]],
+         f"{prog['fib.dl']}:4:5: error: unsafe rule: variable n in the head is not bound"),
+        ("not-utf8", [prog["latin1.dl"]], f"{prog['latin1.dl']}:2:7: error: not UTF-8 text"),
+        ("syntax", [prog["syntax.dl"]], f"{prog['syntax.dl']}:3:1: error: syntax error"),
+        ("missing-program", [str(tmp_path / "none.dl")],
+         f"{tmp_path / 'none.dl'}: error: cannot read program"),
+        ("missing-fact-file", [prog["reach.dl"], "-F", str(no_facts)],
+         f"{prog['reach.dl']}:4:8: error: fact file {no_facts / 'edge.facts'}"),
+        ("bad-fact-line", [prog["reach.dl"], "-F", str(bad_facts)],
+         f"{bad_facts / 'edge.facts'}:2:3: error: expected an integer"),
+    ]
+
+
+@pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]],
+                         ids=["no-cluster", "embedded-cluster"])
+def test_user_errors_are_one_line_on_stderr(tmp_path: Path, where: list[str], reference: bytes) -> None:
+    """Each case in its own ``dask-datalog`` process (all at once: the cluster path starts a
+    cluster per process): one ``file[:line:col]: error: ...`` line, exit 1, no traceback."""
+    cases = _error_cases(tmp_path)
+    runs = []
+    for case, args, _ in cases:
+        out = tmp_path / "out" / case
+        out.mkdir(parents=True)
+        command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", *args, "-D", str(out), *where]
+        runs.append(subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for (case, _, expected), run in zip(cases, runs):
+        _, err = run.communicate(timeout=240)
+        if expected is None:
+            assert (run.returncode, err) == (0, ""), case
+            assert (tmp_path / "out" / case / "path.csv").read_bytes() == reference, case
+            continue
+        assert "Traceback" not in err, (case, err)
+        assert run.returncode == 1, (case, err)
+        assert err.startswith(expected) and err.count("\n") == 1 and err.endswith("\n"), (case, err)
+        assert re.fullmatch(r"[^\n]+?(:\d+:\d+)?: error: [^\n]+\n", err), (case, err)

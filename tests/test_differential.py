@@ -119,7 +119,7 @@ def test_generator_is_deterministic_and_varied() -> None:
         "alias_type", "program_facts", "duplicate_facts", "empty_edb", "extreme_value",
         "negative_value", "big_constant", "shuffled_body", "inline_agg", "agg_count",
         "agg_sum", "agg_min", "agg_max", "agg_grouped", "agg_ungrouped", "agg_filter",
-        "agg_negation", "agg_target_expr",
+        "agg_negation", "agg_target_expr", "no_base_rule", "empty_output",
         *(f"cmp{op}" for op in ("=", "!=", "<", "<=", ">", ">=")),
     }
     assert wanted <= features, f"never generated: {sorted(wanted - features)}"

@@ -93,9 +93,9 @@ def test_example_outputs_are_byte_identical(clients: dict[int, Client], name: st
     """CSV written by the workers, each at its offset of one file, equals the engine's."""
     facts = EXAMPLES / "facts" / name
     printed_one, printed_many = io.StringIO(), io.StringIO()
-    example(name).run(fact_dir=facts, backend="numpy").write(tmp_path / "one", printed_one)
+    example(name).run(fact_dir=facts, backend="numpy").write(tmp_path / "one", stream=printed_one)
     result = example(name).run(fact_dir=facts, backend=backend, client=clients[n])
-    result.write(tmp_path / "many", printed_many)
+    result.write(tmp_path / "many", stream=printed_many)
     result.close()
     assert printed_many.getvalue() == printed_one.getvalue()
     files = sorted(p.name for p in (tmp_path / "one").iterdir())
@@ -109,7 +109,7 @@ def test_parquet_dataset_holds_the_relation(clients: dict[int, Client], tmp_path
     import pyarrow.parquet as pq
 
     result = example("reach").run(fact_dir=EXAMPLES / "facts" / "reach", backend=backend, client=clients[3])
-    result.write(tmp_path, io.StringIO(), "parquet")
+    result.write(tmp_path, "parquet", io.StringIO())
     result.close()
     parts = sorted((tmp_path / "path").glob("part-*.parquet"))
     assert len(parts) == 3

@@ -149,7 +149,7 @@ def test_tiny_graphs_exact(graph: str, tc_size, tc_iters, sg_size, sg_iters, bac
 def test_reach_output_file_is_the_sorted_tc(tmp_path: Path, backend: str) -> None:
     result = program("reach").run(facts={"edge": TINY / "data_5.txt"}, backend=backend)
     stdout = io.StringIO()
-    result.write(tmp_path, stdout)
+    result.write(tmp_path, stream=stdout)
     expected = sorted(read_pairs(TINY / "data_5_TC.txt"))
     assert (tmp_path / "path.csv").read_text() == "".join(f"{a}\t{b}\n" for a, b in expected)
     assert stdout.getvalue() == "path\t9\n"

@@ -6,6 +6,7 @@ relation with the reference evaluator."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,22 @@ from dask_datalog.engine.backend import ARRAY_API_NUMPY
 from dask_datalog.engine.frontend import load_program
 from dask_datalog.engine.hisa import pack
 from dask_datalog.engine.plan import (
+    LOCAL,
     AggregateStep,
     FilterStep,
+    HeadRoute,
     JoinStep,
     NegationStep,
     Plan,
+    RelationLayout,
+    Route,
     RulePlan,
     Step,
     plan_program,
 )
 from dask_datalog.partition.buckets import bucket, split
 from dask_datalog.partition.hashing import key_hash, shard_of, shard_of_rows
-from dask_datalog.partition.placement import REPLICATE_BELOW, Placement, RelationLayout, RuleRoute, StepRoute, place
+from dask_datalog.partition.placement import REPLICATE_BELOW, place
 from program_gen import generate_from_rng
 from reference import compare, eval_term, evaluate, wrap
 
@@ -206,89 +211,124 @@ def example(name: str) -> Plan:
     return plan_program(load_program((EXAMPLES / f"{name}.dl").read_text()))
 
 
-def routes(plan: Plan, placement: Placement, head: str, kind: str = "deltas") -> list[tuple[RulePlan, RuleRoute]]:
-    return [
-        (rp, rr)
-        for sp, sr in zip(plan.strata, placement.strata)
-        for rp, rr in zip(getattr(sp, kind), getattr(sr, kind))
-        if rp.rule.head.relation == head
-    ]
+def routes(placed: Plan, head: str, kind: str = "deltas") -> list[RulePlan]:
+    """The routed versions (``initial`` or ``deltas``) of the placed plan whose head is ``head``."""
+    return [rp for sp in placed.strata for rp in getattr(sp, kind) if rp.rule.head.relation == head]
+
+
+def unrouted_steps(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+    return tuple(
+        replace(s, route=LOCAL, **({"steps": unrouted_steps(s.steps)} if isinstance(s, AggregateStep) else {}))
+        for s in steps
+    )
+
+
+def unrouted(placed: Plan) -> Plan:
+    """The placed plan with every route and layout removed: what ``plan_program`` produced."""
+    strata = tuple(
+        replace(
+            sp,
+            initial=tuple(replace(rp, steps=unrouted_steps(rp.steps), head=HeadRoute()) for rp in sp.initial),
+            deltas=tuple(replace(rp, steps=unrouted_steps(rp.steps), head=HeadRoute()) for rp in sp.deltas),
+        )
+        for sp in placed.strata
+    )
+    return replace(placed, strata=strata, shards=1, layouts={})
+
+
+def test_one_shard_keeps_the_plan_as_it_is() -> None:
+    for name in ["reach", "sg", "andersen", "cspa", "negation", "aggregate"]:
+        plan = example(name)
+        assert place(plan, 1) is plan and place(plan, 1, {"edge": 10}, 0) is plan
+        assert plan.shards == 1 and plan.layouts == {} and unrouted(plan) == plan  # all local
+    with pytest.raises(ValueError):
+        place(example("reach"), 0)
+
+
+@pytest.mark.parametrize("name", ["reach", "sg", "andersen", "cspa", "negation", "aggregate"])
+@pytest.mark.parametrize("n_shards", [2, 4])
+def test_placement_only_attaches_routes(name: str, n_shards: int) -> None:
+    plan = example(name)
+    for sizes in ({}, {r: 10 for r in plan.program.relations}):
+        p = place(plan, n_shards, sizes)
+        assert p.shards == n_shards and set(p.layouts) == set(plan.program.relations)
+        assert unrouted(p) == plan
 
 
 def test_reach_partitions_edge_on_the_join_column_and_routes_path_by_it() -> None:
     plan = example("reach")
     p = place(plan, 4)
-    assert p.relations["edge"] == RelationLayout(False, ((0,),), (), p.relations["edge"].reason)
-    assert p.relations["path"].keys == ((1,),)  # path(x, y) meets edge(y, z) on y
-    [(_, delta)] = routes(plan, p, "path")
-    assert delta.exchanges == 0 and delta.steps[0].copy == (1,) and delta.steps[1].copy == (0,)
+    assert p.layouts["edge"] == RelationLayout(False, ((0,),), (), p.layouts["edge"].reason)
+    assert p.layouts["path"].keys == ((1,),)  # path(x, y) meets edge(y, z) on y
+    [delta] = routes(p, "path")
+    assert delta.exchanges == 0 and delta.steps[0].route.copy == (1,) and delta.steps[1].route.copy == (0,)
     assert delta.head.action == "exchange" and delta.head.key == (1,)
 
 
 def test_reach_replicates_a_small_edge_and_then_never_exchanges() -> None:
     plan = example("reach")
     p = place(plan, 4, {"edge": 1000})
-    assert p.relations["edge"].replicated and "small static" in p.relations["edge"].reason
-    [(_, delta)] = routes(plan, p, "path")
+    assert p.layouts["edge"].replicated and "small static" in p.layouts["edge"].reason
+    [delta] = routes(p, "path")
     # Each shard closes the paths from the sources it owns: no tuple leaves its shard.
     assert delta.exchanges == 0 and delta.head.action == "local"
-    base = routes(plan, p, "path", "initial")[0][1]  # path(x, y) :- edge(x, y).
-    assert base.steps == (StepRoute("local"),) and base.head.action == "own"
+    base = routes(p, "path", "initial")[0]  # path(x, y) :- edge(x, y).
+    assert tuple(s.route for s in base.steps) == (Route("local"),) and base.head.action == "own"
 
 
 def test_replication_threshold_is_configurable() -> None:
     plan = example("reach")
     assert REPLICATE_BELOW == 64 * 2**20
-    assert place(plan, 4, {"edge": 1000}, replicate_below=8001).relations["edge"].replicated
-    assert not place(plan, 4, {"edge": 1000}, replicate_below=8000).relations["edge"].replicated
-    assert not place(plan, 4, {"edge": 10**8}).relations["edge"].replicated  # 800 MB
-    assert not place(plan, 4).relations["edge"].replicated  # size unknown
+    assert place(plan, 4, {"edge": 1000}, replicate_below=8001).layouts["edge"].replicated
+    assert not place(plan, 4, {"edge": 1000}, replicate_below=8000).layouts["edge"].replicated
+    assert not place(plan, 4, {"edge": 10**8}).layouts["edge"].replicated  # 800 MB
+    assert not place(plan, 4).layouts["edge"].replicated  # size unknown
 
 
 def test_sg_exchanges_once_per_delta_unless_edge_is_replicated() -> None:
     plan = example("sg")
     p = place(plan, 4)
-    [(_, delta)] = routes(plan, p, "sg")
-    assert [s.action for s in delta.steps] == ["local", "local", "exchange"]
-    assert delta.steps[2].key == ("b",)
+    [delta] = routes(p, "sg")
+    assert [s.route.action for s in delta.steps] == ["local", "local", "exchange"]
+    assert delta.steps[2].route.key == ("b",)
     small = place(plan, 4, {"edge": 500})
-    [(_, delta)] = routes(plan, small, "sg")
+    [delta] = routes(small, "sg")
     assert delta.exchanges == 0
-    base = routes(plan, small, "sg", "initial")[0][1]
-    assert base.steps[0].action == "slice"  # edge x edge on p: split the work, not repeat it
+    base = routes(small, "sg", "initial")[0]
+    assert base.steps[0].route.action == "slice"  # edge x edge on p: split the work, not repeat it
 
 
 def test_andersen_keeps_points_to_on_both_columns() -> None:
     plan = example("andersen")
     p = place(plan, 4)
-    assert p.relations["PointsTo"].keys == ((0,), (1,))
-    assert p.relations["Assign"].keys == ((1,),) and p.relations["Load"].keys == ((1,),)
-    assert p.relations["Store"].keys == ((0,), (1,))
-    for rp, rr in routes(plan, p, "PointsTo"):
-        for step, route in zip(rp.steps, rr.steps):
-            assert isinstance(step, JoinStep) and route.copy in p.relations[step.atom.relation].keys
+    assert p.layouts["PointsTo"].keys == ((0,), (1,))
+    assert p.layouts["Assign"].keys == ((1,),) and p.layouts["Load"].keys == ((1,),)
+    assert p.layouts["Store"].keys == ((0,), (1,))
+    for rp in routes(p, "PointsTo"):
+        for step in rp.steps:
+            assert isinstance(step, JoinStep) and step.route.copy in p.layouts[step.atom.relation].keys
 
 
 def test_cspa_value_flow_joined_on_two_keys_keeps_two_copies() -> None:
     p = place(example("cspa"), 8)
-    assert p.relations["ValueFlow"].keys == ((0,), (1,))
-    assert p.relations["MemoryAlias"].keys == ((0,), (1,))
+    assert p.layouts["ValueFlow"].keys == ((0,), (1,))
+    assert p.layouts["MemoryAlias"].keys == ((0,), (1,))
     small = place(example("cspa"), 8, {"assign": 100, "dereference": 100})
-    assert small.relations["assign"].replicated and small.relations["dereference"].replicated
-    assert small.relations["ValueFlow"].keys == ((0,), (1,))
+    assert small.layouts["assign"].replicated and small.layouts["dereference"].replicated
+    assert small.layouts["ValueFlow"].keys == ((0,), (1,))
 
 
 def test_a_copy_only_later_strata_read_is_built_once() -> None:
     """negation.dl: path grows on column 1 (its delta meets edge there); `!path(y, x)` in a
     later stratum needs column 0, built once path is complete."""
     p = place(example("negation"), 4)
-    assert p.relations["path"].keys == ((1,),) and p.relations["path"].later == ((0,),)
+    assert p.layouts["path"].keys == ((1,),) and p.layouts["path"].later == ((0,),)
 
 
 def test_global_aggregates_replicate_their_bodies() -> None:
     p = place(example("aggregate"), 4)
-    assert p.relations["edge"].replicated and "aggregate" in p.relations["edge"].reason
-    assert p.relations["out_degree"].replicated
+    assert p.layouts["edge"].replicated and "aggregate" in p.layouts["edge"].reason
+    assert p.layouts["out_degree"].replicated
 
 
 def program(text: str) -> Plan:
@@ -306,10 +346,11 @@ def test_grouped_aggregate_is_co_partitioned_on_its_group() -> None:
         deg(x, d) :- node(x), d = count : { edge(x, _) }."""
     )
     p = place(plan, 4)
-    assert not p.relations["edge"].replicated and (0,) in p.relations["edge"].copies
-    [(rp, rr)] = routes(plan, p, "deg", "initial")
-    [agg] = [r for s, r in zip(rp.steps, rr.steps) if isinstance(s, AggregateStep)]
-    assert agg.action in ("local", "exchange") and agg.body == (StepRoute("local", copy=(0,)),)
+    assert not p.layouts["edge"].replicated and (0,) in p.layouts["edge"].copies
+    [rp] = routes(p, "deg", "initial")
+    [agg] = [s for s in rp.steps if isinstance(s, AggregateStep)]
+    assert agg.route.action in ("local", "exchange")
+    assert tuple(s.route for s in agg.steps) == (Route("local", copy=(0,)),)
 
 
 def test_cross_products_nullary_and_global_negation_replicate() -> None:
@@ -326,10 +367,10 @@ def test_cross_products_nullary_and_global_negation_replicate() -> None:
         .decl pair(x:number, y:number)"""
     )
     p = place(plan, 4)
-    assert not p.relations["a"].replicated
-    assert p.relations["b"].replicated and "cross product" in p.relations["b"].reason
-    assert p.relations["c"].replicated and "negation" in p.relations["c"].reason
-    assert p.relations["flag"].replicated and "nullary" in p.relations["flag"].reason
+    assert not p.layouts["a"].replicated
+    assert p.layouts["b"].replicated and "cross product" in p.layouts["b"].reason
+    assert p.layouts["c"].replicated and "negation" in p.layouts["c"].reason
+    assert p.layouts["flag"].replicated and "nullary" in p.layouts["flag"].reason
 
 
 def test_placement_is_plain_picklable_data() -> None:
@@ -353,13 +394,18 @@ class Shards:
     ``local`` keyed step finds its bindings at their owner; ``own``/``slice`` find the
     binding identical on every shard)."""
 
-    def __init__(self, plan: Plan, placement: Placement) -> None:
-        self.plan, self.p, self.n = plan, placement, placement.n_shards
+    def __init__(self, placed: Plan) -> None:
+        self.plan, self.n = placed, placed.shards
+        self.layouts: dict[str, RelationLayout] = dict(placed.layouts)
+        if self.n == 1:  # one shard: no layouts, the shard holds all of every relation
+            assert not self.layouts
+            self.layouts = {name: RelationLayout(True, (), (), "one shard") for name in placed.program.relations}
+        assert set(self.layouts) == set(placed.program.relations), "a relation without a layout"
         self.symbols: dict[str, int] = {}
         # full[rel][copy][shard], copy None for a replica
         self.full: dict[str, dict[Any, list[set[Tuple]]]] = {}
         self.delta: dict[str, dict[Any, list[set[Tuple]]]] = {}
-        for name, layout in placement.relations.items():
+        for name, layout in self.layouts.items():
             copies = [None] if layout.replicated else list(layout.copies)
             self.full[name] = {c: [set() for _ in range(self.n)] for c in copies}
             self.delta[name] = {c: [set() for _ in range(self.n)] for c in copies}
@@ -379,24 +425,24 @@ class Shards:
 
     def load(self, facts: dict[str, set[Tuple]]) -> None:
         for name, tuples in facts.items():
-            layout = self.p.relations[name]
+            layout = self.layouts[name]
             for c in [None] if layout.replicated else layout.keys:
                 parts = [set(tuples)] * self.n if c is None else self.spread(tuples, c)
                 for s in range(self.n):
                     self.full[name][c][s] |= parts[s]
 
     def run(self) -> None:
-        for sp, sr in zip(self.plan.strata, self.p.strata):
-            self.add(self.round(sp.initial, sr.initial), sp.relations)
+        for sp in self.plan.strata:
+            self.add(self.round(sp.initial), sp.relations)
             while sp.recursive and any(d for r in sp.relations for c in self.delta[r].values() for d in c):
-                self.add(self.round(sp.deltas, sr.deltas), sp.relations)
+                self.add(self.round(sp.deltas), sp.relations)
             for r in sp.relations:  # copies read only by later strata, built once
-                layout = self.p.relations[r]
+                layout = self.layouts[r]
                 for c in layout.later:
                     self.full[r][c] = self.spread(set().union(*self.full[r][layout.keys[0]]), c)
 
     def result(self, name: str) -> set[Tuple]:
-        layout = self.p.relations[name]
+        layout = self.layouts[name]
         if layout.replicated:
             assert all(s == self.full[name][None][0] for s in self.full[name][None])
             return self.full[name][None][0]
@@ -406,10 +452,10 @@ class Shards:
         assert all(p == parts[0] for p in parts)
         return parts[0]
 
-    def round(self, versions: tuple[RulePlan, ...], routes: tuple[RuleRoute, ...]) -> dict[str, list[set[Tuple]]]:
+    def round(self, versions: tuple[RulePlan, ...]) -> dict[str, list[set[Tuple]]]:
         received: dict[str, list[set[Tuple]]] = {}
-        for rp, rr in zip(versions, routes):
-            got = self.version(rp, rr)
+        for rp in versions:
+            got = self.version(rp)
             mine = received.setdefault(rp.rule.head.relation, [set() for _ in range(self.n)])
             for s in range(self.n):
                 mine[s] |= got[s]
@@ -417,7 +463,7 @@ class Shards:
 
     def add(self, received: dict[str, list[set[Tuple]]], relations: tuple[str, ...]) -> None:
         for r in relations:
-            layout = self.p.relations[r]
+            layout = self.layouts[r]
             got = received.get(r, [set() for _ in range(self.n)])
             if layout.replicated:
                 new = [got[s] - self.full[r][None][s] for s in range(self.n)]
@@ -433,30 +479,31 @@ class Shards:
                 for s in range(self.n):
                     self.full[r][c][s] |= part[s]
 
-    def version(self, rp: RulePlan, rr: RuleRoute) -> list[set[Tuple]]:
+    def version(self, rp: RulePlan) -> list[set[Tuple]]:
         bindings: list[list[Binding]] = [[{}] for _ in range(self.n)]
-        bindings = self.steps(rp.steps, rr.steps, bindings)
+        bindings = self.steps(rp.steps, bindings)
         head = rp.rule.head
-        layout = self.p.relations[head.relation]
+        layout = self.layouts[head.relation]
         out: list[set[Tuple]] = [set() for _ in range(self.n)]
         for s in range(self.n):
             for b in bindings[s]:
                 t = tuple(eval_term(a, b, rp.rule.pos) for a in head.args)
-                action = rr.head.action
+                action = rp.head.action
                 if action == "broadcast":
                     for o in out:
                         o.add(t)
                 elif action == "local" and layout.replicated:
                     out[s].add(t)
                 else:
-                    owner = self.owner(tuple(t[c] for c in rr.head.key or layout.keys[0]))
+                    owner = self.owner(tuple(t[c] for c in rp.head.key or layout.keys[0]))
                     assert action != "local" or owner == s, "head declared local but not at its owner"
                     if action == "exchange" or owner == s:
                         out[owner].add(t)
         return out
 
-    def steps(self, steps: tuple[Step, ...], routes: tuple[StepRoute, ...], bindings: list[list[Binding]]) -> list[list[Binding]]:
-        for step, route in zip(steps, routes):
+    def steps(self, steps: tuple[Step, ...], bindings: list[list[Binding]]) -> list[list[Binding]]:
+        for step in steps:
+            route = step.route
             if route.action in ("own", "slice"):
                 frozen = [{frozenset(b.items()) for b in part} for part in bindings]
                 assert all(f == frozen[0] for f in frozen), f"{route.action} needs the binding on every shard"
@@ -479,16 +526,16 @@ class Shards:
         return bindings
 
     @staticmethod
-    def key_variable(step: Step, route: StepRoute) -> str | None:
+    def key_variable(step: Step, route: Route) -> str | None:
         """The variable whose owner the step's bindings must sit at: the probed copy's key."""
         keyed = isinstance(step, JoinStep | NegationStep) and route.copy is not None
         if keyed and route.copy[0] in step.order[: step.key_len]:
             arg = step.atom.args[route.copy[0]]
             return arg.name if isinstance(arg, ir.Var) else None
         if isinstance(step, AggregateStep):
-            for inner, r in zip(step.steps, route.body):
-                if isinstance(inner, JoinStep | NegationStep) and r.copy is not None:
-                    arg = inner.atom.args[r.copy[0]]
+            for inner in step.steps:
+                if isinstance(inner, JoinStep | NegationStep) and inner.route.copy is not None:
+                    arg = inner.atom.args[inner.route.copy[0]]
                     assert isinstance(arg, ir.Var) and arg.name in step.grouping
                     return arg.name
         return None
@@ -496,7 +543,7 @@ class Shards:
     def data(self, relation: str, copy: Any, version: str, shard: int) -> set[Tuple]:
         return (self.delta if version == "delta" else self.full)[relation][copy][shard]
 
-    def step(self, step: Step, route: StepRoute, bindings: list[Binding], s: int) -> list[Binding]:
+    def step(self, step: Step, route: Route, bindings: list[Binding], s: int) -> list[Binding]:
         pos = ir.NOWHERE
         if isinstance(step, JoinStep):
             rows = self.data(step.atom.relation, route.copy, step.version, s)
@@ -514,12 +561,12 @@ class Shards:
             return [b for b in bindings if compare(c.op, eval_term(c.left, b, pos), eval_term(c.right, b, pos))]
         return [{**b, step.var: eval_term(step.expr, b, pos)} for b in bindings]
 
-    def aggregate(self, step: AggregateStep, route: StepRoute, b: Binding, s: int) -> Binding | None:
+    def aggregate(self, step: AggregateStep, route: Route, b: Binding, s: int) -> Binding | None:
         agg = step.aggregation
         group = {g: b[g] for g in step.grouping}
         per_shard: list[list[Binding]] = [[] for _ in range(self.n)]
         per_shard[s] = [group]
-        found = self.steps(step.steps, route.body, per_shard)[s]
+        found = self.steps(step.steps, per_shard)[s]
         matches = list({frozenset(m.items()): m for m in found}.values())
         value: Value
         if agg.func == "count":
@@ -564,8 +611,11 @@ def test_random_programs_run_as_placed_match_the_reference(
 ) -> None:
     case = generate_from_rng(rng, "hypothesis")
     plan = plan_program(load_program(case.text))
-    placement = place(plan, n_shards, sizes_for(case, all_sizes), replicate_below)
-    shards = Shards(plan, placement)
+    placed = place(plan, n_shards, sizes_for(case, all_sizes), replicate_below)
+    assert placed.shards == n_shards and unrouted(placed) == plan
+    if n_shards == 1:
+        assert placed is plan and placed.layouts == {}
+    shards = Shards(placed)
     shards.load(case.reference_facts())
     shards.run()
     for name, expected in case.expected.items():
@@ -589,11 +639,11 @@ q(x, y) :- e(x, y), !p(y, x).
 def test_scans_in_a_growing_stratum_read_only_maintained_copies() -> None:
     plan = program(LATER_COPY)
     p = place(plan, 4)
-    assert p.relations["p"].keys == ((1,),) and p.relations["p"].later == ((0,),)
-    for rp, rr in routes(plan, p, "p") + routes(plan, p, "p", "initial"):
-        for step, route in zip(rp.steps, rr.steps):
+    assert p.layouts["p"].keys == ((1,),) and p.layouts["p"].later == ((0,),)
+    for rp in routes(p, "p") + routes(p, "p", "initial"):
+        for step in rp.steps:
             if isinstance(step, JoinStep) and step.atom.relation == "p":
-                assert route.copy == (1,)
+                assert step.route.copy == (1,)
 
 
 @pytest.mark.parametrize("name", ["reach", "sg", "andersen", "cspa", "negation", "aggregate", "later_copy"])
@@ -604,8 +654,7 @@ def test_example_programs_run_as_placed_on_three_shards(name: str, small: bool) 
     rng = random.Random(7)
     arity = {spec.relation: plan.program.relations[spec.relation].arity for spec in plan.program.inputs}
     facts = {r: {tuple(rng.randrange(30) for _ in range(a)) for _ in range(25)} for r, a in arity.items()}
-    placement = place(plan, 3, {r: len(ts) for r, ts in facts.items()} if small else {})
-    shards = Shards(plan, placement)
+    shards = Shards(place(plan, 3, {r: len(ts) for r, ts in facts.items()} if small else {}))
     shards.load(facts)
     shards.run()
     for rel, expected in evaluate(plan.program, facts).items():
