@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from ..engine import facts as factio
+from ..engine import relation_output
 from ..engine.backend import BackendName, get_backend
 from ..engine.frontend import load_program
 from ..engine.ir import Program as ProgramIR
@@ -56,16 +56,16 @@ class Result:
     def numpy(self, name: str) -> np.ndarray:
         """(n, arity) rows in output order: int64, or object when a column is a symbol."""
         rows, relation = self._relation(name)
-        return factio.to_numpy(rows, relation, self._run.symbols)
+        return relation_output.to_numpy(rows, relation, self._run.symbols)
 
     def pandas(self, name: str) -> pd.DataFrame:
         rows, relation = self._relation(name)
-        return factio.to_pandas(rows, relation, self._run.symbols)
+        return relation_output.to_pandas(rows, relation, self._run.symbols)
 
     def tuples(self, name: str) -> set[tuple]:
         """Decoded Python tuples (convenient for tests and small results)."""
         rows, relation = self._relation(name)
-        columns = factio.decode_columns(rows, relation, self._run.symbols)
+        columns = relation_output.decode_columns(rows, relation, self._run.symbols)
         return set(zip(*(c.tolist() for c in columns))) if columns else ({()} if rows.shape[0] else set())
 
     def dataframe(self, name: str) -> dd.DataFrame:

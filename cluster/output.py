@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dask_datalog.engine import facts as factio
-from dask_datalog.engine import ir
+from dask_datalog.engine import ir, relation_output
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.exchange import Transport
 
@@ -33,7 +32,7 @@ def write_outputs(transport: Transport, shard: Shard, output_dir: str, fmt: str)
         if fmt == "parquet":
             _write_parquet_part(transport, Path(output_dir) / spec.relation, rows, relation, shard.symbols)
             continue
-        data = factio.format_relation(rows, relation, shard.symbols, spec.delimiter)
+        data = relation_output.format_relation(rows, relation, shard.symbols, spec.delimiter)
         if output_dir == "-":
             written[spec.relation] = data
             continue
@@ -84,6 +83,7 @@ def _write_parquet_part(
     transport: Transport, dataset: Path, rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable
 ) -> None:
     if transport.rank == 0:
-        factio.clear_parquet_parts(dataset)
+        relation_output.clear_parquet_parts(dataset)
     transport.allgather(None)  # stale parts are gone before anyone writes
-    factio.write_parquet_part(dataset / factio.parquet_part_name(transport.rank), rows, relation, symbols)
+    part = dataset / relation_output.parquet_part_name(transport.rank)
+    relation_output.write_parquet_part(part, rows, relation, symbols)

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from dask_datalog.engine import facts as factio
+from dask_datalog.engine import fact_input, relation_output
 from dask_datalog.engine.ir import Program
 from dask_datalog.engine.job import check_fact_names, check_output_format, print_relation, print_sizes
 from dask_datalog.engine.values import SymbolTable
@@ -141,7 +141,7 @@ class DistributedRun:
 
         parts = self._submit(shard_frame, name)
         relation = self.program.relations[name]
-        meta = factio.to_pandas(np.zeros((0, relation.arity), np.uint32), relation, SymbolTable())
+        meta = relation_output.to_pandas(np.zeros((0, relation.arity), np.uint32), relation, SymbolTable())
         return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
     def write(self, output_dir: str | Path, format: str = "csv", stream: TextIO | None = None) -> None:
@@ -237,7 +237,7 @@ def run_job(
 
 def _split_rows(source: Any, n: int) -> list[Any]:
     """Row slices of an array-like or DataFrame, one per worker."""
-    if factio.is_dataframe(source):
+    if fact_input.is_dataframe(source):
         bounds = [len(source) * k // n for k in range(n + 1)]
         return [source.iloc[bounds[k] : bounds[k + 1]] for k in range(n)]
     rows = np.asarray(source)

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine import facts as factio
-from dask_datalog.engine import ir
+from dask_datalog.engine import ir, relation_output
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.partition.placement import REPLICATE_BELOW
@@ -137,7 +136,7 @@ def shard_stats(shard: Shard) -> dict[str, Any]:
 def shard_frame(shard: Shard, name: str) -> Any:
     """This worker's part of relation ``name`` as a pandas DataFrame (a Dask DataFrame partition)."""
     relation = shard.program.relations[name]
-    return factio.to_pandas(shard.host_rows(name), relation, shard.symbols)
+    return relation_output.to_pandas(shard.host_rows(name), relation, shard.symbols)
 
 
 def shard_rows(shard: Shard, name: str) -> np.ndarray:

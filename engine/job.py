@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import facts as factio
+from . import fact_input, relation_output
 from .backend import Backend
 from .errors import DatalogError
 from .evaluate import Evaluator
@@ -76,15 +76,15 @@ def load_inputs(
         directory = Path(fact_dir) if fact_dir is not None else Path(".")
         path = directory / (spec.filename or f"{spec.relation}.facts")
         relation = program.relations[spec.relation]
-        rows = factio.read_facts_range(path, relation, symbols, spec.delimiter, spec.pos, part, n_parts)
+        rows = fact_input.read_facts_range(path, relation, symbols, spec.delimiter, spec.pos, part, n_parts)
         loaded[spec.relation] = _append(loaded.get(spec.relation), rows)
     for name, source in facts.items():
         relation = program.relations[name]
         if isinstance(source, (str, Path)):
             delimiter = next((s.delimiter for s in program.inputs if s.relation == name), "\t")
-            rows = factio.read_facts_range(Path(source), relation, symbols, delimiter, None, part, n_parts)
+            rows = fact_input.read_facts_range(Path(source), relation, symbols, delimiter, None, part, n_parts)
         else:
-            rows = factio.encode_rows(source, relation, symbols, origin=f"facts['{name}']")
+            rows = fact_input.encode_rows(source, relation, symbols, origin=f"facts['{name}']")
         loaded[name] = rows
     return loaded
 
@@ -130,17 +130,18 @@ def write_outputs(run: RunOutput, output_dir: str | Path, fmt: str = "csv", stre
         relation = run.program.relations[spec.relation]
         rows = run.rows(spec.relation)
         if to_stdout:
-            data = factio.format_relation(rows, relation, run.symbols, spec.delimiter)
+            data = relation_output.format_relation(rows, relation, run.symbols, spec.delimiter)
             print_relation(stream or sys.stdout, spec.relation, data)
         elif fmt == "parquet":
             dataset = Path(output_dir) / spec.relation
-            factio.clear_parquet_parts(dataset)
-            factio.write_parquet_part(dataset / factio.parquet_part_name(0), rows, relation, run.symbols)
+            relation_output.clear_parquet_parts(dataset)
+            part = dataset / relation_output.parquet_part_name(0)
+            relation_output.write_parquet_part(part, rows, relation, run.symbols)
         else:
             directory = Path(output_dir)
             directory.mkdir(parents=True, exist_ok=True)
             target = directory / (spec.filename or f"{spec.relation}.csv")
-            factio.write_relation(target, rows, relation, run.symbols, spec.delimiter)
+            relation_output.write_relation(target, rows, relation, run.symbols, spec.delimiter)
     if stream is not None:
         print_sizes(stream, run.program, run.size)
 

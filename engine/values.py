@@ -5,7 +5,7 @@ need no per-type code.
 - ``number`` (int32): the bit pattern with the sign bit flipped.
 - ``unsigned`` (uint32): itself.
 - ``symbol``: the id from the run's SymbolTable. A single process's ids order by first
-  appearance, not by text (output sorts by text, see ``facts.write_relation``). Where several
+  appearance, not by text (output sorts by text, see ``relation_output.sort_rows``). Where several
   workers must agree on ids, each interns into a local table and all of them re-encode into
   ``SymbolTable.sorted_union`` of those tables, whose ids are in text order.
 """

@@ -1,4 +1,4 @@
-"""Fact-file reading, output writing and Python-fact encoding (engine/facts.py)."""
+"""Fact-file reading and Python-fact encoding (engine/fact_input.py), output writing (engine/relation_output.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine_modes import numba_mode
+from engine_modes import BEFORE_NUMBA, KERNELS
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.facts import (
+from dask_datalog.engine.fact_input import (
     _line_start,
     _read_fast,
     _read_slow,
-    decode_columns,
     encode_rows,
-    format_relation,
     read_facts,
     read_facts_range,
+)
+from dask_datalog.engine.relation_output import (
+    decode_columns,
+    format_relation,
     sort_rows,
     to_numpy,
     to_pandas,
@@ -600,8 +602,8 @@ def test_format_relation_is_what_write_relation_writes(
     symbols = SymbolTable()
     rows = encode_rows(data, relation, symbols, "<test>")
     target = tmp_path / "out.csv"
-    with numba_mode(loaded=kernels):
-        write_relation(target, rows, relation, symbols, delimiter)
-        formatted = format_relation(rows, relation, symbols, delimiter)
+    backend = KERNELS if kernels else BEFORE_NUMBA
+    write_relation(target, rows, relation, symbols, delimiter, backend=backend)
+    formatted = format_relation(rows, relation, symbols, delimiter, backend=backend)
     assert formatted == target.read_bytes()
     assert formatted.decode() == roundtrip(rows, relation, symbols, delimiter)

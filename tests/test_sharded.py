@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from dask_datalog.cluster.output import write_outputs
 from dask_datalog.cluster.shard import Shard, evaluate_shard
 from dask_datalog.cluster.threads import PeerFailed, run_in_threads
-from dask_datalog.engine import facts as factio
-from dask_datalog.engine import ir
+from dask_datalog.engine import ir, relation_output
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import load_program, load_program_file
@@ -68,7 +67,7 @@ def relation_tuples(shards: list[Shard], name: str) -> set[tuple]:
     """Every shard's rows of ``name``, decoded to Python values; no tuple may be on two."""
     relation = shards[0].program.relations[name]
     rows = np.concatenate([s.host_rows(name) for s in shards])
-    columns = factio.decode_columns(rows, relation, shards[0].symbols)
+    columns = relation_output.decode_columns(rows, relation, shards[0].symbols)
     tuples = list(zip(*(c.tolist() for c in columns))) if columns else [()] * rows.shape[0]
     assert len(set(tuples)) == len(tuples), f"{name}: a tuple is held by two shards"
     assert sum(s.stats["local_sizes"][name] for s in shards) == len(tuples)
