@@ -183,20 +183,17 @@ def chain_edges(n: int = CHAIN_EDGES) -> np.ndarray:
     return np.stack([i, i + 1], axis=1)
 
 
-def set_kernel_min_rows(rows: int | None) -> tuple[int, bool]:
-    """Set the engine's KERNEL_MIN_ROWS in this process (None: leave it); returns the value it
-    had and whether the numba kernels are loaded. Runs on the workers through client.run.
+def load_kernels() -> bool:
+    """Load the engine's numba kernels in this process; runs on the workers through client.run.
 
     The NumPy backend starts numba only once an operation reaches KERNEL_MIN_ROWS rows or the
     process has computed for KERNEL_AFTER_S seconds, so a warm-up on a tiny graph alone would
-    leave numba's start-up and JIT to the first timed run that lasts long enough. With 0 during
-    the warm-up the kernels load and compile there, and every timed run uses them."""
+    leave numba's start-up and JIT to the first timed run that lasts long enough. Loaded before
+    the warm-up, the kernels serve every operation from then on: they compile there, and every
+    timed run uses them."""
     from dask_datalog.engine import backend
 
-    old = backend.KERNEL_MIN_ROWS
-    if rows is not None:
-        backend.KERNEL_MIN_ROWS = rows
-    return old, backend._kernels is not None
+    return backend.load_kernels() is not None
 
 
 def gpu_problem() -> str | None:
@@ -478,18 +475,9 @@ def main(argv: list[str]) -> int:
             for prog, facts in jobs:
                 prog.run(facts={"edge": facts}, client=client, backend="cupy").close()
             return time.perf_counter() - t0, "n/a"
-        if client is None:
-            old, _ = set_kernel_min_rows(0)
-        else:
-            old = next(iter(client.run(set_kernel_min_rows, 0).values()))[0]
-        try:
-            for prog, facts in jobs:
-                prog.run(facts={"edge": facts}, client=client, backend="numpy").close()
-        finally:
-            if client is None:
-                loaded = [set_kernel_min_rows(old)[1]]
-            else:
-                loaded = [v[1] for v in client.run(set_kernel_min_rows, old).values()]
+        loaded = [load_kernels()] if client is None else list(client.run(load_kernels).values())
+        for prog, facts in jobs:
+            prog.run(facts={"edge": facts}, client=client, backend="numpy").close()
         state = "all" if all(loaded) else f"{sum(loaded)} of {len(loaded)}"
         return time.perf_counter() - t0, state
 
@@ -582,8 +570,8 @@ def main(argv: list[str]) -> int:
                     + ", 1 thread each; workers: " + ",".join(map(str, counts)) + "; backend numpy; "
                     "each closed before the next starts")
         warm = ("warm-up: every cluster (and this process, for the single-process rows) first ran REACH "
-                "and SG on tiny/data_10 and a 10-edge chain untimed, with the engine's KERNEL_MIN_ROWS set "
-                "to 0 meanwhile so the numba kernels load and compile there: worker start-up and numba "
+                "and SG on tiny/data_10 and a 10-edge chain untimed, after loading the engine's numba "
+                "kernels (engine.backend.load_kernels) so that they compile there: worker start-up and numba "
                 "JIT are not in the numbers (left alone, a fresh process switches to the kernels only "
                 "after 0.5 s of computing, inside a timed run)")
     header += [

@@ -29,7 +29,7 @@ def probe_check(backend_name: str, n_keys: int = 200_000, n_queries: int = 20_00
     table = HashTable.build(prefix, xp)
     variants = [("sorted directory", lambda: table.lookup_directory(queries, xp))]
     if backend.name == "numpy":  # 20 M probes: the kernels serve them, so this is the table
-        variants.append(("hash table", lambda: table.lookup(queries, xp)))
+        variants.append(("hash table", lambda: table.lookup(queries, backend)))
     for name, fn in variants:
         fn()
         backend.synchronize()

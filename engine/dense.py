@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
 from . import sets
+from .backend import Backend
 
 DEFAULT_MAX_BITS = 1 << 32  # 512 MiB of bitmap per relation at most
 # Build the bitmap once the tuples deduplicated so far number box_bits / PAYBACK: sorting a
@@ -51,37 +53,41 @@ def bits_of(box: Box) -> int:
 
 @dataclass
 class DenseSet:
-    """The bitmap over the box; bit (a - lo0) * r1 + (b - lo1) is tuple (a, b) (encoded)."""
+    """The bitmap over the box; bit (a - lo0) * r1 + (b - lo1) is tuple (a, b) (encoded).
+    Built on a backend whose kernels are in use (``RelationStore`` asks first)."""
 
     lo0: int
     lo1: int
     r0: int
     r1: int
     bits: np.ndarray
+    backend: Backend
 
     @classmethod
-    def over(cls, box: Box) -> DenseSet:
+    def over(cls, box: Box, backend: Backend) -> DenseSet:
         lo0, hi0, lo1, hi1 = box
         r0, r1 = hi0 - lo0 + 1, hi1 - lo1 + 1
-        return cls(lo0, lo1, r0, r1, np.zeros((r0 * r1 + 7) // 8, dtype=np.uint8))
+        return cls(lo0, lo1, r0, r1, np.zeros((r0 * r1 + 7) // 8, dtype=np.uint8), backend)
 
     def _args(self) -> tuple[np.uint64, ...]:
         return tuple(np.uint64(v) for v in (self.lo0, self.lo1, self.r0, self.r1))
 
-    def mark(self, rows: np.ndarray) -> None:
-        from . import cpu_kernels  # numba loads lazily; a bitmap only exists on big runs
+    def _kernels(self, rows: np.ndarray) -> ModuleType:
+        kernels = self.backend.kernels_for(rows.shape[0])
+        if kernels is None:
+            raise AssertionError(f"a bitmap on backend {self.backend} that hands out no kernels")
+        return kernels
 
-        cpu_kernels.dense_mark(rows[:, 0], self.bits, *self._args())
+    def mark(self, rows: np.ndarray) -> None:
+        self._kernels(rows).dense_mark(rows[:, 0], self.bits, *self._args())
 
     def novel(self, rows: np.ndarray, subtract_outside: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Sorted unique rows not seen before; out-of-box rows are deduplicated by sorting and
         ``subtract_outside`` (the sorted-run difference against full)."""
-        from . import cpu_kernels
-
-        fresh, outside = cpu_kernels.dense_novel(rows[:, 0], self.bits, *self._args())
+        fresh, outside = self._kernels(rows).dense_novel(rows[:, 0], self.bits, *self._args())
         fresh = np.sort(fresh).reshape(-1, 1)
         if outside.shape[0] == 0:
             return fresh
         rest = subtract_outside(sets.sort_unique(outside.reshape(-1, 1), np))
-        return sets.merge(fresh, rest, np)
+        return sets.merge(fresh, rest, self.backend)
 

@@ -162,9 +162,9 @@ class Evaluator:
         relations = plan.program.relations
         # The canonical copy of each relation (all of it on one shard, or a replica), and the
         # other partitioned copies the layouts ask for.
-        self.stores = {name: RelationStore(rel.arity, self.xp) for name, rel in relations.items()}
+        self.stores = {name: RelationStore(rel.arity, self.backend) for name, rel in relations.items()}
         self.copies: dict[Target, RelationStore] = {
-            (name, key): RelationStore(relations[name].arity, self.xp)
+            (name, key): RelationStore(relations[name].arity, self.backend)
             for name, layout in plan.layouts.items()
             for key in layout.copies[1:]
         }
@@ -396,7 +396,7 @@ class Evaluator:
         atom = step.atom
         index = self._store_for(step).index(step.order, step.version)
         keys = self._key_columns(atom, step.order[: step.key_len], b)
-        starts, counts = index.ranges(keys[:2], b.n, xp)
+        starts, counts = index.ranges(keys[:2], b.n, self.backend)
         if step.route.action == "slice":  # a scan (no key): this shard's block of the rows
             lo, hi = self.exchange.share(int(index.rows.shape[0]))
             starts, counts = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64)
@@ -422,9 +422,9 @@ class Evaluator:
         ]
         for lo, hi in self._chunks(counts):
             if not checks:
-                yield Bindings(gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], index.rows, source, xp), names)
+                yield Bindings(gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], index.rows, source, self.backend), names)
                 continue
-            outer, inner = expand_runs(starts[lo:hi], counts[lo:hi], xp)
+            outer, inner = expand_runs(starts[lo:hi], counts[lo:hi], self.backend)
             outer += lo
             rows = index.rows[inner]
             keep = xp.ones(outer.shape[0], dtype=bool)
@@ -452,10 +452,10 @@ class Evaluator:
     def _exists(self, b: Bindings, step: NegationStep) -> Any:
         index = self._store_for(step).index(step.order, "full")
         keys = self._key_columns(step.atom, step.order[: step.key_len], b)
-        starts, counts = index.ranges(keys[:2], b.n, self.xp)
+        starts, counts = index.ranges(keys[:2], b.n, self.backend)
         if step.key_len <= 2:
             return counts > 0
-        outer, inner = expand_runs(starts, counts, self.xp)
+        outer, inner = expand_runs(starts, counts, self.backend)
         rows = index.rows[inner]
         match = self.xp.ones(outer.shape[0], dtype=bool)
         for k in range(2, step.key_len):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import sets
-from .backend import cpu_kernels
+from .backend import Backend
 from .dense import DEFAULT_MAX_BITS, PAYBACK, Box, DenseSet, bits_of, box_of, union
 
 
@@ -70,16 +70,18 @@ def packed_layout(head: Any) -> tuple[str | None, ...] | None:
     return tuple(names)
 
 
-def gather_join(outer: Any, starts: Any, counts: Any, inner_rows: Any, source: list[tuple[int, int]], xp: Any) -> Any:
+def gather_join(
+    outer: Any, starts: Any, counts: Any, inner_rows: Any, source: list[tuple[int, int]], backend: Backend
+) -> Any:
     """Materialise a join chunk as one (total, len(source)) uint32 table: output column c is
     outer column i (source (0, i)), inner half h (source (1, h)) or zero (source (2, 0))."""
     total = int(counts.sum())
-    kernels = cpu_kernels(xp, total)
+    kernels = backend.kernels_for(total)
     if kernels is not None:
         spec = np.array(source, dtype=np.int64).reshape(-1, 2)
-        return kernels.gather_join(outer, starts, counts, _halves(inner_rows, xp), spec, total)
-    outer_idx, inner_idx = expand_runs(starts, counts, xp)
-    return gather_pairs(outer, outer_idx, inner_rows, inner_idx, source, xp)
+        return kernels.gather_join(outer, starts, counts, _halves(inner_rows, backend.xp), spec, total)
+    outer_idx, inner_idx = expand_runs(starts, counts, backend)
+    return gather_pairs(outer, outer_idx, inner_rows, inner_idx, source, backend.xp)
 
 
 def gather_pairs(outer: Any, outer_idx: Any, inner_rows: Any, inner_idx: Any, source: list[tuple[int, int]], xp: Any) -> Any:
@@ -137,16 +139,16 @@ class HashTable:
         counts = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)]))
         return cls(keys, starts, counts, None)
 
-    def lookup(self, queries: Any, xp: Any) -> tuple[Any, Any]:
+    def lookup(self, queries: Any, backend: Backend) -> tuple[Any, Any]:
         """(first row, run length) per query; run length 0 where the key is absent. The
         open-addressing table is built on the first probe that the kernels serve (a static
         relation's table outlives the moment numba became worth loading)."""
         if self.keys.shape[0] == 0:
-            zeros = xp.zeros(queries.shape[0], dtype=xp.int64)
+            zeros = backend.xp.zeros(queries.shape[0], dtype=backend.xp.int64)
             return zeros, zeros
-        kernels = cpu_kernels(xp, queries.shape[0] + self.keys.shape[0])
+        kernels = backend.kernels_for(queries.shape[0] + self.keys.shape[0])
         if kernels is None:
-            return self.lookup_directory(queries, xp)
+            return self.lookup_directory(queries, backend.xp)
         if self.slots is None:
             capacity = 1 << max(4, int(2 * self.keys.shape[0] - 1).bit_length())
             self.slots = kernels.hash_build(self.keys, capacity)
@@ -180,32 +182,33 @@ class SortedIndex:
         self.rows = rows
         self._tables.clear()
 
-    def ranges(self, key_columns: list[Any], n: int, xp: Any) -> tuple[Any, Any]:
+    def ranges(self, key_columns: list[Any], n: int, backend: Backend) -> tuple[Any, Any]:
         """Count pass of the join: for ``n`` outer keys (uint32 columns in index order, at most
         two; longer keys are finished by the caller's filter), the first matching row and the
         run length. An empty key matches every row."""
+        xp = backend.xp
         if not key_columns:
             return xp.zeros(n, dtype=xp.int64), xp.full(n, self.rows.shape[0], dtype=xp.int64)
         if len(key_columns) == 1:
             query = key_columns[0].astype(xp.uint64)
         else:
             query = pack(key_columns, n, xp)[:, 0]
-        return self.table(len(key_columns), xp).lookup(query, xp)
+        return self.table(len(key_columns), xp).lookup(query, backend)
 
 
-def expand_runs(starts: Any, counts: Any, xp: Any) -> tuple[Any, Any]:
+def expand_runs(starts: Any, counts: Any, backend: Backend) -> tuple[Any, Any]:
     """Two-pass join materialisation: counts -> exclusive scan -> (outer, inner) pairs."""
     total = int(counts.sum()) if counts.shape[0] else 0
     if total == 0:
-        empty = xp.zeros(0, dtype=xp.int64)
+        empty = backend.xp.zeros(0, dtype=backend.xp.int64)
         return empty, empty
-    kernels = cpu_kernels(xp, total)
+    kernels = backend.kernels_for(total)
     if kernels is not None:
         return kernels.expand_runs(starts, counts, total)
-    if xp is np:  # NumPy before numba pays off: repeat is O(total), the search below is not
+    if backend.numpy_native:  # NumPy without the kernels: repeat is O(total), the search below is not
         outer = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
         return outer, np.arange(total, dtype=np.int64) - (np.cumsum(counts) - counts - starts)[outer]
-    return expand_runs_xp(starts, counts, total, xp)
+    return expand_runs_xp(starts, counts, total, backend.xp)
 
 
 def expand_runs_xp(starts: Any, counts: Any, total: int, xp: Any) -> tuple[Any, Any]:
@@ -236,12 +239,13 @@ class RelationStore:
 
     MERGE_RATIO = 4  # merge the two newest runs while the newer is over a quarter the older
 
-    def __init__(self, arity: int, xp: Any, max_dense_bits: int = DEFAULT_MAX_BITS):
+    def __init__(self, arity: int, backend: Backend, max_dense_bits: int = DEFAULT_MAX_BITS):
         self.arity = arity
-        self.xp = xp
-        # The bitmap mirror of full (dense.py): CPU, arity 1 or 2, a box of at most
+        self.backend = backend
+        self.xp = xp = backend.xp
+        # The bitmap mirror of full (dense.py): numba kernels, arity 1 or 2, a box of at most
         # max_dense_bits, built once enough tuples went through dedup to pay for it.
-        self.max_dense_bits = max_dense_bits if xp is np and 1 <= arity <= 2 else 0
+        self.max_dense_bits = max_dense_bits if backend.kernels != "never" and 1 <= arity <= 2 else 0
         self.dense: DenseSet | None = None
         self._box: Box | None = None
         self._deduplicated = 0
@@ -257,7 +261,7 @@ class RelationStore:
         if len(self.runs) > 1:
             merged = self.runs[0]
             for run in self.runs[1:]:
-                merged = sets.merge(merged, run, self.xp)
+                merged = sets.merge(merged, run, self.backend)
             self.runs = [merged]
         return self.runs[0] if self.runs else self.delta[:0]
 
@@ -267,7 +271,7 @@ class RelationStore:
     def subtract(self, rows: Any) -> Any:
         """Sorted unique rows that are not in full."""
         for run in self.runs:
-            rows = sets.difference(rows, run, self.xp)
+            rows = sets.difference(rows, run, self.backend)
         return rows
 
     def novel(self, rows: Any, phase: Callable[[str], AbstractContextManager[None]] = untimed) -> Any:
@@ -295,8 +299,8 @@ class RelationStore:
         bits = bits_of(self._box)
         if bits > self.max_dense_bits:
             self.max_dense_bits = 0  # values only spread further: never dense
-        elif self._deduplicated * PAYBACK >= bits and cpu_kernels(np, self._deduplicated) is not None:
-            self.dense = DenseSet.over(self._box)
+        elif self._deduplicated * PAYBACK >= bits and self.backend.kernels_for(self._deduplicated) is not None:
+            self.dense = DenseSet.over(self._box, self.backend)
             self.dense.mark(self.full)
 
     def index(self, order: tuple[int, ...], version: str = "full") -> SortedIndex:
@@ -323,9 +327,9 @@ class RelationStore:
             self.runs.append(delta)
             while len(self.runs) > 1 and self.runs[-1].shape[0] * self.MERGE_RATIO > self.runs[-2].shape[0]:
                 newer = self.runs.pop()
-                self.runs[-1] = sets.merge(self.runs[-1], newer, self.xp)
+                self.runs[-1] = sets.merge(self.runs[-1], newer, self.backend)
             for order, idx in self.indexes.items():
                 if order != self.canonical:
-                    idx.replace_rows(sets.merge(idx.rows, self._sorted_in(delta, order), self.xp))
+                    idx.replace_rows(sets.merge(idx.rows, self._sorted_in(delta, order), self.backend))
         self.delta = delta
         self._delta_indexes = {}

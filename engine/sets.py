@@ -3,16 +3,16 @@ new tuples, set difference against full, merge into full).
 
 A row set is an (n, w) uint64 array, each word packing two uint32 attributes, sorted
 lexicographically and free of duplicates. Every operation has an array-API formulation that
-runs on NumPy and CuPy (``*_xp``) and, on NumPy, a numba kernel that the dispatching
-function prefers. The property tests hold both to Python sets.
+runs on NumPy and CuPy (``*_xp``, given the namespace ``xp``); ``difference`` and ``merge``
+also have a numba kernel, used when the ``Backend`` they are given hands one out. The property
+tests hold both to Python sets.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-
-from .backend import cpu_kernels
+from .backend import Backend
 
 
 def sort_unique(rows: Any, xp: Any) -> Any:
@@ -42,16 +42,16 @@ def union_all(blocks: list[Any], width: int, xp: Any) -> Any:
     return blocks[0] if len(blocks) == 1 else sort_unique(xp.concatenate(blocks), xp)
 
 
-def difference(new: Any, full: Any, xp: Any) -> Any:
+def difference(new: Any, full: Any, backend: Backend) -> Any:
     """Rows of ``new`` that are not in ``full`` (both sorted and unique)."""
     if new.shape[0] == 0 or full.shape[0] == 0:
         return new
-    kernels = cpu_kernels(xp, new.shape[0])  # galloping: the work scales with new, not full
+    kernels = backend.kernels_for(new.shape[0])  # galloping: the work scales with new, not full
     if kernels is not None:
         if new.shape[1] == 1:  # one word: compare plain uint64s
             return new[kernels.not_in_sorted(new[:, 0], full[:, 0])]
         return new[kernels.not_in_sorted(new, full)]
-    return difference_xp(new, full, xp)
+    return difference_xp(new, full, backend.xp)
 
 
 def difference_xp(new: Any, full: Any, xp: Any) -> Any:
@@ -73,18 +73,18 @@ def difference_xp(new: Any, full: Any, xp: Any) -> Any:
     return both[(tag == 1) & ~dup]
 
 
-def merge(full: Any, new: Any, xp: Any) -> Any:
+def merge(full: Any, new: Any, backend: Backend) -> Any:
     """Union of sorted ``full`` and sorted ``new`` (disjoint) without re-sorting full."""
     if new.shape[0] == 0:
         return full
     if full.shape[0] == 0:
         return new
-    kernels = cpu_kernels(xp, new.shape[0] + full.shape[0])
+    kernels = backend.kernels_for(new.shape[0] + full.shape[0])
     if kernels is not None:
         if full.shape[1] == 1:
             return kernels.merge_sorted(full[:, 0], new[:, 0]).reshape(-1, 1)
         return kernels.merge_sorted(full, new)
-    return merge_xp(full, new, xp)
+    return merge_xp(full, new, backend.xp)
 
 
 def merge_xp(full: Any, new: Any, xp: Any) -> Any:

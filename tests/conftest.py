@@ -1,13 +1,13 @@
 """``--backend`` chooses the array backend every engine test runs on: ``numpy`` (numba
-kernels, the default), ``numpy-xp`` (NumPy through the array-API path CuPy takes) or
-``cupy`` (on a GPU machine)."""
+kernels once they pay off, the default), ``numpy-xp`` (NumPy through the array-API path CuPy
+takes) or ``cupy`` (on a GPU machine)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from engine_modes import numba_mode
+from engine_modes import with_kernels
+
+from dask_datalog.engine.backend import Backend
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,15 +24,15 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.config.getoption("--backend")
 
 
-@pytest.fixture
-def kernels_always() -> Iterator[None]:
-    """Drive the numba kernels on tiny inputs too (they normally wait until a run is big)."""
-    with numba_mode(loaded=True):
-        yield
+@pytest.fixture(scope="session")
+def kernels_always(backend: str) -> Backend:
+    """The ``--backend`` backend, driving the numba kernels on tiny inputs too when it is
+    NumPy (they normally wait until a run is big)."""
+    return with_kernels(backend, "always")
 
 
-@pytest.fixture
-def numpy_before_numba() -> Iterator[None]:
-    """NumPy's own formulation, as a process runs before numba pays off."""
-    with numba_mode(loaded=False):
-        yield
+@pytest.fixture(scope="session")
+def numpy_before_numba(backend: str) -> Backend:
+    """The ``--backend`` backend, on NumPy's own formulation (as a process runs before numba
+    pays off) when it is NumPy."""
+    return with_kernels(backend, "never")

@@ -1,24 +1,23 @@
-"""The two states of the CPU backend a process goes through (engine/backend.py): NumPy's own
-array-API formulation until numba pays off, then the numba kernels. Tests pin one or the
-other so both are checked whatever ran before them in the session."""
+"""The CPU backend's code paths (engine/backend.py), as Backend objects tests pick: NumPy with
+the numba kernels on every operation, NumPy's own formulation (what a process runs before
+numba pays off), and the array-API formulation CuPy runs (``numpy-xp``). A test that names its
+backend checks that path whatever ran before it in the session."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import dataclasses
 
-from dask_datalog.engine import backend
+import numpy as np
+
+from dask_datalog.engine.backend import Backend, KernelPolicy, get_backend
+
+KERNELS = Backend("numpy", np, "always")
+BEFORE_NUMBA = Backend("numpy", np, "never")
+ARRAY_API = get_backend("numpy-xp")
 
 
-@contextlib.contextmanager
-def numba_mode(loaded: bool) -> Iterator[None]:
-    """loaded=True: kernels for every operation; False: as before numba is worth loading."""
-    saved = backend._kernels, backend.KERNEL_MIN_ROWS, backend.KERNEL_AFTER_S
-    if loaded:
-        backend.KERNEL_MIN_ROWS = 0
-    else:
-        backend._kernels, backend.KERNEL_MIN_ROWS, backend.KERNEL_AFTER_S = None, 1 << 62, 1e9
-    try:
-        yield
-    finally:
-        backend._kernels, backend.KERNEL_MIN_ROWS, backend.KERNEL_AFTER_S = saved
+def with_kernels(name: str, kernels: KernelPolicy) -> Backend:
+    """The backend ``--backend name`` selects, with kernel policy ``kernels`` when it is NumPy
+    (numpy-xp and cupy have no kernels and stay as they are)."""
+    backend = get_backend(name)  # type: ignore[arg-type]
+    return dataclasses.replace(backend, kernels=kernels) if backend.name == "numpy" else backend

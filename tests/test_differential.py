@@ -31,6 +31,7 @@ from reference import evaluate
 SEEDS = range(150)
 
 from dask_datalog.cluster import Program
+from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.frontend import load_program
 
 
@@ -75,7 +76,7 @@ def check_frontend(case: GeneratedCase) -> None:
         )
 
 
-def check_engine(case: GeneratedCase, backend: str, chunk_rows: int | None = None) -> None:
+def check_engine(case: GeneratedCase, backend: str | Backend, chunk_rows: int | None = None) -> None:
     """Program(text).run(facts=..., backend=backend) gives the expected tuples and sizes,
     as plain Python values."""
     try:
@@ -130,18 +131,16 @@ def test_frontend_preserves_meaning(seed: int) -> None:
     check_frontend(case_for(seed))
 
 
-@pytest.mark.usefixtures("kernels_always")
 @pytest.mark.parametrize("seed", SEEDS)
-def test_engine_matches_reference(seed: int, backend: str) -> None:
-    """Kernels forced on: the small generated inputs would otherwise take the array-API path."""
-    check_engine(case_for(seed), backend)
+def test_engine_matches_reference(seed: int, kernels_always: Backend) -> None:
+    """Kernels forced on: the small generated inputs would otherwise take NumPy's own path."""
+    check_engine(case_for(seed), kernels_always)
 
 
-@pytest.mark.usefixtures("numpy_before_numba")
 @pytest.mark.parametrize("seed", SEEDS[::5])
-def test_numpy_before_numba_matches_reference(seed: int, backend: str) -> None:
+def test_numpy_before_numba_matches_reference(seed: int, numpy_before_numba: Backend) -> None:
     """NumPy's own formulation, which small runs use throughout."""
-    check_engine(case_for(seed), backend)
+    check_engine(case_for(seed), numpy_before_numba)
 
 
 @pytest.mark.parametrize("seed", SEEDS[::4])

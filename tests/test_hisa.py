@@ -5,11 +5,10 @@ from __future__ import annotations
 
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine_modes import numba_mode
+from engine_modes import ARRAY_API, BEFORE_NUMBA, KERNELS
 
 from dask_datalog.engine import sets
 from dask_datalog.engine.hisa import (
@@ -17,14 +16,12 @@ from dask_datalog.engine.hisa import (
     RelationStore,
     SortedIndex,
     expand_runs,
-    expand_runs_xp,
     pack,
     permute,
     unpack,
 )
 
 xp = np
-pytestmark = pytest.mark.usefixtures("kernels_always")
 settings.register_profile("engine", max_examples=60, deadline=None)
 settings.load_profile("engine")
 
@@ -72,12 +69,11 @@ def test_difference_and_merge(data):
     b = sorted(set(data.draw(rows_strategy(arity))))
     ra, rb = to_rows(a, arity), to_rows(b, arity)
     expected_diff = sorted(set(a) - set(b))
-    assert to_tuples(sets.difference(ra, rb, xp), arity) == expected_diff
-    assert to_tuples(sets.difference_xp(ra, rb, xp), arity) == expected_diff
     fresh = to_rows(expected_diff, arity)
     expected_union = sorted(set(a) | set(b))
-    assert to_tuples(sets.merge(rb, fresh, xp), arity) == expected_union
-    assert to_tuples(sets.merge_xp(rb, fresh, xp), arity) == expected_union
+    for backend in (KERNELS, ARRAY_API):
+        assert to_tuples(sets.difference(ra, rb, backend), arity) == expected_diff
+        assert to_tuples(sets.merge(rb, fresh, backend), arity) == expected_union
 
 
 @given(st.lists(st.integers(0, 2**64 - 1), max_size=60), st.lists(st.integers(0, 2**64 - 1), max_size=60))
@@ -91,7 +87,7 @@ def test_hash_table_and_directory_agree_with_dict(keys, queries):
         start, count = runs.get(k, (i, 0))
         runs[k] = (start, count + 1)
     q = np.array(queries + keys[:5], dtype=np.uint64)
-    for starts, counts in (table.lookup(q, xp), table.lookup_directory(q, xp)):
+    for starts, counts in (table.lookup(q, KERNELS), table.lookup(q, ARRAY_API)):
         for k, s, c in zip(q.tolist(), starts.tolist(), counts.tolist()):
             assert (s, c) == runs.get(k, (0, 0))
 
@@ -106,14 +102,10 @@ def test_index_join_matches_nested_loop(data):
     outer_keys = data.draw(st.lists(st.tuples(*[VALUES] * key_len), max_size=20))
     index = SortedIndex(order, sets.sort_unique(permute(to_rows(inner, arity), arity, order, xp), xp))
     key_cols = [np.array([k[j] for k in outer_keys], dtype=np.uint32) for j in range(key_len)]
-    starts, counts = index.ranges(key_cols[:2], len(outer_keys), xp)
-    outer, pos = expand_runs(starts, counts, xp)
-    total = int(counts.sum())
-    if total:
-        twin = expand_runs_xp(starts, counts, total, xp)
-        assert twin[0].tolist() == outer.tolist() and twin[1].tolist() == pos.tolist()
-        with numba_mode(loaded=False):
-            plain = expand_runs(starts, counts, xp)
+    starts, counts = index.ranges(key_cols[:2], len(outer_keys), KERNELS)
+    outer, pos = expand_runs(starts, counts, KERNELS)
+    for backend in (BEFORE_NUMBA, ARRAY_API):  # NumPy's repeat, and the search CuPy runs
+        plain = expand_runs(starts, counts, backend)
         assert plain[0].tolist() == outer.tolist() and plain[1].tolist() == pos.tolist()
     rows = index.rows[pos]
     keep = np.ones(outer.shape[0], dtype=bool)
@@ -133,7 +125,7 @@ def test_index_join_matches_nested_loop(data):
 def test_relation_store_keeps_every_index_equal_to_the_set(data):
     arity = data.draw(st.integers(1, 4))
     orders = [tuple(data.draw(st.permutations(range(arity)))) for _ in range(2)]
-    store = RelationStore(arity, xp)
+    store = RelationStore(arity, KERNELS)
     for order in orders:
         store.index(order)
     seen: set[tuple[int, ...]] = set()
@@ -161,7 +153,7 @@ def test_novel_with_and_without_the_bitmap_equals_set_difference(data):
     max_bits = data.draw(st.sampled_from([0, 64, 1 << 20]))
     small = st.tuples(*[st.integers(0, 9)] * arity)
     wide = st.tuples(*[VALUES] * arity)
-    store = RelationStore(arity, xp, max_dense_bits=max_bits)
+    store = RelationStore(arity, KERNELS, max_dense_bits=max_bits)
     seen: set[tuple[int, ...]] = set()
     for batch in data.draw(st.lists(st.lists(st.one_of(small, small, wide), max_size=30), max_size=5)):
         got = store.novel(to_rows(batch, arity))
