@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from ..engine import relation_output
-from ..engine.backend import BackendName, get_backend
+from ..engine.backend import Backend, BackendName, get_backend
 from ..engine.frontend import load_program
 from ..engine.ir import Program as ProgramIR
 from ..engine.job import FactSource, RunOutput, run_program
@@ -111,7 +111,7 @@ class Program:
         self,
         fact_dir: str | Path | None = None,
         facts: Mapping[str, FactSource] | None = None,
-        backend: BackendName = "auto",
+        backend: BackendName | Backend = "auto",
         on_iteration: Callable[[int, int, dict[str, int]], None] | None = None,
         chunk_rows: int | None = None,
         client: Client | None = None,
@@ -130,5 +130,6 @@ class Program:
         if client is not None:
             if on_iteration is not None:
                 raise ValueError("on_iteration is for in-process runs; pass progress= with a client")
-            return Result(run_job(client, self.ir, fact_dir, facts, backend, chunk_rows, replicate_below, progress))
+            name = backend.name if isinstance(backend, Backend) else backend  # workers build their own
+            return Result(run_job(client, self.ir, fact_dir, facts, name, chunk_rows, replicate_below, progress))
         return Result(run_program(self.ir, get_backend(backend), fact_dir, facts, on_iteration, chunk_rows))

@@ -1,10 +1,13 @@
 """Executing a plan on one shard: strata in order, semi-naive iterations to the fixpoint, each
-rule version a pipeline of vectorised steps over a binding table.
+rule version a pipeline of vectorised steps over a binding table. This is the only semi-naive
+loop; a run over several shards is the same loop with a routed plan and an ``Exchange``
+(exchange.py), called at the points that module declares.
 
 A binding table is one uint32 column per bound variable (encoded values, see values.py).
 Joins whose output would exceed ``chunk_rows`` run the rest of the pipeline chunk by chunk
 over the outer side, so join outputs larger than memory never materialise; each chunk's head
-tuples are deduplicated and subtracted from full before they are kept.
+tuples are deduplicated (and, when this shard owns them, subtracted from full) before they
+are kept.
 """
 
 from __future__ import annotations
