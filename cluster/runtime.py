@@ -62,18 +62,14 @@ def start_cluster(workers: int | None, backend: str, processes: bool = True) -> 
 
     n = workers or default_workers()
     threads = str(max(1, default_workers() // n))
-    # Each worker's numba kernels get its share of the cores: with 2 threads each, 2 workers on
-    # 2 cores spun OpenMP threads against each other (3,000-edge chain: 5.7 ms per iteration
-    # instead of 1.7 ms). OMP_WAIT_POLICY=PASSIVE would stop the spinning too, but makes every
-    # parallel kernel wake sleeping threads (join 5x slower on the chain with one worker).
+    # Each worker's numba kernels get its share of the cores, so workers' spinning OpenMP
+    # threads do not compete (docs/benchmarks.md, "Distributed", has the measurements).
     env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
     extra = {"env": env, "preload": ["dask_datalog.cluster.worker_setup"]} if processes else {}
-    # Dask's statistical profiler walks every task thread's stack every 10 ms with the GIL
-    # held; sampling every 100 ms took an iteration of the 3,000-edge chain with 2 workers
-    # from 1.3-1.8 ms to 0.8-1.1 ms. The dashboard's profile stays, coarser.
-    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the
-    # OS); setting it at all turns off glibc's adaptive mmap threshold, so every large array
-    # is fresh pages: REACH luxembourg_osm took 1.3-1.4 s instead of 1.0 s in a plain process.
+    # Dask's profiler samples every task thread's stack with the GIL held: coarser sampling
+    # keeps it out of short iterations. Dask's MALLOC_TRIM_THRESHOLD_ turns off glibc's
+    # adaptive mmap threshold, making every large array fresh pages. Both measured in
+    # docs/benchmarks.md, "Distributed".
     settings = {
         "distributed.worker.profile.interval": "100ms",
         "distributed.worker.profile.cycle": "10s",

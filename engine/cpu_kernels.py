@@ -1,7 +1,7 @@
 """numba kernels for the CPU backend: the primitives where a compiled loop beats the NumPy
-formulation several times over (BRIEF section 5: merge set-difference 4x faster than
-searchsorted). Each has an ``xp`` twin in ``sets.py``/``hashtable.py`` that CuPy runs and the
-property tests compare against. Rows are C-contiguous (n, w) uint64 arrays compared
+formulation several times over (a merge set difference ran 4x faster than searchsorted on
+10 M x 50 M sorted keys). Each has an ``xp`` twin in ``sets.py``/``hisa.py`` that CuPy runs and
+the property tests compare against. Rows are C-contiguous (n, w) uint64 arrays compared
 lexicographically; w is 1 for arity <= 2."""
 
 from __future__ import annotations
