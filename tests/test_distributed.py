@@ -105,6 +105,30 @@ def test_example_outputs_are_byte_identical(clients: dict[int, Client], name: st
         assert (tmp_path / "many" / f).read_bytes() == (tmp_path / "one" / f).read_bytes(), f
 
 
+EMPTY_OUTPUTS = """.decl edge(x:number, y:number)
+.input edge
+.decl none(x:number, y:number)
+.output none
+none(x, y) :- edge(x, y), x > 100.
+.decl stuck(x:number, y:number)
+.output stuck
+stuck(x, z) :- stuck(x, y), edge(y, z).
+"""
+
+
+@pytest.mark.parametrize("n", (1, 2, 3))
+def test_empty_outputs_write_empty_files(clients: dict[int, Client], n: int, tmp_path: Path, backend: str) -> None:
+    """An output no rule derives anything for (and a recursive one with no base rule) crashed
+    the writer on 2+ workers; it must write an empty file, as one process does."""
+    program = Program(EMPTY_OUTPUTS)
+    facts = {"edge": [(1, 2), (2, 3)]}
+    result = program.run(facts=facts, backend=backend, client=clients[n])
+    result.write(tmp_path)
+    result.close()
+    assert (tmp_path / "none.csv").read_bytes() == b"" and (tmp_path / "stuck.csv").read_bytes() == b""
+    _assert_no_job_state(clients[n])
+
+
 def test_parquet_dataset_holds_the_relation(clients: dict[int, Client], tmp_path: Path, backend: str) -> None:
     import pyarrow.parquet as pq
 
