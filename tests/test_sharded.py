@@ -141,6 +141,17 @@ def single_process(program: ir.Program, **kwargs: Any) -> dict[str, set[tuple]]:
     return {name: result.tuples(name) for name in program.relations}
 
 
+def check_against_one_process(program: ir.Program, label: str, **inputs: Any) -> None:
+    """``inputs`` (fact_dir= or facts=) on 2, 3 and 4 shards, partitioned and with small
+    relations replicated, equal to the single-process run, relation by relation."""
+    want = single_process(program, **inputs)
+    for n in (2, 3, 4):
+        for replicate_below in (0, REPLICATE_BELOW):
+            shards = run_sharded(program, n, replicate_below=replicate_below, **inputs)
+            for name, tuples in want.items():
+                assert relation_tuples(shards, name) == tuples, f"{name}: {label}, {n} shards, replicate_below={replicate_below}"
+
+
 @pytest.mark.parametrize("variables", [30, 50])
 def test_cspa_on_clustered_points_to_inputs(variables: int, tmp_path: Path) -> None:
     """CSPA (three mutually recursive relations, a non-linear rule) on inputs shaped like the
@@ -151,12 +162,7 @@ def test_cspa_on_clustered_points_to_inputs(variables: int, tmp_path: Path) -> N
     for seed in range(10):
         facts = tmp_path / str(seed)
         clustered_points_to(facts, "cspa", variables=variables, function=10, cross=0.1, seed=seed)
-        want = single_process(program, fact_dir=facts)
-        for n in (2, 3, 4):
-            for replicate_below in (0, REPLICATE_BELOW):
-                shards = run_sharded(program, n, fact_dir=facts, replicate_below=replicate_below)
-                for name, tuples in want.items():
-                    assert relation_tuples(shards, name) == tuples, f"{name}: seed {seed}, {n} shards, replicate_below={replicate_below}"
+        check_against_one_process(program, f"seed {seed}", fact_dir=facts)
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -239,13 +245,7 @@ SMALLEST_LOSSES = {
 @pytest.mark.parametrize("case", sorted(SMALLEST_LOSSES))
 def test_smallest_inputs_that_lost_tuples(case: str) -> None:
     name, facts = SMALLEST_LOSSES[case]
-    program = load_program_file(EXAMPLES / f"{name}.dl")
-    want = single_process(program, facts=facts)
-    for n in (2, 3, 4):
-        for replicate_below in (0, REPLICATE_BELOW):
-            shards = run_sharded(program, n, facts=facts, replicate_below=replicate_below)
-            for relation, tuples in want.items():
-                assert relation_tuples(shards, relation) == tuples, f"{relation}: {n} shards, replicate_below={replicate_below}"
+    check_against_one_process(load_program_file(EXAMPLES / f"{name}.dl"), case, facts=facts)
 
 
 # ------------------------------------------------------------------ the head buffer bound
