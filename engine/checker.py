@@ -145,7 +145,35 @@ def _io_params(d: st.Directive) -> tuple[str | None, str]:
         if p.key == "delimiter" and not p.value:
             raise DatalogError(p.pos, "the delimiter must not be empty")
     name = seen["filename"].value if "filename" in seen else None
+    if name is not None:
+        check_io_filename(name, d.kind, seen["filename"].pos)
     return name, seen["delimiter"].value if "delimiter" in seen else "\t"
+
+
+def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
+    """An ``.input``/``.output`` ``filename=`` stays inside the fact/output directory unless it
+    is absolute: the one check of this, done when a program is loaded, so every reader and
+    writer (in-process and on workers) only ever sees names that passed it. Judged on the
+    path's components alone (no file system access): ``a/../b.facts`` stays inside,
+    ``../b.facts`` and ``a/../../b.facts`` leave."""
+    where = "fact" if kind == "input" else "output"
+    if not name:
+        raise DatalogError(pos, "the filename must not be empty")
+    if "\0" in name:
+        raise DatalogError(pos, "the filename must not contain a NUL character")
+    if name.startswith("/"):
+        return
+    depth = 0
+    for part in name.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise DatalogError(pos, f"filename \"{name}\" leaves the {where} directory "
+                                        "(write an absolute path to read or write outside it)")
+        elif part not in ("", "."):
+            depth += 1
+    if depth == 0 or name.endswith("/"):
+        raise DatalogError(pos, f"filename \"{name}\" names a directory, not a file")
 
 
 # ---- clauses -----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ _NUMERIC_BYTES = b"0123456789-\r\n"
 _ANY_CONTENT = re.compile(rb"[^\r\n]")
 _BREAK_BYTE = re.compile(rb"[\r\n]")
 _BOM = "\ufeff".encode()
+_SLOW_ONLY_DELIMITERS = ("\0", "\r", "\n")
 _BOUNDS = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
 
 
@@ -103,7 +104,9 @@ def read_facts_range(
         raise DatalogError(pos, f"cannot read fact file {path} for {signature(relation)}: {e.strerror}") from None
     if start > 0 and data.startswith(_BOM):
         data = b"\n" + data  # only the file's own start may hold a BOM; later it is a line's text
-    if relation.arity > 0 and len(delimiter.encode()) == 1 and _ANY_CONTENT.search(data):
+    # pyarrow takes one-byte delimiters only, and neither NUL (a ValueError) nor a line break
+    if relation.arity > 0 and len(delimiter.encode()) == 1 and delimiter not in _SLOW_ONLY_DELIMITERS \
+            and _ANY_CONTENT.search(data):
         rows = _read_fast(data, relation, symbols, delimiter)
         if rows is not None:
             return rows
@@ -218,7 +221,8 @@ def _read_slow(data: bytes, file: str, relation: ir.Relation, symbols: SymbolTab
         if arity == 0:
             if line != "()":
                 raise DatalogError(
-                    ir.Pos(file, lineno, 1), f"expected '()' for the nullary relation {signature(relation)}, found {line!r}"
+                    ir.Pos(file, lineno, 1),
+                    f"expected '()' for the nullary relation {signature(relation)}, found {_shorten(repr(line))}",
                 )
             nullary_holds = True
             continue
@@ -235,7 +239,7 @@ def _read_slow(data: bytes, file: str, relation: ir.Relation, symbols: SymbolTab
             if bounds is None:
                 columns[j].append(field)
                 continue
-            if match(field) and bounds[0] <= (value := int(field)) <= bounds[1]:
+            if match(field) and bounds[0] <= (value := _int(field)) <= bounds[1]:
                 columns[j].append(value)
                 continue
             col = len(delimiter.join(fields[:j])) + (len(delimiter) if j else 0) + 1
@@ -251,20 +255,39 @@ def _read_slow(data: bytes, file: str, relation: ir.Relation, symbols: SymbolTab
     return rows
 
 
+def _int(field: str) -> int:
+    """A field matching ``_INTEGER`` as an int; one too long for any 32-bit type (which
+    ``int`` could refuse to convert: over 4300 digits) as a value just out of range."""
+    if len(field) <= 20:
+        return int(field)
+    negative = field.startswith("-")
+    digits = field.lstrip("-").lstrip("0")
+    if len(digits) > 20:
+        return -(1 << 64) if negative else 1 << 64
+    return int(digits or "0") * (-1 if negative else 1)
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """``text`` for an error message: a long field is cut, its length said."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-10:]} ({len(text)} characters)"
+
+
 def _parse_integer(field: str, attr: ir.Attribute, pos: ir.Pos) -> int:
     if not _INTEGER.fullmatch(field):
         raise _integer_error(field, attr, pos)
-    value = int(field)
-    _check_range(value, attr, pos)
+    value = _int(field)
+    lo, hi = _BOUNDS[attr.type]
+    if not lo <= value <= hi:
+        raise _range_error(value, attr, pos, _shorten(field))
     return value
 
 
 def _integer_error(field: str, attr: ir.Attribute, pos: ir.Pos) -> DatalogError:
     """The error for a field already known not to be a valid integer of the column's type."""
     if not _INTEGER.fullmatch(field):
-        found = "an empty field" if field == "" else repr(field)
+        found = "an empty field" if field == "" else _shorten(repr(field))
         return DatalogError(pos, f"expected an integer for column {attr.name} ({attr.type_name}), found {found}")
-    return _range_error(int(field), attr, pos)
+    return _range_error(_int(field), attr, pos, _shorten(field))
 
 
 def _check_range(value: int, attr: ir.Attribute, pos: ir.Pos) -> None:
@@ -273,11 +296,13 @@ def _check_range(value: int, attr: ir.Attribute, pos: ir.Pos) -> None:
         raise _range_error(value, attr, pos)
 
 
-def _range_error(value: int, attr: ir.Attribute, pos: ir.Pos) -> DatalogError:
+def _range_error(value: int, attr: ir.Attribute, pos: ir.Pos, shown: str | None = None) -> DatalogError:
+    if shown is None:  # str() of an int over 4300 digits fails: say how big it is instead
+        shown = str(value) if value.bit_length() <= 128 else f"a {value.bit_length()}-bit integer"
     if attr.type == "unsigned" and value < 0:
-        return DatalogError(pos, f"{value} is negative, but column {attr.name} is unsigned")
+        return DatalogError(pos, f"{shown} is negative, but column {attr.name} is unsigned")
     lo, hi = _BOUNDS[attr.type]
-    return DatalogError(pos, f"{value} does not fit in a 32-bit {attr.type} ({lo}..{hi}) for column {attr.name}")
+    return DatalogError(pos, f"{shown} does not fit in a 32-bit {attr.type} ({lo}..{hi}) for column {attr.name}")
 
 
 def _delimiter_name(delimiter: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -250,12 +251,27 @@ _ESCAPES = {'"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 Body = tuple[tuple[Literal, ...], ...]
 LarkTree = Tree[Any]  # children: Token or Tree, told apart by the grammar
 
+# Limits on hostile input (docs/contracts.md, "Rejected input"). Every later stage (checker,
+# planner, pickling to workers) walks terms recursively, so nesting is capped here, well below
+# Python's recursion limit; disjunctions expand to their DNF, capped so it cannot explode.
+MAX_NESTING = 128  # parentheses, operators, unary minus, aggregates and ( body ) groups
+MAX_ALTERNATIVES = 1024  # alternatives of one rule body once its disjunctions are expanded
+MAX_LITERAL_DIGITS = 20  # significant digits of an integer literal (32-bit values need 10)
+
 
 class _Builder:
     """Walks the lark tree top-down, so errors come out in source order."""
 
     def __init__(self, filename: str):
         self.filename = filename
+        self.depth = 0  # nesting of the expression or body being built
+
+    def nested(self, node: LarkTree) -> None:
+        """Enter one level of nesting (the caller leaves it by ``self.depth -= 1``)."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.fail(node, f"nesting too deep: more than {MAX_NESTING} levels of "
+                                  "parentheses, operators or aggregates")
 
     def pos(self, node: LarkTree | Token) -> Pos:
         if isinstance(node, Token):
@@ -340,6 +356,9 @@ class _Builder:
         alternatives: list[tuple[Literal, ...]] = []
         for conjunction in node.children:
             parts = [self.literal(lit) for lit in conjunction.children]
+            if len(alternatives) + math.prod(len(p) for p in parts) > MAX_ALTERNATIVES:
+                raise self.fail(node, f"disjunction too large: this body expands to more than "
+                                      f"{MAX_ALTERNATIVES} alternatives")
             for combo in itertools.product(*parts):
                 alternatives.append(tuple(itertools.chain.from_iterable(combo)))
         return tuple(alternatives)
@@ -347,7 +366,10 @@ class _Builder:
     def literal(self, node: LarkTree) -> Body:
         kind = node.data
         if kind == "body":
-            return self.body(node)
+            self.nested(node)
+            body = self.body(node)
+            self.depth -= 1
+            return body
         if kind == "atom":
             return ((self.atom(node),),)
         if kind == "negation":
@@ -372,7 +394,9 @@ class _Builder:
         method = getattr(self, f"expr_{kind}", None)
         if method is None:
             raise self.fail(node, self.unsupported_expr(node))
+        self.nested(node)
         result: Expr = method(node)
+        self.depth -= 1
         return result
 
     def unsupported_expr(self, node: LarkTree) -> str:
@@ -405,7 +429,11 @@ class _Builder:
     def expr_number(self, node: LarkTree) -> Expr:
         text = str(node.children[0])
         base = {"0x": 16, "0b": 2}.get(text[:2], 10)
-        return Num(int(text[2:] if base != 10 else text, base), self.pos(node))
+        digits = (text[2:] if base != 10 else text).lstrip("0")
+        if len(digits) > MAX_LITERAL_DIGITS:  # int() of >4300 digits fails; none fits anyway
+            shown = text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
+            raise self.fail(node, f"integer literal {shown} does not fit in 32 bits")
+        return Num(int(digits or "0", base), self.pos(node))
 
     def expr_string(self, node: LarkTree) -> Expr:
         tok = node.children[0]

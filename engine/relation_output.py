@@ -66,6 +66,9 @@ def write_relation(
     _emit(out, format_relation(rows, relation, symbols, delimiter, backend=backend))
 
 
+_PYARROW_REFUSES = ("\0", "\r", "\n", '"')  # as write_csv delimiters
+
+
 def format_relation(
     rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
 ) -> bytes:
@@ -88,7 +91,7 @@ def format_relation(
     columns = decode_columns(rows, relation, symbols)
     texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
     exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))
-    if exotic or len(delimiter.encode()) != 1:
+    if exotic or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES:
         return "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode()
     table = pa.Table.from_arrays([_arrow_column(c) for c in columns], names=[f"c{j}" for j in range(len(columns))])
     sink = pa.BufferOutputStream()
