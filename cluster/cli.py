@@ -18,6 +18,7 @@ from ..engine.errors import DatalogError
 from ..engine.plan import plan_program
 from ..partition.placement import REPLICATE_BELOW
 from .api import Program, Result
+from .runtime import WorkerLost
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"{err.filename}: error: no such file", file=sys.stderr)
         return 1
-    except (OSError, TimeoutError) as err:
+    except (OSError, TimeoutError, WorkerLost) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -140,7 +141,11 @@ def _client(args: argparse.Namespace) -> Any:
         return Client(scheduler_file=str(args.scheduler_file), timeout="20s")
     from .runtime import start_cluster
 
-    return _OwnedClient(start_cluster(args.workers, args.backend))
+    try:
+        cluster = start_cluster(args.workers, args.backend)
+    except RuntimeError as error:  # distributed's "Nanny failed to start", e.g. a worker process killed meanwhile
+        raise DatalogError(None, f"the embedded Dask cluster did not start: {error}") from error
+    return _OwnedClient(cluster)
 
 
 class _OwnedClient:

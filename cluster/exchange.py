@@ -38,6 +38,7 @@ PLUGIN_NAME = "dask-datalog"
 POLL_S = 0.5  # how often a waiting worker checks that its job is still alive
 INLINE_BELOW = 1 << 20  # parts with less array data than this travel pickled inline
 CLOSED_KEPT = 4096  # ended phases remembered per worker, so their late messages are dropped
+ABORT_PEERS_S = 2.0  # how long a failing worker tries to tell its peers (a lost peer never answers)
 
 
 class JobAborted(RuntimeError):
@@ -225,8 +226,12 @@ class DaskTransport:
             return
 
         async def tell() -> None:
+            # Bounded: distributed retries connecting to a dead worker for its connect timeout
+            # (30 s by default), and the job's mailbox here stays until this returns.
             calls = [
-                dask_adapter.call(self.worker, self.peers[p], "datalog_abort", job=self.job, reason=reason)
+                asyncio.wait_for(
+                    dask_adapter.call(self.worker, self.peers[p], "datalog_abort", job=self.job, reason=reason), ABORT_PEERS_S
+                )
                 for p in range(self.size)
                 if p != self.rank
             ]
@@ -237,16 +242,38 @@ class DaskTransport:
     async def _round(self, seq: int, messages: list[tuple[int, Any]]) -> tuple[dict[int, Any], float]:
         """One collective on the event loop: send every part (one-way: no reply to wait for),
         then wait for every peer's part. Returns them and the time the sends were done."""
-        await asyncio.gather(
-            *(
-                dask_adapter.send_one_way(
-                    self.worker, self.peers[p], "datalog_put", job=self.job, seq=seq, source=self.rank, payload=_encode(part)
+        box = self.box
+        sends = asyncio.ensure_future(
+            asyncio.gather(
+                *(
+                    dask_adapter.send_one_way(
+                        self.worker, self.peers[p], "datalog_put", job=self.job, seq=seq, source=self.rank, payload=_encode(part)
+                    )
+                    for p, part in messages
                 )
-                for p, part in messages
             )
         )
+        sends.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even when no one waits for it
+        try:
+            # A send to a lost peer retries connecting for distributed's connect timeout (30 s):
+            # an abort or a release stops waiting for it.
+            while not sends.done():
+                if box.aborted is not None:
+                    raise JobAborted(f"job {self.job} stopped: {box.aborted}")
+                stop = asyncio.get_running_loop().create_future()
+                box.waiter = (seq, self.size, stop)  # no round gets this many messages: only an abort resolves it
+                try:
+                    await asyncio.wait({sends, stop}, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    box.waiter = None
+                if stop.done():
+                    stop.result()  # raises JobAborted after an abort
+                elif not sends.done() and not self.alive():
+                    raise JobAborted(f"job {self.job} stopped: its task was released by the client")
+            sends.result()
+        finally:
+            sends.cancel()  # nothing when the sends are done
         sent_at = time.perf_counter()
-        box = self.box
         while True:
             if box.aborted is not None:
                 raise JobAborted(f"job {self.job} stopped: {box.aborted}")

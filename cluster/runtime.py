@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,62 @@ from .exchange import PLUGIN_NAME, DatalogPlugin, JobAborted
 from .tasks import JobSpec, Stopped, evaluate_task, shard_frame, shard_rows, shard_stats, shard_symbols, write_task
 
 ProgressHandler = Callable[[dict[str, Any]], None]
+
+WATCH_S = 0.5  # how often a waiting client checks that every worker of the job is still in the cluster
+ABORT_S = 5.0  # how long the client waits for a job's abort to be delivered to its workers
+STOP_WAIT_S = 5.0  # how long the client lets the surviving workers end a job it stopped after a loss
+
+
+class WorkerLost(RuntimeError):
+    """A worker of a running job left the cluster (its process died, or the scheduler lost it);
+    the job was stopped on the other workers and its tasks released. No recovery: run it again."""
+
+    def __init__(self, address: str, rank: int, where: str):
+        self.address = address
+        self.rank = rank
+        super().__init__(f"worker {address} (rank {rank}) was lost {where}; the job was stopped")
+
+
+class _Where:
+    """Where a job is, for the message of a lost worker: the latest stratum and iteration the
+    workers reported (progress events, at most every ``tasks.PROGRESS_EVERY_S``), else ``phase``."""
+
+    def __init__(self, phase: str):
+        self.phase = phase
+        self.at: tuple[int, int] | None = None
+
+    def update(self, event: dict[str, Any]) -> None:
+        at = (event["stratum"], event["iteration"])
+        if self.at is None or at > self.at:
+            self.at = at
+
+    def __str__(self) -> str:
+        if self.at is None:
+            return self.phase
+        return f"during stratum {self.at[0]}, after iteration {self.at[1]}"
+
+
+class _Members:
+    """Which of a job's workers are still in the cluster, asked of the scheduler (public
+    ``Client.ncores``) at most every WATCH_S: the scheduler drops a worker whose connection
+    closes (a killed process) at once, and one that stops answering after its heartbeat TTL."""
+
+    def __init__(self, client: Any, peers: Sequence[str]):
+        self.client = client
+        self.peers = tuple(peers)
+        self.present = set(peers)
+        self.checked = time.monotonic()
+
+    def lost(self, force: bool = False) -> tuple[str, int] | None:
+        """(address, rank) of the first worker of the job no longer in the cluster, or None."""
+        now = time.monotonic()
+        if force or now - self.checked >= WATCH_S:
+            self.checked = now
+            self.present = set(self.client.ncores())
+        return next(((p, rank) for rank, p in enumerate(self.peers) if p not in self.present), None)
+
+    def alive(self) -> list[str]:
+        return [p for p in self.peers if p in self.present]
 
 
 def default_workers() -> int:
@@ -121,7 +179,8 @@ class DistributedRun:
     def symbols(self) -> SymbolTable:
         """The job's symbol table (the same on every worker), fetched once when decoding."""
         if self._symbols is None:
-            self._symbols = self.client.submit(shard_symbols, self.shards[0], workers=[self.peers[0]]).result()
+            future = _submit_to(self.client, self.peers[0], shard_symbols, self.shards[0])
+            self._symbols = _run_phase(self.client, None, [future], self.peers[:1], _Where("while gathering results"))[0]
         return self._symbols
 
     def rows(self, name: str) -> np.ndarray:
@@ -154,9 +213,11 @@ class DistributedRun:
                 self.client,
                 job,
                 [
-                    self.client.submit(write_task, shard, job, self.peers, target, fmt, workers=[peer], pure=False)
+                    _submit_to(self.client, peer, write_task, shard, job, self.peers, target, fmt)
                     for shard, peer in zip(self.shards, self.peers)
                 ],
+                self.peers,
+                _Where("while writing the outputs"),
             )
             if to_stdout:
                 for spec in self.program.outputs:
@@ -170,12 +231,10 @@ class DistributedRun:
         self.shards = []
 
     def _submit(self, fn: Callable, *args: Any) -> list[Any]:
-        return [
-            self.client.submit(fn, shard, *args, workers=[peer], pure=False) for shard, peer in zip(self.shards, self.peers)
-        ]
+        return [_submit_to(self.client, peer, fn, shard, *args) for shard, peer in zip(self.shards, self.peers)]
 
     def _each(self, fn: Callable, *args: Any) -> list[Any]:
-        return self.client.gather(self._submit(fn, *args))
+        return _run_phase(self.client, None, self._submit(fn, *args), self.peers, _Where("while gathering results"))
 
 
 def run_job(
@@ -203,7 +262,7 @@ def run_job(
         else:
             for rank, part in enumerate(_split_rows(source, len(peers))):
                 arrays[rank][name] = client.scatter(part, workers=[peers[rank]], direct=True, hash=False)
-    topic = f"{job}-progress" if progress is not None else None
+    topic = f"{job}-progress"  # always: the last event says where the job was if a worker is lost
     spec = JobSpec(
         job=job,
         program=program,
@@ -215,19 +274,28 @@ def run_job(
         replicate_below=replicate_below,
         progress_topic=topic,
     )
-    if topic is not None and progress is not None:
-        handler = progress
-        client.subscribe_topic(topic, lambda event: handler(event[1]))
+    where = _Where("while loading the inputs")
+
+    def on_event(event: tuple[float, dict[str, Any]]) -> None:
+        where.update(event[1])
+        if progress is not None:
+            progress(event[1])
+
+    client.subscribe_topic(topic, on_event)
     try:
         futures = [
-            client.submit(evaluate_task, spec, rank, arrays[rank], key=f"{job}-shard-{rank}", workers=[peer], pure=False)
+            _submit_to(client, peer, evaluate_task, spec, rank, arrays[rank], key=f"{job}-shard-{rank}")
             for rank, peer in enumerate(peers)
         ]
-        _run_phase(client, job, futures, keep=True)
+        _run_phase(client, job, futures, peers, where, keep=True)
     finally:
-        if topic is not None:
-            client.unsubscribe_topic(topic)
-    stats = _combine_stats(client.gather([client.submit(shard_stats, f, workers=[p]) for f, p in zip(futures, peers)]))
+        client.unsubscribe_topic(topic)
+    stats_futures = [_submit_to(client, p, shard_stats, f) for f, p in zip(futures, peers)]
+    try:
+        stats = _combine_stats(_run_phase(client, None, stats_futures, peers, _Where("after the evaluation")))
+    except BaseException:
+        client.cancel(futures)
+        raise
     return DistributedRun(client, program, peers, futures, stats, stats["sizes"])
 
 
@@ -241,31 +309,79 @@ def _split_rows(source: Any, n: int) -> list[Any]:
     return [rows[bounds[k] : bounds[k + 1]] for k in range(n)]
 
 
-def _run_phase(client: Any, job: str, futures: Sequence[Any], keep: bool = False) -> list[Any]:
-    """Wait for one task per worker; on the first failure (an exception, or a ``Stopped``
-    result) stop the job on every worker, release its tasks and raise the error that caused it
-    (not a peer's JobAborted). Ctrl-C (or any error while waiting) stops the job the same way.
-    ``keep``: leave the results on the workers."""
-    from distributed import as_completed
+def _submit_to(client: Any, peer: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """One task pinned to worker ``peer``: never moved to another worker (no
+    ``allow_other_workers``) nor retried, so a task of a lost worker is never re-run elsewhere or
+    on its restarted replacement (a new address); ``_run_phase`` notices the loss instead."""
+    return client.submit(fn, *args, workers=[peer], allow_other_workers=False, retries=0, pure=False, **kwargs)
 
-    def failed(future: Any) -> bool:
-        return future.status == "error" or future.type is Stopped
 
-    def stop(reason: str) -> None:
-        client.run(_abort, job, reason)
-        client.cancel(list(futures))
+def _run_phase(
+    client: Any, job: str | None, futures: Sequence[Any], peers: Sequence[str], where: _Where, keep: bool = False
+) -> list[Any]:
+    """Wait for one task per worker (``futures[r]`` on ``peers[r]``); on the first failure (an
+    exception, or a ``Stopped`` result) stop the job on every worker, release its tasks and raise
+    the error that caused it (not a peer's JobAborted). Ctrl-C (or any error while waiting)
+    stops the job the same way. While waiting, every WATCH_S, check that every worker is still
+    in the cluster: a lost one raises ``WorkerLost`` (its task would wait for it forever), after
+    the job was stopped on the survivors. ``job``: None for tasks that take part in no job's
+    collectives (gathers), which need no abort. ``keep``: leave the results on the workers."""
 
+    def failed(future: Any) -> bool:  # cancelled: by the client, or by the scheduler (its input was lost)
+        return future.status in ("error", "cancelled") or future.type is Stopped
+
+    members = _Members(client, peers)
+
+    def abort(reason: str) -> None:
+        """Abort the job on the workers still in the cluster, waiting ABORT_S at most: a worker
+        that died a moment ago may still be listed, and the scheduler's call to it would retry
+        connecting for its connect timeout (30 s)."""
+        if job is not None:
+            members.lost(force=True)
+            kwargs = {"workers": members.alive(), "on_error": "ignore"}
+            call = threading.Thread(target=client.run, args=(_abort, job, reason), kwargs=kwargs, daemon=True)
+            call.start()
+            call.join(ABORT_S)
+
+    changed = threading.Event()  # a task ended (or was cancelled)
+    for future in futures:
+        future.add_done_callback(lambda _: changed.set())
+    stopping = False
     try:
-        first = next((f for f in as_completed(futures, loop=client.loop) if failed(f)), None)
-        if first is None:
+        while True:
+            changed.clear()
+            if all(f.status != "pending" for f in futures):
+                break
+            changed.wait(WATCH_S)
+            lost = members.lost()
+            if lost is None and not stopping and any(failed(f) for f in futures):
+                stopping = True
+                abort("a peer failed")
+                lost = members.lost()  # abort() just asked the scheduler
+            if lost is not None:
+                raise WorkerLost(*lost, str(where))
+        if not any(failed(f) for f in futures):
             return [] if keep else client.gather(list(futures))
-        client.run(_abort, job, "a peer failed")
-        for _ in as_completed(futures, loop=client.loop):
-            pass
-    except BaseException:
-        stop("stopped by the client")
+        lost = members.lost(force=True)  # a peer's "connection closed" may be the first sign of a loss
+        if lost is not None:
+            raise WorkerLost(*lost, str(where))
+    except WorkerLost as error:
+        abort(f"worker {error.address} (rank {error.rank}) was lost")
+        survivors = [f for f, p in zip(futures, peers) if p in members.alive()]
+        # Let them end the phase (each drops the job's mailbox), for a bounded time.
+        deadline = time.monotonic() + STOP_WAIT_S
+        while any(f.status == "pending" for f in survivors) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.cancel(list(futures))
         raise
-    errors = [f.exception() if f.status == "error" else f.result().error for f in futures if failed(f)]
+    except BaseException:
+        abort("stopped by the client")
+        client.cancel(list(futures))
+        raise
+    ended = [f for f in futures if failed(f) and f.status != "cancelled"]
+    errors = [f.exception() if f.status == "error" else f.result().error for f in ended]
+    if not errors:  # only cancelled ones: gather raises distributed's error for them
+        client.gather(list(futures))
     client.cancel(list(futures))
     raise next((e for e in errors if not isinstance(e, JobAborted)), errors[0])
 

@@ -84,7 +84,9 @@ class _Phase:
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
         self.transport.close()  # a peer still waiting on this worker sees its sockets close
-        if error is not None:
+        # A worker that was stopped (JobAborted) tells nobody: whoever stopped it (a failing
+        # peer, the client) tells every worker, and a lost peer would never answer.
+        if error is not None and not isinstance(error, JobAborted):
             self.transport.abort_peers(f"worker {self.transport.rank} failed: {error!r}")
         self.worker.plugins[PLUGIN_NAME].close_job(self.job)
 
