@@ -3,7 +3,8 @@
 
 By default a run starts an embedded local Dask cluster (one worker per GPU, else one per core)
 and evaluates one shard per worker; ``--scheduler``/``--scheduler-file`` submit to an existing
-cluster instead, and ``--no-cluster`` evaluates in this process without Dask."""
+cluster instead (``--tls-*``: over TLS, as ``dask worker`` takes them; without them Dask's own
+configuration applies), and ``--no-cluster`` evaluates in this process without Dask."""
 
 from __future__ import annotations
 
@@ -57,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler, e.g. tcp://host:8786")
     where.add_argument("--scheduler-file", type=Path, metavar="FILE", help="scheduler file of a running Dask cluster")
     where.add_argument("--no-cluster", action="store_true", help="evaluate in this process, without Dask")
+    tls = run.add_argument_group(
+        "TLS",
+        "for a scheduler that requires TLS (a tls:// address); with --scheduler or --scheduler-file only. "
+        "Without these flags Dask's configuration applies, as for any Dask client: the "
+        "distributed.comm.tls.ca-file / .client.cert / .client.key keys, e.g. the environment variables "
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY.",
+    )
+    tls.add_argument("--tls-ca-file", type=Path, metavar="FILE", help="CA certificate (PEM) that signed the cluster's certificates")
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="this client's certificate (PEM)")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="this client's private key (PEM), unless the --tls-cert file holds it")
     run.add_argument(
         "--workers",
         type=int,
@@ -83,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers sizes the embedded cluster; it cannot go with --scheduler, --scheduler-file or --no-cluster")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
+    tls_given = args.tls_ca_file or args.tls_cert or args.tls_key
+    if tls_given and not (args.scheduler or args.scheduler_file):
+        parser.error("--tls-ca-file, --tls-cert and --tls-key are for a cluster named by --scheduler or --scheduler-file")
+    if tls_given and not (args.tls_ca_file and args.tls_cert):
+        parser.error("TLS needs both --tls-ca-file and --tls-cert (and --tls-key unless the certificate file holds the key)")
     if args.format == "parquet" and args.output_dir == "-":
         parser.error("--format parquet needs an output directory, not '-'")
     program = None
@@ -134,11 +151,17 @@ def _client(args: argparse.Namespace) -> Any:
     from distributed import Client
 
     if args.scheduler:
-        return Client(args.scheduler, timeout="20s")
+        security = _security(args, args.scheduler)
+        return Client(args.scheduler, timeout="20s", security=security)
     if args.scheduler_file:
         if not args.scheduler_file.exists():
             raise DatalogError(None, f"scheduler file {args.scheduler_file} does not exist")
-        return Client(scheduler_file=str(args.scheduler_file), timeout="20s")
+        try:
+            address = str(json.loads(args.scheduler_file.read_text()).get("address", ""))
+        except (ValueError, AttributeError):  # not a scheduler file: Client says so
+            address = ""
+        security = _security(args, address)
+        return Client(scheduler_file=str(args.scheduler_file), timeout="20s", security=security)
     from .runtime import start_cluster
 
     try:
@@ -146,6 +169,37 @@ def _client(args: argparse.Namespace) -> Any:
     except RuntimeError as error:  # distributed's "Nanny failed to start", e.g. a worker process killed meanwhile
         raise DatalogError(None, f"the embedded Dask cluster did not start: {error}") from error
     return _OwnedClient(cluster)
+
+
+def _security(args: argparse.Namespace, address: str) -> Any:
+    """The ``Security`` the ``--tls-*`` flags give, or None: then ``Client`` takes Dask's
+    configuration (``distributed.comm.tls.*``, or a ``distributed.client.security-loader``)."""
+    import dask
+    from distributed.security import Security
+
+    if args.tls_ca_file:
+        if address and not address.startswith("tls://"):  # distributed would refuse it with a traceback
+            raise DatalogError(None, f"--tls-ca-file, --tls-cert and --tls-key need a tls:// scheduler address, not {address}")
+        files = [f for f in (args.tls_ca_file, args.tls_cert, args.tls_key) if f is not None]
+        for f in files:
+            if not f.is_file():
+                raise DatalogError(None, f"TLS file {f} does not exist")
+        return Security(
+            tls_ca_file=str(args.tls_ca_file),
+            tls_client_cert=str(args.tls_cert),
+            tls_client_key=str(args.tls_key) if args.tls_key else None,
+            require_encryption=True,
+        )
+    if address.startswith("tls://") and not dask.config.get("distributed.client.security-loader", None):
+        configured = Security()
+        if not (configured.tls_ca_file and configured.tls_client_cert):
+            # Client would fail with a TypeError about a missing ssl_context
+            raise DatalogError(
+                None,
+                f"the scheduler {address} requires TLS: give --tls-ca-file and --tls-cert (and --tls-key), "
+                "or set Dask's distributed.comm.tls.* configuration",
+            )
+    return None
 
 
 class _OwnedClient:
