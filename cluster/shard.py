@@ -6,6 +6,7 @@ task (``tasks.py``) hands in the job's worker-to-worker transport, tests hand in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,6 @@ def evaluate_shard(
 ) -> Shard:
     """Shard ``transport.rank``'s whole run. ``facts``: relation -> a fact file (each shard
     reads its byte range) or this shard's rows (array or DataFrame, split by the caller)."""
-    import time
-
     t0 = time.perf_counter()
     local = SymbolTable()
     inputs = load_inputs(program, local, fact_dir, facts, transport.rank, transport.size)

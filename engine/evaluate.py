@@ -294,16 +294,20 @@ class Evaluator:
             for target in targets:
                 self.copies[target].add(self._union(target[0], arrived.get(target, [])))
 
+    def _accounts_for(self, name: str) -> bool:
+        """Whether this shard counts ``name``'s rows: its part, or all of a replicated relation
+        on shard 0 only (so sizes and rows add up over shards)."""
+        layout = self.plan.layout(name)
+        return layout is None or not layout.replicated or self.exchange.rank == 0
+
     def local_size(self, name: str) -> int:
-        """Tuples of ``name`` this shard accounts for: its part, or all of a replicated relation
-        on shard 0 only (so sizes add up over shards)."""
-        return int(self.local_rows(name).shape[0])
+        """Tuples of ``name`` this shard accounts for (without compacting full's runs)."""
+        return len(self.stores[name]) if self._accounts_for(name) else 0
 
     def local_rows(self, name: str) -> Any:
-        """Packed rows this shard accounts for (see ``local_size``), sorted."""
-        layout = self.plan.layout(name)
+        """Packed rows this shard accounts for, sorted."""
         full = self.stores[name].full
-        return full[:0] if layout is not None and layout.replicated and self.exchange.rank != 0 else full
+        return full if self._accounts_for(name) else full[:0]
 
     # -- one rule version ------------------------------------------------------------------
 
