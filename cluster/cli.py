@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"{err.filename}: error: no such file", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `-D - | head`: the reader left; end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (OSError, TimeoutError, WorkerLost) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

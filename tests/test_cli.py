@@ -179,3 +179,14 @@ def test_user_errors_are_one_line_on_stderr(tmp_path: Path, where: list[str], re
         assert run.returncode == 1, (case, err)
         assert err.startswith(expected) and err.count("\n") == 1 and err.endswith("\n"), (case, err)
         assert re.fullmatch(r"[^\n]+?(:\d+:\d+)?: error: [^\n]+\n", err), (case, err)
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
+    """`-D - | head`: the pipe closes under the CLI; no error line, exit 141 as for SIGPIPE."""
+    big = ROOT / "tests" / "data" / "cal.cedge"
+    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(big), "-D", "-", "--no-cluster"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert run.stdout is not None and run.stdout.read(64)
+    run.stdout.close()
+    _, err = run.communicate(timeout=120)
+    assert (run.returncode, err) == (141, b"")
