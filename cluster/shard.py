@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine import ir
+from dask_datalog.engine import checkpoint, ir, memory
 from dask_datalog.engine.backend import Backend, get_backend
 from dask_datalog.engine.evaluate import Evaluator
-from dask_datalog.engine.job import FactSource, host_rows, load_inputs
+from dask_datalog.engine.job import FactSource, Steering, host_rows, input_files, job_control, load_inputs
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.exchange import ShardExchange, Transport
@@ -50,10 +50,50 @@ def evaluate_shard(
     chunk_rows: int | None = None,
     replicate_below: int = REPLICATE_BELOW,
     on_iteration: Callable[[int, int, dict[str, int]], None] | None = None,
+    steering: Steering = Steering(),
+    array_digests: Mapping[str, str] | None = None,
 ) -> Shard:
     """Shard ``transport.rank``'s whole run. ``facts``: relation -> a fact file (each shard
-    reads its byte range) or this shard's rows (array or DataFrame, split by the caller)."""
+    reads its byte range) or this shard's rows (array or DataFrame, split by the caller).
+    ``steering.checkpoint`` may start it from a checkpoint written by any number of shards;
+    ``array_digests``: the fingerprints of whole input arrays (the caller split them)."""
     t0 = time.perf_counter()
+
+    def current() -> dict[str, Any]:
+        return checkpoint.fingerprint(program, input_files(program, fact_dir, facts), dict(array_digests or {}))
+
+    manifest, restored = checkpoint.start(steering.checkpoint, transport.rank, transport.size, transport.allgather, current)
+    if manifest is not None:
+        symbols, inputs, sizes = SymbolTable.in_order(manifest.symbols), {}, manifest.input_sizes
+    else:
+        symbols, inputs, sizes = _load(transport, program, fact_dir, facts)
+    t_load = time.perf_counter() - t0
+    plan = place(plan_program(program), transport.size, sizes, replicate_below)
+    control = job_control(
+        steering, backend, transport.rank, transport.size, transport.allgather, manifest, sizes, current, lambda: symbols.strings, t0
+    )
+    chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget, backend)
+    evaluator = Evaluator(plan, backend, symbols, inputs, chunk_rows, ShardExchange(transport, backend.xp), control)
+    if manifest is not None:
+        evaluator.restore(manifest.position, restored)
+    stats = evaluator.run(on_iteration)
+    stats["load_s"] = round(t_load, 6)
+    stats["exchange"] = transport.stats.snapshot()
+    stats["checkpoints"] = control.written
+    stats["placement"] = {
+        name: {"replicated": l.replicated, "keys": [list(k) for k in l.copies], "why": l.reason}
+        for name, l in plan.layouts.items()
+    }
+    stats["local_sizes"] = {name: evaluator.local_size(name) for name in program.relations}
+    rows = {name: evaluator.local_rows(name) for name in program.relations}
+    return Shard(transport.rank, program, symbols, backend.name, rows, stats)
+
+
+def _load(
+    transport: Transport, program: ir.Program, fact_dir: str | Path | None, facts: Mapping[str, FactSource] | None
+) -> tuple[SymbolTable, dict[str, np.ndarray], dict[str, int]]:
+    """This shard's part of the inputs, re-encoded with the symbol table all shards agree on,
+    and every input relation's total size."""
     local = SymbolTable()
     inputs = load_inputs(program, local, fact_dir, facts, transport.rank, transport.size)
     counts = {name: int(rows.shape[0]) for name, rows in inputs.items()}
@@ -64,19 +104,7 @@ def evaluate_shard(
     for _, theirs in agreed:
         for name, n in theirs.items():
             sizes[name] = sizes.get(name, 0) + n
-    t_load = time.perf_counter() - t0
-    plan = place(plan_program(program), transport.size, sizes, replicate_below)
-    evaluator = Evaluator(plan, backend, symbols, inputs, chunk_rows, ShardExchange(transport, backend.xp))
-    stats = evaluator.run(on_iteration)
-    stats["load_s"] = round(t_load, 6)
-    stats["exchange"] = transport.stats.snapshot()
-    stats["placement"] = {
-        name: {"replicated": l.replicated, "keys": [list(k) for k in l.copies], "why": l.reason}
-        for name, l in plan.layouts.items()
-    }
-    stats["local_sizes"] = {name: evaluator.local_size(name) for name in program.relations}
-    rows = {name: evaluator.local_rows(name) for name in program.relations}
-    return Shard(transport.rank, program, symbols, backend.name, rows, stats)
+    return symbols, inputs, sizes
 
 
 def _remap_symbols(inputs: dict[str, np.ndarray], program: ir.Program, local: SymbolTable, symbols: SymbolTable) -> None:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from dask_datalog.engine.control import Suspended
 from dask_datalog.partition.exchange import ExchangeStats, payload_bytes
 
 T = TypeVar("T")
@@ -73,6 +74,8 @@ def run_in_threads(size: int, shard: Callable[[ThreadTransport], T], timeout: fl
     def body(rank: int) -> None:
         try:
             results[rank] = shard(ThreadTransport(group, rank))
+        except Suspended as error:  # every shard stops at the same boundary: nobody waits on it
+            errors[rank] = error
         except BaseException as error:  # handed to the caller below, never dropped
             errors[rank] = error
             group.barrier.abort()

@@ -22,7 +22,9 @@ import numpy as np
 
 from . import sets
 from .backend import Backend
+from .control import NO_CONTROL, STOP, Control, Position, Suspended
 from .errors import DatalogError
+from .memory import default_chunk_rows
 from .exchange import Exchange, LocalExchange, Target
 from .hisa import RelationStore, expand_runs, gather_join, gather_pairs, half_of, pack, packed_layout, unpack, words_for
 from .ir import Atom, BinOp, Comparison, Const, Term, Var
@@ -140,7 +142,9 @@ class Evaluator:
     On one shard (``plan_program``'s plan, ``LocalExchange``) this shard is the whole run. On
     several, the plan carries routes and layouts (``partition.placement.place``) and
     ``exchange`` does the communication at the points ``engine/exchange.py`` declares; the
-    loop is the same."""
+    loop is the same. ``control`` checkpoints and stops it at the points ``control.py``
+    declares. ``inputs``: encoded rows of this shard's part of the inputs; a run resumed from
+    a checkpoint passes none and calls ``restore`` instead."""
 
     def __init__(
         self,
@@ -150,17 +154,17 @@ class Evaluator:
         inputs: dict[str, np.ndarray],
         chunk_rows: int | None = None,
         exchange: Exchange | None = None,
+        control: Control = NO_CONTROL,
     ):
         self.plan = plan
+        self.control = control
         self.backend = backend
         self.xp = backend.xp
         self.symbols = symbols
         self.exchange: Exchange = exchange if exchange is not None else LocalExchange()
         if plan.shards != self.exchange.size:
             raise ValueError(f"plan placed for {plan.shards} shards, the exchange has {self.exchange.size}")
-        # Rows of join output materialised at once: 16 M (a few hundred MB of binding table)
-        # on the CPU, 128 M on a GPU, where fewer, larger sorts keep the device busy.
-        self.chunk_rows = chunk_rows or (1 << 27 if backend.name == "cupy" else 1 << 24)
+        self.chunk_rows = chunk_rows or default_chunk_rows(backend)
         self.clock = PhaseClock(backend)
         relations = plan.program.relations
         # The canonical copy of each relation (all of it on one shard, or a replica), and the
@@ -172,6 +176,7 @@ class Evaluator:
             for key in layout.copies[1:]
         }
         self.stats: dict[str, Any] = {"backend": backend.name, "strata": []}
+        self.resumed: Position | None = None
         self._load(inputs)
 
     def store(self, name: str, copy: Key | None) -> RelationStore:
@@ -200,9 +205,36 @@ class Evaluator:
             packed = sets.sort_unique(packed, self.xp)
             for target in self._targets(name):
                 blocks[target] = packed
-        arrived, _ = self.exchange.route(blocks, 0)
+        arrived, _, _ = self.exchange.route(blocks, 0)
         for target, parts in arrived.items():
             self.store(*target).add(self._union(target[0], parts))
+
+    def restore(self, position: Position, rows: dict[str, tuple[list[np.ndarray], list[np.ndarray]]]) -> None:
+        """Take up a checkpoint written at ``position`` by any number of shards: ``rows`` are
+        the (full, delta) blocks of packed rows this shard read (any share of the parts; the
+        routes put every row where this plan keeps it). Relations of finished strata fill all
+        their copies; those of the stratum in progress get their delta back."""
+        stratum_of = {r: i for i, st in enumerate(self.plan.strata) for r in st.relations}
+        old: dict[Target, Any] = {}
+        new: dict[Target, Any] = {}
+        for name, (full_blocks, delta_blocks) in rows.items():
+            full = self._union(name, [self.xp.asarray(b) for b in full_blocks])
+            delta = self._union(name, [self.xp.asarray(b) for b in delta_blocks])
+            stratum = stratum_of.get(name, -1)
+            running = stratum == position.stratum and position.iteration > 0
+            if running:
+                full = sets.difference(full, delta, self.backend)
+            layout = self.plan.layout(name)
+            keys = None if layout is None or running or stratum >= position.stratum else layout.copies
+            for target in self._targets(name, keys):
+                old[target] = full
+                if running:
+                    new[target] = delta
+        for blocks in (old, new):  # full first, then the delta: add() makes its rows the delta
+            arrived, _, _ = self.exchange.route(blocks, 0)
+            for target, parts in arrived.items():
+                self.store(*target).add(self._union(target[0], parts))
+        self.resumed = position
 
     def _union(self, name: str, blocks: list[Any]) -> Any:
         return sets.union_all(blocks, words_for(self.stores[name].arity), self.xp)
@@ -210,31 +242,66 @@ class Evaluator:
     # -- driving -------------------------------------------------------------------------
 
     def run(self, on_iteration: Callable[[int, int, dict[str, int]], None] | None = None) -> dict[str, Any]:
+        """Evaluate every stratum (from where ``restore`` left off, if it was called)."""
         t0 = time.perf_counter()
-        for number, stratum in enumerate(self.plan.strata):
-            self.stats["strata"].append(self._run_stratum(number, stratum, on_iteration))
+        start = self.resumed or Position(0, 0)
+        if self.resumed is not None:
+            self.stats["resumed_from"] = [start.stratum, start.iteration]
+        for number in range(start.stratum, len(self.plan.strata)):
+            done = start.iteration if number == start.stratum else 0
+            record, requests = self._run_stratum(number, self.plan.strata[number], done, on_iteration)
+            self.stats["strata"].append(record)
+            if requests:  # asked for in the stratum's last iteration: its end is the boundary
+                self._checkpoint(Position(number + 1, 0), requests)
         self.stats["total_s"] = round(time.perf_counter() - t0, 6)
         return self.stats
 
-    def _run_stratum(self, number: int, stratum: StratumPlan, on_iteration: Callable | None) -> dict[str, Any]:
-        """The initial iteration, then semi-naive iterations until no shard derived anything;
-        then the copies that only later strata read are built from the complete relations."""
+    def _run_stratum(
+        self, number: int, stratum: StratumPlan, done: int, on_iteration: Callable | None
+    ) -> tuple[dict[str, Any], int]:
+        """The initial iteration (unless ``done`` iterations ran before a checkpoint), then
+        semi-naive iterations until no shard derived anything; then the copies that only later
+        strata read are built from the complete relations. Checkpoints requested within the
+        stratum are written at once; a request in its last iteration is returned."""
         t0 = time.perf_counter()
-        iterations = [self._iterate(stratum.initial, stratum.relations)]
-        if on_iteration:
-            on_iteration(number, 0, iterations[-1]["delta"])
-        while stratum.recursive and iterations[-1]["active"]:
-            iterations.append(self._iterate(stratum.deltas, stratum.relations))
+        iterations: list[dict[str, Any]] = []
+        while True:
+            record = self._iterate(stratum.initial if done == 0 else stratum.deltas, stratum.relations)
+            iterations.append(record)
             if on_iteration:
-                on_iteration(number, len(iterations) - 1, iterations[-1]["delta"])
+                on_iteration(number, done, record["delta"])
+            done += 1
+            requests = record.pop("requests")
+            if not (stratum.recursive and record["active"]):
+                break
+            if requests:
+                self._checkpoint(Position(number, done), requests)
         self._fill_copies(stratum.relations, "later")
-        return {
+        record = {
             "relations": list(stratum.relations),
             "recursive": stratum.recursive,
             "iterations": iterations,
             "sizes": {r: self.local_size(r) for r in stratum.relations},
             "time_s": round(time.perf_counter() - t0, 6),
         }
+        return record, requests
+
+    def _checkpoint(self, position: Position, requests: int) -> None:
+        """Every shard saves the rows it accounts for (host arrays), then stops on ``STOP``."""
+        rows = {}
+        for name in self.plan.program.relations:
+            delta = self.stores[name].delta if self._accounts_for(name) else self.stores[name].delta[:0]
+            rows[name] = (self.backend.asnumpy(self.local_rows(name)), self.backend.asnumpy(delta))
+        self.control.save(position, rows)
+        if requests & STOP:
+            raise Suspended(position)
+
+    def held(self) -> dict[str, int]:
+        """Bytes each relation takes on this shard, all its copies together."""
+        out = {name: store.nbytes for name, store in self.stores.items()}
+        for (name, _), store in self.copies.items():
+            out[name] += store.nbytes
+        return out
 
     def _iterate(self, rules: tuple[RulePlan, ...], relations: tuple[str, ...]) -> dict[str, Any]:
         """One semi-naive step: every rule version reads the current deltas; head tuples this
@@ -247,6 +314,7 @@ class Evaluator:
         kept = {r: HeadRows(width[r], self.chunk_rows, self.xp, self.clock) for r in relations}
         outgoing = {r: HeadRows(width[r], self.chunk_rows, self.xp, self.clock) for r in relations}
         for rp in rules:
+            self.control.check(self.held)
             delta = rp.delta_step
             # Idle: no delta in the store that version reads (on this shard), and no collective
             # inside it that the other shards would wait for.
@@ -259,7 +327,7 @@ class Evaluator:
                 layout = self.plan.layout(rel)
                 blocks[(rel, layout.canonical if layout is not None else None)] = outgoing[rel].rows()
         found = sum(len(kept[r]) for r in relations) + sum(int(b.shape[0]) for b in blocks.values())
-        arrived, active = self.exchange.route(blocks, found)
+        arrived, active, requests = self.exchange.route(blocks, found, self.control.requests())
         for target, parts in arrived.items():
             kept[target[0]].add(self.stores[target[0]].novel(self.xp.concatenate(parts), self.clock.phase), unique=True)
         delta_sizes = {}
@@ -269,7 +337,7 @@ class Evaluator:
                 self.stores[rel].add(delta)
             delta_sizes[rel] = int(delta.shape[0])
         self._fill_copies(relations, "maintained")
-        record: dict[str, Any] = {"delta": delta_sizes, "active": active, **self.clock.take()}
+        record: dict[str, Any] = {"delta": delta_sizes, "active": active, "requests": requests, **self.clock.take()}
         record["buffered_rows"] = max((h.peak for h in (*kept.values(), *outgoing.values())), default=0)
         exchanged = self.exchange.take_stats()
         if exchanged:
@@ -289,7 +357,7 @@ class Evaluator:
         if not targets:
             return
         store_rows = (lambda rel: self.stores[rel].delta) if which == "maintained" else (lambda rel: self.stores[rel].full)
-        arrived, _ = self.exchange.route({t: store_rows(t[0]) for t in targets}, 0)
+        arrived, _, _ = self.exchange.route({t: store_rows(t[0]) for t in targets}, 0)
         with self.clock.phase("merge"):
             for target in targets:
                 self.copies[target].add(self._union(target[0], arrived.get(target, [])))
@@ -321,6 +389,7 @@ class Evaluator:
         route = rp.head
 
         def sink(b: Bindings) -> None:
+            self.control.check(self.held)
             rows = self._head_rows(b, head, layout)
             if route.action in ("exchange", "broadcast"):
                 outgoing.add(rows, unique=False)

@@ -8,7 +8,8 @@ points are declared here and nowhere else, in the manner of Soufflé's semi-naiv
 - ``route``: where rows go. Head tuples at the end of an iteration, input rows at load, deltas
   to the other copies of a relation: each block names its target (relation, copy key) and ends
   up on the shards that hold that copy. It also sums a count over all shards, which is how
-  every shard learns whether anything moved anywhere (the fixpoint test, at no extra round).
+  every shard learns whether anything moved anywhere (the fixpoint test, at no extra round),
+  and ORs request bits (``control.SAVE``/``STOP``), so all shards checkpoint at one boundary.
 - ``repartition``: a binding table re-partitioned by the hash of some variables, before a step
   routed ``exchange``.
 - ``owned``: the rows of an everywhere-identical binding table that this shard owns.
@@ -35,11 +36,11 @@ class Exchange(Protocol):
     rank: int
     size: int
 
-    def route(self, blocks: dict[Target, Any], count: int) -> tuple[dict[Target, list[Any]], int]:
+    def route(self, blocks: dict[Target, Any], count: int, flags: int = 0) -> tuple[dict[Target, list[Any]], int, int]:
         """Send each block of packed rows to the shards holding its target: by the owners of
         the target's key, or to every shard for key None. Returns what arrived here, per
-        target (blocks from every sender, this one included), and ``count`` summed over all
-        shards. Collective."""
+        target (blocks from every sender, this one included), ``count`` summed over all
+        shards and ``flags`` ORed over all shards. Collective."""
         ...
 
     def repartition(self, b: Any | None, key: tuple[str, ...]) -> Any | None:
@@ -69,8 +70,8 @@ class LocalExchange:
     rank = 0
     size = 1
 
-    def route(self, blocks: dict[Target, Any], count: int) -> tuple[dict[Target, list[Any]], int]:
-        return {target: [rows] for target, rows in blocks.items()}, count
+    def route(self, blocks: dict[Target, Any], count: int, flags: int = 0) -> tuple[dict[Target, list[Any]], int, int]:
+        return {target: [rows] for target, rows in blocks.items()}, count, flags
 
     def repartition(self, b: Any | None, key: tuple[str, ...]) -> Any | None:
         return b

@@ -268,6 +268,13 @@ class RelationStore:
     def __len__(self) -> int:
         return sum(int(r.shape[0]) for r in self.runs)
 
+    @property
+    def nbytes(self) -> int:
+        """What this store holds: full's runs, its other column orders, the bitmap mirror."""
+        held = sum(int(r.nbytes) for r in self.runs)
+        held += sum(int(idx.rows.nbytes) for order, idx in self.indexes.items() if order != self.canonical)
+        return held + (int(self.dense.bits.nbytes) if self.dense is not None else 0)
+
     def subtract(self, rows: Any) -> Any:
         """Sorted unique rows that are not in full."""
         for run in self.runs:

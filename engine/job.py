@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from . import fact_input, relation_output
+from . import checkpoint, fact_input, memory, relation_output
 from .backend import Backend
+from .checkpoint import CheckpointOptions
 from .errors import DatalogError
 from .evaluate import Evaluator
 from .hisa import unpack
-from .ir import Program
+from .ir import Pos, Program
 from .plan import plan_program
 from .values import SymbolTable
 
@@ -70,23 +71,39 @@ def load_inputs(
     facts = dict(facts or {})
     check_fact_names(program, facts)
     loaded: dict[str, np.ndarray] = {}
-    for spec in program.inputs:
-        if spec.relation in facts:
-            continue
-        directory = Path(fact_dir) if fact_dir is not None else Path(".")
-        path = directory / (spec.filename or f"{spec.relation}.facts")
-        relation = program.relations[spec.relation]
-        rows = fact_input.read_facts_range(path, relation, symbols, spec.delimiter, spec.pos, part, n_parts)
-        loaded[spec.relation] = _append(loaded.get(spec.relation), rows)
+    for relation_name, path, delimiter, pos in _input_files(program, fact_dir, facts):
+        relation = program.relations[relation_name]
+        rows = fact_input.read_facts_range(path, relation, symbols, delimiter, pos, part, n_parts)
+        loaded[relation_name] = _append(loaded.get(relation_name), rows)
     for name, source in facts.items():
-        relation = program.relations[name]
+        if not isinstance(source, (str, Path)):
+            loaded[name] = fact_input.encode_rows(source, program.relations[name], symbols, origin=f"facts['{name}']")
+    return loaded
+
+
+def input_files(program: Program, fact_dir: str | Path | None, facts: Mapping[str, FactSource] | None) -> dict[str, list[str]]:
+    """The fact files a run reads, by relation (what a checkpoint's fingerprint covers)."""
+    files: dict[str, list[str]] = {}
+    for name, path, _, _ in _input_files(program, fact_dir, dict(facts or {})):
+        files.setdefault(name, []).append(str(path))
+    return files
+
+
+def _input_files(
+    program: Program, fact_dir: str | Path | None, facts: Mapping[str, FactSource]
+) -> list[tuple[str, Path, str, Pos | None]]:
+    """(relation, path, delimiter, position of its .input) per fact file: ``facts`` paths
+    replace the relation's ``.input`` files."""
+    files = []
+    directory = Path(fact_dir) if fact_dir is not None else Path(".")
+    for spec in program.inputs:
+        if spec.relation not in facts:
+            files.append((spec.relation, directory / (spec.filename or f"{spec.relation}.facts"), spec.delimiter, spec.pos))
+    for name, source in facts.items():
         if isinstance(source, (str, Path)):
             delimiter = next((s.delimiter for s in program.inputs if s.relation == name), "\t")
-            rows = fact_input.read_facts_range(Path(source), relation, symbols, delimiter, None, part, n_parts)
-        else:
-            rows = fact_input.encode_rows(source, relation, symbols, origin=f"facts['{name}']")
-        loaded[name] = rows
-    return loaded
+            files.append((name, Path(source), delimiter, None))
+    return files
 
 
 def check_fact_names(program: Program, facts: Mapping[str, object]) -> None:
@@ -99,6 +116,20 @@ def _append(old: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
     return rows if old is None else np.concatenate([old, rows])
 
 
+@dataclass(frozen=True)
+class Steering:
+    """What steers a run besides its program and inputs: checkpoints (and where it starts),
+    a memory budget in bytes for this shard's data (None: ``memory.default_budget``), and two
+    callables asked at the loop's boundaries:
+    ``stop_requested()`` (checkpoint, then stop: SIGTERM) and ``interrupted()`` (raises to
+    stop now: a timeout, a cancelled job)."""
+
+    checkpoint: CheckpointOptions | None = None
+    memory_budget: int | None = None
+    stop_requested: Callable[[], bool] = lambda: False
+    interrupted: Callable[[], None] = lambda: None
+
+
 def run_program(
     program: Program,
     backend: Backend,
@@ -106,18 +137,73 @@ def run_program(
     facts: Mapping[str, FactSource] | None = None,
     on_iteration: Callable[[int, int, dict[str, int]], None] | None = None,
     chunk_rows: int | None = None,
+    steering: Steering = Steering(),
 ) -> RunOutput:
     t0 = time.perf_counter()
-    symbols = SymbolTable()
-    plan = plan_program(program)
-    inputs = load_inputs(program, symbols, fact_dir, facts)
+
+    def solo(part: Any) -> list[Any]:
+        return [part]
+
+    def current() -> dict[str, Any]:
+        arrays = {n: checkpoint.array_digest(src) for n, src in (facts or {}).items() if not isinstance(src, (str, Path))}
+        return checkpoint.fingerprint(program, input_files(program, fact_dir, facts), arrays)
+
+    manifest, restored = checkpoint.start(steering.checkpoint, 0, 1, solo, current)
+    if manifest is not None:
+        symbols, inputs, sizes = SymbolTable.in_order(manifest.symbols), {}, manifest.input_sizes
+    else:
+        symbols = SymbolTable()
+        inputs = load_inputs(program, symbols, fact_dir, facts)
+        sizes = {name: int(rows.shape[0]) for name, rows in inputs.items()}
     t_load = time.perf_counter() - t0
-    evaluator = Evaluator(plan, backend, symbols, inputs, chunk_rows)
+    control = job_control(steering, backend, 0, 1, solo, manifest, sizes, current, lambda: symbols.strings, t0)
+    chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget, backend)
+    evaluator = Evaluator(plan_program(program), backend, symbols, inputs, chunk_rows, control=control)
+    if manifest is not None:
+        evaluator.restore(manifest.position, restored)
     stats = evaluator.run(on_iteration)
     packed = {name: store.full for name, store in evaluator.stores.items()}
     stats["load_s"] = round(t_load, 6)
     stats["sizes"] = {name: int(rows.shape[0]) for name, rows in packed.items()}
+    stats["checkpoints"] = control.written
     return RunOutput(program, symbols, backend, packed, stats)
+
+
+def job_control(
+    steering: Steering,
+    backend: Backend,
+    rank: int,
+    size: int,
+    allgather: Callable[[Any], list[Any]],
+    manifest: checkpoint.Manifest | None,
+    sizes: dict[str, int],
+    current: Callable[[], dict[str, Any]],
+    strings: Callable[[], list[str]],
+    t0: float,
+) -> checkpoint.JobControl:
+    """The ``JobControl`` of one shard. A run that started from a checkpoint carries its
+    fingerprint and elapsed time on; a fresh one computes its fingerprint (hashing the
+    input files) when it writes its first checkpoint. Without a memory budget the shard gets
+    the default share of the machine (or GPU)."""
+    known: list[dict[str, Any]] = [manifest.fingerprint] if manifest is not None else []
+    before = manifest.seconds if manifest is not None else 0.0
+
+    def describe() -> tuple[dict[str, int], dict[str, Any], list[str]]:
+        if not known:
+            known.append(current())
+        return sizes, known[0], strings()
+
+    return checkpoint.JobControl(
+        rank,
+        size,
+        allgather,
+        steering.checkpoint,
+        describe,
+        lambda: before + time.perf_counter() - t0,
+        steering.stop_requested,
+        steering.interrupted,
+        steering.memory_budget or memory.default_budget(backend),
+    )
 
 
 def write_outputs(run: RunOutput, output_dir: str | Path, fmt: str = "csv", stream: Any | None = None) -> None:

@@ -66,6 +66,14 @@ class SymbolTable:
         table._ids = dict(zip(table._strings, range(len(table._strings))))
         return table
 
+    @classmethod
+    def in_order(cls, strings: Iterable[str]) -> SymbolTable:
+        """A table whose ids are the positions in ``strings`` (a checkpoint's table)."""
+        table = cls()
+        for s in strings:
+            table.intern(s)
+        return table
+
     def remap_to(self, other: SymbolTable) -> np.ndarray:
         """m[id here] = ``other``'s id for the same string, so ``m[rows[:, j]]`` re-encodes a symbol
         column into ``other`` (KeyError for a string ``other`` lacks)."""

@@ -9,6 +9,8 @@ run inside a test.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -80,7 +82,7 @@ class ShardExchange:
         self.xp = xp
         self._reported = transport.stats.snapshot()
 
-    def route(self, blocks: dict[Target, Any], count: int) -> tuple[dict[Target, list[Any]], int]:
+    def route(self, blocks: dict[Target, Any], count: int, flags: int = 0) -> tuple[dict[Target, list[Any]], int, int]:
         parts: list[dict[Target, Any]] = [{} for _ in range(self.size)]
         for (name, key), rows in blocks.items():
             if key is None:  # a replicated relation: every shard gets all of it
@@ -91,12 +93,12 @@ class ShardExchange:
             for part, block in zip(parts, split(*bucket(rows, owners, self.size, self.xp))):
                 if block.shape[0]:
                     part[(name, key)] = block
-        received = self.transport.alltoall([(count, part) for part in parts])
+        received = self.transport.alltoall([(count, flags, part) for part in parts])
         arrived: dict[Target, list[Any]] = {}
-        for _, part in received:
+        for _, _, part in received:
             for target, rows in part.items():
                 arrived.setdefault(target, []).append(rows)
-        return arrived, sum(c for c, _ in received)
+        return arrived, sum(c for c, _, _ in received), functools.reduce(operator.or_, (f for _, f, _ in received), 0)
 
     def repartition(self, b: Bindings | None, key: tuple[str, ...]) -> Bindings | None:
         parts: list[Any] = [None] * self.size

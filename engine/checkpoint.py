@@ -1,0 +1,382 @@
+"""Checkpoints of a run on disk, when to write them, and ``JobControl``, the ``control.Control``
+that writes them.
+
+A checkpoint is taken at an iteration boundary that every shard reached (control.py says how
+they agree without an extra round). Layout of a checkpoint directory::
+
+    DIR/latest                      name of the newest complete checkpoint
+    DIR/<name>/manifest.json        position, shards, input sizes, fingerprint, symbols
+    DIR/<name>/part-<rank>/<relation>.full.npy, <relation>.delta.npy
+
+Each shard writes its part (the rows it accounts for: its hash partition, all of a replicated
+relation on rank 0) as raw ``.npy`` arrays of packed rows: no encoding step, and a reader with
+any number of shards can re-route them (``Evaluator`` restores through its exchange). After
+every shard wrote, rank 0 writes the manifest, then replaces ``latest`` atomically and removes
+the previous checkpoint, so ``latest`` always names a complete one.
+
+The fingerprint (a digest of the program's meaning, of every input file's bytes and of input
+arrays) is how ``--resume`` refuses a changed program or input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .control import SAVE, STOP, Position
+from .memory import MemoryBudgetExceeded
+from .errors import DatalogError
+from .ir import Program
+
+FORMAT_VERSION = 1
+MIN_INTERVAL_S = 30.0  # the default schedule's shortest interval between checkpoints
+MEASURE_EVERY_S = 0.02  # how often check() sums what the relations hold (relations grow at merges)
+COST_FACTOR = 9.0  # default schedule: wait 9x the last checkpoint's cost, so they take <= 10% of the run
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a complete checkpoint says about itself (``manifest.json``)."""
+
+    name: str
+    position: Position
+    shards: int
+    input_sizes: dict[str, int]  # tuples per input relation, for placing the resumed run
+    fingerprint: dict[str, Any]
+    symbols: list[str]  # the run's symbol table, in id order
+    relations: dict[str, int]  # tuples per relation at the checkpoint
+    seconds: float  # wall time the run had spent when it was written, resumes included
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "position": [self.position.stratum, self.position.iteration],
+            "shards": self.shards,
+            "input_sizes": self.input_sizes,
+            "fingerprint": self.fingerprint,
+            "symbols": self.symbols,
+            "relations": self.relations,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        if data.get("format") != FORMAT_VERSION:
+            raise ValueError(f"checkpoint format {data.get('format')!r}, this version reads {FORMAT_VERSION}")
+        return cls(
+            name=data["name"],
+            position=Position(*data["position"]),
+            shards=data["shards"],
+            input_sizes=data["input_sizes"],
+            fingerprint=data["fingerprint"],
+            symbols=data["symbols"],
+            relations=data["relations"],
+            seconds=data["seconds"],
+        )
+
+
+class Checkpoints:
+    """One checkpoint directory (see the module docstring)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def latest(self) -> Manifest | None:
+        """The newest complete checkpoint, or None when there is none."""
+        try:
+            name = (self.directory / "latest").read_text().strip()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads((self.directory / name / "manifest.json").read_text())
+            return Manifest.from_json(data)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DatalogError(None, f"the checkpoint {self.directory / name} cannot be read: {error}") from None
+
+    def write_part(self, name: str, rank: int, rows: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> int:
+        """This shard's rows (host arrays) into checkpoint ``name``; bytes written."""
+        part = self.directory / f"{name}.tmp" / f"part-{rank:05d}"
+        part.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for relation, (full, delta) in rows.items():
+            for kind, array in (("full", full), ("delta", delta)):
+                np.save(part / f"{relation}.{kind}.npy", np.ascontiguousarray(array), allow_pickle=False)
+                written += int(array.nbytes)
+        return written
+
+    def commit(self, manifest: Manifest) -> None:
+        """Rank 0, after every shard wrote its part: the manifest, then ``latest``."""
+        staging = self.directory / f"{manifest.name}.tmp"
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / "manifest.json").write_text(json.dumps(manifest.to_json()))
+        staging.rename(self.directory / manifest.name)
+        previous = self.latest()
+        pointer = self.directory / "latest.tmp"
+        pointer.write_text(manifest.name + "\n")
+        os.replace(pointer, self.directory / "latest")
+        if previous is not None and previous.name != manifest.name:
+            shutil.rmtree(self.directory / previous.name, ignore_errors=True)
+
+    def read(self, manifest: Manifest, parts: Sequence[int]) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
+        """The rows of the given parts: relation -> (full blocks, delta blocks)."""
+        out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {name: ([], []) for name in manifest.relations}
+        for rank in parts:
+            part = self.directory / manifest.name / f"part-{rank:05d}"
+            for relation, (full, delta) in out.items():
+                full.append(np.load(part / f"{relation}.full.npy", allow_pickle=False))
+                delta.append(np.load(part / f"{relation}.delta.npy", allow_pickle=False))
+        return out
+
+    def remove_staging(self) -> None:
+        """Parts of checkpoints that were never committed (a run stopped while writing one)."""
+        if self.directory.is_dir():
+            for stale in self.directory.glob("*.tmp"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """Where and when a run checkpoints, and where it starts. ``resume``: None starts from the
+    inputs; "" from the latest checkpoint in ``directory``, which must exist; any other string
+    from the latest checkpoint if its name starts with it (a retry of job ``job`` after a lost
+    worker takes up its own checkpoints, never an older run's), else from the inputs.
+    ``verify``: the checkpoint's fingerprint must match this program and these inputs."""
+
+    directory: str
+    every: float | None = None
+    resume: str | None = None
+    verify: bool = False
+    job: str = "run"  # prefix of this attempt's checkpoint names
+
+
+def find_checkpoint(
+    options: CheckpointOptions,
+    rank: int,
+    allgather: Callable[[Any], list[Any]],
+    current: Callable[[], dict[str, Any]],
+) -> Manifest | None:
+    """The checkpoint a run starts from (None: its inputs), agreed by all shards: rank 0 reads
+    it and checks the fingerprint (``current()``) when asked to; every shard must see the
+    directory (a probe file rank 0 writes), else the run stops with a message saying so.
+    Collective."""
+    checkpoints = Checkpoints(options.directory)
+    answer: tuple[str, Any] = ("ok", None)
+    probe = checkpoints.directory / f".probe-{options.job}"
+    if rank == 0:
+        try:
+            checkpoints.directory.mkdir(parents=True, exist_ok=True)
+            probe.write_text(options.job)
+            checkpoints.remove_staging()
+            manifest = checkpoints.latest()
+            if options.resume == "":
+                if options.verify:
+                    check_resumable(options.directory, manifest, current())
+                elif manifest is None:
+                    raise DatalogError(None, f"cannot resume: no complete checkpoint in {options.directory}")
+            elif options.resume is None or manifest is None or not manifest.name.startswith(options.resume):
+                manifest = None
+            answer = ("ok", manifest)
+        except (DatalogError, OSError) as error:
+            answer = ("error", str(error.message if isinstance(error, DatalogError) else error))
+    kind, value = allgather(answer)[0]
+    if kind == "error":
+        raise DatalogError(None, value)
+    seen = probe.exists() and (value is None or (checkpoints.directory / value.name / "manifest.json").exists())
+    blind = [r for r, ok in enumerate(allgather(seen)) if not ok]
+    if rank == 0:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise DatalogError(
+            None,
+            f"the checkpoint directory {options.directory} is not visible from worker {blind[0]}: "
+            "give --checkpoint a directory on a file system every worker shares",
+        )
+    return value
+
+
+def start(
+    options: CheckpointOptions | None,
+    rank: int,
+    size: int,
+    allgather: Callable[[Any], list[Any]],
+    current: Callable[[], dict[str, Any]],
+) -> tuple[Manifest | None, dict[str, tuple[list[np.ndarray], list[np.ndarray]]]]:
+    """Where a run starts: (the agreed checkpoint, the rows of this shard's share of its
+    parts), or (None, {}) to start from the inputs. Collective."""
+    if options is None:
+        return None, {}
+    manifest = find_checkpoint(options, rank, allgather, current)
+    if manifest is None:
+        return None, {}
+    share = [k for k in range(manifest.shards) if k % size == rank]
+    return manifest, Checkpoints(options.directory).read(manifest, share)
+
+
+@dataclass
+class Schedule:
+    """When a checkpoint is due: every ``every`` seconds, or by default when the time since the
+    last one is at least MIN_INTERVAL_S and COST_FACTOR times what the last one cost."""
+
+    every: float | None = None
+    last: float = field(default_factory=time.monotonic)
+    cost: float = 0.0
+
+    def due(self) -> bool:
+        interval = self.every if self.every is not None else max(MIN_INTERVAL_S, COST_FACTOR * self.cost)
+        return time.monotonic() - self.last >= interval
+
+    def saved(self, cost: float) -> None:
+        self.cost = cost
+        self.last = time.monotonic()
+
+
+class JobControl:
+    """The ``Control`` of one shard of a run: checkpoints as ``options`` say (none without
+    them) and when ``stop_requested()``; ``interrupted()`` raises when the run must
+    stop now (timeout, cancel); ``memory_budget`` (bytes per shard) ends a run whose relations
+    outgrow it. ``allgather`` is the shards' collective (one shard: ``lambda x: [x]``);
+    ``describe()`` gives the manifest's input sizes, fingerprint and symbols."""
+
+    def __init__(
+        self,
+        rank: int,
+        size: int,
+        allgather: Callable[[Any], list[Any]],
+        options: CheckpointOptions | None,
+        describe: Callable[[], tuple[dict[str, int], dict[str, Any], list[str]]],
+        elapsed: Callable[[], float],
+        stop_requested: Callable[[], bool] = lambda: False,
+        interrupted: Callable[[], None] = lambda: None,
+        memory_budget: int | None = None,
+    ):
+        self.rank, self.size, self.allgather = rank, size, allgather
+        self.checkpoints = Checkpoints(options.directory) if options is not None else None
+        self.schedule = Schedule(options.every if options is not None else None)
+        self.attempt = options.job if options is not None else ""
+        self.describe, self.elapsed = describe, elapsed
+        self.stop_requested, self.interrupted = stop_requested, interrupted
+        self.memory_budget = memory_budget
+        self.written: list[dict[str, Any]] = []  # one record per checkpoint, for the statistics
+        self.measured = 0.0  # when held() was last summed
+
+    def requests(self) -> int:
+        if self.checkpoints is None:
+            return 0
+        return (STOP if self.stop_requested() else 0) | (SAVE if self.schedule.due() else 0)
+
+    def save(self, position: Position, rows: dict[str, tuple[Any, Any]]) -> None:
+        assert self.checkpoints is not None, "a checkpoint was requested without a directory"
+        t0 = time.perf_counter()
+        name = f"{self.attempt}-{len(self.written):05d}"
+        written = self.checkpoints.write_part(name, self.rank, rows)
+        counts = {relation: int(full.shape[0]) for relation, (full, _) in rows.items()}
+        gathered = self.allgather((written, counts))
+        if self.rank == 0:
+            sizes, fingerprint, symbols = self.describe()
+            relations = {r: sum(c[r] for _, c in gathered) for r in counts}
+            manifest = Manifest(name, position, self.size, sizes, fingerprint, symbols, relations, round(self.elapsed(), 3))
+            self.checkpoints.commit(manifest)
+        cost = time.perf_counter() - t0
+        self.schedule.saved(cost)
+        self.written.append(
+            {"position": [position.stratum, position.iteration], "seconds": round(cost, 6), "bytes": sum(w for w, _ in gathered)}
+        )
+
+    def check(self, held: Callable[[], dict[str, int]]) -> None:
+        self.interrupted()
+        now = time.monotonic()
+        if self.memory_budget is None or now - self.measured < MEASURE_EVERY_S:
+            return
+        self.measured = now
+        sizes = held()
+        total = sum(sizes.values())
+        if total > self.memory_budget:
+            raise MemoryBudgetExceeded(sizes, self.memory_budget, self.rank, self.size)
+
+
+# -- fingerprints ---------------------------------------------------------------------------------
+
+
+def program_digest(program: Program) -> str:
+    """A digest of what the program means: every compared field of the IR (positions and the
+    file name are not compared), so reformatting or moving the file does not change it."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def feed(node: object) -> None:
+        if is_dataclass(node) and not isinstance(node, type):
+            h.update(type(node).__name__.encode() + b"(")
+            for f in fields(node):
+                if f.compare and not (isinstance(node, Program) and f.name == "source"):
+                    feed(getattr(node, f.name))
+            h.update(b")")
+        elif isinstance(node, (tuple, list)):
+            h.update(b"[")
+            for item in node:
+                feed(item)
+            h.update(b"]")
+        elif isinstance(node, dict):
+            h.update(b"{")
+            for key, value in node.items():
+                feed(key)
+                feed(value)
+            h.update(b"}")
+        else:
+            h.update(repr(node).encode() + b";")
+
+    feed(program)
+    return h.hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def array_digest(data: Any) -> str:
+    """A digest of array-like or DataFrame input rows (handed through the API)."""
+    h = hashlib.blake2b(digest_size=16)
+    if hasattr(data, "to_numpy") and hasattr(data, "columns"):
+        for column in data.columns:
+            h.update(np.asarray(data[column].astype(str) if data[column].dtype == object else data[column]).tobytes())
+        return h.hexdigest()
+    rows = np.asarray(data)
+    h.update(str(rows.dtype).encode() + repr(rows.shape).encode())
+    h.update(np.ascontiguousarray(rows).tobytes() if rows.dtype != object else repr(rows.tolist()).encode())
+    return h.hexdigest()
+
+
+def fingerprint(program: Program, files: Mapping[str, Sequence[str]], arrays: Mapping[str, str]) -> dict[str, Any]:
+    """The program's digest, each input file's path and digest, and input arrays' digests."""
+    return {
+        "program": program_digest(program),
+        "files": {relation: [[str(p), file_digest(p)] for p in paths] for relation, paths in files.items()},
+        "arrays": dict(arrays),
+    }
+
+
+def check_resumable(directory: str | Path, manifest: Manifest | None, current: dict[str, Any]) -> None:
+    """Refuse to resume from a checkpoint of another program or of other inputs, saying which."""
+    if manifest is None:
+        raise DatalogError(None, f"cannot resume: no complete checkpoint in {directory}")
+    saved = manifest.fingerprint
+    if saved["program"] != current["program"]:
+        raise DatalogError(None, f"cannot resume from {directory}: the program is not the one that was checkpointed")
+    for relation in sorted(set(saved["files"]) | set(current["files"]) | set(saved["arrays"]) | set(current["arrays"])):
+        before = [digest for _, digest in saved["files"].get(relation, [])], saved["arrays"].get(relation)
+        now = [digest for _, digest in current["files"].get(relation, [])], current["arrays"].get(relation)
+        if before != now:
+            paths = ", ".join(p for p, _ in current["files"].get(relation, [])) or "the given rows"
+            raise DatalogError(
+                None, f"cannot resume from {directory}: the input of {relation} ({paths}) changed since the checkpoint was written"
+            )

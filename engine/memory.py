@@ -1,0 +1,71 @@
+"""A shard's memory budget: how large a join chunk may be, and the clear end of a run whose
+relations outgrow it (rather than the OS's OOM killer, or a Dask worker paused at its limit
+with the job waiting on it).
+
+The budget counts the engine's data: relations with their indexes and bitmaps (checked at the
+loop's ``Control.check`` points) and, through the chunk size, the binding tables of a join.
+A process also holds its code and libraries, so the default leaves room for them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .backend import Backend
+from .errors import DatalogError
+
+DEFAULT_SHARE = 0.5  # of the worker's memory limit (or of the machine or GPU) given to the data
+CHUNK_SHARE = 8  # a join chunk's binding table takes at most 1/CHUNK_SHARE of the budget
+ROW_BYTES = 64  # a binding-table row and its gather temporaries, about (8 uint32 columns, 2 copies)
+MIN_CHUNK_ROWS = 1 << 12
+
+
+def default_budget(backend: Backend, limit: int | None = None) -> int:
+    """Bytes for one shard's data: a share of ``limit`` (a Dask worker's memory limit), else of
+    the GPU's memory with CuPy, else of the machine's."""
+    if limit:
+        return int(limit * DEFAULT_SHARE)
+    if backend.name == "cupy":
+        import cupy
+
+        return int(cupy.cuda.Device().mem_info[1] * DEFAULT_SHARE)
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * DEFAULT_SHARE)
+
+
+def default_chunk_rows(backend: Backend) -> int:
+    """Rows of join output materialised at once without a budget: 16 M (a few hundred MB of
+    binding table) on the CPU, 128 M on a GPU, where fewer, larger sorts keep the device busy."""
+    return 1 << 27 if backend.name == "cupy" else 1 << 24
+
+
+def chunk_rows_for(budget: int, backend: Backend) -> int:
+    """Join output rows materialised at once: the backend's default, less under a small budget."""
+    return max(MIN_CHUNK_ROWS, min(default_chunk_rows(backend), budget // (CHUNK_SHARE * ROW_BYTES)))
+
+
+class MemoryBudgetExceeded(DatalogError):
+    """The relations of one shard outgrew its memory budget: the run cannot finish there."""
+
+    def __init__(self, sizes: dict[str, int], budget: int, rank: int, size: int):
+        largest = max(sizes, key=sizes.__getitem__)
+        where = "in this process" if size == 1 else f"on worker {rank} of {size}"
+        super().__init__(
+            None,
+            f"out of memory budget: relation {largest} holds {human_bytes(sizes[largest])} {where} "
+            f"({human_bytes(sum(sizes.values()))} for all relations), over the budget of {human_bytes(budget)}"
+            + (" per worker" if size > 1 else "")
+            + "; use more workers, a machine (or GPU) with more memory, or raise --memory-limit",
+        )
+        self.sizes, self.budget, self.rank, self.size = sizes, budget, rank, size
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, int], int, int, int]]:  # type: ignore[override]
+        return (MemoryBudgetExceeded, (self.sizes, self.budget, self.rank, self.size))
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
