@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -19,11 +21,12 @@ import numpy as np
 
 from ..engine import relation_output
 from ..engine.backend import Backend, BackendName, get_backend
+from ..engine.checkpoint import CheckpointOptions
 from ..engine.frontend import load_program
 from ..engine.ir import Program as ProgramIR
-from ..engine.job import FactSource, RunOutput, run_program
+from ..engine.job import FactSource, RunOutput, Steering, run_program
 from ..partition.placement import REPLICATE_BELOW
-from .runtime import DistributedRun, ProgressHandler, run_job
+from .runtime import DistributedRun, JobOptions, JobTimeout, ProgressHandler, Terminated, run_job
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -117,19 +120,44 @@ class Program:
         client: Client | None = None,
         progress: ProgressHandler | None = None,
         replicate_below: int = REPLICATE_BELOW,
+        options: JobOptions = JobOptions(),
     ) -> Result:
         """Evaluate to the fixpoint. ``facts`` maps relation names to fact-file paths or to
         (n, arity) array-likes / DataFrames and overrides ``.input`` files. ``chunk_rows``
-        caps the join output materialised at once (memory); the default suits the backend.
+        caps the join output materialised at once (memory); the default suits the backend
+        and the memory budget.
 
         Without ``client`` the run is in this process (``on_iteration`` sees every
         iteration). With a ``distributed.Client`` every worker of its cluster holds one shard
         and reads its part of each fact file (paths must be visible to the workers);
         ``progress`` receives the workers' progress events, ``replicate_below`` is the size in
-        bytes under which static relations are copied to every worker."""
+        bytes under which static relations are copied to every worker. ``options``:
+        checkpoints, resuming, retries after lost workers, a time limit, a memory budget and
+        a suspend request (``runtime.JobOptions``; retries need a cluster). Raises
+        ``Suspended`` when the run stopped at a checkpoint on request, ``JobTimeout`` past its
+        time limit, ``MemoryBudgetExceeded`` when its relations outgrow the budget."""
         if client is not None:
             if on_iteration is not None:
                 raise ValueError("on_iteration is for in-process runs; pass progress= with a client")
             name = backend.name if isinstance(backend, Backend) else backend  # workers build their own
-            return Result(run_job(client, self.ir, fact_dir, facts, name, chunk_rows, replicate_below, progress))
-        return Result(run_program(self.ir, get_backend(backend), fact_dir, facts, on_iteration, chunk_rows))
+            return Result(run_job(client, self.ir, fact_dir, facts, name, chunk_rows, replicate_below, progress, options))
+        return Result(run_program(self.ir, get_backend(backend), fact_dir, facts, on_iteration, chunk_rows, _steering(options)))
+
+
+def _steering(options: JobOptions) -> Steering:
+    """``options`` for a run in this process: the same checkpoints, resume, time limit, budget
+    and suspend request as on a cluster (no worker to lose: no retries)."""
+    checkpoint = None
+    if options.checkpoint_dir is not None:
+        resume = "" if options.resume else None
+        checkpoint = CheckpointOptions(options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{uuid.uuid4().hex[:12]}")
+    deadline = time.monotonic() + options.timeout if options.timeout is not None else None
+    suspend = options.suspend
+
+    def interrupted() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobTimeout(f"the run went past its time limit of {options.timeout:g} s and was stopped")
+        if suspend is not None and suspend.is_set() and checkpoint is None:
+            raise Terminated("the run was stopped without a checkpoint (no checkpoint directory)")
+
+    return Steering(checkpoint, options.memory_limit, suspend.is_set if suspend is not None else (lambda: False), interrupted)

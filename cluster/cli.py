@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ from typing import Any
 from ..engine.errors import DatalogError
 from ..engine.plan import plan_program
 from ..partition.placement import REPLICATE_BELOW
+from ..engine.control import Suspended
 from .api import Program, Result
-from .runtime import WorkerLost
+from .runtime import JobOptions, JobTimeout, Terminated, WorkerLost
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +87,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="static relations smaller than this are copied to every worker instead of partitioned "
         f"(default: {REPLICATE_BELOW // 2**20} MiB)",
     )
+    reliability = run.add_argument_group(
+        "checkpoints, retries and limits",
+        "A run on a cluster survives lost workers: it starts again from its latest checkpoint "
+        "(or from its inputs) on the workers present, up to --retries times. The embedded cluster "
+        "checkpoints into a temporary directory of its own; an external cluster needs --checkpoint "
+        "on a file system every worker shares. On SIGTERM (a batch system's walltime warning, "
+        f"scancel) the run writes a checkpoint at the next iteration boundary and exits with status {EXIT_SUSPENDED}; "
+        "run the same command with --resume DIR to continue.",
+    )
+    reliability.add_argument("--checkpoint", type=Path, metavar="DIR", help="write checkpoints into DIR (created if missing)")
+    reliability.add_argument(
+        "--checkpoint-every",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between checkpoints (default: every 30 s at least, and never more than 10%% of the run)",
+    )
+    reliability.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue from the latest checkpoint in DIR (same program and inputs, checked by hash); "
+        "goes on checkpointing there",
+    )
+    reliability.add_argument(
+        "--retries", type=int, default=2, metavar="N", help="lost workers a run survives before it fails (default: 2)"
+    )
+    reliability.add_argument("--timeout", type=float, metavar="SECONDS", help=f"stop the run after SECONDS (exit status {EXIT_TIMEOUT})")
+    reliability.add_argument(
+        "--memory-limit",
+        metavar="BYTES",
+        help="memory for the data of each worker (or of this process), e.g. 4GiB: joins are chunked to fit, and a run "
+        "whose relations outgrow it ends with a message naming the relation (default: half the Dask worker's memory "
+        "limit; in process or with CuPy, half the machine's or the GPU's memory)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress display (it is off anyway when stderr is not a terminal)")
     run.add_argument("--stats", type=Path, help="write per-stratum, per-iteration (per-worker) statistics as JSON to this file")
     return parser
+
+
+EXIT_SUSPENDED = 75  # EX_TEMPFAIL: stopped at a checkpoint, to be resumed (a SLURM script requeues on it)
+EXIT_TIMEOUT = 124  # as timeout(1)
+EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped without a checkpoint to resume from
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,14 +145,50 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("TLS needs both --tls-ca-file and --tls-cert (and --tls-key unless the certificate file holds the key)")
     if args.format == "parquet" and args.output_dir == "-":
         parser.error("--format parquet needs an output directory, not '-'")
+    if args.resume and args.checkpoint and args.resume.resolve() != args.checkpoint.resolve():
+        parser.error("--resume DIR goes on checkpointing into DIR; --checkpoint cannot name another directory")
+    if args.retries < 0:
+        parser.error("--retries must be 0 or more")
+    for flag in ("timeout", "checkpoint_every"):
+        value = getattr(args, flag)
+        if value is not None and not value >= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be a number of seconds, 0 or more")
+    memory_limit = _bytes(parser, args.memory_limit)
     program = None
+    suspend = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(suspend))
+    checkpoints: _Checkpoints | None = None
     try:
         program = Program.from_file(args.program)
         with ExitStack() as stack:
-            result = _run(program, args, stack)
+            checkpoints = stack.enter_context(_Checkpoints(args))
+            options = JobOptions(
+                checkpoint_dir=checkpoints.directory,
+                checkpoint_every=checkpoints.every,
+                resume=args.resume is not None,
+                retries=args.retries,
+                timeout=args.timeout,
+                memory_limit=memory_limit,
+                suspend=suspend,
+            )
+            result = _run(program, args, stack, options)
             result.write(args.output_dir, args.format, sys.stdout)
             if args.stats:
                 args.stats.write_text(json.dumps(result.stats, indent=1))
+    except Suspended as stopped:
+        assert checkpoints is not None and checkpoints.directory is not None
+        print(
+            f"stopped by SIGTERM {stopped.position}; the checkpoint is in {checkpoints.directory}\n"
+            f"continue with: {_resume_command(argv, checkpoints.directory)}",
+            file=sys.stderr,
+        )
+        return EXIT_SUSPENDED
+    except Terminated as err:
+        print(f"stopped by SIGTERM: {err}; give --checkpoint DIR to be able to resume", file=sys.stderr)
+        return EXIT_TERMINATED
+    except JobTimeout as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_TIMEOUT
     except DatalogError as err:
         if program is None and err.pos is None:  # the program file itself: name it first
             print(f"{args.program}: error: {err.message}", file=sys.stderr)
@@ -129,12 +207,86 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the job was stopped on every worker", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
-def _run(program: Program, args: argparse.Namespace, stack: ExitStack) -> Result:
+def _on_sigterm(suspend: threading.Event) -> None:
+    """The first SIGTERM asks for a checkpoint at the next iteration boundary; a second one
+    stops at once."""
+    if suspend.is_set():
+        raise Terminated("a second SIGTERM stopped the job on every worker at once")
+    suspend.set()
+
+
+def _bytes(parser: argparse.ArgumentParser, text: str | None) -> int | None:
+    if text is None:
+        return None
+    from dask.utils import parse_bytes
+
+    try:
+        value = int(parse_bytes(text))
+    except (ValueError, TypeError):
+        parser.error(f"--memory-limit: {text!r} is not a size (e.g. 500MB, 4GiB)")
+    if value <= 0:
+        parser.error("--memory-limit must be more than 0 bytes")
+    return value
+
+
+class _Checkpoints:
+    """Where this command checkpoints: ``--resume``/``--checkpoint`` DIR (kept), else for the
+    embedded cluster or an in-process run a temporary directory (removed at the end unless the
+    run stopped into it on SIGTERM; in process only SIGTERM writes one there: there is no worker
+    to lose). An external cluster without ``--checkpoint`` gets none."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.every = args.checkpoint_every
+        self.temporary: Path | None = None
+        given = args.resume or args.checkpoint
+        self.directory: str | None = str(given.resolve()) if given is not None else None
+
+    def __enter__(self) -> _Checkpoints:
+        if self.directory is None and not (self.args.scheduler or self.args.scheduler_file):
+            import tempfile
+
+            self.temporary = Path(tempfile.mkdtemp(prefix="dask-datalog-checkpoint-"))
+            self.directory = str(self.temporary)
+            if self.args.no_cluster and self.every is None:
+                self.every = float("inf")
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
+        if self.temporary is not None and not isinstance(error, Suspended):
+            import shutil
+
+            shutil.rmtree(self.temporary, ignore_errors=True)
+
+
+def _resume_command(argv: list[str] | None, directory: str) -> str:
+    """The command line that continues this run: the same, with ``--resume DIR``."""
+    import shlex
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word in ("--resume", "--checkpoint"):
+            skip = True
+            continue
+        if word.startswith(("--resume=", "--checkpoint=")):
+            continue
+        kept.append(word)
+    return shlex.join(["dask-datalog", *kept, "--resume", directory])
+
+
+def _run(program: Program, args: argparse.Namespace, stack: ExitStack, options: JobOptions) -> Result:
     if args.no_cluster:
-        return program.run(fact_dir=args.fact_dir, backend=args.backend)
+        return program.run(fact_dir=args.fact_dir, backend=args.backend, options=options)
     client = stack.enter_context(_client(args))
     progress = None
     if not args.quiet and sys.stderr.isatty():
@@ -144,7 +296,12 @@ def _run(program: Program, args: argparse.Namespace, stack: ExitStack) -> Result
         display = stack.enter_context(ProgressDisplay(strata, client.dashboard_link))
         progress = display.handler
     result = program.run(
-        fact_dir=args.fact_dir, backend=args.backend, client=client, progress=progress, replicate_below=args.replicate_below
+        fact_dir=args.fact_dir,
+        backend=args.backend,
+        client=client,
+        progress=progress,
+        replicate_below=args.replicate_below,
+        options=options,
     )
     stack.callback(result.close)
     return result

@@ -28,6 +28,13 @@ def task_wanted(worker: Any, key: str) -> bool:
     return ts is not None and ts.state in ("executing", "long-running")
 
 
+def memory_limit(worker: Any) -> int | None:
+    """The worker's memory limit in bytes (None: unlimited). ``Worker.memory_manager`` is
+    public; its ``memory_limit`` attribute is what the nanny and the spilling policy read."""
+    limit = getattr(worker.memory_manager, "memory_limit", None)
+    return int(limit) if limit else None
+
+
 def add_handler(worker: Any, name: str, handler: Callable[..., Any]) -> None:
     """Private: ``worker.handlers`` is how distributed's own extensions (the P2P shuffle) give
     peers an RPC endpoint on a worker; there is no public registration call."""

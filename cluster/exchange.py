@@ -52,6 +52,7 @@ class Mailbox:
 
     messages: dict[int, dict[int, Any]] = field(default_factory=lambda: defaultdict(dict))
     aborted: str | None = None
+    suspend: bool = False  # the client asked for a checkpoint and a stop at the next boundary
     waiter: tuple[int, int, asyncio.Future] | None = None  # (collective, messages needed, future)
 
     def wake(self) -> None:
@@ -96,6 +97,12 @@ class DatalogPlugin(WorkerPlugin):
     def abort(self, job: str, reason: str = "aborted") -> None:
         """Fail the job's current and next rounds on this worker; callable from any thread."""
         self.worker.loop.add_callback(self._abort, job, reason)
+
+    def suspend(self, job: str) -> None:
+        """Ask the job to checkpoint and stop at its next iteration boundary (SIGTERM)."""
+        box = self.mailbox(job)
+        if box is not None:
+            box.suspend = True
 
     def _abort(self, job: str, reason: str) -> None:
         box = self.mailbox(job)
@@ -158,7 +165,7 @@ class DaskTransport:
             raise ValueError(f"{len(parts)} parts for {self.size} workers")
         self.seq += 1
         self.stats.rounds += 1
-        self._check_alive()
+        self.check_stopped()
         if self.size == 1:
             return [parts[0]]
         seq = self.seq
@@ -200,9 +207,10 @@ class DaskTransport:
             self.mesh.close()
             self.mesh = None
 
-    def _check_alive(self) -> None:
-        """At most every POLL_S: stop if the client no longer wants this job (released its
-        task: Client.close, cancel, Ctrl-C), even while rounds complete without waiting."""
+    def check_stopped(self) -> None:
+        """At most every POLL_S: stop if the job was aborted or the client no longer wants it
+        (released its task: Client.close, cancel, Ctrl-C, a dropped client), even while rounds
+        complete without waiting; the engine also asks between rule versions and join chunks."""
         now = time.monotonic()
         if now - self._checked < POLL_S:
             return
@@ -215,6 +223,9 @@ class DaskTransport:
             raise JobAborted(f"job {self.job} stopped: {self.box.aborted}")
         if not self.alive():
             raise JobAborted(f"job {self.job} stopped: its task was released by the client")
+
+    def suspend_requested(self) -> bool:
+        return self.box.suspend
 
     def allgather(self, part: Any) -> list[Any]:
         """Every worker's ``part``, by rank."""

@@ -2,7 +2,8 @@
 
 Workers send small events (``tasks._progress``: rank, stratum, iteration, delta size, tuples
 found so far); this folds the latest event of every worker into one line: stratum, iteration,
-the current delta summed over workers, and tuples found per second.
+the current delta summed over workers, and tuples found per second. The client adds ``note``
+events (a lost worker, the recovery under way), shown at the front of the line.
 """
 
 from __future__ import annotations
@@ -24,11 +25,20 @@ class ProgressState:
     strata: int
     started: float = field(default_factory=time.monotonic)
     latest: dict[int, dict[str, Any]] = field(default_factory=dict)
+    note: str = ""  # what the client said last (a recovery), shown before the counts
 
     def update(self, event: dict[str, Any]) -> None:
+        if "note" in event:  # a new attempt starts: the workers' counts start over
+            self.note = event["note"]
+            self.latest = {}
+            return
         self.latest[int(event["rank"])] = event
 
     def line(self) -> str:
+        prefix = f"{self.note}  " if self.note else ""
+        return prefix + self._counts()
+
+    def _counts(self) -> str:
         if not self.latest:
             return "loading inputs"
         stratum = max(e["stratum"] for e in self.latest.values())

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from dask_datalog.engine import fact_input, relation_output
+from dask_datalog.engine.checkpoint import CheckpointOptions, array_digest
+from dask_datalog.engine.control import Suspended
 from dask_datalog.engine.ir import Program
 from dask_datalog.engine.job import check_fact_names, check_output_format, print_relation, print_sizes
 from dask_datalog.engine.values import SymbolTable
@@ -32,16 +34,74 @@ ProgressHandler = Callable[[dict[str, Any]], None]
 WATCH_S = 0.5  # how often a waiting client checks that every worker of the job is still in the cluster
 ABORT_S = 5.0  # how long the client waits for a job's abort to be delivered to its workers
 STOP_WAIT_S = 5.0  # how long the client lets the surviving workers end a job it stopped after a loss
+REJOIN_S = 10.0  # after a loss, how long a retry waits for the cluster to be back to the job's size
+NO_WORKERS_S = 60.0  # ... and how long for any worker at all
 
 
 class WorkerLost(RuntimeError):
-    """A worker of a running job left the cluster (its process died, or the scheduler lost it);
-    the job was stopped on the other workers and its tasks released. No recovery: run it again."""
+    """A worker of a running job left the cluster (its process died, or the scheduler lost it)
+    and no retry was left: the job was stopped on the other workers and its tasks released."""
 
-    def __init__(self, address: str, rank: int, where: str):
+    def __init__(self, address: str, rank: int, where: str, retries: int = 0):
         self.address = address
         self.rank = rank
-        super().__init__(f"worker {address} (rank {rank}) was lost {where}; the job was stopped")
+        self.where = where
+        self.retries = retries
+        after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
+        super().__init__(f"worker {address} (rank {rank}) was lost {where}; the job was stopped{after}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, str, int]]:
+        return (WorkerLost, (self.address, self.rank, self.where, self.retries))
+
+
+class JobTimeout(TimeoutError):
+    """The job ran past its time limit and was stopped on every worker."""
+
+
+class Terminated(RuntimeError):
+    """The job was asked to stop (SIGTERM) with no checkpoint directory to stop into."""
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job survives and stops. ``checkpoint_dir``: where the workers write checkpoints
+    (every worker must see it; None: none, and a retry starts from the inputs);
+    ``checkpoint_every``: seconds between them (None: ``checkpoint.Schedule``'s default);
+    ``resume``: start from the latest checkpoint there, which must be of this program and
+    these inputs; ``retries``: how many lost workers the job survives; ``timeout``: seconds
+    for the whole job; ``memory_limit``: bytes of data per worker (None: a share of the
+    worker's memory limit); ``suspend``: when set, checkpoint and stop at the next iteration
+    boundary (the CLI's SIGTERM), raising ``Suspended``; ``rejoin_s``: after a loss, how long
+    a retry waits for the cluster to be back to the job's size before it goes on with fewer."""
+
+    checkpoint_dir: str | None = None
+    checkpoint_every: float | None = None
+    resume: bool = False
+    retries: int = 2
+    timeout: float | None = None
+    memory_limit: int | None = None
+    suspend: threading.Event | None = None
+    rejoin_s: float = REJOIN_S
+
+
+class _Watch:
+    """What ``_run_phase`` watches besides the workers: the job's deadline and a request to
+    suspend (sent to the workers once)."""
+
+    def __init__(self, options: JobOptions):
+        self.options = options
+        self.deadline = time.monotonic() + options.timeout if options.timeout is not None else None
+        self.sent = False
+
+    def check(self, client: Any, job: str | None, peers: Sequence[str]) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise JobTimeout(f"the job ran past its time limit of {self.options.timeout:g} s and was stopped on every worker")
+        if self.options.suspend is None or not self.options.suspend.is_set() or self.sent or job is None:
+            return
+        if self.options.checkpoint_dir is None:
+            raise Terminated("the job was stopped on every worker without a checkpoint (no checkpoint directory)")
+        self.sent = True
+        _call_workers(client, peers, _suspend, job)
 
 
 class _Where:
@@ -158,19 +218,43 @@ def _abort(job: str, reason: str, dask_worker: Any = None) -> None:
         plugin.abort(job, reason)
 
 
+def _suspend(job: str, dask_worker: Any = None) -> None:
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if plugin is not None:
+        plugin.suspend(job)
+
+
+def _call_workers(client: Any, workers: Sequence[str], fn: Callable, *args: Any) -> None:
+    """``client.run(fn, *args)`` on ``workers``, waiting ABORT_S at most: a worker that died a
+    moment ago may still be listed, and the scheduler's call to it would retry connecting for
+    its connect timeout (30 s)."""
+    kwargs = {"workers": list(workers), "on_error": "ignore"}
+    call = threading.Thread(target=client.run, args=(fn, *args), kwargs=kwargs, daemon=True)
+    call.start()
+    call.join(ABORT_S)
+
+
 @dataclass
 class DistributedRun:
     """A finished distributed run: each worker's ``Shard`` stays in that worker's memory (the
-    futures), the client holds counts and statistics. ``close`` (or dropping it) frees them."""
+    futures), the client holds counts and statistics. ``close`` (or dropping it) frees them.
+    ``job`` re-runs the evaluation if a worker is lost while the outputs are written."""
 
-    client: Any
-    program: Program
+    job: _Job
     peers: tuple[str, ...]
     shards: list[Any]  # futures, one per worker in rank order
     stats: dict[str, Any]
     sizes: dict[str, int]
     _symbols: SymbolTable | None = None
     _rows: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def client(self) -> Any:
+        return self.job.client
+
+    @property
+    def program(self) -> Program:
+        return self.job.program
 
     def size(self, name: str) -> int:
         return self.sizes[name]
@@ -202,28 +286,34 @@ class DistributedRun:
     def write(self, output_dir: str | Path, format: str = "csv", stream: TextIO | None = None) -> None:
         """The workers write the ``.output`` relations (``output.write_outputs``); with
         ``output_dir`` "-" they come here and are printed to ``stream`` (default stdout), and
-        ``.printsize`` lines go to ``stream`` when one is given."""
+        ``.printsize`` lines go to ``stream`` when one is given. A worker lost meanwhile costs
+        a retry: the evaluation runs again (from the latest checkpoint) and the writing too."""
         fmt = format
         to_stdout = str(output_dir) == "-"
         check_output_format(to_stdout, fmt)
         target = "-" if to_stdout else str(Path(output_dir).resolve())
         if self.program.outputs:
-            job = f"{uuid.uuid4().hex[:12]}-write"
-            parts = _run_phase(
-                self.client,
-                job,
-                [
-                    _submit_to(self.client, peer, write_task, shard, job, self.peers, target, fmt)
-                    for shard, peer in zip(self.shards, self.peers)
-                ],
-                self.peers,
-                _Where("while writing the outputs"),
-            )
+            while True:
+                try:
+                    parts = self._write_phase(target, fmt)
+                    break
+                except WorkerLost as lost:
+                    again = self.job.recover(lost, len(self.peers))
+                    self.peers, self.shards, self.stats, self.sizes = again.peers, again.shards, again.stats, again.sizes
+                    self._symbols, self._rows = None, {}
             if to_stdout:
                 for spec in self.program.outputs:
                     print_relation(stream or sys.stdout, spec.relation, b"".join(p[spec.relation] for p in parts))
         if stream is not None:
             print_sizes(stream, self.program, self.size)
+
+    def _write_phase(self, target: str, fmt: str) -> list[dict[str, bytes]]:
+        job = f"{self.job.job}-write-{uuid.uuid4().hex[:6]}"
+        futures = [
+            _submit_to(self.client, peer, write_task, shard, job, self.peers, target, fmt)
+            for shard, peer in zip(self.shards, self.peers)
+        ]
+        return _run_phase(self.client, job, futures, self.peers, _Where("while writing the outputs"), watch=self.job.watch)
 
     def close(self) -> None:
         """Free the shards on the workers."""
@@ -237,6 +327,142 @@ class DistributedRun:
         return _run_phase(self.client, None, self._submit(fn, *args), self.peers, _Where("while gathering results"))
 
 
+class _Job:
+    """One job on a cluster, over its attempts: each attempt evaluates on the workers present
+    then; a lost worker (while loading, evaluating or writing) starts the next attempt from
+    the job's latest checkpoint, or from the inputs, until ``options.retries`` are spent."""
+
+    def __init__(
+        self,
+        client: Any,
+        program: Program,
+        fact_dir: str | Path | None,
+        facts: Mapping[str, Any] | None,
+        backend: str,
+        chunk_rows: int | None,
+        replicate_below: int,
+        progress: ProgressHandler | None,
+        options: JobOptions,
+    ):
+        self.client, self.program, self.backend = client, program, backend
+        self.fact_dir = str(Path(fact_dir).resolve()) if fact_dir is not None else None
+        self.facts = dict(facts or {})
+        self.chunk_rows, self.replicate_below, self.progress, self.options = chunk_rows, replicate_below, progress, options
+        self.job = f"datalog-{uuid.uuid4().hex[:12]}"
+        self.watch = _Watch(options)
+        self.attempt = 0
+        self.recoveries: list[dict[str, Any]] = []
+        check_fact_names(program, self.facts)
+        self.files = {name: str(Path(p).resolve()) for name, p in self.facts.items() if isinstance(p, (str, Path))}
+        arrays = {name: a for name, a in self.facts.items() if name not in self.files}
+        self.digests = {name: array_digest(a) for name, a in arrays.items()} if options.checkpoint_dir else {}
+
+    def evaluate(self) -> DistributedRun:
+        ensure_plugin(self.client)
+        peers = tuple(sorted(self.client.ncores()))  # asks the scheduler (scheduler_info() may answer from a cache)
+        if not peers:
+            raise RuntimeError("the Dask cluster has no workers")
+        while True:
+            try:
+                return self._attempt(peers)
+            except WorkerLost as lost:
+                peers = self._after_loss(lost, len(peers))
+
+    def recover(self, lost: WorkerLost, size: int) -> DistributedRun:
+        """A worker of the ``size`` was lost after the evaluation (while writing): evaluate again."""
+        peers = self._after_loss(lost, size)
+        while True:
+            try:
+                return self._attempt(peers)
+            except WorkerLost as again:
+                peers = self._after_loss(again, len(peers))
+
+    def _after_loss(self, lost: WorkerLost, size: int) -> tuple[str, ...]:
+        """Count a retry (or give up), wait for the cluster to have workers again, and say what
+        happens next."""
+        if self.attempt >= self.options.retries:
+            raise WorkerLost(lost.address, lost.rank, lost.where, self.attempt) from None
+        t0 = time.monotonic()
+        self.attempt += 1
+        peers = _rejoined(self.client, size, self.options.rejoin_s)
+        ensure_plugin(self.client)
+        resumed = "the latest checkpoint" if self.options.checkpoint_dir else "the inputs"
+        note = (
+            f"worker {lost.address} (rank {lost.rank}) lost {lost.where}; retry {self.attempt}/{self.options.retries} "
+            f"from {resumed} on {len(peers)} workers"
+        )
+        self.recoveries.append(
+            {"lost": lost.address, "rank": lost.rank, "where": lost.where, "attempt": self.attempt, "workers": len(peers), "wait_s": round(time.monotonic() - t0, 3)}
+        )
+        if self.progress is not None:
+            self.progress({"note": note})
+        return peers
+
+    def _attempt(self, peers: tuple[str, ...]) -> DistributedRun:
+        client = self.client
+        started = time.monotonic()
+        name = f"{self.job}-{self.attempt}"
+        arrays: list[dict[str, Any]] = [{} for _ in peers]
+        for relation, source in self.facts.items():
+            if relation not in self.files:
+                for rank, part in enumerate(_split_rows(source, len(peers))):
+                    arrays[rank][relation] = client.scatter(part, workers=[peers[rank]], direct=True, hash=False)
+        topic = f"{name}-progress"  # always: the last event says where the job was if a worker is lost
+        spec = JobSpec(
+            job=name,
+            program=self.program,
+            peers=peers,
+            backend=self.backend,
+            fact_dir=self.fact_dir,
+            fact_files=self.files,
+            chunk_rows=self.chunk_rows,
+            replicate_below=self.replicate_below,
+            progress_topic=topic,
+            checkpoint=self._checkpoint_options(name),
+            memory_limit=self.options.memory_limit,
+            array_digests=self.digests,
+        )
+        where = _Where("while loading the inputs")
+
+        def on_event(event: tuple[float, dict[str, Any]]) -> None:
+            where.update(event[1])
+            if self.progress is not None:
+                self.progress(event[1])
+
+        client.subscribe_topic(topic, on_event)
+        try:
+            futures = [
+                _submit_to(client, peer, evaluate_task, spec, rank, arrays[rank], key=f"{name}-shard-{rank}")
+                for rank, peer in enumerate(peers)
+            ]
+            _run_phase(client, name, futures, peers, where, keep=True, watch=self.watch)
+        finally:
+            client.unsubscribe_topic(topic)
+        stats_futures = [_submit_to(client, p, shard_stats, f) for f, p in zip(futures, peers)]
+        try:
+            stats = _combine_stats(_run_phase(client, None, stats_futures, peers, _Where("after the evaluation")))
+        except BaseException:
+            client.cancel(futures)
+            raise
+        if self.recoveries:
+            self.recoveries[-1]["attempt_s"] = round(time.monotonic() - started, 3)
+        stats["recoveries"] = list(self.recoveries)
+        return DistributedRun(self, peers, futures, stats, stats["sizes"])
+
+    def _checkpoint_options(self, name: str) -> CheckpointOptions | None:
+        """The first attempt starts from the inputs (or, with ``resume``, from the checkpoint
+        it names); a retry from the latest checkpoint this job wrote, else where the first
+        attempt started."""
+        directory = self.options.checkpoint_dir
+        if directory is None:
+            return None
+        if self.options.resume:
+            resume, verify = "", self.attempt == 0
+        else:
+            resume, verify = (f"{self.job}-" if self.attempt else None), False
+        return CheckpointOptions(directory, self.options.checkpoint_every, resume, verify, name)
+
+
 def run_job(
     client: Any,
     program: Program,
@@ -246,57 +472,25 @@ def run_job(
     chunk_rows: int | None = None,
     replicate_below: int = REPLICATE_BELOW,
     progress: ProgressHandler | None = None,
+    options: JobOptions = JobOptions(),
 ) -> DistributedRun:
-    """Evaluate ``program`` on every worker of ``client``'s cluster (one shard per worker)."""
-    ensure_plugin(client)
-    peers = tuple(sorted(client.ncores()))  # asks the scheduler (scheduler_info() may answer from a cache)
-    if not peers:
-        raise RuntimeError("the Dask cluster has no workers")
-    job = f"datalog-{uuid.uuid4().hex[:12]}"
-    files: dict[str, str] = {}
-    arrays: list[dict[str, Any]] = [{} for _ in peers]
-    check_fact_names(program, facts or {})
-    for name, source in (facts or {}).items():
-        if isinstance(source, (str, Path)):
-            files[name] = str(Path(source).resolve())
-        else:
-            for rank, part in enumerate(_split_rows(source, len(peers))):
-                arrays[rank][name] = client.scatter(part, workers=[peers[rank]], direct=True, hash=False)
-    topic = f"{job}-progress"  # always: the last event says where the job was if a worker is lost
-    spec = JobSpec(
-        job=job,
-        program=program,
-        peers=peers,
-        backend=backend,
-        fact_dir=str(Path(fact_dir).resolve()) if fact_dir is not None else None,
-        fact_files=files,
-        chunk_rows=chunk_rows,
-        replicate_below=replicate_below,
-        progress_topic=topic,
-    )
-    where = _Where("while loading the inputs")
+    """Evaluate ``program`` on every worker of ``client``'s cluster (one shard per worker),
+    surviving lost workers and stopping as ``options`` say."""
+    return _Job(client, program, fact_dir, facts, backend, chunk_rows, replicate_below, progress, options).evaluate()
 
-    def on_event(event: tuple[float, dict[str, Any]]) -> None:
-        where.update(event[1])
-        if progress is not None:
-            progress(event[1])
 
-    client.subscribe_topic(topic, on_event)
-    try:
-        futures = [
-            _submit_to(client, peer, evaluate_task, spec, rank, arrays[rank], key=f"{job}-shard-{rank}")
-            for rank, peer in enumerate(peers)
-        ]
-        _run_phase(client, job, futures, peers, where, keep=True)
-    finally:
-        client.unsubscribe_topic(topic)
-    stats_futures = [_submit_to(client, p, shard_stats, f) for f, p in zip(futures, peers)]
-    try:
-        stats = _combine_stats(_run_phase(client, None, stats_futures, peers, _Where("after the evaluation")))
-    except BaseException:
-        client.cancel(futures)
-        raise
-    return DistributedRun(client, program, peers, futures, stats, stats["sizes"])
+def _rejoined(client: Any, size: int, rejoin_s: float) -> tuple[str, ...]:
+    """The workers to retry on: once the cluster is back to ``size`` workers (a nanny restarts
+    a killed one within seconds), or after ``rejoin_s`` with whichever are there."""
+    start = time.monotonic()
+    while True:
+        peers = tuple(sorted(client.ncores()))
+        waited = time.monotonic() - start
+        if len(peers) >= size or (peers and waited > rejoin_s):
+            return peers
+        if waited > NO_WORKERS_S:
+            raise RuntimeError(f"the Dask cluster has had no workers for {NO_WORKERS_S:g} s after losing one")
+        time.sleep(0.2)
 
 
 def _split_rows(source: Any, n: int) -> list[Any]:
@@ -317,31 +511,44 @@ def _submit_to(client: Any, peer: str, fn: Callable, *args: Any, **kwargs: Any) 
 
 
 def _run_phase(
-    client: Any, job: str | None, futures: Sequence[Any], peers: Sequence[str], where: _Where, keep: bool = False
+    client: Any,
+    job: str | None,
+    futures: Sequence[Any],
+    peers: Sequence[str],
+    where: _Where,
+    keep: bool = False,
+    watch: _Watch | None = None,
 ) -> list[Any]:
     """Wait for one task per worker (``futures[r]`` on ``peers[r]``); on the first failure (an
     exception, or a ``Stopped`` result) stop the job on every worker, release its tasks and raise
     the error that caused it (not a peer's JobAborted). Ctrl-C (or any error while waiting)
     stops the job the same way. While waiting, every WATCH_S, check that every worker is still
     in the cluster: a lost one raises ``WorkerLost`` (its task would wait for it forever), after
-    the job was stopped on the survivors. ``job``: None for tasks that take part in no job's
+    the job was stopped on the survivors; and ``watch``: the deadline (``JobTimeout``) and a
+    request to suspend, which every worker answers with a checkpoint and ``Suspended`` (raised
+    here once all of them are done). ``job``: None for tasks that take part in no job's
     collectives (gathers), which need no abort. ``keep``: leave the results on the workers."""
 
-    def failed(future: Any) -> bool:  # cancelled: by the client, or by the scheduler (its input was lost)
-        return future.status in ("error", "cancelled") or future.type is Stopped
+    def outcome(future: Any) -> BaseException | None:
+        """The error a finished task ended with (cancelled: by the client, or by the scheduler
+        when its input was lost), None for a result."""
+        if future.status == "error":
+            return future.exception()
+        if future.status == "cancelled":
+            return RuntimeError("cancelled")
+        if future.type is Stopped:
+            return future.result().error
+        return None
+
+    def failed(future: Any) -> bool:  # a stop at a checkpoint is every worker's agreed end, not a failure
+        return future.status != "pending" and not isinstance(outcome(future), (type(None), Suspended))
 
     members = _Members(client, peers)
 
     def abort(reason: str) -> None:
-        """Abort the job on the workers still in the cluster, waiting ABORT_S at most: a worker
-        that died a moment ago may still be listed, and the scheduler's call to it would retry
-        connecting for its connect timeout (30 s)."""
         if job is not None:
             members.lost(force=True)
-            kwargs = {"workers": members.alive(), "on_error": "ignore"}
-            call = threading.Thread(target=client.run, args=(_abort, job, reason), kwargs=kwargs, daemon=True)
-            call.start()
-            call.join(ABORT_S)
+            _call_workers(client, members.alive(), _abort, job, reason)
 
     changed = threading.Event()  # a task ended (or was cancelled)
     for future in futures:
@@ -353,6 +560,8 @@ def _run_phase(
             if all(f.status != "pending" for f in futures):
                 break
             changed.wait(WATCH_S)
+            if watch is not None:
+                watch.check(client, job, peers)
             lost = members.lost()
             if lost is None and not stopping and any(failed(f) for f in futures):
                 stopping = True
@@ -361,6 +570,10 @@ def _run_phase(
             if lost is not None:
                 raise WorkerLost(*lost, str(where))
         if not any(failed(f) for f in futures):
+            suspended = next((e for e in map(outcome, futures) if isinstance(e, Suspended)), None)
+            if suspended is not None:
+                client.cancel(list(futures))
+                raise suspended
             return [] if keep else client.gather(list(futures))
         lost = members.lost(force=True)  # a peer's "connection closed" may be the first sign of a loss
         if lost is not None:
@@ -374,12 +587,11 @@ def _run_phase(
             time.sleep(0.05)
         client.cancel(list(futures))
         raise
-    except BaseException:
-        abort("stopped by the client")
+    except BaseException as error:
+        abort("timed out" if isinstance(error, JobTimeout) else "stopped by the client")
         client.cancel(list(futures))
         raise
-    ended = [f for f in futures if failed(f) and f.status != "cancelled"]
-    errors = [f.exception() if f.status == "error" else f.result().error for f in ended]
+    errors = [outcome(f) for f in futures if failed(f) and f.status != "cancelled"]
     if not errors:  # only cancelled ones: gather raises distributed's error for them
         client.gather(list(futures))
     client.cancel(list(futures))
@@ -399,5 +611,7 @@ def _combine_stats(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
         "bytes_exchanged": sum(e["bytes_sent"] for e in exchange),
         "coordination_s": max(e["wait_s"] for e in exchange),
         "placement": per_worker[0]["placement"],
+        "checkpoints": per_worker[0]["checkpoints"],
+        "resumed_from": per_worker[0].get("resumed_from"),
         "per_worker": per_worker,
     }

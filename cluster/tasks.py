@@ -17,12 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine import ir, relation_output
+from dask_datalog.engine import ir, memory, relation_output
 from dask_datalog.engine.backend import get_backend
+from dask_datalog.engine.checkpoint import CheckpointOptions
+from dask_datalog.engine.control import Suspended
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.job import Steering
 from dask_datalog.partition.placement import REPLICATE_BELOW
 
-from . import dask_adapter
+from . import dask_adapter, faults
 from .exchange import PLUGIN_NAME, DaskTransport, JobAborted
 from .output import write_outputs
 from .shard import Shard, evaluate_shard
@@ -43,13 +46,17 @@ class JobSpec:
     chunk_rows: int | None = None
     replicate_below: int = REPLICATE_BELOW
     progress_topic: str | None = None
+    checkpoint: CheckpointOptions | None = None
+    memory_limit: int | None = None  # bytes of data per worker; None: a share of the worker's limit
+    array_digests: dict[str, str] = field(default_factory=dict)  # fingerprints of whole input arrays
 
 
 @dataclass(frozen=True)
 class Stopped:
     """A phase that ended on an expected error: the user's input or output directory
-    (``DatalogError``, ``OSError``) or a stop (``JobAborted``). Returned rather than raised, so
-    Dask does not log a traceback for it; the client re-raises ``error``."""
+    (``DatalogError``, ``OSError``), a stop (``JobAborted``) or a stop at a checkpoint
+    (``Suspended``). Returned rather than raised, so Dask does not log a traceback for it; the
+    client re-raises ``error``."""
 
     error: BaseException
 
@@ -59,7 +66,7 @@ def _stops_on_expected_errors(task: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
-        except (DatalogError, JobAborted, OSError) as error:
+        except (DatalogError, JobAborted, OSError, Suspended) as error:
             return Stopped(error)
 
     return run
@@ -85,8 +92,9 @@ class _Phase:
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
         self.transport.close()  # a peer still waiting on this worker sees its sockets close
         # A worker that was stopped (JobAborted) tells nobody: whoever stopped it (a failing
-        # peer, the client) tells every worker, and a lost peer would never answer.
-        if error is not None and not isinstance(error, JobAborted):
+        # peer, the client) tells every worker, and a lost peer would never answer. Suspended:
+        # every worker stops at the same boundary.
+        if error is not None and not isinstance(error, (JobAborted, Suspended)):
             self.transport.abort_peers(f"worker {self.transport.rank} failed: {error!r}")
         self.worker.plugins[PLUGIN_NAME].close_job(self.job)
 
@@ -95,31 +103,40 @@ class _Phase:
 def evaluate_task(spec: JobSpec, rank: int, arrays: dict[str, Any] | None = None) -> Shard | Stopped:
     """Phase 1 of a job on worker ``rank``: load, agree, evaluate. ``arrays``: this worker's
     slice of facts handed over as arrays or DataFrames through the API."""
+    faults.point("load", rank)
     with _Phase(spec.job, rank, spec.peers) as transport:
+        backend = get_backend(spec.backend)
+        steering = Steering(
+            spec.checkpoint,
+            spec.memory_limit or memory.default_budget(backend, dask_adapter.memory_limit(transport.worker)),
+            transport.suspend_requested,
+            transport.check_stopped,
+        )
         return evaluate_shard(
             transport,
             spec.program,
-            get_backend(spec.backend),
+            backend,
             spec.fact_dir,
             {**spec.fact_files, **(arrays or {})},
             spec.chunk_rows,
             spec.replicate_below,
             _progress(transport, spec.progress_topic),
+            steering,
+            spec.array_digests,
         )
 
 
-def _progress(transport: DaskTransport, topic: str | None) -> Callable[[int, int, dict[str, int]], None] | None:
+def _progress(transport: DaskTransport, topic: str | None) -> Callable[[int, int, dict[str, int]], None]:
     """An ``on_iteration`` that reports counts to the client as Dask events (no tuples), at most
-    every PROGRESS_EVERY_S per worker."""
-    if topic is None:
-        return None
+    every PROGRESS_EVERY_S per worker, and passes the ``iteration-<n>`` fault point."""
     last = [0.0]
     found = [0]
 
     def report(stratum: int, iteration: int, delta: dict[str, int]) -> None:
+        faults.point(f"iteration-{iteration}", transport.rank)
         found[0] += sum(delta.values())
         now = time.monotonic()
-        if now - last[0] < PROGRESS_EVERY_S and iteration:
+        if topic is None or (now - last[0] < PROGRESS_EVERY_S and iteration):
             return
         last[0] = now
         message = {"rank": transport.rank, "stratum": stratum, "iteration": iteration, "delta": sum(delta.values()), "found": found[0]}
@@ -152,5 +169,6 @@ def shard_symbols(shard: Shard) -> Any:
 @_stops_on_expected_errors
 def write_task(shard: Shard, job: str, peers: Sequence[str], output_dir: str, fmt: str) -> dict[str, bytes] | Stopped:
     """Phase 2: the workers write every ``.output`` relation (``output.write_outputs``)."""
+    faults.point("write", shard.rank)
     with _Phase(job, shard.rank, peers) as transport:
         return write_outputs(transport, shard, output_dir, fmt)
