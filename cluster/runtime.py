@@ -34,24 +34,27 @@ ProgressHandler = Callable[[dict[str, Any]], None]
 WATCH_S = 0.5  # how often a waiting client checks that every worker of the job is still in the cluster
 ABORT_S = 5.0  # how long the client waits for a job's abort to be delivered to its workers
 STOP_WAIT_S = 5.0  # how long the client lets the surviving workers end a job it stopped after a loss
+SILENT_S = 30.0  # a worker whose heartbeats stopped this long is taken as lost (the scheduler waits 5 min)
 REJOIN_S = 10.0  # after a loss, how long a retry waits for the cluster to be back to the job's size
 NO_WORKERS_S = 60.0  # ... and how long for any worker at all
 
 
 class WorkerLost(RuntimeError):
     """A worker of a running job left the cluster (its process died, or the scheduler lost it)
-    and no retry was left: the job was stopped on the other workers and its tasks released."""
+    or stopped sending heartbeats (``how``), and no retry was left: the job was stopped on the
+    other workers and its tasks released."""
 
-    def __init__(self, address: str, rank: int, where: str, retries: int = 0):
+    def __init__(self, address: str, rank: int, where: str, retries: int = 0, how: str = "was lost"):
         self.address = address
         self.rank = rank
         self.where = where
         self.retries = retries
+        self.how = how
         after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
-        super().__init__(f"worker {address} (rank {rank}) was lost {where}; the job was stopped{after}")
+        super().__init__(f"worker {address} (rank {rank}) {how} {where}; the job was stopped{after}")
 
-    def __reduce__(self) -> tuple[type, tuple[str, int, str, int]]:
-        return (WorkerLost, (self.address, self.rank, self.where, self.retries))
+    def __reduce__(self) -> tuple[type, tuple[str, int, str, int, str]]:
+        return (WorkerLost, (self.address, self.rank, self.where, self.retries, self.how))
 
 
 class JobTimeout(TimeoutError):
@@ -72,7 +75,9 @@ class JobOptions:
     for the whole job; ``memory_limit``: bytes of data per worker (None: a share of the
     worker's memory limit); ``suspend``: when set, checkpoint and stop at the next iteration
     boundary (the CLI's SIGTERM), raising ``Suspended``; ``rejoin_s``: after a loss, how long
-    a retry waits for the cluster to be back to the job's size before it goes on with fewer."""
+    a retry waits for the cluster to be back to the job's size before it goes on with fewer;
+    ``silent_s``: how long a worker may send no heartbeat before it counts as lost (a hung or
+    stopped process keeps its connection, and the scheduler waits minutes for it)."""
 
     checkpoint_dir: str | None = None
     checkpoint_every: float | None = None
@@ -82,16 +87,34 @@ class JobOptions:
     memory_limit: int | None = None
     suspend: threading.Event | None = None
     rejoin_s: float = REJOIN_S
+    silent_s: float = SILENT_S
 
 
 class _Watch:
-    """What ``_run_phase`` watches besides the workers: the job's deadline and a request to
-    suspend (sent to the workers once)."""
+    """What ``_run_phase`` watches besides the workers' presence: the job's deadline, a request
+    to suspend (sent to the workers once), and the workers' heartbeats (``heartbeats``: when
+    each one's ``last_seen`` at the scheduler last moved, by this process's clock, so the
+    scheduler's clock never matters)."""
 
     def __init__(self, options: JobOptions):
         self.options = options
         self.deadline = time.monotonic() + options.timeout if options.timeout is not None else None
         self.sent = False
+        self.heartbeats: dict[str, tuple[float, float]] = {}  # address -> (last_seen, moved at)
+
+    def silent(self, workers: Mapping[str, Any]) -> set[str]:
+        """Of ``workers`` (the scheduler's ``scheduler_info()["workers"]``), those whose
+        heartbeat has not moved for ``silent_s``."""
+        now = time.monotonic()
+        quiet = set()
+        for address, info in workers.items():
+            seen = float(info.get("last_seen", 0.0))
+            previous = self.heartbeats.get(address)
+            if previous is None or previous[0] != seen:
+                self.heartbeats[address] = (seen, now)
+            elif now - previous[1] > self.options.silent_s:
+                quiet.add(address)
+        return quiet
 
     def check(self, client: Any, job: str | None, peers: Sequence[str]) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -124,23 +147,36 @@ class _Where:
 
 
 class _Members:
-    """Which of a job's workers are still in the cluster, asked of the scheduler (public
-    ``Client.ncores``) at most every WATCH_S: the scheduler drops a worker whose connection
-    closes (a killed process) at once, and one that stops answering after its heartbeat TTL."""
+    """Which of a job's workers are still in the cluster, asked of the scheduler at most every
+    WATCH_S: the scheduler drops a worker whose connection closes (a killed process) at once;
+    with a ``watch``, a worker whose heartbeats stopped for its ``silent_s`` counts as gone too
+    (public ``Client.scheduler_info``; without one, the cheaper ``Client.ncores``)."""
 
-    def __init__(self, client: Any, peers: Sequence[str]):
+    def __init__(self, client: Any, peers: Sequence[str], watch: _Watch | None = None):
         self.client = client
         self.peers = tuple(peers)
+        self.watch = watch
         self.present = set(peers)
+        self.quiet: set[str] = set()
         self.checked = time.monotonic()
 
-    def lost(self, force: bool = False) -> tuple[str, int] | None:
-        """(address, rank) of the first worker of the job no longer in the cluster, or None."""
+    def lost(self, force: bool = False) -> tuple[str, int, str] | None:
+        """(address, rank, how) of the first worker of the job gone from the cluster, or None."""
         now = time.monotonic()
         if force or now - self.checked >= WATCH_S:
             self.checked = now
-            self.present = set(self.client.ncores())
-        return next(((p, rank) for rank, p in enumerate(self.peers) if p not in self.present), None)
+            if self.watch is None:
+                self.present = set(self.client.ncores())
+            else:
+                workers = self.client.scheduler_info()["workers"]
+                self.quiet = self.watch.silent(workers)
+                self.present = set(workers) - self.quiet
+        for rank, p in enumerate(self.peers):
+            if p not in self.present:
+                silent = self.watch.options.silent_s if self.watch is not None else 0
+                how = f"stopped answering (no heartbeat for {silent:g} s)" if p in self.quiet else "was lost"
+                return p, rank, how
+        return None
 
     def alive(self) -> list[str]:
         return [p for p in self.peers if p in self.present]
@@ -204,10 +240,12 @@ def start_cluster(workers: int | None, backend: str, processes: bool = True) -> 
         )
 
 
-def ensure_plugin(client: Any) -> None:
-    """Register the exchange handler on every worker that lacks it. Registering again would
-    replace a running job's mailboxes, so workers that have it are left alone."""
-    have = client.run(lambda dask_worker: PLUGIN_NAME in dask_worker.plugins)
+def ensure_plugin(client: Any, workers: Sequence[str]) -> None:
+    """Register the exchange handler if one of ``workers`` (the job's: asking a hung worker
+    elsewhere in the cluster would wait for it) lacks it. Registering again would replace a
+    running job's mailboxes, so a cluster whose workers have it is left alone; the scheduler
+    gives it to workers that join later."""
+    have = client.run(lambda dask_worker: PLUGIN_NAME in dask_worker.plugins, workers=list(workers))
     if not all(have.values()):
         client.register_plugin(DatalogPlugin(), name=PLUGIN_NAME)
 
@@ -352,16 +390,17 @@ class _Job:
         self.watch = _Watch(options)
         self.attempt = 0
         self.recoveries: list[dict[str, Any]] = []
+        self.excluded: set[str] = set()  # workers that went silent: never asked to run this job again
         check_fact_names(program, self.facts)
         self.files = {name: str(Path(p).resolve()) for name, p in self.facts.items() if isinstance(p, (str, Path))}
         arrays = {name: a for name, a in self.facts.items() if name not in self.files}
         self.digests = {name: array_digest(a) for name, a in arrays.items()} if options.checkpoint_dir else {}
 
     def evaluate(self) -> DistributedRun:
-        ensure_plugin(self.client)
         peers = tuple(sorted(self.client.ncores()))  # asks the scheduler (scheduler_info() may answer from a cache)
         if not peers:
             raise RuntimeError("the Dask cluster has no workers")
+        ensure_plugin(self.client, peers)
         while True:
             try:
                 return self._attempt(peers)
@@ -381,14 +420,16 @@ class _Job:
         """Count a retry (or give up), wait for the cluster to have workers again, and say what
         happens next."""
         if self.attempt >= self.options.retries:
-            raise WorkerLost(lost.address, lost.rank, lost.where, self.attempt) from None
+            raise WorkerLost(lost.address, lost.rank, lost.where, self.attempt, lost.how) from None
         t0 = time.monotonic()
         self.attempt += 1
-        peers = _rejoined(self.client, size, self.options.rejoin_s)
-        ensure_plugin(self.client)
+        if lost.how != "was lost":
+            self.excluded.add(lost.address)
+        peers = _rejoined(self.client, size, self.options.rejoin_s, self.excluded)
+        ensure_plugin(self.client, peers)
         resumed = "the latest checkpoint" if self.options.checkpoint_dir else "the inputs"
         note = (
-            f"worker {lost.address} (rank {lost.rank}) lost {lost.where}; retry {self.attempt}/{self.options.retries} "
+            f"worker {lost.address} (rank {lost.rank}) {lost.how} {lost.where}; retry {self.attempt}/{self.options.retries} "
             f"from {resumed} on {len(peers)} workers"
         )
         self.recoveries.append(
@@ -479,12 +520,13 @@ def run_job(
     return _Job(client, program, fact_dir, facts, backend, chunk_rows, replicate_below, progress, options).evaluate()
 
 
-def _rejoined(client: Any, size: int, rejoin_s: float) -> tuple[str, ...]:
-    """The workers to retry on: once the cluster is back to ``size`` workers (a nanny restarts
-    a killed one within seconds), or after ``rejoin_s`` with whichever are there."""
+def _rejoined(client: Any, size: int, rejoin_s: float, excluded: set[str]) -> tuple[str, ...]:
+    """The workers to retry on, but the ``excluded``: once the cluster is back to ``size``
+    workers (a nanny restarts a killed one within seconds), or after ``rejoin_s`` with
+    whichever are there."""
     start = time.monotonic()
     while True:
-        peers = tuple(sorted(client.ncores()))
+        peers = tuple(sorted(set(client.ncores()) - excluded))
         waited = time.monotonic() - start
         if len(peers) >= size or (peers and waited > rejoin_s):
             return peers
@@ -543,7 +585,7 @@ def _run_phase(
     def failed(future: Any) -> bool:  # a stop at a checkpoint is every worker's agreed end, not a failure
         return future.status != "pending" and not isinstance(outcome(future), (type(None), Suspended))
 
-    members = _Members(client, peers)
+    members = _Members(client, peers, watch)
 
     def abort(reason: str) -> None:
         if job is not None:
@@ -568,7 +610,7 @@ def _run_phase(
                 abort("a peer failed")
                 lost = members.lost()  # abort() just asked the scheduler
             if lost is not None:
-                raise WorkerLost(*lost, str(where))
+                raise WorkerLost(lost[0], lost[1], str(where), how=lost[2])
         if not any(failed(f) for f in futures):
             suspended = next((e for e in map(outcome, futures) if isinstance(e, Suspended)), None)
             if suspended is not None:
@@ -577,9 +619,9 @@ def _run_phase(
             return [] if keep else client.gather(list(futures))
         lost = members.lost(force=True)  # a peer's "connection closed" may be the first sign of a loss
         if lost is not None:
-            raise WorkerLost(*lost, str(where))
+            raise WorkerLost(lost[0], lost[1], str(where), how=lost[2])
     except WorkerLost as error:
-        abort(f"worker {error.address} (rank {error.rank}) was lost")
+        abort(f"worker {error.address} (rank {error.rank}) {error.how}")
         survivors = [f for f, p in zip(futures, peers) if p in members.alive()]
         # Let them end the phase (each drops the job's mailbox), for a bounded time.
         deadline = time.monotonic() + STOP_WAIT_S

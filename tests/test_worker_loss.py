@@ -249,3 +249,40 @@ def test_a_lost_worker_that_does_not_come_back_leaves_the_job_on_fewer(tmp_path:
         for p in processes:
             p.kill()
             p.wait()
+
+
+def test_a_worker_that_stops_answering_is_taken_as_lost() -> None:
+    """SIGSTOP keeps a worker's connections open, so the scheduler would wait minutes for it:
+    its heartbeats stop, the job counts it lost after ``silent_s`` and finishes on the other."""
+    with hard_timeout(90):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+        client = Client(cluster, set_as_default=False)
+        pids = client.run(os.getpid)
+        frozen = sorted(pids)[1]
+        try:
+            started = threading.Event()
+
+            def freeze() -> None:
+                started.wait()
+                os.kill(pids[frozen], signal.SIGSTOP)
+
+            threading.Thread(target=freeze, daemon=True).start()
+            notes: list[str] = []
+
+            def progress(event: dict) -> None:
+                started.set()
+                notes.append(event.get("note", ""))
+
+            options = JobOptions(silent_s=3.0, rejoin_s=1.0)
+            t0 = time.monotonic()
+            result = Program.from_file(REACH).run(facts={"edge": chain(1500)}, client=client, options=options, progress=progress)
+            assert result.sizes["path"] == 1500 * 1501 // 2
+            assert result.stats["workers"] == 1
+            assert result.stats["recoveries"][0]["lost"] == frozen
+            assert any(f"worker {frozen} (rank 1) stopped answering (no heartbeat for 3 s)" in n for n in notes), notes
+            assert time.monotonic() - t0 < 60
+            result.close()
+        finally:
+            os.kill(pids[frozen], signal.SIGCONT)
+            client.close()
+            cluster.close()
