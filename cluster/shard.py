@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine import checkpoint, ir, memory
+from dask_datalog.engine import checkpoint, ir, memory, sets
 from dask_datalog.engine.backend import Backend, get_backend
 from dask_datalog.engine.evaluate import Evaluator
+from dask_datalog.engine.hisa import pack, unpack
 from dask_datalog.engine.job import FactSource, Steering, host_rows, input_files, job_control, load_inputs
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.engine.values import SymbolTable
@@ -64,7 +65,9 @@ def evaluate_shard(
 
     manifest, restored = checkpoint.start(steering.checkpoint, transport.rank, transport.size, transport.allgather, current)
     if manifest is not None:
-        symbols, inputs, sizes = SymbolTable.in_order(manifest.symbols), {}, manifest.input_sizes
+        symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program)), manifest.symbols])
+        _remap_checkpoint(restored, program, SymbolTable.in_order(manifest.symbols), symbols)
+        inputs, sizes = {}, manifest.input_sizes
     else:
         symbols, inputs, sizes = _load(transport, program, fact_dir, facts)
     t_load = time.perf_counter() - t0
@@ -105,6 +108,28 @@ def _load(
         for name, n in theirs.items():
             sizes[name] = sizes.get(name, 0) + n
     return symbols, inputs, sizes
+
+
+def _remap_checkpoint(
+    rows: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], program: ir.Program, saved: SymbolTable, symbols: SymbolTable
+) -> None:
+    """A checkpoint's packed rows re-encoded in ``symbols``, whose ids are in text order as the
+    shards' output needs (a checkpoint written in process has them in reading order, without
+    the constants not yet used)."""
+    if saved.strings == symbols.strings[: len(saved)]:  # the same ids
+        return
+    mapping = saved.remap_to(symbols)
+    for name, blocks in rows.items():
+        relation = program.relations[name]
+        columns = [j for j, t in enumerate(relation.types) if t == "symbol"]
+        if not columns:
+            continue
+        for kind in blocks:
+            for i, packed in enumerate(kind):
+                unpacked = [unpack(packed, j, np) for j in range(relation.arity)]
+                for j in columns:
+                    unpacked[j] = mapping[unpacked[j]]
+                kind[i] = sets.sort_unique(pack(unpacked, packed.shape[0], np), np)  # blocks stay sorted
 
 
 def _remap_symbols(inputs: dict[str, np.ndarray], program: ir.Program, local: SymbolTable, symbols: SymbolTable) -> None:

@@ -213,11 +213,15 @@ class Evaluator:
         """Take up a checkpoint written at ``position`` by any number of shards: ``rows`` are
         the (full, delta) blocks of packed rows this shard read (any share of the parts; the
         routes put every row where this plan keeps it). Relations of finished strata fill all
-        their copies; those of the stratum in progress get their delta back."""
+        their copies; those of the stratum in progress get their delta back. Every block must
+        be sorted and unique, as shards write them: a reader that re-encodes rows sorts them."""
         stratum_of = {r: i for i, st in enumerate(self.plan.strata) for r in st.relations}
         old: dict[Target, Any] = {}
         new: dict[Target, Any] = {}
         for name, (full_blocks, delta_blocks) in rows.items():
+            unsorted = [b for b in (*full_blocks, *delta_blocks) if not sets.is_sorted_unique(b, np)]
+            if unsorted:
+                raise AssertionError(f"checkpoint rows of {name} are not sorted and unique")
             full = self._union(name, [self.xp.asarray(b) for b in full_blocks])
             delta = self._union(name, [self.xp.asarray(b) for b in delta_blocks])
             stratum = stratum_of.get(name, -1)

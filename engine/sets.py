@@ -33,6 +33,17 @@ def sort_unique(rows: Any, xp: Any) -> Any:
     return rows[keep]
 
 
+def is_sorted_unique(rows: Any, xp: Any) -> bool:
+    """Whether (n, width) packed rows are in strictly increasing lexicographic order."""
+    if rows.shape[0] < 2:
+        return True
+    later, earlier = rows[1:], rows[:-1]
+    differs = later != earlier
+    first = xp.argmax(differs, axis=1)
+    at = xp.arange(first.shape[0])
+    return bool(xp.all(differs.any(axis=1)) and xp.all(later[at, first] > earlier[at, first]))
+
+
 def union_all(blocks: list[Any], width: int, xp: Any) -> Any:
     """The sorted unique union of sorted unique (n, width) blocks, any of them empty: a lone
     non-empty block is returned as it is, no block gives an empty one."""
