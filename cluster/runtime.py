@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from .exchange import PLUGIN_NAME, DatalogPlugin, JobAborted
 from .tasks import JobSpec, Stopped, evaluate_task, shard_frame, shard_rows, shard_stats, shard_symbols, write_task
 
 ProgressHandler = Callable[[dict[str, Any]], None]
+T = TypeVar("T")
 
 WATCH_S = 0.5  # how often a waiting client checks that every worker of the job is still in the cluster
 ABORT_S = 5.0  # how long the client waits for a job's abort to be delivered to its workers
@@ -276,7 +277,8 @@ def _call_workers(client: Any, workers: Sequence[str], fn: Callable, *args: Any)
 class DistributedRun:
     """A finished distributed run: each worker's ``Shard`` stays in that worker's memory (the
     futures), the client holds counts and statistics. ``close`` (or dropping it) frees them.
-    ``job`` re-runs the evaluation if a worker is lost while the outputs are written."""
+    A worker lost later (while the outputs are written or relations gathered) costs a retry
+    like one lost during the evaluation: ``job`` evaluates again, then the phase runs again."""
 
     job: _Job
     peers: tuple[str, ...]
@@ -301,8 +303,12 @@ class DistributedRun:
     def symbols(self) -> SymbolTable:
         """The job's symbol table (the same on every worker), fetched once when decoding."""
         if self._symbols is None:
-            future = _submit_to(self.client, self.peers[0], shard_symbols, self.shards[0])
-            self._symbols = _run_phase(self.client, None, [future], self.peers[:1], _Where("while gathering results"))[0]
+
+            def fetch() -> SymbolTable:
+                future = _submit_to(self.client, self.peers[0], shard_symbols, self.shards[0])
+                return _run_phase(self.client, None, [future], self.peers[:1], _Where("while gathering results"))[0]
+
+            self._symbols = self._surviving(fetch)
         return self._symbols
 
     def rows(self, name: str) -> np.ndarray:
@@ -331,14 +337,7 @@ class DistributedRun:
         check_output_format(to_stdout, fmt)
         target = "-" if to_stdout else str(Path(output_dir).resolve())
         if self.program.outputs:
-            while True:
-                try:
-                    parts = self._write_phase(target, fmt)
-                    break
-                except WorkerLost as lost:
-                    again = self.job.recover(lost, len(self.peers))
-                    self.peers, self.shards, self.stats, self.sizes = again.peers, again.shards, again.stats, again.sizes
-                    self._symbols, self._rows = None, {}
+            parts = self._surviving(lambda: self._write_phase(target, fmt))
             if to_stdout:
                 for spec in self.program.outputs:
                     print_relation(stream or sys.stdout, spec.relation, b"".join(p[spec.relation] for p in parts))
@@ -362,7 +361,21 @@ class DistributedRun:
         return [_submit_to(self.client, peer, fn, shard, *args) for shard, peer in zip(self.shards, self.peers)]
 
     def _each(self, fn: Callable, *args: Any) -> list[Any]:
-        return _run_phase(self.client, None, self._submit(fn, *args), self.peers, _Where("while gathering results"))
+        return self._surviving(
+            lambda: _run_phase(self.client, None, self._submit(fn, *args), self.peers, _Where("while gathering results"))
+        )
+
+    def _surviving(self, phase: Callable[[], T]) -> T:
+        """``phase()``, evaluated again (and the phase re-run) after each worker lost in it,
+        while the job has retries; the survivors' shards are freed first."""
+        while True:
+            try:
+                return phase()
+            except WorkerLost as lost:
+                self.client.cancel(self.shards)
+                again = self.job.recover(lost, len(self.peers))
+                self.peers, self.shards, self.stats, self.sizes = again.peers, again.shards, again.stats, again.sizes
+                self._symbols, self._rows = None, {}
 
 
 class _Job:

@@ -286,3 +286,21 @@ def test_a_worker_that_stops_answering_is_taken_as_lost() -> None:
             os.kill(pids[frozen], signal.SIGCONT)
             client.close()
             cluster.close()
+
+
+def test_a_worker_lost_after_the_evaluation_costs_a_retry_when_results_are_gathered() -> None:
+    """The shards live on the workers after ``run``: one lost before ``tuples``/``write`` is
+    evaluated again (from the inputs: no checkpoint directory here), then gathered."""
+    with hard_timeout(60):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+        client = Client(cluster, set_as_default=False)
+        try:
+            result = Program.from_file(REACH).run(facts={"edge": chain(300)}, client=client)
+            pids = client.run(os.getpid)
+            os.kill(pids[sorted(pids)[0]], signal.SIGKILL)
+            assert result.tuples("path") == {(i, j) for i in range(300) for j in range(i + 1, 301)}
+            assert [r["rank"] for r in result.stats["recoveries"]] == [0]
+            result.close()
+        finally:
+            client.close()
+            cluster.close()
