@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dask-datalog run examples/reach.dl -F $(GRAPH) -D out/reach --stats out/reach-stats.json
+	$(BIN)/dask-datalog run examples/reach.dl -F $(GRAPH) -D out/reach --cluster --stats out/reach-stats.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -26,12 +26,14 @@ from ..engine.frontend import load_program
 from ..engine.ir import Program as ProgramIR
 from ..engine.job import FactSource, RunOutput, Steering, run_program
 from ..partition.placement import REPLICATE_BELOW
-from .runtime import DistributedRun, JobOptions, JobTimeout, ProgressHandler, Terminated, run_job
+from .options import JobOptions, JobTimeout, Terminated
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # distributed is imported only when a run uses a cluster
     import dask.dataframe as dd
     import pandas as pd
     from distributed import Client
+
+    from .runtime import DistributedRun, ProgressHandler
 
 
 class Result:
@@ -76,7 +78,7 @@ class Result:
         for a distributed run (nothing passes through this process), one for a local run."""
         if name not in self._run.program.relations:
             raise KeyError(f"no relation '{name}' in this program")
-        if isinstance(self._run, DistributedRun):
+        if not isinstance(self._run, RunOutput):
             return self._run.frame(name)
         import dask.dataframe as dd
 
@@ -90,7 +92,7 @@ class Result:
 
     def close(self) -> None:
         """Free the relations (on the workers, for a distributed run)."""
-        if isinstance(self._run, DistributedRun):
+        if not isinstance(self._run, RunOutput):
             self._run.close()
 
 
@@ -137,6 +139,8 @@ class Program:
         ``Suspended`` when the run stopped at a checkpoint on request, ``JobTimeout`` past its
         time limit, ``MemoryBudgetExceeded`` when its relations outgrow the budget."""
         if client is not None:
+            from .runtime import run_job
+
             if on_iteration is not None:
                 raise ValueError("on_iteration is for in-process runs; pass progress= with a client")
             name = backend.name if isinstance(backend, Backend) else backend  # workers build their own

@@ -1,9 +1,10 @@
 """``dask-datalog``: the command line. Bad programs and fact files print
 ``file:line:col: error: message`` and exit 1; nothing the user wrote ends in a traceback.
 
-By default a run starts an embedded local Dask cluster (one worker per GPU, else one per core)
-and evaluates one shard per worker; ``--scheduler``/``--scheduler-file`` submit to an existing
-cluster instead (``--tls-*``: over TLS, as ``dask worker`` takes them; without them Dask's own
+By default a run goes where it is fastest (``choose_mode``): in this process on one CPU or GPU,
+an embedded local Dask cluster (one worker per GPU) on several GPUs; ``--cluster``/``--workers``
+start the embedded cluster anyway, ``--scheduler``/``--scheduler-file`` submit to an existing
+cluster (``--tls-*``: over TLS, as ``dask worker`` takes them; without them Dask's own
 configuration applies), and ``--no-cluster`` evaluates in this process without Dask."""
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from ..engine.errors import DatalogError
+from ..engine.memory import peak_rss
 from ..engine.plan import plan_program
 from ..partition.placement import REPLICATE_BELOW
 from ..engine.control import Suspended
 from .api import Program, Result
-from .runtime import JobOptions, JobTimeout, Terminated, WorkerLost
+from .options import JobOptions, JobTimeout, Terminated, WorkerLost
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="evaluate a program to its fixpoint and write its outputs",
-        description="Evaluate a program to its fixpoint and write its outputs. Without --scheduler or "
-        "--scheduler-file an embedded local Dask cluster is started for the run.",
+        description="Evaluate a program to its fixpoint and write its outputs. By default the run goes where "
+        "it is fastest: in this process on one CPU or GPU (numba's kernels use every core), on an embedded "
+        "local Dask cluster with one worker per GPU when there are several; --cluster or --workers start the "
+        "embedded cluster anyway, --scheduler or --scheduler-file use a running one.",
     )
     run.add_argument("program", type=Path, help="the Datalog program (.dl)")
     run.add_argument("-F", "--fact-dir", type=Path, default=Path("."), help="directory of .input fact files (default: .)")
@@ -62,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler, e.g. tcp://host:8786")
     where.add_argument("--scheduler-file", type=Path, metavar="FILE", help="scheduler file of a running Dask cluster")
     where.add_argument("--no-cluster", action="store_true", help="evaluate in this process, without Dask")
+    where.add_argument(
+        "--cluster", action="store_true", help="start the embedded local Dask cluster even where one process is faster"
+    )
     tls = run.add_argument_group(
         "TLS",
         "for a scheduler that requires TLS (a tls:// address); with --scheduler or --scheduler-file only. "
@@ -154,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and not value >= 0:
             parser.error(f"--{flag.replace('_', '-')} must be a number of seconds, 0 or more")
     memory_limit = _bytes(parser, args.memory_limit)
+    mode, why = choose_mode(args)
     program = None
     suspend = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(suspend))
@@ -161,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         program = Program.from_file(args.program)
         with ExitStack() as stack:
-            checkpoints = stack.enter_context(_Checkpoints(args))
+            checkpoints = stack.enter_context(_Checkpoints(args, mode))
             options = JobOptions(
                 checkpoint_dir=checkpoints.directory,
                 checkpoint_every=checkpoints.every,
@@ -171,10 +180,14 @@ def main(argv: list[str] | None = None) -> int:
                 memory_limit=memory_limit,
                 suspend=suspend,
             )
-            result = _run(program, args, stack, options)
+            run = _Run(program, args, stack, mode, why)
+            result = run.evaluate(options)
+            run.note("writing the outputs")
             result.write(args.output_dir, args.format, sys.stdout)
+            result.stats["mode"] = {"mode": mode, "why": why}
             if args.stats:
                 args.stats.write_text(json.dumps(result.stats, indent=1))
+            run.summary(result)
     except Suspended as stopped:
         assert checkpoints is not None and checkpoints.directory is not None
         print(
@@ -240,20 +253,21 @@ class _Checkpoints:
     run stopped into it on SIGTERM; in process only SIGTERM writes one there: there is no worker
     to lose). An external cluster without ``--checkpoint`` gets none."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, mode: str):
         self.args = args
+        self.mode = mode
         self.every = args.checkpoint_every
         self.temporary: Path | None = None
         given = args.resume or args.checkpoint
         self.directory: str | None = str(given.resolve()) if given is not None else None
 
     def __enter__(self) -> _Checkpoints:
-        if self.directory is None and not (self.args.scheduler or self.args.scheduler_file):
+        if self.directory is None and self.mode != CLUSTER:
             import tempfile
 
             self.temporary = Path(tempfile.mkdtemp(prefix="dask-datalog-checkpoint-"))
             self.directory = str(self.temporary)
-            if self.args.no_cluster and self.every is None:
+            if self.mode == IN_PROCESS and self.every is None:
                 self.every = float("inf")
         return self
 
@@ -284,27 +298,92 @@ def _resume_command(argv: list[str] | None, directory: str) -> str:
     return shlex.join(["dask-datalog", *kept, "--resume", directory])
 
 
-def _run(program: Program, args: argparse.Namespace, stack: ExitStack, options: JobOptions) -> Result:
-    if args.no_cluster:
-        return program.run(fact_dir=args.fact_dir, backend=args.backend, options=options)
-    client = stack.enter_context(_client(args))
-    progress = None
-    if not args.quiet and sys.stderr.isatty():
-        from .progress import ProgressDisplay
+IN_PROCESS, EMBEDDED, CLUSTER = "in process", "embedded cluster", "cluster"
 
-        strata = len(plan_program(program.ir).strata)
-        display = stack.enter_context(ProgressDisplay(strata, client.dashboard_link))
-        progress = display.handler
-    result = program.run(
-        fact_dir=args.fact_dir,
-        backend=args.backend,
-        client=client,
-        progress=progress,
-        replicate_below=args.replicate_below,
-        options=options,
-    )
-    stack.callback(result.close)
-    return result
+
+def choose_mode(args: argparse.Namespace) -> tuple[str, str]:
+    """Where the run goes, and why. One process is the fastest way on one machine with at most
+    one GPU: numba's kernels use every core, and workers would add start-up and exchange (the
+    side-by-side table in docs/benchmarks.md); several GPUs get a worker each."""
+    if args.no_cluster:
+        return IN_PROCESS, "--no-cluster"
+    if args.scheduler or args.scheduler_file:
+        return CLUSTER, "--scheduler" if args.scheduler else "--scheduler-file"
+    if args.workers is not None:
+        return EMBEDDED, f"--workers {args.workers}"
+    if args.cluster:
+        return EMBEDDED, "--cluster"
+    if args.backend in ("cupy", "auto"):
+        from ..engine.backend import gpu_count
+
+        gpus = gpu_count()
+        if gpus > 1:
+            return EMBEDDED, f"{gpus} GPUs: one worker each"
+    return IN_PROCESS, "one process is fastest on one machine"
+
+
+class _Run:
+    """One run as the command shows it: evaluated where ``mode`` says, with a live progress
+    line on a terminal (loading, each stratum and iteration, writing), then one summary line."""
+
+    def __init__(self, program: Program, args: argparse.Namespace, stack: ExitStack, mode: str, why: str):
+        self.program, self.args, self.stack, self.mode, self.why = program, args, stack, mode, why
+        self.started = time.perf_counter()
+        self.display: Any = None
+        self.client: Any = None
+        if mode != IN_PROCESS:
+            self.client = stack.enter_context(_client(args))
+        if not args.quiet and sys.stderr.isatty():
+            from .progress import ProgressDisplay
+
+            strata = len(plan_program(program.ir).strata)
+            dashboard = self.client.dashboard_link if self.client is not None else None
+            self.display = stack.enter_context(ProgressDisplay(strata, dashboard, f"{mode} ({why})"))
+
+    def evaluate(self, options: JobOptions) -> Result:
+        args = self.args
+        if self.client is None:
+            on_iteration = self._in_process_events() if self.display is not None else None
+            return self.program.run(fact_dir=args.fact_dir, backend=args.backend, on_iteration=on_iteration, options=options)
+        result = self.program.run(
+            fact_dir=args.fact_dir,
+            backend=args.backend,
+            client=self.client,
+            progress=self.display.handler if self.display is not None else None,
+            replicate_below=args.replicate_below,
+            options=options,
+        )
+        self.stack.callback(result.close)
+        return result
+
+    def _in_process_events(self) -> Any:
+        """``on_iteration`` feeding the progress line the events workers would send."""
+        found = [0]
+
+        def event(stratum: int, iteration: int, delta: dict[str, int]) -> None:
+            found[0] += sum(delta.values())
+            self.display.handler({"rank": 0, "stratum": stratum, "iteration": iteration, "delta": sum(delta.values()), "found": found[0]})
+
+        return event
+
+    def note(self, text: str) -> None:
+        if self.display is not None:
+            self.display.handler({"note": text, "keep": True})
+
+    def summary(self, result: Result) -> None:
+        """One line on stderr: where it ran, on how many workers, how long, what it derived, and
+        the largest process's peak memory."""
+        if self.args.quiet:
+            return
+        stats = result.stats
+        workers = stats.get("workers", 1)
+        derived = sum(result.sizes.values())
+        peaks = [peak_rss()] + [w.get("peak_rss", 0) for w in stats.get("per_worker", [])]
+        print(
+            f"done: {self.mode} ({self.why}), {workers} worker{'s' if workers != 1 else ''}, "
+            f"{time.perf_counter() - self.started:.2f} s, {derived:,} tuples, peak memory {max(peaks) / 2**20:,.0f} MiB",
+            file=sys.stderr,
+        )
 
 
 def _client(args: argparse.Namespace) -> Any:

@@ -23,20 +23,22 @@ class ProgressState:
     """The latest event of each worker; ``line`` summarises them."""
 
     strata: int
+    label: str = ""  # where the run goes (mode and why), shown first
     started: float = field(default_factory=time.monotonic)
     latest: dict[int, dict[str, Any]] = field(default_factory=dict)
     note: str = ""  # what the client said last (a recovery), shown before the counts
 
     def update(self, event: dict[str, Any]) -> None:
-        if "note" in event:  # a new attempt starts: the workers' counts start over
+        if "note" in event:  # a phase (writing), or a new attempt: then the workers' counts start over
             self.note = event["note"]
-            self.latest = {}
+            if not event.get("keep"):
+                self.latest = {}
             return
         self.latest[int(event["rank"])] = event
 
     def line(self) -> str:
-        prefix = f"{self.note}  " if self.note else ""
-        return prefix + self._counts()
+        parts = [self.label, self.note, self._counts(), f"{time.monotonic() - self.started:.1f} s"]
+        return "  ".join(p for p in parts if p)
 
     def _counts(self) -> str:
         if not self.latest:
@@ -54,23 +56,25 @@ class ProgressState:
 
 
 class ProgressDisplay:
-    """A context manager; ``handler`` is what ``Program.run(progress=...)`` calls per event."""
+    """A context manager; ``handler`` is what ``Program.run(progress=...)`` calls per event.
+    The line is rendered at every refresh (8 a second), so its clock runs through long
+    iterations and phases that send no event."""
 
-    def __init__(self, strata: int, dashboard: str | None = None, console: Console | None = None):
-        self.state = ProgressState(strata)
+    def __init__(self, strata: int, dashboard: str | None = None, label: str = "", console: Console | None = None):
+        self.state = ProgressState(strata, label)
         self.dashboard = dashboard
         self.console = console or Console(stderr=True)
         self.lock = threading.Lock()
-        self.live = Live(self._render(), console=self.console, transient=True, refresh_per_second=8)
+        self.live = Live(self, console=self.console, transient=True, refresh_per_second=8)
 
     def handler(self, event: dict[str, Any]) -> None:
         with self.lock:
             self.state.update(event)
-            self.live.update(self._render())
 
-    def _render(self) -> Text:
-        suffix = f"  dashboard {self.dashboard}" if self.dashboard else ""
-        return Text(self.state.line() + suffix)
+    def __rich__(self) -> Text:
+        with self.lock:
+            suffix = f"  dashboard {self.dashboard}" if self.dashboard else ""
+            return Text(self.state.line() + suffix)
 
     def __enter__(self) -> ProgressDisplay:
         self.live.__enter__()

@@ -19,6 +19,7 @@ from typing import Any, TextIO, TypeVar
 import numpy as np
 
 from dask_datalog.engine import fact_input, relation_output
+from dask_datalog.engine.backend import gpu_count
 from dask_datalog.engine.checkpoint import CheckpointOptions, array_digest
 from dask_datalog.engine.control import Suspended
 from dask_datalog.engine.ir import Program
@@ -27,6 +28,7 @@ from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.placement import REPLICATE_BELOW
 
 from .exchange import PLUGIN_NAME, DatalogPlugin, JobAborted
+from .options import JobOptions, JobTimeout, Terminated, WorkerLost
 from .tasks import JobSpec, Stopped, evaluate_task, shard_frame, shard_rows, shard_stats, shard_symbols, write_task
 
 ProgressHandler = Callable[[dict[str, Any]], None]
@@ -35,60 +37,7 @@ T = TypeVar("T")
 WATCH_S = 0.5  # how often a waiting client checks that every worker of the job is still in the cluster
 ABORT_S = 5.0  # how long the client waits for a job's abort to be delivered to its workers
 STOP_WAIT_S = 5.0  # how long the client lets the surviving workers end a job it stopped after a loss
-SILENT_S = 30.0  # a worker whose heartbeats stopped this long is taken as lost (the scheduler waits 5 min)
-REJOIN_S = 10.0  # after a loss, how long a retry waits for the cluster to be back to the job's size
-NO_WORKERS_S = 60.0  # ... and how long for any worker at all
-
-
-class WorkerLost(RuntimeError):
-    """A worker of a running job left the cluster (its process died, or the scheduler lost it)
-    or stopped sending heartbeats (``how``), and no retry was left: the job was stopped on the
-    other workers and its tasks released."""
-
-    def __init__(self, address: str, rank: int, where: str, retries: int = 0, how: str = "was lost"):
-        self.address = address
-        self.rank = rank
-        self.where = where
-        self.retries = retries
-        self.how = how
-        after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
-        super().__init__(f"worker {address} (rank {rank}) {how} {where}; the job was stopped{after}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, int, str, int, str]]:
-        return (WorkerLost, (self.address, self.rank, self.where, self.retries, self.how))
-
-
-class JobTimeout(TimeoutError):
-    """The job ran past its time limit and was stopped on every worker."""
-
-
-class Terminated(RuntimeError):
-    """The job was asked to stop (SIGTERM) with no checkpoint directory to stop into."""
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """How a job survives and stops. ``checkpoint_dir``: where the workers write checkpoints
-    (every worker must see it; None: none, and a retry starts from the inputs);
-    ``checkpoint_every``: seconds between them (None: ``checkpoint.Schedule``'s default);
-    ``resume``: start from the latest checkpoint there, which must be of this program and
-    these inputs; ``retries``: how many lost workers the job survives; ``timeout``: seconds
-    for the whole job; ``memory_limit``: bytes of data per worker (None: a share of the
-    worker's memory limit); ``suspend``: when set, checkpoint and stop at the next iteration
-    boundary (the CLI's SIGTERM), raising ``Suspended``; ``rejoin_s``: after a loss, how long
-    a retry waits for the cluster to be back to the job's size before it goes on with fewer;
-    ``silent_s``: how long a worker may send no heartbeat before it counts as lost (a hung or
-    stopped process keeps its connection, and the scheduler waits minutes for it)."""
-
-    checkpoint_dir: str | None = None
-    checkpoint_every: float | None = None
-    resume: bool = False
-    retries: int = 2
-    timeout: float | None = None
-    memory_limit: int | None = None
-    suspend: threading.Event | None = None
-    rejoin_s: float = REJOIN_S
-    silent_s: float = SILENT_S
+NO_WORKERS_S = 60.0  # after a loss, how long a retry waits for any worker at all
 
 
 class _Watch:
@@ -166,6 +115,8 @@ class _Members:
         now = time.monotonic()
         if force or now - self.checked >= WATCH_S:
             self.checked = now
+            if self.client.status != "running":  # a closed client sees no workers: that is no loss to retry
+                raise RuntimeError(f"the Dask client is {self.client.status}: the job was stopped")
             if self.watch is None:
                 self.present = set(self.client.ncores())
             else:
@@ -186,16 +137,6 @@ class _Members:
 def default_workers() -> int:
     """CPU workers of an embedded cluster: one per core this process may use."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def gpu_count() -> int:
-    """GPUs CuPy sees (0 without CuPy or a driver)."""
-    try:
-        import cupy
-
-        return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:  # no CuPy, no driver, no device: all mean "no GPU" here
-        return 0
 
 
 def start_cluster(workers: int | None, backend: str, processes: bool = True) -> Any:

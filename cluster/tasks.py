@@ -149,7 +149,7 @@ def _progress(transport: DaskTransport, topic: str | None) -> Callable[[int, int
 
 
 def shard_stats(shard: Shard) -> dict[str, Any]:
-    return shard.stats
+    return {**shard.stats, "peak_rss": memory.peak_rss()}
 
 
 def shard_frame(shard: Shard, name: str) -> Any:

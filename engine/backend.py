@@ -99,16 +99,21 @@ NUMPY = Backend("numpy", np, "auto")
 NUMPY_XP = Backend("numpy-xp", np, "never")
 
 
-def cupy_usable() -> bool:
-    """True when CuPy is installed and sees at least one GPU."""
+def gpu_count() -> int:
+    """GPUs CuPy sees (0 without CuPy, a driver or a device)."""
     if importlib.util.find_spec("cupy") is None:
-        return False
+        return 0
     import cupy
 
     try:
-        return cupy.cuda.runtime.getDeviceCount() > 0
+        return int(cupy.cuda.runtime.getDeviceCount())
     except cupy.cuda.runtime.CUDARuntimeError:  # no driver or no device: use the CPU
-        return False
+        return 0
+
+
+def cupy_usable() -> bool:
+    """True when CuPy is installed and sees at least one GPU."""
+    return gpu_count() > 0
 
 
 def get_backend(name: BackendName | Backend = "auto") -> Backend:

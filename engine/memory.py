@@ -10,6 +10,7 @@ A process also holds its code and libraries, so the default leaves room for them
 from __future__ import annotations
 
 import os
+import sys
 
 from .backend import Backend
 from .errors import DatalogError
@@ -36,6 +37,14 @@ def default_chunk_rows(backend: Backend) -> int:
     """Rows of join output materialised at once without a budget: 16 M (a few hundred MB of
     binding table) on the CPU, 128 M on a GPU, where fewer, larger sorts keep the device busy."""
     return 1 << 27 if backend.name == "cupy" else 1 << 24
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def chunk_rows_for(budget: int, backend: Backend) -> int:

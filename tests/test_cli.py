@@ -33,7 +33,7 @@ def cluster() -> LocalCluster:
         yield c
 
 
-def test_embedded_cluster_is_the_default(tmp_path: Path, reference: bytes) -> None:
+def test_embedded_cluster_with_workers(tmp_path: Path, reference: bytes) -> None:
     stats = tmp_path / "stats.json"
     code = main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--workers", "2", "--stats", str(stats),
                  "--replicate-below", "0"])
@@ -157,6 +157,36 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
     ]
 
 
+def summary(mode: str, workers: int | None = None) -> str:
+    """The line a successful run ends with on stderr."""
+    count = r"\d+ workers?" if workers is None else f"{workers} worker{'s' if workers != 1 else ''}"
+    return rf"done: {mode} \([^)]*\), {count}, \d+\.\d\d s, [\d,]+ tuples, peak memory [\d,]+ MiB\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "mode", "why", "workers"),
+    [
+        ([], "in process", "one process is fastest on one machine", 1),
+        (["--cluster"], "embedded cluster", "--cluster", None),
+        (["--workers", "2"], "embedded cluster", "--workers 2", 2),
+        (["--no-cluster"], "in process", "--no-cluster", 1),
+    ],
+)
+def test_the_run_goes_where_it_is_fastest_and_says_where(tmp_path: Path, reference: bytes, flags: list[str], mode: str, why: str, workers: int | None) -> None:
+    """Without a GPU one process is fastest: the default runs in process; the summary line and
+    the statistics say where the run went and why."""
+    stats = tmp_path / "stats.json"
+    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--stats", str(stats), *flags]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert re.fullmatch(summary(mode, workers), run.stderr), run.stderr
+    assert f"({why})" in run.stderr
+    assert json.loads(stats.read_text())["mode"] == {"mode": mode, "why": why}
+    assert (tmp_path / "path.csv").read_bytes() == reference
+    quiet = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=120)
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
 @pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]],
                          ids=["no-cluster", "embedded-cluster"])
 def test_user_errors_are_one_line_on_stderr(tmp_path: Path, where: list[str], reference: bytes) -> None:
@@ -172,7 +202,8 @@ def test_user_errors_are_one_line_on_stderr(tmp_path: Path, where: list[str], re
     for (case, _, expected), run in zip(cases, runs):
         _, err = run.communicate(timeout=240)
         if expected is None:
-            assert (run.returncode, err) == (0, ""), case
+            mode = "in process" if where == ["--no-cluster"] else "embedded cluster"
+            assert run.returncode == 0 and re.fullmatch(summary(mode), err), (case, err)
             assert (tmp_path / "out" / case / "path.csv").read_bytes() == reference, case
             continue
         assert "Traceback" not in err, (case, err)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from distributed.security import Security  # noqa: E402
 
 from dask_datalog.cluster import Program, exchange  # noqa: E402
 from dask_datalog.cluster.cli import main  # noqa: E402
+from test_cli import summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SG = ROOT / "examples" / "sg.dl"
@@ -125,7 +127,7 @@ def test_cli_takes_dasks_tls_configuration(tls_cluster: LocalCluster, pem_files:
     env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"] = str(pem_files["cert"])
     env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"] = str(pem_files["key"])
     code, err, _ = _cli([str(SG), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", tls_cluster.scheduler_address], env, tmp_path)
-    assert (code, err) == (0, "")
+    assert code == 0 and re.fullmatch(summary("cluster"), err), err
     assert (tmp_path / "sg.csv").read_bytes() == reference
 
 
