@@ -1,16 +1,18 @@
 """Shared helpers for the benchmarks in bench/.
 
-- ground truth (TC / SG sizes and iteration counts from shared/data/SOURCES.md) and the
-  published Soufflé anchors of BRIEF section 5;
+- ground truth (TC / SG sizes and iteration counts from shared/data/SOURCES.md);
 - locating a graph's edge file inside the data directory;
-- running one measurement in its own subprocess with a timeout and its peak RSS;
+- running one command in its own subprocess with a timeout, measuring its wall time and the
+  peak RSS of its process tree;
 - describing the machine, and printing plain-text or Markdown tables.
+
+No timing figure lives here: every peer figure a benchmark prints is measured in the same run
+(bench/single_shard.py runs Soufflé side by side).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -74,23 +76,6 @@ GROUND_TRUTH: dict[str, dict[str, Truth]] = {
     "tiny/data_22": {"reach": Truth(253, 22), "sg": Truth(None, None)},
 }
 
-# Soufflé 2.x compiled, -j2, on the 2-core development machine, wall time with loading and
-# output (BRIEF section 5).
-SOUFFLE_2CORE: dict[tuple[str, str], float] = {
-    ("reach", "luxembourg_osm"): 9.2,
-    ("reach", "ego-Facebook"): 6.4,
-    ("reach", "cti"): 6.0,
-    ("reach", "wiki-Vote"): 34.0,
-    ("reach", "delaunay_n16"): 5.2,
-    ("reach", "fe_sphere"): 121.0,
-    ("sg", "luxembourg_osm"): 2.0,
-    ("sg", "wing"): 1.1,
-    ("sg", "cti"): 29.6,
-    ("sg", "delaunay_n16"): 32.9,
-    ("sg", "p2p-Gnutella09"): 184.0,
-}
-
-
 def log(msg: str) -> None:
     """Progress and errors go to stderr; the tables are stdout."""
     print(msg, file=sys.stderr, flush=True)
@@ -135,9 +120,6 @@ def graph_file(data_dir: Path, graph: str) -> Path | None:
 # --------------------------------------------------------------------------------------------
 # Measuring a subprocess
 
-RESULT_MARKER = "@@RESULT "
-
-
 @dataclass
 class Measurement:
     """Outcome of one measured subprocess."""
@@ -145,8 +127,7 @@ class Measurement:
     returncode: int | None  # None on timeout
     timed_out: bool
     wall_s: float  # of the whole subprocess, interpreter start included
-    peak_rss: int  # bytes; max of the child's ru_maxrss and the polled RSS of its tree
-    result: dict | None  # the JSON the child printed after RESULT_MARKER
+    peak_rss: int  # bytes; max of the polled RSS of its tree and the child's own VmHWM
     stderr_tail: str
 
 
@@ -171,63 +152,65 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+def _hwm(pid: int) -> int:
+    """Peak RSS (bytes) of one process since its exec (VmHWM of /proc/PID/status); 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02,
             env: dict[str, str] | None = None) -> Measurement:
-    """Run `cmd` in a fresh process (own session), return its result JSON and peak RSS.
+    """Run `cmd` in a fresh process (own session); return its exit status, wall time and
+    peak RSS.
 
-    Peak RSS is the larger of the child's own `ru_maxrss` (from `os.wait4` on that very
-    child, so it is this run's alone) and the largest summed RSS of its process tree seen by
-    polling (covers helper processes that it does not reap). On timeout the child's whole
-    process group is killed.
+    Peak RSS is the larger of the largest summed RSS of the child's process tree seen by
+    polling every `poll_s` (covers helper processes, Dask workers) and the child's own high-water
+    mark (VmHWM, which also catches its spikes between polls), as last read while it ran. The
+    child's `ru_maxrss` from `os.wait4` is not used: Linux carries the RSS high-water mark of
+    the forking process (this one) across exec into it, so it never reads below this
+    process's own peak. On timeout the child's whole process group is killed. The command's
+    stdout is discarded; the tail of its stderr is kept.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, start_new_session=True,
-                                env=env)
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True, env=env)
         polled = 0
         timed_out = False
         status: int | None = None
-        maxrss_kib = 0
         while True:
-            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+            pid, st = os.waitpid(proc.pid, os.WNOHANG)
             if pid == proc.pid:
-                status, maxrss_kib = st, ru.ru_maxrss
+                status = st
                 break
-            polled = max(polled, _tree_rss(proc.pid))
+            polled = max(polled, _tree_rss(proc.pid), _hwm(proc.pid))
             if time.perf_counter() - t0 > timeout_s:
                 timed_out = True
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                _, st, ru = os.wait4(proc.pid, 0)
-                status, maxrss_kib = st, ru.ru_maxrss
+                _, status = os.waitpid(proc.pid, 0)
                 break
             time.sleep(poll_s)
         wall = time.perf_counter() - t0
         rc = os.waitstatus_to_exitcode(status) if status is not None else None
-        proc.returncode = rc  # reaped by wait4 already; keep Popen from waiting again
+        proc.returncode = rc  # reaped by waitpid already; keep Popen from waiting again
         if timed_out:
             try:  # helpers that escaped into their own group are not ours to chase
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        out.seek(0)
         err.seek(0)
-        stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    result = None
-    for line in stdout.splitlines():
-        if line.startswith(RESULT_MARKER):
-            result = json.loads(line[len(RESULT_MARKER):])
     return Measurement(returncode=None if timed_out else rc, timed_out=timed_out, wall_s=wall,
-                       peak_rss=max(maxrss_kib * 1024, polled), result=result,
-                       stderr_tail=stderr[-3000:])
-
-
-def emit_result(obj: dict) -> None:
-    """Print a worker's result where `measure` finds it."""
-    print(RESULT_MARKER + json.dumps(obj), flush=True)
+                       peak_rss=polled, stderr_tail=stderr[-3000:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,7 +291,7 @@ def machine_lines(gpu: str | None = None) -> list[str]:
         lines.append(f"gpu: {gpu}")
     lines.append(
         f"versions: python {platform.python_version()}, numpy {pkg_version('numpy')}, "
-        f"duckdb {pkg_version('duckdb')}, dask-datalog {pkg_version('dask-datalog')} "
+        f"dask-datalog {pkg_version('dask-datalog')} "
         f"(git {git_revision()})")
     return lines
 

@@ -63,12 +63,14 @@ if step profile; then
 fi
 
 if step bench; then
-  timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb --no-process --warmup \
-    --graphs "$GRAPHS" --programs "$PROGRAMS" --timeout 150 --markdown > "$OUT/bench_cupy.md" 2>&1
+  # Whole command (no Soufflé peer on the GPU machine unless carried: then ours alone).
+  pairs() { local p g out=""; for g in ${1//,/ }; do for p in ${2//,/ }; do out+="$p:$g,"; done; done; echo "${out%,}"; }
+  timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --modes no-cluster --repeat 1 \
+    --pairs "$(pairs "$GRAPHS" "$PROGRAMS")" --timeout 150 --markdown > "$OUT/bench_cupy.md" 2>&1
   echo "bench rc=$?" >> "$OUT/bench_cupy.md"
   if [ -n "${SG_GRAPHS:-}" ]; then
-    timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --no-duckdb --no-process --warmup \
-      --graphs "$SG_GRAPHS" --programs sg --timeout "${SG_RUN_TIMEOUT:-60}" --markdown > "$OUT/bench_sg_cupy.md" 2>&1
+    timeout "$BENCH_TIMEOUT" python3 bench/single_shard.py --data .data --backend cupy --modes no-cluster --repeat 1 \
+      --pairs "$(pairs "$SG_GRAPHS" sg)" --timeout "${SG_RUN_TIMEOUT:-60}" --markdown > "$OUT/bench_sg_cupy.md" 2>&1
     echo "bench rc=$?" >> "$OUT/bench_sg_cupy.md"
   fi
 fi

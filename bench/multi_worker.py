@@ -406,7 +406,7 @@ def main(argv: list[str]) -> int:
         if problem is not None:
             log(f"error: --backend cupy needs a GPU: {problem}")
             return 2
-        from dask_datalog.cluster.runtime import gpu_count
+        from dask_datalog.engine.backend import gpu_count
 
         gpu = gpu_description()
         gpus = gpu_count()

@@ -1,426 +1,481 @@
 #!/usr/bin/env python3
-"""Single-shard benchmark: REACH and SG on real graphs, dask-datalog beside DuckDB.
+"""Whole command against whole command: dask-datalog beside compiled Soufflé 2.5, side by side
+in the same run, REACH and SG on the reference graphs.
 
-Every engine run happens in its own subprocess (this script re-invoked as a worker), so the
-peak RSS shown is that run's alone and a per-run timeout can kill it. Times are wall time of
-fact loading plus evaluation: for dask-datalog the whole `Program.run()` call (no output
-written), for DuckDB loading `edge` with read_csv plus count(*) over the recursive CTE.
-Result sizes are checked against the ground truth of shared/data/SOURCES.md.
+What runs, for each workload (program, graph):
 
-    .venv/bin/python bench/single_shard.py                      # default graph list
-    .venv/bin/python bench/single_shard.py --graphs cal.cedge,OL.cedge --programs reach,sg
-    .venv/bin/python bench/single_shard.py --markdown > table.md  # for docs/benchmarks.md
+- Soufflé (the peer, ../shared/peers/souffle-2.5 or --peers): its compiled programs,
+  `bench/tc -j2 -F FACTS -D OUT` for REACH and `bench/sg -j2 -F FACTS -D OUT` for SG;
+- ours, one column per mode: `dask-datalog run examples/reach.dl -F FACTS -D OUT --quiet`
+  (examples/sg.dl for SG), as `default` (no mode flag, what a user types: the run goes where
+  the CLI chooses), `cluster` (`--cluster`: the embedded Dask cluster, one worker per core)
+  and, on request, `no-cluster` (`--no-cluster`: evaluated in the one process, no Dask).
+
+Both engines read the same FACTS/edge.facts (a symlink to the graph's edge file, or, when that
+file is not tab-separated without CR, one converted copy used by both) and both write their
+output relation as CSV into a fresh, empty OUT. Every run is a fresh process, measured from
+spawn to exit: interpreter start, imports, loading, evaluation and writing the CSV all count.
+Memory is the peak RSS of the command's whole process tree (the largest sum of the RSS of the
+process and all its descendants, any Dask scheduler and workers included, polled every 20 ms,
+or the command's own high-water mark, VmHWM, when larger); a sum over processes counts shared
+pages once per process.
+
+The engines alternate within each round (Soufflé, default, cluster, Soufflé, ...), for
+--repeat rounds; the table shows each engine's median wall time and its largest peak RSS, the
+ratio ours/Soufflé of the median times for each of our modes (above 1: slower than Soufflé),
+and the geometric mean of those ratios. The lines of every written CSV are counted and checked
+against the ground truth of shared/data/SOURCES.md (and between the engines where the truth is
+unknown); a mismatch is flagged !!MISMATCH and makes the exit status 1. An engine that times
+out or fails on a workload is not run again on it. Without the peer's binaries the script says
+so and measures dask-datalog alone.
+
+    .venv/bin/python bench/single_shard.py                       # the default workload list
+    .venv/bin/python bench/single_shard.py --pairs reach:cti,sg:wing --repeat 1
+    .venv/bin/python bench/single_shard.py --modes no-cluster --timeout 120
+    .venv/bin/python bench/single_shard.py --markdown > table.md   # for docs/benchmarks.md
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import re
+import shutil
+import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import Truth, fmt_bytes, fmt_ratio, fmt_seconds, log  # noqa: E402
+from common import fmt_bytes, fmt_ratio, fmt_seconds, log  # noqa: E402
 
-REACH_DL = """\
-.decl edge(x: number, y: number)
-.input edge
-.decl path(x: number, y: number)
-path(x, y) :- edge(x, y).
-path(x, z) :- path(x, y), edge(y, z).
-.output path
-"""
-
-SG_DL = """\
-.decl edge(x: number, y: number)
-.input edge
-.decl sg(x: number, y: number)
-sg(x, y) :- edge(p, x), edge(p, y), x != y.
-sg(x, y) :- edge(a, x), sg(a, b), edge(b, y).
-.output sg
-"""
-
-# UNION (not UNION ALL): DuckDB dedups against everything found so far, so it terminates.
-REACH_SQL = """\
-WITH RECURSIVE path(x, y) AS (
-    SELECT x, y FROM edge
-    UNION
-    SELECT path.x, edge.y FROM path JOIN edge ON path.y = edge.x
-)
-SELECT count(*) FROM path"""
-
-SG_SQL = """\
-WITH RECURSIVE sg(x, y) AS (
-    SELECT e1.y, e2.y FROM edge e1 JOIN edge e2 ON e1.x = e2.x WHERE e1.y <> e2.y
-    UNION
-    SELECT e1.y, e2.y FROM sg JOIN edge e1 ON e1.x = sg.x JOIN edge e2 ON e2.x = sg.y
-)
-SELECT count(*) FROM sg"""
-
-PROGRAMS: dict[str, tuple[str, str, str]] = {  # name -> (Datalog, result relation, SQL)
-    "reach": (REACH_DL, "path", REACH_SQL),
-    "sg": (SG_DL, "sg", SG_SQL),
+# program -> (our program file, the name of the peer's compiled binary in its bench/, beside NAME.dl)
+PROGRAMS: dict[str, tuple[Path, str]] = {
+    "reach": (common.REPO_ROOT / "examples" / "reach.dl", "tc"),
+    "sg": (common.REPO_ROOT / "examples" / "sg.dl", "sg"),
 }
 
-SMALL_CEDGE = ("cal.cedge", "OL.cedge", "TG.cedge")
-DUCKDB_MAX_TUPLES = 30_000_000
+# Our modes: name -> the flags that select it (default: none, what a user types).
+MODES: dict[str, list[str]] = {"default": [], "cluster": ["--cluster"], "no-cluster": ["--no-cluster"]}
+DEFAULT_MODES = ("default", "cluster")
+
+DEFAULT_PEERS: Path = common.REPO_ROOT.parent / "shared" / "peers" / "souffle-2.5"
+SOUFFLE_JOBS = 2
+
+DEFAULT_PAIRS: list[tuple[str, str]] = [
+    ("sg", "wing"),
+    ("sg", "luxembourg_osm"),
+    ("reach", "luxembourg_osm"),
+    ("reach", "ego-Facebook"),
+    ("reach", "cti"),
+    ("sg", "cti"),
+    ("sg", "delaunay_n16"),
+    ("sg", "p2p-Gnutella09"),
+    ("reach", "wiki-Vote"),
+    ("reach", "fe_sphere"),
+]
+
+_OUTPUT_RE = re.compile(r"^[ \t]*\.output[ \t]+([A-Za-z_][A-Za-z0-9_.]*)", re.MULTILINE)
 
 
-def default_pairs() -> list[tuple[str, str]]:
-    """(program, graph): every Soufflé anchor of BRIEF section 5, plus the small cedge graphs."""
-    pairs = [(p, g) for g in SMALL_CEDGE for p in ("reach", "sg")]
-    pairs += list(common.SOUFFLE_2CORE)
-    return pairs
+def output_relation(program_file: Path) -> str | None:
+    """The first `.output` relation of a Datalog file (None if unreadable or none)."""
+    try:
+        m = _OUTPUT_RE.search(program_file.read_text())
+    except OSError:
+        return None
+    return m.group(1) if m else None
 
 
 # --------------------------------------------------------------------------------------------
-# Workers (run in a subprocess: `single_shard.py _worker JSON`)
-
-
-def recursive_iterations(stats: object, relation: str) -> int | None:
-    """Productive iterations of the recursive stratum from Result.stats; None if unknown.
-
-    Expects `stats["strata"][i]["iterations"]` to be a list (one entry per round); picks the
-    stratum that holds `relation` (or the one marked recursive, else the longest list). When
-    the entries carry a `delta` dict, the rounds that derived nothing (the final check) are not
-    counted, which is how SOURCES.md counts (TC: the longest shortest path).
-    """
-    if not isinstance(stats, dict) or not isinstance(stats.get("strata"), list):
-        return None
-    strata = [s for s in stats["strata"]
-              if isinstance(s, dict) and isinstance(s.get("iterations"), list)]
-    if not strata:
-        return None
-    chosen = [s for s in strata if isinstance(s.get("relations"), (list, tuple))
-              and relation in s["relations"]]
-    chosen = chosen or [s for s in strata if s.get("recursive") is True]
-    its: list = (chosen[0] if len(chosen) == 1
-                 else max(strata, key=lambda s: len(s["iterations"])))["iterations"]
-    if all(isinstance(i, dict) and isinstance(i.get("delta"), dict) for i in its):
-        return sum(1 for i in its if any(i["delta"].values()))
-    return len(its)
-
-
-def worker_ours(program: str, facts: str, backend: str, warmup: str | None) -> dict:
-    """Time Program.run() on one graph; return size, iterations, seconds."""
-    from dask_datalog.cluster import Program
-
-    text, rel, _ = PROGRAMS[program]
-    prog = Program(text, filename=f"{program}.dl")
-    if warmup:  # compile kernels etc. on a tiny graph first (not timed)
-        prog.run(facts={"edge": warmup}, backend=backend)
-    t0 = time.perf_counter()
-    res = prog.run(facts={"edge": facts}, backend=backend)
-    seconds = time.perf_counter() - t0
-    stats = res.stats
-    backend_used = stats.get("backend") if isinstance(stats, dict) else None
-    return {"size": int(res.sizes[rel]), "iterations": recursive_iterations(stats, rel),
-            "seconds": seconds, "backend": backend_used}
-
-
-def worker_duckdb(program: str, facts: str, threads: int | None) -> dict:
-    """Time loading `edge` and count(*) of the recursive CTE in an in-memory DuckDB."""
-    import duckdb
-
-    sql = PROGRAMS[program][2]
-    quoted = facts.replace("'", "''")
-    t0 = time.perf_counter()
-    con = duckdb.connect()
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    con.execute(
-        "CREATE TABLE edge AS SELECT * FROM read_csv("
-        f"'{quoted}', delim = '\t', header = false, "
-        "columns = {'x': 'INTEGER', 'y': 'INTEGER'})")
-    (size,) = con.execute(sql).fetchone()
-    seconds = time.perf_counter() - t0
-    (nthreads,) = con.execute("SELECT current_setting('threads')").fetchone()
-    return {"size": int(size), "iterations": None, "seconds": seconds,
-            "threads": int(nthreads)}
-
-
-def worker_main(spec_json: str) -> None:
-    """Entry of the worker subprocess."""
-    spec = json.loads(spec_json)
-    if spec["engine"] == "ours":
-        out = worker_ours(spec["program"], spec["facts"], spec["backend"], spec.get("warmup"))
-    else:
-        out = worker_duckdb(spec["program"], spec["facts"], spec.get("threads"))
-    common.emit_result(out)
-
-
-# --------------------------------------------------------------------------------------------
-# Driver
+# Engines
 
 
 @dataclass
-class EngineOutcome:
-    """Best-of-N outcome of one engine on one (program, graph)."""
+class Engine:
+    """One column group of the table: a command that reads FACTS and writes OUT/<relation>.csv."""
 
-    status: str = "-"  # "ok", "timeout", "error", "skip ...", "-" (not run)
-    seconds: float | None = None
-    peak_rss: int | None = None
-    size: int | None = None
-    iterations: int | None = None
-    extra: dict = field(default_factory=dict)
+    key: str  # "souffle" or a mode name
+    label: str
+    relation: str
+    argv: Callable[[Path, Path], list[str]]  # (facts dir, out dir) -> command
+
+
+def ours_cli() -> list[str]:
+    """The `dask-datalog` console script beside this interpreter, else `python -m` its module."""
+    script = Path(sys.executable).parent / "dask-datalog"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "dask_datalog.cluster.cli"]
+
+
+def ours_engine(program: str, mode: str, backend: str | None) -> Engine:
+    dl = PROGRAMS[program][0]
+    cli = ours_cli()
+    extra = MODES[mode] + (["--backend", backend] if backend else [])
+    rel = output_relation(dl) or ("path" if program == "reach" else program)
+    return Engine(mode, mode, rel,
+                  lambda facts, out: [*cli, "run", str(dl), "-F", str(facts), "-D", str(out),
+                                      "--quiet", *extra])
+
+
+def souffle_binary(peers: Path, program: str) -> Path | None:
+    """The peer's compiled binary for `program`, or None if absent or not executable."""
+    b = peers / "bench" / PROGRAMS[program][1]
+    return b if b.is_file() and os.access(b, os.X_OK) else None
+
+
+def souffle_engine(peers: Path, program: str) -> Engine | None:
+    binary = souffle_binary(peers, program)
+    if binary is None:
+        return None
+    source = binary.with_suffix(".dl")
+    ours_rel = output_relation(PROGRAMS[program][0])
+    rel = output_relation(source) or ours_rel or program
+    return Engine("souffle", "Soufflé", rel,
+                  lambda facts, out: [str(binary), f"-j{SOUFFLE_JOBS}", "-F", str(facts),
+                                      "-D", str(out)])
+
+
+# --------------------------------------------------------------------------------------------
+# Facts and outputs
+
+
+def _needs_conversion(src: Path) -> bool:
+    """Whether an edge file is not already `a<TAB>b` lines without CR."""
+    with open(src, "rb") as f:
+        first = f.readline()
+        if first.strip() and b"\t" not in first:
+            return True
+        if b"\r" in first:
+            return True
+        while chunk := f.read(1 << 22):
+            if b"\r" in chunk:
+                return True
+    return False
+
+
+def prepare_facts(src: Path, facts_dir: Path) -> bool:
+    """Make facts_dir/edge.facts for both engines: a symlink to `src` when it is already
+    tab-separated without CR, else a converted copy (CR dropped, fields joined by one tab,
+    blank lines dropped). Returns whether it converted."""
+    facts_dir.mkdir(parents=True, exist_ok=True)
+    dst = facts_dir / "edge.facts"
+    if not _needs_conversion(src):
+        dst.symlink_to(src.resolve())
+        return False
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        for line in fi:
+            fields = line.replace(b",", b" ").split()
+            if fields:
+                fo.write(b"\t".join(fields) + b"\n")
+    return True
+
+
+def count_rows(csv: Path) -> int | None:
+    """Lines of a CSV file (a last line without newline counts); None if it is absent."""
+    try:
+        f = open(csv, "rb")
+    except OSError:
+        return None
+    n, last = 0, b"\n"
+    with f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class Outcome:
+    """The runs of one engine on one workload."""
+
+    status: str = "-"  # "ok", "timeout", "error", "no output", "-" (not run)
+    walls: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in ("-", "ok")
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.walls) if self.status == "ok" and self.walls else None
+
+    @property
+    def peak_rss(self) -> int | None:
+        return max(self.rss) if self.rss else None
 
     def time_cell(self) -> str:
-        return fmt_seconds(self.seconds) if self.status == "ok" else self.status
+        return fmt_seconds(self.median) if self.status == "ok" else self.status
 
-
-def run_engine(spec: dict, repeat: int, timeout_s: float, label: str) -> EngineOutcome:
-    """Run one worker spec `repeat` times (fresh process each); keep the fastest."""
-    best = EngineOutcome()
-    rss_max = 0
-    for i in range(repeat):
-        m = common.measure([sys.executable, str(Path(__file__).resolve()), "_worker",
-                            json.dumps(spec)], timeout_s)
-        rss_max = max(rss_max, m.peak_rss)
-        if m.timed_out:
-            log(f"  {label}: timeout after {timeout_s:.0f} s (peak RSS {fmt_bytes(m.peak_rss)})")
-            return EngineOutcome(status="timeout", peak_rss=rss_max)
-        if m.returncode != 0 or m.result is None:
-            log(f"  {label}: FAILED (exit {m.returncode}); stderr tail:\n"
-                + indent(m.stderr_tail[-1500:]))
-            return EngineOutcome(status="error", peak_rss=rss_max)
-        r = m.result
-        log(f"  {label} run {i + 1}/{repeat}: {r['seconds']:.3f} s, size {r['size']:,}, "
-            f"iters {r.get('iterations')}, peak RSS {fmt_bytes(m.peak_rss)}")
-        if best.seconds is None or r["seconds"] < best.seconds:
-            best = EngineOutcome(status="ok", seconds=r["seconds"], size=r["size"],
-                                 iterations=r.get("iterations"),
-                                 extra={k: v for k, v in r.items()
-                                        if k not in ("seconds", "size", "iterations")})
-    best.peak_rss = rss_max
-    if spec["engine"] == "ours" and best.status == "ok" and spec.get("process", True):
-        best.extra["process_s"] = cli_wall(spec, repeat, timeout_s)
-    return best
-
-
-def cli_wall(spec: dict, repeat: int, timeout_s: float) -> float | None:
-    """Best wall time of the real command, `dask-datalog run PROG -F DIR -D OUT --no-cluster`
-    (the single-shard engine in this process; bench/multi_worker.py measures the Dask path), in a fresh
-    process: interpreter start, imports, parsing, loading, evaluation and writing the CSV,
-    as Soufflé's published wall times count them."""
-    text, _, _ = PROGRAMS[spec["program"]]
-    best: float | None = None
-    with tempfile.TemporaryDirectory() as tmp:
-        facts_dir, out_dir, prog = Path(tmp, "facts"), Path(tmp, "out"), Path(tmp, "prog.dl")
-        facts_dir.mkdir()
-        (facts_dir / "edge.facts").symlink_to(Path(spec["facts"]).resolve())
-        prog.write_text(text)
-        cmd = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(prog), "-F", str(facts_dir),
-               "-D", str(out_dir), "--backend", spec["backend"], "--no-cluster"]
-        for _ in range(repeat):
-            m = common.measure(cmd, timeout_s)
-            if m.timed_out or m.returncode != 0:
-                log(f"  CLI run failed (exit {m.returncode}):\n" + indent(m.stderr_tail[-800:]))
-                return None
-            best = m.wall_s if best is None else min(best, m.wall_s)
-    log(f"  CLI process wall: {best:.3f} s")
-    return best
+    def rss_cell(self) -> str:
+        return fmt_bytes(self.peak_rss) if self.status in ("ok", "timeout") and self.rss else "-"
 
 
 def indent(text: str) -> str:
     return "\n".join("    " + ln for ln in text.splitlines())
 
 
-def importable(statement: str) -> tuple[bool, str]:
-    """Whether an import statement works (checked in a subprocess); the error if not."""
-    import subprocess
+def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: Outcome,
+             where: str) -> None:
+    """One measured run of `engine` into a fresh `out`; appends to / updates `outcome`."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    argv = engine.argv(facts, out)
+    try:
+        m = common.measure(argv, timeout_s)
+    except OSError as e:  # e.g. a peer binary built for another system
+        log(f"  {where} {engine.label}: cannot start {argv[0]}: {e}")
+        outcome.status = "error"
+        return
+    outcome.rss.append(m.peak_rss)
+    if m.timed_out:
+        log(f"  {where} {engine.label}: timeout after {timeout_s:.0f} s "
+            f"(peak RSS {fmt_bytes(m.peak_rss)})")
+        outcome.status = "timeout"
+        return
+    if m.returncode != 0:
+        log(f"  {where} {engine.label}: FAILED (exit {m.returncode}): {' '.join(argv)}\n"
+            + indent(m.stderr_tail[-1500:]))
+        outcome.status = "error"
+        return
+    rows = count_rows(out / f"{engine.relation}.csv")
+    shutil.rmtree(out, ignore_errors=True)
+    if rows is None:
+        log(f"  {where} {engine.label}: exit 0 but no {engine.relation}.csv written")
+        outcome.status = "no output"
+        return
+    outcome.status = "ok"
+    outcome.walls.append(m.wall_s)
+    outcome.sizes.append(rows)
+    log(f"  {where} {engine.label}: {m.wall_s:.3f} s, {rows:,} rows, "
+        f"peak RSS {fmt_bytes(m.peak_rss)}")
 
-    p = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True,
-                       timeout=300)
-    return p.returncode == 0, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+
+def check_sizes(expected: int | None, outcomes: dict[str, Outcome],
+                labels: dict[str, str]) -> list[str]:
+    """What is wrong with the row counts: against the truth, between rounds, between engines."""
+    bad: list[str] = []
+    seen: dict[str, int] = {}
+    for key, o in outcomes.items():
+        if not o.sizes:
+            continue
+        distinct = sorted(set(o.sizes))
+        if len(distinct) > 1:
+            bad.append(f"{labels[key]} row counts differ between rounds: "
+                       + ", ".join(f"{s:,}" for s in distinct))
+        seen[key] = o.sizes[0]
+        if expected is not None and any(s != expected for s in distinct):
+            wrong = ", ".join(f"{s:,}" for s in distinct if s != expected)
+            bad.append(f"{labels[key]} {wrong} rows != truth {expected:,}")
+    if expected is None and len(set(seen.values())) > 1:
+        bad.append("engines disagree: " + ", ".join(f"{labels[k]} {v:,}" for k, v in seen.items()))
+    return bad
 
 
-def size_cell(expected: Truth, ours: EngineOutcome, duck: EngineOutcome,
-              mismatches: list[str], where: str) -> str:
-    """Result-size cell; records and flags a size differing from ground truth or DuckDB."""
-    got = ours.size if ours.status == "ok" else duck.size if duck.status == "ok" else None
-    if got is None:
-        return f"({expected.size:,})" if expected.size is not None else "-"
-    cell = f"{got:,}"
-    bad = []
-    for name, o in (("ours", ours), ("DuckDB", duck)):
-        if o.status == "ok" and expected.size is not None and o.size != expected.size:
-            bad.append(f"{name} {o.size:,} != truth {expected.size:,}")
-    if ours.status == "ok" and duck.status == "ok" and ours.size != duck.size:
-        bad.append(f"ours {ours.size:,} != DuckDB {duck.size:,}")
-    if bad:
-        mismatches.append(f"{where}: " + "; ".join(bad))
-        cell += " !!MISMATCH"
-    elif expected.size is None:
-        cell += " (unverified)"
-    return cell
+# --------------------------------------------------------------------------------------------
+# Driver
 
 
-def iter_cell(expected: Truth, ours: EngineOutcome) -> str:
-    """Iterations of our recursive stratum, with the ground truth when they differ."""
-    if ours.status != "ok":
-        return f"({expected.iterations})" if expected.iterations is not None else "-"
-    if ours.iterations is None:
-        return "?"
-    if expected.iterations is not None and ours.iterations != expected.iterations:
-        return f"{ours.iterations} (truth {expected.iterations})"
-    return str(ours.iterations)
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        program, sep, graph = item.partition(":")
+        program = program.strip().lower()
+        if not sep or not graph.strip() or program not in PROGRAMS:
+            raise ValueError(f"bad pair {item!r}: expected PROGRAM:GRAPH with PROGRAM one of "
+                             f"{', '.join(PROGRAMS)}")
+        pairs.append((program, graph.strip()))
+    return pairs
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", help="comma-separated PROGRAM:GRAPH (PROGRAM reach or sg; GRAPH a "
+                    "dataset directory of --data, or tiny/<stem>); default: "
+                    + ",".join(f"{p}:{g}" for p, g in DEFAULT_PAIRS))
     ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA,
-                    help="graph directory (default: ../shared/data beside the repo)")
-    ap.add_argument("--graphs", help="comma-separated graph names (dataset directories, or "
-                    "tiny/<stem>); default: the Soufflé-anchored pairs plus the small cedge "
-                    "graphs")
-    ap.add_argument("--programs", default="reach,sg", help="comma-separated: reach,sg")
-    ap.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "auto"))
-    ap.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
-    ap.add_argument("--duckdb-timeout", type=float, default=None,
-                    help="per DuckDB run, seconds (default: --timeout)")
-    ap.add_argument("--duckdb-threads", type=int, default=None,
-                    help="DuckDB threads (default: DuckDB's own, all cores)")
-    ap.add_argument("--duckdb-all", action="store_true",
-                    help=f"also run DuckDB where the result exceeds {DUCKDB_MAX_TUPLES:,} tuples")
-    ap.add_argument("--no-duckdb", action="store_true")
-    ap.add_argument("--no-engine", action="store_true", help="DuckDB only")
-    ap.add_argument("--no-process", action="store_true",
-                    help="skip the whole-command measurement (it writes the result as CSV: "
-                         "minutes for the GPU graphs' billions of tuples)")
-    ap.add_argument("--warmup", action="store_true",
-                    help="run ours once on tiny/data_10 in the same process first (untimed)")
-    ap.add_argument("--repeat", type=int, default=1, help="best of N (fresh process each)")
-    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+                    help=f"graph directory (default: {common.DEFAULT_DATA})")
+    ap.add_argument("--peers", type=Path, default=DEFAULT_PEERS,
+                    help=f"the Soufflé 2.5 peer folder, with bench/tc and bench/sg "
+                    f"(default: {DEFAULT_PEERS})")
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                    help=f"our modes, comma-separated, among {', '.join(MODES)} "
+                    f"(default: {','.join(DEFAULT_MODES)})")
+    ap.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=None,
+                    help="pass --backend to our command (default: not passed, the CLI's auto)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds; each engine runs once per round (default 3)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="per run, seconds (default 600)")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the table as Markdown (for docs/benchmarks.md)")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    try:
+        pairs = parse_pairs(args.pairs) if args.pairs else list(DEFAULT_PAIRS)
+    except ValueError as e:
+        log(f"error: {e}")
+        return 2
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        log(f"error: unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+        return 2
+    if args.repeat < 1:
+        log("error: --repeat must be at least 1")
+        return 2
     data: Path = args.data.resolve()
     missing = common.missing_data_message(data)
     if missing:
         log(missing)
         return 2
-    programs = [p.strip() for p in args.programs.split(",") if p.strip()]
-    unknown = [p for p in programs if p not in PROGRAMS]
-    if unknown:
-        log(f"error: unknown program(s) {unknown}; choose from {sorted(PROGRAMS)}")
-        return 2
-    if args.graphs:
-        pairs = [(p, g.strip()) for g in args.graphs.split(",") if g.strip() for p in programs]
+
+    peers: Path = args.peers.resolve()
+    needed = sorted({p for p, _ in pairs})
+    absent = [f"bench/{PROGRAMS[p][1]}" for p in needed if souffle_binary(peers, p) is None]
+    if len(absent) == len(needed):
+        peer_line = (f"Soufflé peer not found ({', '.join(absent)} absent or not executable in "
+                     f"{peers}): measuring dask-datalog alone")
+    elif absent:
+        peer_line = (f"Soufflé peer incomplete ({', '.join(absent)} absent or not executable in "
+                     f"{peers}): those workloads measure dask-datalog alone")
     else:
-        pairs = [(p, g) for p, g in default_pairs() if p in programs]
+        peer_line = None
+    if peer_line:
+        log(peer_line)
+    has_peer = len(absent) < len(needed)
 
-    run_ours = not args.no_engine
-    if run_ours:
-        ok, why = importable("from dask_datalog.cluster import Program")
-        if not ok:
-            log(f"warning: dask_datalog.cluster.Program does not import ({why}); "
-                "running DuckDB only")
-            run_ours = False
-    run_duck = not args.no_duckdb
-    if run_duck:
-        ok, why = importable("import duckdb")
-        if not ok:
-            log(f"warning: duckdb does not import ({why}); running without DuckDB")
-            run_duck = False
-    duck_timeout = args.duckdb_timeout if args.duckdb_timeout is not None else args.timeout
-    # The repo's own copy: the data directory given may hold only the benchmark graphs.
-    warmup = common.REPO_ROOT / "tests" / "data" / "tiny" / "data_10.txt" if args.warmup else None
+    gpu = common.gpu_name() if args.backend != "numpy" else None
+    header = common.machine_lines(gpu)
+    cli = " ".join(os.path.relpath(a, common.REPO_ROOT) if a.startswith(str(common.REPO_ROOT))
+                   else a for a in ours_cli())
+    header += [
+        f"data: {data}",
+        (f"peer: Soufflé 2.5 compiled ({peers}/bench/tc for REACH, bench/sg for SG), "
+         f"`BIN -j{SOUFFLE_JOBS} -F FACTS -D OUT`" if not peer_line else f"peer: {peer_line}"),
+        f"ours: `{cli} run examples/{{reach,sg}}.dl -F FACTS -D OUT --quiet"
+        + (f" --backend {args.backend}" if args.backend else "") + "`, as "
+        + "; ".join(f"{m}: " + (" ".join(MODES[m]) or "no mode flag (where the CLI chooses to run)")
+                    for m in modes),
+        "measured: whole command against whole command, each a fresh process writing its output "
+        "CSV into an empty directory from the same FACTS/edge.facts; time: wall seconds from "
+        "spawn to exit, median of the rounds; RSS: peak summed RSS of the command's process "
+        "tree, the largest over the rounds",
+        f"runs: {args.repeat} round(s), engines alternating within each round "
+        f"({', '.join((['Soufflé'] if has_peer else []) + modes)}); timeout {args.timeout:.0f} s "
+        "per run; a timed-out or failed engine is not rerun on that workload",
+        "rows: lines of each written CSV, checked against SOURCES.md (truth column) and between "
+        "engines; !!MISMATCH marks a difference"
+        + ("; ours/Soufflé: ratio of median wall times (above 1: slower than Soufflé)"
+           if has_peer else ""),
+    ]
 
-    gpu = common.gpu_name() if run_ours and args.backend in ("cupy", "auto") else None
-    header = common.machine_lines(gpu if args.backend != "numpy" else None)
-    if args.backend == "auto" and gpu is None:
-        header.append("gpu: none found")
-    header += [f"data: {data}",
-               f"backend: {args.backend}; runs: best of {args.repeat}, fresh process each, "
-               f"timeout {args.timeout:.0f} s (DuckDB {duck_timeout:.0f} s)"
-               + ("; ours warmed up on tiny/data_10" if warmup else ""),
-               "time: wall seconds of loading + evaluation (ours: Program.run(); DuckDB: "
-               "read_csv into a table + count(*) of the recursive CTE); ours process: the "
-               "command `dask-datalog run PROG -F DIR -D OUT --no-cluster` as a whole (interpreter start, "
-               "imports, parsing, loading, evaluation, writing the CSV), the figure comparable "
-               "with Soufflé's; RSS: peak of the run's process tree",
-               "iters: rounds of the recursive stratum that derived new tuples (as "
-               "SOURCES.md counts them)",
-               "(n): ground truth from SOURCES.md, shown where nothing was measured; "
-               "!!MISMATCH: a size differs from the truth or between engines",
-               "Soufflé: BRIEF section 5 figures (Soufflé 2.x -j2 on the 2-core development "
-               "machine, with loading and output); speed-up = Soufflé / ours process"]
-
-    headers = ["graph", "program", "result size", "iters", "ours (s)", "ours process (s)",
-               "DuckDB (s)", "DuckDB/ours", "ours RSS", "DuckDB RSS", "Soufflé (s)",
-               "Soufflé/ours process"]
+    headers = ["workload", "truth (rows)"]
+    if has_peer:
+        headers += ["Soufflé (s)", "Soufflé RSS"]
+    for m in modes:
+        headers += [f"{m} (s)", f"{m} RSS"] + ([f"{m}/Soufflé"] if has_peer else [])
+    headers.append("rows")
     rows: list[list[str]] = []
     mismatches: list[str] = []
-    duck_ratios: list[float] = []
-    souffle_ratios: list[float] = []
-    duck_threads: set[int] = set()
-    backends_used: set[str] = set()
-    for program, graph in pairs:
-        where = f"{program} {graph}"
-        expected = common.truth(graph, program)
-        souffle = common.SOUFFLE_2CORE.get((program, graph))
-        facts = common.graph_file(data, graph)
-        log(f"{where}: {facts if facts else 'MISSING'}")
-        if facts is None:
-            rows.append([graph, program, "missing", "-", "-", "-", "-", "-", "-", "-",
-                         fmt_seconds(souffle), "-"])
-            continue
-        ours = EngineOutcome()
-        if run_ours:
-            spec = {"engine": "ours", "program": program, "facts": str(facts),
-                    "backend": args.backend, "warmup": str(warmup) if warmup else None,
-                    "process": not args.no_process}
-            ours = run_engine(spec, args.repeat, args.timeout, "ours")
-            if ours.extra.get("backend"):
-                backends_used.add(str(ours.extra["backend"]))
-        duck = EngineOutcome()
-        if run_duck:
-            if (not args.duckdb_all and expected.size is not None
-                    and expected.size > DUCKDB_MAX_TUPLES):
-                duck = EngineOutcome(status=f"skip >{DUCKDB_MAX_TUPLES // 1_000_000}M")
+    ratios: dict[str, list[float]] = {m: [] for m in modes}
+    converted: list[str] = []
+
+    with tempfile.TemporaryDirectory(prefix="single_shard-") as tmp_name:
+        tmp = Path(tmp_name)
+        facts_dirs: dict[str, Path] = {}
+        for program, graph in pairs:
+            where = f"{program} {graph}"
+            expected = common.truth(graph, program).size
+            truth_cell = f"{expected:,}" if expected is not None else "?"
+            src = common.graph_file(data, graph)
+            log(f"{where}: {src if src else 'MISSING'}")
+            if src is None:
+                rows.append([where, truth_cell] + ["-"] * (len(headers) - 3) + ["graph missing"])
+                continue
+            if graph not in facts_dirs:
+                fd = tmp / "facts" / graph.replace("/", "__")
+                if prepare_facts(src, fd):
+                    converted.append(graph)
+                    log(f"  {src.name}: not tab-separated without CR; converted a copy for "
+                        "both engines")
+                facts_dirs[graph] = fd
+            facts = facts_dirs[graph]
+
+            engines: list[Engine] = []
+            peer = souffle_engine(peers, program)
+            if peer is not None:
+                engines.append(peer)
+            engines += [ours_engine(program, m, args.backend) for m in modes]
+            outcomes = {e.key: Outcome() for e in engines}
+            for r in range(args.repeat):
+                for e in engines:
+                    if outcomes[e.key].failed:
+                        continue
+                    run_once(e, facts, tmp / "out", args.timeout, outcomes[e.key],
+                             f"{where} round {r + 1}/{args.repeat}")
+
+            labels = {e.key: e.label for e in engines}
+            bad = check_sizes(expected, outcomes, labels)
+            ran = [o for o in outcomes.values() if o.sizes]
+            if bad:
+                mismatches.append(f"{where}: " + "; ".join(bad))
+                size_cell = "!!MISMATCH"
+            elif not ran:
+                size_cell = "-"
             else:
-                spec = {"engine": "duckdb", "program": program, "facts": str(facts),
-                        "threads": args.duckdb_threads}
-                duck = run_engine(spec, args.repeat, duck_timeout, "DuckDB")
-                if "threads" in duck.extra:
-                    duck_threads.add(int(duck.extra["threads"]))
-        ratio = (duck.seconds / ours.seconds
-                 if ours.status == "ok" and duck.status == "ok" and ours.seconds else None)
-        process_s = ours.extra.get("process_s") if ours.status == "ok" else None
-        s_ratio = souffle / process_s if souffle and process_s else None
-        if ratio:
-            duck_ratios.append(ratio)
-        if s_ratio:
-            souffle_ratios.append(s_ratio)
-        rows.append([graph, program, size_cell(expected, ours, duck, mismatches, where),
-                     iter_cell(expected, ours), ours.time_cell(), fmt_seconds(process_s),
-                     duck.time_cell(),
-                     fmt_ratio(ratio),
-                     fmt_bytes(ours.peak_rss) if ours.status in ("ok", "timeout") else "-",
-                     fmt_bytes(duck.peak_rss) if duck.status in ("ok", "timeout") else "-",
-                     fmt_seconds(souffle), fmt_ratio(s_ratio)])
-    gm_d, gm_s = common.geomean(duck_ratios), common.geomean(souffle_ratios)
-    rows.append(["geomean", "", "", "", "", "", "",
-                 fmt_ratio(gm_d) + (f" (n={len(duck_ratios)})" if gm_d else ""), "", "", "",
-                 fmt_ratio(gm_s) + (f" (n={len(souffle_ratios)})" if gm_s else "")])
-    if backends_used:
-        header.append("backend used by ours: " + ",".join(sorted(backends_used)))
-    if duck_threads:
-        header.append("DuckDB threads: " + ",".join(map(str, sorted(duck_threads))))
+                size_cell = f"{ran[0].sizes[0]:,}" + (" (unverified)" if expected is None else "")
+
+            row = [where, truth_cell]
+            s = outcomes.get("souffle")
+            if has_peer:
+                row += ([s.time_cell(), s.rss_cell()] if s is not None else ["absent", "-"])
+            for m in modes:
+                o = outcomes[m]
+                row += [o.time_cell(), o.rss_cell()]
+                if has_peer:
+                    ratio = (o.median / s.median if s is not None and s.median and o.median
+                             else None)
+                    if ratio:
+                        ratios[m].append(ratio)
+                    row.append(fmt_ratio(ratio))
+            row.append(size_cell)
+            rows.append(row)
+
+    if has_peer:
+        gm_row = ["geomean", ""] + ["", ""]
+        for m in modes:
+            gm = common.geomean(ratios[m])
+            gm_row += ["", "", fmt_ratio(gm) + (f" (n={len(ratios[m])})" if gm else "")]
+        gm_row.append("")
+        rows.append(gm_row)
+    if converted:
+        header.append("converted to tab-separated without CR (one copy for both engines): "
+                      + ", ".join(converted))
 
     if args.markdown:
         print("\n".join(f"- {h}" for h in header) + "\n")
     else:
         print("\n".join(header) + "\n")
     print(common.format_table(headers, rows, markdown=args.markdown,
-                              align="ll" + "r" * (len(headers) - 2)))
+                              align="l" + "r" * (len(headers) - 1)))
     if mismatches:
         print("\n!!! RESULT SIZE MISMATCHES !!!")
         for m in mismatches:
@@ -430,7 +485,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "_worker":
-        worker_main(sys.argv[2])
-    else:
-        sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))
