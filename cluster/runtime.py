@@ -160,7 +160,10 @@ def start_cluster(workers: int | None, backend: str, processes: bool = True) -> 
     threads = str(max(1, default_workers() // n))
     # Each worker's numba kernels get its share of the cores, so workers' spinning OpenMP
     # threads do not compete (docs/benchmarks.md, "Distributed", has the measurements).
-    env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+    # A worker the nanny restarts after a loss logs its start-up at INFO unless its own
+    # configuration says otherwise (silence_logs reaches the first start only): the recovered
+    # command's stderr would fill with Dask's banner.
+    env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "DASK_LOGGING__DISTRIBUTED": "error"}
     extra = {"env": env, "preload": ["dask_datalog.cluster.worker_setup"]} if processes else {}
     # Dask's profiler samples every task thread's stack with the GIL held: coarser sampling
     # keeps it out of short iterations. Dask's MALLOC_TRIM_THRESHOLD_ turns off glibc's
