@@ -301,6 +301,14 @@ def _resume_command(argv: list[str] | None, directory: str) -> str:
 IN_PROCESS, EMBEDDED, CLUSTER = "in process", "embedded cluster", "cluster"
 
 
+def _since_start() -> float:
+    """Seconds since this process started: the command's whole wall time, interpreter and
+    imports included (psutil comes with distributed)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
 def choose_mode(args: argparse.Namespace) -> tuple[str, str]:
     """Where the run goes, and why. One process is the fastest way on one machine with at most
     one GPU: numba's kernels use every core, and workers would add start-up and exchange (the
@@ -328,7 +336,6 @@ class _Run:
 
     def __init__(self, program: Program, args: argparse.Namespace, stack: ExitStack, mode: str, why: str):
         self.program, self.args, self.stack, self.mode, self.why = program, args, stack, mode, why
-        self.started = time.perf_counter()
         self.display: Any = None
         self.client: Any = None
         if mode != IN_PROCESS:
@@ -381,7 +388,7 @@ class _Run:
         peaks = [peak_rss()] + [w.get("peak_rss", 0) for w in stats.get("per_worker", [])]
         print(
             f"done: {self.mode} ({self.why}), {workers} worker{'s' if workers != 1 else ''}, "
-            f"{time.perf_counter() - self.started:.2f} s, {derived:,} tuples, peak memory {max(peaks) / 2**20:,.0f} MiB",
+            f"{_since_start():.2f} s, {derived:,} tuples, peak memory {max(peaks) / 2**20:,.0f} MiB",
             file=sys.stderr,
         )
 
