@@ -163,20 +163,22 @@ class CheckpointOptions:
 def find_checkpoint(
     options: CheckpointOptions,
     rank: int,
+    size: int,
     allgather: Callable[[Any], list[Any]],
     current: Callable[[], dict[str, Any]],
 ) -> Manifest | None:
     """The checkpoint a run starts from (None: its inputs), agreed by all shards: rank 0 reads
     it and checks the fingerprint (``current()``) when asked to; every shard must see the
-    directory (a probe file rank 0 writes), else the run stops with a message saying so.
-    Collective."""
+    directory (a probe file rank 0 writes, when there are several), else the run stops with
+    a message saying so. Collective."""
     checkpoints = Checkpoints(options.directory)
     answer: tuple[str, Any] = ("ok", None)
     probe = checkpoints.directory / f".probe-{options.job}"
     if rank == 0:
         try:
             checkpoints.directory.mkdir(parents=True, exist_ok=True)
-            probe.write_text(options.job)
+            if size > 1:
+                probe.write_text(options.job)
             checkpoints.remove_staging()
             manifest = checkpoints.latest()
             if options.resume == "":
@@ -192,6 +194,8 @@ def find_checkpoint(
     kind, value = allgather(answer)[0]
     if kind == "error":
         raise DatalogError(None, value)
+    if size == 1:  # one process sees what it wrote: no probe, no round
+        return value
     seen = probe.exists() and (value is None or (checkpoints.directory / value.name / "manifest.json").exists())
     blind = [r for r, ok in enumerate(allgather(seen)) if not ok]
     if rank == 0:
@@ -216,7 +220,7 @@ def start(
     parts), or (None, {}) to start from the inputs. Collective."""
     if options is None:
         return None, {}
-    manifest = find_checkpoint(options, rank, allgather, current)
+    manifest = find_checkpoint(options, rank, size, allgather, current)
     if manifest is None:
         return None, {}
     share = [k for k in range(manifest.shards) if k % size == rank]
