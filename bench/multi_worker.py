@@ -16,15 +16,15 @@ NumPy array; evaluation time / iterations, and send / wait per exchange round. E
 it twice and the second (warm) run is reported.
 
 Every cluster does one untimed warm-up run (REACH and SG on tiny/data_10) before anything is
-timed, so worker start-up and numba's JIT compilation are not in the numbers. Process workers
+timed, so worker start-up is not in the numbers. Process workers
 come from `dask_datalog.cluster.runtime.start_cluster` (single-threaded workers, each with
-NUMBA_NUM_THREADS = cores / workers); `--threads` uses in-process workers instead.
+OMP_NUM_THREADS = cores / workers); `--threads` uses in-process workers instead.
 
 `--backend cupy` runs everything (the single-process baseline included) on the GPU. Clusters
 still come from `start_cluster(n, "cupy")`: a dask-cuda `LocalCUDACluster` (one GPU per worker)
 where n <= the GPUs CuPy sees, else n CPU process workers sharing the GPU(s) through CuPy; the
 "run" column says which ("n cuda" / "n proc shared GPU"). The warm-up then creates the CUDA
-context and compiles CuPy's kernels instead of numba's. Without a GPU it stops with a one-line
+context and compiles CuPy's kernels. Without a GPU it stops with a one-line
 message (exit status 2).
 
     .venv/bin/python bench/multi_worker.py                   # default graphs, 1, 2 and 4 workers
@@ -181,19 +181,6 @@ def measure_run(prog: Any, facts: Any, relation: str, setting: str, client: Any 
 def chain_edges(n: int = CHAIN_EDGES) -> np.ndarray:
     i = np.arange(n, dtype=np.int64)
     return np.stack([i, i + 1], axis=1)
-
-
-def load_kernels() -> bool:
-    """Load the engine's numba kernels in this process; runs on the workers through client.run.
-
-    The NumPy backend starts numba only once an operation reaches KERNEL_MIN_ROWS rows or the
-    process has computed for KERNEL_AFTER_S seconds, so a warm-up on a tiny graph alone would
-    leave numba's start-up and JIT to the first timed run that lasts long enough. Loaded before
-    the warm-up, the kernels serve every operation from then on: they compile there, and every
-    timed run uses them."""
-    from dask_datalog.engine import backend
-
-    return backend.load_kernels() is not None
 
 
 def gpu_problem() -> str | None:
@@ -357,7 +344,7 @@ def stop(cluster: Any, client: Any) -> None:
             log(f"  (closing: {e!r})")
 
 
-def worker_env(client: Any, var: str = "NUMBA_NUM_THREADS") -> str:
+def worker_env(client: Any, var: str = "OMP_NUM_THREADS") -> str:
     """An environment variable as the workers see it (one value per worker, deduplicated)."""
     try:
         seen = client.run(lambda: os.environ.get(var, "unset"))
@@ -464,34 +451,23 @@ def main(argv: list[str]) -> int:
             f"({second.iterations_run} iterations)")
         chain_rows.append(second)
 
-    def warm_up(client: Any) -> tuple[float, str]:
-        """REACH, SG and a 10-edge chain, untimed, with the numba kernels forced on (numpy;
-        with cupy the runs create the CUDA context and compile CuPy's kernels); returns the
-        seconds it took and whether the numba kernels are loaded (per worker; 'n/a' for cupy)."""
+    def warm_up(client: Any) -> float:
+        """REACH, SG and a 10-edge chain, untimed (with cupy the runs create the CUDA context
+        and compile CuPy's kernels); returns the seconds it took."""
         t0 = time.perf_counter()
         jobs = [(progs[name], str(WARMUP_FILE)) for name in ("reach", "sg")]
         jobs.append((chain_prog, chain_edges(10)))
-        if on_gpu:
-            for prog, facts in jobs:
-                prog.run(facts={"edge": facts}, client=client, backend="cupy").close()
-            return time.perf_counter() - t0, "n/a"
-        loaded = [load_kernels()] if client is None else list(client.run(load_kernels).values())
         for prog, facts in jobs:
-            prog.run(facts={"edge": facts}, client=client, backend="numpy").close()
-        state = "all" if all(loaded) else f"{sum(loaded)} of {len(loaded)}"
-        return time.perf_counter() - t0, state
+            prog.run(facts={"edge": facts}, client=client, backend="cupy" if on_gpu else "numpy").close()
+        return time.perf_counter() - t0
 
     t_start = time.perf_counter()
     if not args.no_single:
         log("single process:")
         try:
-            w, kernels = warm_up(None)
-            if on_gpu:
-                cluster_notes.append(f"single: this process, warm-up {w:.1f} s (CUDA context, "
-                                     "CuPy kernels)")
-            else:
-                cluster_notes.append(f"single: this process, warm-up {w:.1f} s, numba kernels "
-                                     f"loaded: {kernels}")
+            w = warm_up(None)
+            what = " (CUDA context, CuPy kernels)" if on_gpu else ""
+            cluster_notes.append(f"single: this process, warm-up {w:.1f} s{what}")
         except Exception:  # noqa: BLE001 -- the timed runs below report their own failures
             log(f"  single: warm-up FAILED\n{traceback.format_exc()}")
             cluster_notes.append("single: warm-up FAILED")
@@ -510,7 +486,7 @@ def main(argv: list[str]) -> int:
             cluster, client = start(n, args.threads, args.backend)
             t_up = time.perf_counter() - t0
             setting = setting_label(n, kind, args.backend, is_cuda_cluster(cluster))
-            w, kernels = warm_up(client)
+            w = warm_up(client)
             if on_gpu:
                 cuda = is_cuda_cluster(cluster)
                 what = ("LocalCUDACluster, one GPU per worker" if cuda else
@@ -520,8 +496,8 @@ def main(argv: list[str]) -> int:
                                      f"CUDA_VISIBLE_DEVICES={worker_env(client, 'CUDA_VISIBLE_DEVICES')}")
             else:
                 env = worker_env(client) if not args.threads else "(shared process)"
-                cluster_notes.append(f"{setting}: started in {t_up:.1f} s, warm-up {w:.1f} s, numba "
-                                     f"kernels loaded on {kernels} workers, NUMBA_NUM_THREADS={env}")
+                cluster_notes.append(f"{setting}: started in {t_up:.1f} s, warm-up {w:.1f} s, "
+                                     f"OMP_NUM_THREADS={env}")
         except Exception as e:  # noqa: BLE001 -- report it, go on with the rest
             log(f"  {setting}: cluster start or warm-up FAILED\n{traceback.format_exc()}")
             why = str(e).splitlines()[0] if str(e) else ""
@@ -544,7 +520,7 @@ def main(argv: list[str]) -> int:
 
     header = machine
     header.append(f"versions (cluster): dask {common.pkg_version('dask')}, distributed "
-                  f"{common.pkg_version('distributed')}, numba {common.pkg_version('numba')}"
+                  f"{common.pkg_version('distributed')}"
                   + (f", cupy {cupy_version()}"
                      f", dask-cuda {common.pkg_version('dask-cuda')}" if on_gpu else ""))
     header.append(f"data: {data}")
@@ -570,10 +546,7 @@ def main(argv: list[str]) -> int:
                     + ", 1 thread each; workers: " + ",".join(map(str, counts)) + "; backend numpy; "
                     "each closed before the next starts")
         warm = ("warm-up: every cluster (and this process, for the single-process rows) first ran REACH "
-                "and SG on tiny/data_10 and a 10-edge chain untimed, after loading the engine's numba "
-                "kernels (engine.backend.load_kernels) so that they compile there: worker start-up and numba "
-                "JIT are not in the numbers (left alone, a fresh process switches to the kernels only "
-                "after 0.5 s of computing, inside a timed run)")
+                "and SG on tiny/data_10 and a 10-edge chain untimed: worker start-up is not in the numbers")
     header += [
         f"backend: {args.backend}" + (f" on {gpu}" if on_gpu else "")
         + " (every run, the single-process baseline included)",

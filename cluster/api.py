@@ -84,11 +84,22 @@ class Result:
 
         return dd.from_pandas(self.pandas(name), npartitions=1)
 
-    def write(self, output_dir: str | Path, format: str = "csv", stream: TextIO | None = None) -> None:
+    def write(
+        self,
+        output_dir: str | Path,
+        format: str = "csv",
+        stream: TextIO | None = None,
+        written: Callable[[str, int], None] | None = None,
+    ) -> None:
         """What the CLI does with ``-D``: the ``.output`` relations as CSV files (or Parquet
         datasets with ``format="parquet"``) in ``output_dir``, or printed to ``stream``
-        (default stdout) when it is "-"; ``.printsize`` lines go to ``stream`` if given."""
-        self._run.write(output_dir, format, stream)
+        (default stdout) when it is "-"; ``.printsize`` lines go to ``stream`` if given.
+        ``written(relation, n)`` hears the bytes of each CSV file written so far (in-process
+        runs; on a cluster the workers write their parts side by side)."""
+        if isinstance(self._run, RunOutput):
+            self._run.write(output_dir, format, stream, written)
+        else:
+            self._run.write(output_dir, format, stream)
 
     def close(self) -> None:
         """Free the relations (on the workers, for a distributed run)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.errors import DatalogError
-from ..engine.memory import peak_rss
+from ..engine.memory import human_bytes, peak_rss
 from ..engine.plan import plan_program
 from ..partition.placement import REPLICATE_BELOW
 from ..engine.control import Suspended
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="evaluate a program to its fixpoint and write its outputs",
         description="Evaluate a program to its fixpoint and write its outputs. By default the run goes where "
-        "it is fastest: in this process on one CPU or GPU (numba's kernels use every core), on an embedded "
+        "it is fastest: in this process on one CPU or GPU (the CPU kernels use every core), on an embedded "
         "local Dask cluster with one worker per GPU when there are several; --cluster or --workers start the "
         "embedded cluster anyway, --scheduler or --scheduler-file use a running one.",
     )
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             run = _Run(program, args, stack, mode, why)
             result = run.evaluate(options)
             run.note("writing the outputs")
-            result.write(args.output_dir, args.format, sys.stdout)
+            result.write(args.output_dir, args.format, sys.stdout, run.written)
             result.stats["mode"] = {"mode": mode, "why": why}
             if args.stats:
                 args.stats.write_text(json.dumps(result.stats, indent=1))
@@ -311,7 +311,7 @@ def _since_start() -> float:
 
 def choose_mode(args: argparse.Namespace) -> tuple[str, str]:
     """Where the run goes, and why. One process is the fastest way on one machine with at most
-    one GPU: numba's kernels use every core, and workers would add start-up and exchange (the
+    one GPU: the CPU kernels use every core, and workers would add start-up and exchange (the
     side-by-side table in docs/benchmarks.md); several GPUs get a worker each."""
     if args.no_cluster:
         return IN_PROCESS, "--no-cluster"
@@ -376,6 +376,10 @@ class _Run:
     def note(self, text: str) -> None:
         if self.display is not None:
             self.display.handler({"note": text, "keep": True})
+
+    def written(self, relation: str, n: int) -> None:
+        """Each output's bytes as they are written (in-process runs)."""
+        self.note(f"writing {relation}: {human_bytes(n)}")
 
     def summary(self, result: Result) -> None:
         """One line on stderr: where it ran, on how many workers, how long, what it derived, and

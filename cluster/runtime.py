@@ -142,8 +142,8 @@ def default_workers() -> int:
 def start_cluster(workers: int | None, backend: str, processes: bool = True) -> Any:
     """An embedded cluster: ``LocalCUDACluster`` (one worker per GPU, or ``workers`` of them)
     when the backend is CuPy or auto and CuPy sees a GPU; else a ``LocalCluster`` of
-    single-threaded worker processes, each allowed its share of the cores for numba's parallel
-    kernels (with CuPy and more workers than GPUs, these processes share the GPUs)."""
+    single-threaded worker processes, each allowed its share of the cores for the parallel
+    CPU kernels (with CuPy and more workers than GPUs, these processes share the GPUs)."""
     import logging
 
     import dask
@@ -158,12 +158,12 @@ def start_cluster(workers: int | None, backend: str, processes: bool = True) -> 
 
     n = workers or default_workers()
     threads = str(max(1, default_workers() // n))
-    # Each worker's numba kernels get its share of the cores, so workers' spinning OpenMP
+    # Each worker's CPU kernels get its share of the cores, so workers' spinning OpenMP
     # threads do not compete (docs/benchmarks.md, "Distributed", has the measurements).
     # A worker the nanny restarts after a loss logs its start-up at INFO unless its own
     # configuration says otherwise (silence_logs reaches the first start only): the recovered
     # command's stderr would fill with Dask's banner.
-    env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "DASK_LOGGING__DISTRIBUTED": "error"}
+    env = {"OMP_NUM_THREADS": threads, "DASK_LOGGING__DISTRIBUTED": "error"}
     extra = {"env": env, "preload": ["dask_datalog.cluster.worker_setup"]} if processes else {}
     # Dask's profiler samples every task thread's stack with the GIL held: coarser sampling
     # keeps it out of short iterations. Dask's MALLOC_TRIM_THRESHOLD_ turns off glibc's

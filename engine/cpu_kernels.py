@@ -1,272 +1,190 @@
-"""numba kernels for the CPU backend: the primitives where a compiled loop beats the NumPy
-formulation several times over (a merge set difference ran 4x faster than searchsorted on
-10 M x 50 M sorted keys). Each has an ``xp`` twin in ``sets.py``/``hisa.py`` that CuPy runs and
-the property tests compare against. Rows are C-contiguous (n, w) uint64 arrays compared
-lexicographically; w is 1 for arity <= 2."""
+"""The CPU backend's compiled kernels (``kernels.c``), behind NumPy signatures: this module
+allocates every output, makes inputs contiguous and calls the C function through ctypes
+(which releases the GIL). Each kernel has an ``xp`` twin in ``sets.py``/``hisa.py`` that CuPy
+runs and the property tests compare against. Rows are (n, w) uint64 arrays compared
+lexicographically, or 1-D uint64 for one word.
+
+Compiled ahead of time rather than JIT-compiled (numba, until 2026-12): the library costs
+about 1 MB of memory and nothing at start-up, where numba's runtime cost 0.2-0.7 s and
+135 MB per process (docs/benchmarks.md), more than Soufflé's whole footprint on mid-size
+graphs. Importing this module raises ImportError when the extension was not built."""
 
 from __future__ import annotations
 
-import numba
+import ctypes
+from typing import Any
+
 import numpy as np
-from numba.extending import overload
 
-_JIT = dict(nogil=True, cache=True)
-# Kernels whose iterations write disjoint outputs run on every core numba is given
-# (NUMBA_NUM_THREADS; a Dask worker per core sets it to 1).
-_PARALLEL = dict(nogil=True, cache=True, parallel=True)
-HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+from . import _kernels  # type: ignore[attr-defined]  # built from kernels.c by setup
 
+_lib = ctypes.CDLL(_kernels.__file__)
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_U = ctypes.c_uint64
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "not_in_sorted": (None, [_P, _I, _P, _I, _I, _P]),
+    "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
+    "merge_many": (None, [_P, _P, _I, _I, _P]),
+    "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
+    "gather_join": (None, [_P, _I, _P, _P, _P, _I, _P, _I, _P, _I, _P]),
+    "hash_build": (None, [_P, _I, _P, _I]),
+    "hash_ranges": (None, [_P, _I, _P, _P, _P, _P, _I, _P, _P]),
+    "dense_mark": (None, [_P, _I, _P, _U, _U, _U, _U]),
+    "dense_novel": (None, [_P, _I, _P, _U, _U, _U, _U, _P, _P, _P]),
+    "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
+    "parse_numeric": (_I, [_P, _I, ctypes.c_uint8, _I, _P, _P, _I]),
+}
+for _name, (_restype, _argtypes) in _SIGNATURES.items():
+    getattr(_lib, _name).restype = _restype
+    getattr(_lib, _name).argtypes = _argtypes
 
-def _less(a: np.ndarray, i: int, b: np.ndarray, j: int) -> bool:
-    """Row a[i] < row b[j]; rows are uint64 scalars (1-D arrays) or word vectors (2-D)."""
-    raise NotImplementedError("compiled only: see the overload below")
-
-
-def _equal(a: np.ndarray, i: int, b: np.ndarray, j: int) -> bool:
-    raise NotImplementedError("compiled only: see the overload below")
-
-
-def _empty_rows(like: np.ndarray, n: int) -> np.ndarray:
-    raise NotImplementedError("compiled only: see the overload below")
-
-
-@overload(_less)
-def _less_impl(a, i, b, j):  # type: ignore[no-untyped-def]
-    if a.ndim == 1:
-        return lambda a, i, b, j: a[i] < b[j]
-
-    def rows_less(a, i, b, j):  # type: ignore[no-untyped-def]
-        for k in range(a.shape[1]):
-            if a[i, k] != b[j, k]:
-                return a[i, k] < b[j, k]
-        return False
-
-    return rows_less
+# Formatted text per value at most: sign, 10 digits, delimiter or line break.
+FORMAT_BYTES_PER_VALUE = 12
 
 
-@overload(_equal)
-def _equal_impl(a, i, b, j):  # type: ignore[no-untyped-def]
-    if a.ndim == 1:
-        return lambda a, i, b, j: a[i] == b[j]
-
-    def rows_equal(a, i, b, j):  # type: ignore[no-untyped-def]
-        for k in range(a.shape[1]):
-            if a[i, k] != b[j, k]:
-                return False
-        return True
-
-    return rows_equal
+def _ptr(a: np.ndarray) -> int:
+    """The address of ``a``'s data: the caller keeps ``a`` referenced until the call returns."""
+    return a.ctypes.data
 
 
-@overload(_empty_rows)
-def _empty_rows_impl(like, n):  # type: ignore[no-untyped-def]
-    if like.ndim == 1:
-        return lambda like, n: np.empty(n, dtype=like.dtype)
-    return lambda like, n: np.empty((n, like.shape[1]), dtype=like.dtype)
+def _c(a: np.ndarray, dtype: Any) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
-@numba.njit(**_JIT)
+def _words(rows: np.ndarray) -> int:
+    return 1 if rows.ndim == 1 else rows.shape[1]
+
+
 def not_in_sorted(new: np.ndarray, full: np.ndarray) -> np.ndarray:
     """mask[i] = new[i] is not a row of full; both sorted, rows 1-D (one word) or 2-D.
-    Galloping search from the last position, so a small delta against a large full costs
-    O(n log(m/n)), not O(m)."""
-    n, m = new.shape[0], full.shape[0]
-    mask = np.ones(n, dtype=np.bool_)
-    j = 0
-    for i in range(n):
-        # gallop: find the first j with full[j] >= new[i]
-        step = 1
-        hi = j
-        while hi < m and _less(full, hi, new, i):
-            j = hi + 1
-            hi = j + step
-            step *= 2
-        if hi > m:
-            hi = m
-        lo = j
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _less(full, mid, new, i):
-                lo = mid + 1
-            else:
-                hi = mid
-        j = lo
-        if j < m and _equal(full, j, new, i):
-            mask[i] = False
+    Galloping, so a small delta against a large full costs O(n log(m/n))."""
+    new, full = _c(new, np.uint64), _c(full, np.uint64)
+    mask = np.empty(new.shape[0], dtype=np.bool_)
+    _lib.not_in_sorted(_ptr(new), new.shape[0], _ptr(full), full.shape[0], _words(new), _ptr(mask))
     return mask
 
 
-@numba.njit(**_JIT)
 def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
     """Union of two sorted, disjoint row sets in one linear pass (no re-sort of full)."""
-    n, m = full.shape[0], new.shape[0]
-    out = _empty_rows(full, n + m)
-    i = j = k = 0
-    while i < n and j < m:
-        if _less(new, j, full, i):
-            out[k] = new[j]
-            j += 1
-        else:
-            out[k] = full[i]
-            i += 1
-        k += 1
-    out[k : k + n - i] = full[i:]
-    k += n - i
-    out[k : k + m - j] = new[j:]
+    full, new = _c(full, np.uint64), _c(new, np.uint64)
+    out = np.empty((full.shape[0] + new.shape[0],) + full.shape[1:], dtype=np.uint64)
+    _lib.merge_sorted(_ptr(full), full.shape[0], _ptr(new), new.shape[0], _words(full), _ptr(out))
     return out
 
 
-@numba.njit(**_PARALLEL)
+# Runs merge_many takes at once (its C loop keeps one head per run on the stack).
+MERGE_MANY_MAX = 64
+
+
+def merge_many(runs: list[np.ndarray]) -> np.ndarray:
+    """Union of sorted, pairwise disjoint row sets (all 1-D or all (n, w)) in one pass."""
+    if not 0 < len(runs) <= MERGE_MANY_MAX:
+        raise ValueError(f"merge_many takes 1 to {MERGE_MANY_MAX} runs, not {len(runs)}")
+    runs = [_c(r, np.uint64) for r in runs]
+    out = np.empty((sum(r.shape[0] for r in runs),) + runs[0].shape[1:], dtype=np.uint64)
+    pointers = (ctypes.c_void_p * len(runs))(*[_ptr(r) for r in runs])
+    lengths = np.array([r.shape[0] for r in runs], dtype=np.int64)
+    _lib.merge_many(ctypes.addressof(pointers), _ptr(lengths), len(runs), _words(runs[0]), _ptr(out))
+    return out
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.cumsum(counts) - counts
+
+
 def expand_runs(starts: np.ndarray, counts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
     """Materialise a join in one pass: outer row i paired with rows starts[i] .. + counts[i]."""
+    starts, counts = _c(starts, np.int64), _c(counts, np.int64)
+    offsets = _offsets(counts)
     outer = np.empty(total, dtype=np.int64)
     inner = np.empty(total, dtype=np.int64)
-    offsets = np.cumsum(counts) - counts
-    for i in numba.prange(starts.shape[0]):
-        s = starts[i]
-        k = offsets[i]
-        for c in range(counts[i]):
-            outer[k + c] = i
-            inner[k + c] = s + c
+    _lib.expand_runs(_ptr(starts), _ptr(counts), _ptr(offsets), starts.shape[0], _ptr(outer), _ptr(inner))
     return outer, inner
 
 
-@numba.njit(**_PARALLEL)
 def gather_join(
     outer: np.ndarray, starts: np.ndarray, counts: np.ndarray, halves: np.ndarray, spec: np.ndarray, total: int
 ) -> np.ndarray:
     """Fused join materialisation: for outer row i and each matching inner row, one output row
-    whose column c is outer[i, spec[c,1]] (spec[c,0] == 0), halves[r, spec[c,1]] (== 1) or 0.
-    Column by column per outer row: the outer value is a fill, the inner run a strided copy.
-    Outer rows are spread over the threads; each writes its own block (exclusive scan)."""
-    width = spec.shape[0]
-    out = np.empty((total, width), dtype=np.uint32)
-    offsets = np.cumsum(counts) - counts
-    for i in numba.prange(starts.shape[0]):
-        s = starts[i]
-        c = counts[i]
-        k = offsets[i]
-        for col in range(width):
-            side = spec[col, 0]
-            src = spec[col, 1]
-            if side == 0:
-                v = outer[i, src]
-                for t in range(c):
-                    out[k + t, col] = v
-            elif side == 1:
-                for t in range(c):
-                    out[k + t, col] = halves[s + t, src]
-            else:
-                for t in range(c):
-                    out[k + t, col] = 0
+    whose column c is outer[i, spec[c,1]] (spec[c,0] == 0), halves[r, spec[c,1]] (== 1) or 0."""
+    outer, halves = _c(outer, np.uint32), _c(halves, np.uint32)
+    starts, counts, spec = _c(starts, np.int64), _c(counts, np.int64), _c(spec, np.int64)
+    offsets = _offsets(counts)
+    out = np.empty((total, spec.shape[0]), dtype=np.uint32)
+    _lib.gather_join(
+        _ptr(outer), outer.shape[1], _ptr(starts), _ptr(counts), _ptr(offsets), starts.shape[0],
+        _ptr(halves), halves.shape[1], _ptr(spec), spec.shape[0], _ptr(out),
+    )  # fmt: skip
     return out
 
 
-@numba.njit(**_JIT)
-def hash_slot(key: np.uint64, mask: np.uint64) -> np.int64:
-    return np.int64(((key * HASH_MULT) >> np.uint64(17)) & mask)
-
-
-@numba.njit(**_JIT)
 def hash_build(keys: np.ndarray, capacity: int) -> np.ndarray:
-    """Open addressing, linear probing: slots[s] = index into the distinct ``keys`` or -1."""
-    slots = np.full(capacity, -1, dtype=np.int64)
-    mask = np.uint64(capacity - 1)
-    for i in range(keys.shape[0]):
-        s = hash_slot(keys[i], mask)
-        while slots[s] != -1:
-            s = (s + 1) & (capacity - 1)
-        slots[s] = i
+    """Open addressing, linear probing: slots[s] = index into the distinct ``keys`` or -1.
+    ``capacity``: a power of two above the key count."""
+    keys = _c(keys, np.uint64)
+    if capacity & (capacity - 1) or capacity <= keys.shape[0]:
+        raise ValueError(f"hash table capacity {capacity} for {keys.shape[0]} keys: need a larger power of two")
+    slots = np.empty(capacity, dtype=np.int64)
+    _lib.hash_build(_ptr(keys), keys.shape[0], _ptr(slots), capacity)
     return slots
 
 
-@numba.njit(**_PARALLEL)
 def hash_ranges(
     slots: np.ndarray, keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, queries: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The join's count pass in one loop: (first row, run length) per query, 0 if absent."""
-    capacity = slots.shape[0]
-    mask = np.uint64(capacity - 1)
-    out_start = np.zeros(queries.shape[0], dtype=np.int64)
-    out_count = np.zeros(queries.shape[0], dtype=np.int64)
-    for i in numba.prange(queries.shape[0]):
-        q = queries[i]
-        s = hash_slot(q, mask)
-        k = slots[s]
-        while k != -1 and keys[k] != q:  # no break: parallel loops must not branch out
-            s = (s + 1) & (capacity - 1)
-            k = slots[s]
-        if k != -1:
-            out_start[i] = starts[k]
-            out_count[i] = counts[k]
+    keys, queries = _c(keys, np.uint64), _c(queries, np.uint64)
+    starts, counts = _c(starts, np.int64), _c(counts, np.int64)
+    out_start = np.empty(queries.shape[0], dtype=np.int64)
+    out_count = np.empty(queries.shape[0], dtype=np.int64)
+    _lib.hash_ranges(
+        _ptr(slots), slots.shape[0], _ptr(keys), _ptr(starts), _ptr(counts), _ptr(queries), queries.shape[0],
+        _ptr(out_start), _ptr(out_count),
+    )  # fmt: skip
     return out_start, out_count
 
 
-@numba.njit(**_JIT)
-def dense_mark(rows: np.ndarray, bits: np.ndarray, lo0: np.uint64, lo1: np.uint64, r0: np.uint64, r1: np.uint64) -> None:
+def dense_mark(rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int, r1: int) -> None:
     """Set the bitmap bit of every in-box row (dense.py)."""
-    for i in range(rows.shape[0]):
-        a = (rows[i] >> np.uint64(32)) - lo0
-        b = (rows[i] & np.uint64(0xFFFFFFFF)) - lo1
-        if a < r0 and b < r1:
-            k = a * r1 + b
-            bits[k >> np.uint64(3)] |= np.uint8(1) << np.uint8(k & np.uint64(7))
+    rows = _c(rows, np.uint64)
+    _lib.dense_mark(_ptr(rows), rows.shape[0], _ptr(bits), lo0, lo1, r0, r1)
 
 
-@numba.njit(**_JIT)
 def dense_novel(
-    rows: np.ndarray, bits: np.ndarray, lo0: np.uint64, lo1: np.uint64, r0: np.uint64, r1: np.uint64
+    rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int, r1: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bitmap dedup (dense.py): (new in-box rows in arrival order, out-of-box rows); marks
     the new ones as seen."""
+    rows = _c(rows, np.uint64)
     fresh = np.empty_like(rows)
     outside = np.empty_like(rows)
-    nf = no = 0
-    for i in range(rows.shape[0]):
-        v = rows[i]
-        a = (v >> np.uint64(32)) - lo0
-        b = (v & np.uint64(0xFFFFFFFF)) - lo1
-        if a < r0 and b < r1:
-            k = a * r1 + b
-            byte = k >> np.uint64(3)
-            mask = np.uint8(1) << np.uint8(k & np.uint64(7))
-            if bits[byte] & mask == 0:
-                bits[byte] |= mask
-                fresh[nf] = v
-                nf += 1
-        else:
-            outside[no] = v
-            no += 1
-    return fresh[:nf], outside[:no]
+    found = np.zeros(2, dtype=np.int64)
+    _lib.dense_novel(_ptr(rows), rows.shape[0], _ptr(bits), lo0, lo1, r0, r1, _ptr(fresh), _ptr(outside), _ptr(found))
+    return fresh[: found[0]], outside[: found[1]]
 
 
-@numba.njit(**_JIT)
-def format_rows(columns: np.ndarray, signed: np.ndarray, delimiter: np.uint8) -> np.ndarray:
-    """Integer rows (n, k) as delimited decimal text, one line each: the output writer for
-    numeric relations, several times faster than a general CSV writer."""
+def format_rows(columns: np.ndarray, signed: np.ndarray, delimiter: int) -> np.ndarray:
+    """Integer rows (n, k) as delimited decimal text, one line each (uint8): the output writer
+    for numeric relations, several times faster than a general CSV writer. ``signed[j]``:
+    column j holds int32 bit patterns."""
+    columns = _c(columns, np.uint32)
+    is_signed = _c(signed, np.uint8)
+    out = np.empty(columns.size * FORMAT_BYTES_PER_VALUE, dtype=np.uint8)
     n, k = columns.shape
-    out = np.empty(n * k * 12, dtype=np.uint8)
-    digits = np.empty(12, dtype=np.uint8)
-    p = 0
-    for i in range(n):
-        for j in range(k):
-            v = np.int64(columns[i, j])
-            if signed[j] and v >= 2**31:
-                v -= 2**32
-            if v < 0:
-                out[p] = 45  # '-'
-                p += 1
-                v = -v
-            d = 0
-            while True:
-                digits[d] = 48 + v % 10
-                d += 1
-                v //= 10
-                if v == 0:
-                    break
-            for t in range(d - 1, -1, -1):
-                out[p] = digits[t]
-                p += 1
-            out[p] = delimiter if j < k - 1 else 10
-            p += 1
-    return out[:p]
+    length = _lib.format_rows(_ptr(columns), n, k, _ptr(is_signed), delimiter, _ptr(out))
+    return out[:length]
+
+
+def parse_numeric(data: bytes, arity: int, signed: np.ndarray, delimiter: int) -> np.ndarray | None:
+    """Numeric fact text -> encoded (n, arity) uint32 rows, or None at the first malformed or
+    out-of-range line (fact_input's reference reader then names it). ``signed[j]``: column j
+    is a number (int32), else unsigned."""
+    # One row per line break, whichever kind the file uses; a file that mixes lone \r and \n
+    # breaks can hold more lines, and runs out of room: the reference reader takes it then.
+    capacity = max(data.count(b"\n"), data.count(b"\r")) + 1
+    out = np.empty((capacity, arity), dtype=np.uint32)
+    is_signed = _c(signed, np.uint8)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    n = _lib.parse_numeric(_ptr(buffer), len(data), delimiter, arity, _ptr(is_signed), _ptr(out), capacity)
+    return None if n < 0 else out[:n]

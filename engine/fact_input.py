@@ -11,9 +11,10 @@ the empty string included. A nullary relation holds iff its file has a non-empty
 line must be ``()`` (what Soufflé writes for a nullary fact, and what
 ``relation_output.write_relation`` writes).
 
-The fast path is pyarrow's multithreaded CSV reader. ``_read_slow`` is the specification: on any
-failure of the fast path it rescans the text line by line, so the error names the first bad line,
-and it is also the reader for what pyarrow cannot take (multi-byte delimiters, empty files).
+The fast paths are a C kernel for numbers only and pyarrow's multithreaded CSV reader beside
+symbols. ``_read_slow`` is the specification: on any failure of a fast path it rescans the text
+line by line, so the error names the first bad line, and it is also the reader for what the fast
+paths cannot take (multi-byte delimiters, empty files).
 ``read_facts_range`` reads the lines of one of n byte ranges, for workers sharing one file.
 """
 
@@ -26,11 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-
-from . import ir
+from . import cpu_kernels, ir
 from .errors import DatalogError
 from .values import INT32_MAX, INT32_MIN, UINT32_MAX, SymbolTable, encode
 
@@ -136,9 +133,11 @@ def _line_start(f: IO[bytes], offset: int, size: int) -> int:
     return size
 
 
-def _int_column(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A null-free integer column as NumPy through its data buffer. pyarrow's own to_numpy
-    imports pandas on first use (0.45 s), a third of a small run's wall time."""
+def _int_column(column: Any) -> np.ndarray:
+    """A null-free integer pyarrow column as NumPy through its data buffer. pyarrow's own
+    to_numpy imports pandas on first use (0.45 s), a third of a small run's wall time."""
+    import pyarrow as pa
+
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     assert array.null_count == 0, "fact columns are parsed with no null values"
     dtype = np.dtype(array.type.to_pandas_dtype())
@@ -146,20 +145,21 @@ def _int_column(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimiter: str) -> np.ndarray | None:
-    """pyarrow parse + vectorised checks; None when anything is off (the slow path explains).
+    """The fast readers; None when anything is off (the slow path explains). Numbers only: one
+    pass of the CPU kernel, which checks the grammar and ranges as it parses. With symbols:
+    pyarrow's multithreaded reader, number columns read as text, matched, then cast (its
+    integer parser would also take spaces and hex)."""
+    if "symbol" not in relation.types:
+        if delimiter.encode() in _NUMERIC_BYTES:
+            return None  # a digit, '-' or a line break as the delimiter: the reference reader's
+        signed = np.array([t == "number" for t in relation.types])
+        return cpu_kernels.parse_numeric(data, relation.arity, signed, ord(delimiter))
+    import pyarrow as pa  # imported when used: 65 MB and 60 ms that numeric inputs never need
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
 
-    pyarrow's int32/uint32 conversion does the range checks. Its integer parser also takes
-    spaces and hex, so the strict grammar is enforced separately: with numbers only, by a byte
-    scan (~1 GB/s); beside symbols, number columns are read as text, matched, then cast.
-    """
     names = [f"c{j}" for j in range(relation.arity)]
-    numeric_only = "symbol" not in relation.types
-    if numeric_only and data.translate(None, _NUMERIC_BYTES + delimiter.encode()):
-        return None
-    arrow_types = {"number": pa.int32(), "unsigned": pa.uint32(), "symbol": pa.string()}
-    column_types = {
-        n: arrow_types[t] if numeric_only or t == "symbol" else pa.string() for n, t in zip(names, relation.types)
-    }
+    arrow_types = {"number": pa.int32(), "unsigned": pa.uint32()}
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),
@@ -168,19 +168,18 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimit
                 delimiter=delimiter, quote_char=False, escape_char=False, ignore_empty_lines=True
             ),
             convert_options=pacsv.ConvertOptions(
-                column_types=column_types,
+                column_types={n: pa.string() for n in names},
                 null_values=[],
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             ),
         )
-        if not numeric_only:
-            for name, t in zip(names, relation.types):
-                if t != "symbol":
-                    column = table[name]
-                    if not pc.all(pc.match_substring_regex(column, r"^-?[0-9]+$")).as_py():
-                        return None
-                    table = table.set_column(names.index(name), name, pc.cast(column, arrow_types[t]))
+        for name, t in zip(names, relation.types):
+            if t != "symbol":
+                column = table[name]
+                if not pc.all(pc.match_substring_regex(column, r"^-?[0-9]+$")).as_py():
+                    return None
+                table = table.set_column(names.index(name), name, pc.cast(column, arrow_types[t]))
     except pa.ArrowException:
         return None
     rows = np.empty((table.num_rows, relation.arity), dtype=np.uint32)

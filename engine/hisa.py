@@ -22,7 +22,7 @@ import numpy as np
 
 from . import sets
 from .backend import Backend
-from .dense import DEFAULT_MAX_BITS, PAYBACK, Box, DenseSet, bits_of, box_of, union
+from .dense import DEFAULT_MAX_BITS, HELD_BITS, PAYBACK, Box, DenseSet, bits_of, box_of, union
 
 
 
@@ -76,7 +76,7 @@ def gather_join(
     """Materialise a join chunk as one (total, len(source)) uint32 table: output column c is
     outer column i (source (0, i)), inner half h (source (1, h)) or zero (source (2, 0))."""
     total = int(counts.sum())
-    kernels = backend.kernels_for(total)
+    kernels = backend.kernels
     if kernels is not None:
         spec = np.array(source, dtype=np.int64).reshape(-1, 2)
         return kernels.gather_join(outer, starts, counts, _halves(inner_rows, backend.xp), spec, total)
@@ -117,8 +117,8 @@ class HashTable:
     """Distinct key prefixes of a sorted array (the key directory) with their first row and
     run length, plus, on the CPU, the open-addressing table over them.
 
-    On the GPU, and for tables too small to repay numba's start-up, the join probes the
-    sorted directory by binary search instead. On the GPU one
+    On the GPU (and on ``numpy-xp``) the join probes the sorted directory by binary search
+    instead. On the GPU one
     ``searchsorted`` kernel measured 5.6x faster (H200, 20 M probes: 2.0 ms) than linear
     probing written in array-API rounds (11 ms). A CUDA probe kernel is what would bring
     the table back there."""
@@ -141,12 +141,11 @@ class HashTable:
 
     def lookup(self, queries: Any, backend: Backend) -> tuple[Any, Any]:
         """(first row, run length) per query; run length 0 where the key is absent. The
-        open-addressing table is built on the first probe that the kernels serve (a static
-        relation's table outlives the moment numba became worth loading)."""
+        open-addressing table is built on the first probe, by the CPU kernels."""
         if self.keys.shape[0] == 0:
             zeros = backend.xp.zeros(queries.shape[0], dtype=backend.xp.int64)
             return zeros, zeros
-        kernels = backend.kernels_for(queries.shape[0] + self.keys.shape[0])
+        kernels = backend.kernels
         if kernels is None:
             return self.lookup_directory(queries, backend.xp)
         if self.slots is None:
@@ -202,12 +201,9 @@ def expand_runs(starts: Any, counts: Any, backend: Backend) -> tuple[Any, Any]:
     if total == 0:
         empty = backend.xp.zeros(0, dtype=backend.xp.int64)
         return empty, empty
-    kernels = backend.kernels_for(total)
+    kernels = backend.kernels
     if kernels is not None:
         return kernels.expand_runs(starts, counts, total)
-    if backend.numpy_native:  # NumPy without the kernels: repeat is O(total), the search below is not
-        outer = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
-        return outer, np.arange(total, dtype=np.int64) - (np.cumsum(counts) - counts - starts)[outer]
     return expand_runs_xp(starts, counts, total, backend.xp)
 
 
@@ -243,9 +239,9 @@ class RelationStore:
         self.arity = arity
         self.backend = backend
         self.xp = xp = backend.xp
-        # The bitmap mirror of full (dense.py): numba kernels, arity 1 or 2, a box of at most
+        # The bitmap mirror of full (dense.py): CPU kernels, arity 1 or 2, a box of at most
         # max_dense_bits, built once enough tuples went through dedup to pay for it.
-        self.max_dense_bits = max_dense_bits if backend.kernels != "never" and 1 <= arity <= 2 else 0
+        self.max_dense_bits = max_dense_bits if backend.kernels is not None and 1 <= arity <= 2 else 0
         self.dense: DenseSet | None = None
         self._box: Box | None = None
         self._deduplicated = 0
@@ -259,10 +255,7 @@ class RelationStore:
     def full(self) -> Any:
         """All of full as one sorted array (compacts the runs)."""
         if len(self.runs) > 1:
-            merged = self.runs[0]
-            for run in self.runs[1:]:
-                merged = sets.merge(merged, run, self.backend)
-            self.runs = [merged]
+            self.runs = [sets.merge_all(self.runs, self.backend)]
         return self.runs[0] if self.runs else self.delta[:0]
 
     def __len__(self) -> int:
@@ -306,7 +299,7 @@ class RelationStore:
         bits = bits_of(self._box)
         if bits > self.max_dense_bits:
             self.max_dense_bits = 0  # values only spread further: never dense
-        elif self._deduplicated * PAYBACK >= bits and self.backend.kernels_for(self._deduplicated) is not None:
+        elif self._deduplicated * PAYBACK >= bits and len(self) * HELD_BITS >= bits:
             self.dense = DenseSet.over(self._box, self.backend)
             self.dense.mark(self.full)
 

@@ -41,8 +41,14 @@ class RunOutput:
     def size(self, name: str) -> int:
         return int(self.packed[name].shape[0])
 
-    def write(self, output_dir: str | Path, format: str = "csv", stream: Any | None = None) -> None:
-        write_outputs(self, output_dir, format, stream)
+    def write(
+        self,
+        output_dir: str | Path,
+        format: str = "csv",
+        stream: Any | None = None,
+        written: Callable[[str, int], None] | None = None,
+    ) -> None:
+        write_outputs(self, output_dir, format, stream, written)
 
     def rows(self, name: str) -> np.ndarray:
         """(n, arity) encoded uint32 on the host, canonical order (decoded once, cached)."""
@@ -52,9 +58,36 @@ class RunOutput:
 
 
 def host_rows(packed: Any, arity: int, backend: Backend) -> np.ndarray:
-    """Packed rows on the backend -> (n, arity) encoded uint32 rows on the host, same order."""
-    cols = [backend.asnumpy(unpack(packed, j, backend.xp)) for j in range(arity)]
-    return np.stack(cols, axis=1) if cols else np.zeros((packed.shape[0], 0), np.uint32)
+    """Packed rows on the backend -> (n, arity) encoded uint32 rows on the host, same order,
+    filled a column at a time (no column-sized temporaries on the CPU)."""
+    rows = np.empty((packed.shape[0], arity), dtype=np.uint32)
+    for j in range(arity):
+        rows[:, j] = backend.asnumpy(unpack(packed, j, backend.xp))
+    return rows
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """A relation's packed rows as (n, arity) host rows that are copied a slice at a time:
+    writing a numeric relation, already in output order, then holds one chunk beside the
+    relation rather than a second copy of it. ``np.asarray`` makes the whole copy."""
+
+    packed: Any
+    arity: int
+    backend: Backend
+
+    def __len__(self) -> int:
+        return int(self.packed.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.arity
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return host_rows(self.packed[rows], self.arity, self.backend)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return host_rows(self.packed, self.arity, self.backend)
 
 
 def load_inputs(
@@ -206,15 +239,22 @@ def job_control(
     )
 
 
-def write_outputs(run: RunOutput, output_dir: str | Path, fmt: str = "csv", stream: Any | None = None) -> None:
+def write_outputs(
+    run: RunOutput,
+    output_dir: str | Path,
+    fmt: str = "csv",
+    stream: Any | None = None,
+    written: Callable[[str, int], None] | None = None,
+) -> None:
     """``.output`` relations to ``<output_dir>/<name>.csv``, or with ``fmt="parquet"`` to the
     dataset ``<output_dir>/<name>/`` (one part here); ``output_dir`` "-" prints them to
-    ``stream`` (default stdout). ``.printsize`` lines go to ``stream`` when one is given."""
+    ``stream`` (default stdout). ``.printsize`` lines go to ``stream`` when one is given.
+    ``written(relation, n)``: the bytes of a CSV file written so far, after each chunk."""
     to_stdout = str(output_dir) == "-"
     check_output_format(to_stdout, fmt)
     for spec in run.program.outputs:
         relation = run.program.relations[spec.relation]
-        rows = run.rows(spec.relation)
+        rows = PackedRows(run.packed[spec.relation], relation.arity, run.backend)
         if to_stdout:
             data = relation_output.format_relation(rows, relation, run.symbols, spec.delimiter)
             print_relation(stream or sys.stdout, spec.relation, data)
@@ -222,12 +262,20 @@ def write_outputs(run: RunOutput, output_dir: str | Path, fmt: str = "csv", stre
             dataset = Path(output_dir) / spec.relation
             relation_output.clear_parquet_parts(dataset)
             part = dataset / relation_output.parquet_part_name(0)
-            relation_output.write_parquet_part(part, rows, relation, run.symbols)
+            relation_output.write_parquet_part(part, np.asarray(rows), relation, run.symbols)
         else:
             directory = Path(output_dir)
             directory.mkdir(parents=True, exist_ok=True)
             target = directory / (spec.filename or f"{spec.relation}.csv")
-            relation_output.write_relation(target, rows, relation, run.symbols, spec.delimiter)
+            progress = None
+            if written is not None:
+                total = [0]
+
+                def progress(n: int, name: str = spec.relation) -> None:
+                    total[0] += n
+                    written(name, total[0])
+
+            relation_output.write_relation(target, rows, relation, run.symbols, spec.delimiter, written=progress)
     if stream is not None:
         print_sizes(stream, run.program, run.size)
 

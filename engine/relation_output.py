@@ -7,12 +7,11 @@ Symbols sort by text, not by id; a nullary relation is written as ``()`` (Souffl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from . import ir
 from .backend import NUMPY, Backend
@@ -21,28 +20,48 @@ from .values import SIGN, SymbolTable, decode
 if TYPE_CHECKING:  # pandas costs 0.4 s to import; only DataFrame users pay it
     import pandas as pd
 
+# Encoded (n, arity) uint32 rows: an array, or anything with len, shape, row slices that give
+# arrays and np.asarray (job.PackedRows, which copies from packed rows a slice at a time).
+Rows = Any
 
-def sort_rows(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
+
+def sort_rows(rows: Rows, relation: ir.Relation, symbols: SymbolTable) -> Rows:
     """Rows in output order: lexicographic over columns, numbers numerically, symbols by text.
 
-    The encoding already orders numbers; symbol ids are replaced by their text rank for the sort.
+    The encoding already orders numbers, and the engine hands numeric relations sorted: those
+    come back as they are. Symbol ids are replaced by their text rank for the sort.
     """
-    if len(rows) < 2 or relation.arity == 0:
-        return np.ascontiguousarray(rows)
     has_symbols = "symbol" in relation.types
+    if len(rows) < 2 or relation.arity == 0 or (not has_symbols and _in_order(rows)):
+        return rows
+    rows = np.asarray(rows)
     rank = symbols.text_rank() if has_symbols else None
     keys = [rank[rows[:, j]] if t == "symbol" else rows[:, j] for j, t in enumerate(relation.types)]
     if relation.arity == 2:
         packed = (keys[0].astype(np.uint64) << np.uint64(32)) | keys[1]
         if not has_symbols:  # keys are the values: sort and unpack, no gather
-            if bool(np.all(packed[1:] >= packed[:-1])):  # the engine hands relations sorted
-                return np.ascontiguousarray(rows)
             packed.sort()
             return np.stack([(packed >> np.uint64(32)).astype(np.uint32), packed.astype(np.uint32)], axis=1)
         order = np.argsort(packed)
     else:
         order = np.lexsort(keys[::-1])
     return np.ascontiguousarray(rows[order])
+
+
+def _in_order(rows: Rows) -> bool:
+    """Whether encoded numeric rows are in lexicographic order, checked a chunk at a time so
+    that the check adds no relation-sized temporaries."""
+    for start in range(0, len(rows) - 1, FORMAT_CHUNK_ROWS):
+        later = rows[start + 1 : start + 1 + FORMAT_CHUNK_ROWS]
+        earlier = rows[start : start + len(later)]
+        before = np.zeros(len(later), dtype=bool)
+        tied = np.ones(len(later), dtype=bool)
+        for j in range(rows.shape[1]):
+            before |= tied & (earlier[:, j] < later[:, j])
+            tied &= earlier[:, j] == later[:, j]
+        if not bool(np.all(before | tied)):
+            return False
+    return True
 
 
 def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
@@ -55,53 +74,93 @@ def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable
 
 def write_relation(
     out: str | Path | IO[str],
-    rows: np.ndarray,
+    rows: Rows,
     relation: ir.Relation,
     symbols: SymbolTable,
     delimiter: str = "\t",
     *,
     backend: Backend = NUMPY,
+    written: Callable[[int], None] | None = None,
 ) -> None:
-    """Write distinct encoded rows, sorted and decoded, to a path or a text stream (e.g. stdout)."""
-    _emit(out, format_relation(rows, relation, symbols, delimiter, backend=backend))
+    """Write distinct encoded rows, sorted and decoded, to a path or a text stream (e.g. stdout),
+    a chunk at a time; ``written(n)`` hears the bytes of each chunk (progress)."""
+    chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend)
+    if isinstance(out, (str, Path)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                if written is not None:
+                    written(len(chunk))
+    else:
+        for chunk in chunks:
+            out.write(bytes(chunk).decode("utf-8"))
+
+
+def format_relation(
+    rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
+) -> bytes:
+    """The bytes ``write_relation`` writes, at once: for a worker that formats its share and
+    hands the bytes on, and for stdout."""
+    return b"".join(format_chunks(rows, relation, symbols, delimiter, backend=backend))
 
 
 _PYARROW_REFUSES = ("\0", "\r", "\n", '"')  # as write_csv delimiters
 
+# Rows formatted at once: the text of a chunk (about 25 MB for two numbers) is what writing
+# adds to a run's memory, whatever the relation's size.
+FORMAT_CHUNK_ROWS = 1 << 20
 
-def format_relation(
-    rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
-) -> bytes:
-    """The bytes ``write_relation`` writes: distinct encoded rows, sorted and decoded, one per line.
 
-    Separate from writing so that a worker can format its share and hand the bytes on. pyarrow
-    writes unquoted CSV fast; symbols holding the delimiter, a quote or a line break (pyarrow
-    refuses those unquoted) and multi-byte delimiters go through a plain Python formatter; a
-    numba kernel formats numbers when ``backend``'s kernel policy hands it out (the rows are
-    NumPy arrays whatever backend the run used).
+def format_chunks(
+    rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
+) -> Iterator[bytes | np.ndarray]:
+    """Distinct encoded rows, sorted and decoded, one per line, as a sequence of byte strings
+    (uint8 arrays from the CPU kernel).
+
+    Numbers go through the CPU kernel when ``backend`` has it (the rows are NumPy arrays
+    whatever backend the run used); otherwise pyarrow writes unquoted CSV, and symbols
+    holding the delimiter, a quote or a line break (pyarrow refuses those unquoted) and
+    multi-byte delimiters go through a plain Python formatter.
     """
     rows = sort_rows(rows, relation, symbols)
     if relation.arity == 0:
-        return b"()\n" if len(rows) else b""
-    kernels = backend.kernels_for(rows.size)
+        if len(rows):
+            yield b"()\n"
+        return
+    kernels = backend.kernels
     if kernels is not None and "symbol" not in relation.types and len(delimiter.encode()) == 1:
         signed = np.array([t == "number" for t in relation.types])
-        raw = np.ascontiguousarray(rows, dtype=np.uint32) ^ np.where(signed, SIGN, np.uint32(0)).astype(np.uint32)
-        return kernels.format_rows(raw, signed, np.uint8(ord(delimiter))).tobytes()
-    columns = decode_columns(rows, relation, symbols)
+        flip = np.where(signed, SIGN, np.uint32(0)).astype(np.uint32)
+        for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
+            yield kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter))
+        return
     texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
     exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))
-    if exotic or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES:
-        return "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode()
+    plain = exotic or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES
+    for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
+        columns = decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols)
+        if plain:
+            yield "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode()
+        else:
+            yield _arrow_csv(columns, delimiter)
+
+
+def _arrow_csv(columns: list[np.ndarray], delimiter: str) -> bytes:
+    import pyarrow as pa  # imported when used: 65 MB and 60 ms that numeric outputs never need
+    import pyarrow.csv as pacsv
+
     table = pa.Table.from_arrays([_arrow_column(c) for c in columns], names=[f"c{j}" for j in range(len(columns))])
     sink = pa.BufferOutputStream()
     pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none"))
     return sink.getvalue().to_pybytes()
 
 
-def _arrow_column(column: np.ndarray) -> pa.Array:
+def _arrow_column(column: np.ndarray) -> Any:
     """NumPy -> Arrow without pa.array, which imports pandas (0.4 s) on first use. Integer
     columns wrap their buffer; symbol columns go through a dictionary of their distinct texts."""
+    import pyarrow as pa
+
     if column.dtype != object:
         column = np.ascontiguousarray(column)
         return pa.Array.from_buffers(pa.from_numpy_dtype(column.dtype), len(column), [None, pa.py_buffer(column)])
@@ -112,14 +171,6 @@ def _arrow_column(column: np.ndarray) -> pa.Array:
     dictionary = pa.Array.from_buffers(pa.string(), len(texts), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     indices = _arrow_column(codes.astype(np.int32).reshape(-1))
     return pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
-
-
-def _emit(out: str | Path | IO[str], data: bytes) -> None:
-    if isinstance(out, (str, Path)):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_bytes(data)
-    else:
-        out.write(data.decode("utf-8"))
 
 
 def parquet_part_name(part: int) -> str:
@@ -138,6 +189,7 @@ def clear_parquet_parts(dataset: Path) -> None:
 def write_parquet_part(path: Path, rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> None:
     """Sorted, decoded rows as one Parquet file, columns named by attribute. A nullary relation,
     which has no column to hold its one possible tuple, gets a boolean column ``holds``."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = sort_rows(rows, relation, symbols)

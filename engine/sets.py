@@ -4,7 +4,7 @@ new tuples, set difference against full, merge into full).
 A row set is an (n, w) uint64 array, each word packing two uint32 attributes, sorted
 lexicographically and free of duplicates. Every operation has an array-API formulation that
 runs on NumPy and CuPy (``*_xp``, given the namespace ``xp``); ``difference`` and ``merge``
-also have a numba kernel, used when the ``Backend`` they are given hands one out. The property
+also have a compiled CPU kernel, used when the ``Backend`` they are given hands one out. The property
 tests hold both to Python sets.
 """
 
@@ -57,7 +57,7 @@ def difference(new: Any, full: Any, backend: Backend) -> Any:
     """Rows of ``new`` that are not in ``full`` (both sorted and unique)."""
     if new.shape[0] == 0 or full.shape[0] == 0:
         return new
-    kernels = backend.kernels_for(new.shape[0])  # galloping: the work scales with new, not full
+    kernels = backend.kernels  # galloping: the work scales with new, not full
     if kernels is not None:
         if new.shape[1] == 1:  # one word: compare plain uint64s
             return new[kernels.not_in_sorted(new[:, 0], full[:, 0])]
@@ -90,12 +90,24 @@ def merge(full: Any, new: Any, backend: Backend) -> Any:
         return full
     if full.shape[0] == 0:
         return new
-    kernels = backend.kernels_for(new.shape[0] + full.shape[0])
+    kernels = backend.kernels
     if kernels is not None:
         if full.shape[1] == 1:
             return kernels.merge_sorted(full[:, 0], new[:, 0]).reshape(-1, 1)
         return kernels.merge_sorted(full, new)
     return merge_xp(full, new, backend.xp)
+
+
+def merge_all(runs: list[Any], backend: Backend) -> Any:
+    """Union of sorted, pairwise disjoint row sets: one pass with the CPU kernel (room for the
+    rows once more), else merged a pair at a time."""
+    kernels = backend.kernels
+    if kernels is not None and len(runs) > 1:
+        return kernels.merge_many(runs)
+    merged = runs[0]
+    for run in runs[1:]:
+        merged = merge(merged, run, backend)
+    return merged
 
 
 def merge_xp(full: Any, new: Any, xp: Any) -> Any:

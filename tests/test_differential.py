@@ -132,15 +132,8 @@ def test_frontend_preserves_meaning(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_engine_matches_reference(seed: int, kernels_always: Backend) -> None:
-    """Kernels forced on: the small generated inputs would otherwise take NumPy's own path."""
-    check_engine(case_for(seed), kernels_always)
-
-
-@pytest.mark.parametrize("seed", SEEDS[::5])
-def test_numpy_before_numba_matches_reference(seed: int, numpy_before_numba: Backend) -> None:
-    """NumPy's own formulation, which small runs use throughout."""
-    check_engine(case_for(seed), numpy_before_numba)
+def test_engine_matches_reference(seed: int, backend: str) -> None:
+    check_engine(case_for(seed), backend)
 
 
 @pytest.mark.parametrize("seed", SEEDS[::4])

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine_modes import BEFORE_NUMBA, KERNELS
+from engine_modes import ARRAY_API, KERNELS
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
@@ -586,7 +586,7 @@ def test_sorted_union_of_nothing_and_a_missing_string() -> None:
 @pytest.mark.parametrize(
     "types, data, delimiter",
     [
-        (("number", "unsigned"), [(-5, 7), (3, 4294967295), (-5, 0)], "\t"),  # numba kernel when loaded
+        (("number", "unsigned"), [(-5, 7), (3, 4294967295), (-5, 0)], "\t"),  # the CPU kernel
         (("symbol", "number"), [("b", 1), ("a", -2)], ","),  # pyarrow
         (("symbol", "symbol"), [("x,y", "q"), ('"', "\u00e9")], ","),  # symbols pyarrow refuses
         (("number",), [(1,), (-1,)], "::"),  # multi-byte delimiter
@@ -602,7 +602,7 @@ def test_format_relation_is_what_write_relation_writes(
     symbols = SymbolTable()
     rows = encode_rows(data, relation, symbols, "<test>")
     target = tmp_path / "out.csv"
-    backend = KERNELS if kernels else BEFORE_NUMBA
+    backend = KERNELS if kernels else ARRAY_API
     write_relation(target, rows, relation, symbols, delimiter, backend=backend)
     formatted = format_relation(rows, relation, symbols, delimiter, backend=backend)
     assert formatted == target.read_bytes()

@@ -1,4 +1,4 @@
-"""Property tests: every HISA and sorted-set operation, numba kernel and array-API twin alike,
+"""Property tests: every HISA and sorted-set operation, CPU kernel and array-API twin alike,
 agrees with Python sets on random rows (narrow rows: one word; wide rows: several words)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine_modes import ARRAY_API, BEFORE_NUMBA, KERNELS
+from engine_modes import ARRAY_API, KERNELS
 
 from dask_datalog.engine import sets
 from dask_datalog.engine.hisa import (
@@ -76,6 +76,17 @@ def test_difference_and_merge(data):
         assert to_tuples(sets.merge(rb, fresh, backend), arity) == expected_union
 
 
+@given(st.data())
+def test_merge_all_is_the_union_of_disjoint_runs(data):
+    """A relation's runs compacted in one pass (the CPU kernel) or a pair at a time (xp)."""
+    arity = data.draw(ARITY)
+    tuples = sorted(set(data.draw(rows_strategy(arity))))
+    owner = data.draw(st.lists(st.integers(0, 6), min_size=len(tuples), max_size=len(tuples)))
+    runs = [to_rows([t for t, o in zip(tuples, owner) if o == r], arity) for r in range(max(owner, default=0) + 1)]
+    for backend in (KERNELS, ARRAY_API):
+        assert to_tuples(sets.merge_all(runs, backend), arity) == tuples
+
+
 @given(st.lists(st.integers(0, 2**64 - 1), max_size=60), st.lists(st.integers(0, 2**64 - 1), max_size=60))
 def test_hash_table_and_directory_agree_with_dict(keys, queries):
     """The open-addressing probe (CPU) and the binary search over the key directory (the
@@ -104,9 +115,8 @@ def test_index_join_matches_nested_loop(data):
     key_cols = [np.array([k[j] for k in outer_keys], dtype=np.uint32) for j in range(key_len)]
     starts, counts = index.ranges(key_cols[:2], len(outer_keys), KERNELS)
     outer, pos = expand_runs(starts, counts, KERNELS)
-    for backend in (BEFORE_NUMBA, ARRAY_API):  # NumPy's repeat, and the search CuPy runs
-        plain = expand_runs(starts, counts, backend)
-        assert plain[0].tolist() == outer.tolist() and plain[1].tolist() == pos.tolist()
+    plain = expand_runs(starts, counts, ARRAY_API)  # the search CuPy runs
+    assert plain[0].tolist() == outer.tolist() and plain[1].tolist() == pos.tolist()
     rows = index.rows[pos]
     keep = np.ones(outer.shape[0], dtype=bool)
     for k in range(2, key_len):
@@ -161,3 +171,22 @@ def test_novel_with_and_without_the_bitmap_equals_set_difference(data):
         store.add(got)
         seen |= set(batch)
     assert to_tuples(store.full, arity) == sorted(seen)
+
+
+def test_bitmap_built_only_when_it_pays_and_is_no_larger_than_full():
+    """dense.PAYBACK and dense.HELD_BITS: a 100 x 100 box gets its bitmap once full holds
+    enough tuples; a 2^13 x 2^13 box (8 MiB of bits) holding 300 k tuples (2.4 MB) does not."""
+    grid = np.stack(np.meshgrid(np.arange(100), np.arange(100)), axis=-1).reshape(-1, 2)
+    store = RelationStore(2, KERNELS)
+    rows = to_rows([tuple(t) for t in grid.tolist()], 2)
+    store.add(store.novel(rows))
+    assert store.dense is None  # full was empty when it was considered
+    assert store.novel(rows).shape[0] == 0
+    assert store.dense is not None
+    rng = np.random.default_rng(5)
+    spread = np.unique(rng.integers(0, 1 << 13, size=(300_000, 2), dtype=np.uint32), axis=0)
+    wide = RelationStore(2, KERNELS)
+    packed = pack([spread[:, 0], spread[:, 1]], spread.shape[0], np)
+    for part in np.array_split(packed, 3):
+        wide.add(wide.novel(part))
+    assert wide.dense is None and len(wide) == spread.shape[0]

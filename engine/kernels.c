@@ -1,0 +1,257 @@
+/* The CPU backend's compiled kernels: the primitives where a loop beats NumPy's formulation
+ * several times over. Called through ctypes from cpu_kernels.py, which allocates every output
+ * and checks shapes; each function has an xp twin in sets.py / hisa.py / dense.py that CuPy runs
+ * and the property tests compare against. Rows are C-contiguous (n, w) uint64 words compared
+ * lexicographically. Loops whose iterations write disjoint outputs run on OpenMP's threads
+ * (OMP_NUM_THREADS; a Dask worker per core gets its share). */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Below this many iterations a parallel region costs more than it saves. */
+#define PARALLEL_MIN 32768
+#define HASH_MULT 0x9E3779B97F4A7C15ULL
+
+static inline int row_less(const uint64_t *a, int64_t i, const uint64_t *b, int64_t j, int64_t w) {
+    for (int64_t k = 0; k < w; k++) {
+        uint64_t x = a[i * w + k], y = b[j * w + k];
+        if (x != y) return x < y;
+    }
+    return 0;
+}
+
+static inline int row_equal(const uint64_t *a, int64_t i, const uint64_t *b, int64_t j, int64_t w) {
+    return memcmp(a + i * w, b + j * w, (size_t)w * sizeof(uint64_t)) == 0;
+}
+
+/* mask[i] = 1 when new[i] is not a row of full; both sorted. Galloping from the last
+ * position, so a small delta against a large full costs O(n log(m/n)), not O(m). */
+void not_in_sorted(const uint64_t *new_, int64_t n, const uint64_t *full, int64_t m, int64_t w, uint8_t *mask) {
+    int64_t j = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t step = 1, hi = j;
+        while (hi < m && row_less(full, hi, new_, i, w)) {
+            j = hi + 1;
+            hi = j + step;
+            step *= 2;
+        }
+        if (hi > m) hi = m;
+        int64_t lo = j;
+        while (lo < hi) {
+            int64_t mid = lo + (hi - lo) / 2;
+            if (row_less(full, mid, new_, i, w)) lo = mid + 1;
+            else hi = mid;
+        }
+        j = lo;
+        mask[i] = !(j < m && row_equal(full, j, new_, i, w));
+    }
+}
+
+/* out = the union of two sorted, disjoint row sets, in one linear pass. */
+void merge_sorted(const uint64_t *full, int64_t n, const uint64_t *new_, int64_t m, int64_t w, uint64_t *out) {
+    int64_t i = 0, j = 0, k = 0;
+    while (i < n && j < m) {
+        if (row_less(new_, j, full, i, w)) memcpy(out + (k++) * w, new_ + (j++) * w, (size_t)w * 8);
+        else memcpy(out + (k++) * w, full + (i++) * w, (size_t)w * 8);
+    }
+    memcpy(out + k * w, full + i * w, (size_t)(n - i) * w * 8);
+    k += n - i;
+    memcpy(out + k * w, new_ + j * w, (size_t)(m - j) * w * 8);
+}
+
+/* out = the union of k sorted, pairwise disjoint row sets (runs[r] holds lengths[r] rows) in one
+ * pass: compacting a log-structured relation needs room for its rows once more, not twice. */
+void merge_many(const uint64_t *const *runs, const int64_t *lengths, int64_t k, int64_t w, uint64_t *out) {
+    int64_t heads[64] = {0}, total = 0;
+    for (int64_t r = 0; r < k; r++) total += lengths[r];
+    for (int64_t o = 0; o < total; o++) {
+        int64_t best = -1;
+        for (int64_t r = 0; r < k; r++)
+            if (heads[r] < lengths[r] && (best < 0 || row_less(runs[r], heads[r], runs[best], heads[best], w))) best = r;
+        memcpy(out + o * w, runs[best] + (heads[best]++) * w, (size_t)w * 8);
+    }
+}
+
+/* A join's pairs: outer row i with inner rows starts[i] .. starts[i] + counts[i], written from
+ * offsets[i] (the exclusive scan of counts). */
+void expand_runs(const int64_t *starts, const int64_t *counts, const int64_t *offsets, int64_t n,
+                 int64_t *outer, int64_t *inner) {
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        int64_t s = starts[i], k = offsets[i];
+        for (int64_t c = 0; c < counts[i]; c++) {
+            outer[k + c] = i;
+            inner[k + c] = s + c;
+        }
+    }
+}
+
+/* Fused join materialisation: for outer row i and each inner row of its run, one output row
+ * whose column c is outer[i, spec[c][1]] (spec[c][0] == 0), halves[r, spec[c][1]] (== 1) or 0.
+ * Column by column per outer row: the outer value is a fill, the inner run a strided copy. */
+void gather_join(const uint32_t *outer, int64_t outer_width, const int64_t *starts, const int64_t *counts,
+                 const int64_t *offsets, int64_t n, const uint32_t *halves, int64_t halves_width,
+                 const int64_t *spec, int64_t width, uint32_t *out) {
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        int64_t s = starts[i], c = counts[i], k = offsets[i];
+        for (int64_t col = 0; col < width; col++) {
+            int64_t side = spec[2 * col], src = spec[2 * col + 1];
+            uint32_t *o = out + k * width + col;
+            if (side == 0) {
+                uint32_t v = outer[i * outer_width + src];
+                for (int64_t t = 0; t < c; t++) o[t * width] = v;
+            } else if (side == 1) {
+                const uint32_t *h = halves + s * halves_width + src;
+                for (int64_t t = 0; t < c; t++) o[t * width] = h[t * halves_width];
+            } else {
+                for (int64_t t = 0; t < c; t++) o[t * width] = 0;
+            }
+        }
+    }
+}
+
+static inline int64_t hash_slot(uint64_t key, uint64_t mask) {
+    return (int64_t)(((key * HASH_MULT) >> 17) & mask);
+}
+
+/* Open addressing, linear probing: slots[s] = index into the distinct keys, or -1.
+ * capacity is a power of two above the key count. */
+void hash_build(const uint64_t *keys, int64_t n, int64_t *slots, int64_t capacity) {
+    uint64_t mask = (uint64_t)capacity - 1;
+    for (int64_t s = 0; s < capacity; s++) slots[s] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t s = hash_slot(keys[i], mask);
+        while (slots[s] != -1) s = (s + 1) & (int64_t)mask;
+        slots[s] = i;
+    }
+}
+
+/* The join's count pass in one loop: (first row, run length) per query, 0 where absent. */
+void hash_ranges(const int64_t *slots, int64_t capacity, const uint64_t *keys, const int64_t *starts,
+                 const int64_t *counts, const uint64_t *queries, int64_t n, int64_t *out_start, int64_t *out_count) {
+    uint64_t mask = (uint64_t)capacity - 1;
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t q = queries[i];
+        int64_t s = hash_slot(q, mask), k = slots[s];
+        while (k != -1 && keys[k] != q) {
+            s = (s + 1) & (int64_t)mask;
+            k = slots[s];
+        }
+        out_start[i] = k == -1 ? 0 : starts[k];
+        out_count[i] = k == -1 ? 0 : counts[k];
+    }
+}
+
+/* The bitmap's bit of a one-word row, or -1 outside the box [lo0, lo0 + r0) x [lo1, lo1 + r1). */
+static inline int64_t dense_bit(uint64_t v, uint64_t lo0, uint64_t lo1, uint64_t r0, uint64_t r1) {
+    uint64_t a = (v >> 32) - lo0, b = (v & 0xFFFFFFFFULL) - lo1;
+    return (a < r0 && b < r1) ? (int64_t)(a * r1 + b) : -1;
+}
+
+/* Set the bitmap bit of every in-box row (dense.py). */
+void dense_mark(const uint64_t *rows, int64_t n, uint8_t *bits, uint64_t lo0, uint64_t lo1, uint64_t r0, uint64_t r1) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = dense_bit(rows[i], lo0, lo1, r0, r1);
+        if (k >= 0) bits[k >> 3] |= (uint8_t)(1u << (k & 7));
+    }
+}
+
+/* Bitmap dedup (dense.py): in-box rows not yet marked go to fresh (and are marked), out-of-box
+ * rows to outside, both in arrival order; found[0], found[1] = their counts. */
+void dense_novel(const uint64_t *rows, int64_t n, uint8_t *bits, uint64_t lo0, uint64_t lo1, uint64_t r0,
+                 uint64_t r1, uint64_t *fresh, uint64_t *outside, int64_t *found) {
+    int64_t nf = 0, no = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t v = rows[i];
+        int64_t k = dense_bit(v, lo0, lo1, r0, r1);
+        if (k < 0) {
+            outside[no++] = v;
+        } else {
+            uint8_t bit = (uint8_t)(1u << (k & 7));
+            if (!(bits[k >> 3] & bit)) {
+                bits[k >> 3] |= bit;
+                fresh[nf++] = v;
+            }
+        }
+    }
+    found[0] = nf;
+    found[1] = no;
+}
+
+/* Integer rows (n, k) as delimited decimal text, one line each, into out (at least n * k * 12
+ * bytes); returns the length. signed[j]: column j holds int32 bit patterns. */
+int64_t format_rows(const uint32_t *columns, int64_t n, int64_t k, const uint8_t *is_signed, uint8_t delimiter,
+                    uint8_t *out) {
+    int64_t p = 0;
+    char digits[12];
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t j = 0; j < k; j++) {
+            uint32_t raw = columns[i * k + j];
+            uint64_t v = raw;
+            if (is_signed[j] && (int32_t)raw < 0) {
+                out[p++] = '-';
+                v = (uint64_t)(-(int64_t)(int32_t)raw);
+            }
+            int d = 0;
+            do {
+                digits[d++] = (char)('0' + v % 10);
+                v /= 10;
+            } while (v);
+            while (d) out[p++] = (uint8_t)digits[--d];
+            out[p++] = j < k - 1 ? delimiter : '\n';
+        }
+    }
+    return p;
+}
+
+/* Numeric fact text (fact_input.py's format: lines end in \n, \r\n or \r, empty lines skipped,
+ * fields -?[0-9]+ split by one delimiter byte, a UTF-8 BOM first) -> encoded (n, arity) uint32
+ * rows: number as int32 with the sign bit flipped, unsigned as is. Returns the row count, or -1
+ * at the first malformed or out-of-range line (the reference reader then names it). */
+int64_t parse_numeric(const uint8_t *data, int64_t len, uint8_t delimiter, int64_t arity, const uint8_t *is_signed,
+                      uint32_t *out, int64_t capacity) {
+    int64_t p = (len >= 3 && data[0] == 0xEF && data[1] == 0xBB && data[2] == 0xBF) ? 3 : 0, n = 0;
+    while (p < len) {
+        if (data[p] == '\n' || data[p] == '\r') {
+            p++;
+            continue;
+        }
+        if (n >= capacity) return -1;
+        for (int64_t j = 0; j < arity; j++) {
+            int negative = p < len && data[p] == '-';
+            p += negative;
+            int64_t first = p;
+            uint64_t v = 0;
+            while (p < len && data[p] >= '0' && data[p] <= '9') {
+                v = v * 10 + (uint64_t)(data[p++] - '0');
+                if (v > 0xFFFFFFFFULL) return -1; /* too large for either type; stops overflow */
+            }
+            if (p == first) return -1;
+            if (is_signed[j]) {
+                if (v > (negative ? 0x80000000ULL : 0x7FFFFFFFULL)) return -1;
+                int64_t value = negative ? -(int64_t)v : (int64_t)v;
+                out[n * arity + j] = (uint32_t)(int32_t)value ^ 0x80000000u;
+            } else {
+                if (negative && v) return -1;
+                out[n * arity + j] = (uint32_t)v;
+            }
+            if (j < arity - 1) {
+                if (p >= len || data[p] != delimiter) return -1;
+                p++;
+            }
+        }
+        if (p < len && data[p] != '\n' && data[p] != '\r') return -1;
+        n++;
+    }
+    return n;
+}
+
+/* An importable module, so that the import system finds the library the wheel installed;
+ * the functions above are reached through ctypes. */
+static struct PyModuleDef kernels_module = {PyModuleDef_HEAD_INIT, "_kernels",
+                                            "The CPU kernels, called through ctypes (cpu_kernels.py).", -1, NULL};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }
