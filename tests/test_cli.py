@@ -221,3 +221,31 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
     run.stdout.close()
     _, err = run.communicate(timeout=120)
     assert (run.returncode, err) == (141, b"")
+
+
+def test_progress_line_on_a_terminal_follows_every_phase(tmp_path: Path) -> None:
+    """On a terminal (a pseudo-terminal here) the line says where the run goes, follows the
+    iterations, then the bytes each output has written; the run ends with the summary."""
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(ROOT / "tests" / "data" / "cal.cedge"), "-D", str(tmp_path)]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"})
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 1 << 16)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert run.wait(timeout=120) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode())
+    size = (tmp_path / "path.csv").stat().st_size
+    assert "in process (one process is fastest on one machine)" in text
+    assert re.search(r"stratum 1/1  iteration \d+  delta [\d,]+", text), text
+    assert f"writing path: {size / 2**20:.1f} MiB" in text, text
+    assert re.search(summary("in process", 1).replace(r"\n", r"\r?\n"), text), text

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from engine_modes import ARRAY_API, KERNELS
 
-from dask_datalog.engine import ir
+from dask_datalog.engine import ir, sets
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.fact_input import (
     _line_start,
@@ -607,3 +607,33 @@ def test_format_relation_is_what_write_relation_writes(
     formatted = format_relation(rows, relation, symbols, delimiter, backend=backend)
     assert formatted == target.read_bytes()
     assert formatted.decode() == roundtrip(rows, relation, symbols, delimiter)
+
+
+@pytest.mark.parametrize("types", [("number", "unsigned"), ("number", "number", "unsigned"), ("symbol", "number")])
+def test_chunked_writing_from_packed_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, types: tuple[str, ...]) -> None:
+    """write_outputs formats a chunk at a time straight from the packed rows (job.PackedRows):
+    the same bytes as formatting the host rows at once, and ``written`` hears the running total
+    after each chunk, ending at the file's size."""
+    from dask_datalog.engine import relation_output
+    from dask_datalog.engine.frontend import load_program
+    from dask_datalog.engine.hisa import pack
+    from dask_datalog.engine.job import RunOutput, write_outputs
+
+    monkeypatch.setattr(relation_output, "FORMAT_CHUNK_ROWS", 7)
+    decls = ", ".join(f"c{j}:{t}" for j, t in enumerate(types))
+    program = load_program(f".decl r({decls})\n.output r\n")
+    relation = program.relations["r"]
+    symbols = SymbolTable()
+    rng = np.random.default_rng(3)
+    data = sorted({tuple(f"s{v % 5}" if t == "symbol" else int(v) - 50 * (t == "number") for t, v in zip(types, row))
+                   for row in rng.integers(0, 100, size=(60, len(types)))})
+    rows = encode_rows(data, relation, symbols, "<test>")
+    packed = sets.sort_unique(pack([rows[:, j] for j in range(len(types))], len(rows), np), np)
+    run = RunOutput(program, symbols, KERNELS, {"r": packed}, {})
+    heard: list[tuple[str, int]] = []
+    write_outputs(run, tmp_path, written=lambda name, n: heard.append((name, n)))
+    text = (tmp_path / "r.csv").read_bytes()
+    assert text.decode() == roundtrip(rows, relation, symbols)
+    totals = [n for _, n in heard]
+    assert {name for name, _ in heard} == {"r"} and len(totals) == -(-len(data) // 7)
+    assert totals == sorted(totals) and totals[-1] == len(text)
