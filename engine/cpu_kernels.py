@@ -120,12 +120,12 @@ def gather_join(
 
 
 def hash_build(keys: np.ndarray, capacity: int) -> np.ndarray:
-    """Open addressing, linear probing: slots[s] = index into the distinct ``keys`` or -1.
-    ``capacity``: a power of two above the key count."""
+    """Open addressing, linear probing: slots[s] = index (int32) into the distinct ``keys`` or
+    -1. ``capacity``: a power of two above the key count."""
     keys = _c(keys, np.uint64)
-    if capacity & (capacity - 1) or capacity <= keys.shape[0]:
-        raise ValueError(f"hash table capacity {capacity} for {keys.shape[0]} keys: need a larger power of two")
-    slots = np.empty(capacity, dtype=np.int64)
+    if capacity & (capacity - 1) or capacity <= keys.shape[0] or keys.shape[0] >= 2**31:
+        raise ValueError(f"hash table capacity {capacity} for {keys.shape[0]} keys: need a larger power of two, under 2^31 keys")
+    slots = np.empty(capacity, dtype=np.int32)
     _lib.hash_build(_ptr(keys), keys.shape[0], _ptr(slots), capacity)
     return slots
 
@@ -134,7 +134,7 @@ def hash_ranges(
     slots: np.ndarray, keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, queries: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The join's count pass in one loop: (first row, run length) per query, 0 if absent."""
-    keys, queries = _c(keys, np.uint64), _c(queries, np.uint64)
+    keys, queries, slots = _c(keys, np.uint64), _c(queries, np.uint64), _c(slots, np.int32)
     starts, counts = _c(starts, np.int64), _c(counts, np.int64)
     out_start = np.empty(queries.shape[0], dtype=np.int64)
     out_count = np.empty(queries.shape[0], dtype=np.int64)

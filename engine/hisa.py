@@ -139,6 +139,11 @@ class HashTable:
         counts = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)]))
         return cls(keys, starts, counts, None)
 
+    @property
+    def nbytes(self) -> int:
+        parts = (self.keys, self.starts, self.counts, self.slots)
+        return sum(int(a.nbytes) for a in parts if a is not None)
+
     def lookup(self, queries: Any, backend: Backend) -> tuple[Any, Any]:
         """(first row, run length) per query; run length 0 where the key is absent. The
         open-addressing table is built on the first probe, by the CPU kernels."""
@@ -149,7 +154,8 @@ class HashTable:
         if kernels is None:
             return self.lookup_directory(queries, backend.xp)
         if self.slots is None:
-            capacity = 1 << max(4, int(2 * self.keys.shape[0] - 1).bit_length())
+            # Load factor 1/3 to 2/3: linear probing stays short, the table small.
+            capacity = 1 << max(4, int(3 * self.keys.shape[0] // 2).bit_length())
             self.slots = kernels.hash_build(self.keys, capacity)
         return kernels.hash_ranges(self.slots, self.keys, self.starts, self.counts, queries)
 
@@ -176,6 +182,11 @@ class SortedIndex:
         if key_len not in self._tables:
             self._tables[key_len] = HashTable.build(key_prefix(self.rows, key_len, xp), xp)
         return self._tables[key_len]
+
+    @property
+    def table_bytes(self) -> int:
+        """Its hash tables' bytes (its rows are counted by the store that holds them)."""
+        return sum(t.nbytes for t in self._tables.values())
 
     def replace_rows(self, rows: Any) -> None:
         self.rows = rows
@@ -263,9 +274,11 @@ class RelationStore:
 
     @property
     def nbytes(self) -> int:
-        """What this store holds: full's runs, its other column orders, the bitmap mirror."""
+        """What this store holds: full's runs, its other column orders, their hash tables, the
+        bitmap mirror."""
         held = sum(int(r.nbytes) for r in self.runs)
         held += sum(int(idx.rows.nbytes) for order, idx in self.indexes.items() if order != self.canonical)
+        held += sum(idx.table_bytes for idx in self.indexes.values())
         return held + (int(self.dense.bits.nbytes) if self.dense is not None else 0)
 
     def subtract(self, rows: Any) -> Any:
@@ -331,5 +344,8 @@ class RelationStore:
             for order, idx in self.indexes.items():
                 if order != self.canonical:
                     idx.replace_rows(sets.merge(idx.rows, self._sorted_in(delta, order), self.backend))
+            # The canonical index holds full as it was: let that copy and its hash table go now,
+            # not at the next compaction (index() builds it again when a join asks).
+            self.indexes.pop(self.canonical, None)
         self.delta = delta
         self._delta_indexes = {}

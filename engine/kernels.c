@@ -116,26 +116,28 @@ static inline int64_t hash_slot(uint64_t key, uint64_t mask) {
     return (int64_t)(((key * HASH_MULT) >> 17) & mask);
 }
 
-/* Open addressing, linear probing: slots[s] = index into the distinct keys, or -1.
+/* Open addressing, linear probing: slots[s] = index into the distinct keys, or -1 (int32: a
+ * table is mostly slots, and a shard holds fewer than 2^31 distinct keys per index).
  * capacity is a power of two above the key count. */
-void hash_build(const uint64_t *keys, int64_t n, int64_t *slots, int64_t capacity) {
+void hash_build(const uint64_t *keys, int64_t n, int32_t *slots, int64_t capacity) {
     uint64_t mask = (uint64_t)capacity - 1;
     for (int64_t s = 0; s < capacity; s++) slots[s] = -1;
     for (int64_t i = 0; i < n; i++) {
         int64_t s = hash_slot(keys[i], mask);
         while (slots[s] != -1) s = (s + 1) & (int64_t)mask;
-        slots[s] = i;
+        slots[s] = (int32_t)i;
     }
 }
 
 /* The join's count pass in one loop: (first row, run length) per query, 0 where absent. */
-void hash_ranges(const int64_t *slots, int64_t capacity, const uint64_t *keys, const int64_t *starts,
+void hash_ranges(const int32_t *slots, int64_t capacity, const uint64_t *keys, const int64_t *starts,
                  const int64_t *counts, const uint64_t *queries, int64_t n, int64_t *out_start, int64_t *out_count) {
     uint64_t mask = (uint64_t)capacity - 1;
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         uint64_t q = queries[i];
-        int64_t s = hash_slot(q, mask), k = slots[s];
+        int64_t s = hash_slot(q, mask);
+        int32_t k = slots[s];
         while (k != -1 && keys[k] != q) {
             s = (s + 1) & (int64_t)mask;
             k = slots[s];
