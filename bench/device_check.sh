@@ -3,8 +3,10 @@
 # run the test suite on the CuPy backend, a phase profile, the single-shard benchmark on CuPy,
 # then the distributed benchmark on CuPy (a 1-worker LocalCUDACluster and 2 CPU process workers
 # sharing the GPU, beside the single-process engine). Carry .whl (bash ../shared/device/fetch-wheels.sh,
-# plus this project's wheel: python -m build --wheel -o .whl) and .data (graphs copied from
-# ../shared/data; fe_body and usroads at least for the distributed step).
+# plus this project's wheel, built for the GPU machine's Python 3.12 since it holds the compiled
+# CPU kernels: python3.12 -m pip wheel --no-deps -w .whl .) and .data (graphs copied from
+# ../shared/data; fe_body and usroads at least for the distributed step). The kernels need
+# libgomp there (the OpenMP runtime), as on any machine with gcc's runtime.
 # Logs go to $OUT (or ./device-out when run by hand). Every step has its own timeout and the
 # script goes on when one fails; STEPS (default tests,profile,bench,dist) picks the steps.
 #

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Whole command against whole command: dask-datalog beside compiled Soufflé 2.5, side by side
-in the same run, REACH and SG on the reference graphs.
+in the same run, REACH and SG on the reference graphs, CSPA and Andersen on generated inputs.
 
 What runs, for each workload (program, graph):
 
 - Soufflé (the peer, ../shared/peers/souffle-2.5 or --peers): its compiled programs,
-  `bench/tc -j2 -F FACTS -D OUT` for REACH and `bench/sg -j2 -F FACTS -D OUT` for SG;
+  `bench/tc -j2 -F FACTS -D OUT` for REACH and `bench/sg -j2 -F FACTS -D OUT` for SG; for
+  CSPA and Andersen, examples/{cspa,andersen}.dl compiled here by the peer's `bin/souffle -o`
+  (about 15 s each, cached in --cache);
 - ours, one column per mode: `dask-datalog run examples/reach.dl -F FACTS -D OUT --quiet`
   (examples/sg.dl for SG), as `default` (no mode flag, what a user types: the run goes where
   the CLI chooses), `cluster` (`--cluster`: the embedded Dask cluster, one worker per core)
@@ -13,7 +15,9 @@ What runs, for each workload (program, graph):
 
 Both engines read the same FACTS/edge.facts (a symlink to the graph's edge file, or, when that
 file is not tab-separated without CR, one converted copy used by both) and both write their
-output relation as CSV into a fresh, empty OUT. Every run is a fresh process, measured from
+output relations as CSV into a fresh, empty OUT. A workload `cspa:gen:N` or `andersen:gen:N`
+reads inputs written once by examples/generate_points_to.py (N variables, seed 0); its rows
+(of the first .output relation) are checked between the engines. Every run is a fresh process, measured from
 spawn to exit: interpreter start, imports, loading, evaluation and writing the CSV all count.
 Memory is the peak RSS of the command's whole process tree (the largest sum of the RSS of the
 process and all its descendants, any Dask scheduler and workers included, polled every 20 ms,
@@ -33,15 +37,18 @@ so and measures dask-datalog alone.
     .venv/bin/python bench/single_shard.py --pairs reach:cti,sg:wing --repeat 1
     .venv/bin/python bench/single_shard.py --modes no-cluster --timeout 120
     .venv/bin/python bench/single_shard.py --markdown > table.md   # for docs/benchmarks.md
+    .venv/bin/python bench/single_shard.py --pairs cspa:gen:2000000,andersen:gen:2000000
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -52,11 +59,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import fmt_bytes, fmt_ratio, fmt_seconds, log  # noqa: E402
 
-# program -> (our program file, the name of the peer's compiled binary in its bench/, beside NAME.dl)
-PROGRAMS: dict[str, tuple[Path, str]] = {
+# program -> (our program file, the name of the peer's compiled binary in its bench/, beside
+# NAME.dl; None: compile our program with the peer's bin/souffle into --cache)
+PROGRAMS: dict[str, tuple[Path, str | None]] = {
     "reach": (common.REPO_ROOT / "examples" / "reach.dl", "tc"),
     "sg": (common.REPO_ROOT / "examples" / "sg.dl", "sg"),
+    "cspa": (common.REPO_ROOT / "examples" / "cspa.dl", None),
+    "andersen": (common.REPO_ROOT / "examples" / "andersen.dl", None),
 }
+GENERATOR = common.REPO_ROOT / "examples" / "generate_points_to.py"
+DEFAULT_CACHE = Path.home() / ".cache" / "dask-datalog-bench"
 
 # Our modes: name -> the flags that select it (default: none, what a user types).
 MODES: dict[str, list[str]] = {"default": [], "cluster": ["--cluster"], "no-cluster": ["--no-cluster"]}
@@ -122,17 +134,38 @@ def ours_engine(program: str, mode: str, backend: str | None) -> Engine:
                                       "--quiet", *extra])
 
 
-def souffle_binary(peers: Path, program: str) -> Path | None:
-    """The peer's compiled binary for `program`, or None if absent or not executable."""
-    b = peers / "bench" / PROGRAMS[program][1]
-    return b if b.is_file() and os.access(b, os.X_OK) else None
+def souffle_binary(peers: Path, program: str, cache: Path) -> Path | None:
+    """The peer's compiled binary for `program`, or None if absent or not executable. Programs
+    the peer has no binary for are compiled from ours with its bin/souffle, once per source."""
+    source, prebuilt = PROGRAMS[program]
+    if prebuilt is not None:
+        b = peers / "bench" / prebuilt
+        return b if b.is_file() and os.access(b, os.X_OK) else None
+    compiler = peers / "bin" / "souffle"
+    if not (compiler.is_file() and os.access(compiler, os.X_OK)):
+        return None
+    b = cache / f"souffle-{program}-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+    if not b.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        log(f"compiling {source.name} with {compiler} (once, into {b})")
+        done = subprocess.run([str(compiler), "-o", str(b), str(source)], capture_output=True, text=True)
+        if done.returncode != 0 or not b.is_file():
+            log(f"  Soufflé could not compile {source.name}:\n" + indent(done.stderr[-1500:]))
+            return None
+    return b
 
 
-def souffle_engine(peers: Path, program: str) -> Engine | None:
-    binary = souffle_binary(peers, program)
+def generated_facts(program: str, size: int, facts_dir: Path) -> None:
+    """Write the inputs of CSPA or Andersen for `size` variables (seed 0) into facts_dir."""
+    subprocess.run([sys.executable, str(GENERATOR), str(facts_dir), "--kind", program, "--size", str(size),
+                    "--seed", "0"], check=True, capture_output=True)
+
+
+def souffle_engine(peers: Path, program: str, cache: Path) -> Engine | None:
+    binary = souffle_binary(peers, program, cache)
     if binary is None:
         return None
-    source = binary.with_suffix(".dl")
+    source = binary.with_suffix(".dl") if PROGRAMS[program][1] else PROGRAMS[program][0]
     ours_rel = output_relation(PROGRAMS[program][0])
     rel = output_relation(source) or ours_rel or program
     return Engine("souffle", "Soufflé", rel,
@@ -297,7 +330,12 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         if not sep or not graph.strip() or program not in PROGRAMS:
             raise ValueError(f"bad pair {item!r}: expected PROGRAM:GRAPH with PROGRAM one of "
                              f"{', '.join(PROGRAMS)}")
-        pairs.append((program, graph.strip()))
+        graph = graph.strip()
+        if (program in ("cspa", "andersen")) != graph.startswith("gen:") or (
+                graph.startswith("gen:") and not graph.removeprefix("gen:").isdigit()):
+            raise ValueError(f"bad pair {item!r}: cspa and andersen take gen:N (N variables), "
+                             "reach and sg a graph")
+        pairs.append((program, graph))
     return pairs
 
 
@@ -305,14 +343,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", help="comma-separated PROGRAM:GRAPH (PROGRAM reach or sg; GRAPH a "
-                    "dataset directory of --data, or tiny/<stem>); default: "
+    ap.add_argument("--pairs", help="comma-separated PROGRAM:GRAPH (PROGRAM reach or sg, GRAPH a "
+                    "dataset directory of --data or tiny/<stem>; or PROGRAM cspa or andersen, GRAPH "
+                    "gen:N, generated inputs for N variables); default: "
                     + ",".join(f"{p}:{g}" for p, g in DEFAULT_PAIRS))
     ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA,
                     help=f"graph directory (default: {common.DEFAULT_DATA})")
     ap.add_argument("--peers", type=Path, default=DEFAULT_PEERS,
                     help=f"the Soufflé 2.5 peer folder, with bench/tc and bench/sg "
                     f"(default: {DEFAULT_PEERS})")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                    help=f"where Soufflé's compiled CSPA and Andersen are kept (default: {DEFAULT_CACHE})")
     ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
                     help=f"our modes, comma-separated, among {', '.join(MODES)} "
                     f"(default: {','.join(DEFAULT_MODES)})")
@@ -349,7 +390,8 @@ def main(argv: list[str]) -> int:
 
     peers: Path = args.peers.resolve()
     needed = sorted({p for p, _ in pairs})
-    absent = [f"bench/{PROGRAMS[p][1]}" for p in needed if souffle_binary(peers, p) is None]
+    absent = [f"bench/{PROGRAMS[p][1]}" if PROGRAMS[p][1] else f"bin/souffle for {p}"
+              for p in needed if souffle_binary(peers, p, args.cache) is None]
     if len(absent) == len(needed):
         peer_line = (f"Soufflé peer not found ({', '.join(absent)} absent or not executable in "
                      f"{peers}): measuring dask-datalog alone")
@@ -368,9 +410,10 @@ def main(argv: list[str]) -> int:
                    else a for a in ours_cli())
     header += [
         f"data: {data}",
-        (f"peer: Soufflé 2.5 compiled ({peers}/bench/tc for REACH, bench/sg for SG), "
-         f"`BIN -j{SOUFFLE_JOBS} -F FACTS -D OUT`" if not peer_line else f"peer: {peer_line}"),
-        f"ours: `{cli} run examples/{{reach,sg}}.dl -F FACTS -D OUT --quiet"
+        (f"peer: Soufflé 2.5 compiled ({peers}/bench/tc for REACH, bench/sg for SG, examples/"
+         f"{{cspa,andersen}}.dl compiled by its bin/souffle -o), `BIN -j{SOUFFLE_JOBS} -F FACTS -D OUT`"
+         if not peer_line else f"peer: {peer_line}"),
+        f"ours: `{cli} run examples/PROGRAM.dl -F FACTS -D OUT --quiet"
         + (f" --backend {args.backend}" if args.backend else "") + "`, as "
         + "; ".join(f"{m}: " + (" ".join(MODES[m]) or "no mode flag (where the CLI chooses to run)")
                     for m in modes),
@@ -400,27 +443,32 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="single_shard-") as tmp_name:
         tmp = Path(tmp_name)
-        facts_dirs: dict[str, Path] = {}
+        facts_dirs: dict[str | tuple[str, str], Path] = {}
         for program, graph in pairs:
             where = f"{program} {graph}"
-            expected = common.truth(graph, program).size
+            generated = graph.startswith("gen:")
+            expected = None if generated else common.truth(graph, program).size
             truth_cell = f"{expected:,}" if expected is not None else "?"
-            src = common.graph_file(data, graph)
-            log(f"{where}: {src if src else 'MISSING'}")
-            if src is None:
+            src = None if generated else common.graph_file(data, graph)
+            log(f"{where}: {src if src or generated else 'MISSING'}")
+            if src is None and not generated:
                 rows.append([where, truth_cell] + ["-"] * (len(headers) - 3) + ["graph missing"])
                 continue
-            if graph not in facts_dirs:
+            if generated and (program, graph) not in facts_dirs:
+                fd = tmp / "facts" / f"{program}-{graph.replace(':', '-')}"
+                generated_facts(program, int(graph.removeprefix("gen:")), fd)
+                facts_dirs[(program, graph)] = fd
+            elif not generated and graph not in facts_dirs:
                 fd = tmp / "facts" / graph.replace("/", "__")
                 if prepare_facts(src, fd):
                     converted.append(graph)
                     log(f"  {src.name}: not tab-separated without CR; converted a copy for "
                         "both engines")
                 facts_dirs[graph] = fd
-            facts = facts_dirs[graph]
+            facts = facts_dirs[(program, graph) if generated else graph]
 
             engines: list[Engine] = []
-            peer = souffle_engine(peers, program)
+            peer = souffle_engine(peers, program, args.cache)
             if peer is not None:
                 engines.append(peer)
             engines += [ours_engine(program, m, args.backend) for m in modes]
