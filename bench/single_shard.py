@@ -16,7 +16,7 @@ What runs, for each workload (program, graph):
 Both engines read the same FACTS/edge.facts (a symlink to the graph's edge file, or, when that
 file is not tab-separated without CR, one converted copy used by both) and both write their
 output relations as CSV into a fresh, empty OUT. A workload `cspa:gen:N` or `andersen:gen:N`
-reads inputs written once by examples/generate_points_to.py (N variables, seed 0); its rows
+reads inputs written once by `dask-datalog gen cspa|andersen` (N variables, seed 0); its rows
 (of the first .output relation) are checked between the engines. Every run is a fresh process, measured from
 spawn to exit: interpreter start, imports, loading, evaluation and writing the CSV all count.
 Memory is the peak RSS of the command's whole process tree (the largest sum of the RSS of the
@@ -67,7 +67,6 @@ PROGRAMS: dict[str, tuple[Path, str | None]] = {
     "cspa": (common.REPO_ROOT / "examples" / "cspa.dl", None),
     "andersen": (common.REPO_ROOT / "examples" / "andersen.dl", None),
 }
-GENERATOR = common.REPO_ROOT / "examples" / "generate_points_to.py"
 DEFAULT_CACHE = Path.home() / ".cache" / "dask-datalog-bench"
 
 # Our modes: name -> the flags that select it (default: none, what a user types).
@@ -157,8 +156,8 @@ def souffle_binary(peers: Path, program: str, cache: Path) -> Path | None:
 
 def generated_facts(program: str, size: int, facts_dir: Path) -> None:
     """Write the inputs of CSPA or Andersen for `size` variables (seed 0) into facts_dir."""
-    subprocess.run([sys.executable, str(GENERATOR), str(facts_dir), "--kind", program, "--size", str(size),
-                    "--seed", "0"], check=True, capture_output=True)
+    subprocess.run([*ours_cli(), "gen", program, str(facts_dir), "--size", str(size), "--seed", "0"],
+                   check=True, capture_output=True)
 
 
 def souffle_engine(peers: Path, program: str, cache: Path) -> Engine | None:

@@ -25,6 +25,7 @@ from ..engine.memory import human_bytes, peak_rss
 from ..engine.plan import plan_program
 from ..partition.placement import REPLICATE_BELOW
 from ..engine.control import Suspended
+from . import experiment_cli
 from .api import Program, Result
 from .options import JobOptions, JobTimeout, Terminated, WorkerLost
 
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress display (it is off anyway when stderr is not a terminal)")
     run.add_argument("--stats", type=Path, help="write per-stratum, per-iteration (per-worker) statistics as JSON to this file")
+    experiment_cli.add_parsers(sub)
     return parser
 
 
@@ -142,6 +144,8 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped without a checkpoint to resume f
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in experiment_cli.COMMANDS:
+        return experiment_cli.main(args)
     if args.workers is not None and (args.scheduler or args.scheduler_file or args.no_cluster):
         parser.error("--workers sizes the embedded cluster; it cannot go with --scheduler, --scheduler-file or --no-cluster")
     if args.workers is not None and args.workers < 1:

@@ -14,7 +14,6 @@ SG 62 M tuples, ~40 s and 2.3 GB) is marked slow and runs only with ``-m slow``.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from collections import defaultdict
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from dask_datalog.cluster import Program
+from dask_datalog.cluster.generate import generate, write_facts
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -253,15 +253,8 @@ def test_reach_and_sg_examples_run_on_their_fact_dirs(backend: str) -> None:
         assert result.tuples(relation) == expected(fact_pairs(name, "edge"))
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("generate_points_to", EXAMPLES / "generate_points_to.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_andersen(tmp_path: Path, backend: str) -> None:
-    counts = load_generator().generate(tmp_path, "andersen", 1000, seed=0)
+    counts = write_facts(tmp_path, generate("andersen", {"size": 1000}, seed=0))
     facts = [set(read_pairs(tmp_path / f"{r}.facts")) for r in ("AddressOf", "Assign", "Load", "Store")]
     assert sum(counts.values()) == 1733  # examples/README.md
     result = program("andersen").run(fact_dir=tmp_path, backend=backend)
@@ -270,7 +263,7 @@ def test_generated_andersen(tmp_path: Path, backend: str) -> None:
 
 
 def test_generated_cspa(tmp_path: Path, backend: str) -> None:
-    counts = load_generator().generate(tmp_path, "cspa", 1000, seed=0)
+    counts = write_facts(tmp_path, generate("cspa", {"size": 1000}, seed=0))
     assign, dereference = (set(read_pairs(tmp_path / f"{r}.facts")) for r in ("assign", "dereference"))
     assert sum(counts.values()) == 1349  # examples/README.md
     result = program("cspa").run(fact_dir=tmp_path, backend=backend)
