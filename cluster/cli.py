@@ -392,11 +392,12 @@ class _Run:
             return
         stats = result.stats
         workers = stats.get("workers", 1)
-        derived = sum(result.sizes.values())
+        heads = {rule.head.relation for rule in self.program.ir.rules}
+        derived = sum(n for name, n in result.sizes.items() if name in heads)  # the inputs are not derived
         peaks = [peak_rss()] + [w.get("peak_rss", 0) for w in stats.get("per_worker", [])]
         print(
             f"done: {self.mode} ({self.why}), {workers} worker{'s' if workers != 1 else ''}, "
-            f"{_since_start():.2f} s, {derived:,} tuples, peak memory {max(peaks) / 2**20:,.0f} MiB",
+            f"{_since_start():.2f} s, {derived:,} tuples derived, peak memory {max(peaks) / 2**20:,.0f} MiB",
             file=sys.stderr,
         )
 

@@ -160,7 +160,7 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
 def summary(mode: str, workers: int | None = None) -> str:
     """The line a successful run ends with on stderr."""
     count = r"\d+ workers?" if workers is None else f"{workers} worker{'s' if workers != 1 else ''}"
-    return rf"done: {mode} \([^)]*\), {count}, \d+\.\d\d s, [\d,]+ tuples, peak memory [\d,]+ MiB\n"
+    return rf"done: {mode} \([^)]*\), {count}, \d+\.\d\d s, [\d,]+ tuples derived, peak memory [\d,]+ MiB\n"
 
 
 @pytest.mark.parametrize(
@@ -181,6 +181,7 @@ def test_the_run_goes_where_it_is_fastest_and_says_where(tmp_path: Path, referen
     assert run.returncode == 0, run.stderr
     assert re.fullmatch(summary(mode, workers), run.stderr), run.stderr
     assert f"({why})" in run.stderr
+    assert f" {len(reference.splitlines()):,} tuples derived," in run.stderr  # path's, not edge's too
     assert json.loads(stats.read_text())["mode"] == {"mode": mode, "why": why}
     assert (tmp_path / "path.csv").read_bytes() == reference
     quiet = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=120)
