@@ -22,6 +22,7 @@ from dask_datalog.engine import fact_input, relation_output
 from dask_datalog.engine.backend import gpu_count
 from dask_datalog.engine.checkpoint import CheckpointOptions, array_digest
 from dask_datalog.engine.control import Suspended
+from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.ir import Program
 from dask_datalog.engine.job import check_fact_names, check_output_format, print_relation, print_sizes
 from dask_datalog.engine.values import SymbolTable
@@ -116,7 +117,8 @@ class _Members:
         if force or now - self.checked >= WATCH_S:
             self.checked = now
             if self.client.status != "running":  # a closed client sees no workers: that is no loss to retry
-                raise RuntimeError(f"the Dask client is {self.client.status}: the job was stopped")
+                # The scheduler is gone (killed, scancel): nothing to retry on; the user's error
+                raise DatalogError(None, f"lost the Dask scheduler (client {self.client.status}): the job was stopped")
             if self.watch is None:
                 self.present = set(self.client.ncores())
             else:
@@ -356,7 +358,7 @@ class _Job:
     def evaluate(self) -> DistributedRun:
         peers = tuple(sorted(self.client.ncores()))  # asks the scheduler (scheduler_info() may answer from a cache)
         if not peers:
-            raise RuntimeError("the Dask cluster has no workers")
+            raise DatalogError(None, "the Dask cluster has no workers (yet): start some, or wait for them to join")
         ensure_plugin(self.client, peers)
         while True:
             try:

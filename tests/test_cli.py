@@ -250,3 +250,12 @@ def test_progress_line_on_a_terminal_follows_every_phase(tmp_path: Path) -> None
     assert re.search(r"stratum 1/1  iteration \d+  delta [\d,]+", text), text
     assert f"writing path: {size / 2**20:.1f} MiB" in text, text
     assert re.search(summary("in process", 1).replace(r"\n", r"\r?\n"), text), text
+
+
+def test_a_cluster_without_workers_is_one_line(tmp_path: Path) -> None:
+    """--scheduler before any worker joined: one line and exit 1, not a traceback."""
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
+        command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", cluster.scheduler_address]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr == "error: the Dask cluster has no workers (yet): start some, or wait for them to join\n"
