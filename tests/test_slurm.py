@@ -1,0 +1,431 @@
+"""deploy/slurm/ under a real SLURM: a private single-node cluster (munged, slurmctld and
+slurmd of Debian's slurm-wlm, installed with apt-get when missing) runs both scripts through
+sbatch. Checked:
+
+- two cluster jobs at once on the node, and a single-node job, write the bytes an in-process
+  run writes; their logs have no traceback and no cancelled step, and end with the command's
+  `done:` line and the script's exit-status line;
+- a bad program fails its job (exit 1) with one `file:line:col: error:` line, no traceback;
+- the job's memory sizes the run: a cluster worker's limit is its share of --mem-per-cpu, and
+  a single-node run outgrowing half of --mem ends with one `out of memory budget` line;
+- `scancel` leaves no process of the job and no scheduler file;
+- a job that cannot finish within its 1-minute limit is warned (`--signal`), checkpoints,
+  requeues itself and resumes, until the outputs are those of an in-process run.
+
+Every job is submitted at the start and runs beside the others; each test waits for its own.
+About 110 s on the 2-core development machine (the walltime jobs: 30 s of waiting for
+slurmctld's first time-limit pass, then 60 s; on a machine loaded by other work a requeued job
+may need a third start, 60 s more), plus apt-get's time on a machine without SLURM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from test_worker_loss import REACH, chain, cli
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parent.parent
+CAL = ROOT / "tests" / "data" / "cal.cedge"
+VENV = Path(sys.prefix)
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+# slurmctld's pass over running jobs, every 30 s (debug2): time limits and --signal warnings.
+TIME_LIMIT_PASS = "Testing job time limits"
+
+
+def _install_slurm() -> None:
+    """Debian's slurm-wlm and munge when missing; a skip saying why when they cannot be had."""
+    if os.geteuid() != 0:
+        pytest.skip("the private SLURM runs its daemons as root")
+    if all(shutil.which(c) for c in ("munged", "slurmctld", "slurmd", "sbatch")):
+        return
+    if not shutil.which("apt-get"):
+        pytest.skip("SLURM is not installed and there is no apt-get to install slurm-wlm and munge")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]
+    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:  # stale package lists: update, then try again
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=900)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.skip(f"apt-get could not install slurm-wlm and munge: {done.stderr.strip()[-400:]}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Job:
+    id: str
+    facts: Path
+    out: Path
+    log: Path
+    tmp: Path  # the job's TMPDIR: where the cluster script keeps its scheduler file
+    checkpoint: Path
+
+    def text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+class Slurm:
+    """A private single-node SLURM under ``root``: its own munged socket, ports, state and spool.
+    Its daemons and its jobs' processes carry its ``SLURM_CONF``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.conf = root / "slurm.conf"
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.daemons: list[subprocess.Popen[bytes]] = []
+        # For the walltime jobs' checkpoints: up to 50 MB each, thousands of them; in memory
+        # where /dev/shm has room (containers often give it 64 MB).
+        shm = os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 2**30
+        self.scratch = Path(tempfile.mkdtemp(prefix="dd-test-", dir="/dev/shm" if shm else root))
+
+    def start(self) -> None:
+        munge = self.root / "munge"
+        munge.mkdir(mode=0o755)
+        key = munge / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o600)
+        sock = munge / "socket"
+        self._daemon("munged", "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
+                     f"--pid-file={munge / 'pid'}", f"--log-file={munge / 'log'}", f"--seed-file={munge / 'seed'}")
+        self._until(sock.exists, 10, "munged did not create its socket")
+        host = socket.gethostname()
+        r = self.root
+        self.conf.write_text(f"""\
+ClusterName=dd-test
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# cred_expire: a requeued job may start again 15 s later (default 120)
+AuthInfo=socket={sock},cred_expire=15
+StateSaveLocation={r}/state
+SlurmdSpoolDir={r}/spool
+SlurmctldPidFile={r}/slurmctld.pid
+SlurmdPidFile={r}/slurmd.pid
+SlurmctldLogFile={r}/slurmctld.log
+SlurmdLogFile={r}/slurmd.log
+# debug2 logs the time-limit pass the walltime jobs are submitted after
+SlurmctldDebug=debug2
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+# start pending jobs (a requeued one) within a second, not at the next minute
+SchedulerParameters=sched_interval=1
+# scancel: SIGKILL 5 s after SIGTERM (default 30)
+KillWait=5
+# ended jobs stay in scontrol's records for the checks
+MinJobAge=600
+# 16 CPUs whatever the machine has, so that every job of the module runs at once
+SlurmdParameters=config_overrides
+NodeName={host} NodeAddr=127.0.0.1 CPUs=16 RealMemory=16000 State=UNKNOWN
+PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+""")
+        for name in ("state", "spool"):
+            (r / name).mkdir()
+        self._daemon("slurmctld", "-D", "-f", str(self.conf))
+        self._daemon("slurmd", "-D", "-f", str(self.conf), "-N", host)
+
+        def idle() -> bool:
+            done = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True)
+            return done.stdout.strip() == "idle"
+
+        self._until(idle, 30, "the node did not come up")
+
+    def _daemon(self, *command: str) -> None:
+        with open(self.root / f"{command[0]}.out", "wb") as out:
+            self.daemons.append(subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT))
+
+    def _until(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what}; {self.root}:\n" + "\n".join(f"{p.name}: {p.read_text()[-2000:]}" for p in self.root.glob("*.out")))
+            time.sleep(0.2)
+
+    def processes(self, *markers: str) -> list[psutil.Process]:
+        """This cluster's processes whose environment also holds every ``NAME=value`` marker."""
+        wanted = dict(m.split("=", 1) for m in (f"SLURM_CONF={self.conf}", *markers))
+        found = []
+        for process in psutil.process_iter():
+            try:
+                environ = process.environ()
+            except (psutil.Error, OSError):
+                continue
+            if all(environ.get(k) == v for k, v in wanted.items()):
+                found.append(process)
+        return found
+
+    def stop(self) -> None:
+        """Cancels what is left, stops the daemons by their PIDs, then kills any process of this
+        cluster still there (job steps outlive slurmd)."""
+        if self.conf.exists():
+            ids = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True).stdout.split()
+            if ids:
+                subprocess.run(["scancel", *ids], env=self.env, capture_output=True)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and subprocess.run(["squeue", "-h"], env=self.env, capture_output=True, text=True).stdout.strip():
+                    time.sleep(0.5)
+        for daemon in reversed(self.daemons):
+            daemon.terminate()
+        for daemon in self.daemons:
+            try:
+                daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        ours = {p.pid for p in self.processes()}
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                # slurmstepd clears its environment, but keeps slurmd's log open
+                if process.pid in ours or any(f.path.startswith(f"{self.root}/") for f in process.open_files()):
+                    process.kill()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def submit(self, script: str, name: str, facts: Path, *options: str, program: Path = REACH, **env: object) -> Job:
+        """sbatch from the repository root, as the scripts' headers say; the log in root."""
+        job_tmp = self.root / f"{name}.tmp"
+        job_tmp.mkdir()
+        exports = {"PROGRAM": program, "FACTS": facts, "OUT": self.root / name, "VENV": VENV, "TMPDIR": job_tmp, **env}
+        command = [
+            "sbatch", "--parsable", f"--job-name={name}", f"--output={self.root}/{name}-%j.log",
+            "--export=ALL," + ",".join(f"{k}={v}" for k, v in exports.items()), *options, f"deploy/slurm/{script}",
+        ]
+        done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        job_id = done.stdout.strip().split(";")[0]
+        out = self.root / name
+        return Job(job_id, facts, out, self.root / f"{name}-{job_id}.log", job_tmp, Path(str(env.get("CHECKPOINT", out / "checkpoint"))))
+
+    def show(self, job: Job) -> dict[str, str]:
+        text = subprocess.run(["scontrol", "show", "job", job.id], env=self.env, capture_output=True, text=True).stdout
+        return dict(re.findall(r"(\w+)=(\S*)", text))
+
+    def wait(self, job: Job, seconds: float) -> dict[str, str]:
+        """The job's record once it ended and nothing of it runs any more."""
+        deadline = time.monotonic() + seconds
+        while True:
+            record = self.show(job)
+            live = subprocess.run(["squeue", "-h", "-j", job.id], env=self.env, capture_output=True, text=True).stdout.strip()
+            if record.get("JobState") in FINAL and not live:
+                return record
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {job.id} still {record.get('JobState')} after {seconds} s; its log:\n{job.text()}")
+            time.sleep(0.5)
+
+    def after_time_limit_pass(self) -> None:
+        """Returns right after slurmctld's next pass over its running jobs' time limits."""
+        log = self.root / "slurmctld.log"
+        deadline = time.monotonic() + 40
+        with open(log) as f:
+            f.seek(0, os.SEEK_END)
+            while time.monotonic() < deadline:
+                if TIME_LIMIT_PASS in f.read():
+                    return
+                time.sleep(0.1)
+        pytest.fail(f"no {TIME_LIMIT_PASS!r} line in {log} for 40 s")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
+    if not (VENV / "bin" / "dask-datalog").exists():
+        pytest.skip(f"needs the installed command in {VENV}")
+    _install_slurm()
+    cluster = Slurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _chain_facts(root: Path, n: int) -> Path:
+    facts = root / f"chain{n}"
+    if not facts.exists():  # written once: jobs may be reading it
+        facts.mkdir()
+        np.savetxt(facts / "edge.facts", chain(n), fmt="%d", delimiter="\t")
+    return facts
+
+
+# Walltime jobs: REACH on a chain of n edges takes n iterations, and a checkpoint at every one
+# (CHECKPOINT_EVERY=0) makes each cost what writing the relation does, so a run costs about n^3.
+# n is chosen from a timed in-process run on a short chain so that the run takes 55 s by the n^3
+# rule (about 45 s in fact: the short run's fixed costs count for more), about twice what the
+# first start runs before its warning (2400 edges on the 2-core development machine).
+#
+# When: slurmctld looks at running jobs every 30 s and warns a job at the first look less than
+# 30 s + N before its end (--signal=...@N): with a 1-minute limit and N=10, the first look 20 s
+# or more after the job started. Submitted just after a look, the first start is warned at the
+# next one, 30 s on; a requeued job starts again (cred_expire) 15-20 s after the look that
+# warned it, and is warned at the second look after, 40 s on, when it has finished.
+WALLTIME = {
+    "walltime-cluster": ("run-cluster.sbatch", "B:USR1@10", ["--ntasks=2"]),  # the scripts' own signal
+    "walltime-single": ("run-single-node.sbatch", "B:TERM@10", []),
+}
+CALIBRATION = 1200  # edges: a few seconds
+
+
+def _walltime_chain(slurm: Slurm) -> int:
+    start = time.monotonic()
+    done = cli([REACH, "-F", _chain_facts(slurm.root, CALIBRATION), "-D", slurm.root / "calibration", "--no-cluster",
+                "--checkpoint", slurm.scratch / "calibration", "--checkpoint-every", "0"])
+    assert done.returncode == 0, done.stderr
+    return round(CALIBRATION * (55 / (time.monotonic() - start)) ** (1 / 3))
+
+
+@pytest.fixture(scope="module")
+def jobs(slurm: Slurm) -> dict[str, Job]:
+    """Every job of the module: they run side by side on the node, each test waits for its own."""
+    facts = _chain_facts(slurm.root, _walltime_chain(slurm))  # first, on a quiet machine
+    bad = slurm.root / "bad.dl"
+    bad.write_text(REACH.read_text().replace("edge(y, z)", "edg(y, z)"))
+    jobs = {
+        "cluster": slurm.submit("run-cluster.sbatch", "cluster", CAL, "--nodes=1", "--ntasks=2"),
+        "cluster-2": slurm.submit("run-cluster.sbatch", "cluster-2", CAL, "--ntasks-per-node=2", "--cpus-per-task=2"),
+        "single": slurm.submit("run-single-node.sbatch", "single", CAL, "--cpus-per-task=2"),
+        # Dask's info lines show each worker's memory limit: its share, from --mem-per-cpu
+        "bad-cluster": slurm.submit("run-cluster.sbatch", "bad-cluster", CAL, "--mem-per-cpu=1000", program=bad,
+                                    DASK_LOGGING__DISTRIBUTED="info"),
+        "bad-single": slurm.submit("run-single-node.sbatch", "bad-single", CAL, program=bad),
+        "small-memory": slurm.submit("run-single-node.sbatch", "small-memory", CAL, "--mem=4"),  # MB
+    }
+    slurm.after_time_limit_pass()  # the first, 30 s after slurmctld started: the jobs above run meanwhile
+    for name, (script, warning, options) in WALLTIME.items():
+        jobs[name] = slurm.submit(script, name, facts, *options, "--time=1", f"--signal={warning}",
+                                  CHECKPOINT=slurm.scratch / name, CHECKPOINT_EVERY=0)
+    cancel = _chain_facts(slurm.root, 4000)  # minutes, checkpointing at every iteration
+    jobs["cancel-cluster"] = slurm.submit("run-cluster.sbatch", "cancel-cluster", cancel, "--ntasks=2", CHECKPOINT_EVERY=0)
+    jobs["cancel-single"] = slurm.submit("run-single-node.sbatch", "cancel-single", cancel, CHECKPOINT_EVERY=0)
+    return jobs
+
+
+def _reference(facts: Path, out: Path) -> bytes:
+    """path.csv as an in-process run writes it."""
+    done = cli([REACH, "-F", facts, "-D", out, "--no-cluster"])
+    assert done.returncode == 0, done.stderr
+    return (out / "path.csv").read_bytes()
+
+
+def _no_scheduler_file(job: Job) -> None:
+    left = [*job.tmp.glob("dask-scheduler-*"), *job.out.glob("scheduler*.json")]
+    assert not left, f"left behind: {left}"
+
+
+def _assert_clean_success(slurm: Slurm, job: Job, record: dict[str, str]) -> None:
+    """Exit 0; the log ends with the command's summary and the script's line; no traceback, no
+    Dask error, no cancelled or killed step."""
+    log = job.text()
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
+    lines = log.splitlines()
+    assert lines[-2].startswith("done: "), log
+    assert lines[-1] == f"dask-datalog job {job.id}: done, outputs in {job.out} (exit status 0)", log
+    for noise in ("Traceback", "CommClosedError", "ERROR", "WARNING", "CANCELLED", "Killed"):
+        assert noise not in log, log
+    assert not job.checkpoint.exists()
+    _no_scheduler_file(job)
+    assert not slurm.processes(f"SLURM_JOB_ID={job.id}")
+
+
+def test_scancel_leaves_no_process_and_no_scheduler_file(slurm: Slurm, jobs: dict[str, Job]) -> None:
+    cancel = [jobs["cancel-cluster"], jobs["cancel-single"]]
+    deadline = time.monotonic() + 120
+    waiting = list(cancel)
+    while waiting:
+        for job in list(waiting):
+            assert time.monotonic() < deadline and slurm.show(job)["JobState"] in ("PENDING", "RUNNING"), job.text()
+            if (job.checkpoint / "latest").exists():  # the run is evaluating: it checkpoints every iteration
+                subprocess.run(["scancel", job.id], env=slurm.env, check=True)
+                waiting.remove(job)
+        time.sleep(0.1)
+    for job in cancel:
+        record = slurm.wait(job, 60)
+        assert record["JobState"] == "CANCELLED" and record["Restarts"] == "0", job.text()
+        assert not slurm.processes(f"SLURM_JOB_ID={job.id}")
+        _no_scheduler_file(job)
+
+
+def test_two_cluster_jobs_at_once_and_a_single_node_job(slurm: Slurm, jobs: dict[str, Job], tmp_path: Path) -> None:
+    want = _reference(CAL, tmp_path / "want")
+    records = {name: slurm.wait(jobs[name], 180) for name in ("cluster", "cluster-2", "single")}
+    for name, record in records.items():
+        _assert_clean_success(slurm, jobs[name], record)
+        assert (jobs[name].out / "path.csv").read_bytes() == want
+        assert (jobs[name].out / "stats.json").exists()
+    first, second = records["cluster"], records["cluster-2"]
+    assert first["StartTime"] < second["EndTime"] and second["StartTime"] < first["EndTime"], "the cluster jobs did not overlap"
+    assert "2 worker(s)" in jobs["cluster"].text() and "2 worker(s)" in jobs["cluster-2"].text()
+
+
+def test_a_bad_program_fails_the_job_with_one_line(slurm: Slurm, jobs: dict[str, Job]) -> None:
+    for name in ("bad-cluster", "bad-single"):
+        job = jobs[name]
+        record = slurm.wait(job, 180)
+        log = job.text()
+        assert record["JobState"] == "FAILED" and record["ExitCode"] == "1:0", log
+        errors = re.findall(rf"^{re.escape(str(slurm.root / 'bad.dl'))}:\d+:\d+: error: .+$", log, re.M)
+        assert len(errors) == 1, log
+        assert "Traceback" not in log, log
+        assert log.splitlines()[-1] == f"dask-datalog job {job.id}: failed (exit status 1): the error is above", log
+        assert not slurm.processes(f"SLURM_JOB_ID={job.id}")
+        _no_scheduler_file(job)
+
+
+def test_the_jobs_memory_sizes_the_run(slurm: Slurm, jobs: dict[str, Job]) -> None:
+    # a cluster worker's memory limit: its cores (1) times --mem-per-cpu=1000 (MiB)
+    assert re.search(r"Memory: +0\.98 GiB", jobs["bad-cluster"].text()), jobs["bad-cluster"].text()
+    # the single-node run's budget: half of --mem=4, which REACH on cal outgrows
+    job = jobs["small-memory"]
+    record = slurm.wait(job, 180)
+    log = job.text()
+    assert record["JobState"] == "FAILED" and record["ExitCode"] == "1:0", log
+    assert re.search(r"^error: out of memory budget: .* over the budget of 2\.0 MiB", log, re.M), log
+    assert "Traceback" not in log, log
+
+
+def test_walltime_checkpoints_requeues_and_resumes(slurm: Slurm, jobs: dict[str, Job], tmp_path: Path) -> None:
+    want = _reference(jobs["walltime-single"].facts, tmp_path / "want")
+    for name in WALLTIME:
+        job = jobs[name]
+        record = slurm.wait(job, 400)
+        log = job.text()
+        assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
+        restarts = int(record["Restarts"])
+        assert restarts >= 1, log
+        assert log.count("(exit status 75); requeueing") == restarts, log
+        assert log.count("resuming from") == restarts, log
+        assert (job.out / "path.csv").read_bytes() == want
+        assert not job.checkpoint.exists()
+        lines = log.splitlines()
+        assert lines[-2].startswith("done: ") and lines[-1].endswith("(exit status 0)"), log
+        assert "Traceback" not in log and "CommClosedError" not in log and "STEP" not in log, log
+        assert not slurm.processes(f"SLURM_JOB_ID={job.id}")
