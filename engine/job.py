@@ -3,6 +3,7 @@ reuses the pieces; the CLI and the Python API call ``run_program`` for in-proces
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -267,14 +268,7 @@ def write_outputs(
             directory = Path(output_dir)
             directory.mkdir(parents=True, exist_ok=True)
             target = directory / (spec.filename or f"{spec.relation}.csv")
-            progress = None
-            if written is not None:
-                total = [0]
-
-                def progress(n: int, name: str = spec.relation) -> None:
-                    total[0] += n
-                    written(name, total[0])
-
+            progress = None if written is None else functools.partial(written, spec.relation)
             relation_output.write_relation(target, rows, relation, run.symbols, spec.delimiter, written=progress)
     if stream is not None:
         print_sizes(stream, run.program, run.size)

@@ -83,7 +83,7 @@ def write_relation(
     written: Callable[[int], None] | None = None,
 ) -> None:
     """Write distinct encoded rows, sorted and decoded, to a path or a text stream (e.g. stdout),
-    a chunk at a time; ``written(n)`` hears the bytes of each chunk (progress)."""
+    a chunk at a time; ``written(n)`` hears the bytes written so far after each chunk (progress)."""
     chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend)
     if isinstance(out, (str, Path)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def write_relation(
             for chunk in chunks:
                 f.write(chunk)
                 if written is not None:
-                    written(len(chunk))
+                    written(f.tell())
     else:
         for chunk in chunks:
             out.write(bytes(chunk).decode("utf-8"))
