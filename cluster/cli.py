@@ -24,6 +24,7 @@ from ..engine.errors import DatalogError
 from ..engine.memory import human_bytes, peak_rss
 from ..engine.plan import plan_program
 from ..partition.placement import REPLICATE_BELOW
+from ..engine.checkpoint import Checkpoints, Manifest
 from ..engine.control import Suspended
 from . import experiment_cli
 from .api import Program, Result
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints into a temporary directory of its own; an external cluster needs --checkpoint "
         "on a file system every worker shares. On SIGTERM (a batch system's walltime warning, "
         f"scancel) the run writes a checkpoint at the next iteration boundary and exits with status {EXIT_SUSPENDED}; "
-        "run the same command with --resume DIR to continue.",
+        "a second SIGTERM stops it at once (still 75 when it has an earlier checkpoint, else "
+        f"{EXIT_TERMINATED}); run the same command with --resume DIR to continue.",
     )
     reliability.add_argument("--checkpoint", type=Path, metavar="DIR", help="write checkpoints into DIR (created if missing)")
     reliability.add_argument(
@@ -201,7 +203,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_SUSPENDED
     except Terminated as err:
-        print(f"stopped by SIGTERM: {err}; give --checkpoint DIR to be able to resume", file=sys.stderr)
+        # Stopped at once (a second SIGTERM, or a worker lost meanwhile): the run's latest
+        # committed checkpoint, if it has one, still resumes (commits are atomic).
+        manifest = checkpoints.resumable() if checkpoints is not None else None
+        if manifest is not None:
+            assert checkpoints is not None and checkpoints.directory is not None
+            print(
+                f"stopped by SIGTERM: {err}; the latest checkpoint ({manifest.position}) is in {checkpoints.directory}\n"
+                f"continue with: {_resume_command(argv, checkpoints.directory)}",
+                file=sys.stderr,
+            )
+            return EXIT_SUSPENDED
+        hint = "no checkpoint had been written yet" if args.checkpoint or args.resume else "give --checkpoint DIR to be able to resume"
+        print(f"stopped by SIGTERM: {err}; {hint}", file=sys.stderr)
         return EXIT_TERMINATED
     except JobTimeout as err:
         print(f"error: {err}", file=sys.stderr)
@@ -225,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the job was stopped on every worker", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # Once a SIGTERM asked this job to stop, its exit status is decided here: a later one
+        # (a batch system signals every process at the time limit) must not turn it into 143.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if suspend.is_set() else previous)
     return 0
 
 
@@ -233,7 +249,7 @@ def _on_sigterm(suspend: threading.Event) -> None:
     """The first SIGTERM asks for a checkpoint at the next iteration boundary; a second one
     stops at once."""
     if suspend.is_set():
-        raise Terminated("a second SIGTERM stopped the job on every worker at once")
+        raise Terminated("a second SIGTERM stopped the run at once")
     suspend.set()
 
 
@@ -264,6 +280,7 @@ class _Checkpoints:
         self.temporary: Path | None = None
         given = args.resume or args.checkpoint
         self.directory: str | None = str(given.resolve()) if given is not None else None
+        self.before: str | None = None  # the latest checkpoint's name when the run started
 
     def __enter__(self) -> _Checkpoints:
         if self.directory is None and self.mode != CLUSTER:
@@ -273,10 +290,24 @@ class _Checkpoints:
             self.directory = str(self.temporary)
             if self.mode == IN_PROCESS and self.every is None:
                 self.every = float("inf")
+        if self.directory is not None:
+            self.before = Checkpoints(self.directory).latest_name()
         return self
 
+    def resumable(self) -> Manifest | None:
+        """The latest checkpoint if this run wrote it or resumed from it (not one an earlier
+        run left in a ``--checkpoint`` directory)."""
+        if self.directory is None:
+            return None
+        checkpoints = Checkpoints(self.directory)
+        name = checkpoints.latest_name()
+        if name is None or (name == self.before and not self.args.resume):
+            return None
+        return checkpoints.latest()
+
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
-        if self.temporary is not None and not isinstance(error, Suspended):
+        kept = isinstance(error, Suspended) or (isinstance(error, Terminated) and self.resumable() is not None)
+        if self.temporary is not None and not kept:
             import shutil
 
             shutil.rmtree(self.temporary, ignore_errors=True)

@@ -34,7 +34,9 @@ class JobTimeout(TimeoutError):
 
 
 class Terminated(RuntimeError):
-    """The job was asked to stop (SIGTERM) with no checkpoint directory to stop into."""
+    """The job was asked to stop (SIGTERM) and stopped without a checkpoint of where it was:
+    there was no checkpoint directory, a second request said stop at once, or a worker was
+    lost before the job had checkpointed. An earlier checkpoint of the run still resumes."""
 
 
 @dataclass(frozen=True)

@@ -380,6 +380,10 @@ class _Job:
         happens next."""
         if self.attempt >= self.options.retries:
             raise WorkerLost(lost.address, lost.rank, lost.where, self.attempt, lost.how) from None
+        if self.options.suspend is not None and self.options.suspend.is_set():
+            # Asked to stop (SIGTERM: a batch system stopping the whole job, workers too): a
+            # retry would compute on, without the request. The latest checkpoint resumes.
+            raise Terminated(f"worker {lost.address} (rank {lost.rank}) {lost.how} {lost.where} before the job had checkpointed") from None
         t0 = time.monotonic()
         self.attempt += 1
         if lost.how != "was lost":

@@ -91,11 +91,17 @@ class Checkpoints:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
+    def latest_name(self) -> str | None:
+        """The newest complete checkpoint's name (what ``latest`` points to), or None."""
+        try:
+            return (self.directory / "latest").read_text().strip()
+        except FileNotFoundError:
+            return None
+
     def latest(self) -> Manifest | None:
         """The newest complete checkpoint, or None when there is none."""
-        try:
-            name = (self.directory / "latest").read_text().strip()
-        except FileNotFoundError:
+        name = self.latest_name()
+        if name is None:
             return None
         try:
             data = json.loads((self.directory / name / "manifest.json").read_text())

@@ -6,8 +6,9 @@ sbatch. Checked:
   run writes; their logs have no traceback and no cancelled step, and end with the command's
   `done:` line and the script's exit-status line;
 - a bad program fails its job (exit 1) with one `file:line:col: error:` line, no traceback;
-- the job's memory sizes the run: a cluster worker's limit is its share of --mem-per-cpu, and
-  a single-node run outgrowing half of --mem ends with one `out of memory budget` line;
+- the job's memory sizes the run: a cluster worker's limit is its share of --mem-per-cpu or
+  of --mem, and a single-node run outgrowing half of --mem ends with one `out of memory
+  budget` line;
 - `scancel` leaves no process of the job and no scheduler file;
 - a job that cannot finish within its 1-minute limit is warned (`--signal`), checkpoints,
   requeues itself and resumes, until the outputs are those of an in-process run.
@@ -316,6 +317,8 @@ def jobs(slurm: Slurm) -> dict[str, Job]:
         # Dask's info lines show each worker's memory limit: its share, from --mem-per-cpu
         "bad-cluster": slurm.submit("run-cluster.sbatch", "bad-cluster", CAL, "--mem-per-cpu=1000", program=bad,
                                     DASK_LOGGING__DISTRIBUTED="info"),
+        "bad-cluster-mem": slurm.submit("run-cluster.sbatch", "bad-cluster-mem", CAL, "--mem=3000", "--ntasks=3", program=bad,
+                                        DASK_LOGGING__DISTRIBUTED="info"),
         "bad-single": slurm.submit("run-single-node.sbatch", "bad-single", CAL, program=bad),
         "small-memory": slurm.submit("run-single-node.sbatch", "small-memory", CAL, "--mem=4"),  # MB
     }
@@ -387,7 +390,7 @@ def test_two_cluster_jobs_at_once_and_a_single_node_job(slurm: Slurm, jobs: dict
 
 
 def test_a_bad_program_fails_the_job_with_one_line(slurm: Slurm, jobs: dict[str, Job]) -> None:
-    for name in ("bad-cluster", "bad-single"):
+    for name in ("bad-cluster", "bad-cluster-mem", "bad-single"):
         job = jobs[name]
         record = slurm.wait(job, 180)
         log = job.text()
@@ -401,8 +404,12 @@ def test_a_bad_program_fails_the_job_with_one_line(slurm: Slurm, jobs: dict[str,
 
 
 def test_the_jobs_memory_sizes_the_run(slurm: Slurm, jobs: dict[str, Job]) -> None:
-    # a cluster worker's memory limit: its cores (1) times --mem-per-cpu=1000 (MiB)
-    assert re.search(r"Memory: +0\.98 GiB", jobs["bad-cluster"].text()), jobs["bad-cluster"].text()
+    # a cluster worker's memory limit: its cores (1) times --mem-per-cpu=1000 (MiB); or its
+    # node's --mem=3000 (MiB) over the node's 3 tasks
+    for name, workers in (("bad-cluster", 1), ("bad-cluster-mem", 3)):
+        log = jobs[name].text()
+        assert len(re.findall(r"Memory: +0\.98 GiB", log)) == workers, log
+        assert "each worker's memory limit: 1000 MiB" in log, log
     # the single-node run's budget: half of --mem=4, which REACH on cal outgrows
     job = jobs["small-memory"]
     record = slurm.wait(job, 180)

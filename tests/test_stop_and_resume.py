@@ -9,9 +9,11 @@ cluster; every test under a hard timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from dask_datalog.cluster import Program
+from dask_datalog.cluster.cli import IN_PROCESS, _Checkpoints, build_parser
 from dask_datalog.cluster.runtime import JobOptions, JobTimeout
 from test_worker_loss import REACH, assert_no_job_left, chain, cli, hard_timeout, outputs
 
@@ -115,6 +118,69 @@ def test_sigterm_without_a_checkpoint_directory_keeps_a_temporary_one(long_chain
         import shutil
 
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["embedded", "in-process"])
+def test_the_time_limits_sigterm_to_every_process_still_leaves_a_run_that_resumes(
+    long_chain: dict[str, Path], where: str, tmp_path: Path
+) -> None:
+    """A batch system warns the command (SIGTERM), then at its time limit signals every process
+    of the job, the embedded workers too, while the run checkpoints: whether it stops at its
+    checkpoint or at once, it exits 75 with the command that resumes (never 0 after computing
+    on without the request, never 143), and that command gives the same outputs."""
+    checkpoint = tmp_path / "ckpt"
+    mode = ["--workers", "2"] if where == "embedded" else ["--no-cluster"]
+    args = [REACH, "-F", long_chain["facts"], "-D", tmp_path / "out", *mode, "--checkpoint", checkpoint, "--checkpoint-every", "0"]
+    process = subprocess.Popen([*COMMAND, *map(str, args)], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(checkpoint / "latest")
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):  # it may be gone already, stopped at its checkpoint
+        os.killpg(process.pid, signal.SIGTERM)
+    _, err = finish(process)
+    assert process.returncode == 75, err
+    first, second = err.strip().splitlines()[-2:]  # the embedded scheduler may log its lost workers first
+    at = r"in stratum 0 after iteration \d+"
+    stopped = rf"stopped by SIGTERM( {at}; the checkpoint|: .+; the latest checkpoint \({at}\)) is in {re.escape(str(checkpoint))}"
+    assert re.fullmatch(stopped, first), err
+    assert second.startswith("continue with: dask-datalog run ") and second.endswith(f"--resume {checkpoint}"), err
+    words = shlex.split(second.removeprefix("continue with: "))[2:]
+    every = words.index("--checkpoint-every")
+    del words[every : every + 2]  # a checkpoint at each of the remaining iterations: minutes
+    words = [w for w in words if w not in mode]
+    done = subprocess.run([*COMMAND, *words, "--no-cluster"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert outputs(tmp_path / "out") == outputs(long_chain["want"])
+
+
+def test_only_the_runs_own_checkpoints_are_offered_after_a_stop_at_once(long_chain: dict[str, Path], tmp_path: Path) -> None:
+    """What the command offers to resume after a run stopped at once (a second SIGTERM): with
+    ``--checkpoint DIR``, not a checkpoint an earlier run left in DIR (exit 143, "none yet"),
+    but one this run committed; with ``--resume DIR``, the checkpoint it resumed from."""
+    checkpoint = tmp_path / "ckpt"
+    earlier = start([REACH, "-F", long_chain["facts"], "-D", tmp_path / "out", "--no-cluster", "--checkpoint", checkpoint, "--checkpoint-every", "0"])
+    wait_for(checkpoint / "latest")
+    earlier.send_signal(signal.SIGTERM)
+    finish(earlier)
+    assert earlier.returncode == 75
+    left = (checkpoint / "latest").read_text().strip()
+
+    def checkpoints(*flags: object) -> _Checkpoints:
+        args = build_parser().parse_args(["run", str(REACH), "-F", str(long_chain["facts"]), *map(str, flags)])
+        return _Checkpoints(args, IN_PROCESS)
+
+    with checkpoints("--checkpoint", checkpoint) as fresh:
+        assert fresh.resumable() is None
+        shutil.copytree(checkpoint / left, checkpoint / "run-mine-00000")  # as if this run committed one
+        (checkpoint / "latest").write_text("run-mine-00000\n")
+        assert fresh.resumable() is not None and fresh.resumable().name == left  # type: ignore[union-attr]
+    (checkpoint / "latest").write_text(left + "\n")
+    with checkpoints("--resume", checkpoint) as resumed:
+        manifest = resumed.resumable()
+        assert manifest is not None and manifest.name == left
+    with checkpoints() as temporary:  # in process: a temporary directory, which SIGTERM alone writes into
+        assert temporary.resumable() is None
+    assert not Path(temporary.directory).exists()  # type: ignore[arg-type]
 
 
 def test_resume_refuses_a_changed_input_or_program(long_chain: dict[str, Path], tmp_path: Path) -> None:
