@@ -6,7 +6,6 @@ task (``tasks.py``) hands in the job's worker-to-worker transport, tests hand in
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine import checkpoint, ir, memory, sets
+from dask_datalog.engine import checkpoint, ir, sets
 from dask_datalog.engine.backend import Backend, get_backend
-from dask_datalog.engine.evaluate import Evaluator
 from dask_datalog.engine.hisa import pack, unpack
-from dask_datalog.engine.job import FactSource, Steering, host_rows, input_files, job_control, load_inputs
+from dask_datalog.engine.job import FactSource, Shape, Start, Steering, evaluate, host_rows, input_files, load_inputs
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.exchange import ShardExchange, Transport
@@ -58,43 +56,34 @@ def evaluate_shard(
     reads its byte range) or this shard's rows (array or DataFrame, split by the caller).
     ``steering.checkpoint`` may start it from a checkpoint written by any number of shards;
     ``array_digests``: the fingerprints of whole input arrays (the caller split them)."""
-    t0 = time.perf_counter()
-
-    def current() -> dict[str, Any]:
-        return checkpoint.fingerprint(program, input_files(program, fact_dir, facts), dict(array_digests or {}))
-
-    manifest, restored = checkpoint.start(steering.checkpoint, transport.rank, transport.size, transport.allgather, current)
-    if manifest is not None:
+    def load(manifest: checkpoint.Manifest | None, restored: Any) -> Start:
+        if manifest is None:
+            return _load(transport, program, fact_dir, facts)
         symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program)), manifest.symbols])
         _remap_checkpoint(restored, program, SymbolTable.in_order(manifest.symbols), symbols)
-        inputs, sizes = {}, manifest.input_sizes
-    else:
-        symbols, inputs, sizes = _load(transport, program, fact_dir, facts)
-    t_load = time.perf_counter() - t0
-    plan = place(plan_program(program), transport.size, sizes, replicate_below)
-    control = job_control(
-        steering, backend, transport.rank, transport.size, transport.allgather, manifest, sizes, current, lambda: symbols.strings, t0
+        return Start(symbols, {}, manifest.input_sizes)
+
+    shape = Shape(
+        transport.rank,
+        transport.size,
+        transport.allgather,
+        lambda: checkpoint.fingerprint(program, input_files(program, fact_dir, facts), dict(array_digests or {})),
+        load,
+        lambda sizes: place(plan_program(program), transport.size, sizes, replicate_below),
+        ShardExchange(transport, backend.xp),
     )
-    chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget, backend)
-    evaluator = Evaluator(plan, backend, symbols, inputs, chunk_rows, ShardExchange(transport, backend.xp), control)
-    if manifest is not None:
-        evaluator.restore(manifest.position, restored)
-    stats = evaluator.run(on_iteration)
-    stats["load_s"] = round(t_load, 6)
+    evaluator, start, stats = evaluate(shape, backend, steering, chunk_rows, on_iteration)
     stats["exchange"] = transport.stats.snapshot()
-    stats["checkpoints"] = control.written
     stats["placement"] = {
         name: {"replicated": l.replicated, "keys": [list(k) for k in l.copies], "why": l.reason}
-        for name, l in plan.layouts.items()
+        for name, l in evaluator.plan.layouts.items()
     }
     stats["local_sizes"] = {name: evaluator.local_size(name) for name in program.relations}
     rows = {name: evaluator.local_rows(name) for name in program.relations}
-    return Shard(transport.rank, program, symbols, backend.name, rows, stats)
+    return Shard(transport.rank, program, start.symbols, backend.name, rows, stats)
 
 
-def _load(
-    transport: Transport, program: ir.Program, fact_dir: str | Path | None, facts: Mapping[str, FactSource] | None
-) -> tuple[SymbolTable, dict[str, np.ndarray], dict[str, int]]:
+def _load(transport: Transport, program: ir.Program, fact_dir: str | Path | None, facts: Mapping[str, FactSource] | None) -> Start:
     """This shard's part of the inputs, re-encoded with the symbol table all shards agree on,
     and every input relation's total size."""
     local = SymbolTable()
@@ -107,7 +96,7 @@ def _load(
     for _, theirs in agreed:
         for name, n in theirs.items():
             sizes[name] = sizes.get(name, 0) + n
-    return symbols, inputs, sizes
+    return Start(symbols, inputs, sizes)
 
 
 def _remap_checkpoint(

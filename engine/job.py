@@ -164,6 +164,57 @@ class Steering:
     interrupted: Callable[[], None] = lambda: None
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where a shard's run starts: the symbol table, this shard's input rows (none when it
+    starts from a checkpoint) and every input relation's total size."""
+
+    symbols: SymbolTable
+    inputs: dict[str, np.ndarray]
+    sizes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shard's place in a run of ``size`` shards and how the run varies there: ``allgather``
+    (the shards' collective), ``fingerprint()`` (of the program and inputs, for checkpoints),
+    ``load(manifest, restored)`` (the ``Start``: from the inputs when ``manifest`` is None,
+    else from that checkpoint's ``restored`` rows, which it may re-encode in place),
+    ``plan(sizes)`` and ``exchange`` (None for a single shard)."""
+
+    rank: int
+    size: int
+    allgather: Callable[[Any], list[Any]]
+    fingerprint: Callable[[], dict[str, Any]]
+    load: Callable[[checkpoint.Manifest | None, Any], Start]
+    plan: Callable[[dict[str, int]], Any]
+    exchange: Any | None = None
+
+
+def evaluate(
+    shape: Shape,
+    backend: Backend,
+    steering: Steering,
+    chunk_rows: int | None,
+    on_iteration: Callable[[int, int, dict[str, int]], None] | None,
+) -> tuple[Evaluator, Start, dict[str, Any]]:
+    """One shard's run from its start (inputs or checkpoint) to the fixpoint, the same for a
+    run in process and a shard of a cluster: the evaluator, where it started, its statistics."""
+    t0 = time.perf_counter()
+    manifest, restored = checkpoint.start(steering.checkpoint, shape.rank, shape.size, shape.allgather, shape.fingerprint)
+    start = shape.load(manifest, restored)
+    t_load = time.perf_counter() - t0
+    control = _job_control(steering, backend, shape, manifest, start, t0)
+    chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget, backend)
+    evaluator = Evaluator(shape.plan(start.sizes), backend, start.symbols, start.inputs, chunk_rows, shape.exchange, control)
+    if manifest is not None:
+        evaluator.restore(manifest.position, restored)
+    stats = evaluator.run(on_iteration)
+    stats["load_s"] = round(t_load, 6)
+    stats["checkpoints"] = control.written
+    return evaluator, start, stats
+
+
 def run_program(
     program: Program,
     backend: Backend,
@@ -173,47 +224,26 @@ def run_program(
     chunk_rows: int | None = None,
     steering: Steering = Steering(),
 ) -> RunOutput:
-    t0 = time.perf_counter()
-
-    def solo(part: Any) -> list[Any]:
-        return [part]
-
-    def current() -> dict[str, Any]:
+    def fingerprint() -> dict[str, Any]:
         arrays = {n: checkpoint.array_digest(src) for n, src in (facts or {}).items() if not isinstance(src, (str, Path))}
         return checkpoint.fingerprint(program, input_files(program, fact_dir, facts), arrays)
 
-    manifest, restored = checkpoint.start(steering.checkpoint, 0, 1, solo, current)
-    if manifest is not None:
-        symbols, inputs, sizes = SymbolTable.in_order(manifest.symbols), {}, manifest.input_sizes
-    else:
+    def load(manifest: checkpoint.Manifest | None, restored: Any) -> Start:
+        if manifest is not None:
+            return Start(SymbolTable.in_order(manifest.symbols), {}, manifest.input_sizes)
         symbols = SymbolTable()
         inputs = load_inputs(program, symbols, fact_dir, facts)
-        sizes = {name: int(rows.shape[0]) for name, rows in inputs.items()}
-    t_load = time.perf_counter() - t0
-    control = job_control(steering, backend, 0, 1, solo, manifest, sizes, current, lambda: symbols.strings, t0)
-    chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget, backend)
-    evaluator = Evaluator(plan_program(program), backend, symbols, inputs, chunk_rows, control=control)
-    if manifest is not None:
-        evaluator.restore(manifest.position, restored)
-    stats = evaluator.run(on_iteration)
+        return Start(symbols, inputs, {name: int(rows.shape[0]) for name, rows in inputs.items()})
+
+    shape = Shape(0, 1, lambda part: [part], fingerprint, load, lambda _sizes: plan_program(program))
+    evaluator, start, stats = evaluate(shape, backend, steering, chunk_rows, on_iteration)
     packed = {name: store.full for name, store in evaluator.stores.items()}
-    stats["load_s"] = round(t_load, 6)
     stats["sizes"] = {name: int(rows.shape[0]) for name, rows in packed.items()}
-    stats["checkpoints"] = control.written
-    return RunOutput(program, symbols, backend, packed, stats)
+    return RunOutput(program, start.symbols, backend, packed, stats)
 
 
-def job_control(
-    steering: Steering,
-    backend: Backend,
-    rank: int,
-    size: int,
-    allgather: Callable[[Any], list[Any]],
-    manifest: checkpoint.Manifest | None,
-    sizes: dict[str, int],
-    current: Callable[[], dict[str, Any]],
-    strings: Callable[[], list[str]],
-    t0: float,
+def _job_control(
+    steering: Steering, backend: Backend, shape: Shape, manifest: checkpoint.Manifest | None, start: Start, t0: float
 ) -> checkpoint.JobControl:
     """The ``JobControl`` of one shard. A run that started from a checkpoint carries its
     fingerprint and elapsed time on; a fresh one computes its fingerprint (hashing the
@@ -224,13 +254,13 @@ def job_control(
 
     def describe() -> tuple[dict[str, int], dict[str, Any], list[str]]:
         if not known:
-            known.append(current())
-        return sizes, known[0], strings()
+            known.append(shape.fingerprint())
+        return start.sizes, known[0], start.symbols.strings
 
     return checkpoint.JobControl(
-        rank,
-        size,
-        allgather,
+        shape.rank,
+        shape.size,
+        shape.allgather,
         steering.checkpoint,
         describe,
         lambda: before + time.perf_counter() - t0,
