@@ -29,6 +29,7 @@ from ..engine.control import Suspended
 from . import experiment_cli
 from .api import Program, Result
 from .options import JobOptions, JobTimeout, Terminated, WorkerLost
+from .progress import iteration_events
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,7 +386,7 @@ class _Run:
     def evaluate(self, options: JobOptions) -> Result:
         args = self.args
         if self.client is None:
-            on_iteration = self._in_process_events() if self.display is not None else None
+            on_iteration = iteration_events(0, self.display.handler) if self.display is not None else None
             return self.program.run(fact_dir=args.fact_dir, backend=args.backend, on_iteration=on_iteration, options=options)
         result = self.program.run(
             fact_dir=args.fact_dir,
@@ -397,16 +398,6 @@ class _Run:
         )
         self.stack.callback(result.close)
         return result
-
-    def _in_process_events(self) -> Any:
-        """``on_iteration`` feeding the progress line the events workers would send."""
-        found = [0]
-
-        def event(stratum: int, iteration: int, delta: dict[str, int]) -> None:
-            found[0] += sum(delta.values())
-            self.display.handler({"rank": 0, "stratum": stratum, "iteration": iteration, "delta": sum(delta.values()), "found": found[0]})
-
-        return event
 
     def note(self, text: str) -> None:
         if self.display is not None:

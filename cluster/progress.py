@@ -1,21 +1,40 @@
-"""The live progress line of a distributed run on the terminal (stderr, via rich).
+"""The live progress line of a run on the terminal (stderr, via rich).
 
-Workers send small events (``tasks._progress``: rank, stratum, iteration, delta size, tuples
-found so far); this folds the latest event of every worker into one line: stratum, iteration,
-the current delta summed over workers, and tuples found per second. The client adds ``note``
-events (a lost worker, the recovery under way), shown at the front of the line.
+Each shard sends small events (``iteration_events``: rank, stratum, iteration, delta size,
+tuples found so far; workers as Dask events, an in-process run directly); this folds the latest
+event of every shard into one line: stratum, iteration, the current delta summed over shards,
+and tuples found per second. The client adds ``note`` events (a lost worker, the recovery
+under way, the outputs being written), shown at the front of the line.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
+if TYPE_CHECKING:  # rich only where the line is shown: workers import this module for the events
+    from rich.console import Console
+    from rich.text import Text
+
+
+def iteration_events(rank: int, send: Callable[[dict[str, Any]], None], every_s: float = 0.0) -> Callable[[int, int, dict[str, int]], None]:
+    """An ``on_iteration`` sending shard ``rank``'s progress events (counts, never tuples), at
+    most every ``every_s`` seconds apart from each stratum's first iteration."""
+    last = [0.0]
+    found = [0]
+
+    def report(stratum: int, iteration: int, delta: dict[str, int]) -> None:
+        found[0] += sum(delta.values())
+        now = time.monotonic()
+        if now - last[0] < every_s and iteration:
+            return
+        last[0] = now
+        send({"rank": rank, "stratum": stratum, "iteration": iteration, "delta": sum(delta.values()), "found": found[0]})
+
+    return report
 
 
 @dataclass
@@ -61,6 +80,9 @@ class ProgressDisplay:
     iterations and phases that send no event."""
 
     def __init__(self, strata: int, dashboard: str | None = None, label: str = "", console: Console | None = None):
+        from rich.console import Console
+        from rich.live import Live
+
         self.state = ProgressState(strata, label)
         self.dashboard = dashboard
         self.console = console or Console(stderr=True)
@@ -72,6 +94,8 @@ class ProgressDisplay:
             self.state.update(event)
 
     def __rich__(self) -> Text:
+        from rich.text import Text
+
         with self.lock:
             suffix = f"  dashboard {self.dashboard}" if self.dashboard else ""
             return Text(self.state.line() + suffix)

@@ -10,7 +10,6 @@ worker's thread pool, so several jobs on one cluster never wait for each other's
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from dask_datalog.partition.placement import REPLICATE_BELOW
 from . import dask_adapter, faults
 from .exchange import PLUGIN_NAME, DaskTransport, JobAborted
 from .output import write_outputs
+from .progress import iteration_events
 from .shard import Shard, evaluate_shard
 
 PROGRESS_EVERY_S = 0.25  # progress events per worker: at most this often, plus each stratum's end
@@ -127,20 +127,16 @@ def evaluate_task(spec: JobSpec, rank: int, arrays: dict[str, Any] | None = None
 
 
 def _progress(transport: DaskTransport, topic: str | None) -> Callable[[int, int, dict[str, int]], None]:
-    """An ``on_iteration`` that reports counts to the client as Dask events (no tuples), at most
-    every PROGRESS_EVERY_S per worker, and passes the ``iteration-<n>`` fault point."""
-    last = [0.0]
-    found = [0]
+    """An ``on_iteration`` that reports progress to the client as Dask events, at most every
+    PROGRESS_EVERY_S per worker, and passes the ``iteration-<n>`` fault point."""
+    events = None
+    if topic is not None:
+        events = iteration_events(transport.rank, functools.partial(transport.worker.log_event, topic), PROGRESS_EVERY_S)
 
     def report(stratum: int, iteration: int, delta: dict[str, int]) -> None:
         faults.point(f"iteration-{iteration}", transport.rank)
-        found[0] += sum(delta.values())
-        now = time.monotonic()
-        if topic is None or (now - last[0] < PROGRESS_EVERY_S and iteration):
-            return
-        last[0] = now
-        message = {"rank": transport.rank, "stratum": stratum, "iteration": iteration, "delta": sum(delta.values()), "found": found[0]}
-        transport.worker.log_event(topic, message)
+        if events is not None:
+            events(stratum, iteration, delta)
 
     return report
 
