@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, fact_input, memory, relation_output
+from . import checkpoint, fact_input, memory, relation_output, sets
 from .backend import Backend
 from .checkpoint import CheckpointOptions
 from .errors import DatalogError
@@ -89,6 +89,16 @@ class PackedRows:
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return host_rows(self.packed, self.arity, self.backend)
+
+    def in_order(self) -> bool:
+        """True: the engine keeps every relation sorted and duplicate-free, which in packed
+        words (column 0 highest) is output order for numbers. Checked on the packed words a
+        chunk at a time; a relation that is not is an engine bug, never sorted over quietly."""
+        step = relation_output.FORMAT_CHUNK_ROWS
+        for start in range(0, max(len(self) - 1, 0), step):
+            if not sets.is_sorted_unique(self.packed[start : start + step + 1], self.backend.xp):
+                raise AssertionError(f"a relation of {len(self)} rows is not sorted and duplicate-free near row {start}")
+        return True
 
 
 def load_inputs(

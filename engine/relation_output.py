@@ -50,7 +50,10 @@ def sort_rows(rows: Rows, relation: ir.Relation, symbols: SymbolTable) -> Rows:
 
 def _in_order(rows: Rows) -> bool:
     """Whether encoded numeric rows are in lexicographic order, checked a chunk at a time so
-    that the check adds no relation-sized temporaries."""
+    that the check adds no relation-sized temporaries (``job.PackedRows`` checks its packed
+    words itself)."""
+    if hasattr(rows, "in_order"):
+        return bool(rows.in_order())
     for start in range(0, len(rows) - 1, FORMAT_CHUNK_ROWS):
         later = rows[start + 1 : start + 1 + FORMAT_CHUNK_ROWS]
         earlier = rows[start : start + len(later)]

@@ -38,6 +38,8 @@ def is_sorted_unique(rows: Any, xp: Any) -> bool:
     if rows.shape[0] < 2:
         return True
     later, earlier = rows[1:], rows[:-1]
+    if rows.shape[1] == 1:  # one word (arity up to 2): no per-row search for the first difference
+        return bool(xp.all(later[:, 0] > earlier[:, 0]))
     differs = later != earlier
     first = xp.argmax(differs, axis=1)
     at = xp.arange(first.shape[0])

@@ -637,3 +637,24 @@ def test_chunked_writing_from_packed_rows(tmp_path: Path, monkeypatch: pytest.Mo
     totals = [n for _, n in heard]
     assert {name for name, _ in heard} == {"r"} and len(totals) == -(-len(data) // 7)
     assert totals == sorted(totals) and totals[-1] == len(text)
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_packed_rows_out_of_order_are_an_engine_bug_not_sorted_over(monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+    """The engine hands every relation sorted and duplicate-free; writing checks that on the
+    packed words, chunk by chunk (the boundaries included), and crashes on a violation rather
+    than writing duplicates or re-sorting quietly."""
+    from dask_datalog.engine import relation_output
+    from dask_datalog.engine.job import PackedRows
+
+    monkeypatch.setattr(relation_output, "FORMAT_CHUNK_ROWS", 4)
+    arity = 2 * width
+    good = np.arange(40, dtype=np.uint64).reshape(-1, width) * 3
+    assert PackedRows(good, arity, KERNELS).in_order()
+    assert sets.is_sorted_unique(good, np) and sets.is_sorted_unique(good[:1], np)
+    for broken in (4, 5, 9):  # a duplicate at a chunk's boundary, one inside a chunk, a step down
+        rows = good.copy()
+        rows[broken] = rows[broken - 1] - (broken == 9)
+        assert not sets.is_sorted_unique(rows, np)
+        with pytest.raises(AssertionError, match="not sorted and duplicate-free"):
+            PackedRows(rows, arity, KERNELS).in_order()
