@@ -196,25 +196,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.stats.write_text(json.dumps(result.stats, indent=1))
             run.summary(result)
     except Suspended as stopped:
-        assert checkpoints is not None and checkpoints.directory is not None
-        print(
-            f"stopped by SIGTERM {stopped.position}; the checkpoint is in {checkpoints.directory}\n"
-            f"continue with: {_resume_command(argv, checkpoints.directory)}",
-            file=sys.stderr,
-        )
-        return EXIT_SUSPENDED
+        assert checkpoints is not None
+        return checkpoints.resume_from(f"stopped by SIGTERM {stopped.position}; the checkpoint", argv)
     except Terminated as err:
         # Stopped at once (a second SIGTERM, or a worker lost meanwhile): the run's latest
         # committed checkpoint, if it has one, still resumes (commits are atomic).
         manifest = checkpoints.resumable() if checkpoints is not None else None
         if manifest is not None:
-            assert checkpoints is not None and checkpoints.directory is not None
-            print(
-                f"stopped by SIGTERM: {err}; the latest checkpoint ({manifest.position}) is in {checkpoints.directory}\n"
-                f"continue with: {_resume_command(argv, checkpoints.directory)}",
-                file=sys.stderr,
-            )
-            return EXIT_SUSPENDED
+            assert checkpoints is not None
+            return checkpoints.resume_from(f"stopped by SIGTERM: {err}; the latest checkpoint ({manifest.position})", argv)
         hint = "no checkpoint had been written yet" if args.checkpoint or args.resume else "give --checkpoint DIR to be able to resume"
         print(f"stopped by SIGTERM: {err}; {hint}", file=sys.stderr)
         return EXIT_TERMINATED
@@ -305,6 +295,12 @@ class _Checkpoints:
         if name is None or (name == self.before and not self.args.resume):
             return None
         return checkpoints.latest()
+
+    def resume_from(self, stopped: str, argv: list[str] | None) -> int:
+        """Says how the run stopped, where its checkpoint is and the command that continues."""
+        assert self.directory is not None
+        print(f"{stopped} is in {self.directory}\ncontinue with: {_resume_command(argv, self.directory)}", file=sys.stderr)
+        return EXIT_SUSPENDED
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
         kept = isinstance(error, Suspended) or (isinstance(error, Terminated) and self.resumable() is not None)
