@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ..engine.errors import DatalogError
 from . import generate, scaling
 from .api import Program
@@ -165,9 +167,10 @@ def _experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> sc
         parser.error(f"--workers {args.workers!r}: expected worker counts like 1,2,4 (0 = in this process)")
     try:
         params = generate.parse_args_text(args.gen, args.gen_args) if args.gen is not None else {}
-        if args.weak and args.scheduler_file is None:
-            for n in workers:
-                generate.weak(args.gen, params, n)
+        if args.gen is not None:  # every input it will make, before hours of measuring the first ones
+            grown = [generate.weak(args.gen, params, n) for n in workers] if args.weak and args.scheduler_file is None else [params]
+            for each in grown:
+                generate.check_memory(args.gen, each, psutil.virtual_memory().available)
         if args.seed < 0:
             raise generate.BadParameter(f"--seed must be 0 or more, not {args.seed}")
     except generate.BadParameter as error:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from ..engine import ir
 from ..engine.relation_output import write_relation
@@ -46,6 +47,10 @@ MAX_ID = 2**31 - 1  # the programs declare number (int32) columns
 # Facts per variable, for each relation of the points-to inputs (size = number of variables).
 ANDERSEN = {"AddressOf": 0.5, "Assign": 1.0, "Load": 0.2, "Store": 0.2}
 CSPA = {"assign": 1.0, "dereference": 0.5}
+# Peak bytes while one relation is made, per fact drawn (the draws, the packed sort, the output
+# pairs: 35-43 measured with every kind at 3 M facts, tests/test_generate.py; 52 leaves room for
+# other NumPy versions), and per fact held once made.
+BYTES_PER_DRAWN, BYTES_PER_HELD = 52, 8
 
 
 class BadParameter(ValueError):
@@ -80,6 +85,8 @@ class Generator:
     make: Callable[[np.random.Generator, Params], dict[str, np.ndarray]]
     grow: Callable[[Params, int], Params]
     growth: str  # ``grow`` in words, for --help
+    drawn: Callable[[Params], tuple[int, int]]  # facts drawn: (for the largest relation, in all)
+    limits: Callable[[Params], None] = lambda p: None  # raises BadParameter for parameters that do not go together
 
 
 def distinct_pairs(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -121,8 +128,6 @@ def chain(rng: np.random.Generator, p: Params) -> dict[str, np.ndarray]:
 
 def grid(rng: np.random.Generator, p: Params) -> dict[str, np.ndarray]:
     width, height = int(p["width"]), int(p["height"])
-    if width * height > MAX_ID:
-        raise BadParameter(f"grid: width x height is {width * height:,} vertices; at most {MAX_ID:,} fit a number column")
     ids = np.arange(width * height, dtype=np.int64).reshape(height, width)
     src = np.concatenate([ids[:, :-1].ravel(), ids[:-1, :].ravel()])
     dst = np.concatenate([ids[:, 1:].ravel(), ids[1:, :].ravel()])
@@ -148,6 +153,15 @@ def points_to(per_var: Mapping[str, float]) -> Callable[[np.random.Generator, Pa
         }
 
     return make
+
+
+def _grid_limits(p: Params) -> None:
+    if int(p["width"]) * int(p["height"]) > MAX_ID:
+        raise BadParameter(f"grid: width x height is {int(p['width']) * int(p['height']):,} vertices; at most {MAX_ID:,} fit a number column")
+
+
+def _points_to_drawn(per_var: Mapping[str, float]) -> Callable[[Params], tuple[int, int]]:
+    return lambda p: (int(p["size"] * max(per_var.values())), int(p["size"] * sum(per_var.values())))
 
 
 def _positive(v: Value) -> bool:
@@ -189,6 +203,7 @@ GENERATORS: dict[str, Generator] = {
             rmat,
             _rmat_grow,
             "scale + log2(workers) (power-of-two worker counts)",
+            lambda p: (int(p["edge_factor"]) << int(p["scale"]),) * 2,
         ),
         Generator(
             "chain",
@@ -197,6 +212,7 @@ GENERATORS: dict[str, Generator] = {
             chain,
             _scaled("length"),
             "length x workers",
+            lambda p: (int(p["length"]),) * 2,
         ),
         Generator(
             "grid",
@@ -209,6 +225,8 @@ GENERATORS: dict[str, Generator] = {
             grid,
             _scaled("height"),
             "height x workers",
+            lambda p: (2 * int(p["width"]) * int(p["height"]),) * 2,
+            _grid_limits,
         ),
         Generator(
             "andersen",
@@ -217,6 +235,7 @@ GENERATORS: dict[str, Generator] = {
             points_to(ANDERSEN),
             _scaled("size"),
             "size x workers",
+            _points_to_drawn(ANDERSEN),
         ),
         Generator(
             "cspa",
@@ -225,6 +244,7 @@ GENERATORS: dict[str, Generator] = {
             points_to(CSPA),
             _scaled("size"),
             "size x workers",
+            _points_to_drawn(CSPA),
         ),
     )
 }
@@ -246,6 +266,7 @@ def parameters(kind: str, given: Mapping[str, Value | str]) -> Params:
             raise BadParameter(f"{kind} {param.flag}: {value!r} is not {'an integer' if param.type is int else 'a number'}") from None
         if not param.valid(out[param.name]):
             raise BadParameter(f"{kind} {param.flag} must be {param.rule}, not {value}")
+    generator.limits(out)
     return out
 
 
@@ -264,12 +285,31 @@ def generate(kind: str, params: Mapping[str, Value | str], seed: int) -> dict[st
     """The relations of ``kind`` (name -> (n, 2) int32 pairs, sorted and distinct)."""
     if seed < 0:
         raise BadParameter(f"the seed must be 0 or more, not {seed}")
-    return GENERATORS[kind].make(np.random.default_rng(seed), parameters(kind, params))
+    checked = parameters(kind, params)
+    check_memory(kind, checked, psutil.virtual_memory().available)
+    return GENERATORS[kind].make(np.random.default_rng(seed), checked)
 
 
 def weak(kind: str, params: Mapping[str, Value | str], workers: int) -> Params:
-    """The parameters of a weak-scaling input for ``workers`` (0, in process, counts as 1)."""
-    return GENERATORS[kind].grow(parameters(kind, params), workers)
+    """The parameters of a weak-scaling input for ``workers`` (0, in process, counts as 1),
+    checked as given ones are (an R-MAT scale grown past 31, a grid past the id range)."""
+    grown = GENERATORS[kind].grow(parameters(kind, params), workers)
+    try:
+        return parameters(kind, grown)
+    except BadParameter as error:
+        raise BadParameter(f"{error} (grown for {max(1, workers)} workers)") from None
+
+
+def check_memory(kind: str, params: Params, available: int) -> None:
+    """Refuses an input whose making would not fit in ``available`` bytes (else the OOM killer
+    ends the process without a word, or NumPy with a traceback)."""
+    largest, total = GENERATORS[kind].drawn(params)
+    need = BYTES_PER_DRAWN * largest + BYTES_PER_HELD * total
+    if need > available:
+        raise BadParameter(
+            f"{describe(kind, params, 0).removesuffix(' seed=0')} draws {total:,} facts and needs about "
+            f"{need / 2**30:,.1f} GiB of memory to make them; {available / 2**30:,.1f} GiB is available"
+        )
 
 
 def describe(kind: str, params: Mapping[str, Value], seed: int) -> str:

@@ -3,6 +3,8 @@ files the example programs read."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,17 @@ import pytest
 
 from dask_datalog.cluster import Program
 from dask_datalog.cluster.cli import main
-from dask_datalog.cluster.generate import BadParameter, generate, parse_args_text, weak
+from dask_datalog.cluster.generate import (
+    BYTES_PER_DRAWN,
+    BYTES_PER_HELD,
+    GENERATORS,
+    BadParameter,
+    check_memory,
+    generate,
+    parameters,
+    parse_args_text,
+    weak,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -120,6 +132,7 @@ def test_args_text() -> None:
         (["cspa", "OUT", "--skew", "1"], "skew must be more than 1"),
         (["chain", "OUT", "--seed", "-1"], "seed must be 0 or more"),
         (["mesh", "OUT"], "invalid choice"),
+        (["rmat", "OUT", "--scale", "31", "--edge-factor", "100000"], "GiB of memory to make them; "),
     ],
 )
 def test_bad_arguments(tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,3 +149,37 @@ def test_unwritable_directory_is_one_line(tmp_path: Path, capsys: pytest.Capture
     assert main(["gen", "chain", str(tmp_path / "file" / "out")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
+
+
+# About 3 M facts drawn for each kind: the estimate is measured at this size and above.
+LARGE = [
+    ("rmat", {"scale": 18, "edge_factor": 12}),
+    ("chain", {"length": 3_000_000}),
+    ("grid", {"width": 1500, "height": 1000}),
+    ("andersen", {"size": 3_000_000}),
+    ("cspa", {"size": 3_000_000}),
+]
+
+
+@pytest.mark.parametrize("kind, params", LARGE)
+def test_the_memory_estimate_bounds_the_real_peak(tmp_path: Path, kind: str, params: dict[str, int]) -> None:
+    """What ``check_memory`` refuses on must be what the generator would need: the peak
+    resident memory that making and writing the input adds, measured in a fresh process, stays
+    under the estimate (and not several times under it, or it refuses inputs that fit)."""
+    script = f"""
+import resource, sys
+from pathlib import Path
+from dask_datalog.cluster import generate
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+generate.write_facts(Path(sys.argv[1]), generate.generate({kind!r}, {params!r}, 0))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    added = int(done.stdout)
+    largest, total = GENERATORS[kind].drawn(parameters(kind, params))
+    estimate = BYTES_PER_DRAWN * largest + BYTES_PER_HELD * total
+    assert 0.3 * estimate < added <= estimate, (added, estimate)  # chain: 0.46-0.72 by the allocator's reuse
+    with pytest.raises(BadParameter, match="needs about"):
+        check_memory(kind, parameters(kind, params), estimate - 1)
+    check_memory(kind, parameters(kind, params), estimate)
