@@ -26,7 +26,7 @@ from .control import NO_CONTROL, STOP, Control, Position, Suspended
 from .errors import DatalogError
 from .memory import default_chunk_rows
 from .exchange import Exchange, LocalExchange, Target
-from .hisa import RelationStore, expand_runs, gather_join, gather_pairs, half_of, pack, packed_layout, unpack, words_for
+from .hisa import RelationStore, SortedIndex, expand_runs, gather_join, gather_pairs, half_of, pack, packed_layout, unpack, words_for
 from .ir import Atom, BinOp, Comparison, Const, Term, Var
 from .plan import (
     AggregateStep,
@@ -470,14 +470,25 @@ class Evaluator:
         return [self._term(atom.args[j], b) for j in positions]
 
     def _join(self, b: Bindings, step: JoinStep, layout: tuple[str | None, ...] | None) -> Iterator[Bindings]:
+        """The join with each HISA the atom's version is kept in (full's runs, or one)."""
+        store = self._store_for(step)
+        if step.route.action == "slice":  # a scan (no key): this shard's block of all the rows
+            parts = [store.index(step.order, step.version)]
+        else:
+            parts = store.parts(step.order, step.version, b.n)
+        keys = self._key_columns(step.atom, step.order[: step.key_len], b)
+        for index in parts:
+            yield from self._join_index(b, step, layout, index, keys)
+
+    def _join_index(
+        self, b: Bindings, step: JoinStep, layout: tuple[str | None, ...] | None, index: SortedIndex, keys: list[Any]
+    ) -> Iterator[Bindings]:
         """Probe the index once for all outer rows (count pass), then materialise the output
         table chunk by chunk in one gather (outer columns and inner columns side by side)."""
         xp = self.xp
         atom = step.atom
-        index = self._store_for(step).index(step.order, step.version)
-        keys = self._key_columns(atom, step.order[: step.key_len], b)
         starts, counts = index.ranges(keys[:2], b.n, self.backend)
-        if step.route.action == "slice":  # a scan (no key): this shard's block of the rows
+        if step.route.action == "slice":
             lo, hi = self.exchange.share(int(index.rows.shape[0]))
             starts, counts = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64)
         # Index columns the probe could not check: key columns past the two hashed ones, and

@@ -236,15 +236,20 @@ def untimed(name: str) -> AbstractContextManager[None]:
 class RelationStore:
     """The full version of one relation and the current iteration's delta.
 
-    Full is kept in the canonical order as a short list of sorted runs of geometrically
-    decreasing size (a log-structured merge): adding a delta appends a run and merges only
-    runs of similar size, so an iteration no longer copies all of full (GPULog's merge cost on
-    long, thin fixpoints such as road networks: 400-600 iterations). Deduplication probes each
-    run. Indexes that joins probe (secondary column orders, or the canonical one) are single
-    sorted arrays with their hash tables; the canonical runs are compacted when a join asks.
+    Full is kept, in the canonical order and in every other column order a join asked for, as
+    a short list of sorted runs of geometrically decreasing size (a log-structured merge):
+    adding a delta appends a run and merges only runs of similar size, so an iteration copies
+    neither full nor its indexes (GPULog's merge and rebuild cost on long, thin fixpoints: road
+    networks, points-to analyses). Each run is a HISA with its own hash tables, built once.
+    Deduplication probes each run; a join probes each run too (``parts``), unless its outer
+    table is large enough that merging the runs and hashing them once costs less.
     """
 
     MERGE_RATIO = 4  # merge the two newest runs while the newer is over a quarter the older
+    # A join probes the runs one by one while (runs - 1) x outer rows x PROBE_COST is at most
+    # the rows of full: probing a hash table costs about twice per row what merging and
+    # hashing costs per row.
+    PROBE_COST = 2
 
     def __init__(self, arity: int, backend: Backend, max_dense_bits: int = DEFAULT_MAX_BITS):
         self.arity = arity
@@ -257,28 +262,30 @@ class RelationStore:
         self._box: Box | None = None
         self._deduplicated = 0
         self.canonical = tuple(range(arity))
-        self.runs: list[Any] = []
-        self.indexes: dict[tuple[int, ...], SortedIndex] = {}
+        # Full's runs in each column order joins probe; the canonical order's are full itself
+        # (dedup, outputs, checkpoints) and always there.
+        self.levels: dict[tuple[int, ...], list[SortedIndex]] = {self.canonical: []}
         self.delta = xp.zeros((0, words_for(arity)), xp.uint64)
         self._delta_indexes: dict[tuple[int, ...], SortedIndex] = {}
 
     @property
+    def runs(self) -> list[Any]:
+        return [level.rows for level in self.levels[self.canonical]]
+
+    @property
     def full(self) -> Any:
-        """All of full as one sorted array (compacts the runs)."""
-        if len(self.runs) > 1:
-            self.runs = [sets.merge_all(self.runs, self.backend)]
-        return self.runs[0] if self.runs else self.delta[:0]
+        """All of full as one sorted array (compacts the canonical runs)."""
+        runs = self._compact(self.canonical)
+        return runs[0].rows if runs else self.delta[:0]
 
     def __len__(self) -> int:
-        return sum(int(r.shape[0]) for r in self.runs)
+        return sum(int(level.rows.shape[0]) for level in self.levels[self.canonical])
 
     @property
     def nbytes(self) -> int:
-        """What this store holds: full's runs, its other column orders, their hash tables, the
+        """What this store holds: full's runs in every column order, their hash tables, the
         bitmap mirror."""
-        held = sum(int(r.nbytes) for r in self.runs)
-        held += sum(int(idx.rows.nbytes) for order, idx in self.indexes.items() if order != self.canonical)
-        held += sum(idx.table_bytes for idx in self.indexes.values())
+        held = sum(int(level.rows.nbytes) + level.table_bytes for levels in self.levels.values() for level in levels)
         return held + (int(self.dense.bits.nbytes) if self.dense is not None else 0)
 
     def subtract(self, rows: Any) -> Any:
@@ -317,15 +324,34 @@ class RelationStore:
             self.dense.mark(self.full)
 
     def index(self, order: tuple[int, ...], version: str = "full") -> SortedIndex:
+        """One HISA of ``version`` (full or delta) in ``order``; full's runs are compacted."""
         if version == "delta":
             if order not in self._delta_indexes:
                 self._delta_indexes[order] = SortedIndex(order, self._sorted_in(self.delta, order))
             return self._delta_indexes[order]
-        if order not in self.indexes:
-            self.indexes[order] = SortedIndex(order, self._sorted_in(self.full, order))
-        elif order == self.canonical and self.indexes[order].rows is not self.full:
-            self.indexes[order].replace_rows(self.full)
-        return self.indexes[order]
+        runs = self._compact(order)
+        return runs[0] if runs else SortedIndex(order, self.delta[:0])
+
+    def parts(self, order: tuple[int, ...], version: str, probes: int) -> list[SortedIndex]:
+        """The HISAs a join of ``probes`` outer rows reads ``version`` from, one after the
+        other: the delta, or full's runs (compacted first when probing each costs more)."""
+        if version == "delta":
+            return [self.index(order, version)]
+        runs = self._levels(order)
+        if len(runs) > 1 and (len(runs) - 1) * probes * self.PROBE_COST > len(self):
+            runs = self._compact(order)
+        return list(runs)  # a join nested in this one may compact the store's list meanwhile
+
+    def _levels(self, order: tuple[int, ...]) -> list[SortedIndex]:
+        if order not in self.levels:  # a new column order: built from full, then kept up
+            self.levels[order] = [SortedIndex(order, self._sorted_in(self.full, order))] if len(self) else []
+        return self.levels[order]
+
+    def _compact(self, order: tuple[int, ...]) -> list[SortedIndex]:
+        runs = self._levels(order)
+        if len(runs) > 1:
+            runs = self.levels[order] = [SortedIndex(order, sets.merge_all([r.rows for r in runs], self.backend))]
+        return runs
 
     def _sorted_in(self, canonical_rows: Any, order: tuple[int, ...]) -> Any:
         if order == self.canonical:
@@ -337,15 +363,10 @@ class RelationStore:
         if delta.shape[0]:
             if self.dense is not None:
                 self.dense.mark(delta)
-            self.runs.append(delta)
-            while len(self.runs) > 1 and self.runs[-1].shape[0] * self.MERGE_RATIO > self.runs[-2].shape[0]:
-                newer = self.runs.pop()
-                self.runs[-1] = sets.merge(self.runs[-1], newer, self.backend)
-            for order, idx in self.indexes.items():
-                if order != self.canonical:
-                    idx.replace_rows(sets.merge(idx.rows, self._sorted_in(delta, order), self.backend))
-            # The canonical index holds full as it was: let that copy and its hash table go now,
-            # not at the next compaction (index() builds it again when a join asks).
-            self.indexes.pop(self.canonical, None)
+            for order, runs in self.levels.items():
+                runs.append(SortedIndex(order, self._sorted_in(delta, order)))
+                while len(runs) > 1 and runs[-1].rows.shape[0] * self.MERGE_RATIO > runs[-2].rows.shape[0]:
+                    newer = runs.pop()
+                    runs[-1] = SortedIndex(order, sets.merge(runs[-1].rows, newer.rows, self.backend))
         self.delta = delta
         self._delta_indexes = {}
