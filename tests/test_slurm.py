@@ -1,6 +1,8 @@
-"""deploy/slurm/ under a real SLURM: a private single-node cluster (munged, slurmctld and
-slurmd of Debian's slurm-wlm, installed with apt-get when missing) runs both scripts through
-sbatch. Checked:
+"""deploy/slurm/ under a real SLURM: private clusters (munged, slurmctld and slurmd of Debian's
+slurm-wlm, installed with apt-get when missing) run both scripts through sbatch. One has a
+single node, this machine. The other has two, dd-node1 and dd-node2: each a network and UTS
+namespace of this machine with its own address on a bridge and its own slurmd, slurmctld on the
+host's end of the bridge, the file system shared (as a cluster's shared one). Checked:
 
 - two cluster jobs at once on the node, and a single-node job, write the bytes an in-process
   run writes; their logs have no traceback and no cancelled step, and end with the command's
@@ -11,12 +13,19 @@ sbatch. Checked:
   budget` line;
 - `scancel` leaves no process of the job and no scheduler file;
 - a job that cannot finish within its 1-minute limit is warned (`--signal`), checkpoints,
-  requeues itself and resumes, until the outputs are those of an in-process run.
+  requeues itself and resumes, until the outputs are those of an in-process run;
+- on two nodes (`--nodes=2 --ntasks-per-node=2`): the cluster script's 4 workers, two on each
+  node, write the bytes an in-process run writes, with a clean log; with --mem each worker's
+  limit is its node's share; `scancel` leaves no process of the job on either node; a job
+  paused as the time limit's warning does (`scancel --batch --signal=USR1`) checkpoints,
+  requeues itself and resumes on both nodes.
 
-Every job is submitted at the start and runs beside the others; each test waits for its own.
-About 110 s on the 2-core development machine (the walltime jobs: 30 s of waiting for
-slurmctld's first time-limit pass, then 60 s; on a machine loaded by other work a requeued job
-may need a third start, 60 s more), plus apt-get's time on a machine without SLURM.
+Every job of a cluster is submitted at its start and runs beside the others; each test waits
+for its own. About 110 s on the 2-core development machine for the single node (the walltime
+jobs: 30 s of waiting for slurmctld's first time-limit pass, then 60 s; on a machine loaded by
+other work a requeued job may need a third start, 60 s more), then about 60 s for the two nodes
+(the paused job: 15 s of waiting before its second start), plus apt-get's time on a machine
+without SLURM. Without root, or where the namespaces cannot be made, the two-node tests skip.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,12 +97,102 @@ class Job:
         return self.log.read_text() if self.log.exists() else ""
 
 
-class Slurm:
-    """A private single-node SLURM under ``root``: its own munged socket, ports, state and spool.
-    Its daemons and its jobs' processes carry its ``SLURM_CONF``."""
+class Network:
+    """Nodes as Linux namespaces of this machine: each a network namespace, with its address on a
+    bridge of the host (10.77.x.0/24, a subnet the host does not use) and a default route through
+    the bridge (where Dask's get_ip() finds the node's address), and a UTS namespace with the
+    node's hostname for its slurmd. The file system is the host's: it stands for a shared one."""
 
-    def __init__(self, root: Path):
+    def __init__(self, count: int):
+        self.names = [f"dd-node{i}" for i in range(1, count + 1)]
+        self.subnet = 0  # the x of 10.77.x.0/24 once its bridge exists
+        self.namespaces: dict[str, str] = {}  # /proc/PID/ns/net of a node's processes -> the node
+
+    @property
+    def gateway(self) -> str:
+        return f"10.77.{self.subnet}.1"
+
+    def address(self, node: str) -> str:
+        return f"10.77.{self.subnet}.{self.names.index(node) + 2}"
+
+    def _netns(self, node: str) -> str:
+        return f"dd{self.subnet}-{node}"
+
+    def _veth(self, node: str) -> str:
+        return f"dd{self.subnet}n{self.names.index(node) + 1}"
+
+    def create(self) -> None:
+        """The bridge, then each node's namespace and veth pair; a skip saying why when the
+        machine does not allow them."""
+        missing = [c for c in ("ip", "nsenter", "unshare", "hostname") if not shutil.which(c)]
+        if missing:
+            pytest.skip(f"the nodes' namespaces need {', '.join(missing)}")
+        used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        used += subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+        for x in range(1, 255):
+            if f"10.77.{x}." in used or any(Path("/run/netns").glob(f"dd{x}-*")):
+                continue
+            # Creating the bridge claims the subnet: a test run beside this one takes another.
+            done = subprocess.run(["ip", "link", "add", f"ddbr{x}", "type", "bridge"], capture_output=True, text=True)
+            if "File exists" not in done.stderr:
+                break
+        else:
+            pytest.skip("no free subnet 10.77.x.0/24 for the nodes' bridge")
+        if done.returncode != 0:
+            pytest.skip(f"cannot create a bridge for the nodes' namespaces: {done.stderr.strip()}")
+        self.subnet = x
+        bridge = f"ddbr{x}"
+        commands = [["ip", "addr", "add", f"{self.gateway}/24", "dev", bridge], ["ip", "link", "set", bridge, "up"]]
+        for node in self.names:
+            ns, veth = self._netns(node), self._veth(node)
+            commands += [
+                ["ip", "netns", "add", ns],
+                ["ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}p"],
+                ["ip", "link", "set", f"{veth}p", "netns", ns],
+                ["ip", "link", "set", veth, "master", bridge, "up"],
+                ["ip", "-n", ns, "addr", "add", f"{self.address(node)}/24", "dev", f"{veth}p"],
+                ["ip", "-n", ns, "link", "set", f"{veth}p", "up"],
+                ["ip", "-n", ns, "link", "set", "lo", "up"],
+                ["ip", "-n", ns, "route", "add", "default", "via", self.gateway],
+            ]
+        for command in commands:
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot create the nodes' namespaces: {' '.join(command)}: {done.stderr.strip()}")
+        self.namespaces = {f"net:[{os.stat(f'/run/netns/{self._netns(n)}').st_ino}]": n for n in self.names}
+
+    def command(self, node: str, *command: str) -> list[str]:
+        """``command`` on ``node``: in its network namespace, with its hostname. nsenter, not `ip
+        netns exec`, which remounts /sys, hiding /sys/fs/cgroup from slurmd ("Unable to
+        initialize cgroup plugin")."""
+        return ["nsenter", f"--net=/run/netns/{self._netns(node)}", "--", "unshare", "--uts", "--",
+                "sh", "-c", 'hostname "$0" && exec "$@"', node, *command]
+
+    def node_of(self, pid: int) -> str | None:
+        """The node a process runs on; None for the host."""
+        try:
+            return self.namespaces.get(os.readlink(f"/proc/{pid}/ns/net"))
+        except OSError:
+            return None
+
+    def remove(self) -> None:
+        """Whatever of the namespaces, veth pairs and bridge exists, once their processes are gone."""
+        if not self.subnet:
+            return
+        for node in self.names:
+            subprocess.run(["ip", "netns", "del", self._netns(node)], capture_output=True)
+            subprocess.run(["ip", "link", "del", self._veth(node)], capture_output=True)  # gone with its namespace, or not
+        subprocess.run(["ip", "link", "del", f"ddbr{self.subnet}"], capture_output=True)
+
+
+class Slurm:
+    """A private SLURM under ``root``: its own munged socket, ports, state and spool. One node, the
+    host itself; or, given a ``network``, its nodes, one slurmd in each namespace, slurmctld on the
+    host's bridge address. Its daemons and its jobs' processes carry its ``SLURM_CONF``."""
+
+    def __init__(self, root: Path, network: Network | None = None):
         self.root = root
+        self.network = network
         self.conf = root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.daemons: list[subprocess.Popen[bytes]] = []
@@ -108,14 +208,23 @@ class Slurm:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
         sock = munge / "socket"
-        self._daemon("munged", "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
-                     f"--pid-file={munge / 'pid'}", f"--log-file={munge / 'log'}", f"--seed-file={munge / 'seed'}")
+        self._daemon("munged", ["munged", "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
+                     f"--pid-file={munge / 'pid'}", f"--log-file={munge / 'log'}", f"--seed-file={munge / 'seed'}"])
         self._until(sock.exists, 10, "munged did not create its socket")
         host = socket.gethostname()
+        if self.network:
+            self.network.create()
+            controller, nodes = self.network.gateway, {n: self.network.address(n) for n in self.network.names}
+            # 8 CPUs a node: the two-node jobs of the module, 2 tasks a node each, all run at once
+            sizes = "CPUs=8 RealMemory=8000"
+        else:
+            controller, nodes = "127.0.0.1", {host: "127.0.0.1"}
+            # 16 CPUs whatever the machine has, so that every job of the module runs at once
+            sizes = "CPUs=16 RealMemory=16000"
         r = self.root
         self.conf.write_text(f"""\
 ClusterName=dd-test
-SlurmctldHost={host}(127.0.0.1)
+SlurmctldHost={host}({controller})
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 SlurmUser=root
@@ -125,11 +234,12 @@ CredType=cred/munge
 # cred_expire: a requeued job may start again 15 s later (default 120)
 AuthInfo=socket={sock},cred_expire=15
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+# %n, the node's name: a slurmd starting kills the one named in its pid file ("killing old slurmd")
+SlurmdSpoolDir={r}/spool-%n
 SlurmctldPidFile={r}/slurmctld.pid
-SlurmdPidFile={r}/slurmd.pid
+SlurmdPidFile={r}/slurmd-%n.pid
 SlurmctldLogFile={r}/slurmctld.log
-SlurmdLogFile={r}/slurmd.log
+SlurmdLogFile={r}/slurmd-%n.log
 # debug2 logs the time-limit pass the walltime jobs are submitted after
 SlurmctldDebug=debug2
 ProctrackType=proctrack/linuxproc
@@ -147,24 +257,26 @@ SchedulerParameters=sched_interval=1
 KillWait=5
 # ended jobs stay in scontrol's records for the checks
 MinJobAge=600
-# 16 CPUs whatever the machine has, so that every job of the module runs at once
+# the CPUs of the node lines, whatever the machine has
 SlurmdParameters=config_overrides
-NodeName={host} NodeAddr=127.0.0.1 CPUs=16 RealMemory=16000 State=UNKNOWN
-PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+""" + "".join(f"NodeName={n} NodeAddr={a} NodeHostname={n} {sizes} State=UNKNOWN\n" for n, a in nodes.items()) + f"""\
+PartitionName=test Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
 """)
-        for name in ("state", "spool"):
-            (r / name).mkdir()
-        self._daemon("slurmctld", "-D", "-f", str(self.conf))
-        self._daemon("slurmd", "-D", "-f", str(self.conf), "-N", host)
+        (r / "state").mkdir()
+        self._daemon("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
+        for node in nodes:
+            (r / f"spool-{node}").mkdir()
+            slurmd = ["slurmd", "-D", "-f", str(self.conf), "-N", node]
+            self._daemon(f"slurmd-{node}", self.network.command(node, *slurmd) if self.network else slurmd)
 
         def idle() -> bool:
-            done = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True)
-            return done.stdout.strip() == "idle"
+            done = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=self.env, capture_output=True, text=True)
+            return done.stdout.split() == ["idle"] * len(nodes)
 
-        self._until(idle, 30, "the node did not come up")
+        self._until(idle, 30, "the nodes did not come up")
 
-    def _daemon(self, *command: str) -> None:
-        with open(self.root / f"{command[0]}.out", "wb") as out:
+    def _daemon(self, name: str, command: list[str]) -> None:
+        with open(self.root / f"{name}.out", "wb") as out:
             self.daemons.append(subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT))
 
     def _until(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
@@ -189,7 +301,7 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
     def stop(self) -> None:
         """Cancels what is left, stops the daemons by their PIDs, then kills any process of this
-        cluster still there (job steps outlive slurmd)."""
+        cluster still there (job steps outlive slurmd) and removes the nodes' namespaces."""
         if self.conf.exists():
             ids = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True).stdout.split()
             if ids:
@@ -209,8 +321,11 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
         for process in psutil.process_iter():
             with contextlib.suppress(psutil.Error):
                 # slurmstepd clears its environment, but keeps slurmd's log open
-                if process.pid in ours or any(f.path.startswith(f"{self.root}/") for f in process.open_files()):
+                if (process.pid in ours or (self.network and self.network.node_of(process.pid))
+                        or any(f.path.startswith(f"{self.root}/") for f in process.open_files())):
                     process.kill()
+        if self.network:
+            self.network.remove()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def submit(self, script: str, name: str, facts: Path, *options: str, program: Path = REACH, **env: object) -> Job:
@@ -257,17 +372,27 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
         pytest.fail(f"no {TIME_LIMIT_PASS!r} line in {log} for 40 s")
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
+def _running(root: Path, network: Network | None = None) -> Iterator[Slurm]:
     if not (VENV / "bin" / "dask-datalog").exists():
         pytest.skip(f"needs the installed command in {VENV}")
     _install_slurm()
-    cluster = Slurm(tmp_path_factory.mktemp("slurm"))
+    cluster = Slurm(root, network)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
+    yield from _running(tmp_path_factory.mktemp("slurm"))
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
+    """A second private SLURM: two nodes, dd-node1 and dd-node2, in namespaces of this machine."""
+    yield from _running(tmp_path_factory.mktemp("slurm-two-nodes"), Network(2))
 
 
 def _chain_facts(root: Path, n: int) -> Path:
@@ -436,3 +561,114 @@ def test_walltime_checkpoints_requeues_and_resumes(slurm: Slurm, jobs: dict[str,
         assert lines[-2].startswith("done: ") and lines[-1].endswith("(exit status 0)"), log
         assert "Traceback" not in log and "CommClosedError" not in log and "STEP" not in log, log
         assert not slurm.processes(f"SLURM_JOB_ID={job.id}")
+
+
+# The two-node jobs: run-cluster.sbatch with one worker per task, 2 tasks on each node; all run at
+# once, each test waits for its own.
+TWO_NODES = ("--nodes=2", "--ntasks-per-node=2")
+# REACH on a chain of 800 edges with a checkpoint at every iteration: 800 iterations, about 7 s of
+# run on 4 workers, time enough to pause it after its first checkpoint.
+PAUSE_CHAIN = 800
+
+
+@pytest.fixture(scope="module")
+def two_node_jobs(two_nodes: Slurm) -> dict[str, Job]:
+    slurm = two_nodes
+    return {
+        "cluster": slurm.submit("run-cluster.sbatch", "cluster", CAL, *TWO_NODES),
+        # Dask's info lines: each worker's address, and its memory limit, its share of --mem (a node's)
+        "cluster-mem": slurm.submit("run-cluster.sbatch", "cluster-mem", CAL, *TWO_NODES, "--mem=2000",
+                                    DASK_LOGGING__DISTRIBUTED="info"),
+        "cancel": slurm.submit("run-cluster.sbatch", "cancel", _chain_facts(slurm.root, 4000), *TWO_NODES, CHECKPOINT_EVERY=0),
+        "pause": slurm.submit("run-cluster.sbatch", "pause", _chain_facts(slurm.root, PAUSE_CHAIN), *TWO_NODES,
+                              CHECKPOINT=slurm.scratch / "pause", CHECKPOINT_EVERY=0),
+    }
+
+
+def _on_nodes(slurm: Slurm, job: Job) -> Counter[tuple[str | None, str]]:
+    """The job's processes by node and kind: `dask worker` (a task's nanny), `slurmstepd` (whose
+    environment is cleared, but whose name gives the job) or any other."""
+    found: Counter[tuple[str | None, str]] = Counter()
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            command = process.cmdline()
+            if command[:1] == ["slurmstepd:"] or (command and command[0].startswith("slurmstepd: [")):
+                if f"[{job.id}." in " ".join(command):
+                    found[slurm.network.node_of(process.pid), "slurmstepd"] += 1
+            elif process.environ().get("SLURM_JOB_ID") == job.id and process.environ().get("SLURM_CONF") == str(slurm.conf):
+                kind = "dask worker" if command[1:3] == [str(VENV / "bin" / "dask"), "worker"] else "other"
+                found[slurm.network.node_of(process.pid), kind] += 1
+    return found
+
+
+def test_two_nodes_scancel_leaves_no_process_on_either_node_and_a_paused_job_resumes(
+        two_nodes: Slurm, two_node_jobs: dict[str, Job], tmp_path: Path) -> None:
+    slurm = two_nodes
+    cancel, pause = two_node_jobs["cancel"], two_node_jobs["pause"]
+    deadline = time.monotonic() + 120
+    waiting = [cancel, pause]
+    while waiting:
+        for job in list(waiting):
+            assert time.monotonic() < deadline and slurm.show(job)["JobState"] in ("PENDING", "RUNNING"), job.text()
+            if not (job.checkpoint / "latest").exists():  # the run is evaluating once it is there
+                continue
+            if job is cancel:
+                running = _on_nodes(slurm, job)
+                assert running["dd-node1", "dask worker"] == running["dd-node2", "dask worker"] == 2, running
+                assert running["dd-node1", "slurmstepd"] and running["dd-node2", "slurmstepd"], running
+                subprocess.run(["scancel", job.id], env=slurm.env, check=True)
+            else:  # as the time limit's warning does: to the batch shell alone
+                subprocess.run(["scancel", "--batch", "--signal=USR1", job.id], env=slurm.env, check=True)
+            waiting.remove(job)
+        time.sleep(0.1)
+
+    record = slurm.wait(cancel, 60)
+    assert record["JobState"] == "CANCELLED" and record["Restarts"] == "0", cancel.text()
+    assert not _on_nodes(slurm, cancel)
+    _no_scheduler_file(cancel)
+    assert (cancel.checkpoint / "latest").exists()  # submitting the same command resumes from it
+
+    want = _reference(pause.facts, tmp_path / "want")
+    record = slurm.wait(pause, 180)
+    log = pause.text()
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0" and record["Restarts"] == "1", log
+    assert log.count(": 2 node(s), 4 worker(s); scheduler") == 2, log
+    assert log.count("(exit status 75); requeueing") == 1 and log.count("resuming from") == 1, log
+    assert (pause.out / "path.csv").read_bytes() == want
+    assert not pause.checkpoint.exists()
+    assert log.splitlines()[-1] == f"dask-datalog job {pause.id}: done, outputs in {pause.out} (exit status 0)", log
+    assert "Traceback" not in log and "CommClosedError" not in log and "Killed" not in log, log
+    assert not _on_nodes(slurm, pause)
+
+
+# Dask's info lines report a connection closed at the end of a run with its traceback.
+CLOSED_COMM = re.compile(r"^.* - INFO - Batched Comm Closed .*\nTraceback \(most recent call last\):\n(?:[ \t].*\n)*"
+                         r"distributed\.comm\.core\.CommClosedError\n", re.M)
+
+
+def test_a_cluster_job_on_two_nodes(two_nodes: Slurm, two_node_jobs: dict[str, Job], tmp_path: Path) -> None:
+    slurm = two_nodes
+    want = _reference(CAL, tmp_path / "want")
+    first, second = (slurm.network.address(n) for n in slurm.network.names)
+    for name in ("cluster", "cluster-mem"):
+        job = two_node_jobs[name]
+        record = slurm.wait(job, 180)
+        log = job.text()
+        assert record["NodeList"] == "dd-node[1-2]", record
+        assert re.search(rf"start 1: 2 node\(s\), 4 worker\(s\); scheduler tcp://{re.escape(first)}:\d+, .* of dd-node1$", log, re.M), log
+        assert "done: cluster (--scheduler), 4 workers," in log, log
+        assert (job.out / "path.csv").read_bytes() == want
+        assert not _on_nodes(slurm, job)
+    _assert_clean_success(slurm, two_node_jobs["cluster"], slurm.show(two_node_jobs["cluster"]))
+
+    # the workers' own lines: two on each node, each limited to its share, --mem=2000 (MiB) over
+    # the 2 tasks of its node
+    job = two_node_jobs["cluster-mem"]
+    log = job.text()
+    assert Counter(re.findall(r"Start worker at: +tcp://([\d.]+):", log)) == {first: 2, second: 2}, log
+    assert "each worker's memory limit: 1000 MiB" in log, log
+    assert len(re.findall(r"Memory: +0\.98 GiB", log)) == 4, log
+    assert log.splitlines()[-1] == f"dask-datalog job {job.id}: done, outputs in {job.out} (exit status 0)", log
+    quiet = CLOSED_COMM.sub("", log)
+    for noise in ("Traceback", "CommClosedError", "ERROR", "WARNING", "CANCELLED", "Killed"):
+        assert noise not in quiet, log
