@@ -16,7 +16,8 @@ import signal
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..engine.plan import plan_program
 from ..partition.placement import REPLICATE_BELOW
 from ..engine.checkpoint import Checkpoints, Manifest
 from ..engine.control import Suspended
-from . import experiment_cli
+from . import dask_adapter, experiment_cli
 from .api import Program, Result
 from .options import JobOptions, JobTimeout, Terminated, WorkerLost
 from .progress import iteration_events
@@ -230,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the job was stopped on every worker", file=sys.stderr)
         return 130
     finally:
-        # Once a SIGTERM asked this job to stop, its exit status is decided here: a later one
-        # (a batch system signals every process at the time limit) must not turn it into 143.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN if suspend.is_set() else previous)
+        # The exit status is decided here: a SIGTERM now (a batch system signals every process
+        # of a job at once, at its time limit or on scancel) must not turn it into 143. The
+        # command itself (no argv: it exits next) ignores it; a caller in this process gets its
+        # handler back, unless the job was stopped by one.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if suspend.is_set() or argv is None else previous)
     return 0
 
 
@@ -426,7 +429,7 @@ def _client(args: argparse.Namespace) -> Any:
 
     if args.scheduler:
         security = _security(args, args.scheduler)
-        return Client(args.scheduler, timeout="20s", security=security)
+        return _closing(Client(args.scheduler, timeout="20s", security=security))
     if args.scheduler_file:
         if not args.scheduler_file.exists():
             raise DatalogError(None, f"scheduler file {args.scheduler_file} does not exist")
@@ -435,7 +438,7 @@ def _client(args: argparse.Namespace) -> Any:
         except (ValueError, AttributeError):  # not a scheduler file: Client says so
             address = ""
         security = _security(args, address)
-        return Client(scheduler_file=str(args.scheduler_file), timeout="20s", security=security)
+        return _closing(Client(scheduler_file=str(args.scheduler_file), timeout="20s", security=security))
     from .runtime import start_cluster
 
     try:
@@ -474,6 +477,18 @@ def _security(args: argparse.Namespace, address: str) -> Any:
                 "or set Dask's distributed.comm.tls.* configuration",
             )
     return None
+
+
+@contextmanager
+def _closing(client: Any) -> Iterator[Any]:
+    """``client``, closed at the end; if its scheduler is gone by then, without distributed's
+    log of the reconnection it abandons (an ERROR with a traceback): the command says it in
+    one line (``lost the Dask scheduler``)."""
+    try:
+        yield client
+    finally:
+        with dask_adapter.quiet_client_log(client.status != "running"):
+            client.close()
 
 
 class _OwnedClient:

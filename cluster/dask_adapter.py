@@ -4,7 +4,9 @@ one of these touches this module alone (pyproject pins the range tested)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -76,3 +78,18 @@ def address_host(address: str) -> str:
     from distributed.comm import get_address_host
 
     return get_address_host(address)
+
+
+@contextmanager
+def quiet_client_log(quiet: bool) -> Iterator[None]:
+    """While ``quiet``, the ``distributed.client`` logger says nothing below CRITICAL: closing a
+    client whose scheduler died cancels its reconnection loop, which logs the cancellation as an
+    ERROR with a traceback (the logger's name is distributed's module name, not an API)."""
+    log = logging.getLogger("distributed.client")
+    level = log.level
+    if quiet:
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -117,8 +117,13 @@ class _Members:
         if force or now - self.checked >= WATCH_S:
             self.checked = now
             if self.client.status != "running":  # a closed client sees no workers: that is no loss to retry
-                # The scheduler is gone (killed, scancel): nothing to retry on; the user's error
-                raise DatalogError(None, f"lost the Dask scheduler (client {self.client.status}): the job was stopped")
+                # The scheduler is gone (killed, scancel): nothing to retry on. After a stop
+                # request (scancel signals every process) the run stopped as asked, resumable
+                # from its latest checkpoint; else it is the user's error.
+                lost = f"lost the Dask scheduler (client {self.client.status})"
+                if self.watch is not None and self.watch.options.suspend is not None and self.watch.options.suspend.is_set():
+                    raise Terminated(f"{lost} before the job had checkpointed")
+                raise DatalogError(None, f"{lost}: the job was stopped")
             if self.watch is None:
                 self.present = set(self.client.ncores())
             else:
@@ -213,10 +218,18 @@ def _call_workers(client: Any, workers: Sequence[str], fn: Callable, *args: Any)
     """``client.run(fn, *args)`` on ``workers``, waiting ABORT_S at most: a worker that died a
     moment ago may still be listed, and the scheduler's call to it would retry connecting for
     its connect timeout (30 s)."""
-    kwargs = {"workers": list(workers), "on_error": "ignore"}
-    call = threading.Thread(target=client.run, args=(fn, *args), kwargs=kwargs, daemon=True)
-    call.start()
-    call.join(ABORT_S)
+
+    def call() -> None:
+        try:
+            client.run(fn, *args, workers=list(workers), on_error="ignore")
+        except (OSError, TimeoutError):
+            # The scheduler went away meanwhile (scancel stops it with everything else): the
+            # caller's next look at the cluster (``_Members.lost``) says so, in one line.
+            pass
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(ABORT_S)
 
 
 @dataclass

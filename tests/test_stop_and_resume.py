@@ -153,6 +153,58 @@ def test_the_time_limits_sigterm_to_every_process_still_leaves_a_run_that_resume
     assert outputs(tmp_path / "out") == outputs(long_chain["want"])
 
 
+@pytest.mark.parametrize("order", ["together", "cluster-first"])
+def test_scancel_of_an_external_cluster_ends_resumable_and_quiet(long_chain: dict[str, Path], order: str, tmp_path: Path) -> None:
+    """``scancel`` of a batch job signals every process at once: the scheduler, the workers
+    (with their nannies) and the run on ``--scheduler-file``. The run ends with one resumable
+    stop (exit 75), without a traceback (the thread asking the workers to stop, the client's
+    abandoned reconnection), and the printed command gives the same outputs. When the cluster
+    goes first and the run sees it before its own signal, it is a lost scheduler: one line,
+    exit 1 (not killed by the late signal), and its checkpoint resumes as well."""
+    scheduler_file = tmp_path / "scheduler.json"
+    checkpoint = tmp_path / "ckpt"
+    cluster = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(scheduler_file),
+                                 "--port", "0", "--dashboard-address", ":0"], stderr=subprocess.DEVNULL)]
+    try:
+        wait_for(scheduler_file)
+        cluster.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                                         "--nworkers", "2", "--nthreads", "1"], stderr=subprocess.DEVNULL))
+        with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        run = start([REACH, "-F", long_chain["facts"], "-D", tmp_path / "out", "--scheduler-file", scheduler_file,
+                     "--checkpoint", checkpoint, "--checkpoint-every", "0"])
+        wait_for(checkpoint / "latest")
+        if order == "cluster-first":
+            for process in cluster:
+                process.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            run.send_signal(signal.SIGTERM)
+        else:
+            for process in [run, *cluster]:
+                process.send_signal(signal.SIGTERM)
+        _, err = finish(run)
+    finally:
+        for process in cluster:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in err and "Exception in thread" not in err and " ERROR " not in err, err
+    if run.returncode == 1 and order == "cluster-first":
+        assert err == "error: lost the Dask scheduler (client connecting): the job was stopped\n", err
+        words = [str(REACH), "-F", str(long_chain["facts"]), "-D", str(tmp_path / "out"), "--resume", str(checkpoint)]
+    else:
+        assert run.returncode == 75, err
+        first, second = err.strip().splitlines()
+        assert re.fullmatch(rf"stopped by SIGTERM.* is in {re.escape(str(checkpoint))}", first), err
+        words = shlex.split(second.removeprefix("continue with: "))[2:]
+        at = words.index("--scheduler-file")
+        del words[at : at + 2]
+        every = words.index("--checkpoint-every")
+        del words[every : every + 2]
+    done = subprocess.run([*COMMAND, *words, "--no-cluster"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert outputs(tmp_path / "out") == outputs(long_chain["want"])
+
+
 def test_only_the_runs_own_checkpoints_are_offered_after_a_stop_at_once(long_chain: dict[str, Path], tmp_path: Path) -> None:
     """What the command offers to resume after a run stopped at once (a second SIGTERM): with
     ``--checkpoint DIR``, not a checkpoint an earlier run left in DIR (exit 143, "none yet"),
