@@ -45,8 +45,66 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 inputs.append(ir.InputSpec(s.relation, *_io_params(s), pos=s.pos))
             else:
                 outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
+    _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
     return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs),
                       tuple(printsizes), filename)
+
+
+def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation],
+                    aliases: Sequence[st.TypeAlias]) -> None:
+    """Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
+    neither of which is a subtype of the other has no value, and a head argument bound to a
+    variable takes only values of its column's type. (Constants and arithmetic fit any
+    subtype of their base type, as in Soufflé; ``.type T = S`` is another name for S.)"""
+    same = {a.name: a.base for a in aliases if not a.subtype}
+    parent = {a.name: a.base for a in aliases if a.subtype}
+
+    def canonical(t: str) -> str:
+        while t in same:
+            t = same[t]
+        return t
+
+    def ancestors(t: str) -> list[str]:
+        chain = [canonical(t)]
+        while chain[-1] in parent:
+            chain.append(canonical(parent[chain[-1]]))
+        return chain
+
+    if not parent:
+        return
+    for rule in rules:
+        bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
+        for lit in rule.body:
+            if not isinstance(lit, ir.Atom):
+                continue
+            for i, (arg, attr) in enumerate(zip(lit.args, relations[lit.relation].attributes), 1):
+                if not isinstance(arg, ir.Var):
+                    continue
+                t, where = canonical(attr.type_name), f"argument {i} of {lit.relation}"
+                if arg.name not in bound or t in ancestors(bound[arg.name][0])[1:]:
+                    bound.setdefault(arg.name, (t, where))
+                    continue
+                known, origin = bound[arg.name]
+                if known in ancestors(t):
+                    bound[arg.name] = (t, where)
+                elif t != known:
+                    raise DatalogError(arg.pos, f"type mismatch: {arg.name} is {_a(known)} ({origin}) and "
+                                                f"{_a(t)} ({where}), and no value is both")
+        for lit in rule.body:
+            if isinstance(lit, ir.Comparison) and lit.op == "=" and isinstance(lit.left, ir.Var) and isinstance(lit.right, ir.Var):
+                left, right = bound.get(lit.left.name), bound.get(lit.right.name)
+                if left and right and left[0] not in ancestors(right[0]) and right[0] not in ancestors(left[0]):
+                    raise DatalogError(lit.pos, f"type mismatch: {lit.left.name} is {_a(left[0])} ({left[1]}) and "
+                                                f"{lit.right.name} is {_a(right[0])} ({right[1]}): no value is both")
+        head = relations[rule.head.relation]
+        for i, (arg, attr) in enumerate(zip(rule.head.args, head.attributes), 1):
+            if isinstance(arg, ir.Var) and arg.name in bound:
+                known, origin = bound[arg.name]
+                want = canonical(attr.type_name)
+                if want not in ancestors(known):
+                    raise DatalogError(arg.pos, f"type mismatch: {arg.name} is {_a(known)} ({origin}), but "
+                                                f"argument {i} of {rule.head.relation} is {_a(want)}, "
+                                                f"which {_a(known)} is not")
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:

@@ -5,9 +5,12 @@ Kept apart from ``relation_output`` because reading is where user data is parsed
 
 Input format (Soufflé's): one tuple per line, fields split by the delimiter, no header, no
 quoting, ``\\r\\n`` (or a lone ``\\r``) ends a line as well as ``\\n``, a leading UTF-8 BOM is
-ignored, empty lines are skipped. A number field is ``-?[0-9]+`` (no spaces, no ``+``, no hex)
-and must fit its type: int32 for number, 0..2^32-1 for unsigned. A symbol field is the raw text,
-the empty string included. A nullary relation holds iff its file has a non-empty line; every such
+ignored. An empty line is the empty string in a relation of one symbol column (as in Soufflé,
+and how such a relation holding "" is written; the line break that ends the file starts no
+tuple); elsewhere empty lines are skipped (Soufflé rejects the file: real graphs, GPULog's among
+them, end in a blank line). A number field is ``-?[0-9]+`` (no spaces, no ``+``, no hex) and
+must fit its type: int32 for number, 0..2^32-1 for unsigned. A symbol field is the raw text, the
+empty string included. A nullary relation holds iff its file has a non-empty line; every such
 line must be ``()`` (what Soufflé writes for a nullary fact, and what
 ``relation_output.write_relation`` writes).
 
@@ -99,16 +102,17 @@ def read_facts_range(
         raise DatalogError(pos, f"fact file {path} for {signature(relation)} does not exist") from None
     except OSError as e:
         raise DatalogError(pos, f"cannot read fact file {path} for {signature(relation)}: {e.strerror}") from None
-    if start > 0 and data.startswith(_BOM):
-        data = b"\n" + data  # only the file's own start may hold a BOM; later it is a line's text
+    # Only the file's own start may hold a BOM; a range starting with one starts with a line's
+    # text, which the fast readers would take for a BOM.
+    file_start = start == 0
     # pyarrow takes one-byte delimiters only, and neither NUL (a ValueError) nor a line break
     if relation.arity > 0 and len(delimiter.encode()) == 1 and delimiter not in _SLOW_ONLY_DELIMITERS \
-            and _ANY_CONTENT.search(data):
+            and _ANY_CONTENT.search(data) and (file_start or not data.startswith(_BOM)):
         rows = _read_fast(data, relation, symbols, delimiter)
         if rows is not None:
             return rows
     try:
-        return _read_slow(data, str(path), relation, symbols, delimiter)
+        return _read_slow(data, str(path), relation, symbols, delimiter, file_start)
     except DatalogError:
         if (start, end) != (0, size):  # line numbers count from the range: rescan for the file's error
             _read_slow(path.read_bytes(), str(path), relation, SymbolTable(), delimiter)
@@ -165,7 +169,7 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimit
             io.BytesIO(data),
             read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 22),
             parse_options=pacsv.ParseOptions(
-                delimiter=delimiter, quote_char=False, escape_char=False, ignore_empty_lines=True
+                delimiter=delimiter, quote_char=False, escape_char=False, ignore_empty_lines=not _empty_is_a_tuple(relation)
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in names},
@@ -199,8 +203,16 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimit
     return rows
 
 
-def _read_slow(data: bytes, file: str, relation: ir.Relation, symbols: SymbolTable, delimiter: str) -> np.ndarray:
-    """Line-by-line reader: the reference for the format, and the source of precise errors."""
+def _empty_is_a_tuple(relation: ir.Relation) -> bool:
+    """Whether an empty line is a tuple (the empty string) rather than skipped."""
+    return relation.types == ("symbol",)
+
+
+def _read_slow(
+    data: bytes, file: str, relation: ir.Relation, symbols: SymbolTable, delimiter: str, file_start: bool = True
+) -> np.ndarray:
+    """Line-by-line reader: the reference for the format, and the source of precise errors.
+    ``file_start``: ``data`` begins the file (where a BOM is skipped)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -208,14 +220,19 @@ def _read_slow(data: bytes, file: str, relation: ir.Relation, symbols: SymbolTab
         line = len(_LINE_BREAK.findall(data[: e.start].decode("utf-8"))) + 1
         col = len(data[line_start : e.start].decode("utf-8")) + 1
         raise DatalogError(ir.Pos(file, line, col), f"invalid UTF-8 byte 0x{data[e.start]:02x}") from None
-    text = text.removeprefix("\ufeff")
+    if file_start:
+        text = text.removeprefix("\ufeff")
     arity = relation.arity
     columns: list[list[Any]] = [[] for _ in range(arity)]
     column_bounds = [_BOUNDS.get(t) for t in relation.types]
     match = _INTEGER.fullmatch
     nullary_holds = False
-    for lineno, line in enumerate(_LINE_BREAK.split(text), start=1):
-        if not line:
+    lines = _LINE_BREAK.split(text)
+    if lines[-1] == "":  # the end of the last line, or an empty file
+        lines.pop()
+    keep_empty = _empty_is_a_tuple(relation)
+    for lineno, line in enumerate(lines, start=1):
+        if not line and not keep_empty:
             continue
         if arity == 0:
             if line != "()":

@@ -119,12 +119,15 @@ class Decl:
 
 @dataclass(frozen=True)
 class TypeAlias:
-    """``.type name <: base`` or ``.type name = base``."""
+    """``.type name <: base`` (``subtype``: a new type inside base; Soufflé 1's
+    ``.number_type name`` and ``.symbol_type name`` too) or ``.type name = base`` (another
+    name for base)."""
 
     name: str
     base: str
     pos: Pos
     base_pos: Pos
+    subtype: bool = True
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ def parse(text: str, filename: str = "<string>") -> tuple[Statement, ...]:
 _HIDDEN_WORDS = frozenset(
     """input output printsize overridable inline no_inline magic no_magic brie btree
     btree_delete eqrel choice-domain .limitsize .comp .init .override .functor .pragma .plan
-    .number_type .symbol_type stateful match contains mean nil $ [ ** band bor bxor bshl bshr
+    stateful match contains mean nil $ [ ** band bor bxor bshl bshr
     bshru land lor lxor bnot lnot cat strlen substr ord to_number to_string to_unsigned
     to_float itou itof utoi utof ftoi ftou autoinc range as""".split()
 )
@@ -237,7 +240,6 @@ _UNSUPPORTED_STATEMENTS = {
     "plan": "unsupported: .plan query plans",
     "record_type": "unsupported: record types (.type T = [...])",
     "adt_type": "unsupported: algebraic data types (.type T = A {...} | ...)",
-    "old_type": "unsupported: .number_type/.symbol_type (write .type T <: number)",
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
 _STRING_FUNCTORS = frozenset({"cat", "strlen", "substr", "ord", "to_number", "to_string"})
@@ -301,6 +303,9 @@ class _Builder:
             return [self.decl(node)]
         if kind in ("subtype", "type_union"):
             return [self.type_alias(node)]
+        if kind in ("number_type", "symbol_type"):  # Soufflé 1's spelling of .type T <: number
+            name = node.children[0]
+            return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
         if kind == "io_directive":
             return self.directives(node)
         assert kind == "clause", kind
@@ -325,7 +330,7 @@ class _Builder:
         name, *bases = node.children
         if len(bases) > 1:
             raise self.fail(node, "unsupported: union types (.type T = A | B)")
-        return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]))
+        return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]), node.data == "subtype")
 
     def directives(self, node: LarkTree) -> list[Statement]:
         kind_tree, *rest = node.children

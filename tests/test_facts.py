@@ -80,6 +80,24 @@ def test_trailing_blank_line_is_skipped() -> None:
     assert len(read_facts(TINY / "paper.txt", EDGE, SymbolTable())) == 8
 
 
+@pytest.mark.parametrize("n_parts", [1, 2, 3])
+@pytest.mark.parametrize("end", ["\n", "\r\n", ""])
+def test_an_empty_line_is_the_empty_string_in_one_symbol_column(tmp_path: Path, n_parts: int, end: str) -> None:
+    """As in Soufflé, and as writing a one-column relation holding "" produces: the empty
+    line is a tuple (it was skipped, and "" lost); the file's last line break starts none. A
+    BOM opens the file only: further on it is a line's text, also where a worker's byte range
+    starts (a generated file found that)."""
+    relation = rel("r", "symbol")
+    path = write_file(tmp_path, f"\ufeffx{end}{end}y{end}\ufeff{end}".encode() if end else b"\xef\xbb\xbfx\n\ny")
+    want = [("x",), ("",), ("y",), ("\ufeff",)] if end else [("x",), ("",), ("y",)]
+    assert read_parts(path, relation, n_parts) == want
+    symbols = SymbolTable()
+    rows = read_facts(path, relation, symbols)
+    out = tmp_path / "out.facts"
+    write_relation(out, np.unique(rows, axis=0), relation, symbols)
+    assert sorted(decoded(read_facts(out, relation, symbols), relation, symbols)) == sorted(want)
+
+
 @pytest.mark.parametrize(
     "path, lines, distinct",
     [

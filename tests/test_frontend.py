@@ -306,7 +306,7 @@ def test_several_heads_share_one_body() -> None:
 def test_comments_and_declaration_order_do_not_matter() -> None:
     p = load_program(
         "// line comment\nr(x) :- e(x). /* block\n comment */ .decl r(x: n)\n"
-        ".type n <: number\n.decl e(x: number) // trailing\n.input e\n"
+        ".type n <: number\n.decl e(x: n) // trailing\n.input e\n"
     )
     assert list(p.relations) == ["r", "e"] and len(p.rules) == 1
 
@@ -388,3 +388,39 @@ def test_load_program_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert p.source == str(path) and p.rules[0].pos.file == str(path)
     with pytest.raises(DatalogError, match="cannot read program"):
         load_program_file(tmp_path / "missing.dl")
+
+
+def test_souffle_1_type_declarations_are_subtypes() -> None:
+    p = load_program(".number_type Id\n.symbol_type Name\n.decl r(n: Id, s: Name)\n")
+    assert p.relations["r"].attributes == (ir.Attribute("n", "number", "Id"), ir.Attribute("s", "symbol", "Name"))
+
+
+SUBTYPES = ".type T <: symbol\n.type S <: symbol\n.type N <: number\n.type M = N\n.type K <: M\n"
+
+
+@pytest.mark.parametrize(
+    "rules, where, message",
+    [
+        # Soufflé 2.5: "Atom's argument type is not a subtype of its declared type"
+        (".decl a(t:T)\n.decl b(s:S)\na(x) :- b(x).\n", "8:3", "x is a S (argument 1 of b), but argument 1 of a is a T"),
+        (".decl a(x:N)\n.decl b(x:number)\na(x) :- b(x).\n", "8:3", "x is a number (argument 1 of b), but argument 1 of a is a N"),
+        # "Unable to deduce type for variable x"
+        (".decl a(t:T)\n.decl b(s:S)\n.decl c(s:symbol)\nc(x) :- a(x), b(x).\n", "9:17", "x is a T (argument 1 of a) and a S (argument 1 of b)"),
+        (".decl a(t:T)\n.decl b(s:S)\n.decl c(s:symbol)\nc(x) :- a(x), b(y), x = y.\n", "9:23", "x is a T (argument 1 of a) and y is a S"),
+    ],
+)
+def test_subtypes_are_checked_as_souffle_does(rules: str, where: str, message: str) -> None:
+    with pytest.raises(DatalogError) as info:
+        load_program(SUBTYPES + rules)
+    assert f"{info.value.pos.line}:{info.value.pos.col}" == where
+    assert f"type mismatch: {message}" in info.value.message
+
+
+def test_subtypes_that_fit_are_accepted() -> None:
+    """A subtype's values go into its supertypes' columns (through `=` names too), constants and
+    arithmetic into any subtype of their base type, and a variable bound to a type and its
+    subtype has the subtype."""
+    load_program(
+        SUBTYPES + ".decl k(x:K)\n.decl n(x:N)\n.decl m(x:M)\n.decl t(x:T)\n.decl s(x:symbol)\n"
+        'k(1). t("a").\nn(x) :- k(x).\nm(x) :- k(x), n(x).\nk(x + 1) :- k(x), x < 3.\ns(x) :- t(x).\nt("b") :- s(_).\n'
+    )
