@@ -12,11 +12,13 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from . import ir
 from . import parser as st
 from .errors import DatalogError
 from .ir import BaseType, Pos
-from .values import INT32_MAX, INT32_MIN, UINT32_MAX
+from .values import INT32_MAX, INT32_MIN, POWER_UNDEFINED, UINT32_MAX, parse_number, power
 
 _RANGES = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
 _IO_PARAMS = ("IO", "filename", "delimiter")
@@ -257,17 +259,30 @@ def _check_ground(head: st.Atom) -> None:
         if isinstance(e, st.Binary):
             walk(e.left)
             walk(e.right)
+        if isinstance(e, st.Call):
+            walk(e.arg)
 
     for arg in head.args:
         walk(arg)
 
 
-def _vars(terms: Iterable[ir.Term | None]) -> Iterator[ir.Var]:
+def _vars(terms: Iterable[ir.Term | None], functors: bool = True) -> Iterator[ir.Var]:
+    """Variable occurrences; ``functors=False`` leaves out those inside a symbol functor,
+    whose type is not the expression's."""
     for t in terms:
         if isinstance(t, ir.Var):
             yield t
-        elif isinstance(t, ir.BinOp):
-            yield from _vars((t.left, t.right))
+        elif isinstance(t, ir.BinOp) and (functors or t.op not in ir.SYMBOL_FUNCTORS):
+            yield from _vars((t.left, t.right), functors)
+
+
+def _functor_args(t: ir.Term | None) -> Iterator[ir.Term]:
+    """The arguments of the symbol functors in ``t``."""
+    if isinstance(t, ir.BinOp):
+        if t.op in ir.SYMBOL_FUNCTORS:
+            yield t.left
+        yield from _functor_args(t.left)
+        yield from _functor_args(t.right)
 
 
 def _literal_vars(lit: ir.BodyLiteral) -> Iterator[ir.Var]:
@@ -387,6 +402,9 @@ class _RuleChecker:
         if isinstance(e, st.Binary):
             left, right = self.term(e.left, in_aggregate), self.term(e.right, in_aggregate)
             return ir.BinOp(e.op, left, right, "number", e.pos)
+        if isinstance(e, st.Call):
+            arg = self.term(e.arg, in_aggregate)
+            return ir.BinOp(e.func, arg, ir.Const(0, "number", e.pos), "number", e.pos)
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
         if in_aggregate:
@@ -430,13 +448,20 @@ class _RuleChecker:
         arithmetic and aggregates; a variable tied only to number literals is a number."""
         groups: list[tuple[tuple[ir.Term | None, ...], BaseType | None]] = []
 
+        def group(terms: tuple[ir.Term | None, ...], fixed: BaseType | None) -> None:
+            """One group per expression, a symbol functor's argument being its own."""
+            groups.append((terms, fixed))
+            for t in terms:
+                for arg in _functor_args(t):
+                    groups.append(((arg,), "symbol"))
+
         def visit_atom(a: ir.Atom) -> None:
             rel = self.relations[a.relation]
             for i, (arg, attr) in enumerate(zip(a.args, rel.attributes), 1):
                 if isinstance(arg, ir.Var):
                     self.set_type(arg, attr.type, f"argument {i} of {a.relation}")
                 elif isinstance(arg, ir.BinOp):
-                    groups.append(((arg,), attr.type))
+                    group((arg,), attr.type)
 
         def visit(lit: ir.BodyLiteral) -> None:
             if isinstance(lit, ir.Atom):
@@ -444,12 +469,12 @@ class _RuleChecker:
             elif isinstance(lit, ir.Negation):
                 visit_atom(lit.atom)
             elif isinstance(lit, ir.Comparison):
-                groups.append(((lit.left, lit.right), None))
+                group((lit.left, lit.right), None)
             else:
                 for inner in lit.body:
                     visit(inner)
                 fixed: BaseType | None = "number" if lit.func == "count" else None
-                groups.append(((lit.result, lit.target), fixed))
+                group((lit.result, lit.target), fixed)
 
         visit_atom(head)
         for lit in lits:
@@ -458,13 +483,14 @@ class _RuleChecker:
             changed = False
             for terms, fixed in groups:
                 t = fixed or next((k for k in map(self.known, terms) if k), None)
-                for v in _vars(terms):
+                for v in _vars(terms, functors=False):
                     if t is not None and v.name not in self.types:
                         self.types[v.name] = (t, "")
                         changed = True
             if changed:
                 continue
-            untyped = [v for terms, _ in groups for v in _vars(terms) if v.name not in self.types]
+            untyped = [v for terms, _ in groups for v in _vars(terms, functors=False)
+                       if v.name not in self.types]
             if not untyped:
                 return
             self.types[untyped[0].name] = ("number", "")
@@ -485,6 +511,8 @@ class _RuleChecker:
         if isinstance(t, ir.Const):
             return "symbol" if t.type == "symbol" else None
         if isinstance(t, ir.BinOp):
+            if t.op in ir.SYMBOL_FUNCTORS:
+                return "number"
             return self.known(t.left) or self.known(t.right)
         return None
 
@@ -551,6 +579,12 @@ class _RuleChecker:
                     raise DatalogError(term.pos, f"{term.value} does not fit in 32 bits as "
                                                  f"{_a(want)} ({low}..{high})")
             return replace(term, type=want)
+        if term.op in ir.SYMBOL_FUNCTORS:
+            if want != "number":
+                raise DatalogError(term.pos, f"type mismatch: {term.op}(...) is a number, but "
+                                             f"{where}")
+            return replace(term, left=self.typed(term.left, "symbol",
+                                                 f"{term.op} takes a symbol"))
         if want == "symbol":
             raise DatalogError(term.pos, f"type mismatch: arithmetic ({term.op}) on symbols")
         inner = f"{term.op} is computed on {_a(want)} here"
@@ -685,9 +719,21 @@ def _fold(t: ir.Term) -> ir.Const:
     if isinstance(t, ir.Const):
         return t
     assert isinstance(t, ir.BinOp)
+    if t.op in ir.SYMBOL_FUNCTORS:
+        text = str(_fold(t.left).value)
+        if t.op == "strlen":
+            return ir.Const(len(text.encode("utf-8", "surrogatepass")), "number", t.pos)
+        number = parse_number(text)
+        if number is None:
+            raise DatalogError(t.pos, f"to_number: \"{text}\" is not a number")
+        return ir.Const(number, "number", t.pos)
     a, b = int(_fold(t.left).value), int(_fold(t.right).value)
     if t.op in ("/", "%") and b == 0:
         raise DatalogError(t.pos, "division by zero")
+    if t.op == "^":
+        return ir.Const(_fold_power(a, b, t), t.type, t.pos)
+    if t.op in ("min", "max"):
+        return ir.Const(min(a, b) if t.op == "min" else max(a, b), t.type, t.pos)
     if t.op in ("+", "-", "*"):
         value = a + b if t.op == "+" else a - b if t.op == "-" else a * b
     else:
@@ -697,3 +743,12 @@ def _fold(t: ir.Term) -> ir.Const:
     if t.type == "number" and value > INT32_MAX:
         value -= 1 << 32
     return ir.Const(value, t.type, t.pos)
+
+
+def _fold_power(a: int, b: int, t: ir.BinOp) -> int:
+    """``a ^ b`` by the engine's own kernel, so a fact and a rule agree."""
+    wide = {"number": np.int64, "unsigned": np.uint64}[t.type]
+    values, undefined = power(np.array([a], wide), np.array([b], wide), t.type, np)
+    if bool(undefined[0]):
+        raise DatalogError(t.pos, POWER_UNDEFINED)
+    return int(values[0])

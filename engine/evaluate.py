@@ -27,7 +27,7 @@ from .errors import DatalogError
 from .memory import default_chunk_rows
 from .exchange import Exchange, LocalExchange, Target
 from .hisa import RelationStore, SortedIndex, expand_runs, gather_join, gather_pairs, half_of, pack, packed_layout, unpack, words_for
-from .ir import Atom, BinOp, Comparison, Const, Term, Var
+from .ir import SYMBOL_FUNCTORS, Atom, BinOp, Comparison, Const, Term, Var
 from .plan import (
     AggregateStep,
     AssignStep,
@@ -40,7 +40,7 @@ from .plan import (
     Step,
     StratumPlan,
 )
-from .values import SIGN, SymbolTable, encode_scalar
+from .values import POWER_UNDEFINED, SIGN, SymbolTable, encode_scalar, power
 
 PHASES = ("join", "dedup", "difference", "merge")
 
@@ -177,6 +177,8 @@ class Evaluator:
         }
         self.stats: dict[str, Any] = {"backend": backend.name, "strata": []}
         self.resumed: Position | None = None
+        # (table size, strlen, to_number, defined) on the device, for _symbol_functor.
+        self._functor_columns: tuple[int, Any, Any, Any] | None = None
         self._load(inputs)
 
     def store(self, name: str, copy: Key | None) -> RelationStore:
@@ -625,11 +627,29 @@ class Evaluator:
         if isinstance(t, Const):
             value = self.symbols.intern(t.value) if t.type == "symbol" else t.value
             return xp.full(b.n, encode_scalar(int(value), t.type), dtype=xp.uint32)
+        if isinstance(t, BinOp) and t.op in SYMBOL_FUNCTORS:
+            return self._symbol_functor(t, self._term(t.left, b))
         if isinstance(t, BinOp):
             left = decode_int(self._term(t.left, b), t.type, xp)
             right = decode_int(self._term(t.right, b), t.type, xp)
             return encode_int(arithmetic(t, left, right, xp), t.type, xp)
         raise AssertionError(f"term {t!r} cannot be evaluated (wildcards are never read)")
+
+    def _symbol_functor(self, t: BinOp, ids: Any) -> Any:
+        """strlen / to_number of a column of symbol ids: a gather from the table's values for
+        every id (copied to the device again only when the table grew)."""
+        size = len(self.symbols)
+        if self._functor_columns is None or self._functor_columns[0] != size:
+            arrays = self.symbols.functor_values()
+            self._functor_columns = (size, *(self.xp.asarray(a) for a in arrays))
+        _, lengths, numbers, valid = self._functor_columns
+        if t.op == "strlen":
+            return encode_int(lengths[ids], "number", self.xp)
+        bad = ~valid[ids]
+        if bool(bad.any()):
+            text = self.symbols.lookup(self.backend.asnumpy(ids[bad][:1]))[0]
+            raise DatalogError(t.pos, f"to_number: \"{text}\" is not a number (Soufflé stops here too)")
+        return encode_int(numbers[ids], "number", self.xp)
 
     def _compare(self, c: Comparison, b: Bindings) -> Any:
         left, right = self._term(c.left, b), self._term(c.right, b)
@@ -660,6 +680,16 @@ def encode_int(values: Any, type: str, xp: Any) -> Any:
 
 
 def arithmetic(t: BinOp, a: Any, b: Any, xp: Any) -> Any:
+    """``a op b`` on decoded values (int64 for number, uint64 for unsigned), not yet wrapped."""
+    if t.op == "min":
+        return xp.minimum(a, b)
+    if t.op == "max":
+        return xp.maximum(a, b)
+    if t.op == "^":
+        values, undefined = power(a, b, t.type, xp)
+        if bool(undefined.any()):
+            raise DatalogError(t.pos, POWER_UNDEFINED)
+        return values
     if t.op == "+":
         return a + b
     if t.op == "-":

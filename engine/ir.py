@@ -13,7 +13,8 @@ from typing import Literal as TypingLiteral
 
 BaseType = TypingLiteral["number", "unsigned", "symbol"]
 BASE_TYPES: tuple[BaseType, ...] = ("number", "unsigned", "symbol")
-ARITHMETIC_OPS = ("+", "-", "*", "/", "%")
+ARITHMETIC_OPS = ("+", "-", "*", "/", "%", "^", "min", "max")
+SYMBOL_FUNCTORS = ("strlen", "to_number")  # symbol -> number
 COMPARISON_OPS = ("=", "!=", "<", "<=", ">", ">=")
 AGGREGATE_FUNCS = ("count", "sum", "min", "max")
 
@@ -55,7 +56,10 @@ class Wildcard:
 
 @dataclass(frozen=True)
 class BinOp:
-    """Integer arithmetic with 32-bit wrap-around, C semantics for / and % (truncation)."""
+    """Integer arithmetic with 32-bit wrap-around, C semantics for / and % (truncation), ^
+    as Soufflé computes it (see values.power), min and max; operands and result of ``type``.
+    For the SYMBOL_FUNCTORS ``left`` is the symbol argument, ``right`` the number 0 (unused)
+    and ``type`` "number", the result's."""
 
     op: str
     left: Term

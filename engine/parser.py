@@ -59,6 +59,15 @@ class Binary:
 
 
 @dataclass(frozen=True)
+class Call:
+    """A functor from symbols to numbers: ``strlen(e)`` or ``to_number(e)``."""
+
+    func: str
+    arg: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class Aggregate:
     func: str
     target: Expr | None
@@ -66,7 +75,7 @@ class Aggregate:
     pos: Pos
 
 
-Expr = Var | Wild | Num | Str | Binary | Aggregate
+Expr = Var | Wild | Num | Str | Binary | Call | Aggregate
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ _HIDDEN_WORDS = frozenset(
     """input output printsize overridable inline no_inline magic no_magic brie btree
     btree_delete eqrel choice-domain .limitsize .comp .init .override .functor .pragma .plan
     stateful match contains mean nil $ [ ** band bor bxor bshl bshr
-    bshru land lor lxor bnot lnot cat strlen substr ord to_number to_string to_unsigned
+    bshru land lor lxor bnot lnot cat substr ord to_string to_unsigned
     to_float itou itof utoi utof ftoi ftou autoinc range as""".split()
 )
 _TOKEN_WORDS = {
@@ -215,6 +224,9 @@ def _expected(e: UnexpectedInput) -> str:
 def _expected_words(names: set[str]) -> str:
     words: set[str] = set()
     for name in names:
+        if name == "MIN_MAX":
+            words.update(("'max'", "'min'"))
+            continue
         if name in _TOKEN_WORDS:
             words.add(_TOKEN_WORDS[name])
             continue
@@ -242,7 +254,8 @@ _UNSUPPORTED_STATEMENTS = {
     "adt_type": "unsupported: algebraic data types (.type T = A {...} | ...)",
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
-_STRING_FUNCTORS = frozenset({"cat", "strlen", "substr", "ord", "to_number", "to_string"})
+_STRING_FUNCTORS = frozenset({"cat", "substr", "ord", "to_string"})
+_SYMBOL_FUNCTORS = frozenset({"strlen", "to_number"})  # symbol -> number, supported
 _FUNCTOR_NAMES = {
     "as": "type casts as(...)",
     "autoinc": "autoinc() counters",
@@ -397,21 +410,24 @@ class _Builder:
     def expr(self, node: LarkTree) -> Expr:
         kind = node.data
         method = getattr(self, f"expr_{kind}", None)
-        if method is None:
+        if method is None or (kind == "functor_call" and self.functor_name(node) not in _SYMBOL_FUNCTORS):
             raise self.fail(node, self.unsupported_expr(node))
         self.nested(node)
         result: Expr = method(node)
         self.depth -= 1
         return result
 
+    @staticmethod
+    def functor_name(node: LarkTree) -> str:
+        return str(node.children[0].children[0])
+
     def unsupported_expr(self, node: LarkTree) -> str:
         kind = node.data
         if kind == "bitwise":
             return f"unsupported: bitwise/logical operator {node.children[1].children[0]}"
-        if kind in ("record", "power", "counter"):
+        if kind in ("record", "counter"):
             return {
                 "record": "unsupported: records ([...] and nil)",
-                "power": "unsupported: exponentiation (**)",
                 "counter": "unsupported: $ counters",
             }[kind]
         first = node.children[0]
@@ -454,11 +470,30 @@ class _Builder:
 
     def expr_binary(self, node: LarkTree) -> Expr:
         left, op, right = node.children
+        if op.children[0] == "**":
+            raise self.fail(op, "unsupported: ** (Soufflé's power operator is ^)")
         return Binary(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
+
+    def expr_min_max_call(self, node: LarkTree) -> Expr:
+        """``min(a, b, c)`` is ``min(min(a, b), c)``: Soufflé's min and max take two or more."""
+        func, first, *rest = node.children
+        expr = self.expr(first)
+        for arg in rest:
+            expr = Binary(str(func), expr, self.expr(arg), self.pos(func))
+        return expr
+
+    def expr_functor_call(self, node: LarkTree) -> Expr:
+        """Only strlen and to_number get here: ``expr`` rejects the other functors by name."""
+        name_tree, *args = node.children
+        name = str(name_tree.children[0])
+        present = [a for a in args if a is not None]
+        if len(present) != 1:
+            raise self.fail(node, f"{name} takes one argument, not {len(present)}")
+        return Call(name, self.expr(present[0]), self.pos(node))
 
     def expr_aggregate(self, node: LarkTree) -> Expr:
         func_tree, target, body = node.children
-        func = str(func_tree.children[0])
+        func = str(func_tree.children[0]) if isinstance(func_tree, Tree) else str(func_tree)
         if func == "mean":
             raise self.fail(node, "unsupported: mean aggregate")
         expr = None if target is None else self.expr(target)

@@ -12,6 +12,7 @@ need no per-type code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +39,85 @@ def decode(encoded: Any, type: BaseType, xp: Any = np) -> Any:
     return encoded
 
 
+POWER_UNDEFINED = ("unsigned power a ^ b: the result lies between 2^53 and 2^63 and within 0.05 of "
+                   "halfway between two doubles, where Soufflé's value (the low 32 bits of the C "
+                   "library's pow) depends on how that library rounds")
+_SATURATED = np.uint64(1 << 63)
+
+
+def _saturating_mul(x: Any, y: Any, xp: Any) -> Any:
+    """x * y for uint64 arrays of at most 2^63, saturated at 2^63 instead of wrapping."""
+    over = y > _SATURATED // xp.maximum(x, np.uint64(1))
+    return xp.where(over, _SATURATED, x * y)
+
+
+def _saturating_power(base: Any, exponent: Any, xp: Any) -> Any:
+    """base ^ exponent for uint64 arrays, exact up to 2^63 and 2^63 beyond: square and
+    multiply over the exponent's bits, vectorised over the rows."""
+    result = xp.ones_like(base)
+    base = xp.minimum(base, _SATURATED)
+    bits = int(exponent.max()).bit_length() if exponent.shape[0] else 0
+    for _ in range(bits):
+        odd = (exponent & np.uint64(1)) == np.uint64(1)
+        result = xp.where(odd, _saturating_mul(result, base, xp), result)
+        base = _saturating_mul(base, base, xp)
+        exponent = exponent >> np.uint64(1)
+    return result
+
+
+def power(a: Any, b: Any, type: BaseType, xp: Any = np) -> tuple[Any, Any]:
+    """Soufflé's ``a ^ b``: the C cast of ``pow((double)a, (double)b)`` to the type, computed
+    exactly in integers. number (int64 arrays in, int64 out): the truncated power when it fits
+    in int32, else INT32_MIN (x86's value for an out-of-range cast, 0^-1 = inf included).
+    unsigned (uint64 in and out): the low 32 bits of the power rounded to a double, 0 from
+    2^63 up (the cast goes through int64). Also returns where the result is undefined:
+    unsigned powers so close to halfway between two doubles that the libm's rounding decides
+    (see POWER_UNDEFINED); Soufflé's values there differ between C libraries."""
+    if type == "number":
+        magnitude = _saturating_power(xp.abs(a).astype(xp.uint64), xp.maximum(b, 0).astype(xp.uint64), xp)
+        odd = (b & 1) == 1
+        signed = magnitude.astype(xp.int64)
+        value = xp.where(magnitude < np.uint64(1 << 31), xp.where((a < 0) & odd, -signed, signed), INT32_MIN)
+        # A negative exponent: |a ^ b| < 1 truncates to 0, but for bases 1, -1 and 0 (inf).
+        inverse = xp.where(a == 1, 1, xp.where(a == -1, xp.where(odd, -1, 1), xp.where(a == 0, INT32_MIN, 0)))
+        return xp.where(b < 0, inverse, value), xp.zeros(a.shape, dtype=bool)
+    r = _saturating_power(a, b, xp)
+    shift = sum((r >= np.uint64(1 << k)).astype(xp.uint64) for k in range(53, 63))  # bits past 53
+    ulp = np.uint64(1) << shift
+    low = r & (ulp - np.uint64(1))
+    half = ulp >> np.uint64(1)
+    rounded = r - low + xp.where(low > half, ulp, np.uint64(0))
+    distance = xp.where(low > half, low - half, half - low)
+    undefined = (shift > 0) & (low != 0) & (r < _SATURATED) & (distance * np.uint64(20) <= ulp)
+    value = xp.where(rounded >= _SATURATED, np.uint64(0), rounded & np.uint64(0xFFFFFFFF))
+    return value, undefined
+
+
+_NUMBER_SYNTAX = {
+    base: re.compile(r"[ \t\n\v\f\r]*([+-]?)" + prefix + f"({digits}+)")
+    for base, prefix, digits in ((10, "", "[0-9]"), (2, "", "[01]"),
+                                 (16, "(?:0[xX](?=[0-9a-fA-F]))?", "[0-9a-fA-F]"))
+}
+
+
+def parse_number(text: str) -> int | None:
+    """Soufflé's ``to_number``, None where it stops the run: a decimal, ``0x`` hex or ``0b``
+    binary prefix of the text (C's strtol: leading white space and a sign allowed, anything
+    after the digits ignored) that fits in int32."""
+    base = 2 if text.startswith(("0b", "-0b")) else 16 if text.startswith(("0x", "-0x")) else 10
+    if base == 2:  # Soufflé drops the 0b itself: strtol does not know it
+        text = text.replace("0b", "", 1)
+    match = _NUMBER_SYNTAX[base].match(text)
+    if match is None:
+        return None
+    sign, digits = match.groups()
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 40:  # far out of range; int() of very long strings is refused
+        return None
+    value = int(digits, base) * (-1 if sign == "-" else 1)
+    return value if INT32_MIN <= value <= INT32_MAX else None
+
+
 def encode_scalar(value: int, type: BaseType) -> int:
     """A constant's encoded value as a Python int (symbols are interned by the caller)."""
     if type == "number":
@@ -52,6 +132,7 @@ class SymbolTable:
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
         self._strings: list[str] = []
+        self._functors = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
 
     @classmethod
     def sorted_union(cls, collections: Iterable[SymbolTable | Iterable[str]]) -> SymbolTable:
@@ -106,6 +187,21 @@ class SymbolTable:
         rank = np.empty(len(order), dtype=np.uint32)
         rank[order] = np.arange(len(order), dtype=np.uint32)
         return rank
+
+    def functor_values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(strlen, to_number, whether to_number is defined) of every id, so the functors are
+        one gather per column: computed once per string, extended as the table grows (one
+        tuple, replaced at once, so shards sharing the table in threads see a whole one)."""
+        lengths, numbers, valid = self._functors
+        new = self._strings[lengths.shape[0]:]
+        if new:
+            parsed = [parse_number(s) for s in new]
+            lengths = np.concatenate([lengths, np.fromiter(
+                (len(s.encode("utf-8", "surrogatepass")) for s in new), np.int64, len(new))])
+            numbers = np.concatenate([numbers, np.array([p or 0 for p in parsed], np.int64)])
+            valid = np.concatenate([valid, np.array([p is not None for p in parsed], bool)])
+            self._functors = (lengths, numbers, valid)
+        return lengths, numbers, valid
 
     @property
     def strings(self) -> list[str]:

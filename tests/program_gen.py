@@ -42,7 +42,8 @@ FACT_VALUES = tuple(range(6))  # facts: a small domain so joins match
 NEGATIVE_CONSTS = (-1, -2, -3)
 BIG_CONSTS = (INT32_MAX, 2**30, 65536)  # arithmetic with these wraps; never -2**31 in text
 NONZERO_DIVISORS = {"number": (2, 3, 4, -2, -3, 7), "unsigned": (2, 3, 4, 7)}
-ARITH_OPS = ("+", "-", "*", "/", "%")
+ARITH_OPS = ("+", "-", "*", "/", "%", "min", "max", "^")
+POWER_EXPONENTS = (0, 1, 2, 3)  # ^ by a small constant: no unsigned power reaches 2^53
 ORDER_OPS = ("=", "!=", "<", "<=", ">", ">=")
 GUARD_LIMIT = 10
 
@@ -110,6 +111,8 @@ def format_term(term: ir.Term, inline: dict[str, ir.Aggregation], nested: bool =
         return f"({text})" if nested and isinstance(term.value, int) and term.value < 0 else text
     left = format_term(term.left, inline, nested=True)
     right = format_term(term.right, inline, nested=True)
+    if term.op in ("min", "max"):
+        return f"{term.op}({left}, {right})"
     return f"({left} {term.op} {right})"
 
 
@@ -279,6 +282,9 @@ class _Generator:
         if op in ("/", "%"):
             right: ir.Term = ir.Const(rng.choice(NONZERO_DIVISORS[type]), type)
             self.features.add("division")
+        elif op == "^":
+            right = ir.Const(rng.choice(POWER_EXPONENTS), type)
+            self.features.add("power")
         elif rng.chance(0.4):
             right = ir.Var(rng.choice(vars))
         elif big and rng.chance(0.15):
@@ -286,7 +292,7 @@ class _Generator:
             self.features.add("big_constant")
         else:
             right = ir.Const(rng.choice(NUMBER_CONSTS[1:]), type)
-        if op not in ("/", "%") and not isinstance(left, ir.BinOp) and rng.chance(0.2):
+        if op not in ("/", "%", "^") and not isinstance(left, ir.BinOp) and rng.chance(0.2):
             left, right = right, left  # constant on the left sometimes
         return ir.BinOp(op, left, right, type)
 

@@ -8,7 +8,9 @@ literal, deferring a literal until the variables it needs are bound. It is meant
 obviously correct on a few hundred tuples, not fast.
 
 Semantics (docs/contracts.md): number = int32 and unsigned = uint32 with wrap-around,
-C division/modulo (truncate toward zero, remainder takes the dividend's sign), division by
+C division/modulo (truncate toward zero, remainder takes the dividend's sign), ``^`` as
+Soufflé's cast of the C ``pow`` (see ``power``), ``min``/``max``, ``strlen`` (UTF-8 bytes) and
+``to_number`` (C's strtol; a non-number raises), division by
 zero raises, ``v = expr`` binds an unbound variable, negation of lower strata, and
 aggregates: count/sum over the distinct bindings of the aggregate body per group (0 for an
 empty group), min/max of the target (no result for an empty group); grouping variables are
@@ -75,9 +77,70 @@ def arith(op: str, a: Value, b: Value, type: ir.BaseType, pos: ir.Pos) -> int:
         if b == 0:
             raise DatalogError(pos, "division by zero" if op == "/" else "modulo by zero")
         r = c_div(a, b) if op == "/" else c_mod(a, b)
+    elif op in ("min", "max"):
+        r = min(a, b) if op == "min" else max(a, b)
+    elif op == "^":
+        r = power(a, b, type, pos)
     else:
         raise ValueError(f"unknown arithmetic operator {op!r}")
     return wrap(r, type)
+
+
+def power(a: int, b: int, type: ir.BaseType, pos: ir.Pos) -> int:
+    """Soufflé computes ``(type) pow((double) a, (double) b)`` on x86: a number outside int32
+    (or infinite: 0 ^ -1) becomes INT32_MIN; an unsigned goes through int64, so it is the low
+    32 bits of the double, and 0 from 2^63 up. The double is the power rounded to 53 bits;
+    where glibc's pow may round the other way (within 0.05 ulp of halfway) it is an error."""
+    if type == "number":
+        if b < 0:  # |a ^ b| < 1 truncates to 0, but for 1, -1 and 0
+            return {1: 1, -1: -1 if b % 2 else 1, 0: INT32_MIN}.get(a, 0)
+        if abs(a) >= 2 and b >= 32:
+            return INT32_MIN
+        r = a**b
+        return r if INT32_MIN <= r <= INT32_MAX else INT32_MIN
+    if a >= 2 and b >= 64:
+        return 0
+    r = a**b
+    if r >= 2**63:
+        return 0
+    excess = r.bit_length() - 53
+    if excess > 0:
+        ulp = 1 << excess
+        low = r % ulp
+        if low and abs(2 * low - ulp) * 10 <= ulp:
+            raise DatalogError(pos, "unsigned power a ^ b: the C library's rounding decides")
+        r = int(float(r))
+    return 0 if r >= 2**63 else r & UINT32_MAX
+
+
+def to_number(text: str, pos: ir.Pos) -> int:
+    """Soufflé's to_number: ``0b``/``-0b`` is binary (the ``0b`` removed), ``0x``/``-0x`` hex,
+    anything else decimal; then C's strtol: white space, a sign, (for hex an ``0x`` before a
+    digit) and at least one digit; what follows is ignored. Not a number, or outside int32:
+    an error, where Soufflé stops the run."""
+    base, rest = 10, text
+    if text.startswith(("0b", "-0b")):
+        base, rest = 2, text.replace("0b", "", 1)
+    elif text.startswith(("0x", "-0x")):
+        base = 16
+    digits = "0123456789abcdef"[:base]
+    i = 0
+    while i < len(rest) and rest[i] in " \t\n\v\f\r":
+        i += 1
+    sign = 1
+    if i < len(rest) and rest[i] in "+-":
+        sign = -1 if rest[i] == "-" else 1
+        i += 1
+    if base == 16 and rest[i : i + 2] in ("0x", "0X") and rest[i + 2 : i + 3].lower() in tuple(digits):
+        i += 2
+    j = i
+    while j < len(rest) and rest[j] in digits + digits.upper():
+        j += 1
+    number = rest[i:j].lstrip("0") or "0"
+    value = sign * int(number, base) if j > i and len(number) <= 40 else None
+    if value is None or not INT32_MIN <= value <= INT32_MAX:
+        raise DatalogError(pos, f"to_number: {text!r} is not a number")
+    return value
 
 
 def compare(op: str, a: Value, b: Value) -> bool:
@@ -280,6 +343,10 @@ def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
         return term.value
     if isinstance(term, ir.Var):
         return binding[term.name]
+    if isinstance(term, ir.BinOp) and term.op in ir.SYMBOL_FUNCTORS:
+        text = eval_term(term.left, binding, pos)
+        assert isinstance(text, str)
+        return len(text.encode("utf-8", "surrogatepass")) if term.op == "strlen" else to_number(text, pos)
     if isinstance(term, ir.BinOp):
         left = eval_term(term.left, binding, pos)
         right = eval_term(term.right, binding, pos)
