@@ -8,6 +8,7 @@ byte for byte what a single process writes, and Parquet parts become the dataset
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,11 @@ def write_outputs(transport: Transport, shard: Shard, output_dir: str, fmt: str)
         if fmt == "parquet":
             _write_parquet_part(transport, Path(output_dir) / spec.relation, rows, relation, shard.symbols)
             continue
-        data = relation_output.format_relation(rows, relation, shard.symbols, spec.delimiter)
         if output_dir == "-":
-            written[spec.relation] = data
+            written[spec.relation] = relation_output.format_relation(rows, relation, shard.symbols, spec.delimiter)
             continue
-        _write_at_offset(transport, Path(output_dir) / (spec.filename or f"{spec.relation}.csv"), data)
+        target = Path(output_dir) / (spec.filename or f"{spec.relation}.csv")
+        _write_at_offset(transport, target, rows, relation, shard.symbols, spec.delimiter)
     return written
 
 
@@ -63,9 +64,20 @@ def sorted_range(transport: Transport, rows: np.ndarray) -> np.ndarray:
     return mine
 
 
-def _write_at_offset(transport: Transport, target: Path, data: bytes) -> None:
-    """Every shard writes its bytes where the lower ranks' bytes end; rank 0 sets the length."""
-    lengths = transport.allgather(len(data))
+def _write_at_offset(
+    transport: Transport, target: Path, rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, delimiter: str
+) -> None:
+    """Every shard writes its range's text where the lower ranks' text ends; rank 0 sets the
+    length. The text is formatted a chunk at a time, so a worker holds one chunk of it beside
+    its rows, not its whole range's (several times the rows): the length is measured first."""
+    rows = relation_output.sort_rows(rows, relation, symbols)  # a no-op check for a shard's range
+
+    def chunks() -> Iterator[bytes | np.ndarray]:
+        return relation_output.format_chunks(rows, relation, symbols, delimiter, in_order=True)
+
+    whole = b"".join(chunks()) if len(rows) <= relation_output.FORMAT_CHUNK_ROWS else None
+    length = len(whole) if whole is not None else relation_output.text_length(rows, relation, symbols, delimiter)
+    lengths = transport.allgather(length)
     offset = sum(lengths[: transport.rank])
     if transport.rank == 0:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -74,9 +86,13 @@ def _write_at_offset(transport: Transport, target: Path, data: bytes) -> None:
     try:
         if transport.rank == 0:
             os.ftruncate(fd, sum(lengths))
-        os.pwrite(fd, data, offset)
+        for chunk in [whole] if whole is not None else chunks():
+            os.pwrite(fd, chunk, offset)
+            offset += len(chunk)
     finally:
         os.close(fd)
+    if offset != sum(lengths[: transport.rank + 1]):
+        raise AssertionError(f"{target}: shard {transport.rank} wrote up to byte {offset}, not where the next range starts")
 
 
 def _write_parquet_part(

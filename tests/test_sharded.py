@@ -355,3 +355,55 @@ def test_thread_transport_is_symmetric_and_pickles() -> None:
     with pytest.raises(Exception) as raised:
         run_in_threads(2, unpicklable)
     assert not isinstance(raised.value, PeerFailed)
+
+
+WIDE = """
+.decl e(a:number, b:unsigned, c:symbol)
+.input e
+.decl n(a:number, b:unsigned, d:number)
+.output n
+.decl s(c:symbol, a:number)
+.output s
+n(a, b, a - 7) :- e(a, b, _).
+s(c, a) :- e(a, _, c).
+"""
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_shards_write_their_ranges_a_chunk_at_a_time(n: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard's range of more than one chunk is measured first (digits counted for numbers,
+    formatted and measured for symbols), then written a chunk at a time at its offset: the same
+    bytes as one process, at every width of number (negative, int32's ends, unsigned's end)."""
+    monkeypatch.setattr(relation_output, "FORMAT_CHUNK_ROWS", 5)
+    rng = np.random.default_rng(7)
+    ends = [-(2**31), 2**31 - 1, 0, -1, 9, 10, -10, 999_999_999, 1_000_000_000]
+    values = [*ends, *rng.integers(-(2**31), 2**31, 60).tolist()]
+    unsigned = [0, 9, 10, 2**32 - 1, *rng.integers(0, 2**32, len(values) - 4).tolist()]
+    facts = {"e": [(a, b, f"s{b % 13}") for a, b in zip(values, unsigned)]}
+    program = load_program(WIDE)
+    run = run_program(program, get_backend("numpy"), facts=facts)
+    from dask_datalog.cluster import Result
+
+    Result(run).write(tmp_path / "one")
+
+    def shard(transport: Any) -> None:
+        mine = {"e": _deal(facts["e"], transport.rank, n)}
+        done = evaluate_shard(transport, program, get_backend("numpy"), None, mine, replicate_below=0)
+        write_outputs(transport, done, str(tmp_path / "many"), "csv")
+
+    run_in_threads(n, shard)
+    for name in ("n.csv", "s.csv"):
+        assert (tmp_path / "many" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), st.integers(0, 2**32 - 1)), max_size=40), st.sampled_from(["\t", ","]))
+def test_text_length_counts_what_formatting_writes(rows: list[tuple[int, int]], delimiter: str) -> None:
+    from dask_datalog.engine.values import SymbolTable, encode
+
+    relation = load_program(".decl r(a:number, b:unsigned)\n").relations["r"]
+    encoded = np.stack([encode(np.array([r[0] for r in rows], dtype=np.int64), "number"),
+                        encode(np.array([r[1] for r in rows], dtype=np.int64), "unsigned")], axis=1).reshape(-1, 2)
+    symbols = SymbolTable()
+    text = relation_output.format_relation(encoded, relation, symbols, delimiter)
+    assert relation_output.text_length(encoded, relation, symbols, delimiter) == len(text)
