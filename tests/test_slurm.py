@@ -589,6 +589,17 @@ def two_node_jobs(two_nodes: Slurm) -> dict[str, Job]:
     }
 
 
+def _eventually(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    """Whether ``condition()`` holds within ``seconds``: a job's slurmstepd may still be exiting
+    for a moment after squeue stopped listing the job."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _on_nodes(slurm: Slurm, job: Job) -> Counter[tuple[str | None, str]]:
     """The job's processes by node and kind: `dask worker` (a task's nanny), `slurmstepd` (whose
     environment is cleared, but whose name gives the job) or any other."""
@@ -628,7 +639,7 @@ def test_two_nodes_scancel_leaves_no_process_on_either_node_and_a_paused_job_res
 
     record = slurm.wait(cancel, 60)
     assert record["JobState"] == "CANCELLED" and record["Restarts"] == "0", cancel.text()
-    assert not _on_nodes(slurm, cancel)
+    assert _eventually(lambda: not _on_nodes(slurm, cancel)), _on_nodes(slurm, cancel)
     _no_scheduler_file(cancel)
     assert (cancel.checkpoint / "latest").exists()  # submitting the same command resumes from it
 
@@ -642,7 +653,7 @@ def test_two_nodes_scancel_leaves_no_process_on_either_node_and_a_paused_job_res
     assert not pause.checkpoint.exists()
     assert log.splitlines()[-1] == f"dask-datalog job {pause.id}: done, outputs in {pause.out} (exit status 0)", log
     assert "Traceback" not in log and "CommClosedError" not in log and "Killed" not in log, log
-    assert not _on_nodes(slurm, pause)
+    assert _eventually(lambda: not _on_nodes(slurm, pause)), _on_nodes(slurm, pause)
 
 
 def test_a_cluster_job_on_two_nodes(two_nodes: Slurm, two_node_jobs: dict[str, Job], tmp_path: Path) -> None:
@@ -657,7 +668,7 @@ def test_a_cluster_job_on_two_nodes(two_nodes: Slurm, two_node_jobs: dict[str, J
         assert re.search(rf"start 1: 2 node\(s\), 4 worker\(s\); scheduler tcp://{re.escape(first)}:\d+, .* of dd-node1$", log, re.M), log
         assert "done: cluster (--scheduler), 4 workers," in log, log
         assert (job.out / "path.csv").read_bytes() == want
-        assert not _on_nodes(slurm, job)
+        assert _eventually(lambda: not _on_nodes(slurm, job)), _on_nodes(slurm, job)
     _assert_clean_success(slurm, two_node_jobs["cluster"], slurm.show(two_node_jobs["cluster"]))
 
     # the workers' own lines: two on each node, each limited to its share, --mem=2000 (MiB) over
