@@ -83,13 +83,12 @@ def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation],
                 if not isinstance(arg, ir.Var):
                     continue
                 t, where = canonical(attr.type_name), f"argument {i} of {lit.relation}"
-                if arg.name not in bound or t in ancestors(bound[arg.name][0])[1:]:
+                known, origin = bound.get(arg.name, (t, where))
+                if t in ancestors(known):  # as specific as before, or less: the variable keeps its type
                     bound.setdefault(arg.name, (t, where))
-                    continue
-                known, origin = bound[arg.name]
-                if known in ancestors(t):
+                elif known in ancestors(t):  # more specific
                     bound[arg.name] = (t, where)
-                elif t != known:
+                else:
                     raise DatalogError(arg.pos, f"type mismatch: {arg.name} is {_a(known)} ({origin}) and "
                                                 f"{_a(t)} ({where}), and no value is both")
         for lit in rule.body:
