@@ -26,7 +26,19 @@ from .control import NO_CONTROL, STOP, Control, Position, Suspended
 from .errors import DatalogError
 from .memory import default_chunk_rows
 from .exchange import Exchange, LocalExchange, Target
-from .hisa import RelationStore, SortedIndex, expand_runs, gather_join, gather_pairs, half_of, pack, packed_layout, unpack, words_for
+from .hisa import (
+    RelationStore,
+    SortedIndex,
+    expand_runs,
+    gather_join,
+    gather_pairs,
+    half_of,
+    pack,
+    packed_layout,
+    probe_query,
+    unpack,
+    words_for,
+)
 from .ir import SYMBOL_FUNCTORS, Atom, BinOp, Comparison, Const, Term, Var
 from .plan import (
     AggregateStep,
@@ -479,17 +491,18 @@ class Evaluator:
         else:
             parts = store.parts(step.order, step.version, b.n)
         keys = self._key_columns(step.atom, step.order[: step.key_len], b)
+        query = probe_query(keys[:2], b.n, self.xp)
         for index in parts:
-            yield from self._join_index(b, step, layout, index, keys)
+            yield from self._join_index(b, step, layout, index, keys, query)
 
     def _join_index(
-        self, b: Bindings, step: JoinStep, layout: tuple[str | None, ...] | None, index: SortedIndex, keys: list[Any]
+        self, b: Bindings, step: JoinStep, layout: tuple[str | None, ...] | None, index: SortedIndex, keys: list[Any], query: Any
     ) -> Iterator[Bindings]:
         """Probe the index once for all outer rows (count pass), then materialise the output
         table chunk by chunk in one gather (outer columns and inner columns side by side)."""
         xp = self.xp
         atom = step.atom
-        starts, counts = index.ranges(keys[:2], b.n, self.backend)
+        starts, counts = index.ranges(query, len(keys[:2]), b.n, self.backend)
         if step.route.action == "slice":
             lo, hi = self.exchange.share(int(index.rows.shape[0]))
             starts, counts = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64)
@@ -545,7 +558,7 @@ class Evaluator:
     def _exists(self, b: Bindings, step: NegationStep) -> Any:
         index = self._store_for(step).index(step.order, "full")
         keys = self._key_columns(step.atom, step.order[: step.key_len], b)
-        starts, counts = index.ranges(keys[:2], b.n, self.backend)
+        starts, counts = index.ranges(probe_query(keys[:2], b.n, self.xp), len(keys[:2]), b.n, self.backend)
         if step.key_len <= 2:
             return counts > 0
         outer, inner = expand_runs(starts, counts, self.backend)

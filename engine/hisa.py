@@ -192,18 +192,24 @@ class SortedIndex:
         self.rows = rows
         self._tables.clear()
 
-    def ranges(self, key_columns: list[Any], n: int, backend: Backend) -> tuple[Any, Any]:
-        """Count pass of the join: for ``n`` outer keys (uint32 columns in index order, at most
-        two; longer keys are finished by the caller's filter), the first matching row and the
-        run length. An empty key matches every row."""
+    def ranges(self, query: Any, key_len: int, n: int, backend: Backend) -> tuple[Any, Any]:
+        """Count pass of the join: for ``n`` outer keys (``probe_query`` of ``key_len`` columns),
+        the first matching row and the run length. An empty key matches every row."""
         xp = backend.xp
-        if not key_columns:
+        if not key_len:
             return xp.zeros(n, dtype=xp.int64), xp.full(n, self.rows.shape[0], dtype=xp.int64)
-        if len(key_columns) == 1:
-            query = key_columns[0].astype(xp.uint64)
-        else:
-            query = pack(key_columns, n, xp)[:, 0]
-        return self.table(len(key_columns), xp).lookup(query, backend)
+        return self.table(key_len, xp).lookup(query, backend)
+
+
+def probe_query(key_columns: list[Any], n: int, xp: Any) -> Any:
+    """The hash tables' key for ``n`` outer rows: uint32 key columns in index order, at most two
+    (longer keys are finished by the caller's filter), as one uint64 each; None for no key.
+    Made once per join step, whatever the number of runs it probes."""
+    if not key_columns:
+        return None
+    if len(key_columns) == 1:
+        return key_columns[0].astype(xp.uint64)
+    return pack(key_columns, n, xp)[:, 0]
 
 
 def expand_runs(starts: Any, counts: Any, backend: Backend) -> tuple[Any, Any]:

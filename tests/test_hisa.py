@@ -18,6 +18,7 @@ from dask_datalog.engine.hisa import (
     expand_runs,
     pack,
     permute,
+    probe_query,
     unpack,
 )
 
@@ -113,7 +114,7 @@ def test_index_join_matches_nested_loop(data):
     outer_keys = data.draw(st.lists(st.tuples(*[VALUES] * key_len), max_size=20))
     index = SortedIndex(order, sets.sort_unique(permute(to_rows(inner, arity), arity, order, xp), xp))
     key_cols = [np.array([k[j] for k in outer_keys], dtype=np.uint32) for j in range(key_len)]
-    starts, counts = index.ranges(key_cols[:2], len(outer_keys), KERNELS)
+    starts, counts = index.ranges(probe_query(key_cols[:2], len(outer_keys), xp), len(key_cols[:2]), len(outer_keys), KERNELS)
     outer, pos = expand_runs(starts, counts, KERNELS)
     plain = expand_runs(starts, counts, ARRAY_API)  # the search CuPy runs
     assert plain[0].tolist() == outer.tolist() and plain[1].tolist() == pos.tolist()
