@@ -8,7 +8,7 @@ GRAPH  ?= tests/data/cal.cedge
 
 .PHONY: run test bench venv clean
 
-$(STAMP): pyproject.toml engine/kernels.c
+$(STAMP): pyproject.toml engine/storage/kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,bench]'

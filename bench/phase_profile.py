@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dask_datalog.cluster import Program
 from dask_datalog.engine.backend import get_backend
-from dask_datalog.engine.evaluate import PHASES
-from dask_datalog.engine.hisa import HashTable
+from dask_datalog.engine.execution.evaluate import PHASES
+from dask_datalog.engine.storage.hisa import HashTable
 
 ROOT = Path(__file__).resolve().parents[1]
 

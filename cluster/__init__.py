@@ -1,5 +1,5 @@
 """The public API of dask-datalog: ``from dask_datalog.cluster import Program``."""
 
-from .api import Program, Result
+from dask_datalog.cluster.api import Program, Result
 
 __all__ = ["Program", "Result"]

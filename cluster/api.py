@@ -19,21 +19,21 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from ..engine import relation_output
-from ..engine.backend import Backend, BackendName, get_backend
-from ..engine.checkpoint import CheckpointOptions
-from ..engine.frontend import load_program
-from ..engine.ir import Program as ProgramIR
-from ..engine.job import FactSource, RunOutput, Steering, run_program
-from ..partition.placement import REPLICATE_BELOW
-from .options import JobOptions, JobTimeout, Terminated
+from dask_datalog.engine.formats import relation_output
+from dask_datalog.engine.backend import Backend, BackendName, get_backend
+from dask_datalog.engine.checkpoint import CheckpointOptions
+from dask_datalog.engine.frontend import load_program
+from dask_datalog.engine.ir import Program as ProgramIR
+from dask_datalog.spmd.job import FactSource, RunOutput, Steering, run_program
+from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.spmd.options import JobOptions, JobTimeout, Terminated
 
 if TYPE_CHECKING:  # distributed is imported only when a run uses a cluster
     import dask.dataframe as dd
     import pandas as pd
     from distributed import Client
 
-    from .runtime import DistributedRun, ProgressHandler
+    from dask_datalog.cluster.runtime.coordinator import DistributedRun, ProgressHandler
 
 
 class Result:
@@ -117,7 +117,7 @@ class Program:
     def from_file(cls, path: str | Path) -> Program:
         """The program in a file, through the front end's file loader: a byte-order mark is
         skipped, and an unreadable or non-UTF-8 file is a DatalogError like any other."""
-        from ..engine.frontend import load_program_file
+        from dask_datalog.engine.frontend import load_program_file
 
         program = cls.__new__(cls)
         program.ir = load_program_file(path)
@@ -150,7 +150,7 @@ class Program:
         ``Suspended`` when the run stopped at a checkpoint on request, ``JobTimeout`` past its
         time limit, ``MemoryBudgetExceeded`` when its relations outgrow the budget."""
         if client is not None:
-            from .runtime import run_job
+            from dask_datalog.cluster.runtime.coordinator import run_job
 
             if on_iteration is not None:
                 raise ValueError("on_iteration is for in-process runs; pass progress= with a client")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import DatalogError
+from dask_datalog.engine.errors import DatalogError
 
 BackendName = Literal["auto", "numpy", "cupy", "numpy-xp"]
 
@@ -33,7 +33,7 @@ class Backend:
         """The CPU kernels module on "numpy", else None: run the ``xp`` formulation."""
         if self.name != "numpy":
             return None
-        from . import cpu_kernels  # ctypes set-up once per process, well under a millisecond
+        from dask_datalog.engine.storage import cpu_kernels
 
         return cpu_kernels
 

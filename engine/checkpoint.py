@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from .control import SAVE, STOP, Position
-from .memory import MemoryBudgetExceeded
-from .errors import DatalogError
-from .ir import Program
+from dask_datalog.engine.execution.control import SAVE, STOP, Position
+from dask_datalog.engine.memory import MemoryBudgetExceeded
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.ir import Program
 
 FORMAT_VERSION = 1
 MIN_INTERVAL_S = 30.0  # the default schedule's shortest interval between checkpoints

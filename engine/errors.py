@@ -4,7 +4,7 @@ Anything else that escapes the engine is a bug and is allowed to crash loudly.""
 
 from __future__ import annotations
 
-from .ir import Pos
+from dask_datalog.engine.ir import Pos
 
 
 class DatalogError(Exception):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .backend import Backend
-from .errors import DatalogError
+from dask_datalog.engine.backend import Backend
+from dask_datalog.engine.errors import DatalogError
 
 DEFAULT_SHARE = 0.5  # of the worker's memory limit (or of the machine or GPU) given to the data
 CHUNK_SHARE = 8  # a join chunk's binding table takes at most 1/CHUNK_SHARE of the budget

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .ir import (
+from dask_datalog.engine.ir import (
     Aggregation,
     Atom,
     BinOp,
@@ -40,7 +40,7 @@ from .ir import (
     Var,
     walk,
 )
-from .strata import stratify
+from dask_datalog.engine.frontend.strata import stratify
 
 Version = Literal["full", "delta"]
 Key = tuple[int, ...]  # columns of a relation whose hash decides a tuple's shard

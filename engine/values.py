@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .ir import BaseType
+from dask_datalog.engine.ir import BaseType
 
 SIGN = np.uint32(0x80000000)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1

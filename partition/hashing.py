@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dask_datalog.engine.hisa import pack, unpack
+from dask_datalog.engine.storage.hisa import pack, unpack
 
 SEED = 0x243F6A8885A308D3  # pi's fractional bits: any odd constant, fixed forever
 FMIX_MULT_1 = 0xBF58476D1CE4E5B9

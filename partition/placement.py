@@ -65,7 +65,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from dask_datalog.engine.hisa import words_for
+from dask_datalog.engine.storage.hisa import words_for
 from dask_datalog.engine.ir import Atom, Var, walk
 from dask_datalog.engine.plan import (
     AggregateStep,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dask_datalog.cluster.generate import generate, write_facts
+from dask_datalog.cluster.experiments.generate import generate, write_facts
 
 
 def clustered_points_to(out: Path, kind: str, variables: int, function: int, cross: float, seed: int) -> dict[str, int]:

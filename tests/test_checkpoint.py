@@ -19,15 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dask_datalog.cluster import Result
-from dask_datalog.cluster.shard import Shard, evaluate_shard
-from dask_datalog.cluster.threads import run_in_threads
+from dask_datalog.spmd.shard import Shard, evaluate_shard
+from dask_datalog.spmd.threads import run_in_threads
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.checkpoint import Checkpoints, CheckpointOptions, array_digest, program_digest
-from dask_datalog.engine.control import Position, Suspended
+from dask_datalog.engine.execution.control import Position, Suspended
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.engine.job import Steering, run_program
+from dask_datalog.spmd.job import Steering, run_program
 from dask_datalog.engine.plan import plan_program
 from program_gen import GeneratedCase, generate_case, generate_from_rng
 from test_sharded import _deal, relation_tuples
@@ -287,7 +287,7 @@ def test_shards_write_text_order_after_resuming_an_in_process_checkpoint(k: int,
     output sorts packed rows). A checkpoint written in process and taken up by shards is
     re-encoded, the program's constants (some not yet interned) included: the files are byte
     for byte the single-process ones."""
-    from dask_datalog.cluster.output import write_outputs
+    from dask_datalog.spmd.writer import write_outputs
 
     program = load_program(SYMBOLS)
     names = ["m", "b", "x", "a", "q", "c", "k"]

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 
-from dask_datalog.cluster.cli import main
+from dask_datalog.cluster.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 REACH = ROOT / "examples" / "reach.dl"

@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-from dask_datalog.cluster.cli import build_parser
+from dask_datalog.cluster.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "deploy" / "kubernetes"

@@ -19,7 +19,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.exchange import PLUGIN_NAME
+from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
 from dask_datalog.engine.errors import DatalogError
 from program_gen import GeneratedCase, generate_case
 from test_differential import diff_message
@@ -363,7 +363,7 @@ def test_examples_on_the_array_api_path(clients: dict[int, Client], name: str) -
 
 
 def test_progress_events_reach_the_client(clients: dict[int, Client]) -> None:
-    from dask_datalog.cluster.progress import ProgressState
+    from dask_datalog.cluster.cli.progress import ProgressState
 
     events: list[dict] = []
     program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from engine_modes import ARRAY_API, KERNELS
 
-from dask_datalog.engine import ir, sets
+from dask_datalog.engine import ir
+
+from dask_datalog.engine.storage import sets
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.fact_input import (
+from dask_datalog.engine.formats.fact_input import (
     _line_start,
     _read_fast,
     _read_slow,
@@ -23,7 +25,7 @@ from dask_datalog.engine.fact_input import (
     read_facts,
     read_facts_range,
 )
-from dask_datalog.engine.relation_output import (
+from dask_datalog.engine.formats.relation_output import (
     decode_columns,
     format_relation,
     sort_rows,
@@ -632,10 +634,10 @@ def test_chunked_writing_from_packed_rows(tmp_path: Path, monkeypatch: pytest.Mo
     """write_outputs formats a chunk at a time straight from the packed rows (job.PackedRows):
     the same bytes as formatting the host rows at once, and ``written`` hears the running total
     after each chunk, ending at the file's size."""
-    from dask_datalog.engine import relation_output
+    from dask_datalog.engine.formats import relation_output
     from dask_datalog.engine.frontend import load_program
-    from dask_datalog.engine.hisa import pack
-    from dask_datalog.engine.job import RunOutput, write_outputs
+    from dask_datalog.engine.storage.hisa import pack
+    from dask_datalog.spmd.job import RunOutput, write_outputs
 
     monkeypatch.setattr(relation_output, "FORMAT_CHUNK_ROWS", 7)
     decls = ", ".join(f"c{j}:{t}" for j, t in enumerate(types))
@@ -662,8 +664,8 @@ def test_packed_rows_out_of_order_are_an_engine_bug_not_sorted_over(monkeypatch:
     """The engine hands every relation sorted and duplicate-free; writing checks that on the
     packed words, chunk by chunk (the boundaries included), and crashes on a violation rather
     than writing duplicates or re-sorting quietly."""
-    from dask_datalog.engine import relation_output
-    from dask_datalog.engine.job import PackedRows
+    from dask_datalog.engine.formats import relation_output
+    from dask_datalog.spmd.job import PackedRows
 
     monkeypatch.setattr(relation_output, "FORMAT_CHUNK_ROWS", 4)
     arity = 2 * width

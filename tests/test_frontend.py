@@ -8,7 +8,7 @@ import pytest
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.engine.strata import Stratum, stratify
+from dask_datalog.engine.frontend.strata import Stratum, stratify
 
 REACH = """
 .decl edge(x: number, y: number)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.cli import main
-from dask_datalog.cluster.generate import (
+from dask_datalog.cluster.cli.main import main
+from dask_datalog.cluster.experiments.generate import (
     BYTES_PER_DRAWN,
     BYTES_PER_HELD,
     GENERATORS,
@@ -172,7 +172,7 @@ def test_the_memory_estimate_bounds_the_real_peak(tmp_path: Path, kind: str, par
     script = f"""
 import re, sys
 from pathlib import Path
-from dask_datalog.cluster import generate
+from dask_datalog.cluster.experiments import generate
 def peak():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 before = peak()

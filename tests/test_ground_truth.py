@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.generate import generate, write_facts
+from dask_datalog.cluster.experiments.generate import generate, write_facts
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from engine_modes import ARRAY_API, KERNELS
 
-from dask_datalog.engine import sets
-from dask_datalog.engine.hisa import (
+from dask_datalog.engine.storage import sets
+from dask_datalog.engine.storage.hisa import (
     HashTable,
     RelationStore,
     SortedIndex,

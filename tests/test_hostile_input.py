@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.fact_input import encode_rows, read_facts, read_facts_range
+from dask_datalog.engine.formats.fact_input import encode_rows, read_facts, read_facts_range
 from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.engine.job import load_inputs, run_program, write_outputs
-from dask_datalog.engine.parser import MAX_ALTERNATIVES, MAX_NESTING
-from dask_datalog.engine.relation_output import write_relation
+from dask_datalog.spmd.job import load_inputs, run_program, write_outputs
+from dask_datalog.engine.frontend.parser import MAX_ALTERNATIVES, MAX_NESTING
+from dask_datalog.engine.formats.relation_output import write_relation
 from dask_datalog.engine.values import SymbolTable
 
 QUICK = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

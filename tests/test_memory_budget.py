@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.runtime import JobOptions
-from dask_datalog.cluster.shard import evaluate_shard
-from dask_datalog.cluster.threads import run_in_threads
+from dask_datalog.cluster.runtime.coordinator import JobOptions
+from dask_datalog.spmd.shard import evaluate_shard
+from dask_datalog.spmd.threads import run_in_threads
 from dask_datalog.engine.backend import get_backend
-from dask_datalog.engine.job import Steering
+from dask_datalog.spmd.job import Steering
 from dask_datalog.engine.memory import MemoryBudgetExceeded, chunk_rows_for
 from test_worker_loss import REACH, chain, cli
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dask_datalog.cluster.mesh import Mesh, PeerLost, decode, encode
+from dask_datalog.spmd.mesh import Mesh, PeerLost, decode, encode
 
 TIMEOUT_S = 20.0  # far above what any test needs: only a deadlock reaches it
 POLL_S = 0.01

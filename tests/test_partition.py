@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.frontend import load_program
-from dask_datalog.engine.hisa import pack
+from dask_datalog.engine.storage.hisa import pack
 from dask_datalog.engine.plan import (
     LOCAL,
     AggregateStep,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dask_datalog.engine.backend import cupy_usable
-from dask_datalog.engine.hisa import pack
+from dask_datalog.engine.storage.hisa import pack
 from dask_datalog.partition.buckets import bucket, split
 from dask_datalog.partition.hashing import key_hash, shard_of, shard_of_rows
 

@@ -15,8 +15,8 @@ import pytest
 from distributed import LocalCluster
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.cli import main
-from dask_datalog.cluster.scaling import Run, efficiency, inconsistent, summarize
+from dask_datalog.cluster.cli.main import main
+from dask_datalog.cluster.experiments.scaling import Run, efficiency, inconsistent, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 REACH = ROOT / "examples" / "reach.dl"

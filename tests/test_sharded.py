@@ -20,14 +20,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dask_datalog.cluster.output import write_outputs
-from dask_datalog.cluster.shard import Shard, evaluate_shard
-from dask_datalog.cluster.threads import PeerFailed, run_in_threads
-from dask_datalog.engine import ir, relation_output
+from dask_datalog.spmd.writer import write_outputs
+from dask_datalog.spmd.shard import Shard, evaluate_shard
+from dask_datalog.spmd.threads import PeerFailed, run_in_threads
+from dask_datalog.engine import ir
+from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.engine.job import run_program
+from dask_datalog.spmd.job import run_program
 from dask_datalog.partition.placement import REPLICATE_BELOW
 from points_to_gen import clustered_points_to
 from program_gen import GeneratedCase, generate_case, generate_from_rng

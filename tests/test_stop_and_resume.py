@@ -27,8 +27,8 @@ import pytest
 from distributed import Client, LocalCluster
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.cli import IN_PROCESS, _Checkpoints, build_parser
-from dask_datalog.cluster.runtime import JobOptions, JobTimeout
+from dask_datalog.cluster.cli.main import IN_PROCESS, _Checkpoints, build_parser
+from dask_datalog.cluster.runtime.coordinator import JobOptions, JobTimeout
 from test_worker_loss import REACH, assert_no_job_left, chain, cli, hard_timeout, outputs
 
 COMMAND = [sys.executable, "-m", "dask_datalog.cluster.cli", "run"]

@@ -20,8 +20,10 @@ pytest.importorskip("cryptography")  # what Security.temporary needs
 
 from distributed.security import Security  # noqa: E402
 
-from dask_datalog.cluster import Program, exchange  # noqa: E402
-from dask_datalog.cluster.cli import main  # noqa: E402
+from dask_datalog.cluster import Program  # noqa: E402
+
+from dask_datalog.cluster.runtime import plugin as exchange
+from dask_datalog.cluster.cli.main import main  # noqa: E402
 from test_cli import summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,9 +28,9 @@ import pytest
 from distributed import Client, LocalCluster
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.exchange import PLUGIN_NAME
-from dask_datalog.cluster.faults import ENV as FAULT
-from dask_datalog.cluster.runtime import JobOptions, WorkerLost
+from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
+from dask_datalog.cluster.runtime.faults import ENV as FAULT
+from dask_datalog.cluster.runtime.coordinator import JobOptions, WorkerLost
 from test_checkpoint import MIXED
 from test_cli import summary
 
@@ -212,7 +212,7 @@ def assert_no_job_left(client: Client, workers: list[str]) -> None:
 def _job_state(dask_worker: object) -> tuple[int, list[str], int]:
     import gc
 
-    from dask_datalog.cluster.shard import Shard
+    from dask_datalog.spmd.shard import Shard
 
     gc.collect()
     tasks = [str(k) for k in dask_worker.state.tasks if "datalog" in str(k)]  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""``dask-datalog gen`` and ``scale``: synthetic inputs and scaling experiments."""

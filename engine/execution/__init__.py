@@ -1,0 +1,1 @@
+"""Executing a plan on one shard: the semi-naive fixpoint and the operators of its rule versions."""

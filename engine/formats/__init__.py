@@ -1,0 +1,1 @@
+"""Reading fact files and rows into encoded relations, and writing relations out."""

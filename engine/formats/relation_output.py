@@ -1,0 +1,256 @@
+"""Relation output: encoded rows -> sorted, decoded CSV text, Parquet parts, NumPy or pandas.
+
+Kept apart from ``fact_input`` because output never parses user data: it only orders and renders
+rows the engine already holds, for the CLI, the workers' output tasks and the Python API.
+Symbols sort by text, not by id; a nullary relation is written as ``()`` (Soufflé's form).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.backend import NUMPY, Backend
+from dask_datalog.engine.values import SIGN, SymbolTable, decode
+
+if TYPE_CHECKING:  # pandas costs 0.4 s to import; only DataFrame users pay it
+    import pandas as pd
+
+# Encoded (n, arity) uint32 rows: an array, or anything with len, shape, row slices that give
+# arrays and np.asarray (job.PackedRows, which copies from packed rows a slice at a time).
+Rows = Any
+
+
+def sort_rows(rows: Rows, relation: ir.Relation, symbols: SymbolTable) -> Rows:
+    """Rows in output order: lexicographic over columns, numbers numerically, symbols by text.
+
+    The encoding already orders numbers, and the engine hands numeric relations sorted: those
+    come back as they are. Symbol ids are replaced by their text rank for the sort.
+    """
+    has_symbols = "symbol" in relation.types
+    if len(rows) < 2 or relation.arity == 0 or (not has_symbols and _in_order(rows)):
+        return rows
+    rows = np.asarray(rows)
+    rank = symbols.text_rank() if has_symbols else None
+    keys = [rank[rows[:, j]] if t == "symbol" else rows[:, j] for j, t in enumerate(relation.types)]
+    if relation.arity == 2:
+        packed = (keys[0].astype(np.uint64) << np.uint64(32)) | keys[1]
+        if not has_symbols:  # keys are the values: sort and unpack, no gather
+            packed.sort()
+            return np.stack([(packed >> np.uint64(32)).astype(np.uint32), packed.astype(np.uint32)], axis=1)
+        order = np.argsort(packed)
+    else:
+        order = np.lexsort(keys[::-1])
+    return np.ascontiguousarray(rows[order])
+
+
+def _in_order(rows: Rows) -> bool:
+    """Whether encoded numeric rows are in lexicographic order, checked a chunk at a time so
+    that the check adds no relation-sized temporaries (``job.PackedRows`` checks its packed
+    words itself)."""
+    if hasattr(rows, "in_order"):
+        return bool(rows.in_order())
+    for start in range(0, len(rows) - 1, FORMAT_CHUNK_ROWS):
+        later = rows[start + 1 : start + 1 + FORMAT_CHUNK_ROWS]
+        earlier = rows[start : start + len(later)]
+        before = np.zeros(len(later), dtype=bool)
+        tied = np.ones(len(later), dtype=bool)
+        for j in range(rows.shape[1]):
+            before |= tied & (earlier[:, j] < later[:, j])
+            tied &= earlier[:, j] == later[:, j]
+        if not bool(np.all(before | tied)):
+            return False
+    return True
+
+
+def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
+    """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), object str (symbol)."""
+    return [
+        symbols.lookup(rows[:, j]) if t == "symbol" else decode(np.ascontiguousarray(rows[:, j]), t)
+        for j, t in enumerate(relation.types)
+    ]
+
+
+def write_relation(
+    out: str | Path | IO[str],
+    rows: Rows,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    delimiter: str = "\t",
+    *,
+    backend: Backend = NUMPY,
+    written: Callable[[int], None] | None = None,
+) -> None:
+    """Write distinct encoded rows, sorted and decoded, to a path or a text stream (e.g. stdout),
+    a chunk at a time; ``written(n)`` hears the bytes written so far after each chunk (progress)."""
+    chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend)
+    if isinstance(out, (str, Path)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                if written is not None:
+                    written(f.tell())
+    else:
+        for chunk in chunks:
+            out.write(bytes(chunk).decode("utf-8"))
+
+
+def format_relation(
+    rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
+) -> bytes:
+    """The bytes ``write_relation`` writes, at once: for a worker that formats its share and
+    hands the bytes on, and for stdout."""
+    return b"".join(format_chunks(rows, relation, symbols, delimiter, backend=backend))
+
+
+_PYARROW_REFUSES = ("\0", "\r", "\n", '"')  # as write_csv delimiters
+
+# Rows formatted at once: the text of a chunk (about 25 MB for two numbers) is what writing
+# adds to a run's memory, whatever the relation's size.
+FORMAT_CHUNK_ROWS = 1 << 20
+
+
+def format_chunks(
+    rows: Rows,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    delimiter: str = "\t",
+    *,
+    backend: Backend = NUMPY,
+    in_order: bool = False,
+) -> Iterator[bytes | np.ndarray]:
+    """Distinct encoded rows, sorted and decoded, one per line, as a sequence of byte strings
+    (uint8 arrays from the CPU kernel). ``in_order``: the rows are in output order already
+    (a shard's range of the output), not sorted again.
+
+    Numbers go through the CPU kernel when ``backend`` has it (the rows are NumPy arrays
+    whatever backend the run used); otherwise pyarrow writes unquoted CSV, and symbols
+    holding the delimiter, a quote or a line break (pyarrow refuses those unquoted) and
+    multi-byte delimiters go through a plain Python formatter.
+    """
+    if not in_order:
+        rows = sort_rows(rows, relation, symbols)
+    if relation.arity == 0:
+        if len(rows):
+            yield b"()\n"
+        return
+    if _by_kernel(relation, delimiter, backend):
+        kernels = backend.kernels
+        signed = np.array([t == "number" for t in relation.types])
+        flip = np.where(signed, SIGN, np.uint32(0)).astype(np.uint32)
+        for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
+            yield kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter))
+        return
+    texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
+    exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))
+    plain = exotic or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES
+    for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
+        columns = decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols)
+        if plain:
+            yield "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode()
+        else:
+            yield _arrow_csv(columns, delimiter)
+
+
+def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend) -> bool:
+    return backend.kernels is not None and "symbol" not in relation.types and len(delimiter.encode()) == 1
+
+
+_POWERS_OF_TEN = np.array([10**k for k in range(1, 10)], dtype=np.int64)
+
+
+def text_length(rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY) -> int:
+    """The bytes ``format_chunks(..., in_order=True)`` yields, without keeping them: counted
+    from the digits where the kernel formats numbers (a tenth of formatting's cost), else
+    formatted a chunk at a time and measured."""
+    if relation.arity == 0 or not _by_kernel(relation, delimiter, backend):
+        return sum(len(c) for c in format_chunks(rows, relation, symbols, delimiter, backend=backend, in_order=True))
+    total = len(rows) * relation.arity  # the delimiters and the line breaks
+    for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
+        block = rows[start : start + FORMAT_CHUNK_ROWS]
+        for j, t in enumerate(relation.types):
+            values = np.ascontiguousarray(block[:, j])
+            if t == "number":
+                signed = decode(values, t).astype(np.int64)
+                total += int(np.count_nonzero(signed < 0))
+                values = np.abs(signed)
+            total += len(values) + int(np.searchsorted(_POWERS_OF_TEN, values, side="right").sum())
+    return total
+
+
+def _arrow_csv(columns: list[np.ndarray], delimiter: str) -> bytes:
+    import pyarrow as pa  # imported when used: 65 MB and 60 ms that numeric outputs never need
+    import pyarrow.csv as pacsv
+
+    table = pa.Table.from_arrays([_arrow_column(c) for c in columns], names=[f"c{j}" for j in range(len(columns))])
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none"))
+    return sink.getvalue().to_pybytes()
+
+
+def _arrow_column(column: np.ndarray) -> Any:
+    """NumPy -> Arrow without pa.array, which imports pandas (0.4 s) on first use. Integer
+    columns wrap their buffer; symbol columns go through a dictionary of their distinct texts."""
+    import pyarrow as pa
+
+    if column.dtype != object:
+        column = np.ascontiguousarray(column)
+        return pa.Array.from_buffers(pa.from_numpy_dtype(column.dtype), len(column), [None, pa.py_buffer(column)])
+    texts, codes = np.unique(column, return_inverse=True)
+    data = "".join(texts).encode()
+    lengths = np.fromiter((len(t.encode()) for t in texts), dtype=np.int32, count=len(texts))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    dictionary = pa.Array.from_buffers(pa.string(), len(texts), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    indices = _arrow_column(codes.astype(np.int32).reshape(-1))
+    return pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
+
+
+def parquet_part_name(part: int) -> str:
+    """File name of part ``part`` of a relation's Parquet dataset (one part per worker)."""
+    return f"part-{part:05d}.parquet"
+
+
+def clear_parquet_parts(dataset: Path) -> None:
+    """Make ``dataset`` an empty directory of parts: parts of an earlier run with more workers
+    would otherwise join this run's data."""
+    dataset.mkdir(parents=True, exist_ok=True)
+    for stale in dataset.glob("part-*.parquet"):
+        stale.unlink()
+
+
+def write_parquet_part(path: Path, rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> None:
+    """Sorted, decoded rows as one Parquet file, columns named by attribute. A nullary relation,
+    which has no column to hold its one possible tuple, gets a boolean column ``holds``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = sort_rows(rows, relation, symbols)
+    if relation.arity == 0:
+        table = pa.Table.from_arrays([pa.array(np.ones(len(rows), dtype=bool))], names=["holds"])
+    else:
+        columns = [_arrow_column(c) for c in decode_columns(rows, relation, symbols)]
+        table = pa.Table.from_arrays(columns, names=[a.name for a in relation.attributes])
+    pq.write_table(table, path)
+
+
+def to_numpy(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
+    """Sorted decoded (n, arity) array: int64 when every column is numeric, else object."""
+    columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
+    dtype = object if "symbol" in relation.types else np.int64
+    result = np.empty((len(rows), relation.arity), dtype=dtype)
+    for j, col in enumerate(columns):
+        result[:, j] = col.astype(dtype)
+    return result
+
+
+def to_pandas(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> pd.DataFrame:
+    """Sorted DataFrame, columns named by attribute: int32 / uint32 / object (str)."""
+    columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
+    import pandas as pd
+
+    return pd.DataFrame({a.name: pd.Series(col, dtype=col.dtype) for a, col in zip(relation.attributes, columns)})

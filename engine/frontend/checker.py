@@ -1,0 +1,753 @@
+"""Syntax tree -> checked, normalised ir.Program (see docs/contracts.md, "Front end").
+
+Declarations are global (a relation may be used above its .decl), so types and relations are
+collected first; then directives and clauses are checked in source order, one rule at a time:
+structure (declared, arity, where `_` may stand, aggregates pulled out), variable types,
+safety, and last the resolved types of constants and arithmetic.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.frontend import parser as st
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.ir import BaseType, Pos
+from dask_datalog.engine.values import INT32_MAX, INT32_MIN, POWER_UNDEFINED, UINT32_MAX, parse_number, power
+
+_RANGES = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
+_IO_PARAMS = ("IO", "filename", "delimiter")
+
+
+def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
+    """Check a parsed program and build its IR; raises DatalogError on the first problem."""
+    types = _type_table([s for s in statements if isinstance(s, st.TypeAlias)])
+    relations = _relations([s for s in statements if isinstance(s, st.Decl)], types)
+    rules: list[ir.Rule] = []
+    inputs: list[ir.InputSpec] = []
+    outputs: list[ir.OutputSpec] = []
+    printsizes: list[str] = []
+    for s in statements:
+        if isinstance(s, st.Clause):
+            rules.extend(_clause_rules(s, relations))
+        elif isinstance(s, st.Directive):
+            _relation(relations, s.relation, s.pos, f"in .{s.kind}")
+            if s.kind == "printsize":
+                if s.params:
+                    p = s.params[0]
+                    raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .printsize")
+                if s.relation not in printsizes:
+                    printsizes.append(s.relation)
+            elif s.kind == "input":
+                inputs.append(ir.InputSpec(s.relation, *_io_params(s), pos=s.pos))
+            else:
+                outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
+    _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
+    return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs),
+                      tuple(printsizes), filename)
+
+
+def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation],
+                    aliases: Sequence[st.TypeAlias]) -> None:
+    """Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
+    neither of which is a subtype of the other has no value, and a head argument bound to a
+    variable takes only values of its column's type. (Constants and arithmetic fit any
+    subtype of their base type, as in Soufflé; ``.type T = S`` is another name for S.)"""
+    same = {a.name: a.base for a in aliases if not a.subtype}
+    parent = {a.name: a.base for a in aliases if a.subtype}
+
+    def canonical(t: str) -> str:
+        while t in same:
+            t = same[t]
+        return t
+
+    def ancestors(t: str) -> list[str]:
+        chain = [canonical(t)]
+        while chain[-1] in parent:
+            chain.append(canonical(parent[chain[-1]]))
+        return chain
+
+    if not parent:
+        return
+    for rule in rules:
+        bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
+        for lit in rule.body:
+            if not isinstance(lit, ir.Atom):
+                continue
+            for i, (arg, attr) in enumerate(zip(lit.args, relations[lit.relation].attributes), 1):
+                if not isinstance(arg, ir.Var):
+                    continue
+                t, where = canonical(attr.type_name), f"argument {i} of {lit.relation}"
+                known, origin = bound.get(arg.name, (t, where))
+                if t in ancestors(known):  # as specific as before, or less: the variable keeps its type
+                    bound.setdefault(arg.name, (t, where))
+                elif known in ancestors(t):  # more specific
+                    bound[arg.name] = (t, where)
+                else:
+                    raise DatalogError(arg.pos, f"type mismatch: {arg.name} is {_a(known)} ({origin}) and "
+                                                f"{_a(t)} ({where}), and no value is both")
+        for lit in rule.body:
+            if isinstance(lit, ir.Comparison) and lit.op == "=" and isinstance(lit.left, ir.Var) and isinstance(lit.right, ir.Var):
+                left, right = bound.get(lit.left.name), bound.get(lit.right.name)
+                if left and right and left[0] not in ancestors(right[0]) and right[0] not in ancestors(left[0]):
+                    raise DatalogError(lit.pos, f"type mismatch: {lit.left.name} is {_a(left[0])} ({left[1]}) and "
+                                                f"{lit.right.name} is {_a(right[0])} ({right[1]}): no value is both")
+        head = relations[rule.head.relation]
+        for i, (arg, attr) in enumerate(zip(rule.head.args, head.attributes), 1):
+            if isinstance(arg, ir.Var) and arg.name in bound:
+                known, origin = bound[arg.name]
+                want = canonical(attr.type_name)
+                if want not in ancestors(known):
+                    raise DatalogError(arg.pos, f"type mismatch: {arg.name} is {_a(known)} ({origin}), but "
+                                                f"argument {i} of {rule.head.relation} is {_a(want)}, "
+                                                f"which {_a(known)} is not")
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _a(t: str) -> str:
+    return f"an {t}" if t == "unsigned" else f"a {t}"
+
+
+# ---- declarations ------------------------------------------------------------------------
+
+
+def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
+    """Alias name -> base type, following chains of aliases (declared in any order)."""
+    defined: dict[str, st.TypeAlias] = {}
+    for a in aliases:
+        if a.name in ir.BASE_TYPES or a.name == "float":
+            raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
+        if a.name in defined:
+            first = defined[a.name].pos
+            raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at "
+                                      f"{first.line}:{first.col})")
+        defined[a.name] = a
+    table: dict[str, BaseType] = {}
+    for a in aliases:
+        chain = [a.name]
+        current = a
+        while current.base not in ir.BASE_TYPES:
+            if current.base == "float":
+                raise DatalogError(current.base_pos, "unsupported type float")
+            if current.base not in defined:
+                raise DatalogError(current.base_pos, f"unknown type {current.base}"
+                                   + _suggest(current.base, [*ir.BASE_TYPES, *defined]))
+            if current.base in chain:
+                cycle = " -> ".join([*chain[chain.index(current.base):], current.base])
+                raise DatalogError(a.pos, f"cyclic type definition: {cycle}")
+            chain.append(current.base)
+            current = defined[current.base]
+        table[a.name] = current.base
+    return table
+
+
+def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType]) -> dict[str, ir.Relation]:
+    relations: dict[str, ir.Relation] = {}
+    for d in decls:
+        if d.name in relations:
+            first = relations[d.name].pos
+            raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first "
+                                      f"declared at {first.line}:{first.col})")
+        attrs: list[ir.Attribute] = []
+        for attr in d.attrs:
+            if any(a.name == attr.name for a in attrs):
+                raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl "
+                                             f"{d.name}")
+            attrs.append(ir.Attribute(attr.name, _base_type(attr, types), attr.type_name))
+        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos)
+    return relations
+
+
+def _base_type(attr: st.Attr, types: dict[str, BaseType]) -> BaseType:
+    if attr.type_name in ir.BASE_TYPES:
+        return attr.type_name
+    if attr.type_name in types:
+        return types[attr.type_name]
+    if attr.type_name == "float":
+        raise DatalogError(attr.pos, "unsupported type float")
+    raise DatalogError(attr.pos, f"unknown type {attr.type_name}"
+                                 + _suggest(attr.type_name, [*ir.BASE_TYPES, *types]))
+
+
+def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str
+              ) -> ir.Relation:
+    if name not in relations:
+        where = f" {where}" if where else ""
+        raise DatalogError(pos, f"undeclared relation {name}{where}" + _suggest(name, relations))
+    return relations[name]
+
+
+def _io_params(d: st.Directive) -> tuple[str | None, str]:
+    """(filename, delimiter) of an .input/.output directive."""
+    seen: dict[str, st.Param] = {}
+    for p in d.params:
+        if p.key not in _IO_PARAMS:
+            raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} "
+                                      f"(supported: {', '.join(_IO_PARAMS)})")
+        if p.key in seen:
+            raise DatalogError(p.pos, f"parameter '{p.key}' given twice")
+        seen[p.key] = p
+        if p.key == "IO" and p.value != "file":
+            hint = "; to print outputs run with -D -" if d.kind == "output" else ""
+            raise DatalogError(p.pos, f"unsupported: IO={p.value} (only IO=file{hint})")
+        if p.key in ("filename", "delimiter") and not p.quoted:
+            raise DatalogError(p.pos, f"{p.key} must be a string, e.g. {p.key}=\"{p.value}\"")
+        if p.key == "delimiter" and not p.value:
+            raise DatalogError(p.pos, "the delimiter must not be empty")
+    name = seen["filename"].value if "filename" in seen else None
+    if name is not None:
+        check_io_filename(name, d.kind, seen["filename"].pos)
+    return name, seen["delimiter"].value if "delimiter" in seen else "\t"
+
+
+def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
+    """An ``.input``/``.output`` ``filename=`` stays inside the fact/output directory unless it
+    is absolute: the one check of this, done when a program is loaded, so every reader and
+    writer (in-process and on workers) only ever sees names that passed it. Judged on the
+    path's components alone (no file system access): ``a/../b.facts`` stays inside,
+    ``../b.facts`` and ``a/../../b.facts`` leave."""
+    where = "fact" if kind == "input" else "output"
+    if not name:
+        raise DatalogError(pos, "the filename must not be empty")
+    if "\0" in name:
+        raise DatalogError(pos, "the filename must not contain a NUL character")
+    if name.startswith("/"):
+        return
+    depth = 0
+    for part in name.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise DatalogError(pos, f"filename \"{name}\" leaves the {where} directory "
+                                        "(write an absolute path to read or write outside it)")
+        elif part not in ("", "."):
+            depth += 1
+    if depth == 0 or name.endswith("/"):
+        raise DatalogError(pos, f"filename \"{name}\" names a directory, not a file")
+
+
+# ---- clauses -----------------------------------------------------------------------------
+
+
+def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation]) -> Iterator[ir.Rule]:
+    if c.bodies is None:
+        for head in c.heads:
+            _check_ground(head)
+            yield _RuleChecker(relations).rule(head, (), fact=True)
+        return
+    for body in c.bodies:
+        for head in c.heads:
+            yield _RuleChecker(relations).rule(head, body, fact=False)
+
+
+def _check_ground(head: st.Atom) -> None:
+    def walk(e: st.Expr) -> None:
+        if isinstance(e, st.Var):
+            raise DatalogError(e.pos, f"a fact must be ground, but {e.name} is a variable")
+        if isinstance(e, st.Wild):
+            raise DatalogError(e.pos, "a fact must be ground, but it contains _")
+        if isinstance(e, st.Binary):
+            walk(e.left)
+            walk(e.right)
+        if isinstance(e, st.Call):
+            walk(e.arg)
+
+    for arg in head.args:
+        walk(arg)
+
+
+def _vars(terms: Iterable[ir.Term | None], functors: bool = True) -> Iterator[ir.Var]:
+    """Variable occurrences; ``functors=False`` leaves out those inside a symbol functor,
+    whose type is not the expression's."""
+    for t in terms:
+        if isinstance(t, ir.Var):
+            yield t
+        elif isinstance(t, ir.BinOp) and (functors or t.op not in ir.SYMBOL_FUNCTORS):
+            yield from _vars((t.left, t.right), functors)
+
+
+def _functor_args(t: ir.Term | None) -> Iterator[ir.Term]:
+    """The arguments of the symbol functors in ``t``."""
+    if isinstance(t, ir.BinOp):
+        if t.op in ir.SYMBOL_FUNCTORS:
+            yield t.left
+        yield from _functor_args(t.left)
+        yield from _functor_args(t.right)
+
+
+def _literal_vars(lit: ir.BodyLiteral) -> Iterator[ir.Var]:
+    """Every variable occurrence of a literal; for an aggregation, those of body and target."""
+    if isinstance(lit, ir.Atom):
+        yield from _vars(lit.args)
+    elif isinstance(lit, ir.Negation):
+        yield from _vars(lit.atom.args)
+    elif isinstance(lit, ir.Comparison):
+        yield from _vars((lit.left, lit.right))
+    else:
+        for inner in lit.body:
+            yield from _literal_vars(inner)
+        yield from _vars((lit.target,))
+
+
+def _outer_vars(head: ir.Atom, lits: Sequence[ir.BodyLiteral]) -> set[str]:
+    """Variables of the rule outside its aggregates: an aggregate groups by those it uses."""
+    outer = {v.name for v in _vars(head.args)}
+    for lit in lits:
+        if not isinstance(lit, ir.Aggregation):
+            outer.update(v.name for v in _literal_vars(lit))
+    return outer
+
+
+def _rename(t: ir.Term, names: dict[str, str]) -> ir.Term:
+    if isinstance(t, ir.Var) and t.name in names:
+        return ir.Var(names[t.name], t.pos)
+    if isinstance(t, ir.BinOp):
+        return replace(t, left=_rename(t.left, names), right=_rename(t.right, names))
+    return t
+
+
+def _rename_atom(a: ir.Atom, names: dict[str, str]) -> ir.Atom:
+    return replace(a, args=tuple(_rename(t, names) for t in a.args))
+
+
+def _rename_literal(lit: ir.BodyLiteral, names: dict[str, str]) -> ir.BodyLiteral:
+    if isinstance(lit, ir.Atom):
+        return _rename_atom(lit, names)
+    if isinstance(lit, ir.Negation):
+        return replace(lit, atom=_rename_atom(lit.atom, names))
+    if isinstance(lit, ir.Comparison):
+        return replace(lit, left=_rename(lit.left, names), right=_rename(lit.right, names))
+    target = None if lit.target is None else _rename(lit.target, names)
+    body = tuple(_rename_literal(b, names) for b in lit.body)
+    return replace(lit, body=body, target=target)
+
+
+class _RuleChecker:
+    """Checks and normalises one rule (one head, one conjunctive body)."""
+
+    def __init__(self, relations: dict[str, ir.Relation]):
+        self.relations = relations
+        self.fresh_count = {"a": 0, "w": 0, "l": 0}
+        self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
+        self.types: dict[str, tuple[BaseType, str]] = {}  # variable -> (type, where it got it)
+
+    def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool) -> ir.Rule:
+        ir_head = self.atom(head, "head")
+        head_aggregates, self.pending = self.pending, []
+        lits: list[ir.BodyLiteral] = []
+        for lit in body:
+            converted = self.literal(lit, in_aggregate=False)
+            lits.extend(self.pending)
+            self.pending = []
+            lits.append(converted)
+        lits.extend(head_aggregates)
+        lits = self.separate_aggregate_locals(ir_head, lits)
+        self.infer_types(ir_head, lits)
+        _Safety(ir_head, lits).check()
+        rule = ir.Rule(self.resolve_atom(ir_head), tuple(self.resolve(lit) for lit in lits),
+                       ir_head.pos)
+        return _fold_fact(rule) if fact and not lits else rule
+
+    def fresh(self, kind: str, pos: Pos, stem: str = "") -> ir.Var:
+        n = self.fresh_count[kind]
+        self.fresh_count[kind] += 1
+        return ir.Var(f"${stem}_{n}" if stem else f"${kind}{n}", pos)
+
+    # ---- structure: syntax tree -> IR with provisional types ----
+
+    def atom(self, a: st.Atom, where: str) -> ir.Atom:
+        """``where``: head, body, negated, aggregate (a positive atom of an aggregate body)."""
+        rel = _relation(self.relations, a.relation, a.pos, "")
+        if len(a.args) != rel.arity:
+            raise DatalogError(a.pos, f"arity mismatch: {a.relation} is declared with "
+                                      f"{rel.arity} attribute{'s' * (rel.arity != 1)} but used "
+                                      f"with {len(a.args)} argument{'s' * (len(a.args) != 1)}")
+        return ir.Atom(a.relation, tuple(self.arg(e, where) for e in a.args), a.pos)
+
+    def arg(self, e: st.Expr, where: str) -> ir.Term:
+        if not isinstance(e, st.Wild):
+            return self.term(e, in_aggregate=where in ("aggregate", "aggregate-negated"))
+        if where == "head":
+            raise DatalogError(e.pos, "_ cannot appear in the head of a rule")
+        if where == "aggregate":  # count counts matching tuples: give each _ its own name
+            return self.fresh("w", e.pos)
+        return ir.Wildcard(e.pos)
+
+    def literal(self, lit: st.Literal, in_aggregate: bool) -> ir.BodyLiteral:
+        if isinstance(lit, st.Atom):
+            return self.atom(lit, "aggregate" if in_aggregate else "body")
+        if isinstance(lit, st.Negation):
+            where = "aggregate-negated" if in_aggregate else "negated"
+            return ir.Negation(self.atom(lit.atom, where), lit.pos)
+        return ir.Comparison(lit.op, self.term(lit.left, in_aggregate),
+                             self.term(lit.right, in_aggregate), lit.pos)
+
+    def term(self, e: st.Expr, in_aggregate: bool) -> ir.Term:
+        if isinstance(e, st.Var):
+            return ir.Var(e.name, e.pos)
+        if isinstance(e, st.Num):
+            return ir.Const(e.value, "number", e.pos)  # numeric type resolved later
+        if isinstance(e, st.Str):
+            return ir.Const(e.value, "symbol", e.pos)
+        if isinstance(e, st.Binary):
+            left, right = self.term(e.left, in_aggregate), self.term(e.right, in_aggregate)
+            return ir.BinOp(e.op, left, right, "number", e.pos)
+        if isinstance(e, st.Call):
+            arg = self.term(e.arg, in_aggregate)
+            return ir.BinOp(e.func, arg, ir.Const(0, "number", e.pos), "number", e.pos)
+        if isinstance(e, st.Wild):
+            raise DatalogError(e.pos, "_ can only be an argument of a body atom")
+        if in_aggregate:
+            raise DatalogError(e.pos, "unsupported: nested aggregates")
+        return self.aggregate(e)
+
+    def aggregate(self, agg: st.Aggregate) -> ir.Var:
+        if agg.func == "count" and agg.target is not None:
+            raise DatalogError(agg.pos, "count takes no target: write count : { ... }")
+        if agg.func != "count" and agg.target is None:
+            raise DatalogError(agg.pos, f"{agg.func} needs a target: write "
+                                        f"{agg.func} x : {{ ... }}")
+        target = None if agg.target is None else self.term(agg.target, in_aggregate=True)
+        body = tuple(self.literal(lit, in_aggregate=True) for lit in agg.body)
+        result = self.fresh("a", agg.pos)
+        self.pending.append(ir.Aggregation(result, agg.func, target, body, "number", agg.pos))
+        return result
+
+    def separate_aggregate_locals(self, head: ir.Atom, lits: list[ir.BodyLiteral]
+                                  ) -> list[ir.BodyLiteral]:
+        """Give a variable local to one aggregate its own name when another aggregate uses the
+        same name, so that a variable shared between literals always means grouping."""
+        outer = _outer_vars(head, lits)
+        seen: set[str] = set()
+        out: list[ir.BodyLiteral] = []
+        for lit in lits:
+            if isinstance(lit, ir.Aggregation):
+                local = {v.name for v in _literal_vars(lit)} - outer
+                clash = sorted(local & seen)
+                seen |= local
+                if clash:
+                    lit = _rename_literal(
+                        lit, {n: self.fresh("l", lit.pos, n).name for n in clash})
+            out.append(lit)
+        return out
+
+    # ---- variable types ----
+
+    def infer_types(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> None:
+        """Types of variables: from the atoms they occur in, then through comparisons,
+        arithmetic and aggregates; a variable tied only to number literals is a number."""
+        groups: list[tuple[tuple[ir.Term | None, ...], BaseType | None]] = []
+
+        def group(terms: tuple[ir.Term | None, ...], fixed: BaseType | None) -> None:
+            """One group per expression, a symbol functor's argument being its own."""
+            groups.append((terms, fixed))
+            for t in terms:
+                for arg in _functor_args(t):
+                    groups.append(((arg,), "symbol"))
+
+        def visit_atom(a: ir.Atom) -> None:
+            rel = self.relations[a.relation]
+            for i, (arg, attr) in enumerate(zip(a.args, rel.attributes), 1):
+                if isinstance(arg, ir.Var):
+                    self.set_type(arg, attr.type, f"argument {i} of {a.relation}")
+                elif isinstance(arg, ir.BinOp):
+                    group((arg,), attr.type)
+
+        def visit(lit: ir.BodyLiteral) -> None:
+            if isinstance(lit, ir.Atom):
+                visit_atom(lit)
+            elif isinstance(lit, ir.Negation):
+                visit_atom(lit.atom)
+            elif isinstance(lit, ir.Comparison):
+                group((lit.left, lit.right), None)
+            else:
+                for inner in lit.body:
+                    visit(inner)
+                fixed: BaseType | None = "number" if lit.func == "count" else None
+                group((lit.result, lit.target), fixed)
+
+        visit_atom(head)
+        for lit in lits:
+            visit(lit)
+        while True:
+            changed = False
+            for terms, fixed in groups:
+                t = fixed or next((k for k in map(self.known, terms) if k), None)
+                for v in _vars(terms, functors=False):
+                    if t is not None and v.name not in self.types:
+                        self.types[v.name] = (t, "")
+                        changed = True
+            if changed:
+                continue
+            untyped = [v for terms, _ in groups for v in _vars(terms, functors=False)
+                       if v.name not in self.types]
+            if not untyped:
+                return
+            self.types[untyped[0].name] = ("number", "")
+
+    def set_type(self, v: ir.Var, t: BaseType, where: str) -> None:
+        if v.name not in self.types:
+            self.types[v.name] = (t, f"{where}, at {v.pos.line}:{v.pos.col}")
+            return
+        known, origin = self.types[v.name]
+        if known != t:
+            raise DatalogError(v.pos, f"type mismatch: {v.name} is {_a(known)} ({origin}) but "
+                                      f"{where} is {_a(t)}")
+
+    def known(self, t: ir.Term | None) -> BaseType | None:
+        """The type a term certainly has, None while it depends on context."""
+        if isinstance(t, ir.Var):
+            return self.types[t.name][0] if t.name in self.types else None
+        if isinstance(t, ir.Const):
+            return "symbol" if t.type == "symbol" else None
+        if isinstance(t, ir.BinOp):
+            if t.op in ir.SYMBOL_FUNCTORS:
+                return "number"
+            return self.known(t.left) or self.known(t.right)
+        return None
+
+    # ---- resolved types ----
+
+    def resolve_atom(self, a: ir.Atom) -> ir.Atom:
+        rel = self.relations[a.relation]
+        args = tuple(
+            self.typed(arg, attr.type, f"argument {i} of {a.relation} is {_a(attr.type)}")
+            for i, (arg, attr) in enumerate(zip(a.args, rel.attributes), 1)
+        )
+        return replace(a, args=args)
+
+    def resolve(self, lit: ir.BodyLiteral) -> ir.BodyLiteral:
+        if isinstance(lit, ir.Atom):
+            return self.resolve_atom(lit)
+        if isinstance(lit, ir.Negation):
+            return replace(lit, atom=self.resolve_atom(lit.atom))
+        if isinstance(lit, ir.Comparison):
+            left, right = self.known(lit.left), self.known(lit.right)
+            if left and right and left != right:
+                raise DatalogError(lit.pos, f"type mismatch: cannot compare {_a(left)} with "
+                                            f"{_a(right)}")
+            t = left or right or "number"
+            if t == "symbol" and lit.op not in ("=", "!="):
+                raise DatalogError(lit.pos, f"{lit.op} is not defined on symbols (only = and "
+                                            "!= are)")
+            where = f"it is compared with {_a(t)}"
+            return replace(lit, left=self.typed(lit.left, t, where),
+                           right=self.typed(lit.right, t, where))
+        body = tuple(self.resolve(inner) for inner in lit.body)
+        t = "number" if lit.target is None else self.known(lit.target) or "number"
+        if t == "symbol":
+            raise DatalogError(lit.pos, f"{lit.func} over symbols is not supported")
+        used = self.types[lit.result.name][0]
+        if used != t:
+            raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it "
+                                        f"is used as {_a(used)}")
+        target = None if lit.target is None else self.typed(
+            lit.target, t, f"{lit.func} is over {_a(t)}")
+        return replace(lit, body=body, target=target, type=t)
+
+    def typed(self, term: ir.Term, want: BaseType, where: str) -> ir.Term:
+        """``term`` with its constants and arithmetic resolved to ``want``; ``where`` ends the
+        sentence "type mismatch: <term> is a <type>, but ..." when it does not fit."""
+        if isinstance(term, ir.Wildcard):
+            return term
+        if isinstance(term, ir.Var):
+            actual = self.types[term.name][0]
+            if actual != want:
+                raise DatalogError(term.pos, f"type mismatch: {term.name} is {_a(actual)}, but "
+                                             f"{where}")
+            return term
+        if isinstance(term, ir.Const):
+            if term.type == "symbol" and want != "symbol":
+                raise DatalogError(term.pos, f"type mismatch: \"{term.value}\" is a symbol, but "
+                                             f"{where}")
+            if term.type != "symbol" and want == "symbol":
+                raise DatalogError(term.pos, f"type mismatch: {term.value} is a number, but "
+                                             f"{where}")
+            if want != "symbol":
+                low, high = _RANGES[want]
+                if not low <= int(term.value) <= high:
+                    raise DatalogError(term.pos, f"{term.value} does not fit in 32 bits as "
+                                                 f"{_a(want)} ({low}..{high})")
+            return replace(term, type=want)
+        if term.op in ir.SYMBOL_FUNCTORS:
+            if want != "number":
+                raise DatalogError(term.pos, f"type mismatch: {term.op}(...) is a number, but "
+                                             f"{where}")
+            return replace(term, left=self.typed(term.left, "symbol",
+                                                 f"{term.op} takes a symbol"))
+        if want == "symbol":
+            raise DatalogError(term.pos, f"type mismatch: arithmetic ({term.op}) on symbols")
+        inner = f"{term.op} is computed on {_a(want)} here"
+        return replace(term, left=self.typed(term.left, want, inner),
+                       right=self.typed(term.right, want, inner), type=want)
+
+
+class _Safety:
+    """Every variable must be bound (grounded): as a plain argument of a positive atom, by
+    ``x = <expr of bound vars>`` (chained), or as an aggregate result once the aggregate's
+    grouping variables are. A variable inside arithmetic, ``e(n - 1, x)`` included, binds
+    nothing: it must be bound elsewhere, as in Soufflé ("Ungrounded variable n")."""
+
+    def __init__(self, head: ir.Atom, lits: list[ir.BodyLiteral]):
+        self.head = head
+        self.lits = lits
+        self.outer = _outer_vars(head, lits)
+
+    def grouping(self, agg: ir.Aggregation) -> set[str]:
+        return {v.name for v in _literal_vars(agg)} & self.outer
+
+    def check(self) -> None:
+        """Report the first unbound variable; aggregates first, as an unbound grouping
+        variable leaves the aggregate's result (and all that uses it) unbound too."""
+        bound = _bound(self.lits, set(), self.grouping)
+        for lit in self.lits:
+            if isinstance(lit, ir.Aggregation):
+                self.check_aggregate(lit, bound)
+        for v in _vars(self.head.args):
+            if v.name not in bound:
+                raise DatalogError(v.pos, f"unsafe rule: variable {_shown(v)} in the head is not "
+                                          "bound by any positive body atom"
+                                          + _arithmetic_hint(v.name, self.lits))
+        _require_literals(self.lits, bound, in_aggregate=False)
+
+    def check_aggregate(self, agg: ir.Aggregation, bound: set[str]) -> None:
+        for v in _literal_vars(agg):
+            if v.name in self.outer and v.name not in bound:
+                raise DatalogError(v.pos, f"unsafe rule: variable {_shown(v)} is used inside and "
+                                          "outside the aggregate but not bound by any positive "
+                                          "atom outside it" + _arithmetic_hint(v.name, self.lits))
+        inner = _bound(agg.body, self.grouping(agg), self.grouping)
+        _require_literals(agg.body, inner, in_aggregate=True)
+        _require(_vars((agg.target,)), inner, "in the aggregate target", agg.body,
+                 in_aggregate=True)
+
+
+def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str],
+           grouping: Callable[[ir.Aggregation], set[str]]) -> set[str]:
+    """Variables bound by ``lits`` given ``bound``: positive atoms, then equalities and
+    aggregate results to a fixpoint. ``grouping(agg)`` gives an aggregate's grouping vars."""
+    bound = set(bound)
+    for lit in lits:
+        if isinstance(lit, ir.Atom):  # plain arguments only: e(n - 1, x) does not bind n
+            bound.update(a.name for a in lit.args if isinstance(a, ir.Var))
+    changed = True
+    while changed:
+        changed = False
+        for lit in lits:
+            if isinstance(lit, ir.Comparison) and lit.op == "=":
+                for side, other in ((lit.left, lit.right), (lit.right, lit.left)):
+                    if (isinstance(side, ir.Var) and side.name not in bound
+                            and all(v.name in bound for v in _vars((other,)))):
+                        bound.add(side.name)
+                        changed = True
+            elif isinstance(lit, ir.Aggregation) and lit.result.name not in bound:
+                if grouping(lit) <= bound:
+                    bound.add(lit.result.name)
+                    changed = True
+    return bound
+
+
+def _require_literals(lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggregate: bool
+                      ) -> None:
+    """Every variable of the non-binding places of ``lits`` (one rule body or one aggregate
+    body), in source order: arithmetic in positive atoms, negations, comparisons."""
+    for lit in lits:
+        if isinstance(lit, ir.Atom):
+            arithmetic = [a for a in lit.args if isinstance(a, ir.BinOp)]
+            _require(_vars(arithmetic), bound, f"in arithmetic in an argument of {lit.relation}",
+                     (), in_aggregate, hint=" (a variable inside arithmetic does not bind it)")
+        elif isinstance(lit, ir.Negation):
+            _require(_vars(lit.atom.args), bound, f"in the negation of {lit.atom.relation}",
+                     lits, in_aggregate)
+        elif isinstance(lit, ir.Comparison):
+            _require(_vars((lit.left, lit.right)), bound, "in this comparison", lits,
+                     in_aggregate)
+
+
+def _require(vs: Iterable[ir.Var], bound: set[str], where: str,
+             lits: Sequence[ir.BodyLiteral], in_aggregate: bool, hint: str = "") -> None:
+    """The first variable of ``vs`` not in ``bound`` is an error; ``lits`` are searched for
+    an occurrence inside arithmetic to explain why it is not bound."""
+    for v in vs:
+        if v.name not in bound:
+            what = "unsafe aggregate" if in_aggregate else "unsafe rule"
+            by = "positive atom of the aggregate body" if in_aggregate else "positive body atom"
+            raise DatalogError(v.pos, f"{what}: variable {_shown(v)} {where} is not bound by any "
+                                      f"{by}" + (hint or _arithmetic_hint(v.name, lits)))
+
+
+def _shown(v: ir.Var) -> str:
+    """A variable's name as written: an aggregate-local variable renamed apart by
+    ``separate_aggregate_locals`` (``$x_0``) is reported as ``x``."""
+    if v.name.startswith("$") and "_" in v.name:
+        return v.name[1:v.name.rindex("_")]
+    return v.name
+
+
+def _arithmetic_hint(name: str, lits: Sequence[ir.BodyLiteral]) -> str:
+    """Why a variable written in a positive atom is still unbound: only inside arithmetic."""
+    for lit in lits:
+        if isinstance(lit, ir.Atom):
+            for arg in lit.args:
+                if isinstance(arg, ir.BinOp):
+                    for v in _vars((arg,)):
+                        if v.name == name:
+                            return (f" (at {v.pos.line}:{v.pos.col} it is inside arithmetic in "
+                                    f"{lit.relation}, which does not bind it)")
+    return ""
+
+
+# ---- facts -------------------------------------------------------------------------------
+
+
+def _fold_fact(rule: ir.Rule) -> ir.Rule:
+    """Facts hold constants only: evaluate arithmetic written in them (32-bit, wrapping)."""
+    return replace(rule, head=replace(rule.head, args=tuple(_fold(a) for a in rule.head.args)))
+
+
+def _fold(t: ir.Term) -> ir.Const:
+    if isinstance(t, ir.Const):
+        return t
+    assert isinstance(t, ir.BinOp)
+    if t.op in ir.SYMBOL_FUNCTORS:
+        text = str(_fold(t.left).value)
+        if t.op == "strlen":
+            return ir.Const(len(text.encode("utf-8", "surrogatepass")), "number", t.pos)
+        number = parse_number(text)
+        if number is None:
+            raise DatalogError(t.pos, f"to_number: \"{text}\" is not a number")
+        return ir.Const(number, "number", t.pos)
+    a, b = int(_fold(t.left).value), int(_fold(t.right).value)
+    if t.op in ("/", "%") and b == 0:
+        raise DatalogError(t.pos, "division by zero")
+    if t.op == "^":
+        return ir.Const(_fold_power(a, b, t), t.type, t.pos)
+    if t.op in ("min", "max"):
+        return ir.Const(min(a, b) if t.op == "min" else max(a, b), t.type, t.pos)
+    if t.op in ("+", "-", "*"):
+        value = a + b if t.op == "+" else a - b if t.op == "-" else a * b
+    else:
+        q = abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)  # C: truncate toward zero
+        value = q if t.op == "/" else a - b * q
+    value &= 0xFFFFFFFF
+    if t.type == "number" and value > INT32_MAX:
+        value -= 1 << 32
+    return ir.Const(value, t.type, t.pos)
+
+
+def _fold_power(a: int, b: int, t: ir.BinOp) -> int:
+    """``a ^ b`` by the engine's own kernel, so a fact and a rule agree."""
+    wide = {"number": np.int64, "unsigned": np.uint64}[t.type]
+    values, undefined = power(np.array([a], wide), np.array([b], wide), t.type, np)
+    if bool(undefined[0]):
+        raise DatalogError(t.pos, POWER_UNDEFINED)
+    return int(values[0])

@@ -1,0 +1,46 @@
+"""The front end in one call: program text -> checked, stratifiable ir.Program."""
+
+from __future__ import annotations
+
+import codecs
+import os
+from pathlib import Path
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.frontend.checker import check
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend.parser import parse
+from dask_datalog.engine.frontend.strata import stratify
+
+
+def load_program(text: str, filename: str = "<string>") -> ir.Program:
+    """Parse and check a program; DatalogError (with its position) on any problem."""
+    program = check(parse(text, filename), filename)
+    stratify(program)  # negation or aggregation through recursion is rejected at load time
+    return program
+
+
+def load_program_file(path: str | os.PathLike[str]) -> ir.Program:
+    """``load_program`` on a file; positions name the file as given. A byte-order mark is
+    skipped; bytes that are not UTF-8 are an error at the first of them."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise DatalogError(None, f"cannot read program {p}: {e.strerror}") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(data, e.start, e.reason, str(p)) from None
+    return load_program(text, str(p))
+
+
+def _not_utf8(data: bytes, bad: int, reason: str, filename: str) -> DatalogError:
+    """The error for undecodable program bytes, at the line and column (in characters, as the
+    parser counts them) of the first bad byte, ``data[bad]``."""
+    before = data[:bad].decode("utf-8")  # valid: decoding failed only at ``bad``
+    line_start = before.rfind("\n") + 1
+    pos = ir.Pos(filename, before.count("\n") + 1, len(before) - line_start + 1)
+    return DatalogError(pos, f"not UTF-8 text: byte 0x{data[bad]:02x} ({reason}); save the "
+                             "program as UTF-8")

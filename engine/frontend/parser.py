@@ -1,0 +1,518 @@
+"""Source text -> syntax tree with positions: the first stage of the front end.
+
+The lark grammar accepts more of Soufflé than we support; everything outside the subset is
+rejected here, by name, so the checker only ever sees supported constructs. Disjunctions in
+rule bodies are expanded here too (a clause keeps one conjunction per alternative).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+from importlib import resources
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.lexer import PatternStr
+
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.ir import Pos
+
+# ---- syntax tree -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Wild:
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Num:
+    """An integer literal; a leading unary minus is already folded into ``value``."""
+
+    value: int
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Str:
+    value: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str
+    left: Expr
+    right: Expr
+    pos: Pos  # of the operator
+
+
+@dataclass(frozen=True)
+class Call:
+    """A functor from symbols to numbers: ``strlen(e)`` or ``to_number(e)``."""
+
+    func: str
+    arg: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    func: str
+    target: Expr | None
+    body: tuple[Literal, ...]
+    pos: Pos
+
+
+Expr = Var | Wild | Num | Str | Binary | Call | Aggregate
+
+
+@dataclass(frozen=True)
+class Atom:
+    relation: str
+    args: tuple[Expr, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Negation:
+    atom: Atom
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Comparison:
+    op: str
+    left: Expr
+    right: Expr
+    pos: Pos  # of the operator
+
+
+Literal = Atom | Negation | Comparison
+
+
+@dataclass(frozen=True)
+class Clause:
+    """``heads :- body.``; ``bodies`` holds the disjunctive normal form, None for a fact."""
+
+    heads: tuple[Atom, ...]
+    bodies: tuple[tuple[Literal, ...], ...] | None
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    type_name: str
+    pos: Pos  # of the type name, where an unknown type is reported
+    name_pos: Pos
+
+
+@dataclass(frozen=True)
+class Decl:
+    name: str
+    attrs: tuple[Attr, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class TypeAlias:
+    """``.type name <: base`` (``subtype``: a new type inside base; Soufflé 1's
+    ``.number_type name`` and ``.symbol_type name`` too) or ``.type name = base`` (another
+    name for base)."""
+
+    name: str
+    base: str
+    pos: Pos
+    base_pos: Pos
+    subtype: bool = True
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    value: str
+    quoted: bool
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Directive:
+    """One of ``.input`` / ``.output`` / ``.printsize`` for one relation."""
+
+    kind: str
+    relation: str
+    params: tuple[Param, ...]
+    pos: Pos
+
+
+Statement = Decl | TypeAlias | Directive | Clause
+
+# ---- parsing -----------------------------------------------------------------------------
+
+
+@functools.cache
+def _lark() -> Lark:
+    grammar = resources.files(__package__).joinpath("grammar.lark").read_text(encoding="utf-8")
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
+
+
+def parse(text: str, filename: str = "<string>") -> tuple[Statement, ...]:
+    """Parse a whole program; raises DatalogError on syntax errors and unsupported constructs.
+    A leading byte-order mark (U+FEFF) is not part of the program; columns count after it."""
+    text = text.removeprefix("\ufeff")
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as e:
+        raise _syntax_error(e, text, filename) from None
+    return _Builder(filename).statements(tree)
+
+
+# Words the grammar knows only to reject; listing them as "expected" would mislead.
+_HIDDEN_WORDS = frozenset(
+    """input output printsize overridable inline no_inline magic no_magic brie btree
+    btree_delete eqrel choice-domain .limitsize .comp .init .override .functor .pragma .plan
+    stateful match contains mean nil $ [ ** band bor bxor bshl bshr
+    bshru land lor lxor bnot lnot cat substr ord to_string to_unsigned
+    to_float itou itof utoi utof ftoi ftou autoinc range as""".split()
+)
+_TOKEN_WORDS = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "$END": "end of input",
+}
+
+
+def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> DatalogError:
+    if isinstance(e, UnexpectedToken) and e.token.type == "$END":
+        lines = text.split("\n")
+        pos = Pos(filename, len(lines), len(lines[-1]) + 1)
+        return DatalogError(pos, "syntax error: unexpected end of input" + _expected(e))
+    pos = Pos(filename, e.line, e.column)
+    if text.startswith("/*", e.pos_in_stream):
+        return DatalogError(pos, "syntax error: unterminated /* comment")
+    if text.startswith('"', e.pos_in_stream):
+        return DatalogError(pos, "syntax error: unterminated string (it must end on its line)")
+    if isinstance(e, UnexpectedCharacters):
+        found = f"unexpected character {e.char!r}"
+    else:
+        assert isinstance(e, UnexpectedToken)
+        tok = e.token
+        word = {"NAME": "name ", "NUMBER": "number ", "STRING": "string "}.get(tok.type)
+        found = f"unexpected {word}{tok}" if word else f"unexpected '{tok}'"
+    return DatalogError(pos, f"syntax error: {found}" + _expected(e))
+
+
+def _expected(e: UnexpectedInput) -> str:
+    """What the parser would have accepted, asked of the parser itself: LALR's own lookahead
+    sets are merged across contexts and would list tokens that cannot follow here."""
+    parser = getattr(e, "interactive_parser", None)
+    names = parser.accepts() if parser is not None else getattr(e, "expected", set())
+    words = _expected_words(names)
+    return f"; expected {words}" if words else ""
+
+
+def _expected_words(names: set[str]) -> str:
+    words: set[str] = set()
+    for name in names:
+        if name == "MIN_MAX":
+            words.update(("'max'", "'min'"))
+            continue
+        if name in _TOKEN_WORDS:
+            words.add(_TOKEN_WORDS[name])
+            continue
+        pattern = _lark().get_terminal(name).pattern
+        if isinstance(pattern, PatternStr) and pattern.value not in _HIDDEN_WORDS:
+            words.add(f"'{pattern.value}'")
+    if "':-'" in words:  # in a clause head '<=' only starts a (rejected) subsumption
+        words.discard("'<='")
+    ordered = sorted(words, key=lambda w: (w.startswith("'"), w))
+    if len(ordered) <= 1:
+        return "".join(ordered)
+    return ", ".join(ordered[:-1]) + " or " + ordered[-1]
+
+
+# ---- lark tree -> syntax tree ------------------------------------------------------------
+
+_UNSUPPORTED_STATEMENTS = {
+    "component": "unsupported: .comp components",
+    "init": "unsupported: .init component instances",
+    "override": "unsupported: .override (components)",
+    "functor_decl": "unsupported: .functor user-defined functors",
+    "pragma": "unsupported: .pragma",
+    "plan": "unsupported: .plan query plans",
+    "record_type": "unsupported: record types (.type T = [...])",
+    "adt_type": "unsupported: algebraic data types (.type T = A {...} | ...)",
+    "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
+}
+_STRING_FUNCTORS = frozenset({"cat", "substr", "ord", "to_string"})
+_SYMBOL_FUNCTORS = frozenset({"strlen", "to_number"})  # symbol -> number, supported
+_FUNCTOR_NAMES = {
+    "as": "type casts as(...)",
+    "autoinc": "autoinc() counters",
+    "range": "the range(...) generator",
+}
+_ESCAPES = {'"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+Body = tuple[tuple[Literal, ...], ...]
+LarkTree = Tree[Any]  # children: Token or Tree, told apart by the grammar
+
+# Limits on hostile input (docs/contracts.md, "Rejected input"). Every later stage (checker,
+# planner, pickling to workers) walks terms recursively, so nesting is capped here, well below
+# Python's recursion limit; disjunctions expand to their DNF, capped so it cannot explode.
+MAX_NESTING = 128  # parentheses, operators, unary minus, aggregates and ( body ) groups
+MAX_ALTERNATIVES = 1024  # alternatives of one rule body once its disjunctions are expanded
+MAX_LITERAL_DIGITS = 20  # significant digits of an integer literal (32-bit values need 10)
+
+
+class _Builder:
+    """Walks the lark tree top-down, so errors come out in source order."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.depth = 0  # nesting of the expression or body being built
+
+    def nested(self, node: LarkTree) -> None:
+        """Enter one level of nesting (the caller leaves it by ``self.depth -= 1``)."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.fail(node, f"nesting too deep: more than {MAX_NESTING} levels of "
+                                  "parentheses, operators or aggregates")
+
+    def pos(self, node: LarkTree | Token) -> Pos:
+        if isinstance(node, Token):
+            return Pos(self.filename, node.line or 0, node.column or 0)
+        return Pos(self.filename, node.meta.line, node.meta.column)
+
+    def fail(self, node: LarkTree | Token, message: str) -> DatalogError:
+        return DatalogError(self.pos(node), message)
+
+    # statements
+
+    def statements(self, tree: LarkTree) -> tuple[Statement, ...]:
+        out: list[Statement] = []
+        for node in tree.children:
+            assert isinstance(node, Tree)
+            out.extend(self.statement(node))
+        return tuple(out)
+
+    def statement(self, node: LarkTree) -> list[Statement]:
+        kind = node.data
+        if kind in _UNSUPPORTED_STATEMENTS:
+            raise self.fail(node, _UNSUPPORTED_STATEMENTS[kind])
+        if kind == "preprocessor":
+            line = str(node.children[0]).strip()
+            raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
+        if kind == "decl":
+            return [self.decl(node)]
+        if kind in ("subtype", "type_union"):
+            return [self.type_alias(node)]
+        if kind in ("number_type", "symbol_type"):  # Soufflé 1's spelling of .type T <: number
+            name = node.children[0]
+            return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
+        if kind == "io_directive":
+            return self.directives(node)
+        assert kind == "clause", kind
+        return [self.clause(node)]
+
+    def decl(self, node: LarkTree) -> Decl:
+        name = node.children[0]
+        attrs = []
+        for child in node.children[1:]:
+            if isinstance(child, Tree) and child.data == "qualifier":
+                word = str(child.children[0])
+                hint = f" (write a separate .{word} directive)" if word in (
+                    "input", "output", "printsize") else ""
+                raise self.fail(child, f"unsupported: .decl qualifier '{word}'{hint}")
+            if isinstance(child, Tree):
+                attr_name, type_name = child.children
+                attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name),
+                                  self.pos(attr_name)))
+        return Decl(str(name), tuple(attrs), self.pos(name))
+
+    def type_alias(self, node: LarkTree) -> TypeAlias:
+        name, *bases = node.children
+        if len(bases) > 1:
+            raise self.fail(node, "unsupported: union types (.type T = A | B)")
+        return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]), node.data == "subtype")
+
+    def directives(self, node: LarkTree) -> list[Statement]:
+        kind_tree, *rest = node.children
+        kind = str(kind_tree.children[0])[1:]
+        if kind == "limitsize":
+            raise self.fail(node, "unsupported: .limitsize")
+        names = [c for c in rest if isinstance(c, Token)]
+        params = tuple(self.param(c) for c in rest if isinstance(c, Tree))
+        return [Directive(kind, str(n), params, self.pos(n)) for n in names]
+
+    def param(self, node: LarkTree) -> Param:
+        key, value = node.children
+        assert isinstance(value, Token)
+        quoted = value.type == "STRING"
+        text = self.unquote(value) if quoted else str(value)
+        return Param(str(key), text, quoted, self.pos(key))
+
+    def clause(self, node: LarkTree) -> Clause:
+        heads_tree, body = node.children
+        heads = tuple(self.atom(a) for a in heads_tree.children)
+        bodies = None if body is None else self.body(body)
+        return Clause(heads, bodies, self.pos(node))
+
+    # bodies and literals
+
+    def body(self, node: LarkTree) -> Body:
+        """A body as its disjunctive normal form: one tuple of literals per alternative."""
+        alternatives: list[tuple[Literal, ...]] = []
+        for conjunction in node.children:
+            parts = [self.literal(lit) for lit in conjunction.children]
+            if len(alternatives) + math.prod(len(p) for p in parts) > MAX_ALTERNATIVES:
+                raise self.fail(node, f"disjunction too large: this body expands to more than "
+                                      f"{MAX_ALTERNATIVES} alternatives")
+            for combo in itertools.product(*parts):
+                alternatives.append(tuple(itertools.chain.from_iterable(combo)))
+        return tuple(alternatives)
+
+    def literal(self, node: LarkTree) -> Body:
+        kind = node.data
+        if kind == "body":
+            self.nested(node)
+            body = self.body(node)
+            self.depth -= 1
+            return body
+        if kind == "atom":
+            return ((self.atom(node),),)
+        if kind == "negation":
+            return ((Negation(self.atom(node.children[0]), self.pos(node)),),)
+        if kind == "comparison":
+            left, op, right = node.children
+            lit = Comparison(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
+            return ((lit,),)
+        assert kind == "functor_constraint", kind
+        name = str(node.children[0].children[0])
+        raise self.fail(node, f"unsupported: string functor {name}(...)")
+
+    def atom(self, node: LarkTree) -> Atom:
+        name, *args = node.children
+        exprs = tuple(self.expr(a) for a in args if a is not None)
+        return Atom(str(name), exprs, self.pos(name))
+
+    # expressions
+
+    def expr(self, node: LarkTree) -> Expr:
+        kind = node.data
+        method = getattr(self, f"expr_{kind}", None)
+        if method is None or (kind == "functor_call" and self.functor_name(node) not in _SYMBOL_FUNCTORS):
+            raise self.fail(node, self.unsupported_expr(node))
+        self.nested(node)
+        result: Expr = method(node)
+        self.depth -= 1
+        return result
+
+    @staticmethod
+    def functor_name(node: LarkTree) -> str:
+        return str(node.children[0].children[0])
+
+    def unsupported_expr(self, node: LarkTree) -> str:
+        kind = node.data
+        if kind == "bitwise":
+            return f"unsupported: bitwise/logical operator {node.children[1].children[0]}"
+        if kind in ("record", "counter"):
+            return {
+                "record": "unsupported: records ([...] and nil)",
+                "counter": "unsupported: $ counters",
+            }[kind]
+        first = node.children[0]
+        word = str(first.children[0]) if isinstance(first, Tree) else str(first)
+        if kind == "functor_call":
+            if word in _STRING_FUNCTORS:
+                return f"unsupported: string functor {word}(...)"
+            return f"unsupported: {_FUNCTOR_NAMES.get(word, f'functor {word}(...)')}"
+        return {
+            "float": f"unsupported: float constant {word} (type float is not supported)",
+            "bitwise_not": f"unsupported: bitwise/logical operator {word}",
+            "user_functor": f"unsupported: user-defined functor {word}(...)",
+            "adt": f"unsupported: algebraic data type constructor {word}",
+        }[kind]
+
+    def expr_var(self, node: LarkTree) -> Expr:
+        tok = node.children[0]
+        return Wild(self.pos(tok)) if tok == "_" else Var(str(tok), self.pos(tok))
+
+    def expr_number(self, node: LarkTree) -> Expr:
+        text = str(node.children[0])
+        base = {"0x": 16, "0b": 2}.get(text[:2], 10)
+        digits = (text[2:] if base != 10 else text).lstrip("0")
+        if len(digits) > MAX_LITERAL_DIGITS:  # int() of >4300 digits fails; none fits anyway
+            shown = text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
+            raise self.fail(node, f"integer literal {shown} does not fit in 32 bits")
+        return Num(int(digits or "0", base), self.pos(node))
+
+    def expr_string(self, node: LarkTree) -> Expr:
+        tok = node.children[0]
+        assert isinstance(tok, Token)
+        return Str(self.unquote(tok), self.pos(node))
+
+    def expr_neg(self, node: LarkTree) -> Expr:
+        operand = self.expr(node.children[0])
+        pos = self.pos(node)
+        if isinstance(operand, Num):
+            return Num(-operand.value, pos)
+        return Binary("-", Num(0, pos), operand, pos)
+
+    def expr_binary(self, node: LarkTree) -> Expr:
+        left, op, right = node.children
+        if op.children[0] == "**":
+            raise self.fail(op, "unsupported: ** (Soufflé's power operator is ^)")
+        return Binary(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
+
+    def expr_min_max_call(self, node: LarkTree) -> Expr:
+        """``min(a, b, c)`` is ``min(min(a, b), c)``: Soufflé's min and max take two or more."""
+        func, first, *rest = node.children
+        expr = self.expr(first)
+        for arg in rest:
+            expr = Binary(str(func), expr, self.expr(arg), self.pos(func))
+        return expr
+
+    def expr_functor_call(self, node: LarkTree) -> Expr:
+        """Only strlen and to_number get here: ``expr`` rejects the other functors by name."""
+        name_tree, *args = node.children
+        name = str(name_tree.children[0])
+        present = [a for a in args if a is not None]
+        if len(present) != 1:
+            raise self.fail(node, f"{name} takes one argument, not {len(present)}")
+        return Call(name, self.expr(present[0]), self.pos(node))
+
+    def expr_aggregate(self, node: LarkTree) -> Expr:
+        func_tree, target, body = node.children
+        func = str(func_tree.children[0]) if isinstance(func_tree, Tree) else str(func_tree)
+        if func == "mean":
+            raise self.fail(node, "unsupported: mean aggregate")
+        expr = None if target is None else self.expr(target)
+        if body.data == "atom":
+            literals: tuple[Literal, ...] = (self.atom(body),)
+        else:
+            alternatives = self.body(body)
+            if len(alternatives) > 1:
+                raise self.fail(node, "unsupported: disjunction (;) inside an aggregate body")
+            literals = alternatives[0]
+        return Aggregate(func, expr, literals, self.pos(node))
+
+    def unquote(self, tok: Token) -> str:
+        """Decode a string literal; only the escapes \\" \\\\ \\t \\n \\r are known."""
+
+        def escape(m: re.Match[str]) -> str:
+            if m.group(1) not in _ESCAPES:
+                pos = Pos(self.filename, tok.line or 0, (tok.column or 0) + 1 + m.start())
+                raise DatalogError(pos, f"unknown escape sequence \\{m.group(1)} in string")
+            return _ESCAPES[m.group(1)]
+
+        return re.sub(r"\\(.)", escape, str(tok)[1:-1])

@@ -1,0 +1,190 @@
+"""The CPU backend's compiled kernels (``kernels.c``), behind NumPy signatures: this module
+allocates every output, makes inputs contiguous and calls the C function through ctypes
+(which releases the GIL). Each kernel has an ``xp`` twin in ``sets.py``/``hisa.py`` that CuPy
+runs and the property tests compare against. Rows are (n, w) uint64 arrays compared
+lexicographically, or 1-D uint64 for one word.
+
+Compiled ahead of time rather than JIT-compiled (numba, until 2026-12): the library costs
+about 1 MB of memory and nothing at start-up, where numba's runtime cost 0.2-0.7 s and
+135 MB per process (docs/benchmarks.md), more than Soufflé's whole footprint on mid-size
+graphs. Importing this module raises ImportError when the extension was not built."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+
+from dask_datalog.engine.storage import _kernels
+
+_lib = ctypes.CDLL(_kernels.__file__)
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_U = ctypes.c_uint64
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "not_in_sorted": (None, [_P, _I, _P, _I, _I, _P]),
+    "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
+    "merge_many": (None, [_P, _P, _I, _I, _P]),
+    "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
+    "gather_join": (None, [_P, _I, _P, _P, _P, _I, _P, _I, _P, _I, _P]),
+    "hash_build": (None, [_P, _I, _P, _I]),
+    "hash_ranges": (None, [_P, _I, _P, _P, _P, _P, _I, _P, _P]),
+    "dense_mark": (None, [_P, _I, _P, _U, _U, _U, _U]),
+    "dense_novel": (None, [_P, _I, _P, _U, _U, _U, _U, _P, _P, _P]),
+    "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
+    "parse_numeric": (_I, [_P, _I, ctypes.c_uint8, _I, _P, _P, _I]),
+}
+for _name, (_restype, _argtypes) in _SIGNATURES.items():
+    getattr(_lib, _name).restype = _restype
+    getattr(_lib, _name).argtypes = _argtypes
+
+# Formatted text per value at most: sign, 10 digits, delimiter or line break.
+FORMAT_BYTES_PER_VALUE = 12
+
+
+def _ptr(a: np.ndarray) -> int:
+    """The address of ``a``'s data: the caller keeps ``a`` referenced until the call returns."""
+    return a.ctypes.data
+
+
+def _c(a: np.ndarray, dtype: Any) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _words(rows: np.ndarray) -> int:
+    return 1 if rows.ndim == 1 else rows.shape[1]
+
+
+def not_in_sorted(new: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """mask[i] = new[i] is not a row of full; both sorted, rows 1-D (one word) or 2-D.
+    Galloping, so a small delta against a large full costs O(n log(m/n))."""
+    new, full = _c(new, np.uint64), _c(full, np.uint64)
+    mask = np.empty(new.shape[0], dtype=np.bool_)
+    _lib.not_in_sorted(_ptr(new), new.shape[0], _ptr(full), full.shape[0], _words(new), _ptr(mask))
+    return mask
+
+
+def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Union of two sorted, disjoint row sets in one linear pass (no re-sort of full)."""
+    full, new = _c(full, np.uint64), _c(new, np.uint64)
+    out = np.empty((full.shape[0] + new.shape[0],) + full.shape[1:], dtype=np.uint64)
+    _lib.merge_sorted(_ptr(full), full.shape[0], _ptr(new), new.shape[0], _words(full), _ptr(out))
+    return out
+
+
+# Runs merge_many takes at once (its C loop keeps one head per run on the stack).
+MERGE_MANY_MAX = 64
+
+
+def merge_many(runs: list[np.ndarray]) -> np.ndarray:
+    """Union of sorted, pairwise disjoint row sets (all 1-D or all (n, w)) in one pass."""
+    if not 0 < len(runs) <= MERGE_MANY_MAX:
+        raise ValueError(f"merge_many takes 1 to {MERGE_MANY_MAX} runs, not {len(runs)}")
+    runs = [_c(r, np.uint64) for r in runs]
+    out = np.empty((sum(r.shape[0] for r in runs),) + runs[0].shape[1:], dtype=np.uint64)
+    pointers = (ctypes.c_void_p * len(runs))(*[_ptr(r) for r in runs])
+    lengths = np.array([r.shape[0] for r in runs], dtype=np.int64)
+    _lib.merge_many(ctypes.addressof(pointers), _ptr(lengths), len(runs), _words(runs[0]), _ptr(out))
+    return out
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.cumsum(counts) - counts
+
+
+def expand_runs(starts: np.ndarray, counts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Materialise a join in one pass: outer row i paired with rows starts[i] .. + counts[i]."""
+    starts, counts = _c(starts, np.int64), _c(counts, np.int64)
+    offsets = _offsets(counts)
+    outer = np.empty(total, dtype=np.int64)
+    inner = np.empty(total, dtype=np.int64)
+    _lib.expand_runs(_ptr(starts), _ptr(counts), _ptr(offsets), starts.shape[0], _ptr(outer), _ptr(inner))
+    return outer, inner
+
+
+def gather_join(
+    outer: np.ndarray, starts: np.ndarray, counts: np.ndarray, halves: np.ndarray, spec: np.ndarray, total: int
+) -> np.ndarray:
+    """Fused join materialisation: for outer row i and each matching inner row, one output row
+    whose column c is outer[i, spec[c,1]] (spec[c,0] == 0), halves[r, spec[c,1]] (== 1) or 0."""
+    outer, halves = _c(outer, np.uint32), _c(halves, np.uint32)
+    starts, counts, spec = _c(starts, np.int64), _c(counts, np.int64), _c(spec, np.int64)
+    offsets = _offsets(counts)
+    out = np.empty((total, spec.shape[0]), dtype=np.uint32)
+    _lib.gather_join(
+        _ptr(outer), outer.shape[1], _ptr(starts), _ptr(counts), _ptr(offsets), starts.shape[0],
+        _ptr(halves), halves.shape[1], _ptr(spec), spec.shape[0], _ptr(out),
+    )  # fmt: skip
+    return out
+
+
+def hash_build(keys: np.ndarray, capacity: int) -> np.ndarray:
+    """Open addressing, linear probing: slots[s] = index (int32) into the distinct ``keys`` or
+    -1. ``capacity``: a power of two above the key count."""
+    keys = _c(keys, np.uint64)
+    if capacity & (capacity - 1) or capacity <= keys.shape[0] or keys.shape[0] >= 2**31:
+        raise ValueError(f"hash table capacity {capacity} for {keys.shape[0]} keys: need a larger power of two, under 2^31 keys")
+    slots = np.empty(capacity, dtype=np.int32)
+    _lib.hash_build(_ptr(keys), keys.shape[0], _ptr(slots), capacity)
+    return slots
+
+
+def hash_ranges(
+    slots: np.ndarray, keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, queries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The join's count pass in one loop: (first row, run length) per query, 0 if absent."""
+    keys, queries, slots = _c(keys, np.uint64), _c(queries, np.uint64), _c(slots, np.int32)
+    starts, counts = _c(starts, np.int64), _c(counts, np.int64)
+    out_start = np.empty(queries.shape[0], dtype=np.int64)
+    out_count = np.empty(queries.shape[0], dtype=np.int64)
+    _lib.hash_ranges(
+        _ptr(slots), slots.shape[0], _ptr(keys), _ptr(starts), _ptr(counts), _ptr(queries), queries.shape[0],
+        _ptr(out_start), _ptr(out_count),
+    )  # fmt: skip
+    return out_start, out_count
+
+
+def dense_mark(rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int, r1: int) -> None:
+    """Set the bitmap bit of every in-box row (dense.py)."""
+    rows = _c(rows, np.uint64)
+    _lib.dense_mark(_ptr(rows), rows.shape[0], _ptr(bits), lo0, lo1, r0, r1)
+
+
+def dense_novel(
+    rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int, r1: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bitmap dedup (dense.py): (new in-box rows in arrival order, out-of-box rows); marks
+    the new ones as seen."""
+    rows = _c(rows, np.uint64)
+    fresh = np.empty_like(rows)
+    outside = np.empty_like(rows)
+    found = np.zeros(2, dtype=np.int64)
+    _lib.dense_novel(_ptr(rows), rows.shape[0], _ptr(bits), lo0, lo1, r0, r1, _ptr(fresh), _ptr(outside), _ptr(found))
+    return fresh[: found[0]], outside[: found[1]]
+
+
+def format_rows(columns: np.ndarray, signed: np.ndarray, delimiter: int) -> np.ndarray:
+    """Integer rows (n, k) as delimited decimal text, one line each (uint8): the output writer
+    for numeric relations, several times faster than a general CSV writer. ``signed[j]``:
+    column j holds int32 bit patterns."""
+    columns = _c(columns, np.uint32)
+    is_signed = _c(signed, np.uint8)
+    out = np.empty(columns.size * FORMAT_BYTES_PER_VALUE, dtype=np.uint8)
+    n, k = columns.shape
+    length = _lib.format_rows(_ptr(columns), n, k, _ptr(is_signed), delimiter, _ptr(out))
+    return out[:length]
+
+
+def parse_numeric(data: bytes, arity: int, signed: np.ndarray, delimiter: int) -> np.ndarray | None:
+    """Numeric fact text -> encoded (n, arity) uint32 rows, or None at the first malformed or
+    out-of-range line (fact_input's reference reader then names it). ``signed[j]``: column j
+    is a number (int32), else unsigned."""
+    # One row per line break, whichever kind the file uses; a file that mixes lone \r and \n
+    # breaks can hold more lines, and runs out of room: the reference reader takes it then.
+    capacity = max(data.count(b"\n"), data.count(b"\r")) + 1
+    out = np.empty((capacity, arity), dtype=np.uint32)
+    is_signed = _c(signed, np.uint8)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    n = _lib.parse_numeric(_ptr(buffer), len(data), delimiter, arity, _ptr(is_signed), _ptr(out), capacity)
+    return None if n < 0 else out[:n]

@@ -1,0 +1,130 @@
+"""Sorted row sets: the operations semi-naive evaluation spends its time in (sort + unique of
+new tuples, set difference against full, merge into full).
+
+A row set is an (n, w) uint64 array, each word packing two uint32 attributes, sorted
+lexicographically and free of duplicates. Every operation has an array-API formulation that
+runs on NumPy and CuPy (``*_xp``, given the namespace ``xp``); ``difference`` and ``merge``
+also have a compiled CPU kernel, used when the ``Backend`` they are given hands one out. The property
+tests hold both to Python sets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dask_datalog.engine.backend import Backend
+
+
+def sort_unique(rows: Any, xp: Any) -> Any:
+    """Sorted, duplicate-free copy of ``rows``."""
+    if rows.shape[0] <= 1:
+        return rows
+    if rows.shape[1] == 1:
+        flat = xp.sort(rows[:, 0])
+        keep = xp.empty(flat.shape[0], dtype=bool)
+        keep[0] = True
+        xp.not_equal(flat[1:], flat[:-1], out=keep[1:])
+        return flat[keep].reshape(-1, 1)
+    order = xp.lexsort(rows.T[::-1])
+    rows = rows[order]
+    keep = xp.empty(rows.shape[0], dtype=bool)
+    keep[0] = True
+    xp.any(rows[1:] != rows[:-1], axis=1, out=keep[1:])
+    return rows[keep]
+
+
+def is_sorted_unique(rows: Any, xp: Any) -> bool:
+    """Whether (n, width) packed rows are in strictly increasing lexicographic order."""
+    if rows.shape[0] < 2:
+        return True
+    later, earlier = rows[1:], rows[:-1]
+    if rows.shape[1] == 1:  # one word (arity up to 2): no per-row search for the first difference
+        return bool(xp.all(later[:, 0] > earlier[:, 0]))
+    differs = later != earlier
+    first = xp.argmax(differs, axis=1)
+    at = xp.arange(first.shape[0])
+    return bool(xp.all(differs.any(axis=1)) and xp.all(later[at, first] > earlier[at, first]))
+
+
+def union_all(blocks: list[Any], width: int, xp: Any) -> Any:
+    """The sorted unique union of sorted unique (n, width) blocks, any of them empty: a lone
+    non-empty block is returned as it is, no block gives an empty one."""
+    blocks = [b for b in blocks if b.shape[0]]
+    if not blocks:
+        return xp.zeros((0, width), xp.uint64)
+    return blocks[0] if len(blocks) == 1 else sort_unique(xp.concatenate(blocks), xp)
+
+
+def difference(new: Any, full: Any, backend: Backend) -> Any:
+    """Rows of ``new`` that are not in ``full`` (both sorted and unique)."""
+    if new.shape[0] == 0 or full.shape[0] == 0:
+        return new
+    kernels = backend.kernels  # galloping: the work scales with new, not full
+    if kernels is not None:
+        if new.shape[1] == 1:  # one word: compare plain uint64s
+            return new[kernels.not_in_sorted(new[:, 0], full[:, 0])]
+        return new[kernels.not_in_sorted(new, full)]
+    return difference_xp(new, full, backend.xp)
+
+
+def difference_xp(new: Any, full: Any, xp: Any) -> Any:
+    if new.shape[0] == 0 or full.shape[0] == 0:
+        return new
+    if new.shape[1] == 1:
+        a, b = new[:, 0], full[:, 0]
+        pos = xp.searchsorted(b, a)
+        xp.minimum(pos, b.shape[0] - 1, out=pos)
+        return new[b[pos] != a]
+    # Wide rows: sort both together, full before new among equal rows; a new row whose
+    # predecessor is an equal full row is a duplicate.
+    both = xp.concatenate([full, new])
+    tag = xp.concatenate([xp.zeros(full.shape[0], xp.uint64), xp.ones(new.shape[0], xp.uint64)])
+    order = xp.lexsort(xp.concatenate([tag[None, :], both.T[::-1]]))
+    both, tag = both[order], tag[order]
+    dup = xp.zeros(both.shape[0], dtype=bool)
+    dup[1:] = xp.all(both[1:] == both[:-1], axis=1)
+    return both[(tag == 1) & ~dup]
+
+
+def merge(full: Any, new: Any, backend: Backend) -> Any:
+    """Union of sorted ``full`` and sorted ``new`` (disjoint) without re-sorting full."""
+    if new.shape[0] == 0:
+        return full
+    if full.shape[0] == 0:
+        return new
+    kernels = backend.kernels
+    if kernels is not None:
+        if full.shape[1] == 1:
+            return kernels.merge_sorted(full[:, 0], new[:, 0]).reshape(-1, 1)
+        return kernels.merge_sorted(full, new)
+    return merge_xp(full, new, backend.xp)
+
+
+def merge_all(runs: list[Any], backend: Backend) -> Any:
+    """Union of sorted, pairwise disjoint row sets: one pass with the CPU kernel (room for the
+    rows once more), else merged a pair at a time."""
+    kernels = backend.kernels
+    if kernels is not None and len(runs) > 1:
+        return kernels.merge_many(runs)
+    merged = runs[0]
+    for run in runs[1:]:
+        merged = merge(merged, run, backend)
+    return merged
+
+
+def merge_xp(full: Any, new: Any, xp: Any) -> Any:
+    if new.shape[0] == 0:
+        return full
+    if full.shape[0] == 0:
+        return new
+    if full.shape[1] == 1:
+        # Each new row lands after the full rows smaller than it and the new rows before it.
+        pos = xp.searchsorted(full[:, 0], new[:, 0]) + xp.arange(new.shape[0])
+        out = xp.empty((full.shape[0] + new.shape[0], 1), dtype=full.dtype)
+        is_new = xp.zeros(out.shape[0], dtype=bool)
+        is_new[pos] = True
+        out[pos] = new
+        out[~is_new] = full
+        return out
+    both = xp.concatenate([full, new])
+    return both[xp.lexsort(both.T[::-1])]
