@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy as np
 from dask_datalog.engine.execution.control import SAVE, STOP, Position
 from dask_datalog.engine.memory import MemoryBudgetExceeded
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine import ir
 from dask_datalog.engine.ir import Program
 
 FORMAT_VERSION = 1
@@ -319,33 +320,11 @@ class JobControl:
 
 
 def program_digest(program: Program) -> str:
-    """A digest of what the program means: every compared field of the IR (positions and the
-    file name are not compared), so reformatting or moving the file does not change it."""
-    h = hashlib.blake2b(digest_size=16)
-
-    def feed(node: object) -> None:
-        if is_dataclass(node) and not isinstance(node, type):
-            h.update(type(node).__name__.encode() + b"(")
-            for f in fields(node):
-                if f.compare and not (isinstance(node, Program) and f.name == "source"):
-                    feed(getattr(node, f.name))
-            h.update(b")")
-        elif isinstance(node, (tuple, list)):
-            h.update(b"[")
-            for item in node:
-                feed(item)
-            h.update(b"]")
-        elif isinstance(node, dict):
-            h.update(b"{")
-            for key, value in node.items():
-                feed(key)
-                feed(value)
-            h.update(b"}")
-        else:
-            h.update(repr(node).encode() + b";")
-
-    feed(program)
-    return h.hexdigest()
+    """A digest of what the program means: its canonical form (``ir.canonical``: positions
+    never take part) without the file name, so reformatting or moving the file does not
+    change it."""
+    meaning = ir.canonical(replace(program, source=""))
+    return hashlib.blake2b(repr(meaning).encode(), digest_size=16).hexdigest()
 
 
 def file_digest(path: str | Path) -> str:

@@ -7,16 +7,16 @@ only in where they were written are the same rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Literal as TypingLiteral
+from typing import TypeVar
 
 BaseType = TypingLiteral["number", "unsigned", "symbol"]
 BASE_TYPES: tuple[BaseType, ...] = ("number", "unsigned", "symbol")
-ARITHMETIC_OPS = ("+", "-", "*", "/", "%", "^", "min", "max")
-SYMBOL_FUNCTORS = ("strlen", "to_number")  # symbol -> number
 COMPARISON_OPS = ("=", "!=", "<", "<=", ">", ">=")
 AGGREGATE_FUNCS = ("count", "sum", "min", "max")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,20 +55,18 @@ class Wildcard:
 
 
 @dataclass(frozen=True)
-class BinOp:
-    """Integer arithmetic with 32-bit wrap-around, C semantics for / and % (truncation), ^
-    as Soufflé computes it (see values.power), min and max; operands and result of ``type``.
-    For the SYMBOL_FUNCTORS ``left`` is the symbol argument, ``right`` the number 0 (unused)
-    and ``type`` "number", the result's."""
+class Call:
+    """A functor applied to terms: arithmetic (``+ - * / % ^ min max``, whose operands and
+    result are of ``type``) and the functors of ``functors.SIGNATURES`` (``strlen``,
+    ``to_number``...), each typed and evaluated by its signature there."""
 
-    op: str
-    left: Term
-    right: Term
+    name: str
+    args: tuple[Term, ...]
     type: BaseType = "number"
     pos: Pos = field(default=NOWHERE, compare=False)
 
 
-Term = Var | Const | Wildcard | BinOp
+Term = Var | Const | Wildcard | Call
 
 
 @dataclass(frozen=True)
@@ -179,19 +177,84 @@ class Program:
         return hash((tuple(self.relations), self.rules))
 
 
-def walk(node: object) -> Iterator[object]:
-    """``node`` and every node under it, depth first: dataclass fields and the tuples, lists,
-    sets and dict values holding them (plan steps are dataclasses too)."""
-    yield node
+def children(node: object) -> Iterator[object]:
+    """The nodes directly under ``node``: its dataclass fields, with the tuples, lists, sets
+    and dict values holding them flattened (plan steps are dataclasses too)."""
     if is_dataclass(node) and not isinstance(node, type):
         for f in fields(node):
-            yield from walk(getattr(node, f.name))
-    elif isinstance(node, (tuple, list, frozenset, set)):
-        for item in node:
-            yield from walk(item)
-    elif isinstance(node, dict):
-        for item in node.values():
-            yield from walk(item)
+            yield from _flatten(getattr(node, f.name))
+    else:
+        yield from _flatten(node)
+
+
+def _flatten(value: object) -> Iterator[object]:
+    if isinstance(value, (tuple, list, frozenset, set)):
+        for item in value:
+            yield from _flatten(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _flatten(item)
+    else:
+        yield value
+
+
+def walk(node: object) -> Iterator[object]:
+    """``node`` and every node under it, depth first: the one traversal of the IR (and of
+    plans) that the checker, the planner, the checkpoint digest and the tests use."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        if _has_children(current):
+            stack.extend(reversed(list(children(current))))
+
+
+def _has_children(node: object) -> bool:
+    return (is_dataclass(node) and not isinstance(node, type)) or isinstance(node, (tuple, list, frozenset, set, dict))
+
+
+def variables(node: object) -> Iterator[Var]:
+    """Every variable occurrence under ``node``, in written order."""
+    return (n for n in walk(node) if isinstance(n, Var))
+
+
+def variable_names(node: object) -> set[str]:
+    return {v.name for v in variables(node)}
+
+
+def calls(node: object) -> Iterator[Call]:
+    """Every functor call under ``node``, outermost first."""
+    return (n for n in walk(node) if isinstance(n, Call))
+
+
+def rewrite_terms(node: T, fn: Callable[[Term], Term]) -> T:
+    """``node`` with every term rebuilt bottom-up through ``fn`` (arguments of a call first,
+    then the call): renaming variables, replacing subterms."""
+    if isinstance(node, (Var, Const, Wildcard)):
+        return fn(node)  # type: ignore[return-value]
+    if isinstance(node, Call):
+        return fn(replace(node, args=tuple(rewrite_terms(a, fn) for a in node.args)))  # type: ignore[return-value]
+    if isinstance(node, tuple):
+        return tuple(rewrite_terms(item, fn) for item in node)  # type: ignore[return-value]
+    if is_dataclass(node) and not isinstance(node, type) and isinstance(node, (Atom, Negation, Comparison, Aggregation, Rule)):
+        changes = {f.name: rewrite_terms(getattr(node, f.name), fn) for f in fields(node) if f.name != "pos"}
+        return replace(node, **changes)
+    return node
+
+
+def canonical(node: object) -> object:
+    """What identifies ``node``: nested tuples of its type names and compared fields
+    (positions, which never take part in equality, left out). Hashable and stable across
+    processes, for digests."""
+    if is_dataclass(node) and not isinstance(node, type):
+        return (type(node).__name__, *((f.name, canonical(getattr(node, f.name))) for f in fields(node) if f.compare))
+    if isinstance(node, (tuple, list)):
+        return ("[", *(canonical(item) for item in node))
+    if isinstance(node, (frozenset, set)):
+        return ("{", *sorted((canonical(item) for item in node), key=repr))
+    if isinstance(node, dict):
+        return ("{:", *((canonical(k), canonical(v)) for k, v in node.items()))
+    return node
 
 
 def symbol_constants(node: object) -> set[str]:

@@ -29,7 +29,7 @@ from typing import Literal
 from dask_datalog.engine.ir import (
     Aggregation,
     Atom,
-    BinOp,
+    Call,
     BodyLiteral,
     Comparison,
     Const,
@@ -38,6 +38,7 @@ from dask_datalog.engine.ir import (
     Rule,
     Term,
     Var,
+    variable_names,
     walk,
 )
 from dask_datalog.engine.frontend.strata import stratify
@@ -221,29 +222,16 @@ def plan_program(program: Program) -> Plan:
     return Plan(program, tuple(strata))
 
 
-def term_vars(t: Term | None) -> set[str]:
-    if isinstance(t, Var):
-        return {t.name}
-    if isinstance(t, BinOp):
-        return term_vars(t.left) | term_vars(t.right)
-    return set()
-
-
 def literal_vars(lit: BodyLiteral) -> set[str]:
-    if isinstance(lit, Atom):
-        return set().union(*(term_vars(a) for a in lit.args)) if lit.args else set()
-    if isinstance(lit, Negation):
-        return literal_vars(lit.atom)
-    if isinstance(lit, Comparison):
-        return term_vars(lit.left) | term_vars(lit.right)
-    return {lit.result.name} | _aggregation_free_vars(lit)
+    """The variables a literal binds or reads; an aggregation's are its result and the free
+    variables of its body and target."""
+    if isinstance(lit, Aggregation):
+        return {lit.result.name} | _aggregation_free_vars(lit)
+    return variable_names(lit)
 
 
 def _aggregation_free_vars(agg: Aggregation) -> set[str]:
-    inner = term_vars(agg.target)
-    for lit in agg.body:
-        inner |= literal_vars(lit)
-    return inner
+    return variable_names((agg.target, agg.body))
 
 
 def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> Rule:
@@ -257,7 +245,7 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
     def lift(atom: Atom) -> Atom:
         args: list[Term] = []
         for a in atom.args:
-            if isinstance(a, BinOp):
+            if isinstance(a, Call):
                 v = Var(f"$lift{next(counter)}", a.pos)
                 extra.append(Comparison("=", v, a, a.pos))
                 args.append(v)
@@ -279,7 +267,7 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
 
 
 def plan_rule(rule: Rule, delta_index: int | None) -> RulePlan:
-    head_vars = set().union(*(term_vars(a) for a in rule.head.args)) if rule.head.args else set()
+    head_vars = variable_names(rule.head)
     delta_relation = None
     if delta_index is not None:
         atom = rule.body[delta_index]
@@ -376,7 +364,7 @@ def _assignment_target(c: Comparison, bound: set[str], not_assignable: set[str])
     if c.op != "=":
         return None
     for var, expr in ((c.left, c.right), (c.right, c.left)):
-        if isinstance(var, Var) and var.name not in bound | not_assignable and term_vars(expr) <= bound:
+        if isinstance(var, Var) and var.name not in bound | not_assignable and variable_names(expr) <= bound:
             return var.name, expr
     return None
 
@@ -405,12 +393,12 @@ def _with_liveness(steps: list[Step], needed_after: set[str], keep_all: bool) ->
     for s in reversed(steps):
         if isinstance(s, JoinStep):
             s = replace(s, keep=None if keep_all else frozenset(live))
-            live |= {v for a in s.atom.args if isinstance(a, Var) for v in term_vars(a)}
+            live |= variable_names(s.atom)
         elif isinstance(s, FilterStep):
             live |= literal_vars(s.comparison)
         elif isinstance(s, AssignStep):
             live.discard(s.var)
-            live |= term_vars(s.expr)
+            live |= variable_names(s.expr)
         elif isinstance(s, NegationStep):
             live |= literal_vars(s.atom)
         else:

@@ -39,9 +39,6 @@ def decode(encoded: Any, type: BaseType, xp: Any = np) -> Any:
     return encoded
 
 
-POWER_UNDEFINED = ("unsigned power a ^ b: the result lies between 2^53 and 2^63 and within 0.05 of "
-                   "halfway between two doubles, where Soufflé's value (the low 32 bits of the C "
-                   "library's pow) depends on how that library rounds")
 _SATURATED = np.uint64(1 << 63)
 
 
@@ -132,7 +129,6 @@ class SymbolTable:
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
         self._strings: list[str] = []
-        self._functors = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
 
     @classmethod
     def sorted_union(cls, collections: Iterable[SymbolTable | Iterable[str]]) -> SymbolTable:
@@ -188,20 +184,9 @@ class SymbolTable:
         rank[order] = np.arange(len(order), dtype=np.uint32)
         return rank
 
-    def functor_values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(strlen, to_number, whether to_number is defined) of every id, so the functors are
-        one gather per column: computed once per string, extended as the table grows (one
-        tuple, replaced at once, so shards sharing the table in threads see a whole one)."""
-        lengths, numbers, valid = self._functors
-        new = self._strings[lengths.shape[0]:]
-        if new:
-            parsed = [parse_number(s) for s in new]
-            lengths = np.concatenate([lengths, np.fromiter(
-                (len(s.encode("utf-8", "surrogatepass")) for s in new), np.int64, len(new))])
-            numbers = np.concatenate([numbers, np.array([p or 0 for p in parsed], np.int64)])
-            valid = np.concatenate([valid, np.array([p is not None for p in parsed], bool)])
-            self._functors = (lengths, numbers, valid)
-        return lengths, numbers, valid
+    def strings_from(self, first: int) -> list[str]:
+        """The strings of ids ``first`` and up (what per-id caches have not seen yet)."""
+        return self._strings[first:]
 
     @property
     def strings(self) -> list[str]:

@@ -1,7 +1,7 @@
 """Random valid Soufflé programs plus random facts, for differential testing.
 
 Each case is built as checked IR first (in the front end's normalised form: resolved
-constant/BinOp types, aggregates as ``Aggregation`` literals, ``_`` inside aggregates as
+constant/Call types, aggregates as ``Aggregation`` literals, ``_`` inside aggregates as
 fresh ``$w`` variables) and printed to Soufflé text from it. So the same case gives:
 
 - ``text``: what the front end parses and the engine runs;
@@ -109,11 +109,11 @@ def format_term(term: ir.Term, inline: dict[str, ir.Aggregation], nested: bool =
             return f'"{term.value}"'
         text = str(term.value)
         return f"({text})" if nested and isinstance(term.value, int) and term.value < 0 else text
-    left = format_term(term.left, inline, nested=True)
-    right = format_term(term.right, inline, nested=True)
-    if term.op in ("min", "max"):
-        return f"{term.op}({left}, {right})"
-    return f"({left} {term.op} {right})"
+    args = [format_term(a, inline, nested=True) for a in term.args]
+    if term.name.isalpha():  # min, max, strlen, to_number: functional syntax
+        return f"{term.name}({', '.join(args)})"
+    left, right = args
+    return f"({left} {term.name} {right})"
 
 
 def format_aggregate(agg: ir.Aggregation, inline: dict[str, ir.Aggregation]) -> str:
@@ -292,9 +292,9 @@ class _Generator:
             self.features.add("big_constant")
         else:
             right = ir.Const(rng.choice(NUMBER_CONSTS[1:]), type)
-        if op not in ("/", "%", "^") and not isinstance(left, ir.BinOp) and rng.chance(0.2):
+        if op not in ("/", "%", "^") and not isinstance(left, ir.Call) and rng.chance(0.2):
             left, right = right, left  # constant on the left sometimes
-        return ir.BinOp(op, left, right, type)
+        return ir.Call(op, (left, right), type)
 
     def guard(self, expr: ir.Term, st: _RuleState, body: list[ir.BodyLiteral]) -> None:
         """Keep every variable of a value-creating expression in a recursive rule within
@@ -452,7 +452,7 @@ class _Generator:
         if func != "count":
             target = ir.Var(rng.choice(numeric))
             if rng.chance(0.15):
-                target = ir.BinOp(rng.choice(("+", "*")), target, ir.Const(2, "number"))
+                target = ir.Call(rng.choice(("+", "*")), (target, ir.Const(2, "number")))
                 self.features.add("agg_target_expr")
         if not (term_vars_all(args) & set(st.bound)):
             self.features.add("agg_ungrouped")

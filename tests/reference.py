@@ -165,25 +165,12 @@ def compare(op: str, a: Value, b: Value) -> bool:
 
 
 def term_vars(term: ir.Term | None) -> set[str]:
-    if isinstance(term, ir.Var):
-        return {term.name}
-    if isinstance(term, ir.BinOp):
-        return term_vars(term.left) | term_vars(term.right)
-    return set()
+    return ir.variable_names(term)
 
 
 def literal_vars(lit: ir.BodyLiteral) -> set[str]:
     """Every variable written in the literal, inside nested aggregates too."""
-    if isinstance(lit, ir.Atom):
-        return set().union(*(term_vars(a) for a in lit.args))
-    if isinstance(lit, ir.Negation):
-        return literal_vars(lit.atom)
-    if isinstance(lit, ir.Comparison):
-        return term_vars(lit.left) | term_vars(lit.right)
-    if isinstance(lit, ir.Aggregation):
-        inner = set().union(*(literal_vars(b) for b in lit.body)) | term_vars(lit.target)
-        return inner | {lit.result.name}
-    raise TypeError(f"not a body literal: {lit!r}")
+    return ir.variable_names(lit)
 
 
 def scope_vars(lit: ir.BodyLiteral) -> set[str]:
@@ -343,14 +330,16 @@ def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
         return term.value
     if isinstance(term, ir.Var):
         return binding[term.name]
-    if isinstance(term, ir.BinOp) and term.op in ir.SYMBOL_FUNCTORS:
-        text = eval_term(term.left, binding, pos)
+    if isinstance(term, ir.Call) and term.name in ("strlen", "to_number"):
+        text = eval_term(term.args[0], binding, pos)
         assert isinstance(text, str)
-        return len(text.encode("utf-8", "surrogatepass")) if term.op == "strlen" else to_number(text, pos)
-    if isinstance(term, ir.BinOp):
-        left = eval_term(term.left, binding, pos)
-        right = eval_term(term.right, binding, pos)
-        return arith(term.op, left, right, term.type, pos)
+        return len(text.encode("utf-8", "surrogatepass")) if term.name == "strlen" else to_number(text, pos)
+    if isinstance(term, ir.Call):
+        values = [eval_term(a, binding, pos) for a in term.args]
+        result = values[0]
+        for value in values[1:]:
+            result = arith(term.name, result, value, term.type, pos)
+        return result
     raise TypeError(f"cannot evaluate {term!r}")
 
 
@@ -358,7 +347,7 @@ def _ready(lit: PreparedLiteral, bound: set[str]) -> bool:
     """Whether the literal can be evaluated now, given the bound variables."""
     if isinstance(lit, ir.Atom):
         plain = {a.name for a in lit.args if isinstance(a, ir.Var)}
-        needed = term_vars_all(a for a in lit.args if isinstance(a, ir.BinOp))
+        needed = term_vars_all(a for a in lit.args if isinstance(a, ir.Call))
         return needed <= bound | plain
     if isinstance(lit, ir.Negation):
         return literal_vars(lit) <= bound
@@ -417,7 +406,7 @@ def _match_atom(
         elif isinstance(arg, ir.Var) and arg.name in binding:
             positions.append(i)
             key.append(binding[arg.name])
-        elif isinstance(arg, ir.BinOp) and term_vars(arg) <= set(binding):
+        elif isinstance(arg, ir.Call) and term_vars(arg) <= set(binding):
             positions.append(i)
             key.append(eval_term(arg, binding, pos))
     keyed = set(positions)
@@ -436,7 +425,7 @@ def _match_atom(
         if not ok:
             continue
         for i, arg in enumerate(atom.args):  # expressions over variables bound just now
-            if i not in keyed and isinstance(arg, ir.BinOp):
+            if i not in keyed and isinstance(arg, ir.Call):
                 if eval_term(arg, b, pos) != t[i]:
                     ok = False
                     break

@@ -132,9 +132,9 @@ def test_positions_on_every_node() -> None:
     atom, cmp = rule.body
     assert atom.pos == ir.Pos("p.dl", 3, 9)
     assert cmp.pos == ir.Pos("p.dl", 3, 20)  # the operator
-    assert isinstance(cmp, ir.Comparison) and isinstance(cmp.right, ir.BinOp)
+    assert isinstance(cmp, ir.Comparison) and isinstance(cmp.right, ir.Call)
     assert cmp.right.pos == ir.Pos("p.dl", 3, 24)
-    assert cmp.right.left.pos == ir.Pos("p.dl", 3, 22)
+    assert cmp.right.args[0].pos == ir.Pos("p.dl", 3, 22)
 
 
 def test_positions_do_not_affect_equality() -> None:
@@ -189,11 +189,11 @@ def test_arithmetic_types_are_resolved() -> None:
         "v(x * 2, y) :- u(x), y = -(1 + 2) % 3.\n"
     )
     head = rule.head.args[0]
-    assert head == ir.BinOp("*", V("x"), C(2, "unsigned"), "unsigned")
+    assert head == ir.Call("*", (V("x"), C(2, "unsigned")), "unsigned")
     eq = rule.body[1]
     assert isinstance(eq, ir.Comparison)
-    assert eq.right == ir.BinOp(
-        "%", ir.BinOp("-", C(0), ir.BinOp("+", C(1), C(2))), C(3), "number"
+    assert eq.right == ir.Call(
+        "%", (ir.Call("-", (C(0), ir.Call("+", (C(1), C(2))))), C(3)), "number"
     )
 
 
@@ -258,7 +258,7 @@ def test_min_max_target_expression_and_filters() -> None:
     )
     agg = rule.body[1]
     assert isinstance(agg, ir.Aggregation)
-    assert agg.target == ir.BinOp("*", V("y"), C(2))
+    assert agg.target == ir.Call("*", (V("y"), C(2)))
     # a `_` under negation keeps meaning "any value", it is not a counted position
     assert agg.body == (
         ir.Atom("e", (V("x"), V("y"))),

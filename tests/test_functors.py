@@ -103,7 +103,7 @@ def test_min_and_max_beside_the_aggregates() -> None:
     """)
     aggregates = [lit for lit in program.rules[0].body if isinstance(lit, ir.Aggregation)]
     assert [a.func for a in aggregates] == ["min", "max"]
-    assert program.rules[0].head.args[2] == ir.BinOp("min", ir.Var("m"), ir.Var("n"), "number")
+    assert program.rules[0].head.args[2] == ir.Call("min", (ir.Var("m"), ir.Var("n")), "number")
     assert Program(program_text := """
         .decl a(x:number)
         .decl r(x:number, y:number, z:number)
@@ -113,8 +113,8 @@ def test_min_and_max_beside_the_aggregates() -> None:
 
 def test_power_is_right_associative_and_binds_tighter_than_minus() -> None:
     rule = load_program(".decl r(x:number, y:number)\nr(x, -x^2^x) :- r(x, _).").rules[0]
-    power = ir.BinOp("^", ir.Var("x"), ir.BinOp("^", ir.Const(2, "number"), ir.Var("x")))
-    assert rule.head.args[1] == ir.BinOp("-", ir.Const(0, "number"), power)
+    power = ir.Call("^", (ir.Var("x"), ir.Call("^", (ir.Const(2, "number"), ir.Var("x")))))
+    assert rule.head.args[1] == ir.Call("-", (ir.Const(0, "number"), power))
 
 
 ERRORS = [

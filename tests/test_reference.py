@@ -53,8 +53,8 @@ def Not(relation: str, *args: ir.Term) -> ir.Negation:
     return ir.Negation(A(relation, *args))
 
 
-def Op(op: str, left: ir.Term, right: ir.Term, type: ir.BaseType = "number") -> ir.BinOp:
-    return ir.BinOp(op, left, right, type)
+def Op(op: str, left: ir.Term, right: ir.Term, type: ir.BaseType = "number") -> ir.Call:
+    return ir.Call(op, (left, right), type)
 
 
 def Cmp(op: str, left: ir.Term, right: ir.Term) -> ir.Comparison:

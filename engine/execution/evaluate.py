@@ -39,7 +39,9 @@ from dask_datalog.engine.storage.hisa import (
     unpack,
     words_for,
 )
-from dask_datalog.engine.ir import SYMBOL_FUNCTORS, Atom, BinOp, Comparison, Const, Term, Var
+from dask_datalog.engine import functors
+from dask_datalog.engine.functors import decode_int, encode_int
+from dask_datalog.engine.ir import Atom, Call, Comparison, Const, Term, Var
 from dask_datalog.engine.plan import (
     AggregateStep,
     AssignStep,
@@ -52,7 +54,7 @@ from dask_datalog.engine.plan import (
     Step,
     StratumPlan,
 )
-from dask_datalog.engine.values import POWER_UNDEFINED, SIGN, SymbolTable, encode_scalar, power
+from dask_datalog.engine.values import SymbolTable, encode_scalar
 
 PHASES = ("join", "dedup", "difference", "merge")
 
@@ -189,8 +191,7 @@ class Evaluator:
         }
         self.stats: dict[str, Any] = {"backend": backend.name, "strata": []}
         self.resumed: Position | None = None
-        # (table size, strlen, to_number, defined) on the device, for _symbol_functor.
-        self._functor_columns: tuple[int, Any, Any, Any] | None = None
+        self.functor_context = functors.Context(self.xp, symbols)
         self._load(inputs)
 
     def store(self, name: str, copy: Key | None) -> RelationStore:
@@ -640,29 +641,9 @@ class Evaluator:
         if isinstance(t, Const):
             value = self.symbols.intern(t.value) if t.type == "symbol" else t.value
             return xp.full(b.n, encode_scalar(int(value), t.type), dtype=xp.uint32)
-        if isinstance(t, BinOp) and t.op in SYMBOL_FUNCTORS:
-            return self._symbol_functor(t, self._term(t.left, b))
-        if isinstance(t, BinOp):
-            left = decode_int(self._term(t.left, b), t.type, xp)
-            right = decode_int(self._term(t.right, b), t.type, xp)
-            return encode_int(arithmetic(t, left, right, xp), t.type, xp)
+        if isinstance(t, Call):
+            return functors.apply(t, [self._term(a, b) for a in t.args], self.functor_context)
         raise AssertionError(f"term {t!r} cannot be evaluated (wildcards are never read)")
-
-    def _symbol_functor(self, t: BinOp, ids: Any) -> Any:
-        """strlen / to_number of a column of symbol ids: a gather from the table's values for
-        every id (copied to the device again only when the table grew)."""
-        size = len(self.symbols)
-        if self._functor_columns is None or self._functor_columns[0] != size:
-            arrays = self.symbols.functor_values()
-            self._functor_columns = (size, *(self.xp.asarray(a) for a in arrays))
-        _, lengths, numbers, valid = self._functor_columns
-        if t.op == "strlen":
-            return encode_int(lengths[ids], "number", self.xp)
-        bad = ~valid[ids]
-        if bool(bad.any()):
-            text = self.symbols.lookup(self.backend.asnumpy(ids[bad][:1]))[0]
-            raise DatalogError(t.pos, f"to_number: \"{text}\" is not a number (Soufflé stops here too)")
-        return encode_int(numbers[ids], "number", self.xp)
 
     def _compare(self, c: Comparison, b: Bindings) -> Any:
         left, right = self._term(c.left, b), self._term(c.right, b)
@@ -677,42 +658,3 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     ">": lambda a, b: a > b,
     ">=": lambda a, b: a >= b,
 }
-
-
-def decode_int(encoded: Any, type: str, xp: Any) -> Any:
-    """Encoded uint32 -> int64 value (number) or uint64 value (unsigned) for arithmetic."""
-    if type == "number":
-        return (encoded ^ SIGN).view(xp.int32).astype(xp.int64)
-    return encoded.astype(xp.uint64)
-
-
-def encode_int(values: Any, type: str, xp: Any) -> Any:
-    """Wide integer results -> encoded uint32, wrapping at 32 bits."""
-    low = (values & 0xFFFFFFFF).astype(xp.uint32)
-    return low ^ SIGN if type == "number" else low
-
-
-def arithmetic(t: BinOp, a: Any, b: Any, xp: Any) -> Any:
-    """``a op b`` on decoded values (int64 for number, uint64 for unsigned), not yet wrapped."""
-    if t.op == "min":
-        return xp.minimum(a, b)
-    if t.op == "max":
-        return xp.maximum(a, b)
-    if t.op == "^":
-        values, undefined = power(a, b, t.type, xp)
-        if bool(undefined.any()):
-            raise DatalogError(t.pos, POWER_UNDEFINED)
-        return values
-    if t.op == "+":
-        return a + b
-    if t.op == "-":
-        return a - b
-    if t.op == "*":
-        return a * b
-    if bool((b == 0).any()):
-        raise DatalogError(t.pos, f"division by zero in '{t.op}'")
-    if t.type != "number":
-        return a // b if t.op == "/" else a % b
-    # C semantics: the quotient truncates toward zero, the remainder has the dividend's sign.
-    q = xp.abs(a) // xp.abs(b) * xp.where((a < 0) != (b < 0), -1, 1)
-    return q if t.op == "/" else a - b * q

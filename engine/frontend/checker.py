@@ -12,13 +12,11 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
-import numpy as np
-
-from dask_datalog.engine import ir
+from dask_datalog.engine import functors, ir
 from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.ir import BaseType, Pos
-from dask_datalog.engine.values import INT32_MAX, INT32_MIN, POWER_UNDEFINED, UINT32_MAX, parse_number, power
+from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX
 
 _RANGES = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
 _IO_PARAMS = ("IO", "filename", "delimiter")
@@ -265,70 +263,50 @@ def _check_ground(head: st.Atom) -> None:
         walk(arg)
 
 
-def _vars(terms: Iterable[ir.Term | None], functors: bool = True) -> Iterator[ir.Var]:
-    """Variable occurrences; ``functors=False`` leaves out those inside a symbol functor,
-    whose type is not the expression's."""
-    for t in terms:
-        if isinstance(t, ir.Var):
-            yield t
-        elif isinstance(t, ir.BinOp) and (functors or t.op not in ir.SYMBOL_FUNCTORS):
-            yield from _vars((t.left, t.right), functors)
+def _same_type_vars(t: ir.Term | None) -> Iterator[ir.Var]:
+    """Variables whose type is the term's own: the term, or reached through arguments of
+    polymorphic functors (arithmetic); a fixed-type argument (``strlen``'s symbol) is its own."""
+    if isinstance(t, ir.Var):
+        yield t
+    elif isinstance(t, ir.Call):
+        sig = functors.signature(t.name)
+        for i, arg in enumerate(t.args):
+            if sig.polymorphic and sig.param(i) == functors.POLYMORPHIC:
+                yield from _same_type_vars(arg)
 
 
-def _functor_args(t: ir.Term | None) -> Iterator[ir.Term]:
-    """The arguments of the symbol functors in ``t``."""
-    if isinstance(t, ir.BinOp):
-        if t.op in ir.SYMBOL_FUNCTORS:
-            yield t.left
-        yield from _functor_args(t.left)
-        yield from _functor_args(t.right)
+def _fixed_type_args(t: ir.Term | None) -> Iterator[tuple[ir.Term, BaseType]]:
+    """(argument, its parameter's type) for every call argument in ``t`` whose type the
+    signature fixes."""
+    for call in ir.calls(t):
+        sig = functors.signature(call.name)
+        for i, arg in enumerate(call.args):
+            if sig.param(i) != functors.POLYMORPHIC:
+                yield arg, sig.param(i)  # type: ignore[misc]
 
 
 def _literal_vars(lit: ir.BodyLiteral) -> Iterator[ir.Var]:
-    """Every variable occurrence of a literal; for an aggregation, those of body and target."""
-    if isinstance(lit, ir.Atom):
-        yield from _vars(lit.args)
-    elif isinstance(lit, ir.Negation):
-        yield from _vars(lit.atom.args)
-    elif isinstance(lit, ir.Comparison):
-        yield from _vars((lit.left, lit.right))
-    else:
-        for inner in lit.body:
-            yield from _literal_vars(inner)
-        yield from _vars((lit.target,))
+    """Every variable occurrence of a literal; for an aggregation, those of body and target
+    (not its result, which belongs to the enclosing rule)."""
+    if isinstance(lit, ir.Aggregation):
+        return ir.variables((lit.body, lit.target))
+    return ir.variables(lit)
 
 
 def _outer_vars(head: ir.Atom, lits: Sequence[ir.BodyLiteral]) -> set[str]:
     """Variables of the rule outside its aggregates: an aggregate groups by those it uses."""
-    outer = {v.name for v in _vars(head.args)}
+    outer = ir.variable_names(head)
     for lit in lits:
         if not isinstance(lit, ir.Aggregation):
             outer.update(v.name for v in _literal_vars(lit))
     return outer
 
 
-def _rename(t: ir.Term, names: dict[str, str]) -> ir.Term:
-    if isinstance(t, ir.Var) and t.name in names:
-        return ir.Var(names[t.name], t.pos)
-    if isinstance(t, ir.BinOp):
-        return replace(t, left=_rename(t.left, names), right=_rename(t.right, names))
-    return t
-
-
-def _rename_atom(a: ir.Atom, names: dict[str, str]) -> ir.Atom:
-    return replace(a, args=tuple(_rename(t, names) for t in a.args))
-
-
 def _rename_literal(lit: ir.BodyLiteral, names: dict[str, str]) -> ir.BodyLiteral:
-    if isinstance(lit, ir.Atom):
-        return _rename_atom(lit, names)
-    if isinstance(lit, ir.Negation):
-        return replace(lit, atom=_rename_atom(lit.atom, names))
-    if isinstance(lit, ir.Comparison):
-        return replace(lit, left=_rename(lit.left, names), right=_rename(lit.right, names))
-    target = None if lit.target is None else _rename(lit.target, names)
-    body = tuple(_rename_literal(b, names) for b in lit.body)
-    return replace(lit, body=body, target=target)
+    def rename(t: ir.Term) -> ir.Term:
+        return ir.Var(names[t.name], t.pos) if isinstance(t, ir.Var) and t.name in names else t
+
+    return ir.rewrite_terms(lit, rename)
 
 
 class _RuleChecker:
@@ -400,10 +378,9 @@ class _RuleChecker:
             return ir.Const(e.value, "symbol", e.pos)
         if isinstance(e, st.Binary):
             left, right = self.term(e.left, in_aggregate), self.term(e.right, in_aggregate)
-            return ir.BinOp(e.op, left, right, "number", e.pos)
+            return ir.Call(e.op, (left, right), "number", e.pos)
         if isinstance(e, st.Call):
-            arg = self.term(e.arg, in_aggregate)
-            return ir.BinOp(e.func, arg, ir.Const(0, "number", e.pos), "number", e.pos)
+            return ir.Call(e.func, (self.term(e.arg, in_aggregate),), "number", e.pos)
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
         if in_aggregate:
@@ -451,15 +428,15 @@ class _RuleChecker:
             """One group per expression, a symbol functor's argument being its own."""
             groups.append((terms, fixed))
             for t in terms:
-                for arg in _functor_args(t):
-                    groups.append(((arg,), "symbol"))
+                for arg, param in _fixed_type_args(t):
+                    groups.append(((arg,), param))
 
         def visit_atom(a: ir.Atom) -> None:
             rel = self.relations[a.relation]
             for i, (arg, attr) in enumerate(zip(a.args, rel.attributes), 1):
                 if isinstance(arg, ir.Var):
                     self.set_type(arg, attr.type, f"argument {i} of {a.relation}")
-                elif isinstance(arg, ir.BinOp):
+                elif isinstance(arg, ir.Call):
                     group((arg,), attr.type)
 
         def visit(lit: ir.BodyLiteral) -> None:
@@ -482,13 +459,13 @@ class _RuleChecker:
             changed = False
             for terms, fixed in groups:
                 t = fixed or next((k for k in map(self.known, terms) if k), None)
-                for v in _vars(terms, functors=False):
+                for v in (v for term in terms for v in _same_type_vars(term)):
                     if t is not None and v.name not in self.types:
                         self.types[v.name] = (t, "")
                         changed = True
             if changed:
                 continue
-            untyped = [v for terms, _ in groups for v in _vars(terms, functors=False)
+            untyped = [v for terms, _ in groups for term in terms for v in _same_type_vars(term)
                        if v.name not in self.types]
             if not untyped:
                 return
@@ -509,10 +486,11 @@ class _RuleChecker:
             return self.types[t.name][0] if t.name in self.types else None
         if isinstance(t, ir.Const):
             return "symbol" if t.type == "symbol" else None
-        if isinstance(t, ir.BinOp):
-            if t.op in ir.SYMBOL_FUNCTORS:
-                return "number"
-            return self.known(t.left) or self.known(t.right)
+        if isinstance(t, ir.Call):
+            sig = functors.signature(t.name)
+            if not sig.polymorphic:
+                return sig.result  # type: ignore[return-value]
+            return next((k for k in map(self.known, t.args) if k), None)
         return None
 
     # ---- resolved types ----
@@ -578,17 +556,18 @@ class _RuleChecker:
                     raise DatalogError(term.pos, f"{term.value} does not fit in 32 bits as "
                                                  f"{_a(want)} ({low}..{high})")
             return replace(term, type=want)
-        if term.op in ir.SYMBOL_FUNCTORS:
-            if want != "number":
-                raise DatalogError(term.pos, f"type mismatch: {term.op}(...) is a number, but "
-                                             f"{where}")
-            return replace(term, left=self.typed(term.left, "symbol",
-                                                 f"{term.op} takes a symbol"))
+        sig = functors.signature(term.name)
+        if not sig.polymorphic:
+            if want != sig.result:
+                raise DatalogError(term.pos, f"type mismatch: {term.name}(...) is {_a(sig.result)}, "
+                                             f"but {where}")
+            args = tuple(self.typed(a, sig.param(i), f"{term.name} takes {_a(sig.param(i))}")  # type: ignore[arg-type]
+                         for i, a in enumerate(term.args))
+            return replace(term, args=args, type=want)
         if want == "symbol":
-            raise DatalogError(term.pos, f"type mismatch: arithmetic ({term.op}) on symbols")
-        inner = f"{term.op} is computed on {_a(want)} here"
-        return replace(term, left=self.typed(term.left, want, inner),
-                       right=self.typed(term.right, want, inner), type=want)
+            raise DatalogError(term.pos, f"type mismatch: arithmetic ({term.name}) on symbols")
+        inner = f"{term.name} is computed on {_a(want)} here"
+        return replace(term, args=tuple(self.typed(a, want, inner) for a in term.args), type=want)
 
 
 class _Safety:
@@ -612,7 +591,7 @@ class _Safety:
         for lit in self.lits:
             if isinstance(lit, ir.Aggregation):
                 self.check_aggregate(lit, bound)
-        for v in _vars(self.head.args):
+        for v in ir.variables(self.head.args):
             if v.name not in bound:
                 raise DatalogError(v.pos, f"unsafe rule: variable {_shown(v)} in the head is not "
                                           "bound by any positive body atom"
@@ -627,7 +606,7 @@ class _Safety:
                                           "atom outside it" + _arithmetic_hint(v.name, self.lits))
         inner = _bound(agg.body, self.grouping(agg), self.grouping)
         _require_literals(agg.body, inner, in_aggregate=True)
-        _require(_vars((agg.target,)), inner, "in the aggregate target", agg.body,
+        _require(ir.variables((agg.target,)), inner, "in the aggregate target", agg.body,
                  in_aggregate=True)
 
 
@@ -646,7 +625,7 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str],
             if isinstance(lit, ir.Comparison) and lit.op == "=":
                 for side, other in ((lit.left, lit.right), (lit.right, lit.left)):
                     if (isinstance(side, ir.Var) and side.name not in bound
-                            and all(v.name in bound for v in _vars((other,)))):
+                            and all(v.name in bound for v in ir.variables((other,)))):
                         bound.add(side.name)
                         changed = True
             elif isinstance(lit, ir.Aggregation) and lit.result.name not in bound:
@@ -662,14 +641,14 @@ def _require_literals(lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggreg
     body), in source order: arithmetic in positive atoms, negations, comparisons."""
     for lit in lits:
         if isinstance(lit, ir.Atom):
-            arithmetic = [a for a in lit.args if isinstance(a, ir.BinOp)]
-            _require(_vars(arithmetic), bound, f"in arithmetic in an argument of {lit.relation}",
+            arithmetic = [a for a in lit.args if isinstance(a, ir.Call)]
+            _require(ir.variables(arithmetic), bound, f"in arithmetic in an argument of {lit.relation}",
                      (), in_aggregate, hint=" (a variable inside arithmetic does not bind it)")
         elif isinstance(lit, ir.Negation):
-            _require(_vars(lit.atom.args), bound, f"in the negation of {lit.atom.relation}",
+            _require(ir.variables(lit.atom.args), bound, f"in the negation of {lit.atom.relation}",
                      lits, in_aggregate)
         elif isinstance(lit, ir.Comparison):
-            _require(_vars((lit.left, lit.right)), bound, "in this comparison", lits,
+            _require(ir.variables((lit.left, lit.right)), bound, "in this comparison", lits,
                      in_aggregate)
 
 
@@ -698,8 +677,8 @@ def _arithmetic_hint(name: str, lits: Sequence[ir.BodyLiteral]) -> str:
     for lit in lits:
         if isinstance(lit, ir.Atom):
             for arg in lit.args:
-                if isinstance(arg, ir.BinOp):
-                    for v in _vars((arg,)):
+                if isinstance(arg, ir.Call):
+                    for v in ir.variables(arg):
                         if v.name == name:
                             return (f" (at {v.pos.line}:{v.pos.col} it is inside arithmetic in "
                                     f"{lit.relation}, which does not bind it)")
@@ -710,44 +689,7 @@ def _arithmetic_hint(name: str, lits: Sequence[ir.BodyLiteral]) -> str:
 
 
 def _fold_fact(rule: ir.Rule) -> ir.Rule:
-    """Facts hold constants only: evaluate arithmetic written in them (32-bit, wrapping)."""
-    return replace(rule, head=replace(rule.head, args=tuple(_fold(a) for a in rule.head.args)))
-
-
-def _fold(t: ir.Term) -> ir.Const:
-    if isinstance(t, ir.Const):
-        return t
-    assert isinstance(t, ir.BinOp)
-    if t.op in ir.SYMBOL_FUNCTORS:
-        text = str(_fold(t.left).value)
-        if t.op == "strlen":
-            return ir.Const(len(text.encode("utf-8", "surrogatepass")), "number", t.pos)
-        number = parse_number(text)
-        if number is None:
-            raise DatalogError(t.pos, f"to_number: \"{text}\" is not a number")
-        return ir.Const(number, "number", t.pos)
-    a, b = int(_fold(t.left).value), int(_fold(t.right).value)
-    if t.op in ("/", "%") and b == 0:
-        raise DatalogError(t.pos, "division by zero")
-    if t.op == "^":
-        return ir.Const(_fold_power(a, b, t), t.type, t.pos)
-    if t.op in ("min", "max"):
-        return ir.Const(min(a, b) if t.op == "min" else max(a, b), t.type, t.pos)
-    if t.op in ("+", "-", "*"):
-        value = a + b if t.op == "+" else a - b if t.op == "-" else a * b
-    else:
-        q = abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)  # C: truncate toward zero
-        value = q if t.op == "/" else a - b * q
-    value &= 0xFFFFFFFF
-    if t.type == "number" and value > INT32_MAX:
-        value -= 1 << 32
-    return ir.Const(value, t.type, t.pos)
-
-
-def _fold_power(a: int, b: int, t: ir.BinOp) -> int:
-    """``a ^ b`` by the engine's own kernel, so a fact and a rule agree."""
-    wide = {"number": np.int64, "unsigned": np.uint64}[t.type]
-    values, undefined = power(np.array([a], wide), np.array([b], wide), t.type, np)
-    if bool(undefined[0]):
-        raise DatalogError(t.pos, POWER_UNDEFINED)
-    return int(values[0])
+    """Facts hold constants only: evaluate the functors written in them (by the engine's own
+    implementation, ``functors.fold``, so a fact and a rule agree)."""
+    args = tuple(functors.fold(a) if isinstance(a, ir.Call) else a for a in rule.head.args)
+    return replace(rule, head=replace(rule.head, args=args))

@@ -19,6 +19,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
+from dask_datalog.engine import functors
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.ir import Pos
 
@@ -255,7 +256,9 @@ _UNSUPPORTED_STATEMENTS = {
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
 _STRING_FUNCTORS = frozenset({"cat", "substr", "ord", "to_string"})
-_SYMBOL_FUNCTORS = frozenset({"strlen", "to_number"})  # symbol -> number, supported
+# The functors written name(args) that the engine implements: those of the signature table
+# but the operators and min/max, which have grammar rules of their own.
+_SUPPORTED_CALLS = frozenset(name for name in functors.SIGNATURES if name.isidentifier()) - {"min", "max"}
 _FUNCTOR_NAMES = {
     "as": "type casts as(...)",
     "autoinc": "autoinc() counters",
@@ -410,7 +413,7 @@ class _Builder:
     def expr(self, node: LarkTree) -> Expr:
         kind = node.data
         method = getattr(self, f"expr_{kind}", None)
-        if method is None or (kind == "functor_call" and self.functor_name(node) not in _SYMBOL_FUNCTORS):
+        if method is None or (kind == "functor_call" and self.functor_name(node) not in _SUPPORTED_CALLS):
             raise self.fail(node, self.unsupported_expr(node))
         self.nested(node)
         result: Expr = method(node)
@@ -483,12 +486,13 @@ class _Builder:
         return expr
 
     def expr_functor_call(self, node: LarkTree) -> Expr:
-        """Only strlen and to_number get here: ``expr`` rejects the other functors by name."""
+        """Only the functors of ``_SUPPORTED_CALLS`` get here: ``expr`` rejects the others by name."""
         name_tree, *args = node.children
         name = str(name_tree.children[0])
         present = [a for a in args if a is not None]
-        if len(present) != 1:
-            raise self.fail(node, f"{name} takes one argument, not {len(present)}")
+        wanted = len(functors.signature(name).params)
+        if not functors.signature(name).accepts(len(present)):
+            raise self.fail(node, f"{name} takes {'one argument' if wanted == 1 else f'{wanted} arguments'}, not {len(present)}")
         return Call(name, self.expr(present[0]), self.pos(node))
 
     def expr_aggregate(self, node: LarkTree) -> Expr:

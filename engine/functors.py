@@ -1,0 +1,201 @@
+"""Every functor a term may call, in one signature table (Soufflé's ``IntrinsicFunctor`` is the
+model): its parameter and result types and how it evaluates. The checker types calls and folds
+constant ones through it, the planner and the evaluator read it, so a functor is added here
+once and means the same everywhere.
+
+Types in a signature are base types or ``T``, the call's own numeric type (number or unsigned,
+resolved by the checker): the arithmetic operators take and give ``T``. Evaluation works on
+encoded columns (uint32, see values.py) of one array namespace, so constant folding (NumPy,
+one row) and evaluation (NumPy or CuPy, many rows) run the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.values import SIGN, SymbolTable, encode_scalar, parse_number, power
+
+POWER_UNDEFINED = (
+    "unsigned power a ^ b: the result lies between 2^53 and 2^63 and within 0.05 of halfway "
+    "between two doubles, where Soufflé's value (the low 32 bits of the C library's pow) depends "
+    "on how that library rounds"
+)
+POLYMORPHIC = "T"
+
+
+class SymbolValues:
+    """Per-symbol-id values the symbol functors gather from (text length in UTF-8 bytes, the
+    number ``to_number`` reads, whether it reads one), extended as the table grows and kept in
+    the array namespace of the run. The one cache of them."""
+
+    def __init__(self, symbols: SymbolTable, xp: Any):
+        self.symbols, self.xp = symbols, xp
+        self.lengths = xp.zeros(0, dtype=xp.int64)
+        self.numbers = xp.zeros(0, dtype=xp.int64)
+        self.valid = xp.zeros(0, dtype=bool)
+
+    def current(self) -> SymbolValues:
+        new = self.symbols.strings_from(int(self.lengths.shape[0]))
+        if new:
+            parsed = [parse_number(s) for s in new]
+            xp = self.xp
+            self.lengths = xp.concatenate([self.lengths, xp.asarray(np.fromiter(
+                (len(s.encode("utf-8", "surrogatepass")) for s in new), np.int64, len(new)))])
+            self.numbers = xp.concatenate([self.numbers, xp.asarray(np.array([p or 0 for p in parsed], np.int64))])
+            self.valid = xp.concatenate([self.valid, xp.asarray(np.array([p is not None for p in parsed], bool))])
+        return self
+
+
+@dataclass
+class Context:
+    """What a functor's evaluation may use: the array namespace, the run's symbols."""
+
+    xp: Any
+    symbols: SymbolTable
+    values: SymbolValues | None = None
+
+    def symbol_values(self) -> SymbolValues:
+        if self.values is None:
+            self.values = SymbolValues(self.symbols, self.xp)
+        return self.values.current()
+
+
+Apply = Callable[[ir.Call, list[Any], Context], Any]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A functor: ``params`` (one type per argument; with ``variadic`` the last repeats, at
+    least ``len(params)`` arguments), ``result`` and ``apply(call, encoded columns, context)``
+    giving the encoded result column (raising ``DatalogError`` at ``call.pos`` where Soufflé
+    stops the run)."""
+
+    name: str
+    params: tuple[str, ...]
+    result: str
+    apply: Apply
+    variadic: bool = False
+
+    def param(self, i: int) -> str:
+        return self.params[min(i, len(self.params) - 1)]
+
+    @property
+    def polymorphic(self) -> bool:
+        return self.result == POLYMORPHIC
+
+    def accepts(self, n: int) -> bool:
+        return n >= len(self.params) if self.variadic else n == len(self.params)
+
+
+def decode_int(encoded: Any, type: str, xp: Any) -> Any:
+    """Encoded uint32 -> int64 value (number) or uint64 value (unsigned) for arithmetic."""
+    if type == "number":
+        return (encoded ^ SIGN).view(xp.int32).astype(xp.int64)
+    return encoded.astype(xp.uint64)
+
+
+def encode_int(values: Any, type: str, xp: Any) -> Any:
+    """Wide integer results -> encoded uint32, wrapping at 32 bits (C semantics)."""
+    low = (values & 0xFFFFFFFF).astype(xp.uint32)
+    return low ^ SIGN if type == "number" else low
+
+
+def _arithmetic(compute: Callable[[ir.Call, Any, Any, Any], Any]) -> Apply:
+    """A ``T`` x ``T`` -> ``T`` operator folded left over its arguments, on decoded values."""
+
+    def apply(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+        xp = ctx.xp
+        values = [decode_int(a, call.type, xp) for a in args]
+        result = values[0]
+        for value in values[1:]:
+            result = compute(call, result, value, xp)
+        return encode_int(result, call.type, xp)
+
+    return apply
+
+
+def _divide(call: ir.Call, a: Any, b: Any, xp: Any) -> Any:
+    if bool((b == 0).any()):
+        raise DatalogError(call.pos, f"division by zero in '{call.name}'")
+    if call.type != "number":
+        return a // b if call.name == "/" else a % b
+    # C: the quotient truncates toward zero, the remainder has the dividend's sign.
+    q = xp.abs(a) // xp.abs(b) * xp.where((a < 0) != (b < 0), -1, 1)
+    return q if call.name == "/" else a - b * q
+
+
+def _power(call: ir.Call, a: Any, b: Any, xp: Any) -> Any:
+    values, undefined = power(a, b, call.type, xp)
+    if bool(undefined.any()):
+        raise DatalogError(call.pos, POWER_UNDEFINED)
+    return values
+
+
+def _strlen(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    return encode_int(ctx.symbol_values().lengths[args[0]], "number", ctx.xp)
+
+
+def _to_number(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    ids = args[0]
+    values = ctx.symbol_values()
+    bad = ~values.valid[ids]
+    if bool(bad.any()):
+        first = int(ctx.xp.nonzero(bad)[0][0])
+        text = ctx.symbols.lookup(np.asarray([int(ids[first])]))[0]
+        raise DatalogError(call.pos, f'to_number: "{text}" is not a number (Soufflé stops here too)')
+    return encode_int(values.numbers[ids], "number", ctx.xp)
+
+
+T = POLYMORPHIC
+SIGNATURES: dict[str, Signature] = {
+    s.name: s
+    for s in (
+        Signature("+", (T, T), T, _arithmetic(lambda c, a, b, xp: a + b)),
+        Signature("-", (T, T), T, _arithmetic(lambda c, a, b, xp: a - b)),
+        Signature("*", (T, T), T, _arithmetic(lambda c, a, b, xp: a * b)),
+        Signature("/", (T, T), T, _arithmetic(_divide)),
+        Signature("%", (T, T), T, _arithmetic(_divide)),
+        Signature("^", (T, T), T, _arithmetic(_power)),
+        Signature("min", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True),
+        Signature("max", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True),
+        Signature("strlen", ("symbol",), "number", _strlen),
+        Signature("to_number", ("symbol",), "number", _to_number),
+    )
+}
+
+
+def signature(name: str) -> Signature:
+    return SIGNATURES[name]
+
+
+def apply(call: ir.Call, args: Sequence[Any], ctx: Context) -> Any:
+    """The encoded result column of ``call`` over its arguments' encoded columns."""
+    return SIGNATURES[call.name].apply(call, list(args), ctx)
+
+
+def fold(call: ir.Call) -> ir.Const:
+    """A call whose arguments are all constants, evaluated once (the same code as a rule's
+    evaluation, on one row): facts hold constants only."""
+    symbols = SymbolTable()
+    columns = []
+    for arg in call.args:
+        const = fold(arg) if isinstance(arg, ir.Call) else arg
+        assert isinstance(const, ir.Const), f"fold: {arg!r} is not constant"
+        value = symbols.intern(str(const.value)) if const.type == "symbol" else int(const.value)
+        columns.append(np.array([encode_scalar(value, const.type)], dtype=np.uint32))
+    result = apply(call, columns, Context(np, symbols))
+    return ir.Const(decode_scalar(int(result[0]), call.type), call.type, call.pos)
+
+
+def decode_scalar(encoded: int, type: str) -> int:
+    if type == "number":
+        value = encoded ^ 0x80000000
+        return value - (1 << 32) if value >= 1 << 31 else value
+    return encoded
+
