@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dask_datalog.cluster import Program
 from dask_datalog.engine.backend import get_backend
-from dask_datalog.engine.execution.evaluate import PHASES
+from dask_datalog.engine.execution.phases import PHASES
 from dask_datalog.engine.storage.hisa import HashTable
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,35 +19,39 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.backend import Backend, BackendName, get_backend
-from dask_datalog.engine.checkpoint import CheckpointOptions
-from dask_datalog.engine.frontend import load_program
+from dask_datalog.engine.checkpoint import CheckpointOptions, array_digest
+from dask_datalog.engine.errors import RunTimeout, Terminated
+from dask_datalog.engine.formats import relation_output
+from dask_datalog.engine.frontend import load_program, load_program_file
 from dask_datalog.engine.ir import Program as ProgramIR
-from dask_datalog.spmd.job import FactSource, RunOutput, Steering, run_program
 from dask_datalog.partition.placement import REPLICATE_BELOW
-from dask_datalog.spmd.options import JobOptions, JobTimeout, Terminated
+from dask_datalog.spmd.inputs import FactSource, Inputs, check_fact_names
+from dask_datalog.spmd.options import RunOptions
+from dask_datalog.spmd.run import Run, run_in_process
+from dask_datalog.spmd.shard import Steering
 
 if TYPE_CHECKING:  # distributed is imported only when a run uses a cluster
     import dask.dataframe as dd
     import pandas as pd
     from distributed import Client
 
-    from dask_datalog.cluster.runtime.coordinator import DistributedRun, ProgressHandler
+    from dask_datalog.cluster.runtime.coordinator import ProgressHandler
+    from dask_datalog.engine.execution.fixpoint import OnIteration
 
 
 class Result:
-    """Every relation of a finished run, decoded on demand. The run is in this process
-    (``RunOutput``) or spread over a Dask cluster's workers (``DistributedRun``): then
-    ``numpy``/``pandas``/``tuples`` gather the asked relation here, ``dataframe`` does not,
-    and ``write`` has the workers write the outputs."""
+    """Every relation of a finished run, decoded on demand. The run (``spmd.run.Run``) is in
+    this process or spread over a Dask cluster's workers: then ``numpy``/``pandas``/``tuples``
+    gather the asked relation here, ``dataframe`` does not, and ``write`` has the workers write
+    the outputs."""
 
-    def __init__(self, run: RunOutput | DistributedRun):
+    def __init__(self, run: Run):
         self._run = run
 
     @property
     def sizes(self) -> dict[str, int]:
-        return {name: self._run.size(name) for name in self._run.program.relations}
+        return dict(self._run.sizes)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -74,15 +78,11 @@ class Result:
         return set(zip(*(c.tolist() for c in columns))) if columns else ({()} if rows.shape[0] else set())
 
     def dataframe(self, name: str) -> dd.DataFrame:
-        """A Dask DataFrame of the relation: one partition per worker, built on the workers
-        for a distributed run (nothing passes through this process), one for a local run."""
+        """A Dask DataFrame of the relation: one partition per shard, built where the shards
+        are (nothing passes through this process for a run on a cluster)."""
         if name not in self._run.program.relations:
             raise KeyError(f"no relation '{name}' in this program")
-        if not isinstance(self._run, RunOutput):
-            return self._run.frame(name)
-        import dask.dataframe as dd
-
-        return dd.from_pandas(self.pandas(name), npartitions=1)
+        return self._run.frame(name)
 
     def write(
         self,
@@ -94,17 +94,14 @@ class Result:
         """What the CLI does with ``-D``: the ``.output`` relations as CSV files (or Parquet
         datasets with ``format="parquet"``) in ``output_dir``, or printed to ``stream``
         (default stdout) when it is "-"; ``.printsize`` lines go to ``stream`` if given.
-        ``written(relation, n)`` hears the bytes of each CSV file written so far (in-process
-        runs; on a cluster the workers write their parts side by side)."""
-        if isinstance(self._run, RunOutput):
-            self._run.write(output_dir, format, stream, written)
-        else:
-            self._run.write(output_dir, format, stream)
+        ``written(relation, n)`` hears the bytes of each CSV file written so far (in process;
+        on a cluster the workers write their parts side by side)."""
+        target = str(output_dir) if str(output_dir) == "-" else str(Path(output_dir).resolve())
+        self._run.write(target, format, stream, written)
 
     def close(self) -> None:
-        """Free the relations (on the workers, for a distributed run)."""
-        if not isinstance(self._run, RunOutput):
-            self._run.close()
+        """Free the relations (on the workers, for a run on a cluster)."""
+        self._run.close()
 
 
 class Program:
@@ -117,8 +114,6 @@ class Program:
     def from_file(cls, path: str | Path) -> Program:
         """The program in a file, through the front end's file loader: a byte-order mark is
         skipped, and an unreadable or non-UTF-8 file is a DatalogError like any other."""
-        from dask_datalog.engine.frontend import load_program_file
-
         program = cls.__new__(cls)
         program.ir = load_program_file(path)
         return program
@@ -128,12 +123,12 @@ class Program:
         fact_dir: str | Path | None = None,
         facts: Mapping[str, FactSource] | None = None,
         backend: BackendName | Backend = "auto",
-        on_iteration: Callable[[int, int, dict[str, int]], None] | None = None,
+        on_iteration: OnIteration | None = None,
         chunk_rows: int | None = None,
         client: Client | None = None,
         progress: ProgressHandler | None = None,
         replicate_below: int = REPLICATE_BELOW,
-        options: JobOptions = JobOptions(),
+        options: RunOptions = RunOptions(),
     ) -> Result:
         """Evaluate to the fixpoint. ``facts`` maps relation names to fact-file paths or to
         (n, arity) array-likes / DataFrames and overrides ``.input`` files. ``chunk_rows``
@@ -146,9 +141,9 @@ class Program:
         ``progress`` receives the workers' progress events, ``replicate_below`` is the size in
         bytes under which static relations are copied to every worker. ``options``:
         checkpoints, resuming, retries after lost workers, a time limit, a memory budget and
-        a suspend request (``runtime.JobOptions``; retries need a cluster). Raises
-        ``Suspended`` when the run stopped at a checkpoint on request, ``JobTimeout`` past its
-        time limit, ``MemoryBudgetExceeded`` when its relations outgrow the budget."""
+        a suspend request (``RunOptions``; retries need a cluster). Raises ``Suspended`` when
+        the run stopped at a checkpoint on request, ``RunTimeout`` past its time limit,
+        ``MemoryBudgetExceeded`` when its relations outgrow the budget (engine/errors.py)."""
         if client is not None:
             from dask_datalog.cluster.runtime.coordinator import run_job
 
@@ -156,10 +151,19 @@ class Program:
                 raise ValueError("on_iteration is for in-process runs; pass progress= with a client")
             name = backend.name if isinstance(backend, Backend) else backend  # workers build their own
             return Result(run_job(client, self.ir, fact_dir, facts, name, chunk_rows, replicate_below, progress, options))
-        return Result(run_program(self.ir, get_backend(backend), fact_dir, facts, on_iteration, chunk_rows, _steering(options)))
+        check_fact_names(self.ir, dict(facts or {}))
+        inputs = Inputs(fact_dir, dict(facts or {}), _array_digests(facts, options))
+        return Result(run_in_process(self.ir, get_backend(backend), inputs, _steering(options), chunk_rows, on_iteration))
 
 
-def _steering(options: JobOptions) -> Steering:
+def _array_digests(facts: Mapping[str, FactSource] | None, options: RunOptions) -> dict[str, str]:
+    """Digests of the input arrays for checkpoints' fingerprints (only when checkpointing)."""
+    if options.checkpoint_dir is None:
+        return {}
+    return {name: array_digest(source) for name, source in (facts or {}).items() if not isinstance(source, (str, Path))}
+
+
+def _steering(options: RunOptions) -> Steering:
     """``options`` for a run in this process: the same checkpoints, resume, time limit, budget
     and suspend request as on a cluster (no worker to lose: no retries)."""
     checkpoint = None
@@ -171,7 +175,7 @@ def _steering(options: JobOptions) -> Steering:
 
     def interrupted() -> None:
         if deadline is not None and time.monotonic() > deadline:
-            raise JobTimeout(f"the run went past its time limit of {options.timeout:g} s and was stopped")
+            raise RunTimeout(f"the run went past its time limit of {options.timeout:g} s and was stopped")
         if suspend is not None and suspend.is_set() and checkpoint is None:
             raise Terminated("the run was stopped without a checkpoint (no checkpoint directory)")
 

@@ -1,16 +1,17 @@
-"""Checkpoints of a run on disk, when to write them, and ``JobControl``, the ``control.Control``
-that writes them.
+"""Checkpoints of a run on disk, when to write them, and ``ShardControl``, the
+``control.Control`` that writes them.
 
 A checkpoint is taken at an iteration boundary that every shard reached (control.py says how
 they agree without an extra round). Layout of a checkpoint directory::
 
     DIR/latest                      name of the newest complete checkpoint
     DIR/<name>/manifest.json        position, shards, input sizes, fingerprint, symbols
-    DIR/<name>/part-<rank>/<relation>.full.npy, <relation>.delta.npy
+    DIR/<name>/part-<rank>/<relation>.npz   arrays full_0 .. full_k (full's runs), delta
 
 Each shard writes its part (the rows it accounts for: its hash partition, all of a replicated
-relation on rank 0) as raw ``.npy`` arrays of packed rows: no encoding step, and a reader with
-any number of shards can re-route them (``Evaluator`` restores through its exchange). After
+relation on rank 0) as raw arrays of packed rows, full's sorted runs as they are (so writing a
+checkpoint merges nothing the run goes on with): no encoding step, and a reader with any number
+of shards can re-route them (``ShardStore.restore`` restores through its exchange). After
 every shard wrote, rank 0 writes the manifest, then replaces ``latest`` atomically and removes
 the previous checkpoint, so ``latest`` always names a complete one.
 
@@ -33,12 +34,12 @@ from typing import Any
 import numpy as np
 
 from dask_datalog.engine.execution.control import SAVE, STOP, Position
-from dask_datalog.engine.memory import MemoryBudgetExceeded
-from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.errors import DatalogError, MemoryBudgetExceeded
 from dask_datalog.engine import ir
 from dask_datalog.engine.ir import Program
+from dask_datalog.engine.values import SymbolTable
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: full's runs as separate arrays, the symbol table's text-ordered prefix
 MIN_INTERVAL_S = 30.0  # the default schedule's shortest interval between checkpoints
 MEASURE_EVERY_S = 0.02  # how often check() sums what the relations hold (relations grow at merges)
 COST_FACTOR = 9.0  # default schedule: wait 9x the last checkpoint's cost, so they take <= 10% of the run
@@ -54,6 +55,7 @@ class Manifest:
     input_sizes: dict[str, int]  # tuples per input relation, for placing the resumed run
     fingerprint: dict[str, Any]
     symbols: list[str]  # the run's symbol table, in id order
+    symbols_ordered: int  # how many of them are in text order (values.SymbolTable)
     relations: dict[str, int]  # tuples per relation at the checkpoint
     seconds: float  # wall time the run had spent when it was written, resumes included
 
@@ -66,6 +68,7 @@ class Manifest:
             "input_sizes": self.input_sizes,
             "fingerprint": self.fingerprint,
             "symbols": self.symbols,
+            "symbols_ordered": self.symbols_ordered,
             "relations": self.relations,
             "seconds": self.seconds,
         }
@@ -81,6 +84,7 @@ class Manifest:
             input_sizes=data["input_sizes"],
             fingerprint=data["fingerprint"],
             symbols=data["symbols"],
+            symbols_ordered=data["symbols_ordered"],
             relations=data["relations"],
             seconds=data["seconds"],
         )
@@ -110,15 +114,19 @@ class Checkpoints:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise DatalogError(None, f"the checkpoint {self.directory / name} cannot be read: {error}") from None
 
-    def write_part(self, name: str, rank: int, rows: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> int:
-        """This shard's rows (host arrays) into checkpoint ``name``; bytes written."""
+    def write_part(self, name: str, rank: int, rows: Mapping[str, tuple[list[np.ndarray], np.ndarray]]) -> int:
+        """This shard's rows (host arrays: full's runs, the delta) into checkpoint ``name``;
+        bytes written."""
         part = self.directory / f"{name}.tmp" / f"part-{rank:05d}"
-        part.mkdir(parents=True, exist_ok=True)
         written = 0
-        for relation, (full, delta) in rows.items():
-            for kind, array in (("full", full), ("delta", delta)):
-                np.save(part / f"{relation}.{kind}.npy", np.ascontiguousarray(array), allow_pickle=False)
-                written += int(array.nbytes)
+        try:
+            part.mkdir(parents=True, exist_ok=True)
+            for relation, (runs, delta) in rows.items():
+                arrays = {f"full_{k}": np.ascontiguousarray(run) for k, run in enumerate(runs)}
+                np.savez(part / f"{relation}.npz", delta=np.ascontiguousarray(delta), **arrays)
+                written += int(delta.nbytes) + sum(int(run.nbytes) for run in runs)
+        except OSError as error:
+            raise DatalogError(None, f"cannot write a checkpoint into {self.directory}: {error.strerror or error}") from None
         return written
 
     def commit(self, manifest: Manifest) -> None:
@@ -140,8 +148,13 @@ class Checkpoints:
         for rank in parts:
             part = self.directory / manifest.name / f"part-{rank:05d}"
             for relation, (full, delta) in out.items():
-                full.append(np.load(part / f"{relation}.full.npy", allow_pickle=False))
-                delta.append(np.load(part / f"{relation}.delta.npy", allow_pickle=False))
+                try:
+                    with np.load(part / f"{relation}.npz", allow_pickle=False) as arrays:
+                        runs = sorted((k for k in arrays.files if k.startswith("full_")), key=lambda k: int(k[5:]))
+                        full.extend(arrays[k] for k in runs)
+                        delta.append(arrays["delta"])
+                except (OSError, ValueError, KeyError) as error:
+                    raise DatalogError(None, f"the checkpoint {part} cannot be read: {error}") from None
         return out
 
     def remove_staging(self) -> None:
@@ -252,7 +265,7 @@ class Schedule:
         self.last = time.monotonic()
 
 
-class JobControl:
+class ShardControl:
     """The ``Control`` of one shard of a run: checkpoints as ``options`` say (none without
     them) and when ``stop_requested()``; ``interrupted()`` raises when the run must
     stop now (timeout, cancel); ``memory_budget`` (bytes per shard) ends a run whose relations
@@ -265,7 +278,7 @@ class JobControl:
         size: int,
         allgather: Callable[[Any], list[Any]],
         options: CheckpointOptions | None,
-        describe: Callable[[], tuple[dict[str, int], dict[str, Any], list[str]]],
+        describe: Callable[[], tuple[dict[str, int], dict[str, Any], SymbolTable]],
         elapsed: Callable[[], float],
         stop_requested: Callable[[], bool] = lambda: False,
         interrupted: Callable[[], None] = lambda: None,
@@ -286,17 +299,19 @@ class JobControl:
             return 0
         return (STOP if self.stop_requested() else 0) | (SAVE if self.schedule.due() else 0)
 
-    def save(self, position: Position, rows: dict[str, tuple[Any, Any]]) -> None:
+    def save(self, position: Position, rows: dict[str, tuple[list[Any], Any]]) -> None:
         assert self.checkpoints is not None, "a checkpoint was requested without a directory"
         t0 = time.perf_counter()
         name = f"{self.attempt}-{len(self.written):05d}"
         written = self.checkpoints.write_part(name, self.rank, rows)
-        counts = {relation: int(full.shape[0]) for relation, (full, _) in rows.items()}
+        counts = {relation: sum(int(run.shape[0]) for run in runs) for relation, (runs, _) in rows.items()}
         gathered = self.allgather((written, counts))
         if self.rank == 0:
             sizes, fingerprint, symbols = self.describe()
             relations = {r: sum(c[r] for _, c in gathered) for r in counts}
-            manifest = Manifest(name, position, self.size, sizes, fingerprint, symbols, relations, round(self.elapsed(), 3))
+            manifest = Manifest(
+                name, position, self.size, sizes, fingerprint, symbols.strings, symbols.ordered, relations, round(self.elapsed(), 3)
+            )
             self.checkpoints.commit(manifest)
         cost = time.perf_counter() - t0
         self.schedule.saved(cost)

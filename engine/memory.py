@@ -13,7 +13,6 @@ import os
 import sys
 
 from dask_datalog.engine.backend import Backend
-from dask_datalog.engine.errors import DatalogError
 
 DEFAULT_SHARE = 0.5  # of the worker's memory limit (or of the machine or GPU) given to the data
 CHUNK_SHARE = 8  # a join chunk's binding table takes at most 1/CHUNK_SHARE of the budget
@@ -51,31 +50,3 @@ def peak_rss() -> int:
 def chunk_rows_for(budget: int, backend: Backend) -> int:
     """Join output rows materialised at once: the backend's default, less under a small budget."""
     return max(MIN_CHUNK_ROWS, min(default_chunk_rows(backend), budget // (CHUNK_SHARE * ROW_BYTES)))
-
-
-class MemoryBudgetExceeded(DatalogError):
-    """The relations of one shard outgrew its memory budget: the run cannot finish there."""
-
-    def __init__(self, sizes: dict[str, int], budget: int, rank: int, size: int):
-        largest = max(sizes, key=sizes.__getitem__)
-        where = "in this process" if size == 1 else f"on worker {rank} of {size}"
-        super().__init__(
-            None,
-            f"out of memory budget: relation {largest} holds {human_bytes(sizes[largest])} {where} "
-            f"({human_bytes(sum(sizes.values()))} for all relations), over the budget of {human_bytes(budget)}"
-            + (" per worker" if size > 1 else "")
-            + "; use more workers, a machine (or GPU) with more memory, or raise --memory-limit",
-        )
-        self.sizes, self.budget, self.rank, self.size = sizes, budget, rank, size
-
-    def __reduce__(self) -> tuple[type, tuple[dict[str, int], int, int, int]]:  # type: ignore[override]
-        return (MemoryBudgetExceeded, (self.sizes, self.budget, self.rank, self.size))
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

@@ -21,6 +21,7 @@ run over several shards. The engine's loop executes either the same way, through
 
 from __future__ import annotations
 
+import enum
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -47,20 +48,43 @@ Version = Literal["full", "delta"]
 Key = tuple[int, ...]  # columns of a relation whose hash decides a tuple's shard
 
 
-@dataclass(frozen=True)
-class Route:
+class RouteAction(enum.StrEnum):
     """What the binding table goes through before a step runs on this shard's data.
 
-    - ``local``: nothing.
-    - ``exchange``: re-partition it among the shards by the hash of the ``key`` variables.
-    - ``own``: it is the same on every shard; each keeps the rows it owns by ``key``.
-    - ``slice``: it is the same on every shard and the step scans a replicated relation;
+    - ``LOCAL``: nothing.
+    - ``EXCHANGE``: re-partition it among the shards by the hash of the route's ``key``
+      variables (a collective: the version's pipeline is cut there).
+    - ``OWN``: it is the same on every shard; each keeps the rows it owns by ``key``.
+    - ``SLICE``: it is the same on every shard and the step scans a replicated relation;
       shard k scans block k of the relation's rows, so the work is split, not repeated.
 
-    ``copy``: the key of the partitioned copy of the relation the step reads (None: the
-    relation's only store: one shard, or a replicated relation)."""
+    Applied in one place, ``execution.routing.Router``."""
 
-    action: Literal["local", "exchange", "own", "slice"] = "local"
+    LOCAL = "local"
+    EXCHANGE = "exchange"
+    OWN = "own"
+    SLICE = "slice"
+
+
+class HeadAction(enum.StrEnum):
+    """Where a version's head tuples go: ``LOCAL`` (deduplicated here: this shard owns them),
+    ``OWN`` (the binding is the same everywhere: keep the ones owned by the key),
+    ``EXCHANGE`` (to their owners by the head relation's canonical key) or ``BROADCAST`` (to
+    every shard: a replicated relation)."""
+
+    LOCAL = "local"
+    OWN = "own"
+    EXCHANGE = "exchange"
+    BROADCAST = "broadcast"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A step's ``RouteAction`` with its ``key`` (variables) and ``copy``: the key of the
+    partitioned copy of the relation the step reads (None: the relation's only store: one
+    shard, or a replicated relation)."""
+
+    action: RouteAction = RouteAction.LOCAL
     key: tuple[str, ...] = ()
     copy: Key | None = None
 
@@ -70,12 +94,9 @@ LOCAL = Route()
 
 @dataclass(frozen=True)
 class HeadRoute:
-    """Where a version's head tuples go: ``local`` (deduplicated here: this shard owns them),
-    ``own`` (the binding is the same everywhere: keep the ones owned by ``key``),
-    ``exchange`` (to their owners by the head relation's canonical key) or ``broadcast`` (to
-    every shard: a replicated relation)."""
+    """A version's ``HeadAction`` with the head relation's ``key`` columns."""
 
-    action: Literal["local", "own", "exchange", "broadcast"] = "local"
+    action: HeadAction = HeadAction.LOCAL
     key: Key = ()
 
 
@@ -164,7 +185,7 @@ class RulePlan:
     def exchanges(self) -> int:
         """Binding-table exchanges per run of the version: collectives every shard takes part
         in, even with nothing to send."""
-        return sum(s.route.action == "exchange" for s in self.steps)
+        return sum(s.route.action is RouteAction.EXCHANGE for s in self.steps)
 
 
 @dataclass(frozen=True)

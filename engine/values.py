@@ -4,10 +4,8 @@ need no per-type code.
 
 - ``number`` (int32): the bit pattern with the sign bit flipped.
 - ``unsigned`` (uint32): itself.
-- ``symbol``: the id from the run's SymbolTable. A single process's ids order by first
-  appearance, not by text (output sorts by text, see ``relation_output.sort_rows``). Where several
-  workers must agree on ids, each interns into a local table and all of them re-encode into
-  ``SymbolTable.sorted_union`` of those tables, whose ids are in text order.
+- ``symbol``: the id from the run's SymbolTable, whose ids are in text order on every shard
+  (``SymbolTable`` says how it is made), so symbols sort like numbers.
 """
 
 from __future__ import annotations
@@ -123,33 +121,63 @@ def encode_scalar(value: int, type: BaseType) -> int:
 
 
 class SymbolTable:
-    """Interns strings to dense uint32 ids. One table per run (or per worker, merged by
-    ``sorted_union``); ids are never reused."""
+    """The strings of a run and their uint32 ids, ids never reused.
+
+    One policy on every path: a run's table is made once, before evaluation, by
+    ``sorted_union`` of every string its inputs hold (on every shard) and of the program's
+    constants; ids are the strings' text order, so the table is the same on every shard and
+    packed rows sort in output order. The one declared place where strings may join that table
+    later is ``append`` (for functors that make strings during evaluation): every shard must
+    call it with the same strings in the same order, and ids from ``ordered`` on are then out
+    of text order, which output handles (``text_ordered``, ``reordered``). While a shard reads
+    its inputs it interns into a table of its own (``intern``: ids in reading order), which is
+    re-encoded into the agreed one (``remap_to``)."""
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
         self._strings: list[str] = []
+        self.ordered = 0  # ids below this are in text order
 
     @classmethod
     def sorted_union(cls, collections: Iterable[SymbolTable | Iterable[str]]) -> SymbolTable:
-        """A table of every string in ``collections`` whose ids are the strings' text order
-        (``text_rank``'s order). It depends only on the set of strings, so workers that built
-        local tables agree on it by exchanging their strings, and id order is output order."""
+        """A table of every string in ``collections`` whose ids are the strings' text order. It
+        depends only on the set of strings, so shards that built local tables agree on it by
+        exchanging their strings."""
         lists = [c._strings if isinstance(c, SymbolTable) else c for c in collections]
         parts = [np.fromiter(map(str, strings), dtype=object) for strings in lists]  # np.str_ -> str
         strings = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=object)
         table = cls()
         table._strings = strings.tolist()
         table._ids = dict(zip(table._strings, range(len(table._strings))))
+        table.ordered = len(table._strings)
         return table
 
     @classmethod
-    def in_order(cls, strings: Iterable[str]) -> SymbolTable:
-        """A table whose ids are the positions in ``strings`` (a checkpoint's table)."""
+    def in_order(cls, strings: Iterable[str], ordered: int) -> SymbolTable:
+        """A table whose ids are the positions in ``strings``, the first ``ordered`` of them in
+        text order (a checkpoint's table)."""
         table = cls()
         for s in strings:
             table.intern(s)
+        table.ordered = ordered
         return table
+
+    def append(self, strings: Iterable[str]) -> np.ndarray:
+        """The ids of ``strings``, those not in the table yet added after the others. Every
+        shard must call it with the same strings in the same order (made by a collective:
+        e.g. the sorted union of what each shard produced), so ids stay the same everywhere."""
+        return np.fromiter((self.intern(s) for s in strings), dtype=np.uint32)
+
+    @property
+    def text_ordered(self) -> bool:
+        """Whether id order is text order (packed rows then sort in output order)."""
+        return self.ordered == len(self._strings)
+
+    def reordered(self) -> tuple[np.ndarray, SymbolTable]:
+        """(m, table): ``table`` holds the same strings with ids in text order and ``m[id]`` is
+        a string's id there, for output once ``append`` broke the text order."""
+        table = SymbolTable.sorted_union([self._strings])
+        return self.remap_to(table), table
 
     def remap_to(self, other: SymbolTable) -> np.ndarray:
         """m[id here] = ``other``'s id for the same string, so ``m[rows[:, j]]`` re-encodes a symbol
@@ -160,10 +188,19 @@ class SymbolTable:
         return len(self._strings)
 
     def intern(self, s: str) -> int:
+        """The id of ``s``, added after the others when new (a shard's reading table)."""
         i = self._ids.get(s)
         if i is None:
             i = self._ids[s] = len(self._strings)
             self._strings.append(s)
+        return i
+
+    def id_of(self, s: str) -> int:
+        """The id of a string the table must hold (a program constant: every agreed table has
+        them all)."""
+        i = self._ids.get(s)
+        if i is None:
+            raise AssertionError(f"symbol {s!r} is not in the run's symbol table")
         return i
 
     def intern_many(self, strings: np.ndarray) -> np.ndarray:
@@ -179,6 +216,8 @@ class SymbolTable:
 
     def text_rank(self) -> np.ndarray:
         """rank[id] = position of the symbol's text in sorted order (for sorted output)."""
+        if self.text_ordered:
+            return np.arange(len(self._strings), dtype=np.uint32)
         order = np.argsort(np.array(self._strings, dtype=object), kind="stable")
         rank = np.empty(len(order), dtype=np.uint32)
         rank[order] = np.arange(len(order), dtype=np.uint32)

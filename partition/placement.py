@@ -69,6 +69,7 @@ from dask_datalog.engine.storage.hisa import words_for
 from dask_datalog.engine.ir import Atom, Var, walk
 from dask_datalog.engine.plan import (
     AggregateStep,
+    HeadAction,
     HeadRoute,
     JoinStep,
     Key,
@@ -76,6 +77,7 @@ from dask_datalog.engine.plan import (
     Plan,
     RelationLayout,
     Route,
+    RouteAction,
     RulePlan,
     Step,
 )
@@ -286,17 +288,17 @@ def _route(rp: RulePlan, layouts: Mapping[str, RelationLayout], growing: tuple[s
         rest = rp.steps[i + 1 :]
         if need.var is not None:
             key = (need.var,)
-            action = "own" if everywhere else "local" if dist == key else "exchange"
+            action = RouteAction.OWN if everywhere else RouteAction.LOCAL if dist == key else RouteAction.EXCHANGE
             copy = need.copies[0][1] if isinstance(step, JoinStep | NegationStep) else None
             step = _with_body_routes(step, replicated, need)
-            steps.append(replace(step, route=Route(action, key if action != "local" else (), copy)))
+            steps.append(replace(step, route=Route(action, key if action is not RouteAction.LOCAL else (), copy)))
             everywhere, dist = False, key
         elif need.scan:
             assert everywhere and isinstance(step, JoinStep), "the survey replicates scans after the first join"
             layout = layouts[step.atom.relation]
             available = layout.keys if step.atom.relation in growing else layout.copies
             copy = _scan_copy(step.atom, available, _next_need(rest, replicated, head_atom.relation), head_vars)
-            steps.append(replace(step, route=Route("local", copy=copy)))
+            steps.append(replace(step, route=Route(RouteAction.LOCAL, copy=copy)))
             everywhere, dist = False, _vars_at(step.atom, copy)
         elif (
             isinstance(step, JoinStep)
@@ -304,7 +306,7 @@ def _route(rp: RulePlan, layouts: Mapping[str, RelationLayout], growing: tuple[s
             and step.key_len == 0
             and _more_local_work(rest, replicated, head_atom.relation)
         ):
-            steps.append(replace(step, route=Route("slice")))
+            steps.append(replace(step, route=Route(RouteAction.SLICE)))
             everywhere, dist = False, None
         else:
             steps.append(_with_body_routes(step, replicated, need))
@@ -336,7 +338,7 @@ def _with_body_routes(step: Step, replicated: Mapping[str, str], need: _Need) ->
     for s in step.steps:
         if isinstance(s, JoinStep | NegationStep) and s.atom.relation not in replicated:
             assert need.var is not None
-            s = replace(s, route=Route("local", copy=(_column_of(s.atom, need.var),)))
+            s = replace(s, route=Route(RouteAction.LOCAL, copy=(_column_of(s.atom, need.var),)))
         body.append(_with_body_routes(s, replicated, need))
     return replace(step, steps=tuple(body))
 
@@ -346,10 +348,10 @@ def _head_route(
 ) -> HeadRoute:
     """Where the version's head tuples go (``HeadRoute``)."""
     if head.replicated:
-        return HeadRoute("local" if everywhere else "broadcast")
+        return HeadRoute(HeadAction.LOCAL if everywhere else HeadAction.BROADCAST)
     key = head.canonical or ()
     if everywhere:
-        return HeadRoute("own", key)
+        return HeadRoute(HeadAction.OWN, key)
     if dist is not None and dist == head_vars:
-        return HeadRoute("local")
-    return HeadRoute("exchange", key)
+        return HeadRoute(HeadAction.LOCAL)
+    return HeadRoute(HeadAction.EXCHANGE, key)

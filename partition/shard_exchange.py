@@ -1,74 +1,22 @@
 """The engine's ``Exchange`` for a run over n shards: rows and binding tables are bucketed by
-the owner hash (``hashing``, ``buckets``) and moved by a ``Transport``.
+the owner hash (``hashing``, ``buckets``) and moved by a ``Transport`` (transport.py).
 
 The transport is a constructor argument (as distributed's P2P shuffle run takes its RPC): on a
-Dask cluster it is the job's worker-to-worker collectives (``cluster/exchange.py``: direct
-sockets or Dask RPC); in one process it is ``cluster/threads.py``'s, so any number of shards
-run inside a test.
+Dask cluster the phase's worker-to-worker connections (spmd/mesh.py, cluster/runtime/comm.py);
+in one process threads (spmd/threads.py), so any number of shards run inside a test.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from dask_datalog.engine.execution.evaluate import Bindings
+from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.execution.exchange import Target
-
 from dask_datalog.partition.buckets import bucket, split
 from dask_datalog.partition.hashing import shard_of, shard_of_rows
-
-
-@dataclass
-class ExchangeStats:
-    """What one shard's collectives cost: ``send_s`` sending (serialisation and transfer),
-    ``wait_s`` waiting for the slowest peer (coordination), bytes that left and arrived."""
-
-    rounds: int = 0
-    send_s: float = 0.0
-    wait_s: float = 0.0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-
-    def snapshot(self) -> dict[str, float]:
-        return {
-            "rounds": self.rounds,
-            "send_s": round(self.send_s, 6),
-            "wait_s": round(self.wait_s, 6),
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-        }
-
-
-class Transport(Protocol):
-    """One shard's end of the collectives of a group of ``size`` shards. Every shard calls
-    them in the same order; any of them may raise to stop the run (a peer failed)."""
-
-    rank: int
-    size: int
-    stats: ExchangeStats
-
-    def alltoall(self, parts: Sequence[Any]) -> list[Any]:
-        """Send ``parts[p]`` to shard p; what every shard sent to this one, by rank."""
-        ...
-
-    def allgather(self, part: Any) -> list[Any]:
-        """Every shard's ``part``, by rank."""
-        ...
-
-
-def payload_bytes(payload: Any) -> int:
-    """Bytes of array data in a message (arrays, possibly inside dicts, lists and tuples)."""
-    if hasattr(payload, "nbytes"):
-        return int(payload.nbytes)
-    if isinstance(payload, dict):
-        return sum(payload_bytes(v) for v in payload.values())
-    if isinstance(payload, (list, tuple)):
-        return sum(payload_bytes(v) for v in payload)
-    return 0
+from dask_datalog.partition.transport import Transport
 
 
 class ShardExchange:

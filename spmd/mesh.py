@@ -14,10 +14,11 @@ then the frames. Workers take part in the same rounds in the same order, so each
 carries exactly one message per round, and a message is read to its exact length (the next
 round's message, if a peer is ahead, stays in the socket).
 
-The mesh is set up through one Dask RPC round (the listening addresses) and is used only for
-``tcp://`` clusters; other transports (in-process, TLS, UCX) keep the RPC rounds.
-``Mesh.from_sockets`` takes sockets connected elsewhere: socket pairs make a whole mesh in one
-process, without Dask (``tests/test_mesh.py``).
+``MeshTransport`` makes it a ``Transport``. The Dask runtime exchanges the listening addresses
+through its rendezvous (cluster/runtime/phase.py) and uses the mesh on ``tcp://`` clusters,
+where it is measured fastest (docs/benchmarks.md); other protocols (TLS, UCX, in-process) use
+Dask's comms (cluster/runtime/comm.py). ``Mesh.from_sockets`` takes sockets connected
+elsewhere: socket pairs make a whole mesh in one process, without Dask (``tests/test_mesh.py``).
 """
 
 from __future__ import annotations
@@ -27,17 +28,16 @@ import selectors
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from dask_datalog.engine.errors import PeerLost
+from dask_datalog.partition.transport import TransportStats, payload_bytes
 
 _HEADER = struct.Struct("<QI")  # round number, frame count
 _LENGTH = struct.Struct("<Q")
 _HELLO = struct.Struct("<I")  # the connecting worker's rank
 _CHUNK = 1 << 22  # bytes per send call: keeps one peer from monopolising the loop
-
-
-class PeerLost(ConnectionError):
-    """A peer closed its end mid-job (it failed or was stopped)."""
 
 
 def encode(obj: Any) -> list[memoryview]:
@@ -236,3 +236,45 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
             raise PeerLost("a peer closed its connection during set-up")
         data += chunk
     return bytes(data)
+
+
+class MeshTransport:
+    """A ``Transport`` over a ``Mesh``: one message per peer per round, read to its exact length.
+    ``check()`` runs whenever a round has waited ``poll_s`` with nothing to do (it raises to
+    stop: the run was stopped elsewhere) and at most every ``poll_s`` otherwise; a peer whose
+    connection closes ends the round with ``PeerLost``."""
+
+    def __init__(self, mesh: Mesh, check: Callable[[], None] = lambda: None, poll_s: float = 0.5):
+        self.mesh = mesh
+        self.rank = mesh.rank
+        self.size = mesh.size
+        self.check = check
+        self.poll_s = poll_s
+        self.seq = 0
+        self.stats = TransportStats()
+        self._checked = time.monotonic()
+
+    def alltoall(self, parts: Sequence[Any]) -> list[Any]:
+        if len(parts) != self.size:
+            raise ValueError(f"{len(parts)} parts for {self.size} shards")
+        self.seq += 1
+        self.stats.rounds += 1
+        now = time.monotonic()
+        if now - self._checked >= self.poll_s:  # rounds that never wait still notice a stop
+            self._checked = now
+            self.check()
+        peers = [p for p in range(self.size) if p != self.rank]
+        t0 = time.perf_counter()
+        received, sent_at = self.mesh.exchange(self.seq, {p: parts[p] for p in peers}, self.poll_s, self.check)
+        self.stats.send_s += sent_at - t0
+        self.stats.wait_s += time.perf_counter() - sent_at
+        self.stats.bytes_sent += sum(payload_bytes(parts[p]) for p in peers)
+        self.stats.bytes_received += sum(payload_bytes(received[p]) for p in peers)
+        received[self.rank] = parts[self.rank]
+        return [received[p] for p in range(self.size)]
+
+    def allgather(self, part: Any) -> list[Any]:
+        return self.alltoall([part] * self.size)
+
+    def close(self) -> None:
+        self.mesh.close()

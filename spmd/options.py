@@ -1,6 +1,5 @@
-"""What a job on a cluster may meet, without Dask: its options (checkpoints, retries, limits)
-and the errors that end it. The CLI and the API import these without importing distributed;
-``runtime.py`` acts on them."""
+"""How a run survives and stops: its options (checkpoints, retries, limits), the same for a run
+in process and on a cluster. The CLI and the API import them without importing distributed."""
 
 from __future__ import annotations
 
@@ -11,36 +10,8 @@ SILENT_S = 30.0  # a worker whose heartbeats stopped this long is taken as lost 
 REJOIN_S = 10.0  # after a loss, how long a retry waits for the cluster to be back to the job's size
 
 
-class WorkerLost(RuntimeError):
-    """A worker of a running job left the cluster (its process died, or the scheduler lost it)
-    or stopped sending heartbeats (``how``), and no retry was left: the job was stopped on the
-    other workers and its tasks released."""
-
-    def __init__(self, address: str, rank: int, where: str, retries: int = 0, how: str = "was lost"):
-        self.address = address
-        self.rank = rank
-        self.where = where
-        self.retries = retries
-        self.how = how
-        after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
-        super().__init__(f"worker {address} (rank {rank}) {how} {where}; the job was stopped{after}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, int, str, int, str]]:
-        return (WorkerLost, (self.address, self.rank, self.where, self.retries, self.how))
-
-
-class JobTimeout(TimeoutError):
-    """The job ran past its time limit and was stopped on every worker."""
-
-
-class Terminated(RuntimeError):
-    """The job was asked to stop (SIGTERM) and stopped without a checkpoint of where it was:
-    there was no checkpoint directory, a second request said stop at once, or a worker was
-    lost before the job had checkpointed. An earlier checkpoint of the run still resumes."""
-
-
 @dataclass(frozen=True)
-class JobOptions:
+class RunOptions:
     """How a job survives and stops. ``checkpoint_dir``: where the workers write checkpoints
     (every worker must see it; None: none, and a retry starts from the inputs);
     ``checkpoint_every``: seconds between them (None: ``checkpoint.Schedule``'s default);

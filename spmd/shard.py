@@ -1,39 +1,62 @@
-"""One shard of a distributed run, over any transport: load this shard's part of the inputs,
-agree with the peers on one symbol table and on the placement, run the engine's loop with a
-``ShardExchange``, and keep the rows this shard accounts for. Nothing here knows Dask: the Dask
-task (``tasks.py``) hands in the job's worker-to-worker transport, tests hand in threads
-(``threads.py``)."""
+"""One shard's run, the same in a process of its own and on a Dask worker: the one start
+sequence (``evaluate_shard``) over a ``Transport``, and what it leaves (``Shard``).
+
+Start from the latest checkpoint or from the inputs (every shard reads its part, all agree on
+one symbol table and on the input sizes), place the plan over the shards, load or restore the
+relations, run the engine's fixpoint, keep the rows this shard accounts for. A run in process
+is this with ``LocalTransport``; Dask tasks hand in the phase's worker-to-worker transport,
+tests hand in threads.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine import checkpoint, ir
-
-from dask_datalog.engine.storage import sets
+from dask_datalog.engine import checkpoint, ir, memory
 from dask_datalog.engine.backend import Backend, get_backend
-from dask_datalog.engine.storage.hisa import pack, unpack
-from dask_datalog.spmd.job import FactSource, Shape, Start, Steering, evaluate, host_rows, input_files, load_inputs
+from dask_datalog.engine.checkpoint import CheckpointOptions, ShardControl
+from dask_datalog.engine.execution.control import Position
+from dask_datalog.engine.execution.exchange import Exchange, LocalExchange
+from dask_datalog.engine.execution.fixpoint import Fixpoint, OnIteration
+from dask_datalog.engine.execution.shard_store import ShardStore
+from dask_datalog.engine.formats.relation_output import host_rows
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.engine.values import SymbolTable
-from dask_datalog.partition.shard_exchange import ShardExchange, Transport
 from dask_datalog.partition.placement import REPLICATE_BELOW, place
+from dask_datalog.partition.shard_exchange import ShardExchange
+from dask_datalog.partition.transport import Transport
+from dask_datalog.spmd.inputs import Inputs, Start, agree
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What steers a shard's run besides its program and inputs: checkpoints (and where it
+    starts), a memory budget in bytes for this shard's data (None: ``memory.default_budget``),
+    and two callables asked at the loop's boundaries: ``stop_requested()`` (checkpoint, then
+    stop: SIGTERM) and ``interrupted()`` (raises to stop now: a time limit, a stopped run)."""
+
+    checkpoint: CheckpointOptions | None = None
+    memory_budget: int | None = None
+    stop_requested: Callable[[], bool] = lambda: False
+    interrupted: Callable[[], None] = lambda: None
 
 
 @dataclass
 class Shard:
-    """One shard's part of a finished run: packed rows it accounts for per relation (its part
-    of a partitioned relation, all of a replicated one on rank 0), on the backend."""
+    """One shard's part of a finished run: the packed rows it accounts for per relation (its
+    part of a partitioned relation, all of a replicated one on rank 0), sorted, on its
+    backend; the run's symbol table; its statistics."""
 
     rank: int
+    size: int
     program: ir.Program
     symbols: SymbolTable
-    backend: str
+    backend: str  # by name: a Shard travels between processes
     rows: dict[str, Any]
     stats: dict[str, Any]
 
@@ -46,89 +69,80 @@ def evaluate_shard(
     transport: Transport,
     program: ir.Program,
     backend: Backend,
-    fact_dir: str | Path | None = None,
-    facts: Mapping[str, FactSource] | None = None,
+    inputs: Inputs = Inputs(),
+    steering: Steering = Steering(),
     chunk_rows: int | None = None,
     replicate_below: int = REPLICATE_BELOW,
-    on_iteration: Callable[[int, int, dict[str, int]], None] | None = None,
-    steering: Steering = Steering(),
-    array_digests: Mapping[str, str] | None = None,
+    on_iteration: OnIteration | None = None,
 ) -> Shard:
-    """Shard ``transport.rank``'s whole run. ``facts``: relation -> a fact file (each shard
-    reads its byte range) or this shard's rows (array or DataFrame, split by the caller).
-    ``steering.checkpoint`` may start it from a checkpoint written by any number of shards;
-    ``array_digests``: the fingerprints of whole input arrays (the caller split them)."""
-    def load(manifest: checkpoint.Manifest | None, restored: Any) -> Start:
-        if manifest is None:
-            return _load(transport, program, fact_dir, facts)
-        symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program)), manifest.symbols])
-        _remap_checkpoint(restored, program, SymbolTable.in_order(manifest.symbols), symbols)
-        return Start(symbols, {}, manifest.input_sizes)
+    """Shard ``transport.rank``'s whole run (see the module docstring)."""
+    t0 = time.perf_counter()
+    rank, size = transport.rank, transport.size
 
-    shape = Shape(
+    def fingerprint() -> dict[str, Any]:
+        return checkpoint.fingerprint(program, inputs.file_names(program), dict(inputs.array_digests))
+
+    manifest, restored = checkpoint.start(steering.checkpoint, rank, size, transport.allgather, fingerprint)
+    if manifest is None:
+        start = agree(transport, program, inputs)
+    else:
+        start = Start(SymbolTable.in_order(manifest.symbols, manifest.symbols_ordered), {}, manifest.input_sizes)
+    t_load = time.perf_counter() - t0
+    control = _control(steering, backend, transport, manifest, start, fingerprint, t0)
+    plan = place(plan_program(program), size, start.sizes, replicate_below)
+    exchange: Exchange = LocalExchange() if size == 1 else ShardExchange(transport, backend.xp)
+    relations = ShardStore(plan, backend, exchange)
+    if manifest is None:
+        relations.load(start.inputs)
+    else:
+        relations.restore(manifest.position, restored)
+    chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget or memory.default_budget(backend), backend)
+    fixpoint = Fixpoint(plan, backend, start.symbols, relations, chunk_rows, control)
+    evaluation = fixpoint.run(manifest.position if manifest is not None else Position(0, 0), on_iteration)
+    stats = {
+        **evaluation.to_json(),
+        "load_s": round(t_load, 6),
+        "checkpoints": control.written,
+        "exchange": transport.stats.snapshot(),
+        "placement": {
+            name: {"replicated": layout.replicated, "keys": [list(k) for k in layout.copies], "why": layout.reason}
+            for name, layout in plan.layouts.items()
+        },
+        "local_sizes": {name: relations.local_size(name) for name in program.relations},
+    }
+    rows = {name: relations.final_rows(name) for name in program.relations}
+    return Shard(rank, size, program, start.symbols, backend.name, rows, stats)
+
+
+def _control(
+    steering: Steering,
+    backend: Backend,
+    transport: Transport,
+    manifest: checkpoint.Manifest | None,
+    start: Start,
+    fingerprint: Callable[[], dict[str, Any]],
+    t0: float,
+) -> ShardControl:
+    """The ``ShardControl`` of this shard. A run that started from a checkpoint carries its
+    fingerprint and elapsed time on; a fresh one computes its fingerprint (hashing the input
+    files) when it writes its first checkpoint. Without a memory budget the shard gets the
+    default share of the machine (or GPU)."""
+    known: list[dict[str, Any]] = [manifest.fingerprint] if manifest is not None else []
+    before = manifest.seconds if manifest is not None else 0.0
+
+    def describe() -> tuple[dict[str, int], dict[str, Any], SymbolTable]:
+        if not known:
+            known.append(fingerprint())
+        return start.sizes, known[0], start.symbols
+
+    return ShardControl(
         transport.rank,
         transport.size,
         transport.allgather,
-        lambda: checkpoint.fingerprint(program, input_files(program, fact_dir, facts), dict(array_digests or {})),
-        load,
-        lambda sizes: place(plan_program(program), transport.size, sizes, replicate_below),
-        ShardExchange(transport, backend.xp),
+        steering.checkpoint,
+        describe,
+        lambda: before + time.perf_counter() - t0,
+        steering.stop_requested,
+        steering.interrupted,
+        steering.memory_budget or memory.default_budget(backend),
     )
-    evaluator, start, stats = evaluate(shape, backend, steering, chunk_rows, on_iteration)
-    stats["exchange"] = transport.stats.snapshot()
-    stats["placement"] = {
-        name: {"replicated": l.replicated, "keys": [list(k) for k in l.copies], "why": l.reason}
-        for name, l in evaluator.plan.layouts.items()
-    }
-    stats["local_sizes"] = {name: evaluator.local_size(name) for name in program.relations}
-    rows = {name: evaluator.local_rows(name) for name in program.relations}
-    return Shard(transport.rank, program, start.symbols, backend.name, rows, stats)
-
-
-def _load(transport: Transport, program: ir.Program, fact_dir: str | Path | None, facts: Mapping[str, FactSource] | None) -> Start:
-    """This shard's part of the inputs, re-encoded with the symbol table all shards agree on,
-    and every input relation's total size."""
-    local = SymbolTable()
-    inputs = load_inputs(program, local, fact_dir, facts, transport.rank, transport.size)
-    counts = {name: int(rows.shape[0]) for name, rows in inputs.items()}
-    agreed = transport.allgather((local.strings, counts))
-    symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program))] + [strings for strings, _ in agreed])
-    _remap_symbols(inputs, program, local, symbols)
-    sizes: dict[str, int] = {}
-    for _, theirs in agreed:
-        for name, n in theirs.items():
-            sizes[name] = sizes.get(name, 0) + n
-    return Start(symbols, inputs, sizes)
-
-
-def _remap_checkpoint(
-    rows: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], program: ir.Program, saved: SymbolTable, symbols: SymbolTable
-) -> None:
-    """A checkpoint's packed rows re-encoded in ``symbols``, whose ids are in text order as the
-    shards' output needs (a checkpoint written in process has them in reading order, without
-    the constants not yet used)."""
-    if saved.strings == symbols.strings[: len(saved)]:  # the same ids
-        return
-    mapping = saved.remap_to(symbols)
-    for name, blocks in rows.items():
-        relation = program.relations[name]
-        columns = [j for j, t in enumerate(relation.types) if t == "symbol"]
-        if not columns:
-            continue
-        for kind in blocks:
-            for i, packed in enumerate(kind):
-                unpacked = [unpack(packed, j, np) for j in range(relation.arity)]
-                for j in columns:
-                    unpacked[j] = mapping[unpacked[j]]
-                kind[i] = sets.sort_unique(pack(unpacked, packed.shape[0], np), np)  # blocks stay sorted
-
-
-def _remap_symbols(inputs: dict[str, np.ndarray], program: ir.Program, local: SymbolTable, symbols: SymbolTable) -> None:
-    """This shard's symbol ids (in the order it read them) -> the agreed ids."""
-    if not len(local):
-        return
-    mapping = local.remap_to(symbols)
-    for name, rows in inputs.items():
-        for j, t in enumerate(program.relations[name].types):
-            if t == "symbol":
-                rows[:, j] = mapping[rows[:, j]]

@@ -10,15 +10,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from dask_datalog.engine.execution.control import Suspended
-from dask_datalog.partition.shard_exchange import ExchangeStats, payload_bytes
+from dask_datalog.engine.errors import Aborted, Suspended
+from dask_datalog.partition.transport import TransportStats, payload_bytes
 
 T = TypeVar("T")
 TIMEOUT_S = 300.0  # a round that long means a shard diverged: fail rather than hang
-
-
-class PeerFailed(RuntimeError):
-    """Another shard of the group failed; this one stops too."""
 
 
 class _Group:
@@ -34,7 +30,7 @@ class _Group:
         try:
             self.barrier.wait()
         except threading.BrokenBarrierError:
-            raise PeerFailed("another shard of the group failed") from None
+            raise Aborted("another shard of the group failed") from None
 
 
 class ThreadTransport:
@@ -44,7 +40,7 @@ class ThreadTransport:
         self.group = group
         self.rank = rank
         self.size = group.size
-        self.stats = ExchangeStats()
+        self.stats = TransportStats()
 
     def alltoall(self, parts: Sequence[Any]) -> list[Any]:
         if len(parts) != self.size:
@@ -66,7 +62,7 @@ class ThreadTransport:
 
 def run_in_threads(size: int, shard: Callable[[ThreadTransport], T], timeout: float = TIMEOUT_S) -> list[T]:
     """``shard(transport)`` on ``size`` threads, one per rank; their results by rank. The first
-    failure stops the others (their collectives raise ``PeerFailed``) and is raised here."""
+    failure stops the others (their collectives raise ``Aborted``) and is raised here."""
     group = _Group(size, timeout)
     results: list[Any] = [None] * size
     errors: list[BaseException | None] = [None] * size
@@ -87,5 +83,5 @@ def run_in_threads(size: int, shard: Callable[[ThreadTransport], T], timeout: fl
         t.join()
     failures = [e for e in errors if e is not None]
     if failures:
-        raise next((e for e in failures if not isinstance(e, PeerFailed)), failures[0])
+        raise next((e for e in failures if not isinstance(e, Aborted)), failures[0])
     return results

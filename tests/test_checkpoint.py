@@ -24,10 +24,13 @@ from dask_datalog.spmd.threads import run_in_threads
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.checkpoint import Checkpoints, CheckpointOptions, array_digest, program_digest
-from dask_datalog.engine.execution.control import Position, Suspended
+from dask_datalog.engine.errors import Suspended
+from dask_datalog.engine.execution.control import Position
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.spmd.job import Steering, run_program
+from dask_datalog.spmd.inputs import Inputs
+from dask_datalog.spmd.run import run_in_process
+from dask_datalog.spmd.shard import Steering
 from dask_datalog.engine.plan import plan_program
 from program_gen import GeneratedCase, generate_case, generate_from_rng
 from test_sharded import _deal, relation_tuples
@@ -88,9 +91,7 @@ def on_shards(
     def shard(transport: Any) -> Shard:
         mine = {name: _deal(rows, transport.rank, n) for name, rows in facts.items()}
         steering = Steering(options, stop_requested=stop() if stop else (lambda: False))
-        return evaluate_shard(
-            transport, program, get_backend("numpy"), None, mine, replicate_below=0, steering=steering, array_digests=digests
-        )
+        return evaluate_shard(transport, program, get_backend("numpy"), Inputs(facts=mine, array_digests=digests), steering, replicate_below=0)
 
     return run_in_threads(n, shard)
 
@@ -101,7 +102,8 @@ def answers(shards: list[Shard], program: ir.Program) -> dict[str, set[tuple]]:
 
 def in_process(program: ir.Program, facts: dict[str, Any], options: CheckpointOptions | None = None, stop: Callable[[], bool] | None = None) -> dict[str, set[tuple]]:
     steering = Steering(options, stop_requested=stop or (lambda: False))
-    result = Result(run_program(program, get_backend("numpy"), facts=facts, steering=steering))
+    digests = {name: array_digest(rows) for name, rows in facts.items()}
+    result = Result(run_in_process(program, get_backend("numpy"), Inputs(facts=facts, array_digests=digests), steering))
     return {name: result.tuples(name) for name in program.relations}
 
 
@@ -194,11 +196,11 @@ def test_resume_refuses_another_program_or_changed_inputs(tmp_path: Path) -> Non
     program = load_program_file(REACH)
     options = CheckpointOptions(str(tmp_path / "ckpt"), every=0.0, job="first")
     with pytest.raises(Suspended):
-        run_program(program, get_backend("numpy"), facts_dir, steering=Steering(options, stop_requested=StopAfter(2)))
+        run_in_process(program, get_backend("numpy"), Inputs(facts_dir), Steering(options, stop_requested=StopAfter(2)))
     resume = CheckpointOptions(str(tmp_path / "ckpt"), resume="", verify=True, job="second")
     other = load_program(REACH.read_text().replace("path(x, z) :- path(x, y), edge(y, z).", "path(x, z) :- edge(x, y), path(y, z)."))
     with pytest.raises(DatalogError, match="the program is not the one that was checkpointed"):
-        run_program(other, get_backend("numpy"), facts_dir, steering=Steering(resume))
+        run_in_process(other, get_backend("numpy"), Inputs(facts_dir), Steering(resume))
     # The same program reformatted and from another file is the same program.
     moved = tmp_path / "moved.dl"
     moved.write_text("// moved\n" + REACH.read_text().replace(":-", " :- "))
@@ -206,9 +208,9 @@ def test_resume_refuses_another_program_or_changed_inputs(tmp_path: Path) -> Non
     with open(facts_dir / "edge.facts", "a") as f:
         f.write("1000\t1001\n")
     with pytest.raises(DatalogError, match=r"the input of edge \(.*edge.facts\) changed since the checkpoint was written"):
-        run_program(program, get_backend("numpy"), facts_dir, steering=Steering(resume))
+        run_in_process(program, get_backend("numpy"), Inputs(facts_dir), Steering(resume))
     with pytest.raises(DatalogError, match="no complete checkpoint"):
-        run_program(program, get_backend("numpy"), facts_dir, steering=Steering(CheckpointOptions(str(tmp_path / "empty"), resume="", verify=True)))
+        run_in_process(program, get_backend("numpy"), Inputs(facts_dir), Steering(CheckpointOptions(str(tmp_path / "empty"), resume="", verify=True)))
 
 
 def test_a_retry_takes_up_only_its_own_jobs_checkpoints(tmp_path: Path) -> None:
@@ -233,7 +235,7 @@ def test_partial_checkpoints_are_ignored_and_cleared(tmp_path: Path) -> None:
     suspend(program, 2, facts, tmp_path, 3)
     partial = tmp_path / "first-00099.tmp" / "part-00000"
     partial.mkdir(parents=True)
-    (partial / "path.full.npy").write_bytes(b"torn")
+    (partial / "path.npz").write_bytes(b"torn")
     resume = CheckpointOptions(str(tmp_path), resume="", verify=True, job="second")
     assert answers(on_shards(program, 2, facts, resume), program) == want
     assert not (tmp_path / "first-00099.tmp").exists()
@@ -292,7 +294,7 @@ def test_shards_write_text_order_after_resuming_an_in_process_checkpoint(k: int,
     program = load_program(SYMBOLS)
     names = ["m", "b", "x", "a", "q", "c", "k"]
     facts = {"link": [(names[i], names[(i * 3 + 1) % 7]) for i in range(7)] + [("q", "q2"), ("q2", "b")], "late": [("aa",), ("zz",)]}
-    Result(run_program(program, get_backend("numpy"), facts=facts)).write(tmp_path / "one")
+    Result(run_in_process(program, get_backend("numpy"), Inputs(facts=facts))).write(tmp_path / "one")
     options = CheckpointOptions(str(tmp_path / "ckpt"), every=0.0, job="first")
     with pytest.raises(Suspended):
         in_process(program, facts, options, StopAfter(k))
@@ -302,7 +304,7 @@ def test_shards_write_text_order_after_resuming_an_in_process_checkpoint(k: int,
     def shard(transport: Any) -> None:
         mine = {name: _deal(rows, transport.rank, 3) for name, rows in facts.items()}
         steering = Steering(resume)
-        done = evaluate_shard(transport, program, get_backend("numpy"), None, mine, steering=steering, array_digests=digests)
+        done = evaluate_shard(transport, program, get_backend("numpy"), Inputs(facts=mine, array_digests=digests), steering)
         write_outputs(transport, done, str(tmp_path / "many"), "csv")
 
     run_in_threads(3, shard)

@@ -631,13 +631,15 @@ def test_format_relation_is_what_write_relation_writes(
 
 @pytest.mark.parametrize("types", [("number", "unsigned"), ("number", "number", "unsigned"), ("symbol", "number")])
 def test_chunked_writing_from_packed_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, types: tuple[str, ...]) -> None:
-    """write_outputs formats a chunk at a time straight from the packed rows (job.PackedRows):
+    """write_outputs formats a chunk at a time straight from the packed rows (PackedRows):
     the same bytes as formatting the host rows at once, and ``written`` hears the running total
     after each chunk, ending at the file's size."""
     from dask_datalog.engine.formats import relation_output
     from dask_datalog.engine.frontend import load_program
     from dask_datalog.engine.storage.hisa import pack
-    from dask_datalog.spmd.job import RunOutput, write_outputs
+    from dask_datalog.partition.transport import LocalTransport
+    from dask_datalog.spmd.shard import Shard
+    from dask_datalog.spmd.writer import write_outputs
 
     monkeypatch.setattr(relation_output, "FORMAT_CHUNK_ROWS", 7)
     decls = ", ".join(f"c{j}:{t}" for j, t in enumerate(types))
@@ -649,9 +651,9 @@ def test_chunked_writing_from_packed_rows(tmp_path: Path, monkeypatch: pytest.Mo
                    for row in rng.integers(0, 100, size=(60, len(types)))})
     rows = encode_rows(data, relation, symbols, "<test>")
     packed = sets.sort_unique(pack([rows[:, j] for j in range(len(types))], len(rows), np), np)
-    run = RunOutput(program, symbols, KERNELS, {"r": packed}, {})
+    shard = Shard(0, 1, program, symbols, "numpy", {"r": packed}, {})
     heard: list[tuple[str, int]] = []
-    write_outputs(run, tmp_path, written=lambda name, n: heard.append((name, n)))
+    write_outputs(LocalTransport(), shard, str(tmp_path), "csv", written=lambda name, n: heard.append((name, n)))
     text = (tmp_path / "r.csv").read_bytes()
     assert text.decode() == roundtrip(rows, relation, symbols)
     totals = [n for _, n in heard]
@@ -665,7 +667,7 @@ def test_packed_rows_out_of_order_are_an_engine_bug_not_sorted_over(monkeypatch:
     packed words, chunk by chunk (the boundaries included), and crashes on a violation rather
     than writing duplicates or re-sorting quietly."""
     from dask_datalog.engine.formats import relation_output
-    from dask_datalog.spmd.job import PackedRows
+    from dask_datalog.engine.formats.relation_output import PackedRows
 
     monkeypatch.setattr(relation_output, "FORMAT_CHUNK_ROWS", 4)
     arity = 2 * width

@@ -145,7 +145,7 @@ def test_relation_store_keeps_every_index_equal_to_the_set(data):
         store.add(new)
         assert set(to_tuples(store.delta, arity)) == set(batch) - seen
         seen |= set(batch)
-        assert to_tuples(store.full, arity) == sorted(seen)
+        assert to_tuples(store.compact(), arity) == sorted(seen)
         for order in orders:
             idx = store.index(order)
             expected = sorted(tuple(t[c] for c in order) for t in seen)
@@ -178,7 +178,7 @@ def test_join_parts_are_full_in_runs_even_when_a_nested_join_compacts(data):
                 assert len(store.parts(order, "full", 10**9)) == 1
         assert sorted(rows) == sorted(tuple(t[c] for c in order) for t in seen)
         assert len(rows) == len(set(rows))
-    assert to_tuples(store.full, arity) == sorted(seen)
+    assert to_tuples(store.compact(), arity) == sorted(seen)
 
 
 def test_join_parts_stay_runs_while_the_outer_table_is_small() -> None:
@@ -208,7 +208,7 @@ def test_novel_with_and_without_the_bitmap_equals_set_difference(data):
         assert to_tuples(got, arity) == sorted(set(batch) - seen)
         store.add(got)
         seen |= set(batch)
-    assert to_tuples(store.full, arity) == sorted(seen)
+    assert to_tuples(store.compact(), arity) == sorted(seen)
 
 
 def test_bitmap_built_only_when_it_pays_and_is_no_larger_than_full():

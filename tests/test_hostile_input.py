@@ -21,7 +21,8 @@ from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.formats.fact_input import encode_rows, read_facts, read_facts_range
 from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.spmd.job import load_inputs, run_program, write_outputs
+from dask_datalog.spmd.inputs import Inputs, read_part
+from dask_datalog.spmd.run import run_in_process
 from dask_datalog.engine.frontend.parser import MAX_ALTERNATIVES, MAX_NESTING
 from dask_datalog.engine.formats.relation_output import write_relation
 from dask_datalog.engine.values import SymbolTable
@@ -198,8 +199,8 @@ def test_nesting_at_the_limit_runs_end_to_end() -> None:
             + RULE.format("-" * depth + "x").removeprefix(HEADER))
     program = load_program(text)
     pickle.loads(pickle.dumps(program))
-    run = run_program(program, get_backend("numpy"))
-    assert run.size("r") == 1  # r(0), from both rules
+    run = run_in_process(program, get_backend("numpy"), Inputs())
+    assert run.sizes["r"] == 1  # r(0), from both rules
     alternatives = HEADER + "r(x) :- e(x, _), " + ", ".join(["(e(x, _); e(_, x))"] * 10) + "."
     assert len(load_program(alternatives).rules) == MAX_ALTERNATIVES
 
@@ -245,8 +246,8 @@ def test_relative_filenames_resolve_inside_the_directories(tmp_path: Path) -> No
     (facts / "sub" / "e.tsv").write_text("1\t2\n")
     program = load_program(HEADER + '.input e(filename="x/../sub/e.tsv")\n'
                            '.output r(filename="deep/../r.out")\nr(x) :- e(x, _).\n')
-    assert load_inputs(program, SymbolTable(), facts, None)["e"].shape == (1, 2)
-    write_outputs(run_program(program, get_backend("numpy"), facts), out)
+    assert read_part(program, SymbolTable(), Inputs(facts))["e"].shape == (1, 2)
+    run_in_process(program, get_backend("numpy"), Inputs(facts)).write(str(out))
     assert (out / "r.out").read_text() == "1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["facts", "out"]
 

@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.runtime.coordinator import JobOptions
+from dask_datalog.spmd.options import RunOptions
 from dask_datalog.spmd.shard import evaluate_shard
 from dask_datalog.spmd.threads import run_in_threads
 from dask_datalog.engine.backend import get_backend
-from dask_datalog.spmd.job import Steering
-from dask_datalog.engine.memory import MemoryBudgetExceeded, chunk_rows_for
+from dask_datalog.spmd.inputs import Inputs
+from dask_datalog.spmd.shard import Steering
+from dask_datalog.engine.errors import MemoryBudgetExceeded
+from dask_datalog.engine.memory import chunk_rows_for
 from test_worker_loss import REACH, chain, cli
 
 BUDGET = 16 << 20
@@ -41,7 +43,7 @@ def wide_inputs() -> dict[str, np.ndarray]:
 
 
 def test_a_join_many_times_the_budget_completes_in_chunks_that_fit() -> None:
-    result = Program(WIDE_JOIN).run(facts=wide_inputs(), backend="numpy", options=JobOptions(memory_limit=BUDGET))
+    result = Program(WIDE_JOIN).run(facts=wide_inputs(), backend="numpy", options=RunOptions(memory_limit=BUDGET))
     assert result.sizes["c"] == 2000
     chunk = chunk_rows_for(BUDGET, get_backend("numpy"))
     assert chunk * 12 * 8 <= BUDGET  # a chunk's binding table is an eighth of the budget at most
@@ -55,7 +57,7 @@ def test_on_shards_too() -> None:
 
     def shard(transport: Any) -> Any:
         mine = {name: rows[transport.rank :: 2] for name, rows in facts.items()}
-        return evaluate_shard(transport, program, get_backend("numpy"), None, mine, steering=Steering(memory_budget=BUDGET))
+        return evaluate_shard(transport, program, get_backend("numpy"), Inputs(facts=mine), Steering(memory_budget=BUDGET))
 
     shards = run_in_threads(2, shard)
     assert sum(s.stats["local_sizes"]["c"] for s in shards) == 2000
@@ -64,7 +66,7 @@ def test_on_shards_too() -> None:
 def test_relations_that_outgrow_the_budget_end_the_run_with_the_relation_named() -> None:
     t0 = time.monotonic()
     with pytest.raises(MemoryBudgetExceeded) as error:
-        Program.from_file(REACH).run(facts={"edge": chain(3000)}, backend="numpy", options=JobOptions(memory_limit=2 << 20))
+        Program.from_file(REACH).run(facts={"edge": chain(3000)}, backend="numpy", options=RunOptions(memory_limit=2 << 20))
     assert time.monotonic() - t0 < 10
     message = str(error.value)
     assert re.fullmatch(

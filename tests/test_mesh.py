@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dask_datalog.spmd.mesh import Mesh, PeerLost, decode, encode
+from dask_datalog.engine.errors import PeerLost
+from dask_datalog.spmd.mesh import Mesh, decode, encode
 
 TIMEOUT_S = 20.0  # far above what any test needs: only a deadlock reaches it
 POLL_S = 0.01

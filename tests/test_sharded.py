@@ -22,13 +22,15 @@ from hypothesis import strategies as st
 
 from dask_datalog.spmd.writer import write_outputs
 from dask_datalog.spmd.shard import Shard, evaluate_shard
-from dask_datalog.spmd.threads import PeerFailed, run_in_threads
+from dask_datalog.engine.errors import Aborted
+from dask_datalog.spmd.threads import run_in_threads
 from dask_datalog.engine import ir
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.spmd.job import run_program
+from dask_datalog.spmd.inputs import Inputs
+from dask_datalog.spmd.run import run_in_process
 from dask_datalog.partition.placement import REPLICATE_BELOW
 from points_to_gen import clustered_points_to
 from program_gen import GeneratedCase, generate_case, generate_from_rng
@@ -53,7 +55,7 @@ def run_sharded(
 
     def shard(transport: Any) -> Shard:
         mine = {name: _deal(rows, transport.rank, n) for name, rows in (facts or {}).items()}
-        return evaluate_shard(transport, program, get_backend(backend), fact_dir, mine, chunk_rows, replicate_below)
+        return evaluate_shard(transport, program, get_backend(backend), Inputs(fact_dir, mine), chunk_rows=chunk_rows, replicate_below=replicate_below)
 
     return run_in_threads(n, shard)
 
@@ -138,7 +140,7 @@ def test_the_seeds_cover_the_shapes_that_broke_the_cluster() -> None:
 def single_process(program: ir.Program, **kwargs: Any) -> dict[str, set[tuple]]:
     from dask_datalog.cluster import Result
 
-    result = Result(run_program(program, get_backend("numpy"), **kwargs))
+    result = Result(run_in_process(program, get_backend("numpy"), Inputs(**kwargs)))
     return {name: result.tuples(name) for name in program.relations}
 
 
@@ -304,11 +306,11 @@ def test_outputs_written_by_shards_equal_the_single_process_files(n: int, fmt: s
 
     program = load_program(EMPTY)
     facts = {"edge": [(1, 2), (2, 3)]}
-    Result(run_program(program, get_backend("numpy"), facts=facts)).write(tmp_path / "one", fmt)
+    Result(run_in_process(program, get_backend("numpy"), Inputs(facts=facts))).write(tmp_path / "one", fmt)
 
     def shard(transport: Any) -> None:
         mine = {"edge": _deal(facts["edge"], transport.rank, n)}
-        done = evaluate_shard(transport, program, get_backend("numpy"), None, mine, replicate_below=0)
+        done = evaluate_shard(transport, program, get_backend("numpy"), Inputs(facts=mine), replicate_below=0)
         write_outputs(transport, done, str(tmp_path / "many"), fmt)
 
     run_in_threads(n, shard)
@@ -335,7 +337,7 @@ def test_a_failing_shard_stops_its_peers_with_its_own_error() -> None:
 
     def shard(transport: Any) -> Shard:
         rows = [(1, 2)] if transport.rank else [(1, "oops")]
-        return evaluate_shard(transport, program, get_backend("numpy"), None, {"edge": rows})
+        return evaluate_shard(transport, program, get_backend("numpy"), Inputs(facts={"edge": rows}))
 
     with pytest.raises(DatalogError, match="oops|number"):
         run_in_threads(3, shard)
@@ -355,7 +357,7 @@ def test_thread_transport_is_symmetric_and_pickles() -> None:
 
     with pytest.raises(Exception) as raised:
         run_in_threads(2, unpicklable)
-    assert not isinstance(raised.value, PeerFailed)
+    assert not isinstance(raised.value, Aborted)
 
 
 WIDE = """
@@ -382,14 +384,14 @@ def test_shards_write_their_ranges_a_chunk_at_a_time(n: int, tmp_path: Path, mon
     unsigned = [0, 9, 10, 2**32 - 1, *rng.integers(0, 2**32, len(values) - 4).tolist()]
     facts = {"e": [(a, b, f"s{b % 13}") for a, b in zip(values, unsigned)]}
     program = load_program(WIDE)
-    run = run_program(program, get_backend("numpy"), facts=facts)
+    run = run_in_process(program, get_backend("numpy"), Inputs(facts=facts))
     from dask_datalog.cluster import Result
 
     Result(run).write(tmp_path / "one")
 
     def shard(transport: Any) -> None:
         mine = {"e": _deal(facts["e"], transport.rank, n)}
-        done = evaluate_shard(transport, program, get_backend("numpy"), None, mine, replicate_below=0)
+        done = evaluate_shard(transport, program, get_backend("numpy"), Inputs(facts=mine), replicate_below=0)
         write_outputs(transport, done, str(tmp_path / "many"), "csv")
 
     run_in_threads(n, shard)

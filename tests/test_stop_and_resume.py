@@ -28,7 +28,8 @@ from distributed import Client, LocalCluster
 
 from dask_datalog.cluster import Program
 from dask_datalog.cluster.cli.main import IN_PROCESS, _Checkpoints, build_parser
-from dask_datalog.cluster.runtime.coordinator import JobOptions, JobTimeout
+from dask_datalog.engine.errors import RunTimeout
+from dask_datalog.spmd.options import RunOptions
 from test_worker_loss import REACH, assert_no_job_left, chain, cli, hard_timeout, outputs
 
 COMMAND = [sys.executable, "-m", "dask_datalog.cluster.cli", "run"]
@@ -297,7 +298,7 @@ def test_a_stopped_job_leaves_nothing_and_the_job_beside_it_finishes() -> None:
 
             def long_job() -> None:
                 try:
-                    program.run(facts={"edge": chain(20_000)}, client=client, options=JobOptions(timeout=4))
+                    program.run(facts={"edge": chain(20_000)}, client=client, options=RunOptions(timeout=4))
                 except BaseException as error:
                     stopped_at.append(time.monotonic())
                     errors.append(error)
@@ -308,7 +309,7 @@ def test_a_stopped_job_leaves_nothing_and_the_job_beside_it_finishes() -> None:
             other = program.run(facts={"edge": chain(300)}, client=client)
             assert other.tuples("path") == {(i, j) for i in range(300) for j in range(i + 1, 301)}
             thread.join(60)
-            assert len(errors) == 1 and isinstance(errors[0], JobTimeout), errors
+            assert len(errors) == 1 and isinstance(errors[0], RunTimeout), errors
             other.close()
             assert_no_job_left(client, list(client.ncores()))
             assert time.monotonic() - stopped_at[0] < 6  # including the polling of assert_no_job_left
@@ -332,8 +333,8 @@ def test_workers_stop_computing_within_a_second_of_a_timeout() -> None:
             a = np.stack([np.arange(4000), rng.integers(0, 4, 4000)], axis=1)
             b = np.stack([rng.integers(0, 4, 40_000), np.arange(40_000)], axis=1)
             t0 = time.monotonic()
-            with pytest.raises(JobTimeout):
-                program.run(facts={"a": a, "b": b}, client=client, chunk_rows=1 << 16, options=JobOptions(timeout=2))
+            with pytest.raises(RunTimeout):
+                program.run(facts={"a": a, "b": b}, client=client, chunk_rows=1 << 16, options=RunOptions(timeout=2))
             raised = time.monotonic()
             assert raised - t0 < 2 + 5
             deadline = raised + 3

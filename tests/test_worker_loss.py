@@ -30,7 +30,8 @@ from distributed import Client, LocalCluster
 from dask_datalog.cluster import Program
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
 from dask_datalog.cluster.runtime.faults import ENV as FAULT
-from dask_datalog.cluster.runtime.coordinator import JobOptions, WorkerLost
+from dask_datalog.engine.errors import WorkerLost
+from dask_datalog.spmd.options import RunOptions
 from test_checkpoint import MIXED
 from test_cli import summary
 
@@ -177,11 +178,11 @@ def test_killed_worker_without_retries_stops_the_job_and_the_cluster_runs_the_ne
             threading.Thread(target=kill_on_first_event, daemon=True).start()
             with pytest.raises(WorkerLost) as lost:
                 Program.from_file(REACH).run(
-                    facts={"edge": chain(CHAIN)}, client=client, progress=lambda event: started.set(), options=JobOptions(retries=0)
+                    facts={"edge": chain(CHAIN)}, client=client, progress=lambda event: started.set(), options=RunOptions(retries=0)
                 )
             detected_s = time.monotonic() - killed_at[0]
             assert detected_s < 10
-            message = str(lost.value)
+            message = lost.value.message
             expected = rf"worker {re.escape(victim)} \(rank 1\) was lost during stratum 0, after iteration \d+; the job was stopped"
             assert re.fullmatch(expected, message), message
             # The survivor ended its task and dropped the job's mailbox; nothing of the job is left.
@@ -234,7 +235,7 @@ def test_a_lost_worker_that_does_not_come_back_leaves_the_job_on_fewer(tmp_path:
             processes += [subprocess.Popen(worker, stderr=subprocess.DEVNULL, env=env) for _ in range(3)]
             with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
                 client.wait_for_workers(3, timeout=30)
-                options = JobOptions(checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=0.05, rejoin_s=1.0)
+                options = RunOptions(checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=0.05, rejoin_s=1.0)
                 notes: list[str] = []
                 result = Program.from_file(REACH).run(
                     facts={"edge": chain(400)}, client=client, options=options, progress=lambda e: notes.append(e.get("note", ""))
@@ -274,7 +275,7 @@ def test_a_worker_that_stops_answering_is_taken_as_lost() -> None:
                 started.set()
                 notes.append(event.get("note", ""))
 
-            options = JobOptions(silent_s=3.0, rejoin_s=1.0)
+            options = RunOptions(silent_s=3.0, rejoin_s=1.0)
             t0 = time.monotonic()
             result = Program.from_file(REACH).run(facts={"edge": chain(1500)}, client=client, options=options, progress=progress)
             assert result.sizes["path"] == 1500 * 1501 // 2

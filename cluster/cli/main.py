@@ -21,17 +21,17 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.memory import human_bytes, peak_rss
+from dask_datalog.engine.errors import ClusterError, DatalogError
+from dask_datalog.engine.memory import peak_rss
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.partition.placement import REPLICATE_BELOW
 from dask_datalog.engine.checkpoint import Checkpoints, Manifest
-from dask_datalog.engine.execution.control import Suspended
 from dask_datalog.cluster.runtime import dask_adapter
 from dask_datalog.cluster.experiments import cli as experiment_cli
 from dask_datalog.cluster.api import Program, Result
-from dask_datalog.spmd.options import JobOptions, JobTimeout, Terminated, WorkerLost
-from dask_datalog.cluster.cli.progress import iteration_events
+from dask_datalog.engine.errors import EXIT_SUSPENDED, EXIT_TERMINATED, EXIT_TIMEOUT, Suspended, Terminated, human_bytes
+from dask_datalog.spmd.options import RunOptions
+from dask_datalog.spmd.progress import iteration_events
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXIT_SUSPENDED = 75  # EX_TEMPFAIL: stopped at a checkpoint, to be resumed (a SLURM script requeues on it)
-EXIT_TIMEOUT = 124  # as timeout(1)
-EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped without a checkpoint to resume from
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         program = Program.from_file(args.program)
         with ExitStack() as stack:
             checkpoints = stack.enter_context(_Checkpoints(args, mode))
-            options = JobOptions(
+            options = RunOptions(
                 checkpoint_dir=checkpoints.directory,
                 checkpoint_every=checkpoints.every,
                 resume=args.resume is not None,
@@ -195,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             result.write(args.output_dir, args.format, sys.stdout, run.written)
             result.stats["mode"] = {"mode": mode, "why": why}
             if args.stats:
-                args.stats.write_text(json.dumps(result.stats, indent=1))
+                _write_stats(args.stats, result.stats)
             run.summary(result)
     except Suspended as stopped:
         assert checkpoints is not None
@@ -210,24 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         hint = "no checkpoint had been written yet" if args.checkpoint or args.resume else "give --checkpoint DIR to be able to resume"
         print(f"stopped by SIGTERM: {err}; {hint}", file=sys.stderr)
         return EXIT_TERMINATED
-    except JobTimeout as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_TIMEOUT
-    except DatalogError as err:
+    except DatalogError as err:  # every other way a run ends without its result (engine/errors.py)
         if program is None and err.pos is None:  # the program file itself: name it first
             print(f"{args.program}: error: {err.message}", file=sys.stderr)
         else:
             print(str(err), file=sys.stderr)
-        return 1
-    except FileNotFoundError as err:
-        print(f"{err.filename}: error: no such file", file=sys.stderr)
-        return 1
+        return err.exit_status
     except BrokenPipeError:  # `-D - | head`: the reader left; end quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (OSError, TimeoutError, WorkerLost) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted: the job was stopped on every worker", file=sys.stderr)
         return 130
@@ -238,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         # handler back, unless the job was stopped by one.
         signal.signal(signal.SIGTERM, signal.SIG_IGN if suspend.is_set() or argv is None else previous)
     return 0
+
+
+def _write_stats(path: Path, stats: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(stats, indent=1))
+    except OSError as error:
+        raise DatalogError(None, f"cannot write the statistics to {path}: {error.strerror or error}") from None
 
 
 def _on_sigterm(suspend: threading.Event) -> None:
@@ -383,7 +378,7 @@ class _Run:
             dashboard = self.client.dashboard_link if self.client is not None else None
             self.display = stack.enter_context(ProgressDisplay(strata, dashboard, f"{mode} ({why})"))
 
-    def evaluate(self, options: JobOptions) -> Result:
+    def evaluate(self, options: RunOptions) -> Result:
         args = self.args
         if self.client is None:
             on_iteration = iteration_events(0, self.display.handler) if self.display is not None else None
@@ -430,7 +425,7 @@ def _client(args: argparse.Namespace) -> Any:
 
     if args.scheduler:
         security = _security(args, args.scheduler)
-        return _closing(Client(args.scheduler, timeout="20s", security=security))
+        return _closing(_connect(lambda: Client(args.scheduler, timeout="20s", security=security), args.scheduler))
     if args.scheduler_file:
         if not args.scheduler_file.exists():
             raise DatalogError(None, f"scheduler file {args.scheduler_file} does not exist")
@@ -439,14 +434,24 @@ def _client(args: argparse.Namespace) -> Any:
         except (ValueError, AttributeError):  # not a scheduler file: Client says so
             address = ""
         security = _security(args, address)
-        return _closing(Client(scheduler_file=str(args.scheduler_file), timeout="20s", security=security))
+        connect = lambda: Client(scheduler_file=str(args.scheduler_file), timeout="20s", security=security)  # noqa: E731
+        return _closing(_connect(connect, address or str(args.scheduler_file)))
     from dask_datalog.cluster.runtime.coordinator import start_cluster
 
     try:
         cluster = start_cluster(args.workers, args.backend)
     except RuntimeError as error:  # distributed's "Nanny failed to start", e.g. a worker process killed meanwhile
-        raise DatalogError(None, f"the embedded Dask cluster did not start: {error}") from error
+        raise ClusterError(f"the embedded Dask cluster did not start: {error}") from error
     return _OwnedClient(cluster)
+
+
+def _connect(make: Any, where: str) -> Any:
+    """A client from ``make()``; a scheduler it cannot reach (``Client`` raises OSError, a
+    timeout) is the user's address or cluster, said in one line."""
+    try:
+        return make()
+    except OSError as error:
+        raise ClusterError(f"cannot reach the Dask scheduler at {where}: {error}") from None
 
 
 def _security(args: argparse.Namespace, address: str) -> Any:

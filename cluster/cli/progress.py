@@ -1,7 +1,7 @@
 """The live progress line of a run on the terminal (stderr, via rich).
 
-Each shard sends small events (``iteration_events``: rank, stratum, iteration, delta size,
-tuples found so far; workers as Dask events, an in-process run directly); this folds the latest
+Each shard sends small events (``spmd.progress.iteration_events``: rank, stratum, iteration,
+delta size, tuples found so far; workers as Dask events, a run in process directly); this folds the latest
 event of every shard into one line: stratum, iteration, the current delta summed over shards,
 and tuples found per second. The client adds ``note`` events (a lost worker, the recovery
 under way, the outputs being written), shown at the front of the line.
@@ -15,26 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # rich only where the line is shown: workers import this module for the events
+if TYPE_CHECKING:  # rich only where the line is shown
     from rich.console import Console
     from rich.text import Text
-
-
-def iteration_events(rank: int, send: Callable[[dict[str, Any]], None], every_s: float = 0.0) -> Callable[[int, int, dict[str, int]], None]:
-    """An ``on_iteration`` sending shard ``rank``'s progress events (counts, never tuples), at
-    most every ``every_s`` seconds apart from each stratum's first iteration."""
-    last = [0.0]
-    found = [0]
-
-    def report(stratum: int, iteration: int, delta: dict[str, int]) -> None:
-        found[0] += sum(delta.values())
-        now = time.monotonic()
-        if now - last[0] < every_s and iteration:
-            return
-        last[0] = now
-        send({"rank": rank, "stratum": stratum, "iteration": iteration, "delta": sum(delta.values()), "found": found[0]})
-
-    return report
 
 
 @dataclass

@@ -39,16 +39,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dask_datalog.engine.execution.evaluate import PHASES
+from dask_datalog.engine.execution.phases import PHASES
 from dask_datalog.cluster.experiments import generate
 from dask_datalog.cluster.api import Program
-from dask_datalog.spmd.options import JobOptions
+from dask_datalog.spmd.options import RunOptions
 
 IN_PROCESS, EMBEDDED, CLUSTER = "in process", "embedded", "cluster"
 STRONG, WEAK = "strong", "weak"
 RUNS_CSV = "runs.csv"
 EXCHANGE = ("send", "wait")
-MEASURE = JobOptions(retries=0)  # no checkpoints, no retries
+MEASURE = RunOptions(retries=0)  # no checkpoints, no retries
 
 Log = Callable[[str], None]
 

@@ -23,15 +23,17 @@ from dask_datalog.engine.formats import fact_input
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.backend import gpu_count
 from dask_datalog.engine.checkpoint import CheckpointOptions, array_digest
-from dask_datalog.engine.execution.control import Suspended
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.ir import Program
-from dask_datalog.spmd.job import check_fact_names, check_output_format, print_relation, print_sizes
+from dask_datalog.spmd.inputs import check_fact_names
+from dask_datalog.spmd.run import combine_stats
+from dask_datalog.spmd.writer import check_output_format, print_relation, print_sizes
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.placement import REPLICATE_BELOW
 
-from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME, DatalogPlugin, JobAborted
-from dask_datalog.spmd.options import JobOptions, JobTimeout, Terminated, WorkerLost
+from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME, DatalogPlugin
+from dask_datalog.engine.errors import Aborted, ClusterError, RunTimeout, Suspended, Terminated, WorkerLost
+from dask_datalog.spmd.options import RunOptions
 from dask_datalog.cluster.runtime.tasks import JobSpec, Stopped, evaluate_task, shard_frame, shard_rows, shard_stats, shard_symbols, write_task
 
 ProgressHandler = Callable[[dict[str, Any]], None]
@@ -49,7 +51,7 @@ class _Watch:
     each one's ``last_seen`` at the scheduler last moved, by this process's clock, so the
     scheduler's clock never matters)."""
 
-    def __init__(self, options: JobOptions):
+    def __init__(self, options: RunOptions):
         self.options = options
         self.deadline = time.monotonic() + options.timeout if options.timeout is not None else None
         self.sent = False
@@ -71,7 +73,7 @@ class _Watch:
 
     def check(self, client: Any, job: str | None, peers: Sequence[str]) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise JobTimeout(f"the job ran past its time limit of {self.options.timeout:g} s and was stopped on every worker")
+            raise RunTimeout(f"the job ran past its time limit of {self.options.timeout:g} s and was stopped on every worker")
         if self.options.suspend is None or not self.options.suspend.is_set() or self.sent or job is None:
             return
         if self.options.checkpoint_dir is None:
@@ -125,7 +127,7 @@ class _Members:
                 lost = f"lost the Dask scheduler (client {self.client.status})"
                 if self.watch is not None and self.watch.options.suspend is not None and self.watch.options.suspend.is_set():
                     raise Terminated(f"{lost} before the job had checkpointed")
-                raise DatalogError(None, f"{lost}: the job was stopped")
+                raise ClusterError(f"{lost}: the job was stopped")
             if self.watch is None:
                 self.present = set(self.client.ncores())
             else:
@@ -288,14 +290,14 @@ class DistributedRun:
         meta = relation_output.to_pandas(np.zeros((0, relation.arity), np.uint32), relation, SymbolTable())
         return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
-    def write(self, output_dir: str | Path, format: str = "csv", stream: TextIO | None = None) -> None:
+    def write(self, output_dir: str | Path, format: str = "csv", stream: TextIO | None = None, written: Any = None) -> None:
         """The workers write the ``.output`` relations (``output.write_outputs``); with
         ``output_dir`` "-" they come here and are printed to ``stream`` (default stdout), and
         ``.printsize`` lines go to ``stream`` when one is given. A worker lost meanwhile costs
         a retry: the evaluation runs again (from the latest checkpoint) and the writing too."""
         fmt = format
         to_stdout = str(output_dir) == "-"
-        check_output_format(to_stdout, fmt)
+        check_output_format(str(output_dir), fmt)
         target = "-" if to_stdout else str(Path(output_dir).resolve())
         if self.program.outputs:
             parts = self._surviving(lambda: self._write_phase(target, fmt))
@@ -303,7 +305,7 @@ class DistributedRun:
                 for spec in self.program.outputs:
                     print_relation(stream or sys.stdout, spec.relation, b"".join(p[spec.relation] for p in parts))
         if stream is not None:
-            print_sizes(stream, self.program, self.size)
+            print_sizes(stream, self.program, self.sizes.__getitem__)
 
     def _write_phase(self, target: str, fmt: str) -> list[dict[str, bytes]]:
         job = f"{self.job.job}-write-{uuid.uuid4().hex[:6]}"
@@ -354,7 +356,7 @@ class _Job:
         chunk_rows: int | None,
         replicate_below: int,
         progress: ProgressHandler | None,
-        options: JobOptions,
+        options: RunOptions,
     ):
         self.client, self.program, self.backend = client, program, backend
         self.fact_dir = str(Path(fact_dir).resolve()) if fact_dir is not None else None
@@ -373,7 +375,7 @@ class _Job:
     def evaluate(self) -> DistributedRun:
         peers = tuple(sorted(self.client.ncores()))  # asks the scheduler (scheduler_info() may answer from a cache)
         if not peers:
-            raise DatalogError(None, "the Dask cluster has no workers (yet): start some, or wait for them to join")
+            raise ClusterError("the Dask cluster has no workers (yet): start some, or wait for them to join")
         ensure_plugin(self.client, peers)
         while True:
             try:
@@ -459,7 +461,7 @@ class _Job:
             client.unsubscribe_topic(topic)
         stats_futures = [_submit_to(client, p, shard_stats, f) for f, p in zip(futures, peers)]
         try:
-            stats = _combine_stats(_run_phase(client, None, stats_futures, peers, _Where("after the evaluation")))
+            stats = combine_stats(_run_phase(client, None, stats_futures, peers, _Where("after the evaluation")))
         except BaseException:
             client.cancel(futures)
             raise
@@ -491,7 +493,7 @@ def run_job(
     chunk_rows: int | None = None,
     replicate_below: int = REPLICATE_BELOW,
     progress: ProgressHandler | None = None,
-    options: JobOptions = JobOptions(),
+    options: RunOptions = RunOptions(),
 ) -> DistributedRun:
     """Evaluate ``program`` on every worker of ``client``'s cluster (one shard per worker),
     surviving lost workers and stopping as ``options`` say."""
@@ -541,10 +543,10 @@ def _run_phase(
 ) -> list[Any]:
     """Wait for one task per worker (``futures[r]`` on ``peers[r]``); on the first failure (an
     exception, or a ``Stopped`` result) stop the job on every worker, release its tasks and raise
-    the error that caused it (not a peer's JobAborted). Ctrl-C (or any error while waiting)
+    the error that caused it (not a peer's Aborted). Ctrl-C (or any error while waiting)
     stops the job the same way. While waiting, every WATCH_S, check that every worker is still
     in the cluster: a lost one raises ``WorkerLost`` (its task would wait for it forever), after
-    the job was stopped on the survivors; and ``watch``: the deadline (``JobTimeout``) and a
+    the job was stopped on the survivors; and ``watch``: the deadline (``RunTimeout``) and a
     request to suspend, which every worker answers with a checkpoint and ``Suspended`` (raised
     here once all of them are done). ``job``: None for tasks that take part in no job's
     collectives (gathers), which need no abort. ``keep``: leave the results on the workers."""
@@ -608,30 +610,11 @@ def _run_phase(
         client.cancel(list(futures))
         raise
     except BaseException as error:
-        abort("timed out" if isinstance(error, JobTimeout) else "stopped by the client")
+        abort("timed out" if isinstance(error, RunTimeout) else "stopped by the client")
         client.cancel(list(futures))
         raise
     errors = [outcome(f) for f in futures if failed(f) and f.status != "cancelled"]
     if not errors:  # only cancelled ones: gather raises distributed's error for them
         client.gather(list(futures))
     client.cancel(list(futures))
-    raise next((e for e in errors if not isinstance(e, JobAborted)), errors[0])
-
-
-def _combine_stats(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-worker statistics kept as they are, plus the sums a reader wants first."""
-    sizes = {name: sum(s["local_sizes"][name] for s in per_worker) for name in per_worker[0]["local_sizes"]}
-    exchange = [s["exchange"] for s in per_worker]
-    return {
-        "workers": len(per_worker),
-        "backend": per_worker[0]["backend"],
-        "total_s": max(s["total_s"] for s in per_worker),
-        "load_s": max(s["load_s"] for s in per_worker),
-        "sizes": sizes,
-        "bytes_exchanged": sum(e["bytes_sent"] for e in exchange),
-        "coordination_s": max(e["wait_s"] for e in exchange),
-        "placement": per_worker[0]["placement"],
-        "checkpoints": per_worker[0]["checkpoints"],
-        "resumed_from": per_worker[0].get("resumed_from"),
-        "per_worker": per_worker,
-    }
+    raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])

@@ -4,6 +4,7 @@ one of these touches this module alone (pyproject pins the range tested)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -78,6 +79,55 @@ def address_host(address: str) -> str:
     from distributed.comm import get_address_host
 
     return get_address_host(address)
+
+
+def listen_address(address: str) -> str:
+    """An address to listen on beside the worker's: same protocol and host, any port (public
+    ``distributed.comm.addressing``)."""
+    from distributed.comm.addressing import parse_address, parse_host_port, unparse_address
+
+    protocol, location = parse_address(address)
+    if protocol == "inproc":
+        return "inproc://"
+    return unparse_address(protocol, parse_host_port(location)[0])
+
+
+def security_args(worker: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(connection, listen) arguments for comms between workers, with the cluster's TLS
+    credentials: public ``Security.get_connection_args``/``get_listen_args``."""
+    return worker.security.get_connection_args("worker"), worker.security.get_listen_args("worker")
+
+
+def serializers(address: str) -> tuple[str, ...]:
+    """Dask's serializer families for a comm on ``address``'s protocol: "cuda" first where the
+    comm carries device buffers (UCX), so CuPy arrays are not copied through the host."""
+    return ("cuda", "dask", "pickle") if address.startswith("ucx") else ("dask", "pickle")
+
+
+async def flushed(comm: Any) -> None:
+    """Wait until what was written to a tcp/tls comm has left the process. Private: a
+    ``TCP`` comm's ``write`` returns once its frames are queued in tornado's ``IOStream``
+    (``comm.stream``), which writes the rest only while the loop runs; a round that returned
+    then would leave a peer waiting for our bytes while this thread computes. Comms without a
+    stream (UCX, in-process) complete their writes themselves."""
+    stream = getattr(comm, "stream", None)
+    if stream is not None and stream.writing():
+        await stream.write(b"")
+
+
+def ask_peers(worker: Any, addresses: list[str], handler: str, **message: Any) -> list[Any]:
+    """``handler(**message)`` on each worker of ``addresses`` through the worker's connection
+    pool, from a task thread; their answers in order. A peer that cannot be reached ends the
+    phase (``PeerLost``): it failed or was lost, which the client sees too."""
+    from dask_datalog.engine.errors import PeerLost
+
+    async def ask() -> list[Any]:
+        return list(await asyncio.gather(*(call(worker, address, handler, **message) for address in addresses)))
+
+    try:
+        return run_on_loop(worker.loop, ask)
+    except OSError as error:  # distributed's CommClosedError and connection errors are OSErrors
+        raise PeerLost(f"a peer could not be reached: {error}") from error
 
 
 @contextmanager

@@ -29,20 +29,17 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
-from dask_datalog.partition.shard_exchange import ExchangeStats, payload_bytes
+from dask_datalog.partition.transport import TransportStats, payload_bytes
 
 from dask_datalog.cluster.runtime import dask_adapter
-from dask_datalog.spmd.mesh import Mesh, PeerLost
+from dask_datalog.engine.errors import Aborted, PeerLost
+from dask_datalog.spmd.mesh import Mesh
 
 PLUGIN_NAME = "dask-datalog"
 POLL_S = 0.5  # how often a waiting worker checks that its job is still alive
 INLINE_BELOW = 1 << 20  # parts with less array data than this travel pickled inline
 CLOSED_KEPT = 4096  # ended phases remembered per worker, so their late messages are dropped
 ABORT_PEERS_S = 2.0  # how long a failing worker tries to tell its peers (a lost peer never answers)
-
-
-class JobAborted(RuntimeError):
-    """The job was stopped on another worker or by the client; this worker stops too."""
 
 
 @dataclass
@@ -61,7 +58,7 @@ class Mailbox:
             return
         seq, needed, future = self.waiter
         if self.aborted is not None:
-            future.set_exception(JobAborted(self.aborted))
+            future.set_exception(Aborted(self.aborted))
         elif len(self.messages.get(seq, ())) >= needed:
             future.set_result(None)
 
@@ -154,7 +151,7 @@ class DaskTransport:
         self.seq = 0
         self.mesh: Mesh | None = None
         self._checked = time.monotonic()
-        self.stats = ExchangeStats()
+        self.stats = TransportStats()
         self.box = worker.plugins[PLUGIN_NAME].mailbox(job)
         if self.box is None:
             raise RuntimeError(f"job {job} already ended on this worker")
@@ -176,7 +173,7 @@ class DaskTransport:
             try:
                 received, sent_at = self.mesh.exchange(seq, {p: parts[p] for p in peers}, POLL_S, self._check)
             except PeerLost as lost:
-                raise JobAborted(f"job {self.job} stopped: {lost}") from lost
+                raise Aborted(f"job {self.job} stopped: {lost}") from lost
         else:
             received, sent_at = dask_adapter.run_on_loop(self.worker.loop, self._round, seq, [(p, parts[p]) for p in peers])
         self.stats.send_s += sent_at - t0
@@ -196,7 +193,7 @@ class DaskTransport:
             mesh.connect([tuple(a) for a in self.allgather(mesh.address)])
         except OSError as error:  # a peer that failed meanwhile, or a network that refuses
             mesh.close()
-            raise JobAborted(f"job {self.job} stopped: no direct connection between workers: {error}") from error
+            raise Aborted(f"job {self.job} stopped: no direct connection between workers: {error}") from error
         except BaseException:
             mesh.close()
             raise
@@ -220,9 +217,9 @@ class DaskTransport:
     def _check(self) -> None:
         """Stop if the job was aborted (a peer failed, or the client said so) or released."""
         if self.box.aborted is not None:
-            raise JobAborted(f"job {self.job} stopped: {self.box.aborted}")
+            raise Aborted(f"job {self.job} stopped: {self.box.aborted}")
         if not self.alive():
-            raise JobAborted(f"job {self.job} stopped: its task was released by the client")
+            raise Aborted(f"job {self.job} stopped: its task was released by the client")
 
     def suspend_requested(self) -> bool:
         return self.box.suspend
@@ -270,7 +267,7 @@ class DaskTransport:
             # an abort or a release stops waiting for it.
             while not sends.done():
                 if box.aborted is not None:
-                    raise JobAborted(f"job {self.job} stopped: {box.aborted}")
+                    raise Aborted(f"job {self.job} stopped: {box.aborted}")
                 stop = asyncio.get_running_loop().create_future()
                 box.waiter = (seq, self.size, stop)  # no round gets this many messages: only an abort resolves it
                 try:
@@ -278,16 +275,16 @@ class DaskTransport:
                 finally:
                     box.waiter = None
                 if stop.done():
-                    stop.result()  # raises JobAborted after an abort
+                    stop.result()  # raises Aborted after an abort
                 elif not sends.done() and not self.alive():
-                    raise JobAborted(f"job {self.job} stopped: its task was released by the client")
+                    raise Aborted(f"job {self.job} stopped: its task was released by the client")
             sends.result()
         finally:
             sends.cancel()  # nothing when the sends are done
         sent_at = time.perf_counter()
         while True:
             if box.aborted is not None:
-                raise JobAborted(f"job {self.job} stopped: {box.aborted}")
+                raise Aborted(f"job {self.job} stopped: {box.aborted}")
             if len(box.messages.get(seq, ())) == self.size - 1:
                 return box.messages.pop(seq), sent_at
             future = asyncio.get_running_loop().create_future()
@@ -297,6 +294,6 @@ class DaskTransport:
             finally:
                 box.waiter = None
             if done:
-                future.result()  # raises JobAborted after an abort
+                future.result()  # raises Aborted after an abort
             elif not self.alive():
-                raise JobAborted(f"job {self.job} stopped: its task was released by the client")
+                raise Aborted(f"job {self.job} stopped: its task was released by the client")

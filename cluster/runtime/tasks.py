@@ -21,17 +21,18 @@ from dask_datalog.engine import ir, memory
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.checkpoint import CheckpointOptions
-from dask_datalog.engine.execution.control import Suspended
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.spmd.job import Steering
+from dask_datalog.spmd.inputs import Inputs
+from dask_datalog.spmd.shard import Steering
 from dask_datalog.partition.placement import REPLICATE_BELOW
 
 from dask_datalog.cluster.runtime import dask_adapter
 
 from dask_datalog.cluster.runtime import faults
-from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME, DaskTransport, JobAborted
+from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME, DaskTransport
+from dask_datalog.engine.errors import Aborted, Suspended
 from dask_datalog.spmd.writer import write_outputs
-from dask_datalog.cluster.cli.progress import iteration_events
+from dask_datalog.spmd.progress import iteration_events
 from dask_datalog.spmd.shard import Shard, evaluate_shard
 
 PROGRESS_EVERY_S = 0.25  # progress events per worker: at most this often, plus each stratum's end
@@ -58,7 +59,7 @@ class JobSpec:
 @dataclass(frozen=True)
 class Stopped:
     """A phase that ended on an expected error: the user's input or output directory
-    (``DatalogError``, ``OSError``), a stop (``JobAborted``) or a stop at a checkpoint
+    (``DatalogError``, ``OSError``), a stop (``Aborted``) or a stop at a checkpoint
     (``Suspended``). Returned rather than raised, so Dask does not log a traceback for it; the
     client re-raises ``error``."""
 
@@ -70,7 +71,7 @@ def _stops_on_expected_errors(task: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
-        except (DatalogError, JobAborted, OSError, Suspended) as error:
+        except DatalogError as error:
             return Stopped(error)
 
     return run
@@ -95,10 +96,10 @@ class _Phase:
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
         self.transport.close()  # a peer still waiting on this worker sees its sockets close
-        # A worker that was stopped (JobAborted) tells nobody: whoever stopped it (a failing
+        # A worker that was stopped (Aborted) tells nobody: whoever stopped it (a failing
         # peer, the client) tells every worker, and a lost peer would never answer. Suspended:
         # every worker stops at the same boundary.
-        if error is not None and not isinstance(error, (JobAborted, Suspended)):
+        if error is not None and not isinstance(error, (Aborted, Suspended)):
             self.transport.abort_peers(f"worker {self.transport.rank} failed: {error!r}")
         self.worker.plugins[PLUGIN_NAME].close_job(self.job)
 
@@ -116,17 +117,16 @@ def evaluate_task(spec: JobSpec, rank: int, arrays: dict[str, Any] | None = None
             transport.suspend_requested,
             transport.check_stopped,
         )
+        inputs = Inputs(spec.fact_dir, {**spec.fact_files, **(arrays or {})}, spec.array_digests)
         return evaluate_shard(
             transport,
             spec.program,
             backend,
-            spec.fact_dir,
-            {**spec.fact_files, **(arrays or {})},
+            inputs,
+            steering,
             spec.chunk_rows,
             spec.replicate_below,
             _progress(transport, spec.progress_topic),
-            steering,
-            spec.array_digests,
         )
 
 

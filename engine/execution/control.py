@@ -12,7 +12,7 @@ The loop (evaluate.py) calls a ``Control`` at three declared points and nowhere 
   what each of this shard's relations takes, so a memory budget can end the job with a
   message naming the relation.
 
-``checkpoint.JobControl`` is the implementation that writes checkpoints; ``NO_CONTROL``
+``checkpoint.ShardControl`` is the implementation that writes checkpoints; ``NO_CONTROL``
 steers nothing.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 SAVE = 1  # write a checkpoint at this boundary
-STOP = 2  # write a checkpoint at this boundary, then stop (raise Suspended)
+STOP = 2  # write a checkpoint at this boundary, then stop (raise errors.Suspended)
 
 
 @dataclass(frozen=True, order=True)
@@ -40,26 +40,14 @@ class Position:
         return f"in stratum {self.stratum} after iteration {self.iteration}"
 
 
-class Suspended(Exception):
-    """The run stopped at a checkpoint because it was asked to (``STOP``)."""
-
-    def __init__(self, position: Position, directory: str | None = None):
-        super().__init__(f"stopped {position} after writing a checkpoint")
-        self.position = position
-        self.directory = directory
-
-    def __reduce__(self) -> tuple[type, tuple[Position, str | None]]:
-        return (Suspended, (self.position, self.directory))
-
-
 class Control(Protocol):
     def requests(self) -> int:
         """``SAVE | STOP`` bits this shard asks for at the boundary now ending."""
         ...
 
-    def save(self, position: Position, rows: dict[str, tuple[Any, Any]]) -> None:
-        """Write a checkpoint: ``rows[name] = (full, delta)`` packed rows this shard accounts
-        for. Collective: every shard calls it at the same boundary."""
+    def save(self, position: Position, rows: dict[str, tuple[list[Any], Any]]) -> None:
+        """Write a checkpoint: ``rows[name] = (full's runs, delta)``, host arrays of the packed
+        rows this shard accounts for. Collective: every shard calls it at the same boundary."""
         ...
 
     def check(self, held: Callable[[], dict[str, int]]) -> None:
@@ -71,7 +59,7 @@ class _NoControl:
     def requests(self) -> int:
         return 0
 
-    def save(self, position: Position, rows: dict[str, tuple[Any, Any]]) -> None:
+    def save(self, position: Position, rows: dict[str, tuple[list[Any], Any]]) -> None:
         raise AssertionError("a checkpoint was requested without a Control that writes them")
 
     def check(self, held: Callable[[], dict[str, int]]) -> None:

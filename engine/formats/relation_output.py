@@ -9,34 +9,82 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import NUMPY, Backend
+from dask_datalog.engine.storage import sets
+from dask_datalog.engine.storage.hisa import unpack
 from dask_datalog.engine.values import SIGN, SymbolTable, decode
 
 if TYPE_CHECKING:  # pandas costs 0.4 s to import; only DataFrame users pay it
     import pandas as pd
 
 # Encoded (n, arity) uint32 rows: an array, or anything with len, shape, row slices that give
-# arrays and np.asarray (job.PackedRows, which copies from packed rows a slice at a time).
+# arrays and np.asarray (PackedRows, which copies from packed rows a slice at a time).
 Rows = Any
+
+
+def host_rows(packed: Any, arity: int, backend: Backend) -> np.ndarray:
+    """Packed rows on the backend -> (n, arity) encoded uint32 rows on the host, same order,
+    filled a column at a time (no column-sized temporaries on the CPU)."""
+    rows = np.empty((packed.shape[0], arity), dtype=np.uint32)
+    for j in range(arity):
+        rows[:, j] = backend.asnumpy(unpack(packed, j, backend.xp))
+    return rows
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """A relation's packed rows as (n, arity) host rows that are copied a slice at a time:
+    writing a relation, already in output order, then holds one chunk beside the relation
+    rather than a second copy of it. ``np.asarray`` makes the whole copy."""
+
+    packed: Any
+    arity: int
+    backend: Backend
+
+    def __len__(self) -> int:
+        return int(self.packed.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.arity
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return host_rows(self.packed[rows], self.arity, self.backend)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return host_rows(self.packed, self.arity, self.backend)
+
+    def in_order(self) -> bool:
+        """True: the engine keeps every relation sorted and duplicate-free, which in packed
+        words (column 0 highest) is output order when symbol ids are in text order. Checked on
+        the packed words a chunk at a time; a relation that is not is an engine bug, never
+        sorted over quietly."""
+        step = FORMAT_CHUNK_ROWS
+        for start in range(0, max(len(self) - 1, 0), step):
+            if not sets.is_sorted_unique(self.packed[start : start + step + 1], self.backend.xp):
+                raise AssertionError(f"a relation of {len(self)} rows is not sorted and duplicate-free near row {start}")
+        return True
 
 
 def sort_rows(rows: Rows, relation: ir.Relation, symbols: SymbolTable) -> Rows:
     """Rows in output order: lexicographic over columns, numbers numerically, symbols by text.
 
-    The encoding already orders numbers, and the engine hands numeric relations sorted: those
-    come back as they are. Symbol ids are replaced by their text rank for the sort.
+    The encoding orders numbers, and symbols too while the table's ids are in text order (the
+    run's policy, values.SymbolTable): the engine hands such relations sorted, and they come
+    back as they are. Otherwise symbol ids are replaced by their text rank for the sort.
     """
-    has_symbols = "symbol" in relation.types
+    has_symbols = "symbol" in relation.types and not symbols.text_ordered
     if len(rows) < 2 or relation.arity == 0 or (not has_symbols and _in_order(rows)):
         return rows
     rows = np.asarray(rows)
     rank = symbols.text_rank() if has_symbols else None
-    keys = [rank[rows[:, j]] if t == "symbol" else rows[:, j] for j, t in enumerate(relation.types)]
+    keys = [rank[rows[:, j]] if rank is not None and t == "symbol" else rows[:, j] for j, t in enumerate(relation.types)]
     if relation.arity == 2:
         packed = (keys[0].astype(np.uint64) << np.uint64(32)) | keys[1]
         if not has_symbols:  # keys are the values: sort and unpack, no gather
@@ -49,9 +97,8 @@ def sort_rows(rows: Rows, relation: ir.Relation, symbols: SymbolTable) -> Rows:
 
 
 def _in_order(rows: Rows) -> bool:
-    """Whether encoded numeric rows are in lexicographic order, checked a chunk at a time so
-    that the check adds no relation-sized temporaries (``job.PackedRows`` checks its packed
-    words itself)."""
+    """Whether encoded rows are in lexicographic order, checked a chunk at a time so that the
+    check adds no relation-sized temporaries (``PackedRows`` checks its packed words itself)."""
     if hasattr(rows, "in_order"):
         return bool(rows.in_order())
     for start in range(0, len(rows) - 1, FORMAT_CHUNK_ROWS):

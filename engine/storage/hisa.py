@@ -276,13 +276,23 @@ class RelationStore:
 
     @property
     def runs(self) -> list[Any]:
+        """Full's sorted, pairwise disjoint runs in the canonical order (read as they are: a
+        checkpoint writes each, set difference probes each)."""
         return [level.rows for level in self.levels[self.canonical]]
 
-    @property
-    def full(self) -> Any:
-        """All of full as one sorted array (compacts the canonical runs)."""
+    def compact(self) -> Any:
+        """Full as one sorted array: the canonical runs merged into one, which replaces them.
+        Called where a caller needs one array (the relation's final rows, a copy built from
+        the complete relation), never as a side effect of reading."""
         runs = self._compact(self.canonical)
         return runs[0].rows if runs else self.delta[:0]
+
+    def _all_rows(self) -> Any:
+        """Full's rows in no particular order, without merging the runs."""
+        runs = self.runs
+        if not runs:
+            return self.delta[:0]
+        return runs[0] if len(runs) == 1 else self.xp.concatenate(runs)
 
     def __len__(self) -> int:
         return sum(int(level.rows.shape[0]) for level in self.levels[self.canonical])
@@ -317,7 +327,7 @@ class RelationStore:
 
     def _consider_dense(self, rows: Any) -> None:
         if self._box is None:
-            self._box = box_of(self.full[:, 0], self.arity)
+            self._box = box_of(self._all_rows()[:, 0], self.arity)
         self._box = union(self._box, box_of(rows[:, 0], self.arity))
         self._deduplicated += int(rows.shape[0])
         if self._box is None:
@@ -327,7 +337,8 @@ class RelationStore:
             self.max_dense_bits = 0  # values only spread further: never dense
         elif self._deduplicated * PAYBACK >= bits and len(self) * HELD_BITS >= bits:
             self.dense = DenseSet.over(self._box, self.backend)
-            self.dense.mark(self.full)
+            for run in self.runs:
+                self.dense.mark(run)
 
     def index(self, order: tuple[int, ...], version: str = "full") -> SortedIndex:
         """One HISA of ``version`` (full or delta) in ``order``; full's runs are compacted."""
@@ -350,7 +361,7 @@ class RelationStore:
 
     def _levels(self, order: tuple[int, ...]) -> list[SortedIndex]:
         if order not in self.levels:  # a new column order: built from full, then kept up
-            self.levels[order] = [SortedIndex(order, self._sorted_in(self.full, order))] if len(self) else []
+            self.levels[order] = [SortedIndex(order, self._sorted_in(self._all_rows(), order))] if len(self) else []
         return self.levels[order]
 
     def _compact(self, order: tuple[int, ...]) -> list[SortedIndex]:

@@ -105,6 +105,9 @@ def merge_all(runs: list[Any], backend: Backend) -> Any:
     rows once more), else merged a pair at a time."""
     kernels = backend.kernels
     if kernels is not None and len(runs) > 1:
+        while len(runs) > kernels.MERGE_MANY_MAX:  # more runs than one pass takes: in groups
+            step = kernels.MERGE_MANY_MAX
+            runs = [kernels.merge_many(runs[i : i + step]) for i in range(0, len(runs), step)]
         return kernels.merge_many(runs)
     merged = runs[0]
     for run in runs[1:]:

@@ -1,0 +1,202 @@
+"""The only semi-naive loop: strata in order, each to its fixpoint.
+
+A stratum runs its ``initial`` versions once (every rule, all atoms full), then its delta
+versions until no shard derived anything (the exit, tested at one place below). Each iteration:
+every version reads the current deltas; head tuples this shard owns are deduplicated against
+full as they are made, the others go to their owners in one ``Exchange.route``, which also sums
+every shard's count of tuples found or moved (so all shards see the same exit without another
+round) and ORs their checkpoint requests; what arrives is deduplicated too, becomes the next
+delta and joins full; then the other copies of each relation receive that delta.
+
+The loop meets other shards only through its ``Exchange`` (exchange.py) and the world outside
+only through its ``Control`` (control.py), at the points those modules declare. A run over one
+shard is the same loop with ``LocalExchange``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dask_datalog.engine.backend import Backend
+from dask_datalog.engine.execution.control import NO_CONTROL, STOP, Control, Position
+from dask_datalog.engine.execution.exchange import Exchange, Target
+from dask_datalog.engine.execution.head_rows import HeadRows
+from dask_datalog.engine.execution.operators import Operators
+from dask_datalog.engine.execution.phases import PhaseClock
+from dask_datalog.engine.execution.routing import Router
+from dask_datalog.engine.execution.rule_versions import run_version
+from dask_datalog.engine.execution.shard_store import ShardStore
+from dask_datalog.engine.execution.terms import Terms
+from dask_datalog.engine.errors import Suspended
+from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan
+from dask_datalog.engine.storage.hisa import words_for
+from dask_datalog.engine.values import SymbolTable
+
+OnIteration = Callable[[int, int, dict[str, int]], None]  # (stratum, iteration, delta sizes)
+
+
+@dataclass
+class Iteration:
+    """One iteration on one shard: the new tuples per relation, how many tuples any shard
+    found or moved (``active``: 0 ends the stratum), the phases' times, the most raw head rows
+    held at once, what the exchange cost."""
+
+    delta: dict[str, int]
+    active: int
+    phases: dict[str, float]
+    buffered_rows: int
+    exchange: dict[str, Any]
+    time_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"delta": self.delta, "active": self.active, **self.phases, "buffered_rows": self.buffered_rows}
+        if self.exchange:
+            out["exchange"] = self.exchange
+        out["time_s"] = self.time_s
+        return out
+
+
+@dataclass
+class Stratum:
+    relations: tuple[str, ...]
+    recursive: bool
+    iterations: list[Iteration]
+    sizes: dict[str, int]
+    time_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "relations": list(self.relations),
+            "recursive": self.recursive,
+            "iterations": [i.to_json() for i in self.iterations],
+            "sizes": self.sizes,
+            "time_s": self.time_s,
+        }
+
+
+@dataclass
+class Evaluation:
+    """A shard's evaluation: the strata it ran (from ``resumed_from`` when it took up a
+    checkpoint) and its time."""
+
+    backend: str
+    strata: list[Stratum] = field(default_factory=list)
+    resumed_from: Position | None = None
+    total_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"backend": self.backend, "strata": [s.to_json() for s in self.strata]}
+        if self.resumed_from is not None:
+            out["resumed_from"] = [self.resumed_from.stratum, self.resumed_from.iteration]
+        out["total_s"] = self.total_s
+        return out
+
+
+class Fixpoint:
+    def __init__(
+        self,
+        plan: Plan,
+        backend: Backend,
+        symbols: SymbolTable,
+        shard: ShardStore,
+        chunk_rows: int,
+        control: Control = NO_CONTROL,
+    ):
+        self.plan = plan
+        self.backend = backend
+        self.xp = backend.xp
+        self.shard = shard
+        self.exchange: Exchange = shard.exchange
+        self.control = control
+        self.chunk_rows = chunk_rows
+        self.clock = PhaseClock(backend)
+        self.operators = Operators(backend, Terms(self.xp, symbols), shard, Router(self.exchange, self.xp), chunk_rows)
+
+    def run(self, start: Position = Position(0, 0), on_iteration: OnIteration | None = None) -> Evaluation:
+        """Evaluate every stratum from ``start`` (a checkpoint's position, or the beginning)."""
+        t0 = time.perf_counter()
+        result = Evaluation(self.backend.name, resumed_from=start if start != Position(0, 0) else None)
+        for number in range(start.stratum, len(self.plan.strata)):
+            done = start.iteration if number == start.stratum else 0
+            stratum, requests = self._stratum(number, self.plan.strata[number], done, on_iteration)
+            result.strata.append(stratum)
+            if requests:  # asked for in the stratum's last iteration: its end is the boundary
+                self._checkpoint(Position(number + 1, 0), requests)
+        result.total_s = round(time.perf_counter() - t0, 6)
+        return result
+
+    def _stratum(self, number: int, stratum: StratumPlan, done: int, on_iteration: OnIteration | None) -> tuple[Stratum, int]:
+        """The initial iteration (unless ``done`` iterations ran before a checkpoint), then
+        semi-naive iterations until no shard derived anything; then the copies only later
+        strata read are built from the complete relations. Checkpoints requested within the
+        stratum are written at once; a request in its last iteration is returned."""
+        t0 = time.perf_counter()
+        iterations: list[Iteration] = []
+        while True:
+            iteration, requests = self._iterate(stratum.initial if done == 0 else stratum.deltas, stratum.relations)
+            iterations.append(iteration)
+            if on_iteration is not None:
+                on_iteration(number, done, iteration.delta)
+            done += 1
+            if not (stratum.recursive and iteration.active):  # the exit: nothing found or moved anywhere
+                break
+            if requests:
+                self._checkpoint(Position(number, done), requests)
+        self.shard.fill_copies(stratum.relations, later=True, phase=self.clock.phase)
+        sizes = {r: self.shard.local_size(r) for r in stratum.relations}
+        return Stratum(stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6)), requests
+
+    def _checkpoint(self, position: Position, requests: int) -> None:
+        """Every shard saves the rows it accounts for, then stops on ``STOP``."""
+        self.control.save(position, self.shard.checkpoint_rows())
+        if requests & STOP:
+            raise Suspended(position)
+
+    def _check(self) -> None:
+        self.control.check(self.shard.held)
+
+    def _iterate(self, versions: tuple[RulePlan, ...], relations: tuple[str, ...]) -> tuple[Iteration, int]:
+        """One semi-naive step (see the module docstring); returns it and the checkpoint
+        requests every shard agreed on at its end."""
+        t0 = time.perf_counter()
+        xp = self.xp
+        width = {r: words_for(self.shard.stores[r].arity) for r in relations}
+        kept = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
+        outgoing = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
+        for rp in versions:
+            self._check()
+            if self._idle(rp):
+                continue
+            run_version(self.operators, self.clock, rp, kept[rp.rule.head.relation], outgoing[rp.rule.head.relation], self._check)
+        blocks: dict[Target, Any] = {self.shard.canonical_target(r): outgoing[r].rows() for r in relations if len(outgoing[r])}
+        found = sum(len(kept[r]) for r in relations) + sum(int(b.shape[0]) for b in blocks.values())
+        arrived, active, requests = self.exchange.route(blocks, found, self.control.requests())
+        for (name, _), parts in arrived.items():
+            kept[name].add(self.shard.stores[name].novel(xp.concatenate(parts), self.clock.phase), unique=True)
+        delta_sizes = {}
+        for rel in relations:
+            delta = kept[rel].rows()
+            with self.clock.phase("merge"):
+                self.shard.stores[rel].add(delta)
+            delta_sizes[rel] = int(delta.shape[0])
+        self.shard.fill_copies(relations, later=False, phase=self.clock.phase)
+        iteration = Iteration(
+            delta=delta_sizes,
+            active=active,
+            phases=self.clock.take(),
+            buffered_rows=max((h.peak for h in (*kept.values(), *outgoing.values())), default=0),
+            exchange=self.exchange.take_stats(),
+            time_s=round(time.perf_counter() - t0, 6),
+        )
+        return iteration, requests
+
+    def _idle(self, rp: RulePlan) -> bool:
+        """Whether the version can be skipped here: no delta in the store it reads (on this
+        shard), and no collective inside it that the other shards would wait for."""
+        delta = rp.delta_step
+        if delta is None or rp.exchanges:
+            return False
+        return self.shard.store(delta.atom.relation, delta.route.copy).delta.shape[0] == 0

@@ -1,0 +1,232 @@
+"""The operators of a rule version's pipeline: one executor per plan step type (``EXECUTORS``)
+and ``Operators.run``, which applies a pipeline of steps to a binding table.
+
+An executor takes the binding table and its step and yields the tables the rest of the
+pipeline runs on: one, none (no row survives), or, for a join whose output would pass
+``chunk_rows``, one per chunk of the outer side, so join outputs larger than memory never
+materialise. ``layout``, given to the last step of a version, is the column order the head can
+take as packed rows without a copy; a join writes its output in it when it can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from dask_datalog.engine.backend import Backend
+from dask_datalog.engine.execution.bindings import Bindings
+from dask_datalog.engine.execution.routing import Router
+from dask_datalog.engine.execution.shard_store import ShardStore
+from dask_datalog.engine.execution.terms import Terms
+from dask_datalog.engine.functors import decode_int, encode_int
+from dask_datalog.engine.ir import Atom, Var
+from dask_datalog.engine.plan import AggregateStep, AssignStep, FilterStep, JoinStep, NegationStep, Step
+from dask_datalog.engine.storage.hisa import SortedIndex, expand_runs, gather_join, gather_pairs, half_of, probe_query, unpack
+
+Layout = tuple[str | None, ...]
+Sink = Callable[[Bindings], None]
+
+
+class Operators:
+    """What the executors of one shard share: its backend, term evaluator, relations, router
+    and join chunk size."""
+
+    def __init__(self, backend: Backend, terms: Terms, shard: ShardStore, router: Router, chunk_rows: int):
+        self.backend = backend
+        self.xp = backend.xp
+        self.terms = terms
+        self.shard = shard
+        self.router = router
+        self.chunk_rows = chunk_rows
+
+    def run(self, b: Bindings, steps: tuple[Step, ...], sink: Sink, layout: Layout | None = None) -> None:
+        """Run ``steps`` over ``b`` and hand every non-empty table that comes out to ``sink``."""
+        if not steps:
+            if b.n:
+                sink(b)
+            return
+        step, rest = steps[0], steps[1:]
+        b = self.router.before(step, b)
+        if b.n == 0:
+            return
+        for out in EXECUTORS[type(step)](self, b, step, None if rest else layout):
+            self.run(out, rest, sink, layout)
+
+    def key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
+        return [self.terms.column(atom.args[j], b) for j in positions]
+
+    def chunks(self, counts: Any) -> Iterator[tuple[int, int]]:
+        """Outer row ranges whose join output stays within ``chunk_rows`` (one row at least)."""
+        total = int(counts.sum()) if counts.shape[0] else 0
+        n = int(counts.shape[0])
+        if total <= self.chunk_rows:
+            yield 0, n
+            return
+        ends = self.backend.asnumpy(self.xp.cumsum(counts))
+        lo = 0
+        while lo < n:
+            base = int(ends[lo - 1]) if lo else 0
+            hi = max(int(np.searchsorted(ends, base + self.chunk_rows, side="right")), lo + 1)
+            yield lo, hi
+            lo = hi
+
+
+def join(ops: Operators, b: Bindings, step: JoinStep, layout: Layout | None) -> Iterator[Bindings]:
+    """Join with each HISA the atom's version is kept in (full's runs one after the other, or
+    the delta): probe each once for all outer rows (count pass), then materialise the output
+    chunk by chunk in one gather (outer and inner columns side by side)."""
+    store = ops.shard.store(step.atom.relation, step.route.copy)
+    sliced = ops.router.slices(step)
+    parts = [store.index(step.order, step.version)] if sliced else store.parts(step.order, step.version, b.n)
+    keys = ops.key_columns(step.atom, step.order[: step.key_len], b)
+    query = probe_query(keys[:2], b.n, ops.xp)
+    for index in parts:
+        yield from _join_index(ops, b, step, layout, index, keys, query, sliced)
+
+
+def _join_index(
+    ops: Operators,
+    b: Bindings,
+    step: JoinStep,
+    layout: Layout | None,
+    index: SortedIndex,
+    keys: list[Any],
+    query: Any,
+    sliced: bool,
+) -> Iterator[Bindings]:
+    xp = ops.xp
+    atom = step.atom
+    starts, counts = index.ranges(query, len(keys[:2]), b.n, ops.backend)
+    if sliced:  # a scan of this shard's block of a replicated relation
+        lo, hi = ops.router.share(int(index.rows.shape[0]))
+        starts, counts = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64)
+    # Index columns the probe could not check: key columns past the two hashed ones, and
+    # repeats of a free variable within the atom.
+    free: dict[str, int] = {}
+    checks: list[tuple[int, int | None]] = [(k, None) for k in range(2, step.key_len)]
+    for k in range(step.key_len, len(step.order)):
+        arg = atom.args[step.order[k]]
+        if isinstance(arg, Var):
+            if arg.name in free:
+                checks.append((k, free[arg.name]))
+            else:
+                free[arg.name] = k
+    available = list(b.names) + list(free)
+    if layout is not None and {v for v in layout if v is not None} <= set(available):
+        names: Layout = layout
+    else:
+        names = tuple(v for v in available if step.keep is None or v in step.keep)
+    source = [(2, 0) if v is None else (0, b.names.index(v)) if v in b.names else (1, half_of(free[v])) for v in names]
+    for lo, hi in ops.chunks(counts):
+        if not checks:
+            yield Bindings(gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], index.rows, source, ops.backend), names)
+            continue
+        outer, inner = expand_runs(starts[lo:hi], counts[lo:hi], ops.backend)
+        outer += lo
+        rows = index.rows[inner]
+        keep = xp.ones(outer.shape[0], dtype=bool)
+        for k, other in checks:
+            keep &= unpack(rows, k, xp) == (keys[k][outer] if other is None else unpack(rows, other, xp))
+        outer, inner = outer[keep], inner[keep]
+        yield Bindings(gather_pairs(b.table, outer, index.rows, inner, source, xp), names)  # type: ignore[arg-type]
+
+
+def filter_rows(ops: Operators, b: Bindings, step: FilterStep, layout: Layout | None) -> Iterator[Bindings]:
+    yield b.take(ops.xp.nonzero(ops.terms.holds(step.comparison, b))[0])
+
+
+def assign(ops: Operators, b: Bindings, step: AssignStep, layout: Layout | None) -> Iterator[Bindings]:
+    yield b.with_column(step.var, ops.terms.column(step.expr, b), ops.xp)
+
+
+def anti_join(ops: Operators, b: Bindings, step: NegationStep, layout: Layout | None) -> Iterator[Bindings]:
+    """The rows with no match in the negated atom's full relation."""
+    xp = ops.xp
+    index = ops.shard.store(step.atom.relation, step.route.copy).index(step.order, "full")
+    keys = ops.key_columns(step.atom, step.order[: step.key_len], b)
+    starts, counts = index.ranges(probe_query(keys[:2], b.n, xp), len(keys[:2]), b.n, ops.backend)
+    if step.key_len <= 2:
+        found = counts > 0
+    else:
+        outer, inner = expand_runs(starts, counts, ops.backend)
+        rows = index.rows[inner]
+        match = xp.ones(outer.shape[0], dtype=bool)
+        for k in range(2, step.key_len):
+            match &= unpack(rows, k, xp) == keys[k][outer]
+        found = xp.zeros(b.n, dtype=bool)
+        found[outer[match]] = True
+    yield b.take(xp.nonzero(~found)[0])
+
+
+def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout | None) -> Iterator[Bindings]:
+    """Group the outer rows by the grouping variables, run the aggregate body once per
+    distinct group, reduce per group, and hand each outer row its group's value (min and max
+    of an empty group give no binding: the row fails)."""
+    xp = ops.xp
+    agg = step.aggregation
+    gid, groups, n_groups = _group(b, step.grouping, xp)
+    start = groups.with_column("$gid", xp.arange(n_groups, dtype=xp.uint32), xp)
+    gids: list[Any] = []
+    values: list[Any] = []
+
+    def collect(inner: Bindings) -> None:
+        gids.append(inner.col("$gid"))
+        values.append(ops.terms.column(agg.target, inner) if agg.target is not None else inner.col("$gid"))
+
+    ops.run(start, step.steps, collect)
+    g = xp.concatenate(gids) if gids else xp.zeros(0, dtype=xp.uint32)
+    v = xp.concatenate(values) if values else xp.zeros(0, dtype=xp.uint32)
+    present = xp.zeros(n_groups, dtype=bool)
+    present[g] = True
+    if agg.func == "count":
+        result = encode_int(xp.bincount(g, minlength=n_groups).astype(xp.int64), "number", xp)
+    elif agg.func == "sum":
+        order = xp.argsort(g, kind="stable")
+        sums = xp.zeros(n_groups, dtype=xp.int64)
+        if order.shape[0]:
+            cs = xp.cumsum(decode_int(v[order], agg.type, xp))
+            last = xp.searchsorted(g[order], xp.arange(n_groups, dtype=xp.uint32), side="right") - 1
+            first = xp.searchsorted(g[order], xp.arange(n_groups, dtype=xp.uint32), side="left") - 1
+            sums = xp.where(last >= 0, cs[xp.maximum(last, 0)], 0) - xp.where(first >= 0, cs[xp.maximum(first, 0)], 0)
+        result = encode_int(sums, agg.type, xp)
+    else:
+        packed = xp.sort((g.astype(xp.uint64) << xp.uint64(32)) | v.astype(xp.uint64))
+        group_of = (packed >> xp.uint64(32)).astype(xp.int64)
+        pick = xp.searchsorted(group_of, xp.arange(n_groups), side="left" if agg.func == "min" else "right")
+        if agg.func == "max":
+            pick -= 1
+        pick = xp.clip(pick, 0, max(0, packed.shape[0] - 1))
+        result = xp.zeros(n_groups, dtype=xp.uint32)
+        if packed.shape[0]:
+            result = (packed[pick] & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
+    out = b.with_column(agg.result.name, result[gid], xp)
+    if agg.func in ("min", "max"):
+        out = out.take(xp.nonzero(present[gid])[0])
+    yield out
+
+
+def _group(b: Bindings, grouping: tuple[str, ...], xp: Any) -> tuple[Any, Bindings, int]:
+    """(group id per outer row, one row of grouping columns per group, number of groups)."""
+    if not grouping:
+        return xp.zeros(b.n, dtype=xp.int64), Bindings.unit(xp), 1
+    table = xp.stack([b.col(v) for v in grouping], axis=1)
+    order = xp.lexsort(table.T[::-1])
+    table = table[order]
+    first = xp.ones(b.n, dtype=bool)
+    first[1:] = xp.any(table[1:] != table[:-1], axis=1)
+    gid = xp.empty(b.n, dtype=xp.int64)
+    gid[order] = xp.cumsum(first) - 1
+    starts = xp.nonzero(first)[0]
+    return gid, Bindings(table[starts], grouping), int(starts.shape[0])
+
+
+Executor = Callable[[Operators, Bindings, Any, "Layout | None"], Iterator[Bindings]]
+EXECUTORS: dict[type, Executor] = {
+    JoinStep: join,
+    FilterStep: filter_rows,
+    AssignStep: assign,
+    NegationStep: anti_join,
+    AggregateStep: aggregate,
+}

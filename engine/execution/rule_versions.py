@@ -1,0 +1,55 @@
+"""One rule version per call: its pipeline run segment by segment (cut where the binding table
+moves between shards), its head tuples packed and kept (owned here: only the new ones) or
+buffered to be sent to their owners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dask_datalog.engine.execution.bindings import Bindings
+from dask_datalog.engine.execution.head_rows import HeadRows
+from dask_datalog.engine.execution.operators import Operators
+from dask_datalog.engine.execution.phases import PhaseClock
+from dask_datalog.engine.ir import Atom
+from dask_datalog.engine.plan import RulePlan
+from dask_datalog.engine.storage.hisa import pack, packed_layout
+
+
+def run_version(
+    ops: Operators, clock: PhaseClock, rp: RulePlan, kept: HeadRows, outgoing: HeadRows, check: Callable[[], None]
+) -> None:
+    """Run ``rp``; its head tuples go to ``kept`` (owned here, deduplicated against full as
+    they are made) or ``outgoing``. ``check()`` runs before each table reaches the head (a stop
+    or a memory budget can end the run inside a long join)."""
+    head = rp.rule.head
+    store = ops.shard.stores[head.relation]
+    layout = packed_layout(head)
+
+    def sink(b: Bindings) -> None:
+        check()
+        mine, send = ops.router.head(rp.head, _head_rows(ops, b, head, layout))
+        if send is not None:
+            outgoing.add(send, unique=False)
+        if mine is not None:
+            kept.add(store.novel(mine, clock.phase), unique=True)
+
+    tables = [Bindings.unit(ops.xp)]
+    segments = ops.router.segments(rp.steps)
+    with clock.phase("join"):
+        for lo, hi in segments:
+            if lo > 0:
+                tables = ops.router.regroup(tables, rp.steps[lo])
+            last = hi == len(rp.steps)
+            collected: list[Bindings] = []
+            for b in tables:
+                ops.run(b, rp.steps[lo:hi], sink if last else collected.append, layout if last else None)
+            tables = collected
+
+
+def _head_rows(ops: Operators, b: Bindings, head: Atom, layout: tuple[str | None, ...] | None) -> Any:
+    """The head tuples of a binding table, packed (``layout``: the column order in which the
+    last join wrote the packed head rows, viewed without a copy)."""
+    if layout is not None and b.names == layout:
+        return b.table.view(ops.xp.uint64)
+    return pack([ops.terms.column(a, b) for a in head.args], b.n, ops.xp)

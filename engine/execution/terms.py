@@ -1,0 +1,47 @@
+"""Terms and comparisons evaluated over a binding table: encoded uint32 columns in, an encoded
+column (or a boolean mask) out. Functor calls go through the signature table (functors.py),
+the same code constant folding runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dask_datalog.engine import functors
+from dask_datalog.engine.execution.bindings import Bindings
+from dask_datalog.engine.ir import Call, Comparison, Const, Term, Var
+from dask_datalog.engine.values import SymbolTable, encode_scalar
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "=": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+class Terms:
+    """One shard's term evaluator: its array namespace and symbol table (constants are interned
+    in it; the symbol functors gather from per-id values cached once in ``functors.Context``)."""
+
+    def __init__(self, xp: Any, symbols: SymbolTable):
+        self.xp = xp
+        self.symbols = symbols
+        self.context = functors.Context(xp, symbols)
+
+    def column(self, t: Term, b: Bindings) -> Any:
+        """The encoded uint32 column of ``t`` over the rows of ``b``."""
+        if isinstance(t, Var):
+            return b.col(t.name)
+        if isinstance(t, Const):
+            value = self.symbols.id_of(str(t.value)) if t.type == "symbol" else int(t.value)
+            return self.xp.full(b.n, encode_scalar(value, t.type), dtype=self.xp.uint32)
+        if isinstance(t, Call):
+            return functors.apply(t, [self.column(a, b) for a in t.args], self.context)
+        raise AssertionError(f"term {t!r} cannot be evaluated (wildcards are never read)")
+
+    def holds(self, c: Comparison, b: Bindings) -> Any:
+        """Boolean mask of the rows where the comparison holds (encoded order is value order)."""
+        return _COMPARE[c.op](self.column(c.left, b), self.column(c.right, b))

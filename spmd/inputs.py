@@ -1,0 +1,107 @@
+"""A run's inputs: the fact files it reads, this shard's part of them, and the one symbol table
+every shard agrees on before evaluation (``values.SymbolTable`` says the policy)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.formats import fact_input
+from dask_datalog.engine.values import SymbolTable
+from dask_datalog.partition.transport import Transport
+
+FactSource = str | Path | Any  # a path, or array-like rows / a DataFrame
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a run's facts come from: ``fact_dir`` holds the ``.input`` files; ``facts`` maps
+    relations to a fact file (replacing their ``.input`` files; every shard reads its byte
+    range) or to this shard's rows (an (n, arity) array-like or a DataFrame: the caller split
+    them). ``array_digests``: digests of whole input arrays, for a checkpoint's fingerprint."""
+
+    fact_dir: str | Path | None = None
+    facts: Mapping[str, FactSource] = field(default_factory=dict)
+    array_digests: Mapping[str, str] = field(default_factory=dict)
+
+    def files(self, program: ir.Program) -> list[tuple[str, Path, str, ir.Pos | None]]:
+        """(relation, path, delimiter, position of its .input) per fact file."""
+        files = []
+        directory = Path(self.fact_dir) if self.fact_dir is not None else Path(".")
+        for spec in program.inputs:
+            if spec.relation not in self.facts:
+                files.append((spec.relation, directory / (spec.filename or f"{spec.relation}.facts"), spec.delimiter, spec.pos))
+        for name, source in self.facts.items():
+            if isinstance(source, (str, Path)):
+                delimiter = next((s.delimiter for s in program.inputs if s.relation == name), "\t")
+                files.append((name, Path(source), delimiter, None))
+        return files
+
+    def file_names(self, program: ir.Program) -> dict[str, list[str]]:
+        """The fact files a run reads, by relation (what a checkpoint's fingerprint covers)."""
+        out: dict[str, list[str]] = {}
+        for name, path, _, _ in self.files(program):
+            out.setdefault(name, []).append(str(path))
+        return out
+
+    def arrays(self) -> dict[str, Any]:
+        """The relations given as rows rather than files."""
+        return {name: source for name, source in self.facts.items() if not isinstance(source, (str, Path))}
+
+
+def check_fact_names(program: ir.Program, facts: Mapping[str, object]) -> None:
+    for name in facts:
+        if name not in program.relations:
+            raise DatalogError(None, f"facts given for '{name}', which the program does not declare")
+
+
+def read_part(program: ir.Program, symbols: SymbolTable, inputs: Inputs, part: int = 0, n_parts: int = 1) -> dict[str, np.ndarray]:
+    """Encoded rows per input relation, this shard's part: every file is read in its byte range
+    ``part`` of ``n_parts``; rows handed over as arrays are taken whole. Symbols are interned in
+    ``symbols`` in reading order."""
+    check_fact_names(program, inputs.facts)
+    loaded: dict[str, np.ndarray] = {}
+    for name, path, delimiter, pos in inputs.files(program):
+        rows = fact_input.read_facts_range(path, program.relations[name], symbols, delimiter, pos, part, n_parts)
+        loaded[name] = rows if name not in loaded else np.concatenate([loaded[name], rows])
+    for name, source in inputs.arrays().items():
+        loaded[name] = fact_input.encode_rows(source, program.relations[name], symbols, origin=f"facts['{name}']")
+    return loaded
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a shard's run starts: the agreed symbol table, this shard's input rows encoded in
+    it (none when it starts from a checkpoint) and every input relation's total size."""
+
+    symbols: SymbolTable
+    inputs: dict[str, np.ndarray]
+    sizes: dict[str, int]
+
+
+def agree(transport: Transport, program: ir.Program, inputs: Inputs) -> Start:
+    """This shard's part of the inputs, re-encoded in the table all shards agree on (their
+    strings and the program's constants, in text order), and every input relation's size.
+    One round, whatever the number of shards."""
+    local = SymbolTable()
+    rows = read_part(program, local, inputs, transport.rank, transport.size)
+    counts = {name: int(r.shape[0]) for name, r in rows.items()}
+    agreed = transport.allgather((local.strings, counts))
+    symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program))] + [strings for strings, _ in agreed])
+    if len(local):
+        mapping = local.remap_to(symbols)
+        for name, block in rows.items():
+            for j, t in enumerate(program.relations[name].types):
+                if t == "symbol":
+                    block[:, j] = mapping[block[:, j]]
+    sizes: dict[str, int] = {}
+    for _, theirs in agreed:
+        for name, n in theirs.items():
+            sizes[name] = sizes.get(name, 0) + n
+    return Start(symbols, rows, sizes)
