@@ -17,7 +17,7 @@ it twice and the second (warm) run is reported.
 
 Every cluster does one untimed warm-up run (REACH and SG on tiny/data_10) before anything is
 timed, so worker start-up is not in the numbers. Process workers
-come from `dask_datalog.cluster.runtime.coordinator.start_cluster` (single-threaded workers, each with
+come from `dask_datalog.cluster.runtime.connect.start_cluster` (single-threaded workers, each with
 OMP_NUM_THREADS = cores / workers); `--threads` uses in-process workers instead.
 
 `--backend cupy` runs everything (the single-process baseline included) on the GPU. Clusters
@@ -315,7 +315,7 @@ def describe_graph(path: Path) -> str:
 
 
 def start(n: int, threads: bool, backend: str = "numpy") -> tuple[Any, Any]:
-    from dask_datalog.cluster.runtime.coordinator import start_cluster
+    from dask_datalog.cluster.runtime.connect import start_cluster
     from distributed import Client
 
     cluster = start_cluster(n, backend, processes=not threads)
@@ -528,7 +528,7 @@ def main(argv: list[str]) -> int:
         header.append(f"  {g}: " + (describe_graph(f) if f else "MISSING"))
     if on_gpu:
         plural = "s" if gpus > 1 else ""
-        clusters = ("clusters: dask_datalog.cluster.runtime.coordinator.start_cluster(n, 'cupy'"
+        clusters = ("clusters: dask_datalog.cluster.runtime.connect.start_cluster(n, 'cupy'"
                     + (", processes=False" if args.threads else "") + "): a dask-cuda LocalCUDACluster "
                     f"(one GPU per worker, 'n cuda') where n <= {gpus} GPU{plural}, else "
                     + ("in-process thread workers" if args.threads else "CPU process workers")
@@ -542,7 +542,7 @@ def main(argv: list[str]) -> int:
                 "loads from CuPy's cache, in its first timed run)")
     else:
         clusters = ("clusters: " + ("in-process thread workers, LocalCluster(processes=False)" if args.threads
-                    else "process workers from dask_datalog.cluster.runtime.coordinator.start_cluster(n, 'numpy')")
+                    else "process workers from dask_datalog.cluster.runtime.connect.start_cluster(n, 'numpy')")
                     + ", 1 thread each; workers: " + ",".join(map(str, counts)) + "; backend numpy; "
                     "each closed before the next starts")
         warm = ("warm-up: every cluster (and this process, for the single-process rows) first ran REACH "

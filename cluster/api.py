@@ -129,6 +129,7 @@ class Program:
         progress: ProgressHandler | None = None,
         replicate_below: int = REPLICATE_BELOW,
         options: RunOptions = RunOptions(),
+        exchange: str = "auto",
     ) -> Result:
         """Evaluate to the fixpoint. ``facts`` maps relation names to fact-file paths or to
         (n, arity) array-likes / DataFrames and overrides ``.input`` files. ``chunk_rows``
@@ -139,18 +140,21 @@ class Program:
         iteration). With a ``distributed.Client`` every worker of its cluster holds one shard
         and reads its part of each fact file (paths must be visible to the workers);
         ``progress`` receives the workers' progress events, ``replicate_below`` is the size in
-        bytes under which static relations are copied to every worker. ``options``:
+        bytes under which static relations are copied to every worker, ``exchange`` how the
+        workers exchange tuples ("mesh", "comm" or "auto": cluster/runtime/phase.py). ``options``:
         checkpoints, resuming, retries after lost workers, a time limit, a memory budget and
         a suspend request (``RunOptions``; retries need a cluster). Raises ``Suspended`` when
         the run stopped at a checkpoint on request, ``RunTimeout`` past its time limit,
         ``MemoryBudgetExceeded`` when its relations outgrow the budget (engine/errors.py)."""
         if client is not None:
             from dask_datalog.cluster.runtime.coordinator import run_job
+            from dask_datalog.cluster.runtime.phase import ExchangeKind
 
             if on_iteration is not None:
                 raise ValueError("on_iteration is for in-process runs; pass progress= with a client")
             name = backend.name if isinstance(backend, Backend) else backend  # workers build their own
-            return Result(run_job(client, self.ir, fact_dir, facts, name, chunk_rows, replicate_below, progress, options))
+            run = run_job(client, self.ir, fact_dir, facts, name, chunk_rows, replicate_below, progress, options, ExchangeKind(exchange))
+            return Result(run)
         check_fact_names(self.ir, dict(facts or {}))
         inputs = Inputs(fact_dir, dict(facts or {}), _array_digests(facts, options))
         return Result(run_in_process(self.ir, get_backend(backend), inputs, _steering(options), chunk_rows, on_iteration))

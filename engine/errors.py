@@ -9,7 +9,7 @@ files turns its failures into ``DatalogError``s naming the file.
 
     DatalogError               the program, a fact file, an output directory, an option    1
       MemoryBudgetExceeded     a shard's relations outgrew its memory budget               1
-      ClusterError             the cluster cannot run the job (no workers, scheduler lost) 1
+      ClusterError             the cluster cannot run it (no workers, scheduler lost)      1
       WorkerLost               a worker was lost and no retry was left                     1
       Stopped                  the run stopped on request
         Suspended              ... at a checkpoint, to be resumed                          75
@@ -80,14 +80,14 @@ class ClusterError(DatalogError):
 
 
 class WorkerLost(DatalogError):
-    """A worker of a running job left the cluster (its process died, the scheduler lost it) or
-    stopped sending heartbeats (``how``), and no retry was left: the job was stopped on the
+    """A worker of a running run left the cluster (its process died, the scheduler lost it) or
+    stopped sending heartbeats (``how``), and no retry was left: the run was stopped on the
     other workers and its tasks released."""
 
     def __init__(self, address: str, rank: int, where: str, retries: int = 0, how: str = "was lost"):
         self.address, self.rank, self.where, self.retries, self.how = address, rank, where, retries, how
         after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
-        super().__init__(None, f"worker {address} (rank {rank}) {how} {where}; the job was stopped{after}")
+        super().__init__(None, f"worker {address} (rank {rank}) {how} {where}; the run was stopped{after}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (WorkerLost, (self.address, self.rank, self.where, self.retries, self.how))

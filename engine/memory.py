@@ -1,6 +1,6 @@
 """A shard's memory budget: how large a join chunk may be, and the clear end of a run whose
 relations outgrow it (rather than the OS's OOM killer, or a Dask worker paused at its limit
-with the job waiting on it).
+with the run waiting on it).
 
 The budget counts the engine's data: relations with their indexes and bitmaps (checked at the
 loop's ``Control.check`` points) and, through the chunk size, the binding tables of a join.

@@ -36,6 +36,7 @@ class Transport(Protocol):
     """One shard's end of the collectives of a group of ``size`` shards. Every shard calls
     them in the same order; any of them may raise to stop the run (a peer failed)."""
 
+    kind: str  # what moves the data, for the statistics: local, threads, mesh, comm
     rank: int
     size: int
     stats: TransportStats
@@ -63,6 +64,7 @@ def payload_bytes(payload: Any) -> int:
 class LocalTransport:
     """The group of one: every collective hands the part back."""
 
+    kind = "local"
     rank = 0
     size = 1
 

@@ -244,6 +244,8 @@ class MeshTransport:
     stop: the run was stopped elsewhere) and at most every ``poll_s`` otherwise; a peer whose
     connection closes ends the round with ``PeerLost``."""
 
+    kind = "mesh"
+
     def __init__(self, mesh: Mesh, check: Callable[[], None] = lambda: None, poll_s: float = 0.5):
         self.mesh = mesh
         self.rank = mesh.rank

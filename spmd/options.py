@@ -16,7 +16,7 @@ class RunOptions:
     (every worker must see it; None: none, and a retry starts from the inputs);
     ``checkpoint_every``: seconds between them (None: ``checkpoint.Schedule``'s default);
     ``resume``: start from the latest checkpoint there, which must be of this program and
-    these inputs; ``retries``: how many lost workers the job survives; ``timeout``: seconds
+    these inputs; ``retries``: how many lost workers the run survives; ``timeout``: seconds
     for the whole job; ``memory_limit``: bytes of data per worker (None: a share of the
     worker's memory limit); ``suspend``: when set, checkpoint and stop at the next iteration
     boundary (the CLI's SIGTERM), raising ``Suspended``; ``rejoin_s``: after a loss, how long

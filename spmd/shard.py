@@ -103,7 +103,7 @@ def evaluate_shard(
         **evaluation.to_json(),
         "load_s": round(t_load, 6),
         "checkpoints": control.written,
-        "exchange": transport.stats.snapshot(),
+        "exchange": {"transport": transport.kind, **transport.stats.snapshot()},
         "placement": {
             name: {"replicated": layout.replicated, "keys": [list(k) for k in layout.copies], "why": layout.reason}
             for name, layout in plan.layouts.items()

@@ -36,6 +36,8 @@ class _Group:
 class ThreadTransport:
     """One shard's end of a ``_Group``."""
 
+    kind = "threads"
+
     def __init__(self, group: _Group, rank: int):
         self.group = group
         self.rank = rank

@@ -58,7 +58,7 @@ def test_scheduler_address_and_file(tmp_path: Path, cluster: LocalCluster, refer
     assert main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path / "b"), "--scheduler-file", str(scheduler_file)]) == 0
     assert (tmp_path / "b" / "path.csv").read_bytes() == reference
     with Client(address, set_as_default=False) as client:  # the job left nothing behind
-        assert not any(client.run(lambda dask_worker: len(dask_worker.plugins["dask-datalog"].mailboxes)).values())
+        assert not any(client.run(lambda dask_worker: len(dask_worker.plugins["dask-datalog"].runs)).values())
 
 
 def test_parquet_output(tmp_path: Path, cluster: LocalCluster, reference: bytes) -> None:

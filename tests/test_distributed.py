@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import threading
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,8 @@ def single_shard(name: str) -> dict[str, set[tuple]]:
 
 
 def _assert_no_job_state(client: Client) -> None:
-    left = client.run(lambda dask_worker: len(getattr(dask_worker.plugins.get(PLUGIN_NAME), 'mailboxes', ())))
-    assert not any(left.values()), f"mailboxes left on workers: {left}"
+    left = client.run(lambda dask_worker: len(getattr(dask_worker.plugins.get(PLUGIN_NAME), 'runs', ())))
+    assert not any(left.values()), f"runs left on workers: {left}"
 
 
 # ------------------------------------------------------------------------- examples
@@ -320,7 +321,7 @@ def test_concurrent_jobs_do_not_see_each_other(clients: dict[int, Client]) -> No
 
 def test_closing_the_client_stops_the_job_and_frees_its_state(clients: dict[int, Client]) -> None:
     """A long fixpoint (a 20,000-edge chain: one iteration per edge) whose client goes away:
-    the workers notice within a poll interval, stop, and drop the job's mailboxes."""
+    the workers notice within a poll interval, stop, and forget the run."""
     import time
 
     scheduler = clients[2].scheduler.address
@@ -338,13 +339,16 @@ def test_closing_the_client_stops_the_job_and_frees_its_state(clients: dict[int,
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + 30
-    while not any(clients[2].run(lambda dask_worker: len(getattr(dask_worker.plugins.get(PLUGIN_NAME), 'mailboxes', ()))).values()):
+    def phases_open(dask_worker: Any) -> int:
+        return sum(len(state.addresses) for state in dask_worker.plugins[PLUGIN_NAME].runs.values())
+
+    while not all(clients[2].run(phases_open).values()):
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.05)
     owner.close()
     thread.join(timeout=30)
     assert failures, "the run should not have finished"
-    while any(clients[2].run(lambda dask_worker: len(getattr(dask_worker.plugins.get(PLUGIN_NAME), 'mailboxes', ()))).values()):
+    while any(clients[2].run(lambda dask_worker: len(getattr(dask_worker.plugins.get(PLUGIN_NAME), 'runs', ()))).values()):
         assert time.monotonic() < deadline + 10, "the job kept running after its client closed"
         time.sleep(0.1)
     check = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")

@@ -27,7 +27,8 @@ import pytest
 from distributed import Client, LocalCluster
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.cli.main import IN_PROCESS, _Checkpoints, build_parser
+from dask_datalog.cluster.cli.main import build_parser
+from dask_datalog.cluster.cli.run_command import IN_PROCESS, CheckpointDirectory
 from dask_datalog.engine.errors import RunTimeout
 from dask_datalog.spmd.options import RunOptions
 from test_worker_loss import REACH, assert_no_job_left, chain, cli, hard_timeout, outputs
@@ -190,7 +191,7 @@ def test_scancel_of_an_external_cluster_ends_resumable_and_quiet(long_chain: dic
             process.wait()
     assert "Traceback" not in err and "Exception in thread" not in err and " ERROR " not in err, err
     if run.returncode == 1 and order == "cluster-first":
-        assert err == "error: lost the Dask scheduler (client connecting): the job was stopped\n", err
+        assert err == "error: lost the Dask scheduler (client connecting): the run was stopped\n", err
         words = [str(REACH), "-F", str(long_chain["facts"]), "-D", str(tmp_path / "out"), "--resume", str(checkpoint)]
     else:
         assert run.returncode == 75, err
@@ -218,9 +219,9 @@ def test_only_the_runs_own_checkpoints_are_offered_after_a_stop_at_once(long_cha
     assert earlier.returncode == 75
     left = (checkpoint / "latest").read_text().strip()
 
-    def checkpoints(*flags: object) -> _Checkpoints:
+    def checkpoints(*flags: object) -> CheckpointDirectory:
         args = build_parser().parse_args(["run", str(REACH), "-F", str(long_chain["facts"]), *map(str, flags)])
-        return _Checkpoints(args, IN_PROCESS)
+        return CheckpointDirectory(args, IN_PROCESS)
 
     with checkpoints("--checkpoint", checkpoint) as fresh:
         assert fresh.resumable() is None
@@ -269,7 +270,7 @@ def test_timeout_stops_the_run(tmp_path: Path, mode: list[str]) -> None:
     started = time.monotonic()
     done = cli([REACH, "-F", tmp_path, "-D", tmp_path / "out", *mode, "--timeout", "3"], timeout=60)
     assert done.returncode == 124, done.stderr
-    assert re.fullmatch(r"error: the (job|run) (ran|went) past its time limit of 3 s and was stopped( on every worker)?\n", done.stderr), done.stderr
+    assert re.fullmatch(r"error: the run went past its time limit of 3 s and was stopped( on every worker)?\n", done.stderr), done.stderr
     assert time.monotonic() - started < 20  # the cluster's start and stop included
 
 
@@ -281,7 +282,7 @@ def test_ctrl_c_stops_the_command(tmp_path: Path) -> None:
     sent = time.monotonic()
     _, err = finish(process, timeout=30)
     assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted: the job was stopped on every worker"
+    assert err.strip().splitlines()[-1] == "interrupted: the run was stopped on every worker"
     assert time.monotonic() - sent < 10  # the embedded cluster's shutdown included
 
 

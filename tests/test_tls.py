@@ -22,7 +22,7 @@ from distributed.security import Security  # noqa: E402
 
 from dask_datalog.cluster import Program  # noqa: E402
 
-from dask_datalog.cluster.runtime import plugin as exchange
+from dask_datalog.engine.errors import DatalogError  # noqa: E402
 from dask_datalog.cluster.cli.main import main  # noqa: E402
 from test_cli import summary  # noqa: E402
 
@@ -161,30 +161,26 @@ def test_tls_flags_need_a_scheduler(capsys: pytest.CaptureFixture[str], pem_file
     assert capsys.readouterr().err == f"error: TLS file {missing} does not exist\n"
 
 
-def test_rounds_on_tls_take_the_rpc_path(security: Security, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process workers, so the job's transports are visible here: on tls:// no direct
-    socket mesh is opened (its sockets would be plain TCP); on tcp:// the same job opens one."""
-    opened: list[str] = []
-
-    class CountingMesh(exchange.Mesh):
-        def __init__(self, rank: int, size: int, host: str):
-            opened.append(host)
-            super().__init__(rank, size, host)
-
-    monkeypatch.setattr(exchange, "Mesh", CountingMesh)
+def test_each_protocol_takes_its_transport(security: Security) -> None:
+    """On tls:// the workers exchange over Dask's comms, encrypted (a socket mesh would be plain
+    TCP); on tcp:// over the mesh, or over the comms when asked; a mesh asked for on tls:// is
+    refused in one line."""
     expected = Program.from_file(SG).run(fact_dir=FACTS, backend="numpy").tuples("sg")
-    for protocol, kwargs in (("tls://", {"security": security}), ("tcp://", {})):
-        opened.clear()
+    for protocol, kwargs, exchange, transport in (
+        ("tls://", {"security": security}, "auto", "comm"),
+        ("tcp://", {}, "auto", "mesh"),
+        ("tcp://", {}, "comm", "comm"),
+    ):
         with (
             LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol=protocol, dashboard_address=":0", **kwargs) as cluster,
             Client(cluster, set_as_default=False, **kwargs) as client,
         ):
-            result = Program.from_file(SG).run(fact_dir=FACTS, backend="numpy", client=client)
+            result = Program.from_file(SG).run(fact_dir=FACTS, backend="numpy", client=client, exchange=exchange)
             assert result.tuples("sg") == expected
+            used = {w["exchange"]["transport"] for w in result.stats["per_worker"]}
             rounds = [w["exchange"]["rounds"] for w in result.stats["per_worker"]]
             result.close()
-        assert min(rounds) > 1
-        if protocol == "tls://":
-            assert opened == [], "a plain-TCP mesh was opened on a TLS cluster"
-        else:
-            assert len(opened) >= 2, "the control: tcp:// jobs do open the mesh"
+            assert used == {transport} and min(rounds) > 1, (protocol, exchange, used)
+            if protocol == "tls://":
+                with pytest.raises(DatalogError, match="--exchange mesh needs a tcp:// cluster"):
+                    Program.from_file(SG).run(fact_dir=FACTS, backend="numpy", client=client, exchange="mesh")

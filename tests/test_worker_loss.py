@@ -142,7 +142,7 @@ def test_with_no_retries_a_killed_worker_ends_the_job_in_one_line_within_10_s(wo
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     phase = "while writing the outputs" if point == "write" else "(while loading the inputs|during stratum \\d+, after iteration \\d+)"
-    assert re.fullmatch(rf"error: worker tcp://\S+ \(rank 1\) was lost {phase}; the job was stopped", lines[0]), lines[0]
+    assert re.fullmatch(rf"error: worker tcp://\S+ \(rank 1\) was lost {phase}; the run was stopped", lines[0]), lines[0]
 
 
 def test_retries_run_out(workload: dict[str, Path], tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_retries_run_out(workload: dict[str, Path], tmp_path: Path) -> None:
     args = [workload["reach"], "-F", workload["facts"], "-D", tmp_path / "out", "--workers", 2, "--retries", 1]
     done = cli(args, {FAULT: "load:0:always"})
     assert done.returncode == 1, done.stderr
-    expected = r"error: worker \S+ \(rank 0\) was lost while loading the inputs; the job was stopped \(after 1 retry\)\n"
+    expected = r"error: worker \S+ \(rank 0\) was lost while loading the inputs; the run was stopped \(after 1 retry\)\n"
     assert re.fullmatch(expected, done.stderr), done.stderr
 
 
@@ -183,9 +183,9 @@ def test_killed_worker_without_retries_stops_the_job_and_the_cluster_runs_the_ne
             detected_s = time.monotonic() - killed_at[0]
             assert detected_s < 10
             message = lost.value.message
-            expected = rf"worker {re.escape(victim)} \(rank 1\) was lost during stratum 0, after iteration \d+; the job was stopped"
+            expected = rf"worker {re.escape(victim)} \(rank 1\) was lost during stratum 0, after iteration \d+; the run was stopped"
             assert re.fullmatch(expected, message), message
-            # The survivor ended its task and dropped the job's mailbox; nothing of the job is left.
+            # The survivor ended its task and forgot the run; nothing of it is left.
             assert_no_job_left(client, [survivor])
             # The nanny restarted the worker under a new address; the next job runs on both.
             client.wait_for_workers(2, timeout=20)
@@ -199,7 +199,7 @@ def test_killed_worker_without_retries_stops_the_job_and_the_cluster_runs_the_ne
 
 
 def assert_no_job_left(client: Client, workers: list[str]) -> None:
-    """No mailbox, no task and no shard of any job on ``workers`` (tasks are released a moment
+    """No run state, no task and no shard of any run on ``workers`` (tasks are released a moment
     after the client's cancel reaches the worker)."""
     held: dict[str, object] = {}
     for _ in range(50):
@@ -218,7 +218,7 @@ def _job_state(dask_worker: object) -> tuple[int, list[str], int]:
     gc.collect()
     tasks = [str(k) for k in dask_worker.state.tasks if "datalog" in str(k)]  # type: ignore[attr-defined]
     shards = sum(isinstance(o, Shard) for o in gc.get_objects())
-    return len(dask_worker.plugins[PLUGIN_NAME].mailboxes), tasks, shards  # type: ignore[attr-defined]
+    return len(dask_worker.plugins[PLUGIN_NAME].runs), tasks, shards  # type: ignore[attr-defined]
 
 
 def test_a_lost_worker_that_does_not_come_back_leaves_the_job_on_fewer(tmp_path: Path) -> None:

@@ -353,7 +353,7 @@ def _placement(exp: Experiment, workers: int, external: Any, log: Log) -> Iterat
         return
     from distributed import Client
 
-    from dask_datalog.cluster.runtime.coordinator import start_cluster
+    from dask_datalog.cluster.runtime.connect import start_cluster
 
     t0 = time.perf_counter()
     try:

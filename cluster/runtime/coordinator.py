@@ -1,13 +1,37 @@
-"""The client side of a distributed run: find or start a cluster, submit one long-running task
-per worker for each phase of a job, watch them, and stop the job everywhere when one fails or
-the user interrupts. It sends the program and file names and receives counts, timings and
-whatever the caller explicitly asks for; tuples move between workers only.
+"""The client side of a run on a Dask cluster (the coordinator): ``ClusterRun`` is the one owner
+of a run's record and of every way it can fail, and ``DistributedRun`` is its result.
+
+The coordinator sends the program and file names and receives counts, timings and progress
+events, never tuples (unless a caller asks for rows); it is out of the per-iteration path:
+workers exchange tuples among themselves and agree on the fixpoint (phase.py).
+
+How a run fails, and what the coordinator does (one place each):
+- a phase's task ends on an error (``tasks.Failed`` or an exception): the run is aborted on
+  every worker (``abort``, the one way to stop it from outside) and the error that caused it is
+  raised, not a peer's ``Aborted``;
+- a worker leaves the cluster or stops sending heartbeats (``Membership``): the run is aborted
+  on the others, their tasks released, and ``retrying``, the one retry helper, starts a new
+  attempt on the workers present, from the run's latest checkpoint or its inputs, while
+  ``options.retries`` last; a loss while writing or gathering re-runs the evaluation, then the
+  phase;
+- the deadline passes (``RunTimeout``), the user asks to stop (SIGTERM: every worker
+  checkpoints at one boundary and the run raises ``Suspended``; without a checkpoint directory
+  ``Terminated``), the scheduler goes away (``ClusterError``), Ctrl-C: the run is aborted and the
+  error raised.
+
+Every worker-side state and connection carries the run id and the attempt (``RunRecord``); the
+client registers each attempt on its workers before submitting its tasks (plugin.py), so what
+belongs to an older attempt is refused by id.
+
+Membership is watched from the client (``Client.scheduler_info``-like identity calls every
+WATCH_S): it works on any cluster, the scheduler needs nothing of ours. A scheduler plugin
+(``remove_worker``, as distributed's P2P shuffle has) would learn of a loss sooner, but could
+not be installed on clusters whose scheduler lacks this package (``--scheduler``), which would
+need this path anyway; the client notices a killed worker within WATCH_S (docs/reliability.md).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 import uuid
@@ -18,48 +42,110 @@ from typing import Any, TextIO, TypeVar
 
 import numpy as np
 
-from dask_datalog.engine.formats import fact_input
-
-from dask_datalog.engine.formats import relation_output
-from dask_datalog.engine.backend import gpu_count
+from dask_datalog.cluster.runtime import dask_adapter
+from dask_datalog.cluster.runtime.phase import ExchangeKind, PhaseId
+from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME, DatalogPlugin
+from dask_datalog.cluster.runtime.tasks import Failed, ShardTask, evaluate_task, shard_frame, shard_packed, shard_stats, shard_symbols, write_task
+from dask_datalog.engine.backend import NUMPY
 from dask_datalog.engine.checkpoint import CheckpointOptions, array_digest
-from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.errors import Aborted, ClusterError, RunTimeout, Suspended, Terminated, WorkerLost
+from dask_datalog.engine.formats import fact_input, relation_output
 from dask_datalog.engine.ir import Program
-from dask_datalog.spmd.inputs import check_fact_names
-from dask_datalog.spmd.run import combine_stats
-from dask_datalog.spmd.writer import check_output_format, print_relation, print_sizes
+from dask_datalog.engine.storage import sets
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.placement import REPLICATE_BELOW
-
-from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME, DatalogPlugin
-from dask_datalog.engine.errors import Aborted, ClusterError, RunTimeout, Suspended, Terminated, WorkerLost
+from dask_datalog.spmd.inputs import check_fact_names
 from dask_datalog.spmd.options import RunOptions
-from dask_datalog.cluster.runtime.tasks import JobSpec, Stopped, evaluate_task, shard_frame, shard_rows, shard_stats, shard_symbols, write_task
+from dask_datalog.spmd.run import combine_stats
+from dask_datalog.spmd.writer import STDOUT, check_output_format, print_relation, print_sizes
 
 ProgressHandler = Callable[[dict[str, Any]], None]
 T = TypeVar("T")
 
-WATCH_S = 0.5  # how often a waiting client checks that every worker of the job is still in the cluster
-ABORT_S = 5.0  # how long the client waits for a job's abort to be delivered to its workers
-STOP_WAIT_S = 5.0  # how long the client lets the surviving workers end a job it stopped after a loss
+WATCH_S = 0.5  # how often a waiting client checks that every worker of the run is still there
+TELL_S = 5.0  # how long telling workers something (open, abort, suspend) may take
+STOP_WAIT_S = 5.0  # how long the survivors of a loss get to end their phase
 NO_WORKERS_S = 60.0  # after a loss, how long a retry waits for any worker at all
+EVALUATING = "while loading the inputs"  # the evaluation's phase, until workers report iterations
 
 
-class _Watch:
-    """What ``_run_phase`` watches besides the workers' presence: the job's deadline, a request
-    to suspend (sent to the workers once), and the workers' heartbeats (``heartbeats``: when
-    each one's ``last_seen`` at the scheduler last moved, by this process's clock, so the
-    scheduler's clock never matters)."""
+@dataclass
+class RunRecord:
+    """What the client knows of a run: its id and current attempt (carried by everything the
+    workers do for it), the attempt's workers in rank order, where it last reported being,
+    its recoveries and the workers it no longer asks (silent ones)."""
 
-    def __init__(self, options: RunOptions):
+    run_id: str
+    attempt: int = 0
+    peers: tuple[str, ...] = ()
+    phase: str = EVALUATING
+    position: tuple[int, int] | None = None
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
+    excluded: set[str] = field(default_factory=set)
+    suspend_sent: bool = False
+
+    def phase_id(self, name: str) -> PhaseId:
+        return PhaseId(self.run_id, self.attempt, name)
+
+    def reached(self, event: dict[str, Any]) -> None:
+        """A worker's progress event: the furthest stratum and iteration reported."""
+        at = (event["stratum"], event["iteration"])
+        if self.position is None or at > self.position:
+            self.position = at
+
+    def where(self) -> str:
+        """For a message: the furthest iteration reported while evaluating, else the phase."""
+        if self.position is None or self.phase != EVALUATING:
+            return self.phase
+        return f"during stratum {self.position[0]}, after iteration {self.position[1]}"
+
+
+class Membership:
+    """Which of a run's workers are still in the cluster, asked of the scheduler at most every
+    WATCH_S: the scheduler drops a worker whose connection closes (a killed process) at once;
+    one whose heartbeats stopped for ``silent_s`` counts as gone too (its ``last_seen`` followed
+    by this process's clock, so the scheduler's clock never matters)."""
+
+    def __init__(self, client: Any, options: RunOptions):
+        self.client = client
         self.options = options
-        self.deadline = time.monotonic() + options.timeout if options.timeout is not None else None
-        self.sent = False
+        self.present: set[str] = set()
+        self.quiet: set[str] = set()
         self.heartbeats: dict[str, tuple[float, float]] = {}  # address -> (last_seen, moved at)
+        self.checked = 0.0
 
-    def silent(self, workers: Mapping[str, Any]) -> set[str]:
-        """Of ``workers`` (the scheduler's ``scheduler_info()["workers"]``), those whose
-        heartbeat has not moved for ``silent_s``."""
+    def lost(self, peers: Sequence[str], where: str, force: bool = False) -> WorkerLost | None:
+        """The first of ``peers`` gone from the cluster, lost ``where``, or None. A closed
+        client or a lost scheduler is a ``ClusterError`` (``Terminated`` after a stop request:
+        scancel stops everything)."""
+        now = time.monotonic()
+        if force or now - self.checked >= WATCH_S:
+            self.checked = now
+            workers = self._workers()
+            self.quiet = self._silent(workers)
+            self.present = set(workers) - self.quiet
+        for rank, address in enumerate(peers):
+            if address not in self.present:
+                how = f"stopped answering (no heartbeat for {self.options.silent_s:g} s)" if address in self.quiet else "was lost"
+                return WorkerLost(address, rank, where, how=how)
+        return None
+
+    def _workers(self) -> dict[str, Any]:
+        if self.client.status != "running":
+            self._scheduler_gone()
+        try:
+            return dask_adapter.scheduler_workers(self.client)
+        except OSError:  # the scheduler went away while we asked
+            self._scheduler_gone()
+            raise AssertionError("unreachable")
+
+    def _scheduler_gone(self) -> None:
+        lost = f"lost the Dask scheduler (client {self.client.status})"
+        if self.options.suspend is not None and self.options.suspend.is_set():
+            raise Terminated(f"{lost} before the run had checkpointed")
+        raise ClusterError(f"{lost}: the run was stopped")
+
+    def _silent(self, workers: Mapping[str, Any]) -> set[str]:
         now = time.monotonic()
         quiet = set()
         for address, info in workers.items():
@@ -71,280 +157,12 @@ class _Watch:
                 quiet.add(address)
         return quiet
 
-    def check(self, client: Any, job: str | None, peers: Sequence[str]) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise RunTimeout(f"the job ran past its time limit of {self.options.timeout:g} s and was stopped on every worker")
-        if self.options.suspend is None or not self.options.suspend.is_set() or self.sent or job is None:
-            return
-        if self.options.checkpoint_dir is None:
-            raise Terminated("the job was stopped on every worker without a checkpoint (no checkpoint directory)")
-        self.sent = True
-        _call_workers(client, peers, _suspend, job)
+    def alive(self, peers: Sequence[str]) -> list[str]:
+        return [p for p in peers if p in self.present]
 
 
-class _Where:
-    """Where a job is, for the message of a lost worker: the latest stratum and iteration the
-    workers reported (progress events, at most every ``tasks.PROGRESS_EVERY_S``), else ``phase``."""
-
-    def __init__(self, phase: str):
-        self.phase = phase
-        self.at: tuple[int, int] | None = None
-
-    def update(self, event: dict[str, Any]) -> None:
-        at = (event["stratum"], event["iteration"])
-        if self.at is None or at > self.at:
-            self.at = at
-
-    def __str__(self) -> str:
-        if self.at is None:
-            return self.phase
-        return f"during stratum {self.at[0]}, after iteration {self.at[1]}"
-
-
-class _Members:
-    """Which of a job's workers are still in the cluster, asked of the scheduler at most every
-    WATCH_S: the scheduler drops a worker whose connection closes (a killed process) at once;
-    with a ``watch``, a worker whose heartbeats stopped for its ``silent_s`` counts as gone too
-    (public ``Client.scheduler_info``; without one, the cheaper ``Client.ncores``)."""
-
-    def __init__(self, client: Any, peers: Sequence[str], watch: _Watch | None = None):
-        self.client = client
-        self.peers = tuple(peers)
-        self.watch = watch
-        self.present = set(peers)
-        self.quiet: set[str] = set()
-        self.checked = time.monotonic()
-
-    def lost(self, force: bool = False) -> tuple[str, int, str] | None:
-        """(address, rank, how) of the first worker of the job gone from the cluster, or None."""
-        now = time.monotonic()
-        if force or now - self.checked >= WATCH_S:
-            self.checked = now
-            if self.client.status != "running":  # a closed client sees no workers: that is no loss to retry
-                # The scheduler is gone (killed, scancel): nothing to retry on. After a stop
-                # request (scancel signals every process) the run stopped as asked, resumable
-                # from its latest checkpoint; else it is the user's error.
-                lost = f"lost the Dask scheduler (client {self.client.status})"
-                if self.watch is not None and self.watch.options.suspend is not None and self.watch.options.suspend.is_set():
-                    raise Terminated(f"{lost} before the job had checkpointed")
-                raise ClusterError(f"{lost}: the job was stopped")
-            if self.watch is None:
-                self.present = set(self.client.ncores())
-            else:
-                workers = self.client.scheduler_info()["workers"]
-                self.quiet = self.watch.silent(workers)
-                self.present = set(workers) - self.quiet
-        for rank, p in enumerate(self.peers):
-            if p not in self.present:
-                silent = self.watch.options.silent_s if self.watch is not None else 0
-                how = f"stopped answering (no heartbeat for {silent:g} s)" if p in self.quiet else "was lost"
-                return p, rank, how
-        return None
-
-    def alive(self) -> list[str]:
-        return [p for p in self.peers if p in self.present]
-
-
-def default_workers() -> int:
-    """CPU workers of an embedded cluster: one per core this process may use."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def start_cluster(workers: int | None, backend: str, processes: bool = True) -> Any:
-    """An embedded cluster: ``LocalCUDACluster`` (one worker per GPU, or ``workers`` of them)
-    when the backend is CuPy or auto and CuPy sees a GPU; else a ``LocalCluster`` of
-    single-threaded worker processes, each allowed its share of the cores for the parallel
-    CPU kernels (with CuPy and more workers than GPUs, these processes share the GPUs)."""
-    import logging
-
-    import dask
-
-    gpus = gpu_count() if backend in ("cupy", "auto") else 0
-    if gpus and (workers is None or workers <= gpus):
-        from dask_cuda import LocalCUDACluster
-
-        kwargs = {} if workers is None else {"n_workers": workers}
-        return LocalCUDACluster(threads_per_worker=1, silence_logs=logging.ERROR, dashboard_address=":0", **kwargs)
-    from distributed import LocalCluster
-
-    n = workers or default_workers()
-    threads = str(max(1, default_workers() // n))
-    # Each worker's CPU kernels get its share of the cores, so workers' spinning OpenMP
-    # threads do not compete (docs/benchmarks.md, "Distributed", has the measurements).
-    # A worker the nanny restarts after a loss logs its start-up at INFO unless its own
-    # configuration says otherwise (silence_logs reaches the first start only): the recovered
-    # command's stderr would fill with Dask's banner.
-    env = {"OMP_NUM_THREADS": threads, "DASK_LOGGING__DISTRIBUTED": "error"}
-    extra = {"env": env, "preload": ["dask_datalog.cluster.runtime.worker_setup"]} if processes else {}
-    # Dask's profiler samples every task thread's stack with the GIL held: coarser sampling
-    # keeps it out of short iterations. Dask's MALLOC_TRIM_THRESHOLD_ turns off glibc's
-    # adaptive mmap threshold, making every large array fresh pages. Both measured in
-    # docs/benchmarks.md, "Distributed".
-    settings = {
-        "distributed.worker.profile.interval": "100ms",
-        "distributed.worker.profile.cycle": "10s",
-        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-    }
-    with dask.config.set(settings):
-        return LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=processes,
-            silence_logs=logging.ERROR,
-            dashboard_address=":0",
-            **extra,
-        )
-
-
-def ensure_plugin(client: Any, workers: Sequence[str]) -> None:
-    """Register the exchange handler if one of ``workers`` (the job's: asking a hung worker
-    elsewhere in the cluster would wait for it) lacks it. Registering again would replace a
-    running job's mailboxes, so a cluster whose workers have it is left alone; the scheduler
-    gives it to workers that join later."""
-    have = client.run(lambda dask_worker: PLUGIN_NAME in dask_worker.plugins, workers=list(workers))
-    if not all(have.values()):
-        client.register_plugin(DatalogPlugin(), name=PLUGIN_NAME)
-
-
-def _abort(job: str, reason: str, dask_worker: Any = None) -> None:
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    if plugin is not None:
-        plugin.abort(job, reason)
-
-
-def _suspend(job: str, dask_worker: Any = None) -> None:
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    if plugin is not None:
-        plugin.suspend(job)
-
-
-def _call_workers(client: Any, workers: Sequence[str], fn: Callable, *args: Any) -> None:
-    """``client.run(fn, *args)`` on ``workers``, waiting ABORT_S at most: a worker that died a
-    moment ago may still be listed, and the scheduler's call to it would retry connecting for
-    its connect timeout (30 s)."""
-
-    def call() -> None:
-        try:
-            client.run(fn, *args, workers=list(workers), on_error="ignore")
-        except (OSError, TimeoutError):
-            # The scheduler went away meanwhile (scancel stops it with everything else): the
-            # caller's next look at the cluster (``_Members.lost``) says so, in one line.
-            pass
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(ABORT_S)
-
-
-@dataclass
-class DistributedRun:
-    """A finished distributed run: each worker's ``Shard`` stays in that worker's memory (the
-    futures), the client holds counts and statistics. ``close`` (or dropping it) frees them.
-    A worker lost later (while the outputs are written or relations gathered) costs a retry
-    like one lost during the evaluation: ``job`` evaluates again, then the phase runs again."""
-
-    job: _Job
-    peers: tuple[str, ...]
-    shards: list[Any]  # futures, one per worker in rank order
-    stats: dict[str, Any]
-    sizes: dict[str, int]
-    _symbols: SymbolTable | None = None
-    _rows: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def client(self) -> Any:
-        return self.job.client
-
-    @property
-    def program(self) -> Program:
-        return self.job.program
-
-    def size(self, name: str) -> int:
-        return self.sizes[name]
-
-    @property
-    def symbols(self) -> SymbolTable:
-        """The job's symbol table (the same on every worker), fetched once when decoding."""
-        if self._symbols is None:
-
-            def fetch() -> SymbolTable:
-                future = _submit_to(self.client, self.peers[0], shard_symbols, self.shards[0])
-                return _run_phase(self.client, None, [future], self.peers[:1], _Where("while gathering results"))[0]
-
-            self._symbols = self._surviving(fetch)
-        return self._symbols
-
-    def rows(self, name: str) -> np.ndarray:
-        """All rows of one relation gathered here, on request (``Result.numpy`` etc.), in
-        shard order: ``Result``'s methods put them in output order themselves."""
-        if name not in self._rows:
-            self._rows[name] = np.concatenate(self._each(shard_rows, name))
-        return self._rows[name]
-
-    def frame(self, name: str) -> Any:
-        """A Dask DataFrame with one partition per worker, built where the shards are."""
-        import dask.dataframe as dd
-
-        parts = self._submit(shard_frame, name)
-        relation = self.program.relations[name]
-        meta = relation_output.to_pandas(np.zeros((0, relation.arity), np.uint32), relation, SymbolTable())
-        return dd.from_delayed(parts, meta=meta, verify_meta=False)
-
-    def write(self, output_dir: str | Path, format: str = "csv", stream: TextIO | None = None, written: Any = None) -> None:
-        """The workers write the ``.output`` relations (``output.write_outputs``); with
-        ``output_dir`` "-" they come here and are printed to ``stream`` (default stdout), and
-        ``.printsize`` lines go to ``stream`` when one is given. A worker lost meanwhile costs
-        a retry: the evaluation runs again (from the latest checkpoint) and the writing too."""
-        fmt = format
-        to_stdout = str(output_dir) == "-"
-        check_output_format(str(output_dir), fmt)
-        target = "-" if to_stdout else str(Path(output_dir).resolve())
-        if self.program.outputs:
-            parts = self._surviving(lambda: self._write_phase(target, fmt))
-            if to_stdout:
-                for spec in self.program.outputs:
-                    print_relation(stream or sys.stdout, spec.relation, b"".join(p[spec.relation] for p in parts))
-        if stream is not None:
-            print_sizes(stream, self.program, self.sizes.__getitem__)
-
-    def _write_phase(self, target: str, fmt: str) -> list[dict[str, bytes]]:
-        job = f"{self.job.job}-write-{uuid.uuid4().hex[:6]}"
-        futures = [
-            _submit_to(self.client, peer, write_task, shard, job, self.peers, target, fmt)
-            for shard, peer in zip(self.shards, self.peers)
-        ]
-        return _run_phase(self.client, job, futures, self.peers, _Where("while writing the outputs"), watch=self.job.watch)
-
-    def close(self) -> None:
-        """Free the shards on the workers."""
-        self.client.cancel(self.shards)
-        self.shards = []
-
-    def _submit(self, fn: Callable, *args: Any) -> list[Any]:
-        return [_submit_to(self.client, peer, fn, shard, *args) for shard, peer in zip(self.shards, self.peers)]
-
-    def _each(self, fn: Callable, *args: Any) -> list[Any]:
-        return self._surviving(
-            lambda: _run_phase(self.client, None, self._submit(fn, *args), self.peers, _Where("while gathering results"))
-        )
-
-    def _surviving(self, phase: Callable[[], T]) -> T:
-        """``phase()``, evaluated again (and the phase re-run) after each worker lost in it,
-        while the job has retries; the survivors' shards are freed first."""
-        while True:
-            try:
-                return phase()
-            except WorkerLost as lost:
-                self.client.cancel(self.shards)
-                again = self.job.recover(lost, len(self.peers))
-                self.peers, self.shards, self.stats, self.sizes = again.peers, again.shards, again.stats, again.sizes
-                self._symbols, self._rows = None, {}
-
-
-class _Job:
-    """One job on a cluster, over its attempts: each attempt evaluates on the workers present
-    then; a lost worker (while loading, evaluating or writing) starts the next attempt from
-    the job's latest checkpoint, or from the inputs, until ``options.retries`` are spent."""
+class ClusterRun:
+    """One run on a cluster, over its attempts (see the module docstring)."""
 
     def __init__(
         self,
@@ -357,162 +175,329 @@ class _Job:
         replicate_below: int,
         progress: ProgressHandler | None,
         options: RunOptions,
+        exchange: ExchangeKind,
     ):
-        self.client, self.program, self.backend = client, program, backend
+        self.client, self.program, self.backend, self.options, self.exchange = client, program, backend, options, exchange
         self.fact_dir = str(Path(fact_dir).resolve()) if fact_dir is not None else None
         self.facts = dict(facts or {})
-        self.chunk_rows, self.replicate_below, self.progress, self.options = chunk_rows, replicate_below, progress, options
-        self.job = f"datalog-{uuid.uuid4().hex[:12]}"
-        self.watch = _Watch(options)
-        self.attempt = 0
-        self.recoveries: list[dict[str, Any]] = []
-        self.excluded: set[str] = set()  # workers that went silent: never asked to run this job again
+        self.chunk_rows, self.replicate_below, self.progress = chunk_rows, replicate_below, progress
         check_fact_names(program, self.facts)
         self.files = {name: str(Path(p).resolve()) for name, p in self.facts.items() if isinstance(p, (str, Path))}
         arrays = {name: a for name, a in self.facts.items() if name not in self.files}
         self.digests = {name: array_digest(a) for name, a in arrays.items()} if options.checkpoint_dir else {}
+        self.record = RunRecord(f"datalog-{uuid.uuid4().hex[:12]}")
+        self.members = Membership(client, options)
+        self.deadline = time.monotonic() + options.timeout if options.timeout is not None else None
+        self.shards: list[Any] | None = None  # the evaluation's futures, one per worker in rank order
+        self.stats: dict[str, Any] = {}
 
-    def evaluate(self) -> DistributedRun:
-        peers = tuple(sorted(self.client.ncores()))  # asks the scheduler (scheduler_info() may answer from a cache)
-        if not peers:
-            raise ClusterError("the Dask cluster has no workers (yet): start some, or wait for them to join")
-        ensure_plugin(self.client, peers)
+    # -- attempts --------------------------------------------------------------------------------------
+
+    def retrying(self, phase: Callable[[], T]) -> T:
+        """``phase()`` once the run is evaluated; after each worker lost in either, a new attempt
+        (registered and evaluated again), while the run has retries. The one retry loop."""
+        if not self.record.peers:
+            self.record.peers = tuple(sorted(dask_adapter.scheduler_workers(self.client)))
+            if not self.record.peers:
+                raise ClusterError("the Dask cluster has no workers (yet): start some, or wait for them to join")
+            self.exchange.uses_mesh(self.record.peers)  # a mesh asked for where it cannot run: said here, once
         while True:
             try:
-                return self._attempt(peers)
+                if self.shards is None:
+                    self._start_attempt()
+                    self._evaluate()
+                return phase()
             except WorkerLost as lost:
-                peers = self._after_loss(lost, len(peers))
+                self._release()
+                self.record.peers = self._after_loss(lost)
 
-    def recover(self, lost: WorkerLost, size: int) -> DistributedRun:
-        """A worker of the ``size`` was lost after the evaluation (while writing): evaluate again."""
-        peers = self._after_loss(lost, size)
+    def _next_workers(self, size: int) -> tuple[str, ...]:
+        """The workers of the next attempt: once the cluster is back to ``size`` workers (a
+        nanny restarts a killed one within seconds), or after ``rejoin_s`` whichever are there."""
+        start = time.monotonic()
         while True:
-            try:
-                return self._attempt(peers)
-            except WorkerLost as again:
-                peers = self._after_loss(again, len(peers))
+            peers = tuple(sorted(set(dask_adapter.scheduler_workers(self.client)) - self.record.excluded))
+            waited = time.monotonic() - start
+            if len(peers) >= size or (peers and waited > self.options.rejoin_s):
+                return peers
+            if waited > NO_WORKERS_S:
+                raise ClusterError(f"the Dask cluster has had no workers for {NO_WORKERS_S:g} s after losing one")
+            time.sleep(0.2)
 
-    def _after_loss(self, lost: WorkerLost, size: int) -> tuple[str, ...]:
+    def _start_attempt(self) -> None:
+        """Register the attempt on its workers (the plugin first where one lacks it); a worker
+        lost meanwhile is a loss like any other."""
+        self.record.position = None
+        self.record.phase = EVALUATING
+        opened = self._tell(_open_run, self.record.run_id, self.record.attempt)
+        if not all(opened):
+            self.client.register_plugin(DatalogPlugin(), name=PLUGIN_NAME)
+            self._tell(_open_run, self.record.run_id, self.record.attempt)
+
+    def _after_loss(self, lost: WorkerLost) -> tuple[str, ...]:
         """Count a retry (or give up), wait for the cluster to have workers again, and say what
-        happens next."""
-        if self.attempt >= self.options.retries:
-            raise WorkerLost(lost.address, lost.rank, lost.where, self.attempt, lost.how) from None
+        happens next; the workers of the next attempt."""
+        where = lost.where
+        if self.record.attempt >= self.options.retries:
+            raise WorkerLost(lost.address, lost.rank, where, self.record.attempt, lost.how) from None
         if self.options.suspend is not None and self.options.suspend.is_set():
             # Asked to stop (SIGTERM: a batch system stopping the whole job, workers too): a
             # retry would compute on, without the request. The latest checkpoint resumes.
-            raise Terminated(f"worker {lost.address} (rank {lost.rank}) {lost.how} {lost.where} before the job had checkpointed") from None
+            raise Terminated(f"worker {lost.address} (rank {lost.rank}) {lost.how} {where} before the run had checkpointed") from None
         t0 = time.monotonic()
-        self.attempt += 1
+        size = len(self.record.peers)
+        self.record.attempt += 1
         if lost.how != "was lost":
-            self.excluded.add(lost.address)
-        peers = _rejoined(self.client, size, self.options.rejoin_s, self.excluded)
-        ensure_plugin(self.client, peers)
+            self.record.excluded.add(lost.address)
+        peers = self._next_workers(size)
         resumed = "the latest checkpoint" if self.options.checkpoint_dir else "the inputs"
-        note = (
-            f"worker {lost.address} (rank {lost.rank}) {lost.how} {lost.where}; retry {self.attempt}/{self.options.retries} "
-            f"from {resumed} on {len(peers)} workers"
-        )
-        self.recoveries.append(
-            {"lost": lost.address, "rank": lost.rank, "where": lost.where, "attempt": self.attempt, "workers": len(peers), "wait_s": round(time.monotonic() - t0, 3)}
+        self.record.recoveries.append(
+            {"lost": lost.address, "rank": lost.rank, "where": where, "attempt": self.record.attempt, "workers": len(peers), "wait_s": round(time.monotonic() - t0, 3)}
         )
         if self.progress is not None:
-            self.progress({"note": note})
+            plural = "worker" if len(peers) == 1 else "workers"
+            self.progress({"note": f"worker {lost.address} (rank {lost.rank}) {lost.how} {where}; retry {self.record.attempt}/{self.options.retries} from {resumed} on {len(peers)} {plural}"})
         return peers
 
-    def _attempt(self, peers: tuple[str, ...]) -> DistributedRun:
-        client = self.client
+    def _evaluate(self) -> None:
+        """One attempt's evaluation: a shard per worker, kept in the workers' memory."""
+        client, record = self.client, self.record
         started = time.monotonic()
-        name = f"{self.job}-{self.attempt}"
+        peers = record.peers
         arrays: list[dict[str, Any]] = [{} for _ in peers]
         for relation, source in self.facts.items():
             if relation not in self.files:
                 for rank, part in enumerate(_split_rows(source, len(peers))):
                     arrays[rank][relation] = client.scatter(part, workers=[peers[rank]], direct=True, hash=False)
-        topic = f"{name}-progress"  # always: the last event says where the job was if a worker is lost
-        spec = JobSpec(
-            job=name,
-            program=self.program,
+        phase = record.phase_id("evaluate")
+        topic = f"{phase}-progress"  # always: the last event says where the run was if a worker is lost
+        spec = ShardTask(
+            phase=phase,
             peers=peers,
+            program=self.program,
+            exchange=self.exchange,
             backend=self.backend,
             fact_dir=self.fact_dir,
             fact_files=self.files,
             chunk_rows=self.chunk_rows,
             replicate_below=self.replicate_below,
             progress_topic=topic,
-            checkpoint=self._checkpoint_options(name),
+            checkpoint=self._checkpoint_options(),
             memory_limit=self.options.memory_limit,
             array_digests=self.digests,
         )
-        where = _Where("while loading the inputs")
 
         def on_event(event: tuple[float, dict[str, Any]]) -> None:
-            where.update(event[1])
+            record.reached(event[1])
             if self.progress is not None:
                 self.progress(event[1])
 
+        record.phase = EVALUATING
         client.subscribe_topic(topic, on_event)
         try:
-            futures = [
-                _submit_to(client, peer, evaluate_task, spec, rank, arrays[rank], key=f"{name}-shard-{rank}")
-                for rank, peer in enumerate(peers)
-            ]
-            _run_phase(client, name, futures, peers, where, keep=True, watch=self.watch)
+            futures = [_submit(client, peer, evaluate_task, spec, rank, arrays[rank], key=f"{phase}-shard-{rank}") for rank, peer in enumerate(peers)]
+            self.run_phase(futures, collective=True, keep=True)
         finally:
             client.unsubscribe_topic(topic)
-        stats_futures = [_submit_to(client, p, shard_stats, f) for f, p in zip(futures, peers)]
-        try:
-            stats = combine_stats(_run_phase(client, None, stats_futures, peers, _Where("after the evaluation")))
-        except BaseException:
-            client.cancel(futures)
-            raise
-        if self.recoveries:
-            self.recoveries[-1]["attempt_s"] = round(time.monotonic() - started, 3)
-        stats["recoveries"] = list(self.recoveries)
-        return DistributedRun(self, peers, futures, stats, stats["sizes"])
+        self.shards = futures
+        record.phase = "after the evaluation"
+        stats = combine_stats(self.run_phase([_submit(client, p, shard_stats, f) for f, p in zip(futures, peers)]))
+        if record.recoveries:
+            record.recoveries[-1]["attempt_s"] = round(time.monotonic() - started, 3)
+        stats["recoveries"] = list(record.recoveries)
+        self.stats = stats
 
-    def _checkpoint_options(self, name: str) -> CheckpointOptions | None:
+    def _checkpoint_options(self) -> CheckpointOptions | None:
         """The first attempt starts from the inputs (or, with ``resume``, from the checkpoint
-        it names); a retry from the latest checkpoint this job wrote, else where the first
+        it names); a retry from the latest checkpoint this run wrote, else where the first
         attempt started."""
         directory = self.options.checkpoint_dir
         if directory is None:
             return None
+        attempt = self.record.attempt
         if self.options.resume:
-            resume, verify = "", self.attempt == 0
+            resume, verify = "", attempt == 0
         else:
-            resume, verify = (f"{self.job}-" if self.attempt else None), False
-        return CheckpointOptions(directory, self.options.checkpoint_every, resume, verify, name)
+            resume, verify = (f"{self.record.run_id}-" if attempt else None), False
+        return CheckpointOptions(directory, self.options.checkpoint_every, resume, verify, f"{self.record.run_id}-{attempt}")
+
+    # -- phases ----------------------------------------------------------------------------------------
+
+    def run_phase(self, futures: Sequence[Any], collective: bool = False, keep: bool = False) -> list[Any]:
+        """Wait for one task per worker of the attempt (``futures[r]`` on rank r); their
+        results (none with ``keep``: they stay on the workers). ``collective``: the tasks meet
+        in collectives (a stop must reach all of them); else they only read a finished shard.
+
+        On the first failure (an exception, or ``Failed``) the run is aborted everywhere, its
+        tasks released, and the error that caused it raised (a stop at a checkpoint is every
+        worker's agreed end: ``Suspended`` once all are done). A lost worker raises
+        ``WorkerLost`` after the others were aborted and got STOP_WAIT_S to end. Meanwhile the
+        deadline and a stop request are watched; Ctrl-C or any other error aborts the run."""
+        peers = self.record.peers
+        changed = threading.Event()  # a task ended (or was cancelled)
+        for future in futures:
+            future.add_done_callback(lambda _: changed.set())
+        stopping = False
+        try:
+            while True:
+                changed.clear()
+                if all(f.status != "pending" for f in futures):
+                    break
+                changed.wait(WATCH_S)
+                if collective:
+                    self._requests()
+                lost = self.members.lost(peers, self.record.where())
+                if lost is None and not stopping and any(_failed(f) for f in futures):
+                    stopping = True
+                    self.abort("a peer failed")
+                    lost = self.members.lost(peers, self.record.where(), force=True)
+                if lost is not None:
+                    raise lost
+            if not any(_failed(f) for f in futures):
+                suspended = next((e for e in map(_outcome, futures) if isinstance(e, Suspended)), None)
+                if suspended is not None:
+                    self.client.cancel(list(futures))
+                    raise suspended
+                return [] if keep else self.client.gather(list(futures))
+            lost = self.members.lost(peers, self.record.where(), force=True)  # a peer's closed connection may be the first sign of a loss
+            if lost is not None:
+                raise lost
+        except WorkerLost as error:
+            self.abort(f"worker {error.address} (rank {error.rank}) {error.how}")
+            survivors = [f for f, p in zip(futures, peers) if p in self.members.alive(peers)]
+            deadline = time.monotonic() + STOP_WAIT_S  # let them end the phase, for a bounded time
+            while any(f.status == "pending" for f in survivors) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.client.cancel(list(futures))
+            raise
+        except BaseException as error:
+            self.abort("timed out" if isinstance(error, RunTimeout) else "stopped by the client")
+            self.client.cancel(list(futures))
+            raise
+        errors = [_outcome(f) for f in futures if _failed(f) and f.status != "cancelled"]
+        if not errors:  # only cancelled ones: gather raises distributed's error for them
+            self.client.gather(list(futures))
+        self.client.cancel(list(futures))
+        raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])  # type: ignore[misc]
+
+    def _requests(self) -> None:
+        """The deadline (``RunTimeout``), and a stop request, sent to the workers once."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise RunTimeout(f"the run went past its time limit of {self.options.timeout:g} s and was stopped on every worker")
+        suspend = self.options.suspend
+        if suspend is None or not suspend.is_set() or self.record.suspend_sent:
+            return
+        if self.options.checkpoint_dir is None:
+            raise Terminated("the run was stopped on every worker without a checkpoint (no checkpoint directory)")
+        self._tell(_suspend, self.record.run_id)
+        self.record.suspend_sent = True
+
+    # -- telling the workers -------------------------------------------------------------------------------
+
+    def abort(self, reason: str) -> None:
+        """Stop the run on every worker of the attempt still in the cluster: the one way to stop
+        it from outside (their phases stop at their next check). Called while a run is already
+        ending (with an error of its own, which stays the one raised): a worker that cannot be
+        told any more is one that is gone, with nothing left to stop."""
+        try:
+            self.members.lost(self.record.peers, self.record.where(), force=True)
+            self._tell(_abort, self.record.run_id, reason, peers=self.members.alive(self.record.peers))
+        except (WorkerLost, ClusterError, Terminated):
+            return
+
+    def _tell(self, fn: Callable[..., Any], *args: Any, peers: Sequence[str] | None = None) -> list[Any]:
+        """``fn(*args)`` on the attempt's workers (``client.run``), for at most TELL_S: a worker
+        that died a moment ago may still be listed, and the scheduler's call to it would wait
+        for its connect timeout (30 s). When a worker does not answer, it is looked for: lost is
+        a ``WorkerLost``, the scheduler gone a ``ClusterError``."""
+        peers = list(self.record.peers if peers is None else peers)
+        if not peers:
+            return []
+        answer: list[Any] = []
+        failure: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                answer.append(self.client.run(fn, *args, workers=peers))
+            except BaseException as error:  # handed to the caller's thread below
+                failure.append(error)
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        thread.join(TELL_S)
+        if answer:
+            return [answer[0].get(p) for p in peers]
+        lost = self.members.lost(self.record.peers, self.record.where(), force=True)
+        if lost is not None:
+            raise lost
+        if failure:
+            raise failure[0]
+        raise ClusterError(f"the workers did not answer within {TELL_S:g} s")
+
+    def _release(self) -> None:
+        if self.shards is not None:
+            self.client.cancel(self.shards)
+            self.shards = None
+
+    def close(self) -> None:
+        """Free the shards on the workers and forget the run there (where they can still be
+        told: a worker that is gone forgot it already)."""
+        self._release()
+        if self.client.status != "running":
+            return
+        try:
+            self.members.lost(self.record.peers, self.record.where(), force=True)
+            self._tell(_close_run, self.record.run_id, peers=self.members.alive(self.record.peers))
+        except (WorkerLost, ClusterError, Terminated):
+            return
 
 
-def run_job(
-    client: Any,
-    program: Program,
-    fact_dir: str | Path | None = None,
-    facts: Mapping[str, Any] | None = None,
-    backend: str = "auto",
-    chunk_rows: int | None = None,
-    replicate_below: int = REPLICATE_BELOW,
-    progress: ProgressHandler | None = None,
-    options: RunOptions = RunOptions(),
-) -> DistributedRun:
-    """Evaluate ``program`` on every worker of ``client``'s cluster (one shard per worker),
-    surviving lost workers and stopping as ``options`` say."""
-    return _Job(client, program, fact_dir, facts, backend, chunk_rows, replicate_below, progress, options).evaluate()
+def _open_run(run: str, attempt: int, dask_worker: Any = None) -> bool:
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if plugin is None:
+        return False
+    plugin.open_run(run, attempt)
+    return True
 
 
-def _rejoined(client: Any, size: int, rejoin_s: float, excluded: set[str]) -> tuple[str, ...]:
-    """The workers to retry on, but the ``excluded``: once the cluster is back to ``size``
-    workers (a nanny restarts a killed one within seconds), or after ``rejoin_s`` with
-    whichever are there."""
-    start = time.monotonic()
-    while True:
-        peers = tuple(sorted(set(client.ncores()) - excluded))
-        waited = time.monotonic() - start
-        if len(peers) >= size or (peers and waited > rejoin_s):
-            return peers
-        if waited > NO_WORKERS_S:
-            raise RuntimeError(f"the Dask cluster has had no workers for {NO_WORKERS_S:g} s after losing one")
-        time.sleep(0.2)
+def _abort(run: str, reason: str, dask_worker: Any = None) -> None:
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if plugin is not None:
+        plugin.abort(run, reason)
+
+
+def _suspend(run: str, dask_worker: Any = None) -> None:
+    dask_worker.plugins[PLUGIN_NAME].suspend(run)
+
+
+def _close_run(run: str, dask_worker: Any = None) -> None:
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if plugin is not None:
+        plugin.close_run(run)
+
+
+def _outcome(future: Any) -> BaseException | None:
+    """The error a finished task ended with (cancelled: by the client, or by the scheduler when
+    its input was lost), None for a result."""
+    if future.status == "error":
+        return future.exception()
+    if future.status == "cancelled":
+        return RuntimeError("cancelled")
+    if future.type is Failed:
+        return future.result().error
+    return None
+
+
+def _failed(future: Any) -> bool:
+    """A stop at a checkpoint is every worker's agreed end, not a failure."""
+    return future.status != "pending" and not isinstance(_outcome(future), (type(None), Suspended))
+
+
+def _submit(client: Any, peer: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """One task pinned to worker ``peer``: never moved to another worker (no
+    ``allow_other_workers``) nor retried, so a task of a lost worker is never re-run elsewhere or
+    on its restarted replacement (a new address); ``run_phase`` notices the loss instead."""
+    return client.submit(fn, *args, workers=[peer], allow_other_workers=False, retries=0, pure=False, **kwargs)
 
 
 def _split_rows(source: Any, n: int) -> list[Any]:
@@ -525,96 +510,106 @@ def _split_rows(source: Any, n: int) -> list[Any]:
     return [rows[bounds[k] : bounds[k + 1]] for k in range(n)]
 
 
-def _submit_to(client: Any, peer: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    """One task pinned to worker ``peer``: never moved to another worker (no
-    ``allow_other_workers``) nor retried, so a task of a lost worker is never re-run elsewhere or
-    on its restarted replacement (a new address); ``_run_phase`` notices the loss instead."""
-    return client.submit(fn, *args, workers=[peer], allow_other_workers=False, retries=0, pure=False, **kwargs)
+class DistributedRun:
+    """A finished run on a cluster (``spmd.run.Run``): each worker's ``Shard`` stays in that
+    worker's memory, the client holds counts and statistics. Reading and writing go through the
+    run's ``retrying``: a worker lost meanwhile costs a retry like one lost while evaluating."""
+
+    def __init__(self, run: ClusterRun):
+        self.run = run
+        self.program = run.program
+        self._symbols: SymbolTable | None = None
+        self._rows: dict[str, np.ndarray] = {}
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.run.stats
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return dict(self.run.stats["sizes"])
+
+    @property
+    def symbols(self) -> SymbolTable:
+        """The run's symbol table (the same on every worker), fetched once."""
+        if self._symbols is None:
+            self._symbols = self._read(shard_symbols)[0]
+        return self._symbols
+
+    def rows(self, name: str) -> np.ndarray:
+        """All of relation ``name`` gathered here, merged into output order."""
+        if name not in self._rows:
+            parts = self._read(shard_packed, name)
+            blocks = [b for b in parts if b.shape[0]]
+            packed = sets.merge_all(blocks, NUMPY) if blocks else parts[0]
+            self._rows[name] = relation_output.host_rows(packed, self.program.relations[name].arity, NUMPY)
+        return self._rows[name]
+
+    def frame(self, name: str) -> Any:
+        """A Dask DataFrame with one partition per worker, built where the shards are."""
+        import dask.dataframe as dd
+
+        parts = self.run.retrying(lambda: [_submit(self.run.client, p, shard_frame, s, name) for s, p in self._placed()])
+        relation = self.program.relations[name]
+        meta = relation_output.to_pandas(np.zeros((0, relation.arity), np.uint32), relation, SymbolTable())
+        return dd.from_delayed(parts, meta=meta, verify_meta=False)
+
+    def write(self, output_dir: str, fmt: str = "csv", stream: TextIO | None = None, written: Callable[[str, int], None] | None = None) -> None:
+        """The workers write the ``.output`` relations (``spmd.writer``); with "-" their text
+        comes here and is printed to ``stream`` (default stdout). ``written`` is for runs in
+        process (here the workers write side by side)."""
+        check_output_format(output_dir, fmt)
+        if self.program.outputs:
+            parts = self.run.retrying(lambda: self._write_phase(output_dir, fmt))
+            if output_dir == STDOUT:
+                for spec in self.program.outputs:
+                    print_relation(stream, spec.relation, b"".join(p[spec.relation] for p in parts))
+        if stream is not None:
+            print_sizes(stream, self.program, self.sizes.__getitem__)
+
+    def _write_phase(self, output_dir: str, fmt: str) -> list[dict[str, bytes]]:
+        record = self.run.record
+        record.phase = "while writing the outputs"
+        phase = record.phase_id(f"write-{uuid.uuid4().hex[:6]}")
+        futures = [
+            _submit(self.run.client, peer, write_task, shard, phase, record.peers, self.run.exchange, output_dir, fmt)
+            for shard, peer in self._placed()
+        ]
+        return self.run.run_phase(futures, collective=True)
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        def phase() -> list[Any]:
+            self.run.record.phase = "while gathering results"
+            return self.run.run_phase([_submit(self.run.client, p, fn, s, *args) for s, p in self._placed()])
+
+        return self.run.retrying(phase)
+
+    def _placed(self) -> list[tuple[Any, str]]:
+        assert self.run.shards is not None
+        return list(zip(self.run.shards, self.run.record.peers))
+
+    def close(self) -> None:
+        self.run.close()
 
 
-def _run_phase(
+def run_job(
     client: Any,
-    job: str | None,
-    futures: Sequence[Any],
-    peers: Sequence[str],
-    where: _Where,
-    keep: bool = False,
-    watch: _Watch | None = None,
-) -> list[Any]:
-    """Wait for one task per worker (``futures[r]`` on ``peers[r]``); on the first failure (an
-    exception, or a ``Stopped`` result) stop the job on every worker, release its tasks and raise
-    the error that caused it (not a peer's Aborted). Ctrl-C (or any error while waiting)
-    stops the job the same way. While waiting, every WATCH_S, check that every worker is still
-    in the cluster: a lost one raises ``WorkerLost`` (its task would wait for it forever), after
-    the job was stopped on the survivors; and ``watch``: the deadline (``RunTimeout``) and a
-    request to suspend, which every worker answers with a checkpoint and ``Suspended`` (raised
-    here once all of them are done). ``job``: None for tasks that take part in no job's
-    collectives (gathers), which need no abort. ``keep``: leave the results on the workers."""
-
-    def outcome(future: Any) -> BaseException | None:
-        """The error a finished task ended with (cancelled: by the client, or by the scheduler
-        when its input was lost), None for a result."""
-        if future.status == "error":
-            return future.exception()
-        if future.status == "cancelled":
-            return RuntimeError("cancelled")
-        if future.type is Stopped:
-            return future.result().error
-        return None
-
-    def failed(future: Any) -> bool:  # a stop at a checkpoint is every worker's agreed end, not a failure
-        return future.status != "pending" and not isinstance(outcome(future), (type(None), Suspended))
-
-    members = _Members(client, peers, watch)
-
-    def abort(reason: str) -> None:
-        if job is not None:
-            members.lost(force=True)
-            _call_workers(client, members.alive(), _abort, job, reason)
-
-    changed = threading.Event()  # a task ended (or was cancelled)
-    for future in futures:
-        future.add_done_callback(lambda _: changed.set())
-    stopping = False
+    program: Program,
+    fact_dir: str | Path | None = None,
+    facts: Mapping[str, Any] | None = None,
+    backend: str = "auto",
+    chunk_rows: int | None = None,
+    replicate_below: int = REPLICATE_BELOW,
+    progress: ProgressHandler | None = None,
+    options: RunOptions = RunOptions(),
+    exchange: ExchangeKind = ExchangeKind.AUTO,
+) -> DistributedRun:
+    """Evaluate ``program`` on every worker of ``client``'s cluster (one shard per worker),
+    surviving lost workers and stopping as ``options`` say."""
+    run = ClusterRun(client, program, fact_dir, facts, backend, chunk_rows, replicate_below, progress, options, exchange)
     try:
-        while True:
-            changed.clear()
-            if all(f.status != "pending" for f in futures):
-                break
-            changed.wait(WATCH_S)
-            if watch is not None:
-                watch.check(client, job, peers)
-            lost = members.lost()
-            if lost is None and not stopping and any(failed(f) for f in futures):
-                stopping = True
-                abort("a peer failed")
-                lost = members.lost()  # abort() just asked the scheduler
-            if lost is not None:
-                raise WorkerLost(lost[0], lost[1], str(where), how=lost[2])
-        if not any(failed(f) for f in futures):
-            suspended = next((e for e in map(outcome, futures) if isinstance(e, Suspended)), None)
-            if suspended is not None:
-                client.cancel(list(futures))
-                raise suspended
-            return [] if keep else client.gather(list(futures))
-        lost = members.lost(force=True)  # a peer's "connection closed" may be the first sign of a loss
-        if lost is not None:
-            raise WorkerLost(lost[0], lost[1], str(where), how=lost[2])
-    except WorkerLost as error:
-        abort(f"worker {error.address} (rank {error.rank}) {error.how}")
-        survivors = [f for f, p in zip(futures, peers) if p in members.alive()]
-        # Let them end the phase (each drops the job's mailbox), for a bounded time.
-        deadline = time.monotonic() + STOP_WAIT_S
-        while any(f.status == "pending" for f in survivors) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        client.cancel(list(futures))
+        run.retrying(lambda: None)
+    except BaseException:
+        run.close()  # the workers forget a run that ended without a result
         raise
-    except BaseException as error:
-        abort("timed out" if isinstance(error, RunTimeout) else "stopped by the client")
-        client.cancel(list(futures))
-        raise
-    errors = [outcome(f) for f in futures if failed(f) and f.status != "cancelled"]
-    if not errors:  # only cancelled ones: gather raises distributed's error for them
-        client.gather(list(futures))
-    client.cancel(list(futures))
-    raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])
+    return DistributedRun(run)

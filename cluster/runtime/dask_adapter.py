@@ -31,6 +31,22 @@ def task_wanted(worker: Any, key: str) -> bool:
     return ts is not None and ts.state in ("executing", "long-running")
 
 
+def task_keys(worker: Any) -> list[str]:
+    """The keys of every task the worker holds (running, waiting, or a result in memory).
+    Private: ``worker.state.tasks``, the worker state machine's table, as ``task_wanted``."""
+    return [str(key) for key in worker.state.tasks]
+
+
+def every(seconds: float, callback: Callable[[], None]) -> Any:
+    """``callback()`` every ``seconds`` on the worker's event loop, started now; ``.stop()``
+    ends it (tornado's ``PeriodicCallback``, what distributed's own periodic work uses)."""
+    from tornado.ioloop import PeriodicCallback
+
+    periodic = PeriodicCallback(callback, seconds * 1000)
+    periodic.start()
+    return periodic
+
+
 def memory_limit(worker: Any) -> int | None:
     """The worker's memory limit in bytes (None: unlimited). ``Worker.memory_manager`` is
     public; its ``memory_limit`` attribute is what the nanny and the spilling policy read."""
@@ -72,6 +88,15 @@ def serialized(part: Any) -> Any:
     from distributed.protocol import to_serialize
 
     return to_serialize(part)
+
+
+def scheduler_workers(client: Any) -> dict[str, Any]:
+    """The workers the scheduler knows now, by address, with their ``last_seen``: asked of the
+    scheduler each time. ``client.scheduler.identity`` is the call ``Client.scheduler_info``
+    documents for fresh worker information; ``scheduler_info()`` itself fills a cache that the
+    client's periodic refresh (asking for no worker details) may empty meanwhile, so a check
+    through it can find every worker gone (seen: a healthy worker taken as lost)."""
+    return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
 
 
 def address_host(address: str) -> str:

@@ -9,7 +9,7 @@ The loop (evaluate.py) calls a ``Control`` at three declared points and nowhere 
 - ``save(position, rows)`` at the boundary where a request was seen, on every shard
   (collective): the rows every shard accounts for, full and delta, per relation.
 - ``check(held)`` between rule versions and join chunks: raise to stop now. ``held()`` says
-  what each of this shard's relations takes, so a memory budget can end the job with a
+  what each of this shard's relations takes, so a memory budget can end the run with a
   message naming the relation.
 
 ``checkpoint.ShardControl`` is the implementation that writes checkpoints; ``NO_CONTROL``

@@ -1,0 +1,440 @@
+"""``dask-datalog run``. Bad programs and fact files print ``file:line:col: error: message`` and
+exit 1; every other way a run ends without its result prints one line and exits with its own
+status (engine/errors.py); nothing the user wrote ends in a traceback.
+
+By default a run goes where it is fastest (``choose_mode``): in this process on one CPU or GPU,
+an embedded local Dask cluster (one worker per GPU) on several GPUs; ``--cluster``/``--workers``
+start the embedded cluster anyway, ``--scheduler``/``--scheduler-file`` submit to an existing
+cluster (``--tls-*``: over TLS, as ``dask worker`` takes them; without them Dask's own
+configuration applies), and ``--no-cluster`` evaluates in this process without Dask."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.memory import peak_rss
+from dask_datalog.engine.plan import plan_program
+from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.engine.checkpoint import Checkpoints, Manifest
+from dask_datalog.cluster.runtime.phase import ExchangeKind
+from dask_datalog.cluster.api import Program, Result
+from dask_datalog.engine.errors import EXIT_SUSPENDED, EXIT_TERMINATED, EXIT_TIMEOUT, Suspended, Terminated, human_bytes
+from dask_datalog.spmd.options import RunOptions
+from dask_datalog.spmd.progress import iteration_events
+
+
+def add_parser(sub: Any) -> None:
+    """The ``run`` subparser, on the CLI's subparsers action ``sub``."""
+    run = sub.add_parser(
+        "run",
+        help="evaluate a program to its fixpoint and write its outputs",
+        description="Evaluate a program to its fixpoint and write its outputs. By default the run goes where "
+        "it is fastest: in this process on one CPU or GPU (the CPU kernels use every core), on an embedded "
+        "local Dask cluster with one worker per GPU when there are several; --cluster or --workers start the "
+        "embedded cluster anyway, --scheduler or --scheduler-file use a running one.",
+    )
+    run.add_argument("program", type=Path, help="the Datalog program (.dl)")
+    run.add_argument("-F", "--fact-dir", type=Path, default=Path("."), help="directory of .input fact files (default: .)")
+    run.add_argument(
+        "-D",
+        "--output-dir",
+        default=".",
+        help="directory for .output relations as <name>.csv; '-' prints them to stdout (default: .)",
+    )
+    run.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        default="csv",
+        help="csv: one <name>.csv per relation; parquet: a dataset <name>/part-NNNNN.parquet (default: csv)",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("auto", "numpy", "cupy"),
+        default="auto",
+        help="array backend: cupy when a GPU is visible, else numpy (default: auto)",
+    )
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument("--scheduler-file", type=Path, metavar="FILE", help="scheduler file of a running Dask cluster")
+    where.add_argument("--no-cluster", action="store_true", help="evaluate in this process, without Dask")
+    where.add_argument(
+        "--cluster", action="store_true", help="start the embedded local Dask cluster even where one process is faster"
+    )
+    tls = run.add_argument_group(
+        "TLS",
+        "for a scheduler that requires TLS (a tls:// address); with --scheduler or --scheduler-file only. "
+        "Without these flags Dask's configuration applies, as for any Dask client: the "
+        "distributed.comm.tls.ca-file / .client.cert / .client.key keys, e.g. the environment variables "
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY.",
+    )
+    tls.add_argument("--tls-ca-file", type=Path, metavar="FILE", help="CA certificate (PEM) that signed the cluster's certificates")
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="this client's certificate (PEM)")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="this client's private key (PEM), unless the --tls-cert file holds it")
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="workers of the embedded cluster (default: one per GPU with cupy, else one per core)",
+    )
+    run.add_argument(
+        "--replicate-below",
+        type=int,
+        metavar="BYTES",
+        default=REPLICATE_BELOW,
+        help="static relations smaller than this are copied to every worker instead of partitioned "
+        f"(default: {REPLICATE_BELOW // 2**20} MiB)",
+    )
+    reliability = run.add_argument_group(
+        "checkpoints, retries and limits",
+        "A run on a cluster survives lost workers: it starts again from its latest checkpoint "
+        "(or from its inputs) on the workers present, up to --retries times. The embedded cluster "
+        "checkpoints into a temporary directory of its own; an external cluster needs --checkpoint "
+        "on a file system every worker shares. On SIGTERM (a batch system's walltime warning, "
+        f"scancel) the run writes a checkpoint at the next iteration boundary and exits with status {EXIT_SUSPENDED}; "
+        "a second SIGTERM stops it at once (still 75 when it has an earlier checkpoint, else "
+        f"{EXIT_TERMINATED}); run the same command with --resume DIR to continue.",
+    )
+    reliability.add_argument("--checkpoint", type=Path, metavar="DIR", help="write checkpoints into DIR (created if missing)")
+    reliability.add_argument(
+        "--checkpoint-every",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between checkpoints (default: every 30 s at least, and never more than 10%% of the run)",
+    )
+    reliability.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue from the latest checkpoint in DIR (same program and inputs, checked by hash); "
+        "goes on checkpointing there",
+    )
+    reliability.add_argument(
+        "--retries", type=int, default=2, metavar="N", help="lost workers a run survives before it fails (default: 2)"
+    )
+    reliability.add_argument("--timeout", type=float, metavar="SECONDS", help=f"stop the run after SECONDS (exit status {EXIT_TIMEOUT})")
+    reliability.add_argument(
+        "--memory-limit",
+        metavar="BYTES",
+        help="memory for the data of each worker (or of this process), e.g. 4GiB: joins are chunked to fit, and a run "
+        "whose relations outgrow it ends with a message naming the relation (default: half the Dask worker's memory "
+        "limit; in process or with CuPy, half the machine's or the GPU's memory)",
+    )
+    run.add_argument(
+        "--exchange",
+        choices=tuple(ExchangeKind),
+        default=ExchangeKind.AUTO.value,
+        help="how workers exchange tuples: mesh (direct sockets, tcp:// clusters), comm (Dask's comms: tcp, tls, "
+        "ucx) or auto (the mesh where it runs, measured fastest there; comm elsewhere) (default: auto)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress display (it is off anyway when stderr is not a terminal)")
+    run.add_argument("--stats", type=Path, help="write per-stratum, per-iteration (per-worker) statistics as JSON to this file")
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """``dask-datalog run``: the exit status (0, or the failure's: engine/errors.py)."""
+    if args.workers is not None and (args.scheduler or args.scheduler_file or args.no_cluster):
+        parser.error("--workers sizes the embedded cluster; it cannot go with --scheduler, --scheduler-file or --no-cluster")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
+    tls_given = args.tls_ca_file or args.tls_cert or args.tls_key
+    if tls_given and not (args.scheduler or args.scheduler_file):
+        parser.error("--tls-ca-file, --tls-cert and --tls-key are for a cluster named by --scheduler or --scheduler-file")
+    if tls_given and not (args.tls_ca_file and args.tls_cert):
+        parser.error("TLS needs both --tls-ca-file and --tls-cert (and --tls-key unless the certificate file holds the key)")
+    if args.format == "parquet" and args.output_dir == "-":
+        parser.error("--format parquet needs an output directory, not '-'")
+    if args.resume and args.checkpoint and args.resume.resolve() != args.checkpoint.resolve():
+        parser.error("--resume DIR goes on checkpointing into DIR; --checkpoint cannot name another directory")
+    if args.retries < 0:
+        parser.error("--retries must be 0 or more")
+    for flag in ("timeout", "checkpoint_every"):
+        value = getattr(args, flag)
+        if value is not None and not value >= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be a number of seconds, 0 or more")
+    memory_limit = _bytes(parser, args.memory_limit)
+    mode, why = choose_mode(args)
+    program = None
+    suspend = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(suspend))
+    checkpoints: CheckpointDirectory | None = None
+    try:
+        program = Program.from_file(args.program)
+        with ExitStack() as stack:
+            checkpoints = stack.enter_context(CheckpointDirectory(args, mode))
+            options = RunOptions(
+                checkpoint_dir=checkpoints.directory,
+                checkpoint_every=checkpoints.every,
+                resume=args.resume is not None,
+                retries=args.retries,
+                timeout=args.timeout,
+                memory_limit=memory_limit,
+                suspend=suspend,
+            )
+            run = CommandRun(program, args, stack, mode, why)
+            result = run.evaluate(options)
+            run.note("writing the outputs")
+            result.write(args.output_dir, args.format, sys.stdout, run.written)
+            result.stats["mode"] = {"mode": mode, "why": why}
+            if args.stats:
+                _write_stats(args.stats, result.stats)
+            summary = run.summary(result)
+        summary()
+    except Suspended as stopped:
+        assert checkpoints is not None
+        return checkpoints.resume_from(f"stopped by SIGTERM {stopped.position}; the checkpoint", argv)
+    except Terminated as err:
+        # Stopped at once (a second SIGTERM, or a worker lost meanwhile): the run's latest
+        # committed checkpoint, if it has one, still resumes (commits are atomic).
+        manifest = checkpoints.resumable() if checkpoints is not None else None
+        if manifest is not None:
+            assert checkpoints is not None
+            return checkpoints.resume_from(f"stopped by SIGTERM: {err}; the latest checkpoint ({manifest.position})", argv)
+        hint = "no checkpoint had been written yet" if args.checkpoint or args.resume else "give --checkpoint DIR to be able to resume"
+        print(f"stopped by SIGTERM: {err}; {hint}", file=sys.stderr)
+        return EXIT_TERMINATED
+    except DatalogError as err:  # every other way a run ends without its result (engine/errors.py)
+        if program is None and err.pos is None:  # the program file itself: name it first
+            print(f"{args.program}: error: {err.message}", file=sys.stderr)
+        else:
+            print(str(err), file=sys.stderr)
+        return err.exit_status
+    except BrokenPipeError:  # `-D - | head`: the reader left; end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print("interrupted: the run was stopped on every worker", file=sys.stderr)
+        return 130
+    finally:
+        # The exit status is decided here: a SIGTERM now (a batch system signals every process
+        # of a job at once, at its time limit or on scancel) must not turn it into 143. The
+        # command itself (no argv: it exits next) ignores it; a caller in this process gets its
+        # handler back, unless the run was stopped by one.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if suspend.is_set() or argv is None else previous)
+    return 0
+
+
+def _write_stats(path: Path, stats: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(stats, indent=1))
+    except OSError as error:
+        raise DatalogError(None, f"cannot write the statistics to {path}: {error.strerror or error}") from None
+
+
+def _on_sigterm(suspend: threading.Event) -> None:
+    """The first SIGTERM asks for a checkpoint at the next iteration boundary; a second one
+    stops at once."""
+    if suspend.is_set():
+        raise Terminated("a second SIGTERM stopped the run at once")
+    suspend.set()
+
+
+def _bytes(parser: argparse.ArgumentParser, text: str | None) -> int | None:
+    if text is None:
+        return None
+    from dask.utils import parse_bytes
+
+    try:
+        value = int(parse_bytes(text))
+    except (ValueError, TypeError):
+        parser.error(f"--memory-limit: {text!r} is not a size (e.g. 500MB, 4GiB)")
+    if value <= 0:
+        parser.error("--memory-limit must be more than 0 bytes")
+    return value
+
+
+class CheckpointDirectory:
+    """Where this command checkpoints: ``--resume``/``--checkpoint`` DIR (kept), else for the
+    embedded cluster or an in-process run a temporary directory (removed at the end unless the
+    run stopped into it on SIGTERM; in process only SIGTERM writes one there: there is no worker
+    to lose). An external cluster without ``--checkpoint`` gets none."""
+
+    def __init__(self, args: argparse.Namespace, mode: str):
+        self.args = args
+        self.mode = mode
+        self.every = args.checkpoint_every
+        self.temporary: Path | None = None
+        given = args.resume or args.checkpoint
+        self.directory: str | None = str(given.resolve()) if given is not None else None
+        self.before: str | None = None  # the latest checkpoint's name when the run started
+
+    def __enter__(self) -> CheckpointDirectory:
+        if self.directory is None and self.mode != CLUSTER:
+            import tempfile
+
+            self.temporary = Path(tempfile.mkdtemp(prefix="dask-datalog-checkpoint-"))
+            self.directory = str(self.temporary)
+            if self.mode == IN_PROCESS and self.every is None:
+                self.every = float("inf")
+        if self.directory is not None:
+            self.before = Checkpoints(self.directory).latest_name()
+        return self
+
+    def resumable(self) -> Manifest | None:
+        """The latest checkpoint if this run wrote it or resumed from it (not one an earlier
+        run left in a ``--checkpoint`` directory)."""
+        if self.directory is None:
+            return None
+        checkpoints = Checkpoints(self.directory)
+        name = checkpoints.latest_name()
+        if name is None or (name == self.before and not self.args.resume):
+            return None
+        return checkpoints.latest()
+
+    def resume_from(self, stopped: str, argv: list[str] | None) -> int:
+        """Says how the run stopped, where its checkpoint is and the command that continues."""
+        assert self.directory is not None
+        print(f"{stopped} is in {self.directory}\ncontinue with: {_resume_command(argv, self.directory)}", file=sys.stderr)
+        return EXIT_SUSPENDED
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
+        kept = isinstance(error, Suspended) or (isinstance(error, Terminated) and self.resumable() is not None)
+        if self.temporary is not None and not kept:
+            import shutil
+
+            shutil.rmtree(self.temporary, ignore_errors=True)
+
+
+def _resume_command(argv: list[str] | None, directory: str) -> str:
+    """The command line that continues this run: the same, with ``--resume DIR``."""
+    import shlex
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word in ("--resume", "--checkpoint"):
+            skip = True
+            continue
+        if word.startswith(("--resume=", "--checkpoint=")):
+            continue
+        kept.append(word)
+    return shlex.join(["dask-datalog", *kept, "--resume", directory])
+
+
+IN_PROCESS, EMBEDDED, CLUSTER = "in process", "embedded cluster", "cluster"
+
+
+def _since_start() -> float:
+    """Seconds since this process started: the command's whole wall time, interpreter and
+    imports included. Linux: the process's start in clock ticks since boot (/proc/self/stat)
+    against CLOCK_BOOTTIME, exact to a tick; psutil's create_time adds the boot time, which
+    /proc/stat gives in whole seconds, and was up to a second off."""
+    if hasattr(time, "CLOCK_BOOTTIME") and os.path.exists("/proc/self/stat"):
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    import psutil  # comes with distributed
+
+    return time.time() - psutil.Process().create_time()
+
+
+def choose_mode(args: argparse.Namespace) -> tuple[str, str]:
+    """Where the run goes, and why. One process is the fastest way on one machine with at most
+    one GPU: the CPU kernels use every core, and workers would add start-up and exchange (the
+    side-by-side table in docs/benchmarks.md); several GPUs get a worker each."""
+    if args.no_cluster:
+        return IN_PROCESS, "--no-cluster"
+    if args.scheduler or args.scheduler_file:
+        return CLUSTER, "--scheduler" if args.scheduler else "--scheduler-file"
+    if args.workers is not None:
+        return EMBEDDED, f"--workers {args.workers}"
+    if args.cluster:
+        return EMBEDDED, "--cluster"
+    if args.backend in ("cupy", "auto"):
+        from dask_datalog.engine.backend import gpu_count
+
+        gpus = gpu_count()
+        if gpus > 1:
+            return EMBEDDED, f"{gpus} GPUs: one worker each"
+    return IN_PROCESS, "one process is fastest on one machine"
+
+
+class CommandRun:
+    """One run as the command shows it: evaluated where ``mode`` says, with a live progress
+    line on a terminal (loading, each stratum and iteration, writing), then one summary line."""
+
+    def __init__(self, program: Program, args: argparse.Namespace, stack: ExitStack, mode: str, why: str):
+        self.program, self.args, self.stack, self.mode, self.why = program, args, stack, mode, why
+        self.display: Any = None
+        self.client: Any = None
+        if mode != IN_PROCESS:
+            self.client = stack.enter_context(_client(args))
+        if not args.quiet and sys.stderr.isatty():
+            from dask_datalog.cluster.cli.progress import ProgressDisplay
+
+            strata = len(plan_program(program.ir).strata)
+            dashboard = self.client.dashboard_link if self.client is not None else None
+            self.display = stack.enter_context(ProgressDisplay(strata, dashboard, f"{mode} ({why})"))
+
+    def evaluate(self, options: RunOptions) -> Result:
+        args = self.args
+        if self.client is None:
+            on_iteration = iteration_events(0, self.display.handler) if self.display is not None else None
+            return self.program.run(fact_dir=args.fact_dir, backend=args.backend, on_iteration=on_iteration, options=options)
+        result = self.program.run(
+            fact_dir=args.fact_dir,
+            backend=args.backend,
+            client=self.client,
+            progress=self.display.handler if self.display is not None else None,
+            replicate_below=args.replicate_below,
+            options=options,
+            exchange=args.exchange,
+        )
+        self.stack.callback(result.close)
+        return result
+
+    def note(self, text: str) -> None:
+        if self.display is not None:
+            self.display.handler({"note": text, "keep": True})
+
+    def written(self, relation: str, n: int) -> None:
+        """Each output's bytes as they are written (in-process runs)."""
+        self.note(f"writing {relation}: {human_bytes(n)}")
+
+    def summary(self, result: Result) -> Callable[[], None]:
+        """What prints the one line on stderr: where it ran, on how many workers, how long (the
+        whole command's time when it is printed: after the cluster closed), what it derived, and
+        the largest process's peak memory."""
+        stats = result.stats
+        workers = stats.get("workers", 1)
+        heads = {rule.head.relation for rule in self.program.ir.rules}
+        derived = sum(n for name, n in result.sizes.items() if name in heads)  # the inputs are not derived
+        peaks = [peak_rss()] + [w.get("peak_rss", 0) for w in stats.get("per_worker", [])]
+
+        def show() -> None:
+            if not self.args.quiet:
+                print(
+                    f"done: {self.mode} ({self.why}), {workers} worker{'s' if workers != 1 else ''}, "
+                    f"{_since_start():.2f} s, {derived:,} tuples derived, peak memory {max(peaks) / 2**20:,.0f} MiB",
+                    file=sys.stderr,
+                )
+
+        return show
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A client of the cluster the arguments name, or of a new embedded one (closed on exit)."""
+    from dask_datalog.cluster.runtime.connect import TlsFiles, embedded_client, external_client
+    from dask_datalog.cluster.runtime.worker_setup import quiet_logs
+
+    quiet_logs()  # the command's stderr holds the run's own lines (worker_setup.py says why)
+    if args.scheduler or args.scheduler_file:
+        tls = TlsFiles(args.tls_ca_file, args.tls_cert, args.tls_key) if args.tls_ca_file else None
+        return external_client(args.scheduler, args.scheduler_file, tls)
+    return embedded_client(args.workers, args.backend)
