@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed
 DATA   ?= ../shared/data
 GRAPH  ?= tests/data/cal.cedge
 
-.PHONY: run test bench venv clean
+.PHONY: run test lint format bench venv clean
 
 $(STAMP): pyproject.toml engine/storage/kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,lint]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -19,11 +19,25 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/dask-datalog run examples/reach.dl -F $(GRAPH) -D out/reach --cluster --stats out/reach-stats.json
 
-test: $(STAMP)
+# The tests, after the lint (.ci/run runs this): a change that does not lint does not land.
+test: lint
 	$(BIN)/python -m pytest -q
+
+# ruff (lint and format) over everything, mypy over the package. mypy reads the package through
+# .lint/dask_datalog, links to the top-level folders (see [tool.mypy] in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	mkdir -p .lint/dask_datalog
+	for d in engine partition spmd cluster; do ln -sfn ../../$$d .lint/dask_datalog/$$d; done
+	MYPYPATH=.lint $(BIN)/mypy -p dask_datalog
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: $(STAMP)
 	$(BIN)/python bench/single_shard.py --data $(DATA)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info .lint

@@ -12,6 +12,7 @@ No timing figure lives here: every peer figure a benchmark prints is measured in
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import os
@@ -21,10 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Sequence
 
 REPO_ROOT: Path = Path(__file__).resolve().parents[1]
 DEFAULT_DATA: Path = REPO_ROOT.parent / "shared" / "data"
@@ -145,10 +146,8 @@ def _tree_rss(pid: int) -> int:
         return 0
     total = 0
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -192,21 +191,17 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02,
             polled = max(polled, _tree_rss(proc.pid), _hwm(proc.pid))
             if time.perf_counter() - t0 > timeout_s:
                 timed_out = True
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 _, status = os.waitpid(proc.pid, 0)
                 break
             time.sleep(poll_s)
         wall = time.perf_counter() - t0
         rc = os.waitstatus_to_exitcode(status) if status is not None else None
         proc.returncode = rc  # reaped by waitpid already; keep Popen from waiting again
-        if timed_out:
-            try:  # helpers that escaped into their own group are not ours to chase
+        if timed_out:  # helpers that escaped into their own group are not ours to chase
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     return Measurement(returncode=None if timed_out else rc, timed_out=timed_out, wall_s=wall,

@@ -45,10 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
-
-import common  # noqa: E402
-from common import fmt_ratio, fmt_seconds, log  # noqa: E402
+from common import fmt_ratio, fmt_seconds, log
 
 PROGRAM_FILES = {"reach": common.REPO_ROOT / "examples" / "reach.dl",
                  "sg": common.REPO_ROOT / "examples" / "sg.dl"}
@@ -187,11 +186,11 @@ def gpu_problem() -> str | None:
     """Why --backend cupy cannot run here (one line), or None when CuPy sees a GPU."""
     try:
         import cupy
-    except Exception as e:  # noqa: BLE001 -- not installed, or its CUDA libraries missing
+    except Exception as e:
         return f"CuPy does not import ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     try:
         n = int(cupy.cuda.runtime.getDeviceCount())
-    except Exception as e:  # noqa: BLE001 -- no driver, no device
+    except Exception as e:
         return f"CuPy sees no GPU ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return None if n > 0 else "CuPy sees no GPU (0 devices)"
 
@@ -229,7 +228,7 @@ def cupy_version() -> str:
         import cupy
 
         return str(cupy.__version__)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "absent"
 
 
@@ -315,8 +314,9 @@ def describe_graph(path: Path) -> str:
 
 
 def start(n: int, threads: bool, backend: str = "numpy") -> tuple[Any, Any]:
-    from dask_datalog.cluster.runtime.connect import start_cluster
     from distributed import Client
+
+    from dask_datalog.cluster.runtime.connect import start_cluster
 
     cluster = start_cluster(n, backend, processes=not threads)
     return cluster, Client(cluster)
@@ -340,7 +340,7 @@ def stop(cluster: Any, client: Any) -> None:
             continue
         try:
             thing.close()
-        except Exception as e:  # noqa: BLE001 -- closing is best effort; the next cluster is new anyway
+        except Exception as e:
             log(f"  (closing: {e!r})")
 
 
@@ -349,7 +349,7 @@ def worker_env(client: Any, var: str = "OMP_NUM_THREADS") -> str:
     try:
         seen = client.run(lambda: os.environ.get(var, "unset"))
         return ",".join(sorted(set(seen.values())))
-    except Exception:  # noqa: BLE001 -- report it, go on with the rest
+    except Exception:
         return "?"
 
 
@@ -428,7 +428,7 @@ def main(argv: list[str]) -> int:
                         f"eval {m.eval_s:.3f} s, size {m.size:,}, iters {m.iterations}")
                     if best is None or m.wall_s < best.wall_s:
                         best = m
-            except Exception:  # noqa: BLE001 -- report it, go on with the rest
+            except Exception:
                 log(f"  {setting} {program} {graph}: FAILED\n{traceback.format_exc()}")
                 graph_rows[(program, graph)].append(Measured(setting, status="error"))
                 continue
@@ -441,7 +441,7 @@ def main(argv: list[str]) -> int:
         try:
             first = measure_run(chain_prog, chain, "reach", setting, client, args.backend)
             second = measure_run(chain_prog, chain, "reach", setting, client, args.backend)
-        except Exception:  # noqa: BLE001 -- report it, go on with the rest
+        except Exception:
             log(f"  {setting} chain: FAILED\n{traceback.format_exc()}")
             chain_rows.append(Measured(setting, status="error"))
             return
@@ -468,7 +468,7 @@ def main(argv: list[str]) -> int:
             w = warm_up(None)
             what = " (CUDA context, CuPy kernels)" if on_gpu else ""
             cluster_notes.append(f"single: this process, warm-up {w:.1f} s{what}")
-        except Exception:  # noqa: BLE001 -- the timed runs below report their own failures
+        except Exception:
             log(f"  single: warm-up FAILED\n{traceback.format_exc()}")
             cluster_notes.append("single: warm-up FAILED")
         run_chain("single", None)
@@ -498,7 +498,7 @@ def main(argv: list[str]) -> int:
                 env = worker_env(client) if not args.threads else "(shared process)"
                 cluster_notes.append(f"{setting}: started in {t_up:.1f} s, warm-up {w:.1f} s, "
                                      f"OMP_NUM_THREADS={env}")
-        except Exception as e:  # noqa: BLE001 -- report it, go on with the rest
+        except Exception as e:
             log(f"  {setting}: cluster start or warm-up FAILED\n{traceback.format_exc()}")
             why = str(e).splitlines()[0] if str(e) else ""
             cluster_notes.append(f"{setting}: cluster start or warm-up FAILED ({type(e).__name__}: {why})")

@@ -51,13 +51,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import fmt_bytes, fmt_ratio, fmt_seconds, log  # noqa: E402
+import common
+from common import fmt_bytes, fmt_ratio, fmt_seconds, log
 
 # program -> (our program file, the name of the peer's compiled binary in its bench/, beside
 # NAME.dl; None: compile our program with the peer's bin/souffle into --cache)
@@ -209,12 +209,10 @@ def prepare_facts(src: Path, facts_dir: Path) -> bool:
 
 def count_rows(csv: Path) -> int | None:
     """Lines of a CSV file (a last line without newline counts); None if it is absent."""
-    try:
-        f = open(csv, "rb")
-    except OSError:
+    if not csv.is_file():
         return None
     n, last = 0, b"\n"
-    with f:
+    with open(csv, "rb") as f:
         while chunk := f.read(1 << 20):
             n += chunk.count(b"\n")
             last = chunk[-1:]

@@ -27,7 +27,7 @@ from dask_datalog.engine.frontend import load_program, load_program_file
 from dask_datalog.engine.ir import Program as ProgramIR
 from dask_datalog.partition.placement import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import FactSource, Inputs, check_fact_names
-from dask_datalog.spmd.options import RunOptions
+from dask_datalog.spmd.options import ExchangeKind, RunOptions
 from dask_datalog.spmd.run import Run, run_in_process
 from dask_datalog.spmd.shard import Steering
 
@@ -122,7 +122,7 @@ class Program:
         self,
         fact_dir: str | Path | None = None,
         facts: Mapping[str, FactSource] | None = None,
-        backend: BackendName | Backend = "auto",
+        backend: BackendName | str | Backend = "auto",
         on_iteration: OnIteration | None = None,
         chunk_rows: int | None = None,
         client: Client | None = None,
@@ -148,7 +148,6 @@ class Program:
         ``MemoryBudgetExceeded`` when its relations outgrow the budget (engine/errors.py)."""
         if client is not None:
             from dask_datalog.cluster.runtime.coordinator import run_job
-            from dask_datalog.cluster.runtime.phase import ExchangeKind
 
             if on_iteration is not None:
                 raise ValueError("on_iteration is for in-process runs; pass progress= with a client")

@@ -67,7 +67,8 @@ def cupy_usable() -> bool:
     return gpu_count() > 0
 
 
-def get_backend(name: BackendName | Backend = "auto") -> Backend:
+def get_backend(name: BackendName | str | Backend = "auto") -> Backend:
+    """The backend named (a Backend is returned as it is); ValueError for an unknown name."""
     if isinstance(name, Backend):
         return name
     if name == "numpy-xp":

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine.execution.control import SAVE, STOP, Position
-from dask_datalog.engine.errors import DatalogError, MemoryBudgetExceeded
 from dask_datalog.engine import ir
+from dask_datalog.engine.errors import DatalogError, MemoryBudgetExceeded
+from dask_datalog.engine.execution.control import SAVE, STOP, Position
 from dask_datalog.engine.ir import Program
 from dask_datalog.engine.values import SymbolTable
 
@@ -122,8 +122,9 @@ class Checkpoints:
         try:
             part.mkdir(parents=True, exist_ok=True)
             for relation, (runs, delta) in rows.items():
-                arrays = {f"full_{k}": np.ascontiguousarray(run) for k, run in enumerate(runs)}
-                np.savez(part / f"{relation}.npz", delta=np.ascontiguousarray(delta), **arrays)
+                arrays: dict[str, Any] = {"delta": np.ascontiguousarray(delta)}
+                arrays.update((f"full_{k}", np.ascontiguousarray(run)) for k, run in enumerate(runs))
+                np.savez(part / f"{relation}.npz", **arrays)
                 written += int(delta.nbytes) + sum(int(run.nbytes) for run in runs)
         except OSError as error:
             raise DatalogError(None, f"cannot write a checkpoint into {self.directory}: {error.strerror or error}") from None

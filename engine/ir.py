@@ -14,8 +14,6 @@ from typing import TypeVar
 
 BaseType = TypingLiteral["number", "unsigned", "symbol"]
 BASE_TYPES: tuple[BaseType, ...] = ("number", "unsigned", "symbol")
-COMPARISON_OPS = ("=", "!=", "<", "<=", ">", ">=")
-AGGREGATE_FUNCS = ("count", "sum", "min", "max")
 T = TypeVar("T")
 
 
@@ -177,44 +175,57 @@ class Program:
         return hash((tuple(self.relations), self.rules))
 
 
+_CONTAINERS = (tuple, list, frozenset, set)
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _node_fields(cls: type) -> tuple[str, ...]:
+    """A dataclass's fields that may hold nodes: all but ``pos``, which only says where."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls) if f.name != "pos")
+    return names
+
+
 def children(node: object) -> Iterator[object]:
-    """The nodes directly under ``node``: its dataclass fields, with the tuples, lists, sets
-    and dict values holding them flattened (plan steps are dataclasses too)."""
-    if is_dataclass(node) and not isinstance(node, type):
-        for f in fields(node):
-            yield from _flatten(getattr(node, f.name))
-    else:
-        yield from _flatten(node)
-
-
-def _flatten(value: object) -> Iterator[object]:
-    if isinstance(value, (tuple, list, frozenset, set)):
-        for item in value:
-            yield from _flatten(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _flatten(item)
-    else:
-        yield value
+    """The nodes directly under ``node``: its dataclass fields (not its position), with the
+    tuples, lists, sets and dict values holding them flattened (plan steps are dataclasses
+    too)."""
+    if isinstance(node, (*_CONTAINERS, dict)):
+        for item in node.values() if isinstance(node, dict) else node:
+            if isinstance(item, (*_CONTAINERS, dict)):
+                yield from children(item)
+            else:
+                yield item
+    elif is_dataclass(node) and not isinstance(node, type):
+        for name in _node_fields(type(node)):
+            value = getattr(node, name)
+            if isinstance(value, (*_CONTAINERS, dict)):
+                yield from children(value)
+            else:
+                yield value
 
 
 def walk(node: object) -> Iterator[object]:
-    """``node`` and every node under it, depth first: the one traversal of the IR (and of
-    plans) that the checker, the planner, the checkpoint digest and the tests use."""
+    """``node`` and every node under it, depth first, in written order: the one traversal of
+    the IR (and of plans) that the checker, the planner, the checkpoint digest and the tests
+    use."""
     stack = [node]
     while stack:
         current = stack.pop()
-        yield current
-        if _has_children(current):
-            stack.extend(reversed(list(children(current))))
-
-
-def _has_children(node: object) -> bool:
-    return (is_dataclass(node) and not isinstance(node, type)) or isinstance(node, (tuple, list, frozenset, set, dict))
+        if not isinstance(current, _CONTAINERS) and not isinstance(current, dict):
+            yield current
+            if not is_dataclass(current) or isinstance(current, type):
+                continue
+        stack.extend(reversed(list(children(current))))
 
 
 def variables(node: object) -> Iterator[Var]:
     """Every variable occurrence under ``node``, in written order."""
+    if isinstance(node, Var):
+        return iter((node,))
+    if isinstance(node, (Const, Wildcard, str, int)) or node is None:
+        return iter(())
     return (n for n in walk(node) if isinstance(n, Var))
 
 

@@ -27,11 +27,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from dask_datalog.engine.frontend.strata import stratify
 from dask_datalog.engine.ir import (
     Aggregation,
     Atom,
-    Call,
     BodyLiteral,
+    Call,
     Comparison,
     Const,
     Negation,
@@ -42,7 +43,6 @@ from dask_datalog.engine.ir import (
     variable_names,
     walk,
 )
-from dask_datalog.engine.frontend.strata import stratify
 
 Version = Literal["full", "delta"]
 Key = tuple[int, ...]  # columns of a relation whose hash decides a tuple's shard

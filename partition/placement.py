@@ -65,7 +65,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from dask_datalog.engine.storage.hisa import words_for
 from dask_datalog.engine.ir import Atom, Var, walk
 from dask_datalog.engine.plan import (
     AggregateStep,
@@ -81,6 +80,7 @@ from dask_datalog.engine.plan import (
     RulePlan,
     Step,
 )
+from dask_datalog.engine.storage.hisa import words_for
 
 # Per replica, in packed canonical rows: small against a worker's memory, cheap to broadcast
 # once per run, and it removes an exchange from every iteration (docs/benchmarks.md,
@@ -153,9 +153,9 @@ def _need(step: Step, replicated: Mapping[str, str], head: str) -> _Need:
             return _Need()
         column = _variable_key_column(step.atom, step.order[: step.key_len])
         if column is not None:
-            var = step.atom.args[column]
-            assert isinstance(var, Var)
-            return _Need(var.name, ((relation, (column,)),))
+            key = step.atom.args[column]
+            assert isinstance(key, Var)
+            return _Need(key.name, ((relation, (column,)),))
         if isinstance(step, NegationStep):
             return _Need(replicate=((relation, "negation with no variable key: a global test"),))
         return _Need(scan=True)
@@ -276,7 +276,7 @@ def _layout(name: str, stratum: int | None, replicated: Mapping[str, str], surve
 def _route(rp: RulePlan, layouts: Mapping[str, RelationLayout], growing: tuple[str, ...]) -> RulePlan:
     """The version with its routes. ``growing``: the relations of its stratum, whose later
     copies do not exist yet."""
-    replicated = {name: l.reason for name, l in layouts.items() if l.replicated}
+    replicated = {name: layout.reason for name, layout in layouts.items() if layout.replicated}
     head_atom = rp.rule.head
     head = layouts[head_atom.relation]
     head_vars = None if head.replicated else _vars_at(head_atom, head.canonical or ())

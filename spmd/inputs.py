@@ -32,7 +32,7 @@ class Inputs:
 
     def files(self, program: ir.Program) -> list[tuple[str, Path, str, ir.Pos | None]]:
         """(relation, path, delimiter, position of its .input) per fact file."""
-        files = []
+        files: list[tuple[str, Path, str, ir.Pos | None]] = []
         directory = Path(self.fact_dir) if self.fact_dir is not None else Path(".")
         for spec in program.inputs:
             if spec.relation not in self.facts:

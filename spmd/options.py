@@ -3,8 +3,11 @@ in process and on a cluster. The CLI and the API import them without importing d
 
 from __future__ import annotations
 
+import enum
 import threading
 from dataclasses import dataclass
+
+from dask_datalog.engine.errors import DatalogError
 
 SILENT_S = 30.0  # a worker whose heartbeats stopped this long is taken as lost (the scheduler waits 5 min)
 REJOIN_S = 10.0  # after a loss, how long a retry waits for the cluster to be back to the job's size
@@ -33,3 +36,21 @@ class RunOptions:
     suspend: threading.Event | None = None
     rejoin_s: float = REJOIN_S
     silent_s: float = SILENT_S
+
+
+class ExchangeKind(enum.StrEnum):
+    """How a run's workers exchange tuples: ``MESH`` (direct sockets driven by the task thread;
+    ``tcp://`` only), ``COMM`` (Dask's comms, any protocol, Dask's serializers) or ``AUTO``
+    (the mesh where it can run, comms elsewhere)."""
+
+    AUTO = "auto"
+    MESH = "mesh"
+    COMM = "comm"
+
+    def uses_mesh(self, peers: tuple[str, ...]) -> bool:
+        """Whether workers at ``peers`` exchange over the mesh; DatalogError for a mesh asked
+        for where it cannot run."""
+        tcp = all(p.startswith("tcp://") for p in peers)
+        if self is ExchangeKind.MESH and not tcp:
+            raise DatalogError(None, f"--exchange mesh needs a tcp:// cluster, not {peers[0].split('://')[0]}://")
+        return self is ExchangeKind.MESH or (self is ExchangeKind.AUTO and tcp)

@@ -30,8 +30,12 @@ class Run(Protocol):
     were computed until asked for."""
 
     program: ir.Program
-    stats: dict[str, Any]
-    sizes: dict[str, int]
+
+    @property
+    def stats(self) -> dict[str, Any]: ...
+
+    @property
+    def sizes(self) -> dict[str, int]: ...
 
     @property
     def symbols(self) -> SymbolTable: ...
@@ -132,7 +136,9 @@ def combine_stats(per_shard: list[Mapping[str, Any]]) -> dict[str, Any]:
 def _combined_strata(per_shard: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The strata as the whole run saw them: shards run the same iterations, so each
     iteration's new tuples are summed over shards, its times and buffers are the slowest or
-    largest shard's."""
+    largest shard's. One shard's are its own (no copy: a long fixpoint has many)."""
+    if len(per_shard) == 1:
+        return list(per_shard[0]["strata"])
     strata = []
     for parts in zip(*(s["strata"] for s in per_shard)):
         iterations = []

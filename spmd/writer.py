@@ -118,7 +118,7 @@ def _write_csv(
     numbers, formatted once when the range is one chunk)."""
     rank, size = transport.rank, transport.size
 
-    def chunks() -> Iterator[bytes | np.ndarray]:
+    def chunks() -> Iterator[bytes | memoryview]:
         return relation_output.format_chunks(rows, relation, symbols, delimiter, in_order=True)
 
     whole: bytes | None = None
@@ -135,9 +135,13 @@ def _write_csv(
         _io(target, lambda: _create_empty(target))
     transport.allgather(None)  # the file exists, empty, before anyone writes into it
     fd = _io(target, lambda: os.open(target, os.O_WRONLY))
+
+    def write_at(chunk: bytes | memoryview, at: int) -> int:
+        return int(_io(target, lambda: os.pwrite(fd, chunk, at)))
+
     try:
         for chunk in [whole] if whole is not None else chunks():
-            _io(target, lambda chunk=chunk: os.pwrite(fd, chunk, offset))
+            write_at(chunk, offset)
             offset += len(chunk)
             if written is not None:
                 written(offset - sum(lengths[:rank]))

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
+from reference import INT32_MAX, BudgetExceeded, evaluate, term_vars
 
 from dask_datalog.engine import ir
-from reference import INT32_MAX, BudgetExceeded, evaluate, term_vars
 
 T = TypeVar("T")
 Value = int | str

@@ -357,9 +357,8 @@ def _ready(lit: PreparedLiteral, bound: set[str]) -> bool:
         if lit.op != "=":
             return False
         for var, other in ((lit.left, lit.right), (lit.right, lit.left)):
-            if isinstance(var, ir.Var) and var.name not in bound:
-                if term_vars(other) <= bound:
-                    return True
+            if isinstance(var, ir.Var) and var.name not in bound and term_vars(other) <= bound:
+                return True
         return False
     return lit.grouping <= bound
 
@@ -425,10 +424,9 @@ def _match_atom(
         if not ok:
             continue
         for i, arg in enumerate(atom.args):  # expressions over variables bound just now
-            if i not in keyed and isinstance(arg, ir.Call):
-                if eval_term(arg, b, pos) != t[i]:
-                    ok = False
-                    break
+            if i not in keyed and isinstance(arg, ir.Call) and eval_term(arg, b, pos) != t[i]:
+                ok = False
+                break
         if ok:
             yield b
 

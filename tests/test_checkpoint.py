@@ -17,23 +17,21 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from dask_datalog.cluster import Result
-from dask_datalog.spmd.shard import Shard, evaluate_shard
-from dask_datalog.spmd.threads import run_in_threads
-from dask_datalog.engine import ir
-from dask_datalog.engine.backend import get_backend
-from dask_datalog.engine.checkpoint import Checkpoints, CheckpointOptions, array_digest, program_digest
-from dask_datalog.engine.errors import Suspended
-from dask_datalog.engine.execution.control import Position
-from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.spmd.inputs import Inputs
-from dask_datalog.spmd.run import run_in_process
-from dask_datalog.spmd.shard import Steering
-from dask_datalog.engine.plan import plan_program
 from program_gen import GeneratedCase, generate_case, generate_from_rng
 from test_sharded import _deal, relation_tuples
+
+from dask_datalog.cluster import Result
+from dask_datalog.engine import ir
+from dask_datalog.engine.backend import get_backend
+from dask_datalog.engine.checkpoint import CheckpointOptions, Checkpoints, array_digest, program_digest
+from dask_datalog.engine.errors import DatalogError, Suspended
+from dask_datalog.engine.execution.control import Position
+from dask_datalog.engine.frontend import load_program, load_program_file
+from dask_datalog.engine.plan import plan_program
+from dask_datalog.spmd.inputs import Inputs
+from dask_datalog.spmd.run import run_in_process
+from dask_datalog.spmd.shard import Shard, Steering, evaluate_shard
+from dask_datalog.spmd.threads import run_in_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 REACH = ROOT / "examples" / "reach.dl"

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -252,6 +253,32 @@ def test_progress_line_on_a_terminal_follows_every_phase(tmp_path: Path) -> None
     assert re.search(summary("in process", 1).replace(r"\n", r"\r?\n"), text), text
 
 
+@pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]])
+def test_outputs_on_stdout_stay_there_while_the_progress_line_is_on_a_terminal(tmp_path: Path, where: list[str]) -> None:
+    """-D - with stderr on a terminal (the progress line shown) and stdout redirected: the
+    relations and .printsize lines reach stdout, not the terminal."""
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(FACTS), "-D", "-", *where]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"})
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 1 << 16)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        screen += chunk
+    stdout = run.communicate(timeout=120)[0].decode()
+    assert run.returncode == 0
+    assert stdout.startswith("---------------\npath\n===============\n") and stdout.count("\n") > 4, stdout
+    assert "===============" not in screen.decode(errors="replace"), screen
+
+
 def test_a_cluster_without_workers_is_one_line(tmp_path: Path) -> None:
     """--scheduler before any worker joined: one line and exit 1, not a traceback."""
     with LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
@@ -259,3 +286,36 @@ def test_a_cluster_without_workers_is_one_line(tmp_path: Path) -> None:
         run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr
     assert run.stderr == "error: the Dask cluster has no workers (yet): start some, or wait for them to join\n"
+
+
+def test_a_run_in_process_never_imports_dask(tmp_path: Path) -> None:
+    """--no-cluster (and the API without a client) never import distributed or dask: a run in
+    this process pays for neither, and works where they are broken."""
+    probe = (
+        "import sys\n"
+        "from dask_datalog.cluster.cli.main import main\n"
+        f"code = main(['run', {str(REACH)!r}, '-F', {str(FACTS)!r}, '-D', {str(tmp_path)!r}, '--no-cluster', '--quiet'])\n"
+        "from dask_datalog.cluster import Program\n"
+        f"Program.from_file({str(REACH)!r}).run(fact_dir={str(FACTS)!r}).tuples('path')\n"
+        "assert code == 0, code\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('distributed', 'dask'))\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]])
+def test_the_summary_time_is_the_commands_wall_time(tmp_path: Path, where: list[str]) -> None:
+    """The summary's time is the whole command's, start-up and the cluster's shutdown included:
+    never more than the wall time measured outside (psutil's process start time made it up to a
+    second more), and short of it only by the interpreter's exit after the line (measured: a
+    few ms; the bound here leaves room for a loaded machine)."""
+    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), *where]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    outside = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    summary_s = float(re.search(r", (\d+\.\d\d) s, ", done.stderr)[1])
+    assert summary_s <= outside + 0.01, (summary_s, outside)
+    assert outside - summary_s < 0.3, (summary_s, outside)

@@ -23,19 +23,18 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from dask_datalog.engine import ir
 from program_gen import GeneratedCase, generate_case, generate_from_rng
 from reference import evaluate
 
-SEEDS = range(150)
-
 from dask_datalog.cluster import Program
+from dask_datalog.engine import ir
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.frontend import load_program
 
+SEEDS = range(150)
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def case_for(seed: int) -> GeneratedCase:
     return generate_case(seed)
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 import functools
 import io
 import threading
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
+from program_gen import GeneratedCase, generate_case
+from test_differential import diff_message
 
 from dask_datalog.cluster import Program
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
 from dask_datalog.engine.errors import DatalogError
-from program_gen import GeneratedCase, generate_case
-from test_differential import diff_message
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -55,12 +55,12 @@ def process_client() -> Client:
     cluster.close()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def example(name: str) -> Program:
     return Program.from_file(EXAMPLES / f"{name}.dl")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def single_shard(name: str) -> dict[str, set[tuple]]:
     result = example(name).run(fact_dir=EXAMPLES / "facts" / name, backend="numpy")
     return {rel: result.tuples(rel) for rel in result.sizes}
@@ -158,7 +158,7 @@ def test_dask_dataframe_result(clients: dict[int, Client], backend: str) -> None
 # ------------------------------------------------------------------------- random programs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def case_for(seed: int) -> GeneratedCase:
     return generate_case(seed)
 
@@ -336,20 +336,25 @@ def test_closing_the_client_stops_the_job_and_frees_its_state(clients: dict[int,
         except BaseException as error:  # the client closing under it is the point
             failures.append(error)
 
+    def open_runs(dask_worker: Any) -> list[str]:
+        """The runs with a phase open on this worker."""
+        return [run for run, state in dask_worker.plugins[PLUGIN_NAME].runs.items() if state.addresses]
+
+    def runs(dask_worker: Any) -> list[str]:
+        return list(dask_worker.plugins[PLUGIN_NAME].runs)
+
+    before = set().union(*clients[2].run(runs).values())  # results of earlier tests, not yet freed
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + 30
-    def phases_open(dask_worker: Any) -> int:
-        return sum(len(state.addresses) for state in dask_worker.plugins[PLUGIN_NAME].runs.values())
-
-    while not all(clients[2].run(phases_open).values()):
-        assert time.monotonic() < deadline, "the job never started"
+    while not (mine := set.intersection(*map(set, clients[2].run(open_runs).values())) - before):
+        assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.05)
     owner.close()
     thread.join(timeout=30)
     assert failures, "the run should not have finished"
-    while any(clients[2].run(lambda dask_worker: len(getattr(dask_worker.plugins.get(PLUGIN_NAME), 'runs', ()))).values()):
-        assert time.monotonic() < deadline + 10, "the job kept running after its client closed"
+    while mine & set().union(*clients[2].run(runs).values()):
+        assert time.monotonic() < deadline + 10, "the run kept running after its client closed"
         time.sleep(0.1)
     check = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
     result = check.run(facts={"e": chain[:50]}, backend="numpy", client=clients[2])

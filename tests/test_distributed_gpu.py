@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 from distributed import Client, LocalCluster
-
-from dask_datalog.engine.backend import cupy_usable
 from program_gen import generate_case
 from test_distributed import EXAMPLE_NAMES, EXAMPLES, check_distributed, example, single_shard
+
+from dask_datalog.engine.backend import cupy_usable
 
 pytestmark = pytest.mark.skipif(not cupy_usable(), reason="needs CuPy and a visible GPU")
 

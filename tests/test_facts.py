@@ -8,14 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from engine_modes import ARRAY_API, KERNELS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine_modes import ARRAY_API, KERNELS
-
 from dask_datalog.engine import ir
-
-from dask_datalog.engine.storage import sets
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.formats.fact_input import (
     _line_start,
@@ -33,6 +30,7 @@ from dask_datalog.engine.formats.relation_output import (
     to_pandas,
     write_relation,
 )
+from dask_datalog.engine.storage import sets
 from dask_datalog.engine.values import UINT32_MAX, SymbolTable, decode
 
 DATA = Path(__file__).parent / "data"

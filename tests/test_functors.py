@@ -5,13 +5,15 @@ reference evaluator, a fact folded by the checker, and shards in threads."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import evaluate
+from test_sharded import relation_tuples, run_sharded
 
 from dask_datalog.cluster import Program
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import load_program
-from reference import evaluate
-from test_sharded import relation_tuples, run_sharded
 
 # (a, b, a ^ b) on number columns, from Soufflé 2.5.
 NUMBER_POWERS = [
@@ -92,6 +94,34 @@ def test_constants_are_folded_as_rules_compute() -> None:
     values = {r.head.relation + str(r.head.args[0].value): r.head.args[-1].value for r in program.rules}
     assert [values[f"n{i}"] for i in range(1, 14)] == [512, -4, 18, 0, 1, 7, 5, 1, 6, 0, 9, -27, 3]
     assert {values["u1870418611"], values["u4000000000"]} == {1870418611, 4000000000}
+
+
+@given(
+    st.sampled_from(["+", "-", "*", "/", "%", "^", "min", "max"]),
+    st.sampled_from(["number", "unsigned"]),
+    st.integers(-(2**31), 2**32 - 1),
+    st.integers(-(2**31), 2**32 - 1),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_folded_fact_and_a_rule_compute_the_same_value(op: str, type: str, a: int, b: int) -> None:
+    """The checker folds facts through the evaluator's own functors (functors.fold): a fact
+    ``r(a op b)`` and the rule deriving ``r(a op b)`` from ``e(a, b)`` agree, errors included."""
+    low, high = (-(2**31), 2**31 - 1) if type == "number" else (0, 2**32 - 1)
+    a, b = min(max(a, low), high), min(max(b, low), high)
+    term = f"{op}({a}, {b})" if op in ("min", "max") else f"({a}) {op} ({b})"
+    header = f".decl r(x:{type})\n.decl e(a:{type}, b:{type})\n"
+    try:
+        folded = load_program(header + f"r({term}).\n").rules[0].head.args[0].value
+    except DatalogError as error:
+        folded = ("error", error.message.split(" in ")[0])
+    rule = term.replace(f"({a})", "x", 1).replace(f"({b})", "y", 1) if op not in ("min", "max") else f"{op}(x, y)"
+    program = Program(header + f"r({rule}) :- e(x, y).\n")
+    try:
+        (computed,) = program.run(facts={"e": [(a, b)]}, backend="numpy").tuples("r")
+        evaluated = computed[0]
+    except DatalogError as error:
+        evaluated = ("error", error.message.split(" in ")[0])
+    assert folded == evaluated
 
 
 def test_min_and_max_beside_the_aggregates() -> None:

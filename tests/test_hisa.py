@@ -3,12 +3,10 @@ agrees with Python sets on random rows (narrow rows: one word; wide rows: severa
 
 from __future__ import annotations
 
-
 import numpy as np
+from engine_modes import ARRAY_API, KERNELS
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from engine_modes import ARRAY_API, KERNELS
 
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.hisa import (
@@ -191,6 +189,28 @@ def test_join_parts_stay_runs_while_the_outer_table_is_small() -> None:
     assert [len(p.rows) for p in store.parts((0,), "full", 1000)] == [1240]
     store.add(to_rows([(v,) for v in range(1240, 1250)], 1))
     assert [len(p.rows) for p in store.parts((0,), "full", 0)] == [1240, 10]
+
+
+def test_reading_full_for_a_checkpoint_merges_no_runs() -> None:
+    """What a checkpoint writes (full's runs as they are) and what counts full (its size, its
+    bytes) leave the runs alone: writing a checkpoint must not change what later iterations
+    cost. Only compact() merges them, explicitly."""
+    from dask_datalog.engine.execution.exchange import LocalExchange
+    from dask_datalog.engine.execution.shard_store import ShardStore
+    from dask_datalog.engine.frontend import load_program
+    from dask_datalog.engine.plan import plan_program
+
+    plan = plan_program(load_program(".decl r(x:number)\n"))
+    shard = ShardStore(plan, KERNELS, LocalExchange())
+    store = shard.stores["r"]
+    for start, n in ((0, 1000), (1000, 200), (1200, 40)):
+        store.add(to_rows([(v,) for v in range(start, start + n)], 1))
+    before = [len(run) for run in store.runs]
+    runs, delta = shard.checkpoint_rows()["r"]
+    assert [len(run) for run in runs] == before == [1000, 200, 40] and len(delta) == 40
+    assert len(store) == 1240 and shard.local_size("r") == 1240 and shard.held()["r"] > 0
+    assert [len(run) for run in store.runs] == before
+    assert len(store.compact()) == 1240 and [len(run) for run in store.runs] == [1240]
 
 
 @given(st.data())

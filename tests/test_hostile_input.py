@@ -20,12 +20,12 @@ from dask_datalog.engine import ir
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.formats.fact_input import encode_rows, read_facts, read_facts_range
+from dask_datalog.engine.formats.relation_output import write_relation
 from dask_datalog.engine.frontend import load_program, load_program_file
+from dask_datalog.engine.frontend.parser import MAX_ALTERNATIVES, MAX_NESTING
+from dask_datalog.engine.values import SymbolTable
 from dask_datalog.spmd.inputs import Inputs, read_part
 from dask_datalog.spmd.run import run_in_process
-from dask_datalog.engine.frontend.parser import MAX_ALTERNATIVES, MAX_NESTING
-from dask_datalog.engine.formats.relation_output import write_relation
-from dask_datalog.engine.values import SymbolTable
 
 QUICK = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 LONG = settings(max_examples=20_000, deadline=5000, suppress_health_check=[HealthCheck.too_slow])

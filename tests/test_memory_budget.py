@@ -13,17 +13,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_worker_loss import REACH, chain, cli
 
 from dask_datalog.cluster import Program
-from dask_datalog.spmd.options import RunOptions
-from dask_datalog.spmd.shard import evaluate_shard
-from dask_datalog.spmd.threads import run_in_threads
 from dask_datalog.engine.backend import get_backend
-from dask_datalog.spmd.inputs import Inputs
-from dask_datalog.spmd.shard import Steering
 from dask_datalog.engine.errors import MemoryBudgetExceeded
 from dask_datalog.engine.memory import chunk_rows_for
-from test_worker_loss import REACH, chain, cli
+from dask_datalog.spmd.inputs import Inputs
+from dask_datalog.spmd.options import RunOptions
+from dask_datalog.spmd.shard import Steering, evaluate_shard
+from dask_datalog.spmd.threads import run_in_threads
 
 BUDGET = 16 << 20
 # The join of a and b on z has 2,000 x 8,000 = 16 M rows (192 MB of binding table: 12x the

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from program_gen import generate_from_rng
+from reference import compare, eval_term, evaluate, wrap
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.frontend import load_program
-from dask_datalog.engine.storage.hisa import pack
 from dask_datalog.engine.plan import (
     LOCAL,
     AggregateStep,
@@ -32,11 +33,10 @@ from dask_datalog.engine.plan import (
     Step,
     plan_program,
 )
+from dask_datalog.engine.storage.hisa import pack
 from dask_datalog.partition.buckets import bucket, split
 from dask_datalog.partition.hashing import key_hash, shard_of, shard_of_rows
 from dask_datalog.partition.placement import REPLICATE_BELOW, place
-from program_gen import generate_from_rng
-from reference import compare, eval_term, evaluate, wrap
 
 settings.register_profile("partition", max_examples=60, deadline=None)
 settings.load_profile("partition")
@@ -579,12 +579,10 @@ class Shards:
 def match(atom: ir.Atom, t: Tuple, b: Binding) -> Binding | None:
     out = dict(b)
     for a, v in zip(atom.args, t):
-        if isinstance(a, ir.Const):
-            if a.value != v:
-                return None
-        elif isinstance(a, ir.Var):
-            if out.setdefault(a.name, v) != v:
-                return None
+        if isinstance(a, ir.Const) and a.value != v:
+            return None
+        if isinstance(a, ir.Var) and out.setdefault(a.name, v) != v:
+            return None
     return out
 
 

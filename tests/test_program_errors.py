@@ -280,5 +280,5 @@ def test_program_file_not_utf8(tmp_path, data: bytes, where: str, byte: str) -> 
 def test_program_file_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from dask_datalog.cluster import Program
 
-    with pytest.raises(DatalogError, match="cannot read program .*none.dl"):
+    with pytest.raises(DatalogError, match=r"cannot read program .*none\.dl"):
         Program.from_file(tmp_path / "none.dl")

@@ -8,9 +8,6 @@ Soufflé text and must give the same answers.
 from __future__ import annotations
 
 import pytest
-
-from dask_datalog.engine import ir
-from dask_datalog.engine.errors import DatalogError
 from reference import (
     INT32_MAX,
     INT32_MIN,
@@ -23,6 +20,9 @@ from reference import (
     strata,
     wrap,
 )
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.errors import DatalogError
 
 # ----------------------------------------------------------------- IR building shorthands
 

@@ -19,22 +19,21 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from dask_datalog.spmd.writer import write_outputs
-from dask_datalog.spmd.shard import Shard, evaluate_shard
-from dask_datalog.engine.errors import Aborted
-from dask_datalog.spmd.threads import run_in_threads
-from dask_datalog.engine import ir
-from dask_datalog.engine.formats import relation_output
-from dask_datalog.engine.backend import get_backend
-from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.spmd.inputs import Inputs
-from dask_datalog.spmd.run import run_in_process
-from dask_datalog.partition.placement import REPLICATE_BELOW
 from points_to_gen import clustered_points_to
 from program_gen import GeneratedCase, generate_case, generate_from_rng
 from test_differential import diff_message
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.backend import get_backend
+from dask_datalog.engine.errors import Aborted, DatalogError
+from dask_datalog.engine.formats import relation_output
+from dask_datalog.engine.frontend import load_program, load_program_file
+from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.spmd.inputs import Inputs
+from dask_datalog.spmd.run import run_in_process
+from dask_datalog.spmd.shard import Shard, evaluate_shard
+from dask_datalog.spmd.threads import run_in_threads
+from dask_datalog.spmd.writer import write_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -88,7 +87,7 @@ def check_case(case: GeneratedCase, n: int, backend: str = "numpy", **options: A
         assert got == want, diff_message(f"{n} shards {options}", name, got, want, case)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def case_for(seed: int) -> GeneratedCase:
     return generate_case(seed)
 
@@ -339,7 +338,7 @@ def test_a_failing_shard_stops_its_peers_with_its_own_error() -> None:
         rows = [(1, 2)] if transport.rank else [(1, "oops")]
         return evaluate_shard(transport, program, get_backend("numpy"), Inputs(facts={"edge": rows}))
 
-    with pytest.raises(DatalogError, match="oops|number"):
+    with pytest.raises(DatalogError, match=r"oops|number"):
         run_in_threads(3, shard)
 
 
@@ -410,3 +409,48 @@ def test_text_length_counts_what_formatting_writes(rows: list[tuple[int, int]], 
     symbols = SymbolTable()
     text = relation_output.format_relation(encoded, relation, symbols, delimiter)
     assert relation_output.text_length(encoded, relation, symbols, delimiter) == len(text)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_symbols_appended_during_a_run_are_written_in_text_order(n: int, fmt: str, tmp_path: Path) -> None:
+    """SymbolTable.append, the one place where strings may join a run's table after it was
+    agreed (ids past ``ordered`` are out of text order): every shard appends the same strings,
+    and the outputs are still sorted by text, byte for byte what a table in text order gives."""
+    from dask_datalog.engine.storage import sets
+    from dask_datalog.engine.storage.hisa import pack
+    from dask_datalog.engine.values import SymbolTable
+    from dask_datalog.spmd.shard import Shard
+
+    program = load_program(".decl r(a:symbol, b:number)\n.output r\n")
+    agreed = ["b", "d", "f"]
+    made = ["e", "a", "zz", "c"]  # as a functor would make them during the run: in any order
+    data = [(s, k) for k, s in enumerate(agreed + made)] + [("a", -1), ("zz", 70)]
+
+    def shard_rows(symbols: SymbolTable, rank: int) -> np.ndarray:
+        mine = _deal(sorted(data), rank, n)
+        ids = np.array([symbols.id_of(s) for s, _ in mine], dtype=np.uint32)
+        numbers = np.array([(k & 0xFFFFFFFF) ^ 0x80000000 for _, k in mine], dtype=np.uint32)
+        return sets.sort_unique(pack([ids, numbers], len(mine), np), np)
+
+    def write(appended: bool, out: Path) -> None:
+        def shard(transport: Any) -> None:
+            symbols = SymbolTable.sorted_union([agreed])
+            if appended:
+                assert symbols.append(made).tolist() == [3, 4, 5, 6] and not symbols.text_ordered
+            else:
+                symbols = SymbolTable.sorted_union([agreed + made])
+            done = Shard(transport.rank, n, program, symbols, "numpy", {"r": shard_rows(symbols, transport.rank)}, {})
+            write_outputs(transport, done, str(out), fmt)
+
+        run_in_threads(n, shard)
+
+    import pyarrow.parquet as pq
+
+    write(True, tmp_path / "appended")
+    write(False, tmp_path / "ordered")
+    read = (lambda d: (d / "r.csv").read_bytes()) if fmt == "csv" else (lambda d: pq.read_table(d / "r").to_pandas().values.tolist())
+    assert read(tmp_path / "appended") == read(tmp_path / "ordered")
+    if fmt == "csv":
+        lines = (tmp_path / "appended" / "r.csv").read_text().splitlines()
+        assert lines == [f"{s}\t{k}" for s, k in sorted(data)]

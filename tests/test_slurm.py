@@ -47,7 +47,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-
 from test_worker_loss import REACH, chain, cli
 
 pytestmark = pytest.mark.slurm
@@ -668,7 +667,7 @@ def test_a_cluster_job_on_two_nodes(two_nodes: Slurm, two_node_jobs: dict[str, J
         assert re.search(rf"start 1: 2 node\(s\), 4 worker\(s\); scheduler tcp://{re.escape(first)}:\d+, .* of dd-node1$", log, re.M), log
         assert "done: cluster (--scheduler), 4 workers," in log, log
         assert (job.out / "path.csv").read_bytes() == want
-        assert _eventually(lambda: not _on_nodes(slurm, job)), _on_nodes(slurm, job)
+        assert _eventually(lambda job=job: not _on_nodes(slurm, job)), _on_nodes(slurm, job)
     _assert_clean_success(slurm, two_node_jobs["cluster"], slurm.show(two_node_jobs["cluster"]))
 
     # the workers' own lines: two on each node, each limited to its share, --mem=2000 (MiB) over

@@ -25,13 +25,13 @@ import numpy as np
 import psutil
 import pytest
 from distributed import Client, LocalCluster
+from test_worker_loss import REACH, assert_no_job_left, chain, cli, hard_timeout, outputs
 
 from dask_datalog.cluster import Program
 from dask_datalog.cluster.cli.main import build_parser
 from dask_datalog.cluster.cli.run_command import IN_PROCESS, CheckpointDirectory
 from dask_datalog.engine.errors import RunTimeout
 from dask_datalog.spmd.options import RunOptions
-from test_worker_loss import REACH, assert_no_job_left, chain, cli, hard_timeout, outputs
 
 COMMAND = [sys.executable, "-m", "dask_datalog.cluster.cli", "run"]
 

@@ -18,13 +18,12 @@ from distributed import Client, LocalCluster
 
 pytest.importorskip("cryptography")  # what Security.temporary needs
 
-from distributed.security import Security  # noqa: E402
+from distributed.security import Security
+from test_cli import summary
 
-from dask_datalog.cluster import Program  # noqa: E402
-
-from dask_datalog.engine.errors import DatalogError  # noqa: E402
-from dask_datalog.cluster.cli.main import main  # noqa: E402
-from test_cli import summary  # noqa: E402
+from dask_datalog.cluster import Program
+from dask_datalog.cluster.cli.main import main
+from dask_datalog.engine.errors import DatalogError
 
 ROOT = Path(__file__).resolve().parent.parent
 SG = ROOT / "examples" / "sg.dl"

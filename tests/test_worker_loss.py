@@ -26,14 +26,14 @@ import numpy as np
 import psutil
 import pytest
 from distributed import Client, LocalCluster
-
-from dask_datalog.cluster import Program
-from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
-from dask_datalog.cluster.runtime.faults import ENV as FAULT
-from dask_datalog.engine.errors import WorkerLost
-from dask_datalog.spmd.options import RunOptions
 from test_checkpoint import MIXED
 from test_cli import summary
+
+from dask_datalog.cluster import Program
+from dask_datalog.cluster.runtime.faults import ENV as FAULT
+from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
+from dask_datalog.engine.errors import WorkerLost
+from dask_datalog.spmd.options import RunOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 REACH = ROOT / "examples" / "reach.dl"

@@ -1,5 +1,5 @@
 """The ``dask-datalog`` command line."""
 
-from dask_datalog.cluster.cli.main import main
+from dask_datalog.cluster.cli.main import command, main
 
-__all__ = ["main"]
+__all__ = ["command", "main"]

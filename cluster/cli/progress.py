@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +69,8 @@ class ProgressDisplay:
         self.dashboard = dashboard
         self.console = console or Console(stderr=True)
         self.lock = threading.Lock()
-        self.live = Live(self, console=self.console, transient=True, refresh_per_second=8)
+        # stdout is the run's (-D - prints the relations there): the line stays on stderr.
+        self.live = Live(self, console=self.console, transient=True, refresh_per_second=8, redirect_stdout=False)
 
     def handler(self, event: dict[str, Any]) -> None:
         with self.lock:

@@ -22,15 +22,21 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from dask_datalog.engine.errors import DatalogError
+from dask_datalog.cluster.api import Program, Result
+from dask_datalog.engine.checkpoint import Checkpoints, Manifest
+from dask_datalog.engine.errors import (
+    EXIT_SUSPENDED,
+    EXIT_TERMINATED,
+    EXIT_TIMEOUT,
+    DatalogError,
+    Suspended,
+    Terminated,
+    human_bytes,
+)
 from dask_datalog.engine.memory import peak_rss
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.partition.placement import REPLICATE_BELOW
-from dask_datalog.engine.checkpoint import Checkpoints, Manifest
-from dask_datalog.cluster.runtime.phase import ExchangeKind
-from dask_datalog.cluster.api import Program, Result
-from dask_datalog.engine.errors import EXIT_SUSPENDED, EXIT_TERMINATED, EXIT_TIMEOUT, Suspended, Terminated, human_bytes
-from dask_datalog.spmd.options import RunOptions
+from dask_datalog.spmd.options import ExchangeKind, RunOptions
 from dask_datalog.spmd.progress import iteration_events
 
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import psutil
 
-from dask_datalog.engine.errors import DatalogError
-from dask_datalog.cluster.experiments import generate
-from dask_datalog.cluster.experiments import scaling
 from dask_datalog.cluster.api import Program
+from dask_datalog.cluster.experiments import generate, scaling
+from dask_datalog.engine.errors import DatalogError
 
 COMMANDS = ("gen", "scale")
 DEFAULT_WORKERS = (1, 2, 4)

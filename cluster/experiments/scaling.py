@@ -39,9 +39,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dask_datalog.engine.execution.phases import PHASES
-from dask_datalog.cluster.experiments import generate
 from dask_datalog.cluster.api import Program
+from dask_datalog.cluster.experiments import generate
+from dask_datalog.engine.execution.phases import PHASES
 from dask_datalog.spmd.options import RunOptions
 
 IN_PROCESS, EMBEDDED, CLUSTER = "in process", "embedded", "cluster"

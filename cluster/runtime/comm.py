@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from distributed.comm import connect, listen
-from distributed.comm.core import CommClosedError
+from distributed.comm.core import CommClosedError, connect, listen
 
 from dask_datalog.cluster.runtime import dask_adapter
 from dask_datalog.engine.errors import PeerLost
@@ -150,10 +149,10 @@ class CommTransport:
             return {"raw": pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)}
         return {"part": dask_adapter.serialized(part)}
 
-    def _round(self, work: Awaitable[T]) -> T:
+    def _round(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` on the phase's loop; every ``poll_s`` of waiting, ``check()`` (its error
         ends the round); a peer's closed endpoint is ``PeerLost``."""
-        task = self.loop.create_task(work)  # type: ignore[arg-type]
+        task = self.loop.create_task(work)
         stopped: list[BaseException] = []
 
         def watchdog() -> None:
@@ -177,7 +176,7 @@ class CommTransport:
         finally:
             timer[0].cancel()
 
-    def _run(self, work: Awaitable[T]) -> T:
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(work)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from dask_datalog.engine.backend import gpu_count
 from dask_datalog.engine.errors import ClusterError, DatalogError
 
 CONNECT_TIMEOUT = "20s"  # a scheduler that does not answer within this is not there
+START_ATTEMPTS = 3  # an embedded cluster whose worker died while it started is started again
+READY_S = 10.0  # how long a started embedded cluster may take to have all its workers registered
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,23 @@ def start_cluster(workers: int | None, backend: str, processes: bool = True) -> 
         "distributed.worker.profile.cycle": "10s",
         "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     }
-    with dask.config.set(settings):
-        return LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=processes,
-            silence_logs=logging.ERROR,
-            dashboard_address=":0",
-            **extra,
-        )
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            with dask.config.set(settings):
+                return LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=processes,
+                    silence_logs=logging.CRITICAL,
+                    dashboard_address=":0",
+                    **extra,
+                )
+        except RuntimeError:
+            # distributed's "Nanny failed to start": a worker process died before its nanny
+            # registered it (killed, out of memory). LocalCluster closed itself; start again.
+            if attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 @contextmanager
@@ -91,11 +102,23 @@ def embedded_client(workers: int | None, backend: str) -> Iterator[Any]:
     try:
         client = Client(cluster)
         try:
+            _wait_for_workers(client, len(cluster.worker_spec))
             yield client
         finally:
             client.close()
     finally:
         cluster.close()
+
+
+def _wait_for_workers(client: Any, n: int) -> None:
+    """Until the scheduler knows the cluster's ``n`` workers, for READY_S at most: a worker lost
+    just after the start is restarted by its nanny meanwhile, and the run takes the workers
+    there are (a loss then costs a retry, not the run). Polled rather than
+    ``Client.wait_for_workers``, which replaces the cluster object's worker table and raised
+    a KeyError at close when a worker left meanwhile."""
+    deadline = time.monotonic() + READY_S
+    while len(dask_adapter.scheduler_workers(client)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -154,8 +177,8 @@ def _security(tls: TlsFiles | None, address: str) -> Any:
             require_encryption=True,
         )
     if address.startswith("tls://") and not dask.config.get("distributed.client.security-loader", None):
-        configured = Security()
-        if not (configured.tls_ca_file and configured.tls_client_cert):
+        configured = Security()  # Dask's configuration; its attributes are set dynamically
+        if not (getattr(configured, "tls_ca_file", None) and getattr(configured, "tls_client_cert", None)):
             # Client would fail with a TypeError about a missing ssl_context
             raise DatalogError(
                 None,

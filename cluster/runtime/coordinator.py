@@ -38,14 +38,23 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import numpy as np
 
 from dask_datalog.cluster.runtime import dask_adapter
-from dask_datalog.cluster.runtime.phase import ExchangeKind, PhaseId
+from dask_datalog.cluster.runtime.phase import PhaseId
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME, DatalogPlugin
-from dask_datalog.cluster.runtime.tasks import Failed, ShardTask, evaluate_task, shard_frame, shard_packed, shard_stats, shard_symbols, write_task
+from dask_datalog.cluster.runtime.tasks import (
+    Failed,
+    ShardTask,
+    evaluate_task,
+    shard_frame,
+    shard_packed,
+    shard_stats,
+    shard_symbols,
+    write_task,
+)
 from dask_datalog.engine.backend import NUMPY
 from dask_datalog.engine.checkpoint import CheckpointOptions, array_digest
 from dask_datalog.engine.errors import Aborted, ClusterError, RunTimeout, Suspended, Terminated, WorkerLost
@@ -55,7 +64,7 @@ from dask_datalog.engine.storage import sets
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition.placement import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import check_fact_names
-from dask_datalog.spmd.options import RunOptions
+from dask_datalog.spmd.options import ExchangeKind, RunOptions
 from dask_datalog.spmd.run import combine_stats
 from dask_datalog.spmd.writer import STDOUT, check_output_format, print_relation, print_sizes
 
@@ -137,9 +146,8 @@ class Membership:
             return dask_adapter.scheduler_workers(self.client)
         except OSError:  # the scheduler went away while we asked
             self._scheduler_gone()
-            raise AssertionError("unreachable")
 
-    def _scheduler_gone(self) -> None:
+    def _scheduler_gone(self) -> NoReturn:
         lost = f"lost the Dask scheduler (client {self.client.status})"
         if self.options.suspend is not None and self.options.suspend.is_set():
             raise Terminated(f"{lost} before the run had checkpointed")
@@ -315,6 +323,7 @@ class ClusterRun:
         if directory is None:
             return None
         attempt = self.record.attempt
+        resume: str | None
         if self.options.resume:
             resume, verify = "", attempt == 0
         else:
@@ -356,7 +365,7 @@ class ClusterRun:
             if not any(_failed(f) for f in futures):
                 suspended = next((e for e in map(_outcome, futures) if isinstance(e, Suspended)), None)
                 if suspended is not None:
-                    self.client.cancel(list(futures))
+                    self._cancel(list(futures))
                     raise suspended
                 return [] if keep else self.client.gather(list(futures))
             lost = self.members.lost(peers, self.record.where(), force=True)  # a peer's closed connection may be the first sign of a loss
@@ -368,16 +377,16 @@ class ClusterRun:
             deadline = time.monotonic() + STOP_WAIT_S  # let them end the phase, for a bounded time
             while any(f.status == "pending" for f in survivors) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            self.client.cancel(list(futures))
+            self._cancel(list(futures))
             raise
         except BaseException as error:
             self.abort("timed out" if isinstance(error, RunTimeout) else "stopped by the client")
-            self.client.cancel(list(futures))
+            self._cancel(list(futures))
             raise
         errors = [_outcome(f) for f in futures if _failed(f) and f.status != "cancelled"]
         if not errors:  # only cancelled ones: gather raises distributed's error for them
             self.client.gather(list(futures))
-        self.client.cancel(list(futures))
+        self._cancel(list(futures))
         raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])  # type: ignore[misc]
 
     def _requests(self) -> None:
@@ -434,9 +443,15 @@ class ClusterRun:
             raise failure[0]
         raise ClusterError(f"the workers did not answer within {TELL_S:g} s")
 
+    def _cancel(self, futures: Sequence[Any]) -> None:
+        """Release tasks, where the client can still say so: a closed client's cancel would
+        wait forever (its tasks went with it)."""
+        if self.client.status == "running":
+            self.client.cancel(list(futures))
+
     def _release(self) -> None:
         if self.shards is not None:
-            self.client.cancel(self.shards)
+            self._cancel(self.shards)
             self.shards = None
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 
-def current_task() -> tuple[Any, str]:
+def current_task() -> tuple[Any, Any]:
     """(worker, key of the task running in this thread), both public API, then ``secede``: the
     task leaves the worker's thread pool, so a job's long-running tasks never hold the slots
     other jobs on the same cluster need."""
@@ -23,7 +23,7 @@ def current_task() -> tuple[Any, str]:
     return worker, key
 
 
-def task_wanted(worker: Any, key: str) -> bool:
+def task_wanted(worker: Any, key: Any) -> bool:
     """Whether the worker still runs task ``key`` for the client. Private: ``worker.state.tasks``
     (the worker state machine's table) is the only place that says a running task was released
     (Client.close, cancel, Ctrl-C) without waiting for the task to return."""
@@ -60,13 +60,6 @@ def add_handler(worker: Any, name: str, handler: Callable[..., Any]) -> None:
     worker.handlers[name] = handler
 
 
-async def send_one_way(worker: Any, address: str, handler: str, **message: Any) -> None:
-    """Call ``handler`` on the worker at ``address`` without waiting for a reply. Private:
-    ``reply=False`` on ``worker.rpc``'s call: a round then costs one message per peer, not a
-    request and a response."""
-    await getattr(worker.rpc(address), handler)(reply=False, **message)
-
-
 async def call(worker: Any, address: str, handler: str, **message: Any) -> Any:
     """Call ``handler`` on the worker at ``address`` and wait for its answer (``worker.rpc``:
     the worker's connection pool, the way peers reach each other)."""
@@ -85,7 +78,7 @@ def run_on_loop(loop: Any, coroutine: Callable[..., Awaitable[Any]], *args: Any)
 def serialized(part: Any) -> Any:
     """Mark a message part for Dask's serialisation (array data travels as frames, not pickled
     into the message). Public: ``distributed.protocol.to_serialize``."""
-    from distributed.protocol import to_serialize
+    from distributed.protocol.serialize import to_serialize
 
     return to_serialize(part)
 
@@ -101,7 +94,7 @@ def scheduler_workers(client: Any) -> dict[str, Any]:
 
 def address_host(address: str) -> str:
     """The host of a worker address (``distributed.comm.get_address_host``)."""
-    from distributed.comm import get_address_host
+    from distributed.comm.addressing import get_address_host
 
     return get_address_host(address)
 

@@ -14,37 +14,19 @@ A phase stops (``Aborted``) when the client aborted the run, when its task was r
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from dask_datalog.cluster.runtime import dask_adapter
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME, DatalogPlugin
-from dask_datalog.engine.errors import Aborted, DatalogError
+from dask_datalog.engine.errors import Aborted, PeerLost
 from dask_datalog.partition.transport import LocalTransport, Transport
 from dask_datalog.spmd.mesh import Mesh, MeshTransport
+from dask_datalog.spmd.options import ExchangeKind
 
 POLL_S = 0.5  # how often a waiting worker checks that its run is still wanted
 RENDEZVOUS_WAIT_S = 1.0  # one ask of a peer's address; asked again (checking the run) until it answers
-
-
-class ExchangeKind(enum.StrEnum):
-    """How a run's workers exchange tuples: ``MESH`` (direct sockets driven by the task thread;
-    ``tcp://`` only), ``COMM`` (Dask's comms, any protocol, Dask's serializers) or ``AUTO``
-    (the mesh where it can run, comms elsewhere)."""
-
-    AUTO = "auto"
-    MESH = "mesh"
-    COMM = "comm"
-
-    def uses_mesh(self, peers: tuple[str, ...]) -> bool:
-        """Whether workers at ``peers`` exchange over the mesh; DatalogError for a mesh asked
-        for where it cannot run."""
-        tcp = all(p.startswith("tcp://") for p in peers)
-        if self is ExchangeKind.MESH and not tcp:
-            raise DatalogError(None, f"--exchange mesh needs a tcp:// cluster, not {peers[0].split('://')[0]}://")
-        return self is ExchangeKind.MESH or (self is ExchangeKind.AUTO and tcp)
 
 
 @dataclass(frozen=True)
@@ -118,6 +100,9 @@ class Phase:
                 transport.mesh.connect([tuple(a) if a is not None else None for a in addresses])
             else:
                 transport.connect(addresses)
+        except OSError as error:  # a peer that failed meanwhile, or a network that refuses
+            transport.close()
+            raise PeerLost(f"no connection between the workers of phase {self.phase}: {error}") from error
         except BaseException:
             transport.close()
             raise

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dask_datalog.cluster.runtime import dask_adapter, faults
-from dask_datalog.cluster.runtime.phase import ExchangeKind, Phase, PhaseId
+from dask_datalog.cluster.runtime.phase import Phase, PhaseId
 from dask_datalog.engine import ir, memory
 from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.checkpoint import CheckpointOptions
@@ -26,6 +26,7 @@ from dask_datalog.engine.execution.fixpoint import OnIteration
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.partition.placement import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import Inputs
+from dask_datalog.spmd.options import ExchangeKind
 from dask_datalog.spmd.progress import iteration_events
 from dask_datalog.spmd.shard import Shard, Steering, evaluate_shard
 from dask_datalog.spmd.writer import write_outputs

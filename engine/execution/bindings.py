@@ -10,7 +10,7 @@ from typing import Any
 @dataclass
 class Bindings:
     table: Any  # (n, k) uint32
-    names: tuple[str, ...]
+    names: tuple[str | None, ...]  # None: a zero pad column (a join writing packed head rows)
 
     @classmethod
     def unit(cls, xp: Any) -> Bindings:

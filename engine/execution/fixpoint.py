@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dask_datalog.engine.backend import Backend
+from dask_datalog.engine.errors import Suspended
 from dask_datalog.engine.execution.control import NO_CONTROL, STOP, Control, Position
 from dask_datalog.engine.execution.exchange import Exchange, Target
 from dask_datalog.engine.execution.head_rows import HeadRows
@@ -30,7 +31,6 @@ from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.rule_versions import run_version
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
-from dask_datalog.engine.errors import Suspended
 from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan
 from dask_datalog.engine.storage.hisa import words_for
 from dask_datalog.engine.values import SymbolTable
@@ -38,7 +38,7 @@ from dask_datalog.engine.values import SymbolTable
 OnIteration = Callable[[int, int, dict[str, int]], None]  # (stratum, iteration, delta sizes)
 
 
-@dataclass
+@dataclass(slots=True)
 class Iteration:
     """One iteration on one shard: the new tuples per relation, how many tuples any shard
     found or moved (``active``: 0 ends the stratum), the phases' times, the most raw head rows
@@ -61,9 +61,12 @@ class Iteration:
 
 @dataclass
 class Stratum:
+    """A stratum's run on one shard; its iterations kept as their statistics (``to_json``):
+    a long fixpoint has many, and a second copy of them would cost memory at the end."""
+
     relations: tuple[str, ...]
     recursive: bool
-    iterations: list[Iteration]
+    iterations: list[dict[str, Any]]
     sizes: dict[str, int]
     time_s: float
 
@@ -71,7 +74,7 @@ class Stratum:
         return {
             "relations": list(self.relations),
             "recursive": self.recursive,
-            "iterations": [i.to_json() for i in self.iterations],
+            "iterations": self.iterations,
             "sizes": self.sizes,
             "time_s": self.time_s,
         }
@@ -134,10 +137,10 @@ class Fixpoint:
         strata read are built from the complete relations. Checkpoints requested within the
         stratum are written at once; a request in its last iteration is returned."""
         t0 = time.perf_counter()
-        iterations: list[Iteration] = []
+        iterations: list[dict[str, Any]] = []
         while True:
             iteration, requests = self._iterate(stratum.initial if done == 0 else stratum.deltas, stratum.relations)
-            iterations.append(iteration)
+            iterations.append(iteration.to_json())
             if on_iteration is not None:
                 on_iteration(number, done, iteration.delta)
             done += 1

@@ -130,7 +130,7 @@ def _join_index(
         for k, other in checks:
             keep &= unpack(rows, k, xp) == (keys[k][outer] if other is None else unpack(rows, other, xp))
         outer, inner = outer[keep], inner[keep]
-        yield Bindings(gather_pairs(b.table, outer, index.rows, inner, source, xp), names)  # type: ignore[arg-type]
+        yield Bindings(gather_pairs(b.table, outer, index.rows, inner, source, xp), names)
 
 
 def filter_rows(ops: Operators, b: Bindings, step: FilterStep, layout: Layout | None) -> Iterator[Bindings]:

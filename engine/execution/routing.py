@@ -4,6 +4,7 @@ Everything here is the identity on one shard, whose plan is all ``LOCAL``."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from dask_datalog.engine.execution.bindings import Bindings
@@ -23,8 +24,7 @@ class Router:
         where the binding tables move between shards (a collective every shard takes part in,
         with or without rows)."""
         cuts = [i for i, step in enumerate(steps) if step.route.action is RouteAction.EXCHANGE]
-        bounds = [0, *cuts, len(steps)]
-        return list(zip(bounds, bounds[1:]))
+        return list(itertools.pairwise([0, *cuts, len(steps)]))
 
     def regroup(self, tables: list[Bindings], step: Step) -> list[Bindings]:
         """The binding tables of the segment that ended, re-partitioned by ``step``'s route key

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
 from dask_datalog.engine import ir
-from dask_datalog.engine.storage import cpu_kernels
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.storage import cpu_kernels
 from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX, SymbolTable, encode
 
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -218,9 +219,9 @@ def _read_slow(
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line_start = max(data.rfind(b"\n", 0, e.start), data.rfind(b"\r", 0, e.start)) + 1
-        line = len(_LINE_BREAK.findall(data[: e.start].decode("utf-8"))) + 1
+        bad_line = len(_LINE_BREAK.findall(data[: e.start].decode("utf-8"))) + 1
         col = len(data[line_start : e.start].decode("utf-8")) + 1
-        raise DatalogError(ir.Pos(file, line, col), f"invalid UTF-8 byte 0x{data[e.start]:02x}") from None
+        raise DatalogError(ir.Pos(file, bad_line, col), f"invalid UTF-8 byte 0x{data[e.start]:02x}") from None
     if file_start:
         text = text.removeprefix("\ufeff")
     arity = relation.arity

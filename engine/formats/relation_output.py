@@ -8,8 +8,8 @@ Symbols sort by text, not by id; a nullary relation is written as ``()`` (Souffl
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
@@ -170,9 +170,9 @@ def format_chunks(
     *,
     backend: Backend = NUMPY,
     in_order: bool = False,
-) -> Iterator[bytes | np.ndarray]:
+) -> Iterator[bytes | memoryview]:
     """Distinct encoded rows, sorted and decoded, one per line, as a sequence of byte strings
-    (uint8 arrays from the CPU kernel). ``in_order``: the rows are in output order already
+    (views of the CPU kernel's uint8 arrays). ``in_order``: the rows are in output order already
     (a shard's range of the output), not sorted again.
 
     Numbers go through the CPU kernel when ``backend`` has it (the rows are NumPy arrays
@@ -188,10 +188,11 @@ def format_chunks(
         return
     if _by_kernel(relation, delimiter, backend):
         kernels = backend.kernels
+        assert kernels is not None
         signed = np.array([t == "number" for t in relation.types])
         flip = np.where(signed, SIGN, np.uint32(0)).astype(np.uint32)
         for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
-            yield kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter))
+            yield memoryview(kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter)))
         return
     texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
     exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))

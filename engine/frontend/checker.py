@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
 from dask_datalog.engine import functors, ir
-from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.ir import BaseType, Pos
 from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX
 
@@ -628,10 +628,9 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str],
                             and all(v.name in bound for v in ir.variables((other,)))):
                         bound.add(side.name)
                         changed = True
-            elif isinstance(lit, ir.Aggregation) and lit.result.name not in bound:
-                if grouping(lit) <= bound:
-                    bound.add(lit.result.name)
-                    changed = True
+            elif isinstance(lit, ir.Aggregation) and lit.result.name not in bound and grouping(lit) <= bound:
+                bound.add(lit.result.name)
+                changed = True
     return bound
 
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from dask_datalog.engine import ir
-from dask_datalog.engine.frontend.checker import check
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend.checker import check
 from dask_datalog.engine.frontend.parser import parse
 from dask_datalog.engine.frontend.strata import stratify
 

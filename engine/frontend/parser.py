@@ -12,8 +12,8 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
 from importlib import resources
+from typing import Any
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -182,11 +182,7 @@ def parse(text: str, filename: str = "<string>") -> tuple[Statement, ...]:
 
 # Words the grammar knows only to reject; listing them as "expected" would mislead.
 _HIDDEN_WORDS = frozenset(
-    """input output printsize overridable inline no_inline magic no_magic brie btree
-    btree_delete eqrel choice-domain .limitsize .comp .init .override .functor .pragma .plan
-    stateful match contains mean nil $ [ ** band bor bxor bshl bshr
-    bshru land lor lxor bnot lnot cat substr ord to_string to_unsigned
-    to_float itou itof utoi utof ftoi ftou autoinc range as""".split()
+    ["input", "output", "printsize", "overridable", "inline", "no_inline", "magic", "no_magic", "brie", "btree", "btree_delete", "eqrel", "choice-domain", ".limitsize", ".comp", ".init", ".override", ".functor", ".pragma", ".plan", "stateful", "match", "contains", "mean", "nil", "$", "[", "**", "band", "bor", "bxor", "bshl", "bshr", "bshru", "land", "lor", "lxor", "bnot", "lnot", "cat", "substr", "ord", "to_string", "to_unsigned", "to_float", "itou", "itof", "utoi", "utof", "ftoi", "ftou", "autoinc", "range", "as"]
 )
 _TOKEN_WORDS = {
     "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "$END": "end of input",

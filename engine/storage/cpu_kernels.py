@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine.storage import _kernels
+from dask_datalog.engine.storage import _kernels  # type: ignore[attr-defined]  # built from kernels.c by setup
 
 _lib = ctypes.CDLL(_kernels.__file__)
 _P = ctypes.c_void_p

@@ -18,8 +18,8 @@ from types import ModuleType
 
 import numpy as np
 
-from dask_datalog.engine.storage import sets
 from dask_datalog.engine.backend import Backend
+from dask_datalog.engine.storage import sets
 
 DEFAULT_MAX_BITS = 1 << 32  # 512 MiB of bitmap per relation at most
 # Build the bitmap once the tuples deduplicated so far number box_bits / PAYBACK: sorting a

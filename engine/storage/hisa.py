@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine.storage import sets
 from dask_datalog.engine.backend import Backend
+from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.dense import DEFAULT_MAX_BITS, HELD_BITS, PAYBACK, Box, DenseSet, bits_of, box_of, union
-
 
 
 def words_for(arity: int) -> int:
@@ -187,10 +186,6 @@ class SortedIndex:
     def table_bytes(self) -> int:
         """Its hash tables' bytes (its rows are counted by the store that holds them)."""
         return sum(t.nbytes for t in self._tables.values())
-
-    def replace_rows(self, rows: Any) -> None:
-        self.rows = rows
-        self._tables.clear()
 
     def ranges(self, query: Any, key_len: int, n: int, backend: Backend) -> tuple[Any, Any]:
         """Count pass of the join: for ``n`` outer keys (``probe_query`` of ``key_len`` columns),
