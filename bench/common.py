@@ -77,6 +77,7 @@ GROUND_TRUTH: dict[str, dict[str, Truth]] = {
     "tiny/data_22": {"reach": Truth(253, 22), "sg": Truth(None, None)},
 }
 
+
 def log(msg: str) -> None:
     """Progress and errors go to stderr; the tables are stdout."""
     print(msg, file=sys.stderr, flush=True)
@@ -86,9 +87,11 @@ def missing_data_message(data_dir: Path) -> str | None:
     """Why ``data_dir`` cannot serve as the graph directory, or None when it can."""
     if data_dir.is_dir():
         return None
-    return (f"error: data directory {data_dir} not found. The benchmark graphs are expected in "
-            f"../shared/data relative to the repository root ({DEFAULT_DATA}); "
-            "pass --data DIR to point elsewhere.")
+    return (
+        f"error: data directory {data_dir} not found. The benchmark graphs are expected in "
+        f"../shared/data relative to the repository root ({DEFAULT_DATA}); "
+        "pass --data DIR to point elsewhere."
+    )
 
 
 def truth(graph: str, program: str) -> Truth:
@@ -120,6 +123,7 @@ def graph_file(data_dir: Path, graph: str) -> Path | None:
 
 # --------------------------------------------------------------------------------------------
 # Measuring a subprocess
+
 
 @dataclass
 class Measurement:
@@ -163,8 +167,7 @@ def _hwm(pid: int) -> int:
     return 0
 
 
-def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02,
-            env: dict[str, str] | None = None) -> Measurement:
+def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dict[str, str] | None = None) -> Measurement:
     """Run `cmd` in a fresh process (own session); return its exit status, wall time and
     peak RSS.
 
@@ -178,8 +181,7 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02,
     """
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True, env=env)
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=env)
         polled = 0
         timed_out = False
         status: int | None = None
@@ -204,8 +206,9 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02,
                 os.killpg(proc.pid, signal.SIGKILL)
         err.seek(0)
         stderr = err.read().decode(errors="replace")
-    return Measurement(returncode=None if timed_out else rc, timed_out=timed_out, wall_s=wall,
-                       peak_rss=polled, stderr_tail=stderr[-3000:])
+    return Measurement(
+        returncode=None if timed_out else rc, timed_out=timed_out, wall_s=wall, peak_rss=polled, stderr_tail=stderr[-3000:]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,11 +239,9 @@ def ram_bytes() -> int:
 
 def gpu_name(timeout_s: float = 60.0) -> str | None:
     """Name of CUDA device 0 via CuPy, asked in a subprocess (None if there is none)."""
-    code = ("import cupy; n = cupy.cuda.runtime.getDeviceProperties(0)['name'];"
-            "print(n.decode() if isinstance(n, bytes) else n)")
+    code = "import cupy; n = cupy.cuda.runtime.getDeviceProperties(0)['name'];print(n.decode() if isinstance(n, bytes) else n)"
     try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=timeout_s)
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return p.stdout.strip() or None if p.returncode == 0 else None
@@ -257,11 +258,12 @@ def pkg_version(name: str) -> str:
 def git_revision() -> str:
     """Short commit of the repository, with '+dirty' when the tree has changes."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return (rev or "unknown") + ("+dirty" if dirty else "")
@@ -279,15 +281,15 @@ def machine_lines(gpu: str | None = None) -> list[str]:
     cores = f"{os.cpu_count()} logical" + (f", {physical} physical" if physical else "")
     lines = [
         f"date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"machine: {cpu_model()}, {cores} cores, {ram_bytes() / 2**30:.1f} GiB RAM, "
-        f"{platform.system()} {platform.release()}",
+        f"machine: {cpu_model()}, {cores} cores, {ram_bytes() / 2**30:.1f} GiB RAM, {platform.system()} {platform.release()}",
     ]
     if gpu is not None:
         lines.append(f"gpu: {gpu}")
     lines.append(
         f"versions: python {platform.python_version()}, numpy {pkg_version('numpy')}, "
         f"dask-datalog {pkg_version('dask-datalog')} "
-        f"(git {git_revision()})")
+        f"(git {git_revision()})"
+    )
     return lines
 
 
@@ -343,8 +345,7 @@ def _is_numeric(cell: str) -> bool:
         return False
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
-                 markdown: bool = False, align: str | None = None) -> str:
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False, align: str | None = None) -> str:
     """Plain-text (aligned) or GitHub Markdown table.
 
     `align` gives one 'l' or 'r' per column; without it, columns whose cells mostly start
@@ -361,16 +362,13 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
         right.append(num > 0 and 2 * num >= len(cells))
     if markdown:
         esc = [[c.replace("|", "\\|") for c in r] for r in rows]
-        out = ["| " + " | ".join(headers) + " |",
-               "|" + "|".join("---:" if right[i] else "---" for i in range(ncol)) + "|"]
+        out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if right[i] else "---" for i in range(ncol)) + "|"]
         out += ["| " + " | ".join(r) + " |" for r in esc]
         return "\n".join(out)
-    widths = [max([len(headers[i])] + [len(r[i]) for r in rows if i < len(r)])
-              for i in range(ncol)]
+    widths = [max([len(headers[i])] + [len(r[i]) for r in rows if i < len(r)]) for i in range(ncol)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(widths[i]) if right[i] else c.ljust(widths[i])
-                         for i, c in enumerate(cells)).rstrip()
+        return "  ".join(c.rjust(widths[i]) if right[i] else c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])

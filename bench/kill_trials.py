@@ -50,7 +50,19 @@ def write_inputs(directory: Path, n: int) -> None:
 
 
 def command(program: Path, facts: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(program), "-F", str(facts), "-D", str(out), "--workers", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "dask_datalog.cluster.cli",
+        "run",
+        str(program),
+        "-F",
+        str(facts),
+        "-D",
+        str(out),
+        "--workers",
+        "2",
+    ]
 
 
 def workers_of(pid: int) -> list[psutil.Process]:
@@ -95,7 +107,15 @@ def trial(seed: int, program: Path, facts: Path, want: dict[str, bytes], span: f
     except subprocess.TimeoutExpired:
         process.kill()
         _, err = process.communicate()
-        return {"seed": seed, "at": delay, "killed": killed, "status": "hung", "wall": time.monotonic() - started, "ok": False, "why": "no end within 300 s"}
+        return {
+            "seed": seed,
+            "at": delay,
+            "killed": killed,
+            "status": "hung",
+            "wall": time.monotonic() - started,
+            "ok": False,
+            "why": "no end within 300 s",
+        }
     wall = time.monotonic() - started
     got = {p.name: p.read_bytes() for p in out.glob("*.csv")} if out.exists() else {}
     lines = err.strip().splitlines()
@@ -106,7 +126,15 @@ def trial(seed: int, program: Path, facts: Path, want: dict[str, bytes], span: f
         problems.append("outputs differ")
     if len(lines) != 1 or not lines[0].startswith("done: embedded cluster"):
         problems.append(f"stderr: {err.strip()[-500:]!r}")
-    return {"seed": seed, "at": delay, "killed": killed, "status": process.returncode, "wall": wall, "ok": not problems, "why": "; ".join(problems)}
+    return {
+        "seed": seed,
+        "at": delay,
+        "killed": killed,
+        "status": process.returncode,
+        "wall": wall,
+        "ok": not problems,
+        "why": "; ".join(problems),
+    }
 
 
 def main() -> int:
@@ -134,7 +162,17 @@ def main() -> int:
             result = trial(args.seed + i, program, facts, want, span, root)
             rows.append(result)
             print(f"trial {i + 1}/{args.trials}: {'ok' if result['ok'] else 'FAILED ' + str(result['why'])}", file=sys.stderr)
-        table = [[str(r["seed"]), f"{r['at']:.2f}", str(r["killed"]), str(r["status"]), f"{r['wall']:.2f}", "ok" if r["ok"] else str(r["why"])] for r in rows]
+        table = [
+            [
+                str(r["seed"]),
+                f"{r['at']:.2f}",
+                str(r["killed"]),
+                str(r["status"]),
+                f"{r['wall']:.2f}",
+                "ok" if r["ok"] else str(r["why"]),
+            ]
+            for r in rows
+        ]
         print(format_table(["seed", "kill at (s)", "killed", "exit", "wall (s)", "outcome"], table))
         failed = sum(not r["ok"] for r in rows)
         print(f"\n{args.trials - failed} of {args.trials} trials ended with the right outputs and a clean stderr")

@@ -49,12 +49,10 @@ import common
 import numpy as np
 from common import fmt_ratio, fmt_seconds, log
 
-PROGRAM_FILES = {"reach": common.REPO_ROOT / "examples" / "reach.dl",
-                 "sg": common.REPO_ROOT / "examples" / "sg.dl"}
+PROGRAM_FILES = {"reach": common.REPO_ROOT / "examples" / "reach.dl", "sg": common.REPO_ROOT / "examples" / "sg.dl"}
 RESULT_RELATION = {"reach": "path", "sg": "sg"}
 
-DEFAULT_PAIRS = [("reach", "luxembourg_osm"), ("reach", "ego-Facebook"),
-                 ("sg", "wing"), ("sg", "luxembourg_osm")]
+DEFAULT_PAIRS = [("reach", "luxembourg_osm"), ("reach", "ego-Facebook"), ("sg", "wing"), ("sg", "luxembourg_osm")]
 QUICK_PAIRS = [("reach", "OL.cedge")]
 
 CHAIN_EDGES = 3_000
@@ -92,8 +90,7 @@ def productive_iterations(workers: list[dict], relation: str) -> int | None:
     i = idx[0]
     lists = [w["strata"][i]["iterations"] for w in workers]
     n = max(len(its) for its in lists)
-    return sum(1 for j in range(n)
-               if any(j < len(its) and sum(its[j].get("delta", {}).values()) > 0 for its in lists))
+    return sum(1 for j in range(n) if any(j < len(its) and sum(its[j].get("delta", {}).values()) > 0 for its in lists))
 
 
 def iterations_run(workers: list[dict]) -> int:
@@ -104,8 +101,7 @@ def iterations_run(workers: list[dict]) -> int:
 def phase_sums(w: dict) -> dict[str, float]:
     """One worker's join, dedup+difference and merge seconds, summed over all iterations, and
     its per-iteration exchange figures summed the same way."""
-    out = {"join": 0.0, "dedup_diff": 0.0, "merge": 0.0,
-           "it_rounds": 0, "it_send": 0.0, "it_wait": 0.0}
+    out = {"join": 0.0, "dedup_diff": 0.0, "merge": 0.0, "it_rounds": 0, "it_send": 0.0, "it_wait": 0.0}
     for s in w.get("strata", []):
         for it in s["iterations"]:
             out["join"] += it.get("join", 0.0)
@@ -143,8 +139,7 @@ class Measured:
     extra: dict = field(default_factory=dict)
 
 
-def measure_run(prog: Any, facts: Any, relation: str, setting: str, client: Any = None,
-                backend: str = "numpy") -> Measured:
+def measure_run(prog: Any, facts: Any, relation: str, setting: str, client: Any = None, backend: str = "numpy") -> Measured:
     """Time one Program.run and read its statistics."""
     t0 = time.perf_counter()
     res = prog.run(facts={"edge": facts}, client=client, backend=backend)  # no client: in process
@@ -153,14 +148,18 @@ def measure_run(prog: Any, facts: Any, relation: str, setting: str, client: Any 
         stats = res.stats
         workers = stats["per_worker"] if client is not None else [stats]
         phases = [phase_sums(w) for w in workers]
-        m = Measured(setting=setting, wall_s=wall, eval_s=float(stats["total_s"]),
-                     load_s=float(stats["load_s"]),
-                     join_s=max(p["join"] for p in phases),
-                     dedup_s=max(p["dedup_diff"] for p in phases),
-                     merge_s=max(p["merge"] for p in phases),
-                     size=int(res.sizes[relation]),
-                     iterations=productive_iterations(workers, relation),
-                     iterations_run=iterations_run(workers))
+        m = Measured(
+            setting=setting,
+            wall_s=wall,
+            eval_s=float(stats["total_s"]),
+            load_s=float(stats["load_s"]),
+            join_s=max(p["join"] for p in phases),
+            dedup_s=max(p["dedup_diff"] for p in phases),
+            merge_s=max(p["merge"] for p in phases),
+            size=int(res.sizes[relation]),
+            iterations=productive_iterations(workers, relation),
+            iterations_run=iterations_run(workers),
+        )
         if client is not None:
             ex = [w["exchange"] for w in workers]
             m.send_s = max(e["send_s"] for e in ex)
@@ -201,8 +200,9 @@ def gpu_description() -> str:
 
     names: list[str] = []
     try:
-        p = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                           check=False, capture_output=True, text=True, timeout=30)
+        p = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False, capture_output=True, text=True, timeout=30
+        )
         if p.returncode == 0:
             names = [line.strip() for line in p.stdout.splitlines() if line.strip()]
     except (OSError, subprocess.TimeoutExpired):
@@ -282,26 +282,32 @@ def parse_pairs(spec: str | None, programs: list[str], quick: bool) -> list[tupl
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA,
-                    help="graph directory (default: ../shared/data beside the repo)")
-    ap.add_argument("--graphs", help="comma-separated: `prog:graph` (e.g. reach:wing) or a "
-                    "graph name (run with every program of --programs); default: "
-                    + ", ".join(f"{p}:{g}" for p, g in DEFAULT_PAIRS))
-    ap.add_argument("--programs", default="reach,sg",
-                    help="programs for bare graph names and the default list (reach,sg)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--data", type=Path, default=common.DEFAULT_DATA, help="graph directory (default: ../shared/data beside the repo)"
+    )
+    ap.add_argument(
+        "--graphs",
+        help="comma-separated: `prog:graph` (e.g. reach:wing) or a "
+        "graph name (run with every program of --programs); default: " + ", ".join(f"{p}:{g}" for p, g in DEFAULT_PAIRS),
+    )
+    ap.add_argument("--programs", default="reach,sg", help="programs for bare graph names and the default list (reach,sg)")
     ap.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
-    ap.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
-                    help="array backend of every run, the single-process baseline included "
-                    "(default numpy); cupy needs a GPU")
-    ap.add_argument("--threads", action="store_true",
-                    help="in-process (thread) workers: LocalCluster(processes=False)")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"smoke test: the chain and {QUICK_PAIRS[0][0]}:{QUICK_PAIRS[0][1]} only "
-                    "(unless --graphs)")
-    ap.add_argument("--repeat", type=int, default=None,
-                    help="graph runs: best of N (by wall time) per setting; default 3, 1 with --quick")
+    ap.add_argument(
+        "--backend",
+        default="numpy",
+        choices=("numpy", "cupy"),
+        help="array backend of every run, the single-process baseline included (default numpy); cupy needs a GPU",
+    )
+    ap.add_argument("--threads", action="store_true", help="in-process (thread) workers: LocalCluster(processes=False)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: the chain and {QUICK_PAIRS[0][0]}:{QUICK_PAIRS[0][1]} only (unless --graphs)",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=None, help="graph runs: best of N (by wall time) per setting; default 3, 1 with --quick"
+    )
     ap.add_argument("--no-single", action="store_true", help="skip the single-process baseline")
     ap.add_argument("--no-chain", action="store_true", help="skip the per-iteration chain")
     return ap.parse_args(argv)
@@ -406,8 +412,7 @@ def main(argv: list[str]) -> int:
             files[g] = common.graph_file(data, g)
     missing = [g for g, f in files.items() if f is None]
     for g in missing:
-        log(f"warning: graph {g} not found in {data} (expected {data / g}/data_*.txt or "
-            f"edge.facts); its rows say 'missing'")
+        log(f"warning: graph {g} not found in {data} (expected {data / g}/data_*.txt or edge.facts); its rows say 'missing'")
 
     graph_rows: dict[tuple[str, str], list[Measured]] = {pair: [] for pair in pairs}
     chain_rows: list[Measured] = []
@@ -422,10 +427,11 @@ def main(argv: list[str]) -> int:
             best: Measured | None = None
             try:
                 for k in range(repeat):
-                    m = measure_run(progs[program], str(facts), RESULT_RELATION[program], setting, client,
-                                    args.backend)
-                    log(f"  {setting} {program} {graph} run {k + 1}/{repeat}: wall {m.wall_s:.3f} s, "
-                        f"eval {m.eval_s:.3f} s, size {m.size:,}, iters {m.iterations}")
+                    m = measure_run(progs[program], str(facts), RESULT_RELATION[program], setting, client, args.backend)
+                    log(
+                        f"  {setting} {program} {graph} run {k + 1}/{repeat}: wall {m.wall_s:.3f} s, "
+                        f"eval {m.eval_s:.3f} s, size {m.size:,}, iters {m.iterations}"
+                    )
                     if best is None or m.wall_s < best.wall_s:
                         best = m
             except Exception:
@@ -447,8 +453,7 @@ def main(argv: list[str]) -> int:
             return
         second.extra["first_eval_s"] = first.eval_s
         second.extra["first_iters"] = first.iterations_run
-        log(f"  {setting} chain: eval {first.eval_s:.3f} s then {second.eval_s:.3f} s "
-            f"({second.iterations_run} iterations)")
+        log(f"  {setting} chain: eval {first.eval_s:.3f} s then {second.eval_s:.3f} s ({second.iterations_run} iterations)")
         chain_rows.append(second)
 
     def warm_up(client: Any) -> float:
@@ -489,15 +494,19 @@ def main(argv: list[str]) -> int:
             w = warm_up(client)
             if on_gpu:
                 cuda = is_cuda_cluster(cluster)
-                what = ("LocalCUDACluster, one GPU per worker" if cuda else
-                        f"{type(cluster).__name__}, {'threads' if args.threads else 'CPU processes'} "
-                        f"sharing {gpus} GPU{'s' if gpus > 1 else ''} through CuPy")
-                cluster_notes.append(f"{setting}: {what}; started in {t_up:.1f} s, warm-up {w:.1f} s, "
-                                     f"CUDA_VISIBLE_DEVICES={worker_env(client, 'CUDA_VISIBLE_DEVICES')}")
+                what = (
+                    "LocalCUDACluster, one GPU per worker"
+                    if cuda
+                    else f"{type(cluster).__name__}, {'threads' if args.threads else 'CPU processes'} "
+                    f"sharing {gpus} GPU{'s' if gpus > 1 else ''} through CuPy"
+                )
+                cluster_notes.append(
+                    f"{setting}: {what}; started in {t_up:.1f} s, warm-up {w:.1f} s, "
+                    f"CUDA_VISIBLE_DEVICES={worker_env(client, 'CUDA_VISIBLE_DEVICES')}"
+                )
             else:
                 env = worker_env(client) if not args.threads else "(shared process)"
-                cluster_notes.append(f"{setting}: started in {t_up:.1f} s, warm-up {w:.1f} s, "
-                                     f"OMP_NUM_THREADS={env}")
+                cluster_notes.append(f"{setting}: started in {t_up:.1f} s, warm-up {w:.1f} s, OMP_NUM_THREADS={env}")
         except Exception as e:
             log(f"  {setting}: cluster start or warm-up FAILED\n{traceback.format_exc()}")
             why = str(e).splitlines()[0] if str(e) else ""
@@ -519,70 +528,112 @@ def main(argv: list[str]) -> int:
     # Report
 
     header = machine
-    header.append(f"versions (cluster): dask {common.pkg_version('dask')}, distributed "
-                  f"{common.pkg_version('distributed')}"
-                  + (f", cupy {cupy_version()}"
-                     f", dask-cuda {common.pkg_version('dask-cuda')}" if on_gpu else ""))
+    header.append(
+        f"versions (cluster): dask {common.pkg_version('dask')}, distributed "
+        f"{common.pkg_version('distributed')}"
+        + (f", cupy {cupy_version()}, dask-cuda {common.pkg_version('dask-cuda')}" if on_gpu else "")
+    )
     header.append(f"data: {data}")
     for g, f in files.items():
         header.append(f"  {g}: " + (describe_graph(f) if f else "MISSING"))
     if on_gpu:
         plural = "s" if gpus > 1 else ""
-        clusters = ("clusters: dask_datalog.cluster.runtime.connect.start_cluster(n, 'cupy'"
-                    + (", processes=False" if args.threads else "") + "): a dask-cuda LocalCUDACluster "
-                    f"(one GPU per worker, 'n cuda') where n <= {gpus} GPU{plural}, else "
-                    + ("in-process thread workers" if args.threads else "CPU process workers")
-                    + f" sharing the GPU{plural} through CuPy ('n {kind} shared GPU'); 1 thread each; "
-                    "workers: " + ",".join(map(str, counts)) + "; backend cupy; each closed before "
-                    "the next starts")
-        warm = ("warm-up: every cluster (and this process, for the single-process rows) first ran "
-                "REACH and SG on tiny/data_10 and a 10-edge chain untimed on the GPU: worker "
-                "start-up, CUDA context creation and CuPy's compilation of the kernels those runs "
-                "use are not in the numbers (a kernel only a larger graph needs still compiles, or "
-                "loads from CuPy's cache, in its first timed run)")
+        clusters = (
+            "clusters: dask_datalog.cluster.runtime.connect.start_cluster(n, 'cupy'"
+            + (", processes=False" if args.threads else "")
+            + "): a dask-cuda LocalCUDACluster "
+            f"(one GPU per worker, 'n cuda') where n <= {gpus} GPU{plural}, else "
+            + ("in-process thread workers" if args.threads else "CPU process workers")
+            + f" sharing the GPU{plural} through CuPy ('n {kind} shared GPU'); 1 thread each; "
+            "workers: " + ",".join(map(str, counts)) + "; backend cupy; each closed before "
+            "the next starts"
+        )
+        warm = (
+            "warm-up: every cluster (and this process, for the single-process rows) first ran "
+            "REACH and SG on tiny/data_10 and a 10-edge chain untimed on the GPU: worker "
+            "start-up, CUDA context creation and CuPy's compilation of the kernels those runs "
+            "use are not in the numbers (a kernel only a larger graph needs still compiles, or "
+            "loads from CuPy's cache, in its first timed run)"
+        )
     else:
-        clusters = ("clusters: " + ("in-process thread workers, LocalCluster(processes=False)" if args.threads
-                    else "process workers from dask_datalog.cluster.runtime.connect.start_cluster(n, 'numpy')")
-                    + ", 1 thread each; workers: " + ",".join(map(str, counts)) + "; backend numpy; "
-                    "each closed before the next starts")
-        warm = ("warm-up: every cluster (and this process, for the single-process rows) first ran REACH "
-                "and SG on tiny/data_10 and a 10-edge chain untimed: worker start-up is not in the numbers")
+        clusters = (
+            "clusters: "
+            + (
+                "in-process thread workers, LocalCluster(processes=False)"
+                if args.threads
+                else "process workers from dask_datalog.cluster.runtime.connect.start_cluster(n, 'numpy')"
+            )
+            + ", 1 thread each; workers: "
+            + ",".join(map(str, counts))
+            + "; backend numpy; "
+            "each closed before the next starts"
+        )
+        warm = (
+            "warm-up: every cluster (and this process, for the single-process rows) first ran REACH "
+            "and SG on tiny/data_10 and a 10-edge chain untimed: worker start-up is not in the numbers"
+        )
     header += [
-        f"backend: {args.backend}" + (f" on {gpu}" if on_gpu else "")
-        + " (every run, the single-process baseline included)",
+        f"backend: {args.backend}" + (f" on {gpu}" if on_gpu else "") + " (every run, the single-process baseline included)",
         clusters,
         warm,
         *("  " + n for n in cluster_notes),
         f"single: Program.run(..., backend={args.backend!r}) in this process, no client (the baseline)",
-        (f"graph runs: best of {repeat} by wall time, each setting; total time of this run: "
-         f"{elapsed:.0f} s"),
-        "load average (1, 5, 15 min) at start: " + ", ".join(f"{x:.2f}" for x in load_before)
-        + "; at end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        (f"graph runs: best of {repeat} by wall time, each setting; total time of this run: {elapsed:.0f} s"),
+        "load average (1, 5, 15 min) at start: "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; at end: "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
         + f" (on {os.cpu_count()} cores; other work on the machine shows here)",
     ]
     print("\n".join(header) + "\n")
 
     mismatches: list[str] = []
     if pairs:
-        print(f"REACH / SG on graphs (best of {repeat} by wall time)"
-              + (f", backend cupy on {gpu}" if on_gpu else ""))
+        print(f"REACH / SG on graphs (best of {repeat} by wall time)" + (f", backend cupy on {gpu}" if on_gpu else ""))
         if on_gpu:
             workers = "in-process thread" if args.threads else "CPU process"
-            print(f"  run: single = this process on the GPU; n cuda = LocalCUDACluster, one GPU per "
-                  f"worker; n {kind} shared GPU = n {workers} workers sharing {gpus} "
-                  f"GPU{'s' if gpus > 1 else ''} through CuPy")
-        print("  wall: Program.run() as the client sees it; eval: stats total_s (the fixpoint, "
-              "slowest worker); load: reading the facts (slowest worker);")
-        print("  other: wall - load - eval (scheduling, distributing the facts to their owners, "
-              "gathering statistics); join, dedup+diff, merge: summed over iterations, max over "
-              "workers;")
-        print("  send, wait: the job's collectives (loading's included), max over workers; rounds: "
-              "collectives per worker; exchanged: bytes sent, summed over workers;")
-        print("  iters: iterations that derived new tuples ('(truth n)' where SOURCES.md differs); "
-              "vs single: single-process wall / this wall")
-        headers = ["program", "graph", "run", "wall (s)", "eval (s)", "load (s)", "other (s)",
-                   "join (s)", "dedup+diff (s)", "merge (s)", "send (s)", "wait (s)", "rounds",
-                   "exchanged", "iters", "result size", "check", "vs single"]
+            print(
+                f"  run: single = this process on the GPU; n cuda = LocalCUDACluster, one GPU per "
+                f"worker; n {kind} shared GPU = n {workers} workers sharing {gpus} "
+                f"GPU{'s' if gpus > 1 else ''} through CuPy"
+            )
+        print(
+            "  wall: Program.run() as the client sees it; eval: stats total_s (the fixpoint, "
+            "slowest worker); load: reading the facts (slowest worker);"
+        )
+        print(
+            "  other: wall - load - eval (scheduling, distributing the facts to their owners, "
+            "gathering statistics); join, dedup+diff, merge: summed over iterations, max over "
+            "workers;"
+        )
+        print(
+            "  send, wait: the job's collectives (loading's included), max over workers; rounds: "
+            "collectives per worker; exchanged: bytes sent, summed over workers;"
+        )
+        print(
+            "  iters: iterations that derived new tuples ('(truth n)' where SOURCES.md differs); "
+            "vs single: single-process wall / this wall"
+        )
+        headers = [
+            "program",
+            "graph",
+            "run",
+            "wall (s)",
+            "eval (s)",
+            "load (s)",
+            "other (s)",
+            "join (s)",
+            "dedup+diff (s)",
+            "merge (s)",
+            "send (s)",
+            "wait (s)",
+            "rounds",
+            "exchanged",
+            "iters",
+            "result size",
+            "check",
+            "vs single",
+        ]
         rows: list[list[str]] = []
         for (program, graph), ms in graph_rows.items():
             expected = common.truth(graph, program)
@@ -603,25 +654,59 @@ def main(argv: list[str]) -> int:
                     iters += f" (truth {expected.iterations})"
                 other = m.wall_s - m.load_s - m.eval_s
                 ratio = single.wall_s / m.wall_s if single and m is not single and m.wall_s else None
-                rows.append([program, graph, m.setting, fmt_seconds(m.wall_s), fmt_seconds(m.eval_s),
-                             fmt_seconds(m.load_s), fmt_seconds(other), fmt_seconds(m.join_s),
-                             fmt_seconds(m.dedup_s), fmt_seconds(m.merge_s), fmt_seconds(m.send_s),
-                             fmt_seconds(m.wait_s), "-" if m.rounds is None else str(m.rounds),
-                             fmt_size(m.bytes), iters, f"{m.size:,}", check,
-                             "-" if m is single else fmt_ratio(ratio)])
+                rows.append(
+                    [
+                        program,
+                        graph,
+                        m.setting,
+                        fmt_seconds(m.wall_s),
+                        fmt_seconds(m.eval_s),
+                        fmt_seconds(m.load_s),
+                        fmt_seconds(other),
+                        fmt_seconds(m.join_s),
+                        fmt_seconds(m.dedup_s),
+                        fmt_seconds(m.merge_s),
+                        fmt_seconds(m.send_s),
+                        fmt_seconds(m.wait_s),
+                        "-" if m.rounds is None else str(m.rounds),
+                        fmt_size(m.bytes),
+                        iters,
+                        f"{m.size:,}",
+                        check,
+                        "-" if m is single else fmt_ratio(ratio),
+                    ]
+                )
         print(common.format_table(headers, rows, align="lll" + "r" * 13 + "lr"))
         print()
 
     if chain_rows:
-        print(f"Per-iteration fixed cost: reach(0), reach(y) :- reach(x), edge(x, y) on the chain "
-              f"0 -> 1 -> ... -> {CHAIN_EDGES} ({CHAIN_EDGES:,} edges, a NumPy array through facts=)"
-              + (f", backend cupy on {gpu}" if on_gpu else ""))
-        print("  second (warm) run of two on each cluster; iterations: all of them, the closing "
-              "empty one included; ms/iter: eval / iterations;")
-        print("  rounds, send/round, wait/round: the evaluation's collectives only (loading's "
-              "excluded), max over workers; 1st run ms/iter: the run before, for comparison")
-        headers = ["run", "iterations", "eval (s)", "ms/iter", "join ms/iter", "rounds",
-                   "send ms/round", "wait ms/round", "wall (s)", "1st run ms/iter", "result", "check"]
+        print(
+            f"Per-iteration fixed cost: reach(0), reach(y) :- reach(x), edge(x, y) on the chain "
+            f"0 -> 1 -> ... -> {CHAIN_EDGES} ({CHAIN_EDGES:,} edges, a NumPy array through facts=)"
+            + (f", backend cupy on {gpu}" if on_gpu else "")
+        )
+        print(
+            "  second (warm) run of two on each cluster; iterations: all of them, the closing "
+            "empty one included; ms/iter: eval / iterations;"
+        )
+        print(
+            "  rounds, send/round, wait/round: the evaluation's collectives only (loading's "
+            "excluded), max over workers; 1st run ms/iter: the run before, for comparison"
+        )
+        headers = [
+            "run",
+            "iterations",
+            "eval (s)",
+            "ms/iter",
+            "join ms/iter",
+            "rounds",
+            "send ms/round",
+            "wait ms/round",
+            "wall (s)",
+            "1st run ms/iter",
+            "result",
+            "check",
+        ]
         rows = []
         for m in chain_rows:
             if m.status != "ok":
@@ -634,11 +719,22 @@ def main(argv: list[str]) -> int:
             ok = m.size == CHAIN_EDGES + 1
             if not ok:
                 mismatches.append(f"chain {m.setting}: {m.size:,} != {CHAIN_EDGES + 1:,}")
-            rows.append([m.setting, f"{its:,}", fmt_seconds(m.eval_s), fmt_ms(m.eval_s / its),
-                         fmt_ms(m.join_s / its), "-" if rounds is None else f"{rounds:,}",
-                         fmt_ms(m.per_round_send), fmt_ms(m.per_round_wait), fmt_seconds(m.wall_s),
-                         fmt_ms(first / first_its) if first is not None else "-",
-                         f"{m.size:,}", "OK" if ok else f"WRONG (truth {CHAIN_EDGES + 1:,})"])
+            rows.append(
+                [
+                    m.setting,
+                    f"{its:,}",
+                    fmt_seconds(m.eval_s),
+                    fmt_ms(m.eval_s / its),
+                    fmt_ms(m.join_s / its),
+                    "-" if rounds is None else f"{rounds:,}",
+                    fmt_ms(m.per_round_send),
+                    fmt_ms(m.per_round_wait),
+                    fmt_seconds(m.wall_s),
+                    fmt_ms(first / first_its) if first is not None else "-",
+                    f"{m.size:,}",
+                    "OK" if ok else f"WRONG (truth {CHAIN_EDGES + 1:,})",
+                ]
+            )
         print(common.format_table(headers, rows, align="l" + "r" * 10 + "l"))
         print()
 

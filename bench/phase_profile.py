@@ -63,7 +63,9 @@ def main() -> None:
     print(f"wall {wall:.3f} s = load {stats['load_s']:.3f} s + evaluation {stats['total_s']:.3f} s + output decode")
     print(f"iterations {len(iterations)}; phases: " + ", ".join(f"{p} {t:.3f} s" for p, t in totals.items()))
     rest = stats["total_s"] - sum(totals.values())
-    print(f"outside the phases (planning the step, Python, bookkeeping): {rest:.3f} s, {rest / max(1, len(iterations)) * 1e3:.2f} ms per iteration")
+    print(
+        f"outside the phases (planning the step, Python, bookkeeping): {rest:.3f} s, {rest / max(1, len(iterations)) * 1e3:.2f} ms per iteration"
+    )
     costly = sorted(range(len(iterations)), key=lambda i: -iterations[i]["time_s"])[: args.top]
     for i in costly:
         it = iterations[i]

@@ -55,8 +55,21 @@ def run_once(program: str, graph: Path, workers: int, flags: list[str], kill_at:
     marker.unlink(missing_ok=True)
     if kill_at is not None:
         env["DASK_DATALOG_FAULT"] = f"iteration-{kill_at}:1:{marker}"
-    command = [str(common.REPO_ROOT / ".venv" / "bin" / "dask-datalog"), "run", str(PROGRAMS[program]), "-F", str(facts),
-               "-D", str(out), "--workers", str(workers), "--quiet", "--stats", str(stats), *flags]
+    command = [
+        str(common.REPO_ROOT / ".venv" / "bin" / "dask-datalog"),
+        "run",
+        str(PROGRAMS[program]),
+        "-F",
+        str(facts),
+        "-D",
+        str(out),
+        "--workers",
+        str(workers),
+        "--quiet",
+        "--stats",
+        str(stats),
+        *flags,
+    ]
     t0 = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -110,15 +123,24 @@ def main() -> int:
             wall = statistics.median(x["wall"] for x in runs)
             middle = sorted(runs, key=lambda x: x["wall"])[len(runs) // 2]
             resumed = middle["resumed"]
-            rows.append([
-                f"{program} {graph_name}", mode, fmt_seconds(wall), f"{(wall - base) / base * 100:+.0f}%",
-                str(middle["checkpoints"]), fmt_seconds(middle["checkpoint_s"]), common.fmt_bytes(middle["checkpoint_bytes"]),
-                "-" if not MODES[mode][1] else (f"iteration {resumed[1]}" if resumed else "inputs"),
-            ])
+            rows.append(
+                [
+                    f"{program} {graph_name}",
+                    mode,
+                    fmt_seconds(wall),
+                    f"{(wall - base) / base * 100:+.0f}%",
+                    str(middle["checkpoints"]),
+                    fmt_seconds(middle["checkpoint_s"]),
+                    common.fmt_bytes(middle["checkpoint_bytes"]),
+                    "-" if not MODES[mode][1] else (f"iteration {resumed[1]}" if resumed else "inputs"),
+                ]
+            )
     print()
     print(format_table(["workload", "mode", "wall", "vs default", "checkpoints", "their time", "size", "retry from"], rows))
-    print(f"\n{args.workers} workers (embedded cluster), whole command with outputs, median of {args.repeat}; "
-          "kills at half the fixpoint's iterations")
+    print(
+        f"\n{args.workers} workers (embedded cluster), whole command with outputs, median of {args.repeat}; "
+        "kills at half the fixpoint's iterations"
+    )
     return 0
 
 

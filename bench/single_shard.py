@@ -128,9 +128,7 @@ def ours_engine(program: str, mode: str, backend: str | None) -> Engine:
     cli = ours_cli()
     extra = MODES[mode] + (["--backend", backend] if backend else [])
     rel = output_relation(dl) or ("path" if program == "reach" else program)
-    return Engine(mode, mode, rel,
-                  lambda facts, out: [*cli, "run", str(dl), "-F", str(facts), "-D", str(out),
-                                      "--quiet", *extra])
+    return Engine(mode, mode, rel, lambda facts, out: [*cli, "run", str(dl), "-F", str(facts), "-D", str(out), "--quiet", *extra])
 
 
 def souffle_binary(peers: Path, program: str, cache: Path) -> Path | None:
@@ -156,8 +154,9 @@ def souffle_binary(peers: Path, program: str, cache: Path) -> Path | None:
 
 def generated_facts(program: str, size: int, facts_dir: Path) -> None:
     """Write the inputs of CSPA or Andersen for `size` variables (seed 0) into facts_dir."""
-    subprocess.run([*ours_cli(), "gen", program, str(facts_dir), "--size", str(size), "--seed", "0"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*ours_cli(), "gen", program, str(facts_dir), "--size", str(size), "--seed", "0"], check=True, capture_output=True
+    )
 
 
 def souffle_engine(peers: Path, program: str, cache: Path) -> Engine | None:
@@ -167,9 +166,9 @@ def souffle_engine(peers: Path, program: str, cache: Path) -> Engine | None:
     source = binary.with_suffix(".dl") if PROGRAMS[program][1] else PROGRAMS[program][0]
     ours_rel = output_relation(PROGRAMS[program][0])
     rel = output_relation(source) or ours_rel or program
-    return Engine("souffle", "Soufflé", rel,
-                  lambda facts, out: [str(binary), f"-j{SOUFFLE_JOBS}", "-F", str(facts),
-                                      "-D", str(out)])
+    return Engine(
+        "souffle", "Soufflé", rel, lambda facts, out: [str(binary), f"-j{SOUFFLE_JOBS}", "-F", str(facts), "-D", str(out)]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,8 +254,7 @@ def indent(text: str) -> str:
     return "\n".join("    " + ln for ln in text.splitlines())
 
 
-def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: Outcome,
-             where: str) -> None:
+def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: Outcome, where: str) -> None:
     """One measured run of `engine` into a fresh `out`; appends to / updates `outcome`."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -269,13 +267,11 @@ def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: 
         return
     outcome.rss.append(m.peak_rss)
     if m.timed_out:
-        log(f"  {where} {engine.label}: timeout after {timeout_s:.0f} s "
-            f"(peak RSS {fmt_bytes(m.peak_rss)})")
+        log(f"  {where} {engine.label}: timeout after {timeout_s:.0f} s (peak RSS {fmt_bytes(m.peak_rss)})")
         outcome.status = "timeout"
         return
     if m.returncode != 0:
-        log(f"  {where} {engine.label}: FAILED (exit {m.returncode}): {' '.join(argv)}\n"
-            + indent(m.stderr_tail[-1500:]))
+        log(f"  {where} {engine.label}: FAILED (exit {m.returncode}): {' '.join(argv)}\n" + indent(m.stderr_tail[-1500:]))
         outcome.status = "error"
         return
     rows = count_rows(out / f"{engine.relation}.csv")
@@ -287,12 +283,10 @@ def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: 
     outcome.status = "ok"
     outcome.walls.append(m.wall_s)
     outcome.sizes.append(rows)
-    log(f"  {where} {engine.label}: {m.wall_s:.3f} s, {rows:,} rows, "
-        f"peak RSS {fmt_bytes(m.peak_rss)}")
+    log(f"  {where} {engine.label}: {m.wall_s:.3f} s, {rows:,} rows, peak RSS {fmt_bytes(m.peak_rss)}")
 
 
-def check_sizes(expected: int | None, outcomes: dict[str, Outcome],
-                labels: dict[str, str]) -> list[str]:
+def check_sizes(expected: int | None, outcomes: dict[str, Outcome], labels: dict[str, str]) -> list[str]:
     """What is wrong with the row counts: against the truth, between rounds, between engines."""
     bad: list[str] = []
     seen: dict[str, int] = {}
@@ -301,8 +295,7 @@ def check_sizes(expected: int | None, outcomes: dict[str, Outcome],
             continue
         distinct = sorted(set(o.sizes))
         if len(distinct) > 1:
-            bad.append(f"{labels[key]} row counts differ between rounds: "
-                       + ", ".join(f"{s:,}" for s in distinct))
+            bad.append(f"{labels[key]} row counts differ between rounds: " + ", ".join(f"{s:,}" for s in distinct))
         seen[key] = o.sizes[0]
         if expected is not None and any(s != expected for s in distinct):
             wrong = ", ".join(f"{s:,}" for s in distinct if s != expected)
@@ -325,42 +318,55 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         program, sep, graph = item.partition(":")
         program = program.strip().lower()
         if not sep or not graph.strip() or program not in PROGRAMS:
-            raise ValueError(f"bad pair {item!r}: expected PROGRAM:GRAPH with PROGRAM one of "
-                             f"{', '.join(PROGRAMS)}")
+            raise ValueError(f"bad pair {item!r}: expected PROGRAM:GRAPH with PROGRAM one of {', '.join(PROGRAMS)}")
         graph = graph.strip()
         if (program in ("cspa", "andersen")) != graph.startswith("gen:") or (
-                graph.startswith("gen:") and not graph.removeprefix("gen:").isdigit()):
-            raise ValueError(f"bad pair {item!r}: cspa and andersen take gen:N (N variables), "
-                             "reach and sg a graph")
+            graph.startswith("gen:") and not graph.removeprefix("gen:").isdigit()
+        ):
+            raise ValueError(f"bad pair {item!r}: cspa and andersen take gen:N (N variables), reach and sg a graph")
         pairs.append((program, graph))
     return pairs
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", help="comma-separated PROGRAM:GRAPH (PROGRAM reach or sg, GRAPH a "
-                    "dataset directory of --data or tiny/<stem>; or PROGRAM cspa or andersen, GRAPH "
-                    "gen:N, generated inputs for N variables); default: "
-                    + ",".join(f"{p}:{g}" for p, g in DEFAULT_PAIRS))
-    ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA,
-                    help=f"graph directory (default: {common.DEFAULT_DATA})")
-    ap.add_argument("--peers", type=Path, default=DEFAULT_PEERS,
-                    help=f"the Soufflé 2.5 peer folder, with bench/tc and bench/sg "
-                    f"(default: {DEFAULT_PEERS})")
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                    help=f"where Soufflé's compiled CSPA and Andersen are kept (default: {DEFAULT_CACHE})")
-    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                    help=f"our modes, comma-separated, among {', '.join(MODES)} "
-                    f"(default: {','.join(DEFAULT_MODES)})")
-    ap.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=None,
-                    help="pass --backend to our command (default: not passed, the CLI's auto)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="rounds; each engine runs once per round (default 3)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--pairs",
+        help="comma-separated PROGRAM:GRAPH (PROGRAM reach or sg, GRAPH a "
+        "dataset directory of --data or tiny/<stem>; or PROGRAM cspa or andersen, GRAPH "
+        "gen:N, generated inputs for N variables); default: " + ",".join(f"{p}:{g}" for p, g in DEFAULT_PAIRS),
+    )
+    ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help=f"graph directory (default: {common.DEFAULT_DATA})")
+    ap.add_argument(
+        "--peers",
+        type=Path,
+        default=DEFAULT_PEERS,
+        help=f"the Soufflé 2.5 peer folder, with bench/tc and bench/sg (default: {DEFAULT_PEERS})",
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"where Soufflé's compiled CSPA and Andersen are kept (default: {DEFAULT_CACHE})",
+    )
+    ap.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help=f"our modes, comma-separated, among {', '.join(MODES)} (default: {','.join(DEFAULT_MODES)})",
+    )
+    ap.add_argument(
+        "--backend",
+        choices=("auto", "numpy", "cupy"),
+        default=None,
+        help="pass --backend to our command (default: not passed, the CLI's auto)",
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; each engine runs once per round (default 3)")
     ap.add_argument("--timeout", type=float, default=600.0, help="per run, seconds (default 600)")
-    ap.add_argument("--markdown", action="store_true",
-                    help="print the table as Markdown (for docs/benchmarks.md)")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (for docs/benchmarks.md)")
     return ap.parse_args(argv)
 
 
@@ -387,14 +393,20 @@ def main(argv: list[str]) -> int:
 
     peers: Path = args.peers.resolve()
     needed = sorted({p for p, _ in pairs})
-    absent = [f"bench/{PROGRAMS[p][1]}" if PROGRAMS[p][1] else f"bin/souffle for {p}"
-              for p in needed if souffle_binary(peers, p, args.cache) is None]
+    absent = [
+        f"bench/{PROGRAMS[p][1]}" if PROGRAMS[p][1] else f"bin/souffle for {p}"
+        for p in needed
+        if souffle_binary(peers, p, args.cache) is None
+    ]
     if len(absent) == len(needed):
-        peer_line = (f"Soufflé peer not found ({', '.join(absent)} absent or not executable in "
-                     f"{peers}): measuring dask-datalog alone")
+        peer_line = (
+            f"Soufflé peer not found ({', '.join(absent)} absent or not executable in {peers}): measuring dask-datalog alone"
+        )
     elif absent:
-        peer_line = (f"Soufflé peer incomplete ({', '.join(absent)} absent or not executable in "
-                     f"{peers}): those workloads measure dask-datalog alone")
+        peer_line = (
+            f"Soufflé peer incomplete ({', '.join(absent)} absent or not executable in "
+            f"{peers}): those workloads measure dask-datalog alone"
+        )
     else:
         peer_line = None
     if peer_line:
@@ -403,17 +415,19 @@ def main(argv: list[str]) -> int:
 
     gpu = common.gpu_name() if args.backend != "numpy" else None
     header = common.machine_lines(gpu)
-    cli = " ".join(os.path.relpath(a, common.REPO_ROOT) if a.startswith(str(common.REPO_ROOT))
-                   else a for a in ours_cli())
+    cli = " ".join(os.path.relpath(a, common.REPO_ROOT) if a.startswith(str(common.REPO_ROOT)) else a for a in ours_cli())
     header += [
         f"data: {data}",
-        (f"peer: Soufflé 2.5 compiled ({peers}/bench/tc for REACH, bench/sg for SG, examples/"
-         f"{{cspa,andersen}}.dl compiled by its bin/souffle -o), `BIN -j{SOUFFLE_JOBS} -F FACTS -D OUT`"
-         if not peer_line else f"peer: {peer_line}"),
+        (
+            f"peer: Soufflé 2.5 compiled ({peers}/bench/tc for REACH, bench/sg for SG, examples/"
+            f"{{cspa,andersen}}.dl compiled by its bin/souffle -o), `BIN -j{SOUFFLE_JOBS} -F FACTS -D OUT`"
+            if not peer_line
+            else f"peer: {peer_line}"
+        ),
         f"ours: `{cli} run examples/PROGRAM.dl -F FACTS -D OUT --quiet"
-        + (f" --backend {args.backend}" if args.backend else "") + "`, as "
-        + "; ".join(f"{m}: " + (" ".join(MODES[m]) or "no mode flag (where the CLI chooses to run)")
-                    for m in modes),
+        + (f" --backend {args.backend}" if args.backend else "")
+        + "`, as "
+        + "; ".join(f"{m}: " + (" ".join(MODES[m]) or "no mode flag (where the CLI chooses to run)") for m in modes),
         "measured: whole command against whole command, each a fresh process writing its output "
         "CSV into an empty directory from the same FACTS/edge.facts; time: wall seconds from "
         "spawn to exit, median of the rounds; RSS: peak summed RSS of the command's process "
@@ -423,8 +437,7 @@ def main(argv: list[str]) -> int:
         "per run; a timed-out or failed engine is not rerun on that workload",
         "rows: lines of each written CSV, checked against SOURCES.md (truth column) and between "
         "engines; !!MISMATCH marks a difference"
-        + ("; ours/Soufflé: ratio of median wall times (above 1: slower than Soufflé)"
-           if has_peer else ""),
+        + ("; ours/Soufflé: ratio of median wall times (above 1: slower than Soufflé)" if has_peer else ""),
     ]
 
     headers = ["workload", "truth (rows)"]
@@ -459,8 +472,7 @@ def main(argv: list[str]) -> int:
                 fd = tmp / "facts" / graph.replace("/", "__")
                 if prepare_facts(src, fd):
                     converted.append(graph)
-                    log(f"  {src.name}: not tab-separated without CR; converted a copy for "
-                        "both engines")
+                    log(f"  {src.name}: not tab-separated without CR; converted a copy for both engines")
                 facts_dirs[graph] = fd
             facts = facts_dirs[(program, graph) if generated else graph]
 
@@ -474,8 +486,7 @@ def main(argv: list[str]) -> int:
                 for e in engines:
                     if outcomes[e.key].failed:
                         continue
-                    run_once(e, facts, tmp / "out", args.timeout, outcomes[e.key],
-                             f"{where} round {r + 1}/{args.repeat}")
+                    run_once(e, facts, tmp / "out", args.timeout, outcomes[e.key], f"{where} round {r + 1}/{args.repeat}")
 
             labels = {e.key: e.label for e in engines}
             bad = check_sizes(expected, outcomes, labels)
@@ -491,13 +502,12 @@ def main(argv: list[str]) -> int:
             row = [where, truth_cell]
             s = outcomes.get("souffle")
             if has_peer:
-                row += ([s.time_cell(), s.rss_cell()] if s is not None else ["absent", "-"])
+                row += [s.time_cell(), s.rss_cell()] if s is not None else ["absent", "-"]
             for m in modes:
                 o = outcomes[m]
                 row += [o.time_cell(), o.rss_cell()]
                 if has_peer:
-                    ratio = (o.median / s.median if s is not None and s.median and o.median
-                             else None)
+                    ratio = o.median / s.median if s is not None and s.median and o.median else None
                     if ratio:
                         ratios[m].append(ratio)
                     row.append(fmt_ratio(ratio))
@@ -512,15 +522,13 @@ def main(argv: list[str]) -> int:
         gm_row.append("")
         rows.append(gm_row)
     if converted:
-        header.append("converted to tab-separated without CR (one copy for both engines): "
-                      + ", ".join(converted))
+        header.append("converted to tab-separated without CR (one copy for both engines): " + ", ".join(converted))
 
     if args.markdown:
         print("\n".join(f"- {h}" for h in header) + "\n")
     else:
         print("\n".join(header) + "\n")
-    print(common.format_table(headers, rows, markdown=args.markdown,
-                              align="l" + "r" * (len(headers) - 1)))
+    print(common.format_table(headers, rows, markdown=args.markdown, align="l" + "r" * (len(headers) - 1)))
     if mismatches:
         print("\n!!! RESULT SIZE MISMATCHES !!!")
         for m in mismatches:

@@ -1,12 +1,12 @@
 """The Python API: one entry point, ``Program``.
 
-    from dask_datalog.cluster import Program
-    result = Program.from_file("examples/reach.dl").run(facts={"edge": "graph.tsv"})
-    result.sizes["path"]; result.pandas("path"); result.numpy("path")
+from dask_datalog.cluster import Program
+result = Program.from_file("examples/reach.dl").run(facts={"edge": "graph.tsv"})
+result.sizes["path"]; result.pandas("path"); result.numpy("path")
 
-    # on a Dask cluster: one shard per worker, tuples exchanged worker to worker
-    result = Program.from_file("examples/reach.dl").run(fact_dir="facts", client=client)
-    result.dataframe("path")  # a Dask DataFrame, one partition per worker
+# on a Dask cluster: one shard per worker, tuples exchanged worker to worker
+result = Program.from_file("examples/reach.dl").run(fact_dir="facts", client=client)
+result.dataframe("path")  # a Dask DataFrame, one partition per worker
 """
 
 from __future__ import annotations
@@ -152,7 +152,9 @@ class Program:
             if on_iteration is not None:
                 raise ValueError("on_iteration is for in-process runs; pass progress= with a client")
             name = backend.name if isinstance(backend, Backend) else backend  # workers build their own
-            run = run_job(client, self.ir, fact_dir, facts, name, chunk_rows, replicate_below, progress, options, ExchangeKind(exchange))
+            run = run_job(
+                client, self.ir, fact_dir, facts, name, chunk_rows, replicate_below, progress, options, ExchangeKind(exchange)
+            )
             return Result(run)
         check_fact_names(self.ir, dict(facts or {}))
         inputs = Inputs(fact_dir, dict(facts or {}), _array_digests(facts, options))
@@ -172,7 +174,9 @@ def _steering(options: RunOptions) -> Steering:
     checkpoint = None
     if options.checkpoint_dir is not None:
         resume = "" if options.resume else None
-        checkpoint = CheckpointOptions(options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{uuid.uuid4().hex[:12]}")
+        checkpoint = CheckpointOptions(
+            options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{uuid.uuid4().hex[:12]}"
+        )
     deadline = time.monotonic() + options.timeout if options.timeout is not None else None
     suspend = options.suspend
 

@@ -311,7 +311,15 @@ class ShardControl:
             sizes, fingerprint, symbols = self.describe()
             relations = {r: sum(c[r] for _, c in gathered) for r in counts}
             manifest = Manifest(
-                name, position, self.size, sizes, fingerprint, symbols.strings, symbols.ordered, relations, round(self.elapsed(), 3)
+                name,
+                position,
+                self.size,
+                sizes,
+                fingerprint,
+                symbols.strings,
+                symbols.ordered,
+                relations,
+                round(self.elapsed(), 3),
             )
             self.checkpoints.commit(manifest)
         cost = time.perf_counter() - t0
@@ -383,5 +391,6 @@ def check_resumable(directory: str | Path, manifest: Manifest | None, current: d
         if before != now:
             paths = ", ".join(p for p, _ in current["files"].get(relation, [])) or "the given rows"
             raise DatalogError(
-                None, f"cannot resume from {directory}: the input of {relation} ({paths}) changed since the checkpoint was written"
+                None,
+                f"cannot resume from {directory}: the input of {relation} ({paths}) changed since the checkpoint was written",
             )

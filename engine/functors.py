@@ -45,8 +45,12 @@ class SymbolValues:
         if new:
             parsed = [parse_number(s) for s in new]
             xp = self.xp
-            self.lengths = xp.concatenate([self.lengths, xp.asarray(np.fromiter(
-                (len(s.encode("utf-8", "surrogatepass")) for s in new), np.int64, len(new)))])
+            self.lengths = xp.concatenate(
+                [
+                    self.lengths,
+                    xp.asarray(np.fromiter((len(s.encode("utf-8", "surrogatepass")) for s in new), np.int64, len(new))),
+                ]
+            )
             self.numbers = xp.concatenate([self.numbers, xp.asarray(np.array([p or 0 for p in parsed], np.int64))])
             self.valid = xp.concatenate([self.valid, xp.asarray(np.array([p is not None for p in parsed], bool))])
         return self
@@ -198,4 +202,3 @@ def decode_scalar(encoded: int, type: str) -> int:
         value = encoded ^ 0x80000000
         return value - (1 << 32) if value >= 1 << 31 else value
     return encoded
-

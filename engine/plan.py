@@ -391,11 +391,7 @@ def _assignment_target(c: Comparison, bound: set[str], not_assignable: set[str])
 
 
 def _index_for(atom: Atom, bound: set[str]) -> tuple[tuple[int, ...], int]:
-    keys = [
-        j
-        for j, a in enumerate(atom.args)
-        if isinstance(a, Const) or (isinstance(a, Var) and a.name in bound)
-    ]
+    keys = [j for j, a in enumerate(atom.args) if isinstance(a, Const) or (isinstance(a, Var) and a.name in bound)]
     rest = [j for j in range(len(atom.args)) if j not in keys]
     return tuple(keys + rest), len(keys)
 

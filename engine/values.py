@@ -90,8 +90,7 @@ def power(a: Any, b: Any, type: BaseType, xp: Any = np) -> tuple[Any, Any]:
 
 _NUMBER_SYNTAX = {
     base: re.compile(r"[ \t\n\v\f\r]*([+-]?)" + prefix + f"({digits}+)")
-    for base, prefix, digits in ((10, "", "[0-9]"), (2, "", "[01]"),
-                                 (16, "(?:0[xX](?=[0-9a-fA-F]))?", "[0-9a-fA-F]"))
+    for base, prefix, digits in ((10, "", "[0-9]"), (2, "", "[01]"), (16, "(?:0[xX](?=[0-9a-fA-F]))?", "[0-9a-fA-F]"))
 }
 
 

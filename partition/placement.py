@@ -87,6 +87,7 @@ from dask_datalog.engine.storage.hisa import words_for
 # "Replication", has the measurements behind the figure).
 REPLICATE_BELOW = 64 * 2**20
 
+
 def place(
     plan: Plan,
     n_shards: int,

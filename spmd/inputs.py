@@ -61,7 +61,9 @@ def check_fact_names(program: ir.Program, facts: Mapping[str, object]) -> None:
             raise DatalogError(None, f"facts given for '{name}', which the program does not declare")
 
 
-def read_part(program: ir.Program, symbols: SymbolTable, inputs: Inputs, part: int = 0, n_parts: int = 1) -> dict[str, np.ndarray]:
+def read_part(
+    program: ir.Program, symbols: SymbolTable, inputs: Inputs, part: int = 0, n_parts: int = 1
+) -> dict[str, np.ndarray]:
     """Encoded rows per input relation, this shard's part: every file is read in its byte range
     ``part`` of ``n_parts``; rows handed over as arrays are taken whole. Symbols are interned in
     ``symbols`` in reading order."""

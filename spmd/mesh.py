@@ -184,9 +184,7 @@ class Mesh:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
 
-    def exchange(
-        self, seq: int, parts: dict[int, Any], poll_s: float, check: Callable[[], None]
-    ) -> tuple[dict[int, Any], float]:
+    def exchange(self, seq: int, parts: dict[int, Any], poll_s: float, check: Callable[[], None]) -> tuple[dict[int, Any], float]:
         """Send ``parts[p]`` to every peer p and receive one message from each; ``check`` runs
         whenever nothing happened for ``poll_s`` (it raises to stop the job). Returns the
         messages and the time the last send completed."""

@@ -156,4 +156,3 @@ def _combined_strata(per_shard: list[Mapping[str, Any]]) -> list[dict[str, Any]]
             }
         )
     return strata
-

@@ -164,7 +164,9 @@ def _io(path: Path, operation: Callable[[], Any]) -> Any:
         raise DatalogError(None, f"cannot write {path}: {error.strerror or error}") from None
 
 
-def _write_parquet_part(transport: Transport, dataset: Path, rows: PackedRows, relation: ir.Relation, symbols: SymbolTable) -> None:
+def _write_parquet_part(
+    transport: Transport, dataset: Path, rows: PackedRows, relation: ir.Relation, symbols: SymbolTable
+) -> None:
     if transport.rank == 0:
         _io(dataset, lambda: relation_output.clear_parquet_parts(dataset))
     transport.allgather(None)  # stale parts are gone before anyone writes

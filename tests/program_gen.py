@@ -77,9 +77,7 @@ class GeneratedCase:
 
     def describe(self) -> str:
         """Everything needed to reproduce a failure by hand."""
-        facts = "\n".join(
-            f"    {name!r}: {list(rows)!r}," for name, rows in sorted(self.facts.items())
-        )
+        facts = "\n".join(f"    {name!r}: {list(rows)!r}," for name, rows in sorted(self.facts.items()))
         how = (
             f"; reproduce with `python tests/program_gen.py {self.label.removeprefix('seed ')}`"
             if self.label.startswith("seed ")
@@ -133,14 +131,9 @@ def format_literal(lit: ir.BodyLiteral, inline: dict[str, ir.Aggregation]) -> st
 
 
 def format_rule(rule: ir.Rule, inline_names: frozenset[str]) -> str:
-    inline = {
-        lit.result.name: lit
-        for lit in rule.body
-        if isinstance(lit, ir.Aggregation) and lit.result.name in inline_names
-    }
+    inline = {lit.result.name: lit for lit in rule.body if isinstance(lit, ir.Aggregation) and lit.result.name in inline_names}
     head = format_literal(rule.head, inline)
-    body = [format_literal(b, inline) for b in rule.body if not (
-        isinstance(b, ir.Aggregation) and b.result.name in inline)]
+    body = [format_literal(b, inline) for b in rule.body if not (isinstance(b, ir.Aggregation) and b.result.name in inline)]
     if not rule.body:
         return f"{head}."
     if not body:  # only inlined aggregates: keep one in place so the rule has a body
@@ -148,9 +141,7 @@ def format_rule(rule: ir.Rule, inline_names: frozenset[str]) -> str:
     return f"{head} :- {', '.join(body)}."
 
 
-def format_program(
-    program: ir.Program, aliases: dict[str, ir.BaseType], inline: frozenset[str]
-) -> str:
+def format_program(program: ir.Program, aliases: dict[str, ir.BaseType], inline: frozenset[str]) -> str:
     lines = [f".type {name} <: {base}" for name, base in aliases.items()]
     inputs = {i.relation for i in program.inputs}
     outputs = {o.relation for o in program.outputs}
@@ -268,9 +259,7 @@ class _Generator:
 
     # ----------------------------------------------------------------- terms
 
-    def expression(
-        self, type: ir.BaseType, vars: list[str], depth: int, big: bool
-    ) -> ir.Term:
+    def expression(self, type: ir.BaseType, vars: list[str], depth: int, big: bool) -> ir.Term:
         """Arithmetic over bound variables of ``type`` (number/unsigned); / and % only by
         nonzero constants."""
         rng = self.rng
@@ -308,9 +297,7 @@ class _Generator:
 
     # ----------------------------------------------------------------- literals
 
-    def positive_atom(
-        self, rel: ir.Relation, st: _RuleState, first: bool
-    ) -> ir.Atom:
+    def positive_atom(self, rel: ir.Relation, st: _RuleState, first: bool) -> ir.Atom:
         rng = self.rng
         args: list[ir.Term] = []
         local: list[str] = []  # variables introduced by this atom
@@ -342,9 +329,11 @@ class _Generator:
                 i = rng.choice(joinable)
                 old = args[i]
                 args[i] = ir.Var(rng.choice(st.bound_of(rel.types[i])))
-                if isinstance(old, ir.Var) and old.name in local and old.name not in {
-                    a.name for a in args if isinstance(a, ir.Var)
-                }:
+                if (
+                    isinstance(old, ir.Var)
+                    and old.name in local
+                    and old.name not in {a.name for a in args if isinstance(a, ir.Var)}
+                ):
                     local.remove(old.name)
         for name in local:
             if any(isinstance(a, ir.Var) and a.name == name for a in args):
@@ -386,9 +375,7 @@ class _Generator:
         self.features.add(f"cmp{op}")
         return ir.Comparison(op, left, right)
 
-    def binding(
-        self, st: _RuleState, recursive: bool, body: list[ir.BodyLiteral]
-    ) -> None:
+    def binding(self, st: _RuleState, recursive: bool, body: list[ir.BodyLiteral]) -> None:
         """``y = expr`` (or ``expr = y``) binding a new variable."""
         rng = self.rng
         types = [t for t in ("number", "unsigned") if st.bound_of(t)]  # type: ignore[misc]
@@ -403,14 +390,11 @@ class _Generator:
             if recursive:
                 self.guard(expr, st, body)
         new = st.fresh("y", t)
-        body.append(ir.Comparison("=", new, expr) if not rng.chance(0.2)
-                    else ir.Comparison("=", expr, new))
+        body.append(ir.Comparison("=", new, expr) if not rng.chance(0.2) else ir.Comparison("=", expr, new))
         st.bind(new.name)
         self.features.add("binding_eq")
 
-    def aggregate(
-        self, st: _RuleState, lower: list[ir.Relation]
-    ) -> ir.Aggregation:
+    def aggregate(self, st: _RuleState, lower: list[ir.Relation]) -> ir.Aggregation:
         rng = self.rng
         rel = rng.choice(lower)
         args: list[ir.Term] = []
@@ -433,15 +417,13 @@ class _Generator:
         body: list[ir.BodyLiteral] = [ir.Atom(rel.name, tuple(args))]
         numeric = [v for v in locals_ if st.types[v] == "number"]
         if numeric and rng.chance(0.25):
-            body.append(ir.Comparison(rng.choice(ORDER_OPS), ir.Var(rng.choice(numeric)),
-                                      self.const("number")))
+            body.append(ir.Comparison(rng.choice(ORDER_OPS), ir.Var(rng.choice(numeric)), self.const("number")))
             self.features.add("agg_filter")
         if rng.chance(0.1):
             other = rng.choice(lower)
             neg_args: list[ir.Term] = []
             for t in other.types:
-                usable = [v for v in locals_ if st.types[v] == t] + [
-                    v for v in st.bound_of(t) if v in st.from_atoms]
+                usable = [v for v in locals_ if st.types[v] == t] + [v for v in st.bound_of(t) if v in st.from_atoms]
                 # No `_` under a negation inside an aggregate: the contract renames every
                 # `_` inside an aggregate, which would make such a negation unsafe.
                 neg_args.append(ir.Var(rng.choice(usable)) if usable else self.const(t))
@@ -580,9 +562,7 @@ class _Generator:
     def program(self) -> tuple[ir.Program, dict[str, tuple[Tuple, ...]], str]:
         rng = self.rng
         alias = "Num" if rng.chance(0.25) else None
-        edb = [
-            self.relation(f"e{i}", rng.randint(1, 3), alias) for i in range(rng.randint(2, 5))
-        ]
+        edb = [self.relation(f"e{i}", rng.randint(1, 3), alias) for i in range(rng.randint(2, 5))]
         idb = [self.relation(f"r{i}", rng.randint(1, 4), None) for i in range(rng.randint(2, 5))]
         groups: list[list[ir.Relation]] = []
         for rel in idb:

@@ -222,9 +222,7 @@ def _rename_wildcards(lit: ir.BodyLiteral, counter: Iterator[int]) -> ir.BodyLit
     return lit
 
 
-def _prepare_body(
-    body: tuple[ir.BodyLiteral, ...], outside: frozenset[str]
-) -> tuple[PreparedLiteral, ...]:
+def _prepare_body(body: tuple[ir.BodyLiteral, ...], outside: frozenset[str]) -> tuple[PreparedLiteral, ...]:
     """``outside`` = variables of the enclosing scopes (the head, for a rule body)."""
     out: list[PreparedLiteral] = []
     for i, lit in enumerate(body):
@@ -378,9 +376,7 @@ def _pick(literals: tuple[PreparedLiteral, ...], bound: set[str]) -> int:
     return first_atom
 
 
-def solve(
-    literals: tuple[PreparedLiteral, ...], binding: Binding, snap: Snapshot, pos: ir.Pos
-) -> Iterator[Binding]:
+def solve(literals: tuple[PreparedLiteral, ...], binding: Binding, snap: Snapshot, pos: ir.Pos) -> Iterator[Binding]:
     """Every binding that satisfies all the literals, extending ``binding``."""
     if not literals:
         yield binding
@@ -392,9 +388,7 @@ def solve(
         yield from solve(rest, extended, snap, pos)
 
 
-def _match_atom(
-    atom: ir.Atom, binding: Binding, snap: Snapshot, pos: ir.Pos
-) -> Iterator[Binding]:
+def _match_atom(atom: ir.Atom, binding: Binding, snap: Snapshot, pos: ir.Pos) -> Iterator[Binding]:
     """Bindings for the atom's unbound variables from the tuples of its relation."""
     positions: list[int] = []
     key: list[Value] = []
@@ -431,9 +425,7 @@ def _match_atom(
             yield b
 
 
-def _eval_literal(
-    lit: PreparedLiteral, binding: Binding, snap: Snapshot, pos: ir.Pos
-) -> Iterator[Binding]:
+def _eval_literal(lit: PreparedLiteral, binding: Binding, snap: Snapshot, pos: ir.Pos) -> Iterator[Binding]:
     if isinstance(lit, ir.Atom):
         yield from _match_atom(lit, binding, snap, pos)
     elif isinstance(lit, ir.Negation):
@@ -456,9 +448,7 @@ def _eval_comparison(lit: ir.Comparison, binding: Binding, pos: ir.Pos) -> Itera
         yield binding
 
 
-def _eval_aggregate(
-    lit: PreparedAgg, binding: Binding, snap: Snapshot, pos: ir.Pos
-) -> Iterator[Binding]:
+def _eval_aggregate(lit: PreparedAgg, binding: Binding, snap: Snapshot, pos: ir.Pos) -> Iterator[Binding]:
     agg = lit.agg
     group = {v: binding[v] for v in lit.grouping}
     distinct = {tuple(sorted(b.items())): b for b in solve(lit.body, group, snap, pos)}

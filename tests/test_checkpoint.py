@@ -82,14 +82,20 @@ class StopAfter:
 
 
 def on_shards(
-    program: ir.Program, n: int, facts: dict[str, Any], options: CheckpointOptions | None, stop: Callable[[], Callable[[], bool]] | None = None
+    program: ir.Program,
+    n: int,
+    facts: dict[str, Any],
+    options: CheckpointOptions | None,
+    stop: Callable[[], Callable[[], bool]] | None = None,
 ) -> list[Shard]:
     digests = {name: array_digest(rows) for name, rows in facts.items()}  # of the whole arrays, as the client does
 
     def shard(transport: Any) -> Shard:
         mine = {name: _deal(rows, transport.rank, n) for name, rows in facts.items()}
         steering = Steering(options, stop_requested=stop() if stop else (lambda: False))
-        return evaluate_shard(transport, program, get_backend("numpy"), Inputs(facts=mine, array_digests=digests), steering, replicate_below=0)
+        return evaluate_shard(
+            transport, program, get_backend("numpy"), Inputs(facts=mine, array_digests=digests), steering, replicate_below=0
+        )
 
     return run_in_threads(n, shard)
 
@@ -98,7 +104,9 @@ def answers(shards: list[Shard], program: ir.Program) -> dict[str, set[tuple]]:
     return {name: relation_tuples(shards, name) for name in program.relations}
 
 
-def in_process(program: ir.Program, facts: dict[str, Any], options: CheckpointOptions | None = None, stop: Callable[[], bool] | None = None) -> dict[str, set[tuple]]:
+def in_process(
+    program: ir.Program, facts: dict[str, Any], options: CheckpointOptions | None = None, stop: Callable[[], bool] | None = None
+) -> dict[str, set[tuple]]:
     steering = Steering(options, stop_requested=stop or (lambda: False))
     digests = {name: array_digest(rows) for name, rows in facts.items()}
     result = Result(run_in_process(program, get_backend("numpy"), Inputs(facts=facts, array_digests=digests), steering))
@@ -121,7 +129,9 @@ def suspend(program: ir.Program, n: int, facts: dict[str, Any], directory: Path,
 @pytest.mark.parametrize("source", ["reach", "mixed"])
 @pytest.mark.parametrize(("before", "after"), [(1, 1), (3, 3), (3, 2), (2, 4), (0, 3), (3, 0)])
 @pytest.mark.parametrize("k", [0, 4, -1])
-def test_resume_on_another_number_of_shards_gives_the_same_answer(source: str, before: int, after: int, k: int, tmp_path: Path) -> None:
+def test_resume_on_another_number_of_shards_gives_the_same_answer(
+    source: str, before: int, after: int, k: int, tmp_path: Path
+) -> None:
     """0 shards: in process. k=0 stops after the first iteration, -1 at the last boundary (the
     evaluation is complete: the resumed run only writes)."""
     program = load_program_file(REACH) if source == "reach" else load_program(MIXED)
@@ -155,9 +165,15 @@ def test_a_resumed_run_can_be_stopped_and_resumed_again(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", Checkpoints(tmp_path).latest().name]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 @given(rng=st.randoms(use_true_random=False), before=st.integers(0, 3), after=st.integers(0, 3), k=st.integers(0, 12))
-def test_generated_programs_stopped_anywhere_resume_to_the_reference(rng: random.Random, before: int, after: int, k: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_generated_programs_stopped_anywhere_resume_to_the_reference(
+    rng: random.Random, before: int, after: int, k: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     case = generate_from_rng(rng, "hypothesis")
     check_stop_and_resume(case, before, after, k, tmp_path_factory.mktemp("ckpt"))
 
@@ -196,7 +212,9 @@ def test_resume_refuses_another_program_or_changed_inputs(tmp_path: Path) -> Non
     with pytest.raises(Suspended):
         run_in_process(program, get_backend("numpy"), Inputs(facts_dir), Steering(options, stop_requested=StopAfter(2)))
     resume = CheckpointOptions(str(tmp_path / "ckpt"), resume="", verify=True, job="second")
-    other = load_program(REACH.read_text().replace("path(x, z) :- path(x, y), edge(y, z).", "path(x, z) :- edge(x, y), path(y, z)."))
+    other = load_program(
+        REACH.read_text().replace("path(x, z) :- path(x, y), edge(y, z).", "path(x, z) :- edge(x, y), path(y, z).")
+    )
     with pytest.raises(DatalogError, match="the program is not the one that was checkpointed"):
         run_in_process(other, get_backend("numpy"), Inputs(facts_dir), Steering(resume))
     # The same program reformatted and from another file is the same program.
@@ -208,7 +226,12 @@ def test_resume_refuses_another_program_or_changed_inputs(tmp_path: Path) -> Non
     with pytest.raises(DatalogError, match=r"the input of edge \(.*edge.facts\) changed since the checkpoint was written"):
         run_in_process(program, get_backend("numpy"), Inputs(facts_dir), Steering(resume))
     with pytest.raises(DatalogError, match="no complete checkpoint"):
-        run_in_process(program, get_backend("numpy"), Inputs(facts_dir), Steering(CheckpointOptions(str(tmp_path / "empty"), resume="", verify=True)))
+        run_in_process(
+            program,
+            get_backend("numpy"),
+            Inputs(facts_dir),
+            Steering(CheckpointOptions(str(tmp_path / "empty"), resume="", verify=True)),
+        )
 
 
 def test_a_retry_takes_up_only_its_own_jobs_checkpoints(tmp_path: Path) -> None:
@@ -291,7 +314,10 @@ def test_shards_write_text_order_after_resuming_an_in_process_checkpoint(k: int,
 
     program = load_program(SYMBOLS)
     names = ["m", "b", "x", "a", "q", "c", "k"]
-    facts = {"link": [(names[i], names[(i * 3 + 1) % 7]) for i in range(7)] + [("q", "q2"), ("q2", "b")], "late": [("aa",), ("zz",)]}
+    facts = {
+        "link": [(names[i], names[(i * 3 + 1) % 7]) for i in range(7)] + [("q", "q2"), ("q2", "b")],
+        "late": [("aa",), ("zz",)],
+    }
     Result(run_in_process(program, get_backend("numpy"), Inputs(facts=facts))).write(tmp_path / "one")
     options = CheckpointOptions(str(tmp_path / "ckpt"), every=0.0, job="first")
     with pytest.raises(Suspended):

@@ -36,8 +36,22 @@ def cluster() -> LocalCluster:
 
 def test_embedded_cluster_with_workers(tmp_path: Path, reference: bytes) -> None:
     stats = tmp_path / "stats.json"
-    code = main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--workers", "2", "--stats", str(stats),
-                 "--replicate-below", "0"])
+    code = main(
+        [
+            "run",
+            str(REACH),
+            "-F",
+            str(FACTS),
+            "-D",
+            str(tmp_path),
+            "--workers",
+            "2",
+            "--stats",
+            str(stats),
+            "--replicate-below",
+            "0",
+        ]
+    )
     assert code == 0
     assert (tmp_path / "path.csv").read_bytes() == reference
     data = json.loads(stats.read_text())
@@ -63,7 +77,20 @@ def test_scheduler_address_and_file(tmp_path: Path, cluster: LocalCluster, refer
 
 
 def test_parquet_output(tmp_path: Path, cluster: LocalCluster, reference: bytes) -> None:
-    code = main(["run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--format", "parquet", "--scheduler", cluster.scheduler_address])
+    code = main(
+        [
+            "run",
+            str(REACH),
+            "-F",
+            str(FACTS),
+            "-D",
+            str(tmp_path),
+            "--format",
+            "parquet",
+            "--scheduler",
+            cluster.scheduler_address,
+        ]
+    )
     assert code == 0
     table = pq.read_table(tmp_path / "path")
     lines = [f"{x}\t{y}\n" for x, y in zip(table.column("x").to_pylist(), table.column("y").to_pylist())]
@@ -77,7 +104,9 @@ def test_stdout_output_with_a_cluster(capsys: pytest.CaptureFixture[str], cluste
     assert out == f"---------------\npath\n===============\n{reference.decode()}===============\npath\t16\n"
 
 
-def test_bad_fact_file_is_one_line_on_a_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str], cluster: LocalCluster) -> None:
+def test_bad_fact_file_is_one_line_on_a_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cluster: LocalCluster
+) -> None:
     (tmp_path / "edge.facts").write_text("1\t2\n3\tx\n")
     assert main(["run", str(REACH), "-F", str(tmp_path), "--no-cluster"]) == 1
     single = capsys.readouterr().err
@@ -145,16 +174,20 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
     prog = {name: str(tmp_path / name) for name in files}
     return [
         ("bom-program", [prog["bom.dl"], "-F", str(facts)], None),
-        ("ungrounded", [prog["fib.dl"]],
-         f"{prog['fib.dl']}:4:5: error: unsafe rule: variable n in the head is not bound"),
+        ("ungrounded", [prog["fib.dl"]], f"{prog['fib.dl']}:4:5: error: unsafe rule: variable n in the head is not bound"),
         ("not-utf8", [prog["latin1.dl"]], f"{prog['latin1.dl']}:2:7: error: not UTF-8 text"),
         ("syntax", [prog["syntax.dl"]], f"{prog['syntax.dl']}:3:1: error: syntax error"),
-        ("missing-program", [str(tmp_path / "none.dl")],
-         f"{tmp_path / 'none.dl'}: error: cannot read program"),
-        ("missing-fact-file", [prog["reach.dl"], "-F", str(no_facts)],
-         f"{prog['reach.dl']}:4:8: error: fact file {no_facts / 'edge.facts'}"),
-        ("bad-fact-line", [prog["reach.dl"], "-F", str(bad_facts)],
-         f"{bad_facts / 'edge.facts'}:2:3: error: expected an integer"),
+        ("missing-program", [str(tmp_path / "none.dl")], f"{tmp_path / 'none.dl'}: error: cannot read program"),
+        (
+            "missing-fact-file",
+            [prog["reach.dl"], "-F", str(no_facts)],
+            f"{prog['reach.dl']}:4:8: error: fact file {no_facts / 'edge.facts'}",
+        ),
+        (
+            "bad-fact-line",
+            [prog["reach.dl"], "-F", str(bad_facts)],
+            f"{bad_facts / 'edge.facts'}:2:3: error: expected an integer",
+        ),
     ]
 
 
@@ -173,11 +206,26 @@ def summary(mode: str, workers: int | None = None) -> str:
         (["--no-cluster"], "in process", "--no-cluster", 1),
     ],
 )
-def test_the_run_goes_where_it_is_fastest_and_says_where(tmp_path: Path, reference: bytes, flags: list[str], mode: str, why: str, workers: int | None) -> None:
+def test_the_run_goes_where_it_is_fastest_and_says_where(
+    tmp_path: Path, reference: bytes, flags: list[str], mode: str, why: str, workers: int | None
+) -> None:
     """Without a GPU one process is fastest: the default runs in process; the summary line and
     the statistics say where the run went and why."""
     stats = tmp_path / "stats.json"
-    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--stats", str(stats), *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "dask_datalog.cluster.cli",
+        "run",
+        str(REACH),
+        "-F",
+        str(FACTS),
+        "-D",
+        str(tmp_path),
+        "--stats",
+        str(stats),
+        *flags,
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert re.fullmatch(summary(mode, workers), run.stderr), run.stderr
@@ -189,8 +237,7 @@ def test_the_run_goes_where_it_is_fastest_and_says_where(tmp_path: Path, referen
     assert (quiet.returncode, quiet.stderr) == (0, "")
 
 
-@pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]],
-                         ids=["no-cluster", "embedded-cluster"])
+@pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]], ids=["no-cluster", "embedded-cluster"])
 def test_user_errors_are_one_line_on_stderr(tmp_path: Path, where: list[str], reference: bytes) -> None:
     """Each case in its own ``dask-datalog`` process (all at once: the cluster path starts a
     cluster per process): one ``file[:line:col]: error: ...`` line, exit 1, no traceback."""
@@ -232,8 +279,20 @@ def test_progress_line_on_a_terminal_follows_every_phase(tmp_path: Path) -> None
     import pty
 
     primary, secondary = pty.openpty()
-    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(ROOT / "tests" / "data" / "cal.cedge"), "-D", str(tmp_path)]
-    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"})
+    command = [
+        sys.executable,
+        "-m",
+        "dask_datalog.cluster.cli",
+        "run",
+        str(REACH),
+        "-F",
+        str(ROOT / "tests" / "data" / "cal.cedge"),
+        "-D",
+        str(tmp_path),
+    ]
+    run = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+    )
     os.close(secondary)
     screen = b""
     while True:
@@ -262,7 +321,9 @@ def test_outputs_on_stdout_stay_there_while_the_progress_line_is_on_a_terminal(t
 
     primary, secondary = pty.openpty()
     command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(FACTS), "-D", "-", *where]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"})
+    run = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+    )
     os.close(secondary)
     screen = b""
     while True:
@@ -282,7 +343,19 @@ def test_outputs_on_stdout_stay_there_while_the_progress_line_is_on_a_terminal(t
 def test_a_cluster_without_workers_is_one_line(tmp_path: Path) -> None:
     """--scheduler before any worker joined: one line and exit 1, not a traceback."""
     with LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
-        command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", cluster.scheduler_address]
+        command = [
+            sys.executable,
+            "-m",
+            "dask_datalog.cluster.cli",
+            "run",
+            str(REACH),
+            "-F",
+            str(FACTS),
+            "-D",
+            str(tmp_path),
+            "--scheduler",
+            cluster.scheduler_address,
+        ]
         run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr
     assert run.stderr == "error: the Dask cluster has no workers (yet): start some, or wait for them to join\n"

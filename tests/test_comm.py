@@ -22,8 +22,12 @@ class Stop(Exception):
     pass
 
 
-def run_ranks(n: int, body: Callable[[CommTransport], Any], phase: Callable[[int], str] = lambda r: "run/0/evaluate",
-              check: Callable[[int], Callable[[], None]] = lambda r: (lambda: None)) -> list[Any]:
+def run_ranks(
+    n: int,
+    body: Callable[[CommTransport], Any],
+    phase: Callable[[int], str] = lambda r: "run/0/evaluate",
+    check: Callable[[int], Callable[[], None]] = lambda r: lambda: None,
+) -> list[Any]:
     """``body(transport)`` on ``n`` threads, after their comms are connected; results (or the
     exception each raised) by rank."""
     addresses: list[Any] = [None] * n

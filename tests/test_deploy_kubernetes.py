@@ -176,7 +176,6 @@ def schemas() -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-
 def documents() -> list[tuple[str, dict[str, Any]]]:
     found = [
         (f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc)

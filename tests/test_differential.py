@@ -46,7 +46,10 @@ def _show(tuples: Set[tuple[Any, ...]], limit: int = 20) -> str:
 
 
 def diff_message(
-    who: str, name: str, got: Set[tuple[Any, ...]], want: Set[tuple[Any, ...]],
+    who: str,
+    name: str,
+    got: Set[tuple[Any, ...]],
+    want: Set[tuple[Any, ...]],
     case: GeneratedCase,
 ) -> str:
     return (
@@ -70,9 +73,7 @@ def check_frontend(case: GeneratedCase) -> None:
     assert declared == intended, f"front end: relations {declared} != {intended}\n{case.describe()}"
     model = evaluate(parsed, case.reference_facts())
     for name, want in case.expected.items():
-        assert model[name] == want, diff_message(
-            "reference on the parsed IR", name, model[name], want, case
-        )
+        assert model[name] == want, diff_message("reference on the parsed IR", name, model[name], want, case)
 
 
 def check_engine(case: GeneratedCase, backend: str | Backend, chunk_rows: int | None = None) -> None:
@@ -88,8 +89,7 @@ def check_engine(case: GeneratedCase, backend: str | Backend, chunk_rows: int | 
         got = result.tuples(name)
         assert got == want, diff_message("engine", name, got, want, case)
         assert result.sizes[name] == len(want), (
-            f"engine: sizes[{name!r}] = {result.sizes[name]}, expected {len(want)}\n"
-            f"{case.describe()}"
+            f"engine: sizes[{name!r}] = {result.sizes[name]}, expected {len(want)}\n{case.describe()}"
         )
         odd = [v for t in got for v in t if type(v) not in (int, str)]
         assert not odd, (
@@ -113,13 +113,42 @@ def test_generator_is_deterministic_and_varied() -> None:
         assert set(case.expected) == set(case.program.relations)
         features |= case.features
     wanted = {
-        "recursion", "mutual_recursion", "nonlinear", "negation", "repeated_var",
-        "wildcard", "body_const", "head_const", "arith_head", "arith_filter", "division",
-        "binding_eq", "body_expr", "guarded_recursive_arith", "symbol", "unsigned",
-        "alias_type", "program_facts", "duplicate_facts", "empty_edb", "extreme_value",
-        "negative_value", "big_constant", "shuffled_body", "inline_agg", "agg_count",
-        "agg_sum", "agg_min", "agg_max", "agg_grouped", "agg_ungrouped", "agg_filter",
-        "agg_negation", "agg_target_expr", "no_base_rule", "empty_output",
+        "recursion",
+        "mutual_recursion",
+        "nonlinear",
+        "negation",
+        "repeated_var",
+        "wildcard",
+        "body_const",
+        "head_const",
+        "arith_head",
+        "arith_filter",
+        "division",
+        "binding_eq",
+        "body_expr",
+        "guarded_recursive_arith",
+        "symbol",
+        "unsigned",
+        "alias_type",
+        "program_facts",
+        "duplicate_facts",
+        "empty_edb",
+        "extreme_value",
+        "negative_value",
+        "big_constant",
+        "shuffled_body",
+        "inline_agg",
+        "agg_count",
+        "agg_sum",
+        "agg_min",
+        "agg_max",
+        "agg_grouped",
+        "agg_ungrouped",
+        "agg_filter",
+        "agg_negation",
+        "agg_target_expr",
+        "no_base_rule",
+        "empty_output",
         *(f"cmp{op}" for op in ("=", "!=", "<", "<=", ">", ">=")),
     }
     assert wanted <= features, f"never generated: {sorted(wanted - features)}"

@@ -67,7 +67,7 @@ def single_shard(name: str) -> dict[str, set[tuple]]:
 
 
 def _assert_no_job_state(client: Client) -> None:
-    left = client.run(lambda dask_worker: len(getattr(dask_worker.plugins.get(PLUGIN_NAME), 'runs', ())))
+    left = client.run(lambda dask_worker: len(getattr(dask_worker.plugins.get(PLUGIN_NAME), "runs", ())))
     assert not any(left.values()), f"runs left on workers: {left}"
 
 
@@ -221,7 +221,9 @@ GRAPHS = [  # (program, relation, graph, published size)
 
 
 @pytest.mark.parametrize("name, relation, graph, size", GRAPHS)
-def test_shared_graphs_with_three_workers(clients: dict[int, Client], name: str, relation: str, graph: str, size: int, backend: str) -> None:
+def test_shared_graphs_with_three_workers(
+    clients: dict[int, Client], name: str, relation: str, graph: str, size: int, backend: str
+) -> None:
     path = SHARED / graph
     if not path.exists():
         pytest.skip(f"reference data {path} not present")
@@ -253,8 +255,9 @@ def test_no_tuple_passes_through_the_client(process_client: Client, monkeypatch:
     edges = rng.integers(0, 200_000, size=(400_000, 2))
     path = tmp_path / "e.facts"
     np.savetxt(path, edges, fmt="%d", delimiter="\t")
-    program = Program(".decl e(x:number, y:number)\n.decl q(x:number, z:number)\n.output q\n"
-                      ".input e\nq(x, z) :- e(x, y), e(y, z).\n")
+    program = Program(
+        ".decl e(x:number, y:number)\n.decl q(x:number, z:number)\n.output q\n.input e\nq(x, z) :- e(x, y), e(y, z).\n"
+    )
     want = program.run(facts={"e": path}, backend="numpy").sizes["q"]
     before = received[0]
     result = program.run(facts={"e": path}, backend="numpy", client=process_client, replicate_below=0)

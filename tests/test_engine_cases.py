@@ -36,9 +36,7 @@ r(n, y) :- a(x), b(y, x + 3), n = count : { c(z), b(z + 1, _) }.
 def test_expressions_in_atoms_beside_an_aggregate(backend):
     """Lifted atom expressions and aggregate results get distinct fresh names (found by the
     differential test: 7 of 150 seeds)."""
-    result = Program(LIFTED_BESIDE_AGGREGATE).run(
-        facts={"a": [(1,)], "b": [(5, 4), (8, 1)], "c": [(7,), (8,)]}, backend=backend
-    )
+    result = Program(LIFTED_BESIDE_AGGREGATE).run(facts={"a": [(1,)], "b": [(5, 4), (8, 1)], "c": [(7,), (8,)]}, backend=backend)
     assert result.tuples("r") == {(1, 5)}
 
 

@@ -113,9 +113,7 @@ def test_cspa_is_one_mutually_recursive_stratum() -> None:
 def test_andersen() -> None:
     p = load_program(ANDERSEN)
     assert len(p.inputs) == 4
-    assert [(s.relations, s.recursive, len(s.rules)) for s in stratify(p)] == [
-        (frozenset({"PointsTo"}), True, 4)
-    ]
+    assert [(s.relations, s.recursive, len(s.rules)) for s in stratify(p)] == [(frozenset({"PointsTo"}), True, 4)]
 
 
 # ---- positions ---------------------------------------------------------------------------
@@ -143,7 +141,7 @@ def test_positions_do_not_affect_equality() -> None:
 
 def test_directive_positions_and_params() -> None:
     text = (
-        '.decl a(x: symbol)\n.decl b(x: symbol)\n'
+        ".decl a(x: symbol)\n.decl b(x: symbol)\n"
         '.input a(IO=file, filename="in/a.tsv", delimiter=",")\n'
         '.output a, b(filename="o.csv", delimiter="\\t")\n.printsize b\n.printsize b\n'
     )
@@ -159,10 +157,7 @@ def test_directive_positions_and_params() -> None:
 
 
 def test_type_aliases_resolve_to_base_types() -> None:
-    p = load_program(
-        ".type Id <: unsigned\n.type Node = Id\n.type Name <: symbol\n"
-        ".decl r(n: Node, s: Name, k: number)\n"
-    )
+    p = load_program(".type Id <: unsigned\n.type Node = Id\n.type Name <: symbol\n.decl r(n: Node, s: Name, k: number)\n")
     assert p.relations["r"].attributes == (
         ir.Attribute("n", "unsigned", "Node"),
         ir.Attribute("s", "symbol", "Name"),
@@ -172,7 +167,7 @@ def test_type_aliases_resolve_to_base_types() -> None:
 
 def test_constants_take_the_type_of_their_column() -> None:
     (fact, rule) = rules_of(
-        '.decl u(x: unsigned, s: symbol)\n.decl n(x: number)\n'
+        ".decl u(x: unsigned, s: symbol)\n.decl n(x: number)\n"
         'u(4294967295, "a\\"b\\\\c\\td").\n'
         'n(x) :- u(y, "z"), y < 3, x = -2147483648.\n'
     )
@@ -184,17 +179,12 @@ def test_constants_take_the_type_of_their_column() -> None:
 
 
 def test_arithmetic_types_are_resolved() -> None:
-    (rule,) = rules_of(
-        ".decl u(x: unsigned)\n.decl v(x: unsigned, y: number)\n"
-        "v(x * 2, y) :- u(x), y = -(1 + 2) % 3.\n"
-    )
+    (rule,) = rules_of(".decl u(x: unsigned)\n.decl v(x: unsigned, y: number)\nv(x * 2, y) :- u(x), y = -(1 + 2) % 3.\n")
     head = rule.head.args[0]
     assert head == ir.Call("*", (V("x"), C(2, "unsigned")), "unsigned")
     eq = rule.body[1]
     assert isinstance(eq, ir.Comparison)
-    assert eq.right == ir.Call(
-        "%", (ir.Call("-", (C(0), ir.Call("+", (C(1), C(2))))), C(3)), "number"
-    )
+    assert eq.right == ir.Call("%", (ir.Call("-", (C(0), ir.Call("+", (C(1), C(2))))), C(3)), "number")
 
 
 def test_literal_only_variables_default_to_number() -> None:
@@ -216,21 +206,16 @@ def test_facts_are_rules_with_an_empty_body_and_folded_arithmetic() -> None:
         "r(1, 2). r(7 / -2, -7 % 3). r(2147483647 + 1, 3 * (2 + 1)).\nu(0 - 1).\n"
     )
     assert [r.body for r in rules] == [(), (), (), ()]
-    assert [r.head.args for r in rules] == [
-        (C(1), C(2)), (C(-3), C(-1)), (C(-2147483648), C(9)), (C(4294967295, "unsigned"),)
-    ]
+    assert [r.head.args for r in rules] == [(C(1), C(2)), (C(-3), C(-1)), (C(-2147483648), C(9)), (C(4294967295, "unsigned"),)]
 
 
 def test_aggregate_in_comparison_becomes_aggregation_literal() -> None:
     (rule,) = rules_of(
-        ".decl e(x: number, y: number)\n.decl c(x: number, n: number)\n"
-        "c(x, n) :- e(x, _), n = count : { e(x, _) }.\n"
+        ".decl e(x: number, y: number)\n.decl c(x: number, n: number)\nc(x, n) :- e(x, _), n = count : { e(x, _) }.\n"
     )
     atom, agg, eq = rule.body
     assert atom == ir.Atom("e", (V("x"), ir.Wildcard()))  # `_` outside aggregates stays
-    assert agg == ir.Aggregation(
-        V("$a0"), "count", None, (ir.Atom("e", (V("x"), V("$w0"))),), "number"
-    )
+    assert agg == ir.Aggregation(V("$a0"), "count", None, (ir.Atom("e", (V("x"), V("$w0"))),), "number")
     assert eq == ir.Comparison("=", V("n"), V("$a0"))
     assert isinstance(agg, ir.Aggregation) and agg.pos == ir.Pos("<string>", 3, 25)
 
@@ -244,11 +229,9 @@ def test_aggregates_in_head_and_inline_comparison() -> None:
     assert rule.head == ir.Atom("s", (V("x"), V("$a0")))
     node, count, bigger, total = rule.body
     assert node == ir.Atom("node", (V("x"),))
-    assert count == ir.Aggregation(V("$a1"), "count", None,
-                                   (ir.Atom("e", (V("x"), V("$w0"))),), "number")
+    assert count == ir.Aggregation(V("$a1"), "count", None, (ir.Atom("e", (V("x"), V("$w0"))),), "number")
     assert bigger == ir.Comparison(">", V("$a1"), C(1))
-    assert total == ir.Aggregation(V("$a0"), "sum", V("y"),
-                                   (ir.Atom("e", (V("x"), V("y"))),), "unsigned")
+    assert total == ir.Aggregation(V("$a0"), "sum", V("y"), (ir.Atom("e", (V("x"), V("y"))),), "unsigned")
 
 
 def test_min_max_target_expression_and_filters() -> None:
@@ -280,8 +263,7 @@ def test_aggregate_local_variables_do_not_leak_between_aggregates() -> None:
 
 def test_bound_by_equality_chain() -> None:
     (rule,) = rules_of(
-        ".decl e(x: number)\n.decl r(x: number, y: number, z: number)\n"
-        "r(x, y, z) :- e(x), z = y + 1, y = x * 2, !e(z).\n"
+        ".decl e(x: number)\n.decl r(x: number, y: number, z: number)\nr(x, y, z) :- e(x), z = y + 1, y = x * 2, !e(z).\n"
     )
     assert len(rule.body) == 4
 
@@ -291,14 +273,12 @@ def test_disjunction_expands_into_rules() -> None:
         ".decl a(x: number)\n.decl b(x: number)\n.decl c(x: number)\n.decl r(x: number)\n"
         "r(x) :- a(x), (b(x) ; c(x)), x > 0 ; c(x).\n"
     )
-    bodies = [[lit.relation if isinstance(lit, ir.Atom) else "cmp" for lit in r.body]
-              for r in rules]
+    bodies = [[lit.relation if isinstance(lit, ir.Atom) else "cmp" for lit in r.body] for r in rules]
     assert bodies == [["a", "b", "cmp"], ["a", "c", "cmp"], ["c"]]
 
 
 def test_several_heads_share_one_body() -> None:
-    rules = rules_of(".decl a(x: number)\n.decl b(x: number)\n.decl c(x: number)\n"
-                     "a(x), b(x) :- c(x).\n")
+    rules = rules_of(".decl a(x: number)\n.decl b(x: number)\n.decl c(x: number)\na(x), b(x) :- c(x).\n")
     assert [r.head.relation for r in rules] == ["a", "b"]
     assert rules[0].body == rules[1].body
 
@@ -338,14 +318,16 @@ def test_strata_order_and_flags() -> None:
         "f(1).\n"
     )
     assert [(sorted(s.relations), s.recursive, len(s.rules)) for s in stratify(p)] == [
-        (["a"], False, 1), (["b"], True, 2), (["c"], False, 1), (["d"], False, 1),
+        (["a"], False, 1),
+        (["b"], True, 2),
+        (["c"], False, 1),
+        (["d"], False, 1),
         (["f"], False, 1),
     ]
 
 
 def test_independent_strata_come_in_declaration_order() -> None:
-    p = load_program(".decl z(x: number)\n.decl y(x: number)\n.decl x(x: number)\n"
-                     "x(1).\ny(1).\nz(1).\n")
+    p = load_program(".decl z(x: number)\n.decl y(x: number)\n.decl x(x: number)\nx(1).\ny(1).\nz(1).\n")
     assert [set(s.relations) for s in stratify(p)] == [{"z"}, {"y"}, {"x"}]
 
 
@@ -362,8 +344,7 @@ def test_negation_and_aggregation_of_lower_strata_are_fine() -> None:
 
 def _chain_program(n: int, cycle: bool) -> ir.Program:
     """r0 <- r1 <- ... <- r{n-1} (and r0 <- r{n-1} when ``cycle``), built directly."""
-    rel = {f"r{i}": ir.Relation(f"r{i}", (ir.Attribute("x", "number", "number"),))
-           for i in range(n)}
+    rel = {f"r{i}": ir.Relation(f"r{i}", (ir.Attribute("x", "number", "number"),)) for i in range(n)}
     x = (V("x"),)
     rules = [ir.Rule(ir.Atom(f"r{i}", x), (ir.Atom(f"r{i + 1}", x),)) for i in range(n - 1)]
     rules.append(ir.Rule(ir.Atom(f"r{n - 1}", x), (ir.Atom("r0", x),) if cycle else ()))
@@ -403,10 +384,22 @@ SUBTYPES = ".type T <: symbol\n.type S <: symbol\n.type N <: number\n.type M = N
     [
         # Soufflé 2.5: "Atom's argument type is not a subtype of its declared type"
         (".decl a(t:T)\n.decl b(s:S)\na(x) :- b(x).\n", "8:3", "x is a S (argument 1 of b), but argument 1 of a is a T"),
-        (".decl a(x:N)\n.decl b(x:number)\na(x) :- b(x).\n", "8:3", "x is a number (argument 1 of b), but argument 1 of a is a N"),
+        (
+            ".decl a(x:N)\n.decl b(x:number)\na(x) :- b(x).\n",
+            "8:3",
+            "x is a number (argument 1 of b), but argument 1 of a is a N",
+        ),
         # "Unable to deduce type for variable x"
-        (".decl a(t:T)\n.decl b(s:S)\n.decl c(s:symbol)\nc(x) :- a(x), b(x).\n", "9:17", "x is a T (argument 1 of a) and a S (argument 1 of b)"),
-        (".decl a(t:T)\n.decl b(s:S)\n.decl c(s:symbol)\nc(x) :- a(x), b(y), x = y.\n", "9:23", "x is a T (argument 1 of a) and y is a S"),
+        (
+            ".decl a(t:T)\n.decl b(s:S)\n.decl c(s:symbol)\nc(x) :- a(x), b(x).\n",
+            "9:17",
+            "x is a T (argument 1 of a) and a S (argument 1 of b)",
+        ),
+        (
+            ".decl a(t:T)\n.decl b(s:S)\n.decl c(s:symbol)\nc(x) :- a(x), b(y), x = y.\n",
+            "9:23",
+            "x is a T (argument 1 of a) and y is a S",
+        ),
     ],
 )
 def test_subtypes_are_checked_as_souffle_does(rules: str, where: str, message: str) -> None:

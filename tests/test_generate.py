@@ -91,10 +91,16 @@ def test_rmat(tmp_path: Path) -> None:
     assert degree.max() > 10 * degree.mean(), "R-MAT's skew: a few hubs"
 
 
-@pytest.mark.parametrize("kind, relations, options", [("andersen", ("AddressOf", "Assign", "Load", "Store"), ["--size", "2000"]),
-                                                      ("cspa", ("assign", "dereference"), ["--size", "2000"])])
-def test_points_to_inputs_run(tmp_path: Path, kind: str, relations: tuple[str, ...], options: list[str],
-                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "kind, relations, options",
+    [
+        ("andersen", ("AddressOf", "Assign", "Load", "Store"), ["--size", "2000"]),
+        ("cspa", ("assign", "dereference"), ["--size", "2000"]),
+    ],
+)
+def test_points_to_inputs_run(
+    tmp_path: Path, kind: str, relations: tuple[str, ...], options: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     written = gen(tmp_path, kind, options)
     assert sorted(written) == sorted(f"{r}.facts" for r in relations)
     printed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())

@@ -149,9 +149,7 @@ def test_relation_store_keeps_every_index_equal_to_the_set(data):
             expected = sorted(tuple(t[c] for c in order) for t in seen)
             assert to_tuples(idx.rows, arity) == expected
             delta_idx = store.index(order, "delta")
-            assert to_tuples(delta_idx.rows, arity) == sorted(
-                tuple(t[c] for c in order) for t in to_tuples(store.delta, arity)
-            )
+            assert to_tuples(delta_idx.rows, arity) == sorted(tuple(t[c] for c in order) for t in to_tuples(store.delta, arity))
 
 
 @given(st.data())

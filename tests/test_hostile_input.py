@@ -59,8 +59,9 @@ def load_or_clean_error(text: str, filename: str = "hostile.dl") -> ir.Program |
 _FACT_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
-def read_or_clean_error(path: Path, relation: ir.Relation, delimiter: str, part: int = 0,
-                        n_parts: int = 1, symbols: SymbolTable | None = None) -> np.ndarray | None:
+def read_or_clean_error(
+    path: Path, relation: ir.Relation, delimiter: str, part: int = 0, n_parts: int = 1, symbols: SymbolTable | None = None
+) -> np.ndarray | None:
     """The fact reader's property: (n, arity) uint32 rows, or a DatalogError at path:line:col."""
     try:
         rows = read_facts_range(path, relation, SymbolTable() if symbols is None else symbols, delimiter, None, part, n_parts)
@@ -77,12 +78,75 @@ def read_or_clean_error(path: Path, relation: ir.Relation, delimiter: str, part:
 # ---- program text: strategies --------------------------------------------------------------
 
 _PIECES = [
-    ".decl", ".input", ".output", ".printsize", ".type", "e", "r", "s", "x", "y", "_", "(", ")",
-    ",", ".", ":-", ";", "!", "=", "!=", "<", "<=", "+", "-", "*", "/", "%", ":", "{", "}",
-    "count", "sum", "min", "max", "number", "symbol", "unsigned", "0", "1", "-1", "2147483648",
-    "4294967296", "9" * 300, "0x" + "f" * 40, '"a"', '"', '"\\q"', "/*", "*/", "//", "\n", "\r\n",
-    "\r", " ", "\t", "\0", "\ufeff", "#include", "filename=", '"../up"', "delimiter=", "@f", "$",
-    "[", "]", "1.5", "band", "é", "\x7f",
+    ".decl",
+    ".input",
+    ".output",
+    ".printsize",
+    ".type",
+    "e",
+    "r",
+    "s",
+    "x",
+    "y",
+    "_",
+    "(",
+    ")",
+    ",",
+    ".",
+    ":-",
+    ";",
+    "!",
+    "=",
+    "!=",
+    "<",
+    "<=",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    ":",
+    "{",
+    "}",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "number",
+    "symbol",
+    "unsigned",
+    "0",
+    "1",
+    "-1",
+    "2147483648",
+    "4294967296",
+    "9" * 300,
+    "0x" + "f" * 40,
+    '"a"',
+    '"',
+    '"\\q"',
+    "/*",
+    "*/",
+    "//",
+    "\n",
+    "\r\n",
+    "\r",
+    " ",
+    "\t",
+    "\0",
+    "\ufeff",
+    "#include",
+    "filename=",
+    '"../up"',
+    "delimiter=",
+    "@f",
+    "$",
+    "[",
+    "]",
+    "1.5",
+    "band",
+    "é",
+    "\x7f",
 ]
 _programs = st.one_of(
     st.text(max_size=300),
@@ -195,8 +259,7 @@ def test_nesting_at_the_limit_runs_end_to_end() -> None:
     """Just under MAX_NESTING, every later stage (checker, planner, evaluator, pickling to
     workers) still copes: the limit protects them, it is not the first thing to break."""
     depth = MAX_NESTING - 8  # the atom argument and comparison add a few levels
-    text = (RULE.format("+".join(["x"] * depth)) + ".output r\ne(0, 2).\n"
-            + RULE.format("-" * depth + "x").removeprefix(HEADER))
+    text = RULE.format("+".join(["x"] * depth)) + ".output r\ne(0, 2).\n" + RULE.format("-" * depth + "x").removeprefix(HEADER)
     program = load_program(text)
     pickle.loads(pickle.dumps(program))
     run = run_in_process(program, get_backend("numpy"), Inputs())
@@ -232,7 +295,9 @@ def test_io_filename_cannot_escape(kind: str, name: str, message: str) -> None:
     assert str(info.value.pos) == f"io.dl:4:{len(kind) + 20}"  # the directive's filename=
 
 
-@pytest.mark.parametrize("name", ["e.facts", "a/../e.facts", "./e.facts", "sub/./e.facts", "a//e.facts", "..e", "e..", "/abs/e.facts"])
+@pytest.mark.parametrize(
+    "name", ["e.facts", "a/../e.facts", "./e.facts", "sub/./e.facts", "a//e.facts", "..e", "e..", "/abs/e.facts"]
+)
 def test_io_filename_inside_or_absolute(name: str) -> None:
     program = load_program(HEADER + f'.input e(filename="{name}")\n.output r(filename="{name}")\n')
     assert program.inputs[0].filename == name and program.outputs[0].filename == name
@@ -244,8 +309,9 @@ def test_relative_filenames_resolve_inside_the_directories(tmp_path: Path) -> No
     (facts / "sub").mkdir(parents=True)
     (facts / "x").mkdir()  # the OS resolves x/.. on disk
     (facts / "sub" / "e.tsv").write_text("1\t2\n")
-    program = load_program(HEADER + '.input e(filename="x/../sub/e.tsv")\n'
-                           '.output r(filename="deep/../r.out")\nr(x) :- e(x, _).\n')
+    program = load_program(
+        HEADER + '.input e(filename="x/../sub/e.tsv")\n.output r(filename="deep/../r.out")\nr(x) :- e(x, _).\n'
+    )
     assert read_part(program, SymbolTable(), Inputs(facts))["e"].shape == (1, 2)
     run_in_process(program, get_backend("numpy"), Inputs(facts)).write(str(out))
     assert (out / "r.out").read_text() == "1\n"
@@ -259,9 +325,35 @@ _relations = st.lists(st.sampled_from(_TYPES), max_size=3).map(
     lambda ts: ir.Relation("f", tuple(ir.Attribute(f"c{i}", t, t) for i, t in enumerate(ts)))
 )
 _delimiters = st.sampled_from(["\t", ",", " ", ";", "::", "\t\t", "é", "\n", "\r", "\0"])
-_FIELDS = ["", "0", "1", "-1", "-", "+1", " 1", "0x1", "2147483647", "2147483648", "-2147483648",
-           "-2147483649", "4294967295", "4294967296", "9" * 300, "-" + "9" * 5000, "0" * 5000 + "1",
-           "a", "é", "\0", "\x00x", "\ufeff", "()", '"q"', "\\", "1.5", "a" * 1000]
+_FIELDS = [
+    "",
+    "0",
+    "1",
+    "-1",
+    "-",
+    "+1",
+    " 1",
+    "0x1",
+    "2147483647",
+    "2147483648",
+    "-2147483648",
+    "-2147483649",
+    "4294967295",
+    "4294967296",
+    "9" * 300,
+    "-" + "9" * 5000,
+    "0" * 5000 + "1",
+    "a",
+    "é",
+    "\0",
+    "\x00x",
+    "\ufeff",
+    "()",
+    '"q"',
+    "\\",
+    "1.5",
+    "a" * 1000,
+]
 _fields_line = st.lists(st.sampled_from(_FIELDS) | st.text(max_size=8), max_size=5)
 _breaks = st.sampled_from(["\n", "\r\n", "\r", "", "\n\n", "\r\r\n"])
 
@@ -291,16 +383,18 @@ def _check_fact_file(directory: Path, relation: ir.Relation, delimiter: str, dat
 
 @QUICK
 @given(_fact_files(), st.integers(1, 4))
-def test_fact_reader_never_crashes(tmp_path_factory: pytest.TempPathFactory,
-                                   case: tuple[ir.Relation, str, bytes], n_parts: int) -> None:
+def test_fact_reader_never_crashes(
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[ir.Relation, str, bytes], n_parts: int
+) -> None:
     _check_fact_file(tmp_path_factory.mktemp("facts"), *case, n_parts)
 
 
 @pytest.mark.fuzz
 @LONG
 @given(_fact_files(), st.integers(1, 6))
-def test_fact_reader_never_crashes_long(tmp_path_factory: pytest.TempPathFactory,
-                                        case: tuple[ir.Relation, str, bytes], n_parts: int) -> None:
+def test_fact_reader_never_crashes_long(
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[ir.Relation, str, bytes], n_parts: int
+) -> None:
     _check_fact_file(tmp_path_factory.mktemp("facts"), *case, n_parts)
 
 
@@ -311,8 +405,12 @@ SYM2 = ir.Relation("s", (ir.Attribute("a", "symbol", "symbol"), ir.Attribute("b"
 @pytest.mark.parametrize(
     ("relation", "data", "where", "message"),
     [
-        (NUM2, b"1\t2\n3\t" + b"9" * 5000 + b"\n", "2:3", "999999999999999999999999999999999999999...9999999999 "
-                                                            "(5000 characters) does not fit in a 32-bit unsigned"),
+        (
+            NUM2,
+            b"1\t2\n3\t" + b"9" * 5000 + b"\n",
+            "2:3",
+            "999999999999999999999999999999999999999...9999999999 (5000 characters) does not fit in a 32-bit unsigned",
+        ),
         (NUM2, b"-" + b"9" * 5000 + b"\t1\n", "1:1", "does not fit in a 32-bit number"),
         (NUM2, b"1\t-" + b"9" * 5000 + b"\n", "1:3", "is negative, but column b is unsigned"),
         (SYM2, b"x\t" + b"1" * 300 + b"\n", "1:3", "(300 characters) does not fit in a 32-bit number"),
@@ -321,8 +419,12 @@ SYM2 = ir.Relation("s", (ir.Attribute("a", "symbol", "symbol"), ir.Attribute("b"
         (NUM2, b"1\t2\n\n\n1\n", "4:2", "found 1"),
         (NUM2, b"1\t\0\n", "1:3", "expected an integer for column b (unsigned), found '\\x00'"),
         (SYM2, b"a\n", "1:2", "found 1"),
-        (SYM2, b"x" * 1_000_000 + b"\t" + b"y" * 1_000_000 + b"\n", "1:1000002",
-         "found 'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy...yyyyyyyyy' (1000002 characters)"),
+        (
+            SYM2,
+            b"x" * 1_000_000 + b"\t" + b"y" * 1_000_000 + b"\n",
+            "1:1000002",
+            "found 'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy...yyyyyyyyy' (1000002 characters)",
+        ),
         (NUM2, b"1\t2\n\xff\t3\n", "2:1", "invalid UTF-8 byte 0xff"),
     ],
 )

@@ -93,7 +93,11 @@ def test_the_command_says_so_in_one_line(tmp_path: Path, mode: list[str]) -> Non
 
 def test_the_command_joins_in_chunks_under_its_budget(tmp_path: Path) -> None:
     program = tmp_path / "wide.dl"
-    program.write_text(WIDE_JOIN.replace(".decl c(x:number)", ".decl c(x:number)\n.output c").replace(".decl a(x:number, z:number)", ".decl a(x:number, z:number)\n.input a").replace(".decl b(z:number, y:number)", ".decl b(z:number, y:number)\n.input b"))
+    program.write_text(
+        WIDE_JOIN.replace(".decl c(x:number)", ".decl c(x:number)\n.output c")
+        .replace(".decl a(x:number, z:number)", ".decl a(x:number, z:number)\n.input a")
+        .replace(".decl b(z:number, y:number)", ".decl b(z:number, y:number)\n.input b")
+    )
     for name, rows in wide_inputs().items():
         np.savetxt(tmp_path / f"{name}.facts", rows, fmt="%d", delimiter="\t")
     done = cli([program, "-F", tmp_path, "-D", tmp_path / "out", "--workers", "2", "--memory-limit", "16MiB"], timeout=120)

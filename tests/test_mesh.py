@@ -218,9 +218,7 @@ def test_large_messages_three_ranks(meshes: Callable[..., list[Mesh]]) -> None:
     def part(src: int, dst: int) -> np.ndarray:
         return np.full((2 << 20) + src * 1000 + dst, src * 10 + dst, dtype=np.int64)  # ~16 MB
 
-    results = run_threads(
-        [lambda m=m: exchange(m, 1, {p: part(m.rank, p) for p in range(3) if p != m.rank}) for m in ms]
-    )
+    results = run_threads([lambda m=m: exchange(m, 1, {p: part(m.rank, p) for p in range(3) if p != m.rank}) for m in ms])
     for r in range(3):
         for p in range(3):
             if p != r:
@@ -339,9 +337,7 @@ def test_from_sockets_wants_every_peer() -> None:
 # --- rounds that fail ----------------------------------------------------------------------
 
 
-def assert_fails_fast(
-    mesh: Mesh, call: Callable[[], Any], error: type[BaseException], match: str | None = None
-) -> None:
+def assert_fails_fast(mesh: Mesh, call: Callable[[], Any], error: type[BaseException], match: str | None = None) -> None:
     """``call`` raises ``error`` within a couple of seconds and leaves the selector empty."""
     t0 = time.monotonic()
     with pytest.raises(error, match=match):
@@ -465,4 +461,3 @@ def test_wrong_round_number_means_diverged_workers() -> None:
         mesh.close()
         to_mesh.close()
         from_mesh.close()
-

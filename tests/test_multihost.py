@@ -207,7 +207,8 @@ class Hosts:
         """Whatever of this subnet's namespaces and links is still there."""
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         return [p.name for p in Path("/run/netns").glob(f"ddmh{self.subnet}-h*")] + re.findall(
-            rf"^\d+: (ddmhbr{self.subnet}|ddmh{self.subnet}v\d+p?)[@:]", links, re.M)
+            rf"^\d+: (ddmhbr{self.subnet}|ddmh{self.subnet}v\d+p?)[@:]", links, re.M
+        )
 
 
 class Cluster:
@@ -228,23 +229,54 @@ class Cluster:
         return json.loads(self.scheduler_file.read_text())["address"]
 
     def start(self) -> None:
-        self._start("scheduler", self.hosts.command(HEAD, DASK, "scheduler", "--host", self.hosts.address(HEAD), "--port", 0,
-                                                    "--no-dashboard", "--scheduler-file", self.scheduler_file))
+        self._start(
+            "scheduler",
+            self.hosts.command(
+                HEAD,
+                DASK,
+                "scheduler",
+                "--host",
+                self.hosts.address(HEAD),
+                "--port",
+                0,
+                "--no-dashboard",
+                "--scheduler-file",
+                self.scheduler_file,
+            ),
+        )
         until(self.scheduler_file.exists, 30, lambda: f"no scheduler file; {self.log('scheduler')}")
         workers = range(1, self.hosts.count)
         for i in workers:
             (self.root / f"worker{i}").mkdir()
-            self._start(f"worker{i}", self.hosts.command(i, DASK, "worker", self.address, "--host", self.hosts.address(i),
-                                                         "--nthreads", 1, "--no-dashboard", "--local-directory", self.root / f"worker{i}"))
+            self._start(
+                f"worker{i}",
+                self.hosts.command(
+                    i,
+                    DASK,
+                    "worker",
+                    self.address,
+                    "--host",
+                    self.hosts.address(i),
+                    "--nthreads",
+                    1,
+                    "--no-dashboard",
+                    "--local-directory",
+                    self.root / f"worker{i}",
+                ),
+            )
         for i in workers:
             log = f"worker{i}"
-            until(lambda log=log: "Registered to:" in self.log(log), 60, lambda log=log: f"{log} did not register: {self.log(log)}")
+            until(
+                lambda log=log: "Registered to:" in self.log(log), 60, lambda log=log: f"{log} did not register: {self.log(log)}"
+            )
             self.workers[i] = re.search(r"Start worker at: +(tcp://\S+)", self.log(log))[1]
             self.nannies[i] = re.search(r"Start Nanny at: +'(tcp://\S+)'", self.log(log))[1]
 
     def _start(self, name: str, command: list[str]) -> None:
         with open(self.root / f"{name}.log", "wb") as log:
-            self.processes.append(subprocess.Popen(command, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+            self.processes.append(
+                subprocess.Popen(command, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            )
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
@@ -290,8 +322,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("multihost")
     (base / "facts").mkdir()
     (base / "facts" / "edge.facts").write_text("".join(f"{i}\t{i + 1}\n" for i in range(CHAIN)))
-    done = subprocess.run([str(COMMAND), "run", str(REACH), "-F", str(base / "facts"), "-D", str(base / "want"), "--no-cluster"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(COMMAND), "run", str(REACH), "-F", str(base / "facts"), "-D", str(base / "want"), "--no-cluster"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return base
 
@@ -307,7 +343,9 @@ def _finish(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
 def test_a_job_on_two_hosts_exchanges_over_the_veths_and_writes_what_one_process_writes(cluster: Cluster, base: Path) -> None:
     hosts = cluster.hosts
     for i in (1, 2):
-        assert cluster.workers[i].startswith(f"tcp://{hosts.address(i)}:") and cluster.nannies[i].startswith(f"tcp://{hosts.address(i)}:")
+        assert cluster.workers[i].startswith(f"tcp://{hosts.address(i)}:") and cluster.nannies[i].startswith(
+            f"tcp://{hosts.address(i)}:"
+        )
     before = hosts.counters()
     process = cluster.run(base / "facts", base / "out")
     try:

@@ -52,5 +52,9 @@ def test_wheel_contains_and_imports_every_subpackage(tmp_path: Path) -> None:
     # Run from an empty folder with only the wheel's files first on the path, so neither
     # the source tree nor the editable install can stand in for a missing file.
     env = {**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"}
-    subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r})\n{probe}"],
-                   check=True, cwd=tmp_path, env=env)
+    subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r})\n{probe}"],
+        check=True,
+        cwd=tmp_path,
+        env=env,
+    )

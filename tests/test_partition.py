@@ -213,8 +213,7 @@ def routes(placed: Plan, head: str, kind: str = "deltas") -> list[RulePlan]:
 
 def unrouted_steps(steps: tuple[Step, ...]) -> tuple[Step, ...]:
     return tuple(
-        replace(s, route=LOCAL, **({"steps": unrouted_steps(s.steps)} if isinstance(s, AggregateStep) else {}))
-        for s in steps
+        replace(s, route=LOCAL, **({"steps": unrouted_steps(s.steps)} if isinstance(s, AggregateStep) else {})) for s in steps
     )
 
 
@@ -407,9 +406,7 @@ class Shards:
 
     def owner(self, values: tuple[Value, ...]) -> int:
         """Any fixed uint32 per value will do, as long as equal values get equal owners."""
-        words = tuple(
-            self.symbols.setdefault(v, len(self.symbols)) if isinstance(v, str) else v & 0xFFFFFFFF for v in values
-        )
+        words = tuple(self.symbols.setdefault(v, len(self.symbols)) if isinstance(v, str) else v & 0xFFFFFFFF for v in values)
         return ref_owner(words, self.n)
 
     def spread(self, tuples: set[Tuple], key: tuple[int, ...]) -> list[set[Tuple]]:
@@ -510,8 +507,7 @@ class Shards:
                 bindings = moved
             elif route.action == "own":
                 bindings = [
-                    [b for b in part if self.owner(tuple(b[v] for v in route.key)) == s]
-                    for s, part in enumerate(bindings)
+                    [b for b in part if self.owner(tuple(b[v] for v in route.key)) == s] for s, part in enumerate(bindings)
                 ]
             key_var = self.key_variable(step, route)
             if key_var is not None:

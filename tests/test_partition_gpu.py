@@ -39,9 +39,7 @@ def test_owner_is_the_same_on_cupy_and_numpy(cp, width: int, n_shards: int) -> N
     assert np.array_equal(cp.asnumpy(shard_of(on_gpu, n_shards, cp)), shard_of(cols, n_shards, np))
     rows = pack(cols, N, np)
     key = tuple(range(width))[::-1]
-    assert np.array_equal(
-        cp.asnumpy(shard_of_rows(cp.asarray(rows), key, n_shards, cp)), shard_of_rows(rows, key, n_shards, np)
-    )
+    assert np.array_equal(cp.asnumpy(shard_of_rows(cp.asarray(rows), key, n_shards, cp)), shard_of_rows(rows, key, n_shards, np))
 
 
 @pytest.mark.parametrize("n_shards", [1, 4, 300, 70_000])

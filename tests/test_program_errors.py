@@ -38,107 +38,151 @@ CASES: list[tuple[str, str, str, str]] = [
     ("undeclared-head", "q(x) :- e(x, _).", "1:1", "undeclared relation q"),
     ("undeclared-fact", "ee(1, 2).", "1:1", "undeclared relation ee (did you mean e?)"),
     ("undeclared-directive", ".output path", "1:9", "undeclared relation path in .output"),
-    ("duplicate-decl", ".decl a(x: number)\n.decl a(y: number)", "2:7",
-     "duplicate declaration of relation a (first declared at 1:7)"),
-    ("duplicate-attribute", ".decl a(x: number, x: symbol)", "1:20",
-     "duplicate attribute name x"),
+    (
+        "duplicate-decl",
+        ".decl a(x: number)\n.decl a(y: number)",
+        "2:7",
+        "duplicate declaration of relation a (first declared at 1:7)",
+    ),
+    ("duplicate-attribute", ".decl a(x: number, x: symbol)", "1:20", "duplicate attribute name x"),
     ("unknown-type", ".decl a(x: node)", "1:12", "unknown type node"),
-    ("unknown-alias-base", ".type T <: nubmer", "1:12",
-     "unknown type nubmer (did you mean number?)"),
+    ("unknown-alias-base", ".type T <: nubmer", "1:12", "unknown type nubmer (did you mean number?)"),
     ("cyclic-types", ".type A <: B\n.type B <: A", "1:7", "cyclic type definition: A -> B -> A"),
     ("duplicate-type", ".type T <: number\n.type T <: symbol", "2:7", "duplicate type T"),
     ("redefine-base-type", ".type number <: symbol", "1:7", "cannot redefine the built-in type"),
     # ---- arity and types
-    ("arity-too-few", "r(x) :- e(x).", "1:9",
-     "arity mismatch: e is declared with 2 attributes but used with 1 argument"),
+    ("arity-too-few", "r(x) :- e(x).", "1:9", "arity mismatch: e is declared with 2 attributes but used with 1 argument"),
     ("arity-head", "r(x, y) :- e(x, y).", "1:1", "r is declared with 1 attribute but used with 2"),
-    ("number-in-symbol", "s(1).", "1:3",
-     "type mismatch: 1 is a number, but argument 1 of s is a symbol"),
+    ("number-in-symbol", "s(1).", "1:3", "type mismatch: 1 is a number, but argument 1 of s is a symbol"),
     ("string-in-number", 'r("a").', "1:3", 'type mismatch: "a" is a symbol, but argument 1 of r'),
-    ("var-symbol-number", "r(x) :- s(x).", "1:11",
-     "x is a number (argument 1 of r, at 1:3) but argument 1 of s is a symbol"),
+    ("var-symbol-number", "r(x) :- s(x).", "1:11", "x is a number (argument 1 of r, at 1:3) but argument 1 of s is a symbol"),
     ("var-number-unsigned", "r(x) :- e(x, _), u(x).", "1:20", "argument 1 of u is an unsigned"),
-    ("compare-symbol-number", "r(x) :- e(x, _), s(y), x = y.", "1:26",
-     "cannot compare a number with a symbol"),
+    ("compare-symbol-number", "r(x) :- e(x, _), s(y), x = y.", "1:26", "cannot compare a number with a symbol"),
     ("less-on-symbols", 'r(1) :- s(y), y < "b".', "1:17", "< is not defined on symbols"),
     ("arithmetic-on-symbols", "s(y) :- s(x), y = x + x.", "1:21", "arithmetic (+) on symbols"),
-    ("string-in-arithmetic", 'r(x) :- e(x, _), y = 1, x < y + "s".', "1:33",
-     '"s" is a symbol, but + is computed on a number here'),
-    ("sum-over-symbols", "r(n) :- n = sum x : { s(x) }.", "1:13",
-     "sum over symbols is not supported"),
-    ("count-into-unsigned", "u(n) :- n = count : { s(_) }.", "1:11",
-     "cannot compare an unsigned with a number"),
+    (
+        "string-in-arithmetic",
+        'r(x) :- e(x, _), y = 1, x < y + "s".',
+        "1:33",
+        '"s" is a symbol, but + is computed on a number here',
+    ),
+    ("sum-over-symbols", "r(n) :- n = sum x : { s(x) }.", "1:13", "sum over symbols is not supported"),
+    ("count-into-unsigned", "u(n) :- n = count : { s(_) }.", "1:11", "cannot compare an unsigned with a number"),
     ("number-too-big", "r(2147483648).", "1:3", "2147483648 does not fit in 32 bits as a number"),
     ("number-too-small", "r(x) :- e(x, _), x > -2147483649.", "1:22", "does not fit in 32 bits"),
     ("unsigned-negative", "u(-1).", "1:3", "-1 does not fit in 32 bits as an unsigned"),
     ("unsigned-too-big", "u(x) :- u(x), x < 4294967296.", "1:19", "(0..4294967295)"),
     # ---- safety
     ("unsafe-head", "r(x) :- e(_, _).", "1:3", "variable x in the head is not bound"),
-    ("unsafe-negation", "r(x) :- e(x, _), !e(x, y).", "1:24",
-     "variable y in the negation of e is not bound by any positive body atom"),
+    (
+        "unsafe-negation",
+        "r(x) :- e(x, _), !e(x, y).",
+        "1:24",
+        "variable y in the negation of e is not bound by any positive body atom",
+    ),
     ("unsafe-comparison", "r(x) :- e(x, _), x < z.", "1:22", "variable z in this comparison"),
     ("unsafe-equality-cycle", "r(x) :- e(x, _), y = z, z = y.", "1:18", "variable y"),
-    ("unsafe-grouping", "r(c) :- c = count : { e(x, _) }, x > 1.", "1:25",
-     "variable x is used inside and outside the aggregate but not bound"),
-    ("unsafe-aggregate-target", "r(c) :- e(x, _), c = sum y : { e(x, _) }.", "1:26",
-     "variable y in the aggregate target is not bound by any positive atom of the aggregate"),
-    ("unsafe-in-aggregate", "r(c) :- e(x, _), c = count : { e(x, y), y < w }.", "1:45",
-     "variable w in this comparison"),
+    (
+        "unsafe-grouping",
+        "r(c) :- c = count : { e(x, _) }, x > 1.",
+        "1:25",
+        "variable x is used inside and outside the aggregate but not bound",
+    ),
+    (
+        "unsafe-aggregate-target",
+        "r(c) :- e(x, _), c = sum y : { e(x, _) }.",
+        "1:26",
+        "variable y in the aggregate target is not bound by any positive atom of the aggregate",
+    ),
+    ("unsafe-in-aggregate", "r(c) :- e(x, _), c = count : { e(x, y), y < w }.", "1:45", "variable w in this comparison"),
     # a variable inside arithmetic in a body atom is not bound by it (Soufflé: "Ungrounded
     # variable n"); each of these once passed the checker and crashed the planner
-    ("ungrounded-fib", "Fib(n, x + y) :- Fib(n - 1, x), Fib(n - 2, y), n <= 25.\n"
-     ".decl Fib(n: number, x: number)", "1:5",
-     "variable n in the head is not bound by any positive body atom (at 1:22 it is inside "
-     "arithmetic in Fib, which does not bind it)"),
-    ("ungrounded-only-in-atom-arithmetic", "r(x) :- e(x, y + 1).", "1:14",
-     "variable y in arithmetic in an argument of e is not bound"),
-    ("ungrounded-arithmetic-then-comparison", "r(x) :- e(x, _), e(y * 2, _), y < 3.", "1:20",
-     "variable y in arithmetic in an argument of e"),
-    ("ungrounded-in-negation-arithmetic", "r(x) :- e(x, _), !e(x + y, _).", "1:25",
-     "variable y in the negation of e is not bound"),
-    ("ungrounded-in-aggregate-atom", "r(c) :- c = count : { e(x + 1, _) }.", "1:25",
-     "unsafe aggregate: variable x in arithmetic in an argument of e is not bound by any "
-     "positive atom of the aggregate body"),
-    ("ungrounded-aggregate-target", "r(s) :- s = sum y : { e(y + 1, _) }.", "1:25",
-     "unsafe aggregate: variable y in arithmetic"),
-    ("ungrounded-grouping", "r(c) :- e(x + 1, _), c = count : { e(x, _) }.", "1:38",
-     "variable x is used inside and outside the aggregate but not bound by any positive atom "
-     "outside it (at 1:11 it is inside arithmetic in e"),
-    ("ungrounded-equality-chain", "r(a) :- e(_, _), a = b + 1, b = a - 1.", "1:3",
-     "variable a in the head is not bound"),
+    (
+        "ungrounded-fib",
+        "Fib(n, x + y) :- Fib(n - 1, x), Fib(n - 2, y), n <= 25.\n.decl Fib(n: number, x: number)",
+        "1:5",
+        "variable n in the head is not bound by any positive body atom (at 1:22 it is inside "
+        "arithmetic in Fib, which does not bind it)",
+    ),
+    (
+        "ungrounded-only-in-atom-arithmetic",
+        "r(x) :- e(x, y + 1).",
+        "1:14",
+        "variable y in arithmetic in an argument of e is not bound",
+    ),
+    (
+        "ungrounded-arithmetic-then-comparison",
+        "r(x) :- e(x, _), e(y * 2, _), y < 3.",
+        "1:20",
+        "variable y in arithmetic in an argument of e",
+    ),
+    (
+        "ungrounded-in-negation-arithmetic",
+        "r(x) :- e(x, _), !e(x + y, _).",
+        "1:25",
+        "variable y in the negation of e is not bound",
+    ),
+    (
+        "ungrounded-in-aggregate-atom",
+        "r(c) :- c = count : { e(x + 1, _) }.",
+        "1:25",
+        "unsafe aggregate: variable x in arithmetic in an argument of e is not bound by any positive atom of the aggregate body",
+    ),
+    ("ungrounded-aggregate-target", "r(s) :- s = sum y : { e(y + 1, _) }.", "1:25", "unsafe aggregate: variable y in arithmetic"),
+    (
+        "ungrounded-grouping",
+        "r(c) :- e(x + 1, _), c = count : { e(x, _) }.",
+        "1:38",
+        "variable x is used inside and outside the aggregate but not bound by any positive atom "
+        "outside it (at 1:11 it is inside arithmetic in e",
+    ),
+    ("ungrounded-equality-chain", "r(a) :- e(_, _), a = b + 1, b = a - 1.", "1:3", "variable a in the head is not bound"),
     ("ungrounded-head-arithmetic", "r(x + 1) :- e(y, _).", "1:3", "variable x in the head"),
-    ("ungrounded-renamed-aggregate-local", "q(c, d) :- c = count : { e(x, _) }, "
-     "d = count : { e(y, _), y < x }.\n.decl q(x: number, y: number)", "1:64",
-     "unsafe aggregate: variable x in this comparison is not bound"),
-    ("ungrounded-renamed-aggregate-arithmetic", "q(c, d) :- c = count : { e(x, _) }, "
-     "d = count : { e(x + 1, _) }.\n.decl q(x: number, y: number)", "1:53",
-     "unsafe aggregate: variable x in arithmetic in an argument of e"),
+    (
+        "ungrounded-renamed-aggregate-local",
+        "q(c, d) :- c = count : { e(x, _) }, d = count : { e(y, _), y < x }.\n.decl q(x: number, y: number)",
+        "1:64",
+        "unsafe aggregate: variable x in this comparison is not bound",
+    ),
+    (
+        "ungrounded-renamed-aggregate-arithmetic",
+        "q(c, d) :- c = count : { e(x, _) }, d = count : { e(x + 1, _) }.\n.decl q(x: number, y: number)",
+        "1:53",
+        "unsafe aggregate: variable x in arithmetic in an argument of e",
+    ),
     ("wildcard-in-head", "r(_) :- e(_, _).", "1:3", "_ cannot appear in the head of a rule"),
     ("wildcard-in-comparison", "r(x) :- e(x, _), x != _.", "1:23", "_ can only be an argument"),
     ("fact-with-variable", "e(1, y).", "1:6", "a fact must be ground, but y is a variable"),
     ("fact-with-wildcard", "r(_).", "1:3", "a fact must be ground"),
     ("division-by-zero-fact", "r(1 / 0).", "1:5", "division by zero"),
     # ---- aggregates
-    ("nested-aggregate", "r(n) :- n = count : { e(x, _), x = sum y : { e(y, _) } }.", "1:36",
-     "unsupported: nested aggregates"),
+    ("nested-aggregate", "r(n) :- n = count : { e(x, _), x = sum y : { e(y, _) } }.", "1:36", "unsupported: nested aggregates"),
     ("count-with-target", "r(n) :- n = count x : { e(x, _) }.", "1:13", "count takes no target"),
     ("sum-without-target", "r(n) :- n = sum : { e(_, _) }.", "1:13", "sum needs a target"),
     ("mean-aggregate", "r(n) :- n = mean x : { e(x, _) }.", "1:13", "unsupported: mean aggregate"),
-    ("disjunction-in-aggregate", "r(n) :- n = count : { e(_, _) ; r(_) }.", "1:13",
-     "unsupported: disjunction (;) inside an aggregate body"),
+    (
+        "disjunction-in-aggregate",
+        "r(n) :- n = count : { e(_, _) ; r(_) }.",
+        "1:13",
+        "unsupported: disjunction (;) inside an aggregate body",
+    ),
     # ---- stratification
-    ("negation-self", "r(x) :- e(x, _), !r(x).", "1:18",
-     "negation of r in a rule for r itself"),
-    ("negation-cycle", ".decl p(x: number)\n.decl q(x: number)\n"
-     "q(x) :- r(x), !p(x).\np(x) :- q(x).", "3:15",
-     "negation of p in a rule for q, but p depends on q through p -> q"),
-    ("aggregation-cycle", ".decl p(x: number)\n.decl q(x: number)\n"
-     "p(n) :- r(x), n = count : { q(x) }.\nq(x) :- s2(x), p(x).\n.decl s2(x: number)", "3:19",
-     "aggregation over q in a rule for p, but q depends on p through q -> p"),
+    ("negation-self", "r(x) :- e(x, _), !r(x).", "1:18", "negation of r in a rule for r itself"),
+    (
+        "negation-cycle",
+        ".decl p(x: number)\n.decl q(x: number)\nq(x) :- r(x), !p(x).\np(x) :- q(x).",
+        "3:15",
+        "negation of p in a rule for q, but p depends on q through p -> q",
+    ),
+    (
+        "aggregation-cycle",
+        ".decl p(x: number)\n.decl q(x: number)\np(n) :- r(x), n = count : { q(x) }.\nq(x) :- s2(x), p(x).\n.decl s2(x: number)",
+        "3:19",
+        "aggregation over q in a rule for p, but q depends on p through q -> p",
+    ),
     # ---- directives
     ("io-stdout", ".output r(IO=stdout)", "1:11", "unsupported: IO=stdout (only IO=file"),
-    ("io-unknown-param", ".output r(headers=true)", "1:11",
-     "unknown parameter 'headers' for .output"),
+    ("io-unknown-param", ".output r(headers=true)", "1:11", "unknown parameter 'headers' for .output"),
     ("io-filename-not-string", ".input e(filename=x)", "1:10", "filename must be a string"),
     ("io-empty-delimiter", '.input e(delimiter="")', "1:10", "delimiter must not be empty"),
     ("printsize-param", ".printsize r(x=1)", "1:14", "unknown parameter 'x' for .printsize"),
@@ -152,12 +196,10 @@ CASES: list[tuple[str, str, str, str]] = [
     ("float-type", ".decl f(x: float)", "1:12", "unsupported type float"),
     ("float-alias", ".type F <: float", "1:12", "unsupported type float"),
     ("float-constant", "r(x) :- e(x, _), x = 1.5.", "1:22", "unsupported: float constant 1.5"),
-    ("eqrel", ".decl eq(x: number, y: number) eqrel", "1:32",
-     "unsupported: .decl qualifier 'eqrel'"),
+    ("eqrel", ".decl eq(x: number, y: number) eqrel", "1:32", "unsupported: .decl qualifier 'eqrel'"),
     ("brie", ".decl b(x: number) brie", "1:20", "qualifier 'brie'"),
     ("old-input-qualifier", ".decl b(x: number) input", "1:20", "write a separate .input"),
-    ("choice-domain", ".decl c(x: number, y: number) choice-domain x", "1:31",
-     "qualifier 'choice-domain'"),
+    ("choice-domain", ".decl c(x: number, y: number) choice-domain x", "1:31", "qualifier 'choice-domain'"),
     ("union-type", ".type T = A | B", "1:1", "unsupported: union types"),
     ("record-type", ".type P = [x: number, y: number]", "1:1", "unsupported: record types"),
     ("adt-type", ".type E = Num {n: number} | Add {}", "1:1", "unsupported: algebraic data types"),
@@ -175,8 +217,7 @@ CASES: list[tuple[str, str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("text", "where", "message"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("text", "where", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_program(text: str, where: str, message: str) -> None:
     with pytest.raises(DatalogError) as info:
         load_program(text + "\n" + DECLS, "prog.dl")
@@ -192,11 +233,14 @@ def test_error_carries_its_position() -> None:
     assert info.value.message == "undeclared relation q"
 
 
-@pytest.mark.parametrize(("text", "where", "message"), [
-    ("r(x) :- ", "1:9", "unexpected end of input; expected a name, a number"),
-    (".decl a(x: number", "1:18", "unexpected end of input; expected ')' or ','"),
-    ("r(1)\n", "2:1", "unexpected end of input; expected ',', '.' or ':-'"),
-])
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("r(x) :- ", "1:9", "unexpected end of input; expected a name, a number"),
+        (".decl a(x: number", "1:18", "unexpected end of input; expected ')' or ','"),
+        ("r(1)\n", "2:1", "unexpected end of input; expected ',', '.' or ':-'"),
+    ],
+)
 def test_unexpected_end_of_input(text: str, where: str, message: str) -> None:
     with pytest.raises(DatalogError) as info:
         load_program(text, "prog.dl")
@@ -208,12 +252,25 @@ def test_unexpected_end_of_input(text: str, where: str, message: str) -> None:
 # chains in both directions, aggregates with arithmetic, negation and local variables (the
 # last two aggregates share the local w, which the checker renames apart).
 SAFETY_PIECES = [
-    "e(x, y)", "e(y, z)", "e(x + 1, y)", "e(y * 2, z)", "e(x, x + 1)",
-    "!e(x, y)", "!e(x + 1, z)",
-    "x < y", "x = y + 1", "y = x - 1", "z = x + y", "x + 1 = z", "y = y",
-    "z = count : { e(x, _) }", "y = count : { e(x + 1, w) }",
-    "z = min w : { e(w, _), !e(y + 1, w) }", "x = max w : { e(w, w + 1) }",
-    "z = count : { e(w, v), v = w + y }", "y = count : { e(v, _), v < w }",
+    "e(x, y)",
+    "e(y, z)",
+    "e(x + 1, y)",
+    "e(y * 2, z)",
+    "e(x, x + 1)",
+    "!e(x, y)",
+    "!e(x + 1, z)",
+    "x < y",
+    "x = y + 1",
+    "y = x - 1",
+    "z = x + y",
+    "x + 1 = z",
+    "y = y",
+    "z = count : { e(x, _) }",
+    "y = count : { e(x + 1, w) }",
+    "z = min w : { e(w, _), !e(y + 1, w) }",
+    "x = max w : { e(w, w + 1) }",
+    "z = count : { e(w, v), v = w + y }",
+    "y = count : { e(v, _), v < w }",
 ]
 
 
@@ -230,8 +287,10 @@ def test_every_checked_rule_can_be_planned() -> None:
                 try:
                     program = load_program(text + decls, "prog.dl")
                 except DatalogError as err:
-                    assert err.pos is not None and str(err).startswith(
-                        f"prog.dl:{err.pos.line}:{err.pos.col}: error: "), (text, str(err))
+                    assert err.pos is not None and str(err).startswith(f"prog.dl:{err.pos.line}:{err.pos.col}: error: "), (
+                        text,
+                        str(err),
+                    )
                     continue
                 accepted += 1
                 try:
@@ -259,13 +318,17 @@ def test_byte_order_mark_is_not_part_of_the_program(tmp_path) -> None:  # type: 
     assert str(info.value).startswith("prog.dl:1:6: error: syntax error: unexpected character '@'")
 
 
-@pytest.mark.parametrize(("data", "where", "byte"), [
-    (b"\xff.decl r(x: number)", "1:1", "0xff"),
-    (b"\xef\xbb\xbf\xff.decl r(x: number)", "1:1", "0xff"),  # after a byte-order mark
-    (b".decl r(x: number)\n// caf\xe9\nr(1).", "2:7", "0xe9"),  # Latin-1
-    (b".decl r(x: number)\r\nr(1). // \xc3\xa9\xc3\xa9 \x80", "2:13", "0x80"),  # after UTF-8
-    (b".decl r(x: number) // \xe2\x82", "1:23", "0xe2"),  # cut short at the end
-], ids=["first-byte", "after-bom", "latin1", "after-multibyte", "truncated"])
+@pytest.mark.parametrize(
+    ("data", "where", "byte"),
+    [
+        (b"\xff.decl r(x: number)", "1:1", "0xff"),
+        (b"\xef\xbb\xbf\xff.decl r(x: number)", "1:1", "0xff"),  # after a byte-order mark
+        (b".decl r(x: number)\n// caf\xe9\nr(1).", "2:7", "0xe9"),  # Latin-1
+        (b".decl r(x: number)\r\nr(1). // \xc3\xa9\xc3\xa9 \x80", "2:13", "0x80"),  # after UTF-8
+        (b".decl r(x: number) // \xe2\x82", "1:23", "0xe2"),  # cut short at the end
+    ],
+    ids=["first-byte", "after-bom", "latin1", "after-multibyte", "truncated"],
+)
 def test_program_file_not_utf8(tmp_path, data: bytes, where: str, byte: str) -> None:  # type: ignore[no-untyped-def]
     from dask_datalog.cluster import Program
 

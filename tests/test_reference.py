@@ -165,8 +165,7 @@ def test_negation_of_lower_stratum() -> None:
 def test_negation_with_wildcard_and_constant() -> None:
     x = V("x")
     prog = P(
-        [Rel("e", "number", "number"), Rel("n", "number"), Rel("leaf", "number"),
-         Rel("not_to_3", "number")],
+        [Rel("e", "number", "number"), Rel("n", "number"), Rel("leaf", "number"), Rel("not_to_3", "number")],
         [
             R(A("leaf", x), A("n", x), Not("e", x, W)),
             R(A("not_to_3", x), A("n", x), Not("e", x, N(3))),
@@ -315,8 +314,7 @@ def test_c_division(a: int, b: int, q: int, r: int) -> None:
 def test_arithmetic_in_head_wraps() -> None:
     x = V("x")
     prog = P(
-        [Rel("n", "number"), Rel("u", "unsigned"), Rel("plus", "number"),
-         Rel("times", "number"), Rel("minus", "unsigned")],
+        [Rel("n", "number"), Rel("u", "unsigned"), Rel("plus", "number"), Rel("times", "number"), Rel("minus", "unsigned")],
         [
             R(A("plus", Op("+", x, N(1))), A("n", x)),
             R(A("times", Op("*", x, N(2))), A("n", x)),
@@ -353,8 +351,7 @@ def test_division_by_zero_raises_at_the_rule() -> None:
 def test_equality_binds_either_side_and_filters_when_bound() -> None:
     x, y = V("x"), V("y")
     prog = P(
-        [Rel("n", "number"), Rel("succ", "number", "number"), Rel("pred", "number", "number"),
-         Rel("same", "number")],
+        [Rel("n", "number"), Rel("succ", "number", "number"), Rel("pred", "number", "number"), Rel("same", "number")],
         [
             R(A("succ", x, y), A("n", x), Cmp("=", y, Op("+", x, N(1)))),
             R(A("pred", x, y), Cmp("=", Op("-", x, N(1)), y), A("n", x)),  # deferred
@@ -379,8 +376,7 @@ def test_comparisons(op: str, want: set[int]) -> None:
 
 def test_unsigned_comparison_is_unsigned() -> None:
     x = V("x")
-    prog = P([Rel("u", "unsigned"), Rel("big", "unsigned")],
-             [R(A("big", x), A("u", x), Cmp(">", x, U(10)))])
+    prog = P([Rel("u", "unsigned"), Rel("big", "unsigned")], [R(A("big", x), A("u", x), Cmp(">", x, U(10)))])
     assert evaluate(prog, {"u": {(UINT32_MAX,), (3,)}})["big"] == {(UINT32_MAX,)}
 
 
@@ -390,8 +386,7 @@ def test_unsigned_comparison_is_unsigned() -> None:
 def test_repeated_variables_constants_and_wildcards_in_atoms() -> None:
     x, y = V("x"), V("y")
     prog = P(
-        [Rel("e", "number", "number", "number"), Rel("loop", "number"), Rel("mid", "number"),
-         Rel("pair", "number", "number")],
+        [Rel("e", "number", "number", "number"), Rel("loop", "number"), Rel("mid", "number"), Rel("pair", "number", "number")],
         [
             R(A("loop", x), A("e", x, x, W)),
             R(A("mid", y), A("e", N(1), y, W)),
@@ -418,16 +413,14 @@ def test_program_facts_union_with_input_facts() -> None:
 def test_expression_in_body_atom() -> None:
     # next_of(x) :- n(x), n(x + 1).
     x = V("x")
-    prog = P([Rel("n", "number"), Rel("m", "number")],
-             [R(A("m", x), A("n", Op("+", x, N(1))), A("n", x))])
+    prog = P([Rel("n", "number"), Rel("m", "number")], [R(A("m", x), A("n", Op("+", x, N(1))), A("n", x))])
     assert evaluate(prog, {"n": {(1,), (2,), (4,)}})["m"] == {(1,)}
 
 
 def test_symbols() -> None:
     x, y = V("x"), V("y")
     prog = P(
-        [Rel("likes", "symbol", "symbol"), Rel("fan", "symbol", "symbol"),
-         Rel("tag", "symbol", "number")],
+        [Rel("likes", "symbol", "symbol"), Rel("fan", "symbol", "symbol"), Rel("tag", "symbol", "number")],
         [
             R(A("fan", x, S("cheese")), A("likes", x, S("cheese"))),
             R(A("fan", x, y), A("likes", x, y), Cmp("!=", y, S("cheese")), Cmp("!=", x, y)),
@@ -442,8 +435,7 @@ def test_symbols() -> None:
 
 def test_ordered_comparison_on_symbols_is_rejected() -> None:
     x = V("x")
-    prog = P([Rel("s", "symbol"), Rel("t", "symbol")],
-             [R(A("t", x), A("s", x), Cmp("<", x, S("m")))])
+    prog = P([Rel("s", "symbol"), Rel("t", "symbol")], [R(A("t", x), A("s", x), Cmp("<", x, S("m")))])
     with pytest.raises(TypeError):
         evaluate(prog, {"s": {("a",)}})
 
@@ -453,8 +445,7 @@ def test_ordered_comparison_on_symbols_is_rejected() -> None:
 
 def test_unsafe_body_is_an_error_not_a_silent_answer() -> None:
     x, y = V("x"), V("y")
-    prog = P([Rel("n", "number"), Rel("m", "number")],
-             [R(A("m", y), A("n", x), Cmp("<", y, x))])
+    prog = P([Rel("n", "number"), Rel("m", "number")], [R(A("m", y), A("n", x), Cmp("<", y, x))])
     with pytest.raises(ValueError, match="unsafe"):
         evaluate(prog, {"n": {(1,)}})
 

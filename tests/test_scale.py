@@ -22,9 +22,28 @@ ROOT = Path(__file__).resolve().parent.parent
 REACH = ROOT / "examples" / "reach.dl"
 FACTS = ROOT / "examples" / "facts" / "reach"
 COLUMNS = [
-    "program", "input", "scaling", "mode", "workers", "backend", "device", "repeat", "wall_s", "eval_s", "load_s",
-    "iterations", "tuples", "bytes_exchanged", "join_s", "dedup_s", "difference_s", "merge_s", "send_s", "wait_s",
-    "coordination_s", "efficiency",
+    "program",
+    "input",
+    "scaling",
+    "mode",
+    "workers",
+    "backend",
+    "device",
+    "repeat",
+    "wall_s",
+    "eval_s",
+    "load_s",
+    "iterations",
+    "tuples",
+    "bytes_exchanged",
+    "join_s",
+    "dedup_s",
+    "difference_s",
+    "merge_s",
+    "send_s",
+    "wait_s",
+    "coordination_s",
+    "efficiency",
 ]
 PLOTS = ("time_vs_workers.png", "efficiency_vs_workers.png", "phases_by_workers.png")
 
@@ -41,7 +60,22 @@ def strong(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """In process, 1 and 2 workers, two timed runs each, with plots (about 5 s)."""
     out = tmp_path_factory.mktemp("strong")
     with contextlib.redirect_stdout(io.StringIO()) as table:
-        code = main(["scale", str(REACH), "-F", str(FACTS), "--workers", "2,0,1", "--repeat", "2", "--backend", "numpy", "--out", str(out)])
+        code = main(
+            [
+                "scale",
+                str(REACH),
+                "-F",
+                str(FACTS),
+                "--workers",
+                "2,0,1",
+                "--repeat",
+                "2",
+                "--backend",
+                "numpy",
+                "--out",
+                str(out),
+            ]
+        )
     assert code == 0
     return out, table.getvalue()
 
@@ -50,8 +84,12 @@ def test_strong_scaling_rows(strong: tuple[Path, str]) -> None:
     out, _ = strong
     rows = read_runs(out)
     assert [(r["workers"], r["mode"], r["repeat"]) for r in rows] == [
-        ("0", "in process", "0"), ("0", "in process", "1"), ("1", "embedded", "0"), ("1", "embedded", "1"),
-        ("2", "embedded", "0"), ("2", "embedded", "1"),
+        ("0", "in process", "0"),
+        ("0", "in process", "1"),
+        ("1", "embedded", "0"),
+        ("1", "embedded", "1"),
+        ("2", "embedded", "0"),
+        ("2", "embedded", "1"),
     ]
     expected = sum(Program.from_file(REACH).run(fact_dir=FACTS, backend="numpy").sizes.values())
     for r in rows:
@@ -93,7 +131,8 @@ def test_weak_scaling_grows_the_generated_input(tmp_path: Path, capsys: pytest.C
     assert main(["scale", str(REACH), *args, "--backend", "numpy", "--out", str(tmp_path)]) == 0
     rows = read_runs(tmp_path)
     assert [(r["workers"], r["input"], r["scaling"]) for r in rows] == [
-        ("1", "chain length=20 seed=0", "weak"), ("2", "chain length=40 seed=0", "weak"),
+        ("1", "chain length=20 seed=0", "weak"),
+        ("2", "chain length=40 seed=0", "weak"),
     ]
     # reach.dl on a chain of n edges: n edges and n(n+1)/2 paths
     assert [int(r["tuples"]) for r in rows] == [20 + 210, 40 + 820]
@@ -114,9 +153,24 @@ def test_existing_cluster_is_measured_at_its_size(tmp_path: Path) -> None:
 
 
 def run(workers: int, wall: float, scaling: str = "strong", tuples: int = 10, input: str = "in") -> Run:
-    zero = dict.fromkeys(("eval_s", "load_s", "join_s", "dedup_s", "difference_s", "merge_s", "send_s", "wait_s", "coordination_s"), 0.0)
-    return Run(program="p.dl", input=input, scaling=scaling, mode="embedded", workers=workers, backend="numpy", device="cpu",
-               repeat=0, wall_s=wall, iterations=1, tuples=tuples, bytes_exchanged=0, **zero)
+    zero = dict.fromkeys(
+        ("eval_s", "load_s", "join_s", "dedup_s", "difference_s", "merge_s", "send_s", "wait_s", "coordination_s"), 0.0
+    )
+    return Run(
+        program="p.dl",
+        input=input,
+        scaling=scaling,
+        mode="embedded",
+        workers=workers,
+        backend="numpy",
+        device="cpu",
+        repeat=0,
+        wall_s=wall,
+        iterations=1,
+        tuples=tuples,
+        bytes_exchanged=0,
+        **zero,
+    )
 
 
 def test_efficiency_against_the_smallest_count() -> None:
@@ -151,7 +205,9 @@ def test_disagreeing_runs_are_reported() -> None:
         ([], "one of the arguments -F/--fact-dir --gen is required"),
     ],
 )
-def test_bad_arguments_are_one_error_line(tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_arguments_are_one_error_line(
+    tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit:
         main(["scale", str(REACH), *args, "--out", str(tmp_path / "out")])
     assert exit.value.code == 2
@@ -167,7 +223,9 @@ def test_a_bad_input_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.Captu
     assert err.splitlines()[-1].startswith(f"{tmp_path / 'edge.facts'}:2:") and "Traceback" not in err
 
 
-def test_missing_matplotlib_says_how_to_install(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_matplotlib_says_how_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     assert main(["scale", str(REACH), "-F", str(FACTS), "--workers", "0", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err

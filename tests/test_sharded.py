@@ -54,7 +54,14 @@ def run_sharded(
 
     def shard(transport: Any) -> Shard:
         mine = {name: _deal(rows, transport.rank, n) for name, rows in (facts or {}).items()}
-        return evaluate_shard(transport, program, get_backend(backend), Inputs(fact_dir, mine), chunk_rows=chunk_rows, replicate_below=replicate_below)
+        return evaluate_shard(
+            transport,
+            program,
+            get_backend(backend),
+            Inputs(fact_dir, mine),
+            chunk_rows=chunk_rows,
+            replicate_below=replicate_below,
+        )
 
     return run_in_threads(n, shard)
 
@@ -399,13 +406,20 @@ def test_shards_write_their_ranges_a_chunk_at_a_time(n: int, tmp_path: Path, mon
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), st.integers(0, 2**32 - 1)), max_size=40), st.sampled_from(["\t", ","]))
+@given(
+    st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), st.integers(0, 2**32 - 1)), max_size=40), st.sampled_from(["\t", ","])
+)
 def test_text_length_counts_what_formatting_writes(rows: list[tuple[int, int]], delimiter: str) -> None:
     from dask_datalog.engine.values import SymbolTable, encode
 
     relation = load_program(".decl r(a:number, b:unsigned)\n").relations["r"]
-    encoded = np.stack([encode(np.array([r[0] for r in rows], dtype=np.int64), "number"),
-                        encode(np.array([r[1] for r in rows], dtype=np.int64), "unsigned")], axis=1).reshape(-1, 2)
+    encoded = np.stack(
+        [
+            encode(np.array([r[0] for r in rows], dtype=np.int64), "number"),
+            encode(np.array([r[1] for r in rows], dtype=np.int64), "unsigned"),
+        ],
+        axis=1,
+    ).reshape(-1, 2)
     symbols = SymbolTable()
     text = relation_output.format_relation(encoded, relation, symbols, delimiter)
     assert relation_output.text_length(encoded, relation, symbols, delimiter) == len(text)
@@ -449,7 +463,9 @@ def test_symbols_appended_during_a_run_are_written_in_text_order(n: int, fmt: st
 
     write(True, tmp_path / "appended")
     write(False, tmp_path / "ordered")
-    read = (lambda d: (d / "r.csv").read_bytes()) if fmt == "csv" else (lambda d: pq.read_table(d / "r").to_pandas().values.tolist())
+    read = (
+        (lambda d: (d / "r.csv").read_bytes()) if fmt == "csv" else (lambda d: pq.read_table(d / "r").to_pandas().values.tolist())
+    )
     assert read(tmp_path / "appended") == read(tmp_path / "ordered")
     if fmt == "csv":
         lines = (tmp_path / "appended" / "r.csv").read_text().splitlines()

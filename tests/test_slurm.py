@@ -57,8 +57,11 @@ VENV = Path(sys.prefix)
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 # Dask at INFO (asked for by the jobs that check workers' memory limits) logs a worker's
 # connection closing at shutdown with a traceback: the only one those logs may hold.
-CLOSED_COMM = re.compile(r"^.* - INFO - Batched Comm Closed .*\nTraceback \(most recent call last\):\n(?:[ \t].*\n)*"
-                         r"distributed\.comm\.core\.CommClosedError\n", re.M)
+CLOSED_COMM = re.compile(
+    r"^.* - INFO - Batched Comm Closed .*\nTraceback \(most recent call last\):\n(?:[ \t].*\n)*"
+    r"distributed\.comm\.core\.CommClosedError\n",
+    re.M,
+)
 # slurmctld's pass over running jobs, every 30 s (debug2): time limits and --signal warnings.
 TIME_LIMIT_PASS = "Testing job time limits"
 
@@ -168,8 +171,19 @@ class Network:
         """``command`` on ``node``: in its network namespace, with its hostname. nsenter, not `ip
         netns exec`, which remounts /sys, hiding /sys/fs/cgroup from slurmd ("Unable to
         initialize cgroup plugin")."""
-        return ["nsenter", f"--net=/run/netns/{self._netns(node)}", "--", "unshare", "--uts", "--",
-                "sh", "-c", 'hostname "$0" && exec "$@"', node, *command]
+        return [
+            "nsenter",
+            f"--net=/run/netns/{self._netns(node)}",
+            "--",
+            "unshare",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            node,
+            *command,
+        ]
 
     def node_of(self, pid: int) -> str | None:
         """The node a process runs on; None for the host."""
@@ -211,8 +225,19 @@ class Slurm:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
         sock = munge / "socket"
-        self._daemon("munged", ["munged", "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
-                     f"--pid-file={munge / 'pid'}", f"--log-file={munge / 'log'}", f"--seed-file={munge / 'seed'}"])
+        self._daemon(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={sock}",
+                f"--key-file={key}",
+                f"--pid-file={munge / 'pid'}",
+                f"--log-file={munge / 'log'}",
+                f"--seed-file={munge / 'seed'}",
+            ],
+        )
         self._until(sock.exists, 10, "munged did not create its socket")
         host = socket.gethostname()
         if self.network:
@@ -225,7 +250,8 @@ class Slurm:
             # 16 CPUs whatever the machine has, so that every job of the module runs at once
             sizes = "CPUs=16 RealMemory=16000"
         r = self.root
-        self.conf.write_text(f"""\
+        self.conf.write_text(
+            f"""\
 ClusterName=dd-test
 SlurmctldHost={host}({controller})
 SlurmctldPort={_free_port()}
@@ -262,9 +288,12 @@ KillWait=5
 MinJobAge=600
 # the CPUs of the node lines, whatever the machine has
 SlurmdParameters=config_overrides
-""" + "".join(f"NodeName={n} NodeAddr={a} NodeHostname={n} {sizes} State=UNKNOWN\n" for n, a in nodes.items()) + f"""\
+"""
+            + "".join(f"NodeName={n} NodeAddr={a} NodeHostname={n} {sizes} State=UNKNOWN\n" for n, a in nodes.items())
+            + f"""\
 PartitionName=test Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
-""")
+"""
+        )
         (r / "state").mkdir()
         self._daemon("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
         for node in nodes:
@@ -286,7 +315,9 @@ PartitionName=test Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
         deadline = time.monotonic() + seconds
         while not condition():
             if time.monotonic() > deadline:
-                pytest.fail(f"{what}; {self.root}:\n" + "\n".join(f"{p.name}: {p.read_text()[-2000:]}" for p in self.root.glob("*.out")))
+                pytest.fail(
+                    f"{what}; {self.root}:\n" + "\n".join(f"{p.name}: {p.read_text()[-2000:]}" for p in self.root.glob("*.out"))
+                )
             time.sleep(0.2)
 
     def processes(self, *markers: str) -> list[psutil.Process]:
@@ -310,7 +341,10 @@ PartitionName=test Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
             if ids:
                 subprocess.run(["scancel", *ids], env=self.env, capture_output=True)
                 deadline = time.monotonic() + 20
-                while time.monotonic() < deadline and subprocess.run(["squeue", "-h"], env=self.env, capture_output=True, text=True).stdout.strip():
+                while (
+                    time.monotonic() < deadline
+                    and subprocess.run(["squeue", "-h"], env=self.env, capture_output=True, text=True).stdout.strip()
+                ):
                     time.sleep(0.5)
         for daemon in reversed(self.daemons):
             daemon.terminate()
@@ -324,8 +358,11 @@ PartitionName=test Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
         for process in psutil.process_iter():
             with contextlib.suppress(psutil.Error):
                 # slurmstepd clears its environment, but keeps slurmd's log open
-                if (process.pid in ours or (self.network and self.network.node_of(process.pid))
-                        or any(f.path.startswith(f"{self.root}/") for f in process.open_files())):
+                if (
+                    process.pid in ours
+                    or (self.network and self.network.node_of(process.pid))
+                    or any(f.path.startswith(f"{self.root}/") for f in process.open_files())
+                ):
                     process.kill()
         if self.network:
             self.network.remove()
@@ -337,14 +374,21 @@ PartitionName=test Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
         job_tmp.mkdir()
         exports = {"PROGRAM": program, "FACTS": facts, "OUT": self.root / name, "VENV": VENV, "TMPDIR": job_tmp, **env}
         command = [
-            "sbatch", "--parsable", f"--job-name={name}", f"--output={self.root}/{name}-%j.log",
-            "--export=ALL," + ",".join(f"{k}={v}" for k, v in exports.items()), *options, f"deploy/slurm/{script}",
+            "sbatch",
+            "--parsable",
+            f"--job-name={name}",
+            f"--output={self.root}/{name}-%j.log",
+            "--export=ALL," + ",".join(f"{k}={v}" for k, v in exports.items()),
+            *options,
+            f"deploy/slurm/{script}",
         ]
         done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         job_id = done.stdout.strip().split(";")[0]
         out = self.root / name
-        return Job(job_id, facts, out, self.root / f"{name}-{job_id}.log", job_tmp, Path(str(env.get("CHECKPOINT", out / "checkpoint"))))
+        return Job(
+            job_id, facts, out, self.root / f"{name}-{job_id}.log", job_tmp, Path(str(env.get("CHECKPOINT", out / "checkpoint")))
+        )
 
     def show(self, job: Job) -> dict[str, str]:
         text = subprocess.run(["scontrol", "show", "job", job.id], env=self.env, capture_output=True, text=True).stdout
@@ -426,8 +470,20 @@ CALIBRATION = 1200  # edges: a few seconds
 
 def _walltime_chain(slurm: Slurm) -> int:
     start = time.monotonic()
-    done = cli([REACH, "-F", _chain_facts(slurm.root, CALIBRATION), "-D", slurm.root / "calibration", "--no-cluster",
-                "--checkpoint", slurm.scratch / "calibration", "--checkpoint-every", "0"])
+    done = cli(
+        [
+            REACH,
+            "-F",
+            _chain_facts(slurm.root, CALIBRATION),
+            "-D",
+            slurm.root / "calibration",
+            "--no-cluster",
+            "--checkpoint",
+            slurm.scratch / "calibration",
+            "--checkpoint-every",
+            "0",
+        ]
+    )
     assert done.returncode == 0, done.stderr
     return round(CALIBRATION * (55 / (time.monotonic() - start)) ** (1 / 3))
 
@@ -443,17 +499,26 @@ def jobs(slurm: Slurm) -> dict[str, Job]:
         "cluster-2": slurm.submit("run-cluster.sbatch", "cluster-2", CAL, "--ntasks-per-node=2", "--cpus-per-task=2"),
         "single": slurm.submit("run-single-node.sbatch", "single", CAL, "--cpus-per-task=2"),
         # Dask's info lines show each worker's memory limit: its share, from --mem-per-cpu
-        "bad-cluster": slurm.submit("run-cluster.sbatch", "bad-cluster", CAL, "--mem-per-cpu=1000", program=bad,
-                                    DASK_LOGGING__DISTRIBUTED="info"),
-        "bad-cluster-mem": slurm.submit("run-cluster.sbatch", "bad-cluster-mem", CAL, "--mem=3000", "--ntasks=3", program=bad,
-                                        DASK_LOGGING__DISTRIBUTED="info"),
+        "bad-cluster": slurm.submit(
+            "run-cluster.sbatch", "bad-cluster", CAL, "--mem-per-cpu=1000", program=bad, DASK_LOGGING__DISTRIBUTED="info"
+        ),
+        "bad-cluster-mem": slurm.submit(
+            "run-cluster.sbatch",
+            "bad-cluster-mem",
+            CAL,
+            "--mem=3000",
+            "--ntasks=3",
+            program=bad,
+            DASK_LOGGING__DISTRIBUTED="info",
+        ),
         "bad-single": slurm.submit("run-single-node.sbatch", "bad-single", CAL, program=bad),
         "small-memory": slurm.submit("run-single-node.sbatch", "small-memory", CAL, "--mem=4"),  # MB
     }
     slurm.after_time_limit_pass()  # the first, 30 s after slurmctld started: the jobs above run meanwhile
     for name, (script, warning, options) in WALLTIME.items():
-        jobs[name] = slurm.submit(script, name, facts, *options, "--time=1", f"--signal={warning}",
-                                  CHECKPOINT=slurm.scratch / name, CHECKPOINT_EVERY=0)
+        jobs[name] = slurm.submit(
+            script, name, facts, *options, "--time=1", f"--signal={warning}", CHECKPOINT=slurm.scratch / name, CHECKPOINT_EVERY=0
+        )
     cancel = _chain_facts(slurm.root, 4000)  # minutes, checkpointing at every iteration
     jobs["cancel-cluster"] = slurm.submit("run-cluster.sbatch", "cancel-cluster", cancel, "--ntasks=2", CHECKPOINT_EVERY=0)
     jobs["cancel-single"] = slurm.submit("run-single-node.sbatch", "cancel-single", cancel, CHECKPOINT_EVERY=0)
@@ -580,11 +645,18 @@ def two_node_jobs(two_nodes: Slurm) -> dict[str, Job]:
     return {
         "cluster": slurm.submit("run-cluster.sbatch", "cluster", CAL, *TWO_NODES),
         # Dask's info lines: each worker's address, and its memory limit, its share of --mem (a node's)
-        "cluster-mem": slurm.submit("run-cluster.sbatch", "cluster-mem", CAL, *TWO_NODES, "--mem=2000",
-                                    DASK_LOGGING__DISTRIBUTED="info"),
+        "cluster-mem": slurm.submit(
+            "run-cluster.sbatch", "cluster-mem", CAL, *TWO_NODES, "--mem=2000", DASK_LOGGING__DISTRIBUTED="info"
+        ),
         "cancel": slurm.submit("run-cluster.sbatch", "cancel", _chain_facts(slurm.root, 4000), *TWO_NODES, CHECKPOINT_EVERY=0),
-        "pause": slurm.submit("run-cluster.sbatch", "pause", _chain_facts(slurm.root, PAUSE_CHAIN), *TWO_NODES,
-                              CHECKPOINT=slurm.scratch / "pause", CHECKPOINT_EVERY=0),
+        "pause": slurm.submit(
+            "run-cluster.sbatch",
+            "pause",
+            _chain_facts(slurm.root, PAUSE_CHAIN),
+            *TWO_NODES,
+            CHECKPOINT=slurm.scratch / "pause",
+            CHECKPOINT_EVERY=0,
+        ),
     }
 
 
@@ -616,7 +688,8 @@ def _on_nodes(slurm: Slurm, job: Job) -> Counter[tuple[str | None, str]]:
 
 
 def test_two_nodes_scancel_leaves_no_process_on_either_node_and_a_paused_job_resumes(
-        two_nodes: Slurm, two_node_jobs: dict[str, Job], tmp_path: Path) -> None:
+    two_nodes: Slurm, two_node_jobs: dict[str, Job], tmp_path: Path
+) -> None:
     slurm = two_nodes
     cancel, pause = two_node_jobs["cancel"], two_node_jobs["pause"]
     deadline = time.monotonic() + 120
@@ -664,7 +737,9 @@ def test_a_cluster_job_on_two_nodes(two_nodes: Slurm, two_node_jobs: dict[str, J
         record = slurm.wait(job, 180)
         log = job.text()
         assert record["NodeList"] == "dd-node[1-2]", record
-        assert re.search(rf"start 1: 2 node\(s\), 4 worker\(s\); scheduler tcp://{re.escape(first)}:\d+, .* of dd-node1$", log, re.M), log
+        assert re.search(
+            rf"start 1: 2 node\(s\), 4 worker\(s\); scheduler tcp://{re.escape(first)}:\d+, .* of dd-node1$", log, re.M
+        ), log
         assert "done: cluster (--scheduler), 4 workers," in log, log
         assert (job.out / "path.csv").read_bytes() == want
         assert _eventually(lambda job=job: not _on_nodes(slurm, job)), _on_nodes(slurm, job)

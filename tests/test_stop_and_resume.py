@@ -71,23 +71,31 @@ def wait_for(path: Path, seconds: float = 60) -> None:
 
 
 @pytest.mark.parametrize("where", ["embedded", "in-process"])
-def test_sigterm_checkpoints_and_resume_continues_to_the_same_outputs(long_chain: dict[str, Path], where: str, tmp_path: Path) -> None:
+def test_sigterm_checkpoints_and_resume_continues_to_the_same_outputs(
+    long_chain: dict[str, Path], where: str, tmp_path: Path
+) -> None:
     checkpoint = tmp_path / "ckpt"
     mode = ["--workers", "2"] if where == "embedded" else ["--no-cluster"]
-    process = start([REACH, "-F", long_chain["facts"], "-D", tmp_path / "out", *mode, "--checkpoint", checkpoint, "--checkpoint-every", "0.2"])
+    process = start(
+        [REACH, "-F", long_chain["facts"], "-D", tmp_path / "out", *mode, "--checkpoint", checkpoint, "--checkpoint-every", "0.2"]
+    )
     wait_for(checkpoint / "latest")  # evaluating, with a checkpoint written
     process.send_signal(signal.SIGTERM)
     _, err = finish(process)
     assert process.returncode == 75, err
     first, second = err.strip().splitlines()
-    assert re.fullmatch(rf"stopped by SIGTERM in stratum 0 after iteration \d+; the checkpoint is in {re.escape(str(checkpoint))}", first), err
+    assert re.fullmatch(
+        rf"stopped by SIGTERM in stratum 0 after iteration \d+; the checkpoint is in {re.escape(str(checkpoint))}", first
+    ), err
     assert second.startswith("continue with: dask-datalog run ") and second.endswith(f"--resume {checkpoint}")
     assert not (tmp_path / "out" / "path.csv").exists()
     # The printed command, on another number of workers, then in process from the same checkpoint.
     words = shlex.split(second.removeprefix("continue with: "))[2:]
     for other in (["--workers", "3"], ["--no-cluster"]):
         resumed = [w for w in words if w not in ("--workers", "2", "--no-cluster")] + other
-        done = subprocess.run([*COMMAND, *resumed, "--stats", str(tmp_path / "stats.json")], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*COMMAND, *resumed, "--stats", str(tmp_path / "stats.json")], capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         assert outputs(tmp_path / "out") == outputs(long_chain["want"])
         (tmp_path / "out" / "path.csv").unlink()
@@ -98,7 +106,18 @@ def test_sigterm_without_a_checkpoint_directory_keeps_a_temporary_one(long_chain
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     process = subprocess.Popen(
-        [*COMMAND, str(REACH), "-F", str(long_chain["facts"]), "-D", str(tmp_path / "out"), "--workers", "2", "--checkpoint-every", "0.2"],
+        [
+            *COMMAND,
+            str(REACH),
+            "-F",
+            str(long_chain["facts"]),
+            "-D",
+            str(tmp_path / "out"),
+            "--workers",
+            "2",
+            "--checkpoint-every",
+            "0.2",
+        ],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(temporary)},
@@ -113,7 +132,22 @@ def test_sigterm_without_a_checkpoint_directory_keeps_a_temporary_one(long_chain
     directory = re.search(r"the checkpoint is in (\S+)", err).group(1)  # type: ignore[union-attr]
     assert Path(directory).parent == temporary
     try:
-        done = subprocess.run([*COMMAND, str(REACH), "-F", str(long_chain["facts"]), "-D", str(tmp_path / "out"), "--no-cluster", "--resume", directory], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                *COMMAND,
+                str(REACH),
+                "-F",
+                str(long_chain["facts"]),
+                "-D",
+                str(tmp_path / "out"),
+                "--no-cluster",
+                "--resume",
+                directory,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         assert outputs(tmp_path / "out") == outputs(long_chain["want"])
     finally:
@@ -132,7 +166,18 @@ def test_the_time_limits_sigterm_to_every_process_still_leaves_a_run_that_resume
     on without the request, never 143), and that command gives the same outputs."""
     checkpoint = tmp_path / "ckpt"
     mode = ["--workers", "2"] if where == "embedded" else ["--no-cluster"]
-    args = [REACH, "-F", long_chain["facts"], "-D", tmp_path / "out", *mode, "--checkpoint", checkpoint, "--checkpoint-every", "0"]
+    args = [
+        REACH,
+        "-F",
+        long_chain["facts"],
+        "-D",
+        tmp_path / "out",
+        *mode,
+        "--checkpoint",
+        checkpoint,
+        "--checkpoint-every",
+        "0",
+    ]
     process = subprocess.Popen([*COMMAND, *map(str, args)], stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for(checkpoint / "latest")
     process.send_signal(signal.SIGTERM)
@@ -143,7 +188,9 @@ def test_the_time_limits_sigterm_to_every_process_still_leaves_a_run_that_resume
     assert process.returncode == 75, err
     first, second = err.strip().splitlines()[-2:]  # the embedded scheduler may log its lost workers first
     at = r"in stratum 0 after iteration \d+"
-    stopped = rf"stopped by SIGTERM( {at}; the checkpoint|: .+; the latest checkpoint \({at}\)) is in {re.escape(str(checkpoint))}"
+    stopped = (
+        rf"stopped by SIGTERM( {at}; the checkpoint|: .+; the latest checkpoint \({at}\)) is in {re.escape(str(checkpoint))}"
+    )
     assert re.fullmatch(stopped, first), err
     assert second.startswith("continue with: dask-datalog run ") and second.endswith(f"--resume {checkpoint}"), err
     words = shlex.split(second.removeprefix("continue with: "))[2:]
@@ -165,16 +212,57 @@ def test_scancel_of_an_external_cluster_ends_resumable_and_quiet(long_chain: dic
     exit 1 (not killed by the late signal), and its checkpoint resumes as well."""
     scheduler_file = tmp_path / "scheduler.json"
     checkpoint = tmp_path / "ckpt"
-    cluster = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(scheduler_file),
-                                 "--port", "0", "--dashboard-address", ":0"], stderr=subprocess.DEVNULL)]
+    cluster = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--scheduler-file",
+                str(scheduler_file),
+                "--port",
+                "0",
+                "--dashboard-address",
+                ":0",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         wait_for(scheduler_file)
-        cluster.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
-                                         "--nworkers", "2", "--nthreads", "1"], stderr=subprocess.DEVNULL))
+        cluster.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    "--scheduler-file",
+                    str(scheduler_file),
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                ],
+                stderr=subprocess.DEVNULL,
+            )
+        )
         with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
             client.wait_for_workers(2, timeout=60)
-        run = start([REACH, "-F", long_chain["facts"], "-D", tmp_path / "out", "--scheduler-file", scheduler_file,
-                     "--checkpoint", checkpoint, "--checkpoint-every", "0"])
+        run = start(
+            [
+                REACH,
+                "-F",
+                long_chain["facts"],
+                "-D",
+                tmp_path / "out",
+                "--scheduler-file",
+                scheduler_file,
+                "--checkpoint",
+                checkpoint,
+                "--checkpoint-every",
+                "0",
+            ]
+        )
         wait_for(checkpoint / "latest")
         if order == "cluster-first":
             for process in cluster:
@@ -212,7 +300,20 @@ def test_only_the_runs_own_checkpoints_are_offered_after_a_stop_at_once(long_cha
     ``--checkpoint DIR``, not a checkpoint an earlier run left in DIR (exit 143, "none yet"),
     but one this run committed; with ``--resume DIR``, the checkpoint it resumed from."""
     checkpoint = tmp_path / "ckpt"
-    earlier = start([REACH, "-F", long_chain["facts"], "-D", tmp_path / "out", "--no-cluster", "--checkpoint", checkpoint, "--checkpoint-every", "0"])
+    earlier = start(
+        [
+            REACH,
+            "-F",
+            long_chain["facts"],
+            "-D",
+            tmp_path / "out",
+            "--no-cluster",
+            "--checkpoint",
+            checkpoint,
+            "--checkpoint-every",
+            "0",
+        ]
+    )
     wait_for(checkpoint / "latest")
     earlier.send_signal(signal.SIGTERM)
     finish(earlier)
@@ -242,7 +343,9 @@ def test_resume_refuses_a_changed_input_or_program(long_chain: dict[str, Path], 
     facts.mkdir()
     (facts / "edge.facts").write_bytes((long_chain["facts"] / "edge.facts").read_bytes())
     checkpoint = tmp_path / "ckpt"
-    process = start([REACH, "-F", facts, "-D", tmp_path / "out", "--no-cluster", "--checkpoint", checkpoint, "--checkpoint-every", "0.2"])
+    process = start(
+        [REACH, "-F", facts, "-D", tmp_path / "out", "--no-cluster", "--checkpoint", checkpoint, "--checkpoint-every", "0.2"]
+    )
     wait_for(checkpoint / "latest")
     process.send_signal(signal.SIGTERM)
     finish(process)
@@ -270,7 +373,9 @@ def test_timeout_stops_the_run(tmp_path: Path, mode: list[str]) -> None:
     started = time.monotonic()
     done = cli([REACH, "-F", tmp_path, "-D", tmp_path / "out", *mode, "--timeout", "3"], timeout=60)
     assert done.returncode == 124, done.stderr
-    assert re.fullmatch(r"error: the run went past its time limit of 3 s and was stopped( on every worker)?\n", done.stderr), done.stderr
+    assert re.fullmatch(r"error: the run went past its time limit of 3 s and was stopped( on every worker)?\n", done.stderr), (
+        done.stderr
+    )
     assert time.monotonic() - started < 20  # the cluster's start and stop included
 
 

@@ -91,7 +91,19 @@ def test_cli_with_tls_flags(tls_cluster: LocalCluster, pem_files: dict[str, Path
     assert (tmp_path / "a" / "sg.csv").read_bytes() == reference
     scheduler_file = tmp_path / "scheduler.json"
     scheduler_file.write_text(f'{{"address": "{address}"}}')
-    code = main(["run", str(SG), "-F", str(FACTS), "-D", str(tmp_path / "b"), "--scheduler-file", str(scheduler_file), *tls_args(pem_files)])
+    code = main(
+        [
+            "run",
+            str(SG),
+            "-F",
+            str(FACTS),
+            "-D",
+            str(tmp_path / "b"),
+            "--scheduler-file",
+            str(scheduler_file),
+            *tls_args(pem_files),
+        ]
+    )
     assert code == 0
     assert (tmp_path / "b" / "sg.csv").read_bytes() == reference
 
@@ -103,16 +115,27 @@ def test_cli_with_another_ca_is_one_line(tls_cluster: LocalCluster, tmp_path: Pa
     for name, text in pem.items():
         files[name] = tmp_path / f"{name}.pem"
         files[name].write_text(text)
-    code = main(["run", str(SG), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", tls_cluster.scheduler_address, *tls_args(files)])
+    code = main(
+        ["run", str(SG), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", tls_cluster.scheduler_address, *tls_args(files)]
+    )
     assert code == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot reach the Dask scheduler at tls://") and "TLS certificate does not match" in err and err.count("\n") == 1, err
+    assert (
+        err.startswith("error: cannot reach the Dask scheduler at tls://")
+        and "TLS certificate does not match" in err
+        and err.count("\n") == 1
+    ), err
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, float]:
     start = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "dask_datalog.cluster.cli", "run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "dask_datalog.cluster.cli", "run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     return run.returncode, run.stderr, time.monotonic() - start
 
@@ -121,20 +144,26 @@ def _env_without_tls() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
 
 
-def test_cli_takes_dasks_tls_configuration(tls_cluster: LocalCluster, pem_files: dict[str, Path], tmp_path: Path, reference: bytes) -> None:
+def test_cli_takes_dasks_tls_configuration(
+    tls_cluster: LocalCluster, pem_files: dict[str, Path], tmp_path: Path, reference: bytes
+) -> None:
     """No flags: the environment's DASK_DISTRIBUTED__COMM__TLS__* settings apply, as for any client."""
     env = _env_without_tls()
     env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] = str(pem_files["ca"])
     env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"] = str(pem_files["cert"])
     env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"] = str(pem_files["key"])
-    code, err, _ = _cli([str(SG), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", tls_cluster.scheduler_address], env, tmp_path)
+    code, err, _ = _cli(
+        [str(SG), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", tls_cluster.scheduler_address], env, tmp_path
+    )
     assert code == 0 and re.fullmatch(summary("cluster"), err), err
     assert (tmp_path / "sg.csv").read_bytes() == reference
 
 
 def test_cli_without_credentials_is_one_line(tls_cluster: LocalCluster, tmp_path: Path) -> None:
     address = tls_cluster.scheduler_address
-    code, err, elapsed = _cli([str(SG), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", address], _env_without_tls(), tmp_path)
+    code, err, elapsed = _cli(
+        [str(SG), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", address], _env_without_tls(), tmp_path
+    )
     assert code == 1, err
     assert "Traceback" not in err and err.count("\n") == 1, err
     assert err.startswith(f"error: the scheduler {address} requires TLS"), err
@@ -155,7 +184,9 @@ def test_tls_flags_need_a_scheduler(capsys: pytest.CaptureFixture[str], pem_file
     assert code == 1
     assert capsys.readouterr().err.startswith("error: --tls-ca-file, --tls-cert and --tls-key need a tls:// scheduler address")
     missing = tmp_path / "nope.pem"
-    code = main(["run", str(SG), "--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", str(missing), "--tls-cert", str(pem_files["cert"])])
+    code = main(
+        ["run", str(SG), "--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", str(missing), "--tls-cert", str(pem_files["cert"])]
+    )
     assert code == 1
     assert capsys.readouterr().err == f"error: TLS file {missing} does not exist\n"
 
@@ -171,7 +202,9 @@ def test_each_protocol_takes_its_transport(security: Security) -> None:
         ("tcp://", {}, "comm", "comm"),
     ):
         with (
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol=protocol, dashboard_address=":0", **kwargs) as cluster,
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=False, protocol=protocol, dashboard_address=":0", **kwargs
+            ) as cluster,
             Client(cluster, set_as_default=False, **kwargs) as client,
         ):
             result = Program.from_file(SG).run(fact_dir=FACTS, backend="numpy", client=client, exchange=exchange)

@@ -63,7 +63,9 @@ def hard_timeout(seconds: int) -> Iterator[None]:
 def cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """The command as a user runs it; a hang kills it and its workers and fails the test."""
     command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", *map(str, args)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -111,10 +113,24 @@ def outputs(directory: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("point", POINTS)
 @pytest.mark.parametrize("workers", [2, 3])
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
-def test_a_killed_worker_costs_a_retry_not_the_answer(workload: dict[str, Path], program: str, workers: int, point: str, tmp_path: Path) -> None:
+def test_a_killed_worker_costs_a_retry_not_the_answer(
+    workload: dict[str, Path], program: str, workers: int, point: str, tmp_path: Path
+) -> None:
     marker = tmp_path / "killed"
     out = tmp_path / "out"
-    args = [workload[program], "-F", workload["facts"], "-D", out, "--workers", workers, "--checkpoint-every", "0.05", "--stats", tmp_path / "stats.json"]
+    args = [
+        workload[program],
+        "-F",
+        workload["facts"],
+        "-D",
+        out,
+        "--workers",
+        workers,
+        "--checkpoint-every",
+        "0.05",
+        "--stats",
+        tmp_path / "stats.json",
+    ]
     done = cli(args, {FAULT: f"{point}:{workers - 1}:{marker}"})
     assert marker.exists(), "the fault was not injected"
     assert done.returncode == 0, done.stderr
@@ -131,7 +147,9 @@ def test_a_killed_worker_costs_a_retry_not_the_answer(workload: dict[str, Path],
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_with_no_retries_a_killed_worker_ends_the_job_in_one_line_within_10_s(workload: dict[str, Path], point: str, tmp_path: Path) -> None:
+def test_with_no_retries_a_killed_worker_ends_the_job_in_one_line_within_10_s(
+    workload: dict[str, Path], point: str, tmp_path: Path
+) -> None:
     marker = tmp_path / "killed"
     args = [workload["mixed"], "-F", workload["facts"], "-D", tmp_path / "out", "--workers", 2, "--retries", 0]
     done = cli(args, {FAULT: f"{point}:1:{marker}"})
@@ -141,7 +159,11 @@ def test_with_no_retries_a_killed_worker_ends_the_job_in_one_line_within_10_s(wo
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    phase = "while writing the outputs" if point == "write" else "(while loading the inputs|during stratum \\d+, after iteration \\d+)"
+    phase = (
+        "while writing the outputs"
+        if point == "write"
+        else "(while loading the inputs|during stratum \\d+, after iteration \\d+)"
+    )
     assert re.fullmatch(rf"error: worker tcp://\S+ \(rank 1\) was lost {phase}; the run was stopped", lines[0]), lines[0]
 
 
@@ -178,12 +200,17 @@ def test_killed_worker_without_retries_stops_the_job_and_the_cluster_runs_the_ne
             threading.Thread(target=kill_on_first_event, daemon=True).start()
             with pytest.raises(WorkerLost) as lost:
                 Program.from_file(REACH).run(
-                    facts={"edge": chain(CHAIN)}, client=client, progress=lambda event: started.set(), options=RunOptions(retries=0)
+                    facts={"edge": chain(CHAIN)},
+                    client=client,
+                    progress=lambda event: started.set(),
+                    options=RunOptions(retries=0),
                 )
             detected_s = time.monotonic() - killed_at[0]
             assert detected_s < 10
             message = lost.value.message
-            expected = rf"worker {re.escape(victim)} \(rank 1\) was lost during stratum 0, after iteration \d+; the run was stopped"
+            expected = (
+                rf"worker {re.escape(victim)} \(rank 1\) was lost during stratum 0, after iteration \d+; the run was stopped"
+            )
             assert re.fullmatch(expected, message), message
             # The survivor ended its task and forgot the run; nothing of it is left.
             assert_no_job_left(client, [survivor])
@@ -225,12 +252,36 @@ def test_a_lost_worker_that_does_not_come_back_leaves_the_job_on_fewer(tmp_path:
     """Three workers without nannies: the killed one stays dead, and after ``rejoin_s`` the
     retry re-hashes the latest checkpoint onto the two left."""
     scheduler_file = tmp_path / "scheduler.json"
-    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(scheduler_file), "--port", "0", "--dashboard-address", ":0"], stderr=subprocess.DEVNULL)]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--scheduler-file",
+                str(scheduler_file),
+                "--port",
+                "0",
+                "--dashboard-address",
+                ":0",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         with hard_timeout(90):
             while not scheduler_file.exists():
                 time.sleep(0.1)
-            worker = [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file), "--no-nanny", "--nthreads", "1"]
+            worker = [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                "--scheduler-file",
+                str(scheduler_file),
+                "--no-nanny",
+                "--nthreads",
+                "1",
+            ]
             env = {**os.environ, FAULT: f"iteration-250:2:{tmp_path / 'killed'}"}
             processes += [subprocess.Popen(worker, stderr=subprocess.DEVNULL, env=env) for _ in range(3)]
             with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:

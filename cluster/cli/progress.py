@@ -51,8 +51,7 @@ class ProgressState:
         found = sum(e["found"] for e in self.latest.values())
         rate = found / max(time.monotonic() - self.started, 1e-9)
         return (
-            f"stratum {stratum + 1}/{self.strata}  iteration {iteration}  delta {delta:,}  "
-            f"{found:,} tuples  {rate:,.0f} tuples/s"
+            f"stratum {stratum + 1}/{self.strata}  iteration {iteration}  delta {delta:,}  {found:,} tuples  {rate:,.0f} tuples/s"
         )
 
 

@@ -85,9 +85,13 @@ def add_parser(sub: Any) -> None:
         "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
         "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY.",
     )
-    tls.add_argument("--tls-ca-file", type=Path, metavar="FILE", help="CA certificate (PEM) that signed the cluster's certificates")
+    tls.add_argument(
+        "--tls-ca-file", type=Path, metavar="FILE", help="CA certificate (PEM) that signed the cluster's certificates"
+    )
     tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="this client's certificate (PEM)")
-    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="this client's private key (PEM), unless the --tls-cert file holds it")
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="this client's private key (PEM), unless the --tls-cert file holds it"
+    )
     run.add_argument(
         "--workers",
         type=int,
@@ -123,13 +127,14 @@ def add_parser(sub: Any) -> None:
         "--resume",
         type=Path,
         metavar="DIR",
-        help="continue from the latest checkpoint in DIR (same program and inputs, checked by hash); "
-        "goes on checkpointing there",
+        help="continue from the latest checkpoint in DIR (same program and inputs, checked by hash); goes on checkpointing there",
     )
     reliability.add_argument(
         "--retries", type=int, default=2, metavar="N", help="lost workers a run survives before it fails (default: 2)"
     )
-    reliability.add_argument("--timeout", type=float, metavar="SECONDS", help=f"stop the run after SECONDS (exit status {EXIT_TIMEOUT})")
+    reliability.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help=f"stop the run after SECONDS (exit status {EXIT_TIMEOUT})"
+    )
     reliability.add_argument(
         "--memory-limit",
         metavar="BYTES",
@@ -207,7 +212,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
         if manifest is not None:
             assert checkpoints is not None
             return checkpoints.resume_from(f"stopped by SIGTERM: {err}; the latest checkpoint ({manifest.position})", argv)
-        hint = "no checkpoint had been written yet" if args.checkpoint or args.resume else "give --checkpoint DIR to be able to resume"
+        hint = (
+            "no checkpoint had been written yet"
+            if args.checkpoint or args.resume
+            else "give --checkpoint DIR to be able to resume"
+        )
         print(f"stopped by SIGTERM: {err}; {hint}", file=sys.stderr)
         return EXIT_TERMINATED
     except DatalogError as err:  # every other way a run ends without its result (engine/errors.py)

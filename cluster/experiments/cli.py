@@ -33,11 +33,22 @@ def add_parsers(sub: Any) -> None:
     )
     kinds = gen.add_subparsers(dest="kind", required=True, metavar="KIND")
     for g in generate.GENERATORS.values():
-        kind = kinds.add_parser(g.kind, help=g.summary, description=f"{g.summary}. Weak scaling (scale --weak) grows it as {g.growth}.")
-        kind.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="directory to write the .facts files into (created if missing)")
+        kind = kinds.add_parser(
+            g.kind, help=g.summary, description=f"{g.summary}. Weak scaling (scale --weak) grows it as {g.growth}."
+        )
+        kind.add_argument(
+            "out_dir", type=Path, metavar="OUT_DIR", help="directory to write the .facts files into (created if missing)"
+        )
         kind.add_argument("--seed", type=int, default=0, help="random seed, 0 or more (default: 0)")
         for p in g.params:
-            kind.add_argument(f"--{p.flag}", dest=p.name, type=p.type, default=p.default, metavar=p.name.upper(), help=f"{p.help} (default: {p.default})")
+            kind.add_argument(
+                f"--{p.flag}",
+                dest=p.name,
+                type=p.type,
+                default=p.default,
+                metavar=p.name.upper(),
+                help=f"{p.help} (default: {p.default})",
+            )
         kind.set_defaults(command_parser=kind)
 
     scale = sub.add_parser(
@@ -56,8 +67,18 @@ def add_parsers(sub: Any) -> None:
     scale.add_argument("program", type=Path, help="the Datalog program (.dl)")
     source = scale.add_mutually_exclusive_group(required=True)
     source.add_argument("-F", "--fact-dir", type=Path, help="directory of the program's .input fact files")
-    source.add_argument("--gen", choices=tuple(generate.GENERATORS), metavar="KIND", help="generate the input instead: " + ", ".join(generate.GENERATORS) + " (see dask-datalog gen KIND --help)")
-    scale.add_argument("--gen-args", default="", metavar="NAME=VALUE,...", help="parameters of --gen, e.g. 'scale=16,edge-factor=8' (defaults as in dask-datalog gen)")
+    source.add_argument(
+        "--gen",
+        choices=tuple(generate.GENERATORS),
+        metavar="KIND",
+        help="generate the input instead: " + ", ".join(generate.GENERATORS) + " (see dask-datalog gen KIND --help)",
+    )
+    scale.add_argument(
+        "--gen-args",
+        default="",
+        metavar="NAME=VALUE,...",
+        help="parameters of --gen, e.g. 'scale=16,edge-factor=8' (defaults as in dask-datalog gen)",
+    )
     scale.add_argument("--seed", type=int, default=0, help="seed of --gen (default: 0)")
     scale.add_argument(
         "--weak",
@@ -80,9 +101,13 @@ def add_parsers(sub: Any) -> None:
         "of the cluster and cannot use only some of them, so --workers does not go with it; resize the cluster and "
         "run again (into another --out) for other counts. Fact files and OUT must be on a file system the workers share",
     )
-    scale.add_argument("--out", type=Path, default=Path("results"), metavar="DIR", help="directory for runs.csv and the plots (default: results)")
     scale.add_argument(
-        "--no-plots", action="store_true", help="write runs.csv and the table only (the plots need matplotlib: pip install 'dask-datalog[scale]')"
+        "--out", type=Path, default=Path("results"), metavar="DIR", help="directory for runs.csv and the plots (default: results)"
+    )
+    scale.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="write runs.csv and the table only (the plots need matplotlib: pip install 'dask-datalog[scale]')",
     )
     scale.set_defaults(command_parser=scale)
 
@@ -156,7 +181,9 @@ def _experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> sc
     if args.fact_dir is not None and not args.fact_dir.is_dir():
         parser.error(f"-F {args.fact_dir}: no such directory")
     if args.scheduler_file is not None and args.workers is not None:
-        parser.error("--workers cannot go with --scheduler-file: a run uses every worker of an existing cluster (resize the cluster instead)")
+        parser.error(
+            "--workers cannot go with --scheduler-file: a run uses every worker of an existing cluster (resize the cluster instead)"
+        )
     if args.scheduler_file is not None and not args.scheduler_file.is_file():
         parser.error(f"--scheduler-file {args.scheduler_file}: no such file")
     if args.repeat < 1:
@@ -168,7 +195,9 @@ def _experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> sc
     try:
         params = generate.parse_args_text(args.gen, args.gen_args) if args.gen is not None else {}
         if args.gen is not None:  # every input it will make, before hours of measuring the first ones
-            grown = [generate.weak(args.gen, params, n) for n in workers] if args.weak and args.scheduler_file is None else [params]
+            grown = (
+                [generate.weak(args.gen, params, n) for n in workers] if args.weak and args.scheduler_file is None else [params]
+            )
             for each in grown:
                 generate.check_memory(args.gen, each, psutil.virtual_memory().available)
         if args.seed < 0:

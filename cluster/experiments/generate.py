@@ -157,7 +157,9 @@ def points_to(per_var: Mapping[str, float]) -> Callable[[np.random.Generator, Pa
 
 def _grid_limits(p: Params) -> None:
     if int(p["width"]) * int(p["height"]) > MAX_ID:
-        raise BadParameter(f"grid: width x height is {int(p['width']) * int(p['height']):,} vertices; at most {MAX_ID:,} fit a number column")
+        raise BadParameter(
+            f"grid: width x height is {int(p['width']) * int(p['height']):,} vertices; at most {MAX_ID:,} fit a number column"
+        )
 
 
 def _points_to_drawn(per_var: Mapping[str, float]) -> Callable[[Params], tuple[int, int]]:
@@ -263,7 +265,9 @@ def parameters(kind: str, given: Mapping[str, Value | str]) -> Params:
         try:
             out[param.name] = param.type(value)
         except ValueError:
-            raise BadParameter(f"{kind} {param.flag}: {value!r} is not {'an integer' if param.type is int else 'a number'}") from None
+            raise BadParameter(
+                f"{kind} {param.flag}: {value!r} is not {'an integer' if param.type is int else 'a number'}"
+            ) from None
         if not param.valid(out[param.name]):
             raise BadParameter(f"{kind} {param.flag} must be {param.rule}, not {value}")
     generator.limits(out)
@@ -327,4 +331,3 @@ def write_facts(out_dir: Path, relations: Mapping[str, np.ndarray]) -> dict[str,
         columns = tuple(ir.Attribute(a, "number", "number") for a in ("a", "b"))
         write_relation(out_dir / f"{name}.facts", encode(pairs, "number"), ir.Relation(name, columns), symbols)
     return {name: len(pairs) for name, pairs in relations.items()}
-

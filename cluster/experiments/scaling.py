@@ -326,7 +326,9 @@ def _input(exp: Experiment, workers: int, scratch: Path, log: Log) -> tuple[Path
     if exp.gen is None:
         assert exp.fact_dir is not None
         return exp.fact_dir, str(exp.fact_dir)
-    params = generate.weak(exp.gen, exp.gen_params, workers) if exp.scaling == WEAK else generate.parameters(exp.gen, exp.gen_params)
+    params = (
+        generate.weak(exp.gen, exp.gen_params, workers) if exp.scaling == WEAK else generate.parameters(exp.gen, exp.gen_params)
+    )
     label = generate.describe(exp.gen, params, exp.seed)
     target = scratch / label.replace(" ", "_")
     if not target.is_dir():

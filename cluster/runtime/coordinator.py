@@ -251,7 +251,9 @@ class ClusterRun:
         if self.options.suspend is not None and self.options.suspend.is_set():
             # Asked to stop (SIGTERM: a batch system stopping the whole job, workers too): a
             # retry would compute on, without the request. The latest checkpoint resumes.
-            raise Terminated(f"worker {lost.address} (rank {lost.rank}) {lost.how} {where} before the run had checkpointed") from None
+            raise Terminated(
+                f"worker {lost.address} (rank {lost.rank}) {lost.how} {where} before the run had checkpointed"
+            ) from None
         t0 = time.monotonic()
         size = len(self.record.peers)
         self.record.attempt += 1
@@ -260,11 +262,22 @@ class ClusterRun:
         peers = self._next_workers(size)
         resumed = "the latest checkpoint" if self.options.checkpoint_dir else "the inputs"
         self.record.recoveries.append(
-            {"lost": lost.address, "rank": lost.rank, "where": where, "attempt": self.record.attempt, "workers": len(peers), "wait_s": round(time.monotonic() - t0, 3)}
+            {
+                "lost": lost.address,
+                "rank": lost.rank,
+                "where": where,
+                "attempt": self.record.attempt,
+                "workers": len(peers),
+                "wait_s": round(time.monotonic() - t0, 3),
+            }
         )
         if self.progress is not None:
             plural = "worker" if len(peers) == 1 else "workers"
-            self.progress({"note": f"worker {lost.address} (rank {lost.rank}) {lost.how} {where}; retry {self.record.attempt}/{self.options.retries} from {resumed} on {len(peers)} {plural}"})
+            self.progress(
+                {
+                    "note": f"worker {lost.address} (rank {lost.rank}) {lost.how} {where}; retry {self.record.attempt}/{self.options.retries} from {resumed} on {len(peers)} {plural}"
+                }
+            )
         return peers
 
     def _evaluate(self) -> None:
@@ -303,7 +316,10 @@ class ClusterRun:
         record.phase = EVALUATING
         client.subscribe_topic(topic, on_event)
         try:
-            futures = [_submit(client, peer, evaluate_task, spec, rank, arrays[rank], key=f"{phase}-shard-{rank}") for rank, peer in enumerate(peers)]
+            futures = [
+                _submit(client, peer, evaluate_task, spec, rank, arrays[rank], key=f"{phase}-shard-{rank}")
+                for rank, peer in enumerate(peers)
+            ]
             self.run_phase(futures, collective=True, keep=True)
         finally:
             client.unsubscribe_topic(topic)
@@ -368,7 +384,9 @@ class ClusterRun:
                     self._cancel(list(futures))
                     raise suspended
                 return [] if keep else self.client.gather(list(futures))
-            lost = self.members.lost(peers, self.record.where(), force=True)  # a peer's closed connection may be the first sign of a loss
+            lost = self.members.lost(
+                peers, self.record.where(), force=True
+            )  # a peer's closed connection may be the first sign of a loss
             if lost is not None:
                 raise lost
         except WorkerLost as error:
@@ -569,7 +587,9 @@ class DistributedRun:
         meta = relation_output.to_pandas(np.zeros((0, relation.arity), np.uint32), relation, SymbolTable())
         return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
-    def write(self, output_dir: str, fmt: str = "csv", stream: TextIO | None = None, written: Callable[[str, int], None] | None = None) -> None:
+    def write(
+        self, output_dir: str, fmt: str = "csv", stream: TextIO | None = None, written: Callable[[str, int], None] | None = None
+    ) -> None:
         """The workers write the ``.output`` relations (``spmd.writer``); with "-" their text
         comes here and is printed to ``stream`` (default stdout). ``written`` is for runs in
         process (here the workers write side by side)."""

@@ -146,7 +146,9 @@ class Phase:
             )
             for p, answer in zip(list(waiting), answers):
                 if answer is None:
-                    raise Aborted(f"run {self.phase.run} stopped: worker {self.peers[p]} refused phase {self.phase} (stopped or retried)")
+                    raise Aborted(
+                        f"run {self.phase.run} stopped: worker {self.peers[p]} refused phase {self.phase} (stopped or retried)"
+                    )
                 if answer:
                     addresses[p] = answer
                     waiting.remove(p)

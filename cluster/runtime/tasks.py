@@ -86,7 +86,9 @@ def evaluate_task(spec: ShardTask, rank: int, arrays: dict[str, Any] | None = No
         steering = Steering(spec.checkpoint, budget, phase.suspend_requested, phase.interrupted)
         inputs = Inputs(spec.fact_dir, {**spec.fact_files, **(arrays or {})}, spec.array_digests)
         progress = _progress(phase, rank, spec.progress_topic)
-        return evaluate_shard(phase.transport, spec.program, backend, inputs, steering, spec.chunk_rows, spec.replicate_below, progress)
+        return evaluate_shard(
+            phase.transport, spec.program, backend, inputs, steering, spec.chunk_rows, spec.replicate_below, progress
+        )
 
 
 def _progress(phase: Phase, rank: int, topic: str | None) -> OnIteration:
@@ -105,7 +107,9 @@ def _progress(phase: Phase, rank: int, topic: str | None) -> OnIteration:
 
 
 @_returns_expected_errors
-def write_task(shard: Shard, phase_id: PhaseId, peers: tuple[str, ...], exchange: ExchangeKind, output_dir: str, fmt: str) -> dict[str, bytes] | Failed:
+def write_task(
+    shard: Shard, phase_id: PhaseId, peers: tuple[str, ...], exchange: ExchangeKind, output_dir: str, fmt: str
+) -> dict[str, bytes] | Failed:
     """The workers write every ``.output`` relation (``spmd.writer.write_outputs``)."""
     faults.point("write", shard.rank)
     with Phase(phase_id, shard.rank, peers, exchange) as phase:

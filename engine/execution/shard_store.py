@@ -105,7 +105,9 @@ class ShardStore:
         self.receive(old)  # full first, then the delta: add() makes its rows the delta
         self.receive(new)
 
-    def fill_copies(self, relations: tuple[str, ...], later: bool, phase: Callable[[str], AbstractContextManager[None]] = untimed) -> None:
+    def fill_copies(
+        self, relations: tuple[str, ...], later: bool, phase: Callable[[str], AbstractContextManager[None]] = untimed
+    ) -> None:
         """Route rows to the other partitioned copies of ``relations``: each iteration's new
         delta to the maintained ones, the complete relation (compacted: it is final) to the
         ``later`` ones when its stratum ends. No round when the layouts name no such copy (the

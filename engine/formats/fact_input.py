@@ -108,8 +108,13 @@ def read_facts_range(
     # text, which the fast readers would take for a BOM.
     file_start = start == 0
     # pyarrow takes one-byte delimiters only, and neither NUL (a ValueError) nor a line break
-    if relation.arity > 0 and len(delimiter.encode()) == 1 and delimiter not in _SLOW_ONLY_DELIMITERS \
-            and _ANY_CONTENT.search(data) and (file_start or not data.startswith(_BOM)):
+    if (
+        relation.arity > 0
+        and len(delimiter.encode()) == 1
+        and delimiter not in _SLOW_ONLY_DELIMITERS
+        and _ANY_CONTENT.search(data)
+        and (file_start or not data.startswith(_BOM))
+    ):
         rows = _read_fast(data, relation, symbols, delimiter)
         if rows is not None:
             return rows
@@ -339,9 +344,7 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
     arity = relation.arity
     if is_dataframe(data):
         if data.shape[1] != arity:
-            raise DatalogError(
-                ir.Pos(origin, 1, 1), f"expected {arity} columns for {signature(relation)}, found {data.shape[1]}"
-            )
+            raise DatalogError(ir.Pos(origin, 1, 1), f"expected {arity} columns for {signature(relation)}, found {data.shape[1]}")
         columns = [data.iloc[:, j].to_numpy() for j in range(arity)]
     elif isinstance(data, np.ndarray) and data.ndim == 2 and data.shape[1] == arity:
         columns = [data[:, j] for j in range(arity)]
@@ -351,9 +354,7 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
         rows = [tuple(r) for r in data]
         for i, r in enumerate(rows):
             if len(r) != arity:
-                raise DatalogError(
-                    ir.Pos(origin, i + 1, 1), f"expected {arity} values for {signature(relation)}, found {len(r)}"
-                )
+                raise DatalogError(ir.Pos(origin, i + 1, 1), f"expected {arity} values for {signature(relation)}, found {len(r)}")
         if arity == 0:
             return np.empty((int(bool(rows)), 0), dtype=np.uint32)
         columns = [np.array([r[j] for r in rows], dtype=object) for j in range(arity)]

@@ -212,7 +212,9 @@ def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend) -> bool:
 _POWERS_OF_TEN = np.array([10**k for k in range(1, 10)], dtype=np.int64)
 
 
-def text_length(rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY) -> int:
+def text_length(
+    rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
+) -> int:
     """The bytes ``format_chunks(..., in_order=True)`` yields, without keeping them: counted
     from the digits where the kernel formats numbers (a tenth of formatting's cost), else
     formatted a chunk at a time and measured."""

@@ -46,12 +46,10 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
             else:
                 outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
     _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
-    return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs),
-                      tuple(printsizes), filename)
+    return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename)
 
 
-def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation],
-                    aliases: Sequence[st.TypeAlias]) -> None:
+def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], aliases: Sequence[st.TypeAlias]) -> None:
     """Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
     neither of which is a subtype of the other has no value, and a head argument bound to a
     variable takes only values of its column's type. (Constants and arithmetic fit any
@@ -87,23 +85,36 @@ def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation],
                 elif known in ancestors(t):  # more specific
                     bound[arg.name] = (t, where)
                 else:
-                    raise DatalogError(arg.pos, f"type mismatch: {arg.name} is {_a(known)} ({origin}) and "
-                                                f"{_a(t)} ({where}), and no value is both")
+                    raise DatalogError(
+                        arg.pos,
+                        f"type mismatch: {arg.name} is {_a(known)} ({origin}) and {_a(t)} ({where}), and no value is both",
+                    )
         for lit in rule.body:
-            if isinstance(lit, ir.Comparison) and lit.op == "=" and isinstance(lit.left, ir.Var) and isinstance(lit.right, ir.Var):
+            if (
+                isinstance(lit, ir.Comparison)
+                and lit.op == "="
+                and isinstance(lit.left, ir.Var)
+                and isinstance(lit.right, ir.Var)
+            ):
                 left, right = bound.get(lit.left.name), bound.get(lit.right.name)
                 if left and right and left[0] not in ancestors(right[0]) and right[0] not in ancestors(left[0]):
-                    raise DatalogError(lit.pos, f"type mismatch: {lit.left.name} is {_a(left[0])} ({left[1]}) and "
-                                                f"{lit.right.name} is {_a(right[0])} ({right[1]}): no value is both")
+                    raise DatalogError(
+                        lit.pos,
+                        f"type mismatch: {lit.left.name} is {_a(left[0])} ({left[1]}) and "
+                        f"{lit.right.name} is {_a(right[0])} ({right[1]}): no value is both",
+                    )
         head = relations[rule.head.relation]
         for i, (arg, attr) in enumerate(zip(rule.head.args, head.attributes), 1):
             if isinstance(arg, ir.Var) and arg.name in bound:
                 known, origin = bound[arg.name]
                 want = canonical(attr.type_name)
                 if want not in ancestors(known):
-                    raise DatalogError(arg.pos, f"type mismatch: {arg.name} is {_a(known)} ({origin}), but "
-                                                f"argument {i} of {rule.head.relation} is {_a(want)}, "
-                                                f"which {_a(known)} is not")
+                    raise DatalogError(
+                        arg.pos,
+                        f"type mismatch: {arg.name} is {_a(known)} ({origin}), but "
+                        f"argument {i} of {rule.head.relation} is {_a(want)}, "
+                        f"which {_a(known)} is not",
+                    )
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -126,8 +137,7 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
             raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
         if a.name in defined:
             first = defined[a.name].pos
-            raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at "
-                                      f"{first.line}:{first.col})")
+            raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at {first.line}:{first.col})")
         defined[a.name] = a
     table: dict[str, BaseType] = {}
     for a in aliases:
@@ -137,10 +147,11 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
             if current.base == "float":
                 raise DatalogError(current.base_pos, "unsupported type float")
             if current.base not in defined:
-                raise DatalogError(current.base_pos, f"unknown type {current.base}"
-                                   + _suggest(current.base, [*ir.BASE_TYPES, *defined]))
+                raise DatalogError(
+                    current.base_pos, f"unknown type {current.base}" + _suggest(current.base, [*ir.BASE_TYPES, *defined])
+                )
             if current.base in chain:
-                cycle = " -> ".join([*chain[chain.index(current.base):], current.base])
+                cycle = " -> ".join([*chain[chain.index(current.base) :], current.base])
                 raise DatalogError(a.pos, f"cyclic type definition: {cycle}")
             chain.append(current.base)
             current = defined[current.base]
@@ -153,13 +164,11 @@ def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType]) -> dict[str
     for d in decls:
         if d.name in relations:
             first = relations[d.name].pos
-            raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first "
-                                      f"declared at {first.line}:{first.col})")
+            raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first declared at {first.line}:{first.col})")
         attrs: list[ir.Attribute] = []
         for attr in d.attrs:
             if any(a.name == attr.name for a in attrs):
-                raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl "
-                                             f"{d.name}")
+                raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
             attrs.append(ir.Attribute(attr.name, _base_type(attr, types), attr.type_name))
         relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos)
     return relations
@@ -172,12 +181,10 @@ def _base_type(attr: st.Attr, types: dict[str, BaseType]) -> BaseType:
         return types[attr.type_name]
     if attr.type_name == "float":
         raise DatalogError(attr.pos, "unsupported type float")
-    raise DatalogError(attr.pos, f"unknown type {attr.type_name}"
-                                 + _suggest(attr.type_name, [*ir.BASE_TYPES, *types]))
+    raise DatalogError(attr.pos, f"unknown type {attr.type_name}" + _suggest(attr.type_name, [*ir.BASE_TYPES, *types]))
 
 
-def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str
-              ) -> ir.Relation:
+def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str) -> ir.Relation:
     if name not in relations:
         where = f" {where}" if where else ""
         raise DatalogError(pos, f"undeclared relation {name}{where}" + _suggest(name, relations))
@@ -189,8 +196,7 @@ def _io_params(d: st.Directive) -> tuple[str | None, str]:
     seen: dict[str, st.Param] = {}
     for p in d.params:
         if p.key not in _IO_PARAMS:
-            raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} "
-                                      f"(supported: {', '.join(_IO_PARAMS)})")
+            raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} (supported: {', '.join(_IO_PARAMS)})")
         if p.key in seen:
             raise DatalogError(p.pos, f"parameter '{p.key}' given twice")
         seen[p.key] = p
@@ -198,7 +204,7 @@ def _io_params(d: st.Directive) -> tuple[str | None, str]:
             hint = "; to print outputs run with -D -" if d.kind == "output" else ""
             raise DatalogError(p.pos, f"unsupported: IO={p.value} (only IO=file{hint})")
         if p.key in ("filename", "delimiter") and not p.quoted:
-            raise DatalogError(p.pos, f"{p.key} must be a string, e.g. {p.key}=\"{p.value}\"")
+            raise DatalogError(p.pos, f'{p.key} must be a string, e.g. {p.key}="{p.value}"')
         if p.key == "delimiter" and not p.value:
             raise DatalogError(p.pos, "the delimiter must not be empty")
     name = seen["filename"].value if "filename" in seen else None
@@ -225,12 +231,13 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
         if part == "..":
             depth -= 1
             if depth < 0:
-                raise DatalogError(pos, f"filename \"{name}\" leaves the {where} directory "
-                                        "(write an absolute path to read or write outside it)")
+                raise DatalogError(
+                    pos, f'filename "{name}" leaves the {where} directory (write an absolute path to read or write outside it)'
+                )
         elif part not in ("", "."):
             depth += 1
     if depth == 0 or name.endswith("/"):
-        raise DatalogError(pos, f"filename \"{name}\" names a directory, not a file")
+        raise DatalogError(pos, f'filename "{name}" names a directory, not a file')
 
 
 # ---- clauses -----------------------------------------------------------------------------
@@ -331,8 +338,7 @@ class _RuleChecker:
         lits = self.separate_aggregate_locals(ir_head, lits)
         self.infer_types(ir_head, lits)
         _Safety(ir_head, lits).check()
-        rule = ir.Rule(self.resolve_atom(ir_head), tuple(self.resolve(lit) for lit in lits),
-                       ir_head.pos)
+        rule = ir.Rule(self.resolve_atom(ir_head), tuple(self.resolve(lit) for lit in lits), ir_head.pos)
         return _fold_fact(rule) if fact and not lits else rule
 
     def fresh(self, kind: str, pos: Pos, stem: str = "") -> ir.Var:
@@ -346,9 +352,12 @@ class _RuleChecker:
         """``where``: head, body, negated, aggregate (a positive atom of an aggregate body)."""
         rel = _relation(self.relations, a.relation, a.pos, "")
         if len(a.args) != rel.arity:
-            raise DatalogError(a.pos, f"arity mismatch: {a.relation} is declared with "
-                                      f"{rel.arity} attribute{'s' * (rel.arity != 1)} but used "
-                                      f"with {len(a.args)} argument{'s' * (len(a.args) != 1)}")
+            raise DatalogError(
+                a.pos,
+                f"arity mismatch: {a.relation} is declared with "
+                f"{rel.arity} attribute{'s' * (rel.arity != 1)} but used "
+                f"with {len(a.args)} argument{'s' * (len(a.args) != 1)}",
+            )
         return ir.Atom(a.relation, tuple(self.arg(e, where) for e in a.args), a.pos)
 
     def arg(self, e: st.Expr, where: str) -> ir.Term:
@@ -366,8 +375,7 @@ class _RuleChecker:
         if isinstance(lit, st.Negation):
             where = "aggregate-negated" if in_aggregate else "negated"
             return ir.Negation(self.atom(lit.atom, where), lit.pos)
-        return ir.Comparison(lit.op, self.term(lit.left, in_aggregate),
-                             self.term(lit.right, in_aggregate), lit.pos)
+        return ir.Comparison(lit.op, self.term(lit.left, in_aggregate), self.term(lit.right, in_aggregate), lit.pos)
 
     def term(self, e: st.Expr, in_aggregate: bool) -> ir.Term:
         if isinstance(e, st.Var):
@@ -391,16 +399,14 @@ class _RuleChecker:
         if agg.func == "count" and agg.target is not None:
             raise DatalogError(agg.pos, "count takes no target: write count : { ... }")
         if agg.func != "count" and agg.target is None:
-            raise DatalogError(agg.pos, f"{agg.func} needs a target: write "
-                                        f"{agg.func} x : {{ ... }}")
+            raise DatalogError(agg.pos, f"{agg.func} needs a target: write {agg.func} x : {{ ... }}")
         target = None if agg.target is None else self.term(agg.target, in_aggregate=True)
         body = tuple(self.literal(lit, in_aggregate=True) for lit in agg.body)
         result = self.fresh("a", agg.pos)
         self.pending.append(ir.Aggregation(result, agg.func, target, body, "number", agg.pos))
         return result
 
-    def separate_aggregate_locals(self, head: ir.Atom, lits: list[ir.BodyLiteral]
-                                  ) -> list[ir.BodyLiteral]:
+    def separate_aggregate_locals(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
         """Give a variable local to one aggregate its own name when another aggregate uses the
         same name, so that a variable shared between literals always means grouping."""
         outer = _outer_vars(head, lits)
@@ -412,8 +418,7 @@ class _RuleChecker:
                 clash = sorted(local & seen)
                 seen |= local
                 if clash:
-                    lit = _rename_literal(
-                        lit, {n: self.fresh("l", lit.pos, n).name for n in clash})
+                    lit = _rename_literal(lit, {n: self.fresh("l", lit.pos, n).name for n in clash})
             out.append(lit)
         return out
 
@@ -465,8 +470,7 @@ class _RuleChecker:
                         changed = True
             if changed:
                 continue
-            untyped = [v for terms, _ in groups for term in terms for v in _same_type_vars(term)
-                       if v.name not in self.types]
+            untyped = [v for terms, _ in groups for term in terms for v in _same_type_vars(term) if v.name not in self.types]
             if not untyped:
                 return
             self.types[untyped[0].name] = ("number", "")
@@ -477,8 +481,7 @@ class _RuleChecker:
             return
         known, origin = self.types[v.name]
         if known != t:
-            raise DatalogError(v.pos, f"type mismatch: {v.name} is {_a(known)} ({origin}) but "
-                                      f"{where} is {_a(t)}")
+            raise DatalogError(v.pos, f"type mismatch: {v.name} is {_a(known)} ({origin}) but {where} is {_a(t)}")
 
     def known(self, t: ir.Term | None) -> BaseType | None:
         """The type a term certainly has, None while it depends on context."""
@@ -511,25 +514,20 @@ class _RuleChecker:
         if isinstance(lit, ir.Comparison):
             left, right = self.known(lit.left), self.known(lit.right)
             if left and right and left != right:
-                raise DatalogError(lit.pos, f"type mismatch: cannot compare {_a(left)} with "
-                                            f"{_a(right)}")
+                raise DatalogError(lit.pos, f"type mismatch: cannot compare {_a(left)} with {_a(right)}")
             t = left or right or "number"
             if t == "symbol" and lit.op not in ("=", "!="):
-                raise DatalogError(lit.pos, f"{lit.op} is not defined on symbols (only = and "
-                                            "!= are)")
+                raise DatalogError(lit.pos, f"{lit.op} is not defined on symbols (only = and != are)")
             where = f"it is compared with {_a(t)}"
-            return replace(lit, left=self.typed(lit.left, t, where),
-                           right=self.typed(lit.right, t, where))
+            return replace(lit, left=self.typed(lit.left, t, where), right=self.typed(lit.right, t, where))
         body = tuple(self.resolve(inner) for inner in lit.body)
         t = "number" if lit.target is None else self.known(lit.target) or "number"
         if t == "symbol":
             raise DatalogError(lit.pos, f"{lit.func} over symbols is not supported")
         used = self.types[lit.result.name][0]
         if used != t:
-            raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it "
-                                        f"is used as {_a(used)}")
-        target = None if lit.target is None else self.typed(
-            lit.target, t, f"{lit.func} is over {_a(t)}")
+            raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it is used as {_a(used)}")
+        target = None if lit.target is None else self.typed(lit.target, t, f"{lit.func} is over {_a(t)}")
         return replace(lit, body=body, target=target, type=t)
 
     def typed(self, term: ir.Term, want: BaseType, where: str) -> ir.Term:
@@ -540,29 +538,26 @@ class _RuleChecker:
         if isinstance(term, ir.Var):
             actual = self.types[term.name][0]
             if actual != want:
-                raise DatalogError(term.pos, f"type mismatch: {term.name} is {_a(actual)}, but "
-                                             f"{where}")
+                raise DatalogError(term.pos, f"type mismatch: {term.name} is {_a(actual)}, but {where}")
             return term
         if isinstance(term, ir.Const):
             if term.type == "symbol" and want != "symbol":
-                raise DatalogError(term.pos, f"type mismatch: \"{term.value}\" is a symbol, but "
-                                             f"{where}")
+                raise DatalogError(term.pos, f'type mismatch: "{term.value}" is a symbol, but {where}')
             if term.type != "symbol" and want == "symbol":
-                raise DatalogError(term.pos, f"type mismatch: {term.value} is a number, but "
-                                             f"{where}")
+                raise DatalogError(term.pos, f"type mismatch: {term.value} is a number, but {where}")
             if want != "symbol":
                 low, high = _RANGES[want]
                 if not low <= int(term.value) <= high:
-                    raise DatalogError(term.pos, f"{term.value} does not fit in 32 bits as "
-                                                 f"{_a(want)} ({low}..{high})")
+                    raise DatalogError(term.pos, f"{term.value} does not fit in 32 bits as {_a(want)} ({low}..{high})")
             return replace(term, type=want)
         sig = functors.signature(term.name)
         if not sig.polymorphic:
             if want != sig.result:
-                raise DatalogError(term.pos, f"type mismatch: {term.name}(...) is {_a(sig.result)}, "
-                                             f"but {where}")
-            args = tuple(self.typed(a, sig.param(i), f"{term.name} takes {_a(sig.param(i))}")  # type: ignore[arg-type]
-                         for i, a in enumerate(term.args))
+                raise DatalogError(term.pos, f"type mismatch: {term.name}(...) is {_a(sig.result)}, but {where}")
+            args = tuple(
+                self.typed(a, sig.param(i), f"{term.name} takes {_a(sig.param(i))}")  # type: ignore[arg-type]
+                for i, a in enumerate(term.args)
+            )
             return replace(term, args=args, type=want)
         if want == "symbol":
             raise DatalogError(term.pos, f"type mismatch: arithmetic ({term.name}) on symbols")
@@ -593,25 +588,28 @@ class _Safety:
                 self.check_aggregate(lit, bound)
         for v in ir.variables(self.head.args):
             if v.name not in bound:
-                raise DatalogError(v.pos, f"unsafe rule: variable {_shown(v)} in the head is not "
-                                          "bound by any positive body atom"
-                                          + _arithmetic_hint(v.name, self.lits))
+                raise DatalogError(
+                    v.pos,
+                    f"unsafe rule: variable {_shown(v)} in the head is not "
+                    "bound by any positive body atom" + _arithmetic_hint(v.name, self.lits),
+                )
         _require_literals(self.lits, bound, in_aggregate=False)
 
     def check_aggregate(self, agg: ir.Aggregation, bound: set[str]) -> None:
         for v in _literal_vars(agg):
             if v.name in self.outer and v.name not in bound:
-                raise DatalogError(v.pos, f"unsafe rule: variable {_shown(v)} is used inside and "
-                                          "outside the aggregate but not bound by any positive "
-                                          "atom outside it" + _arithmetic_hint(v.name, self.lits))
+                raise DatalogError(
+                    v.pos,
+                    f"unsafe rule: variable {_shown(v)} is used inside and "
+                    "outside the aggregate but not bound by any positive "
+                    "atom outside it" + _arithmetic_hint(v.name, self.lits),
+                )
         inner = _bound(agg.body, self.grouping(agg), self.grouping)
         _require_literals(agg.body, inner, in_aggregate=True)
-        _require(ir.variables((agg.target,)), inner, "in the aggregate target", agg.body,
-                 in_aggregate=True)
+        _require(ir.variables((agg.target,)), inner, "in the aggregate target", agg.body, in_aggregate=True)
 
 
-def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str],
-           grouping: Callable[[ir.Aggregation], set[str]]) -> set[str]:
+def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str], grouping: Callable[[ir.Aggregation], set[str]]) -> set[str]:
     """Variables bound by ``lits`` given ``bound``: positive atoms, then equalities and
     aggregate results to a fixpoint. ``grouping(agg)`` gives an aggregate's grouping vars."""
     bound = set(bound)
@@ -624,8 +622,11 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str],
         for lit in lits:
             if isinstance(lit, ir.Comparison) and lit.op == "=":
                 for side, other in ((lit.left, lit.right), (lit.right, lit.left)):
-                    if (isinstance(side, ir.Var) and side.name not in bound
-                            and all(v.name in bound for v in ir.variables((other,)))):
+                    if (
+                        isinstance(side, ir.Var)
+                        and side.name not in bound
+                        and all(v.name in bound for v in ir.variables((other,)))
+                    ):
                         bound.add(side.name)
                         changed = True
             elif isinstance(lit, ir.Aggregation) and lit.result.name not in bound and grouping(lit) <= bound:
@@ -634,40 +635,45 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str],
     return bound
 
 
-def _require_literals(lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggregate: bool
-                      ) -> None:
+def _require_literals(lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggregate: bool) -> None:
     """Every variable of the non-binding places of ``lits`` (one rule body or one aggregate
     body), in source order: arithmetic in positive atoms, negations, comparisons."""
     for lit in lits:
         if isinstance(lit, ir.Atom):
             arithmetic = [a for a in lit.args if isinstance(a, ir.Call)]
-            _require(ir.variables(arithmetic), bound, f"in arithmetic in an argument of {lit.relation}",
-                     (), in_aggregate, hint=" (a variable inside arithmetic does not bind it)")
+            _require(
+                ir.variables(arithmetic),
+                bound,
+                f"in arithmetic in an argument of {lit.relation}",
+                (),
+                in_aggregate,
+                hint=" (a variable inside arithmetic does not bind it)",
+            )
         elif isinstance(lit, ir.Negation):
-            _require(ir.variables(lit.atom.args), bound, f"in the negation of {lit.atom.relation}",
-                     lits, in_aggregate)
+            _require(ir.variables(lit.atom.args), bound, f"in the negation of {lit.atom.relation}", lits, in_aggregate)
         elif isinstance(lit, ir.Comparison):
-            _require(ir.variables((lit.left, lit.right)), bound, "in this comparison", lits,
-                     in_aggregate)
+            _require(ir.variables((lit.left, lit.right)), bound, "in this comparison", lits, in_aggregate)
 
 
-def _require(vs: Iterable[ir.Var], bound: set[str], where: str,
-             lits: Sequence[ir.BodyLiteral], in_aggregate: bool, hint: str = "") -> None:
+def _require(
+    vs: Iterable[ir.Var], bound: set[str], where: str, lits: Sequence[ir.BodyLiteral], in_aggregate: bool, hint: str = ""
+) -> None:
     """The first variable of ``vs`` not in ``bound`` is an error; ``lits`` are searched for
     an occurrence inside arithmetic to explain why it is not bound."""
     for v in vs:
         if v.name not in bound:
             what = "unsafe aggregate" if in_aggregate else "unsafe rule"
             by = "positive atom of the aggregate body" if in_aggregate else "positive body atom"
-            raise DatalogError(v.pos, f"{what}: variable {_shown(v)} {where} is not bound by any "
-                                      f"{by}" + (hint or _arithmetic_hint(v.name, lits)))
+            raise DatalogError(
+                v.pos, f"{what}: variable {_shown(v)} {where} is not bound by any {by}" + (hint or _arithmetic_hint(v.name, lits))
+            )
 
 
 def _shown(v: ir.Var) -> str:
     """A variable's name as written: an aggregate-local variable renamed apart by
     ``separate_aggregate_locals`` (``$x_0``) is reported as ``x``."""
     if v.name.startswith("$") and "_" in v.name:
-        return v.name[1:v.name.rindex("_")]
+        return v.name[1 : v.name.rindex("_")]
     return v.name
 
 
@@ -679,8 +685,10 @@ def _arithmetic_hint(name: str, lits: Sequence[ir.BodyLiteral]) -> str:
                 if isinstance(arg, ir.Call):
                     for v in ir.variables(arg):
                         if v.name == name:
-                            return (f" (at {v.pos.line}:{v.pos.col} it is inside arithmetic in "
-                                    f"{lit.relation}, which does not bind it)")
+                            return (
+                                f" (at {v.pos.line}:{v.pos.col} it is inside arithmetic in "
+                                f"{lit.relation}, which does not bind it)"
+                            )
     return ""
 
 

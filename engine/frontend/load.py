@@ -42,5 +42,4 @@ def _not_utf8(data: bytes, bad: int, reason: str, filename: str) -> DatalogError
     before = data[:bad].decode("utf-8")  # valid: decoding failed only at ``bad``
     line_start = before.rfind("\n") + 1
     pos = ir.Pos(filename, before.count("\n") + 1, len(before) - line_start + 1)
-    return DatalogError(pos, f"not UTF-8 text: byte 0x{data[bad]:02x} ({reason}); save the "
-                             "program as UTF-8")
+    return DatalogError(pos, f"not UTF-8 text: byte 0x{data[bad]:02x} ({reason}); save the program as UTF-8")

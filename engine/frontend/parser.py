@@ -182,10 +182,68 @@ def parse(text: str, filename: str = "<string>") -> tuple[Statement, ...]:
 
 # Words the grammar knows only to reject; listing them as "expected" would mislead.
 _HIDDEN_WORDS = frozenset(
-    ["input", "output", "printsize", "overridable", "inline", "no_inline", "magic", "no_magic", "brie", "btree", "btree_delete", "eqrel", "choice-domain", ".limitsize", ".comp", ".init", ".override", ".functor", ".pragma", ".plan", "stateful", "match", "contains", "mean", "nil", "$", "[", "**", "band", "bor", "bxor", "bshl", "bshr", "bshru", "land", "lor", "lxor", "bnot", "lnot", "cat", "substr", "ord", "to_string", "to_unsigned", "to_float", "itou", "itof", "utoi", "utof", "ftoi", "ftou", "autoinc", "range", "as"]
+    [
+        "input",
+        "output",
+        "printsize",
+        "overridable",
+        "inline",
+        "no_inline",
+        "magic",
+        "no_magic",
+        "brie",
+        "btree",
+        "btree_delete",
+        "eqrel",
+        "choice-domain",
+        ".limitsize",
+        ".comp",
+        ".init",
+        ".override",
+        ".functor",
+        ".pragma",
+        ".plan",
+        "stateful",
+        "match",
+        "contains",
+        "mean",
+        "nil",
+        "$",
+        "[",
+        "**",
+        "band",
+        "bor",
+        "bxor",
+        "bshl",
+        "bshr",
+        "bshru",
+        "land",
+        "lor",
+        "lxor",
+        "bnot",
+        "lnot",
+        "cat",
+        "substr",
+        "ord",
+        "to_string",
+        "to_unsigned",
+        "to_float",
+        "itou",
+        "itof",
+        "utoi",
+        "utof",
+        "ftoi",
+        "ftou",
+        "autoinc",
+        "range",
+        "as",
+    ]
 )
 _TOKEN_WORDS = {
-    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "$END": "end of input",
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "$END": "end of input",
 }
 
 
@@ -284,8 +342,7 @@ class _Builder:
         """Enter one level of nesting (the caller leaves it by ``self.depth -= 1``)."""
         self.depth += 1
         if self.depth > MAX_NESTING:
-            raise self.fail(node, f"nesting too deep: more than {MAX_NESTING} levels of "
-                                  "parentheses, operators or aggregates")
+            raise self.fail(node, f"nesting too deep: more than {MAX_NESTING} levels of parentheses, operators or aggregates")
 
     def pos(self, node: LarkTree | Token) -> Pos:
         if isinstance(node, Token):
@@ -329,13 +386,11 @@ class _Builder:
         for child in node.children[1:]:
             if isinstance(child, Tree) and child.data == "qualifier":
                 word = str(child.children[0])
-                hint = f" (write a separate .{word} directive)" if word in (
-                    "input", "output", "printsize") else ""
+                hint = f" (write a separate .{word} directive)" if word in ("input", "output", "printsize") else ""
                 raise self.fail(child, f"unsupported: .decl qualifier '{word}'{hint}")
             if isinstance(child, Tree):
                 attr_name, type_name = child.children
-                attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name),
-                                  self.pos(attr_name)))
+                attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
         return Decl(str(name), tuple(attrs), self.pos(name))
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
@@ -374,8 +429,7 @@ class _Builder:
         for conjunction in node.children:
             parts = [self.literal(lit) for lit in conjunction.children]
             if len(alternatives) + math.prod(len(p) for p in parts) > MAX_ALTERNATIVES:
-                raise self.fail(node, f"disjunction too large: this body expands to more than "
-                                      f"{MAX_ALTERNATIVES} alternatives")
+                raise self.fail(node, f"disjunction too large: this body expands to more than {MAX_ALTERNATIVES} alternatives")
             for combo in itertools.product(*parts):
                 alternatives.append(tuple(itertools.chain.from_iterable(combo)))
         return tuple(alternatives)

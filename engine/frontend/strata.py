@@ -55,8 +55,9 @@ def stratify(program: ir.Program) -> tuple[Stratum, ...]:
         rules_of.setdefault(numbered[1].head.relation, []).append(numbered)
     nodes = sorted(rules_of, key=order.__getitem__)
     graph = {
-        head: sorted({d.relation for _, r in rules_of[head] for d in _dependencies(r)
-                      if d.relation in rules_of}, key=order.__getitem__)
+        head: sorted(
+            {d.relation for _, r in rules_of[head] for d in _dependencies(r) if d.relation in rules_of}, key=order.__getitem__
+        )
         for head in nodes
     }
     components = _sccs(nodes, graph)
@@ -70,8 +71,7 @@ def stratify(program: ir.Program) -> tuple[Stratum, ...]:
     for i in _topological(components, component_of, graph, order):
         members = frozenset(components[i])
         rules = tuple(r for _, r in sorted(n for m in members for n in rules_of[m]))
-        recursive = any(isinstance(lit, ir.Atom) and lit.relation in members
-                        for r in rules for lit in r.body)
+        recursive = any(isinstance(lit, ir.Atom) and lit.relation in members for r in rules for lit in r.body)
         strata.append(Stratum(members, rules, recursive))
     return tuple(strata)
 
@@ -80,11 +80,11 @@ def _cycle_error(dep: _Dependency, head: str, graph: dict[str, list[str]]) -> Da
     what = "negation of" if dep.kind == "negation" else "aggregation over"
     if dep.relation == head:
         own = "negation" if dep.kind == "negation" else "aggregate"
-        return DatalogError(dep.pos, f"{what} {head} in a rule for {head} itself: a relation "
-                                     f"cannot depend on its own {own}")
+        return DatalogError(dep.pos, f"{what} {head} in a rule for {head} itself: a relation cannot depend on its own {own}")
     path = " -> ".join(_path(dep.relation, head, graph))
-    return DatalogError(dep.pos, f"{what} {dep.relation} in a rule for {head}, but "
-                                 f"{dep.relation} depends on {head} through {path}")
+    return DatalogError(
+        dep.pos, f"{what} {dep.relation} in a rule for {head}, but {dep.relation} depends on {head} through {path}"
+    )
 
 
 def _path(start: str, goal: str, graph: dict[str, list[str]]) -> list[str]:
@@ -149,8 +149,9 @@ def _sccs(nodes: list[str], graph: dict[str, list[str]]) -> list[list[str]]:
     return result
 
 
-def _topological(components: list[list[str]], component_of: dict[str, int],
-                 graph: dict[str, list[str]], order: dict[str, int]) -> list[int]:
+def _topological(
+    components: list[list[str]], component_of: dict[str, int], graph: dict[str, list[str]], order: dict[str, int]
+) -> list[int]:
     """Kahn's algorithm over the condensation, earliest-declared component first."""
     needs: list[set[int]] = [set() for _ in components]
     users: list[set[int]] = [set() for _ in components]

@@ -151,9 +151,7 @@ def dense_mark(rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int, 
     _lib.dense_mark(_ptr(rows), rows.shape[0], _ptr(bits), lo0, lo1, r0, r1)
 
 
-def dense_novel(
-    rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int, r1: int
-) -> tuple[np.ndarray, np.ndarray]:
+def dense_novel(rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
     """Bitmap dedup (dense.py): (new in-box rows in arrival order, out-of-box rows); marks
     the new ones as seen."""
     rows = _c(rows, np.uint64)

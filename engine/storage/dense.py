@@ -96,4 +96,3 @@ class DenseSet:
             return fresh
         rest = subtract_outside(sets.sort_unique(outside.reshape(-1, 1), np))
         return sets.merge(fresh, rest, self.backend)
-

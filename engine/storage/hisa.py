@@ -69,9 +69,7 @@ def packed_layout(head: Any) -> tuple[str | None, ...] | None:
     return tuple(names)
 
 
-def gather_join(
-    outer: Any, starts: Any, counts: Any, inner_rows: Any, source: list[tuple[int, int]], backend: Backend
-) -> Any:
+def gather_join(outer: Any, starts: Any, counts: Any, inner_rows: Any, source: list[tuple[int, int]], backend: Backend) -> Any:
     """Materialise a join chunk as one (total, len(source)) uint32 table: output column c is
     outer column i (source (0, i)), inner half h (source (1, h)) or zero (source (2, 0))."""
     total = int(counts.sum())
