@@ -139,10 +139,15 @@ class Measured:
     extra: dict = field(default_factory=dict)
 
 
+EXCHANGE = "auto"  # --exchange
+
+
 def measure_run(prog: Any, facts: Any, relation: str, setting: str, client: Any = None, backend: str = "numpy") -> Measured:
     """Time one Program.run and read its statistics."""
     t0 = time.perf_counter()
-    res = prog.run(facts={"edge": facts}, client=client, backend=backend)  # no client: in process
+    # --exchange other than auto only where the build has it (an earlier one, as a baseline, may not)
+    chosen = {"exchange": EXCHANGE} if client is not None and EXCHANGE != "auto" else {}
+    res = prog.run(facts={"edge": facts}, client=client, backend=backend, **chosen)  # no client: in process
     wall = time.perf_counter() - t0
     try:
         stats = res.stats
@@ -309,6 +314,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--repeat", type=int, default=None, help="graph runs: best of N (by wall time) per setting; default 3, 1 with --quick"
     )
     ap.add_argument("--no-single", action="store_true", help="skip the single-process baseline")
+    ap.add_argument(
+        "--exchange",
+        choices=("auto", "mesh", "comm"),
+        default="auto",
+        help="how workers exchange tuples (Program.run's exchange): mesh (direct sockets), comm (Dask's comms) or auto",
+    )
     ap.add_argument("--no-chain", action="store_true", help="skip the per-iteration chain")
     return ap.parse_args(argv)
 
@@ -322,7 +333,10 @@ def describe_graph(path: Path) -> str:
 def start(n: int, threads: bool, backend: str = "numpy") -> tuple[Any, Any]:
     from distributed import Client
 
-    from dask_datalog.cluster.runtime.connect import start_cluster
+    try:
+        from dask_datalog.cluster.runtime.connect import start_cluster
+    except ImportError:  # a build from before cluster/runtime/ (as a baseline)
+        from dask_datalog.cluster.runtime import start_cluster  # type: ignore[attr-defined,no-redef]
 
     cluster = start_cluster(n, backend, processes=not threads)
     return cluster, Client(cluster)
@@ -360,7 +374,9 @@ def worker_env(client: Any, var: str = "OMP_NUM_THREADS") -> str:
 
 
 def main(argv: list[str]) -> int:
+    global EXCHANGE
     args = parse_args(argv)
+    EXCHANGE = args.exchange
     data: Path = args.data.resolve()
     missing = common.missing_data_message(data)
     if missing:
@@ -578,6 +594,7 @@ def main(argv: list[str]) -> int:
         warm,
         *("  " + n for n in cluster_notes),
         f"single: Program.run(..., backend={args.backend!r}) in this process, no client (the baseline)",
+        f"exchange: {args.exchange} (Program.run's exchange= on the clusters)",
         (f"graph runs: best of {repeat} by wall time, each setting; total time of this run: {elapsed:.0f} s"),
         "load average (1, 5, 15 min) at start: "
         + ", ".join(f"{x:.2f}" for x in load_before)

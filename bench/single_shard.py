@@ -123,12 +123,15 @@ def ours_cli() -> list[str]:
     return [sys.executable, "-m", "dask_datalog.cluster.cli"]
 
 
-def ours_engine(program: str, mode: str, backend: str | None) -> Engine:
+def ours_engine(program: str, mode: str, backend: str | None, baseline: Path | None = None) -> Engine:
+    """Our command in ``mode``; with ``baseline`` (a virtual environment holding another build
+    of dask-datalog), that build's command, as the column ``mode (baseline)``."""
     dl = PROGRAMS[program][0]
-    cli = ours_cli()
+    cli = [str(baseline / "bin" / "dask-datalog")] if baseline is not None else ours_cli()
+    name = f"{mode} (baseline)" if baseline is not None else mode
     extra = MODES[mode] + (["--backend", backend] if backend else [])
     rel = output_relation(dl) or ("path" if program == "reach" else program)
-    return Engine(mode, mode, rel, lambda facts, out: [*cli, "run", str(dl), "-F", str(facts), "-D", str(out), "--quiet", *extra])
+    return Engine(name, name, rel, lambda facts, out: [*cli, "run", str(dl), "-F", str(facts), "-D", str(out), "--quiet", *extra])
 
 
 def souffle_binary(peers: Path, program: str, cache: Path) -> Path | None:
@@ -365,6 +368,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="pass --backend to our command (default: not passed, the CLI's auto)",
     )
     ap.add_argument("--repeat", type=int, default=3, help="rounds; each engine runs once per round (default 3)")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="VENV",
+        help="a virtual environment with another build of dask-datalog (an earlier commit, say): its command runs "
+        "as one more engine per mode, alternating with the others, for a before/after table in one sitting",
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="per run, seconds (default 600)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (for docs/benchmarks.md)")
     return ap.parse_args(argv)
@@ -385,6 +395,11 @@ def main(argv: list[str]) -> int:
     if args.repeat < 1:
         log("error: --repeat must be at least 1")
         return 2
+    baseline: Path | None = args.baseline.resolve() if args.baseline else None
+    if baseline is not None and not (baseline / "bin" / "dask-datalog").is_file():
+        log(f"error: no dask-datalog command in {baseline}/bin")
+        return 2
+    columns = modes + ([f"{m} (baseline)" for m in modes] if baseline is not None else [])
     data: Path = args.data.resolve()
     missing = common.missing_data_message(data)
     if missing:
@@ -427,13 +442,14 @@ def main(argv: list[str]) -> int:
         f"ours: `{cli} run examples/PROGRAM.dl -F FACTS -D OUT --quiet"
         + (f" --backend {args.backend}" if args.backend else "")
         + "`, as "
-        + "; ".join(f"{m}: " + (" ".join(MODES[m]) or "no mode flag (where the CLI chooses to run)") for m in modes),
+        + "; ".join(f"{m}: " + (" ".join(MODES[m]) or "no mode flag (where the CLI chooses to run)") for m in modes)
+        + (f"; (baseline): the same with {baseline}/bin/dask-datalog" if baseline is not None else ""),
         "measured: whole command against whole command, each a fresh process writing its output "
         "CSV into an empty directory from the same FACTS/edge.facts; time: wall seconds from "
         "spawn to exit, median of the rounds; RSS: peak summed RSS of the command's process "
         "tree, the largest over the rounds",
         f"runs: {args.repeat} round(s), engines alternating within each round "
-        f"({', '.join((['Soufflé'] if has_peer else []) + modes)}); timeout {args.timeout:.0f} s "
+        f"({', '.join((['Soufflé'] if has_peer else []) + columns)}); timeout {args.timeout:.0f} s "
         "per run; a timed-out or failed engine is not rerun on that workload",
         "rows: lines of each written CSV, checked against SOURCES.md (truth column) and between "
         "engines; !!MISMATCH marks a difference"
@@ -443,12 +459,12 @@ def main(argv: list[str]) -> int:
     headers = ["workload", "truth (rows)"]
     if has_peer:
         headers += ["Soufflé (s)", "Soufflé RSS"]
-    for m in modes:
+    for m in columns:
         headers += [f"{m} (s)", f"{m} RSS"] + ([f"{m}/Soufflé"] if has_peer else [])
     headers.append("rows")
     rows: list[list[str]] = []
     mismatches: list[str] = []
-    ratios: dict[str, list[float]] = {m: [] for m in modes}
+    ratios: dict[str, list[float]] = {m: [] for m in columns}
     converted: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="single_shard-") as tmp_name:
@@ -481,6 +497,8 @@ def main(argv: list[str]) -> int:
             if peer is not None:
                 engines.append(peer)
             engines += [ours_engine(program, m, args.backend) for m in modes]
+            if baseline is not None:
+                engines += [ours_engine(program, m, args.backend, baseline) for m in modes]
             outcomes = {e.key: Outcome() for e in engines}
             for r in range(args.repeat):
                 for e in engines:
@@ -503,7 +521,7 @@ def main(argv: list[str]) -> int:
             s = outcomes.get("souffle")
             if has_peer:
                 row += [s.time_cell(), s.rss_cell()] if s is not None else ["absent", "-"]
-            for m in modes:
+            for m in columns:
                 o = outcomes[m]
                 row += [o.time_cell(), o.rss_cell()]
                 if has_peer:
@@ -516,7 +534,7 @@ def main(argv: list[str]) -> int:
 
     if has_peer:
         gm_row = ["geomean", ""] + ["", ""]
-        for m in modes:
+        for m in columns:
             gm = common.geomean(ratios[m])
             gm_row += ["", "", fmt_ratio(gm) + (f" (n={len(ratios[m])})" if gm else "")]
         gm_row.append("")

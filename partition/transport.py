@@ -6,7 +6,8 @@ process), spmd/mesh.py (direct sockets between Dask workers) and cluster/runtime
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,3 +80,35 @@ class LocalTransport:
 
     def allgather(self, part: Any) -> list[Any]:
         return self.alltoall([part])
+
+
+class Rounds:
+    """What a transport between processes does around each round, whatever moves the bytes: the
+    round's number, the stop check (at most every ``poll_s``, also when rounds never wait), the
+    statistics. ``run(parts, exchange)`` calls ``exchange(seq, {peer: part})``, which returns
+    what each peer sent and when this shard's sends were done."""
+
+    def __init__(self, rank: int, size: int, check: Callable[[], None], poll_s: float):
+        self.rank, self.size, self.check, self.poll_s = rank, size, check, poll_s
+        self.seq = 0
+        self.stats = TransportStats()
+        self._checked = time.monotonic()
+
+    def run(self, parts: Sequence[Any], exchange: Callable[[int, dict[int, Any]], tuple[dict[int, Any], float]]) -> list[Any]:
+        if len(parts) != self.size:
+            raise ValueError(f"{len(parts)} parts for {self.size} shards")
+        self.seq += 1
+        self.stats.rounds += 1
+        now = time.monotonic()
+        if now - self._checked >= self.poll_s:
+            self._checked = now
+            self.check()
+        peers = [p for p in range(self.size) if p != self.rank]
+        t0 = time.perf_counter()
+        received, sent_at = exchange(self.seq, {p: parts[p] for p in peers})
+        self.stats.send_s += sent_at - t0
+        self.stats.wait_s += time.perf_counter() - sent_at
+        self.stats.bytes_sent += sum(payload_bytes(parts[p]) for p in peers)
+        self.stats.bytes_received += sum(payload_bytes(received[p]) for p in peers)
+        received[self.rank] = parts[self.rank]
+        return [received[p] for p in range(self.size)]

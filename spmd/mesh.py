@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dask_datalog.engine.errors import PeerLost
-from dask_datalog.partition.transport import TransportStats, payload_bytes
+from dask_datalog.partition.transport import Rounds
 
 _HEADER = struct.Struct("<QI")  # round number, frame count
 _LENGTH = struct.Struct("<Q")
@@ -248,30 +248,12 @@ class MeshTransport:
         self.mesh = mesh
         self.rank = mesh.rank
         self.size = mesh.size
-        self.check = check
         self.poll_s = poll_s
-        self.seq = 0
-        self.stats = TransportStats()
-        self._checked = time.monotonic()
+        self.rounds = Rounds(mesh.rank, mesh.size, check, poll_s)
+        self.stats = self.rounds.stats
 
     def alltoall(self, parts: Sequence[Any]) -> list[Any]:
-        if len(parts) != self.size:
-            raise ValueError(f"{len(parts)} parts for {self.size} shards")
-        self.seq += 1
-        self.stats.rounds += 1
-        now = time.monotonic()
-        if now - self._checked >= self.poll_s:  # rounds that never wait still notice a stop
-            self._checked = now
-            self.check()
-        peers = [p for p in range(self.size) if p != self.rank]
-        t0 = time.perf_counter()
-        received, sent_at = self.mesh.exchange(self.seq, {p: parts[p] for p in peers}, self.poll_s, self.check)
-        self.stats.send_s += sent_at - t0
-        self.stats.wait_s += time.perf_counter() - sent_at
-        self.stats.bytes_sent += sum(payload_bytes(parts[p]) for p in peers)
-        self.stats.bytes_received += sum(payload_bytes(received[p]) for p in peers)
-        received[self.rank] = parts[self.rank]
-        return [received[p] for p in range(self.size)]
+        return self.rounds.run(parts, lambda seq, out: self.mesh.exchange(seq, out, self.poll_s, self.rounds.check))
 
     def allgather(self, part: Any) -> list[Any]:
         return self.alltoall([part] * self.size)

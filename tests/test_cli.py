@@ -191,6 +191,11 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
     ]
 
 
+def cli_command(*args: object) -> list[str]:
+    """``dask-datalog run ARGS`` as a command line for a subprocess."""
+    return [sys.executable, "-m", "dask_datalog.cluster.cli", "run", *map(str, args)]
+
+
 def summary(mode: str, workers: int | None = None) -> str:
     """The line a successful run ends with on stderr."""
     count = r"\d+ workers?" if workers is None else f"{workers} worker{'s' if workers != 1 else ''}"
@@ -212,20 +217,7 @@ def test_the_run_goes_where_it_is_fastest_and_says_where(
     """Without a GPU one process is fastest: the default runs in process; the summary line and
     the statistics say where the run went and why."""
     stats = tmp_path / "stats.json"
-    command = [
-        sys.executable,
-        "-m",
-        "dask_datalog.cluster.cli",
-        "run",
-        str(REACH),
-        "-F",
-        str(FACTS),
-        "-D",
-        str(tmp_path),
-        "--stats",
-        str(stats),
-        *flags,
-    ]
+    command = cli_command(str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--stats", str(stats), *flags)
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert re.fullmatch(summary(mode, workers), run.stderr), run.stderr
@@ -246,7 +238,7 @@ def test_user_errors_are_one_line_on_stderr(tmp_path: Path, where: list[str], re
     for case, args, _ in cases:
         out = tmp_path / "out" / case
         out.mkdir(parents=True)
-        command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", *args, "-D", str(out), *where]
+        command = cli_command(*args, "-D", str(out), *where)
         runs.append(subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     for (case, _, expected), run in zip(cases, runs):
         _, err = run.communicate(timeout=240)
@@ -264,7 +256,7 @@ def test_user_errors_are_one_line_on_stderr(tmp_path: Path, where: list[str], re
 def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
     """`-D - | head`: the pipe closes under the CLI; no error line, exit 141 as for SIGPIPE."""
     big = ROOT / "tests" / "data" / "cal.cedge"
-    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(big), "-D", "-", "--no-cluster"]
+    command = cli_command(str(REACH), "-F", str(big), "-D", "-", "--no-cluster")
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert run.stdout is not None and run.stdout.read(64)
     run.stdout.close()
@@ -272,28 +264,23 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
     assert (run.returncode, err) == (141, b"")
 
 
-def test_progress_line_on_a_terminal_follows_every_phase(tmp_path: Path) -> None:
-    """On a terminal (a pseudo-terminal here) the line says where the run goes, follows the
-    iterations, then the bytes each output has written; the run ends with the summary."""
+def on_a_terminal(args: list[str]) -> tuple[int, str, str]:
+    """``dask-datalog run ARGS`` with stderr on a pseudo-terminal (where the progress line shows)
+    and stdout a pipe: its exit status, what the terminal showed (escape codes removed), its
+    stdout."""
     import os
     import pty
+    import threading
 
     primary, secondary = pty.openpty()
-    command = [
-        sys.executable,
-        "-m",
-        "dask_datalog.cluster.cli",
-        "run",
-        str(REACH),
-        "-F",
-        str(ROOT / "tests" / "data" / "cal.cedge"),
-        "-D",
-        str(tmp_path),
-    ]
+    command = cli_command(*args)
     run = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+        command, stdout=subprocess.PIPE, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"}
     )
     os.close(secondary)
+    stdout: list[bytes] = []
+    reader = threading.Thread(target=lambda: stdout.append(run.stdout.read()))  # type: ignore[union-attr]
+    reader.start()
     screen = b""
     while True:
         try:
@@ -303,8 +290,16 @@ def test_progress_line_on_a_terminal_follows_every_phase(tmp_path: Path) -> None
         if not chunk:
             break
         screen += chunk
-    assert run.wait(timeout=120) == 0
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode())
+    reader.join(120)
+    status = run.wait(timeout=120)
+    return status, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace")), stdout[0].decode()
+
+
+def test_progress_line_on_a_terminal_follows_every_phase(tmp_path: Path) -> None:
+    """On a terminal (a pseudo-terminal here) the line says where the run goes, follows the
+    iterations, then the bytes each output has written; the run ends with the summary."""
+    status, text, _ = on_a_terminal([str(REACH), "-F", str(ROOT / "tests" / "data" / "cal.cedge"), "-D", str(tmp_path)])
+    assert status == 0
     size = (tmp_path / "path.csv").stat().st_size
     assert "in process (one process is fastest on one machine)" in text
     assert re.search(r"stratum 1/1  iteration \d+  delta [\d,]+", text), text
@@ -316,46 +311,16 @@ def test_progress_line_on_a_terminal_follows_every_phase(tmp_path: Path) -> None
 def test_outputs_on_stdout_stay_there_while_the_progress_line_is_on_a_terminal(tmp_path: Path, where: list[str]) -> None:
     """-D - with stderr on a terminal (the progress line shown) and stdout redirected: the
     relations and .printsize lines reach stdout, not the terminal."""
-    import os
-    import pty
-
-    primary, secondary = pty.openpty()
-    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(FACTS), "-D", "-", *where]
-    run = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"}
-    )
-    os.close(secondary)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(primary, 1 << 16)
-        except OSError:  # the child closed its end
-            break
-        if not chunk:
-            break
-        screen += chunk
-    stdout = run.communicate(timeout=120)[0].decode()
-    assert run.returncode == 0
+    status, screen, stdout = on_a_terminal([str(REACH), "-F", str(FACTS), "-D", "-", *where])
+    assert status == 0
     assert stdout.startswith("---------------\npath\n===============\n") and stdout.count("\n") > 4, stdout
-    assert "===============" not in screen.decode(errors="replace"), screen
+    assert "===============" not in screen, screen
 
 
 def test_a_cluster_without_workers_is_one_line(tmp_path: Path) -> None:
     """--scheduler before any worker joined: one line and exit 1, not a traceback."""
     with LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
-        command = [
-            sys.executable,
-            "-m",
-            "dask_datalog.cluster.cli",
-            "run",
-            str(REACH),
-            "-F",
-            str(FACTS),
-            "-D",
-            str(tmp_path),
-            "--scheduler",
-            cluster.scheduler_address,
-        ]
+        command = cli_command(str(REACH), "-F", str(FACTS), "-D", str(tmp_path), "--scheduler", cluster.scheduler_address)
         run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr
     assert run.stderr == "error: the Dask cluster has no workers (yet): start some, or wait for them to join\n"
@@ -384,7 +349,7 @@ def test_the_summary_time_is_the_commands_wall_time(tmp_path: Path, where: list[
     never more than the wall time measured outside (psutil's process start time made it up to a
     second more), and short of it only by the interpreter's exit after the line (measured: a
     few ms; the bound here leaves room for a loaded machine)."""
-    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "run", str(REACH), "-F", str(FACTS), "-D", str(tmp_path), *where]
+    command = cli_command(str(REACH), "-F", str(FACTS), "-D", str(tmp_path), *where)
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     outside = time.monotonic() - started

@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from netns import Namespaces
 from test_cli import summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,124 +91,24 @@ def stop(processes: list[subprocess.Popen], grace: float = 5) -> None:
         process.wait()
 
 
-class Hosts:
-    """Hosts 0..count-1 as network namespaces of this machine. Host i has 10.78.x.(i+2)/24 on
-    ddmh<x>v<i>p, whose peer ddmh<x>v<i> is a port of the bridge ddmhbr<x>; the bridge has
-    10.78.x.1 (this machine: the client) and is every host's default route (without a route
-    there, Dask's get_ip() falls back to 127.0.0.1). x is the first subnet that no address, route
-    or namespace here uses: runs side by side take different ones."""
+HOSTS = ("h0", "h1", "h2")  # the scheduler's, then the workers'
 
-    def __init__(self, count: int):
-        self.count = count
-        self.subnet = 0
 
-    @property
-    def bridge(self) -> str:
-        return f"ddmhbr{self.subnet}"
+def counters(hosts: Namespaces) -> dict[str, int]:
+    """Bytes through this machine's ends of the links: ``<veth>.rx`` what a host sent,
+    ``<veth>.tx`` what it was sent; ``<bridge>.rx`` what this machine received from the hosts
+    (not what the bridge forwards from port to port)."""
+    found = {}
+    for dev in (hosts.bridge, *map(hosts.veth, hosts.names)):
+        for way in ("rx", "tx"):
+            found[f"{dev}.{way}"] = int(Path(f"/sys/class/net/{dev}/statistics/{way}_bytes").read_text())
+    return found
 
-    @property
-    def gateway(self) -> str:
-        return f"10.78.{self.subnet}.1"
 
-    def address(self, i: int) -> str:
-        return f"10.78.{self.subnet}.{i + 2}"
-
-    def netns(self, i: int) -> str:
-        return f"ddmh{self.subnet}-h{i}"
-
-    def veth(self, i: int) -> str:
-        return f"ddmh{self.subnet}v{i}"
-
-    def create(self) -> None:
-        """The bridge, then each host's namespace and veth pair; a skip saying why when the
-        machine does not allow them."""
-        if os.geteuid() != 0:
-            pytest.skip("network namespaces, veths and a bridge need root")
-        missing = [c for c in ("ip", "nsenter", "ss") if not shutil.which(c)]
-        if missing:
-            pytest.skip(f"the hosts' namespaces need {', '.join(missing)} (iproute2, util-linux)")
-        used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-        used += subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-        for x in range(1, 255):
-            if f"10.78.{x}." in used or any(Path("/run/netns").glob(f"ddmh{x}-*")):
-                continue
-            # Creating the bridge claims the subnet: a run beside this one takes another.
-            done = subprocess.run(["ip", "link", "add", f"ddmhbr{x}", "type", "bridge"], capture_output=True, text=True)
-            if "File exists" not in done.stderr:
-                break
-        else:
-            pytest.skip("no free subnet 10.78.x.0/24 for the hosts' bridge")
-        if done.returncode != 0:
-            pytest.skip(f"cannot create a bridge (ip link add type bridge): {done.stderr.strip()}")
-        self.subnet = x
-        commands = [["ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge], ["ip", "link", "set", self.bridge, "up"]]
-        for i in range(self.count):
-            ns, veth = self.netns(i), self.veth(i)
-            commands += [
-                ["ip", "netns", "add", ns],
-                ["ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}p"],
-                ["ip", "link", "set", f"{veth}p", "netns", ns],
-                ["ip", "link", "set", veth, "master", self.bridge, "up"],
-                ["ip", "-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", f"{veth}p"],
-                ["ip", "-n", ns, "link", "set", f"{veth}p", "up"],
-                ["ip", "-n", ns, "link", "set", "lo", "up"],
-                ["ip", "-n", ns, "route", "add", "default", "via", self.gateway],
-            ]
-        for command in commands:
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                self.remove()
-                pytest.skip(f"cannot create the hosts' namespaces: {' '.join(command)}: {done.stderr.strip()}")
-
-    def command(self, i: int, *command: object) -> list[str]:
-        """``command`` on host i. nsenter joins the namespace and execs: the PID started is the
-        command's own, and nothing is remounted (`ip netns exec` remounts /sys)."""
-        return ["nsenter", f"--net=/run/netns/{self.netns(i)}", "--", *map(str, command)]
-
-    def link(self, i: int, state: str) -> None:
-        """Host i's cable at the bridge's end: down, the bridge drops every frame to and from it."""
-        subprocess.run(["ip", "link", "set", self.veth(i), state], check=True)
-
-    def counters(self) -> dict[str, int]:
-        """Bytes through this machine's ends of the links: ``<veth>.rx`` what host i sent,
-        ``<veth>.tx`` what it was sent; ``<bridge>.rx`` what this machine received from the
-        hosts (not what the bridge forwards from port to port)."""
-        found = {}
-        for dev in (self.bridge, *map(self.veth, range(self.count))):
-            for way in ("rx", "tx"):
-                found[f"{dev}.{way}"] = int(Path(f"/sys/class/net/{dev}/statistics/{way}_bytes").read_text())
-        return found
-
-    def connections(self, i: int) -> list[tuple[str, str]]:
-        """Host i's established TCP connections, (local, peer) as `ss` prints them."""
-        out = subprocess.run(self.command(i, "ss", "-tnH", "state", "established"), capture_output=True, text=True).stdout
-        return [(f[-2], f[-1]) for f in (line.split() for line in out.splitlines()) if len(f) >= 4]
-
-    def pids(self, i: int) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.netns(i)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
-
-    def remove(self) -> None:
-        """Kill by PID whatever still runs in the namespaces (a namespace with a process in it
-        outlives `ip netns del`, unnamed, with its veth), delete them, any veth left (the kernel
-        deletes a namespace's devices a moment after the namespace) and the bridge."""
-        if not self.subnet:
-            return
-        for i in range(self.count):
-            for pid in self.pids(i):
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(pid).kill()
-            until(lambda i=i: not self.pids(i), 10, lambda i=i: f"processes left in {self.netns(i)}: {self.pids(i)}")
-            subprocess.run(["ip", "netns", "del", self.netns(i)], capture_output=True)
-            subprocess.run(["ip", "link", "del", self.veth(i)], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-    def left(self) -> list[str]:
-        """Whatever of this subnet's namespaces and links is still there."""
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        return [p.name for p in Path("/run/netns").glob(f"ddmh{self.subnet}-h*")] + re.findall(
-            rf"^\d+: (ddmhbr{self.subnet}|ddmh{self.subnet}v\d+p?)[@:]", links, re.M
-        )
+def connections(hosts: Namespaces, name: str) -> list[tuple[str, str]]:
+    """Host ``name``'s established TCP connections, (local, peer) as `ss` prints them."""
+    out = subprocess.run(hosts.command(name, "ss", "-tnH", "state", "established"), capture_output=True, text=True).stdout
+    return [(f[-2], f[-1]) for f in (line.split() for line in out.splitlines()) if len(f) >= 4]
 
 
 class Cluster:
@@ -216,7 +116,7 @@ class Cluster:
     listening on and advertising its host's address (--host: the address the scheduler, the
     client and the other workers use), scratch space and logs in ``root``."""
 
-    def __init__(self, root: Path, hosts: Hosts):
+    def __init__(self, root: Path, hosts: Namespaces):
         self.root, self.hosts = root, hosts
         self.scheduler_file = root / "scheduler.json"
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -232,11 +132,11 @@ class Cluster:
         self._start(
             "scheduler",
             self.hosts.command(
-                HEAD,
+                HOSTS[HEAD],
                 DASK,
                 "scheduler",
                 "--host",
-                self.hosts.address(HEAD),
+                self.hosts.address(HOSTS[HEAD]),
                 "--port",
                 0,
                 "--no-dashboard",
@@ -245,18 +145,18 @@ class Cluster:
             ),
         )
         until(self.scheduler_file.exists, 30, lambda: f"no scheduler file; {self.log('scheduler')}")
-        workers = range(1, self.hosts.count)
+        workers = range(1, len(self.hosts.names))
         for i in workers:
             (self.root / f"worker{i}").mkdir()
             self._start(
                 f"worker{i}",
                 self.hosts.command(
-                    i,
+                    HOSTS[i],
                     DASK,
                     "worker",
                     self.address,
                     "--host",
-                    self.hosts.address(i),
+                    self.hosts.address(HOSTS[i]),
                     "--nthreads",
                     1,
                     "--no-dashboard",
@@ -292,8 +192,8 @@ class Cluster:
         job's direct sockets (mesh.py), there while a phase runs. (Dask's own connections
         between the workers, to a worker's port, outlive the job that opened them.)"""
         dask = {a.removeprefix("tcp://") for a in (*self.workers.values(), *self.nannies.values())}
-        peer = f"{self.hosts.address(2)}:"
-        return [(a, b) for a, b in self.hosts.connections(1) if b.startswith(peer) and a not in dask and b not in dask]
+        peer = f"{self.hosts.address(HOSTS[2])}:"
+        return [(a, b) for a, b in connections(self.hosts, HOSTS[1]) if b.startswith(peer) and a not in dask and b not in dask]
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +202,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     comes last. Everything of it is removed after, whatever the tests did."""
     if not COMMAND.exists():
         pytest.skip(f"needs the installed command in {VENV}")
-    hosts = Hosts(3)
+    hosts = Namespaces(HOSTS, prefix="ddmh", octet=78, tools=("ip", "nsenter", "ss"))
     cluster = Cluster(tmp_path_factory.mktemp("cluster"), hosts)
     try:
         hosts.create()
@@ -343,10 +243,10 @@ def _finish(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
 def test_a_job_on_two_hosts_exchanges_over_the_veths_and_writes_what_one_process_writes(cluster: Cluster, base: Path) -> None:
     hosts = cluster.hosts
     for i in (1, 2):
-        assert cluster.workers[i].startswith(f"tcp://{hosts.address(i)}:") and cluster.nannies[i].startswith(
-            f"tcp://{hosts.address(i)}:"
+        assert cluster.workers[i].startswith(f"tcp://{hosts.address(HOSTS[i])}:") and cluster.nannies[i].startswith(
+            f"tcp://{hosts.address(HOSTS[i])}:"
         )
-    before = hosts.counters()
+    before = counters(hosts)
     process = cluster.run(base / "facts", base / "out")
     try:
         until(lambda: cluster.mesh() or process.poll() is not None, 30, "no connection from host 1 to host 2")
@@ -354,7 +254,7 @@ def test_a_job_on_two_hosts_exchanges_over_the_veths_and_writes_what_one_process
         stdout, stderr = _finish(process, 120)
     finally:
         stop([process])
-    after = hosts.counters()
+    after = counters(hosts)
     assert process.returncode == 0, stderr
     assert re.fullmatch(summary("cluster", 2), stderr), stderr
     assert stdout == f"path\t{PATHS}\n"
@@ -362,10 +262,10 @@ def test_a_job_on_two_hosts_exchanges_over_the_veths_and_writes_what_one_process
     # What the workers sent, less all that went to the head or to this machine: at least what
     # went from worker to worker (about 8.6 MB of 9.6 MB), where the head sent about 0.5 MB.
     delta = {k: after[k] - before[k] for k in after}
-    sent = delta[f"{hosts.veth(1)}.rx"] + delta[f"{hosts.veth(2)}.rx"]
-    worker_to_worker = sent - delta[f"{hosts.veth(HEAD)}.tx"] - delta[f"{hosts.bridge}.rx"]
+    sent = delta[f"{hosts.veth(HOSTS[1])}.rx"] + delta[f"{hosts.veth(HOSTS[2])}.rx"]
+    worker_to_worker = sent - delta[f"{hosts.veth(HOSTS[HEAD])}.tx"] - delta[f"{hosts.bridge}.rx"]
     assert worker_to_worker > 2_000_000, delta
-    assert worker_to_worker > 5 * delta[f"{hosts.veth(HEAD)}.rx"], delta
+    assert worker_to_worker > 5 * delta[f"{hosts.veth(HOSTS[HEAD])}.rx"], delta
 
 
 def test_a_host_cut_off_mid_run_costs_a_retry_not_the_answer(cluster: Cluster, base: Path) -> None:
@@ -376,7 +276,7 @@ def test_a_host_cut_off_mid_run_costs_a_retry_not_the_answer(cluster: Cluster, b
         until(lambda: cluster.mesh() or process.poll() is not None, 30, "no connection from host 1 to host 2")
         time.sleep(1.0)  # into the fixpoint, which takes about 3 s on two workers
         assert process.poll() is None, "the job ended before the cut"
-        hosts.link(2, "down")
+        hosts.link(HOSTS[2], "down")
         cut = time.monotonic()
         stdout, stderr = _finish(process, 120)
         ended = time.monotonic()

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from netns import Namespaces
 from test_worker_loss import REACH, chain, cli
 
 pytestmark = pytest.mark.slurm
@@ -103,103 +104,12 @@ class Job:
         return self.log.read_text() if self.log.exists() else ""
 
 
-class Network:
-    """Nodes as Linux namespaces of this machine: each a network namespace, with its address on a
-    bridge of the host (10.77.x.0/24, a subnet the host does not use) and a default route through
-    the bridge (where Dask's get_ip() finds the node's address), and a UTS namespace with the
-    node's hostname for its slurmd. The file system is the host's: it stands for a shared one."""
-
-    def __init__(self, count: int):
-        self.names = [f"dd-node{i}" for i in range(1, count + 1)]
-        self.subnet = 0  # the x of 10.77.x.0/24 once its bridge exists
-        self.namespaces: dict[str, str] = {}  # /proc/PID/ns/net of a node's processes -> the node
-
-    @property
-    def gateway(self) -> str:
-        return f"10.77.{self.subnet}.1"
-
-    def address(self, node: str) -> str:
-        return f"10.77.{self.subnet}.{self.names.index(node) + 2}"
-
-    def _netns(self, node: str) -> str:
-        return f"dd{self.subnet}-{node}"
-
-    def _veth(self, node: str) -> str:
-        return f"dd{self.subnet}n{self.names.index(node) + 1}"
-
-    def create(self) -> None:
-        """The bridge, then each node's namespace and veth pair; a skip saying why when the
-        machine does not allow them."""
-        missing = [c for c in ("ip", "nsenter", "unshare", "hostname") if not shutil.which(c)]
-        if missing:
-            pytest.skip(f"the nodes' namespaces need {', '.join(missing)}")
-        used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-        used += subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-        for x in range(1, 255):
-            if f"10.77.{x}." in used or any(Path("/run/netns").glob(f"dd{x}-*")):
-                continue
-            # Creating the bridge claims the subnet: a test run beside this one takes another.
-            done = subprocess.run(["ip", "link", "add", f"ddbr{x}", "type", "bridge"], capture_output=True, text=True)
-            if "File exists" not in done.stderr:
-                break
-        else:
-            pytest.skip("no free subnet 10.77.x.0/24 for the nodes' bridge")
-        if done.returncode != 0:
-            pytest.skip(f"cannot create a bridge for the nodes' namespaces: {done.stderr.strip()}")
-        self.subnet = x
-        bridge = f"ddbr{x}"
-        commands = [["ip", "addr", "add", f"{self.gateway}/24", "dev", bridge], ["ip", "link", "set", bridge, "up"]]
-        for node in self.names:
-            ns, veth = self._netns(node), self._veth(node)
-            commands += [
-                ["ip", "netns", "add", ns],
-                ["ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}p"],
-                ["ip", "link", "set", f"{veth}p", "netns", ns],
-                ["ip", "link", "set", veth, "master", bridge, "up"],
-                ["ip", "-n", ns, "addr", "add", f"{self.address(node)}/24", "dev", f"{veth}p"],
-                ["ip", "-n", ns, "link", "set", f"{veth}p", "up"],
-                ["ip", "-n", ns, "link", "set", "lo", "up"],
-                ["ip", "-n", ns, "route", "add", "default", "via", self.gateway],
-            ]
-        for command in commands:
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.skip(f"cannot create the nodes' namespaces: {' '.join(command)}: {done.stderr.strip()}")
-        self.namespaces = {f"net:[{os.stat(f'/run/netns/{self._netns(n)}').st_ino}]": n for n in self.names}
-
-    def command(self, node: str, *command: str) -> list[str]:
-        """``command`` on ``node``: in its network namespace, with its hostname. nsenter, not `ip
-        netns exec`, which remounts /sys, hiding /sys/fs/cgroup from slurmd ("Unable to
-        initialize cgroup plugin")."""
-        return [
-            "nsenter",
-            f"--net=/run/netns/{self._netns(node)}",
-            "--",
-            "unshare",
-            "--uts",
-            "--",
-            "sh",
-            "-c",
-            'hostname "$0" && exec "$@"',
-            node,
-            *command,
-        ]
-
-    def node_of(self, pid: int) -> str | None:
-        """The node a process runs on; None for the host."""
-        try:
-            return self.namespaces.get(os.readlink(f"/proc/{pid}/ns/net"))
-        except OSError:
-            return None
-
-    def remove(self) -> None:
-        """Whatever of the namespaces, veth pairs and bridge exists, once their processes are gone."""
-        if not self.subnet:
-            return
-        for node in self.names:
-            subprocess.run(["ip", "netns", "del", self._netns(node)], capture_output=True)
-            subprocess.run(["ip", "link", "del", self._veth(node)], capture_output=True)  # gone with its namespace, or not
-        subprocess.run(["ip", "link", "del", f"ddbr{self.subnet}"], capture_output=True)
+def slurm_nodes(count: int) -> Namespaces:
+    """SLURM nodes dd-node1 .. dd-node<count> as namespaces of this machine (netns.py), each
+    with its address on a bridge (10.77.x.0/24) and, for its slurmd, a hostname of its own."""
+    return Namespaces(
+        [f"dd-node{i}" for i in range(1, count + 1)], prefix="dd", octet=77, tools=("ip", "nsenter", "unshare", "hostname")
+    )
 
 
 class Slurm:
@@ -207,7 +117,7 @@ class Slurm:
     host itself; or, given a ``network``, its nodes, one slurmd in each namespace, slurmctld on the
     host's bridge address. Its daemons and its jobs' processes carry its ``SLURM_CONF``."""
 
-    def __init__(self, root: Path, network: Network | None = None):
+    def __init__(self, root: Path, network: Namespaces | None = None):
         self.root = root
         self.network = network
         self.conf = root / "slurm.conf"
@@ -299,7 +209,7 @@ PartitionName=test Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
         for node in nodes:
             (r / f"spool-{node}").mkdir()
             slurmd = ["slurmd", "-D", "-f", str(self.conf), "-N", node]
-            self._daemon(f"slurmd-{node}", self.network.command(node, *slurmd) if self.network else slurmd)
+            self._daemon(f"slurmd-{node}", self.network.command(node, *slurmd, hostname=True) if self.network else slurmd)
 
         def idle() -> bool:
             done = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=self.env, capture_output=True, text=True)
@@ -419,7 +329,7 @@ PartitionName=test Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
         pytest.fail(f"no {TIME_LIMIT_PASS!r} line in {log} for 40 s")
 
 
-def _running(root: Path, network: Network | None = None) -> Iterator[Slurm]:
+def _running(root: Path, network: Namespaces | None = None) -> Iterator[Slurm]:
     if not (VENV / "bin" / "dask-datalog").exists():
         pytest.skip(f"needs the installed command in {VENV}")
     _install_slurm()
@@ -439,7 +349,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
     """A second private SLURM: two nodes, dd-node1 and dd-node2, in namespaces of this machine."""
-    yield from _running(tmp_path_factory.mktemp("slurm-two-nodes"), Network(2))
+    yield from _running(tmp_path_factory.mktemp("slurm-two-nodes"), slurm_nodes(2))
 
 
 def _chain_facts(root: Path, n: int) -> Path:

@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 import pytest
 from distributed import Client, LocalCluster
-from test_worker_loss import REACH, assert_no_job_left, chain, cli, hard_timeout, outputs
+from test_worker_loss import REACH, assert_no_job_left, chain, cli, hard_timeout, outputs, start_scheduler
 
 from dask_datalog.cluster import Program
 from dask_datalog.cluster.cli.main import build_parser
@@ -212,22 +212,7 @@ def test_scancel_of_an_external_cluster_ends_resumable_and_quiet(long_chain: dic
     exit 1 (not killed by the late signal), and its checkpoint resumes as well."""
     scheduler_file = tmp_path / "scheduler.json"
     checkpoint = tmp_path / "ckpt"
-    cluster = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "distributed.cli.dask_scheduler",
-                "--scheduler-file",
-                str(scheduler_file),
-                "--port",
-                "0",
-                "--dashboard-address",
-                ":0",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-    ]
+    cluster = [start_scheduler(scheduler_file)]
     try:
         wait_for(scheduler_file)
         cluster.append(

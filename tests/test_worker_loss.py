@@ -248,26 +248,17 @@ def _job_state(dask_worker: object) -> tuple[int, list[str], int]:
     return len(dask_worker.plugins[PLUGIN_NAME].runs), tasks, shards  # type: ignore[attr-defined]
 
 
+def start_scheduler(scheduler_file: Path) -> subprocess.Popen[bytes]:
+    """A `dask scheduler` of its own, any port, writing ``scheduler_file`` (stop it by PID)."""
+    command = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(scheduler_file)]
+    return subprocess.Popen([*command, "--port", "0", "--dashboard-address", ":0"], stderr=subprocess.DEVNULL)
+
+
 def test_a_lost_worker_that_does_not_come_back_leaves_the_job_on_fewer(tmp_path: Path) -> None:
     """Three workers without nannies: the killed one stays dead, and after ``rejoin_s`` the
     retry re-hashes the latest checkpoint onto the two left."""
     scheduler_file = tmp_path / "scheduler.json"
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "distributed.cli.dask_scheduler",
-                "--scheduler-file",
-                str(scheduler_file),
-                "--port",
-                "0",
-                "--dashboard-address",
-                ":0",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-    ]
+    processes = [start_scheduler(scheduler_file)]
     try:
         with hard_timeout(90):
             while not scheduler_file.exists():

@@ -24,7 +24,7 @@ from distributed.comm.core import CommClosedError, connect, listen
 
 from dask_datalog.cluster.runtime import dask_adapter
 from dask_datalog.engine.errors import PeerLost
-from dask_datalog.partition.transport import TransportStats, payload_bytes
+from dask_datalog.partition.transport import Rounds, payload_bytes
 
 INLINE_BELOW = 1 << 20  # parts with less array data travel as one pickle (cheapest for small rounds)
 CONNECT_S = 60.0  # how long a phase waits for its lower-ranked peers to connect
@@ -53,13 +53,12 @@ class CommTransport:
         self.phase, self.rank, self.size = phase, rank, size
         self.connection_args, self.serializers = connection_args, serializers
         self.check, self.poll_s = check, poll_s
-        self.seq = 0
-        self.stats = TransportStats()
+        self.rounds = Rounds(rank, size, check, poll_s)
+        self.stats = self.rounds.stats
         self.endpoints: dict[int, Any] = {}
         self.loop = asyncio.new_event_loop()  # never the thread's current loop: run only here
         self.listener: Any = None
         self._accepted = asyncio.Event()
-        self._checked = time.monotonic()
         try:
             self.address = self._run(self._listen(listen_address, listen_args))
         except BaseException:
@@ -102,23 +101,7 @@ class CommTransport:
     # -- rounds ------------------------------------------------------------------------------------
 
     def alltoall(self, parts: Sequence[Any]) -> list[Any]:
-        if len(parts) != self.size:
-            raise ValueError(f"{len(parts)} parts for {self.size} workers")
-        self.seq += 1
-        self.stats.rounds += 1
-        now = time.monotonic()
-        if now - self._checked >= self.poll_s:  # rounds that never wait still notice a stop
-            self._checked = now
-            self.check()
-        peers = [p for p in range(self.size) if p != self.rank]
-        t0 = time.perf_counter()
-        received, sent_at = self._round(self._exchange(self.seq, {p: parts[p] for p in peers}))
-        self.stats.send_s += sent_at - t0
-        self.stats.wait_s += time.perf_counter() - sent_at
-        self.stats.bytes_sent += sum(payload_bytes(parts[p]) for p in peers)
-        self.stats.bytes_received += sum(payload_bytes(received[p]) for p in peers)
-        received[self.rank] = parts[self.rank]
-        return [received[p] for p in range(self.size)]
+        return self.rounds.run(parts, lambda seq, out: self._round(self._exchange(seq, out)))
 
     def allgather(self, part: Any) -> list[Any]:
         return self.alltoall([part] * self.size)
