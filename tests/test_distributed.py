@@ -408,3 +408,35 @@ def test_failure_on_process_workers_stops_the_mesh(process_client: Client, tmp_p
     result = example("reach").run(fact_dir=EXAMPLES / "facts" / "reach", backend="numpy", client=process_client)
     assert result.tuples("path") == single_shard("reach")["path"]
     result.close()
+
+
+def test_a_closing_worker_waits_for_its_heartbeat_in_flight(caplog: pytest.LogCaptureFixture) -> None:
+    """distributed's ``Worker.close`` closes its connections under a heartbeat in flight, which
+    logs an ERROR with a traceback after a clean shutdown (seen at the end of a SLURM job under
+    load); the plugin's teardown lets the heartbeat finish first. The scheduler here answers
+    heartbeats slowly, so the worker closes while one is in flight."""
+    import asyncio
+    import logging
+
+    from distributed import Scheduler, Worker
+
+    from dask_datalog.cluster.runtime.plugin import DatalogPlugin
+
+    async def close_during_a_heartbeat() -> None:
+        async with Scheduler(port=0, dashboard_address=":0") as scheduler:
+            answer = scheduler.handlers["heartbeat_worker"]
+            asked = asyncio.Event()
+
+            async def slowly(**message: Any) -> Any:
+                asked.set()
+                await asyncio.sleep(0.5)
+                return answer(**message)
+
+            scheduler.handlers["heartbeat_worker"] = slowly
+            worker = await Worker(scheduler.address, nthreads=1, plugins={DatalogPlugin()})
+            await asyncio.wait_for(asked.wait(), 10)
+            await worker.close()
+
+    with caplog.at_level(logging.WARNING, logger="distributed.worker"):
+        asyncio.run(close_during_a_heartbeat())
+    assert not [r for r in caplog.records if r.name == "distributed.worker" and r.levelno >= logging.WARNING], caplog.text

@@ -11,6 +11,7 @@ Every test runs under a hard timeout: the bug this guards against is a hang.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -30,6 +31,8 @@ from test_checkpoint import MIXED
 from test_cli import summary
 
 from dask_datalog.cluster import Program
+from dask_datalog.cluster.runtime import dask_adapter
+from dask_datalog.cluster.runtime.coordinator import Membership
 from dask_datalog.cluster.runtime.faults import ENV as FAULT
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
 from dask_datalog.engine.errors import WorkerLost
@@ -136,10 +139,8 @@ def test_a_killed_worker_costs_a_retry_not_the_answer(
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(summary("embedded cluster", workers), done.stderr), done.stderr  # nothing but the summary
     assert outputs(out) == outputs(workload[f"want-{program}"])
-    import json
-
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert [r["rank"] for r in stats["recoveries"]] == [workers - 1]
+    assert [r["rank"] for r in stats["recoveries"]] == [workers - 1], stats["recoveries"]
     assert stats["workers"] == workers
     if point.startswith("iteration") and program == "reach":
         # Checkpoints every 50 ms: the retry started from one, not from the inputs.
@@ -348,3 +349,27 @@ def test_a_worker_lost_after_the_evaluation_costs_a_retry_when_results_are_gathe
         finally:
             client.close()
             cluster.close()
+
+
+def test_a_worker_that_joined_since_the_last_look_is_not_taken_as_lost() -> None:
+    """Membership caches the scheduler's listing for WATCH_S; a peer missing from it (a retry's
+    restarted worker, found a moment after the loss that filled the cache) is looked for again
+    before it counts as lost. Seen in CI: the restarted worker taken as lost, a second retry."""
+    with (
+        hard_timeout(60),
+        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        members = Membership(client, RunOptions())
+        (first,) = dask_adapter.scheduler_workers(client)
+        assert members.lost([first], "here", force=True) is None
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=30)
+        peers = sorted(dask_adapter.scheduler_workers(client))
+        assert members.lost(peers, "here") is None  # the cache predates the second worker
+        cluster.scale(1)
+        while len(dask_adapter.scheduler_workers(client)) > 1:
+            time.sleep(0.05)
+        (gone,) = set(peers) - set(dask_adapter.scheduler_workers(client))
+        lost = members.lost(peers, "here", force=True)
+        assert lost is not None and (lost.address, lost.how) == (gone, "was lost")

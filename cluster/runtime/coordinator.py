@@ -128,7 +128,10 @@ class Membership:
         client or a lost scheduler is a ``ClusterError`` (``Terminated`` after a stop request:
         scancel stops everything)."""
         now = time.monotonic()
-        if force or now - self.checked >= WATCH_S:
+        # A peer missing from the cached listing is looked for in a fresh one before it counts
+        # as lost: the cache may predate it (a retry's restarted worker, found by
+        # ``_next_workers`` a moment after the loss that refreshed the cache).
+        if force or now - self.checked >= WATCH_S or not self.present.issuperset(peers):
             self.checked = now
             workers = self._workers()
             self.quiet = self._silent(workers)

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+SETTLE_S = 10.0  # the longest a closing worker waits for its heartbeat in flight
+
 
 def current_task() -> tuple[Any, Any]:
     """(worker, key of the task running in this thread), both public API, then ``secede``: the
@@ -45,6 +47,48 @@ def every(seconds: float, callback: Callable[[], None]) -> Any:
     periodic = PeriodicCallback(callback, seconds * 1000)
     periodic.start()
     return periodic
+
+
+def settled_heartbeat(worker: Any) -> Callable[[], Awaitable[None]]:
+    """Wrap the worker's heartbeat so that closing it waits for one in flight; returns the
+    coroutine that stops the heartbeat and waits (for teardown). ``Worker.close`` stops the
+    heartbeat's periodic callback but not a heartbeat in flight, then closes the connection
+    pool under it, which logs an ERROR with a traceback ("Failed to communicate with scheduler
+    during heartbeat") after a clean shutdown (seen at the end of a SLURM job, under load).
+    Private: ``worker.periodic_callbacks["heartbeat"]`` and tornado's ``callback`` attribute."""
+    periodic = worker.periodic_callbacks.get("heartbeat")
+    if periodic is None:
+        return _nothing
+    idle = asyncio.Event()
+    idle.set()
+    beat = periodic.callback
+
+    async def tracked() -> None:
+        idle.clear()
+        try:
+            await beat()
+        finally:
+            idle.set()
+
+    periodic.callback = tracked
+
+    async def settle() -> None:
+        periodic.stop()
+        # Bounded: a heartbeat hung on a dead scheduler ends with its connect timeout, later.
+        await asyncio.wait([asyncio.ensure_future(idle.wait())], timeout=SETTLE_S)
+
+    return settle
+
+
+async def _nothing() -> None:
+    return None
+
+
+def closing(worker: Any) -> bool:
+    """Whether the worker is closing (public: ``Worker.status``, ``distributed.core.Status``)."""
+    from distributed.core import Status
+
+    return bool(worker.status in (Status.closing, Status.closing_gracefully, Status.closed))
 
 
 def memory_limit(worker: Any) -> int | None:

@@ -51,6 +51,7 @@ class DatalogPlugin(WorkerPlugin):
         self.runs: dict[str, RunState] = {}
         dask_adapter.add_handler(worker, "datalog_address", self.rendezvous)
         self.sweeper = dask_adapter.every(SWEEP_S, self.sweep)
+        self.settle_heartbeat = dask_adapter.settled_heartbeat(worker)
 
     # -- the client's calls (client.run) -----------------------------------------------------------
 
@@ -137,8 +138,10 @@ class DatalogPlugin(WorkerPlugin):
                 if now - state.opened > GRACE_S and not any(run in key for key in keys):
                     del self.runs[run]
 
-    def teardown(self, worker: Any) -> None:
+    async def teardown(self, worker: Any) -> None:
         self.sweeper.stop()
         with self.lock:
             for state in self.runs.values():
                 state.aborted = state.aborted or "the worker is closing"
+        if dask_adapter.closing(worker):  # not when the plugin is only replaced
+            await self.settle_heartbeat()
