@@ -20,8 +20,10 @@ run: $(STAMP)
 	$(BIN)/dask-datalog run examples/reach.dl -F $(GRAPH) -D out/reach --cluster --stats out/reach-stats.json
 
 # The tests, after the lint (.ci/run runs this): a change that does not lint does not land.
+# Two pytest processes, a module each at a time (module fixtures start clusters once): much of
+# the suite waits (slurmctld's passes, timeouts, pip), so on two cores this halves its time.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 # ruff (lint and format) over everything, mypy over the package. mypy reads the package through
 # .lint/dask_datalog, links to the top-level folders (see [tool.mypy] in pyproject.toml).

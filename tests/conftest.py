@@ -19,3 +19,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def backend(request: pytest.FixtureRequest) -> str:
     return request.config.getoption("--backend")
+
+
+# Modules whose time is mostly waiting (on slurmctld's 30-s passes, TCP timeouts, pip): first,
+# so that under `-n 2` their waiting overlaps the rest of the suite.
+WAITING_FIRST = ("test_slurm.py", "test_multihost.py", "test_deploy_docker.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in WAITING_FIRST)

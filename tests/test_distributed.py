@@ -341,10 +341,12 @@ def test_closing_the_client_stops_the_job_and_frees_its_state(clients: dict[int,
 
     def open_runs(dask_worker: Any) -> list[str]:
         """The runs with a phase open on this worker."""
-        return [run for run, state in dask_worker.plugins[PLUGIN_NAME].runs.items() if state.addresses]
+        plugin = dask_worker.plugins.get(PLUGIN_NAME)  # none before the first run on this cluster
+        return [run for run, state in plugin.runs.items() if state.addresses] if plugin else []
 
     def runs(dask_worker: Any) -> list[str]:
-        return list(dask_worker.plugins[PLUGIN_NAME].runs)
+        plugin = dask_worker.plugins.get(PLUGIN_NAME)
+        return list(plugin.runs) if plugin else []
 
     before = set().union(*clients[2].run(runs).values())  # results of earlier tests, not yet freed
     thread = threading.Thread(target=run)

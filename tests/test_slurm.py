@@ -153,12 +153,15 @@ class Slurm:
         if self.network:
             self.network.create()
             controller, nodes = self.network.gateway, {n: self.network.address(n) for n in self.network.names}
-            # 8 CPUs a node: the two-node jobs of the module, 2 tasks a node each, all run at once
-            sizes = "CPUs=8 RealMemory=8000"
+            # 16 CPUs a node: the two-node jobs of the module (2 tasks a node each, 8 CPUs) all run
+            # at once, a requeued one too
+            sizes = "CPUs=16 RealMemory=16000"
         else:
             controller, nodes = "127.0.0.1", {host: "127.0.0.1"}
-            # 16 CPUs whatever the machine has, so that every job of the module runs at once
-            sizes = "CPUs=16 RealMemory=16000"
+            # 32 CPUs whatever the machine has, so that every job of the module runs at once (they
+            # ask for 20): a walltime job left pending behind slower ones (a loaded machine) would
+            # start too late for its first warning and run into its time limit
+            sizes = "CPUs=32 RealMemory=32000"
         r = self.root
         self.conf.write_text(
             f"""\

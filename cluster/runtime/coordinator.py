@@ -325,7 +325,8 @@ class ClusterRun:
             ]
             self.run_phase(futures, collective=True, keep=True)
         finally:
-            client.unsubscribe_topic(topic)
+            if client.status == "running":  # a closed client's would raise over the error that ended the run
+                client.unsubscribe_topic(topic)
         self.shards = futures
         record.phase = "after the evaluation"
         stats = combine_stats(self.run_phase([_submit(client, p, shard_stats, f) for f, p in zip(futures, peers)]))

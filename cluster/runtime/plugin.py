@@ -37,6 +37,7 @@ class RunState:
 
     attempt: int
     opened: float = field(default_factory=time.monotonic)
+    tasked: bool = False  # a task of the attempt ran here (so none left means the client let go)
     aborted: str | None = None
     suspend: bool = False
     addresses: dict[str, str] = field(default_factory=dict)
@@ -90,6 +91,7 @@ class DatalogPlugin(WorkerPlugin):
             raise Aborted(f"run {run} attempt {attempt} is not the one this worker runs (it was stopped or retried)")
         if state.aborted is not None:
             raise Aborted(f"run {run} stopped: {state.aborted}")
+        state.tasked = True
         return state
 
     def publish(self, run: str, attempt: int, phase: str, address: str) -> None:
@@ -128,14 +130,14 @@ class DatalogPlugin(WorkerPlugin):
             await asyncio.sleep(RENDEZVOUS_POLL_S)
 
     def sweep(self) -> None:
-        """Forget the runs this worker holds no task of (running, or a finished shard) once
-        GRACE_S passed since their client registered them: a client that went away (closed,
-        killed) never says close_run, and a dropped result's shards are freed by Dask."""
+        """Forget the runs this worker holds no task of (running, or a finished shard) any more,
+        or never did GRACE_S after their client registered them: a client that went away
+        (closed, killed) never says close_run, and a dropped result's shards are freed by Dask."""
         keys = dask_adapter.task_keys(self.worker)
         now = time.monotonic()
         with self.lock:
             for run, state in list(self.runs.items()):
-                if now - state.opened > GRACE_S and not any(run in key for key in keys):
+                if (state.tasked or now - state.opened > GRACE_S) and not any(run in key for key in keys):
                     del self.runs[run]
 
     async def teardown(self, worker: Any) -> None:
