@@ -24,8 +24,9 @@ process and all its descendants, any Dask scheduler and workers included, polled
 or the command's own high-water mark, VmHWM, when larger); a sum over processes counts shared
 pages once per process.
 
-The engines alternate within each round (Soufflé, default, cluster, Soufflé, ...), for
---repeat rounds; the table shows each engine's median wall time and its largest peak RSS, the
+The engines alternate within each round (Soufflé, default, cluster, ...; in a Williams design
+from round to round, so that over 2n rounds of n engines each runs right after each other one
+equally often), for --repeat rounds; the table shows each engine's median wall time and its largest peak RSS, the
 ratio ours/Soufflé of the median times for each of our modes (above 1: slower than Soufflé),
 and the geometric mean of those ratios. The lines of every written CSV are counted and checked
 against the ground truth of shared/data/SOURCES.md (and between the engines where the truth is
@@ -257,6 +258,24 @@ def indent(text: str) -> str:
     return "\n".join("    " + ln for ln in text.splitlines())
 
 
+def round_order(engines: list[Engine], r: int) -> list[Engine]:
+    """The engines of round ``r`` in a Williams design: over n rounds (2n for an odd number n of
+    engines) each engine runs right after each other one equally often. In a fixed (or merely
+    rotated) order the engine right after Soufflé's run (seconds of both cores, hundreds of MiB
+    freed) measured up to 10% slower, and it was always the same one."""
+    n = len(engines)
+    steps, low, high = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
+    while len(steps) < n:
+        steps.append(low)
+        low += 1
+        if len(steps) < n:
+            steps.append(high)
+            high -= 1
+    row = r % (n if n % 2 == 0 else 2 * n)
+    order = [engines[(row + step) % n] for step in steps]
+    return order[::-1] if row >= n else order
+
+
 def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: Outcome, where: str) -> None:
     """One measured run of `engine` into a fresh `out`; appends to / updates `outcome`."""
     shutil.rmtree(out, ignore_errors=True)
@@ -448,7 +467,7 @@ def main(argv: list[str]) -> int:
         "CSV into an empty directory from the same FACTS/edge.facts; time: wall seconds from "
         "spawn to exit, median of the rounds; RSS: peak summed RSS of the command's process "
         "tree, the largest over the rounds",
-        f"runs: {args.repeat} round(s), engines alternating within each round "
+        f"runs: {args.repeat} round(s), engines alternating within each round (a Williams design across rounds) "
         f"({', '.join((['Soufflé'] if has_peer else []) + columns)}); timeout {args.timeout:.0f} s "
         "per run; a timed-out or failed engine is not rerun on that workload",
         "rows: lines of each written CSV, checked against SOURCES.md (truth column) and between "
@@ -501,7 +520,7 @@ def main(argv: list[str]) -> int:
                 engines += [ours_engine(program, m, args.backend, baseline) for m in modes]
             outcomes = {e.key: Outcome() for e in engines}
             for r in range(args.repeat):
-                for e in engines:
+                for e in round_order(engines, r):
                     if outcomes[e.key].failed:
                         continue
                     run_once(e, facts, tmp / "out", args.timeout, outcomes[e.key], f"{where} round {r + 1}/{args.repeat}")

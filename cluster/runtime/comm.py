@@ -6,9 +6,9 @@ worker's own security.
 
 The endpoints live on an asyncio loop of the phase's own, driven by the task thread inside each
 round (``run_until_complete``): no hop to the worker's event loop, whose other duties and the
-GIL handoffs cost a round 1-3 ms on a busy machine (docs/benchmarks.md, "Exchange"). A round
-writes to and reads from every peer concurrently (UCX's write waits for the transfer) and ends
-when every write has left this process. Small parts travel as one pickle; parts with array data
+GIL handoffs made the Dask RPC rounds of an earlier design cost milliseconds (docs/benchmarks.md,
+"Distributed" and "Transports"). A round writes to and reads from every peer concurrently (UCX's
+write waits for the transfer) and ends when every write has left this process. Small parts travel as one pickle; parts with array data
 go through Dask's serializers, so device buffers can stay on the device over UCX.
 """
 
