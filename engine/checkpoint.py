@@ -170,7 +170,7 @@ class Checkpoints:
 class CheckpointOptions:
     """Where and when a run checkpoints, and where it starts. ``resume``: None starts from the
     inputs; "" from the latest checkpoint in ``directory``, which must exist; any other string
-    from the latest checkpoint if its name starts with it (a retry of job ``job`` after a lost
+    from the latest checkpoint if its name starts with it (a retry of a run after a lost
     worker takes up its own checkpoints, never an older run's), else from the inputs.
     ``verify``: the checkpoint's fingerprint must match this program and these inputs."""
 
@@ -178,7 +178,7 @@ class CheckpointOptions:
     every: float | None = None
     resume: str | None = None
     verify: bool = False
-    job: str = "run"  # prefix of this attempt's checkpoint names
+    attempt: str = "run"  # prefix of this attempt's checkpoint names (run id and attempt number)
 
 
 def find_checkpoint(
@@ -194,12 +194,12 @@ def find_checkpoint(
     a message saying so. Collective."""
     checkpoints = Checkpoints(options.directory)
     answer: tuple[str, Any] = ("ok", None)
-    probe = checkpoints.directory / f".probe-{options.job}"
+    probe = checkpoints.directory / f".probe-{options.attempt}"
     if rank == 0:
         try:
             checkpoints.directory.mkdir(parents=True, exist_ok=True)
             if size > 1:
-                probe.write_text(options.job)
+                probe.write_text(options.attempt)
             checkpoints.remove_staging()
             manifest = checkpoints.latest()
             if options.resume == "":
@@ -288,7 +288,7 @@ class ShardControl:
         self.rank, self.size, self.allgather = rank, size, allgather
         self.checkpoints = Checkpoints(options.directory) if options is not None else None
         self.schedule = Schedule(options.every if options is not None else None)
-        self.attempt = options.job if options is not None else ""
+        self.attempt = options.attempt if options is not None else ""
         self.describe, self.elapsed = describe, elapsed
         self.stop_requested, self.interrupted = stop_requested, interrupted
         self.memory_budget = memory_budget

@@ -115,7 +115,7 @@ def in_process(
 
 def suspend(program: ir.Program, n: int, facts: dict[str, Any], directory: Path, k: int) -> Position:
     """Run on ``n`` shards (0: in process) checkpointing every boundary, stopped after ``k``."""
-    options = CheckpointOptions(str(directory), every=0.0, job="first")
+    options = CheckpointOptions(str(directory), every=0.0, attempt="first")
     with pytest.raises(Suspended) as stopped:
         if n == 0:
             in_process(program, facts, options, StopAfter(k))
@@ -146,7 +146,7 @@ def test_resume_on_another_number_of_shards_gives_the_same_answer(
     position = suspend(program, before, facts, tmp_path, k)
     if last:
         assert position == Position(len(plan_program(program).strata), 0)
-    resume = CheckpointOptions(str(tmp_path), resume="", verify=True, job="second")
+    resume = CheckpointOptions(str(tmp_path), resume="", verify=True, attempt="second")
     got = in_process(program, facts, resume) if after == 0 else answers(on_shards(program, after, facts, resume), program)
     assert got == want, f"stopped {position}"
 
@@ -156,11 +156,11 @@ def test_a_resumed_run_can_be_stopped_and_resumed_again(tmp_path: Path) -> None:
     facts = {"edge": graph(80)}
     want = in_process(program, facts)
     first = suspend(program, 2, facts, tmp_path, 5)
-    options = CheckpointOptions(str(tmp_path), every=0.0, resume="", verify=True, job="second")
+    options = CheckpointOptions(str(tmp_path), every=0.0, resume="", verify=True, attempt="second")
     with pytest.raises(Suspended) as stopped:
         on_shards(program, 3, facts, options, lambda: StopAfter(7))
     assert stopped.value.position > first
-    third = CheckpointOptions(str(tmp_path), resume="", verify=True, job="third")
+    third = CheckpointOptions(str(tmp_path), resume="", verify=True, attempt="third")
     assert answers(on_shards(program, 2, facts, third), program) == want
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", Checkpoints(tmp_path).latest().name]
 
@@ -186,7 +186,7 @@ def test_generated_seeds_stopped_and_resumed(seed: int, tmp_path: Path) -> None:
 def check_stop_and_resume(case: GeneratedCase, before: int, after: int, k: int, directory: Path) -> None:
     program = load_program(case.text, f"<{case.label}>")
     facts = case.api_facts()
-    options = CheckpointOptions(str(directory), every=0.0, job="first")
+    options = CheckpointOptions(str(directory), every=0.0, attempt="first")
     try:
         if before == 0:
             in_process(program, facts, options, StopAfter(k))
@@ -197,7 +197,7 @@ def check_stop_and_resume(case: GeneratedCase, before: int, after: int, k: int, 
         stopped = s.position
     if stopped is None:  # fewer boundaries than k: the run finished; nothing to resume
         return
-    resume = CheckpointOptions(str(directory), resume="", verify=True, job="second")
+    resume = CheckpointOptions(str(directory), resume="", verify=True, attempt="second")
     got = in_process(program, facts, resume) if after == 0 else answers(on_shards(program, after, facts, resume), program)
     for name, want in case.expected.items():
         assert got[name] == set(want), f"{name}: stopped {stopped} on {before} shards, resumed on {after}\n{case.describe()}"
@@ -208,10 +208,10 @@ def test_resume_refuses_another_program_or_changed_inputs(tmp_path: Path) -> Non
     facts_dir.mkdir()
     np.savetxt(facts_dir / "edge.facts", graph(), fmt="%d", delimiter="\t")
     program = load_program_file(REACH)
-    options = CheckpointOptions(str(tmp_path / "ckpt"), every=0.0, job="first")
+    options = CheckpointOptions(str(tmp_path / "ckpt"), every=0.0, attempt="first")
     with pytest.raises(Suspended):
         run_in_process(program, get_backend("numpy"), Inputs(facts_dir), Steering(options, stop_requested=StopAfter(2)))
-    resume = CheckpointOptions(str(tmp_path / "ckpt"), resume="", verify=True, job="second")
+    resume = CheckpointOptions(str(tmp_path / "ckpt"), resume="", verify=True, attempt="second")
     other = load_program(
         REACH.read_text().replace("path(x, z) :- path(x, y), edge(y, z).", "path(x, z) :- edge(x, y), path(y, z).")
     )
@@ -243,7 +243,7 @@ def test_a_retry_takes_up_only_its_own_jobs_checkpoints(tmp_path: Path) -> None:
     stale = Checkpoints(tmp_path).latest()
     assert stale is not None and stale.name.startswith("first")
     other = {"edge": graph(seed=7)}
-    retry = CheckpointOptions(str(tmp_path), resume="job2-", job="job2-1")
+    retry = CheckpointOptions(str(tmp_path), resume="job2-", attempt="job2-1")
     assert answers(on_shards(program, 2, other, retry), program) == in_process(program, other)
 
 
@@ -257,7 +257,7 @@ def test_partial_checkpoints_are_ignored_and_cleared(tmp_path: Path) -> None:
     partial = tmp_path / "first-00099.tmp" / "part-00000"
     partial.mkdir(parents=True)
     (partial / "path.npz").write_bytes(b"torn")
-    resume = CheckpointOptions(str(tmp_path), resume="", verify=True, job="second")
+    resume = CheckpointOptions(str(tmp_path), resume="", verify=True, attempt="second")
     assert answers(on_shards(program, 2, facts, resume), program) == want
     assert not (tmp_path / "first-00099.tmp").exists()
     manifest = json.loads((tmp_path / Checkpoints(tmp_path).latest().name / "manifest.json").read_text())
@@ -278,7 +278,7 @@ def test_checkpoint_directory_not_visible_to_a_worker_is_a_clear_error(tmp_path:
         return real_exists(self)
 
     monkeypatch.setattr(Path, "exists", exists)
-    options = CheckpointOptions(str(tmp_path), job="x")
+    options = CheckpointOptions(str(tmp_path), attempt="x")
     with pytest.raises(DatalogError, match="not visible from worker 1"):
         on_shards(load_program_file(REACH), 2, {"edge": graph()}, options)
     assert checkpoint.Checkpoints(tmp_path).latest() is None
@@ -319,10 +319,10 @@ def test_shards_write_text_order_after_resuming_an_in_process_checkpoint(k: int,
         "late": [("aa",), ("zz",)],
     }
     Result(run_in_process(program, get_backend("numpy"), Inputs(facts=facts))).write(tmp_path / "one")
-    options = CheckpointOptions(str(tmp_path / "ckpt"), every=0.0, job="first")
+    options = CheckpointOptions(str(tmp_path / "ckpt"), every=0.0, attempt="first")
     with pytest.raises(Suspended):
         in_process(program, facts, options, StopAfter(k))
-    resume = CheckpointOptions(str(tmp_path / "ckpt"), resume="", verify=True, job="second")
+    resume = CheckpointOptions(str(tmp_path / "ckpt"), resume="", verify=True, attempt="second")
     digests = {name: array_digest(rows) for name, rows in facts.items()}
 
     def shard(transport: Any) -> None:
