@@ -17,7 +17,7 @@ from dask_datalog.partition.placement import REPLICATE_BELOW
 from dask_datalog.partition.transport import LocalTransport
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.shard import Shard, Steering, evaluate_shard
-from dask_datalog.spmd.writer import print_relation, print_sizes, write_outputs
+from dask_datalog.spmd.writer import print_relations, print_sizes, write_outputs
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -89,9 +89,7 @@ class LocalRun:
         stream: TextIO | None = None,
         written: Callable[[str, int], None] | None = None,
     ) -> None:
-        text = write_outputs(LocalTransport(), self.shard, output_dir, fmt, written)
-        for name, data in text.items():
-            print_relation(stream, name, data)
+        print_relations(stream, self.program, write_outputs(LocalTransport(), self.shard, output_dir, fmt, written))
         if stream is not None:
             print_sizes(stream, self.program, self.sizes.__getitem__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -174,10 +174,13 @@ def _write_parquet_part(
     _io(part, lambda: relation_output.write_parquet_part(part, np.asarray(rows), relation, symbols))
 
 
-def print_relation(stream: TextIO | None, name: str, text: bytes) -> None:
-    """One relation's CSV on stdout in Soufflé's framing for ``-D -``, so several relations
-    stay readable."""
-    (stream or sys.stdout).write(f"---------------\n{name}\n===============\n{text.decode('utf-8')}===============\n")
+def print_relations(stream: TextIO | None, program: ir.Program, texts: Mapping[str, bytes]) -> None:
+    """The ``.output`` relations' CSV text on stdout as Soufflé prints them for ``-D -``: by
+    name, each framed, under its name and its attribute names."""
+    out = stream or sys.stdout
+    for name in sorted(texts):
+        header = "\t".join(a.name for a in program.relations[name].attributes)
+        out.write(f"---------------\n{name}\n{header}\n===============\n{texts[name].decode('utf-8')}===============\n")
 
 
 def print_sizes(stream: TextIO, program: ir.Program, size: Callable[[str], int]) -> None:

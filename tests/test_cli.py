@@ -101,7 +101,7 @@ def test_parquet_output(tmp_path: Path, cluster: LocalCluster, reference: bytes)
 def test_stdout_output_with_a_cluster(capsys: pytest.CaptureFixture[str], cluster: LocalCluster, reference: bytes) -> None:
     assert main(["run", str(REACH), "-F", str(FACTS), "-D", "-", "--scheduler", cluster.scheduler_address]) == 0
     out = capsys.readouterr().out
-    assert out == f"---------------\npath\n===============\n{reference.decode()}===============\npath\t16\n"
+    assert out == f"---------------\npath\nx\ty\n===============\n{reference.decode()}===============\npath\t16\n"
 
 
 def test_bad_fact_file_is_one_line_on_a_cluster(
@@ -313,7 +313,7 @@ def test_outputs_on_stdout_stay_there_while_the_progress_line_is_on_a_terminal(t
     relations and .printsize lines reach stdout, not the terminal."""
     status, screen, stdout = on_a_terminal([str(REACH), "-F", str(FACTS), "-D", "-", *where])
     assert status == 0
-    assert stdout.startswith("---------------\npath\n===============\n") and stdout.count("\n") > 4, stdout
+    assert stdout.startswith("---------------\npath\nx\ty\n===============\n") and stdout.count("\n") > 4, stdout
     assert "===============" not in screen, screen
 
 

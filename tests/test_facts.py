@@ -224,7 +224,11 @@ def test_fast_and_slow_paths_agree(content: str, types: tuple[str, ...]) -> None
 # ----------------------------------------------------------------------------- nullary relations
 
 
-@pytest.mark.parametrize("content, holds", [("()\n", True), ("\n()\r\n()\n", True), ("", False), ("\n\n", False)])
+# As Soufflé 2.5 reads them (its binary, checked): any line makes the fact, an empty one too.
+NULLARY_FILES = [("()\n", True), ("\n()\r\n()\n", True), ("", False), ("\n", True), ("\n\n", True), ("x\n", True), ("  ", True)]
+
+
+@pytest.mark.parametrize("content, holds", NULLARY_FILES)
 def test_nullary_relation(tmp_path: Path, content: str, holds: bool) -> None:
     relation = rel("flag")
     symbols = SymbolTable()
@@ -259,7 +263,6 @@ BAD_FILES = [
     ("a\n", ("symbol", "symbol"), 1, 2, "expected 2 tab-separated fields"),
     ("a\tb\n", ("symbol",), 1, 3, "expected 1 tab-separated field for edge(a:symbol), found 2"),
     ("ok\t1\n\xff\t2\n".encode("latin-1"), ("symbol", "number"), 2, 1, "invalid UTF-8 byte 0xff"),
-    ("x\n", (), 1, 1, "expected '()' for the nullary relation edge(), found 'x'"),
 ]
 
 
@@ -551,7 +554,7 @@ def test_error_in_a_symbol_part_is_the_whole_files(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("content, holds", [("()\n()\n", True), ("\n\n\n", False)])
+@pytest.mark.parametrize("content, holds", NULLARY_FILES)
 def test_nullary_relation_is_answered_by_part_zero(tmp_path: Path, content: str, holds: bool) -> None:
     path = write_file(tmp_path, content)
     parts = [read_facts_range(path, rel("flag"), SymbolTable(), part=k, n_parts=3) for k in range(3)]

@@ -143,7 +143,7 @@ def test_directive_positions_and_params() -> None:
     text = (
         ".decl a(x: symbol)\n.decl b(x: symbol)\n"
         '.input a(IO=file, filename="in/a.tsv", delimiter=",")\n'
-        '.output a, b(filename="o.csv", delimiter="\\t")\n.printsize b\n.printsize b\n'
+        '.output a, b(filename="o.csv", delimiter="\\t")\n.printsize b\n'
     )
     p = load_program(text, "p.dl")
     assert p.inputs == (ir.InputSpec("a", "in/a.tsv", ","),)
@@ -195,6 +195,9 @@ def test_literal_only_variables_default_to_number() -> None:
 def test_number_literal_forms() -> None:
     (fact,) = rules_of(".decl r(a: number, b: number, c: number)\nr(0x1F, 0b101, - 7).\n")
     assert fact.head.args == (C(31), C(5), C(-7))
+    # the widest unsigned, written in binary and in hex (Soufflé's semantic-bin1)
+    (fact,) = rules_of(".decl u(a: unsigned, b: unsigned)\nu(0b" + "1" * 32 + ", 0xFFFFFFFF).\n")
+    assert fact.head.args == (C(2**32 - 1, "unsigned"), C(2**32 - 1, "unsigned"))
 
 
 # ---- normalisation ---------------------------------------------------------------------------

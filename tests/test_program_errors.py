@@ -186,6 +186,9 @@ CASES: list[tuple[str, str, str, str]] = [
     ("io-filename-not-string", ".input e(filename=x)", "1:10", "filename must be a string"),
     ("io-empty-delimiter", '.input e(delimiter="")', "1:10", "delimiter must not be empty"),
     ("printsize-param", ".printsize r(x=1)", "1:14", "unknown parameter 'x' for .printsize"),
+    # Soufflé: "Redefinition of printsize directives for relation r", at the second one
+    ("printsize-twice", ".printsize r\n.printsize u, r", "2:15", "redefinition of the .printsize directive for relation r"),
+    ("binary-too-big", "u(0b1" + "0" * 32 + ").", "1:3", "does not fit in 32 bits as an unsigned"),
     # ---- outside the supported subset
     ("comp", ".comp Graph<T> {\n .decl edge(x: T)\n}", "1:1", "unsupported: .comp components"),
     ("init", ".init g = Graph<number>", "1:1", "unsupported: .init"),

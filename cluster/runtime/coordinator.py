@@ -66,7 +66,7 @@ from dask_datalog.partition.placement import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import check_fact_names
 from dask_datalog.spmd.options import ExchangeKind, RunOptions
 from dask_datalog.spmd.run import combine_stats
-from dask_datalog.spmd.writer import STDOUT, check_output_format, print_relation, print_sizes
+from dask_datalog.spmd.writer import STDOUT, check_output_format, print_relations, print_sizes
 
 ProgressHandler = Callable[[dict[str, Any]], None]
 T = TypeVar("T")
@@ -601,8 +601,8 @@ class DistributedRun:
         if self.program.outputs:
             parts = self.run.retrying(lambda: self._write_phase(output_dir, fmt))
             if output_dir == STDOUT:
-                for spec in self.program.outputs:
-                    print_relation(stream, spec.relation, b"".join(p[spec.relation] for p in parts))
+                texts = {spec.relation: b"".join(p[spec.relation] for p in parts) for spec in self.program.outputs}
+                print_relations(stream, self.program, texts)
         if stream is not None:
             print_sizes(stream, self.program, self.sizes.__getitem__)
 

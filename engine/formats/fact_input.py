@@ -10,9 +10,8 @@ and how such a relation holding "" is written; the line break that ends the file
 tuple); elsewhere empty lines are skipped (Soufflé rejects the file: real graphs, GPULog's among
 them, end in a blank line). A number field is ``-?[0-9]+`` (no spaces, no ``+``, no hex) and
 must fit its type: int32 for number, 0..2^32-1 for unsigned. A symbol field is the raw text, the
-empty string included. A nullary relation holds iff its file has a non-empty line; every such
-line must be ``()`` (what Soufflé writes for a nullary fact, and what
-``relation_output.write_relation`` writes).
+empty string included. A nullary relation holds iff its file has a line, whatever the line
+holds, an empty one too (as in Soufflé; ``relation_output.write_relation`` writes ``()``).
 
 The fast paths are a C kernel for numbers only and pyarrow's multithreaded CSV reader beside
 symbols. ``_read_slow`` is the specification: on any failure of a fast path it rescans the text
@@ -233,21 +232,14 @@ def _read_slow(
     columns: list[list[Any]] = [[] for _ in range(arity)]
     column_bounds = [_BOUNDS.get(t) for t in relation.types]
     match = _INTEGER.fullmatch
-    nullary_holds = False
     lines = _LINE_BREAK.split(text)
     if lines[-1] == "":  # the end of the last line, or an empty file
         lines.pop()
+    if arity == 0:  # as in Soufflé: any line, whatever it holds (an empty one too), is the fact
+        return np.empty((int(bool(lines)), 0), dtype=np.uint32)
     keep_empty = _empty_is_a_tuple(relation)
     for lineno, line in enumerate(lines, start=1):
         if not line and not keep_empty:
-            continue
-        if arity == 0:
-            if line != "()":
-                raise DatalogError(
-                    ir.Pos(file, lineno, 1),
-                    f"expected '()' for the nullary relation {signature(relation)}, found {_shorten(repr(line))}",
-                )
-            nullary_holds = True
             continue
         fields = line.split(delimiter)
         if len(fields) != arity:
@@ -267,8 +259,6 @@ def _read_slow(
                 continue
             col = len(delimiter.join(fields[:j])) + (len(delimiter) if j else 0) + 1
             raise _integer_error(field, relation.attributes[j], ir.Pos(file, lineno, col))
-    if arity == 0:
-        return np.empty((int(nullary_holds), 0), dtype=np.uint32)
     rows = np.empty((len(columns[0]), arity), dtype=np.uint32)
     for j, attr in enumerate(relation.attributes):
         if attr.type == "symbol":

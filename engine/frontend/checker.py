@@ -29,7 +29,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     rules: list[ir.Rule] = []
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
-    printsizes: list[str] = []
+    printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
     for s in statements:
         if isinstance(s, st.Clause):
             rules.extend(_clause_rules(s, relations))
@@ -39,8 +39,12 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 if s.params:
                     p = s.params[0]
                     raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .printsize")
-                if s.relation not in printsizes:
-                    printsizes.append(s.relation)
+                if s.relation in printsizes:
+                    first = printsizes[s.relation]
+                    raise DatalogError(
+                        s.pos, f"redefinition of the .printsize directive for relation {s.relation} (first at line {first.line})"
+                    )
+                printsizes[s.relation] = s.pos
             elif s.kind == "input":
                 inputs.append(ir.InputSpec(s.relation, *_io_params(s), pos=s.pos))
             else:

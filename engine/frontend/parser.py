@@ -328,7 +328,7 @@ LarkTree = Tree[Any]  # children: Token or Tree, told apart by the grammar
 # Python's recursion limit; disjunctions expand to their DNF, capped so it cannot explode.
 MAX_NESTING = 128  # parentheses, operators, unary minus, aggregates and ( body ) groups
 MAX_ALTERNATIVES = 1024  # alternatives of one rule body once its disjunctions are expanded
-MAX_LITERAL_DIGITS = 20  # significant digits of an integer literal (32-bit values need 10)
+MAX_LITERAL_DIGITS = 64  # significant digits of an integer literal (a 64-bit value in binary; the checker bounds its type)
 
 
 class _Builder:
