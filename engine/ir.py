@@ -170,10 +170,18 @@ class Program:
     outputs: tuple[OutputSpec, ...] = ()
     printsizes: tuple[str, ...] = ()
     source: str = "<string>"
+    # ``.pragma "fact-dir"``/``"output-dir"``: the directories a command uses when it is given
+    # none (as in Soufflé, its -F and -D win); not part of the program's meaning.
+    pragmas: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def pragma(self, key: str) -> str | None:
+        return dict(self.pragmas).get(key)
 
     def __hash__(self) -> int:  # dict field: hash what identifies the program
         return hash((tuple(self.relations), self.rules))
 
+
+DIRECTORY_PRAGMAS = frozenset({"fact-dir", "output-dir"})
 
 _CONTAINERS = (tuple, list, frozenset, set)
 _FIELDS: dict[type, tuple[str, ...]] = {}

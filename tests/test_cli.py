@@ -357,3 +357,17 @@ def test_the_summary_time_is_the_commands_wall_time(tmp_path: Path, where: list[
     summary_s = float(re.search(r", (\d+\.\d\d) s, ", done.stderr)[1])
     assert summary_s <= outside + 0.01, (summary_s, outside)
     assert outside - summary_s < 0.3, (summary_s, outside)
+
+
+def test_the_programs_fact_dir_pragma_is_the_default_and_f_wins(tmp_path: Path) -> None:
+    """As in Soufflé: ``.pragma "fact-dir"`` names the facts when -F is not given."""
+    (tmp_path / "pragma").mkdir()
+    (tmp_path / "given").mkdir()
+    (tmp_path / "pragma" / "a.facts").write_text("1\n")
+    (tmp_path / "given" / "a.facts").write_text("2\n")
+    program = tmp_path / "p.dl"
+    program.write_text(f'.pragma "fact-dir" "{tmp_path / "pragma"}"\n.decl a(x: number)\n.input a\n.output a\n')
+    for extra, want in (([], "1\n"), (["-F", str(tmp_path / "given")], "2\n")):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["run", str(program), "-D", str(out), "--no-cluster", "--quiet", *extra]) == 0
+        assert (out / "a.csv").read_text() == want

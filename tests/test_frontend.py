@@ -420,3 +420,21 @@ def test_subtypes_that_fit_are_accepted() -> None:
         SUBTYPES + ".decl k(x:K)\n.decl n(x:N)\n.decl m(x:M)\n.decl t(x:T)\n.decl s(x:symbol)\n"
         'k(1). t("a").\nn(x) :- k(x).\nm(x) :- k(x), n(x).\nk(x + 1) :- k(x), x < 3.\ns(x) :- t(x).\nt("b") :- s(_).\n'
     )
+
+
+# ---- Soufflé's declarations and pragmas ------------------------------------------------------
+
+
+def test_one_decl_declares_several_relations_and_storage_qualifiers_are_ignored() -> None:
+    p = load_program(".decl a, b(x: number, y: symbol) btree\n.decl c(x: number) brie no_magic\n")
+    assert p.relations["a"].attributes == p.relations["b"].attributes
+    assert [a.name for a in p.relations["b"].attributes] == ["x", "y"]
+    assert p.relations["b"].pos == ir.Pos("<string>", 1, 10)
+    assert p.relations["c"].arity == 1
+
+
+def test_pragmas_neutral_ones_are_accepted_and_directories_kept() -> None:
+    text = '.pragma "magic-transform" "*"\n.pragma "suppress-warnings" "a"\n.pragma "fact-dir" "in"\n.decl a(x: number)\n'
+    p = load_program(text)
+    assert p.pragma("fact-dir") == "in" and p.pragma("output-dir") is None
+    assert p == load_program(".decl a(x: number)\n")  # no part of the program's meaning

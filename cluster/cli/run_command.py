@@ -51,12 +51,22 @@ def add_parser(sub: Any) -> None:
         "embedded cluster anyway, --scheduler or --scheduler-file use a running one.",
     )
     run.add_argument("program", type=Path, help="the Datalog program (.dl)")
-    run.add_argument("-F", "--fact-dir", type=Path, default=Path("."), help="directory of .input fact files (default: .)")
+    run.add_argument(
+        "-F",
+        "--fact-dir",
+        type=Path,
+        help='directory of .input fact files (default: the program\'s .pragma "fact-dir", else .)',
+    )
     run.add_argument(
         "-D",
         "--output-dir",
-        default=".",
-        help="directory for .output relations as <name>.csv; '-' prints them to stdout (default: .)",
+        help="directory for .output relations as <name>.csv; '-' prints them to stdout "
+        '(default: the program\'s .pragma "output-dir", else .)',
+    )
+    run.add_argument(
+        "--no-preprocessor",
+        action="store_true",
+        help="as Soufflé's flag: do not run the C preprocessor (this engine never does yet; a # line is refused)",
     )
     run.add_argument(
         "--format",
@@ -182,6 +192,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
     checkpoints: CheckpointDirectory | None = None
     try:
         program = Program.from_file(args.program)
+        # As in Soufflé, -F and -D win over the program's pragmas.
+        args.fact_dir = args.fact_dir or Path(program.ir.pragma("fact-dir") or ".")
+        args.output_dir = args.output_dir or program.ir.pragma("output-dir") or "."
         with ExitStack() as stack:
             checkpoints = stack.enter_context(CheckpointDirectory(args, mode))
             options = RunOptions(

@@ -22,6 +22,13 @@ _RANGES = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
 _IO_PARAMS = ("IO", "filename", "delimiter")
 
 
+# Soufflé options a program may set that change how it is evaluated or reported, never its
+# answer (magic sets, inlining choices, warnings, threads): accepted and ignored.
+NEUTRAL_PRAGMAS = frozenset(
+    {"magic-transform", "magic-transform-exclude", "inline-exclude", "inline-include", "suppress-warnings", "jobs", "no-warn"}
+)
+
+
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
     """Check a parsed program and build its IR; raises DatalogError on the first problem."""
     types = _type_table([s for s in statements if isinstance(s, st.TypeAlias)])
@@ -30,8 +37,13 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
+    pragmas: dict[str, str] = {}
     for s in statements:
-        if isinstance(s, st.Clause):
+        if isinstance(s, st.Pragma):
+            if s.key not in NEUTRAL_PRAGMAS and s.key not in ir.DIRECTORY_PRAGMAS:
+                raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
+            pragmas[s.key] = s.value
+        elif isinstance(s, st.Clause):
             rules.extend(_clause_rules(s, relations))
         elif isinstance(s, st.Directive):
             _relation(relations, s.relation, s.pos, f"in .{s.kind}")
@@ -50,7 +62,8 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
             else:
                 outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
     _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
-    return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename)
+    directories = tuple((k, v) for k, v in pragmas.items() if k in ir.DIRECTORY_PRAGMAS)
+    return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename, directories)
 
 
 def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], aliases: Sequence[st.TypeAlias]) -> None:

@@ -158,7 +158,16 @@ class Directive:
     pos: Pos
 
 
-Statement = Decl | TypeAlias | Directive | Clause
+@dataclass(frozen=True)
+class Pragma:
+    """``.pragma "key" "value"``: a Soufflé option set from the program."""
+
+    key: str
+    value: str
+    pos: Pos
+
+
+Statement = Decl | TypeAlias | Directive | Clause | Pragma
 
 # ---- parsing -----------------------------------------------------------------------------
 
@@ -303,12 +312,14 @@ _UNSUPPORTED_STATEMENTS = {
     "init": "unsupported: .init component instances",
     "override": "unsupported: .override (components)",
     "functor_decl": "unsupported: .functor user-defined functors",
-    "pragma": "unsupported: .pragma",
     "plan": "unsupported: .plan query plans",
     "record_type": "unsupported: record types (.type T = [...])",
     "adt_type": "unsupported: algebraic data types (.type T = A {...} | ...)",
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
+# Qualifiers that choose Soufflé's storage or its optimisations, never an answer: accepted and
+# ignored (relations here are always HISA).
+STORAGE_QUALIFIERS = frozenset({"btree", "brie", "no_inline", "magic", "no_magic"})
 _STRING_FUNCTORS = frozenset({"cat", "substr", "ord", "to_string"})
 # The functors written name(args) that the engine implements: those of the signature table
 # but the operators and min/max, which have grammar rules of their own.
@@ -369,7 +380,7 @@ class _Builder:
             line = str(node.children[0]).strip()
             raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
         if kind == "decl":
-            return [self.decl(node)]
+            return list(self.decls(node))
         if kind in ("subtype", "type_union"):
             return [self.type_alias(node)]
         if kind in ("number_type", "symbol_type"):  # Soufflé 1's spelling of .type T <: number
@@ -377,21 +388,29 @@ class _Builder:
             return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
         if kind == "io_directive":
             return self.directives(node)
+        if kind == "pragma":
+            key, *value = node.children
+            assert isinstance(key, Token)
+            text = self.unquote(value[0]) if value and isinstance(value[0], Token) else ""
+            return [Pragma(self.unquote(key), text, self.pos(key))]
         assert kind == "clause", kind
         return [self.clause(node)]
 
-    def decl(self, node: LarkTree) -> Decl:
-        name = node.children[0]
+    def decls(self, node: LarkTree) -> list[Decl]:
+        """``.decl a, b(x: T)``: one declaration per name, the same attributes."""
+        names = [child for child in node.children if isinstance(child, Token)]
         attrs = []
-        for child in node.children[1:]:
+        for child in node.children:
             if isinstance(child, Tree) and child.data == "qualifier":
                 word = str(child.children[0])
+                if word in STORAGE_QUALIFIERS:
+                    continue
                 hint = f" (write a separate .{word} directive)" if word in ("input", "output", "printsize") else ""
                 raise self.fail(child, f"unsupported: .decl qualifier '{word}'{hint}")
             if isinstance(child, Tree):
                 attr_name, type_name = child.children
                 attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
-        return Decl(str(name), tuple(attrs), self.pos(name))
+        return [Decl(str(name), tuple(attrs), self.pos(name)) for name in names]
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
