@@ -141,6 +141,32 @@ def _power(call: ir.Call, a: Any, b: Any, xp: Any) -> Any:
     return values
 
 
+def _shift(call: ir.Call, a: Any, b: Any, xp: Any) -> Any:
+    """Soufflé's shifts on 32-bit values, the count taken mod 32 as the CPU does; ``bshr`` is
+    arithmetic on numbers, ``bshru`` logical on the 32-bit pattern."""
+    count = (b & 31).astype(a.dtype)
+    if call.name == "bshl":
+        return a << count
+    if call.name == "bshru":
+        return (a & 0xFFFFFFFF) >> count
+    return a >> count
+
+
+def _logical(test: Callable[[Any, Any], Any]) -> Callable[[ir.Call, Any, Any, Any], Any]:
+    """land, lor, lxor: 1 or 0 from whether each side is non-zero."""
+    return lambda call, a, b, xp: test(a != 0, b != 0).astype(a.dtype)
+
+
+def _unary(compute: Callable[[Any], Any]) -> Apply:
+    """A ``T`` -> ``T`` operator on the decoded value (bnot, lnot)."""
+
+    def apply(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+        value = decode_int(args[0], call.type, ctx.xp)
+        return encode_int(compute(value), call.type, ctx.xp)
+
+    return apply
+
+
 def _strlen(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     return encode_int(ctx.symbol_values().lengths[args[0]], "number", ctx.xp)
 
@@ -168,6 +194,17 @@ SIGNATURES: dict[str, Signature] = {
         Signature("^", (T, T), T, _arithmetic(_power)),
         Signature("min", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True),
         Signature("max", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True),
+        Signature("band", (T, T), T, _arithmetic(lambda c, a, b, xp: a & b)),
+        Signature("bor", (T, T), T, _arithmetic(lambda c, a, b, xp: a | b)),
+        Signature("bxor", (T, T), T, _arithmetic(lambda c, a, b, xp: a ^ b)),
+        Signature("bshl", (T, T), T, _arithmetic(_shift)),
+        Signature("bshr", (T, T), T, _arithmetic(_shift)),
+        Signature("bshru", (T, T), T, _arithmetic(_shift)),
+        Signature("land", (T, T), T, _arithmetic(_logical(lambda a, b: a & b))),
+        Signature("lor", (T, T), T, _arithmetic(_logical(lambda a, b: a | b))),
+        Signature("lxor", (T, T), T, _arithmetic(_logical(lambda a, b: a != b))),
+        Signature("bnot", (T,), T, _unary(lambda a: ~a)),
+        Signature("lnot", (T,), T, _unary(lambda a: (a == 0).astype(a.dtype))),
         Signature("strlen", ("symbol",), "number", _strlen),
         Signature("to_number", ("symbol",), "number", _to_number),
     )

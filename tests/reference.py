@@ -81,9 +81,27 @@ def arith(op: str, a: Value, b: Value, type: ir.BaseType, pos: ir.Pos) -> int:
         r = min(a, b) if op == "min" else max(a, b)
     elif op == "^":
         r = power(a, b, type, pos)
+    elif op in BITWISE:
+        r = BITWISE[op](a, b)
     else:
         raise ValueError(f"unknown arithmetic operator {op!r}")
     return wrap(r, type)
+
+
+# Soufflé's bitwise and logical operators on Python ints already wrapped to the type (so a
+# number is signed: >> is arithmetic); shift counts mod 32, as x86 takes them.
+BITWISE = {
+    "band": lambda a, b: a & b,
+    "bor": lambda a, b: a | b,
+    "bxor": lambda a, b: a ^ b,
+    "bshl": lambda a, b: a << (b % 32),
+    "bshr": lambda a, b: a >> (b % 32),
+    "bshru": lambda a, b: (a % 2**32) >> (b % 32),
+    "land": lambda a, b: int(bool(a) and bool(b)),
+    "lor": lambda a, b: int(bool(a) or bool(b)),
+    "lxor": lambda a, b: int(bool(a) != bool(b)),
+}
+UNARY = {"bnot": lambda a: ~a, "lnot": lambda a: int(a == 0)}
 
 
 def power(a: int, b: int, type: ir.BaseType, pos: ir.Pos) -> int:
@@ -332,6 +350,10 @@ def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
         text = eval_term(term.args[0], binding, pos)
         assert isinstance(text, str)
         return len(text.encode("utf-8", "surrogatepass")) if term.name == "strlen" else to_number(text, pos)
+    if isinstance(term, ir.Call) and term.name in UNARY:
+        value = eval_term(term.args[0], binding, pos)
+        assert isinstance(value, int)
+        return wrap(UNARY[term.name](wrap(value, term.type)), term.type)
     if isinstance(term, ir.Call):
         values = [eval_term(a, binding, pos) for a in term.args]
         result = values[0]

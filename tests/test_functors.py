@@ -156,8 +156,47 @@ def test_constants_are_folded_as_rules_compute() -> None:
     assert {values["u1870418611"], values["u4000000000"]} == {1870418611, 4000000000}
 
 
+BITWISE = """
+.decl n(x:number)
+.decl s(x:number)
+.decl r(a:number, b:number, c:number, band_:number, bor_:number, bxor_:number, shl:number, shr:number, shru:number,
+        land_:number, lor_:number, lxor_:number, bnot_:number, lnot_:number)
+r(a, b, c, a band b, a bor b, a bxor b, a bshl c, a bshr c, a bshru c, a land b, a lor b, a lxor b, bnot a, lnot a) :-
+    n(a), n(b), s(c), c = b band 31.
+.decl p(a:number, b:number, c:number, d:number, e:number)
+p(1 lor 0 land 0, 6 band 3 bor 8, 1 bshl 2 + 1, 5 bxor 1 band 3, bnot 0 bshru 28).
+"""
+# The rows Soufflé 2.5 printed for BITWISE over n = {-7, 5, 2147483647, -2147483648} and
+# s = 0..31 (its compiler, x86-64), and its p: the operators' precedence, shifts mod 32.
+BITWISE_ROWS = {
+    (-2147483648, -2147483648, 0, -2147483648, -2147483648, 0, -2147483648, -2147483648, -2147483648, 1, 1, 0, 2147483647, 0),
+    (-2147483648, -7, 25, -2147483648, -7, 2147483641, 0, -64, 64, 1, 1, 0, 2147483647, 0),
+    (-2147483648, 5, 5, 0, -2147483643, -2147483643, 0, -67108864, 67108864, 1, 1, 0, 2147483647, 0),
+    (-2147483648, 2147483647, 31, 0, -1, -1, 0, -1, 1, 1, 1, 0, 2147483647, 0),
+    (-7, -2147483648, 0, -2147483648, -7, 2147483641, -7, -7, -7, 1, 1, 0, 6, 0),
+    (-7, -7, 25, -7, -7, 0, -234881024, -1, 127, 1, 1, 0, 6, 0),
+    (-7, 5, 5, 1, -3, -4, -224, -1, 134217727, 1, 1, 0, 6, 0),
+    (-7, 2147483647, 31, 2147483641, -1, -2147483642, -2147483648, -1, 1, 1, 1, 0, 6, 0),
+    (5, -2147483648, 0, 0, -2147483643, -2147483643, 5, 5, 5, 1, 1, 0, -6, 0),
+    (5, -7, 25, 1, -3, -4, 167772160, 0, 0, 1, 1, 0, -6, 0),
+    (5, 5, 5, 5, 5, 0, 160, 0, 0, 1, 1, 0, -6, 0),
+    (5, 2147483647, 31, 5, 2147483647, 2147483642, -2147483648, 0, 0, 1, 1, 0, -6, 0),
+    (2147483647, -2147483648, 0, 0, -1, -1, 2147483647, 2147483647, 2147483647, 1, 1, 0, -2147483648, 0),
+    (2147483647, -7, 25, 2147483641, -1, -2147483642, -33554432, 63, 63, 1, 1, 0, -2147483648, 0),
+    (2147483647, 5, 5, 5, 2147483647, 2147483642, -32, 67108863, 67108863, 1, 1, 0, -2147483648, 0),
+    (2147483647, 2147483647, 31, 2147483647, 2147483647, 0, -2147483648, 0, 0, 1, 1, 0, -2147483648, 0),
+}
+
+
+def test_bitwise_and_logical_operators_are_soufflés(backend) -> None:
+    facts = {"n": [(-7,), (5,), (2147483647,), (-2147483648,)], "s": [(c,) for c in range(32)]}
+    for model in both(BITWISE, facts, backend):
+        assert model["r"] == BITWISE_ROWS
+        assert model["p"] == {(1, 10, 8, 4, 15)}
+
+
 @given(
-    st.sampled_from(["+", "-", "*", "/", "%", "^", "min", "max"]),
+    st.sampled_from(["+", "-", "*", "/", "%", "^", "min", "max", "band", "bor", "bxor", "bshl", "bshr", "bshru", "land", "lor"]),
     st.sampled_from(["number", "unsigned"]),
     st.integers(-(2**31), 2**32 - 1),
     st.integers(-(2**31), 2**32 - 1),

@@ -495,8 +495,6 @@ class _Builder:
 
     def unsupported_expr(self, node: LarkTree) -> str:
         kind = node.data
-        if kind == "bitwise":
-            return f"unsupported: bitwise/logical operator {node.children[1].children[0]}"
         if kind in ("record", "counter"):
             return {
                 "record": "unsupported: records ([...] and nil)",
@@ -510,7 +508,6 @@ class _Builder:
             return f"unsupported: {_FUNCTOR_NAMES.get(word, f'functor {word}(...)')}"
         return {
             "float": f"unsupported: float constant {word} (type float is not supported)",
-            "bitwise_not": f"unsupported: bitwise/logical operator {word}",
             "user_functor": f"unsupported: user-defined functor {word}(...)",
             "adt": f"unsupported: algebraic data type constructor {word}",
         }[kind]
@@ -545,6 +542,12 @@ class _Builder:
         if op.children[0] == "**":
             raise self.fail(op, "unsupported: ** (Soufflé's power operator is ^)")
         return Binary(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
+
+    expr_bitwise = expr_binary  # band bor bxor bshl bshr bshru land lor lxor: functors.py
+
+    def expr_bitwise_not(self, node: LarkTree) -> Expr:
+        op, operand = node.children
+        return Call(str(op.children[0]), self.expr(operand), self.pos(node))
 
     def expr_min_max_call(self, node: LarkTree) -> Expr:
         """``min(a, b, c)`` is ``min(min(a, b), c)``: Soufflé's min and max take two or more."""
