@@ -438,3 +438,15 @@ def test_pragmas_neutral_ones_are_accepted_and_directories_kept() -> None:
     p = load_program(text)
     assert p.pragma("fact-dir") == "in" and p.pragma("output-dir") is None
     assert p == load_program(".decl a(x: number)\n")  # no part of the program's meaning
+
+
+def test_an_equivalence_relation_holds_the_closure_of_what_is_put_in_it(backend: str) -> None:
+    """Soufflé's eqrel, on every path the engine has: the equivalence classes {1, 2, 3, 4} and
+    {7}; the old ``output`` qualifier is the directive."""
+    from dask_datalog.cluster import Program
+
+    text = ".decl e(a: number, b: number)\n.decl eq(x: number, y: number) eqrel output\neq(a, b) :- e(a, b).\neq(7, 7).\n"
+    program = Program(text)
+    assert [o.relation for o in program.ir.outputs] == ["eq"]
+    result = program.run(facts={"e": [(1, 2), (3, 2), (4, 3)]}, backend=backend)
+    assert result.tuples("eq") == {(a, b) for a in range(1, 5) for b in range(1, 5)} | {(7, 7)}

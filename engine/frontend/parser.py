@@ -396,21 +396,54 @@ class _Builder:
         assert kind == "clause", kind
         return [self.clause(node)]
 
-    def decls(self, node: LarkTree) -> list[Decl]:
-        """``.decl a, b(x: T)``: one declaration per name, the same attributes."""
+    def decls(self, node: LarkTree) -> list[Statement]:
+        """``.decl a, b(x: T) quals``: one declaration per name, the same attributes; the
+        qualifiers ``input``/``output``/``printsize`` are directives, ``eqrel`` the rules of an
+        equivalence (``_equivalence``), the storage choices are ignored."""
         names = [child for child in node.children if isinstance(child, Token)]
         attrs = []
+        directives: list[str] = []
+        storage: str | None = None
         for child in node.children:
             if isinstance(child, Tree) and child.data == "qualifier":
                 word = str(child.children[0])
-                if word in STORAGE_QUALIFIERS:
-                    continue
-                hint = f" (write a separate .{word} directive)" if word in ("input", "output", "printsize") else ""
-                raise self.fail(child, f"unsupported: .decl qualifier '{word}'{hint}")
-            if isinstance(child, Tree):
+                if word in ("btree", "brie", "btree_delete", "eqrel"):
+                    if storage is not None:
+                        raise self.fail(child, "btree/brie/eqrel qualifier already set")
+                    storage = word
+                if word in ("input", "output", "printsize"):
+                    directives.append(word)
+                elif word not in STORAGE_QUALIFIERS and word != "eqrel":
+                    raise self.fail(child, f"unsupported: .decl qualifier '{word}'")
+            elif isinstance(child, Tree):
                 attr_name, type_name = child.children
                 attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
-        return [Decl(str(name), tuple(attrs), self.pos(name)) for name in names]
+        out: list[Statement] = []
+        for name in names:
+            pos = self.pos(name)
+            out.append(Decl(str(name), tuple(attrs), pos))
+            out += [Directive(kind, str(name), (), pos) for kind in directives]
+            if storage == "eqrel":
+                out += self._equivalence(str(name), attrs, pos)
+        return out
+
+    @staticmethod
+    def _equivalence(name: str, attrs: list[Attr], pos: Pos) -> list[Statement]:
+        """Soufflé's ``eqrel``: the relation holds the equivalence closure of what is put in
+        it, written as the three rules that close it (reflexive, symmetric, transitive)."""
+        if len(attrs) != 2:
+            raise DatalogError(pos, f"equivalence relation {name} is not binary")
+        if attrs[0].type_name != attrs[1].type_name:
+            raise DatalogError(pos, f"equivalence relation {name} has attributes of different types")
+
+        def atom(a: str, b: str) -> Atom:
+            return Atom(name, tuple(Wild(pos) if v == "_" else Var(v, pos) for v in (a, b)), pos)
+
+        return [
+            Clause((atom("x", "x"),), ((atom("x", "_"),),), pos),
+            Clause((atom("x", "y"),), ((atom("y", "x"),),), pos),
+            Clause((atom("x", "z"),), ((atom("x", "y"), atom("y", "z")),), pos),
+        ]
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
