@@ -450,3 +450,9 @@ def test_an_equivalence_relation_holds_the_closure_of_what_is_put_in_it(backend:
     assert [o.relation for o in program.ir.outputs] == ["eq"]
     result = program.run(facts={"e": [(1, 2), (3, 2), (4, 3)]}, backend=backend)
     assert result.tuples("eq") == {(a, b) for a in range(1, 5) for b in range(1, 5)} | {(7, 7)}
+
+
+def test_a_plan_after_a_rule_is_accepted_and_changes_nothing() -> None:
+    rules = ".decl a(x: number)\n.decl b(x: number)\na(x) :- b(x), a(x).\n"
+    planned = load_program(rules + ".plan 1:(2,1), 2:(1,2)\n")
+    assert planned == load_program(rules)

@@ -312,7 +312,6 @@ _UNSUPPORTED_STATEMENTS = {
     "init": "unsupported: .init component instances",
     "override": "unsupported: .override (components)",
     "functor_decl": "unsupported: .functor user-defined functors",
-    "plan": "unsupported: .plan query plans",
     "record_type": "unsupported: record types (.type T = [...])",
     "adt_type": "unsupported: algebraic data types (.type T = A {...} | ...)",
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
@@ -369,8 +368,18 @@ class _Builder:
         out: list[Statement] = []
         for node in tree.children:
             assert isinstance(node, Tree)
+            if node.data == "plan":
+                self.plan(node, out[-1] if out else None)
+                continue
             out.extend(self.statement(node))
         return tuple(out)
+
+    def plan(self, node: LarkTree, rule: Statement | None) -> None:
+        """``.plan`` after a rule (in Soufflé's grammar it is part of the rule), then left out:
+        the planner orders joins itself, a plan never changes an answer, and Soufflé 2.5 takes
+        any orders (a plan naming atoms a rule lacks included) without a word."""
+        if not isinstance(rule, Clause) or rule.bodies is None:
+            raise self.fail(node, ".plan must follow the rule it orders")
 
     def statement(self, node: LarkTree) -> list[Statement]:
         kind = node.data
