@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -107,15 +107,30 @@ class Result:
 class Program:
     """A checked Datalog program; ``run`` evaluates it to its fixpoint."""
 
-    def __init__(self, text: str, filename: str = "<string>"):
-        self.ir: ProgramIR = load_program(text, filename)
+    def __init__(
+        self,
+        text: str,
+        filename: str = "<string>",
+        include_dirs: Sequence[str | Path] = (),
+        macros: Mapping[str, str] | None = None,
+        preprocessor: bool = True,
+    ):
+        """``include_dirs``, ``macros``, ``preprocessor``: the C preprocessor's -I, -M and
+        --no-preprocessor, as Soufflé takes them."""
+        self.ir: ProgramIR = load_program(text, filename, include_dirs, macros, preprocessor)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Program:
+    def from_file(
+        cls,
+        path: str | Path,
+        include_dirs: Sequence[str | Path] = (),
+        macros: Mapping[str, str] | None = None,
+        preprocessor: bool = True,
+    ) -> Program:
         """The program in a file, through the front end's file loader: a byte-order mark is
         skipped, and an unreadable or non-UTF-8 file is a DatalogError like any other."""
         program = cls.__new__(cls)
-        program.ir = load_program_file(path)
+        program.ir = load_program_file(path, include_dirs, macros, preprocessor)
         return program
 
     def run(

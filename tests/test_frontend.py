@@ -3,6 +3,8 @@ strata it finds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dask_datalog.engine import ir
@@ -456,3 +458,39 @@ def test_a_plan_after_a_rule_is_accepted_and_changes_nothing() -> None:
     rules = ".decl a(x: number)\n.decl b(x: number)\na(x) :- b(x), a(x).\n"
     planned = load_program(rules + ".plan 1:(2,1), 2:(1,2)\n")
     assert planned == load_program(rules)
+
+
+# ---- the C preprocessor, as Soufflé runs it --------------------------------------------------
+
+
+def test_the_preprocessor_includes_defines_and_keeps_the_users_lines(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "decls.dl").write_text("#pragma once\n.decl e(x: number, y: number)\n")
+    (tmp_path / "prog.dl").write_text(
+        '#include "decls.dl"\n#include "decls.dl"\n/* two\n lines */\n#define EDGE(a, b) e(a, b)\n'
+        "#if RAM_DOMAIN_SIZE == 32 && defined(WIDE)\nEDGE(1, 2).\n#endif\nEDGE(3,\n 4).\n.decl r(x: number)\nr(x) :- q(x).\n"
+    )
+    with pytest.raises(DatalogError) as info:
+        load_program_file(tmp_path / "prog.dl", [tmp_path / "lib"], {"WIDE": "1"})
+    assert info.value.pos == ir.Pos(str(tmp_path / "prog.dl"), 12, 9)  # q, undeclared, where the user wrote it
+    text = (tmp_path / "prog.dl").read_text().replace("r(x) :- q(x).", "r(x) :- e(x, _).")
+    (tmp_path / "prog.dl").write_text(text)
+    program = load_program_file(tmp_path / "prog.dl", [tmp_path / "lib"], {"WIDE": "1"})
+    assert {r.head.args for r in program.rules if r.head.relation == "e"} == {(C(1), C(2)), (C(3), C(4))}
+    assert len(load_program_file(tmp_path / "prog.dl", [tmp_path / "lib"]).rules) == 2  # no WIDE: no e(1, 2)
+
+
+def test_preprocessor_errors_and_its_absence(tmp_path: Path) -> None:
+    program = tmp_path / "p.dl"
+    program.write_text('.decl a(x: number)\n#include "missing.dl"\n')
+    with pytest.raises(DatalogError, match=r"cannot find include file missing\.dl") as info:
+        load_program_file(program)
+    assert info.value.pos == ir.Pos(str(program), 2, 1)
+    program.write_text(".decl a(x: number)\n#error stop here\n")
+    with pytest.raises(DatalogError, match="stop here") as info:
+        load_program_file(program)
+    assert info.value.pos is not None and info.value.pos.line == 2
+    program.write_text(".decl a(x: number)\n#define N 1\na(N).\n")
+    with pytest.raises(DatalogError, match="unsupported: C preprocessor line") as info:
+        load_program_file(program, preprocessor=False)
+    assert info.value.pos == ir.Pos(str(program), 2, 1)

@@ -64,9 +64,25 @@ def add_parser(sub: Any) -> None:
         '(default: the program\'s .pragma "output-dir", else .)',
     )
     run.add_argument(
+        "-I",
+        "--include-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="where the C preprocessor looks for #include files, beside the program's own directory (repeatable)",
+    )
+    run.add_argument(
+        "-M",
+        "--macro",
+        action="append",
+        default=[],
+        metavar="'NAME[=VALUE] ...'",
+        help="macros for the C preprocessor, as Soufflé's -M (repeatable; a bare NAME is 1)",
+    )
+    run.add_argument(
         "--no-preprocessor",
         action="store_true",
-        help="as Soufflé's flag: do not run the C preprocessor (this engine never does yet; a # line is refused)",
+        help="do not run the C preprocessor (as Soufflé's flag; a # line is then an error)",
     )
     run.add_argument(
         "--format",
@@ -191,7 +207,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
     previous = signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(suspend))
     checkpoints: CheckpointDirectory | None = None
     try:
-        program = Program.from_file(args.program)
+        program = Program.from_file(args.program, args.include_dir, _macros(args.macro), not args.no_preprocessor)
         # As in Soufflé, -F and -D win over the program's pragmas.
         args.fact_dir = args.fact_dir or Path(program.ir.pragma("fact-dir") or ".")
         args.output_dir = args.output_dir or program.ir.pragma("output-dir") or "."
@@ -370,6 +386,16 @@ def _since_start() -> float:
     import psutil  # comes with distributed
 
     return time.time() - psutil.Process().create_time()
+
+
+def _macros(values: list[str]) -> dict[str, str]:
+    """-M values: whitespace-separated ``NAME=VALUE`` or ``NAME`` (1, as cpp's -D)."""
+    macros = {}
+    for value in values:
+        for word in value.split():
+            name, _, text = word.partition("=")
+            macros[name] = text if "=" in word else "1"
+    return macros
 
 
 def choose_mode(args: argparse.Namespace) -> tuple[str, str]:

@@ -4,23 +4,41 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend import preprocess
 from dask_datalog.engine.frontend.checker import check
 from dask_datalog.engine.frontend.parser import parse
 from dask_datalog.engine.frontend.strata import stratify
 
 
-def load_program(text: str, filename: str = "<string>") -> ir.Program:
-    """Parse and check a program; DatalogError (with its position) on any problem."""
-    program = check(parse(text, filename), filename)
+def load_program(
+    text: str,
+    filename: str = "<string>",
+    include_dirs: Sequence[str | os.PathLike[str]] = (),
+    macros: Mapping[str, str] | None = None,
+    preprocessor: bool = True,
+) -> ir.Program:
+    """Parse and check a program; DatalogError (with its position) on any problem. As Soufflé
+    does, the C preprocessor runs first (``include_dirs``: -I, ``macros``: -M), unless
+    ``preprocessor`` is False; a program with no directive and no macro skips it."""
+    lines = None
+    if preprocessor and preprocess.needed(text, macros or {}):
+        text, lines = preprocess.preprocess(text.removeprefix("\ufeff"), filename, [str(d) for d in include_dirs], macros)
+    program = check(parse(text, filename, lines), filename)
     stratify(program)  # negation or aggregation through recursion is rejected at load time
     return program
 
 
-def load_program_file(path: str | os.PathLike[str]) -> ir.Program:
+def load_program_file(
+    path: str | os.PathLike[str],
+    include_dirs: Sequence[str | os.PathLike[str]] = (),
+    macros: Mapping[str, str] | None = None,
+    preprocessor: bool = True,
+) -> ir.Program:
     """``load_program`` on a file; positions name the file as given. A byte-order mark is
     skipped; bytes that are not UTF-8 are an error at the first of them."""
     p = Path(path)
@@ -33,7 +51,7 @@ def load_program_file(path: str | os.PathLike[str]) -> ir.Program:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _not_utf8(data, e.start, e.reason, str(p)) from None
-    return load_program(text, str(p))
+    return load_program(text, str(p), include_dirs, macros, preprocessor)
 
 
 def _not_utf8(data: bytes, bad: int, reason: str, filename: str) -> DatalogError:

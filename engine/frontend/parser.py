@@ -21,6 +21,7 @@ from lark.lexer import PatternStr
 
 from dask_datalog.engine import functors
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend.preprocess import LineMap
 from dask_datalog.engine.ir import Pos
 
 # ---- syntax tree -------------------------------------------------------------------------
@@ -178,15 +179,17 @@ def _lark() -> Lark:
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
-def parse(text: str, filename: str = "<string>") -> tuple[Statement, ...]:
+def parse(text: str, filename: str = "<string>", lines: LineMap | None = None) -> tuple[Statement, ...]:
     """Parse a whole program; raises DatalogError on syntax errors and unsupported constructs.
-    A leading byte-order mark (U+FEFF) is not part of the program; columns count after it."""
+    A leading byte-order mark (U+FEFF) is not part of the program; columns count after it.
+    ``lines``: for preprocessed text, where each of its lines came from (preprocess.py)."""
     text = text.removeprefix("\ufeff")
+    where = lines or LineMap()
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
-        raise _syntax_error(e, text, filename) from None
-    return _Builder(filename).statements(tree)
+        raise _syntax_error(e, text, filename, where) from None
+    return _Builder(filename, where).statements(tree)
 
 
 # Words the grammar knows only to reject; listing them as "expected" would mislead.
@@ -256,12 +259,12 @@ _TOKEN_WORDS = {
 }
 
 
-def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> DatalogError:
+def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END":
         lines = text.split("\n")
-        pos = Pos(filename, len(lines), len(lines[-1]) + 1)
+        pos = where.pos(len(lines), len(lines[-1]) + 1, filename)
         return DatalogError(pos, "syntax error: unexpected end of input" + _expected(e))
-    pos = Pos(filename, e.line, e.column)
+    pos = where.pos(e.line, e.column, filename)
     if text.startswith("/*", e.pos_in_stream):
         return DatalogError(pos, "syntax error: unterminated /* comment")
     if text.startswith('"', e.pos_in_stream):
@@ -344,8 +347,8 @@ MAX_LITERAL_DIGITS = 64  # significant digits of an integer literal (a 64-bit va
 class _Builder:
     """Walks the lark tree top-down, so errors come out in source order."""
 
-    def __init__(self, filename: str):
-        self.filename = filename
+    def __init__(self, filename: str, where: LineMap):
+        self.filename, self.where = filename, where
         self.depth = 0  # nesting of the expression or body being built
 
     def nested(self, node: LarkTree) -> None:
@@ -356,8 +359,8 @@ class _Builder:
 
     def pos(self, node: LarkTree | Token) -> Pos:
         if isinstance(node, Token):
-            return Pos(self.filename, node.line or 0, node.column or 0)
-        return Pos(self.filename, node.meta.line, node.meta.column)
+            return self.where.pos(node.line or 0, node.column or 0, self.filename)
+        return self.where.pos(node.meta.line, node.meta.column, self.filename)
 
     def fail(self, node: LarkTree | Token, message: str) -> DatalogError:
         return DatalogError(self.pos(node), message)
@@ -629,7 +632,7 @@ class _Builder:
 
         def escape(m: re.Match[str]) -> str:
             if m.group(1) not in _ESCAPES:
-                pos = Pos(self.filename, tok.line or 0, (tok.column or 0) + 1 + m.start())
+                pos = self.where.pos(tok.line or 0, (tok.column or 0) + 1 + m.start(), self.filename)
                 raise DatalogError(pos, f"unknown escape sequence \\{m.group(1)} in string")
             return _ESCAPES[m.group(1)]
 

@@ -1,0 +1,114 @@
+"""The C preprocessor as Soufflé runs it on a program (``#include``, ``#define``, ``#if``...,
+``-I DIR``, ``-M NAME=VALUE``; ``RAM_DOMAIN_SIZE`` is 32, as in a 32-bit Soufflé), through
+pcpp, a C99 preprocessor in pure Python: no compiler needs to be installed where programs run.
+
+Comments pass through untouched (the parser drops them), so every line keeps its number; the
+``#line`` markers pcpp writes where files and lines change become a ``LineMap`` from the
+preprocessed text's lines to the user's file and line, which every position the parser makes
+goes through. A program with no directive and no macro given is not preprocessed at all.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.errors import DatalogError
+
+PREDEFINED = {"RAM_DOMAIN_SIZE": "32"}  # what Soufflé defines for its programs
+_DIRECTIVE = re.compile(r"^[ \t]*#", re.M)
+_MARKER = re.compile(r'^#line (\d+) "((?:[^"\\]|\\.)*)"$')
+
+
+@dataclass
+class LineMap:
+    """Line i of the preprocessed text (1-based) came from ``origins[i - 1]`` (file, line)."""
+
+    origins: list[tuple[str, int]] = field(default_factory=list)
+
+    def pos(self, line: int, col: int, default: str) -> ir.Pos:
+        if 1 <= line <= len(self.origins):
+            file, original = self.origins[line - 1]
+            return ir.Pos(file, original, col)
+        return ir.Pos(default, line, col)
+
+
+def needed(text: str, macros: Mapping[str, str]) -> bool:
+    return bool(macros) or _DIRECTIVE.search(text) is not None
+
+
+def preprocess(
+    text: str, filename: str, include_dirs: Sequence[str | Path] = (), macros: Mapping[str, str] | None = None
+) -> tuple[str, LineMap]:
+    """The program text after the preprocessor, and where each of its lines came from."""
+    from pcpp import Preprocessor
+
+    class _Preprocessor(Preprocessor):
+        def on_comment(self, tok: Any) -> bool:
+            return True  # kept: lines stay where they were, the parser drops comments
+
+        def on_error(self, file: str, line: int, msg: str) -> None:
+            raise DatalogError(ir.Pos(named(file), line, 1), f"preprocessor: {msg}")
+
+        def on_directive_unknown(self, directive: Any, toks: Any, ifpassthru: bool, precedingtoks: Any) -> bool | None:
+            """``#error`` stops the run at its line, as cpp does; ``#warning`` is printed
+            (pcpp's own); ``#pragma`` is left out; any other directive is an error (cpp's)."""
+            here = ir.Pos(named(directive.source), directive.lineno, 1)
+            text = "".join(tok.value for tok in toks).strip()
+            if directive.value == "error":
+                raise DatalogError(here, f"#error {text}")
+            if directive.value == "pragma":
+                return True
+            if directive.value == "warning":
+                return bool(super().on_directive_unknown(directive, toks, ifpassthru, precedingtoks))
+            raise DatalogError(here, f"invalid preprocessing directive #{directive.value}")
+
+        def on_include_not_found(self, is_malformed: bool, is_system_include: bool, curdir: str, includepath: str) -> None:
+            raise DatalogError(_include_line(text, filename, includepath), f"cannot find include file {includepath}")
+
+    def named(source: str) -> str:
+        """pcpp's name of a file, as the user gave it where it is the program itself."""
+        return filename if os.path.abspath(source) == os.path.abspath(filename) else source
+
+    processor = _Preprocessor()
+    processor.line_directive = "#line"
+    for directory in [Path(filename).parent, *map(Path, include_dirs)]:
+        processor.add_path(str(directory))
+    processor.rewrite_paths = []  # pcpp would rewrite file names relative to its own idea of the cwd
+    for name, value in {**PREDEFINED, **(macros or {})}.items():
+        processor.define(f"{name} {value}")
+    # cpp breaks lines at a lone CR too; the parser only at LF: a lone CR is blank space here
+    # (as it is to the parser), so both count the same lines.
+    processor.parse(text.replace("\r\n", "\n").replace("\r", " "), filename)
+    out = io.StringIO()
+    processor.write(out)
+    lines = out.getvalue().split("\n")
+    origins: list[tuple[str, int]] = []
+    file, line = filename, 1
+    for i, content in enumerate(lines):
+        marker = _MARKER.match(content)
+        if marker:
+            file, line = named(marker.group(2).replace('\\"', '"').replace("\\\\", "\\")), int(marker.group(1))
+            lines[i] = ""
+            origins.append((file, line - 1))  # the marker's own line: the one before
+            continue
+        origins.append((file, line))
+        line += 1
+    return "\n".join(lines), LineMap(origins)
+
+
+def _include_line(text: str, filename: str, included: str) -> ir.Pos:
+    """Where the program includes ``included``: the line that names it, else (a nested or
+    malformed include) its first ``#include``, else its start."""
+    lines = text.split("\n")
+    for pattern in (rf"[ \t]*#[ \t]*include[ \t]*[<\"]{re.escape(included)}[>\"]", r"[ \t]*#[ \t]*include"):
+        for number, line in enumerate(lines, start=1):
+            if re.match(pattern, line):
+                return ir.Pos(filename, number, 1)
+    return ir.Pos(filename, 1, 1)
