@@ -202,6 +202,10 @@ CASES: list[tuple[str, str, str, str]] = [
     ("eqrel-not-binary", ".decl eq(x: number, y: number, z: number) eqrel", "1:7", "equivalence relation eq is not binary"),
     ("storage-twice", ".decl b(x: number) btree brie", "1:26", "btree/brie/eqrel qualifier already set"),
     ("plan-alone", ".plan 1:(1)", "1:1", ".plan must follow the rule it orders"),
+    # Soufflé's semantic-plan1 and -plan2: every atom once; a version per atom of the recursion
+    ("plan-incomplete", "r(x) :- e(x, y), r(y).\n.plan 0:(1,3)", "2:7", "invalid execution order in .plan (incomplete)"),
+    ("plan-version", "r(x) :- e(x, y), r(y).\n.plan 0:(2,1), 1:(1,2)", "2:16", "version 1: only versions 0..0 permitted"),
+    ("output-twice", ".decl b(x: number) output output", "1:27", "output qualifier already set"),
     ("btree-delete", ".decl b(x: number) btree_delete", "1:20", "qualifier 'btree_delete'"),
     ("choice-domain", ".decl c(x: number, y: number) choice-domain x", "1:31", "qualifier 'choice-domain'"),
     ("union-type", ".type T = A | B", "1:1", "unsupported: union types"),

@@ -15,6 +15,7 @@ from dataclasses import replace
 from dask_datalog.engine import functors, ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import parser as st
+from dask_datalog.engine.frontend.strata import Stratum
 from dask_datalog.engine.ir import BaseType, Pos
 from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX
 
@@ -717,3 +718,19 @@ def _fold_fact(rule: ir.Rule) -> ir.Rule:
     implementation, ``functors.fold``, so a fact and a rule agree)."""
     args = tuple(functors.fold(a) if isinstance(a, ir.Call) else a for a in rule.head.args)
     return replace(rule, head=replace(rule.head, args=args))
+
+
+def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:
+    """A ``.plan`` version must be one the rule has: one per atom of its own recursion (version
+    0 for a rule outside any), as Soufflé numbers them."""
+    recursion = {name: s.relations for s in strata if s.recursive for name in s.relations}
+    for clause in statements:
+        if not isinstance(clause, st.Clause) or not clause.plans or clause.bodies is None:
+            continue
+        scc = recursion.get(clause.heads[0].relation, frozenset())
+        recursive = max(sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies)
+        for item in clause.plans:
+            if item.version >= max(1, recursive):
+                raise DatalogError(
+                    item.pos, f"execution plan for version {item.version}: only versions 0..{max(1, recursive) - 1} permitted"
+                )

@@ -10,7 +10,7 @@ from pathlib import Path
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import preprocess
-from dask_datalog.engine.frontend.checker import check
+from dask_datalog.engine.frontend.checker import check, check_plans
 from dask_datalog.engine.frontend.parser import parse
 from dask_datalog.engine.frontend.strata import stratify
 
@@ -28,8 +28,10 @@ def load_program(
     lines = None
     if preprocessor and preprocess.needed(text, macros or {}):
         text, lines = preprocess.preprocess(text.removeprefix("\ufeff"), filename, [str(d) for d in include_dirs], macros)
-    program = check(parse(text, filename, lines), filename)
-    stratify(program)  # negation or aggregation through recursion is rejected at load time
+    statements = parse(text, filename, lines)
+    program = check(statements, filename)
+    strata = stratify(program)  # negation or aggregation through recursion is rejected at load time
+    check_plans(statements, strata)
     return program
 
 

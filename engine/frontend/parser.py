@@ -11,7 +11,7 @@ import functools
 import itertools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -105,12 +105,23 @@ Literal = Atom | Negation | Comparison
 
 
 @dataclass(frozen=True)
+class PlanItem:
+    """``version:(i, j, ...)`` of a ``.plan``: the order of the rule's atoms in that version."""
+
+    version: int
+    order: tuple[int, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class Clause:
-    """``heads :- body.``; ``bodies`` holds the disjunctive normal form, None for a fact."""
+    """``heads :- body.``; ``bodies`` holds the disjunctive normal form, None for a fact;
+    ``plans``: its ``.plan`` (checked, then left to the planner's own order)."""
 
     heads: tuple[Atom, ...]
     bodies: tuple[tuple[Literal, ...], ...] | None
     pos: Pos
+    plans: tuple[PlanItem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -372,17 +383,27 @@ class _Builder:
         for node in tree.children:
             assert isinstance(node, Tree)
             if node.data == "plan":
-                self.plan(node, out[-1] if out else None)
+                out[-1] = self.plan(node, out[-1] if out else None)
                 continue
             out.extend(self.statement(node))
         return tuple(out)
 
-    def plan(self, node: LarkTree, rule: Statement | None) -> None:
-        """``.plan`` after a rule (in Soufflé's grammar it is part of the rule), then left out:
-        the planner orders joins itself, a plan never changes an answer, and Soufflé 2.5 takes
-        any orders (a plan naming atoms a rule lacks included) without a word."""
+    def plan(self, node: LarkTree, rule: Statement | None) -> Clause:
+        """``.plan`` after a rule (in Soufflé's grammar it is part of the rule): each order must
+        be a permutation of the rule's atoms, as Soufflé requires; the versions are checked
+        once the program's recursion is known (``checker.check_plans``). The planner orders
+        joins itself: a plan never changes an answer."""
         if not isinstance(rule, Clause) or rule.bodies is None:
             raise self.fail(node, ".plan must follow the rule it orders")
+        sizes = {sum(isinstance(lit, Atom) for lit in body) for body in rule.bodies}
+        items = []
+        for item in node.children:
+            assert isinstance(item, Tree)
+            version, *order = (int(str(n)) for n in item.children if n is not None)
+            if not any(sorted(order) == list(range(1, n + 1)) for n in sizes):
+                raise self.fail(item, "invalid execution order in .plan (incomplete): it must order every atom of the rule once")
+            items.append(PlanItem(version, tuple(order), self.pos(item)))
+        return replace(rule, plans=rule.plans + tuple(items))
 
     def statement(self, node: LarkTree) -> list[Statement]:
         kind = node.data
@@ -424,6 +445,8 @@ class _Builder:
                         raise self.fail(child, "btree/brie/eqrel qualifier already set")
                     storage = word
                 if word in ("input", "output", "printsize"):
+                    if word in directives:
+                        raise self.fail(child, f"{word} qualifier already set")
                     directives.append(word)
                 elif word not in STORAGE_QUALIFIERS and word != "eqrel":
                     raise self.fail(child, f"unsupported: .decl qualifier '{word}'")

@@ -22,6 +22,9 @@ from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 
 PREDEFINED = {"RAM_DOMAIN_SIZE": "32"}  # what Soufflé defines for its programs
+_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_HIDE = {ord(c): 0xF8F0 + i for i, c in enumerate(_BREAKS)}
+_SHOW = {v: k for k, v in _HIDE.items()}
 _DIRECTIVE = re.compile(r"^[ \t]*#", re.M)
 _MARKER = re.compile(r'^#line (\d+) "((?:[^"\\]|\\.)*)"$')
 
@@ -83,9 +86,9 @@ def preprocess(
     processor.rewrite_paths = []  # pcpp would rewrite file names relative to its own idea of the cwd
     for name, value in {**PREDEFINED, **(macros or {})}.items():
         processor.define(f"{name} {value}")
-    # cpp breaks lines at a lone CR too; the parser only at LF: a lone CR is blank space here
-    # (as it is to the parser), so both count the same lines.
-    processor.parse(text.replace("\r\n", "\n").replace("\r", " "), filename)
+    # pcpp breaks lines at more characters than LF (CR, form feed, Unicode's line separators...),
+    # the parser at LF alone: those travel as private-use stand-ins, so both count the same lines.
+    processor.parse(text.replace("\r\n", "\n").translate(_HIDE), filename)
     out = io.StringIO()
     processor.write(out)
     lines = out.getvalue().split("\n")
@@ -100,7 +103,7 @@ def preprocess(
             continue
         origins.append((file, line))
         line += 1
-    return "\n".join(lines), LineMap(origins)
+    return "\n".join(lines).translate(_SHOW), LineMap(origins)
 
 
 def _include_line(text: str, filename: str, included: str) -> ir.Pos:
