@@ -21,9 +21,9 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.config.getoption("--backend")
 
 
-# Modules whose time is mostly waiting (on slurmctld's 30-s passes, TCP timeouts, pip): first,
+# Modules whose time is mostly waiting (on slurmctld's 30-s passes, TCP timeouts, pip) or is one long test (Soufflé's suite): first,
 # so that under `-n 2` their waiting overlaps the rest of the suite.
-WAITING_FIRST = ("test_slurm.py", "test_multihost.py", "test_deploy_docker.py")
+WAITING_FIRST = ("test_slurm.py", "test_multihost.py", "test_deploy_docker.py", "test_souffle_suite.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
