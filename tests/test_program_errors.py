@@ -205,6 +205,8 @@ CASES: list[tuple[str, str, str, str]] = [
     # Soufflé's semantic-plan1 and -plan2: every atom once; a version per atom of the recursion
     ("plan-incomplete", "r(x) :- e(x, y), r(y).\n.plan 0:(1,3)", "2:7", "invalid execution order in .plan (incomplete)"),
     ("plan-version", "r(x) :- e(x, y), r(y).\n.plan 0:(2,1), 1:(1,2)", "2:16", "version 1: only versions 0..0 permitted"),
+    # Soufflé: "Ignored execution plan for non-recursive clause", an error
+    ("plan-not-recursive", "r(x) :- e(x, _).\n.plan 0:(1)", "2:7", "execution plan for a rule that is not recursive"),
     ("output-twice", ".decl b(x: number) output output", "1:27", "output qualifier already set"),
     ("btree-delete", ".decl b(x: number) btree_delete", "1:20", "qualifier 'btree_delete'"),
     ("choice-domain", ".decl c(x: number, y: number) choice-domain x", "1:31", "qualifier 'choice-domain'"),

@@ -721,8 +721,9 @@ def _fold_fact(rule: ir.Rule) -> ir.Rule:
 
 
 def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:
-    """A ``.plan`` version must be one the rule has: one per atom of its own recursion (version
-    0 for a rule outside any), as Soufflé numbers them."""
+    """A ``.plan`` belongs to a recursive rule, and its version must be one the rule has: one
+    per atom of its own recursion, as Soufflé numbers them (a plan on a rule outside any
+    recursion is Soufflé's error too)."""
     recursion = {name: s.relations for s in strata if s.recursive for name in s.relations}
     for clause in statements:
         if not isinstance(clause, st.Clause) or not clause.plans or clause.bodies is None:
@@ -730,7 +731,7 @@ def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -
         scc = recursion.get(clause.heads[0].relation, frozenset())
         recursive = max(sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies)
         for item in clause.plans:
-            if item.version >= max(1, recursive):
-                raise DatalogError(
-                    item.pos, f"execution plan for version {item.version}: only versions 0..{max(1, recursive) - 1} permitted"
-                )
+            if recursive == 0:
+                raise DatalogError(item.pos, "execution plan for a rule that is not recursive")
+            if item.version >= recursive:
+                raise DatalogError(item.pos, f"execution plan for version {item.version}: only versions 0..{recursive - 1} permitted")
