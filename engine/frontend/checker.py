@@ -734,4 +734,6 @@ def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -
             if recursive == 0:
                 raise DatalogError(item.pos, "execution plan for a rule that is not recursive")
             if item.version >= recursive:
-                raise DatalogError(item.pos, f"execution plan for version {item.version}: only versions 0..{recursive - 1} permitted")
+                raise DatalogError(
+                    item.pos, f"execution plan for version {item.version}: only versions 0..{recursive - 1} permitted"
+                )
