@@ -34,10 +34,13 @@ class LineMap:
     """Line i of the preprocessed text (1-based) came from ``origins[i - 1]`` (file, line)."""
 
     origins: list[tuple[str, int]] = field(default_factory=list)
+    last: int = 0  # the program's own last line: pcpp may end its text with a line more
 
     def pos(self, line: int, col: int, default: str) -> ir.Pos:
         if 1 <= line <= len(self.origins):
             file, original = self.origins[line - 1]
+            if file == default and self.last:
+                original = min(original, self.last)
             return ir.Pos(file, original, col)
         return ir.Pos(default, line, col)
 
@@ -103,7 +106,7 @@ def preprocess(
             continue
         origins.append((file, line))
         line += 1
-    return "\n".join(lines).translate(_SHOW), LineMap(origins)
+    return "\n".join(lines).translate(_SHOW), LineMap(origins, text.count("\n") + 1)
 
 
 def _include_line(text: str, filename: str, included: str) -> ir.Pos:
