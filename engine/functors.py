@@ -3,23 +3,40 @@ model): its parameter and result types and how it evaluates. The checker types c
 constant ones through it, the planner and the evaluator read it, so a functor is added here
 once and means the same everywhere.
 
-Types in a signature are base types or ``T``, the call's own numeric type (number or unsigned,
-resolved by the checker): the arithmetic operators take and give ``T``. Evaluation works on
-encoded columns (uint32, see values.py) of one array namespace, so constant folding (NumPy,
-one row) and evaluation (NumPy or CuPy, many rows) run the same code.
+Types in a signature are base types or ``T``, the call's own numeric type (one of the
+signature's ``types``, resolved by the checker): the arithmetic operators take and give ``T``.
+The conversions ``to_float``, ``to_number`` and ``to_unsigned`` and the cast ``as`` take any
+type: the checker picks the functor that computes them by the argument's type (``CONVERSIONS``,
+``CASTS``), as Soufflé picks its I2F, F2I, ... overloads. ``range`` is a generator (one result
+per value). Evaluation works on encoded columns (uint32, see values.py) of one array
+namespace, so constant folding (NumPy, one row) and evaluation (NumPy or CuPy, many rows) run
+the same code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.values import SIGN, SymbolTable, encode_scalar, parse_number, power
+from dask_datalog.engine.values import (
+    FLOAT_NAN,
+    INT32_MIN,
+    SIGN,
+    SymbolTable,
+    decode_scalar,
+    encode_scalar,
+    float_bits,
+    float_key,
+    parse_float,
+    parse_number,
+    parse_unsigned,
+    power,
+)
 
 POWER_UNDEFINED = (
     "unsigned power a ^ b: the result lies between 2^53 and 2^63 and within 0.05 of halfway "
@@ -27,6 +44,8 @@ POWER_UNDEFINED = (
     "on how that library rounds"
 )
 POLYMORPHIC = "T"
+INTEGRAL = ("number", "unsigned")
+NUMERIC = ("number", "unsigned", "float")
 
 
 class SymbolValues:
@@ -63,11 +82,24 @@ class Context:
     xp: Any
     symbols: SymbolTable
     values: SymbolValues | None = None
+    readings: dict[Callable[[str], int | None], tuple[Any, Any]] = field(default_factory=dict)
 
     def symbol_values(self) -> SymbolValues:
         if self.values is None:
             self.values = SymbolValues(self.symbols, self.xp)
         return self.values.current()
+
+    def read(self, parse: Callable[[str], int | None]) -> tuple[Any, Any]:
+        """(value, valid) per symbol id of what ``parse`` reads in each string (to_float's and
+        to_unsigned's readers), extended as the table grows: one parse per string, not per row."""
+        values, valid = self.readings.get(parse, (self.xp.zeros(0, dtype=self.xp.uint32), self.xp.zeros(0, dtype=bool)))
+        new = self.symbols.strings_from(int(values.shape[0]))
+        if new:
+            parsed = [parse(text) for text in new]
+            values = self.xp.concatenate([values, self.xp.asarray(np.array([p or 0 for p in parsed], np.uint32))])
+            valid = self.xp.concatenate([valid, self.xp.asarray(np.array([p is not None for p in parsed], bool))])
+            self.readings[parse] = (values, valid)
+        return values, valid
 
 
 Apply = Callable[[ir.Call, list[Any], Context], Any]
@@ -76,15 +108,19 @@ Apply = Callable[[ir.Call, list[Any], Context], Any]
 @dataclass(frozen=True)
 class Signature:
     """A functor: ``params`` (one type per argument; with ``variadic`` the last repeats, at
-    least ``len(params)`` arguments), ``result`` and ``apply(call, encoded columns, context)``
-    giving the encoded result column (raising ``DatalogError`` at ``call.pos`` where Soufflé
-    stops the run)."""
+    least ``len(params)`` arguments; the last ``optional`` may be left out), ``result``, the
+    types ``T`` may take, and ``apply(call, encoded columns, context)`` giving the encoded
+    result column (raising ``DatalogError`` at ``call.pos`` where Soufflé stops the run). A
+    ``generator`` gives (for each result, the row it comes from; the encoded results)."""
 
     name: str
     params: tuple[str, ...]
     result: str
     apply: Apply
     variadic: bool = False
+    types: tuple[str, ...] = INTEGRAL
+    optional: int = 0
+    generator: bool = False
 
     def param(self, i: int) -> str:
         return self.params[min(i, len(self.params) - 1)]
@@ -94,7 +130,9 @@ class Signature:
         return self.result == POLYMORPHIC
 
     def accepts(self, n: int) -> bool:
-        return n >= len(self.params) if self.variadic else n == len(self.params)
+        if self.variadic:
+            return n >= len(self.params)
+        return len(self.params) - self.optional <= n <= len(self.params)
 
 
 def decode_int(encoded: Any, type: str, xp: Any) -> Any:
@@ -110,11 +148,69 @@ def encode_int(values: Any, type: str, xp: Any) -> Any:
     return low ^ SIGN if type == "number" else low
 
 
+def decode_float(encoded: Any, xp: Any) -> Any:
+    """Encoded uint32 -> float32 values."""
+    return float_bits(encoded, xp).view(xp.float32)
+
+
+def encode_float(values: Any, xp: Any) -> Any:
+    """float32 values -> encoded uint32."""
+    return float_key(values.astype(xp.float32).view(xp.uint32), xp)
+
+
+_QUIET = np.uint32(0x00400000)
+_X86_NAN = np.uint32(FLOAT_NAN) | SIGN  # what SSE makes of 0/0, inf - inf, ...
+
+
+def _x86_nan(result: Any, a: Any, b: Any, xp: Any) -> Any:
+    """C's ``a op b`` on floats as x86 (SSE) computes it, where the result is a NaN: ``a`` if
+    it is a NaN, else ``b`` if it is one, quieted; else x86's default NaN (printed ``-nan``).
+    NumPy or the GPU may pick another NaN; Soufflé prints the sign."""
+    bits = result.view(xp.uint32)
+    made = xp.isnan(result)
+    if not bool(made.any()):
+        return bits
+    a_bits, b_bits = a.view(xp.uint32), b.view(xp.uint32)
+    nan = xp.where(xp.isnan(a), a_bits | _QUIET, xp.where(xp.isnan(b), b_bits | _QUIET, _X86_NAN))
+    return xp.where(made, nan, bits)
+
+
+def _float_power(a: Any, b: Any, xp: Any) -> Any:
+    """C's powf: computed in double and rounded once, as glibc's powf does (it is within half
+    an ulp but for results this close to halfway between two floats)."""
+    return (a.astype(xp.float64) ** b.astype(xp.float64)).astype(xp.float32)
+
+
+_FLOAT_OPS: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "+": lambda a, b, xp: a + b,
+    "-": lambda a, b, xp: a - b,
+    "*": lambda a, b, xp: a * b,
+    "/": lambda a, b, xp: a / b,  # by zero: an infinity or NaN, no error (IEEE)
+    "^": _float_power,
+    # std::min and std::max: the first argument unless the second is strictly beyond it, so a
+    # NaN is kept first and skipped second, and -0.0 and 0.0 keep their order.
+    "min": lambda a, b, xp: xp.where(b < a, b, a),
+    "max": lambda a, b, xp: xp.where(a < b, b, a),
+}
+
+
+def _float_fold(call: ir.Call, args: list[Any], xp: Any) -> Any:
+    """A float operator folded left over its arguments' encoded columns."""
+    result = decode_float(args[0], xp)
+    with np.errstate(all="ignore"):  # overflow, 0/0: IEEE's infinities and NaNs, as in C
+        for arg in args[1:]:
+            value = decode_float(arg, xp)
+            result = _x86_nan(_FLOAT_OPS[call.name](result, value, xp), result, value, xp).view(xp.float32)
+    return float_key(result.view(xp.uint32), xp)
+
+
 def _arithmetic(compute: Callable[[ir.Call, Any, Any, Any], Any]) -> Apply:
     """A ``T`` x ``T`` -> ``T`` operator folded left over its arguments, on decoded values."""
 
     def apply(call: ir.Call, args: list[Any], ctx: Context) -> Any:
         xp = ctx.xp
+        if call.type == "float":
+            return _float_fold(call, args, xp)
         values = [decode_int(a, call.type, xp) for a in args]
         result = values[0]
         for value in values[1:]:
@@ -157,6 +253,14 @@ def _logical(test: Callable[[Any, Any], Any]) -> Callable[[ir.Call, Any, Any, An
     return lambda call, a, b, xp: test(a != 0, b != 0).astype(a.dtype)
 
 
+def _negate(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    """Unary minus: two's complement on numbers (wrapping at -2^31), the sign bit on floats
+    (so -0.0 and the NaNs' signs too, as C's -x)."""
+    if call.type == "float":
+        return float_key(float_bits(args[0], ctx.xp) ^ SIGN, ctx.xp)
+    return encode_int(-decode_int(args[0], call.type, ctx.xp), call.type, ctx.xp)
+
+
 def _unary(compute: Callable[[Any], Any]) -> Apply:
     """A ``T`` -> ``T`` operator on the decoded value (bnot, lnot)."""
 
@@ -176,24 +280,162 @@ def _to_number(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     values = ctx.symbol_values()
     bad = ~values.valid[ids]
     if bool(bad.any()):
-        first = int(ctx.xp.nonzero(bad)[0][0])
-        text = ctx.symbols.lookup(np.asarray([int(ids[first])]))[0]
-        raise DatalogError(call.pos, f'to_number: "{text}" is not a number (Soufflé stops here too)')
+        raise _not_a_number(call, ids, bad, ctx)
     return encode_int(values.numbers[ids], "number", ctx.xp)
+
+
+def _not_a_number(call: ir.Call, ids: Any, bad: Any, ctx: Context) -> DatalogError:
+    """The error for the first row whose symbol a conversion cannot read (Soufflé stops too)."""
+    first = int(ctx.xp.nonzero(bad)[0][0])
+    text = ctx.symbols.lookup(np.asarray([int(ids[first])]))[0]
+    return DatalogError(call.pos, f'{call.name}: "{text}" is not a number (Soufflé stops here too)')
+
+
+def _read_symbol(parse: Callable[[str], int | None], encode: Callable[[Any, Any], Any]) -> Apply:
+    """to_float and to_unsigned of a symbol: what ``parse`` reads in its text (an IEEE bit
+    pattern, an unsigned), encoded by ``encode``."""
+
+    def apply(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+        values, valid = ctx.read(parse)
+        bad = ~valid[args[0]]
+        if bool(bad.any()):
+            raise _not_a_number(call, args[0], bad, ctx)
+        return encode(values[args[0]], ctx.xp)
+
+    return apply
+
+
+def _prefix_float(text: str) -> int | None:
+    return parse_float(text, whole=False)
+
+
+def _float_to_int(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    """C's (int32_t) of a float: truncated; x86 gives INT32_MIN for NaN and out of range."""
+    xp = ctx.xp
+    value = xp.trunc(decode_float(args[0], xp).astype(xp.float64))
+    fits = (value >= -(2.0**31)) & (value < 2.0**31)
+    return encode_int(xp.where(fits, xp.where(fits, value, 0.0).astype(xp.int64), INT32_MIN), "number", xp)
+
+
+def _float_to_unsigned(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    """C's (uint32_t) of a float as gcc compiles it on x86-64: through int64 (so -1.5 is
+    2^32 - 1), whose NaN and out-of-range value, -2^63, leaves 0 in the low 32 bits."""
+    xp = ctx.xp
+    value = xp.trunc(decode_float(args[0], xp).astype(xp.float64))
+    fits = (value >= -(2.0**63)) & (value < 2.0**63)
+    return encode_int(xp.where(fits, value, 0.0).astype(xp.int64), "unsigned", xp)
+
+
+def _int_to_float(source: str) -> Apply:
+    """C's (float) of an int32 or uint32: rounded to nearest, ties to even."""
+    return lambda call, args, ctx: encode_float(decode_int(args[0], source, ctx.xp).astype(ctx.xp.float32), ctx.xp)
+
+
+def _same_bits(source: str, target: str) -> Apply:
+    """A value's 32 bits read as another type: ``as`` between numeric types, and C's casts
+    between int32 and uint32."""
+
+    def apply(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+        xp = ctx.xp
+        encoded = args[0]
+        bits = encoded ^ SIGN if source == "number" else float_bits(encoded, xp) if source == "float" else encoded
+        return bits ^ SIGN if target == "number" else float_key(bits, xp) if target == "float" else bits
+
+    return apply
+
+
+def _range(call: ir.Call, args: list[Any], ctx: Context) -> tuple[Any, Any]:
+    """Soufflé's ``range(a, b[, step])``: a, a + step, ... while short of b (step 1 or -1 towards
+    b when left out; a step of 0 gives a alone unless a = b). Returns the row each value comes
+    from and the encoded values, computed for all rows at once."""
+    xp = ctx.xp
+    if call.type == "float":
+        a, b = decode_float(args[0], xp), decode_float(args[1], xp)
+        step = decode_float(args[2], xp) if len(args) == 3 else xp.where(a <= b, 1.0, -1.0).astype(xp.float32)
+        rows, values = _float_range(call, a, b, step, xp)
+        return rows, encode_float(values, xp)
+    a, b = decode_int(args[0], call.type, xp).astype(xp.int64), decode_int(args[1], call.type, xp).astype(xp.int64)
+    step = decode_int(args[2], call.type, xp).astype(xp.int64) if len(args) == 3 else xp.where(a <= b, 1, -1)
+    up, down = step > 0, step < 0
+    span = xp.where(up, b - a, xp.where(down, a - b, 0))
+    size = xp.maximum(xp.abs(step), 1)
+    counts = xp.where(up | down, xp.where(span > 0, (span + size - 1) // size, 0), (a != b).astype(xp.int64))
+    rows, k = _expand(counts, xp)
+    return rows, encode_int(a[rows] + k * step[rows], call.type, xp)
+
+
+def _expand(counts: Any, xp: Any) -> tuple[Any, Any]:
+    """For counts per row: each output's row, and its place among its row's outputs."""
+    rows = xp.repeat(xp.arange(counts.shape[0]), counts)
+    starts = xp.cumsum(counts) - counts
+    return rows, xp.arange(rows.shape[0]) - starts[rows]
+
+
+def _lowest_bit(values: Any, xp: Any) -> Any:
+    """The lowest power of two a float32 value is a multiple of (infinity for 0)."""
+    bits = values.view(xp.uint32).astype(xp.int64)
+    exponent = (bits >> 23) & 0xFF
+    mantissa = xp.where(exponent > 0, (bits & 0x7FFFFF) | 0x800000, bits & 0x7FFFFF)
+    low = xp.ldexp((mantissa & -mantissa).astype(xp.float64), (xp.maximum(exponent, 1) - 150).astype(xp.int32))
+    return xp.where(mantissa == 0, xp.inf, low)
+
+
+def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any, Any]:
+    """A float range as Soufflé's loop makes it: ``for (x = a; x < b; x += step)`` in float
+    arithmetic (its mirror for a negative step), so the values are the float sums, not
+    a + k * step. Where every a + k * step up to b is a float (a grid of the step's and a's
+    lowest bits that floats hold exactly) that is the same and computed at once; other rows
+    take the loop's steps together, one step for all of them per round."""
+    with np.errstate(all="ignore"):
+        still = ~(step > 0) & ~(step < 0)  # 0 or NaN: a once, unless a = b
+        flip = xp.where(step < 0, -1.0, 1.0).astype(xp.float32)  # a negative step: the mirror image
+        a, b, step = a * flip, b * flip, step * flip
+        wide_a, wide_b, wide_step = a.astype(xp.float64), b.astype(xp.float64), step.astype(xp.float64)
+        grid = xp.minimum(_lowest_bit(a, xp), _lowest_bit(step, xp))
+        guess = xp.ceil(xp.clip((wide_b - wide_a) / wide_step, 0.0, 2.0**25))
+        guess = xp.where(xp.isnan(guess), 0.0, guess)
+        counts = xp.zeros(a.shape[0], dtype=xp.int64)
+        exact = still | ~(a < b)
+        for n in (guess - 1, guess, guess + 1):
+            last = wide_a + (n - 1) * wide_step
+            fits = (xp.abs(wide_a) < 2.0**24 * grid) & (xp.abs(last) < 2.0**24 * grid) & (n >= 1)
+            ends = fits & (last < wide_b) & ((last.astype(xp.float32) + step).astype(xp.float64) >= wide_b)
+            counts = xp.where(ends & ~exact, n.astype(xp.int64), counts)
+            exact |= ends
+        counts = xp.where(still, (a != b).astype(xp.int64), counts)
+        rows, k = _expand(counts, xp)
+        values = [(wide_a[rows] + k * xp.where(still[rows], 0.0, wide_step[rows])).astype(xp.float32)]
+        sources, firsts = [rows], [k == 0]
+        pending = xp.nonzero(~exact)[0]
+        x = a[pending]
+        while pending.shape[0]:
+            emit = x < b[pending]
+            sources.append(pending[emit])
+            values.append(x[emit])
+            firsts.append(xp.full(int(emit.sum()), len(firsts) == 1))
+            pending, x = pending[emit], x[emit]
+            later = x + step[pending]
+            if bool((later == x).any()):
+                raise DatalogError(call.pos, "range(...) never reaches its end: adding the step leaves the value as it is")
+            x = later
+        rows, out = xp.concatenate(sources), xp.concatenate(values) * flip[xp.concatenate(sources)]
+        # A sum that is zero is +0.0, which the mirror image would have turned to -0.0.
+        return rows, xp.where((out == 0) & ~xp.concatenate(firsts), xp.float32(0.0), out)
 
 
 T = POLYMORPHIC
 SIGNATURES: dict[str, Signature] = {
     s.name: s
     for s in (
-        Signature("+", (T, T), T, _arithmetic(lambda c, a, b, xp: a + b)),
-        Signature("-", (T, T), T, _arithmetic(lambda c, a, b, xp: a - b)),
-        Signature("*", (T, T), T, _arithmetic(lambda c, a, b, xp: a * b)),
-        Signature("/", (T, T), T, _arithmetic(_divide)),
+        Signature("+", (T, T), T, _arithmetic(lambda c, a, b, xp: a + b), types=NUMERIC),
+        Signature("-", (T, T), T, _arithmetic(lambda c, a, b, xp: a - b), types=NUMERIC),
+        Signature("*", (T, T), T, _arithmetic(lambda c, a, b, xp: a * b), types=NUMERIC),
+        Signature("/", (T, T), T, _arithmetic(_divide), types=NUMERIC),
         Signature("%", (T, T), T, _arithmetic(_divide)),
-        Signature("^", (T, T), T, _arithmetic(_power)),
-        Signature("min", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True),
-        Signature("max", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True),
+        Signature("^", (T, T), T, _arithmetic(_power), types=NUMERIC),
+        Signature("min", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True, types=NUMERIC),
+        Signature("max", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True, types=NUMERIC),
+        Signature("neg", (T,), T, _negate, types=("number", "float")),
         Signature("band", (T, T), T, _arithmetic(lambda c, a, b, xp: a & b)),
         Signature("bor", (T, T), T, _arithmetic(lambda c, a, b, xp: a | b)),
         Signature("bxor", (T, T), T, _arithmetic(lambda c, a, b, xp: a ^ b)),
@@ -207,7 +449,37 @@ SIGNATURES: dict[str, Signature] = {
         Signature("lnot", (T,), T, _unary(lambda a: (a == 0).astype(a.dtype))),
         Signature("strlen", ("symbol",), "number", _strlen),
         Signature("to_number", ("symbol",), "number", _to_number),
+        Signature("stof", ("symbol",), "float", _read_symbol(_prefix_float, float_key)),
+        Signature("stou", ("symbol",), "unsigned", _read_symbol(parse_unsigned, lambda v, xp: v)),
+        Signature("itof", ("number",), "float", _int_to_float("number")),
+        Signature("utof", ("unsigned",), "float", _int_to_float("unsigned")),
+        Signature("ftoi", ("float",), "number", _float_to_int),
+        Signature("ftou", ("float",), "unsigned", _float_to_unsigned),
+        Signature("itou", ("number",), "unsigned", _same_bits("number", "unsigned")),
+        Signature("utoi", ("unsigned",), "number", _same_bits("unsigned", "number")),
+        Signature("bits_itof", ("number",), "float", _same_bits("number", "float")),
+        Signature("bits_utof", ("unsigned",), "float", _same_bits("unsigned", "float")),
+        Signature("bits_ftoi", ("float",), "number", _same_bits("float", "number")),
+        Signature("bits_ftou", ("float",), "unsigned", _same_bits("float", "unsigned")),
+        Signature("range", (T, T, T), T, _range, types=NUMERIC, optional=1, generator=True),
     )
+}
+# The functor computing to_float(x), to_number(x), to_unsigned(x) by x's type (None: x itself).
+CONVERSIONS: dict[str, dict[str, str | None]] = {
+    "to_float": {"number": "itof", "unsigned": "utof", "float": None, "symbol": "stof"},
+    "to_number": {"number": None, "unsigned": "utoi", "float": "ftoi", "symbol": "to_number"},
+    "to_unsigned": {"number": "itou", "unsigned": None, "float": "ftou", "symbol": "stou"},
+}
+CONVERSION_RESULTS = {"to_float": "float", "to_number": "number", "to_unsigned": "unsigned"}
+# as(x, T) between numeric types: x's bits read as T's base type (Soufflé's cast changes only
+# the type: as(1, float) of a number 1 is the float 1.4e-45).
+CASTS: dict[tuple[str, str], str] = {
+    ("number", "unsigned"): "itou",
+    ("unsigned", "number"): "utoi",
+    ("number", "float"): "bits_itof",
+    ("unsigned", "float"): "bits_utof",
+    ("float", "number"): "bits_ftoi",
+    ("float", "unsigned"): "bits_ftou",
 }
 
 
@@ -232,10 +504,3 @@ def fold(call: ir.Call) -> ir.Const:
         columns.append(np.array([encode_scalar(value, const.type)], dtype=np.uint32))
     result = apply(call, columns, Context(np, symbols))
     return ir.Const(decode_scalar(int(result[0]), call.type), call.type, call.pos)
-
-
-def decode_scalar(encoded: int, type: str) -> int:
-    if type == "number":
-        value = encoded ^ 0x80000000
-        return value - (1 << 32) if value >= 1 << 31 else value
-    return encoded

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Literal as TypingLiteral
 from typing import TypeVar
 
-BaseType = TypingLiteral["number", "unsigned", "symbol"]
-BASE_TYPES: tuple[BaseType, ...] = ("number", "unsigned", "symbol")
+BaseType = TypingLiteral["number", "unsigned", "float", "symbol"]
+BASE_TYPES: tuple[BaseType, ...] = ("number", "unsigned", "float", "symbol")
 T = TypeVar("T")
 
 
@@ -40,7 +40,11 @@ class Var:
 
 @dataclass(frozen=True)
 class Const:
-    """A literal. ``value`` is an int for number/unsigned and the string itself for symbol."""
+    """A literal. ``value`` is an int for number/unsigned, the IEEE bit pattern (an int) for
+    float (so -0.0 and 0.0 stay two constants, and NaN equals itself), and the string itself
+    for symbol. In the checker, before types are resolved, a ``number`` literal is one whose
+    type its context decides (Soufflé's untyped numeric constant); ``1u`` and ``1.5`` are
+    unsigned and float from the start."""
 
     value: int | str
     type: BaseType
@@ -56,7 +60,9 @@ class Wildcard:
 class Call:
     """A functor applied to terms: arithmetic (``+ - * / % ^ min max``, whose operands and
     result are of ``type``) and the functors of ``functors.SIGNATURES`` (``strlen``,
-    ``to_number``...), each typed and evaluated by its signature there."""
+    ``to_number``...), each typed and evaluated by its signature there. A ``range`` call (a
+    generator: one result per value) only ever stands alone on the right of ``$r = range(...)``,
+    where the checker moved it from wherever it was written."""
 
     name: str
     args: tuple[Term, ...]
@@ -83,12 +89,15 @@ class Negation:
 @dataclass(frozen=True)
 class Comparison:
     """``left op right``. With op ``=`` and one side an otherwise unbound variable this binds
-    the variable (``y = x + 1``); the planner decides which, the checker proves it is safe."""
+    the variable (``y = x + 1``); the planner decides which, the checker proves it is safe.
+    ``type``: the operands' type, which decides how they compare (floats as floats: 0.0 =
+    -0.0, a NaN equals nothing)."""
 
     op: str
     left: Term
     right: Term
     pos: Pos = field(default=NOWHERE, compare=False)
+    type: BaseType = "number"
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,15 @@ class AssignStep:
 
 
 @dataclass(frozen=True)
+class GenerateStep:
+    """``var = range(...)``: each binding row becomes one row per value the generator gives."""
+
+    var: str
+    call: Call
+    route: Route = LOCAL  # always local: it reads no relation
+
+
+@dataclass(frozen=True)
 class NegationStep:
     atom: Atom
     order: tuple[int, ...]
@@ -166,7 +175,7 @@ class AggregateStep:
     route: Route = LOCAL
 
 
-Step = JoinStep | FilterStep | AssignStep | NegationStep | AggregateStep
+Step = JoinStep | FilterStep | AssignStep | GenerateStep | NegationStep | AggregateStep
 
 
 @dataclass(frozen=True)
@@ -268,7 +277,7 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
         for a in atom.args:
             if isinstance(a, Call):
                 v = Var(f"$lift{next(counter)}", a.pos)
-                extra.append(Comparison("=", v, a, a.pos))
+                extra.append(Comparison("=", v, a, a.pos, a.type))
                 args.append(v)
             else:
                 args.append(a)
@@ -313,6 +322,12 @@ def _order_body(
     # An aggregate's result is bound by the aggregate alone: `x = n, n = count : {...}` must
     # compare x with the count, not assign n from x before the aggregate runs.
     aggregate_results = {lit.result.name for lit in body if isinstance(lit, Aggregation)}
+    # A float variable a positive atom binds is compared with `v = expr`, never assigned by it
+    # and then joined on its bits: as in Soufflé, 0.0 = -0.0 holds there and NaN = NaN fails.
+    grounded = {a.name for lit in body if isinstance(lit, Atom) for a in lit.args if isinstance(a, Var)}
+
+    def target(c: Comparison) -> tuple[str, Term] | None:
+        return _assignment_target(c, bound, aggregate_results | (grounded if c.type == "float" else set()))
 
     def take(i: int) -> None:
         pending.remove(i)
@@ -324,13 +339,19 @@ def _order_body(
             order, key_len = _index_for(lit.atom, bound | literal_vars(lit.atom))
             raw.append((i, NegationStep(lit.atom, order, key_len)))
         elif isinstance(lit, Comparison):
-            target = _assignment_target(lit, bound, aggregate_results)
-            if target is None:
+            assigned = target(lit)
+            generated = _generated(lit)
+            if generated is not None and assigned is None:  # its variable is bound: generate, then compare
+                var, call = generated
+                fresh = Var(f"$gen_{var.name}", var.pos)
+                raw.append((i, GenerateStep(fresh.name, call)))
+                raw.append((i, FilterStep(replace(lit, left=var, right=fresh))))
+            elif assigned is None:
                 raw.append((i, FilterStep(lit)))
             else:
-                var, expr = target
-                raw.append((i, AssignStep(var, expr)))
-                bound.add(var)
+                var_name, expr = assigned
+                raw.append((i, GenerateStep(var_name, generated[1]) if generated else AssignStep(var_name, expr)))
+                bound.add(var_name)
         else:
             inner_vars = _aggregation_free_vars(lit)
             grouping = tuple(sorted(inner_vars & bound))
@@ -345,7 +366,10 @@ def _order_body(
         if isinstance(lit, Negation):
             return literal_vars(lit) <= bound
         if isinstance(lit, Comparison):
-            return literal_vars(lit) <= bound or _assignment_target(lit, bound, aggregate_results) is not None
+            generated = _generated(lit)
+            if generated is not None:
+                return variable_names(generated[1]) <= bound
+            return literal_vars(lit) <= bound or target(lit) is not None
         return _grouping_ready(lit, bound, body, i)
 
     if delta_index is not None:
@@ -379,6 +403,13 @@ def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, 
 def _bound_positions(atom: BodyLiteral, bound: set[str]) -> int:
     assert isinstance(atom, Atom)
     return sum(isinstance(a, Const) or (isinstance(a, Var) and a.name in bound) for a in atom.args)
+
+
+def _generated(c: Comparison) -> tuple[Var, Call] | None:
+    """``v = range(...)``, the one place the checker leaves a generator."""
+    if isinstance(c.left, Var) and isinstance(c.right, Call) and c.right.name == "range":
+        return c.left, c.right
+    return None
 
 
 def _assignment_target(c: Comparison, bound: set[str], not_assignable: set[str]) -> tuple[str, Term] | None:
@@ -416,6 +447,9 @@ def _with_liveness(steps: list[Step], needed_after: set[str], keep_all: bool) ->
         elif isinstance(s, AssignStep):
             live.discard(s.var)
             live |= variable_names(s.expr)
+        elif isinstance(s, GenerateStep):
+            live.discard(s.var)
+            live |= variable_names(s.call)
         elif isinstance(s, NegationStep):
             live |= literal_vars(s.atom)
         else:

@@ -4,6 +4,10 @@ need no per-type code.
 
 - ``number`` (int32): the bit pattern with the sign bit flipped.
 - ``unsigned`` (uint32): itself.
+- ``float`` (IEEE binary32, Soufflé's 32-bit float): the bit pattern with the sign bit flipped
+  when positive and every bit flipped when negative, so unsigned order is float order (-0.0
+  just below +0.0, NaNs beyond the infinities). Distinct bit patterns are distinct values, as in
+  Soufflé: -0.0 and +0.0 are two tuples, though ``=`` finds them equal.
 - ``symbol``: the id from the run's SymbolTable, whose ids are in text order on every shard
   (``SymbolTable`` says how it is made), so symbols sort like numbers.
 """
@@ -11,6 +15,7 @@ need no per-type code.
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,17 +29,31 @@ UINT32_MAX = 2**32 - 1
 
 
 def encode(values: Any, type: BaseType, xp: Any = np) -> Any:
-    """int32 / uint32 / symbol-id array -> encoded uint32 array."""
+    """int32 / uint32 / float32 / symbol-id array -> encoded uint32 array."""
     if type == "number":
         return values.astype(xp.int32).view(xp.uint32) ^ SIGN
+    if type == "float":
+        return float_key(values.astype(xp.float32).view(xp.uint32), xp)
     return values.astype(xp.uint32)
 
 
 def decode(encoded: Any, type: BaseType, xp: Any = np) -> Any:
-    """Encoded uint32 array -> int32 (number) or uint32 (unsigned, symbol id)."""
+    """Encoded uint32 array -> int32 (number), float32 (float) or uint32 (unsigned, symbol id)."""
     if type == "number":
         return (encoded ^ SIGN).view(xp.int32)
+    if type == "float":
+        return float_bits(encoded, xp).view(xp.float32)
     return encoded
+
+
+def float_key(bits: Any, xp: Any = np) -> Any:
+    """IEEE float32 bit patterns (uint32) -> their encoding, whose unsigned order is float order."""
+    return bits ^ xp.where(bits >= SIGN, np.uint32(0xFFFFFFFF), SIGN)
+
+
+def float_bits(encoded: Any, xp: Any = np) -> Any:
+    """The inverse of ``float_key``."""
+    return encoded ^ xp.where(encoded >= SIGN, SIGN, np.uint32(0xFFFFFFFF))
 
 
 _SATURATED = np.uint64(1 << 63)
@@ -112,11 +131,165 @@ def parse_number(text: str) -> int | None:
     return value if INT32_MIN <= value <= INT32_MAX else None
 
 
+def parse_unsigned(text: str) -> int | None:
+    """Soufflé's ``to_unsigned`` of a symbol, None where it stops the run: C's strtoul of a
+    ``0b`` binary (the ``0b`` removed), ``0x`` hex or decimal prefix of the text (white space and
+    a sign allowed, anything after the digits ignored), taken mod 2^32 (the C cast), but not
+    text starting with ``-`` or past 2^64 - 1 (where C++'s stoul throws)."""
+    if text.startswith("-"):
+        return None
+    base = 2 if text.startswith("0b") else 16 if text.startswith("0x") else 10
+    match = _NUMBER_SYNTAX[base].match(text[2:] if base == 2 else text)
+    if match is None:
+        return None
+    sign, digits = match.groups()
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 64:
+        return None
+    value = int(digits, base)
+    if value >= 1 << 64:
+        return None
+    return (-value if sign == "-" else value) & 0xFFFFFFFF
+
+
 def encode_scalar(value: int, type: BaseType) -> int:
-    """A constant's encoded value as a Python int (symbols are interned by the caller)."""
+    """A constant's encoded value as a Python int: a float constant is its IEEE bit pattern
+    (symbols are interned by the caller)."""
     if type == "number":
         return (value & 0xFFFFFFFF) ^ 0x80000000
+    if type == "float":
+        return value ^ (0xFFFFFFFF if value >= 0x80000000 else 0x80000000)
     return value & 0xFFFFFFFF
+
+
+def decode_scalar(encoded: int, type: BaseType) -> int:
+    """The inverse of ``encode_scalar``."""
+    if type == "number":
+        value = encoded ^ 0x80000000
+        return value - (1 << 32) if value >= 1 << 31 else value
+    if type == "float":
+        return encoded ^ (0x80000000 if encoded >= 0x80000000 else 0xFFFFFFFF)
+    return encoded
+
+
+# ---- floats: Soufflé's RamFloat is a C float, read by strtof and printed by iostream ----
+
+FLOAT_NAN = 0x7FC00000  # a quiet NaN; x86's own NaN (0/0, inf - inf) is FLOAT_NAN | SIGN
+FLOAT_INF = 0x7F800000
+FLOAT_MAX = 0x7F7FFFFF
+_MIN_NORMAL_EXPONENT = -126
+
+
+def float_value(bits: int) -> float:
+    """The float32 with IEEE bit pattern ``bits``, as a Python float."""
+    value: float = struct.unpack("<f", struct.pack("<I", bits))[0]
+    return value
+
+
+def float_of(value: float) -> int:
+    """A Python float that is a float32 value -> its bit pattern."""
+    bits: int = struct.unpack("<I", struct.pack("<f", value))[0]
+    return bits
+
+
+def format_float(bits: int) -> str:
+    """Soufflé's text of a float: C++ iostream at max_digits10 (9) significant digits, which is
+    printf's ``%.9g`` (enough to read the same float back); a NaN is ``nan`` or ``-nan`` by its
+    sign bit, as glibc prints it."""
+    value = float_value(bits)
+    if value != value:
+        return "-nan" if bits >= 0x80000000 else "nan"
+    return f"{value:.9g}"
+
+
+def round_float32(num: int, den: int) -> tuple[int, bool]:
+    """num / den (num >= 0, den > 0) rounded to the nearest float32, ties to even, as strtof
+    and C's conversions round: (bit pattern, exact). Past the largest float: infinity, inexact."""
+    if num == 0:
+        return 0, True
+    e = num.bit_length() - den.bit_length()  # 2^(e-1) < num/den < 2^(e+1)
+    if (num << max(0, -e)) < (den << max(0, e)):
+        e -= 1  # now 2^e <= num/den < 2^(e+1)
+    quantum = max(e, _MIN_NORMAL_EXPONENT) - 23  # the spacing of floats there, as a power of 2
+    n, d = (num, den << quantum) if quantum >= 0 else (num << -quantum, den)
+    mantissa, rest = divmod(n, d)
+    if 2 * rest > d or (2 * rest == d and mantissa & 1):
+        mantissa += 1
+    if mantissa == 1 << 24:  # rounded up into the next binade
+        mantissa, quantum = 1 << 23, quantum + 1
+    if mantissa < 1 << 23:  # subnormal (quantum is 2^-149)
+        return mantissa, rest == 0
+    biased = quantum + 23 + 127
+    if biased >= 255:
+        return FLOAT_INF, False
+    return (biased << 23) | (mantissa - (1 << 23)), rest == 0
+
+
+_FLOAT_SYNTAX = re.compile(
+    r"[ \t\n\v\f\r]*(?P<sign>[+-]?)(?:"
+    r"0[xX](?P<hex>[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP](?P<pexp>[+-]?[0-9]+))?"
+    r"|(?P<dec>[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE](?P<eexp>[+-]?[0-9]+))?"
+    r"|(?P<inf>[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)"
+    r"|(?P<nan>[nN][aA][nN](?:\([0-9A-Za-z_]*\))?))"
+)
+_DIGITS_KEPT = 120  # more decimal digits than any float32 rounding can depend on
+
+
+def is_float_text(text: str) -> bool:
+    """Whether all of ``text`` is a float as strtof writes one, in range or not."""
+    match = _FLOAT_SYNTAX.match(text)
+    return match is not None and match.end() == len(text)
+
+
+def parse_float(text: str, whole: bool = True) -> int | None:
+    """C's strtof, as Soufflé reads a float (a fact field with ``whole``: the field must be
+    all number; ``to_float``: a prefix, anything after ignored): white space, a sign, then a
+    decimal or ``0x`` hex float with optional exponent, ``inf``/``infinity`` or ``nan``, any
+    case. Its bit pattern, or None where strtof finds no number or sets ERANGE (C++'s stof
+    then throws): past the largest float, or below the smallest normal one and inexact."""
+    match = _FLOAT_SYNTAX.match(text)
+    if match is None or (whole and match.end() != len(text)):
+        return None
+    sign = 0x80000000 if match["sign"] == "-" else 0
+    if match["inf"]:
+        return sign | FLOAT_INF
+    if match["nan"]:
+        return sign | FLOAT_NAN
+    if match["hex"] is not None:
+        whole_digits, _, fraction = match["hex"].partition(".")
+        digits, base, scale = whole_digits + fraction, 16, -4 * len(fraction)
+        exponent = int(match["pexp"] or "0") if len(match["pexp"] or "") < 12 else None
+    else:
+        whole_digits, _, fraction = match["dec"].partition(".")
+        digits, base, scale = whole_digits + fraction, 10, -len(fraction)
+        exponent = int(match["eexp"] or "0") if len(match["eexp"] or "") < 12 else None
+    digits = digits.lstrip("0")
+    if not digits:
+        return sign
+    if exponent is None:  # an exponent of a dozen digits: far out of range either way
+        exponent = -(10**12) if (match["pexp"] or match["eexp"] or "").startswith("-") else 10**12
+    if len(digits) > _DIGITS_KEPT:  # the digits dropped only decide whether it is exact
+        kept = digits[:_DIGITS_KEPT] + ("1" if digits[_DIGITS_KEPT:].strip("0") else "")
+        scale += len(digits) - len(kept)
+        digits = kept
+    mantissa = int(digits, base)
+    power = exponent + scale  # of 10, or of 2 for hex
+    magnitude = len(digits) + power if base == 10 else mantissa.bit_length() + power
+    if magnitude > (40 if base == 10 else 130):
+        return None  # overflow
+    if magnitude < (-50 if base == 10 else -160):
+        return None  # underflow to zero, inexact
+    radix = 10 if base == 10 else 2
+    num, den = (mantissa * radix**power, 1) if power >= 0 else (mantissa, radix**-power)
+    bits, exact = round_float32(num, den)
+    tiny = False
+    if num << -_MIN_NORMAL_EXPONENT < den:  # below the smallest normal float: x86 glibc calls it
+        # tiny unless 24 bits of precision (the exponent unbounded) round it up to that float
+        scaled, rest = divmod(num << 150, den)
+        tiny = scaled + (2 * rest > den or (2 * rest == den and scaled & 1)) < 1 << 24
+    if bits == FLOAT_INF or (tiny and not exact):
+        return None
+    return sign | bits
 
 
 class SymbolTable:

@@ -240,8 +240,9 @@ def test_hostile_program(text: str) -> None:
         (HEADER + "r(x) :- " + "(" * 5_000 + "e(x, _)" + ")" * 5_000 + ".", "nesting too deep"),
         (_nested_aggregates(2_000), "nesting too deep"),
         (HEADER + "r(x) :- e(x, _), " + ", ".join(["(e(x, _); e(_, x))"] * 40) + ".", "disjunction too large"),
-        (HEADER + "r(" + "9" * 10_000 + ").", "integer literal 999999999999...999999 (10000 digits) does not fit"),
-        (HEADER + "r(0x" + "f" * 10_000 + ").", "does not fit in 32 bits"),
+        (HEADER + "r(" + "9" * 10_000 + ").", "integer literal 999999999999...999999 (10000 digits) is out of range"),
+        (HEADER + "r(0x" + "f" * 10_000 + ").", "is out of range (Soufflé reads at most 64 bits)"),
+        (HEADER + "r(" + "9" * 10_000 + ".0).", "(10002 characters) is out of the range of a 32-bit float"),
     ],
 )
 def test_limits_are_clean_errors(text: str, message: str) -> None:

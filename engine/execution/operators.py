@@ -15,15 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from dask_datalog.engine import functors
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
-from dask_datalog.engine.functors import decode_int, encode_int
+from dask_datalog.engine.functors import decode_float, decode_int, encode_int
 from dask_datalog.engine.ir import Atom, Var
-from dask_datalog.engine.plan import AggregateStep, AssignStep, FilterStep, JoinStep, NegationStep, Step
+from dask_datalog.engine.plan import AggregateStep, AssignStep, FilterStep, GenerateStep, JoinStep, NegationStep, Step
 from dask_datalog.engine.storage.hisa import SortedIndex, expand_runs, gather_join, gather_pairs, half_of, probe_query, unpack
+from dask_datalog.engine.values import FLOAT_MAX, SIGN, float_key
 
 Layout = tuple[str | None, ...]
 Sink = Callable[[Bindings], None]
@@ -141,6 +143,16 @@ def assign(ops: Operators, b: Bindings, step: AssignStep, layout: Layout | None)
     yield b.with_column(step.var, ops.terms.column(step.expr, b), ops.xp)
 
 
+def generate(ops: Operators, b: Bindings, step: GenerateStep, layout: Layout | None) -> Iterator[Bindings]:
+    """Each row once per value of the generator, the values as a new column; at most
+    ``chunk_rows`` rows at a time (a long range need not be held beside its bindings)."""
+    args = [ops.terms.column(a, b) for a in step.call.args]
+    rows, values = functors.apply(step.call, args, ops.terms.context)
+    for lo in range(0, int(rows.shape[0]), max(ops.chunk_rows, 1)):
+        hi = lo + max(ops.chunk_rows, 1)
+        yield b.take(rows[lo:hi]).with_column(step.var, values[lo:hi], ops.xp)
+
+
 def anti_join(ops: Operators, b: Bindings, step: NegationStep, layout: Layout | None) -> Iterator[Bindings]:
     """The rows with no match in the negated atom's full relation."""
     xp = ops.xp
@@ -182,6 +194,8 @@ def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout |
     present[g] = True
     if agg.func == "count":
         result = encode_int(xp.bincount(g, minlength=n_groups).astype(xp.int64), "number", xp)
+    elif agg.type == "float" and agg.func in ("sum", "mean"):
+        result = _float_sum(g, v, n_groups, agg.func == "mean", xp)
     elif agg.func == "sum":
         order = xp.argsort(g, kind="stable")
         sums = xp.zeros(n_groups, dtype=xp.int64)
@@ -192,6 +206,8 @@ def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout |
             sums = xp.where(last >= 0, cs[xp.maximum(last, 0)], 0) - xp.where(first >= 0, cs[xp.maximum(first, 0)], 0)
         result = encode_int(sums, agg.type, xp)
     else:
+        if agg.type == "float":
+            v = _float_extreme_keys(v, agg.func, xp)
         packed = xp.sort((g.astype(xp.uint64) << xp.uint64(32)) | v.astype(xp.uint64))
         group_of = (packed >> xp.uint64(32)).astype(xp.int64)
         pick = xp.searchsorted(group_of, xp.arange(n_groups), side="left" if agg.func == "min" else "right")
@@ -201,10 +217,55 @@ def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout |
         result = xp.zeros(n_groups, dtype=xp.uint32)
         if packed.shape[0]:
             result = (packed[pick] & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
+        if agg.type == "float":
+            result = _float_extreme_keys(result, agg.func, xp)
     out = b.with_column(agg.result.name, result[gid], xp)
-    if agg.func in ("min", "max"):
+    if agg.func in ("min", "max", "mean"):
         out = out.take(xp.nonzero(present[gid])[0])
     yield out
+
+
+_ZERO, _NEGATIVE_ZERO = SIGN, SIGN - np.uint32(1)  # encoded +0.0 and -0.0
+_KEY_MAX, _KEY_LOWEST = np.uint32(float_key(np.uint32(FLOAT_MAX))), np.uint32(float_key(np.uint32(FLOAT_MAX | SIGN)))
+
+
+def _float_extreme_keys(v: Any, func: str, xp: Any) -> Any:
+    """Encoded floats -> keys whose smallest (min) or largest (max) is Soufflé's min or max
+    aggregate, and back (the map is its own inverse on what it gives). Soufflé folds std::min
+    or std::max from the largest float (min) or its negative (max), so NaNs never win and
+    infinities stop at that start (min of {inf} is 3.40282347e+38); between 0.0 and -0.0 the
+    first met wins, and -0.0 comes first in Soufflé's order: max ranks it above 0.0."""
+    nan = (v < _KEY_LOWEST - np.uint32(1)) | (v > _KEY_MAX + np.uint32(1))
+    start = _KEY_MAX if func == "min" else _KEY_LOWEST
+    beyond = v > _KEY_MAX if func == "min" else v < _KEY_LOWEST
+    v = xp.where(nan | beyond, start, v)
+    if func == "max":
+        v = xp.where(v == _ZERO, _NEGATIVE_ZERO, xp.where(v == _NEGATIVE_ZERO, _ZERO, v))
+    return v
+
+
+def _float_sum(g: Any, v: Any, n_groups: int, mean: bool, xp: Any) -> Any:
+    """Per group, Soufflé's float sum or mean. Added in double precision and rounded once
+    (Soufflé adds in float in its index order, so long sums can differ in the last digits);
+    the mean divides in float by the count as a float, which stops growing at 2^24 as
+    Soufflé's does. A NaN sum is negative (x86's own NaN, or -nan met first: Soufflé meets
+    negative values first) unless its NaNs are all positive and no inf - inf made one."""
+    values = decode_float(v, xp)
+    with np.errstate(all="ignore"):
+        sums = xp.bincount(g, weights=values.astype(xp.float64), minlength=n_groups).astype(xp.float32)
+        if mean:
+            counts = xp.minimum(xp.bincount(g, minlength=n_groups), 2**24).astype(xp.float32)
+            sums = sums / xp.maximum(counts, 1)
+
+        def present(mask: Any) -> Any:
+            return xp.bincount(g, weights=mask.astype(xp.float64), minlength=n_groups) > 0
+
+        negative = values.view(xp.uint32) >= SIGN
+        positive_nan = present(xp.isnan(values) & ~negative) & ~present(xp.isnan(values) & negative)
+        positive_nan &= ~(present(values == xp.inf) & present(values == -xp.inf))
+    bits = sums.view(xp.uint32)
+    bits = xp.where(xp.isnan(sums), xp.where(positive_nan, np.uint32(0x7FC00000), np.uint32(0xFFC00000)), bits)
+    return float_key(bits, xp)
 
 
 def _group(b: Bindings, grouping: tuple[str, ...], xp: Any) -> tuple[Any, Bindings, int]:
@@ -227,6 +288,7 @@ EXECUTORS: dict[type, Executor] = {
     JoinStep: join,
     FilterStep: filter_rows,
     AssignStep: assign,
+    GenerateStep: generate,
     NegationStep: anti_join,
     AggregateStep: aggregate,
 }

@@ -43,5 +43,9 @@ class Terms:
         raise AssertionError(f"term {t!r} cannot be evaluated (wildcards are never read)")
 
     def holds(self, c: Comparison, b: Bindings) -> Any:
-        """Boolean mask of the rows where the comparison holds (encoded order is value order)."""
-        return _COMPARE[c.op](self.column(c.left, b), self.column(c.right, b))
+        """Boolean mask of the rows where the comparison holds: encoded order is value order,
+        but floats compare as floats (0.0 = -0.0, a NaN is unordered and equals nothing)."""
+        left, right = self.column(c.left, b), self.column(c.right, b)
+        if c.type == "float":
+            left, right = functors.decode_float(left, self.xp), functors.decode_float(right, self.xp)
+        return _COMPARE[c.op](left, right)

@@ -8,9 +8,12 @@ quoting, ``\\r\\n`` (or a lone ``\\r``) ends a line as well as ``\\n``, a leadin
 ignored. An empty line is the empty string in a relation of one symbol column (as in Soufflé,
 and how such a relation holding "" is written; the line break that ends the file starts no
 tuple); elsewhere empty lines are skipped (Soufflé rejects the file: real graphs, GPULog's among
-them, end in a blank line). A number field is ``-?[0-9]+`` (no spaces, no ``+``, no hex) and
-must fit its type: int32 for number, 0..2^32-1 for unsigned. A symbol field is the raw text, the
-empty string included. A nullary relation holds iff its file has a line, whatever the line
+them, end in a blank line). A number field is ``-?[0-9]+`` (no spaces, no ``+``) and must fit
+its type: int32 for number, 0..2^32-1 for unsigned, which may also be ``0x`` hex or ``0b``
+binary (as Soufflé reads it). A float field is what C's strtof reads, all of it, as in Soufflé:
+white space, a sign, a decimal or ``0x`` hex float with an exponent or none, ``inf``,
+``infinity``, ``nan`` (any case); past the largest float, or tiny and inexact (strtof's ERANGE),
+is an error. A symbol field is the raw text, the empty string included. A nullary relation holds iff its file has a line, whatever the line
 holds, an empty one too (as in Soufflé; ``relation_output.write_relation`` writes ``()``).
 
 The fast paths are a C kernel for numbers only and pyarrow's multithreaded CSV reader beside
@@ -33,9 +36,21 @@ import numpy as np
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.storage import cpu_kernels
-from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX, SymbolTable, encode
+from dask_datalog.engine.values import (
+    INT32_MAX,
+    INT32_MIN,
+    UINT32_MAX,
+    SymbolTable,
+    encode,
+    float_key,
+    is_float_text,
+    parse_float,
+)
 
 _INTEGER = re.compile(r"-?[0-9]+")
+_PREFIXED = re.compile(r"0x[0-9a-fA-F]+|0b[01]+")  # an unsigned's other forms
+_PLAIN_FLOAT = r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"  # what pyarrow's cast reads as strtof does
+_EXACT_ZERO = r"^-?[0.]*(?:[eE].*)?$"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _DELIMITER_NAMES = {"\t": "tab", ",": "comma", " ": "space", ";": "semicolon", "|": "bar"}
 _NUMERIC_BYTES = b"0123456789-\r\n"
@@ -143,8 +158,8 @@ def _line_start(f: IO[bytes], offset: int, size: int) -> int:
     return size
 
 
-def _int_column(column: Any) -> np.ndarray:
-    """A null-free integer pyarrow column as NumPy through its data buffer. pyarrow's own
+def _number_column(column: Any) -> np.ndarray:
+    """A null-free numeric pyarrow column as NumPy through its data buffer. pyarrow's own
     to_numpy imports pandas on first use (0.45 s), a third of a small run's wall time."""
     import pyarrow as pa
 
@@ -159,7 +174,7 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimit
     pass of the CPU kernel, which checks the grammar and ranges as it parses. With symbols:
     pyarrow's multithreaded reader, number columns read as text, matched, then cast (its
     integer parser would also take spaces and hex)."""
-    if "symbol" not in relation.types:
+    if set(relation.types) <= {"number", "unsigned"}:
         if delimiter.encode() in _NUMERIC_BYTES:
             return None  # a digit, '-' or a line break as the delimiter: the reference reader's
         signed = np.array([t == "number" for t in relation.types])
@@ -169,7 +184,7 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimit
     import pyarrow.csv as pacsv
 
     names = [f"c{j}" for j in range(relation.arity)]
-    arrow_types = {"number": pa.int32(), "unsigned": pa.uint32()}
+    arrow_types = {"number": pa.int32(), "unsigned": pa.uint32(), "float": pa.float32()}
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),
@@ -187,15 +202,27 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimit
         for name, t in zip(names, relation.types):
             if t != "symbol":
                 column = table[name]
-                if not pc.all(pc.match_substring_regex(column, r"^-?[0-9]+$")).as_py():
+                if not pc.all(pc.match_substring_regex(column, _PLAIN_FLOAT if t == "float" else r"^-?[0-9]+$")).as_py():
                     return None
-                table = table.set_column(names.index(name), name, pc.cast(column, arrow_types[t]))
+                cast = pc.cast(column, arrow_types[t])
+                # Out of range, or near the smallest normal float (where strtof's ERANGE needs
+                # the exact value): the slow reader decides.
+                if (
+                    t == "float"
+                    and pc.any(
+                        pc.and_(pc.less_equal(pc.abs(cast), 2.0**-126), pc.invert(pc.match_substring_regex(column, _EXACT_ZERO)))
+                    ).as_py()
+                ):
+                    return None
+                if t == "float" and pc.any(pc.is_inf(cast)).as_py():
+                    return None
+                table = table.set_column(names.index(name), name, cast)
     except pa.ArrowException:
         return None
     rows = np.empty((table.num_rows, relation.arity), dtype=np.uint32)
     for j, (name, t) in enumerate(zip(names, relation.types)):
         if t != "symbol":
-            rows[:, j] = encode(_int_column(table[name]), t)
+            rows[:, j] = encode(_number_column(table[name]), t)
     # Symbols are interned only once everything parsed: a bad file leaves the table untouched.
     for j, (name, t) in enumerate(zip(names, relation.types)):
         if t == "symbol":
@@ -205,7 +232,7 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimit
                 dtype=np.uint32,
                 count=len(encoded.dictionary),
             )
-            rows[:, j] = ids[_int_column(encoded.indices)]
+            rows[:, j] = ids[_number_column(encoded.indices)]
     return rows
 
 
@@ -231,6 +258,7 @@ def _read_slow(
     arity = relation.arity
     columns: list[list[Any]] = [[] for _ in range(arity)]
     column_bounds = [_BOUNDS.get(t) for t in relation.types]
+    floats = [t == "float" for t in relation.types]
     match = _INTEGER.fullmatch
     lines = _LINE_BREAK.split(text)
     if lines[-1] == "":  # the end of the last line, or an empty file
@@ -251,18 +279,26 @@ def _read_slow(
             )
         for j, field in enumerate(fields):
             bounds = column_bounds[j]
-            if bounds is None:
+            if floats[j]:
+                if (bits := parse_float(field)) is not None:
+                    columns[j].append(bits)
+                    continue
+            elif bounds is None:
                 columns[j].append(field)
                 continue
-            if match(field) and bounds[0] <= (value := _int(field)) <= bounds[1]:
+            elif (match(field) and bounds[0] <= (value := _int(field)) <= bounds[1]) or (
+                bounds[0] == 0 and _PREFIXED.fullmatch(field) and (value := _prefixed(field)) <= bounds[1]
+            ):
                 columns[j].append(value)
                 continue
             col = len(delimiter.join(fields[:j])) + (len(delimiter) if j else 0) + 1
-            raise _integer_error(field, relation.attributes[j], ir.Pos(file, lineno, col))
+            raise _field_error(field, relation.attributes[j], ir.Pos(file, lineno, col))
     rows = np.empty((len(columns[0]), arity), dtype=np.uint32)
     for j, attr in enumerate(relation.attributes):
         if attr.type == "symbol":
             rows[:, j] = symbols.intern_many(np.array(columns[j], dtype=object)) if columns[j] else []
+        elif attr.type == "float":
+            rows[:, j] = float_key(np.array(columns[j], dtype=np.uint32))
         else:
             rows[:, j] = encode(np.array(columns[j], dtype=np.int64), attr.type)
     return rows
@@ -280,27 +316,45 @@ def _int(field: str) -> int:
     return int(digits or "0") * (-1 if negative else 1)
 
 
+def _prefixed(field: str) -> int:
+    """A field matching ``_PREFIXED`` as an int (one too long for 32 bits: just out of range)."""
+    digits = field[2:].lstrip("0")
+    return int(digits or "0", 16 if field[1] == "x" else 2) if len(digits) <= 40 else 1 << 64
+
+
+def _integer(field: str, attr: ir.Attribute) -> int | None:
+    """The integer a field of an integer column writes, in range or not; None if it writes none."""
+    if _INTEGER.fullmatch(field):
+        return _int(field)
+    if attr.type == "unsigned" and _PREFIXED.fullmatch(field):
+        return _prefixed(field)
+    return None
+
+
 def _shorten(text: str, limit: int = 60) -> str:
     """``text`` for an error message: a long field is cut, its length said."""
     return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-10:]} ({len(text)} characters)"
 
 
 def _parse_integer(field: str, attr: ir.Attribute, pos: ir.Pos) -> int:
-    if not _INTEGER.fullmatch(field):
-        raise _integer_error(field, attr, pos)
-    value = _int(field)
+    value = _integer(field, attr)
     lo, hi = _BOUNDS[attr.type]
-    if not lo <= value <= hi:
-        raise _range_error(value, attr, pos, _shorten(field))
+    if value is None or not lo <= value <= hi:
+        raise _field_error(field, attr, pos)
     return value
 
 
-def _integer_error(field: str, attr: ir.Attribute, pos: ir.Pos) -> DatalogError:
-    """The error for a field already known not to be a valid integer of the column's type."""
-    if not _INTEGER.fullmatch(field):
-        found = "an empty field" if field == "" else _shorten(repr(field))
+def _field_error(field: str, attr: ir.Attribute, pos: ir.Pos) -> DatalogError:
+    """The error for a field already known not to be a valid value of the column's type."""
+    found = "an empty field" if field == "" else _shorten(repr(field))
+    if attr.type == "float":
+        if is_float_text(field):
+            return DatalogError(pos, f"{_shorten(field)} is out of the range of a 32-bit float for column {attr.name}")
+        return DatalogError(pos, f"expected a float for column {attr.name} ({attr.type_name}), found {found}")
+    value = _integer(field, attr)
+    if value is None:
         return DatalogError(pos, f"expected an integer for column {attr.name} ({attr.type_name}), found {found}")
-    return _range_error(_int(field), attr, pos, _shorten(field))
+    return _range_error(value, attr, pos, _shorten(field))
 
 
 def _check_range(value: int, attr: ir.Attribute, pos: ir.Pos) -> None:

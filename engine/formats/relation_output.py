@@ -2,7 +2,8 @@
 
 Kept apart from ``fact_input`` because output never parses user data: it only orders and renders
 rows the engine already holds, for the CLI, the workers' output tasks and the Python API.
-Symbols sort by text, not by id; a nullary relation is written as ``()`` (Soufflé's form).
+Symbols sort by text, not by id; a nullary relation is written as ``()`` (Soufflé's form);
+floats are written as Soufflé writes them (``values.format_float``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dask_datalog.engine import ir
 from dask_datalog.engine.backend import NUMPY, Backend
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.hisa import unpack
-from dask_datalog.engine.values import SIGN, SymbolTable, decode
+from dask_datalog.engine.values import SIGN, SymbolTable, decode, format_float
 
 if TYPE_CHECKING:  # pandas costs 0.4 s to import; only DataFrame users pay it
     import pandas as pd
@@ -115,7 +116,8 @@ def _in_order(rows: Rows) -> bool:
 
 
 def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
-    """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), object str (symbol)."""
+    """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), float32
+    (float), object str (symbol)."""
     return [
         symbols.lookup(rows[:, j]) if t == "symbol" else decode(np.ascontiguousarray(rows[:, j]), t)
         for j, t in enumerate(relation.types)
@@ -199,6 +201,7 @@ def format_chunks(
     plain = exotic or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES
     for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
         columns = decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols)
+        columns = [format_floats(c) if t == "float" else c for c, t in zip(columns, relation.types)]
         if plain:
             yield "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode()
         else:
@@ -206,7 +209,14 @@ def format_chunks(
 
 
 def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend) -> bool:
-    return backend.kernels is not None and "symbol" not in relation.types and len(delimiter.encode()) == 1
+    return backend.kernels is not None and set(relation.types) <= {"number", "unsigned"} and len(delimiter.encode()) == 1
+
+
+def format_floats(values: np.ndarray) -> np.ndarray:
+    """float32 values -> object array of their texts; each distinct value formatted once."""
+    distinct, inverse = np.unique(values.view(np.uint32), return_inverse=True)
+    texts = np.array([format_float(int(bits)) for bits in distinct.tolist()], dtype=object)
+    return texts[inverse.reshape(-1)] if len(values) else np.empty(0, dtype=object)
 
 
 _POWERS_OF_TEN = np.array([10**k for k in range(1, 10)], dtype=np.int64)
@@ -289,9 +299,10 @@ def write_parquet_part(path: Path, rows: np.ndarray, relation: ir.Relation, symb
 
 
 def to_numpy(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
-    """Sorted decoded (n, arity) array: int64 when every column is numeric, else object."""
+    """Sorted decoded (n, arity) array: int64 when every column is an integer, float64 when
+    every column is numeric and one a float, else object."""
     columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
-    dtype = object if "symbol" in relation.types else np.int64
+    dtype = object if "symbol" in relation.types else np.float64 if "float" in relation.types else np.int64
     result = np.empty((len(rows), relation.arity), dtype=dtype)
     for j, col in enumerate(columns):
         result[:, j] = col.astype(dtype)
@@ -299,7 +310,7 @@ def to_numpy(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> n
 
 
 def to_pandas(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> pd.DataFrame:
-    """Sorted DataFrame, columns named by attribute: int32 / uint32 / object (str)."""
+    """Sorted DataFrame, columns named by attribute: int32 / uint32 / float32 / object (str)."""
     columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
     import pandas as pd
 

@@ -17,9 +17,8 @@ from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.frontend.strata import Stratum
 from dask_datalog.engine.ir import BaseType, Pos
-from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX
+from dask_datalog.engine.values import FLOAT_INF, INT32_MAX, INT32_MIN, format_float, round_float32
 
-_RANGES = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
 _IO_PARAMS = ("IO", "filename", "delimiter")
 
 
@@ -32,7 +31,9 @@ NEUTRAL_PRAGMAS = frozenset(
 
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
     """Check a parsed program and build its IR; raises DatalogError on the first problem."""
-    types = _type_table([s for s in statements if isinstance(s, st.TypeAlias)])
+    aliases = [s for s in statements if isinstance(s, st.TypeAlias)]
+    types = _type_table(aliases)
+    lattice = _Lattice(aliases, types)
     relations = _relations([s for s in statements if isinstance(s, st.Decl)], types)
     rules: list[ir.Rule] = []
     inputs: list[ir.InputSpec] = []
@@ -45,7 +46,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
             pragmas[s.key] = s.value
         elif isinstance(s, st.Clause):
-            rules.extend(_clause_rules(s, relations))
+            rules.extend(_clause_rules(s, relations, lattice))
         elif isinstance(s, st.Directive):
             _relation(relations, s.relation, s.pos, f"in .{s.kind}")
             if s.kind == "printsize":
@@ -62,31 +63,42 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 inputs.append(ir.InputSpec(s.relation, *_io_params(s), pos=s.pos))
             else:
                 outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
-    _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
+    _check_subtypes(rules, relations, lattice)
     directories = tuple((k, v) for k, v in pragmas.items() if k in ir.DIRECTORY_PRAGMAS)
     return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename, directories)
 
 
-def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], aliases: Sequence[st.TypeAlias]) -> None:
+class _Lattice:
+    """The declared types: each name's base type, and which are subtypes of which
+    (``.type T <: S``; ``.type T = S`` is another name for S)."""
+
+    def __init__(self, aliases: Sequence[st.TypeAlias], types: dict[str, BaseType]):
+        self.same = {a.name: a.base for a in aliases if not a.subtype}
+        self.parent = {a.name: a.base for a in aliases if a.subtype}
+        self.types = types
+
+    def base(self, name: str) -> BaseType | None:
+        return next((t for t in ir.BASE_TYPES if t == name), None) or self.types.get(name)
+
+    def canonical(self, t: str) -> str:
+        while t in self.same:
+            t = self.same[t]
+        return t
+
+    def ancestors(self, t: str) -> list[str]:
+        chain = [self.canonical(t)]
+        while chain[-1] in self.parent:
+            chain.append(self.canonical(self.parent[chain[-1]]))
+        return chain
+
+
+def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], lattice: _Lattice) -> None:
     """Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
     neither of which is a subtype of the other has no value, and a head argument bound to a
     variable takes only values of its column's type. (Constants and arithmetic fit any
-    subtype of their base type, as in Soufflé; ``.type T = S`` is another name for S.)"""
-    same = {a.name: a.base for a in aliases if not a.subtype}
-    parent = {a.name: a.base for a in aliases if a.subtype}
-
-    def canonical(t: str) -> str:
-        while t in same:
-            t = same[t]
-        return t
-
-    def ancestors(t: str) -> list[str]:
-        chain = [canonical(t)]
-        while chain[-1] in parent:
-            chain.append(canonical(parent[chain[-1]]))
-        return chain
-
-    if not parent:
+    subtype of their base type, as in Soufflé; ``as(x, T)`` gives x the type T.)"""
+    canonical, ancestors = lattice.canonical, lattice.ancestors
+    if not lattice.parent:
         return
     for rule in rules:
         bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
@@ -151,7 +163,7 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
     """Alias name -> base type, following chains of aliases (declared in any order)."""
     defined: dict[str, st.TypeAlias] = {}
     for a in aliases:
-        if a.name in ir.BASE_TYPES or a.name == "float":
+        if a.name in ir.BASE_TYPES:
             raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
         if a.name in defined:
             first = defined[a.name].pos
@@ -162,8 +174,6 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
         chain = [a.name]
         current = a
         while current.base not in ir.BASE_TYPES:
-            if current.base == "float":
-                raise DatalogError(current.base_pos, "unsupported type float")
             if current.base not in defined:
                 raise DatalogError(
                     current.base_pos, f"unknown type {current.base}" + _suggest(current.base, [*ir.BASE_TYPES, *defined])
@@ -197,8 +207,6 @@ def _base_type(attr: st.Attr, types: dict[str, BaseType]) -> BaseType:
         return attr.type_name
     if attr.type_name in types:
         return types[attr.type_name]
-    if attr.type_name == "float":
-        raise DatalogError(attr.pos, "unsupported type float")
     raise DatalogError(attr.pos, f"unknown type {attr.type_name}" + _suggest(attr.type_name, [*ir.BASE_TYPES, *types]))
 
 
@@ -261,15 +269,15 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
 # ---- clauses -----------------------------------------------------------------------------
 
 
-def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation]) -> Iterator[ir.Rule]:
+def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation], lattice: _Lattice) -> Iterator[ir.Rule]:
     if c.bodies is None:
         for head in c.heads:
             _check_ground(head)
-            yield _RuleChecker(relations).rule(head, (), fact=True)
+            yield _RuleChecker(relations, lattice).rule(head, (), fact=True)
         return
     for body in c.bodies:
         for head in c.heads:
-            yield _RuleChecker(relations).rule(head, body, fact=False)
+            yield _RuleChecker(relations, lattice).rule(head, body, fact=False)
 
 
 def _check_ground(head: st.Atom) -> None:
@@ -282,10 +290,19 @@ def _check_ground(head: st.Atom) -> None:
             walk(e.left)
             walk(e.right)
         if isinstance(e, st.Call):
-            walk(e.arg)
+            for arg in e.args:
+                walk(arg)
+        if isinstance(e, st.Cast):
+            walk(e.expr)
 
     for arg in head.args:
         walk(arg)
+
+
+def _overloaded(name: str) -> bool:
+    """A conversion (to_float, to_number, to_unsigned) or a cast (as), before the checker
+    picks the functor for its argument's type: the argument's type is its own."""
+    return name in functors.CONVERSIONS or name == "as"
 
 
 def _same_type_vars(t: ir.Term | None) -> Iterator[ir.Var]:
@@ -293,17 +310,20 @@ def _same_type_vars(t: ir.Term | None) -> Iterator[ir.Var]:
     polymorphic functors (arithmetic); a fixed-type argument (``strlen``'s symbol) is its own."""
     if isinstance(t, ir.Var):
         yield t
-    elif isinstance(t, ir.Call):
+    elif isinstance(t, ir.Call) and not _overloaded(t.name):
         sig = functors.signature(t.name)
         for i, arg in enumerate(t.args):
             if sig.polymorphic and sig.param(i) == functors.POLYMORPHIC:
                 yield from _same_type_vars(arg)
 
 
-def _fixed_type_args(t: ir.Term | None) -> Iterator[tuple[ir.Term, BaseType]]:
-    """(argument, its parameter's type) for every call argument in ``t`` whose type the
-    signature fixes."""
+def _fixed_type_args(t: ir.Term | None) -> Iterator[tuple[ir.Term, BaseType | None]]:
+    """(argument, its parameter's type) for every call argument in ``t`` whose type is not
+    the call's own: fixed by the signature, or (None) the argument's own business."""
     for call in ir.calls(t):
+        if _overloaded(call.name):
+            yield call.args[0], None
+            continue
         sig = functors.signature(call.name)
         for i, arg in enumerate(call.args):
             if sig.param(i) != functors.POLYMORPHIC:
@@ -337,25 +357,31 @@ def _rename_literal(lit: ir.BodyLiteral, names: dict[str, str]) -> ir.BodyLitera
 class _RuleChecker:
     """Checks and normalises one rule (one head, one conjunctive body)."""
 
-    def __init__(self, relations: dict[str, ir.Relation]):
+    def __init__(self, relations: dict[str, ir.Relation], lattice: _Lattice):
         self.relations = relations
-        self.fresh_count = {"a": 0, "w": 0, "l": 0}
+        self.lattice = lattice
+        self.fresh_count = {"a": 0, "w": 0, "l": 0, "r": 0}
         self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
+        self.generators: list[ir.Comparison] = []  # `$r = range(...)` pulled out of it
         self.types: dict[str, tuple[BaseType, str]] = {}  # variable -> (type, where it got it)
 
     def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool) -> ir.Rule:
         ir_head = self.atom(head, "head")
-        head_aggregates, self.pending = self.pending, []
+        head_literals: list[ir.BodyLiteral] = [*self.pending, *self.generators]
+        self.pending, self.generators = [], []
         lits: list[ir.BodyLiteral] = []
         for lit in body:
             converted = self.literal(lit, in_aggregate=False)
             lits.extend(self.pending)
-            self.pending = []
+            lits.extend(self.generators)
+            self.pending, self.generators = [], []
             lits.append(converted)
-        lits.extend(head_aggregates)
+        lits.extend(head_literals)
+        _check_aggregate_dependence(lits)
         lits = self.separate_aggregate_locals(ir_head, lits)
         self.infer_types(ir_head, lits)
         _Safety(ir_head, lits).check()
+        ir_head, lits = self.unify_float_aliases(ir_head, lits)
         rule = ir.Rule(self.resolve_atom(ir_head), tuple(self.resolve(lit) for lit in lits), ir_head.pos)
         return _fold_fact(rule) if fact and not lits else rule
 
@@ -376,6 +402,17 @@ class _RuleChecker:
                 f"{rel.arity} attribute{'s' * (rel.arity != 1)} but used "
                 f"with {len(a.args)} argument{'s' * (len(a.args) != 1)}",
             )
+        for e, attr in zip(a.args, rel.attributes):
+            if (
+                isinstance(e, st.Cast)
+                and self.lattice.base(e.type_name) is not None
+                and self.lattice.canonical(attr.type_name) not in self.lattice.ancestors(e.type_name)
+            ):
+                raise DatalogError(
+                    e.pos,
+                    f"type mismatch: as(..., {e.type_name}) is {_a(e.type_name)}, but the column of {a.relation} "
+                    f"is {_a(attr.type_name)}, which {_a(e.type_name)} is not",
+                )
         return ir.Atom(a.relation, tuple(self.arg(e, where) for e in a.args), a.pos)
 
     def arg(self, e: st.Expr, where: str) -> ir.Term:
@@ -393,20 +430,38 @@ class _RuleChecker:
         if isinstance(lit, st.Negation):
             where = "aggregate-negated" if in_aggregate else "negated"
             return ir.Negation(self.atom(lit.atom, where), lit.pos)
-        return ir.Comparison(lit.op, self.term(lit.left, in_aggregate), self.term(lit.right, in_aggregate), lit.pos)
+        left, right = lit.left, lit.right
+        if lit.op == "=" and _is_range(left) and isinstance(right, st.Var):
+            left, right = right, left
+        if lit.op == "=" and isinstance(left, st.Var) and _is_range(right):  # x = range(...): x takes each value
+            return ir.Comparison("=", self.term(left, in_aggregate), self.call(right, in_aggregate), lit.pos)  # type: ignore[arg-type]
+        return ir.Comparison(lit.op, self.term(left, in_aggregate), self.term(right, in_aggregate), lit.pos)
+
+    def call(self, e: st.Call, in_aggregate: bool) -> ir.Call:
+        return ir.Call(e.func, tuple(self.term(a, in_aggregate) for a in e.args), "number", e.pos)
 
     def term(self, e: st.Expr, in_aggregate: bool) -> ir.Term:
         if isinstance(e, st.Var):
             return ir.Var(e.name, e.pos)
         if isinstance(e, st.Num):
-            return ir.Const(e.value, "number", e.pos)  # numeric type resolved later
+            return ir.Const(e.value, e.type, e.pos)  # type: ignore[arg-type]  # a number's type is resolved later
         if isinstance(e, st.Str):
             return ir.Const(e.value, "symbol", e.pos)
         if isinstance(e, st.Binary):
             left, right = self.term(e.left, in_aggregate), self.term(e.right, in_aggregate)
             return ir.Call(e.op, (left, right), "number", e.pos)
+        if isinstance(e, st.Call) and e.func == "range":  # a generator: its own literal, a variable here
+            var = self.fresh("r", e.pos)
+            self.generators.append(ir.Comparison("=", var, self.call(e, in_aggregate), e.pos))
+            return var
         if isinstance(e, st.Call):
-            return ir.Call(e.func, (self.term(e.arg, in_aggregate),), "number", e.pos)
+            return self.call(e, in_aggregate)
+        if isinstance(e, st.Cast):
+            base = self.lattice.base(e.type_name)
+            if base is None:
+                known = [*ir.BASE_TYPES, *self.lattice.types]
+                raise DatalogError(e.type_pos, f"unknown type {e.type_name}" + _suggest(e.type_name, known))
+            return ir.Call("as", (self.term(e.expr, in_aggregate),), base, e.pos)
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
         if in_aggregate:
@@ -418,8 +473,10 @@ class _RuleChecker:
             raise DatalogError(agg.pos, "count takes no target: write count : { ... }")
         if agg.func != "count" and agg.target is None:
             raise DatalogError(agg.pos, f"{agg.func} needs a target: write {agg.func} x : {{ ... }}")
+        outer, self.generators = self.generators, []
         target = None if agg.target is None else self.term(agg.target, in_aggregate=True)
-        body = tuple(self.literal(lit, in_aggregate=True) for lit in agg.body)
+        body = tuple(self.literal(lit, in_aggregate=True) for lit in agg.body) + tuple(self.generators)
+        self.generators = outer
         result = self.fresh("a", agg.pos)
         self.pending.append(ir.Aggregation(result, agg.func, target, body, "number", agg.pos))
         return result
@@ -444,12 +501,15 @@ class _RuleChecker:
 
     def infer_types(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> None:
         """Types of variables: from the atoms they occur in, then through comparisons,
-        arithmetic and aggregates; a variable tied only to number literals is a number."""
+        arithmetic and aggregates; a variable tied only to number literals is a number (in
+        ``as(x, T)``: of T's base type)."""
         groups: list[tuple[tuple[ir.Term | None, ...], BaseType | None]] = []
+        casts: list[ir.Call] = []
 
         def group(terms: tuple[ir.Term | None, ...], fixed: BaseType | None) -> None:
             """One group per expression, a symbol functor's argument being its own."""
             groups.append((terms, fixed))
+            casts.extend(c for c in ir.calls(terms) if c.name == "as")
             for t in terms:
                 for arg, param in _fixed_type_args(t):
                     groups.append(((arg,), param))
@@ -472,7 +532,7 @@ class _RuleChecker:
             else:
                 for inner in lit.body:
                     visit(inner)
-                fixed: BaseType | None = "number" if lit.func == "count" else None
+                fixed: BaseType | None = {"count": "number", "mean": "float"}.get(lit.func)  # type: ignore[assignment]
                 group((lit.result, lit.target), fixed)
 
         visit_atom(head)
@@ -488,10 +548,13 @@ class _RuleChecker:
                         changed = True
             if changed:
                 continue
+            cast = next((c for c in casts for v in _same_type_vars(c.args[0]) if v.name not in self.types), None)
             untyped = [v for terms, _ in groups for term in terms for v in _same_type_vars(term) if v.name not in self.types]
+            if cast is not None:
+                untyped = [v for v in _same_type_vars(cast.args[0]) if v.name not in self.types]
             if not untyped:
                 return
-            self.types[untyped[0].name] = ("number", "")
+            self.types[untyped[0].name] = ("number" if cast is None else cast.type, "")
 
     def set_type(self, v: ir.Var, t: BaseType, where: str) -> None:
         if v.name not in self.types:
@@ -506,7 +569,9 @@ class _RuleChecker:
         if isinstance(t, ir.Var):
             return self.types[t.name][0] if t.name in self.types else None
         if isinstance(t, ir.Const):
-            return "symbol" if t.type == "symbol" else None
+            return None if t.type == "number" else t.type  # a plain number is the context's
+        if isinstance(t, ir.Call) and _overloaded(t.name):
+            return t.type if t.name == "as" else functors.CONVERSION_RESULTS[t.name]  # type: ignore[return-value]
         if isinstance(t, ir.Call):
             sig = functors.signature(t.name)
             if not sig.polymorphic:
@@ -537,11 +602,14 @@ class _RuleChecker:
             if t == "symbol" and lit.op not in ("=", "!="):
                 raise DatalogError(lit.pos, f"{lit.op} is not defined on symbols (only = and != are)")
             where = f"it is compared with {_a(t)}"
-            return replace(lit, left=self.typed(lit.left, t, where), right=self.typed(lit.right, t, where))
+            return replace(lit, left=self.typed(lit.left, t, where), right=self.typed(lit.right, t, where), type=t)
         body = tuple(self.resolve(inner) for inner in lit.body)
-        t = "number" if lit.target is None else self.known(lit.target) or "number"
+        default: BaseType = "float" if lit.func == "mean" else "number"
+        t = "number" if lit.target is None else self.known(lit.target) or default
         if t == "symbol":
             raise DatalogError(lit.pos, f"{lit.func} over symbols is not supported")
+        if lit.func == "mean" and t != "float":
+            raise DatalogError(lit.pos, f"mean is defined on floats, not on {_a(t)}: write mean to_float(x) : {{...}}")
         used = self.types[lit.result.name][0]
         if used != t:
             raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it is used as {_a(used)}")
@@ -559,15 +627,11 @@ class _RuleChecker:
                 raise DatalogError(term.pos, f"type mismatch: {term.name} is {_a(actual)}, but {where}")
             return term
         if isinstance(term, ir.Const):
-            if term.type == "symbol" and want != "symbol":
-                raise DatalogError(term.pos, f'type mismatch: "{term.value}" is a symbol, but {where}')
-            if term.type != "symbol" and want == "symbol":
-                raise DatalogError(term.pos, f"type mismatch: {term.value} is a number, but {where}")
-            if want != "symbol":
-                low, high = _RANGES[want]
-                if not low <= int(term.value) <= high:
-                    raise DatalogError(term.pos, f"{term.value} does not fit in 32 bits as {_a(want)} ({low}..{high})")
-            return replace(term, type=want)
+            return _literal(term, want, where)
+        if term.name in functors.CONVERSIONS:
+            return self.conversion(term, want, where)
+        if term.name == "as":
+            return self.cast(term, want, where)
         sig = functors.signature(term.name)
         if not sig.polymorphic:
             if want != sig.result:
@@ -578,9 +642,150 @@ class _RuleChecker:
             )
             return replace(term, args=args, type=want)
         if want == "symbol":
-            raise DatalogError(term.pos, f"type mismatch: arithmetic ({term.name}) on symbols")
-        inner = f"{term.name} is computed on {_a(want)} here"
+            raise DatalogError(term.pos, f"type mismatch: arithmetic ({_shown_op(term.name)}) on symbols")
+        if want not in sig.types:
+            raise DatalogError(term.pos, f"type mismatch: {_shown_op(term.name)} is not defined on {want}s, but {where}")
+        inner = f"{_shown_op(term.name)} is computed on {_a(want)} here"
         return replace(term, args=tuple(self.typed(a, want, inner) for a in term.args), type=want)
+
+    def conversion(self, call: ir.Call, want: BaseType, where: str) -> ir.Term:
+        """to_float / to_number / to_unsigned: the functor for its argument's type (a plain
+        number literal being a number), or the argument itself where it has the type already."""
+        result = functors.CONVERSION_RESULTS[call.name]
+        if want != result:
+            raise DatalogError(call.pos, f"type mismatch: {call.name}(...) is {_a(result)}, but {where}")
+        source = self.known(call.args[0]) or "number"
+        arg = self.typed(call.args[0], source, f"{call.name} converts {_a(source)} here")
+        name = functors.CONVERSIONS[call.name][source]
+        return arg if name is None else ir.Call(name, (arg,), want, call.pos)
+
+    def cast(self, call: ir.Call, want: BaseType, where: str) -> ir.Term:
+        """``as(x, T)``: x's bits read as T's base type (nothing to do within one base type);
+        a literal, or a term of literals, is simply of type T."""
+        if want != call.type:
+            raise DatalogError(call.pos, f"type mismatch: as(..., {call.type}) is {_a(call.type)}, but {where}")
+        arg = call.args[0]
+        source = call.type if isinstance(arg, ir.Const) else self.known(arg) or call.type
+        typed = self.typed(arg, source, f"as(..., {call.type}) makes it {_a(call.type)}")
+        if source == want:
+            return typed
+        if "symbol" in (source, want):
+            raise DatalogError(
+                call.pos, f"unsupported: as(...) from {_a(source)} to {_a(want)} (Soufflé reads a symbol's internal id)"
+            )
+        return ir.Call(functors.CASTS[(source, want)], (typed,), want, call.pos)
+
+    def unify_float_aliases(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> tuple[ir.Atom, list[ir.BodyLiteral]]:
+        """``x = y`` between two float variables makes them one variable, as Soufflé's alias
+        resolution does (so their bits must be equal: 0.0 and -0.0 differ there, unlike in
+        ``x = y + 0.0``), and ``x = x`` holds even for a NaN. Aggregate results are values of
+        their own, compared as floats."""
+        results = {n.result.name for n in ir.walk(lits) if isinstance(n, ir.Aggregation)}
+        parent: dict[str, str] = {}
+
+        def find(name: str) -> str:
+            while name in parent:
+                name = parent[name]
+            return name
+
+        for n in ir.walk(lits):
+            if (
+                isinstance(n, ir.Comparison)
+                and n.op == "="
+                and isinstance(n.left, ir.Var)
+                and isinstance(n.right, ir.Var)
+                and not {n.left.name, n.right.name} & results
+                and self.types[n.left.name][0] == "float"
+            ):
+                a, b = find(n.left.name), find(n.right.name)
+                if a != b:
+                    parent[a] = b
+        if not parent:
+            return head, lits
+
+        def rename(t: ir.Term) -> ir.Term:
+            return ir.Var(find(t.name), t.pos) if isinstance(t, ir.Var) else t
+
+        return ir.rewrite_terms(head, rename), _without_trivial_floats(ir.rewrite_terms(tuple(lits), rename), self.types)
+
+
+def _check_aggregate_dependence(lits: Sequence[ir.BodyLiteral]) -> None:
+    """Soufflé's "Mutually dependent aggregate": two aggregates of one body, each using a
+    variable that it does not ground but the other does (grounding counted within each
+    aggregate and the literal holding it only, whatever the rest of the body grounds)."""
+    aggregates = [lit for lit in lits if isinstance(lit, ir.Aggregation)]
+    if len(aggregates) < 2:
+        return
+
+    def grounded(agg: ir.Aggregation) -> set[str]:
+        names = {agg.result.name}
+        for lit in lits:  # the literal holding it: x = count : {...}
+            if isinstance(lit, ir.Comparison) and lit.op == "=" and agg.result in (lit.left, lit.right):
+                names |= ir.variable_names((lit.left, lit.right))
+        names |= {a.name for lit in agg.body if isinstance(lit, ir.Atom) for a in lit.args if isinstance(a, ir.Var)}
+        return _bound(agg.body, names, lambda inner: set())
+
+    seen = [(agg, ir.variable_names((agg.body, agg.target)), grounded(agg)) for agg in aggregates]
+
+    def depends(a: tuple[ir.Aggregation, set[str], set[str]], b: tuple[ir.Aggregation, set[str], set[str]]) -> bool:
+        return any(v not in a[2] and v in b[2] for v in a[1] & b[1])
+
+    for i, first in enumerate(seen):
+        for second in seen[i + 1 :]:
+            if depends(first, second) and depends(second, first):
+                raise DatalogError(
+                    first[0].pos,
+                    "mutually dependent aggregates: each uses a variable that only the other grounds (as Soufflé, an error)",
+                )
+
+
+def _without_trivial_floats(lits: Sequence[ir.BodyLiteral], types: dict[str, tuple[BaseType, str]]) -> list[ir.BodyLiteral]:
+    """``lits`` less every ``x = x`` on a float (aggregate bodies too)."""
+    out: list[ir.BodyLiteral] = []
+    for lit in lits:
+        trivial = isinstance(lit, ir.Comparison) and lit.op == "=" and isinstance(lit.left, ir.Var) and lit.left == lit.right
+        if trivial and types[lit.left.name][0] == "float":  # type: ignore[union-attr]
+            continue
+        if isinstance(lit, ir.Aggregation):
+            lit = replace(lit, body=tuple(_without_trivial_floats(lit.body, types)))
+        out.append(lit)
+    return out
+
+
+def _is_range(e: st.Expr) -> bool:
+    return isinstance(e, st.Call) and e.func == "range"
+
+
+def _shown_op(name: str) -> str:
+    return "unary minus" if name == "neg" else name
+
+
+def _literal(const: ir.Const, want: BaseType, where: str) -> ir.Const:
+    """A literal typed as ``want``, with Soufflé's checks: a plain number fits int32 as a
+    number, is read mod 2^32 as an unsigned (C's strtoull then a cast: negative or past
+    2^64 - 1 is an error) and rounded to the nearest float; ``1u`` is an unsigned only and
+    ``1.5`` a float only."""
+    kind = "number" if const.type == "number" else const.type
+    shown = format_float(int(const.value)) if kind == "float" else f'"{const.value}"' if kind == "symbol" else str(const.value)
+    if kind not in ("number", want):
+        raise DatalogError(const.pos, f"type mismatch: {shown}{'u' * (kind == 'unsigned')} is {_a(kind)}, but {where}")
+    if kind == "number" and want == "symbol":
+        raise DatalogError(const.pos, f"type mismatch: {shown} is a number, but {where}")
+    if want in ("symbol", "float") and kind == want:
+        return const
+    value = int(const.value)
+    if want == "number" and not INT32_MIN <= value <= INT32_MAX:
+        raise DatalogError(const.pos, f"{value} does not fit in 32 bits as a number ({INT32_MIN}..{INT32_MAX})")
+    if want == "unsigned":
+        if not 0 <= value < 1 << 64:
+            raise DatalogError(const.pos, f"{value} does not fit an unsigned (Soufflé reads 0..2^64 - 1, then keeps 32 bits)")
+        value &= 0xFFFFFFFF
+    if want == "float":
+        bits, _ = round_float32(abs(value), 1)
+        if bits == FLOAT_INF:
+            raise DatalogError(const.pos, f"{value} does not fit in a 32-bit float")
+        value = bits | (0x80000000 if value < 0 else 0)
+    return replace(const, value=value, type=want)
 
 
 class _Safety:

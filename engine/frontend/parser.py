@@ -23,6 +23,7 @@ from dask_datalog.engine import functors
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend.preprocess import LineMap
 from dask_datalog.engine.ir import Pos
+from dask_datalog.engine.values import parse_float
 
 # ---- syntax tree -------------------------------------------------------------------------
 
@@ -40,10 +41,13 @@ class Wild:
 
 @dataclass(frozen=True)
 class Num:
-    """An integer literal; a leading unary minus is already folded into ``value``."""
+    """A numeric literal; a leading unary minus is already folded into ``value``. ``type``:
+    ``number`` for a plain integer (whose type its context decides, as in Soufflé),
+    ``unsigned`` for ``1u``, ``float`` for ``1.5`` (``value`` is then its IEEE bit pattern)."""
 
     value: int
     pos: Pos
+    type: str = "number"
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,21 @@ class Binary:
 
 @dataclass(frozen=True)
 class Call:
-    """A functor from symbols to numbers: ``strlen(e)`` or ``to_number(e)``."""
+    """A functor written ``name(args)``, or a prefix operator (``neg`` is unary minus)."""
 
     func: str
-    arg: Expr
+    args: tuple[Expr, ...]
     pos: Pos
+
+
+@dataclass(frozen=True)
+class Cast:
+    """``as(expr, Type)``: expr taken as of type ``type_name``."""
+
+    expr: Expr
+    type_name: str
+    pos: Pos
+    type_pos: Pos
 
 
 @dataclass(frozen=True)
@@ -77,7 +91,7 @@ class Aggregate:
     pos: Pos
 
 
-Expr = Var | Wild | Num | Str | Binary | Call | Aggregate
+Expr = Var | Wild | Num | Str | Binary | Call | Cast | Aggregate
 
 
 @dataclass(frozen=True)
@@ -251,12 +265,6 @@ _HIDDEN_WORDS = frozenset(
         "to_string",
         "to_unsigned",
         "to_float",
-        "itou",
-        "itof",
-        "utoi",
-        "utof",
-        "ftoi",
-        "ftou",
         "autoinc",
         "range",
         "as",
@@ -265,9 +273,23 @@ _HIDDEN_WORDS = frozenset(
 _TOKEN_WORDS = {
     "NAME": "a name",
     "NUMBER": "a number",
+    "UNSIGNED": "a number",
+    "FLOAT": "a number",
+    "IPV4": "a number",
     "STRING": "a string",
     "$END": "end of input",
 }
+# Conversions some Datalogs write as functors; Soufflé 2.5 has none of them (its lexer reads
+# itof as a name, so itof(x) is a syntax error there too).
+_NOT_FUNCTORS = {
+    "itou": "to_unsigned",
+    "itof": "to_float",
+    "utoi": "to_number",
+    "utof": "to_float",
+    "ftoi": "to_number",
+    "ftou": "to_unsigned",
+}
+_CALLED_NAME = re.compile(r"\b(" + "|".join(_NOT_FUNCTORS) + r")\s*$")
 
 
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
@@ -280,6 +302,11 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) 
         return DatalogError(pos, "syntax error: unterminated /* comment")
     if text.startswith('"', e.pos_in_stream):
         return DatalogError(pos, "syntax error: unterminated string (it must end on its line)")
+    at = e.pos_in_stream or 0
+    called = _CALLED_NAME.search(text, 0, at) if text.startswith("(", at) else None
+    if called:
+        name = called[1]
+        return DatalogError(pos, f"syntax error: {name} is not a functor in Soufflé 2.5; write {_NOT_FUNCTORS[name]}(...)")
     if isinstance(e, UnexpectedCharacters):
         found = f"unexpected character {e.char!r}"
     else:
@@ -335,13 +362,13 @@ _UNSUPPORTED_STATEMENTS = {
 STORAGE_QUALIFIERS = frozenset({"btree", "brie", "no_inline", "magic", "no_magic"})
 _STRING_FUNCTORS = frozenset({"cat", "substr", "ord", "to_string"})
 # The functors written name(args) that the engine implements: those of the signature table
-# but the operators and min/max, which have grammar rules of their own.
-_SUPPORTED_CALLS = frozenset(name for name in functors.SIGNATURES if name.isidentifier()) - {"min", "max"}
-_FUNCTOR_NAMES = {
-    "as": "type casts as(...)",
-    "autoinc": "autoinc() counters",
-    "range": "the range(...) generator",
+# (the grammar admits only the names Soufflé has) but min/max, which have grammar rules of
+# their own, and the conversions and as, which the checker resolves by their argument's type.
+_SUPPORTED_CALLS = frozenset(name for name in functors.SIGNATURES if name.isidentifier()) - {"min", "max"} | {
+    *functors.CONVERSIONS,
+    "as",
 }
+_FUNCTOR_NAMES = {"autoinc": "autoinc() counters"}
 _ESCAPES = {'"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 
 Body = tuple[tuple[Literal, ...], ...]
@@ -575,7 +602,6 @@ class _Builder:
                 return f"unsupported: string functor {word}(...)"
             return f"unsupported: {_FUNCTOR_NAMES.get(word, f'functor {word}(...)')}"
         return {
-            "float": f"unsupported: float constant {word} (type float is not supported)",
             "user_functor": f"unsupported: user-defined functor {word}(...)",
             "adt": f"unsupported: algebraic data type constructor {word}",
         }[kind]
@@ -590,8 +616,30 @@ class _Builder:
         digits = (text[2:] if base != 10 else text).lstrip("0")
         if len(digits) > MAX_LITERAL_DIGITS:  # int() of >4300 digits fails; none fits anyway
             shown = text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
-            raise self.fail(node, f"integer literal {shown} does not fit in 32 bits")
+            raise self.fail(node, f"integer literal {shown} is out of range (Soufflé reads at most 64 bits)")
         return Num(int(digits or "0", base), self.pos(node))
+
+    def expr_unsigned(self, node: LarkTree) -> Expr:
+        text = str(node.children[0])
+        number = self.expr_number(Tree("number", [Token("NUMBER", text[:-1])], node.meta))
+        assert isinstance(number, Num)
+        return Num(number.value, number.pos, "unsigned")
+
+    def expr_float(self, node: LarkTree) -> Expr:
+        text = str(node.children[0])
+        bits = parse_float(text)
+        if bits is None:
+            shown = text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
+            raise self.fail(node, f"float literal {shown} is out of the range of a 32-bit float")
+        return Num(bits, self.pos(node), "float")
+
+    def expr_ipv4(self, node: LarkTree) -> Expr:
+        """Soufflé's a.b.c.d: the number (a << 24) + (b << 16) + (c << 8) + d, wrapped to 32 bits."""
+        octets = [int(part) if len(part) <= 4 else 256 for part in str(node.children[0]).split(".")]
+        if max(octets) > 255:
+            raise self.fail(node, "IP address out of range: each of its four numbers is at most 255")
+        value = (octets[0] << 24) + (octets[1] << 16) + (octets[2] << 8) + octets[3]
+        return Num(value - (1 << 32) if value >= 1 << 31 else value, self.pos(node))
 
     def expr_string(self, node: LarkTree) -> Expr:
         tok = node.children[0]
@@ -601,9 +649,9 @@ class _Builder:
     def expr_neg(self, node: LarkTree) -> Expr:
         operand = self.expr(node.children[0])
         pos = self.pos(node)
-        if isinstance(operand, Num):
-            return Num(-operand.value, pos)
-        return Binary("-", Num(0, pos), operand, pos)
+        if isinstance(operand, Num):  # as Soufflé, the minus is the literal's own sign
+            return Num(operand.value ^ 0x80000000 if operand.type == "float" else -operand.value, pos, operand.type)
+        return Call("neg", (operand,), pos)
 
     def expr_binary(self, node: LarkTree) -> Expr:
         left, op, right = node.children
@@ -615,7 +663,7 @@ class _Builder:
 
     def expr_bitwise_not(self, node: LarkTree) -> Expr:
         op, operand = node.children
-        return Call(str(op.children[0]), self.expr(operand), self.pos(node))
+        return Call(str(op.children[0]), (self.expr(operand),), self.pos(node))
 
     def expr_min_max_call(self, node: LarkTree) -> Expr:
         """``min(a, b, c)`` is ``min(min(a, b), c)``: Soufflé's min and max take two or more."""
@@ -630,16 +678,30 @@ class _Builder:
         name_tree, *args = node.children
         name = str(name_tree.children[0])
         present = [a for a in args if a is not None]
-        wanted = len(functors.signature(name).params)
-        if not functors.signature(name).accepts(len(present)):
-            raise self.fail(node, f"{name} takes {'one argument' if wanted == 1 else f'{wanted} arguments'}, not {len(present)}")
-        return Call(name, self.expr(present[0]), self.pos(node))
+        if name == "as":
+            return self.cast(node, present)
+        if name in functors.CONVERSIONS:
+            accepted, wanted = len(present) == 1, "one argument"
+        else:
+            sig = functors.signature(name)
+            accepted, n = sig.accepts(len(present)), len(sig.params)
+            wanted = "one argument" if n == 1 else f"{n - sig.optional} or {n} arguments" if sig.optional else f"{n} arguments"
+        if not accepted:
+            raise self.fail(node, f"{name} takes {wanted}, not {len(present)}")
+        return Call(name, tuple(self.expr(a) for a in present), self.pos(node))
+
+    def cast(self, node: LarkTree, args: list[LarkTree]) -> Expr:
+        """``as(expr, Type)``: the type is a name, written where an expression would be."""
+        if len(args) != 2:
+            raise self.fail(node, f"as takes an expression and a type, not {len(args)} arguments")
+        kind = args[1]
+        if kind.data != "var" or str(kind.children[0]) == "_":
+            raise self.fail(kind, "as(x, T): T must be the name of a type")
+        return Cast(self.expr(args[0]), str(kind.children[0]), self.pos(node), self.pos(kind))
 
     def expr_aggregate(self, node: LarkTree) -> Expr:
         func_tree, target, body = node.children
         func = str(func_tree.children[0]) if isinstance(func_tree, Tree) else str(func_tree)
-        if func == "mean":
-            raise self.fail(node, "unsupported: mean aggregate")
         expr = None if target is None else self.expr(target)
         if body.data == "atom":
             literals: tuple[Literal, ...] = (self.atom(body),)
