@@ -404,7 +404,7 @@ def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any
             exact |= ends
         counts = xp.where(still, (a != b).astype(xp.int64), counts)
         rows, k = _expand(counts, xp)
-        values = [(wide_a[rows] + k * xp.where(still[rows], 0.0, wide_step[rows])).astype(xp.float32)]
+        values = [xp.where(k == 0, a[rows], (wide_a[rows] + k * wide_step[rows]).astype(xp.float32))]
         sources, firsts = [rows], [k == 0]
         pending = xp.nonzero(~exact)[0]
         x = a[pending]

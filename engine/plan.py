@@ -31,6 +31,7 @@ from dask_datalog.engine.frontend.strata import stratify
 from dask_datalog.engine.ir import (
     Aggregation,
     Atom,
+    BaseType,
     BodyLiteral,
     Call,
     Comparison,
@@ -167,12 +168,16 @@ class NegationStep:
 
 @dataclass(frozen=True)
 class AggregateStep:
-    """Correlated aggregate: the body's steps run from the distinct groups of ``grouping``."""
+    """Correlated aggregate: the body's steps run from the distinct groups of ``grouping``.
+    ``scan``, for a float sum or mean: the body's variables with their types in the order
+    Soufflé's scan meets them (its atoms as written, their columns in order), which decides
+    how its float additions round."""
 
     aggregation: Aggregation
     grouping: tuple[str, ...]
     steps: tuple[Step, ...]
     route: Route = LOCAL
+    scan: tuple[tuple[str, BaseType], ...] = ()
 
 
 Step = JoinStep | FilterStep | AssignStep | GenerateStep | NegationStep | AggregateStep
@@ -234,13 +239,13 @@ def plan_program(program: Program) -> Plan:
     strata = []
     for stratum in stratify(program):
         rules = tuple(_lift_atom_expressions(r) for r in stratum.rules)
-        initial = tuple(plan_rule(r, None) for r in rules)
+        initial = tuple(plan_rule(r, None, program) for r in rules)
         deltas = []
         if stratum.recursive:
             for r in rules:
                 for i, lit in enumerate(r.body):
                     if isinstance(lit, Atom) and lit.relation in stratum.relations:
-                        deltas.append(plan_rule(r, i))
+                        deltas.append(plan_rule(r, i, program))
         strata.append(
             StratumPlan(
                 relations=tuple(sorted(stratum.relations)),
@@ -296,14 +301,14 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
     return replace(rule, body=tuple(body + extra))
 
 
-def plan_rule(rule: Rule, delta_index: int | None) -> RulePlan:
+def plan_rule(rule: Rule, delta_index: int | None, program: Program) -> RulePlan:
     head_vars = variable_names(rule.head)
     delta_relation = None
     if delta_index is not None:
         atom = rule.body[delta_index]
         assert isinstance(atom, Atom)
         delta_relation = atom.relation
-    steps = _order_body(rule.body, set(), delta_index, head_vars, keep_all=False)
+    steps = _order_body(rule.body, set(), delta_index, head_vars, keep_all=False, program=program)
     return RulePlan(rule, steps, delta_relation)
 
 
@@ -313,6 +318,7 @@ def _order_body(
     delta_index: int | None,
     needed_after: set[str],
     keep_all: bool,
+    program: Program,
 ) -> tuple[Step, ...]:
     """Greedy order: the delta atom first, then ready filters/assignments/negations/aggregates,
     then the atom with the most bound positions (written order breaks ties)."""
@@ -355,8 +361,9 @@ def _order_body(
         else:
             inner_vars = _aggregation_free_vars(lit)
             grouping = tuple(sorted(inner_vars & bound))
-            steps = _order_body(lit.body, set(grouping), None, set(), keep_all=True)
-            raw.append((i, AggregateStep(lit, grouping, steps)))
+            steps = _order_body(lit.body, set(grouping), None, set(), keep_all=True, program=program)
+            scan = _scan_order(lit, program) if lit.type == "float" and lit.func in ("sum", "mean") else ()
+            raw.append((i, AggregateStep(lit, grouping, steps, scan=scan)))
             bound.add(lit.result.name)
 
     def ready(i: int) -> bool:
@@ -389,6 +396,17 @@ def _order_body(
     if pending:
         raise AssertionError(f"planner could not place {[body[i] for i in pending]}: unsafe rule passed the checker")
     return _with_liveness([s for _, s in raw], needed_after, keep_all)
+
+
+def _scan_order(agg: Aggregation, program: Program) -> tuple[tuple[str, BaseType], ...]:
+    """The variables of ``agg``'s positive atoms, as written, with their columns' types."""
+    seen: dict[str, BaseType] = {}
+    for lit in agg.body:
+        if isinstance(lit, Atom):
+            for arg, attr in zip(lit.args, program.relations[lit.relation].attributes):
+                if isinstance(arg, Var):
+                    seen.setdefault(arg.name, attr.type)
+    return tuple(seen.items())
 
 
 def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, ...], i: int) -> bool:

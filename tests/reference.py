@@ -2,10 +2,12 @@
 
 It shares nothing with the engine but the IR dataclasses (and DatalogError, so division by
 zero is reported the way the contract says). Relations are Python sets of decoded tuples
-(int for number/unsigned, str for symbol); every stratum is re-evaluated naively (not
-semi-naively) until nothing changes; a rule body is solved by nested loops, literal by
-literal, deferring a literal until the variables it needs are bound. It is meant to be
-obviously correct on a few hundred tuples, not fast.
+(int for number/unsigned, float for float, str for symbol); every stratum is re-evaluated
+naively (not semi-naively) until nothing changes; a rule body is solved by nested loops,
+literal by literal, deferring a literal until the variables it needs are bound. It is meant to
+be obviously correct on a few hundred tuples, not fast. Floats are Python floats holding
+float32 values, computed one operation at a time in NumPy's float32 (so -0.0 and 0.0 are one
+value here, and programs for it hold no NaN).
 
 Semantics (docs/contracts.md): number = int32 and unsigned = uint32 with wrap-around,
 C division/modulo (truncate toward zero, remainder takes the dividend's sign), ``^`` as
@@ -13,25 +15,34 @@ Soufflé's cast of the C ``pow`` (see ``power``), ``min``/``max``, ``strlen`` (U
 ``to_number`` (C's strtol; a non-number raises), division by
 zero raises, ``v = expr`` binds an unbound variable, negation of lower strata, and
 aggregates: count/sum over the distinct bindings of the aggregate body per group (0 for an
-empty group), min/max of the target (no result for an empty group); grouping variables are
-the aggregate's variables that also occur in the rule outside the aggregate.
+empty group), min/max of the target (no result for an empty group), mean of a float target
+(sum / count in float; none for an empty group); grouping variables are the aggregate's
+variables that also occur in the rule outside the aggregate. Floats: C's float arithmetic,
+Soufflé's conversions (C casts; float -> unsigned through int64), ``as`` reading the bits,
+and ``range`` (Soufflé's loop ``for (x = a; x < b; x += step)``, in the type's arithmetic).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import re
+import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 
-Value = int | str
+Value = int | float | str
 Tuple = tuple[Value, ...]
 Binding = dict[str, Value]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 UINT32_MAX = 2**32 - 1
+FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
 class BudgetExceeded(Exception):
@@ -62,8 +73,31 @@ def c_mod(a: int, b: int) -> int:
     return a - b * c_div(a, b)
 
 
-def arith(op: str, a: Value, b: Value, type: ir.BaseType, pos: ir.Pos) -> int:
+def f32(value: float) -> float:
+    """A double rounded to float32, as a Python float."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+def float_arith(op: str, a: float, b: float) -> float:
+    """C's float ``a op b`` (std::min/std::max for min/max; ^ is powf)."""
+    x, y = np.float32(a), np.float32(b)
+    with np.errstate(all="ignore"):
+        if op == "min":
+            return float(y if y < x else x)
+        if op == "max":
+            return float(y if x < y else x)
+        if op == "^":
+            return f32(float(np.power(np.float64(x), np.float64(y))))  # powf: pow in double, rounded once
+        result = {"+": x + y, "-": x - y, "*": x * y, "/": x / y}[op]
+    return float(result)
+
+
+def arith(op: str, a: Value, b: Value, type: ir.BaseType, pos: ir.Pos) -> Value:
     """One arithmetic operation in ``type``: operands and result wrapped to 32 bits."""
+    if type == "float":
+        assert isinstance(a, float) and isinstance(b, float)
+        return float_arith(op, a, b)
     if not isinstance(a, int) or not isinstance(b, int):
         raise TypeError(f"arithmetic on non-integers {a!r} {op} {b!r}")
     a, b = wrap(a, type), wrap(b, type)
@@ -101,7 +135,76 @@ BITWISE = {
     "lor": lambda a, b: int(bool(a) or bool(b)),
     "lxor": lambda a, b: int(bool(a) != bool(b)),
 }
-UNARY = {"bnot": lambda a: ~a, "lnot": lambda a: int(a == 0)}
+UNARY = {"bnot": lambda a: ~a, "lnot": lambda a: int(a == 0), "neg": lambda a: -a}
+
+
+def float_of_bits(bits: int) -> float:
+    value: float = struct.unpack("<f", struct.pack("<I", bits & UINT32_MAX))[0]
+    return value
+
+
+def bits_of_float(value: float) -> int:
+    bits: int = struct.unpack("<I", struct.pack("<f", value))[0]
+    return bits
+
+
+def trunc_int(value: float, low: int, high: int, out_of_range: int) -> int:
+    """C's truncating float -> integer cast as x86 does it: out of range (or NaN) gives
+    ``out_of_range``."""
+    if math.isnan(value) or not low <= math.trunc(value) <= high:
+        return out_of_range
+    return math.trunc(value)
+
+
+# Soufflé's conversions by their functor's name (the checker picks it by the argument's type).
+CONVERSIONS = {
+    "itof": lambda v: f32(v),
+    "utof": lambda v: f32(v),
+    "ftoi": lambda v: trunc_int(v, INT32_MIN, INT32_MAX, INT32_MIN),
+    "ftou": lambda v: trunc_int(v, -(2**63), 2**63 - 1, 0) & UINT32_MAX,  # through int64
+    "itou": lambda v: v & UINT32_MAX,
+    "utoi": lambda v: wrap(v, "number"),
+    "bits_itof": lambda v: float_of_bits(v),
+    "bits_utof": lambda v: float_of_bits(v),
+    "bits_ftoi": lambda v: wrap(bits_of_float(v), "number"),
+    "bits_ftou": lambda v: bits_of_float(v),
+}
+
+
+def to_float(text: str, pos: ir.Pos) -> float:
+    """Soufflé's to_float of a symbol (C's strtof of a prefix): a decimal float here."""
+    m = re.match(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text)
+    if m is None:
+        raise DatalogError(pos, f"to_float: {text!r} is not a number")
+    return f32(float(m[0]))
+
+
+def to_unsigned(text: str, pos: ir.Pos) -> int:
+    """Soufflé's to_unsigned of a symbol: a decimal prefix (after white space), mod 2^32."""
+    m = re.match(r"\s*\+?(\d+)", text)
+    if m is None or text.startswith("-"):
+        raise DatalogError(pos, f"to_unsigned: {text!r} is not a number")
+    return int(m[1]) & UINT32_MAX
+
+
+def range_values(a: Value, b: Value, step: Value | None, type: ir.BaseType) -> list[Value]:
+    """Soufflé's range: its C loop, run in the type's own arithmetic."""
+    assert not isinstance(a, str) and not isinstance(b, str) and not isinstance(step, str)
+    if step is None:
+        step = (1.0 if type == "float" else 1) if a <= b else (-1.0 if type == "float" else -1)
+    out: list[Value] = []
+    x = a
+    if step > 0:
+        while x < b:
+            out.append(x)
+            x = float_arith("+", x, step) if type == "float" else x + step  # type: ignore[arg-type]
+    elif step < 0:
+        while b < x:
+            out.append(x)
+            x = float_arith("+", x, step) if type == "float" else x + step  # type: ignore[arg-type]
+    elif a != b:
+        out.append(a)
+    return out
 
 
 def power(a: int, b: int, type: ir.BaseType, pos: ir.Pos) -> int:
@@ -343,13 +446,21 @@ class _Budget:
 
 def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
     if isinstance(term, ir.Const):
-        return term.value
+        return float_of_bits(int(term.value)) if term.type == "float" else term.value
     if isinstance(term, ir.Var):
         return binding[term.name]
-    if isinstance(term, ir.Call) and term.name in ("strlen", "to_number"):
+    if isinstance(term, ir.Call) and term.name in ("strlen", "to_number", "stof", "stou"):
         text = eval_term(term.args[0], binding, pos)
         assert isinstance(text, str)
-        return len(text.encode("utf-8", "surrogatepass")) if term.name == "strlen" else to_number(text, pos)
+        if term.name == "strlen":
+            return len(text.encode("utf-8", "surrogatepass"))
+        return {"to_number": to_number, "stof": to_float, "stou": to_unsigned}[term.name](text, pos)
+    if isinstance(term, ir.Call) and term.name in CONVERSIONS:
+        return CONVERSIONS[term.name](eval_term(term.args[0], binding, pos))  # type: ignore[no-untyped-call]
+    if isinstance(term, ir.Call) and term.name == "neg" and term.type == "float":
+        value = eval_term(term.args[0], binding, pos)
+        assert isinstance(value, float)
+        return -value
     if isinstance(term, ir.Call) and term.name in UNARY:
         value = eval_term(term.args[0], binding, pos)
         assert isinstance(value, int)
@@ -372,6 +483,8 @@ def _ready(lit: PreparedLiteral, bound: set[str]) -> bool:
     if isinstance(lit, ir.Negation):
         return literal_vars(lit) <= bound
     if isinstance(lit, ir.Comparison):
+        if isinstance(lit.right, ir.Call) and lit.right.name == "range":
+            return term_vars(lit.right) <= bound
         if (term_vars(lit.left) | term_vars(lit.right)) <= bound:
             return True
         if lit.op != "=":
@@ -461,6 +574,15 @@ def _eval_literal(lit: PreparedLiteral, binding: Binding, snap: Snapshot, pos: i
 
 def _eval_comparison(lit: ir.Comparison, binding: Binding, pos: ir.Pos) -> Iterator[Binding]:
     bound = set(binding)
+    if isinstance(lit.right, ir.Call) and lit.right.name == "range":  # v = range(...): each value
+        assert isinstance(lit.left, ir.Var)
+        args = [eval_term(a, binding, pos) for a in lit.right.args]
+        for value in range_values(args[0], args[1], args[2] if len(args) == 3 else None, lit.right.type):
+            if lit.left.name not in bound:
+                yield {**binding, lit.left.name: value}
+            elif binding[lit.left.name] == value:
+                yield binding
+        return
     if lit.op == "=":
         for var, other in ((lit.left, lit.right), (lit.right, lit.left)):
             if isinstance(var, ir.Var) and var.name not in bound:
@@ -478,6 +600,14 @@ def _eval_aggregate(lit: PreparedAgg, binding: Binding, snap: Snapshot, pos: ir.
     value: Value
     if agg.func == "count":
         value = wrap(len(matches), agg.type)
+    elif agg.func in ("sum", "mean") and agg.type == "float":
+        assert agg.target is not None
+        floats = [float(eval_term(agg.target, b, pos)) for b in matches]
+        if agg.func == "mean" and not floats:
+            return
+        value = f32(math.fsum(floats))  # Soufflé adds in float: the same on values this exact
+        if agg.func == "mean":
+            value = float(np.float32(value) / np.float32(len(floats)))
     elif agg.func == "sum":
         assert agg.target is not None
         total = 0
@@ -486,6 +616,14 @@ def _eval_aggregate(lit: PreparedAgg, binding: Binding, snap: Snapshot, pos: ir.
             assert isinstance(v, int)
             total += v
         value = wrap(total, agg.type)
+    elif agg.func in ("min", "max") and agg.type == "float":
+        if not matches:
+            return
+        assert agg.target is not None
+        # Soufflé folds std::min from the largest float (std::max from its negative): NaNs
+        # never win, infinities stop at that start.
+        floats = [float(eval_term(agg.target, b, pos)) for b in matches]
+        value = min([FLOAT_MAX, *floats]) if agg.func == "min" else max([-FLOAT_MAX, *floats])
     elif agg.func in ("min", "max"):
         if not matches:
             return
@@ -517,6 +655,8 @@ def _check_tuple(relation: ir.Relation, t: Tuple) -> None:
     for v, type in zip(t, relation.types):
         if type == "symbol":
             ok = isinstance(v, str)
+        elif type == "float":
+            ok = isinstance(v, float) and f32(v) == v
         elif type == "number":
             ok = isinstance(v, int) and INT32_MIN <= v <= INT32_MAX
         else:

@@ -21,11 +21,11 @@ from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
-from dask_datalog.engine.functors import decode_float, decode_int, encode_int
+from dask_datalog.engine.functors import decode_float, decode_int, encode_float, encode_int
 from dask_datalog.engine.ir import Atom, Var
 from dask_datalog.engine.plan import AggregateStep, AssignStep, FilterStep, GenerateStep, JoinStep, NegationStep, Step
 from dask_datalog.engine.storage.hisa import SortedIndex, expand_runs, gather_join, gather_pairs, half_of, probe_query, unpack
-from dask_datalog.engine.values import FLOAT_MAX, SIGN, float_key
+from dask_datalog.engine.values import FLOAT_MAX, SIGN, float_bits, float_key
 
 Layout = tuple[str | None, ...]
 Sink = Callable[[Bindings], None]
@@ -175,17 +175,19 @@ def anti_join(ops: Operators, b: Bindings, step: NegationStep, layout: Layout | 
 def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout | None) -> Iterator[Bindings]:
     """Group the outer rows by the grouping variables, run the aggregate body once per
     distinct group, reduce per group, and hand each outer row its group's value (min and max
-    of an empty group give no binding: the row fails)."""
+    of an empty group, mean of an empty group and a float NaN give no binding: the row fails)."""
     xp = ops.xp
     agg = step.aggregation
     gid, groups, n_groups = _group(b, step.grouping, xp)
     start = groups.with_column("$gid", xp.arange(n_groups, dtype=xp.uint32), xp)
     gids: list[Any] = []
     values: list[Any] = []
+    scans: list[list[Any]] = []
 
     def collect(inner: Bindings) -> None:
         gids.append(inner.col("$gid"))
         values.append(ops.terms.column(agg.target, inner) if agg.target is not None else inner.col("$gid"))
+        scans.append([inner.col(name) for name, _ in step.scan])
 
     ops.run(start, step.steps, collect)
     g = xp.concatenate(gids) if gids else xp.zeros(0, dtype=xp.uint32)
@@ -195,7 +197,8 @@ def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout |
     if agg.func == "count":
         result = encode_int(xp.bincount(g, minlength=n_groups).astype(xp.int64), "number", xp)
     elif agg.type == "float" and agg.func in ("sum", "mean"):
-        result = _float_sum(g, v, n_groups, agg.func == "mean", xp)
+        keys = [_scan_key(xp.concatenate([s[j] for s in scans]), t, xp) for j, (_, t) in enumerate(step.scan)] if scans else []
+        result = _float_sum(g, v, keys, n_groups, agg.func == "mean", xp, ops.backend.name == "numpy")
     elif agg.func == "sum":
         order = xp.argsort(g, kind="stable")
         sums = xp.zeros(n_groups, dtype=xp.int64)
@@ -219,9 +222,12 @@ def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout |
             result = (packed[pick] & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
         if agg.type == "float":
             result = _float_extreme_keys(result, agg.func, xp)
+    keep = present if agg.func in ("min", "max", "mean") else xp.ones(n_groups, dtype=bool)
+    if agg.type == "float":  # Soufflé binds an aggregate's value with `=`, which a NaN fails
+        keep &= ~xp.isnan(decode_float(result, xp))
     out = b.with_column(agg.result.name, result[gid], xp)
-    if agg.func in ("min", "max", "mean"):
-        out = out.take(xp.nonzero(present[gid])[0])
+    if not bool(keep.all()):
+        out = out.take(xp.nonzero(keep[gid])[0])
     yield out
 
 
@@ -244,28 +250,52 @@ def _float_extreme_keys(v: Any, func: str, xp: Any) -> Any:
     return v
 
 
-def _float_sum(g: Any, v: Any, n_groups: int, mean: bool, xp: Any) -> Any:
-    """Per group, Soufflé's float sum or mean. Added in double precision and rounded once
-    (Soufflé adds in float in its index order, so long sums can differ in the last digits);
-    the mean divides in float by the count as a float, which stops growing at 2^24 as
-    Soufflé's does. A NaN sum is negative (x86's own NaN, or -nan met first: Soufflé meets
-    negative values first) unless its NaNs are all positive and no inf - inf made one."""
-    values = decode_float(v, xp)
-    with np.errstate(all="ignore"):
-        sums = xp.bincount(g, weights=values.astype(xp.float64), minlength=n_groups).astype(xp.float32)
+def _scan_key(column: Any, type: str, xp: Any) -> Any:
+    """Encoded values -> keys in Soufflé's index order, which compares every value as a signed
+    int: unsigned from 2^31 first, floats as their bits (-0.0 first, then the negatives by
+    growing magnitude)."""
+    if type == "float":
+        return float_bits(column, xp) ^ SIGN
+    return column ^ SIGN if type == "unsigned" else column
+
+
+def _float_sum(g: Any, v: Any, keys: list[Any], n_groups: int, mean: bool, xp: Any, compiled: bool) -> Any:
+    """Per group, Soufflé's float sum or mean: ``res = 0.0f; res += x`` over the group's
+    bindings in the order of ``keys`` (Soufflé's scan order, ``AggregateStep.scan``), then the
+    target's; in another order a long sum can differ in its last digits, as Soufflé's own does
+    between two index orders. The mean divides that by the count as a float, which stops
+    growing at 2^24 as Soufflé's does. Each group is added as C does it, one value after the
+    other in float: groups of about one size side by side, one step of all of them at a time
+    (``compiled``: NumPy's own loop takes the steps)."""
+    raw = float_bits(v, xp)
+    order = xp.lexsort(xp.stack([raw ^ SIGN, *keys[::-1], g.astype(xp.uint32)]))
+    values, groups = raw[order].view(xp.float32), g[order].astype(xp.int64)
+    sizes = xp.bincount(groups, minlength=n_groups)
+    rank = xp.arange(groups.shape[0]) - (xp.cumsum(sizes) - sizes)[groups]
+    size_class = xp.floor(xp.log2(xp.maximum(sizes, 1))).astype(xp.int64)
+    sums = xp.zeros(n_groups, dtype=xp.float32)
+    with np.errstate(all="ignore"):  # overflow to an infinity, inf - inf: as C's float adds
+        for c in range(int(size_class.max()) + 1 if n_groups else 0):
+            members = xp.nonzero((size_class == c) & (sizes > 0))[0]
+            if not members.shape[0]:
+                continue
+            column = xp.full(n_groups, -1, dtype=xp.int64)
+            column[members] = xp.arange(members.shape[0])
+            mine = column[groups] >= 0
+            # Row 0 is Soufflé's starting 0.0; -0.0 pads (x + -0.0 is x, -0.0 included).
+            steps = xp.full((2 ** (c + 1), members.shape[0]), -0.0, dtype=xp.float32)
+            steps[0] = 0.0
+            steps[rank[mine] + 1, column[groups[mine]]] = values[mine]
+            if compiled:
+                sums[members] = np.add.accumulate(steps, axis=0)[-1]
+            else:
+                total = steps[0]
+                for row in steps[1:]:
+                    total = total + row
+                sums[members] = total
         if mean:
-            counts = xp.minimum(xp.bincount(g, minlength=n_groups), 2**24).astype(xp.float32)
-            sums = sums / xp.maximum(counts, 1)
-
-        def present(mask: Any) -> Any:
-            return xp.bincount(g, weights=mask.astype(xp.float64), minlength=n_groups) > 0
-
-        negative = values.view(xp.uint32) >= SIGN
-        positive_nan = present(xp.isnan(values) & ~negative) & ~present(xp.isnan(values) & negative)
-        positive_nan &= ~(present(values == xp.inf) & present(values == -xp.inf))
-    bits = sums.view(xp.uint32)
-    bits = xp.where(xp.isnan(sums), xp.where(positive_nan, np.uint32(0x7FC00000), np.uint32(0xFFC00000)), bits)
-    return float_key(bits, xp)
+            sums = sums / xp.maximum(xp.minimum(sizes, 2**24), 1).astype(xp.float32)
+    return encode_float(sums, xp)
 
 
 def _group(b: Bindings, grouping: tuple[str, ...], xp: Any) -> tuple[Any, Bindings, int]:

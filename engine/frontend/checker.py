@@ -700,8 +700,6 @@ class _RuleChecker:
                 a, b = find(n.left.name), find(n.right.name)
                 if a != b:
                     parent[a] = b
-        if not parent:
-            return head, lits
 
         def rename(t: ir.Term) -> ir.Term:
             return ir.Var(find(t.name), t.pos) if isinstance(t, ir.Var) else t
