@@ -15,6 +15,7 @@ the same code.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -280,26 +281,26 @@ def _to_number(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     values = ctx.symbol_values()
     bad = ~values.valid[ids]
     if bool(bad.any()):
-        raise _not_a_number(call, ids, bad, ctx)
+        raise _not_a_number("to_number", call, ids, bad, ctx)
     return encode_int(values.numbers[ids], "number", ctx.xp)
 
 
-def _not_a_number(call: ir.Call, ids: Any, bad: Any, ctx: Context) -> DatalogError:
+def _not_a_number(name: str, call: ir.Call, ids: Any, bad: Any, ctx: Context) -> DatalogError:
     """The error for the first row whose symbol a conversion cannot read (Soufflé stops too)."""
     first = int(ctx.xp.nonzero(bad)[0][0])
     text = ctx.symbols.lookup(np.asarray([int(ids[first])]))[0]
-    return DatalogError(call.pos, f'{call.name}: "{text}" is not a number (Soufflé stops here too)')
+    return DatalogError(call.pos, f'{name}: "{text}" is not a number (Soufflé stops here too)')
 
 
-def _read_symbol(parse: Callable[[str], int | None], encode: Callable[[Any, Any], Any]) -> Apply:
-    """to_float and to_unsigned of a symbol: what ``parse`` reads in its text (an IEEE bit
-    pattern, an unsigned), encoded by ``encode``."""
+def _read_symbol(name: str, parse: Callable[[str], int | None], encode: Callable[[Any, Any], Any]) -> Apply:
+    """to_float and to_unsigned (``name``) of a symbol: what ``parse`` reads in its text (an
+    IEEE bit pattern, an unsigned), encoded by ``encode``."""
 
     def apply(call: ir.Call, args: list[Any], ctx: Context) -> Any:
         values, valid = ctx.read(parse)
         bad = ~valid[args[0]]
         if bool(bad.any()):
-            raise _not_a_number(call, args[0], bad, ctx)
+            raise _not_a_number(name, call, args[0], bad, ctx)
         return encode(values[args[0]], ctx.xp)
 
     return apply
@@ -371,54 +372,66 @@ def _expand(counts: Any, xp: Any) -> tuple[Any, Any]:
     return rows, xp.arange(rows.shape[0]) - starts[rows]
 
 
-def _lowest_bit(values: Any, xp: Any) -> Any:
-    """The lowest power of two a float32 value is a multiple of (infinity for 0)."""
-    bits = values.view(xp.uint32).astype(xp.int64)
-    exponent = (bits >> 23) & 0xFF
-    mantissa = xp.where(exponent > 0, (bits & 0x7FFFFF) | 0x800000, bits & 0x7FFFFF)
-    low = xp.ldexp((mantissa & -mantissa).astype(xp.float64), (xp.maximum(exponent, 1) - 150).astype(xp.int32))
-    return xp.where(mantissa == 0, xp.inf, low)
+_NEVER_ENDS = "range(...) never reaches its end: adding the step leaves the value as it is (Soufflé loops for ever)"
 
 
 def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any, Any]:
     """A float range as Soufflé's loop makes it: ``for (x = a; x < b; x += step)`` in float
-    arithmetic (its mirror for a negative step), so the values are the float sums, not
-    a + k * step. Where every a + k * step up to b is a float (a grid of the step's and a's
-    lowest bits that floats hold exactly) that is the same and computed at once; other rows
-    take the loop's steps together, one step for all of them per round."""
+    arithmetic (its mirror image for a negative step), so the values are float sums, not
+    a + k * step. Where the floats around x are u apart (one binade), x + step rounds to
+    x + d for the multiple d of u nearest the step, so the loop's values up to the binade's
+    edge are x, x + d, x + 2d, ... at once; one float addition then crosses the edge. Each
+    round does that for all rows: the rounds number the binades crossed, not the values."""
     with np.errstate(all="ignore"):
         still = ~(step > 0) & ~(step < 0)  # 0 or NaN: a once, unless a = b
-        flip = xp.where(step < 0, -1.0, 1.0).astype(xp.float32)  # a negative step: the mirror image
+        flip = xp.where(step < 0, -1.0, 1.0).astype(xp.float32)
         a, b, step = a * flip, b * flip, step * flip
-        wide_a, wide_b, wide_step = a.astype(xp.float64), b.astype(xp.float64), step.astype(xp.float64)
-        grid = xp.minimum(_lowest_bit(a, xp), _lowest_bit(step, xp))
-        guess = xp.ceil(xp.clip((wide_b - wide_a) / wide_step, 0.0, 2.0**25))
-        guess = xp.where(xp.isnan(guess), 0.0, guess)
-        counts = xp.zeros(a.shape[0], dtype=xp.int64)
-        exact = still | ~(a < b)
-        for n in (guess - 1, guess, guess + 1):
-            last = wide_a + (n - 1) * wide_step
-            fits = (xp.abs(wide_a) < 2.0**24 * grid) & (xp.abs(last) < 2.0**24 * grid) & (n >= 1)
-            ends = fits & (last < wide_b) & ((last.astype(xp.float32) + step).astype(xp.float64) >= wide_b)
-            counts = xp.where(ends & ~exact, n.astype(xp.int64), counts)
-            exact |= ends
-        counts = xp.where(still, (a != b).astype(xp.int64), counts)
-        rows, k = _expand(counts, xp)
-        values = [xp.where(k == 0, a[rows], (wide_a[rows] + k * wide_step[rows]).astype(xp.float32))]
-        sources, firsts = [rows], [k == 0]
-        pending = xp.nonzero(~exact)[0]
+        once = xp.nonzero(still & (a != b))[0]
+        sources, values, firsts = [once], [a[once]], [xp.ones(once.shape[0], dtype=bool)]
+        pending = xp.nonzero(~still)[0]
         x = a[pending]
-        while pending.shape[0]:
-            emit = x < b[pending]
-            sources.append(pending[emit])
-            values.append(x[emit])
-            firsts.append(xp.full(int(emit.sum()), len(firsts) == 1))
-            pending, x = pending[emit], x[emit]
-            later = x + step[pending]
-            if bool((later == x).any()):
-                raise DatalogError(call.pos, "range(...) never reaches its end: adding the step leaves the value as it is")
-            x = later
-        rows, out = xp.concatenate(sources), xp.concatenate(values) * flip[xp.concatenate(sources)]
+        # Where the step is under half the gap to the next float up, adding it changes nothing:
+        # the widest gaps on the way are at a (below 0) and just under b (above 0); say so
+        # before making the values that come first.
+        start, end = a[pending], b[pending]
+        gap_at_a = xp.where(start < 0, xp.nextafter(start, xp.float32(xp.inf)) - start, 0.0)
+        gap_at_b = xp.where(end > 0, xp.spacing(xp.nextafter(end, xp.float32(-xp.inf))), 0.0)
+        gap = xp.maximum(gap_at_a, gap_at_b).astype(xp.float64)
+        if bool(((start < end) & (step[pending].astype(xp.float64) < gap / 2)).any()):
+            raise DatalogError(call.pos, _NEVER_ENDS)
+        for round in itertools.count():
+            live = x < b[pending]
+            pending, x = pending[live], x[live]
+            if not pending.shape[0]:
+                break
+            s, wide = step[pending].astype(xp.float64), x.astype(xp.float64)
+            # u: the spacing of the floats around x (2^-149 below the smallest normal float).
+            _, exponent = xp.frexp(xp.abs(wide))
+            normal = xp.abs(wide) >= 2.0**-126
+            e = xp.where(normal, exponent - 1, -127)
+            u = xp.ldexp(xp.ones_like(wide), xp.maximum(e, -126) - 23)
+            q = s / u
+            d = xp.floor(q + 0.5)
+            regular = (q - xp.floor(q) != 0.5) & (d > 0) & xp.isfinite(wide)  # not a tie, not stuck
+            at, by = wide / u, xp.minimum(d, 2.0**40)
+            # The run stays where the spacing is u: below the binade's top (x >= 0), at least
+            # one u inside its bottom (x < 0: the floats below it are finer), up to 0 (subnormal).
+            positive = ~(x < 0)
+            top = xp.where(positive, 2.0**24, xp.where(normal, -(2.0**23) - 1, 0.0))  # in u, as ``at`` is
+            inside = xp.where(positive, xp.ceil((top - at) / by), xp.floor((top - at) / by) + 1)
+            short = xp.ceil(xp.clip(b[pending].astype(xp.float64) / u, -(2.0**62), 2.0**62)) - 1  # x + jd < b
+            before_b = xp.floor((short - at) / by) + 1
+            n = xp.where(regular, xp.maximum(xp.minimum(inside, before_b), 1), 1).astype(xp.int64)
+            rows, k = _expand(n, xp)
+            sources.append(pending[rows])
+            values.append(xp.where(k == 0, x[rows], (wide[rows] + k * (by * u)[rows]).astype(xp.float32)))
+            firsts.append((k == 0) & (round == 0))  # a itself: its zero keeps its sign
+            last = (wide + (n - 1) * by * u).astype(xp.float32)
+            x = last + step[pending]
+            if bool((x == last).any()):
+                raise DatalogError(call.pos, _NEVER_ENDS)
+        rows = xp.concatenate(sources)
+        out = xp.concatenate(values) * flip[rows]
         # A sum that is zero is +0.0, which the mirror image would have turned to -0.0.
         return rows, xp.where((out == 0) & ~xp.concatenate(firsts), xp.float32(0.0), out)
 
@@ -449,8 +462,8 @@ SIGNATURES: dict[str, Signature] = {
         Signature("lnot", (T,), T, _unary(lambda a: (a == 0).astype(a.dtype))),
         Signature("strlen", ("symbol",), "number", _strlen),
         Signature("to_number", ("symbol",), "number", _to_number),
-        Signature("stof", ("symbol",), "float", _read_symbol(_prefix_float, float_key)),
-        Signature("stou", ("symbol",), "unsigned", _read_symbol(parse_unsigned, lambda v, xp: v)),
+        Signature("stof", ("symbol",), "float", _read_symbol("to_float", _prefix_float, float_key)),
+        Signature("stou", ("symbol",), "unsigned", _read_symbol("to_unsigned", parse_unsigned, lambda v, xp: v)),
         Signature("itof", ("number",), "float", _int_to_float("number")),
         Signature("utof", ("unsigned",), "float", _int_to_float("unsigned")),
         Signature("ftoi", ("float",), "number", _float_to_int),

@@ -43,6 +43,7 @@ from dask_datalog.engine.values import (
     SymbolTable,
     encode,
     float_key,
+    float_value,
     is_float_text,
     parse_float,
 )
@@ -414,6 +415,8 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
                         f"expected a string for column {attr.name} ({attr.type_name}), found {_show(v)}",
                     )
             encoded_symbols.append((j, column.astype(object)))  # np.str_ -> str
+        elif attr.type == "float":
+            out[:, j] = encode(_float_column(column, attr, origin, j), "float")
         else:
             out[:, j] = encode(_integer_column(column, attr, origin, j), attr.type)
     for j, column in encoded_symbols:  # interned last: a rejected input leaves no symbols behind
@@ -441,6 +444,35 @@ def _integer_column(column: np.ndarray, attr: ir.Attribute, origin: str, j: int)
         else:
             raise DatalogError(pos, f"expected an integer for column {attr.name} ({attr.type_name}), found {_show(v)}")
     return parsed
+
+
+def _float_column(column: np.ndarray, attr: ir.Attribute, origin: str, j: int) -> np.ndarray:
+    """A column of floats, ints or their texts -> float32, each rounded to the nearest float
+    (a text read as a float fact field is); one past the largest float is an error."""
+    if column.dtype.kind in "fiu":
+        values = column.astype(np.float64)
+    else:
+        values = np.empty(len(column), dtype=np.float64)
+        for i, v in enumerate(column):
+            pos = ir.Pos(origin, i + 1, j + 1)
+            if isinstance(v, str):
+                bits = parse_float(v)
+                if bits is None:
+                    raise _field_error(v, attr, pos)
+                values[i] = float_value(bits)
+            elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+                values[i] = float(v)
+            else:
+                raise DatalogError(pos, f"expected a float for column {attr.name} ({attr.type_name}), found {_show(v)}")
+    with np.errstate(over="ignore"):
+        rounded = values.astype(np.float32)
+    bad = np.isinf(rounded) & ~np.isinf(values)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DatalogError(
+            ir.Pos(origin, i + 1, j + 1), f"{_show(column[i])} does not fit in a 32-bit float for column {attr.name}"
+        )
+    return rounded
 
 
 def _show(value: Any) -> str:
