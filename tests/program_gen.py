@@ -8,7 +8,9 @@ fresh ``$w`` variables) and printed to Soufflé text from it. So the same case g
 - ``program``: the IR the text is meant to mean, which the reference evaluates without any
   front end (``expected``); the parsed IR must mean the same thing.
 
-Programs are safe and stratifiable by construction: IDB relations are split into ordered
+Floats are drawn from a few dyadic values (and arithmetic by powers of two), so every float
+computed is exact, whatever order a sum adds in, and none is -0.0 or NaN (the reference's
+floats are Python floats). Programs are safe and stratifiable by construction: IDB relations are split into ordered
 groups; a rule reads its own group only through positive atoms (recursion, mutual
 recursion, non-linear rules) and reads lower groups / EDB relations through atoms,
 negations and aggregates. Value-creating arithmetic (in heads and ``y = expr`` bindings)
@@ -28,12 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from reference import INT32_MAX, BudgetExceeded, evaluate, term_vars
+from reference import INT32_MAX, BudgetExceeded, bits_of_float, evaluate, float_of_bits, term_vars
 
 from dask_datalog.engine import ir
 
 T = TypeVar("T")
-Value = int | str
+Value = int | float | str
 Tuple = tuple[Value, ...]
 
 SYMBOLS = ("a", "b", "c", "d", "a b")
@@ -46,6 +48,29 @@ ARITH_OPS = ("+", "-", "*", "/", "%", "min", "max", "^")
 POWER_EXPONENTS = (0, 1, 2, 3)  # ^ by a small constant: no unsigned power reaches 2^53
 ORDER_OPS = ("=", "!=", "<", "<=", ">", ">=")
 GUARD_LIMIT = 10
+FLOAT_VALUES = (-2.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0, 3.25)
+FLOAT_SCALES = (0.5, 2.0, 4.0)  # * and / by these keep floats exact and never make -0.0
+FLOAT_OPS = ("+", "-", "*", "/", "min", "max")
+# (type, bounds and step) of the ranges a rule may generate: each value exact, each range short.
+RANGES = (
+    ("number", (0, 5)),
+    ("number", (7, 2, -2)),
+    ("number", (3, 3, 0)),
+    ("unsigned", (4, 1)),
+    ("unsigned", (0, 9, 4)),
+    ("float", (0.5, 3.0, 0.5)),
+    ("float", (2.0, -1.0, -0.75)),
+    ("float", (1.0, 2.5)),
+)
+# The functor the checker makes of to_float(x), to_number(x), to_unsigned(x), by x's type.
+CONVERSIONS = {
+    ("float", "number"): "itof",
+    ("float", "unsigned"): "utof",
+    ("number", "float"): "ftoi",
+    ("number", "unsigned"): "utoi",
+    ("unsigned", "number"): "itou",
+}
+CONVERSION_NAMES = {name: f"to_{target}" if target != "number" else "to_number" for (target, _), name in CONVERSIONS.items()}
 
 MAX_STEPS = 40_000
 MAX_TUPLES = 3_000
@@ -105,10 +130,15 @@ def format_term(term: ir.Term, inline: dict[str, ir.Aggregation], nested: bool =
     if isinstance(term, ir.Const):
         if term.type == "symbol":
             return f'"{term.value}"'
-        text = str(term.value)
+        if term.type == "float":
+            value = float_of_bits(int(term.value))
+            return f"({value!r})" if nested and value < 0 else repr(value)
+        text = str(term.value) + ("u" if term.type == "unsigned" and int(term.value) % 2 else "")  # both spellings
         return f"({text})" if nested and isinstance(term.value, int) and term.value < 0 else text
     args = [format_term(a, inline, nested=True) for a in term.args]
-    if term.name.isalpha():  # min, max, strlen, to_number: functional syntax
+    if term.name in CONVERSION_NAMES:
+        return f"{CONVERSION_NAMES[term.name]}({args[0]})"
+    if term.name.isalpha():  # min, max, strlen, to_number, range: functional syntax
         return f"{term.name}({', '.join(args)})"
     left, right = args
     return f"({left} {term.name} {right})"
@@ -217,6 +247,8 @@ class _Generator:
         rng = self.rng
         if type == "symbol":
             return rng.choice(SYMBOLS)
+        if type == "float":
+            return rng.choice(FLOAT_VALUES)
         if type == "number":
             if extreme and rng.chance(0.03):
                 self.features.add("extreme_value")
@@ -233,7 +265,7 @@ class _Generator:
     def const(self, type: ir.BaseType) -> ir.Const:
         """A constant for program text: never -2**31 (its text is not an int32 literal)."""
         value = self.value(type, extreme=False)
-        return ir.Const(value, type)
+        return ir.Const(bits_of_float(value) if isinstance(value, float) else value, type)
 
     # ----------------------------------------------------------------- schema
 
@@ -244,6 +276,9 @@ class _Generator:
         if self.rng.chance(0.08):
             self.features.add("unsigned")
             return "unsigned"
+        if self.rng.chance(0.08):
+            self.features.add("float")
+            return "float"
         return "number"
 
     def relation(self, name: str, arity: int, alias: str | None) -> ir.Relation:
@@ -261,8 +296,10 @@ class _Generator:
 
     def expression(self, type: ir.BaseType, vars: list[str], depth: int, big: bool) -> ir.Term:
         """Arithmetic over bound variables of ``type`` (number/unsigned); / and % only by
-        nonzero constants."""
+        nonzero constants. On floats, the operators that keep them exact."""
         rng = self.rng
+        if type == "float":
+            return self.float_expression(vars, depth)
         op = rng.choice(ARITH_OPS)
         if depth > 1 and rng.chance(0.3):
             left: ir.Term = self.expression(type, vars, depth - 1, big)
@@ -285,14 +322,28 @@ class _Generator:
             left, right = right, left  # constant on the left sometimes
         return ir.Call(op, (left, right), type)
 
+    def float_expression(self, vars: list[str], depth: int) -> ir.Term:
+        rng = self.rng
+        op = rng.choice(FLOAT_OPS)
+        left: ir.Term = self.float_expression(vars, depth - 1) if depth > 1 and rng.chance(0.3) else ir.Var(rng.choice(vars))
+        right: ir.Term
+        if op in ("*", "/"):
+            right = ir.Const(bits_of_float(rng.choice(FLOAT_SCALES)), "float")
+        elif rng.chance(0.4):
+            right = ir.Var(rng.choice(vars))
+        else:
+            right = self.const("float")
+        self.features.add("float_arith")
+        return ir.Call(op, (left, right), "float")
+
     def guard(self, expr: ir.Term, st: _RuleState, body: list[ir.BodyLiteral]) -> None:
         """Keep every variable of a value-creating expression in a recursive rule within
         [0, GUARD_LIMIT), so the recursion can only create finitely many values."""
         for name in sorted(term_vars(expr)):
             type = st.types[name]
             if type == "number":
-                body.append(ir.Comparison(">=", ir.Var(name), ir.Const(0, type)))
-            body.append(ir.Comparison("<", ir.Var(name), ir.Const(GUARD_LIMIT, type)))
+                body.append(ir.Comparison(">=", ir.Var(name), ir.Const(0, type), type=type))
+            body.append(ir.Comparison("<", ir.Var(name), ir.Const(GUARD_LIMIT, type), type=type))
         self.features.add("guarded_recursive_arith")
 
     # ----------------------------------------------------------------- literals
@@ -373,26 +424,41 @@ class _Generator:
         if rng.chance(0.2):
             left, right = right, left
         self.features.add(f"cmp{op}")
-        return ir.Comparison(op, left, right)
+        return ir.Comparison(op, left, right, type=t)
 
     def binding(self, st: _RuleState, recursive: bool, body: list[ir.BodyLiteral]) -> None:
         """``y = expr`` (or ``expr = y``) binding a new variable."""
         rng = self.rng
-        types = [t for t in ("number", "unsigned") if st.bound_of(t)]  # type: ignore[misc]
+        # Float arithmetic only outside recursion: the guards bound integers.
+        types = [t for t in ("number", "unsigned", "float") if st.bound_of(t) and not (recursive and t == "float")]  # type: ignore[misc]
         if not types or (recursive and not rng.chance(0.5)):
             return
         t: ir.BaseType = rng.choice(types)
         expr: ir.Term
-        if rng.chance(0.15):
+        sources = [(target, source) for (target, source) in CONVERSIONS if target == t and st.bound_of(source) and not recursive]
+        if sources and rng.chance(0.25):
+            target, source = rng.choice(sources)
+            expr = ir.Call(CONVERSIONS[(target, source)], (ir.Var(rng.choice(st.bound_of(source))),), t)
+            self.features.add("conversion")
+        elif rng.chance(0.15):
             expr = self.const(t)
         else:
             expr = self.expression(t, st.bound_of(t), 2, big=not recursive)
             if recursive:
                 self.guard(expr, st, body)
         new = st.fresh("y", t)
-        body.append(ir.Comparison("=", new, expr) if not rng.chance(0.2) else ir.Comparison("=", expr, new))
+        body.append(ir.Comparison("=", new, expr, type=t) if not rng.chance(0.2) else ir.Comparison("=", expr, new, type=t))
         st.bind(new.name)
         self.features.add("binding_eq")
+
+    def generator(self, st: _RuleState, body: list[ir.BodyLiteral]) -> None:
+        """``y = range(...)``: a few values of a type, each exact."""
+        t, bounds = self.rng.choice(RANGES)
+        args = tuple(ir.Const(bits_of_float(v), "float") if t == "float" else ir.Const(v, t) for v in bounds)  # type: ignore[arg-type]
+        new = st.fresh("g", t)  # type: ignore[arg-type]
+        body.append(ir.Comparison("=", new, ir.Call("range", args, t), type=t))  # type: ignore[arg-type]
+        st.bind(new.name)
+        self.features.add("range")
 
     def aggregate(self, st: _RuleState, lower: list[ir.Relation]) -> ir.Aggregation:
         rng = self.rng
@@ -416,6 +482,7 @@ class _Generator:
                 args.append(v)
         body: list[ir.BodyLiteral] = [ir.Atom(rel.name, tuple(args))]
         numeric = [v for v in locals_ if st.types[v] == "number"]
+        floats = [v for v in locals_ if st.types[v] == "float"]
         if numeric and rng.chance(0.25):
             body.append(ir.Comparison(rng.choice(ORDER_OPS), ir.Var(rng.choice(numeric)), self.const("number")))
             self.features.add("agg_filter")
@@ -429,9 +496,13 @@ class _Generator:
                 neg_args.append(ir.Var(rng.choice(usable)) if usable else self.const(t))
             body.append(ir.Negation(ir.Atom(other.name, tuple(neg_args))))
             self.features.add("agg_negation")
+        type: ir.BaseType = "float" if floats and (not numeric or rng.chance(0.5)) else "number"
         func = rng.choice(("count", "sum", "min", "max")) if numeric else "count"
         target: ir.Term | None = None
-        if func != "count":
+        if type == "float":
+            func = rng.choice(("sum", "min", "max", "mean"))
+            target = ir.Var(rng.choice(floats))
+        elif func != "count":
             target = ir.Var(rng.choice(numeric))
             if rng.chance(0.15):
                 target = ir.Call(rng.choice(("+", "*")), (target, ir.Const(2, "number")))
@@ -439,8 +510,8 @@ class _Generator:
         if not (term_vars_all(args) & set(st.bound)):
             self.features.add("agg_ungrouped")
         self.features.add(f"agg_{func}")
-        result = st.fresh("n", "number")
-        return ir.Aggregation(result, func, target, tuple(body), "number")
+        result = st.fresh("n", type)
+        return ir.Aggregation(result, func, target, tuple(body), type)
 
     # ----------------------------------------------------------------- rules
 
@@ -482,6 +553,8 @@ class _Generator:
                 st.from_lower.update(set(st.bound) - before)
         if rng.chance(0.25):
             self.binding(st, recursive, body)
+        if rng.chance(0.1):
+            self.generator(st, body)
         aggregate = None
         if rng.chance(0.25):
             aggregate = self.aggregate(st, lower)
@@ -520,7 +593,7 @@ class _Generator:
                 self.features.add("head_const")
                 continue
             fresh = [v for v in cands if v not in used] or cands
-            if t != "symbol" and rng.chance(0.2) and (not recursive or rng.chance(0.5)):
+            if t != "symbol" and rng.chance(0.2) and (not recursive or (t != "float" and rng.chance(0.5))):
                 expr = self.expression(t, cands, 2, big=not recursive)
                 if recursive:
                     self.guard(expr, st, body)

@@ -530,7 +530,7 @@ def _match_atom(atom: ir.Atom, binding: Binding, snap: Snapshot, pos: ir.Pos) ->
     for i, arg in enumerate(atom.args):
         if isinstance(arg, ir.Const):
             positions.append(i)
-            key.append(arg.value)
+            key.append(eval_term(arg, binding, pos))
         elif isinstance(arg, ir.Var) and arg.name in binding:
             positions.append(i)
             key.append(binding[arg.name])

@@ -542,7 +542,8 @@ def _split_rows(source: Any, n: int) -> list[Any]:
     if fact_input.is_dataframe(source):
         bounds = [len(source) * k // n for k in range(n + 1)]
         return [source.iloc[bounds[k] : bounds[k + 1]] for k in range(n)]
-    rows = np.asarray(source)
+    # Rows of Python values stay objects: NumPy would make ints beside floats floats.
+    rows = source if isinstance(source, np.ndarray) else np.array(source, dtype=object)
     bounds = [rows.shape[0] * k // n for k in range(n + 1)]
     return [rows[bounds[k] : bounds[k + 1]] for k in range(n)]
 
