@@ -207,6 +207,8 @@ def test_symbol_ids_are_shared_across_columns_and_files(tmp_path: Path) -> None:
         ("x y\t1\t4294967295\nz\t-5\t0\n", ("symbol", "number", "unsigned")),
         ("a\n\nb\n a\n", ("symbol",)),
         ("1\t\t2\n", ("unsigned", "symbol", "number")),
+        ("1.5\t-2\n-0\t3\n.5\t4\n1e-3\t5\n16777217\t6\n0.1\t7\n", ("float", "number")),
+        ("x\t2.5e3\t1\ny\t-0.0\t4294967295\n", ("symbol", "float", "unsigned")),
     ],
 )
 def test_fast_and_slow_paths_agree(content: str, types: tuple[str, ...]) -> None:
@@ -258,12 +260,59 @@ BAD_FILES = [
     ("+1\t2\n", ("number", "number"), 1, 1, "found '+1'"),
     ("1.5\t2\n", ("number", "number"), 1, 1, "found '1.5'"),
     ("1\t2\r\n3\t4\r\n5\tq\r\n", ("number", "number"), 3, 3, "found 'q'"),
+    ("0x1FFFFFFFF\n", ("unsigned",), 1, 1, "0x1FFFFFFFF does not fit in a 32-bit unsigned"),
+    ("0X10\n", ("unsigned",), 1, 1, "found '0X10'"),
+    ("1\t1.5 \n", ("number", "float"), 1, 3, "expected a float for column b (float), found '1.5 '"),
+    ("1\tx\n", ("symbol", "float"), 1, 3, "expected a float for column b (float), found 'x'"),
+    ("1e39\n", ("float",), 1, 1, "1e39 is out of the range of a 32-bit float for column a"),
+    ("2\n1e-40\n", ("float",), 2, 1, "1e-40 is out of the range of a 32-bit float"),
     ("1\t2\n\n\nx\t1\n", ("number", "number"), 4, 1, "found 'x'"),
     ("a b\tc\n", ("symbol", "number"), 1, 5, "expected an integer for column b (number), found 'c'"),
     ("a\n", ("symbol", "symbol"), 1, 2, "expected 2 tab-separated fields"),
     ("a\tb\n", ("symbol",), 1, 3, "expected 1 tab-separated field for edge(a:symbol), found 2"),
     ("ok\t1\n\xff\t2\n".encode("latin-1"), ("symbol", "number"), 2, 1, "invalid UTF-8 byte 0xff"),
 ]
+
+
+def test_unsigned_fields_may_be_hex_or_binary(tmp_path: Path) -> None:
+    """As Soufflé reads them (its semantic-load9): 0x and 0b (lower case) in unsigned columns."""
+    path = write_file(tmp_path, "0xFFFFFFFF,0b101,7\n0x0,0b0,0x1f\n")
+    rows = read_facts(path, rel("u", "unsigned", "unsigned", "unsigned"), SymbolTable(), ",")
+    assert rows.tolist() == [[4294967295, 5, 7], [0, 0, 31]]
+
+
+def test_float_fields_round_trip_as_soufflé_prints_them(tmp_path: Path) -> None:
+    relation = rel("f", "float", "symbol")
+    content = "inf\ta\n-nan\tb\n 0x1p-149\tc\n1.00000005960464477550\td\n-0\te\n0\tf\n3.4028235e38\tg\n"
+    symbols = SymbolTable()
+    rows = read_facts(write_file(tmp_path, content), relation, symbols)
+    assert set(roundtrip(rows, relation, symbols).splitlines()) == {
+        "inf\ta", "-nan\tb", "1.40129846e-45\tc", "1.00000012\td", "-0\te", "0\tf", "3.40282347e+38\tg",
+    }  # fmt: skip
+    # Float order, NaNs beyond the infinities by their sign (-nan first), -0.0 before 0.0.
+    column = to_numpy(rows, relation, symbols)[:, 0].astype(float)
+    assert np.isnan(column[0]) and column[1:].tolist() == [
+        -0.0,
+        0.0,
+        2.0**-149,
+        float(np.float32(1.0000001)),
+        3.4028234663852886e38,
+        np.inf,
+    ]
+    assert np.signbit(column[1]) and not np.signbit(column[2])
+    frame = to_pandas(rows, relation, symbols)
+    assert frame["a"].dtype == np.float32
+
+
+def test_python_floats_are_rounded_to_float32() -> None:
+    relation = rel("f", "float", "number")
+    rows = encode_rows([(0.1, 1), (16777217, 2), ("1e-3", 3)], relation, SymbolTable(), "<facts>")
+    values = decode(np.ascontiguousarray(rows[:, 0]), "float")
+    assert values.tolist() == [float(np.float32(0.1)), 16777216.0, float(np.float32(0.001))]
+    with pytest.raises(DatalogError, match=r"<facts>:1:1: error: 1e\+39 does not fit in a 32-bit float"):
+        encode_rows([(1e39, 1)], relation, SymbolTable(), "<facts>")
+    with pytest.raises(DatalogError, match="expected a float for column a"):
+        encode_rows([(True, 1)], relation, SymbolTable(), "<facts>")
 
 
 @pytest.mark.parametrize("content, types, line, col, message", BAD_FILES)
