@@ -443,8 +443,8 @@ class _RuleChecker:
     def term(self, e: st.Expr, in_aggregate: bool) -> ir.Term:
         if isinstance(e, st.Var):
             return ir.Var(e.name, e.pos)
-        if isinstance(e, st.Num):
-            return ir.Const(e.value, e.type, e.pos)  # type: ignore[arg-type]  # a number's type is resolved later
+        if isinstance(e, st.Num):  # an integer literal's text, read once its type is known
+            return ir.Const(e.value if e.type == "float" else e.text, e.type, e.pos)  # type: ignore[arg-type]
         if isinstance(e, st.Str):
             return ir.Const(e.value, "symbol", e.pos)
         if isinstance(e, st.Binary):
@@ -759,30 +759,37 @@ def _shown_op(name: str) -> str:
 
 
 def _literal(const: ir.Const, want: BaseType, where: str) -> ir.Const:
-    """A literal typed as ``want``, with Soufflé's checks: a plain number fits int32 as a
-    number, is read mod 2^32 as an unsigned (C's strtoull then a cast: negative or past
-    2^64 - 1 is an error) and rounded to the nearest float; ``1u`` is an unsigned only and
-    ``1.5`` a float only."""
-    kind = "number" if const.type == "number" else const.type
-    shown = format_float(int(const.value)) if kind == "float" else f'"{const.value}"' if kind == "symbol" else str(const.value)
+    """A literal typed as ``want``, read from its text as Soufflé reads it: a plain integer
+    fits int32 as a number, is C's strtoull mod 2^32 as an unsigned (no sign, at most
+    2^64 - 1), strtof as a float (rounded to nearest; -0 is -0.0; no binary); ``1u`` is an
+    unsigned only and ``1.5`` a float only."""
+    kind = const.type
+    text = str(const.value)
+    shown = format_float(int(const.value)) if kind == "float" else f'"{text}"' if kind == "symbol" else text
+    if len(shown) > 40:
+        shown = f"{shown[:20]}...{shown[-10:]}"
     if kind not in ("number", want):
         raise DatalogError(const.pos, f"type mismatch: {shown}{'u' * (kind == 'unsigned')} is {_a(kind)}, but {where}")
     if kind == "number" and want == "symbol":
         raise DatalogError(const.pos, f"type mismatch: {shown} is a number, but {where}")
     if want in ("symbol", "float") and kind == want:
         return const
-    value = int(const.value)
+    digits = text.lstrip("-")
+    base = {"0x": 16, "0b": 2}.get(digits[:2], 10)
+    magnitude = int((digits[2:] if base != 10 else digits).lstrip("0") or "0", base)  # the parser bounds its length
+    value = -magnitude if text.startswith("-") else magnitude
     if want == "number" and not INT32_MIN <= value <= INT32_MAX:
-        raise DatalogError(const.pos, f"{value} does not fit in 32 bits as a number ({INT32_MIN}..{INT32_MAX})")
+        raise DatalogError(const.pos, f"{shown} does not fit in 32 bits as a number ({INT32_MIN}..{INT32_MAX})")
     if want == "unsigned":
-        if not 0 <= value < 1 << 64:
-            raise DatalogError(const.pos, f"{value} does not fit an unsigned (Soufflé reads 0..2^64 - 1, then keeps 32 bits)")
+        if text.startswith("-") or magnitude >= 1 << 64:
+            raise DatalogError(const.pos, f"{shown} does not fit an unsigned (Soufflé reads 0..2^64 - 1, then keeps 32 bits)")
         value &= 0xFFFFFFFF
     if want == "float":
-        bits, _ = round_float32(abs(value), 1)
-        if bits == FLOAT_INF:
-            raise DatalogError(const.pos, f"{value} does not fit in a 32-bit float")
-        value = bits | (0x80000000 if value < 0 else 0)
+        bits, _ = round_float32(magnitude, 1)
+        if base == 2 or bits == FLOAT_INF:
+            reason = "a binary literal is no float (strtof reads 0b1 as 0)" if base == 2 else "it does not fit in a 32-bit float"
+            raise DatalogError(const.pos, f"{shown} cannot be a float here: {reason}")
+        value = bits | (0x80000000 if text.startswith("-") else 0)
     return replace(const, value=value, type=want)
 
 

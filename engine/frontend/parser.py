@@ -41,13 +41,16 @@ class Wild:
 
 @dataclass(frozen=True)
 class Num:
-    """A numeric literal; a leading unary minus is already folded into ``value``. ``type``:
-    ``number`` for a plain integer (whose type its context decides, as in Soufflé),
-    ``unsigned`` for ``1u``, ``float`` for ``1.5`` (``value`` is then its IEEE bit pattern)."""
+    """A numeric literal; a leading unary minus is already folded into ``value`` and ``text``
+    (as written, sign included: what the literal means depends on it, as in Soufflé, where
+    -0 is a float -0.0 but no unsigned). ``type``: ``number`` for a plain integer (whose type
+    its context decides), ``unsigned`` for ``1u``, ``float`` for ``1.5`` (``value`` is then its
+    IEEE bit pattern)."""
 
     value: int
     pos: Pos
     type: str = "number"
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -617,13 +620,13 @@ class _Builder:
         if len(digits) > MAX_LITERAL_DIGITS:  # int() of >4300 digits fails; none fits anyway
             shown = text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
             raise self.fail(node, f"integer literal {shown} is out of range (Soufflé reads at most 64 bits)")
-        return Num(int(digits or "0", base), self.pos(node))
+        return Num(int(digits or "0", base), self.pos(node), "number", text)
 
     def expr_unsigned(self, node: LarkTree) -> Expr:
         text = str(node.children[0])
         number = self.expr_number(Tree("number", [Token("NUMBER", text[:-1])], node.meta))
         assert isinstance(number, Num)
-        return Num(number.value, number.pos, "unsigned")
+        return Num(number.value, number.pos, "unsigned", number.text)
 
     def expr_float(self, node: LarkTree) -> Expr:
         text = str(node.children[0])
@@ -631,7 +634,7 @@ class _Builder:
         if bits is None:
             shown = text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
             raise self.fail(node, f"float literal {shown} is out of the range of a 32-bit float")
-        return Num(bits, self.pos(node), "float")
+        return Num(bits, self.pos(node), "float", text)
 
     def expr_ipv4(self, node: LarkTree) -> Expr:
         """Soufflé's a.b.c.d: the number (a << 24) + (b << 16) + (c << 8) + d, wrapped to 32 bits."""
@@ -639,7 +642,8 @@ class _Builder:
         if max(octets) > 255:
             raise self.fail(node, "IP address out of range: each of its four numbers is at most 255")
         value = (octets[0] << 24) + (octets[1] << 16) + (octets[2] << 8) + octets[3]
-        return Num(value - (1 << 32) if value >= 1 << 31 else value, self.pos(node))
+        value = value - (1 << 32) if value >= 1 << 31 else value
+        return Num(value, self.pos(node), "number", str(value))
 
     def expr_string(self, node: LarkTree) -> Expr:
         tok = node.children[0]
@@ -649,8 +653,9 @@ class _Builder:
     def expr_neg(self, node: LarkTree) -> Expr:
         operand = self.expr(node.children[0])
         pos = self.pos(node)
-        if isinstance(operand, Num):  # as Soufflé, the minus is the literal's own sign
-            return Num(operand.value ^ 0x80000000 if operand.type == "float" else -operand.value, pos, operand.type)
+        if isinstance(operand, Num) and not operand.text.startswith("-"):  # as Soufflé: the literal's own sign
+            value = operand.value ^ 0x80000000 if operand.type == "float" else -operand.value
+            return Num(value, pos, operand.type, "-" + operand.text)
         return Call("neg", (operand,), pos)
 
     def expr_binary(self, node: LarkTree) -> Expr:
