@@ -84,11 +84,19 @@ class Context:
     symbols: SymbolTable
     values: SymbolValues | None = None
     readings: dict[Callable[[str], int | None], tuple[Any, Any]] = field(default_factory=dict)
+    ranks: Any = None
 
     def symbol_values(self) -> SymbolValues:
         if self.values is None:
             self.values = SymbolValues(self.symbols, self.xp)
         return self.values.current()
+
+    def text_ranks(self) -> Any:
+        """rank[id]: the place of the symbol's text in text order, kept while the table holds
+        the same strings (min and max of symbols compare texts, as Soufflé's do)."""
+        if self.ranks is None or int(self.ranks.shape[0]) != len(self.symbols):
+            self.ranks = self.xp.asarray(self.symbols.text_rank())
+        return self.ranks
 
     def read(self, parse: Callable[[str], int | None]) -> tuple[Any, Any]:
         """(value, valid) per symbol id of what ``parse`` reads in each string (to_float's and
@@ -212,6 +220,12 @@ def _arithmetic(compute: Callable[[ir.Call, Any, Any, Any], Any]) -> Apply:
         xp = ctx.xp
         if call.type == "float":
             return _float_fold(call, args, xp)
+        if call.type == "symbol":  # min and max: the first of the smallest (largest) text
+            rank, result = ctx.text_ranks(), args[0]
+            for arg in args[1:]:
+                beyond = rank[arg] < rank[result] if call.name == "min" else rank[result] < rank[arg]
+                result = xp.where(beyond, arg, result)
+            return result
         values = [decode_int(a, call.type, xp) for a in args]
         result = values[0]
         for value in values[1:]:
@@ -446,8 +460,8 @@ SIGNATURES: dict[str, Signature] = {
         Signature("/", (T, T), T, _arithmetic(_divide), types=NUMERIC),
         Signature("%", (T, T), T, _arithmetic(_divide)),
         Signature("^", (T, T), T, _arithmetic(_power), types=NUMERIC),
-        Signature("min", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True, types=NUMERIC),
-        Signature("max", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True, types=NUMERIC),
+        Signature("min", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True, types=(*NUMERIC, "symbol")),
+        Signature("max", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True, types=(*NUMERIC, "symbol")),
         Signature("neg", (T,), T, _negate, types=("number", "float")),
         Signature("band", (T, T), T, _arithmetic(lambda c, a, b, xp: a & b)),
         Signature("bor", (T, T), T, _arithmetic(lambda c, a, b, xp: a | b)),

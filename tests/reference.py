@@ -98,6 +98,9 @@ def arith(op: str, a: Value, b: Value, type: ir.BaseType, pos: ir.Pos) -> Value:
     if type == "float":
         assert isinstance(a, float) and isinstance(b, float)
         return float_arith(op, a, b)
+    if type == "symbol" and op in ("min", "max"):  # by text, as Soufflé compares std::strings
+        assert isinstance(a, str) and isinstance(b, str)
+        return min(a, b) if op == "min" else max(a, b)
     if not isinstance(a, int) or not isinstance(b, int):
         raise TypeError(f"arithmetic on non-integers {a!r} {op} {b!r}")
     a, b = wrap(a, type), wrap(b, type)

@@ -641,7 +641,7 @@ class _RuleChecker:
                 for i, a in enumerate(term.args)
             )
             return replace(term, args=args, type=want)
-        if want == "symbol":
+        if want == "symbol" and want not in sig.types:
             raise DatalogError(term.pos, f"type mismatch: arithmetic ({_shown_op(term.name)}) on symbols")
         if want not in sig.types:
             raise DatalogError(term.pos, f"type mismatch: {_shown_op(term.name)} is not defined on {want}s, but {where}")
