@@ -595,46 +595,35 @@ def _eval_comparison(lit: ir.Comparison, binding: Binding, pos: ir.Pos) -> Itera
         yield binding
 
 
+def aggregate_value(agg: ir.Aggregation, matches: list[Binding], pos: ir.Pos) -> Value | None:
+    """The aggregate's value over the distinct bindings of its body (None: no binding)."""
+    targets = [eval_term(agg.target, b, pos) for b in matches] if agg.target is not None else []
+    if agg.func == "count":
+        return wrap(len(matches), agg.type)
+    if agg.type == "float":
+        floats = [float(v) for v in targets]
+        if agg.func in ("min", "max", "mean") and not floats:
+            return None
+        if agg.func in ("min", "max"):
+            # Soufflé folds std::min from the largest float (std::max from its negative): NaNs
+            # never win, infinities stop at that start.
+            return min([FLOAT_MAX, *floats]) if agg.func == "min" else max([-FLOAT_MAX, *floats])
+        total = f32(math.fsum(floats))  # Soufflé adds in float: the same on values this exact
+        return total if agg.func == "sum" else float(np.float32(total) / np.float32(len(floats)))
+    if agg.func == "sum":
+        return wrap(sum(int(v) for v in targets), agg.type)
+    if agg.func in ("min", "max"):
+        return (min(targets) if agg.func == "min" else max(targets)) if targets else None  # type: ignore[type-var]
+    raise ValueError(f"unknown aggregate {agg.func!r}")
+
+
 def _eval_aggregate(lit: PreparedAgg, binding: Binding, snap: Snapshot, pos: ir.Pos) -> Iterator[Binding]:
     agg = lit.agg
     group = {v: binding[v] for v in lit.grouping}
     distinct = {tuple(sorted(b.items())): b for b in solve(lit.body, group, snap, pos)}
-    matches = list(distinct.values())
-    value: Value
-    if agg.func == "count":
-        value = wrap(len(matches), agg.type)
-    elif agg.func in ("sum", "mean") and agg.type == "float":
-        assert agg.target is not None
-        floats = [float(eval_term(agg.target, b, pos)) for b in matches]
-        if agg.func == "mean" and not floats:
-            return
-        value = f32(math.fsum(floats))  # Soufflé adds in float: the same on values this exact
-        if agg.func == "mean":
-            value = float(np.float32(value) / np.float32(len(floats)))
-    elif agg.func == "sum":
-        assert agg.target is not None
-        total = 0
-        for b in matches:
-            v = eval_term(agg.target, b, pos)
-            assert isinstance(v, int)
-            total += v
-        value = wrap(total, agg.type)
-    elif agg.func in ("min", "max") and agg.type == "float":
-        if not matches:
-            return
-        assert agg.target is not None
-        # Soufflé folds std::min from the largest float (std::max from its negative): NaNs
-        # never win, infinities stop at that start.
-        floats = [float(eval_term(agg.target, b, pos)) for b in matches]
-        value = min([FLOAT_MAX, *floats]) if agg.func == "min" else max([-FLOAT_MAX, *floats])
-    elif agg.func in ("min", "max"):
-        if not matches:
-            return
-        assert agg.target is not None
-        values = [eval_term(agg.target, b, pos) for b in matches]
-        value = min(values) if agg.func == "min" else max(values)  # type: ignore[type-var]
-    else:
-        raise ValueError(f"unknown aggregate {agg.func!r}")
+    value = aggregate_value(agg, list(distinct.values()), pos)
+    if value is None:
+        return
     name = agg.result.name
     if name in binding:
         if binding[name] == value:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from program_gen import generate_from_rng
-from reference import compare, eval_term, evaluate, wrap
+from reference import aggregate_value, bits_of_float, compare, eval_term, evaluate, range_values
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.frontend import load_program
@@ -23,6 +23,7 @@ from dask_datalog.engine.plan import (
     LOCAL,
     AggregateStep,
     FilterStep,
+    GenerateStep,
     HeadRoute,
     JoinStep,
     NegationStep,
@@ -406,7 +407,14 @@ class Shards:
 
     def owner(self, values: tuple[Value, ...]) -> int:
         """Any fixed uint32 per value will do, as long as equal values get equal owners."""
-        words = tuple(self.symbols.setdefault(v, len(self.symbols)) if isinstance(v, str) else v & 0xFFFFFFFF for v in values)
+        words = tuple(
+            self.symbols.setdefault(v, len(self.symbols))
+            if isinstance(v, str)
+            else bits_of_float(v)
+            if isinstance(v, float)
+            else v & 0xFFFFFFFF
+            for v in values
+        )
         return ref_owner(words, self.n)
 
     def spread(self, tuples: set[Tuple], key: tuple[int, ...]) -> list[set[Tuple]]:
@@ -550,6 +558,15 @@ class Shards:
         if isinstance(step, FilterStep):
             c = step.comparison
             return [b for b in bindings if compare(c.op, eval_term(c.left, b, pos), eval_term(c.right, b, pos))]
+        if isinstance(step, GenerateStep):
+            out = []
+            for b in bindings:
+                args = [eval_term(a, b, pos) for a in step.call.args]
+                out += [
+                    {**b, step.var: v}
+                    for v in range_values(args[0], args[1], args[2] if len(args) == 3 else None, step.call.type)
+                ]
+            return out
         return [{**b, step.var: eval_term(step.expr, b, pos)} for b in bindings]
 
     def aggregate(self, step: AggregateStep, route: Route, b: Binding, s: int) -> Binding | None:
@@ -559,23 +576,14 @@ class Shards:
         per_shard[s] = [group]
         found = self.steps(step.steps, per_shard)[s]
         matches = list({frozenset(m.items()): m for m in found}.values())
-        value: Value
-        if agg.func == "count":
-            value = wrap(len(matches), agg.type)
-        elif agg.func == "sum":
-            value = wrap(sum(int(eval_term(agg.target, m, ir.NOWHERE)) for m in matches), agg.type)
-        else:
-            if not matches:
-                return None
-            values = [eval_term(agg.target, m, ir.NOWHERE) for m in matches]
-            value = min(values) if agg.func == "min" else max(values)  # type: ignore[type-var]
-        return {**b, agg.result.name: value}
+        value = aggregate_value(agg, matches, ir.NOWHERE)
+        return None if value is None else {**b, agg.result.name: value}
 
 
 def match(atom: ir.Atom, t: Tuple, b: Binding) -> Binding | None:
     out = dict(b)
     for a, v in zip(atom.args, t):
-        if isinstance(a, ir.Const) and a.value != v:
+        if isinstance(a, ir.Const) and eval_term(a, {}, ir.NOWHERE) != v:
             return None
         if isinstance(a, ir.Var) and out.setdefault(a.name, v) != v:
             return None

@@ -363,6 +363,7 @@ class _RuleChecker:
         self.fresh_count = {"a": 0, "w": 0, "l": 0, "r": 0}
         self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
         self.generators: list[ir.Comparison] = []  # `$r = range(...)` pulled out of it
+        self.generated: set[str] = set()  # those `$r`
         self.types: dict[str, tuple[BaseType, str]] = {}  # variable -> (type, where it got it)
 
     def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool) -> ir.Rule:
@@ -452,6 +453,7 @@ class _RuleChecker:
             return ir.Call(e.op, (left, right), "number", e.pos)
         if isinstance(e, st.Call) and e.func == "range":  # a generator: its own literal, a variable here
             var = self.fresh("r", e.pos)
+            self.generated.add(var.name)
             self.generators.append(ir.Comparison("=", var, self.call(e, in_aggregate), e.pos))
             return var
         if isinstance(e, st.Call):
@@ -678,9 +680,9 @@ class _RuleChecker:
     def unify_float_aliases(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> tuple[ir.Atom, list[ir.BodyLiteral]]:
         """``x = y`` between two float variables makes them one variable, as Soufflé's alias
         resolution does (so their bits must be equal: 0.0 and -0.0 differ there, unlike in
-        ``x = y + 0.0``), and ``x = x`` holds even for a NaN. Aggregate results are values of
-        their own, compared as floats."""
-        results = {n.result.name for n in ir.walk(lits) if isinstance(n, ir.Aggregation)}
+        ``x = y + 0.0``), and ``x = x`` holds even for a NaN. Aggregate results and the values
+        of a range written inside a term are values of their own, compared as floats."""
+        results = {n.result.name for n in ir.walk(lits) if isinstance(n, ir.Aggregation)} | self.generated
         parent: dict[str, str] = {}
 
         def find(name: str) -> str:
