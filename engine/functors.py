@@ -39,6 +39,9 @@ class SymbolValues:
         self.lengths = xp.zeros(0, dtype=xp.int64)
         self.numbers = xp.zeros(0, dtype=xp.int64)
         self.valid = xp.zeros(0, dtype=bool)
+        self._texts: list[Any] = []  # every symbol's bytes (pyarrow), in id order, in chunks
+        self._texts_held = 0  # how many symbols _texts covers
+        self._ranks: tuple[int, Any] = (-1, None)  # (table size, rank per id) when last computed
 
     def current(self) -> SymbolValues:
         new = self.symbols.strings_from(int(self.lengths.shape[0]))
@@ -48,12 +51,27 @@ class SymbolValues:
             self.lengths = xp.concatenate(
                 [
                     self.lengths,
-                    xp.asarray(np.fromiter((len(s.encode("utf-8", "surrogatepass")) for s in new), np.int64, len(new))),
+                    xp.asarray(np.fromiter((len(s.encode("utf-8", "surrogateescape")) for s in new), np.int64, len(new))),
                 ]
             )
             self.numbers = xp.concatenate([self.numbers, xp.asarray(np.array([p or 0 for p in parsed], np.int64))])
             self.valid = xp.concatenate([self.valid, xp.asarray(np.array([p is not None for p in parsed], bool))])
         return self
+
+    def texts(self, ids: np.ndarray) -> Any:
+        """The texts of host ``ids``, one per row (a pyarrow binary array)."""
+        text = _text()
+        if self._texts_held < len(self.symbols):
+            self._texts.append(text.texts(self.symbols.strings_from(self._texts_held)))
+            self._texts_held = len(self.symbols)
+        return text.take(self._texts, ids)
+
+    def ranks(self) -> Any:
+        """rank[id]: the position of the symbol's text in text order (what ``<`` compares);
+        the ids themselves until strings made while evaluating join the table."""
+        if self._ranks[0] != len(self.symbols):
+            self._ranks = (len(self.symbols), self.xp.asarray(self.symbols.text_rank()))
+        return self._ranks[1]
 
 
 @dataclass
@@ -71,6 +89,8 @@ class Context:
 
 
 Apply = Callable[[ir.Call, list[Any], Context], Any]
+# A functor that makes symbols: its arguments' distinct rows (host arrays) -> the texts made.
+Make = Callable[[ir.Call, list[np.ndarray], Context], list[str]]
 
 
 @dataclass(frozen=True)
@@ -78,13 +98,16 @@ class Signature:
     """A functor: ``params`` (one type per argument; with ``variadic`` the last repeats, at
     least ``len(params)`` arguments), ``result`` and ``apply(call, encoded columns, context)``
     giving the encoded result column (raising ``DatalogError`` at ``call.pos`` where Soufflé
-    stops the run)."""
+    stops the run). A functor that ``makes`` symbols has its texts computed by ``makes``; every
+    shard must have agreed on their ids before ``apply`` looks them up (execution/terms.py,
+    ``Terms.made``)."""
 
     name: str
     params: tuple[str, ...]
     result: str
     apply: Apply
     variadic: bool = False
+    makes: Make | None = None  # set for the functors that make symbols (cat, substr, to_string)
 
     def param(self, i: int) -> str:
         return self.params[min(i, len(self.params) - 1)]
@@ -120,6 +143,23 @@ def _arithmetic(compute: Callable[[ir.Call, Any, Any, Any], Any]) -> Apply:
         for value in values[1:]:
             result = compute(call, result, value, xp)
         return encode_int(result, call.type, xp)
+
+    return apply
+
+
+def _min_max(compute: Callable[[ir.Call, Any, Any, Any], Any]) -> Apply:
+    """min and max: on numbers arithmetic, on symbols by text order (Soufflé's SMIN, SMAX)."""
+    numeric = _arithmetic(compute)
+
+    def apply(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+        if call.type != "symbol":
+            return numeric(call, args, ctx)
+        ranks = ctx.symbol_values().ranks()
+        result = args[0]
+        for other in args[1:]:
+            take = ranks[other] < ranks[result] if call.name == "min" else ranks[other] > ranks[result]
+            result = ctx.xp.where(take, other, result)
+        return result
 
     return apply
 
@@ -182,6 +222,95 @@ def _to_number(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     return encode_int(values.numbers[ids], "number", ctx.xp)
 
 
+def _text() -> Any:
+    """engine/text.py, imported on first use: it brings pyarrow (65 MB, 60 ms of start-up) that
+    programs without text functors never need."""
+    from dask_datalog.engine import text
+
+    return text
+
+
+def host(column: Any) -> np.ndarray:
+    """A column on the host (CuPy arrays copy, NumPy ones do not): texts live there."""
+    return column.get() if hasattr(column, "get") else np.asarray(column)
+
+
+def _cat(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str]:
+    text = _text()
+    values = ctx.symbol_values()
+    return text.byte_strings(text.concatenate([values.texts(a) for a in args]))
+
+
+def _substr(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str]:
+    text = _text()
+    strings = ctx.symbol_values().texts(args[0])
+    start, length = (decode_int(a, "number", np) for a in args[1:])
+    result, bad = text.substring(strings, start, length)
+    if bad.any():
+        text.warn_substr(strings, start, length, bad)
+    return text.byte_strings(result)
+
+
+def _to_string(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str]:
+    return _text().to_string(decode_int(args[0], "number", np)).to_pylist()
+
+
+def _made(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    """The ids of the texts a symbol-making functor makes, which the run's table already holds
+    (agreed by every shard before this step: ``Terms.made``)."""
+    made = SIGNATURES[call.name].makes
+    assert made is not None
+    strings = made(call, [host(a) for a in args], ctx)
+    return ctx.xp.asarray(np.fromiter(map(ctx.symbols.id_of, strings), dtype=np.uint32, count=len(strings)))
+
+
+def _ord(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    """Soufflé's ``ord``: the symbol's id as a number (ids: docs/architecture.md, "Symbols")."""
+    return encode_int(args[0].astype(ctx.xp.int64), "number", ctx.xp)
+
+
+def _text_rank(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    """The position of a symbol's text in text order: ``<`` on symbols compares these."""
+    return encode_int(ctx.symbol_values().ranks()[args[0]].astype(ctx.xp.int64), "number", ctx.xp)
+
+
+# Soufflé's binary constraints on texts, written as functors, and their negations: comparison
+# operators of ``ir.Comparison`` evaluated on texts (execution/terms.py).
+TEXT_CONSTRAINTS = frozenset({"match", "contains", "not_match", "not_contains"})
+
+
+def distinct_rows(columns: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """(the distinct rows of host uint32 ``columns``, column by column; each row's index among
+    them): text functors work once per distinct argument row."""
+    if len(columns) == 1:
+        values, inverse = np.unique(columns[0], return_inverse=True)
+        return [values], inverse.reshape(-1)
+    rows, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)
+    return [rows[:, j] for j in range(len(columns))], inverse.reshape(-1)
+
+
+def text_holds(op: str, left: Any, right: Any, ctx: Context) -> Any:
+    """The mask of a text constraint (``TEXT_CONSTRAINTS``) over two symbol id columns:
+    ``contains(a, b)``, a occurs in b; ``match(p, s)``, all of s matches the pattern p (once per
+    distinct pattern: patterns are nearly always constants)."""
+    text = _text()
+    (lefts, rights), inverse = distinct_rows([host(left), host(right)])
+    values = ctx.symbol_values()
+    negated = op.startswith("not_")
+    if op.endswith("contains"):
+        holds = text.contains(values.texts(lefts), values.texts(rights)) != negated
+    else:
+        holds = np.zeros(len(lefts), dtype=bool)  # a pattern std::regex refuses: neither holds
+        patterns, which = np.unique(lefts, return_inverse=True)
+        for k, pattern in enumerate(text.byte_strings(values.texts(patterns))):
+            rows = np.nonzero(which.reshape(-1) == k)[0]
+            matched = text.match(pattern, values.texts(rights[rows]))
+            if matched is not None:
+                holds[rows] = matched != negated
+    return ctx.xp.asarray(holds[inverse])
+
+
+TEXT_RANK = "$text_rank"  # not a name a program can write: the checker's rewrite of symbol order
 T = POLYMORPHIC
 SIGNATURES: dict[str, Signature] = {
     s.name: s
@@ -192,8 +321,8 @@ SIGNATURES: dict[str, Signature] = {
         Signature("/", (T, T), T, _arithmetic(_divide)),
         Signature("%", (T, T), T, _arithmetic(_divide)),
         Signature("^", (T, T), T, _arithmetic(_power)),
-        Signature("min", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True),
-        Signature("max", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True),
+        Signature("min", (T, T), T, _min_max(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True),
+        Signature("max", (T, T), T, _min_max(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True),
         Signature("band", (T, T), T, _arithmetic(lambda c, a, b, xp: a & b)),
         Signature("bor", (T, T), T, _arithmetic(lambda c, a, b, xp: a | b)),
         Signature("bxor", (T, T), T, _arithmetic(lambda c, a, b, xp: a ^ b)),
@@ -207,6 +336,11 @@ SIGNATURES: dict[str, Signature] = {
         Signature("lnot", (T,), T, _unary(lambda a: (a == 0).astype(a.dtype))),
         Signature("strlen", ("symbol",), "number", _strlen),
         Signature("to_number", ("symbol",), "number", _to_number),
+        Signature("ord", ("symbol",), "number", _ord),
+        Signature(TEXT_RANK, ("symbol",), "number", _text_rank),
+        Signature("cat", ("symbol",), "symbol", _made, variadic=True, makes=_cat),
+        Signature("substr", ("symbol", "number", "number"), "symbol", _made, makes=_substr),
+        Signature("to_string", ("number",), "symbol", _made, makes=_to_string),
     )
 }
 
@@ -230,8 +364,19 @@ def fold(call: ir.Call) -> ir.Const:
         assert isinstance(const, ir.Const), f"fold: {arg!r} is not constant"
         value = symbols.intern(str(const.value)) if const.type == "symbol" else int(const.value)
         columns.append(np.array([encode_scalar(value, const.type)], dtype=np.uint32))
+    made = SIGNATURES[call.name].makes
+    if made is not None:
+        return ir.Const(made(call, columns, Context(np, symbols))[0], "symbol", call.pos)
     result = apply(call, columns, Context(np, symbols))
+    if call.type == "symbol":
+        return ir.Const(symbols.strings_from(int(result[0]))[0], "symbol", call.pos)
     return ir.Const(decode_scalar(int(result[0]), call.type), call.type, call.pos)
+
+
+def foldable(call: ir.Call) -> bool:
+    """Whether ``fold`` gives the call's value in every run: not so for what depends on the
+    run's symbol ids (``ord``, symbol order), which a fact then computes when the run starts."""
+    return not any(c.name in ("ord", TEXT_RANK) for c in ir.calls(call))
 
 
 def decode_scalar(encoded: int, type: str) -> int:

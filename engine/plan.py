@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from dask_datalog.engine import functors
 from dask_datalog.engine.frontend.strata import stratify
 from dask_datalog.engine.ir import (
     Aggregation,
@@ -57,6 +58,8 @@ class RouteAction(enum.StrEnum):
     - ``OWN``: it is the same on every shard; each keeps the rows it owns by ``key``.
     - ``SLICE``: it is the same on every shard and the step scans a replicated relation;
       shard k scans block k of the relation's rows, so the work is split, not repeated.
+    - ``AGREE``: the step (an assignment from a functor that makes symbols) first has every
+      shard agree on the ids of the texts it makes (a collective: the pipeline is cut there).
 
     Applied in one place, ``execution.routing.Router``."""
 
@@ -64,6 +67,7 @@ class RouteAction(enum.StrEnum):
     EXCHANGE = "exchange"
     OWN = "own"
     SLICE = "slice"
+    AGREE = "agree"
 
 
 class HeadAction(enum.StrEnum):
@@ -90,6 +94,7 @@ class Route:
 
 
 LOCAL = Route()
+COLLECTIVE = frozenset({RouteAction.EXCHANGE, RouteAction.AGREE})  # the actions that cut a pipeline
 
 
 @dataclass(frozen=True)
@@ -183,9 +188,9 @@ class RulePlan:
 
     @property
     def exchanges(self) -> int:
-        """Binding-table exchanges per run of the version: collectives every shard takes part
-        in, even with nothing to send."""
-        return sum(s.route.action is RouteAction.EXCHANGE for s in self.steps)
+        """Collectives per run of the version (binding-table exchanges, agreements on new
+        symbols): every shard takes part in them, even with nothing to send."""
+        return sum(s.route.action in COLLECTIVE for s in self.steps)
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ class Plan:
 def plan_program(program: Program) -> Plan:
     strata = []
     for stratum in stratify(program):
-        rules = tuple(_lift_atom_expressions(r) for r in stratum.rules)
+        rules = tuple(_lift_made_symbols(_lift_atom_expressions(r)) for r in stratum.rules)
         initial = tuple(plan_rule(r, None) for r in rules)
         deltas = []
         if stratum.recursive:
@@ -287,6 +292,31 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
     return replace(rule, body=tuple(body + extra))
 
 
+def _lift_made_symbols(rule: Rule) -> Rule:
+    """Every call of a functor that makes symbols (``cat``, ``substr``, ``to_string``), innermost
+    first, becomes an assignment to a fresh variable, ``$made0 = cat(x, y)``, which the planner
+    places as an ``AGREE`` step: the one place where a rule's new texts get their ids.
+    (Aggregate bodies make none: the checker refuses it.)"""
+    counter = itertools.count()
+    extra: list[BodyLiteral] = []
+
+    def lift(t: Term) -> Term:
+        if not isinstance(t, Call):
+            return t
+        t = replace(t, args=tuple(lift(a) for a in t.args))
+        if functors.signature(t.name).makes is None:
+            return t
+        v = Var(f"$made{next(counter)}", t.pos)
+        extra.append(Comparison("=", v, t, t.pos))
+        return v
+
+    head = replace(rule.head, args=tuple(lift(a) for a in rule.head.args))
+    body = [replace(lit, left=lift(lit.left), right=lift(lit.right)) if isinstance(lit, Comparison) else lit for lit in rule.body]
+    if not extra:
+        return rule
+    return replace(rule, head=head, body=tuple(body + extra))
+
+
 def plan_rule(rule: Rule, delta_index: int | None) -> RulePlan:
     head_vars = variable_names(rule.head)
     delta_relation = None
@@ -329,7 +359,8 @@ def _order_body(
                 raw.append((i, FilterStep(lit)))
             else:
                 var, expr = target
-                raw.append((i, AssignStep(var, expr)))
+                makes = isinstance(expr, Call) and functors.signature(expr.name).makes is not None
+                raw.append((i, AssignStep(var, expr, Route(RouteAction.AGREE) if makes else LOCAL)))
                 bound.add(var)
         else:
             inner_vars = _aggregation_free_vars(lit)

@@ -167,6 +167,11 @@ class SymbolTable:
         e.g. the sorted union of what each shard produced), so ids stay the same everywhere."""
         return np.fromiter((self.intern(s) for s in strings), dtype=np.uint32)
 
+    def missing(self, strings: Iterable[str]) -> list[str]:
+        """The distinct ``strings`` the table lacks, in text order (what a shard brings to the
+        agreement on new symbols)."""
+        return sorted({s for s in strings if s not in self._ids})
+
     @property
     def text_ordered(self) -> bool:
         """Whether id order is text order (packed rows then sort in output order)."""
@@ -217,7 +222,9 @@ class SymbolTable:
         """rank[id] = position of the symbol's text in sorted order (for sorted output)."""
         if self.text_ordered:
             return np.arange(len(self._strings), dtype=np.uint32)
-        order = np.argsort(np.array(self._strings, dtype=object), kind="stable")
+        # By UTF-8 bytes, as C++ compares strings: code point order but for the surrogate
+        # escapes of bytes a substr cut out of a character.
+        order = np.argsort(np.array([s.encode("utf-8", "surrogateescape") for s in self._strings], dtype=object), kind="stable")
         rank = np.empty(len(order), dtype=np.uint32)
         rank[order] = np.arange(len(order), dtype=np.uint32)
         return rank

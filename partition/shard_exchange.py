@@ -67,6 +67,9 @@ class ShardExchange:
     def share(self, n: int) -> tuple[int, int]:
         return n * self.rank // self.size, n * (self.rank + 1) // self.size
 
+    def agree(self, strings: list[str]) -> list[str]:
+        return sorted(set().union(*self.transport.allgather(strings)))
+
     def take_stats(self) -> dict[str, Any]:
         now = self.transport.stats.snapshot()
         delta = {k: round(now[k] - self._reported[k], 6) for k in now}

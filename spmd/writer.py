@@ -52,12 +52,16 @@ def write_outputs(
     check_output_format(output_dir, fmt)
     backend = get_backend(shard.backend)
     symbols = shard.symbols
+    remap = None
+    if not symbols.text_ordered:  # strings appended during evaluation: re-encode in text order
+        mapping, symbols = symbols.reordered()
+        remap = backend.xp.asarray(mapping)
     text: dict[str, bytes] = {}
     for spec in shard.program.outputs:
         relation = shard.program.relations[spec.relation]
         packed = shard.rows[spec.relation]
-        if not symbols.text_ordered:  # strings appended during evaluation: re-encode in text order
-            packed, symbols = _in_text_order(packed, relation, shard.symbols, backend)
+        if remap is not None and "symbol" in relation.types:
+            packed = _in_text_order(packed, relation, remap, backend)
         rows = PackedRows(sorted_range(transport, packed, relation.arity, backend), relation.arity, backend)
         if fmt == "parquet":
             _write_parquet_part(transport, Path(output_dir) / spec.relation, rows, relation, symbols)
@@ -93,14 +97,12 @@ def sorted_range(transport: Transport, packed: Any, arity: int, backend: Backend
     return sets.merge_all(blocks, backend) if blocks else packed[:0]
 
 
-def _in_text_order(packed: Any, relation: ir.Relation, symbols: SymbolTable, backend: Backend) -> tuple[Any, SymbolTable]:
-    """Rows re-encoded in a copy of the table whose ids are in text order, sorted."""
-    mapping, ordered = symbols.reordered()
+def _in_text_order(packed: Any, relation: ir.Relation, remap: Any, backend: Backend) -> Any:
+    """Rows re-encoded by ``remap`` (``SymbolTable.reordered``: ids in text order), sorted."""
     xp = backend.xp
     columns = [unpack(packed, j, xp) for j in range(relation.arity)]
-    remap = xp.asarray(mapping)
     columns = [remap[c] if t == "symbol" else c for c, t in zip(columns, relation.types)]
-    return sets.sort_unique(pack(columns, int(packed.shape[0]), xp), xp), ordered
+    return sets.sort_unique(pack(columns, int(packed.shape[0]), xp), xp)
 
 
 def _write_csv(

@@ -10,7 +10,9 @@ obviously correct on a few hundred tuples, not fast.
 Semantics (docs/contracts.md): number = int32 and unsigned = uint32 with wrap-around,
 C division/modulo (truncate toward zero, remainder takes the dividend's sign), ``^`` as
 Soufflé's cast of the C ``pow`` (see ``power``), ``min``/``max``, ``strlen`` (UTF-8 bytes) and
-``to_number`` (C's strtol; a non-number raises), division by
+``to_number`` (C's strtol; a non-number raises), the text functors ``cat``, ``substr``, ``to_string``,
+``contains``, ``match`` (Python's ``re``, full match; all on UTF-8 bytes, as C++ strings are) and
+``<`` on symbols by their bytes (``ord`` is left out: its value is an id), division by
 zero raises, ``v = expr`` binds an unbound variable, negation of lower strata, and
 aggregates: count/sum over the distinct bindings of the aggregate body per group (0 for an
 empty group), min/max of the target (no result for an empty group); grouping variables are
@@ -20,7 +22,8 @@ the aggregate's variables that also occur in the rule outside the aggregate.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from dask_datalog.engine import ir
@@ -63,7 +66,11 @@ def c_mod(a: int, b: int) -> int:
 
 
 def arith(op: str, a: Value, b: Value, type: ir.BaseType, pos: ir.Pos) -> int:
-    """One arithmetic operation in ``type``: operands and result wrapped to 32 bits."""
+    """One arithmetic operation in ``type``: operands and result wrapped to 32 bits; min and
+    max of symbols by their UTF-8 bytes."""
+    if isinstance(a, str) and isinstance(b, str) and op in ("min", "max"):
+        pick = min if op == "min" else max
+        return pick(a, b, key=lambda s: s.encode("utf-8", "surrogateescape"))  # type: ignore[return-value]
     if not isinstance(a, int) or not isinstance(b, int):
         raise TypeError(f"arithmetic on non-integers {a!r} {op} {b!r}")
     a, b = wrap(a, type), wrap(b, type)
@@ -161,13 +168,55 @@ def to_number(text: str, pos: ir.Pos) -> int:
     return value
 
 
+def substr(text: Value, start: Value, length: Value) -> str:
+    """C++'s ``std::string::substr(start, length)`` on the UTF-8 bytes, the 32-bit arguments
+    read as ``size_t``: out of range (negative or past the end) gives ""."""
+    assert isinstance(text, str) and isinstance(start, int) and isinstance(length, int)
+    data = text.encode("utf-8", "surrogateescape")
+    if start < 0 or start > len(data):
+        return ""
+    end = len(data) if length < 0 else start + length
+    return data[start:end].decode("utf-8", "surrogateescape")
+
+
+# Functors that make texts, and ``$text_rank``, which the checker wraps around each side of
+# ``<`` on symbols: here the text itself, which ``compare`` orders by its UTF-8 bytes.
+TEXT_FUNCTORS: dict[str, Callable[..., Value]] = {
+    "cat": lambda *parts: "".join(str(p) for p in parts),
+    "substr": substr,
+    "to_string": lambda n: str(n),
+    "$text_rank": lambda text: text,
+}
+
+
+def text_constraint(op: str, a: Value, b: Value) -> bool:
+    """contains(a, b): a occurs in b; match(a, b): all of b matches the ECMAScript pattern a.
+    A pattern Python cannot compile, or one with a brace that is no quantifier (which
+    ECMAScript refuses), makes both the constraint and its negation false."""
+    assert isinstance(a, str) and isinstance(b, str)
+    needle, text = a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape")  # C++ strings: bytes
+    if op.endswith("contains"):
+        return (needle in text) != op.startswith("not_")
+    if re.search(r"\{(?!\d+(,\d*)?\})", a.replace("\\{", "")):
+        return False
+    try:
+        pattern = re.compile(needle)
+    except re.error:
+        return False
+    return (pattern.fullmatch(text) is not None) != op.startswith("not_")
+
+
 def compare(op: str, a: Value, b: Value) -> bool:
+    if op in ("match", "contains", "not_match", "not_contains"):
+        return text_constraint(op, a, b)
     if op == "=":
         return a == b
     if op == "!=":
         return a != b
-    if isinstance(a, str) or isinstance(b, str):
-        raise TypeError(f"ordered comparison {op!r} on symbols")
+    if isinstance(a, str) and isinstance(b, str):  # symbols: by their UTF-8 bytes, as C++ strings
+        a, b = a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape")  # type: ignore[assignment]
+    elif isinstance(a, str) or isinstance(b, str):
+        raise TypeError(f"ordered comparison {op!r} between a symbol and a number")
     if op == "<":
         return a < b
     if op == "<=":
@@ -346,10 +395,12 @@ def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
         return term.value
     if isinstance(term, ir.Var):
         return binding[term.name]
+    if isinstance(term, ir.Call) and term.name in TEXT_FUNCTORS:
+        return TEXT_FUNCTORS[term.name](*(eval_term(a, binding, pos) for a in term.args))
     if isinstance(term, ir.Call) and term.name in ("strlen", "to_number"):
         text = eval_term(term.args[0], binding, pos)
         assert isinstance(text, str)
-        return len(text.encode("utf-8", "surrogatepass")) if term.name == "strlen" else to_number(text, pos)
+        return len(text.encode("utf-8", "surrogateescape")) if term.name == "strlen" else to_number(text, pos)
     if isinstance(term, ir.Call) and term.name in UNARY:
         value = eval_term(term.args[0], binding, pos)
         assert isinstance(value, int)

@@ -253,12 +253,17 @@ ERRORS = [
     ("u(min(x, y)) :- e(x, _), u(y).", "1:7", "x is a number, but min is computed on an unsigned here"),
     ("u(strlen(z)) :- s(z).", "1:3", "type mismatch: strlen(...) is a number, but argument 1 of u is an unsigned"),
     ("r(strlen(x)) :- e(x, _).", "1:10", "type mismatch: x is a number, but strlen takes a symbol"),
-    ("s(min(z, z)) :- s(z).", "1:3", "type mismatch: arithmetic (min) on symbols"),
+    ("s(z + z) :- s(z).", "1:5", "type mismatch: arithmetic (+) on symbols"),
     ("r(strlen(z, z)) :- s(z).", "1:3", "strlen takes one argument, not 2"),
     ("r(min(1)).", "1:9", "syntax error: unexpected ')'; expected ':'"),  # as Soufflé
     ('r(to_number("x1")).', "1:3", 'to_number: "x1" is not a number'),
     ("u(3^34).", "1:4", "unsigned power a ^ b: the result lies between 2^53 and 2^63"),
-    ('r(cat("a", "b")).', "1:3", "unsupported: string functor cat(...)"),
+    ('s(cat("a", 1)).', "1:12", "type mismatch: 1 is a number, but cat takes a symbol"),
+    ('s(substr("a", "b", 1)).', "1:15", 'type mismatch: "b" is a symbol, but substr takes a number'),
+    ("s(cat()).", "1:3", "cat takes at least one argument, not 0"),
+    ("r(1) :- s(x), contains(x, 2).", "1:27", "type mismatch: 2 is a number, but contains takes symbols"),
+    ("r(1) :- s(x), match(x).", "1:15", "match takes 2 arguments, not 1"),
+    ("r(c) :- c = count : { s(x), y = cat(x, x) }.", "1:33", "unsupported: cat(...) inside an aggregate (it makes symbols)"),
 ]
 DECLS = "\n.decl e(x: number, y: number)\n.decl s(x: symbol)\n.decl u(x: unsigned)\n.decl r(x: number)\n"
 

@@ -14,6 +14,8 @@ points are declared here and nowhere else, in the manner of Soufflé's semi-naiv
   routed ``exchange``.
 - ``owned``: the rows of an everywhere-identical binding table that this shard owns.
 - ``share``: the block of a replicated relation's rows this shard scans (``slice``).
+- ``agree``: the texts symbol-making functors made on any shard and the table lacks, so every
+  shard appends the same strings in the same order and ids stay the same everywhere.
 
 A single shard uses ``LocalExchange``: every row is already where it belongs.
 ``partition.exchange.ShardExchange`` is the implementation for n shards; it takes its
@@ -58,6 +60,11 @@ class Exchange(Protocol):
         """The contiguous block [lo, hi) of n rows this shard handles."""
         ...
 
+    def agree(self, strings: list[str]) -> list[str]:
+        """The sorted union of every shard's ``strings`` (texts made here that the symbol
+        table lacks). Collective."""
+        ...
+
     def take_stats(self) -> dict[str, Any]:
         """Communication since the last call (bytes, rounds, time), for an iteration's record;
         empty when there is none."""
@@ -81,6 +88,9 @@ class LocalExchange:
 
     def share(self, n: int) -> tuple[int, int]:
         return 0, n
+
+    def agree(self, strings: list[str]) -> list[str]:
+        return strings
 
     def take_stats(self) -> dict[str, Any]:
         return {}

@@ -200,6 +200,6 @@ class Fixpoint:
         """Whether the version can be skipped here: no delta in the store it reads (on this
         shard), and no collective inside it that the other shards would wait for."""
         delta = rp.delta_step
-        if delta is None or rp.exchanges:
+        if delta is None or (rp.exchanges and self.exchange.size > 1):
             return False
         return self.shard.store(delta.atom.relation, delta.route.copy).delta.shape[0] == 0

@@ -21,7 +21,7 @@ from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
 from dask_datalog.engine.functors import decode_int, encode_int
-from dask_datalog.engine.ir import Atom, Var
+from dask_datalog.engine.ir import Atom, Call, Var
 from dask_datalog.engine.plan import AggregateStep, AssignStep, FilterStep, JoinStep, NegationStep, Step
 from dask_datalog.engine.storage.hisa import SortedIndex, expand_runs, gather_join, gather_pairs, half_of, probe_query, unpack
 
@@ -53,6 +53,16 @@ class Operators:
             return
         for out in EXECUTORS[type(step)](self, b, step, None if rest else layout):
             self.run(out, rest, sink, layout)
+
+    def assign_made(self, tables: list[Bindings], step: Step) -> list[Bindings]:
+        """An ``AGREE`` step over every binding table its segment collected: the symbols its
+        call makes, agreed with the other shards (``Terms.made``), as a new column."""
+        assert isinstance(step, AssignStep) and isinstance(step.expr, Call)
+        b = None
+        if tables:
+            b = tables[0] if len(tables) == 1 else Bindings(self.xp.concatenate([t.table for t in tables]), tables[0].names)
+        column = self.terms.made(step.expr, b, self.router.agree)
+        return [] if b is None or column is None else [b.with_column(step.var, column, self.xp)]
 
     def key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
         return [self.terms.column(atom.args[j], b) for j in positions]

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from dask_datalog.engine import functors
 from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.ir import Call, Comparison, Const, Term, Var
@@ -43,5 +45,26 @@ class Terms:
         raise AssertionError(f"term {t!r} cannot be evaluated (wildcards are never read)")
 
     def holds(self, c: Comparison, b: Bindings) -> Any:
-        """Boolean mask of the rows where the comparison holds (encoded order is value order)."""
+        """Boolean mask of the rows where the comparison holds (encoded order is value order;
+        symbols are ordered by text through ``functors.TEXT_RANK`` calls the checker added)."""
+        if c.op in functors.TEXT_CONSTRAINTS:
+            return functors.text_holds(c.op, self.column(c.left, b), self.column(c.right, b), self.context)
         return _COMPARE[c.op](self.column(c.left, b), self.column(c.right, b))
+
+    def made(self, call: Call, b: Bindings | None, agree: Callable[[list[str]], list[str]]) -> Any | None:
+        """The symbol ids of a symbol-making ``call`` over the rows of ``b`` (None: this shard has
+        no rows). The texts made that the table lacks are agreed first (``agree``, a collective
+        every shard calls, rows or not) and appended in the agreed order, so every shard gives
+        a text the same id; texts are made once per distinct row of arguments."""
+        made = functors.signature(call.name).makes
+        assert made is not None, f"{call.name} makes no symbols"
+        strings: list[str] = []
+        inverse = None
+        if b is not None and b.n:
+            rows, inverse = functors.distinct_rows([functors.host(self.column(a, b)) for a in call.args])
+            strings = made(call, rows, self.context)
+        self.symbols.append(agree(self.symbols.missing(strings)))
+        if inverse is None:
+            return None
+        ids = np.fromiter(map(self.symbols.id_of, strings), dtype=np.uint32, count=len(strings))
+        return self.xp.asarray(ids[inverse])

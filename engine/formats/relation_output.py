@@ -200,7 +200,7 @@ def format_chunks(
     for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
         columns = decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols)
         if plain:
-            yield "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode()
+            yield "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode("utf-8", "surrogateescape")
         else:
             yield _arrow_csv(columns, delimiter)
 
@@ -252,8 +252,9 @@ def _arrow_column(column: np.ndarray) -> Any:
         column = np.ascontiguousarray(column)
         return pa.Array.from_buffers(pa.from_numpy_dtype(column.dtype), len(column), [None, pa.py_buffer(column)])
     texts, codes = np.unique(column, return_inverse=True)
-    data = "".join(texts).encode()
-    lengths = np.fromiter((len(t.encode()) for t in texts), dtype=np.int32, count=len(texts))
+    # surrogateescape: the bytes a substr cut out of a character go out as Soufflé writes them.
+    data = "".join(texts).encode("utf-8", "surrogateescape")
+    lengths = np.fromiter((len(t.encode("utf-8", "surrogateescape")) for t in texts), dtype=np.int32, count=len(texts))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     dictionary = pa.Array.from_buffers(pa.string(), len(texts), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     indices = _arrow_column(codes.astype(np.int32).reshape(-1))

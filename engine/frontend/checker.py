@@ -282,7 +282,8 @@ def _check_ground(head: st.Atom) -> None:
             walk(e.left)
             walk(e.right)
         if isinstance(e, st.Call):
-            walk(e.arg)
+            for arg in e.args:
+                walk(arg)
 
     for arg in head.args:
         walk(arg)
@@ -406,7 +407,9 @@ class _RuleChecker:
             left, right = self.term(e.left, in_aggregate), self.term(e.right, in_aggregate)
             return ir.Call(e.op, (left, right), "number", e.pos)
         if isinstance(e, st.Call):
-            return ir.Call(e.func, (self.term(e.arg, in_aggregate),), "number", e.pos)
+            if in_aggregate and functors.signature(e.func).makes is not None:
+                raise DatalogError(e.pos, f"unsupported: {e.func}(...) inside an aggregate (it makes symbols)")
+            return ir.Call(e.func, tuple(self.term(a, in_aggregate) for a in e.args), "number", e.pos)
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
         if in_aggregate:
@@ -468,7 +471,11 @@ class _RuleChecker:
             elif isinstance(lit, ir.Negation):
                 visit_atom(lit.atom)
             elif isinstance(lit, ir.Comparison):
-                group((lit.left, lit.right), None)
+                if lit.op in functors.TEXT_CONSTRAINTS:  # match, contains: two texts, not one type
+                    group((lit.left,), "symbol")
+                    group((lit.right,), "symbol")
+                else:
+                    group((lit.left, lit.right), None)
             else:
                 for inner in lit.body:
                     visit(inner)
@@ -533,11 +540,15 @@ class _RuleChecker:
             left, right = self.known(lit.left), self.known(lit.right)
             if left and right and left != right:
                 raise DatalogError(lit.pos, f"type mismatch: cannot compare {_a(left)} with {_a(right)}")
+            if lit.op in functors.TEXT_CONSTRAINTS:
+                where = f"{lit.op.removeprefix('not_')} takes symbols"
+                return replace(lit, left=self.typed(lit.left, "symbol", where), right=self.typed(lit.right, "symbol", where))
             t = left or right or "number"
-            if t == "symbol" and lit.op not in ("=", "!="):
-                raise DatalogError(lit.pos, f"{lit.op} is not defined on symbols (only = and != are)")
             where = f"it is compared with {_a(t)}"
-            return replace(lit, left=self.typed(lit.left, t, where), right=self.typed(lit.right, t, where))
+            resolved = replace(lit, left=self.typed(lit.left, t, where), right=self.typed(lit.right, t, where))
+            if t == "symbol" and lit.op not in ("=", "!="):  # text order, as Soufflé's string comparison
+                return replace(resolved, left=_text_rank(resolved.left), right=_text_rank(resolved.right))
+            return resolved
         body = tuple(self.resolve(inner) for inner in lit.body)
         t = "number" if lit.target is None else self.known(lit.target) or "number"
         if t == "symbol":
@@ -577,7 +588,7 @@ class _RuleChecker:
                 for i, a in enumerate(term.args)
             )
             return replace(term, args=args, type=want)
-        if want == "symbol":
+        if want == "symbol" and term.name not in ("min", "max"):  # min and max order texts too
             raise DatalogError(term.pos, f"type mismatch: arithmetic ({term.name}) on symbols")
         inner = f"{term.name} is computed on {_a(want)} here"
         return replace(term, args=tuple(self.typed(a, want, inner) for a in term.args), type=want)
@@ -713,10 +724,15 @@ def _arithmetic_hint(name: str, lits: Sequence[ir.BodyLiteral]) -> str:
 # ---- facts -------------------------------------------------------------------------------
 
 
+def _text_rank(t: ir.Term) -> ir.Term:
+    """A symbol term as the position of its text in text order, what ``<`` on symbols compares."""
+    return ir.Call(functors.TEXT_RANK, (t,), "number", t.pos)
+
+
 def _fold_fact(rule: ir.Rule) -> ir.Rule:
     """Facts hold constants only: evaluate the functors written in them (by the engine's own
     implementation, ``functors.fold``, so a fact and a rule agree)."""
-    args = tuple(functors.fold(a) if isinstance(a, ir.Call) else a for a in rule.head.args)
+    args = tuple(functors.fold(a) if isinstance(a, ir.Call) and functors.foldable(a) else a for a in rule.head.args)
     return replace(rule, head=replace(rule.head, args=args))
 
 

@@ -62,10 +62,10 @@ class Binary:
 
 @dataclass(frozen=True)
 class Call:
-    """A functor from symbols to numbers: ``strlen(e)`` or ``to_number(e)``."""
+    """A functor written ``name(args)`` (``strlen``, ``cat``, ...) or a prefix operator."""
 
     func: str
-    arg: Expr
+    args: tuple[Expr, ...]
     pos: Pos
 
 
@@ -95,6 +95,10 @@ class Negation:
 
 @dataclass(frozen=True)
 class Comparison:
+    """``left op right``; also ``match(left, right)`` and ``contains(left, right)`` (op
+    ``match``/``contains``, ``not_match``/``not_contains`` under ``!``), Soufflé's binary
+    constraints written as functors."""
+
     op: str
     left: Expr
     right: Expr
@@ -333,7 +337,6 @@ _UNSUPPORTED_STATEMENTS = {
 # Qualifiers that choose Soufflé's storage or its optimisations, never an answer: accepted and
 # ignored (relations here are always HISA).
 STORAGE_QUALIFIERS = frozenset({"btree", "brie", "no_inline", "magic", "no_magic"})
-_STRING_FUNCTORS = frozenset({"cat", "substr", "ord", "to_string"})
 # The functors written name(args) that the engine implements: those of the signature table
 # but the operators and min/max, which have grammar rules of their own.
 _SUPPORTED_CALLS = frozenset(name for name in functors.SIGNATURES if name.isidentifier()) - {"min", "max"}
@@ -536,9 +539,14 @@ class _Builder:
             left, op, right = node.children
             lit = Comparison(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
             return ((lit,),)
-        assert kind == "functor_constraint", kind
-        name = str(node.children[0].children[0])
-        raise self.fail(node, f"unsupported: string functor {name}(...)")
+        assert kind in ("functor_constraint", "negated_functor_constraint"), kind
+        name_tree, *args = node.children
+        name = str(name_tree.children[0])
+        present = [a for a in args if a is not None]
+        if len(present) != 2:
+            raise self.fail(node, f"{name} takes 2 arguments, not {len(present)}")
+        op = name if kind == "functor_constraint" else f"not_{name}"
+        return ((Comparison(op, self.expr(present[0]), self.expr(present[1]), self.pos(node)),),)
 
     def atom(self, node: LarkTree) -> Atom:
         name, *args = node.children
@@ -571,8 +579,6 @@ class _Builder:
         first = node.children[0]
         word = str(first.children[0]) if isinstance(first, Tree) else str(first)
         if kind == "functor_call":
-            if word in _STRING_FUNCTORS:
-                return f"unsupported: string functor {word}(...)"
             return f"unsupported: {_FUNCTOR_NAMES.get(word, f'functor {word}(...)')}"
         return {
             "float": f"unsupported: float constant {word} (type float is not supported)",
@@ -615,7 +621,7 @@ class _Builder:
 
     def expr_bitwise_not(self, node: LarkTree) -> Expr:
         op, operand = node.children
-        return Call(str(op.children[0]), self.expr(operand), self.pos(node))
+        return Call(str(op.children[0]), (self.expr(operand),), self.pos(node))
 
     def expr_min_max_call(self, node: LarkTree) -> Expr:
         """``min(a, b, c)`` is ``min(min(a, b), c)``: Soufflé's min and max take two or more."""
@@ -630,10 +636,12 @@ class _Builder:
         name_tree, *args = node.children
         name = str(name_tree.children[0])
         present = [a for a in args if a is not None]
-        wanted = len(functors.signature(name).params)
-        if not functors.signature(name).accepts(len(present)):
-            raise self.fail(node, f"{name} takes {'one argument' if wanted == 1 else f'{wanted} arguments'}, not {len(present)}")
-        return Call(name, self.expr(present[0]), self.pos(node))
+        sig = functors.signature(name)
+        if not sig.accepts(len(present)):
+            wanted = len(sig.params)
+            count = "one argument" if wanted == 1 else f"{wanted} arguments"
+            raise self.fail(node, f"{name} takes {'at least ' if sig.variadic else ''}{count}, not {len(present)}")
+        return Call(name, tuple(self.expr(a) for a in present), self.pos(node))
 
     def expr_aggregate(self, node: LarkTree) -> Expr:
         func_tree, target, body = node.children
