@@ -34,7 +34,7 @@ TEMPLATES = (
     "v(cat(x, y)) :- u(x, y), !t(cat(x, y)).",
     'v(x) :- t(x), !contains("a", x), strlen(x) = 2.',
     "v(to_string(strlen(cat(x, y, x)))) :- u(x, y).",
-    "v(max(x, y, \"ab\")) :- u(x, y).",
+    'v(max(x, y, "ab")) :- u(x, y).',
     "v(min(x, y)) :- t(x), w(y, _).",
 )
 DECLS = """
