@@ -171,7 +171,8 @@ class Program:
     printsizes: tuple[str, ...] = ()
     source: str = "<string>"
     # ``.pragma "fact-dir"``/``"output-dir"``: the directories a command uses when it is given
-    # none (as in Soufflé, its -F and -D win); not part of the program's meaning.
+    # none (as in Soufflé, its -F and -D win); ``"magic-transform"``: done at load. Not part of
+    # the program's meaning.
     pragmas: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def pragma(self, key: str) -> str | None:
@@ -182,6 +183,8 @@ class Program:
 
 
 DIRECTORY_PRAGMAS = frozenset({"fact-dir", "output-dir"})
+# What ``Program.pragmas`` keeps: the directories and what asks for magic sets (frontend/magic.py).
+KEPT_PRAGMAS = DIRECTORY_PRAGMAS | {"magic-transform", "magic-transform-exclude"}
 
 _CONTAINERS = (tuple, list, frozenset, set)
 _FIELDS: dict[type, tuple[str, ...]] = {}

@@ -63,7 +63,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
             else:
                 outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
     _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
-    directories = tuple((k, v) for k, v in pragmas.items() if k in ir.DIRECTORY_PRAGMAS)
+    directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
     return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename, directories)
 
 
