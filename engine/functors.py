@@ -30,9 +30,10 @@ POLYMORPHIC = "T"
 
 
 class SymbolValues:
-    """Per-symbol-id values the symbol functors gather from (text length in UTF-8 bytes, the
-    number ``to_number`` reads, whether it reads one), extended as the table grows and kept in
-    the array namespace of the run. The one cache of them."""
+    """Per-symbol-id values the symbol functors gather from, extended as the table grows: text
+    length in UTF-8 bytes, the number ``to_number`` reads and whether it reads one (``current``,
+    in the array namespace of the run), the texts (``texts``, on the host), the text order
+    (``ranks``). The one cache of them; each part is computed only when a functor reads it."""
 
     def __init__(self, symbols: SymbolTable, xp: Any):
         self.symbols, self.xp = symbols, xp
@@ -83,9 +84,10 @@ class Context:
     values: SymbolValues | None = None
 
     def symbol_values(self) -> SymbolValues:
+        """The per-symbol caches, each brought up to date when read."""
         if self.values is None:
             self.values = SymbolValues(self.symbols, self.xp)
-        return self.values.current()
+        return self.values
 
 
 Apply = Callable[[ir.Call, list[Any], Context], Any]
@@ -208,12 +210,12 @@ def _unary(compute: Callable[[Any], Any]) -> Apply:
 
 
 def _strlen(call: ir.Call, args: list[Any], ctx: Context) -> Any:
-    return encode_int(ctx.symbol_values().lengths[args[0]], "number", ctx.xp)
+    return encode_int(ctx.symbol_values().current().lengths[args[0]], "number", ctx.xp)
 
 
 def _to_number(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     ids = args[0]
-    values = ctx.symbol_values()
+    values = ctx.symbol_values().current()
     bad = ~values.valid[ids]
     if bool(bad.any()):
         first = int(ctx.xp.nonzero(bad)[0][0])
@@ -261,7 +263,7 @@ def _made(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     made = SIGNATURES[call.name].makes
     assert made is not None
     strings = made(call, [host(a) for a in args], ctx)
-    return ctx.xp.asarray(np.fromiter(map(ctx.symbols.id_of, strings), dtype=np.uint32, count=len(strings)))
+    return ctx.xp.asarray(ctx.symbols.ids_of(strings))
 
 
 def _ord(call: ir.Call, args: list[Any], ctx: Context) -> Any:

@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from dask_datalog.engine import functors
 from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.ir import Call, Comparison, Const, Term, Var
@@ -66,5 +64,4 @@ class Terms:
         self.symbols.append(agree(self.symbols.missing(strings)))
         if inverse is None:
             return None
-        ids = np.fromiter(map(self.symbols.id_of, strings), dtype=np.uint32, count=len(strings))
-        return self.xp.asarray(ids[inverse])
+        return self.xp.asarray(self.symbols.ids_of(strings)[inverse])
