@@ -9,11 +9,12 @@ safety, and last the resolved types of constants and arithmetic.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import replace
 
 from dask_datalog.engine import functors, ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend import inline
 from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.frontend.strata import Stratum
 from dask_datalog.engine.ir import BaseType, Pos
@@ -39,15 +40,21 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
     pragmas: dict[str, str] = {}
+    excluded = {
+        n.strip() for s in statements if isinstance(s, st.Pragma) and s.key == "inline-exclude" for n in s.value.split(",")
+    }
+    inlined = {d.name: d.pos for d in statements if isinstance(d, st.Decl) and d.inline and d.name not in excluded}
+    observed: dict[str, Pos] = {}  # relation -> its first I/O directive
     for s in statements:
         if isinstance(s, st.Pragma):
             if s.key not in NEUTRAL_PRAGMAS and s.key not in ir.DIRECTORY_PRAGMAS:
                 raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
             pragmas[s.key] = s.value
         elif isinstance(s, st.Clause):
-            rules.extend(_clause_rules(s, relations))
+            rules.extend(_clause_rules(s, relations, inlined))
         elif isinstance(s, st.Directive):
             _relation(relations, s.relation, s.pos, f"in .{s.kind}")
+            observed.setdefault(s.relation, s.pos)
             if s.kind == "printsize":
                 if s.params:
                     p = s.params[0]
@@ -62,9 +69,26 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 inputs.append(ir.InputSpec(s.relation, *_io_params(s), pos=s.pos))
             else:
                 outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
+    if inlined:
+        rules = _inline(rules, inlined, observed, relations)
     _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
     directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
     return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename, directories)
+
+
+def _inline(
+    rules: list[ir.Rule], inlined: dict[str, Pos], observed: dict[str, Pos], relations: dict[str, ir.Relation]
+) -> list[ir.Rule]:
+    """The rules with the ``inline`` relations expanded (frontend/inline.py), each checked for
+    safety where the expansion placed it; the inline relations are no longer declared."""
+    expanded = inline.expand(rules, inlined, observed)
+    before = set(rules)
+    for rule in expanded:
+        if rule not in before:
+            _Safety(rule.head, list(rule.body)).check()
+    for name in inlined:
+        del relations[name]
+    return expanded
 
 
 def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], aliases: Sequence[st.TypeAlias]) -> None:
@@ -261,7 +285,7 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
 # ---- clauses -----------------------------------------------------------------------------
 
 
-def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation]) -> Iterator[ir.Rule]:
+def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation], inlined: Container[str]) -> Iterator[ir.Rule]:
     if c.bodies is None:
         for head in c.heads:
             _check_ground(head)
@@ -269,7 +293,7 @@ def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation]) -> Iterator[i
         return
     for body in c.bodies:
         for head in c.heads:
-            yield _RuleChecker(relations).rule(head, body, fact=False)
+            yield _RuleChecker(relations).rule(head, body, fact=False, grounded=head.relation not in inlined)
 
 
 def _check_ground(head: st.Atom) -> None:
@@ -344,7 +368,9 @@ class _RuleChecker:
         self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
         self.types: dict[str, tuple[BaseType, str]] = {}  # variable -> (type, where it got it)
 
-    def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool) -> ir.Rule:
+    def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool, grounded: bool = True) -> ir.Rule:
+        """The rule in IR; ``grounded``: check its safety here (an inline relation's rules are
+        checked where they are expanded)."""
         ir_head = self.atom(head, "head")
         head_aggregates, self.pending = self.pending, []
         lits: list[ir.BodyLiteral] = []
@@ -356,7 +382,8 @@ class _RuleChecker:
         lits.extend(head_aggregates)
         lits = self.separate_aggregate_locals(ir_head, lits)
         self.infer_types(ir_head, lits)
-        _Safety(ir_head, lits).check()
+        if grounded:
+            _Safety(ir_head, lits).check()
         rule = ir.Rule(self.resolve_atom(ir_head), tuple(self.resolve(lit) for lit in lits), ir_head.pos)
         return _fold_fact(rule) if fact and not lits else rule
 

@@ -141,6 +141,7 @@ class Decl:
     name: str
     attrs: tuple[Attr, ...]
     pos: Pos
+    inline: bool = False  # expanded where it is used (frontend/inline.py)
 
 
 @dataclass(frozen=True)
@@ -440,6 +441,7 @@ class _Builder:
         attrs = []
         directives: list[str] = []
         storage: str | None = None
+        inline = no_inline = False  # no_inline wins, as in Soufflé
         for child in node.children:
             if isinstance(child, Tree) and child.data == "qualifier":
                 word = str(child.children[0])
@@ -451,6 +453,10 @@ class _Builder:
                     if word in directives:
                         raise self.fail(child, f"{word} qualifier already set")
                     directives.append(word)
+                elif word == "inline":
+                    inline = True
+                elif word == "no_inline":
+                    no_inline = True
                 elif word not in STORAGE_QUALIFIERS and word != "eqrel":
                     raise self.fail(child, f"unsupported: .decl qualifier '{word}'")
             elif isinstance(child, Tree):
@@ -459,7 +465,7 @@ class _Builder:
         out: list[Statement] = []
         for name in names:
             pos = self.pos(name)
-            out.append(Decl(str(name), tuple(attrs), pos))
+            out.append(Decl(str(name), tuple(attrs), pos, inline and not no_inline))
             out += [Directive(kind, str(name), (), pos) for kind in directives]
             if storage == "eqrel":
                 out += self._equivalence(str(name), attrs, pos)
