@@ -50,6 +50,8 @@ CASES: list[tuple[str, str, str, str]] = [
     ("cyclic-types", ".type A <: B\n.type B <: A", "1:7", "cyclic type definition: A -> B -> A"),
     ("duplicate-type", ".type T <: number\n.type T <: symbol", "2:7", "duplicate type T"),
     ("redefine-base-type", ".type number <: symbol", "1:7", "cannot redefine the built-in type"),
+    # Soufflé: "Name clash on relation T"; `.type T` alone is Soufflé 1's `.type T <: symbol`
+    ("relation-named-as-type", ".type T\n.decl T(x: T)", "2:7", "name clash: relation T has the name of the type at 1:7"),
     # ---- arity and types
     ("arity-too-few", "r(x) :- e(x).", "1:9", "arity mismatch: e is declared with 2 attributes but used with 1 argument"),
     ("arity-head", "r(x, y) :- e(x, y).", "1:1", "r is declared with 1 attribute but used with 2"),

@@ -32,8 +32,9 @@ NEUTRAL_PRAGMAS = frozenset(
 
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
     """Check a parsed program and build its IR; raises DatalogError on the first problem."""
-    types = _type_table([s for s in statements if isinstance(s, st.TypeAlias)])
-    relations = _relations([s for s in statements if isinstance(s, st.Decl)], types)
+    aliases = [s for s in statements if isinstance(s, st.TypeAlias)]
+    types = _type_table(aliases)
+    relations = _relations([s for s in statements if isinstance(s, st.Decl)], types, aliases)
     rules: list[ir.Rule] = []
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
@@ -177,12 +178,16 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
     return table
 
 
-def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType]) -> dict[str, ir.Relation]:
+def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType], aliases: Sequence[st.TypeAlias]) -> dict[str, ir.Relation]:
     relations: dict[str, ir.Relation] = {}
+    type_pos = {a.name: a.pos for a in aliases}
     for d in decls:
         if d.name in relations:
             first = relations[d.name].pos
             raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first declared at {first.line}:{first.col})")
+        if d.name in type_pos:  # one namespace for both, as in Soufflé
+            first = type_pos[d.name]
+            raise DatalogError(d.pos, f"name clash: relation {d.name} has the name of the type at {first.line}:{first.col}")
         attrs: list[ir.Attribute] = []
         for attr in d.attrs:
             if any(a.name == attr.name for a in attrs):

@@ -416,7 +416,7 @@ class _Builder:
             return list(self.decls(node))
         if kind in ("subtype", "type_union"):
             return [self.type_alias(node)]
-        if kind in ("number_type", "symbol_type"):  # Soufflé 1's spelling of .type T <: number
+        if kind in ("number_type", "symbol_type"):  # Soufflé 1: .number_type T, .symbol_type T, .type T
             name = node.children[0]
             return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
         if kind == "io_directive":
