@@ -191,9 +191,10 @@ CASES: list[tuple[str, str, str, str]] = [
     # Soufflé: "Redefinition of printsize directives for relation r", at the second one
     ("printsize-twice", ".printsize r\n.printsize u, r", "2:15", "redefinition of the .printsize directive for relation r"),
     ("binary-too-big", "u(0b1" + "0" * 32 + ").", "1:3", "does not fit in 32 bits as an unsigned"),
+    # ---- components (more in test_components.py)
+    ("init-undefined", ".init g = Graph<number>", "1:1", "undefined component Graph"),
+    ("override-outside-component", ".override r", "1:1", "unexpected '.override'"),
     # ---- outside the supported subset
-    ("comp", ".comp Graph<T> {\n .decl edge(x: T)\n}", "1:1", "unsupported: .comp components"),
-    ("init", ".init g = Graph<number>", "1:1", "unsupported: .init"),
     ("functor-decl", ".functor f(x: number): number", "1:1", "unsupported: .functor"),
     ("pragma", '.pragma "legacy"', "1:9", 'unsupported: .pragma "legacy"'),
     ("preprocessor-include", '#include "other.dl"', "1:1", "cannot find include file other.dl"),

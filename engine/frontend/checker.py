@@ -34,8 +34,9 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     """Check a parsed program and build its IR; raises DatalogError on the first problem."""
     aliases = [s for s in statements if isinstance(s, st.TypeAlias)]
     types = _type_table(aliases)
-    relations = _relations([s for s in statements if isinstance(s, st.Decl)], types, aliases)
-    rules: list[ir.Rule] = []
+    decls = [s for s in statements if isinstance(s, st.Decl)]
+    relations = _relations(decls, types, aliases)
+    rules = [rule for d in decls if d.eqrel for clause in _equivalence(d) for rule in _clause_rules(clause, relations)]
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
@@ -193,8 +194,26 @@ def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType], aliases: Se
             if any(a.name == attr.name for a in attrs):
                 raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
             attrs.append(ir.Attribute(attr.name, _base_type(attr, types), attr.type_name))
+        if d.eqrel and len(attrs) != 2:
+            raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
+        if d.eqrel and attrs[0].type_name != attrs[1].type_name:
+            raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
         relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos)
     return relations
+
+
+def _equivalence(d: st.Decl) -> list[st.Clause]:
+    """Soufflé's ``eqrel``: the relation holds the equivalence closure of what is put in it,
+    written as the three rules that close it (reflexive, symmetric, transitive)."""
+
+    def atom(a: str, b: str) -> st.Atom:
+        return st.Atom(d.name, tuple(st.Wild(d.pos) if v == "_" else st.Var(v, d.pos) for v in (a, b)), d.pos)
+
+    return [
+        st.Clause((atom("x", "x"),), ((atom("x", "_"),),), d.pos),
+        st.Clause((atom("x", "y"),), ((atom("y", "x"),),), d.pos),
+        st.Clause((atom("x", "z"),), ((atom("x", "y"), atom("y", "z")),), d.pos),
+    ]
 
 
 def _base_type(attr: st.Attr, types: dict[str, BaseType]) -> BaseType:
