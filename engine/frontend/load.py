@@ -22,9 +22,10 @@ def load_program(
     macros: Mapping[str, str] | None = None,
     preprocessor: bool = True,
 ) -> ir.Program:
-    """Parse, expand components and check a program; DatalogError (with its position) on any problem. As Soufflé
-    does, the C preprocessor runs first (``include_dirs``: -I, ``macros``: -M), unless
-    ``preprocessor`` is False; a program with no directive and no macro skips it."""
+    """Parse a program, expand its components and check it; DatalogError (with its position)
+    on any problem. As Soufflé does, the C preprocessor runs first (``include_dirs``: -I,
+    ``macros``: -M), unless ``preprocessor`` is False; a program with no directive and no
+    macro skips it."""
     lines = None
     if preprocessor and preprocess.needed(text, macros or {}):
         text, lines = preprocess.preprocess(text.removeprefix("\ufeff"), filename, [str(d) for d in include_dirs], macros)
