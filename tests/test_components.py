@@ -260,6 +260,8 @@ ERRORS: list[tuple[str, str, str, str]] = [
         "4:1",
         "name clash on instantiation g: the instantiation at 3:1",
     ),
+    # Name clash on instantiation x: components take their names before instances do
+    ("instance-named-as-later-component", ".init x = A\n.comp A {}\n.comp x {}", "1:1", "the component at 3:1 has this name"),
     # Redefinition of relation x
     (
         "relation-redeclared-in-derived",

@@ -210,13 +210,13 @@ def _check(items: Sequence[st.Item], top: list[_Comp], scope: _Lookup) -> list[D
         if isinstance(item, st.TypeAlias | st.Decl):
             what = "type" if isinstance(item, st.TypeAlias) else "relation"
             taken.setdefault(item.name, f"the {what} at {item.pos.line}:{item.pos.col}")
-    for item in items:
-        if isinstance(item, st.Component | st.Init):
-            name, what = (item.type.name, "component") if isinstance(item, st.Component) else (item.name, "instantiation")
-            if name in taken:
-                errors.append(DatalogError(item.pos, f"name clash on {what} {name}: {taken[name]} has this name"))
-            else:
-                taken[name] = f"the {what} at {item.pos.line}:{item.pos.col}"
+    named = [(c.decl.type.name, "component", c.decl.pos) for c in top]  # components first, as in Soufflé
+    named += [(item.name, "instantiation", item.pos) for item in items if isinstance(item, st.Init)]
+    for name, what, pos in named:
+        if name in taken:
+            errors.append(DatalogError(pos, f"name clash on {what} {name}: {taken[name]} has this name"))
+        else:
+            taken[name] = f"the {what} at {pos.line}:{pos.col}"
     return errors
 
 
