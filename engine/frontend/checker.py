@@ -33,17 +33,19 @@ NEUTRAL_PRAGMAS = frozenset(
 
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
     """Check a parsed program and build its IR; raises DatalogError on the first problem."""
-    types = _type_table([s for s in statements if isinstance(s, st.TypeAlias)])
-    relations = _relations([s for s in statements if isinstance(s, st.Decl)], types)
-    rules: list[ir.Rule] = []
+    aliases = [s for s in statements if isinstance(s, st.TypeAlias)]
+    types = _type_table(aliases)
+    decls = [s for s in statements if isinstance(s, st.Decl)]
+    relations = _relations(decls, types, aliases)
+    excluded = {
+        n.strip() for s in statements if isinstance(s, st.Pragma) and s.key == "inline-exclude" for n in s.value.split(",")
+    }
+    inlined = {d.name: d.pos for d in decls if d.inline and d.name not in excluded}
+    rules = [rule for d in decls if d.eqrel for clause in _equivalence(d) for rule in _clause_rules(clause, relations, inlined)]
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
     pragmas: dict[str, str] = {}
-    excluded = {
-        n.strip() for s in statements if isinstance(s, st.Pragma) and s.key == "inline-exclude" for n in s.value.split(",")
-    }
-    inlined = {d.name: d.pos for d in statements if isinstance(d, st.Decl) and d.inline and d.name not in excluded}
     observed: dict[str, Pos] = {}  # relation -> its first I/O directive
     for s in statements:
         if isinstance(s, st.Pragma):
@@ -201,19 +203,41 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
     return table
 
 
-def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType]) -> dict[str, ir.Relation]:
+def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType], aliases: Sequence[st.TypeAlias]) -> dict[str, ir.Relation]:
     relations: dict[str, ir.Relation] = {}
+    type_pos = {a.name: a.pos for a in aliases}
     for d in decls:
         if d.name in relations:
             first = relations[d.name].pos
             raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first declared at {first.line}:{first.col})")
+        if d.name in type_pos:  # one namespace for both, as in Soufflé
+            first = type_pos[d.name]
+            raise DatalogError(d.pos, f"name clash: relation {d.name} has the name of the type at {first.line}:{first.col}")
         attrs: list[ir.Attribute] = []
         for attr in d.attrs:
             if any(a.name == attr.name for a in attrs):
                 raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
             attrs.append(ir.Attribute(attr.name, _base_type(attr, types), attr.type_name))
+        if d.eqrel and len(attrs) != 2:
+            raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
+        if d.eqrel and attrs[0].type_name != attrs[1].type_name:
+            raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
         relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos)
     return relations
+
+
+def _equivalence(d: st.Decl) -> list[st.Clause]:
+    """Soufflé's ``eqrel``: the relation holds the equivalence closure of what is put in it,
+    written as the three rules that close it (reflexive, symmetric, transitive)."""
+
+    def atom(a: str, b: str) -> st.Atom:
+        return st.Atom(d.name, tuple(st.Wild(d.pos) if v == "_" else st.Var(v, d.pos) for v in (a, b)), d.pos)
+
+    return [
+        st.Clause((atom("x", "x"),), ((atom("x", "_"),),), d.pos),
+        st.Clause((atom("x", "y"),), ((atom("y", "x"),),), d.pos),
+        st.Clause((atom("x", "z"),), ((atom("x", "y"), atom("y", "z")),), d.pos),
+    ]
 
 
 def _base_type(attr: st.Attr, types: dict[str, BaseType]) -> BaseType:

@@ -138,9 +138,14 @@ class Attr:
 
 @dataclass(frozen=True)
 class Decl:
+    """``.decl name(attrs)``; ``eqrel``: Soufflé's equivalence relation (the checker adds the
+    rules that close it); ``overridable``: a derived component may replace its rules."""
+
     name: str
     attrs: tuple[Attr, ...]
     pos: Pos
+    eqrel: bool = False
+    overridable: bool = False
     inline: bool = False  # expanded where it is used (frontend/inline.py)
 
 
@@ -186,6 +191,45 @@ class Pragma:
 
 Statement = Decl | TypeAlias | Directive | Clause | Pragma
 
+
+@dataclass(frozen=True)
+class ComponentType:
+    """``Name<T1, T2>``: a component and its type arguments (or, declaring it, its parameters)."""
+
+    name: str
+    params: tuple[str, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Init:
+    """``.init name = Type<args>``: an instance, whose relations and types are ``name.x``."""
+
+    name: str
+    type: ComponentType
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Override:
+    """``.override rel`` in a component: the base components' rules for ``rel`` are dropped."""
+
+    relation: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Component:
+    """``.comp Type<params> : Base<args>, ... { body }``; components.py expands them away."""
+
+    type: ComponentType
+    bases: tuple[ComponentType, ...]
+    body: tuple[Item, ...]
+    pos: Pos
+
+
+Item = Statement | Component | Init | Override  # what parse() returns, components not yet expanded
+
 # ---- parsing -----------------------------------------------------------------------------
 
 
@@ -195,8 +239,9 @@ def _lark() -> Lark:
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
-def parse(text: str, filename: str = "<string>", lines: LineMap | None = None) -> tuple[Statement, ...]:
+def parse(text: str, filename: str = "<string>", lines: LineMap | None = None) -> tuple[Item, ...]:
     """Parse a whole program; raises DatalogError on syntax errors and unsupported constructs.
+    Components are left for ``components.expand``.
     A leading byte-order mark (U+FEFF) is not part of the program; columns count after it.
     ``lines``: for preprocessed text, where each of its lines came from (preprocess.py)."""
     text = text.removeprefix("\ufeff")
@@ -225,9 +270,6 @@ _HIDDEN_WORDS = frozenset(
         "eqrel",
         "choice-domain",
         ".limitsize",
-        ".comp",
-        ".init",
-        ".override",
         ".functor",
         ".pragma",
         ".plan",
@@ -269,6 +311,7 @@ _HIDDEN_WORDS = frozenset(
 )
 _TOKEN_WORDS = {
     "NAME": "a name",
+    "QNAME": "a name",
     "NUMBER": "a number",
     "STRING": "a string",
     "$END": "end of input",
@@ -290,7 +333,7 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) 
     else:
         assert isinstance(e, UnexpectedToken)
         tok = e.token
-        word = {"NAME": "name ", "NUMBER": "number ", "STRING": "string "}.get(tok.type)
+        word = {"NAME": "name ", "QNAME": "name ", "NUMBER": "number ", "STRING": "string "}.get(tok.type)
         found = f"unexpected {word}{tok}" if word else f"unexpected '{tok}'"
     return DatalogError(pos, f"syntax error: {found}" + _expected(e))
 
@@ -327,9 +370,6 @@ def _expected_words(names: set[str]) -> str:
 # ---- lark tree -> syntax tree ------------------------------------------------------------
 
 _UNSUPPORTED_STATEMENTS = {
-    "component": "unsupported: .comp components",
-    "init": "unsupported: .init component instances",
-    "override": "unsupported: .override (components)",
     "functor_decl": "unsupported: .functor user-defined functors",
     "record_type": "unsupported: record types (.type T = [...])",
     "adt_type": "unsupported: algebraic data types (.type T = A {...} | ...)",
@@ -354,7 +394,7 @@ LarkTree = Tree[Any]  # children: Token or Tree, told apart by the grammar
 # Limits on hostile input (docs/contracts.md, "Rejected input"). Every later stage (checker,
 # planner, pickling to workers) walks terms recursively, so nesting is capped here, well below
 # Python's recursion limit; disjunctions expand to their DNF, capped so it cannot explode.
-MAX_NESTING = 128  # parentheses, operators, unary minus, aggregates and ( body ) groups
+MAX_NESTING = 128  # parentheses, operators, unary minus, aggregates and ( body ) groups; components
 MAX_ALTERNATIVES = 1024  # alternatives of one rule body once its disjunctions are expanded
 MAX_LITERAL_DIGITS = 64  # significant digits of an integer literal (a 64-bit value in binary; the checker bounds its type)
 
@@ -365,6 +405,7 @@ class _Builder:
     def __init__(self, filename: str, where: LineMap):
         self.filename, self.where = filename, where
         self.depth = 0  # nesting of the expression or body being built
+        self.components = 0  # nesting of the component being built
 
     def nested(self, node: LarkTree) -> None:
         """Enter one level of nesting (the caller leaves it by ``self.depth -= 1``)."""
@@ -382,9 +423,13 @@ class _Builder:
 
     # statements
 
-    def statements(self, tree: LarkTree) -> tuple[Statement, ...]:
-        out: list[Statement] = []
-        for node in tree.children:
+    def statements(self, tree: LarkTree) -> tuple[Item, ...]:
+        return self.items(tree.children)
+
+    def items(self, nodes: list[Any]) -> tuple[Item, ...]:
+        """The statements of the program or of a component's body, in order."""
+        out: list[Item] = []
+        for node in nodes:
             assert isinstance(node, Tree)
             if node.data == "plan":
                 out[-1] = self.plan(node, out[-1] if out else None)
@@ -392,7 +437,7 @@ class _Builder:
             out.extend(self.statement(node))
         return tuple(out)
 
-    def plan(self, node: LarkTree, rule: Statement | None) -> Clause:
+    def plan(self, node: LarkTree, rule: Item | None) -> Clause:
         """``.plan`` after a rule (in Soufflé's grammar it is part of the rule): each order must
         be a permutation of the rule's atoms, as Soufflé requires; the versions are checked
         once the program's recursion is known (``checker.check_plans``). The planner orders
@@ -409,7 +454,7 @@ class _Builder:
             items.append(PlanItem(version, tuple(order), self.pos(item)))
         return replace(rule, plans=rule.plans + tuple(items))
 
-    def statement(self, node: LarkTree) -> list[Statement]:
+    def statement(self, node: LarkTree) -> list[Item]:
         kind = node.data
         if kind in _UNSUPPORTED_STATEMENTS:
             raise self.fail(node, _UNSUPPORTED_STATEMENTS[kind])
@@ -417,14 +462,21 @@ class _Builder:
             line = str(node.children[0]).strip()
             raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
         if kind == "decl":
-            return list(self.decls(node))
+            return self.decls(node)
         if kind in ("subtype", "type_union"):
             return [self.type_alias(node)]
-        if kind in ("number_type", "symbol_type"):  # Soufflé 1's spelling of .type T <: number
+        if kind in ("number_type", "symbol_type"):  # Soufflé 1: .number_type T, .symbol_type T, .type T
             name = node.children[0]
             return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
         if kind == "io_directive":
             return self.directives(node)
+        if kind == "component":
+            return [self.component(node)]
+        if kind == "init":
+            name, comp_type = node.children
+            return [Init(str(name), self.comp_type(comp_type), self.pos(node))]
+        if kind == "override":
+            return [Override(str(node.children[0]), self.pos(node.children[0]))]
         if kind == "pragma":
             key, *value = node.children
             assert isinstance(key, Token)
@@ -433,14 +485,29 @@ class _Builder:
         assert kind == "clause", kind
         return [self.clause(node)]
 
-    def decls(self, node: LarkTree) -> list[Statement]:
+    def component(self, node: LarkTree) -> Component:
+        self.components += 1
+        if self.components > MAX_NESTING:
+            raise self.fail(node, f"components nested too deep: more than {MAX_NESTING} levels")
+        head, *rest = (c for c in node.children if isinstance(c, Tree))
+        bases = tuple(self.comp_type(c) for c in rest if c.data == "comp_type")
+        body = self.items([c for c in rest if c.data != "comp_type"])
+        self.components -= 1
+        return Component(self.comp_type(head), bases, body, self.pos(node))
+
+    def comp_type(self, node: LarkTree) -> ComponentType:
+        name, *params = (c for c in node.children if c is not None)
+        return ComponentType(str(name), tuple(map(str, params)), self.pos(name))
+
+    def decls(self, node: LarkTree) -> list[Item]:
         """``.decl a, b(x: T) quals``: one declaration per name, the same attributes; the
-        qualifiers ``input``/``output``/``printsize`` are directives, ``eqrel`` the rules of an
-        equivalence (``_equivalence``), the storage choices are ignored."""
+        qualifiers ``input``/``output``/``printsize`` are directives, the storage choices
+        (``eqrel`` aside) are ignored."""
         names = [child for child in node.children if isinstance(child, Token)]
         attrs = []
         directives: list[str] = []
         storage: str | None = None
+        overridable = False
         inline = no_inline = False  # no_inline wins, as in Soufflé
         for child in node.children:
             if isinstance(child, Tree) and child.data == "qualifier":
@@ -453,6 +520,8 @@ class _Builder:
                     if word in directives:
                         raise self.fail(child, f"{word} qualifier already set")
                     directives.append(word)
+                elif word == "overridable":
+                    overridable = True
                 elif word == "inline":
                     inline = True
                 elif word == "no_inline":
@@ -462,32 +531,12 @@ class _Builder:
             elif isinstance(child, Tree):
                 attr_name, type_name = child.children
                 attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
-        out: list[Statement] = []
+        out: list[Item] = []
         for name in names:
             pos = self.pos(name)
-            out.append(Decl(str(name), tuple(attrs), pos, inline and not no_inline))
+            out.append(Decl(str(name), tuple(attrs), pos, storage == "eqrel", overridable, inline and not no_inline))
             out += [Directive(kind, str(name), (), pos) for kind in directives]
-            if storage == "eqrel":
-                out += self._equivalence(str(name), attrs, pos)
         return out
-
-    @staticmethod
-    def _equivalence(name: str, attrs: list[Attr], pos: Pos) -> list[Statement]:
-        """Soufflé's ``eqrel``: the relation holds the equivalence closure of what is put in
-        it, written as the three rules that close it (reflexive, symmetric, transitive)."""
-        if len(attrs) != 2:
-            raise DatalogError(pos, f"equivalence relation {name} is not binary")
-        if attrs[0].type_name != attrs[1].type_name:
-            raise DatalogError(pos, f"equivalence relation {name} has attributes of different types")
-
-        def atom(a: str, b: str) -> Atom:
-            return Atom(name, tuple(Wild(pos) if v == "_" else Var(v, pos) for v in (a, b)), pos)
-
-        return [
-            Clause((atom("x", "x"),), ((atom("x", "_"),),), pos),
-            Clause((atom("x", "y"),), ((atom("y", "x"),),), pos),
-            Clause((atom("x", "z"),), ((atom("x", "y"), atom("y", "z")),), pos),
-        ]
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
@@ -495,7 +544,7 @@ class _Builder:
             raise self.fail(node, "unsupported: union types (.type T = A | B)")
         return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]), node.data == "subtype")
 
-    def directives(self, node: LarkTree) -> list[Statement]:
+    def directives(self, node: LarkTree) -> list[Item]:
         kind_tree, *rest = node.children
         kind = str(kind_tree.children[0])[1:]
         if kind == "limitsize":
