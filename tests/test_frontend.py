@@ -494,3 +494,31 @@ def test_preprocessor_errors_and_its_absence(tmp_path: Path) -> None:
     with pytest.raises(DatalogError, match="unsupported: C preprocessor line") as info:
         load_program_file(program, preprocessor=False)
     assert info.value.pos == ir.Pos(str(program), 2, 1)
+
+
+SCANNER_CONSTANTS = """
+.decl a(x: number)
+a(1.2.3.4). a(255.255.255.255). a(__LINE__).
+.decl b(x: number)
+b(x) :- a(x), true.
+b(0) :- false.
+b(1) :- a(_), (false ; x = 7), x = 7.
+.decl f(s: symbol)
+f(__FILE__).
+.decl e(n: number)
+e(count : { false } + 10 * count : { true }).
+"""
+
+
+def test_true_false_ipv4_line_and_file() -> None:
+    """Soufflé's scanner constants, with the answers Soufflé 2.5 gives this program: an IPv4
+    literal is its 32-bit number (255.255.255.255 is -1), __LINE__ the line, __FILE__ the
+    file as named; true adds nothing and false leaves its alternative out."""
+    from dask_datalog.cluster import Program
+
+    result = Program(SCANNER_CONSTANTS, filename="prog.dl").run()
+    assert result.tuples("b") == {(16909060,), (-1,), (3,), (1,)}
+    assert result.tuples("f") == {("prog.dl",)}
+    assert result.tuples("e") == {(10,)}
+    with pytest.raises(DatalogError, match="IP out of range"):
+        load_program("r(1.2.3.256).\n.decl r(x: number)")

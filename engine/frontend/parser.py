@@ -594,6 +594,8 @@ class _Builder:
             left, op, right = node.children
             lit = Comparison(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
             return ((lit,),)
+        if kind == "truth":  # true adds nothing; false leaves no alternative, the rule never fires
+            return ((),) if str(node.children[0]) == "true" else ()
         assert kind in ("functor_constraint", "negated_functor_constraint"), kind
         name_tree, *args = node.children
         name = str(name_tree.children[0])
@@ -642,7 +644,13 @@ class _Builder:
         }[kind]
 
     def expr_var(self, node: LarkTree) -> Expr:
+        """A variable, ``_``, or Soufflé's scanner constants ``__LINE__`` and ``__FILE__``
+        (where the C preprocessor did not already replace them)."""
         tok = node.children[0]
+        if tok == "__LINE__":
+            return Num(self.pos(tok).line, self.pos(tok))
+        if tok == "__FILE__":
+            return Str(self.pos(tok).file, self.pos(tok))
         return Wild(self.pos(tok)) if tok == "_" else Var(str(tok), self.pos(tok))
 
     def expr_number(self, node: LarkTree) -> Expr:
@@ -653,6 +661,15 @@ class _Builder:
             shown = text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
             raise self.fail(node, f"integer literal {shown} does not fit in 32 bits")
         return Num(int(digits or "0", base), self.pos(node))
+
+    def expr_ipv4(self, node: LarkTree) -> Expr:
+        """``a.b.c.d``: the address as one 32-bit number, as Soufflé's scanner reads it (each
+        part at most 255; 255.255.255.255 is -1)."""
+        parts = [int(p) for p in str(node.children[0]).split(".")]
+        if max(parts) > 255:
+            raise self.fail(node, "IP out of range")
+        value = (parts[0] << 24) + (parts[1] << 16) + (parts[2] << 8) + parts[3]
+        return Num(value - (1 << 32) if value >= 1 << 31 else value, self.pos(node))
 
     def expr_string(self, node: LarkTree) -> Expr:
         tok = node.children[0]
@@ -710,7 +727,8 @@ class _Builder:
             alternatives = self.body(body)
             if len(alternatives) > 1:
                 raise self.fail(node, "unsupported: disjunction (;) inside an aggregate body")
-            literals = alternatives[0]
+            pos = self.pos(node)  # a body that is false matches nothing: 0 != 0 says so to the checker
+            literals = alternatives[0] if alternatives else (Comparison("!=", Num(0, pos), Num(0, pos), pos),)
         return Aggregate(func, expr, literals, self.pos(node))
 
     def unquote(self, tok: Token) -> str:
