@@ -129,9 +129,13 @@ class Attribute:
 
 @dataclass(frozen=True)
 class Relation:
+    """A declared relation; ``choice``: its ``choice-domain`` keys (column numbers), each of
+    which determines the whole tuple: one tuple per key value is kept (execution/choice.py)."""
+
     name: str
     attributes: tuple[Attribute, ...]
     pos: Pos = field(default=NOWHERE, compare=False)
+    choice: tuple[tuple[int, ...], ...] = ()
 
     @property
     def arity(self) -> int:

@@ -109,6 +109,8 @@ def place(
         size = (sizes or {}).get(name)
         if rel.arity == 0:
             replicated[name] = "nullary: at most one tuple, nothing to hash"
+        elif rel.choice:
+            replicated[name] = "choice-domain: every shard sees every candidate and keeps the same ones"
         elif name in static and size is not None and size * words_for(rel.arity) * 8 < replicate_below:
             replicated[name] = f"small static relation: {size * words_for(rel.arity) * 8} bytes < {replicate_below}"
     while True:  # each forced replica can only remove needs for others: this ends

@@ -20,8 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.errors import Suspended
+from dask_datalog.engine.execution.choice import Choice
 from dask_datalog.engine.execution.control import NO_CONTROL, STOP, Control, Position
 from dask_datalog.engine.execution.exchange import Exchange, Target
 from dask_datalog.engine.execution.head_rows import HeadRows
@@ -31,6 +34,7 @@ from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.rule_versions import run_version
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
+from dask_datalog.engine.ir import symbol_constants
 from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan
 from dask_datalog.engine.storage.hisa import words_for
 from dask_datalog.engine.values import SymbolTable
@@ -117,6 +121,13 @@ class Fixpoint:
         self.chunk_rows = chunk_rows
         self.clock = PhaseClock(backend)
         self.operators = Operators(backend, Terms(self.xp, symbols), shard, Router(self.exchange, self.xp), chunk_rows)
+        # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
+        constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
+        self.choices = {
+            name: Choice(rel, backend, shard.stores[name].compact(), constants)
+            for name, rel in plan.program.relations.items()
+            if rel.choice
+        }
 
     def run(self, start: Position = Position(0, 0), on_iteration: OnIteration | None = None) -> Evaluation:
         """Evaluate every stratum from ``start`` (a checkpoint's position, or the beginning)."""
@@ -182,6 +193,8 @@ class Fixpoint:
         delta_sizes = {}
         for rel in relations:
             delta = kept[rel].rows()
+            if rel in self.choices:
+                delta = self.choices[rel].choose(delta)
             with self.clock.phase("merge"):
                 self.shard.stores[rel].add(delta)
             delta_sizes[rel] = int(delta.shape[0])

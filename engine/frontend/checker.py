@@ -222,8 +222,22 @@ def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType], aliases: Se
             raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
         if d.eqrel and attrs[0].type_name != attrs[1].type_name:
             raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
-        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos)
+        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs))
     return relations
+
+
+def _choice_keys(d: st.Decl, attrs: list[ir.Attribute]) -> tuple[tuple[int, ...], ...]:
+    """``choice-domain`` keys as column numbers, each once (``(x, x)`` is ``x``), in order."""
+    names = [a.name for a in attrs]
+    keys: list[tuple[int, ...]] = []
+    for item in d.choice:
+        for name, pos in item:
+            if name not in names:
+                raise DatalogError(pos, f"Attribute {name} not found in relation definition.")
+        key = tuple(sorted({names.index(name) for name, _ in item}))
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
 
 
 def _equivalence(d: st.Decl) -> list[st.Clause]:

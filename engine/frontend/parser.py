@@ -147,6 +147,7 @@ class Decl:
     eqrel: bool = False
     overridable: bool = False
     inline: bool = False  # expanded where it is used (frontend/inline.py)
+    choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()  # choice-domain keys: attribute names
 
 
 @dataclass(frozen=True)
@@ -509,8 +510,12 @@ class _Builder:
         storage: str | None = None
         overridable = False
         inline = no_inline = False  # no_inline wins, as in Soufflé
+        choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()
         for child in node.children:
-            if isinstance(child, Tree) and child.data == "qualifier":
+            if isinstance(child, Tree) and child.data == "choice_domain":
+                items = [c for c in child.children if isinstance(c, Tree)]
+                choice = tuple(tuple((str(t), self.pos(t)) for t in item.children) for item in items)
+            elif isinstance(child, Tree) and child.data == "qualifier":
                 word = str(child.children[0])
                 if word in ("btree", "brie", "btree_delete", "eqrel"):
                     if storage is not None:
@@ -534,7 +539,7 @@ class _Builder:
         out: list[Item] = []
         for name in names:
             pos = self.pos(name)
-            out.append(Decl(str(name), tuple(attrs), pos, storage == "eqrel", overridable, inline and not no_inline))
+            out.append(Decl(str(name), tuple(attrs), pos, storage == "eqrel", overridable, inline and not no_inline, choice))
             out += [Directive(kind, str(name), (), pos) for kind in directives]
         return out
 
