@@ -522,3 +522,38 @@ def test_true_false_ipv4_line_and_file() -> None:
     assert result.tuples("e") == {(10,)}
     with pytest.raises(DatalogError, match="IP out of range"):
         load_program("r(1.2.3.256).\n.decl r(x: number)")
+
+
+UNIONS = """
+.type Pos <: number
+.type Neg <: number
+.type Sign = Pos | Neg
+.type Name = Short | Long
+.type Short <: symbol
+.type Long = Longer
+.type Longer <: symbol
+.decl pos(x: Pos)
+.decl neg(x: Neg)
+.decl sign(x: Sign)
+.decl short(s: Short)
+.decl named(s: Name)
+pos(1). neg(-1). short("a").
+sign(x) :- pos(x).
+sign(x) :- neg(x).
+named(s) :- short(s).
+"""
+
+
+def test_union_types() -> None:
+    """A union holds its members' values (an alias of a member counts as the member); its
+    members must share one primitive type; a union may not contain itself (Soufflé's checks)."""
+    from dask_datalog.cluster import Program
+
+    result = Program(UNIONS).run()
+    assert result.tuples("sign") == {(1,), (-1,)} and result.tuples("named") == {("a",)}
+    with pytest.raises(DatalogError, match=r"Union type U is defined over \{number, symbol\}"):
+        load_program(".type S <: symbol\n.type U = S | number")
+    with pytest.raises(DatalogError, match="Infinite descent in the definition of type U"):
+        load_program(".type U = V | number\n.type V = U | number")
+    with pytest.raises(DatalogError, match="type mismatch: x is a Sign"):
+        load_program(UNIONS + "pos(x) :- sign(x).")

@@ -212,7 +212,6 @@ CASES: list[tuple[str, str, str, str]] = [
     ("plan-not-recursive", "r(x) :- e(x, _).\n.plan 0:(1)", "2:7", "execution plan for a rule that is not recursive"),
     ("output-twice", ".decl b(x: number) output output", "1:27", "output qualifier already set"),
     ("btree-delete", ".decl b(x: number) btree_delete", "1:20", "qualifier 'btree_delete'"),
-    ("union-type", ".type T = A | B", "1:1", "unsupported: union types"),
     ("record-type", ".type P = [x: number, y: number]", "1:1", "unsupported: record types"),
     ("adt-type", ".type E = Num {n: number} | Add {}", "1:1", "unsupported: algebraic data types"),
     ("record-term", "r(x) :- e(x, _), x = [1, 2].", "1:22", "unsupported: records"),

@@ -99,20 +99,28 @@ def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation],
     variable takes only values of its column's type. (Constants and arithmetic fit any
     subtype of their base type, as in Soufflé; ``.type T = S`` is another name for S.)"""
     same = {a.name: a.base for a in aliases if not a.subtype}
-    parent = {a.name: a.base for a in aliases if a.subtype}
 
     def canonical(t: str) -> str:
         while t in same:
             t = same[t]
         return t
 
-    def ancestors(t: str) -> list[str]:
-        chain = [canonical(t)]
-        while chain[-1] in parent:
-            chain.append(canonical(parent[chain[-1]]))
-        return chain
+    parents: dict[str, list[str]] = {}  # a subtype's base; each union a member is in
+    for a in aliases:
+        if a.members:
+            for m in a.members:
+                parents.setdefault(canonical(m), []).append(a.name)
+        elif a.subtype:
+            parents.setdefault(a.name, []).append(a.base)
 
-    if not parent:
+    def ancestors(t: str) -> list[str]:
+        """``t`` and every type holding all its values (its bases, the unions it is in)."""
+        found = [canonical(t)]
+        for u in found:
+            found += [p for p in map(canonical, parents.get(u, ())) if p not in found]
+        return found
+
+    if not parents:
         return
     for rule in rules:
         bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
@@ -174,7 +182,8 @@ def _a(t: str) -> str:
 
 
 def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
-    """Alias name -> base type, following chains of aliases (declared in any order)."""
+    """Alias name -> base type, following chains of aliases (declared in any order); a union's
+    members must share one base type, as in Soufflé."""
     defined: dict[str, st.TypeAlias] = {}
     for a in aliases:
         if a.name in ir.BASE_TYPES or a.name == "float":
@@ -184,22 +193,33 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
             raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at {first.line}:{first.col})")
         defined[a.name] = a
     table: dict[str, BaseType] = {}
+
+    def resolve(a: st.TypeAlias, chain: list[str]) -> BaseType:
+        if a.name in table:
+            return table[a.name]
+        bases: set[BaseType] = set()
+        for member in a.members or (a.base,):
+            if member in ir.BASE_TYPES:
+                bases.add(member)
+                continue
+            if member == "float":
+                raise DatalogError(a.base_pos, "unsupported type float")
+            if member not in defined:
+                raise DatalogError(a.base_pos, f"unknown type {member}" + _suggest(member, [*ir.BASE_TYPES, *defined]))
+            if member in chain:
+                cycle = " -> ".join([*chain[chain.index(member) :], member])
+                if any(defined[n].members for n in chain):
+                    raise DatalogError(defined[chain[0]].pos, f"Infinite descent in the definition of type {chain[0]} ({cycle})")
+                raise DatalogError(defined[chain[0]].pos, f"cyclic type definition: {cycle}")
+            bases.add(resolve(defined[member], [*chain, member]))
+        if len(bases) > 1:
+            listed = ", ".join(sorted(bases))
+            raise DatalogError(a.pos, f"Union type {a.name} is defined over {{{listed}}} (multiple primitive types in union)")
+        table[a.name] = bases.pop()
+        return table[a.name]
+
     for a in aliases:
-        chain = [a.name]
-        current = a
-        while current.base not in ir.BASE_TYPES:
-            if current.base == "float":
-                raise DatalogError(current.base_pos, "unsupported type float")
-            if current.base not in defined:
-                raise DatalogError(
-                    current.base_pos, f"unknown type {current.base}" + _suggest(current.base, [*ir.BASE_TYPES, *defined])
-                )
-            if current.base in chain:
-                cycle = " -> ".join([*chain[chain.index(current.base) :], current.base])
-                raise DatalogError(a.pos, f"cyclic type definition: {cycle}")
-            chain.append(current.base)
-            current = defined[current.base]
-        table[a.name] = current.base
+        resolve(a, [a.name])
     return table
 
 

@@ -255,7 +255,10 @@ class _Content:
         types = {t.name: prefix + t.name for t in self.types}
         relations = self.relation_names(prefix)
         out = _Content(
-            [replace(t, name=types[t.name], base=types.get(t.base, t.base)) for t in self.types],
+            [
+                replace(t, name=types[t.name], base=types.get(t.base, t.base), members=tuple(types.get(m, m) for m in t.members))
+                for t in self.types
+            ],
             [_bind_decl(replace(d, name=relations[d.name]), types) for d in self.decls],
             clauses=[_rename_clause(c, relations) for c in self.clauses],
         )
@@ -335,7 +338,12 @@ class _Instantiator:
         for item in comp.decl.body:
             if isinstance(item, st.TypeAlias):
                 content.types.append(
-                    replace(item, name=binding.get(item.name, item.name), base=binding.get(item.base, item.base))
+                    replace(
+                        item,
+                        name=binding.get(item.name, item.name),
+                        base=binding.get(item.base, item.base),
+                        members=tuple(binding.get(m, m) for m in item.members),
+                    )
                 )
             elif isinstance(item, st.Decl):
                 content.decls.append(_bind_decl(item, binding))

@@ -153,14 +153,16 @@ class Decl:
 @dataclass(frozen=True)
 class TypeAlias:
     """``.type name <: base`` (``subtype``: a new type inside base; Soufflé 1's
-    ``.number_type name`` and ``.symbol_type name`` too) or ``.type name = base`` (another
-    name for base)."""
+    ``.number_type name`` and ``.symbol_type name`` too), ``.type name = base`` (another
+    name for base) or ``.type name = A | B | ...`` (``members``: a union, holding the values of
+    each member; ``base`` is the first)."""
 
     name: str
     base: str
     pos: Pos
     base_pos: Pos
     subtype: bool = True
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -545,9 +547,9 @@ class _Builder:
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
-        if len(bases) > 1:
-            raise self.fail(node, "unsupported: union types (.type T = A | B)")
-        return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]), node.data == "subtype")
+        members = tuple(map(str, bases)) if len(bases) > 1 else ()
+        subtype = node.data == "subtype" or bool(members)
+        return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]), subtype, members)
 
     def directives(self, node: LarkTree) -> list[Item]:
         kind_tree, *rest = node.children
