@@ -557,3 +557,25 @@ def test_union_types() -> None:
         load_program(".type U = V | number\n.type V = U | number")
     with pytest.raises(DatalogError, match="type mismatch: x is a Sign"):
         load_program(UNIONS + "pos(x) :- sign(x).")
+
+
+@pytest.mark.parametrize("preprocessor", [True, False])
+def test_souffles_include_and_once(tmp_path: Path, preprocessor: bool) -> None:
+    """``.include "file"`` beside the including file (nested ones beside theirs), ``.once``
+    against including a file twice, with or without the C preprocessor, as Soufflé 2.5 answers;
+    __LINE__ and errors name the included file's own lines."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "main.dl").write_text('.once\n.include "main.dl"\n.include "sub/other.dl"\n.decl ok(x: number)\nok(1).\n')
+    (tmp_path / "sub" / "other.dl").write_text('.include "leaf.dl"\nok(__LINE__).\n')
+    (tmp_path / "sub" / "leaf.dl").write_text("ok(100).\n")
+    from dask_datalog.cluster import Program
+
+    program = Program.from_file(tmp_path / "main.dl", preprocessor=preprocessor)
+    assert program.run().tuples("ok") == {(1,), (2,), (100,)}
+    (tmp_path / "sub" / "leaf.dl").write_text("ok(1).\nok(x).\n")
+    with pytest.raises(DatalogError) as info:
+        load_program_file(tmp_path / "main.dl", preprocessor=preprocessor)
+    assert str(info.value).startswith(f"{tmp_path / 'sub' / 'leaf.dl'}:2:"), str(info.value)
+    (tmp_path / "sub" / "other.dl").write_text('.include "missing.dl"\n')
+    with pytest.raises(DatalogError, match="cannot find include file missing.dl"):
+        load_program_file(tmp_path / "main.dl", preprocessor=preprocessor)
