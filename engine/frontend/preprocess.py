@@ -34,6 +34,8 @@ _SOUFFLE_ONCE = re.compile(r"^([ \t]*)\.once\b", re.M)
 def _as_cpp(text: str) -> str:
     """Soufflé's include directives as the preprocessor's, line for line."""
     return _SOUFFLE_ONCE.sub(r"\1#pragma once", _SOUFFLE_INCLUDE.sub(r"\1#include", text))
+
+
 _MARKER = re.compile(r'^#line (\d+) "((?:[^"\\]|\\.)*)"$')
 
 
