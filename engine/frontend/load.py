@@ -30,7 +30,7 @@ def load_program(
     if preprocessor and preprocess.needed(text, macros or {}):
         text, lines = preprocess.preprocess(text.removeprefix("\ufeff"), filename, [str(d) for d in include_dirs], macros)
     elif preprocess.has_includes(text):
-        text, lines = preprocess.expand_includes(text.removeprefix("\ufeff"), filename, include_dirs)
+        text, lines = preprocess.expand_includes(text.removeprefix("\ufeff"), filename, [str(d) for d in include_dirs])
     statements = components.expand(parse(text, filename, lines))
     program = check(statements, filename)
     strata = stratify(program)  # negation or aggregation through recursion is rejected at load time
