@@ -27,7 +27,16 @@ _IO_PARAMS = ("IO", "filename", "delimiter")
 # Soufflé options a program may set that change how it is evaluated or reported, never its
 # answer (magic sets, inlining choices, warnings, threads): accepted and ignored.
 NEUTRAL_PRAGMAS = frozenset(
-    {"magic-transform", "magic-transform-exclude", "inline-exclude", "inline-include", "suppress-warnings", "jobs", "no-warn"}
+    {
+        "magic-transform",
+        "magic-transform-exclude",
+        "inline-exclude",
+        "inline-include",
+        "suppress-warnings",
+        "jobs",
+        "no-warn",
+        "disable-transformers",
+    }
 )
 
 
@@ -497,8 +506,6 @@ class _RuleChecker:
             return ir.Call(e.func, tuple(self.term(a, in_aggregate) for a in e.args), "number", e.pos)
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
-        if in_aggregate:
-            raise DatalogError(e.pos, "unsupported: nested aggregates")
         return self.aggregate(e)
 
     def aggregate(self, agg: st.Aggregate) -> ir.Var:
@@ -506,10 +513,18 @@ class _RuleChecker:
             raise DatalogError(agg.pos, "count takes no target: write count : { ... }")
         if agg.func != "count" and agg.target is None:
             raise DatalogError(agg.pos, f"{agg.func} needs a target: write {agg.func} x : {{ ... }}")
+        outer, self.pending = self.pending, []  # an aggregate inside this one joins its body
         target = None if agg.target is None else self.term(agg.target, in_aggregate=True)
-        body = tuple(self.literal(lit, in_aggregate=True) for lit in agg.body)
+        body: list[ir.BodyLiteral] = []
+        for lit in agg.body:
+            converted = self.literal(lit, in_aggregate=True)
+            body += self.pending
+            self.pending = []
+            body.append(converted)
+        body += self.pending
+        self.pending = outer
         result = self.fresh("a", agg.pos)
-        self.pending.append(ir.Aggregation(result, agg.func, target, body, "number", agg.pos))
+        self.pending.append(ir.Aggregation(result, agg.func, target, tuple(body), "number", agg.pos))
         return result
 
     def separate_aggregate_locals(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
