@@ -603,3 +603,35 @@ def test_nested_aggregates(workers: int) -> None:
     assert relation_tuples(shards, "d") == {(7,)}
     assert relation_tuples(shards, "e") == {(2, 0), (3, 0), (5, 0), (7, 1), (11, 2)}
     assert relation_tuples(shards, "f") == {(1,)}
+
+
+WITNESSES = """
+.decl Student(name: symbol, height: number)
+Student("Anna", 170). Student("Rachel", 177). Student("Quarantina", 180). Student("Tie", 180).
+.decl Tallest(student: symbol, height: number)
+Tallest(student, n) :- n = max height : { Student(student, height) }.
+.decl A(x: number, y: number)
+A(1, 2). A(5, 6). A(-50, 3). A(54, 5).
+.decl MinSum(x: number, y: number, s: number)
+MinSum(x, y, s) :- s = min x + y : { A(x, y) }.
+.decl Any(x: number)
+Any(x) :- _ = max y : { A(x, y) }.
+.decl Shadow(y: number)
+Shadow(y) :- y = min x + y : { A(x, y), x > 1 }.
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_aggregate_witnesses_and_scoping(workers: int) -> None:
+    """Soufflé 2.5's witnesses: a variable of a min/max body used outside and grounded nowhere
+    else takes the values of every body tuple attaining the result (both tallest students);
+    one grounded outside only by the aggregate's own result is another variable inside."""
+    from test_sharded import relation_tuples, run_sharded
+
+    shards = run_sharded(load_program(WITNESSES), workers)
+    assert relation_tuples(shards, "Tallest") == {("Quarantina", 180), ("Tie", 180)}
+    assert relation_tuples(shards, "MinSum") == {(-50, 3, -47)}
+    assert relation_tuples(shards, "Any") == {(5,)}
+    assert relation_tuples(shards, "Shadow") == {(11,)}
+    with pytest.raises(DatalogError, match="used inside and outside the aggregate"):
+        load_program(WITNESSES + ".decl C(x: number, c: number)\nC(x, c) :- c = count : { A(x, _) }.")

@@ -419,6 +419,23 @@ def _outer_vars(head: ir.Atom, lits: Sequence[ir.BodyLiteral]) -> set[str]:
     return outer
 
 
+def _grounded(lits: Sequence[ir.BodyLiteral], *roots: str) -> set[str]:
+    """Variables the literals ground outside aggregates: plain arguments of positive atoms,
+    aggregate results, ``roots``, and what equalities compute from those."""
+    grounded = {a.name for lit in lits if isinstance(lit, ir.Atom) for a in lit.args if isinstance(a, ir.Var)}
+    grounded |= {lit.result.name for lit in lits if isinstance(lit, ir.Aggregation)} | set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for lit in lits:
+            if isinstance(lit, ir.Comparison) and lit.op == "=":
+                for var, expr in ((lit.left, lit.right), (lit.right, lit.left)):
+                    if isinstance(var, ir.Var) and var.name not in grounded and ir.variable_names(expr) <= grounded:
+                        grounded.add(var.name)
+                        changed = True
+    return grounded
+
+
 def _rename_literal(lit: ir.BodyLiteral, names: dict[str, str]) -> ir.BodyLiteral:
     def rename(t: ir.Term) -> ir.Term:
         return ir.Var(names[t.name], t.pos) if isinstance(t, ir.Var) and t.name in names else t
@@ -431,7 +448,7 @@ class _RuleChecker:
 
     def __init__(self, relations: dict[str, ir.Relation]):
         self.relations = relations
-        self.fresh_count = {"a": 0, "w": 0, "l": 0}
+        self.fresh_count = {"a": 0, "w": 0, "l": 0, "t": 0}
         self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
         self.types: dict[str, tuple[BaseType, str]] = {}  # variable -> (type, where it got it)
 
@@ -448,6 +465,7 @@ class _RuleChecker:
             lits.append(converted)
         lits.extend(head_aggregates)
         lits = self.separate_aggregate_locals(ir_head, lits)
+        lits = self.scope_aggregates(ir_head, lits)
         self.infer_types(ir_head, lits)
         if grounded:
             _Safety(ir_head, lits).check()
@@ -488,7 +506,13 @@ class _RuleChecker:
         if isinstance(lit, st.Negation):
             where = "aggregate-negated" if in_aggregate else "negated"
             return ir.Negation(self.atom(lit.atom, where), lit.pos)
-        return ir.Comparison(lit.op, self.term(lit.left, in_aggregate), self.term(lit.right, in_aggregate), lit.pos)
+        left, right = (
+            self.fresh("w", side.pos)
+            if isinstance(side, st.Wild) and isinstance(other, st.Aggregate)
+            else self.term(side, in_aggregate)
+            for side, other in ((lit.left, lit.right), (lit.right, lit.left))
+        )  # `_ = min x : {...}`: the aggregate's value discarded, its witnesses kept (Soufflé)
+        return ir.Comparison(lit.op, left, right, lit.pos)
 
     def term(self, e: st.Expr, in_aggregate: bool) -> ir.Term:
         if isinstance(e, st.Var):
@@ -526,6 +550,37 @@ class _RuleChecker:
         result = self.fresh("a", agg.pos)
         self.pending.append(ir.Aggregation(result, agg.func, target, tuple(body), "number", agg.pos))
         return result
+
+    def scope_aggregates(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
+        """Soufflé's scoping of a variable used inside an aggregate and outside it, but not
+        grounded outside: where only the aggregate's own result grounds it outside
+        (``Y = min Z + Y : {...}``) the inner one is another variable; in min or max, it is a
+        witness (Soufflé's GroundWitnesses): the rule also reads the aggregate's body with the
+        target equal to the result, so it takes the values of every body tuple that attains
+        it. Anything else stays an error of the safety check."""
+        out: list[ir.BodyLiteral] = []
+        extra: list[ir.BodyLiteral] = []
+        for i, lit in enumerate(lits):
+            if not isinstance(lit, ir.Aggregation):
+                out.append(lit)
+                continue
+            others = lits[:i] + lits[i + 1 :]
+            shared = {v.name for v in _literal_vars(lit)} & _outer_vars(head, others)
+            without = _grounded(others)
+            local = shared & (_grounded(others, lit.result.name) - without)
+            lit = _rename_literal(lit, {v: self.fresh("l", lit.pos, v).name for v in sorted(local)})
+            assert isinstance(lit, ir.Aggregation)
+            witnesses = shared - local - without
+            if witnesses and lit.func in ("min", "max") and lit.target is not None:
+                target = lit.target
+                if not isinstance(target, ir.Var):  # Soufflé's SimplifyAggregateTargetExpression
+                    var = self.fresh("t", lit.pos)
+                    lit = replace(lit, target=var, body=(*lit.body, ir.Comparison("=", var, target, lit.pos)))
+                    target = var
+                extra += [_rename_literal(b, {target.name: lit.result.name}) for b in lit.body]
+                lit = _rename_literal(lit, {v: self.fresh("l", lit.pos, v).name for v in sorted(witnesses)})
+            out.append(lit)
+        return out + extra
 
     def separate_aggregate_locals(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
         """Give a variable local to one aggregate its own name when another aggregate uses the
