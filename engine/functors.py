@@ -110,6 +110,13 @@ class Signature:
     apply: Apply
     variadic: bool = False
     makes: Make | None = None  # set for the functors that make symbols (cat, substr, to_string)
+    counter: bool = False  # autoinc(): a number no other call in the run gives
+
+    @property
+    def agreed(self) -> bool:
+        """Whether every shard must agree on its values, at a cut of the pipeline (planned as
+        an ``AGREE`` step: execution/terms.py, ``Terms.made``)."""
+        return self.makes is not None or self.counter
 
     def param(self, i: int) -> str:
         return self.params[min(i, len(self.params) - 1)]
@@ -343,6 +350,7 @@ SIGNATURES: dict[str, Signature] = {
         Signature("cat", ("symbol",), "symbol", _made, variadic=True, makes=_cat),
         Signature("substr", ("symbol", "number", "number"), "symbol", _made, makes=_substr),
         Signature("to_string", ("number",), "symbol", _made, makes=_to_string),
+        Signature("autoinc", (), "number", _made, counter=True),
     )
 }
 
@@ -377,8 +385,9 @@ def fold(call: ir.Call) -> ir.Const:
 
 def foldable(call: ir.Call) -> bool:
     """Whether ``fold`` gives the call's value in every run: not so for what depends on the
-    run's symbol ids (``ord``, symbol order), which a fact then computes when the run starts."""
-    return not any(c.name in ("ord", TEXT_RANK) for c in ir.calls(call))
+    run's symbol ids (``ord``, symbol order) or on its counter (``autoinc``), which a fact then
+    computes when the run starts."""
+    return not any(c.name in ("ord", TEXT_RANK, "autoinc") for c in ir.calls(call))
 
 
 def decode_scalar(encoded: int, type: str) -> int:

@@ -86,11 +86,13 @@ class HeadAction(enum.StrEnum):
 class Route:
     """A step's ``RouteAction`` with its ``key`` (variables) and ``copy``: the key of the
     partitioned copy of the relation the step reads (None: the relation's only store: one
-    shard, or a replicated relation)."""
+    shard, or a replicated relation); ``alike``: an ``AGREE`` step whose rows every shard has
+    alike (a counter then numbers them once, not once per shard)."""
 
     action: RouteAction = RouteAction.LOCAL
     key: tuple[str, ...] = ()
     copy: Key | None = None
+    alike: bool = False  # AGREE on a binding table that is the same on every shard
 
 
 LOCAL = Route()
@@ -293,8 +295,8 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
 
 
 def _lift_made_symbols(rule: Rule) -> Rule:
-    """Every call of a functor that makes symbols (``cat``, ``substr``, ``to_string``), innermost
-    first, becomes an assignment to a fresh variable, ``$made0 = cat(x, y)``, which the planner
+    """Every call of a functor that makes symbols (``cat``, ``substr``, ``to_string``) or counts
+    (``autoinc``), innermost first, becomes an assignment to a fresh variable, ``$made0 = cat(x, y)``, which the planner
     places as an ``AGREE`` step: the one place where a rule's new texts get their ids.
     (Aggregate bodies make none: the checker refuses it.)"""
     counter = itertools.count()
@@ -304,7 +306,7 @@ def _lift_made_symbols(rule: Rule) -> Rule:
         if not isinstance(t, Call):
             return t
         t = replace(t, args=tuple(lift(a) for a in t.args))
-        if functors.signature(t.name).makes is None:
+        if not functors.signature(t.name).agreed:
             return t
         v = Var(f"$made{next(counter)}", t.pos)
         extra.append(Comparison("=", v, t, t.pos))
@@ -343,6 +345,11 @@ def _order_body(
     # An aggregate's result is bound by the aggregate alone: `x = n, n = count : {...}` must
     # compare x with the count, not assign n from x before the aggregate runs.
     aggregate_results = {lit.result.name for lit in body if isinstance(lit, Aggregation)}
+    # A value every shard agrees on is bound by its own assignment only, never from elsewhere.
+    agreed = {lit.left.name for lit in body if _agrees(lit) and isinstance(lit, Comparison) and isinstance(lit.left, Var)}
+
+    def assignable(lit: Comparison) -> set[str]:
+        return aggregate_results | (set() if _agrees(lit) else agreed)
 
     def take(i: int) -> None:
         pending.remove(i)
@@ -354,12 +361,12 @@ def _order_body(
             order, key_len = _index_for(lit.atom, bound | literal_vars(lit.atom))
             raw.append((i, NegationStep(lit.atom, order, key_len)))
         elif isinstance(lit, Comparison):
-            target = _assignment_target(lit, bound, aggregate_results)
+            target = _assignment_target(lit, bound, assignable(lit))
             if target is None:
                 raw.append((i, FilterStep(lit)))
             else:
                 var, expr = target
-                makes = isinstance(expr, Call) and functors.signature(expr.name).makes is not None
+                makes = isinstance(expr, Call) and functors.signature(expr.name).agreed
                 raw.append((i, AssignStep(var, expr, Route(RouteAction.AGREE) if makes else LOCAL)))
                 bound.add(var)
         else:
@@ -373,10 +380,12 @@ def _order_body(
         lit = body[i]
         if isinstance(lit, Atom):
             return False
+        if _counts(lit):  # autoinc() numbers the rule's bindings: after every join
+            return not any(isinstance(body[j], Atom) for j in pending)
         if isinstance(lit, Negation):
             return literal_vars(lit) <= bound
         if isinstance(lit, Comparison):
-            return literal_vars(lit) <= bound or _assignment_target(lit, bound, aggregate_results) is not None
+            return literal_vars(lit) <= bound or _assignment_target(lit, bound, assignable(lit)) is not None
         return _grouping_ready(lit, bound, body, i)
 
     if delta_index is not None:
@@ -396,6 +405,15 @@ def _order_body(
     if pending:
         raise AssertionError(f"planner could not place {[body[i] for i in pending]}: unsafe rule passed the checker")
     return _with_liveness([s for _, s in raw], needed_after, keep_all)
+
+
+def _agrees(lit: BodyLiteral) -> bool:
+    """``$madeN = f(...)`` of ``_lift_made_symbols``: f's values agreed by every shard."""
+    return isinstance(lit, Comparison) and isinstance(lit.right, Call) and functors.signature(lit.right.name).agreed
+
+
+def _counts(lit: BodyLiteral) -> bool:
+    return isinstance(lit, Comparison) and any(functors.signature(c.name).counter for c in walk(lit) if isinstance(c, Call))
 
 
 def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, ...], i: int) -> bool:

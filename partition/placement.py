@@ -311,6 +311,8 @@ def _route(rp: RulePlan, layouts: Mapping[str, RelationLayout], growing: tuple[s
         ):
             steps.append(replace(step, route=Route(RouteAction.SLICE)))
             everywhere, dist = False, None
+        elif step.route.action is RouteAction.AGREE:
+            steps.append(replace(step, route=replace(step.route, alike=everywhere)))
         else:
             steps.append(_with_body_routes(step, replicated, need))
     return replace(rp, steps=tuple(steps), head=_head_route(head, everywhere, dist, head_vars))

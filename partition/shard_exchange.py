@@ -70,6 +70,10 @@ class ShardExchange:
     def agree(self, strings: list[str]) -> list[str]:
         return sorted(set().union(*self.transport.allgather(strings)))
 
+    def agree_count(self, count: int) -> tuple[int, int]:
+        counts = self.transport.allgather(count)
+        return sum(counts[: self.rank]), sum(counts)
+
     def take_stats(self) -> dict[str, Any]:
         now = self.transport.stats.snapshot()
         delta = {k: round(now[k] - self._reported[k], 6) for k in now}

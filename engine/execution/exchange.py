@@ -15,7 +15,8 @@ points are declared here and nowhere else, in the manner of Soufflé's semi-naiv
 - ``owned``: the rows of an everywhere-identical binding table that this shard owns.
 - ``share``: the block of a replicated relation's rows this shard scans (``slice``).
 - ``agree``: the texts symbol-making functors made on any shard and the table lacks, so every
-  shard appends the same strings in the same order and ids stay the same everywhere.
+  shard appends the same strings in the same order and ids stay the same everywhere;
+  ``agree_count``: where this shard's part of a run-wide sequence (``autoinc``) starts.
 
 A single shard uses ``LocalExchange``: every row is already where it belongs.
 ``partition.exchange.ShardExchange`` is the implementation for n shards; it takes its
@@ -65,6 +66,12 @@ class Exchange(Protocol):
         table lacks). Collective."""
         ...
 
+    def agree_count(self, count: int) -> tuple[int, int]:
+        """(the sum of ``count`` over the shards of lower rank, its sum over all shards): where
+        this shard's share of a run-wide sequence (``autoinc``) starts, and how far it goes.
+        Collective."""
+        ...
+
     def take_stats(self) -> dict[str, Any]:
         """Communication since the last call (bytes, rounds, time), for an iteration's record;
         empty when there is none."""
@@ -91,6 +98,9 @@ class LocalExchange:
 
     def agree(self, strings: list[str]) -> list[str]:
         return strings
+
+    def agree_count(self, count: int) -> tuple[int, int]:
+        return 0, count
 
     def take_stats(self) -> dict[str, Any]:
         return {}

@@ -30,6 +30,7 @@ class Terms:
         self.xp = xp
         self.symbols = symbols
         self.context = functors.Context(xp, symbols)
+        self.counter = 0  # autoinc()'s next value, the same on every shard
 
     def column(self, t: Term, b: Bindings) -> Any:
         """The encoded uint32 column of ``t`` over the rows of ``b``."""
@@ -49,11 +50,32 @@ class Terms:
             return functors.text_holds(c.op, self.column(c.left, b), self.column(c.right, b), self.context)
         return _COMPARE[c.op](self.column(c.left, b), self.column(c.right, b))
 
-    def made(self, call: Call, b: Bindings | None, agree: Callable[[list[str]], list[str]]) -> Any | None:
-        """The symbol ids of a symbol-making ``call`` over the rows of ``b`` (None: this shard has
-        no rows). The texts made that the table lacks are agreed first (``agree``, a collective
+    def counted(self, b: Bindings | None, agree_count: Callable[[int], tuple[int, int]]) -> Any | None:
+        """``autoinc()`` over the rows of ``b``: the run's next numbers, this shard's rows after
+        those of the shards before it (``agree_count``, a collective: the count of rows before
+        this shard's and of all shards' together)."""
+        n = 0 if b is None else b.n
+        before, total = agree_count(n)
+        first = self.counter + before
+        self.counter += total
+        if b is None:
+            return None
+        return functors.encode_int(self.xp.arange(first, first + n, dtype=self.xp.int64), "number", self.xp)
+
+    def made(
+        self,
+        call: Call,
+        b: Bindings | None,
+        agree: Callable[[list[str]], list[str]],
+        agree_count: Callable[[int], tuple[int, int]],
+    ) -> Any | None:
+        """The values of a ``call`` every shard agrees on over the rows of ``b`` (None: this
+        shard has no rows): ``autoinc`` (``counted``), or the symbol ids of what a symbol-making
+        call makes. The texts made that the table lacks are agreed first (``agree``, a collective
         every shard calls, rows or not) and appended in the agreed order, so every shard gives
         a text the same id; texts are made once per distinct row of arguments."""
+        if functors.signature(call.name).counter:
+            return self.counted(b, agree_count)
         made = functors.signature(call.name).makes
         assert made is not None, f"{call.name} makes no symbols"
         strings: list[str] = []

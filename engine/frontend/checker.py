@@ -525,8 +525,8 @@ class _RuleChecker:
             left, right = self.term(e.left, in_aggregate), self.term(e.right, in_aggregate)
             return ir.Call(e.op, (left, right), "number", e.pos)
         if isinstance(e, st.Call):
-            if in_aggregate and functors.signature(e.func).makes is not None:
-                raise DatalogError(e.pos, f"unsupported: {e.func}(...) inside an aggregate (it makes symbols)")
+            if in_aggregate and functors.signature(e.func).agreed:
+                raise DatalogError(e.pos, f"unsupported: {e.func}(...) inside an aggregate (shards agree on its values)")
             return ir.Call(e.func, tuple(self.term(a, in_aggregate) for a in e.args), "number", e.pos)
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
@@ -889,6 +889,17 @@ def _fold_fact(rule: ir.Rule) -> ir.Rule:
     implementation, ``functors.fold``, so a fact and a rule agree)."""
     args = tuple(functors.fold(a) if isinstance(a, ir.Call) and functors.foldable(a) else a for a in rule.head.args)
     return replace(rule, head=replace(rule.head, args=args))
+
+
+def check_counters(strata: Sequence[Stratum]) -> None:
+    """``autoinc()`` in a recursive rule would make a new number every iteration, without end:
+    Soufflé refuses it."""
+    for stratum in strata:
+        if stratum.recursive:
+            for rule in stratum.rules:
+                for call in ir.calls(rule):
+                    if functors.signature(call.name).counter:
+                        raise DatalogError(call.pos, "Auto-increment functor in a recursive rule")
 
 
 def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:

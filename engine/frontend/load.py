@@ -10,7 +10,7 @@ from pathlib import Path
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import components, magic, preprocess
-from dask_datalog.engine.frontend.checker import check, check_plans
+from dask_datalog.engine.frontend.checker import check, check_counters, check_plans
 from dask_datalog.engine.frontend.parser import parse
 from dask_datalog.engine.frontend.strata import stratify
 
@@ -35,6 +35,7 @@ def load_program(
     program = check(statements, filename)
     strata = stratify(program)  # negation or aggregation through recursion is rejected at load time
     check_plans(statements, strata)
+    check_counters(strata)
     return magic.transform(program)
 
 

@@ -386,7 +386,6 @@ STORAGE_QUALIFIERS = frozenset({"btree", "brie", "no_inline", "magic", "no_magic
 _SUPPORTED_CALLS = frozenset(name for name in functors.SIGNATURES if name.isidentifier()) - {"min", "max"}
 _FUNCTOR_NAMES = {
     "as": "type casts as(...)",
-    "autoinc": "autoinc() counters",
     "range": "the range(...) generator",
 }
 _ESCAPES = {'"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
