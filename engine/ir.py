@@ -144,12 +144,19 @@ class Relation:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise."""
+    """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise, or standard
+    input (``io`` "stdin"). The rest is how Soufflé 2.5's CSV reader takes the text:
+    ``headers`` skips the first line, ``rfc4180`` reads quoted fields, ``columns`` names the
+    file column of each attribute (Soufflé's ``columns="2:0"``; None: the first ones)."""
 
     relation: str
     filename: str | None = None
     delimiter: str = "\t"
     pos: Pos = field(default=NOWHERE, compare=False)
+    io: str = "file"
+    headers: bool = False
+    rfc4180: bool = False
+    columns: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ what it writes, and how it fails."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import subprocess
@@ -162,12 +163,17 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
         d.mkdir()
     (facts / "edge.facts").write_bytes((FACTS / "edge.facts").read_bytes())
     (bad_facts / "edge.facts").write_text("1\t2\n3\tx\n")
+    (bad_facts / "q.facts").write_text('a,"b\nc\n')
+    (bad_facts / "z.facts").write_bytes(gzip.compress(b"1\t2\n")[:-6])
     files = {
         "reach.dl": REACH.read_bytes(),
         "bom.dl": b"\xef\xbb\xbf" + REACH.read_bytes(),
         "fib.dl": FIB,
         "latin1.dl": b".decl e(x: number)\n// caf\xe9\ne(1).\n",
         "syntax.dl": b".decl e(x: number)\ne(1) :- \n",
+        "quote.dl": b'.decl q(x: symbol, y: symbol)\n.input q(filename="q.facts", rfc4180=true)\n',
+        "gzip.dl": b'.decl e(x: number, y: number)\n.input e(filename="z.facts")\n',
+        "headers.dl": b".decl e(x: number)\n.input e(headers=1)\n",
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -188,6 +194,13 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
             [prog["reach.dl"], "-F", str(bad_facts)],
             f"{bad_facts / 'edge.facts'}:2:3: error: expected an integer",
         ),
+        (
+            "open-quote",
+            [prog["quote.dl"], "-F", str(bad_facts)],
+            f"{bad_facts / 'q.facts'}:1:3: error: the quoted field is never closed",
+        ),
+        ("cut-gzip", [prog["gzip.dl"], "-F", str(bad_facts)], f"{bad_facts / 'z.facts'}:1:1: error: the gzip data ends early"),
+        ("headers", [prog["headers.dl"]], f"{prog['headers.dl']}:2:10: error: headers must be true or false, not '1'"),
     ]
 
 

@@ -181,9 +181,16 @@ CASES: list[tuple[str, str, str, str]] = [
         "aggregation over q in a rule for p, but q depends on p through q -> p",
     ),
     # ---- directives
-    ("io-stdout", ".output r(IO=stdout)", "1:11", "unsupported: IO=stdout (only IO=file"),
-    ("io-unknown-param", ".output r(headers=true)", "1:11", "unknown parameter 'headers' for .output"),
-    ("io-filename-not-string", ".input e(filename=x)", "1:10", "filename must be a string"),
+    ("io-stdout-input", ".input e(IO=stdout)", "1:10", "unsupported: IO=stdout for .input (supported: file, stdin)"),
+    ("io-json", ".output r(IO=json)", "1:11", "unsupported: IO=json for .output (supported: file"),
+    ("io-unknown-param", ".output r(header=true)", "1:11", "unknown parameter 'header' for .output"),
+    ("io-columns-on-output", ".output e(columns=1)", "1:11", "unknown parameter 'columns' for .output"),
+    ("io-flag-not-boolean", ".input e(headers=yes)", "1:10", "headers must be true or false, not 'yes'"),
+    # Soufflé: "CSV delimiter cannot contain '"' character when rfc4180 is enabled.", when it runs
+    ("io-rfc4180-quote", '.input e(rfc4180=true, delimiter="\\"")', "1:24", "cannot contain '\"' when rfc4180 is enabled"),
+    ("io-columns-count", '.input e(columns="0")', "1:10", "columns must name a distinct file column for each of the 2"),
+    ("io-columns-twice", '.input e(columns="1:1")', "1:10", 'e.g. "0:1"'),
+    ("io-columns-not-numbers", '.input e(columns="a:b")', "1:10", "columns must name"),
     ("io-empty-delimiter", '.input e(delimiter="")', "1:10", "delimiter must not be empty"),
     ("printsize-param", ".printsize r(x=1)", "1:14", "unknown parameter 'x' for .printsize"),
     # Soufflé: "Redefinition of printsize directives for relation r", at the second one

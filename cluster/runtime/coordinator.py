@@ -187,8 +187,10 @@ class ClusterRun:
         progress: ProgressHandler | None,
         options: RunOptions,
         exchange: ExchangeKind,
+        stdin: bytes | None = None,
     ):
         self.client, self.program, self.backend, self.options, self.exchange = client, program, backend, options, exchange
+        self.stdin = stdin
         self.fact_dir = str(Path(fact_dir).resolve()) if fact_dir is not None else None
         self.facts = dict(facts or {})
         self.chunk_rows, self.replicate_below, self.progress = chunk_rows, replicate_below, progress
@@ -303,6 +305,7 @@ class ClusterRun:
             backend=self.backend,
             fact_dir=self.fact_dir,
             fact_files=self.files,
+            stdin=self.stdin,
             chunk_rows=self.chunk_rows,
             replicate_below=self.replicate_below,
             progress_topic=topic,
@@ -642,10 +645,12 @@ def run_job(
     progress: ProgressHandler | None = None,
     options: RunOptions = RunOptions(),
     exchange: ExchangeKind = ExchangeKind.AUTO,
+    stdin: bytes | None = None,
 ) -> DistributedRun:
     """Evaluate ``program`` on every worker of ``client``'s cluster (one shard per worker),
-    surviving lost workers and stopping as ``options`` say."""
-    run = ClusterRun(client, program, fact_dir, facts, backend, chunk_rows, replicate_below, progress, options, exchange)
+    surviving lost workers and stopping as ``options`` say; ``stdin``: what ``IO=stdin``
+    inputs read (the first worker parses it)."""
+    run = ClusterRun(client, program, fact_dir, facts, backend, chunk_rows, replicate_below, progress, options, exchange, stdin)
     try:
         run.retrying(lambda: None)
     except BaseException:
