@@ -161,12 +161,31 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """``.output r`` writes ``<output dir>/r.csv`` unless ``filename`` says otherwise."""
+    """``.output r`` writes ``<output dir>/r.csv`` unless ``filename`` says otherwise; ``io``
+    "stdout" prints it framed under ``name`` instead, "stdoutprintsize" prints its size (as
+    ``.printsize``). ``headers`` writes ``header_line`` first, ``rfc4180`` quotes symbols as
+    Soufflé 2.5 does, ``compress`` gzips the file."""
 
     relation: str
     filename: str | None = None
     delimiter: str = "\t"
     pos: Pos = field(default=NOWHERE, compare=False)
+    io: str = "file"
+    headers: bool = False
+    rfc4180: bool = False
+    compress: bool = False
+    name: str = ""
+    header: str | None = None  # None: the attribute names, joined by a tab
+
+    @property
+    def title(self) -> str:
+        """The name Soufflé prints it under (its ``name=`` parameter, else the relation's)."""
+        return self.name or self.relation
+
+    def header_line(self, relation: Relation) -> str:
+        """The header Soufflé writes: ``attributeNames``, else the names joined by the
+        delimiter given (a tab without one, even under rfc4180's comma)."""
+        return "\t".join(a.name for a in relation.attributes) if self.header is None else self.header
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,52 @@ def test_stdout_output_with_a_cluster(capsys: pytest.CaptureFixture[str], cluste
     assert out == f"---------------\npath\nx\ty\n===============\n{reference.decode()}===============\npath\t16\n"
 
 
+STDIO = b""".decl A(x:number, y:number)
+A(1,2).
+.output A(IO=stdout,headers=true)
+.decl C(x:number)
+.input C(IO=stdin)
+.output C(IO=stdoutprintsize)
+.output C(compress=true)
+.printsize A
+"""
+
+
+@pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]], ids=["no-cluster", "embedded-cluster"])
+def test_stdin_input_and_stdout_outputs_beside_an_output_directory(tmp_path: Path, where: list[str]) -> None:
+    """``IO=stdin`` reads the command's standard input (the workers get it from the command);
+    ``IO=stdout`` prints a table (a header only with headers=true, as semantic-store5), and
+    ``IO=stdoutprintsize`` a size, while -D still gets the files: stdout and the file byte for
+    byte what Soufflé 2.5's binary gives."""
+    program = tmp_path / "p.dl"
+    program.write_bytes(STDIO)
+    run = subprocess.run(
+        cli_command(program, "-D", tmp_path / "out", "--quiet", *where), input=b"3\n4\n", capture_output=True, timeout=240
+    )
+    assert (run.returncode, run.stderr) == (0, b"")
+    assert run.stdout == b"---------------\nA\nx\ty\n===============\n1\t2\n===============\nA\t1\nC\t2\n"
+    assert gzip.decompress((tmp_path / "out" / "C.csv.gz").read_bytes()) == b"3\n4\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["C.csv.gz"]
+
+
+def test_stdout_with_dash_d_prints_every_output_with_its_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-D - makes every .output IO=stdout with headers=true (Soufflé's IODefaults): the header
+    joins the names with the delimiter given (a tab under rfc4180's comma), the rows keep
+    their quoting; IO=stdoutprintsize outputs turn into tables too."""
+    program = tmp_path / "p.dl"
+    program.write_text(
+        '.decl S(x:symbol, y:number)\nS("a\\"b", 1).\n.output S(rfc4180=true)\n.output S(delimiter=";")\n'
+        ".output S(IO=stdoutprintsize)\n"
+    )
+    assert main(["run", str(program), "-D", "-", "--no-cluster"]) == 0
+    table = "---------------\nS\n{header}\n===============\n{row}\n===============\n"
+    assert capsys.readouterr().out == (
+        table.format(header="x\ty", row='"a\\""b",1')
+        + table.format(header="x;y", row='a"b;1')
+        + table.format(header="x\ty", row='a"b\t1')
+    )
+
+
 def test_bad_fact_file_is_one_line_on_a_cluster(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], cluster: LocalCluster
 ) -> None:

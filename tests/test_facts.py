@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -922,3 +923,68 @@ def test_packed_rows_out_of_order_are_an_engine_bug_not_sorted_over(monkeypatch:
         assert not sets.is_sorted_unique(rows, np)
         with pytest.raises(AssertionError, match="not sorted and duplicate-free"):
             PackedRows(rows, arity, KERNELS).in_order()
+
+
+# ----------------------------------------------------------------------------- Soufflé's .input/.output parameters in a run
+# A program's I/O as Soufflé 2.5 does it, on 1-3 shards (threads running the workers' code):
+# the expected files are what Soufflé's binary writes for the same program and facts, up to
+# the order of the lines (it orders symbols by first appearance, this engine by text).
+
+IO_PROGRAM = """
+.decl A(x:number, y:symbol)
+.input A(columns="2:0", delimiter=",")
+.decl H(x:number, y:number)
+.input H(headers=true, delimiter=", ")
+.decl Q(x:symbol, y:symbol)
+.input Q(rfc4180=true)
+.decl U(x:unsigned, y:unsigned)
+.input U(delimiter=",")
+.output A(name="Zed", attributeNames="p|q", headers=true)
+.output H(compress=true)
+.output Q(rfc4180=true, headers=true)
+.output U(delimiter=";", headers=true)
+.output U(IO=stdout)
+.output H(IO=stdoutprintsize)
+"""
+IO_FACTS = {
+    "A.facts": b"s,t,1\nu,v,2,9\n",
+    "H.facts": b"x\ty\n1, 2\n1, 3\n2, 4",
+    "Q.facts": RFC4180.encode(),
+    "U.facts": gzipped(b"0xFFFFFFFF,0b101\n 7,+8\r\n0x0,0b0\n"),
+}
+IO_FILES = {
+    "Zed.csv": b"p|q\n1\ts\n2\tu\n",
+    "H.csv.gz": b"1\t2\n1\t3\n2\t4\n",
+    "Q.csv": b'x\ty\n"",""\n"a\\""b","c"\n"e",""\n"l1\r\nl2","k"\n"u,v","w"\n"x\\""y","z"\n',
+    "U.csv": b"x;y\n0;0\n7;8\n4294967295;5\n",
+}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_runs_inputs_and_outputs_take_souffles_parameters(tmp_path: Path, n: int) -> None:
+    from dask_datalog.engine.backend import get_backend
+    from dask_datalog.engine.frontend import load_program
+    from dask_datalog.spmd.inputs import Inputs
+    from dask_datalog.spmd.shard import evaluate_shard
+    from dask_datalog.spmd.threads import run_in_threads
+    from dask_datalog.spmd.writer import print_outputs, write_outputs
+
+    program = load_program(IO_PROGRAM)
+    for name, data in IO_FACTS.items():
+        write_file(tmp_path, data, name)
+    texts: list[dict[int, bytes]] = [{} for _ in range(n)]
+
+    def shard(transport: Any) -> int:
+        done = evaluate_shard(transport, program, get_backend("numpy"), Inputs(tmp_path), replicate_below=0)
+        texts[transport.rank] = write_outputs(transport, done, str(tmp_path / "out"), "csv")
+        return int(done.stats["local_sizes"]["H"])
+
+    sizes = run_in_threads(n, shard)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(IO_FILES)
+    for name, want in IO_FILES.items():
+        data = (tmp_path / "out" / name).read_bytes()
+        assert (gzip.decompress(data) if name.endswith(".gz") else data) == want, name
+    printed = io.StringIO()
+    joined = {index: b"".join(t.get(index, b"") for t in texts) for index in texts[0]}
+    print_outputs(printed, program, str(tmp_path / "out"), joined, lambda name: sum(sizes))
+    assert printed.getvalue() == "H\t3\n---------------\nU\n===============\n0\t0\n7\t8\n4294967295\t5\n===============\n"

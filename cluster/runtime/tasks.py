@@ -110,7 +110,7 @@ def _progress(phase: Phase, rank: int, topic: str | None) -> OnIteration:
 @_returns_expected_errors
 def write_task(
     shard: Shard, phase_id: PhaseId, peers: tuple[str, ...], exchange: ExchangeKind, output_dir: str, fmt: str
-) -> dict[str, bytes] | Failed:
+) -> dict[int, bytes] | Failed:
     """The workers write every ``.output`` relation (``spmd.writer.write_outputs``)."""
     faults.point("write", shard.rank)
     with Phase(phase_id, shard.rank, peers, exchange) as phase:

@@ -20,11 +20,11 @@ from dask_datalog.engine.ir import BaseType, Pos
 from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX
 
 _RANGES = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
-# The parameters Soufflé 2.5's CSV reader honours (ReadStreamCSV.h); `compress` on an input
-# changes nothing (a gzip fact file is recognised by its contents).
+# The parameters Soufflé 2.5's CSV readers and writers honour (ReadStreamCSV.h, WriteStreamCSV.h);
+# `compress` on an input changes nothing (a gzip fact file is recognised by its contents).
 _INPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "columns", "name", "compress")
-_OUTPUT_PARAMS = ("IO", "filename", "delimiter")
-_IO_KINDS = {"input": ("file", "stdin"), "output": ("file",)}
+_OUTPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "compress", "name", "attributeNames")
+_IO_KINDS = {"input": ("file", "stdin"), "output": ("file", "stdout", "stdoutprintsize")}
 
 
 # Soufflé options a program may set that change how it is evaluated or reported, never its
@@ -58,9 +58,9 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                     raise DatalogError(
                         s.pos, f"redefinition of the .printsize directive for relation {s.relation} (first at line {first.line})"
                     )
-                if s.params:
-                    p = s.params[0]
-                    raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .printsize")
+                _output_spec(s, relation)  # Soufflé accepts an output's parameters here and ignores them
+                if any(p.key == "name" for p in s.params):
+                    raise DatalogError(next(p.pos for p in s.params if p.key == "name"), "unsupported: name= on .printsize")
                 printsizes[s.relation] = s.pos
             elif s.kind == "input":
                 inputs.append(_input_spec(s, relation))
@@ -297,8 +297,25 @@ def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
 
 def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
     params = _params(d, _OUTPUT_PARAMS)
-    _io_kind(params, "output")
-    return ir.OutputSpec(d.relation, _filename(params, "output", ".csv"), _delimiter(params, False), d.pos)
+    rfc4180 = _flag(params, "rfc4180")
+    compress = "compress" in params
+    if compress and params["compress"].value != "true":
+        raise DatalogError(params["compress"].pos, "compress must be true (Soufflé 2.5 compresses whatever its value)")
+    names = [a.name for a in relation.attributes]
+    joint = params["delimiter"].value if "delimiter" in params else "\t"  # Soufflé's header ignores rfc4180's comma
+    header = params["attributeNames"].value if "attributeNames" in params else joint.join(names)
+    return ir.OutputSpec(
+        d.relation,
+        _filename(params, "output", ".csv.gz" if compress else ".csv"),
+        _delimiter(params, rfc4180),
+        d.pos,
+        _io_kind(params, "output"),
+        _flag(params, "headers"),
+        rfc4180,
+        compress,
+        params["name"].value if "name" in params else "",
+        None if header == "\t".join(names) else header,
+    )
 
 
 def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
