@@ -199,6 +199,9 @@ class Program:
     # ``.pragma "fact-dir"``/``"output-dir"``: the directories a command uses when it is given
     # none (as in Soufflé, its -F and -D win); not part of the program's meaning.
     pragmas: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # ``.limitsize r(n=N)``: a recursive stratum stops after the iteration that brings r to N
+    # tuples or more (Soufflé 2.5's loop exit); relation -> N.
+    limits: tuple[tuple[str, int], ...] = ()
 
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)

@@ -219,6 +219,7 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
         "syntax.dl": b".decl e(x: number)\ne(1) :- \n",
         "quote.dl": b'.decl q(x: symbol, y: symbol)\n.input q(filename="q.facts", rfc4180=true)\n',
         "gzip.dl": b'.decl e(x: number, y: number)\n.input e(filename="z.facts")\n',
+        "limit.dl": b".decl e(x: number)\n.limitsize e(n=-1)\n",
         "headers.dl": b".decl e(x: number)\n.input e(headers=1)\n",
     }
     for name, data in files.items():
@@ -246,6 +247,7 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
             f"{bad_facts / 'q.facts'}:1:3: error: the quoted field is never closed",
         ),
         ("cut-gzip", [prog["gzip.dl"], "-F", str(bad_facts)], f"{bad_facts / 'z.facts'}:1:1: error: the gzip data ends early"),
+        ("limitsize", [prog["limit.dl"]], f"{prog['limit.dl']}:2:16: error: syntax error"),
         ("headers", [prog["headers.dl"]], f"{prog['headers.dl']}:2:10: error: headers must be true or false, not '1'"),
     ]
 

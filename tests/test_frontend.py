@@ -167,6 +167,7 @@ def test_souffles_io_parameters() -> None:
         ".output a(compress=true, delimiter=BOB, attributeNames=p)\n"
         ".output a(IO=stdoutprintsize, filename=x)\n"
         ".printsize a(IO=file, headers=false)\n"
+        '.limitsize a(n="5")\n'
     )
     p = load_program(text, "p.dl")
     assert p.inputs == (
@@ -180,7 +181,7 @@ def test_souffles_io_parameters() -> None:
     )
     assert p.outputs[0].header_line(p.relations["a"]) == "x\ty"
     assert load_program(".decl a(x: symbol, y: number)\n.output a(delimiter=BOB)").outputs[0].header == "xBOBy"
-    assert p.printsizes == ("a",)
+    assert p.printsizes == ("a",) and p.limits == (("a", 5),)
 
 
 # ---- types ---------------------------------------------------------------------------------

@@ -232,7 +232,26 @@ CASES: list[tuple[str, str, str, str]] = [
     ("bitwise-on-symbols", 's(x) :- s(x), x = x band "a".', "1:21", "arithmetic (band) on symbols"),
     ("power-stars", "r(2 ** 3).", "1:5", "unsupported: ** (Soufflé's power operator is ^)"),
     ("subsumption", "r(x) <= r(y) :- e(x, y), x < y.", "1:1", "unsupported: subsumptive rules"),
-    ("limitsize", ".limitsize r(n=10)", "1:1", "unsupported: .limitsize"),
+    ("limitsize-without-n", ".limitsize r", "1:12", ".limitsize r needs its size, e.g. .limitsize r(n=100)"),
+    # Soufflé's stoi would read "0x3" as 0 and abort on "abc"
+    ("limitsize-hex", ".limitsize r(n=0x3)", "1:14", "n must be a count from 0 to 2147483647, not '0x3'"),
+    ("limitsize-too-large", ".limitsize r(n=2147483648)", "1:14", "n must be a count"),
+    ("limitsize-other-param", ".limitsize r(n=1, m=2)", "1:19", "unknown parameter 'm' for .limitsize (supported: n)"),
+    # Soufflé: "Redefinition of limitsize directives for relation r", at the second one
+    (
+        "limitsize-twice",
+        ".limitsize r(n=1)\n.limitsize u, r(n=2)",
+        "2:15",
+        "redefinition of the .limitsize directive for relation r",
+    ),
+    ("limitsize-undeclared", ".limitsize q(n=1)", "1:12", "undeclared relation q in .limitsize"),
+    # Soufflé counts an eqrel's closure in its data structure, which the rules added here do not mirror
+    (
+        "limitsize-eqrel",
+        ".decl q(x: number, y: number) eqrel\n.limitsize q(n=1)",
+        "2:12",
+        "unsupported: .limitsize on the equivalence",
+    ),
 ]
 
 

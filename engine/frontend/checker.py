@@ -42,6 +42,8 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
+    limits: dict[str, tuple[int, ir.Pos]] = {}  # relation -> its .limitsize, likewise
+    eqrels = {s.name for s in statements if isinstance(s, st.Decl) and s.eqrel}
     pragmas: dict[str, str] = {}
     for s in statements:
         if isinstance(s, st.Pragma):
@@ -52,23 +54,38 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
             rules.extend(_clause_rules(s, relations))
         elif isinstance(s, st.Directive):
             relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
-            if s.kind == "printsize":
-                if s.relation in printsizes:
-                    first = printsizes[s.relation]
+            if s.kind in ("printsize", "limitsize"):
+                seen = printsizes if s.kind == "printsize" else {r: p for r, (_, p) in limits.items()}
+                if s.relation in seen:
                     raise DatalogError(
-                        s.pos, f"redefinition of the .printsize directive for relation {s.relation} (first at line {first.line})"
+                        s.pos,
+                        f"redefinition of the .{s.kind} directive for relation {s.relation} (first at line {seen[s.relation].line})",
                     )
+            if s.kind == "printsize":
                 _output_spec(s, relation)  # Soufflé accepts an output's parameters here and ignores them
                 if any(p.key == "name" for p in s.params):
                     raise DatalogError(next(p.pos for p in s.params if p.key == "name"), "unsupported: name= on .printsize")
                 printsizes[s.relation] = s.pos
+            elif s.kind == "limitsize":
+                if s.relation in eqrels:
+                    raise DatalogError(s.pos, f"unsupported: .limitsize on the equivalence relation {s.relation}")
+                limits[s.relation] = (_limit(s), s.pos)
             elif s.kind == "input":
                 inputs.append(_input_spec(s, relation))
             else:
                 outputs.append(_output_spec(s, relation))
     _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
     directories = tuple((k, v) for k, v in pragmas.items() if k in ir.DIRECTORY_PRAGMAS)
-    return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename, directories)
+    return ir.Program(
+        relations,
+        tuple(rules),
+        tuple(inputs),
+        tuple(outputs),
+        tuple(printsizes),
+        filename,
+        directories,
+        tuple((name, n) for name, (n, _) in limits.items()),
+    )
 
 
 def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], aliases: Sequence[st.TypeAlias]) -> None:
@@ -316,6 +333,17 @@ def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
         params["name"].value if "name" in params else "",
         None if header == "\t".join(names) else header,
     )
+
+
+def _limit(d: st.Directive) -> int:
+    """N of ``.limitsize r(n=N)``: a decimal count (Soufflé's stoi would read "0x3" as 0)."""
+    params = _params(d, ("n",))
+    if "n" not in params:
+        raise DatalogError(d.pos, f".limitsize {d.relation} needs its size, e.g. .limitsize {d.relation}(n=100)")
+    p = params["n"]
+    if not (p.value.isascii() and p.value.isdigit()) or int(p.value) > INT32_MAX:
+        raise DatalogError(p.pos, f"n must be a count from 0 to {INT32_MAX}, not '{p.value}'")
+    return int(p.value)
 
 
 def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:

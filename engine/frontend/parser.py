@@ -137,6 +137,7 @@ class Decl:
     name: str
     attrs: tuple[Attr, ...]
     pos: Pos
+    eqrel: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Directive:
-    """One of ``.input`` / ``.output`` / ``.printsize`` for one relation."""
+    """One of ``.input`` / ``.output`` / ``.printsize`` / ``.limitsize`` for one relation."""
 
     kind: str
     relation: str
@@ -219,7 +220,6 @@ _HIDDEN_WORDS = frozenset(
         "btree_delete",
         "eqrel",
         "choice-domain",
-        ".limitsize",
         ".comp",
         ".init",
         ".override",
@@ -456,7 +456,7 @@ class _Builder:
         out: list[Statement] = []
         for name in names:
             pos = self.pos(name)
-            out.append(Decl(str(name), tuple(attrs), pos))
+            out.append(Decl(str(name), tuple(attrs), pos, storage == "eqrel"))
             out += [Directive(kind, str(name), (), pos) for kind in directives]
             if storage == "eqrel":
                 out += self._equivalence(str(name), attrs, pos)
@@ -489,8 +489,6 @@ class _Builder:
     def directives(self, node: LarkTree) -> list[Statement]:
         kind_tree, *rest = node.children
         kind = str(kind_tree.children[0])[1:]
-        if kind == "limitsize":
-            raise self.fail(node, "unsupported: .limitsize")
         names = [c for c in rest if isinstance(c, Token)]
         params = tuple(self.param(c) for c in rest if isinstance(c, Tree))
         return [Directive(kind, str(n), params, self.pos(n)) for n in names]
