@@ -148,22 +148,48 @@ class Relation:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise."""
+    """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise, or standard
+    input (``io`` "stdin"). The rest is how Soufflé 2.5's CSV reader takes the text:
+    ``headers`` skips the first line, ``rfc4180`` reads quoted fields, ``columns`` names the
+    file column of each attribute (Soufflé's ``columns="2:0"``; None: the first ones)."""
 
     relation: str
     filename: str | None = None
     delimiter: str = "\t"
     pos: Pos = field(default=NOWHERE, compare=False)
+    io: str = "file"
+    headers: bool = False
+    rfc4180: bool = False
+    columns: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """``.output r`` writes ``<output dir>/r.csv`` unless ``filename`` says otherwise."""
+    """``.output r`` writes ``<output dir>/r.csv`` unless ``filename`` says otherwise; ``io``
+    "stdout" prints it framed under ``name`` instead, "stdoutprintsize" prints its size (as
+    ``.printsize``). ``headers`` writes ``header_line`` first, ``rfc4180`` quotes symbols as
+    Soufflé 2.5 does, ``compress`` gzips the file."""
 
     relation: str
     filename: str | None = None
     delimiter: str = "\t"
     pos: Pos = field(default=NOWHERE, compare=False)
+    io: str = "file"
+    headers: bool = False
+    rfc4180: bool = False
+    compress: bool = False
+    name: str = ""
+    header: str | None = None  # None: the attribute names, joined by a tab
+
+    @property
+    def title(self) -> str:
+        """The name Soufflé prints it under (its ``name=`` parameter, else the relation's)."""
+        return self.name or self.relation
+
+    def header_line(self, relation: Relation) -> str:
+        """The header Soufflé writes: ``attributeNames``, else the names joined by the
+        delimiter given (a tab without one, even under rfc4180's comma)."""
+        return "\t".join(a.name for a in relation.attributes) if self.header is None else self.header
 
 
 @dataclass(frozen=True)
@@ -178,6 +204,9 @@ class Program:
     # none (as in Soufflé, its -F and -D win); ``"magic-transform"``: done at load. Not part of
     # the program's meaning.
     pragmas: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # ``.limitsize r(n=N)``: a recursive stratum stops after the iteration that brings r to N
+    # tuples or more (Soufflé 2.5's loop exit); relation -> N.
+    limits: tuple[tuple[str, int], ...] = ()
 
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)

@@ -155,6 +155,35 @@ def test_directive_positions_and_params() -> None:
     assert p.printsizes == ("b",)
 
 
+def test_souffles_io_parameters() -> None:
+    """What Soufflé 2.5's readers and writers honour, values quoted or not (semantic-store4
+    writes ``delimiter=BOB``); rfc4180 makes the comma the default delimiter but not the
+    header's joint; ``name`` names the default file and the printed table."""
+    text = (
+        ".decl a(x: symbol, y: number)\n"
+        '.input a(IO=stdin, headers=true, rfc4180="true", columns="1:0", compress=true)\n'
+        ".input a(name=other, delimiter=BOB)\n"
+        ".output a(IO=stdout, headers=true, rfc4180=true, name=Zed)\n"
+        ".output a(compress=true, delimiter=BOB, attributeNames=p)\n"
+        ".output a(IO=stdoutprintsize, filename=x)\n"
+        ".printsize a(IO=file, headers=false)\n"
+        '.limitsize a(n="5")\n'
+    )
+    p = load_program(text, "p.dl")
+    assert p.inputs == (
+        ir.InputSpec("a", None, ",", io="stdin", headers=True, rfc4180=True, columns=(1, 0)),
+        ir.InputSpec("a", "other.facts", "BOB"),
+    )
+    assert p.outputs == (
+        ir.OutputSpec("a", "Zed.csv", ",", io="stdout", headers=True, rfc4180=True, name="Zed"),
+        ir.OutputSpec("a", None, "BOB", compress=True, header="p"),
+        ir.OutputSpec("a", "x", io="stdoutprintsize"),
+    )
+    assert p.outputs[0].header_line(p.relations["a"]) == "x\ty"
+    assert load_program(".decl a(x: symbol, y: number)\n.output a(delimiter=BOB)").outputs[0].header == "xBOBy"
+    assert p.printsizes == ("a",) and p.limits == (("a", 5),)
+
+
 # ---- types ---------------------------------------------------------------------------------
 
 

@@ -21,7 +21,11 @@ from dask_datalog.engine.ir import BaseType, Pos
 from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX
 
 _RANGES = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
-_IO_PARAMS = ("IO", "filename", "delimiter")
+# The parameters Soufflé 2.5's CSV readers and writers honour (ReadStreamCSV.h, WriteStreamCSV.h);
+# `compress` on an input changes nothing (a gzip fact file is recognised by its contents).
+_INPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "columns", "name", "compress")
+_OUTPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "compress", "name", "attributeNames")
+_IO_KINDS = {"input": ("file", "stdin"), "output": ("file", "stdout", "stdoutprintsize")}
 
 
 # Soufflé options a program may set that change how it is evaluated or reported, never its
@@ -54,6 +58,8 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
+    limits: dict[str, tuple[int, ir.Pos]] = {}  # relation -> its .limitsize, likewise
+    eqrels = {s.name for s in statements if isinstance(s, st.Decl) and s.eqrel}
     pragmas: dict[str, str] = {}
     observed: dict[str, Pos] = {}  # relation -> its first I/O directive
     for s in statements:
@@ -64,27 +70,42 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
         elif isinstance(s, st.Clause):
             rules.extend(_clause_rules(s, relations, inlined))
         elif isinstance(s, st.Directive):
-            _relation(relations, s.relation, s.pos, f"in .{s.kind}")
+            relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
             observed.setdefault(s.relation, s.pos)
-            if s.kind == "printsize":
-                if s.params:
-                    p = s.params[0]
-                    raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .printsize")
-                if s.relation in printsizes:
-                    first = printsizes[s.relation]
+            if s.kind in ("printsize", "limitsize"):
+                seen = printsizes if s.kind == "printsize" else {r: p for r, (_, p) in limits.items()}
+                if s.relation in seen:
                     raise DatalogError(
-                        s.pos, f"redefinition of the .printsize directive for relation {s.relation} (first at line {first.line})"
+                        s.pos,
+                        f"redefinition of the .{s.kind} directive for relation {s.relation} (first at line {seen[s.relation].line})",
                     )
+            if s.kind == "printsize":
+                _output_spec(s, relation)  # Soufflé accepts an output's parameters here and ignores them
+                if any(p.key == "name" for p in s.params):
+                    raise DatalogError(next(p.pos for p in s.params if p.key == "name"), "unsupported: name= on .printsize")
                 printsizes[s.relation] = s.pos
+            elif s.kind == "limitsize":
+                if s.relation in eqrels:
+                    raise DatalogError(s.pos, f"unsupported: .limitsize on the equivalence relation {s.relation}")
+                limits[s.relation] = (_limit(s), s.pos)
             elif s.kind == "input":
-                inputs.append(ir.InputSpec(s.relation, *_io_params(s), pos=s.pos))
+                inputs.append(_input_spec(s, relation))
             else:
-                outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
+                outputs.append(_output_spec(s, relation))
     if inlined:
         rules = _inline(rules, inlined, observed, relations)
     _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
     directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
-    return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename, directories)
+    return ir.Program(
+        relations,
+        tuple(rules),
+        tuple(inputs),
+        tuple(outputs),
+        tuple(printsizes),
+        filename,
+        directories,
+        tuple((name, n) for name, (n, _) in limits.items()),
+    )
 
 
 def _inline(
@@ -300,26 +321,120 @@ def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str
     return relations[name]
 
 
-def _io_params(d: st.Directive) -> tuple[str | None, str]:
-    """(filename, delimiter) of an .input/.output directive."""
+def _params(d: st.Directive, known: Sequence[str]) -> dict[str, st.Param]:
+    """A directive's parameters by key: each known and given once."""
     seen: dict[str, st.Param] = {}
     for p in d.params:
-        if p.key not in _IO_PARAMS:
-            raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} (supported: {', '.join(_IO_PARAMS)})")
+        if p.key not in known:
+            raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} (supported: {', '.join(known)})")
         if p.key in seen:
             raise DatalogError(p.pos, f"parameter '{p.key}' given twice")
         seen[p.key] = p
-        if p.key == "IO" and p.value != "file":
-            hint = "; to print outputs run with -D -" if d.kind == "output" else ""
-            raise DatalogError(p.pos, f"unsupported: IO={p.value} (only IO=file{hint})")
-        if p.key in ("filename", "delimiter") and not p.quoted:
-            raise DatalogError(p.pos, f'{p.key} must be a string, e.g. {p.key}="{p.value}"')
-        if p.key == "delimiter" and not p.value:
-            raise DatalogError(p.pos, "the delimiter must not be empty")
-    name = seen["filename"].value if "filename" in seen else None
-    if name is not None:
-        check_io_filename(name, d.kind, seen["filename"].pos)
-    return name, seen["delimiter"].value if "delimiter" in seen else "\t"
+    return seen
+
+
+def _flag(params: dict[str, st.Param], key: str) -> bool:
+    """A true/false parameter (Soufflé takes any other value for false: a typo is an error here)."""
+    p = params.get(key)
+    if p is None:
+        return False
+    if p.value not in ("true", "false"):
+        raise DatalogError(p.pos, f"{key} must be true or false, not '{p.value}'")
+    return p.value == "true"
+
+
+def _io_kind(params: dict[str, st.Param], kind: str) -> str:
+    p = params.get("IO")
+    if p is None:
+        return "file"
+    if p.value not in _IO_KINDS[kind]:
+        raise DatalogError(p.pos, f"unsupported: IO={p.value} for .{kind} (supported: {', '.join(_IO_KINDS[kind])})")
+    return p.value
+
+
+def _delimiter(params: dict[str, st.Param], rfc4180: bool) -> str:
+    """The field delimiter: a tab by default, a comma with rfc4180 (as in Soufflé)."""
+    p = params.get("delimiter")
+    if p is None:
+        return "," if rfc4180 else "\t"
+    if not p.value:
+        raise DatalogError(p.pos, "the delimiter must not be empty")
+    if rfc4180 and '"' in p.value:
+        raise DatalogError(p.pos, "the delimiter cannot contain '\"' when rfc4180 is enabled")
+    return p.value
+
+
+def _filename(params: dict[str, st.Param], kind: str, extension: str) -> str | None:
+    """``filename=``, else ``name=`` with the default extension (Soufflé's default file is named
+    after the directive's name), else None (the relation's name)."""
+    if "filename" in params:
+        p = params["filename"]
+        check_io_filename(p.value, kind, p.pos)
+        return p.value
+    if "name" in params:
+        p = params["name"]
+        check_io_filename(p.value + extension, kind, p.pos)
+        return p.value + extension
+    return None
+
+
+def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
+    params = _params(d, _INPUT_PARAMS)
+    rfc4180 = _flag(params, "rfc4180")
+    columns = None
+    if "columns" in params and params["columns"].value:
+        p = params["columns"]
+        parts = p.value.split(":")
+        if not all(part.isascii() and part.isdigit() for part in parts) or len(set(map(int, parts))) != relation.arity:
+            example = ":".join(str(i) for i in range(relation.arity))
+            raise DatalogError(
+                p.pos, f'columns must name a distinct file column for each of the {relation.arity} attributes, e.g. "{example}"'
+            )
+        columns = tuple(int(part) for part in parts)
+    return ir.InputSpec(
+        d.relation,
+        _filename(params, "input", ".facts"),
+        _delimiter(params, rfc4180),
+        d.pos,
+        _io_kind(params, "input"),
+        _flag(params, "headers"),
+        rfc4180,
+        columns,
+    )
+
+
+def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
+    params = _params(d, _OUTPUT_PARAMS)
+    rfc4180 = _flag(params, "rfc4180")
+    compress = "compress" in params
+    if compress and params["compress"].value != "true":
+        raise DatalogError(params["compress"].pos, "compress must be true (Soufflé 2.5 compresses whatever its value)")
+    names = [a.name for a in relation.attributes]
+    joint = params["delimiter"].value if "delimiter" in params else "\t"  # Soufflé's header ignores rfc4180's comma
+    header = params["attributeNames"].value if "attributeNames" in params else joint.join(names)
+    return ir.OutputSpec(
+        d.relation,
+        _filename(params, "output", ".csv.gz" if compress else ".csv"),
+        _delimiter(params, rfc4180),
+        d.pos,
+        _io_kind(params, "output"),
+        _flag(params, "headers"),
+        rfc4180,
+        compress,
+        params["name"].value if "name" in params else "",
+        None if header == "\t".join(names) else header,
+    )
+
+
+def _limit(d: st.Directive) -> int:
+    """N of ``.limitsize r(n=N)``: a decimal count (Soufflé's stoi would read "0x3" as 0)."""
+    params = _params(d, ("n",))
+    if "n" not in params:
+        raise DatalogError(d.pos, f".limitsize {d.relation} needs its size, e.g. .limitsize {d.relation}(n=100)")
+    p = params["n"]
+    if not (p.value.isascii() and p.value.isdigit()) or int(p.value) > INT32_MAX:
+        raise DatalogError(p.pos, f"n must be a count from 0 to {INT32_MAX}, not '{p.value}'")
+    return int(p.value)
 
 
 def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:

@@ -175,7 +175,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Directive:
-    """One of ``.input`` / ``.output`` / ``.printsize`` for one relation."""
+    """One of ``.input`` / ``.output`` / ``.printsize`` / ``.limitsize`` for one relation."""
 
     kind: str
     relation: str
@@ -272,7 +272,6 @@ _HIDDEN_WORDS = frozenset(
         "btree_delete",
         "eqrel",
         "choice-domain",
-        ".limitsize",
         ".functor",
         ".pragma",
         ".plan",
@@ -553,8 +552,6 @@ class _Builder:
     def directives(self, node: LarkTree) -> list[Item]:
         kind_tree, *rest = node.children
         kind = str(kind_tree.children[0])[1:]
-        if kind == "limitsize":
-            raise self.fail(node, "unsupported: .limitsize")
         names = [c for c in rest if isinstance(c, Token)]
         params = tuple(self.param(c) for c in rest if isinstance(c, Tree))
         return [Directive(kind, str(n), params, self.pos(n)) for n in names]
