@@ -274,7 +274,7 @@ def test_error_carries_its_position() -> None:
     [
         ("r(x) :- ", "1:9", "unexpected end of input; expected a name, a number"),
         (".decl a(x: number", "1:18", "unexpected end of input; expected ')' or ','"),
-        ("r(1)\n", "2:1", "unexpected end of input; expected ',', '.' or ':-'"),
+        ("r(1)\n\n", "1:5", "unexpected end of input; expected ',', '.' or ':-'"),  # the last line with text (Soufflé)
     ],
 )
 def test_unexpected_end_of_input(text: str, where: str, message: str) -> None:

@@ -238,8 +238,8 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
                 raise DatalogError(a.base_pos, f"unknown type {member}" + _suggest(member, [*ir.BASE_TYPES, *defined]))
             if member in chain:
                 cycle = " -> ".join([*chain[chain.index(member) :], member])
-                if any(defined[n].members for n in chain):
-                    raise DatalogError(defined[chain[0]].pos, f"Infinite descent in the definition of type {chain[0]} ({cycle})")
+                if any(defined[n].members for n in chain):  # named where the cycle starts, as Soufflé does
+                    raise DatalogError(defined[member].pos, f"Infinite descent in the definition of type {member} ({cycle})")
                 raise DatalogError(defined[chain[0]].pos, f"cyclic type definition: {cycle}")
             bases.add(resolve(defined[member], [*chain, member]))
         if len(bases) > 1:

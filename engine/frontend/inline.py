@@ -29,9 +29,9 @@ Alternative = tuple[ir.BodyLiteral, ...]
 def expand(rules: Sequence[ir.Rule], inline: Mapping[str, ir.Pos], observed: Mapping[str, ir.Pos]) -> list[ir.Rule]:
     """The rules of the relations not inlined, with every use of an ``inline`` relation
     (name -> its declaration) expanded; ``observed``: the relations with an I/O directive."""
-    for name in inline:
-        if name in observed:
-            raise DatalogError(observed[name], f"IO relation {name} cannot be inlined")
+    for name, pos in inline.items():
+        if name in observed:  # at the declaration, as Soufflé reports it
+            raise DatalogError(pos, f"IO relation {name} cannot be inlined")
     definitions = {name: [r for r in rules if r.head.relation == name] for name in inline}
     _refuse_cycles(definitions, inline)
     expander = _Expander(definitions)

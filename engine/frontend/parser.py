@@ -322,7 +322,7 @@ _TOKEN_WORDS = {
 
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END":
-        lines = text.split("\n")
+        lines = text.rstrip("\n").split("\n")  # the end of the last line that holds anything, as Soufflé says
         pos = where.pos(len(lines), len(lines[-1]) + 1, filename)
         return DatalogError(pos, "syntax error: unexpected end of input" + _expected(e))
     pos = where.pos(e.line, e.column, filename)
