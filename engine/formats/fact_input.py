@@ -12,6 +12,8 @@ them, end in a blank line). A number field is ``-?[0-9]+`` (no spaces, no ``+``,
 must fit its type: int32 for number, 0..2^32-1 for unsigned. A symbol field is the raw text, the
 empty string included. A nullary relation holds iff its file has a line, whatever the line
 holds, an empty one too (as in Soufflé; ``relation_output.write_relation`` writes ``()``).
+Records and ADT values are read as Soufflé reads them (``record_text``); a delimiter with a comma
+only ends a field outside square brackets then.
 
 The fast paths are a C kernel for numbers only and pyarrow's multithreaded CSV reader beside
 symbols. ``_read_slow`` is the specification: on any failure of a fast path it rescans the text
@@ -32,6 +34,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.formats import record_text
 from dask_datalog.engine.storage import cpu_kernels
 from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX, SymbolTable, encode
 
@@ -109,6 +112,7 @@ def read_facts_range(
     # pyarrow takes one-byte delimiters only, and neither NUL (a ValueError) nor a line break
     if (
         relation.arity > 0
+        and not record_text.any_records(relation)
         and len(delimiter.encode()) == 1
         and delimiter not in _SLOW_ONLY_DELIMITERS
         and _ANY_CONTENT.search(data)
@@ -230,7 +234,10 @@ def _read_slow(
         text = text.removeprefix("\ufeff")
     arity = relation.arity
     columns: list[list[Any]] = [[] for _ in range(arity)]
-    column_bounds = [_BOUNDS.get(t) for t in relation.types]
+    column_bounds = [None if a.record else _BOUNDS.get(a.type) for a in relation.attributes]
+    records = record_text.any_records(relation)
+    split = (lambda line: record_text.split_fields(line, delimiter)) if records else (lambda line: line.split(delimiter))
+    row_lines: list[int] = []  # with records: each row's line, for an error found once all are read
     match = _INTEGER.fullmatch
     lines = _LINE_BREAK.split(text)
     if lines[-1] == "":  # the end of the last line, or an empty file
@@ -241,7 +248,7 @@ def _read_slow(
     for lineno, line in enumerate(lines, start=1):
         if not line and not keep_empty:
             continue
-        fields = line.split(delimiter)
+        fields = split(line)
         if len(fields) != arity:
             col = len(delimiter.join(fields[:arity])) + 1 + (len(delimiter) if len(fields) > arity else 0)
             raise DatalogError(
@@ -259,9 +266,23 @@ def _read_slow(
                 continue
             col = len(delimiter.join(fields[:j])) + (len(delimiter) if j else 0) + 1
             raise _integer_error(field, relation.attributes[j], ir.Pos(file, lineno, col))
+        if records:
+            row_lines.append(lineno)
     rows = np.empty((len(columns[0]), arity), dtype=np.uint32)
     for j, attr in enumerate(relation.attributes):
-        if attr.type == "symbol":
+        if attr.record is not None:
+            values, bad = record_text.read_column(columns[j], attr, relation, symbols)
+            rows[:, j] = values if bad is None else 0
+            if bad is not None:
+                row, error = bad
+                lineno = row_lines[row]
+                fields = split(lines[lineno - 1])
+                col = len(delimiter.join(fields[:j])) + (len(delimiter) if j else 0) + 1 + error.at
+                raise DatalogError(
+                    ir.Pos(file, lineno, col),
+                    f"cannot read {_shorten(repr(fields[j]))} as {attr.type_name} for column {attr.name}: {error}",
+                )
+        elif attr.type == "symbol":
             rows[:, j] = symbols.intern_many(np.array(columns[j], dtype=object)) if columns[j] else []
         else:
             rows[:, j] = encode(np.array(columns[j], dtype=np.int64), attr.type)
@@ -352,7 +373,7 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
     out = np.empty((n, arity), dtype=np.uint32)
     encoded_symbols: list[tuple[int, np.ndarray]] = []
     for j, (column, attr) in enumerate(zip(columns, relation.attributes)):
-        if attr.type == "symbol":
+        if attr.type == "symbol" or attr.record is not None:
             for i, v in enumerate(column):
                 if not isinstance(v, str):
                     raise DatalogError(
@@ -363,7 +384,18 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
         else:
             out[:, j] = encode(_integer_column(column, attr, origin, j), attr.type)
     for j, column in encoded_symbols:  # interned last: a rejected input leaves no symbols behind
-        out[:, j] = symbols.intern_many(column) if len(column) else []
+        attr = relation.attributes[j]
+        if attr.record is None:
+            out[:, j] = symbols.intern_many(column) if len(column) else []
+            continue
+        values, bad = record_text.read_column(list(column), attr, relation, symbols)
+        if bad is not None:
+            row, error = bad
+            raise DatalogError(
+                ir.Pos(origin, row + 1, j + 1),
+                f"cannot read {_show(column[row])} as {attr.type_name} for column {attr.name}: {error}",
+            )
+        out[:, j] = values
     return out
 
 

@@ -2,7 +2,8 @@
 
 Kept apart from ``fact_input`` because output never parses user data: it only orders and renders
 rows the engine already holds, for the CLI, the workers' output tasks and the Python API.
-Symbols sort by text, not by id; a nullary relation is written as ``()`` (Soufflé's form).
+Symbols sort by text, not by id; records and ADT values by id, written as Soufflé writes them
+(``record_text``); a nullary relation is written as ``()`` (Soufflé's form).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import NUMPY, Backend
+from dask_datalog.engine.formats import record_text
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.hisa import unpack
 from dask_datalog.engine.values import SIGN, SymbolTable, decode
@@ -115,10 +117,15 @@ def _in_order(rows: Rows) -> bool:
 
 
 def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
-    """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), object str (symbol)."""
+    """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), object str
+    (symbol; a record or ADT value as Soufflé writes it)."""
     return [
-        symbols.lookup(rows[:, j]) if t == "symbol" else decode(np.ascontiguousarray(rows[:, j]), t)
-        for j, t in enumerate(relation.types)
+        record_text.write_column(np.ascontiguousarray(rows[:, j]), a, relation, symbols)
+        if a.record is not None
+        else symbols.lookup(rows[:, j])
+        if a.type == "symbol"
+        else decode(np.ascontiguousarray(rows[:, j]), a.type)
+        for j, a in enumerate(relation.attributes)
     ]
 
 
@@ -177,8 +184,8 @@ def format_chunks(
 
     Numbers go through the CPU kernel when ``backend`` has it (the rows are NumPy arrays
     whatever backend the run used); otherwise pyarrow writes unquoted CSV, and symbols
-    holding the delimiter, a quote or a line break (pyarrow refuses those unquoted) and
-    multi-byte delimiters go through a plain Python formatter.
+    holding the delimiter, a quote or a line break (pyarrow refuses those unquoted), records
+    and multi-byte delimiters go through a plain Python formatter.
     """
     if not in_order:
         rows = sort_rows(rows, relation, symbols)
@@ -195,7 +202,7 @@ def format_chunks(
             yield memoryview(kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter)))
         return
     texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
-    exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))
+    exotic = any(c in texts for c in (delimiter, '"', "\n", "\r")) or record_text.any_records(relation)
     plain = exotic or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES
     for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
         columns = decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols)
@@ -206,7 +213,12 @@ def format_chunks(
 
 
 def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend) -> bool:
-    return backend.kernels is not None and "symbol" not in relation.types and len(delimiter.encode()) == 1
+    return (
+        backend.kernels is not None
+        and "symbol" not in relation.types
+        and not record_text.any_records(relation)
+        and len(delimiter.encode()) == 1
+    )
 
 
 _POWERS_OF_TEN = np.array([10**k for k in range(1, 10)], dtype=np.int64)
@@ -292,7 +304,7 @@ def write_parquet_part(path: Path, rows: np.ndarray, relation: ir.Relation, symb
 def to_numpy(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
     """Sorted decoded (n, arity) array: int64 when every column is numeric, else object."""
     columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
-    dtype = object if "symbol" in relation.types else np.int64
+    dtype = object if "symbol" in relation.types or record_text.any_records(relation) else np.int64
     result = np.empty((len(rows), relation.arity), dtype=dtype)
     for j, col in enumerate(columns):
         result[:, j] = col.astype(dtype)

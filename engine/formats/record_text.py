@@ -1,0 +1,268 @@
+"""Records and ADT values as text, read and written the way Soufflé 2.5 does (its
+``ReadStream::readRecord``/``readADT`` and ``WriteStream::outputRecord``/``outputADT``).
+
+Written: ``[1, abc]`` (elements joined by ", ", symbols as they are), ``nil``, ``[]`` for a
+record type of no fields, ``$A(1, x)``, ``$B`` for a branch of no arguments. Read: the same, with
+white space allowed before every element, comma and closing bracket; a symbol is either
+double-quoted (a backslash takes the next character as it is) or runs up to the next ``,`` or
+``]`` (``)`` in a branch), trailing spaces included; ``nil`` is any text starting with ``nil``;
+numbers are C's ``stoi``/``stoul`` (a sign, decimal digits, within 32 bits). Nothing may follow a
+value in its field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import numpy as np
+
+from dask_datalog.engine import ir
+from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX, SymbolTable, decode, encode_scalar
+
+_NUMBER = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)")
+_SPACE = " \t\n\v\f\r"
+_BRANCH_NAME = re.compile(r"[A-Za-z0-9_?.]*")
+
+
+class RecordSyntaxError(ValueError):
+    """A field that is no value of its type; ``args[0]`` says why, ``at`` is the character."""
+
+    def __init__(self, message: str, at: int):
+        super().__init__(message)
+        self.at = at
+
+
+def split_fields(line: str, delimiter: str) -> list[str]:
+    """A line's fields as Soufflé splits a line holding records: a delimiter containing a comma
+    only ends a field outside square brackets."""
+    if "," not in delimiter:
+        return line.split(delimiter)
+    fields: list[str] = []
+    start = depth = 0
+    at = 0
+    while at < len(line):
+        if depth == 0 and line.startswith(delimiter, at):
+            fields.append(line[start:at])
+            at += len(delimiter)
+            start = at
+            continue
+        depth += {"[": 1, "]": -1}.get(line[at], 0)
+        at += 1
+    fields.append(line[start:])
+    return fields
+
+
+class _Reader:
+    """One field's text -> its value, records interned in ``symbols.records`` (children first),
+    symbols in ``symbols``."""
+
+    def __init__(self, relation: ir.Relation, symbols: SymbolTable, text: str):
+        self.relation, self.symbols, self.text, self.at = relation, symbols, text, 0
+
+    def fail(self, message: str) -> RecordSyntaxError:
+        return RecordSyntaxError(message, self.at)
+
+    def skip_space(self) -> None:
+        while self.at < len(self.text) and self.text[self.at] in _SPACE:
+            self.at += 1
+
+    def expect(self, char: str) -> None:
+        self.skip_space()
+        if self.at >= len(self.text):
+            raise self.fail(f"expected '{char}', found the end of the field")
+        if self.text[self.at] != char:
+            raise self.fail(f"expected '{char}', found '{self.text[self.at]}'")
+        self.at += 1
+
+    def value(self, base: ir.BaseType, type_name: str | None, stops: str) -> int:
+        """The encoded value of the element at hand: a record or ADT of ``type_name``, else of
+        ``base``; ``stops``: what ends an unquoted symbol here."""
+        if type_name is not None:
+            definition = self.relation.record_type(type_name)
+            if isinstance(definition, ir.RecordType):
+                return self.record(definition)
+            return self.branch(definition)
+        if base == "symbol":
+            return self.symbols.intern(self.symbol(stops))
+        match = _NUMBER.match(self.text, self.at)
+        if match is None or (base == "unsigned" and match.group(1) == "-"):
+            raise self.fail(f"expected {'an unsigned' if base == 'unsigned' else 'a'} number")
+        number = int(match.group(2)) * (-1 if match.group(1) == "-" else 1)
+        low, high = (INT32_MIN, INT32_MAX) if base == "number" else (0, UINT32_MAX)
+        if not low <= number <= high:
+            raise self.fail(f"{match.group(0).strip()} does not fit in a 32-bit {base}")
+        self.at = match.end()
+        return encode_scalar(number, base)
+
+    def symbol(self, stops: str) -> str:
+        text = self.text
+        if text.startswith('"', self.at):
+            out, at = [], self.at + 1
+            while at < len(text) and text[at] != '"':
+                at += text[at] == "\\"
+                out.append(text[at : at + 1])
+                at += 1
+            if at >= len(text):
+                raise self.fail("unterminated quoted symbol")
+            self.at = at + 1
+            return "".join(out)
+        end = min((i for i in (text.find(c, self.at) for c in stops) if i >= 0), default=-1)
+        if end < 0:
+            raise self.fail(f"expected '{stops[-1]}', found the end of the field")
+        symbol, self.at = text[self.at : end], end
+        return symbol
+
+    def elements(self, fields: tuple[ir.Attribute, ...], close: str) -> tuple[int, ...]:
+        values = []
+        for i, f in enumerate(fields):
+            if i:
+                self.expect(",")
+            self.skip_space()
+            values.append(self.value(f.type, f.record, "," + close))
+        self.expect(close)
+        return tuple(values)
+
+    def record(self, definition: ir.RecordType) -> int:
+        self.skip_space()
+        if self.text.startswith("nil", self.at):
+            self.at += 3
+            return 0
+        self.expect("[")
+        row = self.elements(definition.fields, "]")
+        return self.symbols.records.intern_one(tuple(f.type for f in definition.fields), row)
+
+    def branch(self, adt: ir.AdtType) -> int:
+        self.expect("$")
+        name = _BRANCH_NAME.match(self.text, self.at)
+        assert name is not None
+        self.at = name.end()
+        index = next((i for i, b in enumerate(adt.branches) if b.name == name.group(0)), None)
+        if index is None:
+            raise self.fail(f"{adt.name} has no branch ${name.group(0)}")
+        fields = adt.branches[index].fields
+        tag = encode_scalar(index, "number")
+        if adt.enum:
+            return tag
+        records = self.symbols.records
+        if not fields:
+            return records.intern_one(("number", "record"), (tag, records.intern_one((), ())))
+        self.expect("(")
+        row = self.elements(fields, ")")
+        if len(fields) == 1:
+            return records.intern_one(("number", fields[0].type), (tag, row[0]))
+        payload = records.intern_one(tuple(f.type for f in fields), row)
+        return records.intern_one(("number", "record"), (tag, payload))
+
+
+def read_value(text: str, attribute: ir.Attribute, relation: ir.Relation, symbols: SymbolTable) -> int:
+    """The encoded value of one field of a record or ADT column (raises RecordSyntaxError)."""
+    assert attribute.record is not None
+    reader = _Reader(relation, symbols, text)
+    value = reader.value(attribute.type, attribute.record, "")
+    if reader.at != len(text):
+        raise reader.fail(f"unexpected '{text[reader.at]}' after the value")
+    return value
+
+
+def read_column(
+    texts: list[str], attribute: ir.Attribute, relation: ir.Relation, symbols: SymbolTable
+) -> tuple[np.ndarray, tuple[int, RecordSyntaxError] | None]:
+    """The encoded values of a column's fields, each distinct text read once; on a bad field,
+    (the first bad row, its error) instead of raising, so the caller can say where it is."""
+    distinct, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    values = np.empty(len(distinct), dtype=np.uint32)
+    for k, text in enumerate(distinct):
+        try:
+            values[k] = read_value(text, attribute, relation, symbols)
+        except RecordSyntaxError as error:
+            return values[:0], (int(np.argmax(inverse.reshape(-1) == k)), error)
+    return values[inverse.reshape(-1)], None
+
+
+class _Writer:
+    """Texts of the records and ADT values of one relation's columns. Every record reachable
+    from the values asked for is found first (a vectorised unpacking per type and level), then
+    rendered in id order: a record's elements are older than it, so their texts are ready."""
+
+    def __init__(self, relation: ir.Relation, symbols: SymbolTable):
+        self.relation, self.symbols = relation, symbols
+        self.shapes: dict[tuple[str, int], tuple[str, list[tuple[ir.Attribute, int]], str]] = {}
+        self.texts: dict[tuple[str, int], str] = {}
+
+    def column(self, values: np.ndarray, attribute: ir.Attribute) -> list[str]:
+        assert attribute.record is not None
+        self.find(attribute.record, values)
+        for key in sorted(self.shapes.keys() - self.texts.keys(), key=lambda k: k[1]):
+            prefix, elements, suffix = self.shapes[key]
+            self.texts[key] = prefix + ", ".join(self.element(f, v) for f, v in elements) + suffix
+        return [self.element(attribute, int(v)) for v in values]
+
+    def element(self, f: ir.Attribute, value: int) -> str:
+        if f.record is not None:
+            definition = self.relation.record_type(f.record)
+            if isinstance(definition, ir.AdtType) and definition.enum:
+                return "$" + definition.branches[int(decode(np.array([value], np.uint32), "number")[0])].name
+            if value == 0 and isinstance(definition, ir.RecordType):
+                return "nil"
+            return self.texts[(f.record, value)]
+        if f.type == "symbol":
+            return str(self.symbols.lookup(np.array([value]))[0])
+        return str(decode(np.array([value], np.uint32), f.type)[0])
+
+    def find(self, type_name: str, ids: np.ndarray) -> None:
+        """Every record reachable from ``ids`` (of ``type_name``) into ``shapes``, level by level."""
+        frontier: dict[str, np.ndarray] = {type_name: ids}
+        while frontier:
+            following: dict[str, list[np.ndarray]] = {}
+            for name, values in frontier.items():
+                values = np.unique(values)
+                values = values[[(name, int(v)) not in self.shapes for v in values]] if values.size else values
+                for f, children in self.unpack(name, values):
+                    following.setdefault(f, []).append(children)
+            frontier = {name: np.concatenate(parts) for name, parts in following.items()}
+
+    def unpack(self, name: str, ids: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+        """Records the shapes of ``ids`` of type ``name``; yields (type, ids) of their nested
+        records and ADT values."""
+        definition = self.relation.record_type(name)
+        records = self.symbols.records
+        if isinstance(definition, ir.RecordType):
+            found, rows = records.unpack(tuple(f.type for f in definition.fields), ids)
+            yield from self.shape(name, ids[found], rows, definition.fields, "[", "]")
+            return
+        if definition.enum:
+            return
+        for index, branch in enumerate(definition.branches):
+            payload = branch.fields[0].type if len(branch.fields) == 1 else "record"
+            found, rows = records.unpack(("number", payload), ids)
+            mine = rows[:, 0] == encode_scalar(index, "number")
+            which, rows = ids[found][mine], rows[mine]
+            if len(branch.fields) == 1:
+                yield from self.shape(name, which, rows[:, 1:], branch.fields, f"${branch.name}(", ")")
+                continue
+            inner, elements = records.unpack(tuple(f.type for f in branch.fields), rows[:, 1])
+            opening, closing = (f"${branch.name}(", ")") if branch.fields else (f"${branch.name}", "")
+            yield from self.shape(name, which[inner], elements, branch.fields, opening, closing)
+
+    def shape(
+        self, name: str, ids: np.ndarray, rows: np.ndarray, fields: tuple[ir.Attribute, ...], opening: str, closing: str
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        for i, row in zip(ids.tolist(), rows.tolist()):
+            self.shapes[(name, i)] = (opening, list(zip(fields, row)), closing)
+        for j, f in enumerate(fields):
+            if f.record is not None and rows.shape[0]:
+                yield f.record, rows[:, j]
+
+
+def write_column(values: np.ndarray, attribute: ir.Attribute, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
+    """The texts of a record or ADT column's encoded values (an object array), each distinct
+    value rendered once."""
+    distinct, inverse = np.unique(np.asarray(values), return_inverse=True)
+    texts = np.array(_Writer(relation, symbols).column(distinct, attribute), dtype=object)
+    return texts[inverse.reshape(-1)] if len(texts) else np.empty(0, dtype=object)
+
+
+def any_records(relation: ir.Relation) -> bool:
+    """Whether a relation has a record or ADT column (read and written as text here)."""
+    return any(a.record is not None for a in relation.attributes)
