@@ -13,7 +13,8 @@ value in its field.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -77,14 +78,70 @@ class _Reader:
 
     def value(self, base: ir.BaseType, type_name: str | None, stops: str) -> int:
         """The encoded value of the element at hand: a record or ADT of ``type_name``, else of
-        ``base``; ``stops``: what ends an unquoted symbol here."""
-        if type_name is not None:
-            definition = self.relation.record_type(type_name)
-            if isinstance(definition, ir.RecordType):
-                return self.record(definition)
-            return self.branch(definition)
-        if base == "symbol":
-            return self.symbols.intern(self.symbol(stops))
+        ``base``; ``stops``: what ends an unquoted symbol here. Read with a stack of the
+        records open, not by recursion: a list of a million elements nests that deep."""
+        opened: list[_Open] = []
+        while True:
+            result = self.start(base, type_name, stops, opened)
+            while result is not None:
+                if not opened:
+                    return result
+                top = opened[-1]
+                top.values.append(result)
+                if len(top.values) < len(top.fields):
+                    self.expect(",")
+                    result = None
+                else:
+                    self.expect(top.close)
+                    opened.pop()
+                    result = top.done(tuple(top.values))
+            top = opened[-1]
+            following = top.fields[len(top.values)]
+            self.skip_space()
+            base, type_name, stops = following.type, following.record, "," + top.close
+
+    def start(self, base: ir.BaseType, type_name: str | None, stops: str, opened: list[_Open]) -> int | None:
+        """A value read whole, or None once the record or branch it starts is open."""
+        if type_name is None:
+            return self.symbols.intern(self.symbol(stops)) if base == "symbol" else self.number(base)
+        definition = self.relation.record_type(type_name)
+        records = self.symbols.records
+        if isinstance(definition, ir.RecordType):
+            self.skip_space()
+            if self.text.startswith("nil", self.at):
+                self.at += 3
+                return 0
+            self.expect("[")
+            kinds = tuple(f.type for f in definition.fields)
+            if not kinds:
+                self.expect("]")
+                return records.intern_one((), ())
+            opened.append(_Open(definition.fields, "]", lambda row: records.intern_one(kinds, row)))
+            return None
+        self.expect("$")
+        name = _BRANCH_NAME.match(self.text, self.at)
+        assert name is not None
+        self.at = name.end()
+        index = next((i for i, b in enumerate(definition.branches) if b.name == name.group(0)), None)
+        if index is None:
+            raise self.fail(f"{definition.name} has no branch ${name.group(0)}")
+        fields = definition.branches[index].fields
+        tag = encode_scalar(index, "number")
+        if definition.enum:
+            return tag
+        if not fields:
+            return records.intern_one(("number", "record"), (tag, records.intern_one((), ())))
+        self.expect("(")
+
+        def done(row: tuple[int, ...]) -> int:
+            if len(fields) == 1:
+                return records.intern_one(("number", fields[0].type), (tag, row[0]))
+            return records.intern_one(("number", "record"), (tag, records.intern_one(tuple(f.type for f in fields), row)))
+
+        opened.append(_Open(fields, ")", done))
+        return None
+
+    def number(self, base: ir.BaseType) -> int:
         match = _NUMBER.match(self.text, self.at)
         if match is None or (base == "unsigned" and match.group(1) == "-"):
             raise self.fail(f"expected {'an unsigned' if base == 'unsigned' else 'a'} number")
@@ -113,46 +170,16 @@ class _Reader:
         symbol, self.at = text[self.at : end], end
         return symbol
 
-    def elements(self, fields: tuple[ir.Attribute, ...], close: str) -> tuple[int, ...]:
-        values = []
-        for i, f in enumerate(fields):
-            if i:
-                self.expect(",")
-            self.skip_space()
-            values.append(self.value(f.type, f.record, "," + close))
-        self.expect(close)
-        return tuple(values)
 
-    def record(self, definition: ir.RecordType) -> int:
-        self.skip_space()
-        if self.text.startswith("nil", self.at):
-            self.at += 3
-            return 0
-        self.expect("[")
-        row = self.elements(definition.fields, "]")
-        return self.symbols.records.intern_one(tuple(f.type for f in definition.fields), row)
+@dataclass
+class _Open:
+    """A record or branch being read: its fields, what closes it, what its elements become once
+    all are read, and those read so far."""
 
-    def branch(self, adt: ir.AdtType) -> int:
-        self.expect("$")
-        name = _BRANCH_NAME.match(self.text, self.at)
-        assert name is not None
-        self.at = name.end()
-        index = next((i for i, b in enumerate(adt.branches) if b.name == name.group(0)), None)
-        if index is None:
-            raise self.fail(f"{adt.name} has no branch ${name.group(0)}")
-        fields = adt.branches[index].fields
-        tag = encode_scalar(index, "number")
-        if adt.enum:
-            return tag
-        records = self.symbols.records
-        if not fields:
-            return records.intern_one(("number", "record"), (tag, records.intern_one((), ())))
-        self.expect("(")
-        row = self.elements(fields, ")")
-        if len(fields) == 1:
-            return records.intern_one(("number", fields[0].type), (tag, row[0]))
-        payload = records.intern_one(tuple(f.type for f in fields), row)
-        return records.intern_one(("number", "record"), (tag, payload))
+    fields: tuple[ir.Attribute, ...]
+    close: str
+    done: Callable[[tuple[int, ...]], int]
+    values: list[int] = field(default_factory=list)
 
 
 def read_value(text: str, attribute: ir.Attribute, relation: ir.Relation, symbols: SymbolTable) -> int:
@@ -183,29 +210,49 @@ def read_column(
 class _Writer:
     """Texts of the records and ADT values of one relation's columns. Every record reachable
     from the values asked for is found first (a vectorised unpacking per type and level), then
-    rendered in id order: a record's elements are older than it, so their texts are ready."""
+    each value asked for is written out from those shapes, depth first with a stack (a long
+    list nests deep), in time its text's length."""
 
     def __init__(self, relation: ir.Relation, symbols: SymbolTable):
         self.relation, self.symbols = relation, symbols
         self.shapes: dict[tuple[str, int], tuple[str, list[tuple[ir.Attribute, int]], str]] = {}
-        self.texts: dict[tuple[str, int], str] = {}
 
     def column(self, values: np.ndarray, attribute: ir.Attribute) -> list[str]:
         assert attribute.record is not None
         self.find(attribute.record, values)
-        for key in sorted(self.shapes.keys() - self.texts.keys(), key=lambda k: k[1]):
-            prefix, elements, suffix = self.shapes[key]
-            self.texts[key] = prefix + ", ".join(self.element(f, v) for f, v in elements) + suffix
-        return [self.element(attribute, int(v)) for v in values]
+        return [self.text(attribute, int(v)) for v in values]
 
-    def element(self, f: ir.Attribute, value: int) -> str:
+    def text(self, attribute: ir.Attribute, value: int) -> str:
+        pieces: list[str] = []
+        pending: list[str | tuple[ir.Attribute, int]] = [(attribute, value)]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, str):
+                pieces.append(item)
+                continue
+            f, v = item
+            shape = self.shapes.get((f.record, v)) if f.record is not None else None
+            if shape is None:
+                pieces.append(self.scalar(f, v))
+                continue
+            opening, elements, closing = shape
+            pending.append(closing)
+            for k in reversed(range(len(elements))):
+                pending.append(elements[k])
+                if k:
+                    pending.append(", ")
+            pending.append(opening)
+        return "".join(pieces)
+
+    def scalar(self, f: ir.Attribute, value: int) -> str:
+        """A value that holds no record: a number, a symbol, nil, an enum's branch."""
         if f.record is not None:
             definition = self.relation.record_type(f.record)
-            if isinstance(definition, ir.AdtType) and definition.enum:
+            if isinstance(definition, ir.AdtType):
+                assert definition.enum, f"no record {value} of {f.record}"
                 return "$" + definition.branches[int(decode(np.array([value], np.uint32), "number")[0])].name
-            if value == 0 and isinstance(definition, ir.RecordType):
-                return "nil"
-            return self.texts[(f.record, value)]
+            assert value == 0, f"no record {value} of {f.record}"
+            return "nil"
         if f.type == "symbol":
             return str(self.symbols.lookup(np.array([value]))[0])
         return str(decode(np.array([value], np.uint32), f.type)[0])
