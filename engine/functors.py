@@ -31,9 +31,10 @@ ANY = "any"  # a parameter of any type (ord's): the checker types the argument b
 
 
 class SymbolValues:
-    """Per-symbol-id values the symbol functors gather from (text length in UTF-8 bytes, the
-    number ``to_number`` reads, whether it reads one), extended as the table grows and kept in
-    the array namespace of the run. The one cache of them."""
+    """Per-symbol-id values the symbol functors gather from, extended as the table grows: text
+    length in UTF-8 bytes, the number ``to_number`` reads and whether it reads one (``current``,
+    in the array namespace of the run), the texts (``texts``, on the host), the text order
+    (``ranks``). The one cache of them; each part is computed only when a functor reads it."""
 
     def __init__(self, symbols: SymbolTable, xp: Any):
         self.symbols, self.xp = symbols, xp
@@ -84,9 +85,10 @@ class Context:
     values: SymbolValues | None = None
 
     def symbol_values(self) -> SymbolValues:
+        """The per-symbol caches, each brought up to date when read."""
         if self.values is None:
             self.values = SymbolValues(self.symbols, self.xp)
-        return self.values.current()
+        return self.values
 
 
 Apply = Callable[[ir.Call, list[Any], Context], Any]
@@ -109,6 +111,13 @@ class Signature:
     apply: Apply
     variadic: bool = False
     makes: Make | None = None  # set for the functors that make symbols (cat, substr, to_string)
+    counter: bool = False  # autoinc(): a number no other call in the run gives
+
+    @property
+    def agreed(self) -> bool:
+        """Whether every shard must agree on its values, at a cut of the pipeline (planned as
+        an ``AGREE`` step: execution/terms.py, ``Terms.made``)."""
+        return self.makes is not None or self.counter
 
     def param(self, i: int) -> str:
         return self.params[min(i, len(self.params) - 1)]
@@ -209,12 +218,12 @@ def _unary(compute: Callable[[Any], Any]) -> Apply:
 
 
 def _strlen(call: ir.Call, args: list[Any], ctx: Context) -> Any:
-    return encode_int(ctx.symbol_values().lengths[args[0]], "number", ctx.xp)
+    return encode_int(ctx.symbol_values().current().lengths[args[0]], "number", ctx.xp)
 
 
 def _to_number(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     ids = args[0]
-    values = ctx.symbol_values()
+    values = ctx.symbol_values().current()
     bad = ~values.valid[ids]
     if bool(bad.any()):
         first = int(ctx.xp.nonzero(bad)[0][0])
@@ -262,7 +271,7 @@ def _made(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     made = SIGNATURES[call.name].makes
     assert made is not None
     strings = made(call, [host(a) for a in args], ctx)
-    return ctx.xp.asarray(np.fromiter(map(ctx.symbols.id_of, strings), dtype=np.uint32, count=len(strings)))
+    return ctx.xp.asarray(ctx.symbols.ids_of(strings))
 
 
 def _ord(call: ir.Call, args: list[Any], ctx: Context) -> Any:
@@ -343,6 +352,7 @@ SIGNATURES: dict[str, Signature] = {
         Signature("cat", ("symbol",), "symbol", _made, variadic=True, makes=_cat),
         Signature("substr", ("symbol", "number", "number"), "symbol", _made, makes=_substr),
         Signature("to_string", ("number",), "symbol", _made, makes=_to_string),
+        Signature("autoinc", (), "number", _made, counter=True),
     )
 }
 
@@ -377,8 +387,9 @@ def fold(call: ir.Call) -> ir.Const:
 
 def foldable(call: ir.Call) -> bool:
     """Whether ``fold`` gives the call's value in every run: not so for what depends on the
-    run's symbol ids (``ord``, symbol order), which a fact then computes when the run starts."""
-    return not any(c.name in ("ord", TEXT_RANK) for c in ir.calls(call))
+    run's symbol ids (``ord``, symbol order) or on its counter (``autoinc``), which a fact then
+    computes when the run starts."""
+    return not any(c.name in ("ord", TEXT_RANK, "autoinc") for c in ir.calls(call))
 
 
 def decode_scalar(encoded: int, type: str) -> int:

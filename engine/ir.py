@@ -189,9 +189,13 @@ TypeDefinition = RecordType | AdtType
 
 @dataclass(frozen=True)
 class Relation:
+    """A declared relation; ``choice``: its ``choice-domain`` keys (column numbers), each of
+    which determines the whole tuple: one tuple per key value is kept (execution/choice.py)."""
+
     name: str
     attributes: tuple[Attribute, ...]
     pos: Pos = field(default=NOWHERE, compare=False)
+    choice: tuple[tuple[int, ...], ...] = ()
     # The record and ADT types its columns reach (nested ones too): what reading and writing
     # its rows needs.
     record_types: tuple[TypeDefinition, ...] = ()
@@ -210,22 +214,48 @@ class Relation:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise."""
+    """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise, or standard
+    input (``io`` "stdin"). The rest is how Soufflé 2.5's CSV reader takes the text:
+    ``headers`` skips the first line, ``rfc4180`` reads quoted fields, ``columns`` names the
+    file column of each attribute (Soufflé's ``columns="2:0"``; None: the first ones)."""
 
     relation: str
     filename: str | None = None
     delimiter: str = "\t"
     pos: Pos = field(default=NOWHERE, compare=False)
+    io: str = "file"
+    headers: bool = False
+    rfc4180: bool = False
+    columns: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """``.output r`` writes ``<output dir>/r.csv`` unless ``filename`` says otherwise."""
+    """``.output r`` writes ``<output dir>/r.csv`` unless ``filename`` says otherwise; ``io``
+    "stdout" prints it framed under ``name`` instead, "stdoutprintsize" prints its size (as
+    ``.printsize``). ``headers`` writes ``header_line`` first, ``rfc4180`` quotes symbols as
+    Soufflé 2.5 does, ``compress`` gzips the file."""
 
     relation: str
     filename: str | None = None
     delimiter: str = "\t"
     pos: Pos = field(default=NOWHERE, compare=False)
+    io: str = "file"
+    headers: bool = False
+    rfc4180: bool = False
+    compress: bool = False
+    name: str = ""
+    header: str | None = None  # None: the attribute names, joined by a tab
+
+    @property
+    def title(self) -> str:
+        """The name Soufflé prints it under (its ``name=`` parameter, else the relation's)."""
+        return self.name or self.relation
+
+    def header_line(self, relation: Relation) -> str:
+        """The header Soufflé writes: ``attributeNames``, else the names joined by the
+        delimiter given (a tab without one, even under rfc4180's comma)."""
+        return "\t".join(a.name for a in relation.attributes) if self.header is None else self.header
 
 
 @dataclass(frozen=True)
@@ -237,8 +267,12 @@ class Program:
     printsizes: tuple[str, ...] = ()
     source: str = "<string>"
     # ``.pragma "fact-dir"``/``"output-dir"``: the directories a command uses when it is given
-    # none (as in Soufflé, its -F and -D win); not part of the program's meaning.
+    # none (as in Soufflé, its -F and -D win); ``"magic-transform"``: done at load. Not part of
+    # the program's meaning.
     pragmas: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # ``.limitsize r(n=N)``: a recursive stratum stops after the iteration that brings r to N
+    # tuples or more (Soufflé 2.5's loop exit); relation -> N.
+    limits: tuple[tuple[str, int], ...] = ()
 
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)
@@ -248,6 +282,8 @@ class Program:
 
 
 DIRECTORY_PRAGMAS = frozenset({"fact-dir", "output-dir"})
+# What ``Program.pragmas`` keeps: the directories and what asks for magic sets (frontend/magic.py).
+KEPT_PRAGMAS = DIRECTORY_PRAGMAS | {"magic-transform", "magic-transform-exclude"}
 
 _CONTAINERS = (tuple, list, frozenset, set)
 _FIELDS: dict[type, tuple[str, ...]] = {}

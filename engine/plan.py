@@ -92,11 +92,13 @@ class HeadAction(enum.StrEnum):
 class Route:
     """A step's ``RouteAction`` with its ``key`` (variables) and ``copy``: the key of the
     partitioned copy of the relation the step reads (None: the relation's only store: one
-    shard, or a replicated relation)."""
+    shard, or a replicated relation); ``alike``: an ``AGREE`` step whose rows every shard has
+    alike (a counter then numbers them once, not once per shard)."""
 
     action: RouteAction = RouteAction.LOCAL
     key: tuple[str, ...] = ()
     copy: Key | None = None
+    alike: bool = False  # AGREE on a binding table that is the same on every shard
 
 
 LOCAL = Route()
@@ -313,10 +315,11 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
 
 
 def _lift_made_values(rule: Rule) -> Rule:
-    """Every call of a functor that makes symbols (``cat``, ``substr``, ``to_string``), and every
-    record the head makes (but records of constants, known before evaluation), innermost first,
-    becomes an assignment to a fresh variable, ``$made0 = cat(x, y)``, which the planner places
-    as an ``AGREE`` step: the one place where a rule's new texts and records get their ids.
+    """Every call of a functor that makes symbols (``cat``, ``substr``, ``to_string``) or counts
+    (``autoinc``), and every record the head makes (but records of constants, known before
+    evaluation), innermost first, becomes an assignment to a fresh variable,
+    ``$made0 = cat(x, y)``, which the planner places as an ``AGREE`` step: the one place where a
+    rule's new texts and records get their ids.
     (Aggregate bodies make none: the checker refuses it.)"""
     counter = itertools.count()
     extra: list[BodyLiteral] = []
@@ -328,7 +331,7 @@ def _lift_made_values(rule: Rule) -> Rule:
                 return t
         elif isinstance(t, Call):
             t = replace(t, args=tuple(lift(a, records) for a in t.args))
-            if functors.signature(t.name).makes is None:
+            if not functors.signature(t.name).agreed:
                 return t
         else:
             return t
@@ -378,6 +381,11 @@ def _order_body(
     # An aggregate's result is bound by the aggregate alone: `x = n, n = count : {...}` must
     # compare x with the count, not assign n from x before the aggregate runs.
     aggregate_results = {lit.result.name for lit in body if isinstance(lit, Aggregation)}
+    # A value every shard agrees on is bound by its own assignment only, never from elsewhere.
+    agreed = {lit.left.name for lit in body if _agrees(lit) and isinstance(lit, Comparison) and isinstance(lit.left, Var)}
+
+    def assignable(lit: Comparison) -> set[str]:
+        return aggregate_results | (set() if _agrees(lit) else agreed)
 
     def take(i: int) -> None:
         pending.remove(i)
@@ -389,7 +397,7 @@ def _order_body(
             order, key_len = _index_for(lit.atom, bound | literal_vars(lit.atom))
             raw.append((i, NegationStep(lit.atom, order, key_len)))
         elif isinstance(lit, Comparison):
-            target = _assignment_target(lit, bound, aggregate_results)
+            target = _assignment_target(lit, bound, assignable(lit))
             unpack = None if target is not None or literal_vars(lit) <= bound else _unpack_target(lit, bound)
             if unpack is not None:
                 source, record = unpack
@@ -423,12 +431,14 @@ def _order_body(
         lit = body[i]
         if isinstance(lit, Atom):
             return False
+        if _counts(lit):  # autoinc() numbers the rule's bindings: after every join
+            return not any(isinstance(body[j], Atom) for j in pending)
         if isinstance(lit, Negation):
             return literal_vars(lit) <= bound
         if isinstance(lit, Comparison):
             return (
                 literal_vars(lit) <= bound
-                or _assignment_target(lit, bound, aggregate_results) is not None
+                or _assignment_target(lit, bound, assignable(lit)) is not None
                 or _unpack_target(lit, bound) is not None
             )
         return _grouping_ready(lit, bound, tuple(body), i)
@@ -450,6 +460,15 @@ def _order_body(
     if pending:
         raise AssertionError(f"planner could not place {[body[i] for i in pending]}: unsafe rule passed the checker")
     return _with_liveness([s for _, s in raw], needed_after, keep_all)
+
+
+def _agrees(lit: BodyLiteral) -> bool:
+    """``$madeN = f(...)`` of ``_lift_made_values``: f's values agreed by every shard."""
+    return isinstance(lit, Comparison) and isinstance(lit.right, Call) and functors.signature(lit.right.name).agreed
+
+
+def _counts(lit: BodyLiteral) -> bool:
+    return isinstance(lit, Comparison) and any(functors.signature(c.name).counter for c in walk(lit) if isinstance(c, Call))
 
 
 def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, ...], i: int) -> bool:
@@ -494,10 +513,10 @@ def _unpack_target(c: Comparison, bound: set[str]) -> tuple[Term, Record] | None
 def _assignment_route(
     var: str, expr: Term, c: Comparison, body: list[BodyLiteral], needed_after: set[str], in_aggregate: bool
 ) -> Route:
-    """``AGREE`` where the assignment makes symbols or a record, else local. A record whose
+    """``AGREE`` where the assignment makes symbols, counts or makes a record, else local. A record whose
     variable only atoms read is looked up, not made (``Terms.column``: no relation holds a
     record the table lacks, so no match is lost and no collective is needed)."""
-    if isinstance(expr, Call) and functors.signature(expr.name).makes is not None:
+    if isinstance(expr, Call) and functors.signature(expr.name).agreed:
         return Route(RouteAction.AGREE)
     if not isinstance(expr, Record) or ground(expr):
         return LOCAL

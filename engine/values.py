@@ -164,16 +164,27 @@ class SymbolTable:
         table.ordered = ordered
         return table
 
-    def append(self, strings: Iterable[str]) -> np.ndarray:
-        """The ids of ``strings``, those not in the table yet added after the others. Every
-        shard must call it with the same strings in the same order (made by a collective:
-        e.g. the sorted union of what each shard produced), so ids stay the same everywhere."""
-        return np.fromiter((self.intern(s) for s in strings), dtype=np.uint32)
+    def append(self, strings: list[str]) -> np.ndarray:
+        """The ids of ``strings``, distinct and none in the table yet, added after the others.
+        Every shard must call it with the same strings in the same order (made by a
+        collective: e.g. the sorted union of what each shard produced), so ids stay the same
+        everywhere."""
+        first = len(self._strings)
+        self._ids.update(zip(strings, range(first, first + len(strings))))
+        self._strings.extend(strings)
+        if len(self._ids) != len(self._strings):
+            raise AssertionError("append: a string already in the table, or twice")
+        return np.arange(first, len(self._strings), dtype=np.uint32)
 
     def missing(self, strings: Iterable[str]) -> list[str]:
         """The distinct ``strings`` the table lacks, in text order (what a shard brings to the
         agreement on new symbols)."""
-        return sorted({s for s in strings if s not in self._ids})
+        ids = self._ids
+        return sorted({s for s in strings if s not in ids})
+
+    def ids_of(self, strings: list[str]) -> np.ndarray:
+        """The ids of strings the table holds (KeyError for one it lacks)."""
+        return np.fromiter(map(self._ids.__getitem__, strings), dtype=np.uint32, count=len(strings))
 
     @property
     def text_ordered(self) -> bool:

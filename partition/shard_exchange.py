@@ -71,6 +71,10 @@ class ShardExchange:
     def agree(self, made: Made) -> Made:
         return agreed_made(self.transport.allgather(made))
 
+    def agree_count(self, count: int) -> tuple[int, int]:
+        counts = self.transport.allgather(count)
+        return sum(counts[: self.rank]), sum(counts)
+
     def take_stats(self) -> dict[str, Any]:
         now = self.transport.stats.snapshot()
         delta = {k: round(now[k] - self._reported[k], 6) for k in now}

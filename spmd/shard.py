@@ -80,7 +80,7 @@ def evaluate_shard(
     rank, size = transport.rank, transport.size
 
     def fingerprint() -> dict[str, Any]:
-        return checkpoint.fingerprint(program, inputs.file_names(program), dict(inputs.array_digests))
+        return checkpoint.fingerprint(program, inputs.file_names(program), inputs.digests())
 
     manifest, restored = checkpoint.start(steering.checkpoint, rank, size, transport.allgather, fingerprint)
     if manifest is None:

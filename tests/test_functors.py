@@ -263,7 +263,11 @@ ERRORS = [
     ("s(cat()).", "1:3", "cat takes at least one argument, not 0"),
     ("r(1) :- s(x), contains(x, 2).", "1:27", "type mismatch: 2 is a number, but contains takes symbols"),
     ("r(1) :- s(x), match(x).", "1:15", "match takes 2 arguments, not 1"),
-    ("r(c) :- c = count : { s(x), y = cat(x, x) }.", "1:33", "unsupported: cat(...) inside an aggregate (it makes symbols)"),
+    (
+        "r(c) :- c = count : { s(x), y = cat(x, x) }.",
+        "1:33",
+        "unsupported: cat(...) inside an aggregate (shards agree on its values)",
+    ),
 ]
 DECLS = "\n.decl e(x: number, y: number)\n.decl s(x: symbol)\n.decl u(x: unsigned)\n.decl r(x: number)\n"
 

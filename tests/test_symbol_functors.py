@@ -1,7 +1,8 @@
-"""Soufflé's text functors (``cat``, ``substr``, ``to_string``, ``ord``, ``contains``, ``match``,
-``<`` on symbols): generated programs whose rules make new symbols (recursively too) on 1-4
-in-process shards against the reference evaluator, and against Soufflé 2.5 itself where its
-binary sits beside the repository; every shard must end with the same symbol table."""
+"""Values every shard must agree on: Soufflé's text functors (``cat``, ``substr``,
+``to_string``, ``ord``, ``contains``, ``match``, ``<`` on symbols) in generated programs whose
+rules make new symbols (recursively too) on 1-4 in-process shards against the reference
+evaluator, and against Soufflé 2.5 itself where its binary sits beside the repository (every
+shard must end with the same symbol table); ``autoinc()``'s numbers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from reference import evaluate
 from test_sharded import relation_tuples, run_sharded
 
+from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import load_program
 
 SOUFFLE = Path(__file__).resolve().parents[2] / "shared" / "peers" / "souffle-2.5" / "bin" / "souffle"
@@ -123,3 +125,34 @@ def test_a_program_souffle_answered(n: int) -> None:
     shards = run_sharded(program, n)
     for name, want in SOUFFLE_ANSWER.items():
         assert relation_tuples(shards, name) == want, name
+
+
+COUNTERS = """
+.decl a(n: number)
+a(0).
+a(i + 1) :- a(i), i < 99.
+.decl b(c: number, i: number)
+b(autoinc(), i) :- a(i).
+.decl one(x: number)
+one(7).
+.decl c(c: number)
+c(autoinc()) :- one(7).
+c(autoinc()) :- one(7).
+c(autoinc()) :- one(7).
+"""
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_autoinc_numbers_are_unique_on_every_shard_count(n: int) -> None:
+    """autoinc() numbers a rule's bindings after its joins, each number once in the run, on
+    any number of shards; rules without a partitioned table (the same rows everywhere) get
+    Soufflé's 0, 1, 2 in rule order, not one number per shard."""
+    shards = run_sharded(load_program(COUNTERS), n)
+    b = relation_tuples(shards, "b")
+    assert len(b) == 100 and {c for c, _ in b} == set(range(100)) and {i for _, i in b} == set(range(100))
+    assert relation_tuples(shards, "c") == {(100,), (101,), (102,)} or relation_tuples(shards, "c") == {(0,), (1,), (2,)}
+
+
+def test_autoinc_in_a_recursive_rule_is_refused() -> None:
+    with pytest.raises(DatalogError, match="Auto-increment functor in a recursive rule"):
+        load_program(".decl a(x: number)\na(1).\na(autoinc()) :- a(1).")

@@ -16,7 +16,8 @@ points are declared here and nowhere else, in the manner of Soufflé's semi-naiv
 - ``share``: the block of a replicated relation's rows this shard scans (``slice``).
 - ``agree``: the texts symbol-making functors made on any shard and the table lacks (or the
   records a step made), so every shard appends the same values in the same order and ids stay
-  the same everywhere.
+  the same everywhere; ``agree_count``: where this shard's part of a run-wide sequence
+  (``autoinc``) starts.
 
 A single shard uses ``LocalExchange``: every row is already where it belongs.
 ``partition.exchange.ShardExchange`` is the implementation for n shards; it takes its
@@ -67,6 +68,12 @@ class Exchange(Protocol):
         table lacks, or records the record table lacks): what every shard appends. Collective."""
         ...
 
+    def agree_count(self, count: int) -> tuple[int, int]:
+        """(the sum of ``count`` over the shards of lower rank, its sum over all shards): where
+        this shard's share of a run-wide sequence (``autoinc``) starts, and how far it goes.
+        Collective."""
+        ...
+
     def take_stats(self) -> dict[str, Any]:
         """Communication since the last call (bytes, rounds, time), for an iteration's record;
         empty when there is none."""
@@ -93,6 +100,9 @@ class LocalExchange:
 
     def agree(self, made: Made) -> Made:
         return made
+
+    def agree_count(self, count: int) -> tuple[int, int]:
+        return 0, count
 
     def take_stats(self) -> dict[str, Any]:
         return {}

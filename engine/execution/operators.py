@@ -62,7 +62,8 @@ class Operators:
         b = None
         if tables:
             b = tables[0] if len(tables) == 1 else Bindings(self.xp.concatenate([t.table for t in tables]), tables[0].names)
-        column = self.terms.made(step.expr, b, self.router.agree)
+        count = (lambda n: (0, n)) if step.route.alike else self.router.agree_count  # alike: no shard comes first
+        column = self.terms.made(step.expr, b, self.router.agree, count)
         return [] if b is None or column is None else [b.with_column(step.var, column, self.xp)]
 
     def key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:

@@ -36,6 +36,9 @@ class Router:
     def agree(self, made: Made) -> Made:
         return self.exchange.agree(made)
 
+    def agree_count(self, count: int) -> tuple[int, int]:
+        return self.exchange.agree_count(count)
+
     def regroup(self, tables: list[Bindings], step: Step) -> list[Bindings]:
         """The binding tables of the segment that ended, re-partitioned by ``step``'s route key
         for the segment it begins."""

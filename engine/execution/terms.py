@@ -32,6 +32,7 @@ class Terms:
         self.xp = xp
         self.symbols = symbols
         self.context = functors.Context(xp, symbols)
+        self.counter = 0  # autoinc()'s next value, the same on every shard
 
     def column(self, t: Term, b: Bindings) -> Any:
         """The encoded uint32 column of ``t`` over the rows of ``b``."""
@@ -85,14 +86,35 @@ class Terms:
             equal[rows] &= self._equal(Var(name), arg, inner)
         return equal
 
-    def made(self, term: Call | Record, b: Bindings | None, agree: Callable[[Made], Made]) -> Any | None:
-        """The ids of what a symbol-making call or a record makes over the rows of ``b`` (None:
-        this shard has no rows). What is made that the table lacks is agreed first (``agree``, a
+    def counted(self, b: Bindings | None, agree_count: Callable[[int], tuple[int, int]]) -> Any | None:
+        """``autoinc()`` over the rows of ``b``: the run's next numbers, this shard's rows after
+        those of the shards before it (``agree_count``, a collective: the count of rows before
+        this shard's and of all shards' together)."""
+        n = 0 if b is None else b.n
+        before, total = agree_count(n)
+        first = self.counter + before
+        self.counter += total
+        if b is None:
+            return None
+        return functors.encode_int(self.xp.arange(first, first + n, dtype=self.xp.int64), "number", self.xp)
+
+    def made(
+        self,
+        term: Call | Record,
+        b: Bindings | None,
+        agree: Callable[[Made], Made],
+        agree_count: Callable[[int], tuple[int, int]],
+    ) -> Any | None:
+        """The values of a ``term`` every shard agrees on over the rows of ``b`` (None: this
+        shard has no rows): ``autoinc`` (``counted``), or the ids of what a symbol-making call
+        or a record makes. What is made that the table lacks is agreed first (``agree``, a
         collective every shard calls, rows or not) and appended in the agreed order, so every
         shard gives a text or a record the same id; texts are made once per distinct row of
         arguments."""
         if isinstance(term, Record):
             return self._made_records(term, b, agree)
+        if functors.signature(term.name).counter:
+            return self.counted(b, agree_count)
         made = functors.signature(term.name).makes
         assert made is not None, f"{term.name} makes no symbols"
         strings: list[str] = []
@@ -105,8 +127,7 @@ class Terms:
         self.symbols.append(new)
         if inverse is None:
             return None
-        ids = np.fromiter(map(self.symbols.id_of, strings), dtype=np.uint32, count=len(strings))
-        return self.xp.asarray(ids[inverse])
+        return self.xp.asarray(self.symbols.ids_of(strings)[inverse])
 
     def _made_records(self, record: Record, b: Bindings | None, agree: Callable[[Made], Made]) -> Any | None:
         records = self.symbols.records

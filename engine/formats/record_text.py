@@ -34,26 +34,6 @@ class RecordSyntaxError(ValueError):
         self.at = at
 
 
-def split_fields(line: str, delimiter: str) -> list[str]:
-    """A line's fields as Soufflé splits a line holding records: a delimiter containing a comma
-    only ends a field outside square brackets."""
-    if "," not in delimiter:
-        return line.split(delimiter)
-    fields: list[str] = []
-    start = depth = 0
-    at = 0
-    while at < len(line):
-        if depth == 0 and line.startswith(delimiter, at):
-            fields.append(line[start:at])
-            at += len(delimiter)
-            start = at
-            continue
-        depth += {"[": 1, "]": -1}.get(line[at], 0)
-        at += 1
-    fields.append(line[start:])
-    return fields
-
-
 class _Reader:
     """One field's text -> its value, records interned in ``symbols.records`` (children first),
     symbols in ``symbols``."""
@@ -213,8 +193,8 @@ class _Writer:
     each value asked for is written out from those shapes, depth first with a stack (a long
     list nests deep), in time its text's length."""
 
-    def __init__(self, relation: ir.Relation, symbols: SymbolTable):
-        self.relation, self.symbols = relation, symbols
+    def __init__(self, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool):
+        self.relation, self.symbols, self.rfc4180 = relation, symbols, rfc4180
         self.shapes: dict[tuple[str, int], tuple[str, list[tuple[ir.Attribute, int]], str]] = {}
 
     def column(self, values: np.ndarray, attribute: ir.Attribute) -> list[str]:
@@ -254,7 +234,8 @@ class _Writer:
             assert value == 0, f"no record {value} of {f.record}"
             return "nil"
         if f.type == "symbol":
-            return str(self.symbols.lookup(np.array([value]))[0])
+            text = str(self.symbols.lookup(np.array([value]))[0])
+            return '""' + text.replace('"', '\\""') + '""' if self.rfc4180 else text
         return str(decode(np.array([value], np.uint32), f.type)[0])
 
     def find(self, type_name: str, ids: np.ndarray) -> None:
@@ -302,11 +283,15 @@ class _Writer:
                 yield f.record, rows[:, j]
 
 
-def write_column(values: np.ndarray, attribute: ir.Attribute, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
+def write_column(
+    values: np.ndarray, attribute: ir.Attribute, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool = False
+) -> np.ndarray:
     """The texts of a record or ADT column's encoded values (an object array), each distinct
-    value rendered once."""
+    value rendered once; ``rfc4180``: as Soufflé's rfc4180 output writes them, in quotes, the
+    symbols inside in doubled quotes (a quote in one as ``\\""``)."""
     distinct, inverse = np.unique(np.asarray(values), return_inverse=True)
-    texts = np.array(_Writer(relation, symbols).column(distinct, attribute), dtype=object)
+    written = _Writer(relation, symbols, rfc4180).column(distinct, attribute)
+    texts = np.array([f'"{t}"' for t in written] if rfc4180 else written, dtype=object)
     return texts[inverse.reshape(-1)] if len(texts) else np.empty(0, dtype=object)
 
 

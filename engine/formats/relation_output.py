@@ -3,7 +3,10 @@
 Kept apart from ``fact_input`` because output never parses user data: it only orders and renders
 rows the engine already holds, for the CLI, the workers' output tasks and the Python API.
 Symbols sort by text, not by id; records and ADT values by id, written as Soufflé writes them
-(``record_text``); a nullary relation is written as ``()`` (Soufflé's form).
+(``record_text``); a nullary relation is written as ``()`` (Soufflé's form). With ``rfc4180``
+every symbol is quoted the way Soufflé 2.5 writes it (WriteStreamCSV.h): a quote inside becomes
+``\""``, which its own reader takes back as ``\"``, not as the quote; a record is quoted whole,
+its symbols in doubled quotes.
 """
 
 from __future__ import annotations
@@ -116,11 +119,11 @@ def _in_order(rows: Rows) -> bool:
     return True
 
 
-def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
+def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool = False) -> list[np.ndarray]:
     """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), object str
-    (symbol; a record or ADT value as Soufflé writes it)."""
+    (symbol; a record or ADT value as Soufflé writes it, quoted as rfc4180 output quotes it)."""
     return [
-        record_text.write_column(np.ascontiguousarray(rows[:, j]), a, relation, symbols)
+        record_text.write_column(np.ascontiguousarray(rows[:, j]), a, relation, symbols, rfc4180)
         if a.record is not None
         else symbols.lookup(rows[:, j])
         if a.type == "symbol"
@@ -138,10 +141,11 @@ def write_relation(
     *,
     backend: Backend = NUMPY,
     written: Callable[[int], None] | None = None,
+    rfc4180: bool = False,
 ) -> None:
     """Write distinct encoded rows, sorted and decoded, to a path or a text stream (e.g. stdout),
     a chunk at a time; ``written(n)`` hears the bytes written so far after each chunk (progress)."""
-    chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend)
+    chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend, rfc4180=rfc4180)
     if isinstance(out, (str, Path)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as f:
@@ -155,11 +159,17 @@ def write_relation(
 
 
 def format_relation(
-    rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
+    rows: Rows,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    delimiter: str = "\t",
+    *,
+    backend: Backend = NUMPY,
+    rfc4180: bool = False,
 ) -> bytes:
     """The bytes ``write_relation`` writes, at once: for a worker that formats its share and
     hands the bytes on, and for stdout."""
-    return b"".join(format_chunks(rows, relation, symbols, delimiter, backend=backend))
+    return b"".join(format_chunks(rows, relation, symbols, delimiter, backend=backend, rfc4180=rfc4180))
 
 
 _PYARROW_REFUSES = ("\0", "\r", "\n", '"')  # as write_csv delimiters
@@ -177,15 +187,17 @@ def format_chunks(
     *,
     backend: Backend = NUMPY,
     in_order: bool = False,
+    rfc4180: bool = False,
 ) -> Iterator[bytes | memoryview]:
     """Distinct encoded rows, sorted and decoded, one per line, as a sequence of byte strings
     (views of the CPU kernel's uint8 arrays). ``in_order``: the rows are in output order already
-    (a shard's range of the output), not sorted again.
+    (a shard's range of the output), not sorted again. ``rfc4180``: symbols quoted.
 
     Numbers go through the CPU kernel when ``backend`` has it (the rows are NumPy arrays
     whatever backend the run used); otherwise pyarrow writes unquoted CSV, and symbols
     holding the delimiter, a quote or a line break (pyarrow refuses those unquoted), records
-    and multi-byte delimiters go through a plain Python formatter.
+    and multi-byte delimiters go through a plain Python formatter; quoted symbols are joined
+    into lines by pyarrow's string kernels.
     """
     if not in_order:
         rows = sort_rows(rows, relation, symbols)
@@ -200,6 +212,12 @@ def format_chunks(
         flip = np.where(signed, SIGN, np.uint32(0)).astype(np.uint32)
         for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
             yield memoryview(kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter)))
+        return
+    if rfc4180 and ("symbol" in relation.types or record_text.any_records(relation)):
+        quoted = [a.record is not None for a in relation.attributes]  # written quoted already
+        for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
+            columns = decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols, rfc4180=True)
+            yield _quoted_lines(columns, delimiter, quoted)
         return
     texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
     exotic = any(c in texts for c in (delimiter, '"', "\n", "\r")) or record_text.any_records(relation)
@@ -225,13 +243,20 @@ _POWERS_OF_TEN = np.array([10**k for k in range(1, 10)], dtype=np.int64)
 
 
 def text_length(
-    rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
+    rows: Rows,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    delimiter: str = "\t",
+    *,
+    backend: Backend = NUMPY,
+    rfc4180: bool = False,
 ) -> int:
     """The bytes ``format_chunks(..., in_order=True)`` yields, without keeping them: counted
     from the digits where the kernel formats numbers (a tenth of formatting's cost), else
     formatted a chunk at a time and measured."""
     if relation.arity == 0 or not _by_kernel(relation, delimiter, backend):
-        return sum(len(c) for c in format_chunks(rows, relation, symbols, delimiter, backend=backend, in_order=True))
+        chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend, in_order=True, rfc4180=rfc4180)
+        return sum(len(c) for c in chunks)
     total = len(rows) * relation.arity  # the delimiters and the line breaks
     for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
         block = rows[start : start + FORMAT_CHUNK_ROWS]
@@ -255,7 +280,22 @@ def _arrow_csv(columns: list[np.ndarray], delimiter: str) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _arrow_column(column: np.ndarray) -> Any:
+def _quoted_lines(columns: list[np.ndarray], delimiter: str, quoted: list[bool]) -> bytes:
+    """Rows as rfc4180 lines, Soufflé's way: each symbol in quotes, a quote in it as ``\\""``;
+    ``quoted``: the columns whose texts are quoted already (records)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    fields = [
+        _arrow_column(column, quote=not ready) if column.dtype == object else _arrow_column(column).cast(pa.string())
+        for column, ready in zip(columns, quoted)
+    ]
+    lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, delimiter), "", "\n")  # line + "\n" + ""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
+    return lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
+
+
+def _arrow_column(column: np.ndarray, quote: bool = False) -> Any:
     """NumPy -> Arrow without pa.array, which imports pandas (0.4 s) on first use. Integer
     columns wrap their buffer; symbol columns go through a dictionary of their distinct texts."""
     import pyarrow as pa
@@ -264,6 +304,8 @@ def _arrow_column(column: np.ndarray) -> Any:
         column = np.ascontiguousarray(column)
         return pa.Array.from_buffers(pa.from_numpy_dtype(column.dtype), len(column), [None, pa.py_buffer(column)])
     texts, codes = np.unique(column, return_inverse=True)
+    if quote:
+        texts = np.array(['"' + t.replace('"', '\\""') + '"' for t in texts], dtype=object)
     # surrogateescape: the bytes a substr cut out of a character go out as Soufflé writes them.
     data = "".join(texts).encode("utf-8", "surrogateescape")
     lengths = np.fromiter((len(t.encode("utf-8", "surrogateescape")) for t in texts), dtype=np.int32, count=len(texts))

@@ -10,63 +10,122 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 from dask_datalog.engine import functors, ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend import inline
 from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.frontend.strata import Stratum
 from dask_datalog.engine.ir import BaseType, Pos
 from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX
 
 _RANGES = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
-_IO_PARAMS = ("IO", "filename", "delimiter")
+# The parameters Soufflé 2.5's CSV readers and writers honour (ReadStreamCSV.h, WriteStreamCSV.h);
+# `compress` on an input changes nothing (a gzip fact file is recognised by its contents).
+_INPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "columns", "name", "compress")
+_OUTPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "compress", "name", "attributeNames")
+_IO_KINDS = {"input": ("file", "stdin"), "output": ("file", "stdout", "stdoutprintsize")}
 
 
 # Soufflé options a program may set that change how it is evaluated or reported, never its
 # answer (magic sets, inlining choices, warnings, threads): accepted and ignored.
 NEUTRAL_PRAGMAS = frozenset(
-    {"magic-transform", "magic-transform-exclude", "inline-exclude", "inline-include", "suppress-warnings", "jobs", "no-warn"}
+    {
+        "magic-transform",
+        "magic-transform-exclude",
+        "inline-exclude",
+        "inline-include",
+        "suppress-warnings",
+        "jobs",
+        "no-warn",
+        "disable-transformers",
+    }
 )
 
 
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
     """Check a parsed program and build its IR; raises DatalogError on the first problem."""
-    types = _type_table([s for s in statements if isinstance(s, (st.TypeAlias, st.RecordDecl, st.AdtDecl))])
-    relations = _relations([s for s in statements if isinstance(s, st.Decl)], types)
-    rules: list[ir.Rule] = []
+    type_decls = [s for s in statements if isinstance(s, (st.TypeAlias, st.RecordDecl, st.AdtDecl))]
+    types = _type_table(type_decls)
+    decls = [s for s in statements if isinstance(s, st.Decl)]
+    relations = _relations(decls, types, type_decls)
+    excluded = {
+        n.strip() for s in statements if isinstance(s, st.Pragma) and s.key == "inline-exclude" for n in s.value.split(",")
+    }
+    inlined = {d.name: d.pos for d in decls if d.inline and d.name not in excluded}
+    rules = [
+        rule for d in decls if d.eqrel for clause in _equivalence(d) for rule in _clause_rules(clause, relations, inlined, types)
+    ]
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
+    limits: dict[str, tuple[int, ir.Pos]] = {}  # relation -> its .limitsize, likewise
+    eqrels = {s.name for s in statements if isinstance(s, st.Decl) and s.eqrel}
     pragmas: dict[str, str] = {}
+    observed: dict[str, Pos] = {}  # relation -> its first I/O directive
     for s in statements:
         if isinstance(s, st.Pragma):
             if s.key not in NEUTRAL_PRAGMAS and s.key not in ir.DIRECTORY_PRAGMAS:
                 raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
             pragmas[s.key] = s.value
         elif isinstance(s, st.Clause):
-            rules.extend(_clause_rules(s, relations, types))
+            rules.extend(_clause_rules(s, relations, inlined, types))
         elif isinstance(s, st.Directive):
-            _relation(relations, s.relation, s.pos, f"in .{s.kind}")
-            if s.kind == "printsize":
-                if s.params:
-                    p = s.params[0]
-                    raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .printsize")
-                if s.relation in printsizes:
-                    first = printsizes[s.relation]
+            relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
+            observed.setdefault(s.relation, s.pos)
+            if s.kind in ("printsize", "limitsize"):
+                seen = printsizes if s.kind == "printsize" else {r: p for r, (_, p) in limits.items()}
+                if s.relation in seen:
                     raise DatalogError(
-                        s.pos, f"redefinition of the .printsize directive for relation {s.relation} (first at line {first.line})"
+                        s.pos,
+                        f"redefinition of the .{s.kind} directive for relation {s.relation} (first at line {seen[s.relation].line})",
                     )
+            if s.kind == "printsize":
+                _output_spec(s, relation)  # Soufflé accepts an output's parameters here and ignores them
+                if any(p.key == "name" for p in s.params):
+                    raise DatalogError(next(p.pos for p in s.params if p.key == "name"), "unsupported: name= on .printsize")
                 printsizes[s.relation] = s.pos
+            elif s.kind == "limitsize":
+                if s.relation in eqrels:
+                    raise DatalogError(s.pos, f"unsupported: .limitsize on the equivalence relation {s.relation}")
+                limits[s.relation] = (_limit(s), s.pos)
             elif s.kind == "input":
-                inputs.append(ir.InputSpec(s.relation, *_io_params(s), pos=s.pos))
+                inputs.append(_input_spec(s, relation))
             else:
-                outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
+                outputs.append(_output_spec(s, relation))
+    if inlined:
+        rules = _inline(rules, inlined, observed, relations)
     _check_subtypes(rules, relations, [s for s in statements if isinstance(s, st.TypeAlias)])
-    directories = tuple((k, v) for k, v in pragmas.items() if k in ir.DIRECTORY_PRAGMAS)
-    return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename, directories)
+    directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
+    return ir.Program(
+        relations,
+        tuple(rules),
+        tuple(inputs),
+        tuple(outputs),
+        tuple(printsizes),
+        filename,
+        directories,
+        tuple((name, n) for name, (n, _) in limits.items()),
+    )
+
+
+def _inline(
+    rules: list[ir.Rule], inlined: dict[str, Pos], observed: dict[str, Pos], relations: dict[str, ir.Relation]
+) -> list[ir.Rule]:
+    """The rules with the ``inline`` relations expanded (frontend/inline.py), each checked for
+    safety where the expansion placed it; the inline relations are no longer declared."""
+    expanded = inline.expand(rules, inlined, observed)
+    before = set(rules)
+    for i, rule in enumerate(expanded):
+        if rule not in before:
+            _Safety(rule.head, list(rule.body)).check()
+            expanded[i] = replace(rule, body=tuple(_fold_records(rule.body)))  # a head's record met the use's
+    for name in inlined:
+        del relations[name]
+    return expanded
 
 
 def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], aliases: Sequence[st.TypeAlias]) -> None:
@@ -75,20 +134,28 @@ def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation],
     variable takes only values of its column's type. (Constants and arithmetic fit any
     subtype of their base type, as in Soufflé; ``.type T = S`` is another name for S.)"""
     same = {a.name: a.base for a in aliases if not a.subtype}
-    parent = {a.name: a.base for a in aliases if a.subtype}
 
     def canonical(t: str) -> str:
         while t in same:
             t = same[t]
         return t
 
-    def ancestors(t: str) -> list[str]:
-        chain = [canonical(t)]
-        while chain[-1] in parent:
-            chain.append(canonical(parent[chain[-1]]))
-        return chain
+    parents: dict[str, list[str]] = {}  # a subtype's base; each union a member is in
+    for a in aliases:
+        if a.members:
+            for m in a.members:
+                parents.setdefault(canonical(m), []).append(a.name)
+        elif a.subtype:
+            parents.setdefault(a.name, []).append(a.base)
 
-    if not parent:
+    def ancestors(t: str) -> list[str]:
+        """``t`` and every type holding all its values (its bases, the unions it is in)."""
+        found = [canonical(t)]
+        for u in found:
+            found += [p for p in map(canonical, parents.get(u, ())) if p not in found]
+        return found
+
+    if not parents:
         return
     for rule in rules:
         bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
@@ -208,14 +275,11 @@ class _Types:
         return tuple(seen[n] for n in sorted(seen))
 
 
-TypeDecl = st.TypeAlias | st.RecordDecl | st.AdtDecl
-
-
-def _type_table(decls: Sequence[TypeDecl]) -> _Types:
+def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
     """Every declared type: aliases followed to what they name (declared in any order), then
     the record types' fields and the ADTs' branches (which may name any type, themselves
     included)."""
-    defined: dict[str, TypeDecl] = {}
+    defined: dict[str, st.TypeDecl] = {}
     for a in decls:
         if a.name in ir.BASE_TYPES or a.name == "float":
             raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
@@ -225,28 +289,43 @@ def _type_table(decls: Sequence[TypeDecl]) -> _Types:
         defined[a.name] = a
     canonical: dict[str, str] = {b: b for b in ir.BASE_TYPES}
     canonical.update((d.name, d.name) for d in decls if not isinstance(d, st.TypeAlias))
-    for a in decls:
-        if not isinstance(a, st.TypeAlias):
-            continue
-        chain = [a.name]
-        current = a
-        while current.base not in canonical or isinstance(defined.get(current.base), st.TypeAlias):
-            if current.base == "float":
-                raise DatalogError(current.base_pos, "unsupported type float")
-            if current.base not in defined:
-                raise DatalogError(
-                    current.base_pos, f"unknown type {current.base}" + _suggest(current.base, [*ir.BASE_TYPES, *defined])
-                )
-            if current.base in chain:
-                cycle = " -> ".join([*chain[chain.index(current.base) :], current.base])
-                raise DatalogError(a.pos, f"cyclic type definition: {cycle}")
-            chain.append(current.base)
-            following = defined[current.base]
+
+    def resolve(a: st.TypeAlias, chain: list[str]) -> str:
+        """What alias ``a`` names: a base type, or a record or ADT type; a union's members
+        share one base type, as in Soufflé."""
+        if a.name in canonical:
+            return canonical[a.name]
+        found: set[str] = set()
+        for member in a.members or (a.base,):
+            if member in canonical:
+                found.add(canonical[member])
+                continue
+            if member == "float":
+                raise DatalogError(a.base_pos, "unsupported type float")
+            if member not in defined:
+                raise DatalogError(a.base_pos, f"unknown type {member}" + _suggest(member, [*ir.BASE_TYPES, *defined]))
+            if member in chain:
+                cycle = " -> ".join([*chain[chain.index(member) :], member])
+                if any(getattr(defined[n], "members", ()) for n in chain):
+                    raise DatalogError(defined[chain[0]].pos, f"Infinite descent in the definition of type {chain[0]} ({cycle})")
+                raise DatalogError(defined[chain[0]].pos, f"cyclic type definition: {cycle}")
+            following = defined[member]
             assert isinstance(following, st.TypeAlias)
-            current = following
-        if current.subtype and current.base not in ir.BASE_TYPES:
-            raise DatalogError(current.pos, f"subtype {current.name} cannot be derived from record type {current.base}")
-        canonical[a.name] = canonical[current.base]
+            found.add(resolve(following, [*chain, member]))
+        records = sorted(found - set(ir.BASE_TYPES))
+        if records and a.members:
+            raise DatalogError(a.pos, f"unsupported: union type {a.name} of record or ADT types ({', '.join(records)})")
+        if records and a.subtype:
+            raise DatalogError(a.pos, f"subtype {a.name} cannot be derived from record type {records[0]}")
+        if len(found) > 1:
+            listed = ", ".join(sorted(found))
+            raise DatalogError(a.pos, f"Union type {a.name} is defined over {{{listed}}} (multiple primitive types in union)")
+        canonical[a.name] = found.pop()
+        return canonical[a.name]
+
+    for a in decls:
+        if isinstance(a, st.TypeAlias):
+            resolve(a, [a.name])
     types = _Types(canonical, {d.name for d in decls if isinstance(d, st.AdtDecl) and not any(b.attrs for b in d.branches)})
     for d in decls:  # first every name's place, then the fields, which may name any of them
         if isinstance(d, st.RecordDecl):
@@ -277,20 +356,56 @@ def _unique_names(attrs: Sequence[st.Attr], where: str) -> None:
             raise DatalogError(attr.name_pos, f"duplicate field name {attr.name} in {where}")
 
 
-def _relations(decls: Sequence[st.Decl], types: _Types) -> dict[str, ir.Relation]:
+def _relations(decls: Sequence[st.Decl], types: _Types, type_decls: Sequence[st.TypeDecl]) -> dict[str, ir.Relation]:
     relations: dict[str, ir.Relation] = {}
+    type_pos = {a.name: a.pos for a in type_decls}
     for d in decls:
         if d.name in relations:
             first = relations[d.name].pos
             raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first declared at {first.line}:{first.col})")
+        if d.name in type_pos:  # one namespace for both, as in Soufflé
+            first = type_pos[d.name]
+            raise DatalogError(d.pos, f"name clash: relation {d.name} has the name of the type at {first.line}:{first.col}")
         attrs: list[ir.Attribute] = []
         for attr in d.attrs:
             if any(a.name == attr.name for a in attrs):
                 raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
             attrs.append(types.attribute(attr.name, attr.type_name, attr.pos))
+        if d.eqrel and len(attrs) != 2:
+            raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
+        if d.eqrel and attrs[0].type_name != attrs[1].type_name:
+            raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
         reached = types.reachable(a.record for a in attrs if a.record is not None)
-        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos, reached)
+        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
     return relations
+
+
+def _choice_keys(d: st.Decl, attrs: list[ir.Attribute]) -> tuple[tuple[int, ...], ...]:
+    """``choice-domain`` keys as column numbers, each once (``(x, x)`` is ``x``), in order."""
+    names = [a.name for a in attrs]
+    keys: list[tuple[int, ...]] = []
+    for item in d.choice:
+        for name, pos in item:
+            if name not in names:
+                raise DatalogError(pos, f"Attribute {name} not found in relation definition.")
+        key = tuple(sorted({names.index(name) for name, _ in item}))
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
+def _equivalence(d: st.Decl) -> list[st.Clause]:
+    """Soufflé's ``eqrel``: the relation holds the equivalence closure of what is put in it,
+    written as the three rules that close it (reflexive, symmetric, transitive)."""
+
+    def atom(a: str, b: str) -> st.Atom:
+        return st.Atom(d.name, tuple(st.Wild(d.pos) if v == "_" else st.Var(v, d.pos) for v in (a, b)), d.pos)
+
+    return [
+        st.Clause((atom("x", "x"),), ((atom("x", "_"),),), d.pos),
+        st.Clause((atom("x", "y"),), ((atom("y", "x"),),), d.pos),
+        st.Clause((atom("x", "z"),), ((atom("x", "y"), atom("y", "z")),), d.pos),
+    ]
 
 
 def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str) -> ir.Relation:
@@ -300,26 +415,120 @@ def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str
     return relations[name]
 
 
-def _io_params(d: st.Directive) -> tuple[str | None, str]:
-    """(filename, delimiter) of an .input/.output directive."""
+def _params(d: st.Directive, known: Sequence[str]) -> dict[str, st.Param]:
+    """A directive's parameters by key: each known and given once."""
     seen: dict[str, st.Param] = {}
     for p in d.params:
-        if p.key not in _IO_PARAMS:
-            raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} (supported: {', '.join(_IO_PARAMS)})")
+        if p.key not in known:
+            raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} (supported: {', '.join(known)})")
         if p.key in seen:
             raise DatalogError(p.pos, f"parameter '{p.key}' given twice")
         seen[p.key] = p
-        if p.key == "IO" and p.value != "file":
-            hint = "; to print outputs run with -D -" if d.kind == "output" else ""
-            raise DatalogError(p.pos, f"unsupported: IO={p.value} (only IO=file{hint})")
-        if p.key in ("filename", "delimiter") and not p.quoted:
-            raise DatalogError(p.pos, f'{p.key} must be a string, e.g. {p.key}="{p.value}"')
-        if p.key == "delimiter" and not p.value:
-            raise DatalogError(p.pos, "the delimiter must not be empty")
-    name = seen["filename"].value if "filename" in seen else None
-    if name is not None:
-        check_io_filename(name, d.kind, seen["filename"].pos)
-    return name, seen["delimiter"].value if "delimiter" in seen else "\t"
+    return seen
+
+
+def _flag(params: dict[str, st.Param], key: str) -> bool:
+    """A true/false parameter (Soufflé takes any other value for false: a typo is an error here)."""
+    p = params.get(key)
+    if p is None:
+        return False
+    if p.value not in ("true", "false"):
+        raise DatalogError(p.pos, f"{key} must be true or false, not '{p.value}'")
+    return p.value == "true"
+
+
+def _io_kind(params: dict[str, st.Param], kind: str) -> str:
+    p = params.get("IO")
+    if p is None:
+        return "file"
+    if p.value not in _IO_KINDS[kind]:
+        raise DatalogError(p.pos, f"unsupported: IO={p.value} for .{kind} (supported: {', '.join(_IO_KINDS[kind])})")
+    return p.value
+
+
+def _delimiter(params: dict[str, st.Param], rfc4180: bool) -> str:
+    """The field delimiter: a tab by default, a comma with rfc4180 (as in Soufflé)."""
+    p = params.get("delimiter")
+    if p is None:
+        return "," if rfc4180 else "\t"
+    if not p.value:
+        raise DatalogError(p.pos, "the delimiter must not be empty")
+    if rfc4180 and '"' in p.value:
+        raise DatalogError(p.pos, "the delimiter cannot contain '\"' when rfc4180 is enabled")
+    return p.value
+
+
+def _filename(params: dict[str, st.Param], kind: str, extension: str) -> str | None:
+    """``filename=``, else ``name=`` with the default extension (Soufflé's default file is named
+    after the directive's name), else None (the relation's name)."""
+    if "filename" in params:
+        p = params["filename"]
+        check_io_filename(p.value, kind, p.pos)
+        return p.value
+    if "name" in params:
+        p = params["name"]
+        check_io_filename(p.value + extension, kind, p.pos)
+        return p.value + extension
+    return None
+
+
+def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
+    params = _params(d, _INPUT_PARAMS)
+    rfc4180 = _flag(params, "rfc4180")
+    columns = None
+    if "columns" in params and params["columns"].value:
+        p = params["columns"]
+        parts = p.value.split(":")
+        if not all(part.isascii() and part.isdigit() for part in parts) or len(set(map(int, parts))) != relation.arity:
+            example = ":".join(str(i) for i in range(relation.arity))
+            raise DatalogError(
+                p.pos, f'columns must name a distinct file column for each of the {relation.arity} attributes, e.g. "{example}"'
+            )
+        columns = tuple(int(part) for part in parts)
+    return ir.InputSpec(
+        d.relation,
+        _filename(params, "input", ".facts"),
+        _delimiter(params, rfc4180),
+        d.pos,
+        _io_kind(params, "input"),
+        _flag(params, "headers"),
+        rfc4180,
+        columns,
+    )
+
+
+def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
+    params = _params(d, _OUTPUT_PARAMS)
+    rfc4180 = _flag(params, "rfc4180")
+    compress = "compress" in params
+    if compress and params["compress"].value != "true":
+        raise DatalogError(params["compress"].pos, "compress must be true (Soufflé 2.5 compresses whatever its value)")
+    names = [a.name for a in relation.attributes]
+    joint = params["delimiter"].value if "delimiter" in params else "\t"  # Soufflé's header ignores rfc4180's comma
+    header = params["attributeNames"].value if "attributeNames" in params else joint.join(names)
+    return ir.OutputSpec(
+        d.relation,
+        _filename(params, "output", ".csv.gz" if compress else ".csv"),
+        _delimiter(params, rfc4180),
+        d.pos,
+        _io_kind(params, "output"),
+        _flag(params, "headers"),
+        rfc4180,
+        compress,
+        params["name"].value if "name" in params else "",
+        None if header == "\t".join(names) else header,
+    )
+
+
+def _limit(d: st.Directive) -> int:
+    """N of ``.limitsize r(n=N)``: a decimal count (Soufflé's stoi would read "0x3" as 0)."""
+    params = _params(d, ("n",))
+    if "n" not in params:
+        raise DatalogError(d.pos, f".limitsize {d.relation} needs its size, e.g. .limitsize {d.relation}(n=100)")
+    p = params["n"]
+    if not (p.value.isascii() and p.value.isdigit()) or int(p.value) > INT32_MAX:
+        raise DatalogError(p.pos, f"n must be a count from 0 to {INT32_MAX}, not '{p.value}'")
+    return int(p.value)
 
 
 def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
@@ -352,7 +561,7 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
 # ---- clauses -----------------------------------------------------------------------------
 
 
-def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation], types: _Types) -> Iterator[ir.Rule]:
+def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation], inlined: Container[str], types: _Types) -> Iterator[ir.Rule]:
     if c.bodies is None:
         for head in c.heads:
             _check_ground(head)
@@ -360,7 +569,7 @@ def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation], types: _Types
         return
     for body in c.bodies:
         for head in c.heads:
-            yield _RuleChecker(relations, types).rule(head, body, fact=False)
+            yield _RuleChecker(relations, types).rule(head, body, fact=False, grounded=head.relation not in inlined)
 
 
 def _check_ground(head: st.Atom) -> None:
@@ -460,6 +669,23 @@ def _outer_vars(head: ir.Atom, lits: Sequence[ir.BodyLiteral]) -> set[str]:
     return outer
 
 
+def _grounded(lits: Sequence[ir.BodyLiteral], *roots: str) -> set[str]:
+    """Variables the literals ground outside aggregates: plain arguments of positive atoms,
+    aggregate results, ``roots``, and what equalities compute from those."""
+    grounded = {a.name for lit in lits if isinstance(lit, ir.Atom) for a in lit.args if isinstance(a, ir.Var)}
+    grounded |= {lit.result.name for lit in lits if isinstance(lit, ir.Aggregation)} | set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for lit in lits:
+            if isinstance(lit, ir.Comparison) and lit.op == "=":
+                for var, expr in ((lit.left, lit.right), (lit.right, lit.left)):
+                    if isinstance(var, ir.Var) and var.name not in grounded and ir.variable_names(expr) <= grounded:
+                        grounded.add(var.name)
+                        changed = True
+    return grounded
+
+
 def _rename_literal(lit: ir.BodyLiteral, names: dict[str, str]) -> ir.BodyLiteral:
     def rename(t: ir.Term) -> ir.Term:
         return ir.Var(names[t.name], t.pos) if isinstance(t, ir.Var) and t.name in names else t
@@ -545,12 +771,14 @@ class _RuleChecker:
     def __init__(self, relations: dict[str, ir.Relation], table: _Types):
         self.relations = relations
         self.table = table
-        self.fresh_count = {"a": 0, "w": 0, "l": 0}
+        self.fresh_count = {"a": 0, "w": 0, "l": 0, "t": 0}
         self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
         self.types: dict[str, tuple[str, str]] = {}  # variable -> (type, where it got it)
         self.term_types: dict[int, str] = {}  # id() of a record or nil term -> its type, once known
 
-    def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool) -> ir.Rule:
+    def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool, grounded: bool = True) -> ir.Rule:
+        """The rule in IR; ``grounded``: check its safety here (an inline relation's rules are
+        checked where they are expanded)."""
         ir_head = self.atom(head, "head")
         head_aggregates, self.pending = self.pending, []
         lits: list[ir.BodyLiteral] = []
@@ -561,8 +789,10 @@ class _RuleChecker:
             lits.append(converted)
         lits.extend(head_aggregates)
         lits = self.separate_aggregate_locals(ir_head, lits)
+        lits = self.scope_aggregates(ir_head, lits)
         self.infer_types(ir_head, lits)
-        _Safety(ir_head, lits).check()
+        if grounded:
+            _Safety(ir_head, lits).check()
         checked = _fold_records([self.resolve(lit) for lit in lits])
         rule = ir.Rule(self.resolve_atom(ir_head), tuple(checked), ir_head.pos)
         return _fold_fact(rule) if fact and not lits else rule
@@ -601,7 +831,12 @@ class _RuleChecker:
         if isinstance(lit, st.Negation):
             where = "aggregate-negated" if in_aggregate else "negated"
             return ir.Negation(self.atom(lit.atom, where), lit.pos)
-        left, right = (self.term(side, in_aggregate, wildcards="comparison") for side in (lit.left, lit.right))
+        left, right = (
+            self.fresh("w", side.pos)
+            if isinstance(side, st.Wild) and isinstance(other, st.Aggregate)
+            else self.term(side, in_aggregate, wildcards="comparison")
+            for side, other in ((lit.left, lit.right), (lit.right, lit.left))
+        )  # `_ = min x : {...}`: the aggregate's value discarded, its witnesses kept (Soufflé)
         return ir.Comparison(lit.op, left, right, lit.pos)
 
     def term(self, e: st.Expr, in_aggregate: bool, wildcards: str = "value") -> ir.Term:
@@ -624,13 +859,11 @@ class _RuleChecker:
             left, right = self.term(e.left, in_aggregate), self.term(e.right, in_aggregate)
             return ir.Call(e.op, (left, right), "number", e.pos)
         if isinstance(e, st.Call):
-            if in_aggregate and functors.signature(e.func).makes is not None:
-                raise DatalogError(e.pos, f"unsupported: {e.func}(...) inside an aggregate (it makes symbols)")
+            if in_aggregate and functors.signature(e.func).agreed:
+                raise DatalogError(e.pos, f"unsupported: {e.func}(...) inside an aggregate (shards agree on its values)")
             return ir.Call(e.func, tuple(self.term(a, in_aggregate) for a in e.args), "number", e.pos)
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
-        if in_aggregate:
-            raise DatalogError(e.pos, "unsupported: nested aggregates")
         return self.aggregate(e)
 
     def element(self, e: st.Expr, in_aggregate: bool, wildcards: str) -> ir.Term:
@@ -662,11 +895,50 @@ class _RuleChecker:
             raise DatalogError(agg.pos, "count takes no target: write count : { ... }")
         if agg.func != "count" and agg.target is None:
             raise DatalogError(agg.pos, f"{agg.func} needs a target: write {agg.func} x : {{ ... }}")
+        outer, self.pending = self.pending, []  # an aggregate inside this one joins its body
         target = None if agg.target is None else self.term(agg.target, in_aggregate=True)
-        body = tuple(self.literal(lit, in_aggregate=True) for lit in agg.body)
+        body: list[ir.BodyLiteral] = []
+        for lit in agg.body:
+            converted = self.literal(lit, in_aggregate=True)
+            body += self.pending
+            self.pending = []
+            body.append(converted)
+        body += self.pending
+        self.pending = outer
         result = self.fresh("a", agg.pos)
-        self.pending.append(ir.Aggregation(result, agg.func, target, body, "number", agg.pos))
+        self.pending.append(ir.Aggregation(result, agg.func, target, tuple(body), "number", agg.pos))
         return result
+
+    def scope_aggregates(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
+        """Soufflé's scoping of a variable used inside an aggregate and outside it, but not
+        grounded outside: where only the aggregate's own result grounds it outside
+        (``Y = min Z + Y : {...}``) the inner one is another variable; in min or max, it is a
+        witness (Soufflé's GroundWitnesses): the rule also reads the aggregate's body with the
+        target equal to the result, so it takes the values of every body tuple that attains
+        it. Anything else stays an error of the safety check."""
+        out: list[ir.BodyLiteral] = []
+        extra: list[ir.BodyLiteral] = []
+        for i, lit in enumerate(lits):
+            if not isinstance(lit, ir.Aggregation):
+                out.append(lit)
+                continue
+            others = lits[:i] + lits[i + 1 :]
+            shared = {v.name for v in _literal_vars(lit)} & _outer_vars(head, others)
+            without = _grounded(others)
+            local = shared & (_grounded(others, lit.result.name) - without)
+            lit = _rename_literal(lit, {v: self.fresh("l", lit.pos, v).name for v in sorted(local)})
+            assert isinstance(lit, ir.Aggregation)
+            witnesses = shared - local - without
+            if witnesses and lit.func in ("min", "max") and lit.target is not None:
+                target = lit.target
+                if not isinstance(target, ir.Var):  # Soufflé's SimplifyAggregateTargetExpression
+                    var = self.fresh("t", lit.pos)
+                    lit = replace(lit, target=var, body=(*lit.body, ir.Comparison("=", var, target, lit.pos)))
+                    target = var
+                extra += [_rename_literal(b, {target.name: lit.result.name}) for b in lit.body]
+                lit = _rename_literal(lit, {v: self.fresh("l", lit.pos, v).name for v in sorted(witnesses)})
+            out.append(lit)
+        return out + extra
 
     def separate_aggregate_locals(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
         """Give a variable local to one aggregate its own name when another aggregate uses the
@@ -1114,6 +1386,17 @@ def _fold_fact(rule: ir.Rule) -> ir.Rule:
         return functors.fold(t) if isinstance(t, ir.Call) and functors.foldable(t) else t
 
     return replace(rule, head=ir.rewrite_terms(rule.head, fold))
+
+
+def check_counters(strata: Sequence[Stratum]) -> None:
+    """``autoinc()`` in a recursive rule would make a new number every iteration, without end:
+    Soufflé refuses it."""
+    for stratum in strata:
+        if stratum.recursive:
+            for rule in stratum.rules:
+                for call in ir.calls(rule):
+                    if functors.signature(call.name).counter:
+                        raise DatalogError(call.pos, "Auto-increment functor in a recursive rule")
 
 
 def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:

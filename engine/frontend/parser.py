@@ -160,22 +160,31 @@ class Attr:
 
 @dataclass(frozen=True)
 class Decl:
+    """``.decl name(attrs)``; ``eqrel``: Soufflé's equivalence relation (the checker adds the
+    rules that close it); ``overridable``: a derived component may replace its rules."""
+
     name: str
     attrs: tuple[Attr, ...]
     pos: Pos
+    eqrel: bool = False
+    overridable: bool = False
+    inline: bool = False  # expanded where it is used (frontend/inline.py)
+    choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()  # choice-domain keys: attribute names
 
 
 @dataclass(frozen=True)
 class TypeAlias:
     """``.type name <: base`` (``subtype``: a new type inside base; Soufflé 1's
-    ``.number_type name`` and ``.symbol_type name`` too) or ``.type name = base`` (another
-    name for base)."""
+    ``.number_type name`` and ``.symbol_type name`` too), ``.type name = base`` (another
+    name for base) or ``.type name = A | B | ...`` (``members``: a union, holding the values of
+    each member; ``base`` is the first)."""
 
     name: str
     base: str
     pos: Pos
     base_pos: Pos
     subtype: bool = True
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -213,7 +222,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Directive:
-    """One of ``.input`` / ``.output`` / ``.printsize`` for one relation."""
+    """One of ``.input`` / ``.output`` / ``.printsize`` / ``.limitsize`` for one relation."""
 
     kind: str
     relation: str
@@ -230,7 +239,47 @@ class Pragma:
     pos: Pos
 
 
-Statement = Decl | TypeAlias | RecordDecl | AdtDecl | Directive | Clause | Pragma
+TypeDecl = TypeAlias | RecordDecl | AdtDecl
+Statement = Decl | TypeDecl | Directive | Clause | Pragma
+
+
+@dataclass(frozen=True)
+class ComponentType:
+    """``Name<T1, T2>``: a component and its type arguments (or, declaring it, its parameters)."""
+
+    name: str
+    params: tuple[str, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Init:
+    """``.init name = Type<args>``: an instance, whose relations and types are ``name.x``."""
+
+    name: str
+    type: ComponentType
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Override:
+    """``.override rel`` in a component: the base components' rules for ``rel`` are dropped."""
+
+    relation: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Component:
+    """``.comp Type<params> : Base<args>, ... { body }``; components.py expands them away."""
+
+    type: ComponentType
+    bases: tuple[ComponentType, ...]
+    body: tuple[Item, ...]
+    pos: Pos
+
+
+Item = Statement | Component | Init | Override  # what parse() returns, components not yet expanded
 
 # ---- parsing -----------------------------------------------------------------------------
 
@@ -241,8 +290,9 @@ def _lark() -> Lark:
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
-def parse(text: str, filename: str = "<string>", lines: LineMap | None = None) -> tuple[Statement, ...]:
+def parse(text: str, filename: str = "<string>", lines: LineMap | None = None) -> tuple[Item, ...]:
     """Parse a whole program; raises DatalogError on syntax errors and unsupported constructs.
+    Components are left for ``components.expand``.
     A leading byte-order mark (U+FEFF) is not part of the program; columns count after it.
     ``lines``: for preprocessed text, where each of its lines came from (preprocess.py)."""
     text = text.removeprefix("\ufeff")
@@ -270,10 +320,6 @@ _HIDDEN_WORDS = frozenset(
         "btree_delete",
         "eqrel",
         "choice-domain",
-        ".limitsize",
-        ".comp",
-        ".init",
-        ".override",
         ".functor",
         ".pragma",
         ".plan",
@@ -315,6 +361,7 @@ _HIDDEN_WORDS = frozenset(
 )
 _TOKEN_WORDS = {
     "NAME": "a name",
+    "QNAME": "a name",
     "NUMBER": "a number",
     "STRING": "a string",
     "$END": "end of input",
@@ -336,7 +383,7 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) 
     else:
         assert isinstance(e, UnexpectedToken)
         tok = e.token
-        word = {"NAME": "name ", "NUMBER": "number ", "STRING": "string "}.get(tok.type)
+        word = {"NAME": "name ", "QNAME": "name ", "NUMBER": "number ", "STRING": "string "}.get(tok.type)
         found = f"unexpected {word}{tok}" if word else f"unexpected '{tok}'"
     return DatalogError(pos, f"syntax error: {found}" + _expected(e))
 
@@ -373,9 +420,6 @@ def _expected_words(names: set[str]) -> str:
 # ---- lark tree -> syntax tree ------------------------------------------------------------
 
 _UNSUPPORTED_STATEMENTS = {
-    "component": "unsupported: .comp components",
-    "init": "unsupported: .init component instances",
-    "override": "unsupported: .override (components)",
     "functor_decl": "unsupported: .functor user-defined functors",
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
@@ -387,7 +431,6 @@ STORAGE_QUALIFIERS = frozenset({"btree", "brie", "no_inline", "magic", "no_magic
 _SUPPORTED_CALLS = frozenset(name for name in functors.SIGNATURES if name.isidentifier()) - {"min", "max"}
 _FUNCTOR_NAMES = {
     "as": "type casts as(...)",
-    "autoinc": "autoinc() counters",
     "range": "the range(...) generator",
 }
 _ESCAPES = {'"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
@@ -398,7 +441,7 @@ LarkTree = Tree[Any]  # children: Token or Tree, told apart by the grammar
 # Limits on hostile input (docs/contracts.md, "Rejected input"). Every later stage (checker,
 # planner, pickling to workers) walks terms recursively, so nesting is capped here, well below
 # Python's recursion limit; disjunctions expand to their DNF, capped so it cannot explode.
-MAX_NESTING = 128  # parentheses, operators, unary minus, aggregates and ( body ) groups
+MAX_NESTING = 128  # parentheses, operators, unary minus, aggregates and ( body ) groups; components
 MAX_ALTERNATIVES = 1024  # alternatives of one rule body once its disjunctions are expanded
 MAX_LITERAL_DIGITS = 64  # significant digits of an integer literal (a 64-bit value in binary; the checker bounds its type)
 
@@ -409,6 +452,7 @@ class _Builder:
     def __init__(self, filename: str, where: LineMap):
         self.filename, self.where = filename, where
         self.depth = 0  # nesting of the expression or body being built
+        self.components = 0  # nesting of the component being built
 
     def nested(self, node: LarkTree) -> None:
         """Enter one level of nesting (the caller leaves it by ``self.depth -= 1``)."""
@@ -426,9 +470,13 @@ class _Builder:
 
     # statements
 
-    def statements(self, tree: LarkTree) -> tuple[Statement, ...]:
-        out: list[Statement] = []
-        for node in tree.children:
+    def statements(self, tree: LarkTree) -> tuple[Item, ...]:
+        return self.items(tree.children)
+
+    def items(self, nodes: list[Any]) -> tuple[Item, ...]:
+        """The statements of the program or of a component's body, in order."""
+        out: list[Item] = []
+        for node in nodes:
             assert isinstance(node, Tree)
             if node.data == "plan":
                 out[-1] = self.plan(node, out[-1] if out else None)
@@ -436,7 +484,7 @@ class _Builder:
             out.extend(self.statement(node))
         return tuple(out)
 
-    def plan(self, node: LarkTree, rule: Statement | None) -> Clause:
+    def plan(self, node: LarkTree, rule: Item | None) -> Clause:
         """``.plan`` after a rule (in Soufflé's grammar it is part of the rule): each order must
         be a permutation of the rule's atoms, as Soufflé requires; the versions are checked
         once the program's recursion is known (``checker.check_plans``). The planner orders
@@ -453,7 +501,7 @@ class _Builder:
             items.append(PlanItem(version, tuple(order), self.pos(item)))
         return replace(rule, plans=rule.plans + tuple(items))
 
-    def statement(self, node: LarkTree) -> list[Statement]:
+    def statement(self, node: LarkTree) -> list[Item]:
         kind = node.data
         if kind in _UNSUPPORTED_STATEMENTS:
             raise self.fail(node, _UNSUPPORTED_STATEMENTS[kind])
@@ -461,7 +509,7 @@ class _Builder:
             line = str(node.children[0]).strip()
             raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
         if kind == "decl":
-            return list(self.decls(node))
+            return self.decls(node)
         if kind in ("subtype", "type_union"):
             return [self.type_alias(node)]
         if kind == "record_type":
@@ -471,11 +519,18 @@ class _Builder:
             name, *branches = node.children
             decls = tuple(BranchDecl(str(b.children[0]), self.attrs(b.children[1:]), self.pos(b)) for b in branches)
             return [AdtDecl(str(name), decls, self.pos(name))]
-        if kind in ("number_type", "symbol_type"):  # Soufflé 1's spelling of .type T <: number
+        if kind in ("number_type", "symbol_type"):  # Soufflé 1: .number_type T, .symbol_type T, .type T
             name = node.children[0]
             return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
         if kind == "io_directive":
             return self.directives(node)
+        if kind == "component":
+            return [self.component(node)]
+        if kind == "init":
+            name, comp_type = node.children
+            return [Init(str(name), self.comp_type(comp_type), self.pos(node))]
+        if kind == "override":
+            return [Override(str(node.children[0]), self.pos(node.children[0]))]
         if kind == "pragma":
             key, *value = node.children
             assert isinstance(key, Token)
@@ -484,16 +539,36 @@ class _Builder:
         assert kind == "clause", kind
         return [self.clause(node)]
 
-    def decls(self, node: LarkTree) -> list[Statement]:
+    def component(self, node: LarkTree) -> Component:
+        self.components += 1
+        if self.components > MAX_NESTING:
+            raise self.fail(node, f"components nested too deep: more than {MAX_NESTING} levels")
+        head, *rest = (c for c in node.children if isinstance(c, Tree))
+        bases = tuple(self.comp_type(c) for c in rest if c.data == "comp_type")
+        body = self.items([c for c in rest if c.data != "comp_type"])
+        self.components -= 1
+        return Component(self.comp_type(head), bases, body, self.pos(node))
+
+    def comp_type(self, node: LarkTree) -> ComponentType:
+        name, *params = (c for c in node.children if c is not None)
+        return ComponentType(str(name), tuple(map(str, params)), self.pos(name))
+
+    def decls(self, node: LarkTree) -> list[Item]:
         """``.decl a, b(x: T) quals``: one declaration per name, the same attributes; the
-        qualifiers ``input``/``output``/``printsize`` are directives, ``eqrel`` the rules of an
-        equivalence (``_equivalence``), the storage choices are ignored."""
+        qualifiers ``input``/``output``/``printsize`` are directives, the storage choices
+        (``eqrel`` aside) are ignored."""
         names = [child for child in node.children if isinstance(child, Token)]
         attrs = []
         directives: list[str] = []
         storage: str | None = None
+        overridable = False
+        inline = no_inline = False  # no_inline wins, as in Soufflé
+        choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()
         for child in node.children:
-            if isinstance(child, Tree) and child.data == "qualifier":
+            if isinstance(child, Tree) and child.data == "choice_domain":
+                items = [c for c in child.children if isinstance(c, Tree)]
+                choice = tuple(tuple((str(t), self.pos(t)) for t in item.children) for item in items)
+            elif isinstance(child, Tree) and child.data == "qualifier":
                 word = str(child.children[0])
                 if word in ("btree", "brie", "btree_delete", "eqrel"):
                     if storage is not None:
@@ -503,37 +578,23 @@ class _Builder:
                     if word in directives:
                         raise self.fail(child, f"{word} qualifier already set")
                     directives.append(word)
+                elif word == "overridable":
+                    overridable = True
+                elif word == "inline":
+                    inline = True
+                elif word == "no_inline":
+                    no_inline = True
                 elif word not in STORAGE_QUALIFIERS and word != "eqrel":
                     raise self.fail(child, f"unsupported: .decl qualifier '{word}'")
             elif isinstance(child, Tree):
                 attr_name, type_name = child.children
                 attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
-        out: list[Statement] = []
+        out: list[Item] = []
         for name in names:
             pos = self.pos(name)
-            out.append(Decl(str(name), tuple(attrs), pos))
+            out.append(Decl(str(name), tuple(attrs), pos, storage == "eqrel", overridable, inline and not no_inline, choice))
             out += [Directive(kind, str(name), (), pos) for kind in directives]
-            if storage == "eqrel":
-                out += self._equivalence(str(name), attrs, pos)
         return out
-
-    @staticmethod
-    def _equivalence(name: str, attrs: list[Attr], pos: Pos) -> list[Statement]:
-        """Soufflé's ``eqrel``: the relation holds the equivalence closure of what is put in
-        it, written as the three rules that close it (reflexive, symmetric, transitive)."""
-        if len(attrs) != 2:
-            raise DatalogError(pos, f"equivalence relation {name} is not binary")
-        if attrs[0].type_name != attrs[1].type_name:
-            raise DatalogError(pos, f"equivalence relation {name} has attributes of different types")
-
-        def atom(a: str, b: str) -> Atom:
-            return Atom(name, tuple(Wild(pos) if v == "_" else Var(v, pos) for v in (a, b)), pos)
-
-        return [
-            Clause((atom("x", "x"),), ((atom("x", "_"),),), pos),
-            Clause((atom("x", "y"),), ((atom("y", "x"),),), pos),
-            Clause((atom("x", "z"),), ((atom("x", "y"), atom("y", "z")),), pos),
-        ]
 
     def attrs(self, nodes: list[Any]) -> tuple[Attr, ...]:
         """The ``name: type`` attributes of a record type or an ADT branch."""
@@ -546,15 +607,13 @@ class _Builder:
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
-        if len(bases) > 1:
-            raise self.fail(node, "unsupported: union types (.type T = A | B)")
-        return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]), node.data == "subtype")
+        members = tuple(map(str, bases)) if len(bases) > 1 else ()
+        subtype = node.data == "subtype" or bool(members)
+        return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]), subtype, members)
 
-    def directives(self, node: LarkTree) -> list[Statement]:
+    def directives(self, node: LarkTree) -> list[Item]:
         kind_tree, *rest = node.children
         kind = str(kind_tree.children[0])[1:]
-        if kind == "limitsize":
-            raise self.fail(node, "unsupported: .limitsize")
         names = [c for c in rest if isinstance(c, Token)]
         params = tuple(self.param(c) for c in rest if isinstance(c, Tree))
         return [Directive(kind, str(n), params, self.pos(n)) for n in names]
@@ -600,6 +659,8 @@ class _Builder:
             left, op, right = node.children
             lit = Comparison(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
             return ((lit,),)
+        if kind == "truth":  # true adds nothing; false leaves no alternative, the rule never fires
+            return ((),) if str(node.children[0]) == "true" else ()
         assert kind in ("functor_constraint", "negated_functor_constraint"), kind
         name_tree, *args = node.children
         name = str(name_tree.children[0])
@@ -644,7 +705,13 @@ class _Builder:
         }[kind]
 
     def expr_var(self, node: LarkTree) -> Expr:
+        """A variable, ``_``, or Soufflé's scanner constants ``__LINE__`` and ``__FILE__``
+        (where the C preprocessor did not already replace them)."""
         tok = node.children[0]
+        if tok == "__LINE__":
+            return Num(self.pos(tok).line, self.pos(tok))
+        if tok == "__FILE__":
+            return Str(self.pos(tok).file, self.pos(tok))
         return Wild(self.pos(tok)) if tok == "_" else Var(str(tok), self.pos(tok))
 
     def expr_number(self, node: LarkTree) -> Expr:
@@ -665,6 +732,15 @@ class _Builder:
     def expr_adt(self, node: LarkTree) -> Expr:
         name, *args = node.children
         return Branch(str(name)[1:], tuple(self.expr(a) for a in args if a is not None), self.pos(node))
+
+    def expr_ipv4(self, node: LarkTree) -> Expr:
+        """``a.b.c.d``: the address as one 32-bit number, as Soufflé's scanner reads it (each
+        part at most 255; 255.255.255.255 is -1)."""
+        parts = [int(p) for p in str(node.children[0]).split(".")]
+        if max(parts) > 255:
+            raise self.fail(node, "IP out of range")
+        value = (parts[0] << 24) + (parts[1] << 16) + (parts[2] << 8) + parts[3]
+        return Num(value - (1 << 32) if value >= 1 << 31 else value, self.pos(node))
 
     def expr_string(self, node: LarkTree) -> Expr:
         tok = node.children[0]
@@ -722,7 +798,8 @@ class _Builder:
             alternatives = self.body(body)
             if len(alternatives) > 1:
                 raise self.fail(node, "unsupported: disjunction (;) inside an aggregate body")
-            literals = alternatives[0]
+            pos = self.pos(node)  # a body that is false matches nothing: 0 != 0 says so to the checker
+            literals = alternatives[0] if alternatives else (Comparison("!=", Num(0, pos), Num(0, pos), pos),)
         return Aggregate(func, expr, literals, self.pos(node))
 
     def unquote(self, tok: Token) -> str:
