@@ -344,6 +344,10 @@ class RecordTable:
     def __len__(self) -> int:
         return self._size
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its device copies (a worker's table goes to a client without GPU)."""
+        return {**self.__dict__, "_device": None}
+
     def _part(self, kinds: Kinds) -> _Part:
         part = self._parts.get(kinds)
         if part is None:
