@@ -27,6 +27,7 @@ POWER_UNDEFINED = (
     "on how that library rounds"
 )
 POLYMORPHIC = "T"
+ANY = "any"  # a parameter of any type (ord's): the checker types the argument by itself
 
 
 class SymbolValues:
@@ -274,7 +275,8 @@ def _made(call: ir.Call, args: list[Any], ctx: Context) -> Any:
 
 
 def _ord(call: ir.Call, args: list[Any], ctx: Context) -> Any:
-    """Soufflé's ``ord``: the symbol's id as a number (ids: docs/architecture.md, "Symbols")."""
+    """Soufflé's ``ord``: a symbol's or a record's id as a number (ids: docs/architecture.md,
+    "Symbols"; the checker leaves ord of a number as the number)."""
     return encode_int(args[0].astype(ctx.xp.int64), "number", ctx.xp)
 
 
@@ -345,7 +347,7 @@ SIGNATURES: dict[str, Signature] = {
         Signature("lnot", (T,), T, _unary(lambda a: (a == 0).astype(a.dtype))),
         Signature("strlen", ("symbol",), "number", _strlen),
         Signature("to_number", ("symbol",), "number", _to_number),
-        Signature("ord", ("symbol",), "number", _ord),
+        Signature("ord", (ANY,), "number", _ord),
         Signature(TEXT_RANK, ("symbol",), "number", _text_rank),
         Signature("cat", ("symbol",), "symbol", _made, variadic=True, makes=_cat),
         Signature("substr", ("symbol", "number", "number"), "symbol", _made, makes=_substr),

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Literal as TypingLiteral
 from typing import TypeVar
 
-BaseType = TypingLiteral["number", "unsigned", "symbol"]
+# "record": a record or an algebraic data type's value, as the id of its elements in the run's
+# record table (values.RecordTable); nil is 0. Not a type a program names: its record types are.
+BaseType = TypingLiteral["number", "unsigned", "symbol", "record"]
 BASE_TYPES: tuple[BaseType, ...] = ("number", "unsigned", "symbol")
 T = TypeVar("T")
 
@@ -64,7 +66,29 @@ class Call:
     pos: Pos = field(default=NOWHERE, compare=False)
 
 
-Term = Var | Const | Wildcard | Call
+@dataclass(frozen=True)
+class Record:
+    """A record ``[a, b]``: made where its value is needed (a head, an assignment), matched
+    against a value where one is bound (unpacking it into its elements). ``kinds``: the base
+    types of its elements, which say where the record table keeps it (set by the checker).
+    Algebraic data types are records too (``Branch``); ``nil`` is ``Const(0, "record")``."""
+
+    args: tuple[Term, ...]
+    kinds: tuple[BaseType, ...] = ()
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """An ADT constructor ``$A(x, y)`` as written; the checker turns it into Soufflé's encoding
+    (``Record``s and a ``Const``), so no later stage sees one."""
+
+    name: str
+    args: tuple[Term, ...]
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+Term = Var | Const | Wildcard | Call | Record | Branch
 
 
 @dataclass(frozen=True)
@@ -122,9 +146,45 @@ class Rule:
 
 @dataclass(frozen=True)
 class Attribute:
+    """A relation's column (or a record's field, a branch's argument)."""
+
     name: str
     type: BaseType
     type_name: str  # as written, e.g. an alias declared with `.type Node <: number`
+    record: str | None = None  # the record or ADT type (its canonical name) it holds
+
+
+@dataclass(frozen=True)
+class RecordType:
+    """``.type R = [a: number, b: R]``; anonymous records (``[1, x] = y``) get a type named by
+    their structure."""
+
+    name: str
+    fields: tuple[Attribute, ...]
+
+
+@dataclass(frozen=True)
+class AdtBranch:
+    name: str
+    fields: tuple[Attribute, ...]
+
+
+@dataclass(frozen=True)
+class AdtType:
+    """``.type T = A {x: number} | B {}``, branches in Soufflé's order (by name): a branch's
+    index is its id. Soufflé's encoding: an enum (no branch has arguments) is the branch id, a
+    number; otherwise a record ``[id, argument]`` for one argument, ``[id, [arguments]]`` for
+    none or several."""
+
+    name: str
+    branches: tuple[AdtBranch, ...]
+
+    @property
+    def enum(self) -> bool:
+        return not any(b.fields for b in self.branches)
+
+
+TypeDefinition = RecordType | AdtType
 
 
 @dataclass(frozen=True)
@@ -136,6 +196,12 @@ class Relation:
     attributes: tuple[Attribute, ...]
     pos: Pos = field(default=NOWHERE, compare=False)
     choice: tuple[tuple[int, ...], ...] = ()
+    # The record and ADT types its columns reach (nested ones too): what reading and writing
+    # its rows needs.
+    record_types: tuple[TypeDefinition, ...] = ()
+
+    def record_type(self, name: str) -> TypeDefinition:
+        return next(t for t in self.record_types if t.name == name)
 
     @property
     def arity(self) -> int:
@@ -287,7 +353,7 @@ def rewrite_terms(node: T, fn: Callable[[Term], Term]) -> T:
     then the call): renaming variables, replacing subterms."""
     if isinstance(node, (Var, Const, Wildcard)):
         return fn(node)  # type: ignore[return-value]
-    if isinstance(node, Call):
+    if isinstance(node, (Call, Record, Branch)):
         return fn(replace(node, args=tuple(rewrite_terms(a, fn) for a in node.args)))  # type: ignore[return-value]
     if isinstance(node, tuple):
         return tuple(rewrite_terms(item, fn) for item in node)  # type: ignore[return-value]
@@ -310,6 +376,18 @@ def canonical(node: object) -> object:
     if isinstance(node, dict):
         return ("{:", *((canonical(k), canonical(v)) for k, v in node.items()))
     return node
+
+
+def ground(t: Term) -> bool:
+    """Whether a term is a constant or a record of constants (whose id is known before
+    evaluation: ``record_constants``)."""
+    return isinstance(t, Const) or (isinstance(t, Record) and all(ground(a) for a in t.args))
+
+
+def record_constants(node: object) -> set[Record]:
+    """Every record of constants under ``node``, nested ones included: put in the record table
+    before evaluation on every shard, so their ids are known and the same everywhere."""
+    return {n for n in walk(node) if isinstance(n, Record) and ground(n)}
 
 
 def symbol_constants(node: object) -> set[str]:

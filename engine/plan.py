@@ -28,19 +28,24 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from dask_datalog.engine import functors
+from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend.strata import stratify
 from dask_datalog.engine.ir import (
     Aggregation,
     Atom,
+    BaseType,
     BodyLiteral,
     Call,
     Comparison,
     Const,
     Negation,
     Program,
+    Record,
     Rule,
     Term,
     Var,
+    Wildcard,
+    ground,
     variable_names,
     walk,
 )
@@ -58,8 +63,9 @@ class RouteAction(enum.StrEnum):
     - ``OWN``: it is the same on every shard; each keeps the rows it owns by ``key``.
     - ``SLICE``: it is the same on every shard and the step scans a replicated relation;
       shard k scans block k of the relation's rows, so the work is split, not repeated.
-    - ``AGREE``: the step (an assignment from a functor that makes symbols) first has every
-      shard agree on the ids of the texts it makes (a collective: the pipeline is cut there).
+    - ``AGREE``: the step (an assignment from a functor that makes symbols, or a record made)
+      first has every shard agree on the ids of the texts or records it makes (a collective:
+      the pipeline is cut there).
 
     Applied in one place, ``execution.routing.Router``."""
 
@@ -156,6 +162,18 @@ class AssignStep:
 
 
 @dataclass(frozen=True)
+class UnpackStep:
+    """Match the value of ``source`` against a record of ``kinds``: the rows where it is nil or a
+    record of other kinds (another ADT branch) fail; the others get its elements as the columns
+    ``targets`` names (None: an element nothing reads)."""
+
+    source: Term
+    kinds: tuple[BaseType, ...]
+    targets: tuple[str | None, ...]
+    route: Route = LOCAL  # always local: it reads the record table, the same on every shard
+
+
+@dataclass(frozen=True)
 class NegationStep:
     atom: Atom
     order: tuple[int, ...]
@@ -173,7 +191,7 @@ class AggregateStep:
     route: Route = LOCAL
 
 
-Step = JoinStep | FilterStep | AssignStep | NegationStep | AggregateStep
+Step = JoinStep | FilterStep | AssignStep | UnpackStep | NegationStep | AggregateStep
 
 
 @dataclass(frozen=True)
@@ -231,7 +249,7 @@ class Plan:
 def plan_program(program: Program) -> Plan:
     strata = []
     for stratum in stratify(program):
-        rules = tuple(_lift_made_symbols(_lift_atom_expressions(r)) for r in stratum.rules)
+        rules = tuple(_lift_made_values(_lift_atom_expressions(r)) for r in stratum.rules)
         initial = tuple(plan_rule(r, None) for r in rules)
         deltas = []
         if stratum.recursive:
@@ -264,8 +282,10 @@ def _aggregation_free_vars(agg: Aggregation) -> set[str]:
 
 def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> Rule:
     """``r(x + 1, y)`` in a body becomes ``r($lift0, y), $lift0 = x + 1`` so joins only see
-    variables and constants; the assignment or filter is placed by the ordinary planning.
-    One counter per rule, aggregate bodies included, keeps the fresh names distinct."""
+    variables and constants; the assignment or filter is placed by the ordinary planning. A
+    record too: ``r([x, y])`` is ``r($lift0), $lift0 = [x, y]``, the record looked up before
+    the join when x and y are bound, else matched after it. One counter per rule, aggregate
+    bodies included, keeps the fresh names distinct."""
     counter = counter if counter is not None else itertools.count()
     body: list[BodyLiteral] = []
     extra: list[BodyLiteral] = []
@@ -273,7 +293,7 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
     def lift(atom: Atom) -> Atom:
         args: list[Term] = []
         for a in atom.args:
-            if isinstance(a, Call):
+            if isinstance(a, (Call, Record)):
                 v = Var(f"$lift{next(counter)}", a.pos)
                 extra.append(Comparison("=", v, a, a.pos))
                 args.append(v)
@@ -294,26 +314,36 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
     return replace(rule, body=tuple(body + extra))
 
 
-def _lift_made_symbols(rule: Rule) -> Rule:
+def _lift_made_values(rule: Rule) -> Rule:
     """Every call of a functor that makes symbols (``cat``, ``substr``, ``to_string``) or counts
-    (``autoinc``), innermost first, becomes an assignment to a fresh variable, ``$made0 = cat(x, y)``, which the planner
-    places as an ``AGREE`` step: the one place where a rule's new texts get their ids.
+    (``autoinc``), and every record the head makes (but records of constants, known before
+    evaluation), innermost first, becomes an assignment to a fresh variable,
+    ``$made0 = cat(x, y)``, which the planner places as an ``AGREE`` step: the one place where a
+    rule's new texts and records get their ids.
     (Aggregate bodies make none: the checker refuses it.)"""
     counter = itertools.count()
     extra: list[BodyLiteral] = []
 
-    def lift(t: Term) -> Term:
-        if not isinstance(t, Call):
-            return t
-        t = replace(t, args=tuple(lift(a) for a in t.args))
-        if not functors.signature(t.name).agreed:
+    def lift(t: Term, records: bool) -> Term:
+        if isinstance(t, Record):
+            t = replace(t, args=tuple(lift(a, records) for a in t.args))
+            if not records or ground(t):
+                return t
+        elif isinstance(t, Call):
+            t = replace(t, args=tuple(lift(a, records) for a in t.args))
+            if not functors.signature(t.name).agreed:
+                return t
+        else:
             return t
         v = Var(f"$made{next(counter)}", t.pos)
         extra.append(Comparison("=", v, t, t.pos))
         return v
 
-    head = replace(rule.head, args=tuple(lift(a) for a in rule.head.args))
-    body = [replace(lit, left=lift(lit.left), right=lift(lit.right)) if isinstance(lit, Comparison) else lit for lit in rule.body]
+    head = replace(rule.head, args=tuple(lift(a, True) for a in rule.head.args))
+    body = [
+        replace(lit, left=lift(lit.left, False), right=lift(lit.right, False)) if isinstance(lit, Comparison) else lit
+        for lit in rule.body
+    ]
     if not extra:
         return rule
     return replace(rule, head=head, body=tuple(body + extra))
@@ -331,14 +361,20 @@ def plan_rule(rule: Rule, delta_index: int | None) -> RulePlan:
 
 
 def _order_body(
-    body: tuple[BodyLiteral, ...],
+    written: tuple[BodyLiteral, ...],
     bound: set[str],
     delta_index: int | None,
     needed_after: set[str],
     keep_all: bool,
+    names: Iterator[int] | None = None,
 ) -> tuple[Step, ...]:
-    """Greedy order: the delta atom first, then ready filters/assignments/negations/aggregates,
-    then the atom with the most bound positions (written order breaks ties)."""
+    """Greedy order: the delta atom first, then ready filters/assignments/unpackings/negations/
+    aggregates, then the atom with the most bound positions (written order breaks ties).
+    Unpacking a record adds the comparisons of its elements that bind nothing (``names``: the
+    fresh names of the elements, one counter per rule version). ``keep_all``: an aggregate
+    body's, which makes no records."""
+    body = list(written)
+    names = names if names is not None else itertools.count()
     pending = list(range(len(body)))
     bound = set(bound)
     raw: list[tuple[int, Step]] = []
@@ -362,17 +398,32 @@ def _order_body(
             raw.append((i, NegationStep(lit.atom, order, key_len)))
         elif isinstance(lit, Comparison):
             target = _assignment_target(lit, bound, assignable(lit))
-            if target is None:
+            unpack = None if target is not None or literal_vars(lit) <= bound else _unpack_target(lit, bound)
+            if unpack is not None:
+                source, record = unpack
+                targets: list[str | None] = []
+                for arg in record.args:
+                    if isinstance(arg, Var) and arg.name not in bound and arg.name not in targets:
+                        targets.append(arg.name)
+                    elif isinstance(arg, Wildcard):
+                        targets.append(None)
+                    else:  # a constant, a bound variable, a nested record: compared once bound
+                        element = Var(f"$element{next(names)}", arg.pos)
+                        targets.append(element.name)
+                        pending.append(len(body))
+                        body.append(Comparison("=", element, arg, lit.pos))
+                raw.append((i, UnpackStep(source, record.kinds, tuple(targets))))
+                bound.update(t for t in targets if t is not None)
+            elif target is None:
                 raw.append((i, FilterStep(lit)))
             else:
                 var, expr = target
-                makes = isinstance(expr, Call) and functors.signature(expr.name).agreed
-                raw.append((i, AssignStep(var, expr, Route(RouteAction.AGREE) if makes else LOCAL)))
+                raw.append((i, AssignStep(var, expr, _assignment_route(var, expr, lit, body, needed_after, keep_all))))
                 bound.add(var)
         else:
             inner_vars = _aggregation_free_vars(lit)
             grouping = tuple(sorted(inner_vars & bound))
-            steps = _order_body(lit.body, set(grouping), None, set(), keep_all=True)
+            steps = _order_body(lit.body, set(grouping), None, set(), keep_all=True, names=names)
             raw.append((i, AggregateStep(lit, grouping, steps)))
             bound.add(lit.result.name)
 
@@ -385,8 +436,12 @@ def _order_body(
         if isinstance(lit, Negation):
             return literal_vars(lit) <= bound
         if isinstance(lit, Comparison):
-            return literal_vars(lit) <= bound or _assignment_target(lit, bound, assignable(lit)) is not None
-        return _grouping_ready(lit, bound, body, i)
+            return (
+                literal_vars(lit) <= bound
+                or _assignment_target(lit, bound, assignable(lit)) is not None
+                or _unpack_target(lit, bound) is not None
+            )
+        return _grouping_ready(lit, bound, tuple(body), i)
 
     if delta_index is not None:
         take(delta_index)
@@ -408,7 +463,7 @@ def _order_body(
 
 
 def _agrees(lit: BodyLiteral) -> bool:
-    """``$madeN = f(...)`` of ``_lift_made_symbols``: f's values agreed by every shard."""
+    """``$madeN = f(...)`` of ``_lift_made_values``: f's values agreed by every shard."""
     return isinstance(lit, Comparison) and isinstance(lit.right, Call) and functors.signature(lit.right.name).agreed
 
 
@@ -430,13 +485,49 @@ def _bound_positions(atom: BodyLiteral, bound: set[str]) -> int:
     return sum(isinstance(a, Const) or (isinstance(a, Var) and a.name in bound) for a in atom.args)
 
 
+def _has_value(t: Term, bound: set[str]) -> bool:
+    """Whether ``t`` has a value once ``bound`` are: all its variables bound, no ``_`` inside."""
+    return variable_names(t) <= bound and not any(isinstance(n, Wildcard) for n in walk(t))
+
+
 def _assignment_target(c: Comparison, bound: set[str], not_assignable: set[str]) -> tuple[str, Term] | None:
     if c.op != "=":
         return None
     for var, expr in ((c.left, c.right), (c.right, c.left)):
-        if isinstance(var, Var) and var.name not in bound | not_assignable and variable_names(expr) <= bound:
+        if isinstance(var, Var) and var.name not in bound | not_assignable and _has_value(expr, bound):
             return var.name, expr
     return None
+
+
+def _unpack_target(c: Comparison, bound: set[str]) -> tuple[Term, Record] | None:
+    """(source, record) when ``c`` matches a record with variables still unbound against a
+    value (``v = [x, y]`` with v bound): the record is unpacked, not made."""
+    if c.op != "=":
+        return None
+    for source, record in ((c.left, c.right), (c.right, c.left)):
+        if isinstance(record, Record) and not isinstance(source, Record) and _has_value(source, bound):
+            return source, record
+    return None
+
+
+def _assignment_route(
+    var: str, expr: Term, c: Comparison, body: list[BodyLiteral], needed_after: set[str], in_aggregate: bool
+) -> Route:
+    """``AGREE`` where the assignment makes symbols, counts or makes a record, else local. A record whose
+    variable only atoms read is looked up, not made (``Terms.column``: no relation holds a
+    record the table lacks, so no match is lost and no collective is needed)."""
+    if isinstance(expr, Call) and functors.signature(expr.name).agreed:
+        return Route(RouteAction.AGREE)
+    if not isinstance(expr, Record) or ground(expr):
+        return LOCAL
+    read_elsewhere = var in needed_after or any(
+        var in literal_vars(lit) for lit in body if lit is not c and not isinstance(lit, (Atom, Negation))
+    )
+    if not read_elsewhere:
+        return LOCAL
+    if in_aggregate:
+        raise DatalogError(c.pos, "unsupported: a record made inside an aggregate (match it in an atom instead)")
+    return Route(RouteAction.AGREE)
 
 
 def _index_for(atom: Atom, bound: set[str]) -> tuple[tuple[int, ...], int]:
@@ -465,6 +556,9 @@ def _with_liveness(steps: list[Step], needed_after: set[str], keep_all: bool) ->
         elif isinstance(s, AssignStep):
             live.discard(s.var)
             live |= variable_names(s.expr)
+        elif isinstance(s, UnpackStep):
+            live -= set(s.targets)
+            live |= variable_names(s.source)
         elif isinstance(s, NegationStep):
             live |= literal_vars(s.atom)
         else:

@@ -14,7 +14,7 @@ import numpy as np
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.formats import fact_input
-from dask_datalog.engine.values import SymbolTable
+from dask_datalog.engine.values import RecordTable, SymbolTable
 from dask_datalog.partition.transport import Transport
 
 FactSource = str | Path | Any  # a path, or array-like rows / a DataFrame
@@ -111,22 +111,30 @@ class Start:
 
 
 def agree(transport: Transport, program: ir.Program, inputs: Inputs) -> Start:
-    """This shard's part of the inputs, re-encoded in the table all shards agree on (their
-    strings and the program's constants, in text order), and every input relation's size.
-    One round, whatever the number of shards."""
+    """This shard's part of the inputs, re-encoded in the tables all shards agree on (their
+    strings and the program's constants, in text order; their records and the program's, by
+    ``RecordTable.agreed``), and every input relation's size. One round, whatever the number
+    of shards."""
     local = SymbolTable()
     rows = read_part(program, local, inputs, transport.rank, transport.size)
     counts = {name: int(r.shape[0]) for name, r in rows.items()}
-    agreed = transport.allgather((local.strings, counts))
-    symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program))] + [strings for strings, _ in agreed])
-    if len(local):
+    agreed = transport.allgather((local.strings, counts, local.records if len(local.records) else None))
+    symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program))] + [strings for strings, _, _ in agreed])
+    readers = [rank for rank, (_, _, records) in enumerate(agreed) if records is not None]
+    sources = [(agreed[r][2], SymbolTable.in_order(agreed[r][0], 0).remap_to(symbols)) for r in readers]
+    constants = RecordTable.of_constants(ir.record_constants(program), symbols)
+    symbols.records, maps = RecordTable.agreed([*sources, (constants, None)])
+    if len(local) or len(local.records):
         mapping = local.remap_to(symbols)
+        mine = maps[readers.index(transport.rank)] if len(local.records) else None
         for name, block in rows.items():
-            for j, t in enumerate(program.relations[name].types):
-                if t == "symbol":
+            for j, a in enumerate(program.relations[name].attributes):
+                if a.type == "symbol":
                     block[:, j] = mapping[block[:, j]]
+                elif a.type == "record" and mine is not None:
+                    block[:, j] = mine[block[:, j]]
     sizes: dict[str, int] = {}
-    for _, theirs in agreed:
+    for _, theirs, _ in agreed:
         for name, n in theirs.items():
             sizes[name] = sizes.get(name, 0) + n
     return Start(symbols, rows, sizes)

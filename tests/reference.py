@@ -2,7 +2,9 @@
 
 It shares nothing with the engine but the IR dataclasses (and DatalogError, so division by
 zero is reported the way the contract says). Relations are Python sets of decoded tuples
-(int for number/unsigned, str for symbol); every stratum is re-evaluated naively (not
+(int for number/unsigned, str for symbol, a Python tuple of its elements for a record, None
+for nil; an ADT value is a record as the checker encodes it, ``(branch, argument)``, or the
+branch number for an enum); every stratum is re-evaluated naively (not
 semi-naively) until nothing changes; a rule body is solved by nested loops, literal by
 literal, deferring a literal until the variables it needs are bound. It is meant to be
 obviously correct on a few hundred tuples, not fast.
@@ -13,7 +15,9 @@ Soufflé's cast of the C ``pow`` (see ``power``), ``min``/``max``, ``strlen`` (U
 ``to_number`` (C's strtol; a non-number raises), the text functors ``cat``, ``substr``, ``to_string``,
 ``contains``, ``match`` (Python's ``re``, full match; all on UTF-8 bytes, as C++ strings are) and
 ``<`` on symbols by their bytes (``ord`` is left out: its value is an id), division by
-zero raises, ``v = expr`` binds an unbound variable, negation of lower strata, and
+zero raises, ``v = expr`` binds an unbound variable, a record matched against a value binds
+the variables inside it (``_`` matches anything), records are equal when their elements are,
+negation of lower strata, and
 aggregates: count/sum over the distinct bindings of the aggregate body per group (0 for an
 empty group), min/max of the target (no result for an empty group); grouping variables are
 the aggregate's variables that also occur in the rule outside the aggregate.
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 
-Value = int | str
+Value = int | str | tuple["Value", ...] | None
 Tuple = tuple[Value, ...]
 Binding = dict[str, Value]
 
@@ -392,7 +396,9 @@ class _Budget:
 
 def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
     if isinstance(term, ir.Const):
-        return term.value
+        return None if term.type == "record" else term.value
+    if isinstance(term, ir.Record):
+        return tuple(eval_term(a, binding, pos) for a in term.args)
     if isinstance(term, ir.Var):
         return binding[term.name]
     if isinstance(term, ir.Call) and term.name in TEXT_FUNCTORS:
@@ -414,11 +420,53 @@ def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
     raise TypeError(f"cannot evaluate {term!r}")
 
 
+def pattern_vars(term: ir.Term) -> set[str]:
+    """The variables matching ``term`` against a value binds: itself, a record's elements."""
+    if isinstance(term, ir.Var):
+        return {term.name}
+    if isinstance(term, ir.Record):
+        return set().union(*(pattern_vars(a) for a in term.args))
+    return set()
+
+
+def arithmetic_vars(term: ir.Term) -> set[str]:
+    """The variables of the arithmetic in a pattern: they must be bound before it matches."""
+    if isinstance(term, ir.Call):
+        return term_vars(term)
+    if isinstance(term, ir.Record):
+        return set().union(*(arithmetic_vars(a) for a in term.args))
+    return set()
+
+
+def has_value(term: ir.Term, bound: set[str]) -> bool:
+    return term_vars(term) <= bound and not any(isinstance(n, ir.Wildcard) for n in ir.walk(term))
+
+
+def match(term: ir.Term, value: Value, binding: Binding, pos: ir.Pos) -> Binding | None:
+    """``binding`` extended so that ``term`` equals ``value``, None when it cannot."""
+    if isinstance(term, ir.Wildcard):
+        return binding
+    if isinstance(term, ir.Var):
+        if term.name in binding:
+            return binding if binding[term.name] == value else None
+        return {**binding, term.name: value}
+    if isinstance(term, ir.Record):
+        if not isinstance(value, tuple) or len(value) != len(term.args):
+            return None
+        for arg, element in zip(term.args, value):
+            matched = match(arg, element, binding, pos)
+            if matched is None:
+                return None
+            binding = matched
+        return binding
+    return binding if eval_term(term, binding, pos) == value else None
+
+
 def _ready(lit: PreparedLiteral, bound: set[str]) -> bool:
     """Whether the literal can be evaluated now, given the bound variables."""
     if isinstance(lit, ir.Atom):
-        plain = {a.name for a in lit.args if isinstance(a, ir.Var)}
-        needed = term_vars_all(a for a in lit.args if isinstance(a, ir.Call))
+        plain = set().union(*(pattern_vars(a) for a in lit.args))
+        needed = set().union(*(arithmetic_vars(a) for a in lit.args))
         return needed <= bound | plain
     if isinstance(lit, ir.Negation):
         return literal_vars(lit) <= bound
@@ -428,7 +476,7 @@ def _ready(lit: PreparedLiteral, bound: set[str]) -> bool:
         if lit.op != "=":
             return False
         for var, other in ((lit.left, lit.right), (lit.right, lit.left)):
-            if isinstance(var, ir.Var) and var.name not in bound and term_vars(other) <= bound:
+            if isinstance(var, (ir.Var, ir.Record)) and has_value(other, bound) and arithmetic_vars(var) <= bound:
                 return True
         return False
     return lit.grouping <= bound
@@ -466,30 +514,21 @@ def _match_atom(atom: ir.Atom, binding: Binding, snap: Snapshot, pos: ir.Pos) ->
     positions: list[int] = []
     key: list[Value] = []
     for i, arg in enumerate(atom.args):
-        if isinstance(arg, ir.Const):
+        if isinstance(arg, (ir.Const, ir.Record, ir.Call)) and has_value(arg, set(binding)):
             positions.append(i)
-            key.append(arg.value)
+            key.append(eval_term(arg, binding, pos))
         elif isinstance(arg, ir.Var) and arg.name in binding:
             positions.append(i)
             key.append(binding[arg.name])
-        elif isinstance(arg, ir.Call) and term_vars(arg) <= set(binding):
-            positions.append(i)
-            key.append(eval_term(arg, binding, pos))
     keyed = set(positions)
     for t in snap.lookup(atom.relation, tuple(positions), tuple(key)):
-        b = dict(binding)
-        ok = True
-        for i, arg in enumerate(atom.args):
-            if i in keyed or not isinstance(arg, ir.Var):
-                continue
-            if arg.name in b:  # repeated variable within the atom
-                if b[arg.name] != t[i]:
-                    ok = False
-                    break
-            else:
-                b[arg.name] = t[i]
-        if not ok:
+        b: Binding | None = dict(binding)
+        for i, arg in enumerate(atom.args):  # variables, repeated ones, records' elements
+            if b is not None and i not in keyed and isinstance(arg, (ir.Var, ir.Record)):
+                b = match(arg, t[i], b, pos)
+        if b is None:
             continue
+        ok = True
         for i, arg in enumerate(atom.args):  # expressions over variables bound just now
             if i not in keyed and isinstance(arg, ir.Call) and eval_term(arg, b, pos) != t[i]:
                 ok = False
@@ -512,10 +551,12 @@ def _eval_literal(lit: PreparedLiteral, binding: Binding, snap: Snapshot, pos: i
 
 def _eval_comparison(lit: ir.Comparison, binding: Binding, pos: ir.Pos) -> Iterator[Binding]:
     bound = set(binding)
-    if lit.op == "=":
-        for var, other in ((lit.left, lit.right), (lit.right, lit.left)):
-            if isinstance(var, ir.Var) and var.name not in bound:
-                yield {**binding, var.name: eval_term(other, binding, pos)}
+    if lit.op in ("=", "!="):  # a side with a value matched against the other, records included
+        for pattern, other in ((lit.left, lit.right), (lit.right, lit.left)):
+            if has_value(other, bound):
+                matched = match(pattern, eval_term(other, binding, pos), binding, pos)
+                if (matched is not None) == (lit.op == "="):
+                    yield matched if matched is not None else binding
                 return
     if compare(lit.op, eval_term(lit.left, binding, pos), eval_term(lit.right, binding, pos)):
         yield binding
@@ -568,6 +609,8 @@ def _check_tuple(relation: ir.Relation, t: Tuple) -> None:
     for v, type in zip(t, relation.types):
         if type == "symbol":
             ok = isinstance(v, str)
+        elif type == "record":
+            ok = v is None or isinstance(v, tuple)
         elif type == "number":
             ok = isinstance(v, int) and INT32_MIN <= v <= INT32_MAX
         else:

@@ -21,8 +21,8 @@ from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
 from dask_datalog.engine.functors import decode_int, encode_int
-from dask_datalog.engine.ir import Atom, Call, Var
-from dask_datalog.engine.plan import AggregateStep, AssignStep, FilterStep, JoinStep, NegationStep, Step
+from dask_datalog.engine.ir import Atom, Call, Record, Var
+from dask_datalog.engine.plan import AggregateStep, AssignStep, FilterStep, JoinStep, NegationStep, Step, UnpackStep
 from dask_datalog.engine.storage.hisa import SortedIndex, expand_runs, gather_join, gather_pairs, half_of, probe_query, unpack
 
 Layout = tuple[str | None, ...]
@@ -56,8 +56,9 @@ class Operators:
 
     def assign_made(self, tables: list[Bindings], step: Step) -> list[Bindings]:
         """An ``AGREE`` step over every binding table its segment collected: the symbols its
-        call makes, agreed with the other shards (``Terms.made``), as a new column."""
-        assert isinstance(step, AssignStep) and isinstance(step.expr, Call)
+        call makes, or the records, agreed with the other shards (``Terms.made``), as a new
+        column."""
+        assert isinstance(step, AssignStep) and isinstance(step.expr, (Call, Record))
         b = None
         if tables:
             b = tables[0] if len(tables) == 1 else Bindings(self.xp.concatenate([t.table for t in tables]), tables[0].names)
@@ -152,6 +153,14 @@ def assign(ops: Operators, b: Bindings, step: AssignStep, layout: Layout | None)
     yield b.with_column(step.var, ops.terms.column(step.expr, b), ops.xp)
 
 
+def unpack_record(ops: Operators, b: Bindings, step: UnpackStep, layout: Layout | None) -> Iterator[Bindings]:
+    """The rows whose value is a record of the step's kinds, with its elements as new columns."""
+    found, elements = ops.terms.symbols.records.unpack(step.kinds, ops.terms.column(step.source, b), ops.xp)
+    kept = [j for j, name in enumerate(step.targets) if name is not None]
+    table = ops.xp.concatenate([b.table[found], elements[:, kept]], axis=1)
+    yield Bindings(table, b.names + tuple(step.targets[j] for j in kept))
+
+
 def anti_join(ops: Operators, b: Bindings, step: NegationStep, layout: Layout | None) -> Iterator[Bindings]:
     """The rows with no match in the negated atom's full relation."""
     xp = ops.xp
@@ -238,6 +247,7 @@ EXECUTORS: dict[type, Executor] = {
     JoinStep: join,
     FilterStep: filter_rows,
     AssignStep: assign,
+    UnpackStep: unpack_record,
     NegationStep: anti_join,
     AggregateStep: aggregate,
 }

@@ -21,6 +21,7 @@ included. An empty line is the empty string in a relation read from one symbol f
 Soufflé); elsewhere it is skipped (Soufflé rejects the file: real graphs, GPULog's among them,
 end in a blank line). A nullary relation holds iff a line follows the header, whatever it
 holds, an empty one too (as in Soufflé; ``relation_output.write_relation`` writes ``()``).
+Record and ADT fields are read as Soufflé reads them (``record_text``), by the reference reader.
 
 The fast paths are a C kernel for numbers and pyarrow's multithreaded CSV reader beside
 symbols (numbers among them then go through the kernel too). ``_read_slow`` is the
@@ -38,7 +39,7 @@ import io
 import os
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +47,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.formats import record_text
 from dask_datalog.engine.storage import cpu_kernels
 from dask_datalog.engine.values import INT32_MAX, INT32_MIN, UINT32_MAX, SymbolTable, encode
 
@@ -182,7 +184,7 @@ def read_text(
         data, first_line = (b"" if cut < 0 else data[cut + 1 :]), 2
     if relation.arity == 0:  # as in Soufflé: any line, whatever it holds (an empty one too), is the fact
         return np.empty((int(bool(data)), 0), dtype=np.uint32)
-    rows = _read_fast(data, relation, symbols, fmt) if data else None
+    rows = _read_fast(data, relation, symbols, fmt) if data and not record_text.any_records(relation) else None
     if rows is not None:
         return rows
     return _read_slow(data, file, relation, symbols, fmt, first_line)
@@ -402,6 +404,7 @@ def _read_slow(
     target = _fields(relation, fmt).tolist()
     keep_empty = relation.types == ("symbol",) and len(target) == 1
     columns: list[list[Any]] = [[] for _ in range(relation.arity)]
+    where: list[list[ir.Pos]] = [[] for _ in range(relation.arity)]  # of record fields, read once all are
     reader = _LineReader(lines, file, first_line, fmt.delimiter, fmt.rfc4180, relation, len(target))
     while reader.next_line():
         if not reader.line and not keep_empty:
@@ -411,10 +414,22 @@ def _read_slow(
             if j < 0:
                 continue
             attr = relation.attributes[j]
-            columns[j].append(value if attr.type == "symbol" else _fact_integer(value, attr, pos))
+            if attr.record is not None:
+                where[j].append(pos)
+            columns[j].append(value if attr.type == "symbol" or attr.record is not None else _fact_integer(value, attr, pos))
     rows = np.empty((len(columns[0]), relation.arity), dtype=np.uint32)
     for j, attr in enumerate(relation.attributes):
-        if attr.type == "symbol":
+        if attr.record is not None:
+            values, bad = record_text.read_column(columns[j], attr, relation, symbols)
+            if bad is not None:
+                row, error = bad
+                pos = where[j][row]
+                raise DatalogError(
+                    replace(pos, col=pos.col + error.at),
+                    f"cannot read {_shorten(repr(columns[j][row]))} as {attr.type_name} for column {attr.name}: {error}",
+                )
+            rows[:, j] = values
+        elif attr.type == "symbol":
             rows[:, j] = symbols.intern_many(np.array(columns[j], dtype=object)) if columns[j] else []
         else:
             rows[:, j] = encode(np.array(columns[j], dtype=np.int64), attr.type)
@@ -625,7 +640,7 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
     out = np.empty((n, arity), dtype=np.uint32)
     encoded_symbols: list[tuple[int, np.ndarray]] = []
     for j, (column, attr) in enumerate(zip(columns, relation.attributes)):
-        if attr.type == "symbol":
+        if attr.type == "symbol" or attr.record is not None:
             for i, v in enumerate(column):
                 if not isinstance(v, str):
                     raise DatalogError(
@@ -636,7 +651,18 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
         else:
             out[:, j] = encode(_integer_column(column, attr, origin, j), attr.type)
     for j, column in encoded_symbols:  # interned last: a rejected input leaves no symbols behind
-        out[:, j] = symbols.intern_many(column) if len(column) else []
+        attr = relation.attributes[j]
+        if attr.record is None:
+            out[:, j] = symbols.intern_many(column) if len(column) else []
+            continue
+        values, bad = record_text.read_column(list(column), attr, relation, symbols)
+        if bad is not None:
+            row, error = bad
+            raise DatalogError(
+                ir.Pos(origin, row + 1, j + 1),
+                f"cannot read {_show(column[row])} as {attr.type_name} for column {attr.name}: {error}",
+            )
+        out[:, j] = values
     return out
 
 

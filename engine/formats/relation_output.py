@@ -2,9 +2,11 @@
 
 Kept apart from ``fact_input`` because output never parses user data: it only orders and renders
 rows the engine already holds, for the CLI, the workers' output tasks and the Python API.
-Symbols sort by text, not by id; a nullary relation is written as ``()`` (Soufflé's form). With
-``rfc4180`` every symbol is quoted the way Soufflé 2.5 writes it (WriteStreamCSV.h): a quote
-inside becomes ``\""``, which its own reader takes back as ``\"``, not as the quote.
+Symbols sort by text, not by id; records and ADT values by id, written as Soufflé writes them
+(``record_text``); a nullary relation is written as ``()`` (Soufflé's form). With ``rfc4180``
+every symbol is quoted the way Soufflé 2.5 writes it (WriteStreamCSV.h): a quote inside becomes
+``\""``, which its own reader takes back as ``\"``, not as the quote; a record is quoted whole,
+its symbols in doubled quotes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import NUMPY, Backend
+from dask_datalog.engine.formats import record_text
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.hisa import unpack
 from dask_datalog.engine.values import SIGN, SymbolTable, decode
@@ -116,11 +119,16 @@ def _in_order(rows: Rows) -> bool:
     return True
 
 
-def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
-    """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), object str (symbol)."""
+def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool = False) -> list[np.ndarray]:
+    """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), object str
+    (symbol; a record or ADT value as Soufflé writes it, quoted as rfc4180 output quotes it)."""
     return [
-        symbols.lookup(rows[:, j]) if t == "symbol" else decode(np.ascontiguousarray(rows[:, j]), t)
-        for j, t in enumerate(relation.types)
+        record_text.write_column(np.ascontiguousarray(rows[:, j]), a, relation, symbols, rfc4180)
+        if a.record is not None
+        else symbols.lookup(rows[:, j])
+        if a.type == "symbol"
+        else decode(np.ascontiguousarray(rows[:, j]), a.type)
+        for j, a in enumerate(relation.attributes)
     ]
 
 
@@ -187,8 +195,8 @@ def format_chunks(
 
     Numbers go through the CPU kernel when ``backend`` has it (the rows are NumPy arrays
     whatever backend the run used); otherwise pyarrow writes unquoted CSV, and symbols
-    holding the delimiter, a quote or a line break (pyarrow refuses those unquoted) and
-    multi-byte delimiters go through a plain Python formatter; quoted symbols are joined
+    holding the delimiter, a quote or a line break (pyarrow refuses those unquoted), records
+    and multi-byte delimiters go through a plain Python formatter; quoted symbols are joined
     into lines by pyarrow's string kernels.
     """
     if not in_order:
@@ -205,12 +213,14 @@ def format_chunks(
         for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
             yield memoryview(kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter)))
         return
-    if rfc4180 and "symbol" in relation.types:
+    if rfc4180 and ("symbol" in relation.types or record_text.any_records(relation)):
+        quoted = [a.record is not None for a in relation.attributes]  # written quoted already
         for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
-            yield _quoted_lines(decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols), delimiter)
+            columns = decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols, rfc4180=True)
+            yield _quoted_lines(columns, delimiter, quoted)
         return
     texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
-    exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))
+    exotic = any(c in texts for c in (delimiter, '"', "\n", "\r")) or record_text.any_records(relation)
     plain = exotic or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES
     for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
         columns = decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols)
@@ -221,7 +231,12 @@ def format_chunks(
 
 
 def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend) -> bool:
-    return backend.kernels is not None and "symbol" not in relation.types and len(delimiter.encode()) == 1
+    return (
+        backend.kernels is not None
+        and "symbol" not in relation.types
+        and not record_text.any_records(relation)
+        and len(delimiter.encode()) == 1
+    )
 
 
 _POWERS_OF_TEN = np.array([10**k for k in range(1, 10)], dtype=np.int64)
@@ -265,14 +280,15 @@ def _arrow_csv(columns: list[np.ndarray], delimiter: str) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _quoted_lines(columns: list[np.ndarray], delimiter: str) -> bytes:
-    """Rows as rfc4180 lines, Soufflé's way: each symbol in quotes, a quote in it as ``\\""``."""
+def _quoted_lines(columns: list[np.ndarray], delimiter: str, quoted: list[bool]) -> bytes:
+    """Rows as rfc4180 lines, Soufflé's way: each symbol in quotes, a quote in it as ``\\""``;
+    ``quoted``: the columns whose texts are quoted already (records)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     fields = [
-        _arrow_column(column, quote=True) if column.dtype == object else _arrow_column(column).cast(pa.string())
-        for column in columns
+        _arrow_column(column, quote=not ready) if column.dtype == object else _arrow_column(column).cast(pa.string())
+        for column, ready in zip(columns, quoted)
     ]
     lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, delimiter), "", "\n")  # line + "\n" + ""
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
@@ -330,7 +346,7 @@ def write_parquet_part(path: Path, rows: np.ndarray, relation: ir.Relation, symb
 def to_numpy(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
     """Sorted decoded (n, arity) array: int64 when every column is numeric, else object."""
     columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
-    dtype = object if "symbol" in relation.types else np.int64
+    dtype = object if "symbol" in relation.types or record_text.any_records(relation) else np.int64
     result = np.empty((len(rows), relation.arity), dtype=dtype)
     for j, col in enumerate(columns):
         result[:, j] = col.astype(dtype)

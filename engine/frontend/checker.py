@@ -9,8 +9,10 @@ safety, and last the resolved types of constants and arithmetic.
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 from dask_datalog.engine import functors, ir
 from dask_datalog.engine.errors import DatalogError
@@ -46,15 +48,17 @@ NEUTRAL_PRAGMAS = frozenset(
 
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
     """Check a parsed program and build its IR; raises DatalogError on the first problem."""
-    aliases = [s for s in statements if isinstance(s, st.TypeAlias)]
-    types = _type_table(aliases)
+    type_decls = [s for s in statements if isinstance(s, (st.TypeAlias, st.RecordDecl, st.AdtDecl))]
+    types = _type_table(type_decls)
     decls = [s for s in statements if isinstance(s, st.Decl)]
-    relations = _relations(decls, types, aliases)
+    relations = _relations(decls, types, type_decls)
     excluded = {
         n.strip() for s in statements if isinstance(s, st.Pragma) and s.key == "inline-exclude" for n in s.value.split(",")
     }
     inlined = {d.name: d.pos for d in decls if d.inline and d.name not in excluded}
-    rules = [rule for d in decls if d.eqrel for clause in _equivalence(d) for rule in _clause_rules(clause, relations, inlined)]
+    rules = [
+        rule for d in decls if d.eqrel for clause in _equivalence(d) for rule in _clause_rules(clause, relations, inlined, types)
+    ]
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
@@ -68,7 +72,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
             pragmas[s.key] = s.value
         elif isinstance(s, st.Clause):
-            rules.extend(_clause_rules(s, relations, inlined))
+            rules.extend(_clause_rules(s, relations, inlined, types))
         elif isinstance(s, st.Directive):
             relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
             observed.setdefault(s.relation, s.pos)
@@ -115,9 +119,10 @@ def _inline(
     safety where the expansion placed it; the inline relations are no longer declared."""
     expanded = inline.expand(rules, inlined, observed)
     before = set(rules)
-    for rule in expanded:
+    for i, rule in enumerate(expanded):
         if rule not in before:
             _Safety(rule.head, list(rule.body)).check()
+            expanded[i] = replace(rule, body=tuple(_fold_records(rule.body)))  # a head's record met the use's
     for name in inlined:
         del relations[name]
     return expanded
@@ -211,26 +216,89 @@ def _a(t: str) -> str:
 # ---- declarations ------------------------------------------------------------------------
 
 
-def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
-    """Alias name -> base type, following chains of aliases (declared in any order); a union's
-    members must share one base type, as in Soufflé."""
-    defined: dict[str, st.TypeAlias] = {}
-    for a in aliases:
+class _Types:
+    """The program's types: ``canonical`` maps every type name a program may write to the type
+    the checker works with (number, unsigned, symbol, or a record or ADT type's name, aliases
+    followed); ``definitions`` holds the record and ADT types (anonymous records too, named by
+    their structure: ``[number, symbol]``), ``branches`` every ADT branch by name with its type
+    and its index (its id)."""
+
+    def __init__(self, canonical: dict[str, str], enums: set[str]):
+        self.canonical = canonical
+        self.enums = enums  # the ADTs whose branches have no arguments
+        self.definitions: dict[str, ir.TypeDefinition] = {}
+        self.branches: dict[str, tuple[ir.AdtType, int]] = {}
+
+    def base(self, t: str) -> BaseType:
+        """How a value of type ``t`` is encoded: an enum ADT is its branch's number, other
+        records and ADTs are record ids."""
+        if t not in self.definitions:
+            return _primitive(t)
+        return "number" if t in self.enums else "record"
+
+    def resolve(self, type_name: str, pos: Pos, where: str = "") -> str:
+        if type_name in self.canonical:
+            return self.canonical[type_name]
+        if type_name == "float":
+            raise DatalogError(pos, "unsupported type float")
+        raise DatalogError(pos, f"unknown type {type_name}{where}" + _suggest(type_name, self.canonical))
+
+    def attribute(self, name: str, type_name: str, pos: Pos, where: str = "") -> ir.Attribute:
+        t = self.resolve(type_name, pos, where)
+        return ir.Attribute(name, self.base(t), type_name, t if t in self.definitions else None)
+
+    def record(self, t: str) -> ir.RecordType | None:
+        d = self.definitions.get(t)
+        return d if isinstance(d, ir.RecordType) else None
+
+    def anonymous(self, elements: Sequence[str]) -> str:
+        """The type of anonymous records of these element types (records compared with one
+        another, or bound to variables no atom types)."""
+        name = f"[{', '.join(elements)}]"
+        if name not in self.definitions:
+            fields = tuple(
+                ir.Attribute(str(i), self.base(e), e, e if e in self.definitions else None) for i, e in enumerate(elements)
+            )
+            self.definitions[name] = ir.RecordType(name, fields)
+        return name
+
+    def reachable(self, names: Iterable[str]) -> tuple[ir.TypeDefinition, ...]:
+        """The record and ADT types ``names`` reach, nested ones too, by name."""
+        seen: dict[str, ir.TypeDefinition] = {}
+        stack = [n for n in names if n in self.definitions]
+        while stack:
+            d = self.definitions[stack.pop()]
+            if d.name not in seen:
+                seen[d.name] = d
+                fields = d.fields if isinstance(d, ir.RecordType) else [f for b in d.branches for f in b.fields]
+                stack.extend(f.record for f in fields if f.record is not None)
+        return tuple(seen[n] for n in sorted(seen))
+
+
+def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
+    """Every declared type: aliases followed to what they name (declared in any order), then
+    the record types' fields and the ADTs' branches (which may name any type, themselves
+    included)."""
+    defined: dict[str, st.TypeDecl] = {}
+    for a in decls:
         if a.name in ir.BASE_TYPES or a.name == "float":
             raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
         if a.name in defined:
             first = defined[a.name].pos
             raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at {first.line}:{first.col})")
         defined[a.name] = a
-    table: dict[str, BaseType] = {}
+    canonical: dict[str, str] = {b: b for b in ir.BASE_TYPES}
+    canonical.update((d.name, d.name) for d in decls if not isinstance(d, st.TypeAlias))
 
-    def resolve(a: st.TypeAlias, chain: list[str]) -> BaseType:
-        if a.name in table:
-            return table[a.name]
-        bases: set[BaseType] = set()
+    def resolve(a: st.TypeAlias, chain: list[str]) -> str:
+        """What alias ``a`` names: a base type, or a record or ADT type; a union's members
+        share one base type, as in Soufflé."""
+        if a.name in canonical:
+            return canonical[a.name]
+        found: set[str] = set()
         for member in a.members or (a.base,):
-            if member in ir.BASE_TYPES:
-                bases.add(member)
+            if member in canonical:
+                found.add(canonical[member])
                 continue
             if member == "float":
                 raise DatalogError(a.base_pos, "unsupported type float")
@@ -238,24 +306,59 @@ def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
                 raise DatalogError(a.base_pos, f"unknown type {member}" + _suggest(member, [*ir.BASE_TYPES, *defined]))
             if member in chain:
                 cycle = " -> ".join([*chain[chain.index(member) :], member])
-                if any(defined[n].members for n in chain):  # named where the cycle starts, as Soufflé does
+                if any(getattr(defined[n], "members", ()) for n in chain):  # named where the cycle starts, as Soufflé does
                     raise DatalogError(defined[member].pos, f"Infinite descent in the definition of type {member} ({cycle})")
                 raise DatalogError(defined[chain[0]].pos, f"cyclic type definition: {cycle}")
-            bases.add(resolve(defined[member], [*chain, member]))
-        if len(bases) > 1:
-            listed = ", ".join(sorted(bases))
+            following = defined[member]
+            assert isinstance(following, st.TypeAlias)
+            found.add(resolve(following, [*chain, member]))
+        records = sorted(found - set(ir.BASE_TYPES))
+        if records and a.members:
+            raise DatalogError(a.pos, f"unsupported: union type {a.name} of record or ADT types ({', '.join(records)})")
+        if records and a.subtype:
+            raise DatalogError(a.pos, f"subtype {a.name} cannot be derived from record type {records[0]}")
+        if len(found) > 1:
+            listed = ", ".join(sorted(found))
             raise DatalogError(a.pos, f"Union type {a.name} is defined over {{{listed}}} (multiple primitive types in union)")
-        table[a.name] = bases.pop()
-        return table[a.name]
+        canonical[a.name] = found.pop()
+        return canonical[a.name]
 
-    for a in aliases:
-        resolve(a, [a.name])
-    return table
+    for a in decls:
+        if isinstance(a, st.TypeAlias):
+            resolve(a, [a.name])
+    types = _Types(canonical, {d.name for d in decls if isinstance(d, st.AdtDecl) and not any(b.attrs for b in d.branches)})
+    for d in decls:  # first every name's place, then the fields, which may name any of them
+        if isinstance(d, st.RecordDecl):
+            types.definitions[d.name] = ir.RecordType(d.name, ())
+        elif isinstance(d, st.AdtDecl):
+            types.definitions[d.name] = ir.AdtType(d.name, ())
+    for d in decls:
+        if isinstance(d, st.RecordDecl):
+            _unique_names(d.attrs, f"record type {d.name}")
+            types.definitions[d.name] = ir.RecordType(d.name, tuple(types.attribute(f.name, f.type_name, f.pos) for f in d.attrs))
+        elif isinstance(d, st.AdtDecl):
+            branches: list[ir.AdtBranch] = []
+            for b in sorted(d.branches, key=lambda b: b.name):
+                if b.name in types.branches or any(b.name == other.name for other in branches):
+                    raise DatalogError(b.pos, f"duplicate branch {b.name} (a branch name is one ADT's)")
+                _unique_names(b.attrs, f"branch {b.name}")
+                where = f" in branch {b.name}"
+                branches.append(ir.AdtBranch(b.name, tuple(types.attribute(f.name, f.type_name, f.pos, where) for f in b.attrs)))
+            adt = ir.AdtType(d.name, tuple(branches))
+            types.definitions[d.name] = adt
+            types.branches.update((b.name, (adt, i)) for i, b in enumerate(adt.branches))
+    return types
 
 
-def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType], aliases: Sequence[st.TypeAlias]) -> dict[str, ir.Relation]:
+def _unique_names(attrs: Sequence[st.Attr], where: str) -> None:
+    for i, attr in enumerate(attrs):
+        if any(a.name == attr.name for a in attrs[:i]):
+            raise DatalogError(attr.name_pos, f"duplicate field name {attr.name} in {where}")
+
+
+def _relations(decls: Sequence[st.Decl], types: _Types, type_decls: Sequence[st.TypeDecl]) -> dict[str, ir.Relation]:
     relations: dict[str, ir.Relation] = {}
-    type_pos = {a.name: a.pos for a in aliases}
+    type_pos = {a.name: a.pos for a in type_decls}
     for d in decls:
         if d.name in relations:
             first = relations[d.name].pos
@@ -267,12 +370,13 @@ def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType], aliases: Se
         for attr in d.attrs:
             if any(a.name == attr.name for a in attrs):
                 raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
-            attrs.append(ir.Attribute(attr.name, _base_type(attr, types), attr.type_name))
+            attrs.append(types.attribute(attr.name, attr.type_name, attr.pos))
         if d.eqrel and len(attrs) != 2:
             raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
         if d.eqrel and attrs[0].type_name != attrs[1].type_name:
             raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
-        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs))
+        reached = types.reachable(a.record for a in attrs if a.record is not None)
+        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
     return relations
 
 
@@ -302,16 +406,6 @@ def _equivalence(d: st.Decl) -> list[st.Clause]:
         st.Clause((atom("x", "y"),), ((atom("y", "x"),),), d.pos),
         st.Clause((atom("x", "z"),), ((atom("x", "y"), atom("y", "z")),), d.pos),
     ]
-
-
-def _base_type(attr: st.Attr, types: dict[str, BaseType]) -> BaseType:
-    if attr.type_name in ir.BASE_TYPES:
-        return attr.type_name
-    if attr.type_name in types:
-        return types[attr.type_name]
-    if attr.type_name == "float":
-        raise DatalogError(attr.pos, "unsupported type float")
-    raise DatalogError(attr.pos, f"unknown type {attr.type_name}" + _suggest(attr.type_name, [*ir.BASE_TYPES, *types]))
 
 
 def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str) -> ir.Relation:
@@ -467,15 +561,15 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
 # ---- clauses -----------------------------------------------------------------------------
 
 
-def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation], inlined: Container[str]) -> Iterator[ir.Rule]:
+def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation], inlined: Container[str], types: _Types) -> Iterator[ir.Rule]:
     if c.bodies is None:
         for head in c.heads:
             _check_ground(head)
-            yield _RuleChecker(relations).rule(head, (), fact=True)
+            yield _RuleChecker(relations, types).rule(head, (), fact=True)
         return
     for body in c.bodies:
         for head in c.heads:
-            yield _RuleChecker(relations).rule(head, body, fact=False, grounded=head.relation not in inlined)
+            yield _RuleChecker(relations, types).rule(head, body, fact=False, grounded=head.relation not in inlined)
 
 
 def _check_ground(head: st.Atom) -> None:
@@ -487,7 +581,7 @@ def _check_ground(head: st.Atom) -> None:
         if isinstance(e, st.Binary):
             walk(e.left)
             walk(e.right)
-        if isinstance(e, st.Call):
+        if isinstance(e, (st.Call, st.Record, st.Branch)):
             for arg in e.args:
                 walk(arg)
 
@@ -513,8 +607,49 @@ def _fixed_type_args(t: ir.Term | None) -> Iterator[tuple[ir.Term, BaseType]]:
     for call in ir.calls(t):
         sig = functors.signature(call.name)
         for i, arg in enumerate(call.args):
-            if sig.param(i) != functors.POLYMORPHIC:
+            if sig.param(i) not in (functors.POLYMORPHIC, functors.ANY):
                 yield arg, sig.param(i)  # type: ignore[misc]
+
+
+def _primitive(t: str) -> BaseType:
+    """A type the checker works with that is a base type (records and ADTs were told apart
+    before)."""
+    assert t in ir.BASE_TYPES, t
+    return t
+
+
+def _canonical(attr: ir.Attribute) -> str:
+    """The type the checker works with for a column or field: its record or ADT type, else its
+    base type (subtypes are checked apart, ``_check_subtypes``)."""
+    return attr.record or attr.type
+
+
+def _is_nil(t: ir.Term | None) -> bool:
+    return isinstance(t, ir.Const) and t.type == "record"
+
+
+def _is_shaped(t: ir.Term | None) -> bool:
+    """A record, a branch or nil: a term whose type its context says."""
+    return isinstance(t, (ir.Record, ir.Branch)) or _is_nil(t)
+
+
+def _components(groups: Sequence[tuple[ir.Term | None, ...]]) -> list[int]:
+    """Per group of same-typed terms, a number the groups that share a variable share: all
+    their terms have one type."""
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, terms in enumerate(groups):
+        for term in terms:
+            for v in _same_type_vars(term):
+                parent[root(i)] = root(first.setdefault(v.name, i))
+    return [root(i) for i in range(len(groups))]
 
 
 def _literal_vars(lit: ir.BodyLiteral) -> Iterator[ir.Var]:
@@ -558,14 +693,88 @@ def _rename_literal(lit: ir.BodyLiteral, names: dict[str, str]) -> ir.BodyLitera
     return ir.rewrite_terms(lit, rename)
 
 
+def _pattern_vars(t: ir.Term | None) -> Iterator[ir.Var]:
+    """The variables a term binds when it is matched against a value: itself, or a record's
+    (an ADT branch's) elements, nested ones included, but not those inside arithmetic."""
+    if isinstance(t, ir.Var):
+        yield t
+    elif isinstance(t, (ir.Record, ir.Branch)):
+        for arg in t.args:
+            yield from _pattern_vars(arg)
+
+
+def _has_value(t: ir.Term, bound: set[str]) -> bool:
+    """Whether ``t`` has a value once ``bound`` are: all its variables bound, no ``_``."""
+    return all(v.name in bound for v in ir.variables(t)) and not any(isinstance(n, ir.Wildcard) for n in ir.walk(t))
+
+
+def _equality_binds(left: ir.Term, right: ir.Term, bound: set[str]) -> set[str]:
+    """The variables ``left = right`` binds given ``bound``: a side with a value gives it to
+    the other (a variable, or a record pattern's variables); two records, element by element."""
+    if isinstance(left, (ir.Record, ir.Branch)) and isinstance(right, (ir.Record, ir.Branch)):
+        if type(left) is not type(right) or getattr(left, "name", None) != getattr(right, "name", None):
+            return set()
+        return set().union(*(_equality_binds(a, b, bound) for a, b in zip(left.args, right.args)))
+    for side, other in ((left, right), (right, left)):
+        if isinstance(side, (ir.Var, ir.Record, ir.Branch)) and _has_value(other, bound):
+            return {v.name for v in _pattern_vars(side)} - bound
+    return set()
+
+
+def _arithmetic_in(t: ir.Term) -> Iterator[ir.Call]:
+    """The arithmetic of an atom's argument: the argument itself, or inside records."""
+    if isinstance(t, ir.Call):
+        yield t
+    elif isinstance(t, (ir.Record, ir.Branch)):
+        for arg in t.args:
+            yield from _arithmetic_in(arg)
+
+
+def _fold_records(lits: Sequence[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
+    """``[a, b] = [c, d]`` is ``a = c, b = d`` (as Soufflé's FoldAnonymousRecords): the planner
+    then only meets records matched against a value or made into one."""
+    out: list[ir.BodyLiteral] = []
+    for lit in lits:
+        if (
+            isinstance(lit, ir.Comparison)
+            and lit.op == "="
+            and isinstance(lit.left, ir.Record)
+            and isinstance(lit.right, ir.Record)
+        ):
+            pairs = zip(lit.left.args, lit.right.args)
+            out.extend(
+                _fold_records([ir.Comparison("=", a, b, lit.pos) for a, b in pairs if ir.Wildcard not in (type(a), type(b))])
+            )
+        elif isinstance(lit, ir.Aggregation):
+            out.append(replace(lit, body=tuple(_fold_records(lit.body))))
+        else:
+            out.append(lit)
+    return out
+
+
+# How ``_`` inside a record is taken, by where the record is: kept (matches anything), given a
+# fresh name (an aggregate counts matching tuples), or refused (with the reason).
+_RECORD_WILDCARDS = {
+    "head": "_ cannot appear in the head of a rule",
+    "body": "keep",
+    "aggregate": "fresh",
+    "negated": "ungrounded record: _ inside a record in a negated atom (Soufflé refuses it too)",
+    "aggregate-negated": "ungrounded record: _ inside a record in a negated atom (Soufflé refuses it too)",
+    "comparison": "keep",
+    "value": "_ can only be an argument of a body atom",
+}
+
+
 class _RuleChecker:
     """Checks and normalises one rule (one head, one conjunctive body)."""
 
-    def __init__(self, relations: dict[str, ir.Relation]):
+    def __init__(self, relations: dict[str, ir.Relation], table: _Types):
         self.relations = relations
+        self.table = table
         self.fresh_count = {"a": 0, "w": 0, "l": 0, "t": 0}
         self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
-        self.types: dict[str, tuple[BaseType, str]] = {}  # variable -> (type, where it got it)
+        self.types: dict[str, tuple[str, str]] = {}  # variable -> (type, where it got it)
+        self.term_types: dict[int, str] = {}  # id() of a record or nil term -> its type, once known
 
     def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool, grounded: bool = True) -> ir.Rule:
         """The rule in IR; ``grounded``: check its safety here (an inline relation's rules are
@@ -584,7 +793,8 @@ class _RuleChecker:
         self.infer_types(ir_head, lits)
         if grounded:
             _Safety(ir_head, lits).check()
-        rule = ir.Rule(self.resolve_atom(ir_head), tuple(self.resolve(lit) for lit in lits), ir_head.pos)
+        checked = _fold_records([self.resolve(lit) for lit in lits])
+        rule = ir.Rule(self.resolve_atom(ir_head), tuple(checked), ir_head.pos)
         return _fold_fact(rule) if fact and not lits else rule
 
     def fresh(self, kind: str, pos: Pos, stem: str = "") -> ir.Var:
@@ -608,7 +818,7 @@ class _RuleChecker:
 
     def arg(self, e: st.Expr, where: str) -> ir.Term:
         if not isinstance(e, st.Wild):
-            return self.term(e, in_aggregate=where in ("aggregate", "aggregate-negated"))
+            return self.term(e, in_aggregate=where in ("aggregate", "aggregate-negated"), wildcards=where)
         if where == "head":
             raise DatalogError(e.pos, "_ cannot appear in the head of a rule")
         if where == "aggregate":  # count counts matching tuples: give each _ its own name
@@ -624,12 +834,21 @@ class _RuleChecker:
         left, right = (
             self.fresh("w", side.pos)
             if isinstance(side, st.Wild) and isinstance(other, st.Aggregate)
-            else self.term(side, in_aggregate)
+            else self.term(side, in_aggregate, wildcards="comparison")
             for side, other in ((lit.left, lit.right), (lit.right, lit.left))
         )  # `_ = min x : {...}`: the aggregate's value discarded, its witnesses kept (Soufflé)
         return ir.Comparison(lit.op, left, right, lit.pos)
 
-    def term(self, e: st.Expr, in_aggregate: bool) -> ir.Term:
+    def term(self, e: st.Expr, in_aggregate: bool, wildcards: str = "value") -> ir.Term:
+        """``wildcards``: where the term is (a key of ``_RECORD_WILDCARDS``), which says what a
+        ``_`` inside a record means there."""
+        if isinstance(e, (st.Record, st.Branch)):
+            args = tuple(self.element(a, in_aggregate, wildcards) for a in e.args)
+            if isinstance(e, st.Record):
+                return ir.Record(args, (), e.pos)
+            return ir.Branch(self.branch(e).name, args, e.pos)
+        if isinstance(e, st.Nil):
+            return ir.Const(0, "record", e.pos)
         if isinstance(e, st.Var):
             return ir.Var(e.name, e.pos)
         if isinstance(e, st.Num):
@@ -646,6 +865,30 @@ class _RuleChecker:
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
         return self.aggregate(e)
+
+    def element(self, e: st.Expr, in_aggregate: bool, wildcards: str) -> ir.Term:
+        if not isinstance(e, st.Wild):
+            return self.term(e, in_aggregate, wildcards)
+        meaning = _RECORD_WILDCARDS[wildcards]
+        if meaning == "keep":
+            return ir.Wildcard(e.pos)
+        if meaning == "fresh":
+            return self.fresh("w", e.pos)
+        raise DatalogError(e.pos, meaning)
+
+    def branch(self, e: st.Branch) -> ir.AdtBranch:
+        """The branch ``$name(...)`` makes, checked: declared, and given its arguments."""
+        if e.name not in self.table.branches:
+            raise DatalogError(e.pos, f"unknown ADT branch ${e.name}" + _suggest(e.name, self.table.branches))
+        adt, index = self.table.branches[e.name]
+        branch = adt.branches[index]
+        if len(e.args) != len(branch.fields):
+            wanted = len(branch.fields)
+            raise DatalogError(
+                e.pos,
+                f"arity mismatch: branch {e.name} of {adt.name} takes {wanted} argument{'s' * (wanted != 1)}, not {len(e.args)}",
+            )
+        return branch
 
     def aggregate(self, agg: st.Aggregate) -> ir.Var:
         if agg.func == "count" and agg.target is not None:
@@ -717,23 +960,35 @@ class _RuleChecker:
 
     def infer_types(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> None:
         """Types of variables: from the atoms they occur in, then through comparisons,
-        arithmetic and aggregates; a variable tied only to number literals is a number."""
-        groups: list[tuple[tuple[ir.Term | None, ...], BaseType | None]] = []
+        arithmetic, aggregates and records (a record's elements take its type's fields); a
+        variable tied only to number literals is a number, records tied to no declared type
+        get the anonymous type of their elements."""
+        groups: list[list[Any]] = []  # [terms, fixed type]: terms of one type, per expression
 
-        def group(terms: tuple[ir.Term | None, ...], fixed: BaseType | None) -> None:
-            """One group per expression, a symbol functor's argument being its own."""
-            groups.append((terms, fixed))
+        def group(terms: tuple[ir.Term | None, ...], fixed: str | None) -> None:
+            """One group per expression, a symbol functor's argument being its own; records
+            in one group are of one type, so their elements pair up."""
+            groups.append([terms, fixed])
             for t in terms:
                 for arg, param in _fixed_type_args(t):
-                    groups.append(((arg,), param))
+                    groups.append([(arg,), param])
+            shaped = [t for t in terms if isinstance(t, (ir.Record, ir.Branch))]
+            for a, b in itertools.combinations(shaped, 2):
+                if isinstance(a, ir.Record) and isinstance(b, ir.Record) and len(a.args) != len(b.args):
+                    raise DatalogError(
+                        b.pos, f"type mismatch: a record of {len(b.args)} elements compared with one of {len(a.args)}"
+                    )
+                if type(a) is type(b) and getattr(a, "name", None) == getattr(b, "name", None):
+                    for x, y in zip(a.args, b.args):
+                        group((x, y), None)
 
         def visit_atom(a: ir.Atom) -> None:
             rel = self.relations[a.relation]
             for i, (arg, attr) in enumerate(zip(a.args, rel.attributes), 1):
                 if isinstance(arg, ir.Var):
-                    self.set_type(arg, attr.type, f"argument {i} of {a.relation}")
-                elif isinstance(arg, ir.Call):
-                    group((arg,), attr.type)
+                    self.set_type(arg, _canonical(attr), f"argument {i} of {a.relation}")
+                elif isinstance(arg, (ir.Call, ir.Record, ir.Branch)) or _is_nil(arg):
+                    group((arg,), _canonical(attr))
 
         def visit(lit: ir.BodyLiteral) -> None:
             if isinstance(lit, ir.Atom):
@@ -749,28 +1004,91 @@ class _RuleChecker:
             else:
                 for inner in lit.body:
                     visit(inner)
-                fixed: BaseType | None = "number" if lit.func == "count" else None
-                group((lit.result, lit.target), fixed)
+                group((lit.result, lit.target), "number" if lit.func == "count" else None)
 
         visit_atom(head)
         for lit in lits:
             visit(lit)
+        opened: set[int] = set()  # records and branches whose elements have their groups
         while True:
             changed = False
-            for terms, fixed in groups:
+            for terms, fixed in list(groups):
                 t = fixed or next((k for k in map(self.known, terms) if k), None)
+                if t is None:
+                    continue
                 for v in (v for term in terms for v in _same_type_vars(term)):
-                    if t is not None and v.name not in self.types:
+                    if v.name not in self.types:
                         self.types[v.name] = (t, "")
+                        changed = True
+                for term in terms:
+                    if (isinstance(term, (ir.Record, ir.Branch)) or _is_nil(term)) and id(term) not in opened:
+                        opened.add(id(term))
+                        self.term_types[id(term)] = t
+                        for element, field in self.fields(term, t):
+                            group((element,), field)
                         changed = True
             if changed:
                 continue
-            untyped = [v for terms, _ in groups for term in terms for v in _same_type_vars(term) if v.name not in self.types]
-            if not untyped:
+            components = _components([terms for terms, _ in groups])
+            shaped = {c for c, terms in zip(components, groups) if any(_is_shaped(t) for t in terms[0])}
+            untyped = [
+                v
+                for c, (terms, _) in zip(components, groups)
+                if c not in shaped
+                for term in terms
+                for v in _same_type_vars(term)
+                if v.name not in self.types
+            ]
+            if untyped:
+                self.types[untyped[0].name] = ("number", "")
+                continue
+            open_records = [
+                g for c, g in zip(components, groups) if c in shaped and g[1] is None and not any(map(self.known, g[0]))
+            ]
+            if not open_records:
                 return
-            self.types[untyped[0].name] = ("number", "")
+            first = components[groups.index(open_records[0])]
+            records = [t for c, (terms, _) in zip(components, groups) if c == first for t in terms if isinstance(t, ir.Record)]
+            if not records:
+                raise DatalogError(
+                    next(t for t in open_records[0][0] if _is_nil(t)).pos, "cannot tell which record type this nil is"
+                )
+            open_records[0][1] = self.anonymous(records)
 
-    def set_type(self, v: ir.Var, t: BaseType, where: str) -> None:
+    def fields(self, term: ir.Term, t: str) -> list[tuple[ir.Term, str]]:
+        """(element, its type) of a record or branch of type ``t``, checked against it."""
+        if isinstance(term, ir.Branch):
+            adt, index = self.table.branches[term.name]
+            if adt.name != t:
+                raise DatalogError(term.pos, f"type mismatch: ${term.name} is a branch of {adt.name}, not {_a(t)}")
+            return [(a, _canonical(f)) for a, f in zip(term.args, adt.branches[index].fields)]
+        record = self.table.record(t)
+        if record is None:
+            what = "nil" if _is_nil(term) else "a record"
+            raise DatalogError(term.pos, f"type mismatch: {what} where {_a(t)} is expected")
+        if isinstance(term, ir.Record) and len(term.args) != len(record.fields):
+            raise DatalogError(
+                term.pos, f"wrong number of elements: record type {t} has {len(record.fields)}, this record {len(term.args)}"
+            )
+        if not isinstance(term, ir.Record):  # nil
+            return []
+        return [(a, _canonical(f)) for a, f in zip(term.args, record.fields)]
+
+    def anonymous(self, records: list[ir.Record]) -> str:
+        """The type of records tied to no declared record type: element by element, the type
+        one of them has there (a nested record's own anonymous type), else number."""
+        width = len(records[0].args)
+        for r in records:
+            if len(r.args) != width:
+                raise DatalogError(r.pos, f"type mismatch: a record of {len(r.args)} elements where one of {width} is expected")
+        elements = []
+        for column in zip(*(r.args for r in records)):
+            t = next((k for k in map(self.known, column) if k), None)
+            nested = [c for c in column if isinstance(c, ir.Record)]
+            elements.append(t or (self.anonymous(nested) if nested else "number"))
+        return self.table.anonymous(elements)
+
+    def set_type(self, v: ir.Var, t: str, where: str) -> None:
         if v.name not in self.types:
             self.types[v.name] = (t, f"{where}, at {v.pos.line}:{v.pos.col}")
             return
@@ -778,16 +1096,20 @@ class _RuleChecker:
         if known != t:
             raise DatalogError(v.pos, f"type mismatch: {v.name} is {_a(known)} ({origin}) but {where} is {_a(t)}")
 
-    def known(self, t: ir.Term | None) -> BaseType | None:
+    def known(self, t: ir.Term | None) -> str | None:
         """The type a term certainly has, None while it depends on context."""
         if isinstance(t, ir.Var):
             return self.types[t.name][0] if t.name in self.types else None
         if isinstance(t, ir.Const):
-            return "symbol" if t.type == "symbol" else None
+            return "symbol" if t.type == "symbol" else self.term_types.get(id(t)) if t.type == "record" else None
+        if isinstance(t, ir.Branch):
+            return self.table.branches[t.name][0].name
+        if isinstance(t, ir.Record):
+            return self.term_types.get(id(t))
         if isinstance(t, ir.Call):
             sig = functors.signature(t.name)
             if not sig.polymorphic:
-                return sig.result  # type: ignore[return-value]
+                return sig.result
             return next((k for k in map(self.known, t.args) if k), None)
         return None
 
@@ -796,7 +1118,7 @@ class _RuleChecker:
     def resolve_atom(self, a: ir.Atom) -> ir.Atom:
         rel = self.relations[a.relation]
         args = tuple(
-            self.typed(arg, attr.type, f"argument {i} of {a.relation} is {_a(attr.type)}")
+            self.typed(arg, _canonical(attr), f"argument {i} of {a.relation} is {_a(_canonical(attr))}")
             for i, (arg, attr) in enumerate(zip(a.args, rel.attributes), 1)
         )
         return replace(a, args=args)
@@ -814,6 +1136,8 @@ class _RuleChecker:
                 where = f"{lit.op.removeprefix('not_')} takes symbols"
                 return replace(lit, left=self.typed(lit.left, "symbol", where), right=self.typed(lit.right, "symbol", where))
             t = left or right or "number"
+            if t in self.table.definitions and lit.op not in ("=", "!="):
+                raise DatalogError(lit.pos, f"records and ADTs are compared with = and != only, not {lit.op}")
             where = f"it is compared with {_a(t)}"
             resolved = replace(lit, left=self.typed(lit.left, t, where), right=self.typed(lit.right, t, where))
             if t == "symbol" and lit.op not in ("=", "!="):  # text order, as Soufflé's string comparison
@@ -821,17 +1145,18 @@ class _RuleChecker:
             return resolved
         body = tuple(self.resolve(inner) for inner in lit.body)
         t = "number" if lit.target is None else self.known(lit.target) or "number"
-        if t == "symbol":
-            raise DatalogError(lit.pos, f"{lit.func} over symbols is not supported")
+        if t == "symbol" or t in self.table.definitions:
+            raise DatalogError(lit.pos, f"{lit.func} over {'symbols' if t == 'symbol' else 'records'} is not supported")
         used = self.types[lit.result.name][0]
         if used != t:
             raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it is used as {_a(used)}")
         target = None if lit.target is None else self.typed(lit.target, t, f"{lit.func} is over {_a(t)}")
-        return replace(lit, body=body, target=target, type=t)
+        return replace(lit, body=body, target=target, type=_primitive(t))
 
-    def typed(self, term: ir.Term, want: BaseType, where: str) -> ir.Term:
-        """``term`` with its constants and arithmetic resolved to ``want``; ``where`` ends the
-        sentence "type mismatch: <term> is a <type>, but ..." when it does not fit."""
+    def typed(self, term: ir.Term, want: str, where: str) -> ir.Term:
+        """``term`` with its constants and arithmetic resolved to ``want``, its records and
+        branches to their encoding; ``where`` ends the sentence "type mismatch: <term> is a
+        <type>, but ..." when it does not fit."""
         if isinstance(term, ir.Wildcard):
             return term
         if isinstance(term, ir.Var):
@@ -839,7 +1164,18 @@ class _RuleChecker:
             if actual != want:
                 raise DatalogError(term.pos, f"type mismatch: {term.name} is {_a(actual)}, but {where}")
             return term
+        if isinstance(term, ir.Record):
+            return self.typed_record(term, want, where)
+        if isinstance(term, ir.Branch):
+            return self.typed_branch(term, want, where)
         if isinstance(term, ir.Const):
+            if term.type == "record":  # nil
+                if self.table.record(want) is None:
+                    raise DatalogError(term.pos, f"type mismatch: nil is a record, but {where}")
+                return term
+            if want in self.table.definitions:
+                shown = f'"{term.value}" is a symbol' if term.type == "symbol" else f"{term.value} is a number"
+                raise DatalogError(term.pos, f"type mismatch: {shown}, but {where}")
             if term.type == "symbol" and want != "symbol":
                 raise DatalogError(term.pos, f'type mismatch: "{term.value}" is a symbol, but {where}')
             if term.type != "symbol" and want == "symbol":
@@ -848,20 +1184,66 @@ class _RuleChecker:
                 low, high = _RANGES[want]
                 if not low <= int(term.value) <= high:
                     raise DatalogError(term.pos, f"{term.value} does not fit in 32 bits as {_a(want)} ({low}..{high})")
-            return replace(term, type=want)
+            return replace(term, type=_primitive(want))
         sig = functors.signature(term.name)
+        if term.name == "ord":
+            return self.typed_ord(term, want, where)
         if not sig.polymorphic:
             if want != sig.result:
                 raise DatalogError(term.pos, f"type mismatch: {term.name}(...) is {_a(sig.result)}, but {where}")
-            args = tuple(
-                self.typed(a, sig.param(i), f"{term.name} takes {_a(sig.param(i))}")  # type: ignore[arg-type]
-                for i, a in enumerate(term.args)
-            )
-            return replace(term, args=args, type=want)
+            args = tuple(self.typed(a, sig.param(i), f"{term.name} takes {_a(sig.param(i))}") for i, a in enumerate(term.args))
+            return replace(term, args=args, type=_primitive(want))
         if want == "symbol" and term.name not in ("min", "max"):  # min and max order texts too
             raise DatalogError(term.pos, f"type mismatch: arithmetic ({term.name}) on symbols")
+        if want in self.table.definitions:
+            raise DatalogError(term.pos, f"type mismatch: arithmetic ({term.name}) gives a number, but {where}")
         inner = f"{term.name} is computed on {_a(want)} here"
-        return replace(term, args=tuple(self.typed(a, want, inner) for a in term.args), type=want)
+        return replace(term, args=tuple(self.typed(a, want, inner) for a in term.args), type=_primitive(want))
+
+    def typed_record(self, term: ir.Record, want: str, where: str) -> ir.Record:
+        record = self.table.record(want)
+        if record is None:
+            raise DatalogError(term.pos, f"type mismatch: a record, but {where}")
+        if len(term.args) != len(record.fields):
+            raise DatalogError(
+                term.pos, f"wrong number of elements: record type {want} has {len(record.fields)}, this record {len(term.args)}"
+            )
+        args = tuple(
+            self.typed(a, _canonical(f), f"field {f.name} of {want} is {_a(_canonical(f))}")
+            for a, f in zip(term.args, record.fields)
+        )
+        return ir.Record(args, tuple(f.type for f in record.fields), term.pos)
+
+    def typed_branch(self, term: ir.Branch, want: str, where: str) -> ir.Term:
+        """A branch in Soufflé's encoding (ir.AdtType says it)."""
+        adt, index = self.table.branches[term.name]
+        if adt.name != want:
+            raise DatalogError(term.pos, f"type mismatch: ${term.name} is {_a(adt.name)}, but {where}")
+        fields = adt.branches[index].fields
+        args = tuple(
+            self.typed(a, _canonical(f), f"argument {f.name} of ${term.name} is {_a(_canonical(f))}")
+            for a, f in zip(term.args, fields)
+        )
+        tag = ir.Const(index, "number", term.pos)
+        if adt.enum:
+            return tag
+        if len(args) == 1:
+            return ir.Record((tag, args[0]), ("number", fields[0].type), term.pos)
+        return ir.Record((tag, ir.Record(args, tuple(f.type for f in fields), term.pos)), ("number", "record"), term.pos)
+
+    def typed_ord(self, term: ir.Call, want: str, where: str) -> ir.Term:
+        """``ord(x)``: a symbol's or a record's id, a number's own value, as in Soufflé."""
+        if want != "number":
+            raise DatalogError(term.pos, f"type mismatch: ord(...) is a number, but {where}")
+        (arg,) = term.args
+        own = self.known(arg) or "number"
+        typed = self.typed(arg, own, f"ord takes {_a(own)} here")
+        base = self.table.base(own) if own in self.table.definitions else own
+        if base == "number":
+            return typed
+        if base == "unsigned":
+            raise DatalogError(term.pos, "unsupported: ord of an unsigned")
+        return replace(term, args=(typed,), type="number")
 
 
 class _Safety:
@@ -913,21 +1295,17 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str], grouping: Callable[[
     aggregate results to a fixpoint. ``grouping(agg)`` gives an aggregate's grouping vars."""
     bound = set(bound)
     for lit in lits:
-        if isinstance(lit, ir.Atom):  # plain arguments only: e(n - 1, x) does not bind n
-            bound.update(a.name for a in lit.args if isinstance(a, ir.Var))
+        if isinstance(lit, ir.Atom):  # plain arguments (records' elements too): e(n - 1, x) does not bind n
+            bound.update(v.name for a in lit.args for v in _pattern_vars(a))
     changed = True
     while changed:
         changed = False
         for lit in lits:
             if isinstance(lit, ir.Comparison) and lit.op == "=":
-                for side, other in ((lit.left, lit.right), (lit.right, lit.left)):
-                    if (
-                        isinstance(side, ir.Var)
-                        and side.name not in bound
-                        and all(v.name in bound for v in ir.variables((other,)))
-                    ):
-                        bound.add(side.name)
-                        changed = True
+                new = _equality_binds(lit.left, lit.right, bound)
+                if new:
+                    bound |= new
+                    changed = True
             elif isinstance(lit, ir.Aggregation) and lit.result.name not in bound and grouping(lit) <= bound:
                 bound.add(lit.result.name)
                 changed = True
@@ -939,7 +1317,7 @@ def _require_literals(lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggreg
     body), in source order: arithmetic in positive atoms, negations, comparisons."""
     for lit in lits:
         if isinstance(lit, ir.Atom):
-            arithmetic = [a for a in lit.args if isinstance(a, ir.Call)]
+            arithmetic = [c for a in lit.args for c in _arithmetic_in(a)]
             _require(
                 ir.variables(arithmetic),
                 bound,
@@ -1000,10 +1378,14 @@ def _text_rank(t: ir.Term) -> ir.Term:
 
 
 def _fold_fact(rule: ir.Rule) -> ir.Rule:
-    """Facts hold constants only: evaluate the functors written in them (by the engine's own
-    implementation, ``functors.fold``, so a fact and a rule agree)."""
-    args = tuple(functors.fold(a) if isinstance(a, ir.Call) and functors.foldable(a) else a for a in rule.head.args)
-    return replace(rule, head=replace(rule.head, args=args))
+    """Facts hold constants only: evaluate the functors written in them, records' elements
+    included (by the engine's own implementation, ``functors.fold``, so a fact and a rule
+    agree)."""
+
+    def fold(t: ir.Term) -> ir.Term:
+        return functors.fold(t) if isinstance(t, ir.Call) and functors.foldable(t) else t
+
+    return replace(rule, head=ir.rewrite_terms(rule.head, fold))
 
 
 def check_counters(strata: Sequence[Stratum]) -> None:

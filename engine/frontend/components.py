@@ -207,8 +207,8 @@ def _check(items: Sequence[st.Item], top: list[_Comp], scope: _Lookup) -> list[D
             reference(None, item.type, item.pos, {})
     taken: dict[str, str] = {}  # name -> what has it, as the user reads it
     for item in items:
-        if isinstance(item, st.TypeAlias | st.Decl):
-            what = "type" if isinstance(item, st.TypeAlias) else "relation"
+        if isinstance(item, st.TypeAlias | st.RecordDecl | st.AdtDecl | st.Decl):
+            what = "relation" if isinstance(item, st.Decl) else "type"
             taken.setdefault(item.name, f"the {what} at {item.pos.line}:{item.pos.col}")
     named = [(c.decl.type.name, "component", c.decl.pos) for c in top]  # components first, as in Soufflé
     named += [(item.name, "instantiation", item.pos) for item in items if isinstance(item, st.Init)]
@@ -228,7 +228,7 @@ class _Content:
     """What an instance declares, its names not yet prefixed with the instance's; ``io``: the
     first ``.input`` and ``.printsize`` of each relation, which Soufflé allows once."""
 
-    types: list[st.TypeAlias] = field(default_factory=list)
+    types: list[st.TypeDecl] = field(default_factory=list)
     decls: list[st.Decl] = field(default_factory=list)
     directives: list[st.Directive] = field(default_factory=list)
     clauses: list[st.Clause] = field(default_factory=list)
@@ -254,13 +254,11 @@ class _Content:
         and so does every use of it."""
         types = {t.name: prefix + t.name for t in self.types}
         relations = self.relation_names(prefix)
+        branches = self.branch_names(prefix)
         out = _Content(
-            [
-                replace(t, name=types[t.name], base=types.get(t.base, t.base), members=tuple(types.get(m, m) for m in t.members))
-                for t in self.types
-            ],
+            [_bind_type(replace(t, name=types[t.name]), types, branches) for t in self.types],
             [_bind_decl(replace(d, name=relations[d.name]), types) for d in self.decls],
-            clauses=[_rename_clause(c, relations) for c in self.clauses],
+            clauses=[_rename_clause(c, relations, branches) for c in self.clauses],
         )
         renamed = (replace(d, relation=relations.get(d.relation, d.relation)) for d in self.directives)
         out.add_directives(renamed, [])  # checked before renaming already
@@ -268,6 +266,10 @@ class _Content:
 
     def relation_names(self, prefix: str) -> dict[str, str]:
         return {d.name: prefix + d.name for d in self.decls}
+
+    def branch_names(self, prefix: str) -> dict[str, str]:
+        """The branches of the ADTs declared here, as the instance names them (``$inst.A``)."""
+        return {b.name: prefix + b.name for t in self.types if isinstance(t, st.AdtDecl) for b in t.branches}
 
 
 class _Instantiator:
@@ -307,7 +309,8 @@ class _Instantiator:
         self.collect(comp, active, comp.parent, content, orphans, overridden, depth)
         prefix = init.name + "."
         relations = content.relation_names(prefix)
-        orphans[:] = [_rename_clause(c, relations) for c in orphans]
+        branches = content.branch_names(prefix)
+        orphans[:] = [_rename_clause(c, relations, branches) for c in orphans]
         return content.renamed(prefix)
 
     def collect(
@@ -336,15 +339,8 @@ class _Instantiator:
                 content.add(self.instance(nested, base_comp, orphans, frozenset(), active, depth - 1), self.errors)
             self.collect(base_comp, active, base_comp.parent, content, orphans, inherited_overrides, depth - 1)
         for item in comp.decl.body:
-            if isinstance(item, st.TypeAlias):
-                content.types.append(
-                    replace(
-                        item,
-                        name=binding.get(item.name, item.name),
-                        base=binding.get(item.base, item.base),
-                        members=tuple(binding.get(m, m) for m in item.members),
-                    )
-                )
+            if isinstance(item, st.TypeAlias | st.RecordDecl | st.AdtDecl):
+                content.types.append(_bind_type(replace(item, name=binding.get(item.name, item.name)), binding, {}))
             elif isinstance(item, st.Decl):
                 content.decls.append(_bind_decl(item, binding))
         content.add_directives((item for item in comp.decl.body if isinstance(item, st.Directive)), self.errors)
@@ -365,40 +361,60 @@ def _single_headed(clause: st.Clause) -> list[st.Clause]:
 
 
 def _bind_decl(decl: st.Decl, types: Binding) -> st.Decl:
-    attrs = tuple(replace(a, type_name=types.get(a.type_name, a.type_name)) for a in decl.attrs)
-    return replace(decl, attrs=attrs)
+    return replace(decl, attrs=_bind_attrs(decl.attrs, types))
 
 
-# ---- renaming the relations a rule uses ----------------------------------------------------
+def _bind_attrs(attrs: tuple[st.Attr, ...], types: Binding) -> tuple[st.Attr, ...]:
+    return tuple(replace(a, type_name=types.get(a.type_name, a.type_name)) for a in attrs)
 
 
-def _rename_clause(clause: st.Clause, names: Mapping[str, str]) -> st.Clause:
-    heads = tuple(_rename_atom(a, names) for a in clause.heads)
+def _bind_type(t: st.TypeDecl, types: Binding, branches: Binding) -> st.TypeDecl:
+    """A type declaration with the types it names bound (and its ADT branches named as the
+    instance names them)."""
+    if isinstance(t, st.TypeAlias):
+        return replace(t, base=types.get(t.base, t.base), members=tuple(types.get(m, m) for m in t.members))
+    if isinstance(t, st.RecordDecl):
+        return replace(t, attrs=_bind_attrs(t.attrs, types))
+    return replace(
+        t, branches=tuple(replace(b, name=branches.get(b.name, b.name), attrs=_bind_attrs(b.attrs, types)) for b in t.branches)
+    )
+
+
+# ---- renaming the relations (and ADT branches) a rule uses ---------------------------------
+
+
+def _rename_clause(clause: st.Clause, names: Mapping[str, str], branches: Mapping[str, str]) -> st.Clause:
+    heads = tuple(_rename_atom(a, names, branches) for a in clause.heads)
     bodies = (
-        None if clause.bodies is None else tuple(tuple(_rename_literal(lit, names) for lit in body) for body in clause.bodies)
+        None
+        if clause.bodies is None
+        else tuple(tuple(_rename_literal(lit, names, branches) for lit in body) for body in clause.bodies)
     )
     return replace(clause, heads=heads, bodies=bodies)
 
 
-def _rename_atom(atom: st.Atom, names: Mapping[str, str]) -> st.Atom:
-    return replace(atom, relation=names.get(atom.relation, atom.relation), args=tuple(_rename_expr(e, names) for e in atom.args))
+def _rename_atom(atom: st.Atom, names: Mapping[str, str], branches: Mapping[str, str]) -> st.Atom:
+    args = tuple(_rename_expr(e, names, branches) for e in atom.args)
+    return replace(atom, relation=names.get(atom.relation, atom.relation), args=args)
 
 
-def _rename_literal(lit: st.Literal, names: Mapping[str, str]) -> st.Literal:
+def _rename_literal(lit: st.Literal, names: Mapping[str, str], branches: Mapping[str, str]) -> st.Literal:
     if isinstance(lit, st.Atom):
-        return _rename_atom(lit, names)
+        return _rename_atom(lit, names, branches)
     if isinstance(lit, st.Negation):
-        return replace(lit, atom=_rename_atom(lit.atom, names))
-    return replace(lit, left=_rename_expr(lit.left, names), right=_rename_expr(lit.right, names))
+        return replace(lit, atom=_rename_atom(lit.atom, names, branches))
+    return replace(lit, left=_rename_expr(lit.left, names, branches), right=_rename_expr(lit.right, names, branches))
 
 
-def _rename_expr(e: st.Expr, names: Mapping[str, str]) -> st.Expr:
-    """Atoms sit in expressions inside aggregates."""
+def _rename_expr(e: st.Expr, names: Mapping[str, str], branches: Mapping[str, str]) -> st.Expr:
+    """Atoms sit in expressions inside aggregates; branches in records too."""
     if isinstance(e, st.Binary):
-        return replace(e, left=_rename_expr(e.left, names), right=_rename_expr(e.right, names))
-    if isinstance(e, st.Call):
-        return replace(e, args=tuple(_rename_expr(a, names) for a in e.args))
+        return replace(e, left=_rename_expr(e.left, names, branches), right=_rename_expr(e.right, names, branches))
+    if isinstance(e, st.Call | st.Record):
+        return replace(e, args=tuple(_rename_expr(a, names, branches) for a in e.args))
+    if isinstance(e, st.Branch):
+        return replace(e, name=branches.get(e.name, e.name), args=tuple(_rename_expr(a, names, branches) for a in e.args))
     if isinstance(e, st.Aggregate):
-        target = None if e.target is None else _rename_expr(e.target, names)
-        return replace(e, target=target, body=tuple(_rename_literal(lit, names) for lit in e.body))
+        target = None if e.target is None else _rename_expr(e.target, names, branches)
+        return replace(e, target=target, body=tuple(_rename_literal(lit, names, branches) for lit in e.body))
     return e

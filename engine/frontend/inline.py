@@ -100,9 +100,13 @@ class _Expander:
         n = next(self.fresh)
         names: dict[str, ir.Term] = {}
         pending: list[tuple[ir.Term, ir.Term]] = []  # (head argument, the use's argument) to equate
+        wildcards = itertools.count()
+
+        def named(t: ir.Term) -> ir.Term:  # each _ (one inside a record too) a variable of its own
+            return ir.Var(f"$inline{n}_{next(wildcards)}", use.pos) if isinstance(t, ir.Wildcard) else t
+
         for head_arg, arg in zip(rule.head.args, use.args):
-            if isinstance(arg, ir.Wildcard):
-                arg = ir.Var(f"$inline{n}_{len(names) + len(pending)}", use.pos)
+            arg = ir.rewrite_terms(arg, named)
             if isinstance(head_arg, ir.Var) and head_arg.name not in names:
                 names[head_arg.name] = arg
             else:

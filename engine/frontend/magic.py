@@ -138,8 +138,11 @@ class _Rewriter:
 
 def _loosened(atom: ir.Atom) -> ir.Atom:
     """The atom as a magic rule reads it: an expression argument (whose variables the magic
-    rule may not know) becomes ``_``; the magic relation grows, never shrinks, so outputs stay."""
-    return replace(atom, args=tuple(ir.Wildcard(a.pos) if isinstance(a, ir.Call) else a for a in atom.args))
+    rule may not know), a record holding one too, becomes ``_``; the magic relation grows, never
+    shrinks, so outputs stay."""
+    return replace(
+        atom, args=tuple(ir.Wildcard(a.pos) if any(isinstance(n, ir.Call) for n in ir.walk(a)) else a for a in atom.args)
+    )
 
 
 def _binds(atom: ir.Atom) -> set[str]:

@@ -77,7 +77,29 @@ class Aggregate:
     pos: Pos
 
 
-Expr = Var | Wild | Num | Str | Binary | Call | Aggregate
+@dataclass(frozen=True)
+class Record:
+    """``[a, b]``: a record made or matched."""
+
+    args: tuple[Expr, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Nil:
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Branch:
+    """``$A(a, b)``: an ADT's branch made or matched."""
+
+    name: str
+    args: tuple[Expr, ...]
+    pos: Pos
+
+
+Expr = Var | Wild | Num | Str | Binary | Call | Aggregate | Record | Nil | Branch
 
 
 @dataclass(frozen=True)
@@ -166,6 +188,31 @@ class TypeAlias:
 
 
 @dataclass(frozen=True)
+class RecordDecl:
+    """``.type name = [a: T, ...]``."""
+
+    name: str
+    attrs: tuple[Attr, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class BranchDecl:
+    name: str
+    attrs: tuple[Attr, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class AdtDecl:
+    """``.type name = A {a: T} | B {} | ...``, branches as written."""
+
+    name: str
+    branches: tuple[BranchDecl, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class Param:
     key: str
     value: str
@@ -192,7 +239,8 @@ class Pragma:
     pos: Pos
 
 
-Statement = Decl | TypeAlias | Directive | Clause | Pragma
+TypeDecl = TypeAlias | RecordDecl | AdtDecl
+Statement = Decl | TypeDecl | Directive | Clause | Pragma
 
 
 @dataclass(frozen=True)
@@ -373,8 +421,6 @@ def _expected_words(names: set[str]) -> str:
 
 _UNSUPPORTED_STATEMENTS = {
     "functor_decl": "unsupported: .functor user-defined functors",
-    "record_type": "unsupported: record types (.type T = [...])",
-    "adt_type": "unsupported: algebraic data types (.type T = A {...} | ...)",
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
 # Qualifiers that choose Soufflé's storage or its optimisations, never an answer: accepted and
@@ -466,6 +512,13 @@ class _Builder:
             return self.decls(node)
         if kind in ("subtype", "type_union"):
             return [self.type_alias(node)]
+        if kind == "record_type":
+            name, *attrs = node.children
+            return [RecordDecl(str(name), self.attrs(attrs), self.pos(name))]
+        if kind == "adt_type":
+            name, *branches = node.children
+            decls = tuple(BranchDecl(str(b.children[0]), self.attrs(b.children[1:]), self.pos(b)) for b in branches)
+            return [AdtDecl(str(name), decls, self.pos(name))]
         if kind in ("number_type", "symbol_type"):  # Soufflé 1: .number_type T, .symbol_type T, .type T
             name = node.children[0]
             return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
@@ -542,6 +595,15 @@ class _Builder:
             out.append(Decl(str(name), tuple(attrs), pos, storage == "eqrel", overridable, inline and not no_inline, choice))
             out += [Directive(kind, str(name), (), pos) for kind in directives]
         return out
+
+    def attrs(self, nodes: list[Any]) -> tuple[Attr, ...]:
+        """The ``name: type`` attributes of a record type or an ADT branch."""
+        out = []
+        for node in nodes:
+            if node is not None:
+                attr_name, type_name = node.children
+                out.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
+        return tuple(out)
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
@@ -631,11 +693,8 @@ class _Builder:
 
     def unsupported_expr(self, node: LarkTree) -> str:
         kind = node.data
-        if kind in ("record", "counter"):
-            return {
-                "record": "unsupported: records ([...] and nil)",
-                "counter": "unsupported: $ counters",
-            }[kind]
+        if kind == "counter":
+            return "unsupported: $ counters"
         first = node.children[0]
         word = str(first.children[0]) if isinstance(first, Tree) else str(first)
         if kind == "functor_call":
@@ -643,7 +702,6 @@ class _Builder:
         return {
             "float": f"unsupported: float constant {word} (type float is not supported)",
             "user_functor": f"unsupported: user-defined functor {word}(...)",
-            "adt": f"unsupported: algebraic data type constructor {word}",
         }[kind]
 
     def expr_var(self, node: LarkTree) -> Expr:
@@ -664,6 +722,16 @@ class _Builder:
             shown = text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
             raise self.fail(node, f"integer literal {shown} does not fit in 32 bits")
         return Num(int(digits or "0", base), self.pos(node))
+
+    def expr_record(self, node: LarkTree) -> Expr:
+        return Record(tuple(self.expr(a) for a in node.children if a is not None), self.pos(node))
+
+    def expr_nil(self, node: LarkTree) -> Expr:
+        return Nil(self.pos(node))
+
+    def expr_adt(self, node: LarkTree) -> Expr:
+        name, *args = node.children
+        return Branch(str(name)[1:], tuple(self.expr(a) for a in args if a is not None), self.pos(node))
 
     def expr_ipv4(self, node: LarkTree) -> Expr:
         """``a.b.c.d``: the address as one 32-bit number, as Soufflé's scanner reads it (each
