@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Whole command against whole command: dask-datalog beside compiled Soufflé 2.5, side by side
-in the same run, REACH and SG on the reference graphs, CSPA and Andersen on generated inputs.
+in the same run, REACH and SG on the reference graphs, CSPA and Andersen (on numbers, and
+over names with a symbol made per tuple: andersen_symbols) on generated inputs.
 
 What runs, for each workload (program, graph):
 
 - Soufflé (the peer, ../shared/peers/souffle-2.5 or --peers): its compiled programs,
   `bench/tc -j2 -F FACTS -D OUT` for REACH and `bench/sg -j2 -F FACTS -D OUT` for SG; for
-  CSPA and Andersen, examples/{cspa,andersen}.dl compiled here by the peer's `bin/souffle -o`
+  CSPA and Andersen, examples/{cspa,andersen,andersen_symbols}.dl compiled here by the peer's `bin/souffle -o`
   (about 15 s each, cached in --cache);
 - ours, one column per mode: `dask-datalog run examples/reach.dl -F FACTS -D OUT --quiet`
   (examples/sg.dl for SG), as `default` (no mode flag, what a user types: the run goes where
@@ -15,8 +16,9 @@ What runs, for each workload (program, graph):
 
 Both engines read the same FACTS/edge.facts (a symlink to the graph's edge file, or, when that
 file is not tab-separated without CR, one converted copy used by both) and both write their
-output relations as CSV into a fresh, empty OUT. A workload `cspa:gen:N` or `andersen:gen:N`
-reads inputs written once by `dask-datalog gen cspa|andersen` (N variables, seed 0); its rows
+output relations as CSV into a fresh, empty OUT. A workload `cspa:gen:N`, `andersen:gen:N` or
+`andersen_symbols:gen:N` reads inputs written once by `dask-datalog gen cspa|andersen` (N
+variables, seed 0; andersen_symbols reads Andersen's, its numbers as names); its rows
 (of the first .output relation) are checked between the engines. Every run is a fresh process, measured from
 spawn to exit: interpreter start, imports, loading, evaluation and writing the CSV all count.
 Memory is the peak RSS of the command's whole process tree (the largest sum of the RSS of the
@@ -39,6 +41,7 @@ so and measures dask-datalog alone.
     .venv/bin/python bench/single_shard.py --modes no-cluster --timeout 120
     .venv/bin/python bench/single_shard.py --markdown > table.md   # for docs/benchmarks.md
     .venv/bin/python bench/single_shard.py --pairs cspa:gen:2000000,andersen:gen:2000000
+    .venv/bin/python bench/single_shard.py --pairs andersen_symbols:gen:100000 --modes default
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ PROGRAMS: dict[str, tuple[Path, str | None]] = {
     "sg": (common.REPO_ROOT / "examples" / "sg.dl", "sg"),
     "cspa": (common.REPO_ROOT / "examples" / "cspa.dl", None),
     "andersen": (common.REPO_ROOT / "examples" / "andersen.dl", None),
+    "andersen_symbols": (common.REPO_ROOT / "examples" / "andersen_symbols.dl", None),
 }
+# The programs whose inputs `dask-datalog gen` writes (workload gen:N), and which generator.
+GENERATED: dict[str, str] = {"cspa": "cspa", "andersen": "andersen", "andersen_symbols": "andersen"}
 DEFAULT_CACHE = Path.home() / ".cache" / "dask-datalog-bench"
 
 # Our modes: name -> the flags that select it (default: none, what a user types).
@@ -157,9 +163,12 @@ def souffle_binary(peers: Path, program: str, cache: Path) -> Path | None:
 
 
 def generated_facts(program: str, size: int, facts_dir: Path) -> None:
-    """Write the inputs of CSPA or Andersen for `size` variables (seed 0) into facts_dir."""
+    """Write the inputs of a generated workload (``GENERATED``) for `size` variables (seed 0)
+    into facts_dir."""
     subprocess.run(
-        [*ours_cli(), "gen", program, str(facts_dir), "--size", str(size), "--seed", "0"], check=True, capture_output=True
+        [*ours_cli(), "gen", GENERATED[program], str(facts_dir), "--size", str(size), "--seed", "0"],
+        check=True,
+        capture_output=True,
     )
 
 
@@ -342,10 +351,10 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         if not sep or not graph.strip() or program not in PROGRAMS:
             raise ValueError(f"bad pair {item!r}: expected PROGRAM:GRAPH with PROGRAM one of {', '.join(PROGRAMS)}")
         graph = graph.strip()
-        if (program in ("cspa", "andersen")) != graph.startswith("gen:") or (
+        if (program in GENERATED) != graph.startswith("gen:") or (
             graph.startswith("gen:") and not graph.removeprefix("gen:").isdigit()
         ):
-            raise ValueError(f"bad pair {item!r}: cspa and andersen take gen:N (N variables), reach and sg a graph")
+            raise ValueError(f"bad pair {item!r}: {', '.join(GENERATED)} take gen:N (N variables), reach and sg a graph")
         pairs.append((program, graph))
     return pairs
 
@@ -359,7 +368,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--pairs",
         help="comma-separated PROGRAM:GRAPH (PROGRAM reach or sg, GRAPH a "
-        "dataset directory of --data or tiny/<stem>; or PROGRAM cspa or andersen, GRAPH "
+        "dataset directory of --data or tiny/<stem>; or PROGRAM cspa, andersen or andersen_symbols, GRAPH "
         "gen:N, generated inputs for N variables); default: " + ",".join(f"{p}:{g}" for p, g in DEFAULT_PAIRS),
     )
     ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help=f"graph directory (default: {common.DEFAULT_DATA})")
@@ -454,7 +463,7 @@ def main(argv: list[str]) -> int:
         f"data: {data}",
         (
             f"peer: Soufflé 2.5 compiled ({peers}/bench/tc for REACH, bench/sg for SG, examples/"
-            f"{{cspa,andersen}}.dl compiled by its bin/souffle -o), `BIN -j{SOUFFLE_JOBS} -F FACTS -D OUT`"
+            f"{{cspa,andersen,andersen_symbols}}.dl compiled by its bin/souffle -o), `BIN -j{SOUFFLE_JOBS} -F FACTS -D OUT`"
             if not peer_line
             else f"peer: {peer_line}"
         ),

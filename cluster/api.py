@@ -11,6 +11,7 @@ result.dataframe("path")  # a Dask DataFrame, one partition per worker
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -145,6 +146,7 @@ class Program:
         replicate_below: int = REPLICATE_BELOW,
         options: RunOptions = RunOptions(),
         exchange: str = "auto",
+        stdin: bytes | None = None,
     ) -> Result:
         """Evaluate to the fixpoint. ``facts`` maps relation names to fact-file paths or to
         (n, arity) array-likes / DataFrames and overrides ``.input`` files. ``chunk_rows``
@@ -160,7 +162,11 @@ class Program:
         checkpoints, resuming, retries after lost workers, a time limit, a memory budget and
         a suspend request (``RunOptions``; retries need a cluster). Raises ``Suspended`` when
         the run stopped at a checkpoint on request, ``RunTimeout`` past its time limit,
-        ``MemoryBudgetExceeded`` when its relations outgrow the budget (engine/errors.py)."""
+        ``MemoryBudgetExceeded`` when its relations outgrow the budget (engine/errors.py).
+        ``stdin``: what ``.input r(IO=stdin)`` reads; by default this process's standard
+        input, read to its end when the program has such an input."""
+        if stdin is None and any(spec.io == "stdin" for spec in self.ir.inputs):
+            stdin = sys.stdin.buffer.read()
         if client is not None:
             from dask_datalog.cluster.runtime.coordinator import run_job
 
@@ -168,11 +174,21 @@ class Program:
                 raise ValueError("on_iteration is for in-process runs; pass progress= with a client")
             name = backend.name if isinstance(backend, Backend) else backend  # workers build their own
             run = run_job(
-                client, self.ir, fact_dir, facts, name, chunk_rows, replicate_below, progress, options, ExchangeKind(exchange)
+                client,
+                self.ir,
+                fact_dir,
+                facts,
+                name,
+                chunk_rows,
+                replicate_below,
+                progress,
+                options,
+                ExchangeKind(exchange),
+                stdin,
             )
             return Result(run)
         check_fact_names(self.ir, dict(facts or {}))
-        inputs = Inputs(fact_dir, dict(facts or {}), _array_digests(facts, options))
+        inputs = Inputs(fact_dir, dict(facts or {}), _array_digests(facts, options), stdin)
         return Result(run_in_process(self.ir, get_backend(backend), inputs, _steering(options), chunk_rows, on_iteration))
 
 

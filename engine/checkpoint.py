@@ -5,7 +5,7 @@ A checkpoint is taken at an iteration boundary that every shard reached (control
 they agree without an extra round). Layout of a checkpoint directory::
 
     DIR/latest                      name of the newest complete checkpoint
-    DIR/<name>/manifest.json        position, shards, input sizes, fingerprint, symbols
+    DIR/<name>/manifest.json        position, shards, input sizes, fingerprint, symbols, records
     DIR/<name>/part-<rank>/<relation>.npz   arrays full_0 .. full_k (full's runs), delta
 
 Each shard writes its part (the rows it accounts for: its hash partition, all of a replicated
@@ -37,9 +37,9 @@ from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError, MemoryBudgetExceeded
 from dask_datalog.engine.execution.control import SAVE, STOP, Position
 from dask_datalog.engine.ir import Program
-from dask_datalog.engine.values import SymbolTable
+from dask_datalog.engine.values import RecordTable, SymbolTable
 
-FORMAT_VERSION = 2  # 2: full's runs as separate arrays, the symbol table's text-ordered prefix
+FORMAT_VERSION = 3  # 2: full's runs as separate arrays, the symbol table's text-ordered prefix; 3: records
 MIN_INTERVAL_S = 30.0  # the default schedule's shortest interval between checkpoints
 MEASURE_EVERY_S = 0.02  # how often check() sums what the relations hold (relations grow at merges)
 COST_FACTOR = 9.0  # default schedule: wait 9x the last checkpoint's cost, so they take <= 10% of the run
@@ -56,6 +56,7 @@ class Manifest:
     fingerprint: dict[str, Any]
     symbols: list[str]  # the run's symbol table, in id order
     symbols_ordered: int  # how many of them are in text order (values.SymbolTable)
+    records: list[list[Any]]  # the run's record table: [kinds, ids, element rows] per part
     relations: dict[str, int]  # tuples per relation at the checkpoint
     seconds: float  # wall time the run had spent when it was written, resumes included
 
@@ -69,6 +70,7 @@ class Manifest:
             "fingerprint": self.fingerprint,
             "symbols": self.symbols,
             "symbols_ordered": self.symbols_ordered,
+            "records": self.records,
             "relations": self.relations,
             "seconds": self.seconds,
         }
@@ -85,9 +87,17 @@ class Manifest:
             fingerprint=data["fingerprint"],
             symbols=data["symbols"],
             symbols_ordered=data["symbols_ordered"],
+            records=data["records"],
             relations=data["relations"],
             seconds=data["seconds"],
         )
+
+
+def restored_symbols(manifest: Manifest) -> SymbolTable:
+    """The run's symbol table (its records too) as the checkpoint saved it."""
+    symbols = SymbolTable.in_order(manifest.symbols, manifest.symbols_ordered)
+    symbols.records = RecordTable.restored((tuple(kinds), np.array(ids), np.array(rows)) for kinds, ids, rows in manifest.records)
+    return symbols
 
 
 class Checkpoints:
@@ -318,6 +328,7 @@ class ShardControl:
                 fingerprint,
                 symbols.strings,
                 symbols.ordered,
+                [[list(kinds), ids.tolist(), rows.tolist()] for kinds, ids, rows in symbols.records.parts()],
                 relations,
                 round(self.elapsed(), 3),
             )

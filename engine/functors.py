@@ -5,8 +5,8 @@ once and means the same everywhere.
 
 Types in a signature are base types or ``T``, the call's own numeric type (one of the
 signature's ``types``, resolved by the checker): the arithmetic operators take and give ``T``.
-The conversions ``to_float``, ``to_number`` and ``to_unsigned`` and the cast ``as`` take any
-type: the checker picks the functor that computes them by the argument's type (``CONVERSIONS``,
+The conversions ``to_float``, ``to_number``, ``to_unsigned`` and ``to_string`` and the cast
+``as`` take any type: the checker picks the functor that computes them by the argument's type (``CONVERSIONS``,
 ``CASTS``), as Soufflé picks its I2F, F2I, ... overloads. ``range`` is a generator (one result
 per value). Evaluation works on encoded columns (uint32, see values.py) of one array
 namespace, so constant folding (NumPy, one row) and evaluation (NumPy or CuPy, many rows) run
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,18 +47,24 @@ POWER_UNDEFINED = (
 POLYMORPHIC = "T"
 INTEGRAL = ("number", "unsigned")
 NUMERIC = ("number", "unsigned", "float")
+ANY = "any"  # a parameter of any type (ord's): the checker types the argument by itself
 
 
 class SymbolValues:
-    """Per-symbol-id values the symbol functors gather from (text length in UTF-8 bytes, the
-    number ``to_number`` reads, whether it reads one), extended as the table grows and kept in
-    the array namespace of the run. The one cache of them."""
+    """Per-symbol-id values the symbol functors gather from, extended as the table grows: text
+    length in UTF-8 bytes, the number ``to_number`` reads and whether it reads one (``current``,
+    in the array namespace of the run), the texts (``texts``, on the host), the text order
+    (``ranks``), what to_float and to_unsigned read (``read``). The one cache of them; each part is computed only when a functor reads it."""
 
     def __init__(self, symbols: SymbolTable, xp: Any):
         self.symbols, self.xp = symbols, xp
         self.lengths = xp.zeros(0, dtype=xp.int64)
         self.numbers = xp.zeros(0, dtype=xp.int64)
         self.valid = xp.zeros(0, dtype=bool)
+        self._texts: list[Any] = []  # every symbol's bytes (pyarrow), in id order, in chunks
+        self._texts_held = 0  # how many symbols _texts covers
+        self._ranks: tuple[int, Any] = (-1, None)  # (table size, rank per id) when last computed
+        self._readings: dict[Callable[[str], int | None], tuple[Any, Any]] = {}
 
     def current(self) -> SymbolValues:
         new = self.symbols.strings_from(int(self.lengths.shape[0]))
@@ -68,12 +74,40 @@ class SymbolValues:
             self.lengths = xp.concatenate(
                 [
                     self.lengths,
-                    xp.asarray(np.fromiter((len(s.encode("utf-8", "surrogatepass")) for s in new), np.int64, len(new))),
+                    xp.asarray(np.fromiter((len(s.encode("utf-8", "surrogateescape")) for s in new), np.int64, len(new))),
                 ]
             )
             self.numbers = xp.concatenate([self.numbers, xp.asarray(np.array([p or 0 for p in parsed], np.int64))])
             self.valid = xp.concatenate([self.valid, xp.asarray(np.array([p is not None for p in parsed], bool))])
         return self
+
+    def texts(self, ids: np.ndarray) -> Any:
+        """The texts of host ``ids``, one per row (a pyarrow binary array)."""
+        text = _text()
+        if self._texts_held < len(self.symbols):
+            self._texts.append(text.texts(self.symbols.strings_from(self._texts_held)))
+            self._texts_held = len(self.symbols)
+        return text.take(self._texts, ids)
+
+    def ranks(self) -> Any:
+        """rank[id]: the position of the symbol's text in text order (what ``<`` compares);
+        the ids themselves until strings made while evaluating join the table."""
+        if self._ranks[0] != len(self.symbols):
+            self._ranks = (len(self.symbols), self.xp.asarray(self.symbols.text_rank()))
+        return self._ranks[1]
+
+    def read(self, parse: Callable[[str], int | None]) -> tuple[Any, Any]:
+        """(value, valid) per symbol id of what ``parse`` reads in each string (to_float's and
+        to_unsigned's readers), extended as the table grows: one parse per string, not per row."""
+        xp = self.xp
+        values, valid = self._readings.get(parse, (xp.zeros(0, dtype=xp.uint32), xp.zeros(0, dtype=bool)))
+        new = self.symbols.strings_from(int(values.shape[0]))
+        if new:
+            parsed = [parse(text) for text in new]
+            values = xp.concatenate([values, xp.asarray(np.array([p or 0 for p in parsed], np.uint32))])
+            valid = xp.concatenate([valid, xp.asarray(np.array([p is not None for p in parsed], bool))])
+            self._readings[parse] = (values, valid)
+        return values, valid
 
 
 @dataclass
@@ -83,35 +117,17 @@ class Context:
     xp: Any
     symbols: SymbolTable
     values: SymbolValues | None = None
-    readings: dict[Callable[[str], int | None], tuple[Any, Any]] = field(default_factory=dict)
-    ranks: Any = None
 
     def symbol_values(self) -> SymbolValues:
+        """The per-symbol caches, each brought up to date when read."""
         if self.values is None:
             self.values = SymbolValues(self.symbols, self.xp)
-        return self.values.current()
-
-    def text_ranks(self) -> Any:
-        """rank[id]: the place of the symbol's text in text order, kept while the table holds
-        the same strings (min and max of symbols compare texts, as Soufflé's do)."""
-        if self.ranks is None or int(self.ranks.shape[0]) != len(self.symbols):
-            self.ranks = self.xp.asarray(self.symbols.text_rank())
-        return self.ranks
-
-    def read(self, parse: Callable[[str], int | None]) -> tuple[Any, Any]:
-        """(value, valid) per symbol id of what ``parse`` reads in each string (to_float's and
-        to_unsigned's readers), extended as the table grows: one parse per string, not per row."""
-        values, valid = self.readings.get(parse, (self.xp.zeros(0, dtype=self.xp.uint32), self.xp.zeros(0, dtype=bool)))
-        new = self.symbols.strings_from(int(values.shape[0]))
-        if new:
-            parsed = [parse(text) for text in new]
-            values = self.xp.concatenate([values, self.xp.asarray(np.array([p or 0 for p in parsed], np.uint32))])
-            valid = self.xp.concatenate([valid, self.xp.asarray(np.array([p is not None for p in parsed], bool))])
-            self.readings[parse] = (values, valid)
-        return values, valid
+        return self.values
 
 
 Apply = Callable[[ir.Call, list[Any], Context], Any]
+# A functor that makes symbols: its arguments' distinct rows (host arrays) -> the texts made.
+Make = Callable[[ir.Call, list[np.ndarray], Context], list[str]]
 
 
 @dataclass(frozen=True)
@@ -120,7 +136,9 @@ class Signature:
     least ``len(params)`` arguments; the last ``optional`` may be left out), ``result``, the
     types ``T`` may take, and ``apply(call, encoded columns, context)`` giving the encoded
     result column (raising ``DatalogError`` at ``call.pos`` where Soufflé stops the run). A
-    ``generator`` gives (for each result, the row it comes from; the encoded results)."""
+    ``generator`` gives (for each result, the row it comes from; the encoded results). A
+    functor that ``makes`` symbols has its texts computed by ``makes``; every shard must have
+    agreed on their ids before ``apply`` looks them up (execution/terms.py, ``Terms.made``)."""
 
     name: str
     params: tuple[str, ...]
@@ -130,6 +148,14 @@ class Signature:
     types: tuple[str, ...] = INTEGRAL
     optional: int = 0
     generator: bool = False
+    makes: Make | None = None  # set for the functors that make symbols (cat, substr, to_string)
+    counter: bool = False  # autoinc(): a number no other call in the run gives
+
+    @property
+    def agreed(self) -> bool:
+        """Whether every shard must agree on its values, at a cut of the pipeline (planned as
+        an ``AGREE`` step: execution/terms.py, ``Terms.made``)."""
+        return self.makes is not None or self.counter
 
     def param(self, i: int) -> str:
         return self.params[min(i, len(self.params) - 1)]
@@ -220,17 +246,28 @@ def _arithmetic(compute: Callable[[ir.Call, Any, Any, Any], Any]) -> Apply:
         xp = ctx.xp
         if call.type == "float":
             return _float_fold(call, args, xp)
-        if call.type == "symbol":  # min and max: the first of the smallest (largest) text
-            rank, result = ctx.text_ranks(), args[0]
-            for arg in args[1:]:
-                beyond = rank[arg] < rank[result] if call.name == "min" else rank[result] < rank[arg]
-                result = xp.where(beyond, arg, result)
-            return result
         values = [decode_int(a, call.type, xp) for a in args]
         result = values[0]
         for value in values[1:]:
             result = compute(call, result, value, xp)
         return encode_int(result, call.type, xp)
+
+    return apply
+
+
+def _min_max(compute: Callable[[ir.Call, Any, Any, Any], Any]) -> Apply:
+    """min and max: on numbers arithmetic, on symbols by text order (Soufflé's SMIN, SMAX)."""
+    numeric = _arithmetic(compute)
+
+    def apply(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+        if call.type != "symbol":
+            return numeric(call, args, ctx)
+        ranks = ctx.symbol_values().ranks()
+        result = args[0]
+        for other in args[1:]:
+            take = ranks[other] < ranks[result] if call.name == "min" else ranks[other] > ranks[result]
+            result = ctx.xp.where(take, other, result)
+        return result
 
     return apply
 
@@ -287,12 +324,12 @@ def _unary(compute: Callable[[Any], Any]) -> Apply:
 
 
 def _strlen(call: ir.Call, args: list[Any], ctx: Context) -> Any:
-    return encode_int(ctx.symbol_values().lengths[args[0]], "number", ctx.xp)
+    return encode_int(ctx.symbol_values().current().lengths[args[0]], "number", ctx.xp)
 
 
 def _to_number(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     ids = args[0]
-    values = ctx.symbol_values()
+    values = ctx.symbol_values().current()
     bad = ~values.valid[ids]
     if bool(bad.any()):
         raise _not_a_number("to_number", call, ids, bad, ctx)
@@ -311,7 +348,7 @@ def _read_symbol(name: str, parse: Callable[[str], int | None], encode: Callable
     IEEE bit pattern, an unsigned), encoded by ``encode``."""
 
     def apply(call: ir.Call, args: list[Any], ctx: Context) -> Any:
-        values, valid = ctx.read(parse)
+        values, valid = ctx.symbol_values().read(parse)
         bad = ~valid[args[0]]
         if bool(bad.any()):
             raise _not_a_number(name, call, args[0], bad, ctx)
@@ -450,6 +487,106 @@ def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any
         return rows, xp.where((out == 0) & ~xp.concatenate(firsts), xp.float32(0.0), out)
 
 
+def _text() -> Any:
+    """engine/text.py, imported on first use: it brings pyarrow (65 MB, 60 ms of start-up) that
+    programs without text functors never need."""
+    from dask_datalog.engine import text
+
+    return text
+
+
+def host(column: Any) -> np.ndarray:
+    """A column on the host (CuPy arrays copy, NumPy ones do not): texts live there."""
+    return column.get() if hasattr(column, "get") else np.asarray(column)
+
+
+def _cat(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str]:
+    text = _text()
+    values = ctx.symbol_values()
+    return text.byte_strings(text.concatenate([values.texts(a) for a in args]))
+
+
+def _substr(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str]:
+    text = _text()
+    strings = ctx.symbol_values().texts(args[0])
+    start, length = (decode_int(a, "number", np) for a in args[1:])
+    result, bad = text.substring(strings, start, length)
+    if bad.any():
+        text.warn_substr(strings, start, length, bad)
+    return text.byte_strings(result)
+
+
+def _to_string(source: str) -> Make:
+    """C++'s ``std::to_string`` of a number or an unsigned (decimal) or a float (``%f``; a NaN
+    ``nan`` or ``-nan`` by its sign, as glibc prints it)."""
+
+    def make(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str]:
+        if source != "float":
+            return _text().to_string(decode_int(args[0], source, np)).to_pylist()
+        bits = float_bits(args[0], np)
+        values = bits.view(np.float32).astype(np.float64).tolist()
+        return [("-nan" if b >> 31 else "nan") if v != v else f"{v:f}" for v, b in zip(values, bits.tolist())]
+
+    return make
+
+
+def _made(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    """The ids of the texts a symbol-making functor makes, which the run's table already holds
+    (agreed by every shard before this step: ``Terms.made``)."""
+    made = SIGNATURES[call.name].makes
+    assert made is not None
+    strings = made(call, [host(a) for a in args], ctx)
+    return ctx.xp.asarray(ctx.symbols.ids_of(strings))
+
+
+def _ord(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    """Soufflé's ``ord``: a symbol's or a record's id as a number (ids: docs/architecture.md,
+    "Symbols"; the checker leaves ord of a number as the number)."""
+    return encode_int(args[0].astype(ctx.xp.int64), "number", ctx.xp)
+
+
+def _text_rank(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    """The position of a symbol's text in text order: ``<`` on symbols compares these."""
+    return encode_int(ctx.symbol_values().ranks()[args[0]].astype(ctx.xp.int64), "number", ctx.xp)
+
+
+# Soufflé's binary constraints on texts, written as functors, and their negations: comparison
+# operators of ``ir.Comparison`` evaluated on texts (execution/terms.py).
+TEXT_CONSTRAINTS = frozenset({"match", "contains", "not_match", "not_contains"})
+
+
+def distinct_rows(columns: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """(the distinct rows of host uint32 ``columns``, column by column; each row's index among
+    them): text functors work once per distinct argument row."""
+    if len(columns) == 1:
+        values, inverse = np.unique(columns[0], return_inverse=True)
+        return [values], inverse.reshape(-1)
+    rows, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)
+    return [rows[:, j] for j in range(len(columns))], inverse.reshape(-1)
+
+
+def text_holds(op: str, left: Any, right: Any, ctx: Context) -> Any:
+    """The mask of a text constraint (``TEXT_CONSTRAINTS``) over two symbol id columns:
+    ``contains(a, b)``, a occurs in b; ``match(p, s)``, all of s matches the pattern p (once per
+    distinct pattern: patterns are nearly always constants)."""
+    text = _text()
+    (lefts, rights), inverse = distinct_rows([host(left), host(right)])
+    values = ctx.symbol_values()
+    negated = op.startswith("not_")
+    if op.endswith("contains"):
+        holds = text.contains(values.texts(lefts), values.texts(rights)) != negated
+    else:
+        holds = np.zeros(len(lefts), dtype=bool)  # a pattern std::regex refuses: neither holds
+        patterns, which = np.unique(lefts, return_inverse=True)
+        for k, pattern in enumerate(text.byte_strings(values.texts(patterns))):
+            rows = np.nonzero(which.reshape(-1) == k)[0]
+            matched = text.match(pattern, values.texts(rights[rows]))
+            if matched is not None:
+                holds[rows] = matched != negated
+    return ctx.xp.asarray(holds[inverse])
+
+
+TEXT_RANK = "$text_rank"  # not a name a program can write: the checker's rewrite of symbol order
 T = POLYMORPHIC
 SIGNATURES: dict[str, Signature] = {
     s.name: s
@@ -460,8 +597,8 @@ SIGNATURES: dict[str, Signature] = {
         Signature("/", (T, T), T, _arithmetic(_divide), types=NUMERIC),
         Signature("%", (T, T), T, _arithmetic(_divide)),
         Signature("^", (T, T), T, _arithmetic(_power), types=NUMERIC),
-        Signature("min", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True, types=(*NUMERIC, "symbol")),
-        Signature("max", (T, T), T, _arithmetic(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True, types=(*NUMERIC, "symbol")),
+        Signature("min", (T, T), T, _min_max(lambda c, a, b, xp: xp.minimum(a, b)), variadic=True, types=(*NUMERIC, "symbol")),
+        Signature("max", (T, T), T, _min_max(lambda c, a, b, xp: xp.maximum(a, b)), variadic=True, types=(*NUMERIC, "symbol")),
         Signature("neg", (T,), T, _negate, types=("number", "float")),
         Signature("band", (T, T), T, _arithmetic(lambda c, a, b, xp: a & b)),
         Signature("bor", (T, T), T, _arithmetic(lambda c, a, b, xp: a | b)),
@@ -489,15 +626,26 @@ SIGNATURES: dict[str, Signature] = {
         Signature("bits_ftoi", ("float",), "number", _same_bits("float", "number")),
         Signature("bits_ftou", ("float",), "unsigned", _same_bits("float", "unsigned")),
         Signature("range", (T, T, T), T, _range, types=NUMERIC, optional=1, generator=True),
+        Signature("as", (T,), T, lambda call, args, ctx: args[0], types=(*NUMERIC, "symbol")),  # within one base type
+        Signature("ord", (ANY,), "number", _ord),
+        Signature(TEXT_RANK, ("symbol",), "number", _text_rank),
+        Signature("cat", ("symbol",), "symbol", _made, variadic=True, makes=_cat),
+        Signature("substr", ("symbol", "number", "number"), "symbol", _made, makes=_substr),
+        Signature("to_string", ("number",), "symbol", _made, makes=_to_string("number")),
+        Signature("utos", ("unsigned",), "symbol", _made, makes=_to_string("unsigned")),
+        Signature("ftos", ("float",), "symbol", _made, makes=_to_string("float")),
+        Signature("autoinc", (), "number", _made, counter=True),
     )
 }
-# The functor computing to_float(x), to_number(x), to_unsigned(x) by x's type (None: x itself).
+# The functor computing to_float(x), to_number(x), to_unsigned(x), to_string(x) by x's type
+# (None: x itself).
 CONVERSIONS: dict[str, dict[str, str | None]] = {
     "to_float": {"number": "itof", "unsigned": "utof", "float": None, "symbol": "stof"},
     "to_number": {"number": None, "unsigned": "utoi", "float": "ftoi", "symbol": "to_number"},
     "to_unsigned": {"number": "itou", "unsigned": None, "float": "ftou", "symbol": "stou"},
+    "to_string": {"number": "to_string", "unsigned": "utos", "float": "ftos", "symbol": None},
 }
-CONVERSION_RESULTS = {"to_float": "float", "to_number": "number", "to_unsigned": "unsigned"}
+CONVERSION_RESULTS = {"to_float": "float", "to_number": "number", "to_unsigned": "unsigned", "to_string": "symbol"}
 # as(x, T) between numeric types: x's bits read as T's base type (Soufflé's cast changes only
 # the type: as(1, float) of a number 1 is the float 1.4e-45).
 CASTS: dict[tuple[str, str], str] = {
@@ -529,5 +677,17 @@ def fold(call: ir.Call) -> ir.Const:
         assert isinstance(const, ir.Const), f"fold: {arg!r} is not constant"
         value = symbols.intern(str(const.value)) if const.type == "symbol" else int(const.value)
         columns.append(np.array([encode_scalar(value, const.type)], dtype=np.uint32))
+    made = SIGNATURES[call.name].makes
+    if made is not None:
+        return ir.Const(made(call, columns, Context(np, symbols))[0], "symbol", call.pos)
     result = apply(call, columns, Context(np, symbols))
+    if call.type == "symbol":
+        return ir.Const(symbols.strings_from(int(result[0]))[0], "symbol", call.pos)
     return ir.Const(decode_scalar(int(result[0]), call.type), call.type, call.pos)
+
+
+def foldable(call: ir.Call) -> bool:
+    """Whether ``fold`` gives the call's value in every run: not so for what depends on the
+    run's symbol ids (``ord``, symbol order) or on its counter (``autoinc``), which a fact then
+    computes when the run starts."""
+    return not any(c.name in ("ord", TEXT_RANK, "autoinc") for c in ir.calls(call))

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Literal as TypingLiteral
 from typing import TypeVar
 
-BaseType = TypingLiteral["number", "unsigned", "float", "symbol"]
+# "record": a record or an algebraic data type's value, as the id of its elements in the run's
+# record table (values.RecordTable); nil is 0. Not a type a program names: its record types are.
+BaseType = TypingLiteral["number", "unsigned", "float", "symbol", "record"]
 BASE_TYPES: tuple[BaseType, ...] = ("number", "unsigned", "float", "symbol")
 T = TypeVar("T")
 
@@ -70,7 +72,29 @@ class Call:
     pos: Pos = field(default=NOWHERE, compare=False)
 
 
-Term = Var | Const | Wildcard | Call
+@dataclass(frozen=True)
+class Record:
+    """A record ``[a, b]``: made where its value is needed (a head, an assignment), matched
+    against a value where one is bound (unpacking it into its elements). ``kinds``: the base
+    types of its elements, which say where the record table keeps it (set by the checker).
+    Algebraic data types are records too (``Branch``); ``nil`` is ``Const(0, "record")``."""
+
+    args: tuple[Term, ...]
+    kinds: tuple[BaseType, ...] = ()
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """An ADT constructor ``$A(x, y)`` as written; the checker turns it into Soufflé's encoding
+    (``Record``s and a ``Const``), so no later stage sees one."""
+
+    name: str
+    args: tuple[Term, ...]
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+Term = Var | Const | Wildcard | Call | Record | Branch
 
 
 @dataclass(frozen=True)
@@ -131,16 +155,62 @@ class Rule:
 
 @dataclass(frozen=True)
 class Attribute:
+    """A relation's column (or a record's field, a branch's argument)."""
+
     name: str
     type: BaseType
     type_name: str  # as written, e.g. an alias declared with `.type Node <: number`
+    record: str | None = None  # the record or ADT type (its canonical name) it holds
+
+
+@dataclass(frozen=True)
+class RecordType:
+    """``.type R = [a: number, b: R]``; anonymous records (``[1, x] = y``) get a type named by
+    their structure."""
+
+    name: str
+    fields: tuple[Attribute, ...]
+
+
+@dataclass(frozen=True)
+class AdtBranch:
+    name: str
+    fields: tuple[Attribute, ...]
+
+
+@dataclass(frozen=True)
+class AdtType:
+    """``.type T = A {x: number} | B {}``, branches in Soufflé's order (by name): a branch's
+    index is its id. Soufflé's encoding: an enum (no branch has arguments) is the branch id, a
+    number; otherwise a record ``[id, argument]`` for one argument, ``[id, [arguments]]`` for
+    none or several."""
+
+    name: str
+    branches: tuple[AdtBranch, ...]
+
+    @property
+    def enum(self) -> bool:
+        return not any(b.fields for b in self.branches)
+
+
+TypeDefinition = RecordType | AdtType
 
 
 @dataclass(frozen=True)
 class Relation:
+    """A declared relation; ``choice``: its ``choice-domain`` keys (column numbers), each of
+    which determines the whole tuple: one tuple per key value is kept (execution/choice.py)."""
+
     name: str
     attributes: tuple[Attribute, ...]
     pos: Pos = field(default=NOWHERE, compare=False)
+    choice: tuple[tuple[int, ...], ...] = ()
+    # The record and ADT types its columns reach (nested ones too): what reading and writing
+    # its rows needs.
+    record_types: tuple[TypeDefinition, ...] = ()
+
+    def record_type(self, name: str) -> TypeDefinition:
+        return next(t for t in self.record_types if t.name == name)
 
     @property
     def arity(self) -> int:
@@ -153,22 +223,48 @@ class Relation:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise."""
+    """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise, or standard
+    input (``io`` "stdin"). The rest is how Soufflé 2.5's CSV reader takes the text:
+    ``headers`` skips the first line, ``rfc4180`` reads quoted fields, ``columns`` names the
+    file column of each attribute (Soufflé's ``columns="2:0"``; None: the first ones)."""
 
     relation: str
     filename: str | None = None
     delimiter: str = "\t"
     pos: Pos = field(default=NOWHERE, compare=False)
+    io: str = "file"
+    headers: bool = False
+    rfc4180: bool = False
+    columns: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """``.output r`` writes ``<output dir>/r.csv`` unless ``filename`` says otherwise."""
+    """``.output r`` writes ``<output dir>/r.csv`` unless ``filename`` says otherwise; ``io``
+    "stdout" prints it framed under ``name`` instead, "stdoutprintsize" prints its size (as
+    ``.printsize``). ``headers`` writes ``header_line`` first, ``rfc4180`` quotes symbols as
+    Soufflé 2.5 does, ``compress`` gzips the file."""
 
     relation: str
     filename: str | None = None
     delimiter: str = "\t"
     pos: Pos = field(default=NOWHERE, compare=False)
+    io: str = "file"
+    headers: bool = False
+    rfc4180: bool = False
+    compress: bool = False
+    name: str = ""
+    header: str | None = None  # None: the attribute names, joined by a tab
+
+    @property
+    def title(self) -> str:
+        """The name Soufflé prints it under (its ``name=`` parameter, else the relation's)."""
+        return self.name or self.relation
+
+    def header_line(self, relation: Relation) -> str:
+        """The header Soufflé writes: ``attributeNames``, else the names joined by the
+        delimiter given (a tab without one, even under rfc4180's comma)."""
+        return "\t".join(a.name for a in relation.attributes) if self.header is None else self.header
 
 
 @dataclass(frozen=True)
@@ -180,8 +276,12 @@ class Program:
     printsizes: tuple[str, ...] = ()
     source: str = "<string>"
     # ``.pragma "fact-dir"``/``"output-dir"``: the directories a command uses when it is given
-    # none (as in Soufflé, its -F and -D win); not part of the program's meaning.
+    # none (as in Soufflé, its -F and -D win); ``"magic-transform"``: done at load. Not part of
+    # the program's meaning.
     pragmas: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # ``.limitsize r(n=N)``: a recursive stratum stops after the iteration that brings r to N
+    # tuples or more (Soufflé 2.5's loop exit); relation -> N.
+    limits: tuple[tuple[str, int], ...] = ()
 
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)
@@ -191,6 +291,8 @@ class Program:
 
 
 DIRECTORY_PRAGMAS = frozenset({"fact-dir", "output-dir"})
+# What ``Program.pragmas`` keeps: the directories and what asks for magic sets (frontend/magic.py).
+KEPT_PRAGMAS = DIRECTORY_PRAGMAS | {"magic-transform", "magic-transform-exclude"}
 
 _CONTAINERS = (tuple, list, frozenset, set)
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -260,7 +362,7 @@ def rewrite_terms(node: T, fn: Callable[[Term], Term]) -> T:
     then the call): renaming variables, replacing subterms."""
     if isinstance(node, (Var, Const, Wildcard)):
         return fn(node)  # type: ignore[return-value]
-    if isinstance(node, Call):
+    if isinstance(node, (Call, Record, Branch)):
         return fn(replace(node, args=tuple(rewrite_terms(a, fn) for a in node.args)))  # type: ignore[return-value]
     if isinstance(node, tuple):
         return tuple(rewrite_terms(item, fn) for item in node)  # type: ignore[return-value]
@@ -283,6 +385,18 @@ def canonical(node: object) -> object:
     if isinstance(node, dict):
         return ("{:", *((canonical(k), canonical(v)) for k, v in node.items()))
     return node
+
+
+def ground(t: Term) -> bool:
+    """Whether a term is a constant or a record of constants (whose id is known before
+    evaluation: ``record_constants``)."""
+    return isinstance(t, Const) or (isinstance(t, Record) and all(ground(a) for a in t.args))
+
+
+def record_constants(node: object) -> set[Record]:
+    """Every record of constants under ``node``, nested ones included: put in the record table
+    before evaluation on every shard, so their ids are known and the same everywhere."""
+    return {n for n in walk(node) if isinstance(n, Record) and ground(n)}
 
 
 def symbol_constants(node: object) -> set[str]:

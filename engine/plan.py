@@ -27,6 +27,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from dask_datalog.engine import functors
+from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend.strata import stratify
 from dask_datalog.engine.ir import (
     Aggregation,
@@ -38,9 +40,12 @@ from dask_datalog.engine.ir import (
     Const,
     Negation,
     Program,
+    Record,
     Rule,
     Term,
     Var,
+    Wildcard,
+    ground,
     variable_names,
     walk,
 )
@@ -58,6 +63,9 @@ class RouteAction(enum.StrEnum):
     - ``OWN``: it is the same on every shard; each keeps the rows it owns by ``key``.
     - ``SLICE``: it is the same on every shard and the step scans a replicated relation;
       shard k scans block k of the relation's rows, so the work is split, not repeated.
+    - ``AGREE``: the step (an assignment from a functor that makes symbols, or a record made)
+      first has every shard agree on the ids of the texts or records it makes (a collective:
+      the pipeline is cut there).
 
     Applied in one place, ``execution.routing.Router``."""
 
@@ -65,6 +73,7 @@ class RouteAction(enum.StrEnum):
     EXCHANGE = "exchange"
     OWN = "own"
     SLICE = "slice"
+    AGREE = "agree"
 
 
 class HeadAction(enum.StrEnum):
@@ -83,14 +92,17 @@ class HeadAction(enum.StrEnum):
 class Route:
     """A step's ``RouteAction`` with its ``key`` (variables) and ``copy``: the key of the
     partitioned copy of the relation the step reads (None: the relation's only store: one
-    shard, or a replicated relation)."""
+    shard, or a replicated relation); ``alike``: an ``AGREE`` step whose rows every shard has
+    alike (a counter then numbers them once, not once per shard)."""
 
     action: RouteAction = RouteAction.LOCAL
     key: tuple[str, ...] = ()
     copy: Key | None = None
+    alike: bool = False  # AGREE on a binding table that is the same on every shard
 
 
 LOCAL = Route()
+COLLECTIVE = frozenset({RouteAction.EXCHANGE, RouteAction.AGREE})  # the actions that cut a pipeline
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,18 @@ class GenerateStep:
 
 
 @dataclass(frozen=True)
+class UnpackStep:
+    """Match the value of ``source`` against a record of ``kinds``: the rows where it is nil or a
+    record of other kinds (another ADT branch) fail; the others get its elements as the columns
+    ``targets`` names (None: an element nothing reads)."""
+
+    source: Term
+    kinds: tuple[BaseType, ...]
+    targets: tuple[str | None, ...]
+    route: Route = LOCAL  # always local: it reads the record table, the same on every shard
+
+
+@dataclass(frozen=True)
 class NegationStep:
     atom: Atom
     order: tuple[int, ...]
@@ -180,7 +204,7 @@ class AggregateStep:
     scan: tuple[tuple[str, BaseType], ...] = ()
 
 
-Step = JoinStep | FilterStep | AssignStep | GenerateStep | NegationStep | AggregateStep
+Step = JoinStep | FilterStep | AssignStep | GenerateStep | UnpackStep | NegationStep | AggregateStep
 
 
 @dataclass(frozen=True)
@@ -197,9 +221,9 @@ class RulePlan:
 
     @property
     def exchanges(self) -> int:
-        """Binding-table exchanges per run of the version: collectives every shard takes part
-        in, even with nothing to send."""
-        return sum(s.route.action is RouteAction.EXCHANGE for s in self.steps)
+        """Collectives per run of the version (binding-table exchanges, agreements on new
+        symbols): every shard takes part in them, even with nothing to send."""
+        return sum(s.route.action in COLLECTIVE for s in self.steps)
 
 
 @dataclass(frozen=True)
@@ -238,7 +262,7 @@ class Plan:
 def plan_program(program: Program) -> Plan:
     strata = []
     for stratum in stratify(program):
-        rules = tuple(_lift_atom_expressions(r) for r in stratum.rules)
+        rules = tuple(_lift_made_values(_lift_atom_expressions(r)) for r in stratum.rules)
         initial = tuple(plan_rule(r, None, program) for r in rules)
         deltas = []
         if stratum.recursive:
@@ -271,18 +295,22 @@ def _aggregation_free_vars(agg: Aggregation) -> set[str]:
 
 def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> Rule:
     """``r(x + 1, y)`` in a body becomes ``r($lift0, y), $lift0 = x + 1`` so joins only see
-    variables and constants; the assignment or filter is placed by the ordinary planning.
-    One counter per rule, aggregate bodies included, keeps the fresh names distinct."""
+    variables and constants; the assignment or filter is placed by the ordinary planning. A
+    record too: ``r([x, y])`` is ``r($lift0), $lift0 = [x, y]``, the record looked up before
+    the join when x and y are bound, else matched after it. A float constant in a positive
+    atom too: Soufflé compares it as a float (``e(0.0)`` holds for -0.0), where a join or a
+    negation compares bits. One counter per rule, aggregate bodies included, keeps the fresh
+    names distinct."""
     counter = counter if counter is not None else itertools.count()
     body: list[BodyLiteral] = []
     extra: list[BodyLiteral] = []
 
-    def lift(atom: Atom) -> Atom:
+    def lift(atom: Atom, positive: bool) -> Atom:
         args: list[Term] = []
         for a in atom.args:
-            if isinstance(a, Call):
+            if isinstance(a, (Call, Record)) or (positive and isinstance(a, Const) and a.type == "float"):
                 v = Var(f"$lift{next(counter)}", a.pos)
-                extra.append(Comparison("=", v, a, a.pos, a.type))
+                extra.append(Comparison("=", v, a, a.pos, _type_of(a)))
                 args.append(v)
             else:
                 args.append(a)
@@ -290,15 +318,55 @@ def _lift_atom_expressions(rule: Rule, counter: Iterator[int] | None = None) -> 
 
     for lit in rule.body:
         if isinstance(lit, Atom):
-            body.append(lift(lit))
+            body.append(lift(lit, True))
         elif isinstance(lit, Negation):
-            body.append(replace(lit, atom=lift(lit.atom)))
+            body.append(replace(lit, atom=lift(lit.atom, False)))
         elif isinstance(lit, Aggregation):
             inner = _lift_atom_expressions(Rule(rule.head, lit.body, lit.pos), counter)
             body.append(replace(lit, body=inner.body))
         else:
             body.append(lit)
     return replace(rule, body=tuple(body + extra))
+
+
+def _lift_made_values(rule: Rule) -> Rule:
+    """Every call of a functor that makes symbols (``cat``, ``substr``, ``to_string``) or counts
+    (``autoinc``), and every record the head makes (but records of constants, known before
+    evaluation), innermost first, becomes an assignment to a fresh variable,
+    ``$made0 = cat(x, y)``, which the planner places as an ``AGREE`` step: the one place where a
+    rule's new texts and records get their ids.
+    (Aggregate bodies make none: the checker refuses it.)"""
+    counter = itertools.count()
+    extra: list[BodyLiteral] = []
+
+    def lift(t: Term, records: bool) -> Term:
+        if isinstance(t, Record):
+            t = replace(t, args=tuple(lift(a, records) for a in t.args))
+            if not records or ground(t):
+                return t
+        elif isinstance(t, Call):
+            t = replace(t, args=tuple(lift(a, records) for a in t.args))
+            if not functors.signature(t.name).agreed:
+                return t
+        else:
+            return t
+        v = Var(f"$made{next(counter)}", t.pos)
+        extra.append(Comparison("=", v, t, t.pos, _type_of(t)))
+        return v
+
+    head = replace(rule.head, args=tuple(lift(a, True) for a in rule.head.args))
+    body = [
+        replace(lit, left=lift(lit.left, False), right=lift(lit.right, False)) if isinstance(lit, Comparison) else lit
+        for lit in rule.body
+    ]
+    if not extra:
+        return rule
+    return replace(rule, head=head, body=tuple(body + extra))
+
+
+def _type_of(t: Call | Record | Const) -> BaseType:
+    """The type of a value lifted out of where it was written (a record is a record id)."""
+    return "record" if isinstance(t, Record) else t.type
 
 
 def plan_rule(rule: Rule, delta_index: int | None, program: Program) -> RulePlan:
@@ -313,27 +381,37 @@ def plan_rule(rule: Rule, delta_index: int | None, program: Program) -> RulePlan
 
 
 def _order_body(
-    body: tuple[BodyLiteral, ...],
+    written: tuple[BodyLiteral, ...],
     bound: set[str],
     delta_index: int | None,
     needed_after: set[str],
     keep_all: bool,
     program: Program,
+    names: Iterator[int] | None = None,
 ) -> tuple[Step, ...]:
-    """Greedy order: the delta atom first, then ready filters/assignments/negations/aggregates,
-    then the atom with the most bound positions (written order breaks ties)."""
+    """Greedy order: the delta atom first, then ready filters/assignments/unpackings/negations/
+    aggregates, then the atom with the most bound positions (written order breaks ties).
+    Unpacking a record adds the comparisons of its elements that bind nothing (``names``: the
+    fresh names of the elements, one counter per rule version). ``keep_all``: an aggregate
+    body's, which makes no records."""
+    body = list(written)
+    names = names if names is not None else itertools.count()
     pending = list(range(len(body)))
     bound = set(bound)
     raw: list[tuple[int, Step]] = []
     # An aggregate's result is bound by the aggregate alone: `x = n, n = count : {...}` must
     # compare x with the count, not assign n from x before the aggregate runs.
     aggregate_results = {lit.result.name for lit in body if isinstance(lit, Aggregation)}
+    # A value every shard agrees on is bound by its own assignment only, never from elsewhere.
+    agreed = {lit.left.name for lit in body if _agrees(lit) and isinstance(lit, Comparison) and isinstance(lit.left, Var)}
+
     # A float variable a positive atom binds is compared with `v = expr`, never assigned by it
     # and then joined on its bits: as in Soufflé, 0.0 = -0.0 holds there and NaN = NaN fails.
     grounded = {a.name for lit in body if isinstance(lit, Atom) for a in lit.args if isinstance(a, Var)}
 
-    def target(c: Comparison) -> tuple[str, Term] | None:
-        return _assignment_target(c, bound, aggregate_results | (grounded if c.type == "float" else set()))
+    def assignable(lit: Comparison) -> set[str]:
+        """The variables ``lit`` may not assign (it compares with them)."""
+        return aggregate_results | (set() if _agrees(lit) else agreed) | (grounded if lit.type == "float" else set())
 
     def take(i: int) -> None:
         pending.remove(i)
@@ -345,23 +423,44 @@ def _order_body(
             order, key_len = _index_for(lit.atom, bound | literal_vars(lit.atom))
             raw.append((i, NegationStep(lit.atom, order, key_len)))
         elif isinstance(lit, Comparison):
-            assigned = target(lit)
+            target = _assignment_target(lit, bound, assignable(lit))
             generated = _generated(lit)
-            if generated is not None and assigned is None:  # its variable is bound: generate, then compare
-                var, call = generated
-                fresh = Var(f"$gen_{var.name}", var.pos)
+            unpack = (
+                None if target is not None or generated is not None or literal_vars(lit) <= bound else _unpack_target(lit, bound)
+            )
+            if generated is not None and target is None:  # its left side has a value: generate, then compare
+                left, call = generated
+                fresh = Var(f"$gen{next(names)}", call.pos)
                 raw.append((i, GenerateStep(fresh.name, call)))
-                raw.append((i, FilterStep(replace(lit, left=var, right=fresh))))
-            elif assigned is None:
+                raw.append((i, FilterStep(replace(lit, left=left, right=fresh))))
+            elif unpack is not None:
+                source, record = unpack
+                targets: list[str | None] = []
+                for arg, kind in zip(record.args, record.kinds, strict=True):
+                    if isinstance(arg, Var) and arg.name not in bound and arg.name not in targets:
+                        targets.append(arg.name)
+                    elif isinstance(arg, Wildcard):
+                        targets.append(None)
+                    else:  # a constant, a bound variable, a nested record: compared once bound
+                        element = Var(f"$element{next(names)}", arg.pos)
+                        targets.append(element.name)
+                        pending.append(len(body))
+                        body.append(Comparison("=", element, arg, lit.pos, kind))
+                raw.append((i, UnpackStep(source, record.kinds, tuple(targets))))
+                bound.update(t for t in targets if t is not None)
+            elif target is None:
                 raw.append((i, FilterStep(lit)))
             else:
-                var_name, expr = assigned
-                raw.append((i, GenerateStep(var_name, generated[1]) if generated else AssignStep(var_name, expr)))
-                bound.add(var_name)
+                var, expr = target
+                if generated is not None:
+                    raw.append((i, GenerateStep(var, generated[1])))
+                else:
+                    raw.append((i, AssignStep(var, expr, _assignment_route(var, expr, lit, body, needed_after, keep_all))))
+                bound.add(var)
         else:
             inner_vars = _aggregation_free_vars(lit)
             grouping = tuple(sorted(inner_vars & bound))
-            steps = _order_body(lit.body, set(grouping), None, set(), keep_all=True, program=program)
+            steps = _order_body(lit.body, set(grouping), None, set(), keep_all=True, program=program, names=names)
             scan = _scan_order(lit, program) if lit.type == "float" and lit.func in ("sum", "mean") else ()
             raw.append((i, AggregateStep(lit, grouping, steps, scan=scan)))
             bound.add(lit.result.name)
@@ -370,14 +469,22 @@ def _order_body(
         lit = body[i]
         if isinstance(lit, Atom):
             return False
+        if _counts(lit):  # autoinc() numbers the rule's bindings: after every join
+            return not any(isinstance(body[j], Atom) for j in pending)
         if isinstance(lit, Negation):
             return literal_vars(lit) <= bound
         if isinstance(lit, Comparison):
             generated = _generated(lit)
-            if generated is not None:
-                return variable_names(generated[1]) <= bound
-            return literal_vars(lit) <= bound or target(lit) is not None
-        return _grouping_ready(lit, bound, body, i)
+            if generated is not None:  # its variable assigned by it, or its left side known first (then compared)
+                left, call = generated
+                assigned = _has_value(left, bound) or _assignment_target(lit, bound, assignable(lit)) is not None
+                return variable_names(call) <= bound and assigned
+            return (
+                literal_vars(lit) <= bound
+                or _assignment_target(lit, bound, assignable(lit)) is not None
+                or _unpack_target(lit, bound) is not None
+            )
+        return _grouping_ready(lit, bound, tuple(body), i)
 
     if delta_index is not None:
         take(delta_index)
@@ -409,6 +516,23 @@ def _scan_order(agg: Aggregation, program: Program) -> tuple[tuple[str, BaseType
     return tuple(seen.items())
 
 
+def _generated(c: Comparison) -> tuple[Term, Call] | None:
+    """``v = range(...)``, the one place the checker leaves a generator (a term for v where an
+    inline relation's head variable became its use's argument)."""
+    if isinstance(c.right, Call) and c.right.name == "range":
+        return c.left, c.right
+    return None
+
+
+def _agrees(lit: BodyLiteral) -> bool:
+    """``$madeN = f(...)`` of ``_lift_made_values``: f's values agreed by every shard."""
+    return isinstance(lit, Comparison) and isinstance(lit.right, Call) and functors.signature(lit.right.name).agreed
+
+
+def _counts(lit: BodyLiteral) -> bool:
+    return isinstance(lit, Comparison) and any(functors.signature(c.name).counter for c in walk(lit) if isinstance(c, Call))
+
+
 def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, ...], i: int) -> bool:
     """An aggregate runs once every variable it shares with the rest of the rule is bound."""
     outside: set[str] = set()
@@ -423,20 +547,49 @@ def _bound_positions(atom: BodyLiteral, bound: set[str]) -> int:
     return sum(isinstance(a, Const) or (isinstance(a, Var) and a.name in bound) for a in atom.args)
 
 
-def _generated(c: Comparison) -> tuple[Var, Call] | None:
-    """``v = range(...)``, the one place the checker leaves a generator."""
-    if isinstance(c.left, Var) and isinstance(c.right, Call) and c.right.name == "range":
-        return c.left, c.right
-    return None
+def _has_value(t: Term, bound: set[str]) -> bool:
+    """Whether ``t`` has a value once ``bound`` are: all its variables bound, no ``_`` inside."""
+    return variable_names(t) <= bound and not any(isinstance(n, Wildcard) for n in walk(t))
 
 
 def _assignment_target(c: Comparison, bound: set[str], not_assignable: set[str]) -> tuple[str, Term] | None:
     if c.op != "=":
         return None
     for var, expr in ((c.left, c.right), (c.right, c.left)):
-        if isinstance(var, Var) and var.name not in bound | not_assignable and variable_names(expr) <= bound:
+        if isinstance(var, Var) and var.name not in bound | not_assignable and _has_value(expr, bound):
             return var.name, expr
     return None
+
+
+def _unpack_target(c: Comparison, bound: set[str]) -> tuple[Term, Record] | None:
+    """(source, record) when ``c`` matches a record with variables still unbound against a
+    value (``v = [x, y]`` with v bound): the record is unpacked, not made."""
+    if c.op != "=":
+        return None
+    for source, record in ((c.left, c.right), (c.right, c.left)):
+        if isinstance(record, Record) and not isinstance(source, Record) and _has_value(source, bound):
+            return source, record
+    return None
+
+
+def _assignment_route(
+    var: str, expr: Term, c: Comparison, body: list[BodyLiteral], needed_after: set[str], in_aggregate: bool
+) -> Route:
+    """``AGREE`` where the assignment makes symbols, counts or makes a record, else local. A record whose
+    variable only atoms read is looked up, not made (``Terms.column``: no relation holds a
+    record the table lacks, so no match is lost and no collective is needed)."""
+    if isinstance(expr, Call) and functors.signature(expr.name).agreed:
+        return Route(RouteAction.AGREE)
+    if not isinstance(expr, Record) or ground(expr):
+        return LOCAL
+    read_elsewhere = var in needed_after or any(
+        var in literal_vars(lit) for lit in body if lit is not c and not isinstance(lit, (Atom, Negation))
+    )
+    if not read_elsewhere:
+        return LOCAL
+    if in_aggregate:
+        raise DatalogError(c.pos, "unsupported: a record made inside an aggregate (match it in an atom instead)")
+    return Route(RouteAction.AGREE)
 
 
 def _index_for(atom: Atom, bound: set[str]) -> tuple[tuple[int, ...], int]:
@@ -468,6 +621,9 @@ def _with_liveness(steps: list[Step], needed_after: set[str], keep_all: bool) ->
         elif isinstance(s, GenerateStep):
             live.discard(s.var)
             live |= variable_names(s.call)
+        elif isinstance(s, UnpackStep):
+            live -= set(s.targets)
+            live |= variable_names(s.source)
         elif isinstance(s, NegationStep):
             live |= literal_vars(s.atom)
         else:

@@ -10,6 +10,8 @@ need no per-type code.
   Soufflé: -0.0 and +0.0 are two tuples, though ``=`` finds them equal.
 - ``symbol``: the id from the run's SymbolTable, whose ids are in text order on every shard
   (``SymbolTable`` says how it is made), so symbols sort like numbers.
+- ``record`` (records, ADTs that are not enums): the id from the run's RecordTable, 0 for nil;
+  ordered by id, which only ``=`` and ``!=`` compare (an enum is its branch's number).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine.ir import BaseType
+from dask_datalog.engine.ir import BaseType, Const, Record
 
 SIGN = np.uint32(0x80000000)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -237,8 +239,14 @@ _DIGITS_KEPT = 120  # more decimal digits than any float32 rounding can depend o
 
 def is_float_text(text: str) -> bool:
     """Whether all of ``text`` is a float as strtof writes one, in range or not."""
-    match = _FLOAT_SYNTAX.match(text)
-    return match is not None and match.end() == len(text)
+    return float_end(text) == len(text)
+
+
+def float_end(text: str, at: int = 0) -> int | None:
+    """Where the float strtof reads from ``text[at:]`` ends (None: it reads none), as Soufflé
+    reads a float element of a record."""
+    match = _FLOAT_SYNTAX.match(text, at)
+    return None if match is None else match.end()
 
 
 def parse_float(text: str, whole: bool = True) -> int | None:
@@ -309,6 +317,7 @@ class SymbolTable:
         self._ids: dict[str, int] = {}
         self._strings: list[str] = []
         self.ordered = 0  # ids below this are in text order
+        self.records = RecordTable()  # the run's records, whose symbol elements are ids here
 
     @classmethod
     def sorted_union(cls, collections: Iterable[SymbolTable | Iterable[str]]) -> SymbolTable:
@@ -334,11 +343,27 @@ class SymbolTable:
         table.ordered = ordered
         return table
 
-    def append(self, strings: Iterable[str]) -> np.ndarray:
-        """The ids of ``strings``, those not in the table yet added after the others. Every
-        shard must call it with the same strings in the same order (made by a collective:
-        e.g. the sorted union of what each shard produced), so ids stay the same everywhere."""
-        return np.fromiter((self.intern(s) for s in strings), dtype=np.uint32)
+    def append(self, strings: list[str]) -> np.ndarray:
+        """The ids of ``strings``, distinct and none in the table yet, added after the others.
+        Every shard must call it with the same strings in the same order (made by a
+        collective: e.g. the sorted union of what each shard produced), so ids stay the same
+        everywhere."""
+        first = len(self._strings)
+        self._ids.update(zip(strings, range(first, first + len(strings))))
+        self._strings.extend(strings)
+        if len(self._ids) != len(self._strings):
+            raise AssertionError("append: a string already in the table, or twice")
+        return np.arange(first, len(self._strings), dtype=np.uint32)
+
+    def missing(self, strings: Iterable[str]) -> list[str]:
+        """The distinct ``strings`` the table lacks, in text order (what a shard brings to the
+        agreement on new symbols)."""
+        ids = self._ids
+        return sorted({s for s in strings if s not in ids})
+
+    def ids_of(self, strings: list[str]) -> np.ndarray:
+        """The ids of strings the table holds (KeyError for one it lacks)."""
+        return np.fromiter(map(self._ids.__getitem__, strings), dtype=np.uint32, count=len(strings))
 
     @property
     def text_ordered(self) -> bool:
@@ -349,7 +374,9 @@ class SymbolTable:
         """(m, table): ``table`` holds the same strings with ids in text order and ``m[id]`` is
         a string's id there, for output once ``append`` broke the text order."""
         table = SymbolTable.sorted_union([self._strings])
-        return self.remap_to(table), table
+        mapping = self.remap_to(table)
+        table.records = self.records.remapped(mapping)
+        return mapping, table
 
     def remap_to(self, other: SymbolTable) -> np.ndarray:
         """m[id here] = ``other``'s id for the same string, so ``m[rows[:, j]]`` re-encodes a symbol
@@ -390,7 +417,9 @@ class SymbolTable:
         """rank[id] = position of the symbol's text in sorted order (for sorted output)."""
         if self.text_ordered:
             return np.arange(len(self._strings), dtype=np.uint32)
-        order = np.argsort(np.array(self._strings, dtype=object), kind="stable")
+        # By UTF-8 bytes, as C++ compares strings: code point order but for the surrogate
+        # escapes of bytes a substr cut out of a character.
+        order = np.argsort(np.array([s.encode("utf-8", "surrogateescape") for s in self._strings], dtype=object), kind="stable")
         rank = np.empty(len(order), dtype=np.uint32)
         rank[order] = np.arange(len(order), dtype=np.uint32)
         return rank
@@ -402,3 +431,296 @@ class SymbolTable:
     @property
     def strings(self) -> list[str]:
         return list(self._strings)
+
+
+Kinds = tuple[BaseType, ...]  # a record's element types: which part of the record table holds it
+MISSING = 0xFFFFFFFF  # RecordTable.find's id for a record the table lacks: no relation holds one
+_NO_PART = -1
+_MIX = np.uint64(0x100000001B3)
+
+
+def distinct_rows(rows: np.ndarray) -> np.ndarray:
+    """The distinct rows of an (n, k) uint32 array, in lexicographic order."""
+    if rows.shape[1] == 0:
+        return rows[: min(1, rows.shape[0])]
+    return np.unique(rows, axis=0)
+
+
+def _keys(rows: np.ndarray) -> np.ndarray:
+    """A uint64 per row: the elements themselves up to two, a hash of them beyond (equal keys
+    are then told apart by comparing the elements)."""
+    n, k = rows.shape
+    if k == 0:
+        return np.zeros(n, dtype=np.uint64)
+    keys = rows[:, 0].astype(np.uint64)
+    if k == 2:
+        return (keys << np.uint64(32)) | rows[:, 1]
+    for j in range(1, k):
+        keys = (keys ^ rows[:, j]) * _MIX
+        keys ^= keys >> np.uint64(29)
+    return keys
+
+
+class _Part:
+    """The records of one kinds: their element rows, their ids, and runs of (key, row) sorted
+    by key, merged as in a log-structured tree so that adding records costs O(log n) merges of
+    the newest runs."""
+
+    def __init__(self, arity: int):
+        self.rows = np.zeros((0, arity), dtype=np.uint32)
+        self.ids = np.zeros(0, dtype=np.uint32)
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        first = self.rows.shape[0]
+        self.rows = np.concatenate([self.rows, rows])
+        self.ids = np.concatenate([self.ids, ids])
+        keys = _keys(rows)
+        order = np.argsort(keys, kind="stable")
+        self.runs.append((keys[order], order.astype(np.int64) + first))
+        while len(self.runs) > 1 and self.runs[-2][0].shape[0] <= 2 * self.runs[-1][0].shape[0]:
+            (k1, r1), (k2, r2) = self.runs.pop(), self.runs.pop()
+            keys, at = np.concatenate([k2, k1]), np.concatenate([r2, r1])
+            order = np.argsort(keys, kind="stable")
+            self.runs.append((keys[order], at[order]))
+
+    def find(self, rows: np.ndarray) -> np.ndarray:
+        """The ids of ``rows`` (MISSING where absent), one vectorised probe per run."""
+        found = np.full(rows.shape[0], MISSING, dtype=np.uint32)
+        keys = _keys(rows)
+        for run_keys, at in self.runs:
+            lo = np.searchsorted(run_keys, keys, side="left")
+            counts = np.searchsorted(run_keys, keys, side="right") - lo
+            query = np.repeat(np.arange(rows.shape[0]), counts)
+            candidate = at[np.repeat(lo, counts) + np.arange(query.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)]
+            same = np.all(self.rows[candidate] == rows[query], axis=1)
+            found[query[same]] = self.ids[candidate[same]]
+        return found
+
+
+class RecordTable:
+    """The records of a run and their uint32 ids: 0 is nil, ids from 1 number the records in
+    the order they joined the table (children before the records that hold them). A record is
+    kept in the part for its kinds (its elements' base types) as a row of encoded elements, so
+    equal records (same kinds, same elements) have one id; records of different types with the
+    same kinds share the part, as in Soufflé, whose record table is one per arity.
+
+    The policy is the symbol table's: made before evaluation from the inputs' records and the
+    program's (``agreed``, the same on every shard whatever the split of the inputs), then grown
+    only by ``append``, with the same rows in the same order on every shard (the agreement of
+    an AGREE step). Shards reading their inputs intern into tables of their own
+    (``intern_one``: staged in Python, moved into the arrays when next read)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[Kinds, _Part] = {}
+        self._kinds: list[Kinds] = []  # part number -> kinds
+        self._part_of = np.full(1, _NO_PART, dtype=np.int32)  # per id (0: nil)
+        self._row_of = np.zeros(1, dtype=np.int64)
+        self._staged: dict[tuple[Kinds, tuple[int, ...]], int] = {}
+        self._size = 0  # ids 1.._size are taken, staged ones included
+        self._device: tuple[Any, int, Any, Any, dict[Kinds, Any]] | None = None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its device copies (a worker's table goes to a client without GPU)."""
+        return {**self.__dict__, "_device": None}
+
+    def _part(self, kinds: Kinds) -> _Part:
+        part = self._parts.get(kinds)
+        if part is None:
+            part = self._parts[kinds] = _Part(len(kinds))
+            self._kinds.append(kinds)
+        return part
+
+    def _flush(self) -> None:
+        """Move the staged records into the arrays."""
+        if not self._staged:
+            return
+        staged, self._staged = self._staged, {}
+        by_kinds: dict[Kinds, list[tuple[tuple[int, ...], int]]] = {}
+        for (kinds, row), i in staged.items():
+            by_kinds.setdefault(kinds, []).append((row, i))
+        for kinds, entries in by_kinds.items():
+            rows = np.array([r for r, _ in entries], dtype=np.uint32).reshape(len(entries), len(kinds))
+            self._store(kinds, rows, np.fromiter((i for _, i in entries), dtype=np.uint32, count=len(entries)))
+
+    def _store(self, kinds: Kinds, rows: np.ndarray, ids: np.ndarray) -> None:
+        part = self._part(kinds)
+        if self._part_of.shape[0] <= self._size:
+            grown = max(self._size + 1, 2 * self._part_of.shape[0])
+            self._part_of = np.concatenate([self._part_of, np.full(grown - self._part_of.shape[0], _NO_PART, np.int32)])
+            self._row_of = np.concatenate([self._row_of, np.zeros(grown - self._row_of.shape[0], np.int64)])
+        self._part_of[ids] = self._kinds.index(kinds)
+        self._row_of[ids] = np.arange(part.rows.shape[0], part.rows.shape[0] + rows.shape[0])
+        part.add(rows, ids)
+        self._device = None
+
+    def intern_one(self, kinds: Kinds, row: tuple[int, ...]) -> int:
+        """The id of one record (its elements encoded, nested records as ids of this table),
+        added after the others when new: for a shard's reading table and the program's
+        constants, built a record at a time."""
+        key = (kinds, row)
+        i = self._staged.get(key)
+        if i is None and kinds in self._parts:
+            found = int(self._parts[kinds].find(np.array([row], dtype=np.uint32).reshape(1, len(kinds)))[0])
+            i = None if found == MISSING else found
+        if i is None:
+            if self._size + 1 >= MISSING:
+                raise AssertionError("the record table is full (2^32 - 2 records)")
+            self._size += 1
+            i = self._staged[key] = self._size
+        return i
+
+    def find(self, kinds: Kinds, rows: np.ndarray) -> np.ndarray:
+        """The ids of the records ``rows`` (host uint32, one record a row), MISSING where the
+        table lacks one."""
+        self._flush()
+        part = self._parts.get(kinds)
+        if part is None:
+            return np.full(rows.shape[0], MISSING, dtype=np.uint32)
+        return part.find(np.ascontiguousarray(rows, dtype=np.uint32))
+
+    def missing(self, kinds: Kinds, rows: np.ndarray) -> np.ndarray:
+        """The distinct ``rows`` the table lacks, in row order (what a shard brings to the
+        agreement on new records)."""
+        rows = distinct_rows(np.asarray(rows, dtype=np.uint32))
+        return rows[self.find(kinds, rows) == MISSING]
+
+    def append(self, kinds: Kinds, rows: np.ndarray) -> None:
+        """Add distinct records the table lacks, ids in row order. Every shard must call it with
+        the same rows in the same order (agreed: ``agreed_made``), so ids stay the same
+        everywhere."""
+        self._flush()
+        if not rows.shape[0]:
+            return
+        if self._size + rows.shape[0] >= MISSING:
+            raise AssertionError("the record table is full (2^32 - 2 records)")
+        ids = np.arange(self._size + 1, self._size + 1 + rows.shape[0], dtype=np.uint32)
+        self._size += rows.shape[0]
+        self._store(kinds, np.ascontiguousarray(rows, dtype=np.uint32), ids)
+
+    def parts(self) -> list[tuple[Kinds, np.ndarray, np.ndarray]]:
+        """(kinds, ids, element rows) per part: the whole table."""
+        self._flush()
+        return [(kinds, self._parts[kinds].ids, self._parts[kinds].rows) for kinds in self._kinds]
+
+    @classmethod
+    def restored(cls, parts: Iterable[tuple[Kinds, np.ndarray, np.ndarray]]) -> RecordTable:
+        """The table ``parts()`` gave (a checkpoint's)."""
+        table = cls()
+        parts = list(parts)
+        table._size = sum(int(ids.shape[0]) for _, ids, _ in parts)
+        for kinds, ids, rows in parts:
+            ids = np.asarray(ids, dtype=np.uint32)
+            table._store(kinds, np.asarray(rows, dtype=np.uint32).reshape(ids.shape[0], len(kinds)), ids)
+        return table
+
+    @classmethod
+    def of_constants(cls, records: Iterable[Record], symbols: SymbolTable) -> RecordTable:
+        """A table of records of constants (the program's), their symbols ids of ``symbols``."""
+        table = cls()
+
+        def intern(record: Record) -> int:
+            row = tuple(
+                intern(a)
+                if isinstance(a, Record)
+                else symbols.id_of(str(a.value))
+                if a.type == "symbol"
+                else encode_scalar(int(a.value), a.type)
+                for a in record.args
+                if isinstance(a, (Record, Const))
+            )
+            return table.intern_one(record.kinds, row)
+
+        for record in records:
+            intern(record)
+        return table
+
+    def unpack(self, kinds: Kinds, ids: Any, xp: Any = np) -> tuple[Any, Any]:
+        """(mask, elements): which of ``ids`` (a column in ``xp``) are records of ``kinds``
+        (not nil, not of another part), and their element rows, in ``xp`` (arrays copied to a
+        device once per growth of the table)."""
+        self._flush()
+        if self._device is None or self._device[0] is not xp:
+            copy = (lambda a: a) if xp is np else xp.asarray
+            self._device = (
+                xp,
+                self._size + 1,
+                copy(self._part_of[: self._size + 1]),
+                copy(self._row_of[: self._size + 1]),
+                {k: copy(p.rows) for k, p in self._parts.items()},
+            )
+        _, size, part_of, row_of, elements = self._device
+        if kinds not in self._parts:
+            return xp.zeros(ids.shape[0], dtype=bool), xp.zeros((0, len(kinds)), dtype=xp.uint32)
+        known = ids < size
+        mask = known & (part_of[xp.where(known, ids, 0)] == self._kinds.index(kinds))
+        return mask, elements[kinds][row_of[ids[mask]]]
+
+    def remapped(self, symbols: np.ndarray) -> RecordTable:
+        """The same records (the same ids) with their symbols re-encoded by ``symbols[id]``
+        (``SymbolTable.reordered``)."""
+        table = RecordTable()
+        table._size = self._size
+        for kinds, ids, rows in self.parts():
+            rows = rows.copy()
+            for j, kind in enumerate(kinds):
+                if kind == "symbol":
+                    rows[:, j] = symbols[rows[:, j]]
+            table._store(kinds, rows, ids)
+        return table
+
+    @classmethod
+    def agreed(cls, sources: list[tuple[RecordTable, np.ndarray | None]]) -> tuple[RecordTable, list[np.ndarray]]:
+        """One table of the records of every source (a shard's reading table with the map of its
+        symbol ids into the agreed symbol table, or a table already in agreed symbol ids: None),
+        and per source the map of its record ids into it. Records join by height (those whose
+        nested records all have ids first) and, within a height, in order of kinds and elements:
+        the table depends only on the set of records, not on which source held them."""
+        table = cls()
+        maps = []
+        pending: list[list[tuple[Kinds, np.ndarray, np.ndarray]]] = []
+        for source, _ in sources:
+            ids = np.full(len(source) + 1, MISSING, dtype=np.uint32)
+            ids[0] = 0
+            maps.append(ids)
+            pending.append(source.parts())
+        while any(pending):
+            ready: dict[Kinds, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+            for s, (parts, (_, symbol_map)) in enumerate(zip(pending, sources)):
+                waiting = []
+                for kinds, ids, rows in parts:
+                    nested = [j for j, kind in enumerate(kinds) if kind == "record"]
+                    known = np.all(maps[s][rows[:, nested]] != MISSING, axis=1)
+                    if known.any():
+                        remapped = rows[known].copy()
+                        for j, kind in enumerate(kinds):
+                            if kind == "record":
+                                remapped[:, j] = maps[s][remapped[:, j]]
+                            elif kind == "symbol" and symbol_map is not None:
+                                remapped[:, j] = symbol_map[remapped[:, j]]
+                        ready.setdefault(kinds, []).append((s, ids[known], remapped))
+                    if not known.all():
+                        waiting.append((kinds, ids[~known], rows[~known]))
+                pending[s] = waiting
+            if not ready:
+                raise AssertionError("records whose nested records never get an id")
+            for kinds in sorted(ready):
+                entries = ready[kinds]
+                table.append(kinds, table.missing(kinds, np.concatenate([rows for _, _, rows in entries])))
+                for s, ids, rows in entries:
+                    maps[s][ids] = table.find(kinds, rows)
+        return table, maps
+
+
+Made = list[str] | np.ndarray  # what a shard brings to an agreement: texts, or records of one kinds
+
+
+def agreed_made(parts: list[Made]) -> Made:
+    """What every shard appends after an agreement on new values: the sorted union of what each
+    shard made (texts, or the element rows of records of one kinds)."""
+    if parts and isinstance(parts[0], np.ndarray):
+        return distinct_rows(np.concatenate(parts))
+    return sorted(set().union(*parts))

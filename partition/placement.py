@@ -109,6 +109,8 @@ def place(
         size = (sizes or {}).get(name)
         if rel.arity == 0:
             replicated[name] = "nullary: at most one tuple, nothing to hash"
+        elif rel.choice:
+            replicated[name] = "choice-domain: every shard sees every candidate and keeps the same ones"
         elif name in static and size is not None and size * words_for(rel.arity) * 8 < replicate_below:
             replicated[name] = f"small static relation: {size * words_for(rel.arity) * 8} bytes < {replicate_below}"
     while True:  # each forced replica can only remove needs for others: this ends
@@ -309,6 +311,8 @@ def _route(rp: RulePlan, layouts: Mapping[str, RelationLayout], growing: tuple[s
         ):
             steps.append(replace(step, route=Route(RouteAction.SLICE)))
             everywhere, dist = False, None
+        elif step.route.action is RouteAction.AGREE:
+            steps.append(replace(step, route=replace(step.route, alike=everywhere)))
         else:
             steps.append(_with_body_routes(step, replicated, need))
     return replace(rp, steps=tuple(steps), head=_head_route(head, everywhere, dist, head_vars))

@@ -14,6 +14,7 @@ from typing import Any
 
 from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.execution.exchange import Target
+from dask_datalog.engine.values import Made, agreed_made
 from dask_datalog.partition.buckets import bucket, split
 from dask_datalog.partition.hashing import shard_of, shard_of_rows
 from dask_datalog.partition.transport import Transport
@@ -66,6 +67,13 @@ class ShardExchange:
 
     def share(self, n: int) -> tuple[int, int]:
         return n * self.rank // self.size, n * (self.rank + 1) // self.size
+
+    def agree(self, made: Made) -> Made:
+        return agreed_made(self.transport.allgather(made))
+
+    def agree_count(self, count: int) -> tuple[int, int]:
+        counts = self.transport.allgather(count)
+        return sum(counts[: self.rank]), sum(counts)
 
     def take_stats(self) -> dict[str, Any]:
         now = self.transport.stats.snapshot()

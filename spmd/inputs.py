@@ -3,8 +3,9 @@ every shard agrees on before evaluation (``values.SymbolTable`` says the policy)
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,13 @@ import numpy as np
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.formats import fact_input
-from dask_datalog.engine.values import SymbolTable
+from dask_datalog.engine.values import RecordTable, SymbolTable
 from dask_datalog.partition.transport import Transport
 
 FactSource = str | Path | Any  # a path, or array-like rows / a DataFrame
+
+
+STDIN = "<stdin>"  # where facts read from standard input (``.input r(IO=stdin)``) come from
 
 
 @dataclass(frozen=True)
@@ -24,30 +28,43 @@ class Inputs:
     """Where a run's facts come from: ``fact_dir`` holds the ``.input`` files; ``facts`` maps
     relations to a fact file (replacing their ``.input`` files; every shard reads its byte
     range) or to this shard's rows (an (n, arity) array-like or a DataFrame: the caller split
-    them). ``array_digests``: digests of whole input arrays, for a checkpoint's fingerprint."""
+    them); ``stdin``: what the run's standard input held, for ``IO=stdin`` inputs (read once by
+    the process that started the run: workers have none of their own). ``array_digests``:
+    digests of whole input arrays, for a checkpoint's fingerprint."""
 
     fact_dir: str | Path | None = None
     facts: Mapping[str, FactSource] = field(default_factory=dict)
     array_digests: Mapping[str, str] = field(default_factory=dict)
+    stdin: bytes | None = None
 
-    def files(self, program: ir.Program) -> list[tuple[str, Path, str, ir.Pos | None]]:
-        """(relation, path, delimiter, position of its .input) per fact file."""
-        files: list[tuple[str, Path, str, ir.Pos | None]] = []
+    def files(self, program: ir.Program) -> list[tuple[str, Path | None, fact_input.FactFormat, ir.Pos | None]]:
+        """(relation, path, format, position of its .input) per fact file; path None for
+        standard input."""
+        files: list[tuple[str, Path | None, fact_input.FactFormat, ir.Pos | None]] = []
         directory = Path(self.fact_dir) if self.fact_dir is not None else Path(".")
         for spec in program.inputs:
             if spec.relation not in self.facts:
-                files.append((spec.relation, directory / (spec.filename or f"{spec.relation}.facts"), spec.delimiter, spec.pos))
+                path = None if spec.io == "stdin" else directory / (spec.filename or f"{spec.relation}.facts")
+                files.append((spec.relation, path, fact_input.FactFormat.of(spec), spec.pos))
         for name, source in self.facts.items():
             if isinstance(source, (str, Path)):
-                delimiter = next((s.delimiter for s in program.inputs if s.relation == name), "\t")
-                files.append((name, Path(source), delimiter, None))
+                spec = next((s for s in program.inputs if s.relation == name), ir.InputSpec(name))
+                files.append((name, Path(source), fact_input.FactFormat.of(replace(spec, io="file")), None))
         return files
 
     def file_names(self, program: ir.Program) -> dict[str, list[str]]:
         """The fact files a run reads, by relation (what a checkpoint's fingerprint covers)."""
         out: dict[str, list[str]] = {}
         for name, path, _, _ in self.files(program):
-            out.setdefault(name, []).append(str(path))
+            if path is not None:
+                out.setdefault(name, []).append(str(path))
+        return out
+
+    def digests(self) -> dict[str, str]:
+        """Digests of the inputs that are no files: the arrays', standard input's."""
+        out = dict(self.array_digests)
+        if self.stdin is not None:
+            out[STDIN] = hashlib.blake2b(self.stdin, digest_size=16).hexdigest()
         return out
 
     def arrays(self) -> dict[str, Any]:
@@ -65,12 +82,18 @@ def read_part(
     program: ir.Program, symbols: SymbolTable, inputs: Inputs, part: int = 0, n_parts: int = 1
 ) -> dict[str, np.ndarray]:
     """Encoded rows per input relation, this shard's part: every file is read in its byte range
-    ``part`` of ``n_parts``; rows handed over as arrays are taken whole. Symbols are interned in
-    ``symbols`` in reading order."""
+    ``part`` of ``n_parts``, standard input by part 0; rows handed over as arrays are taken
+    whole. Symbols are interned in ``symbols`` in reading order."""
     check_fact_names(program, inputs.facts)
     loaded: dict[str, np.ndarray] = {}
-    for name, path, delimiter, pos in inputs.files(program):
-        rows = fact_input.read_facts_range(path, program.relations[name], symbols, delimiter, pos, part, n_parts)
+    stdin = inputs.stdin or b""
+    for name, path, fmt, pos in inputs.files(program):
+        relation = program.relations[name]
+        if path is not None:
+            rows = fact_input.read_facts_range(path, relation, symbols, fmt, pos, part, n_parts)
+        else:  # standard input, read by part 0; the first IO=stdin input takes all of it, as in Soufflé
+            rows = fact_input.read_text(stdin if part == 0 else b"", STDIN, relation, symbols, fmt)
+            stdin = b""
         loaded[name] = rows if name not in loaded else np.concatenate([loaded[name], rows])
     for name, source in inputs.arrays().items():
         loaded[name] = fact_input.encode_rows(source, program.relations[name], symbols, origin=f"facts['{name}']")
@@ -88,22 +111,30 @@ class Start:
 
 
 def agree(transport: Transport, program: ir.Program, inputs: Inputs) -> Start:
-    """This shard's part of the inputs, re-encoded in the table all shards agree on (their
-    strings and the program's constants, in text order), and every input relation's size.
-    One round, whatever the number of shards."""
+    """This shard's part of the inputs, re-encoded in the tables all shards agree on (their
+    strings and the program's constants, in text order; their records and the program's, by
+    ``RecordTable.agreed``), and every input relation's size. One round, whatever the number
+    of shards."""
     local = SymbolTable()
     rows = read_part(program, local, inputs, transport.rank, transport.size)
     counts = {name: int(r.shape[0]) for name, r in rows.items()}
-    agreed = transport.allgather((local.strings, counts))
-    symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program))] + [strings for strings, _ in agreed])
-    if len(local):
+    agreed = transport.allgather((local.strings, counts, local.records if len(local.records) else None))
+    symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program))] + [strings for strings, _, _ in agreed])
+    readers = [rank for rank, (_, _, records) in enumerate(agreed) if records is not None]
+    sources = [(agreed[r][2], SymbolTable.in_order(agreed[r][0], 0).remap_to(symbols)) for r in readers]
+    constants = RecordTable.of_constants(ir.record_constants(program), symbols)
+    symbols.records, maps = RecordTable.agreed([*sources, (constants, None)])
+    if len(local) or len(local.records):
         mapping = local.remap_to(symbols)
+        mine = maps[readers.index(transport.rank)] if len(local.records) else None
         for name, block in rows.items():
-            for j, t in enumerate(program.relations[name].types):
-                if t == "symbol":
+            for j, a in enumerate(program.relations[name].attributes):
+                if a.type == "symbol":
                     block[:, j] = mapping[block[:, j]]
+                elif a.type == "record" and mine is not None:
+                    block[:, j] = mine[block[:, j]]
     sizes: dict[str, int] = {}
-    for _, theirs in agreed:
+    for _, theirs, _ in agreed:
         for name, n in theirs.items():
             sizes[name] = sizes.get(name, 0) + n
     return Start(symbols, rows, sizes)

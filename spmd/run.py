@@ -17,7 +17,7 @@ from dask_datalog.partition.placement import REPLICATE_BELOW
 from dask_datalog.partition.transport import LocalTransport
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.shard import Shard, Steering, evaluate_shard
-from dask_datalog.spmd.writer import print_relations, print_sizes, write_outputs
+from dask_datalog.spmd.writer import print_outputs, write_outputs
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -50,7 +50,8 @@ class Run(Protocol):
 
     def write(self, output_dir: str, fmt: str, stream: TextIO | None, written: Callable[[str, int], None] | None) -> None:
         """The ``.output`` relations into ``output_dir`` (csv or parquet), or to ``stream``
-        (default stdout) with "-"; ``.printsize`` lines to ``stream`` when one is given."""
+        (default stdout) with "-" or ``IO=stdout``; ``.printsize`` lines to ``stream`` when one
+        is given."""
         ...
 
     def close(self) -> None:
@@ -89,9 +90,8 @@ class LocalRun:
         stream: TextIO | None = None,
         written: Callable[[str, int], None] | None = None,
     ) -> None:
-        print_relations(stream, self.program, write_outputs(LocalTransport(), self.shard, output_dir, fmt, written))
-        if stream is not None:
-            print_sizes(stream, self.program, self.sizes.__getitem__)
+        texts = write_outputs(LocalTransport(), self.shard, output_dir, fmt, written)
+        print_outputs(stream, self.program, output_dir, texts, self.sizes.__getitem__)
 
     def close(self) -> None:
         self.shard.rows = {}

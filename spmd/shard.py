@@ -80,13 +80,13 @@ def evaluate_shard(
     rank, size = transport.rank, transport.size
 
     def fingerprint() -> dict[str, Any]:
-        return checkpoint.fingerprint(program, inputs.file_names(program), dict(inputs.array_digests))
+        return checkpoint.fingerprint(program, inputs.file_names(program), inputs.digests())
 
     manifest, restored = checkpoint.start(steering.checkpoint, rank, size, transport.allgather, fingerprint)
     if manifest is None:
         start = agree(transport, program, inputs)
     else:
-        start = Start(SymbolTable.in_order(manifest.symbols, manifest.symbols_ordered), {}, manifest.input_sizes)
+        start = Start(checkpoint.restored_symbols(manifest), {}, manifest.input_sizes)
     t_load = time.perf_counter() - t0
     control = _control(steering, backend, transport, manifest, start, fingerprint, t0)
     plan = place(plan_program(program), size, start.sizes, replicate_below)

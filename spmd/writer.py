@@ -5,8 +5,9 @@ Each relation's packed rows are range-partitioned by their first column (splitte
 every shard sees), so shard k ends with the k-th range of the sorted relation: the k-way merge
 of the sorted blocks it received. CSV: every shard formats its range a chunk at a time and
 writes it where the lower ranks' text ends (the lengths they measured first), so the file is
-byte for byte what one process writes and no shard holds more than a chunk of text; Parquet: a
-part file per shard, in rank order the sorted relation; stdout: each range's text, returned to
+byte for byte what one process writes and no shard holds more than a chunk of text (compressed:
+a gzip member per shard, held whole); Parquet: a part file per shard, in rank order the sorted
+relation; stdout (``IO=stdout``, or every output with ``-D -``): each range's text, returned to
 the caller, which prints them in rank order.
 """
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,30 +47,54 @@ def check_output_format(output_dir: str, fmt: str) -> None:
 
 def write_outputs(
     transport: Transport, shard: Shard, output_dir: str, fmt: str, written: Callable[[str, int], None] | None = None
-) -> dict[str, bytes]:
-    """Write every ``.output`` relation into ``output_dir`` (``fmt`` csv or parquet); with
-    ``output_dir`` "-" nothing is written and this shard's text of each relation is returned.
-    ``written(relation, n)``: this shard's bytes of a CSV file written so far, after each chunk.
-    Collective."""
+) -> dict[int, bytes]:
+    """Write every ``.output`` relation into ``output_dir`` (``fmt`` csv or parquet) and return
+    this shard's text of each one that goes to stdout, by its index in ``program.outputs``:
+    those with ``IO=stdout``, or all with ``output_dir`` "-" (``effective``). ``written(relation,
+    n)``: this shard's bytes of a CSV file written so far, after each chunk. Collective."""
     check_output_format(output_dir, fmt)
     backend = get_backend(shard.backend)
     symbols = shard.symbols
-    text: dict[str, bytes] = {}
-    for spec in shard.program.outputs:
+    remap = None
+    if not symbols.text_ordered:  # strings appended during evaluation: re-encode in text order
+        mapping, symbols = symbols.reordered()
+        remap = backend.xp.asarray(mapping)
+    text: dict[int, bytes] = {}
+    ordered: tuple[str, PackedRows] | None = None  # the last relation's range, for its next output
+    for index, written_spec in enumerate(shard.program.outputs):
+        spec = effective(written_spec, output_dir)
+        if spec.io == "stdoutprintsize":
+            continue
         relation = shard.program.relations[spec.relation]
-        packed = shard.rows[spec.relation]
-        if not symbols.text_ordered:  # strings appended during evaluation: re-encode in text order
-            packed, symbols = _in_text_order(packed, relation, shard.symbols, backend)
-        rows = PackedRows(sorted_range(transport, packed, relation.arity, backend), relation.arity, backend)
-        if fmt == "parquet":
+        if ordered is None or ordered[0] != spec.relation:
+            packed = shard.rows[spec.relation]
+            if remap is not None and "symbol" in relation.types:
+                packed = _in_text_order(packed, relation, remap, backend)
+            ordered = (
+                spec.relation,
+                PackedRows(sorted_range(transport, packed, relation.arity, backend), relation.arity, backend),
+            )
+        rows = ordered[1]
+        if spec.io == "stdout":
+            text[index] = relation_output.format_relation(rows, relation, symbols, spec.delimiter, rfc4180=spec.rfc4180)
+        elif fmt == "parquet":
             _write_parquet_part(transport, Path(output_dir) / spec.relation, rows, relation, symbols)
-        elif output_dir == STDOUT:
-            text[spec.relation] = relation_output.format_relation(rows, relation, symbols, spec.delimiter)
         else:
             progress = None if written is None else (lambda n, name=spec.relation: written(name, n))
-            target = Path(output_dir) / (spec.filename or f"{spec.relation}.csv")
-            _write_csv(transport, target, rows, relation, symbols, spec.delimiter, progress)
+            _write_csv(transport, Path(output_dir) / file_name(spec), rows, relation, symbols, spec, progress)
     return text
+
+
+def effective(spec: ir.OutputSpec, output_dir: str) -> ir.OutputSpec:
+    """An output as a run writes it: with ``-D -`` every one is printed with its header, as
+    Soufflé does (IODefaults.h)."""
+    return replace(spec, io="stdout", headers=True) if output_dir == STDOUT else spec
+
+
+def file_name(spec: ir.OutputSpec) -> str:
+    """Where an output file goes in the output directory: its ``filename``, else named after
+    it (``.csv``, ``.csv.gz`` compressed)."""
+    return spec.filename or f"{spec.title}.csv{'.gz' * spec.compress}"
 
 
 def sorted_range(transport: Transport, packed: Any, arity: int, backend: Backend) -> Any:
@@ -93,14 +120,12 @@ def sorted_range(transport: Transport, packed: Any, arity: int, backend: Backend
     return sets.merge_all(blocks, backend) if blocks else packed[:0]
 
 
-def _in_text_order(packed: Any, relation: ir.Relation, symbols: SymbolTable, backend: Backend) -> tuple[Any, SymbolTable]:
-    """Rows re-encoded in a copy of the table whose ids are in text order, sorted."""
-    mapping, ordered = symbols.reordered()
+def _in_text_order(packed: Any, relation: ir.Relation, remap: Any, backend: Backend) -> Any:
+    """Rows re-encoded by ``remap`` (``SymbolTable.reordered``: ids in text order), sorted."""
     xp = backend.xp
     columns = [unpack(packed, j, xp) for j in range(relation.arity)]
-    remap = xp.asarray(mapping)
     columns = [remap[c] if t == "symbol" else c for c, t in zip(columns, relation.types)]
-    return sets.sort_unique(pack(columns, int(packed.shape[0]), xp), xp), ordered
+    return sets.sort_unique(pack(columns, int(packed.shape[0]), xp), xp)
 
 
 def _write_csv(
@@ -109,26 +134,34 @@ def _write_csv(
     rows: PackedRows,
     relation: ir.Relation,
     symbols: SymbolTable,
-    delimiter: str,
+    spec: ir.OutputSpec,
     written: Callable[[int], None] | None,
 ) -> None:
     """Every shard writes its range's text where the lower ranks' text ends; rank 0 empties the
-    file first. The text is formatted a chunk at a time, so a shard holds one chunk of it beside
-    its rows; every shard but the last measures its length first (counted from the digits for
-    numbers, formatted once when the range is one chunk)."""
+    file first and writes the header. The text is formatted a chunk at a time, so a shard holds
+    one chunk of it beside its rows; every shard but the last measures its length first
+    (counted from the digits for numbers, formatted once when the range is one chunk).
+    Compressed, each shard's text is one gzip member, made whole before its length is known
+    (a gzip file may hold several members one after another)."""
     rank, size = transport.rank, transport.size
+    header = f"{spec.header_line(relation)}\n".encode() if spec.headers and rank == 0 else b""
 
     def chunks() -> Iterator[bytes | memoryview]:
-        return relation_output.format_chunks(rows, relation, symbols, delimiter, in_order=True)
+        if header:
+            yield header
+        yield from relation_output.format_chunks(rows, relation, symbols, spec.delimiter, in_order=True, rfc4180=spec.rfc4180)
 
     whole: bytes | None = None
     length = 0
-    if rank < size - 1:
+    if spec.compress:
+        whole = _gzip(chunks()) if rank == 0 or len(rows) else b""  # an empty relation is an empty member
+        length = len(whole)
+    elif rank < size - 1:
         if len(rows) <= relation_output.FORMAT_CHUNK_ROWS:
             whole = b"".join(chunks())
             length = len(whole)
         else:
-            length = relation_output.text_length(rows, relation, symbols, delimiter)
+            length = len(header) + relation_output.text_length(rows, relation, symbols, spec.delimiter, rfc4180=spec.rfc4180)
     lengths = transport.allgather(length)
     offset = sum(lengths[:rank])
     if rank == 0:
@@ -149,6 +182,12 @@ def _write_csv(
         os.close(fd)
     if rank < size - 1 and offset != sum(lengths[: rank + 1]):
         raise AssertionError(f"{target}: shard {rank} wrote up to byte {offset}, not where the next range starts")
+
+
+def _gzip(chunks: Iterator[bytes | memoryview]) -> bytes:
+    """The chunks as one gzip member."""
+    compressor = zlib.compressobj(wbits=31)
+    return b"".join([*(compressor.compress(chunk) for chunk in chunks), compressor.flush()])
 
 
 def _create_empty(target: Path) -> None:
@@ -174,16 +213,27 @@ def _write_parquet_part(
     _io(part, lambda: relation_output.write_parquet_part(part, np.asarray(rows), relation, symbols))
 
 
-def print_relations(stream: TextIO | None, program: ir.Program, texts: Mapping[str, bytes]) -> None:
-    """The ``.output`` relations' CSV text on stdout as Soufflé prints them for ``-D -``: by
-    name, each framed, under its name and its attribute names."""
+def print_outputs(
+    stream: TextIO | None, program: ir.Program, output_dir: str, texts: Mapping[int, bytes], size: Callable[[str], int]
+) -> None:
+    """What a run prints, relation by relation in name order, as Soufflé prints it: each output
+    that goes to stdout (``texts``, by index in ``program.outputs``) framed under its name and,
+    with headers, its attribute names; then the relation's size for ``IO=stdoutprintsize`` and
+    ``.printsize``. Sizes need ``stream`` (the API prints them only when given one), tables go
+    to stdout without it."""
     out = stream or sys.stdout
-    for name in sorted(texts):
-        header = "\t".join(a.name for a in program.relations[name].attributes)
-        out.write(f"---------------\n{name}\n{header}\n===============\n{texts[name].decode('utf-8')}===============\n")
-
-
-def print_sizes(stream: TextIO, program: ir.Program, size: Callable[[str], int]) -> None:
-    """The ``.printsize`` lines: ``name<TAB>count``."""
-    for name in program.printsizes:
-        stream.write(f"{name}\t{size(name)}\n")
+    printsizes = set(program.printsizes)
+    for name in sorted({spec.relation for spec in program.outputs} | printsizes):
+        for index, spec in enumerate(program.outputs):
+            spec = effective(spec, output_dir)
+            if spec.relation != name:
+                continue
+            if spec.io == "stdout":
+                header = f"{spec.header_line(program.relations[name])}\n" if spec.headers else ""
+                out.write(
+                    f"---------------\n{spec.title}\n{header}===============\n{texts[index].decode('utf-8')}===============\n"
+                )
+            elif spec.io == "stdoutprintsize" and stream is not None:
+                stream.write(f"{spec.title}\t{size(name)}\n")
+        if name in printsizes and stream is not None:
+            stream.write(f"{name}\t{size(name)}\n")

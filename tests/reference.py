@@ -2,18 +2,24 @@
 
 It shares nothing with the engine but the IR dataclasses (and DatalogError, so division by
 zero is reported the way the contract says). Relations are Python sets of decoded tuples
-(int for number/unsigned, float for float, str for symbol); every stratum is re-evaluated
-naively (not semi-naively) until nothing changes; a rule body is solved by nested loops,
-literal by literal, deferring a literal until the variables it needs are bound. It is meant to
-be obviously correct on a few hundred tuples, not fast. Floats are Python floats holding
-float32 values, computed one operation at a time in NumPy's float32 (so -0.0 and 0.0 are one
-value here, and programs for it hold no NaN).
+(int for number/unsigned, float for float, str for symbol, a Python tuple of its elements for
+a record, None for nil; an ADT value is a record as the checker encodes it, ``(branch,
+argument)``, or the branch number for an enum); every stratum is re-evaluated naively (not
+semi-naively) until nothing changes; a rule body is solved by nested loops, literal by
+literal, deferring a literal until the variables it needs are bound. It is meant to be
+obviously correct on a few hundred tuples, not fast. Floats are Python floats holding float32
+values, computed one operation at a time in NumPy's float32 (so -0.0 and 0.0 are one value
+here, and programs for it hold no NaN).
 
 Semantics (docs/contracts.md): number = int32 and unsigned = uint32 with wrap-around,
 C division/modulo (truncate toward zero, remainder takes the dividend's sign), ``^`` as
 Soufflé's cast of the C ``pow`` (see ``power``), ``min``/``max``, ``strlen`` (UTF-8 bytes) and
-``to_number`` (C's strtol; a non-number raises), division by
-zero raises, ``v = expr`` binds an unbound variable, negation of lower strata, and
+``to_number`` (C's strtol; a non-number raises), the text functors ``cat``, ``substr``, ``to_string``,
+``contains``, ``match`` (Python's ``re``, full match; all on UTF-8 bytes, as C++ strings are) and
+``<`` on symbols by their bytes (``ord`` is left out: its value is an id), division by
+zero raises, ``v = expr`` binds an unbound variable, a record matched against a value binds
+the variables inside it (``_`` matches anything), records are equal when their elements are,
+negation of lower strata, and
 aggregates: count/sum over the distinct bindings of the aggregate body per group (0 for an
 empty group), min/max of the target (no result for an empty group), mean of a float target
 (sum / count in float; none for an empty group); grouping variables are the aggregate's
@@ -28,7 +34,7 @@ import itertools
 import math
 import re
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +42,7 @@ import numpy as np
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 
-Value = int | float | str
+Value = int | float | str | tuple["Value", ...] | None
 Tuple = tuple[Value, ...]
 Binding = dict[str, Value]
 
@@ -94,13 +100,14 @@ def float_arith(op: str, a: float, b: float) -> float:
 
 
 def arith(op: str, a: Value, b: Value, type: ir.BaseType, pos: ir.Pos) -> Value:
-    """One arithmetic operation in ``type``: operands and result wrapped to 32 bits."""
+    """One arithmetic operation in ``type``: operands and result wrapped to 32 bits; min and
+    max of symbols by their UTF-8 bytes."""
     if type == "float":
         assert isinstance(a, float) and isinstance(b, float)
         return float_arith(op, a, b)
-    if type == "symbol" and op in ("min", "max"):  # by text, as Soufflé compares std::strings
-        assert isinstance(a, str) and isinstance(b, str)
-        return min(a, b) if op == "min" else max(a, b)
+    if isinstance(a, str) and isinstance(b, str) and op in ("min", "max"):
+        pick = min if op == "min" else max
+        return pick(a, b, key=lambda s: s.encode("utf-8", "surrogateescape"))
     if not isinstance(a, int) or not isinstance(b, int):
         raise TypeError(f"arithmetic on non-integers {a!r} {op} {b!r}")
     a, b = wrap(a, type), wrap(b, type)
@@ -171,6 +178,7 @@ CONVERSIONS = {
     "bits_utof": lambda v: float_of_bits(v),
     "bits_ftoi": lambda v: wrap(bits_of_float(v), "number"),
     "bits_ftou": lambda v: bits_of_float(v),
+    "as": lambda v: v,  # within one base type
 }
 
 
@@ -267,13 +275,57 @@ def to_number(text: str, pos: ir.Pos) -> int:
     return value
 
 
+def substr(text: Value, start: Value, length: Value) -> str:
+    """C++'s ``std::string::substr(start, length)`` on the UTF-8 bytes, the 32-bit arguments
+    read as ``size_t``: out of range (negative or past the end) gives ""."""
+    assert isinstance(text, str) and isinstance(start, int) and isinstance(length, int)
+    data = text.encode("utf-8", "surrogateescape")
+    if start < 0 or start > len(data):
+        return ""
+    end = len(data) if length < 0 else start + length
+    return data[start:end].decode("utf-8", "surrogateescape")
+
+
+# Functors that make texts, and ``$text_rank``, which the checker wraps around each side of
+# ``<`` on symbols: here the text itself, which ``compare`` orders by its UTF-8 bytes.
+TEXT_FUNCTORS: dict[str, Callable[..., Value]] = {
+    "cat": lambda *parts: "".join(str(p) for p in parts),
+    "substr": substr,
+    "to_string": lambda n: str(n),
+    "utos": lambda n: str(n),
+    "ftos": lambda x: f"{x:f}",  # std::to_string: %f (programs for the reference hold no NaN)
+    "$text_rank": lambda text: text,
+}
+
+
+def text_constraint(op: str, a: Value, b: Value) -> bool:
+    """contains(a, b): a occurs in b; match(a, b): all of b matches the ECMAScript pattern a.
+    A pattern Python cannot compile, or one with a brace that is no quantifier (which
+    ECMAScript refuses), makes both the constraint and its negation false."""
+    assert isinstance(a, str) and isinstance(b, str)
+    needle, text = a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape")  # C++ strings: bytes
+    if op.endswith("contains"):
+        return (needle in text) != op.startswith("not_")
+    if re.search(r"\{(?!\d+(,\d*)?\})", a.replace("\\{", "")):
+        return False
+    try:
+        pattern = re.compile(needle)
+    except re.error:
+        return False
+    return (pattern.fullmatch(text) is not None) != op.startswith("not_")
+
+
 def compare(op: str, a: Value, b: Value) -> bool:
+    if op in ("match", "contains", "not_match", "not_contains"):
+        return text_constraint(op, a, b)
     if op == "=":
         return a == b
     if op == "!=":
         return a != b
-    if isinstance(a, str) or isinstance(b, str):
-        raise TypeError(f"ordered comparison {op!r} on symbols")
+    if isinstance(a, str) and isinstance(b, str):  # symbols: by their UTF-8 bytes, as C++ strings
+        a, b = a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape")  # type: ignore[assignment]
+    elif isinstance(a, str) or isinstance(b, str):
+        raise TypeError(f"ordered comparison {op!r} between a symbol and a number")
     if op == "<":
         return a < b
     if op == "<=":
@@ -449,14 +501,18 @@ class _Budget:
 
 def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
     if isinstance(term, ir.Const):
-        return float_of_bits(int(term.value)) if term.type == "float" else term.value
+        return None if term.type == "record" else float_of_bits(int(term.value)) if term.type == "float" else term.value
+    if isinstance(term, ir.Record):
+        return tuple(eval_term(a, binding, pos) for a in term.args)
     if isinstance(term, ir.Var):
         return binding[term.name]
+    if isinstance(term, ir.Call) and term.name in TEXT_FUNCTORS:
+        return TEXT_FUNCTORS[term.name](*(eval_term(a, binding, pos) for a in term.args))
     if isinstance(term, ir.Call) and term.name in ("strlen", "to_number", "stof", "stou"):
         text = eval_term(term.args[0], binding, pos)
         assert isinstance(text, str)
         if term.name == "strlen":
-            return len(text.encode("utf-8", "surrogatepass"))
+            return len(text.encode("utf-8", "surrogateescape"))
         return {"to_number": to_number, "stof": to_float, "stou": to_unsigned}[term.name](text, pos)
     if isinstance(term, ir.Call) and term.name in CONVERSIONS:
         return CONVERSIONS[term.name](eval_term(term.args[0], binding, pos))  # type: ignore[no-untyped-call]
@@ -477,11 +533,53 @@ def eval_term(term: ir.Term, binding: Binding, pos: ir.Pos) -> Value:
     raise TypeError(f"cannot evaluate {term!r}")
 
 
+def pattern_vars(term: ir.Term) -> set[str]:
+    """The variables matching ``term`` against a value binds: itself, a record's elements."""
+    if isinstance(term, ir.Var):
+        return {term.name}
+    if isinstance(term, ir.Record):
+        return set().union(*(pattern_vars(a) for a in term.args))
+    return set()
+
+
+def arithmetic_vars(term: ir.Term) -> set[str]:
+    """The variables of the arithmetic in a pattern: they must be bound before it matches."""
+    if isinstance(term, ir.Call):
+        return term_vars(term)
+    if isinstance(term, ir.Record):
+        return set().union(*(arithmetic_vars(a) for a in term.args))
+    return set()
+
+
+def has_value(term: ir.Term, bound: set[str]) -> bool:
+    return term_vars(term) <= bound and not any(isinstance(n, ir.Wildcard) for n in ir.walk(term))
+
+
+def match(term: ir.Term, value: Value, binding: Binding, pos: ir.Pos) -> Binding | None:
+    """``binding`` extended so that ``term`` equals ``value``, None when it cannot."""
+    if isinstance(term, ir.Wildcard):
+        return binding
+    if isinstance(term, ir.Var):
+        if term.name in binding:
+            return binding if binding[term.name] == value else None
+        return {**binding, term.name: value}
+    if isinstance(term, ir.Record):
+        if not isinstance(value, tuple) or len(value) != len(term.args):
+            return None
+        for arg, element in zip(term.args, value):
+            matched = match(arg, element, binding, pos)
+            if matched is None:
+                return None
+            binding = matched
+        return binding
+    return binding if eval_term(term, binding, pos) == value else None
+
+
 def _ready(lit: PreparedLiteral, bound: set[str]) -> bool:
     """Whether the literal can be evaluated now, given the bound variables."""
     if isinstance(lit, ir.Atom):
-        plain = {a.name for a in lit.args if isinstance(a, ir.Var)}
-        needed = term_vars_all(a for a in lit.args if isinstance(a, ir.Call))
+        plain = set().union(*(pattern_vars(a) for a in lit.args))
+        needed = set().union(*(arithmetic_vars(a) for a in lit.args))
         return needed <= bound | plain
     if isinstance(lit, ir.Negation):
         return literal_vars(lit) <= bound
@@ -493,7 +591,7 @@ def _ready(lit: PreparedLiteral, bound: set[str]) -> bool:
         if lit.op != "=":
             return False
         for var, other in ((lit.left, lit.right), (lit.right, lit.left)):
-            if isinstance(var, ir.Var) and var.name not in bound and term_vars(other) <= bound:
+            if isinstance(var, (ir.Var, ir.Record)) and has_value(other, bound) and arithmetic_vars(var) <= bound:
                 return True
         return False
     return lit.grouping <= bound
@@ -531,30 +629,21 @@ def _match_atom(atom: ir.Atom, binding: Binding, snap: Snapshot, pos: ir.Pos) ->
     positions: list[int] = []
     key: list[Value] = []
     for i, arg in enumerate(atom.args):
-        if isinstance(arg, ir.Const):
+        if isinstance(arg, (ir.Const, ir.Record, ir.Call)) and has_value(arg, set(binding)):
             positions.append(i)
             key.append(eval_term(arg, binding, pos))
         elif isinstance(arg, ir.Var) and arg.name in binding:
             positions.append(i)
             key.append(binding[arg.name])
-        elif isinstance(arg, ir.Call) and term_vars(arg) <= set(binding):
-            positions.append(i)
-            key.append(eval_term(arg, binding, pos))
     keyed = set(positions)
     for t in snap.lookup(atom.relation, tuple(positions), tuple(key)):
-        b = dict(binding)
-        ok = True
-        for i, arg in enumerate(atom.args):
-            if i in keyed or not isinstance(arg, ir.Var):
-                continue
-            if arg.name in b:  # repeated variable within the atom
-                if b[arg.name] != t[i]:
-                    ok = False
-                    break
-            else:
-                b[arg.name] = t[i]
-        if not ok:
+        b: Binding | None = dict(binding)
+        for i, arg in enumerate(atom.args):  # variables, repeated ones, records' elements
+            if b is not None and i not in keyed and isinstance(arg, (ir.Var, ir.Record)):
+                b = match(arg, t[i], b, pos)
+        if b is None:
             continue
+        ok = True
         for i, arg in enumerate(atom.args):  # expressions over variables bound just now
             if i not in keyed and isinstance(arg, ir.Call) and eval_term(arg, b, pos) != t[i]:
                 ok = False
@@ -586,10 +675,12 @@ def _eval_comparison(lit: ir.Comparison, binding: Binding, pos: ir.Pos) -> Itera
             elif binding[lit.left.name] == value:
                 yield binding
         return
-    if lit.op == "=":
-        for var, other in ((lit.left, lit.right), (lit.right, lit.left)):
-            if isinstance(var, ir.Var) and var.name not in bound:
-                yield {**binding, var.name: eval_term(other, binding, pos)}
+    if lit.op in ("=", "!="):  # a side with a value matched against the other, records included
+        for pattern, other in ((lit.left, lit.right), (lit.right, lit.left)):
+            if has_value(other, bound):
+                matched = match(pattern, eval_term(other, binding, pos), binding, pos)
+                if (matched is not None) == (lit.op == "="):
+                    yield matched if matched is not None else binding
                 return
     if compare(lit.op, eval_term(lit.left, binding, pos), eval_term(lit.right, binding, pos)):
         yield binding
@@ -649,6 +740,8 @@ def _check_tuple(relation: ir.Relation, t: Tuple) -> None:
             ok = isinstance(v, str)
         elif type == "float":
             ok = isinstance(v, float) and f32(v) == v
+        elif type == "record":
+            ok = v is None or isinstance(v, tuple)
         elif type == "number":
             ok = isinstance(v, int) and INT32_MIN <= v <= INT32_MAX
         else:

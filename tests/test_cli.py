@@ -3,6 +3,7 @@ what it writes, and how it fails."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import subprocess
@@ -104,6 +105,52 @@ def test_stdout_output_with_a_cluster(capsys: pytest.CaptureFixture[str], cluste
     assert out == f"---------------\npath\nx\ty\n===============\n{reference.decode()}===============\npath\t16\n"
 
 
+STDIO = b""".decl A(x:number, y:number)
+A(1,2).
+.output A(IO=stdout,headers=true)
+.decl C(x:number)
+.input C(IO=stdin)
+.output C(IO=stdoutprintsize)
+.output C(compress=true)
+.printsize A
+"""
+
+
+@pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]], ids=["no-cluster", "embedded-cluster"])
+def test_stdin_input_and_stdout_outputs_beside_an_output_directory(tmp_path: Path, where: list[str]) -> None:
+    """``IO=stdin`` reads the command's standard input (the workers get it from the command);
+    ``IO=stdout`` prints a table (a header only with headers=true, as semantic-store5), and
+    ``IO=stdoutprintsize`` a size, while -D still gets the files: stdout and the file byte for
+    byte what Soufflé 2.5's binary gives."""
+    program = tmp_path / "p.dl"
+    program.write_bytes(STDIO)
+    run = subprocess.run(
+        cli_command(program, "-D", tmp_path / "out", "--quiet", *where), input=b"3\n4\n", capture_output=True, timeout=240
+    )
+    assert (run.returncode, run.stderr) == (0, b"")
+    assert run.stdout == b"---------------\nA\nx\ty\n===============\n1\t2\n===============\nA\t1\nC\t2\n"
+    assert gzip.decompress((tmp_path / "out" / "C.csv.gz").read_bytes()) == b"3\n4\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["C.csv.gz"]
+
+
+def test_stdout_with_dash_d_prints_every_output_with_its_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-D - makes every .output IO=stdout with headers=true (Soufflé's IODefaults): the header
+    joins the names with the delimiter given (a tab under rfc4180's comma), the rows keep
+    their quoting; IO=stdoutprintsize outputs turn into tables too."""
+    program = tmp_path / "p.dl"
+    program.write_text(
+        '.decl S(x:symbol, y:number)\nS("a\\"b", 1).\n.output S(rfc4180=true)\n.output S(delimiter=";")\n'
+        ".output S(IO=stdoutprintsize)\n"
+    )
+    assert main(["run", str(program), "-D", "-", "--no-cluster"]) == 0
+    table = "---------------\nS\n{header}\n===============\n{row}\n===============\n"
+    assert capsys.readouterr().out == (
+        table.format(header="x\ty", row='"a\\""b",1')
+        + table.format(header="x;y", row='a"b;1')
+        + table.format(header="x\ty", row='a"b\t1')
+    )
+
+
 def test_bad_fact_file_is_one_line_on_a_cluster(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], cluster: LocalCluster
 ) -> None:
@@ -162,12 +209,18 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
         d.mkdir()
     (facts / "edge.facts").write_bytes((FACTS / "edge.facts").read_bytes())
     (bad_facts / "edge.facts").write_text("1\t2\n3\tx\n")
+    (bad_facts / "q.facts").write_text('a,"b\nc\n')
+    (bad_facts / "z.facts").write_bytes(gzip.compress(b"1\t2\n")[:-6])
     files = {
         "reach.dl": REACH.read_bytes(),
         "bom.dl": b"\xef\xbb\xbf" + REACH.read_bytes(),
         "fib.dl": FIB,
         "latin1.dl": b".decl e(x: number)\n// caf\xe9\ne(1).\n",
         "syntax.dl": b".decl e(x: number)\ne(1) :- \n",
+        "quote.dl": b'.decl q(x: symbol, y: symbol)\n.input q(filename="q.facts", rfc4180=true)\n',
+        "gzip.dl": b'.decl e(x: number, y: number)\n.input e(filename="z.facts")\n',
+        "limit.dl": b".decl e(x: number)\n.limitsize e(n=-1)\n",
+        "headers.dl": b".decl e(x: number)\n.input e(headers=1)\n",
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -176,7 +229,7 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
         ("bom-program", [prog["bom.dl"], "-F", str(facts)], None),
         ("ungrounded", [prog["fib.dl"]], f"{prog['fib.dl']}:4:5: error: unsafe rule: variable n in the head is not bound"),
         ("not-utf8", [prog["latin1.dl"]], f"{prog['latin1.dl']}:2:7: error: not UTF-8 text"),
-        ("syntax", [prog["syntax.dl"]], f"{prog['syntax.dl']}:3:1: error: syntax error"),
+        ("syntax", [prog["syntax.dl"]], f"{prog['syntax.dl']}:2:9: error: syntax error"),  # the last line with text, as Soufflé
         ("missing-program", [str(tmp_path / "none.dl")], f"{tmp_path / 'none.dl'}: error: cannot read program"),
         (
             "missing-fact-file",
@@ -188,6 +241,14 @@ def _error_cases(tmp_path: Path) -> list[tuple[str, list[str], str | None]]:
             [prog["reach.dl"], "-F", str(bad_facts)],
             f"{bad_facts / 'edge.facts'}:2:3: error: expected an integer",
         ),
+        (
+            "open-quote",
+            [prog["quote.dl"], "-F", str(bad_facts)],
+            f"{bad_facts / 'q.facts'}:1:3: error: the quoted field is never closed",
+        ),
+        ("cut-gzip", [prog["gzip.dl"], "-F", str(bad_facts)], f"{bad_facts / 'z.facts'}:1:1: error: the gzip data ends early"),
+        ("limitsize", [prog["limit.dl"]], f"{prog['limit.dl']}:2:16: error: syntax error"),
+        ("headers", [prog["headers.dl"]], f"{prog['headers.dl']}:2:10: error: headers must be true or false, not '1'"),
     ]
 
 

@@ -155,6 +155,35 @@ def test_directive_positions_and_params() -> None:
     assert p.printsizes == ("b",)
 
 
+def test_souffles_io_parameters() -> None:
+    """What Soufflé 2.5's readers and writers honour, values quoted or not (semantic-store4
+    writes ``delimiter=BOB``); rfc4180 makes the comma the default delimiter but not the
+    header's joint; ``name`` names the default file and the printed table."""
+    text = (
+        ".decl a(x: symbol, y: number)\n"
+        '.input a(IO=stdin, headers=true, rfc4180="true", columns="1:0", compress=true)\n'
+        ".input a(name=other, delimiter=BOB)\n"
+        ".output a(IO=stdout, headers=true, rfc4180=true, name=Zed)\n"
+        ".output a(compress=true, delimiter=BOB, attributeNames=p)\n"
+        ".output a(IO=stdoutprintsize, filename=x)\n"
+        ".printsize a(IO=file, headers=false)\n"
+        '.limitsize a(n="5")\n'
+    )
+    p = load_program(text, "p.dl")
+    assert p.inputs == (
+        ir.InputSpec("a", None, ",", io="stdin", headers=True, rfc4180=True, columns=(1, 0)),
+        ir.InputSpec("a", "other.facts", "BOB"),
+    )
+    assert p.outputs == (
+        ir.OutputSpec("a", "Zed.csv", ",", io="stdout", headers=True, rfc4180=True, name="Zed"),
+        ir.OutputSpec("a", None, "BOB", compress=True, header="p"),
+        ir.OutputSpec("a", "x", io="stdoutprintsize"),
+    )
+    assert p.outputs[0].header_line(p.relations["a"]) == "x\ty"
+    assert load_program(".decl a(x: symbol, y: number)\n.output a(delimiter=BOB)").outputs[0].header == "xBOBy"
+    assert p.printsizes == ("a",) and p.limits == (("a", 5),)
+
+
 # ---- types ---------------------------------------------------------------------------------
 
 
@@ -494,3 +523,144 @@ def test_preprocessor_errors_and_its_absence(tmp_path: Path) -> None:
     with pytest.raises(DatalogError, match="unsupported: C preprocessor line") as info:
         load_program_file(program, preprocessor=False)
     assert info.value.pos == ir.Pos(str(program), 2, 1)
+
+
+SCANNER_CONSTANTS = """
+.decl a(x: number)
+a(1.2.3.4). a(255.255.255.255). a(__LINE__).
+.decl b(x: number)
+b(x) :- a(x), true.
+b(0) :- false.
+b(1) :- a(_), (false ; x = 7), x = 7.
+.decl f(s: symbol)
+f(__FILE__).
+.decl e(n: number)
+e(count : { false } + 10 * count : { true }).
+"""
+
+
+def test_true_false_ipv4_line_and_file() -> None:
+    """Soufflé's scanner constants, with the answers Soufflé 2.5 gives this program: an IPv4
+    literal is its 32-bit number (255.255.255.255 is -1), __LINE__ the line, __FILE__ the
+    file as named; true adds nothing and false leaves its alternative out."""
+    from dask_datalog.cluster import Program
+
+    result = Program(SCANNER_CONSTANTS, filename="prog.dl").run()
+    assert result.tuples("b") == {(16909060,), (-1,), (3,), (1,)}
+    assert result.tuples("f") == {("prog.dl",)}
+    assert result.tuples("e") == {(10,)}
+    with pytest.raises(DatalogError, match="IP out of range"):
+        load_program("r(1.2.3.256).\n.decl r(x: number)")
+
+
+UNIONS = """
+.type Pos <: number
+.type Neg <: number
+.type Sign = Pos | Neg
+.type Name = Short | Long
+.type Short <: symbol
+.type Long = Longer
+.type Longer <: symbol
+.decl pos(x: Pos)
+.decl neg(x: Neg)
+.decl sign(x: Sign)
+.decl short(s: Short)
+.decl named(s: Name)
+pos(1). neg(-1). short("a").
+sign(x) :- pos(x).
+sign(x) :- neg(x).
+named(s) :- short(s).
+"""
+
+
+def test_union_types() -> None:
+    """A union holds its members' values (an alias of a member counts as the member); its
+    members must share one primitive type; a union may not contain itself (Soufflé's checks)."""
+    from dask_datalog.cluster import Program
+
+    result = Program(UNIONS).run()
+    assert result.tuples("sign") == {(1,), (-1,)} and result.tuples("named") == {("a",)}
+    with pytest.raises(DatalogError, match=r"Union type U is defined over \{number, symbol\}"):
+        load_program(".type S <: symbol\n.type U = S | number")
+    with pytest.raises(DatalogError, match="Infinite descent in the definition of type U"):
+        load_program(".type U = V | number\n.type V = U | number")
+    with pytest.raises(DatalogError, match="type mismatch: x is a Sign"):
+        load_program(UNIONS + "pos(x) :- sign(x).")
+
+
+@pytest.mark.parametrize("preprocessor", [True, False])
+def test_souffles_include_and_once(tmp_path: Path, preprocessor: bool) -> None:
+    """``.include "file"`` beside the including file (nested ones beside theirs), ``.once``
+    against including a file twice, with or without the C preprocessor, as Soufflé 2.5 answers;
+    __LINE__ and errors name the included file's own lines."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "main.dl").write_text('.once\n.include "main.dl"\n.include "sub/other.dl"\n.decl ok(x: number)\nok(1).\n')
+    (tmp_path / "sub" / "other.dl").write_text('.include "leaf.dl"\nok(__LINE__).\n')
+    (tmp_path / "sub" / "leaf.dl").write_text("ok(100).\n")
+    from dask_datalog.cluster import Program
+
+    program = Program.from_file(tmp_path / "main.dl", preprocessor=preprocessor)
+    assert program.run().tuples("ok") == {(1,), (2,), (100,)}
+    (tmp_path / "sub" / "leaf.dl").write_text("ok(1).\nok(x).\n")
+    with pytest.raises(DatalogError) as info:
+        load_program_file(tmp_path / "main.dl", preprocessor=preprocessor)
+    assert str(info.value).startswith(f"{tmp_path / 'sub' / 'leaf.dl'}:2:"), str(info.value)
+    (tmp_path / "sub" / "other.dl").write_text('.include "missing.dl"\n')
+    with pytest.raises(DatalogError, match=r"cannot find include file missing\.dl"):
+        load_program_file(tmp_path / "main.dl", preprocessor=preprocessor)
+
+
+NESTED_AGGREGATES = """
+.decl p(x: number)
+p(2). p(3). p(5). p(7). p(11).
+.decl d(s: number)
+d(s) :- s = sum y : { p(n), y = sum z : { p(z), z < n }, y < 10 }.
+.decl e(n: number, c: number)
+e(n, c) :- p(n), c = count : { p(m), m < n, k = max q : { p(q), q < m }, k > 2 }.
+.decl f(c: number)
+f(c) :- c = count : { p(n), 0 = count : { p(m), m > n } }.
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_nested_aggregates(workers: int) -> None:
+    """An aggregate inside an aggregate's body, grouped by what it shares with that body: the
+    answers Soufflé 2.5 gives."""
+    from test_sharded import relation_tuples, run_sharded
+
+    shards = run_sharded(load_program(NESTED_AGGREGATES), workers)
+    assert relation_tuples(shards, "d") == {(7,)}
+    assert relation_tuples(shards, "e") == {(2, 0), (3, 0), (5, 0), (7, 1), (11, 2)}
+    assert relation_tuples(shards, "f") == {(1,)}
+
+
+WITNESSES = """
+.decl Student(name: symbol, height: number)
+Student("Anna", 170). Student("Rachel", 177). Student("Quarantina", 180). Student("Tie", 180).
+.decl Tallest(student: symbol, height: number)
+Tallest(student, n) :- n = max height : { Student(student, height) }.
+.decl A(x: number, y: number)
+A(1, 2). A(5, 6). A(-50, 3). A(54, 5).
+.decl MinSum(x: number, y: number, s: number)
+MinSum(x, y, s) :- s = min x + y : { A(x, y) }.
+.decl Any(x: number)
+Any(x) :- _ = max y : { A(x, y) }.
+.decl Shadow(y: number)
+Shadow(y) :- y = min x + y : { A(x, y), x > 1 }.
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_aggregate_witnesses_and_scoping(workers: int) -> None:
+    """Soufflé 2.5's witnesses: a variable of a min/max body used outside and grounded nowhere
+    else takes the values of every body tuple attaining the result (both tallest students);
+    one grounded outside only by the aggregate's own result is another variable inside."""
+    from test_sharded import relation_tuples, run_sharded
+
+    shards = run_sharded(load_program(WITNESSES), workers)
+    assert relation_tuples(shards, "Tallest") == {("Quarantina", 180), ("Tie", 180)}
+    assert relation_tuples(shards, "MinSum") == {(-50, 3, -47)}
+    assert relation_tuples(shards, "Any") == {(5,)}
+    assert relation_tuples(shards, "Shadow") == {(11,)}
+    with pytest.raises(DatalogError, match="used inside and outside the aggregate"):
+        load_program(WITNESSES + ".decl C(x: number, c: number)\nC(x, c) :- c = count : { A(x, _) }.")

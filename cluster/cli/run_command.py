@@ -69,7 +69,7 @@ def add_parser(sub: Any) -> None:
         action="append",
         default=[],
         metavar="DIR",
-        help="where the C preprocessor looks for #include files, beside the program's own directory (repeatable)",
+        help="where #include and .include look for files, after the including file's own directory (repeatable)",
     )
     run.add_argument(
         "-M",

@@ -66,7 +66,7 @@ from dask_datalog.partition.placement import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import check_fact_names
 from dask_datalog.spmd.options import ExchangeKind, RunOptions
 from dask_datalog.spmd.run import combine_stats
-from dask_datalog.spmd.writer import STDOUT, check_output_format, print_relations, print_sizes
+from dask_datalog.spmd.writer import check_output_format, print_outputs
 
 ProgressHandler = Callable[[dict[str, Any]], None]
 T = TypeVar("T")
@@ -187,8 +187,10 @@ class ClusterRun:
         progress: ProgressHandler | None,
         options: RunOptions,
         exchange: ExchangeKind,
+        stdin: bytes | None = None,
     ):
         self.client, self.program, self.backend, self.options, self.exchange = client, program, backend, options, exchange
+        self.stdin = stdin
         self.fact_dir = str(Path(fact_dir).resolve()) if fact_dir is not None else None
         self.facts = dict(facts or {})
         self.chunk_rows, self.replicate_below, self.progress = chunk_rows, replicate_below, progress
@@ -303,6 +305,7 @@ class ClusterRun:
             backend=self.backend,
             fact_dir=self.fact_dir,
             fact_files=self.files,
+            stdin=self.stdin,
             chunk_rows=self.chunk_rows,
             replicate_below=self.replicate_below,
             progress_topic=topic,
@@ -595,19 +598,17 @@ class DistributedRun:
     def write(
         self, output_dir: str, fmt: str = "csv", stream: TextIO | None = None, written: Callable[[str, int], None] | None = None
     ) -> None:
-        """The workers write the ``.output`` relations (``spmd.writer``); with "-" their text
-        comes here and is printed to ``stream`` (default stdout). ``written`` is for runs in
+        """The workers write the ``.output`` relations (``spmd.writer``); the text of those that
+        go to stdout (all with "-") comes here and is printed to ``stream`` (default stdout). ``written`` is for runs in
         process (here the workers write side by side)."""
         check_output_format(output_dir, fmt)
+        texts: dict[int, bytes] = {}
         if self.program.outputs:
             parts = self.run.retrying(lambda: self._write_phase(output_dir, fmt))
-            if output_dir == STDOUT:
-                texts = {spec.relation: b"".join(p[spec.relation] for p in parts) for spec in self.program.outputs}
-                print_relations(stream, self.program, texts)
-        if stream is not None:
-            print_sizes(stream, self.program, self.sizes.__getitem__)
+            texts = {index: b"".join(p[index] for p in parts) for index in parts[0]}
+        print_outputs(stream, self.program, output_dir, texts, self.sizes.__getitem__)
 
-    def _write_phase(self, output_dir: str, fmt: str) -> list[dict[str, bytes]]:
+    def _write_phase(self, output_dir: str, fmt: str) -> list[dict[int, bytes]]:
         record = self.run.record
         record.phase = "while writing the outputs"
         phase = record.phase_id(f"write-{uuid.uuid4().hex[:6]}")
@@ -643,10 +644,12 @@ def run_job(
     progress: ProgressHandler | None = None,
     options: RunOptions = RunOptions(),
     exchange: ExchangeKind = ExchangeKind.AUTO,
+    stdin: bytes | None = None,
 ) -> DistributedRun:
     """Evaluate ``program`` on every worker of ``client``'s cluster (one shard per worker),
-    surviving lost workers and stopping as ``options`` say."""
-    run = ClusterRun(client, program, fact_dir, facts, backend, chunk_rows, replicate_below, progress, options, exchange)
+    surviving lost workers and stopping as ``options`` say; ``stdin``: what ``IO=stdin``
+    inputs read (the first worker parses it)."""
+    run = ClusterRun(client, program, fact_dir, facts, backend, chunk_rows, replicate_below, progress, options, exchange, stdin)
     try:
         run.retrying(lambda: None)
     except BaseException:

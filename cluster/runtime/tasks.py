@@ -52,6 +52,7 @@ class ShardTask:
     checkpoint: CheckpointOptions | None = None
     memory_limit: int | None = None  # bytes of data per worker; None: a share of the worker's limit
     array_digests: dict[str, str] = field(default_factory=dict)  # fingerprints of whole input arrays
+    stdin: bytes | None = None  # the client's standard input, for IO=stdin inputs
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def evaluate_task(spec: ShardTask, rank: int, arrays: dict[str, Any] | None = No
         backend = get_backend(spec.backend)
         budget = spec.memory_limit or memory.default_budget(backend, dask_adapter.memory_limit(phase.worker))
         steering = Steering(spec.checkpoint, budget, phase.suspend_requested, phase.interrupted)
-        inputs = Inputs(spec.fact_dir, {**spec.fact_files, **(arrays or {})}, spec.array_digests)
+        inputs = Inputs(spec.fact_dir, {**spec.fact_files, **(arrays or {})}, spec.array_digests, spec.stdin)
         progress = _progress(phase, rank, spec.progress_topic)
         return evaluate_shard(
             phase.transport, spec.program, backend, inputs, steering, spec.chunk_rows, spec.replicate_below, progress
@@ -109,7 +110,7 @@ def _progress(phase: Phase, rank: int, topic: str | None) -> OnIteration:
 @_returns_expected_errors
 def write_task(
     shard: Shard, phase_id: PhaseId, peers: tuple[str, ...], exchange: ExchangeKind, output_dir: str, fmt: str
-) -> dict[str, bytes] | Failed:
+) -> dict[int, bytes] | Failed:
     """The workers write every ``.output`` relation (``spmd.writer.write_outputs``)."""
     faults.point("write", shard.rank)
     with Phase(phase_id, shard.rank, peers, exchange) as phase:

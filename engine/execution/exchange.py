@@ -14,6 +14,10 @@ points are declared here and nowhere else, in the manner of Soufflé's semi-naiv
   routed ``exchange``.
 - ``owned``: the rows of an everywhere-identical binding table that this shard owns.
 - ``share``: the block of a replicated relation's rows this shard scans (``slice``).
+- ``agree``: the texts symbol-making functors made on any shard and the table lacks (or the
+  records a step made), so every shard appends the same values in the same order and ids stay
+  the same everywhere; ``agree_count``: where this shard's part of a run-wide sequence
+  (``autoinc``) starts.
 
 A single shard uses ``LocalExchange``: every row is already where it belongs.
 ``partition.exchange.ShardExchange`` is the implementation for n shards; it takes its
@@ -25,6 +29,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from dask_datalog.engine.plan import Key
+from dask_datalog.engine.values import Made
 
 Target = tuple[str, Key | None]  # (relation, copy key); None: the relation's only copy, whole
 
@@ -58,6 +63,17 @@ class Exchange(Protocol):
         """The contiguous block [lo, hi) of n rows this shard handles."""
         ...
 
+    def agree(self, made: Made) -> Made:
+        """``values.agreed_made`` of every shard's ``made`` (texts made here that the symbol
+        table lacks, or records the record table lacks): what every shard appends. Collective."""
+        ...
+
+    def agree_count(self, count: int) -> tuple[int, int]:
+        """(the sum of ``count`` over the shards of lower rank, its sum over all shards): where
+        this shard's share of a run-wide sequence (``autoinc``) starts, and how far it goes.
+        Collective."""
+        ...
+
     def take_stats(self) -> dict[str, Any]:
         """Communication since the last call (bytes, rounds, time), for an iteration's record;
         empty when there is none."""
@@ -81,6 +97,12 @@ class LocalExchange:
 
     def share(self, n: int) -> tuple[int, int]:
         return 0, n
+
+    def agree(self, made: Made) -> Made:
+        return made
+
+    def agree_count(self, count: int) -> tuple[int, int]:
+        return 0, count
 
     def take_stats(self) -> dict[str, Any]:
         return {}

@@ -20,8 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.errors import Suspended
+from dask_datalog.engine.execution.choice import Choice
 from dask_datalog.engine.execution.control import NO_CONTROL, STOP, Control, Position
 from dask_datalog.engine.execution.exchange import Exchange, Target
 from dask_datalog.engine.execution.head_rows import HeadRows
@@ -31,6 +34,7 @@ from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.rule_versions import run_version
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
+from dask_datalog.engine.ir import Atom, symbol_constants
 from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan
 from dask_datalog.engine.storage.hisa import words_for
 from dask_datalog.engine.values import SymbolTable
@@ -117,6 +121,13 @@ class Fixpoint:
         self.chunk_rows = chunk_rows
         self.clock = PhaseClock(backend)
         self.operators = Operators(backend, Terms(self.xp, symbols), shard, Router(self.exchange, self.xp), chunk_rows)
+        # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
+        constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
+        self.choices = {
+            name: Choice(rel, backend, shard.stores[name].compact(), constants)
+            for name, rel in plan.program.relations.items()
+            if rel.choice
+        }
 
     def run(self, start: Position = Position(0, 0), on_iteration: OnIteration | None = None) -> Evaluation:
         """Evaluate every stratum from ``start`` (a checkpoint's position, or the beginning)."""
@@ -138,19 +149,46 @@ class Fixpoint:
         stratum are written at once; a request in its last iteration is returned."""
         t0 = time.perf_counter()
         iterations: list[dict[str, Any]] = []
+        limits = {r: n for r, n in self.plan.program.limits if r in stratum.relations} if stratum.recursive else {}
         while True:
-            iteration, requests = self._iterate(stratum.initial if done == 0 else stratum.deltas, stratum.relations)
+            iteration, requests = self._iterate(self._versions(stratum, done, bool(limits)), stratum.relations)
             iterations.append(iteration.to_json())
             if on_iteration is not None:
                 on_iteration(number, done, iteration.delta)
             done += 1
-            if not (stratum.recursive and iteration.active):  # the exit: nothing found or moved anywhere
+            preamble = bool(limits) and done == 1  # only the non-recursive rules ran: the loop starts now
+            if not (preamble or (stratum.recursive and iteration.active)):  # the exit: nothing found or moved anywhere
+                break
+            if limits and self._reached(limits):  # Soufflé's other exit
                 break
             if requests:
                 self._checkpoint(Position(number, done), requests)
         self.shard.fill_copies(stratum.relations, later=True, phase=self.clock.phase)
         sizes = {r: self.shard.local_size(r) for r in stratum.relations}
         return Stratum(stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6)), requests
+
+    @staticmethod
+    def _versions(stratum: StratumPlan, done: int, limited: bool) -> tuple[RulePlan, ...]:
+        """The versions iteration ``done`` runs: the initial ones first, then the deltas. A
+        stratum with a ``.limitsize`` relation counts its iterations as Soufflé's loop does:
+        the non-recursive rules first, alone (Soufflé's preamble), then the recursive ones over
+        everything so far (its first iteration, whose delta is the whole relation), then the
+        deltas; so it stops after the same iteration, with the same tuples."""
+        if not limited:
+            return stratum.initial if done == 0 else stratum.deltas
+        if done > 1:
+            return stratum.deltas
+        return tuple(
+            rp
+            for rp in stratum.initial
+            if any(isinstance(lit, Atom) and lit.relation in stratum.relations for lit in rp.rule.body) == (done == 1)
+        )
+
+    def _reached(self, limits: dict[str, int]) -> bool:
+        """Whether a ``.limitsize`` relation holds its limit or more, over all shards (a round
+        per relation: every shard gets the same sums, so all stop at the same iteration)."""
+        sizes = [self.exchange.route({}, self.shard.local_size(name))[1] for name in limits]
+        return any(size >= limits[name] for size, name in zip(sizes, limits))
 
     def _checkpoint(self, position: Position, requests: int) -> None:
         """Every shard saves the rows it accounts for, then stops on ``STOP``."""
@@ -182,6 +220,8 @@ class Fixpoint:
         delta_sizes = {}
         for rel in relations:
             delta = kept[rel].rows()
+            if rel in self.choices:
+                delta = self.choices[rel].choose(delta)
             with self.clock.phase("merge"):
                 self.shard.stores[rel].add(delta)
             delta_sizes[rel] = int(delta.shape[0])
@@ -200,6 +240,6 @@ class Fixpoint:
         """Whether the version can be skipped here: no delta in the store it reads (on this
         shard), and no collective inside it that the other shards would wait for."""
         delta = rp.delta_step
-        if delta is None or rp.exchanges:
+        if delta is None or (rp.exchanges and self.exchange.size > 1):
             return False
         return self.shard.store(delta.atom.relation, delta.route.copy).delta.shape[0] == 0

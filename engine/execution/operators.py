@@ -22,8 +22,17 @@ from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
 from dask_datalog.engine.functors import decode_float, decode_int, encode_float, encode_int
-from dask_datalog.engine.ir import Atom, Var
-from dask_datalog.engine.plan import AggregateStep, AssignStep, FilterStep, GenerateStep, JoinStep, NegationStep, Step
+from dask_datalog.engine.ir import Atom, Call, Record, Var
+from dask_datalog.engine.plan import (
+    AggregateStep,
+    AssignStep,
+    FilterStep,
+    GenerateStep,
+    JoinStep,
+    NegationStep,
+    Step,
+    UnpackStep,
+)
 from dask_datalog.engine.storage.hisa import SortedIndex, expand_runs, gather_join, gather_pairs, half_of, probe_query, unpack
 from dask_datalog.engine.values import FLOAT_MAX, SIGN, float_bits, float_key
 
@@ -55,6 +64,18 @@ class Operators:
             return
         for out in EXECUTORS[type(step)](self, b, step, None if rest else layout):
             self.run(out, rest, sink, layout)
+
+    def assign_made(self, tables: list[Bindings], step: Step) -> list[Bindings]:
+        """An ``AGREE`` step over every binding table its segment collected: the symbols its
+        call makes, or the records, agreed with the other shards (``Terms.made``), as a new
+        column."""
+        assert isinstance(step, AssignStep) and isinstance(step.expr, (Call, Record))
+        b = None
+        if tables:
+            b = tables[0] if len(tables) == 1 else Bindings(self.xp.concatenate([t.table for t in tables]), tables[0].names)
+        count = (lambda n: (0, n)) if step.route.alike else self.router.agree_count  # alike: no shard comes first
+        column = self.terms.made(step.expr, b, self.router.agree, count)
+        return [] if b is None or column is None else [b.with_column(step.var, column, self.xp)]
 
     def key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
         return [self.terms.column(atom.args[j], b) for j in positions]
@@ -151,6 +172,14 @@ def generate(ops: Operators, b: Bindings, step: GenerateStep, layout: Layout | N
     for lo in range(0, int(rows.shape[0]), max(ops.chunk_rows, 1)):
         hi = lo + max(ops.chunk_rows, 1)
         yield b.take(rows[lo:hi]).with_column(step.var, values[lo:hi], ops.xp)
+
+
+def unpack_record(ops: Operators, b: Bindings, step: UnpackStep, layout: Layout | None) -> Iterator[Bindings]:
+    """The rows whose value is a record of the step's kinds, with its elements as new columns."""
+    found, elements = ops.terms.symbols.records.unpack(step.kinds, ops.terms.column(step.source, b), ops.xp)
+    kept = [j for j, name in enumerate(step.targets) if name is not None]
+    table = ops.xp.concatenate([b.table[found], elements[:, kept]], axis=1)
+    yield Bindings(table, b.names + tuple(step.targets[j] for j in kept))
 
 
 def anti_join(ops: Operators, b: Bindings, step: NegationStep, layout: Layout | None) -> Iterator[Bindings]:
@@ -319,6 +348,7 @@ EXECUTORS: dict[type, Executor] = {
     FilterStep: filter_rows,
     AssignStep: assign,
     GenerateStep: generate,
+    UnpackStep: unpack_record,
     NegationStep: anti_join,
     AggregateStep: aggregate,
 }

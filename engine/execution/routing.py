@@ -9,8 +9,9 @@ from typing import Any
 
 from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.execution.exchange import Exchange
-from dask_datalog.engine.plan import HeadAction, HeadRoute, RouteAction, Step
+from dask_datalog.engine.plan import COLLECTIVE, HeadAction, HeadRoute, RouteAction, Step
 from dask_datalog.engine.storage.hisa import unpack
+from dask_datalog.engine.values import Made
 
 
 class Router:
@@ -21,10 +22,22 @@ class Router:
     @staticmethod
     def segments(steps: tuple[Step, ...]) -> list[tuple[int, int]]:
         """The pipeline's segments ``[lo, hi)``: it is cut before every ``EXCHANGE`` step,
-        where the binding tables move between shards (a collective every shard takes part in,
-        with or without rows)."""
-        cuts = [i for i, step in enumerate(steps) if step.route.action is RouteAction.EXCHANGE]
+        where the binding tables move between shards, and every ``AGREE`` step, where shards
+        agree on new symbols or records (collectives every shard takes part in, with or
+        without rows)."""
+        cuts = [i for i, step in enumerate(steps) if step.route.action in COLLECTIVE]
         return list(itertools.pairwise([0, *cuts, len(steps)]))
+
+    @staticmethod
+    def agrees(step: Step) -> bool:
+        """Whether the segment ``step`` begins starts with the agreement on what it makes."""
+        return step.route.action is RouteAction.AGREE
+
+    def agree(self, made: Made) -> Made:
+        return self.exchange.agree(made)
+
+    def agree_count(self, count: int) -> tuple[int, int]:
+        return self.exchange.agree_count(count)
 
     def regroup(self, tables: list[Bindings], step: Step) -> list[Bindings]:
         """The binding tables of the segment that ended, re-partitioned by ``step``'s route key

@@ -37,8 +37,11 @@ def run_version(
     tables = [Bindings.unit(ops.xp)]
     segments = ops.router.segments(rp.steps)
     with clock.phase("join"):
-        for lo, hi in segments:
-            if lo > 0:
+        for k, (lo, hi) in enumerate(segments):
+            if k > 0 and ops.router.agrees(rp.steps[lo]):
+                tables = ops.assign_made(tables, rp.steps[lo])
+                lo += 1
+            elif k > 0:
                 tables = ops.router.regroup(tables, rp.steps[lo])
             last = hi == len(rp.steps)
             collected: list[Bindings] = []

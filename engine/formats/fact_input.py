@@ -3,24 +3,38 @@
 Kept apart from ``relation_output`` because reading is where user data is parsed and checked
 (every error names file:line:col), while output only renders rows the engine already holds.
 
-Input format (Soufflé's): one tuple per line, fields split by the delimiter, no header, no
-quoting, ``\\r\\n`` (or a lone ``\\r``) ends a line as well as ``\\n``, a leading UTF-8 BOM is
-ignored. An empty line is the empty string in a relation of one symbol column (as in Soufflé,
-and how such a relation holding "" is written; the line break that ends the file starts no
-tuple); elsewhere empty lines are skipped (Soufflé rejects the file: real graphs, GPULog's among
-them, end in a blank line). A number field is ``-?[0-9]+`` (no spaces, no ``+``) and must fit
-its type: int32 for number, 0..2^32-1 for unsigned, which may also be ``0x`` hex or ``0b``
-binary (as Soufflé reads it). A float field is what C's strtof reads, all of it, as in Soufflé:
-white space, a sign, a decimal or ``0x`` hex float with an exponent or none, ``inf``,
+Input format: Soufflé 2.5's CSV reader (its ReadStreamCSV.h; every rule here checked against
+its binary). A file whose first bytes are gzip's is read decompressed (zlib's rules: members
+concatenated, trailing bytes that are no gzip member ignored; a corrupt or truncated stream,
+which Soufflé reads as far as it goes, is an error here). A line ends in ``\\n``, one ``\\r``
+before it dropped (a lone ``\\r`` is text, a UTF-8 BOM too: part of the first field).
+``headers`` skips the first line. Fields are split by the delimiter (a tab; a comma with
+``rfc4180``); a line gives the fields its relation needs (``columns`` picks them, else the
+first ones) and the rest of it is ignored; fewer is an error. With ``rfc4180`` a field that
+starts with a quote is quoted: ``""`` is a quote, line breaks inside are kept, the closing quote
+must end the field. Without it, a delimiter holding a comma does not split inside ``[...]``
+(Soufflé's record syntax), and an unbalanced bracket is an error. A number field is
+``[space]*[+-]?[0-9]+`` and must fit int32; an unsigned field also ``0x`` + hex digits or
+``0b`` + binary digits, no minus but before 0, and must fit 32 bits (Soufflé keeps what
+overflows modulo 2^32: an error here). A float field is what C's strtof reads, all of it, as in
+Soufflé: white space, a sign, a decimal or ``0x`` hex float with an exponent or none, ``inf``,
 ``infinity``, ``nan`` (any case); past the largest float, or tiny and inexact (strtof's ERANGE),
-is an error. A symbol field is the raw text, the empty string included. A nullary relation holds iff its file has a line, whatever the line
+is an error. A symbol field is the raw text, the empty string
+included. An empty line is the empty string in a relation read from one symbol field (as in
+Soufflé); elsewhere it is skipped (Soufflé rejects the file: real graphs, GPULog's among them,
+end in a blank line). A nullary relation holds iff a line follows the header, whatever it
 holds, an empty one too (as in Soufflé; ``relation_output.write_relation`` writes ``()``).
+Record and ADT fields are read as Soufflé reads them (``record_text``), by the reference reader.
 
-The fast paths are a C kernel for numbers only and pyarrow's multithreaded CSV reader beside
-symbols. ``_read_slow`` is the specification: on any failure of a fast path it rescans the text
-line by line, so the error names the first bad line, and it is also the reader for what the fast
-paths cannot take (multi-byte delimiters, empty files).
-``read_facts_range`` reads the lines of one of n byte ranges, for workers sharing one file.
+The fast paths are a C kernel for integers and pyarrow's multithreaded CSV reader beside
+symbols or floats (integers among them then go through the kernel too, floats through pyarrow's
+cast where it reads as strtof does). ``_read_slow`` is the
+specification: on any failure of a fast path it rescans the text line by line, so the error
+names the first bad line, and it also reads what the fast paths cannot take (brackets with a
+comma delimiter, lone ``\\r``, quotes that are not rfc4180's clean form, extra fields with
+quoting, multi-byte delimiters for symbols).
+``read_facts_range`` reads the lines of one of n byte ranges, for workers sharing one file; a
+gzip or rfc4180 file (whose lines cannot be found from the middle) is read whole by part 0.
 """
 
 from __future__ import annotations
@@ -28,6 +42,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +51,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.formats import record_text
 from dask_datalog.engine.storage import cpu_kernels
 from dask_datalog.engine.values import (
     INT32_MAX,
@@ -49,23 +66,45 @@ from dask_datalog.engine.values import (
 )
 
 _INTEGER = re.compile(r"-?[0-9]+")
-_PREFIXED = re.compile(r"0x[0-9a-fA-F]+|0b[01]+")  # an unsigned's other forms
+_DELIMITER_NAMES = {"\t": "tab", ",": "comma", " ": "space", ";": "semicolon", "|": "bar"}
+_BOUNDS = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = "\ufeff".encode()
+_LONE_CR = re.compile(rb"\r(?!\n)")
+# What std::stoi / std::stoul take (C's isspace first); unsigned fields may also be 0x / 0b.
+_SPACE = "[ \t\n\v\f\r]*"
+_DECIMAL = re.compile(_SPACE + r"([+-]?)([0-9]+)")
+_BINARY = re.compile("0b" + _SPACE + r"([+-]?)([01]+)")
+_HEX = re.compile(r"0x()([0-9a-fA-F]+)")
+_PYARROW_REFUSES = ("\0", "\r", "\n")  # as CSV delimiters
 _PLAIN_FLOAT = r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"  # what pyarrow's cast reads as strtof does
 _EXACT_ZERO = r"^-?[0.]*(?:[eE].*)?$"
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_DELIMITER_NAMES = {"\t": "tab", ",": "comma", " ": "space", ";": "semicolon", "|": "bar"}
-_NUMERIC_BYTES = b"0123456789-\r\n"
-_ANY_CONTENT = re.compile(rb"[^\r\n]")
-_BREAK_BYTE = re.compile(rb"[\r\n]")
-_BOM = "\ufeff".encode()
-_SLOW_ONLY_DELIMITERS = ("\0", "\r", "\n")
-_BOUNDS = {"number": (INT32_MIN, INT32_MAX), "unsigned": (0, UINT32_MAX)}
 
 
 def signature(relation: ir.Relation) -> str:
     """``edge(a:number, b:number)``, as error messages show a relation."""
     attrs = ", ".join(f"{a.name}:{a.type_name}" for a in relation.attributes)
     return f"{relation.name}({attrs})"
+
+
+@dataclass(frozen=True)
+class FactFormat:
+    """How a fact file's text is read: the ``.input`` parameters of Soufflé's CSV reader
+    (``ir.InputSpec`` carries them). ``columns[i]``: the file field attribute i is read from."""
+
+    delimiter: str = "\t"
+    headers: bool = False
+    rfc4180: bool = False
+    columns: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, spec: ir.InputSpec) -> FactFormat:
+        return cls(spec.delimiter, spec.headers and spec.io == "file", spec.rfc4180, spec.columns)
+
+
+def _format(fmt: FactFormat | str) -> FactFormat:
+    """A format, or a delimiter standing for the default format with it."""
+    return FactFormat(fmt) if isinstance(fmt, str) else fmt
 
 
 # ----------------------------------------------------------------------------- reading
@@ -75,22 +114,23 @@ def read_facts(
     path: Path | str,
     relation: ir.Relation,
     symbols: SymbolTable,
-    delimiter: str = "\t",
+    fmt: FactFormat | str = "\t",
     pos: ir.Pos | None = None,
 ) -> np.ndarray:
     """Read a fact file into an (n, arity) C-contiguous uint32 array of encoded values.
 
-    Duplicate lines are kept (the engine deduplicates). ``pos`` is the ``.input`` directive,
-    where a missing or unreadable file is reported.
+    Duplicate lines are kept (the engine deduplicates). ``fmt``: the format, or just its
+    delimiter. ``pos`` is the ``.input`` directive, where a missing or unreadable file is
+    reported.
     """
-    return read_facts_range(path, relation, symbols, delimiter, pos)
+    return read_facts_range(path, relation, symbols, fmt, pos)
 
 
 def read_facts_range(
     path: Path | str,
     relation: ir.Relation,
     symbols: SymbolTable,
-    delimiter: str = "\t",
+    fmt: FactFormat | str = "\t",
     pos: ir.Pos | None = None,
     part: int = 0,
     n_parts: int = 1,
@@ -100,17 +140,20 @@ def read_facts_range(
 
     Only that range and the tail of its last line are read. Concatenated in part order, the
     parts hold exactly the whole file's rows. A nullary relation is one fact about the whole
-    file: part 0 answers it, the other parts are empty. On a bad line the error is the one
-    ``read_facts`` raises for the whole file (found by rescanning it, the rare path), so
-    every failing worker reports the same first bad line with its true line number.
+    file, and a gzip or rfc4180 file cannot be cut at a line found from the middle: part 0
+    reads those whole, the other parts are empty. On a bad line the error is the one
+    ``read_facts`` raises for the whole file (found by rescanning it, the rare path), so every
+    failing worker reports the same first bad line with its true line number.
     """
+    fmt = _format(fmt)
     path = Path(path)
-    whole = relation.arity == 0
     try:
         with path.open("rb") as f:
-            if whole and part > 0:
-                return np.empty((0, 0), dtype=np.uint32)
             size = os.fstat(f.fileno()).st_size
+            compressed = f.read(2) == _GZIP_MAGIC
+            whole = relation.arity == 0 or fmt.rfc4180 or compressed
+            if whole and part > 0:
+                return np.empty((0, relation.arity), dtype=np.uint32)
             lo, hi = (0, size) if whole else (part * size // n_parts, (part + 1) * size // n_parts)
             start, end = _line_start(f, lo, size), _line_start(f, hi, size)
             f.seek(start)
@@ -119,48 +162,77 @@ def read_facts_range(
         raise DatalogError(pos, f"fact file {path} for {signature(relation)} does not exist") from None
     except OSError as e:
         raise DatalogError(pos, f"cannot read fact file {path} for {signature(relation)}: {e.strerror}") from None
-    # Only the file's own start may hold a BOM; a range starting with one starts with a line's
-    # text, which the fast readers would take for a BOM.
-    file_start = start == 0
-    # pyarrow takes one-byte delimiters only, and neither NUL (a ValueError) nor a line break
-    if (
-        relation.arity > 0
-        and len(delimiter.encode()) == 1
-        and delimiter not in _SLOW_ONLY_DELIMITERS
-        and _ANY_CONTENT.search(data)
-        and (file_start or not data.startswith(_BOM))
-    ):
-        rows = _read_fast(data, relation, symbols, delimiter)
-        if rows is not None:
-            return rows
+    if compressed:
+        data = _gunzip(data, ir.Pos(str(path), 1, 1))
     try:
-        return _read_slow(data, str(path), relation, symbols, delimiter, file_start)
+        return read_text(data, str(path), relation, symbols, fmt, start == 0)
     except DatalogError:
         if (start, end) != (0, size):  # line numbers count from the range: rescan for the file's error
-            _read_slow(path.read_bytes(), str(path), relation, SymbolTable(), delimiter)
+            read_text(path.read_bytes(), str(path), relation, SymbolTable(), fmt)
         raise
 
 
+def _gunzip(data: bytes, pos: ir.Pos) -> bytes:
+    """A gzip file's content, as zlib's gzread gives it: member after member, until the bytes
+    left are no gzip member (ignored, as zlib does). Errors are the file's, at its start."""
+    out = []
+    while data[:2] == _GZIP_MAGIC:
+        stream = zlib.decompressobj(wbits=31)
+        try:
+            out.append(stream.decompress(data))
+        except zlib.error as e:
+            raise DatalogError(pos, f"corrupt gzip data: {e}") from None
+        if not stream.eof:
+            raise DatalogError(pos, "the gzip data ends early (a truncated file?)")
+        data = stream.unused_data
+    return b"".join(out)
+
+
+def read_text(
+    data: bytes, file: str, relation: ir.Relation, symbols: SymbolTable, fmt: FactFormat | str = "\t", file_start: bool = True
+) -> np.ndarray:
+    """Fact text (a file's, or a range of its lines; standard input's) -> encoded rows; errors
+    name ``file``. ``file_start``: ``data`` begins the file (where a header is skipped)."""
+    fmt = _format(fmt)
+    first_line = 1
+    if fmt.headers and file_start:
+        cut = data.find(b"\n")
+        data, first_line = (b"" if cut < 0 else data[cut + 1 :]), 2
+    if relation.arity == 0:  # as in Soufflé: any line, whatever it holds (an empty one too), is the fact
+        return np.empty((int(bool(data)), 0), dtype=np.uint32)
+    rows = _read_fast(data, relation, symbols, fmt) if data and not record_text.any_records(relation) else None
+    if rows is not None:
+        return rows
+    return _read_slow(data, file, relation, symbols, fmt, first_line)
+
+
 def _line_start(f: IO[bytes], offset: int, size: int) -> int:
-    """The first line start at or after ``offset``: just past the first line break that ends
-    there or later (a ``\\r\\n`` split by ``offset`` ends after it), or the end of the file."""
+    """The first line start at or after ``offset``: just past the first ``\\n`` at ``offset - 1``
+    or later, or the end of the file."""
     if offset in (0, size):
         return offset
     at, block_size = offset - 1, 1 << 12
     f.seek(at)
-    while block := f.read(block_size + 1):  # one byte more: what follows a \r at the block's end
-        found = _BREAK_BYTE.search(block, 0, block_size)
-        if found:
-            i = found.start()
-            return at + i + 1 + (block[i : i + 2] == b"\r\n")
-        at += block_size
+    while block := f.read(block_size):
+        found = block.find(b"\n")
+        if found >= 0:
+            return at + found + 1
+        at += len(block)
         block_size *= 2
-        f.seek(at)
     return size
 
 
-def _number_column(column: Any) -> np.ndarray:
-    """A null-free numeric pyarrow column as NumPy through its data buffer. pyarrow's own
+def _fields(relation: ir.Relation, fmt: FactFormat) -> np.ndarray:
+    """target[k]: the attribute that field k of a line is read into, -1 for a field skipped;
+    as many fields as the last attribute needs."""
+    columns = fmt.columns or tuple(range(relation.arity))
+    target = np.full(max(columns, default=-1) + 1, -1, dtype=np.int64)
+    target[list(columns)] = np.arange(relation.arity)
+    return target
+
+
+def _int_column(column: Any) -> np.ndarray:
+    """A null-free integer pyarrow column as NumPy through its data buffer. pyarrow's own
     to_numpy imports pandas on first use (0.45 s), a third of a small run's wall time."""
     import pyarrow as pa
 
@@ -170,28 +242,75 @@ def _number_column(column: Any) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
-def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimiter: str) -> np.ndarray | None:
-    """The fast readers; None when anything is off (the slow path explains). Numbers only: one
-    pass of the CPU kernel, which checks the grammar and ranges as it parses. With symbols:
-    pyarrow's multithreaded reader, number columns read as text, matched, then cast (its
-    integer parser would also take spaces and hex)."""
-    if set(relation.types) <= {"number", "unsigned"}:
-        if delimiter.encode() in _NUMERIC_BYTES:
-            return None  # a digit, '-' or a line break as the delimiter: the reference reader's
-        signed = np.array([t == "number" for t in relation.types])
-        return cpu_kernels.parse_numeric(data, relation.arity, signed, ord(delimiter))
-    import pyarrow as pa  # imported when used: 65 MB and 60 ms that numeric inputs never need
+def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, fmt: FactFormat | str = "\t") -> np.ndarray | None:
+    """The fast readers; None when anything is off (the slow path explains). Integers only: one
+    pass of the CPU kernel, which checks the grammar and ranges as it parses. With symbols,
+    floats or quotes: pyarrow's multithreaded reader, every field read as text, integers then
+    parsed by the kernel, floats cast by pyarrow."""
+    fmt = _format(fmt)
+    delimiter = fmt.delimiter.encode()
+    quoted = fmt.rfc4180 and b'"' in data  # rfc4180 without a quote reads as plain text
+    if ("," in fmt.delimiter and not fmt.rfc4180 and (b"[" in data or b"]" in data)) or "\n" in fmt.delimiter:
+        return None  # brackets group fields: the reference reader's
+    target = _fields(relation, fmt)
+    if set(relation.types) <= {"number", "unsigned"} and not quoted:
+        return cpu_kernels.parse_numeric(data, delimiter, target, np.array([t == "number" for t in relation.types]))
+    if (
+        len(delimiter) != 1
+        or fmt.delimiter in _PYARROW_REFUSES
+        or data.startswith(_BOM)  # pyarrow would drop it
+        or (b"\r" in data and _LONE_CR.search(data))  # pyarrow would end a line there
+        or (quoted and not _quotes_well_formed(data, delimiter[0]))
+    ):
+        return None
+    keep_empty = relation.types == ("symbol",) and len(target) == 1
+    table = _arrow_table(data, len(target), fmt.delimiter, quoted, keep_empty)
+    if table is None:
+        trimmed = _first_fields(data, len(target), delimiter[0], quoted)
+        table = None if trimmed is None else _arrow_table(trimmed, len(target), fmt.delimiter, quoted, keep_empty)
+    if table is None:
+        return None
     import pyarrow.compute as pc
+
+    rows = np.empty((table.num_rows, relation.arity), dtype=np.uint32)
+    for k, j in enumerate(target):
+        if j >= 0 and relation.types[j] != "symbol":
+            column, t = table.column(k), relation.types[j]
+            parsed = _parse_floats(column) if t == "float" else _parse_numbers(column, t == "number")
+            if parsed is None:
+                return None
+            rows[:, j] = parsed
+    # Symbols are interned only once everything parsed: a bad file leaves the table untouched.
+    for k, j in enumerate(target):
+        if j >= 0 and relation.types[j] == "symbol":
+            encoded = pc.dictionary_encode(table.column(k).combine_chunks())
+            ids = np.fromiter(
+                (symbols.intern(s) for s in encoded.dictionary.to_pylist()),
+                dtype=np.uint32,
+                count=len(encoded.dictionary),
+            )
+            rows[:, j] = ids[_int_column(encoded.indices)]
+    return rows
+
+
+def _arrow_table(data: bytes, width: int, delimiter: str, quoted: bool, keep_empty: bool) -> Any:
+    """``width`` text columns by pyarrow's CSV reader, or None where it fails (a line with
+    more or fewer fields, bad UTF-8...)."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    names = [f"c{j}" for j in range(relation.arity)]
-    arrow_types = {"number": pa.int32(), "unsigned": pa.uint32(), "float": pa.float32()}
+    names = [f"c{k}" for k in range(width)]
     try:
-        table = pacsv.read_csv(
+        return pacsv.read_csv(
             io.BytesIO(data),
             read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 22),
             parse_options=pacsv.ParseOptions(
-                delimiter=delimiter, quote_char=False, escape_char=False, ignore_empty_lines=not _empty_is_a_tuple(relation)
+                delimiter=delimiter,
+                quote_char='"' if quoted else False,
+                double_quote=quoted,
+                escape_char=False,
+                newlines_in_values=quoted,
+                ignore_empty_lines=not keep_empty,
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in names},
@@ -200,103 +319,153 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, delimit
                 quoted_strings_can_be_null=False,
             ),
         )
-        for name, t in zip(names, relation.types):
-            if t != "symbol":
-                column = table[name]
-                if not pc.all(pc.match_substring_regex(column, _PLAIN_FLOAT if t == "float" else r"^-?[0-9]+$")).as_py():
-                    return None
-                cast = pc.cast(column, arrow_types[t])
-                # Out of range, or near the smallest normal float (where strtof's ERANGE needs
-                # the exact value): the slow reader decides.
-                if (
-                    t == "float"
-                    and pc.any(
-                        pc.and_(pc.less_equal(pc.abs(cast), 2.0**-126), pc.invert(pc.match_substring_regex(column, _EXACT_ZERO)))
-                    ).as_py()
-                ):
-                    return None
-                if t == "float" and pc.any(pc.is_inf(cast)).as_py():
-                    return None
-                table = table.set_column(names.index(name), name, cast)
     except pa.ArrowException:
         return None
-    rows = np.empty((table.num_rows, relation.arity), dtype=np.uint32)
-    for j, (name, t) in enumerate(zip(names, relation.types)):
-        if t != "symbol":
-            rows[:, j] = encode(_number_column(table[name]), t)
-    # Symbols are interned only once everything parsed: a bad file leaves the table untouched.
-    for j, (name, t) in enumerate(zip(names, relation.types)):
-        if t == "symbol":
-            encoded = pc.dictionary_encode(table[name].combine_chunks())
-            ids = np.fromiter(
-                (symbols.intern(s) for s in encoded.dictionary.to_pylist()),
-                dtype=np.uint32,
-                count=len(encoded.dictionary),
-            )
-            rows[:, j] = ids[_number_column(encoded.indices)]
-    return rows
 
 
-def _empty_is_a_tuple(relation: ir.Relation) -> bool:
-    """Whether an empty line is a tuple (the empty string) rather than skipped."""
-    return relation.types == ("symbol",)
+def _first_fields(data: bytes, width: int, delimiter: int, quoted: bool) -> bytes | None:
+    """``data`` with each record cut before its ``width``-th delimiter (the fields a line has
+    beyond those read are ignored), vectorised: a mask of the bytes from each cut to its record's
+    end. ``quoted``: the quotes are well-formed rfc4180 ones, and a delimiter or line break
+    after an odd number of them is inside a quoted field; unless a quote is cut off: Soufflé
+    never reads the fields it ignores, so there a quote opens nothing (None: the reference
+    reader's)."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    breaks = np.flatnonzero(buffer == ord("\n"))
+    delimiters = np.flatnonzero(buffer == delimiter)
+    quotes = np.flatnonzero(buffer == ord('"')) if quoted else np.empty(0, dtype=np.intp)
+    if quoted:
+        breaks = breaks[np.searchsorted(quotes, breaks) % 2 == 0]
+        delimiters = delimiters[np.searchsorted(quotes, delimiters) % 2 == 0]
+    ends = np.append(breaks, len(buffer))
+    starts = np.concatenate([[0], breaks + 1])
+    nth = np.searchsorted(delimiters, starts) + width - 1
+    cuts = (
+        np.where(nth < len(delimiters), delimiters[np.minimum(nth, max(len(delimiters) - 1, 0))], ends)
+        if len(delimiters)
+        else ends
+    )
+    cut = cuts < ends
+    marks = np.zeros(len(buffer) + 1, dtype=np.int8)
+    marks[cuts[cut]] = 1
+    marks[ends[cut]] = -1
+    dropped = np.cumsum(marks[:-1], dtype=np.int8) != 0
+    if dropped[quotes].any():
+        return None
+    kept = buffer[~dropped].tobytes()
+    return kept if data.endswith(b"\n") or not data else kept + b"\n"  # a last line cut to nothing stays a line
+
+
+def _quotes_well_formed(data: bytes, delimiter: int) -> bool:
+    """Whether every quote of ``data`` is where rfc4180's quoted fields put them (vectorised):
+    quotes pair up, each pair's first quote starts a field or follows the previous pair (an
+    escaped ``""``), its second ends the field or precedes the next pair. Then pyarrow reads
+    the fields as Soufflé does; elsewhere (a quote inside an unquoted field, text after a
+    closing quote, a quote left open) the reference reader decides."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    quotes = np.flatnonzero(buffer == ord('"'))
+    if len(quotes) % 2:
+        return False
+    opening, closing = quotes[0::2], quotes[1::2]
+    escaped = opening[1:] == closing[:-1] + 1  # pair i+1 opens right after pair i closes
+    before = buffer[np.maximum(opening - 1, 0)]
+    opens_field = (opening == 0) | (before == delimiter) | (before == ord("\n")) | np.append(False, escaped)
+    last = len(buffer) - 1
+    after = buffer[np.minimum(closing + 1, last)]
+    crlf = (after == ord("\r")) & (buffer[np.minimum(closing + 2, last)] == ord("\n")) & (closing + 2 <= last)
+    ends_field = (closing == last) | (after == delimiter) | (after == ord("\n")) | crlf
+    return bool(np.all(opens_field) and np.all(ends_field | np.append(escaped, False)))
+
+
+def _parse_numbers(column: Any, signed: bool) -> np.ndarray | None:
+    """A text column's numbers, encoded, by the kernel over its values joined by line breaks;
+    None when a value is no number of the type (or holds a line break or a ``\\r``, which
+    would change the count)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = column.combine_chunks().cast(pa.large_string())
+    n = len(values)
+    joined = pc.binary_join(
+        pa.LargeListArray.from_arrays(pa.array([0, n], pa.int64()), values), pa.scalar("\n", pa.large_string())
+    )[0].as_buffer()
+    text = joined.to_pybytes() if joined is not None else b""
+    if b"\r" in text:
+        return None
+    parsed = cpu_kernels.parse_numeric(text, b"\n", np.zeros(1, dtype=np.int64), np.array([signed]))
+    return parsed[:, 0] if parsed is not None and len(parsed) == n else None
+
+
+def _parse_floats(column: Any) -> np.ndarray | None:
+    """A text column's floats, encoded, by pyarrow's cast; None unless every value is a plain
+    decimal (which the cast reads as strtof does) away from the ends of the float range (where
+    strtof's ERANGE needs the exact value: the reference reader decides)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pc.all(pc.match_substring_regex(column, _PLAIN_FLOAT)).as_py():
+        return None
+    cast = pc.cast(column, pa.float32())
+    tiny = pc.and_(pc.less_equal(pc.abs(cast), 2.0**-126), pc.invert(pc.match_substring_regex(column, _EXACT_ZERO)))
+    if pc.any(tiny).as_py() or pc.any(pc.is_inf(cast)).as_py():
+        return None
+    return encode(_int_column(cast), "float")
 
 
 def _read_slow(
-    data: bytes, file: str, relation: ir.Relation, symbols: SymbolTable, delimiter: str, file_start: bool = True
+    data: bytes,
+    file: str,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    fmt: FactFormat | str = "\t",
+    first_line: int = 1,
 ) -> np.ndarray:
-    """Line-by-line reader: the reference for the format, and the source of precise errors.
-    ``file_start``: ``data`` begins the file (where a BOM is skipped)."""
+    """Line-by-line reader, Soufflé's ReadStreamCSV written out: the reference for the format,
+    and the source of precise errors. ``first_line``: the file's line number of ``data``'s
+    first line."""
+    fmt = _format(fmt)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line_start = max(data.rfind(b"\n", 0, e.start), data.rfind(b"\r", 0, e.start)) + 1
-        bad_line = len(_LINE_BREAK.findall(data[: e.start].decode("utf-8"))) + 1
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        bad_line = first_line + data.count(b"\n", 0, e.start)
         col = len(data[line_start : e.start].decode("utf-8")) + 1
         raise DatalogError(ir.Pos(file, bad_line, col), f"invalid UTF-8 byte 0x{data[e.start]:02x}") from None
-    if file_start:
-        text = text.removeprefix("\ufeff")
-    arity = relation.arity
-    columns: list[list[Any]] = [[] for _ in range(arity)]
-    column_bounds = [_BOUNDS.get(t) for t in relation.types]
-    floats = [t == "float" for t in relation.types]
-    match = _INTEGER.fullmatch
-    lines = _LINE_BREAK.split(text)
+    lines = text.split("\n")
     if lines[-1] == "":  # the end of the last line, or an empty file
         lines.pop()
-    if arity == 0:  # as in Soufflé: any line, whatever it holds (an empty one too), is the fact
-        return np.empty((int(bool(lines)), 0), dtype=np.uint32)
-    keep_empty = _empty_is_a_tuple(relation)
-    for lineno, line in enumerate(lines, start=1):
-        if not line and not keep_empty:
+    target = _fields(relation, fmt).tolist()
+    keep_empty = relation.types == ("symbol",) and len(target) == 1
+    columns: list[list[Any]] = [[] for _ in range(relation.arity)]
+    where: list[list[ir.Pos]] = [[] for _ in range(relation.arity)]  # of record fields, read once all are
+    reader = _LineReader(lines, file, first_line, fmt.delimiter, fmt.rfc4180, relation, len(target))
+    while reader.next_line():
+        if not reader.line and not keep_empty:
             continue
-        fields = line.split(delimiter)
-        if len(fields) != arity:
-            col = len(delimiter.join(fields[:arity])) + 1 + (len(delimiter) if len(fields) > arity else 0)
-            raise DatalogError(
-                ir.Pos(file, lineno, col),
-                f"expected {arity} {_delimiter_name(delimiter)}-separated field{'s' * (arity != 1)} "
-                f"for {signature(relation)}, found {len(fields)}",
-            )
-        for j, field in enumerate(fields):
-            bounds = column_bounds[j]
-            if floats[j]:
-                if (bits := parse_float(field)) is not None:
-                    columns[j].append(bits)
-                    continue
-            elif bounds is None:
-                columns[j].append(field)
+        for k, j in enumerate(target):
+            value, pos = reader.field(k)
+            if j < 0:
                 continue
-            elif (match(field) and bounds[0] <= (value := _int(field)) <= bounds[1]) or (
-                bounds[0] == 0 and _PREFIXED.fullmatch(field) and (value := _prefixed(field)) <= bounds[1]
-            ):
+            attr = relation.attributes[j]
+            if attr.record is not None:
+                where[j].append(pos)
+            if attr.type == "symbol" or attr.record is not None:
                 columns[j].append(value)
-                continue
-            col = len(delimiter.join(fields[:j])) + (len(delimiter) if j else 0) + 1
-            raise _field_error(field, relation.attributes[j], ir.Pos(file, lineno, col))
-    rows = np.empty((len(columns[0]), arity), dtype=np.uint32)
+            else:
+                columns[j].append(_fact_float(value, attr, pos) if attr.type == "float" else _fact_integer(value, attr, pos))
+    rows = np.empty((len(columns[0]), relation.arity), dtype=np.uint32)
     for j, attr in enumerate(relation.attributes):
-        if attr.type == "symbol":
+        if attr.record is not None:
+            values, bad = record_text.read_column(columns[j], attr, relation, symbols)
+            if bad is not None:
+                row, error = bad
+                pos = where[j][row]
+                raise DatalogError(
+                    replace(pos, col=pos.col + error.at),
+                    f"cannot read {_shorten(repr(columns[j][row]))} as {attr.type_name} for column {attr.name}: {error}",
+                )
+            rows[:, j] = values
+        elif attr.type == "symbol":
             rows[:, j] = symbols.intern_many(np.array(columns[j], dtype=object)) if columns[j] else []
         elif attr.type == "float":
             rows[:, j] = float_key(np.array(columns[j], dtype=np.uint32))
@@ -305,31 +474,152 @@ def _read_slow(
     return rows
 
 
-def _int(field: str) -> int:
-    """A field matching ``_INTEGER`` as an int; one too long for any 32-bit type (which
-    ``int`` could refuse to convert: over 4300 digits) as a value just out of range."""
-    if len(field) <= 20:
-        return int(field)
-    negative = field.startswith("-")
-    digits = field.lstrip("-").lstrip("0")
-    if len(digits) > 20:
-        return -(1 << 64) if negative else 1 << 64
-    return int(digits or "0") * (-1 if negative else 1)
+class _LineReader:
+    """Soufflé's ``readNextLine`` and ``nextElement`` over the lines of a text: the current
+    line (its trailing ``\\r`` dropped), where its next field starts, and the fields read off
+    it, a quoted one going on over later lines."""
+
+    def __init__(
+        self, lines: list[str], file: str, first_line: int, delimiter: str, rfc4180: bool, relation: ir.Relation, width: int
+    ):
+        self.lines, self.file, self.delimiter, self.rfc4180 = lines, file, delimiter, rfc4180
+        self.brackets = "," in delimiter and not rfc4180
+        self.relation, self.width = relation, width
+        self.next, self.number = 0, first_line - 1
+        self.line, self.crlf, self.start = "", False, 0
+
+    def next_line(self) -> bool:
+        if self.next == len(self.lines):
+            return False
+        line = self.lines[self.next]
+        self.next += 1
+        self.number += 1
+        self.crlf = line.endswith("\r")
+        self.line, self.start = line.removesuffix("\r") if self.crlf else line, 0
+        return True
+
+    def pos(self, index: int) -> ir.Pos:
+        return ir.Pos(self.file, self.number, index + 1)
+
+    def field(self, k: int) -> tuple[str, ir.Pos]:
+        """Field k of the record (the fields before it read): its text and where it starts."""
+        line, start, delimiter = self.line, self.start, self.delimiter
+        if start > len(line):
+            raise DatalogError(
+                self.pos(len(line)),
+                f"expected {self.width} {_delimiter_name(delimiter)}-separated field{'s' * (self.width != 1)} "
+                f"for {signature(self.relation)}, found {k}",
+            )
+        pos = self.pos(start)
+        if self.rfc4180 and line.startswith('"', start):
+            return self._quoted(pos), pos
+        end = self._bracket_end(start) if self.brackets else line.find(delimiter, start)
+        end = len(line) if end < 0 else end
+        self.start = end + len(delimiter)
+        return line[start:end], pos
+
+    def _quoted(self, pos: ir.Pos) -> str:
+        """A quoted field: ``""`` is a quote, a line break inside is kept (``\\r\\n`` as it was)."""
+        parts: list[str] = []
+        at = self.start + 1
+        while True:
+            if at == len(self.line):
+                ended_crlf = self.crlf
+                if not self.next_line():
+                    raise DatalogError(pos, "the quoted field is never closed")
+                parts.append("\r\n" if ended_crlf else "\n")
+                at = 0
+                continue
+            quote = self.line.find('"', at)
+            if quote < 0:
+                parts.append(self.line[at:])
+                at = len(self.line)
+                continue
+            parts.append(self.line[at:quote])
+            at = quote + 1
+            if self.line.startswith('"', at):
+                parts.append('"')
+                at += 1
+                continue
+            break
+        if at != len(self.line) and not self.line.startswith(self.delimiter, at):
+            raise DatalogError(
+                self.pos(at), f"expected {_delimiter_name(self.delimiter)} or the end of the line after the closing quote"
+            )
+        self.start = at + len(self.delimiter)
+        return "".join(parts)
+
+    def _bracket_end(self, start: int) -> int:
+        """Where a field ends when the delimiter holds a comma: at the first delimiter outside
+        brackets (Soufflé reads records ``[a, b]`` so); an unbalanced bracket is an error."""
+        line, delimiter = self.line, self.delimiter
+        unbounded = len(line) + 1
+
+        def after(at: int) -> int:
+            found = line.find(delimiter, at)
+            return unbounded if found < 0 else found
+
+        end, depth, next_delimiter = start, 0, after(start)
+        while end < min(next_delimiter, len(line)) or depth:
+            if end >= len(line):  # Soufflé reads past the line here
+                break
+            depth += {"[": 1, "]": -1}.get(line[end], 0)
+            if depth < 0:
+                break
+            end += 1
+            if end == next_delimiter and depth:
+                next_delimiter = after(end)
+        if depth:
+            raise DatalogError(self.pos(start), f"unbalanced bracket in the field ({_delimiter_name(delimiter)} with brackets)")
+        return end
 
 
-def _prefixed(field: str) -> int:
-    """A field matching ``_PREFIXED`` as an int (one too long for 32 bits: just out of range)."""
-    digits = field[2:].lstrip("0")
-    return int(digits or "0", 16 if field[1] == "x" else 2) if len(digits) <= 40 else 1 << 64
+def _fact_integer(field: str, attr: ir.Attribute, pos: ir.Pos) -> int:
+    """A fact file's number or unsigned field as Soufflé's reader takes it (module docstring)."""
+    grammar = _DECIMAL
+    if attr.type == "unsigned":
+        if field.startswith("0b"):
+            grammar = _BINARY
+        elif field.startswith("0x"):
+            grammar = _HEX
+        elif field.startswith("-") and _DECIMAL.fullmatch(field):
+            raise DatalogError(pos, f"{_shorten(field)} starts with a minus, but column {attr.name} is unsigned")
+    match = grammar.fullmatch(field)
+    if match is None:
+        found = "an empty field" if field == "" else _shorten(repr(field))
+        raise DatalogError(pos, f"expected an integer for column {attr.name} ({attr.type_name}), found {found}")
+    sign, digits = match.groups()
+    value = _int(digits, {_BINARY: 2, _HEX: 16}.get(grammar, 10)) * (-1 if sign == "-" else 1)
+    lo, hi = _BOUNDS[attr.type]
+    if not lo <= value <= hi:
+        raise _range_error(value, attr, pos, _shorten(field))
+    return value
 
 
-def _integer(field: str, attr: ir.Attribute) -> int | None:
-    """The integer a field of an integer column writes, in range or not; None if it writes none."""
-    if _INTEGER.fullmatch(field):
-        return _int(field)
-    if attr.type == "unsigned" and _PREFIXED.fullmatch(field):
-        return _prefixed(field)
-    return None
+def _fact_float(field: str, attr: ir.Attribute, pos: ir.Pos) -> int:
+    """A fact file's float field as Soufflé's reader takes it (module docstring): its bits."""
+    bits = parse_float(field)
+    if bits is None:
+        raise _float_error(field, attr, pos)
+    return bits
+
+
+def _float_error(field: str, attr: ir.Attribute, pos: ir.Pos) -> DatalogError:
+    """The error for a text that is no float strtof reads without ERANGE."""
+    if is_float_text(field):
+        return DatalogError(pos, f"{_shorten(field)} is out of the range of a 32-bit float for column {attr.name}")
+    found = "an empty field" if field == "" else _shorten(repr(field))
+    return DatalogError(pos, f"expected a float for column {attr.name} ({attr.type_name}), found {found}")
+
+
+def _int(digits: str, base: int = 10) -> int:
+    """Digits (an optional minus first, in base 10) as an int; too many for any 32-bit type
+    (which ``int`` could refuse to convert: over 4300) as a value just out of range."""
+    negative = digits.startswith("-")
+    digits = digits.lstrip("-").lstrip("0")
+    if len(digits) > 70:
+        return -(1 << 70) if negative else 1 << 70
+    return int(digits or "0", base) * (-1 if negative else 1)
 
 
 def _shorten(text: str, limit: int = 60) -> str:
@@ -338,24 +628,21 @@ def _shorten(text: str, limit: int = 60) -> str:
 
 
 def _parse_integer(field: str, attr: ir.Attribute, pos: ir.Pos) -> int:
-    value = _integer(field, attr)
+    if not _INTEGER.fullmatch(field):
+        raise _integer_error(field, attr, pos)
+    value = _int(field)
     lo, hi = _BOUNDS[attr.type]
-    if value is None or not lo <= value <= hi:
-        raise _field_error(field, attr, pos)
+    if not lo <= value <= hi:
+        raise _range_error(value, attr, pos, _shorten(field))
     return value
 
 
-def _field_error(field: str, attr: ir.Attribute, pos: ir.Pos) -> DatalogError:
-    """The error for a field already known not to be a valid value of the column's type."""
-    found = "an empty field" if field == "" else _shorten(repr(field))
-    if attr.type == "float":
-        if is_float_text(field):
-            return DatalogError(pos, f"{_shorten(field)} is out of the range of a 32-bit float for column {attr.name}")
-        return DatalogError(pos, f"expected a float for column {attr.name} ({attr.type_name}), found {found}")
-    value = _integer(field, attr)
-    if value is None:
+def _integer_error(field: str, attr: ir.Attribute, pos: ir.Pos) -> DatalogError:
+    """The error for a field already known not to be a valid integer of the column's type."""
+    if not _INTEGER.fullmatch(field):
+        found = "an empty field" if field == "" else _shorten(repr(field))
         return DatalogError(pos, f"expected an integer for column {attr.name} ({attr.type_name}), found {found}")
-    return _range_error(value, attr, pos, _shorten(field))
+    return _range_error(_int(field), attr, pos, _shorten(field))
 
 
 def _check_range(value: int, attr: ir.Attribute, pos: ir.Pos) -> None:
@@ -407,7 +694,7 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
     out = np.empty((n, arity), dtype=np.uint32)
     encoded_symbols: list[tuple[int, np.ndarray]] = []
     for j, (column, attr) in enumerate(zip(columns, relation.attributes)):
-        if attr.type == "symbol":
+        if attr.type == "symbol" or attr.record is not None:
             for i, v in enumerate(column):
                 if not isinstance(v, str):
                     raise DatalogError(
@@ -420,7 +707,18 @@ def encode_rows(data: Any, relation: ir.Relation, symbols: SymbolTable, origin: 
         else:
             out[:, j] = encode(_integer_column(column, attr, origin, j), attr.type)
     for j, column in encoded_symbols:  # interned last: a rejected input leaves no symbols behind
-        out[:, j] = symbols.intern_many(column) if len(column) else []
+        attr = relation.attributes[j]
+        if attr.record is None:
+            out[:, j] = symbols.intern_many(column) if len(column) else []
+            continue
+        values, bad = record_text.read_column(list(column), attr, relation, symbols)
+        if bad is not None:
+            row, error = bad
+            raise DatalogError(
+                ir.Pos(origin, row + 1, j + 1),
+                f"cannot read {_show(column[row])} as {attr.type_name} for column {attr.name}: {error}",
+            )
+        out[:, j] = values
     return out
 
 
@@ -456,10 +754,7 @@ def _float_column(column: np.ndarray, attr: ir.Attribute, origin: str, j: int) -
         for i, v in enumerate(column):
             pos = ir.Pos(origin, i + 1, j + 1)
             if isinstance(v, str):
-                bits = parse_float(v)
-                if bits is None:
-                    raise _field_error(v, attr, pos)
-                values[i] = float_value(bits)
+                values[i] = float_value(_fact_float(v, attr, pos))
             elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
                 values[i] = float(v)
             else:

@@ -2,8 +2,11 @@
 
 Kept apart from ``fact_input`` because output never parses user data: it only orders and renders
 rows the engine already holds, for the CLI, the workers' output tasks and the Python API.
-Symbols sort by text, not by id; a nullary relation is written as ``()`` (Soufflé's form);
-floats are written as Soufflé writes them (``values.format_float``).
+Symbols sort by text, not by id; records and ADT values by id, written as Soufflé writes them
+(``record_text``); floats as Soufflé writes them (``values.format_float``); a nullary relation
+is written as ``()`` (Soufflé's form). With ``rfc4180`` every symbol is quoted the way Soufflé
+2.5 writes it (WriteStreamCSV.h): a quote inside becomes ``\""``, which its own reader takes
+back as ``\"``, not as the quote; a record is quoted whole, its symbols in doubled quotes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import NUMPY, Backend
+from dask_datalog.engine.formats import record_text
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.hisa import unpack
 from dask_datalog.engine.values import SIGN, SymbolTable, decode, format_float
@@ -115,12 +119,17 @@ def _in_order(rows: Rows) -> bool:
     return True
 
 
-def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
+def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool = False) -> list[np.ndarray]:
     """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), float32
-    (float), object str (symbol)."""
+    (float), object str (symbol; a record or ADT value as Soufflé writes it, quoted as rfc4180
+    output quotes it)."""
     return [
-        symbols.lookup(rows[:, j]) if t == "symbol" else decode(np.ascontiguousarray(rows[:, j]), t)
-        for j, t in enumerate(relation.types)
+        record_text.write_column(np.ascontiguousarray(rows[:, j]), a, relation, symbols, rfc4180)
+        if a.record is not None
+        else symbols.lookup(rows[:, j])
+        if a.type == "symbol"
+        else decode(np.ascontiguousarray(rows[:, j]), a.type)
+        for j, a in enumerate(relation.attributes)
     ]
 
 
@@ -133,10 +142,11 @@ def write_relation(
     *,
     backend: Backend = NUMPY,
     written: Callable[[int], None] | None = None,
+    rfc4180: bool = False,
 ) -> None:
     """Write distinct encoded rows, sorted and decoded, to a path or a text stream (e.g. stdout),
     a chunk at a time; ``written(n)`` hears the bytes written so far after each chunk (progress)."""
-    chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend)
+    chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend, rfc4180=rfc4180)
     if isinstance(out, (str, Path)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as f:
@@ -150,11 +160,17 @@ def write_relation(
 
 
 def format_relation(
-    rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
+    rows: Rows,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    delimiter: str = "\t",
+    *,
+    backend: Backend = NUMPY,
+    rfc4180: bool = False,
 ) -> bytes:
     """The bytes ``write_relation`` writes, at once: for a worker that formats its share and
     hands the bytes on, and for stdout."""
-    return b"".join(format_chunks(rows, relation, symbols, delimiter, backend=backend))
+    return b"".join(format_chunks(rows, relation, symbols, delimiter, backend=backend, rfc4180=rfc4180))
 
 
 _PYARROW_REFUSES = ("\0", "\r", "\n", '"')  # as write_csv delimiters
@@ -172,15 +188,17 @@ def format_chunks(
     *,
     backend: Backend = NUMPY,
     in_order: bool = False,
+    rfc4180: bool = False,
 ) -> Iterator[bytes | memoryview]:
     """Distinct encoded rows, sorted and decoded, one per line, as a sequence of byte strings
     (views of the CPU kernel's uint8 arrays). ``in_order``: the rows are in output order already
-    (a shard's range of the output), not sorted again.
+    (a shard's range of the output), not sorted again. ``rfc4180``: symbols quoted.
 
     Numbers go through the CPU kernel when ``backend`` has it (the rows are NumPy arrays
     whatever backend the run used); otherwise pyarrow writes unquoted CSV, and symbols
-    holding the delimiter, a quote or a line break (pyarrow refuses those unquoted) and
-    multi-byte delimiters go through a plain Python formatter.
+    holding the delimiter, a quote or a line break (pyarrow refuses those unquoted), records
+    and multi-byte delimiters go through a plain Python formatter; quoted symbols are joined
+    into lines by pyarrow's string kernels.
     """
     if not in_order:
         rows = sort_rows(rows, relation, symbols)
@@ -196,24 +214,39 @@ def format_chunks(
         for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
             yield memoryview(kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter)))
         return
+    if rfc4180 and ("symbol" in relation.types or record_text.any_records(relation)):
+        quoted = [a.record is not None for a in relation.attributes]  # written quoted already
+        for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
+            columns = _text_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols, rfc4180=True)
+            yield _quoted_lines(columns, delimiter, quoted)
+        return
     texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
-    exotic = any(c in texts for c in (delimiter, '"', "\n", "\r"))
+    exotic = any(c in texts for c in (delimiter, '"', "\n", "\r")) or record_text.any_records(relation)
     plain = exotic or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES
     for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
-        columns = decode_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols)
-        columns = [format_floats(c) if t == "float" else c for c, t in zip(columns, relation.types)]
+        columns = _text_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols)
         if plain:
-            yield "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode()
+            yield "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode("utf-8", "surrogateescape")
         else:
             yield _arrow_csv(columns, delimiter)
 
 
 def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend) -> bool:
-    return backend.kernels is not None and set(relation.types) <= {"number", "unsigned"} and len(delimiter.encode()) == 1
+    return (
+        backend.kernels is not None
+        and set(relation.types) <= {"number", "unsigned"}
+        and not record_text.any_records(relation)  # an enum is a number written as its branch
+        and len(delimiter.encode()) == 1
+    )
 
 
-def format_floats(values: np.ndarray) -> np.ndarray:
-    """float32 values -> object array of their texts; each distinct value formatted once."""
+def _text_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool = False) -> list[np.ndarray]:
+    """``decode_columns`` with floats as their texts, each distinct value formatted once."""
+    columns = decode_columns(rows, relation, symbols, rfc4180)
+    return [_format_floats(c) if t == "float" else c for c, t in zip(columns, relation.types)]
+
+
+def _format_floats(values: np.ndarray) -> np.ndarray:
     distinct, inverse = np.unique(values.view(np.uint32), return_inverse=True)
     texts = np.array([format_float(int(bits)) for bits in distinct.tolist()], dtype=object)
     return texts[inverse.reshape(-1)] if len(values) else np.empty(0, dtype=object)
@@ -223,13 +256,20 @@ _POWERS_OF_TEN = np.array([10**k for k in range(1, 10)], dtype=np.int64)
 
 
 def text_length(
-    rows: Rows, relation: ir.Relation, symbols: SymbolTable, delimiter: str = "\t", *, backend: Backend = NUMPY
+    rows: Rows,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    delimiter: str = "\t",
+    *,
+    backend: Backend = NUMPY,
+    rfc4180: bool = False,
 ) -> int:
     """The bytes ``format_chunks(..., in_order=True)`` yields, without keeping them: counted
     from the digits where the kernel formats numbers (a tenth of formatting's cost), else
     formatted a chunk at a time and measured."""
     if relation.arity == 0 or not _by_kernel(relation, delimiter, backend):
-        return sum(len(c) for c in format_chunks(rows, relation, symbols, delimiter, backend=backend, in_order=True))
+        chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend, in_order=True, rfc4180=rfc4180)
+        return sum(len(c) for c in chunks)
     total = len(rows) * relation.arity  # the delimiters and the line breaks
     for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
         block = rows[start : start + FORMAT_CHUNK_ROWS]
@@ -253,7 +293,22 @@ def _arrow_csv(columns: list[np.ndarray], delimiter: str) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _arrow_column(column: np.ndarray) -> Any:
+def _quoted_lines(columns: list[np.ndarray], delimiter: str, quoted: list[bool]) -> bytes:
+    """Rows as rfc4180 lines, Soufflé's way: each symbol in quotes, a quote in it as ``\\""``;
+    ``quoted``: the columns whose texts are quoted already (records)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    fields = [
+        _arrow_column(column, quote=not ready) if column.dtype == object else _arrow_column(column).cast(pa.string())
+        for column, ready in zip(columns, quoted)
+    ]
+    lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, delimiter), "", "\n")  # line + "\n" + ""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
+    return lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
+
+
+def _arrow_column(column: np.ndarray, quote: bool = False) -> Any:
     """NumPy -> Arrow without pa.array, which imports pandas (0.4 s) on first use. Integer
     columns wrap their buffer; symbol columns go through a dictionary of their distinct texts."""
     import pyarrow as pa
@@ -262,8 +317,11 @@ def _arrow_column(column: np.ndarray) -> Any:
         column = np.ascontiguousarray(column)
         return pa.Array.from_buffers(pa.from_numpy_dtype(column.dtype), len(column), [None, pa.py_buffer(column)])
     texts, codes = np.unique(column, return_inverse=True)
-    data = "".join(texts).encode()
-    lengths = np.fromiter((len(t.encode()) for t in texts), dtype=np.int32, count=len(texts))
+    if quote:
+        texts = np.array(['"' + t.replace('"', '\\""') + '"' for t in texts], dtype=object)
+    # surrogateescape: the bytes a substr cut out of a character go out as Soufflé writes them.
+    data = "".join(texts).encode("utf-8", "surrogateescape")
+    lengths = np.fromiter((len(t.encode("utf-8", "surrogateescape")) for t in texts), dtype=np.int32, count=len(texts))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     dictionary = pa.Array.from_buffers(pa.string(), len(texts), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     indices = _arrow_column(codes.astype(np.int32).reshape(-1))
@@ -302,7 +360,13 @@ def to_numpy(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> n
     """Sorted decoded (n, arity) array: int64 when every column is an integer, float64 when
     every column is numeric and one a float, else object."""
     columns = decode_columns(sort_rows(rows, relation, symbols), relation, symbols)
-    dtype = object if "symbol" in relation.types else np.float64 if "float" in relation.types else np.int64
+    dtype = (
+        object
+        if "symbol" in relation.types or record_text.any_records(relation)
+        else np.float64
+        if "float" in relation.types
+        else np.int64
+    )
     result = np.empty((len(rows), relation.arity), dtype=dtype)
     for j, col in enumerate(columns):
         result[:, j] = col.astype(dtype)

@@ -9,76 +9,142 @@ safety, and last the resolved types of constants and arithmetic.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import itertools
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 from dask_datalog.engine import functors, ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend import inline
 from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.frontend.strata import Stratum
 from dask_datalog.engine.ir import BaseType, Pos
 from dask_datalog.engine.values import FLOAT_INF, INT32_MAX, INT32_MIN, format_float, round_float32
 
-_IO_PARAMS = ("IO", "filename", "delimiter")
+# The parameters Soufflé 2.5's CSV readers and writers honour (ReadStreamCSV.h, WriteStreamCSV.h);
+# `compress` on an input changes nothing (a gzip fact file is recognised by its contents).
+_INPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "columns", "name", "compress")
+_OUTPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "compress", "name", "attributeNames")
+_IO_KINDS = {"input": ("file", "stdin"), "output": ("file", "stdout", "stdoutprintsize")}
 
 
 # Soufflé options a program may set that change how it is evaluated or reported, never its
 # answer (magic sets, inlining choices, warnings, threads): accepted and ignored.
 NEUTRAL_PRAGMAS = frozenset(
-    {"magic-transform", "magic-transform-exclude", "inline-exclude", "inline-include", "suppress-warnings", "jobs", "no-warn"}
+    {
+        "magic-transform",
+        "magic-transform-exclude",
+        "inline-exclude",
+        "inline-include",
+        "suppress-warnings",
+        "jobs",
+        "no-warn",
+        "disable-transformers",
+    }
 )
 
 
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
     """Check a parsed program and build its IR; raises DatalogError on the first problem."""
-    aliases = [s for s in statements if isinstance(s, st.TypeAlias)]
-    types = _type_table(aliases)
-    lattice = _Lattice(aliases, types)
-    relations = _relations([s for s in statements if isinstance(s, st.Decl)], types)
-    rules: list[ir.Rule] = []
+    type_decls = [s for s in statements if isinstance(s, (st.TypeAlias, st.RecordDecl, st.AdtDecl))]
+    types = _type_table(type_decls)
+    lattice = _Lattice([s for s in type_decls if isinstance(s, st.TypeAlias)])
+    decls = [s for s in statements if isinstance(s, st.Decl)]
+    relations = _relations(decls, types, type_decls)
+    excluded = {
+        n.strip() for s in statements if isinstance(s, st.Pragma) and s.key == "inline-exclude" for n in s.value.split(",")
+    }
+    inlined = {d.name: d.pos for d in decls if d.inline and d.name not in excluded}
+    rules = [
+        rule
+        for d in decls
+        if d.eqrel
+        for clause in _equivalence(d)
+        for rule in _clause_rules(clause, relations, inlined, types, lattice)
+    ]
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
+    limits: dict[str, tuple[int, ir.Pos]] = {}  # relation -> its .limitsize, likewise
+    eqrels = {s.name for s in statements if isinstance(s, st.Decl) and s.eqrel}
     pragmas: dict[str, str] = {}
+    observed: dict[str, Pos] = {}  # relation -> its first I/O directive
     for s in statements:
         if isinstance(s, st.Pragma):
             if s.key not in NEUTRAL_PRAGMAS and s.key not in ir.DIRECTORY_PRAGMAS:
                 raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
             pragmas[s.key] = s.value
         elif isinstance(s, st.Clause):
-            rules.extend(_clause_rules(s, relations, lattice))
+            rules.extend(_clause_rules(s, relations, inlined, types, lattice))
         elif isinstance(s, st.Directive):
-            _relation(relations, s.relation, s.pos, f"in .{s.kind}")
-            if s.kind == "printsize":
-                if s.params:
-                    p = s.params[0]
-                    raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .printsize")
-                if s.relation in printsizes:
-                    first = printsizes[s.relation]
+            relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
+            observed.setdefault(s.relation, s.pos)
+            if s.kind in ("printsize", "limitsize"):
+                seen = printsizes if s.kind == "printsize" else {r: p for r, (_, p) in limits.items()}
+                if s.relation in seen:
                     raise DatalogError(
-                        s.pos, f"redefinition of the .printsize directive for relation {s.relation} (first at line {first.line})"
+                        s.pos,
+                        f"redefinition of the .{s.kind} directive for relation {s.relation} (first at line {seen[s.relation].line})",
                     )
+            if s.kind == "printsize":
+                _output_spec(s, relation)  # Soufflé accepts an output's parameters here and ignores them
+                if any(p.key == "name" for p in s.params):
+                    raise DatalogError(next(p.pos for p in s.params if p.key == "name"), "unsupported: name= on .printsize")
                 printsizes[s.relation] = s.pos
+            elif s.kind == "limitsize":
+                if s.relation in eqrels:
+                    raise DatalogError(s.pos, f"unsupported: .limitsize on the equivalence relation {s.relation}")
+                limits[s.relation] = (_limit(s), s.pos)
             elif s.kind == "input":
-                inputs.append(ir.InputSpec(s.relation, *_io_params(s), pos=s.pos))
+                inputs.append(_input_spec(s, relation))
             else:
-                outputs.append(ir.OutputSpec(s.relation, *_io_params(s), pos=s.pos))
+                outputs.append(_output_spec(s, relation))
+    if inlined:
+        rules = _inline(rules, inlined, observed, relations)
     _check_subtypes(rules, relations, lattice)
-    directories = tuple((k, v) for k, v in pragmas.items() if k in ir.DIRECTORY_PRAGMAS)
-    return ir.Program(relations, tuple(rules), tuple(inputs), tuple(outputs), tuple(printsizes), filename, directories)
+    directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
+    return ir.Program(
+        relations,
+        tuple(rules),
+        tuple(inputs),
+        tuple(outputs),
+        tuple(printsizes),
+        filename,
+        directories,
+        tuple((name, n) for name, (n, _) in limits.items()),
+    )
+
+
+def _inline(
+    rules: list[ir.Rule], inlined: dict[str, Pos], observed: dict[str, Pos], relations: dict[str, ir.Relation]
+) -> list[ir.Rule]:
+    """The rules with the ``inline`` relations expanded (frontend/inline.py), each checked for
+    safety where the expansion placed it; the inline relations are no longer declared."""
+    expanded = inline.expand(rules, inlined, observed, relations)
+    before = set(rules)
+    for i, rule in enumerate(expanded):
+        if rule not in before:
+            _Safety(rule.head, list(rule.body)).check()
+            expanded[i] = replace(rule, body=tuple(_fold_records(rule.body)))  # a head's record met the use's
+    for name in inlined:
+        del relations[name]
+    return expanded
 
 
 class _Lattice:
-    """The declared types: each name's base type, and which are subtypes of which
-    (``.type T <: S``; ``.type T = S`` is another name for S)."""
+    """Which declared types hold all the values of which: a subtype's base (``.type T <: S``)
+    and the unions a type is a member of; ``.type T = S`` is another name for S."""
 
-    def __init__(self, aliases: Sequence[st.TypeAlias], types: dict[str, BaseType]):
+    def __init__(self, aliases: Sequence[st.TypeAlias]):
         self.same = {a.name: a.base for a in aliases if not a.subtype}
-        self.parent = {a.name: a.base for a in aliases if a.subtype}
-        self.types = types
-
-    def base(self, name: str) -> BaseType | None:
-        return next((t for t in ir.BASE_TYPES if t == name), None) or self.types.get(name)
+        self.parents: dict[str, list[str]] = {}  # a subtype's base; each union a member is in
+        for a in aliases:
+            if a.members:
+                for m in a.members:
+                    self.parents.setdefault(self.canonical(m), []).append(a.name)
+            elif a.subtype:
+                self.parents.setdefault(a.name, []).append(a.base)
 
     def canonical(self, t: str) -> str:
         while t in self.same:
@@ -86,10 +152,11 @@ class _Lattice:
         return t
 
     def ancestors(self, t: str) -> list[str]:
-        chain = [self.canonical(t)]
-        while chain[-1] in self.parent:
-            chain.append(self.canonical(self.parent[chain[-1]]))
-        return chain
+        """``t`` and every type holding all its values (its bases, the unions it is in)."""
+        found = [self.canonical(t)]
+        for u in found:
+            found += [p for p in map(self.canonical, self.parents.get(u, ())) if p not in found]
+        return found
 
 
 def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], lattice: _Lattice) -> None:
@@ -98,7 +165,7 @@ def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation],
     variable takes only values of its column's type. (Constants and arithmetic fit any
     subtype of their base type, as in Soufflé; ``as(x, T)`` gives x the type T.)"""
     canonical, ancestors = lattice.canonical, lattice.ancestors
-    if not lattice.parent:
+    if not lattice.parents:
         return
     for rule in rules:
         bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
@@ -159,55 +226,192 @@ def _a(t: str) -> str:
 # ---- declarations ------------------------------------------------------------------------
 
 
-def _type_table(aliases: Sequence[st.TypeAlias]) -> dict[str, BaseType]:
-    """Alias name -> base type, following chains of aliases (declared in any order)."""
-    defined: dict[str, st.TypeAlias] = {}
-    for a in aliases:
+class _Types:
+    """The program's types: ``canonical`` maps every type name a program may write to the type
+    the checker works with (number, unsigned, symbol, or a record or ADT type's name, aliases
+    followed); ``definitions`` holds the record and ADT types (anonymous records too, named by
+    their structure: ``[number, symbol]``), ``branches`` every ADT branch by name with its type
+    and its index (its id)."""
+
+    def __init__(self, canonical: dict[str, str], enums: set[str]):
+        self.canonical = canonical
+        self.enums = enums  # the ADTs whose branches have no arguments
+        self.definitions: dict[str, ir.TypeDefinition] = {}
+        self.branches: dict[str, tuple[ir.AdtType, int]] = {}
+
+    def base(self, t: str) -> BaseType:
+        """How a value of type ``t`` is encoded: an enum ADT is its branch's number, other
+        records and ADTs are record ids."""
+        if t not in self.definitions:
+            return _primitive(t)
+        return "number" if t in self.enums else "record"
+
+    def resolve(self, type_name: str, pos: Pos, where: str = "") -> str:
+        if type_name in self.canonical:
+            return self.canonical[type_name]
+        raise DatalogError(pos, f"unknown type {type_name}{where}" + _suggest(type_name, self.canonical))
+
+    def attribute(self, name: str, type_name: str, pos: Pos, where: str = "") -> ir.Attribute:
+        t = self.resolve(type_name, pos, where)
+        return ir.Attribute(name, self.base(t), type_name, t if t in self.definitions else None)
+
+    def record(self, t: str) -> ir.RecordType | None:
+        d = self.definitions.get(t)
+        return d if isinstance(d, ir.RecordType) else None
+
+    def anonymous(self, elements: Sequence[str]) -> str:
+        """The type of anonymous records of these element types (records compared with one
+        another, or bound to variables no atom types)."""
+        name = f"[{', '.join(elements)}]"
+        if name not in self.definitions:
+            fields = tuple(
+                ir.Attribute(str(i), self.base(e), e, e if e in self.definitions else None) for i, e in enumerate(elements)
+            )
+            self.definitions[name] = ir.RecordType(name, fields)
+        return name
+
+    def reachable(self, names: Iterable[str]) -> tuple[ir.TypeDefinition, ...]:
+        """The record and ADT types ``names`` reach, nested ones too, by name."""
+        seen: dict[str, ir.TypeDefinition] = {}
+        stack = [n for n in names if n in self.definitions]
+        while stack:
+            d = self.definitions[stack.pop()]
+            if d.name not in seen:
+                seen[d.name] = d
+                fields = d.fields if isinstance(d, ir.RecordType) else [f for b in d.branches for f in b.fields]
+                stack.extend(f.record for f in fields if f.record is not None)
+        return tuple(seen[n] for n in sorted(seen))
+
+
+def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
+    """Every declared type: aliases followed to what they name (declared in any order), then
+    the record types' fields and the ADTs' branches (which may name any type, themselves
+    included)."""
+    defined: dict[str, st.TypeDecl] = {}
+    for a in decls:
         if a.name in ir.BASE_TYPES:
             raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
         if a.name in defined:
             first = defined[a.name].pos
             raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at {first.line}:{first.col})")
         defined[a.name] = a
-    table: dict[str, BaseType] = {}
-    for a in aliases:
-        chain = [a.name]
-        current = a
-        while current.base not in ir.BASE_TYPES:
-            if current.base not in defined:
-                raise DatalogError(
-                    current.base_pos, f"unknown type {current.base}" + _suggest(current.base, [*ir.BASE_TYPES, *defined])
-                )
-            if current.base in chain:
-                cycle = " -> ".join([*chain[chain.index(current.base) :], current.base])
-                raise DatalogError(a.pos, f"cyclic type definition: {cycle}")
-            chain.append(current.base)
-            current = defined[current.base]
-        table[a.name] = current.base
-    return table
+    canonical: dict[str, str] = {b: b for b in ir.BASE_TYPES}
+    canonical.update((d.name, d.name) for d in decls if not isinstance(d, st.TypeAlias))
+
+    def resolve(a: st.TypeAlias, chain: list[str]) -> str:
+        """What alias ``a`` names: a base type, or a record or ADT type; a union's members
+        share one base type, as in Soufflé."""
+        if a.name in canonical:
+            return canonical[a.name]
+        found: set[str] = set()
+        for member in a.members or (a.base,):
+            if member in canonical:
+                found.add(canonical[member])
+                continue
+            if member not in defined:
+                raise DatalogError(a.base_pos, f"unknown type {member}" + _suggest(member, [*ir.BASE_TYPES, *defined]))
+            if member in chain:
+                cycle = " -> ".join([*chain[chain.index(member) :], member])
+                if any(getattr(defined[n], "members", ()) for n in chain):  # named where the cycle starts, as Soufflé does
+                    raise DatalogError(defined[member].pos, f"Infinite descent in the definition of type {member} ({cycle})")
+                raise DatalogError(defined[chain[0]].pos, f"cyclic type definition: {cycle}")
+            following = defined[member]
+            assert isinstance(following, st.TypeAlias)
+            found.add(resolve(following, [*chain, member]))
+        records = sorted(found - set(ir.BASE_TYPES))
+        if records and a.members:
+            raise DatalogError(a.pos, f"unsupported: union type {a.name} of record or ADT types ({', '.join(records)})")
+        if records and a.subtype:
+            raise DatalogError(a.pos, f"subtype {a.name} cannot be derived from record type {records[0]}")
+        if len(found) > 1:
+            listed = ", ".join(sorted(found))
+            raise DatalogError(a.pos, f"Union type {a.name} is defined over {{{listed}}} (multiple primitive types in union)")
+        canonical[a.name] = found.pop()
+        return canonical[a.name]
+
+    for a in decls:
+        if isinstance(a, st.TypeAlias):
+            resolve(a, [a.name])
+    types = _Types(canonical, {d.name for d in decls if isinstance(d, st.AdtDecl) and not any(b.attrs for b in d.branches)})
+    for d in decls:  # first every name's place, then the fields, which may name any of them
+        if isinstance(d, st.RecordDecl):
+            types.definitions[d.name] = ir.RecordType(d.name, ())
+        elif isinstance(d, st.AdtDecl):
+            types.definitions[d.name] = ir.AdtType(d.name, ())
+    for d in decls:
+        if isinstance(d, st.RecordDecl):
+            _unique_names(d.attrs, f"record type {d.name}")
+            types.definitions[d.name] = ir.RecordType(d.name, tuple(types.attribute(f.name, f.type_name, f.pos) for f in d.attrs))
+        elif isinstance(d, st.AdtDecl):
+            branches: list[ir.AdtBranch] = []
+            for b in sorted(d.branches, key=lambda b: b.name):
+                if b.name in types.branches or any(b.name == other.name for other in branches):
+                    raise DatalogError(b.pos, f"duplicate branch {b.name} (a branch name is one ADT's)")
+                _unique_names(b.attrs, f"branch {b.name}")
+                where = f" in branch {b.name}"
+                branches.append(ir.AdtBranch(b.name, tuple(types.attribute(f.name, f.type_name, f.pos, where) for f in b.attrs)))
+            adt = ir.AdtType(d.name, tuple(branches))
+            types.definitions[d.name] = adt
+            types.branches.update((b.name, (adt, i)) for i, b in enumerate(adt.branches))
+    return types
 
 
-def _relations(decls: Sequence[st.Decl], types: dict[str, BaseType]) -> dict[str, ir.Relation]:
+def _unique_names(attrs: Sequence[st.Attr], where: str) -> None:
+    for i, attr in enumerate(attrs):
+        if any(a.name == attr.name for a in attrs[:i]):
+            raise DatalogError(attr.name_pos, f"duplicate field name {attr.name} in {where}")
+
+
+def _relations(decls: Sequence[st.Decl], types: _Types, type_decls: Sequence[st.TypeDecl]) -> dict[str, ir.Relation]:
     relations: dict[str, ir.Relation] = {}
+    type_pos = {a.name: a.pos for a in type_decls}
     for d in decls:
         if d.name in relations:
             first = relations[d.name].pos
             raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first declared at {first.line}:{first.col})")
+        if d.name in type_pos:  # one namespace for both, as in Soufflé
+            first = type_pos[d.name]
+            raise DatalogError(d.pos, f"name clash: relation {d.name} has the name of the type at {first.line}:{first.col}")
         attrs: list[ir.Attribute] = []
         for attr in d.attrs:
             if any(a.name == attr.name for a in attrs):
                 raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
-            attrs.append(ir.Attribute(attr.name, _base_type(attr, types), attr.type_name))
-        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos)
+            attrs.append(types.attribute(attr.name, attr.type_name, attr.pos))
+        if d.eqrel and len(attrs) != 2:
+            raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
+        if d.eqrel and attrs[0].type_name != attrs[1].type_name:
+            raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
+        reached = types.reachable(a.record for a in attrs if a.record is not None)
+        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
     return relations
 
 
-def _base_type(attr: st.Attr, types: dict[str, BaseType]) -> BaseType:
-    if attr.type_name in ir.BASE_TYPES:
-        return attr.type_name
-    if attr.type_name in types:
-        return types[attr.type_name]
-    raise DatalogError(attr.pos, f"unknown type {attr.type_name}" + _suggest(attr.type_name, [*ir.BASE_TYPES, *types]))
+def _choice_keys(d: st.Decl, attrs: list[ir.Attribute]) -> tuple[tuple[int, ...], ...]:
+    """``choice-domain`` keys as column numbers, each once (``(x, x)`` is ``x``), in order."""
+    names = [a.name for a in attrs]
+    keys: list[tuple[int, ...]] = []
+    for item in d.choice:
+        for name, pos in item:
+            if name not in names:
+                raise DatalogError(pos, f"Attribute {name} not found in relation definition.")
+        key = tuple(sorted({names.index(name) for name, _ in item}))
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
+def _equivalence(d: st.Decl) -> list[st.Clause]:
+    """Soufflé's ``eqrel``: the relation holds the equivalence closure of what is put in it,
+    written as the three rules that close it (reflexive, symmetric, transitive)."""
+
+    def atom(a: str, b: str) -> st.Atom:
+        return st.Atom(d.name, tuple(st.Wild(d.pos) if v == "_" else st.Var(v, d.pos) for v in (a, b)), d.pos)
+
+    return [
+        st.Clause((atom("x", "x"),), ((atom("x", "_"),),), d.pos),
+        st.Clause((atom("x", "y"),), ((atom("y", "x"),),), d.pos),
+        st.Clause((atom("x", "z"),), ((atom("x", "y"), atom("y", "z")),), d.pos),
+    ]
 
 
 def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str) -> ir.Relation:
@@ -217,26 +421,120 @@ def _relation(relations: dict[str, ir.Relation], name: str, pos: Pos, where: str
     return relations[name]
 
 
-def _io_params(d: st.Directive) -> tuple[str | None, str]:
-    """(filename, delimiter) of an .input/.output directive."""
+def _params(d: st.Directive, known: Sequence[str]) -> dict[str, st.Param]:
+    """A directive's parameters by key: each known and given once."""
     seen: dict[str, st.Param] = {}
     for p in d.params:
-        if p.key not in _IO_PARAMS:
-            raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} (supported: {', '.join(_IO_PARAMS)})")
+        if p.key not in known:
+            raise DatalogError(p.pos, f"unknown parameter '{p.key}' for .{d.kind} (supported: {', '.join(known)})")
         if p.key in seen:
             raise DatalogError(p.pos, f"parameter '{p.key}' given twice")
         seen[p.key] = p
-        if p.key == "IO" and p.value != "file":
-            hint = "; to print outputs run with -D -" if d.kind == "output" else ""
-            raise DatalogError(p.pos, f"unsupported: IO={p.value} (only IO=file{hint})")
-        if p.key in ("filename", "delimiter") and not p.quoted:
-            raise DatalogError(p.pos, f'{p.key} must be a string, e.g. {p.key}="{p.value}"')
-        if p.key == "delimiter" and not p.value:
-            raise DatalogError(p.pos, "the delimiter must not be empty")
-    name = seen["filename"].value if "filename" in seen else None
-    if name is not None:
-        check_io_filename(name, d.kind, seen["filename"].pos)
-    return name, seen["delimiter"].value if "delimiter" in seen else "\t"
+    return seen
+
+
+def _flag(params: dict[str, st.Param], key: str) -> bool:
+    """A true/false parameter (Soufflé takes any other value for false: a typo is an error here)."""
+    p = params.get(key)
+    if p is None:
+        return False
+    if p.value not in ("true", "false"):
+        raise DatalogError(p.pos, f"{key} must be true or false, not '{p.value}'")
+    return p.value == "true"
+
+
+def _io_kind(params: dict[str, st.Param], kind: str) -> str:
+    p = params.get("IO")
+    if p is None:
+        return "file"
+    if p.value not in _IO_KINDS[kind]:
+        raise DatalogError(p.pos, f"unsupported: IO={p.value} for .{kind} (supported: {', '.join(_IO_KINDS[kind])})")
+    return p.value
+
+
+def _delimiter(params: dict[str, st.Param], rfc4180: bool) -> str:
+    """The field delimiter: a tab by default, a comma with rfc4180 (as in Soufflé)."""
+    p = params.get("delimiter")
+    if p is None:
+        return "," if rfc4180 else "\t"
+    if not p.value:
+        raise DatalogError(p.pos, "the delimiter must not be empty")
+    if rfc4180 and '"' in p.value:
+        raise DatalogError(p.pos, "the delimiter cannot contain '\"' when rfc4180 is enabled")
+    return p.value
+
+
+def _filename(params: dict[str, st.Param], kind: str, extension: str) -> str | None:
+    """``filename=``, else ``name=`` with the default extension (Soufflé's default file is named
+    after the directive's name), else None (the relation's name)."""
+    if "filename" in params:
+        p = params["filename"]
+        check_io_filename(p.value, kind, p.pos)
+        return p.value
+    if "name" in params:
+        p = params["name"]
+        check_io_filename(p.value + extension, kind, p.pos)
+        return p.value + extension
+    return None
+
+
+def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
+    params = _params(d, _INPUT_PARAMS)
+    rfc4180 = _flag(params, "rfc4180")
+    columns = None
+    if "columns" in params and params["columns"].value:
+        p = params["columns"]
+        parts = p.value.split(":")
+        if not all(part.isascii() and part.isdigit() for part in parts) or len(set(map(int, parts))) != relation.arity:
+            example = ":".join(str(i) for i in range(relation.arity))
+            raise DatalogError(
+                p.pos, f'columns must name a distinct file column for each of the {relation.arity} attributes, e.g. "{example}"'
+            )
+        columns = tuple(int(part) for part in parts)
+    return ir.InputSpec(
+        d.relation,
+        _filename(params, "input", ".facts"),
+        _delimiter(params, rfc4180),
+        d.pos,
+        _io_kind(params, "input"),
+        _flag(params, "headers"),
+        rfc4180,
+        columns,
+    )
+
+
+def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
+    params = _params(d, _OUTPUT_PARAMS)
+    rfc4180 = _flag(params, "rfc4180")
+    compress = "compress" in params
+    if compress and params["compress"].value != "true":
+        raise DatalogError(params["compress"].pos, "compress must be true (Soufflé 2.5 compresses whatever its value)")
+    names = [a.name for a in relation.attributes]
+    joint = params["delimiter"].value if "delimiter" in params else "\t"  # Soufflé's header ignores rfc4180's comma
+    header = params["attributeNames"].value if "attributeNames" in params else joint.join(names)
+    return ir.OutputSpec(
+        d.relation,
+        _filename(params, "output", ".csv.gz" if compress else ".csv"),
+        _delimiter(params, rfc4180),
+        d.pos,
+        _io_kind(params, "output"),
+        _flag(params, "headers"),
+        rfc4180,
+        compress,
+        params["name"].value if "name" in params else "",
+        None if header == "\t".join(names) else header,
+    )
+
+
+def _limit(d: st.Directive) -> int:
+    """N of ``.limitsize r(n=N)``: a decimal count (Soufflé's stoi would read "0x3" as 0)."""
+    params = _params(d, ("n",))
+    if "n" not in params:
+        raise DatalogError(d.pos, f".limitsize {d.relation} needs its size, e.g. .limitsize {d.relation}(n=100)")
+    p = params["n"]
+    if not (p.value.isascii() and p.value.isdigit()) or int(p.value) > INT32_MAX:
+        raise DatalogError(p.pos, f"n must be a count from 0 to {INT32_MAX}, not '{p.value}'")
+    return int(p.value)
 
 
 def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
@@ -269,15 +567,17 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
 # ---- clauses -----------------------------------------------------------------------------
 
 
-def _clause_rules(c: st.Clause, relations: dict[str, ir.Relation], lattice: _Lattice) -> Iterator[ir.Rule]:
+def _clause_rules(
+    c: st.Clause, relations: dict[str, ir.Relation], inlined: Container[str], types: _Types, lattice: _Lattice
+) -> Iterator[ir.Rule]:
     if c.bodies is None:
         for head in c.heads:
             _check_ground(head)
-            yield _RuleChecker(relations, lattice).rule(head, (), fact=True)
+            yield _RuleChecker(relations, types, lattice).rule(head, (), fact=True)
         return
     for body in c.bodies:
         for head in c.heads:
-            yield _RuleChecker(relations, lattice).rule(head, body, fact=False)
+            yield _RuleChecker(relations, types, lattice).rule(head, body, fact=False, grounded=head.relation not in inlined)
 
 
 def _check_ground(head: st.Atom) -> None:
@@ -289,7 +589,7 @@ def _check_ground(head: st.Atom) -> None:
         if isinstance(e, st.Binary):
             walk(e.left)
             walk(e.right)
-        if isinstance(e, st.Call):
+        if isinstance(e, (st.Call, st.Record, st.Branch)):
             for arg in e.args:
                 walk(arg)
         if isinstance(e, st.Cast):
@@ -300,7 +600,7 @@ def _check_ground(head: st.Atom) -> None:
 
 
 def _overloaded(name: str) -> bool:
-    """A conversion (to_float, to_number, to_unsigned) or a cast (as), before the checker
+    """A conversion (to_float, to_number, to_unsigned, to_string) or a cast (as), before the checker
     picks the functor for its argument's type: the argument's type is its own."""
     return name in functors.CONVERSIONS or name == "as"
 
@@ -326,8 +626,49 @@ def _fixed_type_args(t: ir.Term | None) -> Iterator[tuple[ir.Term, BaseType | No
             continue
         sig = functors.signature(call.name)
         for i, arg in enumerate(call.args):
-            if sig.param(i) != functors.POLYMORPHIC:
+            if sig.param(i) not in (functors.POLYMORPHIC, functors.ANY):
                 yield arg, sig.param(i)  # type: ignore[misc]
+
+
+def _primitive(t: str) -> BaseType:
+    """A type the checker works with that is a base type (records and ADTs were told apart
+    before)."""
+    assert t in ir.BASE_TYPES, t
+    return t
+
+
+def _canonical(attr: ir.Attribute) -> str:
+    """The type the checker works with for a column or field: its record or ADT type, else its
+    base type (subtypes are checked apart, ``_check_subtypes``)."""
+    return attr.record or attr.type
+
+
+def _is_nil(t: ir.Term | None) -> bool:
+    return isinstance(t, ir.Const) and t.type == "record"
+
+
+def _is_shaped(t: ir.Term | None) -> bool:
+    """A record, a branch or nil: a term whose type its context says."""
+    return isinstance(t, (ir.Record, ir.Branch)) or _is_nil(t)
+
+
+def _components(groups: Sequence[tuple[ir.Term | None, ...]]) -> list[int]:
+    """Per group of same-typed terms, a number the groups that share a variable share: all
+    their terms have one type."""
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, terms in enumerate(groups):
+        for term in terms:
+            for v in _same_type_vars(term):
+                parent[root(i)] = root(first.setdefault(v.name, i))
+    return [root(i) for i in range(len(groups))]
 
 
 def _literal_vars(lit: ir.BodyLiteral) -> Iterator[ir.Var]:
@@ -347,6 +688,23 @@ def _outer_vars(head: ir.Atom, lits: Sequence[ir.BodyLiteral]) -> set[str]:
     return outer
 
 
+def _grounded(lits: Sequence[ir.BodyLiteral], *roots: str) -> set[str]:
+    """Variables the literals ground outside aggregates: plain arguments of positive atoms,
+    aggregate results, ``roots``, and what equalities compute from those."""
+    grounded = {a.name for lit in lits if isinstance(lit, ir.Atom) for a in lit.args if isinstance(a, ir.Var)}
+    grounded |= {lit.result.name for lit in lits if isinstance(lit, ir.Aggregation)} | set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for lit in lits:
+            if isinstance(lit, ir.Comparison) and lit.op == "=":
+                for var, expr in ((lit.left, lit.right), (lit.right, lit.left)):
+                    if isinstance(var, ir.Var) and var.name not in grounded and ir.variable_names(expr) <= grounded:
+                        grounded.add(var.name)
+                        changed = True
+    return grounded
+
+
 def _rename_literal(lit: ir.BodyLiteral, names: dict[str, str]) -> ir.BodyLiteral:
     def rename(t: ir.Term) -> ir.Term:
         return ir.Var(names[t.name], t.pos) if isinstance(t, ir.Var) and t.name in names else t
@@ -354,19 +712,97 @@ def _rename_literal(lit: ir.BodyLiteral, names: dict[str, str]) -> ir.BodyLitera
     return ir.rewrite_terms(lit, rename)
 
 
+def _pattern_vars(t: ir.Term | None) -> Iterator[ir.Var]:
+    """The variables a term binds when it is matched against a value: itself, or a record's
+    (an ADT branch's) elements, nested ones included, but not those inside arithmetic."""
+    if isinstance(t, ir.Var):
+        yield t
+    elif isinstance(t, (ir.Record, ir.Branch)):
+        for arg in t.args:
+            yield from _pattern_vars(arg)
+
+
+def _has_value(t: ir.Term, bound: set[str]) -> bool:
+    """Whether ``t`` has a value once ``bound`` are: all its variables bound, no ``_``."""
+    return all(v.name in bound for v in ir.variables(t)) and not any(isinstance(n, ir.Wildcard) for n in ir.walk(t))
+
+
+def _equality_binds(left: ir.Term, right: ir.Term, bound: set[str]) -> set[str]:
+    """The variables ``left = right`` binds given ``bound``: a side with a value gives it to
+    the other (a variable, or a record pattern's variables); two records, element by element."""
+    if isinstance(left, (ir.Record, ir.Branch)) and isinstance(right, (ir.Record, ir.Branch)):
+        if type(left) is not type(right) or getattr(left, "name", None) != getattr(right, "name", None):
+            return set()
+        return set().union(*(_equality_binds(a, b, bound) for a, b in zip(left.args, right.args)))
+    for side, other in ((left, right), (right, left)):
+        if isinstance(side, (ir.Var, ir.Record, ir.Branch)) and _has_value(other, bound):
+            return {v.name for v in _pattern_vars(side)} - bound
+    return set()
+
+
+def _arithmetic_in(t: ir.Term) -> Iterator[ir.Call]:
+    """The arithmetic of an atom's argument: the argument itself, or inside records."""
+    if isinstance(t, ir.Call):
+        yield t
+    elif isinstance(t, (ir.Record, ir.Branch)):
+        for arg in t.args:
+            yield from _arithmetic_in(arg)
+
+
+def _fold_records(lits: Sequence[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
+    """``[a, b] = [c, d]`` is ``a = c, b = d`` (as Soufflé's FoldAnonymousRecords): the planner
+    then only meets records matched against a value or made into one."""
+    out: list[ir.BodyLiteral] = []
+    for lit in lits:
+        if (
+            isinstance(lit, ir.Comparison)
+            and lit.op == "="
+            and isinstance(lit.left, ir.Record)
+            and isinstance(lit.right, ir.Record)
+        ):
+            pairs = zip(lit.left.args, lit.right.args, lit.left.kinds, strict=True)
+            out.extend(
+                _fold_records(
+                    [ir.Comparison("=", a, b, lit.pos, kind) for a, b, kind in pairs if ir.Wildcard not in (type(a), type(b))]
+                )
+            )
+        elif isinstance(lit, ir.Aggregation):
+            out.append(replace(lit, body=tuple(_fold_records(lit.body))))
+        else:
+            out.append(lit)
+    return out
+
+
+# How ``_`` inside a record is taken, by where the record is: kept (matches anything), given a
+# fresh name (an aggregate counts matching tuples), or refused (with the reason).
+_RECORD_WILDCARDS = {
+    "head": "_ cannot appear in the head of a rule",
+    "body": "keep",
+    "aggregate": "fresh",
+    "negated": "ungrounded record: _ inside a record in a negated atom (Soufflé refuses it too)",
+    "aggregate-negated": "ungrounded record: _ inside a record in a negated atom (Soufflé refuses it too)",
+    "comparison": "keep",
+    "value": "_ can only be an argument of a body atom",
+}
+
+
 class _RuleChecker:
     """Checks and normalises one rule (one head, one conjunctive body)."""
 
-    def __init__(self, relations: dict[str, ir.Relation], lattice: _Lattice):
+    def __init__(self, relations: dict[str, ir.Relation], table: _Types, lattice: _Lattice):
         self.relations = relations
+        self.table = table
         self.lattice = lattice
-        self.fresh_count = {"a": 0, "w": 0, "l": 0, "r": 0}
+        self.fresh_count = {"a": 0, "w": 0, "l": 0, "t": 0, "r": 0}
         self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
         self.generators: list[ir.Comparison] = []  # `$r = range(...)` pulled out of it
         self.generated: set[str] = set()  # those `$r`
-        self.types: dict[str, tuple[BaseType, str]] = {}  # variable -> (type, where it got it)
+        self.types: dict[str, tuple[str, str]] = {}  # variable -> (type, where it got it)
+        self.term_types: dict[int, str] = {}  # id() of a record or nil term -> its type, once known
 
-    def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool) -> ir.Rule:
+    def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool, grounded: bool = True) -> ir.Rule:
+        """The rule in IR; ``grounded``: check its safety here (an inline relation's rules are
+        checked where they are expanded)."""
         ir_head = self.atom(head, "head")
         head_literals: list[ir.BodyLiteral] = [*self.pending, *self.generators]
         self.pending, self.generators = [], []
@@ -380,10 +816,14 @@ class _RuleChecker:
         lits.extend(head_literals)
         _check_aggregate_dependence(lits)
         lits = self.separate_aggregate_locals(ir_head, lits)
+        lits = self.scope_aggregates(ir_head, lits)
         self.infer_types(ir_head, lits)
-        _Safety(ir_head, lits).check()
-        ir_head, lits = self.unify_float_aliases(ir_head, lits)
-        rule = ir.Rule(self.resolve_atom(ir_head), tuple(self.resolve(lit) for lit in lits), ir_head.pos)
+        if grounded:
+            _Safety(ir_head, lits).check()
+        checked = _fold_records([self.resolve(lit) for lit in lits])
+        values = {n.result.name for n in ir.walk(lits) if isinstance(n, ir.Aggregation)} | self.generated
+        resolved_head, checked = _unify_float_aliases(self.resolve_atom(ir_head), checked, values)
+        rule = ir.Rule(resolved_head, tuple(checked), ir_head.pos)
         return _fold_fact(rule) if fact and not lits else rule
 
     def fresh(self, kind: str, pos: Pos, stem: str = "") -> ir.Var:
@@ -406,7 +846,7 @@ class _RuleChecker:
         for e, attr in zip(a.args, rel.attributes):
             if (
                 isinstance(e, st.Cast)
-                and self.lattice.base(e.type_name) is not None
+                and e.type_name in self.table.canonical
                 and self.lattice.canonical(attr.type_name) not in self.lattice.ancestors(e.type_name)
             ):
                 raise DatalogError(
@@ -418,7 +858,7 @@ class _RuleChecker:
 
     def arg(self, e: st.Expr, where: str) -> ir.Term:
         if not isinstance(e, st.Wild):
-            return self.term(e, in_aggregate=where in ("aggregate", "aggregate-negated"))
+            return self.term(e, in_aggregate=where in ("aggregate", "aggregate-negated"), wildcards=where)
         if where == "head":
             raise DatalogError(e.pos, "_ cannot appear in the head of a rule")
         if where == "aggregate":  # count counts matching tuples: give each _ its own name
@@ -431,17 +871,31 @@ class _RuleChecker:
         if isinstance(lit, st.Negation):
             where = "aggregate-negated" if in_aggregate else "negated"
             return ir.Negation(self.atom(lit.atom, where), lit.pos)
-        left, right = lit.left, lit.right
-        if lit.op == "=" and _is_range(left) and isinstance(right, st.Var):
-            left, right = right, left
-        if lit.op == "=" and isinstance(left, st.Var) and _is_range(right):  # x = range(...): x takes each value
-            return ir.Comparison("=", self.term(left, in_aggregate), self.call(right, in_aggregate), lit.pos)  # type: ignore[arg-type]
-        return ir.Comparison(lit.op, self.term(left, in_aggregate), self.term(right, in_aggregate), lit.pos)
+        if lit.op == "=" and _is_range(lit.left) and isinstance(lit.right, st.Var):
+            lit = replace(lit, left=lit.right, right=lit.left)
+        if lit.op == "=" and isinstance(lit.left, st.Var) and _is_range(lit.right):  # x = range(...): x takes each value
+            return ir.Comparison("=", self.term(lit.left, in_aggregate), self.call(lit.right, in_aggregate), lit.pos)  # type: ignore[arg-type]
+        left, right = (
+            self.fresh("w", side.pos)
+            if isinstance(side, st.Wild) and isinstance(other, st.Aggregate)
+            else self.term(side, in_aggregate, wildcards="comparison")
+            for side, other in ((lit.left, lit.right), (lit.right, lit.left))
+        )  # `_ = min x : {...}`: the aggregate's value discarded, its witnesses kept (Soufflé)
+        return ir.Comparison(lit.op, left, right, lit.pos)
 
     def call(self, e: st.Call, in_aggregate: bool) -> ir.Call:
         return ir.Call(e.func, tuple(self.term(a, in_aggregate) for a in e.args), "number", e.pos)
 
-    def term(self, e: st.Expr, in_aggregate: bool) -> ir.Term:
+    def term(self, e: st.Expr, in_aggregate: bool, wildcards: str = "value") -> ir.Term:
+        """``wildcards``: where the term is (a key of ``_RECORD_WILDCARDS``), which says what a
+        ``_`` inside a record means there."""
+        if isinstance(e, (st.Record, st.Branch)):
+            args = tuple(self.element(a, in_aggregate, wildcards) for a in e.args)
+            if isinstance(e, st.Record):
+                return ir.Record(args, (), e.pos)
+            return ir.Branch(self.branch(e).name, args, e.pos)
+        if isinstance(e, st.Nil):
+            return ir.Const(0, "record", e.pos)
         if isinstance(e, st.Var):
             return ir.Var(e.name, e.pos)
         if isinstance(e, st.Num):  # an integer literal's text, read once its type is known
@@ -459,29 +913,94 @@ class _RuleChecker:
         if isinstance(e, st.Call):
             return self.call(e, in_aggregate)
         if isinstance(e, st.Cast):
-            base = self.lattice.base(e.type_name)
-            if base is None:
-                known = [*ir.BASE_TYPES, *self.lattice.types]
-                raise DatalogError(e.type_pos, f"unknown type {e.type_name}" + _suggest(e.type_name, known))
-            return ir.Call("as", (self.term(e.expr, in_aggregate),), base, e.pos)
+            t = self.table.canonical.get(e.type_name)
+            if t is None:
+                raise DatalogError(e.type_pos, f"unknown type {e.type_name}" + _suggest(e.type_name, self.table.canonical))
+            if t in self.table.definitions:
+                raise DatalogError(e.type_pos, f"unsupported: as(..., {e.type_name}) to a record or ADT type")
+            return ir.Call("as", (self.term(e.expr, in_aggregate),), _primitive(t), e.pos)
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
-        if in_aggregate:
-            raise DatalogError(e.pos, "unsupported: nested aggregates")
         return self.aggregate(e)
+
+    def element(self, e: st.Expr, in_aggregate: bool, wildcards: str) -> ir.Term:
+        if not isinstance(e, st.Wild):
+            return self.term(e, in_aggregate, wildcards)
+        meaning = _RECORD_WILDCARDS[wildcards]
+        if meaning == "keep":
+            return ir.Wildcard(e.pos)
+        if meaning == "fresh":
+            return self.fresh("w", e.pos)
+        raise DatalogError(e.pos, meaning)
+
+    def branch(self, e: st.Branch) -> ir.AdtBranch:
+        """The branch ``$name(...)`` makes, checked: declared, and given its arguments."""
+        if e.name not in self.table.branches:
+            raise DatalogError(e.pos, f"unknown ADT branch ${e.name}" + _suggest(e.name, self.table.branches))
+        adt, index = self.table.branches[e.name]
+        branch = adt.branches[index]
+        if len(e.args) != len(branch.fields):
+            wanted = len(branch.fields)
+            raise DatalogError(
+                e.pos,
+                f"arity mismatch: branch {e.name} of {adt.name} takes {wanted} argument{'s' * (wanted != 1)}, not {len(e.args)}",
+            )
+        return branch
 
     def aggregate(self, agg: st.Aggregate) -> ir.Var:
         if agg.func == "count" and agg.target is not None:
             raise DatalogError(agg.pos, "count takes no target: write count : { ... }")
         if agg.func != "count" and agg.target is None:
             raise DatalogError(agg.pos, f"{agg.func} needs a target: write {agg.func} x : {{ ... }}")
-        outer, self.generators = self.generators, []
+        outer = self.pending, self.generators  # an aggregate or range inside this one joins its body
+        self.pending, self.generators = [], []
         target = None if agg.target is None else self.term(agg.target, in_aggregate=True)
-        body = tuple(self.literal(lit, in_aggregate=True) for lit in agg.body) + tuple(self.generators)
-        self.generators = outer
+        body: list[ir.BodyLiteral] = []
+        for lit in agg.body:
+            converted = self.literal(lit, in_aggregate=True)
+            body += [*self.pending, *self.generators]
+            self.pending, self.generators = [], []
+            body.append(converted)
+        body += [*self.pending, *self.generators]
+        self.pending, self.generators = outer
         result = self.fresh("a", agg.pos)
-        self.pending.append(ir.Aggregation(result, agg.func, target, body, "number", agg.pos))
+        self.pending.append(ir.Aggregation(result, agg.func, target, tuple(body), "number", agg.pos))
         return result
+
+    def scope_aggregates(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
+        """Soufflé's scoping of a variable used inside an aggregate and outside it, but not
+        grounded outside: where only the aggregate's own result grounds it outside
+        (``Y = min Z + Y : {...}``) the inner one is another variable; in min or max, it is a
+        witness (Soufflé's GroundWitnesses): the rule also reads the aggregate's body with the
+        target equal to the result, so it takes the values of every body tuple that attains
+        it. Anything else stays an error of the safety check."""
+        out: list[ir.BodyLiteral] = []
+        extra: list[ir.BodyLiteral] = []
+        for i, lit in enumerate(lits):
+            if not isinstance(lit, ir.Aggregation):
+                out.append(lit)
+                continue
+            others = lits[:i] + lits[i + 1 :]
+            shared = {v.name for v in _literal_vars(lit)} & _outer_vars(head, others)
+            without = _grounded(others)
+            local = shared & (_grounded(others, lit.result.name) - without)
+            lit = _rename_literal(lit, {v: self.fresh("l", lit.pos, v).name for v in sorted(local)})
+            assert isinstance(lit, ir.Aggregation)
+            witnesses = shared - local - without
+            if witnesses and lit.func in ("min", "max") and lit.target is not None:
+                target = lit.target
+                if not isinstance(target, ir.Var):  # Soufflé's SimplifyAggregateTargetExpression
+                    var = self.fresh("t", lit.pos)
+                    lit = replace(lit, target=var, body=(*lit.body, ir.Comparison("=", var, target, lit.pos)))
+                    target = var
+                copies = [_rename_literal(b, {target.name: lit.result.name}) for b in lit.body]
+                # An aggregate nested in the body is a value of its own in the copy (Soufflé's
+                # nested aggregate is an expression): its result and locals get names of their own.
+                inner = {b.result.name: self.fresh("a", b.pos).name for b in copies if isinstance(b, ir.Aggregation)}
+                extra += [_rename_literal(b, inner) for b in copies]
+                lit = _rename_literal(lit, {v: self.fresh("l", lit.pos, v).name for v in sorted(witnesses)})
+            out.append(lit)
+        return self.separate_aggregate_locals(head, out + extra)
 
     def separate_aggregate_locals(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
         """Give a variable local to one aggregate its own name when another aggregate uses the
@@ -503,26 +1022,37 @@ class _RuleChecker:
 
     def infer_types(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> None:
         """Types of variables: from the atoms they occur in, then through comparisons,
-        arithmetic and aggregates; a variable tied only to number literals is a number (in
-        ``as(x, T)``: of T's base type)."""
-        groups: list[tuple[tuple[ir.Term | None, ...], BaseType | None]] = []
+        arithmetic, aggregates and records (a record's elements take its type's fields); a
+        variable tied only to number literals is a number (in ``as(x, T)``: of T's base type),
+        records tied to no declared type get the anonymous type of their elements."""
+        groups: list[list[Any]] = []  # [terms, fixed type]: terms of one type, per expression
         casts: list[ir.Call] = []
 
-        def group(terms: tuple[ir.Term | None, ...], fixed: BaseType | None) -> None:
-            """One group per expression, a symbol functor's argument being its own."""
-            groups.append((terms, fixed))
+        def group(terms: tuple[ir.Term | None, ...], fixed: str | None) -> None:
+            """One group per expression, a symbol functor's argument being its own; records
+            in one group are of one type, so their elements pair up."""
+            groups.append([terms, fixed])
             casts.extend(c for c in ir.calls(terms) if c.name == "as")
             for t in terms:
                 for arg, param in _fixed_type_args(t):
-                    groups.append(((arg,), param))
+                    groups.append([(arg,), param])
+            shaped = [t for t in terms if isinstance(t, (ir.Record, ir.Branch))]
+            for a, b in itertools.combinations(shaped, 2):
+                if isinstance(a, ir.Record) and isinstance(b, ir.Record) and len(a.args) != len(b.args):
+                    raise DatalogError(
+                        b.pos, f"type mismatch: a record of {len(b.args)} elements compared with one of {len(a.args)}"
+                    )
+                if type(a) is type(b) and getattr(a, "name", None) == getattr(b, "name", None):
+                    for x, y in zip(a.args, b.args):
+                        group((x, y), None)
 
         def visit_atom(a: ir.Atom) -> None:
             rel = self.relations[a.relation]
             for i, (arg, attr) in enumerate(zip(a.args, rel.attributes), 1):
                 if isinstance(arg, ir.Var):
-                    self.set_type(arg, attr.type, f"argument {i} of {a.relation}")
-                elif isinstance(arg, ir.Call):
-                    group((arg,), attr.type)
+                    self.set_type(arg, _canonical(attr), f"argument {i} of {a.relation}")
+                elif isinstance(arg, (ir.Call, ir.Record, ir.Branch)) or _is_nil(arg):
+                    group((arg,), _canonical(attr))
 
         def visit(lit: ir.BodyLiteral) -> None:
             if isinstance(lit, ir.Atom):
@@ -530,35 +1060,104 @@ class _RuleChecker:
             elif isinstance(lit, ir.Negation):
                 visit_atom(lit.atom)
             elif isinstance(lit, ir.Comparison):
-                group((lit.left, lit.right), None)
+                if lit.op in functors.TEXT_CONSTRAINTS:  # match, contains: two texts, not one type
+                    group((lit.left,), "symbol")
+                    group((lit.right,), "symbol")
+                else:
+                    group((lit.left, lit.right), None)
             else:
                 for inner in lit.body:
                     visit(inner)
-                fixed: BaseType | None = {"count": "number", "mean": "float"}.get(lit.func)  # type: ignore[assignment]
-                group((lit.result, lit.target), fixed)
+                group((lit.result, lit.target), {"count": "number", "mean": "float"}.get(lit.func))
 
         visit_atom(head)
         for lit in lits:
             visit(lit)
+        opened: set[int] = set()  # records and branches whose elements have their groups
         while True:
             changed = False
-            for terms, fixed in groups:
+            for terms, fixed in list(groups):
                 t = fixed or next((k for k in map(self.known, terms) if k), None)
+                if t is None:
+                    continue
                 for v in (v for term in terms for v in _same_type_vars(term)):
-                    if t is not None and v.name not in self.types:
+                    if v.name not in self.types:
                         self.types[v.name] = (t, "")
+                        changed = True
+                for term in terms:
+                    if (isinstance(term, (ir.Record, ir.Branch)) or _is_nil(term)) and id(term) not in opened:
+                        opened.add(id(term))
+                        self.term_types[id(term)] = t
+                        for element, field in self.fields(term, t):
+                            group((element,), field)
                         changed = True
             if changed:
                 continue
             cast = next((c for c in casts for v in _same_type_vars(c.args[0]) if v.name not in self.types), None)
-            untyped = [v for terms, _ in groups for term in terms for v in _same_type_vars(term) if v.name not in self.types]
             if cast is not None:
-                untyped = [v for v in _same_type_vars(cast.args[0]) if v.name not in self.types]
-            if not untyped:
+                untyped_cast = next(v for v in _same_type_vars(cast.args[0]) if v.name not in self.types)
+                self.types[untyped_cast.name] = (cast.type, "")
+                continue
+            components = _components([terms for terms, _ in groups])
+            shaped = {c for c, terms in zip(components, groups) if any(_is_shaped(t) for t in terms[0])}
+            untyped = [
+                v
+                for c, (terms, _) in zip(components, groups)
+                if c not in shaped
+                for term in terms
+                for v in _same_type_vars(term)
+                if v.name not in self.types
+            ]
+            if untyped:
+                self.types[untyped[0].name] = ("number", "")
+                continue
+            open_records = [
+                g for c, g in zip(components, groups) if c in shaped and g[1] is None and not any(map(self.known, g[0]))
+            ]
+            if not open_records:
                 return
-            self.types[untyped[0].name] = ("number" if cast is None else cast.type, "")
+            first = components[groups.index(open_records[0])]
+            records = [t for c, (terms, _) in zip(components, groups) if c == first for t in terms if isinstance(t, ir.Record)]
+            if not records:
+                raise DatalogError(
+                    next(t for t in open_records[0][0] if _is_nil(t)).pos, "cannot tell which record type this nil is"
+                )
+            open_records[0][1] = self.anonymous(records)
 
-    def set_type(self, v: ir.Var, t: BaseType, where: str) -> None:
+    def fields(self, term: ir.Term, t: str) -> list[tuple[ir.Term, str]]:
+        """(element, its type) of a record or branch of type ``t``, checked against it."""
+        if isinstance(term, ir.Branch):
+            adt, index = self.table.branches[term.name]
+            if adt.name != t:
+                raise DatalogError(term.pos, f"type mismatch: ${term.name} is a branch of {adt.name}, not {_a(t)}")
+            return [(a, _canonical(f)) for a, f in zip(term.args, adt.branches[index].fields)]
+        record = self.table.record(t)
+        if record is None:
+            what = "nil" if _is_nil(term) else "a record"
+            raise DatalogError(term.pos, f"type mismatch: {what} where {_a(t)} is expected")
+        if isinstance(term, ir.Record) and len(term.args) != len(record.fields):
+            raise DatalogError(
+                term.pos, f"wrong number of elements: record type {t} has {len(record.fields)}, this record {len(term.args)}"
+            )
+        if not isinstance(term, ir.Record):  # nil
+            return []
+        return [(a, _canonical(f)) for a, f in zip(term.args, record.fields)]
+
+    def anonymous(self, records: list[ir.Record]) -> str:
+        """The type of records tied to no declared record type: element by element, the type
+        one of them has there (a nested record's own anonymous type), else number."""
+        width = len(records[0].args)
+        for r in records:
+            if len(r.args) != width:
+                raise DatalogError(r.pos, f"type mismatch: a record of {len(r.args)} elements where one of {width} is expected")
+        elements = []
+        for column in zip(*(r.args for r in records)):
+            t = next((k for k in map(self.known, column) if k), None)
+            nested = [c for c in column if isinstance(c, ir.Record)]
+            elements.append(t or (self.anonymous(nested) if nested else "number"))
+        return self.table.anonymous(elements)
+
+    def set_type(self, v: ir.Var, t: str, where: str) -> None:
         if v.name not in self.types:
             self.types[v.name] = (t, f"{where}, at {v.pos.line}:{v.pos.col}")
             return
@@ -566,18 +1165,24 @@ class _RuleChecker:
         if known != t:
             raise DatalogError(v.pos, f"type mismatch: {v.name} is {_a(known)} ({origin}) but {where} is {_a(t)}")
 
-    def known(self, t: ir.Term | None) -> BaseType | None:
+    def known(self, t: ir.Term | None) -> str | None:
         """The type a term certainly has, None while it depends on context."""
         if isinstance(t, ir.Var):
             return self.types[t.name][0] if t.name in self.types else None
         if isinstance(t, ir.Const):
+            if t.type == "record":
+                return self.term_types.get(id(t))
             return None if t.type == "number" else t.type  # a plain number is the context's
+        if isinstance(t, ir.Branch):
+            return self.table.branches[t.name][0].name
+        if isinstance(t, ir.Record):
+            return self.term_types.get(id(t))
         if isinstance(t, ir.Call) and _overloaded(t.name):
-            return t.type if t.name == "as" else functors.CONVERSION_RESULTS[t.name]  # type: ignore[return-value]
+            return t.type if t.name == "as" else functors.CONVERSION_RESULTS[t.name]
         if isinstance(t, ir.Call):
             sig = functors.signature(t.name)
             if not sig.polymorphic:
-                return sig.result  # type: ignore[return-value]
+                return sig.result
             return next((k for k in map(self.known, t.args) if k), None)
         return None
 
@@ -586,7 +1191,7 @@ class _RuleChecker:
     def resolve_atom(self, a: ir.Atom) -> ir.Atom:
         rel = self.relations[a.relation]
         args = tuple(
-            self.typed(arg, attr.type, f"argument {i} of {a.relation} is {_a(attr.type)}")
+            self.typed(arg, _canonical(attr), f"argument {i} of {a.relation} is {_a(_canonical(attr))}")
             for i, (arg, attr) in enumerate(zip(a.args, rel.attributes), 1)
         )
         return replace(a, args=args)
@@ -600,27 +1205,39 @@ class _RuleChecker:
             left, right = self.known(lit.left), self.known(lit.right)
             if left and right and left != right:
                 raise DatalogError(lit.pos, f"type mismatch: cannot compare {_a(left)} with {_a(right)}")
+            if lit.op in functors.TEXT_CONSTRAINTS:
+                where = f"{lit.op.removeprefix('not_')} takes symbols"
+                return replace(lit, left=self.typed(lit.left, "symbol", where), right=self.typed(lit.right, "symbol", where))
             t = left or right or "number"
-            if t == "symbol" and lit.op not in ("=", "!="):
-                raise DatalogError(lit.pos, f"{lit.op} is not defined on symbols (only = and != are)")
+            if t in self.table.definitions and lit.op not in ("=", "!="):
+                raise DatalogError(lit.pos, f"records and ADTs are compared with = and != only, not {lit.op}")
             where = f"it is compared with {_a(t)}"
-            return replace(lit, left=self.typed(lit.left, t, where), right=self.typed(lit.right, t, where), type=t)
+            left_term, right_term = self.typed(lit.left, t, where), self.typed(lit.right, t, where)
+            resolved = replace(lit, left=left_term, right=right_term, type=self.table.base(t))
+            if t == "symbol" and lit.op not in ("=", "!="):  # text order, as Soufflé's string comparison
+                return replace(resolved, left=_text_rank(resolved.left), right=_text_rank(resolved.right), type="number")
+            return resolved
         body = tuple(self.resolve(inner) for inner in lit.body)
-        default: BaseType = "float" if lit.func == "mean" else "number"
+        default = "float" if lit.func == "mean" else "number"
         t = "number" if lit.target is None else self.known(lit.target) or default
-        if t == "symbol":
-            raise DatalogError(lit.pos, f"{lit.func} over symbols is not supported")
+        if t == "symbol" or t in self.table.definitions:
+            raise DatalogError(lit.pos, f"{lit.func} over {'symbols' if t == 'symbol' else 'records'} is not supported")
         if lit.func == "mean" and t != "float":
             raise DatalogError(lit.pos, f"mean is defined on floats, not on {_a(t)}: write mean to_float(x) : {{...}}")
         used = self.types[lit.result.name][0]
         if used != t:
             raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it is used as {_a(used)}")
         target = None if lit.target is None else self.typed(lit.target, t, f"{lit.func} is over {_a(t)}")
-        return replace(lit, body=body, target=target, type=t)
+        made = next((c for c in ir.calls((body, target)) if functors.signature(c.name).agreed), None)
+        if made is not None:
+            shown = _CONVERSION_OF.get(made.name, made.name)
+            raise DatalogError(made.pos, f"unsupported: {shown}(...) inside an aggregate (shards agree on its values)")
+        return replace(lit, body=body, target=target, type=_primitive(t))
 
-    def typed(self, term: ir.Term, want: BaseType, where: str) -> ir.Term:
-        """``term`` with its constants and arithmetic resolved to ``want``; ``where`` ends the
-        sentence "type mismatch: <term> is a <type>, but ..." when it does not fit."""
+    def typed(self, term: ir.Term, want: str, where: str) -> ir.Term:
+        """``term`` with its constants and arithmetic resolved to ``want``, its records and
+        branches to their encoding; ``where`` ends the sentence "type mismatch: <term> is a
+        <type>, but ..." when it does not fit."""
         if isinstance(term, ir.Wildcard):
             return term
         if isinstance(term, ir.Var):
@@ -628,85 +1245,121 @@ class _RuleChecker:
             if actual != want:
                 raise DatalogError(term.pos, f"type mismatch: {term.name} is {_a(actual)}, but {where}")
             return term
+        if isinstance(term, ir.Record):
+            return self.typed_record(term, want, where)
+        if isinstance(term, ir.Branch):
+            return self.typed_branch(term, want, where)
         if isinstance(term, ir.Const):
-            return _literal(term, want, where)
+            if term.type == "record":  # nil
+                if self.table.record(want) is None:
+                    raise DatalogError(term.pos, f"type mismatch: nil is a record, but {where}")
+                return term
+            if want in self.table.definitions:
+                shown = f'"{term.value}" is a symbol' if term.type == "symbol" else f"{_shown_literal(term)} is {_a(term.type)}"
+                raise DatalogError(term.pos, f"type mismatch: {shown}, but {where}")
+            return _literal(term, _primitive(want), where)
         if term.name in functors.CONVERSIONS:
             return self.conversion(term, want, where)
         if term.name == "as":
             return self.cast(term, want, where)
         sig = functors.signature(term.name)
+        if term.name == "ord":
+            return self.typed_ord(term, want, where)
         if not sig.polymorphic:
             if want != sig.result:
                 raise DatalogError(term.pos, f"type mismatch: {term.name}(...) is {_a(sig.result)}, but {where}")
-            args = tuple(
-                self.typed(a, sig.param(i), f"{term.name} takes {_a(sig.param(i))}")  # type: ignore[arg-type]
-                for i, a in enumerate(term.args)
-            )
-            return replace(term, args=args, type=want)
-        if want == "symbol" and want not in sig.types:
+            args = tuple(self.typed(a, sig.param(i), f"{term.name} takes {_a(sig.param(i))}") for i, a in enumerate(term.args))
+            return replace(term, args=args, type=_primitive(want))
+        if want == "symbol" and term.name == "+":  # Soufflé's + on symbols joins them
+            return self.typed(replace(term, name="cat"), want, where)
+        if want == "symbol" and want not in sig.types:  # min and max order texts too
             raise DatalogError(term.pos, f"type mismatch: arithmetic ({_shown_op(term.name)}) on symbols")
+        if want in self.table.definitions:
+            raise DatalogError(term.pos, f"type mismatch: arithmetic ({_shown_op(term.name)}) gives a number, but {where}")
         if want not in sig.types:
             raise DatalogError(term.pos, f"type mismatch: {_shown_op(term.name)} is not defined on {want}s, but {where}")
         inner = f"{_shown_op(term.name)} is computed on {_a(want)} here"
-        return replace(term, args=tuple(self.typed(a, want, inner) for a in term.args), type=want)
+        return replace(term, args=tuple(self.typed(a, want, inner) for a in term.args), type=_primitive(want))
 
-    def conversion(self, call: ir.Call, want: BaseType, where: str) -> ir.Term:
+    def typed_record(self, term: ir.Record, want: str, where: str) -> ir.Record:
+        record = self.table.record(want)
+        if record is None:
+            raise DatalogError(term.pos, f"type mismatch: a record, but {where}")
+        if len(term.args) != len(record.fields):
+            raise DatalogError(
+                term.pos, f"wrong number of elements: record type {want} has {len(record.fields)}, this record {len(term.args)}"
+            )
+        args = tuple(
+            self.typed(a, _canonical(f), f"field {f.name} of {want} is {_a(_canonical(f))}")
+            for a, f in zip(term.args, record.fields)
+        )
+        return ir.Record(args, tuple(f.type for f in record.fields), term.pos)
+
+    def typed_branch(self, term: ir.Branch, want: str, where: str) -> ir.Term:
+        """A branch in Soufflé's encoding (ir.AdtType says it)."""
+        adt, index = self.table.branches[term.name]
+        if adt.name != want:
+            raise DatalogError(term.pos, f"type mismatch: ${term.name} is {_a(adt.name)}, but {where}")
+        fields = adt.branches[index].fields
+        args = tuple(
+            self.typed(a, _canonical(f), f"argument {f.name} of ${term.name} is {_a(_canonical(f))}")
+            for a, f in zip(term.args, fields)
+        )
+        tag = ir.Const(index, "number", term.pos)
+        if adt.enum:
+            return tag
+        if len(args) == 1:
+            return ir.Record((tag, args[0]), ("number", fields[0].type), term.pos)
+        return ir.Record((tag, ir.Record(args, tuple(f.type for f in fields), term.pos)), ("number", "record"), term.pos)
+
+    def typed_ord(self, term: ir.Call, want: str, where: str) -> ir.Term:
+        """``ord(x)``: a symbol's or a record's id, a number's own value, as in Soufflé."""
+        if want != "number":
+            raise DatalogError(term.pos, f"type mismatch: ord(...) is a number, but {where}")
+        (arg,) = term.args
+        own = self.known(arg) or "number"
+        typed = self.typed(arg, own, f"ord takes {_a(own)} here")
+        base = self.table.base(own) if own in self.table.definitions else own
+        if base == "number":
+            return typed
+        if base in ("unsigned", "float"):
+            raise DatalogError(term.pos, f"unsupported: ord of {_a(base)}")
+        return replace(term, args=(typed,), type="number")
+
+    def conversion(self, call: ir.Call, want: str, where: str) -> ir.Term:
         """to_float / to_number / to_unsigned: the functor for its argument's type (a plain
         number literal being a number), or the argument itself where it has the type already."""
         result = functors.CONVERSION_RESULTS[call.name]
         if want != result:
             raise DatalogError(call.pos, f"type mismatch: {call.name}(...) is {_a(result)}, but {where}")
         source = self.known(call.args[0]) or "number"
+        if source in self.table.definitions:
+            raise DatalogError(
+                call.pos, f"type mismatch: {call.name} converts a number, an unsigned, a float or a symbol, not {_a(source)}"
+            )
         arg = self.typed(call.args[0], source, f"{call.name} converts {_a(source)} here")
         name = functors.CONVERSIONS[call.name][source]
-        return arg if name is None else ir.Call(name, (arg,), want, call.pos)
+        return arg if name is None else ir.Call(name, (arg,), _primitive(result), call.pos)
 
-    def cast(self, call: ir.Call, want: BaseType, where: str) -> ir.Term:
-        """``as(x, T)``: x's bits read as T's base type (nothing to do within one base type);
-        a literal, or a term of literals, is simply of type T."""
+    def cast(self, call: ir.Call, want: str, where: str) -> ir.Term:
+        """``as(x, T)``: x's bits read as T's base type (the identity within one base type); a
+        literal is simply of type T."""
         if want != call.type:
             raise DatalogError(call.pos, f"type mismatch: as(..., {call.type}) is {_a(call.type)}, but {where}")
         arg = call.args[0]
         source = call.type if isinstance(arg, ir.Const) else self.known(arg) or call.type
+        if source in self.table.definitions:
+            raise DatalogError(call.pos, f"unsupported: as(...) of {_a(source)}")
         typed = self.typed(arg, source, f"as(..., {call.type}) makes it {_a(call.type)}")
-        if source == want:
+        if isinstance(typed, ir.Const):
             return typed
+        if source == want:  # kept, so that the subtype checks see T, not x's own type
+            return replace(call, args=(typed,))
         if "symbol" in (source, want):
             raise DatalogError(
                 call.pos, f"unsupported: as(...) from {_a(source)} to {_a(want)} (Soufflé reads a symbol's internal id)"
             )
-        return ir.Call(functors.CASTS[(source, want)], (typed,), want, call.pos)
-
-    def unify_float_aliases(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> tuple[ir.Atom, list[ir.BodyLiteral]]:
-        """``x = y`` between two float variables makes them one variable, as Soufflé's alias
-        resolution does (so their bits must be equal: 0.0 and -0.0 differ there, unlike in
-        ``x = y + 0.0``), and ``x = x`` holds even for a NaN. Aggregate results and the values
-        of a range written inside a term are values of their own, compared as floats."""
-        results = {n.result.name for n in ir.walk(lits) if isinstance(n, ir.Aggregation)} | self.generated
-        parent: dict[str, str] = {}
-
-        def find(name: str) -> str:
-            while name in parent:
-                name = parent[name]
-            return name
-
-        for n in ir.walk(lits):
-            if (
-                isinstance(n, ir.Comparison)
-                and n.op == "="
-                and isinstance(n.left, ir.Var)
-                and isinstance(n.right, ir.Var)
-                and not {n.left.name, n.right.name} & results
-                and self.types[n.left.name][0] == "float"
-            ):
-                a, b = find(n.left.name), find(n.right.name)
-                if a != b:
-                    parent[a] = b
-
-        def rename(t: ir.Term) -> ir.Term:
-            return ir.Var(find(t.name), t.pos) if isinstance(t, ir.Var) else t
-
-        return ir.rewrite_terms(head, rename), _without_trivial_floats(ir.rewrite_terms(tuple(lits), rename), self.types)
+        return ir.Call(functors.CASTS[(source, want)], (typed,), call.type, call.pos)
 
 
 def _check_aggregate_dependence(lits: Sequence[ir.BodyLiteral]) -> None:
@@ -739,17 +1392,57 @@ def _check_aggregate_dependence(lits: Sequence[ir.BodyLiteral]) -> None:
                 )
 
 
-def _without_trivial_floats(lits: Sequence[ir.BodyLiteral], types: dict[str, tuple[BaseType, str]]) -> list[ir.BodyLiteral]:
+def _unify_float_aliases(head: ir.Atom, lits: list[ir.BodyLiteral], values: set[str]) -> tuple[ir.Atom, list[ir.BodyLiteral]]:
+    """``x = y`` between two float variables makes them one variable, as Soufflé's alias
+    resolution does (so their bits must be equal: 0.0 and -0.0 differ there, unlike in
+    ``x = y + 0.0``), and ``x = x`` holds even for a NaN. ``values`` (aggregate results, the
+    values of a range written inside a term) are values of their own, compared as floats."""
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while name in parent:
+            name = parent[name]
+        return name
+
+    for n in ir.walk(lits):
+        if (
+            isinstance(n, ir.Comparison)
+            and n.op == "="
+            and n.type == "float"
+            and isinstance(n.left, ir.Var)
+            and isinstance(n.right, ir.Var)
+            and not {n.left.name, n.right.name} & values
+        ):
+            a, b = find(n.left.name), find(n.right.name)
+            if a != b:
+                parent[a] = b
+
+    def rename(t: ir.Term) -> ir.Term:
+        return ir.Var(find(t.name), t.pos) if isinstance(t, ir.Var) else t
+
+    return ir.rewrite_terms(head, rename), _without_trivial_floats(ir.rewrite_terms(tuple(lits), rename))
+
+
+def _without_trivial_floats(lits: Sequence[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
     """``lits`` less every ``x = x`` on a float (aggregate bodies too)."""
     out: list[ir.BodyLiteral] = []
     for lit in lits:
-        trivial = isinstance(lit, ir.Comparison) and lit.op == "=" and isinstance(lit.left, ir.Var) and lit.left == lit.right
-        if trivial and types[lit.left.name][0] == "float":  # type: ignore[union-attr]
+        if (
+            isinstance(lit, ir.Comparison)
+            and lit.op == "="
+            and lit.type == "float"
+            and isinstance(lit.left, ir.Var)
+            and lit.left == lit.right
+        ):
             continue
         if isinstance(lit, ir.Aggregation):
-            lit = replace(lit, body=tuple(_without_trivial_floats(lit.body, types)))
+            lit = replace(lit, body=tuple(_without_trivial_floats(lit.body)))
         out.append(lit)
     return out
+
+
+# The conversion a user wrote, by the functor the checker made of it (ftos: to_string).
+_CONVERSION_OF = {f: name for name, by_type in functors.CONVERSIONS.items() for f in by_type.values() if f is not None}
 
 
 def _is_range(e: st.Expr) -> bool:
@@ -760,6 +1453,12 @@ def _shown_op(name: str) -> str:
     return "unary minus" if name == "neg" else name
 
 
+def _shown_literal(const: ir.Const) -> str:
+    """A numeric literal as an error message shows it."""
+    shown = format_float(int(const.value)) if const.type == "float" else str(const.value)
+    return shown if len(shown) <= 40 else f"{shown[:20]}...{shown[-10:]}"
+
+
 def _literal(const: ir.Const, want: BaseType, where: str) -> ir.Const:
     """A literal typed as ``want``, read from its text as Soufflé reads it: a plain integer
     fits int32 as a number, is C's strtoull mod 2^32 as an unsigned (no sign, at most
@@ -767,9 +1466,7 @@ def _literal(const: ir.Const, want: BaseType, where: str) -> ir.Const:
     unsigned only and ``1.5`` a float only."""
     kind = const.type
     text = str(const.value)
-    shown = format_float(int(const.value)) if kind == "float" else f'"{text}"' if kind == "symbol" else text
-    if len(shown) > 40:
-        shown = f"{shown[:20]}...{shown[-10:]}"
+    shown = f'"{text}"' if kind == "symbol" else _shown_literal(const)
     if kind not in ("number", want):
         raise DatalogError(const.pos, f"type mismatch: {shown}{'u' * (kind == 'unsigned')} is {_a(kind)}, but {where}")
     if kind == "number" and want == "symbol":
@@ -844,21 +1541,17 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str], grouping: Callable[[
     aggregate results to a fixpoint. ``grouping(agg)`` gives an aggregate's grouping vars."""
     bound = set(bound)
     for lit in lits:
-        if isinstance(lit, ir.Atom):  # plain arguments only: e(n - 1, x) does not bind n
-            bound.update(a.name for a in lit.args if isinstance(a, ir.Var))
+        if isinstance(lit, ir.Atom):  # plain arguments (records' elements too): e(n - 1, x) does not bind n
+            bound.update(v.name for a in lit.args for v in _pattern_vars(a))
     changed = True
     while changed:
         changed = False
         for lit in lits:
             if isinstance(lit, ir.Comparison) and lit.op == "=":
-                for side, other in ((lit.left, lit.right), (lit.right, lit.left)):
-                    if (
-                        isinstance(side, ir.Var)
-                        and side.name not in bound
-                        and all(v.name in bound for v in ir.variables((other,)))
-                    ):
-                        bound.add(side.name)
-                        changed = True
+                new = _equality_binds(lit.left, lit.right, bound)
+                if new:
+                    bound |= new
+                    changed = True
             elif isinstance(lit, ir.Aggregation) and lit.result.name not in bound and grouping(lit) <= bound:
                 bound.add(lit.result.name)
                 changed = True
@@ -870,7 +1563,7 @@ def _require_literals(lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggreg
     body), in source order: arithmetic in positive atoms, negations, comparisons."""
     for lit in lits:
         if isinstance(lit, ir.Atom):
-            arithmetic = [a for a in lit.args if isinstance(a, ir.Call)]
+            arithmetic = [c for a in lit.args for c in _arithmetic_in(a)]
             _require(
                 ir.variables(arithmetic),
                 bound,
@@ -925,11 +1618,31 @@ def _arithmetic_hint(name: str, lits: Sequence[ir.BodyLiteral]) -> str:
 # ---- facts -------------------------------------------------------------------------------
 
 
+def _text_rank(t: ir.Term) -> ir.Term:
+    """A symbol term as the position of its text in text order, what ``<`` on symbols compares."""
+    return ir.Call(functors.TEXT_RANK, (t,), "number", t.pos)
+
+
 def _fold_fact(rule: ir.Rule) -> ir.Rule:
-    """Facts hold constants only: evaluate the functors written in them (by the engine's own
-    implementation, ``functors.fold``, so a fact and a rule agree)."""
-    args = tuple(functors.fold(a) if isinstance(a, ir.Call) else a for a in rule.head.args)
-    return replace(rule, head=replace(rule.head, args=args))
+    """Facts hold constants only: evaluate the functors written in them, records' elements
+    included (by the engine's own implementation, ``functors.fold``, so a fact and a rule
+    agree)."""
+
+    def fold(t: ir.Term) -> ir.Term:
+        return functors.fold(t) if isinstance(t, ir.Call) and functors.foldable(t) else t
+
+    return replace(rule, head=ir.rewrite_terms(rule.head, fold))
+
+
+def check_counters(strata: Sequence[Stratum]) -> None:
+    """``autoinc()`` in a recursive rule would make a new number every iteration, without end:
+    Soufflé refuses it."""
+    for stratum in strata:
+        if stratum.recursive:
+            for rule in stratum.rules:
+                for call in ir.calls(rule):
+                    if functors.signature(call.name).counter:
+                        raise DatalogError(call.pos, "Auto-increment functor in a recursive rule")
 
 
 def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.frontend import preprocess
-from dask_datalog.engine.frontend.checker import check, check_plans
+from dask_datalog.engine.frontend import components, magic, preprocess
+from dask_datalog.engine.frontend.checker import check, check_counters, check_plans
 from dask_datalog.engine.frontend.parser import parse
 from dask_datalog.engine.frontend.strata import stratify
 
@@ -22,17 +22,21 @@ def load_program(
     macros: Mapping[str, str] | None = None,
     preprocessor: bool = True,
 ) -> ir.Program:
-    """Parse and check a program; DatalogError (with its position) on any problem. As Soufflé
-    does, the C preprocessor runs first (``include_dirs``: -I, ``macros``: -M), unless
-    ``preprocessor`` is False; a program with no directive and no macro skips it."""
+    """Parse a program, expand its components and check it; DatalogError (with its position)
+    on any problem. As Soufflé does, the C preprocessor runs first (``include_dirs``: -I,
+    ``macros``: -M), unless ``preprocessor`` is False; a program with no directive and no
+    macro skips it."""
     lines = None
     if preprocessor and preprocess.needed(text, macros or {}):
         text, lines = preprocess.preprocess(text.removeprefix("\ufeff"), filename, [str(d) for d in include_dirs], macros)
-    statements = parse(text, filename, lines)
+    elif preprocess.has_includes(text):
+        text, lines = preprocess.expand_includes(text.removeprefix("\ufeff"), filename, [str(d) for d in include_dirs])
+    statements = components.expand(parse(text, filename, lines))
     program = check(statements, filename)
     strata = stratify(program)  # negation or aggregation through recursion is rejected at load time
     check_plans(statements, strata)
-    return program
+    check_counters(strata)
+    return magic.transform(program)
 
 
 def load_program_file(

@@ -69,7 +69,8 @@ class Binary:
 
 @dataclass(frozen=True)
 class Call:
-    """A functor written ``name(args)``, or a prefix operator (``neg`` is unary minus)."""
+    """A functor written ``name(args)`` (``strlen``, ``cat``, ...) or a prefix operator
+    (``neg`` is unary minus)."""
 
     func: str
     args: tuple[Expr, ...]
@@ -94,7 +95,29 @@ class Aggregate:
     pos: Pos
 
 
-Expr = Var | Wild | Num | Str | Binary | Call | Cast | Aggregate
+@dataclass(frozen=True)
+class Record:
+    """``[a, b]``: a record made or matched."""
+
+    args: tuple[Expr, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Nil:
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Branch:
+    """``$A(a, b)``: an ADT's branch made or matched."""
+
+    name: str
+    args: tuple[Expr, ...]
+    pos: Pos
+
+
+Expr = Var | Wild | Num | Str | Binary | Call | Cast | Aggregate | Record | Nil | Branch
 
 
 @dataclass(frozen=True)
@@ -112,6 +135,10 @@ class Negation:
 
 @dataclass(frozen=True)
 class Comparison:
+    """``left op right``; also ``match(left, right)`` and ``contains(left, right)`` (op
+    ``match``/``contains``, ``not_match``/``not_contains`` under ``!``), Soufflé's binary
+    constraints written as functors."""
+
     op: str
     left: Expr
     right: Expr
@@ -151,22 +178,56 @@ class Attr:
 
 @dataclass(frozen=True)
 class Decl:
+    """``.decl name(attrs)``; ``eqrel``: Soufflé's equivalence relation (the checker adds the
+    rules that close it); ``overridable``: a derived component may replace its rules."""
+
     name: str
     attrs: tuple[Attr, ...]
     pos: Pos
+    eqrel: bool = False
+    overridable: bool = False
+    inline: bool = False  # expanded where it is used (frontend/inline.py)
+    choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()  # choice-domain keys: attribute names
 
 
 @dataclass(frozen=True)
 class TypeAlias:
     """``.type name <: base`` (``subtype``: a new type inside base; Soufflé 1's
-    ``.number_type name`` and ``.symbol_type name`` too) or ``.type name = base`` (another
-    name for base)."""
+    ``.number_type name`` and ``.symbol_type name`` too), ``.type name = base`` (another
+    name for base) or ``.type name = A | B | ...`` (``members``: a union, holding the values of
+    each member; ``base`` is the first)."""
 
     name: str
     base: str
     pos: Pos
     base_pos: Pos
     subtype: bool = True
+    members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecordDecl:
+    """``.type name = [a: T, ...]``."""
+
+    name: str
+    attrs: tuple[Attr, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class BranchDecl:
+    name: str
+    attrs: tuple[Attr, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class AdtDecl:
+    """``.type name = A {a: T} | B {} | ...``, branches as written."""
+
+    name: str
+    branches: tuple[BranchDecl, ...]
+    pos: Pos
 
 
 @dataclass(frozen=True)
@@ -179,7 +240,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Directive:
-    """One of ``.input`` / ``.output`` / ``.printsize`` for one relation."""
+    """One of ``.input`` / ``.output`` / ``.printsize`` / ``.limitsize`` for one relation."""
 
     kind: str
     relation: str
@@ -196,7 +257,47 @@ class Pragma:
     pos: Pos
 
 
-Statement = Decl | TypeAlias | Directive | Clause | Pragma
+TypeDecl = TypeAlias | RecordDecl | AdtDecl
+Statement = Decl | TypeDecl | Directive | Clause | Pragma
+
+
+@dataclass(frozen=True)
+class ComponentType:
+    """``Name<T1, T2>``: a component and its type arguments (or, declaring it, its parameters)."""
+
+    name: str
+    params: tuple[str, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Init:
+    """``.init name = Type<args>``: an instance, whose relations and types are ``name.x``."""
+
+    name: str
+    type: ComponentType
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Override:
+    """``.override rel`` in a component: the base components' rules for ``rel`` are dropped."""
+
+    relation: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Component:
+    """``.comp Type<params> : Base<args>, ... { body }``; components.py expands them away."""
+
+    type: ComponentType
+    bases: tuple[ComponentType, ...]
+    body: tuple[Item, ...]
+    pos: Pos
+
+
+Item = Statement | Component | Init | Override  # what parse() returns, components not yet expanded
 
 # ---- parsing -----------------------------------------------------------------------------
 
@@ -207,8 +308,9 @@ def _lark() -> Lark:
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
-def parse(text: str, filename: str = "<string>", lines: LineMap | None = None) -> tuple[Statement, ...]:
+def parse(text: str, filename: str = "<string>", lines: LineMap | None = None) -> tuple[Item, ...]:
     """Parse a whole program; raises DatalogError on syntax errors and unsupported constructs.
+    Components are left for ``components.expand``.
     A leading byte-order mark (U+FEFF) is not part of the program; columns count after it.
     ``lines``: for preprocessed text, where each of its lines came from (preprocess.py)."""
     text = text.removeprefix("\ufeff")
@@ -236,10 +338,6 @@ _HIDDEN_WORDS = frozenset(
         "btree_delete",
         "eqrel",
         "choice-domain",
-        ".limitsize",
-        ".comp",
-        ".init",
-        ".override",
         ".functor",
         ".pragma",
         ".plan",
@@ -275,6 +373,7 @@ _HIDDEN_WORDS = frozenset(
 )
 _TOKEN_WORDS = {
     "NAME": "a name",
+    "QNAME": "a name",
     "NUMBER": "a number",
     "UNSIGNED": "a number",
     "FLOAT": "a number",
@@ -297,7 +396,7 @@ _CALLED_NAME = re.compile(r"\b(" + "|".join(_NOT_FUNCTORS) + r")\s*$")
 
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END":
-        lines = text.split("\n")
+        lines = text.rstrip("\n").split("\n")  # the end of the last line that holds anything, as Soufflé says
         pos = where.pos(len(lines), len(lines[-1]) + 1, filename)
         return DatalogError(pos, "syntax error: unexpected end of input" + _expected(e))
     pos = where.pos(e.line, e.column, filename)
@@ -315,7 +414,7 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) 
     else:
         assert isinstance(e, UnexpectedToken)
         tok = e.token
-        word = {"NAME": "name ", "NUMBER": "number ", "STRING": "string "}.get(tok.type)
+        word = {"NAME": "name ", "QNAME": "name ", "NUMBER": "number ", "STRING": "string "}.get(tok.type)
         found = f"unexpected {word}{tok}" if word else f"unexpected '{tok}'"
     return DatalogError(pos, f"syntax error: {found}" + _expected(e))
 
@@ -352,26 +451,12 @@ def _expected_words(names: set[str]) -> str:
 # ---- lark tree -> syntax tree ------------------------------------------------------------
 
 _UNSUPPORTED_STATEMENTS = {
-    "component": "unsupported: .comp components",
-    "init": "unsupported: .init component instances",
-    "override": "unsupported: .override (components)",
     "functor_decl": "unsupported: .functor user-defined functors",
-    "record_type": "unsupported: record types (.type T = [...])",
-    "adt_type": "unsupported: algebraic data types (.type T = A {...} | ...)",
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
 # Qualifiers that choose Soufflé's storage or its optimisations, never an answer: accepted and
 # ignored (relations here are always HISA).
 STORAGE_QUALIFIERS = frozenset({"btree", "brie", "no_inline", "magic", "no_magic"})
-_STRING_FUNCTORS = frozenset({"cat", "substr", "ord", "to_string"})
-# The functors written name(args) that the engine implements: those of the signature table
-# (the grammar admits only the names Soufflé has) but min/max, which have grammar rules of
-# their own, and the conversions and as, which the checker resolves by their argument's type.
-_SUPPORTED_CALLS = frozenset(name for name in functors.SIGNATURES if name.isidentifier()) - {"min", "max"} | {
-    *functors.CONVERSIONS,
-    "as",
-}
-_FUNCTOR_NAMES = {"autoinc": "autoinc() counters"}
 _ESCAPES = {'"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 
 Body = tuple[tuple[Literal, ...], ...]
@@ -380,7 +465,7 @@ LarkTree = Tree[Any]  # children: Token or Tree, told apart by the grammar
 # Limits on hostile input (docs/contracts.md, "Rejected input"). Every later stage (checker,
 # planner, pickling to workers) walks terms recursively, so nesting is capped here, well below
 # Python's recursion limit; disjunctions expand to their DNF, capped so it cannot explode.
-MAX_NESTING = 128  # parentheses, operators, unary minus, aggregates and ( body ) groups
+MAX_NESTING = 128  # parentheses, operators, unary minus, aggregates and ( body ) groups; components
 MAX_ALTERNATIVES = 1024  # alternatives of one rule body once its disjunctions are expanded
 MAX_LITERAL_DIGITS = 64  # significant digits of an integer literal (a 64-bit value in binary; the checker bounds its type)
 
@@ -391,6 +476,7 @@ class _Builder:
     def __init__(self, filename: str, where: LineMap):
         self.filename, self.where = filename, where
         self.depth = 0  # nesting of the expression or body being built
+        self.components = 0  # nesting of the component being built
 
     def nested(self, node: LarkTree) -> None:
         """Enter one level of nesting (the caller leaves it by ``self.depth -= 1``)."""
@@ -408,9 +494,13 @@ class _Builder:
 
     # statements
 
-    def statements(self, tree: LarkTree) -> tuple[Statement, ...]:
-        out: list[Statement] = []
-        for node in tree.children:
+    def statements(self, tree: LarkTree) -> tuple[Item, ...]:
+        return self.items(tree.children)
+
+    def items(self, nodes: list[Any]) -> tuple[Item, ...]:
+        """The statements of the program or of a component's body, in order."""
+        out: list[Item] = []
+        for node in nodes:
             assert isinstance(node, Tree)
             if node.data == "plan":
                 out[-1] = self.plan(node, out[-1] if out else None)
@@ -418,7 +508,7 @@ class _Builder:
             out.extend(self.statement(node))
         return tuple(out)
 
-    def plan(self, node: LarkTree, rule: Statement | None) -> Clause:
+    def plan(self, node: LarkTree, rule: Item | None) -> Clause:
         """``.plan`` after a rule (in Soufflé's grammar it is part of the rule): each order must
         be a permutation of the rule's atoms, as Soufflé requires; the versions are checked
         once the program's recursion is known (``checker.check_plans``). The planner orders
@@ -435,7 +525,7 @@ class _Builder:
             items.append(PlanItem(version, tuple(order), self.pos(item)))
         return replace(rule, plans=rule.plans + tuple(items))
 
-    def statement(self, node: LarkTree) -> list[Statement]:
+    def statement(self, node: LarkTree) -> list[Item]:
         kind = node.data
         if kind in _UNSUPPORTED_STATEMENTS:
             raise self.fail(node, _UNSUPPORTED_STATEMENTS[kind])
@@ -443,14 +533,28 @@ class _Builder:
             line = str(node.children[0]).strip()
             raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
         if kind == "decl":
-            return list(self.decls(node))
+            return self.decls(node)
         if kind in ("subtype", "type_union"):
             return [self.type_alias(node)]
-        if kind in ("number_type", "symbol_type"):  # Soufflé 1's spelling of .type T <: number
+        if kind == "record_type":
+            name, *attrs = node.children
+            return [RecordDecl(str(name), self.attrs(attrs), self.pos(name))]
+        if kind == "adt_type":
+            name, *branches = node.children
+            decls = tuple(BranchDecl(str(b.children[0]), self.attrs(b.children[1:]), self.pos(b)) for b in branches)
+            return [AdtDecl(str(name), decls, self.pos(name))]
+        if kind in ("number_type", "symbol_type"):  # Soufflé 1: .number_type T, .symbol_type T, .type T
             name = node.children[0]
             return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
         if kind == "io_directive":
             return self.directives(node)
+        if kind == "component":
+            return [self.component(node)]
+        if kind == "init":
+            name, comp_type = node.children
+            return [Init(str(name), self.comp_type(comp_type), self.pos(node))]
+        if kind == "override":
+            return [Override(str(node.children[0]), self.pos(node.children[0]))]
         if kind == "pragma":
             key, *value = node.children
             assert isinstance(key, Token)
@@ -459,16 +563,36 @@ class _Builder:
         assert kind == "clause", kind
         return [self.clause(node)]
 
-    def decls(self, node: LarkTree) -> list[Statement]:
+    def component(self, node: LarkTree) -> Component:
+        self.components += 1
+        if self.components > MAX_NESTING:
+            raise self.fail(node, f"components nested too deep: more than {MAX_NESTING} levels")
+        head, *rest = (c for c in node.children if isinstance(c, Tree))
+        bases = tuple(self.comp_type(c) for c in rest if c.data == "comp_type")
+        body = self.items([c for c in rest if c.data != "comp_type"])
+        self.components -= 1
+        return Component(self.comp_type(head), bases, body, self.pos(node))
+
+    def comp_type(self, node: LarkTree) -> ComponentType:
+        name, *params = (c for c in node.children if c is not None)
+        return ComponentType(str(name), tuple(map(str, params)), self.pos(name))
+
+    def decls(self, node: LarkTree) -> list[Item]:
         """``.decl a, b(x: T) quals``: one declaration per name, the same attributes; the
-        qualifiers ``input``/``output``/``printsize`` are directives, ``eqrel`` the rules of an
-        equivalence (``_equivalence``), the storage choices are ignored."""
+        qualifiers ``input``/``output``/``printsize`` are directives, the storage choices
+        (``eqrel`` aside) are ignored."""
         names = [child for child in node.children if isinstance(child, Token)]
         attrs = []
         directives: list[str] = []
         storage: str | None = None
+        overridable = False
+        inline = no_inline = False  # no_inline wins, as in Soufflé
+        choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()
         for child in node.children:
-            if isinstance(child, Tree) and child.data == "qualifier":
+            if isinstance(child, Tree) and child.data == "choice_domain":
+                items = [c for c in child.children if isinstance(c, Tree)]
+                choice = tuple(tuple((str(t), self.pos(t)) for t in item.children) for item in items)
+            elif isinstance(child, Tree) and child.data == "qualifier":
                 word = str(child.children[0])
                 if word in ("btree", "brie", "btree_delete", "eqrel"):
                     if storage is not None:
@@ -478,49 +602,42 @@ class _Builder:
                     if word in directives:
                         raise self.fail(child, f"{word} qualifier already set")
                     directives.append(word)
+                elif word == "overridable":
+                    overridable = True
+                elif word == "inline":
+                    inline = True
+                elif word == "no_inline":
+                    no_inline = True
                 elif word not in STORAGE_QUALIFIERS and word != "eqrel":
                     raise self.fail(child, f"unsupported: .decl qualifier '{word}'")
             elif isinstance(child, Tree):
                 attr_name, type_name = child.children
                 attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
-        out: list[Statement] = []
+        out: list[Item] = []
         for name in names:
             pos = self.pos(name)
-            out.append(Decl(str(name), tuple(attrs), pos))
+            out.append(Decl(str(name), tuple(attrs), pos, storage == "eqrel", overridable, inline and not no_inline, choice))
             out += [Directive(kind, str(name), (), pos) for kind in directives]
-            if storage == "eqrel":
-                out += self._equivalence(str(name), attrs, pos)
         return out
 
-    @staticmethod
-    def _equivalence(name: str, attrs: list[Attr], pos: Pos) -> list[Statement]:
-        """Soufflé's ``eqrel``: the relation holds the equivalence closure of what is put in
-        it, written as the three rules that close it (reflexive, symmetric, transitive)."""
-        if len(attrs) != 2:
-            raise DatalogError(pos, f"equivalence relation {name} is not binary")
-        if attrs[0].type_name != attrs[1].type_name:
-            raise DatalogError(pos, f"equivalence relation {name} has attributes of different types")
-
-        def atom(a: str, b: str) -> Atom:
-            return Atom(name, tuple(Wild(pos) if v == "_" else Var(v, pos) for v in (a, b)), pos)
-
-        return [
-            Clause((atom("x", "x"),), ((atom("x", "_"),),), pos),
-            Clause((atom("x", "y"),), ((atom("y", "x"),),), pos),
-            Clause((atom("x", "z"),), ((atom("x", "y"), atom("y", "z")),), pos),
-        ]
+    def attrs(self, nodes: list[Any]) -> tuple[Attr, ...]:
+        """The ``name: type`` attributes of a record type or an ADT branch."""
+        out = []
+        for node in nodes:
+            if node is not None:
+                attr_name, type_name = node.children
+                out.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
+        return tuple(out)
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
-        if len(bases) > 1:
-            raise self.fail(node, "unsupported: union types (.type T = A | B)")
-        return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]), node.data == "subtype")
+        members = tuple(map(str, bases)) if len(bases) > 1 else ()
+        subtype = node.data == "subtype" or bool(members)
+        return TypeAlias(str(name), str(bases[0]), self.pos(name), self.pos(bases[0]), subtype, members)
 
-    def directives(self, node: LarkTree) -> list[Statement]:
+    def directives(self, node: LarkTree) -> list[Item]:
         kind_tree, *rest = node.children
         kind = str(kind_tree.children[0])[1:]
-        if kind == "limitsize":
-            raise self.fail(node, "unsupported: .limitsize")
         names = [c for c in rest if isinstance(c, Token)]
         params = tuple(self.param(c) for c in rest if isinstance(c, Tree))
         return [Directive(kind, str(n), params, self.pos(n)) for n in names]
@@ -566,9 +683,16 @@ class _Builder:
             left, op, right = node.children
             lit = Comparison(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
             return ((lit,),)
-        assert kind == "functor_constraint", kind
-        name = str(node.children[0].children[0])
-        raise self.fail(node, f"unsupported: string functor {name}(...)")
+        if kind == "truth":  # true adds nothing; false leaves no alternative, the rule never fires
+            return ((),) if str(node.children[0]) == "true" else ()
+        assert kind in ("functor_constraint", "negated_functor_constraint"), kind
+        name_tree, *args = node.children
+        name = str(name_tree.children[0])
+        present = [a for a in args if a is not None]
+        if len(present) != 2:
+            raise self.fail(node, f"{name} takes 2 arguments, not {len(present)}")
+        op = name if kind == "functor_constraint" else f"not_{name}"
+        return ((Comparison(op, self.expr(present[0]), self.expr(present[1]), self.pos(node)),),)
 
     def atom(self, node: LarkTree) -> Atom:
         name, *args = node.children
@@ -580,37 +704,31 @@ class _Builder:
     def expr(self, node: LarkTree) -> Expr:
         kind = node.data
         method = getattr(self, f"expr_{kind}", None)
-        if method is None or (kind == "functor_call" and self.functor_name(node) not in _SUPPORTED_CALLS):
+        if method is None:
             raise self.fail(node, self.unsupported_expr(node))
         self.nested(node)
         result: Expr = method(node)
         self.depth -= 1
         return result
 
-    @staticmethod
-    def functor_name(node: LarkTree) -> str:
-        return str(node.children[0].children[0])
-
     def unsupported_expr(self, node: LarkTree) -> str:
         kind = node.data
-        if kind in ("record", "counter"):
-            return {
-                "record": "unsupported: records ([...] and nil)",
-                "counter": "unsupported: $ counters",
-            }[kind]
+        if kind == "counter":
+            return "unsupported: $ counters"
         first = node.children[0]
         word = str(first.children[0]) if isinstance(first, Tree) else str(first)
-        if kind == "functor_call":
-            if word in _STRING_FUNCTORS:
-                return f"unsupported: string functor {word}(...)"
-            return f"unsupported: {_FUNCTOR_NAMES.get(word, f'functor {word}(...)')}"
         return {
             "user_functor": f"unsupported: user-defined functor {word}(...)",
-            "adt": f"unsupported: algebraic data type constructor {word}",
         }[kind]
 
     def expr_var(self, node: LarkTree) -> Expr:
+        """A variable, ``_``, or Soufflé's scanner constants ``__LINE__`` and ``__FILE__``
+        (where the C preprocessor did not already replace them)."""
         tok = node.children[0]
+        if tok == "__LINE__":
+            return Num(self.pos(tok).line, self.pos(tok), "number", str(self.pos(tok).line))
+        if tok == "__FILE__":
+            return Str(self.pos(tok).file, self.pos(tok))
         return Wild(self.pos(tok)) if tok == "_" else Var(str(tok), self.pos(tok))
 
     def expr_number(self, node: LarkTree) -> Expr:
@@ -640,10 +758,20 @@ class _Builder:
         """Soufflé's a.b.c.d: the number (a << 24) + (b << 16) + (c << 8) + d, wrapped to 32 bits."""
         octets = [int(part) if len(part) <= 4 else 256 for part in str(node.children[0]).split(".")]
         if max(octets) > 255:
-            raise self.fail(node, "IP address out of range: each of its four numbers is at most 255")
+            raise self.fail(node, "IP out of range: each of its four numbers is at most 255")
         value = (octets[0] << 24) + (octets[1] << 16) + (octets[2] << 8) + octets[3]
         value = value - (1 << 32) if value >= 1 << 31 else value
         return Num(value, self.pos(node), "number", str(value))
+
+    def expr_record(self, node: LarkTree) -> Expr:
+        return Record(tuple(self.expr(a) for a in node.children if a is not None), self.pos(node))
+
+    def expr_nil(self, node: LarkTree) -> Expr:
+        return Nil(self.pos(node))
+
+    def expr_adt(self, node: LarkTree) -> Expr:
+        name, *args = node.children
+        return Branch(str(name)[1:], tuple(self.expr(a) for a in args if a is not None), self.pos(node))
 
     def expr_string(self, node: LarkTree) -> Expr:
         tok = node.children[0]
@@ -679,7 +807,9 @@ class _Builder:
         return expr
 
     def expr_functor_call(self, node: LarkTree) -> Expr:
-        """Only the functors of ``_SUPPORTED_CALLS`` get here: ``expr`` rejects the others by name."""
+        """The grammar admits only the names Soufflé has, all implemented: those of the
+        signature table, the conversions and ``as``, which the checker resolves by their
+        argument's type."""
         name_tree, *args = node.children
         name = str(name_tree.children[0])
         present = [a for a in args if a is not None]
@@ -690,7 +820,8 @@ class _Builder:
         else:
             sig = functors.signature(name)
             accepted, n = sig.accepts(len(present)), len(sig.params)
-            wanted = "one argument" if n == 1 else f"{n - sig.optional} or {n} arguments" if sig.optional else f"{n} arguments"
+            count = "one argument" if n == 1 else f"{n - sig.optional} or {n} arguments" if sig.optional else f"{n} arguments"
+            wanted = f"at least {count}" if sig.variadic else count
         if not accepted:
             raise self.fail(node, f"{name} takes {wanted}, not {len(present)}")
         return Call(name, tuple(self.expr(a) for a in present), self.pos(node))
@@ -714,7 +845,12 @@ class _Builder:
             alternatives = self.body(body)
             if len(alternatives) > 1:
                 raise self.fail(node, "unsupported: disjunction (;) inside an aggregate body")
-            literals = alternatives[0]
+            pos = self.pos(node)  # a body that is false matches nothing: 0 != 0 says so to the checker
+            literals = (
+                alternatives[0]
+                if alternatives
+                else (Comparison("!=", Num(0, pos, "number", "0"), Num(0, pos, "number", "0"), pos),)
+            )
         return Aggregate(func, expr, literals, self.pos(node))
 
     def unquote(self, tok: Token) -> str:

@@ -25,7 +25,17 @@ PREDEFINED = {"RAM_DOMAIN_SIZE": "32"}  # what Soufflé defines for its programs
 _BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _HIDE = {ord(c): 0xF8F0 + i for i, c in enumerate(_BREAKS)}
 _SHOW = {v: k for k, v in _HIDE.items()}
-_DIRECTIVE = re.compile(r"^[ \t]*#", re.M)
+_DIRECTIVE = re.compile(r"^[ \t]*(#|\.include\b|\.once\b)", re.M)
+# Soufflé's own .include "file" and .once, given to the preprocessor as #include and #pragma once.
+_SOUFFLE_INCLUDE = re.compile(r'^([ \t]*)\.include(?=[ \t]*")', re.M)
+_SOUFFLE_ONCE = re.compile(r"^([ \t]*)\.once\b", re.M)
+
+
+def _as_cpp(text: str) -> str:
+    """Soufflé's include directives as the preprocessor's, line for line."""
+    return _SOUFFLE_ONCE.sub(r"\1#pragma once", _SOUFFLE_INCLUDE.sub(r"\1#include", text))
+
+
 _MARKER = re.compile(r'^#line (\d+) "((?:[^"\\]|\\.)*)"$')
 
 
@@ -75,6 +85,10 @@ def preprocess(
                 return bool(super().on_directive_unknown(directive, toks, ifpassthru, precedingtoks))
             raise DatalogError(here, f"invalid preprocessing directive #{directive.value}")
 
+        def on_file_open(self, is_system_include: bool, includepath: str) -> Any:
+            with open(includepath, encoding="utf-8") as f:  # an included file's .include too
+                return io.StringIO(_as_cpp(f.read().removeprefix("\ufeff")))
+
         def on_include_not_found(self, is_malformed: bool, is_system_include: bool, curdir: str, includepath: str) -> None:
             raise DatalogError(_include_line(text, filename, includepath), f"cannot find include file {includepath}")
 
@@ -91,7 +105,7 @@ def preprocess(
         processor.define(f"{name} {value}")
     # pcpp breaks lines at more characters than LF (CR, form feed, Unicode's line separators...),
     # the parser at LF alone: those travel as private-use stand-ins, so both count the same lines.
-    processor.parse(text.replace("\r\n", "\n").translate(_HIDE), filename)
+    processor.parse(_as_cpp(text.replace("\r\n", "\n")).translate(_HIDE), filename)
     out = io.StringIO()
     processor.write(out)
     lines = out.getvalue().split("\n")
@@ -107,6 +121,47 @@ def preprocess(
         origins.append((file, line))
         line += 1
     return "\n".join(lines).translate(_SHOW), LineMap(origins, text.count("\n") + 1)
+
+
+def has_includes(text: str) -> bool:
+    """Whether the program uses Soufflé's ``.include`` or ``.once``."""
+    return _SOUFFLE_INCLUDE.search(text) is not None or _SOUFFLE_ONCE.search(text) is not None
+
+
+MAX_INCLUDE_DEPTH = 64  # includes within includes, as a bound on a file that includes itself
+
+
+def expand_includes(text: str, filename: str, include_dirs: Sequence[str | Path] = ()) -> tuple[str, LineMap]:
+    """Soufflé's ``.include "file"`` (looked for beside the including file, then in the -I
+    directories) and ``.once`` (a file included again adds nothing), without the C
+    preprocessor (``--no-preprocessor``): the program text with each included file in place of
+    its directive, and where each line came from."""
+    lines: list[str] = []
+    origins: list[tuple[str, int]] = []
+    done: set[str] = set()
+
+    def visit(content: str, name: str, depth: int) -> None:
+        if _SOUFFLE_ONCE.search(content):
+            if os.path.abspath(name) in done:
+                return
+            done.add(os.path.abspath(name))
+        for number, line in enumerate(content.split("\n"), start=1):
+            include = re.match(r'[ \t]*\.include[ \t]*"([^"]*)"', line)
+            lines.append("" if include or _SOUFFLE_ONCE.match(line) else line)
+            origins.append((name, number))
+            if include is None:
+                continue
+            here = ir.Pos(name, number, 1)
+            if depth >= MAX_INCLUDE_DEPTH:
+                raise DatalogError(here, f"includes nested more than {MAX_INCLUDE_DEPTH} deep")
+            places = [Path(name).parent, *map(Path, include_dirs)]
+            found = next((p / include.group(1) for p in places if (p / include.group(1)).is_file()), None)
+            if found is None:
+                raise DatalogError(here, f"cannot find include file {include.group(1)}")
+            visit(found.read_text(encoding="utf-8").removeprefix("\ufeff"), str(found), depth + 1)
+
+    visit(text, filename, 0)
+    return "\n".join(lines), LineMap(origins, text.count("\n") + 1)
 
 
 def _include_line(text: str, filename: str, included: str) -> ir.Pos:

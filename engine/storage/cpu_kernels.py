@@ -33,7 +33,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "dense_mark": (None, [_P, _I, _P, _U, _U, _U, _U]),
     "dense_novel": (None, [_P, _I, _P, _U, _U, _U, _U, _P, _P, _P]),
     "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
-    "parse_numeric": (_I, [_P, _I, ctypes.c_uint8, _I, _P, _P, _I]),
+    "parse_numeric": (_I, [_P, _I, _P, _I, _I, _P, _P, _I, _P, _I]),
 }
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
     getattr(_lib, _name).restype = _restype
@@ -174,15 +174,28 @@ def format_rows(columns: np.ndarray, signed: np.ndarray, delimiter: int) -> np.n
     return out[:length]
 
 
-def parse_numeric(data: bytes, arity: int, signed: np.ndarray, delimiter: int) -> np.ndarray | None:
+def parse_numeric(data: bytes, delimiter: bytes, target: np.ndarray, signed: np.ndarray) -> np.ndarray | None:
     """Numeric fact text -> encoded (n, arity) uint32 rows, or None at the first malformed or
-    out-of-range line (fact_input's reference reader then names it). ``signed[j]``: column j
-    is a number (int32), else unsigned."""
-    # One row per line break, whichever kind the file uses; a file that mixes lone \r and \n
-    # breaks can hold more lines, and runs out of room: the reference reader takes it then.
-    capacity = max(data.count(b"\n"), data.count(b"\r")) + 1
+    out-of-range line (fact_input's reference reader then names it). Field k of a line goes to
+    column ``target[k]`` (-1: skipped), fields after the last target are ignored; ``signed[j]``:
+    column j is a number (int32), else unsigned."""
+    capacity = data.count(b"\n") + 1
+    arity = len(signed)
     out = np.empty((capacity, arity), dtype=np.uint32)
+    targets = _c(target, np.int64)
     is_signed = _c(signed, np.uint8)
     buffer = np.frombuffer(data, dtype=np.uint8)
-    n = _lib.parse_numeric(_ptr(buffer), len(data), delimiter, arity, _ptr(is_signed), _ptr(out), capacity)
+    separator = np.frombuffer(delimiter, dtype=np.uint8)
+    n = _lib.parse_numeric(
+        _ptr(buffer),
+        len(data),
+        _ptr(separator),
+        len(delimiter),
+        len(targets),
+        _ptr(targets),
+        _ptr(is_signed),
+        arity,
+        _ptr(out),
+        capacity,
+    )
     return None if n < 0 else out[:n]

@@ -209,44 +209,85 @@ int64_t format_rows(const uint32_t *columns, int64_t n, int64_t k, const uint8_t
     return p;
 }
 
-/* Numeric fact text (fact_input.py's format: lines end in \n, \r\n or \r, empty lines skipped,
- * fields -?[0-9]+ split by one delimiter byte, a UTF-8 BOM first) -> encoded (n, arity) uint32
- * rows: number as int32 with the sign bit flipped, unsigned as is. Returns the row count, or -1
- * at the first malformed or out-of-range line (the reference reader then names it). */
-int64_t parse_numeric(const uint8_t *data, int64_t len, uint8_t delimiter, int64_t arity, const uint8_t *is_signed,
-                      uint32_t *out, int64_t capacity) {
-    int64_t p = (len >= 3 && data[0] == 0xEF && data[1] == 0xBB && data[2] == 0xBF) ? 3 : 0, n = 0;
+/* One number field of a fact file, [s, e), as Soufflé 2.5's reader takes it (std::stoi and
+ * std::stoul after its prefix check): number is [space]*[+-]?[0-9]+ within int32; unsigned is
+ * 0x[0-9a-fA-F]+, 0b[space]*[+-]?[01]+, or [space]*[+-]?[0-9]+ not starting with '-', and must
+ * fit 32 bits (Soufflé keeps what overflows modulo 2^32; here such a value, or a minus before
+ * anything but 0, is an error). Returns 0 with the encoded value in *value, else -1. */
+static int parse_field(const uint8_t *s, const uint8_t *e, int is_signed, uint32_t *value) {
+    uint64_t base = 10;
+    int spaces_and_sign = 1;
+    if (!is_signed && e - s >= 2 && s[0] == '0' && (s[1] == 'b' || s[1] == 'x')) {
+        base = s[1] == 'b' ? 2 : 16;
+        spaces_and_sign = base == 2; /* strtoul skips them after 0b (it parses what follows) */
+        s += 2;
+    } else if (!is_signed && s < e && s[0] == '-') {
+        return -1;
+    }
+    int negative = 0;
+    if (spaces_and_sign) {
+        while (s < e && (*s == ' ' || (*s >= '\t' && *s <= '\r'))) s++;
+        if (s < e && (*s == '+' || *s == '-')) negative = *s++ == '-';
+    }
+    if (s == e) return -1;
+    uint64_t v = 0;
+    for (; s < e; s++) {
+        uint64_t d;
+        if (*s >= '0' && *s <= '9') d = (uint64_t)(*s - '0');
+        else if (*s >= 'a' && *s <= 'f') d = (uint64_t)(*s - 'a' + 10);
+        else if (*s >= 'A' && *s <= 'F') d = (uint64_t)(*s - 'A' + 10);
+        else return -1;
+        if (d >= base) return -1;
+        v = v * base + d;
+        if (v > 0xFFFFFFFFULL) return -1; /* too large for either type; stops overflow */
+    }
+    if (is_signed) {
+        if (v > (negative ? 0x80000000ULL : 0x7FFFFFFFULL)) return -1;
+        *value = (uint32_t)(int32_t)(negative ? -(int64_t)v : (int64_t)v) ^ 0x80000000u;
+    } else {
+        if (negative && v) return -1;
+        *value = (uint32_t)v;
+    }
+    return 0;
+}
+
+/* Where the delimiter first starts in [p, end), or end. */
+static int64_t find_delimiter(const uint8_t *data, int64_t p, int64_t end, const uint8_t *delimiter, int64_t dlen) {
+    if (dlen == 1) {
+        const uint8_t *found = p < end ? memchr(data + p, delimiter[0], (size_t)(end - p)) : NULL;
+        return found ? found - data : end;
+    }
+    for (; p + dlen <= end; p++) {
+        if (data[p] == delimiter[0] && memcmp(data + p, delimiter, (size_t)dlen) == 0) return p;
+    }
+    return end;
+}
+
+/* Numeric fact text as Soufflé 2.5 reads it (fact_input.py's format): lines end in \n, one \r
+ * before it dropped, empty lines skipped; the first `fields` fields of a line split by the
+ * delimiter, what follows them ignored; field k goes to column target[k] (-1: not read), parsed
+ * by parse_field. -> encoded (n, arity) uint32 rows. Returns the row count, or -1 at the first
+ * malformed or out-of-range line (the reference reader then names it). */
+int64_t parse_numeric(const uint8_t *data, int64_t len, const uint8_t *delimiter, int64_t dlen, int64_t fields,
+                      const int64_t *target, const uint8_t *is_signed, int64_t arity, uint32_t *out, int64_t capacity) {
+    int64_t p = 0, n = 0;
     while (p < len) {
-        if (data[p] == '\n' || data[p] == '\r') {
-            p++;
-            continue;
+        const uint8_t *newline = memchr(data + p, '\n', (size_t)(len - p));
+        int64_t line_end = newline ? newline - data : len, end = line_end;
+        if (end > p && data[end - 1] == '\r') end--;
+        if (end > p) {
+            if (n >= capacity) return -1;
+            int64_t q = p;
+            for (int64_t k = 0; k < fields; k++) {
+                if (q > end) return -1; /* fewer fields than needed */
+                int64_t field_end = find_delimiter(data, q, end, delimiter, dlen);
+                int64_t j = target[k];
+                if (j >= 0 && parse_field(data + q, data + field_end, is_signed[j], &out[n * arity + j]) < 0) return -1;
+                q = field_end + dlen;
+            }
+            n++;
         }
-        if (n >= capacity) return -1;
-        for (int64_t j = 0; j < arity; j++) {
-            int negative = p < len && data[p] == '-';
-            p += negative;
-            int64_t first = p;
-            uint64_t v = 0;
-            while (p < len && data[p] >= '0' && data[p] <= '9') {
-                v = v * 10 + (uint64_t)(data[p++] - '0');
-                if (v > 0xFFFFFFFFULL) return -1; /* too large for either type; stops overflow */
-            }
-            if (p == first) return -1;
-            if (is_signed[j]) {
-                if (v > (negative ? 0x80000000ULL : 0x7FFFFFFFULL)) return -1;
-                int64_t value = negative ? -(int64_t)v : (int64_t)v;
-                out[n * arity + j] = (uint32_t)(int32_t)value ^ 0x80000000u;
-            } else {
-                if (negative && v) return -1;
-                out[n * arity + j] = (uint32_t)v;
-            }
-            if (j < arity - 1) {
-                if (p >= len || data[p] != delimiter) return -1;
-                p++;
-            }
-        }
-        if (p < len && data[p] != '\n' && data[p] != '\r') return -1;
-        n++;
+        p = line_end + 1;
     }
     return n;
 }
