@@ -24,6 +24,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.storage.hisa import expand_runs_xp
 from dask_datalog.engine.values import (
     FLOAT_NAN,
     INT32_MIN,
@@ -381,9 +382,8 @@ def _range(call: ir.Call, args: list[Any], ctx: Context) -> tuple[Any, Any]:
 
 def _expand(counts: Any, xp: Any) -> tuple[Any, Any]:
     """For counts per row: each output's row, and its place among its row's outputs."""
-    rows = xp.repeat(xp.arange(counts.shape[0]), counts)
-    starts = xp.cumsum(counts) - counts
-    return rows, xp.arange(rows.shape[0]) - starts[rows]
+    total = int(counts.sum()) if counts.shape[0] else 0
+    return expand_runs_xp(xp.zeros_like(counts), counts, total, xp)
 
 
 _NEVER_ENDS = "range(...) never reaches its end: adding the step leaves the value as it is (Soufflé loops for ever)"
@@ -408,9 +408,13 @@ def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any
         # the widest gaps on the way are at a (below 0) and just under b (above 0); say so
         # before making the values that come first.
         start, end = a[pending], b[pending]
+        below_b = xp.nextafter(end, xp.float32(-xp.inf))
+        # (the gap above the largest float is 2^104: past it a sum rounds to infinity)
+        above_b = xp.where(
+            below_b == xp.float32(3.4028234663852886e38), 2.0**104, xp.nextafter(below_b, xp.float32(xp.inf)) - below_b
+        )
         gap_at_a = xp.where(start < 0, xp.nextafter(start, xp.float32(xp.inf)) - start, 0.0)
-        gap_at_b = xp.where(end > 0, xp.spacing(xp.nextafter(end, xp.float32(-xp.inf))), 0.0)
-        gap = xp.maximum(gap_at_a, gap_at_b).astype(xp.float64)
+        gap = xp.maximum(gap_at_a, xp.where(end > 0, above_b, 0.0)).astype(xp.float64)
         if bool(((start < end) & (step[pending].astype(xp.float64) < gap / 2)).any()):
             raise DatalogError(call.pos, _NEVER_ENDS)
         for round in itertools.count():
