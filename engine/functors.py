@@ -120,8 +120,8 @@ class Signature:
     """A functor: ``params`` (one type per argument; with ``variadic`` the last repeats, at
     least ``len(params)`` arguments; the last ``optional`` may be left out), ``result``, the
     types ``T`` may take, and ``apply(call, encoded columns, context)`` giving the encoded
-    result column (raising ``DatalogError`` at ``call.pos`` where Soufflé stops the run). A
-    ``generator`` gives (for each result, the row it comes from; the encoded results)."""
+    result column (raising ``DatalogError`` at ``call.pos`` where Soufflé stops the run). The
+    generator ``range`` gives (for each result, the row it comes from; the encoded results)."""
 
     name: str
     params: tuple[str, ...]
@@ -130,7 +130,6 @@ class Signature:
     variadic: bool = False
     types: tuple[str, ...] = INTEGRAL
     optional: int = 0
-    generator: bool = False
 
     def param(self, i: int) -> str:
         return self.params[min(i, len(self.params) - 1)]
@@ -417,7 +416,7 @@ def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any
         gap = xp.maximum(gap_at_a, xp.where(end > 0, above_b, 0.0)).astype(xp.float64)
         if bool(((start < end) & (step[pending].astype(xp.float64) < gap / 2)).any()):
             raise DatalogError(call.pos, _NEVER_ENDS)
-        for round in itertools.count():
+        for turn in itertools.count():
             live = x < b[pending]
             pending, x = pending[live], x[live]
             if not pending.shape[0]:
@@ -443,7 +442,7 @@ def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any
             rows, k = _expand(n, xp)
             sources.append(pending[rows])
             values.append(xp.where(k == 0, x[rows], (wide[rows] + k * (by * u)[rows]).astype(xp.float32)))
-            firsts.append((k == 0) & (round == 0))  # a itself: its zero keeps its sign
+            firsts.append((k == 0) & (turn == 0))  # a itself: its zero keeps its sign
             last = (wide + (n - 1) * by * u).astype(xp.float32)
             x = last + step[pending]
             if bool((x == last).any()):
@@ -492,7 +491,7 @@ SIGNATURES: dict[str, Signature] = {
         Signature("bits_utof", ("unsigned",), "float", _same_bits("unsigned", "float")),
         Signature("bits_ftoi", ("float",), "number", _same_bits("float", "number")),
         Signature("bits_ftou", ("float",), "unsigned", _same_bits("float", "unsigned")),
-        Signature("range", (T, T, T), T, _range, types=NUMERIC, optional=1, generator=True),
+        Signature("range", (T, T, T), T, _range, types=NUMERIC, optional=1),
     )
 }
 # The functor computing to_float(x), to_number(x), to_unsigned(x) by x's type (None: x itself).
