@@ -24,6 +24,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.storage.hisa import expand_runs_xp
 from dask_datalog.engine.values import (
     FLOAT_NAN,
     INT32_MIN,
@@ -135,8 +136,8 @@ class Signature:
     """A functor: ``params`` (one type per argument; with ``variadic`` the last repeats, at
     least ``len(params)`` arguments; the last ``optional`` may be left out), ``result``, the
     types ``T`` may take, and ``apply(call, encoded columns, context)`` giving the encoded
-    result column (raising ``DatalogError`` at ``call.pos`` where Soufflé stops the run). A
-    ``generator`` gives (for each result, the row it comes from; the encoded results). A
+    result column (raising ``DatalogError`` at ``call.pos`` where Soufflé stops the run). The
+    generator ``range`` gives (for each result, the row it comes from; the encoded results). A
     functor that ``makes`` symbols has its texts computed by ``makes``; every shard must have
     agreed on their ids before ``apply`` looks them up (execution/terms.py, ``Terms.made``)."""
 
@@ -147,7 +148,6 @@ class Signature:
     variadic: bool = False
     types: tuple[str, ...] = INTEGRAL
     optional: int = 0
-    generator: bool = False
     makes: Make | None = None  # set for the functors that make symbols (cat, substr, to_string)
     counter: bool = False  # autoinc(): a number no other call in the run gives
 
@@ -418,9 +418,8 @@ def _range(call: ir.Call, args: list[Any], ctx: Context) -> tuple[Any, Any]:
 
 def _expand(counts: Any, xp: Any) -> tuple[Any, Any]:
     """For counts per row: each output's row, and its place among its row's outputs."""
-    rows = xp.repeat(xp.arange(counts.shape[0]), counts)
-    starts = xp.cumsum(counts) - counts
-    return rows, xp.arange(rows.shape[0]) - starts[rows]
+    total = int(counts.sum()) if counts.shape[0] else 0
+    return expand_runs_xp(xp.zeros_like(counts), counts, total, xp)
 
 
 _NEVER_ENDS = "range(...) never reaches its end: adding the step leaves the value as it is (Soufflé loops for ever)"
@@ -445,12 +444,16 @@ def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any
         # the widest gaps on the way are at a (below 0) and just under b (above 0); say so
         # before making the values that come first.
         start, end = a[pending], b[pending]
+        below_b = xp.nextafter(end, xp.float32(-xp.inf))
+        # (the gap above the largest float is 2^104: past it a sum rounds to infinity)
+        above_b = xp.where(
+            below_b == xp.float32(3.4028234663852886e38), 2.0**104, xp.nextafter(below_b, xp.float32(xp.inf)) - below_b
+        )
         gap_at_a = xp.where(start < 0, xp.nextafter(start, xp.float32(xp.inf)) - start, 0.0)
-        gap_at_b = xp.where(end > 0, xp.spacing(xp.nextafter(end, xp.float32(-xp.inf))), 0.0)
-        gap = xp.maximum(gap_at_a, gap_at_b).astype(xp.float64)
+        gap = xp.maximum(gap_at_a, xp.where(end > 0, above_b, 0.0)).astype(xp.float64)
         if bool(((start < end) & (step[pending].astype(xp.float64) < gap / 2)).any()):
             raise DatalogError(call.pos, _NEVER_ENDS)
-        for round in itertools.count():
+        for turn in itertools.count():
             live = x < b[pending]
             pending, x = pending[live], x[live]
             if not pending.shape[0]:
@@ -476,7 +479,7 @@ def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any
             rows, k = _expand(n, xp)
             sources.append(pending[rows])
             values.append(xp.where(k == 0, x[rows], (wide[rows] + k * (by * u)[rows]).astype(xp.float32)))
-            firsts.append((k == 0) & (round == 0))  # a itself: its zero keeps its sign
+            firsts.append((k == 0) & (turn == 0))  # a itself: its zero keeps its sign
             last = (wide + (n - 1) * by * u).astype(xp.float32)
             x = last + step[pending]
             if bool((x == last).any()):
@@ -625,7 +628,7 @@ SIGNATURES: dict[str, Signature] = {
         Signature("bits_utof", ("unsigned",), "float", _same_bits("unsigned", "float")),
         Signature("bits_ftoi", ("float",), "number", _same_bits("float", "number")),
         Signature("bits_ftou", ("float",), "unsigned", _same_bits("float", "unsigned")),
-        Signature("range", (T, T, T), T, _range, types=NUMERIC, optional=1, generator=True),
+        Signature("range", (T, T, T), T, _range, types=NUMERIC, optional=1),
         Signature("as", (T,), T, lambda call, args, ctx: args[0], types=(*NUMERIC, "symbol")),  # within one base type
         Signature("ord", (ANY,), "number", _ord),
         Signature(TEXT_RANK, ("symbol",), "number", _text_rank),
