@@ -368,6 +368,13 @@ _TOKEN_WORDS = {
 }
 
 
+# Soufflé syntax the grammar does not take, named where the parse stops at it.
+_UNSUPPORTED_SYNTAX = (
+    ("annotations @[...]", re.compile(r"@!?\[")),
+    ("debug_delta relations (.decl R = debug_delta(S))", re.compile(r"=[ \t]*debug_delta[ \t]*\(")),
+)
+
+
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END":
         lines = text.rstrip("\n").split("\n")  # the end of the last line that holds anything, as Soufflé says
@@ -378,6 +385,9 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) 
         return DatalogError(pos, "syntax error: unterminated /* comment")
     if text.startswith('"', e.pos_in_stream):
         return DatalogError(pos, "syntax error: unterminated string (it must end on its line)")
+    for construct, pattern in _UNSUPPORTED_SYNTAX:
+        if pattern.match(text, e.pos_in_stream or 0):
+            return DatalogError(pos, f"unsupported: {construct}")
     if isinstance(e, UnexpectedCharacters):
         found = f"unexpected character {e.char!r}"
     else:
