@@ -394,6 +394,13 @@ _NOT_FUNCTORS = {
 _CALLED_NAME = re.compile(r"\b(" + "|".join(_NOT_FUNCTORS) + r")\s*$")
 
 
+# Soufflé syntax the grammar does not take, named where the parse stops at it.
+_UNSUPPORTED_SYNTAX = (
+    ("annotations @[...]", re.compile(r"@!?\[")),
+    ("debug_delta relations (.decl R = debug_delta(S))", re.compile(r"=[ \t]*debug_delta[ \t]*\(")),
+)
+
+
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END":
         lines = text.rstrip("\n").split("\n")  # the end of the last line that holds anything, as Soufflé says
@@ -409,6 +416,9 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) 
     if called:
         name = called[1]
         return DatalogError(pos, f"syntax error: {name} is not a functor in Soufflé 2.5; write {_NOT_FUNCTORS[name]}(...)")
+    for construct, pattern in _UNSUPPORTED_SYNTAX:
+        if pattern.match(text, at):
+            return DatalogError(pos, f"unsupported: {construct}")
     if isinstance(e, UnexpectedCharacters):
         found = f"unexpected character {e.char!r}"
     else:
