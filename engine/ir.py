@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 from typing import Literal as TypingLiteral
-from typing import TypeVar
 
 # "record": a record or an algebraic data type's value, as the id of its elements in the run's
 # record table (values.RecordTable); nil is 0. Not a type a program names: its record types are.

@@ -52,7 +52,9 @@ def bind(
     declared = {f.name: f for f in program.functors}
     for name, function in python.items():
         if name not in declared:
-            raise DatalogError(None, f"functors: no .functor declares {name}" + (f" (declared: {', '.join(declared)})" if declared else ""))
+            raise DatalogError(
+                None, f"functors: no .functor declares {name}" + (f" (declared: {', '.join(declared)})" if declared else "")
+            )
         if not callable(function):
             raise DatalogError(declared[name].pos, f"functors: {name} is given {type(function).__name__}, not a function")
     called = {c.name.removeprefix(USER_PREFIX) for c in ir.calls(program.rules) if c.name.startswith(USER_PREFIX)}
@@ -79,22 +81,22 @@ def bind(
 def _open_libraries(libraries: Sequence[str], dirs: Sequence[str]) -> tuple[list[tuple[str, ctypes.CDLL]], list[str]]:
     """(each library found, as loaded from where: a relative directory made absolute, so that a
     worker elsewhere loads the same file; each library not found, with where it was looked for
-    and why the last try failed)."""
+    and why a file there did not load)."""
     opened, missing = [], []
     for library in libraries:
         if not library:  # Soufflé skips an empty name
             continue
         paths = library_paths(library, dirs)
-        reasons = []
+        broken = ""  # why a file that is there did not load (another architecture, ...)
         for path in paths:
             where = os.path.abspath(path) if "/" in path else path
             try:
                 opened.append((where, _load(where)))
                 break
             except OSError as e:
-                reasons.append(str(e))
+                broken = f": {e}" if os.path.exists(where) else broken
         else:
-            missing.append(f"lib{library}.so (looked for {', '.join(paths)}: {reasons[-1]})")
+            missing.append(f"lib{library}.so (looked for {', '.join(paths)}){broken}")
     return opened, missing
 
 
@@ -161,7 +163,7 @@ class CFunctor:
                 ints.append(decode_int(column, kind, np).astype(np.int64))
         try:
             result = cpu_kernels.call_functor(self.address, call.type, n, ints, floats)
-        except cpu_kernels.FunctorReturnedNull as e:
+        except cpu_kernels.FunctorReturnedNull:
             raise DatalogError(call.pos, f"user-defined functor {call.name} returned NULL, not a text") from None
         if call.type == "symbol":
             data, offsets = result
@@ -193,9 +195,13 @@ class PythonFunctor:
         if not isinstance(result, np.ndarray) or not (strings or result.dtype == want):
             got = f"an array of {result.dtype}" if isinstance(result, np.ndarray) else type(result).__name__
             wanted = "NumPy strings (StringDType or str_)" if call.type == "symbol" else f"a NumPy array of {np.dtype(want)}"
-            raise DatalogError(call.pos, f"user-defined functor {call.name} returned {got}; its {call.type} result needs {wanted}")
+            raise DatalogError(
+                call.pos, f"user-defined functor {call.name} returned {got}; its {call.type} result needs {wanted}"
+            )
         if result.shape != (n,):
-            raise DatalogError(call.pos, f"user-defined functor {call.name} returned shape {result.shape} for {n} rows; it needs ({n},)")
+            raise DatalogError(
+                call.pos, f"user-defined functor {call.name} returned shape {result.shape} for {n} rows; it needs ({n},)"
+            )
         if call.type == "symbol":
             return list(result.tolist())
         return _encoded(result, call.type)

@@ -242,7 +242,11 @@ def call_functor(address: int, result: str, n: int, ints: list[np.ndarray], floa
         return out
     assert text.value is not None
     try:
-        data = np.ctypeslib.as_array(ctypes.cast(text, ctypes.POINTER(ctypes.c_uint8)), (int(offsets[-1]),)).copy() if offsets[-1] else np.zeros(0, np.uint8)
+        data = (
+            np.ctypeslib.as_array(ctypes.cast(text, ctypes.POINTER(ctypes.c_uint8)), (int(offsets[-1]),)).copy()
+            if offsets[-1]
+            else np.zeros(0, np.uint8)
+        )
     finally:
         _lib.free_functor_text(text)
     return data, offsets
