@@ -569,13 +569,19 @@ TEXT_CONSTRAINTS = frozenset({"match", "contains", "not_match", "not_contains"})
 
 
 def distinct_rows(columns: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """(the distinct rows of host uint32 ``columns``, column by column; each row's index among
-    them): text functors work once per distinct argument row."""
-    if len(columns) == 1:
-        values, inverse = np.unique(columns[0], return_inverse=True)
-        return [values], inverse.reshape(-1)
-    rows, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)
-    return [rows[:, j] for j in range(len(columns))], inverse.reshape(-1)
+    """(the distinct rows of host uint32 ``columns``, column by column, in row order; each row's
+    index among them): text and user functors work once per distinct argument row. Columns
+    after the first are folded in one at a time, each as the low half of a uint64 whose high
+    half is the rows' index so far: NumPy's unique over rows (``axis=0``) took ten times as long
+    (2.2 s against 0.2 s for 10^6 rows of two columns)."""
+    values, inverse = np.unique(columns[0], return_inverse=True)
+    for column in columns[1:]:
+        assert values.shape[0] < 2**32, "distinct_rows: more than 2^32 rows"
+        _, inverse = np.unique((inverse.astype(np.uint64) << np.uint64(32)) | column, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.empty(int(inverse.max(initial=-1)) + 1, dtype=np.intp)
+    first[inverse[::-1]] = np.arange(inverse.shape[0] - 1, -1, -1)  # the first row of each
+    return [column[first] for column in columns], inverse
 
 
 def text_holds(op: str, left: Any, right: Any, ctx: Context) -> Any:
@@ -677,6 +683,8 @@ def _user_values(call: ir.Call, args: list[Any], ctx: Context) -> Any:
     without arguments once."""
     if not args:
         return ctx.xp.full(1, ctx.user[call.name](call, [], 1, ctx)[0], dtype=ctx.xp.uint32)
+    if not args[0].shape[0]:
+        return ctx.xp.zeros(0, dtype=ctx.xp.uint32)
     rows, inverse = distinct_rows([host(a) for a in args])
     values = ctx.user[call.name](call, rows, int(rows[0].shape[0]), ctx)
     assert isinstance(values, np.ndarray)
