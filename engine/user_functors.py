@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,6 +29,9 @@ DEFAULT_LIBRARIES = ("functors",)
 DEFAULT_LIBRARY_DIRS = (".",)
 # A Python functor's arrays, by parameter or result type; symbols are NumPy strings.
 DTYPES: dict[str, Any] = {"number": np.int32, "unsigned": np.uint32, "float": np.float32, "symbol": np.dtypes.StringDType()}
+# One call at a time in a process (shards may be threads of one): a functor need not be
+# reentrant, as Soufflé's interpreter assumes (a C functor may return a static buffer).
+_CALLING = threading.Lock()
 
 
 def library_paths(library: str, dirs: Sequence[str]) -> list[str]:
@@ -162,7 +166,8 @@ class CFunctor:
             else:
                 ints.append(decode_int(column, kind, np).astype(np.int64))
         try:
-            result = cpu_kernels.call_functor(self.address, call.type, n, ints, floats)
+            with _CALLING:
+                result = cpu_kernels.call_functor(self.address, call.type, n, ints, floats)
         except cpu_kernels.FunctorReturnedNull:
             raise DatalogError(call.pos, f"user-defined functor {call.name} returned NULL, not a text") from None
         if call.type == "symbol":
@@ -189,7 +194,8 @@ class PythonFunctor:
                 arrays.append(decode_float(column, np))
             else:
                 arrays.append(decode_int(column, kind, np).astype(DTYPES[kind]))
-        result = self.function(*arrays)
+        with _CALLING:
+            result = self.function(*arrays)
         want = DTYPES[call.type]
         strings = call.type == "symbol" and isinstance(result, np.ndarray) and result.dtype.kind in "TU"
         if not isinstance(result, np.ndarray) or not (strings or result.dtype == want):

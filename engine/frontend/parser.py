@@ -350,7 +350,6 @@ _HIDDEN_WORDS = frozenset(
         "btree_delete",
         "eqrel",
         "choice-domain",
-        ".functor",
         ".pragma",
         ".plan",
         "stateful",
