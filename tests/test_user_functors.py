@@ -275,6 +275,12 @@ ERRORS = [
         "3:3",
         "@add1(...) is a number, but argument 1 of r",
     ),
+    (
+        ".type Node <: number\n.functor add1(x: number): number\n.decl r(x: Node)\nr(@add1(1)).",
+        [],
+        "4:3",
+        "@add1(...) is a number, but argument 1 of r is a Node, which a number is not",
+    ),
     (".functor f(x: number): number stateful\n.decl r(x: number)\nr(1).", [], "1:1", "unsupported: stateful functor f"),
     (".functor f(x: int): number\n.decl r(x: number)\nr(1).", [], "1:15", "unknown type int"),
     (".type L = [h: number]\n.functor f(x: L): number", [], "2:15", "only stateful functors take"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -103,7 +103,8 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 outputs.append(_output_spec(s, relation))
     if inlined:
         rules = _inline(rules, inlined, observed, relations)
-    _check_subtypes(rules, relations, lattice)
+    results = {s.name: s.result.type_name for s in statements if isinstance(s, st.FunctorDecl)}
+    _check_subtypes(rules, relations, lattice, results)
     directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
     return ir.Program(
         relations,
@@ -161,11 +162,14 @@ class _Lattice:
         return found
 
 
-def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], lattice: _Lattice) -> None:
+def _check_subtypes(
+    rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], lattice: _Lattice, results: Mapping[str, str]
+) -> None:
     """Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
     neither of which is a subtype of the other has no value, and a head argument bound to a
-    variable takes only values of its column's type. (Constants and arithmetic fit any
-    subtype of their base type, as in Soufflé; ``as(x, T)`` gives x the type T.)"""
+    variable, or a user functor's result (``results``: each functor's declared result type),
+    takes only values of its column's type. (Constants and arithmetic fit any subtype of their
+    base type, as in Soufflé; ``as(x, T)`` gives x the type T.)"""
     canonical, ancestors = lattice.canonical, lattice.ancestors
     if not lattice.parents:
         return
@@ -204,6 +208,14 @@ def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation],
                     )
         head = relations[rule.head.relation]
         for i, (arg, attr) in enumerate(zip(rule.head.args, head.attributes), 1):
+            if isinstance(arg, ir.Call) and arg.name.startswith(functors.USER_PREFIX):
+                made, want = canonical(results[arg.name.removeprefix(functors.USER_PREFIX)]), canonical(attr.type_name)
+                if want not in ancestors(made):
+                    raise DatalogError(
+                        arg.pos,
+                        f"type mismatch: {arg.name}(...) is {_a(made)}, but argument {i} of {rule.head.relation} "
+                        f"is {_a(want)}, which {_a(made)} is not",
+                    )
             if isinstance(arg, ir.Var) and arg.name in bound:
                 known, origin = bound[arg.name]
                 want = canonical(attr.type_name)
