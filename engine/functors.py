@@ -569,14 +569,14 @@ TEXT_CONSTRAINTS = frozenset({"match", "contains", "not_match", "not_contains"})
 
 
 def distinct_rows(columns: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """(the distinct rows of host uint32 ``columns``, column by column, in row order; each row's
-    index among them): text and user functors work once per distinct argument row. Columns
-    after the first are folded in one at a time, each as the low half of a uint64 whose high
-    half is the rows' index so far: NumPy's unique over rows (``axis=0``) took ten times as long
-    (2.2 s against 0.2 s for 10^6 rows of two columns)."""
-    values, inverse = np.unique(columns[0], return_inverse=True)
+    """(the distinct rows of host uint32 ``columns``, column by column, in sorted order; each
+    row's index among them): text and user functors work once per distinct argument row.
+    Columns after the first are folded in one at a time, each as the low half of a uint64 whose
+    high half is the row's index so far: NumPy's unique over rows (``axis=0``) took seven times
+    as long (2.2 s against 0.3 s for 10^6 rows of two columns)."""
+    assert columns[0].shape[0] <= 2**32, "distinct_rows: an index of the rows must fit in 32 bits"
+    _, inverse = np.unique(columns[0], return_inverse=True)
     for column in columns[1:]:
-        assert values.shape[0] < 2**32, "distinct_rows: more than 2^32 rows"
         _, inverse = np.unique((inverse.astype(np.uint64) << np.uint64(32)) | column, return_inverse=True)
     inverse = inverse.reshape(-1)
     first = np.empty(int(inverse.max(initial=-1)) + 1, dtype=np.intp)
