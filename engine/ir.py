@@ -134,6 +134,10 @@ class Aggregation:
     Variables of ``body`` that also occur in the enclosing rule outside the aggregate are the
     grouping variables; the others are local to the aggregate. ``target`` is None for count.
     count and sum give 0 for an empty group, min and max give no binding (the rule fails).
+    ``distinct``: Soufflé materialises this body into a relation of its named variables
+    (MaterializeAggregationQueries: several atoms, an inner aggregate, ``range``, or a variable
+    twice in its one atom), so the aggregate runs over the distinct rows of its variables, not
+    over every binding (``_`` positions and inner aggregates' locals are not counted).
     """
 
     result: Var
@@ -142,9 +146,19 @@ class Aggregation:
     body: tuple[BodyLiteral, ...]
     type: BaseType = "number"
     pos: Pos = field(default=NOWHERE, compare=False)
+    distinct: bool = False
 
 
 BodyLiteral = Atom | Negation | Comparison | Aggregation
+
+# A ``_`` in an aggregate body's atom is a variable of its own, ``$w<n>`` (the checker's fresh
+# names of kind "w"), so that count counts the matching tuples; a materialised body
+# (``Aggregation.distinct``) does not count it among its named variables.
+WILDCARD_KIND = "w"
+
+
+def is_named_wildcard(name: str) -> bool:
+    return name.startswith("$" + WILDCARD_KIND) and name[1 + len(WILDCARD_KIND) :].isdigit()
 
 
 @dataclass(frozen=True)

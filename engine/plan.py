@@ -46,6 +46,7 @@ from dask_datalog.engine.ir import (
     Var,
     Wildcard,
     ground,
+    is_named_wildcard,
     variable_names,
     walk,
 )
@@ -506,13 +507,16 @@ def _order_body(
 
 
 def _scan_order(agg: Aggregation, program: Program) -> tuple[tuple[str, BaseType], ...]:
-    """The variables of ``agg``'s positive atoms, as written, with their columns' types."""
+    """The variables of ``agg``'s positive atoms, as written, with their columns' types; for a
+    materialised body, its named variables by name (the columns of Soufflé's body relation)."""
     seen: dict[str, BaseType] = {}
     for lit in agg.body:
         if isinstance(lit, Atom):
             for arg, attr in zip(lit.args, program.relations[lit.relation].attributes):
                 if isinstance(arg, Var):
                     seen.setdefault(arg.name, attr.type)
+    if agg.distinct:
+        return tuple(sorted((name, t) for name, t in seen.items() if not is_named_wildcard(name)))
     return tuple(seen.items())
 
 

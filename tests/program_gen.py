@@ -481,6 +481,21 @@ class _Generator:
                 locals_.append(v.name)
                 args.append(v)
         body: list[ir.BodyLiteral] = [ir.Atom(rel.name, tuple(args))]
+        if rng.chance(0.3):  # a second atom: Soufflé then aggregates the named variables' distinct rows
+            other = rng.choice(lower)
+            second: list[ir.Term] = []
+            for t in other.types:
+                shared = [v for v in locals_ if st.types[v] == t]
+                if shared and rng.chance(0.5):
+                    second.append(ir.Var(rng.choice(shared)))
+                elif rng.chance(0.3):
+                    second.append(st.fresh("$w", t))
+                else:
+                    fresh = st.fresh("l", t)
+                    locals_.append(fresh.name)
+                    second.append(fresh)
+            body.append(ir.Atom(other.name, tuple(second)))
+            self.features.add("agg_two_atoms")
         numeric = [v for v in locals_ if st.types[v] == "number"]
         floats = [v for v in locals_ if st.types[v] == "float"]
         if numeric and rng.chance(0.25):

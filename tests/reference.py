@@ -21,7 +21,8 @@ zero raises, ``v = expr`` binds an unbound variable, a record matched against a 
 the variables inside it (``_`` matches anything), records are equal when their elements are,
 negation of lower strata, and
 aggregates: count/sum over the distinct bindings of the aggregate body per group (0 for an
-empty group), min/max of the target (no result for an empty group), mean of a float target
+empty group; where Soufflé materialises the body: several atoms, an inner aggregate, range, or
+a variable twice in its one atom, the bindings of its named variables, ``_`` not counted), min/max of the target (no result for an empty group), mean of a float target
 (sum / count in float; none for an empty group); grouping variables are the aggregate's
 variables that also occur in the rule outside the aggregate. Floats: C's float arithmetic,
 Soufflé's conversions (C casts; float -> unsigned through int64), ``as`` reading the bits,
@@ -708,10 +709,29 @@ def aggregate_value(agg: ir.Aggregation, matches: list[Binding], pos: ir.Pos) ->
     raise ValueError(f"unknown aggregate {agg.func!r}")
 
 
+def _materialised(agg: ir.Aggregation) -> bool:
+    """Soufflé's MaterializeAggregationQueries::needsMaterializedRelation on the body."""
+    atoms = [lit for lit in agg.body if isinstance(lit, ir.Atom)]
+    if len(atoms) > 1 or any(isinstance(lit, ir.Aggregation) for lit in agg.body):
+        return True
+    if any(isinstance(n, ir.Call) and n.name == "range" for n in ir.walk(agg.body)):
+        return True
+    names = [v.name for atom in atoms for v in ir.variables(atom.args)]
+    return len(names) != len(set(names))
+
+
+def _unnamed(name: str) -> bool:
+    """A ``_`` of the program, named by the front end (``$w<n>``) or by ``_rename_wildcards``."""
+    return name.startswith("$ref_w") or (name.startswith("$w") and name[2:].isdigit())
+
+
 def _eval_aggregate(lit: PreparedAgg, binding: Binding, snap: Snapshot, pos: ir.Pos) -> Iterator[Binding]:
     agg = lit.agg
     group = {v: binding[v] for v in lit.grouping}
-    distinct = {tuple(sorted(b.items())): b for b in solve(lit.body, group, snap, pos)}
+    named = _materialised(agg)
+    distinct = {
+        tuple(sorted((k, v) for k, v in b.items() if not (named and _unnamed(k)))): b for b in solve(lit.body, group, snap, pos)
+    }
     value = aggregate_value(agg, list(distinct.values()), pos)
     if value is None:
         return

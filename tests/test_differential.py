@@ -147,6 +147,7 @@ def test_generator_is_deterministic_and_varied() -> None:
         "agg_filter",
         "agg_negation",
         "agg_target_expr",
+        "agg_two_atoms",
         "no_base_rule",
         "empty_output",
         "float",

@@ -650,6 +650,37 @@ Shadow(y) :- y = min x + y : { A(x, y), x > 1 }.
 """
 
 
+MATERIALISED = """
+.decl D, B(x: number, y: number)
+D(2, 1). D(2, 2). D(1, 3). D(1, 4). B(2, 1). B(2, 2). B(2, 3). B(2, 4).
+.decl G, K, S, Q, R, One(a: number)
+.decl M(a: float)
+.decl P(x: number, c: number)
+G(c) :- c = count : { B(x, _), D(x, _) }.
+K(c) :- c = count : { B(x, _), x > max y : { D(y, _) } - 1 }.
+S(c) :- c = sum y : { B(x, y), D(x, _) }.
+M(c) :- c = mean to_float(y) : { B(x, y), D(x, _) }.
+P(x, c) :- D(x, _), c = count : { B(x, _), D(_, z), z > 2 }.
+Q(c) :- c = count : { B(x, x) }.
+R(c) :- c = count : { B(_, y), D(_, y) }.
+One(c) :- c = count : { B(x, _), x > 1 }.
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_materialised_aggregate_body_counts_its_named_variables(workers: int) -> None:
+    """Soufflé 2.5 materialises an aggregate body of several atoms (or an inner aggregate, or a
+    variable twice in its one atom) into a relation of its named variables, so count and sum
+    run over their distinct rows, not over every binding; one atom counts its tuples. The
+    expected values are Soufflé 2.5's own output for this program."""
+    from test_sharded import relation_tuples, run_sharded
+
+    shards = run_sharded(load_program(MATERIALISED), workers)
+    expected = {"G": {(1,)}, "K": {(1,)}, "S": {(10,)}, "M": {(2.5,)}, "P": {(1, 0), (2, 2)}, "Q": {(1,)}, "R": {(4,)}}
+    for name, tuples in {**expected, "One": {(4,)}}.items():
+        assert relation_tuples(shards, name) == tuples, name
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_aggregate_witnesses_and_scoping(workers: int) -> None:
     """Soufflé 2.5's witnesses: a variable of a min/max body used outside and grounded nowhere

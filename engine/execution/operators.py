@@ -22,7 +22,7 @@ from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
 from dask_datalog.engine.functors import decode_float, decode_int, encode_float, encode_int
-from dask_datalog.engine.ir import Atom, Call, Record, Var
+from dask_datalog.engine.ir import Atom, Call, Record, Var, is_named_wildcard
 from dask_datalog.engine.plan import (
     AggregateStep,
     AssignStep,
@@ -33,6 +33,7 @@ from dask_datalog.engine.plan import (
     Step,
     UnpackStep,
 )
+from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.hisa import SortedIndex, expand_runs, gather_join, gather_pairs, half_of, probe_query, unpack
 from dask_datalog.engine.values import FLOAT_MAX, SIGN, float_bits, float_key
 
@@ -218,7 +219,13 @@ def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout |
         values.append(ops.terms.column(agg.target, inner) if agg.target is not None else inner.col("$gid"))
         scans.append([inner.col(name) for name, _ in step.scan])
 
-    ops.run(start, step.steps, collect)
+    if agg.distinct:
+        batches: list[Bindings] = []
+        ops.run(start, step.steps, batches.append)
+        if batches:
+            collect(_distinct_bindings(batches, xp))
+    else:
+        ops.run(start, step.steps, collect)
     g = xp.concatenate(gids) if gids else xp.zeros(0, dtype=xp.uint32)
     v = xp.concatenate(values) if values else xp.zeros(0, dtype=xp.uint32)
     present = xp.zeros(n_groups, dtype=bool)
@@ -258,6 +265,14 @@ def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout |
     if not bool(keep.all()):
         out = out.take(xp.nonzero(keep[gid])[0])
     yield out
+
+
+def _distinct_bindings(batches: list[Bindings], xp: Any) -> Bindings:
+    """An aggregate body's bindings as a set of rows of its named variables, the group's id
+    among them (what Soufflé's materialised body relation holds: ``Aggregation.distinct``)."""
+    names = tuple(sorted(n for n in batches[0].names if n is not None and not is_named_wildcard(n)))
+    rows = xp.concatenate([xp.stack([b.col(n) for n in names], axis=1) for b in batches])
+    return Bindings(sets.sort_unique(rows, xp), names)
 
 
 _ZERO, _NEGATIVE_ZERO = SIGN, SIGN - np.uint32(1)  # encoded +0.0 and -0.0

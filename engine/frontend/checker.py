@@ -951,7 +951,7 @@ class _RuleChecker:
         if where == "head":
             raise DatalogError(e.pos, "_ cannot appear in the head of a rule")
         if where == "aggregate":  # count counts matching tuples: give each _ its own name
-            return self.fresh("w", e.pos)
+            return self.fresh(ir.WILDCARD_KIND, e.pos)
         return ir.Wildcard(e.pos)
 
     def literal(self, lit: st.Literal, in_aggregate: bool) -> ir.BodyLiteral:
@@ -965,7 +965,7 @@ class _RuleChecker:
         if lit.op == "=" and isinstance(lit.left, st.Var) and _is_range(lit.right):  # x = range(...): x takes each value
             return ir.Comparison("=", self.term(lit.left, in_aggregate), self.call(lit.right, in_aggregate), lit.pos)  # type: ignore[arg-type]
         left, right = (
-            self.fresh("w", side.pos)
+            self.fresh(ir.WILDCARD_KIND, side.pos)
             if isinstance(side, st.Wild) and isinstance(other, st.Aggregate)
             else self.term(side, in_aggregate, wildcards="comparison")
             for side, other in ((lit.left, lit.right), (lit.right, lit.left))
@@ -1035,7 +1035,7 @@ class _RuleChecker:
         if meaning == "keep":
             return ir.Wildcard(e.pos)
         if meaning == "fresh":
-            return self.fresh("w", e.pos)
+            return self.fresh(ir.WILDCARD_KIND, e.pos)
         raise DatalogError(e.pos, meaning)
 
     def branch(self, e: st.Branch) -> ir.AdtBranch:
@@ -1069,7 +1069,7 @@ class _RuleChecker:
         body += [*self.pending, *self.generators]
         self.pending, self.generators = outer
         result = self.fresh("a", agg.pos)
-        self.pending.append(ir.Aggregation(result, agg.func, target, tuple(body), "number", agg.pos))
+        self.pending.append(ir.Aggregation(result, agg.func, target, tuple(body), "number", agg.pos, _materialised(body)))
         return result
 
     def scope_aggregates(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
@@ -1472,6 +1472,19 @@ class _RuleChecker:
                 call.pos, f"unsupported: as(...) from {_a(source)} to {_a(want)} (Soufflé reads a symbol's internal id)"
             )
         return ir.Call(functors.CASTS[(source, want)], (typed,), call.type, call.pos)
+
+
+def _materialised(body: Sequence[ir.BodyLiteral]) -> bool:
+    """Whether Soufflé 2.5 materialises an aggregate body as written (its
+    MaterializeAggregationQueries::needsMaterializedRelation): several atoms, an inner
+    aggregate, a multi-result functor (``range``), or a variable twice in its one atom."""
+    atoms = [lit for lit in body if isinstance(lit, ir.Atom)]
+    if len(atoms) > 1 or any(isinstance(lit, ir.Aggregation) for lit in body):
+        return True
+    if any(c.name == "range" for c in ir.calls(body)):
+        return True
+    names = [v.name for atom in atoms for v in ir.variables(atom.args)]
+    return len(names) != len(set(names))
 
 
 def _check_aggregate_dependence(lits: Sequence[ir.BodyLiteral]) -> None:
