@@ -206,7 +206,7 @@ CASES: list[tuple[str, str, str, str]] = [
     ("init-undefined", ".init g = Graph<number>", "1:1", "undefined component Graph"),
     ("override-outside-component", ".override r", "1:1", "unexpected '.override'"),
     # ---- outside the supported subset
-    ("functor-decl", ".functor f(x: number): number", "1:1", "unsupported: .functor"),
+    ("functor-call", ".functor f(x: number): number\nr(@f(1)).", "2:3", "unsupported: user-defined functor @f"),
     ("pragma", '.pragma "legacy"', "1:9", 'unsupported: .pragma "legacy"'),
     ("preprocessor-include", '#include "other.dl"', "1:1", "cannot find include file other.dl"),
     ("preprocessor-directive", "#frob", "1:1", "invalid preprocessing directive #frob"),
@@ -415,7 +415,6 @@ def test_program_file_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("text", "where", "construct"),
     [
-        ('.decl r(x: number)\n@[doc = "r"]\n.decl s(x: number)', "2:1", "annotations @[...]"),
         (".decl r(x: number)\n.decl d = debug_delta(r)", "2:9", "debug_delta relations"),
     ],
 )

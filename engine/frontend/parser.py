@@ -21,6 +21,7 @@ from lark.lexer import PatternStr
 
 from dask_datalog.engine import functors
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend.annotations import blank as blank_annotations
 from dask_datalog.engine.frontend.preprocess import LineMap
 from dask_datalog.engine.ir import Pos
 from dask_datalog.engine.values import parse_float
@@ -315,6 +316,7 @@ def parse(text: str, filename: str = "<string>", lines: LineMap | None = None) -
     ``lines``: for preprocessed text, where each of its lines came from (preprocess.py)."""
     text = text.removeprefix("\ufeff")
     where = lines or LineMap()
+    text = blank_annotations(text, filename, where)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
@@ -395,10 +397,7 @@ _CALLED_NAME = re.compile(r"\b(" + "|".join(_NOT_FUNCTORS) + r")\s*$")
 
 
 # Soufflé syntax the grammar does not take, named where the parse stops at it.
-_UNSUPPORTED_SYNTAX = (
-    ("annotations @[...]", re.compile(r"@!?\[")),
-    ("debug_delta relations (.decl R = debug_delta(S))", re.compile(r"=[ \t]*debug_delta[ \t]*\(")),
-)
+_UNSUPPORTED_SYNTAX = (("debug_delta relations (.decl R = debug_delta(S))", re.compile(r"=[ \t]*debug_delta[ \t]*\(")),)
 
 
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
@@ -416,6 +415,8 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) 
     if called:
         name = called[1]
         return DatalogError(pos, f"syntax error: {name} is not a functor in Soufflé 2.5; write {_NOT_FUNCTORS[name]}(...)")
+    if re.match(r"@!?\[", text[at:]):
+        return DatalogError(pos, "syntax error: an annotation @[...] cannot stand here")
     for construct, pattern in _UNSUPPORTED_SYNTAX:
         if pattern.match(text, at):
             return DatalogError(pos, f"unsupported: {construct}")
@@ -440,7 +441,7 @@ def _expected(e: UnexpectedInput) -> str:
 
 def _expected_words(names: set[str]) -> str:
     words: set[str] = set()
-    for name in names:
+    for name in names - {"LATTICE_MARK"}:
         if name == "MIN_MAX":
             words.update(("'max'", "'min'"))
             continue
@@ -461,7 +462,6 @@ def _expected_words(names: set[str]) -> str:
 # ---- lark tree -> syntax tree ------------------------------------------------------------
 
 _UNSUPPORTED_STATEMENTS = {
-    "functor_decl": "unsupported: .functor user-defined functors",
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
 # Qualifiers that choose Soufflé's storage or its optimisations, never an answer: accepted and
@@ -505,7 +505,12 @@ class _Builder:
     # statements
 
     def statements(self, tree: LarkTree) -> tuple[Item, ...]:
-        return self.items(tree.children)
+        items = self.items(tree.children)
+        types = {item.name for item in items if isinstance(item, TypeAlias | RecordDecl | AdtDecl)}
+        for node in tree.children:  # a lattice of the program itself names one of its types (those of components are not checked)
+            if node.data == "lattice" and str(node.children[0]) not in types:
+                raise self.fail(node, f"Undefined type {node.children[0]}")
+        return items
 
     def items(self, nodes: list[Any]) -> tuple[Item, ...]:
         """The statements of the program or of a component's body, in order."""
@@ -544,6 +549,11 @@ class _Builder:
             raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
         if kind == "decl":
             return self.decls(node)
+        if kind == "lattice":
+            self.lattice(node)
+            return []
+        if kind == "functor_decl":
+            return []
         if kind in ("subtype", "type_union"):
             return [self.type_alias(node)]
         if kind == "record_type":
@@ -572,6 +582,23 @@ class _Builder:
             return [Pragma(self.unquote(key), text, self.pos(key))]
         assert kind == "clause", kind
         return [self.clause(node)]
+
+    def lattice(self, node: LarkTree) -> None:
+        """A ``.lattice`` is checked as Soufflé's parser and semantic checker do and then
+        dropped: only an attribute of its type (rejected there) would use it. A ``.functor``
+        declaration is dropped too; a call of one is rejected where it stands."""
+        name, *ops = node.children
+        found = {}
+        for op in ops:
+            op_name, value = op.children
+            if str(op_name) not in ("Bottom", "Top", "Lub", "Glb", "Leq"):
+                raise self.fail(op, "Lattice operator not recognized")
+            found[str(op_name)] = value
+        if "Lub" not in found:
+            raise self.fail(node, f"Lattice {name}<> does not define Lub")
+        for op_name in ("Lub", "Glb"):
+            if op_name in found and not (isinstance(found[op_name], Tree) and found[op_name].data == "user_functor"):
+                raise self.fail(node, f"Lattice operator {op_name} must be a user-defined functor")
 
     def component(self, node: LarkTree) -> Component:
         self.components += 1
@@ -621,8 +648,7 @@ class _Builder:
                 elif word not in STORAGE_QUALIFIERS and word != "eqrel":
                     raise self.fail(child, f"unsupported: .decl qualifier '{word}'")
             elif isinstance(child, Tree):
-                attr_name, type_name = child.children
-                attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
+                attrs.append(self.attr(child))
         out: list[Item] = []
         for name in names:
             pos = self.pos(name)
@@ -632,12 +658,13 @@ class _Builder:
 
     def attrs(self, nodes: list[Any]) -> tuple[Attr, ...]:
         """The ``name: type`` attributes of a record type or an ADT branch."""
-        out = []
-        for node in nodes:
-            if node is not None:
-                attr_name, type_name = node.children
-                out.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
-        return tuple(out)
+        return tuple(self.attr(node) for node in nodes if node is not None)
+
+    def attr(self, node: LarkTree) -> Attr:
+        attr_name, type_name, lattice = node.children
+        if lattice is not None:
+            raise self.fail(type_name, f"unsupported: lattice attributes ({type_name}<>)")
+        return Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name))
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
