@@ -16,6 +16,7 @@ from typing import Any
 
 from dask_datalog.engine import functors, ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.formats import json_text
 from dask_datalog.engine.frontend import inline
 from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.frontend.strata import Stratum
@@ -24,9 +25,9 @@ from dask_datalog.engine.values import FLOAT_INF, INT32_MAX, INT32_MIN, format_f
 
 # The parameters Soufflé 2.5's CSV readers and writers honour (ReadStreamCSV.h, WriteStreamCSV.h);
 # `compress` on an input changes nothing (a gzip fact file is recognised by its contents).
-_INPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "columns", "name", "compress")
-_OUTPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "compress", "name", "attributeNames")
-_IO_KINDS = {"input": ("file", "stdin"), "output": ("file", "stdout", "stdoutprintsize")}
+_INPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "columns", "name", "compress", "format")
+_OUTPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "compress", "name", "attributeNames", "format")
+_IO_KINDS = {"input": ("file", "stdin", "json", "jsonfile"), "output": ("file", "stdout", "stdoutprintsize", "json", "jsonfile")}
 
 
 # Soufflé options a program may set that change how it is evaluated or reported, never its
@@ -478,8 +479,21 @@ def _filename(params: dict[str, st.Param], kind: str, extension: str) -> str | N
     return None
 
 
+def _json(params: dict[str, st.Param], kind: str, relation: ir.Relation) -> bool:
+    """Whether the directive is Soufflé's JSON (``IO=json``/``jsonfile``), which cannot hold
+    what Soufflé 2.5 stops at (``json_text.refusal``)."""
+    io = _io_kind(params, kind)
+    if io not in ("json", "jsonfile"):
+        return False
+    why = json_text.refusal(relation)
+    if why is not None:
+        raise DatalogError(params["IO"].pos, f"unsupported: IO={io} for {relation.name}, which holds {why}")
+    return True
+
+
 def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
     params = _params(d, _INPUT_PARAMS)
+    json = _json(params, "input", relation)
     rfc4180 = _flag(params, "rfc4180")
     columns = None
     if "columns" in params and params["columns"].value:
@@ -493,7 +507,7 @@ def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
         columns = tuple(int(part) for part in parts)
     return ir.InputSpec(
         d.relation,
-        _filename(params, "input", ".facts"),
+        _filename(params, "input", ".json" if json else ".facts"),
         _delimiter(params, rfc4180),
         d.pos,
         _io_kind(params, "input"),
@@ -505,6 +519,7 @@ def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
 
 def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
     params = _params(d, _OUTPUT_PARAMS)
+    json = _json(params, "output", relation)
     rfc4180 = _flag(params, "rfc4180")
     compress = "compress" in params
     if compress and params["compress"].value != "true":
@@ -514,7 +529,7 @@ def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
     header = params["attributeNames"].value if "attributeNames" in params else joint.join(names)
     return ir.OutputSpec(
         d.relation,
-        _filename(params, "output", ".csv.gz" if compress else ".csv"),
+        _filename(params, "output", ".json" if json else ".csv.gz" if compress else ".csv"),
         _delimiter(params, rfc4180),
         d.pos,
         _io_kind(params, "output"),
@@ -523,6 +538,7 @@ def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
         compress,
         params["name"].value if "name" in params else "",
         None if header == "\t".join(names) else header,
+        json and "format" in params and params["format"].value == "object",
     )
 
 
