@@ -185,7 +185,7 @@ CASES: list[tuple[str, str, str, str]] = [
     ),
     # ---- directives
     ("io-stdout-input", ".input e(IO=stdout)", "1:10", "unsupported: IO=stdout for .input (supported: file, stdin, json, jsonfile)"),
-    ("io-json", ".output r(IO=json)", "1:11", "unsupported: IO=json for .output (supported: file"),
+    ("io-sqlite", ".output r(IO=sqlite)", "1:11", "unsupported: IO=sqlite for .output (supported: file"),
     ("io-unknown-param", ".output r(header=true)", "1:11", "unknown parameter 'header' for .output"),
     ("io-columns-on-output", ".output e(columns=1)", "1:11", "unknown parameter 'columns' for .output"),
     ("io-flag-not-boolean", ".input e(headers=yes)", "1:10", "headers must be true or false, not 'yes'"),
