@@ -184,7 +184,12 @@ CASES: list[tuple[str, str, str, str]] = [
         "aggregation over q in a rule for p, but q depends on p through q -> p",
     ),
     # ---- directives
-    ("io-stdout-input", ".input e(IO=stdout)", "1:10", "unsupported: IO=stdout for .input (supported: file, stdin, json, jsonfile)"),
+    (
+        "io-stdout-input",
+        ".input e(IO=stdout)",
+        "1:10",
+        "unsupported: IO=stdout for .input (supported: file, stdin, json, jsonfile)",
+    ),
     ("io-sqlite", ".output r(IO=sqlite)", "1:11", "unsupported: IO=sqlite for .output (supported: file"),
     ("io-unknown-param", ".output r(header=true)", "1:11", "unknown parameter 'header' for .output"),
     ("io-columns-on-output", ".output e(columns=1)", "1:11", "unknown parameter 'columns' for .output"),

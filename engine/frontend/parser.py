@@ -719,6 +719,12 @@ class _Builder:
         if kind == "comparison":
             left, op, right = node.children
             lit = Comparison(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
+            sides = {type(lit.left), type(lit.right)}
+            if lit.op == "=" and sides == {
+                Wild,
+                Record,
+            }:  # true, as Soufflé's ResolveAnonymousRecordAliases makes it before any check
+                return ((),)
             return ((lit,),)
         if kind == "truth":  # true adds nothing; false leaves no alternative, the rule never fires
             return ((),) if str(node.children[0]) == "true" else ()
