@@ -285,6 +285,9 @@ class Program:
     # ``.limitsize r(n=N)``: a recursive stratum stops after the iteration that brings r to N
     # tuples or more (Soufflé 2.5's loop exit); relation -> N.
     limits: tuple[tuple[str, int], ...] = ()
+    # ``.decl D = debug_delta(r)``: D holds each delta of r's recursive stratum, with the
+    # iteration that made it (0: what r held when the loop began); (D, r) pairs.
+    debug_deltas: tuple[tuple[str, str], ...] = ()
 
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)

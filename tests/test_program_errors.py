@@ -415,16 +415,3 @@ def test_program_file_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
     with pytest.raises(DatalogError, match=r"cannot read program .*none\.dl"):
         Program.from_file(tmp_path / "none.dl")
-
-
-@pytest.mark.parametrize(
-    ("text", "where", "construct"),
-    [
-        (".decl r(x: number)\n.decl d = debug_delta(r)", "2:9", "debug_delta relations"),
-    ],
-)
-def test_soufflé_syntax_not_taken_is_named(text: str, where: str, construct: str) -> None:
-    """Where the parse stops at Soufflé syntax this engine does not take, the error names it."""
-    with pytest.raises(DatalogError) as info:
-        load_program(text, "prog.dl")
-    assert str(info.value).startswith(f"prog.dl:{where}: error: unsupported: {construct}"), str(info.value)

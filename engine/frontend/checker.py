@@ -52,7 +52,9 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     types = _type_table(type_decls)
     lattice = _Lattice([s for s in type_decls if isinstance(s, st.TypeAlias)])
     decls = [s for s in statements if isinstance(s, st.Decl)]
+    decls.sort(key=lambda d: d.debug_of is not None)  # a debug_delta relation copies its relation's attributes
     relations = _relations(decls, types, type_decls)
+    debug = {d.name: d for d in decls if d.debug_of is not None}
     excluded = {
         n.strip() for s in statements if isinstance(s, st.Pragma) and s.key == "inline-exclude" for n in s.value.split(",")
     }
@@ -77,6 +79,11 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
             pragmas[s.key] = s.value
         elif isinstance(s, st.Clause):
+            for head in s.heads:
+                if head.relation in debug:
+                    raise DatalogError(
+                        debug[head.relation].pos, f"Unexpected rules/facts for delta_debug relation {head.relation}"
+                    )
             rules.extend(_clause_rules(s, relations, inlined, types, lattice))
         elif isinstance(s, st.Directive):
             relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
@@ -114,6 +121,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
         filename,
         directories,
         tuple((name, n) for name, (n, _) in limits.items()),
+        tuple((name, d.debug_of) for name, d in debug.items() if d.debug_of is not None),
     )
 
 
@@ -382,6 +390,9 @@ def _relations(decls: Sequence[st.Decl], types: _Types, type_decls: Sequence[st.
             raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
         if d.eqrel and attrs[0].type_name != attrs[1].type_name:
             raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
+        if d.debug_of is not None:
+            attrs = [*_relation(relations, d.debug_of, d.pos, f"in debug_delta({d.debug_of})").attributes]
+            attrs.append(ir.Attribute("<iteration>", "unsigned", "unsigned"))
         reached = types.reachable(a.record for a in attrs if a.record is not None)
         relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
     return relations
@@ -1645,6 +1656,8 @@ def _fold_fact(rule: ir.Rule) -> ir.Rule:
     agree)."""
 
     def fold(t: ir.Term) -> ir.Term:
+        if isinstance(t, ir.Call) and t.name == functors.ITERATION:
+            raise DatalogError(t.pos, "Argument in fact is not constant")
         return functors.fold(t) if isinstance(t, ir.Call) and functors.foldable(t) else t
 
     return replace(rule, head=ir.rewrite_terms(rule.head, fold))
@@ -1652,13 +1665,20 @@ def _fold_fact(rule: ir.Rule) -> ir.Rule:
 
 def check_counters(strata: Sequence[Stratum]) -> None:
     """``autoinc()`` in a recursive rule would make a new number every iteration, without end:
-    Soufflé refuses it."""
+    Soufflé refuses it. ``recursive_iteration_cnt()`` is taken in recursive rules only: in any
+    other Soufflé gives it what the last loop before left in its counter, which depends on its
+    own order of strata."""
     for stratum in strata:
-        if stratum.recursive:
-            for rule in stratum.rules:
-                for call in ir.calls(rule):
-                    if functors.signature(call.name).counter:
-                        raise DatalogError(call.pos, "Auto-increment functor in a recursive rule")
+        for rule in stratum.rules:
+            recursive = any(isinstance(lit, ir.Atom) and lit.relation in stratum.relations for lit in rule.body)
+            for call in ir.calls(rule):
+                if stratum.recursive and functors.signature(call.name).counter:
+                    raise DatalogError(call.pos, "Auto-increment functor in a recursive rule")
+                if call.name == functors.ITERATION and not recursive:
+                    raise DatalogError(
+                        call.pos,
+                        "unsupported: recursive_iteration_cnt() outside a recursive rule (Soufflé gives it what its last loop left)",
+                    )
 
 
 def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:

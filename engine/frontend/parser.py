@@ -189,6 +189,7 @@ class Decl:
     overridable: bool = False
     inline: bool = False  # expanded where it is used (frontend/inline.py)
     choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()  # choice-domain keys: attribute names
+    debug_of: str | None = None  # ``.decl name = debug_delta(R)``: R's deltas, each with its iteration
 
 
 @dataclass(frozen=True)
@@ -369,6 +370,8 @@ _HIDDEN_WORDS = frozenset(
         "to_unsigned",
         "to_float",
         "autoinc",
+        "recursive_iteration_cnt",
+        "debug_delta",
         "range",
         "as",
     ]
@@ -396,10 +399,6 @@ _NOT_FUNCTORS = {
 _CALLED_NAME = re.compile(r"\b(" + "|".join(_NOT_FUNCTORS) + r")\s*$")
 
 
-# Soufflé syntax the grammar does not take, named where the parse stops at it.
-_UNSUPPORTED_SYNTAX = (("debug_delta relations (.decl R = debug_delta(S))", re.compile(r"=[ \t]*debug_delta[ \t]*\(")),)
-
-
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END":
         lines = text.rstrip("\n").split("\n")  # the end of the last line that holds anything, as Soufflé says
@@ -417,9 +416,6 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) 
         return DatalogError(pos, f"syntax error: {name} is not a functor in Soufflé 2.5; write {_NOT_FUNCTORS[name]}(...)")
     if re.match(r"@!?\[", text[at:]):
         return DatalogError(pos, "syntax error: an annotation @[...] cannot stand here")
-    for construct, pattern in _UNSUPPORTED_SYNTAX:
-        if pattern.match(text, at):
-            return DatalogError(pos, f"unsupported: {construct}")
     if isinstance(e, UnexpectedCharacters):
         found = f"unexpected character {e.char!r}"
     else:
@@ -549,6 +545,9 @@ class _Builder:
             raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
         if kind == "decl":
             return self.decls(node)
+        if kind == "debug_decl":
+            name, of = node.children
+            return [Decl(str(name), (), self.pos(name), debug_of=str(of))]
         if kind == "lattice":
             self.lattice(node)
             return []
