@@ -19,6 +19,7 @@ from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.formats import json_text
 from dask_datalog.engine.frontend import inline
 from dask_datalog.engine.frontend import parser as st
+from dask_datalog.engine.frontend.lift import Lifter
 from dask_datalog.engine.frontend.strata import Stratum
 from dask_datalog.engine.ir import BaseType, Pos
 from dask_datalog.engine.values import FLOAT_INF, INT32_MAX, INT32_MIN, format_float, round_float32
@@ -108,6 +109,9 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 inputs.append(_input_spec(s, relation))
             else:
                 outputs.append(_output_spec(s, relation))
+    lifter = Lifter(relations, lambda lits: _bound(lits, set(), lambda _: set()), lambda f: _CONVERSION_OF.get(f, f))
+    rules = [lifter.rule(rule) for rule in rules]
+    rules = lifter.rules + rules
     if inlined:
         rules = _inline(rules, inlined, observed, relations)
     _check_subtypes(rules, relations, lattice)
@@ -1255,10 +1259,9 @@ class _RuleChecker:
         if used != t:
             raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it is used as {_a(used)}")
         target = None if lit.target is None else self.typed(lit.target, t, f"{lit.func} is over {_a(t)}")
-        made = next((c for c in ir.calls((body, target)) if functors.signature(c.name).agreed), None)
-        if made is not None:
-            shown = _CONVERSION_OF.get(made.name, made.name)
-            raise DatalogError(made.pos, f"unsupported: {shown}(...) inside an aggregate (shards agree on its values)")
+        made = next((c for c in ir.calls((body, target)) if functors.signature(c.name).counter), None)
+        if made is not None:  # symbol-making calls are made by rules of their own (lift.py); autoinc() is not
+            raise DatalogError(made.pos, "unsupported: autoinc(...) inside an aggregate (shards agree on its values)")
         return replace(lit, body=body, target=target, type=_primitive(t))
 
     def typed(self, term: ir.Term, want: str, where: str) -> ir.Term:
