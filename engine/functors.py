@@ -606,6 +606,15 @@ def text_holds(op: str, left: Any, right: Any, ctx: Context) -> Any:
 
 
 TEXT_RANK = "$text_rank"  # not a name a program can write: the checker's rewrite of symbol order
+# Soufflé's loop counter: the iteration of its recursive stratum's loop (execution/terms.py
+# reads it from the fixpoint; 0 outside the loop).
+ITERATION = "recursive_iteration_cnt"
+
+
+def _iteration(call: ir.Call, args: list[Any], ctx: Context) -> Any:
+    raise AssertionError("recursive_iteration_cnt() is the fixpoint's iteration, read by Terms.column")
+
+
 T = POLYMORPHIC
 SIGNATURES: dict[str, Signature] = {
     s.name: s
@@ -654,6 +663,7 @@ SIGNATURES: dict[str, Signature] = {
         Signature("utos", ("unsigned",), "symbol", _made, makes=_to_string("unsigned")),
         Signature("ftos", ("float",), "symbol", _made, makes=_to_string("float")),
         Signature("autoinc", (), "number", _made, counter=True),
+        Signature(ITERATION, (), "unsigned", _iteration),
     )
 }
 # The functor computing to_float(x), to_number(x), to_unsigned(x), to_string(x) by x's type
@@ -742,6 +752,7 @@ def fold(call: ir.Call) -> ir.Const:
 
 def foldable(call: ir.Call) -> bool:
     """Whether ``fold`` gives the call's value in every run: not so for what depends on the
-    run's symbol ids (``ord``, symbol order) or on its counter (``autoinc``), nor for user
-    functors (bound when the program runs), which a fact then computes when the run starts."""
-    return not any(c.name in ("ord", TEXT_RANK, "autoinc") or c.name.startswith(USER_PREFIX) for c in ir.calls(call))
+    run's symbol ids (``ord``, symbol order), its counter (``autoinc``) or its iteration
+    (``recursive_iteration_cnt``), nor for user functors (bound when the program runs), which a
+    fact then computes when the run starts."""
+    return not any(c.name in ("ord", TEXT_RANK, "autoinc", ITERATION) or c.name.startswith(USER_PREFIX) for c in ir.calls(call))

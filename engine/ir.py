@@ -252,12 +252,14 @@ class Functor:
     pos: Pos = field(default=NOWHERE, compare=False)
     library: str | None = field(default=None, compare=False)
     function: Callable[..., Any] | None = field(default=None, compare=False)
+    stateful: bool = False  # declared ``stateful``: accepted, a call of it refused (it needs Soufflé's own tables)
 
 
 @dataclass(frozen=True)
 class InputSpec:
     """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise, or standard
-    input (``io`` "stdin"). The rest is how Soufflé 2.5's CSV reader takes the text:
+    input (``io`` "stdin"); Soufflé's JSON from ``r.json`` (``io`` "jsonfile") or standard
+    input ("json"). The rest is how Soufflé 2.5's CSV reader takes the text:
     ``headers`` skips the first line, ``rfc4180`` reads quoted fields, ``columns`` names the
     file column of each attribute (Soufflé's ``columns="2:0"``; None: the first ones)."""
 
@@ -275,7 +277,8 @@ class InputSpec:
 class OutputSpec:
     """``.output r`` writes ``<output dir>/r.csv`` unless ``filename`` says otherwise; ``io``
     "stdout" prints it framed under ``name`` instead, "stdoutprintsize" prints its size (as
-    ``.printsize``). ``headers`` writes ``header_line`` first, ``rfc4180`` quotes symbols as
+    ``.printsize``), "json" prints it as Soufflé's JSON, "jsonfile" writes ``r.json``
+    (``formats.json_text``). ``headers`` writes ``header_line`` first, ``rfc4180`` quotes symbols as
     Soufflé 2.5 does, ``compress`` gzips the file."""
 
     relation: str
@@ -288,6 +291,7 @@ class OutputSpec:
     compress: bool = False
     name: str = ""
     header: str | None = None  # None: the attribute names, joined by a tab
+    objects: bool = False  # IO=json/jsonfile with format=object: tuples as objects keyed by attribute names
 
     @property
     def title(self) -> str:
@@ -317,6 +321,9 @@ class Program:
     limits: tuple[tuple[str, int], ...] = ()
     # ``.functor`` declarations, in the order written.
     functors: tuple[Functor, ...] = ()
+    # ``.decl D = debug_delta(r)``: D holds each delta of r's recursive stratum, with the
+    # iteration that made it (0: what r held when the loop began); (D, r) pairs.
+    debug_deltas: tuple[tuple[str, str], ...] = ()
 
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)

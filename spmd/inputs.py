@@ -44,7 +44,8 @@ class Inputs:
         directory = Path(self.fact_dir) if self.fact_dir is not None else Path(".")
         for spec in program.inputs:
             if spec.relation not in self.facts:
-                path = None if spec.io == "stdin" else directory / (spec.filename or f"{spec.relation}.facts")
+                default = f"{spec.relation}.json" if spec.io == "jsonfile" else f"{spec.relation}.facts"
+                path = None if spec.io in ("stdin", "json") else directory / (spec.filename or default)
                 files.append((spec.relation, path, fact_input.FactFormat.of(spec), spec.pos))
         for name, source in self.facts.items():
             if isinstance(source, (str, Path)):

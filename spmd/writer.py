@@ -26,7 +26,7 @@ import numpy as np
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import Backend, get_backend
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.formats import relation_output
+from dask_datalog.engine.formats import json_text, relation_output
 from dask_datalog.engine.formats.relation_output import PackedRows
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.hisa import pack, unpack
@@ -75,7 +75,13 @@ def write_outputs(
                 PackedRows(sorted_range(transport, packed, relation.arity, backend), relation.arity, backend),
             )
         rows = ordered[1]
-        if spec.io == "stdout":
+        if spec.io in ("json", "jsonfile"):
+            elements = json_text.format_rows(np.asarray(rows), relation, symbols, spec.objects)
+            if spec.io == "json":
+                text[index] = elements
+            else:
+                _write_json(transport, Path(output_dir) / file_name(spec), elements)
+        elif spec.io == "stdout":
             text[index] = relation_output.format_relation(rows, relation, symbols, spec.delimiter, rfc4180=spec.rfc4180)
         elif fmt == "parquet":
             _write_parquet_part(transport, Path(output_dir) / spec.relation, rows, relation, symbols)
@@ -93,7 +99,9 @@ def effective(spec: ir.OutputSpec, output_dir: str) -> ir.OutputSpec:
 
 def file_name(spec: ir.OutputSpec) -> str:
     """Where an output file goes in the output directory: its ``filename``, else named after
-    it (``.csv``, ``.csv.gz`` compressed)."""
+    it (``.csv``, ``.csv.gz`` compressed, ``.json``)."""
+    if spec.io == "jsonfile":
+        return spec.filename or f"{spec.title}.json"
     return spec.filename or f"{spec.title}.csv{'.gz' * spec.compress}"
 
 
@@ -184,6 +192,15 @@ def _write_csv(
         raise AssertionError(f"{target}: shard {rank} wrote up to byte {offset}, not where the next range starts")
 
 
+def _write_json(transport: Transport, target: Path, elements: bytes) -> None:
+    """Shard 0 writes the document of every shard's elements, in rank order (JSON outputs are
+    read by people and small programs: they are gathered rather than written side by side)."""
+    parts = transport.allgather(elements)
+    if transport.rank == 0:
+        _io(target, lambda: _create_empty(target))
+        _io(target, lambda: target.write_bytes(json_text.document(b"".join(parts))))
+
+
 def _gzip(chunks: Iterator[bytes | memoryview]) -> bytes:
     """The chunks as one gzip member."""
     compressor = zlib.compressobj(wbits=31)
@@ -228,7 +245,9 @@ def print_outputs(
             spec = effective(spec, output_dir)
             if spec.relation != name:
                 continue
-            if spec.io == "stdout":
+            if spec.io == "json":
+                out.write(json_text.document(texts[index]).decode("utf-8", "surrogateescape"))
+            elif spec.io == "stdout":
                 header = f"{spec.header_line(program.relations[name])}\n" if spec.headers else ""
                 out.write(
                     f"---------------\n{spec.title}\n{header}===============\n{texts[index].decode('utf-8')}===============\n"

@@ -710,8 +710,9 @@ def aggregate_value(agg: ir.Aggregation, matches: list[Binding], pos: ir.Pos) ->
 
 
 def _materialised(agg: ir.Aggregation) -> bool:
-    """Soufflé's MaterializeAggregationQueries::needsMaterializedRelation on the body."""
-    atoms = [lit for lit in agg.body if isinstance(lit, ir.Atom)]
+    """Soufflé's MaterializeAggregationQueries::needsMaterializedRelation on the body as
+    written: the atoms the front end adds to read symbols made inside it (``$lifted``) are not."""
+    atoms = [lit for lit in agg.body if isinstance(lit, ir.Atom) and not lit.relation.startswith("$lifted")]
     if len(atoms) > 1 or any(isinstance(lit, ir.Aggregation) for lit in agg.body):
         return True
     if any(isinstance(n, ir.Call) and n.name == "range" for n in ir.walk(agg.body)):

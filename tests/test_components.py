@@ -279,7 +279,7 @@ ERRORS: list[tuple[str, str, str, str]] = [
     # syntax error, unexpected pragma directive
     ("pragma-in-component", '.comp A {\n .pragma "a" "b"\n}', "2:2", "syntax error: unexpected '.pragma'"),
     # syntax error, unexpected ., expecting ( or ","
-    ("qualified-decl", ".decl a.b(x: number)", "1:8", "syntax error: unexpected '.'; expected '(' or ','"),
+    ("qualified-decl", ".decl a.b(x: number)", "1:8", "syntax error: unexpected '.'; expected '(', ',' or '='"),
     # Undefined type in attribute x:Missing
     ("unknown-type-inside", ".comp C {\n .decl r(x: Missing)\n}\n.init c = C", "2:13", "unknown type Missing"),
     # Undefined relation q

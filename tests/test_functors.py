@@ -271,16 +271,17 @@ ERRORS = [
     ("r(1) :- s(x), contains(x, 2).", "1:27", "type mismatch: 2 is a number, but contains takes symbols"),
     ("r(1) :- s(x), match(x).", "1:15", "match takes 2 arguments, not 1"),
     (
-        "r(c) :- c = count : { s(x), y = cat(x, x) }.",
-        "1:33",
-        "unsupported: cat(...) inside an aggregate (shards agree on its values)",
+        "r(c) :- s(x), c = count : { s(y), y = cat(x, x) }.",
+        "1:39",
+        "unsupported: cat(...) inside an aggregate on a variable from outside it",
     ),
     (
-        "r(c) :- c = count : { e(x, _), y = to_string(x + 1) }.",
-        "1:36",
-        "unsupported: to_string(...) inside an aggregate (shards agree on its values)",
+        "r(c) :- e(x, _), c = count : { e(y, _), s(to_string(x + y)) }.",
+        "1:43",
+        "unsupported: to_string(...) inside an aggregate on a variable from outside it",
     ),
-    ('r(c) :- c = count : { s(x), y = x + "a" }.', "1:35", "unsupported: cat(...) inside an aggregate"),
+    ('r(c) :- s(x), c = count : { s(y), y = x + "a" }.', "1:41", "unsupported: cat(...) inside an aggregate on a variable"),
+    ("r(c) :- c = count : { e(x, _), x = autoinc() }.", "1:36", "unsupported: autoinc(...) inside an aggregate"),
 ]
 DECLS = "\n.decl e(x: number, y: number)\n.decl s(x: symbol)\n.decl u(x: unsigned)\n.decl r(x: number)\n"
 

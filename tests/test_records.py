@@ -556,3 +556,39 @@ def test_rfc4180_output_quotes_records_as_souffle(tmp_path: Path) -> None:
     text = '.type A = C {x: symbol, y: symbol}\n.decl r(v: A, i: unsigned)\nr($C("a", "q\\"r"), 1).\n.output r(rfc4180="true")\n'
     Program(text).run(backend="numpy").write(tmp_path)
     assert (tmp_path / "r.csv").read_text() == '"$C(""a"", ""q\\""r"")",1\n'
+
+
+# Soufflé turns ``_ = [...]`` (either side, a record literal on the other) into true before it
+# checks anything (ResolveAnonymousRecordAliases); any other ``_`` as a whole side is its error
+# "Underscore in binary relation".
+UNDERSCORE_SIDES = """
+.decl s(x: number)
+s(1). s(2).
+.decl r(k: number, x: number)
+r(1, 5) :- _ = [1].
+r(2, x) :- s(x), [x, x] = _.
+r(3, x) :- s(x), _ = [_, y], y = x + 1.
+r(4, c) :- c = count : { s(_), _ = [2] }.
+.output r
+"""
+UNDERSCORE_SIDES_OUT = {"1\t5", "2\t1", "2\t2", "3\t1", "3\t2", "4\t2"}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_underscore_equal_to_a_record_is_true_as_in_souffle(n: int) -> None:
+    shards = run_sharded(load_program(UNDERSCORE_SIDES), n)
+    assert lines(shards, "r") == UNDERSCORE_SIDES_OUT
+
+
+@pytest.mark.parametrize("literal", ["_ != [1]", "_ = 1", "1 = _", "_ = nil", "x = _", "_ < x"])
+def test_underscore_as_any_other_side_is_an_error(literal: str) -> None:
+    with pytest.raises(DatalogError, match="_ can only be an argument of a body atom"):
+        load_program(f".decl s(x: number)\n.decl r(x: number)\nr(x) :- s(x), {literal}.")
+
+
+@pytest.mark.skipif(not SOUFFLE.exists(), reason=f"Soufflé 2.5 is not at {SOUFFLE}")
+def test_underscore_sides_match_souffle(tmp_path: Path) -> None:
+    (tmp_path / "prog.dl").write_text(UNDERSCORE_SIDES)
+    done = subprocess.run([str(SOUFFLE), "-D", ".", "prog.dl"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert set((tmp_path / "r.csv").read_text().splitlines()) == UNDERSCORE_SIDES_OUT

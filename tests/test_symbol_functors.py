@@ -38,6 +38,11 @@ TEMPLATES = (
     "v(to_string(strlen(cat(x, y, x)))) :- u(x, y).",
     'v(max(x, y, "ab")) :- u(x, y).',
     "v(min(x, y)) :- t(x), w(y, _).",
+    # symbols made inside aggregates (frontend/lift.py), nested calls and in the target too
+    'v(to_string(c)) :- c = count : { w(x, _), y = substr(x, 0, 1), y != "a" }.',
+    'u(x, to_string(n)) :- w(x, _), n = count : { t(s), contains(x, cat(s, "b")) }.',
+    "v(to_string(n)) :- n = min strlen(cat(y, y, z)) : { t(y), w(y, k), z = to_string(k) }.",
+    'v(to_string(n)) :- n = sum strlen(z) : { w(x, k), z = cat(substr(x, 1, 2), to_string(k)), z != "" }.',
 )
 DECLS = """
 .decl w(s: symbol, n: number)

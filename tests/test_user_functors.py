@@ -281,7 +281,7 @@ ERRORS = [
         "4:3",
         "@add1(...) is a number, but argument 1 of r is a Node, which a number is not",
     ),
-    (".functor f(x: number): number stateful\n.decl r(x: number)\nr(1).", [], "1:1", "unsupported: stateful functor f"),
+    (".functor f(x: number): number stateful\n.decl r(x: number)\nr(@f(1)).", [], "3:3", "unsupported: stateful functor f"),
     (".functor f(x: int): number\n.decl r(x: number)\nr(1).", [], "1:15", "unknown type int"),
     (".type L = [h: number]\n.functor f(x: L): number", [], "2:15", "only stateful functors take"),
     (".functor f(number): number\n.functor f(symbol): number", [], "2:1", "duplicate declaration of functor f"),

@@ -35,10 +35,11 @@ from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.rule_versions import run_version
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.terms import Terms
-from dask_datalog.engine.ir import Atom, symbol_constants
+from dask_datalog.engine.functors import ITERATION
+from dask_datalog.engine.ir import Atom, calls, symbol_constants
 from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan
-from dask_datalog.engine.storage.hisa import words_for
-from dask_datalog.engine.values import SymbolTable
+from dask_datalog.engine.storage.hisa import pack, unpack, words_for
+from dask_datalog.engine.values import SymbolTable, encode_scalar
 
 OnIteration = Callable[[int, int, dict[str, int]], None]  # (stratum, iteration, delta sizes)
 
@@ -121,8 +122,9 @@ class Fixpoint:
         self.control = control
         self.chunk_rows = chunk_rows
         self.clock = PhaseClock(backend)
-        terms = Terms(self.xp, symbols, user_functors.implementations(plan.program.functors))
-        self.operators = Operators(backend, terms, shard, Router(self.exchange, self.xp), chunk_rows)
+        self.terms = Terms(self.xp, symbols, user_functors.implementations(plan.program.functors))
+        self.operators = Operators(backend, self.terms, shard, Router(self.exchange, self.xp), chunk_rows)
+        self.debug = {of: name for name, of in plan.program.debug_deltas}  # relation -> its debug_delta relation
         # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
         constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
         self.choices = {
@@ -135,6 +137,10 @@ class Fixpoint:
         """Evaluate every stratum from ``start`` (a checkpoint's position, or the beginning)."""
         t0 = time.perf_counter()
         result = Evaluation(self.backend.name, resumed_from=start if start != Position(0, 0) else None)
+        evaluated = {r for s in self.plan.strata for r in s.relations}
+        inputs = {r: d for r, d in self.debug.items() if r not in evaluated}
+        if inputs and start == Position(0, 0):  # a relation no rule makes is all there at iteration 0
+            self._record_deltas(inputs, 0)
         for number in range(start.stratum, len(self.plan.strata)):
             done = start.iteration if number == start.stratum else 0
             stratum, requests = self._stratum(number, self.plan.strata[number], done, on_iteration)
@@ -152,13 +158,18 @@ class Fixpoint:
         t0 = time.perf_counter()
         iterations: list[dict[str, Any]] = []
         limits = {r: n for r, n in self.plan.program.limits if r in stratum.relations} if stratum.recursive else {}
+        debugged = {r: self.debug[r] for r in stratum.relations if r in self.debug}
+        souffles_loop = stratum.recursive and (bool(limits or debugged) or _counts_iterations(stratum))
         while True:
-            iteration, requests = self._iterate(self._versions(stratum, done, bool(limits)), stratum.relations)
+            self.terms.iteration = done  # read by recursive rules only (checker.check_counters): Soufflé's count there
+            iteration, requests = self._iterate(self._versions(stratum, done, souffles_loop), stratum.relations)
+            if debugged:
+                self._record_deltas(debugged, done)
             iterations.append(iteration.to_json())
             if on_iteration is not None:
                 on_iteration(number, done, iteration.delta)
             done += 1
-            preamble = bool(limits) and done == 1  # only the non-recursive rules ran: the loop starts now
+            preamble = souffles_loop and done == 1  # only the non-recursive rules ran: the loop starts now
             if not (preamble or (stratum.recursive and iteration.active)):  # the exit: nothing found or moved anywhere
                 break
             if limits and self._reached(limits):  # Soufflé's other exit
@@ -169,10 +180,32 @@ class Fixpoint:
         sizes = {r: self.shard.local_size(r) for r in stratum.relations}
         return Stratum(stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6)), requests
 
+    def _record_deltas(self, debugged: dict[str, str], done: int) -> None:
+        """Each ``debug_delta`` relation in ``debugged`` gets its relation's delta of iteration
+        ``done`` with that number; at iteration 0 (Soufflé's preamble, or a stratum that is not
+        recursive, or a relation no rule makes) everything the relation holds, as Soufflé's
+        delta is the whole relation then. Sent to the owners of the rows (a collective, every
+        iteration, rows or not)."""
+        xp = self.xp
+        blocks: dict[Target, Any] = {}
+        for of, name in debugged.items():
+            store = self.shard.stores[of]
+            rows = store.compact() if done == 0 else store.delta
+            if not self.shard.accounts_for(of):  # a replicated relation's rows are recorded by shard 0
+                rows = rows[:0]
+            columns = [unpack(rows, j, xp) for j in range(store.arity)]
+            columns.append(xp.full(int(rows.shape[0]), encode_scalar(done, "unsigned"), dtype=xp.uint32))
+            blocks[self.shard.canonical_target(name)] = pack(columns, int(rows.shape[0]), xp)
+        arrived, _, _ = self.exchange.route(blocks, 0)
+        for (name, _), parts in arrived.items():
+            with self.clock.phase("merge"):
+                self.shard.stores[name].add(self.shard.stores[name].novel(xp.concatenate(parts), self.clock.phase))
+
     @staticmethod
     def _versions(stratum: StratumPlan, done: int, limited: bool) -> tuple[RulePlan, ...]:
         """The versions iteration ``done`` runs: the initial ones first, then the deltas. A
-        stratum with a ``.limitsize`` relation counts its iterations as Soufflé's loop does:
+        stratum with a ``.limitsize`` relation (or a ``debug_delta`` relation, or a rule that
+        reads ``recursive_iteration_cnt()``) counts its iterations as Soufflé's loop does:
         the non-recursive rules first, alone (Soufflé's preamble), then the recursive ones over
         everything so far (its first iteration, whose delta is the whole relation), then the
         deltas; so it stops after the same iteration, with the same tuples."""
@@ -245,3 +278,8 @@ class Fixpoint:
         if delta is None or (rp.exchanges and self.exchange.size > 1):
             return False
         return self.shard.store(delta.atom.relation, delta.route.copy).delta.shape[0] == 0
+
+
+def _counts_iterations(stratum: StratumPlan) -> bool:
+    """Whether a rule of the stratum reads ``recursive_iteration_cnt()``."""
+    return any(c.name == ITERATION for rp in stratum.initial for c in calls(rp.rule))

@@ -33,6 +33,7 @@ class Terms:
         self.symbols = symbols
         self.context = functors.Context(xp, symbols, user=user or {})
         self.counter = 0  # autoinc()'s next value, the same on every shard
+        self.iteration = 0  # recursive_iteration_cnt(), set by the fixpoint
 
     def column(self, t: Term, b: Bindings) -> Any:
         """The encoded uint32 column of ``t`` over the rows of ``b``."""
@@ -41,6 +42,8 @@ class Terms:
         if isinstance(t, Const):
             value = self.symbols.id_of(str(t.value)) if t.type == "symbol" else int(t.value)
             return self.xp.full(b.n, encode_scalar(value, t.type), dtype=self.xp.uint32)
+        if isinstance(t, Call) and t.name == functors.ITERATION:
+            return self.xp.full(b.n, encode_scalar(self.iteration, "unsigned"), dtype=self.xp.uint32)
         if isinstance(t, Call) and not t.args:  # one value (a user functor's), the same on every row
             return self.xp.repeat(functors.apply(t, [], self.context), b.n)
         if isinstance(t, Call):

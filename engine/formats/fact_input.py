@@ -51,7 +51,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.formats import record_text
+from dask_datalog.engine.formats import json_text, record_text
 from dask_datalog.engine.storage import cpu_kernels
 from dask_datalog.engine.values import (
     INT32_MAX,
@@ -96,10 +96,12 @@ class FactFormat:
     headers: bool = False
     rfc4180: bool = False
     columns: tuple[int, ...] | None = None
+    json: bool = False  # Soufflé's JSON (json_text), not CSV
 
     @classmethod
     def of(cls, spec: ir.InputSpec) -> FactFormat:
-        return cls(spec.delimiter, spec.headers and spec.io == "file", spec.rfc4180, spec.columns)
+        json = spec.io in ("json", "jsonfile")
+        return cls(spec.delimiter, spec.headers and spec.io == "file", spec.rfc4180, spec.columns, json)
 
 
 def _format(fmt: FactFormat | str) -> FactFormat:
@@ -151,7 +153,7 @@ def read_facts_range(
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
             compressed = f.read(2) == _GZIP_MAGIC
-            whole = relation.arity == 0 or fmt.rfc4180 or compressed
+            whole = relation.arity == 0 or fmt.rfc4180 or compressed or fmt.json
             if whole and part > 0:
                 return np.empty((0, relation.arity), dtype=np.uint32)
             lo, hi = (0, size) if whole else (part * size // n_parts, (part + 1) * size // n_parts)
@@ -194,6 +196,8 @@ def read_text(
     """Fact text (a file's, or a range of its lines; standard input's) -> encoded rows; errors
     name ``file``. ``file_start``: ``data`` begins the file (where a header is skipped)."""
     fmt = _format(fmt)
+    if fmt.json:
+        return json_text.read_rows(data, file, relation, symbols)
     first_line = 1
     if fmt.headers and file_start:
         cut = data.find(b"\n")

@@ -212,8 +212,8 @@ class _Writer:
     each value asked for is written out from those shapes, depth first with a stack (a long
     list nests deep), in time its text's length."""
 
-    def __init__(self, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool):
-        self.relation, self.symbols, self.rfc4180 = relation, symbols, rfc4180
+    def __init__(self, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool, json: str | None = None):
+        self.relation, self.symbols, self.rfc4180, self.json = relation, symbols, rfc4180, json
         self.shapes: dict[tuple[str, int], tuple[str, list[tuple[ir.Attribute, int]], str]] = {}
 
     def column(self, values: np.ndarray, attribute: ir.Attribute) -> list[str]:
@@ -238,6 +238,8 @@ class _Writer:
             pending.append(closing)
             for k in reversed(range(len(elements))):
                 pending.append(elements[k])
+                if self.json == "object":
+                    pending.append(f"{self.quote(elements[k][0].name)}: ")
                 if k:
                     pending.append(", ")
             pending.append(opening)
@@ -251,13 +253,27 @@ class _Writer:
                 assert definition.enum, f"no record {value} of {f.record}"
                 return "$" + definition.branches[int(decode(np.array([value], np.uint32), "number")[0])].name
             assert value == 0, f"no record {value} of {f.record}"
-            return "nil"
+            return "null" if self.json else "nil"
+        if self.json:
+            return self.json_scalar(f, value)
         if f.type == "symbol":
             text = str(self.symbols.lookup(np.array([value]))[0])
             return '""' + text.replace('"', '\\""') + '""' if self.rfc4180 else text
         if f.type == "float":
             return format_float(decode_scalar(value, "float"))
         return str(decode(np.array([value], np.uint32), f.type)[0])
+
+    def quote(self, text: str) -> str:
+        from dask_datalog.engine.formats.json_text import quote  # json_text writes its tuples with this module
+
+        return quote(text)
+
+    def json_scalar(self, f: ir.Attribute, value: int) -> str:
+        from dask_datalog.engine.formats.json_text import format_values
+
+        if f.type == "symbol":
+            return self.quote(str(self.symbols.lookup(np.array([value]))[0]))
+        return format_values(np.array([value], np.uint32), f.type)[0]
 
     def find(self, type_name: str, ids: np.ndarray) -> None:
         """Every record reachable from ``ids`` (of ``type_name``) into ``shapes``, level by level."""
@@ -278,7 +294,8 @@ class _Writer:
         records = self.symbols.records
         if isinstance(definition, ir.RecordType):
             found, rows = records.unpack(tuple(f.type for f in definition.fields), ids)
-            yield from self.shape(name, ids[found], rows, definition.fields, "[", "]")
+            opening, closing = ("{", "}") if self.json == "object" else ("[", "]")
+            yield from self.shape(name, ids[found], rows, definition.fields, opening, closing)
             return
         if definition.enum:
             return
@@ -305,13 +322,19 @@ class _Writer:
 
 
 def write_column(
-    values: np.ndarray, attribute: ir.Attribute, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool = False
+    values: np.ndarray,
+    attribute: ir.Attribute,
+    relation: ir.Relation,
+    symbols: SymbolTable,
+    rfc4180: bool = False,
+    json: str | None = None,
 ) -> np.ndarray:
     """The texts of a record or ADT column's encoded values (an object array), each distinct
     value rendered once; ``rfc4180``: as Soufflé's rfc4180 output writes them, in quotes, the
-    symbols inside in doubled quotes (a quote in one as ``\\""``)."""
+    symbols inside in doubled quotes (a quote in one as ``\\""``); ``json`` "list" or
+    "object": as Soufflé's JSON writer writes records (``json_text``; no ADTs)."""
     distinct, inverse = np.unique(np.asarray(values), return_inverse=True)
-    written = _Writer(relation, symbols, rfc4180).column(distinct, attribute)
+    written = _Writer(relation, symbols, rfc4180, json).column(distinct, attribute)
     texts = np.array([f'"{t}"' for t in written] if rfc4180 else written, dtype=object)
     return texts[inverse.reshape(-1)] if len(texts) else np.empty(0, dtype=object)
 

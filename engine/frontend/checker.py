@@ -16,17 +16,19 @@ from typing import Any
 
 from dask_datalog.engine import functors, ir
 from dask_datalog.engine.errors import DatalogError, Diagnostics
+from dask_datalog.engine.formats import json_text
 from dask_datalog.engine.frontend import inline
 from dask_datalog.engine.frontend import parser as st
+from dask_datalog.engine.frontend.lift import Lifter
 from dask_datalog.engine.frontend.strata import Stratum
 from dask_datalog.engine.ir import BaseType, Pos
 from dask_datalog.engine.values import FLOAT_INF, INT32_MAX, INT32_MIN, format_float, round_float32
 
 # The parameters Soufflé 2.5's CSV readers and writers honour (ReadStreamCSV.h, WriteStreamCSV.h);
 # `compress` on an input changes nothing (a gzip fact file is recognised by its contents).
-_INPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "columns", "name", "compress")
-_OUTPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "compress", "name", "attributeNames")
-_IO_KINDS = {"input": ("file", "stdin"), "output": ("file", "stdout", "stdoutprintsize")}
+_INPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "columns", "name", "compress", "format")
+_OUTPUT_PARAMS = ("IO", "filename", "delimiter", "headers", "rfc4180", "compress", "name", "attributeNames", "format")
+_IO_KINDS = {"input": ("file", "stdin", "json", "jsonfile"), "output": ("file", "stdout", "stdoutprintsize", "json", "jsonfile")}
 
 
 # Soufflé options a program may set that change how it is evaluated or reported, never its
@@ -52,7 +54,9 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     found = Diagnostics()
     types = _type_table(type_decls, found)
     decls = [s for s in statements if isinstance(s, st.Decl)]
+    decls.sort(key=lambda d: d.debug_of is not None)  # a debug_delta relation copies its relation's attributes
     relations = _relations(decls, types, type_decls, found)
+    debug = {d.name: d for d in decls if d.debug_of is not None}
     with found.check():
         functors_ = _functors([s for s in statements if isinstance(s, st.FunctorDecl)], types)
     found.raise_first()
@@ -81,6 +85,11 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                     raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
                 pragmas[s.key] = s.value
             elif isinstance(s, st.Clause):
+                for head in s.heads:
+                    if head.relation in debug:
+                        raise DatalogError(
+                            debug[head.relation].pos, f"Unexpected rules/facts for delta_debug relation {head.relation}"
+                        )
                 rules.extend(_clause_rules(s, relations, inlined, types, lattice, functors_))
             elif isinstance(s, st.Directive):
                 relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
@@ -105,6 +114,10 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                     inputs.append(_input_spec(s, relation))
                 else:
                     outputs.append(_output_spec(s, relation))
+    lifter = Lifter(relations, lambda lits: _bound(lits, set(), lambda _: set()), lambda f: _CONVERSION_OF.get(f, f))
+    with found.check():
+        lifted = [lifter.rule(rule) for rule in rules]
+        rules = lifter.rules + lifted  # the auxiliary rules first (made while lifting)
     if inlined:
         rules = _inline(rules, inlined, observed, relations, found)
     results = {s.name: s.result.type_name for s in statements if isinstance(s, st.FunctorDecl)}
@@ -122,7 +135,8 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
         filename,
         directories,
         tuple((name, n) for name, (n, _) in limits.items()),
-        tuple(functors_.values()),
+        tuple(f for f in functors_.values() if not f.stateful),
+        tuple((name, d.debug_of) for name, d in debug.items() if d.debug_of is not None),
     )
 
 
@@ -435,6 +449,9 @@ def _relation_decl(
         raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
     if d.eqrel and attrs[0].type_name != attrs[1].type_name:
         raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
+    if d.debug_of is not None:
+        attrs = [*_relation(relations, d.debug_of, d.pos, f"in debug_delta({d.debug_of})").attributes]
+        attrs.append(ir.Attribute("<iteration>", "unsigned", "unsigned"))
     reached = types.reachable(a.record for a in attrs if a.record is not None)
     return ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
 
@@ -442,16 +459,16 @@ def _relation_decl(
 def _functors(decls: Sequence[st.FunctorDecl], types: _Types) -> dict[str, ir.Functor]:
     """The ``.functor`` declarations by name: their types declared, and of a base type (Soufflé
     passes only numbers, unsigned, floats and symbols to a functor that is not stateful); a
-    stateful functor, which calls back into Soufflé's own tables, is refused."""
+    stateful functor, which calls back into Soufflé's own tables, is declared (a lattice's
+    operators are) but a call of it is refused."""
     out: dict[str, ir.Functor] = {}
     for d in decls:
         if d.name in out:
             first = out[d.name].pos
             raise DatalogError(d.pos, f"duplicate declaration of functor {d.name} (first declared at {first.line}:{first.col})")
         if d.stateful:
-            raise DatalogError(
-                d.pos, f"unsupported: stateful functor {d.name} (it works on Soufflé's own symbol and record tables)"
-            )
+            out[d.name] = ir.Functor(d.name, (), "number", d.pos, stateful=True)
+            continue
         kinds: list[BaseType] = []
         for attr in (*d.params, d.result):
             what = "the result" if attr is d.result else f"parameter {attr.name}" if attr.name else "a parameter"
@@ -557,8 +574,21 @@ def _filename(params: dict[str, st.Param], kind: str, extension: str) -> str | N
     return None
 
 
+def _json(params: dict[str, st.Param], kind: str, relation: ir.Relation) -> bool:
+    """Whether the directive is Soufflé's JSON (``IO=json``/``jsonfile``), which cannot hold
+    what Soufflé 2.5 stops at (``json_text.refusal``)."""
+    io = _io_kind(params, kind)
+    if io not in ("json", "jsonfile"):
+        return False
+    why = json_text.refusal(relation)
+    if why is not None:
+        raise DatalogError(params["IO"].pos, f"unsupported: IO={io} for {relation.name}, which holds {why}")
+    return True
+
+
 def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
     params = _params(d, _INPUT_PARAMS)
+    json = _json(params, "input", relation)
     rfc4180 = _flag(params, "rfc4180")
     columns = None
     if "columns" in params and params["columns"].value:
@@ -572,7 +602,7 @@ def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
         columns = tuple(int(part) for part in parts)
     return ir.InputSpec(
         d.relation,
-        _filename(params, "input", ".facts"),
+        _filename(params, "input", ".json" if json else ".facts"),
         _delimiter(params, rfc4180),
         d.pos,
         _io_kind(params, "input"),
@@ -584,6 +614,7 @@ def _input_spec(d: st.Directive, relation: ir.Relation) -> ir.InputSpec:
 
 def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
     params = _params(d, _OUTPUT_PARAMS)
+    json = _json(params, "output", relation)
     rfc4180 = _flag(params, "rfc4180")
     compress = "compress" in params
     if compress and params["compress"].value != "true":
@@ -593,7 +624,7 @@ def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
     header = params["attributeNames"].value if "attributeNames" in params else joint.join(names)
     return ir.OutputSpec(
         d.relation,
-        _filename(params, "output", ".csv.gz" if compress else ".csv"),
+        _filename(params, "output", ".json" if json else ".csv.gz" if compress else ".csv"),
         _delimiter(params, rfc4180),
         d.pos,
         _io_kind(params, "output"),
@@ -602,6 +633,7 @@ def _output_spec(d: st.Directive, relation: ir.Relation) -> ir.OutputSpec:
         compress,
         params["name"].value if "name" in params else "",
         None if header == "\t".join(names) else header,
+        json and "format" in params and params["format"].value == "object",
     )
 
 
@@ -1020,6 +1052,10 @@ class _RuleChecker:
         decl = self.functors.get(name)
         if decl is None:
             raise DatalogError(e.pos, f"undeclared user-defined functor {e.func}" + _suggest(name, self.functors))
+        if decl.stateful:
+            raise DatalogError(
+                e.pos, f"unsupported: stateful functor {name} (it works on Soufflé's own symbol and record tables)"
+            )
         if len(e.args) != len(decl.params):
             wanted = len(decl.params)
             raise DatalogError(
@@ -1340,10 +1376,9 @@ class _RuleChecker:
         if used != t:
             raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it is used as {_a(used)}")
         target = None if lit.target is None else self.typed(lit.target, t, f"{lit.func} is over {_a(t)}")
-        made = next((c for c in ir.calls((body, target)) if functors.of(c).agreed), None)
-        if made is not None:
-            shown = _CONVERSION_OF.get(made.name, made.name)
-            raise DatalogError(made.pos, f"unsupported: {shown}(...) inside an aggregate (shards agree on its values)")
+        made = next((c for c in ir.calls((body, target)) if functors.of(c).counter), None)
+        if made is not None:  # symbol-making calls are made by rules of their own (lift.py); autoinc() is not
+            raise DatalogError(made.pos, "unsupported: autoinc(...) inside an aggregate (shards agree on its values)")
         return replace(lit, body=body, target=target, type=_primitive(t))
 
     def typed(self, term: ir.Term, want: str, where: str) -> ir.Term:
@@ -1773,6 +1808,8 @@ def _fold_fact(rule: ir.Rule) -> ir.Rule:
     agree)."""
 
     def fold(t: ir.Term) -> ir.Term:
+        if isinstance(t, ir.Call) and t.name == functors.ITERATION:
+            raise DatalogError(t.pos, "Argument in fact is not constant")
         return functors.fold(t) if isinstance(t, ir.Call) and functors.foldable(t) else t
 
     return replace(rule, head=ir.rewrite_terms(rule.head, fold))
@@ -1780,13 +1817,20 @@ def _fold_fact(rule: ir.Rule) -> ir.Rule:
 
 def check_counters(strata: Sequence[Stratum]) -> None:
     """``autoinc()`` in a recursive rule would make a new number every iteration, without end:
-    Soufflé refuses it."""
+    Soufflé refuses it. ``recursive_iteration_cnt()`` is taken in recursive rules only: in any
+    other Soufflé gives it what the last loop before left in its counter, which depends on its
+    own order of strata."""
     for stratum in strata:
-        if stratum.recursive:
-            for rule in stratum.rules:
-                for call in ir.calls(rule):
-                    if functors.of(call).counter:
-                        raise DatalogError(call.pos, "Auto-increment functor in a recursive rule")
+        for rule in stratum.rules:
+            recursive = any(isinstance(lit, ir.Atom) and lit.relation in stratum.relations for lit in rule.body)
+            for call in ir.calls(rule):
+                if stratum.recursive and functors.of(call).counter:
+                    raise DatalogError(call.pos, "Auto-increment functor in a recursive rule")
+                if call.name == functors.ITERATION and not recursive:
+                    raise DatalogError(
+                        call.pos,
+                        "unsupported: recursive_iteration_cnt() outside a recursive rule (Soufflé gives it what its last loop left)",
+                    )
 
 
 def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:

@@ -257,7 +257,12 @@ class _Content:
         branches = self.branch_names(prefix)
         out = _Content(
             [_bind_type(replace(t, name=types[t.name]), types, branches) for t in self.types],
-            [_bind_decl(replace(d, name=relations[d.name]), types) for d in self.decls],
+            [
+                _bind_decl(
+                    replace(d, name=relations[d.name], debug_of=d.debug_of and relations.get(d.debug_of, d.debug_of)), types
+                )
+                for d in self.decls
+            ],
             clauses=[_rename_clause(c, relations, branches) for c in self.clauses],
         )
         renamed = (replace(d, relation=relations.get(d.relation, d.relation)) for d in self.directives)

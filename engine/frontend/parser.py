@@ -21,6 +21,7 @@ from lark.lexer import PatternStr
 
 from dask_datalog.engine import functors
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend.annotations import blank as blank_annotations
 from dask_datalog.engine.frontend.preprocess import LineMap
 from dask_datalog.engine.ir import Pos
 from dask_datalog.engine.values import parse_float
@@ -188,6 +189,7 @@ class Decl:
     overridable: bool = False
     inline: bool = False  # expanded where it is used (frontend/inline.py)
     choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()  # choice-domain keys: attribute names
+    debug_of: str | None = None  # ``.decl name = debug_delta(R)``: R's deltas, each with its iteration
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,7 @@ def parse(text: str, filename: str = "<string>", lines: LineMap | None = None) -
     ``lines``: for preprocessed text, where each of its lines came from (preprocess.py)."""
     text = text.removeprefix("\ufeff")
     where = lines or LineMap()
+    text = blank_annotations(text, filename, where)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
@@ -378,6 +381,8 @@ _HIDDEN_WORDS = frozenset(
         "to_unsigned",
         "to_float",
         "autoinc",
+        "recursive_iteration_cnt",
+        "debug_delta",
         "range",
         "as",
     ]
@@ -405,13 +410,6 @@ _NOT_FUNCTORS = {
 _CALLED_NAME = re.compile(r"\b(" + "|".join(_NOT_FUNCTORS) + r")\s*$")
 
 
-# Soufflé syntax the grammar does not take, named where the parse stops at it.
-_UNSUPPORTED_SYNTAX = (
-    ("annotations @[...]", re.compile(r"@!?\[")),
-    ("debug_delta relations (.decl R = debug_delta(S))", re.compile(r"=[ \t]*debug_delta[ \t]*\(")),
-)
-
-
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END":
         # the parser's stack still holds the tokens of what is open: the innermost .comp is named
@@ -433,9 +431,8 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) 
     if called:
         name = called[1]
         return DatalogError(pos, f"syntax error: {name} is not a functor in Soufflé 2.5; write {_NOT_FUNCTORS[name]}(...)")
-    for construct, pattern in _UNSUPPORTED_SYNTAX:
-        if pattern.match(text, at):
-            return DatalogError(pos, f"unsupported: {construct}")
+    if re.match(r"@!?\[", text[at:]):
+        return DatalogError(pos, "syntax error: an annotation @[...] cannot stand here")
     if isinstance(e, UnexpectedCharacters):
         found = f"unexpected character {e.char!r}"
     else:
@@ -457,7 +454,7 @@ def _expected(e: UnexpectedInput) -> str:
 
 def _expected_words(names: set[str]) -> str:
     words: set[str] = set()
-    for name in names:
+    for name in names - {"LATTICE_MARK"}:
         if name == "MIN_MAX":
             words.update(("'max'", "'min'"))
             continue
@@ -521,7 +518,12 @@ class _Builder:
     # statements
 
     def statements(self, tree: LarkTree) -> tuple[Item, ...]:
-        return self.items(tree.children)
+        items = self.items(tree.children)
+        types = {item.name for item in items if isinstance(item, TypeAlias | RecordDecl | AdtDecl)}
+        for node in tree.children:  # a lattice of the program itself names one of its types (those of components are not checked)
+            if node.data == "lattice" and str(node.children[0]) not in types:
+                raise self.fail(node, f"Undefined type {node.children[0]}")
+        return items
 
     def items(self, nodes: list[Any]) -> tuple[Item, ...]:
         """The statements of the program or of a component's body, in order."""
@@ -556,6 +558,12 @@ class _Builder:
             raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
         if kind == "decl":
             return self.decls(node)
+        if kind == "debug_decl":
+            name, of = node.children
+            return [Decl(str(name), (), self.pos(name), debug_of=str(of))]
+        if kind == "lattice":
+            self.lattice(node)
+            return []
         if kind in ("subtype", "type_union"):
             return [self.type_alias(node)]
         if kind == "record_type":
@@ -598,6 +606,22 @@ class _Builder:
         stateful = any(isinstance(c, Tree) and c.data == "stateful" for c in rest)
         returned = Attr("return type", str(result), self.pos(result), self.pos(result))
         return FunctorDecl(str(name), tuple(attrs), returned, stateful, self.pos(node))
+
+    def lattice(self, node: LarkTree) -> None:
+        """A ``.lattice`` is checked as Soufflé's parser and semantic checker do and then
+        dropped: only an attribute of its type (rejected there) would use it."""
+        name, *ops = node.children
+        found = {}
+        for op in ops:
+            op_name, value = op.children
+            if str(op_name) not in ("Bottom", "Top", "Lub", "Glb", "Leq"):
+                raise self.fail(op, "Lattice operator not recognized")
+            found[str(op_name)] = value
+        if "Lub" not in found:
+            raise self.fail(node, f"Lattice {name}<> does not define Lub")
+        for op_name in ("Lub", "Glb"):
+            if op_name in found and not (isinstance(found[op_name], Tree) and found[op_name].data == "user_functor"):
+                raise self.fail(node, f"Lattice operator {op_name} must be a user-defined functor")
 
     def component(self, node: LarkTree) -> Component:
         self.components += 1
@@ -647,8 +671,7 @@ class _Builder:
                 elif word not in STORAGE_QUALIFIERS and word != "eqrel":
                     raise self.fail(child, f"unsupported: .decl qualifier '{word}'")
             elif isinstance(child, Tree):
-                attr_name, type_name = child.children
-                attrs.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
+                attrs.append(self.attr(child))
         out: list[Item] = []
         for name in names:
             pos = self.pos(name)
@@ -658,12 +681,13 @@ class _Builder:
 
     def attrs(self, nodes: list[Any]) -> tuple[Attr, ...]:
         """The ``name: type`` attributes of a record type or an ADT branch."""
-        out = []
-        for node in nodes:
-            if node is not None:
-                attr_name, type_name = node.children
-                out.append(Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name)))
-        return tuple(out)
+        return tuple(self.attr(node) for node in nodes if node is not None)
+
+    def attr(self, node: LarkTree) -> Attr:
+        attr_name, type_name, lattice = node.children
+        if lattice is not None:
+            raise self.fail(type_name, f"unsupported: lattice attributes ({type_name}<>)")
+        return Attr(str(attr_name), str(type_name), self.pos(type_name), self.pos(attr_name))
 
     def type_alias(self, node: LarkTree) -> TypeAlias:
         name, *bases = node.children
@@ -718,6 +742,12 @@ class _Builder:
         if kind == "comparison":
             left, op, right = node.children
             lit = Comparison(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
+            sides = {type(lit.left), type(lit.right)}
+            if lit.op == "=" and sides == {
+                Wild,
+                Record,
+            }:  # true, as Soufflé's ResolveAnonymousRecordAliases makes it before any check
+                return ((),)
             return ((lit,),)
         if kind == "truth":  # true adds nothing; false leaves no alternative, the rule never fires
             return ((),) if str(node.children[0]) == "true" else ()

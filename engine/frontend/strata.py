@@ -50,13 +50,15 @@ def stratify(program: ir.Program) -> tuple[Stratum, ...]:
     """Strata in evaluation order; DatalogError if negation or aggregation goes through
     recursion (the program then has no stratified meaning)."""
     order = {name: i for i, name in enumerate(program.relations)}
+    debug_of = dict(program.debug_deltas)  # filled with the stratum of its relation: read as if it were that relation
     rules_of: dict[str, list[tuple[int, ir.Rule]]] = {}  # numbered to keep program order
     for numbered in enumerate(program.rules):
         rules_of.setdefault(numbered[1].head.relation, []).append(numbered)
     nodes = sorted(rules_of, key=order.__getitem__)
     graph = {
         head: sorted(
-            {d.relation for _, r in rules_of[head] for d in _dependencies(r) if d.relation in rules_of}, key=order.__getitem__
+            {debug_of.get(d.relation, d.relation) for _, r in rules_of[head] for d in _dependencies(r)} & set(rules_of),
+            key=order.__getitem__,
         )
         for head in nodes
     }
@@ -65,12 +67,16 @@ def stratify(program: ir.Program) -> tuple[Stratum, ...]:
     for rule in program.rules:
         for dep in _dependencies(rule):
             head = rule.head.relation
+            if component_of.get(debug_of.get(dep.relation, "")) == component_of[head]:
+                raise DatalogError(
+                    dep.pos, f"unsupported: {dep.relation}, the debug_delta of {debug_of[dep.relation]}, read in its own stratum"
+                )
             if dep.kind != "positive" and component_of.get(dep.relation) == component_of[head]:
                 raise _cycle_error(dep, head, graph)
     strata = []
     for i in _topological(components, component_of, graph, order):
-        members = frozenset(components[i])
-        rules = tuple(r for _, r in sorted(n for m in members for n in rules_of[m]))
+        members = frozenset(components[i]) | {d for d, r in debug_of.items() if r in components[i]}
+        rules = tuple(r for _, r in sorted(n for m in members for n in rules_of.get(m, [])))
         recursive = any(isinstance(lit, ir.Atom) and lit.relation in members for r in rules for lit in r.body)
         strata.append(Stratum(members, rules, recursive))
     return tuple(strata)
