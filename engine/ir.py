@@ -282,12 +282,16 @@ class Program:
     # ``.limitsize r(n=N)``: a recursive stratum stops after the iteration that brings r to N
     # tuples or more (Soufflé 2.5's loop exit); relation -> N.
     limits: tuple[tuple[str, int], ...] = ()
+    # Subsumptive rules ``a <= b :- body.`` in Soufflé's form ``a :- a, b, body``: the head is the
+    # dominated atom, the body's first two literals the dominated and the dominating atoms;
+    # each deletes from its head relation the tuples its body finds dominated (plan.py).
+    subsumptions: tuple[Rule, ...] = ()
 
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)
 
     def __hash__(self) -> int:  # dict field: hash what identifies the program
-        return hash((tuple(self.relations), self.rules))
+        return hash((tuple(self.relations), self.rules, self.subsumptions))
 
 
 DIRECTORY_PRAGMAS = frozenset({"fact-dir", "output-dir"})

@@ -8,6 +8,11 @@ every shard's count of tuples found or moved (so all shards see the same exit wi
 round) and ORs their checkpoint requests; what arrives is deduplicated too, becomes the next
 delta and joins full; then the other copies of each relation receive that delta.
 
+A stratum with subsumptive rules runs as Soufflé's does (subsumption.py, at two declared
+points): its non-recursive rules first, after which ``Subsumption.settle`` removes what they
+dominate; then, if it is recursive, every relation's delta is all of it, and each iteration
+hands its new tuples to ``Subsumption.accept`` before they join full.
+
 The loop meets other shards only through its ``Exchange`` (exchange.py) and the world outside
 only through its ``Control`` (control.py), at the points those modules declare. A run over one
 shard is the same loop with ``LocalExchange``.
@@ -33,9 +38,10 @@ from dask_datalog.engine.execution.phases import PhaseClock
 from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.rule_versions import run_version
 from dask_datalog.engine.execution.shard_store import ShardStore
+from dask_datalog.engine.execution.subsumption import Subsumption
 from dask_datalog.engine.execution.terms import Terms
 from dask_datalog.engine.ir import Atom, symbol_constants
-from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan
+from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan, SubsumptionPlan
 from dask_datalog.engine.storage.hisa import words_for
 from dask_datalog.engine.values import SymbolTable
 
@@ -121,6 +127,7 @@ class Fixpoint:
         self.chunk_rows = chunk_rows
         self.clock = PhaseClock(backend)
         self.operators = Operators(backend, Terms(self.xp, symbols), shard, Router(self.exchange, self.xp), chunk_rows)
+        self.subsumption = Subsumption(self.operators, self.clock, self._check)
         # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
         constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
         self.choices = {
@@ -150,13 +157,20 @@ class Fixpoint:
         t0 = time.perf_counter()
         iterations: list[dict[str, Any]] = []
         limits = {r: n for r, n in self.plan.program.limits if r in stratum.relations} if stratum.recursive else {}
+        primed = bool(stratum.subsumption) and stratum.recursive  # Soufflé's loop, from delta = everything
         while True:
-            iteration, requests = self._iterate(self._versions(stratum, done, bool(limits)), stratum.relations)
+            subsumption = stratum.subsumption if primed and done > 0 else ()
+            versions = self._versions(stratum, done, bool(limits), primed)
+            iteration, requests = self._iterate(versions, stratum.relations, subsumption)
+            if done == 0 and stratum.subsumption:
+                self.subsumption.settle(stratum.subsumption)
+                if primed:
+                    self.shard.prime(stratum.relations)
             iterations.append(iteration.to_json())
             if on_iteration is not None:
                 on_iteration(number, done, iteration.delta)
             done += 1
-            preamble = bool(limits) and done == 1  # only the non-recursive rules ran: the loop starts now
+            preamble = (bool(limits) or primed) and done == 1  # only the non-recursive rules ran: the loop starts now
             if not (preamble or (stratum.recursive and iteration.active)):  # the exit: nothing found or moved anywhere
                 break
             if limits and self._reached(limits):  # Soufflé's other exit
@@ -168,13 +182,17 @@ class Fixpoint:
         return Stratum(stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6)), requests
 
     @staticmethod
-    def _versions(stratum: StratumPlan, done: int, limited: bool) -> tuple[RulePlan, ...]:
+    def _versions(stratum: StratumPlan, done: int, limited: bool, primed: bool) -> tuple[RulePlan, ...]:
         """The versions iteration ``done`` runs: the initial ones first, then the deltas. A
         stratum with a ``.limitsize`` relation counts its iterations as Soufflé's loop does:
         the non-recursive rules first, alone (Soufflé's preamble), then the recursive ones over
         everything so far (its first iteration, whose delta is the whole relation), then the
-        deltas; so it stops after the same iteration, with the same tuples."""
-        if not limited:
+        deltas; so it stops after the same iteration, with the same tuples. A ``primed`` one
+        (subsumption) runs its non-recursive rules, then the deltas from deltas that are every
+        relation's whole (``ShardStore.prime``)."""
+        if primed and done > 0:
+            return stratum.deltas
+        if not (limited or primed):
             return stratum.initial if done == 0 else stratum.deltas
         if done > 1:
             return stratum.deltas
@@ -199,9 +217,12 @@ class Fixpoint:
     def _check(self) -> None:
         self.control.check(self.shard.held)
 
-    def _iterate(self, versions: tuple[RulePlan, ...], relations: tuple[str, ...]) -> tuple[Iteration, int]:
+    def _iterate(
+        self, versions: tuple[RulePlan, ...], relations: tuple[str, ...], subsumption: tuple[SubsumptionPlan, ...]
+    ) -> tuple[Iteration, int]:
         """One semi-naive step (see the module docstring); returns it and the checkpoint
-        requests every shard agreed on at its end."""
+        requests every shard agreed on at its end. ``subsumption``: the relations whose new
+        tuples ``Subsumption.accept`` sifts first, in order."""
         t0 = time.perf_counter()
         xp = self.xp
         width = {r: words_for(self.shard.stores[r].arity) for r in relations}
@@ -217,9 +238,12 @@ class Fixpoint:
         arrived, active, requests = self.exchange.route(blocks, found, self.control.requests())
         for (name, _), parts in arrived.items():
             kept[name].add(self.shard.stores[name].novel(xp.concatenate(parts), self.clock.phase), unique=True)
+        deltas = {rel: kept[rel].rows() for rel in relations}
+        for sp in subsumption:  # each relation's sifting reads the relations sifted before it, as in Soufflé
+            deltas[sp.relation] = self.subsumption.accept(sp, deltas[sp.relation])
         delta_sizes = {}
         for rel in relations:
-            delta = kept[rel].rows()
+            delta = deltas[rel]
             if rel in self.choices:
                 delta = self.choices[rel].choose(delta)
             with self.clock.phase("merge"):

@@ -63,6 +63,9 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
         for clause in _equivalence(d)
         for rule in _clause_rules(clause, relations, inlined, types, lattice)
     ]
+    subsumptive = [s for s in statements if isinstance(s, st.Clause) and s.dominating is not None]
+    _check_subsumptive(decls, subsumptive, inlined)
+    subsumptions: list[ir.Rule] = []
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
@@ -76,7 +79,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
             pragmas[s.key] = s.value
         elif isinstance(s, st.Clause):
-            rules.extend(_clause_rules(s, relations, inlined, types, lattice))
+            (rules if s.dominating is None else subsumptions).extend(_clause_rules(s, relations, inlined, types, lattice))
         elif isinstance(s, st.Directive):
             relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
             observed.setdefault(s.relation, s.pos)
@@ -102,7 +105,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                 outputs.append(_output_spec(s, relation))
     if inlined:
         rules = _inline(rules, inlined, observed, relations)
-    _check_subtypes(rules, relations, lattice)
+    _check_subtypes(rules + subsumptions, relations, lattice)
     directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
     return ir.Program(
         relations,
@@ -113,6 +116,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
         filename,
         directories,
         tuple((name, n) for name, (n, _) in limits.items()),
+        tuple(subsumptions),
     )
 
 
@@ -567,9 +571,54 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
 # ---- clauses -----------------------------------------------------------------------------
 
 
+def _check_subsumptive(decls: Sequence[st.Decl], clauses: Sequence[st.Clause], inlined: Container[str]) -> None:
+    """Soufflé's checks of subsumption, its first error (by position) raised: a subsumptive
+    relation is declared ``btree_delete`` or with no representation, and not nullary; a rule
+    compares tuples of one relation. Inline relations and choice-domains are refused here."""
+    heads = {c.heads[0].relation for c in clauses}
+    errors: list[DatalogError] = []
+    for d in decls:
+        if d.storage == "btree_delete" and not d.attrs:
+            errors.append(DatalogError(d.pos, f'Subsumptive relation "{d.name}" must not be a nullary relation'))
+        elif d.name in heads and d.storage not in (None, "btree_delete"):
+            errors.append(
+                DatalogError(
+                    d.pos,
+                    f'Relation "{d.name}" has one or more subsumptive rules and relational representation '
+                    '"btree_delete" is missing',
+                )
+            )
+        elif d.name in heads and d.choice:
+            errors.append(DatalogError(d.pos, f"unsupported: choice-domain on {d.name}, which has subsumptive rules"))
+    for c in clauses:
+        assert c.dominating is not None
+        if c.heads[0].relation != c.dominating.relation:
+            errors.append(DatalogError(c.pos, "Subsumption must compare tuples from the same relation"))
+        for body in c.bodies or ():
+            for lit in body:
+                atom = lit.atom if isinstance(lit, st.Negation) else lit
+                if isinstance(atom, st.Atom) and atom.relation in inlined:
+                    errors.append(DatalogError(atom.pos, f"unsupported: the inline relation {atom.relation} in a subsumptive rule"))
+    if errors:
+        raise min(errors, key=lambda e: (e.pos.line, e.pos.col) if e.pos else (0, 0))
+
+
+def _named_wildcards(atom: st.Atom, stem: str) -> st.Atom:
+    """``atom`` with each ``_`` argument a variable of its own (Soufflé names them in both
+    compared atoms of a subsumption: its check that they differ then reads every column)."""
+    args = tuple(st.Var(f"{stem}{i}", e.pos) if isinstance(e, st.Wild) else e for i, e in enumerate(atom.args))
+    return replace(atom, args=args)
+
+
 def _clause_rules(
     c: st.Clause, relations: dict[str, ir.Relation], inlined: Container[str], types: _Types, lattice: _Lattice
 ) -> Iterator[ir.Rule]:
+    if c.dominating is not None:  # Soufflé's form: dominated :- dominated, dominating, body
+        dominated = _named_wildcards(c.heads[0], "@dominated")
+        dominating = _named_wildcards(c.dominating, "@dominating")
+        for body in c.bodies or ():
+            yield _RuleChecker(relations, types, lattice).rule(dominated, (dominated, dominating, *body), fact=False)
+        return
     if c.bodies is None:
         for head in c.heads:
             _check_ground(head)
@@ -1646,19 +1695,36 @@ def check_counters(strata: Sequence[Stratum]) -> None:
 
 
 def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:
-    """A ``.plan`` belongs to a recursive rule, and its version must be one the rule has: one
-    per atom of its own recursion, as Soufflé numbers them (a plan on a rule outside any
-    recursion is Soufflé's error too)."""
-    recursion = {name: s.relations for s in strata if s.recursive for name in s.relations}
+    """Soufflé's checks of ``.plan``, its first error (by position) raised: a plan belongs to a
+    recursive rule (a subsumptive one always is: it reads its own relation), each order ranks
+    every atom of the rule once (both compared atoms of a subsumption count), and each version
+    is one the rule has: one per atom of its own recursion."""
+    members = {name: s.relations for s in strata for name in s.relations}
+    recursive_strata = {name for s in strata if s.recursive for name in s.relations}
+    errors: list[DatalogError] = []
     for clause in statements:
         if not isinstance(clause, st.Clause) or not clause.plans or clause.bodies is None:
             continue
-        scc = recursion.get(clause.heads[0].relation, frozenset())
-        recursive = max(sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies)
+        head = clause.heads[0].relation
+        compared = 2 if clause.dominating is not None else 0
+        scc = members.get(head, frozenset()) if compared or head in recursive_strata else frozenset()
+        atoms = max(compared + sum(isinstance(lit, st.Atom) for lit in body) for body in clause.bodies)
+        recursive = compared + max(sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies)
+        if recursive == 0:
+            errors.append(DatalogError(clause.plans[0].pos, "execution plan for a rule that is not recursive"))
+            continue
         for item in clause.plans:
-            if recursive == 0:
-                raise DatalogError(item.pos, "execution plan for a rule that is not recursive")
-            if item.version >= recursive:
-                raise DatalogError(
-                    item.pos, f"execution plan for version {item.version}: only versions 0..{recursive - 1} permitted"
+            if len(item.order) != atoms:
+                errors.append(DatalogError(item.pos, f"invalid execution order in .plan (expected {atoms} atoms, not {len(item.order)})"))
+            elif sorted(item.order) != list(range(1, atoms + 1)):
+                errors.append(
+                    DatalogError(item.pos, "invalid execution order in .plan (incomplete): it must order every atom of the rule once")
                 )
+            if item.version >= recursive:
+                errors.append(
+                    DatalogError(
+                        item.pos, f"execution plan for version {item.version}: only versions 0..{recursive - 1} permitted"
+                    )
+                )
+    if errors:
+        raise min(errors, key=lambda e: (e.pos.line, e.pos.col) if e.pos else (0, 0))

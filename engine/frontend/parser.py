@@ -160,12 +160,14 @@ class PlanItem:
 @dataclass(frozen=True)
 class Clause:
     """``heads :- body.``; ``bodies`` holds the disjunctive normal form, None for a fact;
-    ``plans``: its ``.plan`` (checked, then left to the planner's own order)."""
+    ``plans``: its ``.plan`` (checked, then left to the planner's own order). A subsumptive
+    rule ``dominated <= dominating :- body.`` has its one head dominated and ``dominating`` set."""
 
     heads: tuple[Atom, ...]
     bodies: tuple[tuple[Literal, ...], ...] | None
     pos: Pos
     plans: tuple[PlanItem, ...] = ()
+    dominating: Atom | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,7 @@ class Decl:
     overridable: bool = False
     inline: bool = False  # expanded where it is used (frontend/inline.py)
     choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()  # choice-domain keys: attribute names
+    storage: str | None = None  # btree, brie, btree_delete or eqrel, where one is written
 
 
 @dataclass(frozen=True)
@@ -450,7 +453,7 @@ def _expected_words(names: set[str]) -> str:
         pattern = _lark().get_terminal(name).pattern
         if isinstance(pattern, PatternStr) and pattern.value not in _HIDDEN_WORDS:
             words.add(f"'{pattern.value}'")
-    if "':-'" in words:  # in a clause head '<=' only starts a (rejected) subsumption
+    if "':-'" in words:  # in a clause head '<=' only starts a subsumption
         words.discard("'<='")
     ordered = sorted(words, key=lambda w: (w.startswith("'"), w))
     if len(ordered) <= 1:
@@ -462,7 +465,6 @@ def _expected_words(names: set[str]) -> str:
 
 _UNSUPPORTED_STATEMENTS = {
     "functor_decl": "unsupported: .functor user-defined functors",
-    "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
 # Qualifiers that choose Soufflé's storage or its optimisations, never an answer: accepted and
 # ignored (relations here are always HISA).
@@ -519,19 +521,15 @@ class _Builder:
         return tuple(out)
 
     def plan(self, node: LarkTree, rule: Item | None) -> Clause:
-        """``.plan`` after a rule (in Soufflé's grammar it is part of the rule): each order must
-        be a permutation of the rule's atoms, as Soufflé requires; the versions are checked
-        once the program's recursion is known (``checker.check_plans``). The planner orders
-        joins itself: a plan never changes an answer."""
+        """``.plan`` after a rule (in Soufflé's grammar it is part of the rule); its orders and
+        versions are checked once the program's recursion is known (``checker.check_plans``).
+        The planner orders joins itself: a plan never changes an answer."""
         if not isinstance(rule, Clause) or rule.bodies is None:
             raise self.fail(node, ".plan must follow the rule it orders")
-        sizes = {sum(isinstance(lit, Atom) for lit in body) for body in rule.bodies}
         items = []
         for item in node.children:
             assert isinstance(item, Tree)
             version, *order = (int(str(n)) for n in item.children if n is not None)
-            if not any(sorted(order) == list(range(1, n + 1)) for n in sizes):
-                raise self.fail(item, "invalid execution order in .plan (incomplete): it must order every atom of the rule once")
             items.append(PlanItem(version, tuple(order), self.pos(item)))
         return replace(rule, plans=rule.plans + tuple(items))
 
@@ -570,6 +568,8 @@ class _Builder:
             assert isinstance(key, Token)
             text = self.unquote(value[0]) if value and isinstance(value[0], Token) else ""
             return [Pragma(self.unquote(key), text, self.pos(key))]
+        if kind == "subsumption":
+            return [self.subsumption(node)]
         assert kind == "clause", kind
         return [self.clause(node)]
 
@@ -618,7 +618,7 @@ class _Builder:
                     inline = True
                 elif word == "no_inline":
                     no_inline = True
-                elif word not in STORAGE_QUALIFIERS and word != "eqrel":
+                elif word not in STORAGE_QUALIFIERS and word not in ("eqrel", "btree_delete"):
                     raise self.fail(child, f"unsupported: .decl qualifier '{word}'")
             elif isinstance(child, Tree):
                 attr_name, type_name = child.children
@@ -626,7 +626,9 @@ class _Builder:
         out: list[Item] = []
         for name in names:
             pos = self.pos(name)
-            out.append(Decl(str(name), tuple(attrs), pos, storage == "eqrel", overridable, inline and not no_inline, choice))
+            out.append(
+                Decl(str(name), tuple(attrs), pos, storage == "eqrel", overridable, inline and not no_inline, choice, storage)
+            )
             out += [Directive(kind, str(name), (), pos) for kind in directives]
         return out
 
@@ -658,6 +660,12 @@ class _Builder:
         quoted = value.type == "STRING"
         text = self.unquote(value) if quoted else str(value)
         return Param(str(key), text, quoted, self.pos(key))
+
+    def subsumption(self, node: LarkTree) -> Clause:
+        """``dominated <= dominating :- body.``: one clause per alternative of the body, as
+        Soufflé's parser makes them."""
+        dominated, dominating, body = node.children
+        return Clause((self.atom(dominated),), self.body(body), self.pos(node), dominating=self.atom(dominating))
 
     def clause(self, node: LarkTree) -> Clause:
         heads_tree, body = node.children
