@@ -324,9 +324,9 @@ def _plan_subsumption(
             if written.head.relation != relation:
                 continue
             lifted = _lift_atom_expressions(written)
-            rule = _lift_made_values(replace(lifted, head=lifted.body[0]))  # the head is the dominated atom
-            dominated, dominating = rule.body[0], rule.body[1]
+            dominated, dominating = lifted.body[0], lifted.body[1]
             assert isinstance(dominated, Atom) and isinstance(dominating, Atom), "a subsumption compares two atoms"
+            rule = _lift_made_values(replace(lifted, head=dominated))  # the head is the dominated atom, as lifted
             distinct = Comparison("!=", Record(dominated.args), Record(dominating.args), rule.pos)
             differing = replace(rule, body=(dominated, dominating, distinct, *rule.body[2:]))
             settle.append(plan_rule(differing, None, program))

@@ -598,7 +598,9 @@ def _check_subsumptive(decls: Sequence[st.Decl], clauses: Sequence[st.Clause], i
             for lit in body:
                 atom = lit.atom if isinstance(lit, st.Negation) else lit
                 if isinstance(atom, st.Atom) and atom.relation in inlined:
-                    errors.append(DatalogError(atom.pos, f"unsupported: the inline relation {atom.relation} in a subsumptive rule"))
+                    errors.append(
+                        DatalogError(atom.pos, f"unsupported: the inline relation {atom.relation} in a subsumptive rule")
+                    )
     if errors:
         raise min(errors, key=lambda e: (e.pos.line, e.pos.col) if e.pos else (0, 0))
 
@@ -1709,16 +1711,22 @@ def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -
         compared = 2 if clause.dominating is not None else 0
         scc = members.get(head, frozenset()) if compared or head in recursive_strata else frozenset()
         atoms = max(compared + sum(isinstance(lit, st.Atom) for lit in body) for body in clause.bodies)
-        recursive = compared + max(sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies)
+        recursive = compared + max(
+            sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies
+        )
         if recursive == 0:
             errors.append(DatalogError(clause.plans[0].pos, "execution plan for a rule that is not recursive"))
             continue
         for item in clause.plans:
             if len(item.order) != atoms:
-                errors.append(DatalogError(item.pos, f"invalid execution order in .plan (expected {atoms} atoms, not {len(item.order)})"))
+                errors.append(
+                    DatalogError(item.pos, f"invalid execution order in .plan (expected {atoms} atoms, not {len(item.order)})")
+                )
             elif sorted(item.order) != list(range(1, atoms + 1)):
                 errors.append(
-                    DatalogError(item.pos, "invalid execution order in .plan (incomplete): it must order every atom of the rule once")
+                    DatalogError(
+                        item.pos, "invalid execution order in .plan (incomplete): it must order every atom of the rule once"
+                    )
                 )
             if item.version >= recursive:
                 errors.append(

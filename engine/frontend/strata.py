@@ -76,9 +76,9 @@ def stratify(program: ir.Program) -> tuple[Stratum, ...]:
     strata = []
     for i in _topological(components, component_of, graph, order):
         members = frozenset(components[i])
-        numbered = sorted(n for m in members for n in rules_of[m])
-        rules = tuple(r for k, r in numbered if k < len(program.rules))
-        recursive = any(isinstance(lit, ir.Atom) and lit.relation in members for _, r in numbered for lit in r.body)
+        ordered = sorted(n for m in members for n in rules_of[m])
+        rules = tuple(r for k, r in ordered if k < len(program.rules))
+        recursive = any(isinstance(lit, ir.Atom) and lit.relation in members for _, r in ordered for lit in r.body)
         subsumptions = tuple(s for s in program.subsumptions if s.head.relation in members)
         strata.append(Stratum(members, rules, recursive, subsumptions))
     return tuple(strata)
