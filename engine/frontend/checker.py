@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from dask_datalog.engine import functors, ir
-from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.errors import DatalogError, Diagnostics
 from dask_datalog.engine.frontend import inline
 from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.frontend.strata import Stratum
@@ -46,25 +46,26 @@ NEUTRAL_PRAGMAS = frozenset(
 
 
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
-    """Check a parsed program and build its IR; raises DatalogError on the first problem."""
+    """Check a parsed program and build its IR; raises DatalogError on the earliest problem
+    (Diagnostics), declarations first: rules are checked only against sound declarations."""
     type_decls = [s for s in statements if isinstance(s, (st.TypeAlias, st.RecordDecl, st.AdtDecl))]
-    types = _type_table(type_decls)
-    lattice = _Lattice([s for s in type_decls if isinstance(s, st.TypeAlias)])
+    found = Diagnostics()
+    types = _type_table(type_decls, found)
     decls = [s for s in statements if isinstance(s, st.Decl)]
-    relations = _relations(decls, types, type_decls)
+    relations = _relations(decls, types, type_decls, found)
+    found.raise_first()
+    lattice = _Lattice([s for s in type_decls if isinstance(s, st.TypeAlias)])
     excluded = {
         n.strip() for s in statements if isinstance(s, st.Pragma) and s.key == "inline-exclude" for n in s.value.split(",")
     }
     inlined = {d.name: d.pos for d in decls if d.inline and d.name not in excluded}
-    rules = [
-        rule
-        for d in decls
-        if d.eqrel
-        for clause in _equivalence(d)
-        for rule in _clause_rules(clause, relations, inlined, types, lattice)
-    ]
-    subsumptive = [s for s in statements if isinstance(s, st.Clause) and s.dominating is not None]
-    _check_subsumptive(decls, subsumptive, inlined)
+    rules: list[ir.Rule] = []
+    for d in decls:
+        if d.eqrel:
+            for clause in _equivalence(d):
+                with found.check():
+                    rules.extend(_clause_rules(clause, relations, inlined, types, lattice))
+    _check_subsumptive(decls, [s for s in statements if isinstance(s, st.Clause) and s.dominating is not None], inlined, found)
     subsumptions: list[ir.Rule] = []
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
@@ -74,38 +75,42 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     pragmas: dict[str, str] = {}
     observed: dict[str, Pos] = {}  # relation -> its first I/O directive
     for s in statements:
-        if isinstance(s, st.Pragma):
-            if s.key not in NEUTRAL_PRAGMAS and s.key not in ir.DIRECTORY_PRAGMAS:
-                raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
-            pragmas[s.key] = s.value
-        elif isinstance(s, st.Clause):
-            (rules if s.dominating is None else subsumptions).extend(_clause_rules(s, relations, inlined, types, lattice))
-        elif isinstance(s, st.Directive):
-            relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
-            observed.setdefault(s.relation, s.pos)
-            if s.kind in ("printsize", "limitsize"):
-                seen = printsizes if s.kind == "printsize" else {r: p for r, (_, p) in limits.items()}
-                if s.relation in seen:
-                    raise DatalogError(
-                        s.pos,
-                        f"redefinition of the .{s.kind} directive for relation {s.relation} (first at line {seen[s.relation].line})",
-                    )
-            if s.kind == "printsize":
-                _output_spec(s, relation)  # Soufflé accepts an output's parameters here and ignores them
-                if any(p.key == "name" for p in s.params):
-                    raise DatalogError(next(p.pos for p in s.params if p.key == "name"), "unsupported: name= on .printsize")
-                printsizes[s.relation] = s.pos
-            elif s.kind == "limitsize":
-                if s.relation in eqrels:
-                    raise DatalogError(s.pos, f"unsupported: .limitsize on the equivalence relation {s.relation}")
-                limits[s.relation] = (_limit(s), s.pos)
-            elif s.kind == "input":
-                inputs.append(_input_spec(s, relation))
-            else:
-                outputs.append(_output_spec(s, relation))
+        with found.check():
+            if isinstance(s, st.Pragma):
+                if s.key not in NEUTRAL_PRAGMAS and s.key not in ir.DIRECTORY_PRAGMAS:
+                    raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
+                pragmas[s.key] = s.value
+            elif isinstance(s, st.Clause):
+                (rules if s.dominating is None else subsumptions).extend(_clause_rules(s, relations, inlined, types, lattice))
+            elif isinstance(s, st.Directive):
+                relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
+                observed.setdefault(s.relation, s.pos)
+                if s.kind in ("printsize", "limitsize"):
+                    seen = printsizes if s.kind == "printsize" else {r: p for r, (_, p) in limits.items()}
+                    if s.relation in seen:
+                        raise DatalogError(
+                            s.pos,
+                            f"redefinition of the .{s.kind} directive for relation {s.relation} (first at line {seen[s.relation].line})",
+                        )
+                if s.kind == "printsize":
+                    _output_spec(s, relation)  # Soufflé accepts an output's parameters here and ignores them
+                    if any(p.key == "name" for p in s.params):
+                        raise DatalogError(next(p.pos for p in s.params if p.key == "name"), "unsupported: name= on .printsize")
+                    printsizes[s.relation] = s.pos
+                elif s.kind == "limitsize":
+                    if s.relation in eqrels:
+                        raise DatalogError(s.pos, f"unsupported: .limitsize on the equivalence relation {s.relation}")
+                    limits[s.relation] = (_limit(s), s.pos)
+                elif s.kind == "input":
+                    inputs.append(_input_spec(s, relation))
+                else:
+                    outputs.append(_output_spec(s, relation))
     if inlined:
-        rules = _inline(rules, inlined, observed, relations)
-    _check_subtypes(rules + subsumptions, relations, lattice)
+        rules = _inline(rules, inlined, observed, relations, found)
+    for rule in rules + subsumptions:
+        with found.check():
+            _check_subtypes(rule, relations, lattice)
+    found.raise_first()
     directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
     return ir.Program(
         relations,
@@ -121,15 +126,22 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
 
 
 def _inline(
-    rules: list[ir.Rule], inlined: dict[str, Pos], observed: dict[str, Pos], relations: dict[str, ir.Relation]
+    rules: list[ir.Rule],
+    inlined: dict[str, Pos],
+    observed: dict[str, Pos],
+    relations: dict[str, ir.Relation],
+    found: Diagnostics,
 ) -> list[ir.Rule]:
     """The rules with the ``inline`` relations expanded (frontend/inline.py), each checked for
     safety where the expansion placed it; the inline relations are no longer declared."""
-    expanded = inline.expand(rules, inlined, observed, relations)
+    with found.check():
+        expanded = inline.expand(rules, inlined, observed, relations)
+    found.raise_first()
     before = set(rules)
     for i, rule in enumerate(expanded):
         if rule not in before:
-            _Safety(rule.head, list(rule.body)).check()
+            with found.check():
+                _Safety(rule.head, list(rule.body)).check()
             expanded[i] = replace(rule, body=tuple(_fold_records(rule.body)))  # a head's record met the use's
     for name in inlined:
         del relations[name]
@@ -163,59 +175,53 @@ class _Lattice:
         return found
 
 
-def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], lattice: _Lattice) -> None:
-    """Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
+def _check_subtypes(rule: ir.Rule, relations: dict[str, ir.Relation], lattice: _Lattice) -> None:
+    """One rule against Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
     neither of which is a subtype of the other has no value, and a head argument bound to a
     variable takes only values of its column's type. (Constants and arithmetic fit any
     subtype of their base type, as in Soufflé; ``as(x, T)`` gives x the type T.)"""
     canonical, ancestors = lattice.canonical, lattice.ancestors
     if not lattice.parents:
         return
-    for rule in rules:
-        bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
-        for lit in rule.body:
-            if not isinstance(lit, ir.Atom):
+    bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
+    for lit in rule.body:
+        if not isinstance(lit, ir.Atom):
+            continue
+        for i, (arg, attr) in enumerate(zip(lit.args, relations[lit.relation].attributes), 1):
+            if not isinstance(arg, ir.Var):
                 continue
-            for i, (arg, attr) in enumerate(zip(lit.args, relations[lit.relation].attributes), 1):
-                if not isinstance(arg, ir.Var):
-                    continue
-                t, where = canonical(attr.type_name), f"argument {i} of {lit.relation}"
-                known, origin = bound.get(arg.name, (t, where))
-                if t in ancestors(known):  # as specific as before, or less: the variable keeps its type
-                    bound.setdefault(arg.name, (t, where))
-                elif known in ancestors(t):  # more specific
-                    bound[arg.name] = (t, where)
-                else:
-                    raise DatalogError(
-                        arg.pos,
-                        f"type mismatch: {arg.name} is {_a(known)} ({origin}) and {_a(t)} ({where}), and no value is both",
-                    )
-        for lit in rule.body:
-            if (
-                isinstance(lit, ir.Comparison)
-                and lit.op == "="
-                and isinstance(lit.left, ir.Var)
-                and isinstance(lit.right, ir.Var)
-            ):
-                left, right = bound.get(lit.left.name), bound.get(lit.right.name)
-                if left and right and left[0] not in ancestors(right[0]) and right[0] not in ancestors(left[0]):
-                    raise DatalogError(
-                        lit.pos,
-                        f"type mismatch: {lit.left.name} is {_a(left[0])} ({left[1]}) and "
-                        f"{lit.right.name} is {_a(right[0])} ({right[1]}): no value is both",
-                    )
-        head = relations[rule.head.relation]
-        for i, (arg, attr) in enumerate(zip(rule.head.args, head.attributes), 1):
-            if isinstance(arg, ir.Var) and arg.name in bound:
-                known, origin = bound[arg.name]
-                want = canonical(attr.type_name)
-                if want not in ancestors(known):
-                    raise DatalogError(
-                        arg.pos,
-                        f"type mismatch: {arg.name} is {_a(known)} ({origin}), but "
-                        f"argument {i} of {rule.head.relation} is {_a(want)}, "
-                        f"which {_a(known)} is not",
-                    )
+            t, where = canonical(attr.type_name), f"argument {i} of {lit.relation}"
+            known, origin = bound.get(arg.name, (t, where))
+            if t in ancestors(known):  # as specific as before, or less: the variable keeps its type
+                bound.setdefault(arg.name, (t, where))
+            elif known in ancestors(t):  # more specific
+                bound[arg.name] = (t, where)
+            else:
+                raise DatalogError(
+                    arg.pos,
+                    f"type mismatch: {arg.name} is {_a(known)} ({origin}) and {_a(t)} ({where}), and no value is both",
+                )
+    for lit in rule.body:
+        if isinstance(lit, ir.Comparison) and lit.op == "=" and isinstance(lit.left, ir.Var) and isinstance(lit.right, ir.Var):
+            left, right = bound.get(lit.left.name), bound.get(lit.right.name)
+            if left and right and left[0] not in ancestors(right[0]) and right[0] not in ancestors(left[0]):
+                raise DatalogError(
+                    lit.pos,
+                    f"type mismatch: {lit.left.name} is {_a(left[0])} ({left[1]}) and "
+                    f"{lit.right.name} is {_a(right[0])} ({right[1]}): no value is both",
+                )
+    head = relations[rule.head.relation]
+    for i, (arg, attr) in enumerate(zip(rule.head.args, head.attributes), 1):
+        if isinstance(arg, ir.Var) and arg.name in bound:
+            known, origin = bound[arg.name]
+            want = canonical(attr.type_name)
+            if want not in ancestors(known):
+                raise DatalogError(
+                    arg.pos,
+                    f"type mismatch: {arg.name} is {_a(known)} ({origin}), but "
+                    f"argument {i} of {rule.head.relation} is {_a(want)}, "
+                    f"which {_a(known)} is not",
+                )
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -228,6 +234,9 @@ def _a(t: str) -> str:
 
 
 # ---- declarations ------------------------------------------------------------------------
+
+
+_BROKEN = "<broken>"  # the canonical type of a type whose definition is wrong
 
 
 class _Types:
@@ -255,8 +264,17 @@ class _Types:
             return self.canonical[type_name]
         raise DatalogError(pos, f"unknown type {type_name}{where}" + _suggest(type_name, self.canonical))
 
-    def attribute(self, name: str, type_name: str, pos: Pos, where: str = "") -> ir.Attribute:
-        t = self.resolve(type_name, pos, where)
+    def attribute(self, name: str, type_name: str, pos: Pos, where: str = "", found: Diagnostics | None = None) -> ir.Attribute:
+        """A field or column of type ``type_name``; with ``found`` (declarations), an unknown
+        type is a problem noted there and the attribute a number meanwhile."""
+        if found is None:
+            t = self.resolve(type_name, pos, where)
+        else:
+            t = _BROKEN
+            with found.check():
+                t = self.resolve(type_name, pos, where)
+        if t == _BROKEN:
+            return ir.Attribute(name, "number", type_name, None)
         return ir.Attribute(name, self.base(t), type_name, t if t in self.definitions else None)
 
     def record(self, t: str) -> ir.RecordType | None:
@@ -287,18 +305,20 @@ class _Types:
         return tuple(seen[n] for n in sorted(seen))
 
 
-def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
+def _type_table(decls: Sequence[st.TypeDecl], found: Diagnostics) -> _Types:
     """Every declared type: aliases followed to what they name (declared in any order), then
     the record types' fields and the ADTs' branches (which may name any type, themselves
-    included)."""
+    included). A type whose definition is wrong is ``_BROKEN`` (its problem is in ``found``),
+    so that naming it is no second problem."""
     defined: dict[str, st.TypeDecl] = {}
     for a in decls:
-        if a.name in ir.BASE_TYPES:
-            raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
-        if a.name in defined:
-            first = defined[a.name].pos
-            raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at {first.line}:{first.col})")
-        defined[a.name] = a
+        with found.check():
+            if a.name in ir.BASE_TYPES:
+                raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
+            if a.name in defined:
+                first = defined[a.name].pos
+                raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at {first.line}:{first.col})")
+            defined[a.name] = a
     canonical: dict[str, str] = {b: b for b in ir.BASE_TYPES}
     canonical.update((d.name, d.name) for d in decls if not isinstance(d, st.TypeAlias))
 
@@ -307,10 +327,10 @@ def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
         share one base type, as in Soufflé."""
         if a.name in canonical:
             return canonical[a.name]
-        found: set[str] = set()
+        named: set[str] = set()
         for member in a.members or (a.base,):
             if member in canonical:
-                found.add(canonical[member])
+                named.add(canonical[member])
                 continue
             if member not in defined:
                 raise DatalogError(a.base_pos, f"unknown type {member}" + _suggest(member, [*ir.BASE_TYPES, *defined]))
@@ -321,21 +341,26 @@ def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
                 raise DatalogError(defined[chain[0]].pos, f"cyclic type definition: {cycle}")
             following = defined[member]
             assert isinstance(following, st.TypeAlias)
-            found.add(resolve(following, [*chain, member]))
-        records = sorted(found - set(ir.BASE_TYPES))
+            named.add(resolve(following, [*chain, member]))
+        if _BROKEN in named:
+            canonical[a.name] = _BROKEN
+            return _BROKEN
+        records = sorted(named - set(ir.BASE_TYPES))
         if records and a.members:
             raise DatalogError(a.pos, f"unsupported: union type {a.name} of record or ADT types ({', '.join(records)})")
         if records and a.subtype:
             raise DatalogError(a.pos, f"subtype {a.name} cannot be derived from record type {records[0]}")
-        if len(found) > 1:
-            listed = ", ".join(sorted(found))
+        if len(named) > 1:
+            listed = ", ".join(sorted(named))
             raise DatalogError(a.pos, f"Union type {a.name} is defined over {{{listed}}} (multiple primitive types in union)")
-        canonical[a.name] = found.pop()
+        canonical[a.name] = named.pop()
         return canonical[a.name]
 
     for a in decls:
-        if isinstance(a, st.TypeAlias):
-            resolve(a, [a.name])
+        if isinstance(a, st.TypeAlias) and a.name not in canonical:
+            with found.check():
+                resolve(a, [a.name])
+            canonical.setdefault(a.name, _BROKEN)
     types = _Types(canonical, {d.name for d in decls if isinstance(d, st.AdtDecl) and not any(b.attrs for b in d.branches)})
     for d in decls:  # first every name's place, then the fields, which may name any of them
         if isinstance(d, st.RecordDecl):
@@ -344,16 +369,21 @@ def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
             types.definitions[d.name] = ir.AdtType(d.name, ())
     for d in decls:
         if isinstance(d, st.RecordDecl):
-            _unique_names(d.attrs, f"record type {d.name}")
-            types.definitions[d.name] = ir.RecordType(d.name, tuple(types.attribute(f.name, f.type_name, f.pos) for f in d.attrs))
+            with found.check():
+                _unique_names(d.attrs, f"record type {d.name}")
+            fields = [types.attribute(f.name, f.type_name, f.pos, found=found) for f in d.attrs]
+            types.definitions[d.name] = ir.RecordType(d.name, tuple(fields))
         elif isinstance(d, st.AdtDecl):
             branches: list[ir.AdtBranch] = []
             for b in sorted(d.branches, key=lambda b: b.name):
-                if b.name in types.branches or any(b.name == other.name for other in branches):
-                    raise DatalogError(b.pos, f"duplicate branch {b.name} (a branch name is one ADT's)")
-                _unique_names(b.attrs, f"branch {b.name}")
+                with found.check(unplaced=True):  # Soufflé: "Branch X is defined multiple times", no place
+                    if b.name in types.branches or any(b.name == other.name for other in branches):
+                        raise DatalogError(b.pos, f"duplicate branch {b.name} (a branch name is one ADT's)")
+                with found.check():
+                    _unique_names(b.attrs, f"branch {b.name}")
                 where = f" in branch {b.name}"
-                branches.append(ir.AdtBranch(b.name, tuple(types.attribute(f.name, f.type_name, f.pos, where) for f in b.attrs)))
+                fields = [types.attribute(f.name, f.type_name, f.pos, where, found) for f in b.attrs]
+                branches.append(ir.AdtBranch(b.name, tuple(fields)))
             adt = ir.AdtType(d.name, tuple(branches))
             types.definitions[d.name] = adt
             types.branches.update((b.name, (adt, i)) for i, b in enumerate(adt.branches))
@@ -366,28 +396,37 @@ def _unique_names(attrs: Sequence[st.Attr], where: str) -> None:
             raise DatalogError(attr.name_pos, f"duplicate field name {attr.name} in {where}")
 
 
-def _relations(decls: Sequence[st.Decl], types: _Types, type_decls: Sequence[st.TypeDecl]) -> dict[str, ir.Relation]:
+def _relations(
+    decls: Sequence[st.Decl], types: _Types, type_decls: Sequence[st.TypeDecl], found: Diagnostics
+) -> dict[str, ir.Relation]:
     relations: dict[str, ir.Relation] = {}
     type_pos = {a.name: a.pos for a in type_decls}
     for d in decls:
-        if d.name in relations:
-            first = relations[d.name].pos
-            raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first declared at {first.line}:{first.col})")
-        if d.name in type_pos:  # one namespace for both, as in Soufflé
-            first = type_pos[d.name]
-            raise DatalogError(d.pos, f"name clash: relation {d.name} has the name of the type at {first.line}:{first.col}")
-        attrs: list[ir.Attribute] = []
-        for attr in d.attrs:
-            if any(a.name == attr.name for a in attrs):
-                raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
-            attrs.append(types.attribute(attr.name, attr.type_name, attr.pos))
-        if d.eqrel and len(attrs) != 2:
-            raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
-        if d.eqrel and attrs[0].type_name != attrs[1].type_name:
-            raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
-        reached = types.reachable(a.record for a in attrs if a.record is not None)
-        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
+        with found.check():
+            relations[d.name] = _relation_decl(d, relations, types, type_pos, found)
     return relations
+
+
+def _relation_decl(
+    d: st.Decl, relations: dict[str, ir.Relation], types: _Types, type_pos: dict[str, Pos], found: Diagnostics
+) -> ir.Relation:
+    if d.name in relations:
+        first = relations[d.name].pos
+        raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first declared at {first.line}:{first.col})")
+    if d.name in type_pos:  # one namespace for both, as in Soufflé
+        first = type_pos[d.name]
+        raise DatalogError(d.pos, f"name clash: relation {d.name} has the name of the type at {first.line}:{first.col}")
+    attrs: list[ir.Attribute] = []
+    for attr in d.attrs:
+        if any(a.name == attr.name for a in attrs):
+            raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
+        attrs.append(types.attribute(attr.name, attr.type_name, attr.pos, found=found))
+    if d.eqrel and len(attrs) != 2:
+        raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
+    if d.eqrel and attrs[0].type_name != attrs[1].type_name:
+        raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
+    reached = types.reachable(a.record for a in attrs if a.record is not None)
+    return ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
 
 
 def _choice_keys(d: st.Decl, attrs: list[ir.Attribute]) -> tuple[tuple[int, ...], ...]:
@@ -571,10 +610,12 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
 # ---- clauses -----------------------------------------------------------------------------
 
 
-def _check_subsumptive(decls: Sequence[st.Decl], clauses: Sequence[st.Clause], inlined: Container[str]) -> None:
-    """Soufflé's checks of subsumption, its first error (by position) raised: a subsumptive
-    relation is declared ``btree_delete`` or with no representation, and not nullary; a rule
-    compares tuples of one relation. Inline relations and choice-domains are refused here."""
+def _check_subsumptive(
+    decls: Sequence[st.Decl], clauses: Sequence[st.Clause], inlined: Container[str], found: Diagnostics
+) -> None:
+    """Soufflé's checks of subsumption: a subsumptive relation is declared ``btree_delete`` or
+    with no representation, and not nullary; a rule compares tuples of one relation. Inline
+    relations and choice-domains are refused here."""
     heads = {c.heads[0].relation for c in clauses}
     errors: list[DatalogError] = []
     for d in decls:
@@ -601,8 +642,8 @@ def _check_subsumptive(decls: Sequence[st.Decl], clauses: Sequence[st.Clause], i
                     errors.append(
                         DatalogError(atom.pos, f"unsupported: the inline relation {atom.relation} in a subsumptive rule")
                     )
-    if errors:
-        raise min(errors, key=lambda e: (e.pos.line, e.pos.col) if e.pos else (0, 0))
+    for error in errors:
+        found.note(error)
 
 
 def _named_wildcards(atom: st.Atom, stem: str) -> st.Atom:
@@ -640,6 +681,8 @@ def _check_ground(head: st.Atom) -> None:
         if isinstance(e, st.Binary):
             walk(e.left)
             walk(e.right)
+        if isinstance(e, st.Call) and e.func in functors.SIGNATURES and functors.signature(e.func).counter:
+            raise DatalogError(e.pos, f"Argument in fact is not constant: {e.func}() gives a new value each time")
         if isinstance(e, (st.Call, st.Record, st.Branch)):
             for arg in e.args:
                 walk(arg)
@@ -849,6 +892,7 @@ class _RuleChecker:
         self.generators: list[ir.Comparison] = []  # `$r = range(...)` pulled out of it
         self.generated: set[str] = set()  # those `$r`
         self.types: dict[str, tuple[str, str]] = {}  # variable -> (type, where it got it)
+        self.first_seen: dict[str, Pos] = {}  # variable -> its earliest occurrence in the rule
         self.term_types: dict[int, str] = {}  # id() of a record or nil term -> its type, once known
 
     def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool, grounded: bool = True) -> ir.Rule:
@@ -1078,6 +1122,10 @@ class _RuleChecker:
         records tied to no declared type get the anonymous type of their elements."""
         groups: list[list[Any]] = []  # [terms, fixed type]: terms of one type, per expression
         casts: list[ir.Call] = []
+        for v in ir.variables((head, *lits)):
+            seen = self.first_seen.get(v.name)
+            if seen is None or (v.pos.line, v.pos.col) < (seen.line, seen.col):
+                self.first_seen[v.name] = v.pos
 
         def group(terms: tuple[ir.Term | None, ...], fixed: str | None) -> None:
             """One group per expression, a symbol functor's argument being its own; records
@@ -1213,8 +1261,11 @@ class _RuleChecker:
             self.types[v.name] = (t, f"{where}, at {v.pos.line}:{v.pos.col}")
             return
         known, origin = self.types[v.name]
-        if known != t:
-            raise DatalogError(v.pos, f"type mismatch: {v.name} is {_a(known)} ({origin}) but {where} is {_a(t)}")
+        if known != t:  # at the variable's earliest occurrence, as Soufflé ("Unable to deduce type")
+            raise DatalogError(
+                self.first_seen.get(v.name, v.pos),
+                f"type mismatch: {v.name} is {_a(known)} ({origin}) but {where} (at {v.pos.line}:{v.pos.col}) is {_a(t)}",
+            )
 
     def known(self, t: ir.Term | None) -> str | None:
         """The type a term certainly has, None while it depends on context."""
@@ -1558,20 +1609,31 @@ class _Safety:
         return {v.name for v in _literal_vars(agg)} & self.outer
 
     def check(self) -> None:
-        """Report the first unbound variable; aggregates first, as an unbound grouping
-        variable leaves the aggregate's result (and all that uses it) unbound too."""
+        """Report the earliest unbound variable, as Soufflé reports each ("Ungrounded
+        variable"), sorted by place. An aggregate's result counts as bound outside it, as in
+        Soufflé: an unbound grouping variable is the problem reported, not what follows."""
+        found = Diagnostics()
         bound = _bound(self.lits, set(), self.grouping)
         for lit in self.lits:
             if isinstance(lit, ir.Aggregation):
-                self.check_aggregate(lit, bound)
+                with found.check():
+                    self.check_aggregate(lit, bound)
+        # Soufflé grounds a variable where any atom, one inside an aggregate too, holds it, and
+        # reports the aggregate's "witness problem" (above) rather than its consequences
+        witnessed = {v.name for lit in self.lits if isinstance(lit, ir.Aggregation) for v in _literal_vars(lit)} & self.outer
+        grounded = _bound(self.lits, witnessed, lambda agg: set())
         for v in ir.variables(self.head.args):
-            if v.name not in bound:
-                raise DatalogError(
-                    v.pos,
-                    f"unsafe rule: variable {_shown(v)} in the head is not "
-                    "bound by any positive body atom" + _arithmetic_hint(v.name, self.lits),
+            if v.name not in grounded:
+                found.note(
+                    DatalogError(
+                        v.pos,
+                        f"unsafe rule: variable {_shown(v)} in the head is not "
+                        "bound by any positive body atom" + _arithmetic_hint(v.name, self.lits),
+                    )
                 )
-        _require_literals(self.lits, bound, in_aggregate=False)
+        with found.check():
+            _require_literals(self.lits, grounded, in_aggregate=False)
+        found.raise_first()
 
     def check_aggregate(self, agg: ir.Aggregation, bound: set[str]) -> None:
         for v in _literal_vars(agg):
@@ -1611,22 +1673,30 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str], grouping: Callable[[
 
 def _require_literals(lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggregate: bool) -> None:
     """Every variable of the non-binding places of ``lits`` (one rule body or one aggregate
-    body), in source order: arithmetic in positive atoms, negations, comparisons."""
+    body): arithmetic in positive atoms, negations, comparisons; the earliest unbound one is
+    the error."""
+    found = Diagnostics()
     for lit in lits:
-        if isinstance(lit, ir.Atom):
-            arithmetic = [c for a in lit.args for c in _arithmetic_in(a)]
-            _require(
-                ir.variables(arithmetic),
-                bound,
-                f"in arithmetic in an argument of {lit.relation}",
-                (),
-                in_aggregate,
-                hint=" (a variable inside arithmetic does not bind it)",
-            )
-        elif isinstance(lit, ir.Negation):
-            _require(ir.variables(lit.atom.args), bound, f"in the negation of {lit.atom.relation}", lits, in_aggregate)
-        elif isinstance(lit, ir.Comparison):
-            _require(ir.variables((lit.left, lit.right)), bound, "in this comparison", lits, in_aggregate)
+        with found.check():
+            _require_literal(lit, lits, bound, in_aggregate)
+    found.raise_first()
+
+
+def _require_literal(lit: ir.BodyLiteral, lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggregate: bool) -> None:
+    if isinstance(lit, ir.Atom):
+        arithmetic = [c for a in lit.args for c in _arithmetic_in(a)]
+        _require(
+            ir.variables(arithmetic),
+            bound,
+            f"in arithmetic in an argument of {lit.relation}",
+            (),
+            in_aggregate,
+            hint=" (a variable inside arithmetic does not bind it)",
+        )
+    elif isinstance(lit, ir.Negation):
+        _require(ir.variables(lit.atom.args), bound, f"in the negation of {lit.atom.relation}", lits, in_aggregate)
+    elif isinstance(lit, ir.Comparison):
+        _require(ir.variables((lit.left, lit.right)), bound, "in this comparison", lits, in_aggregate)
 
 
 def _require(
@@ -1697,42 +1767,42 @@ def check_counters(strata: Sequence[Stratum]) -> None:
 
 
 def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:
-    """Soufflé's checks of ``.plan``, its first error (by position) raised: a plan belongs to a
-    recursive rule (a subsumptive one always is: it reads its own relation), each order ranks
-    every atom of the rule once (both compared atoms of a subsumption count), and each version
-    is one the rule has: one per atom of its own recursion."""
+    """A ``.plan`` belongs to a recursive rule, each order a permutation of the rule's atoms,
+    and its version one the rule has: one per atom of its own recursion, as Soufflé numbers
+    them (Soufflé's ExecutionPlanChecker; its problems are reported together, the earliest
+    first). A subsumptive rule is recursive (it reads its own relation) and its two compared
+    atoms count among its atoms."""
     members = {name: s.relations for s in strata for name in s.relations}
-    recursive_strata = {name for s in strata if s.recursive for name in s.relations}
-    errors: list[DatalogError] = []
+    recursion = {name: s.relations for s in strata if s.recursive for name in s.relations}
+    found = Diagnostics()
     for clause in statements:
         if not isinstance(clause, st.Clause) or not clause.plans or clause.bodies is None:
             continue
         head = clause.heads[0].relation
-        compared = 2 if clause.dominating is not None else 0
-        scc = members.get(head, frozenset()) if compared or head in recursive_strata else frozenset()
-        atoms = max(compared + sum(isinstance(lit, st.Atom) for lit in body) for body in clause.bodies)
+        compared = 0 if clause.dominating is None else 2
+        scc = members.get(head, frozenset()) if compared else recursion.get(head, frozenset())
         recursive = compared + max(
             sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies
         )
+        atoms = {compared + sum(isinstance(lit, st.Atom) for lit in body) for body in clause.bodies}
         if recursive == 0:
-            errors.append(DatalogError(clause.plans[0].pos, "execution plan for a rule that is not recursive"))
+            found.note(DatalogError(clause.plans[0].pos, "execution plan for a rule that is not recursive"))
             continue
         for item in clause.plans:
-            if len(item.order) != atoms:
-                errors.append(
-                    DatalogError(item.pos, f"invalid execution order in .plan (expected {atoms} atoms, not {len(item.order)})")
-                )
-            elif sorted(item.order) != list(range(1, atoms + 1)):
-                errors.append(
-                    DatalogError(
+            with found.check():
+                if len(item.order) not in atoms:
+                    expected = " or ".join(str(n) for n in sorted(atoms))
+                    raise DatalogError(
+                        item.pos, f"invalid execution order in .plan: expected {expected} atoms, not {len(item.order)}"
+                    )
+                if sorted(item.order) != list(range(1, len(item.order) + 1)):
+                    raise DatalogError(
                         item.pos, "invalid execution order in .plan (incomplete): it must order every atom of the rule once"
                     )
-                )
             if item.version >= recursive:
-                errors.append(
+                found.note(
                     DatalogError(
                         item.pos, f"execution plan for version {item.version}: only versions 0..{recursive - 1} permitted"
                     )
                 )
-    if errors:
-        raise min(errors, key=lambda e: (e.pos.line, e.pos.col) if e.pos else (0, 0))
+    found.raise_first()

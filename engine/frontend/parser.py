@@ -406,6 +406,12 @@ _UNSUPPORTED_SYNTAX = (
 
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END":
+        # the parser's stack still holds the tokens of what is open: the innermost .comp is named
+        opened = [t for t in e.interactive_parser.parser_state.value_stack if isinstance(t, Token) and t.value == ".comp"]
+        if opened:
+            line, column = opened[-1].line, opened[-1].column
+            assert line is not None and column is not None, "lark places every token it lexes"
+            return DatalogError(where.pos(line, column, filename), "unterminated component, missing '}'")
         lines = text.rstrip("\n").split("\n")  # the end of the last line that holds anything, as Soufflé says
         pos = where.pos(len(lines), len(lines[-1]) + 1, filename)
         return DatalogError(pos, "syntax error: unexpected end of input" + _expected(e))
