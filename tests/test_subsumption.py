@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_checkpoint import answers as shard_answers
+from test_checkpoint import in_process, on_shards, suspend
 from test_sharded import relation_tuples, run_sharded
 
 from dask_datalog.cluster.cli.main import main
 from dask_datalog.engine.backend import get_backend
+from dask_datalog.engine.checkpoint import CheckpointOptions
 from dask_datalog.engine.frontend import load_program
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.hisa import RelationStore, pack
@@ -196,6 +199,21 @@ def test_shortest_paths_and_merged_intervals(n: int) -> None:
     shards = run_sharded(program, n, facts=facts)
     for name, rows in want.items():
         assert {tuple(map(str, t)) for t in relation_tuples(shards, name)} == rows, f"{name} on {n} shards"
+
+
+@pytest.mark.parametrize(("before", "after", "k"), [(0, 3, 1), (2, 0, 1), (3, 2, 4), (2, 4, 7)])
+def test_resume_after_a_stop_inside_a_subsumptive_stratum(before: int, after: int, k: int, tmp_path: Path) -> None:
+    """Stopped at the boundary after the non-recursive rules (k=1: every delta is then all of
+    its relation) or after later iterations (deletions done, accepted tuples the delta), on
+    ``before`` shards (0: in process), resumed on ``after``: the same answer."""
+    facts, _ = closed_form_inputs(11)
+    arrays = {name: np.array(rows, dtype=np.int64) for name, rows in facts.items()}
+    program = load_program(CLOSED_FORM)
+    want = in_process(program, arrays)
+    suspend(program, before, arrays, tmp_path, k)
+    resume = CheckpointOptions(str(tmp_path), resume="", verify=True, attempt="second")
+    got = in_process(program, arrays, resume) if after == 0 else shard_answers(on_shards(program, after, arrays, resume), program)
+    assert got == want
 
 
 def test_the_command_line_with_two_workers(tmp_path: Path) -> None:
