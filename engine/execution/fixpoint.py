@@ -9,9 +9,10 @@ round) and ORs their checkpoint requests; what arrives is deduplicated too, beco
 delta and joins full; then the other copies of each relation receive that delta.
 
 A stratum with subsumptive rules runs as Soufflé's does (subsumption.py, at two declared
-points): its non-recursive rules first, after which ``Subsumption.settle`` removes what they
-dominate; then, if it is recursive, every relation's delta is all of it, and each iteration
-hands its new tuples to ``Subsumption.accept`` before they join full.
+points): its non-recursive rules first, relation by relation, each followed by
+``Subsumption.settle``, which removes what they dominate; then, if it is recursive, every
+relation's delta is all of it, and each iteration hands its new tuples to
+``Subsumption.accept`` before they join full.
 
 The loop meets other shards only through its ``Exchange`` (exchange.py) and the world outside
 only through its ``Control`` (control.py), at the points those modules declare. A run over one
@@ -159,13 +160,11 @@ class Fixpoint:
         limits = {r: n for r, n in self.plan.program.limits if r in stratum.relations} if stratum.recursive else {}
         primed = bool(stratum.subsumption) and stratum.recursive  # Soufflé's loop, from delta = everything
         while True:
-            subsumption = stratum.subsumption if primed and done > 0 else ()
             versions = self._versions(stratum, done, bool(limits), primed)
-            iteration, requests = self._iterate(versions, stratum.relations, subsumption)
             if done == 0 and stratum.subsumption:
-                self.subsumption.settle(stratum.subsumption)
-                if primed:
-                    self.shard.prime(stratum.relations)
+                iteration, requests = self._preamble(versions, stratum)
+            else:
+                iteration, requests = self._iterate(versions, stratum.relations, stratum.subsumption if primed else ())
             iterations.append(iteration.to_json())
             if on_iteration is not None:
                 on_iteration(number, done, iteration.delta)
@@ -216,6 +215,36 @@ class Fixpoint:
 
     def _check(self) -> None:
         self.control.check(self.shard.held)
+
+    def _preamble(self, versions: tuple[RulePlan, ...], stratum: StratumPlan) -> tuple[Iteration, int]:
+        """The first iteration of a stratum with subsumptive rules, as Soufflé's preamble:
+        relation by relation in name order, its non-recursive rules, then what they dominate
+        leaves it (``Subsumption.settle``: a later relation of the stratum is read before its
+        own rules ran); then, if the stratum is recursive, every delta is all of its relation.
+        One ``Iteration`` for the steps together."""
+        steps = []
+        for rel in stratum.relations:
+            steps.append(self._iterate(tuple(rp for rp in versions if rp.rule.head.relation == rel), (rel,), ()))
+            self.subsumption.settle(tuple(sp for sp in stratum.subsumption if sp.relation == rel))
+        if stratum.recursive:
+            self.shard.prime(stratum.relations)
+        parts = [iteration for iteration, _ in steps]
+        exchange: dict[str, Any] = {}
+        for part in parts:
+            for key, value in part.exchange.items():
+                exchange[key] = round(exchange.get(key, 0) + value, 6)
+        iteration = Iteration(
+            delta={rel: n for part in parts for rel, n in part.delta.items()},
+            active=sum(part.active for part in parts),
+            phases={name: round(sum(part.phases[name] for part in parts), 6) for name in parts[0].phases},
+            buffered_rows=max(part.buffered_rows for part in parts),
+            exchange=exchange,
+            time_s=round(sum(part.time_s for part in parts), 6),
+        )
+        requests = 0
+        for _, asked in steps:
+            requests |= asked
+        return iteration, requests
 
     def _iterate(
         self, versions: tuple[RulePlan, ...], relations: tuple[str, ...], subsumption: tuple[SubsumptionPlan, ...]
