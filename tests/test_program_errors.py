@@ -271,6 +271,18 @@ CASES: list[tuple[str, str, str, str]] = [
         "1:7",
         'Relation "b" has one or more subsumptive rules and relational representation "btree_delete" is missing',
     ),
+    (
+        "subsumption-choice",
+        ".decl c(x: number, y: number) choice-domain x\nc(x, y) <= c(x, z) :- y < z.",
+        "1:7",
+        "unsupported: choice-domain on c, which has subsumptive rules",
+    ),
+    (
+        "subsumption-inline",
+        ".decl i(x: number) inline\ni(1).\nr(x) <= r(y) :- i(x), x < y.",
+        "3:17",
+        "unsupported: the inline relation i in a subsumptive rule",
+    ),
     ("subsumption-two-relations", "r(x) <= e(x, y) :- y < 0.", "1:1", "Subsumption must compare tuples from the same relation"),
     ("subsumption-plan-atoms", "r(x) <= r(y) :- x < y.\n.plan 0:(1,2,3)", "2:7", "expected 2 atoms, not 3"),
     ("subsumption-plan-version", "r(x) <= r(y) :- x < y.\n.plan 2:(2,1)", "2:7", "version 2: only versions 0..1 permitted"),

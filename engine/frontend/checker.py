@@ -617,12 +617,11 @@ def _check_subsumptive(
     with no representation, and not nullary; a rule compares tuples of one relation. Inline
     relations and choice-domains are refused here."""
     heads = {c.heads[0].relation for c in clauses}
-    errors: list[DatalogError] = []
     for d in decls:
         if d.storage == "btree_delete" and not d.attrs:
-            errors.append(DatalogError(d.pos, f'Subsumptive relation "{d.name}" must not be a nullary relation'))
+            found.note(DatalogError(d.pos, f'Subsumptive relation "{d.name}" must not be a nullary relation'))
         elif d.name in heads and d.storage not in (None, "btree_delete"):
-            errors.append(
+            found.note(
                 DatalogError(
                     d.pos,
                     f'Relation "{d.name}" has one or more subsumptive rules and relational representation '
@@ -630,20 +629,16 @@ def _check_subsumptive(
                 )
             )
         elif d.name in heads and d.choice:
-            errors.append(DatalogError(d.pos, f"unsupported: choice-domain on {d.name}, which has subsumptive rules"))
+            found.note(DatalogError(d.pos, f"unsupported: choice-domain on {d.name}, which has subsumptive rules"))
     for c in clauses:
         assert c.dominating is not None
         if c.heads[0].relation != c.dominating.relation:
-            errors.append(DatalogError(c.pos, "Subsumption must compare tuples from the same relation"))
+            found.note(DatalogError(c.pos, "Subsumption must compare tuples from the same relation"))
         for body in c.bodies or ():
             for lit in body:
                 atom = lit.atom if isinstance(lit, st.Negation) else lit
                 if isinstance(atom, st.Atom) and atom.relation in inlined:
-                    errors.append(
-                        DatalogError(atom.pos, f"unsupported: the inline relation {atom.relation} in a subsumptive rule")
-                    )
-    for error in errors:
-        found.note(error)
+                    found.note(DatalogError(atom.pos, f"unsupported: the inline relation {atom.relation} in a subsumptive rule"))
 
 
 def _named_wildcards(atom: st.Atom, stem: str) -> st.Atom:
