@@ -211,7 +211,7 @@ CASES: list[tuple[str, str, str, str]] = [
     ("init-undefined", ".init g = Graph<number>", "1:1", "undefined component Graph"),
     ("override-outside-component", ".override r", "1:1", "unexpected '.override'"),
     # ---- outside the supported subset
-    ("functor-decl", ".functor f(x: number): number", "1:1", "unsupported: .functor"),
+    ("functor-stateful", ".functor f(x: number): number stateful", "1:1", "unsupported: stateful functor f"),
     ("pragma", '.pragma "legacy"', "1:9", 'unsupported: .pragma "legacy"'),
     ("preprocessor-include", '#include "other.dl"', "1:1", "cannot find include file other.dl"),
     ("preprocessor-directive", "#frob", "1:1", "invalid preprocessing directive #frob"),
@@ -289,7 +289,7 @@ CASES: list[tuple[str, str, str, str]] = [
     ("record-as-number", "r(x) :- e(x, _), x = [1, 2].", "1:22", "type mismatch: a record where a number is expected"),
     ("undeclared-branch", "r(x) :- e(x, _), x = $Num(1).", "1:22", "unknown ADT branch $Num"),
     ("counter", "r($) :- e(_, _).", "1:3", "unsupported: $ counters"),
-    ("user-functor", "r(@f(1)).", "1:3", "unsupported: user-defined functor @f"),
+    ("user-functor", "r(@f(1)).", "1:3", "undeclared user-defined functor @f"),
     ("bitwise-on-symbols", 's(x) :- s(x), x = x band "a".', "1:21", "arithmetic (band) on symbols"),
     ("power-stars", "r(2 ** 3).", "1:5", "unsupported: ** (Soufflé's power operator is ^)"),
     ("limitsize-without-n", ".limitsize r", "1:12", ".limitsize r needs its size, e.g. .limitsize r(n=100)"),

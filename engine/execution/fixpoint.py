@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from dask_datalog.engine import user_functors
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.errors import Suspended
 from dask_datalog.engine.execution.choice import Choice
@@ -127,7 +128,8 @@ class Fixpoint:
         self.control = control
         self.chunk_rows = chunk_rows
         self.clock = PhaseClock(backend)
-        self.operators = Operators(backend, Terms(self.xp, symbols), shard, Router(self.exchange, self.xp), chunk_rows)
+        terms = Terms(self.xp, symbols, user_functors.implementations(plan.program.functors))
+        self.operators = Operators(backend, terms, shard, Router(self.exchange, self.xp), chunk_rows)
         self.subsumption = Subsumption(self.operators, self.clock, self._check)
         # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
         constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -53,6 +53,8 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     types = _type_table(type_decls, found)
     decls = [s for s in statements if isinstance(s, st.Decl)]
     relations = _relations(decls, types, type_decls, found)
+    with found.check():
+        functors_ = _functors([s for s in statements if isinstance(s, st.FunctorDecl)], types)
     found.raise_first()
     lattice = _Lattice([s for s in type_decls if isinstance(s, st.TypeAlias)])
     excluded = {
@@ -64,7 +66,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
         if d.eqrel:
             for clause in _equivalence(d):
                 with found.check():
-                    rules.extend(_clause_rules(clause, relations, inlined, types, lattice))
+                    rules.extend(_clause_rules(clause, relations, inlined, types, lattice, functors_))
     _check_subsumptive(decls, [s for s in statements if isinstance(s, st.Clause) and s.dominating is not None], inlined, found)
     subsumptions: list[ir.Rule] = []
     inputs: list[ir.InputSpec] = []
@@ -81,7 +83,9 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                     raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
                 pragmas[s.key] = s.value
             elif isinstance(s, st.Clause):
-                (rules if s.dominating is None else subsumptions).extend(_clause_rules(s, relations, inlined, types, lattice))
+                (rules if s.dominating is None else subsumptions).extend(
+                    _clause_rules(s, relations, inlined, types, lattice, functors_)
+                )
             elif isinstance(s, st.Directive):
                 relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
                 observed.setdefault(s.relation, s.pos)
@@ -107,9 +111,10 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                     outputs.append(_output_spec(s, relation))
     if inlined:
         rules = _inline(rules, inlined, observed, relations, found)
+    results = {s.name: s.result.type_name for s in statements if isinstance(s, st.FunctorDecl)}
     for rule in rules + subsumptions:
         with found.check():
-            _check_subtypes(rule, relations, lattice)
+            _check_subtypes(rule, relations, lattice, results)
     found.raise_first()
     directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
     return ir.Program(
@@ -121,6 +126,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
         filename,
         directories,
         tuple((name, n) for name, (n, _) in limits.items()),
+        tuple(functors_.values()),
         tuple(subsumptions),
     )
 
@@ -175,11 +181,12 @@ class _Lattice:
         return found
 
 
-def _check_subtypes(rule: ir.Rule, relations: dict[str, ir.Relation], lattice: _Lattice) -> None:
+def _check_subtypes(rule: ir.Rule, relations: dict[str, ir.Relation], lattice: _Lattice, results: Mapping[str, str]) -> None:
     """One rule against Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
     neither of which is a subtype of the other has no value, and a head argument bound to a
-    variable takes only values of its column's type. (Constants and arithmetic fit any
-    subtype of their base type, as in Soufflé; ``as(x, T)`` gives x the type T.)"""
+    variable, or a user functor's result (``results``: each functor's declared result type),
+    takes only values of its column's type. (Constants and arithmetic fit any subtype of their
+    base type, as in Soufflé; ``as(x, T)`` gives x the type T.)"""
     canonical, ancestors = lattice.canonical, lattice.ancestors
     if not lattice.parents:
         return
@@ -212,6 +219,14 @@ def _check_subtypes(rule: ir.Rule, relations: dict[str, ir.Relation], lattice: _
                 )
     head = relations[rule.head.relation]
     for i, (arg, attr) in enumerate(zip(rule.head.args, head.attributes), 1):
+        if isinstance(arg, ir.Call) and arg.name.startswith(functors.USER_PREFIX):
+            made, want = canonical(results[arg.name.removeprefix(functors.USER_PREFIX)]), canonical(attr.type_name)
+            if want not in ancestors(made):
+                raise DatalogError(
+                    arg.pos,
+                    f"type mismatch: {arg.name}(...) is {_a(made)}, but argument {i} of {rule.head.relation} "
+                    f"is {_a(want)}, which {_a(made)} is not",
+                )
         if isinstance(arg, ir.Var) and arg.name in bound:
             known, origin = bound[arg.name]
             want = canonical(attr.type_name)
@@ -427,6 +442,32 @@ def _relation_decl(
         raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
     reached = types.reachable(a.record for a in attrs if a.record is not None)
     return ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
+
+
+def _functors(decls: Sequence[st.FunctorDecl], types: _Types) -> dict[str, ir.Functor]:
+    """The ``.functor`` declarations by name: their types declared, and of a base type (Soufflé
+    passes only numbers, unsigned, floats and symbols to a functor that is not stateful); a
+    stateful functor, which calls back into Soufflé's own tables, is refused."""
+    out: dict[str, ir.Functor] = {}
+    for d in decls:
+        if d.name in out:
+            first = out[d.name].pos
+            raise DatalogError(d.pos, f"duplicate declaration of functor {d.name} (first declared at {first.line}:{first.col})")
+        if d.stateful:
+            raise DatalogError(
+                d.pos, f"unsupported: stateful functor {d.name} (it works on Soufflé's own symbol and record tables)"
+            )
+        kinds: list[BaseType] = []
+        for attr in (*d.params, d.result):
+            what = "the result" if attr is d.result else f"parameter {attr.name}" if attr.name else "a parameter"
+            t = types.resolve(attr.type_name, attr.pos, f" ({what} of functor {d.name})")
+            if t in types.definitions and t not in types.enums:
+                raise DatalogError(
+                    attr.pos, f"functor {d.name}: {attr.type_name} is a record or ADT type, which only stateful functors take"
+                )
+            kinds.append(types.base(t))
+        out[d.name] = ir.Functor(d.name, tuple(kinds[:-1]), kinds[-1], d.pos)
+    return out
 
 
 def _choice_keys(d: st.Decl, attrs: list[ir.Attribute]) -> tuple[tuple[int, ...], ...]:
@@ -649,22 +690,28 @@ def _named_wildcards(atom: st.Atom, stem: str) -> st.Atom:
 
 
 def _clause_rules(
-    c: st.Clause, relations: dict[str, ir.Relation], inlined: Container[str], types: _Types, lattice: _Lattice
+    c: st.Clause,
+    relations: dict[str, ir.Relation],
+    inlined: Container[str],
+    types: _Types,
+    lattice: _Lattice,
+    functors_: dict[str, ir.Functor],
 ) -> Iterator[ir.Rule]:
     if c.dominating is not None:  # Soufflé's form: dominated :- dominated, dominating, body
         dominated = _named_wildcards(c.heads[0], "@dominated")
         dominating = _named_wildcards(c.dominating, "@dominating")
         for body in c.bodies or ():
-            yield _RuleChecker(relations, types, lattice).rule(dominated, (dominated, dominating, *body), fact=False)
+            yield _RuleChecker(relations, types, lattice, functors_).rule(dominated, (dominated, dominating, *body), fact=False)
         return
     if c.bodies is None:
         for head in c.heads:
             _check_ground(head)
-            yield _RuleChecker(relations, types, lattice).rule(head, (), fact=True)
+            yield _RuleChecker(relations, types, lattice, functors_).rule(head, (), fact=True)
         return
     for body in c.bodies:
         for head in c.heads:
-            yield _RuleChecker(relations, types, lattice).rule(head, body, fact=False, grounded=head.relation not in inlined)
+            checker = _RuleChecker(relations, types, lattice, functors_)
+            yield checker.rule(head, body, fact=False, grounded=head.relation not in inlined)
 
 
 def _check_ground(head: st.Atom) -> None:
@@ -700,7 +747,7 @@ def _same_type_vars(t: ir.Term | None) -> Iterator[ir.Var]:
     if isinstance(t, ir.Var):
         yield t
     elif isinstance(t, ir.Call) and not _overloaded(t.name):
-        sig = functors.signature(t.name)
+        sig = functors.of(t)
         for i, arg in enumerate(t.args):
             if sig.polymorphic and sig.param(i) == functors.POLYMORPHIC:
                 yield from _same_type_vars(arg)
@@ -713,7 +760,7 @@ def _fixed_type_args(t: ir.Term | None) -> Iterator[tuple[ir.Term, BaseType | No
         if _overloaded(call.name):
             yield call.args[0], None
             continue
-        sig = functors.signature(call.name)
+        sig = functors.of(call)
         for i, arg in enumerate(call.args):
             if sig.param(i) not in (functors.POLYMORPHIC, functors.ANY):
                 yield arg, sig.param(i)  # type: ignore[misc]
@@ -878,10 +925,11 @@ _RECORD_WILDCARDS = {
 class _RuleChecker:
     """Checks and normalises one rule (one head, one conjunctive body)."""
 
-    def __init__(self, relations: dict[str, ir.Relation], table: _Types, lattice: _Lattice):
+    def __init__(self, relations: dict[str, ir.Relation], table: _Types, lattice: _Lattice, functors_: dict[str, ir.Functor]):
         self.relations = relations
         self.table = table
         self.lattice = lattice
+        self.functors = functors_
         self.fresh_count = {"a": 0, "w": 0, "l": 0, "t": 0, "r": 0}
         self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
         self.generators: list[ir.Comparison] = []  # `$r = range(...)` pulled out of it
@@ -1000,6 +1048,8 @@ class _RuleChecker:
             self.generated.add(var.name)
             self.generators.append(ir.Comparison("=", var, self.call(e, in_aggregate), e.pos))
             return var
+        if isinstance(e, st.Call) and e.func.startswith(functors.USER_PREFIX):
+            return self.user_call(e, in_aggregate)
         if isinstance(e, st.Call):
             return self.call(e, in_aggregate)
         if isinstance(e, st.Cast):
@@ -1012,6 +1062,20 @@ class _RuleChecker:
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
         return self.aggregate(e)
+
+    def user_call(self, e: st.Call, in_aggregate: bool) -> ir.Call:
+        """``@f(args)``: declared by a ``.functor f``, with as many arguments; typed by it."""
+        name = e.func.removeprefix(functors.USER_PREFIX)
+        decl = self.functors.get(name)
+        if decl is None:
+            raise DatalogError(e.pos, f"undeclared user-defined functor {e.func}" + _suggest(name, self.functors))
+        if len(e.args) != len(decl.params):
+            wanted = len(decl.params)
+            raise DatalogError(
+                e.pos, f"arity mismatch: functor {e.func} takes {wanted} argument{'s' * (wanted != 1)}, not {len(e.args)}"
+            )
+        args = tuple(self.term(a, in_aggregate) for a in e.args)
+        return ir.Call(e.func, args, decl.result, e.pos, decl.params)
 
     def element(self, e: st.Expr, in_aggregate: bool, wildcards: str) -> ir.Term:
         if not isinstance(e, st.Wild):
@@ -1277,7 +1341,7 @@ class _RuleChecker:
         if isinstance(t, ir.Call) and _overloaded(t.name):
             return t.type if t.name == "as" else functors.CONVERSION_RESULTS[t.name]
         if isinstance(t, ir.Call):
-            sig = functors.signature(t.name)
+            sig = functors.of(t)
             if not sig.polymorphic:
                 return sig.result
             return next((k for k in map(self.known, t.args) if k), None)
@@ -1325,7 +1389,7 @@ class _RuleChecker:
         if used != t:
             raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it is used as {_a(used)}")
         target = None if lit.target is None else self.typed(lit.target, t, f"{lit.func} is over {_a(t)}")
-        made = next((c for c in ir.calls((body, target)) if functors.signature(c.name).agreed), None)
+        made = next((c for c in ir.calls((body, target)) if functors.of(c).agreed), None)
         if made is not None:
             shown = _CONVERSION_OF.get(made.name, made.name)
             raise DatalogError(made.pos, f"unsupported: {shown}(...) inside an aggregate (shards agree on its values)")
@@ -1359,7 +1423,7 @@ class _RuleChecker:
             return self.conversion(term, want, where)
         if term.name == "as":
             return self.cast(term, want, where)
-        sig = functors.signature(term.name)
+        sig = functors.of(term)
         if term.name == "ord":
             return self.typed_ord(term, want, where)
         if not sig.polymorphic:
@@ -1757,7 +1821,7 @@ def check_counters(strata: Sequence[Stratum]) -> None:
         if stratum.recursive:
             for rule in stratum.rules:
                 for call in ir.calls(rule):
-                    if functors.signature(call.name).counter:
+                    if functors.of(call).counter:
                         raise DatalogError(call.pos, "Auto-increment functor in a recursive rule")
 
 

@@ -252,6 +252,18 @@ class Directive:
 
 
 @dataclass(frozen=True)
+class FunctorDecl:
+    """``.functor name(a: T, U): R [stateful]``: a user-defined functor (parameters need no
+    name: theirs is then "")."""
+
+    name: str
+    params: tuple[Attr, ...]
+    result: Attr  # named "return type"
+    stateful: bool
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class Pragma:
     """``.pragma "key" "value"``: a Soufflé option set from the program."""
 
@@ -261,7 +273,7 @@ class Pragma:
 
 
 TypeDecl = TypeAlias | RecordDecl | AdtDecl
-Statement = Decl | TypeDecl | Directive | Clause | Pragma
+Statement = Decl | TypeDecl | Directive | Clause | Pragma | FunctorDecl
 
 
 @dataclass(frozen=True)
@@ -341,7 +353,6 @@ _HIDDEN_WORDS = frozenset(
         "btree_delete",
         "eqrel",
         "choice-domain",
-        ".functor",
         ".pragma",
         ".plan",
         "stateful",
@@ -469,9 +480,6 @@ def _expected_words(names: set[str]) -> str:
 
 # ---- lark tree -> syntax tree ------------------------------------------------------------
 
-_UNSUPPORTED_STATEMENTS = {
-    "functor_decl": "unsupported: .functor user-defined functors",
-}
 # Qualifiers that choose Soufflé's storage or its optimisations, never an answer: accepted and
 # ignored (relations here are always HISA).
 STORAGE_QUALIFIERS = frozenset({"btree", "brie", "no_inline", "magic", "no_magic"})
@@ -541,8 +549,6 @@ class _Builder:
 
     def statement(self, node: LarkTree) -> list[Item]:
         kind = node.data
-        if kind in _UNSUPPORTED_STATEMENTS:
-            raise self.fail(node, _UNSUPPORTED_STATEMENTS[kind])
         if kind == "preprocessor":
             line = str(node.children[0]).strip()
             raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
@@ -562,6 +568,8 @@ class _Builder:
             return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
         if kind == "io_directive":
             return self.directives(node)
+        if kind == "functor_decl":
+            return [self.functor_decl(node)]
         if kind == "component":
             return [self.component(node)]
         if kind == "init":
@@ -578,6 +586,18 @@ class _Builder:
             return [self.subsumption(node)]
         assert kind == "clause", kind
         return [self.clause(node)]
+
+    def functor_decl(self, node: LarkTree) -> FunctorDecl:
+        name, *rest = node.children
+        (result,) = (c for c in rest if isinstance(c, Token))
+        attrs = []
+        for param in (c for c in rest if isinstance(c, Tree) and c.data == "functor_param"):
+            first, *typed = (c for c in param.children if c is not None)
+            label, type_name = (str(first), typed[0]) if typed else ("", first)
+            attrs.append(Attr(label, str(type_name), self.pos(type_name), self.pos(first)))
+        stateful = any(isinstance(c, Tree) and c.data == "stateful" for c in rest)
+        returned = Attr("return type", str(result), self.pos(result), self.pos(result))
+        return FunctorDecl(str(name), tuple(attrs), returned, stateful, self.pos(node))
 
     def component(self, node: LarkTree) -> Component:
         self.components += 1
@@ -729,21 +749,12 @@ class _Builder:
         kind = node.data
         method = getattr(self, f"expr_{kind}", None)
         if method is None:
-            raise self.fail(node, self.unsupported_expr(node))
+            assert kind == "counter", kind
+            raise self.fail(node, "unsupported: $ counters")
         self.nested(node)
         result: Expr = method(node)
         self.depth -= 1
         return result
-
-    def unsupported_expr(self, node: LarkTree) -> str:
-        kind = node.data
-        if kind == "counter":
-            return "unsupported: $ counters"
-        first = node.children[0]
-        word = str(first.children[0]) if isinstance(first, Tree) else str(first)
-        return {
-            "user_functor": f"unsupported: user-defined functor {word}(...)",
-        }[kind]
 
     def expr_var(self, node: LarkTree) -> Expr:
         """A variable, ``_``, or Soufflé's scanner constants ``__LINE__`` and ``__FILE__``
@@ -849,6 +860,11 @@ class _Builder:
         if not accepted:
             raise self.fail(node, f"{name} takes {wanted}, not {len(present)}")
         return Call(name, tuple(self.expr(a) for a in present), self.pos(node))
+
+    def expr_user_functor(self, node: LarkTree) -> Expr:
+        """``@name(args)``: a user-defined functor, checked against its ``.functor``."""
+        name, *args = node.children
+        return Call(str(name), tuple(self.expr(a) for a in args if a is not None), self.pos(node))
 
     def cast(self, node: LarkTree, args: list[LarkTree]) -> Expr:
         """``as(expr, Type)``: the type is a name, written where an expression would be."""
