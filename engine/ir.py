@@ -324,12 +324,16 @@ class Program:
     # ``.decl D = debug_delta(r)``: D holds each delta of r's recursive stratum, with the
     # iteration that made it (0: what r held when the loop began); (D, r) pairs.
     debug_deltas: tuple[tuple[str, str], ...] = ()
+    # Subsumptive rules ``a <= b :- body.`` in Soufflé's form ``a :- a, b, body``: the head is the
+    # dominated atom, the body's first two literals the dominated and the dominating atoms;
+    # each deletes from its head relation the tuples its body finds dominated (plan.py).
+    subsumptions: tuple[Rule, ...] = ()
 
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)
 
     def __hash__(self) -> int:  # dict field: hash what identifies the program
-        return hash((tuple(self.relations), self.rules))
+        return hash((tuple(self.relations), self.rules, self.subsumptions))
 
 
 DIRECTORY_PRAGMAS = frozenset({"fact-dir", "output-dir"})

@@ -228,11 +228,41 @@ class RulePlan:
 
 
 @dataclass(frozen=True)
+class SubsumptionPlan:
+    """A relation's subsumptive rules as Soufflé 2.5 runs them (ast2ram's UnitTranslator): rule
+    versions whose head rows are tuples of ``relation`` found dominated, which the loop takes
+    out (execution/subsumption.py) instead of adding. The compared atoms read:
+
+    - ``settle``: full and full, the tuples differing (Soufflé's non-recursive delete), once
+      the stratum's first rules are in; what they find leaves full and the delta;
+    - ``reject``: per rule, an iteration's candidates (its new tuples, staged as the delta)
+      against the candidates, differing, then against full (RejectNewNew, RejectNewCurrent);
+      what they find is not taken in;
+    - ``delete``: per rule, its versions: full against the accepted delta (staged, not yet in
+      full), then full against full, differing, with each other atom of the stratum read as
+      delta in turn (DeleteCurrentDelta, DeleteCurrentCurrent); each rule's finds leave full
+      before the next rule runs.
+
+    Every other atom reads full."""
+
+    relation: str
+    settle: tuple[RulePlan, ...]
+    reject: tuple[RulePlan, ...]
+    delete: tuple[tuple[RulePlan, ...], ...]
+
+
+@dataclass(frozen=True)
 class StratumPlan:
     relations: tuple[str, ...]
     recursive: bool
     initial: tuple[RulePlan, ...]  # every rule, all atoms full: run once
     deltas: tuple[RulePlan, ...]  # semi-naive versions, run each iteration until no delta
+    subsumption: tuple[SubsumptionPlan, ...] = ()  # by relation name, Soufflé's order
+
+    @property
+    def subsumptive(self) -> tuple[RulePlan, ...]:
+        """Every version of the stratum's subsumptive rules."""
+        return tuple(rp for sp in self.subsumption for rp in (*sp.settle, *sp.reject, *itertools.chain(*sp.delete)))
 
 
 @dataclass(frozen=True)
@@ -256,7 +286,7 @@ class Plan:
     def versions(self) -> Iterator[tuple[int, RulePlan]]:
         """(stratum number, rule version) for every version of every stratum."""
         for i, stratum in enumerate(self.strata):
-            for rp in stratum.initial + stratum.deltas:
+            for rp in stratum.initial + stratum.deltas + stratum.subsumptive:
                 yield i, rp
 
 
@@ -277,9 +307,38 @@ def plan_program(program: Program) -> Plan:
                 recursive=stratum.recursive,
                 initial=initial,
                 deltas=tuple(deltas),
+                subsumption=_plan_subsumption(stratum.subsumptions, stratum.relations, stratum.recursive, program),
             )
         )
     return Plan(program, tuple(strata))
+
+
+def _plan_subsumption(
+    rules: tuple[Rule, ...], members: frozenset[str], recursive: bool, program: Program
+) -> tuple[SubsumptionPlan, ...]:
+    """``SubsumptionPlan``s of a stratum's subsumptive rules (``ir.Program.subsumptions``);
+    "differing" is ``[dominated] != [dominating]``, compared element by element."""
+    out = []
+    for relation in sorted({r.head.relation for r in rules}):
+        settle, reject, delete = [], [], []
+        for written in rules:
+            if written.head.relation != relation:
+                continue
+            lifted = _lift_atom_expressions(written)
+            dominated, dominating = lifted.body[0], lifted.body[1]
+            assert isinstance(dominated, Atom) and isinstance(dominating, Atom), "a subsumption compares two atoms"
+            rule = _lift_made_values(replace(lifted, head=dominated))  # the head is the dominated atom, as lifted
+            distinct = Comparison("!=", Record(dominated.args), Record(dominating.args), rule.pos)
+            differing = replace(rule, body=(dominated, dominating, distinct, *rule.body[2:]))
+            settle.append(plan_rule(differing, None, program))
+            if not recursive:
+                continue
+            reject.append(plan_rule(differing, 0, program, also_delta=frozenset({1})))
+            reject.append(plan_rule(rule, 0, program))
+            others = [i for i, lit in enumerate(differing.body) if i > 2 and isinstance(lit, Atom) and lit.relation in members]
+            delete.append((plan_rule(rule, 1, program), *(plan_rule(differing, i, program) for i in others)))
+        out.append(SubsumptionPlan(relation, tuple(settle), tuple(reject), tuple(delete)))
+    return tuple(out)
 
 
 def literal_vars(lit: BodyLiteral) -> set[str]:
@@ -370,14 +429,16 @@ def _type_of(t: Call | Record | Const) -> BaseType:
     return "record" if isinstance(t, Record) else t.type
 
 
-def plan_rule(rule: Rule, delta_index: int | None, program: Program) -> RulePlan:
+def plan_rule(rule: Rule, delta_index: int | None, program: Program, also_delta: frozenset[int] = frozenset()) -> RulePlan:
+    """The version of ``rule`` reading body literal ``delta_index`` as delta (first), and
+    those ``also_delta`` lists (a subsumption's candidates against candidates)."""
     head_vars = variable_names(rule.head)
     delta_relation = None
     if delta_index is not None:
         atom = rule.body[delta_index]
         assert isinstance(atom, Atom)
         delta_relation = atom.relation
-    steps = _order_body(rule.body, set(), delta_index, head_vars, keep_all=False, program=program)
+    steps = _order_body(rule.body, set(), delta_index, head_vars, keep_all=False, program=program, also_delta=also_delta)
     return RulePlan(rule, steps, delta_relation)
 
 
@@ -389,6 +450,7 @@ def _order_body(
     keep_all: bool,
     program: Program,
     names: Iterator[int] | None = None,
+    also_delta: frozenset[int] = frozenset(),
 ) -> tuple[Step, ...]:
     """Greedy order: the delta atom first, then ready filters/assignments/unpackings/negations/
     aggregates, then the atom with the most bound positions (written order breaks ties).
@@ -418,7 +480,7 @@ def _order_body(
         pending.remove(i)
         lit = body[i]
         if isinstance(lit, Atom):
-            raw.append((i, _join_step(lit, bound, "delta" if i == delta_index else "full")))
+            raw.append((i, _join_step(lit, bound, "delta" if i == delta_index or i in also_delta else "full")))
             bound.update(literal_vars(lit))
         elif isinstance(lit, Negation):
             order, key_len = _index_for(lit.atom, bound | literal_vars(lit.atom))

@@ -128,6 +128,15 @@ def place(
             s,
             initial=tuple(_route(rp, layouts, s.relations) for rp in s.initial),
             deltas=tuple(_route(rp, layouts, s.relations) for rp in s.deltas),
+            subsumption=tuple(
+                replace(
+                    sp,
+                    settle=tuple(_route(rp, layouts, s.relations) for rp in sp.settle),
+                    reject=tuple(_route(rp, layouts, s.relations) for rp in sp.reject),
+                    delete=tuple(tuple(_route(rp, layouts, s.relations) for rp in versions) for versions in sp.delete),
+                )
+                for sp in s.subsumption
+            ),
         )
         for s in plan.strata
     )
@@ -213,7 +222,7 @@ def _static_relations(plan: Plan) -> set[str]:
     """Relations complete before any stratum reads them: not read by the stratum deriving them."""
     growing: set[str] = set()
     for s in plan.strata:
-        read = {a.relation for a in _atoms_in(s.initial + s.deltas)}
+        read = {a.relation for a in _atoms_in(s.initial + s.deltas + s.subsumptive)}
         growing |= read & set(s.relations)
     return set(plan.program.relations) - growing
 

@@ -8,6 +8,12 @@ every shard's count of tuples found or moved (so all shards see the same exit wi
 round) and ORs their checkpoint requests; what arrives is deduplicated too, becomes the next
 delta and joins full; then the other copies of each relation receive that delta.
 
+A stratum with subsumptive rules runs as Soufflé's does (subsumption.py, at two declared
+points): its non-recursive rules first, relation by relation, each followed by
+``Subsumption.settle``, which removes what they dominate; then, if it is recursive, every
+relation's delta is all of it, and each iteration hands its new tuples to
+``Subsumption.accept`` before they join full.
+
 The loop meets other shards only through its ``Exchange`` (exchange.py) and the world outside
 only through its ``Control`` (control.py), at the points those modules declare. A run over one
 shard is the same loop with ``LocalExchange``.
@@ -34,10 +40,11 @@ from dask_datalog.engine.execution.phases import PhaseClock
 from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.rule_versions import run_version
 from dask_datalog.engine.execution.shard_store import ShardStore
+from dask_datalog.engine.execution.subsumption import Subsumption
 from dask_datalog.engine.execution.terms import Terms
 from dask_datalog.engine.functors import ITERATION
 from dask_datalog.engine.ir import Atom, calls, symbol_constants
-from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan
+from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan, SubsumptionPlan
 from dask_datalog.engine.storage.hisa import pack, unpack, words_for
 from dask_datalog.engine.values import SymbolTable, encode_scalar
 
@@ -125,6 +132,7 @@ class Fixpoint:
         self.terms = Terms(self.xp, symbols, user_functors.implementations(plan.program.functors))
         self.operators = Operators(backend, self.terms, shard, Router(self.exchange, self.xp), chunk_rows)
         self.debug = {of: name for name, of in plan.program.debug_deltas}  # relation -> its debug_delta relation
+        self.subsumption = Subsumption(self.operators, self.clock, self._check)
         # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
         constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
         self.choices = {
@@ -160,16 +168,21 @@ class Fixpoint:
         limits = {r: n for r, n in self.plan.program.limits if r in stratum.relations} if stratum.recursive else {}
         debugged = {r: self.debug[r] for r in stratum.relations if r in self.debug}
         souffles_loop = stratum.recursive and (bool(limits or debugged) or _counts_iterations(stratum))
+        primed = bool(stratum.subsumption) and stratum.recursive  # Soufflé's loop, from delta = everything
         while True:
             self.terms.iteration = done  # read by recursive rules only (checker.check_counters): Soufflé's count there
-            iteration, requests = self._iterate(self._versions(stratum, done, souffles_loop), stratum.relations)
+            versions = self._versions(stratum, done, souffles_loop, primed)
+            if done == 0 and stratum.subsumption:
+                iteration, requests = self._preamble(versions, stratum)
+            else:
+                iteration, requests = self._iterate(versions, stratum.relations, stratum.subsumption if primed else ())
             if debugged:
                 self._record_deltas(debugged, done)
             iterations.append(iteration.to_json())
             if on_iteration is not None:
                 on_iteration(number, done, iteration.delta)
             done += 1
-            preamble = souffles_loop and done == 1  # only the non-recursive rules ran: the loop starts now
+            preamble = (souffles_loop or primed) and done == 1  # only the non-recursive rules ran: the loop starts now
             if not (preamble or (stratum.recursive and iteration.active)):  # the exit: nothing found or moved anywhere
                 break
             if limits and self._reached(limits):  # Soufflé's other exit
@@ -202,14 +215,18 @@ class Fixpoint:
                 self.shard.stores[name].add(self.shard.stores[name].novel(xp.concatenate(parts), self.clock.phase))
 
     @staticmethod
-    def _versions(stratum: StratumPlan, done: int, limited: bool) -> tuple[RulePlan, ...]:
+    def _versions(stratum: StratumPlan, done: int, limited: bool, primed: bool) -> tuple[RulePlan, ...]:
         """The versions iteration ``done`` runs: the initial ones first, then the deltas. A
         stratum with a ``.limitsize`` relation (or a ``debug_delta`` relation, or a rule that
         reads ``recursive_iteration_cnt()``) counts its iterations as Soufflé's loop does:
         the non-recursive rules first, alone (Soufflé's preamble), then the recursive ones over
         everything so far (its first iteration, whose delta is the whole relation), then the
-        deltas; so it stops after the same iteration, with the same tuples."""
-        if not limited:
+        deltas; so it stops after the same iteration, with the same tuples. A ``primed`` one
+        (subsumption) runs its non-recursive rules, then the deltas from deltas that are every
+        relation's whole (``ShardStore.prime``)."""
+        if primed and done > 0:
+            return stratum.deltas
+        if not (limited or primed):
             return stratum.initial if done == 0 else stratum.deltas
         if done > 1:
             return stratum.deltas
@@ -234,9 +251,42 @@ class Fixpoint:
     def _check(self) -> None:
         self.control.check(self.shard.held)
 
-    def _iterate(self, versions: tuple[RulePlan, ...], relations: tuple[str, ...]) -> tuple[Iteration, int]:
+    def _preamble(self, versions: tuple[RulePlan, ...], stratum: StratumPlan) -> tuple[Iteration, int]:
+        """The first iteration of a stratum with subsumptive rules, as Soufflé's preamble:
+        relation by relation in name order, its non-recursive rules, then what they dominate
+        leaves it (``Subsumption.settle``: a later relation of the stratum is read before its
+        own rules ran); then, if the stratum is recursive, every delta is all of its relation.
+        One ``Iteration`` for the steps together."""
+        steps = []
+        for rel in stratum.relations:
+            steps.append(self._iterate(tuple(rp for rp in versions if rp.rule.head.relation == rel), (rel,), ()))
+            self.subsumption.settle(tuple(sp for sp in stratum.subsumption if sp.relation == rel))
+        if stratum.recursive:
+            self.shard.prime(stratum.relations)
+        parts = [iteration for iteration, _ in steps]
+        exchange: dict[str, Any] = {}
+        for part in parts:
+            for key, value in part.exchange.items():
+                exchange[key] = round(exchange.get(key, 0) + value, 6)
+        iteration = Iteration(
+            delta={rel: n for part in parts for rel, n in part.delta.items()},
+            active=sum(part.active for part in parts),
+            phases={name: round(sum(part.phases[name] for part in parts), 6) for name in parts[0].phases},
+            buffered_rows=max(part.buffered_rows for part in parts),
+            exchange=exchange,
+            time_s=round(sum(part.time_s for part in parts), 6),
+        )
+        requests = 0
+        for _, asked in steps:
+            requests |= asked
+        return iteration, requests
+
+    def _iterate(
+        self, versions: tuple[RulePlan, ...], relations: tuple[str, ...], subsumption: tuple[SubsumptionPlan, ...]
+    ) -> tuple[Iteration, int]:
         """One semi-naive step (see the module docstring); returns it and the checkpoint
-        requests every shard agreed on at its end."""
+        requests every shard agreed on at its end. ``subsumption``: the relations whose new
+        tuples ``Subsumption.accept`` sifts first, in order."""
         t0 = time.perf_counter()
         xp = self.xp
         width = {r: words_for(self.shard.stores[r].arity) for r in relations}
@@ -252,9 +302,12 @@ class Fixpoint:
         arrived, active, requests = self.exchange.route(blocks, found, self.control.requests())
         for (name, _), parts in arrived.items():
             kept[name].add(self.shard.stores[name].novel(xp.concatenate(parts), self.clock.phase), unique=True)
+        deltas = {rel: kept[rel].rows() for rel in relations}
+        for sp in subsumption:  # each relation's sifting reads the relations sifted before it, as in Soufflé
+            deltas[sp.relation] = self.subsumption.accept(sp, deltas[sp.relation])
         delta_sizes = {}
         for rel in relations:
-            delta = kept[rel].rows()
+            delta = deltas[rel]
             if rel in self.choices:
                 delta = self.choices[rel].choose(delta)
             with self.clock.phase("merge"):

@@ -1,6 +1,7 @@
 """One rule version per call: its pipeline run segment by segment (cut where the binding table
 moves between shards), its head tuples packed and kept (owned here: only the new ones) or
-buffered to be sent to their owners."""
+buffered to be sent to their owners; or, for a subsumption's versions, all buffered (tuples
+found dominated, which the caller routes to every copy of the relation)."""
 
 from __future__ import annotations
 
@@ -17,17 +18,27 @@ from dask_datalog.engine.storage.hisa import pack, packed_layout
 
 
 def run_version(
-    ops: Operators, clock: PhaseClock, rp: RulePlan, kept: HeadRows, outgoing: HeadRows, check: Callable[[], None]
+    ops: Operators,
+    clock: PhaseClock,
+    rp: RulePlan,
+    kept: HeadRows,
+    outgoing: HeadRows,
+    check: Callable[[], None],
+    found: bool = False,
 ) -> None:
     """Run ``rp``; its head tuples go to ``kept`` (owned here, deduplicated against full as
-    they are made) or ``outgoing``. ``check()`` runs before each table reaches the head (a stop
-    or a memory budget can end the run inside a long join)."""
+    they are made) or ``outgoing``; with ``found`` all of them go to ``outgoing``, whatever
+    the head route. ``check()`` runs before each table reaches the head (a stop or a memory
+    budget can end the run inside a long join)."""
     head = rp.rule.head
     store = ops.shard.stores[head.relation]
     layout = packed_layout(head)
 
     def sink(b: Bindings) -> None:
         check()
+        if found:
+            outgoing.add(_head_rows(ops, b, head, layout), unique=False)
+            return
         mine, send = ops.router.head(rp.head, _head_rows(ops, b, head, layout))
         if send is not None:
             outgoing.add(send, unique=False)

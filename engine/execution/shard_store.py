@@ -125,6 +125,14 @@ class ShardStore:
             for target in targets:
                 self.copies[target].add(self.union(target[0], arrived.get(target, [])))
 
+    def prime(self, relations: tuple[str, ...]) -> None:
+        """Every copy of each relation kept up here takes all its rows as its delta: the start
+        of Soufflé's loop, which a stratum with subsumptive rules follows."""
+        for name in relations:
+            for target in self.targets(name):
+                store = self.store(*target)
+                store.stage(store.compact())
+
     def accounts_for(self, name: str) -> bool:
         """Whether this shard counts ``name``'s rows: its part, or all of a replicated relation
         on shard 0 only (so sizes and rows add up over shards)."""

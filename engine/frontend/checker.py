@@ -71,6 +71,8 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
             for clause in _equivalence(d):
                 with found.check():
                     rules.extend(_clause_rules(clause, relations, inlined, types, lattice, functors_))
+    _check_subsumptive(decls, [s for s in statements if isinstance(s, st.Clause) and s.dominating is not None], inlined, found)
+    subsumptions: list[ir.Rule] = []
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
@@ -90,7 +92,9 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
                         raise DatalogError(
                             debug[head.relation].pos, f"Unexpected rules/facts for delta_debug relation {head.relation}"
                         )
-                rules.extend(_clause_rules(s, relations, inlined, types, lattice, functors_))
+                (rules if s.dominating is None else subsumptions).extend(
+                    _clause_rules(s, relations, inlined, types, lattice, functors_)
+                )
             elif isinstance(s, st.Directive):
                 relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
                 observed.setdefault(s.relation, s.pos)
@@ -121,7 +125,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     if inlined:
         rules = _inline(rules, inlined, observed, relations, found)
     results = {s.name: s.result.type_name for s in statements if isinstance(s, st.FunctorDecl)}
-    for rule in rules:
+    for rule in rules + subsumptions:
         with found.check():
             _check_subtypes(rule, relations, lattice, results)
     found.raise_first()
@@ -137,6 +141,7 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
         tuple((name, n) for name, (n, _) in limits.items()),
         tuple(f for f in functors_.values() if not f.stateful),
         tuple((name, d.debug_of) for name, d in debug.items() if d.debug_of is not None),
+        tuple(subsumptions),
     )
 
 
@@ -678,6 +683,44 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
 # ---- clauses -----------------------------------------------------------------------------
 
 
+def _check_subsumptive(
+    decls: Sequence[st.Decl], clauses: Sequence[st.Clause], inlined: Container[str], found: Diagnostics
+) -> None:
+    """Soufflé's checks of subsumption: a subsumptive relation is declared ``btree_delete`` or
+    with no representation, and not nullary; a rule compares tuples of one relation. Inline
+    relations and choice-domains are refused here."""
+    heads = {c.heads[0].relation for c in clauses}
+    for d in decls:
+        if d.storage == "btree_delete" and not d.attrs:
+            found.note(DatalogError(d.pos, f'Subsumptive relation "{d.name}" must not be a nullary relation'))
+        elif d.name in heads and d.storage not in (None, "btree_delete"):
+            found.note(
+                DatalogError(
+                    d.pos,
+                    f'Relation "{d.name}" has one or more subsumptive rules and relational representation '
+                    '"btree_delete" is missing',
+                )
+            )
+        elif d.name in heads and d.choice:
+            found.note(DatalogError(d.pos, f"unsupported: choice-domain on {d.name}, which has subsumptive rules"))
+    for c in clauses:
+        assert c.dominating is not None
+        if c.heads[0].relation != c.dominating.relation:
+            found.note(DatalogError(c.pos, "Subsumption must compare tuples from the same relation"))
+        for body in c.bodies or ():
+            for lit in body:
+                atom = lit.atom if isinstance(lit, st.Negation) else lit
+                if isinstance(atom, st.Atom) and atom.relation in inlined:
+                    found.note(DatalogError(atom.pos, f"unsupported: the inline relation {atom.relation} in a subsumptive rule"))
+
+
+def _named_wildcards(atom: st.Atom, stem: str) -> st.Atom:
+    """``atom`` with each ``_`` argument a variable of its own (Soufflé names them in both
+    compared atoms of a subsumption: its check that they differ then reads every column)."""
+    args = tuple(st.Var(f"{stem}{i}", e.pos) if isinstance(e, st.Wild) else e for i, e in enumerate(atom.args))
+    return replace(atom, args=args)
+
+
 def _clause_rules(
     c: st.Clause,
     relations: dict[str, ir.Relation],
@@ -686,6 +729,12 @@ def _clause_rules(
     lattice: _Lattice,
     functors_: dict[str, ir.Functor],
 ) -> Iterator[ir.Rule]:
+    if c.dominating is not None:  # Soufflé's form: dominated :- dominated, dominating, body
+        dominated = _named_wildcards(c.heads[0], "@dominated")
+        dominating = _named_wildcards(c.dominating, "@dominating")
+        for body in c.bodies or ():
+            yield _RuleChecker(relations, types, lattice, functors_).rule(dominated, (dominated, dominating, *body), fact=False)
+        return
     if c.bodies is None:
         for head in c.heads:
             _check_ground(head)
@@ -1837,15 +1886,21 @@ def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -
     """A ``.plan`` belongs to a recursive rule, each order a permutation of the rule's atoms,
     and its version one the rule has: one per atom of its own recursion, as Soufflé numbers
     them (Soufflé's ExecutionPlanChecker; its problems are reported together, the earliest
-    first)."""
+    first). A subsumptive rule is recursive (it reads its own relation) and its two compared
+    atoms count among its atoms."""
+    members = {name: s.relations for s in strata for name in s.relations}
     recursion = {name: s.relations for s in strata if s.recursive for name in s.relations}
     found = Diagnostics()
     for clause in statements:
         if not isinstance(clause, st.Clause) or not clause.plans or clause.bodies is None:
             continue
-        scc = recursion.get(clause.heads[0].relation, frozenset())
-        recursive = max(sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies)
-        atoms = {sum(isinstance(lit, st.Atom) for lit in body) for body in clause.bodies}
+        head = clause.heads[0].relation
+        compared = 0 if clause.dominating is None else 2
+        scc = members.get(head, frozenset()) if compared else recursion.get(head, frozenset())
+        recursive = compared + max(
+            sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies
+        )
+        atoms = {compared + sum(isinstance(lit, st.Atom) for lit in body) for body in clause.bodies}
         if recursive == 0:
             found.note(DatalogError(clause.plans[0].pos, "execution plan for a rule that is not recursive"))
             continue

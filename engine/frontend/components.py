@@ -395,7 +395,8 @@ def _rename_clause(clause: st.Clause, names: Mapping[str, str], branches: Mappin
         if clause.bodies is None
         else tuple(tuple(_rename_literal(lit, names, branches) for lit in body) for body in clause.bodies)
     )
-    return replace(clause, heads=heads, bodies=bodies)
+    dominating = None if clause.dominating is None else _rename_atom(clause.dominating, names, branches)
+    return replace(clause, heads=heads, bodies=bodies, dominating=dominating)
 
 
 def _rename_atom(atom: st.Atom, names: Mapping[str, str], branches: Mapping[str, str]) -> st.Atom:

@@ -41,9 +41,10 @@ def requested(program: ir.Program) -> frozenset[str]:
 
 def transform(program: ir.Program) -> ir.Program:
     """``program`` with magic sets for the relations ``requested`` names (the program itself
-    when there are none, or when the rewritten one would not stratify)."""
+    when there are none, when it has subsumptive rules, or when the rewritten one would not
+    stratify)."""
     candidates = _transformable(program, requested(program))
-    if not candidates:
+    if not candidates or program.subsumptions:  # deletions need every tuple that could dominate: kept whole
         return program
     rewritten = _Rewriter(program, candidates).run()
     try:

@@ -161,12 +161,14 @@ class PlanItem:
 @dataclass(frozen=True)
 class Clause:
     """``heads :- body.``; ``bodies`` holds the disjunctive normal form, None for a fact;
-    ``plans``: its ``.plan`` (checked, then left to the planner's own order)."""
+    ``plans``: its ``.plan`` (checked, then left to the planner's own order). A subsumptive
+    rule ``dominated <= dominating :- body.`` has its one head dominated and ``dominating`` set."""
 
     heads: tuple[Atom, ...]
     bodies: tuple[tuple[Literal, ...], ...] | None
     pos: Pos
     plans: tuple[PlanItem, ...] = ()
+    dominating: Atom | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class Decl:
     inline: bool = False  # expanded where it is used (frontend/inline.py)
     choice: tuple[tuple[tuple[str, Pos], ...], ...] = ()  # choice-domain keys: attribute names
     debug_of: str | None = None  # ``.decl name = debug_delta(R)``: R's deltas, each with its iteration
+    storage: str | None = None  # btree, brie, btree_delete or eqrel, where one is written
 
 
 @dataclass(frozen=True)
@@ -464,7 +467,7 @@ def _expected_words(names: set[str]) -> str:
         pattern = _lark().get_terminal(name).pattern
         if isinstance(pattern, PatternStr) and pattern.value not in _HIDDEN_WORDS:
             words.add(f"'{pattern.value}'")
-    if "':-'" in words:  # in a clause head '<=' only starts a (rejected) subsumption
+    if "':-'" in words:  # in a clause head '<=' only starts a subsumption
         words.discard("'<='")
     ordered = sorted(words, key=lambda w: (w.startswith("'"), w))
     if len(ordered) <= 1:
@@ -474,9 +477,6 @@ def _expected_words(names: set[str]) -> str:
 
 # ---- lark tree -> syntax tree ------------------------------------------------------------
 
-_UNSUPPORTED_STATEMENTS = {
-    "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
-}
 # Qualifiers that choose Soufflé's storage or its optimisations, never an answer: accepted and
 # ignored (relations here are always HISA).
 STORAGE_QUALIFIERS = frozenset({"btree", "brie", "no_inline", "magic", "no_magic"})
@@ -551,8 +551,6 @@ class _Builder:
 
     def statement(self, node: LarkTree) -> list[Item]:
         kind = node.data
-        if kind in _UNSUPPORTED_STATEMENTS:
-            raise self.fail(node, _UNSUPPORTED_STATEMENTS[kind])
         if kind == "preprocessor":
             line = str(node.children[0]).strip()
             raise self.fail(node, f"unsupported: C preprocessor line '{line}' (run cpp first)")
@@ -592,6 +590,8 @@ class _Builder:
             assert isinstance(key, Token)
             text = self.unquote(value[0]) if value and isinstance(value[0], Token) else ""
             return [Pragma(self.unquote(key), text, self.pos(key))]
+        if kind == "subsumption":
+            return [self.subsumption(node)]
         assert kind == "clause", kind
         return [self.clause(node)]
 
@@ -668,14 +668,25 @@ class _Builder:
                     inline = True
                 elif word == "no_inline":
                     no_inline = True
-                elif word not in STORAGE_QUALIFIERS and word != "eqrel":
+                elif word not in STORAGE_QUALIFIERS and word not in ("eqrel", "btree_delete"):
                     raise self.fail(child, f"unsupported: .decl qualifier '{word}'")
             elif isinstance(child, Tree):
                 attrs.append(self.attr(child))
         out: list[Item] = []
         for name in names:
             pos = self.pos(name)
-            out.append(Decl(str(name), tuple(attrs), pos, storage == "eqrel", overridable, inline and not no_inline, choice))
+            out.append(
+                Decl(
+                    str(name),
+                    tuple(attrs),
+                    pos,
+                    storage == "eqrel",
+                    overridable,
+                    inline and not no_inline,
+                    choice,
+                    storage=storage,
+                )
+            )
             out += [Directive(kind, str(name), (), pos) for kind in directives]
         return out
 
@@ -708,6 +719,12 @@ class _Builder:
         quoted = value.type == "STRING"
         text = self.unquote(value) if quoted else str(value)
         return Param(str(key), text, quoted, self.pos(key))
+
+    def subsumption(self, node: LarkTree) -> Clause:
+        """``dominated <= dominating :- body.``: one clause per alternative of the body, as
+        Soufflé's parser makes them."""
+        dominated, dominating, body = node.children
+        return Clause((self.atom(dominated),), self.body(body), self.pos(node), dominating=self.atom(dominating))
 
     def clause(self, node: LarkTree) -> Clause:
         heads_tree, body = node.children

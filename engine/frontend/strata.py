@@ -20,9 +20,12 @@ from dask_datalog.engine.errors import DatalogError
 
 @dataclass(frozen=True)
 class Stratum:
+    """``subsumptions``: the subsumptive rules of its relations (``ir.Program.subsumptions``)."""
+
     relations: frozenset[str]
     rules: tuple[ir.Rule, ...]
     recursive: bool
+    subsumptions: tuple[ir.Rule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,10 @@ def stratify(program: ir.Program) -> tuple[Stratum, ...]:
     order = {name: i for i, name in enumerate(program.relations)}
     debug_of = dict(program.debug_deltas)  # filled with the stratum of its relation: read as if it were that relation
     rules_of: dict[str, list[tuple[int, ir.Rule]]] = {}  # numbered to keep program order
-    for numbered in enumerate(program.rules):
+    # A subsumptive rule depends on what its body reads, not on its two compared atoms (as
+    # Soufflé's precedence graph has it): numbered after the rules, it only adds those edges.
+    dependent = [*program.rules, *(_beyond_compared(s) for s in program.subsumptions)]
+    for numbered in enumerate(dependent):
         rules_of.setdefault(numbered[1].head.relation, []).append(numbered)
     nodes = sorted(rules_of, key=order.__getitem__)
     graph = {
@@ -64,7 +70,7 @@ def stratify(program: ir.Program) -> tuple[Stratum, ...]:
     }
     components = _sccs(nodes, graph)
     component_of = {name: i for i, comp in enumerate(components) for name in comp}
-    for rule in program.rules:
+    for rule in dependent:
         for dep in _dependencies(rule):
             head = rule.head.relation
             if component_of.get(debug_of.get(dep.relation, "")) == component_of[head]:
@@ -76,10 +82,17 @@ def stratify(program: ir.Program) -> tuple[Stratum, ...]:
     strata = []
     for i in _topological(components, component_of, graph, order):
         members = frozenset(components[i]) | {d for d, r in debug_of.items() if r in components[i]}
-        rules = tuple(r for _, r in sorted(n for m in members for n in rules_of.get(m, [])))
-        recursive = any(isinstance(lit, ir.Atom) and lit.relation in members for r in rules for lit in r.body)
-        strata.append(Stratum(members, rules, recursive))
+        ordered = sorted(n for m in members for n in rules_of.get(m, []))
+        rules = tuple(r for k, r in ordered if k < len(program.rules))
+        recursive = any(isinstance(lit, ir.Atom) and lit.relation in members for _, r in ordered for lit in r.body)
+        subsumptions = tuple(s for s in program.subsumptions if s.head.relation in members)
+        strata.append(Stratum(members, rules, recursive, subsumptions))
     return tuple(strata)
+
+
+def _beyond_compared(subsumption: ir.Rule) -> ir.Rule:
+    """A subsumptive rule without its dominated and dominating atoms."""
+    return ir.Rule(subsumption.head, subsumption.body[2:], subsumption.pos)
 
 
 def _cycle_error(dep: _Dependency, head: str, graph: dict[str, list[str]]) -> DatalogError:

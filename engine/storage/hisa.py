@@ -368,6 +368,33 @@ class RelationStore:
             return canonical_rows
         return sets.sort_unique(permute(canonical_rows, self.arity, order, self.xp), self.xp)
 
+    def stage(self, rows: Any) -> None:
+        """Sorted canonical rows become the delta without joining full (a subsumption's
+        candidates and accepted tuples, read as the delta before they are taken in)."""
+        self.delta = rows
+        self._delta_indexes = {}
+
+    def remove(self, rows: Any) -> int:
+        """Take sorted unique canonical rows out of full and the delta; returns how many left
+        full. Only the runs that held some are rebuilt (their hash tables then rebuilt when
+        next probed); the bitmap mirror, which cannot forget a tuple, is dropped for good."""
+        if rows.shape[0] == 0:
+            return 0
+        before = len(self)
+        for order, runs in self.levels.items():
+            gone = self._sorted_in(rows, order)
+            for k, run in enumerate(runs):
+                if sets.difference(gone, run.rows, self.backend).shape[0] < gone.shape[0]:
+                    runs[k] = SortedIndex(order, sets.difference(run.rows, gone, self.backend))
+            self.levels[order] = [run for run in runs if run.rows.shape[0]]
+        left = sets.difference(self.delta, rows, self.backend)
+        if left.shape[0] < self.delta.shape[0]:
+            self.stage(left)
+        removed = before - len(self)
+        if removed:
+            self.dense, self.max_dense_bits = None, 0
+        return removed
+
     def add(self, delta: Any) -> None:
         """Sorted canonical rows, none of them in full yet, become the delta and join full."""
         if delta.shape[0]:
