@@ -2,8 +2,6 @@
 models; docs/service.md says why this framework). Routes under /api/jobs follow Ray Jobs'
 (submit, list, get, logs, stop) plus result downloads; every route needs a bearer token."""
 
-from __future__ import annotations
-
 import asyncio
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Annotated, Any, Literal

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,8 @@ class ServiceClient:
         self.address = (address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS).rstrip("/")
         token = token or default_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.address, headers=headers, verify=verify, timeout=timeout)
+        context = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        self.http = httpx.Client(base_url=self.address, headers=headers, verify=context, timeout=timeout)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
+import re
 import threading
 import uuid
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from dask_datalog.cluster.service.runner import run_job
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.writer import file_name
+
+_INCLUDE = re.compile(r"^\s*(#\s*include|\.include)\b", re.MULTILINE)  # the preprocessor's and Soufflé's
 
 
 class Refused(Exception):
@@ -61,8 +65,6 @@ class JobService:
         self.store = JobStore(self.state_dir / "jobs.sqlite")
         self.roots = roots
         self.client = client
-        # The service's own folder is a root too: its jobs read their uploads and write there.
-        self.own = Roots([*roots.roots, self.jobs_dir])
         self.queue = JobQueue(self.store, self._run, max_jobs)
         failed, pending = self.store.recover()
         self.recovered = failed
@@ -70,17 +72,10 @@ class JobService:
             self.queue.submit(job)
 
     def _run(self, record: JobRecord, stop: threading.Event) -> None:
-        run_job(record, self.client, self.store, self.jobs_dir / record.id, stop, self._confine_program)
-
-    def _confine_program(self, program: Program, fact_dir: str, output_dir: str) -> None:
-        """Every file the program reads or writes, which ``.input``/``.output`` may name by an
-        absolute or ``..`` path, inside the roots (else the job fails with ``PathRefused``)."""
-        for relation, path, _, _ in Inputs(fact_dir).files(program.ir):
-            if path is not None:
-                self.own.confine(path, f"the fact file of {relation}")
-        for spec in program.ir.outputs:
-            if spec.io == "file":
-                self.own.confine(Path(output_dir) / file_name(spec), f"the output file of {spec.relation}")
+        folder = self.jobs_dir / record.id
+        # The job's own folder is a root too (its uploads, its outputs); other jobs' are not.
+        confine = functools.partial(_confine_program, Roots([*self.roots.roots, folder]))
+        run_job(record, self.client, self.store, folder, stop, confine)
 
     def submit(self, user: User, job: Submission) -> JobRecord:
         if job.facts is not None and job.fact_dir is not None:
@@ -92,6 +87,8 @@ class JobService:
             output_dir = self.roots.confine(job.output_dir, "output_dir") if job.output_dir is not None else None
         except PathRefused as refused:
             raise Refused(403, refused.message) from None
+        if _INCLUDE.search(job.program):
+            raise Refused(400, "the service takes one program text: #include and .include would read the service's files")
         for name in job.facts or {}:
             if Path(name).name != name or name in ("", ".", ".."):
                 raise Refused(400, f"fact upload name {name!r} must be a plain file name")
@@ -162,6 +159,17 @@ class JobService:
     def close(self) -> None:
         self.queue.close()
         self.store.close()
+
+
+def _confine_program(roots: Roots, program: Program, fact_dir: str, output_dir: str) -> None:
+    """Every file the program reads or writes, which ``.input``/``.output`` may name by an
+    absolute or ``..`` path, inside ``roots`` (else the job fails with ``PathRefused``)."""
+    for relation, path, _, _ in Inputs(fact_dir).files(program.ir):
+        if path is not None:
+            roots.confine(path, f"the fact file of {relation}")
+    for spec in program.ir.outputs:
+        if spec.io == "file":
+            roots.confine(Path(output_dir) / file_name(spec), f"the output file of {spec.relation}")
 
 
 def _read_result(path: Path, fmt: str) -> bytes:
