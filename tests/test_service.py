@@ -35,7 +35,7 @@ from dask_datalog.cluster.service.app import create_app
 from dask_datalog.cluster.service.auth import Roots, Tokens
 from dask_datalog.cluster.service.client import ServiceClient, ServiceError
 from dask_datalog.cluster.service.jobs import JobService
-from dask_datalog.cluster.service.queue import JobQueue
+from dask_datalog.cluster.service.queue import JobQueue, Stop
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_the_queue_runs_at_most_its_limit_in_fifo_order_and_stops_queued_jobs(tm
     most = [0]
     release = {job: threading.Event() for job in "abcde"}
 
-    def runner(job: JobRecord, stop: threading.Event) -> None:
+    def runner(job: JobRecord, stop: Stop) -> None:
         with lock:
             started.append(job.id)
             running.add(job.id)
@@ -357,9 +357,9 @@ class Served:
         assert match, (line, self.process.stderr.read() if self.process.poll() is not None else "")  # type: ignore[union-attr]
         self.address = match.group(1)
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = signal.SIGKILL) -> int:
         os.killpg(self.process.pid, sig)
-        self.process.wait(30)
+        return self.process.wait(30)
 
 
 def cli(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
@@ -421,9 +421,35 @@ def test_serve_and_the_job_commands_end_to_end_then_a_restart_keeps_every_record
         assert jobs.wait(jobs.submit(program, facts=facts))["state"] == "SUCCEEDED"  # and it serves new jobs
         with pytest.raises(ServiceError, match="cannot reach"):
             ServiceClient(again.address, "alice-token").list()  # an unknown CA is refused
+        last = jobs.submit(tmp_path / "count.dl")
+        while jobs.status(last)["state"] != "RUNNING":
+            time.sleep(0.02)
         jobs.close()
     finally:
-        again.kill(signal.SIGTERM)
+        status = again.kill(signal.SIGTERM)
+    # SIGTERM shuts down gracefully: the running job is stopped and said so, the cluster closed.
+    assert status == 0, again.process.stderr.read()  # type: ignore[union-attr]
+    stopped = JobStore(state / "jobs.sqlite").get(last)
+    assert stopped is not None and (stopped.state, stopped.error) == (State.STOPPED, "stopped: the service shut down")
+    # No worker of its embedded cluster is left (multiprocessing's resource tracker, the last of
+    # its helpers, ends when it sees the service's end: given a few seconds).
+    deadline = time.monotonic() + 10
+    while _alive_in_group(again.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive_in_group(again.process.pid)
+
+
+def _alive_in_group(group: int) -> list[int]:
+    """The processes of ``group`` still running (not zombies, which wait for init to reap them)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
 
 
 def _write(path: Path, text: str) -> Path:

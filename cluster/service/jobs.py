@@ -10,7 +10,6 @@ import functools
 import hashlib
 import io
 import re
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.service.auth import PathRefused, Roots, User
-from dask_datalog.cluster.service.queue import JobQueue
+from dask_datalog.cluster.service.queue import JobQueue, Stop
 from dask_datalog.cluster.service.runner import run_job
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
 from dask_datalog.spmd.inputs import Inputs
@@ -71,7 +70,7 @@ class JobService:
         for job in pending:
             self.queue.submit(job)
 
-    def _run(self, record: JobRecord, stop: threading.Event) -> None:
+    def _run(self, record: JobRecord, stop: Stop) -> None:
         folder = self.jobs_dir / record.id
         # The job's own folder is a root too (its uploads, its outputs); other jobs' are not.
         confine = functools.partial(_confine_program, Roots([*self.roots.roots, folder]))

@@ -11,7 +11,18 @@ from collections.abc import Callable
 
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
 
-Runner = Callable[[JobRecord, threading.Event], None]  # runs a job to its final state
+
+class Stop(threading.Event):
+    """A job's stop request, and why it was made (the record's error once it STOPPED)."""
+
+    reason = "stopped on request"
+
+    def request(self, reason: str) -> None:
+        self.reason = reason
+        self.set()
+
+
+Runner = Callable[[JobRecord, Stop], None]  # runs a job to its final state
 
 
 class JobQueue:
@@ -21,7 +32,7 @@ class JobQueue:
         self.store, self.runner, self.max_jobs = store, runner, max_jobs
         self.lock = threading.Lock()
         self.waiting: deque[str] = deque()
-        self.running: dict[str, tuple[threading.Thread, threading.Event]] = {}
+        self.running: dict[str, tuple[threading.Thread, Stop]] = {}
         self.closed = False
 
     def submit(self, job: str) -> None:
@@ -40,7 +51,7 @@ class JobQueue:
                 self.store.log(job, "STOPPED on request before it started")
                 return True
             if job in self.running:
-                self.running[job][1].set()
+                self.running[job][1].request("stopped on request")
                 return True
         return False
 
@@ -50,12 +61,12 @@ class JobQueue:
                 job = self.waiting.popleft()
                 record = self.store.get(job)
                 assert record is not None and record.state is State.PENDING, (job, record)
-                stop = threading.Event()
+                stop = Stop()
                 thread = threading.Thread(target=self._run, args=(record, stop), name=f"job-{job}", daemon=True)
                 self.running[job] = (thread, stop)
                 thread.start()
 
-    def _run(self, record: JobRecord, stop: threading.Event) -> None:
+    def _run(self, record: JobRecord, stop: Stop) -> None:
         try:
             self.runner(record, stop)
         finally:
@@ -64,13 +75,14 @@ class JobQueue:
             self._dispatch()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Start nothing more and stop the running jobs, waiting ``timeout`` seconds for them;
-        queued ones stay PENDING in the store (the next start queues them again)."""
+        """Start nothing more and stop the running jobs (STOPPED, the shutdown said), waiting
+        ``timeout`` seconds for them; queued ones stay PENDING in the store (the next start
+        queues them again)."""
         with self.lock:
             self.closed = True
             threads = list(self.running.values())
         for _, stop in threads:
-            stop.set()
+            stop.request("stopped: the service shut down")
         deadline = time.monotonic() + timeout
         for thread, _ in threads:
             thread.join(max(0.0, deadline - time.monotonic()))

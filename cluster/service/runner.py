@@ -16,6 +16,7 @@ from typing import Any
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.cli.progress import ProgressState
 from dask_datalog.cluster.runtime import dask_adapter
+from dask_datalog.cluster.service.queue import Stop
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
 from dask_datalog.engine.errors import DatalogError, Terminated
 from dask_datalog.engine.plan import plan_program
@@ -53,7 +54,7 @@ class JobLog:
             self.store.update(self.job, iterations=at[1] + 1, tuples=found)
 
 
-def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop: threading.Event, confined: Confine) -> None:
+def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop: Stop, confined: Confine) -> None:
     """Run ``record`` on ``client``'s cluster to its final state: SUCCEEDED with its outputs
     written, STOPPED when ``stop`` was set, FAILED with the one-line error of the run (a bad
     program's ``file:line:col: error: ...``). ``confined`` refuses a program whose files
@@ -110,8 +111,8 @@ def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop
         if not stop.is_set():  # a stop nobody asked the service for
             _failed(store, record.id, str(stopped))
         else:
-            store.update(record.id, state=State.STOPPED, ended=time.time(), error="stopped on request")
-            store.log(record.id, "STOPPED on request")
+            store.update(record.id, state=State.STOPPED, ended=time.time(), error=stop.reason)
+            store.log(record.id, f"STOPPED: {stop.reason}")
     except DatalogError as error:
         _failed(store, record.id, str(error))
     except Exception as error:  # a bug: loud on the service's stderr, the job FAILED, the service up

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -59,6 +60,10 @@ def serve(args: argparse.Namespace, max_request_bytes: int) -> int:
             )
             for job in service.recovered:
                 print(f"job {job} was running when the service stopped: marked FAILED", file=sys.stderr, flush=True)
+            # uvicorn raises the signal that stopped it again once it is done: with a handler
+            # that does nothing, the service then stops its jobs and closes the cluster.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: None)
             uvicorn.Server(config).run(sockets=[listener])
         finally:
             service.close()
