@@ -37,6 +37,8 @@ from dask_datalog.cluster.service.client import ServiceClient, ServiceError
 from dask_datalog.cluster.service.jobs import JobService
 from dask_datalog.cluster.service.queue import JobQueue, Stop
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
+from dask_datalog.engine.errors import Terminated
+from dask_datalog.spmd.options import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -59,6 +61,18 @@ def one_shot(program: Path, facts: Path, out: Path, *extra: str) -> Path:
 
 def uploads(folder: Path) -> dict[str, str]:
     return {f.name: base64.b64encode(f.read_bytes()).decode() for f in folder.iterdir()}
+
+
+def test_the_run_apis_stop_ends_a_run_in_process_too() -> None:
+    """``RunOptions.stop``, the service's stop, is the run API's: it also stops a run here."""
+    stop = threading.Event()
+
+    def on_iteration(stratum: int, iteration: int, delta: dict[str, int]) -> None:
+        if iteration == 5:
+            stop.set()
+
+    with pytest.raises(Terminated, match="stopped on request"):
+        Program(COUNT).run(on_iteration=on_iteration, options=RunOptions(stop=stop))
 
 
 # -- the store and the queue, no HTTP, no cluster ------------------------------------------------------
