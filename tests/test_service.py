@@ -237,6 +237,9 @@ def test_paths_under_the_roots_and_parquet_results(app: tuple[TestClient, JobSer
     table = pq.read_table(roots / "sg.parquet").to_pandas()
     assert table.sort_values(list(table.columns)).reset_index(drop=True).equals(expected.reset_index(drop=True))
     assert (roots / "sg-out" / "sg").is_dir()  # written where the request said
+    shutil.rmtree(roots / "sg-out")
+    gone = call(http, "bob-token", "GET", f"/api/jobs/{job}/results/sg")
+    assert gone.status_code == 410 and "is no longer there" in gone.json()["detail"]
 
 
 def test_tokens_and_owners(app: tuple[TestClient, JobService]) -> None:
@@ -415,6 +418,8 @@ def test_serve_and_the_job_commands_end_to_end_then_a_restart_keeps_every_record
             time.sleep(0.02)
         listed = cli(served, "list").stdout
         assert job in listed and running in listed
+        stopped = jobs.submit(tmp_path / "count.dl")
+        assert cli(served, "stop", stopped).stdout == "STOPPED\n"  # waits for the end
         before = {r["id"]: r for r in jobs.list()}
         jobs.close()
     finally:

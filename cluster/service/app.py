@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, MutableMapping
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from dask_datalog.cluster.service.auth import Tokens, User
-from dask_datalog.cluster.service.jobs import JobService, Refused, Submission, decode_upload
+from dask_datalog.cluster.service.jobs import JobService, Refused, Submission, decode_upload, parquet_file
 from dask_datalog.cluster.service.store import JobRecord, State
 
 FOLLOW_POLL_S = 0.1  # how often a followed log looks for new lines
@@ -176,11 +176,12 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int) -> F
     @app.get(
         "/api/jobs/{job}/results/{relation}",
         response_class=Response,
-        summary="an output relation of a SUCCEEDED job, as the job wrote it (csv or parquet)",
+        summary="an output relation of a SUCCEEDED job, as the job wrote it (csv, or parquet as one file)",
     )
     async def result(job: str, relation: str, caller: Caller, format: Literal["csv", "parquet"] | None = None) -> Response:
-        data, written = await run_in_threadpool(service.result, caller, job, relation, format)
-        media = "text/csv" if written == "csv" else "application/vnd.apache.parquet"
-        return Response(data, media_type=media)
+        path, written = await run_in_threadpool(service.result, caller, job, relation, format)
+        if written == "csv":  # streamed from the file: an output may be larger than memory
+            return FileResponse(path, media_type="application/gzip" if path.suffix == ".gz" else "text/csv")
+        return Response(await run_in_threadpool(parquet_file, path), media_type="application/vnd.apache.parquet")
 
     return app

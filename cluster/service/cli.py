@@ -55,8 +55,10 @@ def add_parsers(sub: Any) -> None:
     submit.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the run after SECONDS (the job FAILS)")
     submit.add_argument("--memory-limit", metavar="BYTES", help="memory for the data of each worker, e.g. 4GiB")
     submit.add_argument("--checkpoint", action="store_true", help="checkpoint, so that a lost worker's retry resumes")
-    for verb, text in (("status", "a job's record as JSON"), ("stop", "stop a job (a running one ends within a second)")):
-        verbs.add_parser(verb, help=text).add_argument("id")
+    verbs.add_parser("status", help="a job's record as JSON").add_argument("id")
+    stop = verbs.add_parser("stop", help="stop a job and print its final state (a running one ends within a second)")
+    stop.add_argument("id")
+    stop.add_argument("--no-wait", action="store_true", help="print the state at once, without waiting for the end")
     logs = verbs.add_parser("logs", help="a job's log: submission, per-iteration progress, its end")
     logs.add_argument("id")
     logs.add_argument("--follow", action="store_true", help="go on printing lines as they come, until the job ends")
@@ -98,7 +100,8 @@ def _job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.verb == "status":
             print(json.dumps(client.status(args.id), indent=1))
         elif args.verb == "stop":
-            print(client.stop(args.id)["state"])
+            record = client.stop(args.id)
+            print((record if args.no_wait else client.wait(args.id))["state"])
         elif args.verb == "list":
             for job in client.list():
                 print(

@@ -133,18 +133,19 @@ class JobService:
         return self.store.select(None if user.admin else user.name)
 
     def stop(self, user: User, job: str) -> JobRecord:
-        record = self.get(user, job)
-        if not record.state.final:
+        """Stop the job: its record after the request (a running job's ends a moment later)."""
+        if not self.get(user, job).state.final:
             self.queue.stop(job)
-        return record
+        return self.get(user, job)
 
     def logs(self, user: User, job: str, offset: int, limit: int) -> list[str]:
         self.get(user, job)
         return self.store.logs(job, offset, limit)
 
-    def result(self, user: User, job: str, relation: str, fmt: str | None) -> tuple[bytes, str]:
-        """The relation's output file as written (csv), or its Parquet dataset as one file, and
-        its format. A relation the job did not write, or asked in another format, is refused."""
+    def result(self, user: User, job: str, relation: str, fmt: str | None) -> tuple[Path, str]:
+        """Where the relation's output is (a CSV file, or a Parquet dataset's folder) and its
+        format. A relation the job did not write, asked in another format, or removed since,
+        is refused."""
         record = self.get(user, job)
         if record.state is not State.SUCCEEDED:
             raise Refused(409, f"job {job} is {record.state}: results come with SUCCEEDED")
@@ -153,7 +154,10 @@ class JobService:
         written = record.results[relation]
         if fmt is not None and fmt != written["format"]:
             raise Refused(409, f"job {job} wrote its outputs as {written['format']}: submit it with format {fmt} for {fmt}")
-        return _read_result(Path(written["path"]), written["format"]), written["format"]
+        path = Path(written["path"])
+        if not path.exists():
+            raise Refused(410, f"job {job}'s output of {relation}, {path}, is no longer there")
+        return path, written["format"]
 
     def close(self) -> None:
         self.queue.close()
@@ -171,13 +175,12 @@ def _confine_program(roots: Roots, program: Program, fact_dir: str, output_dir: 
             roots.confine(Path(output_dir) / file_name(spec), f"the output file of {spec.relation}")
 
 
-def _read_result(path: Path, fmt: str) -> bytes:
-    if fmt == "csv":
-        return path.read_bytes()
+def parquet_file(path: Path) -> bytes:
+    """A Parquet dataset (a part per worker) as one file."""
     import pyarrow.parquet as pq
 
     out = io.BytesIO()
-    pq.write_table(pq.read_table(path), out)  # the dataset's parts, one per worker, as one file
+    pq.write_table(pq.read_table(path), out)
     return out.getvalue()
 
 

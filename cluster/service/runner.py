@@ -37,6 +37,7 @@ class JobLog:
         self.store, self.job = store, job
         self.state = ProgressState(strata)
         self.reached: tuple[int, int] = (-1, -1)
+        self.strata: dict[int, int] = {}  # iterations reported per stratum (numbered from 0 in each)
         self.lock = threading.Lock()  # events come on the client's event loop, notes on the job's thread
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -49,17 +50,18 @@ class JobLog:
             if at <= self.reached:
                 return
             self.reached = at
+            self.strata[at[0]] = at[1] + 1
             found = sum(e["found"] for e in self.state.latest.values())
             self.store.log(self.job, self.state.counts())
-            self.store.update(self.job, iterations=at[1] + 1, tuples=found)
+            self.store.update(self.job, iterations=sum(self.strata.values()), tuples=found)
 
 
 def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop: Stop, confined: Confine) -> None:
     """Run ``record`` on ``client``'s cluster to its final state: SUCCEEDED with its outputs
     written, STOPPED when ``stop`` was set, FAILED with the one-line error of the run (a bad
     program's ``file:line:col: error: ...``). ``confined`` refuses a program whose files
-    (``.input``/``.output`` filenames, which may be absolute) leave the service's roots. A bug is logged with its traceback on the
-    service's stderr and fails the job; the service goes on."""
+    (``.input``/``.output`` filenames, which may be absolute) leave the service's roots. A bug
+    is logged with its traceback on the service's stderr and fails the job; the service goes on."""
     args = record.arguments
     store.update(record.id, state=State.RUNNING, started=time.time())
     store.log(record.id, f"running on {len(dask_adapter.scheduler_workers(client))} workers")
