@@ -37,6 +37,7 @@ from dask_datalog.cluster.service.client import ServiceClient, ServiceError
 from dask_datalog.cluster.service.jobs import JobService
 from dask_datalog.cluster.service.queue import JobQueue, Stop
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
+from dask_datalog.engine.checkpoint import Checkpoints
 from dask_datalog.engine.errors import Terminated
 from dask_datalog.spmd.options import RunOptions
 
@@ -84,7 +85,7 @@ def record(job: str, state: State = State.PENDING) -> JobRecord:
 
 def test_the_store_keeps_records_and_logs_and_recovers_after_a_restart(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite")
-    for job, state in (("a", State.SUCCEEDED), ("b", State.RUNNING), ("c", State.PENDING)):
+    for job, state in (("a", State.SUCCEEDED), ("b", State.RUNNING), ("c", State.PENDING), ("d", State.RUNNING)):
         store.insert(record(job, state))
     store.update("a", iterations=7, tuples=42, results={"path": {"path": "/o/path.csv", "format": "csv"}})
     for k in range(5):
@@ -97,12 +98,15 @@ def test_the_store_keeps_records_and_logs_and_recovers_after_a_restart(tmp_path:
     assert a is not None and (a.state, a.iterations, a.tuples) == (State.SUCCEEDED, 7, 42)
     assert a.results == {"path": {"path": "/o/path.csv", "format": "csv"}}
     assert again.logs("a", 1, 2) == ["line 1", "line 2"]
-    failed, pending = again.recover()
-    assert (failed, pending) == (["b"], ["c"])
+    failed, pending = again.recover(lambda r: "(stratum 1, after iteration 3)" if r.id == "d" else None)
+    assert (failed, pending) == (["b"], ["c", "d"])  # d had checkpointed: it resumes
     b = again.get("b")
     assert b is not None and b.state is State.FAILED and "the service stopped while the job ran" in (b.error or "")
     assert again.logs("b")[-1].startswith("FAILED: the service stopped")
-    assert [r.id for r in again.select(owner="alice")] == ["a", "b", "c"]
+    d = again.get("d")
+    assert d is not None and d.state is State.PENDING and d.arguments["resume"] is True
+    assert again.logs("d")[-1].endswith("to resume from its checkpoint (stratum 1, after iteration 3)")
+    assert [r.id for r in again.select(owner="alice")] == ["a", "b", "c", "d"]
 
 
 def test_the_queue_runs_at_most_its_limit_in_fifo_order_and_stops_queued_jobs(tmp_path: Path) -> None:
@@ -420,6 +424,11 @@ def test_serve_and_the_job_commands_end_to_end_then_a_restart_keeps_every_record
         assert job in listed and running in listed
         stopped = jobs.submit(tmp_path / "count.dl")
         assert cli(served, "stop", stopped).stdout == "STOPPED\n"  # waits for the end
+        # A job that checkpoints: killed with the service after its first checkpoint, it resumes.
+        chain = _write(tmp_path / "chain.dl", ".decl n(x: number)\n.output n\nn(0).\nn(x + 1) :- n(x), x < 5000.\n")
+        resumable = jobs.submit(chain, checkpoint=True, checkpoint_every=0.1)
+        while Checkpoints(state / "jobs" / resumable / "checkpoint").latest() is None:
+            time.sleep(0.02)
         before = {r["id"]: r for r in jobs.list()}
         jobs.close()
     finally:
@@ -434,9 +443,15 @@ def test_serve_and_the_job_commands_end_to_end_then_a_restart_keeps_every_record
         after = {r["id"]: r for r in jobs.list()}
         assert set(after) == set(before)
         for job_id, was in before.items():
-            if job_id != running:
+            if job_id not in (running, resumable):
                 assert after[job_id] == was
         assert after[running]["state"] == "FAILED" and "the service stopped while the job ran" in after[running]["error"]
+        assert jobs.wait(resumable)["state"] == "SUCCEEDED"
+        assert jobs.result(resumable, "n") == (one_shot(chain, tmp_path, tmp_path / "chain") / "n.csv").read_bytes()
+        log = jobs.logs(resumable)["lines"]
+        queued = next(k for k, line in enumerate(log) if "queued again, to resume from its checkpoint" in line)
+        progress = next(line for line in log[queued:] if line.startswith("stratum"))
+        assert int(progress.split()[3]) > 0, progress  # the resumed run's first iteration is the checkpoint's
         assert jobs.wait(jobs.submit(program, facts=facts))["state"] == "SUCCEEDED"  # and it serves new jobs
         with pytest.raises(ServiceError, match="cannot reach"):
             ServiceClient(again.address, "alice-token").list()  # an unknown CA is refused

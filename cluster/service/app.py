@@ -34,7 +34,9 @@ class SubmitRequest(BaseModel):
     retries: int = Field(2, ge=0, description="lost workers the run survives")
     timeout: float | None = Field(None, gt=0, description="seconds after which the run is stopped (FAILED)")
     memory_limit: int | None = Field(None, gt=0, description="bytes of data per worker")
-    checkpoint: bool = Field(False, description="checkpoint into the job's folder, so a retry resumes from there")
+    checkpoint: bool = Field(
+        False, description="checkpoint into the job's folder: a retry, or the service's restart, resumes there"
+    )
     checkpoint_every: float | None = Field(None, ge=0, description="seconds between checkpoints")
 
 

@@ -18,8 +18,9 @@ from typing import Any
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.service.auth import PathRefused, Roots, User
 from dask_datalog.cluster.service.queue import JobQueue, Stop
-from dask_datalog.cluster.service.runner import run_job
+from dask_datalog.cluster.service.runner import CHECKPOINT, run_job
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
+from dask_datalog.engine.checkpoint import Checkpoints
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.writer import file_name
 
@@ -65,10 +66,17 @@ class JobService:
         self.roots = roots
         self.client = client
         self.queue = JobQueue(self.store, self._run, max_jobs)
-        failed, pending = self.store.recover()
+        failed, pending = self.store.recover(self._checkpoint)
         self.recovered = failed
         for job in pending:
             self.queue.submit(job)
+
+    def _checkpoint(self, record: JobRecord) -> str | None:
+        """Where the job's run had last checkpointed (its folder's checkpoint), or None."""
+        manifest = Checkpoints(self.jobs_dir / record.id / CHECKPOINT).latest() if record.arguments.get("checkpoint") else None
+        if manifest is None:
+            return None
+        return f"(stratum {manifest.position.stratum + 1}, after iteration {manifest.position.iteration})"
 
     def _run(self, record: JobRecord, stop: Stop) -> None:
         folder = self.jobs_dir / record.id

@@ -25,6 +25,7 @@ from dask_datalog.spmd.writer import file_name
 
 log = logging.getLogger("dask_datalog.service")
 
+CHECKPOINT = "checkpoint"  # the folder, in the job's, where a run with checkpoints writes them
 Confine = Callable[[Program, str, str], None]  # raises DatalogError for files outside the roots
 
 
@@ -65,12 +66,13 @@ def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop
     args = record.arguments
     store.update(record.id, state=State.RUNNING, started=time.time())
     store.log(record.id, f"running on {len(dask_adapter.scheduler_workers(client))} workers")
-    checkpoints = job_dir / "checkpoint" if args.get("checkpoint") else None
+    checkpoints = job_dir / CHECKPOINT if args.get("checkpoint") else None
     try:
         program = Program(args["program"], record.program_name, macros=args.get("macros") or {})
         options = RunOptions(
             checkpoint_dir=str(checkpoints) if checkpoints is not None else None,
             checkpoint_every=args.get("checkpoint_every"),
+            resume=bool(args.get("resume")),
             retries=args.get("retries", 2),
             timeout=args.get("timeout"),
             memory_limit=args.get("memory_limit"),
@@ -120,7 +122,7 @@ def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop
     except Exception as error:  # a bug: loud on the service's stderr, the job FAILED, the service up
         log.exception("job %s failed on an internal error", record.id)
         _failed(store, record.id, f"internal error: {type(error).__name__}: {error}")
-    finally:
+    finally:  # a run that ended has no use for its checkpoints (one killed with the service keeps them)
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)
 

@@ -8,7 +8,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -133,16 +133,26 @@ class JobStore:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def recover(self) -> tuple[list[str], list[str]]:
-        """At the service's start: jobs left RUNNING by a service that stopped are FAILED (their
-        run went with it; they are not resumed), PENDING ones go back in the queue. Returns
-        (failed ids, pending ids in submission order)."""
-        why = "the service stopped while the job ran (it is not resumed: submit it again)"
-        running = [r.id for r in self.select(states=(State.RUNNING,))]
-        for job in running:
-            self.update(job, state=State.FAILED, ended=time.time(), error=why)
-            self.log(job, f"FAILED: {why}")
-        return running, [r.id for r in self.select(states=(State.PENDING,))]
+    def recover(self, checkpoint: Callable[[JobRecord], str | None]) -> tuple[list[str], list[str]]:
+        """At the service's start, for the jobs a service that stopped left RUNNING (their run
+        went with it): one whose run had checkpointed (``checkpoint(record)`` says where it
+        was) is PENDING again, to resume from there; the others are FAILED, saying why. Returns
+        (failed ids, pending ids in submission order, the resumed among them)."""
+        why = "the service stopped while the job ran, before the run had a checkpoint to resume from"
+        failed = []
+        for record in self.select(states=(State.RUNNING,)):
+            position = checkpoint(record)
+            if position is None:
+                self.update(record.id, state=State.FAILED, ended=time.time(), error=why)
+                self.log(record.id, f"FAILED: {why}")
+                failed.append(record.id)
+            else:
+                arguments = {**record.arguments, "resume": True}
+                self.update(record.id, state=State.PENDING, started=None, arguments=arguments)
+                self.log(
+                    record.id, f"the service stopped while the job ran: queued again, to resume from its checkpoint {position}"
+                )
+        return failed, [r.id for r in self.select(states=(State.PENDING,))]
 
     def close(self) -> None:
         with self.lock:
