@@ -54,7 +54,12 @@ def add_parsers(sub: Any) -> None:
     submit.add_argument("--retries", type=int, default=2, help="lost workers the run survives (default: 2)")
     submit.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the run after SECONDS (the job FAILS)")
     submit.add_argument("--memory-limit", metavar="BYTES", help="memory for the data of each worker, e.g. 4GiB")
-    submit.add_argument("--checkpoint", action="store_true", help="checkpoint, so that a lost worker's retry resumes")
+    submit.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="checkpoint into the job's folder: a lost worker's retry, or a restart of the service, resumes from there",
+    )
+    submit.add_argument("--checkpoint-every", type=float, metavar="SECONDS", help="seconds between checkpoints")
     verbs.add_parser("status", help="a job's record as JSON").add_argument("id")
     stop = verbs.add_parser("stop", help="stop a job and print its final state (a running one ends within a second)")
     stop.add_argument("id")
@@ -137,6 +142,7 @@ def _submit(client: Any, args: argparse.Namespace, parser: argparse.ArgumentPars
         "retries": args.retries,
         "timeout": args.timeout,
         "checkpoint": args.checkpoint,
+        "checkpoint_every": args.checkpoint_every,
     }
     if args.macro:
         options["macros"] = dict(_macro(m) for value in args.macro for m in value.split())
