@@ -359,6 +359,18 @@ def test_the_openapi_description_covers_the_api(app: tuple[TestClient, JobServic
     assert "SubmitRequest" in schema["components"]["schemas"]
 
 
+def test_the_commands_say_what_is_wrong_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["job", "--address", "http://127.0.0.1:9", "--token", "t", "list"]) == 1
+    assert re.fullmatch(r"error: cannot reach the job service at http://127.0.0.1:9: .*\n", capsys.readouterr().err)
+    (tmp_path / "tokens.json").write_text("{}")
+    assert main(["serve", "--token-file", str(tmp_path / "tokens.json"), "--state-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith(f"error: token file {tmp_path / 'tokens.json'}: ")
+    for argv in (["job", "submit", "p.dl", "-D", "out"], ["serve", "--max-jobs", "0"], ["serve", "--max-request-size", "big"]):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        assert exit.value.code == 2, argv
+
+
 # -- end to end: `dask-datalog serve` and `dask-datalog job` as processes ----------------------------------
 
 
