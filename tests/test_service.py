@@ -294,6 +294,8 @@ def test_bad_requests_are_refused_with_their_status(app: tuple[TestClient, JobSe
     big = {"program": COUNT, "facts": {"edge.facts": base64.b64encode(b"1\t2\n" * 300_000).decode()}}
     too_large = call(http, "alice-token", "POST", "/api/jobs", json=big)
     assert too_large.status_code == 413 and "limit of 1048576 bytes" in too_large.json()["detail"]
+    chunked = call(http, "alice-token", "POST", "/api/jobs", content=iter([b'{"program": "', b"x" * 2**20, b'"}']))
+    assert chunked.status_code == 413  # no Content-Length: counted as the body arrives
     assert call(http, "alice-token", "POST", "/api/jobs", json={"program": COUNT, "facts": {"../e.facts": ""}}).status_code == 400
     assert (
         call(http, "alice-token", "POST", "/api/jobs", json={"program": COUNT, "facts": {"e": "not base64!"}}).status_code == 400

@@ -68,8 +68,10 @@ def _job(record: JobRecord) -> Job:
 
 
 class SizeLimit:
-    """ASGI middleware: a request whose body passes ``limit`` bytes is answered 413 (by its
-    Content-Length at once, or as its chunks arrive)."""
+    """ASGI middleware: a request whose body passes ``limit`` bytes is answered 413, by its
+    Content-Length at once, else once that many bytes arrived. The body is read here before
+    the app sees it (the app would read it whole anyway, to parse its JSON): a refusal raised
+    while the app reads would become FastAPI's 400 for an unreadable body."""
 
     def __init__(self, app: Any, limit: int):
         self.app, self.limit = app, limit
@@ -80,28 +82,30 @@ class SizeLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await self._refuse(scope, receive, send)
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
+        body = bytearray()
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+            if message["type"] != "http.request":  # the client left: the app hears it
+                return await self.app(scope, _replay([message], receive), send)
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await self._refuse(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay([{"type": "http.request", "body": bytes(body), "more_body": False}], receive), send)
 
     async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
         response = JSONResponse({"detail": f"the request is larger than the service's limit of {self.limit} bytes"}, 413)
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
+    """An ASGI ``receive`` giving ``messages`` first, then what ``receive`` gives."""
+
+    async def replayed() -> Any:
+        return messages.pop(0) if messages else await receive()
+
+    return replayed
 
 
 def create_app(service: JobService, tokens: Tokens, max_request_bytes: int) -> FastAPI:
@@ -109,6 +113,9 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int) -> F
         title="dask-datalog job service",
         version="1",
         description="Submit Datalog programs to a Dask cluster, watch their progress, fetch their results.",
+        # No Swagger or ReDoc page: they load their scripts from a CDN, which clusters often cannot reach.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(SizeLimit, limit=max_request_bytes)
     bearer = HTTPBearer(auto_error=False)
