@@ -54,6 +54,14 @@ TOKENS = {"tokens": {"alice-token": "alice", "bob-token": "bob", "root-token": "
 STOP_BOUND_S = 3.0
 
 
+def until(ready: Any, what: str, limit_s: float = 60.0) -> None:
+    """Poll ``ready()`` until true; a test that waits for what never comes fails saying what."""
+    deadline = time.monotonic() + limit_s
+    while not ready():
+        assert time.monotonic() < deadline, f"waited {limit_s:g} s for {what}"
+        time.sleep(0.02)
+
+
 def one_shot(program: Path, facts: Path, out: Path, *extra: str) -> Path:
     """The outputs of ``dask-datalog run`` for the same program and facts."""
     assert main(["run", str(program), "-F", str(facts), "-D", str(out), "--no-cluster", "--quiet", *extra]) == 0
@@ -139,11 +147,9 @@ def test_the_queue_runs_at_most_its_limit_in_fifo_order_and_stops_queued_jobs(tm
     assert c is not None and c.state is State.STOPPED
     assert queue.stop("a")  # running: asked to stop
     for job in "bde":
-        while job not in started:
-            time.sleep(0.01)
+        until(lambda job=job: job in started, f"job {job} to start")
         release[job].set()
-    while queue.running:
-        time.sleep(0.01)
+    until(lambda: not queue.running, "the jobs to end")
     queue.close()
     assert started == ["a", "b", "d", "e"] and most[0] == 2
     assert [store.get(j).state for j in "abde"] == [State.STOPPED, State.SUCCEEDED, State.SUCCEEDED, State.SUCCEEDED]  # type: ignore[union-attr]
@@ -186,12 +192,15 @@ def submit(http: TestClient, token: str, **body: Any) -> str:
     return str(response.json()["id"])
 
 
-def wait(http: TestClient, token: str, job: str, until: tuple[str, ...] = ("STOPPED", "SUCCEEDED", "FAILED")) -> dict[str, Any]:
-    while True:
-        found = call(http, token, "GET", f"/api/jobs/{job}").json()
-        if found["state"] in until:
-            return dict(found)
-        time.sleep(0.02)
+def wait(http: TestClient, token: str, job: str, states: tuple[str, ...] = ("STOPPED", "SUCCEEDED", "FAILED")) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def reached() -> bool:
+        found.update(call(http, token, "GET", f"/api/jobs/{job}").json())
+        return found["state"] in states
+
+    until(reached, f"job {job} to be {' or '.join(states)}")
+    return found
 
 
 def stop_all(http: TestClient, jobs: list[str]) -> None:
@@ -319,8 +328,7 @@ def test_stop_ends_a_running_job_within_a_second_and_frees_its_workers(
 ) -> None:
     http, _ = app
     job = submit(http, "alice-token", program=COUNT)
-    while call(http, "alice-token", "GET", f"/api/jobs/{job}").json()["iterations"] < 20:
-        time.sleep(0.02)
+    until(lambda: call(http, "alice-token", "GET", f"/api/jobs/{job}").json()["iterations"] >= 20, "20 iterations")
     start = time.monotonic()
     assert call(http, "alice-token", "POST", f"/api/jobs/{job}/stop").status_code == 200
     stopped = wait(http, "alice-token", job)
@@ -339,10 +347,10 @@ def test_jobs_beyond_the_limit_wait_their_turn(app: tuple[TestClient, JobService
     jobs = [submit(http, "alice-token", program=COUNT) for _ in range(3)]
     try:
         for job in jobs[:2]:
-            wait(http, "alice-token", job, until=("RUNNING",))
+            wait(http, "alice-token", job, states=("RUNNING",))
         assert call(http, "alice-token", "GET", f"/api/jobs/{jobs[2]}").json()["state"] == "PENDING"  # the limit is 2
         call(http, "alice-token", "POST", f"/api/jobs/{jobs[0]}/stop")
-        assert wait(http, "alice-token", jobs[2], until=("RUNNING",))["state"] == "RUNNING"  # next in the queue
+        assert wait(http, "alice-token", jobs[2], states=("RUNNING",))["state"] == "RUNNING"  # next in the queue
     finally:
         stop_all(http, jobs)
 
@@ -432,8 +440,7 @@ def test_serve_and_the_job_commands_end_to_end_then_a_restart_keeps_every_record
 
         jobs = ServiceClient(served.address, "alice-token")
         running = jobs.submit(_write(tmp_path / "count.dl", COUNT))
-        while jobs.status(running)["state"] != "RUNNING":
-            time.sleep(0.02)
+        until(lambda: jobs.status(running)["state"] == "RUNNING", "the job to run")
         listed = cli(served, "list").stdout
         assert job in listed and running in listed
         stopped = jobs.submit(tmp_path / "count.dl")
@@ -441,8 +448,8 @@ def test_serve_and_the_job_commands_end_to_end_then_a_restart_keeps_every_record
         # A job that checkpoints: killed with the service after its first checkpoint, it resumes.
         chain = _write(tmp_path / "chain.dl", ".decl n(x: number)\n.output n\nn(0).\nn(x + 1) :- n(x), x < 5000.\n")
         resumable = jobs.submit(chain, checkpoint=True, checkpoint_every=0.1)
-        while Checkpoints(state / "jobs" / resumable / "checkpoint").latest() is None:
-            time.sleep(0.02)
+        until(lambda: Checkpoints(state / "jobs" / resumable / "checkpoint").latest() is not None, "a checkpoint")
+        assert jobs.status(resumable)["state"] == "RUNNING"
         before = {r["id"]: r for r in jobs.list()}
         jobs.close()
     finally:
@@ -460,18 +467,17 @@ def test_serve_and_the_job_commands_end_to_end_then_a_restart_keeps_every_record
             if job_id not in (running, resumable):
                 assert after[job_id] == was
         assert after[running]["state"] == "FAILED" and "the service stopped while the job ran" in after[running]["error"]
-        assert jobs.wait(resumable)["state"] == "SUCCEEDED"
+        assert jobs.wait(resumable, timeout=60)["state"] == "SUCCEEDED"
         assert jobs.result(resumable, "n") == (one_shot(chain, tmp_path, tmp_path / "chain") / "n.csv").read_bytes()
         log = jobs.logs(resumable)["lines"]
         queued = next(k for k, line in enumerate(log) if "queued again, to resume from its checkpoint" in line)
         progress = next(line for line in log[queued:] if line.startswith("stratum"))
         assert int(progress.split()[3]) > 0, progress  # the resumed run's first iteration is the checkpoint's
-        assert jobs.wait(jobs.submit(program, facts=facts))["state"] == "SUCCEEDED"  # and it serves new jobs
+        assert jobs.wait(jobs.submit(program, facts=facts), timeout=60)["state"] == "SUCCEEDED"  # and it serves new jobs
         with pytest.raises(ServiceError, match="cannot reach"):
             ServiceClient(again.address, "alice-token").list()  # an unknown CA is refused
         last = jobs.submit(tmp_path / "count.dl")
-        while jobs.status(last)["state"] != "RUNNING":
-            time.sleep(0.02)
+        until(lambda: jobs.status(last)["state"] == "RUNNING", "the job to run")
         jobs.close()
     finally:
         status = again.kill(signal.SIGTERM)
@@ -481,10 +487,7 @@ def test_serve_and_the_job_commands_end_to_end_then_a_restart_keeps_every_record
     assert stopped is not None and (stopped.state, stopped.error) == (State.STOPPED, "stopped: the service shut down")
     # No worker of its embedded cluster is left (multiprocessing's resource tracker, the last of
     # its helpers, ends when it sees the service's end: given a few seconds).
-    deadline = time.monotonic() + 10
-    while _alive_in_group(again.process.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive_in_group(again.process.pid)
+    until(lambda: not _alive_in_group(again.process.pid), "the cluster's processes to end", 10)
 
 
 def _alive_in_group(group: int) -> list[int]:

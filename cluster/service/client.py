@@ -123,12 +123,15 @@ class ServiceClient:
         except httpx.HTTPError as error:
             raise ServiceError(f"lost the job service at {self.address}: {error}") from None
 
-    def wait(self, job: str, poll_s: float = 0.05) -> dict[str, Any]:
-        """The job's record once it is final."""
+    def wait(self, job: str, poll_s: float = 0.05, timeout: float | None = None) -> dict[str, Any]:
+        """The job's record once it is final; a ServiceError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout if timeout is not None else None
         while True:
             record = self.status(job)
             if record["state"] in FINAL:
                 return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise ServiceError(f"job {job} is still {record['state']} after {timeout:g} s")
             time.sleep(poll_s)
 
     def result(self, job: str, relation: str, format: str | None = None) -> bytes:
