@@ -161,8 +161,11 @@ def test_the_queue_runs_at_most_its_limit_in_fifo_order_and_stops_queued_jobs(tm
 
 @pytest.fixture(scope="module")
 def cluster_client() -> Iterator[Client]:
+    """Worker processes, as ``serve`` starts them. Not threads: an in-process worker's profiler
+    calls ``sys._current_frames``, which on CPython 3.11 deadlocked with distributed's gc
+    callback and the threads the test client starts per request (seen once in a few runs)."""
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         yield client
