@@ -171,8 +171,8 @@ class Program:
         ``progress`` receives the workers' progress events, ``replicate_below`` is the size in
         bytes under which static relations are copied to every worker, ``exchange`` how the
         workers exchange tuples ("mesh", "comm" or "auto": cluster/runtime/phase.py). ``options``:
-        checkpoints, resuming, retries after lost workers, a time limit, a memory budget and
-        a suspend request (``RunOptions``; retries need a cluster). Raises ``Suspended`` when
+        checkpoints, resuming, retries after lost workers, a time limit, a memory budget, a
+        suspend request and a stop request (``RunOptions``; retries need a cluster). Raises ``Suspended`` when
         the run stopped at a checkpoint on request, ``RunTimeout`` past its time limit,
         ``MemoryBudgetExceeded`` when its relations outgrow the budget (engine/errors.py).
         ``stdin``: what ``.input r(IO=stdin)`` reads; by default this process's standard
@@ -221,9 +221,11 @@ def _steering(options: RunOptions) -> Steering:
             options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{uuid.uuid4().hex[:12]}"
         )
     deadline = time.monotonic() + options.timeout if options.timeout is not None else None
-    suspend = options.suspend
+    suspend, stop = options.suspend, options.stop
 
     def interrupted() -> None:
+        if stop is not None and stop.is_set():
+            raise Terminated("the run was stopped on request")
         if deadline is not None and time.monotonic() > deadline:
             raise RunTimeout(f"the run went past its time limit of {options.timeout:g} s and was stopped")
         if suspend is not None and suspend.is_set() and checkpoint is None:

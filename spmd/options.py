@@ -22,7 +22,9 @@ class RunOptions:
     these inputs; ``retries``: how many lost workers the run survives; ``timeout``: seconds
     for the whole job; ``memory_limit``: bytes of data per worker (None: a share of the
     worker's memory limit); ``suspend``: when set, checkpoint and stop at the next iteration
-    boundary (the CLI's SIGTERM), raising ``Suspended``; ``rejoin_s``: after a loss, how long
+    boundary (the CLI's SIGTERM), raising ``Suspended``; ``stop``: when set, the run stops at
+    once on every worker, writing no checkpoint, raising ``Terminated`` (a service's stop of a
+    job: it must end within a second, not at an iteration boundary); ``rejoin_s``: after a loss, how long
     a retry waits for the cluster to be back to the job's size before it goes on with fewer;
     ``silent_s``: how long a worker may send no heartbeat before it counts as lost (a hung or
     stopped process keeps its connection, and the scheduler waits minutes for it)."""
@@ -34,6 +36,7 @@ class RunOptions:
     timeout: float | None = None
     memory_limit: int | None = None
     suspend: threading.Event | None = None
+    stop: threading.Event | None = None
     rejoin_s: float = REJOIN_S
     silent_s: float = SILENT_S
 

@@ -1,5 +1,5 @@
 """``dask-datalog``: the command line, one subcommand per module: ``run`` (run_command.py), ``gen``
-and ``scale`` (cluster/experiments/cli.py)."""
+and ``scale`` (cluster/experiments/cli.py), ``serve`` and ``job`` (cluster/service/cli.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 from dask_datalog.cluster.cli import run_command
 from dask_datalog.cluster.experiments import cli as experiment_cli
+from dask_datalog.cluster.service import cli as service_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run_command.add_parser(sub)
     experiment_cli.add_parsers(sub)
+    service_cli.add_parsers(sub)
     return parser
 
 
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in experiment_cli.COMMANDS:
         return experiment_cli.main(args)
+    if args.command in service_cli.COMMANDS:
+        return service_cli.main(args, parser)
     return run_command.run(args, parser, argv)
 
 

@@ -38,10 +38,10 @@ class ProgressState:
         self.latest[int(event["rank"])] = event
 
     def line(self) -> str:
-        parts = [self.label, self.note, self._counts(), f"{time.monotonic() - self.started:.1f} s"]
+        parts = [self.label, self.note, self.counts(), f"{time.monotonic() - self.started:.1f} s"]
         return "  ".join(p for p in parts if p)
 
-    def _counts(self) -> str:
+    def counts(self) -> str:
         if not self.latest:
             return "loading inputs"
         stratum = max(e["stratum"] for e in self.latest.values())

@@ -452,7 +452,7 @@ class CommandRun:
         self.display: Any = None
         self.client: Any = None
         if mode != IN_PROCESS:
-            self.client = stack.enter_context(_client(args))
+            self.client = stack.enter_context(cluster_client(args))
         if not args.quiet and sys.stderr.isatty():
             from dask_datalog.cluster.cli.progress import ProgressDisplay
 
@@ -506,7 +506,7 @@ class CommandRun:
         return show
 
 
-def _client(args: argparse.Namespace) -> Any:
+def cluster_client(args: argparse.Namespace) -> Any:
     """A client of the cluster the arguments name, or of a new embedded one (closed on exit)."""
     from dask_datalog.cluster.runtime.connect import TlsFiles, embedded_client, external_client
     from dask_datalog.cluster.runtime.worker_setup import quiet_logs

@@ -415,7 +415,10 @@ class ClusterRun:
         raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])  # type: ignore[misc]
 
     def _requests(self) -> None:
-        """The deadline (``RunTimeout``), and a stop request, sent to the workers once."""
+        """The deadline (``RunTimeout``), a stop at once (``Terminated``: ``run_phase`` aborts
+        the run on every worker), and a suspend request, sent to the workers once."""
+        if self.options.stop is not None and self.options.stop.is_set():
+            raise Terminated("the run was stopped on request")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise RunTimeout(f"the run went past its time limit of {self.options.timeout:g} s and was stopped on every worker")
         suspend = self.options.suspend

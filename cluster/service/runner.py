@@ -1,0 +1,132 @@
+"""One job run: the one-shot ``dask-datalog run``'s path (``api.Program.run`` on the service's
+cluster, then ``Result.write``), with its progress going to the job's log and its end to its
+record. Nothing here evaluates anything itself."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dask_datalog.cluster.api import Program
+from dask_datalog.cluster.cli.progress import ProgressState
+from dask_datalog.cluster.runtime import dask_adapter
+from dask_datalog.cluster.service.queue import Stop
+from dask_datalog.cluster.service.store import JobRecord, JobStore, State
+from dask_datalog.engine.errors import DatalogError, Terminated
+from dask_datalog.engine.plan import plan_program
+from dask_datalog.spmd.options import RunOptions
+from dask_datalog.spmd.writer import file_name
+
+log = logging.getLogger("dask_datalog.service")
+
+CHECKPOINT = "checkpoint"  # the folder, in the job's, where a run with checkpoints writes them
+Confine = Callable[[Program, str, str], None]  # raises DatalogError for files outside the roots
+
+
+class JobLog:
+    """The run's progress events as log lines: one per iteration the run reaches (the workers'
+    latest events folded as the CLI's progress line folds them), and every note (a lost worker,
+    a retry); the record's live iteration and tuple counts follow."""
+
+    def __init__(self, store: JobStore, job: str, strata: int):
+        self.store, self.job = store, job
+        self.state = ProgressState(strata)
+        self.reached: tuple[int, int] = (-1, -1)
+        self.strata: dict[int, int] = {}  # iterations reported per stratum (numbered from 0 in each)
+        self.lock = threading.Lock()  # events come on the client's event loop, notes on the job's thread
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.state.update(event)
+            if "note" in event:
+                self.store.log(self.job, event["note"])
+                return
+            at = (int(event["stratum"]), int(event["iteration"]))
+            if at <= self.reached:
+                return
+            self.reached = at
+            self.strata[at[0]] = at[1] + 1
+            found = sum(e["found"] for e in self.state.latest.values())
+            self.store.log(self.job, self.state.counts())
+            self.store.update(self.job, iterations=sum(self.strata.values()), tuples=found)
+
+
+def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop: Stop, confined: Confine) -> None:
+    """Run ``record`` on ``client``'s cluster to its final state: SUCCEEDED with its outputs
+    written, STOPPED when ``stop`` was set, FAILED with the one-line error of the run (a bad
+    program's ``file:line:col: error: ...``). ``confined`` refuses a program whose files
+    (``.input``/``.output`` filenames, which may be absolute) leave the service's roots. A bug
+    is logged with its traceback on the service's stderr and fails the job; the service goes on."""
+    args = record.arguments
+    store.update(record.id, state=State.RUNNING, started=time.time())
+    store.log(record.id, f"running on {len(dask_adapter.scheduler_workers(client))} workers")
+    checkpoints = job_dir / CHECKPOINT if args.get("checkpoint") else None
+    try:
+        program = Program(args["program"], record.program_name, macros=args.get("macros") or {})
+        options = RunOptions(
+            checkpoint_dir=str(checkpoints) if checkpoints is not None else None,
+            checkpoint_every=args.get("checkpoint_every"),
+            resume=bool(args.get("resume")),
+            retries=args.get("retries", 2),
+            timeout=args.get("timeout"),
+            memory_limit=args.get("memory_limit"),
+            stop=stop,
+        )
+        progress = JobLog(store, record.id, len(plan_program(program.ir).strata))
+        output_dir, fmt = args["output_dir"], args.get("format", "csv")
+        confined(program, args["fact_dir"], output_dir)
+        # stdin=b"": an IO=stdin input reads nothing (the service's own stdin is no job's).
+        result = program.run(fact_dir=args["fact_dir"], client=client, progress=progress, options=options, stdin=b"")
+        try:
+            store.log(record.id, f"writing the outputs into {output_dir}")
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            printed = io.StringIO()  # IO=stdout outputs and .printsize lines go to the job's log
+            result.write(output_dir, fmt, printed)
+            stats = result.stats
+        finally:
+            result.close()
+        for line in printed.getvalue().splitlines():
+            store.log(record.id, line)
+        heads = {rule.head.relation for rule in program.ir.rules}
+        results = {
+            spec.relation: {
+                "path": str(Path(output_dir) / (spec.relation if fmt == "parquet" else file_name(spec))),
+                "format": fmt,
+            }
+            for spec in reversed(program.ir.outputs)
+            if spec.io == "file"
+        }
+        store.update(
+            record.id,
+            state=State.SUCCEEDED,
+            ended=time.time(),
+            iterations=sum(len(s["iterations"]) for s in stats["strata"]),
+            tuples=sum(n for name, n in stats["sizes"].items() if name in heads),
+            results=results,
+        )
+        store.log(record.id, f"SUCCEEDED in {stats['total_s']:.2f} s on {stats['workers']} workers")
+    except Terminated as stopped:
+        if not stop.is_set():  # a stop nobody asked the service for
+            _failed(store, record.id, str(stopped))
+        else:
+            store.update(record.id, state=State.STOPPED, ended=time.time(), error=stop.reason)
+            store.log(record.id, f"STOPPED: {stop.reason}")
+    except DatalogError as error:
+        _failed(store, record.id, str(error))
+    except Exception as error:  # a bug: loud on the service's stderr, the job FAILED, the service up
+        log.exception("job %s failed on an internal error", record.id)
+        _failed(store, record.id, f"internal error: {type(error).__name__}: {error}")
+    finally:  # a run that ended has no use for its checkpoints (one killed with the service keeps them)
+        if checkpoints is not None:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def _failed(store: JobStore, job: str, error: str) -> None:
+    store.update(job, state=State.FAILED, ended=time.time(), error=error)
+    store.log(job, f"FAILED: {error}")

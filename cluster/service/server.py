@@ -1,0 +1,132 @@
+"""``dask-datalog serve``: the job service on one Dask cluster, the embedded one by default,
+kept warm (the engine imported, the workers started) for every job it runs."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from dask_datalog.cluster.cli.run_command import cluster_client
+from dask_datalog.cluster.service.auth import Roots, Tokens
+from dask_datalog.engine.errors import DatalogError
+
+DEFAULT_PORT = 8780
+
+
+def serve(args: argparse.Namespace, max_request_bytes: int) -> int:
+    """Serve until SIGINT or SIGTERM; then the running jobs are stopped (STOPPED) and the
+    queued ones stay PENDING for the next start."""
+    import uvicorn
+
+    from dask_datalog.cluster.service.app import create_app
+    from dask_datalog.cluster.service.jobs import JobService
+
+    state = args.state_dir.expanduser()
+    if args.token_file is not None:
+        tokens, where = Tokens.load(args.token_file), args.token_file
+    elif (state / "tokens.json").exists():
+        tokens, where = Tokens.load(state / "tokens.json"), state / "tokens.json"
+    else:
+        tokens, where = Tokens.create(state / "tokens.json", getpass.getuser()), state / "tokens.json"
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise DatalogError(None, "HTTPS needs both --ssl-certfile and --ssl-keyfile")
+    for f in (args.ssl_certfile, args.ssl_keyfile):
+        if f is not None and not f.is_file():
+            raise DatalogError(None, f"TLS file {f} does not exist")
+    listener = _listen(args.host, args.port)
+    args.tls_ca_file = args.tls_cert = args.tls_key = None  # a tls:// scheduler: Dask's configuration applies
+    with cluster_client(args) as client:
+        service = JobService(state, client, args.max_jobs, Roots(args.root))
+        try:
+            app = create_app(service, tokens, max_request_bytes)
+            config = uvicorn.Config(
+                app,
+                log_level="warning",
+                ssl_certfile=args.ssl_certfile,
+                ssl_keyfile=args.ssl_keyfile,
+                timeout_graceful_shutdown=2,
+            )
+            scheme = "https" if args.ssl_certfile else "http"
+            host, port = listener.getsockname()[:2]
+            workers = len(client.scheduler_info()["workers"])
+            print(
+                f"dask-datalog service at {scheme}://{host}:{port} on {workers} workers ({client.scheduler.address}); "
+                f"state {state}; tokens {where}",
+                flush=True,
+            )
+            for job in service.recovered:
+                print(f"job {job} was running when the service stopped: marked FAILED", file=sys.stderr, flush=True)
+            # uvicorn raises the signal that stopped it again once it is done: with a handler
+            # that does nothing, the service then stops its jobs and closes the cluster.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: None)
+            uvicorn.Server(config).run(sockets=[listener])
+        finally:
+            service.close()
+    return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The service's socket, bound here so that port 0 (any free port) can be printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        raise DatalogError(None, f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    listener.listen(128)
+    return listener
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on; 0: any free one (default: {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("~/.dask-datalog/service"),
+        help="where the job records (jobs.sqlite), the jobs' folders and the made token file live "
+        "(default: ~/.dask-datalog/service; on an external cluster, a folder its workers see)",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder jobs may read facts from and write outputs to, by path (repeatable; without one, facts are uploaded "
+        "and outputs stay in the job's folder)",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help='JSON {"tokens": {"<token>": "<user>"}, "admins": ["<user>"]} (default: STATE/tokens.json, made with one '
+        "admin token for you when missing)",
+    )
+    parser.add_argument(
+        "--max-jobs", type=int, default=4, metavar="N", help="jobs running at once; more wait in a FIFO queue (default: 4)"
+    )
+    parser.add_argument(
+        "--max-request-size",
+        default="256MiB",
+        metavar="BYTES",
+        help="largest request accepted, uploads included (default: 256MiB)",
+    )
+    parser.add_argument("--ssl-certfile", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", type=Path, metavar="FILE", help="the certificate's private key (PEM)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler (default: an embedded cluster)")
+    where.add_argument("--scheduler-file", type=Path, metavar="FILE", help="scheduler file of a running Dask cluster")
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="workers of the embedded cluster (default: one per core, or per GPU)"
+    )
+    parser.add_argument(
+        "--backend", choices=("auto", "numpy", "cupy"), default="auto", help="the embedded cluster's array backend"
+    )
