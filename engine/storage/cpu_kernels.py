@@ -24,6 +24,7 @@ _I = ctypes.c_int64
 _U = ctypes.c_uint64
 _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "not_in_sorted": (None, [_P, _I, _P, _I, _I, _P]),
+    "not_in_runs": (None, [_P, _I, _P, _P, _I, _I, _P]),
     "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
     "merge_many": (None, [_P, _P, _I, _I, _P]),
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
@@ -62,6 +63,18 @@ def not_in_sorted(new: np.ndarray, full: np.ndarray) -> np.ndarray:
     new, full = _c(new, np.uint64), _c(full, np.uint64)
     mask = np.empty(new.shape[0], dtype=np.bool_)
     _lib.not_in_sorted(_ptr(new), new.shape[0], _ptr(full), full.shape[0], _words(new), _ptr(mask))
+    return mask
+
+
+def not_in_runs(new: np.ndarray, runs: list[np.ndarray]) -> np.ndarray:
+    """mask[i] = new[i] is a row of none of ``runs`` (sorted, like ``new``; all 1-D or all
+    (n, w)): a relation kept as several runs subtracted in one call."""
+    new = _c(new, np.uint64)
+    runs = [_c(r, np.uint64) for r in runs]
+    mask = np.empty(new.shape[0], dtype=np.bool_)
+    pointers = np.array([_ptr(r) for r in runs], dtype=np.uint64)
+    lengths = np.array([r.shape[0] for r in runs], dtype=np.int64)
+    _lib.not_in_runs(_ptr(new), new.shape[0], _ptr(pointers), _ptr(lengths), len(runs), _words(new), _ptr(mask))
     return mask
 
 

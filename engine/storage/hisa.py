@@ -299,9 +299,7 @@ class RelationStore:
 
     def subtract(self, rows: Any) -> Any:
         """Sorted unique rows that are not in full."""
-        for run in self.runs:
-            rows = sets.difference(rows, run, self.backend)
-        return rows
+        return sets.difference_all(rows, self.runs, self.backend)
 
     def novel(self, rows: Any, phase: Callable[[str], AbstractContextManager[None]] = untimed) -> Any:
         """Produced rows (any order, duplicates) -> sorted unique rows not in full. Rows it

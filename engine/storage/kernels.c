@@ -25,26 +25,46 @@ static inline int row_equal(const uint64_t *a, int64_t i, const uint64_t *b, int
     return memcmp(a + i * w, b + j * w, (size_t)w * sizeof(uint64_t)) == 0;
 }
 
-/* mask[i] = 1 when new[i] is not a row of full; both sorted. Galloping from the last
- * position, so a small delta against a large full costs O(n log(m/n)), not O(m). */
+/* The first row of full at or after position j that is not less than new[i] (full sorted):
+ * galloping from j, so a small delta against a large full costs O(n log(m/n)), not O(m). */
+static inline int64_t gallop(const uint64_t *full, int64_t m, int64_t j, const uint64_t *new_, int64_t i, int64_t w) {
+    int64_t step = 1, hi = j;
+    while (hi < m && row_less(full, hi, new_, i, w)) {
+        j = hi + 1;
+        hi = j + step;
+        step *= 2;
+    }
+    if (hi > m) hi = m;
+    int64_t lo = j;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (row_less(full, mid, new_, i, w)) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* mask[i] = 1 when new[i] is not a row of full; both sorted. */
 void not_in_sorted(const uint64_t *new_, int64_t n, const uint64_t *full, int64_t m, int64_t w, uint8_t *mask) {
     int64_t j = 0;
     for (int64_t i = 0; i < n; i++) {
-        int64_t step = 1, hi = j;
-        while (hi < m && row_less(full, hi, new_, i, w)) {
-            j = hi + 1;
-            hi = j + step;
-            step *= 2;
-        }
-        if (hi > m) hi = m;
-        int64_t lo = j;
-        while (lo < hi) {
-            int64_t mid = lo + (hi - lo) / 2;
-            if (row_less(full, mid, new_, i, w)) lo = mid + 1;
-            else hi = mid;
-        }
-        j = lo;
+        j = gallop(full, m, j, new_, i, w);
         mask[i] = !(j < m && row_equal(full, j, new_, i, w));
+    }
+}
+
+/* mask[i] = 1 when new[i] is a row of none of the k sorted runs (runs[r] holds lengths[r]
+ * rows): a log-structured relation's difference in one call, rows already found skipped. */
+void not_in_runs(const uint64_t *new_, int64_t n, const uint64_t *const *runs, const int64_t *lengths, int64_t k,
+                 int64_t w, uint8_t *mask) {
+    memset(mask, 1, (size_t)n);
+    for (int64_t r = 0; r < k; r++) {
+        int64_t j = 0;
+        for (int64_t i = 0; i < n; i++) {
+            if (!mask[i]) continue;
+            j = gallop(runs[r], lengths[r], j, new_, i, w);
+            mask[i] = !(j < lengths[r] && row_equal(runs[r], j, new_, i, w));
+        }
     }
 }
 
