@@ -120,6 +120,7 @@ class Fixpoint:
         self.control = control
         self.chunk_rows = chunk_rows
         self.clock = PhaseClock(backend)
+        self.width = {name: words_for(store.arity) for name, store in shard.stores.items()}  # packed words per row
         self.operators = Operators(backend, Terms(self.xp, symbols), shard, Router(self.exchange, self.xp), chunk_rows)
         # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
         constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
@@ -204,7 +205,7 @@ class Fixpoint:
         requests every shard agreed on at its end."""
         t0 = time.perf_counter()
         xp = self.xp
-        width = {r: words_for(self.shard.stores[r].arity) for r in relations}
+        width = self.width
         kept = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
         outgoing = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
         for rp in versions:

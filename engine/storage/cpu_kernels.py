@@ -102,14 +102,10 @@ def merge_many(runs: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    return np.cumsum(counts) - counts
-
-
 def expand_runs(starts: np.ndarray, counts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
     """Materialise a join in one pass: outer row i paired with rows starts[i] .. + counts[i]."""
     starts, counts = _c(starts, np.int64), _c(counts, np.int64)
-    offsets = _offsets(counts)
+    offsets = np.empty(starts.shape[0], dtype=np.int64)  # scratch: the kernel scans counts into it
     outer = np.empty(total, dtype=np.int64)
     inner = np.empty(total, dtype=np.int64)
     _lib.expand_runs(_ptr(starts), _ptr(counts), _ptr(offsets), starts.shape[0], _ptr(outer), _ptr(inner))
@@ -123,7 +119,7 @@ def gather_join(
     whose column c is outer[i, spec[c,1]] (spec[c,0] == 0), halves[r, spec[c,1]] (== 1) or 0."""
     outer, halves = _c(outer, np.uint32), _c(halves, np.uint32)
     starts, counts, spec = _c(starts, np.int64), _c(counts, np.int64), _c(spec, np.int64)
-    offsets = _offsets(counts)
+    offsets = np.empty(starts.shape[0], dtype=np.int64)  # scratch: the kernel scans counts into it
     out = np.empty((total, spec.shape[0]), dtype=np.uint32)
     _lib.gather_join(
         _ptr(outer), outer.shape[1], _ptr(starts), _ptr(counts), _ptr(offsets), starts.shape[0],

@@ -93,10 +93,21 @@ void merge_many(const uint64_t *const *runs, const int64_t *lengths, int64_t k, 
     }
 }
 
+/* offsets[i] = counts[0] + ... + counts[i - 1]: where outer row i's output starts (a serial
+ * scan: cheap beside the gather, and one NumPy call fewer per join). */
+static void exclusive_scan(const int64_t *counts, int64_t n, int64_t *offsets) {
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        offsets[i] = total;
+        total += counts[i];
+    }
+}
+
 /* A join's pairs: outer row i with inner rows starts[i] .. starts[i] + counts[i], written from
- * offsets[i] (the exclusive scan of counts). */
-void expand_runs(const int64_t *starts, const int64_t *counts, const int64_t *offsets, int64_t n,
+ * offsets[i] (the exclusive scan of counts, made here in the caller's scratch). */
+void expand_runs(const int64_t *starts, const int64_t *counts, int64_t *offsets, int64_t n,
                  int64_t *outer, int64_t *inner) {
+    exclusive_scan(counts, n, offsets);
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         int64_t s = starts[i], k = offsets[i];
@@ -111,8 +122,9 @@ void expand_runs(const int64_t *starts, const int64_t *counts, const int64_t *of
  * whose column c is outer[i, spec[c][1]] (spec[c][0] == 0), halves[r, spec[c][1]] (== 1) or 0.
  * Column by column per outer row: the outer value is a fill, the inner run a strided copy. */
 void gather_join(const uint32_t *outer, int64_t outer_width, const int64_t *starts, const int64_t *counts,
-                 const int64_t *offsets, int64_t n, const uint32_t *halves, int64_t halves_width,
+                 int64_t *offsets, int64_t n, const uint32_t *halves, int64_t halves_width,
                  const int64_t *spec, int64_t width, uint32_t *out) {
+    exclusive_scan(counts, n, offsets);
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         int64_t s = starts[i], c = counts[i], k = offsets[i];
