@@ -81,12 +81,11 @@ class Operators:
 
     def join_shape(self, step: JoinStep, outer: Layout, layout: Layout | None) -> JoinShape:
         """``JoinShape.of``, kept per (step, outer columns, layout): the step is looked up by
-        identity (hashing a step hashes its atom), and kept in the value so the id stays its."""
+        identity (hashing a step hashes its atom) and checked against the one kept."""
         key = (id(step), outer, layout)
         shape = self._shapes.get(key)
-        if shape is None:
+        if shape is None or shape.step is not step:
             shape = self._shapes[key] = JoinShape.of(step, outer, layout)
-        assert shape.step is step
         return shape
 
     def key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
