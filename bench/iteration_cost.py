@@ -14,8 +14,10 @@ Workloads (``--workloads``):
   deltas stay one tuple, so an iteration that copied or rebuilt full would show here.
 
 Each setting runs once untimed on a short chain (imports, kernels, the cluster's first
-task), then once per ``--iterations`` value; the table gives the evaluation's seconds (the
-shards' ``total_s``: load and output excluded) and milliseconds per iteration.
+task), then once per ``--iterations`` value; the table gives the evaluation's seconds
+(``total_s``, the slowest shard's: load and output excluded), milliseconds per iteration and,
+in process, ``Program.run``'s CPU time per iteration (load included): on a shared machine the
+figure other load disturbs least.
 
     .venv/bin/python bench/iteration_cost.py                                  # 10^3..10^5, in process and 2 workers
     .venv/bin/python bench/iteration_cost.py --iterations 1000000 --workers 0 --workloads chain
@@ -87,17 +89,18 @@ def setting(workers: int) -> Iterator[Any]:
         yield client
 
 
-def measure(name: str, iterations: int, big: int, client: Any) -> tuple[int, float, float]:
-    """(iterations run, evaluation seconds, wall seconds of ``Program.run``)."""
+def measure(name: str, iterations: int, big: int, client: Any) -> tuple[int, float, float, float]:
+    """(iterations run, evaluation seconds, wall seconds of ``Program.run``, this process's CPU
+    seconds in it: on a shared machine the in-process figure that other load disturbs least)."""
     program, facts = workload(name, iterations, big)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = program.run(facts=facts, backend="numpy", client=client)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     stats = result.stats  # in process or combined over the workers: the slowest worker's time
     ran = sum(len(s["iterations"]) for s in stats["strata"])
     evaluation = stats["total_s"]
     result.close()
-    return ran, evaluation, wall
+    return ran, evaluation, wall, cpu
 
 
 def main() -> int:
@@ -120,13 +123,16 @@ def main() -> int:
             measure("chain", 100, 0, client)  # warm-up, untimed
             for name in names:
                 for n in counts:
-                    ran, evaluation, wall = measure(name, n, args.big, client)
+                    ran, evaluation, wall, cpu = measure(name, n, args.big, client)
                     common.log(f"{where} {name} {n}: {ran} iterations, {evaluation:.3f} s")
-                    rows.append([name, where, f"{ran:,}", f"{evaluation:.2f}", f"{wall:.2f}", f"{evaluation / ran * 1e3:.3f}"])
+                    per_cpu = f"{cpu / ran * 1e3:.3f}" if client is None else "-"  # workers' CPU is elsewhere
+                    rows.append(
+                        [name, where, f"{ran:,}", f"{evaluation:.2f}", f"{wall:.2f}", f"{evaluation / ran * 1e3:.3f}", per_cpu]
+                    )
     print("\n".join(f"- {line}" for line in common.machine_lines()))
     print(f"- big: {args.big:,} tuples given to the *-big workloads' recursive relation")
     print()
-    headers = ["workload", "where", "iterations", "evaluation (s)", "Program.run (s)", "ms / iteration"]
+    headers = ["workload", "where", "iterations", "evaluation (s)", "Program.run (s)", "ms / iteration", "CPU ms / iteration"]
     print(common.format_table(headers, rows, markdown=args.markdown))
     return 0
 
