@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from dask_datalog.engine import user_functors
 from dask_datalog.engine.backend import Backend, BackendName, get_backend
 from dask_datalog.engine.checkpoint import CheckpointOptions, array_digest
 from dask_datalog.engine.errors import RunTimeout, Terminated
@@ -115,10 +116,17 @@ class Program:
         include_dirs: Sequence[str | Path] = (),
         macros: Mapping[str, str] | None = None,
         preprocessor: bool = True,
+        functors: Mapping[str, Callable[..., Any]] | None = None,
+        libraries: Sequence[str] = user_functors.DEFAULT_LIBRARIES,
+        library_dirs: Sequence[str | Path] = user_functors.DEFAULT_LIBRARY_DIRS,
     ):
         """``include_dirs``, ``macros``, ``preprocessor``: the C preprocessor's -I, -M and
-        --no-preprocessor, as Soufflé takes them."""
+        --no-preprocessor, as Soufflé takes them. ``functors``: Python functions computing
+        ``.functor`` declarations by name (one NumPy array per argument in, one array of the
+        result type back: engine/user_functors.py); the other functors called are C
+        functions of ``libraries`` (Soufflé's -l) looked for in ``library_dirs`` (its -L)."""
         self.ir: ProgramIR = load_program(text, filename, include_dirs, macros, preprocessor)
+        self.ir = user_functors.bind(self.ir, functors, libraries, [str(d) for d in library_dirs])
 
     @classmethod
     def from_file(
@@ -127,11 +135,15 @@ class Program:
         include_dirs: Sequence[str | Path] = (),
         macros: Mapping[str, str] | None = None,
         preprocessor: bool = True,
+        functors: Mapping[str, Callable[..., Any]] | None = None,
+        libraries: Sequence[str] = user_functors.DEFAULT_LIBRARIES,
+        library_dirs: Sequence[str | Path] = user_functors.DEFAULT_LIBRARY_DIRS,
     ) -> Program:
         """The program in a file, through the front end's file loader: a byte-order mark is
         skipped, and an unreadable or non-UTF-8 file is a DatalogError like any other."""
         program = cls.__new__(cls)
-        program.ir = load_program_file(path, include_dirs, macros, preprocessor)
+        loaded = load_program_file(path, include_dirs, macros, preprocessor)
+        program.ir = user_functors.bind(loaded, functors, libraries, [str(d) for d in library_dirs])
         return program
 
     def run(

@@ -21,6 +21,8 @@ files turns its failures into ``DatalogError``s naming the file.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from dask_datalog.engine.execution.control import Position
@@ -47,6 +49,39 @@ class DatalogError(Exception):
     def __str__(self) -> str:
         where = f"{self.pos}: " if self.pos is not None else ""
         return f"{where}error: {self.message}"
+
+
+class Diagnostics:
+    """The checks of one phase, each run to its first problem, and the earliest problem
+    raised at the end. Soufflé's checker reports every problem, sorted by file, line and
+    column (problems it reports without a place last): the first line it prints is the
+    earliest, whichever check found it, so the line we name is the one Soufflé names."""
+
+    def __init__(self) -> None:
+        self._found: list[tuple[bool, DatalogError]] = []
+
+    @contextmanager
+    def check(self, unplaced: bool = False) -> Iterator[None]:
+        """Run one independent check; ``unplaced`` for the problems Soufflé reports without a
+        place (sorted after the others there) though ours still name one."""
+        try:
+            yield
+        except DatalogError as error:
+            self._found.append((unplaced, error))
+
+    def note(self, error: DatalogError) -> None:
+        self._found.append((False, error))
+
+    def raise_first(self) -> None:
+        if self._found:
+            raise min(self._found, key=lambda found: _order(*found))[1]
+
+
+def _order(unplaced: bool, error: DatalogError) -> tuple[bool, str, int, int]:
+    pos = error.pos
+    if unplaced or pos is None:
+        return (True, "", 0, 0)
+    return (False, pos.file, pos.line, pos.col)
 
 
 class MemoryBudgetExceeded(DatalogError):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, TypeVar
 from typing import Literal as TypingLiteral
-from typing import TypeVar
 
 # "record": a record or an algebraic data type's value, as the id of its elements in the run's
 # record table (values.RecordTable); nil is 0. Not a type a program names: its record types are.
@@ -64,12 +64,15 @@ class Call:
     result are of ``type``) and the functors of ``functors.SIGNATURES`` (``strlen``,
     ``to_number``...), each typed and evaluated by its signature there. A ``range`` call (a
     generator: one result per value) only ever stands alone on the right of ``$r = range(...)``,
-    where the checker moved it from wherever it was written."""
+    where the checker moved it from wherever it was written. A user-defined functor's call is
+    named ``@name`` and carries its declared parameter types in ``params`` (its result type is
+    ``type``), so it is typed and evaluated like the others (``functors.of``)."""
 
     name: str
     args: tuple[Term, ...]
     type: BaseType = "number"
     pos: Pos = field(default=NOWHERE, compare=False)
+    params: tuple[BaseType, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,22 @@ class Relation:
 
 
 @dataclass(frozen=True)
+class Functor:
+    """A user-defined functor, ``.functor name(params): result`` (base types: Soufflé's C types
+    follow from them), and once bound (engine/user_functors.py) its implementation: ``library``,
+    the shared library (as dlopen found it) whose C function ``name`` computes it, or
+    ``function``, a Python function over arrays. Where it is bound never changes what the
+    program means, so neither takes part in equality."""
+
+    name: str
+    params: tuple[BaseType, ...]
+    result: BaseType
+    pos: Pos = field(default=NOWHERE, compare=False)
+    library: str | None = field(default=None, compare=False)
+    function: Callable[..., Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """``.input r`` reads ``<fact dir>/r.facts`` unless ``filename`` says otherwise, or standard
     input (``io`` "stdin"). The rest is how Soufflé 2.5's CSV reader takes the text:
@@ -282,6 +301,8 @@ class Program:
     # ``.limitsize r(n=N)``: a recursive stratum stops after the iteration that brings r to N
     # tuples or more (Soufflé 2.5's loop exit); relation -> N.
     limits: tuple[tuple[str, int], ...] = ()
+    # ``.functor`` declarations, in the order written.
+    functors: tuple[Functor, ...] = ()
 
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)

@@ -347,7 +347,7 @@ def _lift_made_values(rule: Rule) -> Rule:
                 return t
         elif isinstance(t, Call):
             t = replace(t, args=tuple(lift(a, records) for a in t.args))
-            if not functors.signature(t.name).agreed:
+            if not functors.of(t).agreed:
                 return t
         else:
             return t
@@ -527,11 +527,11 @@ def _generated(c: Comparison) -> tuple[Term, Call] | None:
 
 def _agrees(lit: BodyLiteral) -> bool:
     """``$madeN = f(...)`` of ``_lift_made_values``: f's values agreed by every shard."""
-    return isinstance(lit, Comparison) and isinstance(lit.right, Call) and functors.signature(lit.right.name).agreed
+    return isinstance(lit, Comparison) and isinstance(lit.right, Call) and functors.of(lit.right).agreed
 
 
 def _counts(lit: BodyLiteral) -> bool:
-    return isinstance(lit, Comparison) and any(functors.signature(c.name).counter for c in walk(lit) if isinstance(c, Call))
+    return isinstance(lit, Comparison) and any(functors.of(c).counter for c in walk(lit) if isinstance(c, Call))
 
 
 def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, ...], i: int) -> bool:
@@ -579,7 +579,7 @@ def _assignment_route(
     """``AGREE`` where the assignment makes symbols, counts or makes a record, else local. A record whose
     variable only atoms read is looked up, not made (``Terms.column``: no relation holds a
     record the table lacks, so no match is lost and no collective is needed)."""
-    if isinstance(expr, Call) and functors.signature(expr.name).agreed:
+    if isinstance(expr, Call) and functors.of(expr).agreed:
         return Route(RouteAction.AGREE)
     if not isinstance(expr, Record) or ground(expr):
         return LOCAL

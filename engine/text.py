@@ -75,6 +75,23 @@ def substring(strings: pa.Array, start: np.ndarray, length: np.ndarray) -> tuple
     return result, bad
 
 
+def nul_terminated(strings: pa.Array) -> pa.Array:
+    """Each text followed by a NUL byte: what C functions read (``addresses``)."""
+    nul = pa.scalar(b"\0", pa.large_binary())
+    return pc.binary_join_element_wise(strings, nul, pa.scalar(b"", pa.large_binary()))
+
+
+def addresses(strings: pa.Array) -> np.ndarray:
+    """The address of each text's first byte (int64), valid while ``strings`` lives."""
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64)[strings.offset : strings.offset + len(strings)]
+    return offsets + strings.buffers()[2].address
+
+
+def from_buffers(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """Texts from their bytes side by side and their (n + 1) int64 offsets."""
+    return pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
 def byte_strings(result: pa.Array) -> list[str]:
     """Python strings of a binary result; bytes that do not decode (``substr`` cutting a
     multi-byte character, as Soufflé may) are kept as surrogate escapes."""

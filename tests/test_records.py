@@ -446,7 +446,7 @@ ERRORS = [
     (
         "two-record-types",
         ".decl p2(x: P2)\n.type P2 = [x: number, y: number]\np2(x) :- p(x).",
-        "3:12",
+        "3:4",
         "type mismatch: x is a P2",
     ),
 ]

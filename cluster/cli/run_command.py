@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dask_datalog.cluster.api import Program, Result
+from dask_datalog.engine import user_functors
 from dask_datalog.engine.checkpoint import Checkpoints, Manifest
 from dask_datalog.engine.errors import (
     EXIT_SUSPENDED,
@@ -78,6 +79,22 @@ def add_parser(sub: Any) -> None:
         default=[],
         metavar="'NAME[=VALUE] ...'",
         help="macros for the C preprocessor, as Soufflé's -M (repeatable; a bare NAME is 1)",
+    )
+    run.add_argument(
+        "-L",
+        "--library-dir",
+        action="append",
+        metavar="DIR",
+        help="where -l libraries are looked for, in order, before the dynamic loader's own path, as Soufflé's "
+        "-L (repeatable; default: .)",
+    )
+    run.add_argument(
+        "-l",
+        "--libraries",
+        action="append",
+        metavar="NAME",
+        help="a shared library lib<NAME>.so whose C functions compute the program's .functor declarations, "
+        "as Soufflé's -l (repeatable; default: functors)",
     )
     run.add_argument(
         "--no-preprocessor",
@@ -207,7 +224,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
     previous = signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(suspend))
     checkpoints: CheckpointDirectory | None = None
     try:
-        program = Program.from_file(args.program, args.include_dir, _macros(args.macro), not args.no_preprocessor)
+        program = Program.from_file(
+            args.program,
+            args.include_dir,
+            _macros(args.macro),
+            not args.no_preprocessor,
+            libraries=args.libraries or user_functors.DEFAULT_LIBRARIES,
+            library_dirs=args.library_dir or user_functors.DEFAULT_LIBRARY_DIRS,
+        )
         # As in Soufflé, -F and -D win over the program's pragmas.
         args.fact_dir = args.fact_dir or Path(program.ir.pragma("fact-dir") or ".")
         args.output_dir = args.output_dir or program.ir.pragma("output-dir") or "."

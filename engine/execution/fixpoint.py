@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dask_datalog.engine import user_functors
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.errors import Suspended
 from dask_datalog.engine.execution.choice import Choice
@@ -121,7 +122,8 @@ class Fixpoint:
         self.chunk_rows = chunk_rows
         self.clock = PhaseClock(backend)
         self.width = {name: words_for(store.arity) for name, store in shard.stores.items()}  # packed words per row
-        self.operators = Operators(backend, Terms(self.xp, symbols), shard, Router(self.exchange, self.xp), chunk_rows)
+        terms = Terms(self.xp, symbols, user_functors.implementations(plan.program.functors))
+        self.operators = Operators(backend, terms, shard, Router(self.exchange, self.xp), chunk_rows)
         # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
         constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
         self.choices = {

@@ -4,7 +4,7 @@ the same code constant folding runs; records through the run's record table (val
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,10 +28,10 @@ class Terms:
     """One shard's term evaluator: its array namespace and symbol table (constants are interned
     in it; the symbol functors gather from per-id values cached once in ``functors.Context``)."""
 
-    def __init__(self, xp: Any, symbols: SymbolTable):
+    def __init__(self, xp: Any, symbols: SymbolTable, user: Mapping[str, functors.UserFunctor] | None = None):
         self.xp = xp
         self.symbols = symbols
-        self.context = functors.Context(xp, symbols)
+        self.context = functors.Context(xp, symbols, user=user or {})
         self.counter = 0  # autoinc()'s next value, the same on every shard
 
     def column(self, t: Term, b: Bindings) -> Any:
@@ -41,6 +41,8 @@ class Terms:
         if isinstance(t, Const):
             value = self.symbols.id_of(str(t.value)) if t.type == "symbol" else int(t.value)
             return self.xp.full(b.n, encode_scalar(value, t.type), dtype=self.xp.uint32)
+        if isinstance(t, Call) and not t.args:  # one value (a user functor's), the same on every row
+            return self.xp.repeat(functors.apply(t, [], self.context), b.n)
         if isinstance(t, Call):
             return functors.apply(t, [self.column(a, b) for a in t.args], self.context)
         if isinstance(t, Record):
@@ -117,14 +119,15 @@ class Terms:
         arguments."""
         if isinstance(term, Record):
             return self._made_records(term, b, agree)
-        if functors.signature(term.name).counter:
+        if functors.of(term).counter:
             return self.counted(b, agree_count)
-        made = functors.signature(term.name).makes
+        made = functors.of(term).makes
         assert made is not None, f"{term.name} makes no symbols"
         strings: list[str] = []
         inverse = None
         if b is not None and b.n:
-            rows, inverse = functors.distinct_rows([functors.host(self.column(a, b)) for a in term.args])
+            columns = [functors.host(self.column(a, b)) for a in term.args]
+            rows, inverse = functors.distinct_rows(columns) if columns else ([], np.zeros(b.n, dtype=np.intp))
             strings = made(term, rows, self.context)
         new = agree(self.symbols.missing(strings))
         assert isinstance(new, list)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from dask_datalog.engine import functors, ir
-from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.errors import DatalogError, Diagnostics
 from dask_datalog.engine.frontend import inline
 from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.frontend.strata import Stratum
@@ -46,23 +46,27 @@ NEUTRAL_PRAGMAS = frozenset(
 
 
 def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.Program:
-    """Check a parsed program and build its IR; raises DatalogError on the first problem."""
+    """Check a parsed program and build its IR; raises DatalogError on the earliest problem
+    (Diagnostics), declarations first: rules are checked only against sound declarations."""
     type_decls = [s for s in statements if isinstance(s, (st.TypeAlias, st.RecordDecl, st.AdtDecl))]
-    types = _type_table(type_decls)
-    lattice = _Lattice([s for s in type_decls if isinstance(s, st.TypeAlias)])
+    found = Diagnostics()
+    types = _type_table(type_decls, found)
     decls = [s for s in statements if isinstance(s, st.Decl)]
-    relations = _relations(decls, types, type_decls)
+    relations = _relations(decls, types, type_decls, found)
+    with found.check():
+        functors_ = _functors([s for s in statements if isinstance(s, st.FunctorDecl)], types)
+    found.raise_first()
+    lattice = _Lattice([s for s in type_decls if isinstance(s, st.TypeAlias)])
     excluded = {
         n.strip() for s in statements if isinstance(s, st.Pragma) and s.key == "inline-exclude" for n in s.value.split(",")
     }
     inlined = {d.name: d.pos for d in decls if d.inline and d.name not in excluded}
-    rules = [
-        rule
-        for d in decls
-        if d.eqrel
-        for clause in _equivalence(d)
-        for rule in _clause_rules(clause, relations, inlined, types, lattice)
-    ]
+    rules: list[ir.Rule] = []
+    for d in decls:
+        if d.eqrel:
+            for clause in _equivalence(d):
+                with found.check():
+                    rules.extend(_clause_rules(clause, relations, inlined, types, lattice, functors_))
     inputs: list[ir.InputSpec] = []
     outputs: list[ir.OutputSpec] = []
     printsizes: dict[str, ir.Pos] = {}  # relation -> its .printsize, which Soufflé allows once
@@ -71,38 +75,43 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
     pragmas: dict[str, str] = {}
     observed: dict[str, Pos] = {}  # relation -> its first I/O directive
     for s in statements:
-        if isinstance(s, st.Pragma):
-            if s.key not in NEUTRAL_PRAGMAS and s.key not in ir.DIRECTORY_PRAGMAS:
-                raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
-            pragmas[s.key] = s.value
-        elif isinstance(s, st.Clause):
-            rules.extend(_clause_rules(s, relations, inlined, types, lattice))
-        elif isinstance(s, st.Directive):
-            relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
-            observed.setdefault(s.relation, s.pos)
-            if s.kind in ("printsize", "limitsize"):
-                seen = printsizes if s.kind == "printsize" else {r: p for r, (_, p) in limits.items()}
-                if s.relation in seen:
-                    raise DatalogError(
-                        s.pos,
-                        f"redefinition of the .{s.kind} directive for relation {s.relation} (first at line {seen[s.relation].line})",
-                    )
-            if s.kind == "printsize":
-                _output_spec(s, relation)  # Soufflé accepts an output's parameters here and ignores them
-                if any(p.key == "name" for p in s.params):
-                    raise DatalogError(next(p.pos for p in s.params if p.key == "name"), "unsupported: name= on .printsize")
-                printsizes[s.relation] = s.pos
-            elif s.kind == "limitsize":
-                if s.relation in eqrels:
-                    raise DatalogError(s.pos, f"unsupported: .limitsize on the equivalence relation {s.relation}")
-                limits[s.relation] = (_limit(s), s.pos)
-            elif s.kind == "input":
-                inputs.append(_input_spec(s, relation))
-            else:
-                outputs.append(_output_spec(s, relation))
+        with found.check():
+            if isinstance(s, st.Pragma):
+                if s.key not in NEUTRAL_PRAGMAS and s.key not in ir.DIRECTORY_PRAGMAS:
+                    raise DatalogError(s.pos, f'unsupported: .pragma "{s.key}"')
+                pragmas[s.key] = s.value
+            elif isinstance(s, st.Clause):
+                rules.extend(_clause_rules(s, relations, inlined, types, lattice, functors_))
+            elif isinstance(s, st.Directive):
+                relation = _relation(relations, s.relation, s.pos, f"in .{s.kind}")
+                observed.setdefault(s.relation, s.pos)
+                if s.kind in ("printsize", "limitsize"):
+                    seen = printsizes if s.kind == "printsize" else {r: p for r, (_, p) in limits.items()}
+                    if s.relation in seen:
+                        raise DatalogError(
+                            s.pos,
+                            f"redefinition of the .{s.kind} directive for relation {s.relation} (first at line {seen[s.relation].line})",
+                        )
+                if s.kind == "printsize":
+                    _output_spec(s, relation)  # Soufflé accepts an output's parameters here and ignores them
+                    if any(p.key == "name" for p in s.params):
+                        raise DatalogError(next(p.pos for p in s.params if p.key == "name"), "unsupported: name= on .printsize")
+                    printsizes[s.relation] = s.pos
+                elif s.kind == "limitsize":
+                    if s.relation in eqrels:
+                        raise DatalogError(s.pos, f"unsupported: .limitsize on the equivalence relation {s.relation}")
+                    limits[s.relation] = (_limit(s), s.pos)
+                elif s.kind == "input":
+                    inputs.append(_input_spec(s, relation))
+                else:
+                    outputs.append(_output_spec(s, relation))
     if inlined:
-        rules = _inline(rules, inlined, observed, relations)
-    _check_subtypes(rules, relations, lattice)
+        rules = _inline(rules, inlined, observed, relations, found)
+    results = {s.name: s.result.type_name for s in statements if isinstance(s, st.FunctorDecl)}
+    for rule in rules:
+        with found.check():
+            _check_subtypes(rule, relations, lattice, results)
+    found.raise_first()
     directories = tuple((k, v) for k, v in pragmas.items() if k in ir.KEPT_PRAGMAS)
     return ir.Program(
         relations,
@@ -113,19 +122,27 @@ def check(statements: Sequence[st.Statement], filename: str = "<string>") -> ir.
         filename,
         directories,
         tuple((name, n) for name, (n, _) in limits.items()),
+        tuple(functors_.values()),
     )
 
 
 def _inline(
-    rules: list[ir.Rule], inlined: dict[str, Pos], observed: dict[str, Pos], relations: dict[str, ir.Relation]
+    rules: list[ir.Rule],
+    inlined: dict[str, Pos],
+    observed: dict[str, Pos],
+    relations: dict[str, ir.Relation],
+    found: Diagnostics,
 ) -> list[ir.Rule]:
     """The rules with the ``inline`` relations expanded (frontend/inline.py), each checked for
     safety where the expansion placed it; the inline relations are no longer declared."""
-    expanded = inline.expand(rules, inlined, observed, relations)
+    with found.check():
+        expanded = inline.expand(rules, inlined, observed, relations)
+    found.raise_first()
     before = set(rules)
     for i, rule in enumerate(expanded):
         if rule not in before:
-            _Safety(rule.head, list(rule.body)).check()
+            with found.check():
+                _Safety(rule.head, list(rule.body)).check()
             expanded[i] = replace(rule, body=tuple(_fold_records(rule.body)))  # a head's record met the use's
     for name in inlined:
         del relations[name]
@@ -159,59 +176,62 @@ class _Lattice:
         return found
 
 
-def _check_subtypes(rules: Sequence[ir.Rule], relations: dict[str, ir.Relation], lattice: _Lattice) -> None:
-    """Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
+def _check_subtypes(rule: ir.Rule, relations: dict[str, ir.Relation], lattice: _Lattice, results: Mapping[str, str]) -> None:
+    """One rule against Soufflé's subtypes (``.type T <: S``): a variable bound by positive atoms to two types
     neither of which is a subtype of the other has no value, and a head argument bound to a
-    variable takes only values of its column's type. (Constants and arithmetic fit any
-    subtype of their base type, as in Soufflé; ``as(x, T)`` gives x the type T.)"""
+    variable, or a user functor's result (``results``: each functor's declared result type),
+    takes only values of its column's type. (Constants and arithmetic fit any subtype of their
+    base type, as in Soufflé; ``as(x, T)`` gives x the type T.)"""
     canonical, ancestors = lattice.canonical, lattice.ancestors
     if not lattice.parents:
         return
-    for rule in rules:
-        bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
-        for lit in rule.body:
-            if not isinstance(lit, ir.Atom):
+    bound: dict[str, tuple[str, str]] = {}  # variable -> (most specific type, where)
+    for lit in rule.body:
+        if not isinstance(lit, ir.Atom):
+            continue
+        for i, (arg, attr) in enumerate(zip(lit.args, relations[lit.relation].attributes), 1):
+            if not isinstance(arg, ir.Var):
                 continue
-            for i, (arg, attr) in enumerate(zip(lit.args, relations[lit.relation].attributes), 1):
-                if not isinstance(arg, ir.Var):
-                    continue
-                t, where = canonical(attr.type_name), f"argument {i} of {lit.relation}"
-                known, origin = bound.get(arg.name, (t, where))
-                if t in ancestors(known):  # as specific as before, or less: the variable keeps its type
-                    bound.setdefault(arg.name, (t, where))
-                elif known in ancestors(t):  # more specific
-                    bound[arg.name] = (t, where)
-                else:
-                    raise DatalogError(
-                        arg.pos,
-                        f"type mismatch: {arg.name} is {_a(known)} ({origin}) and {_a(t)} ({where}), and no value is both",
-                    )
-        for lit in rule.body:
-            if (
-                isinstance(lit, ir.Comparison)
-                and lit.op == "="
-                and isinstance(lit.left, ir.Var)
-                and isinstance(lit.right, ir.Var)
-            ):
-                left, right = bound.get(lit.left.name), bound.get(lit.right.name)
-                if left and right and left[0] not in ancestors(right[0]) and right[0] not in ancestors(left[0]):
-                    raise DatalogError(
-                        lit.pos,
-                        f"type mismatch: {lit.left.name} is {_a(left[0])} ({left[1]}) and "
-                        f"{lit.right.name} is {_a(right[0])} ({right[1]}): no value is both",
-                    )
-        head = relations[rule.head.relation]
-        for i, (arg, attr) in enumerate(zip(rule.head.args, head.attributes), 1):
-            if isinstance(arg, ir.Var) and arg.name in bound:
-                known, origin = bound[arg.name]
-                want = canonical(attr.type_name)
-                if want not in ancestors(known):
-                    raise DatalogError(
-                        arg.pos,
-                        f"type mismatch: {arg.name} is {_a(known)} ({origin}), but "
-                        f"argument {i} of {rule.head.relation} is {_a(want)}, "
-                        f"which {_a(known)} is not",
-                    )
+            t, where = canonical(attr.type_name), f"argument {i} of {lit.relation}"
+            known, origin = bound.get(arg.name, (t, where))
+            if t in ancestors(known):  # as specific as before, or less: the variable keeps its type
+                bound.setdefault(arg.name, (t, where))
+            elif known in ancestors(t):  # more specific
+                bound[arg.name] = (t, where)
+            else:
+                raise DatalogError(
+                    arg.pos,
+                    f"type mismatch: {arg.name} is {_a(known)} ({origin}) and {_a(t)} ({where}), and no value is both",
+                )
+    for lit in rule.body:
+        if isinstance(lit, ir.Comparison) and lit.op == "=" and isinstance(lit.left, ir.Var) and isinstance(lit.right, ir.Var):
+            left, right = bound.get(lit.left.name), bound.get(lit.right.name)
+            if left and right and left[0] not in ancestors(right[0]) and right[0] not in ancestors(left[0]):
+                raise DatalogError(
+                    lit.pos,
+                    f"type mismatch: {lit.left.name} is {_a(left[0])} ({left[1]}) and "
+                    f"{lit.right.name} is {_a(right[0])} ({right[1]}): no value is both",
+                )
+    head = relations[rule.head.relation]
+    for i, (arg, attr) in enumerate(zip(rule.head.args, head.attributes), 1):
+        if isinstance(arg, ir.Call) and arg.name.startswith(functors.USER_PREFIX):
+            made, want = canonical(results[arg.name.removeprefix(functors.USER_PREFIX)]), canonical(attr.type_name)
+            if want not in ancestors(made):
+                raise DatalogError(
+                    arg.pos,
+                    f"type mismatch: {arg.name}(...) is {_a(made)}, but argument {i} of {rule.head.relation} "
+                    f"is {_a(want)}, which {_a(made)} is not",
+                )
+        if isinstance(arg, ir.Var) and arg.name in bound:
+            known, origin = bound[arg.name]
+            want = canonical(attr.type_name)
+            if want not in ancestors(known):
+                raise DatalogError(
+                    arg.pos,
+                    f"type mismatch: {arg.name} is {_a(known)} ({origin}), but "
+                    f"argument {i} of {rule.head.relation} is {_a(want)}, "
+                    f"which {_a(known)} is not",
+                )
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -224,6 +244,9 @@ def _a(t: str) -> str:
 
 
 # ---- declarations ------------------------------------------------------------------------
+
+
+_BROKEN = "<broken>"  # the canonical type of a type whose definition is wrong
 
 
 class _Types:
@@ -251,8 +274,17 @@ class _Types:
             return self.canonical[type_name]
         raise DatalogError(pos, f"unknown type {type_name}{where}" + _suggest(type_name, self.canonical))
 
-    def attribute(self, name: str, type_name: str, pos: Pos, where: str = "") -> ir.Attribute:
-        t = self.resolve(type_name, pos, where)
+    def attribute(self, name: str, type_name: str, pos: Pos, where: str = "", found: Diagnostics | None = None) -> ir.Attribute:
+        """A field or column of type ``type_name``; with ``found`` (declarations), an unknown
+        type is a problem noted there and the attribute a number meanwhile."""
+        if found is None:
+            t = self.resolve(type_name, pos, where)
+        else:
+            t = _BROKEN
+            with found.check():
+                t = self.resolve(type_name, pos, where)
+        if t == _BROKEN:
+            return ir.Attribute(name, "number", type_name, None)
         return ir.Attribute(name, self.base(t), type_name, t if t in self.definitions else None)
 
     def record(self, t: str) -> ir.RecordType | None:
@@ -283,18 +315,20 @@ class _Types:
         return tuple(seen[n] for n in sorted(seen))
 
 
-def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
+def _type_table(decls: Sequence[st.TypeDecl], found: Diagnostics) -> _Types:
     """Every declared type: aliases followed to what they name (declared in any order), then
     the record types' fields and the ADTs' branches (which may name any type, themselves
-    included)."""
+    included). A type whose definition is wrong is ``_BROKEN`` (its problem is in ``found``),
+    so that naming it is no second problem."""
     defined: dict[str, st.TypeDecl] = {}
     for a in decls:
-        if a.name in ir.BASE_TYPES:
-            raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
-        if a.name in defined:
-            first = defined[a.name].pos
-            raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at {first.line}:{first.col})")
-        defined[a.name] = a
+        with found.check():
+            if a.name in ir.BASE_TYPES:
+                raise DatalogError(a.pos, f"cannot redefine the built-in type {a.name}")
+            if a.name in defined:
+                first = defined[a.name].pos
+                raise DatalogError(a.pos, f"duplicate type {a.name} (first defined at {first.line}:{first.col})")
+            defined[a.name] = a
     canonical: dict[str, str] = {b: b for b in ir.BASE_TYPES}
     canonical.update((d.name, d.name) for d in decls if not isinstance(d, st.TypeAlias))
 
@@ -303,10 +337,10 @@ def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
         share one base type, as in Soufflé."""
         if a.name in canonical:
             return canonical[a.name]
-        found: set[str] = set()
+        named: set[str] = set()
         for member in a.members or (a.base,):
             if member in canonical:
-                found.add(canonical[member])
+                named.add(canonical[member])
                 continue
             if member not in defined:
                 raise DatalogError(a.base_pos, f"unknown type {member}" + _suggest(member, [*ir.BASE_TYPES, *defined]))
@@ -317,21 +351,26 @@ def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
                 raise DatalogError(defined[chain[0]].pos, f"cyclic type definition: {cycle}")
             following = defined[member]
             assert isinstance(following, st.TypeAlias)
-            found.add(resolve(following, [*chain, member]))
-        records = sorted(found - set(ir.BASE_TYPES))
+            named.add(resolve(following, [*chain, member]))
+        if _BROKEN in named:
+            canonical[a.name] = _BROKEN
+            return _BROKEN
+        records = sorted(named - set(ir.BASE_TYPES))
         if records and a.members:
             raise DatalogError(a.pos, f"unsupported: union type {a.name} of record or ADT types ({', '.join(records)})")
         if records and a.subtype:
             raise DatalogError(a.pos, f"subtype {a.name} cannot be derived from record type {records[0]}")
-        if len(found) > 1:
-            listed = ", ".join(sorted(found))
+        if len(named) > 1:
+            listed = ", ".join(sorted(named))
             raise DatalogError(a.pos, f"Union type {a.name} is defined over {{{listed}}} (multiple primitive types in union)")
-        canonical[a.name] = found.pop()
+        canonical[a.name] = named.pop()
         return canonical[a.name]
 
     for a in decls:
-        if isinstance(a, st.TypeAlias):
-            resolve(a, [a.name])
+        if isinstance(a, st.TypeAlias) and a.name not in canonical:
+            with found.check():
+                resolve(a, [a.name])
+            canonical.setdefault(a.name, _BROKEN)
     types = _Types(canonical, {d.name for d in decls if isinstance(d, st.AdtDecl) and not any(b.attrs for b in d.branches)})
     for d in decls:  # first every name's place, then the fields, which may name any of them
         if isinstance(d, st.RecordDecl):
@@ -340,16 +379,21 @@ def _type_table(decls: Sequence[st.TypeDecl]) -> _Types:
             types.definitions[d.name] = ir.AdtType(d.name, ())
     for d in decls:
         if isinstance(d, st.RecordDecl):
-            _unique_names(d.attrs, f"record type {d.name}")
-            types.definitions[d.name] = ir.RecordType(d.name, tuple(types.attribute(f.name, f.type_name, f.pos) for f in d.attrs))
+            with found.check():
+                _unique_names(d.attrs, f"record type {d.name}")
+            fields = [types.attribute(f.name, f.type_name, f.pos, found=found) for f in d.attrs]
+            types.definitions[d.name] = ir.RecordType(d.name, tuple(fields))
         elif isinstance(d, st.AdtDecl):
             branches: list[ir.AdtBranch] = []
             for b in sorted(d.branches, key=lambda b: b.name):
-                if b.name in types.branches or any(b.name == other.name for other in branches):
-                    raise DatalogError(b.pos, f"duplicate branch {b.name} (a branch name is one ADT's)")
-                _unique_names(b.attrs, f"branch {b.name}")
+                with found.check(unplaced=True):  # Soufflé: "Branch X is defined multiple times", no place
+                    if b.name in types.branches or any(b.name == other.name for other in branches):
+                        raise DatalogError(b.pos, f"duplicate branch {b.name} (a branch name is one ADT's)")
+                with found.check():
+                    _unique_names(b.attrs, f"branch {b.name}")
                 where = f" in branch {b.name}"
-                branches.append(ir.AdtBranch(b.name, tuple(types.attribute(f.name, f.type_name, f.pos, where) for f in b.attrs)))
+                fields = [types.attribute(f.name, f.type_name, f.pos, where, found) for f in b.attrs]
+                branches.append(ir.AdtBranch(b.name, tuple(fields)))
             adt = ir.AdtType(d.name, tuple(branches))
             types.definitions[d.name] = adt
             types.branches.update((b.name, (adt, i)) for i, b in enumerate(adt.branches))
@@ -362,28 +406,63 @@ def _unique_names(attrs: Sequence[st.Attr], where: str) -> None:
             raise DatalogError(attr.name_pos, f"duplicate field name {attr.name} in {where}")
 
 
-def _relations(decls: Sequence[st.Decl], types: _Types, type_decls: Sequence[st.TypeDecl]) -> dict[str, ir.Relation]:
+def _relations(
+    decls: Sequence[st.Decl], types: _Types, type_decls: Sequence[st.TypeDecl], found: Diagnostics
+) -> dict[str, ir.Relation]:
     relations: dict[str, ir.Relation] = {}
     type_pos = {a.name: a.pos for a in type_decls}
     for d in decls:
-        if d.name in relations:
-            first = relations[d.name].pos
-            raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first declared at {first.line}:{first.col})")
-        if d.name in type_pos:  # one namespace for both, as in Soufflé
-            first = type_pos[d.name]
-            raise DatalogError(d.pos, f"name clash: relation {d.name} has the name of the type at {first.line}:{first.col}")
-        attrs: list[ir.Attribute] = []
-        for attr in d.attrs:
-            if any(a.name == attr.name for a in attrs):
-                raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
-            attrs.append(types.attribute(attr.name, attr.type_name, attr.pos))
-        if d.eqrel and len(attrs) != 2:
-            raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
-        if d.eqrel and attrs[0].type_name != attrs[1].type_name:
-            raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
-        reached = types.reachable(a.record for a in attrs if a.record is not None)
-        relations[d.name] = ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
+        with found.check():
+            relations[d.name] = _relation_decl(d, relations, types, type_pos, found)
     return relations
+
+
+def _relation_decl(
+    d: st.Decl, relations: dict[str, ir.Relation], types: _Types, type_pos: dict[str, Pos], found: Diagnostics
+) -> ir.Relation:
+    if d.name in relations:
+        first = relations[d.name].pos
+        raise DatalogError(d.pos, f"duplicate declaration of relation {d.name} (first declared at {first.line}:{first.col})")
+    if d.name in type_pos:  # one namespace for both, as in Soufflé
+        first = type_pos[d.name]
+        raise DatalogError(d.pos, f"name clash: relation {d.name} has the name of the type at {first.line}:{first.col}")
+    attrs: list[ir.Attribute] = []
+    for attr in d.attrs:
+        if any(a.name == attr.name for a in attrs):
+            raise DatalogError(attr.name_pos, f"duplicate attribute name {attr.name} in .decl {d.name}")
+        attrs.append(types.attribute(attr.name, attr.type_name, attr.pos, found=found))
+    if d.eqrel and len(attrs) != 2:
+        raise DatalogError(d.pos, f"equivalence relation {d.name} is not binary")
+    if d.eqrel and attrs[0].type_name != attrs[1].type_name:
+        raise DatalogError(d.pos, f"equivalence relation {d.name} has attributes of different types")
+    reached = types.reachable(a.record for a in attrs if a.record is not None)
+    return ir.Relation(d.name, tuple(attrs), d.pos, _choice_keys(d, attrs), reached)
+
+
+def _functors(decls: Sequence[st.FunctorDecl], types: _Types) -> dict[str, ir.Functor]:
+    """The ``.functor`` declarations by name: their types declared, and of a base type (Soufflé
+    passes only numbers, unsigned, floats and symbols to a functor that is not stateful); a
+    stateful functor, which calls back into Soufflé's own tables, is refused."""
+    out: dict[str, ir.Functor] = {}
+    for d in decls:
+        if d.name in out:
+            first = out[d.name].pos
+            raise DatalogError(d.pos, f"duplicate declaration of functor {d.name} (first declared at {first.line}:{first.col})")
+        if d.stateful:
+            raise DatalogError(
+                d.pos, f"unsupported: stateful functor {d.name} (it works on Soufflé's own symbol and record tables)"
+            )
+        kinds: list[BaseType] = []
+        for attr in (*d.params, d.result):
+            what = "the result" if attr is d.result else f"parameter {attr.name}" if attr.name else "a parameter"
+            t = types.resolve(attr.type_name, attr.pos, f" ({what} of functor {d.name})")
+            if t in types.definitions and t not in types.enums:
+                raise DatalogError(
+                    attr.pos, f"functor {d.name}: {attr.type_name} is a record or ADT type, which only stateful functors take"
+                )
+            kinds.append(types.base(t))
+        out[d.name] = ir.Functor(d.name, tuple(kinds[:-1]), kinds[-1], d.pos)
+    return out
 
 
 def _choice_keys(d: st.Decl, attrs: list[ir.Attribute]) -> tuple[tuple[int, ...], ...]:
@@ -568,16 +647,22 @@ def check_io_filename(name: str, kind: str, pos: Pos | None) -> None:
 
 
 def _clause_rules(
-    c: st.Clause, relations: dict[str, ir.Relation], inlined: Container[str], types: _Types, lattice: _Lattice
+    c: st.Clause,
+    relations: dict[str, ir.Relation],
+    inlined: Container[str],
+    types: _Types,
+    lattice: _Lattice,
+    functors_: dict[str, ir.Functor],
 ) -> Iterator[ir.Rule]:
     if c.bodies is None:
         for head in c.heads:
             _check_ground(head)
-            yield _RuleChecker(relations, types, lattice).rule(head, (), fact=True)
+            yield _RuleChecker(relations, types, lattice, functors_).rule(head, (), fact=True)
         return
     for body in c.bodies:
         for head in c.heads:
-            yield _RuleChecker(relations, types, lattice).rule(head, body, fact=False, grounded=head.relation not in inlined)
+            checker = _RuleChecker(relations, types, lattice, functors_)
+            yield checker.rule(head, body, fact=False, grounded=head.relation not in inlined)
 
 
 def _check_ground(head: st.Atom) -> None:
@@ -589,6 +674,8 @@ def _check_ground(head: st.Atom) -> None:
         if isinstance(e, st.Binary):
             walk(e.left)
             walk(e.right)
+        if isinstance(e, st.Call) and e.func in functors.SIGNATURES and functors.signature(e.func).counter:
+            raise DatalogError(e.pos, f"Argument in fact is not constant: {e.func}() gives a new value each time")
         if isinstance(e, (st.Call, st.Record, st.Branch)):
             for arg in e.args:
                 walk(arg)
@@ -611,7 +698,7 @@ def _same_type_vars(t: ir.Term | None) -> Iterator[ir.Var]:
     if isinstance(t, ir.Var):
         yield t
     elif isinstance(t, ir.Call) and not _overloaded(t.name):
-        sig = functors.signature(t.name)
+        sig = functors.of(t)
         for i, arg in enumerate(t.args):
             if sig.polymorphic and sig.param(i) == functors.POLYMORPHIC:
                 yield from _same_type_vars(arg)
@@ -624,7 +711,7 @@ def _fixed_type_args(t: ir.Term | None) -> Iterator[tuple[ir.Term, BaseType | No
         if _overloaded(call.name):
             yield call.args[0], None
             continue
-        sig = functors.signature(call.name)
+        sig = functors.of(call)
         for i, arg in enumerate(call.args):
             if sig.param(i) not in (functors.POLYMORPHIC, functors.ANY):
                 yield arg, sig.param(i)  # type: ignore[misc]
@@ -789,15 +876,17 @@ _RECORD_WILDCARDS = {
 class _RuleChecker:
     """Checks and normalises one rule (one head, one conjunctive body)."""
 
-    def __init__(self, relations: dict[str, ir.Relation], table: _Types, lattice: _Lattice):
+    def __init__(self, relations: dict[str, ir.Relation], table: _Types, lattice: _Lattice, functors_: dict[str, ir.Functor]):
         self.relations = relations
         self.table = table
         self.lattice = lattice
+        self.functors = functors_
         self.fresh_count = {"a": 0, "w": 0, "l": 0, "t": 0, "r": 0}
         self.pending: list[ir.Aggregation] = []  # aggregates pulled out of the literal at hand
         self.generators: list[ir.Comparison] = []  # `$r = range(...)` pulled out of it
         self.generated: set[str] = set()  # those `$r`
         self.types: dict[str, tuple[str, str]] = {}  # variable -> (type, where it got it)
+        self.first_seen: dict[str, Pos] = {}  # variable -> its earliest occurrence in the rule
         self.term_types: dict[int, str] = {}  # id() of a record or nil term -> its type, once known
 
     def rule(self, head: st.Atom, body: Sequence[st.Literal], fact: bool, grounded: bool = True) -> ir.Rule:
@@ -910,6 +999,8 @@ class _RuleChecker:
             self.generated.add(var.name)
             self.generators.append(ir.Comparison("=", var, self.call(e, in_aggregate), e.pos))
             return var
+        if isinstance(e, st.Call) and e.func.startswith(functors.USER_PREFIX):
+            return self.user_call(e, in_aggregate)
         if isinstance(e, st.Call):
             return self.call(e, in_aggregate)
         if isinstance(e, st.Cast):
@@ -922,6 +1013,20 @@ class _RuleChecker:
         if isinstance(e, st.Wild):
             raise DatalogError(e.pos, "_ can only be an argument of a body atom")
         return self.aggregate(e)
+
+    def user_call(self, e: st.Call, in_aggregate: bool) -> ir.Call:
+        """``@f(args)``: declared by a ``.functor f``, with as many arguments; typed by it."""
+        name = e.func.removeprefix(functors.USER_PREFIX)
+        decl = self.functors.get(name)
+        if decl is None:
+            raise DatalogError(e.pos, f"undeclared user-defined functor {e.func}" + _suggest(name, self.functors))
+        if len(e.args) != len(decl.params):
+            wanted = len(decl.params)
+            raise DatalogError(
+                e.pos, f"arity mismatch: functor {e.func} takes {wanted} argument{'s' * (wanted != 1)}, not {len(e.args)}"
+            )
+        args = tuple(self.term(a, in_aggregate) for a in e.args)
+        return ir.Call(e.func, args, decl.result, e.pos, decl.params)
 
     def element(self, e: st.Expr, in_aggregate: bool, wildcards: str) -> ir.Term:
         if not isinstance(e, st.Wild):
@@ -1027,6 +1132,10 @@ class _RuleChecker:
         records tied to no declared type get the anonymous type of their elements."""
         groups: list[list[Any]] = []  # [terms, fixed type]: terms of one type, per expression
         casts: list[ir.Call] = []
+        for v in ir.variables((head, *lits)):
+            seen = self.first_seen.get(v.name)
+            if seen is None or (v.pos.line, v.pos.col) < (seen.line, seen.col):
+                self.first_seen[v.name] = v.pos
 
         def group(terms: tuple[ir.Term | None, ...], fixed: str | None) -> None:
             """One group per expression, a symbol functor's argument being its own; records
@@ -1162,8 +1271,11 @@ class _RuleChecker:
             self.types[v.name] = (t, f"{where}, at {v.pos.line}:{v.pos.col}")
             return
         known, origin = self.types[v.name]
-        if known != t:
-            raise DatalogError(v.pos, f"type mismatch: {v.name} is {_a(known)} ({origin}) but {where} is {_a(t)}")
+        if known != t:  # at the variable's earliest occurrence, as Soufflé ("Unable to deduce type")
+            raise DatalogError(
+                self.first_seen.get(v.name, v.pos),
+                f"type mismatch: {v.name} is {_a(known)} ({origin}) but {where} (at {v.pos.line}:{v.pos.col}) is {_a(t)}",
+            )
 
     def known(self, t: ir.Term | None) -> str | None:
         """The type a term certainly has, None while it depends on context."""
@@ -1180,7 +1292,7 @@ class _RuleChecker:
         if isinstance(t, ir.Call) and _overloaded(t.name):
             return t.type if t.name == "as" else functors.CONVERSION_RESULTS[t.name]
         if isinstance(t, ir.Call):
-            sig = functors.signature(t.name)
+            sig = functors.of(t)
             if not sig.polymorphic:
                 return sig.result
             return next((k for k in map(self.known, t.args) if k), None)
@@ -1228,7 +1340,7 @@ class _RuleChecker:
         if used != t:
             raise DatalogError(lit.pos, f"type mismatch: this {lit.func} is {_a(t)}, but it is used as {_a(used)}")
         target = None if lit.target is None else self.typed(lit.target, t, f"{lit.func} is over {_a(t)}")
-        made = next((c for c in ir.calls((body, target)) if functors.signature(c.name).agreed), None)
+        made = next((c for c in ir.calls((body, target)) if functors.of(c).agreed), None)
         if made is not None:
             shown = _CONVERSION_OF.get(made.name, made.name)
             raise DatalogError(made.pos, f"unsupported: {shown}(...) inside an aggregate (shards agree on its values)")
@@ -1262,7 +1374,7 @@ class _RuleChecker:
             return self.conversion(term, want, where)
         if term.name == "as":
             return self.cast(term, want, where)
-        sig = functors.signature(term.name)
+        sig = functors.of(term)
         if term.name == "ord":
             return self.typed_ord(term, want, where)
         if not sig.polymorphic:
@@ -1507,20 +1619,31 @@ class _Safety:
         return {v.name for v in _literal_vars(agg)} & self.outer
 
     def check(self) -> None:
-        """Report the first unbound variable; aggregates first, as an unbound grouping
-        variable leaves the aggregate's result (and all that uses it) unbound too."""
+        """Report the earliest unbound variable, as Soufflé reports each ("Ungrounded
+        variable"), sorted by place. An aggregate's result counts as bound outside it, as in
+        Soufflé: an unbound grouping variable is the problem reported, not what follows."""
+        found = Diagnostics()
         bound = _bound(self.lits, set(), self.grouping)
         for lit in self.lits:
             if isinstance(lit, ir.Aggregation):
-                self.check_aggregate(lit, bound)
+                with found.check():
+                    self.check_aggregate(lit, bound)
+        # Soufflé grounds a variable where any atom, one inside an aggregate too, holds it, and
+        # reports the aggregate's "witness problem" (above) rather than its consequences
+        witnessed = {v.name for lit in self.lits if isinstance(lit, ir.Aggregation) for v in _literal_vars(lit)} & self.outer
+        grounded = _bound(self.lits, witnessed, lambda agg: set())
         for v in ir.variables(self.head.args):
-            if v.name not in bound:
-                raise DatalogError(
-                    v.pos,
-                    f"unsafe rule: variable {_shown(v)} in the head is not "
-                    "bound by any positive body atom" + _arithmetic_hint(v.name, self.lits),
+            if v.name not in grounded:
+                found.note(
+                    DatalogError(
+                        v.pos,
+                        f"unsafe rule: variable {_shown(v)} in the head is not "
+                        "bound by any positive body atom" + _arithmetic_hint(v.name, self.lits),
+                    )
                 )
-        _require_literals(self.lits, bound, in_aggregate=False)
+        with found.check():
+            _require_literals(self.lits, grounded, in_aggregate=False)
+        found.raise_first()
 
     def check_aggregate(self, agg: ir.Aggregation, bound: set[str]) -> None:
         for v in _literal_vars(agg):
@@ -1560,22 +1683,30 @@ def _bound(lits: Sequence[ir.BodyLiteral], bound: set[str], grouping: Callable[[
 
 def _require_literals(lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggregate: bool) -> None:
     """Every variable of the non-binding places of ``lits`` (one rule body or one aggregate
-    body), in source order: arithmetic in positive atoms, negations, comparisons."""
+    body): arithmetic in positive atoms, negations, comparisons; the earliest unbound one is
+    the error."""
+    found = Diagnostics()
     for lit in lits:
-        if isinstance(lit, ir.Atom):
-            arithmetic = [c for a in lit.args for c in _arithmetic_in(a)]
-            _require(
-                ir.variables(arithmetic),
-                bound,
-                f"in arithmetic in an argument of {lit.relation}",
-                (),
-                in_aggregate,
-                hint=" (a variable inside arithmetic does not bind it)",
-            )
-        elif isinstance(lit, ir.Negation):
-            _require(ir.variables(lit.atom.args), bound, f"in the negation of {lit.atom.relation}", lits, in_aggregate)
-        elif isinstance(lit, ir.Comparison):
-            _require(ir.variables((lit.left, lit.right)), bound, "in this comparison", lits, in_aggregate)
+        with found.check():
+            _require_literal(lit, lits, bound, in_aggregate)
+    found.raise_first()
+
+
+def _require_literal(lit: ir.BodyLiteral, lits: Sequence[ir.BodyLiteral], bound: set[str], in_aggregate: bool) -> None:
+    if isinstance(lit, ir.Atom):
+        arithmetic = [c for a in lit.args for c in _arithmetic_in(a)]
+        _require(
+            ir.variables(arithmetic),
+            bound,
+            f"in arithmetic in an argument of {lit.relation}",
+            (),
+            in_aggregate,
+            hint=" (a variable inside arithmetic does not bind it)",
+        )
+    elif isinstance(lit, ir.Negation):
+        _require(ir.variables(lit.atom.args), bound, f"in the negation of {lit.atom.relation}", lits, in_aggregate)
+    elif isinstance(lit, ir.Comparison):
+        _require(ir.variables((lit.left, lit.right)), bound, "in this comparison", lits, in_aggregate)
 
 
 def _require(
@@ -1641,24 +1772,41 @@ def check_counters(strata: Sequence[Stratum]) -> None:
         if stratum.recursive:
             for rule in stratum.rules:
                 for call in ir.calls(rule):
-                    if functors.signature(call.name).counter:
+                    if functors.of(call).counter:
                         raise DatalogError(call.pos, "Auto-increment functor in a recursive rule")
 
 
 def check_plans(statements: Sequence[st.Statement], strata: Sequence[Stratum]) -> None:
-    """A ``.plan`` belongs to a recursive rule, and its version must be one the rule has: one
-    per atom of its own recursion, as Soufflé numbers them (a plan on a rule outside any
-    recursion is Soufflé's error too)."""
+    """A ``.plan`` belongs to a recursive rule, each order a permutation of the rule's atoms,
+    and its version one the rule has: one per atom of its own recursion, as Soufflé numbers
+    them (Soufflé's ExecutionPlanChecker; its problems are reported together, the earliest
+    first)."""
     recursion = {name: s.relations for s in strata if s.recursive for name in s.relations}
+    found = Diagnostics()
     for clause in statements:
         if not isinstance(clause, st.Clause) or not clause.plans or clause.bodies is None:
             continue
         scc = recursion.get(clause.heads[0].relation, frozenset())
         recursive = max(sum(isinstance(lit, st.Atom) and lit.relation in scc for lit in body) for body in clause.bodies)
+        atoms = {sum(isinstance(lit, st.Atom) for lit in body) for body in clause.bodies}
+        if recursive == 0:
+            found.note(DatalogError(clause.plans[0].pos, "execution plan for a rule that is not recursive"))
+            continue
         for item in clause.plans:
-            if recursive == 0:
-                raise DatalogError(item.pos, "execution plan for a rule that is not recursive")
+            with found.check():
+                if len(item.order) not in atoms:
+                    expected = " or ".join(str(n) for n in sorted(atoms))
+                    raise DatalogError(
+                        item.pos, f"invalid execution order in .plan: expected {expected} atoms, not {len(item.order)}"
+                    )
+                if sorted(item.order) != list(range(1, len(item.order) + 1)):
+                    raise DatalogError(
+                        item.pos, "invalid execution order in .plan (incomplete): it must order every atom of the rule once"
+                    )
             if item.version >= recursive:
-                raise DatalogError(
-                    item.pos, f"execution plan for version {item.version}: only versions 0..{recursive - 1} permitted"
+                found.note(
+                    DatalogError(
+                        item.pos, f"execution plan for version {item.version}: only versions 0..{recursive - 1} permitted"
+                    )
                 )
+    found.raise_first()

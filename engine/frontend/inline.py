@@ -142,8 +142,11 @@ class _Expander:
 
 
 def _renamed(t: ir.Term, names: Mapping[str, ir.Term], n: int) -> ir.Term:
+    """A variable of the inline rule renamed; it keeps its place in that rule, where Soufflé
+    reports a problem of the expansion ("Ungrounded variable <inlined_x_1>")."""
     if isinstance(t, ir.Var):
-        return names.get(t.name, ir.Var(f"$inline{n}.{t.name}", t.pos))
+        named = names.get(t.name, ir.Var(f"$inline{n}.{t.name}", t.pos))
+        return replace(named, pos=t.pos) if isinstance(named, ir.Var) else named
     return t
 
 

@@ -249,6 +249,18 @@ class Directive:
 
 
 @dataclass(frozen=True)
+class FunctorDecl:
+    """``.functor name(a: T, U): R [stateful]``: a user-defined functor (parameters need no
+    name: theirs is then "")."""
+
+    name: str
+    params: tuple[Attr, ...]
+    result: Attr  # named "return type"
+    stateful: bool
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class Pragma:
     """``.pragma "key" "value"``: a Soufflé option set from the program."""
 
@@ -258,7 +270,7 @@ class Pragma:
 
 
 TypeDecl = TypeAlias | RecordDecl | AdtDecl
-Statement = Decl | TypeDecl | Directive | Clause | Pragma
+Statement = Decl | TypeDecl | Directive | Clause | Pragma | FunctorDecl
 
 
 @dataclass(frozen=True)
@@ -338,7 +350,6 @@ _HIDDEN_WORDS = frozenset(
         "btree_delete",
         "eqrel",
         "choice-domain",
-        ".functor",
         ".pragma",
         ".plan",
         "stateful",
@@ -403,6 +414,12 @@ _UNSUPPORTED_SYNTAX = (
 
 def _syntax_error(e: UnexpectedInput, text: str, filename: str, where: LineMap) -> DatalogError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END":
+        # the parser's stack still holds the tokens of what is open: the innermost .comp is named
+        opened = [t for t in e.interactive_parser.parser_state.value_stack if isinstance(t, Token) and t.value == ".comp"]
+        if opened:
+            line, column = opened[-1].line, opened[-1].column
+            assert line is not None and column is not None, "lark places every token it lexes"
+            return DatalogError(where.pos(line, column, filename), "unterminated component, missing '}'")
         lines = text.rstrip("\n").split("\n")  # the end of the last line that holds anything, as Soufflé says
         pos = where.pos(len(lines), len(lines[-1]) + 1, filename)
         return DatalogError(pos, "syntax error: unexpected end of input" + _expected(e))
@@ -461,7 +478,6 @@ def _expected_words(names: set[str]) -> str:
 # ---- lark tree -> syntax tree ------------------------------------------------------------
 
 _UNSUPPORTED_STATEMENTS = {
-    "functor_decl": "unsupported: .functor user-defined functors",
     "subsumption": "unsupported: subsumptive rules (head <= head :- ...)",
 }
 # Qualifiers that choose Soufflé's storage or its optimisations, never an answer: accepted and
@@ -519,19 +535,15 @@ class _Builder:
         return tuple(out)
 
     def plan(self, node: LarkTree, rule: Item | None) -> Clause:
-        """``.plan`` after a rule (in Soufflé's grammar it is part of the rule): each order must
-        be a permutation of the rule's atoms, as Soufflé requires; the versions are checked
-        once the program's recursion is known (``checker.check_plans``). The planner orders
-        joins itself: a plan never changes an answer."""
+        """``.plan`` after a rule (in Soufflé's grammar it is part of the rule); its orders and
+        versions are checked once the program's recursion is known (``checker.check_plans``).
+        The planner orders joins itself: a plan never changes an answer."""
         if not isinstance(rule, Clause) or rule.bodies is None:
             raise self.fail(node, ".plan must follow the rule it orders")
-        sizes = {sum(isinstance(lit, Atom) for lit in body) for body in rule.bodies}
         items = []
         for item in node.children:
             assert isinstance(item, Tree)
             version, *order = (int(str(n)) for n in item.children if n is not None)
-            if not any(sorted(order) == list(range(1, n + 1)) for n in sizes):
-                raise self.fail(item, "invalid execution order in .plan (incomplete): it must order every atom of the rule once")
             items.append(PlanItem(version, tuple(order), self.pos(item)))
         return replace(rule, plans=rule.plans + tuple(items))
 
@@ -558,6 +570,8 @@ class _Builder:
             return [TypeAlias(str(name), kind.removesuffix("_type"), self.pos(name), self.pos(name))]
         if kind == "io_directive":
             return self.directives(node)
+        if kind == "functor_decl":
+            return [self.functor_decl(node)]
         if kind == "component":
             return [self.component(node)]
         if kind == "init":
@@ -572,6 +586,18 @@ class _Builder:
             return [Pragma(self.unquote(key), text, self.pos(key))]
         assert kind == "clause", kind
         return [self.clause(node)]
+
+    def functor_decl(self, node: LarkTree) -> FunctorDecl:
+        name, *rest = node.children
+        (result,) = (c for c in rest if isinstance(c, Token))
+        attrs = []
+        for param in (c for c in rest if isinstance(c, Tree) and c.data == "functor_param"):
+            first, *typed = (c for c in param.children if c is not None)
+            label, type_name = (str(first), typed[0]) if typed else ("", first)
+            attrs.append(Attr(label, str(type_name), self.pos(type_name), self.pos(first)))
+        stateful = any(isinstance(c, Tree) and c.data == "stateful" for c in rest)
+        returned = Attr("return type", str(result), self.pos(result), self.pos(result))
+        return FunctorDecl(str(name), tuple(attrs), returned, stateful, self.pos(node))
 
     def component(self, node: LarkTree) -> Component:
         self.components += 1
@@ -715,21 +741,12 @@ class _Builder:
         kind = node.data
         method = getattr(self, f"expr_{kind}", None)
         if method is None:
-            raise self.fail(node, self.unsupported_expr(node))
+            assert kind == "counter", kind
+            raise self.fail(node, "unsupported: $ counters")
         self.nested(node)
         result: Expr = method(node)
         self.depth -= 1
         return result
-
-    def unsupported_expr(self, node: LarkTree) -> str:
-        kind = node.data
-        if kind == "counter":
-            return "unsupported: $ counters"
-        first = node.children[0]
-        word = str(first.children[0]) if isinstance(first, Tree) else str(first)
-        return {
-            "user_functor": f"unsupported: user-defined functor {word}(...)",
-        }[kind]
 
     def expr_var(self, node: LarkTree) -> Expr:
         """A variable, ``_``, or Soufflé's scanner constants ``__LINE__`` and ``__FILE__``
@@ -835,6 +852,11 @@ class _Builder:
         if not accepted:
             raise self.fail(node, f"{name} takes {wanted}, not {len(present)}")
         return Call(name, tuple(self.expr(a) for a in present), self.pos(node))
+
+    def expr_user_functor(self, node: LarkTree) -> Expr:
+        """``@name(args)``: a user-defined functor, checked against its ``.functor``."""
+        name, *args = node.children
+        return Call(str(name), tuple(self.expr(a) for a in args if a is not None), self.pos(node))
 
     def cast(self, node: LarkTree, args: list[LarkTree]) -> Expr:
         """``as(expr, Type)``: the type is a name, written where an expression would be."""

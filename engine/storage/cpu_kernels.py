@@ -39,6 +39,16 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
     getattr(_lib, _name).restype = _restype
     getattr(_lib, _name).argtypes = _argtypes
+# Built on x86-64 and AArch64 only: the calling conventions it relies on (kernels.c).
+FUNCTOR_CALLS = hasattr(_lib, "call_functor")
+if FUNCTOR_CALLS:
+    _lib.call_functor.restype = _I
+    _lib.call_functor.argtypes = [_P, _I, _I, _P, _P, _P, _P, _P]
+    _lib.free_functor_text.restype = None
+    _lib.free_functor_text.argtypes = [_P]
+# What call_functor takes: integer-class and float arguments (register counts), result kinds.
+FUNCTOR_INTS, FUNCTOR_FLOATS = 6, 8
+FUNCTOR_RESULTS = {"number": 0, "unsigned": 0, "float": 1, "symbol": 2}
 
 # Formatted text per value at most: sign, 10 digits, delimiter or line break.
 FORMAT_BYTES_PER_VALUE = 12
@@ -208,3 +218,44 @@ def parse_numeric(data: bytes, delimiter: bytes, target: np.ndarray, signed: np.
         capacity,
     )
     return None if n < 0 else out[:n]
+
+
+class FunctorReturnedNull(Exception):
+    """A C functor returned NULL for a text; ``row`` says for which argument row."""
+
+    def __init__(self, row: int):
+        super().__init__(f"NULL at row {row}")
+        self.row = row
+
+
+def call_functor(address: int, result: str, n: int, ints: list[np.ndarray], floats: list[np.ndarray]) -> Any:
+    """The C function at ``address`` on ``n`` rows: ``ints`` its integer-class argument columns
+    in order (int64: texts as addresses the caller keeps valid), ``floats`` its float ones
+    (float32). -> int32 values (``result`` number or unsigned: the bits), float32, or for a
+    symbol (the bytes of every text, end offsets per row)."""
+    assert len(ints) <= FUNCTOR_INTS and len(floats) <= FUNCTOR_FLOATS
+    ints = [_c(c, np.int64) for c in ints]
+    floats = [_c(c, np.float32) for c in floats]
+    int_ptrs = (ctypes.c_void_p * FUNCTOR_INTS)(*[_ptr(c) for c in ints])
+    float_ptrs = (ctypes.c_void_p * FUNCTOR_FLOATS)(*[_ptr(c) for c in floats])
+    kind = FUNCTOR_RESULTS[result]
+    out = np.empty(n, dtype=np.float32 if kind == 1 else np.int32)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    text = ctypes.c_void_p()
+    status = _lib.call_functor(address, kind, n, int_ptrs, float_ptrs, _ptr(out), _ptr(offsets), ctypes.byref(text))
+    if status == -1:
+        raise MemoryError("call_functor: the buffer for a functor's texts could not grow")
+    if status < -1:
+        raise FunctorReturnedNull(-int(status) - 2)
+    if kind != 2:
+        return out
+    assert text.value is not None
+    try:
+        data = (
+            np.ctypeslib.as_array(ctypes.cast(text, ctypes.POINTER(ctypes.c_uint8)), (int(offsets[-1]),)).copy()
+            if offsets[-1]
+            else np.zeros(0, np.uint8)
+        )
+    finally:
+        _lib.free_functor_text(text)
+    return data, offsets

@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Below this many iterations a parallel region costs more than it saves. */
@@ -323,6 +324,84 @@ int64_t parse_numeric(const uint8_t *data, int64_t len, const uint8_t *delimiter
     }
     return n;
 }
+
+/* User-defined functors (Soufflé's stateless .functor, engine/user_functors.py): a C function
+ * called once per row over argument columns. On x86-64 (System V) and AArch64 the integer-class
+ * arguments (int32_t, uint32_t, const char *) go in the integer registers in their order and
+ * the float arguments in the vector registers in theirs, independently, and a caller may fill
+ * registers the callee never reads. So one pointer type with FUNCTOR_INTS integer and
+ * FUNCTOR_FLOATS float parameters calls every functor whose arguments fit the registers, each
+ * argument in its place within its class; only the result's class varies (int32_t in the low
+ * half of the integer register, a pointer in all of it, a float in the first vector register).
+ * The loop is sequential: a functor may keep its result in a static buffer (texts are copied
+ * before the next call) and need not be thread-safe, as Soufflé's interpreter assumes. */
+#if defined(__x86_64__) || defined(__aarch64__)
+#define FUNCTOR_INTS 6
+#define FUNCTOR_FLOATS 8
+#define FUNCTOR_PARAMS int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                       float, float, float, float, float, float, float, float
+typedef int32_t (*functor_int)(FUNCTOR_PARAMS);
+typedef float (*functor_float)(FUNCTOR_PARAMS);
+typedef const char *(*functor_text)(FUNCTOR_PARAMS);
+
+enum { RESULT_INT = 0, RESULT_FLOAT = 1, RESULT_TEXT = 2 };
+
+/* Row i's arguments: ints[k] (or 0 where the functor has fewer), floats[k] likewise. */
+#define FUNCTOR_ARGS(i)                                                                                   \
+    ints[0] ? ints[0][i] : 0, ints[1] ? ints[1][i] : 0, ints[2] ? ints[2][i] : 0, ints[3] ? ints[3][i] : 0, \
+        ints[4] ? ints[4][i] : 0, ints[5] ? ints[5][i] : 0, floats[0] ? floats[0][i] : 0.0f,               \
+        floats[1] ? floats[1][i] : 0.0f, floats[2] ? floats[2][i] : 0.0f, floats[3] ? floats[3][i] : 0.0f,  \
+        floats[4] ? floats[4][i] : 0.0f, floats[5] ? floats[5][i] : 0.0f, floats[6] ? floats[6][i] : 0.0f,  \
+        floats[7] ? floats[7][i] : 0.0f
+
+/* Calls fn on rows 0..n-1: ints[k] the k-th integer-class argument column (int64: numbers
+ * sign-extended, unsigned as they are, texts as addresses), floats[k] the k-th float argument
+ * column, NULL past the last. A number or unsigned result goes to ((int32_t *)out)[i], a float
+ * to ((float *)out)[i]; a text is copied at once into a buffer this function allocates
+ * (*text, freed by free_functor_text) with offsets[i]..offsets[i + 1] its bytes. Returns 0, or
+ * -1 when the buffer cannot grow, or -(i + 2) when the functor returned NULL at row i. */
+int64_t call_functor(void *fn, int64_t kind, int64_t n, const int64_t *const *ints, const float *const *floats, void *out,
+                     int64_t *offsets, char **text) {
+    if (kind == RESULT_INT) {
+        int32_t *o = out;
+        for (int64_t i = 0; i < n; i++) o[i] = ((functor_int)fn)(FUNCTOR_ARGS(i));
+        return 0;
+    }
+    if (kind == RESULT_FLOAT) {
+        float *o = out;
+        for (int64_t i = 0; i < n; i++) o[i] = ((functor_float)fn)(FUNCTOR_ARGS(i));
+        return 0;
+    }
+    size_t capacity = 4096, used = 0;
+    char *buffer = malloc(capacity);
+    if (!buffer) return -1;
+    offsets[0] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const char *s = ((functor_text)fn)(FUNCTOR_ARGS(i));
+        if (!s) {
+            free(buffer);
+            return -(i + 2);
+        }
+        size_t len = strlen(s);
+        if (used + len > capacity) {
+            while (used + len > capacity) capacity *= 2;
+            char *grown = realloc(buffer, capacity);
+            if (!grown) {
+                free(buffer);
+                return -1;
+            }
+            buffer = grown;
+        }
+        memcpy(buffer + used, s, len);
+        used += len;
+        offsets[i + 1] = (int64_t)used;
+    }
+    *text = buffer;
+    return 0;
+}
+
+void free_functor_text(char *text) { free(text); }
+#endif
 
 /* The address of a contiguous buffer (a NumPy array) for the ctypes calls: about ten times
  * cheaper than ndarray.ctypes.data, which builds a helper object per call, and a one-tuple
