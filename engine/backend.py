@@ -7,6 +7,7 @@ imports CuPy unless asked."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
@@ -31,11 +32,7 @@ class Backend:
     @property
     def kernels(self) -> ModuleType | None:
         """The CPU kernels module on "numpy", else None: run the ``xp`` formulation."""
-        if self.name != "numpy":
-            return None
-        from dask_datalog.engine.storage import cpu_kernels
-
-        return cpu_kernels
+        return _cpu_kernels() if self.name == "numpy" else None
 
     def asnumpy(self, a: Any) -> np.ndarray:
         return self.xp.asnumpy(a) if self.name == "cupy" else np.asarray(a)
@@ -44,6 +41,14 @@ class Backend:
         """Wait for queued device work, so phase timings are honest on the GPU."""
         if self.name == "cupy":
             self.xp.cuda.get_current_stream().synchronize()
+
+
+@functools.cache
+def _cpu_kernels() -> ModuleType:
+    """The kernels module, imported on first use (a cached call: asked for many times an iteration)."""
+    from dask_datalog.engine.storage import cpu_kernels
+
+    return cpu_kernels
 
 
 NUMPY = Backend("numpy", np)

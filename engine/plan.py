@@ -25,6 +25,7 @@ import enum
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Literal
 
 from dask_datalog.engine import functors
@@ -215,12 +216,12 @@ class RulePlan:
     delta_relation: str | None  # the relation read as delta, None for an all-full version
     head: HeadRoute = HeadRoute()
 
-    @property
+    @cached_property  # asked every iteration; the plan never changes
     def delta_step(self) -> JoinStep | None:
         """The join that reads a delta (the version's first step), None for an all-full one."""
         return next((s for s in self.steps if isinstance(s, JoinStep) and s.version == "delta"), None)
 
-    @property
+    @cached_property
     def exchanges(self) -> int:
         """Collectives per run of the version (binding-table exchanges, agreements on new
         symbols): every shard takes part in them, even with nothing to send."""

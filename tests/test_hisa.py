@@ -86,6 +86,18 @@ def test_merge_all_is_the_union_of_disjoint_runs(data):
         assert to_tuples(sets.merge_all(runs, backend), arity) == tuples
 
 
+@given(st.data())
+def test_difference_against_runs_is_the_set_difference(data):
+    """A relation's runs subtracted in one kernel call or a run at a time (xp), empty runs too."""
+    arity = data.draw(ARITY)
+    new = sorted(set(data.draw(rows_strategy(arity))))
+    runs = [sorted(set(data.draw(rows_strategy(arity, 20)))) for _ in range(data.draw(st.integers(0, 5)))]
+    expected = sorted(set(new).difference(*map(set, runs)))
+    for backend in (KERNELS, ARRAY_API):
+        got = sets.difference_all(to_rows(new, arity), [to_rows(r, arity) for r in runs], backend)
+        assert to_tuples(got, arity) == expected
+
+
 @given(st.lists(st.integers(0, 2**64 - 1), max_size=60), st.lists(st.integers(0, 2**64 - 1), max_size=60))
 def test_hash_table_and_directory_agree_with_dict(keys, queries):
     """The open-addressing probe (CPU) and the binary search over the key directory (the

@@ -129,6 +129,7 @@ class Fixpoint:
         self.control = control
         self.chunk_rows = chunk_rows
         self.clock = PhaseClock(backend)
+        self.width = {name: words_for(store.arity) for name, store in shard.stores.items()}  # packed words per row
         self.terms = Terms(self.xp, symbols, user_functors.implementations(plan.program.functors))
         self.operators = Operators(backend, self.terms, shard, Router(self.exchange, self.xp), chunk_rows)
         self.debug = {of: name for name, of in plan.program.debug_deltas}  # relation -> its debug_delta relation
@@ -289,7 +290,7 @@ class Fixpoint:
         tuples ``Subsumption.accept`` sifts first, in order."""
         t0 = time.perf_counter()
         xp = self.xp
-        width = {r: words_for(self.shard.stores[r].arity) for r in relations}
+        width = self.width
         kept = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
         outgoing = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
         for rp in versions:

@@ -11,6 +11,7 @@ take as packed rows without a copy; a join writes its output in it when it can.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ class Operators:
         self.shard = shard
         self.router = router
         self.chunk_rows = chunk_rows
+        self._shapes: dict[tuple[int, Layout, Layout | None], JoinShape] = {}
 
     def run(self, b: Bindings, steps: tuple[Step, ...], sink: Sink, layout: Layout | None = None) -> None:
         """Run ``steps`` over ``b`` and hand every non-empty table that comes out to ``sink``."""
@@ -77,6 +79,15 @@ class Operators:
         count = (lambda n: (0, n)) if step.route.alike else self.router.agree_count  # alike: no shard comes first
         column = self.terms.made(step.expr, b, self.router.agree, count)
         return [] if b is None or column is None else [b.with_column(step.var, column, self.xp)]
+
+    def join_shape(self, step: JoinStep, outer: Layout, layout: Layout | None) -> JoinShape:
+        """``JoinShape.of``, kept per (step, outer columns, layout): the step is looked up by
+        identity (hashing a step hashes its atom) and checked against the one kept."""
+        key = (id(step), outer, layout)
+        shape = self._shapes.get(key)
+        if shape is None or shape.step is not step:
+            shape = self._shapes[key] = JoinShape.of(step, outer, layout)
+        return shape
 
     def key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
         return [self.terms.column(atom.args[j], b) for j in positions]
@@ -110,6 +121,40 @@ def join(ops: Operators, b: Bindings, step: JoinStep, layout: Layout | None) -> 
         yield from _join_index(ops, b, step, layout, index, keys, query, sliced)
 
 
+@dataclass(frozen=True)
+class JoinShape:
+    """What a join step's output looks like for one outer column order and head layout:
+    computed once per run, not per join (a long fixpoint joins the same step every iteration).
+    ``checks``: index columns the probe could not check (key columns past the two hashed ones,
+    (k, None); repeats of a free variable within the atom, (k, the first one)); ``names`` and
+    ``source``: the output's columns and where each comes from (``gather_join``)."""
+
+    step: JoinStep
+    checks: tuple[tuple[int, int | None], ...]
+    names: Layout
+    source: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, step: JoinStep, outer: Layout, layout: Layout | None) -> JoinShape:
+        atom = step.atom
+        free: dict[str, int] = {}
+        checks: list[tuple[int, int | None]] = [(k, None) for k in range(2, step.key_len)]
+        for k in range(step.key_len, len(step.order)):
+            arg = atom.args[step.order[k]]
+            if isinstance(arg, Var):
+                if arg.name in free:
+                    checks.append((k, free[arg.name]))
+                else:
+                    free[arg.name] = k
+        available = list(outer) + list(free)
+        if layout is not None and {v for v in layout if v is not None} <= set(available):
+            names: Layout = layout
+        else:
+            names = tuple(v for v in available if step.keep is None or v in step.keep)
+        source = tuple((2, 0) if v is None else (0, outer.index(v)) if v in outer else (1, half_of(free[v])) for v in names)
+        return cls(step, tuple(checks), names, source)
+
+
 def _join_index(
     ops: Operators,
     b: Bindings,
@@ -121,40 +166,25 @@ def _join_index(
     sliced: bool,
 ) -> Iterator[Bindings]:
     xp = ops.xp
-    atom = step.atom
     starts, counts = index.ranges(query, len(keys[:2]), b.n, ops.backend)
     if sliced:  # a scan of this shard's block of a replicated relation
         lo, hi = ops.router.share(int(index.rows.shape[0]))
         starts, counts = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64)
-    # Index columns the probe could not check: key columns past the two hashed ones, and
-    # repeats of a free variable within the atom.
-    free: dict[str, int] = {}
-    checks: list[tuple[int, int | None]] = [(k, None) for k in range(2, step.key_len)]
-    for k in range(step.key_len, len(step.order)):
-        arg = atom.args[step.order[k]]
-        if isinstance(arg, Var):
-            if arg.name in free:
-                checks.append((k, free[arg.name]))
-            else:
-                free[arg.name] = k
-    available = list(b.names) + list(free)
-    if layout is not None and {v for v in layout if v is not None} <= set(available):
-        names: Layout = layout
-    else:
-        names = tuple(v for v in available if step.keep is None or v in step.keep)
-    source = [(2, 0) if v is None else (0, b.names.index(v)) if v in b.names else (1, half_of(free[v])) for v in names]
+    shape = ops.join_shape(step, b.names, layout)
     for lo, hi in ops.chunks(counts):
-        if not checks:
-            yield Bindings(gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], index.rows, source, ops.backend), names)
+        if not shape.checks:
+            yield Bindings(
+                gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], index.rows, shape.source, ops.backend), shape.names
+            )
             continue
         outer, inner = expand_runs(starts[lo:hi], counts[lo:hi], ops.backend)
         outer += lo
         rows = index.rows[inner]
         keep = xp.ones(outer.shape[0], dtype=bool)
-        for k, other in checks:
+        for k, other in shape.checks:
             keep &= unpack(rows, k, xp) == (keys[k][outer] if other is None else unpack(rows, other, xp))
         outer, inner = outer[keep], inner[keep]
-        yield Bindings(gather_pairs(b.table, outer, index.rows, inner, source, xp), names)
+        yield Bindings(gather_pairs(b.table, outer, index.rows, inner, shape.source, xp), shape.names)
 
 
 def filter_rows(ops: Operators, b: Bindings, step: FilterStep, layout: Layout | None) -> Iterator[Bindings]:

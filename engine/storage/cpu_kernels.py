@@ -24,6 +24,7 @@ _I = ctypes.c_int64
 _U = ctypes.c_uint64
 _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "not_in_sorted": (None, [_P, _I, _P, _I, _I, _P]),
+    "not_in_runs": (None, [_P, _I, _P, _P, _I, _I, _P]),
     "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
     "merge_many": (None, [_P, _P, _I, _I, _P]),
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
@@ -53,9 +54,9 @@ FUNCTOR_RESULTS = {"number": 0, "unsigned": 0, "float": 1, "symbol": 2}
 FORMAT_BYTES_PER_VALUE = 12
 
 
-def _ptr(a: np.ndarray) -> int:
-    """The address of ``a``'s data: the caller keeps ``a`` referenced until the call returns."""
-    return a.ctypes.data
+# The address of a contiguous array's data (the caller keeps the array referenced until the
+# call returns): the extension's buffer lookup, about ten times cheaper than ``a.ctypes.data``.
+_ptr = _kernels.address
 
 
 def _c(a: np.ndarray, dtype: Any) -> np.ndarray:
@@ -72,6 +73,18 @@ def not_in_sorted(new: np.ndarray, full: np.ndarray) -> np.ndarray:
     new, full = _c(new, np.uint64), _c(full, np.uint64)
     mask = np.empty(new.shape[0], dtype=np.bool_)
     _lib.not_in_sorted(_ptr(new), new.shape[0], _ptr(full), full.shape[0], _words(new), _ptr(mask))
+    return mask
+
+
+def not_in_runs(new: np.ndarray, runs: list[np.ndarray]) -> np.ndarray:
+    """mask[i] = new[i] is a row of none of ``runs`` (sorted, like ``new``; all 1-D or all
+    (n, w)): a relation kept as several runs subtracted in one call."""
+    new = _c(new, np.uint64)
+    runs = [_c(r, np.uint64) for r in runs]
+    mask = np.empty(new.shape[0], dtype=np.bool_)
+    pointers = np.array([_ptr(r) for r in runs], dtype=np.uint64)
+    lengths = np.array([r.shape[0] for r in runs], dtype=np.int64)
+    _lib.not_in_runs(_ptr(new), new.shape[0], _ptr(pointers), _ptr(lengths), len(runs), _words(new), _ptr(mask))
     return mask
 
 
@@ -99,14 +112,10 @@ def merge_many(runs: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    return np.cumsum(counts) - counts
-
-
 def expand_runs(starts: np.ndarray, counts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
     """Materialise a join in one pass: outer row i paired with rows starts[i] .. + counts[i]."""
     starts, counts = _c(starts, np.int64), _c(counts, np.int64)
-    offsets = _offsets(counts)
+    offsets = np.empty(starts.shape[0], dtype=np.int64)  # scratch: the kernel scans counts into it
     outer = np.empty(total, dtype=np.int64)
     inner = np.empty(total, dtype=np.int64)
     _lib.expand_runs(_ptr(starts), _ptr(counts), _ptr(offsets), starts.shape[0], _ptr(outer), _ptr(inner))
@@ -120,7 +129,7 @@ def gather_join(
     whose column c is outer[i, spec[c,1]] (spec[c,0] == 0), halves[r, spec[c,1]] (== 1) or 0."""
     outer, halves = _c(outer, np.uint32), _c(halves, np.uint32)
     starts, counts, spec = _c(starts, np.int64), _c(counts, np.int64), _c(spec, np.int64)
-    offsets = _offsets(counts)
+    offsets = np.empty(starts.shape[0], dtype=np.int64)  # scratch: the kernel scans counts into it
     out = np.empty((total, spec.shape[0]), dtype=np.uint32)
     _lib.gather_join(
         _ptr(outer), outer.shape[1], _ptr(starts), _ptr(counts), _ptr(offsets), starts.shape[0],

@@ -74,8 +74,8 @@ class DenseSet:
         r0, r1 = hi0 - lo0 + 1, hi1 - lo1 + 1
         return cls(lo0, lo1, r0, r1, np.zeros((r0 * r1 + 7) // 8, dtype=np.uint8), backend)
 
-    def _args(self) -> tuple[np.uint64, ...]:
-        return tuple(np.uint64(v) for v in (self.lo0, self.lo1, self.r0, self.r1))
+    def _args(self) -> tuple[int, int, int, int]:
+        return self.lo0, self.lo1, self.r0, self.r1
 
     @property
     def _kernels(self) -> ModuleType:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ import numpy as np
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.dense import DEFAULT_MAX_BITS, HELD_BITS, PAYBACK, Box, DenseSet, bits_of, box_of, union
+
+Source = tuple[tuple[int, int], ...]  # a join output column's origin: (0, outer column), (1, inner half), (2, 0)
 
 
 def words_for(arity: int) -> int:
@@ -69,19 +72,26 @@ def packed_layout(head: Any) -> tuple[str | None, ...] | None:
     return tuple(names)
 
 
-def gather_join(outer: Any, starts: Any, counts: Any, inner_rows: Any, source: list[tuple[int, int]], backend: Backend) -> Any:
+def gather_join(outer: Any, starts: Any, counts: Any, inner_rows: Any, source: Source, backend: Backend) -> Any:
     """Materialise a join chunk as one (total, len(source)) uint32 table: output column c is
     outer column i (source (0, i)), inner half h (source (1, h)) or zero (source (2, 0))."""
     total = int(counts.sum())
     kernels = backend.kernels
     if kernels is not None:
-        spec = np.array(source, dtype=np.int64).reshape(-1, 2)
-        return kernels.gather_join(outer, starts, counts, _halves(inner_rows, backend.xp), spec, total)
+        return kernels.gather_join(outer, starts, counts, _halves(inner_rows, backend.xp), _spec(source), total)
     outer_idx, inner_idx = expand_runs(starts, counts, backend)
     return gather_pairs(outer, outer_idx, inner_rows, inner_idx, source, backend.xp)
 
 
-def gather_pairs(outer: Any, outer_idx: Any, inner_rows: Any, inner_idx: Any, source: list[tuple[int, int]], xp: Any) -> Any:
+@functools.lru_cache(maxsize=1024)
+def _spec(source: Source) -> np.ndarray:
+    """``source`` as the kernel's (columns, 2) int64 array, made once per distinct source."""
+    spec = np.array(source, dtype=np.int64).reshape(-1, 2)
+    spec.flags.writeable = False
+    return spec
+
+
+def gather_pairs(outer: Any, outer_idx: Any, inner_rows: Any, inner_idx: Any, source: Source, xp: Any) -> Any:
     """``gather_join`` from explicit (outer row, inner row) pairs."""
     table = xp.empty((outer_idx.shape[0], len(source)), dtype=xp.uint32)
     halves = _halves(inner_rows, xp)
@@ -299,9 +309,7 @@ class RelationStore:
 
     def subtract(self, rows: Any) -> Any:
         """Sorted unique rows that are not in full."""
-        for run in self.runs:
-            rows = sets.difference(rows, run, self.backend)
-        return rows
+        return sets.difference_all(rows, self.runs, self.backend)
 
     def novel(self, rows: Any, phase: Callable[[str], AbstractContextManager[None]] = untimed) -> Any:
         """Produced rows (any order, duplicates) -> sorted unique rows not in full. Rows it

@@ -26,26 +26,46 @@ static inline int row_equal(const uint64_t *a, int64_t i, const uint64_t *b, int
     return memcmp(a + i * w, b + j * w, (size_t)w * sizeof(uint64_t)) == 0;
 }
 
-/* mask[i] = 1 when new[i] is not a row of full; both sorted. Galloping from the last
- * position, so a small delta against a large full costs O(n log(m/n)), not O(m). */
+/* The first row of full at or after position j that is not less than new[i] (full sorted):
+ * galloping from j, so a small delta against a large full costs O(n log(m/n)), not O(m). */
+static inline int64_t gallop(const uint64_t *full, int64_t m, int64_t j, const uint64_t *new_, int64_t i, int64_t w) {
+    int64_t step = 1, hi = j;
+    while (hi < m && row_less(full, hi, new_, i, w)) {
+        j = hi + 1;
+        hi = j + step;
+        step *= 2;
+    }
+    if (hi > m) hi = m;
+    int64_t lo = j;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (row_less(full, mid, new_, i, w)) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* mask[i] = 1 when new[i] is not a row of full; both sorted. */
 void not_in_sorted(const uint64_t *new_, int64_t n, const uint64_t *full, int64_t m, int64_t w, uint8_t *mask) {
     int64_t j = 0;
     for (int64_t i = 0; i < n; i++) {
-        int64_t step = 1, hi = j;
-        while (hi < m && row_less(full, hi, new_, i, w)) {
-            j = hi + 1;
-            hi = j + step;
-            step *= 2;
-        }
-        if (hi > m) hi = m;
-        int64_t lo = j;
-        while (lo < hi) {
-            int64_t mid = lo + (hi - lo) / 2;
-            if (row_less(full, mid, new_, i, w)) lo = mid + 1;
-            else hi = mid;
-        }
-        j = lo;
+        j = gallop(full, m, j, new_, i, w);
         mask[i] = !(j < m && row_equal(full, j, new_, i, w));
+    }
+}
+
+/* mask[i] = 1 when new[i] is a row of none of the k sorted runs (runs[r] holds lengths[r]
+ * rows): a log-structured relation's difference in one call, rows already found skipped. */
+void not_in_runs(const uint64_t *new_, int64_t n, const uint64_t *const *runs, const int64_t *lengths, int64_t k,
+                 int64_t w, uint8_t *mask) {
+    memset(mask, 1, (size_t)n);
+    for (int64_t r = 0; r < k; r++) {
+        int64_t j = 0;
+        for (int64_t i = 0; i < n; i++) {
+            if (!mask[i]) continue;
+            j = gallop(runs[r], lengths[r], j, new_, i, w);
+            mask[i] = !(j < lengths[r] && row_equal(runs[r], j, new_, i, w));
+        }
     }
 }
 
@@ -74,10 +94,21 @@ void merge_many(const uint64_t *const *runs, const int64_t *lengths, int64_t k, 
     }
 }
 
+/* offsets[i] = counts[0] + ... + counts[i - 1]: where outer row i's output starts (a serial
+ * scan: cheap beside the gather, and one NumPy call fewer per join). */
+static void exclusive_scan(const int64_t *counts, int64_t n, int64_t *offsets) {
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        offsets[i] = total;
+        total += counts[i];
+    }
+}
+
 /* A join's pairs: outer row i with inner rows starts[i] .. starts[i] + counts[i], written from
- * offsets[i] (the exclusive scan of counts). */
-void expand_runs(const int64_t *starts, const int64_t *counts, const int64_t *offsets, int64_t n,
+ * offsets[i] (the exclusive scan of counts, made here in the caller's scratch). */
+void expand_runs(const int64_t *starts, const int64_t *counts, int64_t *offsets, int64_t n,
                  int64_t *outer, int64_t *inner) {
+    exclusive_scan(counts, n, offsets);
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         int64_t s = starts[i], k = offsets[i];
@@ -92,8 +123,9 @@ void expand_runs(const int64_t *starts, const int64_t *counts, const int64_t *of
  * whose column c is outer[i, spec[c][1]] (spec[c][0] == 0), halves[r, spec[c][1]] (== 1) or 0.
  * Column by column per outer row: the outer value is a fill, the inner run a strided copy. */
 void gather_join(const uint32_t *outer, int64_t outer_width, const int64_t *starts, const int64_t *counts,
-                 const int64_t *offsets, int64_t n, const uint32_t *halves, int64_t halves_width,
+                 int64_t *offsets, int64_t n, const uint32_t *halves, int64_t halves_width,
                  const int64_t *spec, int64_t width, uint32_t *out) {
+    exclusive_scan(counts, n, offsets);
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         int64_t s = starts[i], c = counts[i], k = offsets[i];
@@ -371,9 +403,25 @@ int64_t call_functor(void *fn, int64_t kind, int64_t n, const int64_t *const *in
 void free_functor_text(char *text) { free(text); }
 #endif
 
+/* The address of a contiguous buffer (a NumPy array) for the ctypes calls: about ten times
+ * cheaper than ndarray.ctypes.data, which builds a helper object per call, and a one-tuple
+ * iteration passes some thirty arrays. */
+static PyObject *address(PyObject *self, PyObject *obj) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS) < 0) return NULL;
+    void *buf = view.buf;
+    PyBuffer_Release(&view);
+    return PyLong_FromVoidPtr(buf);
+}
+
+static PyMethodDef kernels_methods[] = {
+    {"address", address, METH_O, "The address of a contiguous buffer's first byte."}, {NULL, NULL, 0, NULL}};
+
 /* An importable module, so that the import system finds the library the wheel installed;
  * the functions above are reached through ctypes. */
 static struct PyModuleDef kernels_module = {PyModuleDef_HEAD_INIT, "_kernels",
-                                            "The CPU kernels, called through ctypes (cpu_kernels.py).", -1, NULL};
+                                            "The CPU kernels, called through ctypes (cpu_kernels.py).", -1,
+                                            kernels_methods};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }

@@ -67,6 +67,20 @@ def difference(new: Any, full: Any, backend: Backend) -> Any:
     return difference_xp(new, full, backend.xp)
 
 
+def difference_all(new: Any, runs: list[Any], backend: Backend) -> Any:
+    """Rows of ``new`` that are in none of ``runs`` (all sorted and unique): a relation's full
+    kept as several runs, subtracted in one kernel call where there are kernels."""
+    runs = [run for run in runs if run.shape[0]]
+    if new.shape[0] == 0 or not runs:
+        return new
+    kernels = backend.kernels
+    if kernels is not None:
+        return new[kernels.not_in_runs(new, runs)]
+    for run in runs:
+        new = difference_xp(new, run, backend.xp)
+    return new
+
+
 def difference_xp(new: Any, full: Any, xp: Any) -> Any:
     if new.shape[0] == 0 or full.shape[0] == 0:
         return new
