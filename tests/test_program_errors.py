@@ -331,6 +331,12 @@ CASES: list[tuple[str, str, str, str]] = [
     ("ungrounded-in-inline", ".decl b(x: number) inline\nb(x) :- 0 < x.\nr(x) :- b(x).", "2:13", "variable x in this comparison"),
     ("witness-not-its-consequence", "r(c) :- c = count : { e(x, _) }, x > 1, r(c + x).", "1:25", "used inside and outside"),
     ("counter-in-fact", "r(autoinc()).", "1:3", "Argument in fact is not constant: autoinc()"),
+    (
+        "witness-through-two-aggregates",
+        "e(c, w) :- c = count : { e(x, _), x > min y : { e(y, w) } }.",
+        "1:54",
+        "unsupported: w, a witness of a min or max aggregate inside another aggregate",
+    ),
 ]
 
 

@@ -1743,7 +1743,20 @@ class _Safety:
         found.raise_first()
 
     def check_aggregate(self, agg: ir.Aggregation, bound: set[str]) -> None:
+        own = {v.name for lit in agg.body if not isinstance(lit, ir.Aggregation) for v in _literal_vars(lit)}
+        witnessing = {
+            v.name
+            for lit in agg.body
+            if isinstance(lit, ir.Aggregation) and lit.func in ("min", "max")
+            for v in _literal_vars(lit)
+        }
         for v in _literal_vars(agg):
+            if v.name in self.outer and v.name not in bound and v.name in witnessing - own:
+                raise DatalogError(
+                    v.pos,
+                    f"unsupported: {_shown(v)}, a witness of a min or max aggregate inside another aggregate, used "
+                    "outside them (Soufflé grounds it through both)",
+                )
             if v.name in self.outer and v.name not in bound:
                 raise DatalogError(
                     v.pos,
