@@ -650,6 +650,31 @@ Shadow(y) :- y = min x + y : { A(x, y), x > 1 }.
 """
 
 
+NEGATED_BODIES = """
+.decl a(x: number) .decl b(x: number) .decl c(x: number)
+.decl r1, r2, r3, r4, r5, r6(x: number)
+a(1). a(2). a(3). a(4). b(1). b(2). c(2). c(3).
+r1(x) :- a(x), !(b(x); c(x)).
+r2(x) :- a(x), !(b(x), c(x)).
+r3(x) :- a(x), !(x < 2; c(x)).
+r4(x) :- a(x), !(!b(x), x != 4).
+r5(x) :- a(x), !(true).
+r6(x) :- a(x), !(false; (b(x), !c(x))).
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_negated_body_is_soufflés_de_morgan(workers: int) -> None:
+    """``!(body)`` as Soufflé's RuleBody::negate: one literal of each alternative fails, a
+    comparison by its opposite. The expected tuples are Soufflé 2.5's output for this program."""
+    from test_sharded import relation_tuples, run_sharded
+
+    shards = run_sharded(load_program(NEGATED_BODIES), workers)
+    expected = {"r1": {4}, "r2": {1, 3, 4}, "r3": {4}, "r4": {1, 2, 4}, "r5": set(), "r6": {2, 3, 4}}
+    for name, values in expected.items():
+        assert relation_tuples(shards, name) == {(v,) for v in values}, name
+
+
 MATERIALISED = """
 .decl D, B(x: number, y: number)
 D(2, 1). D(2, 2). D(1, 3). D(1, 4). B(2, 1). B(2, 2). B(2, 3). B(2, 4).

@@ -493,6 +493,29 @@ MAX_ALTERNATIVES = 1024  # alternatives of one rule body once its disjunctions a
 MAX_LITERAL_DIGITS = 64  # significant digits of an integer literal (a 64-bit value in binary; the checker bounds its type)
 
 
+# The comparison that holds exactly where one fails (Soufflé's negatedConstraintOp).
+_NEGATED_OP = {
+    "=": "!=",
+    "!=": "=",
+    "<": ">=",
+    ">=": "<",
+    ">": "<=",
+    "<=": ">",
+    "match": "not_match",
+    "not_match": "match",
+    "contains": "not_contains",
+    "not_contains": "contains",
+}
+
+
+def _negated_literal(lit: Literal) -> Literal:
+    if isinstance(lit, Atom):
+        return Negation(lit, lit.pos)
+    if isinstance(lit, Negation):
+        return lit.atom
+    return replace(lit, op=_NEGATED_OP[lit.op])
+
+
 class _Builder:
     """Walks the lark tree top-down, so errors come out in source order."""
 
@@ -756,6 +779,11 @@ class _Builder:
             return ((self.atom(node),),)
         if kind == "negation":
             return ((Negation(self.atom(node.children[0]), self.pos(node)),),)
+        if kind == "negated_body":
+            self.nested(node)
+            body = self.body(node.children[0])
+            self.depth -= 1
+            return self.negated(body, node)
         if kind == "comparison":
             left, op, right = node.children
             lit = Comparison(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
@@ -776,6 +804,15 @@ class _Builder:
             raise self.fail(node, f"{name} takes 2 arguments, not {len(present)}")
         op = name if kind == "functor_constraint" else f"not_{name}"
         return ((Comparison(op, self.expr(present[0]), self.expr(present[1]), self.pos(node)),),)
+
+    def negated(self, body: Body, node: LarkTree) -> Body:
+        """``!(body)`` in disjunctive normal form, as Soufflé's RuleBody::negate makes it: no
+        alternative of ``body`` holds, so one literal of each fails (De Morgan); an alternative
+        with no literal (true) makes the negation false."""
+        choices = [[_negated_literal(lit) for lit in alternative] for alternative in body]
+        if math.prod(len(c) for c in choices) > MAX_ALTERNATIVES:
+            raise self.fail(node, f"disjunction too large: this body expands to more than {MAX_ALTERNATIVES} alternatives")
+        return tuple(itertools.product(*choices))
 
     def atom(self, node: LarkTree) -> Atom:
         name, *args = node.children
