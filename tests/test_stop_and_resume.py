@@ -364,10 +364,14 @@ def test_timeout_stops_the_run(tmp_path: Path, mode: list[str]) -> None:
     assert time.monotonic() - started < 20  # the cluster's start and stop included
 
 
-def test_ctrl_c_stops_the_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize("after_s", [1.5, 5])
+def test_ctrl_c_stops_the_command(tmp_path: Path, after_s: float) -> None:
+    """Ctrl-C while the embedded cluster starts (1.5 s) or while the run goes (5 s): the run
+    stops on every worker and the command ends with 130. A KeyboardInterrupt raised inside
+    distributed's client there once hung the command; Ctrl-C now asks the run to stop."""
     np.savetxt(tmp_path / "edge.facts", chain(20_000), fmt="%d", delimiter="\t")
     process = start([REACH, "-F", tmp_path, "-D", tmp_path / "out", "--workers", "2"])
-    time.sleep(5)
+    time.sleep(after_s)
     process.send_signal(signal.SIGINT)
     sent = time.monotonic()
     _, err = finish(process, timeout=30)

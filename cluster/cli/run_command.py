@@ -222,6 +222,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
     program = None
     suspend = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(suspend))
+    # On a cluster, Ctrl-C asks the run to stop on every worker (RunOptions.stop) rather than
+    # raising KeyboardInterrupt wherever the main thread is: inside distributed's client, during
+    # the cluster's start or close, that hung the command (seen once under load). In process the
+    # interrupt stops the work at once, as before.
+    interrupt = threading.Event()
+    previous_int = signal.signal(signal.SIGINT, lambda *_: _on_sigint(interrupt)) if mode != IN_PROCESS else None
     checkpoints: CheckpointDirectory | None = None
     try:
         program = Program.from_file(
@@ -245,6 +251,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
                 timeout=args.timeout,
                 memory_limit=memory_limit,
                 suspend=suspend,
+                stop=interrupt if mode != IN_PROCESS else None,
             )
             run = CommandRun(program, args, stack, mode, why)
             result = run.evaluate(options)
@@ -259,6 +266,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
         assert checkpoints is not None
         return checkpoints.resume_from(f"stopped by SIGTERM {stopped.position}; the checkpoint", argv)
     except Terminated as err:
+        if interrupt.is_set():
+            print("interrupted: the run was stopped on every worker", file=sys.stderr)
+            return 130
         # Stopped at once (a second SIGTERM, or a worker lost meanwhile): the run's latest
         # committed checkpoint, if it has one, still resumes (commits are atomic).
         manifest = checkpoints.resumable() if checkpoints is not None else None
@@ -290,6 +300,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
         # command itself (no argv: it exits next) ignores it; a caller in this process gets its
         # handler back, unless the run was stopped by one.
         signal.signal(signal.SIGTERM, signal.SIG_IGN if suspend.is_set() or argv is None else previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+    if interrupt.is_set():  # the run had ended when Ctrl-C came: its outputs are written
+        print("interrupted: after the run and its outputs", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -298,6 +313,14 @@ def _write_stats(path: Path, stats: dict[str, Any]) -> None:
         path.write_text(json.dumps(stats, indent=1))
     except OSError as error:
         raise DatalogError(None, f"cannot write the statistics to {path}: {error.strerror or error}") from None
+
+
+def _on_sigint(interrupt: threading.Event) -> None:
+    """The first Ctrl-C stops the run on every worker at its next check (a fraction of a
+    second); a second one interrupts the command where it is."""
+    if interrupt.is_set():
+        raise KeyboardInterrupt
+    interrupt.set()
 
 
 def _on_sigterm(suspend: threading.Event) -> None:
