@@ -15,6 +15,7 @@ import psutil
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.experiments import generate, scaling
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.frontend.load import load_program_file
 
 COMMANDS = ("gen", "scale")
 DEFAULT_WORKERS = (1, 2, 4)
@@ -25,11 +26,14 @@ def add_parsers(sub: Any) -> None:
     """The ``gen`` and ``scale`` subparsers, on the CLI's subparsers action ``sub``."""
     gen = sub.add_parser(
         "gen",
-        help="write synthetic fact files: R-MAT, chain, grid graphs, points-to inputs",
-        description="Write synthetic fact files (tab-separated, one tuple per line, sorted, no duplicates) named "
-        "as the example programs read them: edge.facts for the graphs (examples/reach.dl, examples/sg.dl), the "
-        "relations of examples/andersen.dl and examples/cspa.dl for the points-to inputs. Vectorised NumPy; the "
-        "same kind, parameters, seed and NumPy give the same bytes.",
+        help="write synthetic fact files: graphs, points-to inputs, inputs of the flowlog-bench programs",
+        description="Write synthetic fact files (one tuple per line, sorted, no duplicates). By default each "
+        "relation goes to OUT_DIR/<relation>.facts, tab-separated: edge.facts for the graphs (examples/reach.dl, "
+        "examples/sg.dl), the relations of examples/andersen.dl and examples/cspa.dl for the points-to inputs. "
+        "With --for PROGRAM.dl each goes to the file and delimiter that PROGRAM's .input directive for it "
+        "declares, so that PROGRAM reads the directory with -F (Soufflé's too); the program must read exactly "
+        "the relations the kind makes. Vectorised NumPy; the same kind, parameters, seed and NumPy give the "
+        "same bytes.",
     )
     kinds = gen.add_subparsers(dest="kind", required=True, metavar="KIND")
     for g in generate.GENERATORS.values():
@@ -37,7 +41,16 @@ def add_parsers(sub: Any) -> None:
             g.kind, help=g.summary, description=f"{g.summary}. Weak scaling (scale --weak) grows it as {g.growth}."
         )
         kind.add_argument(
-            "out_dir", type=Path, metavar="OUT_DIR", help="directory to write the .facts files into (created if missing)"
+            "out_dir", type=Path, nargs="?", metavar="OUT_DIR", help="directory to write the fact files into (created if missing)"
+        )
+        kind.add_argument("-o", "--out", type=Path, metavar="DIR", help="the same as OUT_DIR")
+        kind.add_argument(
+            "--for",
+            dest="for_program",
+            type=Path,
+            metavar="PROGRAM",
+            help="name and delimit the files as PROGRAM.dl's .input directives declare (names match exactly, or "
+            "ignoring case where that is unambiguous)",
         )
         kind.add_argument("--seed", type=int, default=0, help="random seed, 0 or more (default: 0)")
         for p in g.params:
@@ -117,18 +130,31 @@ def main(args: argparse.Namespace) -> int:
 
 
 def gen_command(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.command_parser
+    if (args.out_dir is None) == (args.out is None):
+        parser.error("give the output directory once: OUT_DIR or -o DIR")
+    out_dir: Path = args.out_dir or args.out
     params = {p.name: getattr(args, p.name) for p in generate.GENERATORS[args.kind].params}
+    program = None
+    if args.for_program is not None:
+        try:
+            program = load_program_file(args.for_program)
+        except DatalogError as error:
+            print(str(error) if error.pos is not None else f"{args.for_program}: error: {error.message}", file=sys.stderr)
+            return 1
     try:
         relations = generate.generate(args.kind, params, args.seed)
+        targets = generate.targets_for(program, out_dir, relations) if program is not None else None
     except generate.BadParameter as error:
-        args.command_parser.error(str(error))
+        parser.error(str(error))
     try:
-        counts = generate.write_facts(args.out_dir, relations)
+        counts = generate.write_facts(out_dir, relations, targets)
     except OSError as error:
-        print(f"{error.filename or args.out_dir}: error: {error.strerror or error}", file=sys.stderr)
+        print(f"{error.filename or out_dir}: error: {error.strerror or error}", file=sys.stderr)
         return 1
+    written = targets or generate.default_targets(out_dir, relations)
     for name, count in counts.items():
-        print(f"{args.out_dir / name}.facts\t{count}")
+        print(f"{written[name].path}\t{count}")
     return 0
 
 
