@@ -442,16 +442,16 @@ def targets_for(program: ir.Program, out_dir: Path, relations: Mapping[str, Tabl
 
 
 def distinct(rows: np.ndarray) -> np.ndarray:
-    """Encoded (n, k) uint32 rows without duplicates: pairs through one packed uint64 sort
-    (a fraction of ``np.unique(axis=0)``'s memory, for the large graphs), wider rows through it."""
+    """Encoded (n, k) uint32 rows without duplicates, in any order (the writer sorts them). Pairs
+    are sorted in place as one uint64 each and copied only when some repeat: the large graphs
+    are written with a few bytes per edge beside them; wider rows go through ``np.unique``."""
     if rows.shape[1] != 2:
         return distinct_rows(rows)
-    packed = (rows[:, 0].astype(np.uint64) << np.uint64(32)) | rows[:, 1]
+    packed = rows.view(np.uint64).ravel()
     packed.sort()
     first = np.ones(len(packed), dtype=bool)
     np.not_equal(packed[1:], packed[:-1], out=first[1:])
-    packed = packed[first]
-    return np.stack([(packed >> np.uint64(32)).astype(np.uint32), packed.astype(np.uint32)], axis=1)
+    return rows if first.all() else rows[first]
 
 
 def _listed(names: Mapping[str, object]) -> str:
@@ -471,8 +471,11 @@ def write_facts(out_dir: Path, relations: Mapping[str, Table], targets: Mapping[
     counts = {}
     for name, table in relations.items():
         target = targets[name]
-        encoded = [np.searchsorted(text, c).astype(np.uint32) if _is_symbol(c) else encode(c, "number") for c in columns(table)]
-        rows = distinct(np.stack(encoded, axis=1))
+        cols = columns(table)
+        rows = np.empty((len(cols[0]), len(cols)), dtype=np.uint32)
+        for j, c in enumerate(cols):
+            rows[:, j] = np.searchsorted(text, c) if _is_symbol(c) else encode(c, "number")
+        rows = distinct(rows)
         write_relation(target.path, rows, target.relation, symbols, target.delimiter)
         counts[name] = len(rows)
     return counts
