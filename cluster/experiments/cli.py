@@ -97,7 +97,7 @@ def add_parsers(sub: Any) -> None:
         "--weak",
         action="store_true",
         help="weak scaling: the --gen input grows with the workers (rmat: scale + log2(workers), power-of-two counts; "
-        "chain: length x workers; grid: height x workers; andersen, cspa: size x workers; 0 counts as 1)",
+        "chain: length x workers; grid: height x workers; andersen, cspa and the program inputs: size x workers; 0 counts as 1)",
     )
     scale.add_argument(
         "--workers",

@@ -2,10 +2,13 @@
 ``dask-datalog scale --gen``).
 
 Every generator is a pure function of its parameters and a seed, vectorised in NumPy (Python
-loops run over chunks, bit levels or relations, never over tuples), and returns distinct (src, dst)
-pairs without self-loops, sorted; ``write_facts`` writes them through the engine's integer
-formatter (the C kernel of ``relation_output``), so writing costs what the engine's own
-outputs cost. Same kind, parameters, seed and NumPy: same bytes.
+loops run over chunks, bit levels or relations, never over tuples). The graphs and points-to
+inputs are distinct (src, dst) pairs without self-loops, sorted; the inputs of the flowlog-bench
+programs (``program_inputs``) rows of any arity, symbols as strings. ``write_facts`` writes them
+through the engine's writer (the C kernel of ``relation_output`` for numbers, its SymbolTable
+for symbols), duplicates dropped, to ``<relation>.facts`` or, for ``--for PROGRAM``, to the files
+its ``.input`` directives declare (``targets_for``). Same kind, parameters, seed and NumPy: same
+bytes.
 
 It lives in ``cluster/`` beside the CLI and the scaling driver that use it: it is a client-side
 tool, not something a shard needs (``engine/`` is what runs on every worker), and it depends
@@ -21,6 +24,8 @@ on the engine only through its writer.
   uniform variable to a Zipf-picked variable of the same function, or, with probability
   ``cross``, to any variable. Raising ``cross`` joins functions into larger strongly connected
   flows and makes the derived relations grow faster than linearly (examples/README.md).
+- ``csda``, ``dyck``, ``crdt``, ``galen``, ``polonius``, ``z3``, ``doop``: inputs shaped like
+  those of the flowlog-bench programs of those names, ``size`` scaling them about linearly.
 """
 
 from __future__ import annotations
