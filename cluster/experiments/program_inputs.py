@@ -203,6 +203,25 @@ def last_defs(start: np.ndarray, at: np.ndarray, var: np.ndarray, nvars: int) ->
     return out[:, 0], out[:, 1], out[:, 2]
 
 
+def defined_at_end(
+    block_of: np.ndarray, last: np.ndarray, reaching: tuple[np.ndarray, np.ndarray, np.ndarray], at: np.ndarray, var: np.ndarray
+) -> np.ndarray:
+    """(block, variable, defining instruction) of each variable's last definition in each block:
+    the one reaching the block's last instruction (``reaching``: ``last_defs``), unless that
+    instruction defines the variable itself."""
+    reach_at, reach_def, reach_var = reaching
+    end = np.isin(reach_at, last)
+    own = np.isin(at, last)
+    key = block_of[at[own]] * (var.max(initial=0) + 1) + var[own]
+    passed = ~np.isin(block_of[reach_at[end]] * (var.max(initial=0) + 1) + reach_var[end], key)
+    return np.concatenate(
+        [
+            rows(block_of[reach_at[end]][passed], reach_var[end][passed], reach_def[end][passed]),
+            rows(block_of[at[own]], var[own], at[own]),
+        ]
+    )
+
+
 def z3(rng: np.random.Generator, size: int) -> Relations:
     """ddisasm's register and stack def-use inputs for ``size`` instructions (addresses 4096 +
     4i) in basic blocks of 1 to 7, functions of 12 blocks with a CFG between them; 16 registers
@@ -245,27 +264,9 @@ def z3(rng: np.random.Generator, size: int) -> Relations:
     s_slot, l_slot = (rng.zipf(1.5, len(store)) - 1) % 8, (rng.zipf(1.5, len(load)) - 1) % 8
 
     before_at, before_def, before_var = last_defs(start, d_at, d_var, 16)
-    at_end = np.isin(before_at, last)
-    # The last definition in a block: the one reaching its last instruction, unless that one defines it.
-    live_def = rows(block_of[before_at[at_end]], before_var[at_end], before_var[at_end], ea[before_def[at_end]])
-    own = np.isin(d_at, last)
-    live_def = np.concatenate(
-        [
-            live_def[~np.isin(live_def[:, 0] * 16 + live_def[:, 1], block_of[d_at[own]] * 16 + d_var[own])],
-            rows(block_of[d_at[own]], d_var[own], d_var[own], ea[d_at[own]]),
-        ]
-    )
-    live_def[:, 0] = ea[first[live_def[:, 0]]]
+    live_def = defined_at_end(block_of, last, (before_at, before_def, before_var), d_at, d_var)
     s_at, s_def, s_var = last_defs(start, store, s_slot, 8)
-    s_end = np.isin(s_at, last)
-    s_live = rows(block_of[s_at[s_end]], s_var[s_end], ea[s_def[s_end]])
-    s_own = np.isin(store, last)
-    s_live = np.concatenate(
-        [
-            s_live[~np.isin(s_live[:, 0] * 8 + s_live[:, 1], block_of[store[s_own]] * 8 + s_slot[s_own])],
-            rows(block_of[store[s_own]], s_slot[s_own], ea[store[s_own]]),
-        ]
-    )
+    s_live = defined_at_end(block_of, last, (s_at, s_def, s_var), store, s_slot)
     l_reached = np.isin(load * 8 + l_slot, s_at * 8 + s_var)
     pos = -8 * (np.arange(8) + 1)
 
@@ -292,10 +293,12 @@ def z3(rng: np.random.Generator, size: int) -> Relations:
     return {
         "Arch_memory_access": np.concatenate(
             [
+                # (access type, EA, register, base register, index register 4, position): the
+                # program's store and load constants.
                 rows(
-                    np.full(len(store), 2309374), ea[store], stored, *stack(s_slot)[:1], np.full(len(store), 4), stack(s_slot)[1]
+                    np.full(len(store), 2309374), ea[store], stored, np.full(len(store), 5), np.full(len(store), 4), pos[s_slot]
                 ),
-                rows(np.zeros(len(load)), ea[load], loaded, *stack(l_slot)[:1], np.full(len(load), 4), stack(l_slot)[1]),
+                rows(np.zeros(len(load)), ea[load], loaded, np.full(len(load), 5), np.full(len(load), 4), pos[l_slot]),
             ]
         ),
         "Arch_reg_reg_arithmetic_operation": rows(
@@ -320,7 +323,7 @@ def z3(rng: np.random.Generator, size: int) -> Relations:
         "Reg_def_use_block_last_def": rows(ea[before_at], ea[before_def], before_var),
         "Reg_def_use_defined_in_block": rows(b[d_at], d_var),
         "Reg_def_use_flow_def": rows(ea[last[src[flow]]], reg(len(flow)), block_ea[dst[flow]], rng.integers(0, 2, len(flow))),
-        "Reg_def_use_live_var_def": live_def,
+        "Reg_def_use_live_var_def": rows(block_ea[live_def[:, 0]], live_def[:, 1], live_def[:, 1], ea[live_def[:, 2]]),
         "Reg_def_use_ref_in_block": rows(np.concatenate([b[d_at], b[u_at]]), np.concatenate([d_var, u_var])),
         "Reg_def_use_return_block_end": rows(entry, ea[last[ret]], block_ea[ret], ea[last[ret]]),
         "Reg_def_use_used": rows(ea[u_at], u_var, u_index),
@@ -337,7 +340,7 @@ def z3(rng: np.random.Generator, size: int) -> Relations:
         ),
         "Stack_def_use_def": rows(ea[store], *stack(s_slot)),
         "Stack_def_use_defined_in_block": rows(b[store], *stack(s_slot)),
-        "Stack_def_use_live_var_def": rows(block_ea[s_live[:, 0]], *stack(s_live[:, 1]), *stack(s_live[:, 1]), s_live[:, 2]),
+        "Stack_def_use_live_var_def": rows(block_ea[s_live[:, 0]], *stack(s_live[:, 1]), *stack(s_live[:, 1]), ea[s_live[:, 2]]),
         "Stack_def_use_ref_in_block": rows(np.concatenate([b[store], b[load]]), *stack(np.concatenate([s_slot, l_slot]))),
         "Stack_def_use_used_in_block": rows(b[load], ea[load], *stack(l_slot), np.zeros(len(load))),
         "Stack_def_use_used": rows(ea[load], *stack(l_slot), np.zeros(len(load))),
