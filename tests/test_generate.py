@@ -392,7 +392,7 @@ def test_symbols_are_written_as_text(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not SOUFFLE.exists(), reason=f"Soufflé 2.5 is not at {SOUFFLE}")
 @pytest.mark.skipif(not FLOWLOG.is_dir(), reason=f"flowlog-bench is not at {FLOWLOG} (set FLOWLOG_BENCH)")
-@pytest.mark.parametrize("kind, size, program", PROGRAM_KINDS)
+@pytest.mark.parametrize("kind, size, program", PROGRAM_KINDS + [("andersen", 2000, "andersen"), ("cspa", 2000, "cspa")])
 def test_program_outputs_match_souffle(tmp_path: Path, kind: str, size: int, program: str) -> None:
     """The flowlog-bench program on a generated input (written with --for): every relation it
     prints the size of, as a set, from Soufflé's interpreter and from us; and it derives some."""
