@@ -378,6 +378,7 @@ class Target:
     path: Path
     delimiter: str
     relation: ir.Relation
+    rfc4180: bool = False  # symbols quoted, as the .input's rfc4180=true reads them
 
 
 def columns(table: Table) -> tuple[np.ndarray, ...]:
@@ -442,7 +443,11 @@ def targets_for(program: ir.Program, out_dir: Path, relations: Mapping[str, Tabl
             raise BadParameter(
                 f"{program.source} declares {declared.name}({', '.join(wanted)}); this kind makes {name}({', '.join(made)})"
             )
-        targets[name] = Target(out_dir / (spec.filename or f"{declared.name}.facts"), spec.delimiter, declared)
+        if spec.headers or spec.columns is not None:
+            raise BadParameter(
+                f"{program.source}: gen writes no header line and every column: .input {declared.name} asks for headers or columns"
+            )
+        targets[name] = Target(out_dir / (spec.filename or f"{declared.name}.facts"), spec.delimiter, declared, spec.rfc4180)
     return targets
 
 
@@ -481,6 +486,6 @@ def write_facts(out_dir: Path, relations: Mapping[str, Table], targets: Mapping[
         for j, c in enumerate(cols):
             rows[:, j] = np.searchsorted(text, c) if _is_symbol(c) else encode(c, "number")
         rows = distinct(rows)
-        write_relation(target.path, rows, target.relation, symbols, target.delimiter)
+        write_relation(target.path, rows, target.relation, symbols, target.delimiter, rfc4180=target.rfc4180)
         counts[name] = len(rows)
     return counts
