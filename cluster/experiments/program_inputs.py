@@ -375,9 +375,8 @@ def doop(rng: np.random.Generator, size: int) -> Relations:
     nclass = max(2, size // per_class)
     method = np.arange(nclass * per_class)
     owner = method // per_class
-    cls = np.concatenate([["java.lang.Object"], names("p", np.arange(1, nclass) // package, ".C")])
-    cls[1:] = np.char.add(cls[1:], np.arange(1, nclass).astype(str))
     c = np.arange(1, nclass)
+    cls = np.concatenate([["java.lang.Object"], np.char.add(names("p", c // package, ".C"), c.astype(str))])
     head = c % package == 0
     parent = np.where(head, 0, c - 1 - (rng.random(len(c)) * (c % package)).astype(np.int64))
     parent = np.where(head | (parent < 0), 0, parent)
