@@ -27,6 +27,7 @@
       cache: "no-store",
     });
     if (response.status === 401) throw new Unauthorized("the service refused this token");
+    showContent();
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
       throw new Error(`${response.status}: ${typeof body.detail === "string" ? body.detail : response.statusText}`);
@@ -79,6 +80,12 @@
     return (k ? n.toFixed(1) : String(n)) + " " + units[k];
   }
 
+  function showContent() {
+    byId("login").hidden = true;
+    byId("content").hidden = false;
+    byId("forget").hidden = false;
+  }
+
   function showLogin(message) {
     clearTimeout(timer);
     byId("content").hidden = true;
@@ -96,9 +103,6 @@
     try {
       again = await step();
       if (mine !== generation) return;
-      byId("login").hidden = true;
-      byId("content").hidden = false;
-      byId("forget").hidden = false;
       setText(byId("status"), "");
     } catch (error) {
       if (mine !== generation) return;
