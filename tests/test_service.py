@@ -402,6 +402,7 @@ class Served:
         match = re.search(r"at (https?://\S+) on", line)
         assert match, (line, self.process.stderr.read() if self.process.poll() is not None else "")  # type: ignore[union-attr]
         self.address = match.group(1)
+        self.scheduler = line.split(" workers (", 1)[1].split(")", 1)[0]  # the cluster's scheduler address
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         os.killpg(self.process.pid, sig)

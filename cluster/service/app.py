@@ -1,6 +1,7 @@
 """The REST API (FastAPI: the OpenAPI description at /openapi.json comes from these typed
 models; docs/service.md says why this framework). Routes under /api/jobs follow Ray Jobs'
-(submit, list, get, logs, stop) plus result downloads; every route needs a bearer token."""
+(submit, list, get, logs, stop) plus result downloads; every route needs a bearer token. The
+web page's routes (web.py) and /metrics (metrics.py) are added from their modules."""
 
 import asyncio
 from collections.abc import AsyncIterator, MutableMapping
@@ -14,7 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from dask_datalog.cluster.service.auth import Tokens, User
 from dask_datalog.cluster.service.jobs import JobService, Refused, Submission, decode_upload, parquet_file
+from dask_datalog.cluster.service.metrics import add_metrics
 from dask_datalog.cluster.service.store import JobRecord, State
+from dask_datalog.cluster.service.web import add_pages
 
 FOLLOW_POLL_S = 0.1  # how often a followed log looks for new lines
 
@@ -108,7 +111,7 @@ def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
     return replayed
 
 
-def create_app(service: JobService, tokens: Tokens, max_request_bytes: int) -> FastAPI:
+def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open_metrics: bool = False) -> FastAPI:
     app = FastAPI(
         title="dask-datalog job service",
         version="1",
@@ -193,4 +196,6 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int) -> F
             return FileResponse(path, media_type="application/gzip" if path.suffix == ".gz" else "text/csv")
         return Response(await run_in_threadpool(parquet_file, path), media_type="application/vnd.apache.parquet")
 
+    add_pages(app, service, user)  # the web page (web.py) and /metrics (metrics.py)
+    add_metrics(app, service, None if open_metrics else user)
     return app

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import distributed
+
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.service.auth import PathRefused, Roots, User
 from dask_datalog.cluster.service.queue import JobQueue, Stop
@@ -82,7 +84,9 @@ class JobService:
         folder = self.jobs_dir / record.id
         # The job's own folder is a root too (its uploads, its outputs); other jobs' are not.
         confine = functools.partial(_confine_program, Roots([*self.roots.roots, folder]))
-        run_job(record, self.client, self.store, folder, stop, confine)
+        # The span tags every task the job submits (this thread's): the dashboard groups them.
+        with distributed.span(span_name(record.id)):
+            run_job(record, self.client, self.store, folder, stop, confine)
 
     def submit(self, user: User, job: Submission) -> JobRecord:
         if job.facts is not None and job.fact_dir is not None:
@@ -170,6 +174,11 @@ class JobService:
     def close(self) -> None:
         self.queue.close()
         self.store.close()
+
+
+def span_name(job: str) -> str:
+    """The Dask span of the job's tasks, as the dashboard shows it."""
+    return f"datalog-job-{job}"
 
 
 def _confine_program(roots: Roots, program: Program, fact_dir: str, output_dir: str) -> None:

@@ -42,7 +42,7 @@ def serve(args: argparse.Namespace, max_request_bytes: int) -> int:
     with cluster_client(args) as client:
         service = JobService(state, client, args.max_jobs, Roots(args.root))
         try:
-            app = create_app(service, tokens, max_request_bytes)
+            app = create_app(service, tokens, max_request_bytes, open_metrics=args.open_metrics)
             config = uvicorn.Config(
                 app,
                 log_level="warning",
@@ -118,6 +118,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="256MiB",
         metavar="BYTES",
         help="largest request accepted, uploads included (default: 256MiB)",
+    )
+    parser.add_argument(
+        "--open-metrics",
+        action="store_true",
+        help="serve /metrics (Prometheus) without a token (default: it needs a bearer token, as the API does)",
     )
     parser.add_argument("--ssl-certfile", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--ssl-keyfile", type=Path, metavar="FILE", help="the certificate's private key (PEM)")
