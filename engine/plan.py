@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
@@ -53,6 +53,9 @@ from dask_datalog.engine.ir import (
 )
 
 Version = Literal["full", "delta"]
+# Estimated rows of ``atom``'s full relation that one binding meets when the given columns of
+# the atom are bound: the planner's cost of taking that join next (engine/execution/join_order.py).
+JoinCost = Callable[[Atom, tuple[int, ...]], float]
 Key = tuple[int, ...]  # columns of a relation whose hash decides a tuple's shard
 
 
@@ -430,17 +433,40 @@ def _type_of(t: Call | Record | Const) -> BaseType:
     return "record" if isinstance(t, Record) else t.type
 
 
-def plan_rule(rule: Rule, delta_index: int | None, program: Program, also_delta: frozenset[int] = frozenset()) -> RulePlan:
+def plan_rule(
+    rule: Rule,
+    delta_index: int | None,
+    program: Program,
+    also_delta: frozenset[int] = frozenset(),
+    cost: JoinCost | None = None,
+) -> RulePlan:
     """The version of ``rule`` reading body literal ``delta_index`` as delta (first), and
-    those ``also_delta`` lists (a subsumption's candidates against candidates)."""
+    those ``also_delta`` lists (a subsumption's candidates against candidates); ``cost``: the
+    joins ordered by estimated fan-out (``_order_body``)."""
     head_vars = variable_names(rule.head)
     delta_relation = None
     if delta_index is not None:
         atom = rule.body[delta_index]
         assert isinstance(atom, Atom)
         delta_relation = atom.relation
-    steps = _order_body(rule.body, set(), delta_index, head_vars, keep_all=False, program=program, also_delta=also_delta)
+    steps = _order_body(
+        rule.body, set(), delta_index, head_vars, keep_all=False, program=program, also_delta=also_delta, cost=cost
+    )
     return RulePlan(rule, steps, delta_relation)
+
+
+def replan_stratum(stratum: StratumPlan, program: Program, cost: JoinCost) -> StratumPlan:
+    """``stratum`` (of a one-shard plan) with its versions' joins ordered by ``cost``: the same
+    versions in the same order, each reading the same delta. A rule that numbers its bindings
+    (``autoinc()``) keeps its order, so its numbers do not depend on relation sizes."""
+
+    def again(rp: RulePlan) -> RulePlan:
+        if any(_counts(lit) for lit in rp.rule.body):
+            return rp
+        delta = rp.delta_step
+        return plan_rule(rp.rule, None if delta is None else rp.rule.body.index(delta.atom), program, cost=cost)
+
+    return replace(stratum, initial=tuple(map(again, stratum.initial)), deltas=tuple(map(again, stratum.deltas)))
 
 
 def _order_body(
@@ -452,9 +478,13 @@ def _order_body(
     program: Program,
     names: Iterator[int] | None = None,
     also_delta: frozenset[int] = frozenset(),
+    cost: JoinCost | None = None,
 ) -> tuple[Step, ...]:
     """Greedy order: the delta atom first, then ready filters/assignments/unpackings/negations/
-    aggregates, then the atom with the most bound positions (written order breaks ties).
+    aggregates, then the atom with the most bound positions (written order breaks ties); with
+    ``cost``, among the atoms that share a variable or constant with what is bound (a cross
+    product only when none does), the one with the smallest estimated fan-out. An aggregate's
+    body keeps the static order (its float sums add in Soufflé's scan order).
     Unpacking a record adds the comparisons of its elements that bind nothing (``names``: the
     fresh names of the elements, one counter per rule version). ``keep_all``: an aggregate
     body's, which makes no records."""
@@ -563,7 +593,7 @@ def _order_body(
         atoms = [i for i in pending if isinstance(body[i], Atom)]
         if not atoms:
             break
-        take(max(atoms, key=lambda i: (_bound_positions(body[i], bound), -i)))
+        take(max(atoms, key=lambda i: _priority(body[i], i, bound, cost)))
     if pending:
         raise AssertionError(f"planner could not place {[body[i] for i in pending]}: unsafe rule passed the checker")
     return _with_liveness([s for _, s in raw], needed_after, keep_all)
@@ -610,8 +640,21 @@ def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, 
 
 
 def _bound_positions(atom: BodyLiteral, bound: set[str]) -> int:
+    return len(_bound_columns(atom, bound))
+
+
+def _bound_columns(atom: BodyLiteral, bound: set[str]) -> tuple[int, ...]:
     assert isinstance(atom, Atom)
-    return sum(isinstance(a, Const) or (isinstance(a, Var) and a.name in bound) for a in atom.args)
+    return tuple(j for j, a in enumerate(atom.args) if isinstance(a, Const) or (isinstance(a, Var) and a.name in bound))
+
+
+def _priority(atom: BodyLiteral, i: int, bound: set[str], cost: JoinCost | None) -> tuple[float, ...]:
+    """The greedy planner takes the atom with the largest priority next."""
+    columns = _bound_columns(atom, bound)
+    if cost is None:
+        return (len(columns), -i)
+    assert isinstance(atom, Atom)
+    return (bool(columns), -cost(atom, columns), len(columns), -i)
 
 
 def _has_value(t: Term, bound: set[str]) -> bool:

@@ -151,6 +151,7 @@ def _combined_strata(per_shard: list[Mapping[str, Any]]) -> list[dict[str, Any]]
                 "iterations": iterations,
                 "sizes": {r: sum(p["sizes"][r] for p in parts) for r in parts[0]["sizes"]},
                 "time_s": max(p["time_s"] for p in parts),
+                "join_orders": parts[0]["join_orders"],
             }
         )
     return strata

@@ -35,6 +35,7 @@ from dask_datalog.engine.execution.choice import Choice
 from dask_datalog.engine.execution.control import NO_CONTROL, STOP, Control, Position
 from dask_datalog.engine.execution.exchange import Exchange, Target
 from dask_datalog.engine.execution.head_rows import HeadRows
+from dask_datalog.engine.execution.join_order import JoinOrder
 from dask_datalog.engine.execution.operators import Operators
 from dask_datalog.engine.execution.phases import PhaseClock
 from dask_datalog.engine.execution.routing import Router
@@ -82,6 +83,7 @@ class Stratum:
     iterations: list[dict[str, Any]]
     sizes: dict[str, int]
     time_s: float
+    join_orders: int  # plans its iterations ran (join_order.py): 1 with the static plan
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class Stratum:
             "iterations": self.iterations,
             "sizes": self.sizes,
             "time_s": self.time_s,
+            "join_orders": self.join_orders,
         }
 
 
@@ -120,7 +123,9 @@ class Fixpoint:
         shard: ShardStore,
         chunk_rows: int,
         control: Control = NO_CONTROL,
+        adaptive: bool = True,
     ):
+        """``adaptive``: on one shard, joins ordered by the sizes the run sees (join_order.py)."""
         self.plan = plan
         self.backend = backend
         self.xp = backend.xp
@@ -134,6 +139,7 @@ class Fixpoint:
         self.operators = Operators(backend, self.terms, shard, Router(self.exchange, self.xp), chunk_rows)
         self.debug = {of: name for name, of in plan.program.debug_deltas}  # relation -> its debug_delta relation
         self.subsumption = Subsumption(self.operators, self.clock, self._check)
+        self.join_order = JoinOrder(plan.program, shard) if plan.shards == 1 and adaptive else None
         # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
         constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
         self.choices = {
@@ -172,7 +178,8 @@ class Fixpoint:
         primed = bool(stratum.subsumption) and stratum.recursive  # Soufflé's loop, from delta = everything
         while True:
             self.terms.iteration = done  # read by recursive rules only (checker.check_counters): Soufflé's count there
-            versions = self._versions(stratum, done, souffles_loop, primed)
+            ordered = stratum if self.join_order is None else self.join_order.stratum(number, stratum)
+            versions = self._versions(ordered, done, souffles_loop, primed)
             if done == 0 and stratum.subsumption:
                 iteration, requests = self._preamble(versions, stratum)
             else:
@@ -192,7 +199,10 @@ class Fixpoint:
                 self._checkpoint(Position(number, done), requests)
         self.shard.fill_copies(stratum.relations, later=True, phase=self.clock.phase)
         sizes = {r: self.shard.local_size(r) for r in stratum.relations}
-        return Stratum(stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6)), requests
+        orders = 1 if self.join_order is None else self.join_order.plans(number)
+        return Stratum(
+            stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6), orders
+        ), requests
 
     def _record_deltas(self, debugged: dict[str, str], done: int) -> None:
         """Each ``debug_delta`` relation in ``debugged`` gets its relation's delta of iteration
