@@ -168,6 +168,9 @@ class Rule:
     head: Atom
     body: tuple[BodyLiteral, ...]
     pos: Pos = field(default=NOWHERE, compare=False)
+    # Its ``.plan``: (version, the positive atoms' order in it, 1-based as written); it changes
+    # how the rule is evaluated, never what it derives.
+    plans: tuple[tuple[int, tuple[int, ...]], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

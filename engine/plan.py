@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
@@ -304,7 +304,7 @@ def plan_program(program: Program) -> Plan:
             for r in rules:
                 for i, lit in enumerate(r.body):
                     if isinstance(lit, Atom) and lit.relation in stratum.relations:
-                        deltas.append(plan_rule(r, i, program))
+                        deltas.append(plan_rule(r, i, program, order=written_plan(r, i, stratum.relations)))
         strata.append(
             StratumPlan(
                 relations=tuple(sorted(stratum.relations)),
@@ -439,10 +439,12 @@ def plan_rule(
     program: Program,
     also_delta: frozenset[int] = frozenset(),
     cost: JoinCost | None = None,
+    order: tuple[int, ...] | None = None,
 ) -> RulePlan:
     """The version of ``rule`` reading body literal ``delta_index`` as delta (first), and
     those ``also_delta`` lists (a subsumption's candidates against candidates); ``cost``: the
-    joins ordered by estimated fan-out (``_order_body``)."""
+    joins ordered by estimated fan-out (``_order_body``); ``order``: the body indexes of its
+    atoms in the order its ``.plan`` gives (``written_plan``), which wins over both."""
     head_vars = variable_names(rule.head)
     delta_relation = None
     if delta_index is not None:
@@ -450,21 +452,38 @@ def plan_rule(
         assert isinstance(atom, Atom)
         delta_relation = atom.relation
     steps = _order_body(
-        rule.body, set(), delta_index, head_vars, keep_all=False, program=program, also_delta=also_delta, cost=cost
+        rule.body, set(), delta_index, head_vars, keep_all=False, program=program, also_delta=also_delta, cost=cost, order=order
     )
     return RulePlan(rule, steps, delta_relation)
+
+
+def written_plan(rule: Rule, delta_index: int, recursive: Collection[str]) -> tuple[int, ...] | None:
+    """The body indexes of ``rule``'s atoms in the order its ``.plan`` gives the version whose
+    delta is body literal ``delta_index``: Soufflé numbers a rule's versions by its atoms on
+    relations of its recursion (``recursive``), as written, from 0. None without one, or where
+    the rule no longer has the atoms the plan counted (an inlined or magic-set rewrite)."""
+    if not rule.plans:
+        return None
+    recursion = [i for i, lit in enumerate(rule.body) if isinstance(lit, Atom) and lit.relation in recursive]
+    given = dict(rule.plans).get(recursion.index(delta_index))
+    atoms = [i for i, lit in enumerate(rule.body) if isinstance(lit, Atom)]
+    if given is None or sorted(given) != list(range(1, len(atoms) + 1)):
+        return None
+    return tuple(atoms[k - 1] for k in given)
 
 
 def replan_stratum(stratum: StratumPlan, program: Program, cost: JoinCost) -> StratumPlan:
     """``stratum`` (of a one-shard plan) with its versions' joins ordered by ``cost``: the same
     versions in the same order, each reading the same delta. A rule that numbers its bindings
-    (``autoinc()``) keeps its order, so its numbers do not depend on relation sizes."""
+    (``autoinc()``) keeps its order, so its numbers do not depend on relation sizes, and a
+    version its ``.plan`` orders keeps that order."""
 
     def again(rp: RulePlan) -> RulePlan:
-        if any(_counts(lit) for lit in rp.rule.body):
-            return rp
         delta = rp.delta_step
-        return plan_rule(rp.rule, None if delta is None else rp.rule.body.index(delta.atom), program, cost=cost)
+        index = None if delta is None else rp.rule.body.index(delta.atom)
+        if any(_counts(lit) for lit in rp.rule.body) or (index is not None and written_plan(rp.rule, index, stratum.relations)):
+            return rp
+        return plan_rule(rp.rule, index, program, cost=cost)
 
     return replace(stratum, initial=tuple(map(again, stratum.initial)), deltas=tuple(map(again, stratum.deltas)))
 
@@ -479,12 +498,14 @@ def _order_body(
     names: Iterator[int] | None = None,
     also_delta: frozenset[int] = frozenset(),
     cost: JoinCost | None = None,
+    order: tuple[int, ...] | None = None,
 ) -> tuple[Step, ...]:
     """Greedy order: the delta atom first, then ready filters/assignments/unpackings/negations/
     aggregates, then the atom with the most bound positions (written order breaks ties); with
     ``cost``, among the atoms that share a variable or constant with what is bound (a cross
     product only when none does), the one with the smallest estimated fan-out. An aggregate's
-    body keeps the static order (its float sums add in Soufflé's scan order).
+    body keeps the static order (its float sums add in Soufflé's scan order). ``order``: the
+    atoms are taken in that order instead, the delta wherever it stands (a ``.plan``).
     Unpacking a record adds the comparisons of its elements that bind nothing (``names``: the
     fresh names of the elements, one counter per rule version). ``keep_all``: an aggregate
     body's, which makes no records."""
@@ -580,7 +601,7 @@ def _order_body(
             )
         return _grouping_ready(lit, bound, tuple(body), i)
 
-    if delta_index is not None:
+    if delta_index is not None and order is None:
         take(delta_index)
     while pending:
         progressed = True
@@ -593,7 +614,10 @@ def _order_body(
         atoms = [i for i in pending if isinstance(body[i], Atom)]
         if not atoms:
             break
-        take(max(atoms, key=lambda i: _priority(body[i], i, bound, cost)))
+        if order is not None:
+            take(next(i for i in order if i in atoms))
+        else:
+            take(max(atoms, key=lambda i: _priority(body[i], i, bound, cost)))
     if pending:
         raise AssertionError(f"planner could not place {[body[i] for i in pending]}: unsafe rule passed the checker")
     return _with_liveness([s for _, s in raw], needed_after, keep_all)
