@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from dask_datalog.cluster.service.auth import Tokens, User
 from dask_datalog.cluster.service.jobs import JobService, Refused, Submission, decode_upload, parquet_file
 from dask_datalog.cluster.service.metrics import add_metrics
+from dask_datalog.cluster.service.openapi import errors
 from dask_datalog.cluster.service.store import JobRecord, State
 from dask_datalog.cluster.service.web import add_pages
 
@@ -66,28 +67,6 @@ class Logs(BaseModel):
     lines: list[str]
     next: int = Field(description="the offset of the line after these")
     final: bool = Field(description="whether the job had ended when these were read (no more lines come)")
-
-
-class Error(BaseModel):
-    """Every refusal's body (FastAPI's own 422 aside, which lists the fields at fault)."""
-
-    detail: str = Field(description="why, in one line")
-
-
-_WHY = {
-    400: "a request the service will not run (upload names, base64, #include, both facts and fact_dir)",
-    401: "no or an unknown bearer token",
-    403: "a path outside the service's roots",
-    404: "no such job (another user's is as absent), or no such output relation",
-    409: "the job has not SUCCEEDED, or its output cannot be converted to the format asked",
-    410: "the output was removed since the job wrote it",
-    413: "the request is larger than --max-request-size",
-}
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The refusals a route may answer, for its OpenAPI description: 401 on every route."""
-    return {status: {"model": Error, "description": _WHY[status]} for status in (401, *statuses)}
 
 
 _RESULT_TYPES: dict[str, dict[str, Any]] = {"text/csv": {}, "application/gzip": {}, "application/vnd.apache.parquet": {}}
@@ -163,7 +142,7 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
         return JSONResponse({"detail": error.message}, error.status, headers=headers)
 
-    @app.post("/api/jobs", status_code=201, response_model=Job, summary="submit a job", responses=_errors(400, 403, 413))
+    @app.post("/api/jobs", status_code=201, response_model=Job, summary="submit a job", responses=errors(400, 403, 413))
     async def submit(request: SubmitRequest, caller: Caller) -> Job:
         facts = {n: decode_upload(n, t) for n, t in request.facts.items()} if request.facts is not None else None
         submission = Submission(**{**request.model_dump(), "facts": facts})
@@ -173,12 +152,12 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
         "/api/jobs",
         response_model=list[Job],
         summary="the caller's jobs (every job for an admin), oldest first",
-        responses=_errors(),
+        responses=errors(),
     )
     async def jobs(caller: Caller) -> list[Job]:
         return [_job(r) for r in await run_in_threadpool(service.visible, caller)]
 
-    @app.get("/api/jobs/{job}", response_model=Job, summary="one job", responses=_errors(404))
+    @app.get("/api/jobs/{job}", response_model=Job, summary="one job", responses=errors(404))
     async def job(job: str, caller: Caller) -> Job:
         return _job(service.get(caller, job))
 
@@ -186,12 +165,12 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
         "/api/jobs/{job}/stop",
         response_model=Job,
         summary="stop a job (queued: at once; running: within a second)",
-        responses=_errors(404),
+        responses=errors(404),
     )
     async def stop(job: str, caller: Caller) -> Job:
         return _job(await run_in_threadpool(service.stop, caller, job))
 
-    @app.get("/api/jobs/{job}/logs", response_model=Logs, summary="a page of the job's log", responses=_errors(404))
+    @app.get("/api/jobs/{job}/logs", response_model=Logs, summary="a page of the job's log", responses=errors(404))
     async def logs(job: str, caller: Caller, offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> Logs:
         final = service.get(caller, job).state.final
         lines = service.logs(caller, job, offset, limit)
@@ -201,7 +180,7 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
         "/api/jobs/{job}/logs/stream",
         response_class=StreamingResponse,
         summary="the job's log from offset on, as text lines while they come, until the job ends",
-        responses={200: {"content": {"text/plain": {}}}, **_errors(404)},
+        responses={200: {"content": {"text/plain": {}}}, **errors(404)},
     )
     async def follow(job: str, caller: Caller, offset: Offset = 0) -> StreamingResponse:
         service.get(caller, job)
@@ -226,7 +205,7 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
         response_class=Response,
         summary="an output relation of a SUCCEEDED job: csv, or parquet as one file (the format the job did not write "
         "is converted)",
-        responses={200: {"content": _RESULT_TYPES}, **_errors(404, 409, 410)},
+        responses={200: {"content": _RESULT_TYPES}, **errors(404, 409, 410)},
     )
     async def result(job: str, relation: str, caller: Caller, format: Literal["csv", "parquet"] | None = None) -> Response:
         path, written = await run_in_threadpool(service.result, caller, job, relation)
