@@ -53,6 +53,9 @@ h(x, n) :- t(x, n, _, _).
 .decl e()
 e() :- t("c", _, _, _).
 .output e
+.decl s(x: symbol)
+s(""). s("z").
+.output s
 """
 
 
@@ -216,7 +219,7 @@ def test_a_csv_jobs_result_as_parquet_and_a_parquet_jobs_as_csv(
         return got
 
     # CSV -> Parquet: the table a parquet job gives, its columns named and typed alike.
-    for csv_job, parquet_job, relation in ((as_csv, as_parquet, "path"), (done, typed_parquet, "t")):
+    for csv_job, parquet_job, relation in ((as_csv, as_parquet, "path"), (done, typed_parquet, "t"), (done, typed_parquet, "s")):
         converted = get(csv_job, relation, "parquet")
         assert converted.headers["content-type"] == "application/vnd.apache.parquet"
         assert _table(converted.content).equals(_table(get(parquet_job, relation).content)), relation
@@ -229,6 +232,7 @@ def test_a_csv_jobs_result_as_parquet_and_a_parquet_jobs_as_csv(
     typed = one_shot(tmp_path / "typed.dl", tmp_path, tmp_path / "typed")
     assert get(typed_parquet, "t", "csv").content == (typed / "t.csv").read_bytes()
     assert get(typed_parquet, "e", "csv").content == (typed / "e.csv").read_bytes() == b"()\n"
+    assert get(typed_parquet, "s", "csv").content == (typed / "s.csv").read_bytes() == b"\nz\n"
     # A header, a comma and gzip: written, and read back, as the .output says.
     header = get(typed_parquet, "h", "csv")
     assert header.headers["content-type"] == "application/gzip" and header.content[:2] == b"\x1f\x8b"

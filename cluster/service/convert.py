@@ -37,7 +37,13 @@ def to_parquet(path: Path, relation: ir.Relation, spec: ir.OutputSpec) -> bytes:
             table = pacsv.read_csv(
                 io.BytesIO(_read(path)),
                 pacsv.ReadOptions(column_names=names, skip_rows=int(spec.headers)),
-                pacsv.ParseOptions(delimiter=spec.delimiter, quote_char=False, escape_char=False, newlines_in_values=False),
+                pacsv.ParseOptions(
+                    delimiter=spec.delimiter,
+                    quote_char=False,
+                    escape_char=False,
+                    newlines_in_values=False,
+                    ignore_empty_lines=False,  # the line of a symbol relation's empty string
+                ),
                 pacsv.ConvertOptions(
                     column_types={a.name: types[a.type] if a.record is None else pa.string() for a in relation.attributes},
                     strings_can_be_null=False,
@@ -54,6 +60,7 @@ def to_parquet(path: Path, relation: ir.Relation, spec: ir.OutputSpec) -> bytes:
 
 def to_csv(path: Path, relation: ir.Relation, spec: ir.OutputSpec) -> bytes:
     """The Parquet dataset ``path`` as the CSV file a ``format: csv`` job would write."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -66,23 +73,26 @@ def to_csv(path: Path, relation: ir.Relation, spec: ir.OutputSpec) -> bytes:
         text = b""
     else:
         fields = [_text(table.column(a.name).combine_chunks(), a) for a in relation.attributes]
-        lines = pc.binary_join_element_wise(*fields, spec.delimiter) if len(fields) > 1 else fields[0]
-        text = ("\n".join(lines.to_pylist()) + "\n").encode("utf-8", "surrogateescape")
+        delimiter, empty, newline = (pa.scalar(t, pa.large_string()) for t in (spec.delimiter, "", "\n"))
+        lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, delimiter), empty, newline)  # + "\n"
+        # The lines are back to back in the array's data: its bytes from the first offset to the last.
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=len(lines) + 1, offset=lines.offset * 8)
+        text = lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
     data = header + text
     return gzip.compress(data) if spec.compress else data
 
 
 def _text(column: Any, attribute: ir.Attribute) -> Any:
-    """A column's values as the run's CSV writer prints them: floats as Soufflé does (%.9g),
-    each distinct value formatted once."""
+    """A column's values as the run's CSV writer prints them (large strings: the text of a whole
+    relation may pass 2 GiB): floats as Soufflé does (%.9g), each distinct value formatted once."""
     import pyarrow as pa
 
     if attribute.record is not None or attribute.type != "float":
-        return column.cast(pa.string())
+        return column.cast(pa.large_string())
     values = column.to_numpy(zero_copy_only=False).astype(np.float32)
     distinct, inverse = np.unique(values.view(np.uint32), return_inverse=True)
     texts = np.array([format_float(int(bits)) for bits in distinct.tolist()], dtype=object)
-    return pa.array(texts[inverse.reshape(-1)], type=pa.string())
+    return pa.array(texts[inverse.reshape(-1)], type=pa.large_string())
 
 
 def _check(spec: ir.OutputSpec) -> None:
