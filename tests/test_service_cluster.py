@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from distributed import Client
 from test_service import BAD, TOKENS, one_shot, until
@@ -125,6 +126,13 @@ def test_serve_on_an_existing_cluster_gives_the_one_shot_runs_outputs(external: 
         assert record["owner"] == "alice" and record["error"] is None
         want = one_shot(REACH, facts, tmp_path / "cli") / "path.csv"
         assert service.job("result", job, "path").stdout == want.read_text()
+        # The CSV job's result as Parquet, converted on the service: the same rows, typed.
+        converted = service.job("result", job, "path", "--format", "parquet", "-o", str(tmp_path / "path.parquet"))
+        assert converted.returncode == 0, converted.stderr
+        table = pq.read_table(tmp_path / "path.parquet")
+        assert table.schema.names == ["x", "y"] and str(table.schema.field("x").type) == "int32"
+        rows = zip(table.column("x").to_pylist(), table.column("y").to_pylist())
+        assert [f"{x}\t{y}" for x, y in rows] == want.read_text().splitlines()
         logs = service.job("logs", job).stdout.splitlines()
         assert logs[1] == "running on 2 workers" and logs[-1].startswith("SUCCEEDED") and "on 2 workers" in logs[-1], logs
         # A bad program fails its job in one line; the service, and the cluster, go on.
