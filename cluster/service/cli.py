@@ -71,7 +71,11 @@ def add_parsers(sub: Any) -> None:
     result = verbs.add_parser("result", help="a finished job's output relation (without RELATION: the relations it wrote)")
     result.add_argument("id")
     result.add_argument("relation", nargs="?")
-    result.add_argument("--format", choices=("csv", "parquet"), help="the format expected (the job's, given at submission)")
+    result.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        help="the format wanted (default: the job's); the other one is converted on the service",
+    )
     result.add_argument("-o", "--output", type=Path, help="write it to this file (default: stdout)")
 
 
