@@ -563,7 +563,7 @@ def run_program(
             yield result
             return
         result.input_bytes = folder_bytes(facts)
-        log(f"{name} {size}: inputs {facts} ({fmt_bytes(result.input_bytes)})")
+        log(f"{name} {size}: inputs {facts} ({_mb(result.input_bytes)} MB)")
         measure_size(result, engines, facts, relations, args.rounds, args.timeout, tmp)
         yield result
         if args.crossover and result.broken:
