@@ -560,11 +560,10 @@ def run_program(
         except InputError as e:
             log(f"{name} {size}: {e}")
             result.note = "no inputs"
-            yield result
-            return
-        result.input_bytes = folder_bytes(facts)
-        log(f"{name} {size}: inputs {facts} ({_mb(result.input_bytes)} MB)")
-        measure_size(result, engines, facts, relations, args.rounds, args.timeout, tmp)
+        else:
+            result.input_bytes = folder_bytes(facts)
+            log(f"{name} {size}: inputs {facts} ({_mb(result.input_bytes)} MB)")
+            measure_size(result, engines, facts, relations, args.rounds, args.timeout, tmp)
         yield result
         if args.crossover and result.broken:
             log(f"{name}: the ladder stops at size {size:,}")
@@ -592,11 +591,10 @@ def main(argv: list[str]) -> int:
         log(f"error: {e}")
         return 2
 
-    compiler: Path | None = args.peers.resolve() / "bin" / "souffle"
-    assert compiler is not None
-    if not (compiler.is_file() and os.access(compiler, os.X_OK)):
-        log(f"Soufflé peer not found ({compiler} absent or not executable; --peers DIR): measuring dask-datalog alone")
-        compiler = None
+    souffle = args.peers.resolve() / "bin" / "souffle"
+    compiler = souffle if souffle.is_file() and os.access(souffle, os.X_OK) else None
+    if compiler is None:
+        log(f"Soufflé peer not found ({souffle} absent or not executable; --peers DIR): measuring dask-datalog alone")
 
     header = common.machine_lines()
     cli = shlex.join(ours_cli())

@@ -183,3 +183,27 @@ def test_andersen_measured_both_ways_with_equal_outputs(programs: ModuleType, tm
     assert float(row["ratio"]) == pytest.approx(float(row["ours_s"]) / float(row["souffle_s"]))
     assert int(row["input_bytes"]) > 0 and int(row["ours_peak_bytes"]) > 0 and int(row["souffle_peak_bytes"]) > 0
     assert os.listdir(cache / "souffle")  # compiled once, kept
+
+
+@pytest.mark.skipif(not (FLOWLOG / "andersen.dl").is_file(), reason=f"flowlog-bench's programs are not at {FLOWLOG}")
+def test_a_peer_that_disagrees_fails_the_run_loudly(
+    programs: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stand-in Soufflé whose 'compiled program' writes one wrong PointsTo row."""
+    bin_dir = tmp_path / "peers" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "wrong").write_text(
+        '#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = -D ] && out=$2; shift; done\nprintf \'1\\t999999\\n\' > "$out/PointsTo.csv"\n'
+    )
+    (bin_dir / "souffle").write_text('#!/bin/sh\n[ "$1" = --version ] && exit 0\ncp "$(dirname "$0")/wrong" "$2"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    cache, size = tmp_path / "cache", 50
+    if not gen_has_for():
+        key = programs.input_key("andersen", size, 0, (FLOWLOG / "andersen.dl").read_text(), programs.generator_version())
+        flowlog_inputs(FLOWLOG / "andersen.dl", "andersen", size, 0, cache / "inputs" / key)
+    argv = ["--only", "andersen", "--sizes", str(size), "--rounds", "1", "--cache", str(cache), "--peers", str(bin_dir.parent)]
+    assert programs.main([*argv, "--programs", str(FLOWLOG)]) == 1
+    printed = capsys.readouterr().out
+    assert "!!MISMATCH PointsTo" in printed
+    assert "!!! andersen 50: PointsTo: " in printed and "only in Soufflé's" in printed and "'1\\t999999'" in printed
