@@ -359,18 +359,20 @@ def measure_size(
 HEADERS = [
     "program",
     "size",
-    "input MB",
+    "input MiB",
     "ours (s)",
     "Soufflé (s)",
     "ours/Soufflé",
-    "ours peak MB",
-    "Soufflé peak MB",
+    "ours peak MiB",
+    "Soufflé peak MiB",
     "outputs equal",
 ]
 
 
-def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f}"
+def _mib(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 2**20:.2f}" if n < 2**20 else f"{n / 2**20:.1f}"
 
 
 def _time_cell(o: Outcome | None) -> str:
@@ -383,12 +385,12 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
         [
             r.program,
             f"{r.size:,}",
-            _mb(r.input_bytes),
+            _mib(r.input_bytes),
             _time_cell(r.ours),
             _time_cell(r.souffle),
             fmt_ratio(r.ratio),
-            _mb(r.ours.peak_rss),
-            _mb(r.souffle.peak_rss if r.souffle is not None else None),
+            _mib(r.ours.peak_rss),
+            _mib(r.souffle.peak_rss if r.souffle is not None else None),
             r.equal_cell,
         ]
         for r in results
@@ -412,11 +414,11 @@ def crossover(points: Sequence[tuple[int, float | None]]) -> str:
     return f"no crossing: {side} at every size measured ({known[0][0]:,} to {known[-1][0]:,})"
 
 
-CROSSOVER_HEADERS = ["size", "input MB", "ours (s)", "Soufflé (s)", "ours/Soufflé"]
+CROSSOVER_HEADERS = ["size", "input MiB", "ours (s)", "Soufflé (s)", "ours/Soufflé"]
 
 
 def crossover_rows(results: Sequence[Result]) -> list[list[str]]:
-    return [[f"{r.size:,}", _mb(r.input_bytes), _time_cell(r.ours), _time_cell(r.souffle), fmt_ratio(r.ratio)] for r in results]
+    return [[f"{r.size:,}", _mib(r.input_bytes), _time_cell(r.ours), _time_cell(r.souffle), fmt_ratio(r.ratio)] for r in results]
 
 
 CSV_FIELDS = [
@@ -562,7 +564,7 @@ def run_program(
             result.note = "no inputs"
         else:
             result.input_bytes = folder_bytes(facts)
-            log(f"{name} {size}: inputs {facts} ({_mb(result.input_bytes)} MB)")
+            log(f"{name} {size}: inputs {facts} ({_mib(result.input_bytes)} MiB)")
             measure_size(result, engines, facts, relations, args.rounds, args.timeout, tmp)
         yield result
         if args.crossover and result.broken:
@@ -610,7 +612,7 @@ def main(argv: list[str]) -> int:
         ),
         f"ours: `{cli} run PROGRAM.dl -F DIR -D OUT --quiet" + (f" {args.our_args}" if args.our_args else "") + "`",
         f"measured: whole command against whole command, {args.rounds} round(s) alternating; wall seconds from spawn "
-        "to exit, median of the rounds; peak MB: the largest summed RSS of the command's process tree over the "
+        "to exit, median of the rounds; peak MiB: the largest summed RSS of the command's process tree over the "
         f"rounds; timeout {args.timeout:.0f} s per run",
         "outputs equal: every output relation after the first round, as sets of rows compared as exact text",
     ]
