@@ -96,14 +96,10 @@ class Profile:
         self.number: dict[int, int] = {}
         self.versions: list[dict[str, Any]] = []
         self.tallies: list[Tally] = []
-        self.plans: list[RulePlan] = []
         for stratum, rp in plan.versions():
-            if id(rp) in self.number:  # a version listed twice (shared by two lists) is one
-                continue
             self.number[id(rp)] = len(self.versions)
             self.versions.append(describe(len(self.versions), stratum, rp, plan))
             self.tallies.append(Tally(len(rp.steps)))
-            self.plans.append(rp)
         self.step_rows: dict[int, int] = {}
         self.iteration = 0
 
