@@ -103,10 +103,12 @@ def test_reach_on_a_chain(shards: int) -> None:
     assert step["by_iteration"]["out"] == [1] * (CHAIN - 1) + [0]
     assert step["delta"] == CHAIN and step["out"] == CHAIN - 1
     assert step["runs"] + step["skipped"] == shards * CHAIN  # every shard meets every iteration
-    assert step["reads"][0] == CHAIN and step["rows"][1] == CHAIN  # the delta's bindings reach the join with edge
+    [plan] = step["plans"]  # one join order is possible
+    assert plan["runs"] == step["runs"]
+    assert plan["reads"][0] == CHAIN and plan["rows"][1] == CHAIN  # the delta's bindings reach the join with edge
     if shards == 1:
         assert (step["runs"], step["new"], step["sent"]) == (CHAIN, CHAIN - 1, 0)
-        assert step["reads"][1] == (CHAIN - 1) * CHAIN  # all of edge, at each run
+        assert plan["reads"][1] == (CHAIN - 1) * CHAIN  # all of edge, at each run
     else:
         assert step["new"] + step["sent"] == step["out"]
     rule = next(r for r in profile["rules"] if r["rule"].startswith("reach(y)"))
@@ -165,6 +167,35 @@ def test_two_delta_versions_of_a_non_linear_rule(shards: int) -> None:
         assert v["by_iteration"]["out"] == made
         assert v["out"] == sum(made)
     assert version(profile, "path(x, y) :- edge(x, y)", "initial")["out"] == len(edges)
+
+
+GALEN_Q = """
+.decl Q(x: number, y: number, z: number)
+.decl R(x: number, y: number, z: number)
+Q(x, e, o) :- Q(x, y, z), R(y, u, e), Q(z, u, o).
+.output Q
+"""
+
+
+def test_versions_re_planned_on_sizes_keep_their_numbers() -> None:
+    """On one shard the stratum is re-planned on the sizes it sees (join_order.py), on three
+    it keeps the static plan: each version's tuples, deltas and evaluations are the same, and
+    the one shard's counts are filed under the version they re-plan, per join order."""
+    rng = np.random.default_rng(3)
+    facts = {"Q": rng.integers(0, 30, (400, 3)), "R": rng.integers(0, 30, (40, 3))}
+    one, three = profiled(GALEN_Q, facts, 1), profiled(GALEN_Q, facts, 3)
+    assert any(plan["steps"] != v["steps"] for v in one["versions"] for plan in v["plans"])  # it was re-planned
+    for a, b in zip(one["versions"], three["versions"]):
+        assert (a["rule"], a["delta_atom"]) == (b["rule"], b["delta_atom"])
+        assert (a["out"], a["delta"], _made(a)) == (b["out"], b["delta"], _made(b))
+        assert sum(plan["runs"] for plan in a["plans"]) == a["runs"]
+
+
+def _made(version: dict[str, Any]) -> dict[int, int]:
+    """Tuples made per iteration, where some were (on several shards a version whose pipeline
+    exchanges runs with no delta too, as every shard must take part)."""
+    by = version["by_iteration"]
+    return {i: n for i, n in zip(by["iteration"], by["out"]) if n}
 
 
 def test_on_an_embedded_cluster_through_the_command(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ For each rule version (a rule's initial version, or its delta version reading on
 delta) the fixpoint reports every iteration it ran in: its wall time, the delta tuples it read,
 the tuples of the relation each step reads, the binding rows that entered each step (so a join
 that blows up shows as the step after it), the head tuples it produced before deduplication and,
-of those this shard owns, the new ones. Collected only when asked: without a ``Profile`` the
+of those this shard owns, the new ones. A version re-planned on the sizes the run sees
+(join_order.py) keeps its number; its steps' counts are kept per join order it ran with
+(``plans``). Collected only when asked: without a ``Profile`` the
 loop does none of it (no clock, no count, no synchronisation). The document's keys are stable
 and described in docs/architecture.md ("Profiles").
 """
@@ -29,6 +31,7 @@ from dask_datalog.engine.plan import (
     Plan,
     RulePlan,
     Step,
+    StratumPlan,
     UnpackStep,
 )
 
@@ -51,11 +54,28 @@ class HeadCounts:
 
 
 @dataclass
+class PlanTally:
+    """One join order of a version: its steps, its evaluations with it, and per step the tuples
+    of the relation read and the binding rows that entered, summed over those evaluations."""
+
+    steps: list[str]
+    runs: int = 0
+    reads: list[int] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reads = [0] * len(self.steps)
+        self.rows = [0] * len(self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"steps": self.steps, "runs": self.runs, "reads": self.reads, "rows": self.rows}
+
+
+@dataclass
 class Tally:
     """One version's numbers on one shard, summed over the iterations it ran in (``runs``;
     ``skipped``: iterations it had no delta to read here), and the same per iteration."""
 
-    steps: int
     runs: int = 0
     skipped: int = 0
     time_s: float = 0.0
@@ -63,13 +83,8 @@ class Tally:
     out: int = 0
     new: int = 0
     sent: int = 0
-    reads: list[int] = field(default_factory=list)
-    rows: list[int] = field(default_factory=list)
+    plans: dict[tuple[str, ...], PlanTally] = field(default_factory=dict)  # by steps, in the order first run
     by_iteration: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in BY_ITERATION})
-
-    def __post_init__(self) -> None:
-        self.reads = [0] * self.steps
-        self.rows = [0] * self.steps
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,11 +92,10 @@ class Tally:
             "skipped": self.skipped,
             "time_s": round(self.time_s, 6),
             "delta": self.delta,
-            "reads": self.reads,
-            "rows": self.rows,
             "out": self.out,
             "new": self.new,
             "sent": self.sent,
+            "plans": [p.to_json() for p in self.plans.values()],
             "by_iteration": self.by_iteration,
         }
 
@@ -93,24 +107,39 @@ class Profile:
     profiled version runs."""
 
     def __init__(self, plan: Plan):
-        self.number: dict[int, int] = {}
+        # id of a RulePlan -> (it, its version's number, its steps' texts); holding it keeps
+        # its id from reuse
+        self.number: dict[int, tuple[RulePlan, int, tuple[str, ...]]] = {}
         self.versions: list[dict[str, Any]] = []
         self.tallies: list[Tally] = []
         for stratum, rp in plan.versions():
-            self.number[id(rp)] = len(self.versions)
+            self.number[id(rp)] = (rp, len(self.versions), _steps_text(rp))
             self.versions.append(describe(len(self.versions), stratum, rp, plan))
-            self.tallies.append(Tally(len(rp.steps)))
+            self.tallies.append(Tally())
         self.step_rows: dict[int, int] = {}
         self.iteration = 0
 
+    def follow(self, static: StratumPlan, ordered: StratumPlan) -> None:
+        """The versions of ``ordered``, ``static`` re-planned (the same versions in the same
+        order), count as those of ``static``."""
+        if ordered is static:
+            return
+        for planned, again in zip(static.initial + static.deltas, ordered.initial + ordered.deltas):
+            if id(again) not in self.number:
+                self.number[id(again)] = (again, self.number[id(planned)][1], _steps_text(again))
+
     def skip(self, rp: RulePlan) -> None:
-        self.tallies[self.number[id(rp)]].skipped += 1
+        self.tallies[self.number[id(rp)][1]].skipped += 1
 
     def run(self, rp: RulePlan, shard: ShardStore, evaluate: Callable[..., None]) -> None:
         """``evaluate(counts=...)`` runs the version; its time and counts are added to its tally.
         The time is honest on a GPU without a synchronisation of its own: the version's join
         phase (rule_versions.run_version) ends with one (phases.PhaseClock)."""
-        tally = self.tallies[self.number[id(rp)]]
+        _, number, steps = self.number[id(rp)]
+        tally = self.tallies[number]
+        plan = tally.plans.get(steps)
+        if plan is None:
+            plan = tally.plans[steps] = PlanTally(list(steps))
         reads = [_read_size(step, shard) for step in rp.steps]
         delta_rows = next((n for step, n in zip(rp.steps, reads) if step is rp.delta_step), 0)
         counts = HeadCounts()
@@ -124,9 +153,10 @@ class Profile:
         tally.out += counts.out
         tally.new += counts.new
         tally.sent += counts.sent
+        plan.runs += 1
         for k, step in enumerate(rp.steps):
-            tally.reads[k] += reads[k]
-            tally.rows[k] += self.step_rows.get(id(step), 0)
+            plan.reads[k] += reads[k]
+            plan.rows[k] += self.step_rows.get(id(step), 0)
         for key, value in zip(BY_ITERATION, (self.iteration, round(elapsed, 6), delta_rows, counts.out, counts.new)):
             tally.by_iteration[key].append(value)
 
@@ -150,6 +180,10 @@ def describe(number: int, stratum: int, rp: RulePlan, plan: Plan) -> dict[str, A
         "delta_at": str(delta.atom.pos) if delta is not None else None,
         "steps": [_step_text(step) for step in rp.steps],
     }
+
+
+def _steps_text(rp: RulePlan) -> tuple[str, ...]:
+    return tuple(_step_text(step) for step in rp.steps)
 
 
 def _step_text(step: Step) -> str:
@@ -193,18 +227,28 @@ def combine(per_shard: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         merged["runs_max"] = max(p["runs"] for p in parts)
         merged["time_s"] = round(sum(p["time_s"] for p in parts), 6)
         merged["time_max_s"] = max(p["time_s"] for p in parts)
-        merged["reads"] = [sum(col) for col in zip(*(p["reads"] for p in parts))]
-        merged["rows"] = [sum(col) for col in zip(*(p["rows"] for p in parts))]
+        merged["plans"] = first["plans"] if len(parts) == 1 else _merge_plans([p["plans"] for p in parts])
         merged["by_iteration"] = (
             first["by_iteration"] if len(parts) == 1 else _merge_iterations([p["by_iteration"] for p in parts])
         )
         versions.append(merged)
     out: dict[str, Any] = {"schema": SCHEMA, "workers": len(per_shard), "versions": versions, "rules": rules(versions)}
     if len(per_shard) > 1:
-        out["per_worker"] = [
-            [{key: v[key] for key in (*COUNTS, "time_s", "reads", "rows")} for v in p["versions"]] for p in per_shard
-        ]
+        out["per_worker"] = [[{key: v[key] for key in (*COUNTS, "time_s", "plans")} for v in p["versions"]] for p in per_shard]
     return out
+
+
+def _merge_plans(parts: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """A version's join orders over shards, by their steps (several shards keep the static
+    plan, so each has one; a shard where the version never ran has none)."""
+    merged: dict[tuple[str, ...], dict[str, Any]] = {}
+    for plans in parts:
+        for plan in plans:
+            entry = merged.setdefault(tuple(plan["steps"]), {"steps": plan["steps"], "runs": 0, "reads": None, "rows": None})
+            entry["runs"] += plan["runs"]
+            for key in ("reads", "rows"):
+                entry[key] = list(plan[key]) if entry[key] is None else [a + b for a, b in zip(entry[key], plan[key])]
+    return list(merged.values())
 
 
 def _merge_iterations(parts: Sequence[Mapping[str, list[float]]]) -> dict[str, list[float]]:
