@@ -472,20 +472,21 @@ def written_plan(rule: Rule, delta_index: int, recursive: Collection[str]) -> tu
     return tuple(atoms[k - 1] for k in given)
 
 
-def replan_stratum(stratum: StratumPlan, program: Program, cost: JoinCost) -> StratumPlan:
-    """``stratum`` (of a one-shard plan) with its versions' joins ordered by ``cost``: the same
-    versions in the same order, each reading the same delta. A rule that numbers its bindings
-    (``autoinc()``) keeps its order, so its numbers do not depend on relation sizes, and a
-    version its ``.plan`` orders keeps that order."""
-
-    def again(rp: RulePlan) -> RulePlan:
-        delta = rp.delta_step
-        index = None if delta is None else rp.rule.body.index(delta.atom)
-        if any(_counts(lit) for lit in rp.rule.body) or (index is not None and written_plan(rp.rule, index, stratum.relations)):
-            return rp
-        return plan_rule(rp.rule, index, program, cost=cost)
-
-    return replace(stratum, initial=tuple(map(again, stratum.initial)), deltas=tuple(map(again, stratum.deltas)))
+def replan_version(rp: RulePlan, recursive: Collection[str], program: Program, cost: JoinCost) -> RulePlan:
+    """``rp`` (a version of a one-shard plan, of the stratum of ``recursive``) with its joins
+    ordered by ``cost``, reading the same delta; ``rp`` itself where only one order exists, where
+    the rule numbers its bindings (``autoinc()``: its numbers must not depend on relation
+    sizes) or where its ``.plan`` orders the version."""
+    delta = rp.delta_step
+    index = None if delta is None else rp.rule.body.index(delta.atom)
+    choices = sum(isinstance(lit, Atom) for lit in rp.rule.body) - (index is not None)
+    if (
+        choices < 2
+        or any(_counts(lit) for lit in rp.rule.body)
+        or (index is not None and written_plan(rp.rule, index, recursive))
+    ):
+        return rp
+    return plan_rule(rp.rule, index, program, cost=cost)
 
 
 def _order_body(

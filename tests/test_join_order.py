@@ -10,7 +10,7 @@ from reference import evaluate
 from dask_datalog.cluster import Program
 from dask_datalog.engine.frontend import load_program
 from dask_datalog.engine.ir import Atom
-from dask_datalog.engine.plan import JoinStep, plan_program, replan_stratum
+from dask_datalog.engine.plan import JoinStep, StratumPlan, plan_program, replan_version
 
 # GALEN's rule 20 (flowlog-bench galen.dl): with the delta on the last atom, Q and R each
 # share one bound variable with it.
@@ -21,6 +21,14 @@ GALEN_20 = """
 Q(x, y, z) :- Q0(x, y, z).
 Q(x, e, o) :- Q(x, y, z), R(y, u, e), Q(z, u, o).
 """
+
+
+def replan_stratum(stratum: StratumPlan, program, cost) -> StratumPlan:
+    """Every version of ``stratum`` re-planned on ``cost``, as JoinOrder does when sizes move."""
+    again = [replan_version(rp, stratum.relations, program, cost) for rp in stratum.initial + stratum.deltas]
+    return StratumPlan(
+        stratum.relations, stratum.recursive, tuple(again[: len(stratum.initial)]), tuple(again[len(stratum.initial) :])
+    )
 
 
 def joins(rp) -> list[tuple[str, str]]:

@@ -5,53 +5,66 @@ breaking ties; it cannot tell a 300-row relation from a 6-million-row one, and a
 there costs millions of intermediate rows per iteration (GALEN's
 ``Q(x, e, o) :- Q(x, y, z), R(y, u, e), Q(z, u, o)``, delta on the last atom: joining Q on z
 before R on u made 2.9 million rows for 78 results). Before each iteration
-``JoinOrder.stratum`` hands the loop its stratum re-planned (``plan.replan_stratum``) with
-every join's estimated fan-out: the rows of the relation per distinct value of the columns
-bound when it runs, the distinct values counted on full. It re-plans a stratum when one of the
-relations its rules read changed size by an order of magnitude since it last did (and at the
-stratum's first iteration), so a long fixpoint pays for a handful of plans.
+``JoinOrder.stratum`` hands the loop its stratum with each version re-planned
+(``plan.replan_version``) on every join's estimated fan-out: the rows of the relation per
+distinct value of the columns bound when it runs, the distinct values counted on full. A
+version is planned again only when a relation its rule reads changed size by an order of
+magnitude since its last plan, so a long fixpoint pays for a handful of plans.
 
-Only one shard re-plans: on several, every shard would have to agree on sizes and the
+Only one shard re-plans: on several, every shard would have to agree on sizes, and the
 relations' partitioned copies follow the static plan's join keys (partition/placement.py).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.ir import Atom, Program
-from dask_datalog.engine.plan import StratumPlan, replan_stratum
+from dask_datalog.engine.plan import RulePlan, StratumPlan, replan_version
 from dask_datalog.engine.storage.hisa import unpack
 
 # A column set's distinct count is recounted once its relation's size left [counted / 2,
 # counted * 2]: the fan-out estimate moves with the data without a sort per plan.
 RECOUNT = 2
 
+Decades = tuple[int, ...]
+
 
 class JoinOrder:
-    """One shard's re-planned strata and the distinct counts behind them."""
+    """One shard's re-planned versions and the distinct counts behind them."""
 
     def __init__(self, program: Program, shard: ShardStore):
         self.program = program
         self.shard = shard
         self.xp = shard.backend.xp
-        self._plans: dict[int, tuple[StratumPlan, dict[str, int]]] = {}  # stratum -> (plan, decades it was made at)
+        # stratum -> its plan as last handed out, and each version's plan with the size
+        # decades of the relations its atoms read when it was made
+        self._plans: dict[int, tuple[StratumPlan, list[tuple[Decades, RulePlan]]]] = {}
         self._distinct: dict[tuple[str, tuple[int, ...]], tuple[int, int]] = {}  # -> (size counted at, distinct)
-        self._made: dict[int, int] = {}  # stratum -> plans made for it
+        self._made: dict[int, int] = {}  # stratum -> plans handed out
 
     def stratum(self, number: int, stratum: StratumPlan) -> StratumPlan:
         """``stratum`` (number ``number``) ordered for the relations' current sizes."""
-        read = {lit.relation for rp in stratum.initial for lit in rp.rule.body if isinstance(lit, Atom)}
-        decades = {name: _decade(len(self.shard.stores[name])) for name in read}
+        versions = stratum.initial + stratum.deltas
+        decade = {name: _decade(len(self.shard.stores[name])) for name in _read(versions)}
         kept = self._plans.get(number)
-        if kept is not None and kept[1] == decades:
+        planned: list[tuple[Decades, RulePlan]] = []
+        for k, rp in enumerate(versions):
+            decades = tuple(decade[lit.relation] for lit in rp.rule.body if isinstance(lit, Atom))
+            if kept is not None and kept[1][k][0] == decades:
+                planned.append(kept[1][k])
+            else:
+                planned.append((decades, replan_version(rp, stratum.relations, self.program, self.fanout)))
+        if kept is not None and all(new[1] is old[1] for new, old in zip(planned, kept[1])):
             return kept[0]
-        plan = replan_stratum(stratum, self.program, self.fanout)
-        self._plans[number] = (plan, decades)
+        plans = tuple(rp for _, rp in planned)
+        ordered = replace(stratum, initial=plans[: len(stratum.initial)], deltas=plans[len(stratum.initial) :])
+        self._plans[number] = (ordered, planned)
         self._made[number] = self._made.get(number, 0) + 1
-        return plan
+        return ordered
 
     def plans(self, number: int) -> int:
         """How many plans stratum ``number`` ran with."""
@@ -81,6 +94,10 @@ class JoinOrder:
         distinct = 1 + int(xp.count_nonzero(key[1:] != key[:-1]))
         self._distinct[(name, columns)] = (size, distinct)
         return distinct
+
+
+def _read(versions: tuple[RulePlan, ...]) -> set[str]:
+    return {lit.relation for rp in versions for lit in rp.rule.body if isinstance(lit, Atom)}
 
 
 def _decade(size: int) -> int:
