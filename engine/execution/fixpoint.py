@@ -85,7 +85,7 @@ class Stratum:
     iterations: list[dict[str, Any]]
     sizes: dict[str, int]
     time_s: float
-    join_orders: int  # plans its iterations ran (join_order.py): 1 with the static plan
+    join_orders: int  # times it was re-planned on sizes (join_order.py): 0, its static plan throughout
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -207,7 +207,7 @@ class Fixpoint:
                 self._checkpoint(Position(number, done), requests)
         self.shard.fill_copies(stratum.relations, later=True, phase=self.clock.phase)
         sizes = {r: self.shard.local_size(r) for r in stratum.relations}
-        orders = 1 if self.join_order is None else self.join_order.plans(number)
+        orders = 0 if self.join_order is None else self.join_order.plans(number)
         return Stratum(
             stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6), orders
         ), requests

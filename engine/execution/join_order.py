@@ -9,7 +9,8 @@ before R on u made 2.9 million rows for 78 results). Before each iteration
 (``plan.replan_version``) on every join's estimated fan-out: the rows of the relation per
 distinct value of the columns bound when it runs, the distinct values counted on full. A
 version is planned again only when a relation its rule reads changed size by an order of
-magnitude since its last plan, so a long fixpoint pays for a handful of plans.
+magnitude since its last plan, so a long fixpoint pays for a handful of plans; one that reads
+only relations of under a thousand rows keeps its static plan.
 
 Only one shard re-plans: on several, every shard would have to agree on sizes, and the
 relations' partitioned copies follow the static plan's join keys (partition/placement.py).
@@ -26,6 +27,9 @@ from dask_datalog.engine.ir import Atom, Program
 from dask_datalog.engine.plan import RulePlan, StratumPlan, replan_version
 from dask_datalog.engine.storage.hisa import unpack
 
+# Relations under 10^SMALL rows are one size class: a join over them costs little in any order,
+# and a version that reads only such relations keeps its static plan.
+SMALL = 3
 # A column set's distinct count is recounted once its relation's size left [counted / 2,
 # counted * 2]: the fan-out estimate moves with the data without a sort per plan.
 RECOUNT = 2
@@ -56,10 +60,14 @@ class JoinOrder:
             decades = tuple(decade[lit.relation] for lit in rp.rule.body if isinstance(lit, Atom))
             if kept is not None and kept[1][k][0] == decades:
                 planned.append(kept[1][k])
+            elif max(decades, default=0) < SMALL:
+                planned.append((decades, rp))
             else:
                 planned.append((decades, replan_version(rp, stratum.relations, self.program, self.fanout)))
-        if kept is not None and all(new[1] is old[1] for new, old in zip(planned, kept[1])):
-            return kept[0]
+        before = kept[1] if kept is not None else [((), rp) for rp in versions]
+        if all(new[1] is old[1] for new, old in zip(planned, before)):
+            self._plans[number] = (stratum if kept is None else kept[0], planned)
+            return self._plans[number][0]
         plans = tuple(rp for _, rp in planned)
         ordered = replace(stratum, initial=plans[: len(stratum.initial)], deltas=plans[len(stratum.initial) :])
         self._plans[number] = (ordered, planned)
@@ -67,7 +75,7 @@ class JoinOrder:
         return ordered
 
     def plans(self, number: int) -> int:
-        """How many plans stratum ``number`` ran with."""
+        """How many times stratum ``number`` was re-planned (0: it ran its static plan)."""
         return self._made.get(number, 0)
 
     def fanout(self, atom: Atom, columns: tuple[int, ...]) -> float:
@@ -101,4 +109,4 @@ def _read(versions: tuple[RulePlan, ...]) -> set[str]:
 
 
 def _decade(size: int) -> int:
-    return -1 if size == 0 else int(math.log10(size))
+    return SMALL - 1 if size < 10**SMALL else int(math.log10(size))
