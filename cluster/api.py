@@ -11,9 +11,9 @@ result.dataframe("path")  # a Dask DataFrame, one partition per worker
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -218,7 +218,7 @@ def _steering(options: RunOptions) -> Steering:
     if options.checkpoint_dir is not None:
         resume = "" if options.resume else None
         checkpoint = CheckpointOptions(
-            options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{uuid.uuid4().hex[:12]}"
+            options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{os.urandom(6).hex()}"
         )
     deadline = time.monotonic() + options.timeout if options.timeout is not None else None
     suspend, stop = options.suspend, options.stop

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.formats.relation_output import write_relation
@@ -289,6 +288,8 @@ def generate(kind: str, params: Mapping[str, Value | str], seed: int) -> dict[st
     """The relations of ``kind`` (name -> (n, 2) int32 pairs, sorted and distinct)."""
     if seed < 0:
         raise BadParameter(f"the seed must be 0 or more, not {seed}")
+    import psutil  # the memory check only: `gen`'s parser reads GENERATORS on every command
+
     checked = parameters(kind, params)
     check_memory(kind, checked, psutil.virtual_memory().available)
     return GENERATORS[kind].make(np.random.default_rng(seed), checked)
