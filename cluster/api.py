@@ -27,7 +27,7 @@ from dask_datalog.engine.errors import RunTimeout, Terminated
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.frontend import load_program, load_program_file
 from dask_datalog.engine.ir import Program as ProgramIR
-from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import FactSource, Inputs, check_fact_names
 from dask_datalog.spmd.options import ExchangeKind, RunOptions
 from dask_datalog.spmd.run import Run, run_in_process

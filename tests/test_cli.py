@@ -434,6 +434,26 @@ def test_a_run_in_process_imports_only_what_it_uses(tmp_path: Path) -> None:
     assert (tmp_path / "b" / "null.csv").read_text() == "1\t2\n1\t3\n1\t4\n"
 
 
+def test_the_parser_is_built_without_the_engine() -> None:
+    """``--help``, every subcommand's parser and ``job`` start without the engine, lark or
+    Dask: building the parser imports the flags' modules only (cluster/cli/run_arguments.py)."""
+    probe = (
+        "import sys\n"
+        "from dask_datalog.cluster.cli.main import build_parser\n"
+        "parser = build_parser()\n"
+        "assert parser.parse_args(['job', 'status', 'x']).verb == 'status'\n"
+        "heavy = ('lark', 'dask_datalog.engine.frontend', 'dask_datalog.cluster.api', 'dask_datalog.spmd.run')\n"
+        f"loaded = sorted(m for m in sys.modules if m.startswith(heavy) or m.split('.')[0] in {NOT_IN_PROCESS!r})\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    helped = subprocess.run([sys.executable, "-m", "dask_datalog.cluster.cli", "run", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0, helped.stderr
+    text = " ".join(helped.stdout.split())  # as argparse wraps it at any width
+    assert "--replicate-below BYTES static relations smaller than this" in text and "(default: 64 MiB)" in text
+
+
 @pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]])
 def test_the_summary_time_is_the_commands_wall_time(tmp_path: Path, where: list[str]) -> None:
     """The summary's time is the whole command's, start-up and the cluster's shutdown included:
