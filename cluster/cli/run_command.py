@@ -211,7 +211,7 @@ class CheckpointDirectory:
             self.directory = str(self.temporary)
             if self.mode == IN_PROCESS and self.every is None:
                 self.every = float("inf")
-        if self.directory is not None:
+        if self.directory is not None and self.temporary is None:  # a directory just made holds none
             self.before = Checkpoints(self.directory).latest_name()
         return self
 
