@@ -59,6 +59,13 @@ class Result:
     def stats(self) -> dict[str, Any]:
         return self._run.stats
 
+    @property
+    def profile(self) -> dict[str, Any] | None:
+        """The per rule version profile of a run with ``RunOptions(profile=True)`` (its
+        schema: docs/architecture.md, "Profiles"), None without."""
+        profile: dict[str, Any] | None = self._run.stats.get("profile")
+        return profile
+
     def _relation(self, name: str) -> tuple[np.ndarray, Any]:
         if name not in self._run.program.relations:
             raise KeyError(f"no relation '{name}' in this program")
@@ -231,4 +238,6 @@ def _steering(options: RunOptions) -> Steering:
         if suspend is not None and suspend.is_set() and checkpoint is None:
             raise Terminated("the run was stopped without a checkpoint (no checkpoint directory)")
 
-    return Steering(checkpoint, options.memory_limit, suspend.is_set if suspend is not None else (lambda: False), interrupted)
+    return Steering(
+        checkpoint, options.memory_limit, suspend.is_set if suspend is not None else (lambda: False), interrupted, options.profile
+    )

@@ -164,4 +164,16 @@ def add_parser(sub: Any) -> None:
         "ucx) or auto (the mesh where it runs, measured fastest there; comm elsewhere) (default: auto)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress display (it is off anyway when stderr is not a terminal)")
-    run.add_argument("--stats", type=Path, help="write per-stratum, per-iteration (per-worker) statistics as JSON to this file")
+    run.add_argument(
+        "--stats",
+        type=Path,
+        help="write per-stratum, per-iteration (per-worker) statistics as JSON to this file, with the costliest rules "
+        '("rules": time, share, tuples out, evaluations)',
+    )
+    run.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="time and count every rule version (per stratum, iteration and worker) and write the profile as JSON "
+        "to FILE (schema: docs/architecture.md, Profiles); the costliest rules are printed on stderr",
+    )

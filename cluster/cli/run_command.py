@@ -33,6 +33,7 @@ from dask_datalog.engine.errors import (
     Terminated,
     human_bytes,
 )
+from dask_datalog.engine.execution import profile
 from dask_datalog.engine.memory import peak_rss
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.spmd.options import RunOptions
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
             libraries=args.libraries or user_functors.DEFAULT_LIBRARIES,
             library_dirs=args.library_dir or user_functors.DEFAULT_LIBRARY_DIRS,
         )
+        if args.profile:  # before the run: a long run must not fail at its end for this
+            _check_writable(args.profile, "the profile")
         # As in Soufflé, -F and -D win over the program's pragmas.
         args.fact_dir = args.fact_dir or Path(program.ir.pragma("fact-dir") or ".")
         args.output_dir = args.output_dir or program.ir.pragma("output-dir") or "."
@@ -95,14 +98,17 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
                 memory_limit=memory_limit,
                 suspend=suspend,
                 stop=interrupt if mode != IN_PROCESS else None,
+                profile=bool(args.profile or args.stats),
             )
             run = CommandRun(program, args, stack, mode, why)
             result = run.evaluate(options)
             run.note("writing the outputs")
             result.write(args.output_dir, args.format, sys.stdout, run.written)
             result.stats["mode"] = {"mode": mode, "why": why}
+            if args.profile:
+                _write_json(args.profile, result.profile, "the profile")
             if args.stats:
-                _write_stats(args.stats, result.stats)
+                _write_json(args.stats, _stats_document(result), "the statistics")
             summary = run.summary(result)
         summary()
     except Suspended as stopped:
@@ -151,11 +157,35 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
     return 0
 
 
-def _write_stats(path: Path, stats: dict[str, Any]) -> None:
+def _write_json(path: Path, document: Any, what: str) -> None:
     try:
-        path.write_text(json.dumps(stats, indent=1))
+        path.write_text(json.dumps(document, indent=1))
     except OSError as error:
-        raise DatalogError(None, f"cannot write the statistics to {path}: {error.strerror or error}") from None
+        raise DatalogError(None, f"cannot write {what} to {path}: {error.strerror or error}") from None
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """A DatalogError now if ``path`` cannot be written later (a directory, or a folder that
+    is missing or not writable)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise DatalogError(None, f"cannot write {what} to {path}: it is a directory")
+    if not folder.is_dir():
+        raise DatalogError(None, f"cannot write {what} to {path}: no directory {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DatalogError(None, f"cannot write {what} to {path}: permission denied")
+
+
+RULES_IN_STATS = 20
+
+
+def _stats_document(result: Result) -> dict[str, Any]:
+    """The statistics as ``--stats`` writes them: the costliest rules instead of the whole
+    profile (which ``--profile`` writes)."""
+    stats = {key: value for key, value in result.stats.items() if key != "profile"}
+    if result.profile is not None:
+        stats["rules"] = result.profile["rules"][:RULES_IN_STATS]
+    return stats
 
 
 def _on_sigint(interrupt: threading.Event) -> None:
@@ -368,6 +398,8 @@ class CommandRun:
                     f"{_since_start():.2f} s, {derived:,} tuples derived, peak memory {max(peaks) / 2**20:,.0f} MiB",
                     file=sys.stderr,
                 )
+            if self.args.profile and not self.args.quiet and result.profile is not None:
+                print(profile.table(result.profile), file=sys.stderr)
 
         return show
 

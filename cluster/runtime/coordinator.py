@@ -312,6 +312,7 @@ class ClusterRun:
             checkpoint=self._checkpoint_options(),
             memory_limit=self.options.memory_limit,
             array_digests=self.digests,
+            profile=self.options.profile,
         )
 
         def on_event(event: tuple[float, dict[str, Any]]) -> None:

@@ -71,7 +71,11 @@ def add_parsers(sub: Any) -> None:
     result = verbs.add_parser("result", help="a finished job's output relation (without RELATION: the relations it wrote)")
     result.add_argument("id")
     result.add_argument("relation", nargs="?")
-    result.add_argument("--format", choices=("csv", "parquet"), help="the format expected (the job's, given at submission)")
+    result.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        help="the format wanted (default: the job's); the other one is converted on the service",
+    )
     result.add_argument("-o", "--output", type=Path, help="write it to this file (default: stdout)")
 
 
@@ -110,6 +114,11 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         default="256MiB",
         metavar="BYTES",
         help="largest request accepted, uploads included (default: 256MiB)",
+    )
+    parser.add_argument(
+        "--open-metrics",
+        action="store_true",
+        help="serve /metrics (Prometheus) without a token (default: it needs a bearer token, as the API does)",
     )
     parser.add_argument("--ssl-certfile", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--ssl-keyfile", type=Path, metavar="FILE", help="the certificate's private key (PEM)")

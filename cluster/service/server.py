@@ -39,7 +39,7 @@ def serve(args: argparse.Namespace, max_request_bytes: int) -> int:
     with cluster_client(args) as client:
         service = JobService(state, client, args.max_jobs, Roots(args.root))
         try:
-            app = create_app(service, tokens, max_request_bytes)
+            app = create_app(service, tokens, max_request_bytes, open_metrics=args.open_metrics)
             config = uvicorn.Config(
                 app,
                 log_level="warning",
