@@ -11,9 +11,9 @@ result.dataframe("path")  # a Dask DataFrame, one partition per worker
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -27,7 +27,7 @@ from dask_datalog.engine.errors import RunTimeout, Terminated
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.frontend import load_program, load_program_file
 from dask_datalog.engine.ir import Program as ProgramIR
-from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import FactSource, Inputs, check_fact_names
 from dask_datalog.spmd.options import ExchangeKind, RunOptions
 from dask_datalog.spmd.run import Run, run_in_process
@@ -225,7 +225,7 @@ def _steering(options: RunOptions) -> Steering:
     if options.checkpoint_dir is not None:
         resume = "" if options.resume else None
         checkpoint = CheckpointOptions(
-            options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{uuid.uuid4().hex[:12]}"
+            options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{os.urandom(6).hex()}"
         )
     deadline = time.monotonic() + options.timeout if options.timeout is not None else None
     suspend, stop = options.suspend, options.stop

@@ -14,7 +14,7 @@ from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.execution import profile
 from dask_datalog.engine.execution.phases import PHASES
 from dask_datalog.engine.values import SymbolTable
-from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.partition.transport import LocalTransport
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.shard import Shard, Steering, evaluate_shard

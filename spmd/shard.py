@@ -28,7 +28,8 @@ from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.formats.relation_output import host_rows
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.engine.values import SymbolTable
-from dask_datalog.partition.placement import REPLICATE_BELOW, place
+from dask_datalog.partition import REPLICATE_BELOW
+from dask_datalog.partition.placement import place
 from dask_datalog.partition.shard_exchange import ShardExchange
 from dask_datalog.partition.transport import Transport
 from dask_datalog.spmd.inputs import Inputs, Start, agree

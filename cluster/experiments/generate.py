@@ -30,11 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
-
-from dask_datalog.engine import ir
-from dask_datalog.engine.formats.relation_output import write_relation
-from dask_datalog.engine.values import SymbolTable, encode
 
 Value = int | float
 Params = dict[str, Value]
@@ -289,6 +284,8 @@ def generate(kind: str, params: Mapping[str, Value | str], seed: int) -> dict[st
     """The relations of ``kind`` (name -> (n, 2) int32 pairs, sorted and distinct)."""
     if seed < 0:
         raise BadParameter(f"the seed must be 0 or more, not {seed}")
+    import psutil  # here, as the writer: every command builds `gen`'s parser from GENERATORS
+
     checked = parameters(kind, params)
     check_memory(kind, checked, psutil.virtual_memory().available)
     return GENERATORS[kind].make(np.random.default_rng(seed), checked)
@@ -325,6 +322,11 @@ def describe(kind: str, params: Mapping[str, Value], seed: int) -> str:
 def write_facts(out_dir: Path, relations: Mapping[str, np.ndarray]) -> dict[str, int]:
     """``out_dir/<relation>.facts`` for each relation (tab-separated, one pair per line, sorted),
     formatted by the engine's C kernel; returns the lines written per relation."""
+    # The engine's writer, imported here: every command builds `gen`'s parser from GENERATORS.
+    from dask_datalog.engine import ir
+    from dask_datalog.engine.formats.relation_output import write_relation
+    from dask_datalog.engine.values import SymbolTable, encode
+
     out_dir.mkdir(parents=True, exist_ok=True)
     symbols = SymbolTable()
     for name, pairs in relations.items():

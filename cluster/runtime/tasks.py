@@ -24,7 +24,7 @@ from dask_datalog.engine.checkpoint import CheckpointOptions
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.execution.fixpoint import OnIteration
 from dask_datalog.engine.formats import relation_output
-from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.options import ExchangeKind
 from dask_datalog.spmd.progress import iteration_events
