@@ -575,6 +575,7 @@ def run_program(
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    common.with_bytecode()
     try:
         names = selected(args.only)
         sizes = parse_sizes(args.sizes, names, LADDER if args.crossover else DEFAULT_SIZES)

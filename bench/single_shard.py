@@ -344,6 +344,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    common.with_bytecode()
     try:
         pairs = parse_pairs(args.pairs) if args.pairs else list(DEFAULT_PAIRS)
     except ValueError as e:
