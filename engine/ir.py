@@ -7,6 +7,7 @@ only in where they were written are the same rule.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
@@ -168,6 +169,9 @@ class Rule:
     head: Atom
     body: tuple[BodyLiteral, ...]
     pos: Pos = field(default=NOWHERE, compare=False)
+    # Its ``.plan``: (version, the positive atoms' order in it, 1-based as written); it changes
+    # how the rule is evaluated, never what it derives.
+    plans: tuple[tuple[int, tuple[int, ...]], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -449,3 +453,47 @@ def symbol_constants(node: object) -> set[str]:
     """Every symbol constant under ``node``: interned before evaluation on every shard, so the
     ids constants get are the same everywhere."""
     return {str(n.value) for n in walk(node) if isinstance(n, Const) and n.type == "symbol"}
+
+
+INFIX = frozenset({"+", "-", "*", "/", "%", "^"})
+
+
+def show(node: object) -> str:
+    """``node`` (a rule, a literal, a term) as Soufflé text, as the checker left it (aggregates
+    and lifted expressions as their ``$`` variables and assignments): what a profile names a
+    rule by, beside its position."""
+    if isinstance(node, Rule):
+        return f"{show(node.head)}." if not node.body else f"{show(node.head)} :- {', '.join(show(lit) for lit in node.body)}."
+    if isinstance(node, Atom):
+        return f"{node.relation}({', '.join(show(a) for a in node.args)})"
+    if isinstance(node, Negation):
+        return f"!{show(node.atom)}"
+    if isinstance(node, Comparison):
+        return f"{show(node.left)} {node.op} {show(node.right)}"
+    if isinstance(node, Aggregation):
+        target = f" {show(node.target)}" if node.target is not None else ""
+        return f"{show(node.result)} = {node.func}{target} : {{ {', '.join(show(lit) for lit in node.body)} }}"
+    if isinstance(node, Var):
+        return node.name
+    if isinstance(node, Wildcard):
+        return "_"
+    if isinstance(node, Const):
+        return _show_const(node)
+    if isinstance(node, Call):
+        if node.name in INFIX and len(node.args) == 2:
+            return f"({show(node.args[0])} {node.name} {show(node.args[1])})"
+        return f"{node.name}({', '.join(show(a) for a in node.args)})"
+    if isinstance(node, (Record, Branch)):
+        name = f"${node.name}" if isinstance(node, Branch) else ""
+        return f"{name}[{', '.join(show(a) for a in node.args)}]"
+    raise TypeError(f"no text for {type(node).__name__}")
+
+
+def _show_const(c: Const) -> str:
+    if c.type == "symbol":
+        return '"' + str(c.value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if c.type == "record":
+        return "nil" if c.value == 0 else f"record#{c.value}"
+    if c.type == "float":
+        return repr(struct.unpack("<f", struct.pack("<I", int(c.value)))[0])
+    return f"{c.value}u" if c.type == "unsigned" else str(c.value)

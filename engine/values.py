@@ -326,7 +326,10 @@ class SymbolTable:
         exchanging their strings."""
         lists = [c._strings if isinstance(c, SymbolTable) else c for c in collections]
         parts = [np.fromiter(map(str, strings), dtype=object) for strings in lists]  # np.str_ -> str
-        strings = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=object)
+        # Sorted, then each first of its run: np.unique would import numpy.ma (NumPy 2.4) on every run.
+        strings = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=object)
+        if strings.size:
+            strings = strings[np.concatenate(([True], strings[1:] != strings[:-1]))]
         table = cls()
         table._strings = strings.tolist()
         table._ids = dict(zip(table._strings, range(len(table._strings))))

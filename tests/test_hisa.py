@@ -258,3 +258,19 @@ def test_bitmap_built_only_when_it_pays_and_is_no_larger_than_full():
     for part in np.array_split(packed, 3):
         wide.add(wide.novel(part))
     assert wide.dense is None and len(wide) == spread.shape[0]
+
+
+def test_hash_table_spreads_keys_that_differ_only_in_their_high_word() -> None:
+    """Two-column keys whose second column is constant (crdt's (counter, node) with one node):
+    the slot must depend on the first column, or every key lands in one cluster of linear
+    probing and a table of 10^5 keys takes seconds to build and probe."""
+    n = 4096
+    keys = (np.arange(n, dtype=np.uint64) << np.uint64(32)) | np.uint64(2**31 + 1)
+    table = HashTable.build(keys, xp)
+    starts, counts = table.lookup(keys, KERNELS)
+    assert table.slots is not None
+    assert (starts == np.arange(n)).all() and (counts == 1).all()
+    occupied = np.concatenate([[0], (table.slots != -1).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(occupied))
+    longest = int((edges[1::2] - edges[0::2]).max())
+    assert longest < 64, f"a probe cluster of {longest} slots for {n} keys"

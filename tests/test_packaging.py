@@ -31,6 +31,8 @@ def test_wheel_contains_and_imports_every_subpackage(tmp_path: Path) -> None:
     for package in SUBPACKAGES:
         assert f"{package.replace('.', '/')}/__init__.py" in names, package
     assert "dask_datalog/engine/frontend/grammar.lark" in names
+    for page in ("index.html", "job.html", "app.js", "style.css"):  # the job service's web page
+        assert f"dask_datalog/cluster/service/static/{page}" in names, page
     assert not any(n.startswith(("engine/", "tests/", "dask_datalog/__init__")) for n in names)
 
     target = tmp_path / "site"

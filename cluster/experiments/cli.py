@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
-
-from dask_datalog.cluster.api import Program
-from dask_datalog.cluster.experiments import generate, scaling
+from dask_datalog.cluster.experiments import generate
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.frontend.load import load_program_file
+
+if TYPE_CHECKING:
+    from dask_datalog.cluster.experiments import scaling
 
 COMMANDS = ("gen", "scale")
 DEFAULT_WORKERS = (1, 2, 4)
@@ -137,6 +136,8 @@ def gen_command(args: argparse.Namespace) -> int:
     params = {p.name: getattr(args, p.name) for p in generate.GENERATORS[args.kind].params}
     program = None
     if args.for_program is not None:
+        from dask_datalog.engine.frontend.load import load_program_file  # the front end only for --for
+
         try:
             program = load_program_file(args.for_program)
         except DatalogError as error:
@@ -159,6 +160,10 @@ def gen_command(args: argparse.Namespace) -> int:
 
 
 def scale_command(args: argparse.Namespace) -> int:
+    # Imported here: every command builds this parser, only `scale` runs experiments.
+    from dask_datalog.cluster.api import Program
+    from dask_datalog.cluster.experiments import scaling
+
     parser: argparse.ArgumentParser = args.command_parser
     experiment = _experiment(parser, args)
     plots = not args.no_plots
@@ -202,6 +207,10 @@ def scale_command(args: argparse.Namespace) -> int:
 
 def _experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> scaling.Experiment:
     """The arguments, checked, as an experiment (``parser.error`` exits 2)."""
+    import psutil
+
+    from dask_datalog.cluster.experiments import scaling
+
     if args.gen is None and (args.weak or args.gen_args):
         parser.error("--weak and --gen-args need --gen KIND (an input that can be generated for each worker count)")
     if args.fact_dir is not None and not args.fact_dir.is_dir():

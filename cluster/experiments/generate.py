@@ -33,15 +33,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import psutil
 
 from dask_datalog.cluster.experiments import program_inputs
 from dask_datalog.cluster.experiments.program_inputs import Relations, Table
-from dask_datalog.engine import ir
-from dask_datalog.engine.formats.relation_output import write_relation
-from dask_datalog.engine.values import SymbolTable, distinct_rows, encode
+
+if TYPE_CHECKING:  # the engine is imported where gen writes: every command builds gen's parser
+    from dask_datalog.engine import ir
 
 Value = int | float
 Params = dict[str, Value]
@@ -338,6 +338,8 @@ def generate(kind: str, params: Mapping[str, Value | str], seed: int) -> Relatio
     sorted and distinct; the program inputs as ``program_inputs`` makes them."""
     if seed < 0:
         raise BadParameter(f"the seed must be 0 or more, not {seed}")
+    import psutil  # here, as the writer: every command builds `gen`'s parser from GENERATORS
+
     checked = parameters(kind, params)
     check_memory(kind, checked, psutil.virtual_memory().available)
     return GENERATORS[kind].make(np.random.default_rng(seed), checked)
@@ -395,6 +397,8 @@ def _column_type(column: np.ndarray) -> ir.BaseType:
 
 def default_targets(out_dir: Path, relations: Mapping[str, Table]) -> dict[str, Target]:
     """``out_dir/<relation>.facts``, tab-separated, a column of strings a symbol, else a number."""
+    from dask_datalog.engine import ir
+
     return {
         name: Target(
             out_dir / f"{name}.facts",
@@ -456,6 +460,8 @@ def distinct(rows: np.ndarray) -> np.ndarray:
     are sorted in place as one uint64 each and copied only when some repeat: the large graphs
     are written with a few bytes per edge beside them; wider rows go through ``np.unique``."""
     if rows.shape[1] != 2:
+        from dask_datalog.engine.values import distinct_rows
+
         return distinct_rows(rows)
     packed = rows.view(np.uint64).ravel()
     packed.sort()
@@ -472,6 +478,10 @@ def write_facts(out_dir: Path, relations: Mapping[str, Table], targets: Mapping[
     """Each relation to its target (default: ``out_dir/<relation>.facts``, tab-separated), one
     row per line, sorted, duplicates dropped, formatted by the engine's writer (the C kernel for
     numbers, its SymbolTable for symbols); returns the lines written per relation."""
+    # The engine's writer, imported here: every command builds `gen`'s parser from GENERATORS.
+    from dask_datalog.engine.formats.relation_output import write_relation
+    from dask_datalog.engine.values import SymbolTable, encode
+
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = targets if targets is not None else default_targets(out_dir, relations)
     # One table for every string, ids in text order (what the writer sorts symbols by).

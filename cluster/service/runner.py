@@ -16,6 +16,7 @@ from typing import Any
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.cli.progress import ProgressState
 from dask_datalog.cluster.runtime import dask_adapter
+from dask_datalog.cluster.service import figures
 from dask_datalog.cluster.service.queue import Stop
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
 from dask_datalog.engine.errors import DatalogError, Terminated
@@ -32,10 +33,11 @@ Confine = Callable[[Program, str, str], None]  # raises DatalogError for files o
 class JobLog:
     """The run's progress events as log lines: one per iteration the run reaches (the workers'
     latest events folded as the CLI's progress line folds them), and every note (a lost worker,
-    a retry); the record's live iteration and tuple counts follow."""
+    a retry); the record's live iteration and tuple counts follow, and the job's page's points
+    (``figures.add_point`` into ``folder``)."""
 
-    def __init__(self, store: JobStore, job: str, strata: int):
-        self.store, self.job = store, job
+    def __init__(self, store: JobStore, job: str, strata: int, folder: Path):
+        self.store, self.job, self.folder = store, job, folder
         self.state = ProgressState(strata)
         self.reached: tuple[int, int] = (-1, -1)
         self.strata: dict[int, int] = {}  # iterations reported per stratum (numbered from 0 in each)
@@ -55,6 +57,8 @@ class JobLog:
             found = sum(e["found"] for e in self.state.latest.values())
             self.store.log(self.job, self.state.counts())
             self.store.update(self.job, iterations=sum(self.strata.values()), tuples=found)
+            delta = sum(e["delta"] for e in self.state.latest.values() if e["stratum"] == at[0])  # as the log line's
+            figures.add_point(self.folder, *at, delta, found)
 
 
 def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop: Stop, confined: Confine) -> None:
@@ -78,7 +82,7 @@ def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop
             memory_limit=args.get("memory_limit"),
             stop=stop,
         )
-        progress = JobLog(store, record.id, len(plan_program(program.ir).strata))
+        progress = JobLog(store, record.id, len(plan_program(program.ir).strata), job_dir)
         output_dir, fmt = args["output_dir"], args.get("format", "csv")
         confined(program, args["fact_dir"], output_dir)
         # stdin=b"": an IO=stdin input reads nothing (the service's own stdin is no job's).
@@ -102,6 +106,7 @@ def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop
             for spec in reversed(program.ir.outputs)
             if spec.io == "file"
         }
+        figures.write_final(job_dir, stats)  # before SUCCEEDED: a reader of a SUCCEEDED job finds them
         store.update(
             record.id,
             state=State.SUCCEEDED,

@@ -118,6 +118,15 @@ class JobStore:
             rows = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs{clause} ORDER BY submitted, rowid", args).fetchall()
         return [_decode(r) for r in rows]
 
+    def figures(self) -> list[tuple[str, State, float, float | None, int, int]]:
+        """Every job's id, state, submission and end, iterations and tuples (what /metrics
+        counts), without reading the records' JSON."""
+        with self.lock:
+            rows = self.db.execute("SELECT id, state, submitted, ended, iterations, tuples FROM jobs").fetchall()
+        return [
+            (job, State(state), submitted, ended, iterations, tuples) for job, state, submitted, ended, iterations, tuples in rows
+        ]
+
     def log(self, job: str, line: str) -> None:
         with self._transaction() as db:
             db.execute(

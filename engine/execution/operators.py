@@ -46,13 +46,22 @@ class Operators:
     """What the executors of one shard share: its backend, term evaluator, relations, router
     and join chunk size."""
 
-    def __init__(self, backend: Backend, terms: Terms, shard: ShardStore, router: Router, chunk_rows: int):
+    def __init__(
+        self,
+        backend: Backend,
+        terms: Terms,
+        shard: ShardStore,
+        router: Router,
+        chunk_rows: int,
+        step_rows: dict[int, int] | None = None,
+    ):
         self.backend = backend
         self.xp = backend.xp
         self.terms = terms
         self.shard = shard
         self.router = router
         self.chunk_rows = chunk_rows
+        self.step_rows = step_rows  # profiling only (profile.py): binding rows entering each step, by id
         self._shapes: dict[tuple[int, Layout, Layout | None], JoinShape] = {}
 
     def run(self, b: Bindings, steps: tuple[Step, ...], sink: Sink, layout: Layout | None = None) -> None:
@@ -63,6 +72,8 @@ class Operators:
             return
         step, rest = steps[0], steps[1:]
         b = self.router.before(step, b)
+        if self.step_rows is not None:
+            self.step_rows[id(step)] = self.step_rows.get(id(step), 0) + b.n
         if b.n == 0:
             return
         for out in EXECUTORS[type(step)](self, b, step, None if rest else layout):
@@ -117,8 +128,12 @@ def join(ops: Operators, b: Bindings, step: JoinStep, layout: Layout | None) -> 
     parts = [store.index(step.order, step.version)] if sliced else store.parts(step.order, step.version, b.n)
     keys = ops.key_columns(step.atom, step.order[: step.key_len], b)
     query = probe_query(keys[:2], b.n, ops.xp)
+    shape = ops.join_shape(step, b.names, layout)
+    if shape.semi and not sliced:
+        yield from _semi_join(ops, b, shape, parts, keys, query)
+        return
     for index in parts:
-        yield from _join_index(ops, b, step, layout, index, keys, query, sliced)
+        yield from _join_index(ops, b, shape, index, keys, query, sliced)
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,12 @@ class JoinShape:
     checks: tuple[tuple[int, int | None], ...]
     names: Layout
     source: tuple[tuple[int, int], ...]
+
+    @property
+    def semi(self) -> bool:
+        """Whether the output keeps no column of the atom: an existence check (Soufflé's
+        ``IndexedExistenceCheck``), each outer row once however many rows match it."""
+        return all(side != 1 for side, _ in self.source)
 
     @classmethod
     def of(cls, step: JoinStep, outer: Layout, layout: Layout | None) -> JoinShape:
@@ -158,8 +179,7 @@ class JoinShape:
 def _join_index(
     ops: Operators,
     b: Bindings,
-    step: JoinStep,
-    layout: Layout | None,
+    shape: JoinShape,
     index: SortedIndex,
     keys: list[Any],
     query: Any,
@@ -170,21 +190,48 @@ def _join_index(
     if sliced:  # a scan of this shard's block of a replicated relation
         lo, hi = ops.router.share(int(index.rows.shape[0]))
         starts, counts = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64)
-    shape = ops.join_shape(step, b.names, layout)
     for lo, hi in ops.chunks(counts):
         if not shape.checks:
             yield Bindings(
                 gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], index.rows, shape.source, ops.backend), shape.names
             )
             continue
-        outer, inner = expand_runs(starts[lo:hi], counts[lo:hi], ops.backend)
-        outer += lo
-        rows = index.rows[inner]
-        keep = xp.ones(outer.shape[0], dtype=bool)
-        for k, other in shape.checks:
-            keep &= unpack(rows, k, xp) == (keys[k][outer] if other is None else unpack(rows, other, xp))
-        outer, inner = outer[keep], inner[keep]
+        outer, inner = _checked_pairs(ops, shape, index, keys, starts, counts, lo, hi)
         yield Bindings(gather_pairs(b.table, outer, index.rows, inner, shape.source, xp), shape.names)
+
+
+def _checked_pairs(
+    ops: Operators, shape: JoinShape, index: SortedIndex, keys: list[Any], starts: Any, counts: Any, lo: int, hi: int
+) -> tuple[Any, Any]:
+    """The (outer, inner) row pairs of outer rows ``lo:hi`` whose match passes the checks the
+    probe could not make (``JoinShape.checks``)."""
+    xp = ops.xp
+    outer, inner = expand_runs(starts[lo:hi], counts[lo:hi], ops.backend)
+    outer += lo
+    rows = index.rows[inner]
+    keep = xp.ones(outer.shape[0], dtype=bool)
+    for k, other in shape.checks:
+        keep &= unpack(rows, k, xp) == (keys[k][outer] if other is None else unpack(rows, other, xp))
+    return outer[keep], inner[keep]
+
+
+def _semi_join(
+    ops: Operators, b: Bindings, shape: JoinShape, parts: list[SortedIndex], keys: list[Any], query: Any
+) -> Iterator[Bindings]:
+    """The outer rows with a match in any of ``parts``, each once: no row of the relation is
+    gathered, and a key matched by many rows costs what one match does."""
+    xp = ops.xp
+    found = xp.zeros(b.n, dtype=bool)
+    for index in parts:
+        starts, counts = index.ranges(query, len(keys[:2]), b.n, ops.backend)
+        if not shape.checks:
+            found |= counts > 0
+            continue
+        for lo, hi in ops.chunks(counts):
+            found[_checked_pairs(ops, shape, index, keys, starts, counts, lo, hi)[0]] = True
+    rows = xp.nonzero(found)[0]
+    if rows.shape[0]:
+        yield Bindings(gather_pairs(b.table, rows, parts[0].rows, rows, shape.source, xp), shape.names)
 
 
 def filter_rows(ops: Operators, b: Bindings, step: FilterStep, layout: Layout | None) -> Iterator[Bindings]:

@@ -740,10 +740,12 @@ def _clause_rules(
             _check_ground(head)
             yield _RuleChecker(relations, types, lattice, functors_).rule(head, (), fact=True)
         return
+    plans = tuple((item.version, item.order) for item in c.plans)
     for body in c.bodies:
         for head in c.heads:
             checker = _RuleChecker(relations, types, lattice, functors_)
-            yield checker.rule(head, body, fact=False, grounded=head.relation not in inlined)
+            rule = checker.rule(head, body, fact=False, grounded=head.relation not in inlined)
+            yield replace(rule, plans=plans) if plans else rule
 
 
 def _check_ground(head: st.Atom) -> None:

@@ -161,7 +161,7 @@ class PlanItem:
 @dataclass(frozen=True)
 class Clause:
     """``heads :- body.``; ``bodies`` holds the disjunctive normal form, None for a fact;
-    ``plans``: its ``.plan`` (checked, then left to the planner's own order). A subsumptive
+    ``plans``: its ``.plan`` (checked, then followed by the planner: plan.plan_rule). A subsumptive
     rule ``dominated <= dominating :- body.`` has its one head dominated and ``dominating`` set."""
 
     heads: tuple[Atom, ...]

@@ -145,18 +145,25 @@ void gather_join(const uint32_t *outer, int64_t outer_width, const int64_t *star
     }
 }
 
-static inline int64_t hash_slot(uint64_t key, uint64_t mask) {
-    return (int64_t)(((key * HASH_MULT) >> 17) & mask);
+/* Fibonacci hashing: the product's top log2(capacity) bits, which every bit of the key reaches.
+ * Bits 17 and up of the product, as taken before, see a key's high word only from bit 32 on: a
+ * two-column key whose second column is constant (crdt's (counter, node) with one node) fell
+ * into capacity / 2^15 clusters, and a 100k-key table took seconds to build and probe. */
+static inline int64_t hash_slot(uint64_t key, int shift) {
+    return (int64_t)((key * HASH_MULT) >> shift);
 }
+
+static inline int slot_shift(int64_t capacity) { return 64 - __builtin_ctzll((uint64_t)capacity); }
 
 /* Open addressing, linear probing: slots[s] = index into the distinct keys, or -1 (int32: a
  * table is mostly slots, and a shard holds fewer than 2^31 distinct keys per index).
  * capacity is a power of two above the key count. */
 void hash_build(const uint64_t *keys, int64_t n, int32_t *slots, int64_t capacity) {
     uint64_t mask = (uint64_t)capacity - 1;
+    int shift = slot_shift(capacity);
     for (int64_t s = 0; s < capacity; s++) slots[s] = -1;
     for (int64_t i = 0; i < n; i++) {
-        int64_t s = hash_slot(keys[i], mask);
+        int64_t s = hash_slot(keys[i], shift);
         while (slots[s] != -1) s = (s + 1) & (int64_t)mask;
         slots[s] = (int32_t)i;
     }
@@ -166,10 +173,11 @@ void hash_build(const uint64_t *keys, int64_t n, int32_t *slots, int64_t capacit
 void hash_ranges(const int32_t *slots, int64_t capacity, const uint64_t *keys, const int64_t *starts,
                  const int64_t *counts, const uint64_t *queries, int64_t n, int64_t *out_start, int64_t *out_count) {
     uint64_t mask = (uint64_t)capacity - 1;
+    int shift = slot_shift(capacity);
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         uint64_t q = queries[i];
-        int64_t s = hash_slot(q, mask);
+        int64_t s = hash_slot(q, shift);
         int32_t k = slots[s];
         while (k != -1 && keys[k] != q) {
             s = (s + 1) & (int64_t)mask;
