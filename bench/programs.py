@@ -163,11 +163,9 @@ def generated_inputs(program: Path, kind: str, size: int, seed: int, cache: Path
     if done.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
         last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-        older = "invalid choice" in last or "unrecognized arguments" in last  # argparse: no such kind or flag
         raise InputError(
             f"`dask-datalog gen {kind} --for {program.name} -o DIR --size {size} --seed {seed}` failed (exit "
             f"{done.returncode}): {last}"
-            + (" (this dask-datalog predates the flowlog kinds and `gen --for`: issue 19's gen branch)" if older else "")
         )
     partial.rename(folder)
     return folder

@@ -6,8 +6,6 @@ import csv
 import importlib.util
 import itertools
 import os
-import re
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -143,36 +141,11 @@ def test_absent_programs_say_where_to_get_them(programs: ModuleType, tmp_path: P
     assert "cspa.dl not in" in (programs.missing_programs_message(tmp_path, ["andersen", "cspa"]) or "")
 
 
-def flowlog_inputs(program: Path, kind: str, size: int, seed: int, dest: Path) -> None:
-    """Inputs of a flowlog program from our `gen KIND` (its relations under our names, any
-    case), renamed and delimited as the program's `.input` directives read them: what
-    `gen --for` does, for a dask-datalog without it."""
-    made = dest.with_name(dest.name + ".ours")
-    cli = Path(sys.executable).parent / "dask-datalog"
-    subprocess.run([str(cli), "gen", kind, str(made), "--size", str(size), "--seed", str(seed)], check=True, capture_output=True)
-    ours = {f.stem.lower(): f for f in made.glob("*.facts")}
-    dest.mkdir(parents=True)
-    inputs = re.findall(r'\.input\s+(\w+)\(IO="file",\s*filename="([^"]+)",\s*delimiter="([^"]*)"\)', program.read_text())
-    assert inputs
-    for rel, filename, delimiter in inputs:
-        sep = "\t" if delimiter == "\\t" else delimiter
-        (dest / filename).write_text(ours[rel.lower()].read_text().replace("\t", sep))
-
-
-def gen_has_for() -> bool:
-    cli = Path(sys.executable).parent / "dask-datalog"
-    done = subprocess.run([str(cli), "gen", "andersen", "--help"], capture_output=True, text=True)
-    return "--for" in done.stdout
-
-
 @pytest.mark.skipif(not SOUFFLE.is_file(), reason=f"Soufflé 2.5 is not at {SOUFFLE}")
 @pytest.mark.skipif(not (FLOWLOG / "andersen.dl").is_file(), reason=f"flowlog-bench's programs are not at {FLOWLOG}")
 def test_andersen_measured_both_ways_with_equal_outputs(programs: ModuleType, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    size, seed = 300, 0
-    if not gen_has_for():  # seed the cache the script reads, as `gen --for` would fill it
-        key = programs.input_key("andersen", size, seed, (FLOWLOG / "andersen.dl").read_text(), programs.generator_version())
-        flowlog_inputs(FLOWLOG / "andersen.dl", "andersen", size, seed, cache / "inputs" / key)
+    size = 300
     table = tmp_path / "rows.csv"
     argv = ["--only", "andersen", "--sizes", str(size), "--rounds", "2", "--cache", str(cache), "--csv", str(table)]
     argv += ["--programs", str(FLOWLOG), "--peers", str(SOUFFLE.parent.parent)]
@@ -199,9 +172,6 @@ def test_a_peer_that_disagrees_fails_the_run_loudly(
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     cache, size = tmp_path / "cache", 50
-    if not gen_has_for():
-        key = programs.input_key("andersen", size, 0, (FLOWLOG / "andersen.dl").read_text(), programs.generator_version())
-        flowlog_inputs(FLOWLOG / "andersen.dl", "andersen", size, 0, cache / "inputs" / key)
     argv = ["--only", "andersen", "--sizes", str(size), "--rounds", "1", "--cache", str(cache), "--peers", str(bin_dir.parent)]
     assert programs.main([*argv, "--programs", str(FLOWLOG)]) == 1
     printed = capsys.readouterr().out
