@@ -70,8 +70,20 @@ PROGRAMS = ("andersen", "cspa", "csda", "crdt", "galen", "dyck", "doop", "poloni
 KINDS = {"polonius_int": "polonius"}  # `gen` kind where it is not the program's name
 FLOWLOG_BENCH = "https://github.com/flowlog-rs/flowlog-bench"
 DEFAULT_PROGRAMS: Path = common.REPO_ROOT.parent / "flowlog-bench" / "programs" / "oracle" / "souffle"
-DEFAULT_SIZES = (1_000, 10_000)
-LADDER = (1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000)
+# `gen --size` per program for inputs of about 2 MiB (issue 19's table measured 0.5-3 MB);
+# examples/README.md lists what each size makes.
+DEFAULT_SIZES = {
+    "andersen": 100_000,
+    "cspa": 100_000,
+    "csda": 150_000,
+    "crdt": 120_000,
+    "galen": 100_000,
+    "dyck": 120_000,
+    "doop": 1_200,
+    "polonius_int": 40_000,
+    "z3": 15_000,
+}
+LADDER = (0.1, 0.3, 1, 3, 10)  # --crossover: these times each program's default size
 SOUFFLE_JOBS = 2
 SAMPLE_ROWS = 3  # differing rows named per side of a mismatch
 
@@ -457,9 +469,10 @@ def csv_row(r: Result) -> dict[str, object]:
 # Driver
 
 
-def parse_sizes(specs: Sequence[str], programs: Sequence[str], default: Sequence[int]) -> dict[str, list[int]]:
-    """Sizes per program from --sizes items `N,N,...` (every program) or `PROGRAM=N,N,...`."""
-    sizes = {p: list(default) for p in programs}
+def parse_sizes(specs: Sequence[str], programs: Sequence[str], crossover: bool = False) -> dict[str, list[int]]:
+    """Sizes per program from --sizes items `N,N,...` (every program) or `PROGRAM=N,N,...`;
+    else its default size, or with ``crossover`` the ``LADDER`` of multiples of it."""
+    sizes = {p: [max(1, round(DEFAULT_SIZES[p] * k)) for k in (LADDER if crossover else (1,))] for p in programs}
     for spec in specs:
         name, sep, numbers = spec.rpartition("=")
         try:
@@ -495,8 +508,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="[PROGRAM=]N,N,...",
-        help="generator sizes, for every program or for one (repeatable; default: "
-        f"{','.join(map(str, DEFAULT_SIZES))}, with --crossover {','.join(map(str, LADDER))})",
+        help="generator sizes, for every program or for one (repeatable; default: inputs of about 2 MiB, "
+        + ", ".join(f"{p}={n}" for p, n in DEFAULT_SIZES.items())
+        + f"; with --crossover {', '.join(map(str, LADDER))} times those)",
     )
     ap.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     ap.add_argument(
@@ -576,7 +590,7 @@ def main(argv: list[str]) -> int:
     common.with_bytecode()
     try:
         names = selected(args.only)
-        sizes = parse_sizes(args.sizes, names, LADDER if args.crossover else DEFAULT_SIZES)
+        sizes = parse_sizes(args.sizes, names, args.crossover)
     except ValueError as e:
         log(f"error: {e}")
         return 2

@@ -126,11 +126,11 @@ def test_crossover_says_where_the_ratio_crosses_one(programs: ModuleType) -> Non
 
 
 def test_sizes_per_program_and_for_all(programs: ModuleType) -> None:
-    sizes = programs.parse_sizes(["500,1_000", "cspa=7"], ["andersen", "cspa"], [1])
+    sizes = programs.parse_sizes(["500,1_000", "cspa=7"], ["andersen", "cspa"])
     assert sizes == {"andersen": [500, 1000], "cspa": [7]}
     for bad in ("x", "doop=", "nope=5", "0"):
         with pytest.raises(ValueError, match="bad --sizes"):
-            programs.parse_sizes([bad], ["andersen"], [1])
+            programs.parse_sizes([bad], ["andersen"])
 
 
 def test_absent_programs_say_where_to_get_them(programs: ModuleType, tmp_path: Path) -> None:
@@ -177,3 +177,11 @@ def test_a_peer_that_disagrees_fails_the_run_loudly(
     printed = capsys.readouterr().out
     assert "!!MISMATCH PointsTo" in printed
     assert "!!! andersen 50: PointsTo: " in printed and "only in Soufflé's" in printed and "'1\\t999999'" in printed
+
+
+def test_default_sizes_and_the_crossover_ladder(programs: ModuleType) -> None:
+    """Without --sizes each program gets its own default (inputs of about 2 MiB), and
+    --crossover the ladder of multiples of it."""
+    assert programs.parse_sizes([], ["doop", "z3"]) == {"doop": [1200], "z3": [15000]}
+    assert programs.parse_sizes([], ["doop"], crossover=True) == {"doop": [120, 360, 1200, 3600, 12000]}
+    assert set(programs.DEFAULT_SIZES) == set(programs.PROGRAMS)
