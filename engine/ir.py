@@ -8,7 +8,7 @@ only in where they were written are the same rule.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
 from typing import Literal as TypingLiteral
@@ -345,34 +345,50 @@ DIRECTORY_PRAGMAS = frozenset({"fact-dir", "output-dir"})
 KEPT_PRAGMAS = DIRECTORY_PRAGMAS | {"magic-transform", "magic-transform-exclude"}
 
 _CONTAINERS = (tuple, list, frozenset, set)
-_FIELDS: dict[type, tuple[str, ...]] = {}
+_DICT = "dict"  # what a class is to a traversal: a dict, a container, a leaf or a dataclass's fields
+_CONTAINER = "container"
+_LEAF = "leaf"
+_SHAPES: dict[type, str | tuple[str, ...]] = {}
+_REVERSED: dict[type, tuple[str, ...]] = {}
 
 
-def _node_fields(cls: type) -> tuple[str, ...]:
-    """A dataclass's fields that may hold nodes: all but ``pos``, which only says where."""
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = _FIELDS[cls] = tuple(f.name for f in fields(cls) if f.name != "pos")
-    return names
+def _shape(cls: type) -> str | tuple[str, ...]:
+    """What ``cls`` is to ``walk`` and ``children``, found once per class: the names of a
+    dataclass's fields that may hold nodes (all but ``pos``, which only says where), or what
+    else it is. Asked per node, ``dataclasses.fields`` and ``is_dataclass`` cost the front end
+    most of its time on large programs."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        if issubclass(cls, dict):
+            shape = _DICT
+        elif issubclass(cls, _CONTAINERS):
+            shape = _CONTAINER
+        elif is_dataclass(cls) and not issubclass(cls, type):
+            shape = tuple(f.name for f in fields(cls) if f.name != "pos")
+            _REVERSED[cls] = shape[::-1]
+        else:
+            shape = _LEAF
+        _SHAPES[cls] = shape
+    return shape
 
 
 def children(node: object) -> Iterator[object]:
     """The nodes directly under ``node``: its dataclass fields (not its position), with the
     tuples, lists, sets and dict values holding them flattened (plan steps are dataclasses
     too)."""
-    if isinstance(node, (*_CONTAINERS, dict)):
-        for item in node.values() if isinstance(node, dict) else node:
-            if isinstance(item, (*_CONTAINERS, dict)):
-                yield from children(item)
-            else:
-                yield item
-    elif is_dataclass(node) and not isinstance(node, type):
-        for name in _node_fields(type(node)):
-            value = getattr(node, name)
-            if isinstance(value, (*_CONTAINERS, dict)):
-                yield from children(value)
-            else:
-                yield value
+    shape = _shape(type(node))
+    if shape is _DICT or shape is _CONTAINER:
+        items: Iterable[object] = node.values() if shape is _DICT else node  # type: ignore[attr-defined]
+    elif shape is _LEAF:
+        return
+    else:
+        items = (getattr(node, name) for name in shape)
+    for item in items:
+        inner = _shape(type(item))
+        if inner is _DICT or inner is _CONTAINER:
+            yield from children(item)
+        else:
+            yield item
 
 
 def walk(node: object) -> Iterator[object]:
@@ -380,13 +396,21 @@ def walk(node: object) -> Iterator[object]:
     the IR (and of plans) that the checker, the planner, the checkpoint digest and the tests
     use."""
     stack = [node]
+    pop, push = stack.pop, stack.extend
+    shapes, reversed_fields = _SHAPES, _REVERSED
     while stack:
-        current = stack.pop()
-        if not isinstance(current, _CONTAINERS) and not isinstance(current, dict):
+        current = pop()
+        cls = type(current)
+        shape = shapes.get(cls) or _shape(cls)
+        if shape is _LEAF:
             yield current
-            if not is_dataclass(current) or isinstance(current, type):
-                continue
-        stack.extend(reversed(list(children(current))))
+        elif shape is _CONTAINER:
+            push(current[::-1] if cls is tuple or cls is list else list(current)[::-1])  # type: ignore[index, call-overload]
+        elif shape is _DICT:
+            push(list(current.values())[::-1])  # type: ignore[attr-defined]
+        else:
+            yield current
+            push([getattr(current, name) for name in reversed_fields[cls]])
 
 
 def variables(node: object) -> Iterator[Var]:
