@@ -7,8 +7,9 @@ only in where they were written are the same rule.
 
 from __future__ import annotations
 
+import re
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
 from typing import Literal as TypingLiteral
@@ -345,18 +346,19 @@ DIRECTORY_PRAGMAS = frozenset({"fact-dir", "output-dir"})
 KEPT_PRAGMAS = DIRECTORY_PRAGMAS | {"magic-transform", "magic-transform-exclude"}
 
 _CONTAINERS = (tuple, list, frozenset, set)
-_DICT = "dict"  # what a class is to a traversal: a dict, a container, a leaf or a dataclass's fields
+# What a class is to ``walk``, found once per class: a dict, a container, a leaf, or a
+# dataclass, by the names of its fields that may hold nodes, last first.
+_DICT = "dict"
 _CONTAINER = "container"
 _LEAF = "leaf"
 _SHAPES: dict[type, str | tuple[str, ...]] = {}
-_REVERSED: dict[type, tuple[str, ...]] = {}
+# Field types made only of these hold no node (``pos`` only says where).
+_LEAF_WORDS = frozenset({"str", "int", "bool", "float", "None", "tuple", "frozenset", "BaseType"})
 
 
 def _shape(cls: type) -> str | tuple[str, ...]:
-    """What ``cls`` is to ``walk`` and ``children``, found once per class: the names of a
-    dataclass's fields that may hold nodes (all but ``pos``, which only says where), or what
-    else it is. Asked per node, ``dataclasses.fields`` and ``is_dataclass`` cost the front end
-    most of its time on large programs."""
+    """Asked per node, ``dataclasses.fields`` and ``is_dataclass`` cost the front end most of
+    its time on large programs: they are asked here once per class."""
     shape = _SHAPES.get(cls)
     if shape is None:
         if issubclass(cls, dict):
@@ -364,62 +366,45 @@ def _shape(cls: type) -> str | tuple[str, ...]:
         elif issubclass(cls, _CONTAINERS):
             shape = _CONTAINER
         elif is_dataclass(cls) and not issubclass(cls, type):
-            shape = tuple(f.name for f in fields(cls) if f.name != "pos")
-            _REVERSED[cls] = shape[::-1]
+            holding = [f.name for f in fields(cls) if f.name != "pos" and not set(re.findall(r"\w+", str(f.type))) <= _LEAF_WORDS]
+            shape = tuple(reversed(holding))
         else:
             shape = _LEAF
         _SHAPES[cls] = shape
     return shape
 
 
-def children(node: object) -> Iterator[object]:
-    """The nodes directly under ``node``: its dataclass fields (not its position), with the
-    tuples, lists, sets and dict values holding them flattened (plan steps are dataclasses
-    too)."""
-    shape = _shape(type(node))
-    if shape is _DICT or shape is _CONTAINER:
-        items: Iterable[object] = node.values() if shape is _DICT else node  # type: ignore[attr-defined]
-    elif shape is _LEAF:
-        return
-    else:
-        items = (getattr(node, name) for name in shape)
-    for item in items:
-        inner = _shape(type(item))
-        if inner is _DICT or inner is _CONTAINER:
-            yield from children(item)
-        else:
-            yield item
+def walk(node: object) -> Iterator[Any]:
+    """Every dataclass node from ``node`` down (itself included), depth first, in written
+    order, through tuples, lists, sets and dict values: the one traversal of the IR (and of
+    plans, whose steps are dataclasses too) that the checker, the planner and the tests use."""
+    return instances(node, object)
 
 
-def walk(node: object) -> Iterator[object]:
-    """``node`` and every node under it, depth first, in written order: the one traversal of
-    the IR (and of plans) that the checker, the planner, the checkpoint digest and the tests
-    use."""
-    stack = [node]
+def instances(node: object, cls: type[T]) -> Iterator[T]:
+    """The nodes of ``walk(node)`` that are ``cls``, found without handing the others out."""
+    stack: list[Any] = [node]
     pop, push = stack.pop, stack.extend
-    shapes, reversed_fields = _SHAPES, _REVERSED
+    shapes = _SHAPES
     while stack:
         current = pop()
-        cls = type(current)
-        shape = shapes.get(cls) or _shape(cls)
-        if shape is _LEAF:
-            yield current
-        elif shape is _CONTAINER:
-            push(current[::-1] if cls is tuple or cls is list else list(current)[::-1])  # type: ignore[index, call-overload]
+        kind = type(current)
+        shape = shapes.get(kind) or _shape(kind)
+        if shape is _CONTAINER:
+            push(current[::-1] if kind is tuple or kind is list else list(current)[::-1])
         elif shape is _DICT:
-            push(list(current.values())[::-1])  # type: ignore[attr-defined]
-        else:
-            yield current
-            push([getattr(current, name) for name in reversed_fields[cls]])
+            push(list(current.values())[::-1])
+        elif shape is not _LEAF:
+            if isinstance(current, cls):
+                yield current
+            push([getattr(current, name) for name in shape])
 
 
 def variables(node: object) -> Iterator[Var]:
     """Every variable occurrence under ``node``, in written order."""
     if isinstance(node, Var):
         return iter((node,))
-    if isinstance(node, (Const, Wildcard, str, int)) or node is None:
-        return iter(())
-    return (n for n in walk(node) if isinstance(n, Var))
+    return instances(node, Var)
 
 
 def variable_names(node: object) -> set[str]:
@@ -428,7 +413,7 @@ def variable_names(node: object) -> set[str]:
 
 def calls(node: object) -> Iterator[Call]:
     """Every functor call under ``node``, outermost first."""
-    return (n for n in walk(node) if isinstance(n, Call))
+    return instances(node, Call)
 
 
 def rewrite_terms(node: T, fn: Callable[[Term], Term]) -> T:
@@ -470,13 +455,13 @@ def ground(t: Term) -> bool:
 def record_constants(node: object) -> set[Record]:
     """Every record of constants under ``node``, nested ones included: put in the record table
     before evaluation on every shard, so their ids are known and the same everywhere."""
-    return {n for n in walk(node) if isinstance(n, Record) and ground(n)}
+    return {n for n in instances(node, Record) if ground(n)}
 
 
 def symbol_constants(node: object) -> set[str]:
     """Every symbol constant under ``node``: interned before evaluation on every shard, so the
     ids constants get are the same everywhere."""
-    return {str(n.value) for n in walk(node) if isinstance(n, Const) and n.type == "symbol"}
+    return {str(n.value) for n in instances(node, Const) if n.type == "symbol"}
 
 
 INFIX = frozenset({"+", "-", "*", "/", "%", "^"})

@@ -894,7 +894,7 @@ def _pattern_vars(t: ir.Term | None) -> Iterator[ir.Var]:
 
 def _has_value(t: ir.Term, bound: set[str]) -> bool:
     """Whether ``t`` has a value once ``bound`` are: all its variables bound, no ``_``."""
-    return all(v.name in bound for v in ir.variables(t)) and not any(isinstance(n, ir.Wildcard) for n in ir.walk(t))
+    return all(v.name in bound for v in ir.variables(t)) and not any(ir.instances(t, ir.Wildcard))
 
 
 def _equality_binds(left: ir.Term, right: ir.Term, bound: set[str]) -> set[str]:
@@ -993,7 +993,7 @@ class _RuleChecker:
         if grounded:
             _Safety(ir_head, lits).check()
         checked = _fold_records([self.resolve(lit) for lit in lits])
-        values = {n.result.name for n in ir.walk(lits) if isinstance(n, ir.Aggregation)} | self.generated
+        values = {n.result.name for n in ir.instances(lits, ir.Aggregation)} | self.generated
         resolved_head, checked = _unify_float_aliases(self.resolve_atom(ir_head), checked, values)
         rule = ir.Rule(resolved_head, tuple(checked), ir_head.pos)
         return _fold_fact(rule) if fact and not lits else rule
@@ -1615,10 +1615,9 @@ def _unify_float_aliases(head: ir.Atom, lits: list[ir.BodyLiteral], values: set[
             name = parent[name]
         return name
 
-    for n in ir.walk(lits):
+    for n in ir.instances(lits, ir.Comparison):
         if (
-            isinstance(n, ir.Comparison)
-            and n.op == "="
+            n.op == "="
             and n.type == "float"
             and isinstance(n.left, ir.Var)
             and isinstance(n.right, ir.Var)

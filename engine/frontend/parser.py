@@ -494,7 +494,22 @@ MAX_LITERAL_DIGITS = 64  # significant digits of an integer literal (a 64-bit va
 
 
 # How tightly each binary operator of ``operators`` binds (Soufflé's precedence, ^ aside).
-_PRECEDENCE = {"lor": 0, "lxor": 1, "land": 2, "bor": 3, "bxor": 4, "band": 5, "bshl": 6, "bshr": 6, "bshru": 6, "+": 7, "-": 7, "*": 8, "/": 8, "%": 8}
+_PRECEDENCE = {
+    "lor": 0,
+    "lxor": 1,
+    "land": 2,
+    "bor": 3,
+    "bxor": 4,
+    "band": 5,
+    "bshl": 6,
+    "bshr": 6,
+    "bshru": 6,
+    "+": 7,
+    "-": 7,
+    "*": 8,
+    "/": 8,
+    "%": 8,
+}
 
 # The comparison that holds exactly where one fails (Soufflé's negatedConstraintOp).
 _NEGATED_OP = {
@@ -534,7 +549,11 @@ class _Builder:
         self.depth += 1
         if self.depth > MAX_NESTING:
             meta = node.meta
-            line, column = (meta.line, meta.column) if not container else (getattr(meta, "container_line", meta.line), getattr(meta, "container_column", meta.column))
+            line, column = (
+                (meta.line, meta.column)
+                if not container
+                else (getattr(meta, "container_line", meta.line), getattr(meta, "container_column", meta.column))
+            )
             pos = self.where.pos(line, column, self.filename)
             raise DatalogError(pos, f"nesting too deep: more than {MAX_NESTING} levels of parentheses, operators or aggregates")
 
