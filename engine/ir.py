@@ -389,15 +389,18 @@ def instances(node: object, cls: type[T]) -> Iterator[T]:
     while stack:
         current = pop()
         kind = type(current)
-        shape = shapes.get(kind) or _shape(kind)
-        if shape is _CONTAINER:
+        shape = shapes.get(kind)
+        if shape is None:
+            shape = _shape(kind)
+        if type(shape) is tuple:
+            if isinstance(current, cls):
+                yield current
+            if shape:
+                push([getattr(current, name) for name in shape])
+        elif shape is _CONTAINER:
             push(current[::-1] if kind is tuple or kind is list else list(current)[::-1])
         elif shape is _DICT:
             push(list(current.values())[::-1])
-        elif shape is not _LEAF:
-            if isinstance(current, cls):
-                yield current
-            push([getattr(current, name) for name in shape])
 
 
 def variables(node: object) -> Iterator[Var]:
