@@ -428,8 +428,10 @@ def rewrite_terms(node: T, fn: Callable[[Term], Term]) -> T:
         return fn(replace(node, args=tuple(rewrite_terms(a, fn) for a in node.args)))  # type: ignore[return-value]
     if isinstance(node, tuple):
         return tuple(rewrite_terms(item, fn) for item in node)  # type: ignore[return-value]
-    if is_dataclass(node) and not isinstance(node, type) and isinstance(node, (Atom, Negation, Comparison, Aggregation, Rule)):
-        changes = {f.name: rewrite_terms(getattr(node, f.name), fn) for f in fields(node) if f.name != "pos"}
+    if isinstance(node, (Atom, Negation, Comparison, Aggregation, Rule)):
+        shape = _shape(type(node))
+        assert isinstance(shape, tuple)
+        changes = {name: rewrite_terms(getattr(node, name), fn) for name in reversed(shape)}  # in written order
         return replace(node, **changes)
     return node
 
