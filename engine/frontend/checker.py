@@ -1197,6 +1197,8 @@ class _RuleChecker:
     def separate_aggregate_locals(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
         """Give a variable local to one aggregate its own name when another aggregate uses the
         same name, so that a variable shared between literals always means grouping."""
+        if not any(isinstance(lit, ir.Aggregation) for lit in lits):
+            return list(lits)
         outer = _outer_vars(head, lits)
         seen: set[str] = set()
         out: list[ir.BodyLiteral] = []
@@ -1626,6 +1628,8 @@ def _unify_float_aliases(head: ir.Atom, lits: list[ir.BodyLiteral], values: set[
             a, b = find(n.left.name), find(n.right.name)
             if a != b:
                 parent[a] = b
+    if not parent:  # no alias: renaming would rebuild equal terms
+        return head, _without_trivial_floats(lits)
 
     def rename(t: ir.Term) -> ir.Term:
         return ir.Var(find(t.name), t.pos) if isinstance(t, ir.Var) else t
