@@ -46,7 +46,9 @@ from dask_datalog.engine.ir import (
     Term,
     Var,
     Wildcard,
+    calls,
     ground,
+    instances,
     is_named_wildcard,
     variable_names,
     walk,
@@ -652,7 +654,7 @@ def _agrees(lit: BodyLiteral) -> bool:
 
 
 def _counts(lit: BodyLiteral) -> bool:
-    return isinstance(lit, Comparison) and any(functors.of(c).counter for c in walk(lit) if isinstance(c, Call))
+    return isinstance(lit, Comparison) and any(functors.of(c).counter for c in calls(lit))
 
 
 def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, ...], i: int) -> bool:
@@ -684,7 +686,7 @@ def _priority(atom: BodyLiteral, i: int, bound: set[str], cost: JoinCost | None)
 
 def _has_value(t: Term, bound: set[str]) -> bool:
     """Whether ``t`` has a value once ``bound`` are: all its variables bound, no ``_`` inside."""
-    return variable_names(t) <= bound and not any(isinstance(n, Wildcard) for n in walk(t))
+    return variable_names(t) <= bound and not any(instances(t, Wildcard))
 
 
 def _assignment_target(c: Comparison, bound: set[str], not_assignable: set[str]) -> tuple[str, Term] | None:
