@@ -70,7 +70,9 @@ def serve(args: argparse.Namespace, max_request_bytes: int) -> int:
 def _listen(host: str, port: int) -> socket.socket:
     """The service's socket, bound here so that port 0 (any free port) can be printed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it every response waited for the client's delayed ACK (40 ms, measured).
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))
