@@ -20,6 +20,7 @@ import distributed
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.service.auth import PathRefused, Roots, User
 from dask_datalog.cluster.service.convert import Unconvertible, to_csv, to_parquet
+from dask_datalog.cluster.service.local import LocalSlot
 from dask_datalog.cluster.service.queue import JobQueue, Stop
 from dask_datalog.cluster.service.runner import CHECKPOINT, run_job
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
@@ -68,6 +69,7 @@ class JobService:
         self.store = JobStore(self.state_dir / "jobs.sqlite")
         self.roots = roots
         self.client = client
+        self.local = LocalSlot()
         self.queue = JobQueue(self.store, self._run, max_jobs)
         failed, pending = self.store.recover(self._checkpoint)
         self.recovered = failed
@@ -87,7 +89,7 @@ class JobService:
         confine = functools.partial(_confine_program, Roots([*self.roots.roots, folder]))
         # The span tags every task the job submits (this thread's): the dashboard groups them.
         with distributed.span(span_name(record.id)):
-            run_job(record, self.client, self.store, folder, stop, confine)
+            run_job(record, self.client, self.store, folder, stop, confine, self.local)
 
     def submit(self, user: User, job: Submission) -> JobRecord:
         if job.facts is not None and job.fact_dir is not None:

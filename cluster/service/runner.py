@@ -1,6 +1,6 @@
 """One job run: the one-shot ``dask-datalog run``'s path (``api.Program.run`` on the service's
-cluster, then ``Result.write``), with its progress going to the job's log and its end to its
-record. Nothing here evaluates anything itself."""
+cluster, or in this process for a small job, then ``Result.write``), with its progress going to
+the job's log and its end to its record. Nothing here evaluates anything itself."""
 
 from __future__ import annotations
 
@@ -10,18 +10,22 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dask_datalog.cluster.api import Program
+from dask_datalog.cluster.api import Program, Result
 from dask_datalog.cluster.cli.progress import ProgressState
 from dask_datalog.cluster.runtime import dask_adapter
+from dask_datalog.cluster.runtime.tasks import PROGRESS_EVERY_S
 from dask_datalog.cluster.service import figures
+from dask_datalog.cluster.service.local import LOCAL_BUDGET_S, LocalSlot, local_sized
 from dask_datalog.cluster.service.queue import Stop
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
-from dask_datalog.engine.errors import DatalogError, Terminated
+from dask_datalog.engine.errors import DatalogError, RunTimeout, Terminated
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.spmd.options import RunOptions
+from dask_datalog.spmd.progress import iteration_events
 from dask_datalog.spmd.writer import file_name
 
 log = logging.getLogger("dask_datalog.service")
@@ -61,15 +65,18 @@ class JobLog:
             figures.add_point(self.folder, *at, delta, found)
 
 
-def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop: Stop, confined: Confine) -> None:
-    """Run ``record`` on ``client``'s cluster to its final state: SUCCEEDED with its outputs
-    written, STOPPED when ``stop`` was set, FAILED with the one-line error of the run (a bad
-    program's ``file:line:col: error: ...``). ``confined`` refuses a program whose files
-    (``.input``/``.output`` filenames, which may be absolute) leave the service's roots. A bug
-    is logged with its traceback on the service's stderr and fails the job; the service goes on."""
+def run_job(
+    record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop: Stop, confined: Confine, slot: LocalSlot
+) -> None:
+    """Run ``record`` to its final state: SUCCEEDED with its outputs written, STOPPED when
+    ``stop`` was set, FAILED with the one-line error of the run (a bad program's
+    ``file:line:col: error: ...``). A small job runs in this process when ``slot`` is free
+    (local.py says which and why), any other on ``client``'s cluster. ``confined`` refuses a
+    program whose files (``.input``/``.output`` filenames, which may be absolute) leave the
+    service's roots. A bug is logged with its traceback on the service's stderr and fails the
+    job; the service goes on."""
     args = record.arguments
     store.update(record.id, state=State.RUNNING, started=time.time())
-    store.log(record.id, f"running on {len(dask_adapter.scheduler_workers(client))} workers")
     checkpoints = job_dir / CHECKPOINT if args.get("checkpoint") else None
     try:
         program = Program(args["program"], record.program_name, macros=args.get("macros") or {})
@@ -82,11 +89,20 @@ def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop
             memory_limit=args.get("memory_limit"),
             stop=stop,
         )
-        progress = JobLog(store, record.id, len(plan_program(program.ir).strata), job_dir)
+        strata = len(plan_program(program.ir).strata)
         output_dir, fmt = args["output_dir"], args.get("format", "csv")
         confined(program, args["fact_dir"], output_dir)
-        # stdin=b"": an IO=stdin input reads nothing (the service's own stdin is no job's).
-        result = program.run(fact_dir=args["fact_dir"], client=client, progress=progress, options=options, stdin=b"")
+        started = time.monotonic()
+        result = _in_process(record, program, options, strata, store, slot, job_dir) if local_sized(args) else None
+        where = "in the service's process"
+        if result is None:
+            store.log(record.id, f"running on {len(dask_adapter.scheduler_workers(client))} workers")
+            if options.timeout is not None:  # the time limit is the job's: what ran in process counts
+                options = replace(options, timeout=max(options.timeout - (time.monotonic() - started), 1e-3))
+            progress = JobLog(store, record.id, strata, job_dir)
+            # stdin=b"": an IO=stdin input reads nothing (the service's own stdin is no job's).
+            result = program.run(fact_dir=args["fact_dir"], client=client, progress=progress, options=options, stdin=b"")
+            where = f"on {result.stats['workers']} workers"
         try:
             store.log(record.id, f"writing the outputs into {output_dir}")
             Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -115,7 +131,7 @@ def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop
             tuples=sum(n for name, n in stats["sizes"].items() if name in heads),
             results=results,
         )
-        store.log(record.id, f"SUCCEEDED in {stats['total_s']:.2f} s on {stats['workers']} workers")
+        store.log(record.id, f"SUCCEEDED in {stats['total_s']:.2f} s {where}")
     except Terminated as stopped:
         if not stop.is_set():  # a stop nobody asked the service for
             _failed(store, record.id, str(stopped))
@@ -130,6 +146,34 @@ def run_job(record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop
     finally:  # a run that ended has no use for its checkpoints (one killed with the service keeps them)
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def _in_process(
+    record: JobRecord, program: Program, options: RunOptions, strata: int, store: JobStore, slot: LocalSlot, job_dir: Path
+) -> Result | None:
+    """The small job's run in this process, as the one-shot ``run`` does it by default; None
+    when the slot stayed taken, or the run went past its budget (then stopped, nothing written)."""
+    with slot.take() as free:
+        if not free:
+            return None
+        store.log(record.id, "running in the service's process (a small job)")
+        limit = options.timeout
+        budget = LOCAL_BUDGET_S if limit is None else min(limit, LOCAL_BUDGET_S)
+        events = iteration_events(0, JobLog(store, record.id, strata, job_dir), PROGRESS_EVERY_S)
+        try:
+            # numpy: a tiny job gains nothing from a GPU, and this process keeps off the device.
+            return program.run(
+                fact_dir=record.arguments["fact_dir"],
+                backend="numpy",
+                on_iteration=events,
+                options=replace(options, timeout=budget),
+                stdin=b"",
+            )
+        except RunTimeout:
+            if limit is not None and limit <= LOCAL_BUDGET_S:
+                raise
+            store.log(record.id, f"still running after {LOCAL_BUDGET_S:g} s in the service's process: moved to the cluster")
+            return None
 
 
 def _failed(store: JobStore, job: str, error: str) -> None:
