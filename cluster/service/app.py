@@ -23,6 +23,7 @@ from dask_datalog.cluster.service.web import add_pages
 FOLLOW_POLL_S = 0.1  # how often a followed log looks for new lines
 # A log offset is an SQLite INTEGER: past 2**63 - 1 the query would fail (a 500), not find nothing.
 Offset = Annotated[int, Query(ge=0, le=2**63 - 1, description="the first line's number, from 0")]
+MAX_WAIT_S = 60.0  # the longest a request waits for a job's end (clients ask again)
 
 
 class SubmitRequest(BaseModel):
@@ -76,6 +77,41 @@ def _job(record: JobRecord) -> Job:
     return Job(**record.public())
 
 
+class Ends:
+    """Requests waiting for jobs' ends on the event loop, woken by the store's job threads as
+    each final state is committed: a waiting client hears the end at once, with no polling."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.waiting: dict[str, list[asyncio.Event]] = {}
+
+    def ended(self, job: str) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._wake, job)
+
+    def _wake(self, job: str) -> None:
+        for event in self.waiting.pop(job, []):
+            event.set()
+
+    async def wait(self, job: str, final: Any, timeout: float) -> None:
+        """Until ``final()`` or ``timeout`` seconds; ``final`` is asked after this waiter is
+        registered, so an end committed in between still wakes it."""
+        self.loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        self.waiting.setdefault(job, []).append(event)
+        try:
+            if not final():
+                await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            events = self.waiting.get(job, [])
+            if event in events:
+                events.remove(event)
+                if not events:
+                    del self.waiting[job]
+
+
 class SizeLimit:
     """ASGI middleware: a request whose body passes ``limit`` bytes is answered 413, by its
     Content-Length at once, else once that many bytes arrived. The body is read here before
@@ -127,6 +163,8 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
         redoc_url=None,
     )
     app.add_middleware(SizeLimit, limit=max_request_bytes)
+    ends = Ends()
+    service.store.listen(ends.ended)
     bearer = HTTPBearer(auto_error=False)
 
     def user(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
@@ -157,8 +195,15 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
     async def jobs(caller: Caller) -> list[Job]:
         return [_job(r) for r in await run_in_threadpool(service.visible, caller)]
 
-    @app.get("/api/jobs/{job}", response_model=Job, summary="one job", responses=errors(404))
-    async def job(job: str, caller: Caller) -> Job:
+    @app.get(
+        "/api/jobs/{job}",
+        response_model=Job,
+        summary="one job; with wait=S, once it ended or after S seconds",
+        responses=errors(404),
+    )
+    async def job(job: str, caller: Caller, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0) -> Job:
+        if wait > 0 and not service.get(caller, job).state.final:
+            await ends.wait(job, lambda: service.get(caller, job).state.final, wait)
         return _job(service.get(caller, job))
 
     @app.post(

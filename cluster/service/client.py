@@ -25,6 +25,7 @@ ADDRESS_ENV, TOKEN_ENV = "DASK_DATALOG_SERVICE", "DASK_DATALOG_TOKEN"
 DEFAULT_ADDRESS = "http://127.0.0.1:8780"
 DEFAULT_STATE = Path.home() / ".dask-datalog" / "service"  # serve's --state-dir default
 FINAL = ("STOPPED", "SUCCEEDED", "FAILED")
+WAIT_S = 20.0  # how long one request waits for a job's end (the service's limit is 60 s)
 
 
 class ServiceError(DatalogError):
@@ -60,6 +61,7 @@ class ServiceClient:
         token = token or default_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         context = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        self.timeout = timeout
         self.http = httpx.Client(base_url=self.address, headers=headers, verify=context, timeout=timeout)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -123,16 +125,17 @@ class ServiceClient:
         except httpx.HTTPError as error:
             raise ServiceError(f"lost the job service at {self.address}: {error}") from None
 
-    def wait(self, job: str, poll_s: float = 0.05, timeout: float | None = None) -> dict[str, Any]:
-        """The job's record once it is final; a ServiceError after ``timeout`` seconds."""
+    def wait(self, job: str, timeout: float | None = None) -> dict[str, Any]:
+        """The job's record once it is final (the service answers at its end: no polling); a
+        ServiceError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout if timeout is not None else None
         while True:
-            record = self.status(job)
+            left = WAIT_S if deadline is None else min(WAIT_S, max(deadline - time.monotonic(), 0.0))
+            record = dict(self._call("GET", f"/api/jobs/{job}", params={"wait": left}, timeout=left + self.timeout).json())
             if record["state"] in FINAL:
                 return record
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise ServiceError(f"job {job} is still {record['state']} after {timeout:g} s")
-            time.sleep(poll_s)
 
     def result(self, job: str, relation: str, format: str | None = None) -> bytes:
         """The relation's output, as the job wrote it or converted to ``format`` (csv, parquet)."""

@@ -78,6 +78,11 @@ class JobStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self.lock = threading.Lock()
+        self.listeners: list[Callable[[str], None]] = []  # told each job whose final state is committed
+
+    def listen(self, ended: Callable[[str], None]) -> None:
+        """Call ``ended(job)`` once a job's final state is committed (on the writer's thread)."""
+        self.listeners.append(ended)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -102,6 +107,9 @@ class JobStore:
                 f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in values)} WHERE id = ?",
                 [*(_encode(c, v) for c, v in values.items()), job],
             )
+        if "state" in values and State(values["state"]).final:
+            for ended in self.listeners:
+                ended(job)
 
     def get(self, job: str) -> JobRecord | None:
         with self.lock:
