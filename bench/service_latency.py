@@ -116,7 +116,10 @@ def main() -> int:
     log(f"{len(cases)} of {len(eligible)} eligible cases (seed {args.seed}); ways: {', '.join(ways)}")
     times: dict[str, list[float]] = {w: [] for w in ways}
     wrong: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="service-latency-") as tmp, sc.served(Path(tmp) / "state", *args.serve_args.split()) as service:
+    with (
+        tempfile.TemporaryDirectory(prefix="service-latency-") as tmp,
+        sc.served(Path(tmp) / "state", *args.serve_args.split()) as service,
+    ):
         work = Path(tmp)
         jobs = ServiceClient(service.address, sc.TOKEN)
         service_job(jobs, cases[0])  # the first job imports what the next ones find warm

@@ -333,7 +333,15 @@ def test_stop_ends_a_running_job_within_a_second_and_frees_its_workers(
 ) -> None:
     http, _ = app
     job = submit(http, "alice-token", program=COUNT)
-    until(lambda: call(http, "alice-token", "GET", f"/api/jobs/{job}").json()["iterations"] >= 20, "20 iterations")
+
+    def on_the_cluster() -> bool:  # no facts: it starts in the service's process, and moves past its budget
+        lines = call(http, "alice-token", "GET", f"/api/jobs/{job}/logs").json()["lines"]
+        return any(re.fullmatch(r"running on \d+ workers", line) for line in lines)
+
+    until(on_the_cluster, "the job to move to the cluster")
+    lines = call(http, "alice-token", "GET", f"/api/jobs/{job}/logs").json()["lines"]
+    assert lines[1:2] == ["running in the service's process (a small job)"]
+    assert "still running after 0.5 s in the service's process: moved to the cluster" in lines
     start = time.monotonic()
     assert call(http, "alice-token", "POST", f"/api/jobs/{job}/stop").status_code == 200
     stopped = wait(http, "alice-token", job)
