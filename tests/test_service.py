@@ -355,6 +355,22 @@ def test_stop_ends_a_running_job_within_a_second_and_frees_its_workers(
     assert set(cluster_client.run(held).values()) == {((), 0)}  # no run state, no shard left
 
 
+def test_a_wait_for_a_jobs_end_is_answered_at_its_end(app: tuple[TestClient, JobService]) -> None:
+    http, _ = app
+    job = submit(http, "alice-token", program=COUNT)
+    early = call(http, "alice-token", "GET", f"/api/jobs/{job}", params={"wait": 0.2})
+    assert early.status_code == 200 and early.json()["state"] in ("PENDING", "RUNNING")  # the wait ran out first
+    stopper = threading.Timer(0.5, lambda: call(http, "root-token", "POST", f"/api/jobs/{job}/stop"))
+    stopper.start()
+    start = time.monotonic()
+    ended = call(http, "alice-token", "GET", f"/api/jobs/{job}", params={"wait": 60})
+    took = time.monotonic() - start
+    stopper.join()
+    # One request, answered by the job's end, not by its wait running out: not a speed bound.
+    assert ended.json()["state"] == "STOPPED" and took < 30, took
+    assert call(http, "alice-token", "GET", f"/api/jobs/{job}", params={"wait": 61}).status_code == 422
+
+
 def test_jobs_beyond_the_limit_wait_their_turn(app: tuple[TestClient, JobService]) -> None:
     http, _ = app
     jobs = [submit(http, "alice-token", program=COUNT) for _ in range(3)]

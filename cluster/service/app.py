@@ -4,7 +4,9 @@ models; docs/service.md says why this framework). Routes under /api/jobs follow 
 web page's routes (web.py) and /metrics (metrics.py) are added from their modules."""
 
 import asyncio
-from collections.abc import AsyncIterator, MutableMapping
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -78,38 +80,39 @@ def _job(record: JobRecord) -> Job:
 
 
 class Ends:
-    """Requests waiting for jobs' ends on the event loop, woken by the store's job threads as
-    each final state is committed: a waiting client hears the end at once, with no polling."""
+    """Requests waiting for jobs' ends, woken by the job threads as each final state is
+    committed: a waiting client hears the end at once, with no polling. Each waiter keeps its
+    own event loop (uvicorn has one; a test client may run one per request)."""
 
     def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.waiting: dict[str, list[asyncio.Event]] = {}
+        self.lock = threading.Lock()  # the job threads and the event loop share ``waiting``
+        self.waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
 
     def ended(self, job: str) -> None:
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._wake, job)
+        with self.lock:
+            waiters = self.waiting.pop(job, [])
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop closed: that request is gone, nobody to tell
+                loop.call_soon_threadsafe(event.set)
 
-    def _wake(self, job: str) -> None:
-        for event in self.waiting.pop(job, []):
-            event.set()
-
-    async def wait(self, job: str, final: Any, timeout: float) -> None:
+    async def wait(self, job: str, final: Callable[[], bool], timeout: float) -> None:
         """Until ``final()`` or ``timeout`` seconds; ``final`` is asked after this waiter is
         registered, so an end committed in between still wakes it."""
-        self.loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-        self.waiting.setdefault(job, []).append(event)
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self.lock:
+            self.waiting.setdefault(job, []).append(waiter)
         try:
             if not final():
-                await asyncio.wait_for(event.wait(), timeout)
+                await asyncio.wait_for(waiter[1].wait(), timeout)
         except TimeoutError:
             pass
         finally:
-            events = self.waiting.get(job, [])
-            if event in events:
-                events.remove(event)
-                if not events:
-                    del self.waiting[job]
+            with self.lock:
+                waiters = self.waiting.get(job, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self.waiting[job]
 
 
 class SizeLimit:
