@@ -336,9 +336,11 @@ def test_stop_ends_a_running_job_within_a_second_and_frees_its_workers(
 
     def on_the_cluster() -> bool:  # no facts: it starts in the service's process, and moves past its budget
         lines = call(http, "alice-token", "GET", f"/api/jobs/{job}/logs").json()["lines"]
-        return any(re.fullmatch(r"running on \d+ workers", line) for line in lines)
+        moved = [k for k, line in enumerate(lines) if re.fullmatch(r"running on \d+ workers", line)]
+        reached = [int(m[1]) for line in lines[moved[0] :] if (m := re.search(r"iteration (\d+) ", line))] if moved else []
+        return max(reached, default=0) >= 20  # the run is under way on the workers
 
-    until(on_the_cluster, "the job to move to the cluster")
+    until(on_the_cluster, "20 iterations on the cluster")
     lines = call(http, "alice-token", "GET", f"/api/jobs/{job}/logs").json()["lines"]
     assert lines[1:2] == ["running in the service's process (a small job)"]
     assert "still running after 0.5 s in the service's process: moved to the cluster" in lines
