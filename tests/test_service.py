@@ -333,17 +333,7 @@ def test_stop_ends_a_running_job_within_a_second_and_frees_its_workers(
 ) -> None:
     http, _ = app
     job = submit(http, "alice-token", program=COUNT)
-
-    def on_the_cluster() -> bool:  # no facts: it starts in the service's process, and moves past its budget
-        lines = call(http, "alice-token", "GET", f"/api/jobs/{job}/logs").json()["lines"]
-        moved = [k for k, line in enumerate(lines) if re.fullmatch(r"running on \d+ workers", line)]
-        reached = [int(m[1]) for line in lines[moved[0] :] if (m := re.search(r"iteration (\d+) ", line))] if moved else []
-        return max(reached, default=0) >= 20  # the run is under way on the workers
-
-    until(on_the_cluster, "20 iterations on the cluster")
-    lines = call(http, "alice-token", "GET", f"/api/jobs/{job}/logs").json()["lines"]
-    assert lines[1:2] == ["running in the service's process (a small job)"]
-    assert "still running after 0.5 s in the service's process: moved to the cluster" in lines
+    until(lambda: call(http, "alice-token", "GET", f"/api/jobs/{job}").json()["iterations"] >= 20, "20 iterations")
     start = time.monotonic()
     assert call(http, "alice-token", "POST", f"/api/jobs/{job}/stop").status_code == 200
     stopped = wait(http, "alice-token", job)
@@ -371,6 +361,38 @@ def test_a_wait_for_a_jobs_end_is_answered_at_its_end(app: tuple[TestClient, Job
     # One request, answered by the job's end, not by its wait running out: not a speed bound.
     assert ended.json()["state"] == "STOPPED" and took < 30, took
     assert call(http, "alice-token", "GET", f"/api/jobs/{job}", params={"wait": 61}).status_code == 422
+
+
+def test_small_jobs_run_in_the_services_process_and_a_long_one_moves_to_the_cluster(
+    cluster_client: Client, tmp_path: Path
+) -> None:
+    """``serve``'s embedded-cluster service (``local_below``): a tiny job runs in its process to
+    the one-shot run's outputs; one still running past the budget goes on on the cluster."""
+    service = JobService(tmp_path / "state", cluster_client, max_jobs=2, roots=Roots([]), local_below=2**20)
+    http = TestClient(create_app(service, Tokens({"alice-token": "alice"}, set()), max_request_bytes=2**20))
+    try:
+        facts = EXAMPLES / "facts" / "reach"
+        job = submit(http, "alice-token", program=(EXAMPLES / "reach.dl").read_text(), facts=uploads(facts))
+        assert wait(http, "alice-token", job)["state"] == "SUCCEEDED"
+        expected = one_shot(EXAMPLES / "reach.dl", facts, tmp_path / "cli") / "path.csv"
+        assert call(http, "alice-token", "GET", f"/api/jobs/{job}/results/path").content == expected.read_bytes()
+        lines = call(http, "alice-token", "GET", f"/api/jobs/{job}/logs").json()["lines"]
+        assert lines[1] == "running in the service's process (a small job)"
+        assert lines[-1].startswith("SUCCEEDED in ") and lines[-1].endswith(" s in the service's process")
+
+        long = submit(http, "alice-token", program=COUNT)  # no facts, but 10^8 iterations
+
+        def moved() -> bool:
+            return any(re.fullmatch(r"running on \d+ workers", line) for line in service.store.logs(long))
+
+        until(moved, "the long job to move to the cluster")
+        lines = service.store.logs(long)
+        assert lines[1] == "running in the service's process (a small job)"
+        assert "still running after 0.5 s in the service's process: moved to the cluster" in lines
+        call(http, "alice-token", "POST", f"/api/jobs/{long}/stop")
+        assert wait(http, "alice-token", long)["state"] == "STOPPED"
+    finally:
+        service.close()
 
 
 def test_jobs_beyond_the_limit_wait_their_turn(app: tuple[TestClient, JobService]) -> None:

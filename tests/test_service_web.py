@@ -35,7 +35,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One service, two workers (so a run's workers exchange bytes), for every test here."""
     folder = tmp_path_factory.mktemp("web")
     (folder / "roots").mkdir()
-    service = Served(folder / "state", folder / "roots", "--workers", "2")
+    # Every job on the cluster: the page's figures and the metrics are of workers.
+    service = Served(folder / "state", folder / "roots", "--workers", "2", "--in-process-below", "0")
     yield service
     service.kill()
 

@@ -110,6 +110,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-jobs", type=int, default=4, metavar="N", help="jobs running at once; more wait in a FIFO queue (default: 4)"
     )
     parser.add_argument(
+        "--in-process-below",
+        default="1MiB",
+        metavar="BYTES",
+        help="with the embedded cluster, jobs with at most this much facts (and no checkpoint or memory limit) run in "
+        "the service's own process, as `run` does, moving to the cluster after 0.5 s; 0: every job on the cluster "
+        "(default: 1MiB)",
+    )
+    parser.add_argument(
         "--max-request-size",
         default="256MiB",
         metavar="BYTES",
@@ -148,6 +156,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 limit = int(parse_bytes(args.max_request_size))
             except (ValueError, TypeError):
                 parser.error(f"--max-request-size: {args.max_request_size!r} is not a size (e.g. 100MB)")
+            try:
+                args.in_process_below = int(parse_bytes(args.in_process_below))
+            except (ValueError, TypeError):
+                parser.error(f"--in-process-below: {args.in_process_below!r} is not a size (e.g. 1MiB)")
             return server.serve(args, limit)
         return _job(args, parser)
     except DatalogError as error:

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import io
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ import distributed
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.service.auth import PathRefused, Roots, User
 from dask_datalog.cluster.service.convert import Unconvertible, to_csv, to_parquet
-from dask_datalog.cluster.service.local import LocalSlot
 from dask_datalog.cluster.service.queue import JobQueue, Stop
 from dask_datalog.cluster.service.runner import CHECKPOINT, run_job
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
@@ -61,15 +61,17 @@ class Submission:
 
 class JobService:
     """Jobs of the service whose records are in ``state_dir/jobs.sqlite`` and whose folders
-    (program, uploaded facts, default outputs, checkpoints) are under ``state_dir/jobs``."""
+    (program, uploaded facts, default outputs, checkpoints) are under ``state_dir/jobs``;
+    jobs with at most ``local_below`` bytes of facts run in this process (``serve`` with its
+    embedded cluster: local.py; 0: none)."""
 
-    def __init__(self, state_dir: Path, client: Any, max_jobs: int, roots: Roots):
+    def __init__(self, state_dir: Path, client: Any, max_jobs: int, roots: Roots, local_below: int = 0):
         self.state_dir = state_dir.resolve()
         self.jobs_dir = self.state_dir / "jobs"
         self.store = JobStore(self.state_dir / "jobs.sqlite")
         self.roots = roots
         self.client = client
-        self.local = LocalSlot()
+        self.local, self.local_below = threading.Lock(), local_below  # small jobs in this process, one at a time
         self.queue = JobQueue(self.store, self._run, max_jobs)
         failed, pending = self.store.recover(self._checkpoint)
         self.recovered = failed
@@ -89,7 +91,7 @@ class JobService:
         confine = functools.partial(_confine_program, Roots([*self.roots.roots, folder]))
         # The span tags every task the job submits (this thread's): the dashboard groups them.
         with distributed.span(span_name(record.id)):
-            run_job(record, self.client, self.store, folder, stop, confine, self.local)
+            run_job(record, self.client, self.store, folder, stop, confine, self.local, self.local_below)
 
     def submit(self, user: User, job: Submission) -> JobRecord:
         if job.facts is not None and job.fact_dir is not None:

@@ -19,7 +19,7 @@ from dask_datalog.cluster.cli.progress import ProgressState
 from dask_datalog.cluster.runtime import dask_adapter
 from dask_datalog.cluster.runtime.tasks import PROGRESS_EVERY_S
 from dask_datalog.cluster.service import figures
-from dask_datalog.cluster.service.local import LOCAL_BUDGET_S, LocalSlot, local_sized
+from dask_datalog.cluster.service.local import LOCAL_BUDGET_S, local_sized
 from dask_datalog.cluster.service.queue import Stop
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
 from dask_datalog.engine.errors import DatalogError, RunTimeout, Terminated
@@ -66,12 +66,20 @@ class JobLog:
 
 
 def run_job(
-    record: JobRecord, client: Any, store: JobStore, job_dir: Path, stop: Stop, confined: Confine, slot: LocalSlot
+    record: JobRecord,
+    client: Any,
+    store: JobStore,
+    job_dir: Path,
+    stop: Stop,
+    confined: Confine,
+    slot: threading.Lock | None = None,
+    local_below: int = 0,
 ) -> None:
     """Run ``record`` to its final state: SUCCEEDED with its outputs written, STOPPED when
     ``stop`` was set, FAILED with the one-line error of the run (a bad program's
-    ``file:line:col: error: ...``). A small job runs in this process when ``slot`` is free
-    (local.py says which and why), any other on ``client``'s cluster. ``confined`` refuses a
+    ``file:line:col: error: ...``). With a ``slot``, a job of at most ``local_below`` bytes of
+    facts runs in this process, one at a time (local.py says which and why); any other on
+    ``client``'s cluster. ``confined`` refuses a
     program whose files (``.input``/``.output`` filenames, which may be absolute) leave the
     service's roots. A bug is logged with its traceback on the service's stderr and fails the
     job; the service goes on."""
@@ -93,7 +101,11 @@ def run_job(
         output_dir, fmt = args["output_dir"], args.get("format", "csv")
         confined(program, args["fact_dir"], output_dir)
         started = time.monotonic()
-        result = _in_process(record, program, options, strata, store, slot, job_dir) if local_sized(args) else None
+        result = (
+            _in_process(record, program, options, strata, store, slot, job_dir)
+            if slot is not None and local_sized(args, local_below)
+            else None
+        )
         where = "in the service's process"
         if result is None:
             store.log(record.id, f"running on {len(dask_adapter.scheduler_workers(client))} workers")
@@ -149,13 +161,11 @@ def run_job(
 
 
 def _in_process(
-    record: JobRecord, program: Program, options: RunOptions, strata: int, store: JobStore, slot: LocalSlot, job_dir: Path
+    record: JobRecord, program: Program, options: RunOptions, strata: int, store: JobStore, slot: threading.Lock, job_dir: Path
 ) -> Result | None:
     """The small job's run in this process, as the one-shot ``run`` does it by default; None
-    when the slot stayed taken, or the run went past its budget (then stopped, nothing written)."""
-    with slot.take() as free:
-        if not free:
-            return None
+    when the run went past its budget (then stopped, nothing written)."""
+    with slot:
         store.log(record.id, "running in the service's process (a small job)")
         limit = options.timeout
         budget = LOCAL_BUDGET_S if limit is None else min(limit, LOCAL_BUDGET_S)

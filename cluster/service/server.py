@@ -37,7 +37,8 @@ def serve(args: argparse.Namespace, max_request_bytes: int) -> int:
     listener = _listen(args.host, args.port)
     args.tls_ca_file = args.tls_cert = args.tls_key = None  # a tls:// scheduler: Dask's configuration applies
     with cluster_client(args) as client:
-        service = JobService(state, client, args.max_jobs, Roots(args.root))
+        embedded = args.scheduler is None and args.scheduler_file is None  # small jobs run here (local.py)
+        service = JobService(state, client, args.max_jobs, Roots(args.root), args.in_process_below if embedded else 0)
         try:
             app = create_app(service, tokens, max_request_bytes, open_metrics=args.open_metrics)
             config = uvicorn.Config(
