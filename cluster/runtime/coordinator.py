@@ -202,6 +202,7 @@ class ClusterRun:
         self.members = Membership(client, options)
         self.deadline = time.monotonic() + options.timeout if options.timeout is not None else None
         self.shards: list[Any] | None = None  # the evaluation's futures, one per worker in rank order
+        self.topics: list[str] = []  # the event topics of its attempts, dropped from the scheduler at close
         self.stats: dict[str, Any] = {}
 
     # -- attempts --------------------------------------------------------------------------------------
@@ -331,6 +332,7 @@ class ClusterRun:
         finally:
             if client.status == "running":  # a closed client's would raise over the error that ended the run
                 client.unsubscribe_topic(topic)
+            self.topics.append(topic)  # forgotten on the scheduler at close, once no event can be on its way
         self.shards = futures
         record.phase = "after the evaluation"
         stats = combine_stats(self.run_phase([_submit(client, p, shard_stats, f) for f, p in zip(futures, peers)]))
@@ -489,6 +491,8 @@ class ClusterRun:
         self._release()
         if self.client.status != "running":
             return
+        dask_adapter.forget_topics(self.client, self.topics)
+        self.topics = []
         try:
             self.members.lost(self.record.peers, self.record.where(), force=True)
             self._tell(_close_run, self.record.run_id, peers=self.members.alive(self.record.peers))
