@@ -90,29 +90,27 @@ def positions(values: pa.Array, table: pa.Array) -> np.ndarray:
     return integers(pc.index_in(values, value_set=table))
 
 
-_HASH_BASE = np.uint64(0x100000001B3)  # odd, so invertible modulo 2^64
-_HASH_BASE_INVERSE = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+_HASH_BASE = np.uint64(0x100000001B3)
 _HASH_LENGTH = np.uint64(0x9E3779B97F4A7C15)
 
 
 def hashes(values: pa.Array) -> np.ndarray:
     """A uint64 per text of a large_binary array, equal for equal texts: the polynomial of its
-    bytes modulo 2^64 (prefix sums over the array's bytes, each text's difference scaled back
-    to its start), its length mixed in. Vectorised over the bytes; different texts may share
-    a hash, which ``SymbolTable`` checks by comparing the texts."""
+    bytes (each plus one) in a fixed base modulo 2^64, its length mixed in; computed for all
+    texts at once as differences of one prefix sum over the array's bytes. Different texts may
+    share a hash, which ``SymbolTable`` checks by comparing the texts."""
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int64, count=len(values) + 1, offset=values.offset * 8)
     raw = np.frombuffer(data(values), dtype=np.uint8)
     start, end = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
-    powers = np.empty(len(raw) + 1, dtype=np.uint64)
+    sizes = end - start
+    longest = int(sizes.max()) if len(sizes) else 0
+    powers = np.empty(longest + 1, dtype=np.uint64)
     powers[0] = 1
-    np.cumprod(np.full(len(raw), _HASH_BASE, dtype=np.uint64), out=powers[1:])
-    inverse = np.empty(len(raw) + 1, dtype=np.uint64)
-    inverse[0] = 1
-    np.cumprod(np.full(len(raw), _HASH_BASE_INVERSE, dtype=np.uint64), out=inverse[1:])
+    np.cumprod(np.full(longest, _HASH_BASE, dtype=np.uint64), out=powers[1:])
+    within = np.arange(len(raw), dtype=np.int64) - np.repeat(start, sizes)  # each byte's place in its text
     prefix = np.zeros(len(raw) + 1, dtype=np.uint64)
-    np.cumsum((raw.astype(np.uint64) + np.uint64(1)) * powers[1:], out=prefix[1:])
-    h = (prefix[end] - prefix[start]) * inverse[start]
-    h ^= (end - start).astype(np.uint64) * _HASH_LENGTH
+    np.cumsum((raw.astype(np.uint64) + np.uint64(1)) * powers[within], out=prefix[1:])
+    h = (prefix[end] - prefix[start]) ^ (sizes.astype(np.uint64) * _HASH_LENGTH)
     return h ^ (h >> np.uint64(29))
 
 
@@ -144,8 +142,9 @@ def order(values: pa.Array) -> np.ndarray:
     return integers(pc.sort_indices(values))
 
 
-def distinct_count(values: pa.Array) -> int:
-    return len(pc.unique(values))
+def distinct(values: pa.Array) -> pa.Array:
+    """The distinct texts, in order of first appearance."""
+    return pc.unique(values)
 
 
 def data(values: pa.Array) -> bytes:
