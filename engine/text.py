@@ -154,12 +154,18 @@ def data(values: pa.Array) -> bytes:
     return b"" if buffer is None else buffer.to_pybytes()[offsets[0] : offsets[-1]]
 
 
+def repeated(piece: bytes, n: int) -> pa.Array:
+    """``n`` times the same text (a separator for the element-wise joins: pa.scalar imports
+    pandas)."""
+    data = np.tile(np.frombuffer(piece, dtype=np.uint8), n)
+    return from_buffers(data, np.arange(n + 1, dtype=np.int64) * len(piece))
+
+
 def concatenate(parts: list[pa.Array]) -> pa.Array:
     """``cat(a, b, ...)``: the texts side by side, row by row."""
     if len(parts) == 1:
         return parts[0]
-    nothing = from_buffers(np.zeros(0, dtype=np.uint8), np.zeros(len(parts[0]) + 1, dtype=np.int64))  # not pa.scalar: pandas
-    return pc.binary_join_element_wise(*parts, nothing)
+    return pc.binary_join_element_wise(*parts, repeated(b"", len(parts[0])))
 
 
 def to_string(values: np.ndarray) -> pa.Array:

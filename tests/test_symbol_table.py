@@ -133,3 +133,36 @@ def test_shards_agree_on_one_table_in_text_order(n: int, rows: list[tuple[str, s
     assert sorted(read) == sorted(rows)
     handed = [symbols.strings[row[0]] for symbols, inputs in shards for row in inputs["s"].tolist()]
     assert sorted(handed) == sorted(given_rows)
+
+
+SOUFFLE = Path(__file__).resolve().parents[2] / "shared" / "peers" / "souffle-2.5" / "bin" / "souffle"
+QUOTED = r"""
+.type R = [a: symbol, n: number]
+.decl s(x: symbol)
+s("a\"b"). s("plain"). s(""). s("é,x"). s("q\"\"q"). s("😀").
+.decl r(x: symbol, n: number, f: float, rec: R, y: symbol)
+r(x, 1, 2.5, [x, 3], substr("é", 0, 1)) :- s(x).
+r(x, -4, 0.1, nil, cat(x, "\"")) :- s(x).
+.output r(rfc4180=true, delimiter=",")
+.output s(rfc4180=true)
+.output r(IO=file, filename="plain.csv")
+"""
+
+
+@pytest.mark.skipif(not SOUFFLE.exists(), reason=f"Soufflé 2.5 is not at {SOUFFLE}")
+def test_symbol_columns_are_written_as_souffle_writes_them(tmp_path: Path) -> None:
+    """Gathered by id and quoted by pyarrow's kernels: rfc4180 quotes symbols (a quote as
+    ``\\""``) and records but not numbers or floats; the bytes a substr cut out of a
+    character are written as they are."""
+    import subprocess
+
+    from dask_datalog.cluster.api import Program
+
+    (tmp_path / "sf").mkdir()
+    (tmp_path / "prog.dl").write_text(QUOTED)
+    subprocess.run([str(SOUFFLE), "-D", "sf", "prog.dl"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    Program(QUOTED).run(backend="numpy").write(tmp_path / "ours")
+    for name in ("r.csv", "s.csv", "plain.csv"):
+        theirs = (tmp_path / "sf" / name).read_bytes().splitlines()
+        ours = (tmp_path / "ours" / name).read_bytes().splitlines()
+        assert ours == sorted(ours) and sorted(theirs) == ours, name
