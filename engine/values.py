@@ -406,8 +406,8 @@ class SymbolTable:
         return np.arange(first, self._held, dtype=np.uint32)
 
     def _index(self, texts: Any) -> np.ndarray:
-        """Per text, its id here, -1 where the table lacks it. A query of more than a few
-        percent of the table: pyarrow's hash lookup, which hashes the whole table. A smaller one
+        """Per text, its id here, -1 where the table lacks it. A query of an eighth of the table
+        or more: pyarrow's hash lookup, which hashes the whole table. A smaller one
         (a column of one input file among many): a binary search of each text's hash among the
         table's (sorted, extended by the ids added since), the text compared with the one found,
         and pyarrow's lookup only for the rare text whose hash another text shares."""
