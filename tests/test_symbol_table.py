@@ -166,3 +166,22 @@ def test_symbol_columns_are_written_as_souffle_writes_them(tmp_path: Path) -> No
         theirs = (tmp_path / "sf" / name).read_bytes().splitlines()
         ours = (tmp_path / "ours" / name).read_bytes().splitlines()
         assert ours == sorted(ours) and sorted(theirs) == ours, name
+
+
+@pytest.mark.skipif(not SOUFFLE.exists(), reason=f"Soufflé 2.5 is not at {SOUFFLE}")
+def test_a_lone_surrogate_escape_in_json_input_is_read_as_souffle_holds_it(tmp_path: Path) -> None:
+    """``"\\ud800"`` in JSON is no character; json11 puts its 3-byte form into the string, which
+    the table holds as those bytes (it crashed the writer before)."""
+    import subprocess
+
+    from dask_datalog.cluster.api import Program
+
+    program = '.decl r(s: symbol)\n.input r(IO=jsonfile, filename="r.json")\n.output r\n.decl n(s: symbol, k: number)\nn(s, strlen(s)) :- r(s).\n.output n\n'
+    (tmp_path / "r.json").write_bytes(b'[["\\ud800x"], ["ok"], ["\\u00e9"]]')
+    (tmp_path / "prog.dl").write_text(program)
+    (tmp_path / "sf").mkdir()
+    subprocess.run([str(SOUFFLE), "-F", ".", "-D", "sf", "prog.dl"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    Program(program).run(backend="numpy", fact_dir=tmp_path).write(tmp_path / "ours")
+    for name in ("r.csv", "n.csv"):
+        theirs = (tmp_path / "sf" / name).read_bytes().splitlines()
+        assert sorted(theirs) == (tmp_path / "ours" / name).read_bytes().splitlines(), name
