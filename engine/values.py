@@ -335,6 +335,7 @@ class SymbolTable:
         self._hash_keys = np.zeros(0, dtype=np.uint64)  # text.hashes of the first ids, sorted
         self._hash_ids = np.zeros(0, dtype=np.uint32)  # the id of each, likewise
         self._objects = np.zeros(0, dtype=object)  # the strings as an object array, for lookup
+        self._found: dict[str, int] = {}  # id_of's answers: no Python string per id for a few constants
         self.ordered = 0  # ids below this are in text order
         self.records = RecordTable()  # the run's records, whose symbol elements are ids here
 
@@ -345,7 +346,7 @@ class SymbolTable:
         chunks = [self.texts()] if len(self) else []
         return {
             **self.__dict__,
-            **{k: caches[k] for k in ("_pending", "_strings", "_ids", "_hash_keys", "_hash_ids", "_objects")},
+            **{k: caches[k] for k in ("_pending", "_strings", "_ids", "_hash_keys", "_hash_ids", "_objects", "_found")},
             "_chunks": chunks,
             "_held": len(self),
         }
@@ -550,9 +551,14 @@ class SymbolTable:
     def id_of(self, s: str) -> int:
         """The id of a string the table must hold (a program constant: every agreed table has
         them all)."""
-        i = self._dict().get(s)
+        i = self._found.get(s)
         if i is None:
-            raise AssertionError(f"symbol {s!r} is not in the run's symbol table")
+            from dask_datalog.engine import text
+
+            i = int(self._index(text.texts([s]))[0])
+            if i < 0:
+                raise AssertionError(f"symbol {s!r} is not in the run's symbol table")
+            self._found[s] = i
         return i
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
