@@ -4,6 +4,8 @@
 - locating a graph's edge file inside the data directory;
 - running one command in its own subprocess with a timeout, measuring its wall time and the
   peak RSS of its process tree;
+- our command and the order engines run in within a round;
+- compiling a Soufflé program once into a cache;
 - describing the machine, and printing plain-text or Markdown tables.
 
 No timing figure lives here: every peer figure a benchmark prints is measured in the same run
@@ -14,21 +16,29 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
+import hashlib
 import math
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 REPO_ROOT: Path = Path(__file__).resolve().parents[1]
 DEFAULT_DATA: Path = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_PEERS: Path = REPO_ROOT.parent / "shared" / "peers" / "souffle-2.5"
+DEFAULT_CACHE: Path = Path.home() / ".cache" / "dask-datalog-bench"
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------------
 # Ground truth
@@ -209,6 +219,119 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dic
     return Measurement(
         returncode=None if timed_out else rc, timed_out=timed_out, wall_s=wall, peak_rss=polled, stderr_tail=stderr[-3000:]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The engines
+
+
+@dataclass
+class Outcome:
+    """The runs of one engine on one workload."""
+
+    status: str = "-"  # "ok", "timeout", "error", "no output", "-" (not run)
+    walls: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # rows written, one per successful run
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in ("-", "ok")
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.walls) if self.status == "ok" and self.walls else None
+
+    @property
+    def peak_rss(self) -> int | None:
+        return max(self.rss) if self.rss else None
+
+    def time_cell(self) -> str:
+        return fmt_seconds(self.median) if self.status == "ok" else self.status
+
+    def rss_cell(self) -> str:
+        return fmt_bytes(self.peak_rss) if self.status in ("ok", "timeout") and self.rss else "-"
+
+
+def with_bytecode() -> None:
+    """Let the commands this process starts write and read Python's bytecode caches: an
+    installed package has them, and where PYTHONDONTWRITEBYTECODE is set (this project's
+    development machines set it) every run of ours would compile its ~70 modules again
+    (about 0.17 s), a cost no user pays."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+def ours_cli() -> list[str]:
+    """The `dask-datalog` console script beside this interpreter, else `python -m` its module."""
+    script = Path(sys.executable).parent / "dask-datalog"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "dask_datalog.cluster.cli"]
+
+
+def round_order(engines: Sequence[T], r: int) -> list[T]:
+    """The engines of round ``r`` in a Williams design: over n rounds (2n for an odd number n of
+    engines) each engine runs right after each other one equally often. In a fixed (or merely
+    rotated) order the engine right after Soufflé's run (seconds of both cores, hundreds of MiB
+    freed) measured up to 10% slower, and it was always the same one."""
+    n = len(engines)
+    steps, low, high = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
+    while len(steps) < n:
+        steps.append(low)
+        low += 1
+        if len(steps) < n:
+            steps.append(high)
+            high -= 1
+    row = r % (n if n % 2 == 0 else 2 * n)
+    order = [engines[(row + step) % n] for step in steps]
+    return order[::-1] if row >= n else order
+
+
+def indent(text: str) -> str:
+    return "\n".join("    " + ln for ln in text.splitlines())
+
+
+@functools.cache
+def souffle_version(compiler: Path) -> str:
+    """A digest naming a Soufflé build: its `--version` text (2.5's has an empty version line, so
+    it cannot tell builds apart alone) and the bytes of the compiler and of the
+    souffle-compile.py beside it, which drives the C++ compiler."""
+    h = hashlib.sha256()
+    done = subprocess.run([str(compiler), "--version"], capture_output=True, timeout=60)
+    h.update(done.stdout)
+    for f in (compiler, compiler.parent / "souffle-compile.py"):
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def souffle_cache_key(program_text: str, version: str, flags: Sequence[str]) -> str:
+    """What a compiled binary depends on: the program's text, the Soufflé build, the flags."""
+    return hashlib.sha256("\0".join([version, *flags, program_text]).encode()).hexdigest()[:16]
+
+
+class CompileError(Exception):
+    """Soufflé could not compile a program; the message holds its stderr's tail."""
+
+
+def compile_souffle(compiler: Path, program_text: str, name: str, cache: Path, flags: Sequence[str] = ()) -> Path:
+    """The binary of `program_text` compiled by `compiler -o BIN *flags`, made once per
+    (text, Soufflé build, flags) into `cache`/NAME-KEY/ (tens of seconds each, not timed)."""
+    key = souffle_cache_key(program_text, souffle_version(compiler), flags)
+    folder = cache / f"{name}-{key}"
+    binary = folder / name
+    if binary.is_file():
+        return binary
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / f"{name}.dl"
+    source.write_text(program_text)
+    partial = folder / f"{name}.partial"  # renamed when complete: an interrupted compile is not a hit
+    log(f"compiling {name} with {compiler} (once, into {binary})")
+    done = subprocess.run([str(compiler), "-o", str(partial), *flags, str(source)], capture_output=True, text=True)
+    if done.returncode != 0 or not partial.is_file():
+        raise CompileError(f"Soufflé could not compile {name} (exit {done.returncode}):\n" + indent(done.stderr[-1500:]))
+    partial.rename(binary)
+    return binary
 
 
 # --------------------------------------------------------------------------------------------

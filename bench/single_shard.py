@@ -47,21 +47,19 @@ so and measures dask-datalog alone.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-from common import fmt_bytes, fmt_ratio, fmt_seconds, log
+from common import DEFAULT_CACHE, DEFAULT_PEERS, Outcome, fmt_bytes, fmt_ratio, indent, log, ours_cli, round_order
 
 # program -> (our program file, the name of the peer's compiled binary in its bench/, beside
 # NAME.dl; None: compile our program with the peer's bin/souffle into --cache)
@@ -74,13 +72,11 @@ PROGRAMS: dict[str, tuple[Path, str | None]] = {
 }
 # The programs whose inputs `dask-datalog gen` writes (workload gen:N), and which generator.
 GENERATED: dict[str, str] = {"cspa": "cspa", "andersen": "andersen", "andersen_symbols": "andersen"}
-DEFAULT_CACHE = Path.home() / ".cache" / "dask-datalog-bench"
 
 # Our modes: name -> the flags that select it (default: none, what a user types).
 MODES: dict[str, list[str]] = {"default": [], "cluster": ["--cluster"], "no-cluster": ["--no-cluster"]}
 DEFAULT_MODES = ("default", "cluster")
 
-DEFAULT_PEERS: Path = common.REPO_ROOT.parent / "shared" / "peers" / "souffle-2.5"
 SOUFFLE_JOBS = 2
 
 DEFAULT_PAIRS: list[tuple[str, str]] = [
@@ -122,14 +118,6 @@ class Engine:
     argv: Callable[[Path, Path], list[str]]  # (facts dir, out dir) -> command
 
 
-def ours_cli() -> list[str]:
-    """The `dask-datalog` console script beside this interpreter, else `python -m` its module."""
-    script = Path(sys.executable).parent / "dask-datalog"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "dask_datalog.cluster.cli"]
-
-
 def ours_engine(program: str, mode: str, backend: str | None, baseline: Path | None = None) -> Engine:
     """Our command in ``mode``; with ``baseline`` (a virtual environment holding another build
     of dask-datalog), that build's command, as the column ``mode (baseline)``."""
@@ -151,15 +139,11 @@ def souffle_binary(peers: Path, program: str, cache: Path) -> Path | None:
     compiler = peers / "bin" / "souffle"
     if not (compiler.is_file() and os.access(compiler, os.X_OK)):
         return None
-    b = cache / f"souffle-{program}-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
-    if not b.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        log(f"compiling {source.name} with {compiler} (once, into {b})")
-        done = subprocess.run([str(compiler), "-o", str(b), str(source)], capture_output=True, text=True)
-        if done.returncode != 0 or not b.is_file():
-            log(f"  Soufflé could not compile {source.name}:\n" + indent(done.stderr[-1500:]))
-            return None
-    return b
+    try:
+        return common.compile_souffle(compiler, source.read_text(), f"souffle-{program}", cache)
+    except common.CompileError as e:
+        log(f"  {e}")
+        return None
 
 
 def generated_facts(program: str, size: int, facts_dir: Path) -> None:
@@ -233,56 +217,6 @@ def count_rows(csv: Path) -> int | None:
 
 # --------------------------------------------------------------------------------------------
 # Running
-
-
-@dataclass
-class Outcome:
-    """The runs of one engine on one workload."""
-
-    status: str = "-"  # "ok", "timeout", "error", "no output", "-" (not run)
-    walls: list[float] = field(default_factory=list)
-    rss: list[int] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return self.status not in ("-", "ok")
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.walls) if self.status == "ok" and self.walls else None
-
-    @property
-    def peak_rss(self) -> int | None:
-        return max(self.rss) if self.rss else None
-
-    def time_cell(self) -> str:
-        return fmt_seconds(self.median) if self.status == "ok" else self.status
-
-    def rss_cell(self) -> str:
-        return fmt_bytes(self.peak_rss) if self.status in ("ok", "timeout") and self.rss else "-"
-
-
-def indent(text: str) -> str:
-    return "\n".join("    " + ln for ln in text.splitlines())
-
-
-def round_order(engines: list[Engine], r: int) -> list[Engine]:
-    """The engines of round ``r`` in a Williams design: over n rounds (2n for an odd number n of
-    engines) each engine runs right after each other one equally often. In a fixed (or merely
-    rotated) order the engine right after Soufflé's run (seconds of both cores, hundreds of MiB
-    freed) measured up to 10% slower, and it was always the same one."""
-    n = len(engines)
-    steps, low, high = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
-    while len(steps) < n:
-        steps.append(low)
-        low += 1
-        if len(steps) < n:
-            steps.append(high)
-            high -= 1
-    row = r % (n if n % 2 == 0 else 2 * n)
-    order = [engines[(row + step) % n] for step in steps]
-    return order[::-1] if row >= n else order
 
 
 def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: Outcome, where: str) -> None:
@@ -410,6 +344,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    common.with_bytecode()
     try:
         pairs = parse_pairs(args.pairs) if args.pairs else list(DEFAULT_PAIRS)
     except ValueError as e:

@@ -11,9 +11,9 @@ result.dataframe("path")  # a Dask DataFrame, one partition per worker
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -27,7 +27,7 @@ from dask_datalog.engine.errors import RunTimeout, Terminated
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.frontend import load_program, load_program_file
 from dask_datalog.engine.ir import Program as ProgramIR
-from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import FactSource, Inputs, check_fact_names
 from dask_datalog.spmd.options import ExchangeKind, RunOptions
 from dask_datalog.spmd.run import Run, run_in_process
@@ -58,6 +58,13 @@ class Result:
     @property
     def stats(self) -> dict[str, Any]:
         return self._run.stats
+
+    @property
+    def profile(self) -> dict[str, Any] | None:
+        """The per rule version profile of a run with ``RunOptions(profile=True)`` (its
+        schema: docs/architecture.md, "Profiles"), None without."""
+        profile: dict[str, Any] | None = self._run.stats.get("profile")
+        return profile
 
     def _relation(self, name: str) -> tuple[np.ndarray, Any]:
         if name not in self._run.program.relations:
@@ -218,7 +225,7 @@ def _steering(options: RunOptions) -> Steering:
     if options.checkpoint_dir is not None:
         resume = "" if options.resume else None
         checkpoint = CheckpointOptions(
-            options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{uuid.uuid4().hex[:12]}"
+            options.checkpoint_dir, options.checkpoint_every, resume, options.resume, f"run-{os.urandom(6).hex()}"
         )
     deadline = time.monotonic() + options.timeout if options.timeout is not None else None
     suspend, stop = options.suspend, options.stop
@@ -231,4 +238,6 @@ def _steering(options: RunOptions) -> Steering:
         if suspend is not None and suspend.is_set() and checkpoint is None:
             raise Terminated("the run was stopped without a checkpoint (no checkpoint directory)")
 
-    return Steering(checkpoint, options.memory_limit, suspend.is_set if suspend is not None else (lambda: False), interrupted)
+    return Steering(
+        checkpoint, options.memory_limit, suspend.is_set if suspend is not None else (lambda: False), interrupted, options.profile
+    )

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dask_datalog.engine.execution.control import Position
-from dask_datalog.engine.ir import Pos
+if TYPE_CHECKING:  # annotations only: the CLI's parser reads the exit statuses without the engine
+    from dask_datalog.engine.execution.control import Position
+    from dask_datalog.engine.ir import Pos
 
 EXIT_ERROR = 1
 EXIT_SUSPENDED = 75  # EX_TEMPFAIL: stopped at a checkpoint, to be resumed (a SLURM script requeues on it)

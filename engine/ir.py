@@ -7,6 +7,8 @@ only in where they were written are the same rule.
 
 from __future__ import annotations
 
+import re
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
@@ -168,6 +170,9 @@ class Rule:
     head: Atom
     body: tuple[BodyLiteral, ...]
     pos: Pos = field(default=NOWHERE, compare=False)
+    # Its ``.plan``: (version, the positive atoms' order in it, 1-based as written); it changes
+    # how the rule is evaluated, never what it derives.
+    plans: tuple[tuple[int, tuple[int, ...]], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -341,57 +346,68 @@ DIRECTORY_PRAGMAS = frozenset({"fact-dir", "output-dir"})
 KEPT_PRAGMAS = DIRECTORY_PRAGMAS | {"magic-transform", "magic-transform-exclude"}
 
 _CONTAINERS = (tuple, list, frozenset, set)
-_FIELDS: dict[type, tuple[str, ...]] = {}
+# What a class is to ``walk``, found once per class: a dict, a container, a leaf, or a
+# dataclass, by the names of its fields that may hold nodes, last first.
+_DICT = "dict"
+_CONTAINER = "container"
+_LEAF = "leaf"
+_SHAPES: dict[type, str | tuple[str, ...]] = {}
+# Field types made only of these hold no node (``pos`` only says where).
+_LEAF_WORDS = frozenset({"str", "int", "bool", "float", "None", "tuple", "frozenset", "BaseType"})
 
 
-def _node_fields(cls: type) -> tuple[str, ...]:
-    """A dataclass's fields that may hold nodes: all but ``pos``, which only says where."""
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = _FIELDS[cls] = tuple(f.name for f in fields(cls) if f.name != "pos")
-    return names
+def _shape(cls: type) -> str | tuple[str, ...]:
+    """Asked per node, ``dataclasses.fields`` and ``is_dataclass`` cost the front end most of
+    its time on large programs: they are asked here once per class."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        if issubclass(cls, dict):
+            shape = _DICT
+        elif issubclass(cls, _CONTAINERS):
+            shape = _CONTAINER
+        elif is_dataclass(cls) and not issubclass(cls, type):
+            holding = [f.name for f in fields(cls) if f.name != "pos" and not set(re.findall(r"\w+", str(f.type))) <= _LEAF_WORDS]
+            shape = tuple(reversed(holding))
+        else:
+            shape = _LEAF
+        _SHAPES[cls] = shape
+    return shape
 
 
-def children(node: object) -> Iterator[object]:
-    """The nodes directly under ``node``: its dataclass fields (not its position), with the
-    tuples, lists, sets and dict values holding them flattened (plan steps are dataclasses
-    too)."""
-    if isinstance(node, (*_CONTAINERS, dict)):
-        for item in node.values() if isinstance(node, dict) else node:
-            if isinstance(item, (*_CONTAINERS, dict)):
-                yield from children(item)
-            else:
-                yield item
-    elif is_dataclass(node) and not isinstance(node, type):
-        for name in _node_fields(type(node)):
-            value = getattr(node, name)
-            if isinstance(value, (*_CONTAINERS, dict)):
-                yield from children(value)
-            else:
-                yield value
+def walk(node: object) -> Iterator[Any]:
+    """Every dataclass node from ``node`` down (itself included), depth first, in written
+    order, through tuples, lists, sets and dict values: the one traversal of the IR (and of
+    plans, whose steps are dataclasses too) that the checker, the planner and the tests use."""
+    return instances(node, object)
 
 
-def walk(node: object) -> Iterator[object]:
-    """``node`` and every node under it, depth first, in written order: the one traversal of
-    the IR (and of plans) that the checker, the planner, the checkpoint digest and the tests
-    use."""
-    stack = [node]
+def instances(node: object, cls: type[T]) -> Iterator[T]:
+    """The nodes of ``walk(node)`` that are ``cls``, found without handing the others out."""
+    stack: list[Any] = [node]
+    pop, push = stack.pop, stack.extend
+    shapes = _SHAPES
     while stack:
-        current = stack.pop()
-        if not isinstance(current, _CONTAINERS) and not isinstance(current, dict):
-            yield current
-            if not is_dataclass(current) or isinstance(current, type):
-                continue
-        stack.extend(reversed(list(children(current))))
+        current = pop()
+        kind = type(current)
+        shape = shapes.get(kind)
+        if shape is None:
+            shape = _shape(kind)
+        if type(shape) is tuple:
+            if isinstance(current, cls):
+                yield current
+            if shape:
+                push([getattr(current, name) for name in shape])
+        elif shape is _CONTAINER:
+            push(current[::-1] if kind is tuple or kind is list else list(current)[::-1])
+        elif shape is _DICT:
+            push(list(current.values())[::-1])
 
 
 def variables(node: object) -> Iterator[Var]:
     """Every variable occurrence under ``node``, in written order."""
     if isinstance(node, Var):
         return iter((node,))
-    if isinstance(node, (Const, Wildcard, str, int)) or node is None:
-        return iter(())
-    return (n for n in walk(node) if isinstance(n, Var))
+    return instances(node, Var)
 
 
 def variable_names(node: object) -> set[str]:
@@ -400,7 +416,7 @@ def variable_names(node: object) -> set[str]:
 
 def calls(node: object) -> Iterator[Call]:
     """Every functor call under ``node``, outermost first."""
-    return (n for n in walk(node) if isinstance(n, Call))
+    return instances(node, Call)
 
 
 def rewrite_terms(node: T, fn: Callable[[Term], Term]) -> T:
@@ -412,8 +428,10 @@ def rewrite_terms(node: T, fn: Callable[[Term], Term]) -> T:
         return fn(replace(node, args=tuple(rewrite_terms(a, fn) for a in node.args)))  # type: ignore[return-value]
     if isinstance(node, tuple):
         return tuple(rewrite_terms(item, fn) for item in node)  # type: ignore[return-value]
-    if is_dataclass(node) and not isinstance(node, type) and isinstance(node, (Atom, Negation, Comparison, Aggregation, Rule)):
-        changes = {f.name: rewrite_terms(getattr(node, f.name), fn) for f in fields(node) if f.name != "pos"}
+    if isinstance(node, (Atom, Negation, Comparison, Aggregation, Rule)):
+        shape = _shape(type(node))
+        assert isinstance(shape, tuple)
+        changes = {name: rewrite_terms(getattr(node, name), fn) for name in reversed(shape)}  # in written order
         return replace(node, **changes)
     return node
 
@@ -442,10 +460,54 @@ def ground(t: Term) -> bool:
 def record_constants(node: object) -> set[Record]:
     """Every record of constants under ``node``, nested ones included: put in the record table
     before evaluation on every shard, so their ids are known and the same everywhere."""
-    return {n for n in walk(node) if isinstance(n, Record) and ground(n)}
+    return {n for n in instances(node, Record) if ground(n)}
 
 
 def symbol_constants(node: object) -> set[str]:
     """Every symbol constant under ``node``: interned before evaluation on every shard, so the
     ids constants get are the same everywhere."""
-    return {str(n.value) for n in walk(node) if isinstance(n, Const) and n.type == "symbol"}
+    return {str(n.value) for n in instances(node, Const) if n.type == "symbol"}
+
+
+INFIX = frozenset({"+", "-", "*", "/", "%", "^"})
+
+
+def show(node: object) -> str:
+    """``node`` (a rule, a literal, a term) as Soufflé text, as the checker left it (aggregates
+    and lifted expressions as their ``$`` variables and assignments): what a profile names a
+    rule by, beside its position."""
+    if isinstance(node, Rule):
+        return f"{show(node.head)}." if not node.body else f"{show(node.head)} :- {', '.join(show(lit) for lit in node.body)}."
+    if isinstance(node, Atom):
+        return f"{node.relation}({', '.join(show(a) for a in node.args)})"
+    if isinstance(node, Negation):
+        return f"!{show(node.atom)}"
+    if isinstance(node, Comparison):
+        return f"{show(node.left)} {node.op} {show(node.right)}"
+    if isinstance(node, Aggregation):
+        target = f" {show(node.target)}" if node.target is not None else ""
+        return f"{show(node.result)} = {node.func}{target} : {{ {', '.join(show(lit) for lit in node.body)} }}"
+    if isinstance(node, Var):
+        return node.name
+    if isinstance(node, Wildcard):
+        return "_"
+    if isinstance(node, Const):
+        return _show_const(node)
+    if isinstance(node, Call):
+        if node.name in INFIX and len(node.args) == 2:
+            return f"({show(node.args[0])} {node.name} {show(node.args[1])})"
+        return f"{node.name}({', '.join(show(a) for a in node.args)})"
+    if isinstance(node, (Record, Branch)):
+        name = f"${node.name}" if isinstance(node, Branch) else ""
+        return f"{name}[{', '.join(show(a) for a in node.args)}]"
+    raise TypeError(f"no text for {type(node).__name__}")
+
+
+def _show_const(c: Const) -> str:
+    if c.type == "symbol":
+        return '"' + str(c.value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if c.type == "record":
+        return "nil" if c.value == 0 else f"record#{c.value}"
+    if c.type == "float":
+        return repr(struct.unpack("<f", struct.pack("<I", int(c.value)))[0])
+    return f"{c.value}u" if c.type == "unsigned" else str(c.value)

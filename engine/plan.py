@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
@@ -46,13 +46,18 @@ from dask_datalog.engine.ir import (
     Term,
     Var,
     Wildcard,
+    calls,
     ground,
+    instances,
     is_named_wildcard,
     variable_names,
     walk,
 )
 
 Version = Literal["full", "delta"]
+# Estimated rows of ``atom``'s full relation that one binding meets when the given columns of
+# the atom are bound: the planner's cost of taking that join next (engine/execution/join_order.py).
+JoinCost = Callable[[Atom, tuple[int, ...]], float]
 Key = tuple[int, ...]  # columns of a relation whose hash decides a tuple's shard
 
 
@@ -301,7 +306,7 @@ def plan_program(program: Program) -> Plan:
             for r in rules:
                 for i, lit in enumerate(r.body):
                     if isinstance(lit, Atom) and lit.relation in stratum.relations:
-                        deltas.append(plan_rule(r, i, program))
+                        deltas.append(plan_rule(r, i, program, order=written_plan(r, i, stratum.relations)))
         strata.append(
             StratumPlan(
                 relations=tuple(sorted(stratum.relations)),
@@ -430,17 +435,60 @@ def _type_of(t: Call | Record | Const) -> BaseType:
     return "record" if isinstance(t, Record) else t.type
 
 
-def plan_rule(rule: Rule, delta_index: int | None, program: Program, also_delta: frozenset[int] = frozenset()) -> RulePlan:
+def plan_rule(
+    rule: Rule,
+    delta_index: int | None,
+    program: Program,
+    also_delta: frozenset[int] = frozenset(),
+    cost: JoinCost | None = None,
+    order: tuple[int, ...] | None = None,
+) -> RulePlan:
     """The version of ``rule`` reading body literal ``delta_index`` as delta (first), and
-    those ``also_delta`` lists (a subsumption's candidates against candidates)."""
+    those ``also_delta`` lists (a subsumption's candidates against candidates); ``cost``: the
+    joins ordered by estimated fan-out (``_order_body``); ``order``: the body indexes of its
+    atoms in the order its ``.plan`` gives (``written_plan``), which wins over both."""
     head_vars = variable_names(rule.head)
     delta_relation = None
     if delta_index is not None:
         atom = rule.body[delta_index]
         assert isinstance(atom, Atom)
         delta_relation = atom.relation
-    steps = _order_body(rule.body, set(), delta_index, head_vars, keep_all=False, program=program, also_delta=also_delta)
+    steps = _order_body(
+        rule.body, set(), delta_index, head_vars, keep_all=False, program=program, also_delta=also_delta, cost=cost, order=order
+    )
     return RulePlan(rule, steps, delta_relation)
+
+
+def written_plan(rule: Rule, delta_index: int, recursive: Collection[str]) -> tuple[int, ...] | None:
+    """The body indexes of ``rule``'s atoms in the order its ``.plan`` gives the version whose
+    delta is body literal ``delta_index``: Soufflé numbers a rule's versions by its atoms on
+    relations of its recursion (``recursive``), as written, from 0. None without one, or where
+    the rule no longer has the atoms the plan counted (an inlined or magic-set rewrite)."""
+    if not rule.plans:
+        return None
+    recursion = [i for i, lit in enumerate(rule.body) if isinstance(lit, Atom) and lit.relation in recursive]
+    given = dict(rule.plans).get(recursion.index(delta_index))
+    atoms = [i for i, lit in enumerate(rule.body) if isinstance(lit, Atom)]
+    if given is None or sorted(given) != list(range(1, len(atoms) + 1)):
+        return None
+    return tuple(atoms[k - 1] for k in given)
+
+
+def replan_version(rp: RulePlan, recursive: Collection[str], program: Program, cost: JoinCost) -> RulePlan:
+    """``rp`` (a version of a one-shard plan, of the stratum of ``recursive``) with its joins
+    ordered by ``cost``, reading the same delta; ``rp`` itself where only one order exists, where
+    the rule numbers its bindings (``autoinc()``: its numbers must not depend on relation
+    sizes) or where its ``.plan`` orders the version."""
+    delta = rp.delta_step
+    index = None if delta is None else rp.rule.body.index(delta.atom)
+    choices = sum(isinstance(lit, Atom) for lit in rp.rule.body) - (index is not None)
+    if (
+        choices < 2
+        or any(_counts(lit) for lit in rp.rule.body)
+        or (index is not None and written_plan(rp.rule, index, recursive))
+    ):
+        return rp
+    return plan_rule(rp.rule, index, program, cost=cost)
 
 
 def _order_body(
@@ -452,9 +500,15 @@ def _order_body(
     program: Program,
     names: Iterator[int] | None = None,
     also_delta: frozenset[int] = frozenset(),
+    cost: JoinCost | None = None,
+    order: tuple[int, ...] | None = None,
 ) -> tuple[Step, ...]:
     """Greedy order: the delta atom first, then ready filters/assignments/unpackings/negations/
-    aggregates, then the atom with the most bound positions (written order breaks ties).
+    aggregates, then the atom with the most bound positions (written order breaks ties); with
+    ``cost``, among the atoms that share a variable or constant with what is bound (a cross
+    product only when none does), the one with the smallest estimated fan-out. An aggregate's
+    body keeps the static order (its float sums add in Soufflé's scan order). ``order``: the
+    atoms are taken in that order instead, the delta wherever it stands (a ``.plan``).
     Unpacking a record adds the comparisons of its elements that bind nothing (``names``: the
     fresh names of the elements, one counter per rule version). ``keep_all``: an aggregate
     body's, which makes no records."""
@@ -550,7 +604,7 @@ def _order_body(
             )
         return _grouping_ready(lit, bound, tuple(body), i)
 
-    if delta_index is not None:
+    if delta_index is not None and order is None:
         take(delta_index)
     while pending:
         progressed = True
@@ -563,7 +617,10 @@ def _order_body(
         atoms = [i for i in pending if isinstance(body[i], Atom)]
         if not atoms:
             break
-        take(max(atoms, key=lambda i: (_bound_positions(body[i], bound), -i)))
+        if order is not None:
+            take(next(i for i in order if i in atoms))
+        else:
+            take(max(atoms, key=lambda i: _priority(body[i], i, bound, cost)))
     if pending:
         raise AssertionError(f"planner could not place {[body[i] for i in pending]}: unsafe rule passed the checker")
     return _with_liveness([s for _, s in raw], needed_after, keep_all)
@@ -597,7 +654,7 @@ def _agrees(lit: BodyLiteral) -> bool:
 
 
 def _counts(lit: BodyLiteral) -> bool:
-    return isinstance(lit, Comparison) and any(functors.of(c).counter for c in walk(lit) if isinstance(c, Call))
+    return isinstance(lit, Comparison) and any(functors.of(c).counter for c in calls(lit))
 
 
 def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, ...], i: int) -> bool:
@@ -610,13 +667,26 @@ def _grouping_ready(agg: Aggregation, bound: set[str], body: tuple[BodyLiteral, 
 
 
 def _bound_positions(atom: BodyLiteral, bound: set[str]) -> int:
+    return len(_bound_columns(atom, bound))
+
+
+def _bound_columns(atom: BodyLiteral, bound: set[str]) -> tuple[int, ...]:
     assert isinstance(atom, Atom)
-    return sum(isinstance(a, Const) or (isinstance(a, Var) and a.name in bound) for a in atom.args)
+    return tuple(j for j, a in enumerate(atom.args) if isinstance(a, Const) or (isinstance(a, Var) and a.name in bound))
+
+
+def _priority(atom: BodyLiteral, i: int, bound: set[str], cost: JoinCost | None) -> tuple[float, ...]:
+    """The greedy planner takes the atom with the largest priority next."""
+    columns = _bound_columns(atom, bound)
+    if cost is None:
+        return (len(columns), -i)
+    assert isinstance(atom, Atom)
+    return (bool(columns), -cost(atom, columns), len(columns), -i)
 
 
 def _has_value(t: Term, bound: set[str]) -> bool:
     """Whether ``t`` has a value once ``bound`` are: all its variables bound, no ``_`` inside."""
-    return variable_names(t) <= bound and not any(isinstance(n, Wildcard) for n in walk(t))
+    return variable_names(t) <= bound and not any(instances(t, Wildcard))
 
 
 def _assignment_target(c: Comparison, bound: set[str], not_assignable: set[str]) -> tuple[str, Term] | None:

@@ -81,11 +81,7 @@ from dask_datalog.engine.plan import (
     Step,
 )
 from dask_datalog.engine.storage.hisa import words_for
-
-# Per replica, in packed canonical rows: small against a worker's memory, cheap to broadcast
-# once per run, and it removes an exchange from every iteration (docs/benchmarks.md,
-# "Replication", has the measurements behind the figure).
-REPLICATE_BELOW = 64 * 2**20
+from dask_datalog.partition import REPLICATE_BELOW
 
 
 def place(

@@ -27,7 +27,8 @@ class RunOptions:
     job: it must end within a second, not at an iteration boundary); ``rejoin_s``: after a loss, how long
     a retry waits for the cluster to be back to the job's size before it goes on with fewer;
     ``silent_s``: how long a worker may send no heartbeat before it counts as lost (a hung or
-    stopped process keeps its connection, and the scheduler waits minutes for it)."""
+    stopped process keeps its connection, and the scheduler waits minutes for it); ``profile``:
+    time and count every rule version (``Result.profile``, engine/execution/profile.py)."""
 
     checkpoint_dir: str | None = None
     checkpoint_every: float | None = None
@@ -39,6 +40,7 @@ class RunOptions:
     stop: threading.Event | None = None
     rejoin_s: float = REJOIN_S
     silent_s: float = SILENT_S
+    profile: bool = False
 
 
 class ExchangeKind(enum.StrEnum):

@@ -11,9 +11,10 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import Backend
+from dask_datalog.engine.execution import profile
 from dask_datalog.engine.execution.phases import PHASES
 from dask_datalog.engine.values import SymbolTable
-from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.partition.transport import LocalTransport
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.shard import Shard, Steering, evaluate_shard
@@ -112,10 +113,11 @@ def run_in_process(
 
 def combine_stats(per_shard: list[Mapping[str, Any]]) -> dict[str, Any]:
     """A run's statistics from its shards': each shard's kept as it is (``per_worker``), plus
-    the sums and maxima a reader wants first."""
+    the sums and maxima a reader wants first; with a profile, the shards' added up
+    (``profile``) instead of one in each worker's."""
     sizes = {name: sum(s["local_sizes"][name] for s in per_shard) for name in per_shard[0]["local_sizes"]}
     exchange = [s["exchange"] for s in per_shard]
-    return {
+    combined = {
         "workers": len(per_shard),
         "backend": per_shard[0]["backend"],
         "total_s": max(s["total_s"] for s in per_shard),
@@ -127,8 +129,11 @@ def combine_stats(per_shard: list[Mapping[str, Any]]) -> dict[str, Any]:
         "checkpoints": per_shard[0]["checkpoints"],
         "resumed_from": per_shard[0].get("resumed_from"),
         "strata": _combined_strata(per_shard),
-        "per_worker": [dict(s) for s in per_shard],
+        "per_worker": [{key: value for key, value in s.items() if key != "profile"} for s in per_shard],
     }
+    if "profile" in per_shard[0]:
+        combined["profile"] = profile.combine([s["profile"] for s in per_shard])
+    return combined
 
 
 def _combined_strata(per_shard: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -151,6 +156,7 @@ def _combined_strata(per_shard: list[Mapping[str, Any]]) -> list[dict[str, Any]]
                 "iterations": iterations,
                 "sizes": {r: sum(p["sizes"][r] for p in parts) for r in parts[0]["sizes"]},
                 "time_s": max(p["time_s"] for p in parts),
+                "join_orders": parts[0]["join_orders"],
             }
         )
     return strata

@@ -23,11 +23,13 @@ from dask_datalog.engine.checkpoint import CheckpointOptions, ShardControl
 from dask_datalog.engine.execution.control import Position
 from dask_datalog.engine.execution.exchange import Exchange, LocalExchange
 from dask_datalog.engine.execution.fixpoint import Fixpoint, OnIteration
+from dask_datalog.engine.execution.profile import Profile
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.formats.relation_output import host_rows
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.engine.values import SymbolTable
-from dask_datalog.partition.placement import REPLICATE_BELOW, place
+from dask_datalog.partition import REPLICATE_BELOW
+from dask_datalog.partition.placement import place
 from dask_datalog.partition.shard_exchange import ShardExchange
 from dask_datalog.partition.transport import Transport
 from dask_datalog.spmd.inputs import Inputs, Start, agree
@@ -38,12 +40,14 @@ class Steering:
     """What steers a shard's run besides its program and inputs: checkpoints (and where it
     starts), a memory budget in bytes for this shard's data (None: ``memory.default_budget``),
     and two callables asked at the loop's boundaries: ``stop_requested()`` (checkpoint, then
-    stop: SIGTERM) and ``interrupted()`` (raises to stop now: a time limit, a stopped run)."""
+    stop: SIGTERM) and ``interrupted()`` (raises to stop now: a time limit, a stopped run);
+    ``profile``: keep a per rule version profile (execution/profile.py) in the statistics."""
 
     checkpoint: CheckpointOptions | None = None
     memory_budget: int | None = None
     stop_requested: Callable[[], bool] = lambda: False
     interrupted: Callable[[], None] = lambda: None
+    profile: bool = False
 
 
 @dataclass
@@ -97,7 +101,8 @@ def evaluate_shard(
     else:
         relations.restore(manifest.position, restored)
     chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget or memory.default_budget(backend), backend)
-    fixpoint = Fixpoint(plan, backend, start.symbols, relations, chunk_rows, control)
+    profile = Profile(plan) if steering.profile else None
+    fixpoint = Fixpoint(plan, backend, start.symbols, relations, chunk_rows, control, profile=profile)
     evaluation = fixpoint.run(manifest.position if manifest is not None else Position(0, 0), on_iteration)
     stats = {
         **evaluation.to_json(),
@@ -110,6 +115,8 @@ def evaluate_shard(
         },
         "local_sizes": {name: relations.local_size(name) for name in program.relations},
     }
+    if profile is not None:
+        stats["profile"] = profile.to_json()
     rows = {name: relations.final_rows(name) for name in program.relations}
     return Shard(rank, size, program, start.symbols, backend.name, rows, stats)
 

@@ -388,21 +388,70 @@ def test_a_cluster_without_workers_is_one_line(tmp_path: Path) -> None:
     assert run.stderr == "error: the Dask cluster has no workers (yet): start some, or wait for them to join\n"
 
 
-def test_a_run_in_process_never_imports_dask(tmp_path: Path) -> None:
-    """--no-cluster (and the API without a client) never import distributed or dask: a run in
-    this process pays for neither, and works where they are broken."""
+# What only a cluster, the service, the experiments, a terminal's progress line, Parquet or
+# DataFrames need; cluster/cli/main.py and the modules it imports load them where they are used.
+NOT_IN_PROCESS = (
+    "dask",
+    "distributed",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "httpx",
+    "psutil",
+    "rich",
+    "pyarrow",
+    "pandas",
+    "matplotlib",
+    "pcpp",
+)
+
+
+def test_a_run_in_process_imports_only_what_it_uses(tmp_path: Path) -> None:
+    """The command's default run (in this process), --no-cluster and the API without a client
+    never import Dask, the service's web stack or the other optional dependencies: a run in this
+    process pays for none of them at start-up, and works where they are broken."""
+    csda = tmp_path / "csda.dl"
+    csda.write_text(
+        ".decl nullEdge(x:number, y:number)\n.input nullEdge\n.decl arc(x:number, y:number)\n.input arc\n"
+        ".decl null(x:number, y:number)\n.output null\n"
+        "null(x, y) :- nullEdge(x, y).\nnull(x, y) :- null(x, w), arc(w, y).\n"
+    )
+    (tmp_path / "nullEdge.facts").write_text("1\t2\n")
+    (tmp_path / "arc.facts").write_text("2\t3\n3\t4\n")
     probe = (
         "import sys\n"
         "from dask_datalog.cluster.cli.main import main\n"
-        f"code = main(['run', {str(REACH)!r}, '-F', {str(FACTS)!r}, '-D', {str(tmp_path)!r}, '--no-cluster', '--quiet'])\n"
+        f"assert main(['run', {str(REACH)!r}, '-F', {str(FACTS)!r}, '-D', {str(tmp_path / 'a')!r}]) == 0\n"
+        f"assert main(['run', {str(csda)!r}, '-F', {str(tmp_path)!r}, '-D', {str(tmp_path / 'b')!r}, '--no-cluster']) == 0\n"
         "from dask_datalog.cluster import Program\n"
-        f"Program.from_file({str(REACH)!r}).run(fact_dir={str(FACTS)!r}).tuples('path')\n"
-        "assert code == 0, code\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('distributed', 'dask'))\n"
+        f"assert Program.from_file({str(REACH)!r}).run(fact_dir={str(FACTS)!r}).tuples('path')\n"
+        f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {NOT_IN_PROCESS!r})\n"
         "assert not loaded, loaded\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "done: in process" in done.stderr
+    assert (tmp_path / "b" / "null.csv").read_text() == "1\t2\n1\t3\n1\t4\n"
+
+
+def test_the_parser_is_built_without_the_engine() -> None:
+    """``--help``, every subcommand's parser and ``job`` start without the engine, lark or
+    Dask: building the parser imports the flags' modules only (cluster/cli/run_arguments.py)."""
+    probe = (
+        "import sys\n"
+        "from dask_datalog.cluster.cli.main import build_parser\n"
+        "parser = build_parser()\n"
+        "assert parser.parse_args(['job', 'status', 'x']).verb == 'status'\n"
+        "heavy = ('lark', 'dask_datalog.engine.frontend', 'dask_datalog.cluster.api', 'dask_datalog.spmd.run')\n"
+        f"loaded = sorted(m for m in sys.modules if m.startswith(heavy) or m.split('.')[0] in {NOT_IN_PROCESS!r})\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    helped = subprocess.run([sys.executable, "-m", "dask_datalog.cluster.cli", "run", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0, helped.stderr
+    text = " ".join(helped.stdout.split())  # as argparse wraps it at any width
+    assert "--replicate-below BYTES static relations smaller than this" in text and "(default: 64 MiB)" in text
 
 
 @pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]])

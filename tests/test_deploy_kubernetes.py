@@ -166,6 +166,42 @@ def pvc_schema() -> dict[str, Any]:
     return resource("v1", "PersistentVolumeClaim", spec)
 
 
+def deployment_schema(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """apps/v1 Deployment: the DeploymentSpec fields a service may want, its pod by the real PodSpec."""
+    labels = {"type": "object", "additionalProperties": {"type": "string"}}
+    spec = {
+        "type": "object",
+        "required": ["selector", "template"],
+        "additionalProperties": False,
+        "properties": {
+            "replicas": {"type": "integer", "minimum": 0},
+            "strategy": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"type": {"enum": ["Recreate", "RollingUpdate"]}, "rollingUpdate": {"type": "object"}},
+            },
+            "selector": {
+                "type": "object",
+                "required": ["matchLabels"],
+                "additionalProperties": False,
+                "properties": {"matchLabels": labels},
+            },
+            "template": {
+                "type": "object",
+                "required": ["metadata", "spec"],
+                "additionalProperties": False,
+                "properties": {"metadata": {**METADATA, "required": ["labels"]}, "spec": pod_spec},
+            },
+        },
+    }
+    return resource("apps/v1", "Deployment", spec)
+
+
+def service_schema(cluster: dict[str, Any]) -> dict[str, Any]:
+    """v1 Service: Kubernetes' ServiceSpec, as the operator's CRD embeds it for the scheduler."""
+    return resource("v1", "Service", cluster["properties"]["spec"]["properties"]["scheduler"]["properties"]["service"])
+
+
 @functools.cache
 def schemas() -> dict[tuple[str, str], dict[str, Any]]:
     cluster = daskcluster_schema()
@@ -173,6 +209,8 @@ def schemas() -> dict[tuple[str, str], dict[str, Any]]:
         ("kubernetes.dask.org/v1", "DaskCluster"): cluster,
         ("batch/v1", "Job"): job_schema(pod_spec_schema(cluster)),
         ("v1", "PersistentVolumeClaim"): pvc_schema(),
+        ("apps/v1", "Deployment"): deployment_schema(pod_spec_schema(cluster)),
+        ("v1", "Service"): service_schema(cluster),
     }
 
 
@@ -216,6 +254,10 @@ MUTATIONS = {
     "args not a list": ("Job", lambda d: d["spec"]["template"]["spec"]["containers"][0].update(args="dask-datalog")),
     "unknown failure action": ("Job", lambda d: d["spec"]["podFailurePolicy"]["rules"][0].update(action="Retry")),
     "PVC without a size": ("PersistentVolumeClaim", lambda d: d["spec"]["resources"]["requests"].clear()),
+    "replicas of the service as a string": ("Deployment", lambda d: d["spec"].update(replicas="1")),
+    "unknown strategy": ("Deployment", lambda d: d["spec"]["strategy"].update(type="Replace")),
+    "service port as a string": ("Service", lambda d: d["spec"]["ports"][0].update(port="8780")),
+    "misspelled service field": ("Service", lambda d: d["spec"].update(selectors=d["spec"].pop("selector"))),
 }
 
 
@@ -259,6 +301,41 @@ def test_cluster_job_and_volume_fit_together() -> None:
     assert len(images) == 1, f"the client and the workers must run one build: {images}"
     assert _worker(cluster)["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert _worker(cluster)["args"][:3] == ["dask", "cuda", "worker"]
+
+
+def test_the_service_reaches_the_cluster_and_its_service_reaches_it() -> None:
+    """service.yaml: `serve` (its arguments parsed by the CLI's parser) on the DaskCluster's
+    scheduler, its state on the volume the workers mount at the same place (they read the jobs'
+    uploads there), its tokens from a Secret; the Service and the probes on its port; one
+    replica, replaced whole (one SQLite writer)."""
+    cluster, deployment, service = the("DaskCluster"), the("Deployment"), the("Service")
+    pod = deployment["spec"]["template"]["spec"]
+    (serve,) = pod["containers"]
+    assert serve["args"][0] == "dask-datalog"
+    args = build_parser().parse_args(serve["args"][1:])
+    assert args.command == "serve"
+    ports = {p["name"]: p["port"] for p in cluster["spec"]["scheduler"]["service"]["ports"]}
+    assert args.scheduler == f"tcp://{cluster['metadata']['name']}-scheduler:{ports['tcp-comm']}"
+    assert args.host == "0.0.0.0"
+
+    claim = the("PersistentVolumeClaim")["metadata"]["name"]
+    (mount,) = {mount_path(cluster["spec"]["worker"]["spec"], claim), mount_path(pod, claim)}
+    for path in (args.state_dir, *args.root):
+        assert path.is_relative_to(mount), path
+    (secret,) = [v for v in pod["volumes"] if "secret" in v]
+    (tokens,) = [m for m in serve["volumeMounts"] if m["name"] == secret["name"]]
+    assert args.token_file.parent == Path(tokens["mountPath"]) and tokens["readOnly"]
+
+    (http,) = serve["ports"]
+    assert http["containerPort"] == args.port
+    for probe in (serve["readinessProbe"], serve["livenessProbe"]):
+        assert probe["httpGet"]["port"] == http["name"] and probe["httpGet"]["path"] == "/openapi.json"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"] == labels == service["spec"]["selector"]
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == http["name"] and port["port"] == args.port
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert {serve["image"]} == {c["image"] for c in containers(cluster)}, "the service and the workers run one build"
 
 
 def containers(cluster: dict[str, Any]) -> list[dict[str, Any]]:

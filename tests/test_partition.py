@@ -35,9 +35,10 @@ from dask_datalog.engine.plan import (
     plan_program,
 )
 from dask_datalog.engine.storage.hisa import pack
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.partition.buckets import bucket, split
 from dask_datalog.partition.hashing import key_hash, shard_of, shard_of_rows
-from dask_datalog.partition.placement import REPLICATE_BELOW, place
+from dask_datalog.partition.placement import place
 
 settings.register_profile("partition", max_examples=60, deadline=None)
 settings.load_profile("partition")

@@ -142,6 +142,19 @@ def test_weak_scaling_grows_the_generated_input(tmp_path: Path, capsys: pytest.C
     assert "weak scaling: reach.dl on chain length=20 seed=0 ... chain length=40 seed=0" in capsys.readouterr().out
 
 
+def test_generated_input_goes_where_the_program_reads_it(tmp_path: Path) -> None:
+    """--gen writes each relation to the file and delimiter the program's .input declares."""
+    program = tmp_path / "p.dl"
+    program.write_text(
+        '.decl Arc(x: number, y: number, l: number)\n.input Arc(filename="arcs.txt", delimiter=",")\n'
+        ".decl D(x: number, y: number)\nD(x, y) :- Arc(x, y, _).\n.printsize D\n"
+    )
+    args = ["--gen", "dyck", "--gen-args", "size=50", "--workers", "0", "--repeat", "1", "--no-plots"]
+    assert main(["scale", str(program), *args, "--backend", "numpy", "--out", str(tmp_path / "out")]) == 0
+    rows = read_runs(tmp_path / "out")
+    assert rows[0]["input"] == "dyck size=50 seed=0" and int(rows[0]["tuples"]) > 100, "Arc read, D derived"
+
+
 def test_existing_cluster_is_measured_at_its_size(tmp_path: Path) -> None:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         scheduler_file = tmp_path / "scheduler.json"

@@ -235,7 +235,9 @@ def test_a_job_gives_the_one_shot_runs_outputs_with_its_log_paged_and_streamed(
     assert second == {"lines": [lines[1]], "next": 2, "final": True}
     streamed = call(http, "alice-token", "GET", f"/api/jobs/{job}/logs/stream", params={"offset": 1})
     assert streamed.text.splitlines() == lines[1:]
-    assert call(http, "alice-token", "GET", f"/api/jobs/{job}/results/path", params={"format": "parquet"}).status_code == 409
+    assert (
+        call(http, "alice-token", "GET", f"/api/jobs/{job}/results/path", params={"format": "parquet"}).status_code == 200
+    )  # converted
     assert call(http, "alice-token", "GET", f"/api/jobs/{job}/results/edge").status_code == 404
 
 

@@ -28,7 +28,7 @@ from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.errors import Aborted, DatalogError
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.frontend import load_program, load_program_file
-from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.run import run_in_process
 from dask_datalog.spmd.shard import Shard, evaluate_shard

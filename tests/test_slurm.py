@@ -18,7 +18,11 @@ host's end of the bridge, the file system shared (as a cluster's shared one). Ch
   node, write the bytes an in-process run writes, with a clean log; with --mem each worker's
   limit is its node's share; `scancel` leaves no process of the job on either node; a job
   paused as the time limit's warning does (`scancel --batch --signal=USR1`) checkpoints,
-  requeues itself and resumes on both nodes.
+  requeues itself and resumes on both nodes;
+- serve.sbatch: the job service beside the cluster's scheduler says where it listens; a job
+  submitted by one `dask-datalog job` process and followed by others (status, logs, result)
+  gives the bytes an in-process run writes; the time limit's warning stops the service and
+  the job cleanly.
 
 Every job of a cluster is submitted at its start and runs beside the others; each test waits
 for its own. About 110 s on the 2-core development machine for the single node (the walltime
@@ -31,6 +35,7 @@ without SLURM. Without root, or where the namespaces cannot be made, the two-nod
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -670,3 +675,55 @@ def test_a_cluster_job_on_two_nodes(two_nodes: Slurm, two_node_jobs: dict[str, J
     quiet = CLOSED_COMM.sub("", log)
     for noise in ("Traceback", "CommClosedError", "ERROR", "WARNING", "CANCELLED", "Killed"):
         assert noise not in quiet, log
+
+
+# -- the job service on an allocation (serve.sbatch) ------------------------------------------------
+
+
+def _job_command(address: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """``dask-datalog job`` as its own process: each call connects anew (and disconnects)."""
+    command = [sys.executable, "-m", "dask_datalog.cluster.cli", "job", "--address", address, "--token", "alice-token"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_the_service_on_an_allocation_runs_jobs_submitted_from_outside(slurm: Slurm, tmp_path: Path) -> None:
+    """serve.sbatch: a cluster of 2 workers and the service beside its scheduler; a job
+    submitted by one process, then followed by others (status, logs, result), gives the
+    one-shot run's bytes; the time limit's warning stops the service, and the job, cleanly."""
+    tokens = slurm.root / "service-tokens.json"
+    tokens.write_text('{"tokens": {"alice-token": "alice"}, "admins": []}')
+    job = slurm.submit("serve.sbatch", "serve", CAL, "--ntasks=2", STATE=slurm.root / "service", TOKEN_FILE=tokens, PORT=0)
+    deadline = time.monotonic() + 180
+    while not (found := re.search(r"the service is at (https?)://(\S+):(\d+);", job.text())):
+        assert time.monotonic() < deadline and slurm.show(job)["JobState"] in ("PENDING", "RUNNING"), job.text()
+        time.sleep(0.5)
+    scheme, node, port = found.groups()
+    assert (scheme, node) == ("http", socket.gethostname()), job.text()
+    address = f"http://127.0.0.1:{port}"  # HOST 0.0.0.0: every interface
+    assert f"export DASK_DATALOG_SERVICE=http://{node}:{port} DASK_DATALOG_TOKEN=<a token of {tokens}>" in job.text()
+
+    submitted = _job_command(address, "submit", REACH, "-F", CAL)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    deadline = time.monotonic() + 180
+    while (state := json.loads(_job_command(address, "status", job_id).stdout)["state"]) not in ("SUCCEEDED", "FAILED"):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.5)
+    assert state == "SUCCEEDED", _job_command(address, "logs", job_id).stdout
+    logs = _job_command(address, "logs", job_id).stdout.splitlines()
+    assert logs[0] == f"submitted by alice: {REACH}" and logs[1] == "running on 2 workers", logs
+    assert logs[-1].startswith("SUCCEEDED") and logs[-1].endswith("on 2 workers"), logs
+    assert _job_command(address, "result", job_id, "path").stdout.encode() == _reference(CAL, tmp_path / "want")
+    listed = _job_command(address, "list").stdout
+    assert job_id in listed and "SUCCEEDED" in listed
+
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job.id], env=slurm.env, check=True)  # as the time limit warns
+    record = slurm.wait(job, 120)
+    log = job.text()
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
+    assert log.splitlines()[-1] == f"dask-datalog job {job.id}: the service stopped (exit status 0)", log
+    for noise in ("Traceback", "CommClosedError", "ERROR", "CANCELLED", "Killed"):
+        assert noise not in log, log
+    assert not slurm.processes(f"SLURM_JOB_ID={job.id}")
+    left = [*job.tmp.glob("dask-scheduler-*"), *job.tmp.glob("dask-datalog-serve-*")]
+    assert not left, f"left behind: {left}"  # neither the scheduler file nor the service's line

@@ -1,5 +1,7 @@
-"""``dask-datalog``: the command line, one subcommand per module: ``run`` (run_command.py), ``gen``
-and ``scale`` (cluster/experiments/cli.py), ``serve`` and ``job`` (cluster/service/cli.py)."""
+"""``dask-datalog``: the command line, one subcommand per module: ``run`` (its flags in
+run_arguments.py, the run in run_command.py), ``gen`` and ``scale`` (cluster/experiments/cli.py),
+``serve`` and ``job`` (cluster/service/cli.py). Building the parser imports no engine, Dask or web
+code; each command imports what it runs."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import argparse
 import os
 import sys
 
-from dask_datalog.cluster.cli import run_command
+from dask_datalog.cluster.cli import run_arguments
 from dask_datalog.cluster.experiments import cli as experiment_cli
 from dask_datalog.cluster.service import cli as service_cli
 
@@ -18,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate Soufflé-syntax Datalog on hash-indexed sorted arrays (NumPy or CuPy), on a Dask cluster.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run_command.add_parser(sub)
+    run_arguments.add_parser(sub)
     experiment_cli.add_parsers(sub)
     service_cli.add_parsers(sub)
     return parser
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return experiment_cli.main(args)
     if args.command in service_cli.COMMANDS:
         return service_cli.main(args, parser)
+    from dask_datalog.cluster.cli import run_command  # the engine: `run` only
+
     return run_command.run(args, parser, argv)
 
 

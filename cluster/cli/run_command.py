@@ -28,172 +28,16 @@ from dask_datalog.engine.checkpoint import Checkpoints, Manifest
 from dask_datalog.engine.errors import (
     EXIT_SUSPENDED,
     EXIT_TERMINATED,
-    EXIT_TIMEOUT,
     DatalogError,
     Suspended,
     Terminated,
     human_bytes,
 )
+from dask_datalog.engine.execution import profile
 from dask_datalog.engine.memory import peak_rss
 from dask_datalog.engine.plan import plan_program
-from dask_datalog.partition.placement import REPLICATE_BELOW
-from dask_datalog.spmd.options import ExchangeKind, RunOptions
+from dask_datalog.spmd.options import RunOptions
 from dask_datalog.spmd.progress import iteration_events
-
-
-def add_parser(sub: Any) -> None:
-    """The ``run`` subparser, on the CLI's subparsers action ``sub``."""
-    run = sub.add_parser(
-        "run",
-        help="evaluate a program to its fixpoint and write its outputs",
-        description="Evaluate a program to its fixpoint and write its outputs. By default the run goes where "
-        "it is fastest: in this process on one CPU or GPU (the CPU kernels use every core), on an embedded "
-        "local Dask cluster with one worker per GPU when there are several; --cluster or --workers start the "
-        "embedded cluster anyway, --scheduler or --scheduler-file use a running one.",
-    )
-    run.add_argument("program", type=Path, help="the Datalog program (.dl)")
-    run.add_argument(
-        "-F",
-        "--fact-dir",
-        type=Path,
-        help='directory of .input fact files (default: the program\'s .pragma "fact-dir", else .)',
-    )
-    run.add_argument(
-        "-D",
-        "--output-dir",
-        help="directory for .output relations as <name>.csv; '-' prints them to stdout "
-        '(default: the program\'s .pragma "output-dir", else .)',
-    )
-    run.add_argument(
-        "-I",
-        "--include-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="where #include and .include look for files, after the including file's own directory (repeatable)",
-    )
-    run.add_argument(
-        "-M",
-        "--macro",
-        action="append",
-        default=[],
-        metavar="'NAME[=VALUE] ...'",
-        help="macros for the C preprocessor, as Soufflé's -M (repeatable; a bare NAME is 1)",
-    )
-    run.add_argument(
-        "-L",
-        "--library-dir",
-        action="append",
-        metavar="DIR",
-        help="where -l libraries are looked for, in order, before the dynamic loader's own path, as Soufflé's "
-        "-L (repeatable; default: .)",
-    )
-    run.add_argument(
-        "-l",
-        "--libraries",
-        action="append",
-        metavar="NAME",
-        help="a shared library lib<NAME>.so whose C functions compute the program's .functor declarations, "
-        "as Soufflé's -l (repeatable; default: functors)",
-    )
-    run.add_argument(
-        "--no-preprocessor",
-        action="store_true",
-        help="do not run the C preprocessor (as Soufflé's flag; a # line is then an error)",
-    )
-    run.add_argument(
-        "--format",
-        choices=("csv", "parquet"),
-        default="csv",
-        help="csv: one <name>.csv per relation; parquet: a dataset <name>/part-NNNNN.parquet (default: csv)",
-    )
-    run.add_argument(
-        "--backend",
-        choices=("auto", "numpy", "cupy"),
-        default="auto",
-        help="array backend: cupy when a GPU is visible, else numpy (default: auto)",
-    )
-    where = run.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler, e.g. tcp://host:8786")
-    where.add_argument("--scheduler-file", type=Path, metavar="FILE", help="scheduler file of a running Dask cluster")
-    where.add_argument("--no-cluster", action="store_true", help="evaluate in this process, without Dask")
-    where.add_argument(
-        "--cluster", action="store_true", help="start the embedded local Dask cluster even where one process is faster"
-    )
-    tls = run.add_argument_group(
-        "TLS",
-        "for a scheduler that requires TLS (a tls:// address); with --scheduler or --scheduler-file only. "
-        "Without these flags Dask's configuration applies, as for any Dask client: the "
-        "distributed.comm.tls.ca-file / .client.cert / .client.key keys, e.g. the environment variables "
-        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
-        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY.",
-    )
-    tls.add_argument(
-        "--tls-ca-file", type=Path, metavar="FILE", help="CA certificate (PEM) that signed the cluster's certificates"
-    )
-    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="this client's certificate (PEM)")
-    tls.add_argument(
-        "--tls-key", type=Path, metavar="FILE", help="this client's private key (PEM), unless the --tls-cert file holds it"
-    )
-    run.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="workers of the embedded cluster (default: one per GPU with cupy, else one per core)",
-    )
-    run.add_argument(
-        "--replicate-below",
-        type=int,
-        metavar="BYTES",
-        default=REPLICATE_BELOW,
-        help="static relations smaller than this are copied to every worker instead of partitioned "
-        f"(default: {REPLICATE_BELOW // 2**20} MiB)",
-    )
-    reliability = run.add_argument_group(
-        "checkpoints, retries and limits",
-        "A run on a cluster survives lost workers: it starts again from its latest checkpoint "
-        "(or from its inputs) on the workers present, up to --retries times. The embedded cluster "
-        "checkpoints into a temporary directory of its own; an external cluster needs --checkpoint "
-        "on a file system every worker shares. On SIGTERM (a batch system's walltime warning, "
-        f"scancel) the run writes a checkpoint at the next iteration boundary and exits with status {EXIT_SUSPENDED}; "
-        "a second SIGTERM stops it at once (still 75 when it has an earlier checkpoint, else "
-        f"{EXIT_TERMINATED}); run the same command with --resume DIR to continue.",
-    )
-    reliability.add_argument("--checkpoint", type=Path, metavar="DIR", help="write checkpoints into DIR (created if missing)")
-    reliability.add_argument(
-        "--checkpoint-every",
-        type=float,
-        metavar="SECONDS",
-        help="seconds between checkpoints (default: every 30 s at least, and never more than 10%% of the run)",
-    )
-    reliability.add_argument(
-        "--resume",
-        type=Path,
-        metavar="DIR",
-        help="continue from the latest checkpoint in DIR (same program and inputs, checked by hash); goes on checkpointing there",
-    )
-    reliability.add_argument(
-        "--retries", type=int, default=2, metavar="N", help="lost workers a run survives before it fails (default: 2)"
-    )
-    reliability.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help=f"stop the run after SECONDS (exit status {EXIT_TIMEOUT})"
-    )
-    reliability.add_argument(
-        "--memory-limit",
-        metavar="BYTES",
-        help="memory for the data of each worker (or of this process), e.g. 4GiB: joins are chunked to fit, and a run "
-        "whose relations outgrow it ends with a message naming the relation (default: half the Dask worker's memory "
-        "limit; in process or with CuPy, half the machine's or the GPU's memory)",
-    )
-    run.add_argument(
-        "--exchange",
-        choices=tuple(ExchangeKind),
-        default=ExchangeKind.AUTO.value,
-        help="how workers exchange tuples: mesh (direct sockets, tcp:// clusters), comm (Dask's comms: tcp, tls, "
-        "ucx) or auto (the mesh where it runs, measured fastest there; comm elsewhere) (default: auto)",
-    )
-    run.add_argument("--quiet", action="store_true", help="no progress display (it is off anyway when stderr is not a terminal)")
-    run.add_argument("--stats", type=Path, help="write per-stratum, per-iteration (per-worker) statistics as JSON to this file")
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
@@ -238,6 +82,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
             libraries=args.libraries or user_functors.DEFAULT_LIBRARIES,
             library_dirs=args.library_dir or user_functors.DEFAULT_LIBRARY_DIRS,
         )
+        if args.profile:  # before the run: a long run must not fail at its end for this
+            _check_writable(args.profile, "the profile")
         # As in Soufflé, -F and -D win over the program's pragmas.
         args.fact_dir = args.fact_dir or Path(program.ir.pragma("fact-dir") or ".")
         args.output_dir = args.output_dir or program.ir.pragma("output-dir") or "."
@@ -252,14 +98,17 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
                 memory_limit=memory_limit,
                 suspend=suspend,
                 stop=interrupt if mode != IN_PROCESS else None,
+                profile=bool(args.profile or args.stats),
             )
             run = CommandRun(program, args, stack, mode, why)
             result = run.evaluate(options)
             run.note("writing the outputs")
             result.write(args.output_dir, args.format, sys.stdout, run.written)
             result.stats["mode"] = {"mode": mode, "why": why}
+            if args.profile:
+                _write_json(args.profile, result.profile, "the profile")
             if args.stats:
-                _write_stats(args.stats, result.stats)
+                _write_json(args.stats, _stats_document(result), "the statistics")
             summary = run.summary(result)
         summary()
     except Suspended as stopped:
@@ -308,11 +157,35 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
     return 0
 
 
-def _write_stats(path: Path, stats: dict[str, Any]) -> None:
+def _write_json(path: Path, document: Any, what: str) -> None:
     try:
-        path.write_text(json.dumps(stats, indent=1))
+        path.write_text(json.dumps(document, indent=1))
     except OSError as error:
-        raise DatalogError(None, f"cannot write the statistics to {path}: {error.strerror or error}") from None
+        raise DatalogError(None, f"cannot write {what} to {path}: {error.strerror or error}") from None
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """A DatalogError now if ``path`` cannot be written later (a directory, or a folder that
+    is missing or not writable)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise DatalogError(None, f"cannot write {what} to {path}: it is a directory")
+    if not folder.is_dir():
+        raise DatalogError(None, f"cannot write {what} to {path}: no directory {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DatalogError(None, f"cannot write {what} to {path}: permission denied")
+
+
+RULES_IN_STATS = 20
+
+
+def _stats_document(result: Result) -> dict[str, Any]:
+    """The statistics as ``--stats`` writes them: the costliest rules instead of the whole
+    profile (which ``--profile`` writes)."""
+    stats = {key: value for key, value in result.stats.items() if key != "profile"}
+    if result.profile is not None:
+        stats["rules"] = result.profile["rules"][:RULES_IN_STATS]
+    return stats
 
 
 def _on_sigint(interrupt: threading.Event) -> None:
@@ -368,7 +241,7 @@ class CheckpointDirectory:
             self.directory = str(self.temporary)
             if self.mode == IN_PROCESS and self.every is None:
                 self.every = float("inf")
-        if self.directory is not None:
+        if self.directory is not None and self.temporary is None:  # a directory just made holds none
             self.before = Checkpoints(self.directory).latest_name()
         return self
 
@@ -525,6 +398,8 @@ class CommandRun:
                     f"{_since_start():.2f} s, {derived:,} tuples derived, peak memory {max(peaks) / 2**20:,.0f} MiB",
                     file=sys.stderr,
                 )
+            if self.args.profile and not self.args.quiet and result.profile is not None:
+                print(profile.table(result.profile), file=sys.stderr)
 
         return show
 

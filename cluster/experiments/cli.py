@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
-
-from dask_datalog.cluster.api import Program
-from dask_datalog.cluster.experiments import generate, scaling
+from dask_datalog.cluster.experiments import generate
 from dask_datalog.engine.errors import DatalogError
+
+if TYPE_CHECKING:
+    from dask_datalog.cluster.experiments import scaling
 
 COMMANDS = ("gen", "scale")
 DEFAULT_WORKERS = (1, 2, 4)
@@ -25,11 +25,14 @@ def add_parsers(sub: Any) -> None:
     """The ``gen`` and ``scale`` subparsers, on the CLI's subparsers action ``sub``."""
     gen = sub.add_parser(
         "gen",
-        help="write synthetic fact files: R-MAT, chain, grid graphs, points-to inputs",
-        description="Write synthetic fact files (tab-separated, one tuple per line, sorted, no duplicates) named "
-        "as the example programs read them: edge.facts for the graphs (examples/reach.dl, examples/sg.dl), the "
-        "relations of examples/andersen.dl and examples/cspa.dl for the points-to inputs. Vectorised NumPy; the "
-        "same kind, parameters, seed and NumPy give the same bytes.",
+        help="write synthetic fact files: graphs, points-to inputs, inputs of the flowlog-bench programs",
+        description="Write synthetic fact files (one tuple per line, sorted, no duplicates). By default each "
+        "relation goes to OUT_DIR/<relation>.facts, tab-separated: edge.facts for the graphs (examples/reach.dl, "
+        "examples/sg.dl), the relations of examples/andersen.dl and examples/cspa.dl for the points-to inputs. "
+        "With --for PROGRAM.dl each goes to the file and delimiter that PROGRAM's .input directive for it "
+        "declares, so that PROGRAM reads the directory with -F (Soufflé's too); the program must read exactly "
+        "the relations the kind makes. Vectorised NumPy; the same kind, parameters, seed and NumPy give the "
+        "same bytes.",
     )
     kinds = gen.add_subparsers(dest="kind", required=True, metavar="KIND")
     for g in generate.GENERATORS.values():
@@ -37,7 +40,16 @@ def add_parsers(sub: Any) -> None:
             g.kind, help=g.summary, description=f"{g.summary}. Weak scaling (scale --weak) grows it as {g.growth}."
         )
         kind.add_argument(
-            "out_dir", type=Path, metavar="OUT_DIR", help="directory to write the .facts files into (created if missing)"
+            "out_dir", type=Path, nargs="?", metavar="OUT_DIR", help="directory to write the fact files into (created if missing)"
+        )
+        kind.add_argument("-o", "--out", type=Path, metavar="DIR", help="the same as OUT_DIR")
+        kind.add_argument(
+            "--for",
+            dest="for_program",
+            type=Path,
+            metavar="PROGRAM",
+            help="name and delimit the files as PROGRAM.dl's .input directives declare (names match exactly, or "
+            "ignoring case where that is unambiguous)",
         )
         kind.add_argument("--seed", type=int, default=0, help="random seed, 0 or more (default: 0)")
         for p in g.params:
@@ -84,7 +96,7 @@ def add_parsers(sub: Any) -> None:
         "--weak",
         action="store_true",
         help="weak scaling: the --gen input grows with the workers (rmat: scale + log2(workers), power-of-two counts; "
-        "chain: length x workers; grid: height x workers; andersen, cspa: size x workers; 0 counts as 1)",
+        "chain: length x workers; grid: height x workers; andersen, cspa and the program inputs: size x workers; 0 counts as 1)",
     )
     scale.add_argument(
         "--workers",
@@ -117,22 +129,41 @@ def main(args: argparse.Namespace) -> int:
 
 
 def gen_command(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.command_parser
+    if (args.out_dir is None) == (args.out is None):
+        parser.error("give the output directory once: OUT_DIR or -o DIR")
+    out_dir: Path = args.out_dir or args.out
     params = {p.name: getattr(args, p.name) for p in generate.GENERATORS[args.kind].params}
+    program = None
+    if args.for_program is not None:
+        from dask_datalog.engine.frontend.load import load_program_file  # the front end only for --for
+
+        try:
+            program = load_program_file(args.for_program)
+        except DatalogError as error:
+            print(str(error) if error.pos is not None else f"{args.for_program}: error: {error.message}", file=sys.stderr)
+            return 1
     try:
         relations = generate.generate(args.kind, params, args.seed)
+        targets = generate.targets_for(program, out_dir, relations) if program is not None else None
     except generate.BadParameter as error:
-        args.command_parser.error(str(error))
+        parser.error(str(error))
     try:
-        counts = generate.write_facts(args.out_dir, relations)
+        counts = generate.write_facts(out_dir, relations, targets)
     except OSError as error:
-        print(f"{error.filename or args.out_dir}: error: {error.strerror or error}", file=sys.stderr)
+        print(f"{error.filename or out_dir}: error: {error.strerror or error}", file=sys.stderr)
         return 1
+    written = targets or generate.default_targets(out_dir, relations)
     for name, count in counts.items():
-        print(f"{args.out_dir / name}.facts\t{count}")
+        print(f"{written[name].path}\t{count}")
     return 0
 
 
 def scale_command(args: argparse.Namespace) -> int:
+    # Imported here: every command builds this parser, only `scale` runs experiments.
+    from dask_datalog.cluster.api import Program
+    from dask_datalog.cluster.experiments import scaling
+
     parser: argparse.ArgumentParser = args.command_parser
     experiment = _experiment(parser, args)
     plots = not args.no_plots
@@ -176,6 +207,10 @@ def scale_command(args: argparse.Namespace) -> int:
 
 def _experiment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> scaling.Experiment:
     """The arguments, checked, as an experiment (``parser.error`` exits 2)."""
+    import psutil
+
+    from dask_datalog.cluster.experiments import scaling
+
     if args.gen is None and (args.weak or args.gen_args):
         parser.error("--weak and --gen-args need --gen KIND (an input that can be generated for each worker count)")
     if args.fact_dir is not None and not args.fact_dir.is_dir():

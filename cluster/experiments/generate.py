@@ -2,10 +2,13 @@
 ``dask-datalog scale --gen``).
 
 Every generator is a pure function of its parameters and a seed, vectorised in NumPy (Python
-loops run over chunks, bit levels or relations, never over tuples), and returns distinct (src, dst)
-pairs without self-loops, sorted; ``write_facts`` writes them through the engine's integer
-formatter (the C kernel of ``relation_output``), so writing costs what the engine's own
-outputs cost. Same kind, parameters, seed and NumPy: same bytes.
+loops run over chunks, bit levels or relations, never over tuples). The graphs and points-to
+inputs are distinct (src, dst) pairs without self-loops, sorted; the inputs of the flowlog-bench
+programs (``program_inputs``) rows of any arity, symbols as strings. ``write_facts`` writes them
+through the engine's writer (the C kernel of ``relation_output`` for numbers, its SymbolTable
+for symbols), duplicates dropped, to ``<relation>.facts`` or, for ``--for PROGRAM``, to the files
+its ``.input`` directives declare (``targets_for``). Same kind, parameters, seed and NumPy: same
+bytes.
 
 It lives in ``cluster/`` beside the CLI and the scaling driver that use it: it is a client-side
 tool, not something a shard needs (``engine/`` is what runs on every worker), and it depends
@@ -21,6 +24,8 @@ on the engine only through its writer.
   uniform variable to a Zipf-picked variable of the same function, or, with probability
   ``cross``, to any variable. Raising ``cross`` joins functions into larger strongly connected
   flows and makes the derived relations grow faster than linearly (examples/README.md).
+- ``csda``, ``dyck``, ``crdt``, ``galen``, ``polonius``, ``z3``, ``doop``: inputs shaped like
+  those of the flowlog-bench programs of those names, ``size`` scaling them about linearly.
 """
 
 from __future__ import annotations
@@ -28,13 +33,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import psutil
 
-from dask_datalog.engine import ir
-from dask_datalog.engine.formats.relation_output import write_relation
-from dask_datalog.engine.values import SymbolTable, encode
+from dask_datalog.cluster.experiments import program_inputs
+from dask_datalog.cluster.experiments.program_inputs import Relations, Table
+
+if TYPE_CHECKING:  # the engine is imported where gen writes: every command builds gen's parser
+    from dask_datalog.engine import ir
 
 Value = int | float
 Params = dict[str, Value]
@@ -82,7 +89,7 @@ class Generator:
     kind: str
     summary: str
     params: tuple[Param, ...]
-    make: Callable[[np.random.Generator, Params], dict[str, np.ndarray]]
+    make: Callable[[np.random.Generator, Params], Relations]
     grow: Callable[[Params, int], Params]
     growth: str  # ``grow`` in words, for --help
     drawn: Callable[[Params], tuple[int, int]]  # facts drawn: (for the largest relation, in all)
@@ -101,7 +108,7 @@ def distinct_pairs(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.stack([(packed >> np.uint64(32)).astype(np.int32), (packed & np.uint64(0xFFFFFFFF)).astype(np.int32)], axis=1)
 
 
-def rmat(rng: np.random.Generator, p: Params) -> dict[str, np.ndarray]:
+def rmat(rng: np.random.Generator, p: Params) -> Relations:
     """``edge_factor * 2**scale`` edges, each placed by ``scale`` quadrant choices made at once
     for a chunk of edges, over permuted vertex ids."""
     scale, m = int(p["scale"]), int(p["edge_factor"]) << int(p["scale"])
@@ -121,12 +128,12 @@ def rmat(rng: np.random.Generator, p: Params) -> dict[str, np.ndarray]:
     return {"edge": distinct_pairs(label[src], label[dst])}
 
 
-def chain(rng: np.random.Generator, p: Params) -> dict[str, np.ndarray]:
+def chain(rng: np.random.Generator, p: Params) -> Relations:
     i = np.arange(int(p["length"]), dtype=np.int64)
     return {"edge": distinct_pairs(i, i + 1)}
 
 
-def grid(rng: np.random.Generator, p: Params) -> dict[str, np.ndarray]:
+def grid(rng: np.random.Generator, p: Params) -> Relations:
     width, height = int(p["width"]), int(p["height"])
     ids = np.arange(width * height, dtype=np.int64).reshape(height, width)
     src = np.concatenate([ids[:, :-1].ravel(), ids[:-1, :].ravel()])
@@ -145,8 +152,8 @@ def flows(rng: np.random.Generator, n: int, per_var: float, skew: float, cross: 
     return distinct_pairs(src, np.where(rng.random(m) < cross, rng.integers(0, n, m), local))
 
 
-def points_to(per_var: Mapping[str, float]) -> Callable[[np.random.Generator, Params], dict[str, np.ndarray]]:
-    def make(rng: np.random.Generator, p: Params) -> dict[str, np.ndarray]:
+def points_to(per_var: Mapping[str, float]) -> Callable[[np.random.Generator, Params], Relations]:
+    def make(rng: np.random.Generator, p: Params) -> Relations:
         return {
             name: flows(rng, int(p["size"]), share, float(p["skew"]), float(p["cross"]), int(p["function"]))
             for name, share in per_var.items()
@@ -155,11 +162,20 @@ def points_to(per_var: Mapping[str, float]) -> Callable[[np.random.Generator, Pa
     return make
 
 
+def program_input(make: Callable[[np.random.Generator, int], Relations]) -> Callable[[np.random.Generator, Params], Relations]:
+    return lambda rng, p: make(rng, int(p["size"]))
+
+
 def _grid_limits(p: Params) -> None:
     if int(p["width"]) * int(p["height"]) > MAX_ID:
         raise BadParameter(
             f"grid: width x height is {int(p['width']) * int(p['height']):,} vertices; at most {MAX_ID:,} fit a number column"
         )
+
+
+def _per_size(per: int) -> Callable[[Params], tuple[int, int]]:
+    """Values drawn: ``per`` for each unit of size, the largest relation counted as all of them."""
+    return lambda p: (int(p["size"]) * per,) * 2
 
 
 def _points_to_drawn(per_var: Mapping[str, float]) -> Callable[[Params], tuple[int, int]]:
@@ -188,6 +204,18 @@ _POINTS_TO_PARAMS = (
     Param("skew", float, 1.5, "Zipf exponent of the popular variables; lower is flatter", lambda v: v > 1, "more than 1"),
     Param("cross", float, 0.005, "fraction of facts that cross functions", lambda v: 0 <= v <= 1, "from 0 to 1"),
     Param("function", int, 32, "variables per function", _positive, "at least 1"),
+)
+
+# The flowlog-bench programs' inputs: (kind, what ``size`` counts, its default, values drawn per
+# unit of size over all relations (for the memory estimate), what the kind makes).
+PROGRAM_INPUTS = (
+    ("csda", "program points", 100_000, 8, "NullEdge and Edge: null-flow over a program's dataflow edges (csda.dl)"),
+    ("dyck", "nodes", 100_000, 8, "Arc (x, y, label 0 or 1): a labelled graph of matching parentheses (dyck.dl)"),
+    ("crdt", "insert operations", 100_000, 8, "Insert_input and Remove_input: a sequence CRDT's edit trace (crdt.dl)"),
+    ("galen", "concepts", 100_000, 8, "P, Q, R, C, U, S: an EL ontology in GALEN's normal form (galen.dl)"),
+    ("polonius", "CFG points", 20_000, 16, "the 17 Polonius borrow-check inputs of polonius_int.dl"),
+    ("z3", "instructions", 20_000, 48, "the 26 ddisasm def-use inputs of z3.dl (register and stack variables over basic blocks)"),
+    ("doop", "methods", 2_000, 160, "the 32 DOOP inputs of doop.dl (Java points-to facts, symbol columns)"),
 )
 
 GENERATORS: dict[str, Generator] = {
@@ -249,6 +277,26 @@ GENERATORS: dict[str, Generator] = {
             _points_to_drawn(CSPA),
         ),
     )
+} | {
+    kind: Generator(
+        kind,
+        f"synthetic input of flowlog-bench's {summary}",
+        (
+            Param(
+                "size",
+                int,
+                default,
+                f"number of {unit}; the input grows about linearly with it",
+                lambda v: 2 <= v <= MAX_ID // 64,
+                f"from 2 to {MAX_ID // 64}",
+            ),
+        ),
+        program_input(getattr(program_inputs, kind)),
+        _scaled("size"),
+        "size x workers",
+        _per_size(per),
+    )
+    for kind, unit, default, per, summary in PROGRAM_INPUTS
 }
 
 
@@ -285,10 +333,13 @@ def parse_args_text(kind: str, text: str) -> Params:
     return parameters(kind, given)
 
 
-def generate(kind: str, params: Mapping[str, Value | str], seed: int) -> dict[str, np.ndarray]:
-    """The relations of ``kind`` (name -> (n, 2) int32 pairs, sorted and distinct)."""
+def generate(kind: str, params: Mapping[str, Value | str], seed: int) -> Relations:
+    """The relations of ``kind`` by name: the graphs and points-to inputs (n, 2) int32 pairs,
+    sorted and distinct; the program inputs as ``program_inputs`` makes them."""
     if seed < 0:
         raise BadParameter(f"the seed must be 0 or more, not {seed}")
+    import psutil  # here, as the writer: every command builds `gen`'s parser from GENERATORS
+
     checked = parameters(kind, params)
     check_memory(kind, checked, psutil.virtual_memory().available)
     return GENERATORS[kind].make(np.random.default_rng(seed), checked)
@@ -322,12 +373,129 @@ def describe(kind: str, params: Mapping[str, Value], seed: int) -> str:
     return f"{kind} {shown} seed={seed}"
 
 
-def write_facts(out_dir: Path, relations: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """``out_dir/<relation>.facts`` for each relation (tab-separated, one pair per line, sorted),
-    formatted by the engine's C kernel; returns the lines written per relation."""
+@dataclass(frozen=True)
+class Target:
+    """Where one relation goes: its file, the delimiter, and its declaration (column types)."""
+
+    path: Path
+    delimiter: str
+    relation: ir.Relation
+    rfc4180: bool = False  # symbols quoted, as the .input's rfc4180=true reads them
+
+
+def columns(table: Table) -> tuple[np.ndarray, ...]:
+    return tuple(table.T) if isinstance(table, np.ndarray) else table
+
+
+def _is_symbol(column: np.ndarray) -> bool:
+    return column.dtype.kind == "U"
+
+
+def _column_type(column: np.ndarray) -> ir.BaseType:
+    return "symbol" if _is_symbol(column) else "number"
+
+
+def default_targets(out_dir: Path, relations: Mapping[str, Table]) -> dict[str, Target]:
+    """``out_dir/<relation>.facts``, tab-separated, a column of strings a symbol, else a number."""
+    from dask_datalog.engine import ir
+
+    return {
+        name: Target(
+            out_dir / f"{name}.facts",
+            "\t",
+            ir.Relation(
+                name,
+                tuple(ir.Attribute(f"c{j}", _column_type(c), _column_type(c)) for j, c in enumerate(columns(table))),
+            ),
+        )
+        for name, table in relations.items()
+    }
+
+
+def targets_for(program: ir.Program, out_dir: Path, relations: Mapping[str, Table]) -> dict[str, Target]:
+    """Each relation to the file and delimiter that ``program``'s ``.input`` for it declares.
+    Names match exactly, or else ignoring case where that is unambiguous (examples/cspa.dl reads
+    ``assign``, flowlog-bench's cspa.dl ``Assign``). BadParameter (naming both sides) for a
+    program input the kind does not make, a relation it makes that the program does not read,
+    or one whose columns do not fit the declaration."""
+    inputs = {spec.relation: spec for spec in program.inputs if spec.io == "file"}
+    folded: dict[str, list[str]] = {}
+    for name in inputs:
+        folded.setdefault(name.lower(), []).append(name)
+    matched: dict[str, str] = {}
+    for name in relations:
+        candidates = [name] if name in inputs else folded.get(name.lower(), [])
+        if len(candidates) != 1:
+            raise BadParameter(
+                f"{program.source} reads no relation {name} (it reads {_listed(inputs)}; this kind makes {_listed(relations)})"
+            )
+        matched[name] = candidates[0]
+    unread = sorted(set(inputs) - set(matched.values()))
+    if unread:
+        raise BadParameter(
+            f"{program.source} reads {', '.join(unread)}, which this kind does not make (it makes {_listed(relations)})"
+        )
+    targets = {}
+    for name, table in relations.items():
+        spec, declared = inputs[matched[name]], program.relations[matched[name]]
+        made = [_column_type(c) for c in columns(table)]
+        wanted = [
+            "symbol" if a.type == "symbol" else "number" if a.type in ("number", "unsigned") else a.type
+            for a in declared.attributes
+        ]
+        if made != wanted:
+            raise BadParameter(
+                f"{program.source} declares {declared.name}({', '.join(wanted)}); this kind makes {name}({', '.join(made)})"
+            )
+        if spec.headers or spec.columns is not None:
+            raise BadParameter(
+                f"{program.source}: gen writes no header line and every column: .input {declared.name} asks for headers or columns"
+            )
+        targets[name] = Target(out_dir / (spec.filename or f"{declared.name}.facts"), spec.delimiter, declared, spec.rfc4180)
+    return targets
+
+
+def distinct(rows: np.ndarray) -> np.ndarray:
+    """Encoded (n, k) uint32 rows without duplicates, in any order (the writer sorts them). Pairs
+    are sorted in place as one uint64 each and copied only when some repeat: the large graphs
+    are written with a few bytes per edge beside them; wider rows go through ``np.unique``."""
+    if rows.shape[1] != 2:
+        from dask_datalog.engine.values import distinct_rows
+
+        return distinct_rows(rows)
+    packed = rows.view(np.uint64).ravel()
+    packed.sort()
+    first = np.ones(len(packed), dtype=bool)
+    np.not_equal(packed[1:], packed[:-1], out=first[1:])
+    return rows if first.all() else rows[first]
+
+
+def _listed(names: Mapping[str, object]) -> str:
+    return ", ".join(sorted(names)) or "nothing"
+
+
+def write_facts(out_dir: Path, relations: Mapping[str, Table], targets: Mapping[str, Target] | None = None) -> dict[str, int]:
+    """Each relation to its target (default: ``out_dir/<relation>.facts``, tab-separated), one
+    row per line, sorted, duplicates dropped, formatted by the engine's writer (the C kernel for
+    numbers, its SymbolTable for symbols); returns the lines written per relation."""
+    # The engine's writer, imported here: every command builds `gen`'s parser from GENERATORS.
+    from dask_datalog.engine.formats.relation_output import write_relation
+    from dask_datalog.engine.values import SymbolTable, encode
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    symbols = SymbolTable()
-    for name, pairs in relations.items():
-        columns = tuple(ir.Attribute(a, "number", "number") for a in ("a", "b"))
-        write_relation(out_dir / f"{name}.facts", encode(pairs, "number"), ir.Relation(name, columns), symbols)
-    return {name: len(pairs) for name, pairs in relations.items()}
+    targets = targets if targets is not None else default_targets(out_dir, relations)
+    # One table for every string, ids in text order (what the writer sorts symbols by).
+    strings = [c for t in relations.values() for c in columns(t) if _is_symbol(c)]
+    text = np.unique(np.concatenate(strings)) if strings else np.empty(0, dtype=str)
+    symbols = SymbolTable.sorted_union([text.tolist()])
+    counts = {}
+    for name, table in relations.items():
+        target = targets[name]
+        cols = columns(table)
+        rows = np.empty((len(cols[0]), len(cols)), dtype=np.uint32)
+        for j, c in enumerate(cols):
+            rows[:, j] = np.searchsorted(text, c) if _is_symbol(c) else encode(c, "number")
+        rows = distinct(rows)
+        write_relation(target.path, rows, target.relation, symbols, target.delimiter, rfc4180=target.rfc4180)
+        counts[name] = len(rows)
+    return counts

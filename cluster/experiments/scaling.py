@@ -280,7 +280,7 @@ def run_experiment(exp: Experiment, program: Program, log: Log) -> list[Run]:
         if external is not None and counts == (0,):
             raise RuntimeError(f"the cluster of {exp.scheduler_file} has no workers")
         for n in counts:
-            fact_dir, label = _input(exp, n, scratch, log)
+            fact_dir, label = _input(exp, program, n, scratch, log)
             with _placement(exp, n, external, log) as (mode, client):
                 where = {"program": str(exp.program), "input": label, "scaling": exp.scaling, "mode": mode, "workers": n}
                 runs += _measure(exp, program, fact_dir, client, where, log)
@@ -319,10 +319,10 @@ def _device(client: Any, backend: str) -> str:
     return str(client.run(device_description, backend, workers=[first])[first])
 
 
-def _input(exp: Experiment, workers: int, scratch: Path, log: Log) -> tuple[Path, str]:
+def _input(exp: Experiment, program: Program, workers: int, scratch: Path, log: Log) -> tuple[Path, str]:
     """The fact directory of a run on ``workers`` and its label for the CSV: ``fact_dir``, or
     the generated input in ``scratch``, generated once (strong scaling reuses it) and removed
-    when the next one is generated."""
+    when the next one is generated, in the files ``program``'s ``.input`` directives name."""
     if exp.gen is None:
         assert exp.fact_dir is not None
         return exp.fact_dir, str(exp.fact_dir)
@@ -335,7 +335,8 @@ def _input(exp: Experiment, workers: int, scratch: Path, log: Log) -> tuple[Path
         for previous in scratch.iterdir():
             shutil.rmtree(previous)
         t0 = time.perf_counter()
-        counts = generate.write_facts(target, generate.generate(exp.gen, params, exp.seed))
+        relations = generate.generate(exp.gen, params, exp.seed)
+        counts = generate.write_facts(target, relations, generate.targets_for(program.ir, target, relations))
         log(f"{_label(workers)}: generated {label} ({sum(counts.values()):,} facts) in {time.perf_counter() - t0:.2f} s")
     return target, label
 

@@ -62,7 +62,7 @@ from dask_datalog.engine.formats import fact_input, relation_output
 from dask_datalog.engine.ir import Program
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.values import SymbolTable
-from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import check_fact_names
 from dask_datalog.spmd.options import ExchangeKind, RunOptions
 from dask_datalog.spmd.run import combine_stats
@@ -312,6 +312,7 @@ class ClusterRun:
             checkpoint=self._checkpoint_options(),
             memory_limit=self.options.memory_limit,
             array_digests=self.digests,
+            profile=self.options.profile,
         )
 
         def on_event(event: tuple[float, dict[str, Any]]) -> None:

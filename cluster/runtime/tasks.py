@@ -24,7 +24,7 @@ from dask_datalog.engine.checkpoint import CheckpointOptions
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.execution.fixpoint import OnIteration
 from dask_datalog.engine.formats import relation_output
-from dask_datalog.partition.placement import REPLICATE_BELOW
+from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.options import ExchangeKind
 from dask_datalog.spmd.progress import iteration_events
@@ -53,6 +53,7 @@ class ShardTask:
     memory_limit: int | None = None  # bytes of data per worker; None: a share of the worker's limit
     array_digests: dict[str, str] = field(default_factory=dict)  # fingerprints of whole input arrays
     stdin: bytes | None = None  # the client's standard input, for IO=stdin inputs
+    profile: bool = False  # a per rule version profile in the statistics
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def evaluate_task(spec: ShardTask, rank: int, arrays: dict[str, Any] | None = No
     with Phase(spec.phase, rank, spec.peers, spec.exchange) as phase:
         backend = get_backend(spec.backend)
         budget = spec.memory_limit or memory.default_budget(backend, dask_adapter.memory_limit(phase.worker))
-        steering = Steering(spec.checkpoint, budget, phase.suspend_requested, phase.interrupted)
+        steering = Steering(spec.checkpoint, budget, phase.suspend_requested, phase.interrupted, spec.profile)
         inputs = Inputs(spec.fact_dir, {**spec.fact_files, **(arrays or {})}, spec.array_digests, spec.stdin)
         progress = _progress(phase, rank, spec.progress_topic)
         return evaluate_shard(

@@ -16,10 +16,13 @@ from starlette.concurrency import run_in_threadpool
 from dask_datalog.cluster.service.auth import Tokens, User
 from dask_datalog.cluster.service.jobs import JobService, Refused, Submission, decode_upload, parquet_file
 from dask_datalog.cluster.service.metrics import add_metrics
+from dask_datalog.cluster.service.openapi import errors
 from dask_datalog.cluster.service.store import JobRecord, State
 from dask_datalog.cluster.service.web import add_pages
 
 FOLLOW_POLL_S = 0.1  # how often a followed log looks for new lines
+# A log offset is an SQLite INTEGER: past 2**63 - 1 the query would fail (a 500), not find nothing.
+Offset = Annotated[int, Query(ge=0, le=2**63 - 1, description="the first line's number, from 0")]
 
 
 class SubmitRequest(BaseModel):
@@ -64,6 +67,9 @@ class Logs(BaseModel):
     lines: list[str]
     next: int = Field(description="the offset of the line after these")
     final: bool = Field(description="whether the job had ended when these were read (no more lines come)")
+
+
+_RESULT_TYPES: dict[str, dict[str, Any]] = {"text/csv": {}, "application/gzip": {}, "application/vnd.apache.parquet": {}}
 
 
 def _job(record: JobRecord) -> Job:
@@ -136,28 +142,36 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
         return JSONResponse({"detail": error.message}, error.status, headers=headers)
 
-    @app.post("/api/jobs", status_code=201, response_model=Job, summary="submit a job")
+    @app.post("/api/jobs", status_code=201, response_model=Job, summary="submit a job", responses=errors(400, 403, 413))
     async def submit(request: SubmitRequest, caller: Caller) -> Job:
         facts = {n: decode_upload(n, t) for n, t in request.facts.items()} if request.facts is not None else None
         submission = Submission(**{**request.model_dump(), "facts": facts})
         return _job(await run_in_threadpool(service.submit, caller, submission))
 
-    @app.get("/api/jobs", response_model=list[Job], summary="the caller's jobs (every job for an admin), oldest first")
+    @app.get(
+        "/api/jobs",
+        response_model=list[Job],
+        summary="the caller's jobs (every job for an admin), oldest first",
+        responses=errors(),
+    )
     async def jobs(caller: Caller) -> list[Job]:
         return [_job(r) for r in await run_in_threadpool(service.visible, caller)]
 
-    @app.get("/api/jobs/{job}", response_model=Job, summary="one job")
+    @app.get("/api/jobs/{job}", response_model=Job, summary="one job", responses=errors(404))
     async def job(job: str, caller: Caller) -> Job:
         return _job(service.get(caller, job))
 
-    @app.post("/api/jobs/{job}/stop", response_model=Job, summary="stop a job (queued: at once; running: within a second)")
+    @app.post(
+        "/api/jobs/{job}/stop",
+        response_model=Job,
+        summary="stop a job (queued: at once; running: within a second)",
+        responses=errors(404),
+    )
     async def stop(job: str, caller: Caller) -> Job:
         return _job(await run_in_threadpool(service.stop, caller, job))
 
-    @app.get("/api/jobs/{job}/logs", response_model=Logs, summary="a page of the job's log")
-    async def logs(
-        job: str, caller: Caller, offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
-    ) -> Logs:
+    @app.get("/api/jobs/{job}/logs", response_model=Logs, summary="a page of the job's log", responses=errors(404))
+    async def logs(job: str, caller: Caller, offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> Logs:
         final = service.get(caller, job).state.final
         lines = service.logs(caller, job, offset, limit)
         return Logs(lines=lines, next=offset + len(lines), final=final)
@@ -166,8 +180,9 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
         "/api/jobs/{job}/logs/stream",
         response_class=StreamingResponse,
         summary="the job's log from offset on, as text lines while they come, until the job ends",
+        responses={200: {"content": {"text/plain": {}}}, **errors(404)},
     )
-    async def follow(job: str, caller: Caller, offset: Annotated[int, Query(ge=0)] = 0) -> StreamingResponse:
+    async def follow(job: str, caller: Caller, offset: Offset = 0) -> StreamingResponse:
         service.get(caller, job)
 
         async def lines() -> AsyncIterator[bytes]:
@@ -188,10 +203,15 @@ def create_app(service: JobService, tokens: Tokens, max_request_bytes: int, open
     @app.get(
         "/api/jobs/{job}/results/{relation}",
         response_class=Response,
-        summary="an output relation of a SUCCEEDED job, as the job wrote it (csv, or parquet as one file)",
+        summary="an output relation of a SUCCEEDED job: csv, or parquet as one file (the format the job did not write "
+        "is converted)",
+        responses={200: {"content": _RESULT_TYPES}, **errors(404, 409, 410)},
     )
     async def result(job: str, relation: str, caller: Caller, format: Literal["csv", "parquet"] | None = None) -> Response:
-        path, written = await run_in_threadpool(service.result, caller, job, relation, format)
+        path, written = await run_in_threadpool(service.result, caller, job, relation)
+        if format is not None and format != written:
+            converted, media = await run_in_threadpool(service.converted, caller, job, relation)
+            return Response(converted, media_type=media)
         if written == "csv":  # streamed from the file: an output may be larger than memory
             return FileResponse(path, media_type="application/gzip" if path.suffix == ".gz" else "text/csv")
         return Response(await run_in_threadpool(parquet_file, path), media_type="application/vnd.apache.parquet")

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dask_datalog.cluster.service import server
 from dask_datalog.engine.errors import DatalogError
 
 COMMANDS = ("serve", "job")
+DEFAULT_PORT = 8780
 
 
 def add_parsers(sub: Any) -> None:
@@ -23,7 +23,7 @@ def add_parsers(sub: Any) -> None:
         "Dask cluster kept warm, an embedded local one by default. Records survive a restart (SQLite in --state-dir). "
         "docs/service.md has the details.",
     )
-    server.add_arguments(serve)
+    _serve_arguments(serve)
     job = sub.add_parser(
         "job",
         help="submit, watch, stop and fetch jobs of a running service",
@@ -71,8 +71,66 @@ def add_parsers(sub: Any) -> None:
     result = verbs.add_parser("result", help="a finished job's output relation (without RELATION: the relations it wrote)")
     result.add_argument("id")
     result.add_argument("relation", nargs="?")
-    result.add_argument("--format", choices=("csv", "parquet"), help="the format expected (the job's, given at submission)")
+    result.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        help="the format wanted (default: the job's); the other one is converted on the service",
+    )
     result.add_argument("-o", "--output", type=Path, help="write it to this file (default: stdout)")
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on; 0: any free one (default: {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("~/.dask-datalog/service"),
+        help="where the job records (jobs.sqlite), the jobs' folders and the made token file live "
+        "(default: ~/.dask-datalog/service; on an external cluster, a folder its workers see)",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder jobs may read facts from and write outputs to, by path (repeatable; without one, facts are uploaded "
+        "and outputs stay in the job's folder)",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help='JSON {"tokens": {"<token>": "<user>"}, "admins": ["<user>"]} (default: STATE/tokens.json, made with one '
+        "admin token for you when missing)",
+    )
+    parser.add_argument(
+        "--max-jobs", type=int, default=4, metavar="N", help="jobs running at once; more wait in a FIFO queue (default: 4)"
+    )
+    parser.add_argument(
+        "--max-request-size",
+        default="256MiB",
+        metavar="BYTES",
+        help="largest request accepted, uploads included (default: 256MiB)",
+    )
+    parser.add_argument(
+        "--open-metrics",
+        action="store_true",
+        help="serve /metrics (Prometheus) without a token (default: it needs a bearer token, as the API does)",
+    )
+    parser.add_argument("--ssl-certfile", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", type=Path, metavar="FILE", help="the certificate's private key (PEM)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler (default: an embedded cluster)")
+    where.add_argument("--scheduler-file", type=Path, metavar="FILE", help="scheduler file of a running Dask cluster")
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="workers of the embedded cluster (default: one per core, or per GPU)"
+    )
+    parser.add_argument(
+        "--backend", choices=("auto", "numpy", "cupy"), default="auto", help="the embedded cluster's array backend"
+    )
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -80,6 +138,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     try:
         if args.command == "serve":
+            from dask_datalog.cluster.service import server  # here: every command builds this parser
+
             if args.max_jobs < 1:
                 parser.error("--max-jobs must be at least 1")
             if args.workers is not None and (args.scheduler or args.scheduler_file):

@@ -135,7 +135,7 @@ class ServiceClient:
             time.sleep(poll_s)
 
     def result(self, job: str, relation: str, format: str | None = None) -> bytes:
-        """The relation's output (as the job wrote it; ``format`` must match it if given)."""
+        """The relation's output, as the job wrote it or converted to ``format`` (csv, parquet)."""
         params = {"format": format} if format else {}
         return self._call("GET", f"/api/jobs/{job}/results/{relation}", params=params).content
 

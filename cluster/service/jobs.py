@@ -19,6 +19,7 @@ import distributed
 
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.service.auth import PathRefused, Roots, User
+from dask_datalog.cluster.service.convert import Unconvertible, to_csv, to_parquet
 from dask_datalog.cluster.service.queue import JobQueue, Stop
 from dask_datalog.cluster.service.runner import CHECKPOINT, run_job
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
@@ -154,22 +155,37 @@ class JobService:
         self.get(user, job)
         return self.store.logs(job, offset, limit)
 
-    def result(self, user: User, job: str, relation: str, fmt: str | None) -> tuple[Path, str]:
+    def result(self, user: User, job: str, relation: str) -> tuple[Path, str]:
         """Where the relation's output is (a CSV file, or a Parquet dataset's folder) and its
-        format. A relation the job did not write, asked in another format, or removed since,
-        is refused."""
+        format. A relation the job did not write, or removed since, is refused."""
         record = self.get(user, job)
         if record.state is not State.SUCCEEDED:
             raise Refused(409, f"job {job} is {record.state}: results come with SUCCEEDED")
         if relation not in record.results:
             raise Refused(404, f"job {job} wrote no relation {relation} (it wrote: {', '.join(record.results) or 'none'})")
         written = record.results[relation]
-        if fmt is not None and fmt != written["format"]:
-            raise Refused(409, f"job {job} wrote its outputs as {written['format']}: submit it with format {fmt} for {fmt}")
         path = Path(written["path"])
         if not path.exists():
             raise Refused(410, f"job {job}'s output of {relation}, {path}, is no longer there")
         return path, written["format"]
+
+    def converted(self, user: User, job: str, relation: str) -> tuple[bytes, str]:
+        """The relation's output in the format the job did not write it in (CSV as one Parquet
+        file, Parquet as the CSV file, gzipped where its ``.output`` says ``compress``), read with
+        its declared types and ``.output`` dialect, and its media type; 409 for a dialect that
+        does not read back (quoted symbols, a multi-byte delimiter)."""
+        path, written = self.result(user, job, relation)
+        record = self.get(user, job)
+        program = Program(record.arguments["program"], record.program_name, macros=record.arguments.get("macros") or {}).ir
+        spec = next(s for s in program.outputs if s.relation == relation and s.io == "file")
+        if written == "csv":
+            convert, media = to_parquet, "application/vnd.apache.parquet"
+        else:
+            convert, media = to_csv, "application/gzip" if spec.compress else "text/csv"
+        try:
+            return convert(path, program.relations[relation], spec), media
+        except Unconvertible as why:
+            raise Refused(409, f"job {job}'s {relation} cannot be converted from {written}: {why}") from None
 
     def close(self) -> None:
         self.queue.close()

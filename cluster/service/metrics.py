@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dask_datalog.cluster.service import figures
 from dask_datalog.cluster.service.jobs import JobService
+from dask_datalog.cluster.service.openapi import errors
 from dask_datalog.cluster.service.store import State
 
 # Seconds from submission to the end: a small job takes a fraction of a second, a large one hours.
@@ -75,4 +76,11 @@ def add_metrics(app: FastAPI, service: JobService, user: Callable[..., Any] | No
         return Response(await run_in_threadpool(generate_latest, found), media_type=CONTENT_TYPE_LATEST)
 
     dependencies = [Depends(user)] if user is not None else []
-    app.get("/metrics", response_class=Response, dependencies=dependencies, summary="Prometheus metrics (text format)")(metrics)
+    responses = {200: {"content": {"text/plain": {}}}, **(errors() if user is not None else {})}
+    app.get(
+        "/metrics",
+        response_class=Response,
+        dependencies=dependencies,
+        summary="Prometheus metrics (text format)",
+        responses=responses,
+    )(metrics)

@@ -8,13 +8,10 @@ import getpass
 import signal
 import socket
 import sys
-from pathlib import Path
 
 from dask_datalog.cluster.cli.run_command import cluster_client
 from dask_datalog.cluster.service.auth import Roots, Tokens
 from dask_datalog.engine.errors import DatalogError
-
-DEFAULT_PORT = 8780
 
 
 def serve(args: argparse.Namespace, max_request_bytes: int) -> int:
@@ -81,57 +78,3 @@ def _listen(host: str, port: int) -> socket.socket:
         raise DatalogError(None, f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     listener.listen(128)
     return listener
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on; 0: any free one (default: {DEFAULT_PORT})"
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path("~/.dask-datalog/service"),
-        help="where the job records (jobs.sqlite), the jobs' folders and the made token file live "
-        "(default: ~/.dask-datalog/service; on an external cluster, a folder its workers see)",
-    )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a folder jobs may read facts from and write outputs to, by path (repeatable; without one, facts are uploaded "
-        "and outputs stay in the job's folder)",
-    )
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        help='JSON {"tokens": {"<token>": "<user>"}, "admins": ["<user>"]} (default: STATE/tokens.json, made with one '
-        "admin token for you when missing)",
-    )
-    parser.add_argument(
-        "--max-jobs", type=int, default=4, metavar="N", help="jobs running at once; more wait in a FIFO queue (default: 4)"
-    )
-    parser.add_argument(
-        "--max-request-size",
-        default="256MiB",
-        metavar="BYTES",
-        help="largest request accepted, uploads included (default: 256MiB)",
-    )
-    parser.add_argument(
-        "--open-metrics",
-        action="store_true",
-        help="serve /metrics (Prometheus) without a token (default: it needs a bearer token, as the API does)",
-    )
-    parser.add_argument("--ssl-certfile", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
-    parser.add_argument("--ssl-keyfile", type=Path, metavar="FILE", help="the certificate's private key (PEM)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler (default: an embedded cluster)")
-    where.add_argument("--scheduler-file", type=Path, metavar="FILE", help="scheduler file of a running Dask cluster")
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="workers of the embedded cluster (default: one per core, or per GPU)"
-    )
-    parser.add_argument(
-        "--backend", choices=("auto", "numpy", "cupy"), default="auto", help="the embedded cluster's array backend"
-    )

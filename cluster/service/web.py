@@ -17,6 +17,7 @@ from dask_datalog.cluster.runtime import dask_adapter
 from dask_datalog.cluster.service import figures
 from dask_datalog.cluster.service.auth import User
 from dask_datalog.cluster.service.jobs import JobService, Refused, span_name
+from dask_datalog.cluster.service.openapi import errors
 
 WEB = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -78,14 +79,21 @@ def add_pages(app: FastAPI, service: JobService, user: Callable[..., User]) -> N
             raise Refused(404, f"no file {name}")
         return FileResponse(WEB / name, media_type=ASSETS[name], headers=HEADERS)
 
-    @app.get("/api/cluster", response_model=Cluster, summary="the service's cluster: its dashboard and workers")
+    @app.get(
+        "/api/cluster", response_model=Cluster, summary="the service's cluster: its dashboard and workers", responses=errors()
+    )
     async def cluster(caller: Caller) -> Cluster:
         def read() -> Cluster:
             return Cluster(dashboard=service.client.dashboard_link, workers=len(dask_adapter.scheduler_workers(service.client)))
 
         return await run_in_threadpool(read)
 
-    @app.get("/api/jobs/{job}/figures", response_model=Figures, summary="the job's per-iteration deltas and per-worker figures")
+    @app.get(
+        "/api/jobs/{job}/figures",
+        response_model=Figures,
+        summary="the job's per-iteration deltas and per-worker figures",
+        responses=errors(404),
+    )
     async def job_figures(job: str, caller: Caller) -> Figures:
         service.get(caller, job)
         found = await run_in_threadpool(figures.read, service.jobs_dir / job)

@@ -5,15 +5,10 @@
 : "${PROGRAM:?set PROGRAM to the .dl file}"
 : "${FACTS:?set FACTS to the fact directory}"
 : "${OUT:?set OUT to the output directory}"
-VENV=${VENV:-.venv}
+source deploy/slurm/setup.sh
 CHECKPOINT=${CHECKPOINT:-$OUT/checkpoint}
 PHASE=startup
 RUN=
-
-say() { echo "dask-datalog job $SLURM_JOB_ID: $*"; }
-
-# False once the job is cancelled (scancel: COMPLETING), or ended.
-job_running() { [[ $(scontrol show job "$SLURM_JOB_ID" 2>/dev/null) == *JobState=RUNNING* ]]; }
 
 # The walltime warning (--signal=B:USR1@120, to this shell alone; SIGUSR1 rather than SIGTERM,
 # for which slurmstepd writes "JOB ... CANCELLED" into the log), or `scancel --batch
@@ -30,15 +25,7 @@ on_signal() {
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM
 
-if [ ! -x "$VENV/bin/dask-datalog" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    "$VENV/bin/pip" install -q '.[gpu]'
-  else
-    "$VENV/bin/pip" install -q .
-  fi
-fi
+install_venv
 mkdir -p "$OUT"
 
 # run_datalog ARGS: the run, resuming when a checkpoint is there; sets `status`. In the

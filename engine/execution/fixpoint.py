@@ -21,6 +21,7 @@ shard is the same loop with ``LocalExchange``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +36,10 @@ from dask_datalog.engine.execution.choice import Choice
 from dask_datalog.engine.execution.control import NO_CONTROL, STOP, Control, Position
 from dask_datalog.engine.execution.exchange import Exchange, Target
 from dask_datalog.engine.execution.head_rows import HeadRows
+from dask_datalog.engine.execution.join_order import JoinOrder
 from dask_datalog.engine.execution.operators import Operators
 from dask_datalog.engine.execution.phases import PhaseClock
+from dask_datalog.engine.execution.profile import Profile
 from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.rule_versions import run_version
 from dask_datalog.engine.execution.shard_store import ShardStore
@@ -82,6 +85,7 @@ class Stratum:
     iterations: list[dict[str, Any]]
     sizes: dict[str, int]
     time_s: float
+    join_orders: int  # times it was re-planned on sizes (join_order.py): 0, its static plan throughout
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +94,7 @@ class Stratum:
             "iterations": self.iterations,
             "sizes": self.sizes,
             "time_s": self.time_s,
+            "join_orders": self.join_orders,
         }
 
 
@@ -120,7 +125,10 @@ class Fixpoint:
         shard: ShardStore,
         chunk_rows: int,
         control: Control = NO_CONTROL,
+        adaptive: bool = True,
+        profile: Profile | None = None,
     ):
+        """``adaptive``: on one shard, joins ordered by the sizes the run sees (join_order.py)."""
         self.plan = plan
         self.backend = backend
         self.xp = backend.xp
@@ -131,9 +139,12 @@ class Fixpoint:
         self.clock = PhaseClock(backend)
         self.width = {name: words_for(store.arity) for name, store in shard.stores.items()}  # packed words per row
         self.terms = Terms(self.xp, symbols, user_functors.implementations(plan.program.functors))
-        self.operators = Operators(backend, self.terms, shard, Router(self.exchange, self.xp), chunk_rows)
+        self.profile = profile  # None: nothing is timed or counted per version
+        step_rows = profile.step_rows if profile is not None else None
+        self.operators = Operators(backend, self.terms, shard, Router(self.exchange, self.xp), chunk_rows, step_rows)
         self.debug = {of: name for name, of in plan.program.debug_deltas}  # relation -> its debug_delta relation
         self.subsumption = Subsumption(self.operators, self.clock, self._check)
+        self.join_order = JoinOrder(plan.program, shard) if plan.shards == 1 and adaptive else None
         # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
         constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
         self.choices = {
@@ -172,7 +183,11 @@ class Fixpoint:
         primed = bool(stratum.subsumption) and stratum.recursive  # Soufflé's loop, from delta = everything
         while True:
             self.terms.iteration = done  # read by recursive rules only (checker.check_counters): Soufflé's count there
-            versions = self._versions(stratum, done, souffles_loop, primed)
+            ordered = stratum if self.join_order is None else self.join_order.stratum(number, stratum)
+            if self.profile is not None:
+                self.profile.iteration = done
+                self.profile.follow(stratum, ordered)
+            versions = self._versions(ordered, done, souffles_loop, primed)
             if done == 0 and stratum.subsumption:
                 iteration, requests = self._preamble(versions, stratum)
             else:
@@ -192,7 +207,10 @@ class Fixpoint:
                 self._checkpoint(Position(number, done), requests)
         self.shard.fill_copies(stratum.relations, later=True, phase=self.clock.phase)
         sizes = {r: self.shard.local_size(r) for r in stratum.relations}
-        return Stratum(stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6)), requests
+        orders = 0 if self.join_order is None else self.join_order.plans(number)
+        return Stratum(
+            stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6), orders
+        ), requests
 
     def _record_deltas(self, debugged: dict[str, str], done: int) -> None:
         """Each ``debug_delta`` relation in ``debugged`` gets its relation's delta of iteration
@@ -293,11 +311,20 @@ class Fixpoint:
         width = self.width
         kept = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
         outgoing = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
+        profile = self.profile
         for rp in versions:
             self._check()
             if self._idle(rp):
+                if profile is not None:
+                    profile.skip(rp)
                 continue
-            run_version(self.operators, self.clock, rp, kept[rp.rule.head.relation], outgoing[rp.rule.head.relation], self._check)
+            into, out = kept[rp.rule.head.relation], outgoing[rp.rule.head.relation]
+            if profile is None:
+                run_version(self.operators, self.clock, rp, into, out, self._check)
+            else:
+                profile.run(
+                    rp, self.shard, functools.partial(run_version, self.operators, self.clock, rp, into, out, self._check)
+                )
         blocks: dict[Target, Any] = {self.shard.canonical_target(r): outgoing[r].rows() for r in relations if len(outgoing[r])}
         found = sum(len(kept[r]) for r in relations) + sum(int(b.shape[0]) for b in blocks.values())
         arrived, active, requests = self.exchange.route(blocks, found, self.control.requests())

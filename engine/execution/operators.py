@@ -46,13 +46,22 @@ class Operators:
     """What the executors of one shard share: its backend, term evaluator, relations, router
     and join chunk size."""
 
-    def __init__(self, backend: Backend, terms: Terms, shard: ShardStore, router: Router, chunk_rows: int):
+    def __init__(
+        self,
+        backend: Backend,
+        terms: Terms,
+        shard: ShardStore,
+        router: Router,
+        chunk_rows: int,
+        step_rows: dict[int, int] | None = None,
+    ):
         self.backend = backend
         self.xp = backend.xp
         self.terms = terms
         self.shard = shard
         self.router = router
         self.chunk_rows = chunk_rows
+        self.step_rows = step_rows  # profiling only (profile.py): binding rows entering each step, by id
         self._shapes: dict[tuple[int, Layout, Layout | None], JoinShape] = {}
 
     def run(self, b: Bindings, steps: tuple[Step, ...], sink: Sink, layout: Layout | None = None) -> None:
@@ -63,6 +72,8 @@ class Operators:
             return
         step, rest = steps[0], steps[1:]
         b = self.router.before(step, b)
+        if self.step_rows is not None:
+            self.step_rows[id(step)] = self.step_rows.get(id(step), 0) + b.n
         if b.n == 0:
             return
         for out in EXECUTORS[type(step)](self, b, step, None if rest else layout):

@@ -12,6 +12,7 @@ from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.execution.head_rows import HeadRows
 from dask_datalog.engine.execution.operators import Operators
 from dask_datalog.engine.execution.phases import PhaseClock
+from dask_datalog.engine.execution.profile import HeadCounts
 from dask_datalog.engine.ir import Atom
 from dask_datalog.engine.plan import RulePlan
 from dask_datalog.engine.storage.hisa import pack, packed_layout
@@ -25,11 +26,13 @@ def run_version(
     outgoing: HeadRows,
     check: Callable[[], None],
     found: bool = False,
+    counts: HeadCounts | None = None,
 ) -> None:
     """Run ``rp``; its head tuples go to ``kept`` (owned here, deduplicated against full as
     they are made) or ``outgoing``; with ``found`` all of them go to ``outgoing``, whatever
     the head route. ``check()`` runs before each table reaches the head (a stop or a memory
-    budget can end the run inside a long join)."""
+    budget can end the run inside a long join). ``counts``, when profiling, hears how many
+    head tuples were made, kept new and sent."""
     head = rp.rule.head
     store = ops.shard.stores[head.relation]
     layout = packed_layout(head)
@@ -42,8 +45,13 @@ def run_version(
         mine, send = ops.router.head(rp.head, _head_rows(ops, b, head, layout))
         if send is not None:
             outgoing.add(send, unique=False)
-        if mine is not None:
-            kept.add(store.novel(mine, clock.phase), unique=True)
+        new = store.novel(mine, clock.phase) if mine is not None else None
+        if new is not None:
+            kept.add(new, unique=True)
+        if counts is not None:
+            counts.out += (int(mine.shape[0]) if mine is not None else 0) + (int(send.shape[0]) if send is not None else 0)
+            counts.sent += int(send.shape[0]) if send is not None else 0
+            counts.new += int(new.shape[0]) if new is not None else 0
 
     tables = [Bindings.unit(ops.xp)]
     segments = ops.router.segments(rp.steps)

@@ -740,10 +740,12 @@ def _clause_rules(
             _check_ground(head)
             yield _RuleChecker(relations, types, lattice, functors_).rule(head, (), fact=True)
         return
+    plans = tuple((item.version, item.order) for item in c.plans)
     for body in c.bodies:
         for head in c.heads:
             checker = _RuleChecker(relations, types, lattice, functors_)
-            yield checker.rule(head, body, fact=False, grounded=head.relation not in inlined)
+            rule = checker.rule(head, body, fact=False, grounded=head.relation not in inlined)
+            yield replace(rule, plans=plans) if plans else rule
 
 
 def _check_ground(head: st.Atom) -> None:
@@ -892,7 +894,7 @@ def _pattern_vars(t: ir.Term | None) -> Iterator[ir.Var]:
 
 def _has_value(t: ir.Term, bound: set[str]) -> bool:
     """Whether ``t`` has a value once ``bound`` are: all its variables bound, no ``_``."""
-    return all(v.name in bound for v in ir.variables(t)) and not any(isinstance(n, ir.Wildcard) for n in ir.walk(t))
+    return all(v.name in bound for v in ir.variables(t)) and not any(ir.instances(t, ir.Wildcard))
 
 
 def _equality_binds(left: ir.Term, right: ir.Term, bound: set[str]) -> set[str]:
@@ -991,7 +993,7 @@ class _RuleChecker:
         if grounded:
             _Safety(ir_head, lits).check()
         checked = _fold_records([self.resolve(lit) for lit in lits])
-        values = {n.result.name for n in ir.walk(lits) if isinstance(n, ir.Aggregation)} | self.generated
+        values = {n.result.name for n in ir.instances(lits, ir.Aggregation)} | self.generated
         resolved_head, checked = _unify_float_aliases(self.resolve_atom(ir_head), checked, values)
         rule = ir.Rule(resolved_head, tuple(checked), ir_head.pos)
         return _fold_fact(rule) if fact and not lits else rule
@@ -1195,6 +1197,8 @@ class _RuleChecker:
     def separate_aggregate_locals(self, head: ir.Atom, lits: list[ir.BodyLiteral]) -> list[ir.BodyLiteral]:
         """Give a variable local to one aggregate its own name when another aggregate uses the
         same name, so that a variable shared between literals always means grouping."""
+        if not any(isinstance(lit, ir.Aggregation) for lit in lits):
+            return list(lits)
         outer = _outer_vars(head, lits)
         seen: set[str] = set()
         out: list[ir.BodyLiteral] = []
@@ -1613,10 +1617,9 @@ def _unify_float_aliases(head: ir.Atom, lits: list[ir.BodyLiteral], values: set[
             name = parent[name]
         return name
 
-    for n in ir.walk(lits):
+    for n in ir.instances(lits, ir.Comparison):
         if (
-            isinstance(n, ir.Comparison)
-            and n.op == "="
+            n.op == "="
             and n.type == "float"
             and isinstance(n.left, ir.Var)
             and isinstance(n.right, ir.Var)
@@ -1625,6 +1628,8 @@ def _unify_float_aliases(head: ir.Atom, lits: list[ir.BodyLiteral], values: set[
             a, b = find(n.left.name), find(n.right.name)
             if a != b:
                 parent[a] = b
+    if not parent:  # no alias: renaming would rebuild equal terms
+        return head, _without_trivial_floats(lits)
 
     def rename(t: ir.Term) -> ir.Term:
         return ir.Var(find(t.name), t.pos) if isinstance(t, ir.Var) else t

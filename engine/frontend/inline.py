@@ -47,7 +47,7 @@ def expand(
 def _refuse_cycles(definitions: Mapping[str, list[ir.Rule]], inline: Mapping[str, ir.Pos]) -> None:
     """An inline relation that reaches itself through inline relations cannot be expanded."""
     uses = {
-        name: {n.relation for n in ir.walk([r.body for r in rules]) if isinstance(n, ir.Atom) and n.relation in inline}
+        name: {n.relation for n in ir.instances([r.body for r in rules], ir.Atom) if n.relation in inline}
         for name, rules in definitions.items()
     }
 
@@ -87,9 +87,7 @@ class _Expander:
             return [alt for rule in self.definitions[lit.relation] for alt in self.body(self.unfold(rule, lit), lit.pos)]
         if isinstance(lit, ir.Negation) and lit.atom.relation in self.definitions:
             return self.negated(lit.atom, lit.pos)
-        if isinstance(lit, ir.Aggregation) and any(
-            isinstance(n, ir.Atom) and n.relation in self.definitions for n in ir.walk(lit.body)
-        ):
+        if isinstance(lit, ir.Aggregation) and any(n.relation in self.definitions for n in ir.instances(lit.body, ir.Atom)):
             inner = self.body(lit.body, lit.pos)
             if len(inner) > 1:
                 raise DatalogError(lit.pos, "unsupported: an inline relation of several rules inside an aggregate")

@@ -133,7 +133,7 @@ class _Rewriter:
                 prefix.append(_loosened(lit))
                 known |= _binds(lit)
             else:
-                for atom in (n for n in ir.walk(lit) if isinstance(n, ir.Atom)):
+                for atom in ir.instances(lit, ir.Atom):
                     self.demand(atom.relation, "f" * len(atom.args))  # negated, aggregated: whole
             body.append(lit)
         return replace(rule, head=head, body=tuple(body))
@@ -143,9 +143,7 @@ def _loosened(atom: ir.Atom) -> ir.Atom:
     """The atom as a magic rule reads it: an expression argument (whose variables the magic
     rule may not know), a record holding one too, becomes ``_``; the magic relation grows, never
     shrinks, so outputs stay."""
-    return replace(
-        atom, args=tuple(ir.Wildcard(a.pos) if any(isinstance(n, ir.Call) for n in ir.walk(a)) else a for a in atom.args)
-    )
+    return replace(atom, args=tuple(ir.Wildcard(a.pos) if any(ir.instances(a, ir.Call)) else a for a in atom.args))
 
 
 def _binds(atom: ir.Atom) -> set[str]:

@@ -161,7 +161,7 @@ class PlanItem:
 @dataclass(frozen=True)
 class Clause:
     """``heads :- body.``; ``bodies`` holds the disjunctive normal form, None for a fact;
-    ``plans``: its ``.plan`` (checked, then left to the planner's own order). A subsumptive
+    ``plans``: its ``.plan`` (checked, then followed by the planner: plan.plan_rule). A subsumptive
     rule ``dominated <= dominating :- body.`` has its one head dominated and ``dominating`` set."""
 
     heads: tuple[Atom, ...]
@@ -493,6 +493,24 @@ MAX_ALTERNATIVES = 1024  # alternatives of one rule body once its disjunctions a
 MAX_LITERAL_DIGITS = 64  # significant digits of an integer literal (a 64-bit value in binary; the checker bounds its type)
 
 
+# How tightly each binary operator of ``operators`` binds (Soufflé's precedence, ^ aside).
+_PRECEDENCE = {
+    "lor": 0,
+    "lxor": 1,
+    "land": 2,
+    "bor": 3,
+    "bxor": 4,
+    "band": 5,
+    "bshl": 6,
+    "bshr": 6,
+    "bshru": 6,
+    "+": 7,
+    "-": 7,
+    "*": 8,
+    "/": 8,
+    "%": 8,
+}
+
 # The comparison that holds exactly where one fails (Soufflé's negatedConstraintOp).
 _NEGATED_OP = {
     "=": "!=",
@@ -524,11 +542,20 @@ class _Builder:
         self.depth = 0  # nesting of the expression or body being built
         self.components = 0  # nesting of the component being built
 
-    def nested(self, node: LarkTree) -> None:
-        """Enter one level of nesting (the caller leaves it by ``self.depth -= 1``)."""
+    def nested(self, node: LarkTree, container: bool = False) -> None:
+        """Enter one level of nesting (the caller leaves it by ``self.depth -= 1``) at
+        ``node``, or with ``container`` at the parenthesis that opens it, where lark would
+        have started a node holding ``node`` first."""
         self.depth += 1
         if self.depth > MAX_NESTING:
-            raise self.fail(node, f"nesting too deep: more than {MAX_NESTING} levels of parentheses, operators or aggregates")
+            meta = node.meta
+            line, column = (
+                (meta.line, meta.column)
+                if not container
+                else (getattr(meta, "container_line", meta.line), getattr(meta, "container_column", meta.column))
+            )
+            pos = self.where.pos(line, column, self.filename)
+            raise DatalogError(pos, f"nesting too deep: more than {MAX_NESTING} levels of parentheses, operators or aggregates")
 
     def pos(self, node: LarkTree | Token) -> Pos:
         if isinstance(node, Token):
@@ -898,12 +925,32 @@ class _Builder:
         return Call("neg", (operand,), pos)
 
     def expr_binary(self, node: LarkTree) -> Expr:
+        """``a ^ b`` (the one binary operator the grammar nests itself)."""
         left, op, right = node.children
         if op.children[0] == "**":
             raise self.fail(op, "unsupported: ** (Soufflé's power operator is ^)")
         return Binary(str(op.children[0]), self.expr(left), self.expr(right), self.pos(op))
 
-    expr_bitwise = expr_binary  # band bor bxor bshl bshr bshru land lor lxor: functors.py
+    def expr_operators(self, node: LarkTree) -> Expr:
+        """``a op b op c ...`` as the grammar leaves it, flat: nested here by precedence
+        (left-associative), each operator a node visited and counted in the nesting as if the
+        grammar had nested it (band bor bxor bshl bshr bshru land lor lxor: functors.py).
+        ``expr`` entered the root's level already."""
+        operands, ops = node.children[0::2], node.children[1::2]
+        words = [str(op.children[0]) for op in ops]
+
+        def nest(lo: int, hi: int, entered: bool) -> Expr:  # operands lo..hi
+            if lo == hi:
+                return self.expr(operands[lo])
+            if not entered:
+                self.nested(operands[lo], container=True)
+            loosest = min(range(lo, hi), key=lambda i: (_PRECEDENCE[words[i]], -i))
+            left, right = nest(lo, loosest, False), nest(loosest + 1, hi, False)
+            if not entered:
+                self.depth -= 1
+            return Binary(words[loosest], left, right, self.pos(ops[loosest]))
+
+        return nest(0, len(operands) - 1, True)
 
     def expr_bitwise_not(self, node: LarkTree) -> Expr:
         op, operand = node.children

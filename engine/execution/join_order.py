@@ -1,0 +1,112 @@
+"""Join orders from the sizes the run has seen, on one shard.
+
+The static plan orders a version's joins by the positions already bound, the written order
+breaking ties; it cannot tell a 300-row relation from a 6-million-row one, and a wrong guess
+there costs millions of intermediate rows per iteration (GALEN's
+``Q(x, e, o) :- Q(x, y, z), R(y, u, e), Q(z, u, o)``, delta on the last atom: joining Q on z
+before R on u made 2.9 million rows for 78 results). Before each iteration
+``JoinOrder.stratum`` hands the loop its stratum with each version re-planned
+(``plan.replan_version``) on every join's estimated fan-out: the rows of the relation per
+distinct value of the columns bound when it runs, the distinct values counted on full. A
+version is planned again only when a relation its rule reads changed size by an order of
+magnitude since its last plan, so a long fixpoint pays for a handful of plans; one that reads
+only relations of under a thousand rows keeps its static plan.
+
+Only one shard re-plans: on several, every shard would have to agree on sizes, and the
+relations' partitioned copies follow the static plan's join keys (partition/placement.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from dask_datalog.engine.execution.shard_store import ShardStore
+from dask_datalog.engine.ir import Atom, Program
+from dask_datalog.engine.plan import RulePlan, StratumPlan, replan_version
+from dask_datalog.engine.storage.hisa import unpack
+
+# Relations under 10^SMALL rows are one size class: a join over them costs little in any order,
+# and a version that reads only such relations keeps its static plan.
+SMALL = 3
+# A column set's distinct count is recounted once its relation's size left [counted / 2,
+# counted * 2]: the fan-out estimate moves with the data without a sort per plan.
+RECOUNT = 2
+
+Decades = tuple[int, ...]
+
+
+class JoinOrder:
+    """One shard's re-planned versions and the distinct counts behind them."""
+
+    def __init__(self, program: Program, shard: ShardStore):
+        self.program = program
+        self.shard = shard
+        self.xp = shard.backend.xp
+        # stratum -> its plan as last handed out, and each version's plan with the size
+        # decades of the relations its atoms read when it was made
+        self._plans: dict[int, tuple[StratumPlan, list[tuple[Decades, RulePlan]]]] = {}
+        self._distinct: dict[tuple[str, tuple[int, ...]], tuple[int, int]] = {}  # -> (size counted at, distinct)
+        self._made: dict[int, int] = {}  # stratum -> plans handed out
+
+    def stratum(self, number: int, stratum: StratumPlan) -> StratumPlan:
+        """``stratum`` (number ``number``) ordered for the relations' current sizes."""
+        versions = stratum.initial + stratum.deltas
+        decade = {name: _decade(len(self.shard.stores[name])) for name in _read(versions)}
+        kept = self._plans.get(number)
+        planned: list[tuple[Decades, RulePlan]] = []
+        for k, rp in enumerate(versions):
+            decades = tuple(decade[lit.relation] for lit in rp.rule.body if isinstance(lit, Atom))
+            if kept is not None and kept[1][k][0] == decades:
+                planned.append(kept[1][k])
+            elif max(decades, default=0) < SMALL:
+                planned.append((decades, rp))
+            else:
+                planned.append((decades, replan_version(rp, stratum.relations, self.program, self.fanout)))
+        before = kept[1] if kept is not None else [((), rp) for rp in versions]
+        if all(new[1] is old[1] for new, old in zip(planned, before)):
+            self._plans[number] = (stratum if kept is None else kept[0], planned)
+            return self._plans[number][0]
+        plans = tuple(rp for _, rp in planned)
+        ordered = replace(stratum, initial=plans[: len(stratum.initial)], deltas=plans[len(stratum.initial) :])
+        self._plans[number] = (ordered, planned)
+        self._made[number] = self._made.get(number, 0) + 1
+        return ordered
+
+    def plans(self, number: int) -> int:
+        """How many times stratum ``number`` was re-planned (0: it ran its static plan)."""
+        return self._made.get(number, 0)
+
+    def fanout(self, atom: Atom, columns: tuple[int, ...]) -> float:
+        """Rows of ``atom``'s full relation per distinct value of ``columns`` (all of them
+        with no column bound). Beyond two columns the first two are counted: an estimate too
+        high, never one that hides a large join."""
+        store = self.shard.stores[atom.relation]
+        size = len(store)
+        if not size or not columns:
+            return float(size)
+        return size / self._count(atom.relation, columns[:2], size)
+
+    def _count(self, name: str, columns: tuple[int, ...], size: int) -> int:
+        counted = self._distinct.get((name, columns))
+        if counted is not None and counted[0] // RECOUNT <= size <= counted[0] * RECOUNT:
+            return counted[1]
+        xp = self.xp
+        runs = self.shard.stores[name].runs
+        rows = runs[0] if len(runs) == 1 else xp.concatenate(runs)
+        key: Any = unpack(rows, columns[0], xp).astype(xp.uint64)
+        if len(columns) == 2:
+            key = (key << xp.uint64(32)) | unpack(rows, columns[1], xp).astype(xp.uint64)
+        key = xp.sort(key)
+        distinct = 1 + int(xp.count_nonzero(key[1:] != key[:-1]))
+        self._distinct[(name, columns)] = (size, distinct)
+        return distinct
+
+
+def _read(versions: tuple[RulePlan, ...]) -> set[str]:
+    return {lit.relation for rp in versions for lit in rp.rule.body if isinstance(lit, Atom)}
+
+
+def _decade(size: int) -> int:
+    return SMALL - 1 if size < 10**SMALL else int(math.log10(size))
