@@ -54,7 +54,7 @@ ANY = "any"  # a parameter of any type (ord's): the checker types the argument b
 class SymbolValues:
     """Per-symbol-id values the symbol functors gather from, extended as the table grows: text
     length in UTF-8 bytes, the number ``to_number`` reads and whether it reads one (``current``,
-    in the array namespace of the run), the texts (``texts``, on the host), the text order
+    in the array namespace of the run), the texts (``texts``, on the host: the table's own), the text order
     (``ranks``), what to_float and to_unsigned read (``read``). The one cache of them; each part is computed only when a functor reads it."""
 
     def __init__(self, symbols: SymbolTable, xp: Any):
@@ -62,8 +62,6 @@ class SymbolValues:
         self.lengths = xp.zeros(0, dtype=xp.int64)
         self.numbers = xp.zeros(0, dtype=xp.int64)
         self.valid = xp.zeros(0, dtype=bool)
-        self._texts: list[Any] = []  # every symbol's bytes (pyarrow), in id order, in chunks
-        self._texts_held = 0  # how many symbols _texts covers
         self._ranks: tuple[int, Any] = (-1, None)  # (table size, rank per id) when last computed
         self._readings: dict[Callable[[str], int | None], tuple[Any, Any]] = {}
 
@@ -84,11 +82,7 @@ class SymbolValues:
 
     def texts(self, ids: np.ndarray) -> Any:
         """The texts of host ``ids``, one per row (a pyarrow binary array)."""
-        text = _text()
-        if self._texts_held < len(self.symbols):
-            self._texts.append(text.texts(self.symbols.strings_from(self._texts_held)))
-            self._texts_held = len(self.symbols)
-        return text.take(self._texts, ids)
+        return self.symbols.texts_of(ids)
 
     def ranks(self) -> Any:
         """rank[id]: the position of the symbol's text in text order (what ``<`` compares);

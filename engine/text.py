@@ -23,26 +23,149 @@ import pyarrow.compute as pc
 
 
 def texts(strings: list[str]) -> pa.Array:
-    """The UTF-8 bytes of ``strings`` (surrogate escapes back to the bytes they stand for)."""
-    try:
-        return pa.array(strings, type=pa.large_string()).cast(pa.large_binary())
-    except UnicodeEncodeError:
-        return pa.array([s.encode("utf-8", "surrogateescape") for s in strings], type=pa.large_binary())
+    """The UTF-8 bytes of ``strings`` (surrogate escapes back to the bytes they stand for), a
+    large_binary array: one encode of them all joined, the lengths in bytes from their lengths
+    in code points (no ``pa.array``, which imports pandas, 0.3-1 s, on first use)."""
+    joined = "".join(strings)
+    data = joined.encode("utf-8", "surrogateescape")
+    chars = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+    if len(data) == len(joined):  # ASCII: a byte per code point
+        sizes = chars
+    else:
+        points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        width = 1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000) - 2 * ((points >= 0xDC80) & (points <= 0xDCFF))
+        before = np.zeros(len(points) + 1, dtype=np.int64)  # bytes before each code point
+        np.cumsum(width, out=before[1:])
+        ends = np.cumsum(chars)
+        sizes = before[ends] - before[ends - chars]
+    offsets = np.zeros(len(strings) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return from_buffers(np.frombuffer(data, dtype=np.uint8), offsets)
 
 
-def take(chunks: list[pa.Array], ids: np.ndarray) -> pa.Array:
-    """Rows ``ids`` of the texts held in ``chunks`` (merged into one first, in place: each
-    growth of the table adds a chunk, each gather reads one)."""
-    if len(chunks) > 1:
-        chunks[:] = [pa.concat_arrays(chunks)]
-    return chunks[0].take(pa.array(ids)) if chunks else texts([])
+def binary(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A string or binary column as one large_binary array."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return values if values.type == pa.large_binary() else values.cast(pa.large_binary())
+
+
+def concatenate_arrays(chunks: list[pa.Array]) -> pa.Array:
+    """Texts of several arrays, one after the other."""
+    return pa.concat_arrays(chunks) if chunks else texts([])
+
+
+def indices(ids: np.ndarray) -> pa.Array:
+    """A NumPy integer array as a pyarrow one (for ``take``), sharing its buffer."""
+    ids = np.ascontiguousarray(ids)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(ids.dtype), len(ids), [None, pa.py_buffer(ids)])
+
+
+def mask(where: np.ndarray) -> pa.Array:
+    """A NumPy boolean array as a pyarrow one (for ``filter``)."""
+    bits = np.packbits(np.asarray(where, dtype=bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(where), [None, pa.py_buffer(bits)])
+
+
+def integers(values: pa.Array, null: int = -1) -> np.ndarray:
+    """An integer pyarrow array as int64, ``null`` where it has none (no pandas, no copy of
+    pyarrow's own ``to_numpy`` machinery)."""
+    dtype = np.dtype(f"{'i' if pa.types.is_signed_integer(values.type) else 'u'}{values.type.bit_width // 8}")
+    out = np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize).astype(
+        np.int64
+    )
+    if values.null_count:
+        bits = np.unpackbits(np.frombuffer(values.buffers()[0], dtype=np.uint8), bitorder="little")
+        out[bits[values.offset : values.offset + len(values)] == 0] = null
+    return out
+
+
+def positions(values: pa.Array, table: pa.Array) -> np.ndarray:
+    """Per text of ``values``, its position in ``table`` (distinct texts), -1 where absent: one
+    hash pass over each."""
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    if not len(table):
+        return np.full(len(values), -1, dtype=np.int64)
+    return integers(pc.index_in(values, value_set=table))
+
+
+_HASH_BASE = np.uint64(0x100000001B3)
+_HASH_LENGTH = np.uint64(0x9E3779B97F4A7C15)
+
+
+def hashes(values: pa.Array) -> np.ndarray:
+    """A uint64 per text of a large_binary array, equal for equal texts: the polynomial of its
+    bytes (each plus one) in a fixed base modulo 2^64, its length mixed in; computed for all
+    texts at once as differences of one prefix sum over the array's bytes. Different texts may
+    share a hash, which ``SymbolTable`` checks by comparing the texts."""
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64, count=len(values) + 1, offset=values.offset * 8)
+    raw = np.frombuffer(data(values), dtype=np.uint8)
+    start, end = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
+    sizes = end - start
+    longest = int(sizes.max()) if len(sizes) else 0
+    powers = np.empty(longest + 1, dtype=np.uint64)
+    powers[0] = 1
+    np.cumprod(np.full(longest, _HASH_BASE, dtype=np.uint64), out=powers[1:])
+    within = np.arange(len(raw), dtype=np.int64) - np.repeat(start, sizes)  # each byte's place in its text
+    prefix = np.zeros(len(raw) + 1, dtype=np.uint64)
+    np.cumsum((raw.astype(np.uint64) + np.uint64(1)) * powers[within], out=prefix[1:])
+    h = (prefix[end] - prefix[start]) ^ (sizes.astype(np.uint64) * _HASH_LENGTH)
+    return h ^ (h >> np.uint64(29))
+
+
+def booleans(values: pa.Array) -> np.ndarray:
+    """A boolean pyarrow array (no nulls) as NumPy."""
+    bits = np.unpackbits(np.frombuffer(values.buffers()[1], dtype=np.uint8), bitorder="little")
+    return bits[values.offset : values.offset + len(values)].astype(bool)
+
+
+def equal(a: pa.Array, b: pa.Array) -> np.ndarray:
+    """Per row, whether the texts of ``a`` and ``b`` are the same bytes."""
+    return booleans(pc.equal(a, b)) if len(a) else np.zeros(0, dtype=bool)
+
+
+def dictionary(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(distinct texts in order of first appearance, each row's position among them)."""
+    encoded = pc.dictionary_encode(binary(values))
+    return encoded.dictionary, integers(encoded.indices)
+
+
+def sorted_distinct(values: pa.Array) -> pa.Array:
+    """The distinct texts in text order (bytes compared, as C++ compares strings)."""
+    distinct = pc.unique(values)
+    return distinct.take(pc.sort_indices(distinct))
+
+
+def order(values: pa.Array) -> np.ndarray:
+    """The positions of ``values`` in text order (stable)."""
+    return integers(pc.sort_indices(values))
+
+
+def distinct(values: pa.Array) -> pa.Array:
+    """The distinct texts, in order of first appearance."""
+    return pc.unique(values)
+
+
+def data(values: pa.Array) -> bytes:
+    """The bytes of a large_binary array's texts, side by side."""
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64, count=len(values) + 1, offset=values.offset * 8)
+    buffer = values.buffers()[2]
+    return b"" if buffer is None else buffer.to_pybytes()[offsets[0] : offsets[-1]]
+
+
+def repeated(piece: bytes, n: int) -> pa.Array:
+    """``n`` times the same text (a separator for the element-wise joins: pa.scalar imports
+    pandas)."""
+    data = np.tile(np.frombuffer(piece, dtype=np.uint8), n)
+    return from_buffers(data, np.arange(n + 1, dtype=np.int64) * len(piece))
 
 
 def concatenate(parts: list[pa.Array]) -> pa.Array:
     """``cat(a, b, ...)``: the texts side by side, row by row."""
     if len(parts) == 1:
         return parts[0]
-    return pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.large_binary()))
+    return pc.binary_join_element_wise(*parts, repeated(b"", len(parts[0])))
 
 
 def to_string(values: np.ndarray) -> pa.Array:

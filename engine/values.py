@@ -300,140 +300,324 @@ def parse_float(text: str, whole: bool = True) -> int | None:
     return sign | bits
 
 
+# A query this many times smaller than the table probes the table's sorted hashes instead of
+# hashing the whole table (pyarrow's index_in hashes about 5x faster than text.hashes + search).
+_HASH_PROBE_RATIO = 8
+
+
 class SymbolTable:
     """The strings of a run and their uint32 ids, ids never reused.
 
     One policy on every path: a run's table is made once, before evaluation, by
     ``sorted_union`` of every string its inputs hold (on every shard) and of the program's
-    constants; ids are the strings' text order, so the table is the same on every shard and
-    packed rows sort in output order. The one declared place where strings may join that table
-    later is ``append`` (for functors that make strings during evaluation): every shard must
-    call it with the same strings in the same order, and ids from ``ordered`` on are then out
-    of text order, which output handles (``text_ordered``, ``reordered``). While a shard reads
-    its inputs it interns into a table of its own (``intern``: ids in reading order), which is
-    re-encoded into the agreed one (``remap_to``)."""
+    constants; ids are the strings' text order (their UTF-8 bytes compared, as C++ compares
+    strings), so the table is the same on every shard and packed rows sort in output order.
+    The one declared place where strings may join that table later is ``append`` (for
+    functors that make strings during evaluation): every shard must call it with the same
+    strings in the same order, and ids from ``ordered`` on are then out of text order, which
+    output handles (``text_ordered``, ``reordered``). While a shard reads its inputs it
+    interns into a table of its own (``intern_texts``, ``intern``: ids in reading order), which
+    is re-encoded into the agreed one (``remap_to``).
+
+    The texts are held as pyarrow binary arrays of UTF-8 bytes (``engine/text.py``: a
+    ``substr`` cut out of a character lives on as its bytes), so the bulk operations (interning
+    a column, the union, re-encoding, text order, gathering a column's texts) are pyarrow's
+    hash and sort kernels over whole arrays. Python strings and a dict of them are made only
+    for the per-string paths (program constants, the reference readers), and then only once
+    per string."""
 
     def __init__(self) -> None:
-        self._ids: dict[str, int] = {}
-        self._strings: list[str] = []
+        self._chunks: list[Any] = []  # pyarrow large_binary arrays: the texts of ids 0.._held
+        self._held = 0
+        self._pending: list[str] = []  # strings interned one at a time, ids _held.. (in _strings)
+        self._strings: list[str] = []  # Python strings of the first ids, made when first needed
+        self._ids: dict[str, int] = {}  # string -> id for the first len(_ids) ids, likewise
+        self._hash_keys = np.zeros(0, dtype=np.uint64)  # text.hashes of the first ids, sorted
+        self._hash_ids = np.zeros(0, dtype=np.uint32)  # the id of each, likewise
+        self._objects = np.zeros(0, dtype=object)  # the strings as an object array, for lookup
+        self._found: dict[str, int] = {}  # id_of's answers: no Python string per id for a few constants
         self.ordered = 0  # ids below this are in text order
         self.records = RecordTable()  # the run's records, whose symbol elements are ids here
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its texts alone: the Python strings, the dict and the hashes are caches,
+        made again where needed."""
+        caches = SymbolTable().__dict__
+        chunks = [self.texts()] if len(self) else []
+        return {
+            **self.__dict__,
+            **{k: caches[k] for k in ("_pending", "_strings", "_ids", "_hash_keys", "_hash_ids", "_objects", "_found")},
+            "_chunks": chunks,
+            "_held": len(self),
+        }
+
     @classmethod
-    def sorted_union(cls, collections: Iterable[SymbolTable | Iterable[str]]) -> SymbolTable:
-        """A table of every string in ``collections`` whose ids are the strings' text order. It
-        depends only on the set of strings, so shards that built local tables agree on it by
-        exchanging their strings."""
-        lists = [c._strings if isinstance(c, SymbolTable) else c for c in collections]
-        parts = [np.fromiter(map(str, strings), dtype=object) for strings in lists]  # np.str_ -> str
-        # Sorted, then each first of its run: np.unique would import numpy.ma (NumPy 2.4) on every run.
-        strings = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=object)
-        if strings.size:
-            strings = strings[np.concatenate(([True], strings[1:] != strings[:-1]))]
+    def _of_texts(cls, texts: Any, ordered: int) -> SymbolTable:
         table = cls()
-        table._strings = strings.tolist()
-        table._ids = dict(zip(table._strings, range(len(table._strings))))
-        table.ordered = len(table._strings)
+        if len(texts):
+            table._chunks, table._held = [texts], len(texts)
+        table.ordered = ordered
         return table
 
     @classmethod
-    def in_order(cls, strings: Iterable[str], ordered: int) -> SymbolTable:
-        """A table whose ids are the positions in ``strings``, the first ``ordered`` of them in
-        text order (a checkpoint's table)."""
-        table = cls()
-        for s in strings:
-            table.intern(s)
-        table.ordered = ordered
-        return table
+    def sorted_union(cls, collections: Iterable[SymbolTable | Iterable[str] | Any]) -> SymbolTable:
+        """A table of every string in ``collections`` (tables, strings, or pyarrow arrays of
+        texts) whose ids are the strings' text order. It depends only on the set of strings, so
+        shards that built local tables agree on it by exchanging their texts."""
+        parts = [_texts_of(c) for c in collections]
+        parts = [p for p in parts if len(p)]
+        if not parts:  # no strings: no pyarrow either (numeric programs never import it)
+            return cls()
+        from dask_datalog.engine import text
+
+        ordered = text.sorted_distinct(text.concatenate_arrays(parts))
+        return cls._of_texts(ordered, len(ordered))
+
+    @classmethod
+    def in_order(cls, strings: Iterable[str] | Any, ordered: int) -> SymbolTable:
+        """A table whose ids are the positions in ``strings`` (distinct strings, or a pyarrow
+        array of texts), the first ``ordered`` of them in text order (a checkpoint's table, or a
+        shard's reading table from the texts it sent)."""
+        return cls._of_texts(_texts_of(strings), ordered)
+
+    def texts(self) -> Any:
+        """Every id's text, in id order: one pyarrow large_binary array (chunks merged once)."""
+        from dask_datalog.engine import text
+
+        if self._pending:
+            self._chunks.append(text.texts(self._pending))
+            self._held += len(self._pending)
+            self._pending = []
+        if len(self._chunks) != 1:
+            self._chunks = [text.concatenate_arrays(self._chunks)]
+        return self._chunks[0]
+
+    def texts_of(self, ids: np.ndarray) -> Any:
+        """The texts of host ``ids``, one per row (a pyarrow large_binary array)."""
+        from dask_datalog.engine import text
+
+        return self.texts().take(text.indices(np.asarray(ids, dtype=np.uint32)))
+
+    def _add(self, texts: Any) -> np.ndarray:
+        """Append distinct texts the table lacks; their ids."""
+        self.texts()  # pending strings first: ids stay in order
+        first = self._held
+        self._chunks.append(texts)
+        self._held += len(texts)
+        return np.arange(first, self._held, dtype=np.uint32)
+
+    def _index(self, texts: Any) -> np.ndarray:
+        """Per text, its id here, -1 where the table lacks it. A query of an eighth of the table
+        or more: pyarrow's hash lookup, which hashes the whole table. A smaller one
+        (a column of one input file among many): a binary search of each text's hash among the
+        table's (sorted, extended by the ids added since), the text compared with the one found,
+        and pyarrow's lookup only for the rare text whose hash another text shares."""
+        from dask_datalog.engine import text
+
+        table = self.texts()
+        if len(texts) * _HASH_PROBE_RATIO >= len(table):  # a large query: a hash pass over both is faster
+            return text.positions(texts, table)
+        if len(self._hash_ids) < len(table):
+            added = text.hashes(table.slice(len(self._hash_ids)))
+            order = np.argsort(added, kind="stable")
+            at = np.searchsorted(self._hash_keys, added[order])
+            self._hash_keys = np.insert(self._hash_keys, at, added[order])
+            self._hash_ids = np.insert(self._hash_ids, at, (order + len(self._hash_ids)).astype(np.uint32))
+        ids = np.full(len(texts), -1, dtype=np.int64)
+        if not len(texts) or not len(table):
+            return ids
+        keys = text.hashes(texts)
+        at = np.minimum(np.searchsorted(self._hash_keys, keys), len(self._hash_keys) - 1)
+        hit = np.flatnonzero(self._hash_keys[at] == keys)
+        found = self._hash_ids[at[hit]]
+        same = text.equal(texts.take(text.indices(hit)), table.take(text.indices(found)))
+        ids[hit[same]] = found[same]
+        shared = hit[~same]  # a hash two texts have: look the text itself up
+        if len(shared):
+            ids[shared] = text.positions(texts.take(text.indices(shared)), table)
+        return ids
+
+    def intern_texts(self, values: Any) -> np.ndarray:
+        """A pyarrow array of texts (string or binary, one per row) -> uint32 ids, the new
+        distinct ones added after the others in order of first appearance: the bulk form of
+        ``intern``, one hash pass over the column and one over the table."""
+        from dask_datalog.engine import text
+
+        distinct, codes = text.dictionary(values)
+        ids = self._index(distinct)
+        new = ids < 0
+        if new.any():
+            ids[new] = self._add(distinct.filter(text.mask(new)))
+        return ids.astype(np.uint32)[codes]
+
+    def intern_many(self, strings: np.ndarray) -> np.ndarray:
+        """Array of str -> uint32 ids (``intern_texts`` of their UTF-8 bytes)."""
+        from dask_datalog.engine import text
+
+        if not len(strings):
+            return np.zeros(0, dtype=np.uint32)
+        return self.intern_texts(text.texts(np.asarray(strings, dtype=object).reshape(-1).tolist()))
 
     def append(self, strings: list[str]) -> np.ndarray:
         """The ids of ``strings``, distinct and none in the table yet, added after the others.
         Every shard must call it with the same strings in the same order (made by a
         collective: e.g. the sorted union of what each shard produced), so ids stay the same
         everywhere."""
-        first = len(self._strings)
-        self._ids.update(zip(strings, range(first, first + len(strings))))
-        self._strings.extend(strings)
-        if len(self._ids) != len(self._strings):
-            raise AssertionError("append: a string already in the table, or twice")
-        return np.arange(first, len(self._strings), dtype=np.uint32)
+        from dask_datalog.engine import text
 
-    def missing(self, strings: Iterable[str]) -> list[str]:
+        if not strings:
+            return np.zeros(0, dtype=np.uint32)
+        texts = text.texts(strings)
+        if len(text.distinct(texts)) != len(strings) or (self._index(texts) >= 0).any():
+            raise AssertionError("append: a string already in the table, or twice")
+        return self._add(texts)
+
+    def missing(self, strings: list[str]) -> list[str]:
         """The distinct ``strings`` the table lacks, in text order (what a shard brings to the
         agreement on new symbols)."""
-        ids = self._ids
-        return sorted({s for s in strings if s not in ids})
+        from dask_datalog.engine import text
+
+        if not strings:
+            return []
+        distinct = text.distinct(text.texts(strings))
+        return text.byte_strings(text.sorted_distinct(distinct.filter(text.mask(self._index(distinct) < 0))))
 
     def ids_of(self, strings: list[str]) -> np.ndarray:
         """The ids of strings the table holds (KeyError for one it lacks)."""
-        return np.fromiter(map(self._ids.__getitem__, strings), dtype=np.uint32, count=len(strings))
+        from dask_datalog.engine import text
+
+        if not strings:
+            return np.zeros(0, dtype=np.uint32)
+        ids = self._index(text.texts(strings))
+        if (ids < 0).any():
+            raise KeyError(strings[int(np.argmax(ids < 0))])
+        return ids.astype(np.uint32)
 
     @property
     def text_ordered(self) -> bool:
         """Whether id order is text order (packed rows then sort in output order)."""
-        return self.ordered == len(self._strings)
+        return self.ordered == len(self)
 
     def reordered(self) -> tuple[np.ndarray, SymbolTable]:
         """(m, table): ``table`` holds the same strings with ids in text order and ``m[id]`` is
         a string's id there, for output once ``append`` broke the text order."""
-        table = SymbolTable.sorted_union([self._strings])
-        mapping = self.remap_to(table)
+        order = self._text_order()
+        mapping = np.empty(len(order), dtype=np.uint32)
+        mapping[order] = np.arange(len(order), dtype=np.uint32)
+        table = SymbolTable._of_texts(self.texts_of(order) if len(order) else [], len(order))
         table.records = self.records.remapped(mapping)
         return mapping, table
 
     def remap_to(self, other: SymbolTable) -> np.ndarray:
         """m[id here] = ``other``'s id for the same string, so ``m[rows[:, j]]`` re-encodes a symbol
         column into ``other`` (KeyError for a string ``other`` lacks)."""
-        return np.fromiter(map(other._ids.__getitem__, self._strings), dtype=np.uint32, count=len(self._strings))
+        if not len(self):
+            return np.zeros(0, dtype=np.uint32)
+        ids = other._index(self.texts())
+        if (ids < 0).any():
+            raise KeyError(self._python()[int(np.argmax(ids < 0))])
+        return ids.astype(np.uint32)
 
     def __len__(self) -> int:
-        return len(self._strings)
+        return self._held + len(self._pending)
+
+    def _python(self) -> list[str]:
+        """Every id's Python string (made from the texts once, then kept; strings interned one
+        at a time are kept as they come)."""
+        if len(self._strings) < len(self):
+            from dask_datalog.engine import text
+
+            self._strings.extend(text.byte_strings(self.texts().slice(len(self._strings))))
+        return self._strings
+
+    def _dict(self) -> dict[str, int]:
+        """string -> id over the whole table (extended by the ids it has not seen yet)."""
+        strings = self._python()
+        if len(self._ids) < len(strings):
+            self._ids.update(zip(strings[len(self._ids) :], range(len(self._ids), len(strings))))
+        return self._ids
 
     def intern(self, s: str) -> int:
-        """The id of ``s``, added after the others when new (a shard's reading table)."""
-        i = self._ids.get(s)
+        """The id of ``s``, added after the others when new: one string (the reference readers,
+        a program's constants)."""
+        ids = self._dict()
+        i = ids.get(s)
         if i is None:
-            i = self._ids[s] = len(self._strings)
+            i = ids[s] = len(self)
             self._strings.append(s)
+            self._pending.append(s)
         return i
 
     def id_of(self, s: str) -> int:
         """The id of a string the table must hold (a program constant: every agreed table has
         them all)."""
-        i = self._ids.get(s)
+        i = self._found.get(s)
         if i is None:
-            raise AssertionError(f"symbol {s!r} is not in the run's symbol table")
-        return i
+            from dask_datalog.engine import text
 
-    def intern_many(self, strings: np.ndarray) -> np.ndarray:
-        """Array of str -> uint32 ids; one dict lookup per distinct string, not per row."""
-        uniques, inverse = np.unique(np.asarray(strings, dtype=object), return_inverse=True)
-        ids = np.fromiter((self.intern(s) for s in uniques), dtype=np.uint32, count=len(uniques))
-        return ids[inverse.reshape(-1)]
+            i = int(self._index(text.texts([s]))[0])
+            if i < 0:
+                raise AssertionError(f"symbol {s!r} is not in the run's symbol table")
+            self._found[s] = i
+        return i
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """uint32 ids -> object array of the original strings."""
-        table = np.array(self._strings, dtype=object)
-        return table[np.asarray(ids, dtype=np.int64)]
+        if len(self._objects) != len(self):  # made once per growth: callers look up one record element at a time
+            self._objects = np.array(self._python(), dtype=object)
+        return self._objects[np.asarray(ids, dtype=np.int64)]
+
+    def _text_order(self) -> Any:
+        """The ids sorted by text, as C++ compares strings: by UTF-8 bytes (code point order
+        but for the bytes a substr cut out of a character)."""
+        if not len(self):
+            return np.zeros(0, dtype=np.int64)
+        from dask_datalog.engine import text
+
+        return text.order(self.texts())
 
     def text_rank(self) -> np.ndarray:
         """rank[id] = position of the symbol's text in sorted order (for sorted output)."""
         if self.text_ordered:
-            return np.arange(len(self._strings), dtype=np.uint32)
-        # By UTF-8 bytes, as C++ compares strings: code point order but for the surrogate
-        # escapes of bytes a substr cut out of a character.
-        order = np.argsort(np.array([s.encode("utf-8", "surrogateescape") for s in self._strings], dtype=object), kind="stable")
+            return np.arange(len(self), dtype=np.uint32)
+        order = self._text_order()
         rank = np.empty(len(order), dtype=np.uint32)
         rank[order] = np.arange(len(order), dtype=np.uint32)
         return rank
 
+    def holds_any(self, needles: Iterable[str]) -> bool:
+        """Whether any text holds one of ``needles`` (what makes output quote or escape)."""
+        if not len(self):
+            return False
+        from dask_datalog.engine import text
+
+        data = text.data(self.texts())
+        return any(data.find(n.encode("utf-8", "surrogateescape")) >= 0 for n in needles if n)
+
     def strings_from(self, first: int) -> list[str]:
-        """The strings of ids ``first`` and up (what per-id caches have not seen yet)."""
-        return self._strings[first:]
+        """The strings of ids ``first`` and up."""
+        return self._python()[first:]
 
     @property
     def strings(self) -> list[str]:
-        return list(self._strings)
+        return list(self._python())
+
+
+def _texts_of(collection: SymbolTable | Iterable[str] | Any) -> Any:
+    """A table's texts, a pyarrow array of texts, or strings: as a large_binary array (an empty
+    list for no strings, which needs no pyarrow)."""
+    if isinstance(collection, SymbolTable):
+        return collection.texts() if len(collection) else []
+    if hasattr(collection, "type"):  # a pyarrow array
+        from dask_datalog.engine import text
+
+        return text.binary(collection)
+    strings = list(map(str, collection))  # np.str_ -> str
+    if not strings:
+        return []
+    from dask_datalog.engine import text
+
+    return text.texts(strings)
 
 
 Kinds = tuple[BaseType, ...]  # a record's element types: which part of the record table holds it

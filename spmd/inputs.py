@@ -119,7 +119,8 @@ def agree(transport: Transport, program: ir.Program, inputs: Inputs) -> Start:
     local = SymbolTable()
     rows = read_part(program, local, inputs, transport.rank, transport.size)
     counts = {name: int(r.shape[0]) for name, r in rows.items()}
-    agreed = transport.allgather((local.strings, counts, local.records if len(local.records) else None))
+    texts = local.texts() if len(local) else []  # a pyarrow array: no Python string per symbol
+    agreed = transport.allgather((texts, counts, local.records if len(local.records) else None))
     symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program))] + [strings for strings, _, _ in agreed])
     readers = [rank for rank, (_, _, records) in enumerate(agreed) if records is not None]
     sources = [(agreed[r][2], SymbolTable.in_order(agreed[r][0], 0).remap_to(symbols)) for r in readers]

@@ -277,8 +277,6 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, fmt: Fa
         table = None if trimmed is None else _arrow_table(trimmed, len(target), fmt.delimiter, quoted, keep_empty)
     if table is None:
         return None
-    import pyarrow.compute as pc
-
     rows = np.empty((table.num_rows, relation.arity), dtype=np.uint32)
     for k, j in enumerate(target):
         if j >= 0 and relation.types[j] != "symbol":
@@ -290,13 +288,7 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, fmt: Fa
     # Symbols are interned only once everything parsed: a bad file leaves the table untouched.
     for k, j in enumerate(target):
         if j >= 0 and relation.types[j] == "symbol":
-            encoded = pc.dictionary_encode(table.column(k).combine_chunks())
-            ids = np.fromiter(
-                (symbols.intern(s) for s in encoded.dictionary.to_pylist()),
-                dtype=np.uint32,
-                count=len(encoded.dictionary),
-            )
-            rows[:, j] = ids[_int_column(encoded.indices)]
+            rows[:, j] = symbols.intern_texts(table.column(k))
     return rows
 
 
@@ -388,15 +380,14 @@ def _parse_numbers(column: Any, signed: bool) -> np.ndarray | None:
     """A text column's numbers, encoded, by the kernel over its values joined by line breaks;
     None when a value is no number of the type (or holds a line break or a ``\\r``, which
     would change the count)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    from dask_datalog.engine import text as texts
 
-    values = column.combine_chunks().cast(pa.large_string())
+    values = texts.binary(column)
     n = len(values)
-    joined = pc.binary_join(
-        pa.LargeListArray.from_arrays(pa.array([0, n], pa.int64()), values), pa.scalar("\n", pa.large_string())
-    )[0].as_buffer()
-    text = joined.to_pybytes() if joined is not None else b""
+    data = np.frombuffer(texts.data(values), dtype=np.uint8)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64, count=n + 1, offset=values.offset * 8)
+    # The values joined by line breaks, without pa.array or pa.scalar (they import pandas).
+    text = np.insert(data, offsets[1:-1] - offsets[0], np.uint8(ord("\n"))).tobytes()
     if b"\r" in text:
         return None
     parsed = cpu_kernels.parse_numeric(text, b"\n", np.zeros(1, dtype=np.int64), np.array([signed]))

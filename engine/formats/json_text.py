@@ -19,6 +19,7 @@ object that lacks an attribute (it reads the zero id of whatever was interned fi
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from typing import Any
@@ -110,6 +111,27 @@ def refusal(relation: ir.Relation) -> str | None:
 # ----------------------------------------------------------------------------- reading
 
 
+def _undecodable(error: UnicodeError) -> tuple[bytes, int]:
+    """The bytes of the surrogates in a JSON string: a surrogate escape the raw byte it stands
+    for (a file's bytes that are no UTF-8), any other one (a ``\\ud800`` escape, alone) its
+    3-byte form, as json11 writes it into a C++ string."""
+    assert isinstance(error, UnicodeEncodeError)
+    chars = error.object[error.start : error.end]
+    out = b"".join(bytes([ord(c) - 0xDC00]) if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("utf-8", "surrogatepass") for c in chars)
+    return out, error.end
+
+
+codecs.register_error("dask_datalog_json", _undecodable)
+
+
+def _as_bytes(text: str) -> str:
+    """A JSON string as the bytes Soufflé holds for it, in the run's form of a string (bytes
+    that are no UTF-8 as surrogate escapes)."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "dask_datalog_json").decode("utf-8", "surrogateescape")
+
+
 def read_rows(data: bytes, file: str, relation: ir.Relation, symbols: SymbolTable) -> np.ndarray:
     """A JSON document (a file's, or standard input's) -> encoded rows; errors name ``file``."""
     where = ir.Pos(file, 1, 1)
@@ -186,7 +208,7 @@ class _Reader:
 
     def scalar(self, item: Any, a: ir.Attribute) -> int:
         if a.type == "symbol":
-            return self.symbols.intern(item if isinstance(item, str) else "")
+            return self.symbols.intern(_as_bytes(item) if isinstance(item, str) else "")
         if a.type == "float":
             raise DatalogError(
                 self.where, f"unsupported: float {a.name} in JSON input (Soufflé 2.5 reads the integer part as the float's bits)"

@@ -119,12 +119,11 @@ def _in_order(rows: Rows) -> bool:
     return True
 
 
-def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool = False) -> list[np.ndarray]:
+def decode_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
     """Encoded rows -> one array per attribute: int32 (number), uint32 (unsigned), float32
-    (float), object str (symbol; a record or ADT value as Soufflé writes it, quoted as rfc4180
-    output quotes it)."""
+    (float), object str (symbol; a record or ADT value as Soufflé writes it)."""
     return [
-        record_text.write_column(np.ascontiguousarray(rows[:, j]), a, relation, symbols, rfc4180)
+        record_text.write_column(np.ascontiguousarray(rows[:, j]), a, relation, symbols, False)
         if a.record is not None
         else symbols.lookup(rows[:, j])
         if a.type == "symbol"
@@ -215,20 +214,20 @@ def format_chunks(
             yield memoryview(kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter)))
         return
     if rfc4180 and ("symbol" in relation.types or record_text.any_records(relation)):
-        quoted = [a.record is not None for a in relation.attributes]  # written quoted already
         for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
-            columns = _text_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols, rfc4180=True)
-            yield _quoted_lines(columns, delimiter, quoted)
+            yield _quoted_lines(
+                _quoted_columns(np.asarray(rows[start : start + FORMAT_CHUNK_ROWS]), relation, symbols), delimiter
+            )
         return
-    texts = "\0".join(symbols.strings) if "symbol" in relation.types else ""
-    exotic = any(c in texts for c in (delimiter, '"', "\n", "\r")) or record_text.any_records(relation)
-    plain = exotic or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES
+    exotic = "symbol" in relation.types and symbols.holds_any((delimiter, '"', "\n", "\r"))
+    plain = exotic or record_text.any_records(relation) or len(delimiter.encode()) != 1 or delimiter in _PYARROW_REFUSES
     for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
-        columns = _text_columns(rows[start : start + FORMAT_CHUNK_ROWS], relation, symbols)
+        chunk = rows[start : start + FORMAT_CHUNK_ROWS]
         if plain:
+            columns = _text_columns(chunk, relation, symbols)
             yield "".join(delimiter.join(map(str, r)) + "\n" for r in zip(*columns)).encode("utf-8", "surrogateescape")
         else:
-            yield _arrow_csv(columns, delimiter)
+            yield _arrow_csv(_arrow_columns(np.asarray(chunk), relation, symbols), delimiter)
 
 
 def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend) -> bool:
@@ -240,9 +239,9 @@ def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend) -> bool:
     )
 
 
-def _text_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable, rfc4180: bool = False) -> list[np.ndarray]:
+def _text_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[np.ndarray]:
     """``decode_columns`` with floats as their texts, each distinct value formatted once."""
-    columns = decode_columns(rows, relation, symbols, rfc4180)
+    columns = decode_columns(rows, relation, symbols)
     return [_format_floats(c) if t == "float" else c for c, t in zip(columns, relation.types)]
 
 
@@ -283,32 +282,80 @@ def text_length(
     return total
 
 
-def _arrow_csv(columns: list[np.ndarray], delimiter: str) -> bytes:
-    import pyarrow as pa  # imported when used: 65 MB and 60 ms that numeric outputs never need
+def _arrow_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[Any]:
+    """Encoded rows (no records) -> one pyarrow column per attribute: a symbol column is the
+    table's texts gathered by id (their bytes as they are, as Soufflé writes them), a float
+    column its texts, an integer column its values."""
+
+    columns = []
+    for j, t in enumerate(relation.types):
+        values = np.ascontiguousarray(rows[:, j])
+        if t == "symbol":
+            columns.append(_unchecked_text(symbols.texts_of(values)))
+        else:
+            decoded = decode(values, t)
+            columns.append(_arrow_column(_format_floats(decoded) if t == "float" else decoded))
+    return columns
+
+
+def _arrow_csv(columns: list[Any], delimiter: str) -> bytes:
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    table = pa.Table.from_arrays([_arrow_column(c) for c in columns], names=[f"c{j}" for j in range(len(columns))])
+    table = pa.Table.from_arrays(columns, names=[f"c{j}" for j in range(len(columns))])
     sink = pa.BufferOutputStream()
     pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none"))
     return sink.getvalue().to_pybytes()
 
 
-def _quoted_lines(columns: list[np.ndarray], delimiter: str, quoted: list[bool]) -> bytes:
-    """Rows as rfc4180 lines, Soufflé's way: each symbol in quotes, a quote in it as ``\\""``;
-    ``quoted``: the columns whose texts are quoted already (records)."""
+def _quoted_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable) -> list[Any]:
+    """Encoded rows -> one pyarrow large_string column per attribute as rfc4180 output writes
+    it, Soufflé's way: each symbol in quotes, a quote in it as ``\\""`` (the texts gathered
+    by id and quoted by pyarrow's kernels); records quoted by record_text; numbers as text."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    fields = [
-        _arrow_column(column, quote=not ready) if column.dtype == object else _arrow_column(column).cast(pa.string())
-        for column, ready in zip(columns, quoted)
-    ]
-    lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, delimiter), "", "\n")  # line + "\n" + ""
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
+    from dask_datalog.engine import text
+
+    quote, nothing = text.repeated(b'"', len(rows)), text.repeated(b"", len(rows))
+    fields = []
+    for j, a in enumerate(relation.attributes):
+        values = np.ascontiguousarray(rows[:, j])
+        if a.record is not None:
+            field = _arrow_column(record_text.write_column(values, a, relation, symbols, True))
+        elif a.type == "symbol":
+            escaped = pc.replace_substring(symbols.texts_of(values), pattern='"', replacement='\\""')
+            field = _unchecked_text(pc.binary_join_element_wise(quote, escaped, quote, nothing))
+        else:
+            decoded = decode(values, a.type)
+            field = _arrow_column(_format_floats(decoded) if a.type == "float" else decoded)
+        fields.append(field.cast(pa.large_string()))
+    return fields
+
+
+def _unchecked_text(texts: Any) -> Any:
+    """A large_binary array as large_string, not validated: the bytes a substr cut out of a
+    character go out as they are, as Soufflé writes them."""
+    import pyarrow as pa
+
+    return pa.Array.from_buffers(pa.large_string(), len(texts), texts.buffers(), offset=texts.offset)
+
+
+def _quoted_lines(fields: list[Any], delimiter: str) -> bytes:
+    """rfc4180 columns (``_quoted_columns``) joined into lines."""
+    import pyarrow.compute as pc
+
+    from dask_datalog.engine import text
+
+    n = len(fields[0])
+    separator = _unchecked_text(text.repeated(delimiter.encode(), n))
+    end, nothing = _unchecked_text(text.repeated(b"\n", n)), _unchecked_text(text.repeated(b"", n))
+    lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, separator), nothing, end)  # line + "\n" + ""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=len(lines) + 1, offset=lines.offset * 8)
     return lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
 
 
-def _arrow_column(column: np.ndarray, quote: bool = False) -> Any:
+def _arrow_column(column: np.ndarray) -> Any:
     """NumPy -> Arrow without pa.array, which imports pandas (0.4 s) on first use. Integer
     columns wrap their buffer; symbol columns go through a dictionary of their distinct texts."""
     import pyarrow as pa
@@ -317,8 +364,6 @@ def _arrow_column(column: np.ndarray, quote: bool = False) -> Any:
         column = np.ascontiguousarray(column)
         return pa.Array.from_buffers(pa.from_numpy_dtype(column.dtype), len(column), [None, pa.py_buffer(column)])
     texts, codes = np.unique(column, return_inverse=True)
-    if quote:
-        texts = np.array(['"' + t.replace('"', '\\""') + '"' for t in texts], dtype=object)
     # surrogateescape: the bytes a substr cut out of a character go out as Soufflé writes them.
     data = "".join(texts).encode("utf-8", "surrogateescape")
     lengths = np.fromiter((len(t.encode("utf-8", "surrogateescape")) for t in texts), dtype=np.int32, count=len(texts))

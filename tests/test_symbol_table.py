@@ -1,0 +1,187 @@
+"""The symbol table's bulk operations (pyarrow kernels over whole arrays of texts) against the
+per-string semantics they replace: interning in order of first appearance, text order as C++
+compares strings (UTF-8 bytes), and shards that agree on one table whatever the split."""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dask_datalog.engine.frontend import load_program
+from dask_datalog.engine.values import SymbolTable
+from dask_datalog.spmd.inputs import Inputs, agree
+from dask_datalog.spmd.threads import run_in_threads
+
+# Strings equal after normalisation but not in bytes, outside the BMP, empty, NUL, and the
+# surrogate escapes a substr leaves of a character it cut (bytes 0x80 and 0xff).
+SPECIAL = ["", "é", "e\u0301", "Å", "A\u030a", "\U0001f600", "\U00010000", "a\x00b", "\udc80", "\udcff", '"', "z"]
+STRINGS = st.one_of(st.text(max_size=6), st.sampled_from(SPECIAL))
+
+
+def text_key(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def per_string(batches: list[list[str]]) -> tuple[SymbolTable, list[list[int]]]:
+    """The reference: a table interned one string at a time."""
+    table = SymbolTable()
+    return table, [[table.intern(s) for s in batch] for batch in batches]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(STRINGS, max_size=12), max_size=5), st.lists(STRINGS, max_size=4))
+def test_bulk_interning_is_per_string_interning(batches: list[list[str]], singles: list[str]) -> None:
+    # Single strings interned between the batches, as the reference readers and constants do.
+    mixed = [part for batch, single in zip(batches, singles + [""] * len(batches)) for part in (batch, [single])]
+    want, want_ids = per_string(mixed)
+    table = SymbolTable()
+    got_ids = []
+    for k, part in enumerate(mixed):
+        if k % 2:
+            got_ids.append([table.intern(s) for s in part])
+        else:
+            got_ids.append(table.intern_many(np.array(part, dtype=object)).tolist())
+    assert got_ids == want_ids
+    assert table.strings == want.strings and len(table) == len(want)
+    assert all(table.id_of(s) == want.id_of(s) for s in want.strings)
+    assert table.lookup(np.arange(len(table))).tolist() == want.strings
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(STRINGS, max_size=10), min_size=1, max_size=4), st.lists(STRINGS, max_size=8))
+def test_union_remap_append_and_order_follow_the_text_order(parts: list[list[str]], made: list[str]) -> None:
+    locals_ = [per_string([p])[0] for p in parts]
+    union = SymbolTable.sorted_union([*locals_, ["z"]])
+    everything = sorted({s for p in parts for s in p} | {"z"}, key=text_key)
+    assert union.strings == everything and union.text_ordered
+    for local in locals_:
+        mapping = local.remap_to(union)
+        assert [union.strings[i] for i in mapping.tolist()] == local.strings
+    assert union.ids_of(list(reversed(everything))).tolist() == list(range(len(everything)))[::-1]
+    with pytest.raises(KeyError):
+        union.ids_of(["z", "\U0010ffff never held"])
+
+    new = union.missing(made)
+    assert new == sorted(set(made) - set(everything), key=text_key)
+    ids = union.append(new)
+    assert ids.tolist() == list(range(len(everything), len(everything) + len(new)))
+    assert union.ids_of(made).tolist() == [union.strings.index(s) for s in made]
+    with pytest.raises(AssertionError):
+        union.append(["z"])
+
+    order = sorted(range(len(union)), key=lambda i: text_key(union.strings[i]))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    assert union.text_rank().tolist() == rank.tolist()
+    mapping, ordered = union.reordered()
+    assert ordered.strings == sorted(union.strings, key=text_key) and ordered.text_ordered
+    assert [ordered.strings[i] for i in mapping.tolist()] == union.strings
+    for needle in ('"', "\x00", "é"):
+        assert union.holds_any([needle]) == any(needle in s for s in union.strings)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(STRINGS, max_size=12))
+def test_a_table_survives_pickling_and_checkpoint_order(strings: list[str]) -> None:
+    table, _ = per_string([strings])
+    back = pickle.loads(pickle.dumps(table))
+    assert back.strings == table.strings and [back.id_of(s) for s in table.strings] == list(range(len(table)))
+    restored = SymbolTable.in_order(table.strings, 0)
+    assert restored.strings == table.strings and restored.remap_to(table).tolist() == list(range(len(table)))
+
+
+FILE_STRINGS = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r\x00"), max_size=5),
+    st.sampled_from([s for s in SPECIAL if s not in ("\udc80", "\udcff", "a\x00b")]),
+)
+PROGRAM = """
+.decl r(a: symbol, b: symbol)
+.input r
+.decl s(a: symbol, n: number)
+.output r
+"""
+
+
+def agreed(n: int, fact_dir: Path | None, facts: dict[str, Any]) -> list[tuple[SymbolTable, dict[str, np.ndarray]]]:
+    program = load_program(PROGRAM + '.decl c(a: symbol)\nc("const").\n')
+    starts = run_in_threads(n, lambda transport: agree(transport, program, Inputs(fact_dir, facts.get(transport.rank, {}))))
+    return [(start.symbols, start.inputs) for start in starts]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@settings(max_examples=20, deadline=None)
+@given(rows=st.lists(st.tuples(FILE_STRINGS, FILE_STRINGS), min_size=1, max_size=20), given_rows=st.lists(STRINGS, max_size=6))
+def test_shards_agree_on_one_table_in_text_order(n: int, rows: list[tuple[str, str]], given_rows: list[str]) -> None:
+    """A fact file read in byte ranges (the fast reader's bulk interning) and rows handed over
+    per shard (``encode_rows``): every shard ends with the same table, the sorted union of all
+    strings and the program's constants, and its rows decode to the strings it read."""
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "r.facts").write_text("".join(f"{a}\t{b}\n" for a, b in rows), encoding="utf-8")
+        dealt = {k: {"s": [(s, i) for i, s in enumerate(given_rows) if i % n == k]} for k in range(n)}
+        shards = agreed(n, Path(directory), dealt)
+    everything = sorted({s for row in rows for s in row} | set(given_rows) | {"const"}, key=text_key)
+    for symbols, _ in shards:
+        assert symbols.strings == everything and symbols.text_ordered
+    read = [tuple(symbols.strings[i] for i in row) for symbols, inputs in shards for row in inputs["r"].tolist()]
+    assert sorted(read) == sorted(rows)
+    handed = [symbols.strings[row[0]] for symbols, inputs in shards for row in inputs["s"].tolist()]
+    assert sorted(handed) == sorted(given_rows)
+
+
+SOUFFLE = Path(__file__).resolve().parents[2] / "shared" / "peers" / "souffle-2.5" / "bin" / "souffle"
+QUOTED = r"""
+.type R = [a: symbol, n: number]
+.decl s(x: symbol)
+s("a\"b"). s("plain"). s(""). s("é,x"). s("q\"\"q"). s("😀").
+.decl r(x: symbol, n: number, f: float, rec: R, y: symbol)
+r(x, 1, 2.5, [x, 3], substr("é", 0, 1)) :- s(x).
+r(x, -4, 0.1, nil, cat(x, "\"")) :- s(x).
+.output r(rfc4180=true, delimiter=",")
+.output s(rfc4180=true)
+.output r(IO=file, filename="plain.csv")
+"""
+
+
+@pytest.mark.skipif(not SOUFFLE.exists(), reason=f"Soufflé 2.5 is not at {SOUFFLE}")
+def test_symbol_columns_are_written_as_souffle_writes_them(tmp_path: Path) -> None:
+    """Gathered by id and quoted by pyarrow's kernels: rfc4180 quotes symbols (a quote as
+    ``\\""``) and records but not numbers or floats; the bytes a substr cut out of a
+    character are written as they are."""
+    import subprocess
+
+    from dask_datalog.cluster.api import Program
+
+    (tmp_path / "sf").mkdir()
+    (tmp_path / "prog.dl").write_text(QUOTED)
+    subprocess.run([str(SOUFFLE), "-D", "sf", "prog.dl"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    Program(QUOTED).run(backend="numpy").write(tmp_path / "ours")
+    for name in ("r.csv", "s.csv", "plain.csv"):
+        theirs = (tmp_path / "sf" / name).read_bytes().splitlines()
+        ours = (tmp_path / "ours" / name).read_bytes().splitlines()
+        assert ours == sorted(ours) and sorted(theirs) == ours, name
+
+
+@pytest.mark.skipif(not SOUFFLE.exists(), reason=f"Soufflé 2.5 is not at {SOUFFLE}")
+def test_a_lone_surrogate_escape_in_json_input_is_read_as_souffle_holds_it(tmp_path: Path) -> None:
+    """``"\\ud800"`` in JSON is no character; json11 puts its 3-byte form into the string, which
+    the table holds as those bytes (it crashed the writer before)."""
+    import subprocess
+
+    from dask_datalog.cluster.api import Program
+
+    program = '.decl r(s: symbol)\n.input r(IO=jsonfile, filename="r.json")\n.output r\n.decl n(s: symbol, k: number)\nn(s, strlen(s)) :- r(s).\n.output n\n'
+    (tmp_path / "r.json").write_bytes(b'[["\\ud800x"], ["ok"], ["\\u00e9"]]')
+    (tmp_path / "prog.dl").write_text(program)
+    (tmp_path / "sf").mkdir()
+    subprocess.run([str(SOUFFLE), "-F", ".", "-D", "sf", "prog.dl"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    Program(program).run(backend="numpy", fact_dir=tmp_path).write(tmp_path / "ours")
+    for name in ("r.csv", "n.csv"):
+        theirs = (tmp_path / "sf" / name).read_bytes().splitlines()
+        assert sorted(theirs) == (tmp_path / "ours" / name).read_bytes().splitlines(), name
