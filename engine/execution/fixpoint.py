@@ -183,11 +183,11 @@ class Fixpoint:
         primed = bool(stratum.subsumption) and stratum.recursive  # Soufflé's loop, from delta = everything
         while True:
             self.terms.iteration = done  # read by recursive rules only (checker.check_counters): Soufflé's count there
-            ordered = stratum if self.join_order is None else self.join_order.stratum(number, stratum)
+            planned = self._versions(stratum, done, souffles_loop, primed)
+            versions = planned if self.join_order is None else self.join_order.versions(number, stratum.relations, planned)
             if self.profile is not None:
                 self.profile.iteration = done
-                self.profile.follow(stratum, ordered)
-            versions = self._versions(ordered, done, souffles_loop, primed)
+                self.profile.follow(planned, versions)
             if done == 0 and stratum.subsumption:
                 iteration, requests = self._preamble(versions, stratum)
             else:

@@ -5,7 +5,7 @@ breaking ties; it cannot tell a 300-row relation from a 6-million-row one, and a
 there costs millions of intermediate rows per iteration (GALEN's
 ``Q(x, e, o) :- Q(x, y, z), R(y, u, e), Q(z, u, o)``, delta on the last atom: joining Q on z
 before R on u made 2.9 million rows for 78 results). Before each iteration
-``JoinOrder.stratum`` hands the loop its stratum with each version re-planned
+``JoinOrder.versions`` hands the loop the versions it runs re-planned
 (``plan.replan_version``) on every join's estimated fan-out: the rows of the relation per
 distinct value of the columns bound when it runs, the distinct values counted on full. A
 version is planned again only when a relation its rule reads changed size by an order of
@@ -19,12 +19,11 @@ relations' partitioned copies follow the static plan's join keys (partition/plac
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.ir import Atom, Program
-from dask_datalog.engine.plan import RulePlan, StratumPlan, replan_version
+from dask_datalog.engine.plan import RulePlan, replan_version
 from dask_datalog.engine.storage.hisa import unpack
 
 # Relations under 10^SMALL rows are one size class: a join over them costs little in any order,
@@ -44,38 +43,33 @@ class JoinOrder:
         self.program = program
         self.shard = shard
         self.xp = shard.backend.xp
-        # stratum -> its plan as last handed out, and each version's plan with the size
-        # decades of the relations its atoms read when it was made
-        self._plans: dict[int, tuple[StratumPlan, list[tuple[Decades, RulePlan]]]] = {}
+        # id of a static version -> (it, the size decades of the relations its atoms read when
+        # it was last planned, that plan); holding it keeps its id from reuse
+        self._plans: dict[int, tuple[RulePlan, Decades, RulePlan]] = {}
         self._distinct: dict[tuple[str, tuple[int, ...]], tuple[int, int]] = {}  # -> (size counted at, distinct)
-        self._made: dict[int, int] = {}  # stratum -> plans handed out
+        self._made: dict[int, int] = {}  # stratum -> iterations that ran a plan changed on sizes
 
-    def stratum(self, number: int, stratum: StratumPlan) -> StratumPlan:
-        """``stratum`` (number ``number``) ordered for the relations' current sizes."""
-        versions = stratum.initial + stratum.deltas
+    def versions(self, number: int, recursive: tuple[str, ...], versions: tuple[RulePlan, ...]) -> tuple[RulePlan, ...]:
+        """``versions`` (of stratum ``number``, whose relations are ``recursive``), the ones
+        the coming iteration runs, ordered for the relations' current sizes: only what runs is
+        planned (a stratum's initial versions once, its delta versions as sizes move)."""
         decade = {name: _decade(len(self.shard.stores[name])) for name in _read(versions)}
-        kept = self._plans.get(number)
-        planned: list[tuple[Decades, RulePlan]] = []
-        for k, rp in enumerate(versions):
+        out = []
+        changed = False
+        for rp in versions:
             decades = tuple(decade[lit.relation] for lit in rp.rule.body if isinstance(lit, Atom))
-            if kept is not None and kept[1][k][0] == decades:
-                planned.append(kept[1][k])
-            elif max(decades, default=0) < SMALL:
-                planned.append((decades, rp))
-            else:
-                planned.append((decades, replan_version(rp, stratum.relations, self.program, self.fanout)))
-        before = kept[1] if kept is not None else [((), rp) for rp in versions]
-        if all(new[1] is old[1] for new, old in zip(planned, before)):
-            self._plans[number] = (stratum if kept is None else kept[0], planned)
-            return self._plans[number][0]
-        plans = tuple(rp for _, rp in planned)
-        ordered = replace(stratum, initial=plans[: len(stratum.initial)], deltas=plans[len(stratum.initial) :])
-        self._plans[number] = (ordered, planned)
-        self._made[number] = self._made.get(number, 0) + 1
-        return ordered
+            kept = self._plans.get(id(rp))
+            if kept is None or kept[1] != decades:
+                again = rp if max(decades, default=0) < SMALL else replan_version(rp, recursive, self.program, self.fanout)
+                changed |= again is not (rp if kept is None else kept[2])
+                kept = self._plans[id(rp)] = (rp, decades, again)
+            out.append(kept[2])
+        if changed:
+            self._made[number] = self._made.get(number, 0) + 1
+        return tuple(out)
 
     def plans(self, number: int) -> int:
-        """How many times stratum ``number`` was re-planned (0: it ran its static plan)."""
+        """How many times stratum ``number`` ran a plan changed on sizes (0: its static plan)."""
         return self._made.get(number, 0)
 
     def fanout(self, atom: Atom, columns: tuple[int, ...]) -> float:

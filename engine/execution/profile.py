@@ -31,7 +31,6 @@ from dask_datalog.engine.plan import (
     Plan,
     RulePlan,
     Step,
-    StratumPlan,
     UnpackStep,
 )
 
@@ -119,12 +118,12 @@ class Profile:
         self.step_rows: dict[int, int] = {}
         self.iteration = 0
 
-    def follow(self, static: StratumPlan, ordered: StratumPlan) -> None:
-        """The versions of ``ordered``, ``static`` re-planned (the same versions in the same
+    def follow(self, static: tuple[RulePlan, ...], ordered: tuple[RulePlan, ...]) -> None:
+        """The versions ``ordered``, ``static`` re-planned (the same versions in the same
         order), count as those of ``static``."""
         if ordered is static:
             return
-        for planned, again in zip(static.initial + static.deltas, ordered.initial + ordered.deltas):
+        for planned, again in zip(static, ordered):
             if id(again) not in self.number:
                 self.number[id(again)] = (again, self.number[id(planned)][1], _steps_text(again))
 
