@@ -31,7 +31,9 @@ CLI = [sys.executable, "-m", "dask_datalog.cluster.cli"]
 DASK = str(Path(sys.executable).parent / "dask")
 # REACH on a chain this long takes as many iterations, seconds on two workers: time for the
 # kill to land mid-run, after KILL_AFTER of them.
-CHAIN = 800
+# Long enough that a worker killed once 20 iterations were reported dies mid-run on an idle
+# machine too (800 finished before the kill landed there: about 0.5 ms an iteration).
+CHAIN = 6000
 KILL_AFTER = 20
 
 

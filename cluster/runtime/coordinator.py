@@ -35,10 +35,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, ClassVar, NoReturn, TextIO, TypeVar
 
 import numpy as np
 
@@ -70,6 +71,10 @@ from dask_datalog.spmd.writer import check_output_format, print_outputs
 
 ProgressHandler = Callable[[dict[str, Any]], None]
 T = TypeVar("T")
+# Every run's progress events share one topic: the scheduler keeps every topic ever logged to
+# (up to distributed.admin.low-level-log-length events each) and removes none, so a topic per
+# run made a resident service grow by about 100 KiB a job; one topic stays that size.
+PROGRESS_TOPIC = "dask-datalog-progress"
 
 WATCH_S = 0.5  # how often a waiting client checks that every worker of the run is still there
 TELL_S = 5.0  # how long telling workers something (open, abort, suspend) may take
@@ -202,7 +207,6 @@ class ClusterRun:
         self.members = Membership(client, options)
         self.deadline = time.monotonic() + options.timeout if options.timeout is not None else None
         self.shards: list[Any] | None = None  # the evaluation's futures, one per worker in rank order
-        self.topics: list[str] = []  # the event topics of its attempts, dropped from the scheduler at close
         self.stats: dict[str, Any] = {}
 
     # -- attempts --------------------------------------------------------------------------------------
@@ -297,7 +301,7 @@ class ClusterRun:
                 for rank, part in enumerate(_split_rows(source, len(peers))):
                     arrays[rank][relation] = client.scatter(part, workers=[peers[rank]], direct=True, hash=False)
         phase = record.phase_id("evaluate")
-        topic = f"{phase}-progress"  # always: the last event says where the run was if a worker is lost
+        topic = PROGRESS_TOPIC  # always: the last event says where the run was if a worker is lost
         spec = ShardTask(
             phase=phase,
             peers=peers,
@@ -322,7 +326,8 @@ class ClusterRun:
                 self.progress(event[1])
 
         record.phase = EVALUATING
-        client.subscribe_topic(topic, on_event)
+        events = ProgressEvents.of(client)
+        events.add(str(phase), on_event)
         try:
             futures = [
                 _submit(client, peer, evaluate_task, spec, rank, arrays[rank], key=f"{phase}-shard-{rank}")
@@ -330,9 +335,7 @@ class ClusterRun:
             ]
             self.run_phase(futures, collective=True, keep=True)
         finally:
-            if client.status == "running":  # a closed client's would raise over the error that ended the run
-                client.unsubscribe_topic(topic)
-            self.topics.append(topic)  # forgotten on the scheduler at close, once no event can be on its way
+            events.remove(str(phase))
         self.shards = futures
         record.phase = "after the evaluation"
         stats = combine_stats(self.run_phase([_submit(client, p, shard_stats, f) for f, p in zip(futures, peers)]))
@@ -491,8 +494,6 @@ class ClusterRun:
         self._release()
         if self.client.status != "running":
             return
-        dask_adapter.forget_topics(self.client, self.topics)
-        self.topics = []
         try:
             self.members.lost(self.record.peers, self.record.where(), force=True)
             self._tell(_close_run, self.record.run_id, peers=self.members.alive(self.record.peers))
@@ -639,6 +640,38 @@ class DistributedRun:
 
     def close(self) -> None:
         self.run.close()
+
+
+class ProgressEvents:
+    """A client's one subscription to ``PROGRESS_TOPIC``, handing each event to the handler
+    of its run's phase (``Client.subscribe_topic`` keeps one handler per topic and client, and
+    the service runs several jobs on one client at once)."""
+
+    _of: ClassVar[weakref.WeakKeyDictionary[Any, ProgressEvents]] = weakref.WeakKeyDictionary()
+    _made: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, client: Any):
+        self.handlers: dict[str, Callable[[tuple[float, dict[str, Any]]], None]] = {}
+        client.subscribe_topic(PROGRESS_TOPIC, self._dispatch)
+
+    @classmethod
+    def of(cls, client: Any) -> ProgressEvents:
+        with cls._made:
+            events = cls._of.get(client)
+            if events is None:
+                events = cls._of[client] = cls(client)
+            return events
+
+    def add(self, phase: str, handler: Callable[[tuple[float, dict[str, Any]]], None]) -> None:
+        self.handlers[phase] = handler
+
+    def remove(self, phase: str) -> None:
+        self.handlers.pop(phase, None)
+
+    def _dispatch(self, event: tuple[float, dict[str, Any]]) -> None:
+        handler = self.handlers.get(event[1].get("phase", ""))
+        if handler is not None:
+            handler(event)
 
 
 def run_job(

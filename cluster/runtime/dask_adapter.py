@@ -33,20 +33,6 @@ def task_wanted(worker: Any, key: Any) -> bool:
     return ts is not None and ts.state in ("executing", "long-running")
 
 
-def forget_topics(client: Any, topics: list[str]) -> None:
-    """Drop event topics from the scheduler once the run that logged to them ended. Private:
-    the scheduler's broker (``Scheduler._broker._topics``) keeps every topic ever logged to,
-    with up to ``distributed.admin.low-level-log-length`` events each, and no public call
-    removes one: a resident service, one topic per job, grew by about 100 KiB a job."""
-    if topics:
-        client.run_on_scheduler(_drop_topics, topics)
-
-
-def _drop_topics(topics: list[str], dask_scheduler: Any) -> None:
-    for topic in topics:
-        dask_scheduler._broker._topics.pop(topic, None)
-
-
 def task_keys(worker: Any) -> list[str]:
     """The keys of every task the worker holds (running, waiting, or a result in memory).
     Private: ``worker.state.tasks``, the worker state machine's table, as ``task_wanted``."""

@@ -98,7 +98,12 @@ def _progress(phase: Phase, rank: int, topic: str | None) -> OnIteration:
     PROGRESS_EVERY_S per worker, and passes the ``iteration-<n>`` fault point."""
     events = None
     if topic is not None:
-        events = iteration_events(rank, functools.partial(phase.worker.log_event, topic), PROGRESS_EVERY_S)
+        tag = str(phase.phase)  # the topic is every run's: the client hands each event to its run by this
+
+        def send(event: dict[str, Any]) -> None:
+            phase.worker.log_event(topic, {**event, "phase": tag})
+
+        events = iteration_events(rank, send, PROGRESS_EVERY_S)
 
     def report(stratum: int, iteration: int, delta: dict[str, int]) -> None:
         faults.point(f"iteration-{iteration}", rank)
