@@ -125,10 +125,8 @@ class Fixpoint:
         shard: ShardStore,
         chunk_rows: int,
         control: Control = NO_CONTROL,
-        adaptive: bool = True,
         profile: Profile | None = None,
     ):
-        """``adaptive``: on one shard, joins ordered by the sizes the run sees (join_order.py)."""
         self.plan = plan
         self.backend = backend
         self.xp = backend.xp
@@ -144,7 +142,8 @@ class Fixpoint:
         self.operators = Operators(backend, self.terms, shard, Router(self.exchange, self.xp), chunk_rows, step_rows)
         self.debug = {of: name for name, of in plan.program.debug_deltas}  # relation -> its debug_delta relation
         self.subsumption = Subsumption(self.operators, self.clock, self._check)
-        self.join_order = JoinOrder(plan.program, shard) if plan.shards == 1 and adaptive else None
+        # On one shard, joins are ordered by the sizes the run sees (join_order.py).
+        self.join_order = JoinOrder(plan.program, shard) if plan.shards == 1 else None
         # The choice-domain relations' kept keys, from what they hold when the run (re)starts.
         constants = np.array(sorted(symbols.id_of(c) for c in symbol_constants(plan.program)), dtype=np.uint32)
         self.choices = {
