@@ -14,6 +14,7 @@ No timing figure lives here: every peer figure a benchmark prints is measured in
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import functools
@@ -251,6 +252,17 @@ class Outcome:
 
     def rss_cell(self) -> str:
         return fmt_bytes(self.peak_rss) if self.status in ("ok", "timeout") and self.rss else "-"
+
+
+def doc_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A script's parser whose --help is its docstring: the first paragraph above the options,
+    the rest below them, as written."""
+    text = doc or ""
+    return argparse.ArgumentParser(
+        description=text.split("\n\n")[0],
+        epilog="\n\n".join(text.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def with_bytecode() -> None:

@@ -490,12 +490,7 @@ def parse_sizes(specs: Sequence[str], programs: Sequence[str], crossover: bool =
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    doc = __doc__ or ""
-    ap = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0],
-        epilog="\n\n".join(doc.split("\n\n")[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = common.doc_parser(__doc__)
     ap.add_argument(
         "--programs",
         type=Path,

@@ -294,11 +294,7 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = common.doc_parser(__doc__)
     ap.add_argument(
         "--pairs",
         help="comma-separated PROGRAM:GRAPH (PROGRAM reach or sg, GRAPH a "
