@@ -474,21 +474,32 @@ def written_plan(rule: Rule, delta_index: int, recursive: Collection[str]) -> tu
     return tuple(atoms[k - 1] for k in given)
 
 
-def replan_version(rp: RulePlan, recursive: Collection[str], program: Program, cost: JoinCost) -> RulePlan:
-    """``rp`` (a version of a one-shard plan, of the stratum of ``recursive``) with its joins
-    ordered by ``cost``, reading the same delta; ``rp`` itself where only one order exists, where
-    the rule numbers its bindings (``autoinc()``: its numbers must not depend on relation
-    sizes) or where its ``.plan`` orders the version."""
-    delta = rp.delta_step
-    index = None if delta is None else rp.rule.body.index(delta.atom)
+def replannable(rp: RulePlan, recursive: Collection[str]) -> bool:
+    """Whether ``replan_version`` may order ``rp`` (a version of the stratum of ``recursive``)
+    otherwise: not where only one order exists, where the rule numbers its bindings
+    (``autoinc()``: its numbers must not depend on relation sizes) or where its ``.plan``
+    orders the version."""
+    index = _delta_index(rp)
     choices = sum(isinstance(lit, Atom) for lit in rp.rule.body) - (index is not None)
-    if (
+    return not (
         choices < 2
         or any(_counts(lit) for lit in rp.rule.body)
         or (index is not None and written_plan(rp.rule, index, recursive))
-    ):
+    )
+
+
+def replan_version(rp: RulePlan, recursive: Collection[str], program: Program, cost: JoinCost) -> RulePlan:
+    """``rp`` (a version of a one-shard plan, of the stratum of ``recursive``) with its joins
+    ordered by ``cost``, reading the same delta; ``rp`` itself where it is not
+    ``replannable``."""
+    if not replannable(rp, recursive):
         return rp
-    return plan_rule(rp.rule, index, program, cost=cost)
+    return plan_rule(rp.rule, _delta_index(rp), program, cost=cost)
+
+
+def _delta_index(rp: RulePlan) -> int | None:
+    delta = rp.delta_step
+    return None if delta is None else rp.rule.body.index(delta.atom)
 
 
 def _order_body(

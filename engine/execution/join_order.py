@@ -23,7 +23,7 @@ from typing import Any
 
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.ir import Atom, Program
-from dask_datalog.engine.plan import RulePlan, replan_version
+from dask_datalog.engine.plan import RulePlan, replan_version, replannable
 from dask_datalog.engine.storage.hisa import unpack
 
 # Relations under 10^SMALL rows are one size class: a join over them costs little in any order,
@@ -48,15 +48,24 @@ class JoinOrder:
         self._plans: dict[int, tuple[RulePlan, Decades, RulePlan]] = {}
         self._distinct: dict[tuple[str, tuple[int, ...]], tuple[int, int]] = {}  # -> (size counted at, distinct)
         self._made: dict[int, int] = {}  # stratum -> iterations that ran a plan changed on sizes
+        self._open: dict[int, tuple[RulePlan, bool]] = {}  # id -> (a static version, replannable): asked once
 
     def versions(self, number: int, recursive: tuple[str, ...], versions: tuple[RulePlan, ...]) -> tuple[RulePlan, ...]:
         """``versions`` (of stratum ``number``, whose relations are ``recursive``), the ones
         the coming iteration runs, ordered for the relations' current sizes: only what runs is
         planned (a stratum's initial versions once, its delta versions as sizes move)."""
+        for rp in versions:
+            if id(rp) not in self._open:
+                self._open[id(rp)] = (rp, replannable(rp, recursive))
+        if not any(self._open[id(rp)][1] for rp in versions):  # one order each: no bookkeeping per iteration
+            return versions
         decade = {name: _decade(len(self.shard.stores[name])) for name in _read(versions)}
         out = []
         changed = False
         for rp in versions:
+            if not self._open[id(rp)][1]:
+                out.append(rp)
+                continue
             decades = tuple(decade[lit.relation] for lit in rp.rule.body if isinstance(lit, Atom))
             kept = self._plans.get(id(rp))
             if kept is None or kept[1] != decades:
