@@ -66,9 +66,14 @@ class Result:
         profile: dict[str, Any] | None = self._run.stats.get("profile")
         return profile
 
-    def _relation(self, name: str) -> tuple[np.ndarray, Any]:
+    def _check_held(self, name: str) -> None:
         if name not in self._run.program.relations:
             raise KeyError(f"no relation '{name}' in this program")
+        if name in self._run.stats.get("dropped", ()):
+            raise KeyError(f"relation '{name}' was freed during the run: RunOptions.keep did not name it")
+
+    def _relation(self, name: str) -> tuple[np.ndarray, Any]:
+        self._check_held(name)
         return self._run.rows(name), self._run.program.relations[name]
 
     def numpy(self, name: str) -> np.ndarray:
@@ -89,8 +94,7 @@ class Result:
     def dataframe(self, name: str) -> dd.DataFrame:
         """A Dask DataFrame of the relation: one partition per shard, built where the shards
         are (nothing passes through this process for a run on a cluster)."""
-        if name not in self._run.program.relations:
-            raise KeyError(f"no relation '{name}' in this program")
+        self._check_held(name)
         return self._run.frame(name)
 
     def write(
@@ -184,6 +188,8 @@ class Program:
         ``MemoryBudgetExceeded`` when its relations outgrow the budget (engine/errors.py).
         ``stdin``: what ``.input r(IO=stdin)`` reads; by default this process's standard
         input, read to its end when the program has such an input."""
+        if options.keep is not None and (unknown := sorted(options.keep - self.ir.relations.keys())):
+            raise ValueError(f"RunOptions.keep names no relation of this program: {', '.join(unknown)}")
         if stdin is None and any(spec.io == "stdin" for spec in self.ir.inputs):
             stdin = sys.stdin.buffer.read()
         if client is not None:
@@ -239,5 +245,10 @@ def _steering(options: RunOptions) -> Steering:
             raise Terminated("the run was stopped without a checkpoint (no checkpoint directory)")
 
     return Steering(
-        checkpoint, options.memory_limit, suspend.is_set if suspend is not None else (lambda: False), interrupted, options.profile
+        checkpoint,
+        options.memory_limit,
+        suspend.is_set if suspend is not None else (lambda: False),
+        interrupted,
+        options.profile,
+        options.keep,
     )

@@ -39,7 +39,9 @@ from dask_datalog.engine.execution.control import SAVE, STOP, Position
 from dask_datalog.engine.ir import Program
 from dask_datalog.engine.values import RecordTable, SymbolTable
 
-FORMAT_VERSION = 3  # 2: full's runs as separate arrays, the symbol table's text-ordered prefix; 3: records
+# 2: full's runs as separate arrays, the symbol table's text-ordered prefix; 3: records; 4: the
+# sizes of the relations freed before it (an older reader would take them as empty)
+FORMAT_VERSION = 4
 MIN_INTERVAL_S = 30.0  # the default schedule's shortest interval between checkpoints
 MEASURE_EVERY_S = 0.02  # how often check() sums what the relations hold (relations grow at merges)
 COST_FACTOR = 9.0  # default schedule: wait 9x the last checkpoint's cost, so they take <= 10% of the run
@@ -59,6 +61,7 @@ class Manifest:
     records: list[list[Any]]  # the run's record table: [kinds, ids, element rows] per part
     relations: dict[str, int]  # tuples per relation at the checkpoint
     seconds: float  # wall time the run had spent when it was written, resumes included
+    dropped: dict[str, int] = field(default_factory=dict)  # tuples per relation the run had freed: no rows here
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +76,7 @@ class Manifest:
             "records": self.records,
             "relations": self.relations,
             "seconds": self.seconds,
+            "dropped": self.dropped,
         }
 
     @classmethod
@@ -90,6 +94,7 @@ class Manifest:
             records=data["records"],
             relations=data["relations"],
             seconds=data["seconds"],
+            dropped=data["dropped"],
         )
 
 
@@ -310,16 +315,16 @@ class ShardControl:
             return 0
         return (STOP if self.stop_requested() else 0) | (SAVE if self.schedule.due() else 0)
 
-    def save(self, position: Position, rows: dict[str, tuple[list[Any], Any]]) -> None:
+    def save(self, position: Position, rows: dict[str, tuple[list[Any], Any]], dropped: dict[str, int]) -> None:
         assert self.checkpoints is not None, "a checkpoint was requested without a directory"
         t0 = time.perf_counter()
         name = f"{self.attempt}-{len(self.written):05d}"
         written = self.checkpoints.write_part(name, self.rank, rows)
         counts = {relation: sum(int(run.shape[0]) for run in runs) for relation, (runs, _) in rows.items()}
-        gathered = self.allgather((written, counts))
+        gathered = self.allgather((written, counts, dropped))
         if self.rank == 0:
             sizes, fingerprint, symbols = self.describe()
-            relations = {r: sum(c[r] for _, c in gathered) for r in counts}
+            relations = {r: sum(c[r] for _, c, _ in gathered) for r in counts}
             manifest = Manifest(
                 name,
                 position,
@@ -331,12 +336,17 @@ class ShardControl:
                 [[list(kinds), ids.tolist(), rows.tolist()] for kinds, ids, rows in symbols.records.parts()],
                 relations,
                 round(self.elapsed(), 3),
+                {r: sum(d[r] for _, _, d in gathered) for r in dropped},
             )
             self.checkpoints.commit(manifest)
         cost = time.perf_counter() - t0
         self.schedule.saved(cost)
         self.written.append(
-            {"position": [position.stratum, position.iteration], "seconds": round(cost, 6), "bytes": sum(w for w, _ in gathered)}
+            {
+                "position": [position.stratum, position.iteration],
+                "seconds": round(cost, 6),
+                "bytes": sum(w for w, _, _ in gathered),
+            }
         )
 
     def check(self, held: Callable[[], dict[str, int]]) -> None:

@@ -337,6 +337,11 @@ class Program:
     def pragma(self, key: str) -> str | None:
         return dict(self.pragmas).get(key)
 
+    @property
+    def shown(self) -> frozenset[str]:
+        """The relations a run writes or prints the size of (``.output``, ``.printsize``)."""
+        return frozenset(spec.relation for spec in self.outputs) | frozenset(self.printsizes)
+
     def __hash__(self) -> int:  # dict field: hash what identifies the program
         return hash((tuple(self.relations), self.rules, self.subsumptions))
 

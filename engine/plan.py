@@ -319,6 +319,23 @@ def plan_program(program: Program) -> Plan:
     return Plan(program, tuple(strata))
 
 
+def expiring(plan: Plan, keep: Collection[str]) -> tuple[frozenset[str], ...]:
+    """Per stratum, the relations to free once it ends: those not in ``keep`` (what the caller
+    reads after the run) that no later stratum reads or makes, as Soufflé clears expired
+    relations (its RAM ``Clear``). A relation nothing reads or makes (an input no rule uses)
+    goes after the first stratum; a ``debug_delta`` pair is kept, since its relation is
+    written from another relation's stratum."""
+    last: dict[str, int] = dict.fromkeys(plan.program.relations, 0)
+    for i, stratum in enumerate(plan.strata):
+        for name in stratum.relations:
+            last[name] = i
+        for rp in stratum.initial + stratum.subsumptive:
+            for atom in instances(rp.rule.body, Atom):
+                last[atom.relation] = i
+    kept = set(keep) | {name for pair in plan.program.debug_deltas for name in pair}
+    return tuple(frozenset(name for name, at in last.items() if at == i and name not in kept) for i in range(len(plan.strata)))
+
+
 def _plan_subsumption(
     rules: tuple[Rule, ...], members: frozenset[str], recursive: bool, program: Program
 ) -> tuple[SubsumptionPlan, ...]:

@@ -28,7 +28,11 @@ class RunOptions:
     a retry waits for the cluster to be back to the job's size before it goes on with fewer;
     ``silent_s``: how long a worker may send no heartbeat before it counts as lost (a hung or
     stopped process keeps its connection, and the scheduler waits minutes for it); ``profile``:
-    time and count every rule version (``Result.profile``, engine/execution/profile.py)."""
+    time and count every rule version (``Result.profile``, engine/execution/profile.py);
+    ``keep``: the relations read after the run (None: every one); the others are freed once no
+    later stratum reads them, as Soufflé frees them, and only their sizes stay (the CLI keeps
+    the outputs and printed sizes); a checkpoint records their sizes, and resuming it needs
+    the same ``keep``."""
 
     checkpoint_dir: str | None = None
     checkpoint_every: float | None = None
@@ -41,6 +45,7 @@ class RunOptions:
     rejoin_s: float = REJOIN_S
     silent_s: float = SILENT_S
     profile: bool = False
+    keep: frozenset[str] | None = None
 
 
 class ExchangeKind(enum.StrEnum):

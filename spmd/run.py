@@ -128,6 +128,7 @@ def combine_stats(per_shard: list[Mapping[str, Any]]) -> dict[str, Any]:
         "placement": per_shard[0]["placement"],
         "checkpoints": per_shard[0]["checkpoints"],
         "resumed_from": per_shard[0].get("resumed_from"),
+        "dropped": per_shard[0]["dropped"],
         "strata": _combined_strata(per_shard),
         "per_worker": [{key: value for key, value in s.items() if key != "profile"} for s in per_shard],
     }

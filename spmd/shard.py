@@ -20,13 +20,14 @@ import numpy as np
 from dask_datalog.engine import checkpoint, ir, memory
 from dask_datalog.engine.backend import Backend, get_backend
 from dask_datalog.engine.checkpoint import CheckpointOptions, ShardControl
+from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.execution.control import Position
 from dask_datalog.engine.execution.exchange import Exchange, LocalExchange
 from dask_datalog.engine.execution.fixpoint import Fixpoint, OnIteration
 from dask_datalog.engine.execution.profile import Profile
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.formats.relation_output import host_rows
-from dask_datalog.engine.plan import plan_program
+from dask_datalog.engine.plan import expiring, plan_program
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.partition.placement import place
@@ -41,13 +42,16 @@ class Steering:
     starts), a memory budget in bytes for this shard's data (None: ``memory.default_budget``),
     and two callables asked at the loop's boundaries: ``stop_requested()`` (checkpoint, then
     stop: SIGTERM) and ``interrupted()`` (raises to stop now: a time limit, a stopped run);
-    ``profile``: keep a per rule version profile (execution/profile.py) in the statistics."""
+    ``profile``: keep a per rule version profile (execution/profile.py) in the statistics;
+    ``keep``: the relations the caller reads after the run (None: all); the others are freed
+    once no later stratum reads them (a checkpoint records their sizes)."""
 
     checkpoint: CheckpointOptions | None = None
     memory_budget: int | None = None
     stop_requested: Callable[[], bool] = lambda: False
     interrupted: Callable[[], None] = lambda: None
     profile: bool = False
+    keep: frozenset[str] | None = None
 
 
 @dataclass
@@ -99,10 +103,19 @@ def evaluate_shard(
     if manifest is None:
         relations.load(start.inputs)
     else:
-        relations.restore(manifest.position, restored)
+        relations.restore(manifest.position, restored, manifest.dropped)
     chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget or memory.default_budget(backend), backend)
     profile = Profile(plan) if steering.profile else None
-    fixpoint = Fixpoint(plan, backend, start.symbols, relations, chunk_rows, control, profile=profile)
+    keep = steering.keep
+    if manifest is not None and manifest.dropped and (keep is None or keep & manifest.dropped.keys()):
+        lost = sorted(manifest.dropped if keep is None else keep & manifest.dropped.keys())
+        raise DatalogError(
+            None,
+            f"the checkpoint {manifest.name} no longer holds {', '.join(lost)}, which this run keeps: "
+            "resume it keeping what the run that wrote it kept (the command keeps the outputs)",
+        )
+    drop_after = expiring(plan, keep) if keep is not None else ()
+    fixpoint = Fixpoint(plan, backend, start.symbols, relations, chunk_rows, control, profile, drop_after)
     evaluation = fixpoint.run(manifest.position if manifest is not None else Position(0, 0), on_iteration)
     stats = {
         **evaluation.to_json(),
@@ -114,10 +127,11 @@ def evaluate_shard(
             for name, layout in plan.layouts.items()
         },
         "local_sizes": {name: relations.local_size(name) for name in program.relations},
+        "dropped": sorted(relations.dropped),
     }
     if profile is not None:
         stats["profile"] = profile.to_json()
-    rows = {name: relations.final_rows(name) for name in program.relations}
+    rows = {name: relations.final_rows(name) for name in program.relations if name not in relations.dropped}
     return Shard(rank, size, program, start.symbols, backend.name, rows, stats)
 
 

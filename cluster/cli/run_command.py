@@ -99,6 +99,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
                 suspend=suspend,
                 stop=interrupt if mode != IN_PROCESS else None,
                 profile=bool(args.profile or args.stats),
+                keep=program.ir.shown,  # the command reads nothing else: the rest is freed once used
             )
             run = CommandRun(program, args, stack, mode, why)
             result = run.evaluate(options)

@@ -318,6 +318,7 @@ class ClusterRun:
             memory_limit=self.options.memory_limit,
             array_digests=self.digests,
             profile=self.options.profile,
+            keep=self.options.keep,
         )
 
         def on_event(event: tuple[float, dict[str, Any]]) -> None:

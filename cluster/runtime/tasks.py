@@ -54,6 +54,7 @@ class ShardTask:
     array_digests: dict[str, str] = field(default_factory=dict)  # fingerprints of whole input arrays
     stdin: bytes | None = None  # the client's standard input, for IO=stdin inputs
     profile: bool = False  # a per rule version profile in the statistics
+    keep: frozenset[str] | None = None  # the relations read after the run (None: all): RunOptions.keep
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def evaluate_task(spec: ShardTask, rank: int, arrays: dict[str, Any] | None = No
     with Phase(spec.phase, rank, spec.peers, spec.exchange) as phase:
         backend = get_backend(spec.backend)
         budget = spec.memory_limit or memory.default_budget(backend, dask_adapter.memory_limit(phase.worker))
-        steering = Steering(spec.checkpoint, budget, phase.suspend_requested, phase.interrupted, spec.profile)
+        steering = Steering(spec.checkpoint, budget, phase.suspend_requested, phase.interrupted, spec.profile, spec.keep)
         inputs = Inputs(spec.fact_dir, {**spec.fact_files, **(arrays or {})}, spec.array_digests, spec.stdin)
         progress = _progress(phase, rank, spec.progress_topic)
         return evaluate_shard(

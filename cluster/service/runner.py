@@ -96,6 +96,7 @@ def run_job(
             timeout=args.get("timeout"),
             memory_limit=args.get("memory_limit"),
             stop=stop,
+            keep=program.ir.shown,  # a job's result is its outputs: the rest is freed once used
         )
         strata = len(plan_program(program.ir).strata)
         output_dir, fmt = args["output_dir"], args.get("format", "csv")

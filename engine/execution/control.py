@@ -6,8 +6,9 @@ The loop (evaluate.py) calls a ``Control`` at three declared points and nowhere 
 - ``requests()`` at the end of every iteration, before its route: what this shard asks for
   (``SAVE``, ``STOP``). The route ORs the requests of all shards, so every shard sees the same
   answer in the same iteration and a checkpoint is consistent without an extra round.
-- ``save(position, rows)`` at the boundary where a request was seen, on every shard
-  (collective): the rows every shard accounts for, full and delta, per relation.
+- ``save(position, rows, dropped)`` at the boundary where a request was seen, on every shard
+  (collective): the rows every shard accounts for, full and delta, per relation, and the
+  sizes of the relations it freed.
 - ``check(held)`` between rule versions and join chunks: raise to stop now. ``held()`` says
   what each of this shard's relations takes, so a memory budget can end the run with a
   message naming the relation.
@@ -45,9 +46,10 @@ class Control(Protocol):
         """``SAVE | STOP`` bits this shard asks for at the boundary now ending."""
         ...
 
-    def save(self, position: Position, rows: dict[str, tuple[list[Any], Any]]) -> None:
+    def save(self, position: Position, rows: dict[str, tuple[list[Any], Any]], dropped: dict[str, int]) -> None:
         """Write a checkpoint: ``rows[name] = (full's runs, delta)``, host arrays of the packed
-        rows this shard accounts for. Collective: every shard calls it at the same boundary."""
+        rows this shard accounts for; ``dropped``: the tuples it accounted for in each relation
+        it freed (ShardStore.drop). Collective: every shard calls it at the same boundary."""
         ...
 
     def check(self, held: Callable[[], dict[str, int]]) -> None:
@@ -59,7 +61,7 @@ class _NoControl:
     def requests(self) -> int:
         return 0
 
-    def save(self, position: Position, rows: dict[str, tuple[list[Any], Any]]) -> None:
+    def save(self, position: Position, rows: dict[str, tuple[list[Any], Any]], dropped: dict[str, int]) -> None:
         raise AssertionError("a checkpoint was requested without a Control that writes them")
 
     def check(self, held: Callable[[], dict[str, int]]) -> None:

@@ -126,8 +126,10 @@ class Fixpoint:
         chunk_rows: int,
         control: Control = NO_CONTROL,
         profile: Profile | None = None,
+        drop_after: tuple[frozenset[str], ...] = (),
     ):
         self.plan = plan
+        self.drop_after = drop_after  # per stratum, the relations freed when it ends (plan.expiring); () keeps all
         self.backend = backend
         self.xp = backend.xp
         self.shard = shard
@@ -206,6 +208,8 @@ class Fixpoint:
                 self._checkpoint(Position(number, done), requests)
         self.shard.fill_copies(stratum.relations, later=True, phase=self.clock.phase)
         sizes = {r: self.shard.local_size(r) for r in stratum.relations}
+        if self.drop_after:
+            self.shard.drop(self.drop_after[number])
         orders = 0 if self.join_order is None else self.join_order.plans(number)
         return Stratum(
             stratum.relations, stratum.recursive, iterations, sizes, round(time.perf_counter() - t0, 6), orders
@@ -262,7 +266,7 @@ class Fixpoint:
 
     def _checkpoint(self, position: Position, requests: int) -> None:
         """Every shard saves the rows it accounts for, then stops on ``STOP``."""
-        self.control.save(position, self.shard.checkpoint_rows())
+        self.control.save(position, self.shard.checkpoint_rows(), self.shard.dropped)
         if requests & STOP:
             raise Suspended(position)
 

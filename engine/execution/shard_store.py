@@ -34,6 +34,7 @@ class ShardStore:
             for name, layout in plan.layouts.items()
             for key in layout.copies[1:]
         }
+        self.dropped: dict[str, int] = {}  # relations freed (``drop``) -> the tuples this shard accounted for
 
     def store(self, name: str, copy: Key | None = None) -> RelationStore:
         """The store of relation ``name`` keyed on ``copy`` (None or canonical: the main one)."""
@@ -78,12 +79,17 @@ class ShardStore:
                 blocks[target] = packed
         self.receive(blocks)
 
-    def restore(self, position: Position, rows: dict[str, tuple[list[np.ndarray], list[np.ndarray]]]) -> None:
+    def restore(
+        self, position: Position, rows: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], dropped: dict[str, int]
+    ) -> None:
         """Take up a checkpoint written at ``position`` by any number of shards: ``rows`` are
         the (full, delta) blocks of packed rows this shard read (any share of the parts; the
         routes put every row where this plan keeps it). Relations of finished strata fill all
         their copies; those of the stratum in progress get their delta back. Every block must
-        be sorted and unique, as shards write them: a reader that re-encodes rows sorts them."""
+        be sorted and unique, as shards write them: a reader that re-encodes rows sorts them.
+        ``dropped``: the whole run's sizes of the relations freed before the checkpoint,
+        accounted for by shard 0 (sizes add up over shards)."""
+        self.dropped = {name: n if self.exchange.rank == 0 else 0 for name, n in dropped.items()}
         stratum_of = {r: i for i, st in enumerate(self.plan.strata) for r in st.relations}
         old: dict[Target, Any] = {}
         new: dict[Target, Any] = {}
@@ -140,8 +146,20 @@ class ShardStore:
         return layout is None or not layout.replicated or self.exchange.rank == 0
 
     def local_size(self, name: str) -> int:
-        """Tuples of ``name`` this shard accounts for (full's runs counted, not merged)."""
+        """Tuples of ``name`` this shard accounts for (full's runs counted, not merged); for a
+        dropped relation, what it held when it was dropped."""
+        if name in self.dropped:
+            return self.dropped[name]
         return len(self.stores[name]) if self.accounts_for(name) else 0
+
+    def drop(self, names: frozenset[str]) -> None:
+        """Free ``names`` (every copy, index and bitmap): no later stratum reads them and the
+        caller does not keep them (plan.expiring). Their sizes stay known."""
+        for name in names:
+            self.dropped[name] = self.local_size(name)
+            self.stores[name] = RelationStore(self.stores[name].arity, self.backend)
+            for target in [t for t in self.copies if t[0] == name]:
+                self.copies[target] = RelationStore(self.copies[target].arity, self.backend)
 
     def final_rows(self, name: str) -> Any:
         """Packed rows of ``name`` this shard accounts for, sorted: full compacted, for the
@@ -154,6 +172,8 @@ class ShardStore:
         for: written as they are, so a checkpoint merges nothing the run goes on with."""
         rows: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
         for name, store in self.stores.items():
+            if name in self.dropped:
+                continue
             mine = self.accounts_for(name)
             runs = [self.backend.asnumpy(run) for run in store.runs] if mine else []
             rows[name] = (runs, self.backend.asnumpy(store.delta if mine else store.delta[:0]))
