@@ -336,6 +336,29 @@ def expiring(plan: Plan, keep: Collection[str]) -> tuple[frozenset[str], ...]:
     return tuple(frozenset(name for name, at in last.items() if at == i and name not in kept) for i in range(len(plan.strata)))
 
 
+def released_orders(plan: Plan) -> tuple[dict[str, frozenset[tuple[int, ...]]], ...]:
+    """Per stratum, relation -> the column orders later strata read it through (their static
+    plans), for the relations whose store can free something when the stratum ends: the other
+    orders (and the canonical order's hash tables, unless it is one of them) once their last
+    static reader is done, and the stratum's own relations' dedup and delta structures. A
+    join the size planner orders otherwise rebuilds what it reads."""
+    read = [
+        {
+            (s.atom.relation, s.order)
+            for s in walk(stratum)
+            if isinstance(s, NegationStep) or (isinstance(s, JoinStep) and s.version == "full")
+        }
+        for stratum in plan.strata
+    ]
+    out: list[dict[str, frozenset[tuple[int, ...]]]] = []
+    later: set[tuple[str, tuple[int, ...]]] = set()
+    for i in range(len(plan.strata) - 1, -1, -1):  # later = what strata after i read
+        changed = {name for name, _ in read[i] - later} | set(plan.strata[i].relations)
+        out.append({name: frozenset(o for r, o in later if r == name) for name in sorted(changed)})
+        later |= read[i]
+    return tuple(reversed(out))
+
+
 def _plan_subsumption(
     rules: tuple[Rule, ...], members: frozenset[str], recursive: bool, program: Program
 ) -> tuple[SubsumptionPlan, ...]:

@@ -20,7 +20,8 @@ from dask_datalog.engine.backend import get_backend
 from dask_datalog.engine.checkpoint import CheckpointOptions, Checkpoints, array_digest
 from dask_datalog.engine.errors import DatalogError, Suspended
 from dask_datalog.engine.frontend import load_program
-from dask_datalog.engine.plan import expiring, plan_program
+from dask_datalog.engine.ir import walk
+from dask_datalog.engine.plan import JoinStep, expiring, plan_program, released_orders
 from dask_datalog.spmd.inputs import Inputs
 from dask_datalog.spmd.options import RunOptions
 from dask_datalog.spmd.run import run_in_process
@@ -141,3 +142,30 @@ def test_a_checkpoint_that_freed_a_relation_does_not_resume_a_run_that_keeps_it(
     whole = run(program, facts, None)
     assert resumed.sizes == whole.sizes
     assert all(resumed.tuples(name) == whole.tuples(name) for name in program.shown)
+
+
+def test_released_orders_keep_what_later_strata_read_and_free_the_rest() -> None:
+    program = load_program(ORDERS)
+    plan = plan_program(program)
+    stratum_of = {name: i for i, s in enumerate(plan.strata) for name in s.relations}
+    read = {(s.atom.relation, s.order) for s in walk(plan.strata[stratum_of["b"]]) if isinstance(s, JoinStep)}
+    assert ("e", (1, 0)) in read  # b probes e by its second column
+    released = released_orders(plan)
+    assert released[stratum_of["b"]]["e"] == frozenset({(0, 1)})  # c, later, probes e by its first
+    assert released[stratum_of["c"]]["e"] == frozenset()
+    assert all("e" not in released[i] for i in range(stratum_of["b"] + 1, stratum_of["c"]))
+
+
+ORDERS = """
+.decl e(x:number, y:number)
+.input e
+.decl a(x:number)
+.input a
+.decl b(x:number)
+b(x) :- a(y), e(x, y).
+.decl m(x:number)
+m(x) :- b(x), x > 1.
+.decl c(x:number)
+c(y) :- m(x), e(x, y).
+.output c
+"""

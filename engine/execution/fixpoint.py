@@ -47,7 +47,7 @@ from dask_datalog.engine.execution.subsumption import Subsumption
 from dask_datalog.engine.execution.terms import Terms
 from dask_datalog.engine.functors import ITERATION
 from dask_datalog.engine.ir import Atom, calls, symbol_constants
-from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan, SubsumptionPlan
+from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan, SubsumptionPlan, released_orders
 from dask_datalog.engine.storage.hisa import pack, unpack, words_for
 from dask_datalog.engine.values import SymbolTable, encode_scalar
 
@@ -130,6 +130,7 @@ class Fixpoint:
     ):
         self.plan = plan
         self.drop_after = drop_after  # per stratum, the relations freed when it ends (plan.expiring); () keeps all
+        self.released = released_orders(plan)  # per stratum, the indexes its end frees
         self.backend = backend
         self.xp = backend.xp
         self.shard = shard
@@ -208,6 +209,7 @@ class Fixpoint:
                 self._checkpoint(Position(number, done), requests)
         self.shard.fill_copies(stratum.relations, later=True, phase=self.clock.phase)
         sizes = {r: self.shard.local_size(r) for r in stratum.relations}
+        self.shard.release(self.released[number])
         if self.drop_after:
             self.shard.drop(self.drop_after[number])
         orders = 0 if self.join_order is None else self.join_order.plans(number)

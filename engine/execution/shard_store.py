@@ -152,6 +152,15 @@ class ShardStore:
             return self.dropped[name]
         return len(self.stores[name]) if self.accounts_for(name) else 0
 
+    def release(self, orders: dict[str, frozenset[tuple[int, ...]]]) -> None:
+        """``RelationStore.release`` of each named relation's stores, keeping ``orders[name]``
+        (plan.released_orders: what later strata read)."""
+        for name, kept in orders.items():
+            self.stores[name].release(kept)
+        for (name, _), store in self.copies.items():
+            if name in orders:
+                store.release(orders[name])
+
     def drop(self, names: frozenset[str]) -> None:
         """Free ``names`` (every copy, index and bitmap): no later stratum reads them and the
         caller does not keep them (plan.expiring). Their sizes stay known."""

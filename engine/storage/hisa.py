@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +194,10 @@ class SortedIndex:
     def table_bytes(self) -> int:
         """Its hash tables' bytes (its rows are counted by the store that holds them)."""
         return sum(t.nbytes for t in self._tables.values())
+
+    def drop_tables(self) -> None:
+        """Free the hash tables (built again by the next probe)."""
+        self._tables = {}
 
     def ranges(self, query: Any, key_len: int, n: int, backend: Backend) -> tuple[Any, Any]:
         """Count pass of the join: for ``n`` outer keys (``probe_query`` of ``key_len`` columns),
@@ -375,6 +379,19 @@ class RelationStore:
         if order == self.canonical:
             return canonical_rows
         return sets.sort_unique(permute(canonical_rows, self.arity, order, self.xp), self.xp)
+
+    def release(self, orders: Collection[tuple[int, ...]]) -> None:
+        """Free what only finished strata needed: full in every column order but ``orders``
+        (the canonical rows stay: they are full), the canonical order's hash tables unless it
+        is one of ``orders``, the delta's indexes and the bitmap mirror. What is asked for
+        again is rebuilt (``_levels``, ``table``, ``index``, ``novel``)."""
+        for order in [o for o in self.levels if o != self.canonical and o not in orders]:
+            del self.levels[order]
+        if self.canonical not in orders:
+            for level in self.levels[self.canonical]:
+                level.drop_tables()
+        self._delta_indexes = {}
+        self.dense = None
 
     def stage(self, rows: Any) -> None:
         """Sorted canonical rows become the delta without joining full (a subsumption's
