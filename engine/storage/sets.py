@@ -14,7 +14,6 @@ from typing import Any
 
 from dask_datalog.engine.backend import Backend
 
-
 # Below this many rows lexsort wins: the key's set-up (a dozen whole-array calls) costs ~25 us,
 # lexsort 6 us at 10 rows, 100 us at 1,000 (three or four attributes, NumPy on the CPU).
 NARROW_MIN_ROWS = 512
