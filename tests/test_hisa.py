@@ -4,6 +4,7 @@ agrees with Python sets on random rows (narrow rows: one word; wide rows: severa
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from engine_modes import ARRAY_API, KERNELS
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -121,15 +122,17 @@ def test_hash_table_and_directory_agree_with_dict(keys, queries):
     """The open-addressing probe (CPU) and the binary search over the key directory (the
     array-API path the GPU takes) both give each key's first row and run length."""
     prefix = np.sort(np.array(keys, dtype=np.uint64))
-    table = HashTable.build(prefix, xp)
     runs: dict[int, tuple[int, int]] = {}
     for i, k in enumerate(prefix.tolist()):
         start, count = runs.get(k, (i, 0))
         runs[k] = (start, count + 1)
     q = np.array(queries + keys[:5], dtype=np.uint64)
-    for starts, counts in (table.lookup(q, KERNELS), table.lookup(q, ARRAY_API)):
-        for k, s, c in zip(q.tolist(), starts.tolist(), counts.tolist()):
-            assert (s, c) == runs.get(k, (0, 0))
+    for backend in (KERNELS, ARRAY_API):  # a table each: the CPU's slots take over its directory
+        table = HashTable.build(prefix, xp)
+        for _ in range(2):  # the slots built by the first probe answer the second
+            starts, counts = table.lookup(q, backend)
+            for k, s, c in zip(q.tolist(), starts.tolist(), counts.tolist()):
+                assert (s, c) == runs.get(k, (0, 0))
 
 
 @given(st.data())
@@ -294,7 +297,23 @@ def test_hash_table_spreads_keys_that_differ_only_in_their_high_word() -> None:
     starts, counts = table.lookup(keys, KERNELS)
     assert table.slots is not None
     assert (starts == np.arange(n)).all() and (counts == 1).all()
-    occupied = np.concatenate([[0], (table.slots != -1).astype(np.int8), [0]])
+    occupied = np.concatenate([[0], (table.slots[:, 1] != 0).astype(np.int8), [0]])  # slot = (key, start | count << 32)
     edges = np.flatnonzero(np.diff(occupied))
     longest = int((edges[1::2] - edges[0::2]).max())
     assert longest < 64, f"a probe cluster of {longest} slots for {n} keys"
+
+
+def test_a_run_too_long_for_the_slots_is_probed_through_its_directory(monkeypatch) -> None:
+    """Slots index rows in 32 bits: a run of HASH_ROWS_MAX rows or more keeps its sorted
+    directory and is probed by binary search, with the same answers."""
+    from dask_datalog.engine.storage import cpu_kernels
+
+    prefix = np.repeat(np.arange(0, 50, 5, dtype=np.uint64), 3)
+    queries = np.arange(0, 55, dtype=np.uint64)
+    want = HashTable.build(prefix, xp).lookup(queries, KERNELS)
+    monkeypatch.setattr(cpu_kernels, "HASH_ROWS_MAX", prefix.shape[0])
+    table = HashTable.build(prefix, xp)
+    got = table.lookup(queries, KERNELS)
+    assert table.slots is None and all((g == w).all() for g, w in zip(got, want))
+    with pytest.raises(ValueError, match="a hash table over 31 rows: fewer than 30"):
+        cpu_kernels.hash_build(table.keys, table.starts, table.counts + 1, 16)

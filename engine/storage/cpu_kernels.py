@@ -29,8 +29,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "merge_many": (None, [_P, _P, _I, _I, _P]),
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
     "gather_join": (None, [_P, _I, _P, _P, _P, _I, _P, _I, _P, _I, _P]),
-    "hash_build": (None, [_P, _I, _P, _I]),
-    "hash_ranges": (None, [_P, _I, _P, _P, _P, _P, _I, _P, _P]),
+    "hash_build": (None, [_P, _P, _P, _I, _P, _I]),
+    "hash_ranges": (None, [_P, _I, _P, _I, _P, _P]),
     "dense_mark": (None, [_P, _I, _P, _U, _U, _U, _U]),
     "dense_novel": (None, [_P, _I, _P, _U, _U, _U, _U, _P, _P, _P]),
     "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
@@ -138,29 +138,30 @@ def gather_join(
     return out
 
 
-def hash_build(keys: np.ndarray, capacity: int) -> np.ndarray:
-    """Open addressing, linear probing: slots[s] = index (int32) into the distinct ``keys`` or
-    -1. ``capacity``: a power of two above the key count."""
-    keys = _c(keys, np.uint64)
-    if capacity & (capacity - 1) or capacity <= keys.shape[0] or keys.shape[0] >= 2**31:
-        raise ValueError(f"hash table capacity {capacity} for {keys.shape[0]} keys: need a larger power of two, under 2^31 keys")
-    slots = np.empty(capacity, dtype=np.int32)
-    _lib.hash_build(_ptr(keys), keys.shape[0], _ptr(slots), capacity)
+# A hash table's slots index fewer rows than this (32-bit first row and run length, kernels.c).
+HASH_ROWS_MAX = 2**32
+
+
+def hash_build(keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, capacity: int) -> np.ndarray:
+    """Open addressing, linear probing over the distinct ``keys`` of a sorted run, each slot
+    (key, first row, run length) as two uint64 words (kernels.c's hash_slot_t); ``capacity``: a
+    power of two above the key count. The run must hold fewer than HASH_ROWS_MAX rows."""
+    keys, starts, counts = _c(keys, np.uint64), _c(starts, np.int64), _c(counts, np.int64)
+    if capacity & (capacity - 1) or capacity <= keys.shape[0]:
+        raise ValueError(f"hash table capacity {capacity} for {keys.shape[0]} keys: need a larger power of two")
+    if keys.shape[0] and int(starts[-1]) + int(counts[-1]) >= HASH_ROWS_MAX:
+        raise ValueError(f"a hash table over {int(starts[-1]) + int(counts[-1])} rows: fewer than {HASH_ROWS_MAX}")
+    slots = np.empty((capacity, 2), dtype=np.uint64)
+    _lib.hash_build(_ptr(keys), _ptr(starts), _ptr(counts), keys.shape[0], _ptr(slots), capacity)
     return slots
 
 
-def hash_ranges(
-    slots: np.ndarray, keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, queries: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def hash_ranges(slots: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The join's count pass in one loop: (first row, run length) per query, 0 if absent."""
-    keys, queries, slots = _c(keys, np.uint64), _c(queries, np.uint64), _c(slots, np.int32)
-    starts, counts = _c(starts, np.int64), _c(counts, np.int64)
+    queries = _c(queries, np.uint64)
     out_start = np.empty(queries.shape[0], dtype=np.int64)
     out_count = np.empty(queries.shape[0], dtype=np.int64)
-    _lib.hash_ranges(
-        _ptr(slots), slots.shape[0], _ptr(keys), _ptr(starts), _ptr(counts), _ptr(queries), queries.shape[0],
-        _ptr(out_start), _ptr(out_count),
-    )  # fmt: skip
+    _lib.hash_ranges(_ptr(slots), slots.shape[0], _ptr(queries), queries.shape[0], _ptr(out_start), _ptr(out_count))
     return out_start, out_count
 
 

@@ -130,10 +130,12 @@ class HashTable:
     probing written in array-API rounds (11 ms). A CUDA probe kernel is what would bring
     the table back there."""
 
-    keys: Any
+    keys: Any  # the directory; None once the slots hold it (CPU)
     starts: Any
     counts: Any
     slots: Any | None
+    rows: int  # of the sorted array
+    distinct: int  # keys
 
     @classmethod
     def build(cls, prefix: Any, xp: Any) -> HashTable:
@@ -144,7 +146,7 @@ class HashTable:
         starts = xp.nonzero(first)[0]
         keys = prefix[starts]
         counts = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)]))
-        return cls(keys, starts, counts, None)
+        return cls(keys, starts, counts, None, int(n), int(keys.shape[0]))
 
     @property
     def nbytes(self) -> int:
@@ -154,21 +156,23 @@ class HashTable:
     def lookup(self, queries: Any, backend: Backend) -> tuple[Any, Any]:
         """(first row, run length) per query; run length 0 where the key is absent. The
         open-addressing table is built on the first probe, by the CPU kernels."""
-        if self.keys.shape[0] == 0:
+        if self.distinct == 0:
             zeros = backend.xp.zeros(queries.shape[0], dtype=backend.xp.int64)
             return zeros, zeros
         kernels = backend.kernels
-        if kernels is None:
+        if kernels is None or self.rows >= kernels.HASH_ROWS_MAX:
             return self.lookup_directory(queries, backend.xp)
         if self.slots is None:
             # Load factor 1/3 to 2/3: linear probing stays short, the table small.
-            capacity = 1 << max(4, int(3 * self.keys.shape[0] // 2).bit_length())
-            self.slots = kernels.hash_build(self.keys, capacity)
-        return kernels.hash_ranges(self.slots, self.keys, self.starts, self.counts, queries)
+            capacity = 1 << max(4, int(3 * self.distinct // 2).bit_length())
+            self.slots = kernels.hash_build(self.keys, self.starts, self.counts, capacity)
+            self.keys = self.starts = self.counts = None  # the slots hold the directory now
+        return kernels.hash_ranges(self.slots, queries)
 
     def lookup_directory(self, queries: Any, xp: Any) -> tuple[Any, Any]:
         """``lookup`` by binary search over the sorted keys (the array-API path)."""
-        if self.keys.shape[0] == 0:
+        assert self.keys is not None, "the directory of a table whose CPU slots took it over"
+        if self.distinct == 0:
             zeros = xp.zeros(queries.shape[0], dtype=xp.int64)
             return zeros, zeros
         idx = xp.searchsorted(self.keys, queries)

@@ -155,36 +155,44 @@ static inline int64_t hash_slot(uint64_t key, int shift) {
 
 static inline int slot_shift(int64_t capacity) { return 64 - __builtin_ctzll((uint64_t)capacity); }
 
-/* Open addressing, linear probing: slots[s] = index into the distinct keys, or -1 (int32: a
- * table is mostly slots, and a shard holds fewer than 2^31 distinct keys per index).
- * capacity is a power of two above the key count. */
-void hash_build(const uint64_t *keys, int64_t n, int32_t *slots, int64_t capacity) {
+/* A slot of the open-addressing table: the key with its first row and run length side by side,
+ * so a probe reads one cache line (keys, starts and counts apart cost three misses a probe on
+ * large tables: 31 against 19 ns a query with a million keys). An empty slot has count 0; rows
+ * are indexed in 32 bits (hisa.py takes the sorted directory for a run of 2^32 rows or more). */
+typedef struct {
+    uint64_t key;
+    uint32_t start;
+    uint32_t count;
+} hash_slot_t;
+
+/* Open addressing, linear probing over the distinct keys; capacity is a power of two above
+ * the key count. */
+void hash_build(const uint64_t *keys, const int64_t *starts, const int64_t *counts, int64_t n, hash_slot_t *slots,
+                int64_t capacity) {
     uint64_t mask = (uint64_t)capacity - 1;
     int shift = slot_shift(capacity);
-    for (int64_t s = 0; s < capacity; s++) slots[s] = -1;
+    memset(slots, 0, (size_t)capacity * sizeof(hash_slot_t));
     for (int64_t i = 0; i < n; i++) {
         int64_t s = hash_slot(keys[i], shift);
-        while (slots[s] != -1) s = (s + 1) & (int64_t)mask;
-        slots[s] = (int32_t)i;
+        while (slots[s].count) s = (s + 1) & (int64_t)mask;
+        slots[s].key = keys[i];
+        slots[s].start = (uint32_t)starts[i];
+        slots[s].count = (uint32_t)counts[i];
     }
 }
 
 /* The join's count pass in one loop: (first row, run length) per query, 0 where absent. */
-void hash_ranges(const int32_t *slots, int64_t capacity, const uint64_t *keys, const int64_t *starts,
-                 const int64_t *counts, const uint64_t *queries, int64_t n, int64_t *out_start, int64_t *out_count) {
+void hash_ranges(const hash_slot_t *slots, int64_t capacity, const uint64_t *queries, int64_t n, int64_t *out_start,
+                 int64_t *out_count) {
     uint64_t mask = (uint64_t)capacity - 1;
     int shift = slot_shift(capacity);
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         uint64_t q = queries[i];
         int64_t s = hash_slot(q, shift);
-        int32_t k = slots[s];
-        while (k != -1 && keys[k] != q) {
-            s = (s + 1) & (int64_t)mask;
-            k = slots[s];
-        }
-        out_start[i] = k == -1 ? 0 : starts[k];
-        out_count[i] = k == -1 ? 0 : counts[k];
+        while (slots[s].count && slots[s].key != q) s = (s + 1) & (int64_t)mask;
+        out_start[i] = slots[s].start;  /* 0 in an empty slot */
+        out_count[i] = slots[s].count;
     }
 }
 
