@@ -454,6 +454,24 @@ def test_the_parser_is_built_without_the_engine() -> None:
     assert "--replicate-below BYTES static relations smaller than this" in text and "(default: 64 MiB)" in text
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "p.dl"],
+        ["run", "p.dl", "-F", "f", "-D", "-", "--workers", "3", "--stats", "s.json"],
+        ["run", "p.dl", "--no-cluster", "--backend", "numpy", "--retries", "0", "--format", "parquet"],
+    ],
+)
+def test_a_run_command_line_parses_alike_with_the_run_parser_alone(argv: list[str]) -> None:
+    """``main`` builds only the ``run`` subcommand for a ``run`` command line (the others' parsers
+    cost ~10 ms a run): the same arguments, the same usage in errors, as the whole parser."""
+    from dask_datalog.cluster.cli.main import build_parser
+
+    whole, alone = build_parser(), build_parser(only_run=True)
+    assert alone.parse_args(argv) == whole.parse_args(argv)
+    assert alone.format_usage() == whole.format_usage()
+
+
 @pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]])
 def test_the_summary_time_is_the_commands_wall_time(tmp_path: Path, where: list[str]) -> None:
     """The summary's time is the whole command's, start-up and the cluster's shutdown included:

@@ -14,20 +14,27 @@ from dask_datalog.cluster.experiments import cli as experiment_cli
 from dask_datalog.cluster.service import cli as service_cli
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only_run: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; with ``only_run``, the ``run`` subcommand alone (what parses a
+    ``run`` command line the same way: the other subcommands' two dozen parsers cost ~10 ms,
+    mostly gettext looking for catalogues, on every run)."""
     parser = argparse.ArgumentParser(
         prog="dask-datalog",
         description="Evaluate Soufflé-syntax Datalog on hash-indexed sorted arrays (NumPy or CuPy), on a Dask cluster.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    # The usage names every subcommand, whichever were built (errors print it).
+    every = ("run", *experiment_cli.COMMANDS, *service_cli.COMMANDS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(every) + "}")
     run_arguments.add_parser(sub)
-    experiment_cli.add_parsers(sub)
-    service_cli.add_parsers(sub)
+    if not only_run:
+        experiment_cli.add_parsers(sub)
+        service_cli.add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only_run=bool(words) and words[0] == "run")
     args = parser.parse_args(argv)
     if args.command in experiment_cli.COMMANDS:
         return experiment_cli.main(args)
