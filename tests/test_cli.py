@@ -503,3 +503,24 @@ def test_the_programs_fact_dir_pragma_is_the_default_and_f_wins(tmp_path: Path) 
         out = tmp_path / f"out{len(extra)}"
         assert main(["run", str(program), "-D", str(out), "--no-cluster", "--quiet", *extra]) == 0
         assert (out / "a.csv").read_text() == want
+
+
+def test_the_collector_is_settled_only_in_the_process_the_command_started() -> None:
+    """``command`` holds the cyclic collector off while it imports and loads; ``settle_collector``
+    then freezes that heap and runs the collector every RUN_THRESHOLD young objects. A caller of
+    ``main`` (these tests, an embedding program) keeps its own collector as it is."""
+    import gc
+
+    from dask_datalog.cluster.cli import RUN_THRESHOLD, settle_collector
+
+    before = gc.get_threshold()
+    settle_collector()  # enabled here: nothing changes
+    assert gc.isenabled() and gc.get_threshold() == before
+    gc.disable()
+    try:
+        settle_collector()
+        assert gc.isenabled() and gc.get_threshold()[0] == RUN_THRESHOLD and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        gc.enable()

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from dask_datalog.cluster.cli import run_arguments
+from dask_datalog.cluster.cli import run_arguments, settle_collector
 from dask_datalog.cluster.experiments import cli as experiment_cli
 from dask_datalog.cluster.service import cli as service_cli
 
@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(only_run=bool(words) and words[0] == "run")
     args = parser.parse_args(argv)
     if args.command in experiment_cli.COMMANDS:
+        settle_collector()
         return experiment_cli.main(args)
     if args.command in service_cli.COMMANDS:
+        settle_collector()
         return service_cli.main(args, parser)
     from dask_datalog.cluster.cli import run_command  # the engine: `run` only
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command() -> None:
-    """The ``dask-datalog`` program: ``main``'s exit status, with what it wrote flushed and then
+    """``main``'s exit status, with what it wrote flushed and then
     no interpreter finalization. Tearing down the hundreds of modules Dask imports took 0.05-0.4 s
     after the summary line, which then understated the command's time; everything the command
     owns (clusters, temporary directories, files) is closed by ``main`` before it returns."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dask_datalog.cluster.api import Program, Result
+from dask_datalog.cluster.cli import settle_collector
 from dask_datalog.engine import user_functors
 from dask_datalog.engine.checkpoint import Checkpoints, Manifest
 from dask_datalog.engine.errors import (
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
                 keep=program.ir.shown,  # the command reads nothing else: the rest is freed once used
             )
             run = CommandRun(program, args, stack, mode, why)
+            settle_collector()  # the program, the cluster's client: loaded; the work starts
             result = run.evaluate(options)
             run.note("writing the outputs")
             result.write(args.output_dir, args.format, sys.stdout, run.written)
