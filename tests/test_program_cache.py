@@ -203,6 +203,10 @@ def test_past_the_limit_the_least_recently_used_go(tmp_path: Path, cache: Path, 
     monkeypatch.setattr(program_cache, "LIMIT_BYTES", used.stat().st_size + new)
     load_program_file(EXAMPLES[3])  # a miss: over the limit, the two used long ago go
     assert used.exists() and len(entries(cache)) == 2
+    monkeypatch.setattr(program_cache, "LIMIT_BYTES", 1 << 20)
+    monkeypatch.setattr(program_cache, "LIMIT_ENTRIES", 2)
+    load_program_file(EXAMPLES[4])  # a miss: three entries, one too many
+    assert not used.exists() and len(entries(cache)) == 2  # used before EXAMPLES[3]'s was written
 
 
 def test_concurrent_writers(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

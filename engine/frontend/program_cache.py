@@ -13,8 +13,9 @@ is found again, and raised exactly as before, by loading afresh.
 The folder: ``$DASK_DATALOG_PROGRAM_CACHE``, else ``$XDG_CACHE_HOME/dask-datalog/programs``
 (``~/.cache`` without it); set empty, no cache. Entries are written whole to a temporary file
 and renamed, so concurrent runs read an entry whole or not at all; each holds a digest of its
-payload, so a damaged one is a miss and is written again. Past ``LIMIT_BYTES`` the entries used
-least recently go. A folder that cannot be made or written costs the run only its cache.
+payload, so a damaged one is a miss and is written again. Past ``LIMIT_BYTES`` or
+``LIMIT_ENTRIES`` the entries used least recently go. A folder that cannot be made or written
+costs the run only its cache.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from dask_datalog.engine import ir
 from dask_datalog.engine.frontend.preprocess import LineMap
 
 ENV = "DASK_DATALOG_PROGRAM_CACHE"
-LIMIT_BYTES = 64 << 20  # DOOP's entry is ~110 KB: hundreds of large programs
+LIMIT_BYTES = 64 << 20  # DOOP's entry is ~110 KB: room for programs many times its size
+LIMIT_ENTRIES = 256  # and on the folder a miss lists to prune (~1 ms at this size)
 _MAGIC = b"dask-datalog program 1\n"  # the entry format; its version is in every key too
 _DIGEST = 32  # bytes of the payload's blake2b after the magic
 _ENGINE = Path(ir.__file__).parent
@@ -131,9 +133,9 @@ def _checksum(payload: bytes) -> bytes:
 
 
 def _prune(folder: Path) -> None:
-    """The entries used least recently removed until the rest fit in ``LIMIT_BYTES``; the
-    temporary files of writers that died count and go in the same order (no file of any other
-    name: the folder may be one the user chose)."""
+    """The entries used least recently removed until the rest fit in ``LIMIT_BYTES`` and
+    ``LIMIT_ENTRIES``; the temporary files of writers that died count and go in the same order
+    (no file of any other name: the folder may be one the user chose)."""
     entries = []
     with os.scandir(folder) as found:
         for entry in found:
@@ -141,10 +143,10 @@ def _prune(folder: Path) -> None:
                 with contextlib.suppress(FileNotFoundError):  # a concurrent run pruned it first
                     stat = entry.stat()
                     entries.append((stat.st_mtime_ns, stat.st_size, entry.path))
-    total = sum(size for _, size, _ in entries)
+    total, count = sum(size for _, size, _ in entries), len(entries)
     for _, size, entry_path in sorted(entries):
-        if total <= LIMIT_BYTES:
+        if total <= LIMIT_BYTES and count <= LIMIT_ENTRIES:
             break
         with contextlib.suppress(FileNotFoundError):  # the same
             os.unlink(entry_path)
-        total -= size
+        total, count = total - size, count - 1
