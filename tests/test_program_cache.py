@@ -156,6 +156,10 @@ def test_the_switch_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv(program_cache.ENV)
     load_program_file(EXAMPLES[0])
     assert len(entries(tmp_path / "dask-datalog" / "programs")) == 1
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # as where no home is known: "~/.cache"
+    load_program_file(EXAMPLES[1])
+    assert not (tmp_path / "relative").exists() and len(entries(tmp_path / "dask-datalog" / "programs")) == 1
 
 
 ERRORS = [

@@ -1,5 +1,5 @@
 """The front end's result kept on disk, as Python keeps bytecode: a program loaded before comes
-back unpickled (DOOP: ~4 ms) instead of parsed and checked again (~90 ms, ~45 ms more to import
+back unpickled (DOOP: ~5 ms) instead of parsed and checked again (~90 ms, ~45 ms more to import
 lark and the front end's modules, which a hit never imports).
 
 An entry is named by a digest of everything the result depends on: the program text after the
@@ -46,7 +46,11 @@ def directory() -> Path | None:
     chosen = os.environ.get(ENV)
     if chosen is not None:
         return Path(chosen) if chosen else None
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    # No home known (a container's user may have none: "~" comes back), or a relative
+    # XDG_CACHE_HOME, which the XDG spec says to ignore: no cache rather than one in the cwd.
+    if not os.path.isabs(base):
+        return None
     return Path(base) / "dask-datalog" / "programs"
 
 
