@@ -20,7 +20,9 @@ def add_parser(sub: Any) -> None:
         description="Evaluate a program to its fixpoint and write its outputs. By default the run goes where "
         "it is fastest: in this process on one CPU or GPU (the CPU kernels use every core), on an embedded "
         "local Dask cluster with one worker per GPU when there are several; --cluster or --workers start the "
-        "embedded cluster anyway, --scheduler or --scheduler-file use a running one.",
+        "embedded cluster anyway, --scheduler or --scheduler-file use a running one. A program loaded before "
+        "comes checked from $XDG_CACHE_HOME/dask-datalog/programs (~/.cache/...), or the folder "
+        "DASK_DATALOG_PROGRAM_CACHE names (set empty: no cache).",
     )
     run.add_argument("program", type=Path, help="the Datalog program (.dl)")
     run.add_argument(

@@ -9,10 +9,7 @@ from pathlib import Path
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.frontend import components, magic, preprocess
-from dask_datalog.engine.frontend.checker import check, check_counters, check_plans
-from dask_datalog.engine.frontend.parser import parse
-from dask_datalog.engine.frontend.strata import stratify
+from dask_datalog.engine.frontend import preprocess, program_cache
 
 
 def load_program(
@@ -25,12 +22,24 @@ def load_program(
     """Parse a program, expand its components and check it; DatalogError (with its position)
     on any problem. As Soufflé does, the C preprocessor runs first (``include_dirs``: -I,
     ``macros``: -M), unless ``preprocessor`` is False; a program with no directive and no
-    macro skips it."""
+    macro skips it. The result of the rest is cached (program_cache.py), keyed by the text
+    preprocessed."""
     lines = None
     if preprocessor and preprocess.needed(text, macros or {}):
         text, lines = preprocess.preprocess(text.removeprefix("\ufeff"), filename, [str(d) for d in include_dirs], macros)
     elif preprocess.has_includes(text):
         text, lines = preprocess.expand_includes(text.removeprefix("\ufeff"), filename, [str(d) for d in include_dirs])
+    return program_cache.load(text, filename, lines, macros or {}, preprocessor, lambda: _front_end(text, filename, lines))
+
+
+def _front_end(text: str, filename: str, lines: preprocess.LineMap | None) -> ir.Program:
+    """Parse, expand, check, stratify, transform. Imported here, so a program found in the
+    cache costs no import of lark (~20 ms to build its parser) nor of these modules."""
+    from dask_datalog.engine.frontend import components, magic
+    from dask_datalog.engine.frontend.checker import check, check_counters, check_plans
+    from dask_datalog.engine.frontend.parser import parse
+    from dask_datalog.engine.frontend.strata import stratify
+
     statements = components.expand(parse(text, filename, lines))
     program = check(statements, filename)
     strata = stratify(program)  # negation or aggregation through recursion is rejected at load time
