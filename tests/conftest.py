@@ -4,7 +4,18 @@ takes) or ``cupy`` (on a GPU machine)."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# The program cache (engine/frontend/program_cache.py) of this test process: on, as users run,
+# in a folder of its own rather than the user's ~/.cache (subprocesses inherit it).
+_programs = tempfile.mkdtemp(prefix="dask-datalog-test-programs-")
+os.environ["DASK_DATALOG_PROGRAM_CACHE"] = _programs
+atexit.register(shutil.rmtree, _programs, ignore_errors=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
