@@ -465,11 +465,14 @@ def test_the_parser_is_built_without_the_engine() -> None:
 def test_a_run_command_line_parses_alike_with_the_run_parser_alone(argv: list[str]) -> None:
     """``main`` builds only the ``run`` subcommand for a ``run`` command line (the others' parsers
     cost ~10 ms a run): the same arguments, the same usage in errors, as the whole parser."""
-    from dask_datalog.cluster.cli.main import build_parser
+    from dask_datalog.cluster.cli.main import SUBCOMMANDS, build_parser
+    from dask_datalog.cluster.experiments import cli as experiment_cli
+    from dask_datalog.cluster.service import cli as service_cli
 
     whole, alone = build_parser(), build_parser(only_run=True)
     assert alone.parse_args(argv) == whole.parse_args(argv)
     assert alone.format_usage() == whole.format_usage()
+    assert set(SUBCOMMANDS) == {"run", *experiment_cli.COMMANDS, *service_cli.COMMANDS}
 
 
 @pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]])

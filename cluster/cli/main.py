@@ -1,7 +1,8 @@
 """``dask-datalog``: the command line, one subcommand per module: ``run`` (its flags in
 run_arguments.py, the run in run_command.py), ``gen`` and ``scale`` (cluster/experiments/cli.py),
 ``serve`` and ``job`` (cluster/service/cli.py). Building the parser imports no engine, Dask or web
-code; each command imports what it runs."""
+code, and a ``run`` command line imports neither of the other two modules; each command imports
+what it runs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import os
 import sys
 
 from dask_datalog.cluster.cli import run_arguments, settle_collector
-from dask_datalog.cluster.experiments import cli as experiment_cli
-from dask_datalog.cluster.service import cli as service_cli
+
+# Every subcommand, as the usage names them whichever parsers were built (errors print it); the
+# other modules' COMMANDS, which a test holds to this.
+SUBCOMMANDS = ("run", "gen", "scale", "serve", "job")
 
 
 def build_parser(only_run: bool = False) -> argparse.ArgumentParser:
@@ -22,11 +25,12 @@ def build_parser(only_run: bool = False) -> argparse.ArgumentParser:
         prog="dask-datalog",
         description="Evaluate Soufflé-syntax Datalog on hash-indexed sorted arrays (NumPy or CuPy), on a Dask cluster.",
     )
-    # The usage names every subcommand, whichever were built (errors print it).
-    every = ("run", *experiment_cli.COMMANDS, *service_cli.COMMANDS)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(every) + "}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
     run_arguments.add_parser(sub)
     if not only_run:
+        from dask_datalog.cluster.experiments import cli as experiment_cli
+        from dask_datalog.cluster.service import cli as service_cli
+
         experiment_cli.add_parsers(sub)
         service_cli.add_parsers(sub)
     return parser
@@ -36,15 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     parser = build_parser(only_run=bool(words) and words[0] == "run")
     args = parser.parse_args(argv)
-    if args.command in experiment_cli.COMMANDS:
-        settle_collector()
-        return experiment_cli.main(args)
-    if args.command in service_cli.COMMANDS:
-        settle_collector()
-        return service_cli.main(args, parser)
-    from dask_datalog.cluster.cli import run_command  # the engine: `run` only
+    if args.command == "run":
+        from dask_datalog.cluster.cli import run_command  # the engine: `run` only
 
-    return run_command.run(args, parser, argv)
+        return run_command.run(args, parser, argv)
+    settle_collector()
+    from dask_datalog.cluster.experiments import cli as experiment_cli
+    from dask_datalog.cluster.service import cli as service_cli
+
+    if args.command in experiment_cli.COMMANDS:
+        return experiment_cli.main(args)
+    return service_cli.main(args, parser)
 
 
 def command() -> None:
