@@ -318,11 +318,11 @@ class Fixpoint:
         outgoing = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
         profile = self.profile
         for rp in versions:
-            self._check()
-            if self._idle(rp):
+            if self._idle(rp):  # before the check: a version with nothing to read costs one test
                 if profile is not None:
                     profile.skip(rp)
                 continue
+            self._check()
             into, out = kept[rp.rule.head.relation], outgoing[rp.rule.head.relation]
             if profile is None:
                 run_version(self.operators, self.clock, rp, into, out, self._check)

@@ -31,11 +31,21 @@ from dask_datalog.engine.plan import (
     GenerateStep,
     JoinStep,
     NegationStep,
+    RulePlan,
     Step,
     UnpackStep,
 )
 from dask_datalog.engine.storage import sets
-from dask_datalog.engine.storage.hisa import SortedIndex, expand_runs, gather_join, gather_pairs, half_of, probe_query, unpack
+from dask_datalog.engine.storage.hisa import (
+    SortedIndex,
+    expand_runs,
+    gather_join,
+    gather_pairs,
+    half_of,
+    packed_layout,
+    probe_query,
+    unpack,
+)
 from dask_datalog.engine.values import FLOAT_MAX, SIGN, float_bits, float_key
 
 Layout = tuple[str | None, ...]
@@ -63,6 +73,7 @@ class Operators:
         self.chunk_rows = chunk_rows
         self.step_rows = step_rows  # profiling only (profile.py): binding rows entering each step, by id
         self._shapes: dict[tuple[int, Layout, Layout | None], JoinShape] = {}
+        self._pipelines: dict[int, Pipeline] = {}
 
     def run(self, b: Bindings, steps: tuple[Step, ...], sink: Sink, layout: Layout | None = None) -> None:
         """Run ``steps`` over ``b`` and hand every non-empty table that comes out to ``sink``."""
@@ -100,23 +111,45 @@ class Operators:
             shape = self._shapes[key] = JoinShape.of(step, outer, layout)
         return shape
 
+    def pipeline(self, rp: RulePlan) -> Pipeline:
+        """``Pipeline.of`` the version, kept per version as ``join_shape`` keeps shapes (a
+        fixpoint runs each version every iteration; most runs are over in microseconds)."""
+        pipeline = self._pipelines.get(id(rp))
+        if pipeline is None or pipeline.rp is not rp:
+            pipeline = self._pipelines[id(rp)] = Pipeline(rp, packed_layout(rp.rule.head), self.router.segments(rp.steps))
+        return pipeline
+
     def key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
         return [self.terms.column(atom.args[j], b) for j in positions]
 
-    def chunks(self, counts: Any) -> Iterator[tuple[int, int]]:
-        """Outer row ranges whose join output stays within ``chunk_rows`` (one row at least)."""
+    def chunks(self, counts: Any) -> Iterator[tuple[int, int, int]]:
+        """Outer row ranges ``[lo, hi)`` whose join output (``rows``) stays within
+        ``chunk_rows`` (one outer row at least), as (lo, hi, rows); none when nothing matched,
+        so an empty join costs no gather."""
         total = int(counts.sum()) if counts.shape[0] else 0
         n = int(counts.shape[0])
         if total <= self.chunk_rows:
-            yield 0, n
+            if total:
+                yield 0, n, total
             return
         ends = self.backend.asnumpy(self.xp.cumsum(counts))
         lo = 0
         while lo < n:
             base = int(ends[lo - 1]) if lo else 0
             hi = max(int(np.searchsorted(ends, base + self.chunk_rows, side="right")), lo + 1)
-            yield lo, hi
+            if ends[hi - 1] > base:
+                yield lo, hi, int(ends[hi - 1]) - base
             lo = hi
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What running a version needs beyond its steps: the binding-table columns whose rows
+    are its packed head tuples (``packed_layout``) and its segments (``Router.segments``)."""
+
+    rp: RulePlan
+    layout: Layout | None
+    segments: list[tuple[int, int]]
 
 
 def join(ops: Operators, b: Bindings, step: JoinStep, layout: Layout | None) -> Iterator[Bindings]:
@@ -148,12 +181,9 @@ class JoinShape:
     checks: tuple[tuple[int, int | None], ...]
     names: Layout
     source: tuple[tuple[int, int], ...]
-
-    @property
-    def semi(self) -> bool:
-        """Whether the output keeps no column of the atom: an existence check (Soufflé's
-        ``IndexedExistenceCheck``), each outer row once however many rows match it."""
-        return all(side != 1 for side, _ in self.source)
+    # Whether the output keeps no column of the atom: an existence check (Soufflé's
+    # ``IndexedExistenceCheck``), each outer row once however many rows match it.
+    semi: bool
 
     @classmethod
     def of(cls, step: JoinStep, outer: Layout, layout: Layout | None) -> JoinShape:
@@ -173,7 +203,7 @@ class JoinShape:
         else:
             names = tuple(v for v in available if step.keep is None or v in step.keep)
         source = tuple((2, 0) if v is None else (0, outer.index(v)) if v in outer else (1, half_of(free[v])) for v in names)
-        return cls(step, tuple(checks), names, source)
+        return cls(step, tuple(checks), names, source, all(side != 1 for side, _ in source))
 
 
 def _join_index(
@@ -190,11 +220,10 @@ def _join_index(
     if sliced:  # a scan of this shard's block of a replicated relation
         lo, hi = ops.router.share(int(index.rows.shape[0]))
         starts, counts = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64)
-    for lo, hi in ops.chunks(counts):
+    for lo, hi, rows in ops.chunks(counts):
         if not shape.checks:
-            yield Bindings(
-                gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], index.rows, shape.source, ops.backend), shape.names
-            )
+            table = gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], rows, index.rows, shape.source, ops.backend)
+            yield Bindings(table, shape.names)
             continue
         outer, inner = _checked_pairs(ops, shape, index, keys, starts, counts, lo, hi)
         yield Bindings(gather_pairs(b.table, outer, index.rows, inner, shape.source, xp), shape.names)
@@ -227,7 +256,7 @@ def _semi_join(
         if not shape.checks:
             found |= counts > 0
             continue
-        for lo, hi in ops.chunks(counts):
+        for lo, hi, _ in ops.chunks(counts):
             found[_checked_pairs(ops, shape, index, keys, starts, counts, lo, hi)[0]] = True
     rows = xp.nonzero(found)[0]
     if rows.shape[0]:

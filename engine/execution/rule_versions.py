@@ -15,7 +15,7 @@ from dask_datalog.engine.execution.phases import PhaseClock
 from dask_datalog.engine.execution.profile import HeadCounts
 from dask_datalog.engine.ir import Atom
 from dask_datalog.engine.plan import RulePlan
-from dask_datalog.engine.storage.hisa import pack, packed_layout
+from dask_datalog.engine.storage.hisa import pack
 
 
 def run_version(
@@ -35,7 +35,8 @@ def run_version(
     head tuples were made, kept new and sent."""
     head = rp.rule.head
     store = ops.shard.stores[head.relation]
-    layout = packed_layout(head)
+    pipeline = ops.pipeline(rp)
+    layout = pipeline.layout
 
     def sink(b: Bindings) -> None:
         check()
@@ -54,9 +55,8 @@ def run_version(
             counts.new += int(new.shape[0]) if new is not None else 0
 
     tables = [Bindings.unit(ops.xp)]
-    segments = ops.router.segments(rp.steps)
     with clock.phase("join"):
-        for k, (lo, hi) in enumerate(segments):
+        for k, (lo, hi) in enumerate(pipeline.segments):
             if k > 0 and ops.router.agrees(rp.steps[lo]):
                 tables = ops.assign_made(tables, rp.steps[lo])
                 lo += 1

@@ -72,10 +72,10 @@ def packed_layout(head: Any) -> tuple[str | None, ...] | None:
     return tuple(names)
 
 
-def gather_join(outer: Any, starts: Any, counts: Any, inner_rows: Any, source: Source, backend: Backend) -> Any:
-    """Materialise a join chunk as one (total, len(source)) uint32 table: output column c is
-    outer column i (source (0, i)), inner half h (source (1, h)) or zero (source (2, 0))."""
-    total = int(counts.sum())
+def gather_join(outer: Any, starts: Any, counts: Any, total: int, inner_rows: Any, source: Source, backend: Backend) -> Any:
+    """Materialise a join chunk as one (total, len(source)) uint32 table (``total``: the sum
+    of ``counts``, which the caller has): output column c is outer column i (source (0, i)),
+    inner half h (source (1, h)) or zero (source (2, 0))."""
     kernels = backend.kernels
     if kernels is not None:
         return kernels.gather_join(outer, starts, counts, _halves(inner_rows, backend.xp), _spec(source), total)
