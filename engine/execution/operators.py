@@ -122,11 +122,12 @@ class Operators:
     def key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
         return [self.terms.column(atom.args[j], b) for j in positions]
 
-    def chunks(self, counts: Any) -> Iterator[tuple[int, int, int]]:
+    def chunks(self, counts: Any, total: int | None) -> Iterator[tuple[int, int, int]]:
         """Outer row ranges ``[lo, hi)`` whose join output (``rows``) stays within
         ``chunk_rows`` (one outer row at least), as (lo, hi, rows); none when nothing matched,
-        so an empty join costs no gather."""
-        total = int(counts.sum()) if counts.shape[0] else 0
+        so an empty join costs no gather. ``total``: the sum of ``counts`` if known."""
+        if total is None:
+            total = int(counts.sum()) if counts.shape[0] else 0
         n = int(counts.shape[0])
         if total <= self.chunk_rows:
             if total:
@@ -216,11 +217,11 @@ def _join_index(
     sliced: bool,
 ) -> Iterator[Bindings]:
     xp = ops.xp
-    starts, counts = index.ranges(query, len(keys[:2]), b.n, ops.backend)
+    starts, counts, total = index.ranges(query, len(keys[:2]), b.n, ops.backend)
     if sliced:  # a scan of this shard's block of a replicated relation
         lo, hi = ops.router.share(int(index.rows.shape[0]))
-        starts, counts = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64)
-    for lo, hi, rows in ops.chunks(counts):
+        starts, counts, total = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64), b.n * (hi - lo)
+    for lo, hi, rows in ops.chunks(counts, total):
         if not shape.checks:
             table = gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], rows, index.rows, shape.source, ops.backend)
             yield Bindings(table, shape.names)
@@ -252,11 +253,11 @@ def _semi_join(
     xp = ops.xp
     found = xp.zeros(b.n, dtype=bool)
     for index in parts:
-        starts, counts = index.ranges(query, len(keys[:2]), b.n, ops.backend)
+        starts, counts, total = index.ranges(query, len(keys[:2]), b.n, ops.backend)
         if not shape.checks:
             found |= counts > 0
             continue
-        for lo, hi, _ in ops.chunks(counts):
+        for lo, hi, _ in ops.chunks(counts, total):
             found[_checked_pairs(ops, shape, index, keys, starts, counts, lo, hi)[0]] = True
     rows = xp.nonzero(found)[0]
     if rows.shape[0]:
@@ -294,7 +295,7 @@ def anti_join(ops: Operators, b: Bindings, step: NegationStep, layout: Layout | 
     xp = ops.xp
     index = ops.shard.store(step.atom.relation, step.route.copy).index(step.order, "full")
     keys = ops.key_columns(step.atom, step.order[: step.key_len], b)
-    starts, counts = index.ranges(probe_query(keys[:2], b.n, xp), len(keys[:2]), b.n, ops.backend)
+    starts, counts, _ = index.ranges(probe_query(keys[:2], b.n, xp), len(keys[:2]), b.n, ops.backend)
     if step.key_len <= 2:
         found = counts > 0
     else:

@@ -30,7 +30,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
     "gather_join": (None, [_P, _I, _P, _P, _P, _I, _P, _I, _P, _I, _P]),
     "hash_build": (None, [_P, _P, _P, _I, _P, _I]),
-    "hash_ranges": (None, [_P, _I, _P, _I, _P, _P]),
+    "hash_ranges": (_I, [_P, _I, _P, _I, _P, _P]),
     "dense_mark": (None, [_P, _I, _P, _U, _U, _U, _U]),
     "dense_novel": (None, [_P, _I, _P, _U, _U, _U, _U, _P, _P, _P]),
     "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
@@ -156,13 +156,14 @@ def hash_build(keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, capacit
     return slots
 
 
-def hash_ranges(slots: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The join's count pass in one loop: (first row, run length) per query, 0 if absent."""
+def hash_ranges(slots: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The join's count pass in one loop: (first row, run length) per query, 0 if absent, and
+    the run lengths' sum."""
     queries = _c(queries, np.uint64)
     out_start = np.empty(queries.shape[0], dtype=np.int64)
     out_count = np.empty(queries.shape[0], dtype=np.int64)
-    _lib.hash_ranges(_ptr(slots), slots.shape[0], _ptr(queries), queries.shape[0], _ptr(out_start), _ptr(out_count))
-    return out_start, out_count
+    total = _lib.hash_ranges(_ptr(slots), slots.shape[0], _ptr(queries), queries.shape[0], _ptr(out_start), _ptr(out_count))
+    return out_start, out_count, total
 
 
 def dense_mark(rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int, r1: int) -> None:

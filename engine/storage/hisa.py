@@ -153,15 +153,17 @@ class HashTable:
         parts = (self.keys, self.starts, self.counts, self.slots)
         return sum(int(a.nbytes) for a in parts if a is not None)
 
-    def lookup(self, queries: Any, backend: Backend) -> tuple[Any, Any]:
-        """(first row, run length) per query; run length 0 where the key is absent. The
-        open-addressing table is built on the first probe, by the CPU kernels."""
+    def lookup(self, queries: Any, backend: Backend) -> tuple[Any, Any, int | None]:
+        """(first row, run length) per query, run length 0 where the key is absent, and the
+        run lengths' sum where it came free (the CPU kernel counts it; None: not counted, as
+        on the GPU that would cost a synchronisation). The open-addressing table is built on
+        the first probe, by the CPU kernels."""
         if self.distinct == 0:
             zeros = backend.xp.zeros(queries.shape[0], dtype=backend.xp.int64)
-            return zeros, zeros
+            return zeros, zeros, 0
         kernels = backend.kernels
         if kernels is None or self.rows >= kernels.HASH_ROWS_MAX:
-            return self.lookup_directory(queries, backend.xp)
+            return (*self.lookup_directory(queries, backend.xp), None)
         if self.slots is None:
             # Load factor 1/3 to 2/3: linear probing stays short, the table small.
             capacity = 1 << max(4, int(3 * self.distinct // 2).bit_length())
@@ -203,12 +205,14 @@ class SortedIndex:
         """Free the hash tables (built again by the next probe)."""
         self._tables = {}
 
-    def ranges(self, query: Any, key_len: int, n: int, backend: Backend) -> tuple[Any, Any]:
+    def ranges(self, query: Any, key_len: int, n: int, backend: Backend) -> tuple[Any, Any, int | None]:
         """Count pass of the join: for ``n`` outer keys (``probe_query`` of ``key_len`` columns),
-        the first matching row and the run length. An empty key matches every row."""
+        the first matching row and the run length, and their sum or None (``HashTable.lookup``).
+        An empty key matches every row."""
         xp = backend.xp
         if not key_len:
-            return xp.zeros(n, dtype=xp.int64), xp.full(n, self.rows.shape[0], dtype=xp.int64)
+            rows = int(self.rows.shape[0])
+            return xp.zeros(n, dtype=xp.int64), xp.full(n, rows, dtype=xp.int64), n * rows
         return self.table(key_len, xp).lookup(query, backend)
 
 

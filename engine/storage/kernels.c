@@ -181,19 +181,23 @@ void hash_build(const uint64_t *keys, const int64_t *starts, const int64_t *coun
     }
 }
 
-/* The join's count pass in one loop: (first row, run length) per query, 0 where absent. */
-void hash_ranges(const hash_slot_t *slots, int64_t capacity, const uint64_t *queries, int64_t n, int64_t *out_start,
-                 int64_t *out_count) {
+/* The join's count pass in one loop: (first row, run length) per query, 0 where absent; returns
+ * the run lengths' sum, which the caller needs next (one NumPy reduction fewer per join). */
+int64_t hash_ranges(const hash_slot_t *slots, int64_t capacity, const uint64_t *queries, int64_t n, int64_t *out_start,
+                    int64_t *out_count) {
     uint64_t mask = (uint64_t)capacity - 1;
     int shift = slot_shift(capacity);
-#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    int64_t total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         uint64_t q = queries[i];
         int64_t s = hash_slot(q, shift);
         while (slots[s].count && slots[s].key != q) s = (s + 1) & (int64_t)mask;
         out_start[i] = slots[s].start;  /* 0 in an empty slot */
         out_count[i] = slots[s].count;
+        total += slots[s].count;
     }
+    return total;
 }
 
 /* The bitmap's bit of a one-word row, or -1 outside the box [lo0, lo0 + r0) x [lo1, lo1 + r1). */
