@@ -9,7 +9,7 @@ from engine_modes import ARRAY_API, KERNELS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_datalog.engine.storage import sets
+from dask_datalog.engine.storage import _kernels, sets  # type: ignore[attr-defined]
 from dask_datalog.engine.storage.hisa import (
     HashTable,
     RelationStore,
@@ -322,3 +322,29 @@ def test_a_run_too_long_for_the_slots_is_probed_through_its_directory(monkeypatc
     assert table.slots is None and all((g == w).all() for g, w in zip(got[:2], want[:2]))
     with pytest.raises(ValueError, match="a hash table over 31 rows: fewer than 30"):
         cpu_kernels.hash_build(table.keys, table.starts, table.counts + 1, 16)
+
+
+def test_join_kernels_refuse_arrays_they_would_misread() -> None:
+    """The join step's kernels take their arrays without ctypes' conversions: an array of the
+    wrong element size, or a non-contiguous one, must raise rather than be read as bytes."""
+    keys = np.array([1, 1, 2, 5], dtype=np.uint64)
+    table = HashTable.build(keys, xp)
+    table.lookup(keys, KERNELS)  # builds the slots
+    assert table.slots is not None
+    out = np.empty(4, dtype=np.int64), np.empty(4, dtype=np.int64)
+    assert _kernels.hash_ranges(table.slots, keys, *out) == 2 + 2 + 1 + 1
+    with pytest.raises(TypeError):
+        _kernels.hash_ranges(table.slots, keys.astype(np.uint32), *out)
+    with pytest.raises(ValueError):
+        _kernels.hash_ranges(table.slots, keys, out[0][:2], out[1])
+    outer = np.arange(6, dtype=np.uint32).reshape(3, 2)
+    starts, counts = np.zeros(3, dtype=np.int64), np.ones(3, dtype=np.int64)
+    halves = np.arange(4, dtype=np.uint32).reshape(2, 2)
+    spec = np.array([[0, 1], [1, 0]], dtype=np.int64)
+    table_out = np.empty((3, 2), dtype=np.uint32)
+    _kernels.gather_join(outer, starts, counts, np.empty(3, dtype=np.int64), halves, spec, table_out)
+    assert table_out.tolist() == [[1, 0], [3, 0], [5, 0]]
+    with pytest.raises(ValueError):  # NumPy's refusal to export it as C-contiguous
+        _kernels.gather_join(outer[:, ::-1], starts, counts, np.empty(3, dtype=np.int64), halves, spec, table_out)
+    with pytest.raises(ValueError):
+        _kernels.gather_join(outer, starts, counts, np.empty(3, dtype=np.int64), halves, spec, table_out[:, :1])

@@ -1,8 +1,10 @@
 """The CPU backend's compiled kernels (``kernels.c``), behind NumPy signatures: this module
 allocates every output, makes inputs contiguous and calls the C function through ctypes
-(which releases the GIL). Each kernel has an ``xp`` twin in ``sets.py``/``hisa.py`` that CuPy
-runs and the property tests compare against. Rows are (n, w) uint64 arrays compared
-lexicographically, or 1-D uint64 for one word.
+(which releases the GIL), or, for the two a join step calls (``hash_ranges``,
+``gather_join``), through the extension module's own functions, which release it too and cost
+about a microsecond where a ctypes call of their many arguments costs some three. Each kernel
+has an ``xp`` twin in ``sets.py``/``hisa.py`` that CuPy runs and the property tests compare
+against. Rows are (n, w) uint64 arrays compared lexicographically, or 1-D uint64 for one word.
 
 Compiled ahead of time rather than JIT-compiled (numba, until 2026-12): the library costs
 about 1 MB of memory and nothing at start-up, where numba's runtime cost 0.2-0.7 s and
@@ -28,9 +30,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
     "merge_many": (None, [_P, _P, _I, _I, _P]),
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
-    "gather_join": (None, [_P, _I, _P, _P, _P, _I, _P, _I, _P, _I, _P]),
     "hash_build": (None, [_P, _P, _P, _I, _P, _I]),
-    "hash_ranges": (_I, [_P, _I, _P, _I, _P, _P]),
     "dense_mark": (None, [_P, _I, _P, _U, _U, _U, _U]),
     "dense_novel": (None, [_P, _I, _P, _U, _U, _U, _U, _P, _P, _P]),
     "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
@@ -131,10 +131,7 @@ def gather_join(
     starts, counts, spec = _c(starts, np.int64), _c(counts, np.int64), _c(spec, np.int64)
     offsets = np.empty(starts.shape[0], dtype=np.int64)  # scratch: the kernel scans counts into it
     out = np.empty((total, spec.shape[0]), dtype=np.uint32)
-    _lib.gather_join(
-        _ptr(outer), outer.shape[1], _ptr(starts), _ptr(counts), _ptr(offsets), starts.shape[0],
-        _ptr(halves), halves.shape[1], _ptr(spec), spec.shape[0], _ptr(out),
-    )  # fmt: skip
+    _kernels.gather_join(outer, starts, counts, offsets, halves, spec, out)
     return out
 
 
@@ -162,8 +159,8 @@ def hash_ranges(slots: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.
     queries = _c(queries, np.uint64)
     out_start = np.empty(queries.shape[0], dtype=np.int64)
     out_count = np.empty(queries.shape[0], dtype=np.int64)
-    total = _lib.hash_ranges(_ptr(slots), slots.shape[0], _ptr(queries), queries.shape[0], _ptr(out_start), _ptr(out_count))
-    return out_start, out_count, total
+    total = _kernels.hash_ranges(slots, queries, out_start, out_count)
+    return out_start, out_count, int(total)
 
 
 def dense_mark(rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int, r1: int) -> None:

@@ -1,5 +1,6 @@
 /* The CPU backend's compiled kernels: the primitives where a loop beats NumPy's formulation
- * several times over. Called through ctypes from cpu_kernels.py, which allocates every output
+ * several times over. Called through ctypes from cpu_kernels.py (the join step's two through this
+ * module's own functions, at the end), which allocates every output
  * and checks shapes; each function has an xp twin in sets.py / hisa.py / dense.py that CuPy runs
  * and the property tests compare against. Rows are C-contiguous (n, w) uint64 words compared
  * lexicographically. Loops whose iterations write disjoint outputs run on OpenMP's threads
@@ -435,13 +436,93 @@ static PyObject *address(PyObject *self, PyObject *obj) {
     return PyLong_FromVoidPtr(buf);
 }
 
+/* The join step's two kernels (hash_ranges, gather_join) are called through these, not ctypes:
+ * a ctypes call costs some 3 us of argument conversion, about what the kernel itself takes on
+ * the hundreds of rows a many-rule fixpoint joins per step, and a join step makes two. Each
+ * array argument is a C-contiguous buffer of the element size the kernel reads (checked: a
+ * wrong one raises); the loops run without the GIL, as ctypes ran them. */
+typedef struct {
+    Py_buffer views[7];
+    int held;
+} Buffers;
+
+static void release(Buffers *b) {
+    for (int i = 0; i < b->held; i++) PyBuffer_Release(&b->views[i]);
+    b->held = 0;
+}
+
+/* args[k]'s buffer into b->views[k] for each of the n arguments: items of sizes[k] bytes,
+ * writable where writable[k]. On failure all are released and the exception is set. */
+static int take_buffers(Buffers *b, PyObject *const *args, const Py_ssize_t *sizes, const int *writable, int n) {
+    for (int k = 0; k < n; k++) {
+        Py_buffer *view = &b->views[k];
+        if (PyObject_GetBuffer(args[k], view, PyBUF_C_CONTIGUOUS | (writable[k] ? PyBUF_WRITABLE : 0)) < 0) {
+            release(b);
+            return -1;
+        }
+        b->held++;
+        if (view->itemsize != sizes[k]) {
+            PyErr_Format(PyExc_TypeError, "kernel argument %d: items of %zd bytes, not %zd", k, view->itemsize, sizes[k]);
+            release(b);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* hash_ranges(slots (capacity, 2) uint64, queries, out_start, out_count) -> the run lengths' sum */
+static PyObject *py_hash_ranges(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    static const Py_ssize_t sizes[4] = {8, 8, 8, 8};
+    static const int writable[4] = {0, 0, 1, 1};
+    Buffers b = {.held = 0};
+    if (nargs != 4) return PyErr_Format(PyExc_TypeError, "hash_ranges takes 4 arrays, not %zd", nargs);
+    if (take_buffers(&b, args, sizes, writable, 4) < 0) return NULL;
+    int64_t capacity = b.views[0].len / (Py_ssize_t)sizeof(hash_slot_t), n = b.views[1].len / 8, total;
+    if (b.views[2].len / 8 < n || b.views[3].len / 8 < n) {
+        release(&b);
+        return PyErr_Format(PyExc_ValueError, "hash_ranges: outputs shorter than the %lld queries", (long long)n);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    total = hash_ranges(b.views[0].buf, capacity, b.views[1].buf, n, b.views[2].buf, b.views[3].buf);
+    Py_END_ALLOW_THREADS
+    release(&b);
+    return PyLong_FromLongLong(total);
+}
+
+/* gather_join(outer (n, k) uint32, starts, counts, offsets, halves (m, h) uint32, spec (c, 2), out (total, c)) */
+static PyObject *py_gather_join(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    static const Py_ssize_t sizes[7] = {4, 8, 8, 8, 4, 8, 4};
+    static const int writable[7] = {0, 0, 0, 1, 0, 0, 1};
+    Buffers b = {.held = 0};
+    if (nargs != 7) return PyErr_Format(PyExc_TypeError, "gather_join takes 7 arrays, not %zd", nargs);
+    if (take_buffers(&b, args, sizes, writable, 7) < 0) return NULL;
+    Py_buffer *o = &b.views[0], *h = &b.views[4], *s = &b.views[5], *w = &b.views[6];
+    int64_t n = b.views[1].len / 8;
+    if (o->ndim != 2 || h->ndim != 2 || s->ndim != 2 || w->ndim != 2 || o->shape[0] != n || b.views[2].len / 8 != n ||
+        b.views[3].len / 8 != n || s->shape[1] != 2 || w->shape[1] != s->shape[0]) {
+        release(&b);
+        return PyErr_Format(PyExc_ValueError, "gather_join: inconsistent shapes");
+    }
+    Py_BEGIN_ALLOW_THREADS
+    gather_join(o->buf, o->shape[1], b.views[1].buf, b.views[2].buf, b.views[3].buf, n, h->buf, h->shape[1], s->buf,
+                s->shape[0], w->buf);
+    Py_END_ALLOW_THREADS
+    release(&b);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef kernels_methods[] = {
-    {"address", address, METH_O, "The address of a contiguous buffer's first byte."}, {NULL, NULL, 0, NULL}};
+    {"address", address, METH_O, "The address of a contiguous buffer's first byte."},
+    {"hash_ranges", (PyCFunction)(void (*)(void))py_hash_ranges, METH_FASTCALL, "The join's count pass (hash_ranges)."},
+    {"gather_join", (PyCFunction)(void (*)(void))py_gather_join, METH_FASTCALL, "The join's materialisation (gather_join)."},
+    {NULL, NULL, 0, NULL}};
 
 /* An importable module, so that the import system finds the library the wheel installed;
- * the functions above are reached through ctypes. */
+ * the other functions above are reached through ctypes. */
 static struct PyModuleDef kernels_module = {PyModuleDef_HEAD_INIT, "_kernels",
-                                            "The CPU kernels, called through ctypes (cpu_kernels.py).", -1,
+                                            "The CPU kernels, called through ctypes or these functions (cpu_kernels.py).", -1,
                                             kernels_methods};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }
