@@ -48,7 +48,8 @@ class JoinOrder:
         self._plans: dict[int, tuple[RulePlan, Decades, RulePlan]] = {}
         self._distinct: dict[tuple[str, tuple[int, ...]], tuple[int, int]] = {}  # -> (size counted at, distinct)
         self._made: dict[int, int] = {}  # stratum -> iterations that ran a plan changed on sizes
-        self._open: dict[int, tuple[RulePlan, bool]] = {}  # id -> (a static version, replannable): asked once
+        # id -> (a static version, replannable, the relations its atoms read): asked once
+        self._open: dict[int, tuple[RulePlan, bool, tuple[str, ...]]] = {}
 
     def versions(self, number: int, recursive: tuple[str, ...], versions: tuple[RulePlan, ...]) -> tuple[RulePlan, ...]:
         """``versions`` (of stratum ``number``, whose relations are ``recursive``), the ones
@@ -56,17 +57,20 @@ class JoinOrder:
         planned (a stratum's initial versions once, its delta versions as sizes move)."""
         for rp in versions:
             if id(rp) not in self._open:
-                self._open[id(rp)] = (rp, replannable(rp, recursive))
-        if not any(self._open[id(rp)][1] for rp in versions):  # one order each: no bookkeeping per iteration
+                reads = tuple(lit.relation for lit in rp.rule.body if isinstance(lit, Atom))
+                self._open[id(rp)] = (rp, replannable(rp, recursive), reads)
+        opened = [self._open[id(rp)] for rp in versions]
+        if not any(movable for _, movable, _ in opened):  # one order each: no bookkeeping per iteration
             return versions
-        decade = {name: _decade(len(self.shard.stores[name])) for name in _read(versions)}
+        read = {name for _, _, reads in opened for name in reads}  # each relation's size once: a sum over its runs
+        decade = {name: _decade(len(self.shard.stores[name])) for name in read}
         out = []
         changed = False
-        for rp in versions:
-            if not self._open[id(rp)][1]:
+        for rp, movable, reads in opened:
+            if not movable:
                 out.append(rp)
                 continue
-            decades = tuple(decade[lit.relation] for lit in rp.rule.body if isinstance(lit, Atom))
+            decades = tuple(decade[name] for name in reads)
             kept = self._plans.get(id(rp))
             if kept is None or kept[1] != decades:
                 again = rp if max(decades, default=0) < SMALL else replan_version(rp, recursive, self.program, self.fanout)
@@ -105,10 +109,6 @@ class JoinOrder:
         distinct = 1 + int(xp.count_nonzero(key[1:] != key[:-1]))
         self._distinct[(name, columns)] = (size, distinct)
         return distinct
-
-
-def _read(versions: tuple[RulePlan, ...]) -> set[str]:
-    return {lit.relation for rp in versions for lit in rp.rule.body if isinstance(lit, Atom)}
 
 
 def _decade(size: int) -> int:
