@@ -603,6 +603,37 @@ class SymbolTable:
         return list(self._python())
 
 
+class SymbolBatch:
+    """Symbol columns of several fact files, interned into ``table`` together (``intern``): one
+    dictionary encoding of all of them and one lookup in the table, where interning each
+    column as it is read costs a lookup in the growing table per column (most of reading a
+    program's many small symbol files). The ids are the ones interning the columns one at a
+    time, in the order they were added, gives: new texts in order of first appearance."""
+
+    def __init__(self, table: SymbolTable):
+        self.table = table
+        self._columns: list[tuple[Any, np.ndarray, int]] = []
+
+    def add(self, values: Any, rows: np.ndarray, j: int) -> None:
+        """Column ``j`` of ``rows`` is to hold the ids of ``values`` (a pyarrow array of texts,
+        one per row), filled in by ``intern``."""
+        self._columns.append((values, rows, j))
+
+    def intern(self) -> SymbolTable:
+        """Fill in every column added so far; the table, for what interns into it directly
+        (after these columns, as it read after them)."""
+        if self._columns:
+            from dask_datalog.engine import text
+
+            columns, self._columns = self._columns, []
+            ids = self.table.intern_texts(text.concatenate_arrays([text.binary(values) for values, _, _ in columns]))
+            at = 0
+            for values, rows, j in columns:
+                rows[:, j] = ids[at : at + len(values)]
+                at += len(values)
+        return self.table
+
+
 def _texts_of(collection: SymbolTable | Iterable[str] | Any) -> Any:
     """A table's texts, a pyarrow array of texts, or strings: as a large_binary array (an empty
     list for no strings, which needs no pyarrow)."""

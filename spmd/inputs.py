@@ -14,7 +14,7 @@ import numpy as np
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.formats import fact_input
-from dask_datalog.engine.values import RecordTable, SymbolTable
+from dask_datalog.engine.values import RecordTable, SymbolBatch, SymbolTable
 from dask_datalog.partition.transport import Transport
 
 FactSource = str | Path | Any  # a path, or array-like rows / a DataFrame
@@ -84,18 +84,22 @@ def read_part(
 ) -> dict[str, np.ndarray]:
     """Encoded rows per input relation, this shard's part: every file is read in its byte range
     ``part`` of ``n_parts``, standard input by part 0; rows handed over as arrays are taken
-    whole. Symbols are interned in ``symbols`` in reading order."""
+    whole. Symbols are interned in ``symbols`` in reading order, the files' all at once (a
+    ``SymbolBatch``: one lookup in the table, not one per column)."""
     check_fact_names(program, inputs.facts)
-    loaded: dict[str, np.ndarray] = {}
+    read: dict[str, list[np.ndarray]] = {}
+    batch = SymbolBatch(symbols)
     stdin = inputs.stdin or b""
     for name, path, fmt, pos in inputs.files(program):
         relation = program.relations[name]
         if path is not None:
-            rows = fact_input.read_facts_range(path, relation, symbols, fmt, pos, part, n_parts)
+            rows = fact_input.read_facts_range(path, relation, batch, fmt, pos, part, n_parts)
         else:  # standard input, read by part 0; the first IO=stdin input takes all of it, as in Soufflé
-            rows = fact_input.read_text(stdin if part == 0 else b"", STDIN, relation, symbols, fmt)
+            rows = fact_input.read_text(stdin if part == 0 else b"", STDIN, relation, batch, fmt)
             stdin = b""
-        loaded[name] = rows if name not in loaded else np.concatenate([loaded[name], rows])
+        read.setdefault(name, []).append(rows)
+    batch.intern()  # fills in the symbol columns of the blocks read: only then are they joined
+    loaded = {name: blocks[0] if len(blocks) == 1 else np.concatenate(blocks) for name, blocks in read.items()}
     for name, source in inputs.arrays().items():
         loaded[name] = fact_input.encode_rows(source, program.relations[name], symbols, origin=f"facts['{name}']")
     return loaded

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.formats import fact_input
 from dask_datalog.engine.formats.fact_input import (
     FactFormat,
     _line_start,
-    _read_fast,
     _read_slow,
     encode_rows,
     read_facts,
@@ -34,8 +34,10 @@ from dask_datalog.engine.formats.relation_output import (
     to_pandas,
     write_relation,
 )
+from dask_datalog.engine.frontend import load_program
 from dask_datalog.engine.storage import sets
-from dask_datalog.engine.values import UINT32_MAX, SymbolTable, decode
+from dask_datalog.engine.values import UINT32_MAX, SymbolBatch, SymbolTable, decode
+from dask_datalog.spmd.inputs import Inputs, read_part
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny"
@@ -47,6 +49,14 @@ def rel(name: str, *types: str, type_names: tuple[str, ...] | None = None) -> ir
 
 
 EDGE = rel("edge", "number", "number")
+
+
+def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, fmt: FactFormat | str) -> np.ndarray | None:
+    """The fast path alone, its symbols interned into ``symbols``."""
+    batch = SymbolBatch(symbols)
+    rows = fact_input._read_fast(data, relation, batch, fmt)
+    batch.intern()
+    return rows
 
 
 def write_file(tmp_path: Path, content: str | bytes, name: str = "r.facts") -> Path:
@@ -201,6 +211,47 @@ def test_symbol_ids_are_shared_across_columns_and_files(tmp_path: Path) -> None:
     second = read_facts(write_file(tmp_path, "b\ta\n", "2.facts"), relation, symbols)
     assert first[0].tolist() == second[0][::-1].tolist()
     assert sorted(symbols.strings) == ["a", "b"]
+
+
+def test_a_runs_files_are_interned_together_in_reading_order(tmp_path: Path) -> None:
+    """read_part interns the symbol columns of all its files at once (a SymbolBatch): the
+    table and the rows are those of reading the files one by one, a relation read from two
+    files included (its blocks joined once filled in), and a file that takes the reference
+    reader (brackets with a comma, a record column) before fast ones."""
+    program = load_program(
+        """
+        .type P = [x:symbol, y:number]
+        .decl b(x:symbol, y:symbol)
+        .input b(delimiter=",")
+        .decl c(p:P, s:symbol)
+        .input c
+        .decl d(s:symbol)
+        .input d
+        .decl a(x:symbol, n:number, y:symbol)
+        .input a
+        .input a(filename="a2.facts")
+        """
+    )
+    files = {
+        "a.facts": "m\t1\tn\nn\t2\to\n",
+        "a2.facts": "p\t3\tm\nq\t4\tq\n",
+        "b.facts": "[x,y],o\nr,m\n",
+        "c.facts": "[k, 5]\tr\n[m, 6]\tk\n",
+        "d.facts": "s\nm\n\nt\n",
+    }
+    for name, content in files.items():
+        write_file(tmp_path, content, name)
+    symbols = SymbolTable()
+    got = read_part(program, symbols, Inputs(fact_dir=tmp_path))
+    want = SymbolTable()
+    expected: dict[str, list[np.ndarray]] = {}
+    for name, path, fmt, _ in Inputs(fact_dir=tmp_path).files(program):
+        assert path is not None
+        expected.setdefault(name, []).append(read_facts(path, program.relations[name], want, fmt))
+    assert symbols.strings == want.strings == ["[x,y]", "r", "o", "m", "k", "s", "", "t", "n", "p", "q"]
+    assert got.keys() == expected.keys()
+    for name, blocks in expected.items():
+        assert got[name].tolist() == np.concatenate(blocks).tolist()
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dask_datalog.engine import text
 from dask_datalog.engine.frontend import load_program
-from dask_datalog.engine.values import SymbolTable
+from dask_datalog.engine.values import SymbolBatch, SymbolTable
 from dask_datalog.spmd.inputs import Inputs, agree
 from dask_datalog.spmd.threads import run_in_threads
 
@@ -52,6 +53,29 @@ def test_bulk_interning_is_per_string_interning(batches: list[list[str]], single
     assert table.strings == want.strings and len(table) == len(want)
     assert all(table.id_of(s) == want.id_of(s) for s in want.strings)
     assert table.lookup(np.arange(len(table))).tolist() == want.strings
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(STRINGS, max_size=4), st.lists(st.lists(st.lists(STRINGS, max_size=8), max_size=3), max_size=4))
+def test_batched_columns_get_the_ids_of_interning_them_one_by_one(before: list[str], groups: list[list[list[str]]]) -> None:
+    """Columns added to a batch, the table interned into directly between groups of them (as
+    the reference readers do): the ids and the table of interning every column as it comes."""
+    want, _ = per_string([before])
+    table, _ = per_string([before])
+    batch = SymbolBatch(table)
+    expected, filled = [], []
+    for k, group in enumerate(groups):
+        for column in group:
+            expected.append([want.intern(s) for s in column])
+            rows = np.full((len(column), 2), 7, dtype=np.uint32)
+            batch.add(text.texts(column), rows, 1)
+            filled.append(rows)
+        single = f"single {k}"
+        assert batch.intern().intern(single) == want.intern(single)
+    batch.intern()
+    assert [rows[:, 1].tolist() for rows in filled] == expected
+    assert all((rows[:, 0] == 7).all() for rows in filled)  # only the column named is filled
+    assert table.strings == want.strings
 
 
 @settings(max_examples=150, deadline=None)

@@ -57,6 +57,7 @@ from dask_datalog.engine.values import (
     INT32_MAX,
     INT32_MIN,
     UINT32_MAX,
+    SymbolBatch,
     SymbolTable,
     encode,
     float_key,
@@ -115,7 +116,7 @@ def _format(fmt: FactFormat | str) -> FactFormat:
 def read_facts(
     path: Path | str,
     relation: ir.Relation,
-    symbols: SymbolTable,
+    symbols: SymbolTable | SymbolBatch,
     fmt: FactFormat | str = "\t",
     pos: ir.Pos | None = None,
 ) -> np.ndarray:
@@ -123,7 +124,8 @@ def read_facts(
 
     Duplicate lines are kept (the engine deduplicates). ``fmt``: the format, or just its
     delimiter. ``pos`` is the ``.input`` directive, where a missing or unreadable file is
-    reported.
+    reported. With a ``SymbolBatch`` for ``symbols`` (a run reading many files), the symbol
+    columns are filled in by its ``intern``, the other files' with them.
     """
     return read_facts_range(path, relation, symbols, fmt, pos)
 
@@ -131,7 +133,7 @@ def read_facts(
 def read_facts_range(
     path: Path | str,
     relation: ir.Relation,
-    symbols: SymbolTable,
+    symbols: SymbolTable | SymbolBatch,
     fmt: FactFormat | str = "\t",
     pos: ir.Pos | None = None,
     part: int = 0,
@@ -191,13 +193,29 @@ def _gunzip(data: bytes, pos: ir.Pos) -> bytes:
 
 
 def read_text(
-    data: bytes, file: str, relation: ir.Relation, symbols: SymbolTable, fmt: FactFormat | str = "\t", file_start: bool = True
+    data: bytes,
+    file: str,
+    relation: ir.Relation,
+    symbols: SymbolTable | SymbolBatch,
+    fmt: FactFormat | str = "\t",
+    file_start: bool = True,
 ) -> np.ndarray:
     """Fact text (a file's, or a range of its lines; standard input's) -> encoded rows; errors
-    name ``file``. ``file_start``: ``data`` begins the file (where a header is skipped)."""
-    fmt = _format(fmt)
+    name ``file``. ``file_start``: ``data`` begins the file (where a header is skipped). With a
+    ``SymbolBatch``, its ``intern`` fills in the symbol columns (``read_facts``)."""
+    batch = symbols if isinstance(symbols, SymbolBatch) else SymbolBatch(symbols)
+    rows = _read_rows(data, file, relation, batch, _format(fmt), file_start)
+    if batch is not symbols:
+        batch.intern()
+    return rows
+
+
+def _read_rows(
+    data: bytes, file: str, relation: ir.Relation, symbols: SymbolBatch, fmt: FactFormat, file_start: bool
+) -> np.ndarray:
+    """``read_text``'s rows, their symbol columns added to ``symbols``."""
     if fmt.json:
-        return json_text.read_rows(data, file, relation, symbols)
+        return json_text.read_rows(data, file, relation, symbols.intern())
     first_line = 1
     if fmt.headers and file_start:
         cut = data.find(b"\n")
@@ -207,7 +225,7 @@ def read_text(
     rows = _read_fast(data, relation, symbols, fmt) if data and not record_text.any_records(relation) else None
     if rows is not None:
         return rows
-    return _read_slow(data, file, relation, symbols, fmt, first_line)
+    return _read_slow(data, file, relation, symbols.intern(), fmt, first_line)
 
 
 def _line_start(f: IO[bytes], offset: int, size: int) -> int:
@@ -249,11 +267,11 @@ def _int_column(column: Any) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
-def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, fmt: FactFormat | str = "\t") -> np.ndarray | None:
+def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolBatch, fmt: FactFormat | str = "\t") -> np.ndarray | None:
     """The fast readers; None when anything is off (the slow path explains). Integers only: one
     pass of the CPU kernel, which checks the grammar and ranges as it parses. With symbols,
     floats or quotes: pyarrow's multithreaded reader, every field read as text, integers then
-    parsed by the kernel, floats cast by pyarrow."""
+    parsed by the kernel, floats cast by pyarrow; the symbol columns go to ``symbols``."""
     fmt = _format(fmt)
     delimiter = fmt.delimiter.encode()
     quoted = fmt.rfc4180 and b'"' in data  # rfc4180 without a quote reads as plain text
@@ -285,10 +303,10 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolTable, fmt: Fa
             if parsed is None:
                 return None
             rows[:, j] = parsed
-    # Symbols are interned only once everything parsed: a bad file leaves the table untouched.
+    # Symbols are added only once everything parsed: a bad file leaves the table untouched.
     for k, j in enumerate(target):
         if j >= 0 and relation.types[j] == "symbol":
-            rows[:, j] = symbols.intern_texts(table.column(k))
+            symbols.add(table.column(k), rows, j)
     return rows
 
 
