@@ -336,6 +336,7 @@ class SymbolTable:
         self._hash_ids = np.zeros(0, dtype=np.uint32)  # the id of each, likewise
         self._objects = np.zeros(0, dtype=object)  # the strings as an object array, for lookup
         self._found: dict[str, int] = {}  # id_of's answers: no Python string per id for a few constants
+        self._holding: dict[tuple[str, ...], tuple[int, bool]] = {}  # holds_any's answers, and the ids they cover
         self.ordered = 0  # ids below this are in text order
         self.records = RecordTable()  # the run's records, whose symbol elements are ids here
 
@@ -346,7 +347,10 @@ class SymbolTable:
         chunks = [self.texts()] if len(self) else []
         return {
             **self.__dict__,
-            **{k: caches[k] for k in ("_pending", "_strings", "_ids", "_hash_keys", "_hash_ids", "_objects", "_found")},
+            **{
+                k: caches[k]
+                for k in ("_pending", "_strings", "_ids", "_hash_keys", "_hash_ids", "_objects", "_found", "_holding")
+            },
             "_chunks": chunks,
             "_held": len(self),
         }
@@ -586,13 +590,18 @@ class SymbolTable:
         return rank
 
     def holds_any(self, needles: Iterable[str]) -> bool:
-        """Whether any text holds one of ``needles`` (what makes output quote or escape)."""
-        if not len(self):
-            return False
-        from dask_datalog.engine import text
+        """Whether any text holds one of ``needles`` (what makes output quote or escape). Output
+        asks it for every relation it writes: the answer is kept, and only texts added since
+        are searched for it again (texts never change)."""
+        key = tuple(needles)
+        searched, found = self._holding.get(key, (0, False))
+        if not found and searched < len(self):
+            from dask_datalog.engine import text
 
-        data = text.data(self.texts())
-        return any(data.find(n.encode("utf-8", "surrogateescape")) >= 0 for n in needles if n)
+            data = text.data(self.texts().slice(searched))
+            found = any(data.find(n.encode("utf-8", "surrogateescape")) >= 0 for n in key if n)
+            self._holding[key] = (len(self), found)
+        return found
 
     def strings_from(self, first: int) -> list[str]:
         """The strings of ids ``first`` and up."""

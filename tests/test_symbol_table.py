@@ -111,6 +111,16 @@ def test_union_remap_append_and_order_follow_the_text_order(parts: list[list[str
         assert union.holds_any([needle]) == any(needle in s for s in union.strings)
 
 
+def test_holds_any_searches_the_texts_added_since_it_answered() -> None:
+    table = SymbolTable.sorted_union([["a", "b"]])
+    assert not table.holds_any(['"']) and not table.holds_any(["\n", "\r"])
+    table.append(['x"y'])
+    assert table.holds_any(['"']) and not table.holds_any(["\n", "\r"])
+    table.intern("p\rq")
+    assert table.holds_any(["\n", "\r"]) and table.holds_any(['"'])
+    assert pickle.loads(pickle.dumps(table)).holds_any(["\r"])
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(STRINGS, max_size=12))
 def test_a_table_survives_pickling_and_checkpoint_order(strings: list[str]) -> None:
