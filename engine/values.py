@@ -368,14 +368,24 @@ class SymbolTable:
         """A table of every string in ``collections`` (tables, strings, or pyarrow arrays of
         texts) whose ids are the strings' text order. It depends only on the set of strings, so
         shards that built local tables agree on it by exchanging their texts."""
+        return cls.sorted_union_maps(collections)[0]
+
+    @classmethod
+    def sorted_union_maps(cls, collections: Iterable[SymbolTable | Iterable[str] | Any]) -> tuple[SymbolTable, list[np.ndarray]]:
+        """``sorted_union``, and per collection the union's id of each of its strings, in their
+        order (of a table: its ``remap_to`` the union), from the one hash pass that finds the
+        distinct strings rather than a lookup of every string again."""
         parts = [_texts_of(c) for c in collections]
-        parts = [p for p in parts if len(p)]
-        if not parts:  # no strings: no pyarrow either (numeric programs never import it)
-            return cls()
+        if not any(len(p) for p in parts):  # no strings: no pyarrow either (numeric programs never import it)
+            return cls(), [np.zeros(0, dtype=np.uint32) for _ in parts]
         from dask_datalog.engine import text
 
-        ordered = text.sorted_distinct(text.concatenate_arrays(parts))
-        return cls._of_texts(ordered, len(ordered))
+        distinct, codes = text.dictionary(text.concatenate_arrays([p for p in parts if len(p)]))
+        order = text.order(distinct)
+        rank = np.empty(len(order), dtype=np.uint32)
+        rank[order] = np.arange(len(order), dtype=np.uint32)
+        maps = np.split(rank[codes], np.cumsum([len(p) for p in parts])[:-1])
+        return cls._of_texts(distinct.take(text.indices(order)), len(order)), maps
 
     @classmethod
     def in_order(cls, strings: Iterable[str] | Any, ordered: int) -> SymbolTable:

@@ -125,13 +125,14 @@ def agree(transport: Transport, program: ir.Program, inputs: Inputs) -> Start:
     counts = {name: int(r.shape[0]) for name, r in rows.items()}
     texts = local.texts() if len(local) else []  # a pyarrow array: no Python string per symbol
     agreed = transport.allgather((texts, counts, local.records if len(local.records) else None))
-    symbols = SymbolTable.sorted_union([sorted(ir.symbol_constants(program))] + [strings for strings, _, _ in agreed])
+    # remaps[1 + r]: shard r's symbol ids (its reading table's, whose texts it sent) -> the agreed ones
+    symbols, remaps = SymbolTable.sorted_union_maps([sorted(ir.symbol_constants(program)), *(texts for texts, _, _ in agreed)])
     readers = [rank for rank, (_, _, records) in enumerate(agreed) if records is not None]
-    sources = [(agreed[r][2], SymbolTable.in_order(agreed[r][0], 0).remap_to(symbols)) for r in readers]
+    sources = [(agreed[r][2], remaps[1 + r]) for r in readers]
     constants = RecordTable.of_constants(ir.record_constants(program), symbols)
     symbols.records, maps = RecordTable.agreed([*sources, (constants, None)])
     if len(local) or len(local.records):
-        mapping = local.remap_to(symbols)
+        mapping = remaps[1 + transport.rank]
         mine = maps[readers.index(transport.rank)] if len(local.records) else None
         for name, block in rows.items():
             for j, a in enumerate(program.relations[name].attributes):

@@ -88,6 +88,15 @@ def test_union_remap_append_and_order_follow_the_text_order(parts: list[list[str
     for local in locals_:
         mapping = local.remap_to(union)
         assert [union.strings[i] for i in mapping.tolist()] == local.strings
+    # The union with maps (what agree uses), of tables and of strings given more than once.
+    again, maps = SymbolTable.sorted_union_maps([*locals_, [], ["z", "z"], *parts])
+    assert again.strings == everything and again.text_ordered
+    assert [m.tolist() for m in maps] == [
+        *(local.remap_to(union).tolist() for local in locals_),
+        [],
+        [union.strings.index("z")] * 2,
+        *([union.strings.index(s) for s in p] for p in parts),
+    ]
     assert union.ids_of(list(reversed(everything))).tolist() == list(range(len(everything)))[::-1]
     with pytest.raises(KeyError):
         union.ids_of(["z", "\U0010ffff never held"])
