@@ -316,8 +316,8 @@ class SymbolTable:
     functors that make strings during evaluation): every shard must call it with the same
     strings in the same order, and ids from ``ordered`` on are then out of text order, which
     output handles (``text_ordered``, ``reordered``). While a shard reads its inputs it
-    interns into a table of its own (``intern_texts``, ``intern``: ids in reading order), which
-    is re-encoded into the agreed one (``remap_to``).
+    interns into a table of its own (``SymbolBatch``, ``intern``: ids in reading order), which
+    is re-encoded into the agreed one (``sorted_union_maps``).
 
     The texts are held as pyarrow binary arrays of UTF-8 bytes (``engine/text.py``: a
     ``substr`` cut out of a character lives on as its bytes), so the bulk operations (interning
@@ -373,8 +373,9 @@ class SymbolTable:
     @classmethod
     def sorted_union_maps(cls, collections: Iterable[SymbolTable | Iterable[str] | Any]) -> tuple[SymbolTable, list[np.ndarray]]:
         """``sorted_union``, and per collection the union's id of each of its strings, in their
-        order (of a table: its ``remap_to`` the union), from the one hash pass that finds the
-        distinct strings rather than a lookup of every string again."""
+        order (of a table: ``m[id there]``, which re-encodes its symbol columns into the union),
+        from the one hash pass that finds the distinct strings rather than a lookup of every
+        string again."""
         parts = [_texts_of(c) for c in collections]
         if not any(len(p) for p in parts):  # no strings: no pyarrow either (numeric programs never import it)
             return cls(), [np.zeros(0, dtype=np.uint32) for _ in parts]
@@ -423,7 +424,7 @@ class SymbolTable:
     def _index(self, texts: Any) -> np.ndarray:
         """Per text, its id here, -1 where the table lacks it. A query of an eighth of the table
         or more: pyarrow's hash lookup, which hashes the whole table. A smaller one
-        (a column of one input file among many): a binary search of each text's hash among the
+        (the new texts a rule made, a constant): a binary search of each text's hash among the
         table's (sorted, extended by the ids added since), the text compared with the one found,
         and pyarrow's lookup only for the rare text whose hash another text shares."""
         from dask_datalog.engine import text
@@ -521,16 +522,6 @@ class SymbolTable:
         table = SymbolTable._of_texts(self.texts_of(order) if len(order) else [], len(order))
         table.records = self.records.remapped(mapping)
         return mapping, table
-
-    def remap_to(self, other: SymbolTable) -> np.ndarray:
-        """m[id here] = ``other``'s id for the same string, so ``m[rows[:, j]]`` re-encodes a symbol
-        column into ``other`` (KeyError for a string ``other`` lacks)."""
-        if not len(self):
-            return np.zeros(0, dtype=np.uint32)
-        ids = other._index(self.texts())
-        if (ids < 0).any():
-            raise KeyError(self._python()[int(np.argmax(ids < 0))])
-        return ids.astype(np.uint32)
 
     def __len__(self) -> int:
         return self._held + len(self._pending)
@@ -639,8 +630,9 @@ class SymbolBatch:
         self._columns.append((values, rows, j))
 
     def intern(self) -> SymbolTable:
-        """Fill in every column added so far; the table, for what interns into it directly
-        (after these columns, as it read after them)."""
+        """Fill in every column added so far and return the table: what interns into it
+        directly (the reference reader, records, JSON) calls this first, so that ids stay in
+        reading order."""
         if self._columns:
             from dask_datalog.engine import text
 

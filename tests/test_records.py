@@ -349,7 +349,7 @@ def local_table(records: list[tuple[str, int]], strings: list[str]) -> tuple[Rec
     for s, n in records:
         inner = symbols.records.intern_one(("number",), (n,))
         symbols.records.intern_one(("symbol", "record"), (symbols.intern(s), inner))
-    return symbols.records, symbols.remap_to(SymbolTable.sorted_union([strings]))
+    return symbols.records, SymbolTable.sorted_union([strings]).ids_of(symbols.strings)
 
 
 @pytest.mark.parametrize("split", [1, 2, 3])

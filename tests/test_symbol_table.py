@@ -82,21 +82,16 @@ def test_batched_columns_get_the_ids_of_interning_them_one_by_one(before: list[s
 @given(st.lists(st.lists(STRINGS, max_size=10), min_size=1, max_size=4), st.lists(STRINGS, max_size=8))
 def test_union_remap_append_and_order_follow_the_text_order(parts: list[list[str]], made: list[str]) -> None:
     locals_ = [per_string([p])[0] for p in parts]
-    union = SymbolTable.sorted_union([*locals_, ["z"]])
+    union, maps = SymbolTable.sorted_union_maps([*locals_, ["z"]])
     everything = sorted({s for p in parts for s in p} | {"z"}, key=text_key)
     assert union.strings == everything and union.text_ordered
-    for local in locals_:
-        mapping = local.remap_to(union)
+    assert SymbolTable.sorted_union([*locals_, ["z"]]).strings == everything
+    for local, mapping in zip(locals_, maps):  # each local id's id in the union
         assert [union.strings[i] for i in mapping.tolist()] == local.strings
-    # The union with maps (what agree uses), of tables and of strings given more than once.
-    again, maps = SymbolTable.sorted_union_maps([*locals_, [], ["z", "z"], *parts])
-    assert again.strings == everything and again.text_ordered
-    assert [m.tolist() for m in maps] == [
-        *(local.remap_to(union).tolist() for local in locals_),
-        [],
-        [union.strings.index("z")] * 2,
-        *([union.strings.index(s) for s in p] for p in parts),
-    ]
+    # Strings, given more than once, and nothing map alike.
+    again, maps = SymbolTable.sorted_union_maps([[], ["z", "z"], *parts])
+    assert again.strings == everything
+    assert [m.tolist() for m in maps] == [[], [everything.index("z")] * 2, *([everything.index(s) for s in p] for p in parts)]
     assert union.ids_of(list(reversed(everything))).tolist() == list(range(len(everything)))[::-1]
     with pytest.raises(KeyError):
         union.ids_of(["z", "\U0010ffff never held"])
@@ -137,7 +132,7 @@ def test_a_table_survives_pickling_and_checkpoint_order(strings: list[str]) -> N
     back = pickle.loads(pickle.dumps(table))
     assert back.strings == table.strings and [back.id_of(s) for s in table.strings] == list(range(len(table)))
     restored = SymbolTable.in_order(table.strings, 0)
-    assert restored.strings == table.strings and restored.remap_to(table).tolist() == list(range(len(table)))
+    assert restored.strings == table.strings and table.ids_of(restored.strings).tolist() == list(range(len(table)))
 
 
 FILE_STRINGS = st.one_of(
