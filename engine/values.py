@@ -613,6 +613,11 @@ class SymbolTable:
         return list(self._python())
 
 
+# The text a SymbolBatch holds before it interns on its own: large inputs are interned in
+# passes of this size rather than all held (their copy and dictionary beside them) at once.
+_BATCH_BYTES = 1 << 26
+
+
 class SymbolBatch:
     """Symbol columns of several fact files, interned into ``table`` together (``intern``): one
     dictionary encoding of all of them and one lookup in the table, where interning each
@@ -623,11 +628,15 @@ class SymbolBatch:
     def __init__(self, table: SymbolTable):
         self.table = table
         self._columns: list[tuple[Any, np.ndarray, int]] = []
+        self._bytes = 0
 
     def add(self, values: Any, rows: np.ndarray, j: int) -> None:
         """Column ``j`` of ``rows`` is to hold the ids of ``values`` (a pyarrow array of texts,
-        one per row), filled in by ``intern``."""
+        one per row), filled in by ``intern`` (at the latest)."""
         self._columns.append((values, rows, j))
+        self._bytes += values.nbytes
+        if self._bytes >= _BATCH_BYTES:
+            self.intern()
 
     def intern(self) -> SymbolTable:
         """Fill in every column added so far and return the table: what interns into it
@@ -636,7 +645,7 @@ class SymbolBatch:
         if self._columns:
             from dask_datalog.engine import text
 
-            columns, self._columns = self._columns, []
+            columns, self._columns, self._bytes = self._columns, [], 0
             ids = self.table.intern_texts(text.concatenate_arrays([text.binary(values) for values, _, _ in columns]))
             at = 0
             for values, rows, j in columns:

@@ -213,11 +213,17 @@ def test_symbol_ids_are_shared_across_columns_and_files(tmp_path: Path) -> None:
     assert sorted(symbols.strings) == ["a", "b"]
 
 
-def test_a_runs_files_are_interned_together_in_reading_order(tmp_path: Path) -> None:
-    """read_part interns the symbol columns of all its files at once (a SymbolBatch): the
-    table and the rows are those of reading the files one by one, a relation read from two
-    files included (its blocks joined once filled in), and a file that takes the reference
-    reader (brackets with a comma, a record column) before fast ones."""
+@pytest.mark.parametrize("batch_bytes", [None, 1, 40])
+def test_a_runs_files_are_interned_together_in_reading_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_bytes: int | None
+) -> None:
+    """read_part interns the symbol columns of all its files at once (a SymbolBatch; or in
+    passes of ``batch_bytes``): the table and the rows are those of reading the files one by
+    one, a relation read from two files included (its blocks joined once filled in), and a
+    file that takes the reference reader (brackets with a comma, a record column) before fast
+    ones."""
+    if batch_bytes is not None:
+        monkeypatch.setattr("dask_datalog.engine.values._BATCH_BYTES", batch_bytes)
     program = load_program(
         """
         .type P = [x:symbol, y:number]
