@@ -43,6 +43,14 @@ def texts(strings: list[str]) -> pa.Array:
     return from_buffers(np.frombuffer(data, dtype=np.uint8), offsets)
 
 
+def release_unused() -> None:
+    """Hand back to the system what pyarrow's memory pool keeps of freed arrays (its allocator
+    holds on to it): once the inputs are read, so that their transient texts (every symbol
+    column, their concatenation, its dictionary) do not stay resident under evaluation's peak
+    (DOOP with 22 MiB of input: 0.94 -> 0.82 GB)."""
+    pa.default_memory_pool().release_unused()
+
+
 def binary(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """A string or binary column as one large_binary array."""
     if isinstance(values, pa.ChunkedArray):

@@ -144,4 +144,8 @@ def agree(transport: Transport, program: ir.Program, inputs: Inputs) -> Start:
     for _, theirs, _ in agreed:
         for name, n in theirs.items():
             sizes[name] = sizes.get(name, 0) + n
+    if len(symbols):  # pyarrow read the texts (numeric inputs never import it)
+        from dask_datalog.engine import text
+
+        text.release_unused()
     return Start(symbols, rows, sizes)
