@@ -126,7 +126,7 @@ def agree(transport: Transport, program: ir.Program, inputs: Inputs) -> Start:
     texts = local.texts() if len(local) else []  # a pyarrow array: no Python string per symbol
     agreed = transport.allgather((texts, counts, local.records if len(local.records) else None))
     # remaps[1 + r]: shard r's symbol ids (its reading table's, whose texts it sent) -> the agreed ones
-    symbols, remaps = SymbolTable.sorted_union_maps([sorted(ir.symbol_constants(program)), *(texts for texts, _, _ in agreed)])
+    symbols, remaps = SymbolTable.sorted_union_maps([sorted(ir.symbol_constants(program)), *(sent for sent, _, _ in agreed)])
     readers = [rank for rank, (_, _, records) in enumerate(agreed) if records is not None]
     sources = [(agreed[r][2], remaps[1 + r]) for r in readers]
     constants = RecordTable.of_constants(ir.record_constants(program), symbols)
