@@ -183,32 +183,37 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dic
     peak RSS.
 
     Peak RSS is the larger of the largest summed RSS of the child's process tree seen by
-    polling every `poll_s` (covers helper processes, Dask workers) and the child's own high-water
+    polling every `poll_s` (covers helper processes, Dask workers; the first polls 1, 2, 4, ... ms
+    apart, so that a command of a few milliseconds, Soufflé's on a small input, is seen running
+    at all) and the child's own high-water
     mark (VmHWM, which also catches its spikes between polls), as last read while it ran. The
     child's `ru_maxrss` from `os.wait4` is not used: Linux carries the RSS high-water mark of
     the forking process (this one) across exec into it, so it never reads below this
     process's own peak. On timeout the child's whole process group is killed. The command's
     stdout is discarded; the tail of its stderr is kept.
     """
+    _tree_rss(os.getpid())  # psutil imported now: importing it in the first poll took 10-20 ms
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=env)
         polled = 0
         timed_out = False
         status: int | None = None
+        delay = 0.001
         while True:
             pid, st = os.waitpid(proc.pid, os.WNOHANG)
             if pid == proc.pid:
                 status = st
                 break
-            polled = max(polled, _tree_rss(proc.pid), _hwm(proc.pid))
+            polled = max(polled, _hwm(proc.pid), _tree_rss(proc.pid))
             if time.perf_counter() - t0 > timeout_s:
                 timed_out = True
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 _, status = os.waitpid(proc.pid, 0)
                 break
-            time.sleep(poll_s)
+            time.sleep(min(delay, poll_s))
+            delay *= 2
         wall = time.perf_counter() - t0
         rc = os.waitstatus_to_exitcode(status) if status is not None else None
         proc.returncode = rc  # reaped by waitpid already; keep Popen from waiting again

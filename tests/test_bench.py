@@ -49,6 +49,14 @@ def programs(scripts: dict[str, ModuleType]) -> ModuleType:
     return scripts["programs"]
 
 
+def test_a_command_of_a_few_milliseconds_is_seen_running(common: ModuleType) -> None:
+    """measure's first polls come 1, 2, 4 ... ms apart: a command that ends within the 20 ms
+    of a fixed interval (Soufflé on a small input) still has a peak RSS, not 0."""
+    for _ in range(5):
+        m = common.measure([sys.executable, "-S", "-c", "pass"], timeout_s=30)
+        assert m.returncode == 0 and m.peak_rss > 1 << 20, m
+
+
 @pytest.mark.parametrize("engines", [2, 3, 4, 5])
 def test_each_engine_follows_each_other_equally_often_within_rounds(common: ModuleType, engines: int) -> None:
     """A fixed or merely rotated order keeps one engine right after Soufflé in most rounds
