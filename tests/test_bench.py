@@ -51,10 +51,11 @@ def programs(scripts: dict[str, ModuleType]) -> ModuleType:
 
 def test_a_command_of_a_few_milliseconds_is_seen_running(common: ModuleType) -> None:
     """measure's first polls come 1, 2, 4 ... ms apart: a command that ends within the 20 ms
-    of a fixed interval (Soufflé on a small input) still has a peak RSS, not 0."""
+    of a fixed interval (Soufflé on a small input) still has a peak RSS, not 0 (polling can
+    catch it just after its exec, below its true peak: a clean clone's run saw 188 KiB)."""
     for _ in range(5):
         m = common.measure([sys.executable, "-S", "-c", "pass"], timeout_s=30)
-        assert m.returncode == 0 and m.peak_rss > 1 << 20, m
+        assert m.returncode == 0 and m.peak_rss > 0, m
 
 
 @pytest.mark.parametrize("engines", [2, 3, 4, 5])

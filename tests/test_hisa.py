@@ -58,11 +58,16 @@ def test_sort_unique_is_the_sorted_set_whether_or_not_the_attributes_fit_one_wor
     tuples = data.draw(st.lists(st.tuples(*[values] * arity), max_size=60))
     tuples += data.draw(st.lists(st.sampled_from(tuples), max_size=20)) if tuples else []
     rows = to_rows(tuples, arity)
+    table = np.array(tuples, dtype=np.uint32).reshape(-1, arity)  # a binding table: uint32 columns
     assert to_tuples(sets.sort_unique(rows, xp), arity) == sorted(set(tuples))
+    assert [tuple(r) for r in sets.sort_unique(table, xp).tolist()] == sorted(set(tuples))
     if rows.shape[0] > 1 and arity > 2:  # the one-key sort, which sort_unique takes from NARROW_MIN_ROWS rows
         narrow = sets._sort_unique_narrow(rows, xp)
         assert narrow is None or to_tuples(narrow, arity) == sorted(set(tuples))
         assert narrow is not None or span >= 2**16  # 6 attributes of up to 10 bits fit
+        narrow_table = sets._sort_unique_narrow(table, xp)
+        assert narrow_table is None or [tuple(r) for r in narrow_table.tolist()] == sorted(set(tuples))
+        assert (narrow_table is None) == (narrow is None)
 
 
 @given(st.data())

@@ -46,10 +46,16 @@ def _sort_unique_narrow(rows: Any, xp: Any) -> Any | None:
     uint64 key each, concatenated most significant first so that its order is the rows'
     order, sorted as one word and unpacked. A one-word sort runs 4-6x faster than lexsort
     over two words (4 M rows of three attributes under 2^18: 2.2 s against 9.7 s on a loaded
-    machine). None when they do not fit."""
+    machine). Rows are packed uint64 words or uint32 columns (a binding table: an aggregate's
+    distinct bindings). None when they do not fit, or are neither."""
     n, w = rows.shape
-    halves = rows.view(xp.uint32).reshape(n, 2 * w)  # word k: high half at 2k + 1, low at 2k (little-endian)
-    columns = [c for k in range(w) for c in (2 * k + 1, 2 * k)]  # most significant first
+    if rows.dtype == xp.uint64:
+        halves = rows.view(xp.uint32).reshape(n, 2 * w)  # word k: high half at 2k + 1, low at 2k (little-endian)
+        columns = [c for k in range(w) for c in (2 * k + 1, 2 * k)]  # most significant first
+    elif rows.dtype == xp.uint32:
+        halves, columns = rows, list(range(w))
+    else:
+        return None
     lows = [int(v) for v in halves.min(axis=0)]
     widths = [(int(hi) - lo).bit_length() for hi, lo in zip(halves.max(axis=0), lows)]
     if sum(widths) > 64:
@@ -71,8 +77,8 @@ def _sort_unique_narrow(rows: Any, xp: Any) -> Any | None:
     keep[0] = True
     xp.not_equal(key[1:], key[:-1], out=keep[1:])
     key = key[keep]
-    out = xp.empty((key.shape[0], w), dtype=xp.uint64)
-    out_halves = out.view(xp.uint32).reshape(key.shape[0], 2 * w)
+    out = xp.empty((key.shape[0], w), dtype=rows.dtype)
+    out_halves = out.view(xp.uint32).reshape(key.shape[0], halves.shape[1])
     for c in columns:
         if widths[c]:
             out_halves[:, c] = ((key >> shifts[c]) & ((1 << widths[c]) - 1)) + lows[c]
