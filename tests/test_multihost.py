@@ -129,6 +129,14 @@ class Cluster:
     def address(self) -> str:
         return json.loads(self.scheduler_file.read_text())["address"]
 
+    def _scheduler_written(self) -> bool:
+        """Whether the scheduler file holds its JSON: distributed writes it in place, so it exists
+        empty for a moment (a loaded machine's make test read it then: JSONDecodeError)."""
+        try:
+            return "address" in json.loads(self.scheduler_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
     def start(self) -> None:
         self._start(
             "scheduler",
@@ -145,7 +153,7 @@ class Cluster:
                 self.scheduler_file,
             ),
         )
-        until(self.scheduler_file.exists, 30, lambda: f"no scheduler file; {self.log('scheduler')}")
+        until(self._scheduler_written, 30, lambda: f"no scheduler file; {self.log('scheduler')}")
         workers = range(1, len(self.hosts.names))
         for i in workers:
             (self.root / f"worker{i}").mkdir()
