@@ -585,6 +585,39 @@ def test_parts_together_read_the_whole_file(tmp_path: Path, case: tuple[tuple[st
     assert read_parts(path, relation, n_parts) == whole
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    case=fact_files(),
+    delimiter=st.sampled_from(["\t", ";", "::", " "]),
+    extra=st.booleans(),
+    invalid=st.booleans(),
+)
+def test_kernel_reader_is_the_reference_reader(
+    case: tuple[tuple[str, ...], bytes], delimiter: str, extra: bool, invalid: bool
+) -> None:
+    """The kernel's reading of unquoted numbers and symbols is the reference reader's, whatever
+    the text (line ends, empty lines, BOM, multi-byte delimiters, fields beyond those read, a
+    column map, bytes that are no UTF-8): the same rows and texts where the reference reads the
+    file, and no fast answer where it reports an error (None: the reference then names it)."""
+    types, content = case
+    content = content.replace(b"\t", delimiter.encode())
+    if invalid and content:
+        content = content[: len(content) // 2] + b"\xff" + content[len(content) // 2 :]
+    relation = rel("r", *types)
+    fmt = FactFormat(delimiter, columns=tuple(range(1, len(types) + 1)) if extra else None)
+    if extra:  # the file's first field is skipped: each line gets one in front
+        content = b"\n".join(b"s" + delimiter.encode() + line if line.strip(b"\r") else line for line in content.split(b"\n"))
+    fast_symbols, slow_symbols = SymbolTable(), SymbolTable()
+    fast = _read_fast(content, relation, fast_symbols, fmt)
+    try:
+        slow = _read_slow(content, "f", relation, slow_symbols, fmt)
+    except DatalogError:
+        assert fast is None
+        return
+    assert fast is not None, "the kernel left a file the reference reads to the slow path"
+    assert decoded(fast, relation, fast_symbols) == decoded(slow, relation, slow_symbols)
+
+
 @pytest.mark.parametrize("n_parts", range(1, 8))
 @pytest.mark.parametrize(
     "content",

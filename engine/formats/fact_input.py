@@ -26,9 +26,10 @@ end in a blank line). A nullary relation holds iff a line follows the header, wh
 holds, an empty one too (as in Soufflé; ``relation_output.write_relation`` writes ``()``).
 Record and ADT fields are read as Soufflé reads them (``record_text``), by the reference reader.
 
-The fast paths are a C kernel for integers and pyarrow's multithreaded CSV reader beside
-symbols or floats (integers among them then go through the kernel too, floats through pyarrow's
-cast where it reads as strtof does). ``_read_slow`` is the
+The fast paths are a C kernel for unquoted integers and symbols (one pass: it parses the
+numbers and finds each symbol's bytes) and pyarrow's multithreaded CSV reader beside floats or
+quotes (integers among them then go through the kernel too, floats through pyarrow's cast where
+it reads as strtof does). ``_read_slow`` is the
 specification: on any failure of a fast path it rescans the text line by line, so the error
 names the first bad line, and it also reads what the fast paths cannot take (brackets with a
 comma delimiter, lone ``\\r``, quotes that are not rfc4180's clean form, extra fields with
@@ -268,18 +269,20 @@ def _int_column(column: Any) -> np.ndarray:
 
 
 def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolBatch, fmt: FactFormat | str = "\t") -> np.ndarray | None:
-    """The fast readers; None when anything is off (the slow path explains). Integers only: one
-    pass of the CPU kernel, which checks the grammar and ranges as it parses. With symbols,
+    """The fast readers; None when anything is off (the slow path explains). Integers and
+    symbols unquoted: one pass of the CPU kernel, which checks the grammar and ranges as it
+    parses (pyarrow's reader cost a small file a few ms, and its first use far more). With
     floats or quotes: pyarrow's multithreaded reader, every field read as text, integers then
-    parsed by the kernel, floats cast by pyarrow; the symbol columns go to ``symbols``."""
+    parsed by the kernel, floats cast by pyarrow. The symbol columns go to ``symbols``."""
     fmt = _format(fmt)
     delimiter = fmt.delimiter.encode()
     quoted = fmt.rfc4180 and b'"' in data  # rfc4180 without a quote reads as plain text
     if ("," in fmt.delimiter and not fmt.rfc4180 and (b"[" in data or b"]" in data)) or "\n" in fmt.delimiter:
         return None  # brackets group fields: the reference reader's
     target = _fields(relation, fmt)
-    if set(relation.types) <= {"number", "unsigned"} and not quoted:
-        return cpu_kernels.parse_numeric(data, delimiter, target, np.array([t == "number" for t in relation.types]))
+    keep_empty = relation.types == ("symbol",) and len(target) == 1
+    if set(relation.types) <= set(_KERNEL_KINDS) and not quoted:
+        return _read_by_kernel(data, delimiter, target, relation, symbols, keep_empty)
     if (
         len(delimiter) != 1
         or fmt.delimiter in _PYARROW_REFUSES
@@ -288,7 +291,6 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolBatch, fmt: Fa
         or (quoted and not _quotes_well_formed(data, delimiter[0]))
     ):
         return None
-    keep_empty = relation.types == ("symbol",) and len(target) == 1
     table = _arrow_table(data, len(target), fmt.delimiter, quoted, keep_empty)
     if table is None:
         trimmed = _first_fields(data, len(target), delimiter[0], quoted)
@@ -307,6 +309,33 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolBatch, fmt: Fa
     for k, j in enumerate(target):
         if j >= 0 and relation.types[j] == "symbol":
             symbols.add(table.column(k), rows, j)
+    return rows
+
+
+_KERNEL_KINDS = {"unsigned": cpu_kernels.UNSIGNED, "number": cpu_kernels.NUMBER, "symbol": cpu_kernels.SYMBOL}
+
+
+def _read_by_kernel(
+    data: bytes, delimiter: bytes, target: np.ndarray, relation: ir.Relation, symbols: SymbolBatch, keep_empty: bool
+) -> np.ndarray | None:
+    """Unquoted numbers and symbols in one pass of the CPU kernel (it parses the numbers and
+    finds each symbol field's bytes); the symbol columns' texts go to ``symbols``. Text that is
+    not UTF-8 is the reference reader's to report, as a symbol of it would be wrong."""
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    parsed = cpu_kernels.parse_fields(data, delimiter, target, [_KERNEL_KINDS[t] for t in relation.types], keep_empty)
+    if parsed is None:
+        return None
+    rows, texts = parsed
+    if texts:
+        from dask_datalog.engine import text
+
+        columns = (j for j, t in enumerate(relation.types) if t == "symbol")
+        for j, (gathered, offsets) in zip(columns, texts, strict=True):
+            symbols.add(text.from_buffers(gathered, offsets), rows, j)
     return rows
 
 
@@ -408,8 +437,10 @@ def _parse_numbers(column: Any, signed: bool) -> np.ndarray | None:
     text = np.insert(data, offsets[1:-1] - offsets[0], np.uint8(ord("\n"))).tobytes()
     if b"\r" in text:
         return None
-    parsed = cpu_kernels.parse_numeric(text, b"\n", np.zeros(1, dtype=np.int64), np.array([signed]))
-    return parsed[:, 0] if parsed is not None and len(parsed) == n else None
+    parsed = cpu_kernels.parse_fields(
+        text, b"\n", np.zeros(1, dtype=np.int64), [cpu_kernels.NUMBER if signed else cpu_kernels.UNSIGNED]
+    )
+    return parsed[0][:, 0] if parsed is not None and len(parsed[0]) == n else None
 
 
 def _parse_floats(column: Any) -> np.ndarray | None:

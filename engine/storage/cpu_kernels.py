@@ -34,7 +34,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "dense_mark": (None, [_P, _I, _P, _U, _U, _U, _U]),
     "dense_novel": (None, [_P, _I, _P, _U, _U, _U, _U, _P, _P, _P]),
     "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
-    "parse_numeric": (_I, [_P, _I, _P, _I, _I, _P, _P, _I, _P, _I]),
+    "parse_fields": (_I, [_P, _I, _P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I]),
+    "gather_spans": (None, [_P, _P, _I, _I, _P, _P]),
 }
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
     getattr(_lib, _name).restype = _restype
@@ -192,31 +193,57 @@ def format_rows(columns: np.ndarray, signed: np.ndarray, delimiter: int) -> np.n
     return out[:length]
 
 
-def parse_numeric(data: bytes, delimiter: bytes, target: np.ndarray, signed: np.ndarray) -> np.ndarray | None:
-    """Numeric fact text -> encoded (n, arity) uint32 rows, or None at the first malformed or
-    out-of-range line (fact_input's reference reader then names it). Field k of a line goes to
-    column ``target[k]`` (-1: skipped), fields after the last target are ignored; ``signed[j]``:
-    column j is a number (int32), else unsigned."""
+# Column kinds parse_fields takes.
+UNSIGNED, NUMBER, SYMBOL = 0, 1, 2
+
+
+def parse_fields(
+    data: bytes, delimiter: bytes, target: np.ndarray, kinds: list[int], keep_empty: bool = False
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]] | None:
+    """Unquoted fact text -> encoded (n, arity) uint32 rows and, per SYMBOL column in order,
+    its texts as (bytes, n + 1 int64 offsets); or None at the first malformed or out-of-range
+    line (fact_input's reference reader then names it). Field k of a line goes to column
+    ``target[k]`` (-1: skipped), fields after the last target are ignored; ``kinds[j]``:
+    UNSIGNED, NUMBER or SYMBOL (whose column of the rows is left for the caller's ids);
+    ``keep_empty``: an empty line is a row (a relation of one symbol field)."""
     capacity = data.count(b"\n") + 1
-    arity = len(signed)
+    arity = len(kinds)
+    slots = np.cumsum([k == SYMBOL for k in kinds], dtype=np.int64) - 1
+    symbols = int(slots[-1]) + 1 if arity else 0
     out = np.empty((capacity, arity), dtype=np.uint32)
+    spans = np.empty((capacity, symbols, 2), dtype=np.int64)
     targets = _c(target, np.int64)
-    is_signed = _c(signed, np.uint8)
+    kind = np.array(kinds, dtype=np.uint8)
     buffer = np.frombuffer(data, dtype=np.uint8)
     separator = np.frombuffer(delimiter, dtype=np.uint8)
-    n = _lib.parse_numeric(
+    n = _lib.parse_fields(
         _ptr(buffer),
         len(data),
         _ptr(separator),
         len(delimiter),
         len(targets),
         _ptr(targets),
-        _ptr(is_signed),
+        _ptr(kind),
+        _ptr(slots),
         arity,
+        symbols,
         _ptr(out),
+        _ptr(spans),
         capacity,
+        int(keep_empty),
     )
-    return None if n < 0 else out[:n]
+    if n < 0:
+        return None
+    texts = []
+    for s in range(symbols):
+        column = spans[:n, s]
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(column[:, 1] - column[:, 0], out=offsets[1:])
+        gathered = np.empty(int(offsets[-1]), dtype=np.uint8)
+        column_spans = _ptr(spans) + s * 2 * spans.itemsize  # column s of the (n, symbols, 2) spans
+        _lib.gather_spans(_ptr(buffer), column_spans, 2 * symbols, n, _ptr(offsets), _ptr(gathered))
+        texts.append((gathered, offsets))
+    return out[:n], texts
 
 
 class FunctorReturnedNull(Exception):

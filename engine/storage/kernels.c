@@ -317,26 +317,36 @@ static int64_t find_delimiter(const uint8_t *data, int64_t p, int64_t end, const
     return end;
 }
 
-/* Numeric fact text as Soufflé 2.5 reads it (fact_input.py's format): lines end in \n, one \r
- * before it dropped, empty lines skipped; the first `fields` fields of a line split by the
- * delimiter, what follows them ignored; field k goes to column target[k] (-1: not read), parsed
- * by parse_field. -> encoded (n, arity) uint32 rows. Returns the row count, or -1 at the first
- * malformed or out-of-range line (the reference reader then names it). */
-int64_t parse_numeric(const uint8_t *data, int64_t len, const uint8_t *delimiter, int64_t dlen, int64_t fields,
-                      const int64_t *target, const uint8_t *is_signed, int64_t arity, uint32_t *out, int64_t capacity) {
+/* Fact text as Soufflé 2.5 reads it (fact_input.py's format), unquoted: lines end in \n, one \r
+ * before it dropped, empty lines skipped unless keep_empty (a relation of one symbol field,
+ * whose empty line is the empty string); the first `fields` fields of a line split by the
+ * delimiter, what follows them ignored; field k goes to column target[k] (-1: not read). A
+ * number or unsigned column (kind[j] 1 or 0) is parsed by parse_field into the encoded (n,
+ * arity) uint32 rows `out`; a symbol column (kind[j] 2) is left there for the caller, its
+ * field's bytes [start, end) written to spans[2 * (n * symbols + slot[j])]. Returns the row
+ * count, or -1 at the first malformed or out-of-range line (the reference reader then names
+ * it). */
+int64_t parse_fields(const uint8_t *data, int64_t len, const uint8_t *delimiter, int64_t dlen, int64_t fields,
+                     const int64_t *target, const uint8_t *kind, const int64_t *slot, int64_t arity, int64_t symbols,
+                     uint32_t *out, int64_t *spans, int64_t capacity, int64_t keep_empty) {
     int64_t p = 0, n = 0;
     while (p < len) {
         const uint8_t *newline = memchr(data + p, '\n', (size_t)(len - p));
         int64_t line_end = newline ? newline - data : len, end = line_end;
         if (end > p && data[end - 1] == '\r') end--;
-        if (end > p) {
+        if (end > p || keep_empty) {
             if (n >= capacity) return -1;
             int64_t q = p;
             for (int64_t k = 0; k < fields; k++) {
                 if (q > end) return -1; /* fewer fields than needed */
                 int64_t field_end = find_delimiter(data, q, end, delimiter, dlen);
                 int64_t j = target[k];
-                if (j >= 0 && parse_field(data + q, data + field_end, is_signed[j], &out[n * arity + j]) < 0) return -1;
+                if (j >= 0 && kind[j] == 2) {
+                    spans[2 * (n * symbols + slot[j])] = q;
+                    spans[2 * (n * symbols + slot[j]) + 1] = field_end;
+                } else if (j >= 0 && parse_field(data + q, data + field_end, kind[j], &out[n * arity + j]) < 0) {
+                    return -1;
+                }
                 q = field_end + dlen;
             }
             n++;
@@ -344,6 +354,15 @@ int64_t parse_numeric(const uint8_t *data, int64_t len, const uint8_t *delimiter
         p = line_end + 1;
     }
     return n;
+}
+
+/* The bytes of n spans of data side by side (a text column): span i is [spans[i * stride],
+ * spans[i * stride + 1]), written to out from offsets[i] (offsets[n]: the total, precomputed). */
+void gather_spans(const uint8_t *data, const int64_t *spans, int64_t stride, int64_t n, const int64_t *offsets,
+                  uint8_t *out) {
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(out + offsets[i], data + spans[i * stride], (size_t)(offsets[i + 1] - offsets[i]));
+    }
 }
 
 /* User-defined functors (Soufflé's stateless .functor, engine/user_functors.py): a C function
