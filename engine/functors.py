@@ -529,7 +529,7 @@ def _to_string(source: str) -> Make:
 
     def make(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str]:
         if source != "float":
-            return _text().to_string(decode_int(args[0], source, np)).to_pylist()
+            return list(decode_int(args[0], source, np).astype(str).tolist())  # NumPy's decimal text, as std::to_string's
         bits = float_bits(args[0], np)
         values = bits.view(np.float32).astype(np.float64).tolist()
         return [("-nan" if b >> 31 else "nan") if v != v else f"{v:f}" for v, b in zip(values, bits.tolist())]

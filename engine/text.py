@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from dask_datalog.engine import arrow_compute as ac
 
 
 def texts(strings: list[str]) -> pa.Array:
@@ -55,7 +56,7 @@ def binary(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """A string or binary column as one large_binary array."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    return values if values.type == pa.large_binary() else values.cast(pa.large_binary())
+    return values if values.type == pa.large_binary() else ac.cast(values, pa.large_binary())
 
 
 def concatenate_arrays(chunks: list[pa.Array]) -> pa.Array:
@@ -73,6 +74,16 @@ def mask(where: np.ndarray) -> pa.Array:
     """A NumPy boolean array as a pyarrow one (for ``filter``)."""
     bits = np.packbits(np.asarray(where, dtype=bool), bitorder="little")
     return pa.Array.from_buffers(pa.bool_(), len(where), [None, pa.py_buffer(bits)])
+
+
+def take(values: pa.Array, ids: np.ndarray) -> pa.Array:
+    """The texts at positions ``ids`` (a NumPy integer array), one per id."""
+    return ac.take(values, indices(ids))
+
+
+def where(values: pa.Array, keep: np.ndarray) -> pa.Array:
+    """The texts where the NumPy boolean array ``keep`` is true."""
+    return ac.filter(values, mask(keep))
 
 
 def integers(values: pa.Array, null: int = -1) -> np.ndarray:
@@ -95,7 +106,7 @@ def positions(values: pa.Array, table: pa.Array) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if not len(table):
         return np.full(len(values), -1, dtype=np.int64)
-    return integers(pc.index_in(values, value_set=table))
+    return integers(ac.index_in(values, table))
 
 
 _HASH_BASE = np.uint64(0x100000001B3)
@@ -130,29 +141,29 @@ def booleans(values: pa.Array) -> np.ndarray:
 
 def equal(a: pa.Array, b: pa.Array) -> np.ndarray:
     """Per row, whether the texts of ``a`` and ``b`` are the same bytes."""
-    return booleans(pc.equal(a, b)) if len(a) else np.zeros(0, dtype=bool)
+    return booleans(ac.equal(a, b)) if len(a) else np.zeros(0, dtype=bool)
 
 
 def dictionary(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """(distinct texts in order of first appearance, each row's position among them)."""
-    encoded = pc.dictionary_encode(binary(values))
+    encoded = ac.dictionary_encode(binary(values))
     return encoded.dictionary, integers(encoded.indices)
 
 
 def sorted_distinct(values: pa.Array) -> pa.Array:
     """The distinct texts in text order (bytes compared, as C++ compares strings)."""
-    distinct = pc.unique(values)
-    return distinct.take(pc.sort_indices(distinct))
+    distinct = ac.unique(values)
+    return ac.take(distinct, ac.sort_indices(distinct))
 
 
 def order(values: pa.Array) -> np.ndarray:
     """The positions of ``values`` in text order (stable)."""
-    return integers(pc.sort_indices(values))
+    return integers(ac.sort_indices(values))
 
 
 def distinct(values: pa.Array) -> pa.Array:
     """The distinct texts, in order of first appearance."""
-    return pc.unique(values)
+    return ac.unique(values)
 
 
 def data(values: pa.Array) -> bytes:
@@ -173,12 +184,7 @@ def concatenate(parts: list[pa.Array]) -> pa.Array:
     """``cat(a, b, ...)``: the texts side by side, row by row."""
     if len(parts) == 1:
         return parts[0]
-    return pc.binary_join_element_wise(*parts, repeated(b"", len(parts[0])))
-
-
-def to_string(values: np.ndarray) -> pa.Array:
-    """``to_string(n)``: the decimal text of each integer, as C++'s ``std::to_string``."""
-    return pc.cast(pa.array(values), pa.large_string())
+    return ac.binary_join_element_wise(*parts, repeated(b"", len(parts[0])))
 
 
 def substring(strings: pa.Array, start: np.ndarray, length: np.ndarray) -> tuple[pa.Array, np.ndarray]:
@@ -208,8 +214,7 @@ def substring(strings: pa.Array, start: np.ndarray, length: np.ndarray) -> tuple
 
 def nul_terminated(strings: pa.Array) -> pa.Array:
     """Each text followed by a NUL byte: what C functions read (``addresses``)."""
-    nul = pa.scalar(b"\0", pa.large_binary())
-    return pc.binary_join_element_wise(strings, nul, pa.scalar(b"", pa.large_binary()))
+    return ac.binary_join_element_wise(strings, repeated(b"\0", len(strings)), repeated(b"", len(strings)))
 
 
 def addresses(strings: pa.Array) -> np.ndarray:
@@ -227,15 +232,15 @@ def byte_strings(result: pa.Array) -> list[str]:
     """Python strings of a binary result; bytes that do not decode (``substr`` cutting a
     multi-byte character, as Soufflé may) are kept as surrogate escapes."""
     try:
-        return list(result.cast(pa.large_string()).to_pylist())
+        return list(ac.cast(result, pa.large_string()).to_pylist())
     except pa.ArrowInvalid:
         return [b.decode("utf-8", "surrogateescape") for b in result.to_pylist()]
 
 
 def contains(needles: pa.Array, haystacks: pa.Array) -> np.ndarray:
     """``contains(a, b)`` per row: whether ``a`` occurs in ``b``."""
-    hay = haystacks.to_numpy(zero_copy_only=False).astype(bytes)
-    needle = needles.to_numpy(zero_copy_only=False).astype(bytes)
+    hay = np.array(haystacks.to_pylist(), dtype=object).astype(bytes)  # not to_numpy: it imports pandas
+    needle = np.array(needles.to_pylist(), dtype=object).astype(bytes)
     return np.strings.find(hay, needle) >= 0
 
 
@@ -247,7 +252,7 @@ def match(pattern: str, strings: pa.Array) -> np.ndarray | None:
         return _refused(pattern)
     anchored = f"^(?:{pattern})$"
     try:
-        return np.asarray(pc.match_substring_regex(strings, pattern=anchored).to_numpy(zero_copy_only=False), dtype=bool)
+        return booleans(ac.match_substring_regex(strings, anchored))  # not to_numpy: it imports pandas (0.3-0.5 s)
     except pa.ArrowInvalid:
         compiled = _python_regex(pattern)
     if compiled is None:

@@ -386,7 +386,7 @@ class SymbolTable:
         rank = np.empty(len(order), dtype=np.uint32)
         rank[order] = np.arange(len(order), dtype=np.uint32)
         maps = np.split(rank[codes], np.cumsum([len(p) for p in parts])[:-1])
-        return cls._of_texts(distinct.take(text.indices(order)), len(order)), maps
+        return cls._of_texts(text.take(distinct, order), len(order)), maps
 
     @classmethod
     def in_order(cls, strings: Iterable[str] | Any, ordered: int) -> SymbolTable:
@@ -411,7 +411,7 @@ class SymbolTable:
         """The texts of host ``ids``, one per row (a pyarrow large_binary array)."""
         from dask_datalog.engine import text
 
-        return self.texts().take(text.indices(np.asarray(ids, dtype=np.uint32)))
+        return text.take(self.texts(), np.asarray(ids, dtype=np.uint32))
 
     def _add(self, texts: Any) -> np.ndarray:
         """Append distinct texts the table lacks; their ids."""
@@ -445,11 +445,11 @@ class SymbolTable:
         at = np.minimum(np.searchsorted(self._hash_keys, keys), len(self._hash_keys) - 1)
         hit = np.flatnonzero(self._hash_keys[at] == keys)
         found = self._hash_ids[at[hit]]
-        same = text.equal(texts.take(text.indices(hit)), table.take(text.indices(found)))
+        same = text.equal(text.take(texts, hit), text.take(table, found))
         ids[hit[same]] = found[same]
         shared = hit[~same]  # a hash two texts have: look the text itself up
         if len(shared):
-            ids[shared] = text.positions(texts.take(text.indices(shared)), table)
+            ids[shared] = text.positions(text.take(texts, shared), table)
         return ids
 
     def intern_texts(self, values: Any) -> np.ndarray:
@@ -462,7 +462,7 @@ class SymbolTable:
         ids = self._index(distinct)
         new = ids < 0
         if new.any():
-            ids[new] = self._add(distinct.filter(text.mask(new)))
+            ids[new] = self._add(text.where(distinct, new))
         return ids.astype(np.uint32)[codes]
 
     def intern_many(self, strings: np.ndarray) -> np.ndarray:
@@ -495,7 +495,7 @@ class SymbolTable:
         if not strings:
             return []
         distinct = text.distinct(text.texts(strings))
-        return text.byte_strings(text.sorted_distinct(distinct.filter(text.mask(self._index(distinct) < 0))))
+        return text.byte_strings(text.sorted_distinct(text.where(distinct, self._index(distinct) < 0)))
 
     def ids_of(self, strings: list[str]) -> np.ndarray:
         """The ids of strings the table holds (KeyError for one it lacks)."""
