@@ -42,6 +42,7 @@ from dask_datalog.engine.storage.hisa import (
     gather_join,
     gather_pairs,
     half_of,
+    narrow,
     packed_layout,
     probe_query,
     unpack,
@@ -174,12 +175,14 @@ def join(ops: Operators, b: Bindings, step: JoinStep, layout: Layout | None) -> 
 class JoinShape:
     """What a join step's output looks like for one outer column order and head layout:
     computed once per run, not per join (a long fixpoint joins the same step every iteration).
-    ``checks``: index columns the probe could not check (key columns past the two hashed ones,
-    (k, None); repeats of a free variable within the atom, (k, the first one)); ``names`` and
-    ``source``: the output's columns and where each comes from (``gather_join``)."""
+    ``deep``: the key columns past the two hashed ones, which narrow each probed run by binary
+    search (``narrow``); ``checks``: index columns the probe cannot check, the repeats of a free
+    variable within the atom, (k, the first one); ``names`` and ``source``: the output's columns
+    and where each comes from (``gather_join``)."""
 
     step: JoinStep
-    checks: tuple[tuple[int, int | None], ...]
+    deep: tuple[int, ...]
+    checks: tuple[tuple[int, int], ...]
     names: Layout
     source: tuple[tuple[int, int], ...]
     # Whether the output keeps no column of the atom: an existence check (Soufflé's
@@ -190,7 +193,7 @@ class JoinShape:
     def of(cls, step: JoinStep, outer: Layout, layout: Layout | None) -> JoinShape:
         atom = step.atom
         free: dict[str, int] = {}
-        checks: list[tuple[int, int | None]] = [(k, None) for k in range(2, step.key_len)]
+        checks: list[tuple[int, int]] = []
         for k in range(step.key_len, len(step.order)):
             arg = atom.args[step.order[k]]
             if isinstance(arg, Var):
@@ -204,7 +207,7 @@ class JoinShape:
         else:
             names = tuple(v for v in available if step.keep is None or v in step.keep)
         source = tuple((2, 0) if v is None else (0, outer.index(v)) if v in outer else (1, half_of(free[v])) for v in names)
-        return cls(step, tuple(checks), names, source, all(side != 1 for side, _ in source))
+        return cls(step, tuple(range(2, step.key_len)), tuple(checks), names, source, all(side != 1 for side, _ in source))
 
 
 def _join_index(
@@ -217,10 +220,11 @@ def _join_index(
     sliced: bool,
 ) -> Iterator[Bindings]:
     xp = ops.xp
-    starts, counts, total = index.ranges(query, len(keys[:2]), b.n, ops.backend)
-    if sliced:  # a scan of this shard's block of a replicated relation
+    if sliced:  # a scan of this shard's block of a replicated relation (no key: placement's SLICE)
         lo, hi = ops.router.share(int(index.rows.shape[0]))
         starts, counts, total = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64), b.n * (hi - lo)
+    else:
+        starts, counts, total = _probe(ops, shape.deep, index, keys, query, b.n)
     for lo, hi, rows in ops.chunks(counts, total):
         if not shape.checks:
             table = gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], rows, index.rows, shape.source, ops.backend)
@@ -230,18 +234,29 @@ def _join_index(
         yield Bindings(gather_pairs(b.table, outer, index.rows, inner, shape.source, xp), shape.names)
 
 
+def _probe(
+    ops: Operators, deep: tuple[int, ...], index: SortedIndex, keys: list[Any], query: Any, n: int
+) -> tuple[Any, Any, int | None]:
+    """Each outer row's run of matches in ``index``: the hash probe on the first two key
+    columns, then narrowed by each ``deep`` one (starts, counts, their sum if known)."""
+    starts, counts, total = index.ranges(query, len(keys[:2]), n, ops.backend)
+    for k in deep:
+        starts, counts, total = narrow(starts, counts, index.rows, k, keys[k], ops.backend)
+    return starts, counts, total
+
+
 def _checked_pairs(
     ops: Operators, shape: JoinShape, index: SortedIndex, keys: list[Any], starts: Any, counts: Any, lo: int, hi: int
 ) -> tuple[Any, Any]:
     """The (outer, inner) row pairs of outer rows ``lo:hi`` whose match passes the checks the
-    probe could not make (``JoinShape.checks``)."""
+    probe cannot make (``JoinShape.checks``: repeated variables)."""
     xp = ops.xp
     outer, inner = expand_runs(starts[lo:hi], counts[lo:hi], ops.backend)
     outer += lo
     rows = index.rows[inner]
     keep = xp.ones(outer.shape[0], dtype=bool)
     for k, other in shape.checks:
-        keep &= unpack(rows, k, xp) == (keys[k][outer] if other is None else unpack(rows, other, xp))
+        keep &= unpack(rows, k, xp) == unpack(rows, other, xp)
     return outer[keep], inner[keep]
 
 
@@ -253,7 +268,7 @@ def _semi_join(
     xp = ops.xp
     found = xp.zeros(b.n, dtype=bool)
     for index in parts:
-        starts, counts, total = index.ranges(query, len(keys[:2]), b.n, ops.backend)
+        starts, counts, total = _probe(ops, shape.deep, index, keys, query, b.n)
         if not shape.checks:
             found |= counts > 0
             continue
@@ -295,18 +310,8 @@ def anti_join(ops: Operators, b: Bindings, step: NegationStep, layout: Layout | 
     xp = ops.xp
     index = ops.shard.store(step.atom.relation, step.route.copy).index(step.order, "full")
     keys = ops.key_columns(step.atom, step.order[: step.key_len], b)
-    starts, counts, _ = index.ranges(probe_query(keys[:2], b.n, xp), len(keys[:2]), b.n, ops.backend)
-    if step.key_len <= 2:
-        found = counts > 0
-    else:
-        outer, inner = expand_runs(starts, counts, ops.backend)
-        rows = index.rows[inner]
-        match = xp.ones(outer.shape[0], dtype=bool)
-        for k in range(2, step.key_len):
-            match &= unpack(rows, k, xp) == keys[k][outer]
-        found = xp.zeros(b.n, dtype=bool)
-        found[outer[match]] = True
-    yield b.take(xp.nonzero(~found)[0])
+    _, counts, _ = _probe(ops, tuple(range(2, step.key_len)), index, keys, probe_query(keys[:2], b.n, xp), b.n)
+    yield b.take(xp.nonzero(counts == 0)[0])
 
 
 def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout | None) -> Iterator[Bindings]:

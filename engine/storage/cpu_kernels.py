@@ -36,6 +36,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
     "parse_fields": (_I, [_P, _I, _P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I]),
     "gather_spans": (None, [_P, _P, _I, _I, _P, _P]),
+    "narrow_runs": (_I, [_P, _I, _I, _P, _I, _P, _P]),
 }
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
     getattr(_lib, _name).restype = _restype
@@ -134,6 +135,18 @@ def gather_join(
     out = np.empty((total, spec.shape[0]), dtype=np.uint32)
     _kernels.gather_join(outer, starts, counts, offsets, halves, spec, out)
     return out
+
+
+def narrow_runs(
+    halves: np.ndarray, half: int, values: np.ndarray, starts: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each run ``[starts[i], starts[i] + counts[i])`` of an index's rows (``halves``: their
+    (n, 2w) uint32 view), sorted there by the column at ``half``, narrowed to the rows where
+    that column is ``values[i]`` (two binary searches): new starts, counts and their sum."""
+    halves, values = _c(halves, np.uint32), _c(values, np.uint32)
+    starts, counts = np.array(starts, dtype=np.int64), np.array(counts, dtype=np.int64)  # narrowed in place: copies
+    total = _lib.narrow_runs(_ptr(halves), halves.shape[1], half, _ptr(values), starts.shape[0], _ptr(starts), _ptr(counts))
+    return starts, counts, int(total)
 
 
 # A hash table's slots index fewer rows than this (32-bit first row and run length, kernels.c).

@@ -227,6 +227,35 @@ def probe_query(key_columns: list[Any], n: int, xp: Any) -> Any:
     return pack(key_columns, n, xp)[:, 0]
 
 
+def narrow(starts: Any, counts: Any, rows: Any, k: int, values: Any, backend: Backend) -> tuple[Any, Any, int | None]:
+    """A probe past the two hashed key columns: each outer row's run of the index ``rows``
+    (equal on the key columns before ``k``, so sorted by column ``k`` within it) narrowed to
+    the rows whose column ``k`` is ``values[i]``, by binary search: a run of a common prefix
+    (every class's ``<init>``, ``()V`` in DOOP's method lookup) is thousands of rows, and checking
+    each of them held the pairs of all of them (DOOP 10x: 0.5 GB, 2 s). Returns new starts,
+    counts and their sum (None where not counted, as ``HashTable.lookup``)."""
+    kernels = backend.kernels
+    if kernels is not None:
+        return kernels.narrow_runs(_halves(rows, np), half_of(k), values, starts, counts)
+    xp = backend.xp
+    column = unpack(rows, k, xp)
+    last = max(int(column.shape[0]) - 1, 0)
+    bounds = []
+    for above in (False, True):  # the first row >= value, then the first row > value
+        lo, hi = starts.copy(), starts + counts
+        while True:
+            active = lo < hi
+            if not bool(active.any()):
+                break
+            mid = (lo + hi) // 2
+            seen = column[xp.minimum(mid, last)]
+            right = active & ((seen <= values) if above else (seen < values))
+            lo = xp.where(right, mid + 1, lo)
+            hi = xp.where(active & ~right, mid, hi)
+        bounds.append(lo)
+    return bounds[0], bounds[1] - bounds[0], None
+
+
 def expand_runs(starts: Any, counts: Any, backend: Backend) -> tuple[Any, Any]:
     """Two-pass join materialisation: counts -> exclusive scan -> (outer, inner) pairs."""
     total = int(counts.sum()) if counts.shape[0] else 0

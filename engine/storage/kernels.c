@@ -201,6 +201,36 @@ int64_t hash_ranges(const hash_slot_t *slots, int64_t capacity, const uint64_t *
     return total;
 }
 
+/* A probe past the two hashed key columns: each run [starts[i], starts[i] + counts[i]) of a
+ * sorted index, whose rows are sorted there by the column at half `half` of a row (halves_width
+ * uint32 halves a row), narrowed in place to the rows where that column is values[i]: two
+ * binary searches, however long the run. Returns the narrowed counts' sum. */
+int64_t narrow_runs(const uint32_t *halves, int64_t halves_width, int64_t half, const uint32_t *values, int64_t n,
+                    int64_t *starts, int64_t *counts) {
+    int64_t total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        int64_t lo = starts[i], end = lo + counts[i], hi = end;
+        uint32_t v = values[i];
+        while (lo < hi) {
+            int64_t mid = lo + (hi - lo) / 2;
+            if (halves[mid * halves_width + half] < v) lo = mid + 1;
+            else hi = mid;
+        }
+        int64_t past = lo;
+        hi = end;
+        while (past < hi) {
+            int64_t mid = past + (hi - past) / 2;
+            if (halves[mid * halves_width + half] <= v) past = mid + 1;
+            else hi = mid;
+        }
+        starts[i] = lo;
+        counts[i] = past - lo;
+        total += past - lo;
+    }
+    return total;
+}
+
 /* The bitmap's bit of a one-word row, or -1 outside the box [lo0, lo0 + r0) x [lo1, lo1 + r1). */
 static inline int64_t dense_bit(uint64_t v, uint64_t lo0, uint64_t lo1, uint64_t r0, uint64_t r1) {
     uint64_t a = (v >> 32) - lo0, b = (v & 0xFFFFFFFFULL) - lo1;
