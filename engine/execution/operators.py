@@ -220,6 +220,7 @@ def _join_index(
     sliced: bool,
 ) -> Iterator[Bindings]:
     xp = ops.xp
+    total: int | None
     if sliced:  # a scan of this shard's block of a replicated relation (no key: placement's SLICE)
         lo, hi = ops.router.share(int(index.rows.shape[0]))
         starts, counts, total = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64), b.n * (hi - lo)
