@@ -133,7 +133,7 @@ def _in_text_order(packed: Any, relation: ir.Relation, remap: Any, backend: Back
     xp = backend.xp
     columns = [unpack(packed, j, xp) for j in range(relation.arity)]
     columns = [remap[c] if t == "symbol" else c for c, t in zip(columns, relation.types)]
-    return sets.sort_unique(pack(columns, int(packed.shape[0]), xp), xp)
+    return sets.sort_unique(pack(columns, int(packed.shape[0]), xp), backend)
 
 
 def _write_csv(

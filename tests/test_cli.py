@@ -406,6 +406,30 @@ NOT_IN_PROCESS = (
 )
 
 
+def run_probe(probe: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``probe`` run by a fresh interpreter (what it imports is its own), which must succeed."""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.mark.parametrize("given", [{}, {"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_NUM_THREADS": "4"}])
+def test_the_command_picks_thread_policies_the_user_did_not(given: dict[str, str]) -> None:
+    """``dask-datalog`` runs with one OpenBLAS thread and sleeping OpenMP threads unless the
+    environment says otherwise (cluster/cli/__init__.py): set before NumPy and the kernels
+    load, since both read them once."""
+    probe = (
+        "import os\n"
+        "import dask_datalog.cluster.cli.main as main\n"
+        "main.command = lambda: print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_NUM_THREADS'])\n"
+        "from dask_datalog.cluster.cli import command\n"
+        "command()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")} | given
+    done = run_probe(probe, env)
+    assert done.stdout.split() == ([given["OMP_WAIT_POLICY"], given["OPENBLAS_NUM_THREADS"]] if given else ["PASSIVE", "1"])
+
+
 def test_a_run_in_process_imports_only_what_it_uses(tmp_path: Path) -> None:
     """The command's default run (in this process), --no-cluster and the API without a client
     never import Dask, the service's web stack or the other optional dependencies: a run in this
@@ -428,9 +452,7 @@ def test_a_run_in_process_imports_only_what_it_uses(tmp_path: Path) -> None:
         f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {NOT_IN_PROCESS!r})\n"
         "assert not loaded, loaded\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "done: in process" in done.stderr
+    assert "done: in process" in run_probe(probe).stderr
     assert (tmp_path / "b" / "null.csv").read_text() == "1\t2\n1\t3\n1\t4\n"
 
 
@@ -453,8 +475,7 @@ def test_a_run_with_symbols_skips_pyarrow_compute(tmp_path: Path) -> None:
         f"assert main(['run', {str(program)!r}, '-F', {str(tmp_path)!r}, '-D', {str(tmp_path)!r}]) == 0\n"
         "assert not {'pyarrow.compute', 'pandas'} & set(sys.modules), sorted(sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    run_probe(probe)
     assert (tmp_path / "tag.csv").read_text() == "am\namy-7\nan\nann-30\n"
 
 
@@ -470,8 +491,7 @@ def test_the_parser_is_built_without_the_engine() -> None:
         f"loaded = sorted(m for m in sys.modules if m.startswith(heavy) or m.split('.')[0] in {NOT_IN_PROCESS!r})\n"
         "assert not loaded, loaded\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    run_probe(probe)
     helped = subprocess.run([sys.executable, "-m", "dask_datalog.cluster.cli", "run", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0, helped.stderr
     text = " ".join(helped.stdout.split())  # as argparse wraps it at any width

@@ -1029,7 +1029,7 @@ def test_chunked_writing_from_packed_rows(tmp_path: Path, monkeypatch: pytest.Mo
         }
     )
     rows = encode_rows(data, relation, symbols, "<test>")
-    packed = sets.sort_unique(pack([rows[:, j] for j in range(len(types))], len(rows), np), np)
+    packed = sets.sort_unique(pack([rows[:, j] for j in range(len(types))], len(rows), np), KERNELS)
     shard = Shard(0, 1, program, symbols, "numpy", {"r": packed}, {})
     heard: list[tuple[str, int]] = []
     write_outputs(LocalTransport(), shard, str(tmp_path), "csv", written=lambda name, n: heard.append((name, n)))

@@ -24,7 +24,7 @@ from program_gen import GeneratedCase, generate_case, generate_from_rng
 from test_differential import diff_message
 
 from dask_datalog.engine import ir
-from dask_datalog.engine.backend import get_backend
+from dask_datalog.engine.backend import NUMPY, get_backend
 from dask_datalog.engine.errors import Aborted, DatalogError
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.frontend import load_program, load_program_file
@@ -445,7 +445,7 @@ def test_symbols_appended_during_a_run_are_written_in_text_order(n: int, fmt: st
         mine = _deal(sorted(data), rank, n)
         ids = np.array([symbols.id_of(s) for s, _ in mine], dtype=np.uint32)
         numbers = np.array([(k & 0xFFFFFFFF) ^ 0x80000000 for _, k in mine], dtype=np.uint32)
-        return sets.sort_unique(pack([ids, numbers], len(mine), np), np)
+        return sets.sort_unique(pack([ids, numbers], len(mine), np), NUMPY)
 
     def write(appended: bool, out: Path) -> None:
         def shard(transport: Any) -> None:

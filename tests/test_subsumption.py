@@ -259,7 +259,7 @@ def test_removal_keeps_every_index_and_the_delta(backend: str) -> None:
 
     def rows(pairs: set[tuple[int, int]]) -> object:
         a = np.array(sorted(pairs), dtype=np.uint32).reshape(-1, 2)
-        return sets.sort_unique(pack([xp.asarray(a[:, 0]), xp.asarray(a[:, 1])], a.shape[0], xp), xp)
+        return sets.sort_unique(pack([xp.asarray(a[:, 0]), xp.asarray(a[:, 1])], a.shape[0], xp), b)
 
     for _ in range(5):
         batch = {(int(x), int(y)) for x, y in rng.integers(0, 40, size=(60, 2))} - everything

@@ -314,8 +314,8 @@ class Fixpoint:
         t0 = time.perf_counter()
         xp = self.xp
         width = self.width
-        kept = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
-        outgoing = {r: HeadRows(width[r], self.chunk_rows, xp, self.clock) for r in relations}
+        kept = {r: HeadRows(width[r], self.chunk_rows, self.backend, self.clock) for r in relations}
+        outgoing = {r: HeadRows(width[r], self.chunk_rows, self.backend, self.clock) for r in relations}
         profile = self.profile
         for rp in versions:
             if self._idle(rp):  # before the check: a version with nothing to read costs one test

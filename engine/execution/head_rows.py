@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.execution.phases import PhaseClock
 from dask_datalog.engine.storage import sets
 
@@ -15,8 +16,8 @@ class HeadRows:
     new against full already) or sends them on (raw, from the join). ``peak``: the most raw
     rows it held at once."""
 
-    def __init__(self, width: int, chunk_rows: int, xp: Any, clock: PhaseClock):
-        self.width, self.chunk_rows, self.xp, self.clock = width, chunk_rows, xp, clock
+    def __init__(self, width: int, chunk_rows: int, backend: Backend, clock: PhaseClock):
+        self.width, self.chunk_rows, self.backend, self.xp, self.clock = width, chunk_rows, backend, backend.xp, clock
         self.compacted: list[Any] = []  # at most one sorted, unique block
         self.pending: list[tuple[Any, bool]] = []  # (rows, sorted and unique)
         self.pending_rows = 0
@@ -43,7 +44,7 @@ class HeadRows:
         if len(blocks) == 1 and (self.compacted or self.pending[0][1]):
             return blocks[0]
         with self.clock.phase("dedup"):
-            return sets.sort_unique(self.xp.concatenate(blocks), self.xp)
+            return sets.sort_unique(self.xp.concatenate(blocks), self.backend)
 
     def __len__(self) -> int:
         return sum(int(b.shape[0]) for b in self.compacted) + self.pending_rows

@@ -336,7 +336,7 @@ def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout |
         batches: list[Bindings] = []
         ops.run(start, step.steps, batches.append)
         if batches:
-            collect(_distinct_bindings(batches, xp))
+            collect(_distinct_bindings(batches, ops.backend))
     else:
         ops.run(start, step.steps, collect)
     g = xp.concatenate(gids) if gids else xp.zeros(0, dtype=xp.uint32)
@@ -380,12 +380,13 @@ def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout |
     yield out
 
 
-def _distinct_bindings(batches: list[Bindings], xp: Any) -> Bindings:
+def _distinct_bindings(batches: list[Bindings], backend: Backend) -> Bindings:
     """An aggregate body's bindings as a set of rows of its named variables, the group's id
     among them (what Soufflé's materialised body relation holds: ``Aggregation.distinct``)."""
+    xp = backend.xp
     names = tuple(sorted(n for n in batches[0].names if n is not None and not is_named_wildcard(n)))
     rows = xp.concatenate([xp.stack([b.col(n) for n in names], axis=1) for b in batches])
-    return Bindings(sets.sort_unique(rows, xp), names)
+    return Bindings(sets.sort_unique(rows, backend), names)
 
 
 _ZERO, _NEGATIVE_ZERO = SIGN, SIGN - np.uint32(1)  # encoded +0.0 and -0.0

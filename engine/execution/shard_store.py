@@ -59,7 +59,7 @@ class ShardStore:
 
     def union(self, name: str, blocks: list[Any]) -> Any:
         """Sorted unique rows of ``name`` from blocks of packed rows."""
-        return sets.union_all(blocks, words_for(self.stores[name].arity), self.xp)
+        return sets.union_all(blocks, words_for(self.stores[name].arity), self.backend)
 
     def receive(self, blocks: dict[Target, Any]) -> None:
         """Route blocks of packed rows to the stores that hold them (one collective for all) and
@@ -74,7 +74,7 @@ class ShardStore:
         blocks: dict[Target, Any] = {}
         for name, rows in inputs.items():
             packed = pack([self.xp.asarray(rows[:, j]) for j in range(rows.shape[1])], rows.shape[0], self.xp)
-            packed = sets.sort_unique(packed, self.xp)
+            packed = sets.sort_unique(packed, self.backend)
             for target in self.targets(name):
                 blocks[target] = packed
         self.receive(blocks)

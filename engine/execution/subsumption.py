@@ -58,10 +58,9 @@ class Subsumption:
     def _found(self, relation: str, versions: tuple[RulePlan, ...], targets: list[Target]) -> Any:
         """The tuples ``versions`` find on any shard that ``targets`` hold here, sorted and
         unique (one round: every shard routes, with or without rows)."""
-        xp = self.ops.xp
         width = words_for(self.shard.stores[relation].arity)
-        found = HeadRows(width, self.ops.chunk_rows, xp, self.clock)
-        unused = HeadRows(width, self.ops.chunk_rows, xp, self.clock)
+        found = HeadRows(width, self.ops.chunk_rows, self.ops.backend, self.clock)
+        unused = HeadRows(width, self.ops.chunk_rows, self.ops.backend, self.clock)
         for rp in versions:
             self.check()
             run_version(self.ops, self.clock, rp, unused, found, self.check, found=True)

@@ -37,6 +37,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "parse_fields": (_I, [_P, _I, _P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I]),
     "gather_spans": (None, [_P, _P, _I, _I, _P, _P]),
     "narrow_runs": (_I, [_P, _I, _I, _P, _I, _P, _P]),
+    "column_bounds": (None, [_P, _I, _I, _P, _P]),
+    "pack_keys": (None, [_P, _I, _I, _P, _P, _P, _P]),
+    "unpack_keys": (None, [_P, _I, _I, _P, _P, _P, _P]),
 }
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
     getattr(_lib, _name).restype = _restype
@@ -147,6 +150,33 @@ def narrow_runs(
     starts, counts = np.array(starts, dtype=np.int64), np.array(counts, dtype=np.int64)  # narrowed in place: copies
     total = _lib.narrow_runs(_ptr(halves), halves.shape[1], half, _ptr(values), starts.shape[0], _ptr(starts), _ptr(counts))
     return starts, counts, int(total)
+
+
+def column_bounds(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of an (n, width) uint32 table, its least and greatest value (one pass, where
+    NumPy's min and max over axis 0 make two of a strided view)."""
+    table = _c(table, np.uint32)
+    lo, hi = np.empty(table.shape[1], dtype=np.uint32), np.empty(table.shape[1], dtype=np.uint32)
+    _lib.column_bounds(_ptr(table), table.shape[0], table.shape[1], _ptr(lo), _ptr(hi))
+    return lo, hi
+
+
+def pack_keys(table: np.ndarray, lows: np.ndarray, shifts: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """One uint64 per row of an (n, width) uint32 table: the sum of ``(column c - lows[c]) <<
+    shifts[c]`` over the columns of nonzero ``widths`` (sets._sort_unique_narrow's key)."""
+    table = _c(table, np.uint32)
+    lows, shifts, widths = _c(lows, np.uint32), _c(shifts, np.int64), _c(widths, np.int64)
+    keys = np.empty(table.shape[0], dtype=np.uint64)
+    _lib.pack_keys(_ptr(table), table.shape[0], table.shape[1], _ptr(lows), _ptr(shifts), _ptr(widths), _ptr(keys))
+    return keys
+
+
+def unpack_keys(keys: np.ndarray, lows: np.ndarray, shifts: np.ndarray, widths: np.ndarray, out: np.ndarray) -> None:
+    """``pack_keys``' inverse: each key's row into ``out``, a C-contiguous (len(keys), width)
+    uint32 table written in place."""
+    keys, lows, shifts, widths = _c(keys, np.uint64), _c(lows, np.uint32), _c(shifts, np.int64), _c(widths, np.int64)
+    assert out.dtype == np.uint32 and out.flags.c_contiguous and out.shape[0] == keys.shape[0]
+    _lib.unpack_keys(_ptr(keys), keys.shape[0], out.shape[1], _ptr(lows), _ptr(shifts), _ptr(widths), _ptr(out))
 
 
 # A hash table's slots index fewer rows than this (32-bit first row and run length, kernels.c).

@@ -94,5 +94,5 @@ class DenseSet:
         fresh = np.sort(fresh).reshape(-1, 1)
         if outside.shape[0] == 0:
             return fresh
-        rest = subtract_outside(sets.sort_unique(outside.reshape(-1, 1), np))
+        rest = subtract_outside(sets.sort_unique(outside.reshape(-1, 1), self.backend))
         return sets.merge(fresh, rest, self.backend)

@@ -363,7 +363,7 @@ class RelationStore:
             with phase("dedup"):
                 return self.dense.novel(rows, self.subtract)
         with phase("dedup"):
-            rows = sets.sort_unique(rows, self.xp)
+            rows = sets.sort_unique(rows, self.backend)
         with phase("difference"):
             return self.subtract(rows)
 
@@ -415,7 +415,7 @@ class RelationStore:
     def _sorted_in(self, canonical_rows: Any, order: tuple[int, ...]) -> Any:
         if order == self.canonical:
             return canonical_rows
-        return sets.sort_unique(permute(canonical_rows, self.arity, order, self.xp), self.xp)
+        return sets.sort_unique(permute(canonical_rows, self.arity, order, self.xp), self.backend)
 
     def release(self, orders: Collection[tuple[int, ...]]) -> None:
         """Free what only finished strata needed: full in every column order but ``orders``

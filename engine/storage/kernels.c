@@ -231,6 +231,51 @@ int64_t narrow_runs(const uint32_t *halves, int64_t halves_width, int64_t half, 
     return total;
 }
 
+/* Dedup of rows as one 64-bit key each (sets._sort_unique_narrow): an (n, width) uint32 table's
+ * least and greatest value per column, in one pass. */
+void column_bounds(const uint32_t *t, int64_t n, int64_t width, uint32_t *lo, uint32_t *hi) {
+    for (int64_t c = 0; c < width; c++) {
+        lo[c] = UINT32_MAX;
+        hi[c] = 0;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const uint32_t *row = t + i * width;
+        for (int64_t c = 0; c < width; c++) {
+            if (row[c] < lo[c]) lo[c] = row[c];
+            if (row[c] > hi[c]) hi[c] = row[c];
+        }
+    }
+}
+
+/* Each row's key: column c less lows[c], shifted by shifts[c] (widths[c] bits; a constant column,
+ * width 0, adds nothing), summed; with the shifts descending in the rows' order of significance
+ * the keys sort as the rows. */
+void pack_keys(const uint32_t *t, int64_t n, int64_t width, const uint32_t *lows, const int64_t *shifts,
+               const int64_t *widths, uint64_t *keys) {
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        const uint32_t *row = t + i * width;
+        uint64_t key = 0;
+        for (int64_t c = 0; c < width; c++) {
+            if (widths[c]) key |= (uint64_t)(row[c] - lows[c]) << shifts[c];
+        }
+        keys[i] = key;
+    }
+}
+
+/* pack_keys' inverse: each key's row into t. */
+void unpack_keys(const uint64_t *keys, int64_t n, int64_t width, const uint32_t *lows, const int64_t *shifts,
+                 const int64_t *widths, uint32_t *t) {
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t *row = t + i * width;
+        for (int64_t c = 0; c < width; c++) {
+            uint64_t mask = widths[c] >= 64 ? ~0ULL : (1ULL << widths[c]) - 1;
+            row[c] = widths[c] ? (uint32_t)((keys[i] >> shifts[c]) & mask) + lows[c] : lows[c];
+        }
+    }
+}
+
 /* The bitmap's bit of a one-word row, or -1 outside the box [lo0, lo0 + r0) x [lo1, lo1 + r1). */
 static inline int64_t dense_bit(uint64_t v, uint64_t lo0, uint64_t lo1, uint64_t r0, uint64_t r1) {
     uint64_t a = (v >> 32) - lo0, b = (v & 0xFFFFFFFFULL) - lo1;
