@@ -15,8 +15,12 @@ def command() -> None:
     command has imported and loaded what it runs (``settle_collector``): the imports alone made
     some 150 collections, 20-40 ms of a 0.2 s command, for no garbage. NumPy's OpenBLAS gets one
     thread unless the user chose: the engine makes no BLAS call, and starting a pool of them
-    doubled NumPy's import (0.08 -> 0.14 s on the 2-core machine); its workers inherit it."""
+    doubled NumPy's import (0.08 -> 0.14 s on the 2-core machine). The kernels' OpenMP threads
+    sleep between parallel loops unless the user chose: libgomp's default spins them first,
+    which on a busy machine took the cores the run needed (andersen 10x beside other work:
+    3.0-3.3 -> 2.0-2.1 s of CPU). Its workers inherit both."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     gc.disable()
     from dask_datalog.cluster.cli.main import command as program
 
