@@ -143,7 +143,7 @@ class Measurement:
     returncode: int | None  # None on timeout
     timed_out: bool
     wall_s: float  # of the whole subprocess, interpreter start included
-    peak_rss: int  # bytes; max of the polled RSS of its tree and the child's own VmHWM
+    peak_rss: int | None  # bytes; max of the polled RSS of its tree and the child's own VmHWM; None: never seen
     stderr_tail: str
 
 
@@ -189,8 +189,9 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dic
     mark (VmHWM, which also catches its spikes between polls), as last read while it ran. The
     child's `ru_maxrss` from `os.wait4` is not used: Linux carries the RSS high-water mark of
     the forking process (this one) across exec into it, so it never reads below this
-    process's own peak. On timeout the child's whole process group is killed. The command's
-    stdout is discarded; the tail of its stderr is kept.
+    process's own peak. A command that ended before any poll read it (a few milliseconds on
+    a busy machine) has no peak (None), not a peak of 0. On timeout the child's whole process
+    group is killed. The command's stdout is discarded; the tail of its stderr is kept.
     """
     _tree_rss(os.getpid())  # psutil imported now: importing it in the first poll took 10-20 ms
     with tempfile.TemporaryFile() as err:
@@ -223,7 +224,11 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dic
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     return Measurement(
-        returncode=None if timed_out else rc, timed_out=timed_out, wall_s=wall, peak_rss=polled, stderr_tail=stderr[-3000:]
+        returncode=None if timed_out else rc,
+        timed_out=timed_out,
+        wall_s=wall,
+        peak_rss=polled or None,
+        stderr_tail=stderr[-3000:],
     )
 
 

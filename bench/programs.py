@@ -316,7 +316,8 @@ def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: 
         log(f"  {where} {engine.label}: cannot start {argv[0]}: {e}")
         outcome.status = "error"
         return False
-    outcome.rss.append(m.peak_rss)
+    if m.peak_rss is not None:  # None: it ended before a poll saw it
+        outcome.rss.append(m.peak_rss)
     if m.timed_out:
         log(f"  {where} {engine.label}: timeout after {timeout_s:.0f} s (peak RSS {fmt_bytes(m.peak_rss)})")
         outcome.status = "timeout"

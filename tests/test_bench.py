@@ -51,11 +51,22 @@ def programs(scripts: dict[str, ModuleType]) -> ModuleType:
 
 def test_a_command_of_a_few_milliseconds_is_seen_running(common: ModuleType) -> None:
     """measure's first polls come 1, 2, 4 ... ms apart: a command that ends within the 20 ms
-    of a fixed interval (Soufflé on a small input) still has a peak RSS, not 0 (polling can
-    catch it just after its exec, below its true peak: a clean clone's run saw 188 KiB)."""
+    of a fixed interval (Soufflé on a small input) still has a peak RSS (polling can catch it
+    just after its exec, below its true peak: a clean clone's run saw 188 KiB)."""
     for _ in range(5):
-        m = common.measure([sys.executable, "-S", "-c", "pass"], timeout_s=30)
-        assert m.returncode == 0 and m.peak_rss > 0, m
+        m = common.measure([sys.executable, "-S", "-c", "import time; time.sleep(0.03)"], timeout_s=30)
+        assert m.returncode == 0 and m.peak_rss is not None and m.peak_rss > 0, m
+
+
+def test_a_command_no_poll_saw_has_no_peak(common: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that ended before any poll read it (a loaded make test's 13 ms python -S
+    read 0 MiB) has no peak, which the tables leave out: never a peak of 0."""
+    monkeypatch.setattr(common, "_hwm", lambda pid: 0)
+    monkeypatch.setattr(common, "_tree_rss", lambda pid: 0)
+    m = common.measure([sys.executable, "-S", "-c", "pass"], timeout_s=30)
+    assert m.returncode == 0 and m.peak_rss is None, m
+    outcome = common.Outcome(status="ok", walls=[m.wall_s])  # what programs.py keeps of it: no rss
+    assert outcome.peak_rss is None and outcome.rss_cell() == "-"
 
 
 @pytest.mark.parametrize("engines", [2, 3, 4, 5])
