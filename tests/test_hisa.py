@@ -145,6 +145,27 @@ def test_hash_table_and_directory_agree_with_dict(keys, queries):
             assert total == matched if backend is KERNELS else total in (None, matched)
 
 
+@given(
+    st.integers(0, 2**64 - 64),
+    st.lists(st.integers(0, 40), min_size=1, max_size=60),
+    st.lists(st.integers(-3, 45), max_size=60),
+)
+def test_direct_address_index_agrees_with_the_directory(low, keys, queries):
+    """Keys in a short range get the direct-address index on the CPU (not the hash table):
+    the same first row and run length as the directory's binary search, 0 and 0 for a query
+    outside the range (below its first key too, where the subtraction wraps) or between
+    keys, and the run lengths' sum."""
+    prefix = np.sort(np.array(keys, dtype=np.uint64)) + np.uint64(low)
+    q = np.array([low + k for k in queries if 0 <= low + k < 2**64], dtype=np.uint64)
+    table = HashTable.build(prefix, xp)
+    want = HashTable.build(prefix, xp).lookup_directory(q, xp)
+    for _ in range(2):  # the index built by the first probe answers the second
+        starts, counts, total = table.lookup(q, KERNELS)
+        assert table.offsets is not None and table.slots is None and table.keys is None
+        assert starts.tolist() == want[0].tolist() and counts.tolist() == want[1].tolist()
+        assert total == int(want[1].sum())
+
+
 @given(st.data())
 def test_index_join_matches_nested_loop(data):
     """ranges on the first two key columns, narrowed by the rest (binary search in each run, the
@@ -341,7 +362,7 @@ def test_a_run_too_long_for_the_slots_is_probed_through_its_directory(monkeypatc
 def test_join_kernels_refuse_arrays_they_would_misread() -> None:
     """The join step's kernels take their arrays without ctypes' conversions: an array of the
     wrong element size, or a non-contiguous one, must raise rather than be read as bytes."""
-    keys = np.array([1, 1, 2, 5], dtype=np.uint64)
+    keys = np.array([1, 1, 2, 5 << 40], dtype=np.uint64)  # spread: a hash table
     table = HashTable.build(keys, xp)
     table.lookup(keys, KERNELS)  # builds the slots
     assert table.slots is not None
@@ -351,6 +372,16 @@ def test_join_kernels_refuse_arrays_they_would_misread() -> None:
         _kernels.hash_ranges(table.slots, keys.astype(np.uint32), *out)
     with pytest.raises(ValueError):
         _kernels.hash_ranges(table.slots, keys, out[0][:2], out[1])
+    dense = HashTable.build(np.array([1, 1, 2, 5], dtype=np.uint64), xp)
+    dense.lookup(keys, KERNELS)  # builds the direct-address index
+    assert dense.offsets is not None
+    assert _kernels.offset_ranges(dense.offsets, dense.low, keys, *out) == 2 + 2 + 1 + 0
+    with pytest.raises(TypeError):
+        _kernels.offset_ranges(dense.offsets.astype(np.uint64), dense.low, keys, *out)
+    with pytest.raises(ValueError):
+        _kernels.offset_ranges(dense.offsets, dense.low, keys, out[0][:2], out[1])
+    with pytest.raises(OverflowError):
+        _kernels.offset_ranges(dense.offsets, -1, keys, *out)
     outer = np.arange(6, dtype=np.uint32).reshape(3, 2)
     starts, counts = np.zeros(3, dtype=np.int64), np.ones(3, dtype=np.int64)
     halves = np.arange(4, dtype=np.uint32).reshape(2, 2)

@@ -31,6 +31,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "merge_many": (None, [_P, _P, _I, _I, _P]),
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
     "hash_build": (None, [_P, _P, _P, _I, _P, _I]),
+    "offsets_build": (None, [_P, _P, _I, _U, _I, _I, _P]),
     "dense_mark": (None, [_P, _I, _P, _U, _U, _U, _U]),
     "dense_novel": (None, [_P, _I, _P, _U, _U, _U, _U, _P, _P, _P]),
     "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
@@ -204,6 +205,31 @@ def hash_ranges(slots: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.
     out_start = np.empty(queries.shape[0], dtype=np.int64)
     out_count = np.empty(queries.shape[0], dtype=np.int64)
     total = _kernels.hash_ranges(slots, queries, out_start, out_count)
+    return out_start, out_count, int(total)
+
+
+# Bytes per value of a direct-address index's range (uint32 offsets) and per hash slot.
+OFFSET_BYTES, SLOT_BYTES = 4, 16
+
+
+def offsets_build(keys: np.ndarray, starts: np.ndarray, rows: int) -> np.ndarray:
+    """The direct-address index over a run's sorted distinct ``keys`` (kernels.c): uint32
+    offsets, entry k the first row whose key is keys[0] + k or more, for k = 0 .. span + 1.
+    The run must hold fewer than HASH_ROWS_MAX rows."""
+    keys, starts = _c(keys, np.uint64), _c(starts, np.int64)
+    if not keys.shape[0] or rows >= HASH_ROWS_MAX:
+        raise ValueError(f"a direct-address index over {keys.shape[0]} keys and {rows} rows: some, fewer than {HASH_ROWS_MAX}")
+    out = np.empty(int(keys[-1] - keys[0]) + 2, dtype=np.uint32)
+    _lib.offsets_build(_ptr(keys), _ptr(starts), keys.shape[0], int(keys[0]), out.shape[0], rows, _ptr(out))
+    return out
+
+
+def offset_ranges(offsets: np.ndarray, low: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """``hash_ranges`` over ``offsets_build``'s index, whose first key is ``low``."""
+    queries = _c(queries, np.uint64)
+    out_start = np.empty(queries.shape[0], dtype=np.int64)
+    out_count = np.empty(queries.shape[0], dtype=np.int64)
+    total = _kernels.offset_ranges(offsets, low, queries, out_start, out_count)
     return out_start, out_count, int(total)
 
 

@@ -276,6 +276,43 @@ void unpack_keys(const uint64_t *keys, int64_t n, int64_t width, const uint32_t 
     }
 }
 
+/* A direct-address index over a sorted run whose distinct keys lie in a short range lo .. lo +
+ * slots - 2 (node and symbol ids mostly do): out[k] is the first row whose key is lo + k or
+ * more, so key lo + k's run is rows out[k] .. out[k + 1]. Four bytes per value of the range
+ * against a hash slot's sixteen per key at load 1/3 to 2/3 (dyck's tables were 24-48 bytes a
+ * key), and a probe reads two adjacent words where the hash table reads a slot after a probe
+ * sequence. ``keys``/``starts``: the run's key directory (sorted, all at least lo). */
+void offsets_build(const uint64_t *keys, const int64_t *starts, int64_t n, uint64_t lo, int64_t slots, int64_t rows,
+                   uint32_t *out) {
+    int64_t j = 0;
+    for (int64_t k = 0; k < slots; k++) {
+        while (j < n && keys[j] - lo < (uint64_t)k) j++;
+        out[k] = (uint32_t)(j < n ? starts[j] : rows);
+    }
+}
+
+/* hash_ranges over offsets_build's index: (first row, run length) per query, 0 and 0 where
+ * the key is absent (outside the range, or an empty run inside it); returns the lengths' sum. */
+int64_t offset_ranges(const uint32_t *offsets, int64_t slots, uint64_t lo, const uint64_t *queries, int64_t n,
+                      int64_t *out_start, int64_t *out_count) {
+    uint64_t keys = (uint64_t)slots - 1;
+    int64_t total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t k = queries[i] - lo; /* wraps past the range for a query below lo */
+        int64_t start = 0, count = 0;
+        if (k < keys) {
+            start = offsets[k];
+            count = (int64_t)offsets[k + 1] - start;
+            start = count ? start : 0;
+        }
+        out_start[i] = start;
+        out_count[i] = count;
+        total += count;
+    }
+    return total;
+}
+
 /* The bitmap's bit of a one-word row, or -1 outside the box [lo0, lo0 + r0) x [lo1, lo1 + r1). */
 static inline int64_t dense_bit(uint64_t v, uint64_t lo0, uint64_t lo1, uint64_t r0, uint64_t r1) {
     uint64_t a = (v >> 32) - lo0, b = (v & 0xFFFFFFFFULL) - lo1;
@@ -530,11 +567,11 @@ static PyObject *address(PyObject *self, PyObject *obj) {
     return PyLong_FromVoidPtr(buf);
 }
 
-/* The join step's two kernels (hash_ranges, gather_join) are called through these, not ctypes:
- * a ctypes call costs some 3 us of argument conversion, about what the kernel itself takes on
- * the hundreds of rows a many-rule fixpoint joins per step, and a join step makes two. Each
- * array argument is a C-contiguous buffer of the element size the kernel reads (checked: a
- * wrong one raises); the loops run without the GIL, as ctypes ran them. */
+/* The join step's kernels (hash_ranges or offset_ranges, gather_join) are called through
+ * these, not ctypes: a ctypes call costs some 3 us of argument conversion, about what the
+ * kernel itself takes on the hundreds of rows a many-rule fixpoint joins per step, and a join
+ * step makes two. Each array argument is a C-contiguous buffer of the element size the kernel
+ * reads (checked: a wrong one raises); the loops run without the GIL, as ctypes ran them. */
 typedef struct {
     Py_buffer views[7];
     int held;
@@ -584,6 +621,32 @@ static PyObject *py_hash_ranges(PyObject *self, PyObject *const *args, Py_ssize_
     return PyLong_FromLongLong(total);
 }
 
+/* offset_ranges(offsets uint32, lo, queries, out_start, out_count) -> the run lengths' sum */
+static PyObject *py_offset_ranges(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    static const Py_ssize_t sizes[4] = {4, 8, 8, 8};
+    static const int writable[4] = {0, 0, 1, 1};
+    PyObject *arrays[4];
+    Buffers b = {.held = 0};
+    if (nargs != 5) return PyErr_Format(PyExc_TypeError, "offset_ranges takes 5 arguments, not %zd", nargs);
+    uint64_t lo = PyLong_AsUnsignedLongLong(args[1]);
+    if (lo == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    arrays[0] = args[0];
+    for (int k = 1; k < 4; k++) arrays[k] = args[k + 1];
+    if (take_buffers(&b, arrays, sizes, writable, 4) < 0) return NULL;
+    int64_t slots = b.views[0].len / 4, n = b.views[1].len / 8, total;
+    if (slots < 1 || b.views[2].len / 8 < n || b.views[3].len / 8 < n) {
+        release(&b);
+        return PyErr_Format(PyExc_ValueError, "offset_ranges: no offsets, or outputs shorter than the %lld queries",
+                            (long long)n);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    total = offset_ranges(b.views[0].buf, slots, lo, b.views[1].buf, n, b.views[2].buf, b.views[3].buf);
+    Py_END_ALLOW_THREADS
+    release(&b);
+    return PyLong_FromLongLong(total);
+}
+
 /* gather_join(outer (n, k) uint32, starts, counts, offsets, halves (m, h) uint32, spec (c, 2), out (total, c)) */
 static PyObject *py_gather_join(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -610,6 +673,8 @@ static PyObject *py_gather_join(PyObject *self, PyObject *const *args, Py_ssize_
 static PyMethodDef kernels_methods[] = {
     {"address", address, METH_O, "The address of a contiguous buffer's first byte."},
     {"hash_ranges", (PyCFunction)(void (*)(void))py_hash_ranges, METH_FASTCALL, "The join's count pass (hash_ranges)."},
+    {"offset_ranges", (PyCFunction)(void (*)(void))py_offset_ranges, METH_FASTCALL,
+     "The join's count pass over a direct-address index (offset_ranges)."},
     {"gather_join", (PyCFunction)(void (*)(void))py_gather_join, METH_FASTCALL, "The join's materialisation (gather_join)."},
     {NULL, NULL, 0, NULL}};
 
