@@ -102,6 +102,7 @@ def evaluate_shard(
     relations = ShardStore(plan, backend, exchange)
     if manifest is None:
         relations.load(start.inputs)
+        start.inputs.clear()  # the stores hold them now, packed: the encoded copies would stay to the end
     else:
         relations.restore(manifest.position, restored, manifest.dropped)
     chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget or memory.default_budget(backend), backend)
