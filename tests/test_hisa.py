@@ -166,6 +166,30 @@ def test_direct_address_index_agrees_with_the_directory(low, keys, queries):
         assert total == int(want[1].sum())
 
 
+@given(
+    st.integers(0, 2**32 - 41),
+    st.lists(st.tuples(st.integers(0, 40), st.sampled_from([0, 1, 7, 2**31, 2**32 - 1])), min_size=1, max_size=60),
+    st.lists(st.tuples(st.integers(-2, 42), st.sampled_from([0, 1, 2, 7, 2**31, 2**32 - 1])), max_size=60),
+    st.integers(1, 2),
+)
+def test_first_column_index_agrees_with_the_directory(low, keys, queries, width):
+    """Two-column keys whose first columns lie in a short range get the direct-address index
+    of the first column and a binary search within its run (over rows of one or two words):
+    the same answers as the directory's binary search, for keys present, absent within a run,
+    or with a first column outside the range."""
+    tuples = sorted({*keys, (0, 0), (1, 2**32 - 1)})  # keys too spread for an index of their own
+    rows = np.zeros((len(tuples), width), dtype=np.uint64)
+    rows[:, 0] = [((low + a) << 32) | b for a, b in tuples]
+    q = np.array([((low + a) << 32) | b for a, b in queries if 0 <= low + a < 2**32], dtype=np.uint64)
+    table = HashTable.build(rows[:, 0], xp, rows)
+    want = HashTable.build(rows[:, 0], xp).lookup_directory(q, xp)
+    for _ in range(2):
+        starts, counts, total = table.lookup(q, KERNELS)
+        assert table.offsets is not None and table.shift == 32 and table.words is rows
+        assert starts.tolist() == want[0].tolist() and counts.tolist() == want[1].tolist()
+        assert total == int(want[1].sum())
+
+
 @given(st.data())
 def test_index_join_matches_nested_loop(data):
     """ranges on the first two key columns, narrowed by the rest (binary search in each run, the
@@ -375,13 +399,17 @@ def test_join_kernels_refuse_arrays_they_would_misread() -> None:
     dense = HashTable.build(np.array([1, 1, 2, 5], dtype=np.uint64), xp)
     dense.lookup(keys, KERNELS)  # builds the direct-address index
     assert dense.offsets is not None
-    assert _kernels.offset_ranges(dense.offsets, dense.low, keys, *out) == 2 + 2 + 1 + 0
+    assert _kernels.offset_ranges(dense.offsets, dense.low, 0, keys, *out) == 2 + 2 + 1 + 0
     with pytest.raises(TypeError):
-        _kernels.offset_ranges(dense.offsets.astype(np.uint64), dense.low, keys, *out)
+        _kernels.offset_ranges(dense.offsets.astype(np.uint64), dense.low, 0, keys, *out)
     with pytest.raises(ValueError):
-        _kernels.offset_ranges(dense.offsets, dense.low, keys, out[0][:2], out[1])
+        _kernels.offset_ranges(dense.offsets, dense.low, 0, keys, out[0][:2], out[1])
+    with pytest.raises(ValueError):
+        _kernels.offset_ranges(dense.offsets, dense.low, 0, keys, *out, keys)  # rows must be (n, w)
+    with pytest.raises(ValueError):
+        _kernels.offset_ranges(dense.offsets, dense.low, 7, keys, *out)
     with pytest.raises(OverflowError):
-        _kernels.offset_ranges(dense.offsets, -1, keys, *out)
+        _kernels.offset_ranges(dense.offsets, -1, 0, keys, *out)
     outer = np.arange(6, dtype=np.uint32).reshape(3, 2)
     starts, counts = np.zeros(3, dtype=np.int64), np.ones(3, dtype=np.int64)
     halves = np.arange(4, dtype=np.uint32).reshape(2, 2)

@@ -224,12 +224,19 @@ def offsets_build(keys: np.ndarray, starts: np.ndarray, rows: int) -> np.ndarray
     return out
 
 
-def offset_ranges(offsets: np.ndarray, low: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """``hash_ranges`` over ``offsets_build``'s index, whose first key is ``low``."""
+def offset_ranges(
+    offsets: np.ndarray, low: int, shift: int, queries: np.ndarray, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``hash_ranges`` over ``offsets_build``'s index of the queries' bits from ``shift`` up,
+    whose first key is ``low``; with ``rows`` (shift 32: two-column keys, the sorted rows
+    whose first word they are), a binary search within the first column's run."""
     queries = _c(queries, np.uint64)
     out_start = np.empty(queries.shape[0], dtype=np.int64)
     out_count = np.empty(queries.shape[0], dtype=np.int64)
-    total = _kernels.offset_ranges(offsets, low, queries, out_start, out_count)
+    if rows is None:
+        total = _kernels.offset_ranges(offsets, low, shift, queries, out_start, out_count)
+    else:
+        total = _kernels.offset_ranges(offsets, low, shift, queries, out_start, out_count, _c(rows, np.uint64))
     return out_start, out_count, int(total)
 
 

@@ -125,7 +125,10 @@ class HashTable:
     run length, plus, on the CPU, the open-addressing table over them, or a direct-address
     index (offsets) where the keys span a range of at most a few times the table's slots:
     ids of nodes and symbols are dense, and there it takes 4 bytes a value of the range
-    against 16 a slot (dyck at 10x: 32 MB of slots per 38 MB order), and probes faster.
+    against 16 a slot (dyck at 10x: 32 MB of slots per 38 MB order), and probes faster. Two-
+    column keys whose first columns span such a range and own short runs get the index of
+    the first column and a binary search within its run (polonius at 10x: 128 MB of slots
+    for a 22 MB relation probed on its whole tuple).
 
     On the GPU (and on ``numpy-xp``) the join probes the sorted directory by binary search
     instead. On the GPU one
@@ -139,11 +142,18 @@ class HashTable:
     slots: Any | None
     rows: int  # of the sorted array
     distinct: int  # keys
-    offsets: Any | None = None  # the direct-address index (CPU), its first key ``low``
+    offsets: Any | None = None  # the direct-address index (CPU) of the keys' bits from ``shift`` up, from ``low``
     low: int = 0
+    shift: int = 0
+    words: Any | None = None  # two-column keys: the sorted rows whose first word they are
+
+    # A first column's run that a probe searches holds this many rows at most on average.
+    SEARCHED_RUN = 64
 
     @classmethod
-    def build(cls, prefix: Any, xp: Any) -> HashTable:
+    def build(cls, prefix: Any, xp: Any, words: Any | None = None) -> HashTable:
+        """The directory of ``prefix``; ``words``: the rows whose first word it is (two-column
+        keys), which a direct-address index of the first column may search."""
         n = prefix.shape[0]
         first = xp.ones(n, dtype=bool)
         if n > 1:
@@ -151,7 +161,7 @@ class HashTable:
         starts = xp.nonzero(first)[0]
         keys = prefix[starts]
         counts = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)]))
-        return cls(keys, starts, counts, None, int(n), int(keys.shape[0]))
+        return cls(keys, starts, counts, None, int(n), int(keys.shape[0]), words=words)
 
     @property
     def nbytes(self) -> int:
@@ -170,18 +180,32 @@ class HashTable:
         if kernels is None or self.rows >= kernels.HASH_ROWS_MAX:
             return (*self.lookup_directory(queries, backend.xp), None)
         if self.slots is None and self.offsets is None:
-            # Load factor 1/3 to 2/3: linear probing stays short, the table small.
-            capacity = 1 << max(4, int(3 * self.distinct // 2).bit_length())
-            span = int(self.keys[-1] - self.keys[0])
-            if (span + 2) * kernels.OFFSET_BYTES <= capacity * kernels.SLOT_BYTES:
-                self.low = int(self.keys[0])
-                self.offsets = kernels.offsets_build(self.keys, self.starts, self.rows)
-            else:
-                self.slots = kernels.hash_build(self.keys, self.starts, self.counts, capacity)
-            self.keys = self.starts = self.counts = None  # the slots or offsets hold the directory now
+            self._index(kernels)
         if self.offsets is not None:
-            return kernels.offset_ranges(self.offsets, self.low, queries)
+            return kernels.offset_ranges(self.offsets, self.low, self.shift, queries, self.words)
         return kernels.hash_ranges(self.slots, queries)
+
+    def _index(self, kernels: Any) -> None:
+        """The CPU's index over the directory, which it takes over: the slots, or the
+        direct-address index (of the keys, or of their first column) where it is smaller."""
+        # Load factor 1/3 to 2/3: linear probing stays short, the table small.
+        capacity = 1 << max(4, int(3 * self.distinct // 2).bit_length())
+        spans = capacity * kernels.SLOT_BYTES // kernels.OFFSET_BYTES - 1  # the largest key range an index may cover
+        keys, firsts = self.keys, self.keys >> 32
+        if int(keys[-1] - keys[0]) < spans:
+            self.low, self.words = int(keys[0]), None
+            self.offsets = kernels.offsets_build(keys, self.starts, self.rows)
+        elif (
+            self.words is not None
+            and int(firsts[-1] - firsts[0]) < spans
+            and self.rows <= self.SEARCHED_RUN * (1 + int(np.count_nonzero(firsts[1:] != firsts[:-1])))
+        ):
+            self.low, self.shift = int(firsts[0]), 32
+            self.offsets = kernels.offsets_build(firsts, self.starts, self.rows)
+        else:
+            self.slots = kernels.hash_build(keys, self.starts, self.counts, capacity)
+            self.words = None
+        self.keys = self.starts = self.counts = None  # the slots or offsets hold the directory now
 
     def lookup_directory(self, queries: Any, xp: Any) -> tuple[Any, Any]:
         """``lookup`` by binary search over the sorted keys (the array-API path)."""
@@ -205,7 +229,8 @@ class SortedIndex:
 
     def table(self, key_len: int, xp: Any) -> HashTable:
         if key_len not in self._tables:
-            self._tables[key_len] = HashTable.build(key_prefix(self.rows, key_len, xp), xp)
+            words = self.rows if key_len == 2 else None
+            self._tables[key_len] = HashTable.build(key_prefix(self.rows, key_len, xp), xp, words)
         return self._tables[key_len]
 
     @property

@@ -291,19 +291,39 @@ void offsets_build(const uint64_t *keys, const int64_t *starts, int64_t n, uint6
     }
 }
 
-/* hash_ranges over offsets_build's index: (first row, run length) per query, 0 and 0 where
- * the key is absent (outside the range, or an empty run inside it); returns the lengths' sum. */
-int64_t offset_ranges(const uint32_t *offsets, int64_t slots, uint64_t lo, const uint64_t *queries, int64_t n,
-                      int64_t *out_start, int64_t *out_count) {
+/* The first row in lo .. hi whose first word is at least q (more than q with ``above``). */
+static inline int64_t bisect_word(const uint64_t *rows, int64_t w, int64_t lo, int64_t hi, uint64_t q, int above) {
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        uint64_t v = rows[mid * w];
+        if (v < q || (above && v == q)) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* hash_ranges over offsets_build's index of the queries' bits from ``shift`` up: (first row,
+ * run length) per query, 0 and 0 where the key is absent (outside the range, or an empty run
+ * inside it); returns the lengths' sum. With ``rows`` (the sorted (n, w) words the index is
+ * over, two-column keys in the first word, shift 32) the index finds the run of the key's
+ * first column and a binary search within it the key's own run: a sorted array needs no
+ * table of its two-column keys where each first column's run is short. */
+int64_t offset_ranges(const uint32_t *offsets, int64_t slots, uint64_t lo, int shift, const uint64_t *rows, int64_t w,
+                      const uint64_t *queries, int64_t n, int64_t *out_start, int64_t *out_count) {
     uint64_t keys = (uint64_t)slots - 1;
     int64_t total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
-        uint64_t k = queries[i] - lo; /* wraps past the range for a query below lo */
+        uint64_t q = queries[i], k = (q >> shift) - lo; /* wraps past the range for a query below lo */
         int64_t start = 0, count = 0;
         if (k < keys) {
+            int64_t end = offsets[k + 1];
             start = offsets[k];
-            count = (int64_t)offsets[k + 1] - start;
+            if (rows != NULL) {
+                start = bisect_word(rows, w, start, end, q, 0);
+                end = bisect_word(rows, w, start, end, q, 1);
+            }
+            count = end - start;
             start = count ? start : 0;
         }
         out_start[i] = start;
@@ -621,27 +641,36 @@ static PyObject *py_hash_ranges(PyObject *self, PyObject *const *args, Py_ssize_
     return PyLong_FromLongLong(total);
 }
 
-/* offset_ranges(offsets uint32, lo, queries, out_start, out_count) -> the run lengths' sum */
+/* offset_ranges(offsets uint32, lo, shift, queries, out_start, out_count[, rows (n, w) uint64])
+ * -> the run lengths' sum */
 static PyObject *py_offset_ranges(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    static const Py_ssize_t sizes[4] = {4, 8, 8, 8};
-    static const int writable[4] = {0, 0, 1, 1};
-    PyObject *arrays[4];
+    static const Py_ssize_t sizes[5] = {4, 8, 8, 8, 8};
+    static const int writable[5] = {0, 0, 1, 1, 0};
+    PyObject *arrays[5];
     Buffers b = {.held = 0};
-    if (nargs != 5) return PyErr_Format(PyExc_TypeError, "offset_ranges takes 5 arguments, not %zd", nargs);
+    if (nargs != 6 && nargs != 7)
+        return PyErr_Format(PyExc_TypeError, "offset_ranges takes 6 or 7 arguments, not %zd", nargs);
     uint64_t lo = PyLong_AsUnsignedLongLong(args[1]);
     if (lo == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    long shift = PyLong_AsLong(args[2]);
+    if (shift == -1 && PyErr_Occurred()) return NULL;
+    if (shift != 0 && shift != 32) return PyErr_Format(PyExc_ValueError, "offset_ranges: shift %ld", shift);
     arrays[0] = args[0];
-    for (int k = 1; k < 4; k++) arrays[k] = args[k + 1];
-    if (take_buffers(&b, arrays, sizes, writable, 4) < 0) return NULL;
+    for (int k = 1; k < (int)nargs - 2; k++) arrays[k] = args[k + 2];
+    if (take_buffers(&b, arrays, sizes, writable, (int)nargs - 2) < 0) return NULL;
+    Py_buffer *r = nargs == 7 ? &b.views[4] : NULL;
     int64_t slots = b.views[0].len / 4, n = b.views[1].len / 8, total;
-    if (slots < 1 || b.views[2].len / 8 < n || b.views[3].len / 8 < n) {
+    if (slots < 1 || b.views[2].len / 8 < n || b.views[3].len / 8 < n || (r != NULL && r->ndim != 2)) {
         release(&b);
-        return PyErr_Format(PyExc_ValueError, "offset_ranges: no offsets, or outputs shorter than the %lld queries",
+        return PyErr_Format(PyExc_ValueError, "offset_ranges: no offsets, rows not (n, w) or outputs under %lld",
                             (long long)n);
     }
+    const uint64_t *rows = r != NULL ? r->buf : NULL;
+    int64_t w = r != NULL ? r->shape[1] : 0;
     Py_BEGIN_ALLOW_THREADS
-    total = offset_ranges(b.views[0].buf, slots, lo, b.views[1].buf, n, b.views[2].buf, b.views[3].buf);
+    total = offset_ranges(b.views[0].buf, slots, lo, (int)shift, rows, w, b.views[1].buf, n, b.views[2].buf,
+                          b.views[3].buf);
     Py_END_ALLOW_THREADS
     release(&b);
     return PyLong_FromLongLong(total);
