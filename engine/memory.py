@@ -18,6 +18,12 @@ DEFAULT_SHARE = 0.5  # of the worker's memory limit (or of the machine or GPU) g
 CHUNK_SHARE = 8  # a join chunk's binding table takes at most 1/CHUNK_SHARE of the budget
 ROW_BYTES = 64  # a binding-table row and its gather temporaries, about (8 uint32 columns, 2 copies)
 MIN_CHUNK_ROWS = 1 << 12
+# A join materialises chunk rows // JOIN_SHARE output rows at once (the chunk rows bound the
+# head rows an iteration holds uncombined): a join chunk's binding table, packed head rows and
+# the sort that deduplicates them take some 40 bytes a row at once, a held head row 8. cspa at
+# 10x peaked at 329 MB joining 4 M rows at a time, 250 MB at 2 M, in the same CPU time, as
+# REACH wiki-Vote.
+JOIN_SHARE = 2
 
 
 def default_budget(backend: Backend, limit: int | None = None) -> int:
@@ -33,7 +39,8 @@ def default_budget(backend: Backend, limit: int | None = None) -> int:
 
 
 def default_chunk_rows(backend: Backend) -> int:
-    """Rows of join output materialised at once without a budget: 4 M on the CPU (about 100 MB
+    """Rows of head tuples an iteration holds uncombined, and (a ``JOIN_SHARE`` of them) of join
+    output materialised at once, without a budget: 4 M on the CPU (about 100 MB
     with the sort that deduplicates them: 16 M took a REACH wiki-Vote run from 400 to 590 MiB
     at no gain in time), 128 M on a GPU, where fewer, larger sorts keep the device busy."""
     return 1 << 27 if backend.name == "cupy" else 1 << 22
@@ -48,5 +55,5 @@ def peak_rss() -> int:
 
 
 def chunk_rows_for(budget: int, backend: Backend) -> int:
-    """Join output rows materialised at once: the backend's default, less under a small budget."""
+    """``default_chunk_rows``, less under a small budget."""
     return max(MIN_CHUNK_ROWS, min(default_chunk_rows(backend), budget // (CHUNK_SHARE * ROW_BYTES)))

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine import user_functors
+from dask_datalog.engine import memory, user_functors
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.errors import Suspended
 from dask_datalog.engine.execution.choice import Choice
@@ -142,7 +142,8 @@ class Fixpoint:
         self.terms = Terms(self.xp, symbols, user_functors.implementations(plan.program.functors))
         self.profile = profile  # None: nothing is timed or counted per version
         step_rows = profile.step_rows if profile is not None else None
-        self.operators = Operators(backend, self.terms, shard, Router(self.exchange, self.xp), chunk_rows, step_rows)
+        join_rows = max(1, chunk_rows // memory.JOIN_SHARE)
+        self.operators = Operators(backend, self.terms, shard, Router(self.exchange, self.xp), join_rows, step_rows)
         self.debug = {of: name for name, of in plan.program.debug_deltas}  # relation -> its debug_delta relation
         self.subsumption = Subsumption(self.operators, self.clock, self._check)
         # On one shard, joins are ordered by the sizes the run sees (join_order.py).
