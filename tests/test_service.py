@@ -31,6 +31,7 @@ from fastapi.testclient import TestClient
 from dask_datalog.cluster.api import Program
 from dask_datalog.cluster.cli.main import main
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
+from dask_datalog.cluster.service import runner
 from dask_datalog.cluster.service.app import create_app
 from dask_datalog.cluster.service.auth import Roots, Tokens
 from dask_datalog.cluster.service.client import ServiceClient, ServiceError
@@ -38,7 +39,7 @@ from dask_datalog.cluster.service.jobs import JobService
 from dask_datalog.cluster.service.queue import JobQueue, Stop
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
 from dask_datalog.engine.checkpoint import Checkpoints
-from dask_datalog.engine.errors import Terminated
+from dask_datalog.engine.errors import ClusterError, Terminated
 from dask_datalog.spmd.options import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +116,38 @@ def test_the_store_keeps_records_and_logs_and_recovers_after_a_restart(tmp_path:
     assert d is not None and d.state is State.PENDING and d.arguments["resume"] is True
     assert again.logs("d")[-1].endswith("to resume from its checkpoint (stratum 1, after iteration 3)")
     assert [r.id for r in again.select(owner="alice")] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("stopped_after_s", [None, 0.0, 0.3])
+def test_a_job_whose_cluster_went_with_the_shutdown_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped_after_s: float | None
+) -> None:
+    """A signal to the service's process group reaches the embedded cluster's workers at once,
+    and the service asks its jobs to stop only after its HTTP server shut down: a job whose
+    run ends on the lost cluster is STOPPED if that stop comes (before or after), FAILED with the
+    cluster's error if none does. No cluster here: the run raises what a lost one raises."""
+
+    lost = ClusterError("the Dask cluster has no workers (yet): start some, or wait for them to join")
+
+    def lost_cluster(self: Program, **_: object) -> None:
+        raise lost
+
+    monkeypatch.setattr(Program, "run", lost_cluster)
+    monkeypatch.setattr(runner.dask_adapter, "scheduler_workers", lambda client: {})
+    monkeypatch.setattr(runner, "SHUTDOWN_GRACE_S", 2.0)
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job = JobRecord("j", "alice", "p.dl", "digest", {"program": COUNT, "fact_dir": str(tmp_path), "output_dir": str(tmp_path)})
+    store.insert(job)
+    stop = Stop()
+    if stopped_after_s is not None:
+        threading.Timer(stopped_after_s, stop.request, ("stopped: the service shut down",)).start()
+    runner.run_job(job, None, store, tmp_path, stop, lambda *_: None)
+    ended = store.get("j")
+    assert ended is not None
+    if stopped_after_s is None:
+        assert (ended.state, ended.error) == (State.FAILED, str(lost))
+    else:
+        assert (ended.state, ended.error) == (State.STOPPED, "stopped: the service shut down")
 
 
 def test_the_queue_runs_at_most_its_limit_in_fifo_order_and_stops_queued_jobs(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from dask_datalog.cluster.service import figures
 from dask_datalog.cluster.service.local import LOCAL_BUDGET_S, local_sized
 from dask_datalog.cluster.service.queue import Stop
 from dask_datalog.cluster.service.store import JobRecord, JobStore, State
-from dask_datalog.engine.errors import DatalogError, RunTimeout, Terminated
+from dask_datalog.engine.errors import ClusterError, DatalogError, RunTimeout, Terminated
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.spmd.options import RunOptions
 from dask_datalog.spmd.progress import iteration_events
@@ -65,6 +65,15 @@ class JobLog:
             figures.add_point(self.folder, *at, delta, found)
 
 
+# How long a job whose run ended on its cluster (workers gone, or a stop the service did not
+# ask for) waits for the service's own stop before it is FAILED: a SIGINT or SIGTERM to the
+# service's process group (Ctrl-C, kill -TERM -PGID, systemd) reaches the embedded cluster's
+# workers at once, and the service asks its jobs to stop only once its HTTP server has shut
+# down (within its 2 s graceful timeout, server.py). A loaded make test saw such a job FAILED
+# ("the Dask cluster has no workers") where the shutdown should have STOPPED it.
+SHUTDOWN_GRACE_S = 5.0
+
+
 def run_job(
     record: JobRecord,
     client: Any,
@@ -76,7 +85,8 @@ def run_job(
     local_below: int = 0,
 ) -> None:
     """Run ``record`` to its final state: SUCCEEDED with its outputs written, STOPPED when
-    ``stop`` was set, FAILED with the one-line error of the run (a bad program's
+    ``stop`` was set (also when the run ended on its cluster and the stop came within
+    ``SHUTDOWN_GRACE_S``), FAILED with the one-line error of the run (a bad program's
     ``file:line:col: error: ...``). With a ``slot``, a job of at most ``local_below`` bytes of
     facts runs in this process, one at a time (local.py says which and why); any other on
     ``client``'s cluster. ``confined`` refuses a
@@ -145,12 +155,12 @@ def run_job(
             results=results,
         )
         store.log(record.id, f"SUCCEEDED in {stats['total_s']:.2f} s {where}")
-    except Terminated as stopped:
-        if not stop.is_set():  # a stop nobody asked the service for
-            _failed(store, record.id, str(stopped))
-        else:
+    except (Terminated, ClusterError) as error:  # asked to stop, or the cluster went
+        if stop.is_set() or stop.wait(SHUTDOWN_GRACE_S):
             store.update(record.id, state=State.STOPPED, ended=time.time(), error=stop.reason)
             store.log(record.id, f"STOPPED: {stop.reason}")
+        else:  # a stop nobody asked the service for, or a cluster lost outside a shutdown
+            _failed(store, record.id, str(error))
     except DatalogError as error:
         _failed(store, record.id, str(error))
     except Exception as error:  # a bug: loud on the service's stderr, the job FAILED, the service up
