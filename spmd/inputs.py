@@ -108,7 +108,8 @@ def read_part(
 @dataclass(frozen=True)
 class Start:
     """Where a shard's run starts: the agreed symbol table, this shard's input rows encoded in
-    it (none when it starts from a checkpoint) and every input relation's total size."""
+    it (none when it starts from a checkpoint; ``ShardStore.load`` takes them) and every input
+    relation's total size."""
 
     symbols: SymbolTable
     inputs: dict[str, np.ndarray]

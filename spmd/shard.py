@@ -101,8 +101,7 @@ def evaluate_shard(
     exchange: Exchange = LocalExchange() if size == 1 else ShardExchange(transport, backend.xp)
     relations = ShardStore(plan, backend, exchange)
     if manifest is None:
-        relations.load(start.inputs)
-        start.inputs.clear()  # the stores hold them now, packed: the encoded copies would stay to the end
+        relations.load(start.inputs)  # takes them: the stores hold them packed from here
     else:
         relations.restore(manifest.position, restored, manifest.dropped)
     chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget or memory.default_budget(backend), backend)

@@ -70,9 +70,11 @@ class ShardStore:
 
     def load(self, inputs: dict[str, np.ndarray]) -> None:
         """Encoded input rows (this shard's part, any order, duplicates allowed) to every store
-        that holds them."""
+        that holds them. Takes them: each relation's rows leave ``inputs`` as they are packed,
+        so the encoded copies are not held to the end of the run (19-20 MB at crdt and dyck 10x)."""
         blocks: dict[Target, Any] = {}
-        for name, rows in inputs.items():
+        while inputs:
+            name, rows = inputs.popitem()
             packed = pack([self.xp.asarray(rows[:, j]) for j in range(rows.shape[1])], rows.shape[0], self.xp)
             packed = sets.sort_unique(packed, self.backend)
             for target in self.targets(name):
