@@ -10,6 +10,7 @@ tests hold both to Python sets.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,7 @@ def sort_unique(rows: Any, backend: Backend) -> Any:
     if rows.shape[0] <= 1:
         return rows
     if rows.shape[1] == 1:
-        flat = xp.sort(rows[:, 0])
-        keep = xp.empty(flat.shape[0], dtype=bool)
-        keep[0] = True
-        xp.not_equal(flat[1:], flat[:-1], out=keep[1:])
-        return flat[keep].reshape(-1, 1)
+        return _sorted_distinct(rows[:, 0], xp).reshape(-1, 1)
     narrow = _sort_unique_narrow(rows, backend) if rows.shape[0] >= NARROW_MIN_ROWS else None
     if narrow is not None:
         return narrow
@@ -53,7 +50,7 @@ def _sort_unique_narrow(rows: Any, backend: Backend) -> Any | None:
     distinct bindings). None when they do not fit, or are neither. The CPU kernels make the
     bounds, the keys and the rows in a pass each, where the array formulation makes a few
     passes per attribute (crdt 10x: 3.5 s of its 9.7 on a loaded machine)."""
-    xp, kernels = backend.xp, backend.kernels
+    xp = backend.xp
     n, w = rows.shape
     if rows.dtype == xp.uint64:
         halves = rows.view(xp.uint32).reshape(n, 2 * w)  # word k: high half at 2k + 1, low at 2k (little-endian)
@@ -62,9 +59,53 @@ def _sort_unique_narrow(rows: Any, backend: Backend) -> Any | None:
         halves, columns = rows, list(range(w))
     else:
         return None
-    bounds = kernels.column_bounds(halves) if kernels is not None else (halves.min(axis=0), halves.max(axis=0))
-    lows = [int(v) for v in bounds[0]]
-    widths = [(int(hi) - lo).bit_length() for hi, lo in zip(bounds[1], lows)]
+    kernels = backend.kernels
+    out = _narrow_by_kernels(halves, columns, kernels) if kernels is not None else _narrow_by_arrays(halves, columns, xp)
+    return None if out is None else out.view(rows.dtype)  # the uint32 halves back as the rows' words
+
+
+def _narrow_by_kernels(halves: np.ndarray, columns: list[int], kernels: ModuleType) -> np.ndarray | None:
+    """``_sort_unique_narrow`` over the (n, c) uint32 ``halves`` by the CPU kernels."""
+    low, high = kernels.column_bounds(halves)
+    layout = _key_layout(low, high, columns)
+    if layout is None:
+        return None
+    lows, shifts, widths = (np.array(v) for v in layout)
+    key = _sorted_distinct(kernels.pack_keys(halves, lows, shifts, widths), np)
+    out = np.empty((key.shape[0], halves.shape[1]), dtype=np.uint32)
+    kernels.unpack_keys(key, lows, shifts, widths, out)
+    return out
+
+
+def _narrow_by_arrays(halves: Any, columns: list[int], xp: Any) -> Any | None:
+    """``_sort_unique_narrow`` over the (n, c) uint32 ``halves`` by array-API calls (CuPy)."""
+    layout = _key_layout(halves.min(axis=0), halves.max(axis=0), columns)
+    if layout is None:
+        return None
+    lows, shifts, widths = layout
+    key = xp.zeros(halves.shape[0], dtype=xp.uint64)
+    for c in columns:
+        if widths[c]:
+            part = halves[:, c].astype(xp.uint64)
+            part -= lows[c]
+            part <<= shifts[c]
+            key |= part
+    key = _sorted_distinct(key, xp)
+    out = xp.empty((key.shape[0], halves.shape[1]), dtype=xp.uint32)
+    for c in columns:
+        if widths[c]:
+            out[:, c] = ((key >> shifts[c]) & ((1 << widths[c]) - 1)) + lows[c]
+        else:
+            out[:, c] = lows[c]
+    return out
+
+
+def _key_layout(low: Any, high: Any, columns: list[int]) -> tuple[list[int], list[int], list[int]] | None:
+    """Per column of the halves, given its least and greatest values: what the key subtracts
+    from it, where it goes in the key and its width in bits (each the next most significant
+    after the ones later in ``columns``); None when they need more than 64 bits."""
+    lows = [int(v) for v in low]
+    widths = [(int(hi) - lo).bit_length() for hi, lo in zip(high, lows)]
     if sum(widths) > 64:
         return None
     shifts = [0] * len(widths)
@@ -72,33 +113,16 @@ def _sort_unique_narrow(rows: Any, backend: Backend) -> Any | None:
     for c in reversed(columns):
         shifts[c] = shift
         shift += widths[c]
-    if kernels is not None:
-        lows_, shifts_, widths_ = (np.array(v) for v in (lows, shifts, widths))
-        key = kernels.pack_keys(halves, lows_, shifts_, widths_)
-    else:
-        key = xp.zeros(n, dtype=xp.uint64)
-        for c in columns:
-            if widths[c]:
-                part = halves[:, c].astype(xp.uint64)
-                part -= lows[c]
-                part <<= shifts[c]
-                key |= part
-    key = xp.sort(key)
-    keep = xp.empty(n, dtype=bool)
+    return lows, shifts, widths
+
+
+def _sorted_distinct(words: Any, xp: Any) -> Any:
+    """The distinct values of a non-empty 1-d array of ``words``, sorted."""
+    words = xp.sort(words)
+    keep = xp.empty(words.shape[0], dtype=bool)
     keep[0] = True
-    xp.not_equal(key[1:], key[:-1], out=keep[1:])
-    key = key[keep]
-    out = xp.empty((key.shape[0], w), dtype=rows.dtype)
-    out_halves = out.view(xp.uint32).reshape(key.shape[0], halves.shape[1])
-    if kernels is not None:
-        kernels.unpack_keys(key, lows_, shifts_, widths_, out_halves)
-        return out
-    for c in columns:
-        if widths[c]:
-            out_halves[:, c] = ((key >> shifts[c]) & ((1 << widths[c]) - 1)) + lows[c]
-        else:
-            out_halves[:, c] = lows[c]
-    return out
+    xp.not_equal(words[1:], words[:-1], out=keep[1:])
+    return words[keep]
 
 
 def is_sorted_unique(rows: Any, xp: Any) -> bool:
