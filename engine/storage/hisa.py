@@ -277,9 +277,12 @@ def narrow(starts: Any, counts: Any, rows: Any, k: int, values: Any, backend: Ba
     xp = backend.xp
     column = unpack(rows, k, xp)
     last = max(int(column.shape[0]) - 1, 0)
+    # The first row >= value, then the first row > value, which is no earlier: its search starts
+    # there. Each bound is a new array (xp.where), never ``starts`` written over.
+    lo, ends = starts, starts + counts
     bounds = []
-    for above in (False, True):  # the first row >= value, then the first row > value
-        lo, hi = starts.copy(), starts + counts
+    for above in (False, True):
+        hi = ends
         while True:
             active = lo < hi
             if not bool(active.any()):
