@@ -175,13 +175,11 @@ def join(ops: Operators, b: Bindings, step: JoinStep, layout: Layout | None) -> 
 class JoinShape:
     """What a join step's output looks like for one outer column order and head layout:
     computed once per run, not per join (a long fixpoint joins the same step every iteration).
-    ``deep``: the key columns past the two hashed ones, which narrow each probed run by binary
-    search (``narrow``); ``checks``: index columns the probe cannot check, the repeats of a free
-    variable within the atom, (k, the first one); ``names`` and ``source``: the output's columns
-    and where each comes from (``gather_join``)."""
+    ``checks``: index columns the probe cannot check, the repeats of a free variable within the
+    atom, (k, the first one); ``names`` and ``source``: the output's columns and where each comes
+    from (``gather_join``)."""
 
     step: JoinStep
-    deep: tuple[int, ...]
     checks: tuple[tuple[int, int], ...]
     names: Layout
     source: tuple[tuple[int, int], ...]
@@ -207,7 +205,7 @@ class JoinShape:
         else:
             names = tuple(v for v in available if step.keep is None or v in step.keep)
         source = tuple((2, 0) if v is None else (0, outer.index(v)) if v in outer else (1, half_of(free[v])) for v in names)
-        return cls(step, tuple(range(2, step.key_len)), tuple(checks), names, source, all(side != 1 for side, _ in source))
+        return cls(step, tuple(checks), names, source, all(side != 1 for side, _ in source))
 
 
 def _join_index(
@@ -225,7 +223,7 @@ def _join_index(
         lo, hi = ops.router.share(int(index.rows.shape[0]))
         starts, counts, total = xp.full(b.n, lo, dtype=xp.int64), xp.full(b.n, hi - lo, dtype=xp.int64), b.n * (hi - lo)
     else:
-        starts, counts, total = _probe(ops, shape.deep, index, keys, query, b.n)
+        starts, counts, total = _probe(ops, index, keys, query, b.n)
     for lo, hi, rows in ops.chunks(counts, total):
         if not shape.checks:
             table = gather_join(b.table[lo:hi], starts[lo:hi], counts[lo:hi], rows, index.rows, shape.source, ops.backend)
@@ -235,13 +233,12 @@ def _join_index(
         yield Bindings(gather_pairs(b.table, outer, index.rows, inner, shape.source, xp), shape.names)
 
 
-def _probe(
-    ops: Operators, deep: tuple[int, ...], index: SortedIndex, keys: list[Any], query: Any, n: int
-) -> tuple[Any, Any, int | None]:
+def _probe(ops: Operators, index: SortedIndex, keys: list[Any], query: Any, n: int) -> tuple[Any, Any, int | None]:
     """Each outer row's run of matches in ``index``: the hash probe on the first two key
-    columns, then narrowed by each ``deep`` one (starts, counts, their sum if known)."""
+    columns, then narrowed by each later one, by binary search (``narrow``): starts, counts,
+    their sum if known."""
     starts, counts, total = index.ranges(query, len(keys[:2]), n, ops.backend)
-    for k in deep:
+    for k in range(2, len(keys)):
         starts, counts, total = narrow(starts, counts, index.rows, k, keys[k], ops.backend)
     return starts, counts, total
 
@@ -269,7 +266,7 @@ def _semi_join(
     xp = ops.xp
     found = xp.zeros(b.n, dtype=bool)
     for index in parts:
-        starts, counts, total = _probe(ops, shape.deep, index, keys, query, b.n)
+        starts, counts, total = _probe(ops, index, keys, query, b.n)
         if not shape.checks:
             found |= counts > 0
             continue
@@ -311,7 +308,7 @@ def anti_join(ops: Operators, b: Bindings, step: NegationStep, layout: Layout | 
     xp = ops.xp
     index = ops.shard.store(step.atom.relation, step.route.copy).index(step.order, "full")
     keys = ops.key_columns(step.atom, step.order[: step.key_len], b)
-    _, counts, _ = _probe(ops, tuple(range(2, step.key_len)), index, keys, probe_query(keys[:2], b.n, xp), b.n)
+    _, counts, _ = _probe(ops, index, keys, probe_query(keys[:2], b.n, xp), b.n)
     yield b.take(xp.nonzero(counts == 0)[0])
 
 
