@@ -336,31 +336,37 @@ def on_a_terminal(args: list[str]) -> tuple[int, str, str]:
 
     primary, secondary = pty.openpty()
     command = cli_command(*args)
-    run = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"}
-    )
-    os.close(secondary)
-    stdout: list[bytes] = []
-    reader = threading.Thread(target=lambda: stdout.append(run.stdout.read()))  # type: ignore[union-attr]
-    reader.start()
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(primary, 1 << 16)
-        except OSError:  # the child closed its end
-            break
-        if not chunk:
-            break
-        screen += chunk
-    reader.join(120)
-    status = run.wait(timeout=120)
+    try:
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=secondary, env={**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+        ) as run:  # its end closes the stdout pipe
+            os.close(secondary)
+            stdout: list[bytes] = []
+            reader = threading.Thread(target=lambda: stdout.append(run.stdout.read()))  # type: ignore[union-attr]
+            reader.start()
+            screen = b""
+            while True:
+                try:
+                    chunk = os.read(primary, 1 << 16)
+                except OSError:  # the child closed its end
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            reader.join(120)
+            status = run.wait(timeout=120)
+    finally:
+        os.close(primary)
     return status, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace")), stdout[0].decode()
 
 
 def test_progress_line_on_a_terminal_follows_every_phase(tmp_path: Path) -> None:
     """On a terminal (a pseudo-terminal here) the line says where the run goes, follows the
-    iterations, then the bytes each output has written; the run ends with the summary."""
+    iterations, then the bytes each output has written; the run ends with the summary. The
+    helper leaves no descriptor open (its terminal, its pipe)."""
+    before = set(os.listdir("/proc/self/fd"))
     status, text, _ = on_a_terminal([str(REACH), "-F", str(ROOT / "tests" / "data" / "cal.cedge"), "-D", str(tmp_path)])
+    assert set(os.listdir("/proc/self/fd")) <= before
     assert status == 0
     size = (tmp_path / "path.csv").stat().st_size
     assert "in process (one process is fastest on one machine)" in text
