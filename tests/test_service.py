@@ -118,6 +118,44 @@ def test_the_store_keeps_records_and_logs_and_recovers_after_a_restart(tmp_path:
     assert [r.id for r in again.select(owner="alice")] == ["a", "b", "c", "d"]
 
 
+LOST = ClusterError("the Dask cluster has no workers (yet): start some, or wait for them to join")
+
+
+def run_on_a_lost_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, signalled: bool, stopped_after_s: float | None, grace_s: float
+) -> JobRecord:
+    """The job's record once ``run_job`` ended it, its run raising what a lost cluster raises
+    (no cluster here), the cluster having had ``workers`` when the job went to it, the service
+    ``signalled`` or not, and its stop requested ``stopped_after_s`` after the run ended
+    (0: before it ended; None: never), with ``grace_s`` for ``SHUTDOWN_GRACE_S``."""
+    stop = Stop()
+    later = threading.Timer(stopped_after_s or 0.0, stop.request, ("stopped: the service shut down",))
+
+    def lost_cluster(self: Program, **_: object) -> None:
+        if stopped_after_s is not None:
+            later.start()
+            if not stopped_after_s:
+                later.join()  # the stop came before the run's end
+        raise LOST
+
+    monkeypatch.setattr(Program, "run", lost_cluster)
+    monkeypatch.setattr(runner.dask_adapter, "scheduler_workers", lambda client: {f"tcp://w{k}": {} for k in range(workers)})
+    monkeypatch.setattr(runner, "SHUTDOWN_GRACE_S", grace_s)
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job = JobRecord("j", "alice", "p.dl", "digest", {"program": COUNT, "fact_dir": str(tmp_path), "output_dir": str(tmp_path)})
+    store.insert(job)
+    shutdown = threading.Event()
+    if signalled:
+        shutdown.set()
+    try:
+        runner.run_job(job, None, store, tmp_path, stop, lambda *_: None, shutdown)
+    finally:
+        later.cancel()
+    ended = store.get("j")
+    assert ended is not None
+    return ended
+
+
 @pytest.mark.parametrize("stopped_after_s", [None, 0.0, 0.3])
 def test_a_job_whose_cluster_went_with_the_shutdown_is_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped_after_s: float | None
@@ -125,29 +163,28 @@ def test_a_job_whose_cluster_went_with_the_shutdown_is_stopped(
     """A signal to the service's process group reaches the embedded cluster's workers at once,
     and the service asks its jobs to stop only after its HTTP server shut down: a job whose
     run ends on the lost cluster is STOPPED if that stop comes (before or after), FAILED with the
-    cluster's error if none does. No cluster here: the run raises what a lost one raises."""
-
-    lost = ClusterError("the Dask cluster has no workers (yet): start some, or wait for them to join")
-
-    def lost_cluster(self: Program, **_: object) -> None:
-        raise lost
-
-    monkeypatch.setattr(Program, "run", lost_cluster)
-    monkeypatch.setattr(runner.dask_adapter, "scheduler_workers", lambda client: {})
-    monkeypatch.setattr(runner, "SHUTDOWN_GRACE_S", 2.0)
-    store = JobStore(tmp_path / "jobs.sqlite")
-    job = JobRecord("j", "alice", "p.dl", "digest", {"program": COUNT, "fact_dir": str(tmp_path), "output_dir": str(tmp_path)})
-    store.insert(job)
-    stop = Stop()
-    if stopped_after_s is not None:
-        threading.Timer(stopped_after_s, stop.request, ("stopped: the service shut down",)).start()
-    runner.run_job(job, None, store, tmp_path, stop, lambda *_: None)
-    ended = store.get("j")
-    assert ended is not None
+    cluster's error if none does. Here the job went to the cluster once the signal had taken its
+    workers (a small job moved from the service's process), as a loaded make test saw."""
+    ended = run_on_a_lost_cluster(tmp_path, monkeypatch, 0, True, stopped_after_s, 2.0)
     if stopped_after_s is None:
-        assert (ended.state, ended.error) == (State.FAILED, str(lost))
+        assert (ended.state, ended.error) == (State.FAILED, str(LOST))
     else:
         assert (ended.state, ended.error) == (State.STOPPED, "stopped: the service shut down")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_without_a_signal_only_a_job_whose_cluster_had_workers_waits_for_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """The service had no signal. A job that went to a cluster with no workers is FAILED at once
+    (no shutdown took them: a service whose workers never joined holds no job for the grace),
+    before a stop that comes 10 s later, well within the 60 s grace; one whose cluster had
+    workers to lose waits for the stop (the signal may be on its way) and is STOPPED."""
+    ended = run_on_a_lost_cluster(tmp_path, monkeypatch, workers, False, 0.2 if workers else 10.0, 60.0)
+    if workers:
+        assert (ended.state, ended.error) == (State.STOPPED, "stopped: the service shut down")
+    else:
+        assert (ended.state, ended.error) == (State.FAILED, str(LOST))
 
 
 def test_the_queue_runs_at_most_its_limit_in_fifo_order_and_stops_queued_jobs(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ class JobService:
         self.roots = roots
         self.client = client
         self.local, self.local_below = threading.Lock(), local_below  # small jobs in this process, one at a time
+        self.signalled = threading.Event()  # set by serve on its SIGINT or SIGTERM: the jobs' stop follows
         self.queue = JobQueue(self.store, self._run, max_jobs)
         failed, pending = self.store.recover(self._checkpoint)
         self.recovered = failed
@@ -91,7 +92,7 @@ class JobService:
         confine = functools.partial(_confine_program, Roots([*self.roots.roots, folder]))
         # The span tags every task the job submits (this thread's): the dashboard groups them.
         with distributed.span(span_name(record.id)):
-            run_job(record, self.client, self.store, folder, stop, confine, self.local, self.local_below)
+            run_job(record, self.client, self.store, folder, stop, confine, self.signalled, self.local, self.local_below)
 
     def submit(self, user: User, job: Submission) -> JobRecord:
         if job.facts is not None and job.fact_dir is not None:

@@ -70,7 +70,9 @@ class JobLog:
 # service's process group (Ctrl-C, kill -TERM -PGID, systemd) reaches the embedded cluster's
 # workers at once, and the service asks its jobs to stop only once its HTTP server has shut
 # down (within its 2 s graceful timeout, server.py). A loaded make test saw such a job FAILED
-# ("the Dask cluster has no workers") where the shutdown should have STOPPED it.
+# ("the Dask cluster has no workers": it went to the cluster after the signal) where the
+# shutdown should have STOPPED it. Only where a shutdown can explain the end: the service had
+# the signal, or the job's cluster had workers to lose (the signal may be on its way).
 SHUTDOWN_GRACE_S = 5.0
 
 
@@ -81,21 +83,24 @@ def run_job(
     job_dir: Path,
     stop: Stop,
     confined: Confine,
+    signalled: threading.Event,
     slot: threading.Lock | None = None,
     local_below: int = 0,
 ) -> None:
     """Run ``record`` to its final state: SUCCEEDED with its outputs written, STOPPED when
     ``stop`` was set (also when the run ended on its cluster and the stop came within
-    ``SHUTDOWN_GRACE_S``), FAILED with the one-line error of the run (a bad program's
-    ``file:line:col: error: ...``). With a ``slot``, a job of at most ``local_below`` bytes of
-    facts runs in this process, one at a time (local.py says which and why); any other on
-    ``client``'s cluster. ``confined`` refuses a
-    program whose files (``.input``/``.output`` filenames, which may be absolute) leave the
+    ``SHUTDOWN_GRACE_S``, where ``signalled``, set on the service's SIGINT or SIGTERM, or the
+    cluster's workers when the job went to it make a shutdown a possible end), FAILED with the
+    one-line error of the run (a bad program's ``file:line:col: error: ...``). With a
+    ``slot``, a job of at most ``local_below`` bytes of facts runs in this process, one at a
+    time (local.py says which and why); any other on ``client``'s cluster. ``confined``
+    refuses a program whose files (``.input``/``.output`` filenames, which may be absolute) leave the
     service's roots. A bug is logged with its traceback on the service's stderr and fails the
     job; the service goes on."""
     args = record.arguments
     store.update(record.id, state=State.RUNNING, started=time.time())
     checkpoints = job_dir / CHECKPOINT if args.get("checkpoint") else None
+    workers = 0  # the cluster's when the job went to it
     try:
         program = Program(args["program"], record.program_name, macros=args.get("macros") or {})
         options = RunOptions(
@@ -119,7 +124,8 @@ def run_job(
         )
         where = "in the service's process"
         if result is None:
-            store.log(record.id, f"running on {len(dask_adapter.scheduler_workers(client))} workers")
+            workers = len(dask_adapter.scheduler_workers(client))
+            store.log(record.id, f"running on {workers} workers")
             if options.timeout is not None:  # the time limit is the job's: what ran in process counts
                 options = replace(options, timeout=max(options.timeout - (time.monotonic() - started), 1e-3))
             progress = JobLog(store, record.id, strata, job_dir)
@@ -156,10 +162,10 @@ def run_job(
         )
         store.log(record.id, f"SUCCEEDED in {stats['total_s']:.2f} s {where}")
     except (Terminated, ClusterError) as error:  # asked to stop, or the cluster went
-        if stop.is_set() or stop.wait(SHUTDOWN_GRACE_S):
+        if stop.is_set() or ((workers or signalled.is_set()) and stop.wait(SHUTDOWN_GRACE_S)):
             store.update(record.id, state=State.STOPPED, ended=time.time(), error=stop.reason)
             store.log(record.id, f"STOPPED: {stop.reason}")
-        else:  # a stop nobody asked the service for, or a cluster lost outside a shutdown
+        else:  # a stop nobody asked the service for, a cluster lost outside a shutdown, or none had workers
             _failed(store, record.id, str(error))
     except DatalogError as error:
         _failed(store, record.id, str(error))

@@ -8,10 +8,16 @@ import getpass
 import signal
 import socket
 import sys
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from dask_datalog.cluster.cli.run_command import cluster_client
 from dask_datalog.cluster.service.auth import Roots, Tokens
 from dask_datalog.engine.errors import DatalogError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def serve(args: argparse.Namespace, max_request_bytes: int) -> int:
@@ -62,10 +68,24 @@ def serve(args: argparse.Namespace, max_request_bytes: int) -> int:
             # that does nothing, the service then stops its jobs and closes the cluster.
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: None)
-            uvicorn.Server(config).run(sockets=[listener])
+            _signalled_server(config, service.signalled).run(sockets=[listener])
         finally:
             service.close()
     return 0
+
+
+def _signalled_server(config: uvicorn.Config, signalled: threading.Event) -> uvicorn.Server:
+    """uvicorn's server, which also sets ``signalled`` on the SIGINT or SIGTERM that stops it:
+    a job whose cluster went with the same signal learns of the shutdown before the service
+    stops its jobs (runner.SHUTDOWN_GRACE_S)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            signalled.set()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def _listen(host: str, port: int) -> socket.socket:
