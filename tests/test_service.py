@@ -187,6 +187,25 @@ def test_without_a_signal_only_a_job_whose_cluster_had_workers_waits_for_the_sto
         assert (ended.state, ended.error) == (State.FAILED, str(LOST))
 
 
+def test_the_signal_that_stops_serves_server_marks_the_service_signalled() -> None:
+    """serve's server sets the service's ``signalled`` in uvicorn's own handler of the SIGTERM
+    that stops it, before it stops its jobs (what runner.SHUTDOWN_GRACE_S waits on)."""
+    import uvicorn
+
+    from dask_datalog.cluster.service.server import _signalled_server
+
+    signalled = threading.Event()
+    server = _signalled_server(uvicorn.Config(app=None), signalled)
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # uvicorn raises it again once done, as serve has it
+    try:
+        with server.capture_signals():
+            assert not signalled.is_set()
+            signal.raise_signal(signal.SIGTERM)
+            assert signalled.is_set() and server.should_exit
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_the_queue_runs_at_most_its_limit_in_fifo_order_and_stops_queued_jobs(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite")
     lock = threading.Lock()
