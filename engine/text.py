@@ -212,9 +212,10 @@ def substring(strings: pa.Array, start: np.ndarray, length: np.ndarray) -> tuple
     return result, bad
 
 
-def nul_terminated(strings: pa.Array) -> pa.Array:
-    """Each text followed by a NUL byte: what C functions read (``addresses``)."""
-    return ac.binary_join_element_wise(strings, repeated(b"\0", len(strings)), repeated(b"", len(strings)))
+def terminated(strings: pa.Array, end: bytes) -> pa.Array:
+    """Each text followed by ``end``: a NUL byte is what C functions read (``addresses``), a
+    line break what the fact parser does (its ``data`` one value a line)."""
+    return ac.binary_join_element_wise(strings, repeated(end, len(strings)), repeated(b"", len(strings)))
 
 
 def addresses(strings: pa.Array) -> np.ndarray:

@@ -160,7 +160,7 @@ class CFunctor:
             if kind == "float":
                 floats.append(decode_float(column, np))
             elif kind == "symbol":
-                strings = text.nul_terminated(ctx.symbol_values().texts(column))
+                strings = text.terminated(ctx.symbol_values().texts(column), b"\0")
                 held.append(strings)  # alive until the call returns: the function reads them
                 ints.append(text.addresses(strings))
             else:

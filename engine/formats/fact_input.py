@@ -424,17 +424,14 @@ def _quotes_well_formed(data: bytes, delimiter: int) -> bool:
 
 
 def _parse_numbers(column: Any, signed: bool) -> np.ndarray | None:
-    """A text column's numbers, encoded, by the kernel over its values joined by line breaks;
-    None when a value is no number of the type (or holds a line break or a ``\\r``, which
-    would change the count)."""
+    """A text column's numbers, encoded, by the kernel over its values one a line; None when a
+    value is no number of the type (or holds a line break or a ``\\r``, which would change
+    the count)."""
     from dask_datalog.engine import text as texts
 
     values = texts.binary(column)
     n = len(values)
-    data = np.frombuffer(texts.data(values), dtype=np.uint8)
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64, count=n + 1, offset=values.offset * 8)
-    # The values joined by line breaks, without pa.array or pa.scalar (they import pandas).
-    text = np.insert(data, offsets[1:-1] - offsets[0], np.uint8(ord("\n"))).tobytes()
+    text = texts.data(texts.terminated(values, b"\n"))
     if b"\r" in text:
         return None
     parsed = cpu_kernels.parse_fields(
