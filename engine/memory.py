@@ -24,6 +24,10 @@ MIN_CHUNK_ROWS = 1 << 12
 # 10x peaked at 329 MB joining 4 M rows at a time, 250 MB at 2 M, in the same CPU time, as
 # REACH wiki-Vote.
 JOIN_SHARE = 2
+# A join or negation probes at most a PROBE_SHARE of the join rows of its outer table at once
+# (``Operators.pieces``): a nested join's outer is a whole chunk of the join before it, and
+# probing 2 M rows at once held 64 MB of probe state beside the chunks (dyck at 10x).
+PROBE_SHARE = 4
 
 
 def default_budget(backend: Backend, limit: int | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_datalog.engine import functors
+from dask_datalog.engine import functors, memory
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.execution.routing import Router
@@ -72,6 +72,7 @@ class Operators:
         self.shard = shard
         self.router = router
         self.chunk_rows = chunk_rows
+        self.probe_rows = max(1, chunk_rows // memory.PROBE_SHARE)
         self.step_rows = step_rows  # profiling only (profile.py): binding rows entering each step, by id
         self._shapes: dict[tuple[int, Layout, Layout | None], JoinShape] = {}
         self._pipelines: dict[int, Pipeline] = {}
@@ -123,6 +124,16 @@ class Operators:
     def key_columns(self, atom: Atom, positions: tuple[int, ...], b: Bindings) -> list[Any]:
         return [self.terms.column(atom.args[j], b) for j in positions]
 
+    def pieces(self, b: Bindings) -> Iterator[Bindings]:
+        """``b`` as views of at most ``probe_rows`` rows each, probed one after the other: a
+        probe holds some 32 bytes per outer row (its query, run start and count, their
+        running sum) beside the output chunk it materialises."""
+        if b.n <= self.probe_rows:
+            yield b
+            return
+        for lo in range(0, b.n, self.probe_rows):
+            yield Bindings(b.table[lo : lo + self.probe_rows], b.names)
+
     def chunks(self, counts: Any, total: int | None) -> Iterator[tuple[int, int, int]]:
         """Outer row ranges ``[lo, hi)`` whose join output (``rows``) stays within
         ``chunk_rows`` (one outer row at least), as (lo, hi, rows); none when nothing matched,
@@ -161,14 +172,15 @@ def join(ops: Operators, b: Bindings, step: JoinStep, layout: Layout | None) -> 
     store = ops.shard.store(step.atom.relation, step.route.copy)
     sliced = ops.router.slices(step)
     parts = [store.index(step.order, step.version)] if sliced else store.parts(step.order, step.version, b.n)
-    keys = ops.key_columns(step.atom, step.order[: step.key_len], b)
-    query = probe_query(keys[:2], b.n, ops.xp)
     shape = ops.join_shape(step, b.names, layout)
-    if shape.semi and not sliced:
-        yield from _semi_join(ops, b, shape, parts, keys, query)
-        return
-    for index in parts:
-        yield from _join_index(ops, b, shape, index, keys, query, sliced)
+    for piece in ops.pieces(b):
+        keys = ops.key_columns(step.atom, step.order[: step.key_len], piece)
+        query = probe_query(keys[:2], piece.n, ops.xp)
+        if shape.semi and not sliced:
+            yield from _semi_join(ops, piece, shape, parts, keys, query)
+            continue
+        for index in parts:
+            yield from _join_index(ops, piece, shape, index, keys, query, sliced)
 
 
 @dataclass(frozen=True)
@@ -307,9 +319,10 @@ def anti_join(ops: Operators, b: Bindings, step: NegationStep, layout: Layout | 
     """The rows with no match in the negated atom's full relation."""
     xp = ops.xp
     index = ops.shard.store(step.atom.relation, step.route.copy).index(step.order, "full")
-    keys = ops.key_columns(step.atom, step.order[: step.key_len], b)
-    _, counts, _ = _probe(ops, index, keys, probe_query(keys[:2], b.n, xp), b.n)
-    yield b.take(xp.nonzero(counts == 0)[0])
+    for piece in ops.pieces(b):
+        keys = ops.key_columns(step.atom, step.order[: step.key_len], piece)
+        _, counts, _ = _probe(ops, index, keys, probe_query(keys[:2], piece.n, xp), piece.n)
+        yield piece.take(xp.nonzero(counts == 0)[0])
 
 
 def aggregate(ops: Operators, b: Bindings, step: AggregateStep, layout: Layout | None) -> Iterator[Bindings]:
