@@ -114,6 +114,59 @@ def test_merge_all_is_the_union_of_disjoint_runs(data):
 
 
 @given(st.data())
+def test_merge_into_a_run_the_caller_owns_is_the_union(data):
+    """``sets.merge`` with ``owned``: the kernel grows full's own buffer and merges from the
+    back, in place; the result is the union, whatever rows of each side come first."""
+    arity = data.draw(ARITY)
+    tuples = sorted(set(data.draw(rows_strategy(arity))))
+    side = data.draw(st.lists(st.booleans(), min_size=len(tuples), max_size=len(tuples)))
+    full = to_rows([t for t, s in zip(tuples, side) if s], arity).copy()  # owns its memory
+    new = to_rows([t for t, s in zip(tuples, side) if not s], arity)
+    assert to_tuples(sets.merge(full, new, KERNELS, owned=True), arity) == tuples
+
+
+@given(st.data())
+def test_union_sorted_is_the_union_of_blocks_that_share_rows(data):
+    """An iteration's new tuples, blocks each sorted and unique but sharing rows, combined (one
+    word: sorted in place in their concatenation); the blocks keep their values."""
+    arity = data.draw(ARITY)
+    blocks = [to_rows(sorted(set(data.draw(rows_strategy(arity, 20)))), arity) for _ in range(data.draw(st.integers(1, 5)))]
+    before = [b.copy() for b in blocks]
+    expected = sorted(set().union(*(to_tuples(b, arity) for b in blocks)))
+    for backend in (KERNELS, ARRAY_API):
+        assert to_tuples(sets.union_sorted(blocks, backend), arity) == expected
+        assert all(np.array_equal(b, c) for b, c in zip(blocks, before))
+
+
+def test_a_run_merges_in_place_only_when_nothing_else_holds_it(monkeypatch) -> None:
+    """RelationStore.add merges a delta into the newest run's own buffer (no second copy of
+    the run) when that run is referred to by nothing else; rows a caller holds (full from
+    compact(), a view of them, a weak reference) keep their values, and the run is merged into
+    a copy."""
+    import weakref
+
+    from dask_datalog.engine.storage import cpu_kernels
+
+    in_place: list[int] = []
+    merge_into = cpu_kernels.merge_into
+    monkeypatch.setattr(cpu_kernels, "merge_into", lambda full, new: in_place.append(len(full)) or merge_into(full, new))
+    store = RelationStore(1, KERNELS)
+    store.add(to_rows([(v,) for v in range(0, 2000, 2)], 1))
+    store.add(to_rows([(v,) for v in range(1, 2000, 4)], 1))  # over a quarter of the run: merged into it
+    held = store.compact()
+    view, values = held[10:20], held.copy()
+    store.add(to_rows([(v,) for v in range(3, 2000, 4)], 1))
+    assert np.array_equal(held, values) and np.array_equal(view, values[10:20])
+    assert to_tuples(store.compact(), 1) == [(v,) for v in range(2000)] and not in_place
+    del held, view
+    watched = weakref.ref(store.runs[0])
+    store.add(to_rows([(v,) for v in range(2000, 2600)], 1))
+    assert to_tuples(store.compact(), 1) == [(v,) for v in range(2600)] and not in_place and watched() is None
+    store.add(to_rows([(v,) for v in range(2600, 3400)], 1))
+    assert to_tuples(store.compact(), 1) == [(v,) for v in range(3400)] and in_place == [2600]
+
+
+@given(st.data())
 def test_difference_against_runs_is_the_set_difference(data):
     """A relation's runs subtracted in one kernel call or a run at a time (xp), empty runs too."""
     arity = data.draw(ARITY)

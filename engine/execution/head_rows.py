@@ -44,6 +44,8 @@ class HeadRows:
         if len(blocks) == 1 and (self.compacted or self.pending[0][1]):
             return blocks[0]
         with self.clock.phase("dedup"):
+            if all(unique for _, unique in self.pending):  # the compacted block is sorted and unique too
+                return sets.union_sorted(blocks, self.backend)
             return sets.sort_unique(self.xp.concatenate(blocks), self.backend)
 
     def __len__(self) -> int:

@@ -28,6 +28,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "not_in_sorted": (None, [_P, _I, _P, _I, _I, _P]),
     "not_in_runs": (None, [_P, _I, _P, _P, _I, _I, _P]),
     "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
+    "merge_into": (None, [_P, _I, _P, _I, _I]),
     "merge_many": (None, [_P, _P, _I, _I, _P]),
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
     "hash_build": (None, [_P, _P, _P, _I, _P, _I]),
@@ -100,6 +101,16 @@ def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
     out = np.empty((full.shape[0] + new.shape[0],) + full.shape[1:], dtype=np.uint64)
     _lib.merge_sorted(_ptr(full), full.shape[0], _ptr(new), new.shape[0], _words(full), _ptr(out))
     return out
+
+
+def merge_into(full: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``merge_sorted`` into ``full``'s own buffer, grown in place (``ndarray.resize``: a
+    realloc); the caller guarantees nothing else refers to ``full`` (it is consumed)."""
+    n = full.shape[0]
+    new = _c(new, np.uint64)
+    full.resize((n + new.shape[0],) + full.shape[1:], refcheck=False)
+    _lib.merge_into(_ptr(full), n, _ptr(new), new.shape[0], _words(full))
+    return full
 
 
 # Runs merge_many takes at once (its C loop keeps one head per run on the stack).

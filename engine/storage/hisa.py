@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import functools
+import sys
+import weakref
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -117,6 +119,13 @@ def permute(rows: Any, arity: int, order: tuple[int, ...], xp: Any) -> Any:
     if order == tuple(range(arity)):
         return rows
     return pack([unpack(rows, j, xp) for j in order], rows.shape[0], xp)
+
+
+def _sole(rows: Any) -> bool:
+    """Whether the caller's one name is the only reference to ``rows`` (getrefcount counts
+    that name, this argument and its own), which own their memory and have no weak reference:
+    then no view or holder can see their buffer grow, move and change (``sets.merge``)."""
+    return sys.getrefcount(rows) == 3 and rows.base is None and not weakref.getweakrefcount(rows)
 
 
 @dataclass
@@ -506,6 +515,8 @@ class RelationStore:
                 runs.append(SortedIndex(order, self._sorted_in(delta, order)))
                 while len(runs) > 1 and runs[-1].rows.shape[0] * self.MERGE_RATIO > runs[-2].rows.shape[0]:
                     newer = runs.pop()
-                    runs[-1] = SortedIndex(order, sets.merge(runs[-1].rows, newer.rows, self.backend))
+                    older = runs.pop().rows
+                    owned = _sole(older)  # asked before the call below puts another reference on the stack
+                    runs.append(SortedIndex(order, sets.merge(older, newer.rows, self.backend, owned)))
         self.delta = delta
         self._delta_indexes = {}

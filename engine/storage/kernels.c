@@ -82,6 +82,17 @@ void merge_sorted(const uint64_t *full, int64_t n, const uint64_t *new_, int64_t
     memcpy(out + k * w, new_ + j * w, (size_t)(m - j) * w * 8);
 }
 
+/* buf[0 .. n + m) = the union of the sorted, disjoint rows buf[0 .. n) and new_[0 .. m), merged
+ * from the back in place: buf was grown to n + m rows (by realloc, which moves no page of a
+ * large block), so a run takes in a smaller one without a second copy of itself. */
+void merge_into(uint64_t *buf, int64_t n, const uint64_t *new_, int64_t m, int64_t w) {
+    int64_t i = n - 1, j = m - 1, k = n + m - 1;
+    while (j >= 0) {
+        if (i >= 0 && row_less(new_, j, buf, i, w)) memcpy(buf + (k--) * w, buf + (i--) * w, (size_t)w * 8);
+        else memcpy(buf + (k--) * w, new_ + (j--) * w, (size_t)w * 8);
+    }
+}
+
 /* out = the union of k sorted, pairwise disjoint row sets (runs[r] holds lengths[r] rows) in one
  * pass: compacting a log-structured relation needs room for its rows once more, not twice. */
 void merge_many(const uint64_t *const *runs, const int64_t *lengths, int64_t k, int64_t w, uint64_t *out) {
