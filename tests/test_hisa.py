@@ -178,6 +178,25 @@ def test_difference_against_runs_is_the_set_difference(data):
         assert to_tuples(got, arity) == expected
 
 
+@given(st.data())
+def test_directory_read_from_the_rows_is_the_prefix_directory(data):
+    """``HashTable.over`` a sorted run: the CPU kernel reads the key directory (distinct one-
+    or two-column prefixes, each one's first row, run length) from the rows in place; the
+    array-API path builds it from the prefixes' array. Both are the same directory."""
+    arity = data.draw(st.integers(1, 5))
+    rows = sets.sort_unique(to_rows(data.draw(rows_strategy(arity, 60)), arity), KERNELS)
+    for key_len in (1, 2) if arity > 1 else (1,):
+        prefix = np.array(
+            [int(p) for p in probe_query([unpack(rows, j, xp) for j in range(key_len)], rows.shape[0], xp)], dtype=np.uint64
+        )
+        firsts = {int(p): i for i, p in reversed(list(enumerate(prefix.tolist())))}
+        for backend in (KERNELS, ARRAY_API):
+            table = HashTable.over(rows, key_len, backend)
+            assert table.keys.tolist() == sorted(firsts) and table.starts.tolist() == [firsts[k] for k in sorted(firsts)]
+            assert table.counts.tolist() == [prefix.tolist().count(k) for k in sorted(firsts)]
+            assert table.rows == rows.shape[0] and (table.words is rows) == (key_len == 2)
+
+
 @given(st.lists(st.integers(0, 2**64 - 1), max_size=60), st.lists(st.integers(0, 2**64 - 1), max_size=60))
 def test_hash_table_and_directory_agree_with_dict(keys, queries):
     """The open-addressing probe (CPU) and the binary search over the key directory (the

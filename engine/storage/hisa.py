@@ -168,9 +168,23 @@ class HashTable:
         if n > 1:
             xp.not_equal(prefix[1:], prefix[:-1], out=first[1:])
         starts = xp.nonzero(first)[0]
-        keys = prefix[starts]
+        return cls.of(prefix[starts], starts, n, xp, words)
+
+    @classmethod
+    def over(cls, rows: Any, key_len: int, backend: Backend) -> HashTable:
+        """``build`` over the ``key_prefix`` of sorted ``rows``: the CPU kernel reads the
+        directory from the rows in place, without the prefix's array of a key per row."""
+        words = rows if key_len == 2 else None
+        if backend.kernels is None:
+            return cls.build(key_prefix(rows, key_len, backend.xp), backend.xp, words)
+        keys, starts = backend.kernels.key_directory(rows, key_len)
+        return cls.of(keys, starts, int(rows.shape[0]), backend.xp, words)
+
+    @classmethod
+    def of(cls, keys: Any, starts: Any, n: int, xp: Any, words: Any | None) -> HashTable:
+        """The table of a directory: the distinct keys of ``n`` sorted rows and their first rows."""
         counts = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)]))
-        return cls(keys, starts, counts, None, int(n), int(keys.shape[0]), words=words)
+        return cls(keys, starts, counts, None, n, int(keys.shape[0]), words=words)
 
     @property
     def nbytes(self) -> int:
@@ -236,10 +250,9 @@ class SortedIndex:
     rows: Any
     _tables: dict[int, HashTable] = field(default_factory=dict)
 
-    def table(self, key_len: int, xp: Any) -> HashTable:
+    def table(self, key_len: int, backend: Backend) -> HashTable:
         if key_len not in self._tables:
-            words = self.rows if key_len == 2 else None
-            self._tables[key_len] = HashTable.build(key_prefix(self.rows, key_len, xp), xp, words)
+            self._tables[key_len] = HashTable.over(self.rows, key_len, backend)
         return self._tables[key_len]
 
     @property
@@ -259,7 +272,7 @@ class SortedIndex:
         if not key_len:
             rows = int(self.rows.shape[0])
             return xp.zeros(n, dtype=xp.int64), xp.full(n, rows, dtype=xp.int64), n * rows
-        return self.table(key_len, xp).lookup(query, backend)
+        return self.table(key_len, backend).lookup(query, backend)
 
 
 def probe_query(key_columns: list[Any], n: int, xp: Any) -> Any:
