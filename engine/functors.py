@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dask_datalog.engine import ir
+from dask_datalog.engine import ir, text
+from dask_datalog.engine import texts as tx
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.storage.hisa import expand_runs_xp
 from dask_datalog.engine.values import (
@@ -80,8 +81,8 @@ class SymbolValues:
             self.valid = xp.concatenate([self.valid, xp.asarray(np.array([p is not None for p in parsed], bool))])
         return self
 
-    def texts(self, ids: np.ndarray) -> Any:
-        """The texts of host ``ids``, one per row (a pyarrow binary array)."""
+    def texts(self, ids: np.ndarray) -> tx.Texts:
+        """The texts of host ``ids``, one per row."""
         return self.symbols.texts_of(ids)
 
     def ranks(self) -> Any:
@@ -494,33 +495,23 @@ def _float_range(call: ir.Call, a: Any, b: Any, step: Any, xp: Any) -> tuple[Any
         return rows, xp.where((out == 0) & ~xp.concatenate(firsts), xp.float32(0.0), out)
 
 
-def _text() -> Any:
-    """engine/text.py, imported on first use: it brings pyarrow (65 MB, 60 ms of start-up) that
-    programs without text functors never need."""
-    from dask_datalog.engine import text
-
-    return text
-
-
 def host(column: Any) -> np.ndarray:
     """A column on the host (CuPy arrays copy, NumPy ones do not): texts live there."""
     return column.get() if hasattr(column, "get") else np.asarray(column)
 
 
 def _cat(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str]:
-    text = _text()
     values = ctx.symbol_values()
-    return text.byte_strings(text.concatenate([values.texts(a) for a in args]))
+    return tx.strings(text.concatenate([values.texts(a) for a in args]))
 
 
 def _substr(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str]:
-    text = _text()
     strings = ctx.symbol_values().texts(args[0])
     start, length = (decode_int(a, "number", np) for a in args[1:])
     result, bad = text.substring(strings, start, length)
     if bad.any():
         text.warn_substr(strings, start, length, bad)
-    return text.byte_strings(result)
+    return tx.strings(result)
 
 
 def _to_string(source: str) -> Make:
@@ -582,7 +573,6 @@ def text_holds(op: str, left: Any, right: Any, ctx: Context) -> Any:
     """The mask of a text constraint (``TEXT_CONSTRAINTS``) over two symbol id columns:
     ``contains(a, b)``, a occurs in b; ``match(p, s)``, all of s matches the pattern p (once per
     distinct pattern: patterns are nearly always constants)."""
-    text = _text()
     (lefts, rights), inverse = distinct_rows([host(left), host(right)])
     values = ctx.symbol_values()
     negated = op.startswith("not_")
@@ -591,7 +581,7 @@ def text_holds(op: str, left: Any, right: Any, ctx: Context) -> Any:
     else:
         holds = np.zeros(len(lefts), dtype=bool)  # a pattern std::regex refuses: neither holds
         patterns, which = np.unique(lefts, return_inverse=True)
-        for k, pattern in enumerate(text.byte_strings(values.texts(patterns))):
+        for k, pattern in enumerate(tx.strings(values.texts(patterns))):
             rows = np.nonzero(which.reshape(-1) == k)[0]
             matched = text.match(pattern, values.texts(rights[rows]))
             if matched is not None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dask_datalog.engine import ir
+from dask_datalog.engine import texts as tx
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.functors import USER_PREFIX, Context, UserFunctor, decode_float, decode_int, encode_float, encode_int
 
@@ -152,7 +153,6 @@ class CFunctor:
     address: int
 
     def __call__(self, call: ir.Call, args: list[np.ndarray], n: int, ctx: Context) -> np.ndarray | list[str]:
-        from dask_datalog.engine import text
         from dask_datalog.engine.storage import cpu_kernels
 
         ints, floats, held = [], [], []
@@ -160,9 +160,9 @@ class CFunctor:
             if kind == "float":
                 floats.append(decode_float(column, np))
             elif kind == "symbol":
-                strings = text.terminated(ctx.symbol_values().texts(column), b"\0")
+                strings, starts = _nul_terminated(ctx.symbols.texts_of(column))
                 held.append(strings)  # alive until the call returns: the function reads them
-                ints.append(text.addresses(strings))
+                ints.append(starts + strings.ctypes.data)
             else:
                 ints.append(decode_int(column, kind, np).astype(np.int64))
         try:
@@ -172,8 +172,19 @@ class CFunctor:
             raise DatalogError(call.pos, f"user-defined functor {call.name} returned NULL, not a text") from None
         if call.type == "symbol":
             data, offsets = result
-            return text.byte_strings(text.from_buffers(data, offsets))
+            return tx.strings(tx.Texts(data, offsets))
         return _encoded(result, call.type)
+
+
+def _nul_terminated(column: tx.Texts) -> tuple[np.ndarray, np.ndarray]:
+    """The texts side by side, each followed by a NUL byte (what C functions read), and where
+    each starts."""
+    sizes = column.sizes()
+    starts = np.zeros(len(column) + 1, dtype=np.int64)
+    np.cumsum(sizes + 1, out=starts[1:])
+    out = np.zeros(int(starts[-1]), dtype=np.uint8)
+    out[np.arange(column.nbytes) + np.repeat(np.arange(len(column)), sizes)] = column.data[column.offsets[0] : column.offsets[-1]]
+    return out, starts[:-1]
 
 
 @dataclass(frozen=True)
@@ -184,12 +195,10 @@ class PythonFunctor:
     function: Callable[..., Any]
 
     def __call__(self, call: ir.Call, args: list[np.ndarray], n: int, ctx: Context) -> np.ndarray | list[str]:
-        from dask_datalog.engine import text
-
         arrays = []
         for column, kind in zip(args, call.params):
             if kind == "symbol":
-                arrays.append(np.array(text.byte_strings(ctx.symbol_values().texts(column)), dtype=DTYPES["symbol"]))
+                arrays.append(np.array(tx.strings(ctx.symbols.texts_of(column)), dtype=DTYPES["symbol"]))
             elif kind == "float":
                 arrays.append(decode_float(column, np))
             else:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dask_datalog.engine import texts as tx
 from dask_datalog.engine.ir import BaseType, Const, Record
 
 SIGN = np.uint32(0x80000000)
@@ -300,11 +301,6 @@ def parse_float(text: str, whole: bool = True) -> int | None:
     return sign | bits
 
 
-# A query this many times smaller than the table probes the table's sorted hashes instead of
-# hashing the whole table (pyarrow's index_in hashes about 5x faster than text.hashes + search).
-_HASH_PROBE_RATIO = 8
-
-
 class SymbolTable:
     """The strings of a run and their uint32 ids, ids never reused.
 
@@ -319,21 +315,18 @@ class SymbolTable:
     interns into a table of its own (``SymbolBatch``, ``intern``: ids in reading order), which
     is re-encoded into the agreed one (``sorted_union_maps``).
 
-    The texts are held as pyarrow binary arrays of UTF-8 bytes (``engine/text.py``: a
-    ``substr`` cut out of a character lives on as its bytes), so the bulk operations (interning
-    a column, the union, re-encoding, text order, gathering a column's texts) are pyarrow's
-    hash and sort kernels over whole arrays. Python strings and a dict of them are made only
-    for the per-string paths (program constants, the reference readers), and then only once
-    per string."""
+    The texts are held as NumPy arrays of UTF-8 bytes (``engine/texts.py``: a ``substr`` cut
+    out of a character lives on as its bytes), so the bulk operations (interning a column, the
+    union, re-encoding, text order, gathering a column's texts) are the CPU kernels' hash index
+    and sort over whole columns, without pyarrow. Python strings and a dict of them are made
+    only for the per-string paths (program constants, the reference readers), and then only
+    once per string."""
 
     def __init__(self) -> None:
-        self._chunks: list[Any] = []  # pyarrow large_binary arrays: the texts of ids 0.._held
-        self._held = 0
-        self._pending: list[str] = []  # strings interned one at a time, ids _held.. (in _strings)
+        self._table = tx.Table()  # the texts of ids 0..len(_table)
+        self._pending: list[str] = []  # strings interned one at a time, ids len(_table).. (in _strings)
         self._strings: list[str] = []  # Python strings of the first ids, made when first needed
         self._ids: dict[str, int] = {}  # string -> id for the first len(_ids) ids, likewise
-        self._hash_keys = np.zeros(0, dtype=np.uint64)  # text.hashes of the first ids, sorted
-        self._hash_ids = np.zeros(0, dtype=np.uint32)  # the id of each, likewise
         self._objects = np.zeros(0, dtype=object)  # the strings as an object array, for lookup
         self._found: dict[str, int] = {}  # id_of's answers: no Python string per id for a few constants
         self._holding: dict[tuple[str, ...], tuple[int, bool]] = {}  # holds_any's answers, and the ids they cover
@@ -341,169 +334,118 @@ class SymbolTable:
         self.records = RecordTable()  # the run's records, whose symbol elements are ids here
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled as its texts alone: the Python strings, the dict and the hashes are caches,
+        """Pickled as its texts alone: the Python strings, the dict and the index are caches,
         made again where needed."""
+        self.texts()  # the pending strings join the texts
         caches = SymbolTable().__dict__
-        chunks = [self.texts()] if len(self) else []
-        return {
-            **self.__dict__,
-            **{
-                k: caches[k]
-                for k in ("_pending", "_strings", "_ids", "_hash_keys", "_hash_ids", "_objects", "_found", "_holding")
-            },
-            "_chunks": chunks,
-            "_held": len(self),
-        }
+        return {**self.__dict__, **{k: caches[k] for k in ("_strings", "_ids", "_objects", "_found", "_holding")}}
 
     @classmethod
-    def _of_texts(cls, texts: Any, ordered: int) -> SymbolTable:
+    def _of_texts(cls, held: tx.Texts, ordered: int) -> SymbolTable:
         table = cls()
-        if len(texts):
-            table._chunks, table._held = [texts], len(texts)
+        table._table = tx.Table(held)
         table.ordered = ordered
         return table
 
     @classmethod
-    def sorted_union(cls, collections: Iterable[SymbolTable | Iterable[str] | Any]) -> SymbolTable:
-        """A table of every string in ``collections`` (tables, strings, or pyarrow arrays of
-        texts) whose ids are the strings' text order. It depends only on the set of strings, so
-        shards that built local tables agree on it by exchanging their texts."""
+    def sorted_union(cls, collections: Iterable[SymbolTable | Iterable[str] | tx.Texts]) -> SymbolTable:
+        """A table of every string in ``collections`` (tables, strings, or texts) whose ids are
+        the strings' text order. It depends only on the set of strings, so shards that built
+        local tables agree on it by exchanging their texts."""
         return cls.sorted_union_maps(collections)[0]
 
     @classmethod
-    def sorted_union_maps(cls, collections: Iterable[SymbolTable | Iterable[str] | Any]) -> tuple[SymbolTable, list[np.ndarray]]:
+    def sorted_union_maps(
+        cls, collections: Iterable[SymbolTable | Iterable[str] | tx.Texts]
+    ) -> tuple[SymbolTable, list[np.ndarray]]:
         """``sorted_union``, and per collection the union's id of each of its strings, in their
         order (of a table: ``m[id there]``, which re-encodes its symbol columns into the union),
         from the one hash pass that finds the distinct strings rather than a lookup of every
         string again."""
         parts = [_texts_of(c) for c in collections]
-        if not any(len(p) for p in parts):  # no strings: no pyarrow either (numeric programs never import it)
-            return cls(), [np.zeros(0, dtype=np.uint32) for _ in parts]
-        from dask_datalog.engine import text
-
-        distinct, codes = text.dictionary(text.concatenate_arrays([p for p in parts if len(p)]))
-        order = text.order(distinct)
+        every = tx.concatenate(parts)
+        first, codes = tx.dictionary(every)
+        distinct = every.take(first)
+        order = tx.order(distinct)
         rank = np.empty(len(order), dtype=np.uint32)
         rank[order] = np.arange(len(order), dtype=np.uint32)
         maps = np.split(rank[codes], np.cumsum([len(p) for p in parts])[:-1])
-        return cls._of_texts(text.take(distinct, order), len(order)), maps
+        return cls._of_texts(distinct.take(order), len(order)), maps
 
     @classmethod
-    def in_order(cls, strings: Iterable[str] | Any, ordered: int) -> SymbolTable:
-        """A table whose ids are the positions in ``strings`` (distinct strings, or a pyarrow
-        array of texts), the first ``ordered`` of them in text order (a checkpoint's table, or a
-        shard's reading table from the texts it sent)."""
+    def in_order(cls, strings: Iterable[str] | tx.Texts, ordered: int) -> SymbolTable:
+        """A table whose ids are the positions in ``strings`` (distinct strings, or texts), the
+        first ``ordered`` of them in text order (a checkpoint's table, or a shard's reading
+        table from the texts it sent)."""
         return cls._of_texts(_texts_of(strings), ordered)
 
-    def texts(self) -> Any:
-        """Every id's text, in id order: one pyarrow large_binary array (chunks merged once)."""
-        from dask_datalog.engine import text
-
+    def texts(self) -> tx.Texts:
+        """Every id's text, in id order."""
         if self._pending:
-            self._chunks.append(text.texts(self._pending))
-            self._held += len(self._pending)
+            self._table.append(tx.of_strings(self._pending))
             self._pending = []
-        if len(self._chunks) != 1:
-            self._chunks = [text.concatenate_arrays(self._chunks)]
-        return self._chunks[0]
+        return self._table.texts
 
-    def texts_of(self, ids: np.ndarray) -> Any:
-        """The texts of host ``ids``, one per row (a pyarrow large_binary array)."""
-        from dask_datalog.engine import text
+    def texts_of(self, ids: np.ndarray) -> tx.Texts:
+        """The texts of host ``ids``, one per row."""
+        return self.texts().take(np.asarray(ids, dtype=np.int64))
 
-        return text.take(self.texts(), np.asarray(ids, dtype=np.uint32))
-
-    def _add(self, texts: Any) -> np.ndarray:
+    def _add(self, new: tx.Texts) -> np.ndarray:
         """Append distinct texts the table lacks; their ids."""
-        self.texts()  # pending strings first: ids stay in order
-        first = self._held
-        self._chunks.append(texts)
-        self._held += len(texts)
-        return np.arange(first, self._held, dtype=np.uint32)
+        first = len(self.texts())  # pending strings first: ids stay in order
+        self._table.append(new)
+        return np.arange(first, len(self._table), dtype=np.uint32)
 
-    def _index(self, texts: Any) -> np.ndarray:
-        """Per text, its id here, -1 where the table lacks it. A query of an eighth of the table
-        or more: pyarrow's hash lookup, which hashes the whole table. A smaller one
-        (the new texts a rule made, a constant): a binary search of each text's hash among the
-        table's (sorted, extended by the ids added since), the text compared with the one found,
-        and pyarrow's lookup only for the rare text whose hash another text shares."""
-        from dask_datalog.engine import text
+    def _index(self, queries: tx.Texts) -> np.ndarray:
+        """Per text, its id here, -1 where the table lacks it (the table's hash index)."""
+        self.texts()
+        return self._table.find(queries)
 
-        table = self.texts()
-        if len(texts) * _HASH_PROBE_RATIO >= len(table):  # a large query: a hash pass over both is faster
-            return text.positions(texts, table)
-        if len(self._hash_ids) < len(table):
-            added = text.hashes(table.slice(len(self._hash_ids)))
-            order = np.argsort(added, kind="stable")
-            at = np.searchsorted(self._hash_keys, added[order])
-            self._hash_keys = np.insert(self._hash_keys, at, added[order])
-            self._hash_ids = np.insert(self._hash_ids, at, (order + len(self._hash_ids)).astype(np.uint32))
-        ids = np.full(len(texts), -1, dtype=np.int64)
-        if not len(texts) or not len(table):
-            return ids
-        keys = text.hashes(texts)
-        at = np.minimum(np.searchsorted(self._hash_keys, keys), len(self._hash_keys) - 1)
-        hit = np.flatnonzero(self._hash_keys[at] == keys)
-        found = self._hash_ids[at[hit]]
-        same = text.equal(text.take(texts, hit), text.take(table, found))
-        ids[hit[same]] = found[same]
-        shared = hit[~same]  # a hash two texts have: look the text itself up
-        if len(shared):
-            ids[shared] = text.positions(text.take(texts, shared), table)
-        return ids
-
-    def intern_texts(self, values: Any) -> np.ndarray:
-        """A pyarrow array of texts (string or binary, one per row) -> uint32 ids, the new
-        distinct ones added after the others in order of first appearance: the bulk form of
-        ``intern``, one hash pass over the column and one over the table."""
-        from dask_datalog.engine import text
-
-        distinct, codes = text.dictionary(values)
+    def intern_texts(self, values: tx.Texts) -> np.ndarray:
+        """Texts (one per row) -> uint32 ids, the new distinct ones added after the others in
+        order of first appearance: the bulk form of ``intern``, one hash pass over the column
+        and one lookup of its distinct texts in the table."""
+        first, codes = tx.dictionary(values)
+        distinct = values.take(first)
         ids = self._index(distinct)
         new = ids < 0
         if new.any():
-            ids[new] = self._add(text.where(distinct, new))
+            ids[new] = self._add(distinct.where(new))
         return ids.astype(np.uint32)[codes]
 
     def intern_many(self, strings: np.ndarray) -> np.ndarray:
         """Array of str -> uint32 ids (``intern_texts`` of their UTF-8 bytes)."""
-        from dask_datalog.engine import text
-
         if not len(strings):
             return np.zeros(0, dtype=np.uint32)
-        return self.intern_texts(text.texts(np.asarray(strings, dtype=object).reshape(-1).tolist()))
+        return self.intern_texts(tx.of_strings(np.asarray(strings, dtype=object).reshape(-1).tolist()))
 
     def append(self, strings: list[str]) -> np.ndarray:
         """The ids of ``strings``, distinct and none in the table yet, added after the others.
         Every shard must call it with the same strings in the same order (made by a
         collective: e.g. the sorted union of what each shard produced), so ids stay the same
         everywhere."""
-        from dask_datalog.engine import text
-
         if not strings:
             return np.zeros(0, dtype=np.uint32)
-        texts = text.texts(strings)
-        if len(text.distinct(texts)) != len(strings) or (self._index(texts) >= 0).any():
+        new = tx.of_strings(strings)
+        if len(tx.dictionary(new)[0]) != len(strings) or (self._index(new) >= 0).any():
             raise AssertionError("append: a string already in the table, or twice")
-        return self._add(texts)
+        return self._add(new)
 
     def missing(self, strings: list[str]) -> list[str]:
         """The distinct ``strings`` the table lacks, in text order (what a shard brings to the
         agreement on new symbols)."""
-        from dask_datalog.engine import text
-
         if not strings:
             return []
-        distinct = text.distinct(text.texts(strings))
-        return text.byte_strings(text.sorted_distinct(text.where(distinct, self._index(distinct) < 0)))
+        given = tx.of_strings(strings)
+        distinct = given.take(tx.dictionary(given)[0])
+        lacking = distinct.where(self._index(distinct) < 0)
+        return tx.strings(lacking.take(tx.order(lacking)))
 
     def ids_of(self, strings: list[str]) -> np.ndarray:
         """The ids of strings the table holds (KeyError for one it lacks)."""
-        from dask_datalog.engine import text
-
         if not strings:
             return np.zeros(0, dtype=np.uint32)
-        ids = self._index(text.texts(strings))
+        ids = self._index(tx.of_strings(strings))
         if (ids < 0).any():
             raise KeyError(strings[int(np.argmax(ids < 0))])
         return ids.astype(np.uint32)
@@ -519,20 +461,18 @@ class SymbolTable:
         order = self._text_order()
         mapping = np.empty(len(order), dtype=np.uint32)
         mapping[order] = np.arange(len(order), dtype=np.uint32)
-        table = SymbolTable._of_texts(self.texts_of(order) if len(order) else [], len(order))
+        table = SymbolTable._of_texts(self.texts_of(order), len(order))
         table.records = self.records.remapped(mapping)
         return mapping, table
 
     def __len__(self) -> int:
-        return self._held + len(self._pending)
+        return len(self._table) + len(self._pending)
 
     def _python(self) -> list[str]:
         """Every id's Python string (made from the texts once, then kept; strings interned one
         at a time are kept as they come)."""
         if len(self._strings) < len(self):
-            from dask_datalog.engine import text
-
-            self._strings.extend(text.byte_strings(self.texts().slice(len(self._strings))))
+            self._strings.extend(tx.strings(self.texts().slice(len(self._strings))))
         return self._strings
 
     def _dict(self) -> dict[str, int]:
@@ -558,9 +498,7 @@ class SymbolTable:
         them all)."""
         i = self._found.get(s)
         if i is None:
-            from dask_datalog.engine import text
-
-            i = int(self._index(text.texts([s]))[0])
+            i = int(self._index(tx.of_strings([s]))[0])
             if i < 0:
                 raise AssertionError(f"symbol {s!r} is not in the run's symbol table")
             self._found[s] = i
@@ -572,14 +510,10 @@ class SymbolTable:
             self._objects = np.array(self._python(), dtype=object)
         return self._objects[np.asarray(ids, dtype=np.int64)]
 
-    def _text_order(self) -> Any:
+    def _text_order(self) -> np.ndarray:
         """The ids sorted by text, as C++ compares strings: by UTF-8 bytes (code point order
         but for the bytes a substr cut out of a character)."""
-        if not len(self):
-            return np.zeros(0, dtype=np.int64)
-        from dask_datalog.engine import text
-
-        return text.order(self.texts())
+        return tx.order(self.texts())
 
     def text_rank(self) -> np.ndarray:
         """rank[id] = position of the symbol's text in sorted order (for sorted output)."""
@@ -597,9 +531,7 @@ class SymbolTable:
         key = tuple(needles)
         searched, found = self._holding.get(key, (0, False))
         if not found and searched < len(self):
-            from dask_datalog.engine import text
-
-            data = text.data(self.texts().slice(searched))
+            data = self.texts().slice(searched).bytes()
             found = any(data.find(n.encode("utf-8", "surrogateescape")) >= 0 for n in key if n)
             self._holding[key] = (len(self), found)
         return found
@@ -627,12 +559,12 @@ class SymbolBatch:
 
     def __init__(self, table: SymbolTable):
         self.table = table
-        self._columns: list[tuple[Any, np.ndarray, int]] = []
+        self._columns: list[tuple[tx.Texts, np.ndarray, int]] = []
         self._bytes = 0
 
-    def add(self, values: Any, rows: np.ndarray, j: int) -> None:
-        """Column ``j`` of ``rows`` is to hold the ids of ``values`` (a pyarrow array of texts,
-        one per row), filled in by ``intern`` (at the latest)."""
+    def add(self, values: tx.Texts, rows: np.ndarray, j: int) -> None:
+        """Column ``j`` of ``rows`` is to hold the ids of ``values`` (one text per row), filled
+        in by ``intern`` (at the latest)."""
         self._columns.append((values, rows, j))
         self._bytes += values.nbytes
         if self._bytes >= _BATCH_BYTES:
@@ -643,10 +575,8 @@ class SymbolBatch:
         directly (the reference reader, records, JSON) calls this first, so that ids stay in
         reading order."""
         if self._columns:
-            from dask_datalog.engine import text
-
             columns, self._columns, self._bytes = self._columns, [], 0
-            ids = self.table.intern_texts(text.concatenate_arrays([text.binary(values) for values, _, _ in columns]))
+            ids = self.table.intern_texts(tx.concatenate([values for values, _, _ in columns]))
             at = 0
             for values, rows, j in columns:
                 rows[:, j] = ids[at : at + len(values)]
@@ -654,21 +584,13 @@ class SymbolBatch:
         return self.table
 
 
-def _texts_of(collection: SymbolTable | Iterable[str] | Any) -> Any:
-    """A table's texts, a pyarrow array of texts, or strings: as a large_binary array (an empty
-    list for no strings, which needs no pyarrow)."""
+def _texts_of(collection: SymbolTable | Iterable[str] | tx.Texts) -> tx.Texts:
+    """A table's texts, texts, or strings: as texts."""
     if isinstance(collection, SymbolTable):
-        return collection.texts() if len(collection) else []
-    if hasattr(collection, "type"):  # a pyarrow array
-        from dask_datalog.engine import text
-
-        return text.binary(collection)
-    strings = list(map(str, collection))  # np.str_ -> str
-    if not strings:
-        return []
-    from dask_datalog.engine import text
-
-    return text.texts(strings)
+        return collection.texts()
+    if isinstance(collection, tx.Texts):
+        return collection
+    return tx.of_strings(list(map(str, collection)))  # np.str_ -> str
 
 
 Kinds = tuple[BaseType, ...]  # a record's element types: which part of the record table holds it

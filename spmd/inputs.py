@@ -4,6 +4,7 @@ every shard agrees on before evaluation (``values.SymbolTable`` says the policy)
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -124,7 +125,7 @@ def agree(transport: Transport, program: ir.Program, inputs: Inputs) -> Start:
     local = SymbolTable()
     rows = read_part(program, local, inputs, transport.rank, transport.size)
     counts = {name: int(r.shape[0]) for name, r in rows.items()}
-    texts = local.texts() if len(local) else []  # a pyarrow array: no Python string per symbol
+    texts = local.texts()  # NumPy arrays: no Python string per symbol
     agreed = transport.allgather((texts, counts, local.records if len(local.records) else None))
     # remaps[1 + r]: shard r's symbol ids (its reading table's, whose texts it sent) -> the agreed ones
     symbols, remaps = SymbolTable.sorted_union_maps([sorted(ir.symbol_constants(program)), *(sent for sent, _, _ in agreed)])
@@ -145,7 +146,7 @@ def agree(transport: Transport, program: ir.Program, inputs: Inputs) -> Start:
     for _, theirs, _ in agreed:
         for name, n in theirs.items():
             sizes[name] = sizes.get(name, 0) + n
-    if len(symbols):  # pyarrow read the texts (numeric inputs never import it)
+    if "pyarrow" in sys.modules:  # its CSV reader read quoted fields or floats
         from dask_datalog.engine import text
 
         text.release_unused()

@@ -1,6 +1,7 @@
-"""The symbol table's bulk operations (pyarrow kernels over whole arrays of texts) against the
-per-string semantics they replace: interning in order of first appearance, text order as C++
-compares strings (UTF-8 bytes), and shards that agree on one table whatever the split."""
+"""The symbol table's bulk operations (the CPU kernels' hash index and sort over NumPy texts,
+engine/texts.py) against the per-string semantics they replace, a Python dict and sort:
+interning in order of first appearance, text order as C++ compares strings (UTF-8 bytes), and
+shards that agree on one table whatever the split."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dask_datalog.engine import text
+from dask_datalog.engine import texts as tx
 from dask_datalog.engine.frontend import load_program
 from dask_datalog.engine.values import SymbolBatch, SymbolTable
 from dask_datalog.spmd.inputs import Inputs, agree
@@ -34,6 +36,69 @@ def per_string(batches: list[list[str]]) -> tuple[SymbolTable, list[list[int]]]:
     """The reference: a table interned one string at a time."""
     table = SymbolTable()
     return table, [[table.intern(s) for s in batch] for batch in batches]
+
+
+def as_bytes(strings: list[str]) -> list[bytes]:
+    return [text_key(s) for s in strings]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(STRINGS, max_size=30))
+def test_texts_dictionary_and_order_are_a_dict_and_a_sort_of_the_bytes(strings: list[str]) -> None:
+    column = tx.of_strings(strings)
+    assert tx.blobs(column) == as_bytes(strings) and tx.strings(column) == strings
+    first, codes = tx.dictionary(column)
+    seen: dict[bytes, int] = {}
+    want_codes = [seen.setdefault(b, len(seen)) for b in as_bytes(strings)]
+    assert codes.tolist() == want_codes and tx.blobs(column.take(first)) == list(seen)
+    assert tx.order(column).tolist() == sorted(range(len(strings)), key=lambda i: (text_key(strings[i]), i))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(STRINGS, max_size=40), max_size=6), st.lists(STRINGS, max_size=20), st.integers(0, 3))
+def test_a_text_table_finds_what_it_holds_as_it_grows(groups: list[list[str]], queries: list[str], skip: int) -> None:
+    """Appends past the index's capacity (it is made again), finds between them; columns that
+    are slices of longer ones (offsets not from 0)."""
+    table = tx.Table()
+    held: dict[bytes, int] = {}
+    for group in groups:
+        new = list(dict.fromkeys(b for b in as_bytes(group) if b not in held))
+        padded = tx.of_strings(["pad"] * skip + [b.decode("utf-8", "surrogateescape") for b in new])
+        table.append(padded.slice(skip))
+        held.update((b, len(held)) for b in new)
+        asked = tx.of_strings(["x"] * skip + queries + group).slice(skip)
+        assert table.find(asked).tolist() == [held.get(b, -1) for b in as_bytes(queries + group)]
+    assert tx.blobs(table.texts) == list(held)
+    back = pickle.loads(pickle.dumps(table))
+    assert back.find(tx.of_strings(queries)).tolist() == [held.get(b, -1) for b in as_bytes(queries)]
+
+
+def test_a_text_table_of_many_texts_finds_each() -> None:
+    rng = np.random.default_rng(5)
+    words = sorted({"".join(chr(97 + c) for c in rng.integers(0, 26, size=rng.integers(0, 12))) for _ in range(20000)})
+    table = tx.Table()
+    for part in np.array_split(np.array(words, dtype=object), 7):
+        table.append(tx.of_strings(part.tolist()))
+    assert table.find(tx.of_strings(words[::-1])).tolist() == list(range(len(words)))[::-1]
+    assert table.find(tx.of_strings(["A", "zzzzzzzzzzzzz"])).tolist() == [-1, -1]
+    assert tx.order(table.texts).tolist() == list(range(len(words)))  # sorted by bytes already
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(STRINGS, STRINGS, st.integers(-3, 8), st.integers(-2, 8)), max_size=12))
+def test_cat_and_substr_work_on_the_bytes(rows: list[tuple[str, str, int, int]]) -> None:
+    """``cat`` and ``substr`` (engine/text.py) against Python's bytes: substr counts bytes, cuts
+    characters, and gives "" out of range."""
+    lefts, rights = tx.of_strings([r[0] for r in rows]), tx.of_strings(["q"] + [r[1] for r in rows]).slice(1)
+    joined = text.concatenate([lefts, rights, lefts])
+    assert tx.blobs(joined) == [text_key(a) + text_key(b) + text_key(a) for a, b, _, _ in rows]
+    start = np.array([r[2] for r in rows], dtype=np.int64)
+    length = np.array([r[3] for r in rows], dtype=np.int64)
+    cut, bad = text.substring(lefts, start, length)
+    want = [b"" if i < 0 or i > len(text_key(a)) else text_key(a)[i:] if n < 0 else text_key(a)[i : i + n] for a, _, i, n in rows]
+    assert tx.blobs(cut) == want
+    assert tx.strings(cut) == [b.decode("utf-8", "surrogateescape") for b in want]
+    assert bad.tolist() == [i < 0 or i > len(text_key(a)) for a, _, i, _ in rows]
 
 
 @settings(max_examples=150, deadline=None)
@@ -68,7 +133,7 @@ def test_batched_columns_get_the_ids_of_interning_them_one_by_one(before: list[s
         for column in group:
             expected.append([want.intern(s) for s in column])
             rows = np.full((len(column), 2), 7, dtype=np.uint32)
-            batch.add(text.texts(column), rows, 1)
+            batch.add(tx.of_strings(column), rows, 1)
             filled.append(rows)
         single = f"single {k}"
         assert batch.intern().intern(single) == want.intern(single)

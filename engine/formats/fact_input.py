@@ -54,6 +54,7 @@ from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.formats import json_text, record_text
 from dask_datalog.engine.storage import cpu_kernels
+from dask_datalog.engine.texts import Texts
 from dask_datalog.engine.values import (
     INT32_MAX,
     INT32_MIN,
@@ -281,7 +282,7 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolBatch, fmt: Fa
         return None  # brackets group fields: the reference reader's
     target = _fields(relation, fmt)
     keep_empty = relation.types == ("symbol",) and len(target) == 1
-    if set(relation.types) <= set(_KERNEL_KINDS) and not quoted:
+    if set(relation.types) <= set(cpu_kernels.KINDS) and not quoted:
         return _read_by_kernel(data, delimiter, target, relation, symbols, keep_empty)
     if (
         len(delimiter) != 1
@@ -306,13 +307,12 @@ def _read_fast(data: bytes, relation: ir.Relation, symbols: SymbolBatch, fmt: Fa
                 return None
             rows[:, j] = parsed
     # Symbols are added only once everything parsed: a bad file leaves the table untouched.
+    from dask_datalog.engine import text
+
     for k, j in enumerate(target):
         if j >= 0 and relation.types[j] == "symbol":
-            symbols.add(table.column(k), rows, j)
+            symbols.add(text.of_arrow(table.column(k)), rows, j)
     return rows
-
-
-_KERNEL_KINDS = {"unsigned": cpu_kernels.UNSIGNED, "number": cpu_kernels.NUMBER, "symbol": cpu_kernels.SYMBOL}
 
 
 def _read_by_kernel(
@@ -326,16 +326,13 @@ def _read_by_kernel(
             data.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    parsed = cpu_kernels.parse_fields(data, delimiter, target, [_KERNEL_KINDS[t] for t in relation.types], keep_empty)
+    parsed = cpu_kernels.parse_fields(data, delimiter, target, [cpu_kernels.KINDS[t] for t in relation.types], keep_empty)
     if parsed is None:
         return None
     rows, texts = parsed
-    if texts:
-        from dask_datalog.engine import text
-
-        columns = (j for j, t in enumerate(relation.types) if t == "symbol")
-        for j, (gathered, offsets) in zip(columns, texts, strict=True):
-            symbols.add(text.from_buffers(gathered, offsets), rows, j)
+    columns = (j for j, t in enumerate(relation.types) if t == "symbol")
+    for j, (gathered, offsets) in zip(columns, texts, strict=True):
+        symbols.add(Texts(gathered, offsets), rows, j)
     return rows
 
 

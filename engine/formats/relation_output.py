@@ -22,7 +22,9 @@ from dask_datalog.engine import ir
 from dask_datalog.engine.backend import NUMPY, Backend
 from dask_datalog.engine.formats import record_text
 from dask_datalog.engine.storage import sets
+from dask_datalog.engine.storage.cpu_kernels import KINDS
 from dask_datalog.engine.storage.hisa import unpack
+from dask_datalog.engine.texts import EMPTY
 from dask_datalog.engine.values import SIGN, SymbolTable, decode, format_float
 
 if TYPE_CHECKING:  # pandas costs 0.4 s to import; only DataFrame users pay it
@@ -193,11 +195,11 @@ def format_chunks(
     (views of the CPU kernel's uint8 arrays). ``in_order``: the rows are in output order already
     (a shard's range of the output), not sorted again. ``rfc4180``: symbols quoted.
 
-    Numbers go through the CPU kernel when ``backend`` has it (the rows are NumPy arrays
-    whatever backend the run used); otherwise pyarrow writes unquoted CSV, and symbols
-    holding the delimiter, a quote or a line break (pyarrow refuses those unquoted), records
-    and multi-byte delimiters go through a plain Python formatter; quoted symbols are joined
-    into lines by pyarrow's string kernels.
+    Numbers and unquoted symbols go through the CPU kernel when ``backend`` has it (the rows
+    are NumPy arrays whatever backend the run used); otherwise pyarrow writes unquoted CSV,
+    and symbols holding the delimiter, a quote or a line break (pyarrow refuses those
+    unquoted), records, floats and multi-byte delimiters go through a plain Python formatter;
+    quoted symbols are joined into lines by pyarrow's string kernels.
     """
     if not in_order:
         rows = sort_rows(rows, relation, symbols)
@@ -205,13 +207,15 @@ def format_chunks(
         if len(rows):
             yield b"()\n"
         return
-    if _by_kernel(relation, delimiter, backend):
+    if _by_kernel(relation, delimiter, backend, rfc4180):
         kernels = backend.kernels
         assert kernels is not None
-        signed = np.array([t == "number" for t in relation.types])
-        flip = np.where(signed, SIGN, np.uint32(0)).astype(np.uint32)
+        kinds = np.array([KINDS[t] for t in relation.types], dtype=np.uint8)
+        flip = np.where(kinds == kernels.NUMBER, SIGN, np.uint32(0)).astype(np.uint32)
+        held = symbols.texts() if "symbol" in relation.types else EMPTY
         for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
-            yield memoryview(kernels.format_rows(rows[start : start + FORMAT_CHUNK_ROWS] ^ flip, signed, ord(delimiter)))
+            chunk = rows[start : start + FORMAT_CHUNK_ROWS] ^ flip
+            yield memoryview(kernels.format_rows(chunk, kinds, ord(delimiter), held.data, held.offsets))
         return
     if rfc4180 and ("symbol" in relation.types or record_text.any_records(relation)):
         for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
@@ -230,12 +234,15 @@ def format_chunks(
             yield _arrow_csv(_arrow_columns(np.asarray(chunk), relation, symbols), delimiter)
 
 
-def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend) -> bool:
+def _by_kernel(relation: ir.Relation, delimiter: str, backend: Backend, rfc4180: bool) -> bool:
+    """Whether the CPU kernel writes the relation: integers, and symbols as their bytes are
+    (unquoted, as Soufflé writes them, a delimiter or line break in one included)."""
     return (
         backend.kernels is not None
-        and set(relation.types) <= {"number", "unsigned"}
+        and set(relation.types) <= set(KINDS)
         and not record_text.any_records(relation)  # an enum is a number written as its branch
         and len(delimiter.encode()) == 1
+        and not (rfc4180 and "symbol" in relation.types)
     )
 
 
@@ -264,16 +271,21 @@ def text_length(
     rfc4180: bool = False,
 ) -> int:
     """The bytes ``format_chunks(..., in_order=True)`` yields, without keeping them: counted
-    from the digits where the kernel formats numbers (a tenth of formatting's cost), else
+    from the digits and the texts' lengths where the kernel formats (a tenth of formatting's
+    cost), else
     formatted a chunk at a time and measured."""
-    if relation.arity == 0 or not _by_kernel(relation, delimiter, backend):
+    if relation.arity == 0 or not _by_kernel(relation, delimiter, backend, rfc4180):
         chunks = format_chunks(rows, relation, symbols, delimiter, backend=backend, in_order=True, rfc4180=rfc4180)
         return sum(len(c) for c in chunks)
     total = len(rows) * relation.arity  # the delimiters and the line breaks
+    sizes = symbols.texts().sizes() if "symbol" in relation.types else None
     for start in range(0, len(rows), FORMAT_CHUNK_ROWS):
         block = rows[start : start + FORMAT_CHUNK_ROWS]
         for j, t in enumerate(relation.types):
             values = np.ascontiguousarray(block[:, j])
+            if sizes is not None and t == "symbol":
+                total += int(sizes[values].sum())
+                continue
             if t == "number":
                 signed = decode(values, t).astype(np.int64)
                 total += int(np.count_nonzero(signed < 0))
@@ -286,12 +298,13 @@ def _arrow_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTable
     """Encoded rows (no records) -> one pyarrow column per attribute: a symbol column is the
     table's texts gathered by id (their bytes as they are, as Soufflé writes them), a float
     column its texts, an integer column its values."""
+    from dask_datalog.engine import text
 
     columns = []
     for j, t in enumerate(relation.types):
         values = np.ascontiguousarray(rows[:, j])
         if t == "symbol":
-            columns.append(_unchecked_text(symbols.texts_of(values)))
+            columns.append(_unchecked_text(text.arrow(symbols.texts_of(values))))
         else:
             decoded = decode(values, t)
             columns.append(_arrow_column(_format_floats(decoded) if t == "float" else decoded))
@@ -324,7 +337,7 @@ def _quoted_columns(rows: np.ndarray, relation: ir.Relation, symbols: SymbolTabl
         if a.record is not None:
             field = _arrow_column(record_text.write_column(values, a, relation, symbols, True))
         elif a.type == "symbol":
-            escaped = pc.replace_substring(symbols.texts_of(values), pattern='"', replacement='\\""')
+            escaped = pc.replace_substring(text.arrow(symbols.texts_of(values)), pattern='"', replacement='\\""')
             field = _unchecked_text(pc.binary_join_element_wise(quote, escaped, quote, nothing))
         else:
             decoded = decode(values, a.type)

@@ -36,9 +36,12 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "offsets_build": (None, [_P, _P, _I, _U, _I, _I, _P]),
     "dense_mark": (None, [_P, _I, _P, _U, _U, _U, _U]),
     "dense_novel": (None, [_P, _I, _P, _U, _U, _U, _U, _P, _P, _P]),
-    "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P]),
+    "format_rows": (_I, [_P, _I, _I, _P, ctypes.c_uint8, _P, _P, _P]),
     "parse_fields": (_I, [_P, _I, _P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I]),
     "gather_spans": (None, [_P, _P, _I, _I, _P, _P]),
+    "index_texts": (None, [_P, _P, _I, _I, _P, _I, _P]),
+    "find_texts": (None, [_P, _P, _P, _I, _P, _P, _I, _P]),
+    "sort_texts": (None, [_P, _P, _I, _P, _P, _P]),
     "narrow_runs": (_I, [_P, _I, _I, _P, _I, _P, _P]),
     "column_bounds": (None, [_P, _I, _I, _P, _P]),
     "pack_keys": (None, [_P, _I, _I, _P, _P, _P, _P]),
@@ -281,20 +284,28 @@ def dense_novel(rows: np.ndarray, bits: np.ndarray, lo0: int, lo1: int, r0: int,
     return fresh[: found[0]], outside[: found[1]]
 
 
-def format_rows(columns: np.ndarray, signed: np.ndarray, delimiter: int) -> np.ndarray:
-    """Integer rows (n, k) as delimited decimal text, one line each (uint8): the output writer
-    for numeric relations, several times faster than a general CSV writer. ``signed[j]``:
-    column j holds int32 bit patterns."""
-    columns = _c(columns, np.uint32)
-    is_signed = _c(signed, np.uint8)
-    out = np.empty(columns.size * FORMAT_BYTES_PER_VALUE, dtype=np.uint8)
-    n, k = columns.shape
-    length = _lib.format_rows(_ptr(columns), n, k, _ptr(is_signed), delimiter, _ptr(out))
-    return out[:length]
-
-
-# Column kinds parse_fields takes.
+# Column kinds format_rows and parse_fields take, and the attribute types they stand for.
 UNSIGNED, NUMBER, SYMBOL = 0, 1, 2
+KINDS = {"unsigned": UNSIGNED, "number": NUMBER, "symbol": SYMBOL}
+
+
+def format_rows(columns: np.ndarray, kinds: np.ndarray, delimiter: int, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Rows (n, k) as delimited text, one line each (uint8): the output writer, several times
+    faster than a general CSV writer. ``kinds[j]``: column j holds UNSIGNED values, NUMBER int32
+    bit patterns, or SYMBOL ids of the texts ``data``/``offsets`` (``texts.Texts``), written as
+    their bytes are."""
+    columns = _c(columns, np.uint32)
+    kind = _c(kinds, np.uint8)
+    data, offsets = _c(data, np.uint8), _c(offsets, np.int64)
+    symbols = kind == SYMBOL
+    text_bytes = 0
+    if symbols.any():
+        ids = columns[:, symbols]
+        text_bytes = int((offsets[ids + 1] - offsets[ids]).sum())
+    out = np.empty(columns.size * FORMAT_BYTES_PER_VALUE + text_bytes, dtype=np.uint8)
+    n, k = columns.shape
+    length = _lib.format_rows(_ptr(columns), n, k, _ptr(kind), delimiter, _ptr(data), _ptr(offsets), _ptr(out))
+    return out[:length]
 
 
 def parse_fields(
@@ -334,16 +345,59 @@ def parse_fields(
     )
     if n < 0:
         return None
-    texts = []
-    for s in range(symbols):
-        column = spans[:n, s]
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(column[:, 1] - column[:, 0], out=offsets[1:])
-        gathered = np.empty(int(offsets[-1]), dtype=np.uint8)
-        column_spans = _ptr(spans) + s * 2 * spans.itemsize  # column s of the (n, symbols, 2) spans
-        _lib.gather_spans(_ptr(buffer), column_spans, 2 * symbols, n, _ptr(offsets), _ptr(gathered))
-        texts.append((gathered, offsets))
-    return out[:n], texts
+    return out[:n], [gather_spans(buffer, spans[:n, s]) for s in range(symbols)]
+
+
+def gather_spans(data: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes of ``data`` (uint8) in each span, side by side, and their n + 1 offsets: a text
+    column (``texts.Texts``). ``spans``: (n, 2) int64 rows of [start, end), any row stride."""
+    n = spans.shape[0]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    if not n:
+        return np.zeros(0, dtype=np.uint8), offsets
+    assert spans.dtype == np.int64 and spans.ndim == 2 and spans.strides[1] == 8 and spans.strides[0] % 8 == 0
+    np.cumsum(spans[:, 1] - spans[:, 0], out=offsets[1:])
+    gathered = np.empty(int(offsets[-1]), dtype=np.uint8)
+    _lib.gather_spans(_ptr(data), spans.ctypes.data, spans.strides[0] // 8, n, _ptr(offsets), _ptr(gathered))
+    return gathered, offsets
+
+
+# A text index's rows are held in 32 bits (symbol ids), the last value marking none.
+MAX_TEXT_ROWS = 2**32 - 2
+
+
+def index_texts(data: np.ndarray, offsets: np.ndarray, lo: int, hi: int, slots: np.ndarray) -> np.ndarray:
+    """Rows [lo, hi) of the texts ``data``/``offsets`` into their hash index ``slots`` (uint64,
+    a power of two at least twice the rows indexed, zeros when empty): per row, the row of the
+    first text equal to it, itself where the index held none (which it then holds)."""
+    assert hi <= MAX_TEXT_ROWS and 2 * hi <= len(slots) and len(slots) & (len(slots) - 1) == 0
+    first = np.empty(hi - lo, dtype=np.int64)
+    _lib.index_texts(_ptr(data), _ptr(offsets), lo, hi, _ptr(slots), len(slots), _ptr(first))
+    return first
+
+
+def find_texts(
+    data: np.ndarray, offsets: np.ndarray, slots: np.ndarray, queries: np.ndarray, query_offsets: np.ndarray
+) -> np.ndarray:
+    """Per query text, the row of the equal text in the hash index ``slots`` of the texts
+    ``data``/``offsets`` (``index_texts``), -1 where it holds none."""
+    assert len(slots) and len(slots) & (len(slots) - 1) == 0, "find_texts: no index, or not a power of two"
+    n = len(query_offsets) - 1
+    found = np.empty(n, dtype=np.int64)
+    queries, query_offsets = _c(queries, np.uint8), _c(query_offsets, np.int64)
+    _lib.find_texts(_ptr(data), _ptr(offsets), _ptr(slots), len(slots), _ptr(queries), _ptr(query_offsets), n, _ptr(found))
+    return found
+
+
+def sort_texts(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The rows of the texts ``data``/``offsets`` in text order (their bytes compared as C++
+    compares strings; stable)."""
+    n = len(offsets) - 1
+    order = np.empty(n, dtype=np.int64)
+    scratch = np.empty(n, dtype=np.int64)
+    prefix = np.empty(n, dtype=np.uint64)
+    _lib.sort_texts(_ptr(_c(data, np.uint8)), _ptr(_c(offsets, np.int64)), n, _ptr(order), _ptr(scratch), _ptr(prefix))
+    return order
 
 
 class FunctorReturnedNull(Exception):

@@ -1,8 +1,9 @@
 /* The CPU backend's compiled kernels: the primitives where a loop beats NumPy's formulation
  * several times over. Called through ctypes from cpu_kernels.py (the join step's two through this
  * module's own functions, at the end), which allocates every output
- * and checks shapes; each function has an xp twin in sets.py / hisa.py / dense.py that CuPy runs
- * and the property tests compare against. Rows are C-contiguous (n, w) uint64 words compared
+ * and checks shapes; each function on rows has an xp twin in sets.py / hisa.py / dense.py that
+ * CuPy runs and the property tests compare against (the text ones, symbols' and fact files', run
+ * on the host only: their tests compare them with Python's dict and sort). Rows are C-contiguous (n, w) uint64 words compared
  * lexicographically. Loops whose iterations write disjoint outputs run on OpenMP's threads
  * (OMP_NUM_THREADS; a Dask worker per core gets its share). */
 #define PY_SSIZE_T_CLEAN
@@ -399,17 +400,26 @@ void dense_novel(const uint64_t *rows, int64_t n, uint8_t *bits, uint64_t lo0, u
     found[1] = no;
 }
 
-/* Integer rows (n, k) as delimited decimal text, one line each, into out (at least n * k * 12
- * bytes); returns the length. signed[j]: column j holds int32 bit patterns. */
-int64_t format_rows(const uint32_t *columns, int64_t n, int64_t k, const uint8_t *is_signed, uint8_t delimiter,
-                    uint8_t *out) {
+/* Rows (n, k) as delimited text, one line each, into out (long enough: the caller sums what
+ * each column needs, format_bytes); returns the length. kind[j]: column j holds unsigned values
+ * (0), int32 bit patterns (1), written in decimal, or ids of texts (2: text i is
+ * text_data[text_offsets[i], text_offsets[i + 1]), written as its bytes are). */
+int64_t format_rows(const uint32_t *columns, int64_t n, int64_t k, const uint8_t *kind, uint8_t delimiter,
+                    const uint8_t *text_data, const int64_t *text_offsets, uint8_t *out) {
     int64_t p = 0;
     char digits[12];
     for (int64_t i = 0; i < n; i++) {
         for (int64_t j = 0; j < k; j++) {
             uint32_t raw = columns[i * k + j];
+            if (kind[j] == 2) {
+                int64_t start = text_offsets[raw], size = text_offsets[raw + 1] - start;
+                memcpy(out + p, text_data + start, (size_t)size);
+                p += size;
+                out[p++] = j < k - 1 ? delimiter : '\n';
+                continue;
+            }
             uint64_t v = raw;
-            if (is_signed[j] && (int32_t)raw < 0) {
+            if (kind[j] == 1 && (int32_t)raw < 0) {
                 out[p++] = '-';
                 v = (uint64_t)(-(int64_t)(int32_t)raw);
             }
@@ -525,6 +535,112 @@ void gather_spans(const uint8_t *data, const int64_t *spans, int64_t stride, int
     for (int64_t i = 0; i < n; i++) {
         memcpy(out + offsets[i], data + spans[i * stride], (size_t)(offsets[i + 1] - offsets[i]));
     }
+}
+
+/* Texts (the symbol table's, a column's): text i is data[offsets[i], offsets[i + 1]). A hash
+ * index over them is open addressing with linear probing over uint64 slots, capacity a power of
+ * two at least twice the rows: 0 is empty, else a text's hash in the high 32 bits and its row + 1
+ * in the low ones (rows below 2^32 - 1, as symbol ids), so that a probe compares the bytes of
+ * only the texts whose hash matches. */
+static inline uint64_t text_hash(const uint8_t *s, int64_t len) {
+    uint64_t h = (uint64_t)len * HASH_MULT, w;
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+    }
+    if (i < len) {
+        w = 0;
+        memcpy(&w, s + i, (size_t)(len - i));
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+    }
+    return h;
+}
+
+/* The slot that holds the text s (len bytes, hash h) in the index of (data, offsets), or the
+ * empty slot where it would go. */
+static inline int64_t text_slot(const uint8_t *data, const int64_t *offsets, const uint64_t *slots, int64_t capacity,
+                                const uint8_t *s, int64_t len, uint64_t h) {
+    uint64_t tag = h << 32;
+    int64_t mask = capacity - 1;
+    for (int64_t i = hash_slot(h, slot_shift(capacity));; i = (i + 1) & mask) {
+        uint64_t slot = slots[i];
+        if (slot == 0) return i;
+        if ((slot & 0xFFFFFFFF00000000ULL) == tag) {
+            int64_t row = (int64_t)(slot & 0xFFFFFFFFULL) - 1, start = offsets[row];
+            if (offsets[row + 1] - start == len && memcmp(data + start, s, (size_t)len) == 0) return i;
+        }
+    }
+}
+
+/* Rows [lo, hi) of the texts into their index: first[i - lo] is the row of the first text equal
+ * to row i, i itself when the index held none (it then joins). */
+void index_texts(const uint8_t *data, const int64_t *offsets, int64_t lo, int64_t hi, uint64_t *slots, int64_t capacity,
+                 int64_t *first) {
+    for (int64_t i = lo; i < hi; i++) {
+        const uint8_t *s = data + offsets[i];
+        int64_t len = offsets[i + 1] - offsets[i];
+        uint64_t h = text_hash(s, len);
+        int64_t at = text_slot(data, offsets, slots, capacity, s, len, h);
+        if (slots[at] == 0) {
+            slots[at] = (h << 32) | (uint64_t)(i + 1);
+            first[i - lo] = i;
+        } else {
+            first[i - lo] = (int64_t)(slots[at] & 0xFFFFFFFFULL) - 1;
+        }
+    }
+}
+
+/* Per query text (queries, query_offsets: n texts), the row of the equal text in the index of
+ * (data, offsets), -1 where it holds none. */
+void find_texts(const uint8_t *data, const int64_t *offsets, const uint64_t *slots, int64_t capacity,
+                const uint8_t *queries, const int64_t *query_offsets, int64_t n, int64_t *found) {
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *s = queries + query_offsets[i];
+        int64_t len = query_offsets[i + 1] - query_offsets[i];
+        uint64_t slot = slots[text_slot(data, offsets, slots, capacity, s, len, text_hash(s, len))];
+        found[i] = slot ? (int64_t)(slot & 0xFFFFFFFFULL) - 1 : -1;
+    }
+}
+
+/* Whether text a comes before text b: bytes compared as unsigned, a prefix first (C++'s string
+ * order), equal texts by row. prefix[r]: row r's first 8 bytes big-endian, zero-padded, which
+ * decides most comparisons without reading the texts. */
+static inline int text_before(const uint8_t *data, const int64_t *offsets, const uint64_t *prefix, int64_t a, int64_t b) {
+    if (prefix[a] != prefix[b]) return prefix[a] < prefix[b];
+    int64_t la = offsets[a + 1] - offsets[a], lb = offsets[b + 1] - offsets[b];
+    int c = memcmp(data + offsets[a], data + offsets[b], (size_t)(la < lb ? la : lb));
+    if (c != 0) return c < 0;
+    return la != lb ? la < lb : a < b;
+}
+
+/* The n rows of the texts in text order into order (stable), by a bottom-up merge sort through
+ * scratch (n int64) and prefix (n uint64). */
+void sort_texts(const uint8_t *data, const int64_t *offsets, int64_t n, int64_t *order, int64_t *scratch,
+                uint64_t *prefix) {
+    for (int64_t r = 0; r < n; r++) {
+        int64_t start = offsets[r], len = offsets[r + 1] - start;
+        uint64_t key = 0;
+        for (int64_t b = 0; b < 8; b++) key = (key << 8) | (b < len ? data[start + b] : 0);
+        prefix[r] = key;
+        order[r] = r;
+    }
+    int64_t *from = order, *to = scratch;
+    for (int64_t width = 1; width < n; width *= 2) {
+        for (int64_t lo = 0; lo < n; lo += 2 * width) {
+            int64_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            int64_t i = lo, j = mid, p = lo;
+            while (i < mid && j < hi) to[p++] = text_before(data, offsets, prefix, from[j], from[i]) ? from[j++] : from[i++];
+            while (i < mid) to[p++] = from[i++];
+            while (j < hi) to[p++] = from[j++];
+        }
+        int64_t *t = from;
+        from = to;
+        to = t;
+    }
+    if (from != order) memcpy(order, from, (size_t)n * sizeof(int64_t));
 }
 
 /* User-defined functors (Soufflé's stateless .functor, engine/user_functors.py): a C function
