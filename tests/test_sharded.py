@@ -407,20 +407,22 @@ def test_shards_write_their_ranges_a_chunk_at_a_time(n: int, tmp_path: Path, mon
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), st.integers(0, 2**32 - 1)), max_size=40), st.sampled_from(["\t", ","])
+    st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), st.integers(0, 2**32 - 1), st.text(max_size=4)), max_size=40),
+    st.sampled_from(["\t", ","]),
 )
-def test_text_length_counts_what_formatting_writes(rows: list[tuple[int, int]], delimiter: str) -> None:
+def test_text_length_counts_what_formatting_writes(rows: list[tuple[int, int, str]], delimiter: str) -> None:
     from dask_datalog.engine.values import SymbolTable, encode
 
-    relation = load_program(".decl r(a:number, b:unsigned)\n").relations["r"]
+    relation = load_program(".decl r(a:number, b:unsigned, c:symbol)\n").relations["r"]
+    symbols = SymbolTable.sorted_union([[r[2] for r in rows]])
     encoded = np.stack(
         [
             encode(np.array([r[0] for r in rows], dtype=np.int64), "number"),
             encode(np.array([r[1] for r in rows], dtype=np.int64), "unsigned"),
+            symbols.ids_of([r[2] for r in rows]),
         ],
         axis=1,
-    ).reshape(-1, 2)
-    symbols = SymbolTable()
+    ).reshape(-1, 3)
     text = relation_output.format_relation(encoded, relation, symbols, delimiter)
     assert relation_output.text_length(encoded, relation, symbols, delimiter) == len(text)
 
