@@ -369,7 +369,7 @@ class SymbolTable:
         order = tx.order(distinct)
         rank = np.empty(len(order), dtype=np.uint32)
         rank[order] = np.arange(len(order), dtype=np.uint32)
-        maps = np.split(rank[codes], np.cumsum([len(p) for p in parts])[:-1])
+        maps = np.split(rank[codes], np.cumsum([len(p) for p in parts])[:-1]) if parts else []
         return cls._of_texts(distinct.take(order), len(order)), maps
 
     @classmethod
