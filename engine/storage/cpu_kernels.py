@@ -3,8 +3,10 @@ allocates every output, makes inputs contiguous and calls the C function through
 (which releases the GIL), or, for the two a join step calls (``hash_ranges``,
 ``gather_join``), through the extension module's own functions, which release it too and cost
 about a microsecond where a ctypes call of their many arguments costs some three. Each kernel
-has an ``xp`` twin in ``sets.py``/``hisa.py`` that CuPy runs and the property tests compare
-against. Rows are (n, w) uint64 arrays compared lexicographically, or 1-D uint64 for one word.
+on rows has an ``xp`` twin in ``sets.py``/``hisa.py`` that CuPy runs and the property tests
+compare against; the text kernels (fact fields, the symbol table's hash index and sort, output)
+run on the host only, tested against Python's dict and sort. Rows are (n, w) uint64 arrays
+compared lexicographically, or 1-D uint64 for one word.
 
 Compiled ahead of time rather than JIT-compiled (numba, until 2026-12): the library costs
 about 1 MB of memory and nothing at start-up, where numba's runtime cost 0.2-0.7 s and
