@@ -22,7 +22,6 @@ arrays) is how ``--resume`` refuses a changed program or input.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -124,6 +123,8 @@ class Checkpoints:
         name = self.latest_name()
         if name is None:
             return None
+        import json  # only runs that checkpoint or resume need it
+
         try:
             data = json.loads((self.directory / name / "manifest.json").read_text())
             return Manifest.from_json(data)
@@ -148,6 +149,8 @@ class Checkpoints:
 
     def commit(self, manifest: Manifest) -> None:
         """Rank 0, after every shard wrote its part: the manifest, then ``latest``."""
+        import json  # only runs that checkpoint or resume need it
+
         staging = self.directory / f"{manifest.name}.tmp"
         staging.mkdir(parents=True, exist_ok=True)
         (staging / "manifest.json").write_text(json.dumps(manifest.to_json()))

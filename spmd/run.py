@@ -11,7 +11,6 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import Backend
-from dask_datalog.engine.execution import profile
 from dask_datalog.engine.execution.phases import PHASES
 from dask_datalog.engine.values import SymbolTable
 from dask_datalog.partition import REPLICATE_BELOW
@@ -133,6 +132,8 @@ def combine_stats(per_shard: list[Mapping[str, Any]]) -> dict[str, Any]:
         "per_worker": [{key: value for key, value in s.items() if key != "profile"} for s in per_shard],
     }
     if "profile" in per_shard[0]:
+        from dask_datalog.engine.execution import profile  # only a profiled run needs it
+
         combined["profile"] = profile.combine([s["profile"] for s in per_shard])
     return combined
 

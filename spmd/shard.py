@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +24,6 @@ from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.execution.control import Position
 from dask_datalog.engine.execution.exchange import Exchange, LocalExchange
 from dask_datalog.engine.execution.fixpoint import Fixpoint, OnIteration
-from dask_datalog.engine.execution.profile import Profile
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.formats.relation_output import host_rows
 from dask_datalog.engine.plan import expiring, plan_program
@@ -34,6 +33,9 @@ from dask_datalog.partition.placement import place
 from dask_datalog.partition.shard_exchange import ShardExchange
 from dask_datalog.partition.transport import Transport
 from dask_datalog.spmd.inputs import Inputs, Start, agree
+
+if TYPE_CHECKING:  # only a run with --profile or --stats imports profile.py
+    from dask_datalog.engine.execution.profile import Profile
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,11 @@ def evaluate_shard(
     else:
         relations.restore(manifest.position, restored, manifest.dropped)
     chunk_rows = chunk_rows or memory.chunk_rows_for(control.memory_budget or memory.default_budget(backend), backend)
-    profile = Profile(plan) if steering.profile else None
+    profile: Profile | None = None
+    if steering.profile:
+        from dask_datalog.engine.execution.profile import Profile  # only a profiled run needs it
+
+        profile = Profile(plan)
     keep = steering.keep
     if manifest is not None and manifest.dropped and (keep is None or keep & manifest.dropped.keys()):
         lost = sorted(manifest.dropped if keep is None else keep & manifest.dropped.keys())

@@ -26,7 +26,7 @@ import numpy as np
 from dask_datalog.engine import ir
 from dask_datalog.engine.backend import Backend, get_backend
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.formats import json_text, relation_output
+from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.formats.relation_output import PackedRows
 from dask_datalog.engine.storage import sets
 from dask_datalog.engine.storage.hisa import pack, unpack
@@ -76,6 +76,8 @@ def write_outputs(
             )
         rows = ordered[1]
         if spec.io in ("json", "jsonfile"):
+            from dask_datalog.engine.formats import json_text  # only JSON output needs it (and json)
+
             elements = json_text.format_rows(np.asarray(rows), relation, symbols, spec.objects)
             if spec.io == "json":
                 text[index] = elements
@@ -198,6 +200,8 @@ def _write_json(transport: Transport, target: Path, elements: bytes) -> None:
     parts = transport.allgather(elements)
     if transport.rank == 0:
         _io(target, lambda: _create_empty(target))
+        from dask_datalog.engine.formats import json_text  # loaded by the shard's JSON elements already
+
         _io(target, lambda: target.write_bytes(json_text.document(b"".join(parts))))
 
 
@@ -246,6 +250,8 @@ def print_outputs(
             if spec.relation != name:
                 continue
             if spec.io == "json":
+                from dask_datalog.engine.formats import json_text  # loaded by the shard's JSON elements already
+
                 out.write(json_text.document(texts[index]).decode("utf-8", "surrogateescape"))
             elif spec.io == "stdout":
                 header = f"{spec.header_line(program.relations[name])}\n" if spec.headers else ""

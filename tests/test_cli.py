@@ -462,6 +462,31 @@ def test_a_run_in_process_imports_only_what_it_uses(tmp_path: Path) -> None:
     assert (tmp_path / "b" / "null.csv").read_text() == "1\t2\n1\t3\n1\t4\n"
 
 
+@pytest.mark.parametrize("cache", ["cold", "warm"])
+def test_a_plain_run_skips_what_only_some_runs_need(tmp_path: Path, cache: str) -> None:
+    """A run without --profile, --stats, checkpoints or JSON directives imports neither the
+    profile (engine/execution/profile.py) nor the JSON formats and ``json``: start-up is most of
+    a small run, so what only some runs need is imported where they need it. Cold: the program
+    is parsed and checked; warm: it comes from the program cache."""
+    env = dict(os.environ, DASK_DATALOG_PROGRAM_CACHE=str(tmp_path / "cache"))
+    run_args = f"['run', {str(REACH)!r}, '-F', {str(FACTS)!r}, '-D', {str(tmp_path / 'out')!r}, '--quiet']"
+    lazy = ("dask_datalog.engine.execution.profile", "dask_datalog.engine.formats.json_text", "json")
+    probe = (
+        "import sys\n"
+        "from dask_datalog.cluster.cli.main import main\n"
+        f"assert main({run_args}) == 0\n"
+        f"loaded = sorted(set({lazy!r}) & set(sys.modules))\n"
+        "assert not loaded, loaded\n"
+        f"assert main({run_args[:-1]}, '--profile', {str(tmp_path / 'p.json')!r}]) == 0\n"
+        f"assert set({lazy[:1]!r}) <= set(sys.modules)\n"
+    )
+    if cache == "warm":
+        run_probe(probe, env)
+    run_probe(probe, env)
+    assert (tmp_path / "out" / "path.csv").read_text()
+    assert "rules" in json.loads((tmp_path / "p.json").read_text())
+
+
 def test_a_run_with_symbols_skips_pyarrow_compute(tmp_path: Path) -> None:
     """A run that reads symbols, makes some (cat, substr, to_string), matches, searches and
     writes them calls pyarrow's kernels by name (engine/arrow_compute.py): importing

@@ -11,7 +11,6 @@ configuration applies), and ``--no-cluster`` evaluates in this process without D
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -34,7 +33,6 @@ from dask_datalog.engine.errors import (
     Terminated,
     human_bytes,
 )
-from dask_datalog.engine.execution import profile
 from dask_datalog.engine.memory import peak_rss
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.spmd.options import RunOptions
@@ -161,6 +159,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
 
 
 def _write_json(path: Path, document: Any, what: str) -> None:
+    import json  # only --stats and --profile write JSON
+
     try:
         path.write_text(json.dumps(document, indent=1))
     except OSError as error:
@@ -402,6 +402,8 @@ class CommandRun:
                     file=sys.stderr,
                 )
             if self.args.profile and not self.args.quiet and result.profile is not None:
+                from dask_datalog.engine.execution import profile  # only a profiled run needs it
+
                 print(profile.table(result.profile), file=sys.stderr)
 
         return show

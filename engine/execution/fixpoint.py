@@ -25,7 +25,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,7 +39,6 @@ from dask_datalog.engine.execution.head_rows import HeadRows
 from dask_datalog.engine.execution.join_order import JoinOrder
 from dask_datalog.engine.execution.operators import Operators
 from dask_datalog.engine.execution.phases import PhaseClock
-from dask_datalog.engine.execution.profile import Profile
 from dask_datalog.engine.execution.routing import Router
 from dask_datalog.engine.execution.rule_versions import run_version
 from dask_datalog.engine.execution.shard_store import ShardStore
@@ -50,6 +49,9 @@ from dask_datalog.engine.ir import Atom, calls, symbol_constants
 from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan, SubsumptionPlan, released_orders
 from dask_datalog.engine.storage.hisa import pack, unpack, words_for
 from dask_datalog.engine.values import SymbolTable, encode_scalar
+
+if TYPE_CHECKING:  # only a run with --profile or --stats imports profile.py
+    from dask_datalog.engine.execution.profile import Profile
 
 OnIteration = Callable[[int, int, dict[str, int]], None]  # (stratum, iteration, delta sizes)
 

@@ -6,16 +6,18 @@ found dominated, which the caller routes to every copy of the relation)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dask_datalog.engine.execution.bindings import Bindings
 from dask_datalog.engine.execution.head_rows import HeadRows
 from dask_datalog.engine.execution.operators import Operators
 from dask_datalog.engine.execution.phases import PhaseClock
-from dask_datalog.engine.execution.profile import HeadCounts
 from dask_datalog.engine.ir import Atom
 from dask_datalog.engine.plan import RulePlan
 from dask_datalog.engine.storage.hisa import pack
+
+if TYPE_CHECKING:  # only a run with --profile or --stats imports profile.py
+    from dask_datalog.engine.execution.profile import HeadCounts
 
 
 def run_version(

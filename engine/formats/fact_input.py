@@ -52,7 +52,7 @@ import numpy as np
 
 from dask_datalog.engine import ir
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.formats import json_text, record_text
+from dask_datalog.engine.formats import record_text
 from dask_datalog.engine.storage import cpu_kernels
 from dask_datalog.engine.texts import Texts
 from dask_datalog.engine.values import (
@@ -217,6 +217,8 @@ def _read_rows(
 ) -> np.ndarray:
     """``read_text``'s rows, their symbol columns added to ``symbols``."""
     if fmt.json:
+        from dask_datalog.engine.formats import json_text  # only JSON input needs it (and json)
+
         return json_text.read_rows(data, file, relation, symbols.intern())
     first_line = 1
     if fmt.headers and file_start:

@@ -16,7 +16,6 @@ from typing import Any
 
 from dask_datalog.engine import functors, ir
 from dask_datalog.engine.errors import DatalogError, Diagnostics
-from dask_datalog.engine.formats import json_text
 from dask_datalog.engine.frontend import inline
 from dask_datalog.engine.frontend import parser as st
 from dask_datalog.engine.frontend.lift import Lifter
@@ -585,6 +584,8 @@ def _json(params: dict[str, st.Param], kind: str, relation: ir.Relation) -> bool
     io = _io_kind(params, kind)
     if io not in ("json", "jsonfile"):
         return False
+    from dask_datalog.engine.formats import json_text  # only JSON directives need it (and json)
+
     why = json_text.refusal(relation)
     if why is not None:
         raise DatalogError(params["IO"].pos, f"unsupported: IO={io} for {relation.name}, which holds {why}")
