@@ -56,7 +56,7 @@ def measure(path: str) -> dict[str, dict[str, list[float]]]:
             check_plans(statements, strata)
             check_counters(strata)
             program = magic.transform(program)
-            return user_functors.bind(program, None, user_functors.DEFAULT_LIBRARIES, list(user_functors.DEFAULT_LIBRARY_DIRS))
+            return user_functors.bind(program)
 
         timed("parse", lambda _: parse(text, path))
         timed("check", checked)

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from dask_datalog.engine import user_functors
 from dask_datalog.engine.backend import Backend, BackendName, get_backend
 from dask_datalog.engine.checkpoint import CheckpointOptions, array_digest
 from dask_datalog.engine.errors import RunTimeout, Terminated
 from dask_datalog.engine.formats import relation_output
 from dask_datalog.engine.frontend import load_program, load_program_file
+from dask_datalog.engine.functors import DEFAULT_LIBRARIES, DEFAULT_LIBRARY_DIRS
 from dask_datalog.engine.ir import Program as ProgramIR
 from dask_datalog.partition import REPLICATE_BELOW
 from dask_datalog.spmd.inputs import FactSource, Inputs, check_fact_names
@@ -128,8 +128,8 @@ class Program:
         macros: Mapping[str, str] | None = None,
         preprocessor: bool = True,
         functors: Mapping[str, Callable[..., Any]] | None = None,
-        libraries: Sequence[str] = user_functors.DEFAULT_LIBRARIES,
-        library_dirs: Sequence[str | Path] = user_functors.DEFAULT_LIBRARY_DIRS,
+        libraries: Sequence[str] = DEFAULT_LIBRARIES,
+        library_dirs: Sequence[str | Path] = DEFAULT_LIBRARY_DIRS,
     ):
         """``include_dirs``, ``macros``, ``preprocessor``: the C preprocessor's -I, -M and
         --no-preprocessor, as Soufflé takes them. ``functors``: Python functions computing
@@ -137,7 +137,7 @@ class Program:
         result type back: engine/user_functors.py); the other functors called are C
         functions of ``libraries`` (Soufflé's -l) looked for in ``library_dirs`` (its -L)."""
         self.ir: ProgramIR = load_program(text, filename, include_dirs, macros, preprocessor)
-        self.ir = user_functors.bind(self.ir, functors, libraries, [str(d) for d in library_dirs])
+        self.ir = _bind(self.ir, functors, libraries, library_dirs)
 
     @classmethod
     def from_file(
@@ -147,14 +147,14 @@ class Program:
         macros: Mapping[str, str] | None = None,
         preprocessor: bool = True,
         functors: Mapping[str, Callable[..., Any]] | None = None,
-        libraries: Sequence[str] = user_functors.DEFAULT_LIBRARIES,
-        library_dirs: Sequence[str | Path] = user_functors.DEFAULT_LIBRARY_DIRS,
+        libraries: Sequence[str] = DEFAULT_LIBRARIES,
+        library_dirs: Sequence[str | Path] = DEFAULT_LIBRARY_DIRS,
     ) -> Program:
         """The program in a file, through the front end's file loader: a byte-order mark is
         skipped, and an unreadable or non-UTF-8 file is a DatalogError like any other."""
         program = cls.__new__(cls)
         loaded = load_program_file(path, include_dirs, macros, preprocessor)
-        program.ir = user_functors.bind(loaded, functors, libraries, [str(d) for d in library_dirs])
+        program.ir = _bind(loaded, functors, libraries, library_dirs)
         return program
 
     def run(
@@ -215,6 +215,21 @@ class Program:
         check_fact_names(self.ir, dict(facts or {}))
         inputs = Inputs(fact_dir, dict(facts or {}), _array_digests(facts, options), stdin)
         return Result(run_in_process(self.ir, get_backend(backend), inputs, _steering(options), chunk_rows, on_iteration))
+
+
+def _bind(
+    program: ProgramIR,
+    functors: Mapping[str, Callable[..., Any]] | None,
+    libraries: Sequence[str],
+    library_dirs: Sequence[str | Path],
+) -> ProgramIR:
+    """``program`` with its user functors bound (``user_functors.bind``); a program that declares
+    none and is given none is bound as it is, without importing that module."""
+    if not functors and not program.functors:
+        return program
+    from dask_datalog.engine import user_functors  # only programs with functors need it
+
+    return user_functors.bind(program, functors, libraries, [str(d) for d in library_dirs])
 
 
 def _array_digests(facts: Mapping[str, FactSource] | None, options: RunOptions) -> dict[str, str]:

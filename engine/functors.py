@@ -694,6 +694,10 @@ def _user_texts(call: ir.Call, args: list[np.ndarray], ctx: Context) -> list[str
 
 
 USER_PREFIX = "@"  # what a user-defined functor's name starts with (ir.Call), as it is written
+# Where user functors' C functions are looked for by default (engine/user_functors.py), as
+# Soufflé's Engine::loadDLL does: libfunctors.so, in the current directory.
+DEFAULT_LIBRARIES = ("functors",)
+DEFAULT_LIBRARY_DIRS = (".",)
 
 
 def of(call: ir.Call) -> Signature:

@@ -23,11 +23,18 @@ import numpy as np
 from dask_datalog.engine import ir
 from dask_datalog.engine import texts as tx
 from dask_datalog.engine.errors import DatalogError
-from dask_datalog.engine.functors import USER_PREFIX, Context, UserFunctor, decode_float, decode_int, encode_float, encode_int
+from dask_datalog.engine.functors import (
+    DEFAULT_LIBRARIES,
+    DEFAULT_LIBRARY_DIRS,
+    USER_PREFIX,
+    Context,
+    UserFunctor,
+    decode_float,
+    decode_int,
+    encode_float,
+    encode_int,
+)
 
-# Soufflé's defaults (its Engine::loadDLL): libfunctors.so, looked for in the current directory.
-DEFAULT_LIBRARIES = ("functors",)
-DEFAULT_LIBRARY_DIRS = (".",)
 # A Python functor's arrays, by parameter or result type; symbols are NumPy strings.
 DTYPES: dict[str, Any] = {"number": np.int32, "unsigned": np.uint32, "float": np.float32, "symbol": np.dtypes.StringDType()}
 # One call at a time in a process (shards may be threads of one): a functor need not be

@@ -464,13 +464,19 @@ def test_a_run_in_process_imports_only_what_it_uses(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cache", ["cold", "warm"])
 def test_a_plain_run_skips_what_only_some_runs_need(tmp_path: Path, cache: str) -> None:
-    """A run without --profile, --stats, checkpoints or JSON directives imports neither the
-    profile (engine/execution/profile.py) nor the JSON formats and ``json``: start-up is most of
-    a small run, so what only some runs need is imported where they need it. Cold: the program
-    is parsed and checked; warm: it comes from the program cache."""
+    """A run without --profile, --stats, checkpoints, JSON directives or user functors imports
+    neither the profile (engine/execution/profile.py), the JSON formats and ``json``, nor
+    engine/user_functors.py: start-up is most of a small run, so what only some runs need is
+    imported where they need it. Cold: the program is parsed and checked; warm: it comes from
+    the program cache."""
     env = dict(os.environ, DASK_DATALOG_PROGRAM_CACHE=str(tmp_path / "cache"))
     run_args = f"['run', {str(REACH)!r}, '-F', {str(FACTS)!r}, '-D', {str(tmp_path / 'out')!r}, '--quiet']"
-    lazy = ("dask_datalog.engine.execution.profile", "dask_datalog.engine.formats.json_text", "json")
+    lazy = (
+        "dask_datalog.engine.execution.profile",
+        "dask_datalog.engine.formats.json_text",
+        "json",
+        "dask_datalog.engine.user_functors",
+    )
     probe = (
         "import sys\n"
         "from dask_datalog.cluster.cli.main import main\n"

@@ -23,7 +23,6 @@ from typing import Any
 
 from dask_datalog.cluster.api import Program, Result
 from dask_datalog.cluster.cli import settle_collector
-from dask_datalog.engine import user_functors
 from dask_datalog.engine.checkpoint import Checkpoints, Manifest
 from dask_datalog.engine.errors import (
     EXIT_SUSPENDED,
@@ -33,6 +32,7 @@ from dask_datalog.engine.errors import (
     Terminated,
     human_bytes,
 )
+from dask_datalog.engine.functors import DEFAULT_LIBRARIES, DEFAULT_LIBRARY_DIRS
 from dask_datalog.engine.memory import peak_rss
 from dask_datalog.engine.plan import plan_program
 from dask_datalog.spmd.options import RunOptions
@@ -78,8 +78,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
             args.include_dir,
             _macros(args.macro),
             not args.no_preprocessor,
-            libraries=args.libraries or user_functors.DEFAULT_LIBRARIES,
-            library_dirs=args.library_dir or user_functors.DEFAULT_LIBRARY_DIRS,
+            libraries=args.libraries or DEFAULT_LIBRARIES,
+            library_dirs=args.library_dir or DEFAULT_LIBRARY_DIRS,
         )
         if args.profile:  # before the run: a long run must not fail at its end for this
             _check_writable(args.profile, "the profile")

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dask_datalog.engine import memory, user_functors
+from dask_datalog.engine import memory
 from dask_datalog.engine.backend import Backend
 from dask_datalog.engine.errors import Suspended
 from dask_datalog.engine.execution.choice import Choice
@@ -44,8 +44,8 @@ from dask_datalog.engine.execution.rule_versions import run_version
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.execution.subsumption import Subsumption
 from dask_datalog.engine.execution.terms import Terms
-from dask_datalog.engine.functors import ITERATION
-from dask_datalog.engine.ir import Atom, calls, symbol_constants
+from dask_datalog.engine.functors import ITERATION, UserFunctor
+from dask_datalog.engine.ir import Atom, Functor, calls, symbol_constants
 from dask_datalog.engine.plan import Plan, RulePlan, StratumPlan, SubsumptionPlan, released_orders
 from dask_datalog.engine.storage.hisa import pack, unpack, words_for
 from dask_datalog.engine.values import SymbolTable, encode_scalar
@@ -141,7 +141,7 @@ class Fixpoint:
         self.chunk_rows = chunk_rows
         self.clock = PhaseClock(backend)
         self.width = {name: words_for(store.arity) for name, store in shard.stores.items()}  # packed words per row
-        self.terms = Terms(self.xp, symbols, user_functors.implementations(plan.program.functors))
+        self.terms = Terms(self.xp, symbols, _user_functors(plan.program.functors))
         self.profile = profile  # None: nothing is timed or counted per version
         step_rows = profile.step_rows if profile is not None else None
         join_rows = max(1, chunk_rows // memory.JOIN_SHARE)
@@ -372,3 +372,13 @@ class Fixpoint:
 def _counts_iterations(stratum: StratumPlan) -> bool:
     """Whether a rule of the stratum reads ``recursive_iteration_cnt()``."""
     return any(c.name == ITERATION for rp in stratum.initial for c in calls(rp.rule))
+
+
+def _user_functors(declared: tuple[Functor, ...]) -> dict[str, UserFunctor]:
+    """The implementations of the program's user functors; a program that declares none does
+    not import engine/user_functors.py (start-up is most of a small run)."""
+    if not declared:
+        return {}
+    from dask_datalog.engine import user_functors
+
+    return user_functors.implementations(declared)
