@@ -143,6 +143,7 @@ class Measurement:
     returncode: int | None  # None on timeout
     timed_out: bool
     wall_s: float  # of the whole subprocess, interpreter start included
+    cpu_s: float | None  # user + system of the command and the children it waited for (os.wait4); None on timeout
     peak_rss: int | None  # bytes; max of the polled RSS of its tree and the child's own VmHWM; None: never seen
     stderr_tail: str
 
@@ -179,8 +180,9 @@ def _hwm(pid: int) -> int:
 
 
 def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dict[str, str] | None = None) -> Measurement:
-    """Run `cmd` in a fresh process (own session); return its exit status, wall time and
-    peak RSS.
+    """Run `cmd` in a fresh process (own session); return its exit status, wall time, CPU time
+    (user + system, as `os.wait4` reports it: wall time on a loaded or drifting machine moves
+    with what else runs, CPU time less) and peak RSS.
 
     Peak RSS is the larger of the largest summed RSS of the child's process tree seen by
     polling every `poll_s` (covers helper processes, Dask workers; the first polls 1, 2, 4, ... ms
@@ -200,11 +202,12 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dic
         polled = 0
         timed_out = False
         status: int | None = None
+        cpu: float | None = None
         delay = 0.001
         while True:
-            pid, st = os.waitpid(proc.pid, os.WNOHANG)
+            pid, st, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid == proc.pid:
-                status = st
+                status, cpu = st, usage.ru_utime + usage.ru_stime
                 break
             polled = max(polled, _hwm(proc.pid), _tree_rss(proc.pid))
             if time.perf_counter() - t0 > timeout_s:
@@ -217,7 +220,7 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dic
             delay *= 2
         wall = time.perf_counter() - t0
         rc = os.waitstatus_to_exitcode(status) if status is not None else None
-        proc.returncode = rc  # reaped by waitpid already; keep Popen from waiting again
+        proc.returncode = rc  # reaped by wait4/waitpid already; keep Popen from waiting again
         if timed_out:  # helpers that escaped into their own group are not ours to chase
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -227,6 +230,7 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dic
         returncode=None if timed_out else rc,
         timed_out=timed_out,
         wall_s=wall,
+        cpu_s=None if timed_out else cpu,
         peak_rss=polled or None,
         stderr_tail=stderr[-3000:],
     )
@@ -242,6 +246,7 @@ class Outcome:
 
     status: str = "-"  # "ok", "timeout", "error", "no output", "-" (not run)
     walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)  # user + system seconds of the runs that have them
     rss: list[int] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)  # rows written, one per successful run
 
@@ -259,6 +264,9 @@ class Outcome:
 
     def time_cell(self) -> str:
         return fmt_seconds(self.median) if self.status == "ok" else self.status
+
+    def cpu_cell(self) -> str:
+        return fmt_seconds(statistics.median(self.cpus)) if self.status == "ok" and self.cpus else "-"
 
     def rss_cell(self) -> str:
         return fmt_bytes(self.peak_rss) if self.status in ("ok", "timeout") and self.rss else "-"

@@ -248,8 +248,10 @@ def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: 
         return
     outcome.status = "ok"
     outcome.walls.append(m.wall_s)
+    if m.cpu_s is not None:
+        outcome.cpus.append(m.cpu_s)
     outcome.sizes.append(rows)
-    log(f"  {where} {engine.label}: {m.wall_s:.3f} s, {rows:,} rows, peak RSS {fmt_bytes(m.peak_rss)}")
+    log(f"  {where} {engine.label}: {m.wall_s:.3f} s (CPU {m.cpu_s:.3f} s), {rows:,} rows, peak RSS {fmt_bytes(m.peak_rss)}")
 
 
 def check_sizes(expected: int | None, outcomes: dict[str, Outcome], labels: dict[str, str]) -> list[str]:
@@ -406,7 +408,8 @@ def main(argv: list[str]) -> int:
         + (f"; (baseline): the same with {baseline}/bin/dask-datalog" if baseline is not None else ""),
         "measured: whole command against whole command, each a fresh process writing its output "
         "CSV into an empty directory from the same FACTS/edge.facts; time: wall seconds from "
-        "spawn to exit, median of the rounds; RSS: peak summed RSS of the command's process "
+        "spawn to exit, median of the rounds; CPU: user + system seconds of the command and the "
+        "children it waited for (os.wait4), median of the rounds; RSS: peak summed RSS of the command's process "
         "tree, the largest over the rounds",
         f"runs: {args.repeat} round(s), engines alternating within each round (a Williams design across rounds) "
         f"({', '.join((['Soufflé'] if has_peer else []) + columns)}); timeout {args.timeout:.0f} s "
@@ -418,9 +421,9 @@ def main(argv: list[str]) -> int:
 
     headers = ["workload", "truth (rows)"]
     if has_peer:
-        headers += ["Soufflé (s)", "Soufflé RSS"]
+        headers += ["Soufflé (s)", "Soufflé CPU (s)", "Soufflé RSS"]
     for m in columns:
-        headers += [f"{m} (s)", f"{m} RSS"] + ([f"{m}/Soufflé"] if has_peer else [])
+        headers += [f"{m} (s)", f"{m} CPU (s)", f"{m} RSS"] + ([f"{m}/Soufflé"] if has_peer else [])
     headers.append("rows")
     rows: list[list[str]] = []
     mismatches: list[str] = []
@@ -480,10 +483,10 @@ def main(argv: list[str]) -> int:
             row = [where, truth_cell]
             s = outcomes.get("souffle")
             if has_peer:
-                row += [s.time_cell(), s.rss_cell()] if s is not None else ["absent", "-"]
+                row += [s.time_cell(), s.cpu_cell(), s.rss_cell()] if s is not None else ["absent", "-", "-"]
             for m in columns:
                 o = outcomes[m]
-                row += [o.time_cell(), o.rss_cell()]
+                row += [o.time_cell(), o.cpu_cell(), o.rss_cell()]
                 if has_peer:
                     ratio = o.median / s.median if s is not None and s.median and o.median else None
                     if ratio:
@@ -493,10 +496,10 @@ def main(argv: list[str]) -> int:
             rows.append(row)
 
     if has_peer:
-        gm_row = ["geomean", ""] + ["", ""]
+        gm_row = ["geomean", ""] + ["", "", ""]
         for m in columns:
             gm = common.geomean(ratios[m])
-            gm_row += ["", "", fmt_ratio(gm) + (f" (n={len(ratios[m])})" if gm else "")]
+            gm_row += ["", "", "", fmt_ratio(gm) + (f" (n={len(ratios[m])})" if gm else "")]
         gm_row.append("")
         rows.append(gm_row)
     if converted:

@@ -58,6 +58,23 @@ def test_a_command_of_a_few_milliseconds_is_seen_running(common: ModuleType) -> 
         assert m.returncode == 0 and m.peak_rss is not None and m.peak_rss > 0, m
 
 
+def test_cpu_time_is_the_commands_own(common: ModuleType) -> None:
+    """measure's CPU time is what the command itself spent (os.wait4), not its wall time:
+    a command that sleeps 0.3 s spends little, one that spins 0.3 s spends about that; the
+    table's CPU cell is their median."""
+    sleep = common.measure([sys.executable, "-S", "-c", "import time; time.sleep(0.3)"], timeout_s=30)
+    spin = common.measure(
+        [sys.executable, "-S", "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"],
+        timeout_s=30,
+    )
+    assert sleep.cpu_s is not None and spin.cpu_s is not None
+    assert sleep.wall_s >= 0.3 and sleep.cpu_s < 0.2, sleep
+    assert 0.3 <= spin.cpu_s <= spin.wall_s + 0.05, spin
+    outcome = common.Outcome(status="ok", walls=[sleep.wall_s, spin.wall_s], cpus=[1.0, 2.0, 4.0])
+    assert outcome.cpu_cell() == common.fmt_seconds(2.0)
+    assert common.Outcome(status="timeout").cpu_cell() == "-"
+
+
 def test_a_command_no_poll_saw_has_no_peak(common: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     """A command that ended before any poll read it (a loaded make test's 13 ms python -S
     read 0 MiB) has no peak, which the tables leave out: never a peak of 0."""
