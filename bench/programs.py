@@ -23,8 +23,9 @@ What runs, for each program and size:
 
 The two alternate, for --rounds rounds (ours first in odd rounds, Soufflé first in even ones);
 each run is a fresh process into an empty OUT, timed from spawn to exit. The table shows the
-median wall time of each, their ratio ours/Soufflé (above 1: slower than Soufflé), the largest
-peak RSS of each command's process tree over the rounds (polled, see common.measure), and
+median wall time of each, their ratio ours/Soufflé (above 1: slower than Soufflé), the median
+CPU time (user + system) of each, the largest peak RSS of each command's process tree over the
+rounds (polled, see common.measure), and
 whether the outputs are equal; then the geometric mean of the ratios. After the first round
 every output relation is compared as a set of rows: the lines of both R.csv files, sorted and
 deduplicated, as exact text. Nothing is normalised: the nine programs' columns are numbers and
@@ -55,6 +56,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -328,6 +330,8 @@ def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: 
         return False
     outcome.status = "ok"
     outcome.walls.append(m.wall_s)
+    if m.cpu_s is not None:
+        outcome.cpus.append(m.cpu_s)
     log(f"  {where} {engine.label}: {m.wall_s:.3f} s, peak RSS {fmt_bytes(m.peak_rss)}")
     return True
 
@@ -375,6 +379,8 @@ HEADERS = [
     "ours (s)",
     "Soufflé (s)",
     "ours/Soufflé",
+    "ours CPU (s)",
+    "Soufflé CPU (s)",
     "ours peak MiB",
     "Soufflé peak MiB",
     "outputs equal",
@@ -401,6 +407,8 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
             _time_cell(r.ours),
             _time_cell(r.souffle),
             fmt_ratio(r.ratio),
+            r.ours.cpu_cell(),
+            r.souffle.cpu_cell() if r.souffle is not None else "absent",
             _mib(r.ours.peak_rss),
             _mib(r.souffle.peak_rss if r.souffle is not None else None),
             r.equal_cell,
@@ -409,7 +417,7 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
     ]
     ratios = [r.ratio for r in results if r.ratio]
     gm = common.geomean(r for r in ratios if r is not None)
-    rows.append(["geomean", "", "", "", "", fmt_ratio(gm) + (f" (n={len(ratios)})" if gm else ""), "", "", ""])
+    rows.append(["geomean", "", "", "", "", fmt_ratio(gm) + (f" (n={len(ratios)})" if gm else ""), "", "", "", "", ""])
     return rows
 
 
@@ -440,6 +448,8 @@ CSV_FIELDS = [
     "ours_s",
     "souffle_s",
     "ratio",
+    "ours_cpu_s",
+    "souffle_cpu_s",
     "ours_peak_bytes",
     "souffle_peak_bytes",
     "ours_status",
@@ -458,6 +468,8 @@ def csv_row(r: Result) -> dict[str, object]:
         "ours_s": r.ours.median or "",
         "souffle_s": (s.median if s is not None else None) or "",
         "ratio": r.ratio or "",
+        "ours_cpu_s": statistics.median(r.ours.cpus) if r.ours.status == "ok" and r.ours.cpus else "",
+        "souffle_cpu_s": statistics.median(s.cpus) if s is not None and s.status == "ok" and s.cpus else "",
         "ours_peak_bytes": r.ours.peak_rss or "",
         "souffle_peak_bytes": (s.peak_rss if s is not None else None) or "",
         "ours_status": r.ours.status,
@@ -622,7 +634,8 @@ def main(argv: list[str]) -> int:
         ),
         f"ours: `{cli} run PROGRAM.dl -F DIR -D OUT --quiet" + (f" {args.our_args}" if args.our_args else "") + "`",
         f"measured: whole command against whole command, {args.rounds} round(s) alternating; wall seconds from spawn "
-        "to exit, median of the rounds; peak MiB: the largest summed RSS of the command's process tree over the "
+        "to exit, median of the rounds; CPU: user + system seconds of the command and the children it waited for "
+        "(os.wait4), median of the rounds; peak MiB: the largest summed RSS of the command's process tree over the "
         f"rounds; timeout {args.timeout:.0f} s per run",
         "outputs equal: every output relation after the first round, as sets of rows compared as exact text",
     ]
@@ -633,7 +646,7 @@ def main(argv: list[str]) -> int:
 
     bullet = "- " if args.markdown else ""
     print("\n".join(bullet + h for h in header) + "\n")
-    print(common.format_table(HEADERS, table_rows(results), markdown=args.markdown, align="lrrrrrrrl"))
+    print(common.format_table(HEADERS, table_rows(results), markdown=args.markdown, align="lrrrrrrrrrl"))
     if args.crossover:
         for name in names:
             mine = [r for r in results if r.program == name]

@@ -116,7 +116,8 @@ def test_table_has_ratio_of_medians_and_their_geomean(common: ModuleType, progra
     assert [r[5] for r in rows[:3]] == ["2.00x", "0.25x", "-"]  # medians 3.0 / 1.5, 1 / 4
     assert rows[2][3] == "error"
     assert rows[-1][0] == "geomean" and rows[-1][5] == "0.71x (n=2)"  # sqrt(2 * 0.25)
-    assert [r[8] for r in rows[:3]] == ["yes", "yes", "-"]
+    assert [r[10] for r in rows[:3]] == ["yes", "yes", "-"]
+    assert len(rows[-1]) == len(programs.HEADERS) == len(rows[0])
 
 
 def test_compare_outputs_finds_the_differing_rows(programs: ModuleType, tmp_path: Path) -> None:
