@@ -258,6 +258,27 @@ def cli_command(*args: object) -> list[str]:
     return [sys.executable, "-m", "dask_datalog.cluster.cli", "run", *map(str, args)]
 
 
+@pytest.mark.parametrize("after_s", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
+def test_ctrl_c_at_any_moment_of_the_start_ends_without_a_traceback(tmp_path: Path, after_s: float) -> None:
+    """A SIGINT while the command starts (its imports, the program's loading, the run) ends it
+    with status 130, or by the signal before Python's handler exists, and never with a
+    traceback through the command: its imports ran before any command's own Ctrl-C handling,
+    and an import cut short printed one (NumPy's as an ImportError). Before ``command`` runs
+    (the interpreter's start, the package's own import) a Ctrl-C is Python's to report."""
+    import signal
+
+    (tmp_path / "edge.facts").write_text("".join(f"{i}\t{i + 1}\n" for i in range(2000)))
+    cmd = cli_command(Path(__file__).parents[1] / "examples" / "reach.dl", "-F", tmp_path, "-D", tmp_path / "out", "--quiet")
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        time.sleep(after_s)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    if "Traceback" in err:  # Python's own: the interpreter's start or the package's import, before `command` runs
+        assert not re.search(r'cli/(__init__|main)\.py", line \d+, in (command|main)', err), err
+    else:
+        assert proc.returncode in (0, 130, -signal.SIGINT), (proc.returncode, err)
+
+
 def summary(mode: str, workers: int | None = None) -> str:
     """The line a successful run ends with on stderr."""
     count = r"\d+ workers?" if workers is None else f"{workers} worker{'s' if workers != 1 else ''}"

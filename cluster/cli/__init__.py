@@ -1,8 +1,13 @@
 """The ``dask-datalog`` command line: ``main.py`` parses and dispatches, each command runs in its
 module. ``command`` is the program; the collector's policy for its one process lives here."""
 
+import contextlib
 import gc
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 
 # Young objects a collection waits for once the command runs (Python's default: 700). The run's
 # loops make few Python objects and rarely a cycle; a collection every 700 of them cost doop's
@@ -22,9 +27,33 @@ def command() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     gc.disable()
-    from dask_datalog.cluster.cli.main import command as program
+    try:
+        with interrupts_deferred():
+            from dask_datalog.cluster.cli.main import command as program
+        program()
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling began (its imports): no traceback
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+        os._exit(130)
 
-    program()
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C while the block runs (the command's imports) is acted on when it ends, as a
+    KeyboardInterrupt there: an import cut short can fail as something else (NumPy's C
+    extension then reports an ImportError) and print its traceback. Only in the main thread,
+    the one signals reach."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: noted.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if noted:
+        raise KeyboardInterrupt
 
 
 def settle_collector() -> None:

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from dask_datalog.cluster.cli import run_arguments, settle_collector
+from dask_datalog.cluster.cli import interrupts_deferred, run_arguments, settle_collector
 
 # Every subcommand, as the usage names them whichever parsers were built (errors print it); the
 # other modules' COMMANDS, which a test holds to this.
@@ -41,12 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(only_run=bool(words) and words[0] == "run")
     args = parser.parse_args(argv)
     if args.command == "run":
-        from dask_datalog.cluster.cli import run_command  # the engine: `run` only
+        with interrupts_deferred():
+            from dask_datalog.cluster.cli import run_command  # the engine: `run` only
 
         return run_command.run(args, parser, argv)
     settle_collector()
-    from dask_datalog.cluster.experiments import cli as experiment_cli
-    from dask_datalog.cluster.service import cli as service_cli
+    with interrupts_deferred():
+        from dask_datalog.cluster.experiments import cli as experiment_cli
+        from dask_datalog.cluster.service import cli as service_cli
 
     if args.command in experiment_cli.COMMANDS:
         return experiment_cli.main(args)
