@@ -44,6 +44,9 @@ FORMAT_VERSION = 4
 MIN_INTERVAL_S = 30.0  # the default schedule's shortest interval between checkpoints
 MEASURE_EVERY_S = 0.02  # how often check() sums what the relations hold (relations grow at merges)
 MEASURE_SHARE = 0.01  # ... at most: the sum (0.3-0.5 ms over doop's hundred relations) takes 1% of the run
+# ... and at least this often whatever the sum cost: one slow sum must not leave a run unchecked
+# (a loaded machine's 20 ms held() put the next check 2 s away, past a 1.5 s run's end).
+MEASURE_AT_LEAST_S = 0.25
 COST_FACTOR = 9.0  # default schedule: wait 9x the last checkpoint's cost, so they take <= 10% of the run
 
 
@@ -357,11 +360,13 @@ class ShardControl:
     def check(self, held: Callable[[], dict[str, int]]) -> None:
         self.interrupted()
         now = time.monotonic()
-        if self.memory_budget is None or now - self.measured < max(MEASURE_EVERY_S, self.measure_cost / MEASURE_SHARE):
+        wait = min(max(MEASURE_EVERY_S, self.measure_cost / MEASURE_SHARE), MEASURE_AT_LEAST_S)
+        if self.memory_budget is None or now - self.measured < wait:
             return
+        spent = time.thread_time()  # the sum's own cost: time this thread was descheduled is not it
         sizes = held()
+        self.measure_cost = time.thread_time() - spent
         self.measured = time.monotonic()
-        self.measure_cost = self.measured - now
         total = sum(sizes.values())
         if total > self.memory_budget:
             raise MemoryBudgetExceeded(sizes, self.memory_budget, self.rank, self.size)

@@ -110,3 +110,28 @@ def test_a_bad_memory_limit_is_a_usage_error(tmp_path: Path, bad: str) -> None:
     done = cli([REACH, "-F", tmp_path, "--no-cluster", f"--memory-limit={bad}"])
     assert done.returncode == 2
     assert "--memory-limit" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_slow_sum_of_the_relations_does_not_leave_the_run_unchecked() -> None:
+    """check() sums what the relations hold at most every 1% of the run's time, but at least
+    every MEASURE_AT_LEAST_S, and counts the sum's own CPU time only: a sum that took 20 ms of
+    wall time on a loaded machine (the thread descheduled, or a slow first one) put the next
+    check 2 s away, and a SLURM job's 1.5 s REACH outgrew its budget unchecked."""
+    from dask_datalog.engine import checkpoint
+
+    sizes = {"r": 0}
+
+    def held() -> dict[str, int]:
+        time.sleep(0.05)  # wall time, not this thread's CPU: a descheduled sum
+        return dict(sizes)
+
+    control = checkpoint.ShardControl(0, 1, lambda x: [x], None, lambda: ({}, {}, None), lambda: 0.0, memory_budget=100)  # type: ignore[arg-type]
+    control.check(held)  # sums (nothing held yet) and notes what it cost
+    assert control.measure_cost < 0.01
+    sizes["r"] = 1000
+    control.measure_cost = 10.0  # even a sum that really cost 10 s of CPU waits no longer than the bound
+    deadline = time.monotonic() + 10 * checkpoint.MEASURE_AT_LEAST_S
+    with pytest.raises(MemoryBudgetExceeded):
+        while time.monotonic() < deadline:
+            control.check(held)
+            time.sleep(0.01)
