@@ -138,6 +138,18 @@ def test_union_sorted_is_the_union_of_blocks_that_share_rows(data):
         assert all(np.array_equal(b, c) for b, c in zip(blocks, before))
 
 
+def test_merge_into_refuses_rows_it_would_misread() -> None:
+    """``merge_into`` grows and writes its ``full`` argument through a raw pointer: rows of
+    another element type, a strided view or rows of another width raise rather than be
+    written over as uint64 words."""
+    from dask_datalog.engine.storage import cpu_kernels
+
+    new = to_rows([(1,)], 1)
+    for full in (np.zeros((3, 1), dtype=np.int32), np.zeros((6, 1), dtype=np.uint64)[::2], np.zeros((3, 2), dtype=np.uint64)):
+        with pytest.raises(ValueError):
+            cpu_kernels.merge_into(full, new)
+
+
 def test_a_run_merges_in_place_only_when_nothing_else_holds_it(monkeypatch) -> None:
     """RelationStore.add merges a delta into the newest run's own buffer (no second copy of
     the run) when that run is referred to by nothing else; rows a caller holds (full from

@@ -114,6 +114,8 @@ def merge_into(full: np.ndarray, new: np.ndarray) -> np.ndarray:
     realloc); the caller guarantees nothing else refers to ``full`` (it is consumed)."""
     n = full.shape[0]
     new = _c(new, np.uint64)
+    if full.dtype != np.uint64 or not full.flags.c_contiguous or new.shape[1:] != full.shape[1:]:
+        raise ValueError(f"merge_into: {full.dtype} rows {full.shape} (contiguous: {full.flags.c_contiguous}) and {new.shape}")
     full.resize((n + new.shape[0],) + full.shape[1:], refcheck=False)
     _lib.merge_into(_ptr(full), n, _ptr(new), new.shape[0], _words(full))
     return full
