@@ -61,13 +61,6 @@ def binary(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values if values.type == pa.large_binary() else ac.cast(values, pa.large_binary())
 
 
-def data(values: pa.Array) -> bytes:
-    """The bytes of a large_binary array's texts, side by side."""
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64, count=len(values) + 1, offset=values.offset * 8)
-    buffer = values.buffers()[2]
-    return b"" if buffer is None else buffer.to_pybytes()[offsets[0] : offsets[-1]]
-
-
 def terminated(strings: pa.Array, end: bytes) -> pa.Array:
     """Each text of a pyarrow column followed by ``end`` (the fact parser reads one value a
     line: its ``data`` with a line break after each)."""

@@ -430,7 +430,7 @@ def _parse_numbers(column: Any, signed: bool) -> np.ndarray | None:
 
     values = texts.binary(column)
     n = len(values)
-    text = texts.data(texts.terminated(values, b"\n"))
+    text = texts.of_arrow(texts.terminated(values, b"\n")).bytes()
     if b"\r" in text:
         return None
     parsed = cpu_kernels.parse_fields(
