@@ -11,6 +11,7 @@ Every test runs under a hard timeout: the bug this guards against is a hang.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -31,11 +32,11 @@ from test_checkpoint import MIXED
 from test_cli import summary
 
 from dask_datalog.cluster import Program
-from dask_datalog.cluster.runtime import dask_adapter
+from dask_datalog.cluster.runtime import dask_adapter, phase
 from dask_datalog.cluster.runtime.coordinator import Membership
 from dask_datalog.cluster.runtime.faults import ENV as FAULT
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
-from dask_datalog.engine.errors import WorkerLost
+from dask_datalog.engine.errors import RunTimeout, WorkerLost
 from dask_datalog.spmd.options import RunOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,6 +330,32 @@ def test_a_worker_that_stops_answering_is_taken_as_lost() -> None:
             result.close()
         finally:
             os.kill(pids[frozen], signal.SIGCONT)
+            client.close()
+            cluster.close()
+
+
+def test_a_peer_whose_rendezvous_never_answers_holds_no_task_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that never answers the rendezvous (its event loop held up, the reply lost) while
+    staying in the cluster: the run ends at its time limit, and the worker that asked stops with
+    it rather than waiting on the answer for good (its task thread held and its phase open: the
+    next run on that worker would wait for it)."""
+    monkeypatch.setattr(phase, "ANSWER_S", 0.3)  # in-process workers read this module
+    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+
+    async def never(**_: object) -> None:
+        await asyncio.Event().wait()
+
+    with hard_timeout(60):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0")
+        client = Client(cluster, set_as_default=False)
+        try:
+            workers = sorted(client.scheduler_info()["workers"])
+            program.run(facts={"e": chain(5)}, client=client).close()  # the plugin registers its handler here
+            client.run(lambda dask_worker: dask_adapter.add_handler(dask_worker, "datalog_address", never), workers=workers[1:])
+            with pytest.raises(RunTimeout):
+                program.run(facts={"e": chain(50)}, client=client, options=RunOptions(timeout=2.0))
+            assert_no_job_left(client, workers)
+        finally:
             client.close()
             cluster.close()
 

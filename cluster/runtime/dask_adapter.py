@@ -177,14 +177,22 @@ async def flushed(comm: Any) -> None:
         await stream.write(b"")
 
 
-def ask_peers(worker: Any, addresses: list[str], handler: str, **message: Any) -> list[Any]:
+def ask_peers(worker: Any, addresses: list[str], handler: str, within_s: float, late: Any, **message: Any) -> list[Any]:
     """``handler(**message)`` on each worker of ``addresses`` through the worker's connection
-    pool, from a task thread; their answers in order. A peer that cannot be reached ends the
-    phase (``PeerLost``): it failed or was lost, which the client sees too."""
+    pool, from a task thread; their answers in order. A peer that has not answered within
+    ``within_s`` (its event loop held up, the reply lost) gives ``late``: the task thread is
+    never held longer, so its caller checks its run's stop and asks again. A peer that cannot
+    be reached ends the phase (``PeerLost``): it failed or was lost, which the client sees too."""
     from dask_datalog.engine.errors import PeerLost
 
+    async def answer(address: str) -> Any:
+        try:
+            return await asyncio.wait_for(call(worker, address, handler, **message), within_s)
+        except TimeoutError:
+            return late
+
     async def ask() -> list[Any]:
-        return list(await asyncio.gather(*(call(worker, address, handler, **message) for address in addresses)))
+        return list(await asyncio.gather(*(answer(address) for address in addresses)))
 
     try:
         return run_on_loop(worker.loop, ask)

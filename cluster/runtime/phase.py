@@ -27,6 +27,7 @@ from dask_datalog.spmd.options import ExchangeKind
 
 POLL_S = 0.5  # how often a waiting worker checks that its run is still wanted
 RENDEZVOUS_WAIT_S = 1.0  # one ask of a peer's address; asked again (checking the run) until it answers
+ANSWER_S = 10.0  # a peer's answer later than this (it answers within RENDEZVOUS_WAIT_S) counts as "not yet"
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ class Phase:
     def _rendezvous(self) -> list[Any]:
         """Every peer's listening address for this phase, asked of the peers themselves (each
         answers once its task opened the phase); Aborted when one refuses (the run stopped or
-        moved on to another attempt)."""
+        moved on to another attempt). Each ask is bounded (ANSWER_S), so a peer that never
+        answers still leaves this task checking its run's stop."""
         addresses: list[Any] = [None] * len(self.peers)
         waiting = [p for p in range(len(self.peers)) if p != self.rank]
         while waiting:
@@ -139,6 +141,8 @@ class Phase:
                 self.worker,
                 [self.peers[p] for p in waiting],
                 "datalog_address",
+                ANSWER_S,
+                "",
                 run=self.phase.run,
                 attempt=self.phase.attempt,
                 phase=self.phase.name,
