@@ -9,6 +9,7 @@ the GPU (``test_distributed_gpu.py`` adds a ``LocalCUDACluster``).
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import io
 import threading
@@ -24,13 +25,15 @@ from test_differential import diff_message
 from dask_datalog.cluster import Program
 from dask_datalog.cluster.runtime.coordinator import PROGRESS_TOPIC
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
-from dask_datalog.engine.errors import DatalogError
+from dask_datalog.engine.errors import DatalogError, RunTimeout
+from dask_datalog.spmd.options import RunOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.dl"))
 SHARED = ROOT.parent / "shared" / "data"
 WORKER_COUNTS = (1, 2, 3, 4)
+RUN_LIMIT_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +172,21 @@ def case_for(seed: int) -> GeneratedCase:
 
 
 def check_distributed(case: GeneratedCase, client: Client, backend: str, chunk_rows: int | None = None) -> None:
-    result = Program(case.text, filename=f"<{case.label}>").run(
-        facts=case.api_facts(), backend=backend, client=client, chunk_rows=chunk_rows, replicate_below=0
-    )
+    """``case`` on ``client``'s cluster against the reference. A run past RUN_LIMIT_S (each
+    takes a second or two) fails with every thread's stack on stderr: the workers are threads
+    of this process, so it says where they waited (a clean clone's make test hung here twice)."""
+    try:
+        result = Program(case.text, filename=f"<{case.label}>").run(
+            facts=case.api_facts(),
+            backend=backend,
+            client=client,
+            chunk_rows=chunk_rows,
+            replicate_below=0,
+            options=RunOptions(timeout=RUN_LIMIT_S),
+        )
+    except RunTimeout:
+        faulthandler.dump_traceback(all_threads=True)
+        raise
     try:
         for name, want in case.expected.items():
             got = result.tuples(name)
