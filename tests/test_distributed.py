@@ -13,6 +13,7 @@ import faulthandler
 import functools
 import io
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from program_gen import GeneratedCase, generate_case
 from test_differential import diff_message
 
 from dask_datalog.cluster import Program
+from dask_datalog.cluster.runtime import plugin
 from dask_datalog.cluster.runtime.coordinator import PROGRESS_TOPIC
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME
 from dask_datalog.engine.errors import DatalogError, RunTimeout
@@ -322,6 +324,31 @@ def test_bad_fact_file_fails_cleanly_and_the_cluster_stays_usable(clients: dict[
     result = reach.run(fact_dir=EXAMPLES / "facts" / "reach", backend="numpy", client=clients[3])
     assert result.tuples("path") == single_shard("reach")["path"]
     result.close()
+
+
+def test_a_scatter_longer_than_the_registrations_grace_keeps_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Array facts reach the workers after the attempt was registered there, and a worker forgets
+    a registered run with no task after GRACE_S (a client that went away): a slow scatter (large
+    arrays, a slow network) must not make the workers refuse the run's tasks when they come."""
+    monkeypatch.setattr(plugin, "SWEEP_S", 0.1)  # read when the plugin starts on this new cluster
+    monkeypatch.setattr(plugin, "GRACE_S", 0.3)
+    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        program.run(facts={"e": np.array([[0, 1]])}, backend="numpy", client=client).close()  # the plugin starts
+        scatter = client.scatter
+
+        def slow_scatter(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(1.0)
+            return scatter(*args, **kwargs)
+
+        monkeypatch.setattr(client, "scatter", slow_scatter)
+        chain = np.stack([np.arange(100), np.arange(1, 101)], axis=1)
+        result = program.run(facts={"e": chain}, backend="numpy", client=client)
+        assert result.sizes["r"] == 101
+        result.close()
 
 
 def test_concurrent_jobs_do_not_see_each_other(clients: dict[int, Client]) -> None:

@@ -84,10 +84,15 @@ class DatalogPlugin(WorkerPlugin):
 
     def state(self, run: str, attempt: int) -> RunState:
         """The run's state for a task of ``attempt``; Aborted when the run was stopped, or the
-        task belongs to another attempt than the one the client registered."""
+        task belongs to another attempt than the one the client registered. A run this worker
+        forgot is registered again: the sweep cannot tell a task still on its way (a long
+        scatter, a busy scheduler) from a client that went away, and a task that runs is one
+        its client still wants (``Phase.check`` stops it otherwise)."""
         with self.lock:
             state = self.runs.get(run)
-        if state is None or state.attempt != attempt:
+            if state is None:
+                state = self.runs[run] = RunState(attempt)
+        if state.attempt != attempt:
             raise Aborted(f"run {run} attempt {attempt} is not the one this worker runs (it was stopped or retried)")
         if state.aborted is not None:
             raise Aborted(f"run {run} stopped: {state.aborted}")
@@ -113,16 +118,18 @@ class DatalogPlugin(WorkerPlugin):
     # -- the peers' rendezvous (on the worker's loop) -----------------------------------------------
 
     async def rendezvous(self, run: str, attempt: int, phase: str, wait_s: float) -> str | None:
-        """The address of ``phase`` of ``run`` here once its task opened it; None when the run
-        or attempt is not (or no longer) the registered one, or was aborted: the asking peer
-        stops. Waits at most ``wait_s`` (the asker asks again, checking its own stop)."""
+        """The address of ``phase`` of ``run`` here once its task opened it; None when the
+        registered attempt is another or the run was aborted: the asking peer stops. A run not
+        (or no longer) known here is not yet: its task registers it again when it comes
+        (``state``), and the asker stops on its own check if the run is over. Waits at most
+        ``wait_s`` (the asker asks again, checking its own stop)."""
         deadline = time.monotonic() + wait_s
         while True:
             with self.lock:
                 state = self.runs.get(run)
-                if state is None or state.attempt != attempt or state.aborted is not None:
+                if state is not None and (state.attempt != attempt or state.aborted is not None):
                     return None
-                address = state.addresses.get(phase)
+                address = state.addresses.get(phase) if state is not None else None
             if address is not None:
                 return address
             if time.monotonic() > deadline:
@@ -132,7 +139,8 @@ class DatalogPlugin(WorkerPlugin):
     def sweep(self) -> None:
         """Forget the runs this worker holds no task of (running, or a finished shard) any more,
         or never did GRACE_S after their client registered them: a client that went away
-        (closed, killed) never says close_run, and a dropped result's shards are freed by Dask."""
+        (closed, killed) never says close_run, and a dropped result's shards are freed by Dask. A
+        task of a forgotten run that comes later registers it again (``state``)."""
         keys = dask_adapter.task_keys(self.worker)
         now = time.monotonic()
         with self.lock:
