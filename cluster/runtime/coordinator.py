@@ -77,7 +77,8 @@ T = TypeVar("T")
 PROGRESS_TOPIC = "dask-datalog-progress"
 
 WATCH_S = 0.5  # how often a waiting client checks that every worker of the run is still there
-TELL_S = 5.0  # how long telling workers something (open, abort, suspend) may take
+TELL_S = 5.0  # how often an unanswered call to the workers (open, abort, suspend) looks for a lost one
+TELL_LIMIT_S = 60.0  # how long workers that are all still there may take to answer it (a loaded machine)
 STOP_WAIT_S = 5.0  # how long the survivors of a loss get to end their phase
 NO_WORKERS_S = 60.0  # after a loss, how long a retry waits for any worker at all
 EVALUATING = "while loading the inputs"  # the evaluation's phase, until workers report iterations
@@ -450,10 +451,12 @@ class ClusterRun:
             return
 
     def _tell(self, fn: Callable[..., Any], *args: Any, peers: Sequence[str] | None = None) -> list[Any]:
-        """``fn(*args)`` on the attempt's workers (``client.run``), for at most TELL_S: a worker
-        that died a moment ago may still be listed, and the scheduler's call to it would wait
-        for its connect timeout (30 s). When a worker does not answer, it is looked for: lost is
-        a ``WorkerLost``, the scheduler gone a ``ClusterError``."""
+        """``fn(*args)`` on the attempt's workers (``client.run``). A worker that died a moment
+        ago may still be listed, and the scheduler's call to it would wait for its connect
+        timeout (30 s): every TELL_S without an answer the workers are looked for, a lost one
+        raising ``WorkerLost`` and the scheduler gone a ``ClusterError``. Workers that are all
+        there get TELL_LIMIT_S to answer: on a loaded machine a freshly started cluster took
+        more than 5 s (a Soufflé suite case beside ``make test``)."""
         peers = list(self.record.peers if peers is None else peers)
         if not peers:
             return []
@@ -468,15 +471,18 @@ class ClusterRun:
 
         thread = threading.Thread(target=call, daemon=True)
         thread.start()
-        thread.join(TELL_S)
-        if answer:
-            return [answer[0].get(p) for p in peers]
-        lost = self.members.lost(self.record.peers, self.record.where(), force=True)
-        if lost is not None:
-            raise lost
-        if failure:
-            raise failure[0]
-        raise ClusterError(f"the workers did not answer within {TELL_S:g} s")
+        deadline = time.monotonic() + TELL_LIMIT_S
+        while True:
+            thread.join(TELL_S)
+            if answer:
+                return [answer[0].get(p) for p in peers]
+            lost = self.members.lost(self.record.peers, self.record.where(), force=True)
+            if lost is not None:
+                raise lost
+            if failure:
+                raise failure[0]
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the workers did not answer within {TELL_LIMIT_S:g} s")
 
     def _cancel(self, futures: Sequence[Any]) -> None:
         """Release tasks, where the client can still say so: a closed client's cancel would
