@@ -36,7 +36,7 @@ from dask_datalog.cluster.runtime import coordinator, dask_adapter, phase
 from dask_datalog.cluster.runtime.coordinator import Membership
 from dask_datalog.cluster.runtime.faults import ENV as FAULT
 from dask_datalog.cluster.runtime.plugin import PLUGIN_NAME, DatalogPlugin
-from dask_datalog.engine.errors import ClusterError, RunTimeout, WorkerLost
+from dask_datalog.engine.errors import ClusterError, DatalogError, RunTimeout, WorkerLost
 from dask_datalog.spmd.options import RunOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -358,6 +358,38 @@ def test_workers_slow_to_answer_the_client_are_waited_for(monkeypatch: pytest.Mo
             with pytest.raises(ClusterError, match=r"did not answer within 0\.2 s"):
                 program.run(facts={"e": chain(20)}, client=client)
         finally:
+            client.close()
+            cluster.close()
+
+
+def test_a_task_stuck_where_it_cannot_see_the_abort_does_not_hold_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker's phase fails as it opens; the other is stuck where no stop reaches it (here
+    before its phase opens). The client raises the failure ABORT_WAIT_S after the abort
+    instead of waiting for the stuck task (a clean clone's make test once hung in that wait)."""
+    monkeypatch.setattr(coordinator, "ABORT_WAIT_S", 1.0)
+    enter = phase.Phase.__enter__
+    release = threading.Event()
+
+    def rank_dependent_enter(self: phase.Phase) -> phase.Phase:
+        if self.rank == 0:
+            raise DatalogError(None, "injected failure on rank 0")
+        release.wait(30)  # no check of the run's stop in here
+        return enter(self)
+
+    monkeypatch.setattr(phase.Phase, "__enter__", rank_dependent_enter)  # in-process workers share the class
+    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    with hard_timeout(60):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0")
+        client = Client(cluster, set_as_default=False)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(DatalogError, match="injected failure on rank 0"):
+                program.run(facts={"e": chain(20)}, client=client)
+            assert time.monotonic() - t0 < 15, "the client waited for the stuck task"
+            release.set()  # it goes on, finds its run aborted and ends
+            assert_no_job_left(client, sorted(client.scheduler_info()["workers"]))
+        finally:
+            release.set()
             client.close()
             cluster.close()
 

@@ -80,6 +80,7 @@ WATCH_S = 0.5  # how often a waiting client checks that every worker of the run 
 TELL_S = 5.0  # how often an unanswered call to the workers (open, abort, suspend) looks for a lost one
 TELL_LIMIT_S = 60.0  # how long workers that are all still there may take to answer it (a loaded machine)
 STOP_WAIT_S = 5.0  # how long the survivors of a loss get to end their phase
+ABORT_WAIT_S = 30.0  # how long the others get to end their phase after one failed (one stuck must not hold the run)
 NO_WORKERS_S = 60.0  # after a loss, how long a retry waits for any worker at all
 EVALUATING = "while loading the inputs"  # the evaluation's phase, until workers report iterations
 
@@ -369,7 +370,7 @@ class ClusterRun:
         in collectives (a stop must reach all of them); else they only read a finished shard.
 
         On the first failure (an exception, or ``Failed``) the run is aborted everywhere, its
-        tasks released, and the error that caused it raised (a stop at a checkpoint is every
+        tasks given ABORT_WAIT_S to end and released, and the error that caused it raised (a stop at a checkpoint is every
         worker's agreed end: ``Suspended`` once all are done). A lost worker raises
         ``WorkerLost`` after the others were aborted and got STOP_WAIT_S to end. Meanwhile the
         deadline and a stop request are watched; Ctrl-C or any other error aborts the run."""
@@ -377,18 +378,20 @@ class ClusterRun:
         changed = threading.Event()  # a task ended (or was cancelled)
         for future in futures:
             future.add_done_callback(lambda _: changed.set())
-        stopping = False
+        aborted_at: float | None = None
         try:
             while True:
                 changed.clear()
                 if all(f.status != "pending" for f in futures):
                     break
+                if aborted_at is not None and time.monotonic() - aborted_at > ABORT_WAIT_S:
+                    break
                 changed.wait(WATCH_S)
                 if collective:
                     self._requests()
                 lost = self.members.lost(peers, self.record.where())
-                if lost is None and not stopping and any(_failed(f) for f in futures):
-                    stopping = True
+                if lost is None and aborted_at is None and any(_failed(f) for f in futures):
+                    aborted_at = time.monotonic()
                     self.abort("a peer failed")
                     lost = self.members.lost(peers, self.record.where(), force=True)
                 if lost is not None:
