@@ -78,7 +78,7 @@ PROGRESS_TOPIC = "dask-datalog-progress"
 
 WATCH_S = 0.5  # how often a waiting client checks that every worker of the run is still there
 TELL_S = 5.0  # how often an unanswered call to the workers (open, abort, suspend) looks for a lost one
-TELL_LIMIT_S = 60.0  # how long workers that are all still there may take to answer it (a loaded machine)
+TELL_LIMIT_S = 60.0  # how long workers all still there may take to register a run or a suspend (a loaded machine)
 STOP_WAIT_S = 5.0  # how long the survivors of a loss get to end their phase
 ABORT_WAIT_S = 30.0  # how long the others get to end their phase after one failed (one stuck must not hold the run)
 NO_WORKERS_S = 60.0  # after a loss, how long a retry waits for any worker at all
@@ -449,17 +449,20 @@ class ClusterRun:
         told any more is one that is gone, with nothing left to stop."""
         try:
             self.members.lost(self.record.peers, self.record.where(), force=True)
-            self._tell(_abort, self.record.run_id, reason, peers=self.members.alive(self.record.peers))
+            # Best effort, briefly: the tasks' release stops them too, and a Ctrl-C must end soon.
+            self._tell(_abort, self.record.run_id, reason, peers=self.members.alive(self.record.peers), limit_s=TELL_S)
         except (WorkerLost, ClusterError, Terminated):
             return
 
-    def _tell(self, fn: Callable[..., Any], *args: Any, peers: Sequence[str] | None = None) -> list[Any]:
+    def _tell(
+        self, fn: Callable[..., Any], *args: Any, peers: Sequence[str] | None = None, limit_s: float | None = None
+    ) -> list[Any]:
         """``fn(*args)`` on the attempt's workers (``client.run``). A worker that died a moment
         ago may still be listed, and the scheduler's call to it would wait for its connect
         timeout (30 s): every TELL_S without an answer the workers are looked for, a lost one
         raising ``WorkerLost`` and the scheduler gone a ``ClusterError``. Workers that are all
-        there get TELL_LIMIT_S to answer: on a loaded machine a freshly started cluster took
-        more than 5 s (a Soufflé suite case beside ``make test``)."""
+        there get ``limit_s`` (TELL_LIMIT_S) to answer: on a loaded machine a freshly started cluster took
+        more than 5 s to register a run (a Soufflé suite case beside ``make test``)."""
         peers = list(self.record.peers if peers is None else peers)
         if not peers:
             return []
@@ -474,7 +477,8 @@ class ClusterRun:
 
         thread = threading.Thread(target=call, daemon=True)
         thread.start()
-        deadline = time.monotonic() + TELL_LIMIT_S
+        limit_s = TELL_LIMIT_S if limit_s is None else limit_s
+        deadline = time.monotonic() + limit_s
         while True:
             thread.join(TELL_S)
             if answer:
@@ -485,7 +489,7 @@ class ClusterRun:
             if failure:
                 raise failure[0]
             if time.monotonic() > deadline:
-                raise ClusterError(f"the workers did not answer within {TELL_LIMIT_S:g} s")
+                raise ClusterError(f"the workers did not answer within {limit_s:g} s")
 
     def _cancel(self, futures: Sequence[Any]) -> None:
         """Release tasks, where the client can still say so: a closed client's cancel would
@@ -506,7 +510,8 @@ class ClusterRun:
             return
         try:
             self.members.lost(self.record.peers, self.record.where(), force=True)
-            self._tell(_close_run, self.record.run_id, peers=self.members.alive(self.record.peers))
+            # Best effort, briefly: a worker forgets a run none of whose tasks it holds (plugin.sweep).
+            self._tell(_close_run, self.record.run_id, peers=self.members.alive(self.record.peers), limit_s=TELL_S)
         except (WorkerLost, ClusterError, Terminated):
             return
 
