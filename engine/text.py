@@ -63,7 +63,7 @@ def binary(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def terminated(strings: pa.Array, end: bytes) -> pa.Array:
     """Each text of a pyarrow column followed by ``end`` (the fact parser reads one value a
-    line: its ``data`` with a line break after each)."""
+    line: the texts side by side, a line break after each)."""
     from dask_datalog.engine import arrow_compute as ac
 
     return ac.binary_join_element_wise(strings, repeated(end, len(strings)), repeated(b"", len(strings)))

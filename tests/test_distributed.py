@@ -36,6 +36,7 @@ EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.dl"))
 SHARED = ROOT.parent / "shared" / "data"
 WORKER_COUNTS = (1, 2, 3, 4)
 RUN_LIMIT_S = 120.0
+REACHED_FROM_0 = ".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n"  # r: the nodes reached from 0 along e (a chain: one iteration per edge)
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +333,7 @@ def test_a_scatter_longer_than_the_registrations_grace_keeps_the_run(monkeypatch
     arrays, a slow network) must not make the workers refuse the run's tasks when they come."""
     monkeypatch.setattr(plugin, "SWEEP_S", 0.1)  # read when the plugin starts on this new cluster
     monkeypatch.setattr(plugin, "GRACE_S", 0.3)
-    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    program = Program(REACHED_FROM_0)
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
         Client(cluster, set_as_default=False) as client,
@@ -377,7 +378,7 @@ def test_closing_the_client_stops_the_job_and_frees_its_state(clients: dict[int,
     scheduler = clients[2].scheduler.address
     owner = Client(scheduler, set_as_default=False)
     chain = np.stack([np.arange(20_000), np.arange(1, 20_001)], axis=1)
-    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    program = Program(REACHED_FROM_0)
     failures: list[BaseException] = []
 
     def run() -> None:
@@ -408,7 +409,7 @@ def test_closing_the_client_stops_the_job_and_frees_its_state(clients: dict[int,
     while mine & set().union(*clients[2].run(runs).values()):
         assert time.monotonic() < deadline + 10, "the run kept running after its client closed"
         time.sleep(0.1)
-    check = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    check = Program(REACHED_FROM_0)
     result = check.run(facts={"e": chain[:50]}, backend="numpy", client=clients[2])
     assert result.sizes["r"] == 51
     result.close()
@@ -427,7 +428,7 @@ def test_progress_events_reach_the_client(clients: dict[int, Client]) -> None:
     from dask_datalog.cluster.cli.progress import ProgressState
 
     events: list[dict] = []
-    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    program = Program(REACHED_FROM_0)
     chain = np.stack([np.arange(400), np.arange(1, 401)], axis=1)
     result = program.run(facts={"e": chain}, backend="numpy", client=clients[2], progress=events.append)
     result.close()

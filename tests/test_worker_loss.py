@@ -30,6 +30,7 @@ import pytest
 from distributed import Client, LocalCluster
 from test_checkpoint import MIXED
 from test_cli import summary
+from test_distributed import REACHED_FROM_0
 
 from dask_datalog.cluster import Program
 from dask_datalog.cluster.runtime import coordinator, dask_adapter, phase
@@ -346,7 +347,7 @@ def test_workers_slow_to_answer_the_client_are_waited_for(monkeypatch: pytest.Mo
         register(self, run, attempt)
 
     monkeypatch.setattr(DatalogPlugin, "open_run", slow_open_run)  # in-process workers share the class
-    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    program = Program(REACHED_FROM_0)
     with hard_timeout(60):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0")
         client = Client(cluster, set_as_default=False)
@@ -377,7 +378,7 @@ def test_a_task_stuck_where_it_cannot_see_the_abort_does_not_hold_the_run(monkey
         return enter(self)
 
     monkeypatch.setattr(phase.Phase, "__enter__", rank_dependent_enter)  # in-process workers share the class
-    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    program = Program(REACHED_FROM_0)
     with hard_timeout(60):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0")
         client = Client(cluster, set_as_default=False)
@@ -400,7 +401,7 @@ def test_a_peer_whose_rendezvous_never_answers_holds_no_task_thread(monkeypatch:
     it rather than waiting on the answer for good (its task thread held and its phase open: the
     next run on that worker would wait for it)."""
     monkeypatch.setattr(phase, "ANSWER_S", 0.3)  # in-process workers read this module
-    program = Program(".decl e(x:number, y:number)\n.decl r(x:number)\nr(0).\nr(y) :- r(x), e(x, y).\n")
+    program = Program(REACHED_FROM_0)
 
     async def never(**_: object) -> None:
         await asyncio.Event().wait()

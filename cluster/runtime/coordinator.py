@@ -370,10 +370,11 @@ class ClusterRun:
         in collectives (a stop must reach all of them); else they only read a finished shard.
 
         On the first failure (an exception, or ``Failed``) the run is aborted everywhere, its
-        tasks given ABORT_WAIT_S to end and released, and the error that caused it raised (a stop at a checkpoint is every
-        worker's agreed end: ``Suspended`` once all are done). A lost worker raises
-        ``WorkerLost`` after the others were aborted and got STOP_WAIT_S to end. Meanwhile the
-        deadline and a stop request are watched; Ctrl-C or any other error aborts the run."""
+        tasks given ABORT_WAIT_S to end and released, and the error that caused it raised (a
+        stop at a checkpoint is every worker's agreed end: ``Suspended`` once all are done). A
+        lost worker raises ``WorkerLost`` after the others were aborted and got STOP_WAIT_S to
+        end. Meanwhile the deadline and a stop request are watched; Ctrl-C or any other error
+        aborts the run."""
         peers = self.record.peers
         changed = threading.Event()  # a task ended (or was cancelled)
         for future in futures:
@@ -461,8 +462,8 @@ class ClusterRun:
         ago may still be listed, and the scheduler's call to it would wait for its connect
         timeout (30 s): every TELL_S without an answer the workers are looked for, a lost one
         raising ``WorkerLost`` and the scheduler gone a ``ClusterError``. Workers that are all
-        there get ``limit_s`` (TELL_LIMIT_S) to answer: on a loaded machine a freshly started cluster took
-        more than 5 s to register a run (a Soufflé suite case beside ``make test``)."""
+        there get ``limit_s`` (TELL_LIMIT_S) to answer: on a loaded machine a freshly started
+        cluster took more than 5 s to register a run (a Soufflé suite case beside make test)."""
         peers = list(self.record.peers if peers is None else peers)
         if not peers:
             return []
