@@ -450,14 +450,36 @@ def test_a_worker_that_joined_since_the_last_look_is_not_taken_as_lost() -> None
     ):
         members = Membership(client, RunOptions())
         (first,) = dask_adapter.scheduler_workers(client)
-        assert members.lost([first], "here", force=True) is None
+        assert members.lost([first], lambda: "here", force=True) is None
         cluster.scale(2)
         client.wait_for_workers(2, timeout=30)
         peers = sorted(dask_adapter.scheduler_workers(client))
-        assert members.lost(peers, "here") is None  # the cache predates the second worker
+        assert members.lost(peers, lambda: "here") is None  # the cache predates the second worker
         cluster.scale(1)
         while len(dask_adapter.scheduler_workers(client)) > 1:
             time.sleep(0.05)
         (gone,) = set(peers) - set(dask_adapter.scheduler_workers(client))
-        lost = members.lost(peers, "here", force=True)
+        lost = members.lost(peers, lambda: "here", force=True)
         assert lost is not None and (lost.address, lost.how) == (gone, "was lost")
+
+
+def test_a_loss_is_worded_with_the_progress_reported_while_the_scheduler_was_asked() -> None:
+    """A worker killed right after its first progress event: the event reaches the client while
+    Membership asks the scheduler for its listing (a round trip), so where the run was must be
+    read once the loss is seen, not before the question. Seen in a clean clone's make test: "was
+    lost while loading the inputs" for a run already past its first iteration. In one process:
+    a client whose scheduler answers only after the event has arrived."""
+    record = coordinator.RunRecord("run")
+
+    class SchedulerAnsweringLate:
+        status = "running"
+        scheduler = type("Scheduler", (), {"identity": None})()
+
+        def sync(self, call: object, **_: object) -> dict[str, object]:
+            record.reached({"stratum": 0, "iteration": 3})  # the event, handled meanwhile
+            return {"workers": {"tcp://a:1": {"last_seen": 1.0}}}  # rank 1 is gone
+
+    members = Membership(SchedulerAnsweringLate(), RunOptions())
+    lost = members.lost(["tcp://a:1", "tcp://b:2"], record.where, force=True)
+    assert lost is not None and (lost.address, lost.rank, lost.how) == ("tcp://b:2", 1, "was lost")
+    assert lost.where == "during stratum 0, after iteration 3"

@@ -130,10 +130,11 @@ class Membership:
         self.heartbeats: dict[str, tuple[float, float]] = {}  # address -> (last_seen, moved at)
         self.checked = 0.0
 
-    def lost(self, peers: Sequence[str], where: str, force: bool = False) -> WorkerLost | None:
-        """The first of ``peers`` gone from the cluster, lost ``where``, or None. A closed
+    def lost(self, peers: Sequence[str], where: Callable[[], str], force: bool = False) -> WorkerLost | None:
+        """The first of ``peers`` gone from the cluster, lost ``where()``, or None. A closed
         client or a lost scheduler is a ``ClusterError`` (``Terminated`` after a stop request:
-        scancel stops everything)."""
+        scancel stops everything). ``where`` is asked once the loss is seen: progress events
+        arrive while the scheduler is asked, and the run may have gone on meanwhile."""
         now = time.monotonic()
         # A peer missing from the cached listing is looked for in a fresh one before it counts
         # as lost: the cache may predate it (a retry's restarted worker, found by
@@ -146,7 +147,7 @@ class Membership:
         for rank, address in enumerate(peers):
             if address not in self.present:
                 how = f"stopped answering (no heartbeat for {self.options.silent_s:g} s)" if address in self.quiet else "was lost"
-                return WorkerLost(address, rank, where, how=how)
+                return WorkerLost(address, rank, where(), how=how)
         return None
 
     def _workers(self) -> dict[str, Any]:
@@ -390,11 +391,11 @@ class ClusterRun:
                 changed.wait(WATCH_S)
                 if collective:
                     self._requests()
-                lost = self.members.lost(peers, self.record.where())
+                lost = self.members.lost(peers, self.record.where)
                 if lost is None and aborted_at is None and any(_failed(f) for f in futures):
                     aborted_at = time.monotonic()
                     self.abort("a peer failed")
-                    lost = self.members.lost(peers, self.record.where(), force=True)
+                    lost = self.members.lost(peers, self.record.where, force=True)
                 if lost is not None:
                     raise lost
             if not any(_failed(f) for f in futures):
@@ -404,7 +405,7 @@ class ClusterRun:
                     raise suspended
                 return [] if keep else self.client.gather(list(futures))
             lost = self.members.lost(
-                peers, self.record.where(), force=True
+                peers, self.record.where, force=True
             )  # a peer's closed connection may be the first sign of a loss
             if lost is not None:
                 raise lost
@@ -449,7 +450,7 @@ class ClusterRun:
         ending (with an error of its own, which stays the one raised): a worker that cannot be
         told any more is one that is gone, with nothing left to stop."""
         try:
-            self.members.lost(self.record.peers, self.record.where(), force=True)
+            self.members.lost(self.record.peers, self.record.where, force=True)
             # Best effort, briefly: the tasks' release stops them too, and a Ctrl-C must end soon.
             self._tell(_abort, self.record.run_id, reason, peers=self.members.alive(self.record.peers), limit_s=TELL_S)
         except (WorkerLost, ClusterError, Terminated):
@@ -484,7 +485,7 @@ class ClusterRun:
             thread.join(TELL_S)
             if answer:
                 return [answer[0].get(p) for p in peers]
-            lost = self.members.lost(self.record.peers, self.record.where(), force=True)
+            lost = self.members.lost(self.record.peers, self.record.where, force=True)
             if lost is not None:
                 raise lost
             if failure:
@@ -510,7 +511,7 @@ class ClusterRun:
         if self.client.status != "running":
             return
         try:
-            self.members.lost(self.record.peers, self.record.where(), force=True)
+            self.members.lost(self.record.peers, self.record.where, force=True)
             # Best effort, briefly: a worker forgets a run none of whose tasks it holds (plugin.sweep).
             self._tell(_close_run, self.record.run_id, peers=self.members.alive(self.record.peers), limit_s=TELL_S)
         except (WorkerLost, ClusterError, Terminated):
