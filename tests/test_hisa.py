@@ -9,7 +9,7 @@ from engine_modes import ARRAY_API, KERNELS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_datalog.engine.storage import _kernels, sets  # type: ignore[attr-defined]
+from dask_datalog.engine.storage import _kernels, cpu_kernels, sets  # type: ignore[attr-defined]
 from dask_datalog.engine.storage.hisa import (
     HashTable,
     RelationStore,
@@ -414,6 +414,26 @@ def test_novel_with_and_without_the_bitmap_equals_set_difference(data):
         store.add(got)
         seen |= set(batch)
     assert to_tuples(store.compact(), arity) == sorted(seen)
+
+
+def test_bitmap_dedup_over_many_rows_keeps_each_new_row_once_in_arrival_order():
+    """Past PARALLEL_MIN rows ``dense_novel`` reads parts of the rows on the OpenMP threads, then
+    marks the unmarked ones serially: rows repeated within and across parts, rows outside the
+    box and rows marked by an earlier call, each where the single pass would put it."""
+    rng = np.random.default_rng(11)
+    lo0, lo1, r0, r1 = 10, 20, 300, 400
+    a, b = rng.integers(0, 320, 200_000), rng.integers(10, 430, 200_000)
+    rows = (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+    bits = np.zeros((r0 * r1 + 7) // 8, dtype=np.uint8)
+    inside = (a >= lo0) & (a < lo0 + r0) & (b >= lo1) & (b < lo1 + r1)
+    marked = rows[:5_000][inside[:5_000]]
+    cpu_kernels.dense_mark(rows[:5_000], bits, lo0, lo1, r0, r1)
+    fresh, outside = cpu_kernels.dense_novel(rows, bits, lo0, lo1, r0, r1)
+    candidates = rows[inside & ~np.isin(rows, marked)]
+    _, first = np.unique(candidates, return_index=True)
+    assert np.array_equal(fresh, candidates[np.sort(first)])
+    assert np.array_equal(outside, rows[~inside])
+    assert cpu_kernels.dense_novel(rows, bits, lo0, lo1, r0, r1)[0].shape[0] == 0  # all marked now
 
 
 def test_bitmap_built_only_when_it_pays_and_is_no_larger_than_full():

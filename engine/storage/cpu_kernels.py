@@ -31,6 +31,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "not_in_runs": (None, [_P, _I, _P, _P, _I, _I, _P]),
     "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
     "merge_into": (None, [_P, _I, _P, _I, _I]),
+    "unsplit_mapping": (None, [_P, _I]),
     "key_directory": (_I, [_P, _I, _I, ctypes.c_int, _P, _P]),
     "merge_many": (None, [_P, _P, _I, _I, _P]),
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
@@ -109,13 +110,21 @@ def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
     return out
 
 
+# The size from which NumPy advises an array's pages into huge pages (numpy/_core/src/multiarray/
+# alloc.c), splitting the block's mapping that ``unsplit_mapping`` joins again.
+HUGEPAGE_ADVISED_BYTES = 4 << 20
+
+
 def merge_into(full: np.ndarray, new: np.ndarray) -> np.ndarray:
     """``merge_sorted`` into ``full``'s own buffer, grown in place (``ndarray.resize``: a
-    realloc); the caller guarantees nothing else refers to ``full`` (it is consumed)."""
+    realloc, which remaps a large block's pages once its mapping is one); the caller
+    guarantees nothing else refers to ``full`` (it is consumed)."""
     n = full.shape[0]
     new = _c(new, np.uint64)
     if full.dtype != np.uint64 or not full.flags.c_contiguous or new.shape[1:] != full.shape[1:]:
         raise ValueError(f"merge_into: {full.dtype} rows {full.shape} (contiguous: {full.flags.c_contiguous}) and {new.shape}")
+    if full.nbytes >= HUGEPAGE_ADVISED_BYTES:
+        _lib.unsplit_mapping(_ptr(full), full.nbytes)
     full.resize((n + new.shape[0],) + full.shape[1:], refcheck=False)
     _lib.merge_into(_ptr(full), n, _ptr(new), new.shape[0], _words(full))
     return full
