@@ -150,15 +150,27 @@ void merge_into(uint64_t *buf, int64_t n, const uint64_t *new_, int64_t m, int64
 }
 
 /* out = the union of k sorted, pairwise disjoint row sets (runs[r] holds lengths[r] rows) in one
- * pass: compacting a log-structured relation needs room for its rows once more, not twice. */
+ * pass: compacting a log-structured relation needs room for its rows once more, not twice. The
+ * run with the least head gives its whole stretch below the next least head at once (found by
+ * galloping, one memcpy), so a large run among small ones costs O(k) per stretch, not per row. */
 void merge_many(const uint64_t *const *runs, const int64_t *lengths, int64_t k, int64_t w, uint64_t *out) {
-    int64_t heads[64] = {0}, total = 0;
-    for (int64_t r = 0; r < k; r++) total += lengths[r];
-    for (int64_t o = 0; o < total; o++) {
-        int64_t best = -1;
-        for (int64_t r = 0; r < k; r++)
-            if (heads[r] < lengths[r] && (best < 0 || row_less(runs[r], heads[r], runs[best], heads[best], w))) best = r;
-        memcpy(out + o * w, runs[best] + (heads[best]++) * w, (size_t)w * 8);
+    int64_t heads[64] = {0}, o = 0;
+    for (;;) {
+        int64_t best = -1, next = -1; /* the runs with the least and the second least head */
+        for (int64_t r = 0; r < k; r++) {
+            if (heads[r] == lengths[r]) continue;
+            if (best < 0 || row_less(runs[r], heads[r], runs[best], heads[best], w)) {
+                next = best;
+                best = r;
+            } else if (next < 0 || row_less(runs[r], heads[r], runs[next], heads[next], w)) {
+                next = r;
+            }
+        }
+        if (best < 0) return;
+        int64_t until = next < 0 ? lengths[best] : gallop(runs[best], lengths[best], heads[best] + 1, runs[next], heads[next], w);
+        memcpy(out + o * w, runs[best] + heads[best] * w, (size_t)(until - heads[best]) * w * 8);
+        o += until - heads[best];
+        heads[best] = until;
     }
 }
 
