@@ -416,6 +416,24 @@ def test_novel_with_and_without_the_bitmap_equals_set_difference(data):
     assert to_tuples(store.compact(), arity) == sorted(seen)
 
 
+@pytest.mark.parametrize("width", [1, 2])
+def test_difference_over_many_rows_and_runs_is_the_set_difference(width: int) -> None:
+    """Past PARALLEL_MIN rows ``rows_not_in_runs`` looks up parts of the rows on the OpenMP
+    threads and makes what it keeps contiguous; past RUNS_MAX runs it subtracts them a group at
+    a time. Both against NumPy's set difference, rows of one word and of two."""
+    rng = np.random.default_rng(3)
+    universe = np.unique(rng.integers(0, 1 << 22, size=(300_000, width), dtype=np.uint64), axis=0)
+    taken = rng.random(universe.shape[0]) < 0.5
+    owner = rng.integers(0, cpu_kernels.RUNS_MAX + 6, size=universe.shape[0])
+    runs = [np.ascontiguousarray(universe[taken & (owner == r)]) for r in range(cpu_kernels.RUNS_MAX + 6)]
+    new = np.ascontiguousarray(universe[rng.random(universe.shape[0]) < 0.7])
+    expected = new[~np.isin(new.view(f"V{8 * width}").ravel(), universe[taken].view(f"V{8 * width}").ravel())]
+    rows = new if width > 1 else new[:, 0]
+    got = cpu_kernels.rows_not_in_runs(rows, [r if width > 1 else r[:, 0] for r in runs])
+    assert np.array_equal(got.reshape(-1, width), expected)
+    assert np.array_equal(sets.difference_all(new, runs, KERNELS), expected)
+
+
 def test_bitmap_dedup_over_many_rows_keeps_each_new_row_once_in_arrival_order():
     """Past PARALLEL_MIN rows ``dense_novel`` reads parts of the rows on the OpenMP threads, then
     marks the unmarked ones serially: rows repeated within and across parts, rows outside the

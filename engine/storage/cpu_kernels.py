@@ -27,8 +27,8 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _U = ctypes.c_uint64
 _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
-    "not_in_sorted": (None, [_P, _I, _P, _I, _I, _P]),
-    "not_in_runs": (None, [_P, _I, _P, _P, _I, _I, _P]),
+    "rows_not_in_runs": (_I, [_P, _I, _P, _P, _I, _I, _P]),
+    "distinct_sorted": (_I, [_P, _I]),
     "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
     "merge_into": (None, [_P, _I, _P, _I, _I]),
     "unsplit_mapping": (None, [_P, _I]),
@@ -81,25 +81,32 @@ def _words(rows: np.ndarray) -> int:
     return 1 if rows.ndim == 1 else rows.shape[1]
 
 
-def not_in_sorted(new: np.ndarray, full: np.ndarray) -> np.ndarray:
-    """mask[i] = new[i] is not a row of full; both sorted, rows 1-D (one word) or 2-D.
-    Galloping, so a small delta against a large full costs O(n log(m/n))."""
-    new, full = _c(new, np.uint64), _c(full, np.uint64)
-    mask = np.empty(new.shape[0], dtype=np.bool_)
-    _lib.not_in_sorted(_ptr(new), new.shape[0], _ptr(full), full.shape[0], _words(new), _ptr(mask))
-    return mask
+# Runs merge_many and rows_not_in_runs take at once (kernels.c's RUNS_MAX: a head or a cursor
+# per run on the stack).
+RUNS_MAX = 64
 
 
-def not_in_runs(new: np.ndarray, runs: list[np.ndarray]) -> np.ndarray:
-    """mask[i] = new[i] is a row of none of ``runs`` (sorted, like ``new``; all 1-D or all
-    (n, w)): a relation kept as several runs subtracted in one call."""
-    new = _c(new, np.uint64)
-    runs = [_c(r, np.uint64) for r in runs]
-    mask = np.empty(new.shape[0], dtype=np.bool_)
-    pointers = np.array([_ptr(r) for r in runs], dtype=np.uint64)
-    lengths = np.array([r.shape[0] for r in runs], dtype=np.int64)
-    _lib.not_in_runs(_ptr(new), new.shape[0], _ptr(pointers), _ptr(lengths), len(runs), _words(new), _ptr(mask))
-    return mask
+def rows_not_in_runs(new: np.ndarray, runs: list[np.ndarray]) -> np.ndarray:
+    """The rows of ``new`` in none of ``runs`` (all sorted, like ``new``; all 1-D or all
+    (n, w)): a relation kept as several runs subtracted in one call per RUNS_MAX runs, the
+    rows looked up on every thread and written once (no mask, no second pass)."""
+    for start in range(0, len(runs), RUNS_MAX):
+        group = [_c(r, np.uint64) for r in runs[start : start + RUNS_MAX]]
+        new = _c(new, np.uint64)
+        out = np.empty_like(new)
+        pointers = np.array([_ptr(r) for r in group], dtype=np.uint64)
+        lengths = np.array([r.shape[0] for r in group], dtype=np.int64)
+        kept = _lib.rows_not_in_runs(_ptr(new), new.shape[0], _ptr(pointers), _ptr(lengths), len(group), _words(new), _ptr(out))
+        new = _shrunk(out, kept)
+    return new
+
+
+def distinct_sorted(words: np.ndarray) -> np.ndarray:
+    """The distinct values of sorted 1-D uint64 ``words``, an array this call may consume
+    (it owns its memory): kept at its front and the rest of its buffer handed back."""
+    if words.dtype != np.uint64 or words.ndim != 1 or not words.flags.c_contiguous or not words.flags.owndata:
+        raise ValueError(f"distinct_sorted: {words.dtype} words {words.shape} it does not own")
+    return _shrunk(words, _lib.distinct_sorted(_ptr(words), words.shape[0]))
 
 
 def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -115,6 +122,22 @@ def merge_sorted(full: np.ndarray, new: np.ndarray) -> np.ndarray:
 HUGEPAGE_ADVISED_BYTES = 4 << 20
 
 
+def _resized(rows: np.ndarray, n: int) -> np.ndarray:
+    """``rows`` (owning its memory, referred to by nothing else) grown or cut to ``n`` rows
+    where it lies (``ndarray.resize``: a realloc, which remaps a large block's pages once its
+    mapping is one, and gives a cut block's tail back)."""
+    if rows.nbytes >= HUGEPAGE_ADVISED_BYTES:
+        _lib.unsplit_mapping(_ptr(rows), rows.nbytes)
+    rows.resize((n,) + rows.shape[1:], refcheck=False)
+    return rows
+
+
+def _shrunk(rows: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` rows of a fresh ``rows`` this module made: the buffer cut to them when
+    that frees much of it (a view would hold the whole buffer as long as the rows live)."""
+    return _resized(rows, n) if n < rows.shape[0] // 2 else rows[:n]
+
+
 def merge_into(full: np.ndarray, new: np.ndarray) -> np.ndarray:
     """``merge_sorted`` into ``full``'s own buffer, grown in place (``ndarray.resize``: a
     realloc, which remaps a large block's pages once its mapping is one); the caller
@@ -123,21 +146,15 @@ def merge_into(full: np.ndarray, new: np.ndarray) -> np.ndarray:
     new = _c(new, np.uint64)
     if full.dtype != np.uint64 or not full.flags.c_contiguous or new.shape[1:] != full.shape[1:]:
         raise ValueError(f"merge_into: {full.dtype} rows {full.shape} (contiguous: {full.flags.c_contiguous}) and {new.shape}")
-    if full.nbytes >= HUGEPAGE_ADVISED_BYTES:
-        _lib.unsplit_mapping(_ptr(full), full.nbytes)
-    full.resize((n + new.shape[0],) + full.shape[1:], refcheck=False)
+    full = _resized(full, n + new.shape[0])
     _lib.merge_into(_ptr(full), n, _ptr(new), new.shape[0], _words(full))
     return full
 
 
-# Runs merge_many takes at once (its C loop keeps one head per run on the stack).
-MERGE_MANY_MAX = 64
-
-
 def merge_many(runs: list[np.ndarray]) -> np.ndarray:
     """Union of sorted, pairwise disjoint row sets (all 1-D or all (n, w)) in one pass."""
-    if not 0 < len(runs) <= MERGE_MANY_MAX:
-        raise ValueError(f"merge_many takes 1 to {MERGE_MANY_MAX} runs, not {len(runs)}")
+    if not 0 < len(runs) <= RUNS_MAX:
+        raise ValueError(f"merge_many takes 1 to {RUNS_MAX} runs, not {len(runs)}")
     runs = [_c(r, np.uint64) for r in runs]
     out = np.empty((sum(r.shape[0] for r in runs),) + runs[0].shape[1:], dtype=np.uint64)
     pointers = (ctypes.c_void_p * len(runs))(*[_ptr(r) for r in runs])

@@ -21,6 +21,10 @@
 
 /* Below this many iterations a parallel region costs more than it saves. */
 #define PARALLEL_MIN 32768
+/* Parts a kernel splits its rows into at most, one per thread (dense_novel, rows_not_in_runs). */
+#define PARTS_MAX 64
+/* Runs merge_many and rows_not_in_runs take at once (a head or cursor per run on the stack). */
+#define RUNS_MAX 64
 #define HASH_MULT 0x9E3779B97F4A7C15ULL
 
 static inline int row_less(const uint64_t *a, int64_t i, const uint64_t *b, int64_t j, int64_t w) {
@@ -54,28 +58,47 @@ static inline int64_t gallop(const uint64_t *full, int64_t m, int64_t j, const u
     return lo;
 }
 
-/* mask[i] = 1 when new[i] is not a row of full; both sorted. */
-void not_in_sorted(const uint64_t *new_, int64_t n, const uint64_t *full, int64_t m, int64_t w, uint8_t *mask) {
-    int64_t j = 0;
-    for (int64_t i = 0; i < n; i++) {
-        j = gallop(full, m, j, new_, i, w);
-        mask[i] = !(j < m && row_equal(full, j, new_, i, w));
+/* out = the rows of new_ (n, sorted) that are rows of none of the k <= RUNS_MAX sorted runs (runs[r] holds
+ * lengths[r] rows: a log-structured relation's full, or one run); returns their count. Each
+ * row's answer is its own, so parts of new_ are looked up on the OpenMP threads, a cursor per
+ * run galloping forward within a part; a part's rows are written from its first row's
+ * position and made contiguous after, in new_'s order. */
+int64_t rows_not_in_runs(const uint64_t *new_, int64_t n, const uint64_t *const *runs, const int64_t *lengths,
+                         int64_t k, int64_t w, uint64_t *out) {
+    int64_t parts = 1, ends[PARTS_MAX];
+#ifdef _OPENMP
+    if (n > PARALLEL_MIN) parts = omp_get_max_threads();
+#endif
+    if (parts > PARTS_MAX) parts = PARTS_MAX;
+#pragma omp parallel for schedule(static, 1) num_threads((int)parts) if (parts > 1)
+    for (int64_t p = 0; p < parts; p++) {
+        int64_t cursor[RUNS_MAX] = {0}, kept = n * p / parts;
+        for (int64_t i = n * p / parts; i < n * (p + 1) / parts; i++) {
+            int found = 0;
+            for (int64_t r = 0; r < k && !found; r++) {
+                cursor[r] = gallop(runs[r], lengths[r], cursor[r], new_, i, w);
+                found = cursor[r] < lengths[r] && row_equal(runs[r], cursor[r], new_, i, w);
+            }
+            if (!found) memcpy(out + (kept++) * w, new_ + i * w, (size_t)w * 8);
+        }
+        ends[p] = kept;
     }
+    int64_t total = 0;
+    for (int64_t p = 0; p < parts; p++) {
+        int64_t start = n * p / parts;
+        memmove(out + total * w, out + start * w, (size_t)(ends[p] - start) * w * 8);
+        total += ends[p] - start;
+    }
+    return total;
 }
 
-/* mask[i] = 1 when new[i] is a row of none of the k sorted runs (runs[r] holds lengths[r]
- * rows): a log-structured relation's difference in one call, rows already found skipped. */
-void not_in_runs(const uint64_t *new_, int64_t n, const uint64_t *const *runs, const int64_t *lengths, int64_t k,
-                 int64_t w, uint8_t *mask) {
-    memset(mask, 1, (size_t)n);
-    for (int64_t r = 0; r < k; r++) {
-        int64_t j = 0;
-        for (int64_t i = 0; i < n; i++) {
-            if (!mask[i]) continue;
-            j = gallop(runs[r], lengths[r], j, new_, i, w);
-            mask[i] = !(j < lengths[r] && row_equal(runs[r], j, new_, i, w));
-        }
-    }
+/* Keeps the first of each stretch of equal words of sorted words[0 .. n) at the front; returns
+ * how many: deduplicating a sort's output where it lies, in one pass. */
+int64_t distinct_sorted(uint64_t *words, int64_t n) {
+    int64_t kept = n > 0;
+    for (int64_t i = 1; i < n; i++)
+        if (words[i] != words[kept - 1]) words[kept++] = words[i];
+    return kept;
 }
 
 /* The first position lo <= hi such that no row of a[lo .. hi) is less than b[i] (a sorted):
@@ -154,7 +177,7 @@ void merge_into(uint64_t *buf, int64_t n, const uint64_t *new_, int64_t m, int64
  * run with the least head gives its whole stretch below the next least head at once (found by
  * galloping, one memcpy), so a large run among small ones costs O(k) per stretch, not per row. */
 void merge_many(const uint64_t *const *runs, const int64_t *lengths, int64_t k, int64_t w, uint64_t *out) {
-    int64_t heads[64] = {0}, o = 0;
+    int64_t heads[RUNS_MAX] = {0}, o = 0;
     for (;;) {
         int64_t best = -1, next = -1; /* the runs with the least and the second least head */
         for (int64_t r = 0; r < k; r++) {
@@ -445,9 +468,6 @@ void dense_mark(const uint64_t *rows, int64_t n, uint8_t *bits, uint64_t lo0, ui
     }
 }
 
-/* Parts dense_novel splits its rows into at most (one per thread). */
-#define DENSE_PARTS_MAX 64
-
 /* Bitmap dedup (dense.py): in-box rows not yet marked go to fresh (and are marked), out-of-box
  * rows to outside, both in arrival order; found[0], found[1] = their counts. Most rows of a
  * dense join are already marked (REACH on wiki-Vote: 297 M rows for 12 M new), so a first pass
@@ -455,11 +475,11 @@ void dense_mark(const uint64_t *rows, int64_t n, uint8_t *bits, uint64_t lo0, ui
  * a serial second pass over those marks them, dropping rows repeated within the call. */
 void dense_novel(const uint64_t *rows, int64_t n, uint8_t *bits, uint64_t lo0, uint64_t lo1, uint64_t r0,
                  uint64_t r1, uint64_t *fresh, uint64_t *outside, int64_t *found) {
-    int64_t parts = 1, ends[DENSE_PARTS_MAX][2];
+    int64_t parts = 1, ends[PARTS_MAX][2];
 #ifdef _OPENMP
     if (n > PARALLEL_MIN) parts = omp_get_max_threads();
 #endif
-    if (parts > DENSE_PARTS_MAX) parts = DENSE_PARTS_MAX;
+    if (parts > PARTS_MAX) parts = PARTS_MAX;
 #pragma omp parallel for schedule(static, 1) num_threads((int)parts) if (parts > 1)
     for (int64_t p = 0; p < parts; p++) { /* a part's unmarked and out-of-box rows, each from its first row's position */
         int64_t nf = n * p / parts, no = nf;

@@ -28,7 +28,7 @@ def sort_unique(rows: Any, backend: Backend) -> Any:
     if rows.shape[0] <= 1:
         return rows
     if rows.shape[1] == 1:
-        return _sorted_distinct(rows[:, 0], xp).reshape(-1, 1)
+        return _sorted_distinct(rows[:, 0], xp, backend.kernels).reshape(-1, 1)
     narrow = _sort_unique_narrow(rows, backend) if rows.shape[0] >= NARROW_MIN_ROWS else None
     if narrow is not None:
         return narrow
@@ -71,7 +71,7 @@ def _narrow_by_kernels(halves: np.ndarray, columns: list[int], kernels: ModuleTy
     if layout is None:
         return None
     lows, shifts, widths = (np.array(v) for v in layout)
-    key = _sorted_distinct(kernels.pack_keys(halves, lows, shifts, widths), np)
+    key = _sorted_distinct(kernels.pack_keys(halves, lows, shifts, widths), np, kernels, owned=True)
     out = np.empty((key.shape[0], halves.shape[1]), dtype=np.uint32)
     kernels.unpack_keys(key, lows, shifts, widths, out)
     return out
@@ -90,7 +90,7 @@ def _narrow_by_arrays(halves: Any, columns: list[int], xp: Any) -> Any | None:
             part -= lows[c]
             part <<= shifts[c]
             key |= part
-    key = _sorted_distinct(key, xp)
+    key = _sorted_distinct(key, xp, owned=True)
     out = xp.empty((key.shape[0], halves.shape[1]), dtype=xp.uint32)
     for c in columns:
         if widths[c]:
@@ -116,13 +116,16 @@ def _key_layout(low: Any, high: Any, columns: list[int]) -> tuple[list[int], lis
     return lows, shifts, widths
 
 
-def _sorted_distinct(words: Any, xp: Any, in_place: bool = False) -> Any:
-    """The distinct values of a non-empty 1-d array of ``words``, sorted (``in_place``: sorted
-    where they are, which the caller's own array allows)."""
-    if in_place:
+def _sorted_distinct(words: Any, xp: Any, kernels: ModuleType | None = None, owned: bool = False) -> Any:
+    """The distinct values of a non-empty 1-d array of ``words``, sorted. ``owned``: the
+    caller's own array, sorted where it lies. With ``kernels``, uint64 words are deduplicated
+    where they lie too, the buffer cut to what is kept."""
+    if owned:
         words.sort()
     else:
         words = xp.sort(words)
+    if kernels is not None and words.dtype == np.uint64:
+        return kernels.distinct_sorted(words)
     keep = xp.empty(words.shape[0], dtype=bool)
     keep[0] = True
     xp.not_equal(words[1:], words[:-1], out=keep[1:])
@@ -158,9 +161,7 @@ def difference(new: Any, full: Any, backend: Backend) -> Any:
         return new
     kernels = backend.kernels  # galloping: the work scales with new, not full
     if kernels is not None:
-        if new.shape[1] == 1:  # one word: compare plain uint64s
-            return new[kernels.not_in_sorted(new[:, 0], full[:, 0])]
-        return new[kernels.not_in_sorted(new, full)]
+        return kernels.rows_not_in_runs(new, [full])
     return difference_xp(new, full, backend.xp)
 
 
@@ -172,7 +173,7 @@ def difference_all(new: Any, runs: list[Any], backend: Backend) -> Any:
         return new
     kernels = backend.kernels
     if kernels is not None:
-        return new[kernels.not_in_runs(new, runs)]
+        return kernels.rows_not_in_runs(new, runs)
     for run in runs:
         new = difference_xp(new, run, backend.xp)
     return new
@@ -216,10 +217,10 @@ def union_sorted(blocks: list[Any], backend: Backend) -> Any:
     """Union of sorted, duplicate-free row sets that may share rows (an iteration's new
     tuples). One-word rows are sorted in place in their concatenation, this call's own: the
     rows are held twice at the most, not three times (dyck at 10x combines 4 M rows so)."""
-    rows = backend.xp.concatenate(blocks)
-    if rows.shape[1] != 1 or rows.shape[0] <= 1:
-        return sort_unique(rows, backend)
-    return _sorted_distinct(rows[:, 0], backend.xp, in_place=True).reshape(-1, 1)
+    if blocks[0].shape[1] != 1 or sum(b.shape[0] for b in blocks) <= 1:
+        return sort_unique(backend.xp.concatenate(blocks), backend)
+    words = backend.xp.concatenate([b[:, 0] for b in blocks])
+    return _sorted_distinct(words, backend.xp, backend.kernels, owned=True).reshape(-1, 1)
 
 
 def merge_all(runs: list[Any], backend: Backend) -> Any:
@@ -227,8 +228,8 @@ def merge_all(runs: list[Any], backend: Backend) -> Any:
     rows once more), else merged a pair at a time."""
     kernels = backend.kernels
     if kernels is not None and len(runs) > 1:
-        while len(runs) > kernels.MERGE_MANY_MAX:  # more runs than one pass takes: in groups
-            step = kernels.MERGE_MANY_MAX
+        while len(runs) > kernels.RUNS_MAX:  # more runs than one pass takes: in groups
+            step = kernels.RUNS_MAX
             runs = [kernels.merge_many(runs[i : i + step]) for i in range(0, len(runs), step)]
         return kernels.merge_many(runs)
     merged = runs[0]
