@@ -17,6 +17,7 @@ import os
 import sys
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -183,7 +184,7 @@ def _write_csv(
         return int(_io(target, lambda: os.pwrite(fd, chunk, at)))
 
     try:
-        for chunk in [whole] if whole is not None else chunks():
+        for chunk in [whole] if whole is not None else _formatted_ahead(chunks()):
             write_at(chunk, offset)
             offset += len(chunk)
             if written is not None:
@@ -192,6 +193,17 @@ def _write_csv(
         os.close(fd)
     if rank < size - 1 and offset != sum(lengths[: rank + 1]):
         raise AssertionError(f"{target}: shard {rank} wrote up to byte {offset}, not where the next range starts")
+
+
+def _formatted_ahead(chunks: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+    """``chunks``, each next one formatted on a helper thread while the caller writes the one
+    before: the format kernel and ``pwrite`` both release the GIL, so formatting and writing
+    overlap, for one more chunk of text held."""
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-format") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield chunk
 
 
 def _write_json(transport: Transport, target: Path, elements: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1038,6 +1039,32 @@ def test_chunked_writing_from_packed_rows(tmp_path: Path, monkeypatch: pytest.Mo
     totals = [n for _, n in heard]
     assert {name for name, _ in heard} == {"r"} and len(totals) == -(-len(data) // 7)
     assert totals == sorted(totals) and totals[-1] == len(text)
+
+
+def test_chunks_formatted_ahead_come_in_order_and_an_error_in_formatting_reaches_the_writer() -> None:
+    """The writer formats each next chunk on a helper thread while it writes the one before:
+    the chunks come in order, each once, and an exception raised while formatting is raised
+    where they are written, after the chunks before it (never lost on the helper thread)."""
+    import threading
+
+    from dask_datalog.spmd.writer import _formatted_ahead
+
+    threads: set[str] = set()
+
+    def chunks(fail_at: int | None) -> Iterator[bytes]:
+        for i in range(5):
+            threads.add(threading.current_thread().name)
+            if i == fail_at:
+                raise AssertionError("not sorted and duplicate-free")
+            yield f"chunk {i}\n".encode()
+
+    assert list(_formatted_ahead(chunks(None))) == [f"chunk {i}\n".encode() for i in range(5)]
+    assert threading.current_thread().name not in threads  # formatted on the helper
+    got: list[bytes] = []
+    with pytest.raises(AssertionError, match="not sorted"):
+        for chunk in _formatted_ahead(chunks(3)):
+            got.append(chunk)
+    assert got == [b"chunk 0\n", b"chunk 1\n", b"chunk 2\n"]
 
 
 @pytest.mark.parametrize("width", [1, 2])
