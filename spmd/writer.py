@@ -184,7 +184,11 @@ def _write_csv(
         return int(_io(target, lambda: os.pwrite(fd, chunk, at)))
 
     try:
-        for chunk in [whole] if whole is not None else _formatted_ahead(chunks()):
+        if whole is not None:
+            pieces: Iterator[bytes | memoryview] = iter([whole])
+        else:  # a single chunk has nothing to overlap with, and a thread's hand-offs cost ~1 ms
+            pieces = chunks() if len(rows) <= relation_output.FORMAT_CHUNK_ROWS else _formatted_ahead(chunks())
+        for chunk in pieces:
             write_at(chunk, offset)
             offset += len(chunk)
             if written is not None:
