@@ -7,7 +7,8 @@ there costs millions of intermediate rows per iteration (GALEN's
 before R on u made 2.9 million rows for 78 results). Before each iteration
 ``JoinOrder.versions`` hands the loop the versions it runs re-planned
 (``plan.replan_version``) on every join's estimated fan-out: the rows of the relation per
-distinct value of the columns bound when it runs, the distinct values counted on full. A
+distinct value of the columns bound when it runs, the distinct values counted on full
+(estimated by a HyperLogLog sketch where the CPU kernels run: a pass, not a sort). A
 version is planned again only when a relation its rule reads changed size by an order of
 magnitude since its last plan, so a long fixpoint pays for a handful of plans; one that reads
 only relations of under a thousand rows keeps its static plan.
@@ -24,7 +25,7 @@ from typing import Any
 from dask_datalog.engine.execution.shard_store import ShardStore
 from dask_datalog.engine.ir import Atom, Program
 from dask_datalog.engine.plan import RulePlan, replan_version, replannable
-from dask_datalog.engine.storage.hisa import unpack
+from dask_datalog.engine.storage.hisa import half_of, unpack
 
 # Relations under 10^SMALL rows are one size class: a join over them costs little in any order,
 # and a version that reads only such relations keeps its static plan.
@@ -101,6 +102,11 @@ class JoinOrder:
             return counted[1]
         xp = self.xp
         runs = self.shard.stores[name].runs
+        kernels = self.shard.backend.kernels
+        if kernels is not None:  # estimated in a pass: the fan-out's order of magnitude is what a plan needs
+            distinct = kernels.distinct_estimate(runs, tuple(half_of(c) for c in columns))
+            self._distinct[(name, columns)] = (size, distinct)
+            return distinct
         rows = runs[0] if len(runs) == 1 else xp.concatenate(runs)
         key: Any = unpack(rows, columns[0], xp).astype(xp.uint64)
         if len(columns) == 2:

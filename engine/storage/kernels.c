@@ -137,6 +137,25 @@ void merge_sorted(const uint64_t *full, int64_t n, const uint64_t *new_, int64_t
     memcpy(out + k * w, full + i * w, (size_t)(n - i) * w * 8);
 }
 
+/* HyperLogLog's buckets: 2^HLL_BITS one-byte registers, a relative error of about 1%. */
+#define HLL_BITS 14
+
+/* A HyperLogLog sketch of the distinct values of column a (b < 0), or of the pairs of columns
+ * a and b, of n packed rows (halves: n rows of stride uint32 halves), added into registers
+ * (2^HLL_BITS bytes): each bucket keeps the longest run of leading zero bits seen after it. A
+ * join order needs the fan-out's order of magnitude, not the exact count a sort gives. */
+void distinct_sketch(const uint32_t *halves, int64_t n, int64_t stride, int64_t a, int64_t b, uint8_t *registers) {
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t x = ((uint64_t)halves[i * stride + a] << 32 | (b >= 0 ? halves[i * stride + b] : 0)) + HASH_MULT;
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL; /* splitmix64's finaliser: every bit of the key moves every bit */
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+        x ^= x >> 31;
+        uint8_t rank = (uint8_t)(__builtin_clzll(x << HLL_BITS | 1ULL << (HLL_BITS - 1)) + 1);
+        uint8_t *r = registers + (x >> (64 - HLL_BITS));
+        if (rank > *r) *r = rank;
+    }
+}
+
 /* Before a block of nbytes at data is grown by realloc: NumPy advises a fresh array of 4 MiB or
  * more into transparent huge pages from the first page boundary past its data pointer, which
  * splits glibc's mapping of the block in two (its first page unadvised), and mremap moves one
