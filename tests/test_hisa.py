@@ -455,6 +455,34 @@ def test_distinct_estimate_is_within_a_few_percent_of_the_count(n: int, values: 
     assert cpu_kernels.distinct_estimate([rows[:0]], (half_of(0),)) == 0
 
 
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 300, 1_000, 100_003])
+def test_partition_below_splits_at_the_pivot_in_place(n: int) -> None:
+    """The block partition that splits a large sort: every word below the pivot first, the
+    count returned, the words themselves kept; pivots below, inside and above the values, and
+    inputs ending inside a block, two blocks or a Hoare tail."""
+    rng = np.random.default_rng(n)
+    words = rng.integers(0, 1_000, n).astype(np.uint64)
+    for pivot in (0, 1, 500, 999, 1_000, 5_000):
+        split = words.copy()
+        below = cpu_kernels._lib.partition_below(cpu_kernels._ptr(split), n, pivot)
+        assert below == int(np.count_nonzero(words < pivot))
+        assert bool(np.all(split[:below] < pivot)) and bool(np.all(split[below:] >= pivot))
+        assert np.array_equal(np.sort(split), np.sort(words))
+
+
+@pytest.mark.parametrize("values", [1, 3, 1_000, 1 << 40])
+def test_sort_distinct_past_the_split_size_is_the_sorted_set(monkeypatch: pytest.MonkeyPatch, values: int) -> None:
+    """Past PARALLEL_SORT_MIN words ``sort_distinct`` splits at a sampled median and sorts and
+    deduplicates the halves on two threads (two taken here, whatever the machine has): the
+    sorted distinct words, duplicates on both sides of the pivot and all-equal words included."""
+    monkeypatch.setattr(cpu_kernels, "THREADS", 2)
+    rng = np.random.default_rng(values)
+    words = rng.integers(0, values, cpu_kernels.PARALLEL_SORT_MIN * 3, dtype=np.uint64)
+    assert np.array_equal(cpu_kernels.sort_distinct(words.copy()), np.unique(words))
+    with pytest.raises(ValueError, match="does not own"):
+        cpu_kernels.sort_distinct(words[::2])
+
+
 def test_bitmap_dedup_over_many_rows_keeps_each_new_row_once_in_arrival_order():
     """Past PARALLEL_MIN rows ``dense_novel`` reads parts of the rows on the OpenMP threads, then
     marks the unmarked ones serially: rows repeated within and across parts, rows outside the

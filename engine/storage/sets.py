@@ -118,14 +118,14 @@ def _key_layout(low: Any, high: Any, columns: list[int]) -> tuple[list[int], lis
 
 def _sorted_distinct(words: Any, xp: Any, kernels: ModuleType | None = None, owned: bool = False) -> Any:
     """The distinct values of a non-empty 1-d array of ``words``, sorted. ``owned``: the
-    caller's own array, sorted where it lies. With ``kernels``, uint64 words are deduplicated
-    where they lie too, the buffer cut to what is kept."""
+    caller's own array, sorted where it lies. With ``kernels``, uint64 words are sorted on
+    the kernels' threads and deduplicated where they lie, the buffer cut to what is kept."""
+    if kernels is not None and words.dtype == np.uint64:
+        return kernels.sort_distinct(words if owned else words.copy())
     if owned:
         words.sort()
     else:
         words = xp.sort(words)
-    if kernels is not None and words.dtype == np.uint64:
-        return kernels.distinct_sorted(words)
     keep = xp.empty(words.shape[0], dtype=bool)
     keep[0] = True
     xp.not_equal(words[1:], words[:-1], out=keep[1:])
