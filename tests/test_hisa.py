@@ -210,6 +210,19 @@ def test_directory_read_from_the_rows_is_the_prefix_directory(data):
             assert table.rows == rows.shape[0] and (table.words is rows) == (key_len == 2)
 
 
+@pytest.mark.parametrize("key_len", [1, 2])
+def test_directory_of_a_large_run_read_in_parts_is_the_prefix_directory(key_len: int) -> None:
+    """Past PARALLEL_MIN rows the kernel counts and writes the directory a part of the rows per
+    OpenMP thread (a key's rows may straddle two parts): the same directory as the arrays'."""
+    rng = np.random.default_rng(key_len)
+    columns = [rng.integers(0, 3_000, 200_000).astype(np.uint32) for _ in range(3)]
+    rows = sets.sort_unique(pack(columns, 200_000, np), KERNELS)
+    kernel, arrays = HashTable.over(rows, key_len, KERNELS), HashTable.over(rows, key_len, ARRAY_API)
+    for part in ("keys", "starts", "counts"):
+        assert np.array_equal(getattr(kernel, part), getattr(arrays, part)), part
+    assert kernel.distinct == arrays.distinct and int(kernel.counts.sum()) == rows.shape[0]
+
+
 @given(st.lists(st.integers(0, 2**64 - 1), max_size=60), st.lists(st.integers(0, 2**64 - 1), max_size=60))
 def test_hash_table_and_directory_agree_with_dict(keys, queries):
     """The open-addressing probe (CPU) and the binary search over the key directory (the

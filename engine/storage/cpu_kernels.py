@@ -37,7 +37,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "merge_into": (None, [_P, _I, _P, _I, _I]),
     "unsplit_mapping": (None, [_P, _I]),
     "distinct_sketch": (None, [_P, _I, _I, _I, _I, _P]),
-    "key_directory": (_I, [_P, _I, _I, ctypes.c_int, _P, _P]),
+    "key_directory": (_I, [_P, _I, _I, ctypes.c_int, _P, _P, _P]),
     "merge_many": (None, [_P, _P, _I, _I, _P]),
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
     "hash_build": (None, [_P, _P, _P, _I, _P, _I]),
@@ -335,16 +335,17 @@ def hash_ranges(slots: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.
 OFFSET_BYTES, SLOT_BYTES = 4, 16
 
 
-def key_directory(rows: np.ndarray, key_len: int) -> tuple[np.ndarray, np.ndarray]:
+def key_directory(rows: np.ndarray, key_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct key prefixes of sorted (n, w) rows (``hisa.key_prefix`` of ``key_len`` 1 or
-    2 columns) and each one's first row, read from the rows in place."""
+    2 columns), each one's first row and its number of rows, read from the rows in place."""
     rows = _c(rows, np.uint64)
     shift = 32 if key_len == 1 else 0
-    distinct = _lib.key_directory(_ptr(rows), rows.shape[0], rows.shape[1], shift, None, None)
+    distinct = _lib.key_directory(_ptr(rows), rows.shape[0], rows.shape[1], shift, None, None, None)
     keys = np.empty(distinct, dtype=np.uint64)
     starts = np.empty(distinct, dtype=np.int64)
-    _lib.key_directory(_ptr(rows), rows.shape[0], rows.shape[1], shift, _ptr(keys), _ptr(starts))
-    return keys, starts
+    counts = np.empty(distinct, dtype=np.int64)
+    _lib.key_directory(_ptr(rows), rows.shape[0], rows.shape[1], shift, _ptr(keys), _ptr(starts), _ptr(counts))
+    return keys, starts, counts
 
 
 def offsets_build(keys: np.ndarray, starts: np.ndarray, rows: int) -> np.ndarray:

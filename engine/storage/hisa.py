@@ -177,8 +177,8 @@ class HashTable:
         words = rows if key_len == 2 else None
         if backend.kernels is None:
             return cls.build(key_prefix(rows, key_len, backend.xp), backend.xp, words)
-        keys, starts = backend.kernels.key_directory(rows, key_len)
-        return cls.of(keys, starts, int(rows.shape[0]), backend.xp, words)
+        keys, starts, counts = backend.kernels.key_directory(rows, key_len)
+        return cls(keys, starts, counts, None, int(rows.shape[0]), int(keys.shape[0]), words=words)
 
     @classmethod
     def of(cls, keys: Any, starts: Any, n: int, xp: Any, words: Any | None) -> HashTable:
