@@ -17,7 +17,7 @@ import os
 import sys
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -183,31 +183,51 @@ def _write_csv(
     def write_at(chunk: bytes | memoryview, at: int) -> int:
         return int(_io(target, lambda: os.pwrite(fd, chunk, at)))
 
+    # A single chunk has nothing to overlap with, and a thread's hand-offs cost ~1 ms.
+    behind = whole is None and len(rows) > relation_output.FORMAT_CHUNK_ROWS
+    pieces: Iterator[bytes | memoryview] = iter([whole]) if whole is not None else chunks()
+    start = offset
     try:
-        if whole is not None:
-            pieces: Iterator[bytes | memoryview] = iter([whole])
-        else:  # a single chunk has nothing to overlap with, and a thread's hand-offs cost ~1 ms
-            pieces = chunks() if len(rows) <= relation_output.FORMAT_CHUNK_ROWS else _formatted_ahead(chunks())
-        for chunk in pieces:
-            write_at(chunk, offset)
-            offset += len(chunk)
+        for offset in (_write_behind if behind else _write_in_turn)(pieces, write_at, start):
             if written is not None:
-                written(offset - sum(lengths[:rank]))
+                written(offset - start)
     finally:
         os.close(fd)
     if rank < size - 1 and offset != sum(lengths[: rank + 1]):
         raise AssertionError(f"{target}: shard {rank} wrote up to byte {offset}, not where the next range starts")
 
 
-def _formatted_ahead(chunks: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
-    """``chunks``, each next one formatted on a helper thread while the caller writes the one
-    before: the format kernel and ``pwrite`` both release the GIL, so formatting and writing
-    overlap, for one more chunk of text held."""
-    with ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-format") as pool:
-        pending = pool.submit(next, chunks, None)
-        while (chunk := pending.result()) is not None:
-            pending = pool.submit(next, chunks, None)
-            yield chunk
+WriteAt = Callable[[bytes | memoryview, int], int]
+
+
+def _write_in_turn(pieces: Iterator[bytes | memoryview], write_at: WriteAt, offset: int) -> Iterator[int]:
+    """Writes ``pieces`` one after another from ``offset`` on; yields the offset after each."""
+    for chunk in pieces:
+        write_at(chunk, offset)
+        offset += len(chunk)
+        yield offset
+
+
+def _write_behind(pieces: Iterator[bytes | memoryview], write_at: WriteAt, offset: int) -> Iterator[int]:
+    """``_write_in_turn`` with each piece written on a helper thread while the caller's thread
+    formats the next (``pwrite`` and the format kernel both release the GIL), for one more
+    chunk of text held (``FORMAT_CHUNK_ROWS`` is sized for two). The helper only writes: a
+    thread that formatted allocated from its own malloc arena, whose freed chunks glibc kept
+    apart (crdt 10x: 26 MB more peak RSS)."""
+
+    def write(piece: bytes | memoryview, at: int) -> int:
+        write_at(piece, at)
+        return at + len(piece)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-write") as pool:
+        pending: Future[int] | None = None
+        for chunk in pieces:
+            if pending is not None:
+                yield pending.result()
+            pending = pool.submit(write, chunk, offset)
+            offset += len(chunk)
+        if pending is not None:
+            yield pending.result()
 
 
 def _write_json(transport: Transport, target: Path, elements: bytes) -> None:

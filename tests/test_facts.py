@@ -1041,30 +1041,43 @@ def test_chunked_writing_from_packed_rows(tmp_path: Path, monkeypatch: pytest.Mo
     assert totals == sorted(totals) and totals[-1] == len(text)
 
 
-def test_chunks_formatted_ahead_come_in_order_and_an_error_in_formatting_reaches_the_writer() -> None:
-    """The writer formats each next chunk on a helper thread while it writes the one before:
-    the chunks come in order, each once, and an exception raised while formatting is raised
-    where they are written, after the chunks before it (never lost on the helper thread)."""
+def test_chunks_written_behind_land_in_order_and_errors_on_either_side_reach_the_writer() -> None:
+    """Past one chunk the writer writes each chunk on a helper thread while it formats the next:
+    every chunk lands at its offset, formatted on the caller's thread (the helper only writes),
+    the offsets heard in order; an error while formatting, or while writing, is raised where the
+    chunks are written, after the chunks before it."""
     import threading
 
-    from dask_datalog.spmd.writer import _formatted_ahead
+    from dask_datalog.spmd.writer import _write_behind, _write_in_turn
 
-    threads: set[str] = set()
+    formatted: set[str] = set()
+    landed: dict[int, bytes] = {}
 
-    def chunks(fail_at: int | None) -> Iterator[bytes]:
+    def chunks(fail_at: int | None = None) -> Iterator[bytes]:
         for i in range(5):
-            threads.add(threading.current_thread().name)
+            formatted.add(threading.current_thread().name)
             if i == fail_at:
                 raise AssertionError("not sorted and duplicate-free")
             yield f"chunk {i}\n".encode()
 
-    assert list(_formatted_ahead(chunks(None))) == [f"chunk {i}\n".encode() for i in range(5)]
-    assert threading.current_thread().name not in threads  # formatted on the helper
-    got: list[bytes] = []
+    def write_at(piece: bytes | memoryview, at: int) -> int:
+        if bytes(piece) == b"chunk 3\n" and at < 0:
+            raise OSError(28, "No space left on device")
+        landed[at] = bytes(piece)
+        return len(piece)
+
+    for way in (_write_in_turn, _write_behind):
+        landed.clear()
+        ends = list(way(chunks(), write_at, 100))
+        assert ends == [100 + 8 * (i + 1) for i in range(5)]
+        assert landed == {100 + 8 * i: f"chunk {i}\n".encode() for i in range(5)}
+    assert formatted == {threading.current_thread().name}
+    heard: list[int] = []
     with pytest.raises(AssertionError, match="not sorted"):
-        for chunk in _formatted_ahead(chunks(3)):
-            got.append(chunk)
-    assert got == [b"chunk 0\n", b"chunk 1\n", b"chunk 2\n"]
+        heard.extend(_write_behind(chunks(fail_at=3), write_at, 0))
+    assert heard == [8, 16]  # the third chunk is written, but heard only once the fourth is made
+    with pytest.raises(OSError, match="No space left"):
+        list(_write_behind(chunks(), write_at, -40))
 
 
 @pytest.mark.parametrize("width", [1, 2])

@@ -176,9 +176,10 @@ def format_relation(
 
 _PYARROW_REFUSES = ("\0", "\r", "\n", '"')  # as write_csv delimiters
 
-# Rows formatted at once: the text of a chunk (about 25 MB for two numbers) is what writing
-# adds to a run's memory, whatever the relation's size.
-FORMAT_CHUNK_ROWS = 1 << 20
+# Rows formatted at once: the text of a chunk (about 12 MB for two numbers; the writer holds two,
+# one formatted while the other is written) is what writing adds to a run's memory, whatever
+# the relation's size.
+FORMAT_CHUNK_ROWS = 1 << 19
 
 
 def format_chunks(
