@@ -119,7 +119,8 @@ def distinct_sorted(words: np.ndarray) -> np.ndarray:
 # words: 218 -> 137 ms).
 PARALLEL_SORT_MIN = 1 << 18
 _SAMPLE = 255  # words whose median splits a sort in two halves
-_helper: ThreadPoolExecutor | None = None  # the second thread of a split sort, made on first use
+# The second thread of a split sort (ThreadPoolExecutor starts it on the first submit).
+_HELPER = ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-sort")
 
 
 def sort_distinct(words: np.ndarray) -> np.ndarray:
@@ -128,13 +129,13 @@ def sort_distinct(words: np.ndarray) -> np.ndarray:
     enough words, split at a sampled median in place and the halves sorted and deduplicated
     side by side (NumPy's sort and the kernels release the GIL): the sort of a join's output is
     the largest cost of many programs (cspa 3x: 2.5 s of 6.8)."""
-    global _helper
     _check_owned(words, "sort_distinct")
     n = words.shape[0]
     if n < PARALLEL_SORT_MIN or THREADS < 2:
         words.sort()
         return distinct_sorted(words)
-    pivot = int(np.median(words[:: max(1, n // _SAMPLE)]))
+    sample = np.sort(words[:: max(1, n // _SAMPLE)])
+    pivot = int(sample[sample.shape[0] // 2])
     split = _lib.partition_below(_ptr(words), n, pivot)
     if split in (0, n):  # most words equal to the pivot: nothing to split
         words.sort()
@@ -145,9 +146,7 @@ def sort_distinct(words: np.ndarray) -> np.ndarray:
         part.sort()
         return int(_lib.distinct_sorted(_ptr(part), part.shape[0]))
 
-    if _helper is None:
-        _helper = ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-sort")
-    later = _helper.submit(sorted_distinct, high)
+    later = _HELPER.submit(sorted_distinct, high)
     kept_low = sorted_distinct(low)
     kept_high = later.result()
     ctypes.memmove(_ptr(words) + 8 * kept_low, _ptr(high), 8 * kept_high)  # they may overlap: no temporary
