@@ -27,6 +27,21 @@
 #define RUNS_MAX 64
 #define HASH_MULT 0x9E3779B97F4A7C15ULL
 
+/* The OpenMP threads a kernel may use (OMP_NUM_THREADS: a Dask worker's share of the cores). */
+int64_t kernel_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* The parts a kernel splits n rows into, one per thread: one below PARALLEL_MIN rows. */
+static inline int64_t parts_for(int64_t n) {
+    int64_t parts = n > PARALLEL_MIN ? kernel_threads() : 1;
+    return parts < PARTS_MAX ? parts : PARTS_MAX;
+}
+
 static inline int row_less(const uint64_t *a, int64_t i, const uint64_t *b, int64_t j, int64_t w) {
     for (int64_t k = 0; k < w; k++) {
         uint64_t x = a[i * w + k], y = b[j * w + k];
@@ -65,11 +80,7 @@ static inline int64_t gallop(const uint64_t *full, int64_t m, int64_t j, const u
  * position and made contiguous after, in new_'s order. */
 int64_t rows_not_in_runs(const uint64_t *new_, int64_t n, const uint64_t *const *runs, const int64_t *lengths,
                          int64_t k, int64_t w, uint64_t *out) {
-    int64_t parts = 1, ends[PARTS_MAX];
-#ifdef _OPENMP
-    if (n > PARALLEL_MIN) parts = omp_get_max_threads();
-#endif
-    if (parts > PARTS_MAX) parts = PARTS_MAX;
+    int64_t parts = parts_for(n), ends[PARTS_MAX];
 #pragma omp parallel for schedule(static, 1) num_threads((int)parts) if (parts > 1)
     for (int64_t p = 0; p < parts; p++) {
         int64_t cursor[RUNS_MAX] = {0}, kept = n * p / parts;
@@ -141,15 +152,6 @@ int64_t partition_below(uint64_t *a, int64_t n, uint64_t pivot) {
         a[l++] = a[r];
         a[r--] = t;
     }
-}
-
-/* The OpenMP threads a kernel may use (OMP_NUM_THREADS: a Dask worker's share of the cores). */
-int64_t kernel_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }
 
 /* Keeps the first of each stretch of equal words of sorted words[0 .. n) at the front; returns
@@ -485,11 +487,7 @@ static inline int key_starts(const uint64_t *rows, int64_t i, int64_t w, int shi
  * part's keys after the keys the parts before it counted. */
 int64_t key_directory(const uint64_t *rows, int64_t n, int64_t w, int shift, uint64_t *keys, int64_t *starts,
                       int64_t *counts) {
-    int64_t parts = 1, found[PARTS_MAX + 1] = {0};
-#ifdef _OPENMP
-    if (n > PARALLEL_MIN) parts = omp_get_max_threads();
-#endif
-    if (parts > PARTS_MAX) parts = PARTS_MAX;
+    int64_t parts = parts_for(n), found[PARTS_MAX + 1] = {0};
 #pragma omp parallel for schedule(static, 1) num_threads((int)parts) if (parts > 1)
     for (int64_t p = 0; p < parts; p++) {
         int64_t d = 0;
@@ -577,11 +575,7 @@ void dense_mark(const uint64_t *rows, int64_t n, uint8_t *bits, uint64_t lo0, ui
  * a serial second pass over those marks them, dropping rows repeated within the call. */
 void dense_novel(const uint64_t *rows, int64_t n, uint8_t *bits, uint64_t lo0, uint64_t lo1, uint64_t r0,
                  uint64_t r1, uint64_t *fresh, uint64_t *outside, int64_t *found) {
-    int64_t parts = 1, ends[PARTS_MAX][2];
-#ifdef _OPENMP
-    if (n > PARALLEL_MIN) parts = omp_get_max_threads();
-#endif
-    if (parts > PARTS_MAX) parts = PARTS_MAX;
+    int64_t parts = parts_for(n), ends[PARTS_MAX][2];
 #pragma omp parallel for schedule(static, 1) num_threads((int)parts) if (parts > 1)
     for (int64_t p = 0; p < parts; p++) { /* a part's unmarked and out-of-box rows, each from its first row's position */
         int64_t nf = n * p / parts, no = nf;
