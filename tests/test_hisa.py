@@ -468,6 +468,25 @@ def test_distinct_estimate_is_within_a_few_percent_of_the_count(n: int, values: 
     assert cpu_kernels.distinct_estimate([rows[:0]], (half_of(0),)) == 0
 
 
+def test_a_forked_child_sorts_on_two_threads_after_its_parent_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split sort's helper thread is a module-wide executor: a child forked after the parent
+    used it inherits the executor but not its thread, and must get a working one (an inherited
+    executor counts its thread as idle and starts none: the child's sort would wait forever)."""
+    import os
+    import signal
+
+    monkeypatch.setattr(cpu_kernels, "THREADS", 2)
+    words = np.random.default_rng(0).integers(0, 1 << 30, cpu_kernels.PARALLEL_SORT_MIN * 2, dtype=np.uint64)
+    expected = np.unique(words)
+    assert np.array_equal(cpu_kernels.sort_distinct(words.copy()), expected)  # the parent's helper runs
+    child = os.fork()
+    if child == 0:  # the child: exit 0 only when its own split sort finished right
+        signal.alarm(20)
+        os._exit(0 if np.array_equal(cpu_kernels.sort_distinct(words.copy()), expected) else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
 @pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 300, 1_000, 100_003])
 def test_partition_below_splits_at_the_pivot_in_place(n: int) -> None:
     """The block partition that splits a large sort: every word below the pivot first, the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -119,8 +120,19 @@ def distinct_sorted(words: np.ndarray) -> np.ndarray:
 # words: 218 -> 137 ms).
 PARALLEL_SORT_MIN = 1 << 18
 _SAMPLE = 255  # words whose median splits a sort in two halves
-# The second thread of a split sort (ThreadPoolExecutor starts it on the first submit).
-_HELPER = ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-sort")
+_HELPER: ThreadPoolExecutor  # the second thread of a split sort
+
+
+def _new_helper() -> None:
+    """A fresh executor (it starts its thread on the first submit). A forked child gets one too:
+    it inherits the parent's handle but not its thread, and that executor, counting the
+    thread as idle, would never start another."""
+    global _HELPER
+    _HELPER = ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-sort")
+
+
+_new_helper()
+os.register_at_fork(after_in_child=_new_helper)
 
 
 def sort_distinct(words: np.ndarray) -> np.ndarray:
