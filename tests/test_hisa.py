@@ -468,21 +468,30 @@ def test_distinct_estimate_is_within_a_few_percent_of_the_count(n: int, values: 
     assert cpu_kernels.distinct_estimate([rows[:0]], (half_of(0),)) == 0
 
 
-def test_a_forked_child_sorts_on_two_threads_after_its_parent_did(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The split sort's helper thread is a module-wide executor: a child forked after the parent
-    used it inherits the executor but not its thread, and must get a working one (an inherited
-    executor counts its thread as idle and starts none: the child's sort would wait forever)."""
+def test_a_forked_child_runs_the_kernels_after_its_parent_ran_them_on_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked after the parent ran kernels on OpenMP's threads and a split sort on the
+    helper thread has neither (libgomp's pool and the executor's thread stay with the parent):
+    it runs every kernel on its own thread. Without that its first parallel kernel waited
+    forever (seen: the child killed by its alarm)."""
     import os
     import signal
 
     monkeypatch.setattr(cpu_kernels, "THREADS", 2)
-    words = np.random.default_rng(0).integers(0, 1 << 30, cpu_kernels.PARALLEL_SORT_MIN * 2, dtype=np.uint64)
-    expected = np.unique(words)
-    assert np.array_equal(cpu_kernels.sort_distinct(words.copy()), expected)  # the parent's helper runs
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 1 << 30, cpu_kernels.PARALLEL_SORT_MIN * 2, dtype=np.uint64)
+    rows = np.unique(words).reshape(-1, 1)
+    runs = [np.ascontiguousarray(rows[::2])]
+
+    def kernels_right() -> bool:
+        return np.array_equal(cpu_kernels.sort_distinct(words.copy()), rows[:, 0]) and np.array_equal(
+            cpu_kernels.rows_not_in_runs(rows, runs), rows[1::2]
+        )
+
+    assert kernels_right()  # the parent's threads run
     child = os.fork()
-    if child == 0:  # the child: exit 0 only when its own split sort finished right
+    if child == 0:  # the child: exit 0 only when its kernels finished right
         signal.alarm(20)
-        os._exit(0 if np.array_equal(cpu_kernels.sort_distinct(words.copy()), expected) else 1)
+        os._exit(0 if kernels_right() and cpu_kernels.THREADS == 1 else 1)
     _, status = os.waitpid(child, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 

@@ -34,6 +34,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "distinct_sorted": (_I, [_P, _I]),
     "partition_below": (_I, [_P, _I, _U]),
     "kernel_threads": (_I, []),
+    "run_serially": (None, []),
     "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
     "merge_into": (None, [_P, _I, _P, _I, _I]),
     "unsplit_mapping": (None, [_P, _I]),
@@ -61,6 +62,18 @@ for _name, (_restype, _argtypes) in _SIGNATURES.items():
     getattr(_lib, _name).argtypes = _argtypes
 # Built on x86-64 and AArch64 only: the calling conventions it relies on (kernels.c).
 THREADS = int(_lib.kernel_threads())  # OMP_NUM_THREADS, read once as OpenMP does
+
+
+def _serial_in_child() -> None:
+    """A forked child runs every kernel on its own thread: OpenMP's thread pool (libgomp's) and
+    the split sort's helper thread stay with the parent, and a child that waited for either
+    would wait forever (seen: its first parallel kernel hung)."""
+    global THREADS
+    _lib.run_serially()
+    THREADS = 1
+
+
+os.register_at_fork(after_in_child=_serial_in_child)
 FUNCTOR_CALLS = hasattr(_lib, "call_functor")
 if FUNCTOR_CALLS:
     _lib.call_functor.restype = _I
@@ -120,19 +133,8 @@ def distinct_sorted(words: np.ndarray) -> np.ndarray:
 # words: 218 -> 137 ms).
 PARALLEL_SORT_MIN = 1 << 18
 _SAMPLE = 255  # words whose median splits a sort in two halves
-_HELPER: ThreadPoolExecutor  # the second thread of a split sort
-
-
-def _new_helper() -> None:
-    """A fresh executor (it starts its thread on the first submit). A forked child gets one too:
-    it inherits the parent's handle but not its thread, and that executor, counting the
-    thread as idle, would never start another."""
-    global _HELPER
-    _HELPER = ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-sort")
-
-
-_new_helper()
-os.register_at_fork(after_in_child=_new_helper)
+# The second thread of a split sort (ThreadPoolExecutor starts it on the first submit).
+_HELPER = ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-sort")
 
 
 def sort_distinct(words: np.ndarray) -> np.ndarray:

@@ -27,14 +27,24 @@
 #define RUNS_MAX 64
 #define HASH_MULT 0x9E3779B97F4A7C15ULL
 
+/* Set in a forked child (run_serially): libgomp's thread pool does not survive fork, and a
+ * child's first parallel region waits for the parent's threads, which it does not have. */
+static int serial_only = 0;
+
+/* Every kernel runs on the calling thread from now on (Python's at-fork hook, in the child). */
+void run_serially(void) { serial_only = 1; }
+
 /* The OpenMP threads a kernel may use (OMP_NUM_THREADS: a Dask worker's share of the cores). */
 int64_t kernel_threads(void) {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    return serial_only ? 1 : omp_get_max_threads();
 #else
     return 1;
 #endif
 }
+
+/* Whether a loop over n rows runs on the OpenMP threads. */
+static inline int parallel(int64_t n) { return n > PARALLEL_MIN && !serial_only; }
 
 /* The parts a kernel splits n rows into, one per thread: one below PARALLEL_MIN rows. */
 static inline int64_t parts_for(int64_t n) {
@@ -293,7 +303,7 @@ static void exclusive_scan(const int64_t *counts, int64_t n, int64_t *offsets) {
 void expand_runs(const int64_t *starts, const int64_t *counts, int64_t *offsets, int64_t n,
                  int64_t *outer, int64_t *inner) {
     exclusive_scan(counts, n, offsets);
-#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+#pragma omp parallel for schedule(static) if (parallel(n))
     for (int64_t i = 0; i < n; i++) {
         int64_t s = starts[i], k = offsets[i];
         for (int64_t c = 0; c < counts[i]; c++) {
@@ -310,7 +320,7 @@ void gather_join(const uint32_t *outer, int64_t outer_width, const int64_t *star
                  int64_t *offsets, int64_t n, const uint32_t *halves, int64_t halves_width,
                  const int64_t *spec, int64_t width, uint32_t *out) {
     exclusive_scan(counts, n, offsets);
-#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+#pragma omp parallel for schedule(static) if (parallel(n))
     for (int64_t i = 0; i < n; i++) {
         int64_t s = starts[i], c = counts[i], k = offsets[i];
         for (int64_t col = 0; col < width; col++) {
@@ -372,7 +382,7 @@ int64_t hash_ranges(const hash_slot_t *slots, int64_t capacity, const uint64_t *
     uint64_t mask = (uint64_t)capacity - 1;
     int shift = slot_shift(capacity);
     int64_t total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total) if (n > PARALLEL_MIN)
+#pragma omp parallel for schedule(static) reduction(+ : total) if (parallel(n))
     for (int64_t i = 0; i < n; i++) {
         uint64_t q = queries[i];
         int64_t s = hash_slot(q, shift);
@@ -391,7 +401,7 @@ int64_t hash_ranges(const hash_slot_t *slots, int64_t capacity, const uint64_t *
 int64_t narrow_runs(const uint32_t *halves, int64_t halves_width, int64_t half, const uint32_t *values, int64_t n,
                     int64_t *starts, int64_t *counts) {
     int64_t total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total) if (n > PARALLEL_MIN)
+#pragma omp parallel for schedule(static) reduction(+ : total) if (parallel(n))
     for (int64_t i = 0; i < n; i++) {
         int64_t lo = starts[i], end = lo + counts[i], hi = end;
         uint32_t v = values[i];
@@ -435,7 +445,7 @@ void column_bounds(const uint32_t *t, int64_t n, int64_t width, uint32_t *lo, ui
  * the keys sort as the rows. */
 void pack_keys(const uint32_t *t, int64_t n, int64_t width, const uint32_t *lows, const int64_t *shifts,
                const int64_t *widths, uint64_t *keys) {
-#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+#pragma omp parallel for schedule(static) if (parallel(n))
     for (int64_t i = 0; i < n; i++) {
         const uint32_t *row = t + i * width;
         uint64_t key = 0;
@@ -449,7 +459,7 @@ void pack_keys(const uint32_t *t, int64_t n, int64_t width, const uint32_t *lows
 /* pack_keys' inverse: each key's row into t. */
 void unpack_keys(const uint64_t *keys, int64_t n, int64_t width, const uint32_t *lows, const int64_t *shifts,
                  const int64_t *widths, uint32_t *t) {
-#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+#pragma omp parallel for schedule(static) if (parallel(n))
     for (int64_t i = 0; i < n; i++) {
         uint32_t *row = t + i * width;
         for (int64_t c = 0; c < width; c++) {
@@ -533,7 +543,7 @@ int64_t offset_ranges(const uint32_t *offsets, int64_t slots, uint64_t lo, int s
                       const uint64_t *queries, int64_t n, int64_t *out_start, int64_t *out_count) {
     uint64_t keys = (uint64_t)slots - 1;
     int64_t total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total) if (n > PARALLEL_MIN)
+#pragma omp parallel for schedule(static) reduction(+ : total) if (parallel(n))
     for (int64_t i = 0; i < n; i++) {
         uint64_t q = queries[i], k = (q >> shift) - lo; /* wraps past the range for a query below lo */
         int64_t start = 0, count = 0;
