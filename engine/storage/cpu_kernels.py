@@ -60,7 +60,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
     getattr(_lib, _name).restype = _restype
     getattr(_lib, _name).argtypes = _argtypes
-# Built on x86-64 and AArch64 only: the calling conventions it relies on (kernels.c).
 THREADS = int(_lib.kernel_threads())  # OMP_NUM_THREADS, read once as OpenMP does
 
 
@@ -74,6 +73,7 @@ def _serial_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_serial_in_child)
+# Built on x86-64 and AArch64 only: the calling conventions it relies on (kernels.c).
 FUNCTOR_CALLS = hasattr(_lib, "call_functor")
 if FUNCTOR_CALLS:
     _lib.call_functor.restype = _I
