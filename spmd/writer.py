@@ -150,8 +150,9 @@ def _write_csv(
 ) -> None:
     """Every shard writes its range's text where the lower ranks' text ends; rank 0 empties the
     file first and writes the header. The text is formatted a chunk at a time, so a shard holds
-    a chunk of it beside its rows (two while one is written behind: ``_write_behind``); every shard but the last measures its length first
-    (counted from the digits for numbers, formatted once when the range is one chunk).
+    a chunk of it beside its rows (two while one is written behind: ``_write_behind``); every
+    shard but the last measures its length first (counted from the digits for numbers,
+    formatted once when the range is one chunk).
     Compressed, each shard's text is one gzip member, made whole before its length is known
     (a gzip file may hold several members one after another)."""
     rank, size = transport.rank, transport.size
