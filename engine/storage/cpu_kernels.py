@@ -39,7 +39,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "merge_into": (None, [_P, _I, _P, _I, _I]),
     "unsplit_mapping": (None, [_P, _I]),
     "distinct_sketch": (None, [_P, _I, _I, _I, _I, _P]),
-    "key_directory": (_I, [_P, _I, _I, ctypes.c_int, _P, _P, _P]),
+    "key_directory": (_I, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P]),
     "merge_many": (None, [_P, _P, _I, _I, _P]),
     "expand_runs": (None, [_P, _P, _P, _I, _P, _P]),
     "hash_build": (None, [_P, _P, _P, _I, _P, _I]),
@@ -102,8 +102,9 @@ def _words(rows: np.ndarray) -> int:
 
 
 # Runs merge_many and rows_not_in_runs take at once (kernels.c's RUNS_MAX: a head or a cursor
-# per run on the stack).
+# per run on the stack), and the parts a kernel splits its rows into at most (PARTS_MAX).
 RUNS_MAX = 64
+PARTS_MAX = 64
 
 
 def rows_not_in_runs(new: np.ndarray, runs: list[np.ndarray]) -> np.ndarray:
@@ -353,11 +354,12 @@ def key_directory(rows: np.ndarray, key_len: int) -> tuple[np.ndarray, np.ndarra
     2 columns), each one's first row and its number of rows, read from the rows in place."""
     rows = _c(rows, np.uint64)
     shift = 32 if key_len == 1 else 0
-    distinct = _lib.key_directory(_ptr(rows), rows.shape[0], rows.shape[1], shift, None, None, None)
+    found = np.empty(PARTS_MAX + 1, dtype=np.int64)  # keys before each part, counted once
+    distinct = _lib.key_directory(_ptr(rows), rows.shape[0], rows.shape[1], shift, _ptr(found), None, None, None)
     keys = np.empty(distinct, dtype=np.uint64)
     starts = np.empty(distinct, dtype=np.int64)
     counts = np.empty(distinct, dtype=np.int64)
-    _lib.key_directory(_ptr(rows), rows.shape[0], rows.shape[1], shift, _ptr(keys), _ptr(starts), _ptr(counts))
+    _lib.key_directory(_ptr(rows), rows.shape[0], rows.shape[1], shift, _ptr(found), _ptr(keys), _ptr(starts), _ptr(counts))
     return keys, starts, counts
 
 

@@ -491,21 +491,25 @@ static inline int key_starts(const uint64_t *rows, int64_t i, int64_t w, int shi
 
 /* A sorted run's key directory read from its rows in place: the distinct keys (each row's first
  * word shifted right by ``shift``: 32 for the first column, 0 for the first two), the first row
- * of each and its row count; returns how many keys there are, and with ``keys`` NULL only counts
- * them. Two passes over the rows hold no array of n keys beside them (a 3.7 M-row run's took
- * 30 MB); each pass runs over parts of the rows on the OpenMP threads, the second writing a
- * part's keys after the keys the parts before it counted. */
-int64_t key_directory(const uint64_t *rows, int64_t n, int64_t w, int shift, uint64_t *keys, int64_t *starts,
-                      int64_t *counts) {
-    int64_t parts = parts_for(n), found[PARTS_MAX + 1] = {0};
+ * of each and its row count. With ``keys`` NULL it only counts them, returning how many, and
+ * leaves in found[0 .. PARTS_MAX] the keys before each part of the rows; the call that writes
+ * them takes that found back. Two passes over the rows hold no array of n keys beside them (a
+ * 3.7 M-row run's took 30 MB); each runs over parts of the rows on the OpenMP threads, the
+ * second writing a part's keys after the keys the parts before it counted. */
+int64_t key_directory(const uint64_t *rows, int64_t n, int64_t w, int shift, int64_t *found, uint64_t *keys,
+                      int64_t *starts, int64_t *counts) {
+    int64_t parts = parts_for(n);
+    if (keys == NULL) {
+        found[0] = 0;
 #pragma omp parallel for schedule(static, 1) num_threads((int)parts) if (parts > 1)
-    for (int64_t p = 0; p < parts; p++) {
-        int64_t d = 0;
-        for (int64_t i = n * p / parts; i < n * (p + 1) / parts; i++) d += key_starts(rows, i, w, shift);
-        found[p + 1] = d;
+        for (int64_t p = 0; p < parts; p++) {
+            int64_t d = 0;
+            for (int64_t i = n * p / parts; i < n * (p + 1) / parts; i++) d += key_starts(rows, i, w, shift);
+            found[p + 1] = d;
+        }
+        for (int64_t p = 0; p < parts; p++) found[p + 1] += found[p];
+        return found[parts];
     }
-    for (int64_t p = 0; p < parts; p++) found[p + 1] += found[p];
-    if (keys == NULL) return found[parts];
 #pragma omp parallel for schedule(static, 1) num_threads((int)parts) if (parts > 1)
     for (int64_t p = 0; p < parts; p++) {
         int64_t d = found[p];
