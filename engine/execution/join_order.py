@@ -100,21 +100,24 @@ class JoinOrder:
         counted = self._distinct.get((name, columns))
         if counted is not None and counted[0] // RECOUNT <= size <= counted[0] * RECOUNT:
             return counted[1]
-        xp = self.xp
         runs = self.shard.stores[name].runs
         kernels = self.shard.backend.kernels
         if kernels is not None:  # estimated in a pass: the fan-out's order of magnitude is what a plan needs
             distinct = kernels.distinct_estimate(runs, tuple(half_of(c) for c in columns))
-            self._distinct[(name, columns)] = (size, distinct)
-            return distinct
-        rows = runs[0] if len(runs) == 1 else xp.concatenate(runs)
-        key: Any = unpack(rows, columns[0], xp).astype(xp.uint64)
-        if len(columns) == 2:
-            key = (key << xp.uint64(32)) | unpack(rows, columns[1], xp).astype(xp.uint64)
-        key = xp.sort(key)
-        distinct = 1 + int(xp.count_nonzero(key[1:] != key[:-1]))
+        else:
+            distinct = _exact_count(runs, columns, self.xp)
         self._distinct[(name, columns)] = (size, distinct)
         return distinct
+
+
+def _exact_count(runs: list[Any], columns: tuple[int, ...], xp: Any) -> int:
+    """The distinct values of one or two columns of a relation's runs, by a sort (the GPU's way)."""
+    rows = runs[0] if len(runs) == 1 else xp.concatenate(runs)
+    key: Any = unpack(rows, columns[0], xp).astype(xp.uint64)
+    if len(columns) == 2:
+        key = (key << xp.uint64(32)) | unpack(rows, columns[1], xp).astype(xp.uint64)
+    key = xp.sort(key)
+    return 1 + int(xp.count_nonzero(key[1:] != key[:-1]))
 
 
 def _decade(size: int) -> int:
