@@ -344,6 +344,8 @@ def test_relation_store_keeps_every_index_equal_to_the_set(data):
             before = store.nbytes
             store.release(kept)
             assert set(store.levels) <= kept | {store.canonical} and store.dense is None
+            # No later stratum reads the delta: it goes, not kept alive by an empty view of it.
+            assert store.delta.shape[0] == 0 and store.delta.base is None
             assert store.nbytes <= before and to_tuples(store.compact(), arity) == sorted(seen)
         for order in orders:
             idx = store.index(order)

@@ -377,8 +377,11 @@ class RelationStore:
         # Full's runs in each column order joins probe; the canonical order's are full itself
         # (dedup, outputs, checkpoints) and always there.
         self.levels: dict[tuple[int, ...], list[SortedIndex]] = {self.canonical: []}
-        self.delta = xp.zeros((0, words_for(arity)), xp.uint64)
+        self.delta = self._no_rows()
         self._delta_indexes: dict[tuple[int, ...], SortedIndex] = {}
+
+    def _no_rows(self) -> Any:
+        return self.xp.zeros((0, words_for(self.arity)), self.xp.uint64)
 
     @property
     def runs(self) -> list[Any]:
@@ -482,13 +485,15 @@ class RelationStore:
     def release(self, orders: Collection[tuple[int, ...]]) -> None:
         """Free what only finished strata needed: full in every column order but ``orders``
         (the canonical rows stay: they are full), the canonical order's hash tables unless it
-        is one of ``orders``, the delta's indexes and the bitmap mirror. What is asked for
-        again is rebuilt (``_levels``, ``table``, ``index``, ``novel``)."""
+        is one of ``orders``, the delta with its indexes (no later stratum reads a finished
+        relation's delta) and the bitmap mirror. What is asked for again is rebuilt
+        (``_levels``, ``table``, ``index``, ``novel``)."""
         for order in [o for o in self.levels if o != self.canonical and o not in orders]:
             del self.levels[order]
         if self.canonical not in orders:
             for level in self.levels[self.canonical]:
                 level.drop_tables()
+        self.delta = self._no_rows()  # not delta[:0], a view that would keep all of it alive
         self._delta_indexes = {}
         self.dense = None
 
