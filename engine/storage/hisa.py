@@ -366,7 +366,7 @@ class RelationStore:
     def __init__(self, arity: int, backend: Backend, max_dense_bits: int = DEFAULT_MAX_BITS):
         self.arity = arity
         self.backend = backend
-        self.xp = xp = backend.xp
+        self.xp = backend.xp
         # The bitmap mirror of full (dense.py): CPU kernels, arity 1 or 2, a box of at most
         # max_dense_bits, built once enough tuples went through dedup to pay for it.
         self.max_dense_bits = max_dense_bits if backend.kernels is not None and 1 <= arity <= 2 else 0
