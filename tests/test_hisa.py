@@ -498,6 +498,38 @@ def test_a_forked_child_runs_the_kernels_after_its_parent_ran_them_on_threads(mo
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 
 
+FORK_BEFORE_ANY_KERNEL = """
+import os, signal, sys
+import numpy as np
+from dask_datalog.engine.storage import cpu_kernels
+threads = cpu_kernels.THREADS
+child = os.fork()
+if child == 0:  # its parent ran no kernel: every thread is the child's
+    signal.alarm(20)
+    words = np.random.default_rng(0).integers(0, 1 << 30, cpu_kernels.PARALLEL_SORT_MIN * 4, dtype=np.uint64)
+    rows = np.unique(words).reshape(-1, 1)
+    right = np.array_equal(cpu_kernels.sort_distinct(words.copy()), rows[:, 0]) and np.array_equal(
+        cpu_kernels.rows_not_in_runs(rows, [np.ascontiguousarray(rows[::2])]), rows[1::2]
+    )
+    os._exit(0 if right and cpu_kernels.THREADS == threads == 2 else 1)
+_, status = os.waitpid(child, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_of_a_parent_that_ran_no_kernel_keeps_every_thread() -> None:
+    """The resident process (cluster/cli/resident.py) imports the kernels and forks a child per
+    run: a parent that never started OpenMP's threads or the sort's helper leaves its children
+    both, and their kernels run on them (a fresh interpreter: this one has run kernels)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", FORK_BEFORE_ANY_KERNEL], env=env, timeout=60)
+    assert done.returncode == 0
+
+
 @pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 300, 1_000, 100_003])
 def test_partition_below_splits_at_the_pivot_in_place(n: int) -> None:
     """The block partition that splits a large sort: every word below the pivot first, the

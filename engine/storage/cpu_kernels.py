@@ -34,10 +34,10 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "distinct_sorted": (_I, [_P, _I]),
     "partition_below": (_I, [_P, _I, _U]),
     "kernel_threads": (_I, []),
-    "run_serially": (None, []),
     "merge_sorted": (None, [_P, _I, _P, _I, _I, _P]),
     "merge_into": (None, [_P, _I, _P, _I, _I]),
     "unsplit_mapping": (None, [_P, _I]),
+    "after_fork": (ctypes.c_int, [ctypes.c_int]),
     "distinct_sketch": (None, [_P, _I, _I, _I, _I, _P]),
     "key_directory": (_I, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P]),
     "merge_many": (None, [_P, _P, _I, _I, _P]),
@@ -64,12 +64,14 @@ THREADS = int(_lib.kernel_threads())  # OMP_NUM_THREADS, read once as OpenMP doe
 
 
 def _serial_in_child() -> None:
-    """A forked child runs every kernel on its own thread: OpenMP's thread pool (libgomp's) and
-    the split sort's helper thread stay with the parent, and a child that waited for either
-    would wait forever (seen: its first parallel kernel hung)."""
+    """A forked child runs every kernel on its own thread where the parent's threads ran one:
+    OpenMP's thread pool (libgomp's) and the split sort's helper thread stay with the parent,
+    and a child that waited for either would wait forever (seen: its first parallel kernel
+    hung). A parent that never ran them (the resident process: cluster/cli/resident.py)
+    leaves its children every thread."""
     global THREADS
-    _lib.run_serially()
-    THREADS = 1
+    if _lib.after_fork(int(_helper_started)):
+        THREADS = 1
 
 
 os.register_at_fork(after_in_child=_serial_in_child)
@@ -134,8 +136,15 @@ def distinct_sorted(words: np.ndarray) -> np.ndarray:
 # words: 218 -> 137 ms).
 PARALLEL_SORT_MIN = 1 << 18
 _SAMPLE = 255  # words whose median splits a sort in two halves
-# The second thread of a split sort (ThreadPoolExecutor starts it on the first submit).
+# The second thread of a split sort (ThreadPoolExecutor starts it on the first submit, which
+# a fork must know: _serial_in_child).
 _HELPER = ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-sort")
+_helper_started = False
+
+
+def _note_helper() -> None:
+    global _helper_started
+    _helper_started = True
 
 
 def sort_distinct(words: np.ndarray) -> np.ndarray:
@@ -161,6 +170,7 @@ def sort_distinct(words: np.ndarray) -> np.ndarray:
         part.sort()
         return int(_lib.distinct_sorted(_ptr(part), part.shape[0]))
 
+    _note_helper()
     later = _HELPER.submit(sorted_distinct, high)
     kept_low = sorted_distinct(low)
     kept_high = later.result()

@@ -27,12 +27,19 @@
 #define RUNS_MAX 64
 #define HASH_MULT 0x9E3779B97F4A7C15ULL
 
-/* Set in a forked child (run_serially): libgomp's thread pool does not survive fork, and a
- * child's first parallel region waits for the parent's threads, which it does not have. */
+/* Set in a forked child of a process whose threads ran a kernel (after_fork): libgomp's thread
+ * pool does not survive fork, and a child's first parallel region waits for the parent's
+ * threads, which it does not have. A parent that never started them (the resident process,
+ * which only imports) leaves its children all their threads. */
 static int serial_only = 0;
+static int team_started = 0;
 
-/* Every kernel runs on the calling thread from now on (Python's at-fork hook, in the child). */
-void run_serially(void) { serial_only = 1; }
+/* Python's at-fork hook, in the child: every kernel on the calling thread from now on if the
+ * parent's OpenMP threads (or, ``helper``, the split sort's thread) ever ran; returns whether. */
+int after_fork(int helper) {
+    serial_only = serial_only || team_started || helper;
+    return serial_only;
+}
 
 /* The OpenMP threads a kernel may use (OMP_NUM_THREADS: a Dask worker's share of the cores). */
 int64_t kernel_threads(void) {
@@ -43,12 +50,17 @@ int64_t kernel_threads(void) {
 #endif
 }
 
-/* Whether a loop over n rows runs on the OpenMP threads. */
-static inline int parallel(int64_t n) { return n > PARALLEL_MIN && !serial_only; }
+/* Whether a loop over n rows runs on the OpenMP threads (noted: a fork must know). */
+static inline int parallel(int64_t n) {
+    int yes = n > PARALLEL_MIN && !serial_only;
+    team_started |= yes;
+    return yes;
+}
 
 /* The parts a kernel splits n rows into, one per thread: one below PARALLEL_MIN rows. */
 static inline int64_t parts_for(int64_t n) {
     int64_t parts = n > PARALLEL_MIN ? kernel_threads() : 1;
+    team_started |= parts > 1;
     return parts < PARTS_MAX ? parts : PARTS_MAX;
 }
 
