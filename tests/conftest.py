@@ -15,6 +15,9 @@ import pytest
 # in a folder of its own rather than the user's ~/.cache (subprocesses inherit it).
 _programs = tempfile.mkdtemp(prefix="dask-datalog-test-programs-")
 os.environ["DASK_DATALOG_PROGRAM_CACHE"] = _programs
+# Every command a test starts runs in its own process, whatever resident process the user keeps
+# (cluster/cli/resident.py); tests/test_resident.py starts its own.
+os.environ["DASK_DATALOG_RESIDENT"] = "off"
 atexit.register(shutil.rmtree, _programs, ignore_errors=True)
 
 

@@ -618,7 +618,7 @@ def test_a_run_command_line_parses_alike_with_the_run_parser_alone(argv: list[st
     whole, alone = build_parser(), build_parser(only_run=True)
     assert alone.parse_args(argv) == whole.parse_args(argv)
     assert alone.format_usage() == whole.format_usage()
-    assert set(SUBCOMMANDS) == {"run", *experiment_cli.COMMANDS, *service_cli.COMMANDS}
+    assert set(SUBCOMMANDS) == {"run", "daemon", *experiment_cli.COMMANDS, *service_cli.COMMANDS}
 
 
 @pytest.mark.parametrize("where", [["--no-cluster"], ["--workers", "2"]])

@@ -1,6 +1,6 @@
 """``dask-datalog``: the command line, one subcommand per module: ``run`` (its flags in
 run_arguments.py, the run in run_command.py), ``gen`` and ``scale`` (cluster/experiments/cli.py),
-``serve`` and ``job`` (cluster/service/cli.py). Building the parser imports no engine, Dask or web
+``serve`` and ``job`` (cluster/service/cli.py), ``daemon`` (resident.py). Building the parser imports no engine, Dask or web
 code, and a ``run`` command line imports neither of the other two modules; each command imports
 what it runs."""
 
@@ -10,11 +10,11 @@ import argparse
 import os
 import sys
 
-from dask_datalog.cluster.cli import interrupts_deferred, run_arguments, settle_collector
+from dask_datalog.cluster.cli import interrupts_deferred, resident, run_arguments, settle_collector
 
 # Every subcommand, as the usage names them whichever parsers were built (errors print it); the
 # other modules' COMMANDS, which a test holds to this.
-SUBCOMMANDS = ("run", "gen", "scale", "serve", "job")
+SUBCOMMANDS = ("run", "gen", "scale", "serve", "job", "daemon")
 
 
 def build_parser(only_run: bool = False) -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def build_parser(only_run: bool = False) -> argparse.ArgumentParser:
 
         experiment_cli.add_parsers(sub)
         service_cli.add_parsers(sub)
+        resident.add_parser(sub)
     return parser
 
 
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             from dask_datalog.cluster.cli import run_command  # the engine: `run` only
 
         return run_command.run(args, parser, argv)
+    if args.command == "daemon":
+        return resident.main(args)
     settle_collector()
     with interrupts_deferred():
         from dask_datalog.cluster.experiments import cli as experiment_cli

@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from dask_datalog.cluster import cli
 from dask_datalog.cluster.api import Program, Result
 from dask_datalog.cluster.cli import settle_collector
 from dask_datalog.engine.checkpoint import Checkpoints, Manifest
@@ -297,12 +298,14 @@ IN_PROCESS, EMBEDDED, CLUSTER = "in process", "embedded cluster", "cluster"
 
 
 def _since_start() -> float:
-    """Seconds since this process started: the command's whole wall time, interpreter and
-    imports included. Linux: the process's start in clock ticks since boot (/proc/self/stat)
-    against CLOCK_BOOTTIME, exact to a tick; psutil's create_time adds the boot time, which
-    /proc/stat gives in whole seconds, and was up to a second off."""
-    if hasattr(time, "CLOCK_BOOTTIME") and os.path.exists("/proc/self/stat"):
-        with open("/proc/self/stat") as stat:
+    """Seconds since the command's process started (``cli.command_process``: this one, or the
+    command a resident process runs for): its whole wall time, interpreter and imports
+    included. Linux: the process's start in clock ticks since boot (/proc/PID/stat) against
+    CLOCK_BOOTTIME, exact to a tick; psutil's create_time adds the boot time, which /proc/stat
+    gives in whole seconds, and was up to a second off."""
+    proc = f"/proc/{cli.command_process}/stat"
+    if hasattr(time, "CLOCK_BOOTTIME") and os.path.exists(proc):
+        with open(proc) as stat:
             fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
         started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
         return time.clock_gettime(time.CLOCK_BOOTTIME) - started

@@ -1,0 +1,303 @@
+"""The resident process (cluster/cli/resident.py): a ``run`` it serves is the run the command
+makes in its own process (outputs, errors, exit status, Ctrl-C), and it serves no command it
+might run otherwise (another environment, changed code, someone else's directory). Real
+processes: ``dask-datalog daemon start`` started for real, in a runtime directory of the test's
+own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dask_datalog.cluster.cli import resident
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resident process runs on Linux only")
+
+ROOT = Path(__file__).parents[1]
+REACH = ROOT / "examples" / "reach.dl"
+FACTS = ROOT / "examples" / "facts" / "reach"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of the test's commands: its own runtime directory, commands served."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    out = {k: v for k, v in os.environ.items() if k != "DASK_DATALOG_RESIDENT"}
+    out["XDG_RUNTIME_DIR"] = str(runtime)
+    return out
+
+
+def dask_datalog(*args: object, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dask_datalog.cluster.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def daemon(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    started = dask_datalog("daemon", "start", env=env)
+    assert started.returncode == 0, started.stderr
+    yield
+    dask_datalog("daemon", "stop", env=env)
+    end(started.stdout)
+
+
+def end(started: str) -> None:
+    """The resident process ``daemon start`` reported, and every run it forked (its session's
+    process group), gone whatever a failed test left."""
+    pid = int(started.split("pid ")[1].split(",")[0])
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def served(env: dict[str, str]) -> int | None:
+    """Runs the environment's resident process has started; None without one."""
+    status = dask_datalog("daemon", "status", env=env)
+    if status.returncode:
+        return None
+    return int(status.stdout.split(", ")[1].split()[0])
+
+
+def cold(env: dict[str, str]) -> dict[str, str]:
+    return env | {"DASK_DATALOG_RESIDENT": "off"}
+
+
+def test_a_served_run_is_the_run_in_its_own_process(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
+    """Outputs, standard output, the summary line and the exit status, from another working
+    directory with relative paths: the child takes the command's."""
+    here = tmp_path / "here"
+    here.mkdir()
+    args = ("run", os.path.relpath(REACH, here), "-F", os.path.relpath(FACTS, here))
+    warm = dask_datalog(*args, "-D", "warm", env=env, cwd=here)
+    own = dask_datalog(*args, "-D", "own", env=cold(env), cwd=here)
+    assert warm.returncode == own.returncode == 0, (warm.stderr, own.stderr)
+    assert served(env) == 1
+    assert sorted(p.name for p in (here / "warm").iterdir()) == sorted(p.name for p in (here / "own").iterdir())
+    for path in (here / "own").iterdir():
+        assert (here / "warm" / path.name).read_bytes() == path.read_bytes()
+    assert warm.stdout == own.stdout
+    assert warm.stderr.startswith("done: in process") and warm.stderr.split(",")[:2] == own.stderr.split(",")[:2]
+    piped = dask_datalog(*args, "-D", "-", env=env, cwd=here)  # outputs on the command's standard output
+    assert piped.returncode == 0 and piped.stdout == dask_datalog(*args, "-D", "-", env=cold(env), cwd=here).stdout
+    assert served(env) == 2
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("program", "bad(x) :- .\n"),
+        ("program", ".decl e(x:number)\n.input e\n.decl p(x:number)\n.output p\np(x) :- e(y).\n"),
+        ("missing", ""),
+        ("flag", ""),
+    ],
+)
+def test_a_served_error_is_the_error_in_its_own_process(
+    tmp_path: Path, env: dict[str, str], daemon: None, case: tuple[str, str]
+) -> None:
+    kind, text = case
+    program = tmp_path / "p.dl"
+    if kind == "program":
+        program.write_text(text)
+    args: tuple[object, ...] = ("run", program, "-F", tmp_path, "-D", tmp_path / "out")
+    if kind == "missing":
+        args = ("run", tmp_path / "none.dl")
+    if kind == "flag":
+        args = ("run", REACH, "--workers", "0")
+    warm, own = dask_datalog(*args, env=env), dask_datalog(*args, env=cold(env))
+    assert warm.returncode == own.returncode != 0
+    assert warm.stderr == own.stderr and "Traceback" not in warm.stderr
+    assert served(env) == 1
+
+
+def long_run(tmp_path: Path) -> list[str]:
+    """A command that runs for seconds, in little memory: what one node reaches along a
+    200,000-edge chain, an iteration per edge."""
+    (tmp_path / "edge.facts").write_text("".join(f"{i}\t{i + 1}\n" for i in range(200_000)))
+    (tmp_path / "start.facts").write_text("0\n")
+    program = tmp_path / "reach_from.dl"
+    program.write_text(
+        ".decl edge(x:number, y:number)\n.input edge\n.decl start(x:number)\n.input start\n"
+        ".decl reach(x:number)\n.output reach\nreach(x) :- start(x).\nreach(y) :- reach(x), edge(x, y).\n"
+    )
+    return [
+        sys.executable,
+        "-m",
+        "dask_datalog.cluster.cli",
+        "run",
+        str(program),
+        "-F",
+        str(tmp_path),
+        "-D",
+        str(tmp_path / "out"),
+    ]
+
+
+def test_ctrl_c_stops_a_served_run_as_it_stops_its_own(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
+    for environment in (env, cold(env)):
+        with subprocess.Popen(
+            long_run(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment
+        ) as proc:
+            time.sleep(2.0)  # the run is under way
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, (proc.returncode, err)
+    assert served(env) == 1
+
+
+def test_a_killed_command_ends_its_run(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
+    """A command killed outright cannot forward anything: the resident process sees it gone
+    and stops the child (SIGTERM), which would otherwise run on unseen."""
+    with subprocess.Popen(long_run(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) as proc:
+        time.sleep(1.0)
+        proc.kill()
+    deadline = time.monotonic() + 8  # the run alone would go on for 10 s and more
+    status = ""
+    while time.monotonic() < deadline:
+        status = dask_datalog("daemon", "status", env=env).stdout
+        if "0 running" in status:
+            break
+        time.sleep(0.2)
+    assert "1 run(s) served, 0 running" in status
+
+
+def test_another_environment_is_not_served(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
+    """OpenMP reads OMP_NUM_THREADS once, when it loads: a process that loaded it otherwise
+    must not run the command."""
+    other = env | {"OMP_NUM_THREADS": "1" if env.get("OMP_NUM_THREADS") != "1" else "2"}
+    done = dask_datalog("run", REACH, "-F", FACTS, "-D", tmp_path / "out", env=other)
+    assert done.returncode == 0 and (tmp_path / "out" / "path.csv").exists()
+    assert served(env) == 0 and served(other) is None
+
+
+def test_a_directory_others_can_enter_is_never_used(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
+    folder = Path(env["XDG_RUNTIME_DIR"]) / "dask-datalog"
+    folder.chmod(0o755)
+    try:
+        done = dask_datalog("run", REACH, "-F", FACTS, "-D", tmp_path / "out", env=env)
+        assert done.returncode == 0 and (tmp_path / "out" / "path.csv").exists()
+        started = dask_datalog("daemon", "start", env=env)
+        assert started.returncode == 1 and "mode 700" in started.stderr
+    finally:
+        folder.chmod(0o700)
+    assert served(env) == 0
+
+
+def test_changed_code_ends_the_resident_process_and_the_command_runs_itself(tmp_path: Path, env: dict[str, str]) -> None:
+    """A resident process watching a file (as it watches its modules) answers the first
+    command after the file changed with "stale", ends, and the command runs in its own process."""
+    watched = tmp_path / "module.py"
+    watched.write_text("x = 1\n")
+    serve = (
+        "from dask_datalog.cluster.cli import environment_defaults, resident\n"
+        "environment_defaults()\n"
+        "resident.warm_up()\n"
+        f"resident.serve(resident.socket_path(), 60.0, resident.Snapshot([{str(watched)!r}]))\n"
+    )
+    os.makedirs(Path(env["XDG_RUNTIME_DIR"]) / "dask-datalog", mode=0o700)
+    with subprocess.Popen([sys.executable, "-c", serve], env=env) as proc:
+        deadline = time.monotonic() + 60
+        while served(env) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert dask_datalog("run", REACH, "-F", FACTS, "-D", tmp_path / "a", env=env).returncode == 0
+        assert served(env) == 1
+        time.sleep(0.01)
+        watched.write_text("x = 2\n")
+        done = dask_datalog("run", REACH, "-F", FACTS, "-D", tmp_path / "b", env=env)
+        assert done.returncode == 0 and (tmp_path / "b" / "path.csv").read_bytes() == (tmp_path / "a" / "path.csv").read_bytes()
+        assert proc.wait(timeout=30) == 0
+    assert served(env) is None
+
+
+def test_an_idle_resident_process_ends(env: dict[str, str]) -> None:
+    started = dask_datalog("daemon", "start", "--idle-timeout", "0.5", env=env)
+    try:
+        assert started.returncode == 0
+        deadline = time.monotonic() + 30
+        while served(env) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert served(env) is None
+        assert dask_datalog("daemon", "stop", env=env).stdout.startswith("no resident process")
+    finally:
+        end(started.stdout)
+
+
+def test_a_stopped_resident_process_finishes_its_runs_first(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
+    """``daemon stop`` during a run: later commands run themselves at once, the run goes on
+    and its command gets its status."""
+    with subprocess.Popen(long_run(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        time.sleep(1.0)
+        assert dask_datalog("daemon", "stop", env=env).stdout.startswith("stopped")
+        assert served(env) is None
+        done = dask_datalog("run", REACH, "-F", FACTS, "-D", tmp_path / "cold", env=env)
+        assert done.returncode == 0 and proc.poll() is None  # served meanwhile: not by it
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err, err
+
+
+def test_start_status_stop(env: dict[str, str]) -> None:
+    assert served(env) is None
+    first = dask_datalog("daemon", "start", env=env)
+    try:
+        again = dask_datalog("daemon", "start", env=env)
+        assert first.returncode == again.returncode == 0 and "already running" in again.stdout
+        assert served(env) == 0
+        assert dask_datalog("daemon", "stop", env=env).stdout.startswith("stopped")
+        assert served(env) is None
+        assert dask_datalog("daemon", "start", "--idle-timeout", "0", env=env).returncode == 2
+    finally:
+        end(first.stdout)
+
+
+def test_the_key_is_the_environment_libraries_read_when_they_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """In one process: the socket's name changes with what a library reads once (OpenMP's,
+    glibc's, ours) and not with what a run reads as it goes."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    base = resident.socket_path()
+    assert base.startswith(str(tmp_path / "dask-datalog") + os.sep)
+    for name in ("OMP_NUM_THREADS", "MALLOC_ARENA_MAX", "PYTHONHASHSEED", "DASK_DATALOG_PROGRAM_CACHE", "LC_ALL"):
+        with monkeypatch.context() as m:
+            m.setenv(name, "7")
+            assert resident.socket_path() != base, name
+    with monkeypatch.context() as m:
+        m.setenv("HOME", "/elsewhere")
+        assert resident.socket_path() == base
+
+
+def test_a_snapshot_sees_a_changed_or_removed_file(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("1")
+    b.write_text("2")
+    snapshot = resident.Snapshot([str(a), str(b)])
+    assert not snapshot.changed()
+    b.write_text("22")
+    assert snapshot.changed()
+    snapshot = resident.Snapshot([str(a), str(b)])
+    a.unlink()
+    assert snapshot.changed()
+
+
+def test_only_a_private_directory_of_this_user_is_trusted(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    assert resident.private(str(mine))
+    mine.chmod(0o750)
+    assert not resident.private(str(mine))
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    mine.chmod(0o700)
+    assert not resident.private(str(link))
+    assert not resident.private(str(tmp_path / "none"))
