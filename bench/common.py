@@ -148,8 +148,11 @@ class Measurement:
     stderr_tail: str
 
 
-def _tree_rss(pid: int) -> int:
-    """Current RSS (bytes) of a process and all its descendants; 0 if gone or no psutil."""
+def _tree_rss(pid: int | None, with_root: bool = True) -> int:
+    """Current RSS (bytes) of a process (unless not ``with_root``) and all its descendants; 0
+    if gone, None or no psutil."""
+    if pid is None:
+        return 0
     try:
         import psutil
     except ImportError:
@@ -157,7 +160,7 @@ def _tree_rss(pid: int) -> int:
 
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = [root, *root.children(recursive=True)] if with_root else root.children(recursive=True)
     except psutil.Error:
         return 0
     total = 0
@@ -179,10 +182,15 @@ def _hwm(pid: int) -> int:
     return 0
 
 
-def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dict[str, str] | None = None) -> Measurement:
+def measure(
+    cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dict[str, str] | None = None, resident: int | None = None
+) -> Measurement:
     """Run `cmd` in a fresh process (own session); return its exit status, wall time, CPU time
     (user + system, as `os.wait4` reports it: wall time on a loaded or drifting machine moves
-    with what else runs, CPU time less) and peak RSS.
+    with what else runs, CPU time less) and peak RSS. With `resident` (the pid of the resident
+    process that runs our command as its child, cluster/cli/resident.py), that process's
+    descendants count as the command's (not itself: it was there before and stays); their CPU
+    time is not the command's to wait for, so none is given.
 
     Peak RSS is the larger of the largest summed RSS of the child's process tree seen by
     polling every `poll_s` (covers helper processes, Dask workers; the first polls 1, 2, 4, ... ms
@@ -209,7 +217,7 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dic
             if pid == proc.pid:
                 status, cpu = st, usage.ru_utime + usage.ru_stime
                 break
-            polled = max(polled, _hwm(proc.pid), _tree_rss(proc.pid))
+            polled = max(polled, _hwm(proc.pid), _tree_rss(proc.pid) + _tree_rss(resident, with_root=False))
             if time.perf_counter() - t0 > timeout_s:
                 timed_out = True
                 with contextlib.suppress(ProcessLookupError):
@@ -230,7 +238,7 @@ def measure(cmd: Sequence[str], timeout_s: float, poll_s: float = 0.02, env: dic
         returncode=None if timed_out else rc,
         timed_out=timed_out,
         wall_s=wall,
-        cpu_s=None if timed_out else cpu,
+        cpu_s=None if timed_out or resident is not None else cpu,
         peak_rss=polled or None,
         stderr_tail=stderr[-3000:],
     )

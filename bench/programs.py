@@ -21,7 +21,14 @@ What runs, for each program and size:
 - ours: `dask-datalog run PROGRAM.dl -F DIR -D OUT --quiet` and the flags of --our-args (none by
   default: the command as a user types it).
 
-The two alternate, for --rounds rounds (ours first in odd rounds, Soufflé first in even ones);
+With --resident a third engine joins them: the same command of ours, served by a resident
+process (`dask-datalog daemon start`, started before the first run and stopped after the
+last: cluster/cli/resident.py), which forks the run instead of starting Python, NumPy and the
+engine. Its memory is the command's process and the resident process's child (the resident
+process itself, there before and after, is not counted); its CPU time is not measured (the
+child is not the command's to wait for).
+
+The engines alternate, for --rounds rounds (ours first in odd rounds, Soufflé first in even ones);
 each run is a fresh process into an empty OUT, timed from spawn to exit. The table shows the
 median wall time of each, their ratio ours/Soufflé (above 1: slower than Soufflé), the median
 CPU time (user + system) of each, the largest peak RSS of each command's process tree over the
@@ -43,11 +50,13 @@ table per program says between which sizes the ratio crosses 1.
     .venv/bin/python bench/programs.py --sizes andersen=100000 --sizes cspa=20000 --rounds 5
     .venv/bin/python bench/programs.py --only cspa --crossover --csv cspa.csv
     .venv/bin/python bench/programs.py --our-args '--workers 2 --cluster' --markdown
+    .venv/bin/python bench/programs.py --resident --rounds 5 --markdown
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import importlib.util
@@ -61,7 +70,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -273,15 +282,23 @@ class Result:
     input_bytes: int | None = None
     ours: Outcome = field(default_factory=Outcome)
     souffle: Outcome | None = None  # None: no peer
+    resident: Outcome | None = None  # ours served by a resident process (--resident)
     differences: list[Difference] = field(default_factory=list)
     compared: bool = False
     note: str = ""  # why nothing ran
 
     @property
     def ratio(self) -> float | None:
+        return self._to_souffle(self.ours)
+
+    @property
+    def resident_ratio(self) -> float | None:
+        return self._to_souffle(self.resident)
+
+    def _to_souffle(self, o: Outcome | None) -> float | None:
         s = self.souffle.median if self.souffle is not None else None
-        o = self.ours.median
-        return o / s if o and s else None
+        m = o.median if o is not None else None
+        return m / s if m and s else None
 
     @property
     def equal_cell(self) -> str:
@@ -294,13 +311,15 @@ class Result:
     @property
     def broken(self) -> bool:
         """Whether either engine failed or timed out (a crossover ladder climbs no further)."""
-        return bool(self.note) or self.ours.failed or (self.souffle is not None and self.souffle.failed)
+        return bool(self.note) or any(o is not None and o.failed for o in (self.ours, self.souffle, self.resident))
 
 
 @dataclass
 class Engine:
     label: str
     argv: list[str]  # without -F DIR -D OUT
+    env: dict[str, str] | None = None  # None: this process's
+    resident: int | None = None  # the pid of the resident process that runs it (common.measure)
 
 
 def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: Outcome, where: str) -> bool:
@@ -313,7 +332,7 @@ def run_once(engine: Engine, facts: Path, out: Path, timeout_s: float, outcome: 
     out.mkdir(parents=True)
     argv = [*engine.argv, "-F", str(facts), "-D", str(out)]
     try:
-        m = common.measure(argv, timeout_s)
+        m = common.measure(argv, timeout_s, env=engine.env, resident=engine.resident)
     except OSError as e:  # e.g. a binary built for another system
         log(f"  {where} {engine.label}: cannot start {argv[0]}: {e}")
         outcome.status = "error"
@@ -342,12 +361,12 @@ def measure_size(
     """The rounds of one program at one size, engines alternating; the outputs of the first
     round compared."""
     where = f"{result.program} {result.size}"
-    outcomes = {"ours": result.ours} | ({"souffle": result.souffle} if result.souffle is not None else {})
+    outcomes = {"ours": result.ours, "souffle": result.souffle, "resident": result.resident}
     for r in range(rounds):
         outs: dict[str, Path] = {}
         for key in common.round_order(list(engines), r):
             o = outcomes[key]
-            if o.failed:
+            if o is None or o.failed:
                 continue
             out = tmp / f"out-{key}"
             if not run_once(engines[key], facts, out, timeout_s, o, f"{where} round {r + 1}/{rounds}"):
@@ -359,8 +378,11 @@ def measure_size(
                 o.walls.pop()
                 continue
             outs[key] = out
-        if r == 0 and len(outs) == 2:
-            result.differences += compare_outputs(outs["ours"], outs["souffle"], relations, tmp / "sorted")
+        if r == 0 and "souffle" in outs and len(outs) > 1:
+            for key in ("ours", "resident"):
+                if key in outs:
+                    found = compare_outputs(outs[key], outs["souffle"], relations, tmp / "sorted")
+                    result.differences += [replace(d, relation=f"{d.relation} ({key})") if key != "ours" else d for d in found]
             result.compared = True
             for d in result.differences:
                 log(f"  {where}: !!MISMATCH {d.describe()}")
@@ -397,8 +419,13 @@ def _time_cell(o: Outcome | None) -> str:
     return "absent" if o is None else o.time_cell()
 
 
+RESIDENT_HEADERS = ["resident (s)", "resident/Soufflé", "resident peak MiB"]
+
+
 def table_rows(results: Sequence[Result]) -> list[list[str]]:
-    """The table's rows, one per (program, size), then the geometric mean of the ratios."""
+    """The table's rows, one per (program, size), then the geometric mean of the ratios; with
+    resident runs, their columns before the last."""
+    resident = any(r.resident is not None for r in results)
     rows = [
         [
             r.program,
@@ -411,14 +438,29 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
             r.souffle.cpu_cell() if r.souffle is not None else "absent",
             _mib(r.ours.peak_rss),
             _mib(r.souffle.peak_rss if r.souffle is not None else None),
+            *(
+                [_time_cell(r.resident), fmt_ratio(r.resident_ratio), _mib(r.resident.peak_rss if r.resident else None)]
+                if resident
+                else []
+            ),
             r.equal_cell,
         ]
         for r in results
     ]
-    ratios = [r.ratio for r in results if r.ratio]
-    gm = common.geomean(r for r in ratios if r is not None)
-    rows.append(["geomean", "", "", "", "", fmt_ratio(gm) + (f" (n={len(ratios)})" if gm else ""), "", "", "", "", ""])
+
+    def mean(ratios: list[float | None]) -> str:
+        known = [x for x in ratios if x]
+        gm = common.geomean(known)
+        return fmt_ratio(gm) + (f" (n={len(known)})" if gm else "")
+
+    tail = ["", mean([r.resident_ratio for r in results]), ""] if resident else []
+    rows.append(["geomean", "", "", "", "", mean([r.ratio for r in results]), "", "", "", "", *tail, ""])
     return rows
+
+
+def headers(results: Sequence[Result]) -> list[str]:
+    resident = any(r.resident is not None for r in results)
+    return [*HEADERS[:-1], *(RESIDENT_HEADERS if resident else []), HEADERS[-1]]
 
 
 def crossover(points: Sequence[tuple[int, float | None]]) -> str:
@@ -454,6 +496,10 @@ CSV_FIELDS = [
     "souffle_peak_bytes",
     "ours_status",
     "souffle_status",
+    "resident_s",
+    "resident_ratio",
+    "resident_peak_bytes",
+    "resident_status",
     "outputs_equal",
 ]
 
@@ -474,6 +520,10 @@ def csv_row(r: Result) -> dict[str, object]:
         "souffle_peak_bytes": (s.peak_rss if s is not None else None) or "",
         "ours_status": r.ours.status,
         "souffle_status": s.status if s is not None else "absent",
+        "resident_s": (r.resident.median if r.resident is not None else None) or "",
+        "resident_ratio": r.resident_ratio or "",
+        "resident_peak_bytes": (r.resident.peak_rss if r.resident is not None else None) or "",
+        "resident_status": r.resident.status if r.resident is not None else "absent",
         "outputs_equal": r.equal_cell,
     }
 
@@ -527,6 +577,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each engine runs once per round (default 3)")
     ap.add_argument("--our-args", default="", help="flags added to our command, e.g. '--workers 2' (default: none)")
     ap.add_argument(
+        "--resident",
+        action="store_true",
+        help="also run our command served by a resident process (`dask-datalog daemon start`), a third engine",
+    )
+    ap.add_argument(
         "--peers",
         type=Path,
         default=DEFAULT_PEERS,
@@ -555,7 +610,13 @@ def selected(only: str | None) -> list[str]:
 
 
 def run_program(
-    name: str, args: argparse.Namespace, sizes: Sequence[int], compiler: Path | None, version: str, tmp: Path
+    name: str,
+    args: argparse.Namespace,
+    sizes: Sequence[int],
+    compiler: Path | None,
+    version: str,
+    tmp: Path,
+    resident: int | None,
 ) -> Iterator[Result]:
     """The results of one program, size by size (a crossover ladder stops after a failure)."""
     source = args.programs.resolve() / f"{name}.dl"
@@ -565,7 +626,10 @@ def run_program(
     ours_dl = cache / "programs" / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.dl"
     ours_dl.parent.mkdir(parents=True, exist_ok=True)
     ours_dl.write_text(text)
-    engines = {"ours": Engine("ours", [*ours_cli(), "run", str(ours_dl), "--quiet", *shlex.split(args.our_args)])}
+    command = [*ours_cli(), "run", str(ours_dl), "--quiet", *shlex.split(args.our_args)]
+    engines = {"ours": Engine("ours", command, env=os.environ | {"DASK_DATALOG_RESIDENT": "off"})}
+    if resident is not None:
+        engines["resident"] = Engine("ours (resident)", command, resident=resident)
     souffle_note = ""
     if compiler is not None:
         try:
@@ -575,7 +639,9 @@ def run_program(
             log(str(e))
             souffle_note = "no binary"
     for size in sizes:
-        result = Result(name, size, souffle=Outcome() if compiler is not None else None)
+        result = Result(
+            name, size, souffle=Outcome() if compiler is not None else None, resident=Outcome() if resident is not None else None
+        )
         if souffle_note and result.souffle is not None:
             result.souffle.status = souffle_note
         try:
@@ -591,6 +657,29 @@ def run_program(
         if args.crossover and result.broken:
             log(f"{name}: the ladder stops at size {size:,}")
             return
+
+
+@contextlib.contextmanager
+def resident_process(wanted: bool) -> Iterator[int | None]:
+    """The pid of a resident process serving our commands in this environment, started for
+    the sitting and stopped after it (one already running is an error: it may run other code);
+    None unless ``wanted``."""
+    if not wanted:
+        yield None
+        return
+    os.environ.pop("DASK_DATALOG_RESIDENT", None)  # the served commands' environment is this one: the process's key
+    daemon = [*ours_cli(), "daemon"]
+    if subprocess.run([*daemon, "status"], capture_output=True).returncode == 0:
+        raise SystemExit("a resident process already serves this environment: stop it (dask-datalog daemon stop) first")
+    started = subprocess.run([*daemon, "start"], capture_output=True, text=True)
+    if started.returncode:
+        raise SystemExit(f"cannot start a resident process: {started.stderr.strip()}")
+    match = re.search(r"pid (\d+)", started.stdout)
+    assert match, started.stdout
+    try:
+        yield int(match.group(1))
+    finally:
+        subprocess.run([*daemon, "stop"], capture_output=True)
 
 
 def main(argv: list[str]) -> int:
@@ -640,13 +729,19 @@ def main(argv: list[str]) -> int:
         "outputs equal: every output relation after the first round, as sets of rows compared as exact text",
     ]
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="programs-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="programs-") as tmp_name, resident_process(args.resident) as resident:
+        if resident is not None:
+            header.append(
+                f"resident: the same command served by a resident process (pid {resident}, `{cli} daemon start` before "
+                "the first run): its child's memory counted, its CPU time not measured"
+            )
         for name in names:
-            results += run_program(name, args, sizes[name], compiler, version, Path(tmp_name))
+            results += run_program(name, args, sizes[name], compiler, version, Path(tmp_name), resident)
 
     bullet = "- " if args.markdown else ""
     print("\n".join(bullet + h for h in header) + "\n")
-    print(common.format_table(HEADERS, table_rows(results), markdown=args.markdown, align="lrrrrrrrrrl"))
+    columns = headers(results)
+    print(common.format_table(columns, table_rows(results), markdown=args.markdown, align="l" + "r" * (len(columns) - 2) + "l"))
     if args.crossover:
         for name in names:
             mine = [r for r in results if r.program == name]

@@ -79,7 +79,7 @@ def test_a_command_no_poll_saw_has_no_peak(common: ModuleType, monkeypatch: pyte
     """A command that ended before any poll read it (a loaded make test's 13 ms python -S
     read 0 MiB) has no peak, which the tables leave out: never a peak of 0."""
     monkeypatch.setattr(common, "_hwm", lambda pid: 0)
-    monkeypatch.setattr(common, "_tree_rss", lambda pid: 0)
+    monkeypatch.setattr(common, "_tree_rss", lambda pid, with_root=True: 0)
     m = common.measure([sys.executable, "-S", "-c", "pass"], timeout_s=30)
     assert m.returncode == 0 and m.peak_rss is None, m
     outcome = common.Outcome(status="ok", walls=[m.wall_s])  # what programs.py keeps of it: no rss
@@ -118,6 +118,24 @@ def test_table_has_ratio_of_medians_and_their_geomean(common: ModuleType, progra
     assert rows[-1][0] == "geomean" and rows[-1][5] == "0.71x (n=2)"  # sqrt(2 * 0.25)
     assert [r[10] for r in rows[:3]] == ["yes", "yes", "-"]
     assert len(rows[-1]) == len(programs.HEADERS) == len(rows[0])
+
+
+def test_resident_runs_add_their_columns_and_their_geomean(common: ModuleType, programs: ModuleType) -> None:
+    """--resident: the resident engine's time, ratio to Soufflé and memory before the last
+    column, its own geometric mean; the table keeps its shape otherwise."""
+    a = programs.Result(
+        "cspa", 1000, 2**20, outcome(common, 4.0), outcome(common, 2.0), resident=outcome(common, 1.0), compared=True
+    )
+    b = programs.Result(
+        "z3", 10, 2**20, outcome(common, 1.0), outcome(common, 1.0), resident=outcome(common, 0.25), compared=True
+    )
+    rows = programs.table_rows([a, b])
+    names = programs.headers([a, b])
+    assert names[-4:] == [*programs.RESIDENT_HEADERS, "outputs equal"] and len(names) == len(programs.HEADERS) + 3
+    at = names.index("resident/Soufflé")
+    assert [r[at] for r in rows] == ["0.50x", "0.25x", "0.35x (n=2)"]  # sqrt(0.5 * 0.25)
+    assert rows[-1][5] == "1.41x (n=2)" and all(len(r) == len(names) for r in rows)
+    assert programs.headers([programs.Result("z3", 10)]) == programs.HEADERS
 
 
 def test_compare_outputs_finds_the_differing_rows(programs: ModuleType, tmp_path: Path) -> None:
