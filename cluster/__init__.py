@@ -3,8 +3,9 @@
 Its names load on first use (PEP 562): the command line is in this package too, and building its
 parser (``--help``, ``job``) needs no engine."""
 
-from typing import TYPE_CHECKING
-
+# typing.TYPE_CHECKING's value without importing typing (every command imports this package
+# first); type checkers treat the name alike.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dask_datalog.cluster.api import Program, Result
 

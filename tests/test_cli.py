@@ -660,7 +660,7 @@ def test_the_collector_is_settled_only_in_the_process_the_command_started() -> N
     ``main`` (these tests, an embedding program) keeps its own collector as it is."""
     import gc
 
-    from dask_datalog.cluster.cli import RUN_THRESHOLD, settle_collector
+    from dask_datalog.cluster.cli.process import RUN_THRESHOLD, settle_collector
 
     before = gc.get_threshold()
     settle_collector()  # enabled here: nothing changes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dask_datalog.cluster.cli import resident
+from dask_datalog.cluster.cli import resident, resident_server
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resident process runs on Linux only")
 
@@ -201,10 +201,10 @@ def test_changed_code_ends_the_resident_process_and_the_command_runs_itself(tmp_
     watched = tmp_path / "module.py"
     watched.write_text("x = 1\n")
     serve = (
-        "from dask_datalog.cluster.cli import environment_defaults, resident\n"
+        "from dask_datalog.cluster.cli import environment_defaults, resident, resident_server\n"
         "environment_defaults()\n"
-        "resident.warm_up()\n"
-        f"resident.serve(resident.socket_path(), 60.0, resident.Snapshot([{str(watched)!r}]))\n"
+        "resident_server.warm_up()\n"
+        f"resident_server.serve(resident.socket_path(), 60.0, resident_server.Snapshot([{str(watched)!r}]))\n"
     )
     os.makedirs(Path(env["XDG_RUNTIME_DIR"]) / "dask-datalog", mode=0o700)
     with subprocess.Popen([sys.executable, "-c", serve], env=env) as proc:
@@ -281,11 +281,11 @@ def test_a_snapshot_sees_a_changed_or_removed_file(tmp_path: Path) -> None:
     a, b = tmp_path / "a.py", tmp_path / "b.py"
     a.write_text("1")
     b.write_text("2")
-    snapshot = resident.Snapshot([str(a), str(b)])
+    snapshot = resident_server.Snapshot([str(a), str(b)])
     assert not snapshot.changed()
     b.write_text("22")
     assert snapshot.changed()
-    snapshot = resident.Snapshot([str(a), str(b)])
+    snapshot = resident_server.Snapshot([str(a), str(b)])
     a.unlink()
     assert snapshot.changed()
 

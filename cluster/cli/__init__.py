@@ -1,18 +1,10 @@
 """The ``dask-datalog`` command line: ``main.py`` parses and dispatches, each command runs in its
-module. ``command`` is the program; the collector's policy for its one process lives here."""
+module. ``command`` is the program: a resident process's run (resident.py) or ``run_to_exit``
+here. Only ``os`` and ``sys`` are imported before that choice."""
 
-import contextlib
-import gc
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 
-# Young objects a collection waits for once the command runs (Python's default: 700). The run's
-# loops make few Python objects and rarely a cycle; a collection every 700 of them cost doop's
-# 170 iterations over 60 strata tens of milliseconds.
-RUN_THRESHOLD = 20_000
 # The process whose start a run's time counts from (/proc/<it>/stat): this one, or the command
 # a resident process's child runs for (resident.py).
 command_process = "self"
@@ -50,10 +42,14 @@ def environment_defaults() -> None:
 def run_to_exit() -> None:
     """``main.command`` in this process (a fresh one, or the resident process's child), the
     cyclic collector held off until the command has imported and loaded what it runs
-    (``settle_collector``): the imports alone made some 150 collections, 20-40 ms of a 0.2 s
-    command, for no garbage."""
+    (``process.settle_collector``): the imports alone made some 150 collections, 20-40 ms of a
+    0.2 s command, for no garbage."""
+    import gc
+
     gc.disable()
     try:
+        from dask_datalog.cluster.cli.process import interrupts_deferred
+
         with interrupts_deferred():
             from dask_datalog.cluster.cli.main import command as program
         program()
@@ -61,32 +57,3 @@ def run_to_exit() -> None:
         sys.stderr.write("interrupted\n")
         sys.stderr.flush()
         os._exit(130)
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C while the block runs (the command's imports) is acted on when it ends, as a
-    KeyboardInterrupt there: an import cut short can fail as something else (NumPy's C
-    extension then reports an ImportError) and print its traceback. Only in the main thread,
-    the one signals reach."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    noted: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: noted.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if noted:
-        raise KeyboardInterrupt
-
-
-def settle_collector() -> None:
-    """Where a command starts its work: what was imported and loaded is frozen (never scanned
-    again) and the collector runs from here, every RUN_THRESHOLD young objects. Only in the
-    process ``command`` started (the collector is off): a caller of ``main`` keeps its own."""
-    if not gc.isenabled():
-        gc.freeze()
-        gc.set_threshold(RUN_THRESHOLD)
-        gc.enable()

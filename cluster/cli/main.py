@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 
-from dask_datalog.cluster.cli import interrupts_deferred, resident, run_arguments, settle_collector
+from dask_datalog.cluster.cli import resident, run_arguments
+from dask_datalog.cluster.cli.process import interrupts_deferred, settle_collector
 
 # Every subcommand, as the usage names them whichever parsers were built (errors print it); the
 # other modules' COMMANDS, which a test holds to this.

@@ -23,7 +23,7 @@ from typing import Any
 
 from dask_datalog.cluster import cli
 from dask_datalog.cluster.api import Program, Result
-from dask_datalog.cluster.cli import settle_collector
+from dask_datalog.cluster.cli.process import settle_collector
 from dask_datalog.engine.checkpoint import Checkpoints, Manifest
 from dask_datalog.engine.errors import (
     EXIT_SUSPENDED,
