@@ -24,7 +24,6 @@ the command needs to be served (the resident process is resident_server.py)."""
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import struct
 import sys
@@ -34,6 +33,7 @@ import zlib
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    import socket
     from typing import Any
 
 PROTOCOL = 1
@@ -87,8 +87,12 @@ def socket_path() -> str:
 
 
 def _connect(path: str) -> socket.socket | None:
-    if not private(os.path.dirname(path)):
+    """A connection to the process listening on ``path``; None without one. ``socket`` is
+    imported only where a socket file is there: a command no process serves pays nothing."""
+    if not (os.path.exists(path) and private(os.path.dirname(path))):
         return None
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -126,6 +130,8 @@ def run_in_resident(argv: list[str]) -> int | None:
     sock = _connect(socket_path())
     if sock is None:
         return None
+    import socket  # imported by _connect already
+
     with sock:
         try:
             env = [f"{k}={v}" for k, v in os.environ.items()]
