@@ -221,6 +221,32 @@ def test_changed_code_ends_the_resident_process_and_the_command_runs_itself(tmp_
     assert served(env) is None
 
 
+def test_a_second_resident_process_for_the_same_socket_leaves_the_first_serving(env: dict[str, str], daemon: None) -> None:
+    """Two `daemon start` at once: the later process finds the socket answered and ends,
+    rather than take its file and leave the first listening where no one can reach it."""
+    path = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from dask_datalog.cluster.cli import environment_defaults, resident\n"
+            "environment_defaults(); print(resident.socket_path())",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.strip()
+    second = subprocess.run(
+        [sys.executable, "-m", "dask_datalog.cluster.cli.resident_server", path, "60"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert second.returncode == 1 and "already listens" in second.stderr
+    assert served(env) == 0
+
+
 def test_an_idle_resident_process_ends(env: dict[str, str]) -> None:
     started = dask_datalog("daemon", "start", "--idle-timeout", "0.5", env=env)
     try:

@@ -172,10 +172,10 @@ def _forward_signals(pid: int) -> None:
             signal.signal(number, forward)
 
 
-def control(word: bytes) -> bytes | None:
-    """Send a control request (``b"stat"``, ``b"stop"``) to this process's resident process:
-    its reply, None where none listens."""
-    sock = _connect(socket_path())
+def control(word: bytes, path: str | None = None) -> bytes | None:
+    """Send a control request (``b"stat"``, ``b"stop"``) to the resident process on ``path``
+    (default: this process's): its reply, None where none listens."""
+    sock = _connect(path or socket_path())
     if sock is None:
         return None
     with sock:

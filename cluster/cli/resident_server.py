@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dask_datalog.cluster.cli.resident import HEADER, STALE, STARTED, STATUS, STOPPING, read, socket_path, unpack
+from dask_datalog.cluster.cli.resident import HEADER, STALE, STARTED, STATUS, STOPPING, control, read, socket_path, unpack
 
 
 class Snapshot:
@@ -64,10 +64,13 @@ def serve(path: str, idle_timeout: float, watched: Snapshot) -> None:
     import time
 
     gc.freeze()  # what the imports made: never scanned, shared with every child unwritten
+    reply = control(b"stat", path)
+    if reply is not None and reply.startswith(STATUS):  # two `daemon start` at once: the other one serves
+        raise SystemExit(f"a resident process already listens on {path}")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
-        if os.path.exists(path):  # a socket left by a process that ended (``start`` found none listening)
+        if os.path.exists(path):  # a socket left by a process that ended: none answered
             os.unlink(path)
         listener.bind(path)
     finally:
