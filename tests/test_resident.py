@@ -173,6 +173,33 @@ def test_a_killed_command_ends_its_run(tmp_path: Path, env: dict[str, str], daem
     assert "1 run(s) served, 0 running" in status
 
 
+def test_a_run_ends_with_its_resident_process(tmp_path: Path, env: dict[str, str]) -> None:
+    """The resident process killed outright (it holds the command's status): the command
+    says so and ends with 1, and the run ends too (SIGTERM from the kernel, prctl's death
+    signal) instead of going on unseen."""
+    started = dask_datalog("daemon", "start", env=env)
+    resident = int(started.stdout.split("pid ")[1].split(",")[0])
+    try:
+        # stderr to a file: the run writes there too, and a pipe would stay open as long as it runs
+        with (
+            open(tmp_path / "err", "w") as err,
+            subprocess.Popen(long_run(tmp_path), stdout=subprocess.DEVNULL, stderr=err, env=env) as proc,
+        ):
+            time.sleep(1.0)
+            children = Path(f"/proc/{resident}/task/{resident}/children").read_text().split()
+            assert len(children) == 1
+            os.kill(resident, signal.SIGKILL)
+            proc.wait(timeout=30)
+        message = (tmp_path / "err").read_text()
+        assert proc.returncode == 1 and "the resident process ended during the run" in message, message
+        deadline = time.monotonic() + 5  # the run alone would go on for 10 s and more
+        while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{children[0]}").exists() or "Z" in Path(f"/proc/{children[0]}/stat").read_text().split()[2]
+    finally:
+        end(started.stdout)
+
+
 def test_another_environment_is_not_served(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
     """OpenMP reads OMP_NUM_THREADS once, when it loads: a process that loaded it otherwise
     must not run the command."""

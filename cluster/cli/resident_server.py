@@ -14,6 +14,8 @@ from typing import Any
 
 from dask_datalog.cluster.cli.resident import HEADER, STALE, STARTED, STATUS, STOPPING, control, read, socket_path, unpack
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
 
 class Snapshot:
     """The files a process runs (its modules, the kernels' library), by modification time and
@@ -185,7 +187,7 @@ def _request(
         conn.settimeout(None)
         children[pid] = conn
         return None
-    except OSError:  # the command went away mid-request
+    except (OSError, ValueError, IndexError, struct.error):  # the command went away, or sent what no command sends
         conn.close()
         return None
     finally:
@@ -207,11 +209,19 @@ def _child(
     """The forked child: the command's descriptors, directory, environment and arguments, then
     the command, as in its own process (never returns); its time counts from the command's
     start (``command_pid``'s)."""
+    import ctypes  # NumPy has imported it: nothing to load
     import signal
 
     import dask_datalog.cluster.cli as cli
 
     try:
+        resident = os.getppid()
+        # Killed with the resident process (which holds the command's status): the command
+        # then ends with a message, and so does its run, rather than go on unseen. SIGTERM: a
+        # run stops as at a batch system's limit (a checkpoint, where it keeps them).
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != resident:  # it died before the call
+            os._exit(1)
         signal.set_wakeup_fd(-1)
         for name in ("SIGCHLD", "SIGTERM", "SIGHUP", "SIGQUIT"):  # as a fresh interpreter has them
             signal.signal(getattr(signal, name), signal.SIG_DFL)
