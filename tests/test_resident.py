@@ -200,6 +200,37 @@ def test_a_run_ends_with_its_resident_process(tmp_path: Path, env: dict[str, str
         end(started.stdout)
 
 
+def test_requests_no_command_sends_leave_the_resident_process_serving(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
+    """A short header, a run without descriptors, an unknown word, a body cut short: each
+    connection is closed, the process goes on serving."""
+    import socket
+    import struct
+
+    path = Path(env["XDG_RUNTIME_DIR"]) / "dask-datalog"
+    (sock_file,) = path.glob("*.sock")
+    for message in (
+        b"ru",
+        struct.pack("!4sI", b"run ", 0),
+        struct.pack("!4sI", b"what", 3) + b"abc",
+        struct.pack("!4sI", b"run ", 99) + b"x",
+    ):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(sock_file))
+            sock.sendall(message)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(30)
+            assert sock.recv(100) == b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # descriptors, and a body without a directory
+        sock.connect(str(sock_file))
+        socket.send_fds(sock, [struct.pack("!4sI", b"run ", 4)], [0, 1, 2])
+        sock.sendall(struct.pack("!I", 0))
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(30)
+        assert sock.recv(100) == b""
+    done = dask_datalog("run", REACH, "-F", FACTS, "-D", tmp_path / "out", env=env)
+    assert done.returncode == 0 and served(env) == 1
+
+
 def test_another_environment_is_not_served(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
     """OpenMP reads OMP_NUM_THREADS once, when it loads: a process that loaded it otherwise
     must not run the command."""
