@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from dask_datalog.engine import compile_cache
 from dask_datalog.engine.errors import DatalogError
 from dask_datalog.engine.frontend import load_program, load_program_file, program_cache
 
@@ -25,7 +26,7 @@ INCLUDING = '#include "lib.dl"\n.decl r(x: number)\nr(x) :- e(x, _).\n.output r\
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "cache"
-    monkeypatch.setenv(program_cache.ENV, str(folder))
+    monkeypatch.setenv(compile_cache.ENV, str(folder))
     return folder
 
 
@@ -36,7 +37,7 @@ def entries(folder: Path) -> list[Path]:
 def fresh(path: Path | str, monkeypatch: pytest.MonkeyPatch, **options: object) -> str:
     """The program loaded with the cache off, as its repr (positions included, which == skips)."""
     with monkeypatch.context() as off:
-        off.setenv(program_cache.ENV, "")
+        off.setenv(compile_cache.ENV, "")
         return repr(load_program_file(path, **options))  # type: ignore[arg-type]
 
 
@@ -52,7 +53,7 @@ print(json.dumps({"programs": programs, "imported": sorted(m for m in parsing if
 
 
 def load_in_a_process(paths: list[str], folder: Path) -> dict[str, list[str]]:
-    env = {**os.environ, program_cache.ENV: str(folder)}
+    env = {**os.environ, compile_cache.ENV: str(folder)}
     done = subprocess.run([sys.executable, "-c", LOADER, *paths], env=env, capture_output=True, text=True, check=True)
     result: dict[str, list[str]] = json.loads(done.stdout)
     return result
@@ -126,7 +127,7 @@ def test_a_damaged_entry_is_a_miss_written_again(tmp_path: Path, cache: Path, mo
 
 def test_a_folder_that_cannot_be_made_costs_only_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv(program_cache.ENV, str(tmp_path / "file" / "programs"))
+    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "file" / "programs"))
     assert repr(load_program_file(EXAMPLES[0])) == fresh(EXAMPLES[0], monkeypatch)
 
 
@@ -149,11 +150,11 @@ def test_a_read_only_folder_costs_only_the_cache(tmp_path: Path, cache: Path, mo
 
 
 def test_the_switch_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(program_cache.ENV, "")
+    monkeypatch.setenv(compile_cache.ENV, "")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     load_program_file(EXAMPLES[0])
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.delenv(program_cache.ENV)
+    monkeypatch.delenv(compile_cache.ENV)
     load_program_file(EXAMPLES[0])
     assert len(entries(tmp_path / "dask-datalog" / "programs")) == 1
     monkeypatch.chdir(tmp_path)
@@ -198,7 +199,7 @@ def test_past_the_limit_the_least_recently_used_go(tmp_path: Path, cache: Path, 
     load_program_file(EXAMPLES[0])  # a hit: its entry is used now
     [used] = [p for p in entries(cache) if p.stat().st_mtime_ns > 2]
     with monkeypatch.context() as off:
-        off.setenv(program_cache.ENV, "")
+        off.setenv(compile_cache.ENV, "")
         new = (
             len(program_cache._MAGIC)
             + program_cache._DIGEST
@@ -216,7 +217,7 @@ def test_past_the_limit_the_least_recently_used_go(tmp_path: Path, cache: Path, 
 def test_concurrent_writers(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = Path(EXAMPLES[0]).read_text()
     with monkeypatch.context() as off:
-        off.setenv(program_cache.ENV, "")
+        off.setenv(compile_cache.ENV, "")
         expected = repr(load_program(text, "x.dl"))
     results: list[str] = []
     threads = [threading.Thread(target=lambda: results.append(repr(load_program(text, "x.dl")))) for _ in range(8)]

@@ -43,11 +43,15 @@ def run_to_exit() -> None:
     """``main.command`` in this process (a fresh one, or the resident process's child), the
     cyclic collector held off until the command has imported and loaded what it runs
     (``process.settle_collector``): the imports alone made some 150 collections, 20-40 ms of a
-    0.2 s command, for no garbage."""
+    0.2 s command, for no garbage. Its dataclasses' methods come compiled from the cache
+    (engine/compile_cache.py), which ``main.command`` saves as it ends."""
     import gc
 
     gc.disable()
     try:
+        from dask_datalog.engine import compile_cache
+
+        compile_cache.install()  # before the imports that make dataclasses
         from dask_datalog.cluster.cli.process import interrupts_deferred
 
         with interrupts_deferred():

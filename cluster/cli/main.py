@@ -12,6 +12,7 @@ import sys
 
 from dask_datalog.cluster.cli import resident, run_arguments
 from dask_datalog.cluster.cli.process import interrupts_deferred, settle_collector
+from dask_datalog.engine import compile_cache
 
 # Every subcommand, as the usage names them whichever parsers were built (errors print it); the
 # other modules' COMMANDS, which a test holds to this.
@@ -70,4 +71,5 @@ def command() -> None:
     except BrokenPipeError:  # the reader left after the last write: as main() ends then
         status = 141
     sys.stderr.flush()
+    compile_cache.save()  # after the output: a run that compiled no new method writes nothing
     os._exit(status)

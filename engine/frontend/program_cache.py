@@ -10,12 +10,12 @@ package (the front end reaches beyond engine/frontend: functors.py imports engin
 of lark's, as Python stamps a .pyc with its source's. Only successful loads are kept: an error
 is found again, and raised exactly as before, by loading afresh.
 
-The folder: ``$DASK_DATALOG_PROGRAM_CACHE``, else ``$XDG_CACHE_HOME/dask-datalog/programs``
-(``~/.cache`` without it); set empty, no cache. Entries are written whole to a temporary file
-and renamed, so concurrent runs read an entry whole or not at all; each holds a digest of its
-payload, so a damaged one is a miss and is written again. Past ``LIMIT_BYTES`` or
-``LIMIT_ENTRIES`` the entries used least recently go. A folder that cannot be made or written
-costs the run only its cache.
+The folder (``compile_cache.directory``): ``$DASK_DATALOG_PROGRAM_CACHE``, else
+``$XDG_CACHE_HOME/dask-datalog/programs`` (``~/.cache`` without it); set empty, no cache.
+Entries are written whole to a temporary file and renamed, so concurrent runs read an entry
+whole or not at all; each holds a digest of its payload, so a damaged one is a miss and is
+written again. Past ``LIMIT_BYTES`` or ``LIMIT_ENTRIES`` the entries used least recently go. A
+folder that cannot be made or written costs the run only its cache.
 """
 
 from __future__ import annotations
@@ -31,27 +31,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from dask_datalog.engine import ir
+from dask_datalog.engine.compile_cache import directory
 from dask_datalog.engine.frontend.preprocess import LineMap
 
-ENV = "DASK_DATALOG_PROGRAM_CACHE"
 LIMIT_BYTES = 64 << 20  # DOOP's entry is ~110 KB: room for programs many times its size
 LIMIT_ENTRIES = 256  # and on the folder a miss lists to prune (~1 ms at this size)
 _MAGIC = b"dask-datalog program 1\n"  # the entry format; its version is in every key too
 _DIGEST = 32  # bytes of the payload's blake2b after the magic
 _ENGINE = Path(ir.__file__).parent
-
-
-def directory() -> Path | None:
-    """Where entries go; None when the cache is off."""
-    chosen = os.environ.get(ENV)
-    if chosen is not None:
-        return Path(chosen) if chosen else None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    # No home known (a container's user may have none: "~" comes back), or a relative
-    # XDG_CACHE_HOME, which the XDG spec says to ignore: no cache rather than one in the cwd.
-    if not os.path.isabs(base):
-        return None
-    return Path(base) / "dask-datalog" / "programs"
 
 
 def load(
