@@ -3,17 +3,18 @@ frontend/program_cache.py keeps loaded programs) and the code of dataclass metho
 
 CPython makes a dataclass's methods (``__init__``, ``__eq__``, ``__repr__``...) by compiling
 their source text each time the class is created: the 65 dataclasses a ``run`` imports cost it
-some 25 ms of a one-fact program's 130 ms on the 2-core machine, every run. dataclasses.py
+some 25 ms of a one-fact program's 150 ms on the 2-core machine, every run. dataclasses.py
 compiles at one place, ``exec(txt, globals, ns)`` (3.11 to 3.13), and a module-level name
 ``exec`` there is found before the builtin: ``install`` puts ``_cached_exec`` in that place, so
 each text is compiled once and its code object kept, keyed by the text itself (a text compiles
-to the same code every time, as a .pyc's source does). ``save`` writes the table when the
-process compiled a text the table did not hold. The file is one per interpreter (its bytecode
-tag and magic number in the name and the header); a damaged or foreign one is a miss, written
-again; a folder that cannot be written costs the command only the cache.
+to the same code every time, as a .pyc's source does). ``save`` adds to the file the texts the
+process compiled that it lacks. The file is one per interpreter (its bytecode tag and magic
+number in the name and the header); a damaged or foreign one is a miss, written again; a folder
+that cannot be written costs the command only the cache.
 
-Only the command's process installs it (cluster/cli/__init__.py, before its imports), so a
-library user's dataclasses are made as Python makes them.
+Only the command's process installs it (cluster/cli/__init__.py, before its imports) and the
+resident process (resident_server.py, whose children inherit the table), so a library user's
+dataclasses are made as Python makes them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ LIMIT_ENTRIES = 2048
 
 _table: dict[str, Any] = {}  # source text -> its code object
 _used: set[str] = set()
-_compiled = 0  # texts compiled since the table was read or written
+_compiled: set[str] = set()  # texts this process compiled that the file may lack
 
 
 def directory() -> Path | None:
@@ -66,19 +67,26 @@ def install() -> None:
 
 
 def save() -> None:
-    """Write the table if this process compiled a text it did not hold."""
-    global _compiled
+    """Add to the file the texts this process compiled, if it lacks any. The file is read
+    again first and kept: another process (the command that started the resident process, a
+    run beside this one) may have written texts this one never read."""
     path = _path()
     if path is None or not _compiled:
         return
-    table = _table if len(_table) <= LIMIT_ENTRIES else {text: _table[text] for text in _used}
+    table = _read(path)
+    if _compiled.issubset(table):  # a resident process's child compiles what its siblings did
+        _compiled.clear()
+        return
+    table.update(_table)
+    if len(table) > LIMIT_ENTRIES:
+        table = {text: _table[text] for text in _used}
     payload = marshal.dumps(table)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary.write_bytes(_MAGIC + zlib.crc32(payload).to_bytes(4, "little") + payload)
         os.replace(temporary, path)  # whole or not at all, to a concurrent reader
-        _compiled = 0
+        _compiled.clear()
     except OSError:  # a read-only or full disk, a folder removed meanwhile: the next run compiles again
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
@@ -88,12 +96,11 @@ def _cached_exec(source: Any, globals: dict[str, Any] | None = None, locals: dic
     """``exec`` as dataclasses.py calls it, with a text's code compiled once. ``dont_inherit``:
     the text is compiled with no ``__future__`` flag, as dataclasses.py (which imports none)
     compiles it, not with this module's ``annotations``."""
-    global _compiled
     if isinstance(source, str):
         code = _table.get(source)
         if code is None:
             code = _table[source] = compile(source, "<string>", "exec", dont_inherit=True)
-            _compiled += 1
+            _compiled.add(source)
         _used.add(source)
         source = code
     exec(source, globals, locals)

@@ -62,7 +62,7 @@ for cls in (Point, Options, Node):
     facts[cls.__name__] = [str(inspect.signature(cls)), repr(inspect.get_annotations(cls.__init__))]
 facts["installed"] = getattr(dataclasses, "exec", None) is not None
 if sys.argv[1] == "cached":
-    facts["compiled"] = compile_cache._compiled
+    facts["compiled"] = len(compile_cache._compiled)
     compile_cache.save()
 print(json.dumps(facts))
 """
@@ -136,7 +136,7 @@ def test_a_table_past_its_limit_keeps_only_what_the_process_used(tmp_path: Path,
     monkeypatch.setattr(compile_cache, "LIMIT_ENTRIES", 2)
     monkeypatch.setattr(compile_cache, "_table", {})
     monkeypatch.setattr(compile_cache, "_used", set())
-    monkeypatch.setattr(compile_cache, "_compiled", 0)
+    monkeypatch.setattr(compile_cache, "_compiled", set())
     for text in texts:
         compile_cache._cached_exec(text, {})
     compile_cache._used.discard(texts[0])  # as if read from the file and not used since

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dask_datalog.cluster.cli import resident, resident_server
+from dask_datalog.engine import compile_cache
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resident process runs on Linux only")
 
@@ -400,3 +401,31 @@ def test_only_a_private_directory_of_this_user_is_trusted(tmp_path: Path) -> Non
     mine.chmod(0o700)
     assert not resident.private(str(link))
     assert not resident.private(str(tmp_path / "none"))
+
+
+def test_its_runs_leave_the_compiled_methods_alone_once_saved(tmp_path: Path, env: dict[str, str]) -> None:
+    """With a cold method cache (engine/compile_cache.py) the resident process saves what its
+    imports compiled before it serves; the first run adds what it imports later (a program the
+    program cache lacks: the front end); every later one, whose child compiles that again,
+    finds it in the file and writes nothing."""
+    env = env | {"DASK_DATALOG_PROGRAM_CACHE": str(tmp_path / "cache")}
+    started = dask_datalog("daemon", "start", env=env)
+    try:
+        assert started.returncode == 0, started.stderr
+        (methods,) = (tmp_path / "cache").glob("dataclass-methods.*.marshal")
+        saved = methods.stat().st_size
+        # The run's imports, some 500 texts, saved before it served (`daemon start` alone: ~25).
+        assert len(compile_cache._read(methods)) > 300
+        stamp = None
+        for k in range(3):
+            program = tmp_path / f"reach{k}.dl"  # a program loaded afresh each time
+            program.write_text(f"// run {k}\n{REACH.read_text()}")
+            run = dask_datalog("run", program, "-F", FACTS, "-D", tmp_path / f"out{k}", env=env)
+            assert run.returncode == 0, run.stderr
+            if k == 0:
+                stamp = methods.stat().st_mtime_ns
+        assert served(env) == 3
+        assert methods.stat().st_mtime_ns == stamp and methods.stat().st_size > saved
+    finally:
+        dask_datalog("daemon", "stop", env=env)
+        end(started.stdout)

@@ -48,11 +48,14 @@ class Snapshot:
 def warm_up() -> None:
     """Import what a ``run`` imports and build what every run builds the same (the grammar's
     parser), so a child starts with it: nothing that starts a thread (a forked child would
-    lack it: the kernels' own check, cpu_kernels._serial_in_child)."""
+    lack it: the kernels' own check, cpu_kernels._serial_in_child). The dataclass methods the
+    imports compiled are saved here, before any run (engine/compile_cache.py)."""
     from dask_datalog.cluster.cli import main, run_command  # noqa: F401  (imported to be inherited)
+    from dask_datalog.engine import compile_cache
     from dask_datalog.engine.frontend import parser
 
     parser._lark()  # built once per process: inherited here
+    compile_cache.save()
 
 
 def serve(path: str, idle_timeout: float, watched: Snapshot) -> None:
@@ -280,11 +283,13 @@ def _reopen_standard_streams() -> None:
 
 
 def _resident_main(path: str, idle_timeout: str) -> None:
-    """The resident process (``daemon start`` runs it): the command's environment defaults,
-    the imports, then ``serve``."""
+    """The resident process (``daemon start`` runs it): the command's environment defaults and
+    method cache (engine/compile_cache.py), the imports, then ``serve``."""
     from dask_datalog.cluster.cli import environment_defaults
+    from dask_datalog.engine import compile_cache
 
     environment_defaults()
+    compile_cache.install()
     if socket_path() != path:
         raise SystemExit(f"the environment changed between `daemon start` and its process ({socket_path()} != {path})")
     warm_up()
