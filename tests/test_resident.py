@@ -146,23 +146,24 @@ def long_run(tmp_path: Path) -> list[str]:
     ]
 
 
-def ctrl_c_as_at_a_terminal() -> None:
-    """Ctrl-C at its default in a command the test sends it to, as one typed at a terminal has
-    it: tests started in the background (``make test &``) hand their commands SIGINT ignored,
-    and a command keeps an ignored Ctrl-C ignored, as a background job's should be."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def interruptible(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """``command`` started with Ctrl-C at its default, as one typed at a terminal has it, and
+    its standard error read: tests started in the background (``make test &``) hand their
+    commands SIGINT ignored, and a command keeps an ignored Ctrl-C ignored, as a background
+    job's should be."""
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def test_ctrl_c_stops_a_served_run_as_it_stops_its_own(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
     for environment in (env, cold(env)):
-        with subprocess.Popen(
-            long_run(tmp_path),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=environment,
-            preexec_fn=ctrl_c_as_at_a_terminal,
-        ) as proc:
+        with interruptible(long_run(tmp_path), environment) as proc:
             time.sleep(2.0)  # the run is under way
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
@@ -334,14 +335,7 @@ def test_an_idle_resident_process_ends(env: dict[str, str]) -> None:
 def test_a_stopped_resident_process_finishes_its_runs_first(tmp_path: Path, env: dict[str, str], daemon: None) -> None:
     """``daemon stop`` during a run: later commands run themselves at once, the run goes on
     and its command gets its status."""
-    with subprocess.Popen(
-        long_run(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=ctrl_c_as_at_a_terminal,
-    ) as proc:
+    with interruptible(long_run(tmp_path), env) as proc:
         time.sleep(1.0)
         assert dask_datalog("daemon", "stop", env=env).stdout.startswith("stopped")
         assert served(env) is None
