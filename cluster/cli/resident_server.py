@@ -168,11 +168,12 @@ def _request(
             return None
         word, length = HEADER.unpack(head)
         body = read(conn, length)
-        if word == b"stat" and not watched.changed():
+        stale = watched.changed()  # some hundred stat calls: once a request
+        if word == b"stat" and not stale:
             conn.sendall(STATUS + f"pid {os.getpid()}, {served[0]} run(s) served, {len(children)} running".encode())
             conn.close()
             return None
-        if word in (b"stop", b"stat") or watched.changed():
+        if word in (b"stop", b"stat") or stale:
             conn.sendall(STOPPING if word == b"stop" else STALE)
             conn.close()
             return "stop"
