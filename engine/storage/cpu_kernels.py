@@ -70,7 +70,7 @@ def _serial_in_child() -> None:
     hung). A parent that never ran them (the resident process: cluster/cli/resident.py)
     leaves its children every thread."""
     global THREADS
-    if _lib.after_fork(int(_helper_started)):
+    if _lib.after_fork(int(_helper is not None)):
         THREADS = 1
 
 
@@ -136,15 +136,16 @@ def distinct_sorted(words: np.ndarray) -> np.ndarray:
 # words: 218 -> 137 ms).
 PARALLEL_SORT_MIN = 1 << 18
 _SAMPLE = 255  # words whose median splits a sort in two halves
-# The second thread of a split sort (ThreadPoolExecutor starts it on the first submit, which
-# a fork must know: _serial_in_child).
-_HELPER = ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-sort")
-_helper_started = False
+# The second thread of a split sort, made by the first one (whether it exists is what a fork
+# must know: _serial_in_child).
+_helper: ThreadPoolExecutor | None = None
 
 
-def _note_helper() -> None:
-    global _helper_started
-    _helper_started = True
+def _sort_helper() -> ThreadPoolExecutor:
+    global _helper
+    if _helper is None:
+        _helper = ThreadPoolExecutor(1, thread_name_prefix="dask-datalog-sort")
+    return _helper
 
 
 def sort_distinct(words: np.ndarray) -> np.ndarray:
@@ -170,8 +171,7 @@ def sort_distinct(words: np.ndarray) -> np.ndarray:
         part.sort()
         return int(_lib.distinct_sorted(_ptr(part), part.shape[0]))
 
-    _note_helper()
-    later = _HELPER.submit(sorted_distinct, high)
+    later = _sort_helper().submit(sorted_distinct, high)
     kept_low = sorted_distinct(low)
     kept_high = later.result()
     ctypes.memmove(_ptr(words) + 8 * kept_low, _ptr(high), 8 * kept_high)  # they may overlap: no temporary
