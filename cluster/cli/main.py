@@ -1,8 +1,9 @@
 """``dask-datalog``: the command line, one subcommand per module: ``run`` (its flags in
 run_arguments.py, the run in run_command.py), ``gen`` and ``scale`` (cluster/experiments/cli.py),
-``serve`` and ``job`` (cluster/service/cli.py), ``daemon`` (resident.py). Building the parser imports no engine, Dask or web
-code, and a ``run`` command line imports neither of the other two modules; each command imports
-what it runs."""
+``serve`` and ``job`` (cluster/service/cli.py), ``daemon`` (resident.py). Building the parser
+imports no engine (but engine/compile_cache.py, which ``command`` saves), Dask or web code, and a
+``run`` command line imports neither of the other two modules; each command imports what it
+runs."""
 
 from __future__ import annotations
 
